@@ -1,0 +1,355 @@
+"""The in-memory index: a compact, immutable base plus a small delta overlay.
+
+Ten million entries must fit in well under 2 GB, and a Python dict costs
+~100 bytes a key before any entry detail. So the base is columnar: each
+(subject key, entry) pair is a row of flat ``array`` columns sorted by the
+key's high 64 bits and found by ``bisect``; entry details are packed bytes.
+Only a hit builds Python objects (``ListedMatch``).
+
+Deltas never touch the base: each delta file yields a new ``Overlay`` (entries
+removed, status and exemption overrides, entries added since the snapshot)
+and a new ``MemoryView`` sharing the base. Views are immutable; the current
+one is swapped by a single reference assignment (``MemoryIndex.install``),
+so a check that took a view sees that version whole.
+
+The Bloom filter is shared by a base and its overlays and only grows: keys
+are added to it before the view holding them is installed, so it never
+clears a listed subject.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from rbloom import Bloom
+
+from shixin_domain.errors import RowError
+from shixin_domain.identity import mask_id, normalize_name
+from shixin_domain.index import Counts, ListedMatch, VersionInfo
+from shixin_domain.keys import SubjectKeyer
+from shixin_domain.model import EntryStatus, Exemption, ListEntry, ListType, Role
+
+_LOW64 = (1 << 64) - 1
+_SEP = b"\x1f"
+BLOOM_ERROR_RATE = 0.001
+
+
+def new_bloom(expected: int) -> Bloom:
+    """Items are the keys' high 64 bits, already keyed hashes: ``int`` is a
+    stable hash for them (unlike the process-salted default for bytes)."""
+    return Bloom(max(expected, 1024), BLOOM_ERROR_RATE, hash_func=int)
+
+
+def entry_id_hash(entry_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(entry_id.encode(), digest_size=8).digest())
+
+
+def matches_of(entry: ListEntry, keyer: SubjectKeyer) -> list[tuple[int, ListedMatch]]:
+    """(subject key, match) for the debtor and each related person of ``entry``."""
+    out = []
+    for subject in entry.subjects():
+        org = entry.organization_name if subject.role is not Role.DEBTOR else ""
+        match = ListedMatch(
+            entry_id=entry.entry_id,
+            list_type=entry.list_type,
+            status=entry.status,
+            role=subject.role,
+            name_key=keyer.name_key(normalize_name(subject.name)),
+            case_number=entry.case_number,
+            court=entry.court,
+            organization_name=org,
+            masked_id=mask_id(subject.id_number),
+            listed_on=entry.published_on,
+            valid_until=entry.valid_until,
+            exemptions=entry.exemptions,
+        )
+        out.append((keyer.subject_key(subject.id_type, subject.id_number), match))
+    return out
+
+
+class BaseBuilder:
+    """Collects validated entries of one snapshot, then sorts them into a ``Base``."""
+
+    def __init__(self, keyer: SubjectKeyer, expected: int = 0) -> None:
+        self._keyer = keyer
+        self.k_hi = array("Q")
+        self.k_lo = array("Q")
+        self.m_entry = array("I")
+        self.m_role = bytearray()
+        self.m_name = array("Q")
+        self.m_mask = bytearray()
+        self.e_idh = array("Q")
+        self.e_line = array("I")
+        self.e_type = bytearray()
+        self.e_status = bytearray()
+        self.e_listed = array("i")
+        self.e_valid = array("i")
+        self.e_court = array("I")
+        self.e_text_at = array("Q", [0])
+        self.text = bytearray()
+        self.courts: dict[str, int] = {}
+        self.exemptions: dict[int, tuple[Exemption, ...]] = {}
+        self.bloom = new_bloom(int(expected * 1.3))
+
+    def add(self, entry: ListEntry, line: int) -> None:
+        row = len(self.e_type)
+        keyer = self._keyer
+        self.e_idh.append(entry_id_hash(entry.entry_id))
+        self.e_line.append(line)
+        self.e_type.append(entry.list_type)
+        self.e_status.append(entry.status)
+        self.e_listed.append(entry.published_on)
+        self.e_valid.append(entry.valid_until)
+        court = self.courts.setdefault(entry.court, len(self.courts))
+        self.e_court.append(court)
+        self.text += _SEP.join(
+            (entry.entry_id.encode(), entry.case_number.encode(), entry.organization_name.encode())
+        )
+        self.e_text_at.append(len(self.text))
+        if entry.exemptions:
+            self.exemptions[row] = entry.exemptions
+        for subject in entry.subjects():
+            key = keyer.subject_key(subject.id_type, subject.id_number)
+            hi = key >> 64
+            self.bloom.add(hi)
+            self.k_hi.append(hi)
+            self.k_lo.append(key & _LOW64)
+            self.m_entry.append(row)
+            self.m_role.append(subject.role)
+            self.m_name.append(keyer.name_key(normalize_name(subject.name)))
+            self.m_mask += mask_id(subject.id_number).encode().ljust(_MASK_WIDTH)[:_MASK_WIDTH]
+
+    def duplicate_ids(self) -> list[RowError]:
+        """Rows whose entry_id repeats an earlier row's."""
+        order = sorted(range(len(self.e_idh)), key=self.e_idh.__getitem__)
+        errors = []
+        for a, b in zip(order, order[1:], strict=False):
+            if self.e_idh[a] == self.e_idh[b]:
+                first, second = sorted((a, b))
+                eid = self._entry_id(second)
+                if eid == self._entry_id(first):
+                    errors.append(
+                        RowError(
+                            self.e_line[second],
+                            "entry_id",
+                            f"{eid!r} repeats line {self.e_line[first]}",
+                        )
+                    )
+        return sorted(errors, key=lambda e: e.line)
+
+    def _entry_id(self, row: int) -> str:
+        raw = bytes(self.text[self.e_text_at[row] : self.e_text_at[row + 1]])
+        return raw.split(_SEP, 1)[0].decode()
+
+    def build(self) -> Base:
+        order = sorted(range(len(self.k_hi)), key=self.k_hi.__getitem__)
+        take_q = _reorder("Q", order)
+        mask = self.m_mask
+        w = _MASK_WIDTH
+        id_order = sorted(range(len(self.e_idh)), key=self.e_idh.__getitem__)
+        counts: dict[tuple[ListType, EntryStatus], int] = {}
+        for t, s in zip(self.e_type, self.e_status, strict=True):
+            k = (ListType(t), EntryStatus(s))
+            counts[k] = counts.get(k, 0) + 1
+        return Base(
+            k_hi=take_q(self.k_hi),
+            k_lo=take_q(self.k_lo),
+            m_entry=_reorder("I", order)(self.m_entry),
+            m_role=bytes(self.m_role[i] for i in order),
+            m_name=take_q(self.m_name),
+            m_mask=b"".join(mask[i * w : (i + 1) * w] for i in order),
+            id_sorted=array("Q", (self.e_idh[i] for i in id_order)),
+            id_rows=array("I", id_order),
+            e_type=bytes(self.e_type),
+            e_status=bytes(self.e_status),
+            e_listed=self.e_listed,
+            e_valid=self.e_valid,
+            e_court=self.e_court,
+            e_text_at=self.e_text_at,
+            text=bytes(self.text),
+            courts=tuple(self.courts),
+            exemptions=self.exemptions,
+            counts=counts,
+            bloom=self.bloom,
+        )
+
+
+_MASK_WIDTH = 20
+
+
+def _reorder(code: str, order: list[int]) -> Callable[[array[int]], array[int]]:
+    def take(column: array[int]) -> array[int]:
+        return array(code, map(column.__getitem__, order))
+
+    return take
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Base:
+    """One snapshot's entries, sorted and packed. Never modified."""
+
+    k_hi: array[int]  # per (key, entry) row, sorted
+    k_lo: array[int]
+    m_entry: array[int]
+    m_role: bytes
+    m_name: array[int]
+    m_mask: bytes  # _MASK_WIDTH bytes a row
+    id_sorted: array[int]  # entry_id hashes, sorted
+    id_rows: array[int]  # entry row of each
+    e_type: bytes
+    e_status: bytes
+    e_listed: array[int]
+    e_valid: array[int]
+    e_court: array[int]
+    e_text_at: array[int]
+    text: bytes  # entry_id \x1f case_number \x1f organisation name, per entry
+    courts: tuple[str, ...]
+    exemptions: dict[int, tuple[Exemption, ...]]
+    counts: dict[tuple[ListType, EntryStatus], int]
+    bloom: Bloom
+
+    @property
+    def entries(self) -> int:
+        return len(self.e_type)
+
+    def row_of(self, entry_id: str) -> int | None:
+        h = entry_id_hash(entry_id)
+        i = bisect_left(self.id_sorted, h)
+        while i < len(self.id_sorted) and self.id_sorted[i] == h:
+            row = self.id_rows[i]
+            if self.texts(row)[0] == entry_id:
+                return row
+            i += 1
+        return None
+
+    def texts(self, row: int) -> list[str]:
+        return self.text[self.e_text_at[row] : self.e_text_at[row + 1]].decode().split("\x1f")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Overlay:
+    """Changes since the snapshot, applied in delta order."""
+
+    removed: frozenset[int] = frozenset()  # base rows delisted or replaced
+    status: dict[int, EntryStatus] = field(default_factory=dict)  # base row overrides
+    exemptions: dict[int, tuple[Exemption, ...]] = field(default_factory=dict)
+    added: dict[str, tuple[ListEntry, tuple[tuple[int, ListedMatch], ...]]] = field(
+        default_factory=dict
+    )
+    by_key: dict[int, tuple[ListedMatch, ...]] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.removed or self.status or self.exemptions or self.added)
+
+
+_EMPTY = Overlay()
+
+
+class MemoryView:
+    """One list version: a base and an overlay. Implements ``ListView``."""
+
+    __slots__ = ("base", "overlay", "info", "_bloom", "_k_hi", "_n", "_plain")
+
+    def __init__(self, base: Base, overlay: Overlay, info: VersionInfo) -> None:
+        self.base = base
+        self.overlay = overlay
+        self.info = info
+        self._bloom = base.bloom
+        self._k_hi = base.k_hi
+        self._n = len(base.k_hi)
+        self._plain = overlay.empty
+
+    def might_contain(self, key: int) -> bool:
+        return (key >> 64) in self._bloom
+
+    def look_up(self, key: int) -> list[ListedMatch]:
+        hi = key >> 64
+        k_hi = self._k_hi
+        i = bisect_left(k_hi, hi)
+        out: list[ListedMatch] = []
+        if i < self._n and k_hi[i] == hi:
+            lo = key & _LOW64
+            base = self.base
+            while i < self._n and k_hi[i] == hi:
+                if base.k_lo[i] == lo:
+                    match = self._base_match(i)
+                    if match is not None:
+                        out.append(match)
+                i += 1
+        if not self._plain:
+            out.extend(self.overlay.by_key.get(key, ()))
+        return out
+
+    def _base_match(self, i: int) -> ListedMatch | None:
+        base = self.base
+        row = base.m_entry[i]
+        overlay = self.overlay
+        status = EntryStatus(base.e_status[row])
+        exemptions = base.exemptions.get(row, ())
+        if not self._plain:
+            if row in overlay.removed:
+                return None
+            status = overlay.status.get(row, status)
+            exemptions = overlay.exemptions.get(row, exemptions)
+        entry_id, case_number, organization = base.texts(row)
+        role = Role(base.m_role[i])
+        w = _MASK_WIDTH
+        return ListedMatch(
+            entry_id=entry_id,
+            list_type=ListType(base.e_type[row]),
+            status=status,
+            role=role,
+            name_key=base.m_name[i],
+            case_number=case_number,
+            court=base.courts[base.e_court[row]],
+            organization_name=organization if role is not Role.DEBTOR else "",
+            masked_id=base.m_mask[i * w : (i + 1) * w].rstrip().decode(),
+            listed_on=base.e_listed[row],
+            valid_until=base.e_valid[row],
+            exemptions=exemptions,
+        )
+
+
+class MemoryIndex:
+    """The serving pointer: ``current()`` for checks, ``install()`` for the loader."""
+
+    def __init__(self) -> None:
+        self._view: MemoryView | None = None
+
+    def current(self) -> MemoryView | None:
+        return self._view
+
+    def install(self, view: MemoryView) -> None:
+        self._view = view  # one reference assignment: atomic for readers
+
+
+def view_of_base(base: Base, source: str, source_timestamp: float, version: str) -> MemoryView:
+    counts = Counts(
+        tuple((t, s, n) for (t, s), n in sorted(base.counts.items())), len(base.k_hi)
+    )
+    info = VersionInfo(version, source, time.time(), source_timestamp, 0, counts)
+    return MemoryView(base, _EMPTY, info)
+
+
+def counts_after(
+    info: VersionInfo, changes: Iterable[tuple[ListType, EntryStatus, int]], keys_delta: int
+) -> Counts:
+    tally = {(t, s): n for t, s, n in info.counts.by_type_status}
+    for t, s, d in changes:
+        tally[(t, s)] = tally.get((t, s), 0) + d
+    rows = tuple((t, s, n) for (t, s), n in sorted(tally.items()) if n)
+    return Counts(rows, info.counts.subject_keys + keys_delta)
+
+
+def with_overlay(view: MemoryView, overlay: Overlay, info: VersionInfo) -> MemoryView:
+    return MemoryView(view.base, overlay, info)
+
+
+def replace_info(info: VersionInfo, **changes: object) -> VersionInfo:
+    return replace(info, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,345 @@
+"""Reading the credit platform's list files: snapshots and deltas.
+
+Formats (DESIGN §4): a snapshot is JSON Lines, one entry per line, or a CSV
+with the same column names, nested fields flattened with dots
+(``subject.id_number``, ``related_persons.0.role``). A delta is JSON Lines of
+``{"seq", "op", ...}``. Each row is validated and normalised into a
+``ListEntry`` or ``DeltaOp``; a bad row becomes a ``RowError`` with its line
+number and the field at fault. Callers decide what to do with errors: the
+loader refuses the whole file if there is any (``LoadRejected``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shixin_domain.errors import InvalidInput, RowError
+from shixin_domain.identity import (
+    IdType,
+    normalize_person_id,
+    normalize_uscc,
+)
+from shixin_domain.model import (
+    NO_END,
+    Channel,
+    EntryStatus,
+    Exemption,
+    ListedSubject,
+    ListEntry,
+    ListType,
+    Role,
+    day_number,
+)
+
+
+class FileKind(Enum):
+    SNAPSHOT = "snapshot"
+    DELTA = "delta"
+
+
+class DeltaKind(Enum):
+    LIST = "LIST"
+    DELIST = "DELIST"
+    SUSPEND = "SUSPEND"
+    RESUME = "RESUME"
+    EXEMPT = "EXEMPT"
+    UNEXEMPT = "UNEXEMPT"
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaOp:
+    """One change to apply on top of the current list, in ``seq`` order."""
+
+    seq: int
+    op: DeltaKind
+    entry_id: str
+    entry: ListEntry | None = None
+    exemption: Exemption | None = None
+    line: int = 0
+
+
+_LIST_TYPES = {t.name: t for t in ListType}
+_STATUSES = {"ACTIVE": EntryStatus.ACTIVE, "SUSPENDED": EntryStatus.SUSPENDED}
+_RELATED_ROLES = {r.name: r for r in Role if r is not Role.DEBTOR}
+_ID_TYPES = {t.name: t for t in IdType}
+_CHANNELS = {c.name: c for c in Channel}
+
+
+def detect_kind(path: Path) -> FileKind:
+    """CSV files are snapshots; a JSON Lines file is a delta when its first row has ``op``."""
+    if path.suffix.lower() == ".csv":
+        return FileKind.SNAPSHOT
+    with path.open("rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                try:
+                    first = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    return FileKind.SNAPSHOT  # reported row by row later
+                return FileKind.DELTA if isinstance(first, dict) and "op" in first else FileKind.SNAPSHOT
+    return FileKind.SNAPSHOT
+
+
+def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    """(line number, parsed object or the error) for each non-blank row."""
+    if path.suffix.lower() == ".csv":
+        yield from _iter_csv(path)
+        return
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                yield line_no, RowError(line_no, "", f"not valid JSON ({exc})")
+                continue
+            if not isinstance(obj, dict):
+                yield line_no, RowError(line_no, "", "a row must be a JSON object")
+                continue
+            yield line_no, obj
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        for row in reader:
+            line_no = reader.line_num
+            if None in row:
+                yield line_no, RowError(line_no, "", "more cells than header columns")
+                continue
+            try:
+                yield line_no, _unflatten(row)
+            except InvalidInput as exc:
+                yield line_no, RowError(line_no, exc.field, exc.problem)
+
+
+def _unflatten(row: dict[str, str]) -> dict[str, Any]:
+    """``{"subject.name": "x", "related_persons.0.role": "PRINCIPAL"}`` to nested values."""
+    out: dict[str, Any] = {}
+    for column, value in row.items():
+        if value is None or value == "":
+            continue
+        parts = column.strip().split(".")
+        node: Any = out
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if part.isdigit():
+                if not isinstance(node, list):
+                    raise InvalidInput(column, "numbered column under a field that is not a list")
+                index = int(part)
+                while len(node) <= index:
+                    node.append({})
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+            elif last:
+                node[part] = value
+            else:
+                nxt = parts[i + 1]
+                node = node.setdefault(part, [] if nxt.isdigit() else {})
+    for name in ("related_persons", "exemptions"):
+        if isinstance(out.get(name), str):  # a JSON list in one cell
+            try:
+                out[name] = orjson.loads(out[name])
+            except orjson.JSONDecodeError:
+                raise InvalidInput(name, "is not a JSON list") from None
+    return out
+
+
+# --- rows to domain values ---------------------------------------------------
+
+
+def _text(obj: dict[str, Any], name: str, prefix: str = "", required: bool = True) -> str:
+    value = obj.get(name)
+    if value is None or value == "":
+        if required:
+            raise InvalidInput(prefix + name, "is required")
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInput(prefix + name, "must be a string")
+    return value.strip()
+
+
+def _date(obj: dict[str, Any], name: str, prefix: str = "", required: bool = False) -> int:
+    text = _text(obj, name, prefix, required)
+    if not text:
+        return 0
+    try:
+        return day_number(_dt.date.fromisoformat(text))
+    except ValueError:
+        raise InvalidInput(prefix + name, f"{text!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+def _choice(obj: dict[str, Any], name: str, table: dict[str, Any], prefix: str = "",
+            default: str | None = None) -> Any:  # fmt: skip
+    value = obj.get(name) or default
+    if value is None:
+        raise InvalidInput(prefix + name, "is required")
+    found = table.get(value) if isinstance(value, str) else None
+    if found is None:
+        raise InvalidInput(prefix + name, f"{value!r} is not one of {', '.join(table)}")
+    return found
+
+
+def _person(obj: Any, prefix: str, role: Role) -> ListedSubject:
+    if not isinstance(obj, dict):
+        raise InvalidInput(prefix.rstrip("."), "must be an object")
+    id_type: IdType = _choice(obj, "id_type", _ID_TYPES, prefix, default="RESIDENT_ID")
+    number = normalize_person_id(id_type, _text(obj, "id_number", prefix), prefix + "id_number")
+    return ListedSubject(role, _text(obj, "name", prefix), id_type, number)
+
+
+def _exemption(obj: Any, prefix: str) -> Exemption:
+    if not isinstance(obj, dict):
+        raise InvalidInput(prefix.rstrip("."), "must be an object")
+    channel: Channel = _choice(obj, "channel", _CHANNELS, prefix)
+    first = _date(obj, "from", prefix, required=True)
+    last = _date(obj, "until", prefix, required=True)
+    if last < first:
+        raise InvalidInput(prefix + "until", "is before from")
+    return Exemption(channel, first, last)
+
+
+def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
+    """One snapshot row (or a delta's ``entry``), validated and normalised."""
+    entry_id = _text(obj, "entry_id", prefix)
+    list_type: ListType = _choice(obj, "list_type", _LIST_TYPES, prefix)
+    status: EntryStatus = _choice(obj, "status", _STATUSES, prefix, default="ACTIVE")
+    subject = obj.get("subject")
+    sp = prefix + "subject."
+    if not isinstance(subject, dict):
+        raise InvalidInput(prefix + "subject", "is required and must be an object")
+    kind = subject.get("type")
+    related: tuple[ListedSubject, ...] = ()
+    organization_name = ""
+    if kind == "PERSON":
+        debtor = _person(subject, sp, Role.DEBTOR)
+    elif kind == "ORGANIZATION":
+        organization_name = _text(subject, "name", sp)
+        uscc = normalize_uscc(_text(subject, "uscc", sp), sp + "uscc")
+        debtor = ListedSubject(Role.DEBTOR, organization_name, None, uscc)
+    else:
+        raise InvalidInput(sp + "type", f"{kind!r} is not one of PERSON, ORGANIZATION")
+    people = obj.get("related_persons") or []
+    if not isinstance(people, list):
+        raise InvalidInput(prefix + "related_persons", "must be a list")
+    if people and kind != "ORGANIZATION":
+        raise InvalidInput(prefix + "related_persons", "only an organisation has related persons")
+    related = tuple(
+        _person(p, f"{prefix}related_persons.{i}.", _choice(
+            p if isinstance(p, dict) else {}, "role", _RELATED_ROLES,
+            f"{prefix}related_persons.{i}."))
+        for i, p in enumerate(people)
+    )  # fmt: skip
+    exemptions_raw = obj.get("exemptions") or []
+    if not isinstance(exemptions_raw, list):
+        raise InvalidInput(prefix + "exemptions", "must be a list")
+    exemptions = tuple(
+        _exemption(e, f"{prefix}exemptions.{i}.") for i, e in enumerate(exemptions_raw)
+    )
+    published = _date(obj, "published_on", prefix)
+    valid_until = _date(obj, "valid_until", prefix) or NO_END
+    if published and valid_until < published:
+        raise InvalidInput(prefix + "valid_until", "is before published_on")
+    _date(obj, "filed_on", prefix)
+    return ListEntry(
+        entry_id=entry_id,
+        list_type=list_type,
+        status=status,
+        case_number=_text(obj, "case_number", prefix),
+        court=_text(obj, "court", prefix),
+        published_on=published,
+        valid_until=valid_until,
+        debtor=debtor,
+        organization_name=organization_name,
+        related=related,
+        exemptions=exemptions,
+    )
+
+
+def parse_delta(obj: dict[str, Any]) -> DeltaOp:
+    """One delta row, validated."""
+    seq = obj.get("seq")
+    if isinstance(seq, str) and seq.isdigit():
+        seq = int(seq)
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise InvalidInput("seq", "must be a positive integer")
+    op_name = obj.get("op")
+    try:
+        op = DeltaKind(op_name)
+    except ValueError:
+        kinds = ", ".join(k.value for k in DeltaKind)
+        raise InvalidInput("op", f"{op_name!r} is not one of {kinds}") from None
+    if op is DeltaKind.LIST:
+        entry_obj = obj.get("entry")
+        if not isinstance(entry_obj, dict):
+            raise InvalidInput("entry", "is required for LIST and must be an object")
+        entry = parse_entry(entry_obj, "entry.")
+        return DeltaOp(seq, op, entry.entry_id, entry=entry)
+    entry_id = _text(obj, "entry_id")
+    if op in (DeltaKind.EXEMPT, DeltaKind.UNEXEMPT):
+        return DeltaOp(seq, op, entry_id, exemption=_exemption(obj.get("exemption"), "exemption."))
+    return DeltaOp(seq, op, entry_id)
+
+
+def read_entries(path: Path) -> Iterator[tuple[int, ListEntry | RowError]]:
+    """Each snapshot row as an entry or the reason it is bad."""
+    for line_no, obj in iter_rows(path):
+        if isinstance(obj, RowError):
+            yield line_no, obj
+            continue
+        try:
+            yield line_no, parse_entry(obj)
+        except InvalidInput as exc:
+            yield line_no, RowError(line_no, exc.field, exc.problem)
+
+
+def read_delta(path: Path) -> tuple[list[DeltaOp], list[RowError]]:
+    """All ops of a delta file, in seq order, and every bad row."""
+    ops: list[DeltaOp] = []
+    errors: list[RowError] = []
+    seen: dict[int, int] = {}
+    for line_no, obj in iter_rows(path):
+        if isinstance(obj, RowError):
+            errors.append(obj)
+            continue
+        try:
+            op = parse_delta(obj)
+        except InvalidInput as exc:
+            errors.append(RowError(line_no, exc.field, exc.problem))
+            continue
+        if op.seq in seen:
+            errors.append(RowError(line_no, "seq", f"{op.seq} repeats line {seen[op.seq]}"))
+            continue
+        seen[op.seq] = line_no
+        ops.append(DeltaOp(op.seq, op.op, op.entry_id, op.entry, op.exemption, line_no))
+    ops.sort(key=lambda o: o.seq)
+    return ops, errors
+
+
+def file_bytes(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def dumps_rows(rows: list[dict[str, Any]]) -> bytes:
+    """JSON Lines bytes, for tests and tools that write list files."""
+    buf = io.BytesIO()
+    for row in rows:
+        buf.write(orjson.dumps(row))
+        buf.write(b"\n")
+    return buf.getvalue()

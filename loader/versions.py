@@ -1,0 +1,341 @@
+"""Loads as versions: build aside, validate whole, then swap in.
+
+``Loader`` owns the serving ``MemoryIndex``. A snapshot is read and checked
+row by row into a new base while the old version keeps serving; if any row is
+bad (or two rows share an entry_id) the file is refused with every error and
+line number (``LoadRejected``) and nothing changes. A delta file is validated
+whole as well, then applied on top of the current version as a new overlay.
+Ops whose ``seq`` was already applied are skipped, so replaying a file is
+harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from loader.index_memory import (
+    BaseBuilder,
+    MemoryIndex,
+    MemoryView,
+    Overlay,
+    counts_after,
+    matches_of,
+    view_of_base,
+)
+from loader.listfile import DeltaKind, DeltaOp, FileKind, detect_kind, read_delta, read_entries
+from shixin_domain.errors import LoadRejected, RowError
+from shixin_domain.index import ListedMatch
+from shixin_domain.keys import SubjectKeyer
+from shixin_domain.model import EntryStatus, Exemption, ListEntry, ListType
+
+Progress = Callable[[int], None]
+
+
+def _version_label(path: Path) -> str:
+    st = path.stat()
+    tag = hashlib.blake2b(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode(), digest_size=4)
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + tag.hexdigest()
+
+
+def build_snapshot(
+    path: Path, keyer: SubjectKeyer, progress: Progress | None = None, version: str = ""
+) -> MemoryView:
+    """A new version from a snapshot file, or ``LoadRejected`` with every bad row."""
+    size = path.stat().st_size
+    builder = BaseBuilder(keyer, expected=max(size // 400, 1024))
+    errors: list[RowError] = []
+    n = 0
+    for line_no, item in read_entries(path):
+        if isinstance(item, RowError):
+            errors.append(item)
+        elif not errors:  # once a row is bad the build is moot: just keep validating
+            builder.add(item, line_no)
+        n += 1
+        if progress is not None and n % 100_000 == 0:
+            progress(n)
+    if not errors:
+        errors = builder.duplicate_ids()
+    if errors:
+        raise LoadRejected(str(path), errors)
+    base = builder.build()
+    return view_of_base(base, str(path), path.stat().st_mtime, version or _version_label(path))
+
+
+def validate_file(path: Path, keyer: SubjectKeyer) -> tuple[FileKind, int, list[RowError]]:
+    """(kind, rows, every bad row) of a snapshot or delta file; changes nothing."""
+    kind = detect_kind(path)
+    if kind is FileKind.DELTA:
+        ops, errors = read_delta(path)
+        return kind, len(ops) + len(errors), errors
+    try:
+        view = build_snapshot(path, keyer)
+    except LoadRejected as exc:
+        rows = sum(1 for _ in read_entries(path))
+        return kind, rows, exc.errors
+    return kind, view.base.entries, []
+
+
+class _DeltaState:
+    """Mutable copies of an overlay's parts while one delta file is applied."""
+
+    def __init__(self, view: MemoryView, keyer: SubjectKeyer) -> None:
+        ov = view.overlay
+        self.view = view
+        self.keyer = keyer
+        self.removed = set(ov.removed)
+        self.status = dict(ov.status)
+        self.exemptions = dict(ov.exemptions)
+        self.added = dict(ov.added)
+        self.changes: list[tuple[ListType, EntryStatus, int]] = []
+        self.keys_delta = 0
+
+    def _base_row(self, entry_id: str) -> int | None:
+        row = self.view.base.row_of(entry_id)
+        return None if row is None or row in self.removed else row
+
+    def _base_state(self, row: int) -> tuple[ListType, EntryStatus, tuple[Exemption, ...]]:
+        base = self.view.base
+        status = self.status.get(row, EntryStatus(base.e_status[row]))
+        exemptions = self.exemptions.get(row, base.exemptions.get(row, ()))
+        return ListType(base.e_type[row]), status, exemptions
+
+    def _put(self, entry: ListEntry) -> None:
+        pairs = tuple(matches_of(entry, self.keyer))
+        for key, _ in pairs:
+            self.view.base.bloom.add(key >> 64)  # before the index holds it
+        self.added[entry.entry_id] = (entry, pairs)
+        self.changes.append((entry.list_type, entry.status, 1))
+        self.keys_delta += len(pairs)
+
+    def _drop(self, entry_id: str) -> bool:
+        if entry_id in self.added:
+            entry, pairs = self.added.pop(entry_id)
+            self.changes.append((entry.list_type, entry.status, -1))
+            self.keys_delta -= len(pairs)
+            return True
+        row = self._base_row(entry_id)
+        if row is None:
+            return False
+        list_type, status, _ = self._base_state(row)
+        self.removed.add(row)
+        self.changes.append((list_type, status, -1))
+        return True
+
+    def apply(self, op: DeltaOp) -> RowError | None:
+        if op.op is DeltaKind.LIST:
+            assert op.entry is not None
+            self._drop(op.entry_id)
+            self._put(op.entry)
+            return None
+        if op.op is DeltaKind.DELIST:
+            return None if self._drop(op.entry_id) else self._unknown(op)
+        if op.entry_id in self.added:
+            entry, _ = self.added[op.entry_id]
+            changed = self._changed(entry.status, entry.exemptions, op)
+            if isinstance(changed, RowError):
+                return changed
+            self._drop(op.entry_id)
+            self._put(replace(entry, status=changed[0], exemptions=changed[1]))
+            return None
+        row = self._base_row(op.entry_id)
+        if row is None:
+            return self._unknown(op)
+        list_type, status, exemptions = self._base_state(row)
+        changed = self._changed(status, exemptions, op)
+        if isinstance(changed, RowError):
+            return changed
+        if changed[0] is not status:
+            self.changes += [(list_type, status, -1), (list_type, changed[0], 1)]
+        self.status[row] = changed[0]
+        self.exemptions[row] = changed[1]
+        return None
+
+    @staticmethod
+    def _changed(
+        status: EntryStatus, exemptions: tuple[Exemption, ...], op: DeltaOp
+    ) -> tuple[EntryStatus, tuple[Exemption, ...]] | RowError:
+        if op.op is DeltaKind.SUSPEND:
+            return EntryStatus.SUSPENDED, exemptions
+        if op.op is DeltaKind.RESUME:
+            return EntryStatus.ACTIVE, exemptions
+        assert op.exemption is not None
+        if op.op is DeltaKind.EXEMPT:
+            return status, (*exemptions, op.exemption)
+        if op.exemption not in exemptions:
+            return RowError(op.line, "exemption", f"entry {op.entry_id!r} has no such exemption")
+        return status, tuple(e for e in exemptions if e != op.exemption)
+
+    @staticmethod
+    def _unknown(op: DeltaOp) -> RowError:
+        return RowError(op.line, "entry_id", f"no listed entry {op.entry_id!r}")
+
+    def overlay(self) -> Overlay:
+        by_key: dict[int, list[ListedMatch]] = {}
+        for _, pairs in self.added.values():
+            for key, match in pairs:
+                by_key.setdefault(key, []).append(match)
+        return Overlay(
+            removed=frozenset(self.removed),
+            status=self.status,
+            exemptions=self.exemptions,
+            added=self.added,
+            by_key={k: tuple(v) for k, v in by_key.items()},
+        )
+
+
+def apply_delta(
+    view: MemoryView, ops: list[DeltaOp], keyer: SubjectKeyer, source_timestamp: float
+) -> MemoryView:
+    """``view`` with the ops not yet applied on top, or ``LoadRejected`` (nothing applied)."""
+    last = view.info.last_delta_seq
+    todo = [op for op in ops if op.seq > last]
+    if not todo:
+        return view
+    state = _DeltaState(view, keyer)
+    errors = [e for e in (state.apply(op) for op in todo) if e is not None]
+    if errors:
+        raise LoadRejected("delta", errors)
+    info = view.info
+    base_version = info.version.split("+", 1)[0]
+    new_info = replace(
+        info,
+        version=f"{base_version}+{todo[-1].seq}",
+        last_delta_seq=todo[-1].seq,
+        source_timestamp=max(info.source_timestamp, source_timestamp),
+        counts=counts_after(info, state.changes, state.keys_delta),
+    )
+    return MemoryView(view.base, state.overlay(), new_info)
+
+
+class Loader:
+    """Loads list files into a ``MemoryIndex``, one at a time."""
+
+    def __init__(self, index: MemoryIndex, keyer: SubjectKeyer) -> None:
+        self.index = index
+        self.keyer = keyer
+        self._lock = threading.Lock()
+        self.last_error: str = ""
+
+    def load_path(self, path: Path, progress: Progress | None = None) -> MemoryView:
+        """Apply a snapshot or a delta file whole, or raise ``LoadRejected``."""
+        with self._lock:
+            current = self.index.current()
+            if detect_kind(path) is FileKind.DELTA:
+                if current is None:
+                    raise LoadRejected(str(path), [RowError(0, "", "a delta needs a snapshot first")])
+                ops, errors = read_delta(path)
+                if errors:
+                    raise LoadRejected(str(path), errors)
+                try:
+                    view = apply_delta(current, ops, self.keyer, path.stat().st_mtime)
+                except LoadRejected as exc:
+                    raise LoadRejected(str(path), exc.errors) from None
+            else:
+                view = build_snapshot(path, self.keyer, progress)
+                if current is not None:  # deltas numbered before it are part of it
+                    view = MemoryView(
+                        view.base,
+                        view.overlay,
+                        replace(view.info, last_delta_seq=current.info.last_delta_seq),
+                    )
+            self.index.install(view)
+            return view
+
+
+def _candidates(directory: Path) -> list[Path]:
+    names = []
+    for entry in os.scandir(directory):
+        name = entry.name
+        if name.startswith(".") or name.endswith((".part", ".tmp")) or not entry.is_file():
+            continue
+        if name.lower().endswith((".jsonl", ".json", ".csv", ".ndjson")):
+            names.append(Path(entry.path))
+    return sorted(names)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+class DirectoryFollower:
+    """Watches a list directory: new snapshots replace the list, new deltas apply.
+
+    Files are taken in name order, once their size and mtime have not changed
+    for one poll, so a file still being copied in is not read half-written
+    (renaming a finished file into place is better still). Names starting with
+    a dot or ending in ``.part`` / ``.tmp`` are ignored. A rejected file is
+    reported through ``on_event`` and not retried until it changes.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        loader: Loader,
+        on_event: Callable[[str, Path, str], None],
+        interval: float = 0.2,
+    ) -> None:
+        self.directory = directory
+        self.loader = loader
+        self.on_event = on_event
+        self.interval = interval
+        self._seen: dict[Path, tuple[int, int]] = {}
+        self._pending: dict[Path, tuple[int, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="list-follower", daemon=True)
+
+    def initial_load(self) -> None:
+        """Load the newest snapshot, then every delta file, now."""
+        files = _candidates(self.directory)
+        kinds = {p: detect_kind(p) for p in files}
+        snapshots = [p for p in files if kinds[p] is FileKind.SNAPSHOT]
+        for path in snapshots[:-1]:
+            self._seen[path] = _stamp(path)  # superseded by a newer snapshot
+        for path in snapshots[-1:] + [p for p in files if kinds[p] is FileKind.DELTA]:
+            self._take(path, _stamp(path))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def poll_once(self) -> None:
+        for path in _candidates(self.directory):
+            try:
+                stamp = _stamp(path)
+            except FileNotFoundError:
+                continue
+            if self._seen.get(path) == stamp:
+                continue
+            if self._pending.get(path) == stamp:  # unchanged for one poll: complete
+                del self._pending[path]
+                self._take(path, stamp)
+            else:
+                self._pending[path] = stamp
+
+    def _take(self, path: Path, stamp: tuple[int, int]) -> None:
+        self._seen[path] = stamp
+        try:
+            view = self.loader.load_path(path)
+        except LoadRejected as exc:
+            self.on_event("rejected", path, str(exc))
+        except (OSError, ValueError) as exc:
+            self.on_event("rejected", path, f"{path}: {exc}")
+        else:
+            self.on_event("loaded", path, view.info.version)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll_once()
+            except OSError as exc:  # directory briefly gone: keep serving, try again
+                self.on_event("error", self.directory, str(exc))

@@ -1,0 +1,211 @@
+"""Running the service: gRPC server, health, reflection, list loading, shutdown.
+
+Health is NOT_SERVING until the first list is loaded and again while the
+server drains on SIGTERM/SIGINT; in-flight calls get ``--grace`` seconds to
+finish. Loading runs in a worker thread, so status and health answer while a
+long list loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import logging
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from loader.index_memory import MemoryIndex
+from loader.versions import DirectoryFollower, Loader
+from server.engine import CheckEngine
+from server.hitlog import AuditLog, HitLog
+from server.service import ConsumptionCheckService
+from server.settings import ServeSettings
+from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
+from shixin_domain.errors import LoadRejected
+from shixin_domain.keys import SubjectKeyer
+from shixin_domain.model import CHINA_TZ
+
+log = logging.getLogger("shixin.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConsumptionCheck"].full_name
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class Service:
+    """A configured server, not yet started. ``run()`` serves until stopped."""
+
+    def __init__(self, settings: ServeSettings, announce: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.announce = announce
+        self.keyer = SubjectKeyer(settings.secret)
+        self.index = MemoryIndex()
+        self.loader = Loader(self.index, self.keyer)
+        self.hit_log = HitLog(settings.hit_log) if settings.hit_log else None
+        self.audit_log = AuditLog(settings.audit_log) if settings.audit_log else None
+        self.engine = CheckEngine(self.index, self.keyer, settings.policy, self.hit_log)
+        self.health = health.aio.HealthServicer()
+        self.follower: DirectoryFollower | None = None
+        self.port = 0
+        self._stop = asyncio.Event()
+
+    def _build_server(self) -> grpc.aio.Server:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ]
+        )
+        pb_grpc.add_ConsumptionCheckServicer_to_server(
+            ConsumptionCheckService(
+                self.engine, self.settings.policy, self.audit_log, self.settings.max_batch
+            ),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        return server
+
+    async def _set_health(self, serving: bool) -> None:
+        state = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set("", state)
+        await self.health.set(SERVICE_NAME, state)
+
+    def _load(self) -> None:
+        """Blocking: the first list, then (for a directory) start following it."""
+        settings = self.settings
+        if settings.demo:
+            path = write_demo_list(settings.demo_count, self.announce)
+        else:
+            assert settings.list_path is not None
+            path = settings.list_path
+        if path.is_dir():
+            follower = DirectoryFollower(path, self.loader, self._on_event, settings.poll_interval)
+            follower.initial_load()
+            follower.start()
+            self.follower = follower
+        else:
+            view = self.loader.load_path(path, progress=self._progress)
+            self._on_event("loaded", path, view.info.version)
+
+    def _progress(self, rows: int) -> None:
+        log.info("loading: %d rows read", rows)
+
+    def _on_event(self, what: str, path: Path, detail: str) -> None:
+        if what == "loaded":
+            view = self.index.current()
+            total = view.info.counts.total if view else 0
+            log.info("list %s: version %s, %d entries", path, detail, total)
+        else:
+            log.error("list %s %s: %s", path, what, detail)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, on_ready: Callable[[Service], None] | None = None) -> None:
+        server = self._build_server()
+        await self._set_health(False)
+        await server.start()
+        self.announce(f"serving on {self.settings.listen.rsplit(':', 1)[0]}:{self.port}")
+        log.info("subject-key secret: %s", self.settings.secret_source)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await asyncio.to_thread(self._load)
+        except LoadRejected as exc:
+            log.error("%s", exc)
+            self.announce("list rejected: serving NOT_SERVING until a good list arrives")
+        if self.index.current() is not None:
+            await self._set_health(True)
+        elif self.follower is not None:
+            asyncio.get_running_loop().create_task(self._serve_when_loaded())
+        if on_ready is not None:
+            on_ready(self)
+        await self._stop.wait()
+        log.info("stopping: draining in-flight calls for up to %.1fs", self.settings.grace_seconds)
+        await self._set_health(False)
+        await server.stop(self.settings.grace_seconds)
+        if self.follower is not None:
+            self.follower.stop()
+        for sink in (self.hit_log, self.audit_log):
+            if sink is not None:
+                sink.close()
+
+    async def _serve_when_loaded(self) -> None:
+        while self.index.current() is None and not self._stop.is_set():
+            await asyncio.sleep(0.2)
+        if not self._stop.is_set():
+            await self._set_health(True)
+
+
+def write_demo_list(count: int, announce: Callable[[str], None]) -> Path:
+    """A synthetic list in a temporary folder, and a few identities from it to try."""
+    from loader.synthetic import iter_entries, write_snapshot
+
+    today = _dt.datetime.now(CHINA_TZ).date()
+    folder = Path(tempfile.mkdtemp(prefix="shixin-demo-"))
+    path = folder / "demo-snapshot.jsonl"
+    write_snapshot(path, count, seed=20261124, as_of=today)
+    announce(f"demo list: {count} synthetic entries in {path}")
+    for line in demo_examples(iter_entries(count, 20261124, today), today):
+        announce(line)
+    return path
+
+
+def demo_examples(entries: object, today: _dt.date) -> list[str]:
+    """Commands to try against the demo list: a debtor, a related person, a suspended one."""
+    wanted: dict[str, str] = {}
+    iso = today.isoformat()
+    for e in entries:  # type: ignore[attr-defined]
+        subject = e["subject"]
+        live = e.get("valid_until", "9999") >= iso and not e.get("exemptions")
+        if not live:
+            continue
+        if e["status"] == "SUSPENDED" and subject["type"] == "PERSON":
+            wanted.setdefault("suspended", _cmd(subject["id_number"], subject["name"], "AIRLINE"))
+        elif subject["type"] == "PERSON" and subject.get("id_type", "RESIDENT_ID") == "RESIDENT_ID":
+            wanted.setdefault("debtor", _cmd(subject["id_number"], subject["name"], "RAIL"))
+        elif subject["type"] == "ORGANIZATION" and e.get("related_persons"):
+            rep = e["related_persons"][0]
+            wanted.setdefault(
+                "related", _cmd(rep["id_number"], rep["name"], "HOTEL") + f"   # {subject['name']}"
+            )
+        if len(wanted) == 3:
+            break
+    lines = ["try (in another shell):"]
+    lines += [f"  {v}" for v in wanted.values()]
+    lines.append("  shixin-check check --id 110105194912310029 --name 张三 --channel AIRLINE  # not listed")
+    return lines
+
+
+def _cmd(number: str, name: str, channel: str) -> str:
+    extra = {"RAIL": " --train G1234 --seat SECOND_CLASS", "HOTEL": " --star-rating 4"}.get(channel, "")
+    return f"shixin-check check --id {number} --name {name} --channel {channel}{extra}"
+
+
+def run_service(settings: ServeSettings) -> int:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    service = Service(settings, announce=lambda s: print(s, flush=True))
+    asyncio.run(service.run())
+    return 0

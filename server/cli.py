@@ -1,0 +1,241 @@
+"""``shixin-check``: one console script, one subcommand per job.
+
+serve, validate, check, gen-data, status. Every flag also reads
+``SHIXIN_<FLAG>`` (see ``server/settings.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from server.settings import (
+    add_flag,
+    add_policy_flags,
+    add_secret_flags,
+    secret_from,
+    serve_settings,
+)
+from shixin_domain.errors import ConfigurationError
+from shixin_domain.keys import SubjectKeyer
+from shixin_domain.model import CHINA_TZ
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="shixin-check",
+        description="Point-of-sale checks against the court list of dishonest judgment debtors.",
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gRPC check service")
+    add_flag(p, "--list", metavar="PATH", help="snapshot file, or a directory to follow")
+    add_flag(p, "--demo", action="store_true", help="serve a generated demo list")
+    add_flag(p, "--demo-count", default="2000", metavar="N", help="entries in the demo list")
+    add_flag(p, "--listen", default=DEFAULT_TARGET, metavar="HOST:PORT", help="address to bind")
+    add_flag(p, "--hit-log", metavar="PATH", help="append a JSON line per listed-subject check")
+    add_flag(p, "--audit-log", metavar="PATH", help="append a JSON line per call")
+    add_flag(p, "--grace", default="5", metavar="SECONDS", help="drain time on SIGTERM")
+    add_secret_flags(p)
+    add_policy_flags(p)
+
+    p = sub.add_parser("validate", help="report every bad row of a list file; change nothing")
+    p.add_argument("path", type=Path)
+
+    p = sub.add_parser("check", help="one check against a running server")
+    add_flag(p, "--target", default=DEFAULT_TARGET, metavar="HOST:PORT", help="server address")
+    add_flag(p, "--channel", required=False, metavar="CHANNEL",
+             help="RAIL AIRLINE HOTEL SCHOOL SHIP TRAVEL LEISURE INSURANCE REAL_ESTATE "
+                  "VEHICLE OFFICE_RENTAL")  # fmt: skip
+    p.add_argument("--id", dest="id_number", default="", help="ID number of a person")
+    p.add_argument("--id-type", default="RESIDENT_ID",
+                   help="RESIDENT_ID PASSPORT HK_MACAO_PERMIT TAIWAN_PERMIT "
+                        "FOREIGN_PERMANENT_RESIDENT")  # fmt: skip
+    p.add_argument("--uscc", default="", help="unified social credit code of an organisation")
+    p.add_argument("--name", default="", help="name of the person or organisation")
+    p.add_argument("--train", help="RAIL: train number, e.g. G1234")
+    p.add_argument("--seat", help="RAIL: SECOND_CLASS, FIRST_CLASS, SOFT_SLEEPER, ...")
+    p.add_argument("--flight", help="AIRLINE: flight number")
+    p.add_argument("--cabin", help="AIRLINE: cabin")
+    p.add_argument("--star-rating", type=int, help="HOTEL: 0 (unrated) to 5")
+    p.add_argument("--high-end", action="store_true", help="HOTEL/OFFICE_RENTAL: high-end")
+    p.add_argument("--private-school", action="store_true", help="SCHOOL")
+    p.add_argument("--high-fee", action="store_true", help="SCHOOL")
+    p.add_argument("--cabin-class", type=int, help="SHIP: 1 = first class")
+    p.add_argument("--service", help="TRAVEL: OUTBOUND_GROUP_TOUR OUTBOUND_RELATED RATED_RESORT "
+                   "DOMESTIC")  # fmt: skip
+    p.add_argument("--venue", help="LEISURE: NIGHTCLUB GOLF OTHER_HIGH_CONSUMPTION ORDINARY")
+    p.add_argument("--cash-value", action="store_true", help="INSURANCE")
+    p.add_argument("--kind", help="REAL_ESTATE: PROPERTY_PURCHASE LAND_USE_RIGHT NEW_BUILD "
+                   "EXTENSION LUXURY_RENOVATION ORDINARY_RENOVATION")  # fmt: skip
+    p.add_argument("--business-necessary", action="store_true", help="VEHICLE")
+    p.add_argument("--amount-fen", type=int, default=0, help="amount where a quota applies")
+    p.add_argument("--merchant", default="", help="merchant id")
+    p.add_argument("--terminal", default="", help="terminal id")
+    p.add_argument("--request-id", default="", help="your request id")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+
+    p = sub.add_parser("gen-data", help="write a realistic synthetic list (JSON Lines)")
+    add_flag(p, "--count", default="1000", metavar="N", help="entries")
+    add_flag(p, "--out", required=False, metavar="PATH", help="output file")
+    add_flag(p, "--seed", default="1", metavar="S", help="random seed")
+    add_flag(p, "--as-of", metavar="YYYY-MM-DD", help="the day the list describes (today)")
+
+    p = sub.add_parser("status", help="what list a running server holds")
+    add_flag(p, "--target", default=DEFAULT_TARGET, metavar="HOST:PORT", help="server address")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    return top
+
+
+def _purchase(args: argparse.Namespace) -> dict[str, object]:
+    channel = args.channel.upper()
+    fields: dict[str, dict[str, object]] = {
+        "RAIL": {"train_number": args.train, "seat": args.seat},
+        "AIRLINE": {"flight_number": args.flight, "cabin": args.cabin},
+        "HOTEL": {"star_rating": args.star_rating, "high_end": args.high_end or None},
+        "SCHOOL": {"private_school": args.private_school or None, "high_fee": args.high_fee or None},
+        "SHIP": {"cabin_class": args.cabin_class},
+        "TRAVEL": {"service": args.service},
+        "LEISURE": {"venue": args.venue},
+        "INSURANCE": {"cash_value": args.cash_value or None},
+        "REAL_ESTATE": {"kind": args.kind},
+        "VEHICLE": {"business_necessary": args.business_necessary or None},
+        "OFFICE_RENTAL": {"high_end": args.high_end or None},
+    }
+    return {k: v for k, v in fields.get(channel, {}).items() if v is not None}
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from clients.check_client import CheckClient, build_request
+    from shixin.v1 import check_pb2 as pb
+
+    if not args.channel:
+        print("check: --channel is required", file=sys.stderr)
+        return 2
+    try:
+        request = build_request(
+            args.channel, id_number=args.id_number, name=args.name, id_type=args.id_type,
+            uscc=args.uscc, purchase=_purchase(args), amount_fen=args.amount_fen,
+            request_id=args.request_id, merchant_id=args.merchant, terminal_id=args.terminal,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"check: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with CheckClient(args.target) as client:
+            answer = client.check(request)
+    except grpc.RpcError as exc:
+        print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 2
+    if args.json:
+        print(json_format.MessageToJson(answer, ensure_ascii=False))
+        return 0
+    print(f"{pb.Decision.Name(answer.decision)}  (check {answer.check_id}, list {answer.list_version})")
+    for reason in answer.reasons:
+        print(f"  {reason.code}: {reason.message}")
+    for m in answer.matches:
+        org = f" of {m.organization_name}" if m.organization_name else ""
+        print(
+            f"  match: {pb.ListType.Name(m.list_type)} {m.case_number} {m.court} "
+            f"{pb.Role.Name(m.role).removeprefix('ROLE_')}{org} {m.masked_id} "
+            f"listed {m.listed_on} until {m.valid_until or '-'} {pb.EntryStatus.Name(m.status)}"
+        )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from clients.check_client import CheckClient
+
+    try:
+        with CheckClient(args.target) as client:
+            status = client.status()
+    except grpc.RpcError as exc:
+        print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 2
+    if args.json:
+        print(json_format.MessageToJson(status, ensure_ascii=False))
+        return 0
+    if not status.serving:
+        print("no list loaded yet (health NOT_SERVING)")
+    else:
+        print(f"version {status.version}  from {status.source}")
+        print(f"loaded {status.loaded_at}; source {status.source_timestamp} "
+              f"({status.staleness_seconds}s old); last delta seq {status.last_delta_seq}")  # fmt: skip
+        print(f"{status.entries_total} entries, {status.subject_keys} subject keys")
+        for c in status.counts:
+            print(f"  {c.list_type:8} {c.status:10} {c.entries}")
+    for p in status.policy:
+        print(f"policy {p.name} = {p.value}  ({p.description})")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    import secrets
+
+    from loader.versions import validate_file
+
+    path: Path = args.path
+    if not path.is_file():
+        print(f"validate: {path} is not a file", file=sys.stderr)
+        return 2
+    kind, rows, errors = validate_file(path, SubjectKeyer(secrets.token_bytes(32)))
+    for error in errors:
+        print(f"{path}:{error}")
+    verdict = "OK" if not errors else f"{len(errors)} bad row(s): the file would be refused whole"
+    print(f"{path}: {kind.value}, {rows} rows, {verdict}")
+    return 1 if errors else 0
+
+
+def cmd_gen_data(args: argparse.Namespace) -> int:
+    from loader.synthetic import write_snapshot
+
+    if not args.out:
+        print("gen-data: --out PATH is required", file=sys.stderr)
+        return 2
+    as_of = (
+        _dt.date.fromisoformat(args.as_of) if args.as_of else _dt.datetime.now(CHINA_TZ).date()
+    )
+    count = int(args.count)
+    started = time.perf_counter()
+
+    def progress(n: int) -> None:
+        print(f"  {n:,} / {count:,} entries", file=sys.stderr, flush=True)
+
+    write_snapshot(Path(args.out), count, int(args.seed), as_of, progress)
+    took = time.perf_counter() - started
+    print(f"wrote {count:,} entries to {args.out} in {took:.1f}s (seed {args.seed}, as of {as_of})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from server.app import run_service
+
+    return run_service(serve_settings(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {
+        "serve": cmd_serve,
+        "validate": cmd_validate,
+        "check": cmd_check,
+        "gen-data": cmd_gen_data,
+        "status": cmd_status,
+    }
+    try:
+        return handlers[args.command](args)
+    except ConfigurationError as exc:
+        print(f"shixin-check {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Wire types to domain types and back: the only module that knows both.
+
+Requests are validated here as they are converted: every problem is an
+``InvalidInput`` naming the request field (``subject.person.id_number``,
+``purchase.rail.seat``) so the caller can fix exactly that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from shixin.v1 import check_pb2 as pb
+from shixin_domain.decision import MatchOutcome, Query, Verdict
+from shixin_domain.errors import InvalidInput
+from shixin_domain.identity import (
+    IdType,
+    mask_id,
+    normalize_person_id,
+    normalize_uscc,
+)
+from shixin_domain.keys import SubjectKeyer
+from shixin_domain.model import NO_END, Channel, day_iso
+from shixin_domain.rules import (
+    Flight,
+    HotelStay,
+    InsurancePolicy,
+    LeisureVenue,
+    LeisureVisit,
+    OfficeRental,
+    Purchase,
+    RailSeat,
+    RailTicket,
+    RealEstateDeal,
+    RealEstateKind,
+    Reason,
+    SchoolEnrolment,
+    ShipPassage,
+    TravelBooking,
+    TravelService,
+    VehicleSale,
+    normalize_train_number,
+    validate_purchase,
+)
+
+_ID_TYPES: dict[int, IdType] = {0: IdType.RESIDENT_ID} | {t.value: t for t in IdType}
+_CHANNELS: dict[int, Channel] = {c.value: c for c in Channel}
+
+#: The purchase field each channel expects.
+PURCHASE_FIELD: dict[Channel, str] = {
+    Channel.RAIL: "rail",
+    Channel.AIRLINE: "flight",
+    Channel.HOTEL: "hotel",
+    Channel.SCHOOL: "school",
+    Channel.SHIP: "ship",
+    Channel.TRAVEL: "travel",
+    Channel.LEISURE: "leisure",
+    Channel.INSURANCE: "insurance",
+    Channel.REAL_ESTATE: "real_estate",
+    Channel.VEHICLE: "vehicle",
+    Channel.OFFICE_RENTAL: "office_rental",
+}
+
+
+def _enum(table: dict[int, Any], value: int, field: str, what: str) -> Any:
+    found = table.get(value)
+    if found is None:
+        if value == 0:
+            raise InvalidInput(field, f"is required ({what})")
+        raise InvalidInput(field, f"{value} is not a known {what}")
+    return found
+
+
+_SEATS = {s.value: s for s in RailSeat}
+_TRAVEL = {s.value: s for s in TravelService}
+_VENUES = {s.value: s for s in LeisureVenue}
+_ESTATE = {s.value: s for s in RealEstateKind}
+
+
+def _rail(m: pb.RailPurchase) -> RailTicket:
+    number = normalize_train_number(m.train_number)
+    return RailTicket(number, _enum(_SEATS, m.seat, "purchase.rail.seat", "rail seat"))
+
+
+_PURCHASES: dict[str, Callable[[Any], Purchase]] = {
+    "rail": _rail,
+    "flight": lambda m: Flight(m.flight_number.strip().upper(), m.cabin.strip().upper()),
+    "hotel": lambda m: HotelStay(m.star_rating, m.high_end),
+    "school": lambda m: SchoolEnrolment(m.private_school, m.high_fee),
+    "ship": lambda m: ShipPassage(m.cabin_class),
+    "travel": lambda m: TravelBooking(
+        _enum(_TRAVEL, m.service, "purchase.travel.service", "travel service")
+    ),
+    "leisure": lambda m: LeisureVisit(
+        _enum(_VENUES, m.venue, "purchase.leisure.venue", "leisure venue")
+    ),
+    "insurance": lambda m: InsurancePolicy(m.cash_value),
+    "real_estate": lambda m: RealEstateDeal(
+        _enum(_ESTATE, m.kind, "purchase.real_estate.kind", "real-estate kind")
+    ),
+    "vehicle": lambda m: VehicleSale(m.business_necessary),
+    "office_rental": lambda m: OfficeRental(m.high_end),
+}
+
+
+def to_query(request: pb.CheckRequest, keyer: SubjectKeyer) -> Query:
+    """A validated domain query, or ``InvalidInput`` naming the field."""
+    which = request.WhichOneof("subject")
+    if which == "person":
+        person = request.person
+        id_type = _enum(_ID_TYPES, person.id_type or 1, "subject.person.id_type", "id type")
+        number = normalize_person_id(id_type, person.id_number, "subject.person.id_number")
+        key = keyer.subject_key(id_type, number)
+        name = person.name
+    elif which == "organization":
+        org = request.organization
+        number = normalize_uscc(org.uscc, "subject.organization.uscc")
+        key = keyer.subject_key(None, number)
+        name = org.name
+    else:
+        raise InvalidInput("subject", "is required: set person or organization")
+
+    channel = _CHANNELS.get(request.channel)
+    if channel is None:
+        if request.channel == 0:
+            raise InvalidInput("channel", "is required")
+        raise InvalidInput("channel", f"{request.channel} is not a known channel")
+    expected = PURCHASE_FIELD[channel]
+    given = request.WhichOneof("purchase")
+    if given != expected:
+        if given is None:
+            raise InvalidInput(
+                "purchase", f"is required for channel {channel.name}: set purchase.{expected}"
+            )
+        raise InvalidInput(
+            f"purchase.{given}",
+            f"does not match channel {channel.name} (expected purchase.{expected})",
+        )
+    purchase = _PURCHASES[given](getattr(request, given))
+    validate_purchase(channel, purchase, request.amount_fen, f"purchase.{given}")
+    return Query(key, name, mask_id(number), channel, purchase, request.amount_fen)
+
+
+# --- answers ------------------------------------------------------------------
+
+_REASON_PB: dict[Reason, pb.Reason] = {}
+
+
+def reason_pb(reason: Reason) -> pb.Reason:
+    found = _REASON_PB.get(reason)
+    if found is None:
+        found = _REASON_PB[reason] = pb.Reason(code=reason.code, message=reason.message)
+    return found
+
+
+def match_pb(outcome: MatchOutcome) -> pb.Match:
+    m = outcome.match
+    return pb.Match(
+        list_type=int(m.list_type),
+        case_number=m.case_number,
+        court=m.court,
+        role=int(m.role),
+        organization_name=m.organization_name,
+        masked_id=m.masked_id,
+        listed_on=day_iso(m.listed_on),
+        valid_until="" if m.valid_until == NO_END else day_iso(m.valid_until),
+        status=int(outcome.status),
+        entry_id=m.entry_id,
+    )
+
+
+def to_response(request_id: str, check_id: str, verdict: Verdict, version: str) -> pb.CheckResponse:
+    return pb.CheckResponse(
+        request_id=request_id,
+        check_id=check_id,
+        decision=int(verdict.decision),
+        reasons=[reason_pb(r) for r in verdict.reasons],
+        matches=[match_pb(o) for o in verdict.matches],
+        list_version=version,
+    )

@@ -1,0 +1,79 @@
+"""One check from wire request to wire answer: convert, decide, log the hit.
+
+The servicer calls this and nothing else; it holds no policy of its own
+(that is ``shixin_domain.decision``). This is the hot path: no logging
+calls, no locks, one index view per check.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+
+from server.convert import to_query, to_response
+from server.hitlog import HitLog
+from shixin.v1 import check_pb2 as pb
+from shixin_domain.decision import Query, Verdict, decide
+from shixin_domain.errors import NotReady
+from shixin_domain.index import IndexSource, ListView
+from shixin_domain.keys import SubjectKeyer
+from shixin_domain.model import china_day
+from shixin_domain.rules import Policy
+
+
+class CheckEngine:
+    def __init__(
+        self,
+        source: IndexSource,
+        keyer: SubjectKeyer,
+        policy: Policy,
+        hit_log: HitLog | None = None,
+    ) -> None:
+        self.source = source
+        self.keyer = keyer
+        self.policy = policy
+        self.hit_log = hit_log
+        # check ids: unique across processes and restarts without coordination
+        self._prefix = secrets.token_hex(4) + "-"
+        self._counter = itertools.count(1)
+
+    def view(self) -> ListView:
+        view = self.source.current()
+        if view is None:
+            raise NotReady("no list loaded yet")
+        return view
+
+    def query(self, request: pb.CheckRequest) -> Query:
+        return to_query(request, self.keyer)
+
+    def check(self, request: pb.CheckRequest, view: ListView, peer: str = "") -> pb.CheckResponse:
+        """Answer one validated-on-the-way request against ``view``."""
+        query = to_query(request, self.keyer)
+        verdict = decide(view, query, self.keyer, self.policy, china_day(time.time()))
+        check_id = f"{self._prefix}{next(self._counter):x}"
+        version = view.info.version
+        if verdict.matches and self.hit_log is not None:
+            self._log_hit(check_id, request, query, verdict, version, peer)
+        return to_response(request.request_id, check_id, verdict, version)
+
+    def _log_hit(
+        self,
+        check_id: str,
+        request: pb.CheckRequest,
+        query: Query,
+        verdict: Verdict,
+        version: str,
+        peer: str,
+    ) -> None:
+        assert self.hit_log is not None
+        self.hit_log.record(
+            check_id,
+            request.request_id,
+            query,
+            verdict,
+            version,
+            request.merchant_id,
+            request.terminal_id,
+            peer,
+        )

@@ -1,0 +1,151 @@
+"""All configuration, in one place.
+
+Every command-line flag also reads an environment variable ``SHIXIN_<FLAG>``
+(``--hit-log`` from ``SHIXIN_HIT_LOG``); a flag given on the command line
+wins. Bad values are refused at start-up with a message naming both. The
+result is a frozen ``Settings`` passed to whatever needs it; nothing reads
+the environment later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shixin_domain.errors import ConfigurationError
+from shixin_domain.keys import MIN_SECRET_BYTES
+from shixin_domain.rules import Policy
+
+ENV_PREFIX = "SHIXIN_"
+MAX_BATCH = 1000
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def add_flag(parser: argparse.ArgumentParser, flag: str, **kwargs: object) -> None:
+    """``parser.add_argument`` whose default comes from ``SHIXIN_<FLAG>`` when set."""
+    env = os.environ.get(env_name(flag))
+    if env is not None:
+        if kwargs.get("action") == "store_true":
+            kwargs["default"] = env.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            kwargs["default"] = env
+    help_text = str(kwargs.get("help", ""))
+    kwargs["help"] = f"{help_text} [env {env_name(flag)}]".strip()
+    parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
+
+
+def add_secret_flags(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--key-secret-file", metavar="PATH",
+             help="file holding the subject-key secret (at least 16 bytes)")  # fmt: skip
+
+
+def add_policy_flags(parser: argparse.ArgumentParser) -> None:
+    d = Policy()
+    add_flag(parser, "--hotel-min-star", default=str(d.hotel_min_star), metavar="N",
+             help="lowest restricted hotel star rating (星级以上: 1)")  # fmt: skip
+    add_flag(parser, "--resort-quota-fen", default=str(d.resort_quota_fen), metavar="FEN",
+             help="rated-resort spending quota per transaction, in fen")  # fmt: skip
+    add_flag(parser, "--insurance-premium-threshold-fen", metavar="FEN",
+             default=str(d.insurance_premium_threshold_fen),
+             help="premium from which cash-value insurance is restricted, in fen")  # fmt: skip
+
+
+def _int(args: argparse.Namespace, flag: str, low: int, high: int) -> int:
+    raw = getattr(args, flag.lstrip("-").replace("-", "_"))
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ConfigurationError(f"{flag} / {env_name(flag)}: {raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ConfigurationError(f"{flag} / {env_name(flag)}: {value} is not in {low}..{high}")
+    return value
+
+
+def policy_from(args: argparse.Namespace) -> Policy:
+    return Policy(
+        hotel_min_star=_int(args, "--hotel-min-star", 1, 5),
+        resort_quota_fen=_int(args, "--resort-quota-fen", 0, 10**12),
+        insurance_premium_threshold_fen=_int(args, "--insurance-premium-threshold-fen", 0, 10**12),
+    )
+
+
+def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes, str]:
+    """(secret, where it came from). ``SHIXIN_KEY_SECRET`` holds it directly."""
+    path = getattr(args, "key_secret_file", None)
+    if path:
+        try:
+            secret = Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"--key-secret-file / SHIXIN_KEY_SECRET_FILE: {exc}") from exc
+        source = f"file {path}"
+    elif os.environ.get("SHIXIN_KEY_SECRET"):
+        secret = os.environ["SHIXIN_KEY_SECRET"].encode()
+        source = "SHIXIN_KEY_SECRET"
+    elif allow_ephemeral:
+        return secrets.token_bytes(32), "generated for this process (keys live only in memory)"
+    else:
+        raise ConfigurationError(
+            "no key secret: set SHIXIN_KEY_SECRET or --key-secret-file / SHIXIN_KEY_SECRET_FILE"
+        )
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigurationError(
+            f"key secret from {source} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} needed"
+        )
+    return secret, source
+
+
+def parse_listen(raw: str) -> tuple[str, int]:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigurationError(f"--listen / SHIXIN_LISTEN: {raw!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What ``shixin-check serve`` runs with."""
+
+    listen: str
+    list_path: Path | None
+    demo: bool
+    secret: bytes = field(repr=False)
+    secret_source: str
+    policy: Policy
+    hit_log: Path | None
+    audit_log: Path | None
+    grace_seconds: float
+    max_batch: int = MAX_BATCH
+    demo_count: int = 2000
+    poll_interval: float = 0.2
+
+
+def serve_settings(args: argparse.Namespace) -> ServeSettings:
+    list_path = Path(args.list) if args.list else None
+    if not args.demo and list_path is None:
+        raise ConfigurationError("serve needs --list PATH (SHIXIN_LIST) or --demo")
+    if list_path is not None and not list_path.exists():
+        raise ConfigurationError(f"--list / SHIXIN_LIST: {list_path} does not exist")
+    parse_listen(args.listen)
+    secret, source = secret_from(args, allow_ephemeral=True)
+    try:
+        grace = float(args.grace)
+    except ValueError:
+        raise ConfigurationError(f"--grace / SHIXIN_GRACE: {args.grace!r} is not a number") from None
+    return ServeSettings(
+        listen=args.listen,
+        list_path=list_path,
+        demo=bool(args.demo),
+        secret=secret,
+        secret_source=source,
+        policy=policy_from(args),
+        hit_log=Path(args.hit_log) if args.hit_log else None,
+        audit_log=Path(args.audit_log) if args.audit_log else None,
+        grace_seconds=grace,
+        demo_count=_int(args, "--demo-count", 10, 10_000_000),
+    )

@@ -1,0 +1,29 @@
+"""Domain errors to gRPC status codes: the one place they are mapped."""
+
+from __future__ import annotations
+
+import grpc
+
+from shixin_domain.errors import (
+    ConfigurationError,
+    IndexUnavailable,
+    InvalidInput,
+    LoadRejected,
+    NotReady,
+    ShixinError,
+)
+
+_CODES: tuple[tuple[type[ShixinError], grpc.StatusCode], ...] = (
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotReady, grpc.StatusCode.UNAVAILABLE),
+    (IndexUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (LoadRejected, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConfigurationError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+def status_of(exc: ShixinError) -> grpc.StatusCode:
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL

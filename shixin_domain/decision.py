@@ -1,0 +1,122 @@
+"""Decisions: may this subject make this purchase today, and why.
+
+``decide`` is the whole policy at check time, with no transport or storage in
+it: the Bloom prefilter clears unlisted subjects, then every entry matching
+the subject is judged by its lifecycle (expired, suspended, exempted for the
+channel) and the purchase against the rule table.
+
+- ALLOW, NOT_LISTED: no entry names the subject.
+- ALLOW with NOT_RESTRICTED_CLASS / LISTING_SUSPENDED / EXEMPTED / EXPIRED:
+  listed, but nothing restricts this purchase today.
+- DENY with the restriction's code: an active, non-exempt entry restricts it;
+  the answer carries every such entry.
+- REVIEW: such an entry exists but the name given does not match the one
+  listed (after normalisation), like an airline watchlist's selectee.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shixin_domain.identity import normalize_name
+from shixin_domain.index import ListedMatch, ListView
+from shixin_domain.keys import SubjectKeyer
+from shixin_domain.model import Channel, Decision, EntryStatus
+from shixin_domain.rules import Policy, Purchase, Reason, restriction_for
+
+NOT_LISTED = Reason("NOT_LISTED", "未在失信被执行人及限制消费人员名单中")
+NOT_RESTRICTED_CLASS = Reason("NOT_RESTRICTED_CLASS", "名单人员，但该消费不在限制范围内")
+LISTING_SUSPENDED = Reason("LISTING_SUSPENDED", "名单信息核实期间，惩戒措施暂不执行")
+EXEMPTED = Reason("EXEMPTED", "经人民法院准许以个人财产实施的该项消费")
+EXPIRED = Reason("EXPIRED", "名单已过有效期，不再限制")
+NAME_MISMATCH = Reason("NAME_MISMATCH", "证件号码在名单中但姓名不一致，请人工核验")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A validated check, in domain terms."""
+
+    subject_key: int
+    name: str  # as given; normalised only when a listed entry needs comparing
+    masked_id: str
+    channel: Channel
+    purchase: Purchase
+    amount_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class MatchOutcome:
+    """A listed entry and how it stands today (ACTIVE, SUSPENDED or EXPIRED)."""
+
+    match: ListedMatch
+    status: EntryStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    decision: Decision
+    reasons: tuple[Reason, ...]
+    matches: tuple[MatchOutcome, ...]
+
+    @property
+    def hit(self) -> bool:
+        """True when a listed subject matched: such checks go to the hit log."""
+        return bool(self.matches)
+
+
+VERDICT_NOT_LISTED = Verdict(Decision.ALLOW, (NOT_LISTED,), ())
+
+
+def decide(
+    view: ListView, query: Query, keyer: SubjectKeyer, policy: Policy, today: int
+) -> Verdict:
+    """The decision for ``query`` against ``view`` on ``today`` (a China-time day number)."""
+    key = query.subject_key
+    if not view.might_contain(key):
+        return VERDICT_NOT_LISTED
+    found = view.look_up(key)
+    if not found:
+        return VERDICT_NOT_LISTED
+    return judge(found, query, keyer, policy, today)
+
+
+def judge(
+    found: tuple[ListedMatch, ...] | list[ListedMatch],
+    query: Query,
+    keyer: SubjectKeyer,
+    policy: Policy,
+    today: int,
+) -> Verdict:
+    """The decision for a subject that the index says is listed."""
+    restriction = restriction_for(query.purchase, query.amount_fen, policy)
+    channel = query.channel
+    restricting: list[MatchOutcome] = []
+    others: list[MatchOutcome] = []
+    lifted: list[Reason] = []
+    for m in found:
+        if m.valid_until < today:
+            others.append(MatchOutcome(m, EntryStatus.EXPIRED))
+            lifted.append(EXPIRED)
+        elif m.status is EntryStatus.SUSPENDED:
+            others.append(MatchOutcome(m, EntryStatus.SUSPENDED))
+            lifted.append(LISTING_SUSPENDED)
+        elif any(e.covers(channel, today) for e in m.exemptions):
+            others.append(MatchOutcome(m, EntryStatus.ACTIVE))
+            lifted.append(EXEMPTED)
+        elif restriction is None:
+            others.append(MatchOutcome(m, EntryStatus.ACTIVE))
+            lifted.append(NOT_RESTRICTED_CLASS)
+        else:
+            restricting.append(MatchOutcome(m, EntryStatus.ACTIVE))
+
+    if restriction is not None and restricting:
+        if not query.name:
+            return Verdict(Decision.DENY, (restriction,), tuple(restricting))
+        name_key = keyer.name_key(normalize_name(query.name))
+        named = tuple(o for o in restricting if o.match.name_key in (name_key, 0))
+        if named:
+            return Verdict(Decision.DENY, (restriction,), named)
+        return Verdict(Decision.REVIEW, (restriction, NAME_MISMATCH), tuple(restricting))
+
+    reasons = tuple(dict.fromkeys(lifted))  # first-seen order, no repeats
+    return Verdict(Decision.ALLOW, reasons, tuple(others))

@@ -1,0 +1,72 @@
+"""The one exception family of shixin-check.
+
+::
+
+    ShixinError
+     +-- InvalidInput        a field of a request or list row is wrong (INVALID_ARGUMENT)
+     +-- LoadRejected        a list file failed validation; nothing was applied
+     +-- NotReady            no list is loaded yet (UNAVAILABLE)
+     +-- IndexUnavailable    the index backend cannot be reached (UNAVAILABLE)
+     +-- ConfigurationError  a setting is missing or wrong; names the variable
+
+The server maps these to ``grpc.StatusCode`` in exactly one place
+(``server/status.py``); backends wrap their own errors with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class ShixinError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class InvalidInput(ShixinError):
+    """A field is wrong. ``field`` is its path (``subject.person.id_number``)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+    def under(self, prefix: str) -> InvalidInput:
+        """The same problem, with the field named from a larger message."""
+        return InvalidInput(f"{prefix}.{self.field}", self.problem)
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One bad row of a list file: where it is and what is wrong with it."""
+
+    line: int
+    field: str
+    problem: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}"
+        return f"{where}: {self.field}: {self.problem}" if self.field else f"{where}: {self.problem}"
+
+
+class LoadRejected(ShixinError):
+    """A list file did not validate. The serving version is untouched."""
+
+    def __init__(self, source: str, errors: Sequence[RowError]) -> None:
+        shown = "\n".join(f"  {e}" for e in errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        super().__init__(f"{source}: {len(errors)} bad row(s), nothing applied\n{shown}{more}")
+        self.source = source
+        self.errors = list(errors)
+
+
+class NotReady(ShixinError):
+    """No list has been loaded yet."""
+
+
+class IndexUnavailable(ShixinError):
+    """The index backend cannot answer (Redis down, for instance)."""
+
+
+class ConfigurationError(ShixinError):
+    """A setting is missing or has a bad value; the message names the variable."""

@@ -1,0 +1,76 @@
+"""The index seen by a check: a consistent view of one list version.
+
+Backends (in memory, Redis) implement ``ListView`` and hand out views from
+an ``IndexSource``. A check takes one view and uses it to the end, so it sees
+one version whole even while the loader swaps in the next.
+
+``might_contain`` is the Bloom prefilter: False means surely not listed and
+is the answer for almost every caller; True costs a ``look_up``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from shixin_domain.model import EntryStatus, Exemption, ListType, Role
+
+
+@dataclass(frozen=True, slots=True)
+class ListedMatch:
+    """One entry restricting the looked-up subject, in one role."""
+
+    entry_id: str
+    list_type: ListType
+    status: EntryStatus  # as loaded: ACTIVE or SUSPENDED
+    role: Role
+    name_key: int  # keyed hash of the listed name (0: none recorded)
+    case_number: str
+    court: str
+    organization_name: str  # for a related person: the debtor organisation
+    masked_id: str
+    listed_on: int  # day number
+    valid_until: int  # day number
+    exemptions: tuple[Exemption, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Entries by list type and loaded status, for GetListStatus."""
+
+    by_type_status: tuple[tuple[ListType, EntryStatus, int], ...]
+    subject_keys: int
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, _, n in self.by_type_status)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """What a version is and where it came from."""
+
+    version: str
+    source: str
+    loaded_at: float  # unix seconds
+    source_timestamp: float  # unix seconds: newest publish date or delta
+    last_delta_seq: int
+    counts: Counts
+
+
+class ListView(Protocol):
+    """One list version, read-only."""
+
+    @property
+    def info(self) -> VersionInfo: ...
+
+    def might_contain(self, key: int) -> bool: ...
+
+    def look_up(self, key: int) -> Sequence[ListedMatch]: ...
+
+
+class IndexSource(Protocol):
+    """Where checks get the current view; None until a list is loaded."""
+
+    def current(self) -> ListView | None: ...

@@ -1,0 +1,126 @@
+"""The list model: entries, the people they restrict, and their lifecycle.
+
+A ``ListEntry`` is one court decision as the credit platform publishes it.
+It restricts its subject (the debtor) and, when the debtor is an organisation,
+the related persons named in it (legal representative, principal, actual
+controller, directly responsible persons), each in their role.
+
+Values of the enums match the wire enums of ``shixin.v1`` so converting is an
+integer copy, but nothing here knows about protobuf.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from enum import IntEnum
+
+from shixin_domain.identity import IdType
+
+
+class Channel(IntEnum):
+    """Where the purchase is made: one row group of the rule table."""
+
+    RAIL = 1
+    AIRLINE = 2
+    HOTEL = 3
+    SCHOOL = 4
+    SHIP = 5
+    TRAVEL = 6
+    LEISURE = 7
+    INSURANCE = 8
+    REAL_ESTATE = 9
+    VEHICLE = 10
+    OFFICE_RENTAL = 11
+
+
+class ListType(IntEnum):
+    SHIXIN = 1  # 失信被执行人
+    XIANGAO = 2  # 限制消费人员
+
+
+class EntryStatus(IntEnum):
+    ACTIVE = 1
+    SUSPENDED = 2  # objection under verification: measures not applied
+    EXPIRED = 3  # computed at check time from valid_until, never loaded
+
+
+class Role(IntEnum):
+    DEBTOR = 1
+    LEGAL_REPRESENTATIVE = 2
+    PRINCIPAL = 3
+    ACTUAL_CONTROLLER = 4
+    RESPONSIBLE_PERSON = 5
+
+
+class Decision(IntEnum):
+    ALLOW = 1
+    DENY = 2
+    REVIEW = 3
+
+
+CHINA_TZ = _dt.timezone(_dt.timedelta(hours=8), "Asia/Shanghai")
+_EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
+
+
+def china_day(unix_seconds: float) -> int:
+    """Days since 1970-01-01 in China time: how dates are compared at check time."""
+    return int((unix_seconds + 8 * 3600) // 86400)
+
+
+def day_number(date: _dt.date) -> int:
+    return date.toordinal() - _EPOCH_ORDINAL
+
+
+def day_iso(day: int) -> str:
+    return _dt.date.fromordinal(day + _EPOCH_ORDINAL).isoformat() if day else ""
+
+
+#: ``valid_until`` of an entry with no end date.
+NO_END = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Exemption:
+    """A court's permission for one channel, dates inclusive (China time)."""
+
+    channel: Channel
+    first_day: int
+    last_day: int
+
+    def covers(self, channel: Channel, today: int) -> bool:
+        return self.channel is channel and self.first_day <= today <= self.last_day
+
+
+@dataclass(frozen=True, slots=True)
+class ListedSubject:
+    """Someone an entry restricts: the debtor itself or a related person.
+
+    ``id_number`` is already normalised; the loader turns it into a keyed
+    subject key and a masked form and does not keep it.
+    """
+
+    role: Role
+    name: str
+    id_type: IdType | None  # None for an organisation (USCC)
+    id_number: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListEntry:
+    """One published court decision, validated and normalised."""
+
+    entry_id: str
+    list_type: ListType
+    status: EntryStatus
+    case_number: str
+    court: str
+    published_on: int  # day number, 0 when unknown
+    valid_until: int  # day number, NO_END when open-ended
+    debtor: ListedSubject
+    organization_name: str  # the debtor's name when the debtor is an organisation
+    related: tuple[ListedSubject, ...] = ()
+    exemptions: tuple[Exemption, ...] = ()
+
+    def subjects(self) -> tuple[ListedSubject, ...]:
+        return (self.debtor, *self.related)
