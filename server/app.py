@@ -21,6 +21,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
 
 from loader.index_memory import MemoryIndex
 from loader.versions import DirectoryFollower, Loader
@@ -28,9 +30,8 @@ from server.engine import CheckEngine
 from server.hitlog import AuditLog, HitLog
 from server.service import ConsumptionCheckService
 from server.settings import ServeSettings
-from shixin.v1 import check_pb2 as pb
-from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_domain.errors import LoadRejected
+from shixin_domain.identity import resident_id_check_char
 from shixin_domain.keys import SubjectKeyer
 from shixin_domain.model import CHINA_TZ
 
@@ -193,7 +194,9 @@ def demo_examples(entries: object, today: _dt.date) -> list[str]:
             break
     lines = ["try (in another shell):"]
     lines += [f"  {v}" for v in wanted.values()]
-    lines.append("  shixin-check check --id 110105194912310029 --name 张三 --channel AIRLINE  # not listed")
+    unlisted = "11010519300101003"  # born 1930: the generator makes ages 18-80
+    unlisted += resident_id_check_char(unlisted)
+    lines.append(f"  shixin-check check --id {unlisted} --name 张三 --channel AIRLINE  # not listed")
     return lines
 
 

@@ -1,0 +1,274 @@
+"""The service through a real server on a free port and a real channel."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import orjson
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from clients.check_client import build_request
+from shixin.v1 import check_pb2 as pb
+from tests.conftest import RunningServer
+from tests.listdata import (
+    ACME_USCC,
+    LI,
+    WANG,
+    ZHANG,
+    ZHAO,
+    basic_rows,
+    person_entry,
+    write_jsonl,
+)
+
+Serve = Callable[..., RunningServer]
+
+
+@pytest.fixture
+def server(tmp_path: Path, serve: Serve) -> RunningServer:
+    rows = [
+        *basic_rows(),
+        person_entry("E4", LI, "李娜", status="SUSPENDED", case_number="(2025)沪0104执9号"),
+    ]
+    return serve(write_jsonl(tmp_path / "list.jsonl", rows), hit_log=tmp_path / "hits.jsonl")
+
+
+def rail(number: str, name: str = "", train: str = "G1234", seat: str = "SECOND_CLASS",
+         **kw: object) -> pb.CheckRequest:  # fmt: skip
+    return build_request(
+        "RAIL", id_number=number, name=name,
+        purchase={"train_number": train, "seat": seat}, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_listed_debtor_is_denied_with_the_match(server: RunningServer) -> None:
+    answer = server.stub().CheckConsumption(rail(ZHANG, "张伟", request_id="r-1"))
+    assert answer.decision == pb.DENY
+    assert [r.code for r in answer.reasons] == ["RAIL_G_TRAIN"]
+    assert answer.reasons[0].message  # a sentence for the clerk
+    [m] = answer.matches
+    assert (m.list_type, m.case_number, m.role, m.status) == (
+        pb.SHIXIN, "(2024)京0105执1001号", pb.ROLE_DEBTOR, pb.ACTIVE
+    )
+    assert m.masked_id == ZHANG[:6] + "********" + ZHANG[-4:]
+    assert (m.listed_on, m.valid_until, m.court) == ("2024-01-15", "2099-12-31", "北京市朝阳区人民法院")
+    assert answer.request_id == "r-1"
+    assert answer.check_id
+    assert answer.list_version
+
+
+def test_unlisted_subject_is_allowed(server: RunningServer) -> None:
+    answer = server.stub().CheckConsumption(rail(ZHAO, "赵六"))
+    assert answer.decision == pb.ALLOW
+    assert [r.code for r in answer.reasons] == ["NOT_LISTED"]
+    assert not answer.matches
+
+
+def test_same_id_written_differently_is_the_same_person(server: RunningServer) -> None:
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) for c in ZHANG)
+    spaced = f" {ZHANG[:6]} {ZHANG[6:14]}\u3000{ZHANG[14:].lower()} "
+    for written in (fullwidth, spaced):
+        assert server.stub().CheckConsumption(rail(written, "张 伟")).decision == pb.DENY
+
+
+def test_related_person_is_denied_in_role_for_the_organisation(server: RunningServer) -> None:
+    request = build_request("HOTEL", id_number=WANG, name="王芳", purchase={"star_rating": 3})
+    answer = server.stub().CheckConsumption(request)
+    assert answer.decision == pb.DENY
+    assert [r.code for r in answer.reasons] == ["HOTEL_STAR_RATED"]
+    [m] = answer.matches
+    assert (m.role, m.organization_name) == (pb.ROLE_LEGAL_REPRESENTATIVE, "北京艾克米科技有限公司")
+
+
+def test_organisation_itself_is_checked_by_uscc(server: RunningServer) -> None:
+    request = build_request("AIRLINE", uscc=ACME_USCC.lower(), name="北京艾克米科技有限公司")
+    assert server.stub().CheckConsumption(request).decision == pb.DENY
+
+
+def test_name_mismatch_is_review(server: RunningServer) -> None:
+    answer = server.stub().CheckConsumption(rail(ZHANG, "张三"))
+    assert answer.decision == pb.REVIEW
+    assert [r.code for r in answer.reasons] == ["RAIL_G_TRAIN", "NAME_MISMATCH"]
+
+
+def test_unrestricted_class_is_allowed_and_says_why(server: RunningServer) -> None:
+    answer = server.stub().CheckConsumption(rail(ZHANG, "张伟", train="d 301"))
+    assert answer.decision == pb.ALLOW
+    assert [r.code for r in answer.reasons] == ["NOT_RESTRICTED_CLASS"]
+    assert len(answer.matches) == 1
+
+
+def test_suspended_and_active_entries_of_one_person(server: RunningServer) -> None:
+    answer = server.stub().CheckConsumption(build_request("AIRLINE", id_number=LI, name="李娜"))
+    assert answer.decision == pb.DENY  # E2 active, E4 suspended
+    assert [m.case_number for m in answer.matches] == ["(2023)沪0104执88号"]
+
+
+BAD_REQUESTS = {
+    "bad check digit": (
+        lambda: rail(ZHANG[:17] + ("1" if ZHANG[17] == "0" else "0")),
+        "subject.person.id_number: has a bad check digit",
+    ),
+    "short id": (lambda: rail("1101051980"), "subject.person.id_number"),
+    "no subject": (lambda: pb.CheckRequest(channel=pb.AIRLINE, flight=pb.FlightPurchase()), "subject"),
+    "unknown channel": (
+        lambda: pb.CheckRequest(person=pb.PersonSubject(id_number=ZHAO), channel=99),
+        "channel: 99 is not a known channel",
+    ),
+    "no channel": (lambda: pb.CheckRequest(person=pb.PersonSubject(id_number=ZHAO)), "channel"),
+    "purchase missing": (
+        lambda: pb.CheckRequest(person=pb.PersonSubject(id_number=ZHAO), channel=pb.RAIL),
+        "purchase: is required for channel RAIL",
+    ),
+    "purchase of another channel": (
+        lambda: pb.CheckRequest(
+            person=pb.PersonSubject(id_number=ZHAO), channel=pb.RAIL, flight=pb.FlightPurchase()
+        ),
+        "purchase.flight: does not match channel RAIL",
+    ),
+    "seat missing": (lambda: rail(ZHAO, seat="UNSPECIFIED"), "purchase.rail.seat"),
+    "not a train": (lambda: rail(ZHAO, train="AB12"), "purchase.rail.train_number"),
+    "bad uscc": (
+        lambda: build_request("AIRLINE", uscc=ACME_USCC[:17] + "I"),
+        "subject.organization.uscc",
+    ),
+    "unknown id type": (
+        lambda: pb.CheckRequest(
+            person=pb.PersonSubject(id_number=ZHAO, id_type=42), channel=pb.AIRLINE,
+            flight=pb.FlightPurchase(),
+        ),
+        "subject.person.id_type",
+    ),  # fmt: skip
+    "ship cabin 0": (
+        lambda: build_request("SHIP", id_number=ZHAO, purchase={"cabin_class": 0}),
+        "purchase.ship.cabin_class",
+    ),
+    "negative amount": (
+        lambda: build_request("AIRLINE", id_number=ZHAO, amount_fen=-1),
+        "amount_fen",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BAD_REQUESTS)
+def test_bad_input_is_invalid_argument_naming_the_field(server: RunningServer, name: str) -> None:
+    make, expected = BAD_REQUESTS[name]
+    with pytest.raises(grpc.RpcError) as caught:
+        server.stub().CheckConsumption(make())
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in caught.value.details()
+    # and the server keeps serving
+    assert server.stub().CheckConsumption(rail(ZHAO)).decision == pb.ALLOW
+
+
+def test_batch_answers_in_request_order(server: RunningServer) -> None:
+    people = [ZHAO, ZHANG, WANG, ZHAO, LI] * 20
+    checks = [build_request("AIRLINE", id_number=p, request_id=str(i)) for i, p in enumerate(people)]
+    reply = server.stub().CheckConsumptionBatch(pb.CheckBatchRequest(checks=checks))
+    assert [r.request_id for r in reply.results] == [str(i) for i in range(len(people))]
+    expected = [pb.ALLOW if p == ZHAO else pb.DENY for p in people]
+    assert [r.decision for r in reply.results] == expected
+    assert len({r.check_id for r in reply.results}) == len(people)
+
+
+def test_batch_limit_is_enforced(server: RunningServer) -> None:
+    check = build_request("AIRLINE", id_number=ZHAO)
+    reply = server.stub().CheckConsumptionBatch(pb.CheckBatchRequest(checks=[check] * 1000))
+    assert len(reply.results) == 1000
+    with pytest.raises(grpc.RpcError) as caught:
+        server.stub().CheckConsumptionBatch(pb.CheckBatchRequest(checks=[check] * 1001))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 1000" in caught.value.details()
+
+
+def test_bad_check_in_a_batch_is_named_by_position(server: RunningServer) -> None:
+    good = build_request("AIRLINE", id_number=ZHAO)
+    bad = build_request("AIRLINE", id_number="123")
+    with pytest.raises(grpc.RpcError) as caught:
+        server.stub().CheckConsumptionBatch(pb.CheckBatchRequest(checks=[good, good, bad]))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("checks[2].subject.person.id_number")
+
+
+def test_stream_answers_carry_request_ids(server: RunningServer) -> None:
+    people = [ZHANG, ZHAO, WANG] * 10
+    requests = [build_request("AIRLINE", id_number=p, request_id=f"s{i}") for i, p in enumerate(people)]
+    answers = list(server.stub().CheckConsumptionStream(iter(requests)))
+    assert [a.request_id for a in answers] == [f"s{i}" for i in range(len(people))]
+    assert [a.decision for a in answers] == [pb.ALLOW if p == ZHAO else pb.DENY for p in people]
+
+
+def test_bad_request_in_a_stream_names_its_request_id(server: RunningServer) -> None:
+    requests = [
+        build_request("AIRLINE", id_number=ZHAO, request_id="ok-1"),
+        build_request("AIRLINE", id_number="bad", request_id="bad-2"),
+    ]
+    answers = server.stub().CheckConsumptionStream(iter(requests))
+    assert next(answers).request_id == "ok-1"
+    with pytest.raises(grpc.RpcError) as caught:
+        next(answers)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id 'bad-2'" in caught.value.details()
+
+
+def test_list_status_reports_the_version(server: RunningServer) -> None:
+    status = server.stub().GetListStatus(pb.ListStatusRequest())
+    assert status.serving
+    assert status.entries_total == 4
+    counts = {(c.list_type, c.status): c.entries for c in status.counts}
+    assert counts == {("SHIXIN", "ACTIVE"): 2, ("SHIXIN", "SUSPENDED"): 1, ("XIANGAO", "ACTIVE"): 1}
+    assert status.version and status.loaded_at and status.source_timestamp
+    assert {p.name for p in status.policy} >= {"hotel_min_star", "resort_quota_fen"}
+
+
+def test_hit_log_records_hits_masked(server: RunningServer, tmp_path: Path) -> None:
+    stub = server.stub()
+    stub.CheckConsumption(rail(ZHAO, request_id="miss"))
+    denied = stub.CheckConsumption(
+        rail(ZHANG, "张伟", request_id="hit", merchant_id="m-12306", terminal_id="t-7")
+    )
+    raw = (tmp_path / "hits.jsonl").read_bytes()
+    records = [orjson.loads(line) for line in raw.splitlines()]
+    assert [r["request_id"] for r in records] == ["hit"]
+    [hit] = records
+    assert hit["check_id"] == denied.check_id
+    assert hit["list_version"] == denied.list_version
+    assert (hit["decision"], hit["codes"], hit["channel"]) == ("DENY", ["RAIL_G_TRAIN"], "RAIL")
+    assert (hit["merchant_id"], hit["terminal_id"]) == ("m-12306", "t-7")
+    assert hit["purchase"] == {"train_number": "G1234", "seat": "SECOND_CLASS"}
+    assert hit["case_numbers"] == ["(2024)京0105执1001号"]
+    assert hit["masked_id"] == ZHANG[:6] + "********" + ZHANG[-4:]
+    assert ZHANG.encode() not in raw and ZHAO.encode() not in raw
+
+
+def test_health_is_not_serving_until_a_list_arrives(tmp_path: Path, serve: Serve) -> None:
+    folder = tmp_path / "feed"
+    folder.mkdir()
+    server = serve(folder)
+    health = health_pb2_grpc.HealthStub(server.channel)
+    service = "shixin.v1.ConsumptionCheck"
+    state = health.Check(health_pb2.HealthCheckRequest(service=service)).status
+    assert state == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.RpcError) as caught:
+        server.stub().CheckConsumption(rail(ZHAO))
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    write_jsonl(folder / "snap.jsonl", basic_rows())
+    deadline = time.monotonic() + 5
+    while state != health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
+        time.sleep(0.05)
+        state = health.Check(health_pb2.HealthCheckRequest(service=service)).status
+    assert state == health_pb2.HealthCheckResponse.SERVING
+    assert server.stub().CheckConsumption(rail(ZHANG, "张伟")).decision == pb.DENY
+
+
+def test_reflection_lists_the_services(server: RunningServer) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    [reply] = list(stub.ServerReflectionInfo(iter([request])))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"shixin.v1.ConsumptionCheck", "grpc.health.v1.Health"} <= names
