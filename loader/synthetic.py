@@ -24,6 +24,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import TypeVar
 
 import orjson
 
@@ -32,6 +33,7 @@ from shixin_domain.identity import resident_id_check_char, uscc_check_char
 __all__ = ["iter_entries", "write_snapshot"]
 
 Entry = dict[str, object]
+_T = TypeVar("_T")
 
 _CHUNK_ROWS = 10_000
 _PROGRESS_ROWS = 100_000
@@ -218,7 +220,7 @@ _INDUSTRIES = (
     "科技", "贸易", "建筑工程", "房地产开发", "餐饮管理", "物流", "投资管理", "商贸", "实业",
     "电子", "文化传媒", "农业发展", "汽车销售", "装饰工程", "供应链管理", "医药", "网络科技",
     "环保科技", "新能源科技", "服装", "机械设备", "建材", "酒店管理", "教育咨询", "化工",
-)
+)  # fmt: skip
 
 _CIRCUMSTANCES = (
     "有履行能力而拒不履行生效法律文书确定义务",
@@ -254,10 +256,10 @@ _AMOUNT_BUCKETS = (
 )
 
 # (age from, age to inclusive, weight): debtors are mostly of working age.
-_AGE_WEIGHTS = ((18, 24, 2), (25, 34, 6), (35, 49, 8), (50, 59, 6), (60, 69, 3), (70, 80, 1))
+_AGE_WEIGHTS = ((18, 24, 1), (25, 34, 3), (35, 49, 4), (50, 59, 3), (60, 69, 2), (70, 80, 1))
 
 
-def _weighted(items: Sequence[str], weights: Sequence[int]) -> tuple[str, ...]:
+def _weighted(items: Sequence[_T], weights: Sequence[int]) -> tuple[_T, ...]:
     """A look-up table in which each item appears ``weight`` times."""
     return tuple(item for item, w in zip(items, weights, strict=True) for _ in range(w))
 
@@ -265,6 +267,15 @@ def _weighted(items: Sequence[str], weights: Sequence[int]) -> tuple[str, ...]:
 def _unique(chars: str) -> tuple[str, ...]:
     """Each character once, first occurrence first (deterministic order)."""
     return tuple(dict.fromkeys(chars))
+
+
+def _spread(items: Sequence[_T], bits: int) -> tuple[_T, ...]:
+    """``items`` laid evenly onto ``2**bits`` slots, so that ``table[getrandbits(bits)]``
+    picks one (nearly uniformly) with a single cheap call. Needs ``len(items) <= 2**bits``."""
+    n = len(items)
+    if not 0 < n <= 1 << bits:
+        raise ValueError(f"{n} items do not fit {bits} bits")
+    return tuple(items[(i * n) >> bits] for i in range(1 << bits))
 
 
 # --------------------------------------------------------------------------
@@ -277,11 +288,12 @@ class _Composer:
 
     GB 11643 and GB 32100 both derive the check character one-to-one from a
     weighted sum of the positions modulo a prime (11 and 31). So the check
-    character of a whole string follows from the check characters of its parts,
-    each taken alone with the other positions set to ``0``. This class learns that
-    composition table from the domain's own check function (a few thousand calls,
-    once), so a row needs three or four table look-ups instead of a call that
-    costs several microseconds.
+    character of a whole string follows from those of its parts, each taken
+    alone with the other positions set to ``0``: ``rows[a][b]`` is the class of
+    two parts of classes ``a`` and ``b`` together, and ``final[a][b]`` its check
+    character. Both tables are learned from the domain's own check function (a
+    few thousand calls, once), so a row costs a few tuple look-ups instead of
+    calls of several microseconds, and can never disagree with the validator.
     """
 
     def __init__(self, check: Callable[[str], str], symbols: str, length: int = 17) -> None:
@@ -294,12 +306,14 @@ class _Composer:
                 tails.setdefault(check(zero * (length - 2) + a + b), a + b)
         if heads.keys() != tails.keys():
             raise RuntimeError("check function is not a weighted sum over a prime field")
-        self.chars: tuple[str, ...] = tuple(sorted(heads))
-        self.size = len(self.chars)
-        self._index = {c: i for i, c in enumerate(self.chars)}
+        chars = tuple(sorted(heads))
+        self._index = {c: i for i, c in enumerate(chars)}
         middle = zero * (length - 4)
-        self.table: tuple[int, ...] = tuple(
-            self._index[check(heads[x] + middle + tails[y])] for x in self.chars for y in self.chars
+        self.rows: tuple[tuple[int, ...], ...] = tuple(
+            tuple(self._index[check(heads[x] + middle + tails[y])] for y in chars) for x in chars
+        )
+        self.final: tuple[tuple[str, ...], ...] = tuple(
+            tuple(chars[v] for v in row) for row in self.rows
         )
         self._check = check
         self._zero = zero
@@ -310,9 +324,6 @@ class _Composer:
         tail = self._length - offset - len(text)
         return self._index[self._check(self._zero * offset + text + self._zero * tail)]
 
-    def combine(self, a: int, b: int) -> int:
-        return self.table[a * self.size + b]
-
 
 @dataclass(frozen=True, slots=True)
 class _Region:
@@ -320,33 +331,35 @@ class _Region:
     court: str  # 北京市朝阳区人民法院
     city: str  # 北京, for company names
     case_prefix: str  # 京0105, for case numbers
-    id_part: int  # resident ID composer class of the code at offset 0
-    uscc_new: int  # USCC composer class of "91" + code + "MA"
-    uscc_old: int  # USCC composer class of "91" + code
+    id_row: tuple[int, ...]  # resident ID classes: the code combined with any class
+    uscc_new: int  # USCC class of "91" + code + "MA"
+    uscc_old: int  # USCC class of "91" + code
+
+
+Choices = tuple[tuple[str, int], ...]  # (text, composer class), 2**k of them
 
 
 @dataclass(frozen=True, slots=True)
 class _Tables:
-    """Everything that does not depend on the seed or the date (built once)."""
+    """Everything that depends on neither the seed nor the date (built once)."""
 
-    id_table: tuple[int, ...]
-    id_size: int
-    id_chars: tuple[str, ...]
+    id_final: tuple[tuple[str, ...], ...]
+    id_rows: tuple[tuple[int, ...], ...]
     year_parts: dict[str, int]
     mmdd_parts: dict[str, int]
-    seq: tuple[tuple[str, int], ...]  # 000..999 with their class at offset 14
-    uscc_table: tuple[int, ...]
-    uscc_size: int
-    uscc_chars: tuple[str, ...]
-    uscc_pairs: tuple[tuple[tuple[str, int], ...], ...]  # positions 10, 12, 14: any pair
-    uscc_digit_pairs: tuple[tuple[tuple[str, int], ...], ...]  # positions 8, 10, 12, 14: digits
-    uscc_last: tuple[tuple[str, int], ...]  # position 16: any character
-    regions: tuple[_Region, ...]
+    male_seq: Choices  # odd sequence numbers (the 17th digit is odd for men)
+    female_seq: Choices
+    uscc_final: tuple[tuple[str, ...], ...]
+    uscc_rows: tuple[tuple[int, ...], ...]
+    uscc_pairs: tuple[Choices, ...]  # positions 10, 12, 14 after "MA": any two characters
+    uscc_digit_pairs: tuple[Choices, ...]  # positions 8, 10, 12, 14: two digits
+    uscc_last: Choices  # position 16
+    regions: tuple[_Region, ...]  # 2**7 slots
     region_by_code: dict[str, _Region]
 
 
-def _pairs(composer: _Composer, offset: int, symbols: str) -> tuple[tuple[str, int], ...]:
-    return tuple((a + b, composer.part(a + b, offset)) for a in symbols for b in symbols)
+def _choices(composer: _Composer, offset: int, texts: Sequence[str], bits: int) -> Choices:
+    return _spread([(text, composer.part(text, offset)) for text in texts], bits)
 
 
 def _regions(ids: _Composer, uscc: _Composer) -> tuple[_Region, ...]:
@@ -359,7 +372,7 @@ def _regions(ids: _Composer, uscc: _Composer) -> tuple[_Region, ...]:
                 court=place + "人民法院",
                 city=city,
                 case_prefix=_PROVINCE_ABBR[code[:2]] + code[2:],
-                id_part=ids.part(code, 0),
+                id_row=ids.rows[ids.part(code, 0)],
                 uscc_new=uscc.part("91" + code + "MA", 0),
                 uscc_old=uscc.part("91" + code, 0),
             )
@@ -373,21 +386,21 @@ def _tables() -> _Tables:
     uscc = _Composer(uscc_check_char, _USCC_ALPHABET)
     regions = _regions(ids, uscc)
     days = [datetime.date(2000, 1, 1) + datetime.timedelta(days=d) for d in range(366)]
-    digits = "0123456789"
+    digit_pairs = [a + b for a in "0123456789" for b in "0123456789"]
+    any_pairs = [a + b for a in _USCC_ALPHABET for b in _USCC_ALPHABET]
     return _Tables(
-        id_table=ids.table,
-        id_size=ids.size,
-        id_chars=ids.chars,
+        id_final=ids.final,
+        id_rows=ids.rows,
         year_parts={str(y): ids.part(str(y), 6) for y in range(1900, 2100)},
         mmdd_parts={(m := d.strftime("%m%d")): ids.part(m, 10) for d in days},
-        seq=tuple((f"{n:03d}", ids.part(f"{n:03d}", 14)) for n in range(1000)),
-        uscc_table=uscc.table,
-        uscc_size=uscc.size,
-        uscc_chars=uscc.chars,
-        uscc_pairs=tuple(_pairs(uscc, p, _USCC_ALPHABET) for p in (10, 12, 14)),
-        uscc_digit_pairs=tuple(_pairs(uscc, p, digits) for p in (8, 10, 12, 14)),
-        uscc_last=tuple((c, uscc.part(c, 16)) for c in _USCC_ALPHABET),
-        regions=regions,
+        male_seq=_choices(ids, 14, [f"{n:03d}" for n in range(1, 1000, 2)], 9),
+        female_seq=_choices(ids, 14, [f"{n:03d}" for n in range(0, 1000, 2)], 9),
+        uscc_final=uscc.final,
+        uscc_rows=uscc.rows,
+        uscc_pairs=tuple(_choices(uscc, p, any_pairs, 10) for p in (10, 12, 14)),
+        uscc_digit_pairs=tuple(_choices(uscc, p, digit_pairs, 7) for p in (8, 10, 12, 14)),
+        uscc_last=_choices(uscc, 16, _USCC_ALPHABET, 5),
+        regions=_spread(regions, 7),
         region_by_code={r.code: r for r in regions},
     )
 
@@ -396,29 +409,34 @@ def _tables() -> _Tables:
 # The generator
 # --------------------------------------------------------------------------
 
+Birth = tuple[str, int, int]  # (YYYYMMDD, resident ID class of the date, age at as_of)
 
-def _birth_table(
-    tables: _Tables, as_of: datetime.date
-) -> dict[int, tuple[tuple[str, int], ...]]:
-    """Per age 18..80 at ``as_of``: every birth date (YYYYMMDD) and its ID class."""
-    by_age: dict[int, list[tuple[str, int]]] = {age: [] for age in range(18, 81)}
-    first = as_of.toordinal() - 82 * 366
-    table, size = tables.id_table, tables.id_size
-    for ordinal in range(first, as_of.toordinal() - 17 * 365):
+
+def _births(tables: _Tables, as_of: datetime.date) -> tuple[Birth, ...]:
+    """2**17 birth dates of people aged 18 to 80 at ``as_of``, ages weighted."""
+    by_age: dict[int, list[Birth]] = {age: [] for age in range(18, 81)}
+    rows = tables.id_rows
+    for ordinal in range(as_of.toordinal() - 82 * 366, as_of.toordinal() - 17 * 365):
         born = datetime.date.fromordinal(ordinal)
         age = as_of.year - born.year - ((as_of.month, as_of.day) < (born.month, born.day))
         if age in by_age:
             ymd = born.strftime("%Y%m%d")
-            part = table[tables.year_parts[ymd[:4]] * size + tables.mmdd_parts[ymd[4:]]]
-            by_age[age].append((ymd, part))
-    return {age: tuple(rows) for age, rows in by_age.items()}
+            part = rows[tables.year_parts[ymd[:4]]][tables.mmdd_parts[ymd[4:]]]
+            by_age[age].append((ymd, part, age))
+    weighted = [age for lo, hi, w in _AGE_WEIGHTS for age in range(lo, hi + 1) for _ in range(w)]
+    ages = _spread(weighted, 8)
+    return tuple(birth for age in ages for birth in _spread(by_age[age], 9))
 
 
 class _Generator:
-    """Draws entries from one ``random.Random(seed)``; the order of draws is fixed."""
+    """Draws entries from one ``random.Random(seed)``; the order of draws is fixed.
+
+    Look-ups go through tables of ``2**k`` slots indexed by ``getrandbits(k)``;
+    probabilities are ``random() < p``. Hot tables are attributes of ``self``.
+    """
 
     def __init__(self, seed: int, as_of: datetime.date) -> None:
-        self._t = _tables()
+        t = self._t = _tables()
         rng = random.Random(seed)
         self._rand = rng.random
         self._bits = rng.getrandbits
@@ -428,56 +446,63 @@ class _Generator:
             datetime.date.fromordinal(o).isoformat()
             for o in range(self._date_base, self._as_of + 7 * 366)
         )
-        self._births = _birth_table(self._t, as_of)
-        self._ages = tuple(
-            age for lo, hi, w in _AGE_WEIGHTS for age in range(lo, hi + 1) for _ in range(w)
-        )
-        top = _COMMON_SURNAMES[:20]
-        self._surnames = tuple(_COMMON_SURNAMES) + tuple(top) * 3 + _COMPOUND_SURNAMES
-        self._male = _unique(_MALE_GIVEN)
-        self._female = _unique(_FEMALE_GIVEN)
-        self._circumstances = _weighted(_CIRCUMSTANCES, _CIRCUMSTANCE_WEIGHTS)
-        self._severities = _weighted(("一般", "较重", "严重"), (60, 30, 10))
-        self._amounts = tuple(
-            (lo, span) for lo, span, w in _AMOUNT_BUCKETS for _ in range(w)
-        )
+        self._births = _births(t, as_of)
+        self._regions = t.regions
+        self._ages = _spread([b[2] for b in self._births[:: 1 << 9]], 8)
+        common = tuple(_COMMON_SURNAMES)
+        self._surnames = _spread(common + common[:20] * 3 + _COMPOUND_SURNAMES, 9)
+        self._male = _spread(_unique(_MALE_GIVEN), 8)
+        self._female = _spread(_unique(_FEMALE_GIVEN), 8)
+        self._brands = _spread(_BRAND_CHARS, 6)
+        self._industries = _spread(_INDUSTRIES, 5)
+        self._circumstances = _spread(_weighted(_CIRCUMSTANCES, _CIRCUMSTANCE_WEIGHTS), 7)
+        self._severities = _spread(_weighted(("一般", "较重", "严重"), (6, 3, 1)), 7)
+        self._obligations = _spread(_OBLIGATIONS, 4)
+        self._amounts = _spread([(lo, n) for lo, n, w in _AMOUNT_BUCKETS for _ in range(w)], 7)
+        self._exec_kinds = _spread(_weighted(("执", "执恢", "执保"), (16, 3, 1)), 5)
+        self._basis_kinds = _spread(_weighted(("民初", "民特", "刑初"), (17, 2, 1)), 5)
+        self._cents = tuple(f".{c:02d}" for c in range(100))
+        self._draw_pools()
 
-    # -- small helpers ------------------------------------------------------
+    def _draw_pools(self) -> None:
+        """Pools drawn once per generator (from the same stream), picked from per row.
 
-    def _pick(self, items: Sequence[str]) -> str:
-        return items[int(self._rand() * len(items))]
-
-    def _date(self, ordinal: int) -> str:
-        return self._dates[ordinal - self._date_base]
-
-    def _region(self) -> _Region:
-        regions = self._t.regions
-        return regions[int(self._rand() * len(regions))]
+        Drawing dates and case numbers row by row costs more than the rest of a
+        row; 2**15 date triples and 2**12 numbers per pool look just as varied.
+        """
+        rand = self._rand
+        self._date_triples = tuple(self._draw_dates() for _ in range(1 << 15))
+        self._case_numbers = tuple(str(1 + int(rand() ** 2 * 30000)) for _ in range(1 << 12))
+        self._basis_numbers = tuple(str(1 + int(rand() ** 2 * 40000)) for _ in range(1 << 12))
+        years = {int(filed[:4]) for filed, _, _ in self._date_triples}
+        self._basis_years = {
+            str(y): (str(y), str(y), str(y - 1), str(y - 2)) for y in sorted(years)
+        }
 
     # -- people -------------------------------------------------------------
 
     def _han_name(self, male: bool) -> str:
+        bits = self._bits
         given = self._male if male else self._female
-        name = self._pick(self._surnames) + self._pick(given)
         if self._rand() < 0.7:
-            name += self._pick(given)
-        return name
+            return self._surnames[bits(9)] + given[bits(8)] + given[bits(8)]
+        return self._surnames[bits(9)] + given[bits(8)]
 
     def _minority(self, male: bool) -> tuple[str, _Region]:
-        people = _MINORITIES[int(self._rand() * len(_MINORITIES))]
-        first = self._pick(people.male if male else people.female)
-        region = self._t.region_by_code[self._pick(people.regions)]
-        return first + "\u00b7" + self._pick(people.second), region
+        """A Uyghur, Tibetan or Mongolian name with a middle dot, and a home region."""
+        rand = self._rand
+        people = _MINORITIES[int(rand() * len(_MINORITIES))]
+        first = people.male if male else people.female
+        name = first[int(rand() * len(first))] + "\u00b7"
+        name += people.second[int(rand() * len(people.second))]
+        code = people.regions[int(rand() * len(people.regions))]
+        return name, self._t.region_by_code[code]
 
     def _resident_id(self, region: _Region, male: bool) -> tuple[str, int]:
-        """A valid resident ID for someone born in ``region``, and their age at as_of."""
-        t = self._t
-        age = self._ages[int(self._rand() * len(self._ages))]
-        births = self._births[age]
-        ymd, birth_part = births[int(self._rand() * len(births))]
-        seq, seq_part = t.seq[2 * int(self._rand() * 500) + male]
-        table, size = t.id_table, t.id_size
-        check = t.id_chars[table[table[region.id_part * size + birth_part] * size + seq_part]]
+        """A valid resident ID of someone from ``region``, and their age at as_of."""
+        ymd, birth_part, age = self._births[self._bits(17)]
+        seq, seq_part = (self._t.male_seq if male else self._t.female_seq)[self._bits(9)]
+        check = self._t.id_final[region.id_row[birth_part]][seq_part]
         return region.code + ymd + seq + check, age
 
     def _document(self) -> tuple[str, str]:
@@ -491,14 +516,15 @@ class _Generator:
         return "TAIWAN_PERMIT", number
 
     def _person(self) -> tuple[dict[str, object], _Region]:
-        male = self._rand() < 0.7
-        if self._rand() < 0.03:
+        rand = self._rand
+        male = rand() < 0.7
+        if rand() < 0.03:
             name, region = self._minority(male)
         else:
-            name, region = self._han_name(male), self._region()
-        if self._rand() < 0.01:
+            name, region = self._han_name(male), self._regions[self._bits(7)]
+        if rand() < 0.01:
             id_type, number = self._document()
-            age = self._ages[int(self._rand() * len(self._ages))]
+            age = self._ages[self._bits(8)]
         else:
             id_type = "RESIDENT_ID"
             number, age = self._resident_id(region, male)
@@ -516,49 +542,48 @@ class _Generator:
 
     def _uscc(self, region: _Region) -> str:
         """91 + region + a 9-character organisation code + the GB 32100 check character."""
-        t = self._t
-        table, size, rand = t.uscc_table, t.uscc_size, self._rand
-        if rand() < 0.7:  # registered since 2015: MA + 7 characters
-            code, part = "MA", region.uscc_new
-            pairs = t.uscc_pairs
+        t, bits = self._t, self._bits
+        rows = t.uscc_rows
+        if self._rand() < 0.7:  # registered since 2015: MA + 7 characters
+            code, part, pairs, k = "MA", region.uscc_new, t.uscc_pairs, 10
         else:  # a former organisation code: digits
-            code, part = "", region.uscc_old
-            pairs = t.uscc_digit_pairs
+            code, part, pairs, k = "", region.uscc_old, t.uscc_digit_pairs, 7
         for choices in pairs:
-            text, p = choices[int(rand() * len(choices))]
+            text, p = choices[bits(k)]
             code += text
-            part = table[part * size + p]
-        last, p = t.uscc_last[int(rand() * len(t.uscc_last))]
-        part = table[part * size + p]
-        return "91" + region.code + code + last + t.uscc_chars[part]
+            part = rows[part][p]
+        last, p = t.uscc_last[bits(5)]
+        return "91" + region.code + code + last + t.uscc_final[part][p]
 
     def _org_name(self, region: _Region) -> str:
-        brand = self._pick(_BRAND_CHARS) + self._pick(_BRAND_CHARS)
+        bits = self._bits
+        brand = self._brands[bits(6)] + self._brands[bits(6)]
         form = "股份有限公司" if self._rand() < 0.15 else "有限公司"
-        return region.city + brand + self._pick(_INDUSTRIES) + form
+        return region.city + brand + self._industries[bits(5)] + form
 
     def _related(self, region: _Region, role: str, male: bool) -> dict[str, object]:
-        home = region if self._rand() < 0.8 else self._region()
-        number, _ = self._resident_id(home, male)
+        home = region if self._rand() < 0.8 else self._regions[self._bits(7)]
         return {
             "role": role,
             "name": self._han_name(male),
             "id_type": "RESIDENT_ID",
-            "id_number": number,
+            "id_number": self._resident_id(home, male)[0],
         }
 
     def _organisation(self) -> tuple[dict[str, object], list[dict[str, object]], _Region]:
-        region = self._region()
-        legal = self._related(region, "LEGAL_REPRESENTATIVE", self._rand() < 0.8)
+        """The organisation, its 1 to 3 related persons (the legal representative first)."""
+        rand = self._rand
+        region = self._regions[self._bits(7)]
+        legal = self._related(region, "LEGAL_REPRESENTATIVE", rand() < 0.8)
         related = [legal]
-        r = self._rand()
+        r = rand()
         if r < 0.5:
             others = ("PRINCIPAL", "ACTUAL_CONTROLLER", "RESPONSIBLE_PERSON")
-            first = int(self._rand() * 3)
-            related.append(self._related(region, others[first], self._rand() < 0.7))
+            first = int(rand() * 3)
+            related.append(self._related(region, others[first], rand() < 0.7))
             if r < 0.2:
-                second = others[(first + 1 + int(self._rand() * 2)) % 3]
-                related.append(self._related(region, second, self._rand() < 0.7))
+                second = others[(first + 1 + int(rand() * 2)) % 3]
+                related.append(self._related(region, second, rand() < 0.7))
         subject: dict[str, object] = {
             "type": "ORGANIZATION",
             "name": self._org_name(region),
@@ -569,28 +594,27 @@ class _Generator:
 
     # -- the case -----------------------------------------------------------
 
-    def _amounts_text(self) -> tuple[str, str, str, str]:
-        """(total, performance, performed, unperformed), amounts like ``12000.00元``."""
-        lo, span = self._amounts[int(self._rand() * len(self._amounts))]
-        cents = (lo + int(self._rand() * span)) * 100
-        if self._rand() < 0.3:
-            cents += int(self._rand() * 100)
-        if self._rand() < 0.8:
-            performed = 0
-            performance = "全部未履行"
-        else:
-            performed = int(cents * (0.05 + 0.75 * self._rand()))
-            performance = "部分未履行"
-        rest = cents - performed
+    def _money(self) -> tuple[str, str, str, str]:
+        """(obligation, performance, performed part, unperformed part)."""
+        rand, bits, cents = self._rand, self._bits, self._cents
+        lo, span = self._amounts[bits(7)]
+        yuan = lo + int(rand() * span)
+        fen = 0 if rand() < 0.7 else int(rand() * 100)
+        total = str(yuan) + cents[fen]
+        prefix, suffix = self._obligations[bits(4)]
+        if rand() < 0.8:
+            return prefix + total + suffix, "全部未履行", "0.00元", total + "元"
+        done = int((yuan * 100 + fen) * (0.05 + 0.75 * rand()))
+        rest = yuan * 100 + fen - done
         return (
-            f"{cents // 100}.{cents % 100:02d}",
-            performance,
-            f"{performed // 100}.{performed % 100:02d}元",
-            f"{rest // 100}.{rest % 100:02d}元",
+            prefix + total + suffix,
+            "部分未履行",
+            str(done // 100) + cents[done % 100] + "元",
+            str(rest // 100) + cents[rest % 100] + "元",
         )
 
-    def _dates_of(self) -> tuple[int, int, int]:
-        """(filed_on, published_on, valid_until) ordinals; about 10% already expired."""
+    def _draw_dates(self) -> tuple[str, str, str]:
+        """ISO (filed_on, published_on, valid_until); about 10% already expired."""
         as_of, rand = self._as_of, self._rand
         if rand() < 0.1:
             published = as_of - 400 - int(rand() * (6 * 365 - 600))
@@ -601,14 +625,12 @@ class _Generator:
             lo = max(published + 365, as_of + 1)
             valid = lo + int(rand() * (published + 5 * 365 + 1 - lo))
         filed = published - 10 - int(rand() * 170)
-        return filed, published, valid
+        dates, base = self._dates, self._date_base
+        return dates[filed - base], dates[published - base], dates[valid - base]
 
     def _exemptions(self) -> list[dict[str, object]]:
-        """About 1% of entries carry one exemption window, half of them open at as_of."""
-        rand = self._rand
-        if rand() >= 0.01:
-            return []
-        as_of = self._as_of
+        """One exemption window; half of them are open at as_of."""
+        rand, as_of = self._rand, self._as_of
         r = rand()
         if r < 0.5:
             start, end = as_of - int(rand() * 30), as_of + int(rand() * 30)
@@ -619,41 +641,37 @@ class _Generator:
             end = as_of - 1 - int(rand() * 60)
             start = end - int(rand() * 14)
         channel = ("RAIL", "AIRLINE", "HOTEL")[int(rand() * 3)]
-        return [{"channel": channel, "from": self._date(start), "until": self._date(end)}]
+        dates, base = self._dates, self._date_base
+        return [{"channel": channel, "from": dates[start - base], "until": dates[end - base]}]
 
-    def _court(self, home: _Region) -> _Region:
-        """The executing court: usually where the debtor lives or is registered."""
-        return home if self._rand() < 0.75 else self._region()
+    def _case(self, home: _Region, year: str) -> tuple[str, _Region, str, str]:
+        """(case number, executing court, basis document, its issuer).
 
-    def _case_number(self, court: _Region, year: str) -> str:
-        r = self._rand()
-        kind = "执" if r < 0.8 else "执恢" if r < 0.95 else "执保"
-        return f"({year}){court.case_prefix}{kind}{1 + int(self._rand() ** 2 * 30000)}号"
-
-    def _basis(self, court: _Region, year: int) -> tuple[str, str]:
-        issuer = court if self._rand() < 0.8 else self._region()
-        r = self._rand()
-        kind = "民初" if r < 0.85 else "民特" if r < 0.95 else "刑初"
-        number = 1 + int(self._rand() ** 2 * 40000)
-        basis_year = year - int(self._rand() * 3)
-        return f"({basis_year}){issuer.case_prefix}{kind}{number}号", issuer.court
+        The court is usually where the debtor lives or is registered; the basis
+        document usually comes from the same court, up to two years earlier.
+        """
+        rand, bits, regions = self._rand, self._bits, self._regions
+        court = home if rand() < 0.75 else regions[bits(7)]
+        issuer = court if rand() < 0.8 else regions[bits(7)]
+        kind, number = self._exec_kinds[bits(5)], self._case_numbers[bits(12)]
+        case = f"({year}){court.case_prefix}{kind}{number}号"
+        basis_year = self._basis_years[year][bits(2)]
+        kind, number = self._basis_kinds[bits(5)], self._basis_numbers[bits(12)]
+        basis = f"({basis_year}){issuer.case_prefix}{kind}{number}号"
+        return case, court, basis, issuer.court
 
     def entry(self, index: int) -> Entry:
         rand = self._rand
         list_type = "SHIXIN" if rand() < 0.7 else "XIANGAO"
+        related: list[dict[str, object]]
         if rand() < 0.75:
             subject, home = self._person()
-            related: list[dict[str, object]] = []
+            related = []
         else:
             subject, related, home = self._organisation()
-        court = self._court(home)
-        filed, published, valid = self._dates_of()
-        filed_on = self._date(filed)
-        year = int(filed_on[:4])
-        case_number = self._case_number(court, filed_on[:4])
-        basis_document, basis_issuer = self._basis(court, year)
-        total, performance, performed, unperformed = self._amounts_text()
-        prefix, suffix = _OBLIGATIONS[int(rand() * len(_OBLIGATIONS))]
+        filed_on, published_on, valid_until = self._date_triples[self._bits(15)]
+        case_number, court, basis_document, basis_issuer = self._case(home, filed_on[:4])
+        obligation, performance, performed, unperformed = self._money()
         return {
             "entry_id": f"E{index:010d}",
             "list_type": list_type,
@@ -663,17 +681,17 @@ class _Generator:
             "court": court.court,
             "basis_document": basis_document,
             "basis_issuer": basis_issuer,
-            "obligation": prefix + total + suffix,
+            "obligation": obligation,
             "performance": performance,
-            "circumstance": self._pick(self._circumstances),
-            "published_on": self._date(published),
+            "circumstance": self._circumstances[self._bits(7)],
+            "published_on": published_on,
             "filed_on": filed_on,
             "performed_part": performed,
             "unperformed_part": unperformed,
-            "severity": self._pick(self._severities),
-            "valid_until": self._date(valid),
+            "severity": self._severities[self._bits(7)],
+            "valid_until": valid_until,
             "status": "ACTIVE" if rand() < 0.95 else "SUSPENDED",
-            "exemptions": self._exemptions(),
+            "exemptions": self._exemptions() if rand() < 0.01 else [],
         }
 
 

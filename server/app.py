@@ -193,7 +193,7 @@ def demo_examples(entries: object, today: _dt.date) -> list[str]:
         if len(wanted) == 3:
             break
     lines = ["try (in another shell):"]
-    lines += [f"  {v}" for v in wanted.values()]
+    lines += [f"  {wanted[k]}" for k in ("debtor", "suspended", "related") if k in wanted]
     unlisted = "11010519300101003"  # born 1930: the generator makes ages 18-80
     unlisted += resident_id_check_char(unlisted)
     lines.append(f"  shixin-check check --id {unlisted} --name 张三 --channel AIRLINE  # not listed")

@@ -19,7 +19,6 @@ from server.settings import (
     add_flag,
     add_policy_flags,
     add_secret_flags,
-    secret_from,
     serve_settings,
 )
 from shixin_domain.errors import ConfigurationError
@@ -114,8 +113,9 @@ def _purchase(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from clients.check_client import CheckClient, build_request
     from shixin.v1 import check_pb2 as pb
+
+    from clients.check_client import CheckClient, build_request
 
     if not args.channel:
         print("check: --channel is required", file=sys.stderr)

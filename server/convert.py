@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shixin.v1 import check_pb2 as pb
+
 from shixin_domain.decision import MatchOutcome, Query, Verdict
 from shixin_domain.errors import InvalidInput
 from shixin_domain.identity import (

@@ -11,9 +11,10 @@ import itertools
 import secrets
 import time
 
+from shixin.v1 import check_pb2 as pb
+
 from server.convert import to_query, to_response
 from server.hitlog import HitLog
-from shixin.v1 import check_pb2 as pb
 from shixin_domain.decision import Query, Verdict, decide
 from shixin_domain.errors import NotReady
 from shixin_domain.index import IndexSource, ListView

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 from typing import NoReturn
 
 import grpc
+from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
 
 from server.engine import CheckEngine
 from server.hitlog import AuditLog
 from server.status import status_of
-from shixin.v1 import check_pb2 as pb
-from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_domain.errors import InvalidInput, ShixinError
 from shixin_domain.identity import mask_id
 from shixin_domain.rules import Policy

@@ -8,6 +8,7 @@ back a handle with its address and a real channel. Nothing is mocked.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -107,3 +108,13 @@ def serve() -> Iterator[Callable[..., RunningServer]]:
     yield _serve
     for handle in started:
         handle.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """With SHIXIN_REQUIRE_REDIS=1 (CI), a skipped Redis-backed test is a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and "redis" in item.keywords and os.environ.get("SHIXIN_REQUIRE_REDIS") == "1":
+        report.outcome = "failed"
+        report.longrepr = f"Redis-backed test skipped but SHIXIN_REQUIRE_REDIS=1: {report.longrepr}"

@@ -1,0 +1,190 @@
+"""The console script as an operator uses it: real processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clients.check_client import build_request
+from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
+from tests.listdata import ZHANG, basic_rows, person_entry, write_jsonl
+
+CLI = [sys.executable, "-m", "server.cli"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=120, env=env or os.environ.copy()
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServeProcess:
+    """``shixin-check serve`` in a child process; stdout read line by line."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [*CLI, "serve", "--listen", f"127.0.0.1:{self.port}", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: list[str] = []
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        channel = grpc.insecure_channel(self.target)
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, "server exited early"
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+            raise AssertionError("server never became SERVING")
+        finally:
+            channel.close()
+
+    def read_until(self, pattern: str, timeout: float = 30) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if re.search(pattern, line):
+                return line
+        raise AssertionError(f"{pattern!r} not printed; got:\n{''.join(self.lines)}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+@pytest.fixture
+def demo() -> Iterator[ServeProcess]:
+    server = ServeProcess("--demo", "--demo-count", "500")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_demo_prints_identities_that_check_as_listed(demo: ServeProcess) -> None:
+    demo.read_until(r"^serving on")
+    demo.read_until(r"try \(in another shell\)")
+    commands = [demo.read_until(r"shixin-check check") for _ in range(4)]
+    demo.wait_serving()
+    outputs = []
+    for line in commands:
+        argv = shlex.split(line.split("#")[0])[1:]  # drop "shixin-check"
+        done = run_cli(*argv, "--target", demo.target)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.split()[0])
+    # debtor on a G train, suspended flyer, legal representative at a hotel, nobody
+    assert outputs == ["DENY", "ALLOW", "DENY", "ALLOW"]
+    status = run_cli("status", "--target", demo.target)
+    assert "500 entries" in status.stdout
+
+
+def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path) -> None:
+    server = ServeProcess("--list", str(write_jsonl(tmp_path / "l.jsonl", basic_rows())),
+                          "--grace", "5")  # fmt: skip
+    try:
+        server.wait_serving()
+        channel = grpc.insecure_channel(server.target)
+        stub = pb_grpc.ConsumptionCheckStub(channel)
+        sent: list[pb.CheckRequest] = []
+        gate = __import__("queue").Queue()
+
+        def requests() -> Iterator[pb.CheckRequest]:
+            while True:
+                item = gate.get()
+                if item is None:
+                    return
+                sent.append(item)
+                yield item
+
+        answers = stub.CheckConsumptionStream(requests())
+        gate.put(build_request("AIRLINE", id_number=ZHANG, request_id="before"))
+        assert next(answers).request_id == "before"
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # draining now: the open stream must still be answered
+        gate.put(build_request("AIRLINE", id_number=ZHANG, request_id="during"))
+        during = next(answers)
+        assert (during.request_id, during.decision) == ("during", pb.DENY)
+        gate.put(None)
+        assert list(answers) == []
+        assert server.proc.wait(timeout=15) == 0
+        channel.close()
+    finally:
+        server.stop()
+
+
+def test_validate_reports_rows_and_exits_nonzero(tmp_path: Path) -> None:
+    rows = [*basic_rows(), person_entry("E9", "110105", "短号")]
+    done = run_cli("validate", str(write_jsonl(tmp_path / "l.jsonl", rows)))
+    assert done.returncode == 1
+    assert re.search(r"l\.jsonl:line 4: subject\.id_number: .*", done.stdout)
+    assert "refused whole" in done.stdout
+    good = run_cli("validate", str(write_jsonl(tmp_path / "g.jsonl", basic_rows())))
+    assert good.returncode == 0 and "3 rows, OK" in good.stdout
+
+
+def test_gen_data_is_deterministic_and_valid(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for out in (a, b):
+        done = run_cli("gen-data", "--count", "300", "--out", str(out), "--seed", "7",
+                       "--as-of", "2026-11-24")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert a.read_bytes() == b.read_bytes()
+    assert len(a.read_bytes().splitlines()) == 300
+    assert run_cli("validate", str(a)).returncode == 0
+
+
+def test_flags_read_their_environment_variables(tmp_path: Path) -> None:
+    out = tmp_path / "env.jsonl"
+    env = {**os.environ, "SHIXIN_COUNT": "25", "SHIXIN_OUT": str(out), "SHIXIN_SEED": "3"}
+    assert run_cli("gen-data", env=env).returncode == 0
+    assert len(out.read_bytes().splitlines()) == 25
+
+
+def test_bad_setting_is_refused_naming_the_variable(tmp_path: Path) -> None:
+    env = {**os.environ, "SHIXIN_HOTEL_MIN_STAR": "seven"}
+    done = run_cli("serve", "--list", str(write_jsonl(tmp_path / "l.jsonl", basic_rows())), env=env)
+    assert done.returncode == 2
+    assert "SHIXIN_HOTEL_MIN_STAR" in done.stderr
