@@ -23,9 +23,11 @@ import hashlib
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+import numpy as np
 from rbloom import Bloom
 
 from shixin_domain.errors import RowError
@@ -73,7 +75,11 @@ def matches_of(entry: ListEntry, keyer: SubjectKeyer) -> list[tuple[int, ListedM
 
 
 class BaseBuilder:
-    """Collects validated entries of one snapshot, then sorts them into a ``Base``."""
+    """Collects validated entries (of a snapshot, or one chunk of it) as flat columns.
+
+    ``parts()`` hands them over as bytes, cheap to send between processes;
+    ``merge_parts`` joins the parts of every chunk and sorts them into a ``Base``.
+    """
 
     def __init__(self, keyer: SubjectKeyer, expected: int = 0) -> None:
         self._keyer = keyer
@@ -94,7 +100,7 @@ class BaseBuilder:
         self.text = bytearray()
         self.courts: dict[str, int] = {}
         self.exemptions: dict[int, tuple[Exemption, ...]] = {}
-        self.bloom = new_bloom(int(expected * 1.3))
+        self.bloom = new_bloom(expected)
 
     def add(self, entry: ListEntry, line: int) -> None:
         row = len(self.e_type)
@@ -116,7 +122,7 @@ class BaseBuilder:
         for subject in entry.subjects():
             key = keyer.subject_key(subject.id_type, subject.id_number)
             hi = key >> 64
-            self.bloom.add(hi)
+            self.bloom.add(hi)  # before the index can hold it
             self.k_hi.append(hi)
             self.k_lo.append(key & _LOW64)
             self.m_entry.append(row)
@@ -124,69 +130,124 @@ class BaseBuilder:
             self.m_name.append(keyer.name_key(normalize_name(subject.name)))
             self.m_mask += mask_id(subject.id_number).encode().ljust(_MASK_WIDTH)[:_MASK_WIDTH]
 
-    def duplicate_ids(self) -> list[RowError]:
-        """Rows whose entry_id repeats an earlier row's."""
-        order = sorted(range(len(self.e_idh)), key=self.e_idh.__getitem__)
-        errors = []
-        for a, b in zip(order, order[1:], strict=False):
-            if self.e_idh[a] == self.e_idh[b]:
-                first, second = sorted((a, b))
-                eid = self._entry_id(second)
-                if eid == self._entry_id(first):
-                    errors.append(
-                        RowError(
-                            self.e_line[second],
-                            "entry_id",
-                            f"{eid!r} repeats line {self.e_line[first]}",
-                        )
-                    )
-        return sorted(errors, key=lambda e: e.line)
-
-    def _entry_id(self, row: int) -> str:
-        raw = bytes(self.text[self.e_text_at[row] : self.e_text_at[row + 1]])
-        return raw.split(_SEP, 1)[0].decode()
-
-    def build(self) -> Base:
-        order = sorted(range(len(self.k_hi)), key=self.k_hi.__getitem__)
-        take_q = _reorder("Q", order)
-        mask = self.m_mask
-        w = _MASK_WIDTH
-        id_order = sorted(range(len(self.e_idh)), key=self.e_idh.__getitem__)
-        counts: dict[tuple[ListType, EntryStatus], int] = {}
-        for t, s in zip(self.e_type, self.e_status, strict=True):
-            k = (ListType(t), EntryStatus(s))
-            counts[k] = counts.get(k, 0) + 1
-        return Base(
-            k_hi=take_q(self.k_hi),
-            k_lo=take_q(self.k_lo),
-            m_entry=_reorder("I", order)(self.m_entry),
-            m_role=bytes(self.m_role[i] for i in order),
-            m_name=take_q(self.m_name),
-            m_mask=b"".join(mask[i * w : (i + 1) * w] for i in order),
-            id_sorted=array("Q", (self.e_idh[i] for i in id_order)),
-            id_rows=array("I", id_order),
-            e_type=bytes(self.e_type),
-            e_status=bytes(self.e_status),
-            e_listed=self.e_listed,
-            e_valid=self.e_valid,
-            e_court=self.e_court,
-            e_text_at=self.e_text_at,
-            text=bytes(self.text),
-            courts=tuple(self.courts),
+    def parts(self) -> BaseParts:
+        return BaseParts(
+            columns={name: getattr(self, name).tobytes() if isinstance(getattr(self, name), array)
+                     else bytes(getattr(self, name)) for name in _COLUMNS},  # fmt: skip
+            courts=list(self.courts),
             exemptions=self.exemptions,
-            counts=counts,
-            bloom=self.bloom,
+            bloom=self.bloom.save_bytes(),
         )
 
 
 _MASK_WIDTH = 20
+# column name -> numpy dtype of one element (m_mask: _MASK_WIDTH bytes a row)
+_COLUMNS = {
+    "k_hi": "<u8", "k_lo": "<u8", "m_entry": "<u4", "m_role": "u1", "m_name": "<u8",
+    "m_mask": "u1", "e_idh": "<u8", "e_line": "<u4", "e_type": "u1", "e_status": "u1",
+    "e_listed": "<i4", "e_valid": "<i4", "e_court": "<u4", "e_text_at": "<u8", "text": "u1",
+}  # fmt: skip
 
 
-def _reorder(code: str, order: list[int]) -> Callable[[array[int]], array[int]]:
-    def take(column: array[int]) -> array[int]:
-        return array(code, map(column.__getitem__, order))
+@dataclass(frozen=True, slots=True)
+class BaseParts:
+    """A builder's columns as bytes: what a load worker sends back."""
 
-    return take
+    columns: dict[str, bytes]
+    courts: list[str]
+    exemptions: dict[int, tuple[Exemption, ...]]
+    bloom: bytes
+
+
+def _col(parts: BaseParts, name: str) -> np.ndarray[Any, Any]:
+    return np.frombuffer(parts.columns[name], dtype=_COLUMNS[name])
+
+
+def _to_array(code: str, values: np.ndarray[Any, Any]) -> array[int]:
+    out = array(code)
+    out.frombytes(values.tobytes())
+    return out
+
+
+def merge_parts(
+    all_parts: list[BaseParts], first_lines: list[int] | None = None
+) -> tuple[Base, list[RowError]]:
+    """One sorted ``Base`` from the chunks' parts, in order; and duplicate entry_ids.
+
+    ``first_lines``: lines before each chunk, so errors name the file's lines.
+    """
+    entry_offsets = np.cumsum([0] + [len(p.columns["e_type"]) for p in all_parts])
+    text_offsets = np.cumsum([0] + [len(p.columns["text"]) for p in all_parts])
+    courts: dict[str, int] = {}
+    court_cols, entry_cols, text_at, exemptions = [], [], [], {}
+    for i, parts in enumerate(all_parts):
+        remap = np.array([courts.setdefault(c, len(courts)) for c in parts.courts] or [0], "<u4")
+        court_cols.append(remap[_col(parts, "e_court")])
+        entry_cols.append(_col(parts, "m_entry") + np.uint32(entry_offsets[i]))
+        text_at.append(_col(parts, "e_text_at")[:-1] + np.uint64(text_offsets[i]))
+        exemptions.update({row + int(entry_offsets[i]): e for row, e in parts.exemptions.items()})
+    text_at.append(np.array([text_offsets[-1]], "<u8"))
+
+    def joined(name: str) -> np.ndarray[Any, Any]:
+        return np.concatenate([_col(p, name) for p in all_parts])
+
+    bloom = Bloom.load_bytes(all_parts[0].bloom, int)
+    for parts in all_parts[1:]:
+        bloom |= Bloom.load_bytes(parts.bloom, int)
+
+    k_hi = joined("k_hi")
+    order = np.argsort(k_hi, kind="stable")
+    mask = joined("m_mask").reshape(-1, _MASK_WIDTH)[order]
+    e_idh = joined("e_idh")
+    id_order = np.argsort(e_idh, kind="stable").astype("<u4")
+    e_type, e_status = joined("e_type"), joined("e_status")
+    counts: dict[tuple[ListType, EntryStatus], int] = {}
+    for t in np.unique(e_type):
+        for st in np.unique(e_status):
+            n = int(np.count_nonzero((e_type == t) & (e_status == st)))
+            if n:
+                counts[(ListType(int(t)), EntryStatus(int(st)))] = n
+    base = Base(
+        k_hi=_to_array("Q", k_hi[order]),
+        k_lo=_to_array("Q", joined("k_lo")[order]),
+        m_entry=_to_array("I", np.concatenate(entry_cols)[order]),
+        m_role=joined("m_role")[order].tobytes(),
+        m_name=_to_array("Q", joined("m_name")[order]),
+        m_mask=mask.tobytes(),
+        id_sorted=_to_array("Q", e_idh[id_order]),
+        id_rows=_to_array("I", id_order),
+        e_type=e_type.tobytes(),
+        e_status=e_status.tobytes(),
+        e_listed=_to_array("i", joined("e_listed")),
+        e_valid=_to_array("i", joined("e_valid")),
+        e_court=_to_array("I", np.concatenate(court_cols)),
+        e_text_at=_to_array("Q", np.concatenate(text_at)),
+        text=b"".join(p.columns["text"] for p in all_parts),
+        courts=tuple(courts),
+        exemptions=exemptions,
+        counts=counts,
+        bloom=bloom,
+    )
+    offsets = first_lines or [0] * len(all_parts)
+    lines = np.concatenate([_col(p, "e_line") + np.uint32(o) for p, o in zip(all_parts, offsets, strict=True)])
+    return base, _duplicates(base, e_idh, id_order, lines)
+
+
+def _duplicates(
+    base: Base, e_idh: np.ndarray[Any, Any], id_order: np.ndarray[Any, Any],
+    lines: np.ndarray[Any, Any],
+) -> list[RowError]:  # fmt: skip
+    """Rows whose entry_id repeats an earlier row's (hash neighbours, then the text)."""
+    sorted_ids = e_idh[id_order]
+    errors = []
+    for at in np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1]):
+        first, second = sorted((int(id_order[at]), int(id_order[at + 1])))
+        eid = base.texts(second)[0]
+        if eid == base.texts(first)[0]:
+            errors.append(
+                RowError(int(lines[second]), "entry_id", f"{eid!r} repeats line {lines[first]}")
+            )
+    return sorted(errors, key=lambda e: e.line)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

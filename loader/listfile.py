@@ -90,13 +90,21 @@ def detect_kind(path: Path) -> FileKind:
     return FileKind.SNAPSHOT
 
 
-def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    """(line number, parsed object or the error) for each non-blank row."""
+def iter_rows(
+    path: Path, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    """(line number, parsed object or the error) for each non-blank row.
+
+    ``start``/``end`` (JSON Lines only) read the lines beginning in that byte
+    range, numbered from 1 at ``start``: how load workers split a big file.
+    """
     if path.suffix.lower() == ".csv":
         yield from _iter_csv(path)
         return
     with path.open("rb") as fh:
-        for line_no, raw in enumerate(fh, 1):
+        fh.seek(start)
+        lines = fh if end is None else _lines_until(fh, end)
+        for line_no, raw in enumerate(lines, 1):
             if not raw.strip():
                 continue
             try:
@@ -108,6 +116,30 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
                 yield line_no, RowError(line_no, "", "a row must be a JSON object")
                 continue
             yield line_no, obj
+
+
+def _lines_until(fh: Any, end: int) -> Iterator[bytes]:
+    position = fh.tell()
+    while position < end:
+        raw = fh.readline()
+        if not raw:
+            return
+        position += len(raw)
+        yield raw
+
+
+def line_starts(path: Path, pieces: int) -> list[int]:
+    """Byte offsets splitting a JSON Lines file into about ``pieces`` runs of whole lines."""
+    size = path.stat().st_size
+    offsets = [0]
+    with path.open("rb") as fh:
+        for i in range(1, pieces):
+            fh.seek(size * i // pieces)
+            fh.readline()  # to the start of the next line
+            at = fh.tell()
+            if offsets[-1] < at < size:
+                offsets.append(at)
+    return offsets + [size]
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
@@ -294,9 +326,11 @@ def parse_delta(obj: dict[str, Any]) -> DeltaOp:
     return DeltaOp(seq, op, entry_id)
 
 
-def read_entries(path: Path) -> Iterator[tuple[int, ListEntry | RowError]]:
+def read_entries(
+    path: Path, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, ListEntry | RowError]]:
     """Each snapshot row as an entry or the reason it is bad."""
-    for line_no, obj in iter_rows(path):
+    for line_no, obj in iter_rows(path, start, end):
         if isinstance(obj, RowError):
             yield line_no, obj
             continue

@@ -18,13 +18,14 @@ are table look-ups driven by one ``random.Random(seed)``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import orjson
 
@@ -673,7 +674,7 @@ class _Generator:
         case_number, court, basis_document, basis_issuer = self._case(home, filed_on[:4])
         obligation, performance, performed, unperformed = self._money()
         return {
-            "entry_id": f"E{index:010d}",
+            "entry_id": "E" + str(index).zfill(10),
             "list_type": list_type,
             "subject": subject,
             "related_persons": related,
@@ -714,6 +715,32 @@ def iter_entries(count: int, seed: int, as_of: datetime.date) -> Iterator[dict[s
         yield entry(index)
 
 
+def _write_rows(
+    out: BinaryIO,
+    rows: Iterator[Entry],
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Serialise ``rows`` onto ``out`` in chunks; report progress; return the count."""
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    chunk: list[bytes] = []
+    written = reported = 0
+    for entry in rows:
+        chunk.append(dumps(entry, option=newline))
+        if len(chunk) >= _CHUNK_ROWS:
+            out.write(b"".join(chunk))
+            written += len(chunk)
+            chunk.clear()
+            if progress is not None and written - reported >= _PROGRESS_ROWS:
+                progress(written)
+                reported = written
+    if chunk:
+        out.write(b"".join(chunk))
+        written += len(chunk)
+    if progress is not None and written != reported:
+        progress(written)
+    return written
+
+
 def write_snapshot(
     path: str | os.PathLike[str],
     count: int,
@@ -725,37 +752,20 @@ def write_snapshot(
 
     UTF-8, one entry per line, byte-identical for the same arguments. The rows
     go to ``path + '.part'``, which is synced and renamed onto ``path`` only
-    when complete, so a directory watcher never sees half a file. ``progress``
-    is called with the number of rows written every 100,000 rows, and once
-    more at the end if ``count`` is not a multiple of that.
+    when complete, so a directory watcher never sees half a file (and a failed
+    write leaves none). ``progress`` is called with the number of rows written
+    every 100,000 rows, and once more at the end unless that was just reported.
     """
     final = os.fspath(path)
     partial = final + ".part"
-    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    written = 0
     try:
         with open(partial, "wb") as out:
-            chunk: list[bytes] = []
-            for entry in iter_entries(count, seed, as_of):
-                chunk.append(dumps(entry, option=newline))
-                if len(chunk) == _CHUNK_ROWS:
-                    out.write(b"".join(chunk))
-                    chunk.clear()
-                    written += _CHUNK_ROWS
-                    if progress is not None and written % _PROGRESS_ROWS == 0:
-                        progress(written)
-            if chunk:
-                out.write(b"".join(chunk))
-                written += len(chunk)
-                if progress is not None:
-                    progress(written)
+            written = _write_rows(out, iter_entries(count, seed, as_of), progress)
             out.flush()
             os.fsync(out.fileno())
         os.replace(partial, final)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
-        except FileNotFoundError:
-            pass
         raise
     return written

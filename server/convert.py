@@ -12,11 +12,10 @@ from typing import Any
 
 from shixin.v1 import check_pb2 as pb
 
-from shixin_domain.decision import MatchOutcome, Query, Verdict
+from shixin_domain.decision import NOT_LISTED, VERDICT_NOT_LISTED, MatchOutcome, Query, Verdict
 from shixin_domain.errors import InvalidInput
 from shixin_domain.identity import (
     IdType,
-    mask_id,
     normalize_person_id,
     normalize_uscc,
 )
@@ -109,7 +108,9 @@ def to_query(request: pb.CheckRequest, keyer: SubjectKeyer) -> Query:
     which = request.WhichOneof("subject")
     if which == "person":
         person = request.person
-        id_type = _enum(_ID_TYPES, person.id_type or 1, "subject.person.id_type", "id type")
+        id_type = _ID_TYPES.get(person.id_type)
+        if id_type is None:
+            raise InvalidInput("subject.person.id_type", f"{person.id_type} is not a known id type")
         number = normalize_person_id(id_type, person.id_number, "subject.person.id_number")
         key = keyer.subject_key(id_type, number)
         name = person.name
@@ -139,7 +140,7 @@ def to_query(request: pb.CheckRequest, keyer: SubjectKeyer) -> Query:
         )
     purchase = _PURCHASES[given](getattr(request, given))
     validate_purchase(channel, purchase, request.amount_fen, f"purchase.{given}")
-    return Query(key, name, mask_id(number), channel, purchase, request.amount_fen)
+    return Query(key, name, number, channel, purchase, request.amount_fen)
 
 
 # --- answers ------------------------------------------------------------------
@@ -170,7 +171,18 @@ def match_pb(outcome: MatchOutcome) -> pb.Match:
     )
 
 
+_NOT_LISTED_REASONS = [pb.Reason(code=NOT_LISTED.code, message=NOT_LISTED.message)]
+
+
 def to_response(request_id: str, check_id: str, verdict: Verdict, version: str) -> pb.CheckResponse:
+    if verdict is VERDICT_NOT_LISTED:  # nearly every answer: no per-reason work
+        return pb.CheckResponse(
+            request_id=request_id,
+            check_id=check_id,
+            decision=pb.ALLOW,
+            reasons=_NOT_LISTED_REASONS,
+            list_version=version,
+        )
     return pb.CheckResponse(
         request_id=request_id,
         check_id=check_id,

@@ -17,8 +17,9 @@ channel) and the purchase against the rule table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from shixin_domain.identity import normalize_name
+from shixin_domain.identity import mask_id, normalize_name
 from shixin_domain.index import ListedMatch, ListView
 from shixin_domain.keys import SubjectKeyer
 from shixin_domain.model import Channel, Decision, EntryStatus
@@ -32,16 +33,22 @@ EXPIRED = Reason("EXPIRED", "名单已过有效期，不再限制")
 NAME_MISMATCH = Reason("NAME_MISMATCH", "证件号码在名单中但姓名不一致，请人工核验")
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
-    """A validated check, in domain terms."""
+class Query(NamedTuple):
+    """A validated check, in domain terms (a tuple: built on every check)."""
 
     subject_key: int
     name: str  # as given; normalised only when a listed entry needs comparing
-    masked_id: str
+    id_number: str  # normalised; masked before it goes anywhere (``masked_id``)
     channel: Channel
     purchase: Purchase
     amount_fen: int
+
+    @property
+    def masked_id(self) -> str:
+        return mask_id(self.id_number)
+
+    def __repr__(self) -> str:  # never the plaintext number, even in a traceback
+        return f"Query(subject={self.masked_id}, channel={self.channel.name}, {self.purchase!r})"
 
 
 @dataclass(frozen=True, slots=True)

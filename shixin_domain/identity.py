@@ -16,10 +16,12 @@ number with a message that says why (``InvalidInput``).
 
 from __future__ import annotations
 
+import calendar
 import datetime as _dt
 import re
 import unicodedata
 from enum import IntEnum
+from operator import mul
 
 from shixin_domain.errors import InvalidInput
 
@@ -46,6 +48,7 @@ KEY_TAGS: dict[IdType | None, bytes] = {
 
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
+_ASCII_ZERO_SUM = ord("0") * sum(_ID_WEIGHTS)
 _CANONICAL_ID = re.compile(r"[0-9]{17}[0-9X]\Z")
 _DIGITS15 = re.compile(r"[0-9]{15}\Z")
 # Province-level codes in use (GB/T 2260), plus 71/81/82 for Taiwan, Hong Kong
@@ -54,6 +57,20 @@ _PROVINCES = frozenset(
     "11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 "
     "50 51 52 53 54 61 62 63 64 65 71 81 82 83 91".split()
 )
+
+
+
+def _birth_dates(first: _dt.date, last: _dt.date) -> frozenset[str]:
+    """Every YYYYMMDD from first to last: one set look-up instead of building a date."""
+    return frozenset(
+        f"{year}{month:02d}{day:02d}"
+        for year in range(first.year, last.year + 1)
+        for month in range(1, 13)
+        for day in range(1, calendar.monthrange(year, month)[1] + 1)
+    )
+
+
+_BIRTH_DATES = _birth_dates(_dt.date(1880, 1, 1), _dt.date(2099, 12, 31))  # whole years
 
 _USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 _USCC_VALUE = {c: i for i, c in enumerate(_USCC_ALPHABET)}
@@ -79,8 +96,10 @@ def _squeeze(raw: str) -> str:
 
 
 def resident_id_check_char(first17: str) -> str:
-    """The GB 11643 check character for the first 17 digits."""
-    total = sum(int(c) * w for c, w in zip(first17, _ID_WEIGHTS, strict=True))
+    """The GB 11643 check character for the first 17 digits (ASCII, already checked)."""
+    # Weighted sum over the digits' ASCII codes, less what the '0's contribute:
+    # a quarter of the cost of int() per character, on every check.
+    total = sum(map(mul, first17.encode(), _ID_WEIGHTS)) - _ASCII_ZERO_SUM
     return _ID_CHECK[total % 11]
 
 
@@ -109,12 +128,8 @@ def normalize_resident_id(raw: str, field: str = "id_number") -> str:
             )
     if number[:2] not in _PROVINCES:
         raise InvalidInput(field, f"has no valid region code ({number[:2]}...)")
-    try:
-        born = _dt.date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
-    except ValueError:
-        raise InvalidInput(field, "has an impossible birth date") from None
-    if born.year < 1880:
-        raise InvalidInput(field, "has an impossible birth date")
+    if number[6:14] not in _BIRTH_DATES:
+        raise InvalidInput(field, f"has an impossible birth date ({number[6:14]})")
     expected = resident_id_check_char(number[:17])
     if number[17] != expected:
         raise InvalidInput(field, "has a bad check digit (GB 11643)")
@@ -158,9 +173,15 @@ def normalize_name(raw: str) -> str:
 
     Idempotent: ``normalize_name(normalize_name(x)) == normalize_name(x)``.
     """
-    text = unicodedata.normalize("NFKC", raw).translate(_DOT_TABLE)
-    text = _SPACES.sub("", text)
-    return unicodedata.normalize("NFKC", text).casefold().translate(_DOT_TABLE)
+    text = raw
+    for _ in range(4):  # to a fixed point: case folding and removing spaces can
+        # expose new compositions (ß + U+0327 folds to "ss" + U+0327, then "sş")
+        folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+        new = _SPACES.sub("", folded.translate(_DOT_TABLE))
+        if new == text:
+            break
+        text = new
+    return text
 
 
 def mask_id(number: str) -> str:

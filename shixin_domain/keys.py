@@ -26,13 +26,16 @@ MIN_SECRET_BYTES = 16
 class SubjectKeyer:
     """Turns normalised identities and names into keyed hashes."""
 
-    __slots__ = ("_subject", "_name", "fingerprint")
+    secret: bytes
+
+    __slots__ = ("_subject", "_name", "fingerprint", "secret")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < MIN_SECRET_BYTES:
             raise ConfigurationError(
                 f"the key secret must be at least {MIN_SECRET_BYTES} bytes, got {len(secret)}"
             )
+        self.secret = secret  # kept for load workers in other processes; never logged
         self._subject = hashlib.blake2b(key=secret, digest_size=16, person=b"shixin-subject")
         self._name = hashlib.blake2b(key=secret, digest_size=8, person=b"shixin-name")
         # Tells two processes whether they hold the same secret, without revealing it.

@@ -16,6 +16,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from shixin_domain.errors import InvalidInput
 from shixin_domain.model import Channel
@@ -141,6 +142,8 @@ _TRAIN_NUMBER_CLEAN = re.compile(r"[\s\u3000]+")
 
 def normalize_train_number(raw: str, field: str = "purchase.rail.train_number") -> str:
     """``g 1234`` and ``Ｇ１２３４`` are G1234; anything else that is not a train is refused."""
+    if _TRAIN_NUMBER.match(raw) is not None:
+        return raw  # already canonical: the common case
     text = raw if raw.isascii() else unicodedata.normalize("NFKC", raw)
     number = _TRAIN_NUMBER_CLEAN.sub("", text).upper()
     if not number:
@@ -152,62 +155,51 @@ def normalize_train_number(raw: str, field: str = "purchase.rail.train_number") 
     return number
 
 
-@dataclass(frozen=True, slots=True)
-class RailTicket:
+class RailTicket(NamedTuple):
     train_number: str  # normalised
     seat: RailSeat
 
 
-@dataclass(frozen=True, slots=True)
-class Flight:
+class Flight(NamedTuple):
     flight_number: str
     cabin: str
 
 
-@dataclass(frozen=True, slots=True)
-class HotelStay:
+class HotelStay(NamedTuple):
     star_rating: int
     high_end: bool
 
 
-@dataclass(frozen=True, slots=True)
-class SchoolEnrolment:
+class SchoolEnrolment(NamedTuple):
     private_school: bool
     high_fee: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ShipPassage:
+class ShipPassage(NamedTuple):
     cabin_class: int  # 1 = first
 
 
-@dataclass(frozen=True, slots=True)
-class TravelBooking:
+class TravelBooking(NamedTuple):
     service: TravelService
 
 
-@dataclass(frozen=True, slots=True)
-class LeisureVisit:
+class LeisureVisit(NamedTuple):
     venue: LeisureVenue
 
 
-@dataclass(frozen=True, slots=True)
-class InsurancePolicy:
+class InsurancePolicy(NamedTuple):
     cash_value: bool
 
 
-@dataclass(frozen=True, slots=True)
-class RealEstateDeal:
+class RealEstateDeal(NamedTuple):
     kind: RealEstateKind
 
 
-@dataclass(frozen=True, slots=True)
-class VehicleSale:
+class VehicleSale(NamedTuple):
     business_necessary: bool
 
 
-@dataclass(frozen=True, slots=True)
-class OfficeRental:
+class OfficeRental(NamedTuple):
     high_end: bool
 
 
@@ -306,8 +298,7 @@ def restriction_for(purchase: Purchase, amount_fen: int, policy: Policy) -> Reas
 
 def describe_purchase(purchase: Purchase) -> dict[str, object]:
     """The purchase as plain values, for the hit log."""
-    out: dict[str, object] = {}
-    for name in purchase.__slots__:  # type: ignore[union-attr]
-        value = getattr(purchase, name)
-        out[name] = value.name if isinstance(value, IntEnum) else value
-    return out
+    return {
+        name: value.name if isinstance(value, IntEnum) else value
+        for name, value in purchase._asdict().items()
+    }

@@ -25,6 +25,9 @@ from tests.listdata import (
     ZHANG,
     ZHAO,
     basic_rows,
+    org_entry,
+    rid,
+    uscc,
     delta,
     person_entry,
     write_jsonl,
@@ -298,3 +301,49 @@ def test_checks_never_see_a_half_loaded_list(tmp_path: Path, keyer: SubjectKeyer
         thread.join()
     assert seen <= {(True, True), (False, False)}
     assert seen == {(True, True), (False, False)}
+
+
+def many_rows(n: int) -> list[dict[str, object]]:
+    """n people and every tenth an organisation with a legal representative."""
+    rows: list[dict[str, object]] = []
+    for i in range(n):
+        number = rid(f"1101051980{1 + i // 28:02d}{1 + i % 28:02d}{i % 1000:03d}")
+        if i % 10 == 0:
+            rows.append(org_entry(f"E{i}", uscc(f"91110105MA{i:07d}"), f"公司{i}",
+                                  [("LEGAL_REPRESENTATIVE", f"代表{i}", number)]))  # fmt: skip
+        else:
+            rows.append(person_entry(f"E{i}", number, f"人{i}", status="SUSPENDED" if i % 7 else "ACTIVE"))
+    return rows
+
+
+def test_parallel_load_builds_the_same_index(tmp_path: Path, keyer: SubjectKeyer) -> None:
+    rows = many_rows(300)
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    single = build_snapshot(path, keyer, workers=1)
+    parallel = build_snapshot(path, keyer, workers=3)
+    assert parallel.info.counts == single.info.counts
+    for row in rows:
+        subject = row["subject"]
+        assert isinstance(subject, dict)
+        key = (
+            keyer.subject_key(None, subject["uscc"])
+            if subject["type"] == "ORGANIZATION"
+            else keyer.subject_key(IdType.RESIDENT_ID, subject["id_number"])
+        )
+        assert parallel.look_up(key) == single.look_up(key) != []
+
+
+def test_parallel_load_reports_the_files_line_numbers(tmp_path: Path, keyer: SubjectKeyer) -> None:
+    rows = many_rows(300)
+    rows[4] = person_entry("E4", "123", "坏")  # line 5
+    rows[249] = person_entry("E1", ZHAO, "重复")  # line 250: E1 again
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    with pytest.raises(LoadRejected) as caught:
+        build_snapshot(path, keyer, workers=3)
+    assert [(e.line, e.field) for e in caught.value.errors] == [(5, "subject.id_number")]
+    rows[4] = many_rows(5)[4]
+    with pytest.raises(LoadRejected) as caught:
+        build_snapshot(write_jsonl(path, rows), keyer, workers=3)
+    assert [(e.line, e.field, e.problem) for e in caught.value.errors] == [
+        (250, "entry_id", "'E1' repeats line 2")
+    ]

@@ -1,0 +1,432 @@
+"""Decisions at check time: ``decide`` and ``judge`` over a fake index view.
+
+The index itself has its own contract suite against the real backends; here a
+``FakeView`` stands in for it, since the decision layer only needs
+``might_contain`` and ``look_up``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shixin_domain.decision import (
+    EXEMPTED,
+    EXPIRED,
+    LISTING_SUSPENDED,
+    NAME_MISMATCH,
+    NOT_LISTED,
+    NOT_RESTRICTED_CLASS,
+    MatchOutcome,
+    Query,
+    Verdict,
+    decide,
+    judge,
+)
+from shixin_domain.identity import IdType, mask_id, normalize_name, resident_id_check_char
+from shixin_domain.index import Counts, ListedMatch, VersionInfo
+from shixin_domain.keys import SubjectKeyer
+from shixin_domain.model import (
+    NO_END,
+    Channel,
+    Decision,
+    EntryStatus,
+    Exemption,
+    ListType,
+    Role,
+    day_number,
+)
+from shixin_domain.rules import (
+    AIR_TRAVEL,
+    RAIL_G_TRAIN,
+    Flight,
+    Policy,
+    Purchase,
+    RailSeat,
+    RailTicket,
+)
+
+TODAY = day_number(dt.date(2025, 6, 15))
+POLICY = Policy()
+KEYER = SubjectKeyer(b"test-secret-for-decisions")
+
+FIRST17 = "110105" + "19900101" + "123"
+ID_NUMBER = FIRST17 + resident_id_check_char(FIRST17)
+SUBJECT_KEY = KEYER.subject_key(IdType.RESIDENT_ID, ID_NUMBER)
+LISTED_NAME = "张三"
+
+G_TRAIN = RailTicket("G1234", RailSeat.SECOND_CLASS)  # restricted: RAIL_G_TRAIN
+D_SECOND = RailTicket("D301", RailSeat.SECOND_CLASS)  # not restricted
+FLIGHT = Flight("CA1234", "Y")  # restricted: AIR_TRAVEL
+
+
+class FakeView:
+    """A ``ListView`` over plain Python data, for testing the layer above the index.
+
+    ``entries`` maps a subject key to the matches ``look_up`` returns;
+    ``bloom`` is the set of keys ``might_contain`` admits, by default exactly
+    the keys of ``entries``. A key in ``bloom`` but not in ``entries`` is a
+    Bloom false positive. ``look_ups`` counts calls to ``look_up``, so a test
+    can show that a cleared subject never reaches the index.
+    """
+
+    def __init__(
+        self,
+        entries: dict[int, list[ListedMatch]] | None = None,
+        bloom: set[int] | None = None,
+    ) -> None:
+        self.entries = entries or {}
+        self.bloom = set(self.entries) if bloom is None else bloom
+        self.look_ups = 0
+
+    @property
+    def info(self) -> VersionInfo:
+        return VersionInfo("fake-1", "test", 0.0, 0.0, 0, Counts((), len(self.entries)))
+
+    def might_contain(self, key: int) -> bool:
+        return key in self.bloom
+
+    def look_up(self, key: int) -> Sequence[ListedMatch]:
+        self.look_ups += 1
+        return tuple(self.entries.get(key, ()))
+
+
+def listed(entry_id: str = "E1", **changes: object) -> ListedMatch:
+    """An active SHIXIN entry on our subject, named 张三, open-ended; ``changes`` override."""
+    match = ListedMatch(
+        entry_id=entry_id,
+        list_type=ListType.SHIXIN,
+        status=EntryStatus.ACTIVE,
+        role=Role.DEBTOR,
+        name_key=KEYER.name_key(normalize_name(LISTED_NAME)),
+        case_number=f"(2024)京0105执{entry_id}号",
+        court="北京市朝阳区人民法院",
+        organization_name="",
+        masked_id=mask_id(ID_NUMBER),
+        listed_on=TODAY - 100,
+        valid_until=NO_END,
+        exemptions=(),
+    )
+    return dataclasses.replace(match, **changes)  # type: ignore[arg-type]
+
+
+def query(
+    purchase: Purchase = G_TRAIN, name: str = LISTED_NAME, channel: Channel | None = None
+) -> Query:
+    """A check by our subject; the channel follows from the purchase unless given."""
+    if channel is None:
+        channel = Channel.AIRLINE if isinstance(purchase, Flight) else Channel.RAIL
+    return Query(SUBJECT_KEY, name, mask_id(ID_NUMBER), channel, purchase, 0)
+
+
+def check(*matches: ListedMatch, q: Query | None = None, today: int = TODAY) -> Verdict:
+    """``decide`` against a view listing our subject with ``matches``."""
+    view = FakeView({SUBJECT_KEY: list(matches)})
+    return decide(view, q or query(), KEYER, POLICY, today)
+
+
+# --- not listed ---------------------------------------------------------------
+
+
+def test_unlisted_subject_is_cleared_without_an_index_look_up() -> None:
+    view = FakeView({SUBJECT_KEY + 1: [listed()]})
+    verdict = decide(view, query(), KEYER, POLICY, TODAY)
+    assert verdict.decision is Decision.ALLOW
+    assert verdict.reasons == (NOT_LISTED,)
+    assert verdict.matches == ()
+    assert not verdict.hit
+    assert view.look_ups == 0
+
+
+def test_bloom_false_positive_is_not_listed() -> None:
+    view = FakeView({}, bloom={SUBJECT_KEY})
+    verdict = decide(view, query(), KEYER, POLICY, TODAY)
+    assert verdict.decision is Decision.ALLOW
+    assert verdict.reasons == (NOT_LISTED,)
+    assert verdict.matches == ()
+    assert view.look_ups == 1
+
+
+# --- deny and its reasons -----------------------------------------------------
+
+
+def test_active_entry_denies_a_restricted_purchase() -> None:
+    match = listed()
+    verdict = check(match)
+    assert verdict.decision is Decision.DENY
+    assert verdict.reasons == (RAIL_G_TRAIN,)
+    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE),)
+    assert verdict.hit
+
+
+def test_xiangao_list_restricts_like_shixin() -> None:
+    match = listed(list_type=ListType.XIANGAO)
+    verdict = check(match, q=query(FLIGHT))
+    assert verdict.decision is Decision.DENY
+    assert verdict.reasons == (AIR_TRAVEL,)
+    assert verdict.matches[0].match.list_type is ListType.XIANGAO
+
+
+def test_listed_subject_may_buy_an_unrestricted_class() -> None:
+    match = listed()
+    verdict = check(match, q=query(D_SECOND))
+    assert verdict.decision is Decision.ALLOW
+    assert verdict.reasons == (NOT_RESTRICTED_CLASS,)
+    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE),)
+    assert verdict.hit  # still logged: a listed subject was checked
+
+
+def test_related_person_is_denied_in_role_for_the_organisation() -> None:
+    match = listed(role=Role.LEGAL_REPRESENTATIVE, organization_name="某某科技有限公司")
+    verdict = check(match)
+    assert verdict.decision is Decision.DENY
+    assert verdict.reasons == (RAIL_G_TRAIN,)
+    (outcome,) = verdict.matches
+    assert outcome.match.role is Role.LEGAL_REPRESENTATIVE
+    assert outcome.match.organization_name == "某某科技有限公司"
+
+
+# --- lifecycle ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("valid_until", "decision"),
+    [
+        pytest.param(TODAY - 1, Decision.ALLOW, id="yesterday"),
+        pytest.param(TODAY - 400, Decision.ALLOW, id="last-year"),
+        pytest.param(TODAY, Decision.DENY, id="today-still-restricts"),
+        pytest.param(TODAY + 1, Decision.DENY, id="tomorrow"),
+        pytest.param(NO_END, Decision.DENY, id="no-end"),
+    ],
+)
+def test_expiry(valid_until: int, decision: Decision) -> None:
+    match = listed(valid_until=valid_until)
+    verdict = check(match)
+    assert verdict.decision is decision
+    if decision is Decision.ALLOW:
+        assert verdict.reasons == (EXPIRED,)
+        assert verdict.matches == (MatchOutcome(match, EntryStatus.EXPIRED),)
+
+
+def test_suspended_listing_is_not_applied() -> None:
+    match = listed(status=EntryStatus.SUSPENDED)
+    verdict = check(match)
+    assert verdict.decision is Decision.ALLOW
+    assert verdict.reasons == (LISTING_SUSPENDED,)
+    assert verdict.matches == (MatchOutcome(match, EntryStatus.SUSPENDED),)
+
+
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [
+        pytest.param(TODAY, TODAY, id="today-only"),
+        pytest.param(TODAY - 5, TODAY, id="ends-today"),
+        pytest.param(TODAY, TODAY + 5, id="starts-today"),
+        pytest.param(TODAY - 5, TODAY + 5, id="around-today"),
+    ],
+)
+def test_exemption_for_the_channel_covering_today_allows(first: int, last: int) -> None:
+    match = listed(exemptions=(Exemption(Channel.RAIL, first, last),))
+    verdict = check(match)
+    assert verdict.decision is Decision.ALLOW
+    assert verdict.reasons == (EXEMPTED,)
+    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE),)
+
+
+@pytest.mark.parametrize(
+    "exemption",
+    [
+        pytest.param(Exemption(Channel.AIRLINE, TODAY - 5, TODAY + 5), id="other-channel"),
+        pytest.param(Exemption(Channel.RAIL, TODAY - 10, TODAY - 1), id="ended-yesterday"),
+        pytest.param(Exemption(Channel.RAIL, TODAY + 1, TODAY + 10), id="starts-tomorrow"),
+    ],
+)
+def test_exemption_that_does_not_cover_the_purchase_does_not_help(exemption: Exemption) -> None:
+    match = listed(exemptions=(exemption,))
+    verdict = check(match)
+    assert verdict.decision is Decision.DENY
+    assert verdict.reasons == (RAIL_G_TRAIN,)
+
+
+def test_suspended_and_active_entries_deny_on_the_active_one_only() -> None:
+    suspended = listed("E1", status=EntryStatus.SUSPENDED)
+    active = listed("E2")
+    verdict = check(suspended, active)
+    assert verdict.decision is Decision.DENY
+    assert verdict.reasons == (RAIL_G_TRAIN,)
+    assert verdict.matches == (MatchOutcome(active, EntryStatus.ACTIVE),)
+
+
+def test_every_active_entry_is_in_the_denial() -> None:
+    first, second = listed("E1"), listed("E2", list_type=ListType.XIANGAO)
+    verdict = check(first, second)
+    assert verdict.decision is Decision.DENY
+    assert [o.match.entry_id for o in verdict.matches] == ["E1", "E2"]
+
+
+def test_all_matches_lifted_allow_with_each_lifting_reason_once() -> None:
+    matches = (
+        listed("E1", valid_until=TODAY - 1),
+        listed("E2", status=EntryStatus.SUSPENDED),
+        listed("E3", valid_until=TODAY - 30),
+        listed("E4", exemptions=(Exemption(Channel.RAIL, TODAY, TODAY),)),
+        listed("E5", status=EntryStatus.SUSPENDED),
+    )
+    verdict = check(*matches)
+    assert verdict.decision is Decision.ALLOW
+    assert verdict.reasons == (EXPIRED, LISTING_SUSPENDED, EXEMPTED)
+    assert [o.match for o in verdict.matches] == list(matches)
+    assert [o.status for o in verdict.matches] == [
+        EntryStatus.EXPIRED,
+        EntryStatus.SUSPENDED,
+        EntryStatus.EXPIRED,
+        EntryStatus.ACTIVE,
+        EntryStatus.SUSPENDED,
+    ]
+
+
+def test_unrestricted_purchase_lists_not_restricted_class_beside_other_reasons() -> None:
+    verdict = check(
+        listed("E1"), listed("E2", status=EntryStatus.SUSPENDED), listed("E3"), q=query(D_SECOND)
+    )
+    assert verdict.decision is Decision.ALLOW
+    assert verdict.reasons == (NOT_RESTRICTED_CLASS, LISTING_SUSPENDED)
+    assert len(verdict.matches) == 3
+
+
+# --- names --------------------------------------------------------------------
+
+
+def test_other_name_on_a_listed_id_is_for_review() -> None:
+    match = listed()
+    verdict = check(match, q=query(name="李四"))
+    assert verdict.decision is Decision.REVIEW
+    assert verdict.reasons == (RAIL_G_TRAIN, NAME_MISMATCH)
+    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE),)
+
+
+def test_name_mismatch_on_an_unrestricted_purchase_is_allowed() -> None:
+    verdict = check(listed(), q=query(D_SECOND, name="李四"))
+    assert verdict.decision is Decision.ALLOW
+    assert verdict.reasons == (NOT_RESTRICTED_CLASS,)
+
+
+@pytest.mark.parametrize(
+    ("listed_name", "given"),
+    [
+        pytest.param("张三", "张 三", id="space"),
+        pytest.param("张三", "\u3000张三\u3000", id="ideographic-space"),
+        pytest.param("阿依古丽·买买提", "阿依古丽•买买提", id="bullet-dot"),
+        pytest.param("阿依古丽·买买提", "阿依古丽・买买提", id="katakana-dot"),
+        pytest.param("阿依古丽·买买提", "阿依古丽･买买提", id="half-width-katakana-dot"),
+        pytest.param("阿依古丽·买买提", "阿依古丽 ∙ 买买提", id="bullet-operator-spaced"),
+        pytest.param("Zhang San", "ＺＨＡＮＧ　ＳＡＮ", id="full-width-latin"),
+        pytest.param("Zhang San", "zhangsan", id="latin-case"),
+    ],
+)
+def test_name_written_differently_is_the_same_name(listed_name: str, given: str) -> None:
+    match = listed(name_key=KEYER.name_key(normalize_name(listed_name)))
+    verdict = check(match, q=query(name=given))
+    assert verdict.decision is Decision.DENY
+    assert verdict.reasons == (RAIL_G_TRAIN,)
+
+
+def test_name_not_given_denies() -> None:
+    verdict = check(listed(), q=query(name=""))
+    assert verdict.decision is Decision.DENY
+    assert verdict.reasons == (RAIL_G_TRAIN,)
+
+
+def test_entry_without_a_recorded_name_denies_any_name() -> None:
+    verdict = check(listed(name_key=0), q=query(name="李四"))
+    assert verdict.decision is Decision.DENY
+
+
+def test_deny_carries_only_the_entries_whose_name_matches() -> None:
+    ours, others = listed("E1"), listed("E2", name_key=KEYER.name_key(normalize_name("李四")))
+    verdict = check(ours, others)
+    assert verdict.decision is Decision.DENY
+    assert verdict.matches == (MatchOutcome(ours, EntryStatus.ACTIVE),)
+
+
+# --- judge directly -----------------------------------------------------------
+
+
+def test_judge_accepts_a_list_of_matches() -> None:
+    verdict = judge([listed()], query(), KEYER, POLICY, TODAY)
+    assert verdict.decision is Decision.DENY
+
+
+# --- property -----------------------------------------------------------------
+
+PURCHASES = [
+    (G_TRAIN, Channel.RAIL, True),
+    (D_SECOND, Channel.RAIL, False),
+    (FLIGHT, Channel.AIRLINE, True),
+]
+
+EXEMPTIONS = st.sampled_from(
+    [
+        (),
+        (Exemption(Channel.RAIL, TODAY - 3, TODAY + 3),),
+        (Exemption(Channel.AIRLINE, TODAY, TODAY),),
+        (Exemption(Channel.RAIL, TODAY - 9, TODAY - 1),),
+        (Exemption(Channel.AIRLINE, TODAY + 1, TODAY + 9),),
+        (Exemption(Channel.RAIL, TODAY - 9, TODAY - 1), Exemption(Channel.AIRLINE, TODAY, TODAY)),
+    ]
+)
+
+
+@st.composite
+def matches(draw: st.DrawFn) -> ListedMatch:
+    """A match in a random lifecycle state: status, expiry, exemptions, name."""
+    return listed(
+        f"E{draw(st.integers(0, 10**6))}",
+        list_type=draw(st.sampled_from(ListType)),
+        status=draw(st.sampled_from([EntryStatus.ACTIVE, EntryStatus.SUSPENDED])),
+        role=draw(st.sampled_from(Role)),
+        valid_until=TODAY + draw(st.sampled_from([-30, -1, 0, 1, NO_END - TODAY])),
+        exemptions=draw(EXEMPTIONS),
+        name_key=draw(st.sampled_from([0, KEYER.name_key(normalize_name(LISTED_NAME))])),
+    )
+
+
+@given(
+    st.lists(matches(), min_size=1, max_size=6),
+    st.sampled_from(PURCHASES),
+    st.sampled_from(["", LISTED_NAME, "张 三"]),
+)
+def test_deny_iff_some_match_is_active_unexpired_not_exempt_and_purchase_restricted(
+    found: list[ListedMatch], purchase: tuple[Purchase, Channel, bool], name: str
+) -> None:
+    bought, channel, restricted = purchase
+    live = [
+        m
+        for m in found
+        if m.status is EntryStatus.ACTIVE
+        and m.valid_until >= TODAY
+        and not any(e.channel is channel and e.first_day <= TODAY <= e.last_day for e in m.exemptions)
+    ]
+    verdict = decide(FakeView({SUBJECT_KEY: found}), query(bought, name, channel), KEYER, POLICY, TODAY)
+    assert (verdict.decision is Decision.DENY) == (restricted and bool(live))
+    assert verdict.decision is not Decision.REVIEW  # the name given always matches
+    if verdict.decision is Decision.DENY:
+        assert [o.match for o in verdict.matches] == live
+        assert all(o.status is EntryStatus.ACTIVE for o in verdict.matches)
+    else:
+        assert [o.match for o in verdict.matches] == found
+        lifted = {
+            EXPIRED if m.valid_until < TODAY
+            else LISTING_SUSPENDED if m.status is EntryStatus.SUSPENDED
+            else EXEMPTED if m not in live
+            else NOT_RESTRICTED_CLASS
+            for m in found
+        }  # fmt: skip
+        assert len(verdict.reasons) == len(lifted)
+        assert set(verdict.reasons) == lifted
+        assert NOT_LISTED not in verdict.reasons
