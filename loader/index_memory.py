@@ -23,7 +23,7 @@ import hashlib
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -346,6 +346,9 @@ class MemoryView:
         if not self._plain:
             out.extend(self.overlay.by_key.get(key, ()))
         return out
+
+    def look_up_many(self, keys: Sequence[int]) -> list[Sequence[ListedMatch]]:
+        return [self.look_up(k) for k in keys]
 
     def _base_match(self, i: int) -> ListedMatch | None:
         base = self.base

@@ -10,13 +10,14 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from collections.abc import Sequence
 
 from shixin.v1 import check_pb2 as pb
 
 from server.convert import to_query, to_response
 from server.hitlog import HitLog
-from shixin_domain.decision import Query, Verdict, decide
-from shixin_domain.errors import NotReady
+from shixin_domain.decision import Query, Verdict, decide, decide_many
+from shixin_domain.errors import InvalidInput, NotReady
 from shixin_domain.index import IndexSource, ListView
 from shixin_domain.keys import SubjectKeyer
 from shixin_domain.model import china_day
@@ -57,6 +58,27 @@ class CheckEngine:
         if verdict.matches and self.hit_log is not None:
             self._log_hit(check_id, request, query, verdict, version, peer)
         return to_response(request.request_id, check_id, verdict, version)
+
+    def check_many(
+        self, requests: Sequence[pb.CheckRequest], view: ListView, peer: str = ""
+    ) -> list[pb.CheckResponse]:
+        """A batch against one view; a bad request is ``InvalidInput`` under ``checks[i]``."""
+        queries = []
+        for i, request in enumerate(requests):
+            try:
+                queries.append(to_query(request, self.keyer))
+            except InvalidInput as exc:
+                raise exc.under(f"checks[{i}]") from None
+        verdicts = decide_many(view, queries, self.keyer, self.policy, china_day(time.time()))
+        version = view.info.version
+        prefix, counter = self._prefix, self._counter
+        answers = []
+        for request, query, verdict in zip(requests, queries, verdicts, strict=True):
+            check_id = f"{prefix}{next(counter):x}"
+            if verdict.matches and self.hit_log is not None:
+                self._log_hit(check_id, request, query, verdict, version, peer)
+            answers.append(to_response(request.request_id, check_id, verdict, version))
+        return answers
 
     def _log_hit(
         self,

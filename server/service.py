@@ -89,15 +89,8 @@ class ConsumptionCheckService(pb_grpc.ConsumptionCheckServicer):
                     "checks", f"at most {self.max_batch} checks per batch, got {len(checks)}"
                 )
             engine = self.engine
-            view = engine.view()
             peer = context.peer() if self._peers else ""
-            check = engine.check
-            results = []
-            for i, one in enumerate(checks):
-                try:
-                    results.append(check(one, view, peer))
-                except InvalidInput as exc:
-                    raise exc.under(f"checks[{i}]") from None
+            results = engine.check_many(checks, engine.view(), peer)
         except Exception as exc:  # noqa: BLE001
             await self._fail(context, exc, "CheckConsumptionBatch", "", started)
         if self.audit is not None:

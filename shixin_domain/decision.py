@@ -16,9 +16,11 @@ channel) and the purchase against the rule table.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from shixin_domain.errors import IndexUnavailable
 from shixin_domain.identity import mask_id, normalize_name
 from shixin_domain.index import ListedMatch, ListView
 from shixin_domain.keys import SubjectKeyer
@@ -31,6 +33,7 @@ LISTING_SUSPENDED = Reason("LISTING_SUSPENDED", "名单信息核实期间，惩�
 EXEMPTED = Reason("EXEMPTED", "经人民法院准许以个人财产实施的该项消费")
 EXPIRED = Reason("EXPIRED", "名单已过有效期，不再限制")
 NAME_MISMATCH = Reason("NAME_MISMATCH", "证件号码在名单中但姓名不一致，请人工核验")
+INDEX_UNAVAILABLE = Reason("INDEX_UNAVAILABLE", "名单索引暂时无法查询，不能确认是否为名单人员")
 
 
 class Query(NamedTuple):
@@ -81,14 +84,47 @@ def decide(
     key = query.subject_key
     if not view.might_contain(key):
         return VERDICT_NOT_LISTED
-    found = view.look_up(key)
+    try:
+        found = view.look_up(key)
+    except IndexUnavailable:
+        return unavailable(query, policy)
     if not found:
         return VERDICT_NOT_LISTED
     return judge(found, query, keyer, policy, today)
 
 
+def decide_many(
+    view: ListView, queries: Sequence[Query], keyer: SubjectKeyer, policy: Policy, today: int
+) -> list[Verdict]:
+    """``decide`` for many queries, with one index round trip for all Bloom positives."""
+    verdicts = [VERDICT_NOT_LISTED] * len(queries)
+    positive = [i for i, q in enumerate(queries) if view.might_contain(q.subject_key)]
+    if not positive:
+        return verdicts
+    try:
+        found = view.look_up_many([queries[i].subject_key for i in positive])
+    except IndexUnavailable:
+        for i in positive:
+            verdicts[i] = unavailable(queries[i], policy)
+        return verdicts
+    for i, matches in zip(positive, found, strict=True):
+        if matches:
+            verdicts[i] = judge(matches, queries[i], keyer, policy, today)
+    return verdicts
+
+
+_UNAVAILABLE = {
+    name: Verdict(Decision[name], (INDEX_UNAVAILABLE,), ()) for name in ("ALLOW", "DENY", "REVIEW")
+}
+
+
+def unavailable(query: Query, policy: Policy) -> Verdict:
+    """The configured answer for a possible listing that cannot be confirmed."""
+    return _UNAVAILABLE[policy.unavailable_decision(query.channel)]
+
+
 def judge(
-    found: tuple[ListedMatch, ...] | list[ListedMatch],
+    found: Sequence[ListedMatch],
     query: Query,
     keyer: SubjectKeyer,
     policy: Policy,

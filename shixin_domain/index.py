@@ -67,7 +67,13 @@ class ListView(Protocol):
 
     def might_contain(self, key: int) -> bool: ...
 
-    def look_up(self, key: int) -> Sequence[ListedMatch]: ...
+    def look_up(self, key: int) -> Sequence[ListedMatch]:
+        """Every entry naming the subject; ``IndexUnavailable`` if the backend is down."""
+        ...
+
+    def look_up_many(self, keys: Sequence[int]) -> list[Sequence[ListedMatch]]:
+        """``look_up`` for each key, in one round trip where the backend has them."""
+        ...
 
 
 class IndexSource(Protocol):

@@ -80,6 +80,18 @@ class Policy:
     #: Premium from which cash-value insurance counts as 高额 (seed 001 §二(七)5;
     #: no national figure: ¥10,000 a policy).
     insurance_premium_threshold_fen: int = 1_000_000
+    #: What to answer when the Bloom filter says "maybe listed" but the index
+    #: cannot be asked (Redis down): "REVIEW" by default, "DENY" to fail closed,
+    #: "ALLOW" to fail open. Never a silent ALLOW: the reason INDEX_UNAVAILABLE
+    #: is always given. Per-channel overrides in ``unavailable_by_channel``.
+    unavailable: str = "REVIEW"
+    unavailable_by_channel: tuple[tuple[Channel, str], ...] = ()
+
+    def unavailable_decision(self, channel: Channel) -> str:
+        for overridden, decision in self.unavailable_by_channel:
+            if overridden is channel:
+                return decision
+        return self.unavailable
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(name, value, description) for GetListStatus and ``status``."""
@@ -90,6 +102,14 @@ class Policy:
                 "insurance_premium_threshold_fen",
                 str(self.insurance_premium_threshold_fen),
                 "premium from which cash-value insurance is restricted, fen",
+            ),
+            (
+                "unavailable",
+                ",".join(
+                    [self.unavailable]
+                    + [f"{c.name}={d}" for c, d in self.unavailable_by_channel]
+                ),
+                "answer when a Bloom positive cannot be confirmed (index unreachable)",
             ),
         ]
 
