@@ -339,7 +339,7 @@ class MemoryView:
             base = self.base
             while i < self._n and k_hi[i] == hi:
                 if base.k_lo[i] == lo:
-                    match = self._base_match(i)
+                    match = self.match_at(i)
                     if match is not None:
                         out.append(match)
                 i += 1
@@ -350,7 +350,8 @@ class MemoryView:
     def look_up_many(self, keys: Sequence[int]) -> list[Sequence[ListedMatch]]:
         return [self.look_up(k) for k in keys]
 
-    def _base_match(self, i: int) -> ListedMatch | None:
+    def match_at(self, i: int) -> ListedMatch | None:
+        """Row ``i`` of the base as this version sees it; None if delisted since."""
         base = self.base
         row = base.m_entry[i]
         overlay = self.overlay
@@ -391,6 +392,9 @@ class MemoryIndex:
 
     def install(self, view: MemoryView) -> None:
         self._view = view  # one reference assignment: atomic for readers
+
+    def replica_status(self) -> dict[str, object]:
+        return {"index_backend": "memory", "index_reachable": True}
 
 
 def view_of_base(base: Base, source: str, source_timestamp: float, version: str) -> MemoryView:

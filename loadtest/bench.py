@@ -47,14 +47,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
 
+from loader.synthetic import write_snapshot
 from loadtest import bloom_compare, inprocess
 from loadtest.driver import Phase, drive
+from loadtest.report import bloom_table, noise_rows, render, table
 from loadtest.traffic import build_traffic
-from loader.synthetic import write_snapshot
 from shixin_domain.model import CHINA_TZ
 
 BATCH_SIZE = 100
-MIB = 1024 * 1024
 
 
 def log(message: str) -> None:
@@ -72,9 +72,13 @@ class ServerProcess:
         self.stderr = open(log_dir / f"{name}.stderr.log", "wb")  # noqa: SIM115
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=self.stderr, env=env, text=True,
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+            text=True,
             cwd=Path(__file__).resolve().parent.parent,
-        )  # fmt: skip
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._drain, daemon=True).start()
         self.address = ""
@@ -218,13 +222,22 @@ def phases(quick: bool, seconds: float | None, rate: float) -> list[Phase]:
 
 
 def run_rpc(
-    args: argparse.Namespace, list_path: Path, tiny_path: Path, log_dir: Path,
-    requests: list[bytes], batches: list[bytes],
-) -> dict[str, Any]:  # fmt: skip
+    args: argparse.Namespace,
+    list_path: Path,
+    tiny_path: Path,
+    log_dir: Path,
+    requests: list[bytes],
+    batches: list[bytes],
+) -> dict[str, Any]:
     env = _server_env()
     extra: list[str] = []
     if args.with_logs:
-        extra = ["--hit-log", str(log_dir / "hits.jsonl"), "--audit-log", str(log_dir / "audit.jsonl")]
+        extra = [
+            "--hit-log",
+            str(log_dir / "hits.jsonl"),
+            "--audit-log",
+            str(log_dir / "audit.jsonl"),
+        ]
     out: dict[str, Any] = {}
     servers: list[ServerProcess] = []
     try:
@@ -247,7 +260,7 @@ def run_rpc(
         status = list_status(ours.address)
         out["entries_total"] = status.entries_total
         out["subject_keys"] = status.subject_keys
-        log(f"loaded {status.entries_total:,} entries in {out['load_s']:.1f}s; starting bare servicer")
+        log(f"loaded {status.entries_total:,} entries in {out['load_s']:.1f}s; bare next")
 
         bare = ServerProcess("bare", bare_argv(), log_dir, env)
         servers.append(bare)
@@ -270,165 +283,57 @@ def run_rpc(
     return out
 
 
-# --- report --------------------------------------------------------------------
-
-
-def _fmt(v: float | None, digits: int = 1) -> str:
-    if v is None:
-        return "-"
-    if abs(v) >= 10_000:
-        return f"{v:,.0f}"
-    return f"{v:,.{digits}f}"
-
-
-def _ratio(a: float | None, b: float | None) -> str:
-    return f"{a / b:.2f}" if a and b else "-"
-
-
-def _verdict(ok: bool | None) -> str:
-    return "-" if ok is None else ("met" if ok else "MISSED")
-
-
-def table(results: dict[str, Any]) -> list[list[str]]:
-    rows: list[list[str]] = [["figure", "ours", "bare", "ours/bare", "target", "verdict"]]
-    ip = results.get("inprocess")
-    if ip:
-        rows.append(["in-process harness floor p50/p99 µs",
-                     f"{_fmt(ip['floor']['p50_us'], 2)} / {_fmt(ip['floor']['p99_us'], 2)}",
-                     "-", "-", "(in every sample below)", "-"])  # fmt: skip
-        rows.append(["keyed subject key (blake2b) p50 µs", _fmt(ip["subject_key"]["p50_us"], 2),
-                     "-", "-", "~0.8 µs (DESIGN)", "-"])  # fmt: skip
-        for key, label, target, ok in (
-            ("decide_unlisted", "decide() unlisted p50/p99 µs", "p50 < 5 µs",
-             ip["decide_unlisted"]["p50_us"] < 5),
-            ("decide_listed", "decide() listed p50/p99 µs", "p99 < 20 µs",
-             ip["decide_listed"]["p99_us"] < 20),
-            ("check_unlisted", "engine.check() unlisted p50/p99 µs", "few µs/check", None),
-            ("check_listed", "engine.check() listed p50/p99 µs", "p99 < 20 µs", None),
-        ):  # fmt: skip
-            s = ip[key]
-            rows.append([label, f"{_fmt(s['p50_us'], 2)} / {_fmt(s['p99_us'], 2)}", "-", "-",
-                         target, _verdict(ok)])  # fmt: skip
-        rows.append(["engine.check() 99/1 mix, checks/s, one core",
-                     _fmt(ip["check_mixed_per_s"]), "-", "-", "-", "-"])  # fmt: skip
-    rpc = results.get("rpc", {})
-    ours, bare = rpc.get("ours", {}), rpc.get("bare", {})
-
-    def both(phase: str, pick: Callable[[dict[str, Any]], float]) -> tuple[float | None, float | None]:  # fmt: skip
-        o, b = ours.get(phase), bare.get(phase)
-        return (pick(o) if o else None), (pick(b) if b else None)
-
-    def cpu_row(phase: str, label: str) -> None:
-        o, b = both(phase, lambda r: r["server_cpu_us_per_check"])
-        if o is None or b is None:
-            return
-        rows.append([label, _fmt(o, 1), _fmt(b, 1), _ratio(o, b), f"ours - bare: {o - b:,.1f} µs", "-"])
-
-    def lat_row(phase: str, label: str, target: str, limit_us: float | None) -> None:
-        o, b = ours.get(phase), bare.get(phase)
-        if not o or not b:
-            return
-        lo, lb = o["latency"], b["latency"]
-        ok = None if limit_us is None else lo["p99_us"] < limit_us
-        rows.append([label, f"{_fmt(lo['p50_us'], 0)} / {_fmt(lo['p99_us'], 0)}",
-                     f"{_fmt(lb['p50_us'], 0)} / {_fmt(lb['p99_us'], 0)}",
-                     f"{_ratio(lo['p50_us'], lb['p50_us'])} / {_ratio(lo['p99_us'], lb['p99_us'])}",
-                     target, _verdict(ok)])  # fmt: skip
-
-    def rate_row(phase: str, label: str, key: str, share: float | None) -> None:
-        o, b = both(phase, lambda r: r[key])
-        if o is None or b is None:
-            return
-        ok = None if share is None else o >= share * b
-        target = f">= {share:.0%} of bare" if share else "-"
-        rows.append([label, _fmt(o), _fmt(b), _ratio(o, b), target, _verdict(ok)])
-
-    lat_row("unary_c1", "unary, 1 in flight: p50/p99 µs", "-", None)
-    rate_row("unary_c1", "unary, 1 in flight: calls/s", "calls_per_s", None)
-    lat_row("unary_c32", "unary, 32 in flight: p50/p99 µs", "-", None)
-    rate_row("unary_c32", "unary, 32 in flight: calls/s", "calls_per_s", 0.8)
-    cpu_row("unary_c32", "unary: server CPU µs per call")
-    if "unary_paced" in ours:
-        paced_rate = ours["unary_paced"]["rate"]
-        lat_row("unary_paced", f"unary at {paced_rate:,.0f}/s (open loop): p50/p99 µs",
-                "p99 < 1000 µs", 1000)  # fmt: skip
-    rate_row("batch100", "batch of 100: checks/s", "checks_per_s", 0.5)
-    cpu_row("batch100", "batch: server CPU µs per check")
-    rate_row("stream", "stream (4 streams): checks/s", "checks_per_s", 0.5)
-    cpu_row("stream", "stream: server CPU µs per check")
-    load = results.get("load")
-    if load:
-        n = load["entries_total"] or 1
-        delta = load["rss_loaded"] - load["rss_baseline"]
-        rows.append([f"load {n:,} entries (announce to SERVING), s", _fmt(load["load_s"], 1),
-                     "-", "-", f"10M < 60 s (x{10_000_000 / n:g}: {load['load_s'] * 10_000_000 / n:,.0f} s)",
-                     _verdict(load["load_s"] * 10_000_000 / n < 60)])  # fmt: skip
-        rows.append(["resident memory after load - baseline, MiB", _fmt(delta / MIB, 1),
-                     _fmt(load["rss_bare"] / MIB, 1) + " (bare RSS)", "-",
-                     f"10M < 2 GiB (x{10_000_000 / n:g}: {delta * 10_000_000 / n / 1024**3:.2f} GiB)",
-                     _verdict(delta * 10_000_000 / n < 2 * 1024**3)])  # fmt: skip
-        rows.append(["resident bytes per entry", _fmt(delta / n, 0), "-", "-",
-                     "< 200 (2 GiB / 10M)", _verdict(delta / n < 200)])  # fmt: skip
-    return rows
-
-
-def bloom_table(cases: list[dict[str, Any]]) -> list[list[str]]:
-    rows = [["Bloom filter", "adds", "add µs", "lookup hit µs", "lookup miss µs", "false pos."]]
-    for c in cases:
-        rows.append([c["case"], f"{c['adds']:,}", _fmt(c["add_us"], 2), _fmt(c["lookup_hit_us"], 2),
-                     _fmt(c["lookup_miss_us"], 2), f"{c['false_positive_rate']:.4%}"])  # fmt: skip
-    return rows
-
-
-def render(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for j, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths, strict=True))))  # fmt: skip
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def noise_rows(results: dict[str, Any]) -> list[list[str]]:
-    rows = [["phase", "server", "calls", "errors", "srv cores", "client cores/srv", "foreign cores",
-             "decisions"]]  # fmt: skip
-    for server, by_phase in results.get("rpc", {}).items():
-        for phase, r in by_phase.items():
-            el = r["elapsed_s"] or 1
-            rows.append([phase, server, f"{r['calls']:,}", str(r["errors"]),
-                         f"{r['server_cores']:.2f}", f"{r['client_cpu_s'] / el:.2f}",
-                         f"{r['foreign_cores']:.2f}",
-                         " ".join(f"{k}={v}" for k, v in sorted(r["decisions"].items()))])  # fmt: skip
-    return rows
-
-
 # --- main ----------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--entries", type=int, default=None,
-                   help="list size (default 1,000,000; 100,000 with --quick)")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--entries",
+        type=int,
+        default=None,
+        help="list size (default 1,000,000; 100,000 with --quick)",
+    )
     p.add_argument("--quick", action="store_true", help="small list, short segments, 1 round")
     p.add_argument("--out", type=Path, help="also write every figure as JSON here")
     p.add_argument("--seed", type=int, default=20261124, help="list and traffic seed")
-    p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "shixin-bench",
-                   help="where list files are cached and server logs go")  # fmt: skip
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "shixin-bench",
+        help="where list files are cached and server logs go",
+    )
     p.add_argument("--traffic", type=int, default=None, help="distinct requests (default 20,000)")
     p.add_argument("--seconds", type=float, default=None, help="seconds per RPC segment")
     p.add_argument("--rounds", type=int, default=None, help="segments per figure and server")
-    p.add_argument("--rate", type=float, default=0.0,
-                   help="open-loop unary rate/s (default: 40%% of the bare servicer's calls/s)")  # fmt: skip
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="open-loop unary rate/s (default: 25%% of the bare servicer's calls/s)",
+    )
     p.add_argument("--calls", type=int, default=100_000, help="in-process calls per series")
-    p.add_argument("--bloom-keys", type=int, default=None,
-                   help="keys per Bloom filter (default 1,000,000; 200,000 with --quick)")  # fmt: skip
-    p.add_argument("--with-logs", action="store_true", help="run our server with hit and audit logs")
+    p.add_argument(
+        "--bloom-keys",
+        type=int,
+        default=None,
+        help="keys per Bloom filter (default 1,000,000; 200,000 with --quick)",
+    )
+    p.add_argument(
+        "--with-logs", action="store_true", help="run our server with hit and audit logs"
+    )
     p.add_argument("--profile", action="store_true", help="cProfile the in-process check mix")
-    p.add_argument("--skip", action="append", default=[], choices=["rpc", "inprocess", "bloom"],
-                   help="leave a part out (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["rpc", "inprocess", "bloom"],
+        help="leave a part out (repeatable)",
+    )
     p.add_argument("--load-timeout", type=float, default=900.0, help="seconds to wait for a load")
     args = p.parse_args(argv)
     if args.entries is None:
@@ -455,8 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     list_path, gen_s = ensure_list(args.data_dir, args.entries, args.seed, as_of)
     tiny_path, _ = ensure_list(args.data_dir, 1, args.seed, as_of)
-    results["list_file"] = {"path": str(list_path), "bytes": list_path.stat().st_size,
-                            "generated_s": gen_s}  # fmt: skip
+    results["list_file"] = {
+        "path": str(list_path),
+        "bytes": list_path.stat().st_size,
+        "generated_s": gen_s,
+    }
 
     log(f"building {args.traffic:,} requests (1% listed)")
     traffic = build_traffic(args.traffic, args.entries, args.seed, as_of)
@@ -465,8 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         pb.CheckBatchRequest(checks=traffic.requests[i : i + BATCH_SIZE]).SerializeToString()
         for i in range(0, len(traffic.requests) - BATCH_SIZE + 1, BATCH_SIZE)
     ]
-    results["traffic"] = {"requests": len(requests), "listed": len(traffic.listed),
-                          "mean_request_bytes": sum(map(len, requests)) / len(requests)}  # fmt: skip
+    results["traffic"] = {
+        "requests": len(requests),
+        "listed": len(traffic.listed),
+        "mean_request_bytes": sum(map(len, requests)) / len(requests),
+    }
 
     if "rpc" not in args.skip:
         rpc = run_rpc(args, list_path, tiny_path, log_dir, requests, batches)
@@ -475,12 +386,16 @@ def main(argv: list[str] | None = None) -> int:
     if "inprocess" not in args.skip:
         log("in-process decision (builds its own index)")
         results["inprocess"] = in_child(
-            inprocess.run, str(list_path),
+            inprocess.run,
+            str(list_path),
             [r.SerializeToString() for r in traffic.unlisted],
             [r.SerializeToString() for r in traffic.listed],
-            requests, args.calls, 15.0, args.profile,
+            requests,
+            args.calls,
+            15.0,
+            args.profile,
             timeout=args.load_timeout + 300,
-        )  # fmt: skip
+        )
     if "bloom" not in args.skip:
         log(f"Bloom filters: {args.bloom_keys:,} keys each")
         results["bloom"] = in_child(
@@ -490,11 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["load_average_at_end"] = os.getloadavg()
 
     m = results["machine"]
-    print(f"\nshixin-check benchmarks: {args.entries:,} entries, {m['nproc']} x {m['cpu_model']}, "
-          f"{m['ram_gib']} GiB, Python {m['python']}, grpcio {m['grpcio']}")  # fmt: skip
+    print(
+        f"\nshixin-check benchmarks: {args.entries:,} entries, {m['nproc']} x {m['cpu_model']}, "
+        f"{m['ram_gib']} GiB, Python {m['python']}, grpcio {m['grpcio']}"
+    )
     print(render(table(results)))
     if results.get("rpc"):
-        print("\nper phase (cores = CPU seconds per second; foreign = other processes on the machine)")
+        print(
+            "\nper phase (cores = CPU seconds per second; foreign = other processes on the machine)"
+        )
         print(render(noise_rows(results)))
     if results.get("bloom"):
         print()

@@ -34,9 +34,12 @@ def _hits(contains: Callable[[Any], bool], keys: Sequence[Any]) -> int:
 
 
 def _case(
-    name: str, make: Callable[[], Any], present: Sequence[Any], absent: Sequence[Any],
+    name: str,
+    make: Callable[[], Any],
+    present: Sequence[Any],
+    absent: Sequence[Any],
     lookups: int,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     bloom = make()
     add_us = _per_op(bloom.add, present)
     probe_hit = present[:lookups]
@@ -72,17 +75,39 @@ def compare(n: int, lookups: int, seed: int = 11) -> list[dict[str, Any]]:
         return int.from_bytes(b, "big", signed=True)  # fits rbloom's i128
 
     return [
-        _case("rbloom, 64-bit int, hash_func=int (our index)",
-              lambda: Bloom(n, ERROR_RATE, hash_func=int), present_int, absent_int, lookups),
-        _case("rbloom, 16-byte bytes, default hash (process-salted)",
-              lambda: Bloom(n, ERROR_RATE), present_b, absent_b, lookups),
-        _case("rbloom, 16-byte bytes, stable int.from_bytes hash",
-              lambda: Bloom(n, ERROR_RATE, hash_func=stable_bytes_hash),
-              present_b, absent_b, lookups),
-        _case("pybloom-live, 16-byte bytes (hashed via repr)",
-              lambda: BloomFilter(capacity=n, error_rate=ERROR_RATE), present_b, absent_b,
-              lookups),
-        _case("pybloom-live, 64-bit int (hashed via str)",
-              lambda: BloomFilter(capacity=n, error_rate=ERROR_RATE), present_int, absent_int,
-              lookups),
-    ]  # fmt: skip
+        _case(
+            "rbloom, 64-bit int, hash_func=int (our index)",
+            lambda: Bloom(n, ERROR_RATE, hash_func=int),
+            present_int,
+            absent_int,
+            lookups,
+        ),
+        _case(
+            "rbloom, 16-byte bytes, default hash (process-salted)",
+            lambda: Bloom(n, ERROR_RATE),
+            present_b,
+            absent_b,
+            lookups,
+        ),
+        _case(
+            "rbloom, 16-byte bytes, stable int.from_bytes hash",
+            lambda: Bloom(n, ERROR_RATE, hash_func=stable_bytes_hash),
+            present_b,
+            absent_b,
+            lookups,
+        ),
+        _case(
+            "pybloom-live, 16-byte bytes (hashed via repr)",
+            lambda: BloomFilter(capacity=n, error_rate=ERROR_RATE),
+            present_b,
+            absent_b,
+            lookups,
+        ),
+        _case(
+            "pybloom-live, 64-bit int (hashed via str)",
+            lambda: BloomFilter(capacity=n, error_rate=ERROR_RATE),
+            present_int,
+            absent_int,
+            lookups,
+        ),
+    ]

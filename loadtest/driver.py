@@ -43,7 +43,7 @@ class Phase:
     max_calls: int
     seconds: float
     rate: float = 0.0  # paced only; 0: ``rate_share`` of the bare server's unary calls/s
-    rate_share: float = 0.4
+    rate_share: float = 0.25
 
 
 @dataclass
@@ -114,9 +114,14 @@ class Driver:
         self.batch_size = batch_size
 
     async def _closed_loop(
-        self, call: Callable[[bytes], Awaitable[Any]], payloads: list[bytes], phase: Phase,
-        tally: Tally, per_call: int, count: Callable[[Any], None],
-    ) -> None:  # fmt: skip
+        self,
+        call: Callable[[bytes], Awaitable[Any]],
+        payloads: list[bytes],
+        phase: Phase,
+        tally: Tally,
+        per_call: int,
+        count: Callable[[Any], None],
+    ) -> None:
         """``phase.concurrency`` callers, each sending its next call when the last returns."""
         clock = time.perf_counter_ns
         deadline = clock() + int(phase.seconds * 1e9)
@@ -225,9 +230,13 @@ class Driver:
                 tally.decisions.update(_DECISIONS[r.decision] for r in reply.results)
 
             await self._closed_loop(
-                lambda p: target.batch(p, timeout=30), self.batches, phase, tally,
-                self.batch_size, count_batch,
-            )  # fmt: skip
+                lambda p: target.batch(p, timeout=30),
+                self.batches,
+                phase,
+                tally,
+                self.batch_size,
+                count_batch,
+            )
         elif phase.kind == "paced":
             tally.rate = rate
             await self._paced(target, phase, tally, rate)
@@ -245,9 +254,14 @@ class Driver:
 
 
 async def _drive(
-    targets: list[tuple[str, str, int]], phases: list[Phase], rounds: int,
-    requests: list[bytes], batches: list[bytes], batch_size: int, warmup_s: float,
-) -> dict[str, dict[str, Any]]:  # fmt: skip
+    targets: list[tuple[str, str, int]],
+    phases: list[Phase],
+    rounds: int,
+    requests: list[bytes],
+    batches: list[bytes],
+    batch_size: int,
+    warmup_s: float,
+) -> dict[str, dict[str, Any]]:
     servers = [Target(*t) for t in targets]
     driver = Driver(requests, batches, batch_size)
     for server in servers:
@@ -263,9 +277,10 @@ async def _drive(
         tallies = {s.name: Tally() for s in servers}
         rate = phase.rate
         if phase.kind == "paced" and not rate:
-            bare = results.get("bare", {}).get("unary_c32") or next(iter(results.values()))[
-                "unary_c32"
-            ]
+            bare = (
+                results.get("bare", {}).get("unary_c32")
+                or next(iter(results.values()))["unary_c32"]
+            )
             rate = max(50.0, round(phase.rate_share * bare["calls_per_s"], -1))
         for r in range(rounds):
             order = servers if r % 2 == 0 else servers[::-1]
@@ -279,10 +294,13 @@ async def _drive(
 
 
 def drive(
-    targets: list[tuple[str, str, int]], phases: list[Phase], rounds: int,
-    requests: list[bytes], batches: list[bytes], batch_size: int, warmup_s: float = 1.0,
-) -> dict[str, dict[str, Any]]:  # fmt: skip
+    targets: list[tuple[str, str, int]],
+    phases: list[Phase],
+    rounds: int,
+    requests: list[bytes],
+    batches: list[bytes],
+    batch_size: int,
+    warmup_s: float = 1.0,
+) -> dict[str, dict[str, Any]]:
     """Entry point in the driver process: {server: {phase: figures}}."""
-    return asyncio.run(
-        _drive(targets, phases, rounds, requests, batches, batch_size, warmup_s)
-    )
+    return asyncio.run(_drive(targets, phases, rounds, requests, batches, batch_size, warmup_s))

@@ -124,8 +124,9 @@ def run(
         "subject_key": time_calls(
             lambda n: keyer.subject_key(IdType.RESIDENT_ID, n),
             [r.person.id_number for r in req_unlisted if r.person.id_number][:1000],
-            max_calls, max_seconds,
-        ),  # fmt: skip
+            max_calls,
+            max_seconds,
+        ),
         "decide_unlisted": time_calls(decide_one, q_unlisted, max_calls, max_seconds),
         "decide_listed": time_calls(decide_one, q_listed, max_calls, max_seconds),
         "check_unlisted": time_calls(check_one, req_unlisted, max_calls, max_seconds),

@@ -28,11 +28,39 @@ from shixin_domain.identity import resident_id_check_char, uscc_check_char
 
 # Real county codes for unlisted people and organisations.
 _REGIONS = (
-    "110101", "110105", "110108", "120104", "130102", "140105", "210102", "220102",
-    "310101", "310104", "310115", "320102", "320505", "330102", "330106", "340104",
-    "350203", "360102", "370102", "370202", "410105", "420106", "430104", "440104",
-    "440305", "450103", "500103", "510104", "520102", "530102", "610113", "620102",
-)  # fmt: skip
+    "110101",
+    "110105",
+    "110108",
+    "120104",
+    "130102",
+    "140105",
+    "210102",
+    "220102",
+    "310101",
+    "310104",
+    "310115",
+    "320102",
+    "320505",
+    "330102",
+    "330106",
+    "340104",
+    "350203",
+    "360102",
+    "370102",
+    "370202",
+    "410105",
+    "420106",
+    "430104",
+    "440104",
+    "440305",
+    "450103",
+    "500103",
+    "510104",
+    "520102",
+    "530102",
+    "610113",
+    "620102",
+)
 _USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 _SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶"
 _GIVEN = "伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超兰霞平刚桂英华玉萍红文辉建国志新春"
@@ -118,7 +146,9 @@ def listed_subjects(
     return people, orgs
 
 
-def _pick(rng: random.Random, table: tuple[tuple[int, str, dict[str, Any], int], ...]) -> tuple[str, dict[str, Any], int]:  # fmt: skip
+def _pick(
+    rng: random.Random, table: tuple[tuple[int, str, dict[str, Any], int], ...]
+) -> tuple[str, dict[str, Any], int]:
     _, channel, purchase, amount = rng.choices(table, weights=[t[0] for t in table])[0]
     return channel, purchase, amount
 
@@ -127,15 +157,27 @@ def check_request(subject: Subject, rng: random.Random, request_id: str) -> pb.C
     if subject.uscc:
         channel, purchase, amount = _pick(rng, _ORG_PURCHASES)
         return build_request(
-            channel, uscc=subject.uscc, name=subject.name, purchase=purchase,
-            amount_fen=amount, request_id=request_id, merchant_id="M0001", terminal_id="T01",
-        )  # fmt: skip
+            channel,
+            uscc=subject.uscc,
+            name=subject.name,
+            purchase=purchase,
+            amount_fen=amount,
+            request_id=request_id,
+            merchant_id="M0001",
+            terminal_id="T01",
+        )
     channel, purchase, amount = _pick(rng, _PERSON_PURCHASES)
     return build_request(
-        channel, id_number=subject.number, id_type=subject.id_type, name=subject.name,
-        purchase=purchase, amount_fen=amount, request_id=request_id,
-        merchant_id="M0001", terminal_id="T01",
-    )  # fmt: skip
+        channel,
+        id_number=subject.number,
+        id_type=subject.id_type,
+        name=subject.name,
+        purchase=purchase,
+        amount_fen=amount,
+        request_id=request_id,
+        merchant_id="M0001",
+        terminal_id="T01",
+    )
 
 
 @dataclass

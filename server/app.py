@@ -24,14 +24,18 @@ from grpc_reflection.v1alpha import reflection
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
 
+from redis import RedisError
+
 from loader.index_memory import MemoryIndex
+from loader.index_redis import RedisFollower, RedisKeys
 from loader.versions import DirectoryFollower, Loader
 from server.engine import CheckEngine
 from server.hitlog import AuditLog, HitLog
 from server.service import ConsumptionCheckService
 from server.settings import ServeSettings
-from shixin_domain.errors import LoadRejected
+from shixin_domain.errors import ConfigurationError, LoadRejected
 from shixin_domain.identity import resident_id_check_char
+from shixin_domain.index import IndexSource
 from shixin_domain.keys import SubjectKeyer
 from shixin_domain.model import CHINA_TZ
 
@@ -50,11 +54,19 @@ class Service:
         self.keyer = SubjectKeyer(settings.secret)
         self.index = MemoryIndex()
         self.loader = Loader(self.index, self.keyer)
+        self.follower: DirectoryFollower | None = None
+        self.redis: RedisFollower | None = None
+        source: IndexSource = self.index
+        if settings.redis:
+            self.redis = RedisFollower(
+                settings.redis, self.keyer, RedisKeys(settings.redis_prefix),
+                settings.replica_id, on_event=self._on_redis_event,
+            )  # fmt: skip
+            source = self.redis
         self.hit_log = HitLog(settings.hit_log) if settings.hit_log else None
         self.audit_log = AuditLog(settings.audit_log) if settings.audit_log else None
-        self.engine = CheckEngine(self.index, self.keyer, settings.policy, self.hit_log)
+        self.engine = CheckEngine(source, self.keyer, settings.policy, self.hit_log)
         self.health = health.aio.HealthServicer()
-        self.follower: DirectoryFollower | None = None
         self.port = 0
         self._stop = asyncio.Event()
 
@@ -90,8 +102,15 @@ class Service:
         await self.health.set(SERVICE_NAME, state)
 
     def _load(self) -> None:
-        """Blocking: the first list, then (for a directory) start following it."""
+        """Blocking: the first list, then (for a directory or Redis) start following it."""
         settings = self.settings
+        if self.redis is not None:
+            try:
+                self.redis.sync_once()
+            except (RedisError, ConfigurationError) as exc:
+                log.error("redis: %s (retrying in the background)", exc)
+            self.redis.start()
+            return
         if settings.demo:
             path = write_demo_list(settings.demo_count, self.announce)
         else:
@@ -105,6 +124,14 @@ class Service:
         else:
             view = self.loader.load_path(path, progress=self._progress)
             self._on_event("loaded", path, view.info.version)
+
+    def _on_redis_event(self, what: str, detail: str) -> None:
+        if what == "version":
+            log.info("redis: serving version %s", detail)
+        elif what == "redis-up":
+            log.info("redis: connected")
+        else:
+            log.error("redis %s: %s", what, detail)
 
     def _progress(self, rows: int) -> None:
         log.info("loading: %d rows read", rows)
@@ -135,9 +162,9 @@ class Service:
         except LoadRejected as exc:
             log.error("%s", exc)
             self.announce("list rejected: serving NOT_SERVING until a good list arrives")
-        if self.index.current() is not None:
+        if self.engine.source.current() is not None:
             await self._set_health(True)
-        elif self.follower is not None:
+        elif self.follower is not None or self.redis is not None:
             asyncio.get_running_loop().create_task(self._serve_when_loaded())
         if on_ready is not None:
             on_ready(self)
@@ -147,12 +174,14 @@ class Service:
         await server.stop(self.settings.grace_seconds)
         if self.follower is not None:
             self.follower.stop()
+        if self.redis is not None:
+            self.redis.stop()
         for sink in (self.hit_log, self.audit_log):
             if sink is not None:
                 sink.close()
 
     async def _serve_when_loaded(self) -> None:
-        while self.index.current() is None and not self._stop.is_set():
+        while self.engine.source.current() is None and not self._stop.is_set():
             await asyncio.sleep(0.2)
         if not self._stop.is_set():
             await self._set_health(True)

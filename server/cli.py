@@ -18,7 +18,9 @@ from google.protobuf import json_format
 from server.settings import (
     add_flag,
     add_policy_flags,
+    add_redis_flags,
     add_secret_flags,
+    add_unavailable_flags,
     serve_settings,
 )
 from shixin_domain.errors import ConfigurationError
@@ -45,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     add_flag(p, "--grace", default="5", metavar="SECONDS", help="drain time on SIGTERM")
     add_secret_flags(p)
     add_policy_flags(p)
+    add_redis_flags(p)
+    add_unavailable_flags(p)
+
+    p = sub.add_parser("load", help="validate a snapshot or delta file and publish it to Redis")
+    p.add_argument("path", type=Path)
+    add_redis_flags(p, required=True)
+    add_secret_flags(p)
 
     p = sub.add_parser("validate", help="report every bad row of a list file; change nothing")
     p.add_argument("path", type=Path)
@@ -88,9 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     add_flag(p, "--seed", default="1", metavar="S", help="random seed")
     add_flag(p, "--as-of", metavar="YYYY-MM-DD", help="the day the list describes (today)")
 
-    p = sub.add_parser("status", help="what list a running server holds")
+    p = sub.add_parser("status", help="what list a running server (or Redis) holds")
     add_flag(p, "--target", default=DEFAULT_TARGET, metavar="HOST:PORT", help="server address")
     p.add_argument("--json", action="store_true", help="print as JSON")
+    add_redis_flags(p)
     return top
 
 
@@ -151,9 +161,65 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    from loader.index_redis import RedisKeys, connect, publish_delta, publish_snapshot
+    from loader.listfile import FileKind, detect_kind
+    from shixin_domain.errors import LoadRejected
+
+    path: Path = args.path
+    if not path.is_file():
+        print(f"load: {path} is not a file", file=sys.stderr)
+        return 2
+    secret, _ = secret_from(args, allow_ephemeral=False)
+    keyer = SubjectKeyer(secret)
+    client = connect(args.redis, timeout=30)
+    keys = RedisKeys(args.redis_prefix)
+    started = time.perf_counter()
+    try:
+        if detect_kind(path) is FileKind.DELTA:
+            result = publish_delta(client, path, keyer, keys)
+            print(f"delta {path}: {result.applied} op(s) applied to version {result.version}, "
+                  f"last seq {result.last_seq}")  # fmt: skip
+        else:
+            version = publish_snapshot(
+                client, path, keyer, keys,
+                progress=lambda n: print(f"  {n:,} rows read", file=sys.stderr, flush=True),
+            )  # fmt: skip
+            print(f"snapshot {path}: version {version} is current "
+                  f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
+    except LoadRejected as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+def _redis_status(args: argparse.Namespace) -> int:
+    import orjson
+
+    from loader.index_redis import RedisKeys, connect, redis_status
+
+    client = connect(args.redis, timeout=5)
+    try:
+        report = redis_status(client, RedisKeys(args.redis_prefix))
+    finally:
+        client.close()
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"redis current version {report['version'] or '(none)'}, last delta seq {report['last_seq']}")
+    for r in report["replicas"]:
+        print(f"  replica {r['replica']}: version {r['version']} seq {r['seq']} "
+              f"behind {r['behind']} (seen {r['seen_seconds_ago']}s ago)")  # fmt: skip
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from clients.check_client import CheckClient
 
+    if args.redis:
+        return _redis_status(args)
     try:
         with CheckClient(args.target) as client:
             status = client.status()
@@ -170,6 +236,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"loaded {status.loaded_at}; source {status.source_timestamp} "
               f"({status.staleness_seconds}s old); last delta seq {status.last_delta_seq}")  # fmt: skip
         print(f"{status.entries_total} entries, {status.subject_keys} subject keys")
+        if status.index_backend == "redis":
+            print(f"replica {status.replica_id}: Redis holds {status.upstream_version} "
+                  f"seq {status.upstream_last_delta_seq}; behind by {status.lag_deltas} delta(s); "
+                  f"reachable {status.index_reachable}")  # fmt: skip
         for c in status.counts:
             print(f"  {c.list_type:8} {c.status:10} {c.entries}")
     for p in status.policy:
@@ -225,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {
         "serve": cmd_serve,
+        "load": cmd_load,
         "validate": cmd_validate,
         "check": cmd_check,
         "gen-data": cmd_gen_data,

@@ -1,48 +1,271 @@
 """The hit log and the audit log: evidence, not application logging.
 
-Hit log: one JSON line for every check that matched a listed subject,
-whatever the decision, written with a single ``os.write`` to an ``O_APPEND``
-file before the answer is returned. Once ``write`` returns the record is in
-the kernel: a process killed after that (even by SIGKILL) loses nothing a
-client was answered about. Power loss can still lose the page cache; fsync
-per record is the later audit issue's setting.
+The policy makes every seller keep complete logs of who was checked, from
+where, and what was enforced, and report it every quarter. Losing a record,
+or letting one be edited unseen, is a failure; so these logs have their own
+writer with its own durability contract, and never pass through ``logging``.
 
-Audit log (first form): one JSON line per call, refused ones included.
+Durability. Each record is one ``os.write`` of one JSON line to an
+``O_APPEND`` file, made before the answer is returned. Once ``write``
+returns, the record is in the kernel: a process crash, even SIGKILL, loses
+nothing a client was answered about. Power loss or a kernel crash can still
+lose what the kernel had not yet put on disk, and ``fsync`` says how much:
+``"never"`` (the kernel writes back on its own, typically within 30 s),
+``"interval"`` (``fdatasync`` on the first write at least ``fsync_interval``
+seconds after the last one) or ``"always"`` (``fdatasync`` after every
+record, before the answer: nothing answered is lost).
 
-Neither ever holds a plaintext ID number: subjects appear masked.
+Rotation. The live file keeps its name. When a record would take it past
+``max_bytes``, or the first record of a new China-time day arrives, it is
+renamed ``<path>.<YYYYMMDD>.<n>`` (the day of its records; ``n`` grows across
+the whole set, so ``n`` alone orders it) and a new live file is started.
+``log_files`` lists a set oldest first.
+
+Audit chain. Every audit record carries ``seq`` (1, 2, ... across rotations
+and restarts) and ``prev``, the SHA-256 of the previous record's line without
+its newline (64 zeros for the first). Editing, removing or reordering a
+record breaks the chain at the record after it; ``server.audit.verify`` finds
+where.
+
+One writer process per path: a set's size, day and chain head live in its
+writer. Replicas write their own paths; the feedback report dedupes checks
+by ``check_id`` across them. Neither log ever holds a plaintext ID number.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import hashlib
 import os
+import re
+import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import orjson
 
 from shixin_domain.decision import Query, Verdict
+from shixin_domain.model import china_day
 from shixin_domain.rules import describe_purchase
+
+FsyncMode = Literal["never", "always", "interval"]
+FSYNC_MODES: tuple[str, ...] = get_args(FsyncMode)
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+GENESIS = "0" * 64  # ``prev`` of the first audit record of a set
+
+# fdatasync is enough for appends (the new size is flushed with the data); macOS lacks it.
+_sync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+_EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
+_TAIL_CHUNK = 8192
+_METADATA_SECRETS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+_METADATA_VALUE_MAX = 256
+
+
+def rotated_pattern(path: Path) -> re.Pattern[str]:
+    """Names of the rotated files of the set at ``path``: groups day and n."""
+    return re.compile(re.escape(path.name) + r"\.(\d{8})\.(\d+)")
+
+
+def log_files(path: Path) -> list[Path]:
+    """The files of the set at ``path``, oldest first: rotated ones by n, then the live one."""
+    pattern = rotated_pattern(path)
+    rotated: list[tuple[int, Path]] = []
+    if path.parent.is_dir():
+        for child in path.parent.iterdir():
+            found = pattern.fullmatch(child.name)
+            if found:
+                rotated.append((int(found.group(2)), child))
+    files = [p for _, p in sorted(rotated, key=lambda t: t[0])]
+    if path.is_file():
+        files.append(path)
+    return files
+
+
+def line_hash(line: bytes) -> str:
+    """What the next audit record's ``prev`` holds: SHA-256 of a line without its newline."""
+    return hashlib.sha256(line).hexdigest()
+
+
+def last_line(path: Path) -> bytes:
+    """The last newline-terminated line of ``path``, without its newline (b"" if none)."""
+    with path.open("rb") as f:
+        pos = f.seek(0, os.SEEK_END)
+        data = b""
+        chunk = _TAIL_CHUNK
+        while pos > 0:
+            step = min(chunk, pos)
+            pos -= step
+            f.seek(pos)
+            data = f.read(step) + data
+            end = data.rfind(b"\n")
+            if end >= 0:
+                start = data.rfind(b"\n", 0, end)
+                if start >= 0 or pos == 0:
+                    return data[start + 1 : end]
+            chunk *= 2
+    return b""
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _day_text(day: int) -> str:
+    return _dt.date.fromordinal(_EPOCH_ORDINAL + day).strftime("%Y%m%d")
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (not every platform allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class AppendLog:
-    """JSON Lines appended with one write per record."""
+    """JSON Lines appended with one write per record, rotated by size and China-time day."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        fsync: FsyncMode = "never",
+        fsync_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if fsync not in FSYNC_MODES:
+            raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}, not {fsync!r}")
+        if max_bytes <= 0 or fsync_interval < 0:
+            raise ValueError("max_bytes must be positive and fsync_interval not negative")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self.max_bytes = max_bytes
+        self.fsync = fsync
+        self.fsync_interval = fsync_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._size = 0
+        self._open_live()
+        self._terminate_torn_line()
+        self._day = self._day_of_live_file()
+        self._synced_at = clock()
+        self._next_n = self._first_free_n()
 
-    def append(self, record: dict[str, Any]) -> None:
-        os.write(self._fd, orjson.dumps(record) + b"\n")
+    # --- the file ---------------------------------------------------------
+
+    def _open_live(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._size = os.fstat(self._fd).st_size
+        if self.fsync != "never":
+            _sync_dir(self.path.parent)
+
+    def _terminate_torn_line(self) -> None:
+        """After power loss the file may end mid-record: keep those bytes, as a line of their own."""
+        if self._size == 0:
+            return
+        with self.path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                self._write(b"\n")
+
+    def _day_of_live_file(self) -> int | None:
+        if self._size == 0:
+            return None
+        record = _parse(last_line(self.path))
+        stamp = record.get("time") if record else None
+        if not isinstance(stamp, int | float):
+            stamp = self.path.stat().st_mtime
+        return china_day(float(stamp))
+
+    def _first_free_n(self) -> int:
+        pattern = rotated_pattern(self.path)
+        taken = [int(m.group(2)) for p in log_files(self.path) if (m := pattern.fullmatch(p.name))]
+        return max(taken, default=0) + 1
+
+    def _write(self, line: bytes) -> None:
+        view = memoryview(line)
+        while view:  # one write, unless the disk is nearly full
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._size += len(line)
+
+    def _after_write(self, now: float) -> None:
+        if self.fsync == "always":
+            _sync(self._fd)
+        elif self.fsync == "interval" and abs(now - self._synced_at) >= self.fsync_interval:
+            _sync(self._fd)
+            self._synced_at = now
+
+    # --- rotation ---------------------------------------------------------
+
+    def _rotate_if_due(self, now: float, incoming: int) -> None:
+        day = china_day(now)
+        if self._size > 0 and (day != self._day or self._size + incoming > self.max_bytes):
+            self._rotate()
+        if self._size == 0:
+            self._day = day
+
+    def _rotate(self) -> None:
+        if self.fsync != "never":
+            _sync(self._fd)
+        target = self._rotated_path()
+        os.rename(self.path, target)
+        old = self._fd
+        self._open_live()
+        os.close(old)
+
+    def _rotated_path(self) -> Path:
+        day = _day_text(self._day if self._day is not None else china_day(self._clock()))
+        while True:
+            target = self.path.with_name(f"{self.path.name}.{day}.{self._next_n}")
+            self._next_n += 1
+            if not target.exists():
+                return target
+
+    # --- records ----------------------------------------------------------
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Write ``record`` as one line, stamped with ``time`` from the clock."""
+        with self._lock:
+            now = self._clock()
+            line = self._encode(now, record)
+            self._rotate_if_due(now, len(line))
+            self._write(line)
+            self._committed(line)
+            self._after_write(now)
+
+    def _encode(self, now: float, record: Mapping[str, Any]) -> bytes:
+        return orjson.dumps({"time": now, **record}) + b"\n"
+
+    def _committed(self, line: bytes) -> None:
+        """Called with the lock held once ``line`` is in the kernel."""
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                if self.fsync != "never":
+                    _sync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
 
 
 class HitLog(AppendLog):
+    """One record per check that matched a listed subject, whatever the decision."""
+
     def record(
         self,
         check_id: str,
@@ -53,10 +276,11 @@ class HitLog(AppendLog):
         merchant_id: str,
         terminal_id: str,
         peer: str,
+        *,
+        caller: str = "",
     ) -> None:
         self.append(
             {
-                "time": time.time(),
                 "check_id": check_id,
                 "request_id": request_id,
                 "list_version": version,
@@ -80,23 +304,109 @@ class HitLog(AppendLog):
                 ],
                 "merchant_id": merchant_id,
                 "terminal_id": terminal_id,
+                "caller": caller,
                 "peer": peer,
             }
         )
 
 
+def audit_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """Client metadata as the audit log keeps it: credentials and binary values withheld."""
+    kept: dict[str, str] = {}
+    for key, value in (metadata or {}).items():
+        name = key.lower()
+        if name in _METADATA_SECRETS:
+            kept[name] = "[withheld]"
+        elif name.endswith("-bin"):
+            kept[name] = "[binary]"
+        else:
+            kept[name] = str(value)[:_METADATA_VALUE_MAX]
+    return kept
+
+
 class AuditLog(AppendLog):
+    """One record per call, refused and invalid ones included, hash-chained across rotation."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        fsync: FsyncMode = "never",
+        fsync_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(
+            path, max_bytes=max_bytes, fsync=fsync, fsync_interval=fsync_interval, clock=clock
+        )
+        self._seq, self._prev = chain_head(path)
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last record written: note it down to anchor the chain's end."""
+        return self._seq, self._prev
+
     def record(
-        self, method: str, peer: str, subject: str, outcome: str, started: float, count: int = 1
+        self,
+        method: str,
+        peer: str,
+        subject: str,
+        outcome: str,
+        started: float,
+        count: int = 1,
+        *,
+        caller: str = "",
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         self.append(
             {
-                "time": time.time(),
                 "method": method,
+                "caller": caller,
                 "peer": peer,
+                "metadata": audit_metadata(metadata),
                 "subject": subject,
                 "checks": count,
                 "outcome": outcome,
                 "latency_us": int((time.perf_counter() - started) * 1e6),
             }
         )
+
+    def _encode(self, now: float, record: Mapping[str, Any]) -> bytes:
+        chained = {"seq": self._seq + 1, "prev": self._prev, "time": now, **record}
+        return orjson.dumps(chained) + b"\n"
+
+    def _committed(self, line: bytes) -> None:
+        self._seq += 1
+        self._prev = line_hash(line[:-1])
+
+
+def chain_head(path: Path) -> tuple[int, str]:
+    """(seq, hash) of the newest record of the audit set at ``path``: where the chain goes on.
+
+    A last line that is not a record (torn by power loss) is chained over, so
+    ``verify`` reports it; ``seq`` then goes on from the last record that parses.
+    """
+    files = log_files(path)
+    for file in reversed(files):
+        tail = last_line(file)
+        if not tail:
+            continue
+        record = _parse(tail)
+        seq = record.get("seq") if record else None
+        if isinstance(seq, int):
+            return seq, line_hash(tail)
+        return _last_seq(files), line_hash(tail)
+    return 0, GENESIS
+
+
+def _last_seq(files: list[Path]) -> int:
+    """The highest ``seq`` of the set, read in full: only after a torn or bad last line."""
+    best = 0
+    for file in files:
+        with file.open("rb") as f:
+            for raw in f:
+                record = _parse(raw.rstrip(b"\n"))
+                seq = record.get("seq") if record else None
+                if isinstance(seq, int) and seq > best:
+                    best = seq
+    return best

@@ -135,6 +135,10 @@ def list_status(engine: CheckEngine, policy: Policy) -> pb.ListStatus:
     status = pb.ListStatus(
         policy=[pb.PolicyParameter(name=n, value=v, description=d) for n, v, d in policy.describe()]
     )
+    replica_status = getattr(engine.source, "replica_status", None)
+    if replica_status is not None:
+        for name, value in replica_status().items():
+            setattr(status, name, value)
     view = engine.source.current()
     if view is None:
         return status

@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from shixin_domain.errors import ConfigurationError
 from shixin_domain.keys import MIN_SECRET_BYTES
+from shixin_domain.model import Channel
 from shixin_domain.rules import Policy
 
 ENV_PREFIX = "SHIXIN_"
@@ -123,16 +124,59 @@ class ServeSettings:
     max_batch: int = MAX_BATCH
     demo_count: int = 2000
     poll_interval: float = 0.2
+    redis: str | None = None
+    redis_prefix: str = "shixin"
+    replica_id: str = ""
+
+
+def add_redis_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    add_flag(parser, "--redis", metavar="URL", required=required and not os.environ.get("SHIXIN_REDIS"),
+             help="Redis holding the list, e.g. redis://127.0.0.1:6379/0")  # fmt: skip
+    add_flag(parser, "--redis-prefix", default="shixin", metavar="PREFIX",
+             help="prefix of every key this service writes in Redis")  # fmt: skip
+
+
+_DECISIONS = ("REVIEW", "DENY", "ALLOW")
+
+
+def add_unavailable_flags(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--unavailable", default="REVIEW", metavar="DECISION",
+             help="answer when a Bloom positive cannot be confirmed (Redis down): "
+                  "REVIEW, DENY (fail closed) or ALLOW (fail open); always with reason "
+                  "INDEX_UNAVAILABLE")  # fmt: skip
+    add_flag(parser, "--unavailable-channel", default="", metavar="CH=DECISION,...",
+             help="per-channel overrides, e.g. AIRLINE=DENY,HOTEL=ALLOW")  # fmt: skip
+
+
+def _unavailable(args: argparse.Namespace) -> tuple[str, tuple[tuple[Channel, str], ...]]:
+    default = str(args.unavailable).strip().upper()
+    if default not in _DECISIONS:
+        raise ConfigurationError(
+            f"--unavailable / SHIXIN_UNAVAILABLE: {args.unavailable!r} is not one of REVIEW, DENY, ALLOW"
+        )
+    overrides = []
+    for item in filter(None, (x.strip() for x in str(args.unavailable_channel).split(","))):
+        name, _, decision = item.partition("=")
+        channel = Channel.__members__.get(name.strip().upper())
+        if channel is None or decision.strip().upper() not in _DECISIONS:
+            raise ConfigurationError(
+                f"--unavailable-channel / SHIXIN_UNAVAILABLE_CHANNEL: {item!r} is not CHANNEL=DECISION"
+            )
+        overrides.append((channel, decision.strip().upper()))
+    return default, tuple(overrides)
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
     list_path = Path(args.list) if args.list else None
-    if not args.demo and list_path is None:
-        raise ConfigurationError("serve needs --list PATH (SHIXIN_LIST) or --demo")
+    if not args.demo and list_path is None and not args.redis:
+        raise ConfigurationError(
+            "serve needs --list PATH (SHIXIN_LIST), --redis URL (SHIXIN_REDIS) or --demo"
+        )
     if list_path is not None and not list_path.exists():
         raise ConfigurationError(f"--list / SHIXIN_LIST: {list_path} does not exist")
     parse_listen(args.listen)
-    secret, source = secret_from(args, allow_ephemeral=True)
+    unavailable, overrides = _unavailable(args)
+    secret, source = secret_from(args, allow_ephemeral=not args.redis)
     try:
         grace = float(args.grace)
     except ValueError:
@@ -143,9 +187,11 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         demo=bool(args.demo),
         secret=secret,
         secret_source=source,
-        policy=policy_from(args),
+        policy=replace(policy_from(args), unavailable=unavailable, unavailable_by_channel=overrides),
         hit_log=Path(args.hit_log) if args.hit_log else None,
         audit_log=Path(args.audit_log) if args.audit_log else None,
         grace_seconds=grace,
         demo_count=_int(args, "--demo-count", 10, 10_000_000),
+        redis=args.redis or None,
+        redis_prefix=args.redis_prefix,
     )

@@ -1,0 +1,104 @@
+"""The console subcommands that read the logs: ``feedback`` and ``audit verify``.
+
+Kept apart from ``server/cli.py`` (which adds them with ``add_parsers``)
+because they are offline tools over files: they never talk to a server and
+import nothing of grpc.
+
+    shixin-check feedback --quarter 2026Q3 --format csv|json [--out PATH]
+                          --hit-log PATH [PATH ...]
+    shixin-check audit verify PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from server.audit import verify
+from server.feedback import Quarter, build_report, report_csv, report_json
+from server.hitlog import log_files
+from server.settings import add_flag
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
+    """Add ``feedback`` and ``audit`` to ``sub``; the handler for each, by name."""
+    p = sub.add_parser("feedback", help="the quarterly enforcement report, from hit logs")
+    p.add_argument("--quarter", required=True, metavar="YYYYQn", help="e.g. 2026Q3 (China time)")
+    p.add_argument("--format", choices=("csv", "json"), default="csv", help="csv (default) or json")
+    p.add_argument("--out", metavar="PATH", help="write here instead of standard output")
+    add_flag(p, "--hit-log", metavar="PATH", help="hit log; its rotated files are read too")
+    p.add_argument("more_hit_logs", nargs="*", metavar="PATH",
+                   help="more hit logs (other replicas); checks are counted once")  # fmt: skip
+
+    p = sub.add_parser("audit", help="audit log tools")
+    tools = p.add_subparsers(dest="audit_command", required=True)
+    v = tools.add_parser("verify", help="check the hash chain of an audit log and its rotations")
+    v.add_argument("path", type=Path, help="the live audit log (rotated files found beside it)")
+    return {"feedback": cmd_feedback, "audit": cmd_audit}
+
+
+def _hit_files(args: argparse.Namespace) -> list[Path]:
+    """Every file of every hit-log set named, once; ``FileNotFoundError`` for an empty set."""
+    named = ([args.hit_log] if args.hit_log else []) + list(args.more_hit_logs)
+    files: list[Path] = []
+    for raw in named:
+        found = log_files(Path(raw))
+        if not found:
+            raise FileNotFoundError(f"no hit log at {raw}")
+        files.extend(found)
+    return list(dict.fromkeys(files))
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write beside ``path`` and rename, so a reader never sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    part.write_text(text, encoding="utf-8")
+    os.replace(part, path)
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    try:
+        quarter = Quarter.parse(args.quarter)
+        files = _hit_files(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"feedback: {exc}", file=sys.stderr)
+        return 2
+    if not files:
+        print("feedback: --hit-log PATH (or SHIXIN_HIT_LOG) is required", file=sys.stderr)
+        return 2
+    report = build_report(files, quarter)
+    text = report_csv(report) if args.format == "csv" else report_json(report)
+    if args.out:
+        _write_whole(Path(args.out), text)
+    else:
+        sys.stdout.write(text)
+    t = report.totals
+    print(
+        f"feedback {quarter}: {len(report.cases)} cases, {t.checks} checks ({t.denied} denied, "
+        f"{t.reviews} review, {t.allowed} allowed) from {len(files)} files; "
+        f"{t.duplicates} duplicates, {t.skipped_lines} unreadable lines; due {quarter.due}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    try:
+        result = verify(args.path)
+    except FileNotFoundError as exc:
+        print(f"audit verify: {exc}", file=sys.stderr)
+        return 2
+    files = len(result.files)
+    if result.problem is None:
+        print(f"OK: {result.records} records in {files} files; "
+              f"head seq {result.head_seq} sha256 {result.head_hash}")  # fmt: skip
+        return 0
+    print(f"BROKEN: {result.problem}")
+    print(f"({result.records} records intact before it, in {files} files)")
+    return 1
