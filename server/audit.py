@@ -106,9 +106,9 @@ def verify(path: Path) -> VerifyResult:
         if record is None:
             problem = Problem(line.file, line.number, None, "not JSON", "not an audit record")
             return VerifyResult(files, walk.records, problem, walk.seq, walk.hash)
-        problem = _check(walk, line, record, files, position)
-        if problem is not None:
-            return VerifyResult(files, walk.records, problem, walk.seq, walk.hash)
+        broken = _check(walk, line, record, files, position)
+        if broken is not None:
+            return VerifyResult(files, walk.records, broken, walk.seq, walk.hash)
         walk.seq, walk.hash, walk.at = record["seq"], line_hash(line.raw), line
         walk.records += 1
     return VerifyResult(files, walk.records, None, walk.seq, walk.hash)

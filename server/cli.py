@@ -21,6 +21,7 @@ from server.settings import (
     add_redis_flags,
     add_secret_flags,
     add_unavailable_flags,
+    secret_from,
     serve_settings,
 )
 from shixin_domain.errors import ConfigurationError

@@ -174,7 +174,7 @@ class AppendLog:
             _sync_dir(self.path.parent)
 
     def _terminate_torn_line(self) -> None:
-        """After power loss the file may end mid-record: keep those bytes, as a line of their own."""
+        """After power loss the file may end mid-record: keep those bytes as a line of their own."""
         if self._size == 0:
             return
         with self.path.open("rb") as f:

@@ -1,0 +1,163 @@
+"""Several replicas following one Redis, a loader process, and Redis failing.
+
+Everything is real: redis-server on a free port, two servers on free ports
+in Redis mode, ``shixin-check load`` as a child process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from clients.check_client import build_request
+from loader.index_redis import RedisKeys, connect, publish_delta, redis_status
+from shixin.v1 import check_pb2 as pb
+from shixin_domain.keys import SubjectKeyer
+from tests.conftest import SECRET, RedisServer, RunningServer
+from tests.listdata import LI, ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
+
+pytestmark = pytest.mark.redis
+
+Serve = Callable[..., RunningServer]
+#: The documented bound for a delta to reach every replica (README).
+PROPAGATION_BOUND_S = 1.0
+
+
+def load_cli(path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    """``shixin-check load PATH --redis URL`` in a child process."""
+    env = {**os.environ, "SHIXIN_KEY_SECRET": SECRET.decode()}
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "load", str(path), "--redis", url],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+
+
+def decision(server: RunningServer, number: str, name: str = "") -> pb.CheckResponse:
+    request = build_request("AIRLINE", id_number=number, name=name)
+    return server.stub().CheckConsumption(request, timeout=5)
+
+
+def wait_for(predicate: Callable[[], bool], limit: float, step: float = 0.01) -> float:
+    """Seconds until ``predicate()`` held; fails after ``limit``."""
+    started = time.monotonic()
+    while not predicate():
+        elapsed = time.monotonic() - started
+        assert elapsed < limit, f"not true within {limit}s"
+        time.sleep(step)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def replicas(redis_server: RedisServer, serve: Serve, tmp_path: Path) -> list[RunningServer]:
+    """basic_rows() published by a loader process; two replicas serving it."""
+    done = load_cli(write_jsonl(tmp_path / "s1.jsonl", basic_rows()), redis_server.url)
+    assert done.returncode == 0, done.stderr
+    servers = [serve(None, redis=redis_server.url, replica_id=f"r{i}") for i in (1, 2)]
+    for server in servers:
+        wait_for(lambda s=server: s.service.engine.source.current() is not None, 5)
+    return servers
+
+
+def test_deltas_reach_every_replica_within_the_bound(
+    replicas: list[RunningServer], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    assert all(decision(r, ZHAO).decision == pb.ALLOW for r in replicas)
+    client = connect(redis_server.url, timeout=5)
+    listing = write_jsonl(tmp_path / "d1.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵六"))])
+    publish_delta(client, listing, SubjectKeyer(SECRET))
+    listed_after = wait_for(
+        lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), PROPAGATION_BOUND_S
+    )
+    delisting = write_jsonl(tmp_path / "d2.jsonl", [delta(2, "DELIST", entry_id="E1")])
+    publish_delta(client, delisting, SubjectKeyer(SECRET))
+    delisted_after = wait_for(
+        lambda: all(decision(r, ZHANG).decision == pb.ALLOW for r in replicas), PROPAGATION_BOUND_S
+    )
+    print(f"LIST visible on both replicas after {listed_after * 1000:.0f} ms, "
+          f"DELIST after {delisted_after * 1000:.0f} ms")  # fmt: skip
+    for r in replicas:
+        status = r.stub().GetListStatus(pb.ListStatusRequest())
+        assert (status.index_backend, status.last_delta_seq) == ("redis", 2)
+        assert status.index_reachable
+    wait_for(lambda: all(x["seq"] == 2 for x in redis_status(client)["replicas"]), 3)
+    assert {x["replica"] for x in redis_status(client)["replicas"]} == {"r1", "r2"}
+    client.close()
+
+
+def test_loader_process_delta_reaches_replicas(
+    replicas: list[RunningServer], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "d1.jsonl", [delta(1, "SUSPEND", entry_id="E2")])
+    done = load_cli(path, redis_server.url)
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: all(decision(r, LI).decision == pb.ALLOW for r in replicas), PROPAGATION_BOUND_S)
+    answer = decision(replicas[0], LI)
+    assert [x.code for x in answer.reasons] == ["LISTING_SUSPENDED"]
+
+
+def test_corrupt_snapshot_reaches_no_replica(
+    replicas: list[RunningServer], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    before = [r.stub().GetListStatus(pb.ListStatusRequest()).version for r in replicas]
+    rows = [person_entry("E9", ZHAO, "赵六"), {"entry_id": "E10", "list_type": "SHIXIN"}]
+    done = load_cli(write_jsonl(tmp_path / "bad.jsonl", rows), redis_server.url)
+    assert done.returncode == 1
+    assert "line 2: subject" in done.stderr
+    time.sleep(0.3)
+    after = [r.stub().GetListStatus(pb.ListStatusRequest()).version for r in replicas]
+    assert after == before
+    assert all(decision(r, ZHANG).decision == pb.DENY for r in replicas)
+    assert all(decision(r, ZHAO).decision == pb.ALLOW for r in replicas)
+
+
+def test_redis_down_never_allows_silently_and_replicas_catch_up(
+    replicas: list[RunningServer], redis_server: RedisServer, serve: Serve, tmp_path: Path
+) -> None:
+    strict = serve(None, redis=redis_server.url, replica_id="strict",
+                   policy=replicas[0].service.settings.policy.__class__(unavailable="DENY"))  # fmt: skip
+    wait_for(lambda: strict.service.engine.source.current() is not None, 5)
+    redis_server.stop()
+    for r in replicas:
+        listed = decision(r, ZHANG, "张伟")
+        assert (listed.decision, [x.code for x in listed.reasons]) == (pb.REVIEW, ["INDEX_UNAVAILABLE"])
+        unlisted = decision(r, ZHAO)
+        assert (unlisted.decision, [x.code for x in unlisted.reasons]) == (pb.ALLOW, ["NOT_LISTED"])
+    assert decision(strict, ZHANG).decision == pb.DENY
+    wait_for(lambda: not replicas[0].stub().GetListStatus(pb.ListStatusRequest()).index_reachable, 3)
+    status = replicas[0].stub().GetListStatus(pb.ListStatusRequest())
+    assert status.lag_deltas == -1
+
+    redis_server.start()  # same data folder: the list is still there
+    client = connect(redis_server.url, timeout=5)
+    path = write_jsonl(tmp_path / "d1.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵六"))])
+    publish_delta(client, path, SubjectKeyer(SECRET))  # before the replicas are back
+    client.close()
+    wait_for(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), 5)
+    assert all(decision(r, ZHANG, "张伟").decision == pb.DENY for r in replicas)
+    assert all(
+        r.stub().GetListStatus(pb.ListStatusRequest()).lag_deltas == 0 for r in replicas
+    )
+
+
+def test_old_versions_go_once_no_replica_reads_them(
+    replicas: list[RunningServer], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    client = connect(redis_server.url, timeout=5)
+    keys = RedisKeys()
+    first = client.get(keys.current)
+    assert first is not None
+    time.sleep(1.1)  # versions are named to the second
+    done = load_cli(write_jsonl(tmp_path / "s2.jsonl", [person_entry("E9", ZHAO, "赵六")]), redis_server.url)
+    assert done.returncode == 0, done.stderr
+    second = client.get(keys.current)
+    wait_for(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), PROPAGATION_BOUND_S)
+    wait_for(lambda: client.smembers(keys.versions) == {second}, 5, step=0.1)
+    assert not list(client.scan_iter(match=keys.version_pattern(first.decode())))
+    assert all(decision(r, ZHANG).decision == pb.ALLOW for r in replicas)
+    client.close()
