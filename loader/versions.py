@@ -217,7 +217,7 @@ class _DeltaState:
             if isinstance(changed, RowError):
                 return changed
             self._drop(op.entry_id)
-            self._put(replace(entry, status=changed[0], exemptions=changed[1]))
+            self._put(entry._replace(status=changed[0], exemptions=changed[1]))
             return None
         row = self._base_row(op.entry_id)
         if row is None:

@@ -48,6 +48,8 @@ class Problem:
 
 @dataclass(frozen=True)
 class VerifyResult:
+    """What ``verify`` found; ``head_*`` is the last good record, to compare with a noted one."""
+
     files: list[Path]
     records: int  # records read before the first problem (all of them when intact)
     problem: Problem | None

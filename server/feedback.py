@@ -124,6 +124,8 @@ class Totals:
 
 @dataclass
 class Report:
+    """One quarter's feedback: cases ordered by court and case number, and the totals."""
+
     quarter: Quarter
     generated_at: str  # ISO timestamp, China time
     cases: list[CaseEnforcement]

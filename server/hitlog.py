@@ -108,12 +108,31 @@ def last_line(path: Path) -> bytes:
     return b""
 
 
+def last_record(path: Path) -> dict[str, Any] | None:
+    """The last line of ``path`` that is a JSON object.
+
+    The whole file is read only when its last line is not one (torn by power loss).
+    """
+    record = _parse(last_line(path))
+    if record is None:
+        with path.open("rb") as f:
+            for raw in f:
+                record = _parse(raw.rstrip(b"\n")) or record
+    return record
+
+
 def _parse(line: bytes) -> dict[str, Any] | None:
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _day_window(day: int) -> tuple[float, float]:
+    """[start, end) in unix seconds of a China-time day number."""
+    start = float(day * 86400 - 8 * 3600)
+    return start, start + 86400
 
 
 def _day_text(day: int) -> str:
@@ -161,7 +180,7 @@ class AppendLog:
         self._size = 0
         self._open_live()
         self._terminate_torn_line()
-        self._day = self._day_of_live_file()
+        self._day_window = _day_window(self._day_of_live_file())
         self._synced_at = clock()
         self._next_n = self._first_free_n()
 
@@ -182,10 +201,10 @@ class AppendLog:
             if f.read(1) != b"\n":
                 self._write(b"\n")
 
-    def _day_of_live_file(self) -> int | None:
-        if self._size == 0:
-            return None
-        record = _parse(last_line(self.path))
+    def _day_of_live_file(self) -> int:
+        if self._size == 0:  # takes the day of its first record
+            return china_day(self._clock())
+        record = last_record(self.path)
         stamp = record.get("time") if record else None
         if not isinstance(stamp, int | float):
             stamp = self.path.stat().st_mtime
@@ -197,10 +216,9 @@ class AppendLog:
         return max(taken, default=0) + 1
 
     def _write(self, line: bytes) -> None:
-        view = memoryview(line)
-        while view:  # one write, unless the disk is nearly full
-            written = os.write(self._fd, view)
-            view = view[written:]
+        written = os.write(self._fd, line)
+        while written < len(line):  # one write, unless the disk is nearly full
+            written += os.write(self._fd, line[written:])
         self._size += len(line)
 
     def _after_write(self, now: float) -> None:
@@ -213,11 +231,11 @@ class AppendLog:
     # --- rotation ---------------------------------------------------------
 
     def _rotate_if_due(self, now: float, incoming: int) -> None:
-        day = china_day(now)
-        if self._size > 0 and (day != self._day or self._size + incoming > self.max_bytes):
+        start, end = self._day_window
+        if self._size > 0 and (not start <= now < end or self._size + incoming > self.max_bytes):
             self._rotate()
         if self._size == 0:
-            self._day = day
+            self._day_window = _day_window(china_day(now))
 
     def _rotate(self) -> None:
         if self.fsync != "never":
@@ -229,7 +247,7 @@ class AppendLog:
         os.close(old)
 
     def _rotated_path(self) -> Path:
-        day = _day_text(self._day if self._day is not None else china_day(self._clock()))
+        day = _day_text(china_day(self._day_window[0]))
         while True:
             target = self.path.with_name(f"{self.path.name}.{day}.{self._next_n}")
             self._next_n += 1
@@ -384,29 +402,15 @@ def chain_head(path: Path) -> tuple[int, str]:
     """(seq, hash) of the newest record of the audit set at ``path``: where the chain goes on.
 
     A last line that is not a record (torn by power loss) is chained over, so
-    ``verify`` reports it; ``seq`` then goes on from the last record that parses.
+    ``verify`` reports it; ``seq`` goes on from the last record that parses.
     """
     files = log_files(path)
+    tails = [tail for tail in map(last_line, reversed(files)) if tail]
+    if not tails:
+        return 0, GENESIS
     for file in reversed(files):
-        tail = last_line(file)
-        if not tail:
-            continue
-        record = _parse(tail)
+        record = last_record(file)
         seq = record.get("seq") if record else None
         if isinstance(seq, int):
-            return seq, line_hash(tail)
-        return _last_seq(files), line_hash(tail)
-    return 0, GENESIS
-
-
-def _last_seq(files: list[Path]) -> int:
-    """The highest ``seq`` of the set, read in full: only after a torn or bad last line."""
-    best = 0
-    for file in files:
-        with file.open("rb") as f:
-            for raw in f:
-                record = _parse(raw.rstrip(b"\n"))
-                seq = record.get("seq") if record else None
-                if isinstance(seq, int) and seq > best:
-                    best = seq
-    return best
+            return seq, line_hash(tails[0])
+    return 0, line_hash(tails[0])

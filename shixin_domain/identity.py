@@ -83,6 +83,7 @@ _DOCUMENT_SHAPE = re.compile(r"[A-Z0-9]{5,20}\Z")
 # of keyboard and input method: all read as U+00B7.
 _MIDDLE_DOTS = "\u00b7\u0387\u16eb\u2022\u2027\u2219\u22c5\u2e31\u30fb\uff65\u318d\u2024\u00b8\u02d1\u0e3a\uff0e\u2e30\u25cf\u25e6\u30fb\ua78f"
 _DOT_TABLE = {ord(c): "\u00b7" for c in _MIDDLE_DOTS}
+_PLAIN_NAME = re.compile("[\u4e00-\u9fff\u00b7]+\\Z")
 _SPACES = re.compile(r"[\s\u200b\u200c\u200d\u2060\ufeff\u3000]+")
 
 
@@ -173,6 +174,8 @@ def normalize_name(raw: str) -> str:
 
     Idempotent: ``normalize_name(normalize_name(x)) == normalize_name(x)``.
     """
+    if _PLAIN_NAME.match(raw) is not None:
+        return raw  # unified ideographs and U+00B7 only: already normal (most names)
     text = raw
     for _ in range(4):  # to a fixed point: case folding and removing spaces can
         # expose new compositions (ß + U+0327 folds to "ss" + U+0327, then "sş")

@@ -12,7 +12,7 @@ integer copy, but nothing here knows about protobuf.
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
+from typing import NamedTuple
 from enum import IntEnum
 
 from shixin_domain.identity import IdType
@@ -80,8 +80,7 @@ def day_iso(day: int) -> str:
 NO_END = 2**31 - 1
 
 
-@dataclass(frozen=True, slots=True)
-class Exemption:
+class Exemption(NamedTuple):
     """A court's permission for one channel, dates inclusive (China time)."""
 
     channel: Channel
@@ -92,8 +91,7 @@ class Exemption:
         return self.channel is channel and self.first_day <= today <= self.last_day
 
 
-@dataclass(frozen=True, slots=True)
-class ListedSubject:
+class ListedSubject(NamedTuple):
     """Someone an entry restricts: the debtor itself or a related person.
 
     ``id_number`` is already normalised; the loader turns it into a keyed
@@ -106,9 +104,12 @@ class ListedSubject:
     id_number: str
 
 
-@dataclass(frozen=True, slots=True)
-class ListEntry:
-    """One published court decision, validated and normalised."""
+class ListEntry(NamedTuple):
+    """One published court decision, validated and normalised.
+
+    Named tuples, not frozen dataclasses: a load builds millions of these, and
+    a frozen dataclass costs several times as much to construct.
+    """
 
     entry_id: str
     list_type: ListType

@@ -121,7 +121,14 @@ def query(
     """A check by our subject; the channel follows from the purchase unless given."""
     if channel is None:
         channel = Channel.AIRLINE if isinstance(purchase, Flight) else Channel.RAIL
-    return Query(SUBJECT_KEY, name, mask_id(ID_NUMBER), channel, purchase, 0)
+    return Query(
+        subject_key=SUBJECT_KEY,
+        name=name,
+        id_number=ID_NUMBER,
+        channel=channel,
+        purchase=purchase,
+        amount_fen=0,
+    )
 
 
 def check(*matches: ListedMatch, q: Query | None = None, today: int = TODAY) -> Verdict:
