@@ -82,12 +82,30 @@ def _enum_value(enum: Any, name: str) -> int:
 
 
 class CheckClient:
-    """Blocking client over one channel. Use as a context manager."""
+    """Blocking client over one channel. Use as a context manager.
 
-    def __init__(self, target: str, timeout: float = 5.0) -> None:
-        self.channel = grpc.insecure_channel(target)
+    ``api_key`` is sent as ``authorization: Bearer <key>``; ``root_ca`` (PEM
+    bytes) turns TLS on, and ``client_cert``/``client_key`` add a client
+    certificate for mutual TLS.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 5.0,
+        api_key: str = "",
+        root_ca: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
+    ) -> None:
+        if root_ca is not None:
+            credentials = grpc.ssl_channel_credentials(root_ca, client_key, client_cert)
+            self.channel = grpc.secure_channel(target, credentials)
+        else:
+            self.channel = grpc.insecure_channel(target)
         self.stub = pb_grpc.ConsumptionCheckStub(self.channel)
         self.timeout = timeout
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     def __enter__(self) -> CheckClient:
         return self
@@ -96,18 +114,24 @@ class CheckClient:
         self.channel.close()
 
     def check(self, request: pb.CheckRequest) -> pb.CheckResponse:
-        response: pb.CheckResponse = self.stub.CheckConsumption(request, timeout=self.timeout)
+        response: pb.CheckResponse = self.stub.CheckConsumption(
+            request, timeout=self.timeout, metadata=self.metadata
+        )
         return response
 
     def check_batch(self, requests: Iterable[pb.CheckRequest]) -> list[pb.CheckResponse]:
         reply = self.stub.CheckConsumptionBatch(
-            pb.CheckBatchRequest(checks=list(requests)), timeout=self.timeout
+            pb.CheckBatchRequest(checks=list(requests)), timeout=self.timeout, metadata=self.metadata
         )
         return list(reply.results)
 
     def check_stream(self, requests: Iterable[pb.CheckRequest]) -> Iterator[pb.CheckResponse]:
-        yield from self.stub.CheckConsumptionStream(iter(requests), timeout=self.timeout)
+        yield from self.stub.CheckConsumptionStream(
+            iter(requests), timeout=self.timeout, metadata=self.metadata
+        )
 
     def status(self) -> pb.ListStatus:
-        reply: pb.ListStatus = self.stub.GetListStatus(pb.ListStatusRequest(), timeout=self.timeout)
+        reply: pb.ListStatus = self.stub.GetListStatus(
+            pb.ListStatusRequest(), timeout=self.timeout, metadata=self.metadata
+        )
         return reply

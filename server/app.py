@@ -15,14 +15,15 @@ import logging
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from shixin.v1 import check_pb2 as pb
-from shixin.v1 import check_pb2_grpc as pb_grpc
 
 from redis import RedisError
 
@@ -31,7 +32,8 @@ from loader.index_redis import RedisFollower, RedisKeys
 from loader.versions import DirectoryFollower, Loader
 from server.engine import CheckEngine
 from server.hitlog import AuditLog, HitLog
-from server.service import ConsumptionCheckService
+from server.auth import EnumerationWatch, Gate, KeyRing
+from server.service import ConsumptionCheckService, add_to_server
 from server.settings import ServeSettings
 from shixin_domain.errors import ConfigurationError, LoadRejected
 from shixin_domain.identity import resident_id_check_char
@@ -63,9 +65,23 @@ class Service:
                 settings.replica_id, on_event=self._on_redis_event,
             )  # fmt: skip
             source = self.redis
-        self.hit_log = HitLog(settings.hit_log) if settings.hit_log else None
-        self.audit_log = AuditLog(settings.audit_log) if settings.audit_log else None
-        self.engine = CheckEngine(source, self.keyer, settings.policy, self.hit_log)
+        durability: dict[str, Any] = {
+            "fsync": settings.log_fsync,
+            "fsync_interval": settings.log_fsync_interval,
+            "max_bytes": settings.log_max_bytes,
+        }
+        self.hit_log = HitLog(settings.hit_log, **durability) if settings.hit_log else None
+        self.audit_log = AuditLog(settings.audit_log, **durability) if settings.audit_log else None
+        ring = None
+        if settings.keys_file is not None:
+            ring = KeyRing.load(settings.keys_file)
+        elif settings.tls_client_ca is not None:
+            ring = KeyRing()
+        watch = EnumerationWatch(
+            settings.enumeration_threshold, settings.enumeration_window, settings.enumeration_throttle
+        )
+        self.gate = Gate(ring, watch, on_flag=self._on_enumeration)
+        self.engine = CheckEngine(source, self.keyer, settings.policy, self.hit_log, self.gate)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._stop = asyncio.Event()
@@ -77,17 +93,28 @@ class Service:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
-        pb_grpc.add_ConsumptionCheckServicer_to_server(
+        settings = self.settings
+        add_to_server(
             ConsumptionCheckService(
-                self.engine, self.settings.policy, self.audit_log, self.settings.max_batch
+                self.engine, settings.policy, self.audit_log, settings.max_batch, self.gate,
+                tls_principals=settings.tls_client_ca is not None,
             ),
             server,
-        )
+        )  # fmt: skip
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(self.settings.listen)
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+                root_certificates=ca,
+                require_client_auth=ca is not None,
+            )
+            self.port = server.add_secure_port(settings.listen, credentials)
+        else:
+            self.port = server.add_insecure_port(settings.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
         return server
@@ -125,6 +152,16 @@ class Service:
             view = self.loader.load_path(path, progress=self._progress)
             self._on_event("loaded", path, view.info.version)
 
+    def _on_enumeration(self, principal: str, windows: int) -> None:
+        log.warning("principal %r checked unusually many distinct identities (window %d)",
+                    principal, windows)  # fmt: skip
+        if self.audit_log is not None:
+            self.audit_log.record(
+                "ENUMERATION_SUSPECTED", "", "", f"more than {self.settings.enumeration_threshold} "
+                f"distinct identities in {self.settings.enumeration_window:g}s", time.perf_counter(),
+                0, caller=principal,
+            )  # fmt: skip
+
     def _on_redis_event(self, what: str, detail: str) -> None:
         if what == "version":
             log.info("redis: serving version %s", detail)
@@ -153,6 +190,9 @@ class Service:
         await server.start()
         self.announce(f"serving on {self.settings.listen.rsplit(':', 1)[0]}:{self.port}")
         log.info("subject-key secret: %s", self.settings.secret_source)
+        if not self.settings.authenticated:
+            log.warning("AUTHENTICATION IS OFF: every caller may check every channel "
+                        "(give --keys-file or --tls-client-ca to turn it on)")  # fmt: skip
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):

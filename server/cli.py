@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import json_format
 
+from server.cli_logs import add_parsers
 from server.settings import (
+    add_access_flags,
     add_flag,
+    add_log_flags,
     add_policy_flags,
     add_redis_flags,
     add_secret_flags,
@@ -28,7 +34,13 @@ from shixin_domain.errors import ConfigurationError
 from shixin_domain.keys import SubjectKeyer
 from shixin_domain.model import CHINA_TZ
 
+if TYPE_CHECKING:
+    from clients.check_client import CheckClient
+
 DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+log_handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +62,19 @@ def _parser() -> argparse.ArgumentParser:
     add_policy_flags(p)
     add_redis_flags(p)
     add_unavailable_flags(p)
+    add_access_flags(p)
+    add_log_flags(p)
+
+    p = sub.add_parser("keys", help="manage API keys (the file keeps only their hashes)")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True)
+    k = keys_sub.add_parser("add", help="make a key for a principal; prints it once")
+    add_flag(k, "--keys-file", required=not os.environ.get("SHIXIN_KEYS_FILE"), metavar="PATH",
+             help="the keys file (created if missing)")  # fmt: skip
+    k.add_argument("--principal", required=True, help="who the key is for, e.g. 12306-gateway")
+    k.add_argument("--channels", default="*", help="comma-separated channels, or * for all")
+    k.add_argument("--roles", default="check", help="comma-separated: check, status, admin")
+    k.add_argument("--rate", type=float, default=0.0, help="checks per second (0: no limit)")
+    k.add_argument("--burst", type=int, default=0, help="bucket size (default: the rate)")
 
     p = sub.add_parser("load", help="validate a snapshot or delta file and publish it to Redis")
     p.add_argument("path", type=Path)
@@ -61,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="one check against a running server")
     add_flag(p, "--target", default=DEFAULT_TARGET, metavar="HOST:PORT", help="server address")
+    add_client_flags(p)
     add_flag(p, "--channel", required=False, metavar="CHANNEL",
              help="RAIL AIRLINE HOTEL SCHOOL SHIP TRAVEL LEISURE INSURANCE REAL_ESTATE "
                   "VEHICLE OFFICE_RENTAL")  # fmt: skip
@@ -100,9 +126,30 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="what list a running server (or Redis) holds")
     add_flag(p, "--target", default=DEFAULT_TARGET, metavar="HOST:PORT", help="server address")
+    add_client_flags(p)
     p.add_argument("--json", action="store_true", help="print as JSON")
     add_redis_flags(p)
+    log_handlers.update(add_parsers(sub))
     return top
+
+
+def add_client_flags(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--api-key", default="", metavar="KEY", help="sent as authorization: Bearer KEY")
+    add_flag(parser, "--ca", metavar="PATH", help="CA of the server's certificate: use TLS")
+    add_flag(parser, "--client-cert", metavar="PATH", help="client certificate for mutual TLS")
+    add_flag(parser, "--client-key", metavar="PATH", help="client key for mutual TLS")
+
+
+def _client(args: argparse.Namespace) -> CheckClient:
+    from clients.check_client import CheckClient
+
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return CheckClient(
+        args.target, api_key=args.api_key, root_ca=read(args.ca),
+        client_cert=read(args.client_cert), client_key=read(args.client_key),
+    )  # fmt: skip
 
 
 def _purchase(args: argparse.Namespace) -> dict[str, object]:
@@ -126,7 +173,7 @@ def _purchase(args: argparse.Namespace) -> dict[str, object]:
 def cmd_check(args: argparse.Namespace) -> int:
     from shixin.v1 import check_pb2 as pb
 
-    from clients.check_client import CheckClient, build_request
+    from clients.check_client import build_request
 
     if not args.channel:
         print("check: --channel is required", file=sys.stderr)
@@ -141,7 +188,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"check: {exc}", file=sys.stderr)
         return 2
     try:
-        with CheckClient(args.target) as client:
+        with _client(args) as client:
             answer = client.check(request)
     except grpc.RpcError as exc:
         print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
@@ -159,6 +206,18 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{pb.Role.Name(m.role).removeprefix('ROLE_')}{org} {m.masked_id} "
             f"listed {m.listed_on} until {m.valid_until or '-'} {pb.EntryStatus.Name(m.status)}"
         )
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from server.auth import add_key
+
+    channels = "*" if args.channels.strip() == "*" else [c.strip().upper() for c in args.channels.split(",")]
+    roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+    key = add_key(Path(args.keys_file), args.principal, channels, roles, args.rate, args.burst)
+    print(key)
+    print(f"(added for {args.principal}; only its hash is in {args.keys_file}: keep the key now)",
+          file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -217,12 +276,10 @@ def _redis_status(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from clients.check_client import CheckClient
-
     if args.redis:
         return _redis_status(args)
     try:
-        with CheckClient(args.target) as client:
+        with _client(args) as client:
             status = client.status()
     except grpc.RpcError as exc:
         print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
@@ -297,10 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "serve": cmd_serve,
         "load": cmd_load,
+        "keys": cmd_keys,
         "validate": cmd_validate,
         "check": cmd_check,
         "gen-data": cmd_gen_data,
         "status": cmd_status,
+        **log_handlers,
     }
     try:
         return handlers[args.command](args)

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 
 from shixin.v1 import check_pb2 as pb
 
+from server.auth import ANONYMOUS, Gate, Principal
 from server.convert import to_query, to_response
 from server.hitlog import HitLog
 from shixin_domain.decision import Query, Verdict, decide, decide_many
-from shixin_domain.errors import InvalidInput, NotReady
+from shixin_domain.errors import InvalidInput, NotReady, PermissionDenied
 from shixin_domain.index import IndexSource, ListView
 from shixin_domain.keys import SubjectKeyer
 from shixin_domain.model import china_day
@@ -31,8 +32,11 @@ class CheckEngine:
         keyer: SubjectKeyer,
         policy: Policy,
         hit_log: HitLog | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.source = source
+        self.gate = gate or Gate(None)
+        self._watching = bool(self.gate.watch.threshold)
         self.keyer = keyer
         self.policy = policy
         self.hit_log = hit_log
@@ -49,26 +53,42 @@ class CheckEngine:
     def query(self, request: pb.CheckRequest) -> Query:
         return to_query(request, self.keyer)
 
-    def check(self, request: pb.CheckRequest, view: ListView, peer: str = "") -> pb.CheckResponse:
-        """Answer one validated-on-the-way request against ``view``."""
+    def check(
+        self, request: pb.CheckRequest, view: ListView, peer: str = "",
+        principal: Principal = ANONYMOUS,
+    ) -> pb.CheckResponse:  # fmt: skip
+        """Answer one validated-on-the-way request against ``view`` for ``principal``."""
         query = to_query(request, self.keyer)
+        if principal is not ANONYMOUS:
+            principal.require_channel(query.channel)
+        if self._watching:
+            self.gate.observe(principal, query.subject_key)
         verdict = decide(view, query, self.keyer, self.policy, china_day(time.time()))
         check_id = f"{self._prefix}{next(self._counter):x}"
         version = view.info.version
         if verdict.matches and self.hit_log is not None:
-            self._log_hit(check_id, request, query, verdict, version, peer)
+            self._log_hit(check_id, request, query, verdict, version, peer, principal.name)
         return to_response(request.request_id, check_id, verdict, version)
 
     def check_many(
-        self, requests: Sequence[pb.CheckRequest], view: ListView, peer: str = ""
-    ) -> list[pb.CheckResponse]:
+        self, requests: Sequence[pb.CheckRequest], view: ListView, peer: str = "",
+        principal: Principal = ANONYMOUS,
+    ) -> list[pb.CheckResponse]:  # fmt: skip
         """A batch against one view; a bad request is ``InvalidInput`` under ``checks[i]``."""
         queries = []
         for i, request in enumerate(requests):
             try:
-                queries.append(to_query(request, self.keyer))
+                query = to_query(request, self.keyer)
+                if principal is not ANONYMOUS:
+                    principal.require_channel(query.channel)
             except InvalidInput as exc:
                 raise exc.under(f"checks[{i}]") from None
+            except PermissionDenied as exc:
+                raise PermissionDenied(f"checks[{i}]: {exc}") from None
+            queries.append(query)
+        if self._watching:
+            for query in queries:
+                self.gate.observe(principal, query.subject_key)
         verdicts = decide_many(view, queries, self.keyer, self.policy, china_day(time.time()))
         version = view.info.version
         prefix, counter = self._prefix, self._counter
@@ -76,7 +96,7 @@ class CheckEngine:
         for request, query, verdict in zip(requests, queries, verdicts, strict=True):
             check_id = f"{prefix}{next(counter):x}"
             if verdict.matches and self.hit_log is not None:
-                self._log_hit(check_id, request, query, verdict, version, peer)
+                self._log_hit(check_id, request, query, verdict, version, peer, principal.name)
             answers.append(to_response(request.request_id, check_id, verdict, version))
         return answers
 
@@ -88,6 +108,7 @@ class CheckEngine:
         verdict: Verdict,
         version: str,
         peer: str,
+        caller: str,
     ) -> None:
         assert self.hit_log is not None
         self.hit_log.record(
@@ -99,4 +120,5 @@ class CheckEngine:
             request.merchant_id,
             request.terminal_id,
             peer,
+            caller=caller,
         )

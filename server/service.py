@@ -1,29 +1,52 @@
-"""The ``shixin.v1.ConsumptionCheck`` servicer: converts, delegates, maps errors.
+"""The ``shixin.v1.ConsumptionCheck`` servicer: authorises, converts, delegates, maps errors.
 
-Every failure leaves as a gRPC status with a message naming the field
-(``server/status.py``); an unexpected exception is INTERNAL and the server
-keeps serving. A batch or stream uses one list version for each check it
-answers; a batch takes one view for all its checks.
+Every failure leaves as a gRPC status with a message naming the field or the
+reason (``server/status.py``); an unexpected exception is INTERNAL and the
+server keeps serving. Request bytes that do not parse are INVALID_ARGUMENT,
+not the INTERNAL grpcio would give: the methods are registered with lenient
+deserialisers (``add_to_server``). A batch uses one list version for all its
+checks; a stream one per check.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import NoReturn
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 from shixin.v1 import check_pb2 as pb
-from shixin.v1 import check_pb2_grpc as pb_grpc
 
+from server.auth import ANONYMOUS, Gate, Principal
 from server.engine import CheckEngine
 from server.hitlog import AuditLog
 from server.status import status_of
-from shixin_domain.errors import InvalidInput, ShixinError
+from shixin_domain.errors import InvalidInput, MalformedRequest, RateLimited, ShixinError
 from shixin_domain.identity import mask_id
 from shixin_domain.rules import Policy
 
+SERVICE = "shixin.v1.ConsumptionCheck"
 _INTERNAL = "internal error; the check was not decided"
+
+
+class Malformed:
+    """What a lenient deserialiser hands over for bytes that are not the message."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _lenient(parse: Callable[[bytes], Any], what: str) -> Callable[[bytes], Any]:
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            return Malformed(f"request is not a valid {what}: {exc}")
+
+    return deserialize
 
 
 def _subject_of(request: pb.CheckRequest) -> str:
@@ -36,105 +59,197 @@ def _subject_of(request: pb.CheckRequest) -> str:
     return ""
 
 
-class ConsumptionCheckService(pb_grpc.ConsumptionCheckServicer):
+_AUDITED_METADATA = ("user-agent", "x-request-id", "x-merchant-id", "x-terminal-id")
+
+
+class ConsumptionCheckService:
+    """The four RPCs of ``shixin.v1.ConsumptionCheck``."""
+
     def __init__(
         self,
         engine: CheckEngine,
         policy: Policy,
         audit: AuditLog | None = None,
         max_batch: int = 1000,
+        gate: Gate | None = None,
+        tls_principals: bool = False,
     ) -> None:
         self.engine = engine
         self.policy = policy
         self.audit = audit
         self.max_batch = max_batch
+        self.gate = gate or Gate(None)
+        self.tls_principals = tls_principals
         self._peers = engine.hit_log is not None or audit is not None
+
+    # --- the gate and the audit trail ----------------------------------------
+
+    def _admit(self, context: grpc.aio.ServicerContext, role: str, checks: int) -> Principal:
+        gate = self.gate
+        if not gate.enabled:
+            return ANONYMOUS
+        common_name = ""
+        if self.tls_principals:
+            names = context.auth_context().get("x509_common_name") or [b""]
+            common_name = names[0].decode()
+        principal = gate.principal(context.invocation_metadata() or (), common_name)
+        principal.require_role(role)
+        gate.charge(principal, checks)
+        return principal
+
+    def _audit(self, context: grpc.aio.ServicerContext, method: str, principal: Principal,
+               subject: str, outcome: str, started: float, count: int = 1) -> None:  # fmt: skip
+        assert self.audit is not None
+        metadata = {k: str(v) for k, v in (context.invocation_metadata() or ()) if k in _AUDITED_METADATA}
+        self.audit.record(
+            method, context.peer(), subject, outcome, started, count,
+            caller=principal.name, metadata=metadata,
+        )  # fmt: skip
 
     async def _fail(
         self, context: grpc.aio.ServicerContext, exc: BaseException, method: str,
-        subject: str, started: float, prefix: str = "",
+        principal: Principal, subject: str, started: float, prefix: str = "",
     ) -> NoReturn:  # fmt: skip
         if isinstance(exc, ShixinError):
             code, message = status_of(exc), prefix + str(exc)
         else:
             code, message = grpc.StatusCode.INTERNAL, _INTERNAL
+        if isinstance(exc, RateLimited):
+            context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after * 1000))),))
         if self.audit is not None:
-            self.audit.record(method, context.peer(), subject, code.name, started)
+            self._audit(context, method, principal, subject, code.name, started)
         await context.abort(code, message)
 
+    # --- the RPCs --------------------------------------------------------------
+
     async def CheckConsumption(
-        self, request: pb.CheckRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CheckRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> pb.CheckResponse:
         started = time.perf_counter()
+        principal = ANONYMOUS
         try:
+            if type(request) is Malformed:
+                raise MalformedRequest(request.problem)
+            principal = self._admit(context, "check", 1)
             engine = self.engine
-            response = engine.check(request, engine.view(), context.peer() if self._peers else "")
+            response = engine.check(
+                request, engine.view(), context.peer() if self._peers else "", principal  # type: ignore[arg-type]
+            )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
-            await self._fail(context, exc, "CheckConsumption", _subject_of(request), started)
+            subject = "" if type(request) is Malformed else _subject_of(request)  # type: ignore[arg-type]
+            await self._fail(context, exc, "CheckConsumption", principal, subject, started)
         if self.audit is not None:
-            self.audit.record(
-                "CheckConsumption", context.peer(), _subject_of(request),
-                pb.Decision.Name(response.decision), started,
-            )  # fmt: skip
+            self._audit(context, "CheckConsumption", principal, _subject_of(request),  # type: ignore[arg-type]
+                        pb.Decision.Name(response.decision), started)  # fmt: skip
         return response
 
     async def CheckConsumptionBatch(
-        self, request: pb.CheckBatchRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CheckBatchRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> pb.CheckBatchResponse:
         started = time.perf_counter()
-        checks = request.checks
+        principal = ANONYMOUS
+        count = 0
         try:
-            if len(checks) > self.max_batch:
-                raise InvalidInput(
-                    "checks", f"at most {self.max_batch} checks per batch, got {len(checks)}"
-                )
+            if type(request) is Malformed:
+                raise MalformedRequest(request.problem)
+            checks = request.checks  # type: ignore[union-attr]
+            count = len(checks)
+            if count > self.max_batch:
+                raise InvalidInput("checks", f"at most {self.max_batch} checks per batch, got {count}")
+            principal = self._admit(context, "check", max(count, 1))
             engine = self.engine
             peer = context.peer() if self._peers else ""
-            results = engine.check_many(checks, engine.view(), peer)
+            results = engine.check_many(checks, engine.view(), peer, principal)
         except Exception as exc:  # noqa: BLE001
-            await self._fail(context, exc, "CheckConsumptionBatch", "", started)
+            await self._fail(context, exc, "CheckConsumptionBatch", principal, "", started)
         if self.audit is not None:
-            self.audit.record(
-                "CheckConsumptionBatch", context.peer(), "", "OK", started, len(checks)
-            )
+            self._audit(context, "CheckConsumptionBatch", principal, "", "OK", started, count)
         return pb.CheckBatchResponse(results=results)
 
     async def CheckConsumptionStream(
-        self, request_iterator: AsyncIterator[pb.CheckRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.CheckResponse]:
+        self, request_iterator: AsyncIterator[pb.CheckRequest | Malformed],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.CheckResponse]:  # fmt: skip
         engine = self.engine
         peer = context.peer() if self._peers else ""
+        principal = ANONYMOUS
+        started = time.perf_counter()
+        try:
+            principal = self._admit(context, "check", 0)
+        except Exception as exc:  # noqa: BLE001
+            await self._fail(context, exc, "CheckConsumptionStream", principal, "", started)
         async for request in request_iterator:
             started = time.perf_counter()
             try:
-                response = engine.check(request, engine.view(), peer)
+                if type(request) is Malformed:
+                    raise MalformedRequest(request.problem)
+                self.gate.charge(principal, 1)
+                response = engine.check(request, engine.view(), peer, principal)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001
-                prefix = f"request_id {request.request_id!r}: " if request.request_id else ""
+                malformed = type(request) is Malformed
+                rid = "" if malformed else request.request_id  # type: ignore[union-attr]
+                prefix = f"request_id {rid!r}: " if rid else ""
+                subject = "" if malformed else _subject_of(request)  # type: ignore[arg-type]
                 await self._fail(
-                    context, exc, "CheckConsumptionStream", _subject_of(request), started, prefix
+                    context, exc, "CheckConsumptionStream", principal, subject, started, prefix
                 )
             if self.audit is not None:
-                self.audit.record(
-                    "CheckConsumptionStream", peer, _subject_of(request),
-                    pb.Decision.Name(response.decision), started,
-                )  # fmt: skip
+                self._audit(context, "CheckConsumptionStream", principal, _subject_of(request),  # type: ignore[arg-type]
+                            pb.Decision.Name(response.decision), started)  # fmt: skip
             yield response
 
     async def GetListStatus(
-        self, request: pb.ListStatusRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListStatusRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> pb.ListStatus:
-        return list_status(self.engine, self.policy)
+        started = time.perf_counter()
+        principal = ANONYMOUS
+        try:
+            if type(request) is Malformed:
+                raise MalformedRequest(request.problem)
+            principal = self._admit(context, "status", 0)
+        except Exception as exc:  # noqa: BLE001
+            await self._fail(context, exc, "GetListStatus", principal, "", started)
+        if self.audit is not None:
+            self._audit(context, "GetListStatus", principal, "", "OK", started, 0)
+        return list_status(self.engine, self.policy, self.gate)
+
+
+def add_to_server(service: ConsumptionCheckService, server: grpc.aio.Server) -> None:
+    """Register the service with deserialisers that never turn bad bytes into INTERNAL."""
+    check = _lenient(pb.CheckRequest.FromString, "shixin.v1.CheckRequest")
+    handlers = {
+        "CheckConsumption": grpc.unary_unary_rpc_method_handler(
+            service.CheckConsumption, check, pb.CheckResponse.SerializeToString
+        ),
+        "CheckConsumptionBatch": grpc.unary_unary_rpc_method_handler(
+            service.CheckConsumptionBatch,
+            _lenient(pb.CheckBatchRequest.FromString, "shixin.v1.CheckBatchRequest"),
+            pb.CheckBatchResponse.SerializeToString,
+        ),
+        "CheckConsumptionStream": grpc.stream_stream_rpc_method_handler(
+            service.CheckConsumptionStream, check, pb.CheckResponse.SerializeToString
+        ),
+        "GetListStatus": grpc.unary_unary_rpc_method_handler(
+            service.GetListStatus,
+            _lenient(pb.ListStatusRequest.FromString, "shixin.v1.ListStatusRequest"),
+            pb.ListStatus.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
 
 def _rfc3339(unix: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix)) if unix else ""
 
 
-def list_status(engine: CheckEngine, policy: Policy) -> pb.ListStatus:
+def list_status(engine: CheckEngine, policy: Policy, gate: Gate | None = None) -> pb.ListStatus:
     """What GetListStatus and ``shixin-check status`` report."""
     status = pb.ListStatus(
         policy=[pb.PolicyParameter(name=n, value=v, description=d) for n, v, d in policy.describe()]
     )
+    if gate is not None:
+        for principal, windows in sorted(gate.watch.flagged.items()):
+            status.enumeration_flags[principal] = windows
     replica_status = getattr(engine.source, "replica_status", None)
     if replica_status is not None:
         for name, value in replica_status().items():

@@ -68,6 +68,13 @@ def _int(args: argparse.Namespace, flag: str, low: int, high: int) -> int:
     return value
 
 
+def _choice(args: argparse.Namespace, flag: str, allowed: tuple[str, ...]) -> str:
+    raw = str(getattr(args, flag.lstrip("-").replace("-", "_"))).strip().lower()
+    if raw not in allowed:
+        raise ConfigurationError(f"{flag} / {env_name(flag)}: {raw!r} is not one of {', '.join(allowed)}")
+    return raw
+
+
 def policy_from(args: argparse.Namespace) -> Policy:
     return Policy(
         hotel_min_star=_int(args, "--hotel-min-star", 1, 5),
@@ -127,6 +134,21 @@ class ServeSettings:
     redis: str | None = None
     redis_prefix: str = "shixin"
     replica_id: str = ""
+    keys_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False
+    enumeration_threshold: int = 0
+    enumeration_window: float = 60.0
+    enumeration_throttle: bool = False
+    log_fsync: str = "never"
+    log_fsync_interval: float = 1.0
+    log_max_bytes: int = 256 * 1024 * 1024
+
+    @property
+    def authenticated(self) -> bool:
+        return self.keys_file is not None or self.tls_client_ca is not None
 
 
 def add_redis_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -166,6 +188,46 @@ def _unavailable(args: argparse.Namespace) -> tuple[str, tuple[tuple[Channel, st
     return default, tuple(overrides)
 
 
+def add_log_flags(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--log-fsync", default="never", metavar="MODE",
+             help="hit and audit logs: never (kernel writes back), interval, always "
+                  "(fdatasync before answering)")  # fmt: skip
+    add_flag(parser, "--log-fsync-interval", default="1", metavar="SECONDS",
+             help="with --log-fsync interval: longest time between syncs")  # fmt: skip
+    add_flag(parser, "--log-max-mib", default="256", metavar="MIB",
+             help="rotate hit and audit logs at this size (and at China-time midnight)")  # fmt: skip
+
+
+def add_access_flags(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--keys-file", metavar="PATH",
+             help="API keys (hashes only), principals, channels, roles, rates; turns authentication on")  # fmt: skip
+    add_flag(parser, "--tls-cert", metavar="PATH", help="server certificate (PEM)")
+    add_flag(parser, "--tls-key", metavar="PATH", help="server private key (PEM)")
+    add_flag(parser, "--tls-client-ca", metavar="PATH",
+             help="CA for client certificates: requires mutual TLS; principals by common name")  # fmt: skip
+    add_flag(parser, "--insecure", action="store_true",
+             help="allow binding a non-loopback address without authentication")  # fmt: skip
+    add_flag(parser, "--enumeration-threshold", default="0", metavar="N",
+             help="flag a principal checking more than N distinct identities per window (0: off)")  # fmt: skip
+    add_flag(parser, "--enumeration-window", default="60", metavar="SECONDS",
+             help="the window of --enumeration-threshold")  # fmt: skip
+    add_flag(parser, "--enumeration-throttle", action="store_true",
+             help="refuse a flagged principal's checks (RESOURCE_EXHAUSTED) until the window ends")  # fmt: skip
+
+
+_LOOPBACK = ("127.", "::1", "localhost", "[::1]")
+
+
+def _path(args: argparse.Namespace, flag: str) -> Path | None:
+    raw = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise ConfigurationError(f"{flag} / {env_name(flag)}: {path} is not a file")
+    return path
+
+
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
     list_path = Path(args.list) if args.list else None
     if not args.demo and list_path is None and not args.redis:
@@ -174,8 +236,19 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         )
     if list_path is not None and not list_path.exists():
         raise ConfigurationError(f"--list / SHIXIN_LIST: {list_path} does not exist")
-    parse_listen(args.listen)
+    host, _ = parse_listen(args.listen)
     unavailable, overrides = _unavailable(args)
+    keys_file, client_ca = _path(args, "--keys-file"), _path(args, "--tls-client-ca")
+    tls_cert, tls_key = _path(args, "--tls-cert"), _path(args, "--tls-key")
+    if (tls_cert is None) != (tls_key is None) or (client_ca and not tls_cert):
+        raise ConfigurationError("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
+    if keys_file is None and client_ca is None and not args.insecure:
+        if not host.startswith(_LOOPBACK):
+            raise ConfigurationError(
+                f"--listen {args.listen}: authentication is off (no --keys-file or --tls-client-ca), "
+                "so only a loopback address may be bound; give --insecure / SHIXIN_INSECURE=1 "
+                "to bind it anyway"
+            )
     secret, source = secret_from(args, allow_ephemeral=not args.redis)
     try:
         grace = float(args.grace)
@@ -194,4 +267,15 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         demo_count=_int(args, "--demo-count", 10, 10_000_000),
         redis=args.redis or None,
         redis_prefix=args.redis_prefix,
+        keys_file=keys_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=client_ca,
+        insecure=bool(args.insecure),
+        enumeration_threshold=_int(args, "--enumeration-threshold", 0, 10**9),
+        enumeration_window=float(_int(args, "--enumeration-window", 1, 86400)),
+        enumeration_throttle=bool(args.enumeration_throttle),
+        log_fsync=_choice(args, "--log-fsync", ("never", "interval", "always")),
+        log_fsync_interval=float(_int(args, "--log-fsync-interval", 0, 3600)),
+        log_max_bytes=_int(args, "--log-max-mib", 1, 1 << 20) * 1024 * 1024,
     )

@@ -9,12 +9,20 @@ from shixin_domain.errors import (
     IndexUnavailable,
     InvalidInput,
     LoadRejected,
+    MalformedRequest,
     NotReady,
+    PermissionDenied,
+    RateLimited,
     ShixinError,
+    Unauthenticated,
 )
 
 _CODES: tuple[tuple[type[ShixinError], grpc.StatusCode], ...] = (
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (MalformedRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
     (IndexUnavailable, grpc.StatusCode.UNAVAILABLE),
     (LoadRejected, grpc.StatusCode.FAILED_PRECONDITION),

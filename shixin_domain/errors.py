@@ -8,6 +8,10 @@
      +-- NotReady            no list is loaded yet (UNAVAILABLE)
      +-- IndexUnavailable    the index backend cannot be reached (UNAVAILABLE)
      +-- ConfigurationError  a setting is missing or wrong; names the variable
+     +-- Unauthenticated     no or bad credentials (UNAUTHENTICATED)
+     +-- PermissionDenied    a channel or role outside the caller's scope (PERMISSION_DENIED)
+     +-- RateLimited         the caller's rate or an enumeration throttle (RESOURCE_EXHAUSTED)
+     +-- MalformedRequest    bytes that are not the message the method takes (INVALID_ARGUMENT)
 
 The server maps these to ``grpc.StatusCode`` in exactly one place
 (``server/status.py``); backends wrap their own errors with ``raise ... from``.
@@ -70,3 +74,23 @@ class IndexUnavailable(ShixinError):
 
 class ConfigurationError(ShixinError):
     """A setting is missing or has a bad value; the message names the variable."""
+
+
+class Unauthenticated(ShixinError):
+    """The call carries no credentials, or ones that are not valid."""
+
+
+class PermissionDenied(ShixinError):
+    """The caller is known but may not do this (a channel or role outside its scope)."""
+
+
+class RateLimited(ShixinError):
+    """Too many checks: ``retry_after`` seconds until the caller may try again."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class MalformedRequest(ShixinError):
+    """The request bytes do not parse as the method's message."""

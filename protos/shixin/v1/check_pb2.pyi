@@ -384,7 +384,14 @@ class PolicyParameter(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class ListStatus(_message.Message):
-    __slots__ = ("version", "counts", "loaded_at", "source_timestamp", "staleness_seconds", "policy", "entries_total", "subject_keys", "last_delta_seq", "source", "serving", "index_backend", "replica_id", "upstream_version", "upstream_last_delta_seq", "lag_deltas", "index_reachable")
+    __slots__ = ("version", "counts", "loaded_at", "source_timestamp", "staleness_seconds", "policy", "entries_total", "subject_keys", "last_delta_seq", "source", "serving", "index_backend", "replica_id", "upstream_version", "upstream_last_delta_seq", "lag_deltas", "index_reachable", "enumeration_flags")
+    class EnumerationFlagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     VERSION_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -402,6 +409,7 @@ class ListStatus(_message.Message):
     UPSTREAM_LAST_DELTA_SEQ_FIELD_NUMBER: _ClassVar[int]
     LAG_DELTAS_FIELD_NUMBER: _ClassVar[int]
     INDEX_REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    ENUMERATION_FLAGS_FIELD_NUMBER: _ClassVar[int]
     version: str
     counts: _containers.RepeatedCompositeFieldContainer[Count]
     loaded_at: str
@@ -419,4 +427,5 @@ class ListStatus(_message.Message):
     upstream_last_delta_seq: int
     lag_deltas: int
     index_reachable: bool
-    def __init__(self, version: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., loaded_at: _Optional[str] = ..., source_timestamp: _Optional[str] = ..., staleness_seconds: _Optional[int] = ..., policy: _Optional[_Iterable[_Union[PolicyParameter, _Mapping]]] = ..., entries_total: _Optional[int] = ..., subject_keys: _Optional[int] = ..., last_delta_seq: _Optional[int] = ..., source: _Optional[str] = ..., serving: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica_id: _Optional[str] = ..., upstream_version: _Optional[str] = ..., upstream_last_delta_seq: _Optional[int] = ..., lag_deltas: _Optional[int] = ..., index_reachable: _Optional[bool] = ...) -> None: ...
+    enumeration_flags: _containers.ScalarMap[str, int]
+    def __init__(self, version: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., loaded_at: _Optional[str] = ..., source_timestamp: _Optional[str] = ..., staleness_seconds: _Optional[int] = ..., policy: _Optional[_Iterable[_Union[PolicyParameter, _Mapping]]] = ..., entries_total: _Optional[int] = ..., subject_keys: _Optional[int] = ..., last_delta_seq: _Optional[int] = ..., source: _Optional[str] = ..., serving: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica_id: _Optional[str] = ..., upstream_version: _Optional[str] = ..., upstream_last_delta_seq: _Optional[int] = ..., lag_deltas: _Optional[int] = ..., index_reachable: _Optional[bool] = ..., enumeration_flags: _Optional[_Mapping[str, int]] = ...) -> None: ...
