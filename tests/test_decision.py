@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shixin_domain.decision import (
@@ -414,6 +414,7 @@ def matches(draw: st.DrawFn) -> ListedMatch:
     )
 
 
+@settings(deadline=None)  # correctness, not timing: no flaky deadline under load
 @given(
     st.lists(matches(), min_size=1, max_size=6),
     st.sampled_from(PURCHASES),
@@ -428,9 +429,13 @@ def test_deny_iff_some_match_is_active_unexpired_not_exempt_and_purchase_restric
         for m in found
         if m.status is EntryStatus.ACTIVE
         and m.valid_until >= TODAY
-        and not any(e.channel is channel and e.first_day <= TODAY <= e.last_day for e in m.exemptions)
+        and not any(
+            e.channel is channel and e.first_day <= TODAY <= e.last_day for e in m.exemptions
+        )
     ]
-    verdict = decide(FakeView({SUBJECT_KEY: found}), query(bought, name, channel), KEYER, POLICY, TODAY)
+    verdict = decide(
+        FakeView({SUBJECT_KEY: found}), query(bought, name, channel), KEYER, POLICY, TODAY
+    )
     assert (verdict.decision is Decision.DENY) == (restricted and bool(live))
     assert verdict.decision is not Decision.REVIEW  # the name given always matches
     if verdict.decision is Decision.DENY:

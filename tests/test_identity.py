@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shixin_domain.errors import InvalidInput
@@ -420,12 +420,14 @@ NAME_CHARS = st.one_of(
 )
 
 
+@settings(deadline=None)  # correctness, not timing: no flaky deadline under load
 @given(st.one_of(st.text(NAME_CHARS, max_size=20), st.text()))
 def test_normalize_name_is_idempotent(raw: str) -> None:
     once = normalize_name(raw)
     assert normalize_name(once) == once
 
 
+@settings(deadline=None)  # correctness, not timing: no flaky deadline under load
 @given(st.text(NAME_CHARS, max_size=20))
 def test_normalised_name_has_one_kind_of_dot_and_no_spaces(raw: str) -> None:
     name = normalize_name(raw)
@@ -444,12 +446,14 @@ def id_prefixes(draw: st.DrawFn, born: st.SearchStrategy[dt.date] = birth_dates)
     return f"{region}{day:%Y%m%d}{draw(st.integers(0, 999)):03d}"
 
 
+@settings(deadline=None)  # correctness, not timing: no flaky deadline under load
 @given(id_prefixes())
 def test_valid_prefix_with_its_check_char_normalises_to_itself(first17: str) -> None:
     number = make_id(first17)
     assert normalize_resident_id(number, FIELD) == number
 
 
+@settings(deadline=None)  # correctness, not timing: no flaky deadline under load
 @given(id_prefixes(), st.sampled_from("0123456789X"))
 def test_any_other_check_char_is_invalid(first17: str, check: str) -> None:
     if check == resident_id_check_char(first17):
@@ -478,6 +482,7 @@ def respellings(draw: st.DrawFn, number: str) -> str:
     return "".join(chars)
 
 
+@settings(deadline=None)  # correctness, not timing: no flaky deadline under load
 @given(st.data())
 def test_normalize_resident_id_is_idempotent(data: st.DataObject) -> None:
     """Idempotent on its own output, whatever spelling (18 or 15 digits) it came from."""
@@ -487,6 +492,7 @@ def test_normalize_resident_id_is_idempotent(data: st.DataObject) -> None:
     assert normalize_resident_id(once, FIELD) == once
 
 
+@settings(deadline=None)  # correctness, not timing: no flaky deadline under load
 @given(st.data())
 def test_subject_keys_of_one_identity_written_differently_are_equal(
     keyer: SubjectKeyer, data: st.DataObject
@@ -498,6 +504,7 @@ def test_subject_keys_of_one_identity_written_differently_are_equal(
     assert keyer.subject_key(IdType.RESIDENT_ID, normalize_resident_id(variant, FIELD)) == key
 
 
+@settings(deadline=None)  # correctness, not timing: no flaky deadline under load
 @given(st.data())
 def test_fifteen_digit_form_has_the_key_of_the_eighteen_digit_form(
     keyer: SubjectKeyer, data: st.DataObject
