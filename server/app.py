@@ -28,10 +28,11 @@ from shixin.v1 import check_pb2 as pb
 from redis import RedisError
 
 from loader.index_memory import MemoryIndex
-from loader.index_redis import RedisFollower, RedisKeys
+from loader.index_redis import RedisFollower, RedisKeys, connect
 from loader.versions import DirectoryFollower, Loader
 from server.engine import CheckEngine
 from server.hitlog import AuditLog, HitLog
+from server.hitsink import HitForwarder
 from server.auth import EnumerationWatch, Gate, KeyRing
 from server.service import ConsumptionCheckService, add_to_server
 from server.settings import ServeSettings
@@ -72,6 +73,12 @@ class Service:
         }
         self.hit_log = HitLog(settings.hit_log, **durability) if settings.hit_log else None
         self.audit_log = AuditLog(settings.audit_log, **durability) if settings.audit_log else None
+        self.forwarder: HitForwarder | None = None
+        if settings.redis and self.hit_log is not None:
+            self.forwarder = HitForwarder(
+                connect(settings.redis), settings.hit_log, settings.redis_prefix,
+                on_event=self._on_redis_event,
+            )  # fmt: skip
         ring = None
         if settings.keys_file is not None:
             ring = KeyRing.load(settings.keys_file)
@@ -137,6 +144,8 @@ class Service:
             except (RedisError, ConfigurationError) as exc:
                 log.error("redis: %s (retrying in the background)", exc)
             self.redis.start()
+            if self.forwarder is not None:
+                self.forwarder.start()
             return
         if settings.demo:
             path = write_demo_list(settings.demo_count, self.announce)
@@ -216,6 +225,8 @@ class Service:
             self.follower.stop()
         if self.redis is not None:
             self.redis.stop()
+        if self.forwarder is not None:
+            self.forwarder.stop()
         for sink in (self.hit_log, self.audit_log):
             if sink is not None:
                 sink.close()

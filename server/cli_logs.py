@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from server.audit import verify
 from server.feedback import Quarter, build_report, report_csv, report_json
@@ -34,6 +35,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dic
     add_flag(p, "--hit-log", metavar="PATH", help="hit log; its rotated files are read too")
     p.add_argument("more_hit_logs", nargs="*", metavar="PATH",
                    help="more hit logs (other replicas); checks are counted once")  # fmt: skip
+    add_flag(p, "--redis", metavar="URL",
+             help="also read every replica's hits from the shared Redis stream")  # fmt: skip
+    add_flag(p, "--redis-prefix", default="shixin", metavar="PREFIX", help="key prefix in Redis")
 
     p = sub.add_parser("audit", help="audit log tools")
     tools = p.add_subparsers(dest="audit_command", required=True)
@@ -69,10 +73,20 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"feedback: {exc}", file=sys.stderr)
         return 2
-    if not files:
-        print("feedback: --hit-log PATH (or SHIXIN_HIT_LOG) is required", file=sys.stderr)
+    sources: list[Any] = list(files)
+    if args.redis:
+        from loader.index_redis import connect
+        from server.hitsink import read_stream
+
+        client = connect(args.redis, timeout=30)
+        try:
+            sources += list(read_stream(client, args.redis_prefix))
+        finally:
+            client.close()
+    if not sources and not args.redis:
+        print("feedback: --hit-log PATH (or SHIXIN_HIT_LOG) or --redis URL is required", file=sys.stderr)
         return 2
-    report = build_report(files, quarter)
+    report = build_report(sources, quarter)
     text = report_csv(report) if args.format == "csv" else report_json(report)
     if args.out:
         _write_whole(Path(args.out), text)

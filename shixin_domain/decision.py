@@ -153,9 +153,10 @@ def judge(
             restricting.append(MatchOutcome(m, EntryStatus.ACTIVE))
 
     if restriction is not None and restricting:
-        if not query.name:
+        name = normalize_name(query.name) if query.name else ""
+        if not name:  # no name given (or only spaces): the ID alone decides
             return Verdict(Decision.DENY, (restriction,), tuple(restricting))
-        name_key = keyer.name_key(normalize_name(query.name))
+        name_key = keyer.name_key(name)
         named = tuple(o for o in restricting if o.match.name_key in (name_key, 0))
         if named:
             return Verdict(Decision.DENY, (restriction,), named)

@@ -58,7 +58,7 @@ PREFIX = {
 }
 
 #: One valid purchase per channel, for the channel-mismatch tests.
-SAMPLE = {
+SAMPLE: dict[Channel, Purchase] = {
     Channel.RAIL: RailTicket("G1234", RailSeat.SECOND_CLASS),
     Channel.AIRLINE: Flight("CA1234", "Y"),
     Channel.HOTEL: HotelStay(3, False),

@@ -1,0 +1,156 @@
+"""Forwarding each replica's hit log to one Redis Stream, exactly once.
+
+In Redis mode the feedback report must cover every replica. Each replica
+keeps writing its own durable hit log (``--hit-log``: the record is on its
+disk before the answer leaves); this forwarder follows that log, rotated
+files included, and adds every record to ``<prefix>:hits``. The local log is
+the spool: while Redis is unreachable records simply wait in it, and are
+forwarded when Redis returns.
+
+Exactly once: each record is added by a Lua script that first claims its
+``check_id`` in a per-quarter set (``<prefix>:hits:seen:<quarter>``, kept 400
+days), so a record forwarded again after a crash (before the cursor was
+saved) is not added twice. The cursor, the file and byte offset forwarded
+so far, is saved beside the log (``<hitlog>.forwarded``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from server.hitlog import log_files
+from shixin_domain.model import CHINA_TZ
+
+_ADD_ONCE = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+  redis.call('EXPIRE', KEYS[2], 34560000)
+  redis.call('XADD', KEYS[1], '*', 'record', ARGV[2])
+  return 1
+end
+return 0
+"""
+BATCH = 500
+
+
+def hits_stream(prefix: str) -> str:
+    return f"{prefix}:hits"
+
+
+def _quarter_of(unix: float) -> str:
+    day = _dt.datetime.fromtimestamp(unix, CHINA_TZ)
+    return f"{day.year}Q{(day.month - 1) // 3 + 1}"
+
+
+class HitForwarder:
+    """Follows one hit log set and forwards new records to Redis."""
+
+    def __init__(
+        self, client: redis.Redis, hit_log: Path, prefix: str = "shixin", interval: float = 0.2,
+        on_event: Callable[[str, str], None] | None = None,
+    ) -> None:  # fmt: skip
+        self.client = client
+        self.hit_log = hit_log
+        self.prefix = prefix
+        self.interval = interval
+        self.on_event = on_event or (lambda what, detail: None)
+        self.cursor_path = hit_log.with_name(hit_log.name + ".forwarded")
+        self.forwarded = 0
+        self._script = client.register_script(_ADD_ONCE)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hit-forwarder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            self.forward_once()  # what was answered just before the stop
+        except redis.RedisError:
+            pass  # spooled: forwarded by the next start
+
+    def _run(self) -> None:
+        backoff = self.interval
+        while not self._stop.wait(backoff):
+            try:
+                self.forward_once()
+                backoff = self.interval
+            except redis.RedisError as exc:
+                self.on_event("hits-spooling", str(exc))
+                backoff = min(backoff * 2, 2.0)
+
+    def _cursor(self) -> tuple[int, int]:
+        """(inode, offset): rotation renames files, so the inode names one for good."""
+        try:
+            inode, _, offset = self.cursor_path.read_text().partition(" ")
+            return int(inode), int(offset)
+        except (OSError, ValueError):
+            return -1, 0
+
+    def _save(self, inode: int, offset: int) -> None:
+        part = self.cursor_path.with_name(self.cursor_path.name + ".part")
+        part.write_text(f"{inode} {offset}")
+        os.replace(part, self.cursor_path)
+
+    def _pending(self) -> Iterator[tuple[int, int, list[bytes]]]:
+        """(inode, offset after, complete lines) from the cursor on, oldest file first."""
+        inode, offset = self._cursor()
+        files = log_files(self.hit_log)
+        inodes = [p.stat().st_ino for p in files]
+        if inode in inodes:
+            start = inodes.index(inode)
+        else:  # first run, or the file was archived away: the seen-sets stop doubles
+            start, offset = 0, 0
+        for i in range(start, len(files)):
+            first = offset if i == start else 0
+            with files[i].open("rb") as fh:
+                fh.seek(first)
+                data = fh.read()
+            end = data.rfind(b"\n") + 1  # a line still being written waits
+            yield inodes[i], first + end, data[:end].splitlines()
+
+    def forward_once(self) -> int:
+        """Forward what is new; the number of records added to the stream."""
+        added = 0
+        stream = hits_stream(self.prefix)
+        for inode, offset, lines in self._pending():
+            for i in range(0, len(lines), BATCH):
+                pipe = self.client.pipeline(transaction=False)
+                for line in lines[i : i + BATCH]:
+                    try:
+                        record: dict[str, Any] = orjson.loads(line)
+                        check_id = record["check_id"]
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        self.on_event("hits-unreadable", line[:80].decode(errors="replace"))
+                        continue
+                    seen = f"{self.prefix}:hits:seen:{_quarter_of(record.get('time', 0))}"
+                    self._script(keys=[stream, seen], args=[check_id, line], client=pipe)
+                added += sum(pipe.execute())
+            self._save(inode, offset)
+        self.forwarded += added
+        return added
+
+
+def read_stream(client: redis.Redis, prefix: str = "shixin") -> Iterator[dict[str, Any]]:
+    """Every hit record in the shared stream, oldest first (for the feedback report)."""
+    stream = hits_stream(prefix)
+    last = "-"
+    while True:
+        batch = client.xrange(stream, min=last, count=5000)
+        if last != "-":
+            batch = batch[1:]
+        if not batch:
+            return
+        for _, fields in batch:
+            yield orjson.loads(fields[b"record"])
+        last = batch[-1][0].decode()

@@ -1,0 +1,108 @@
+"""Every replica's hits in one Redis stream: once each, even across outages."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from clients.check_client import build_request
+from loader.index_redis import connect, publish_snapshot
+from server.feedback import build_report
+from server.hitlog import HitLog
+from server.hitsink import HitForwarder, hits_stream, read_stream
+from shixin.v1 import check_pb2 as pb
+from shixin_domain.decision import MatchOutcome, Query, Verdict
+from shixin_domain.index import ListedMatch
+from shixin_domain.keys import SubjectKeyer
+from shixin_domain.model import Channel, Decision, EntryStatus, ListType, Role, china_day
+from shixin_domain.rules import AIR_TRAVEL, Flight
+from tests.conftest import SECRET, RedisServer, RunningServer
+from tests.listdata import LI, WANG, ZHANG, ZHAO, basic_rows, write_jsonl
+
+pytestmark = pytest.mark.redis
+Serve = Callable[..., RunningServer]
+
+
+def quarter_now() -> str:
+    today = time.gmtime(time.time() + 8 * 3600)
+    return f"{today.tm_year}Q{(today.tm_mon - 1) // 3 + 1}"
+
+
+def test_two_replicas_hits_appear_once_in_one_report(
+    redis_server: RedisServer, serve: Serve, tmp_path: Path
+) -> None:
+    client = connect(redis_server.url, timeout=5)
+    publish_snapshot(client, write_jsonl(tmp_path / "s.jsonl", basic_rows()), SubjectKeyer(SECRET))
+    replicas = [
+        serve(None, redis=redis_server.url, replica_id=f"r{i}", hit_log=tmp_path / f"r{i}" / "hits.log")
+        for i in (1, 2)
+    ]
+    denied = 0
+    for i, replica in enumerate(replicas):
+        deadline = time.monotonic() + 5
+        while replica.service.engine.source.current() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        stub = replica.stub()
+        for number in (ZHANG, LI, WANG, ZHAO):  # three listed, one not
+            stub.CheckConsumption(build_request("AIRLINE", id_number=number, merchant_id=f"m{i}"))
+        batch = [build_request("AIRLINE", id_number=n) for n in (ZHANG, ZHAO)]
+        stub.CheckConsumptionBatch(pb.CheckBatchRequest(checks=batch))
+        denied += 4
+    deadline = time.monotonic() + 5
+    while client.xlen(hits_stream("shixin")) < denied:
+        assert time.monotonic() < deadline, "hits not forwarded"
+        time.sleep(0.05)
+    time.sleep(0.5)  # and nothing more arrives
+    assert client.xlen(hits_stream("shixin")) == denied
+    report = build_report(list(read_stream(client)), quarter_now())
+    assert report.totals.denied == denied
+    by_case = {c.case_number: c.channels["AIRLINE"] for c in report.cases}
+    # Zhang (E1, twice per replica) and Wang (E3, once) share a case number; Li is alone
+    assert by_case["(2024)京0105执1001号"].denied == 6
+    assert by_case["(2023)沪0104执88号"].denied == 2
+    assert by_case["(2024)京0105执1001号"].merchants == {"m0", "m1"}
+    client.close()
+
+
+def _hit(log: HitLog, n: int) -> None:
+    match = ListedMatch(
+        f"E{n}", ListType.SHIXIN, EntryStatus.ACTIVE, Role.DEBTOR, 0, f"(2024)京0105执{n}号",
+        "北京市朝阳区人民法院", "", "110105********0011", china_day(time.time()) - 10, 2**31 - 1, (),
+    )  # fmt: skip
+    query = Query(n, "", ZHANG, Channel.AIRLINE, Flight("CA1", "Y"), 0)
+    verdict = Verdict(Decision.DENY, (AIR_TRAVEL,), (MatchOutcome(match, EntryStatus.ACTIVE),))
+    log.record(f"check-{n}", f"r{n}", query, verdict, "v1", "m", "t", "peer")
+
+
+def test_spooled_hits_are_forwarded_once_after_an_outage(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "hits.log"
+    log = HitLog(path, max_bytes=2000)  # small: rotates every few records
+    client = connect(redis_server.url, timeout=1)
+    forwarder = HitForwarder(client, path)
+    for n in range(1, 6):
+        _hit(log, n)
+    assert forwarder.forward_once() == 5
+    redis_server.stop()
+    for n in range(6, 16):  # answered while Redis is down: they wait in the log
+        _hit(log, n)
+    with pytest.raises(redis.RedisError):
+        forwarder.forward_once()
+    redis_server.start()
+    assert forwarder.forward_once() == 10
+    forwarder.cursor_path.unlink()  # as if the process died before saving its cursor
+    assert forwarder.forward_once() == 0  # every record again, none added twice
+    for n in range(16, 18):
+        _hit(log, n)
+    assert forwarder.forward_once() == 2
+    log.close()
+    ids = [r["check_id"] for r in read_stream(client)]
+    assert ids == [f"check-{n}" for n in range(1, 18)]
+    assert len(list(path.parent.glob("hits.log.*"))) >= 2  # rotation happened on the way
+    client.close()
