@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grpc
+
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
 
@@ -49,7 +50,7 @@ def build_request(
     """
     request = pb.CheckRequest(
         request_id=request_id,
-        channel=pb.Channel.Value(channel.upper()),
+        channel=channel.upper(),
         amount_fen=amount_fen,
         merchant_id=merchant_id,
         terminal_id=terminal_id,
@@ -58,9 +59,9 @@ def build_request(
         request.organization.uscc = uscc
         request.organization.name = name
     else:
-        request.person.id_type = pb.IdType.Value(id_type.upper())
-        request.person.id_number = id_number
-        request.person.name = name
+        request.person.CopyFrom(
+            pb.PersonSubject(id_type=id_type.upper(), id_number=id_number, name=name)
+        )
     field = PURCHASE_FIELD[channel.upper()]
     message = getattr(request, field)
     message.SetInParent()
@@ -103,7 +104,7 @@ class CheckClient:
             self.channel = grpc.secure_channel(target, credentials)
         else:
             self.channel = grpc.insecure_channel(target)
-        self.stub = pb_grpc.ConsumptionCheckStub(self.channel)
+        self.stub = pb_grpc.ConsumptionCheckStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
@@ -121,7 +122,9 @@ class CheckClient:
 
     def check_batch(self, requests: Iterable[pb.CheckRequest]) -> list[pb.CheckResponse]:
         reply = self.stub.CheckConsumptionBatch(
-            pb.CheckBatchRequest(checks=list(requests)), timeout=self.timeout, metadata=self.metadata
+            pb.CheckBatchRequest(checks=list(requests)),
+            timeout=self.timeout,
+            metadata=self.metadata,
         )
         return list(reply.results)
 

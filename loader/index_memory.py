@@ -132,8 +132,12 @@ class BaseBuilder:
 
     def parts(self) -> BaseParts:
         return BaseParts(
-            columns={name: getattr(self, name).tobytes() if isinstance(getattr(self, name), array)
-                     else bytes(getattr(self, name)) for name in _COLUMNS},  # fmt: skip
+            columns={
+                name: getattr(self, name).tobytes()
+                if isinstance(getattr(self, name), array)
+                else bytes(getattr(self, name))
+                for name in _COLUMNS
+            },  # fmt: skip
             courts=list(self.courts),
             exemptions=self.exemptions,
             bloom=self.bloom.save_bytes(),
@@ -193,7 +197,7 @@ def merge_parts(
 
     bloom = Bloom.load_bytes(all_parts[0].bloom, int)
     for parts in all_parts[1:]:
-        bloom |= Bloom.load_bytes(parts.bloom, int)
+        bloom.update(Bloom.load_bytes(parts.bloom, int))  # same size and hash: a bitwise OR
 
     k_hi = joined("k_hi")
     order = np.argsort(k_hi, kind="stable")
@@ -229,7 +233,9 @@ def merge_parts(
         bloom=bloom,
     )
     offsets = first_lines or [0] * len(all_parts)
-    lines = np.concatenate([_col(p, "e_line") + np.uint32(o) for p, o in zip(all_parts, offsets, strict=True)])
+    lines = np.concatenate(
+        [_col(p, "e_line") + np.uint32(o) for p, o in zip(all_parts, offsets, strict=True)]
+    )
     return base, _duplicates(base, e_idh, id_order, lines)
 
 
@@ -398,9 +404,7 @@ class MemoryIndex:
 
 
 def view_of_base(base: Base, source: str, source_timestamp: float, version: str) -> MemoryView:
-    counts = Counts(
-        tuple((t, s, n) for (t, s), n in sorted(base.counts.items())), len(base.k_hi)
-    )
+    counts = Counts(tuple((t, s, n) for (t, s), n in sorted(base.counts.items())), len(base.k_hi))
     info = VersionInfo(version, source, time.time(), source_timestamp, 0, counts)
     return MemoryView(base, _EMPTY, info)
 

@@ -50,6 +50,10 @@ from shixin_domain.index import Counts, ListedMatch, VersionInfo
 from shixin_domain.keys import SubjectKeyer
 from shixin_domain.model import Channel, EntryStatus, Exemption, ListType, Role
 
+#: redis-py types every reply as ``bytes | str``; this project never sets
+#: decode_responses, so replies are bytes: the client is typed loosely.
+Client = Any
+
 KEYS_PER_BUCKET = 48
 #: A replica whose heartbeat is older than this no longer protects its version.
 LIVE_SECONDS = 15.0
@@ -86,7 +90,7 @@ class RedisKeys:
         return f"{self.prefix}:v:{version}:*"
 
 
-def connect(url: str, timeout: float = 0.5) -> redis.Redis:
+def connect(url: str, timeout: float = 0.5) -> Client:
     """A client that fails fast: a check must never hang on a dead Redis."""
     return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
@@ -129,9 +133,7 @@ def _counts_json(counts: Counts) -> bytes:
 
 def _counts_from(raw: bytes | None, subject_keys: int) -> Counts:
     rows = orjson.loads(raw) if raw else []
-    return Counts(
-        tuple((ListType(t), EntryStatus(s), n) for t, s, n in rows if n), subject_keys
-    )
+    return Counts(tuple((ListType(t), EntryStatus(s), n) for t, s, n in rows if n), subject_keys)
 
 
 # --- loading ------------------------------------------------------------------
@@ -142,7 +144,7 @@ class _Lock:
 
     _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
-    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+    def __init__(self, client: Client, keys: RedisKeys) -> None:
         self.client = client
         self.key = keys.lock
         self.token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
@@ -157,7 +159,7 @@ class _Lock:
         self.client.eval(self._RELEASE, 1, self.key, self.token)
 
 
-def _meta(client: redis.Redis, keys: RedisKeys, version: str) -> dict[str, bytes]:
+def _meta(client: Client, keys: RedisKeys, version: str) -> dict[str, bytes]:
     raw = client.hgetall(keys.meta(version))
     return {k.decode(): v for k, v in raw.items()}
 
@@ -172,7 +174,7 @@ def _check_fingerprint(meta: dict[str, bytes], keyer: SubjectKeyer, version: str
 
 
 def publish_snapshot(
-    client: redis.Redis, path: Path, keyer: SubjectKeyer, keys: RedisKeys | None = None,
+    client: Client, path: Path, keyer: SubjectKeyer, keys: RedisKeys | None = None,
     progress: Progress | None = None,
 ) -> str:  # fmt: skip
     """Validate ``path`` whole, write it as a new version, make it current; its name."""
@@ -189,7 +191,7 @@ def publish_snapshot(
             last_seq = int(_meta(client, keys, previous.decode()).get("last_seq", b"0"))
         pipe = client.pipeline(transaction=False)
         entry_keys: dict[int, bytearray] = {}
-        bucket, fields = -1, {}
+        bucket, fields = -1, {}  # type: tuple[int, dict[bytes, list[Any]]]
         for i in range(len(base.k_hi)):
             hi = base.k_hi[i]
             b = _bucket(hi, bits)
@@ -210,7 +212,7 @@ def publish_snapshot(
             b = _bucket(entry_id_hash(entry_id), ebits)
             by_bucket.setdefault(b, {})[entry_id.encode()] = bytes(key_bytes)
         for b, mapping in by_bucket.items():
-            pipe.hset(keys.entries(version, b), mapping=mapping)  # type: ignore[arg-type]
+            pipe.hset(keys.entries(version, b), mapping=mapping)
             if len(pipe) >= 500:
                 pipe.execute()
         pipe.set(keys.bloom(version), base.bloom.save_bytes())
@@ -249,7 +251,7 @@ class DeltaResult:
 class _RedisDelta:
     """A delta file applied to local copies of what it touches, then written at once."""
 
-    def __init__(self, client: redis.Redis, keys: RedisKeys, version: str,
+    def __init__(self, client: Client, keys: RedisKeys, version: str,
                  meta: dict[str, bytes], keyer: SubjectKeyer) -> None:  # fmt: skip
         self.client, self.keys, self.version, self.keyer = client, keys, version, keyer
         self.bits = int(meta["bucket_bits"])
@@ -277,7 +279,9 @@ class _RedisDelta:
     def _entry(self, entry_id: str) -> list[bytes] | None:
         if entry_id not in self.entries:
             raw = self.client.hget(self._entry_key(entry_id), entry_id.encode())
-            self.entries[entry_id] = [raw[i : i + 16] for i in range(0, len(raw), 16)] if raw else None
+            self.entries[entry_id] = (
+                [raw[i : i + 16] for i in range(0, len(raw), 16)] if raw else None
+            )
         return self.entries[entry_id]
 
     def _count(self, match: list[Any], delta: int) -> None:
@@ -368,7 +372,7 @@ class _RedisDelta:
 
 
 def publish_delta(
-    client: redis.Redis, path: Path, keyer: SubjectKeyer, keys: RedisKeys | None = None
+    client: Client, path: Path, keyer: SubjectKeyer, keys: RedisKeys | None = None
 ) -> DeltaResult:
     """Validate a delta file against the current version and apply it whole, or not at all."""
     keys = keys or RedisKeys()
@@ -394,7 +398,7 @@ def publish_delta(
         return DeltaResult(version, len(todo), todo[-1].seq)
 
 
-def collect_garbage(client: redis.Redis, keys: RedisKeys, now: float | None = None) -> list[str]:
+def collect_garbage(client: Client, keys: RedisKeys, now: float | None = None) -> list[str]:
     """Delete versions that are not current and that no live replica serves."""
     now = time.time() if now is None else now
     current = client.get(keys.current)
@@ -431,7 +435,7 @@ class RedisView:
 
     __slots__ = ("info", "version", "_bloom", "_client", "_keys", "_bits", "_meta_key")
 
-    def __init__(self, info: VersionInfo, version: str, bloom: Bloom, client: redis.Redis,
+    def __init__(self, info: VersionInfo, version: str, bloom: Bloom, client: Client,
                  keys: RedisKeys, bits: int) -> None:  # fmt: skip
         self.info = info
         self.version = version
@@ -451,7 +455,9 @@ class RedisView:
         pipe = self._client.pipeline(transaction=False)
         for key in keys:
             hi = key >> 64
-            pipe.hget(self._keys.subjects(self.version, _bucket(hi, self._bits)), key.to_bytes(16, "big"))
+            pipe.hget(
+                self._keys.subjects(self.version, _bucket(hi, self._bits)), key.to_bytes(16, "big")
+            )
         pipe.exists(self._meta_key)  # a version deleted under us must not read as "not listed"
         try:
             *values, exists = pipe.execute()
@@ -631,7 +637,7 @@ class RedisFollower:
         return max(0, self.upstream_seq - view.info.last_delta_seq)
 
 
-def replicas(client: redis.Redis, keys: RedisKeys | None = None) -> list[dict[str, Any]]:
+def replicas(client: Client, keys: RedisKeys | None = None) -> list[dict[str, Any]]:
     """Every registered replica, what it serves, and how far behind it is."""
     keys = keys or RedisKeys()
     current = client.get(keys.current)
@@ -654,7 +660,7 @@ def replicas(client: redis.Redis, keys: RedisKeys | None = None) -> list[dict[st
     return out
 
 
-def redis_status(client: redis.Redis, keys: RedisKeys | None = None) -> dict[str, Any]:
+def redis_status(client: Client, keys: RedisKeys | None = None) -> dict[str, Any]:
     keys = keys or RedisKeys()
     current = client.get(keys.current)
     if current is None:

@@ -86,7 +86,11 @@ def detect_kind(path: Path) -> FileKind:
                     first = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     return FileKind.SNAPSHOT  # reported row by row later
-                return FileKind.DELTA if isinstance(first, dict) and "op" in first else FileKind.SNAPSHOT
+                return (
+                    FileKind.DELTA
+                    if isinstance(first, dict) and "op" in first
+                    else FileKind.SNAPSHOT
+                )
     return FileKind.SNAPSHOT
 
 

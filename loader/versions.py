@@ -304,7 +304,9 @@ class Loader:
             current = self.index.current()
             if detect_kind(path) is FileKind.DELTA:
                 if current is None:
-                    raise LoadRejected(str(path), [RowError(0, "", "a delta needs a snapshot first")])
+                    raise LoadRejected(
+                        str(path), [RowError(0, "", "a delta needs a snapshot first")]
+                    )
                 ops, errors = read_delta(path)
                 if errors:
                     raise LoadRejected(str(path), errors)

@@ -21,6 +21,7 @@ import signal
 from collections.abc import AsyncIterator
 
 import grpc
+
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
 

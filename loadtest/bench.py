@@ -44,14 +44,14 @@ from typing import Any
 import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from shixin.v1 import check_pb2 as pb
-from shixin.v1 import check_pb2_grpc as pb_grpc
 
 from loader.synthetic import write_snapshot
 from loadtest import bloom_compare, inprocess
 from loadtest.driver import Phase, drive
 from loadtest.report import bloom_table, noise_rows, render, table
 from loadtest.traffic import build_traffic
+from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_domain.model import CHINA_TZ
 
 BATCH_SIZE = 100

@@ -25,9 +25,9 @@ from typing import Any
 
 import grpc
 import psutil
-from shixin.v1 import check_pb2 as pb
 
 from loadtest.inprocess import summarize
+from shixin.v1 import check_pb2 as pb
 
 _SERVICE = "/shixin.v1.ConsumptionCheck/"
 _DECISIONS = {v.number: v.name for v in pb.Decision.DESCRIPTOR.values}

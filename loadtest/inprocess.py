@@ -24,11 +24,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from shixin.v1 import check_pb2 as pb
-
 from loader.index_memory import MemoryIndex
 from loader.versions import build_snapshot
 from server.engine import CheckEngine
+from shixin.v1 import check_pb2 as pb
 from shixin_domain.decision import decide
 from shixin_domain.identity import IdType
 from shixin_domain.keys import SubjectKeyer

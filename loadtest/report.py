@@ -91,6 +91,16 @@ def table(results: dict[str, Any]) -> list[list[str]]:
                 "-",
             ]
         )
+        rows.append(
+            [
+                f"in-process build_snapshot {ip['entries']:,} entries, s",
+                _fmt(ip["build_s"], 1),
+                "-",
+                "-",
+                "(cross-check of the load below)",
+                "-",
+            ]
+        )
     rpc = results.get("rpc", {})
     ours, bare = rpc.get("ours", {}), rpc.get("bare", {})
 

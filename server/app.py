@@ -23,19 +23,18 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from shixin.v1 import check_pb2 as pb
-
 from redis import RedisError
 
 from loader.index_memory import MemoryIndex
 from loader.index_redis import RedisFollower, RedisKeys, connect
 from loader.versions import DirectoryFollower, Loader
+from server.auth import EnumerationWatch, Gate, KeyRing
 from server.engine import CheckEngine
 from server.hitlog import AuditLog, HitLog
 from server.hitsink import HitForwarder
-from server.auth import EnumerationWatch, Gate, KeyRing
 from server.service import ConsumptionCheckService, add_to_server
 from server.settings import ServeSettings
+from shixin.v1 import check_pb2 as pb
 from shixin_domain.errors import ConfigurationError, LoadRejected
 from shixin_domain.identity import resident_id_check_char
 from shixin_domain.index import IndexSource
@@ -74,7 +73,7 @@ class Service:
         self.hit_log = HitLog(settings.hit_log, **durability) if settings.hit_log else None
         self.audit_log = AuditLog(settings.audit_log, **durability) if settings.audit_log else None
         self.forwarder: HitForwarder | None = None
-        if settings.redis and self.hit_log is not None:
+        if settings.redis and settings.hit_log is not None:
             self.forwarder = HitForwarder(
                 connect(settings.redis), settings.hit_log, settings.redis_prefix,
                 on_event=self._on_redis_event,
@@ -85,7 +84,9 @@ class Service:
         elif settings.tls_client_ca is not None:
             ring = KeyRing()
         watch = EnumerationWatch(
-            settings.enumeration_threshold, settings.enumeration_window, settings.enumeration_throttle
+            settings.enumeration_threshold,
+            settings.enumeration_window,
+            settings.enumeration_throttle,
         )
         self.gate = Gate(ring, watch, on_flag=self._on_enumeration)
         self.engine = CheckEngine(source, self.keyer, settings.policy, self.hit_log, self.gate)
@@ -276,12 +277,16 @@ def demo_examples(entries: object, today: _dt.date) -> list[str]:
     lines += [f"  {wanted[k]}" for k in ("debtor", "suspended", "related") if k in wanted]
     unlisted = "11010519300101003"  # born 1930: the generator makes ages 18-80
     unlisted += resident_id_check_char(unlisted)
-    lines.append(f"  shixin-check check --id {unlisted} --name 张三 --channel AIRLINE  # not listed")
+    lines.append(
+        f"  shixin-check check --id {unlisted} --name 张三 --channel AIRLINE  # not listed"
+    )
     return lines
 
 
 def _cmd(number: str, name: str, channel: str) -> str:
-    extra = {"RAIL": " --train G1234 --seat SECOND_CLASS", "HOTEL": " --star-rating 4"}.get(channel, "")
+    extra = {"RAIL": " --train G1234 --seat SECOND_CLASS", "HOTEL": " --star-rating 4"}.get(
+        channel, ""
+    )
     return f"shixin-check check --id {number} --name {name} --channel {channel}{extra}"
 
 

@@ -233,7 +233,9 @@ class Gate:
             if found is None:
                 raise Unauthenticated(f"client certificate {common_name!r} names no principal")
             return found
-        raise Unauthenticated("credentials required: 'authorization: Bearer <key>' or a client certificate")
+        raise Unauthenticated(
+            "credentials required: 'authorization: Bearer <key>' or a client certificate"
+        )
 
     def charge(self, principal: Principal, checks: int) -> None:
         """Take ``checks`` tokens from the principal's bucket, or ``RateLimited``."""
@@ -244,7 +246,9 @@ class Gate:
         capacity = float(max(principal.burst, 1))
         if bucket is None:
             bucket = self._buckets[principal.name] = _Bucket(capacity, now)
-        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.stamp) * principal.rate_per_second)
+        bucket.tokens = min(
+            capacity, bucket.tokens + (now - bucket.stamp) * principal.rate_per_second
+        )
         bucket.stamp = now
         if bucket.tokens < checks:
             wait = (checks - bucket.tokens) / principal.rate_per_second

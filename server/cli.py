@@ -134,7 +134,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def add_client_flags(parser: argparse.ArgumentParser) -> None:
-    add_flag(parser, "--api-key", default="", metavar="KEY", help="sent as authorization: Bearer KEY")
+    add_flag(
+        parser, "--api-key", default="", metavar="KEY", help="sent as authorization: Bearer KEY"
+    )
     add_flag(parser, "--ca", metavar="PATH", help="CA of the server's certificate: use TLS")
     add_flag(parser, "--client-cert", metavar="PATH", help="client certificate for mutual TLS")
     add_flag(parser, "--client-key", metavar="PATH", help="client key for mutual TLS")
@@ -158,7 +160,10 @@ def _purchase(args: argparse.Namespace) -> dict[str, object]:
         "RAIL": {"train_number": args.train, "seat": args.seat},
         "AIRLINE": {"flight_number": args.flight, "cabin": args.cabin},
         "HOTEL": {"star_rating": args.star_rating, "high_end": args.high_end or None},
-        "SCHOOL": {"private_school": args.private_school or None, "high_fee": args.high_fee or None},
+        "SCHOOL": {
+            "private_school": args.private_school or None,
+            "high_fee": args.high_fee or None,
+        },
         "SHIP": {"cabin_class": args.cabin_class},
         "TRAVEL": {"service": args.service},
         "LEISURE": {"venue": args.venue},
@@ -171,9 +176,8 @@ def _purchase(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from shixin.v1 import check_pb2 as pb
-
     from clients.check_client import build_request
+    from shixin.v1 import check_pb2 as pb
 
     if not args.channel:
         print("check: --channel is required", file=sys.stderr)
@@ -191,12 +195,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         with _client(args) as client:
             answer = client.check(request)
     except grpc.RpcError as exc:
-        print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
     if args.json:
         print(json_format.MessageToJson(answer, ensure_ascii=False))
         return 0
-    print(f"{pb.Decision.Name(answer.decision)}  (check {answer.check_id}, list {answer.list_version})")
+    print(
+        f"{pb.Decision.Name(answer.decision)}  (check {answer.check_id}, list {answer.list_version})"
+    )
     for reason in answer.reasons:
         print(f"  {reason.code}: {reason.message}")
     for m in answer.matches:
@@ -212,7 +218,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     from server.auth import add_key
 
-    channels = "*" if args.channels.strip() == "*" else [c.strip().upper() for c in args.channels.split(",")]
+    channels = (
+        "*"
+        if args.channels.strip() == "*"
+        else [c.strip().upper() for c in args.channels.split(",")]
+    )
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     key = add_key(Path(args.keys_file), args.principal, channels, roles, args.rate, args.burst)
     print(key)
@@ -268,7 +278,9 @@ def _redis_status(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return 0
-    print(f"redis current version {report['version'] or '(none)'}, last delta seq {report['last_seq']}")
+    print(
+        f"redis current version {report['version'] or '(none)'}, last delta seq {report['last_seq']}"
+    )
     for r in report["replicas"]:
         print(f"  replica {r['replica']}: version {r['version']} seq {r['seq']} "
               f"behind {r['behind']} (seen {r['seen_seconds_ago']}s ago)")  # fmt: skip
@@ -282,7 +294,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         with _client(args) as client:
             status = client.status()
     except grpc.RpcError as exc:
-        print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
     if args.json:
         print(json_format.MessageToJson(status, ensure_ascii=False))
@@ -328,9 +340,7 @@ def cmd_gen_data(args: argparse.Namespace) -> int:
     if not args.out:
         print("gen-data: --out PATH is required", file=sys.stderr)
         return 2
-    as_of = (
-        _dt.date.fromisoformat(args.as_of) if args.as_of else _dt.datetime.now(CHINA_TZ).date()
-    )
+    as_of = _dt.date.fromisoformat(args.as_of) if args.as_of else _dt.datetime.now(CHINA_TZ).date()
     count = int(args.count)
     started = time.perf_counter()
 

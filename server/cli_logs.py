@@ -84,7 +84,10 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         finally:
             client.close()
     if not sources and not args.redis:
-        print("feedback: --hit-log PATH (or SHIXIN_HIT_LOG) or --redis URL is required", file=sys.stderr)
+        print(
+            "feedback: --hit-log PATH (or SHIXIN_HIT_LOG) or --redis URL is required",
+            file=sys.stderr,
+        )
         return 2
     report = build_report(sources, quarter)
     text = report_csv(report) if args.format == "csv" else report_json(report)

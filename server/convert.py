@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 from shixin.v1 import check_pb2 as pb
-
 from shixin_domain.decision import NOT_LISTED, VERDICT_NOT_LISTED, MatchOutcome, Query, Verdict
 from shixin_domain.errors import InvalidInput
 from shixin_domain.identity import (
@@ -158,15 +157,15 @@ def reason_pb(reason: Reason) -> pb.Reason:
 def match_pb(outcome: MatchOutcome) -> pb.Match:
     m = outcome.match
     return pb.Match(
-        list_type=int(m.list_type),
+        list_type=int(m.list_type),  # type: ignore[arg-type]
         case_number=m.case_number,
         court=m.court,
-        role=int(m.role),
+        role=int(m.role),  # type: ignore[arg-type]
         organization_name=m.organization_name,
         masked_id=m.masked_id,
         listed_on=day_iso(m.listed_on),
         valid_until="" if m.valid_until == NO_END else day_iso(m.valid_until),
-        status=int(outcome.status),
+        status=int(outcome.status),  # type: ignore[arg-type]
         entry_id=m.entry_id,
     )
 
@@ -186,7 +185,7 @@ def to_response(request_id: str, check_id: str, verdict: Verdict, version: str) 
     return pb.CheckResponse(
         request_id=request_id,
         check_id=check_id,
-        decision=int(verdict.decision),
+        decision=int(verdict.decision),  # type: ignore[arg-type]
         reasons=[reason_pb(r) for r in verdict.reasons],
         matches=[match_pb(o) for o in verdict.matches],
         list_version=version,

@@ -12,11 +12,10 @@ import secrets
 import time
 from collections.abc import Sequence
 
-from shixin.v1 import check_pb2 as pb
-
 from server.auth import ANONYMOUS, Gate, Principal
 from server.convert import to_query, to_response
 from server.hitlog import HitLog
+from shixin.v1 import check_pb2 as pb
 from shixin_domain.decision import Query, Verdict, decide, decide_many
 from shixin_domain.errors import InvalidInput, NotReady, PermissionDenied
 from shixin_domain.index import IndexSource, ListView

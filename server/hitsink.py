@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import redis
 
+from loader.index_redis import Client
 from server.hitlog import log_files
 from shixin_domain.model import CHINA_TZ
 
@@ -53,7 +54,7 @@ class HitForwarder:
     """Follows one hit log set and forwards new records to Redis."""
 
     def __init__(
-        self, client: redis.Redis, hit_log: Path, prefix: str = "shixin", interval: float = 0.2,
+        self, client: Client, hit_log: Path, prefix: str = "shixin", interval: float = 0.2,
         on_event: Callable[[str, str], None] | None = None,
     ) -> None:  # fmt: skip
         self.client = client
@@ -141,7 +142,7 @@ class HitForwarder:
         return added
 
 
-def read_stream(client: redis.Redis, prefix: str = "shixin") -> Iterator[dict[str, Any]]:
+def read_stream(client: Client, prefix: str = "shixin") -> Iterator[dict[str, Any]]:
     """Every hit record in the shared stream, oldest first (for the feedback report)."""
     stream = hits_stream(prefix)
     last = "-"

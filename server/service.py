@@ -16,12 +16,12 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
-from shixin.v1 import check_pb2 as pb
 
 from server.auth import ANONYMOUS, Gate, Principal
 from server.engine import CheckEngine
 from server.hitlog import AuditLog
 from server.status import status_of
+from shixin.v1 import check_pb2 as pb
 from shixin_domain.errors import InvalidInput, MalformedRequest, RateLimited, ShixinError
 from shixin_domain.identity import mask_id
 from shixin_domain.rules import Policy
@@ -100,7 +100,9 @@ class ConsumptionCheckService:
     def _audit(self, context: grpc.aio.ServicerContext, method: str, principal: Principal,
                subject: str, outcome: str, started: float, count: int = 1) -> None:  # fmt: skip
         assert self.audit is not None
-        metadata = {k: str(v) for k, v in (context.invocation_metadata() or ()) if k in _AUDITED_METADATA}
+        metadata = {
+            k: str(v) for k, v in (context.invocation_metadata() or ()) if k in _AUDITED_METADATA
+        }
         self.audit.record(
             method, context.peer(), subject, outcome, started, count,
             caller=principal.name, metadata=metadata,
@@ -119,6 +121,7 @@ class ConsumptionCheckService:
         if self.audit is not None:
             self._audit(context, method, principal, subject, code.name, started)
         await context.abort(code, message)
+        raise AssertionError("abort returned")  # it raises; this tells the type checker
 
     # --- the RPCs --------------------------------------------------------------
 
@@ -133,7 +136,10 @@ class ConsumptionCheckService:
             principal = self._admit(context, "check", 1)
             engine = self.engine
             response = engine.check(
-                request, engine.view(), context.peer() if self._peers else "", principal  # type: ignore[arg-type]
+                request,  # type: ignore[arg-type]
+                engine.view(),
+                context.peer() if self._peers else "",
+                principal,
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             subject = "" if type(request) is Malformed else _subject_of(request)  # type: ignore[arg-type]
@@ -155,7 +161,9 @@ class ConsumptionCheckService:
             checks = request.checks  # type: ignore[union-attr]
             count = len(checks)
             if count > self.max_batch:
-                raise InvalidInput("checks", f"at most {self.max_batch} checks per batch, got {count}")
+                raise InvalidInput(
+                    "checks", f"at most {self.max_batch} checks per batch, got {count}"
+                )
             principal = self._admit(context, "check", max(count, 1))
             engine = self.engine
             peer = context.peer() if self._peers else ""

@@ -71,7 +71,9 @@ def _int(args: argparse.Namespace, flag: str, low: int, high: int) -> int:
 def _choice(args: argparse.Namespace, flag: str, allowed: tuple[str, ...]) -> str:
     raw = str(getattr(args, flag.lstrip("-").replace("-", "_"))).strip().lower()
     if raw not in allowed:
-        raise ConfigurationError(f"{flag} / {env_name(flag)}: {raw!r} is not one of {', '.join(allowed)}")
+        raise ConfigurationError(
+            f"{flag} / {env_name(flag)}: {raw!r} is not one of {', '.join(allowed)}"
+        )
     return raw
 
 
@@ -241,7 +243,9 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
     keys_file, client_ca = _path(args, "--keys-file"), _path(args, "--tls-client-ca")
     tls_cert, tls_key = _path(args, "--tls-cert"), _path(args, "--tls-key")
     if (tls_cert is None) != (tls_key is None) or (client_ca and not tls_cert):
-        raise ConfigurationError("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
+        raise ConfigurationError(
+            "--tls-cert and --tls-key go together (and --tls-client-ca needs them)"
+        )
     if keys_file is None and client_ca is None and not args.insecure:
         if not host.startswith(_LOOPBACK):
             raise ConfigurationError(
@@ -253,14 +257,18 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
     try:
         grace = float(args.grace)
     except ValueError:
-        raise ConfigurationError(f"--grace / SHIXIN_GRACE: {args.grace!r} is not a number") from None
+        raise ConfigurationError(
+            f"--grace / SHIXIN_GRACE: {args.grace!r} is not a number"
+        ) from None
     return ServeSettings(
         listen=args.listen,
         list_path=list_path,
         demo=bool(args.demo),
         secret=secret,
         secret_source=source,
-        policy=replace(policy_from(args), unavailable=unavailable, unavailable_by_channel=overrides),
+        policy=replace(
+            policy_from(args), unavailable=unavailable, unavailable_by_channel=overrides
+        ),
         hit_log=Path(args.hit_log) if args.hit_log else None,
         audit_log=Path(args.audit_log) if args.audit_log else None,
         grace_seconds=grace,

@@ -50,7 +50,9 @@ class RowError:
 
     def __str__(self) -> str:
         where = f"line {self.line}"
-        return f"{where}: {self.field}: {self.problem}" if self.field else f"{where}: {self.problem}"
+        return (
+            f"{where}: {self.field}: {self.problem}" if self.field else f"{where}: {self.problem}"
+        )
 
 
 class LoadRejected(ShixinError):

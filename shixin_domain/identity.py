@@ -59,7 +59,6 @@ _PROVINCES = frozenset(
 )
 
 
-
 def _birth_dates(first: _dt.date, last: _dt.date) -> frozenset[str]:
     """Every YYYYMMDD from first to last: one set look-up instead of building a date."""
     return frozenset(
@@ -145,9 +144,7 @@ def normalize_uscc(raw: str, field: str = "uscc") -> str:
     if len(code) != 18:
         raise InvalidInput(field, f"must be 18 characters, got {len(code)}")
     if _USCC_SHAPE.match(code) is None:
-        raise InvalidInput(
-            field, "has characters outside the GB 32100 alphabet (no I, O, S, V, Z)"
-        )
+        raise InvalidInput(field, "has characters outside the GB 32100 alphabet (no I, O, S, V, Z)")
     if code[17] != uscc_check_char(code[:17]):
         raise InvalidInput(field, "has a bad check character (GB 32100)")
     return code

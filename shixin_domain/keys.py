@@ -39,7 +39,9 @@ class SubjectKeyer:
         self._subject = hashlib.blake2b(key=secret, digest_size=16, person=b"shixin-subject")
         self._name = hashlib.blake2b(key=secret, digest_size=8, person=b"shixin-name")
         # Tells two processes whether they hold the same secret, without revealing it.
-        self.fingerprint = hashlib.blake2b(secret, digest_size=8, person=b"shixin-fprint").hexdigest()
+        self.fingerprint = hashlib.blake2b(
+            secret, digest_size=8, person=b"shixin-fprint"
+        ).hexdigest()
 
     def subject_key(self, id_type: IdType | None, number: str) -> int:
         """128-bit key of a normalised identity (``id_type`` None: an organisation's USCC)."""

@@ -12,8 +12,8 @@ integer copy, but nothing here knows about protobuf.
 from __future__ import annotations
 
 import datetime as _dt
-from typing import NamedTuple
 from enum import IntEnum
+from typing import NamedTuple
 
 from shixin_domain.identity import IdType
 

@@ -48,7 +48,9 @@ TRAVEL_OUTBOUND_GROUP = Reason(
 TRAVEL_RESORT_OVER_QUOTA = Reason(
     "TRAVEL_RESORT_OVER_QUOTA", "在获得旅游等级评定的度假区或旅游企业内消费超过限额"
 )
-SCHOOL_HIGH_FEE_PRIVATE = Reason("SCHOOL_HIGH_FEE_PRIVATE", "限制以其财产支付子女入学就读高收费私立学校")
+SCHOOL_HIGH_FEE_PRIVATE = Reason(
+    "SCHOOL_HIGH_FEE_PRIVATE", "限制以其财产支付子女入学就读高收费私立学校"
+)
 INSURANCE_HIGH_PREMIUM = Reason(
     "INSURANCE_HIGH_PREMIUM", "限制支付高额保费购买具有现金价值的保险产品"
 )
@@ -106,8 +108,7 @@ class Policy:
             (
                 "unavailable",
                 ",".join(
-                    [self.unavailable]
-                    + [f"{c.name}={d}" for c, d in self.unavailable_by_channel]
+                    [self.unavailable] + [f"{c.name}={d}" for c, d in self.unavailable_by_channel]
                 ),
                 "answer when a Bloom positive cannot be confirmed (index unreachable)",
             ),
@@ -170,7 +171,8 @@ def normalize_train_number(raw: str, field: str = "purchase.rail.train_number") 
         raise InvalidInput(field, "is empty")
     if _TRAIN_NUMBER.match(number) is None:
         raise InvalidInput(
-            field, f"{raw!r} is not a train number (an optional letter G D C Z T K S Y L and 1-4 digits)"
+            field,
+            f"{raw!r} is not a train number (an optional letter G D C Z T K S Y L and 1-4 digits)",
         )
     return number
 

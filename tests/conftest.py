@@ -120,7 +120,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     """With SHIXIN_REQUIRE_REDIS=1 (CI), a skipped Redis-backed test is a failure."""
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and "redis" in item.keywords and os.environ.get("SHIXIN_REQUIRE_REDIS") == "1":
+    if (
+        report.skipped
+        and "redis" in item.keywords
+        and os.environ.get("SHIXIN_REQUIRE_REDIS") == "1"
+    ):
         report.outcome = "failed"
         report.longrepr = f"Redis-backed test skipped but SHIXIN_REQUIRE_REDIS=1: {report.longrepr}"
 

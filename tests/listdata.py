@@ -47,7 +47,12 @@ def person_entry(
     return {
         "entry_id": entry_id,
         "list_type": list_type,
-        "subject": {"type": "PERSON", "name": name, "id_type": "RESIDENT_ID", "id_number": id_number},
+        "subject": {
+            "type": "PERSON",
+            "name": name,
+            "id_type": "RESIDENT_ID",
+            "id_number": id_number,
+        },
         "related_persons": [],
         "case_number": case_number,
         "court": "北京市朝阳区人民法院",
@@ -86,7 +91,9 @@ def basic_rows() -> list[dict[str, Any]]:
     return [
         person_entry("E1", ZHANG, "张伟"),
         person_entry("E2", LI, "李娜", list_type="XIANGAO", case_number="(2023)沪0104执88号"),
-        org_entry("E3", ACME_USCC, "北京艾克米科技有限公司", [("LEGAL_REPRESENTATIVE", "王芳", WANG)]),
+        org_entry(
+            "E3", ACME_USCC, "北京艾克米科技有限公司", [("LEGAL_REPRESENTATIVE", "王芳", WANG)]
+        ),
     ]
 
 

@@ -90,7 +90,9 @@ def test_credentials_and_scopes(guarded: RunningServer, keys: dict[str, str]) ->
         assert code_of(lambda: ops.check(hotel())).code() is grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_refused_calls_are_audited(guarded: RunningServer, keys: dict[str, str], tmp_path: Path) -> None:
+def test_refused_calls_are_audited(
+    guarded: RunningServer, keys: dict[str, str], tmp_path: Path
+) -> None:
     with CheckClient(guarded.address) as anonymous:
         code_of(lambda: anonymous.check(hotel(ZHANG)))
     with CheckClient(guarded.address, api_key=keys["hotel"]) as client:
@@ -198,7 +200,9 @@ def test_mutual_tls_names_the_principal(serve: Serve, tmp_path: Path, pki: Path)
         return CheckClient(server.address, root_ca=ca, client_cert=(pki / f"{name}.pem").read_bytes(),
                            client_key=(pki / f"{name}.key").read_bytes())  # fmt: skip
 
-    rail = build_request("RAIL", id_number=ZHANG, purchase={"train_number": "G1", "seat": "NO_SEAT"})
+    rail = build_request(
+        "RAIL", id_number=ZHANG, purchase={"train_number": "G1", "seat": "NO_SEAT"}
+    )
     with client("rail-gw") as gateway:
         assert gateway.check(rail).decision == pb.DENY
         assert code_of(lambda: gateway.check(flight())).code() is grpc.StatusCode.PERMISSION_DENIED
@@ -226,7 +230,9 @@ def test_no_plaintext_id_anywhere_the_service_writes(
     client = connect(redis_server.url, timeout=5)
     publish_snapshot(client, write_jsonl(feed / "s.jsonl", basic_rows()), SubjectKeyer(SECRET))
     out = tmp_path / "out"
-    server = serve(None, redis=redis_server.url, hit_log=out / "hits.log", audit_log=out / "audit.log")
+    server = serve(
+        None, redis=redis_server.url, hit_log=out / "hits.log", audit_log=out / "audit.log"
+    )
     deadline = time.monotonic() + 5
     while server.service.engine.source.current() is None:
         assert time.monotonic() < deadline

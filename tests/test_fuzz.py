@@ -38,11 +38,15 @@ ids = st.one_of(
 )
 small_ints = st.one_of(st.integers(-5, 20), st.integers(-(2**31), 2**31 - 1))
 purchases = st.one_of(
-    st.builds(pb.RailPurchase, train_number=st.text(max_size=8), seat=small_ints).map(lambda m: ("rail", m)),
+    st.builds(pb.RailPurchase, train_number=st.text(max_size=8), seat=small_ints).map(
+        lambda m: ("rail", m)
+    ),
     st.builds(pb.FlightPurchase, flight_number=st.text(max_size=8), cabin=st.text(max_size=3)).map(
         lambda m: ("flight", m)
     ),
-    st.builds(pb.HotelPurchase, star_rating=small_ints, high_end=st.booleans()).map(lambda m: ("hotel", m)),
+    st.builds(pb.HotelPurchase, star_rating=small_ints, high_end=st.booleans()).map(
+        lambda m: ("hotel", m)
+    ),
     st.builds(pb.ShipPurchase, cabin_class=small_ints).map(lambda m: ("ship", m)),
     st.builds(pb.TravelPurchase, service=small_ints).map(lambda m: ("travel", m)),
     st.builds(pb.LeisurePurchase, venue=small_ints).map(lambda m: ("leisure", m)),
@@ -74,7 +78,9 @@ def requests(draw: st.DrawFn) -> pb.CheckRequest:
 
 @FUZZ
 @given(requests())
-def test_any_request_is_decided_or_refused_clearly(server: RunningServer, request: pb.CheckRequest) -> None:
+def test_any_request_is_decided_or_refused_clearly(
+    server: RunningServer, request: pb.CheckRequest
+) -> None:
     try:
         answer = server.stub().CheckConsumption(request, timeout=5)
     except grpc.RpcError as exc:
@@ -118,7 +124,9 @@ def test_raw_bytes_get_a_clear_status(server: RunningServer, method: str, raw: b
 
 @FUZZ
 @given(st.lists(st.binary(max_size=32), min_size=1, max_size=4))
-def test_raw_bytes_in_a_stream_get_a_clear_status(server: RunningServer, frames: list[bytes]) -> None:
+def test_raw_bytes_in_a_stream_get_a_clear_status(
+    server: RunningServer, frames: list[bytes]
+) -> None:
     call = server.channel.stream_stream(
         "/shixin.v1.ConsumptionCheck/CheckConsumptionStream",
         request_serializer=None, response_deserializer=None,

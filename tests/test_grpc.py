@@ -53,10 +53,17 @@ def test_listed_debtor_is_denied_with_the_match(server: RunningServer) -> None:
     assert answer.reasons[0].message  # a sentence for the clerk
     [m] = answer.matches
     assert (m.list_type, m.case_number, m.role, m.status) == (
-        pb.SHIXIN, "(2024)京0105执1001号", pb.ROLE_DEBTOR, pb.ACTIVE
+        pb.SHIXIN,
+        "(2024)京0105执1001号",
+        pb.ROLE_DEBTOR,
+        pb.ACTIVE,
     )
     assert m.masked_id == ZHANG[:6] + "********" + ZHANG[-4:]
-    assert (m.listed_on, m.valid_until, m.court) == ("2024-01-15", "2099-12-31", "北京市朝阳区人民法院")
+    assert (m.listed_on, m.valid_until, m.court) == (
+        "2024-01-15",
+        "2099-12-31",
+        "北京市朝阳区人民法院",
+    )
     assert answer.request_id == "r-1"
     assert answer.check_id
     assert answer.list_version
@@ -115,7 +122,10 @@ BAD_REQUESTS = {
         "subject.person.id_number: has a bad check digit",
     ),
     "short id": (lambda: rail("1101051980"), "subject.person.id_number"),
-    "no subject": (lambda: pb.CheckRequest(channel=pb.AIRLINE, flight=pb.FlightPurchase()), "subject"),
+    "no subject": (
+        lambda: pb.CheckRequest(channel=pb.AIRLINE, flight=pb.FlightPurchase()),
+        "subject",
+    ),
     "unknown channel": (
         lambda: pb.CheckRequest(person=pb.PersonSubject(id_number=ZHAO), channel=99),
         "channel: 99 is not a known channel",
@@ -139,7 +149,8 @@ BAD_REQUESTS = {
     ),
     "unknown id type": (
         lambda: pb.CheckRequest(
-            person=pb.PersonSubject(id_number=ZHAO, id_type=42), channel=pb.AIRLINE,
+            person=pb.PersonSubject(id_number=ZHAO, id_type=42),
+            channel=pb.AIRLINE,
             flight=pb.FlightPurchase(),
         ),
         "subject.person.id_type",
@@ -168,7 +179,9 @@ def test_bad_input_is_invalid_argument_naming_the_field(server: RunningServer, n
 
 def test_batch_answers_in_request_order(server: RunningServer) -> None:
     people = [ZHAO, ZHANG, WANG, ZHAO, LI] * 20
-    checks = [build_request("AIRLINE", id_number=p, request_id=str(i)) for i, p in enumerate(people)]
+    checks = [
+        build_request("AIRLINE", id_number=p, request_id=str(i)) for i, p in enumerate(people)
+    ]
     reply = server.stub().CheckConsumptionBatch(pb.CheckBatchRequest(checks=checks))
     assert [r.request_id for r in reply.results] == [str(i) for i in range(len(people))]
     expected = [pb.ALLOW if p == ZHAO else pb.DENY for p in people]
@@ -197,7 +210,9 @@ def test_bad_check_in_a_batch_is_named_by_position(server: RunningServer) -> Non
 
 def test_stream_answers_carry_request_ids(server: RunningServer) -> None:
     people = [ZHANG, ZHAO, WANG] * 10
-    requests = [build_request("AIRLINE", id_number=p, request_id=f"s{i}") for i, p in enumerate(people)]
+    requests = [
+        build_request("AIRLINE", id_number=p, request_id=f"s{i}") for i, p in enumerate(people)
+    ]
     answers = list(server.stub().CheckConsumptionStream(iter(requests)))
     assert [a.request_id for a in answers] == [f"s{i}" for i in range(len(people))]
     assert [a.decision for a in answers] == [pb.ALLOW if p == ZHAO else pb.DENY for p in people]

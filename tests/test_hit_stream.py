@@ -38,7 +38,12 @@ def test_two_replicas_hits_appear_once_in_one_report(
     client = connect(redis_server.url, timeout=5)
     publish_snapshot(client, write_jsonl(tmp_path / "s.jsonl", basic_rows()), SubjectKeyer(SECRET))
     replicas = [
-        serve(None, redis=redis_server.url, replica_id=f"r{i}", hit_log=tmp_path / f"r{i}" / "hits.log")
+        serve(
+            None,
+            redis=redis_server.url,
+            replica_id=f"r{i}",
+            hit_log=tmp_path / f"r{i}" / "hits.log",
+        )
         for i in (1, 2)
     ]
     denied = 0

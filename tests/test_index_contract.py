@@ -83,7 +83,9 @@ class RedisBackend:
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def backend(request: pytest.FixtureRequest, keyer: SubjectKeyer, tmp_path: Path) -> Iterator[Backend]:
+def backend(
+    request: pytest.FixtureRequest, keyer: SubjectKeyer, tmp_path: Path
+) -> Iterator[Backend]:
     if request.param == "memory":
         yield MemoryBackend(keyer)
         return
@@ -115,13 +117,25 @@ def test_snapshot_is_served(backend: Backend, keyer: SubjectKeyer, tmp_path: Pat
     view = backend.view()
     for number in (ZHANG, LI, WANG):
         assert view.might_contain(key(keyer, number))
-    assert summary(view, key(keyer, ZHANG)) == [("E1", Role.DEBTOR, EntryStatus.ACTIVE, "", "(2024)京0105执1001号", 0)]
+    assert summary(view, key(keyer, ZHANG)) == [
+        ("E1", Role.DEBTOR, EntryStatus.ACTIVE, "", "(2024)京0105执1001号", 0)
+    ]
     assert summary(view, key(keyer, WANG)) == [
-        ("E3", Role.LEGAL_REPRESENTATIVE, EntryStatus.ACTIVE, "北京艾克米科技有限公司", "(2024)京0105执1001号", 0)
+        (
+            "E3",
+            Role.LEGAL_REPRESENTATIVE,
+            EntryStatus.ACTIVE,
+            "北京艾克米科技有限公司",
+            "(2024)京0105执1001号",
+            0,
+        )
     ]
     assert [m.role for m in view.look_up(keyer.subject_key(None, ACME_USCC))] == [Role.DEBTOR]
     assert view.look_up(key(keyer, ZHAO)) == []
-    assert counts(view) == {(ListType.SHIXIN, EntryStatus.ACTIVE): 2, (ListType.XIANGAO, EntryStatus.ACTIVE): 1}
+    assert counts(view) == {
+        (ListType.SHIXIN, EntryStatus.ACTIVE): 2,
+        (ListType.XIANGAO, EntryStatus.ACTIVE): 1,
+    }
     masked = view.look_up(key(keyer, ZHANG))[0].masked_id
     assert masked == ZHANG[:6] + "********" + ZHANG[-4:]
 
@@ -157,9 +171,13 @@ def test_deltas_apply_in_order(backend: Backend, keyer: SubjectKeyer, tmp_path: 
     assert summary(view, key(keyer, ZHANG))[0][0] == "E1"
 
 
-def test_replayed_delta_changes_nothing(backend: Backend, keyer: SubjectKeyer, tmp_path: Path) -> None:
+def test_replayed_delta_changes_nothing(
+    backend: Backend, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
     backend.load(write_jsonl(tmp_path / "s.jsonl", basic_rows()))
-    listing = write_jsonl(tmp_path / "d1.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵"))])
+    listing = write_jsonl(
+        tmp_path / "d1.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵"))]
+    )
     backend.load(listing)
     backend.load(write_jsonl(tmp_path / "d2.jsonl", [delta(2, "DELIST", entry_id="E8")]))
     backend.load(listing)
@@ -185,7 +203,9 @@ def test_bad_files_change_nothing(backend: Backend, keyer: SubjectKeyer, tmp_pat
     assert summary(view, key(keyer, ZHANG))[0][0] == "E1"
 
 
-def test_a_new_snapshot_replaces_the_list(backend: Backend, keyer: SubjectKeyer, tmp_path: Path) -> None:
+def test_a_new_snapshot_replaces_the_list(
+    backend: Backend, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
     backend.load(write_jsonl(tmp_path / "s1.jsonl", basic_rows()))
     first = backend.view().info.version
     time.sleep(1.1)  # versions are named to the second
@@ -197,11 +217,17 @@ def test_a_new_snapshot_replaces_the_list(backend: Backend, keyer: SubjectKeyer,
 
 
 @pytest.mark.redis
-def test_redis_holds_no_plaintext_id(redis_server: RedisServer, keyer: SubjectKeyer, tmp_path: Path) -> None:
+def test_redis_holds_no_plaintext_id(
+    redis_server: RedisServer, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
     handle = RedisBackend(redis_server.url, keyer)
     try:
         handle.load(write_jsonl(tmp_path / "s.jsonl", basic_rows()))
-        handle.load(write_jsonl(tmp_path / "d.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵"))]))
+        handle.load(
+            write_jsonl(
+                tmp_path / "d.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵"))]
+            )
+        )
     finally:
         handle.close()
     client = redis.Redis.from_url(redis_server.url)

@@ -25,11 +25,11 @@ from tests.listdata import (
     ZHANG,
     ZHAO,
     basic_rows,
+    delta,
     org_entry,
+    person_entry,
     rid,
     uscc,
-    delta,
-    person_entry,
     write_jsonl,
 )
 
@@ -201,7 +201,9 @@ def test_replayed_delta_is_skipped(
     tmp_path: Path, loaded: tuple[Loader, MemoryIndex], keyer: SubjectKeyer
 ) -> None:
     loader, index = loaded
-    listing = write_jsonl(tmp_path / "d1.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵"))])
+    listing = write_jsonl(
+        tmp_path / "d1.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵"))]
+    )
     loader.load_path(listing)
     loader.load_path(write_jsonl(tmp_path / "d2.jsonl", [delta(2, "DELIST", entry_id="E8")]))
     replayed = loader.load_path(listing)  # seq 1 again: must not re-list
@@ -227,8 +229,12 @@ def test_malformed_delta_rows_are_reported(tmp_path: Path, keyer: SubjectKeyer) 
         delta(1, "LIST"),
         delta(2, "EXPLODE", entry_id="E1"),
         {"op": "DELIST", "entry_id": "E1"},
-        delta(4, "EXEMPT", entry_id="E1", exemption={"channel": "SPACESHIP", "from": "2026-01-01",
-                                                     "until": "2026-02-01"}),  # fmt: skip
+        delta(
+            4,
+            "EXEMPT",
+            entry_id="E1",
+            exemption={"channel": "SPACESHIP", "from": "2026-01-01", "until": "2026-02-01"},
+        ),  # fmt: skip
     ]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     assert detect_kind(path) is FileKind.DELTA
@@ -256,7 +262,9 @@ def test_followed_directory_applies_new_files(tmp_path: Path, keyer: SubjectKeye
         assert decision_for(index, keyer, ZHAO) is Decision.ALLOW
         (tmp_path / "ignored.part").write_text("{broken")
         started = time.monotonic()
-        write_jsonl(tmp_path / "002-delta.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵"))])
+        write_jsonl(
+            tmp_path / "002-delta.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵"))]
+        )
         while decision_for(index, keyer, ZHAO) is not Decision.DENY:
             assert time.monotonic() - started < 1.0, "delta not applied within a second"
             time.sleep(0.01)
@@ -312,7 +320,9 @@ def many_rows(n: int) -> list[dict[str, object]]:
             rows.append(org_entry(f"E{i}", uscc(f"91110105MA{i:07d}"), f"公司{i}",
                                   [("LEGAL_REPRESENTATIVE", f"代表{i}", number)]))  # fmt: skip
         else:
-            rows.append(person_entry(f"E{i}", number, f"人{i}", status="SUSPENDED" if i % 7 else "ACTIVE"))
+            rows.append(
+                person_entry(f"E{i}", number, f"人{i}", status="SUSPENDED" if i % 7 else "ACTIVE")
+            )
     return rows
 
 

@@ -16,8 +16,6 @@ from typing import Any
 import grpc
 import orjson
 import pytest
-from shixin.v1 import check_pb2 as pb
-from shixin.v1 import check_pb2_grpc as pb_grpc
 
 from clients.check_client import build_request
 from server import audit as audit_mod
@@ -25,6 +23,8 @@ from server import hitlog
 from server.cli_logs import add_parsers
 from server.convert import to_query
 from server.hitlog import AppendLog, AuditLog, HitLog, log_files
+from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_domain.decision import MatchOutcome, Verdict
 from shixin_domain.index import ListedMatch
 from shixin_domain.keys import SubjectKeyer

@@ -69,7 +69,9 @@ def test_deltas_reach_every_replica_within_the_bound(
 ) -> None:
     assert all(decision(r, ZHAO).decision == pb.ALLOW for r in replicas)
     client = connect(redis_server.url, timeout=5)
-    listing = write_jsonl(tmp_path / "d1.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵六"))])
+    listing = write_jsonl(
+        tmp_path / "d1.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵六"))]
+    )
     publish_delta(client, listing, SubjectKeyer(SECRET))
     listed_after = wait_for(
         lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), PROPAGATION_BOUND_S
@@ -96,7 +98,9 @@ def test_loader_process_delta_reaches_replicas(
     path = write_jsonl(tmp_path / "d1.jsonl", [delta(1, "SUSPEND", entry_id="E2")])
     done = load_cli(path, redis_server.url)
     assert done.returncode == 0, done.stderr
-    wait_for(lambda: all(decision(r, LI).decision == pb.ALLOW for r in replicas), PROPAGATION_BOUND_S)
+    wait_for(
+        lambda: all(decision(r, LI).decision == pb.ALLOW for r in replicas), PROPAGATION_BOUND_S
+    )
     answer = decision(replicas[0], LI)
     assert [x.code for x in answer.reasons] == ["LISTING_SUSPENDED"]
 
@@ -125,24 +129,29 @@ def test_redis_down_never_allows_silently_and_replicas_catch_up(
     redis_server.stop()
     for r in replicas:
         listed = decision(r, ZHANG, "张伟")
-        assert (listed.decision, [x.code for x in listed.reasons]) == (pb.REVIEW, ["INDEX_UNAVAILABLE"])
+        assert (listed.decision, [x.code for x in listed.reasons]) == (
+            pb.REVIEW,
+            ["INDEX_UNAVAILABLE"],
+        )
         unlisted = decision(r, ZHAO)
         assert (unlisted.decision, [x.code for x in unlisted.reasons]) == (pb.ALLOW, ["NOT_LISTED"])
     assert decision(strict, ZHANG).decision == pb.DENY
-    wait_for(lambda: not replicas[0].stub().GetListStatus(pb.ListStatusRequest()).index_reachable, 3)
+    wait_for(
+        lambda: not replicas[0].stub().GetListStatus(pb.ListStatusRequest()).index_reachable, 3
+    )
     status = replicas[0].stub().GetListStatus(pb.ListStatusRequest())
     assert status.lag_deltas == -1
 
     redis_server.start()  # same data folder: the list is still there
     client = connect(redis_server.url, timeout=5)
-    path = write_jsonl(tmp_path / "d1.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵六"))])
+    path = write_jsonl(
+        tmp_path / "d1.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵六"))]
+    )
     publish_delta(client, path, SubjectKeyer(SECRET))  # before the replicas are back
     client.close()
     wait_for(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), 5)
     assert all(decision(r, ZHANG, "张伟").decision == pb.DENY for r in replicas)
-    assert all(
-        r.stub().GetListStatus(pb.ListStatusRequest()).lag_deltas == 0 for r in replicas
-    )
+    assert all(r.stub().GetListStatus(pb.ListStatusRequest()).lag_deltas == 0 for r in replicas)
 
 
 def test_old_versions_go_once_no_replica_reads_them(
@@ -153,10 +162,14 @@ def test_old_versions_go_once_no_replica_reads_them(
     first = client.get(keys.current)
     assert first is not None
     time.sleep(1.1)  # versions are named to the second
-    done = load_cli(write_jsonl(tmp_path / "s2.jsonl", [person_entry("E9", ZHAO, "赵六")]), redis_server.url)
+    done = load_cli(
+        write_jsonl(tmp_path / "s2.jsonl", [person_entry("E9", ZHAO, "赵六")]), redis_server.url
+    )
     assert done.returncode == 0, done.stderr
     second = client.get(keys.current)
-    wait_for(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), PROPAGATION_BOUND_S)
+    wait_for(
+        lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), PROPAGATION_BOUND_S
+    )
     wait_for(lambda: client.smembers(keys.versions) == {second}, 5, step=0.1)
     assert not list(client.scan_iter(match=keys.version_pattern(first.decode())))
     assert all(decision(r, ZHANG).decision == pb.ALLOW for r in replicas)
