@@ -22,7 +22,13 @@ from server.engine import CheckEngine
 from server.hitlog import AuditLog
 from server.status import status_of
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.errors import InvalidInput, MalformedRequest, RateLimited, ShixinError
+from shixin_domain.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    MalformedRequest,
+    RateLimited,
+    ShixinError,
+)
 from shixin_domain.identity import mask_id
 from shixin_domain.rules import Policy
 
@@ -165,6 +171,7 @@ class ConsumptionCheckService:
                     "checks", f"at most {self.max_batch} checks per batch, got {count}"
                 )
             principal = self._admit(context, "check", max(count, 1))
+            _in_time(context)
             engine = self.engine
             peer = context.peer() if self._peers else ""
             results = engine.check_many(checks, engine.view(), peer, principal)
@@ -220,6 +227,13 @@ class ConsumptionCheckService:
         if self.audit is not None:
             self._audit(context, "GetListStatus", principal, "", "OK", started, 0)
         return list_status(self.engine, self.policy, self.gate)
+
+
+def _in_time(context: grpc.aio.ServicerContext) -> None:
+    """Refuse work whose answer nobody waits for any more (batches queue behind each other)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceeded("the deadline passed before the batch was started")
 
 
 def add_to_server(service: ConsumptionCheckService, server: grpc.aio.Server) -> None:

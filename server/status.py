@@ -6,6 +6,7 @@ import grpc
 
 from shixin_domain.errors import (
     ConfigurationError,
+    DeadlineExceeded,
     IndexUnavailable,
     InvalidInput,
     LoadRejected,
@@ -23,6 +24,7 @@ _CODES: tuple[tuple[type[ShixinError], grpc.StatusCode], ...] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
     (IndexUnavailable, grpc.StatusCode.UNAVAILABLE),
     (LoadRejected, grpc.StatusCode.FAILED_PRECONDITION),

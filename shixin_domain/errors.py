@@ -12,6 +12,7 @@
      +-- PermissionDenied    a channel or role outside the caller's scope (PERMISSION_DENIED)
      +-- RateLimited         the caller's rate or an enumeration throttle (RESOURCE_EXHAUSTED)
      +-- MalformedRequest    bytes that are not the message the method takes (INVALID_ARGUMENT)
+     +-- DeadlineExceeded    the caller's deadline passed before the work began (DEADLINE_EXCEEDED)
 
 The server maps these to ``grpc.StatusCode`` in exactly one place
 (``server/status.py``); backends wrap their own errors with ``raise ... from``.
@@ -96,3 +97,7 @@ class RateLimited(ShixinError):
 
 class MalformedRequest(ShixinError):
     """The request bytes do not parse as the method's message."""
+
+
+class DeadlineExceeded(ShixinError):
+    """The caller's deadline had passed before the work began: not worth deciding."""
