@@ -187,6 +187,31 @@ def in_child(fn: Callable[..., Any], *args: Any, timeout: float) -> Any:
             raise
 
 
+def revision() -> str:
+    """The commit measured, with ``+dirty`` when the working tree differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def machine() -> dict[str, Any]:
     model = ""
     try:
@@ -354,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "command": "python -m loadtest.bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine(),
+        "revision": revision(),
         "entries": args.entries,
         "seed": args.seed,
         "as_of": as_of.isoformat(),
@@ -407,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     m = results["machine"]
     print(
         f"\nshixin-check benchmarks: {args.entries:,} entries, {m['nproc']} x {m['cpu_model']}, "
-        f"{m['ram_gib']} GiB, Python {m['python']}, grpcio {m['grpcio']}"
+        f"{m['ram_gib']} GiB, Python {m['python']}, grpcio {m['grpcio']}, "
+        f"revision {results['revision']}"
     )
     print(render(table(results)))
     if results.get("rpc"):

@@ -194,6 +194,19 @@ def table(results: dict[str, Any]) -> list[list[str]]:
                 _verdict(delta / n < 200),
             ]
         )
+        settled = load.get("rss_ours_after_load_test")
+        if settled:
+            rows.append(
+                [
+                    "the same after the RPC phases (loader garbage freed)",
+                    f"{_fmt((settled - load['rss_baseline']) / MIB, 1)} MiB, "
+                    f"{(settled - load['rss_baseline']) / n:,.0f} B/entry",
+                    "-",
+                    "-",
+                    "< 200 B/entry",
+                    _verdict((settled - load["rss_baseline"]) / n < 200),
+                ]
+            )
     return rows
 
 

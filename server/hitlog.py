@@ -345,18 +345,9 @@ def audit_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
 class AuditLog(AppendLog):
     """One record per call, refused and invalid ones included, hash-chained across rotation."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        fsync: FsyncMode = "never",
-        fsync_interval: float = 1.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(
-            path, max_bytes=max_bytes, fsync=fsync, fsync_interval=fsync_interval, clock=clock
-        )
+    def __init__(self, path: Path, **options: Any) -> None:
+        """``options`` as for ``AppendLog``."""
+        super().__init__(path, **options)
         self._seq, self._prev = chain_head(path)
 
     @property
