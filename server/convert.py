@@ -7,6 +7,7 @@ Requests are validated here as they are converted: every problem is an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -154,6 +155,11 @@ def reason_pb(reason: Reason) -> pb.Reason:
     return found
 
 
+@functools.lru_cache(maxsize=65536)
+def _iso(day: int) -> str:
+    return "" if day == NO_END else day_iso(day)
+
+
 def match_pb(outcome: MatchOutcome) -> pb.Match:
     m = outcome.match
     return pb.Match(
@@ -163,30 +169,47 @@ def match_pb(outcome: MatchOutcome) -> pb.Match:
         role=int(m.role),  # type: ignore[arg-type]
         organization_name=m.organization_name,
         masked_id=m.masked_id,
-        listed_on=day_iso(m.listed_on),
-        valid_until="" if m.valid_until == NO_END else day_iso(m.valid_until),
+        listed_on=_iso(m.listed_on),
+        valid_until=_iso(m.valid_until),
         status=int(outcome.status),  # type: ignore[arg-type]
         entry_id=m.entry_id,
     )
 
 
 _NOT_LISTED_REASONS = [pb.Reason(code=NOT_LISTED.code, message=NOT_LISTED.message)]
+_TEMPLATES: dict[str, pb.CheckResponse] = {}
+
+
+def _not_listed(version: str) -> pb.CheckResponse:
+    """The NOT_LISTED answer of a version, built once: copying it is 3x cheaper than building."""
+    template = _TEMPLATES.get(version)
+    if template is None:
+        if len(_TEMPLATES) > 16:
+            _TEMPLATES.clear()
+        template = _TEMPLATES[version] = pb.CheckResponse(
+            decision=pb.ALLOW, reasons=_NOT_LISTED_REASONS, list_version=version
+        )
+    return template
+
+
+def fill_response(
+    out: pb.CheckResponse, request_id: str, check_id: str, verdict: Verdict, version: str
+) -> None:
+    """Write the answer into ``out`` (a fresh message, or a batch's ``results.add()``)."""
+    if verdict is VERDICT_NOT_LISTED:  # nearly every answer
+        out.CopyFrom(_not_listed(version))
+        out.request_id = request_id
+        out.check_id = check_id
+        return
+    out.request_id = request_id
+    out.check_id = check_id
+    out.decision = int(verdict.decision)  # type: ignore[assignment]
+    out.reasons.extend(reason_pb(r) for r in verdict.reasons)
+    out.matches.extend(match_pb(o) for o in verdict.matches)
+    out.list_version = version
 
 
 def to_response(request_id: str, check_id: str, verdict: Verdict, version: str) -> pb.CheckResponse:
-    if verdict is VERDICT_NOT_LISTED:  # nearly every answer: no per-reason work
-        return pb.CheckResponse(
-            request_id=request_id,
-            check_id=check_id,
-            decision=pb.ALLOW,
-            reasons=_NOT_LISTED_REASONS,
-            list_version=version,
-        )
-    return pb.CheckResponse(
-        request_id=request_id,
-        check_id=check_id,
-        decision=int(verdict.decision),  # type: ignore[arg-type]
-        reasons=[reason_pb(r) for r in verdict.reasons],
-        matches=[match_pb(o) for o in verdict.matches],
-        list_version=version,
-    )
+    out = pb.CheckResponse()
+    fill_response(out, request_id, check_id, verdict, version)
+    return out

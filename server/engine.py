@@ -11,9 +11,10 @@ import itertools
 import secrets
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from server.auth import ANONYMOUS, Gate, Principal
-from server.convert import to_query, to_response
+from server.convert import fill_response, to_query, to_response
 from server.hitlog import HitLog
 from shixin.v1 import check_pb2 as pb
 from shixin_domain.decision import Query, Verdict, decide, decide_many
@@ -70,10 +71,11 @@ class CheckEngine:
         return to_response(request.request_id, check_id, verdict, version)
 
     def check_many(
-        self, requests: Sequence[pb.CheckRequest], view: ListView, peer: str = "",
+        self, requests: Sequence[pb.CheckRequest], view: ListView, out: Any, peer: str = "",
         principal: Principal = ANONYMOUS,
-    ) -> list[pb.CheckResponse]:  # fmt: skip
-        """A batch against one view; a bad request is ``InvalidInput`` under ``checks[i]``."""
+    ) -> None:  # fmt: skip
+        """A batch against one view, answers added to ``out`` (a repeated CheckResponse
+        field); a bad request is ``InvalidInput`` under ``checks[i]`` and adds nothing."""
         queries = []
         for i, request in enumerate(requests):
             try:
@@ -90,14 +92,12 @@ class CheckEngine:
                 self.gate.observe(principal, query.subject_key)
         verdicts = decide_many(view, queries, self.keyer, self.policy, china_day(time.time()))
         version = view.info.version
-        prefix, counter = self._prefix, self._counter
-        answers = []
+        prefix, counter, add = self._prefix, self._counter, out.add
         for request, query, verdict in zip(requests, queries, verdicts, strict=True):
             check_id = f"{prefix}{next(counter):x}"
             if verdict.matches and self.hit_log is not None:
                 self._log_hit(check_id, request, query, verdict, version, peer, principal.name)
-            answers.append(to_response(request.request_id, check_id, verdict, version))
-        return answers
+            fill_response(add(), request.request_id, check_id, verdict, version)
 
     def _log_hit(
         self,

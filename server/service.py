@@ -174,12 +174,13 @@ class ConsumptionCheckService:
             _in_time(context)
             engine = self.engine
             peer = context.peer() if self._peers else ""
-            results = engine.check_many(checks, engine.view(), peer, principal)
+            reply = pb.CheckBatchResponse()
+            engine.check_many(checks, engine.view(), reply.results, peer, principal)
         except Exception as exc:  # noqa: BLE001
             await self._fail(context, exc, "CheckConsumptionBatch", principal, "", started)
         if self.audit is not None:
             self._audit(context, "CheckConsumptionBatch", principal, "", "OK", started, count)
-        return pb.CheckBatchResponse(results=results)
+        return reply
 
     async def CheckConsumptionStream(
         self, request_iterator: AsyncIterator[pb.CheckRequest | Malformed],

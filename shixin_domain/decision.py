@@ -17,7 +17,6 @@ channel) and the purchase against the rule table.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from shixin_domain.errors import IndexUnavailable
@@ -54,16 +53,14 @@ class Query(NamedTuple):
         return f"Query(subject={self.masked_id}, channel={self.channel.name}, {self.purchase!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class MatchOutcome:
+class MatchOutcome(NamedTuple):
     """A listed entry and how it stands today (ACTIVE, SUSPENDED or EXPIRED)."""
 
     match: ListedMatch
     status: EntryStatus
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     decision: Decision
     reasons: tuple[Reason, ...]
     matches: tuple[MatchOutcome, ...]
@@ -143,7 +140,7 @@ def judge(
         elif m.status is EntryStatus.SUSPENDED:
             others.append(MatchOutcome(m, EntryStatus.SUSPENDED))
             lifted.append(LISTING_SUSPENDED)
-        elif any(e.covers(channel, today) for e in m.exemptions):
+        elif m.exemptions and any(e.covers(channel, today) for e in m.exemptions):
             others.append(MatchOutcome(m, EntryStatus.ACTIVE))
             lifted.append(EXEMPTED)
         elif restriction is None:

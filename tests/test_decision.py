@@ -7,7 +7,6 @@ The index itself has its own contract suite against the real backends; here a
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 
@@ -117,7 +116,7 @@ def listed(entry_id: str = "E1", **changes: object) -> ListedMatch:
         valid_until=NO_END,
         exemptions=(),
     )
-    return dataclasses.replace(match, **changes)  # type: ignore[arg-type]
+    return match._replace(**changes)
 
 
 def query(
