@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ import orjson
 import redis
 from rbloom import Bloom
 
+from loader.background import Background
 from loader.index_memory import entry_id_hash, matches_of
 from loader.listfile import DeltaKind, DeltaOp, read_delta
 from loader.versions import Progress, build_snapshot
@@ -468,7 +468,7 @@ class RedisView:
         return [decode_matches(v) for v in values]
 
 
-class RedisFollower:
+class RedisFollower(Background):
     """Keeps a replica on Redis's current version and its deltas. An ``IndexSource``.
 
     A background thread polls the current-version pointer and reads the delta
@@ -484,6 +484,7 @@ class RedisFollower:
         replica_id: str = "", on_event: Callable[[str, str], None] | None = None,
         poll: float = 0.1,
     ) -> None:  # fmt: skip
+        super().__init__("redis-follower")
         self.keys = keys or RedisKeys()
         self.client = connect(url)
         self.keyer = keyer
@@ -497,19 +498,12 @@ class RedisFollower:
         self._bloom: Bloom | None = None
         self._stream_id = b"0-0"
         self._last_beat = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="redis-follower", daemon=True)
 
     def current(self) -> RedisView | None:
         return self._view
 
-    def start(self) -> None:
-        self._thread.start()
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        super().stop()
         try:
             self.client.hdel(self.keys.replicas, self.replica_id)
         except redis.RedisError:

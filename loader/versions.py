@@ -21,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from loader.background import Background
 from loader.index_memory import (
     BaseBuilder,
     BaseParts,
@@ -342,7 +343,7 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-class DirectoryFollower:
+class DirectoryFollower(Background):
     """Watches a list directory: new snapshots replace the list, new deltas apply.
 
     Files are taken in name order, once their size and mtime have not changed
@@ -359,14 +360,13 @@ class DirectoryFollower:
         on_event: Callable[[str, Path, str], None],
         interval: float = 0.2,
     ) -> None:
+        super().__init__("list-follower")
         self.directory = directory
         self.loader = loader
         self.on_event = on_event
         self.interval = interval
         self._seen: dict[Path, tuple[int, int]] = {}
         self._pending: dict[Path, tuple[int, int]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="list-follower", daemon=True)
 
     def initial_load(self) -> None:
         """Load the newest snapshot, then every delta file, now."""
@@ -377,14 +377,6 @@ class DirectoryFollower:
             self._seen[path] = _stamp(path)  # superseded by a newer snapshot
         for path in snapshots[-1:] + [p for p in files if kinds[p] is FileKind.DELTA]:
             self._take(path, _stamp(path))
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
 
     def poll_once(self) -> None:
         for path in _candidates(self.directory):

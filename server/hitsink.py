@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import orjson
 import redis
 
+from loader.background import Background
 from loader.index_redis import Client
 from server.hitlog import log_files
 from shixin_domain.model import CHINA_TZ
@@ -50,13 +50,14 @@ def _quarter_of(unix: float) -> str:
     return f"{day.year}Q{(day.month - 1) // 3 + 1}"
 
 
-class HitForwarder:
+class HitForwarder(Background):
     """Follows one hit log set and forwards new records to Redis."""
 
     def __init__(
         self, client: Client, hit_log: Path, prefix: str = "shixin", interval: float = 0.2,
         on_event: Callable[[str, str], None] | None = None,
     ) -> None:  # fmt: skip
+        super().__init__("hit-forwarder")
         self.client = client
         self.hit_log = hit_log
         self.prefix = prefix
@@ -65,16 +66,9 @@ class HitForwarder:
         self.cursor_path = hit_log.with_name(hit_log.name + ".forwarded")
         self.forwarded = 0
         self._script = client.register_script(_ADD_ONCE)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hit-forwarder", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        super().stop()
         try:
             self.forward_once()  # what was answered just before the stop
         except redis.RedisError:
