@@ -78,8 +78,8 @@ _ESTATE = {s.value: s for s in RealEstateKind}
 
 
 def _rail(m: pb.RailPurchase) -> RailTicket:
-    number = normalize_train_number(m.train_number)
-    return RailTicket(number, _enum(_SEATS, m.seat, "purchase.rail.seat", "rail seat"))
+    seat = _SEATS.get(m.seat) or _enum(_SEATS, m.seat, "purchase.rail.seat", "rail seat")
+    return RailTicket(normalize_train_number(m.train_number), seat)
 
 
 _PURCHASES: dict[str, Callable[[Any], Purchase]] = {

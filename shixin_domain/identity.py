@@ -21,7 +21,6 @@ import datetime as _dt
 import re
 import unicodedata
 from enum import IntEnum
-from operator import mul
 
 from shixin_domain.errors import InvalidInput
 
@@ -46,9 +45,8 @@ KEY_TAGS: dict[IdType | None, bytes] = {
     None: b"U",  # organisations, by USCC
 }
 
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
-_ASCII_ZERO_SUM = ord("0") * sum(_ID_WEIGHTS)
+_CHECK_CHARS = frozenset(_ID_CHECK)
 _CANONICAL_ID = re.compile(r"[0-9]{17}[0-9X]\Z")
 _DIGITS15 = re.compile(r"[0-9]{15}\Z")
 # Province-level codes in use (GB/T 2260), plus 71/81/82 for Taiwan, Hong Kong
@@ -97,10 +95,10 @@ def _squeeze(raw: str) -> str:
 
 def resident_id_check_char(first17: str) -> str:
     """The GB 11643 check character for the first 17 digits (ASCII, already checked)."""
-    # Weighted sum over the digits' ASCII codes, less what the '0's contribute:
-    # a quarter of the cost of int() per character, on every check.
-    total = sum(map(mul, first17.encode(), _ID_WEIGHTS)) - _ASCII_ZERO_SUM
-    return _ID_CHECK[total % 11]
+    # The weights are 2**(18-i) mod 11 and 13 = 2 (mod 11), so the weighted sum
+    # is 2 * (the digits read in base 13) mod 11: int() does it in C, ten times
+    # faster than a weighted sum in Python, on every check.
+    return _ID_CHECK[2 * int(first17, 13) % 11]
 
 
 def uscc_check_char(first17: str) -> str:
@@ -111,7 +109,7 @@ def uscc_check_char(first17: str) -> str:
 
 def normalize_resident_id(raw: str, field: str = "id_number") -> str:
     """Canonical 18-character resident ID, or ``InvalidInput`` saying why."""
-    if len(raw) == 18 and _CANONICAL_ID.match(raw) is not None:
+    if len(raw) == 18 and raw.isascii() and raw[:17].isdigit() and raw[17] in _CHECK_CHARS:
         number = raw  # the common case: already canonical
     else:
         number = _squeeze(raw)

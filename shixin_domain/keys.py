@@ -16,6 +16,7 @@ Rotating the secret changes every key: rebuild the index from the list file.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from shixin_domain.errors import ConfigurationError
 from shixin_domain.identity import KEY_TAGS, IdType
@@ -27,8 +28,9 @@ class SubjectKeyer:
     """Turns normalised identities and names into keyed hashes."""
 
     secret: bytes
+    _by_tag: dict[IdType | None, Any]
 
-    __slots__ = ("_subject", "_name", "fingerprint", "secret")
+    __slots__ = ("_by_tag", "_name", "fingerprint", "secret")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < MIN_SECRET_BYTES:
@@ -36,7 +38,13 @@ class SubjectKeyer:
                 f"the key secret must be at least {MIN_SECRET_BYTES} bytes, got {len(secret)}"
             )
         self.secret = secret  # kept for load workers in other processes; never logged
-        self._subject = hashlib.blake2b(key=secret, digest_size=16, person=b"shixin-subject")
+        subject = hashlib.blake2b(key=secret, digest_size=16, person=b"shixin-subject")
+        # one hasher per identity kind, its tag already fed in: one update per key
+        self._by_tag = {}
+        for kind, tag in KEY_TAGS.items():
+            tagged = subject.copy()
+            tagged.update(tag)
+            self._by_tag[kind] = tagged
         self._name = hashlib.blake2b(key=secret, digest_size=8, person=b"shixin-name")
         # Tells two processes whether they hold the same secret, without revealing it.
         self.fingerprint = hashlib.blake2b(
@@ -45,8 +53,7 @@ class SubjectKeyer:
 
     def subject_key(self, id_type: IdType | None, number: str) -> int:
         """128-bit key of a normalised identity (``id_type`` None: an organisation's USCC)."""
-        h = self._subject.copy()
-        h.update(KEY_TAGS[id_type])
+        h = self._by_tag[id_type].copy()
         h.update(number.encode())
         return int.from_bytes(h.digest())
 
