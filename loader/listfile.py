@@ -208,14 +208,24 @@ def _text(obj: dict[str, Any], name: str, prefix: str = "", required: bool = Tru
     return value.strip()
 
 
+_DAYS: dict[str, int] = {}  # a list has a few thousand distinct dates: parse each once
+
+
 def _date(obj: dict[str, Any], name: str, prefix: str = "", required: bool = False) -> int:
+    text = obj.get(name)
+    day = _DAYS.get(text) if type(text) is str else None
+    if day is not None:
+        return day
     text = _text(obj, name, prefix, required)
     if not text:
         return 0
     try:
-        return day_number(_dt.date.fromisoformat(text))
+        day = day_number(_dt.date.fromisoformat(text))
     except ValueError:
         raise InvalidInput(prefix + name, f"{text!r} is not an ISO date (YYYY-MM-DD)") from None
+    if len(_DAYS) < 100_000:
+        _DAYS[text] = day
+    return day
 
 
 def _choice(obj: dict[str, Any], name: str, table: dict[str, Any], prefix: str = "",

@@ -10,13 +10,20 @@ process killed in a ``finally``):
 2. our server (``shixin-check serve``) on a 1-entry list: its resident memory
    is the baseline; then on the real list: load time (the announce to health
    SERVING) and resident memory after load;
-3. the bare servicer (``loadtest.bare_server``) beside it, and one driver
-   process (``loadtest.driver``) that measures both alike, alternating
-   segments: unary latency with 1 and 32 calls in flight, unary calls/s,
-   unary latency at a moderate open-loop rate, batch (100 checks) and stream
-   checks/s, and the server CPU per check of each;
-4. with the servers gone, the in-process decision (``loadtest.inprocess``);
-5. rbloom against pybloom-live (``loadtest.bloom_compare``).
+3. the variants of our server on the same list, each its own process:
+   ``ours+logs`` (``--hit-log`` and ``--audit-log``) and ``ours+auth``
+   (``--keys-file``; the driver sends ``authorization: Bearer <key>``);
+   ``--variants`` picks them (both by default);
+4. the bare servicer (``loadtest.bare_server``) beside them, and one driver
+   process (``loadtest.driver``) that measures every server alike,
+   alternating segments: unary latency with 1 and 32 calls in flight, unary
+   calls/s, unary latency at a moderate open-loop rate, batch (100 checks)
+   and stream checks/s, and the server CPU per check of each;
+5. with the servers gone, the in-process decision (``loadtest.inprocess``);
+6. rbloom against pybloom-live (``loadtest.bloom_compare``);
+7. with ``--redis``, the list in Redis (``loadtest.redis_bench``: load time,
+   Redis memory, a replica's memory, its latency and checks/s beside a
+   memory-mode server, delta propagation).
 
 The servers run one process each on 127.0.0.1 free ports; the driver and the
 in-process part run in ``spawn`` child processes, so no GIL is shared.
@@ -47,14 +54,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loader.synthetic import write_snapshot
 from loadtest import bloom_compare, inprocess
-from loadtest.driver import Phase, drive
-from loadtest.report import bloom_table, noise_rows, render, table
+from loadtest.driver import Phase, TargetSpec, drive
+from loadtest.report import bloom_table, noise_rows, render, table, variant_table
 from loadtest.traffic import build_traffic
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_domain.model import CHINA_TZ
 
 BATCH_SIZE = 100
+VARIANTS = ("logs", "auth")
 
 
 def log(message: str) -> None:
@@ -143,9 +151,14 @@ def _server_env() -> dict[str, str]:
 
 
 def ours_argv(list_path: Path, extra: list[str]) -> list[str]:
+    return serve_argv(["--list", str(list_path), *extra])
+
+
+def serve_argv(args: list[str]) -> list[str]:
+    """``shixin-check serve ARGS --listen 127.0.0.1:0``."""
     script = Path(sys.executable).with_name("shixin-check")
     head = [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
-    return [*head, "serve", "--list", str(list_path), "--listen", "127.0.0.1:0", *extra]
+    return [*head, "serve", *args, "--listen", "127.0.0.1:0"]
 
 
 def bare_argv() -> list[str]:
@@ -246,6 +259,25 @@ def phases(quick: bool, seconds: float | None, rate: float) -> list[Phase]:
     ]
 
 
+def variant_setup(variant: str, log_dir: Path) -> tuple[list[str], tuple[tuple[str, str], ...]]:
+    """(extra serve flags, call metadata) of ``ours+<variant>``."""
+    if variant == "logs":
+        return [
+            "--hit-log",
+            str(log_dir / "hits.jsonl"),
+            "--audit-log",
+            str(log_dir / "audit.jsonl"),
+        ], ()
+    if variant == "auth":
+        from server.auth import add_key
+
+        keys_file = log_dir / "keys.json"
+        keys_file.unlink(missing_ok=True)
+        key = add_key(keys_file, "bench", "*", ["check", "status"])
+        return ["--keys-file", str(keys_file)], (("authorization", f"Bearer {key}"),)
+    raise ValueError(f"unknown variant {variant!r}")
+
+
 def run_rpc(
     args: argparse.Namespace,
     list_path: Path,
@@ -255,19 +287,11 @@ def run_rpc(
     batches: list[bytes],
 ) -> dict[str, Any]:
     env = _server_env()
-    extra: list[str] = []
-    if args.with_logs:
-        extra = [
-            "--hit-log",
-            str(log_dir / "hits.jsonl"),
-            "--audit-log",
-            str(log_dir / "audit.jsonl"),
-        ]
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"variants": {}}
     servers: list[ServerProcess] = []
     try:
         log("our server on a 1-entry list: the memory baseline")
-        base = ServerProcess("ours-baseline", ours_argv(tiny_path, extra), log_dir, env)
+        base = ServerProcess("ours-baseline", ours_argv(tiny_path, []), log_dir, env)
         servers.append(base)
         base.wait_announced(60)
         base.wait_serving(60)
@@ -275,7 +299,7 @@ def run_rpc(
         base.stop()
 
         log(f"our server on {list_path.name}: loading")
-        ours = ServerProcess("ours", ours_argv(list_path, extra), log_dir, env)
+        ours = ServerProcess("ours", ours_argv(list_path, []), log_dir, env)
         servers.append(ours)
         ours.wait_announced(60)
         out["rss_at_announce"] = ours.rss()
@@ -285,23 +309,45 @@ def run_rpc(
         status = list_status(ours.address)
         out["entries_total"] = status.entries_total
         out["subject_keys"] = status.subject_keys
-        log(f"loaded {status.entries_total:,} entries in {out['load_s']:.1f}s; bare next")
+        log(f"loaded {status.entries_total:,} entries in {out['load_s']:.1f}s")
+        targets = [TargetSpec("ours", ours.address, ours.proc.pid)]
+        variants: list[ServerProcess] = []
+
+        # One at a time: each load uses every core.
+        for variant in args.variants:
+            name = f"ours+{variant}"
+            extra, metadata = variant_setup(variant, log_dir)
+            log(f"{name} ({' '.join(extra)}): loading")
+            server = ServerProcess(name, ours_argv(list_path, extra), log_dir, env)
+            servers.append(server)
+            variants.append(server)
+            server.wait_announced(60)
+            load_s = server.wait_serving(args.load_timeout)
+            time.sleep(0.5)
+            out["variants"][name] = {"flags": extra, "load_s": load_s, "rss_loaded": server.rss()}
+            targets.append(TargetSpec(name, server.address, server.proc.pid, metadata))
 
         bare = ServerProcess("bare", bare_argv(), log_dir, env)
         servers.append(bare)
         bare.wait_announced(60)
         out["rss_bare"] = bare.rss()
+        targets.append(TargetSpec("bare", bare.address, bare.proc.pid))
 
         plan = phases(args.quick, args.seconds, args.rate)
         rounds = args.rounds or (1 if args.quick else 2)
-        log(f"driving {len(plan)} phases x {rounds} rounds x 2 servers")
-        targets = [("ours", ours.address, ours.proc.pid), ("bare", bare.address, bare.proc.pid)]
-        budget = 60 + rounds * 2 * sum(p.seconds + 35 for p in plan)
+        log(f"driving {len(plan)} phases x {rounds} rounds x {len(targets)} servers")
+        budget = 60 + rounds * len(targets) * sum(p.seconds + 35 for p in plan)
         out["rpc"] = in_child(
             drive, targets, plan, rounds, requests, batches, BATCH_SIZE, timeout=budget
         )
         out["rss_ours_after_load_test"] = ours.rss()
         out["rss_bare_after_load_test"] = bare.rss()
+        for server in variants:
+            out["variants"][server.name]["rss_after_load_test"] = server.rss()
+        if "ours+logs" in out["variants"]:
+            out["variants"]["ours+logs"]["log_bytes"] = {
+                f.name: f.stat().st_size for f in sorted(log_dir.glob("*.jsonl*"))
+            }
     finally:
         for server in servers:
             server.stop()
@@ -349,14 +395,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="keys per Bloom filter (default 1,000,000; 200,000 with --quick)",
     )
     p.add_argument(
-        "--with-logs", action="store_true", help="run our server with hit and audit logs"
+        "--variants",
+        default=",".join(VARIANTS),
+        help="variants of our server driven beside it, comma-separated: logs (--hit-log and "
+        "--audit-log), auth (--keys-file, calls carry a key); 'none' for neither "
+        "(default: logs,auth)",
+    )
+    p.add_argument("--with-logs", action="store_true", help=argparse.SUPPRESS)  # now a variant
+    p.add_argument(
+        "--redis",
+        action="store_true",
+        help="also the list in Redis (loadtest.redis_bench): load, memory, replica "
+        "latency and checks/s beside a memory-mode server, delta propagation",
+    )
+    p.add_argument(
+        "--deltas", type=int, default=20, help="with --redis: LIST and DELIST deltas timed"
     )
     p.add_argument("--profile", action="store_true", help="cProfile the in-process check mix")
     p.add_argument(
         "--skip",
         action="append",
         default=[],
-        choices=["rpc", "inprocess", "bloom"],
+        choices=["rpc", "inprocess", "bloom", "redis"],
         help="leave a part out (repeatable)",
     )
     p.add_argument("--load-timeout", type=float, default=900.0, help="seconds to wait for a load")
@@ -367,6 +427,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.bloom_keys = 200_000 if args.quick else 1_000_000
     if args.traffic is None:
         args.traffic = 10_000 if args.quick else 20_000
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip() not in ("", "none")]
+    unknown = sorted(set(wanted) - set(VARIANTS))
+    if unknown:
+        p.error(f"--variants: unknown {', '.join(unknown)} (choose from {', '.join(VARIANTS)})")
+    args.variants = [v for v in VARIANTS if v in wanted]
+    if args.with_logs and "logs" not in args.variants:
+        args.variants.insert(0, "logs")
     return args
 
 
@@ -408,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     if "rpc" not in args.skip:
         rpc = run_rpc(args, list_path, tiny_path, log_dir, requests, batches)
         results["rpc"] = rpc.pop("rpc")
+        results["variants"] = rpc.pop("variants")
         results["load"] = rpc
     if "inprocess" not in args.skip:
         log("in-process decision (builds its own index)")
@@ -427,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
         results["bloom"] = in_child(
             bloom_compare.compare, args.bloom_keys, min(args.bloom_keys, 200_000), timeout=900
         )
+    if args.redis and "redis" not in args.skip:
+        from loadtest import redis_bench
+
+        log("the list in Redis")
+        results["redis"] = redis_bench.run(args, list_path, traffic, log_dir)
     results["total_s"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = os.getloadavg()
 
@@ -437,6 +510,13 @@ def main(argv: list[str] | None = None) -> int:
         f"revision {results['revision']}"
     )
     print(render(table(results)))
+    for name in results.get("variants", {}):
+        print(f"\n{name} beside ours (same list, same driver, same run)")
+        print(render(variant_table(results, name)))
+    if results.get("redis"):
+        from loadtest import redis_bench
+
+        redis_bench.print_tables(results["redis"])
     if results.get("rpc"):
         print(
             "\nper phase (cores = CPU seconds per second; foreign = other processes on the machine)"

@@ -12,6 +12,11 @@ shared machine hits both alike. Each segment stops after ``max_calls`` or
 CPU time of the server process, of itself, and of the whole machine, so every
 figure comes with the server's CPU per call and the CPU that other processes
 took meanwhile (``foreign_cores``).
+
+A target may carry call metadata (``authorization: Bearer <key>`` for a
+server with authentication on), sent with every call to it, and helper
+processes (a replica's Redis) whose CPU is counted beside the server's
+(``helper_cpu_s``) rather than as foreign.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import psutil
@@ -31,6 +36,16 @@ from shixin.v1 import check_pb2 as pb
 
 _SERVICE = "/shixin.v1.ConsumptionCheck/"
 _DECISIONS = {v.number: v.name for v in pb.Decision.DESCRIPTOR.values}
+
+
+class TargetSpec(NamedTuple):
+    """A server to drive: picklable, so it crosses into the driver process."""
+
+    name: str
+    address: str
+    pid: int
+    metadata: tuple[tuple[str, str], ...] = ()
+    helpers: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,7 @@ class Tally:
     elapsed_s: float = 0.0
     server_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
+    helper_cpu_s: float = 0.0
     foreign_cpu_s: float = 0.0
     latencies_ns: list[int] = field(default_factory=list)
     decisions: Counter[str] = field(default_factory=Counter)
@@ -71,6 +87,8 @@ class Tally:
         out["checks_per_s"] = self.checks / el
         out["server_cpu_us_per_check"] = self.server_cpu_s / max(self.checks, 1) * 1e6
         out["client_cpu_us_per_check"] = self.client_cpu_s / max(self.checks, 1) * 1e6
+        out["helper_cpu_us_per_check"] = self.helper_cpu_s / max(self.checks, 1) * 1e6
+        out["helper_cores"] = self.helper_cpu_s / el
         out["server_cores"] = self.server_cpu_s / el
         out["foreign_cores"] = self.foreign_cpu_s / el
         return out
@@ -87,11 +105,20 @@ def _machine_busy() -> float:
 
 
 class Target:
-    """One server: its channel, its methods, its process."""
+    """One server: its channel, its methods, its process, the metadata it is sent."""
 
-    def __init__(self, name: str, address: str, pid: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        pid: int,
+        metadata: tuple[tuple[str, str], ...] = (),
+        helpers: tuple[int, ...] = (),
+    ) -> None:
         self.name = name
         self.process = psutil.Process(pid)
+        self.helpers = [psutil.Process(h) for h in helpers]
+        self.metadata = metadata or None
         self.channel = grpc.aio.insecure_channel(
             address, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
         )
@@ -160,7 +187,7 @@ class Driver:
         async def one(payload: bytes) -> None:
             t0 = time.perf_counter_ns()
             try:
-                reply = await target.unary(payload, timeout=30)
+                reply = await target.unary(payload, timeout=30, metadata=target.metadata)
             except grpc.aio.AioRpcError as exc:
                 tally.errors += 1
                 tally.first_error = tally.first_error or f"{exc.code().name}: {exc.details()}"
@@ -200,7 +227,7 @@ class Driver:
                 yield payload
 
         async def one_stream() -> None:
-            call = target.stream(feed(), timeout=phase.seconds + 60)
+            call = target.stream(feed(), timeout=phase.seconds + 60, metadata=target.metadata)
             try:
                 async for reply in call:
                     tally.checks += 1
@@ -215,6 +242,7 @@ class Driver:
     async def segment(self, target: Target, phase: Phase, tally: Tally, rate: float) -> None:
         me = psutil.Process()
         srv0, me0, all0 = _cpu(target.process), _cpu(me), _machine_busy()
+        help0 = sum(map(_cpu, target.helpers))
         t0 = time.perf_counter()
         if phase.kind == "unary":
 
@@ -222,7 +250,12 @@ class Driver:
                 tally.decisions[_DECISIONS[reply.decision]] += 1
 
             await self._closed_loop(
-                lambda p: target.unary(p, timeout=30), self.requests, phase, tally, 1, count_unary
+                lambda p: target.unary(p, timeout=30, metadata=target.metadata),
+                self.requests,
+                phase,
+                tally,
+                1,
+                count_unary,
             )
         elif phase.kind == "batch":
 
@@ -230,7 +263,7 @@ class Driver:
                 tally.decisions.update(_DECISIONS[r.decision] for r in reply.results)
 
             await self._closed_loop(
-                lambda p: target.batch(p, timeout=30),
+                lambda p: target.batch(p, timeout=30, metadata=target.metadata),
                 self.batches,
                 phase,
                 tally,
@@ -246,15 +279,17 @@ class Driver:
             raise ValueError(f"unknown phase kind {phase.kind!r}")
         elapsed = time.perf_counter() - t0
         srv, mine = _cpu(target.process) - srv0, _cpu(me) - me0
+        helper = sum(map(_cpu, target.helpers)) - help0
         tally.elapsed_s += elapsed
         tally.server_cpu_s += srv
         tally.client_cpu_s += mine
-        # Everything else the machine did meanwhile (the idle other server included: ~0).
-        tally.foreign_cpu_s += max(0.0, _machine_busy() - all0 - srv - mine)
+        tally.helper_cpu_s += helper
+        # Everything else the machine did meanwhile (the idle other servers included: ~0).
+        tally.foreign_cpu_s += max(0.0, _machine_busy() - all0 - srv - mine - helper)
 
 
 async def _drive(
-    targets: list[tuple[str, str, int]],
+    targets: list[TargetSpec],
     phases: list[Phase],
     rounds: int,
     requests: list[bytes],
@@ -294,7 +329,7 @@ async def _drive(
 
 
 def drive(
-    targets: list[tuple[str, str, int]],
+    targets: list[TargetSpec],
     phases: list[Phase],
     rounds: int,
     requests: list[bytes],

@@ -2,6 +2,9 @@
 
 ``table`` puts our server and the bare servicer side by side (with the ratio
 and, where DESIGN §6 sets one, the target and whether it was met);
+``variant_table`` puts a variant of our server (logs on, authentication on)
+beside our default server and the bare servicer, and ``compare_rows`` does the
+same for any two servers driven in one run (``loadtest.redis_bench``);
 ``noise_rows`` shows, per phase, how busy each process and the rest of the
 machine were, which says how far to trust the figures on a shared machine.
 """
@@ -210,6 +213,130 @@ def table(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def compare_rows(
+    rpc: dict[str, dict[str, Any]],
+    name: str,
+    base: str,
+    bare: str = "bare",
+    labels: dict[str, str] | None = None,
+) -> list[list[str]]:
+    """Server ``name`` beside ``base`` (what it adds) and ``bare`` (the DESIGN §6 ratios)."""
+    head = [
+        "figure",
+        name,
+        base,
+        f"{name}/{base}",
+        bare,
+        f"{name}/{bare}",
+        "target (ratio to bare)",
+        "verdict",
+    ]
+    rows: list[list[str]] = [head]
+    v, o, b = rpc.get(name, {}), rpc.get(base, {}), rpc.get(bare, {})
+    labels = labels or {}
+
+    def lat(phase: str, label: str, limit_us: float | None = None) -> None:
+        if phase not in v or phase not in o:
+            return
+        lv, lo = v[phase]["latency"], o[phase]["latency"]
+        lb = b.get(phase, {}).get("latency")
+        ok = None if limit_us is None else lv["p99_us"] < limit_us
+        rows.append(
+            [
+                labels.get(phase, label),
+                f"{_fmt(lv['p50_us'], 0)} / {_fmt(lv['p99_us'], 0)}",
+                f"{_fmt(lo['p50_us'], 0)} / {_fmt(lo['p99_us'], 0)}",
+                f"{_ratio(lv['p50_us'], lo['p50_us'])} / {_ratio(lv['p99_us'], lo['p99_us'])}",
+                f"{_fmt(lb['p50_us'], 0)} / {_fmt(lb['p99_us'], 0)}" if lb else "-",
+                f"{_ratio(lv['p50_us'], lb['p50_us'])} / {_ratio(lv['p99_us'], lb['p99_us'])}"
+                if lb
+                else "-",
+                "-" if limit_us is None else f"p99 < {limit_us:,.0f} µs",
+                _verdict(ok),
+            ]
+        )
+
+    def rate(phase: str, label: str, key: str, share: float | None = None) -> None:
+        if phase not in v or phase not in o:
+            return
+        rv, ro = v[phase][key], o[phase][key]
+        rb = b.get(phase, {}).get(key)
+        ok = None if share is None or rb is None else rv >= share * rb
+        rows.append(
+            [
+                labels.get(phase + ":" + key, label),
+                _fmt(rv),
+                _fmt(ro),
+                _ratio(rv, ro),
+                _fmt(rb),
+                _ratio(rv, rb),
+                f">= {share:.2f}" if share else "-",
+                _verdict(ok),
+            ]
+        )
+
+    def cpu(phase: str, label: str) -> None:
+        if phase not in v or phase not in o:
+            return
+        cv, co = v[phase]["server_cpu_us_per_check"], o[phase]["server_cpu_us_per_check"]
+        cb = b.get(phase, {}).get("server_cpu_us_per_check")
+        helper = v[phase].get("helper_cpu_us_per_check", 0.0)
+        note = f"{name} - {base}: {cv - co:+,.1f} µs"
+        if helper >= 0.5:
+            note += f"; + Redis {helper:,.1f} µs"
+        rows.append(
+            [label, _fmt(cv), _fmt(co), _ratio(cv, co), _fmt(cb), _ratio(cv, cb), note, "-"]
+        )
+
+    lat("unary_c1", "unary, 1 in flight: p50/p99 µs")
+    rate("unary_c1", "unary, 1 in flight: calls/s", "calls_per_s")
+    lat("unary_c32", "unary, 32 in flight: p50/p99 µs")
+    rate("unary_c32", "unary, 32 in flight: calls/s", "calls_per_s", 0.8)
+    cpu("unary_c32", "unary: server CPU µs per call")
+    if "unary_paced" in v:
+        lat("unary_paced", f"unary at {v['unary_paced']['rate']:,.0f}/s open loop: p50/p99 µs", 1000)
+    rate("batch100", "batch of 100: checks/s", "checks_per_s", 0.5)
+    cpu("batch100", "batch: server CPU µs per check")
+    rate("stream", "stream (4 streams): checks/s", "checks_per_s", 0.5)
+    cpu("stream", "stream: server CPU µs per check")
+    return rows
+
+
+def variant_table(results: dict[str, Any], name: str) -> list[list[str]]:
+    """``ours+logs`` or ``ours+auth`` beside ``ours`` and ``bare``, and its load and memory."""
+    rows = compare_rows(results.get("rpc", {}), name, "ours")
+    var = results.get("variants", {}).get(name, {})
+    load = results.get("load", {})
+    if var and load:
+        rows.append(
+            [
+                "load (announce to SERVING), s",
+                _fmt(var["load_s"], 1),
+                _fmt(load["load_s"], 1),
+                _ratio(var["load_s"], load["load_s"]),
+                "-",
+                "-",
+                "-",
+                "-",
+            ]
+        )
+        rows.append(
+            [
+                "RSS after the RPC phases, MiB",
+                _fmt(var.get("rss_after_load_test", var["rss_loaded"]) / MIB, 1),
+                _fmt(load.get("rss_ours_after_load_test", load["rss_loaded"]) / MIB, 1),
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+            ]
+        )
+    for fname, size in var.get("log_bytes", {}).items():
+        rows.append([f"{fname} written, MiB", _fmt(size / MIB, 1), "-", "-", "-", "-", "-", "-"])
+    return rows
+
+
 def bloom_table(cases: list[dict[str, Any]]) -> list[list[str]]:
     rows = [["Bloom filter", "adds", "add µs", "lookup hit µs", "lookup miss µs", "false pos."]]
     for c in cases:
@@ -241,7 +368,7 @@ def render(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def noise_rows(results: dict[str, Any]) -> list[list[str]]:
+def noise_rows(results: dict[str, Any], key: str = "rpc") -> list[list[str]]:
     rows = [
         [
             "phase",
@@ -250,11 +377,12 @@ def noise_rows(results: dict[str, Any]) -> list[list[str]]:
             "errors",
             "srv cores",
             "client cores/srv",
+            "redis cores",
             "foreign cores",
             "decisions",
         ]
     ]
-    for server, by_phase in results.get("rpc", {}).items():
+    for server, by_phase in results.get(key, {}).items():
         for phase, r in by_phase.items():
             el = r["elapsed_s"] or 1
             rows.append(
@@ -265,6 +393,7 @@ def noise_rows(results: dict[str, Any]) -> list[list[str]]:
                     str(r["errors"]),
                     f"{r['server_cores']:.2f}",
                     f"{r['client_cpu_s'] / el:.2f}",
+                    f"{r.get('helper_cores', 0.0):.2f}",
                     f"{r['foreign_cores']:.2f}",
                     " ".join(f"{k}={v}" for k, v in sorted(r["decisions"].items())),
                 ]
