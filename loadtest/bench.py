@@ -156,9 +156,14 @@ def ours_argv(list_path: Path, extra: list[str]) -> list[str]:
 
 def serve_argv(args: list[str]) -> list[str]:
     """``shixin-check serve ARGS --listen 127.0.0.1:0``."""
+    return cli_argv(["serve", *args, "--listen", "127.0.0.1:0"])
+
+
+def cli_argv(args: list[str]) -> list[str]:
+    """``shixin-check ARGS`` from this virtual environment."""
     script = Path(sys.executable).with_name("shixin-check")
     head = [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
-    return [*head, "serve", *args, "--listen", "127.0.0.1:0"]
+    return [*head, *args]
 
 
 def bare_argv() -> list[str]:
@@ -503,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     results["total_s"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = os.getloadavg()
 
+    if args.out:  # before the tables, so a table's bug loses no figures
+        args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
     m = results["machine"]
     print(
         f"\nshixin-check benchmarks: {args.entries:,} entries, {m['nproc']} x {m['cpu_model']}, "
@@ -530,7 +537,6 @@ def main(argv: list[str] | None = None) -> int:
         print(results["inprocess"]["profile"])
     print(f"\ntotal {results['total_s']:.0f}s; server logs in {log_dir}")
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
         print(f"figures written to {args.out}")
     return 0
 

@@ -294,7 +294,9 @@ def compare_rows(
     rate("unary_c32", "unary, 32 in flight: calls/s", "calls_per_s", 0.8)
     cpu("unary_c32", "unary: server CPU µs per call")
     if "unary_paced" in v:
-        lat("unary_paced", f"unary at {v['unary_paced']['rate']:,.0f}/s open loop: p50/p99 µs", 1000)
+        lat(
+            "unary_paced", f"unary at {v['unary_paced']['rate']:,.0f}/s open loop: p50/p99 µs", 1000
+        )
     rate("batch100", "batch of 100: checks/s", "checks_per_s", 0.5)
     cpu("batch100", "batch: server CPU µs per check")
     rate("stream", "stream (4 streams): checks/s", "checks_per_s", 0.5)

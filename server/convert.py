@@ -103,6 +103,9 @@ _PURCHASES: dict[str, Callable[[Any], Purchase]] = {
 }
 
 
+_PREFIX = {name: f"purchase.{name}" for name in PURCHASE_FIELD.values()}
+
+
 def to_query(request: pb.CheckRequest, keyer: SubjectKeyer) -> Query:
     """A validated domain query, or ``InvalidInput`` naming the field."""
     which = request.WhichOneof("subject")
@@ -139,8 +142,9 @@ def to_query(request: pb.CheckRequest, keyer: SubjectKeyer) -> Query:
             f"does not match channel {channel.name} (expected purchase.{expected})",
         )
     purchase = _PURCHASES[given](getattr(request, given))
-    validate_purchase(channel, purchase, request.amount_fen, f"purchase.{given}")
-    return Query(key, name, number, channel, purchase, request.amount_fen)
+    amount = request.amount_fen
+    validate_purchase(channel, purchase, amount, _PREFIX[given])
+    return Query(key, name, number, channel, purchase, amount)
 
 
 # --- answers ------------------------------------------------------------------

@@ -16,7 +16,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from shixin_domain.errors import InvalidInput
 from shixin_domain.model import Channel
@@ -246,24 +246,44 @@ PURCHASE_OF_CHANNEL: dict[Channel, type[Purchase]] = {
 }
 
 
+def _hotel(p: HotelStay, amount_fen: int, prefix: str) -> None:
+    if not 0 <= p.star_rating <= 5:
+        raise InvalidInput(f"{prefix}.star_rating", "must be 0 (unrated) to 5")
+
+
+def _ship(p: ShipPassage, amount_fen: int, prefix: str) -> None:
+    if p.cabin_class < 1:
+        raise InvalidInput(f"{prefix}.cabin_class", "must be 1 (first class) or more")
+
+
+def _travel(p: TravelBooking, amount_fen: int, prefix: str) -> None:
+    if p.service is TravelService.RATED_RESORT and amount_fen <= 0:
+        raise InvalidInput("amount_fen", "is required for spending in a rated resort")
+
+
+def _insurance(p: InsurancePolicy, amount_fen: int, prefix: str) -> None:
+    if p.cash_value and amount_fen <= 0:
+        raise InvalidInput("amount_fen", "is required (the premium) for cash-value insurance")
+
+
+#: Field checks of the purchases that have any (a rail ticket's are in building it).
+_CHECKS: dict[type, Any] = {
+    HotelStay: _hotel,
+    ShipPassage: _ship,
+    TravelBooking: _travel,
+    InsurancePolicy: _insurance,
+}
+
+
 def validate_purchase(channel: Channel, purchase: Purchase, amount_fen: int, prefix: str) -> None:
     """Field checks that do not depend on the list; ``prefix`` is the purchase's field path."""
     if type(purchase) is not PURCHASE_OF_CHANNEL[channel]:
         raise InvalidInput(prefix, f"does not match channel {channel.name}")
     if amount_fen < 0:
         raise InvalidInput("amount_fen", "must not be negative")
-    if type(purchase) is HotelStay:
-        if not 0 <= purchase.star_rating <= 5:
-            raise InvalidInput(f"{prefix}.star_rating", "must be 0 (unrated) to 5")
-    elif type(purchase) is ShipPassage:
-        if purchase.cabin_class < 1:
-            raise InvalidInput(f"{prefix}.cabin_class", "must be 1 (first class) or more")
-    elif type(purchase) is TravelBooking:
-        if purchase.service is TravelService.RATED_RESORT and amount_fen <= 0:
-            raise InvalidInput("amount_fen", "is required for spending in a rated resort")
-    elif type(purchase) is InsurancePolicy:
-        if purchase.cash_value and amount_fen <= 0:
-            raise InvalidInput("amount_fen", "is required (the premium) for cash-value insurance")
+    check = _CHECKS.get(type(purchase))
+    if check is not None:
+        check(purchase, amount_fen, prefix)
 
 
 def restriction_for(purchase: Purchase, amount_fen: int, policy: Policy) -> Reason | None:
