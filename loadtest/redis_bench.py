@@ -1,0 +1,572 @@
+"""The list in Redis: load, memory, a replica's latency and checks/s, delta propagation.
+
+    python -m loadtest.redis_bench [--entries 1000000] [--quick] [--out redis.json]
+    python -m loadtest.bench --redis          # the same, after the memory-mode figures
+
+What runs, in order (each step bounded in calls and in time; every child
+process, ``redis-server`` included, is killed in a ``finally``):
+
+1. our own ``redis-server`` on a free 127.0.0.1 port, in a temporary
+   directory, with persistence off (never the shared one on 6379);
+2. ``shixin-check load LIST --redis URL`` (``SHIXIN_KEY_SECRET`` set to a
+   fresh 32-character secret): its wall time, and Redis ``used_memory``
+   after minus before, per entry and per subject key;
+3. one replica, ``shixin-check serve --redis URL --listen 127.0.0.1:0``: the
+   announce to health SERVING, and its resident memory once SERVING;
+4. a memory-mode server (``serve --list LIST``) and the bare servicer beside
+   it, and one driver process (``loadtest.driver``) measuring the three alike
+   in alternating segments, twice: with the memory-mode run's traffic (99%
+   unlisted, 1% listed: the replica answers Bloom negatives locally) and with
+   100% listed subjects (every check pays a Redis round trip; a batch, one
+   pipelined round trip for its positives). Unary latency at 1 and 32 in
+   flight, unary calls/s, batch of 100 checks/s, server CPU per check, and
+   the CPU ``redis-server`` used meanwhile;
+5. delta propagation: ``--deltas`` times, a delta file with one ``LIST`` op
+   for a new person is published in this process
+   (``loader.index_redis.publish_delta``) and the replica is asked with
+   ``CheckConsumption`` (AIRLINE, so a listed person is DENY) until it
+   answers DENY; then a ``DELIST`` of the same entry, until it answers
+   ALLOW again. Each delay is from the start of ``publish_delta`` (what an
+   operator's ``load`` sees) and from its return (the MULTI/EXEC commit) to
+   the first answer that shows the change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+import redis
+
+from clients.check_client import build_request
+from loader.index_redis import connect, publish_delta, redis_status
+from loader.synthetic import iter_entries
+from loadtest.bench import (
+    BATCH_SIZE,
+    ServerProcess,
+    _server_env,
+    bare_argv,
+    cli_argv,
+    ensure_list,
+    in_child,
+    list_status,
+    log,
+    machine,
+    ours_argv,
+    revision,
+    serve_argv,
+)
+from loadtest.driver import Phase, TargetSpec, drive
+from loadtest.report import MIB, _fmt, _verdict, compare_rows, noise_rows, render
+from loadtest.traffic import Traffic, build_traffic
+from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
+from shixin_domain.identity import resident_id_check_char
+from shixin_domain.keys import SubjectKeyer
+from shixin_domain.model import CHINA_TZ
+
+DELTA_DEADLINE_S = 5.0  # give up on one delta after this long (the target is 1 s)
+
+
+# --- redis-server --------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """Our own ``redis-server`` on 127.0.0.1, no persistence, in a temporary directory."""
+
+    def __init__(self, log_dir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not on PATH")
+        self.dir = Path(tempfile.mkdtemp(prefix="redis-", dir=log_dir))
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log = open(log_dir / "redis-server.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        client = connect(self.url, timeout=1)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError as exc:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start (see {self.log.name})") from exc
+                time.sleep(0.1)
+        client.close()
+
+    def used_memory(self) -> dict[str, int]:
+        client = connect(self.url, timeout=10)
+        try:
+            info = client.info("memory")
+            return {k: int(info[k]) for k in ("used_memory", "used_memory_rss")} | {
+                "keys": int(client.dbsize())
+            }
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- delta propagation -----------------------------------------------------------
+
+
+def _template(seed: int, as_of: _dt.date) -> dict[str, Any]:
+    for entry in iter_entries(100, seed, as_of):
+        if entry["subject"]["type"] == "PERSON":  # type: ignore[index]
+            return entry
+    raise RuntimeError("no person in the first 100 synthetic entries")
+
+
+def new_person_entry(template: dict[str, Any], i: int, as_of: _dt.date) -> dict[str, Any]:
+    """An ACTIVE entry for a person on no list: born 1941 (the generator's ages end at 80)."""
+    entry = copy.deepcopy(template)
+    birth = _dt.date(1941, 1, 1) + _dt.timedelta(days=i % 365)
+    first17 = "110101" + birth.strftime("%Y%m%d") + f"{900 + i // 365 % 100:03d}"
+    entry["entry_id"] = f"E9{i:09d}"
+    entry["subject"]["id_number"] = first17 + resident_id_check_char(first17)
+    entry["subject"]["name"] = "测试" + "甲乙丙丁戊己庚辛壬癸"[i % 10]
+    entry["subject"].pop("age", None)
+    entry["status"] = "ACTIVE"
+    entry["exemptions"] = []
+    entry["valid_until"] = (as_of + _dt.timedelta(days=3 * 365)).isoformat()
+    return entry
+
+
+def _airline(entry: dict[str, Any], i: int) -> pb.CheckRequest:
+    return build_request(
+        "AIRLINE",
+        id_number=entry["subject"]["id_number"],
+        name=entry["subject"]["name"],
+        purchase={"flight_number": "CA1501", "cabin": "Y"},
+        request_id=f"D{i:06d}",
+        merchant_id="M0001",
+        terminal_id="T01",
+    )
+
+
+def _wait_for(stub: Any, request: pb.CheckRequest, decision: int, deadline: float) -> float:
+    """Ask until the answer is ``decision``: perf_counter at that answer, or nan."""
+    while True:
+        reply = stub.CheckConsumption(request, timeout=2)
+        now = time.perf_counter()
+        if reply.decision == decision:
+            return now
+        if now > deadline:
+            return float("nan")
+
+
+def propagation(
+    url: str, secret: bytes, address: str, count: int, work_dir: Path, seed: int, as_of: _dt.date
+) -> dict[str, Any]:
+    """``count`` LIST deltas then DELISTs of the same entries, each timed to the replica."""
+    client = connect(url, timeout=10)
+    keyer = SubjectKeyer(secret)
+    template = _template(seed, as_of)
+    seq = int(redis_status(client)["last_seq"])
+    times: dict[str, dict[str, list[float]]] = {
+        op: {"publish_ms": [], "after_commit_ms": [], "total_ms": []} for op in ("LIST", "DELIST")
+    }
+    missed = {"LIST": 0, "DELIST": 0}
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.ConsumptionCheckStub(channel)
+            for i in range(count):
+                entry = new_person_entry(template, i, as_of)
+                request = _airline(entry, i)
+                if stub.CheckConsumption(request, timeout=2).decision != pb.ALLOW:
+                    raise RuntimeError(f"{entry['subject']['id_number']} is listed already")
+                for op, row, want in (
+                    ("LIST", {"op": "LIST", "entry": entry}, pb.DENY),
+                    ("DELIST", {"op": "DELIST", "entry_id": entry["entry_id"]}, pb.ALLOW),
+                ):
+                    seq += 1
+                    path = work_dir / f"delta-{seq:06d}.jsonl"
+                    path.write_bytes(orjson.dumps({"seq": seq, **row}) + b"\n")
+                    t0 = time.perf_counter()
+                    result = publish_delta(client, path, keyer)
+                    t1 = time.perf_counter()
+                    if result.applied != 1:
+                        raise RuntimeError(f"delta seq {seq} not applied: {result}")
+                    t2 = _wait_for(stub, request, want, t1 + DELTA_DEADLINE_S)
+                    if t2 != t2:  # nan: not seen in time
+                        missed[op] += 1
+                        continue
+                    times[op]["publish_ms"].append((t1 - t0) * 1e3)
+                    times[op]["after_commit_ms"].append((t2 - t1) * 1e3)
+                    times[op]["total_ms"].append((t2 - t0) * 1e3)
+                    path.unlink()
+    finally:
+        client.close()
+    out: dict[str, Any] = {"count": count, "deadline_s": DELTA_DEADLINE_S}
+    for op, series in times.items():
+        out[op] = {"missed": missed[op]}
+        for name, values in series.items():
+            out[op][name] = _percentiles(values)
+    return out
+
+
+def _percentiles(values: list[float]) -> dict[str, Any]:
+    s = sorted(values)
+    if not s:
+        return {"n": 0, "p50": None, "p90": None, "max": None, "values": []}
+
+    def pct(p: float) -> float:
+        return s[min(len(s) - 1, int(p * len(s)))]
+
+    return {"n": len(s), "p50": pct(0.5), "p90": pct(0.9), "max": s[-1], "values": values}
+
+
+# --- the run ---------------------------------------------------------------------
+
+
+def rpc_phases(quick: bool, seconds: float | None) -> list[Phase]:
+    s = seconds or (3.0 if quick else 4.0)
+    return [
+        Phase("unary_c1", "unary", 1, 20_000, s),
+        Phase("unary_c32", "unary", 32, 100_000, s),
+        Phase("batch100", "batch", 4, 10_000, s),
+    ]
+
+
+def _batches(requests: list[pb.CheckRequest]) -> list[bytes]:
+    return [
+        pb.CheckBatchRequest(checks=requests[i : i + BATCH_SIZE]).SerializeToString()
+        for i in range(0, len(requests) - BATCH_SIZE + 1, BATCH_SIZE)
+    ]
+
+
+def run(
+    args: argparse.Namespace, list_path: Path, traffic: Traffic, log_dir: Path
+) -> dict[str, Any]:
+    """Every Redis-mode figure, with ``traffic`` (the memory-mode run's mix) and 100% listed."""
+    as_of = _dt.datetime.now(CHINA_TZ).date()
+    secret = secrets.token_hex(16)  # 32 characters, for the loader and the replica alike
+    env = _server_env()
+    env["SHIXIN_KEY_SECRET"] = secret
+    listed = build_traffic(
+        max(1000, len(traffic.requests) // 4), args.entries, args.seed, as_of, listed_share=1.0
+    )
+    mixes = {
+        "mix": (
+            [r.SerializeToString() for r in traffic.requests],
+            _batches(traffic.requests),
+        ),
+        "listed": (
+            [r.SerializeToString() for r in listed.requests],
+            _batches(listed.requests),
+        ),
+    }
+    out: dict[str, Any] = {"entries": args.entries}
+    redis: RedisServer | None = None
+    servers: list[ServerProcess] = []
+    try:
+        redis = RedisServer(log_dir)
+        log(f"redis-server on port {redis.port}; loading {list_path.name} into it")
+        before = redis.used_memory()
+        t0 = time.perf_counter()
+        with open(log_dir / "redis-load.log", "wb") as load_log:
+            loaded = subprocess.run(
+                cli_argv(["load", str(list_path), "--redis", redis.url]),
+                env=env,
+                stdout=load_log,
+                stderr=subprocess.STDOUT,
+                timeout=args.load_timeout,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        out["load_s"] = time.perf_counter() - t0
+        if loaded.returncode != 0:
+            raise RuntimeError(f"shixin-check load failed (see {load_log.name})")
+        time.sleep(0.5)
+        after = redis.used_memory()
+        out["redis_memory"] = {"before": before, "after": after}
+        log(f"loaded into Redis in {out['load_s']:.1f}s; the replica next")
+
+        replica = ServerProcess("replica", serve_argv(["--redis", redis.url]), log_dir, env)
+        servers.append(replica)
+        replica.wait_announced(60)
+        out["replica_start_s"] = replica.wait_serving(args.load_timeout)
+        time.sleep(0.5)
+        out["rss_replica"] = replica.rss()
+        status = list_status(replica.address)
+        out["counts"] = {
+            "entries_total": status.entries_total,
+            "subject_keys": status.subject_keys,
+        }
+
+        log("a memory-mode server on the same list, for comparison")
+        memory = ServerProcess("memory", ours_argv(list_path, []), log_dir, env)
+        servers.append(memory)
+        memory.wait_announced(60)
+        out["memory_load_s"] = memory.wait_serving(args.load_timeout)
+        time.sleep(0.5)
+        out["rss_memory"] = memory.rss()
+
+        bare = ServerProcess("bare-r", bare_argv(), log_dir, env)
+        servers.append(bare)
+        bare.wait_announced(60)
+
+        targets = [
+            TargetSpec("redis", replica.address, replica.proc.pid, helpers=(redis.proc.pid,)),
+            TargetSpec("memory", memory.address, memory.proc.pid),
+            TargetSpec("bare", bare.address, bare.proc.pid),
+        ]
+        plan = rpc_phases(args.quick, args.seconds)
+        rounds = args.rounds or (1 if args.quick else 2)
+        budget = 60 + rounds * len(targets) * sum(p.seconds + 35 for p in plan)
+        for mix, (requests, batches) in mixes.items():
+            log(f"driving {mix}: {len(plan)} phases x {rounds} rounds x {len(targets)} servers")
+            out[f"rpc_{mix}"] = in_child(
+                drive, targets, plan, rounds, requests, batches, BATCH_SIZE, timeout=budget
+            )
+        out["rss_replica_after_load_test"] = replica.rss()
+        out["rss_memory_after_load_test"] = memory.rss()
+        memory.stop()
+        bare.stop()
+
+        log(f"delta propagation: {args.deltas} LIST and {args.deltas} DELIST")
+        work = Path(tempfile.mkdtemp(prefix="deltas-", dir=log_dir))
+        out["propagation"] = propagation(
+            redis.url, secret.encode(), replica.address, args.deltas, work, args.seed, as_of
+        )
+        out["redis_memory"]["end"] = redis.used_memory()
+    finally:
+        for server in servers:
+            server.stop()
+        if redis is not None:
+            redis.stop()
+    return out
+
+
+# --- the tables ----------------------------------------------------------------
+
+
+def summary_table(r: dict[str, Any]) -> list[list[str]]:
+    n = r["entries"]
+    scale = 10_000_000 / n
+    mem = r["redis_memory"]
+    used = mem["after"]["used_memory"] - mem["before"]["used_memory"]
+    keys = r["counts"]["subject_keys"]
+    rows = [["figure", "value", "target", "verdict"]]
+    rows.append(
+        [
+            f"load {n:,} entries into Redis (`shixin-check load`), s",
+            _fmt(r["load_s"], 1),
+            f"10M < 60 s (x{scale:g}: {r['load_s'] * scale:,.0f} s)",
+            _verdict(r["load_s"] * scale < 60),
+        ]
+    )
+    rows.append(
+        [
+            "Redis used_memory after - before, MiB",
+            f"{_fmt(used / MIB, 1)} ({mem['after']['keys']:,} keys)",
+            f"x{scale:g}: {used * scale / 1024**3:.2f} GiB (no target)",
+            "-",
+        ]
+    )
+    rows.append(
+        [
+            "Redis bytes per entry" + (f" / per subject key ({keys:,})" if keys else ""),
+            f"{used / n:,.0f}" + (f" / {used / keys:,.0f}" if keys else ""),
+            "-",
+            "-",
+        ]
+    )
+    rows.append(
+        [
+            "replica: announce to SERVING (Bloom filter fetched), s",
+            _fmt(r["replica_start_s"], 2),
+            f"memory mode: {_fmt(r['memory_load_s'], 1)} s",
+            "-",
+        ]
+    )
+    rows.append(
+        [
+            "replica RSS once SERVING / after the RPC phases, MiB",
+            f"{_fmt(r['rss_replica'] / MIB, 1)} / {_fmt(r['rss_replica_after_load_test'] / MIB, 1)}",
+            f"memory mode: {_fmt(r['rss_memory'] / MIB, 1)} / "
+            f"{_fmt(r['rss_memory_after_load_test'] / MIB, 1)}",
+            "-",
+        ]
+    )
+    prop = r.get("propagation")
+    if prop:
+        for op in ("LIST", "DELIST"):
+            p = prop[op]
+            if not p["total_ms"]["n"]:
+                rows.append([f"delta {op} visible on the replica", "never", "< 1000 ms", "MISSED"])
+                continue
+            worst = p["total_ms"]["max"]
+            ok = p["missed"] == 0 and worst < 1000
+            rows.append(
+                [
+                    f"delta {op}: publish_delta (validate + commit), p50 / max ms",
+                    f"{_fmt(p['publish_ms']['p50'], 1)} / {_fmt(p['publish_ms']['max'], 1)}",
+                    "-",
+                    "-",
+                ]
+            )
+            rows.append(
+                [
+                    f"delta {op}: commit to replica answer, p50 / p90 / max ms",
+                    f"{_fmt(p['after_commit_ms']['p50'], 1)} / "
+                    f"{_fmt(p['after_commit_ms']['p90'], 1)} / "
+                    f"{_fmt(p['after_commit_ms']['max'], 1)}",
+                    "-",
+                    "-",
+                ]
+            )
+            rows.append(
+                [
+                    f"delta {op}: publish start to replica answer, p50 / max ms "
+                    f"({p['total_ms']['n']} of {prop['count']})",
+                    f"{_fmt(p['total_ms']['p50'], 1)} / {_fmt(worst, 1)}",
+                    "< 1000 ms on every replica",
+                    _verdict(ok),
+                ]
+            )
+    return rows
+
+
+def print_tables(r: dict[str, Any]) -> None:
+    print(f"\nRedis mode: {r['entries']:,} entries, one replica, our own redis-server")
+    print(render(summary_table(r)))
+    titles = {
+        "mix": "traffic as the memory-mode run (99% unlisted, 1% listed)",
+        "listed": "100% listed subjects (every check a Redis round trip)",
+    }
+    for mix, title in titles.items():
+        rpc = r.get(f"rpc_{mix}")
+        if not rpc:
+            continue
+        print(f"\nRedis replica beside a memory-mode server, {title}")
+        print(render(compare_rows(rpc, "redis", "memory")))
+        d_redis = rpc["redis"].get("batch100", {}).get("decisions")
+        d_memory = rpc["memory"].get("batch100", {}).get("decisions")
+        if d_redis and d_memory and set(d_redis) != set(d_memory):
+            print(f"WARNING: decisions differ: redis {d_redis}, memory {d_memory}")
+    for mix in titles:
+        if r.get(f"rpc_{mix}"):
+            print(f"\nper phase, {mix} (redis cores = redis-server CPU during the segment)")
+            print(render(noise_rows(r, f"rpc_{mix}")))
+
+
+# --- its own entry point -----------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.redis_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--entries",
+        type=int,
+        default=None,
+        help="list size (default 1,000,000; 100,000 with --quick)",
+    )
+    p.add_argument("--quick", action="store_true", help="small list, short segments, 1 round")
+    p.add_argument("--out", type=Path, help="also write every figure as JSON here")
+    p.add_argument("--seed", type=int, default=20261124, help="list and traffic seed")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "shixin-bench",
+        help="where list files are cached and server logs go",
+    )
+    p.add_argument("--traffic", type=int, default=None, help="distinct requests (default 20,000)")
+    p.add_argument("--seconds", type=float, default=None, help="seconds per RPC segment")
+    p.add_argument("--rounds", type=int, default=None, help="segments per figure and server")
+    p.add_argument("--deltas", type=int, default=20, help="LIST and DELIST deltas timed")
+    p.add_argument("--load-timeout", type=float, default=900.0, help="seconds to wait for a load")
+    args = p.parse_args(argv)
+    if args.entries is None:
+        args.entries = 100_000 if args.quick else 1_000_000
+    if args.traffic is None:
+        args.traffic = 10_000 if args.quick else 20_000
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    as_of = _dt.datetime.now(CHINA_TZ).date()
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="redis-logs-", dir=args.data_dir))
+    list_path, gen_s = ensure_list(args.data_dir, args.entries, args.seed, as_of)
+    log(f"building {args.traffic:,} requests (1% listed)")
+    traffic = build_traffic(args.traffic, args.entries, args.seed, as_of)
+    results: dict[str, Any] = {
+        "command": "python -m loadtest.redis_bench "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine(),
+        "revision": revision(),
+        "list_file": {"path": str(list_path), "generated_s": gen_s},
+        "redis": run(args, list_path, traffic, log_dir),
+    }
+    results["total_s"] = time.perf_counter() - started
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    if args.out:  # before the tables, so a table's bug loses no figures
+        args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+    m = results["machine"]
+    print(
+        f"\nshixin-check Redis-mode benchmarks: {args.entries:,} entries, {m['nproc']} x "
+        f"{m['cpu_model']}, Python {m['python']}, grpcio {m['grpcio']}, "
+        f"revision {results['revision']}"
+    )
+    print_tables(results["redis"])
+    print(f"\ntotal {results['total_s']:.0f}s; server logs in {log_dir}")
+    if args.out:
+        print(f"figures written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
