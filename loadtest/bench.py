@@ -362,12 +362,8 @@ def run_rpc(
 # --- main ----------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m loadtest.bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The options every bench entry point takes (list, traffic, segments, output)."""
     p.add_argument(
         "--entries",
         type=int,
@@ -386,6 +382,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--traffic", type=int, default=None, help="distinct requests (default 20,000)")
     p.add_argument("--seconds", type=float, default=None, help="seconds per RPC segment")
     p.add_argument("--rounds", type=int, default=None, help="segments per figure and server")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_args(p)
     p.add_argument(
         "--rate",
         type=float,

@@ -59,6 +59,7 @@ from loadtest.bench import (
     BATCH_SIZE,
     ServerProcess,
     _server_env,
+    add_common_args,
     bare_argv,
     cli_argv,
     ensure_list,
@@ -506,24 +507,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--entries",
-        type=int,
-        default=None,
-        help="list size (default 1,000,000; 100,000 with --quick)",
-    )
-    p.add_argument("--quick", action="store_true", help="small list, short segments, 1 round")
-    p.add_argument("--out", type=Path, help="also write every figure as JSON here")
-    p.add_argument("--seed", type=int, default=20261124, help="list and traffic seed")
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "shixin-bench",
-        help="where list files are cached and server logs go",
-    )
-    p.add_argument("--traffic", type=int, default=None, help="distinct requests (default 20,000)")
-    p.add_argument("--seconds", type=float, default=None, help="seconds per RPC segment")
-    p.add_argument("--rounds", type=int, default=None, help="segments per figure and server")
+    add_common_args(p)
     p.add_argument("--deltas", type=int, default=20, help="LIST and DELIST deltas timed")
     p.add_argument("--load-timeout", type=float, default=900.0, help="seconds to wait for a load")
     args = p.parse_args(argv)
