@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import gc
 import logging
 import signal
 import sys
@@ -212,6 +213,10 @@ class Service:
         except LoadRejected as exc:
             log.error("%s", exc)
             self.announce("list rejected: serving NOT_SERVING until a good list arrives")
+        # What exists now lives as long as the process: keep it out of every later
+        # collection, so the garbage of each check is collected young and cheaply.
+        gc.collect()
+        gc.freeze()
         if self.engine.source.current() is not None:
             await self._set_health(True)
         elif self.follower is not None or self.redis is not None:
