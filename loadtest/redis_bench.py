@@ -53,7 +53,8 @@ import orjson
 import redis
 
 from clients.check_client import build_request
-from loader.index_redis import connect, publish_delta, redis_status
+from loader.index_redis import connect, redis_status
+from loader.publish_redis import publish_delta
 from loader.synthetic import iter_entries
 from loadtest.bench import (
     BATCH_SIZE,

@@ -232,8 +232,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from loader.index_redis import RedisKeys, connect, publish_delta, publish_snapshot
+    from loader.index_redis import RedisKeys, connect
     from loader.listfile import FileKind, detect_kind
+    from loader.publish_redis import publish_delta, publish_snapshot
     from shixin_domain.errors import LoadRejected
 
     path: Path = args.path

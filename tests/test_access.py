@@ -220,7 +220,8 @@ def test_no_plaintext_id_anywhere_the_service_writes(
 ) -> None:
     """Load, check listed and unlisted people, then search every file written
     (logs, Redis's append-only files) and the whole Redis keyspace."""
-    from loader.index_redis import connect, publish_snapshot
+    from loader.index_redis import connect
+    from loader.publish_redis import publish_snapshot
     from shixin_domain.keys import SubjectKeyer
     from tests.conftest import SECRET, RedisServer
 

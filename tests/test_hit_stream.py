@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from clients.check_client import build_request
-from loader.index_redis import connect, publish_snapshot
+from loader.index_redis import connect
+from loader.publish_redis import publish_snapshot
 from server.feedback import build_report
 from server.hitlog import HitLog
 from server.hitsink import HitForwarder, hits_stream, read_stream

@@ -16,8 +16,9 @@ import pytest
 import redis
 
 from loader.index_memory import MemoryIndex
-from loader.index_redis import RedisFollower, RedisKeys, connect, publish_delta, publish_snapshot
+from loader.index_redis import RedisFollower, RedisKeys, connect
 from loader.listfile import FileKind, detect_kind
+from loader.publish_redis import publish_delta, publish_snapshot
 from loader.versions import Loader
 from shixin_domain.errors import LoadRejected
 from shixin_domain.identity import IdType

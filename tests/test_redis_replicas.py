@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from clients.check_client import build_request
-from loader.index_redis import RedisKeys, connect, publish_delta, redis_status
+from loader.index_redis import RedisKeys, connect, redis_status
+from loader.publish_redis import publish_delta
 from shixin.v1 import check_pb2 as pb
 from shixin_domain.keys import SubjectKeyer
 from tests.conftest import SECRET, RedisServer, RunningServer
