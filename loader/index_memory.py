@@ -24,7 +24,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -423,11 +423,3 @@ def counts_after(
         tally[(t, s)] = tally.get((t, s), 0) + d
     rows = tuple((t, s, n) for (t, s), n in sorted(tally.items()) if n)
     return Counts(rows, info.counts.subject_keys + keys_delta)
-
-
-def with_overlay(view: MemoryView, overlay: Overlay, info: VersionInfo) -> MemoryView:
-    return MemoryView(view.base, overlay, info)
-
-
-def replace_info(info: VersionInfo, **changes: object) -> VersionInfo:
-    return replace(info, **changes)  # type: ignore[arg-type]

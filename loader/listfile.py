@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import io
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -375,19 +373,3 @@ def read_delta(path: Path) -> tuple[list[DeltaOp], list[RowError]]:
         ops.append(DeltaOp(op.seq, op.op, op.entry_id, op.entry, op.exemption, line_no))
     ops.sort(key=lambda o: o.seq)
     return ops, errors
-
-
-def file_bytes(path: Path) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
-def dumps_rows(rows: list[dict[str, Any]]) -> bytes:
-    """JSON Lines bytes, for tests and tools that write list files."""
-    buf = io.BytesIO()
-    for row in rows:
-        buf.write(orjson.dumps(row))
-        buf.write(b"\n")
-    return buf.getvalue()
