@@ -41,11 +41,15 @@ from shixin_domain.model import (
 
 
 class FileKind(Enum):
+    """Snapshots replace the list; deltas change it."""
+
     SNAPSHOT = "snapshot"
     DELTA = "delta"
 
 
 class DeltaKind(Enum):
+    """The ops a delta file may hold."""
+
     LIST = "LIST"
     DELIST = "DELIST"
     SUSPEND = "SUSPEND"

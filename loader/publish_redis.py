@@ -129,6 +129,8 @@ def _flush(pipe: Any, key: str, fields: dict[bytes, list[Any]]) -> None:
 
 @dataclass
 class DeltaResult:
+    """What a delta load did: the version it applied to, ops applied, the last seq."""
+
     version: str
     applied: int
     last_seq: int

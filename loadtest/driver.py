@@ -135,6 +135,8 @@ class Target:
 
 
 class Driver:
+    """Runs the phases against one server and collects its figures."""
+
     def __init__(self, requests: list[bytes], batches: list[bytes], batch_size: int) -> None:
         self.requests = requests
         self.batches = batches

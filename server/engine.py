@@ -26,6 +26,8 @@ from shixin_domain.rules import Policy
 
 
 class CheckEngine:
+    """Checks against whatever view the index source holds now, with the hit log and the caller gate."""
+
     def __init__(
         self,
         source: IndexSource,

@@ -61,6 +61,8 @@ class MatchOutcome(NamedTuple):
 
 
 class Verdict(NamedTuple):
+    """A decision with its reasons and the entries behind it."""
+
     decision: Decision
     reasons: tuple[Reason, ...]
     matches: tuple[MatchOutcome, ...]

@@ -35,17 +35,23 @@ class Channel(IntEnum):
 
 
 class ListType(IntEnum):
+    """The two lists; either one restricts high consumption."""
+
     SHIXIN = 1  # 失信被执行人
     XIANGAO = 2  # 限制消费人员
 
 
 class EntryStatus(IntEnum):
+    """How an entry stands: as loaded (ACTIVE, SUSPENDED) or as judged at check time (EXPIRED)."""
+
     ACTIVE = 1
     SUSPENDED = 2  # objection under verification: measures not applied
     EXPIRED = 3  # computed at check time from valid_until, never loaded
 
 
 class Role(IntEnum):
+    """In which capacity an entry restricts someone: the debtor, or a person related to a debtor organisation."""
+
     DEBTOR = 1
     LEGAL_REPRESENTATIVE = 2
     PRINCIPAL = 3
@@ -54,6 +60,8 @@ class Role(IntEnum):
 
 
 class Decision(IntEnum):
+    """The answer of a check. Values match the wire enum."""
+
     ALLOW = 1
     DENY = 2
     REVIEW = 3

@@ -116,6 +116,8 @@ class Policy:
 
 
 class RailSeat(IntEnum):
+    """Seat classes as ticketing systems sell them. Values match the wire enum without its prefix."""
+
     BUSINESS = 1
     PREMIER = 2
     FIRST_CLASS = 3
@@ -131,6 +133,8 @@ class RailSeat(IntEnum):
 
 
 class TravelService(IntEnum):
+    """What a travel agency or rated resort sells."""
+
     OUTBOUND_GROUP_TOUR = 1
     OUTBOUND_RELATED = 2
     RATED_RESORT = 3
@@ -138,6 +142,8 @@ class TravelService(IntEnum):
 
 
 class LeisureVenue(IntEnum):
+    """Where leisure spending happens."""
+
     NIGHTCLUB = 1
     GOLF = 2
     OTHER_HIGH_CONSUMPTION = 3
@@ -145,6 +151,8 @@ class LeisureVenue(IntEnum):
 
 
 class RealEstateKind(IntEnum):
+    """What is bought or built."""
+
     PROPERTY_PURCHASE = 1
     LAND_USE_RIGHT = 2
     NEW_BUILD = 3
@@ -178,50 +186,72 @@ def normalize_train_number(raw: str, field: str = "purchase.rail.train_number") 
 
 
 class RailTicket(NamedTuple):
+    """A seat on a train; the train number is normalised (G1234)."""
+
     train_number: str  # normalised
     seat: RailSeat
 
 
 class Flight(NamedTuple):
+    """Any civil flight; every cabin is restricted."""
+
     flight_number: str
     cabin: str
 
 
 class HotelStay(NamedTuple):
+    """A room: its star rating, and whether it is high-end whatever its stars."""
+
     star_rating: int
     high_end: bool
 
 
 class SchoolEnrolment(NamedTuple):
+    """A child's enrolment, paid from the listed person's assets."""
+
     private_school: bool
     high_fee: bool
 
 
 class ShipPassage(NamedTuple):
+    """A cabin on a ship; class 1 is first."""
+
     cabin_class: int  # 1 = first
 
 
 class TravelBooking(NamedTuple):
+    """A travel service; ``amount_fen`` is the spending in a rated resort."""
+
     service: TravelService
 
 
 class LeisureVisit(NamedTuple):
+    """Spending at a venue."""
+
     venue: LeisureVenue
 
 
 class InsurancePolicy(NamedTuple):
+    """An insurance product; ``amount_fen`` is its premium."""
+
     cash_value: bool
 
 
 class RealEstateDeal(NamedTuple):
+    """Buying property or land use rights, or building."""
+
     kind: RealEstateKind
 
 
 class VehicleSale(NamedTuple):
+    """A vehicle; one necessary for the business is not restricted."""
+
     business_necessary: bool
 
 
 class OfficeRental(NamedTuple):
+    """Renting offices, or hotels and apartments used as offices."""
+
     high_end: bool
 
 
