@@ -205,26 +205,28 @@ def in_child(fn: Callable[..., Any], *args: Any, timeout: float) -> Any:
             raise
 
 
+def finish(results: dict[str, Any], started: float, out: Path | None) -> None:
+    """Close a run's figures and write them, before any table is printed (a table's
+    bug then loses no figures)."""
+    results["total_s"] = time.perf_counter() - started
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    if out:
+        out.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+
+
+def _git(*args: str) -> str:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+    )
+    return done.stdout.strip()
+
+
 def revision() -> str:
     """The commit measured, with ``+dirty`` when the working tree differs from it."""
-    root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        head = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
@@ -510,11 +512,7 @@ def main(argv: list[str] | None = None) -> int:
 
         log("the list in Redis")
         results["redis"] = redis_bench.run(args, list_path, traffic, log_dir)
-    results["total_s"] = time.perf_counter() - started
-    results["machine"]["load_average_at_end"] = os.getloadavg()
-
-    if args.out:  # before the tables, so a table's bug loses no figures
-        args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+    finish(results, started, args.out)
     m = results["machine"]
     print(
         f"\nshixin-check benchmarks: {args.entries:,} entries, {m['nproc']} x {m['cpu_model']}, "

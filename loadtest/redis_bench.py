@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
-import json
-import os
 import secrets
 import shutil
 import socket
@@ -64,6 +62,7 @@ from loadtest.bench import (
     bare_argv,
     cli_argv,
     ensure_list,
+    finish,
     in_child,
     list_status,
     log,
@@ -536,10 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         "list_file": {"path": str(list_path), "generated_s": gen_s},
         "redis": run(args, list_path, traffic, log_dir),
     }
-    results["total_s"] = time.perf_counter() - started
-    results["machine"]["load_average_at_end"] = os.getloadavg()
-    if args.out:  # before the tables, so a table's bug loses no figures
-        args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+    finish(results, started, args.out)
     m = results["machine"]
     print(
         f"\nshixin-check Redis-mode benchmarks: {args.entries:,} entries, {m['nproc']} x "

@@ -155,16 +155,20 @@ def _pick(
 def check_request(subject: Subject, rng: random.Random, request_id: str) -> pb.CheckRequest:
     if subject.uscc:
         channel, purchase, amount = _pick(rng, _ORG_PURCHASES)
-        return build_request(
-            channel,
-            uscc=subject.uscc,
-            name=subject.name,
-            purchase=purchase,
-            amount_fen=amount,
-            request_id=request_id,
-            merchant_id="M0001",
-            terminal_id="T01",
-        )
+        who: dict[str, Any] = {"uscc": subject.uscc}
+    else:
+        channel, purchase, amount = _pick(rng, _PERSON_PURCHASES)
+        who = {"id_number": subject.number, "id_type": subject.id_type}
+    return build_request(
+        channel,
+        name=subject.name,
+        purchase=purchase,
+        amount_fen=amount,
+        request_id=request_id,
+        merchant_id="M0001",
+        terminal_id="T01",
+        **who,
+    )
     channel, purchase, amount = _pick(rng, _PERSON_PURCHASES)
     return build_request(
         channel,

@@ -211,9 +211,3 @@ def fill_response(
     out.reasons.extend(reason_pb(r) for r in verdict.reasons)
     out.matches.extend(match_pb(o) for o in verdict.matches)
     out.list_version = version
-
-
-def to_response(request_id: str, check_id: str, verdict: Verdict, version: str) -> pb.CheckResponse:
-    out = pb.CheckResponse()
-    fill_response(out, request_id, check_id, verdict, version)
-    return out

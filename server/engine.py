@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.auth import ANONYMOUS, Gate, Principal
-from server.convert import fill_response, to_query, to_response
+from server.convert import fill_response, to_query
 from server.hitlog import HitLog
 from shixin.v1 import check_pb2 as pb
 from shixin_domain.decision import Query, Verdict, decide, decide_many
@@ -52,25 +52,35 @@ class CheckEngine:
             raise NotReady("no list loaded yet")
         return view
 
-    def query(self, request: pb.CheckRequest) -> Query:
-        return to_query(request, self.keyer)
+    def query(self, request: pb.CheckRequest, principal: Principal = ANONYMOUS) -> Query:
+        """The validated query, if ``principal`` may check its channel."""
+        query = to_query(request, self.keyer)
+        if principal is not ANONYMOUS:
+            principal.require_channel(query.channel)
+        return query
+
+    def _answer(
+        self, out: pb.CheckResponse, request: pb.CheckRequest, query: Query, verdict: Verdict,
+        version: str, peer: str, principal: Principal,
+    ) -> None:  # fmt: skip
+        """Number the check, log it if it hit, and write the answer into ``out``."""
+        check_id = f"{self._prefix}{next(self._counter):x}"
+        if verdict.matches and self.hit_log is not None:
+            self._log_hit(check_id, request, query, verdict, version, peer, principal.name)
+        fill_response(out, request.request_id, check_id, verdict, version)
 
     def check(
         self, request: pb.CheckRequest, view: ListView, peer: str = "",
         principal: Principal = ANONYMOUS,
     ) -> pb.CheckResponse:  # fmt: skip
         """Answer one validated-on-the-way request against ``view`` for ``principal``."""
-        query = to_query(request, self.keyer)
-        if principal is not ANONYMOUS:
-            principal.require_channel(query.channel)
+        query = self.query(request, principal)
         if self._watching:
             self.gate.observe(principal, query.subject_key)
         verdict = decide(view, query, self.keyer, self.policy, china_day(time.time()))
-        check_id = f"{self._prefix}{next(self._counter):x}"
-        version = view.info.version
-        if verdict.matches and self.hit_log is not None:
-            self._log_hit(check_id, request, query, verdict, version, peer, principal.name)
-        return to_response(request.request_id, check_id, verdict, version)
+        out = pb.CheckResponse()
+        self._answer(out, request, query, verdict, view.info.version, peer, principal)
+        return out
 
     def check_many(
         self, requests: Sequence[pb.CheckRequest], view: ListView, out: Any, peer: str = "",
@@ -81,25 +91,19 @@ class CheckEngine:
         queries = []
         for i, request in enumerate(requests):
             try:
-                query = to_query(request, self.keyer)
-                if principal is not ANONYMOUS:
-                    principal.require_channel(query.channel)
+                queries.append(self.query(request, principal))
             except InvalidInput as exc:
                 raise exc.under(f"checks[{i}]") from None
             except PermissionDenied as exc:
                 raise PermissionDenied(f"checks[{i}]: {exc}") from None
-            queries.append(query)
         if self._watching:
             for query in queries:
                 self.gate.observe(principal, query.subject_key)
         verdicts = decide_many(view, queries, self.keyer, self.policy, china_day(time.time()))
         version = view.info.version
-        prefix, counter, add = self._prefix, self._counter, out.add
+        add = out.add
         for request, query, verdict in zip(requests, queries, verdicts, strict=True):
-            check_id = f"{prefix}{next(counter):x}"
-            if verdict.matches and self.hit_log is not None:
-                self._log_hit(check_id, request, query, verdict, version, peer, principal.name)
-            fill_response(add(), request.request_id, check_id, verdict, version)
+            self._answer(add(), request, query, verdict, version, peer, principal)
 
     def _log_hit(
         self,
