@@ -34,7 +34,7 @@ from shixin_domain.errors import RowError
 from shixin_domain.identity import mask_id, normalize_name
 from shixin_domain.index import Counts, ListedMatch, VersionInfo
 from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import EntryStatus, Exemption, ListEntry, ListType, Role
+from shixin_domain.model import NO_END, EntryStatus, Exemption, ListEntry, ListType, Role
 
 _LOW64 = (1 << 64) - 1
 _SEP = b"\x1f"
@@ -211,6 +211,18 @@ def merge_parts(
             n = int(np.count_nonzero((e_type == t) & (e_status == st)))
             if n:
                 counts[(ListType(int(t)), EntryStatus(int(st)))] = n
+    e_valid = joined("e_valid")
+    ending = e_valid != NO_END
+    combined = (
+        (e_type[ending].astype(np.int64) << 40)
+        | (e_status[ending].astype(np.int64) << 32)
+        | e_valid[ending].astype(np.int64)
+    )
+    values, tallies = np.unique(combined, return_counts=True)
+    expiries = {
+        (ListType(int(v) >> 40), EntryStatus((int(v) >> 32) & 0xFF), int(v) & 0xFFFFFFFF): int(n)
+        for v, n in zip(values, tallies, strict=True)
+    }
     base = Base(
         k_hi=_to_array("Q", k_hi[order]),
         k_lo=_to_array("Q", joined("k_lo")[order]),
@@ -223,13 +235,14 @@ def merge_parts(
         e_type=e_type.tobytes(),
         e_status=e_status.tobytes(),
         e_listed=_to_array("i", joined("e_listed")),
-        e_valid=_to_array("i", joined("e_valid")),
+        e_valid=_to_array("i", e_valid),
         e_court=_to_array("I", np.concatenate(court_cols)),
         e_text_at=_to_array("Q", np.concatenate(text_at)),
         text=b"".join(p.columns["text"] for p in all_parts),
         courts=tuple(courts),
         exemptions=exemptions,
         counts=counts,
+        expiries=expiries,
         bloom=bloom,
     )
     offsets = first_lines or [0] * len(all_parts)
@@ -278,6 +291,7 @@ class Base:
     courts: tuple[str, ...]
     exemptions: dict[int, tuple[Exemption, ...]]
     counts: dict[tuple[ListType, EntryStatus], int]
+    expiries: dict[tuple[ListType, EntryStatus, int], int]  # entries by valid_until, if any
     bloom: Bloom
 
     @property
@@ -398,6 +412,9 @@ class MemoryIndex:
 
     def __init__(self) -> None:
         self._view: MemoryView | None = None
+        #: (file, its first problem) of the newest refusal since the last good
+        #: snapshot: the served list is behind the feed while this is set.
+        self.refused: tuple[str, str] | None = None
 
     def current(self) -> MemoryView | None:
         return self._view
@@ -405,21 +422,54 @@ class MemoryIndex:
     def install(self, view: MemoryView) -> None:
         self._view = view  # one reference assignment: atomic for readers
 
+    def refuse(self, source: str | None, problem: str = "") -> None:
+        """Note a refused list file (the list is behind), or clear it with None."""
+        self.refused = None if source is None else (source, problem)
+
+    def health_problem(self) -> str:
+        """Why checks cannot be answered from this index ("" when they can)."""
+        if self._view is not None:
+            return ""
+        refused = self.refused
+        return f"no list loaded yet ({refused[0]} was refused)" if refused else "no list loaded yet"
+
     def replica_status(self) -> dict[str, object]:
-        return {"index_backend": "memory", "index_reachable": True}
+        refused = self.refused
+        return {
+            "index_backend": "memory",
+            "index_reachable": True,
+            "not_serving_reason": self.health_problem(),
+            "behind": refused is not None,
+            "rejected_source": refused[0] if refused else "",
+            "rejected_problem": refused[1] if refused else "",
+        }
 
 
-def view_of_base(base: Base, source: str, source_timestamp: float, version: str) -> MemoryView:
-    counts = Counts(tuple((t, s, n) for (t, s), n in sorted(base.counts.items())), len(base.k_hi))
-    info = VersionInfo(version, source, time.time(), source_timestamp, 0, counts)
+def view_of_base(
+    base: Base, source: str, source_timestamp: float, version: str, includes_seq: int = 0
+) -> MemoryView:
+    """The version of a fresh snapshot: ``includes_seq`` is its header's delta watermark."""
+    counts = Counts(
+        tuple((t, s, n) for (t, s), n in sorted(base.counts.items())),
+        len(base.k_hi),
+        tuple((t, s, v, n) for (t, s, v), n in sorted(base.expiries.items())),
+    )
+    info = VersionInfo(
+        version, source, time.time(), source_timestamp, includes_seq, counts, includes_seq
+    )
     return MemoryView(base, _EMPTY, info)
 
 
 def counts_after(
-    info: VersionInfo, changes: Iterable[tuple[ListType, EntryStatus, int]], keys_delta: int
+    info: VersionInfo, changes: Iterable[tuple[ListType, EntryStatus, int, int]], keys_delta: int
 ) -> Counts:
+    """``info``'s counts after ``changes``: (list type, status, valid_until, +1 or -1)."""
     tally = {(t, s): n for t, s, n in info.counts.by_type_status}
-    for t, s, d in changes:
+    ends = {(t, s, v): n for t, s, v, n in info.counts.expiries}
+    for t, s, v, d in changes:
         tally[(t, s)] = tally.get((t, s), 0) + d
+        if v != NO_END:
+            ends[(t, s, v)] = ends.get((t, s, v), 0) + d
     rows = tuple((t, s, n) for (t, s), n in sorted(tally.items()) if n)
-    return Counts(rows, info.counts.subject_keys + keys_delta)
+    expiries = tuple((t, s, v, n) for (t, s, v), n in sorted(ends.items()) if n)
+    return Counts(rows, info.counts.subject_keys + keys_delta, expiries)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from loader.feed import is_header, parse_instant
 from shixin_domain.errors import InvalidInput, RowError
 from shixin_domain.identity import (
     IdType,
@@ -68,6 +69,7 @@ class DeltaOp:
     entry: ListEntry | None = None
     exemption: Exemption | None = None
     line: int = 0
+    published_at: float | None = None  # the feed's time for this op, when the row gives one
 
 
 _LIST_TYPES = {t.name: t for t in ListType}
@@ -110,6 +112,7 @@ def iter_rows(
     with path.open("rb") as fh:
         fh.seek(start)
         lines = fh if end is None else _lines_until(fh, end)
+        first = True
         for line_no, raw in enumerate(lines, 1):
             if not raw.strip():
                 continue
@@ -121,6 +124,10 @@ def iter_rows(
             if not isinstance(obj, dict):
                 yield line_no, RowError(line_no, "", "a row must be a JSON object")
                 continue
+            if start == 0 and first and is_header(obj):
+                first = False
+                continue  # the snapshot's header (loader.feed), not an entry
+            first = False
             yield line_no, obj
 
 
@@ -324,6 +331,8 @@ def parse_delta(obj: dict[str, Any]) -> DeltaOp:
         seq = int(seq)
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
         raise InvalidInput("seq", "must be a positive integer")
+    at = obj.get("published_at")
+    published_at = None if at is None else parse_instant(at, "published_at")
     op_name = obj.get("op")
     try:
         op = DeltaKind(op_name)
@@ -335,11 +344,12 @@ def parse_delta(obj: dict[str, Any]) -> DeltaOp:
         if not isinstance(entry_obj, dict):
             raise InvalidInput("entry", "is required for LIST and must be an object")
         entry = parse_entry(entry_obj, "entry.")
-        return DeltaOp(seq, op, entry.entry_id, entry=entry)
+        return DeltaOp(seq, op, entry.entry_id, entry=entry, published_at=published_at)
     entry_id = _text(obj, "entry_id")
+    exemption = None
     if op in (DeltaKind.EXEMPT, DeltaKind.UNEXEMPT):
-        return DeltaOp(seq, op, entry_id, exemption=_exemption(obj.get("exemption"), "exemption."))
-    return DeltaOp(seq, op, entry_id)
+        exemption = _exemption(obj.get("exemption"), "exemption.")
+    return DeltaOp(seq, op, entry_id, exemption=exemption, published_at=published_at)
 
 
 def read_entries(
@@ -374,6 +384,6 @@ def read_delta(path: Path) -> tuple[list[DeltaOp], list[RowError]]:
             errors.append(RowError(line_no, "seq", f"{op.seq} repeats line {seen[op.seq]}"))
             continue
         seen[op.seq] = line_no
-        ops.append(DeltaOp(op.seq, op.op, op.entry_id, op.entry, op.exemption, line_no))
+        ops.append(replace(op, line=line_no))
     ops.sort(key=lambda o: o.seq)
     return ops, errors

@@ -30,7 +30,9 @@ from typing import BinaryIO, TypeVar
 
 import orjson
 
+from loader.feed import header_row
 from shixin_domain.identity import resident_id_check_char, uscc_check_char
+from shixin_domain.model import CHINA_TZ
 
 __all__ = ["iter_entries", "write_snapshot"]
 
@@ -753,6 +755,9 @@ def write_snapshot(
 ) -> int:
     """Write a JSON Lines snapshot of ``count`` entries and return ``count``.
 
+    The first line is the snapshot header (includes no delta; published at the
+    start of ``as_of``, China time).
+
     UTF-8, one entry per line, byte-identical for the same arguments. The rows
     go to ``path + '.part'``, which is synced and renamed onto ``path`` only
     when complete, so a directory watcher never sees half a file (and a failed
@@ -763,6 +768,9 @@ def write_snapshot(
     partial = final + ".part"
     try:
         with open(partial, "wb") as out:
+            # The header (loader.feed): a generated list holds no delta, and its
+            # feed time is the start of its as-of day, China time.
+            out.write(header_row(0, datetime.datetime.combine(as_of, datetime.time(), CHINA_TZ)))
             written = _write_rows(out, iter_entries(count, seed, as_of), progress)
             out.flush()
             os.fsync(out.fileno())

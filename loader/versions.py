@@ -12,16 +12,20 @@ harmless.
 from __future__ import annotations
 
 import hashlib
+import logging
 import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from loader.background import Background
+from loader.feed import day_start, pending, read_header, sidecar_of
 from loader.index_memory import (
     BaseBuilder,
     BaseParts,
@@ -48,6 +52,7 @@ from shixin_domain.keys import SubjectKeyer
 from shixin_domain.model import EntryStatus, Exemption, ListEntry, ListType
 
 Progress = Callable[[int], None]
+log = logging.getLogger("shixin.loader")
 
 
 def _version_label(path: Path) -> str:
@@ -112,6 +117,7 @@ def build_snapshot(
     core), each taking a run of whole lines; their columns are merged and
     sorted here. Line numbers in errors are the file's own.
     """
+    header = read_header(path)  # a bad header refuses the file before any row is read
     expected = _expected_keys(path)
     workers = workers or default_workers(path)
     if workers <= 1:
@@ -141,7 +147,24 @@ def build_snapshot(
     base, duplicates = merge_parts(all_parts, first_lines)
     if duplicates:
         raise LoadRejected(str(path), duplicates)
-    return view_of_base(base, str(path), path.stat().st_mtime, version or _version_label(path))
+    if not header.declared:
+        log.warning(
+            "%s has no header row: it includes no delta, so every delta file is applied on top "
+            "(give it {\"snapshot\": {\"includes_seq\": N, \"published_at\": ...}})", path
+        )  # fmt: skip
+    newest = int(np.frombuffer(base.e_listed, dtype=np.int32).max()) if base.entries else 0
+    source_time = header.published_at if header.published_at is not None else day_start(newest)
+    label = version or _version_label(path)
+    return view_of_base(base, str(path), source_time, label, header.includes_seq)
+
+
+def delta_source_time(ops: Sequence[DeltaOp], previous: float) -> float:
+    """The feed's time after ``ops``: their newest ``published_at`` or, where no row
+    gives one, the newest ``published_on`` they list; never earlier than ``previous``."""
+    stamps = [op.published_at for op in ops if op.published_at is not None]
+    if not stamps:
+        stamps = [day_start(op.entry.published_on) for op in ops if op.entry is not None]
+    return max([previous, *stamps])
 
 
 def validate_file(path: Path, keyer: SubjectKeyer) -> tuple[FileKind, int, list[RowError]]:
@@ -169,7 +192,7 @@ class _DeltaState:
         self.status = dict(ov.status)
         self.exemptions = dict(ov.exemptions)
         self.added = dict(ov.added)
-        self.changes: list[tuple[ListType, EntryStatus, int]] = []
+        self.changes: list[tuple[ListType, EntryStatus, int, int]] = []
         self.keys_delta = 0
 
     def _base_row(self, entry_id: str) -> int | None:
@@ -182,18 +205,21 @@ class _DeltaState:
         exemptions = self.exemptions.get(row, base.exemptions.get(row, ()))
         return ListType(base.e_type[row]), status, exemptions
 
+    def _count(self, list_type: ListType, status: EntryStatus, row: int, d: int) -> None:
+        self.changes.append((list_type, status, self.view.base.e_valid[row], d))
+
     def _put(self, entry: ListEntry) -> None:
         pairs = tuple(matches_of(entry, self.keyer))
         for key, _ in pairs:
             self.view.base.bloom.add(key >> 64)  # before the index holds it
         self.added[entry.entry_id] = (entry, pairs)
-        self.changes.append((entry.list_type, entry.status, 1))
+        self.changes.append((entry.list_type, entry.status, entry.valid_until, 1))
         self.keys_delta += len(pairs)
 
     def _drop(self, entry_id: str) -> bool:
         if entry_id in self.added:
             entry, pairs = self.added.pop(entry_id)
-            self.changes.append((entry.list_type, entry.status, -1))
+            self.changes.append((entry.list_type, entry.status, entry.valid_until, -1))
             self.keys_delta -= len(pairs)
             return True
         row = self._base_row(entry_id)
@@ -201,7 +227,7 @@ class _DeltaState:
             return False
         list_type, status, _ = self._base_state(row)
         self.removed.add(row)
-        self.changes.append((list_type, status, -1))
+        self._count(list_type, status, row, -1)
         return True
 
     def apply(self, op: DeltaOp) -> RowError | None:
@@ -228,7 +254,8 @@ class _DeltaState:
         if isinstance(changed, RowError):
             return changed
         if changed[0] is not status:
-            self.changes += [(list_type, status, -1), (list_type, changed[0], 1)]
+            self._count(list_type, status, row, -1)
+            self._count(list_type, changed[0], row, 1)
         self.status[row] = changed[0]
         self.exemptions[row] = changed[1]
         return None
@@ -266,12 +293,9 @@ class _DeltaState:
         )
 
 
-def apply_delta(
-    view: MemoryView, ops: list[DeltaOp], keyer: SubjectKeyer, source_timestamp: float
-) -> MemoryView:
+def apply_delta(view: MemoryView, ops: list[DeltaOp], keyer: SubjectKeyer) -> MemoryView:
     """``view`` with the ops not yet applied on top, or ``LoadRejected`` (nothing applied)."""
-    last = view.info.last_delta_seq
-    todo = [op for op in ops if op.seq > last]
+    todo = pending(ops, view.info.last_delta_seq)
     if not todo:
         return view
     state = _DeltaState(view, keyer)
@@ -284,47 +308,84 @@ def apply_delta(
         info,
         version=f"{base_version}+{todo[-1].seq}",
         last_delta_seq=todo[-1].seq,
-        source_timestamp=max(info.source_timestamp, source_timestamp),
+        source_timestamp=delta_source_time(todo, info.source_timestamp),
         counts=counts_after(info, state.changes, state.keys_delta),
     )
     return MemoryView(view.base, state.overlay(), new_info)
 
 
+def read_delta_file(path: Path) -> list[DeltaOp]:
+    """Every op of a delta file, or ``LoadRejected`` naming each bad row."""
+    ops, errors = read_delta(path)
+    if errors:
+        raise LoadRejected(str(path), errors)
+    return ops
+
+
+#: Called with a delta file that could not be applied, and why.
+OnRefused = Callable[[Path, LoadRejected], None]
+
+
 class Loader:
-    """Loads list files into a ``MemoryIndex``, one at a time."""
+    """Loads list files into a ``MemoryIndex``, one at a time.
+
+    Whatever the path (one file at start, a directory followed live, a
+    restart), a version is built the same way: a snapshot, then the ops of
+    each delta file above its watermark (``loader.feed.pending``), and only
+    then installed. So checks never see a bare snapshot whose deltas are still
+    to come, and a restart serves what was served before it.
+    """
 
     def __init__(self, index: MemoryIndex, keyer: SubjectKeyer) -> None:
         self.index = index
         self.keyer = keyer
         self._lock = threading.Lock()
-        self.last_error: str = ""
 
     def load_path(self, path: Path, progress: Progress | None = None) -> MemoryView:
-        """Apply a snapshot or a delta file whole, or raise ``LoadRejected``."""
+        """Apply a snapshot (alone) or a delta file whole, or raise ``LoadRejected``."""
+        if detect_kind(path) is FileKind.DELTA:
+            return self.load_delta(path)
+        return self.load_snapshot(path, (), progress=progress)
+
+    def load_delta(self, path: Path) -> MemoryView:
+        """Apply the pending ops of a delta file to the serving version, whole or not at all."""
         with self._lock:
             current = self.index.current()
-            if detect_kind(path) is FileKind.DELTA:
-                if current is None:
-                    raise LoadRejected(
-                        str(path), [RowError(0, "", "a delta needs a snapshot first")]
-                    )
-                ops, errors = read_delta(path)
-                if errors:
-                    raise LoadRejected(str(path), errors)
-                try:
-                    view = apply_delta(current, ops, self.keyer, path.stat().st_mtime)
-                except LoadRejected as exc:
-                    raise LoadRejected(str(path), exc.errors) from None
-            else:
-                view = build_snapshot(path, self.keyer, progress)
-                if current is not None:  # deltas numbered before it are part of it
-                    view = MemoryView(
-                        view.base,
-                        view.overlay,
-                        replace(view.info, last_delta_seq=current.info.last_delta_seq),
-                    )
+            if current is None:
+                raise LoadRejected(str(path), [RowError(0, "", "a delta needs a snapshot first")])
+            view = self._with_delta(current, path)
             self.index.install(view)
             return view
+
+    def load_snapshot(
+        self, path: Path, deltas: Sequence[Path], on_refused: OnRefused | None = None,
+        progress: Progress | None = None,
+    ) -> MemoryView:  # fmt: skip
+        """Build ``path``, apply ``deltas`` (in order) on top, then install it.
+
+        A bad snapshot raises ``LoadRejected`` and changes nothing. A delta file
+        that cannot be applied is left out and passed to ``on_refused``, exactly
+        as it was when it arrived live, so the version is the same either way.
+        """
+        with self._lock:
+            view = build_snapshot(path, self.keyer, progress)
+            for delta in deltas:
+                try:
+                    view = self._with_delta(view, delta)
+                except LoadRejected as exc:
+                    if on_refused is not None:
+                        on_refused(delta, exc)
+                except OSError as exc:
+                    if on_refused is not None:
+                        on_refused(delta, LoadRejected(str(delta), [RowError(0, "", str(exc))]))
+            self.index.install(view)
+            return view
+
+    def _with_delta(self, view: MemoryView, path: Path) -> MemoryView:
+        try:
+            return apply_delta(view, read_delta_file(path), self.keyer)
+        except LoadRejected as exc:
+            raise LoadRejected(str(path), exc.errors) from None
 
 
 def _candidates(directory: Path) -> list[Path]:
@@ -333,6 +394,8 @@ def _candidates(directory: Path) -> list[Path]:
         name = entry.name
         if name.startswith(".") or name.endswith((".part", ".tmp")) or not entry.is_file():
             continue
+        if name.lower().endswith(".meta.json"):
+            continue  # a CSV snapshot's header, read with it
         if name.lower().endswith((".jsonl", ".json", ".csv", ".ndjson")):
             names.append(Path(entry.path))
     return sorted(names)
@@ -340,11 +403,26 @@ def _candidates(directory: Path) -> list[Path]:
 
 def _stamp(path: Path) -> tuple[int, int]:
     st = path.stat()
-    return st.st_size, st.st_mtime_ns
+    stamp = (st.st_size, st.st_mtime_ns)
+    if path.suffix.lower() == ".csv":  # its header sidecar is part of it
+        try:
+            side = sidecar_of(path).stat()
+            stamp = (stamp[0] + side.st_size, max(stamp[1], side.st_mtime_ns))
+        except FileNotFoundError:
+            pass
+    return stamp
 
 
 class DirectoryFollower(Background):
     """Watches a list directory: new snapshots replace the list, new deltas apply.
+
+    The version served is always the newest snapshot (by name) that
+    validates, plus the ops of every delta file above its watermark, in name
+    order: at start (``initial_load``) and live alike. A refused newest
+    snapshot leaves the last good version serving and the follower *behind*
+    (``MemoryIndex.refused``), until a newer snapshot loads; at start the
+    newest snapshot that validates is served. A refused delta file is left
+    out and also marks it behind.
 
     Files are taken in name order, once their size and mtime have not changed
     for one poll, so a file still being copied in is not read half-written
@@ -365,18 +443,43 @@ class DirectoryFollower(Background):
         self.loader = loader
         self.on_event = on_event
         self.interval = interval
+        self.serving: Path | None = None  # the snapshot the served version was built from
         self._seen: dict[Path, tuple[int, int]] = {}
         self._pending: dict[Path, tuple[int, int]] = {}
+        self._kinds: dict[Path, FileKind] = {}
 
     def initial_load(self) -> None:
-        """Load the newest snapshot, then every delta file, now."""
+        """Serve the newest snapshot that validates, with its deltas, now."""
         files = _candidates(self.directory)
-        kinds = {p: detect_kind(p) for p in files}
-        snapshots = [p for p in files if kinds[p] is FileKind.SNAPSHOT]
-        for path in snapshots[:-1]:
-            self._seen[path] = _stamp(path)  # superseded by a newer snapshot
-        for path in snapshots[-1:] + [p for p in files if kinds[p] is FileKind.DELTA]:
-            self._take(path, _stamp(path))
+        for path in files:
+            self._seen[path] = _stamp(path)
+            self._kinds[path] = detect_kind(path)
+        snapshots = [p for p in files if self._kinds[p] is FileKind.SNAPSHOT]
+        refused: tuple[Path, LoadRejected] | None = None
+        for path in reversed(snapshots):
+            try:
+                self._load_snapshot(path)
+                break
+            except LoadRejected as exc:
+                refused = refused or (path, exc)  # the newest refusal is what the list lacks
+                self.on_event("rejected", path, str(exc))
+        if refused is not None:
+            self.loader.index.refuse(str(refused[0]), _first_problem(refused[1]))
+
+    def _deltas(self) -> list[Path]:
+        return sorted(p for p, kind in self._kinds.items() if kind is FileKind.DELTA)
+
+    def _load_snapshot(self, path: Path) -> None:
+        refused: list[tuple[Path, LoadRejected]] = []
+        view = self.loader.load_snapshot(
+            path, self._deltas(), lambda delta, exc: refused.append((delta, exc))
+        )
+        self.serving = path
+        self.loader.index.refuse(None)
+        for delta, exc in refused:
+            self.on_event("rejected", delta, str(exc))
+            self.loader.index.refuse(str(delta), _first_problem(exc))
+        self.on_event("loaded", path, view.info.version)
 
     def poll_once(self) -> None:
         for path in _candidates(self.directory):
@@ -395,13 +498,22 @@ class DirectoryFollower(Background):
     def _take(self, path: Path, stamp: tuple[int, int]) -> None:
         self._seen[path] = stamp
         try:
-            view = self.loader.load_path(path)
+            kind = self._kinds[path] = detect_kind(path)
+            if kind is FileKind.DELTA:
+                if self.serving is None:
+                    return  # applied with the first snapshot that loads
+                view = self.loader.load_delta(path)
+                self.on_event("loaded", path, view.info.version)
+            elif self.serving is not None and path.name < self.serving.name:
+                self.on_event("ignored", path, f"older than the served {self.serving.name}")
+            else:
+                self._load_snapshot(path)
         except LoadRejected as exc:
             self.on_event("rejected", path, str(exc))
+            self.loader.index.refuse(str(path), _first_problem(exc))
         except (OSError, ValueError) as exc:
             self.on_event("rejected", path, f"{path}: {exc}")
-        else:
-            self.on_event("loaded", path, view.info.version)
+            self.loader.index.refuse(str(path), str(exc))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -409,3 +521,9 @@ class DirectoryFollower(Background):
                 self.poll_once()
             except OSError as exc:  # directory briefly gone: keep serving, try again
                 self.on_event("error", self.directory, str(exc))
+
+
+def _first_problem(exc: LoadRejected) -> str:
+    first = exc.errors[0] if exc.errors else None
+    more = f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else ""
+    return f"{first}{more}" if first is not None else str(exc)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import errno
 import gc
 import logging
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -45,6 +47,11 @@ from shixin_domain.model import CHINA_TZ
 log = logging.getLogger("shixin.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConsumptionCheck"].full_name
+#: Health name that is SERVING only while the served list is the feed's newest:
+#: NOT_SERVING while a refused snapshot or delta leaves it behind (alert on it;
+#: keep routing on "" or ConsumptionCheck, which stay SERVING on the last good list).
+LIST_CURRENT = "shixin.v1.ListCurrent"
+HEALTH_POLL_S = 0.2
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
@@ -100,6 +107,9 @@ class Service:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # grpcio shares ports by default (SO_REUSEPORT): a second server, a
+                # demo or a stale process, would silently take part of the traffic.
+                ("grpc.so_reuseport", 0),
             ]
         )
         settings = self.settings
@@ -114,28 +124,73 @@ class Service:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        if settings.tls_cert is not None and settings.tls_key is not None:
-            ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
-            credentials = grpc.ssl_server_credentials(
-                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-                root_certificates=ca,
-                require_client_auth=ca is not None,
-            )
-            self.port = server.add_secure_port(settings.listen, credentials)
-        else:
-            self.port = server.add_insecure_port(settings.listen)
+        port_is_free(settings.listen)  # a clean one-line refusal before grpcio's own log line
+        try:
+            if settings.tls_cert is not None and settings.tls_key is not None:
+                ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+                credentials = grpc.ssl_server_credentials(
+                    [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+                    root_certificates=ca,
+                    require_client_auth=ca is not None,
+                )
+                self.port = server.add_secure_port(settings.listen, credentials)
+            else:
+                self.port = server.add_insecure_port(settings.listen)
+        except RuntimeError:  # grpcio: "Failed to bind to address ..."
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.listen}")
+            raise ConfigurationError(
+                f"cannot listen on {settings.listen}: the port is in use (another server?) "
+                "or the address is not this machine's"
+            )
         return server
 
-    async def _set_health(self, serving: bool) -> None:
-        state = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
+    async def _set_health(self, serving: bool, current: bool | None = None) -> None:
+        """Health of the service ("" and ConsumptionCheck) and of the list's freshness."""
+        states = (
+            health_pb2.HealthCheckResponse.NOT_SERVING,
+            health_pb2.HealthCheckResponse.SERVING,
         )
-        await self.health.set("", state)
-        await self.health.set(SERVICE_NAME, state)
+        await self.health.set("", states[serving])
+        await self.health.set(SERVICE_NAME, states[serving])
+        await self.health.set(LIST_CURRENT, states[serving if current is None else current])
+
+    def health_problem(self) -> str:
+        """Why this server must not be called SERVING ("" when it may)."""
+        source = self.engine.source
+        problem: str = getattr(source, "health_problem", lambda: "")()
+        if problem:
+            return problem
+        return "" if source.current() is not None else "no list loaded yet"
+
+    def behind(self) -> bool:
+        """True while a newer list than the one served was refused."""
+        refused = self.index.refused if self.redis is None else None
+        return refused is not None
+
+    def _health_state(self) -> tuple[bool, bool]:
+        problem = self.health_problem()
+        return not problem, not problem and not self.behind()
+
+    async def _watch_health(self, last: tuple[bool, bool]) -> None:
+        """Keep health in step with the index: loaded, lost (Redis), behind."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), HEALTH_POLL_S)
+            if self._stop.is_set():
+                return
+            state = self._health_state()
+            if state != last:
+                if not state[0]:
+                    log.error("health: NOT_SERVING: %s", self.health_problem())
+                elif not state[1]:
+                    refused = self.index.refused
+                    log.warning("health: SERVING the last good list; %s NOT_SERVING: %s refused",
+                                LIST_CURRENT, refused[0] if refused else "a file")  # fmt: skip
+                else:
+                    log.info("health: SERVING")
+                await self._set_health(*state)
+                last = state
 
     def _load(self) -> None:
         """Blocking: the first list, then (for a directory or Redis) start following it."""
@@ -160,7 +215,11 @@ class Service:
             follower.start()
             self.follower = follower
         else:
-            view = self.loader.load_path(path, progress=self._progress)
+            try:
+                view = self.loader.load_path(path, progress=self._progress)
+            except LoadRejected as exc:
+                self.index.refuse(str(path), str(exc.errors[0]) if exc.errors else str(exc))
+                raise
             self._on_event("loaded", path, view.info.version)
 
     def _on_enumeration(self, principal: str, windows: int) -> None:
@@ -217,14 +276,14 @@ class Service:
         # collection, so the garbage of each check is collected young and cheaply.
         gc.collect()
         gc.freeze()
-        if self.engine.source.current() is not None:
-            await self._set_health(True)
-        elif self.follower is not None or self.redis is not None:
-            asyncio.get_running_loop().create_task(self._serve_when_loaded())
+        state = self._health_state()
+        await self._set_health(*state)
+        watcher = asyncio.get_running_loop().create_task(self._watch_health(state))
         if on_ready is not None:
             on_ready(self)
         await self._stop.wait()
         log.info("stopping: draining in-flight calls for up to %.1fs", self.settings.grace_seconds)
+        await watcher
         await self._set_health(False)
         await server.stop(self.settings.grace_seconds)
         if self.follower is not None:
@@ -237,11 +296,33 @@ class Service:
             if sink is not None:
                 sink.close()
 
-    async def _serve_when_loaded(self) -> None:
-        while self.engine.source.current() is None and not self._stop.is_set():
-            await asyncio.sleep(0.2)
-        if not self._stop.is_set():
-            await self._set_health(True)
+
+def port_is_free(listen: str) -> None:
+    """``ConfigurationError`` naming the address if another process listens on it.
+
+    grpcio refuses too, since port sharing is off, but only after a C-core log
+    line; this says it in one line. Port 0 (any free port) always passes.
+    """
+    host, _, port_text = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        port = int(port_text)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (ValueError, OSError):
+        return  # grpcio reports an address it cannot use
+    if port == 0:
+        return
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpcio binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigurationError(
+                        f"cannot listen on {listen}: port {port} is in use by another process "
+                        "(another shixin-check serve?)"
+                    ) from None
 
 
 def write_demo_list(count: int, announce: Callable[[str], None]) -> Path:

@@ -300,12 +300,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json_format.MessageToJson(status, ensure_ascii=False))
         return 0
-    if not status.serving:
-        print("no list loaded yet (health NOT_SERVING)")
-    else:
+    if status.not_serving_reason:
+        print(f"NOT_SERVING: {status.not_serving_reason}")
+    if status.behind:
+        print(f"BEHIND: {status.rejected_source} was refused ({status.rejected_problem}); "
+              "serving the last good list")  # fmt: skip
+    if status.serving:
         print(f"version {status.version}  from {status.source}")
         print(f"loaded {status.loaded_at}; source {status.source_timestamp} "
-              f"({status.staleness_seconds}s old); last delta seq {status.last_delta_seq}")  # fmt: skip
+              f"({status.staleness_seconds}s old); last delta seq {status.last_delta_seq} "
+              f"(snapshot includes {status.snapshot_includes_seq})")  # fmt: skip
         print(f"{status.entries_total} entries, {status.subject_keys} subject keys")
         if status.index_backend == "redis":
             print(f"replica {status.replica_id}: Redis holds {status.upstream_version} "

@@ -44,10 +44,23 @@ class Counts:
 
     by_type_status: tuple[tuple[ListType, EntryStatus, int], ...]
     subject_keys: int
+    #: (list type, status, valid_until day, entries) of the entries that have an
+    #: end date: what ``on`` moves to EXPIRED once the day has passed.
+    expiries: tuple[tuple[ListType, EntryStatus, int, int], ...] = ()
 
     @property
     def total(self) -> int:
         return sum(n for _, _, n in self.by_type_status)
+
+    def on(self, today: int) -> list[tuple[str, str, int]]:
+        """(list type, status, entries) as of ``today``: an entry past its valid_until
+        counts as EXPIRED, whatever its listed status, since it no longer restricts."""
+        tally = {(t.name, s.name): n for t, s, n in self.by_type_status}
+        for t, s, valid_until, n in self.expiries:
+            if valid_until < today:
+                tally[(t.name, s.name)] -= n
+                tally[(t.name, "EXPIRED")] = tally.get((t.name, "EXPIRED"), 0) + n
+        return [(t, s, n) for (t, s), n in sorted(tally.items()) if n]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +70,10 @@ class VersionInfo:
     version: str
     source: str
     loaded_at: float  # unix seconds
-    source_timestamp: float  # unix seconds: newest publish date or delta
+    source_timestamp: float  # unix seconds: the feed's own time (loader.feed)
     last_delta_seq: int
     counts: Counts
+    includes_seq: int = 0  # the delta seq its snapshot declared it includes
 
 
 class ListView(Protocol):

@@ -6,93 +6,18 @@ import os
 import re
 import shlex
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.check_client import build_request
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
 from tests.listdata import ZHANG, basic_rows, person_entry, write_jsonl
-
-CLI = [sys.executable, "-m", "server.cli"]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=120, env=env or os.environ.copy()
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServeProcess:
-    """``shixin-check serve`` in a child process; stdout read line by line."""
-
-    def __init__(self, *args: str) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [*CLI, "serve", "--listen", f"127.0.0.1:{self.port}", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.lines: list[str] = []
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def wait_serving(self, timeout: float = 60) -> None:
-        channel = grpc.insecure_channel(self.target)
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, "server exited early"
-                try:
-                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-            raise AssertionError("server never became SERVING")
-        finally:
-            channel.close()
-
-    def read_until(self, pattern: str, timeout: float = 30) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            if re.search(pattern, line):
-                return line
-        raise AssertionError(f"{pattern!r} not printed; got:\n{''.join(self.lines)}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+from tests.processes import ServeProcess, run_cli
 
 
 @pytest.fixture
@@ -172,7 +97,7 @@ def test_gen_data_is_deterministic_and_valid(tmp_path: Path) -> None:
                        "--as-of", "2026-11-24")  # fmt: skip
         assert done.returncode == 0, done.stderr
     assert a.read_bytes() == b.read_bytes()
-    assert len(a.read_bytes().splitlines()) == 300
+    assert len(a.read_bytes().splitlines()) == 1 + 300  # the header, then the rows
     assert run_cli("validate", str(a)).returncode == 0
 
 
@@ -180,7 +105,7 @@ def test_flags_read_their_environment_variables(tmp_path: Path) -> None:
     out = tmp_path / "env.jsonl"
     env = {**os.environ, "SHIXIN_COUNT": "25", "SHIXIN_OUT": str(out), "SHIXIN_SEED": "3"}
     assert run_cli("gen-data", env=env).returncode == 0
-    assert len(out.read_bytes().splitlines()) == 25
+    assert len(out.read_bytes().splitlines()) == 1 + 25
 
 
 def test_bad_setting_is_refused_naming_the_variable(tmp_path: Path) -> None:

@@ -274,7 +274,10 @@ def test_some_entries_carry_exemption_windows() -> None:
 def test_write_snapshot_writes_count_json_lines(tmp_path: Path, entries: list[Entry]) -> None:
     path = tmp_path / "snapshot.jsonl"
     assert write_snapshot(path, ROWS, 7, AS_OF) == ROWS
-    lines = path.read_bytes().split(b"\n")
+    header, *lines = path.read_bytes().split(b"\n")
+    assert orjson.loads(header) == {
+        "snapshot": {"includes_seq": 0, "published_at": f"{AS_OF.isoformat()}T00:00:00+08:00"}
+    }
     assert lines[-1] == b""
     assert len(lines) - 1 == ROWS
     assert [orjson.loads(line) for line in lines[:-1]] == entries
@@ -304,6 +307,7 @@ def test_a_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monke
     assert list(tmp_path.iterdir()) == []
 
 
-def test_zero_rows_write_an_empty_file(tmp_path: Path) -> None:
+def test_zero_rows_write_only_the_header(tmp_path: Path) -> None:
     assert write_snapshot(tmp_path / "empty.jsonl", 0, 1, AS_OF) == 0
-    assert (tmp_path / "empty.jsonl").read_bytes() == b""
+    (header,) = (tmp_path / "empty.jsonl").read_bytes().splitlines()
+    assert orjson.loads(header)["snapshot"]["includes_seq"] == 0

@@ -384,7 +384,7 @@ class PolicyParameter(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class ListStatus(_message.Message):
-    __slots__ = ("version", "counts", "loaded_at", "source_timestamp", "staleness_seconds", "policy", "entries_total", "subject_keys", "last_delta_seq", "source", "serving", "index_backend", "replica_id", "upstream_version", "upstream_last_delta_seq", "lag_deltas", "index_reachable", "enumeration_flags")
+    __slots__ = ("version", "counts", "loaded_at", "source_timestamp", "staleness_seconds", "policy", "entries_total", "subject_keys", "last_delta_seq", "source", "serving", "index_backend", "replica_id", "upstream_version", "upstream_last_delta_seq", "lag_deltas", "index_reachable", "enumeration_flags", "not_serving_reason", "behind", "rejected_source", "rejected_problem", "snapshot_includes_seq")
     class EnumerationFlagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -410,6 +410,11 @@ class ListStatus(_message.Message):
     LAG_DELTAS_FIELD_NUMBER: _ClassVar[int]
     INDEX_REACHABLE_FIELD_NUMBER: _ClassVar[int]
     ENUMERATION_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    NOT_SERVING_REASON_FIELD_NUMBER: _ClassVar[int]
+    BEHIND_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_INCLUDES_SEQ_FIELD_NUMBER: _ClassVar[int]
     version: str
     counts: _containers.RepeatedCompositeFieldContainer[Count]
     loaded_at: str
@@ -428,4 +433,9 @@ class ListStatus(_message.Message):
     lag_deltas: int
     index_reachable: bool
     enumeration_flags: _containers.ScalarMap[str, int]
-    def __init__(self, version: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., loaded_at: _Optional[str] = ..., source_timestamp: _Optional[str] = ..., staleness_seconds: _Optional[int] = ..., policy: _Optional[_Iterable[_Union[PolicyParameter, _Mapping]]] = ..., entries_total: _Optional[int] = ..., subject_keys: _Optional[int] = ..., last_delta_seq: _Optional[int] = ..., source: _Optional[str] = ..., serving: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica_id: _Optional[str] = ..., upstream_version: _Optional[str] = ..., upstream_last_delta_seq: _Optional[int] = ..., lag_deltas: _Optional[int] = ..., index_reachable: _Optional[bool] = ..., enumeration_flags: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    not_serving_reason: str
+    behind: bool
+    rejected_source: str
+    rejected_problem: str
+    snapshot_includes_seq: int
+    def __init__(self, version: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., loaded_at: _Optional[str] = ..., source_timestamp: _Optional[str] = ..., staleness_seconds: _Optional[int] = ..., policy: _Optional[_Iterable[_Union[PolicyParameter, _Mapping]]] = ..., entries_total: _Optional[int] = ..., subject_keys: _Optional[int] = ..., last_delta_seq: _Optional[int] = ..., source: _Optional[str] = ..., serving: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica_id: _Optional[str] = ..., upstream_version: _Optional[str] = ..., upstream_last_delta_seq: _Optional[int] = ..., lag_deltas: _Optional[int] = ..., index_reachable: _Optional[bool] = ..., enumeration_flags: _Optional[_Mapping[str, int]] = ..., not_serving_reason: _Optional[str] = ..., behind: _Optional[bool] = ..., rejected_source: _Optional[str] = ..., rejected_problem: _Optional[str] = ..., snapshot_includes_seq: _Optional[int] = ...) -> None: ...

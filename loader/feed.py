@@ -1,0 +1,148 @@
+"""The feed's sequencing contract: which deltas a snapshot holds, and the feed's own time.
+
+A snapshot may say which deltas it already contains. A JSON Lines snapshot
+may begin with a header row, a CSV snapshot may have a sidecar
+``<name>.meta.json`` (``snapshot-0002.csv.meta.json``) holding the same object::
+
+    {"snapshot": {"includes_seq": 3, "published_at": "2026-11-29T08:00:00+08:00"}}
+
+meaning: every delta with ``seq`` <= 3 is already in it. A snapshot without
+one includes no delta. ``pending`` is the one rule, used by the memory index,
+the directory follower and the Redis publisher alike, for which ops of a delta
+still apply on top of a version: those above the version's watermark, in
+``seq`` order. A restart therefore rebuilds exactly what was served: the
+newest good snapshot, then every delta op above its watermark.
+
+The feed's time (``source_timestamp``, what staleness is measured from) comes
+from the data, never from a file's mtime, which a copy resets: the header's
+``published_at``, moved on by each delta row's ``published_at`` where the
+rows carry one; failing those, the newest ``published_on`` in the data (the
+start of that day, China time).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import orjson
+
+from shixin_domain.errors import InvalidInput, LoadRejected, RowError
+from shixin_domain.model import CHINA_TZ, NO_END
+
+HEADER_KEY = "snapshot"
+_EPOCH_DAY_START = _dt.datetime(1970, 1, 1, tzinfo=CHINA_TZ).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotHeader:
+    """What a snapshot says of itself; ``declared`` is False when it said nothing."""
+
+    includes_seq: int = 0
+    published_at: float | None = None  # unix seconds
+    declared: bool = False
+
+
+def is_header(obj: Any) -> bool:
+    """True for the header row of a JSON Lines snapshot."""
+    return isinstance(obj, dict) and HEADER_KEY in obj and "entry_id" not in obj
+
+
+def parse_instant(value: Any, field: str) -> float:
+    """An ISO 8601 time with an offset, as unix seconds (``InvalidInput`` otherwise)."""
+    if not isinstance(value, str):
+        raise InvalidInput(field, "must be an ISO 8601 time with an offset, as a string")
+    try:
+        moment = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(field, f"{value!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise InvalidInput(field, f"{value!r} has no UTC offset (e.g. +08:00)")
+    return moment.timestamp()
+
+
+def parse_header(obj: Any) -> SnapshotHeader:
+    """The header object (the whole row, ``{"snapshot": {...}}``), validated."""
+    body = obj.get(HEADER_KEY) if isinstance(obj, dict) else None
+    if not isinstance(body, dict):
+        raise InvalidInput(HEADER_KEY, "must be an object with includes_seq and published_at")
+    unknown = sorted(set(body) - {"includes_seq", "published_at"})
+    if unknown:
+        raise InvalidInput(f"{HEADER_KEY}.{unknown[0]}", "is not a header field")
+    seq = body.get("includes_seq", 0)
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise InvalidInput(f"{HEADER_KEY}.includes_seq", "must be an integer >= 0")
+    published = body.get("published_at")
+    at = None if published is None else parse_instant(published, f"{HEADER_KEY}.published_at")
+    return SnapshotHeader(seq, at, declared=True)
+
+
+def sidecar_of(path: Path) -> Path:
+    """Where a CSV snapshot's header lives."""
+    return path.with_name(path.name + ".meta.json")
+
+
+def read_header(path: Path) -> SnapshotHeader:
+    """The header of the snapshot at ``path`` (a bare ``SnapshotHeader()`` if it has none).
+
+    A header that is there but bad refuses the snapshot (``LoadRejected``): line 1
+    of a JSON Lines file, or the sidecar of a CSV.
+    """
+    if path.suffix.lower() == ".csv":
+        sidecar = sidecar_of(path)
+        if not sidecar.exists():
+            return SnapshotHeader()
+        where, line = str(sidecar), 1
+        try:
+            obj = orjson.loads(sidecar.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise LoadRejected(where, [RowError(1, "", f"not valid JSON ({exc})")]) from None
+    else:
+        where, line, obj = str(path), 0, None
+        with path.open("rb") as fh:
+            for raw in fh:
+                line += 1
+                if raw.strip():
+                    try:
+                        obj = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        return SnapshotHeader()  # reported row by row by the loader
+                    break
+        if not is_header(obj):
+            return SnapshotHeader()
+    try:
+        return parse_header(obj)
+    except InvalidInput as exc:
+        raise LoadRejected(where, [RowError(line, exc.field, exc.problem)]) from None
+
+
+def header_row(includes_seq: int, published_at: _dt.datetime) -> bytes:
+    """The header line a snapshot writer puts first (with its newline)."""
+    body = {"includes_seq": includes_seq, "published_at": published_at.isoformat()}
+    return orjson.dumps({HEADER_KEY: body}) + b"\n"
+
+
+class Sequenced(Protocol):
+    """Anything with a delta ``seq`` (a ``DeltaOp``)."""
+
+    @property
+    def seq(self) -> int: ...
+
+
+_Op = TypeVar("_Op", bound=Sequenced)
+
+
+def pending(ops: Iterable[_Op], applied_seq: int) -> list[_Op]:
+    """The ops that still apply on top of a version holding every seq <= ``applied_seq``.
+
+    The one rule for every path: a start, a directory poll, a Redis load.
+    """
+    return sorted((op for op in ops if op.seq > applied_seq), key=lambda op: op.seq)
+
+
+def day_start(day: int) -> float:
+    """Unix seconds at the start of a day number, China time (0 for no day)."""
+    return _EPOCH_DAY_START + day * 86400.0 if day and day != NO_END else 0.0
