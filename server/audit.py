@@ -1,4 +1,4 @@
-"""Checking an audit log's hash chain: was any record edited, removed or reordered?
+"""Checking an audit log's hash chain: was any record edited, removed, reordered or cut off?
 
 The audit log is evidence, so an operator (or a court) must be able to show
 it is whole. ``verify`` walks a set (rotated files oldest first, then the
@@ -11,10 +11,23 @@ live file) and names the first record that breaks the chain written by
   ``seq`` runs on by one, or a record's own ``seq`` is not the one its
   ``prev`` link says it must be;
 - ``removed``: ``seq`` jumps and the missing records appear nowhere later;
-- ``reordered``: ``seq`` jumps to a record that belongs later, or goes back.
+- ``reordered``: ``seq`` jumps to a record that belongs later, or goes back;
+- ``truncated``: the chain is whole but ends before the head its writer
+  noted in ``<path>.head`` (records were cut off the end, or lost to a power
+  loss before they reached the disk);
+- ``rewritten``: the record at the noted head's ``seq`` is not the one noted;
+- ``bad head``: ``<path>.head`` is there but is not a head (it is replaced
+  whole, so only an edit or a damaged disk leaves it so).
 
-A hash chain cannot show that records were cut off its end: compare the
-head (``VerifyResult.head_seq`` / ``head_hash``) with one noted earlier.
+A chain alone cannot show records cut off its end; the head noted beside it
+can. The head is read before the log, and a writer notes it only after the
+records it names, so verifying a live log never makes the head look ahead.
+A head behind the log's end is not a failure: the writer notes it at most
+every ``server.hitlog.HEAD_INTERVAL`` seconds, so it lags while the writer
+runs and after a kill (records cut within that window cannot be shown).
+A set without a head is a warning, not a failure (a choice): logs written
+before heads were kept have none, and failing them would fail every old log;
+``VerifyResult.warning`` says what could not be checked.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from server.hitlog import GENESIS, line_hash, log_files
+from server.hitlog import GENESIS, ChainHead, head_path, line_hash, log_files, read_head
 
 __all__ = ["Problem", "VerifyResult", "log_files", "verify"]
 
@@ -36,25 +49,28 @@ class Problem:
     """The first break in the chain: where, which record, and what is wrong."""
 
     file: Path
-    line: int  # 1-based, within ``file``
+    line: int | None  # 1-based, within ``file``; None when the problem is the set's end
     seq: int | None  # the record concerned (for ``removed``: the first missing one)
-    kind: str  # "edited", "removed", "reordered" or "not JSON"
+    kind: str  # "edited", "removed", "reordered", "not JSON", "truncated", "rewritten", "bad head"
     detail: str
 
     def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else str(self.file)
         seq = f"seq {self.seq} " if self.seq is not None else ""
-        return f"{self.file}:{self.line}: {seq}{self.kind}: {self.detail}"
+        return f"{where}: {seq}{self.kind}: {self.detail}"
 
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """What ``verify`` found; ``head_*`` is the last good record, to compare with a noted one."""
+    """What ``verify`` found; ``head_*`` is the last good record, ``noted`` the head kept beside."""
 
     files: list[Path]
     records: int  # records read before the first problem (all of them when intact)
     problem: Problem | None
     head_seq: int = 0
     head_hash: str = GENESIS
+    noted: ChainHead | None = None
+    warning: str = ""  # what could not be checked (no head noted)
 
     @property
     def ok(self) -> bool:
@@ -65,7 +81,8 @@ class VerifyResult:
 class _Line:
     file: Path
     number: int
-    raw: bytes
+    raw: bytes  # without its newline
+    ended: bool  # had a newline: only a file's last line can lack one
 
 
 @dataclass
@@ -76,13 +93,15 @@ class _Walk:
     hash: str = GENESIS
     at: _Line | None = None
     records: int = 0
+    noted_at: tuple[_Line, str] | None = None  # the record at the noted head's seq, its hash
 
 
 def _lines(files: list[Path]) -> Iterator[_Line]:
     for file in files:
         with file.open("rb") as f:
             for number, raw in enumerate(f, 1):
-                yield _Line(file, number, raw[:-1] if raw.endswith(b"\n") else raw)
+                ended = raw.endswith(b"\n")
+                yield _Line(file, number, raw[:-1] if ended else raw, ended)
 
 
 def _record(raw: bytes) -> dict[str, Any] | None:
@@ -98,7 +117,16 @@ def _record(raw: bytes) -> dict[str, Any] | None:
 
 
 def verify(path: Path) -> VerifyResult:
-    """Walk the audit set at ``path``; ``FileNotFoundError`` when it has no file."""
+    """Walk the audit set at ``path`` and hold it to its noted head.
+
+    ``FileNotFoundError`` when the set has no file.
+    """
+    try:
+        noted = read_head(path)  # before the log: a live writer notes only what it has written
+    except ValueError:
+        noted, unreadable = None, True
+    else:
+        unreadable = False
     files = log_files(path)
     if not files:
         raise FileNotFoundError(f"no audit log at {path}")
@@ -106,14 +134,50 @@ def verify(path: Path) -> VerifyResult:
     for position, line in enumerate(_lines(files)):
         record = _record(line.raw)
         if record is None:
-            problem = Problem(line.file, line.number, None, "not JSON", "not an audit record")
-            return VerifyResult(files, walk.records, problem, walk.seq, walk.hash)
+            problem = _torn_end(noted, walk, line, files[-1]) or Problem(
+                line.file, line.number, None, "not JSON", "not an audit record"
+            )
+            return VerifyResult(files, walk.records, problem, walk.seq, walk.hash, noted)
         broken = _check(walk, line, record, files, position)
         if broken is not None:
-            return VerifyResult(files, walk.records, broken, walk.seq, walk.hash)
+            return VerifyResult(files, walk.records, broken, walk.seq, walk.hash, noted)
         walk.seq, walk.hash, walk.at = record["seq"], line_hash(line.raw), line
         walk.records += 1
-    return VerifyResult(files, walk.records, None, walk.seq, walk.hash)
+        if noted is not None and walk.seq == noted.seq:
+            walk.noted_at = (line, walk.hash)
+    if unreadable:
+        bad = Problem(head_path(path), None, None, "bad head", "not an audit head (edited?)")
+        return VerifyResult(files, walk.records, bad, walk.seq, walk.hash)
+    if noted is None:
+        warning = (
+            f"no head noted ({head_path(path).name} is missing): records cut off the end "
+            "would not show; logs written before heads were kept have none"
+        )
+        return VerifyResult(files, walk.records, None, walk.seq, walk.hash, None, warning)
+    short = _held_to(noted, walk, files[-1])
+    return VerifyResult(files, walk.records, short, walk.seq, walk.hash, noted)
+
+
+def _torn_end(noted: ChainHead | None, walk: _Walk, line: _Line, last: Path) -> Problem | None:
+    """A record cut in the middle at the very end, short of the noted head: a truncation."""
+    if noted is None or noted.seq <= walk.seq or line.ended or line.file != last:
+        return None
+    detail = f"the head records {noted} but the log ends at seq {walk.seq} and part of a record"
+    return Problem(line.file, line.number, None, "truncated", detail)
+
+
+def _held_to(noted: ChainHead, walk: _Walk, last: Path) -> Problem | None:
+    """Whether an intact chain reaches its noted head, and has the noted record there."""
+    if noted.seq > walk.seq:
+        detail = f"the head records {noted} but the log ends at seq {walk.seq}"
+        return Problem(last, None, None, "truncated", detail)
+    if noted.seq == 0 or walk.noted_at is None:  # an intact chain has every seq to its end
+        return None
+    line, found = walk.noted_at
+    if found != noted.sha256:
+        detail = f"the head records {noted}, the log holds sha256 {found[:12]}…"
+        return Problem(line.file, line.number, noted.seq, "rewritten", detail)
+    return None
 
 
 def _check(

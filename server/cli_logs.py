@@ -106,6 +106,11 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    """``audit verify``: 0 when whole up to its noted head, 1 when broken, 2 without a log.
+
+    A log without a head file (written before heads were kept) verifies with
+    a warning on standard error: a cut off its end cannot be seen.
+    """
     try:
         result = verify(args.path)
     except FileNotFoundError as exc:
@@ -115,6 +120,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if result.problem is None:
         print(f"OK: {result.records} records in {files} files; "
               f"head seq {result.head_seq} sha256 {result.head_hash}")  # fmt: skip
+        noted = result.noted
+        if noted is not None and noted.seq < result.head_seq:
+            print(f"(the noted head is seq {noted.seq}, {result.head_seq - noted.seq} records "
+                  "behind: the writer is running or was killed since it noted it)")  # fmt: skip
+        if result.warning:
+            print(f"audit verify: warning: {result.warning}", file=sys.stderr)
         return 0
     print(f"BROKEN: {result.problem}")
     print(f"({result.records} records intact before it, in {files} files)")

@@ -46,6 +46,13 @@ class CheckEngine:
         self._prefix = secrets.token_hex(4) + "-"
         self._counter = itertools.count(1)
 
+    def new_check_id(self) -> str:
+        """A check id in this engine's series, for a call that fails before it is answered.
+
+        ``_answer`` numbers checks the same way, inlined (it is the hot path).
+        """
+        return f"{self._prefix}{next(self._counter):x}"
+
     def view(self) -> ListView:
         view = self.source.current()
         if view is None:

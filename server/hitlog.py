@@ -27,6 +27,19 @@ its newline (64 zeros for the first). Editing, removing or reordering a
 record breaks the chain at the record after it; ``server.audit.verify`` finds
 where.
 
+Chain head. A chain cannot show records cut off its end, so ``AuditLog``
+also keeps ``<path>.head``: the last record's ``seq``, its hash and the file
+it was in, replaced atomically (temp file, then ``os.replace``). Replacing a
+file costs about 30 times the record write, too much before every answer, so
+a background thread notes the head at most every ``head_interval`` seconds
+(0.1 by default) when it moved, and ``close`` notes it at once; it is synced
+unless ``fsync`` is ``"never"``, off the answer path. Records cut within that
+window before a kill show as "the head is behind the end", not as a cut. It
+is noted after the records it names are written, so it is never ahead of the
+log unless records were lost: cut, or lost to power loss under ``fsync``
+``"never"`` or ``"interval"``. A writer that starts on a log that ends before
+its head goes on from the head, so the gap stays in the chain.
+
 One writer process per path: a set's size, day and chain head live in its
 writer. Replicas write their own paths; the feedback report dedupes checks
 by ``check_id`` across them. Neither log ever holds a plaintext ID number.
@@ -36,11 +49,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import logging
 import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -61,6 +77,9 @@ _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
 _TAIL_CHUNK = 8192
 _METADATA_SECRETS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 _METADATA_VALUE_MAX = 256
+HEAD_INTERVAL = 0.1  # seconds between notes of the audit chain head, at most
+
+log = logging.getLogger("shixin.server")
 
 
 def rotated_pattern(path: Path) -> re.Pattern[str]:
@@ -242,9 +261,13 @@ class AppendLog:
             _sync(self._fd)
         target = self._rotated_path()
         os.rename(self.path, target)
+        self._renamed(target)
         old = self._fd
         self._open_live()
         os.close(old)
+
+    def _renamed(self, target: Path) -> None:
+        """Called with the lock held once the live file has been rotated to ``target``."""
 
     def _rotated_path(self) -> Path:
         day = _day_text(china_day(self._day_window[0]))
@@ -343,12 +366,26 @@ def audit_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
 
 
 class AuditLog(AppendLog):
-    """One record per call, refused and invalid ones included, hash-chained across rotation."""
+    """One record per call, refused and invalid ones included, hash-chained across rotation.
 
-    def __init__(self, path: Path, **options: Any) -> None:
-        """``options`` as for ``AppendLog``."""
+    Keeps the chain head in ``<path>.head`` (see the module docstring).
+    """
+
+    def __init__(self, path: Path, *, head_interval: float = HEAD_INTERVAL, **options: Any) -> None:
+        """``options`` as for ``AppendLog``; the head is noted at most every ``head_interval`` s."""
+        if head_interval <= 0:
+            raise ValueError("head_interval must be positive")
         super().__init__(path, **options)
-        self._seq, self._prev = chain_head(path)
+        start = _chain_start(path)
+        self._seq, self._prev, self._file = start.seq, start.sha256, start.file
+        self._head_lock = threading.Lock()  # taken before the record lock, never after
+        self._noted: ChainHead | None = None
+        self._note_head()
+        self._closing = threading.Event()
+        threading.Thread(
+            target=_keep_head, args=(weakref.ref(self), self._closing, head_interval),
+            name=f"audit-head {path.name}", daemon=True,
+        ).start()  # fmt: skip
 
     @property
     def head(self) -> tuple[int, str]:
@@ -366,19 +403,22 @@ class AuditLog(AppendLog):
         *,
         caller: str = "",
         metadata: Mapping[str, str] | None = None,
+        check_id: str = "",
     ) -> None:
-        self.append(
-            {
-                "method": method,
-                "caller": caller,
-                "peer": peer,
-                "metadata": audit_metadata(metadata),
-                "subject": subject,
-                "checks": count,
-                "outcome": outcome,
-                "latency_us": int((time.perf_counter() - started) * 1e6),
-            }
-        )
+        """One call; ``check_id`` (kept only when given) joins a failure to the server's log."""
+        record: dict[str, Any] = {
+            "method": method,
+            "caller": caller,
+            "peer": peer,
+            "metadata": audit_metadata(metadata),
+            "subject": subject,
+            "checks": count,
+            "outcome": outcome,
+            "latency_us": int((time.perf_counter() - started) * 1e6),
+        }
+        if check_id:
+            record["check_id"] = check_id
+        self.append(record)
 
     def _encode(self, now: float, record: Mapping[str, Any]) -> bytes:
         chained = {"seq": self._seq + 1, "prev": self._prev, "time": now, **record}
@@ -387,21 +427,139 @@ class AuditLog(AppendLog):
     def _committed(self, line: bytes) -> None:
         self._seq += 1
         self._prev = line_hash(line[:-1])
+        self._file = self.path.name
+
+    def _renamed(self, target: Path) -> None:
+        self._file = target.name  # the last record went with the live file
+
+    def _note_head(self) -> None:
+        """Replace ``<path>.head`` with the chain head, if it moved since last noted."""
+        with self._head_lock:
+            with self._lock:
+                head = ChainHead(self._seq, self._prev, self._file)
+            if head != self._noted:
+                write_head(self.path, head, sync=self.fsync != "never")
+                self._noted = head
+
+    def close(self) -> None:
+        super().close()
+        self._closing.set()
+        self._note_head()
 
 
-def chain_head(path: Path) -> tuple[int, str]:
-    """(seq, hash) of the newest record of the audit set at ``path``: where the chain goes on.
+def _keep_head(ref: weakref.ref[AuditLog], closing: threading.Event, interval: float) -> None:
+    """The background noter: weakly held, so a log dropped without ``close`` is still freed."""
+    failing = False
+    while not closing.wait(interval):
+        audit = ref()
+        if audit is None:
+            return
+        try:
+            audit._note_head()
+        except OSError as exc:
+            if not failing:
+                log.error("audit log %s: cannot note its head: %s", audit.path, exc)
+            failing = True
+        else:
+            if failing:
+                log.info("audit log %s: noting its head again", audit.path)
+            failing = False
+        del audit
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """Where an audit chain ended when its writer last noted it: ``<path>.head``."""
+
+    seq: int  # 0 for a set without records
+    sha256: str  # ``line_hash`` of that record (``GENESIS`` for seq 0)
+    file: str  # the name of the file that held it then; a later rotation renames that file
+
+    def __str__(self) -> str:
+        where = f", in {self.file}" if self.file else ""
+        return f"seq {self.seq} (sha256 {self.sha256[:12]}…{where})"
+
+
+def head_path(path: Path) -> Path:
+    """The sidecar holding the noted chain head of the audit set at ``path``."""
+    return path.with_name(path.name + ".head")
+
+
+def write_head(path: Path, head: ChainHead, *, sync: bool = False) -> None:
+    """Note ``head`` for the set at ``path``: a reader sees the old head or the new, never half.
+
+    ``sync``: on disk before it replaces the old one, and the replacing too.
+    """
+    target = head_path(path)
+    part = target.with_name(target.name + ".part")
+    text = orjson.dumps({"seq": head.seq, "sha256": head.sha256, "file": head.file})
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        os.write(fd, text + b"\n")
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(part, target)
+    if sync:
+        _sync_dir(target.parent)
+
+
+def read_head(path: Path) -> ChainHead | None:
+    """The head noted for the set at ``path``: None without one, ``ValueError`` if it is not one."""
+    target = head_path(path)
+    try:
+        raw = target.read_bytes()
+    except FileNotFoundError:
+        return None
+    value = _parse(raw.strip())
+    if value is not None:
+        seq, sha256, file = value.get("seq"), value.get("sha256"), value.get("file")
+        if (
+            isinstance(seq, int) and seq >= 0 and isinstance(file, str)
+            and isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)
+        ):  # fmt: skip
+            return ChainHead(seq, sha256, file)
+    raise ValueError(f"{target} is not an audit head")
+
+
+def chain_head(path: Path) -> ChainHead:
+    """The newest record of the audit set at ``path``, as it is now: where the chain goes on.
 
     A last line that is not a record (torn by power loss) is chained over, so
     ``verify`` reports it; ``seq`` goes on from the last record that parses.
     """
     files = log_files(path)
-    tails = [tail for tail in map(last_line, reversed(files)) if tail]
+    tails = [(file, tail) for file in reversed(files) if (tail := last_line(file))]
     if not tails:
-        return 0, GENESIS
+        return ChainHead(0, GENESIS, "")
+    last_file, tail = tails[0]
     for file in reversed(files):
         record = last_record(file)
         seq = record.get("seq") if record else None
         if isinstance(seq, int):
-            return seq, line_hash(tails[0])
-    return 0, line_hash(tails[0])
+            return ChainHead(seq, line_hash(tail), last_file.name)
+    return ChainHead(0, line_hash(tail), last_file.name)
+
+
+def _chain_start(path: Path) -> ChainHead:
+    """Where a writer starting on ``path`` goes on: the log's end, or its noted head if later.
+
+    A log that ends before its head lost records (cut, or lost to power loss);
+    going on from the head keeps that gap in the chain for ``verify`` to show,
+    where going on from the log's end would hide it for good.
+    """
+    found = chain_head(path)
+    try:
+        noted = read_head(path)
+    except ValueError as exc:
+        log.error("audit log %s: %s; noting the head afresh", path, exc)
+        return found
+    if noted is None or noted.seq < found.seq or noted.sha256 == found.sha256:
+        return found
+    log.error(
+        "audit log %s does not end where its head says (%s; the log ends at %s): records "
+        "were cut or lost; the chain goes on from the head, so `audit verify` shows the gap",
+        path, noted, found,
+    )  # fmt: skip
+    return noted

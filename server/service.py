@@ -2,14 +2,18 @@
 
 Every failure leaves as a gRPC status with a message naming the field or the
 reason (``server/status.py``); an unexpected exception is INTERNAL and the
-server keeps serving. Request bytes that do not parse are INVALID_ARGUMENT,
-not the INTERNAL grpcio would give: the methods are registered with lenient
-deserialisers (``add_to_server``). A batch uses one list version for all its
-checks; a stream one per check.
+server keeps serving. Such a call gets a check id of its own, named in the
+INTERNAL message and the audit record and logged once with its traceback on
+``shixin.server`` (the handler aborts, so grpc does not log it again): a
+caller can quote it to the operator. Request bytes that do not parse are
+INVALID_ARGUMENT, not the INTERNAL grpcio would give: the methods are
+registered with lenient deserialisers (``add_to_server``). A batch uses one
+list version for all its checks; a stream one per check.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
@@ -30,10 +34,12 @@ from shixin_domain.errors import (
     ShixinError,
 )
 from shixin_domain.identity import mask_id
+from shixin_domain.model import china_day
 from shixin_domain.rules import Policy
 
 SERVICE = "shixin.v1.ConsumptionCheck"
-_INTERNAL = "internal error; the check was not decided"
+
+log = logging.getLogger("shixin.server")
 
 
 class Malformed:
@@ -104,28 +110,37 @@ class ConsumptionCheckService:
         return principal
 
     def _audit(self, context: grpc.aio.ServicerContext, method: str, principal: Principal,
-               subject: str, outcome: str, started: float, count: int = 1) -> None:  # fmt: skip
+               subject: str, outcome: str, started: float, count: int = 1,
+               check_id: str = "") -> None:  # fmt: skip
         assert self.audit is not None
         metadata = {
             k: str(v) for k, v in (context.invocation_metadata() or ()) if k in _AUDITED_METADATA
         }
         self.audit.record(
             method, context.peer(), subject, outcome, started, count,
-            caller=principal.name, metadata=metadata,
+            caller=principal.name, metadata=metadata, check_id=check_id,
         )  # fmt: skip
 
     async def _fail(
         self, context: grpc.aio.ServicerContext, exc: BaseException, method: str,
         principal: Principal, subject: str, started: float, prefix: str = "",
     ) -> NoReturn:  # fmt: skip
-        if isinstance(exc, ShixinError):
-            code, message = status_of(exc), prefix + str(exc)
+        code = status_of(exc) if isinstance(exc, ShixinError) else grpc.StatusCode.INTERNAL
+        check_id = ""
+        if code is grpc.StatusCode.INTERNAL:
+            check_id = self.engine.new_check_id()
+            log.error(
+                "%s failed: internal error, check_id %s, subject %s, caller %s",
+                method, check_id, subject or "-", principal.name or "-", exc_info=exc,
+            )  # fmt: skip
+            undecided = "" if method == "GetListStatus" else "; the check was not decided"
+            message = f"{prefix}internal error (check_id {check_id}){undecided}"
         else:
-            code, message = grpc.StatusCode.INTERNAL, _INTERNAL
+            message = prefix + str(exc)
         if isinstance(exc, RateLimited):
             context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after * 1000))),))
         if self.audit is not None:
-            self._audit(context, method, principal, subject, code.name, started)
+            self._audit(context, method, principal, subject, code.name, started, check_id=check_id)
         await context.abort(code, message)
         raise AssertionError("abort returned")  # it raises; this tells the type checker
 
@@ -223,11 +238,12 @@ class ConsumptionCheckService:
             if type(request) is Malformed:
                 raise MalformedRequest(request.problem)
             principal = self._admit(context, "status", 0)
+            status = list_status(self.engine, self.policy, self.gate)
         except Exception as exc:  # noqa: BLE001
             await self._fail(context, exc, "GetListStatus", principal, "", started)
         if self.audit is not None:
             self._audit(context, "GetListStatus", principal, "", "OK", started, 0)
-        return list_status(self.engine, self.policy, self.gate)
+        return status
 
 
 def _in_time(context: grpc.aio.ServicerContext) -> None:
@@ -288,8 +304,9 @@ def list_status(engine: CheckEngine, policy: Policy, gate: Gate | None = None) -
     status.source_timestamp = _rfc3339(info.source_timestamp)
     status.staleness_seconds = max(0, int(time.time() - info.source_timestamp))
     status.last_delta_seq = info.last_delta_seq
+    status.snapshot_includes_seq = info.includes_seq
     status.entries_total = info.counts.total
     status.subject_keys = info.counts.subject_keys
-    for list_type, entry_status, n in info.counts.by_type_status:
-        status.counts.add(list_type=list_type.name, status=entry_status.name, entries=n)
+    for list_type, entry_status, n in info.counts.on(china_day(time.time())):
+        status.counts.add(list_type=list_type, status=entry_status, entries=n)
     return status

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import logging
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import pytest
 from clients.check_client import build_request
 from server import audit as audit_mod
 from server import hitlog
+from server.cli import main as cli_main
 from server.cli_logs import add_parsers
 from server.convert import to_query
 from server.hitlog import AppendLog, AuditLog, HitLog, log_files
@@ -354,6 +357,162 @@ def test_audit_verify_command(audit_set: Path, capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert f"{rotated}:2: seq 2 removed" in out
     assert run_audit_cli("audit", "verify", str(audit_set.with_name("nothing.jsonl"))) == 2
+
+
+# --- the noted head: a cut tail ---------------------------------------------------
+
+
+def verify_cli(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``shixin-check audit verify PATH`` through the real entry point: (exit, out, err)."""
+    code = cli_main(["audit", "verify", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def truncated(path: Path, noted: int, sha256: str, ends: int, where: str = "") -> str:
+    return (
+        f"BROKEN: {path}{where}: truncated: the head records seq {noted} "
+        f"(sha256 {sha256[:12]}…, in {path.name}) but the log ends at seq {ends}"
+    )
+
+
+def test_a_closed_log_notes_its_head_and_verifies_without_warning(
+    audit_set: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    head = hitlog.read_head(audit_set)
+    assert head == hitlog.ChainHead(15, hitlog.line_hash(lines(audit_set)[-1]), "audit.jsonl")
+    code, out, err = verify_cli(audit_set, capsys)
+    assert (code, err) == (0, "")
+    assert out.startswith("OK: 15 records in 3 files; head seq 15 sha256 ")
+
+
+def test_records_cut_at_a_line_boundary_are_reported(
+    audit_set: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    head = hitlog.line_hash(lines(audit_set)[-1])
+    rewrite(audit_set, lambda ls: ls[:-3])
+    code, out, _ = verify_cli(audit_set, capsys)
+    assert code == 1
+    assert out.startswith(truncated(audit_set, 15, head, 12) + "\n")
+
+
+def test_records_cut_mid_record_are_reported(
+    audit_set: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = lines(audit_set)
+    audit_set.write_bytes(b"".join(x + b"\n" for x in raw[:2]) + raw[2][:40])
+    code, out, _ = verify_cli(audit_set, capsys)
+    assert code == 1
+    expected = truncated(audit_set, 15, hitlog.line_hash(raw[-1]), 12, ":3")
+    assert out.startswith(expected + " and part of a record\n")
+
+
+def test_a_cut_across_a_rotation_is_reported(
+    audit_set: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    head = hitlog.line_hash(lines(audit_set)[-1])
+    audit_set.unlink()  # the whole live file, and with it the last 5 records
+    code, out, _ = verify_cli(audit_set, capsys)
+    assert code == 1
+    last_rotated = audit_set.with_name("audit.jsonl.20260702.2")
+    expected = (
+        f"BROKEN: {last_rotated}: truncated: the head records seq 15 (sha256 {head[:12]}…, "
+        "in audit.jsonl) but the log ends at seq 10"
+    )
+    assert out.startswith(expected + "\n")
+
+
+def test_a_rewritten_last_record_is_reported(
+    audit_set: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rewrite(audit_set, lambda ls: [*ls[:-1], ls[-1].replace(b'"DENY"', b'"ALLOW"')])
+    code, out, _ = verify_cli(audit_set, capsys)  # the chain alone cannot see it: nothing follows
+    assert code == 1
+    assert out.startswith(f"BROKEN: {audit_set}:5: seq 15 rewritten: the head records seq 15")
+
+
+def test_a_log_without_a_head_verifies_with_a_warning(
+    audit_set: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hitlog.head_path(audit_set).unlink()  # as a log written before heads were kept
+    rewrite(audit_set, lambda ls: ls[:-3])
+    code, out, err = verify_cli(audit_set, capsys)
+    assert code == 0 and out.startswith("OK: 12 records in 3 files")
+    assert err == (
+        "audit verify: warning: no head noted (audit.jsonl.head is missing): records cut off "
+        "the end would not show; logs written before heads were kept have none\n"
+    )
+
+
+def test_a_head_that_is_not_one_is_reported(
+    audit_set: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hitlog.head_path(audit_set).write_text('{"seq": "many"}\n')
+    code, out, _ = verify_cli(audit_set, capsys)
+    assert code == 1 and out.startswith(f"BROKEN: {audit_set}.head: bad head: ")
+
+
+def test_a_head_behind_the_end_is_not_a_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, head_interval=3600, clock=Clock(china(2026, 7, 1)))
+    write_audit(log, 4)  # still running: the head was noted at the start only
+    try:
+        assert hitlog.read_head(path) == hitlog.ChainHead(0, hitlog.GENESIS, "")
+        code, out, _ = verify_cli(path, capsys)
+        assert code == 0 and "the noted head is seq 0, 4 records behind" in out
+    finally:
+        log.close()
+    assert hitlog.read_head(path) == hitlog.ChainHead(4, log.head[1], "audit.jsonl")
+
+
+def test_a_writer_restarted_on_a_cut_log_keeps_the_gap(
+    audit_set: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    rewrite(audit_set, lambda ls: ls[:-3])
+    log = AuditLog(audit_set, clock=Clock(china(2026, 7, 3)))  # restarted after the cut
+    write_audit(log, 2)
+    log.close()
+    [warned] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "does not end where its head says" in warned.getMessage()
+    assert [r["seq"] for r in records(audit_set)][-4:] == [11, 12, 16, 17]
+    code, out, _ = verify_cli(audit_set, capsys)
+    assert code == 1
+    assert f"{audit_set}:3: seq 13 removed: seq 13..15 missing before this record" in out
+
+
+def test_a_restart_on_an_intact_log_goes_on_from_its_head(
+    audit_set: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    log = AuditLog(audit_set, max_bytes=900, clock=Clock(china(2026, 7, 3)))
+    write_audit(log, 6)  # rotates again on size
+    log.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    code, out, err = verify_cli(audit_set, capsys)
+    assert (code, err) == (0, "") and out.startswith("OK: 21 records in ")
+    assert hitlog.read_head(audit_set) == hitlog.ChainHead(
+        21, hitlog.line_hash(lines(audit_set)[-1]), "audit.jsonl"
+    )
+
+
+def test_a_running_server_notes_its_head_and_a_cut_shows(
+    tmp_path: Path, serve: Callable[..., RunningServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    audit_path = tmp_path / "logs" / "audit.jsonl"
+    server = serve(write_jsonl(tmp_path / "list.jsonl", basic_rows()), audit_log=audit_path)
+    stub = server.stub()
+    for _ in range(5):
+        stub.CheckConsumption(rail(ZHANG, "张伟"))
+    deadline = time.monotonic() + 10
+    while (head := hitlog.read_head(audit_path)) is None or head.seq < 5:
+        assert time.monotonic() < deadline, "the server never noted the head"
+        time.sleep(0.02)
+    assert verify_cli(audit_path, capsys)[0] == 0
+    rewrite(audit_path, lambda ls: ls[:-2])  # cut under the running writer
+    code, out, _ = verify_cli(audit_path, capsys)
+    assert code == 1
+    assert out.startswith(truncated(audit_path, 5, head.sha256, 3) + "\n")
 
 
 # --- through a server ----------------------------------------------------------------
