@@ -23,6 +23,8 @@ from tests.conftest import RunningServer
 from tests.listdata import WANG, ZHANG, ZHAO, basic_rows, rid, write_jsonl
 
 Serve = Callable[..., RunningServer]
+#: How long a poll waits: only so a broken build fails instead of hanging.
+WAIT_S = 20.0
 
 
 def hotel(number: str = ZHAO) -> pb.CheckRequest:
@@ -234,9 +236,9 @@ def test_no_plaintext_id_anywhere_the_service_writes(
     server = serve(
         None, redis=redis_server.url, hit_log=out / "hits.log", audit_log=out / "audit.log"
     )
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + WAIT_S
     while server.service.engine.source.current() is None:
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, "the server never loaded the list from Redis"
         time.sleep(0.02)
     used = [ZHANG, WANG, ZHAO]
     stub = server.stub()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from clients.check_client import build_request
 from loader.index_redis import connect
 from loader.publish_redis import publish_snapshot
 from server.feedback import build_report
-from server.hitlog import HitLog
+from server.hitlog import HitLog, log_files
 from server.hitsink import HitForwarder, hits_stream, read_stream
 from shixin.v1 import check_pb2 as pb
 from shixin_domain.decision import MatchOutcome, Query, Verdict
@@ -26,6 +27,32 @@ from tests.listdata import LI, WANG, ZHANG, ZHAO, basic_rows, write_jsonl
 
 pytestmark = pytest.mark.redis
 Serve = Callable[..., RunningServer]
+#: How long a poll waits: only so a broken build fails instead of hanging.
+WAIT_S = 20.0
+
+
+def wait_until(happened: Callable[[], bool], what: str) -> None:
+    """Poll until ``happened()``; fails (never hangs) if it never does."""
+    deadline = time.monotonic() + WAIT_S
+    while not happened():
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.02)
+
+
+def has_a_list(replica: RunningServer) -> bool:
+    return replica.service.engine.source.current() is not None
+
+
+def forwarded_to_the_end(replica: RunningServer) -> bool:
+    """The replica's forwarder has saved a cursor (inode, offset) at the end of its log."""
+    forwarder = replica.service.forwarder
+    assert forwarder is not None
+    try:
+        inode, offset = map(int, forwarder.cursor_path.read_text().split())
+    except (OSError, ValueError):
+        return False
+    live = log_files(forwarder.hit_log)[-1].stat()
+    return (inode, offset) == (live.st_ino, live.st_size)
 
 
 def quarter_now() -> str:
@@ -49,22 +76,16 @@ def test_two_replicas_hits_appear_once_in_one_report(
     ]
     denied = 0
     for i, replica in enumerate(replicas):
-        deadline = time.monotonic() + 5
-        while replica.service.engine.source.current() is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(partial(has_a_list, replica), "loading the list")
         stub = replica.stub()
         for number in (ZHANG, LI, WANG, ZHAO):  # three listed, one not
             stub.CheckConsumption(build_request("AIRLINE", id_number=number, merchant_id=f"m{i}"))
         batch = [build_request("AIRLINE", id_number=n) for n in (ZHANG, ZHAO)]
         stub.CheckConsumptionBatch(pb.CheckBatchRequest(checks=batch))
         denied += 4
-    deadline = time.monotonic() + 5
-    while client.xlen(hits_stream("shixin")) < denied:
-        assert time.monotonic() < deadline, "hits not forwarded"
-        time.sleep(0.05)
-    time.sleep(0.5)  # and nothing more arrives
-    assert client.xlen(hits_stream("shixin")) == denied
+    for replica in replicas:  # every record a replica logged has gone to the stream ...
+        wait_until(partial(forwarded_to_the_end, replica), "forwarding the whole hit log")
+    assert client.xlen(hits_stream("shixin")) == denied  # ... and each went once
     report = build_report(list(read_stream(client)), quarter_now())
     assert report.totals.denied == denied
     by_case = {c.case_number: c.channels["AIRLINE"] for c in report.cases}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,16 @@ from tests.listdata import (
 )
 
 TODAY = china_day(time.time())
+#: How long a poll waits for the follower: only so a broken build fails instead of hanging.
+WAIT_S = 20.0
+
+
+def wait_until(happened: Callable[[], bool], what: str) -> None:
+    """Poll until ``happened()``; fails (never hangs) if it never does."""
+    deadline = time.monotonic() + WAIT_S
+    while not happened():
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.01)
 
 
 def flight_query(keyer: SubjectKeyer, number: str, name: str = "") -> Query:
@@ -261,18 +272,14 @@ def test_followed_directory_applies_new_files(tmp_path: Path, keyer: SubjectKeye
     try:
         assert decision_for(index, keyer, ZHAO) is Decision.ALLOW
         (tmp_path / "ignored.part").write_text("{broken")
-        started = time.monotonic()
         write_jsonl(
             tmp_path / "002-delta.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵"))]
         )
-        while decision_for(index, keyer, ZHAO) is not Decision.DENY:
-            assert time.monotonic() - started < 1.0, "delta not applied within a second"
-            time.sleep(0.01)
+        wait_until(lambda: ("loaded", "002-delta.jsonl") in events, "loading 002-delta.jsonl")
+        assert decision_for(index, keyer, ZHAO) is Decision.DENY
         write_jsonl(tmp_path / "003-delta.jsonl", [delta(2, "SUSPEND", entry_id="NOPE")])
         write_jsonl(tmp_path / "004-snapshot.jsonl", [person_entry("E1", ZHANG, "张伟")])
-        deadline = time.monotonic() + 2
-        while decision_for(index, keyer, LI) is Decision.DENY and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: ("loaded", "004-snapshot.jsonl") in events, "loading 004-snapshot")
         assert decision_for(index, keyer, LI) is Decision.ALLOW  # not in the new snapshot
         assert decision_for(index, keyer, ZHANG) is Decision.DENY
     finally:

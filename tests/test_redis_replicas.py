@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,10 @@ from tests.listdata import LI, ZHANG, ZHAO, basic_rows, delta, person_entry, wri
 pytestmark = pytest.mark.redis
 
 Serve = Callable[..., RunningServer]
-#: The documented bound for a delta to reach every replica (README).
-PROPAGATION_BOUND_S = 1.0
+#: How long a poll waits: only so a broken build fails instead of hanging. The
+#: documented 1 s for a delta to reach the replicas is a figure for
+#: loadtest/redis_bench.py, never a unit test's pass mark.
+WAIT_S = 20.0
 
 
 def load_cli(path: Path, url: str) -> subprocess.CompletedProcess[str]:
@@ -44,14 +47,16 @@ def decision(server: RunningServer, number: str, name: str = "") -> pb.CheckResp
     return server.stub().CheckConsumption(request, timeout=5)
 
 
-def wait_for(predicate: Callable[[], bool], limit: float, step: float = 0.01) -> float:
-    """Seconds until ``predicate()`` held; fails after ``limit``."""
-    started = time.monotonic()
-    while not predicate():
-        elapsed = time.monotonic() - started
-        assert elapsed < limit, f"not true within {limit}s"
+def wait_for(happened: Callable[[], bool], what: str, step: float = 0.01) -> None:
+    """Poll until ``happened()``; fails (never hangs) if it never does."""
+    deadline = time.monotonic() + WAIT_S
+    while not happened():
+        assert time.monotonic() < deadline, f"{what} never happened"
         time.sleep(step)
-    return time.monotonic() - started
+
+
+def has_a_list(server: RunningServer) -> bool:
+    return server.service.engine.source.current() is not None
 
 
 @pytest.fixture
@@ -61,11 +66,11 @@ def replicas(redis_server: RedisServer, serve: Serve, tmp_path: Path) -> list[Ru
     assert done.returncode == 0, done.stderr
     servers = [serve(None, redis=redis_server.url, replica_id=f"r{i}") for i in (1, 2)]
     for server in servers:
-        wait_for(lambda s=server: s.service.engine.source.current() is not None, 5)
+        wait_for(partial(has_a_list, server), "loading the list")
     return servers
 
 
-def test_deltas_reach_every_replica_within_the_bound(
+def test_deltas_reach_every_replica(
     replicas: list[RunningServer], redis_server: RedisServer, tmp_path: Path
 ) -> None:
     assert all(decision(r, ZHAO).decision == pb.ALLOW for r in replicas)
@@ -74,21 +79,15 @@ def test_deltas_reach_every_replica_within_the_bound(
         tmp_path / "d1.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵六"))]
     )
     publish_delta(client, listing, SubjectKeyer(SECRET))
-    listed_after = wait_for(
-        lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), PROPAGATION_BOUND_S
-    )
+    wait_for(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), "LIST seen")
     delisting = write_jsonl(tmp_path / "d2.jsonl", [delta(2, "DELIST", entry_id="E1")])
     publish_delta(client, delisting, SubjectKeyer(SECRET))
-    delisted_after = wait_for(
-        lambda: all(decision(r, ZHANG).decision == pb.ALLOW for r in replicas), PROPAGATION_BOUND_S
-    )
-    print(f"LIST visible on both replicas after {listed_after * 1000:.0f} ms, "
-          f"DELIST after {delisted_after * 1000:.0f} ms")  # fmt: skip
+    wait_for(lambda: all(decision(r, ZHANG).decision == pb.ALLOW for r in replicas), "DELIST seen")
     for r in replicas:
         status = r.stub().GetListStatus(pb.ListStatusRequest())
         assert (status.index_backend, status.last_delta_seq) == ("redis", 2)
         assert status.index_reachable
-    wait_for(lambda: all(x["seq"] == 2 for x in redis_status(client)["replicas"]), 3)
+    wait_for(lambda: all(x["seq"] == 2 for x in redis_status(client)["replicas"]), "seq 2 reported")
     assert {x["replica"] for x in redis_status(client)["replicas"]} == {"r1", "r2"}
     client.close()
 
@@ -99,9 +98,7 @@ def test_loader_process_delta_reaches_replicas(
     path = write_jsonl(tmp_path / "d1.jsonl", [delta(1, "SUSPEND", entry_id="E2")])
     done = load_cli(path, redis_server.url)
     assert done.returncode == 0, done.stderr
-    wait_for(
-        lambda: all(decision(r, LI).decision == pb.ALLOW for r in replicas), PROPAGATION_BOUND_S
-    )
+    wait_for(lambda: all(decision(r, LI).decision == pb.ALLOW for r in replicas), "SUSPEND seen")
     answer = decision(replicas[0], LI)
     assert [x.code for x in answer.reasons] == ["LISTING_SUSPENDED"]
 
@@ -109,12 +106,16 @@ def test_loader_process_delta_reaches_replicas(
 def test_corrupt_snapshot_reaches_no_replica(
     replicas: list[RunningServer], redis_server: RedisServer, tmp_path: Path
 ) -> None:
+    client, keys = connect(redis_server.url, timeout=5), RedisKeys()
+    published = (client.get(keys.current), client.smembers(keys.versions))
     before = [r.stub().GetListStatus(pb.ListStatusRequest()).version for r in replicas]
     rows = [person_entry("E9", ZHAO, "赵六"), {"entry_id": "E10", "list_type": "SHIXIN"}]
     done = load_cli(write_jsonl(tmp_path / "bad.jsonl", rows), redis_server.url)
     assert done.returncode == 1
     assert "line 2: subject" in done.stderr
-    time.sleep(0.3)
+    # nothing was published, so there is nothing for a replica to follow
+    assert (client.get(keys.current), client.smembers(keys.versions)) == published
+    client.close()
     after = [r.stub().GetListStatus(pb.ListStatusRequest()).version for r in replicas]
     assert after == before
     assert all(decision(r, ZHANG).decision == pb.DENY for r in replicas)
@@ -126,7 +127,7 @@ def test_redis_down_never_allows_silently_and_replicas_catch_up(
 ) -> None:
     strict = serve(None, redis=redis_server.url, replica_id="strict",
                    policy=replicas[0].service.settings.policy.__class__(unavailable="DENY"))  # fmt: skip
-    wait_for(lambda: strict.service.engine.source.current() is not None, 5)
+    wait_for(partial(has_a_list, strict), "loading the list")
     redis_server.stop()
     for r in replicas:
         listed = decision(r, ZHANG, "张伟")
@@ -138,7 +139,8 @@ def test_redis_down_never_allows_silently_and_replicas_catch_up(
         assert (unlisted.decision, [x.code for x in unlisted.reasons]) == (pb.ALLOW, ["NOT_LISTED"])
     assert decision(strict, ZHANG).decision == pb.DENY
     wait_for(
-        lambda: not replicas[0].stub().GetListStatus(pb.ListStatusRequest()).index_reachable, 3
+        lambda: not replicas[0].stub().GetListStatus(pb.ListStatusRequest()).index_reachable,
+        "Redis reported unreachable",
     )
     status = replicas[0].stub().GetListStatus(pb.ListStatusRequest())
     assert status.lag_deltas == -1
@@ -150,7 +152,7 @@ def test_redis_down_never_allows_silently_and_replicas_catch_up(
     )
     publish_delta(client, path, SubjectKeyer(SECRET))  # before the replicas are back
     client.close()
-    wait_for(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), 5)
+    wait_for(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), "catch-up")
     assert all(decision(r, ZHANG, "张伟").decision == pb.DENY for r in replicas)
     assert all(r.stub().GetListStatus(pb.ListStatusRequest()).lag_deltas == 0 for r in replicas)
 
@@ -168,10 +170,8 @@ def test_old_versions_go_once_no_replica_reads_them(
     )
     assert done.returncode == 0, done.stderr
     second = client.get(keys.current)
-    wait_for(
-        lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), PROPAGATION_BOUND_S
-    )
-    wait_for(lambda: client.smembers(keys.versions) == {second}, 5, step=0.1)
+    wait_for(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), "new version")
+    wait_for(lambda: client.smembers(keys.versions) == {second}, "old version gone", step=0.1)
     assert not list(client.scan_iter(match=keys.version_pattern(first.decode())))
     assert all(decision(r, ZHANG).decision == pb.ALLOW for r in replicas)
     client.close()
