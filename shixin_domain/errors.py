@@ -25,7 +25,19 @@ from dataclasses import dataclass
 
 
 class ShixinError(Exception):
-    """Base of every error this project raises on purpose."""
+    """Base of every error this project raises on purpose.
+
+    ``reason`` is a stable, machine-readable code (``API_KEY_UNKNOWN``,
+    ``CHANNEL_NOT_ALLOWED``, ...) that callers may branch on; the server sends
+    it as ``google.rpc.ErrorInfo``. Empty where the status code says enough.
+    """
+
+    reason: str = ""
+
+    def with_reason(self, reason: str) -> ShixinError:
+        """This error, carrying ``reason``; returns itself so ``raise X(...).with_reason(R)`` reads."""
+        self.reason = reason
+        return self
 
 
 class InvalidInput(ShixinError):
