@@ -3,9 +3,18 @@
 Layout (``P`` is the key prefix, ``shixin`` by default; ``V`` a version):
 
 - ``P:current``: the version replicas should serve (flipped in MULTI/EXEC).
-- ``P:versions``: every version still in Redis (a set).
-- ``P:v:V:meta``: hash: source, times, counts, last delta seq, bucket bits,
-  the fingerprint of the key secret it was built with.
+- ``P:versions``: every version in Redis, finished or not (a set). A load
+  adds its version here *before* writing its first key, so whatever a killed
+  load leaves behind is found and deleted by the next garbage collection.
+- ``P:lock``: held by whoever writes or deletes versions (a load, or a
+  replica collecting garbage): redis-py's ``Lock`` with a 10 s timeout that a
+  live holder renews (``HeldLock``), so a killed holder blocks nobody for
+  longer than that.
+- ``P:v:V:meta``: hash: ``state`` (``writing`` until the version is whole,
+  then ``ready``), ``load_token`` (random, new for every load: a replica
+  compares it to tell that the data under a name is no longer what it
+  read), source, times, counts, last delta seq, bucket bits, the
+  fingerprint of the key secret it was built with.
 - ``P:v:V:bloom``: the serialised Bloom filter (rbloom, items = high 64 bits
   of the subject keys, stable ``int`` hash: the same in every process).
 - ``P:v:V:s:<bucket>``: hashes of subject key (16 bytes) -> its matches.
@@ -18,18 +27,25 @@ No plaintext ID number is written: only keyed hashes and masked IDs.
 
 This module is the replicas' side: the layout, ``RedisView`` (a version as
 a ``ListView``) and ``RedisFollower`` (an ``IndexSource`` that follows the
-current version and its deltas). Replicas answer Bloom negatives from their
-local filter and ask Redis only for positives; when Redis cannot be
-reached, look-ups raise ``IndexUnavailable`` and the decision falls back to
-the configured answer (never a silent ALLOW). Old versions are deleted once
-no live replica reports serving them. Loads are ``loader.publish_redis``.
+current version and its deltas), and the lock and garbage collection that
+loads and replicas share. Replicas answer Bloom negatives from their local
+filter and ask Redis only for positives; when Redis cannot be reached,
+look-ups raise ``IndexUnavailable`` and the decision falls back to the
+configured answer (never a silent ALLOW). When Redis answers but has lost
+the data (flushed, restarted empty, failed over to a replica without it),
+every check gets that configured answer, Bloom negatives included, until a
+load restores a version (``RedisFollower.health_problem``). Old versions
+are deleted once no live replica reports serving them, always under the
+lock (``collect_garbage``). Loads are ``loader.publish_redis``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +53,7 @@ from typing import Any
 import orjson
 import redis
 from rbloom import Bloom
+from redis.exceptions import LockNotOwnedError
 
 from loader.background import Background
 from shixin_domain.errors import ConfigurationError, IndexUnavailable
@@ -51,7 +68,8 @@ Client = Any
 KEYS_PER_BUCKET = 48
 #: A replica whose heartbeat is older than this no longer protects its version.
 LIVE_SECONDS = 15.0
-LOCK_MS = 600_000
+#: How long ``P:lock`` outlives its holder: a killed load blocks the next one this long.
+LOCK_SECONDS = 10.0
 
 
 class RedisKeys:
@@ -147,8 +165,117 @@ def check_fingerprint(meta: dict[str, bytes], keyer: SubjectKeyer, version: str)
         )
 
 
-def collect_garbage(client: Client, keys: RedisKeys, now: float | None = None) -> list[str]:
-    """Delete versions that are not current and that no live replica serves."""
+class HeldLock:
+    """``P:lock``, held by whoever writes or deletes versions, kept only while it lives.
+
+    redis-py's ``Lock`` with a short timeout (``LOCK_SECONDS``), renewed by a
+    daemon thread every third of it for as long as the holder runs. A thread,
+    not renewals from inside the write loop: single steps of a load (one big
+    Bloom filter, a garbage-collection scan, a delta's read-back) can outlast
+    any fixed renewal interval, and a thread renews through all of them. A
+    process killed by SIGKILL stops renewing with everything else, so its lock
+    lapses within ``LOCK_SECONDS``; a process merely paused longer than that
+    finds it lost: ``check`` and ``commit`` then raise ``IndexUnavailable``
+    and it makes nothing current.
+    """
+
+    def __init__(self, client: Client, keys: RedisKeys, holder: str,
+                 timeout: float = LOCK_SECONDS) -> None:  # fmt: skip
+        self.client = client
+        self.key = keys.lock
+        self.timeout = timeout
+        #: who holds it, as a refused load reports: "load host:pid" or "gc replica-id"
+        self.token = f"{holder} {socket.gethostname()}:{os.getpid()} {secrets.token_hex(4)}"
+        self._lock = client.lock(self.key, timeout=timeout, thread_local=False)
+        self._mutex = threading.Lock()  # a renewal must not break commit()'s WATCH
+        self._done = threading.Event()
+        self._lost = ""
+        self._keeper: threading.Thread | None = None
+
+    def acquire(self, wait: float = 0.0) -> bool:
+        """Take the lock, waiting up to ``wait`` seconds; False if another holds it."""
+        blocking = wait > 0
+        taken = self._lock.acquire(blocking=blocking, blocking_timeout=wait if blocking else None,
+                                   token=self.token)  # fmt: skip
+        if taken:
+            self._keeper = threading.Thread(target=self._keep, name="shixin-lock", daemon=True)
+            self._keeper.start()
+        return bool(taken)
+
+    def holder(self) -> str:
+        """Who holds the lock now ("" if nobody)."""
+        raw = self.client.get(self.key)
+        return raw.decode(errors="replace") if raw else ""
+
+    def _keep(self) -> None:
+        while not self._done.wait(self.timeout / 3):
+            try:
+                with self._mutex:
+                    self._lock.reacquire()
+            except LockNotOwnedError:
+                self._lost = (f"lost {self.key} (paused for over {self.timeout:g}s, or Redis lost "
+                              "it): stopped before committing")  # fmt: skip
+                return
+            except redis.RedisError:
+                continue  # a blip: the next renewal tells whether the lock outlived it
+
+    def check(self) -> None:
+        """Raise ``IndexUnavailable`` if the lock was lost: stop writing."""
+        if self._lost:
+            raise IndexUnavailable(self._lost)
+
+    def commit(self, write: Callable[[Any], None]) -> None:
+        """The commands ``write`` queues, in one MULTI/EXEC that runs only if the
+        lock is still ours (WATCH on it): the fence that makes a version current."""
+        self.check()
+        with self._mutex, self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.key)
+                if pipe.get(self.key) != self.token.encode():
+                    self._lost = f"lost {self.key} before the commit: nothing was committed"
+                    raise IndexUnavailable(self._lost)
+                pipe.multi()
+                write(pipe)
+                pipe.execute()
+            except redis.WatchError as exc:
+                self._lost = f"lost {self.key} during the commit: nothing was committed"
+                raise IndexUnavailable(self._lost) from exc
+
+    def release(self) -> None:
+        self._done.set()
+        if self._keeper is not None:
+            self._keeper.join()
+        try:
+            self._lock.release()
+        except redis.RedisError:
+            pass  # lapsed, taken over, or Redis gone: nothing of ours left, or it lapses itself
+
+
+def delete_version(client: Client, keys: RedisKeys, version: str) -> None:
+    """Every key of ``version``, then its entry in ``P:versions`` (last, so a
+    deletion cut short is still listed and the next collection finishes it)."""
+    batch = []
+    for key in client.scan_iter(match=keys.version_pattern(version), count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            client.unlink(*batch)
+            batch = []
+    if batch:
+        client.unlink(*batch)
+    client.srem(keys.versions, version)
+
+
+def collect_garbage(
+    client: Client, keys: RedisKeys, lock: HeldLock, now: float | None = None
+) -> list[str]:
+    """Delete versions that are not current and that no live replica serves.
+
+    Only under ``lock`` (held): only its holder writes versions, so no load
+    is writing one now, and a version that is neither current nor served is
+    old or was left by a killed load (listed in ``P:versions`` before its
+    first key, whatever ``state`` its meta says). Nothing becomes current
+    meanwhile either: flipping the pointer takes the lock too.
+    """
     now = time.time() if now is None else now
     current = client.get(keys.current)
     in_use = {current.decode()} if current else set()
@@ -163,17 +290,24 @@ def collect_garbage(client: Client, keys: RedisKeys, now: float | None = None) -
         version = raw_version.decode()
         if version in in_use:
             continue
-        batch = []
-        for key in client.scan_iter(match=keys.version_pattern(version), count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                client.unlink(*batch)
-                batch = []
-        if batch:
-            client.unlink(*batch)
-        client.srem(keys.versions, version)
+        lock.check()
+        delete_version(client, keys, version)
         deleted.append(version)
     return deleted
+
+
+def try_collect_garbage(client: Client, keys: RedisKeys, holder: str) -> bool:
+    """``collect_garbage`` if the lock is free (a replica's way); False if it was not."""
+    lock = HeldLock(client, keys, holder)
+    if not lock.acquire():
+        return False
+    try:
+        collect_garbage(client, keys, lock)
+    except IndexUnavailable:
+        pass  # lost the lock midway: what is left is the next collection's
+    finally:
+        lock.release()
+    return True
 
 
 # --- replicas -----------------------------------------------------------------
@@ -218,15 +352,48 @@ class RedisView:
         return [decode_matches(v) for v in values]
 
 
+class LostView:
+    """The last version a replica served, after Redis lost it: every check gets the
+    fail policy. A ``ListView`` whose filter clears nobody and whose look-ups raise
+    ``IndexUnavailable``, so ``decide`` answers each subject with the channel's
+    configured answer (never ALLOW NOT_LISTED from a list nobody holds any more);
+    ``info`` still says what was served."""
+
+    __slots__ = ("info", "reason")
+
+    def __init__(self, info: VersionInfo, reason: str) -> None:
+        self.info = info
+        self.reason = reason
+
+    def might_contain(self, key: int) -> bool:
+        return True
+
+    def look_up(self, key: int) -> list[ListedMatch]:
+        raise IndexUnavailable(self.reason)
+
+    def look_up_many(self, keys: Sequence[int]) -> list[Sequence[ListedMatch]]:
+        raise IndexUnavailable(self.reason)
+
+
 class RedisFollower(Background):
     """Keeps a replica on Redis's current version and its deltas. An ``IndexSource``.
 
-    A background thread polls the current-version pointer and reads the delta
-    stream (blocking up to ``poll`` seconds, so a delta arrives within that),
-    adds listed keys to the local Bloom filter, and registers this replica
-    every second. On a Redis error it keeps the version it has (negatives
-    still answered locally), retries with backoff up to 2 s, and catches up on
-    missed deltas from the stream when Redis is back.
+    A background thread polls the current-version pointer with the served
+    version's load token and last seq, reads the delta stream (blocking up to
+    ``poll`` seconds, so a delta arrives within that), adds listed keys to the
+    local Bloom filter, and registers this replica every second. On a Redis
+    error it keeps the version it has (negatives still answered locally),
+    retries with backoff up to 2 s, and catches up on missed deltas from the
+    stream when Redis is back.
+
+    Redis that answers but lost the data is another matter: the pointer gone,
+    the served version's meta gone, the pointer back on a version this replica
+    already left, or the version's last seq below what was applied here. Then
+    ``current()`` is a ``LostView`` (every check by the fail policy),
+    ``health_problem()`` says why, and ``lag()`` is -1, until a load makes a
+    whole version current again: the replica switches to it by itself. A
+    different load token under the same name is another load of that name:
+    followed from scratch.
     """
 
     def __init__(
@@ -245,12 +412,24 @@ class RedisFollower(Background):
         self.upstream_version = ""
         self.upstream_seq = 0
         self._view: RedisView | None = None
+        self._token = b""  # the served version's load token
+        self._lost: LostView | None = None
+        self._problem = ""
+        self._left: set[str] = set()  # versions this replica moved off: Redis never goes back
         self._bloom: Bloom | None = None
         self._stream_id = b"0-0"
         self._last_beat = 0.0
+        self._gc_due = False
 
-    def current(self) -> RedisView | None:
-        return self._view
+    def current(self) -> RedisView | LostView | None:
+        lost = self._lost
+        return lost if lost is not None else self._view
+
+    def health_problem(self) -> str:
+        """Why this replica must not be trusted now ("" when it may): Redis lost the
+        data it follows, or holds no version yet. Redis unreachable is not one: the
+        version in hand still answers Bloom negatives, positives get the fail policy."""
+        return self._problem
 
     def stop(self) -> None:
         super().stop()
@@ -277,52 +456,120 @@ class RedisFollower(Background):
                 self._stop.wait(1.0)
 
     def sync_once(self, block: bool = False) -> None:
-        """One round: switch version if needed, apply new deltas, heartbeat."""
-        raw = self.client.get(self.keys.current)
+        """One round: check the data is still there, switch version if needed,
+        apply new deltas, heartbeat."""
+        view = self._view
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.current)
+        if view is not None:
+            pipe.hmget(self.keys.meta(view.version), "load_token", "last_seq")
+        raw, *served = pipe.execute()
         if not self.reachable:
             self.on_event("redis-up", "")
         self.reachable = True
         if raw is None:
-            self._stop.wait(self.poll if block else 0)
-            return
-        version = raw.decode()
-        if self._view is None or self._view.version != version:
-            self._switch(version)
-        assert self._view is not None
-        stream = self.keys.deltas(version)
-        timeout = int(self.poll * 1000) if block else None
-        reply = self.client.xread({stream: self._stream_id}, count=1000, block=timeout)
-        if reply:
-            self._apply(version, reply[0][1])
+            self.upstream_version, self.upstream_seq = "", 0
+            if view is None:
+                self._problem = "redis holds no version yet"
+            else:
+                self._lose(f"redis lost version {view.version}: no current version "
+                           "(flushed, restarted empty or failed over?)")  # fmt: skip
+        elif view is None or self._lost is not None or raw.decode() != view.version:
+            self._follow(raw.decode())
+        else:
+            token, last = served[0]
+            if last is None:
+                self._lose(f"redis lost version {view.version}: its keys are gone "
+                           "(flushed, restarted empty or failed over?)")  # fmt: skip
+            elif (token or b"") != self._token:
+                self._follow(view.version)  # another load under the same name
+            elif int(last) < view.info.last_delta_seq:
+                self.upstream_seq = int(last)
+                self._lose(f"redis lost deltas of version {view.version}: its last seq is "
+                           f"{int(last)}, {view.info.last_delta_seq} were applied here "
+                           "(failed over to a replica without them?)")  # fmt: skip
+        view = self._view
+        if view is not None and self._lost is None:
+            stream = self.keys.deltas(view.version)
+            timeout = int(self.poll * 1000) if block else None
+            reply = self.client.xread({stream: self._stream_id}, count=1000, block=timeout)
+            if reply:
+                self._apply(view.version, reply[0][1])
+        elif block:
+            self._stop.wait(self.poll)
         now = time.time()
         if now - self._last_beat >= 1.0:
             self._heartbeat(now)
+        if self._gc_due and self._lost is None:
+            self._gc_due = not try_collect_garbage(self.client, self.keys, f"gc {self.replica_id}")
 
-    def _switch(self, version: str) -> None:
+    def _lose(self, reason: str) -> None:
+        """Redis no longer holds what this replica serves: fail every check until it does."""
+        if reason != self._problem:
+            self.on_event("lost", reason)
+        self._problem = reason
+        view = self._view
+        if view is not None and (self._lost is None or self._lost.reason != reason):
+            self._lost = LostView(view.info, reason)
+
+    def _follow(self, version: str) -> None:
+        """Serve ``version``, the pointer's, if Redis holds it whole; else say what is lost."""
+        view = self._view
+        if view is not None and version in self._left:
+            self.upstream_version, self.upstream_seq = version, 0
+            self._lose(f"redis went back to version {version}, older than {view.version} "
+                       "(failed over to a replica without the newest load?)")  # fmt: skip
+            return
         meta = read_meta(self.client, self.keys, version)
-        raw_bloom = self.client.get(self.keys.bloom(version))
-        if not meta or raw_bloom is None:
-            return  # being written or just deleted: the pointer will say
+        self.upstream_version = version
+        self.upstream_seq = int(meta.get("last_seq", b"0"))
+        if (
+            view is not None and self._lost is not None and version == view.version
+            and meta.get("load_token", b"") == self._token
+            and self.upstream_seq < view.info.last_delta_seq
+        ):  # fmt: skip
+            return  # still short of the deltas applied here: lost until they are back
+        whole = "last_seq" in meta and meta.get("state", b"ready") == b"ready"
+        raw_bloom = self.client.get(self.keys.bloom(version)) if whole else None
+        if raw_bloom is None:  # a load writes a version whole before the pointer names it
+            reason = (f"redis names version {version} as current but does not hold it "
+                      "(flushed, restarted empty or failed over?)")  # fmt: skip
+            if view is None:
+                self._problem = reason
+            else:
+                self._lose(reason)
+            return
         check_fingerprint(meta, self.keyer, version)
         self._bloom = Bloom.load_bytes(raw_bloom, int)
         self._stream_id = b"0-0"
+        self._token = meta.get("load_token", b"")
         entries = self.client.xrange(self.keys.deltas(version))
-        self._install(version, meta, int(meta.get("last_seq", b"0")))
-        if entries:
-            self._apply(version, entries)
+        self._install(version, meta, int(meta["last_seq"]))
+        if entries and not self._apply(version, entries):
+            return  # the version went while its deltas were read
+        self._lost = None
+        self._problem = ""
+        if view is not None and view.version != version:
+            self._left.add(view.version)
         self.on_event("version", version)
         self._heartbeat(time.time())
-        collect_garbage(self.client, self.keys)
+        self._gc_due = True
 
-    def _apply(self, version: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    def _apply(self, version: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
+        """Add stream ``entries`` to the view; False if the version is gone meanwhile."""
         assert self._bloom is not None
         for stream_id, fields in entries:
             for hi in filter(None, fields.get(b"bloom", b"").decode().split(",")):
                 self._bloom.add(int(hi, 16))  # before this replica reads the version as changed
             self._stream_id = stream_id
         meta = read_meta(self.client, self.keys, version)
+        if "last_seq" not in meta:
+            self._lose(f"redis lost version {version} while its deltas were read "
+                       "(flushed, restarted empty or failed over?)")  # fmt: skip
+            return False
         seq = int(entries[-1][1][b"seq"])
-        self._install(version, meta, max(seq, int(meta.get("last_seq", b"0"))))
+        self._install(version, meta, max(seq, int(meta["last_seq"])))
+        return True
 
     def _install(self, version: str, meta: dict[str, bytes], seq: int) -> None:
         assert self._bloom is not None
@@ -334,6 +581,7 @@ class RedisFollower(Background):
             source_timestamp=float(meta.get("source_timestamp", b"0")),
             last_delta_seq=seq,
             counts=_counts_from(meta.get("counts"), int(meta.get("subject_keys", b"0"))),
+            includes_seq=snapshot_seq,
         )
         self.upstream_version = version
         self.upstream_seq = int(meta.get("last_seq", b"0"))
@@ -349,16 +597,9 @@ class RedisFollower(Background):
             "at": now,
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "problem": self._problem,
         }
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.keys.replicas, self.replica_id, orjson.dumps(record))
-        pipe.get(self.keys.current)
-        _, current = pipe.execute()
-        if current is not None:
-            self.upstream_version = current.decode()
-            self.upstream_seq = int(
-                read_meta(self.client, self.keys, self.upstream_version).get("last_seq", b"0")
-            )
+        self.client.hset(self.keys.replicas, self.replica_id, orjson.dumps(record))
         self._last_beat = now
 
     def replica_status(self) -> dict[str, object]:
@@ -368,13 +609,15 @@ class RedisFollower(Background):
             "upstream_version": self.upstream_version,
             "upstream_last_delta_seq": self.upstream_seq,
             "lag_deltas": self.lag(),
-            "index_reachable": self.reachable,
+            "index_reachable": self.reachable and self._lost is None,
+            "not_serving_reason": self._problem,
         }
 
     def lag(self) -> int:
-        """Deltas this replica is behind Redis; -1 when Redis cannot be reached."""
+        """Deltas this replica is behind Redis; -1 when that cannot be told: Redis
+        cannot be reached, or has lost the version served here (``health_problem``)."""
         view = self._view
-        if not self.reachable:
+        if not self.reachable or self._lost is not None:
             return -1
         if view is None:
             return self.upstream_seq
@@ -399,6 +642,7 @@ def replicas(client: Client, keys: RedisKeys | None = None) -> list[dict[str, An
                 "seq": record.get("seq", 0),
                 "seen_seconds_ago": round(now - record.get("at", 0), 1),
                 "behind": behind,
+                "problem": record.get("problem", ""),
             }
         )
     return out

@@ -3,60 +3,85 @@
 The loader's side of ``loader.index_redis`` (which describes the layout).
 A file is validated whole before anything is written: a snapshot with the
 memory loader's own ``build_snapshot``, a delta against the current version
-in Redis. A snapshot is written under its own version prefix, then made
-current in one MULTI/EXEC; a delta's changes, its stream records and the new
-last seq go in one MULTI/EXEC. One load runs at a time (a lock key).
+in Redis. Which delta ops apply is ``loader.feed.pending``, the rule every
+path shares, and a version's feed time comes from the data
+(``delta_source_time``), never from a file's mtime.
+
+Everything that writes or deletes versions holds ``P:lock``
+(``index_redis.HeldLock``: redis-py's ``Lock``, 10 s timeout, renewed by a
+thread while the process lives), so one load runs at a time and a load
+killed by SIGKILL blocks the next one for at most those 10 s. A refused load
+says who holds the lock. What a snapshot load does, in order:
+
+1. register the version in ``P:versions`` with meta ``state=writing`` and a
+   fresh random ``load_token``, before its first key;
+2. write its keys, checking between batches that the lock is still ours;
+3. write the Bloom filter and the full meta (``state=ready``);
+4. make it current in one MULTI/EXEC that runs only if the lock is still
+   ours (WATCH on the lock key): a loader that lost its lock makes nothing
+   current;
+5. collect garbage, still holding the lock.
+
+Garbage collection is safe because it only runs under the lock: while a
+load holds it no one else writes a version, so any version that is neither
+current nor served by a live replica is old or was left by a killed load
+(step 1 made sure it is listed), whatever its ``state`` says; replicas
+collect only when they get the lock at once. A load that fails while still
+holding the lock deletes its half-written version itself. A delta's
+changes, its stream records and the new last seq go in one MULTI/EXEC, so a
+killed delta load leaves nothing at all.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import time
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from loader.index_memory import entry_id_hash, matches_of
+from loader.feed import pending
+from loader.index_memory import MemoryView, entry_id_hash, matches_of
 from loader.index_redis import (
-    LOCK_MS,
     Client,
+    HeldLock,
     RedisKeys,
     bucket_bits,
     bucket_of,
     check_fingerprint,
     collect_garbage,
     counts_json,
+    delete_version,
     encode_match,
     read_meta,
 )
 from loader.listfile import DeltaKind, DeltaOp, read_delta
-from loader.versions import Progress, build_snapshot
-from shixin_domain.errors import ConfigurationError, LoadRejected, RowError
+from loader.versions import Progress, build_snapshot, delta_source_time
+from shixin_domain.errors import ConfigurationError, IndexUnavailable, LoadRejected, RowError
 from shixin_domain.keys import SubjectKeyer
 from shixin_domain.model import EntryStatus
 
+#: How long a load waits for the lock before it is refused: long enough to ride
+#: out a replica's garbage collection, short enough to answer an operator.
+LOCK_WAIT_SECONDS = 3.0
 
-class _Lock:
-    """One load at a time across machines: SET NX with a token, released only by its owner."""
 
-    _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+def _take_lock(client: Client, keys: RedisKeys) -> HeldLock:
+    """The load lock, or ``ConfigurationError`` saying who holds it."""
+    lock = HeldLock(client, keys, "load")
+    if not lock.acquire(wait=LOCK_WAIT_SECONDS):
+        holder = lock.holder() or "a holder that just let go"
+        raise ConfigurationError(f"another load holds {keys.lock} ({holder}); try again later")
+    return lock
 
-    def __init__(self, client: Client, keys: RedisKeys) -> None:
-        self.client = client
-        self.key = keys.lock
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
 
-    def __enter__(self) -> _Lock:
-        if not self.client.set(self.key, self.token, nx=True, px=LOCK_MS):
-            holder = self.client.get(self.key)
-            raise ConfigurationError(f"another load holds {self.key} ({holder!r}); try again later")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.eval(self._RELEASE, 1, self.key, self.token)
+def _unused_name(client: Client, keys: RedisKeys, version: str) -> str:
+    """``version``, or it with a suffix if that name is taken (the same file twice in a second)."""
+    name = version
+    while client.sismember(keys.versions, name) or client.exists(keys.meta(name)):
+        name = f"{version}-{secrets.token_hex(2)}"
+    return name
 
 
 def publish_snapshot(
@@ -67,59 +92,108 @@ def publish_snapshot(
     keys = keys or RedisKeys()
     view = build_snapshot(path, keyer, progress)  # LoadRejected before any write
     base, info = view.base, view.info
-    version = info.version
     bits = bucket_bits(len(base.k_hi))
     ebits = bucket_bits(base.entries)
-    with _Lock(client, keys):
-        previous = client.get(keys.current)
-        last_seq = 0
-        if previous is not None:
-            last_seq = int(read_meta(client, keys, previous.decode()).get("last_seq", b"0"))
-        pipe = client.pipeline(transaction=False)
-        entry_keys: dict[int, bytearray] = {}
-        bucket, fields = -1, {}  # type: tuple[int, dict[bytes, list[Any]]]
-        for i in range(len(base.k_hi)):
-            hi = base.k_hi[i]
-            b = bucket_of(hi, bits)
-            if b != bucket:
-                _flush(pipe, keys.subjects(version, bucket), fields)
-                bucket, fields = b, {}
-            key16 = ((hi << 64) | base.k_lo[i]).to_bytes(16, "big")
-            match = view.match_at(i)
-            assert match is not None
-            fields.setdefault(key16, []).append(encode_match(match))
-            entry_keys.setdefault(base.m_entry[i], bytearray()).extend(key16)
-            if len(pipe) >= 500:
-                pipe.execute()
-        _flush(pipe, keys.subjects(version, bucket), fields)
-        by_bucket: dict[int, dict[bytes, bytes]] = {}
-        for row, key_bytes in entry_keys.items():
-            entry_id = base.texts(row)[0]
-            b = bucket_of(entry_id_hash(entry_id), ebits)
-            by_bucket.setdefault(b, {})[entry_id.encode()] = bytes(key_bytes)
-        for b, mapping in by_bucket.items():
-            pipe.hset(keys.entries(version, b), mapping=mapping)
-            if len(pipe) >= 500:
-                pipe.execute()
-        pipe.set(keys.bloom(version), base.bloom.save_bytes())
-        pipe.hset(
-            keys.meta(version),
-            mapping={
-                "version": version, "source": info.source, "loaded_at": info.loaded_at,
-                "source_timestamp": info.source_timestamp, "last_seq": last_seq,
-                "snapshot_seq": last_seq, "counts": counts_json(info.counts),
-                "subject_keys": info.counts.subject_keys, "bucket_bits": bits,
-                "entry_bits": ebits, "fingerprint": keyer.fingerprint,
-            },
-        )  # fmt: skip
-        pipe.execute()
-        flip = client.pipeline(transaction=True)
-        flip.set(keys.current, version)
-        flip.sadd(keys.versions, version)
-        flip.publish(keys.announce, f"version {version}")
-        flip.execute()
-    collect_garbage(client, keys)
+    lock = _take_lock(client, keys)
+    try:
+        version = _unused_name(client, keys, info.version)
+        token = secrets.token_hex(8)
+        register = client.pipeline(transaction=True)
+        register.sadd(keys.versions, version)  # before any key: a killed load is collectable
+        register.hset(keys.meta(version), mapping={"state": "writing", "load_token": token,
+                                                    "holder": lock.token})  # fmt: skip
+        register.execute()
+        try:
+            _write_version(client, keys, version, view, bits, ebits, lock)
+            pipe = client.pipeline(transaction=False)
+            pipe.set(keys.bloom(version), base.bloom.save_bytes())
+            # the snapshot's own watermark: a snapshot without a header includes no delta
+            seq = info.last_delta_seq
+            pipe.hset(
+                keys.meta(version),
+                mapping={
+                    "version": version, "source": info.source, "loaded_at": info.loaded_at,
+                    "source_timestamp": info.source_timestamp, "last_seq": seq,
+                    "snapshot_seq": seq, "counts": counts_json(info.counts),
+                    "subject_keys": info.counts.subject_keys, "bucket_bits": bits,
+                    "entry_bits": ebits, "fingerprint": keyer.fingerprint, "state": "ready",
+                },
+            )  # fmt: skip
+            lock.check()
+            pipe.execute()
+
+            def flip(tx: Any) -> None:
+                tx.set(keys.current, version)
+                tx.sadd(keys.versions, version)
+                tx.publish(keys.announce, f"version {version}")
+
+            lock.commit(flip)
+        except BaseException:
+            _abandon(client, keys, version, lock)
+            raise
+        try:
+            collect_garbage(client, keys, lock)
+        except IndexUnavailable:
+            pass  # the version is current; what is left is the next collection's
+    finally:
+        lock.release()
     return version
+
+
+def _abandon(client: Client, keys: RedisKeys, version: str, lock: HeldLock) -> None:
+    """After a failed write: delete the half-written version if the lock is still
+    ours; else make sure it stays listed, for the next collection to delete."""
+    try:
+        if client.get(keys.current) == version.encode():
+            return  # the flip went through after all
+        try:
+            lock.check()
+        except Exception:
+            client.sadd(keys.versions, version)
+            return
+        delete_version(client, keys, version)
+    except Exception:
+        pass  # Redis itself is failing: the version stays listed, the next collection has it
+
+
+def _write_version(
+    client: Client, keys: RedisKeys, version: str, view: MemoryView, bits: int, ebits: int,
+    lock: HeldLock,
+) -> None:  # fmt: skip
+    """The subject and entry hashes of ``version``, in pipelined batches."""
+    base = view.base
+    pipe = client.pipeline(transaction=False)
+
+    def send_if_full() -> None:
+        if len(pipe) >= 500:
+            lock.check()
+            pipe.execute()
+
+    entry_keys: dict[int, bytearray] = {}
+    bucket, fields = -1, {}  # type: tuple[int, dict[bytes, list[Any]]]
+    for i in range(len(base.k_hi)):
+        hi = base.k_hi[i]
+        b = bucket_of(hi, bits)
+        if b != bucket:
+            _flush(pipe, keys.subjects(version, bucket), fields)
+            bucket, fields = b, {}
+        key16 = ((hi << 64) | base.k_lo[i]).to_bytes(16, "big")
+        match = view.match_at(i)
+        assert match is not None
+        fields.setdefault(key16, []).append(encode_match(match))
+        entry_keys.setdefault(base.m_entry[i], bytearray()).extend(key16)
+        send_if_full()
+    _flush(pipe, keys.subjects(version, bucket), fields)
+    by_bucket: dict[int, dict[bytes, bytes]] = {}
+    for row, key_bytes in entry_keys.items():
+        entry_id = base.texts(row)[0]
+        b = bucket_of(entry_id_hash(entry_id), ebits)
+        by_bucket.setdefault(b, {})[entry_id.encode()] = bytes(key_bytes)
+    for b, mapping in by_bucket.items():
+        pipe.hset(keys.entries(version, b), mapping=mapping)
+        send_if_full()
+    lock.check()
+    pipe.execute()
 
 
 def _flush(pipe: Any, key: str, fields: dict[bytes, list[Any]]) -> None:
@@ -228,8 +302,12 @@ class _RedisDelta:
             m[11] = m[11] + [wire] if op.op is DeltaKind.EXEMPT else [x for x in m[11] if x != wire]
         return None
 
-    def commit(self, ops: list[DeltaOp], source_timestamp: float) -> None:
-        pipe = self.client.pipeline(transaction=True)
+    def commit(self, ops: list[DeltaOp], source_timestamp: float, lock: HeldLock) -> None:
+        """Every change, the stream records and the new last seq in one MULTI/EXEC,
+        only if ``lock`` is still ours."""
+        lock.commit(lambda pipe: self._queue(pipe, ops, source_timestamp))
+
+    def _queue(self, pipe: Any, ops: list[DeltaOp], source_timestamp: float) -> None:
         for key16, value in self.values.items():
             if value:
                 pipe.hset(self._subject_key(key16), key16, orjson.dumps(value))
@@ -256,7 +334,6 @@ class _RedisDelta:
                      "subject_keys": self.subject_keys, "source_timestamp": source_timestamp},
         )  # fmt: skip
         pipe.publish(self.keys.announce, f"delta {self.version} {ops[-1].seq}")
-        pipe.execute()
 
 
 def publish_delta(
@@ -267,7 +344,8 @@ def publish_delta(
     ops, errors = read_delta(path)
     if errors:
         raise LoadRejected(str(path), errors)
-    with _Lock(client, keys):
+    lock = _take_lock(client, keys)
+    try:
         current = client.get(keys.current)
         if current is None:
             raise LoadRejected(str(path), [RowError(0, "", "no snapshot in Redis yet")])
@@ -275,12 +353,15 @@ def publish_delta(
         meta = read_meta(client, keys, version)
         check_fingerprint(meta, keyer, version)
         last = int(meta.get("last_seq", b"0"))
-        todo = [op for op in ops if op.seq > last]
+        todo = pending(ops, last)
         if not todo:
             return DeltaResult(version, 0, last)
         state = _RedisDelta(client, keys, version, meta, keyer)
         problems = [e for e in (state.apply(op) for op in todo) if e is not None]
         if problems:
             raise LoadRejected(str(path), problems)
-        state.commit(todo, path.stat().st_mtime)
+        previous = float(meta.get("source_timestamp", b"0"))
+        state.commit(todo, delta_source_time(todo, previous), lock)
         return DeltaResult(version, len(todo), todo[-1].seq)
+    finally:
+        lock.release()
