@@ -143,9 +143,19 @@ def counts_json(counts: Counts) -> bytes:
     return orjson.dumps([[int(t), int(s), n] for t, s, n in counts.by_type_status])
 
 
-def _counts_from(raw: bytes | None, subject_keys: int) -> Counts:
+def expiries_json(counts: Counts) -> bytes:
+    """Entries by (list type, status, valid_until day): what turns EXPIRED, and when."""
+    return orjson.dumps([[int(t), int(s), v, n] for t, s, v, n in counts.expiries])
+
+
+def _counts_from(raw: bytes | None, subject_keys: int, raw_expiries: bytes | None) -> Counts:
     rows = orjson.loads(raw) if raw else []
-    return Counts(tuple((ListType(t), EntryStatus(s), n) for t, s, n in rows if n), subject_keys)
+    ends = orjson.loads(raw_expiries) if raw_expiries else []
+    return Counts(
+        tuple((ListType(t), EntryStatus(s), n) for t, s, n in rows if n),
+        subject_keys,
+        tuple((ListType(t), EntryStatus(s), v, n) for t, s, v, n in ends if n),
+    )
 
 
 # --- versions in Redis ---------------------------------------------------------
@@ -580,7 +590,9 @@ class RedisFollower(Background):
             loaded_at=float(meta.get("loaded_at", b"0")),
             source_timestamp=float(meta.get("source_timestamp", b"0")),
             last_delta_seq=seq,
-            counts=_counts_from(meta.get("counts"), int(meta.get("subject_keys", b"0"))),
+            counts=_counts_from(
+                meta.get("counts"), int(meta.get("subject_keys", b"0")), meta.get("expiries")
+            ),
             includes_seq=snapshot_seq,
         )
         self.upstream_version = version

@@ -52,6 +52,7 @@ from loader.index_redis import (
     check_fingerprint,
     collect_garbage,
     counts_json,
+    expiries_json,
     delete_version,
     encode_match,
     read_meta,
@@ -60,7 +61,7 @@ from loader.listfile import DeltaKind, DeltaOp, read_delta
 from loader.versions import Progress, build_snapshot, delta_source_time
 from shixin_domain.errors import ConfigurationError, IndexUnavailable, LoadRejected, RowError
 from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import EntryStatus
+from shixin_domain.model import NO_END, EntryStatus
 
 #: How long a load waits for the lock before it is refused: long enough to ride
 #: out a replica's garbage collection, short enough to answer an operator.
@@ -115,6 +116,7 @@ def publish_snapshot(
                     "version": version, "source": info.source, "loaded_at": info.loaded_at,
                     "source_timestamp": info.source_timestamp, "last_seq": seq,
                     "snapshot_seq": seq, "counts": counts_json(info.counts),
+                    "expiries": expiries_json(info.counts),
                     "subject_keys": info.counts.subject_keys, "bucket_bits": bits,
                     "entry_bits": ebits, "fingerprint": keyer.fingerprint, "state": "ready",
                 },
@@ -224,6 +226,9 @@ class _RedisDelta:
         self.counts: dict[tuple[int, int], int] = {
             (t, s): n for t, s, n in orjson.loads(meta.get("counts", b"[]"))
         }
+        self.expiries: dict[tuple[int, int, int], int] = {
+            (t, s, v): n for t, s, v, n in orjson.loads(meta.get("expiries", b"[]"))
+        }
         self.subject_keys = int(meta.get("subject_keys", b"0"))
 
     def _subject_key(self, key16: bytes) -> str:
@@ -249,6 +254,9 @@ class _RedisDelta:
     def _count(self, match: list[Any], delta: int) -> None:
         k = (match[1], match[2])
         self.counts[k] = self.counts.get(k, 0) + delta
+        if match[10] != NO_END:  # valid_until: counted EXPIRED once past
+            e = (match[1], match[2], match[10])
+            self.expiries[e] = self.expiries.get(e, 0) + delta
 
     def _matches_of(self, entry_id: str) -> list[list[Any]]:
         found = []
@@ -328,9 +336,11 @@ class _RedisDelta:
                 fields["bloom"] = ",".join(f"{next(adds):x}" for _ in range(n))
             pipe.xadd(stream, fields)
         rows = [[t, s, n] for (t, s), n in sorted(self.counts.items()) if n]
+        ends = [[t, s, v, n] for (t, s, v), n in sorted(self.expiries.items()) if n]
         pipe.hset(
             self.keys.meta(self.version),
             mapping={"last_seq": ops[-1].seq, "counts": orjson.dumps(rows),
+                     "expiries": orjson.dumps(ends),
                      "subject_keys": self.subject_keys, "source_timestamp": source_timestamp},
         )  # fmt: skip
         pipe.publish(self.keys.announce, f"delta {self.version} {ops[-1].seq}")

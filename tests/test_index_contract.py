@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,7 +25,7 @@ from shixin_domain.errors import LoadRejected
 from shixin_domain.identity import IdType
 from shixin_domain.index import ListView
 from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import EntryStatus, ListType, Role
+from shixin_domain.model import EntryStatus, ListType, Role, day_number
 from tests.conftest import RedisServer
 from tests.listdata import (
     ACME_USCC,
@@ -250,3 +251,51 @@ def test_redis_holds_no_plaintext_id(
         assert number.encode() not in dumped
     keys = RedisKeys()
     assert client.get(keys.current)
+
+
+def test_counts_put_entries_past_valid_until_in_an_expired_bucket(
+    backend: Backend, tmp_path: Path
+) -> None:
+    rows = [
+        person_entry("E1", ZHANG, "张伟", valid_until="2026-06-30", published_on="2025-01-01"),
+        person_entry("E2", LI, "李娜", valid_until="2027-06-30", published_on="2025-01-01"),
+        *basic_rows()[2:],  # open-ended
+    ]
+    backend.load(write_jsonl(tmp_path / "s.jsonl", rows))
+    counts = backend.view().info.counts
+    july_2026 = day_number(date(2026, 7, 1))
+    assert counts.on(july_2026) == [("SHIXIN", "ACTIVE", 2), ("SHIXIN", "EXPIRED", 1)]
+    assert counts.on(july_2026 - 1) == [("SHIXIN", "ACTIVE", 3)]
+    # Deltas keep the buckets: E1 suspended (still expired), E2 delisted, E9 listed expired.
+    backend.load(
+        write_jsonl(
+            tmp_path / "d.jsonl",
+            [
+                delta(1, "SUSPEND", entry_id="E1"),
+                delta(2, "DELIST", entry_id="E2"),
+                delta(
+                    3,
+                    "LIST",
+                    entry=person_entry(
+                        "E9",
+                        ZHAO,
+                        "赵六",
+                        list_type="XIANGAO",
+                        valid_until="2026-01-31",
+                        published_on="2025-01-01",
+                    ),
+                ),  # fmt: skip
+            ],
+        )
+    )
+    after = backend.view().info.counts
+    assert after.on(july_2026) == [
+        ("SHIXIN", "ACTIVE", 1),
+        ("SHIXIN", "EXPIRED", 1),
+        ("XIANGAO", "EXPIRED", 1),
+    ]
+    assert after.on(day_number(date(2026, 1, 1))) == [
+        ("SHIXIN", "ACTIVE", 1),
+        ("SHIXIN", "SUSPENDED", 1),
+        ("XIANGAO", "ACTIVE", 1),
+    ]
