@@ -52,9 +52,9 @@ from loader.index_redis import (
     check_fingerprint,
     collect_garbage,
     counts_json,
-    expiries_json,
     delete_version,
     encode_match,
+    expiries_json,
     read_meta,
 )
 from loader.listfile import DeltaKind, DeltaOp, read_delta
