@@ -32,10 +32,8 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, **kwargs: object) -> No
     """``parser.add_argument`` whose default comes from ``SHIXIN_<FLAG>`` when set."""
     env = os.environ.get(env_name(flag))
     if env is not None:
-        if kwargs.get("action") == "store_true":
-            kwargs["default"] = env.strip().lower() in ("1", "true", "yes", "on")
-        else:
-            kwargs["default"] = env
+        # a switch keeps the raw text until ``switch()`` reads it strictly at start-up
+        kwargs["default"] = env
     help_text = str(kwargs.get("help", ""))
     kwargs["help"] = f"{help_text} [env {env_name(flag)}]".strip()
     parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
@@ -62,10 +60,30 @@ def _int(args: argparse.Namespace, flag: str, low: int, high: int) -> int:
     try:
         value = int(str(raw).strip())
     except ValueError:
-        raise ConfigurationError(f"{flag} / {env_name(flag)}: {raw!r} is not an integer") from None
+        raise ConfigurationError(
+            f"{flag} / {env_name(flag)}: {raw!r} is not an integer (accepted: {low}..{high})"
+        ) from None
     if not low <= value <= high:
         raise ConfigurationError(f"{flag} / {env_name(flag)}: {value} is not in {low}..{high}")
     return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def switch(args: argparse.Namespace, flag: str) -> bool:
+    """An on/off flag: True when given, else its variable read strictly (``ture`` is refused)."""
+    raw = getattr(args, flag.lstrip("-").replace("-", "_"))
+    if isinstance(raw, bool) or raw is None:
+        return bool(raw)
+    text = str(raw).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigurationError(
+        f"{flag} / {env_name(flag)}: {raw!r} is not a switch value; use one of "
+        f"{', '.join(_TRUE)} (on) or {', '.join(v for v in _FALSE if v)} (off)"
+    )
 
 
 def _choice(args: argparse.Namespace, flag: str, allowed: tuple[str, ...]) -> str:
@@ -152,6 +170,11 @@ class ServeSettings:
     def authenticated(self) -> bool:
         return self.keys_file is not None or self.tls_client_ca is not None
 
+    @property
+    def loopback(self) -> bool:
+        """True when only this machine can reach the listener."""
+        return self.listen.startswith(_LOOPBACK)
+
 
 def add_redis_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
     add_flag(parser, "--redis", metavar="URL", required=required and not os.environ.get("SHIXIN_REDIS"),
@@ -232,7 +255,8 @@ def _path(args: argparse.Namespace, flag: str) -> Path | None:
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
     list_path = Path(args.list) if args.list else None
-    if not args.demo and list_path is None and not args.redis:
+    demo, insecure = switch(args, "--demo"), switch(args, "--insecure")
+    if not demo and list_path is None and not args.redis:
         raise ConfigurationError(
             "serve needs --list PATH (SHIXIN_LIST), --redis URL (SHIXIN_REDIS) or --demo"
         )
@@ -246,24 +270,33 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         raise ConfigurationError(
             "--tls-cert and --tls-key go together (and --tls-client-ca needs them)"
         )
-    if keys_file is None and client_ca is None and not args.insecure:
+    if keys_file is None and client_ca is None and not insecure:
         if not host.startswith(_LOOPBACK):
             raise ConfigurationError(
                 f"--listen {args.listen}: authentication is off (no --keys-file or --tls-client-ca), "
                 "so only a loopback address may be bound; give --insecure / SHIXIN_INSECURE=1 "
                 "to bind it anyway"
             )
+    if keys_file is not None and tls_cert is None and not insecure:
+        if not host.startswith(_LOOPBACK):
+            raise ConfigurationError(
+                f"--listen {args.listen}: API keys would cross the network in plaintext; give "
+                "--tls-cert and --tls-key, or --insecure / SHIXIN_INSECURE=1 (e.g. behind a "
+                "TLS-terminating proxy)"
+            )
     secret, source = secret_from(args, allow_ephemeral=not args.redis)
     try:
         grace = float(args.grace)
     except ValueError:
+        grace = -1.0
+    if not 0 <= grace <= 3600:
         raise ConfigurationError(
-            f"--grace / SHIXIN_GRACE: {args.grace!r} is not a number"
-        ) from None
+            f"--grace / SHIXIN_GRACE: {args.grace!r} is not a number of seconds in 0..3600"
+        )
     return ServeSettings(
         listen=args.listen,
         list_path=list_path,
-        demo=bool(args.demo),
+        demo=demo,
         secret=secret,
         secret_source=source,
         policy=replace(
@@ -279,10 +312,10 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=client_ca,
-        insecure=bool(args.insecure),
+        insecure=insecure,
         enumeration_threshold=_int(args, "--enumeration-threshold", 0, 10**9),
         enumeration_window=float(_int(args, "--enumeration-window", 1, 86400)),
-        enumeration_throttle=bool(args.enumeration_throttle),
+        enumeration_throttle=switch(args, "--enumeration-throttle"),
         log_fsync=_choice(args, "--log-fsync", ("never", "interval", "always")),
         log_fsync_interval=float(_int(args, "--log-fsync-interval", 0, 3600)),
         log_max_bytes=_int(args, "--log-max-mib", 1, 1 << 20) * 1024 * 1024,
