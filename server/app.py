@@ -31,7 +31,7 @@ from redis import RedisError
 from loader.index_memory import MemoryIndex
 from loader.index_redis import RedisFollower, RedisKeys, connect
 from loader.versions import DirectoryFollower, Loader
-from server.auth import EnumerationWatch, Gate, KeyRing
+from server.auth import EnumerationWatch, Gate, KeyRing, KeysWatcher
 from server.engine import CheckEngine
 from server.hitlog import AuditLog, HitLog
 from server.hitsink import HitForwarder
@@ -87,7 +87,9 @@ class Service:
                 on_event=self._on_redis_event,
             )  # fmt: skip
         ring = None
+        self.keys_watcher: KeysWatcher | None = None
         if settings.keys_file is not None:
+            self.keys_watcher = KeysWatcher(settings.keys_file, self._on_keys_file)
             ring = KeyRing.load(settings.keys_file)
         elif settings.tls_client_ca is not None:
             ring = KeyRing()
@@ -232,6 +234,18 @@ class Service:
                 0, caller=principal,
             )  # fmt: skip
 
+    def _on_keys_file(self, ring: KeyRing | None, detail: str) -> None:
+        """A reload of the keys file, on the loop's thread: in force now, or refused."""
+        path = self.settings.keys_file
+        if ring is None:
+            log.error("keys file %s refused, the keys in force stay: %s", path, detail)
+            outcome = f"REFUSED: {detail}"
+        else:
+            outcome = f"{self.gate.replace_ring(ring)} ({detail})"
+            log.info("keys file %s reloaded: %s", path, outcome)
+        if self.audit_log is not None:
+            self.audit_log.record("KEYS_RELOAD", "", "", outcome, time.perf_counter(), 0)
+
     def _on_redis_event(self, what: str, detail: str) -> None:
         if what == "version":
             log.info("redis: serving version %s", detail)
@@ -260,6 +274,10 @@ class Service:
         await server.start()
         self.announce(f"serving on {self.settings.listen.rsplit(':', 1)[0]}:{self.port}")
         log.info("subject-key secret: %s", self.settings.secret_source)
+        settings = self.settings
+        if settings.keys_file is not None and settings.tls_cert is None and not settings.loopback:
+            log.warning("API keys are accepted over plaintext on %s: anyone on the path can "
+                        "read them (give --tls-cert/--tls-key)", self.settings.listen)  # fmt: skip
         if not self.settings.authenticated:
             log.warning("AUTHENTICATION IS OFF: every caller may check every channel "
                         "(give --keys-file or --tls-client-ca to turn it on)")  # fmt: skip
@@ -267,6 +285,10 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        if self.keys_watcher is not None:  # the keys file: reloaded when it changes, or on SIGHUP
+            self.keys_watcher.start(loop)
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, self.keys_watcher.poke)
         try:
             await asyncio.to_thread(self._load)
         except LoadRejected as exc:
@@ -286,6 +308,8 @@ class Service:
         await watcher
         await self._set_health(False)
         await server.stop(self.settings.grace_seconds)
+        if self.keys_watcher is not None:
+            self.keys_watcher.stop()
         if self.follower is not None:
             self.follower.stop()
         if self.redis is not None:

@@ -10,9 +10,16 @@ airline, and nobody may scrape the list through it in bulk.
 - Mutual TLS: a gateway presenting a client certificate signed by the
   configured CA is the principal its certificate's common name names in the
   keys file (``tls_principals``).
-- Limits: a token bucket per principal (a batch costs one token per check);
-  and a watch on how many distinct identities each principal checks per
-  window, flagged in the audit log and counted, and throttled if configured.
+- Limits: a token bucket per principal (a batch costs one token per check;
+  the bucket holds ``burst`` tokens, by default ``default_burst(rate)``, so a
+  batch larger than the burst is refused outright, never "retry later"); and
+  a watch on how many distinct identities each principal checks per window,
+  flagged in the audit log and counted, and throttled if configured.
+- The keys file is edited while the server runs (``keys add``/``remove``
+  replace it atomically); ``KeysWatcher`` reloads it when it changes or on
+  SIGHUP, and a file that does not load leaves the keys in force.
+
+Every refusal raised here carries a stable ``reason`` (``REFUSAL_REASONS``).
 
 With no keys file and no client CA, authentication is off: every caller is
 the ``anonymous`` principal with every channel and role (and the server binds
@@ -21,17 +28,26 @@ only to loopback unless told ``--insecure``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import math
+import os
 import secrets
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loader.background import Background
+from server.settings import MAX_BATCH
 from shixin_domain.errors import (
     ConfigurationError,
+    LimitExceeded,
     PermissionDenied,
     RateLimited,
     Unauthenticated,
@@ -40,6 +56,26 @@ from shixin_domain.model import Channel
 
 ROLES = frozenset({"check", "status", "admin"})
 ALL_CHANNELS = frozenset(Channel)
+
+#: The ``reason`` of every refusal raised here, stable for callers to branch on.
+REFUSAL_REASONS = (
+    "API_KEY_MISSING",  # no authorization metadata and no client certificate
+    "API_KEY_MALFORMED",  # authorization metadata that is not 'Bearer <key>'
+    "API_KEY_UNKNOWN",  # a key the keys file does not hold (never issued, or removed)
+    "CERTIFICATE_UNKNOWN",  # a client certificate whose common name names no principal
+    "ROLE_NOT_ALLOWED",  # the principal lacks the method's role
+    "CHANNEL_NOT_ALLOWED",  # a channel outside the principal's scope
+    "RATE_LIMITED",  # over the principal's rate: retry after the delay given
+    "BATCH_OVER_BURST",  # a batch larger than the principal's burst: send smaller ones
+    "ENUMERATION_THROTTLED",  # too many distinct identities this window
+)
+
+
+def default_burst(rate_per_second: float) -> int:
+    """The bucket of a key given a rate but no burst: two seconds' worth of
+    checks, and never less than one full batch (``MAX_BATCH``), so a batch
+    the server accepts is never refused for its size alone."""
+    return max(math.ceil(2 * rate_per_second), MAX_BATCH)
 
 
 def key_hash(key: str) -> str:
@@ -59,23 +95,30 @@ class Principal:
     channels: frozenset[Channel] = ALL_CHANNELS
     roles: frozenset[str] = ROLES
     rate_per_second: float = 0.0  # 0: no rate limit
-    burst: int = 0
+    burst: int = 0  # 0: default_burst(rate_per_second)
+
+    @property
+    def bucket_size(self) -> int:
+        """The most checks this principal may send at once (with a rate)."""
+        return self.burst or default_burst(self.rate_per_second)
 
     def require_role(self, role: str) -> None:
         if role not in self.roles:
-            raise PermissionDenied(f"principal {self.name!r} lacks the role {role!r}")
+            message = f"principal {self.name!r} lacks the role {role!r}"
+            raise PermissionDenied(message).with_reason("ROLE_NOT_ALLOWED")
 
     def require_channel(self, channel: Channel) -> None:
         if channel not in self.channels:
-            raise PermissionDenied(
-                f"channel {channel.name} is outside the scope of principal {self.name!r}"
-            )
+            message = f"channel {channel.name} is outside the scope of principal {self.name!r}"
+            raise PermissionDenied(message).with_reason("CHANNEL_NOT_ALLOWED")
 
 
 ANONYMOUS = Principal("anonymous")
 
 
-def _principal(entry: dict[str, Any], where: str) -> Principal:
+def _principal(entry: object, where: str) -> Principal:
+    if not isinstance(entry, dict):
+        raise ConfigurationError(f"{where}: must be an object")
     name = entry.get("principal")
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"{where}: principal is required")
@@ -87,14 +130,38 @@ def _principal(entry: dict[str, Any], where: str) -> Principal:
             channels = frozenset(Channel[c] for c in raw_channels)
         except (KeyError, TypeError):
             raise ConfigurationError(f"{where}: channels must be '*' or channel names") from None
-    roles = frozenset(entry.get("roles", ["check"]))
-    if not roles <= ROLES:
+    raw_roles = entry.get("roles", ["check"])
+    if not isinstance(raw_roles, list) or not set(raw_roles) <= ROLES:
         raise ConfigurationError(f"{where}: roles must be among {sorted(ROLES)}")
-    rate = float(entry.get("rate_per_second", 0))
-    burst = int(entry.get("burst", max(1, int(rate))))
-    if rate < 0 or burst < 0:
-        raise ConfigurationError(f"{where}: rate_per_second and burst must not be negative")
-    return Principal(name, channels, roles, rate, burst)
+    try:
+        rate = float(entry.get("rate_per_second") or 0)
+        burst = int(entry.get("burst") or 0)  # missing or 0: the default, filled in below
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{where}: rate_per_second and burst must be numbers") from None
+    if rate < 0 or burst < 0 or not math.isfinite(rate):
+        raise ConfigurationError(f"{where}: rate_per_second and burst must be 0 or more")
+    if rate > 0 and burst == 0:
+        burst = default_burst(rate)  # files written before the default had burst 0
+    return Principal(name, channels, frozenset(raw_roles), rate, burst)
+
+
+@dataclass(frozen=True)
+class KeyChanges:
+    """What a reload of the keys file changed, by principal name."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()  # other keys, certificates, channels, roles or limits
+
+    def __str__(self) -> str:
+        parts = [
+            f"{label} {', '.join(repr(n) for n in names)}"
+            for label, names in (
+                ("added", self.added), ("removed", self.removed), ("changed", self.changed)
+            )
+            if names
+        ]  # fmt: skip
+        return "; ".join(parts) or "no principal changed"
 
 
 @dataclass
@@ -106,33 +173,109 @@ class KeyRing:
 
     @classmethod
     def load(cls, path: Path) -> KeyRing:
+        """The ring ``path`` describes, or ``ConfigurationError``: a missing or empty
+        file, one that is not a JSON object naming ``keys`` or ``tls_principals``, or a
+        bad entry (so a half-written or emptied file never reads as "no keys")."""
+        where = f"--keys-file / SHIXIN_KEYS_FILE: {path}"
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ConfigurationError(f"--keys-file / SHIXIN_KEYS_FILE: {path}: {exc}") from exc
+            raise ConfigurationError(f"{where}: {exc}") from exc
+        if not isinstance(data, dict) or not ("keys" in data or "tls_principals" in data):
+            raise ConfigurationError(f"{where}: must be a JSON object with 'keys' (a list)")
         ring = cls()
-        for i, entry in enumerate(data.get("keys", [])):
-            where = f"{path}: keys[{i}]"
-            digest = entry.get("sha256", "")
+        for i, entry in enumerate(_entries(data, "keys", where)):
+            at = f"{path}: keys[{i}]"
+            digest = entry.get("sha256", "") if isinstance(entry, dict) else ""
             if not (isinstance(digest, str) and len(digest) == 64):
-                raise ConfigurationError(f"{where}: sha256 must be 64 hex characters")
-            ring.by_hash[digest.lower()] = _principal(entry, where)
-        for i, entry in enumerate(data.get("tls_principals", [])):
-            where = f"{path}: tls_principals[{i}]"
-            common_name = entry.get("common_name")
+                raise ConfigurationError(f"{at}: sha256 must be 64 hex characters")
+            ring.by_hash[digest.lower()] = _principal(entry, at)
+        for i, entry in enumerate(_entries(data, "tls_principals", where)):
+            at = f"{path}: tls_principals[{i}]"
+            common_name = entry.get("common_name") if isinstance(entry, dict) else None
             if not isinstance(common_name, str) or not common_name:
-                raise ConfigurationError(f"{where}: common_name is required")
-            ring.by_common_name[common_name] = _principal(entry, where)
+                raise ConfigurationError(f"{at}: common_name is required")
+            ring.by_common_name[common_name] = _principal(entry, at)
         return ring
+
+    def _grants(self) -> dict[str, set[tuple[str, str, Principal]]]:
+        """Per principal name: each key hash or certificate name, with what it grants."""
+        grants: dict[str, set[tuple[str, str, Principal]]] = {}
+        for kind, table in (("key", self.by_hash), ("cn", self.by_common_name)):
+            for credential, principal in table.items():
+                grants.setdefault(principal.name, set()).add((kind, credential, principal))
+        return grants
+
+    def changes_to(self, newer: KeyRing) -> KeyChanges:
+        before, after = self._grants(), newer._grants()
+        return KeyChanges(
+            added=tuple(sorted(after.keys() - before.keys())),
+            removed=tuple(sorted(before.keys() - after.keys())),
+            changed=tuple(sorted(n for n in before.keys() & after.keys() if before[n] != after[n])),
+        )
+
+
+def _entries(data: dict[str, Any], name: str, where: str) -> list[Any]:
+    entries = data.get(name, [])
+    if not isinstance(entries, list):
+        raise ConfigurationError(f"{where}: {name!r} must be a list")
+    return entries
+
+
+# --- editing the keys file (shixin-check keys ...) ---------------------------
+
+
+def read_keys_document(path: Path) -> dict[str, Any]:
+    """The keys file as JSON, for editing: an empty one if it does not exist yet.
+
+    Refuses (``ConfigurationError``) a file that would not load, so an edit
+    never builds on, and overwrites, a damaged file.
+    """
+    if not path.exists():
+        return {"keys": [], "tls_principals": []}
+    KeyRing.load(path)
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    data.setdefault("keys", [])
+    return data
+
+
+def write_keys_document(path: Path, data: dict[str, Any]) -> None:
+    """Replace the keys file atomically (a temporary file, fsync, ``os.replace``),
+    mode 0600: a server reloading it reads the old file or the new, never half."""
+    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:  # mkstemp made it 0600
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself, on disk
+    finally:
+        os.close(folder)
+
+
+def key_id(digest: str) -> str:
+    """How a key is named in listings and ``keys remove --key-id``: its hash's start."""
+    return digest[:12]
 
 
 def add_key(path: Path, principal: str, channels: Iterable[str] | str, roles: Iterable[str],
             rate_per_second: float = 0.0, burst: int = 0) -> str:  # fmt: skip
-    """Append a new key to the keys file (created if missing); the key, shown once."""
-    data: dict[str, Any] = {"keys": [], "tls_principals": []}
-    if path.exists():
-        data = json.loads(path.read_text(encoding="utf-8"))
+    """Add a new key to the keys file (created if missing); the key, shown once.
+
+    With a rate and no ``burst`` (0), the burst stored is ``default_burst(rate)``.
+    """
+    data = read_keys_document(path)
     key = new_key()
+    if rate_per_second > 0 and burst == 0:
+        burst = default_burst(rate_per_second)
     entry = {
         "principal": principal,
         "sha256": key_hash(key),
@@ -142,10 +285,52 @@ def add_key(path: Path, principal: str, channels: Iterable[str] | str, roles: It
         "burst": burst,
     }
     _principal(entry, str(path))  # refuse what could not be loaded
-    data.setdefault("keys", []).append(entry)
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    path.chmod(0o600)
+    data["keys"].append(entry)
+    write_keys_document(path, data)
     return key
+
+
+def remove_keys(path: Path, principal: str = "", key_prefix: str = "") -> list[str]:
+    """Remove the keys (and certificate names) of ``principal``, or the one key whose
+    hash starts with ``key_prefix``, or that principal's key with it; what was removed,
+    one line each. ``ConfigurationError`` if nothing, or more than one key, matches."""
+    if not path.exists():
+        raise ConfigurationError(f"{path}: no such keys file")
+    prefix = key_prefix.lower().removeprefix("sha256:")
+    if key_prefix and len(prefix) < 8:
+        raise ConfigurationError("--key-id: give at least 8 hex characters of the key's id")
+    data = read_keys_document(path)
+
+    def matches(entry: dict[str, Any], kind: str) -> bool:
+        if principal and entry.get("principal") != principal:
+            return False
+        if prefix:
+            return kind == "key" and str(entry.get("sha256", "")).lower().startswith(prefix)
+        return True
+
+    removed: list[str] = []
+    for kind, section in (("key", "keys"), ("cn", "tls_principals")):
+        kept = []
+        for entry in data.get(section, []):
+            if not matches(entry, kind):
+                kept.append(entry)
+            elif kind == "key":
+                removed.append(f"key {key_id(entry['sha256'].lower())} of {entry['principal']!r}")
+            else:
+                removed.append(f"certificate {entry['common_name']!r} of {entry['principal']!r}")
+        if section in data:
+            data[section] = kept
+    wanted = f"principal {principal!r}" if principal else ""
+    if key_prefix:
+        wanted += f"{' with ' if wanted else ''}key id {key_prefix!r}"
+    if not removed:
+        raise ConfigurationError(f"{path}: nothing matches {wanted}")
+    if prefix and len(removed) > 1:
+        raise ConfigurationError(
+            f"{path}: {wanted} matches {len(removed)} keys: give more of the id"
+        )
+    write_keys_document(path, data)
+    return removed
 
 
 class _Bucket:
@@ -222,28 +407,49 @@ class Gate:
                 break
         if token:
             scheme, _, key = token.partition(" ")
-            if scheme.lower() != "bearer" or not key:
-                raise Unauthenticated("authorization metadata must be 'Bearer <key>'")
+            if scheme.lower() != "bearer" or not key.strip():
+                message = "authorization metadata must be 'Bearer <key>'"
+                raise Unauthenticated(message).with_reason("API_KEY_MALFORMED")
             found = self.ring.by_hash.get(key_hash(key.strip()))
             if found is None:
-                raise Unauthenticated("unknown API key")
+                raise Unauthenticated("unknown API key").with_reason("API_KEY_UNKNOWN")
             return found
         if common_name:
             found = self.ring.by_common_name.get(common_name)
             if found is None:
-                raise Unauthenticated(f"client certificate {common_name!r} names no principal")
+                message = f"client certificate {common_name!r} names no principal"
+                raise Unauthenticated(message).with_reason("CERTIFICATE_UNKNOWN")
             return found
         raise Unauthenticated(
             "credentials required: 'authorization: Bearer <key>' or a client certificate"
-        )
+        ).with_reason("API_KEY_MISSING")
+
+    def replace_ring(self, ring: KeyRing) -> KeyChanges:
+        """Serve with ``ring`` from now on (a reloaded keys file); what changed.
+
+        Buckets of principals that remain are kept, so a reload refills no one.
+        """
+        changes = (self.ring or KeyRing()).changes_to(ring)
+        self.ring = ring
+        self.enabled = True
+        for name in changes.removed:
+            self._buckets.pop(name, None)
+        return changes
 
     def charge(self, principal: Principal, checks: int) -> None:
-        """Take ``checks`` tokens from the principal's bucket, or ``RateLimited``."""
+        """Take ``checks`` tokens from the principal's bucket, or ``RateLimited``;
+        ``LimitExceeded`` for more checks than the bucket can ever hold."""
         if principal.rate_per_second <= 0:
             return
+        size = principal.bucket_size
+        if checks > size:  # no wait would let it through: say so, with no retry delay
+            raise LimitExceeded(
+                f"checks: a batch of {checks} exceeds the burst of {size} for principal "
+                f"{principal.name!r}; send at most {size} per batch"
+            ).with_reason("BATCH_OVER_BURST")
         now = self.clock()
         bucket = self._buckets.get(principal.name)
-        capacity = float(max(principal.burst, 1))
+        capacity = float(size)
         if bucket is None:
             bucket = self._buckets[principal.name] = _Bucket(capacity, now)
         bucket.tokens = min(
@@ -256,7 +462,7 @@ class Gate:
                 f"principal {principal.name!r} is over {principal.rate_per_second:g} checks/s; "
                 f"retry in {wait * 1000:.0f} ms",
                 wait,
-            )
+            ).with_reason("RATE_LIMITED")
         bucket.tokens -= checks
 
     def observe(self, principal: Principal, key: int) -> None:
@@ -272,4 +478,75 @@ class Gate:
                 f"principal {principal.name!r} checked more than {watch.threshold} distinct "
                 f"identities in {watch.window:g}s: throttled until the window ends",
                 watch.window - now % watch.window,
-            )
+            ).with_reason("ENUMERATION_THROTTLED")
+
+
+class KeysWatcher(Background):
+    """Reloads the keys file when it changes, or at once when poked (SIGHUP).
+
+    Polls the file's size, modification time and inode every ``interval``
+    seconds. Each reload is handed to ``on_change(ring, trigger)``; a file that
+    does not load, to ``on_change(None, problem)``, and the caller keeps the
+    keys in force. With a loop given to ``start``, ``on_change`` runs on that
+    loop's thread, where the ``Gate`` lives.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        on_change: Callable[[KeyRing | None, str], None],
+        interval: float = 1.0,
+    ) -> None:
+        super().__init__(f"keys-watch {path.name}")
+        self.path = path
+        self.on_change = on_change
+        self.interval = interval
+        self._poked = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Taken when made, before the server's first load: a change in between is reloaded.
+        self._seen = _file_state(path)
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop
+        super().start()
+
+    def poke(self) -> None:
+        """Reload now, changed or not. Safe from any thread and from a signal handler."""
+        self._poked.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._poked.set()
+        super().stop()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            poked = self._poked.wait(self.interval)
+            self._poked.clear()
+            if self._stop.is_set():
+                return
+            state = _file_state(self.path)
+            if state == self._seen and not poked:
+                continue
+            self._seen = state  # before reading: a write during the read is seen next round
+            try:
+                ring: KeyRing | None = KeyRing.load(self.path)
+                detail = "reload requested" if poked else "the file changed"
+            except Exception as exc:  # noqa: BLE001 - whatever it is, the old keys stay
+                ring, detail = None, str(exc)
+            self._deliver(ring, detail)
+
+    def _deliver(self, ring: KeyRing | None, detail: str) -> None:
+        if self._loop is None:
+            self.on_change(ring, detail)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server has stopped
+            self._loop.call_soon_threadsafe(self.on_change, ring, detail)
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino

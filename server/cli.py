@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import json_format
 
+from server.cli_keys import add_parsers as add_keys_parsers
 from server.cli_logs import add_parsers
 from server.settings import (
     add_access_flags,
@@ -41,6 +41,7 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 
 
 log_handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
+keys_handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,16 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     add_access_flags(p)
     add_log_flags(p)
 
-    p = sub.add_parser("keys", help="manage API keys (the file keeps only their hashes)")
-    keys_sub = p.add_subparsers(dest="keys_command", required=True)
-    k = keys_sub.add_parser("add", help="make a key for a principal; prints it once")
-    add_flag(k, "--keys-file", required=not os.environ.get("SHIXIN_KEYS_FILE"), metavar="PATH",
-             help="the keys file (created if missing)")  # fmt: skip
-    k.add_argument("--principal", required=True, help="who the key is for, e.g. 12306-gateway")
-    k.add_argument("--channels", default="*", help="comma-separated channels, or * for all")
-    k.add_argument("--roles", default="check", help="comma-separated: check, status, admin")
-    k.add_argument("--rate", type=float, default=0.0, help="checks per second (0: no limit)")
-    k.add_argument("--burst", type=int, default=0, help="bucket size (default: the rate)")
+    keys_handlers.update(add_keys_parsers(sub))
 
     p = sub.add_parser("load", help="validate a snapshot or delta file and publish it to Redis")
     p.add_argument("path", type=Path)
@@ -215,27 +207,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
-    from server.auth import add_key
-
-    channels = (
-        "*"
-        if args.channels.strip() == "*"
-        else [c.strip().upper() for c in args.channels.split(",")]
-    )
-    roles = [r.strip() for r in args.roles.split(",") if r.strip()]
-    key = add_key(Path(args.keys_file), args.principal, channels, roles, args.rate, args.burst)
-    print(key)
-    print(f"(added for {args.principal}; only its hash is in {args.keys_file}: keep the key now)",
-          file=sys.stderr)  # fmt: skip
-    return 0
-
-
 def cmd_load(args: argparse.Namespace) -> int:
     from loader.index_redis import RedisKeys, connect
     from loader.listfile import FileKind, detect_kind
     from loader.publish_redis import publish_delta, publish_snapshot
-    from shixin_domain.errors import LoadRejected
+    from shixin_domain.errors import IndexUnavailable, LoadRejected
 
     path: Path = args.path
     if not path.is_file():
@@ -261,6 +237,9 @@ def cmd_load(args: argparse.Namespace) -> int:
     except LoadRejected as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    except IndexUnavailable as exc:  # lost the load lock midway: nothing was committed
+        print(f"shixin-check load: {exc}", file=sys.stderr)
+        return 2
     finally:
         client.close()
     return 0
@@ -284,7 +263,8 @@ def _redis_status(args: argparse.Namespace) -> int:
     )
     for r in report["replicas"]:
         print(f"  replica {r['replica']}: version {r['version']} seq {r['seq']} "
-              f"behind {r['behind']} (seen {r['seen_seconds_ago']}s ago)")  # fmt: skip
+              f"behind {r['behind']} (seen {r['seen_seconds_ago']}s ago)"
+              + (f": {r['problem']}" if r.get("problem") else ""))  # fmt: skip
     return 0
 
 
@@ -369,11 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "serve": cmd_serve,
         "load": cmd_load,
-        "keys": cmd_keys,
         "validate": cmd_validate,
         "check": cmd_check,
         "gen-data": cmd_gen_data,
         "status": cmd_status,
+        **keys_handlers,
         **log_handlers,
     }
     try:

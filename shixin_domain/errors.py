@@ -11,6 +11,7 @@
      +-- Unauthenticated     no or bad credentials (UNAUTHENTICATED)
      +-- PermissionDenied    a channel or role outside the caller's scope (PERMISSION_DENIED)
      +-- RateLimited         the caller's rate or an enumeration throttle (RESOURCE_EXHAUSTED)
+     +-- LimitExceeded       more than the caller's limit ever allows (FAILED_PRECONDITION)
      +-- MalformedRequest    bytes that are not the message the method takes (INVALID_ARGUMENT)
      +-- DeadlineExceeded    the caller's deadline passed before the work began (DEADLINE_EXCEEDED)
 
@@ -105,6 +106,14 @@ class RateLimited(ShixinError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class LimitExceeded(ShixinError):
+    """A request larger than the caller's limit allows, ever: waiting will not help.
+
+    A batch bigger than the caller's burst, for instance. Unlike ``RateLimited``
+    it carries no retry delay; the caller must send less.
+    """
 
 
 class MalformedRequest(ShixinError):

@@ -125,10 +125,11 @@ def test_rate_limit_says_when_to_retry(guarded: RunningServer, keys: dict[str, s
     assert 0 < int(retry) <= 500
     time.sleep(int(retry) / 1000 + 0.05)
     assert stub.CheckConsumption(flight(), metadata=metadata).decision == pb.ALLOW
-    too_big = pb.CheckBatchRequest(checks=[flight()] * 10)
-    assert code_of(lambda: stub.CheckConsumptionBatch(too_big, metadata=metadata)).code() is (
-        grpc.StatusCode.RESOURCE_EXHAUSTED
-    )
+    too_big = pb.CheckBatchRequest(checks=[flight()] * 10)  # more than the burst: never
+    error = code_of(lambda: stub.CheckConsumptionBatch(too_big, metadata=metadata))
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "exceeds the burst of 3 for principal 'slow-caller'" in error.details()
+    assert "retry-after-ms" not in dict(error.trailing_metadata() or ())
 
 
 def test_enumeration_is_flagged_and_throttled(serve: Serve, tmp_path: Path) -> None:

@@ -1,0 +1,424 @@
+"""Rate limits that can be met, stable refusal reasons, and keys managed while serving.
+
+Keys files are real files written by ``shixin-check keys ...`` (through
+``server.cli.main``); servers are real, in a thread (``serve``) or a child
+process (``ServeProcess``) where a signal has to reach them. Waits poll with a
+generous deadline, only so that a broken build fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import orjson
+import pytest
+
+from clients.check_client import CheckClient, build_request
+from server.auth import (
+    REFUSAL_REASONS,
+    EnumerationWatch,
+    Gate,
+    KeyRing,
+    default_burst,
+    key_hash,
+    key_id,
+)
+from server.cli import main
+from shixin.v1 import check_pb2 as pb
+from shixin_domain.errors import (
+    ConfigurationError,
+    LimitExceeded,
+    PermissionDenied,
+    RateLimited,
+    ShixinError,
+    Unauthenticated,
+)
+from shixin_domain.model import Channel
+from tests.conftest import RunningServer
+from tests.listdata import WANG, ZHAO, basic_rows, write_jsonl
+from tests.processes import ServeProcess
+
+Serve = Callable[..., RunningServer]
+WAIT_S = 20.0
+
+
+def hotel(number: str = ZHAO) -> pb.CheckRequest:
+    return build_request("HOTEL", id_number=number, purchase={"star_rating": 4})
+
+
+def flight(number: str = ZHAO) -> pb.CheckRequest:
+    return build_request("AIRLINE", id_number=number)
+
+
+def keys_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``shixin-check keys ARGS``: exit status, standard output, standard error."""
+    capsys.readouterr()
+    status = main(["keys", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def add(capsys: pytest.CaptureFixture[str], path: Path, principal: str, *flags: str) -> str:
+    """A new key for ``principal`` (``keys add``), as printed once."""
+    status, out, _ = keys_cli(capsys, "add", "--keys-file", str(path), "--principal", principal,
+                              *flags)  # fmt: skip
+    assert status == 0
+    return out.strip()
+
+
+def bearer(key: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+def refusal(call: Callable[[], object]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.05)
+
+
+def audit_records(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write ``path`` in one step, so a watching server sees one change, not two."""
+    temporary = path.with_name(path.name + ".new")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def reloads(path: Path) -> list[str]:
+    """The outcomes of the keys reloads in the audit log at ``path``."""
+    return [str(r["outcome"]) for r in audit_records(path) if r["method"] == "KEYS_RELOAD"]
+
+
+# --- bursts that can be met ---------------------------------------------------
+
+
+def test_a_key_with_only_a_rate_can_send_a_full_batch(
+    serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys_file = tmp_path / "keys.json"
+    key = add(capsys, keys_file, "hotel-chain", "--channels", "HOTEL", "--rate", "5")
+    assert json.loads(keys_file.read_text())["keys"][0]["burst"] == 1000
+    server = serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()), keys_file=keys_file)
+    stub = server.stub()
+    full = pb.CheckBatchRequest(checks=[hotel()] * 1000)
+    assert len(stub.CheckConsumptionBatch(full, metadata=bearer(key)).results) == 1000
+    # The bucket is spent and refills at 5/s: the rate still holds, and says when to retry.
+    error = refusal(lambda: stub.CheckConsumptionBatch(full, metadata=bearer(key)))
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert int(dict(error.trailing_metadata())["retry-after-ms"]) > 0
+
+
+def test_a_batch_over_the_burst_is_refused_with_the_limit_named(
+    serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys_file = tmp_path / "keys.json"
+    status, out, err = keys_cli(capsys, "add", "--keys-file", str(keys_file), "--principal",
+                                "hotel-chain", "--channels", "HOTEL", "--rate", "100",
+                                "--burst", "500")  # fmt: skip
+    assert status == 0 and "batches of more than 500 checks will be refused" in err
+    key = out.strip()
+    server = serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()), keys_file=keys_file,
+                   audit_log=tmp_path / "audit.log")  # fmt: skip
+    stub = server.stub()
+    error = refusal(
+        lambda: stub.CheckConsumptionBatch(
+            pb.CheckBatchRequest(checks=[hotel()] * 800), metadata=bearer(key)
+        )
+    )
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == (
+        "checks: a batch of 800 exceeds the burst of 500 for principal 'hotel-chain'; "
+        "send at most 500 per batch"
+    )
+    assert "retry-after-ms" not in dict(error.trailing_metadata() or ())
+    # The refused batch took no tokens: a batch of the burst goes through at once.
+    at_most = pb.CheckBatchRequest(checks=[hotel()] * 500)
+    assert len(stub.CheckConsumptionBatch(at_most, metadata=bearer(key)).results) == 500
+    outcomes = [r["outcome"] for r in audit_records(tmp_path / "audit.log")]
+    assert outcomes == ["FAILED_PRECONDITION", "OK"]
+
+
+def test_keys_files_with_burst_zero_or_none_get_the_default(tmp_path: Path) -> None:
+    """Files written before the default (burst 0) work without re-adding their keys."""
+    keys_file = tmp_path / "old-keys.json"
+    keys_file.write_text(json.dumps({"keys": [
+        {"principal": "zero", "sha256": "a" * 64, "rate_per_second": 200, "burst": 0},
+        {"principal": "none", "sha256": "b" * 64, "rate_per_second": 800},
+        {"principal": "set", "sha256": "c" * 64, "rate_per_second": 10, "burst": 30},
+        {"principal": "free", "sha256": "d" * 64},
+    ]}))  # fmt: skip
+    ring = KeyRing.load(keys_file)
+    bursts = {p.name: (p.rate_per_second, p.burst) for p in ring.by_hash.values()}
+    assert bursts == {
+        "zero": (200, 1000),
+        "none": (800, 1600),
+        "set": (10, 30),
+        "free": (0, 0),
+    }
+    assert default_burst(0.5) == 1000 and default_burst(2000) == 4000
+    gate = Gate(ring, clock=lambda: 0.0)
+    gate.charge(ring.by_hash["a" * 64], 1000)  # a full batch, straight away
+
+
+# --- stable reasons -----------------------------------------------------------
+
+
+def reason_of(call: Callable[[], object], kind: type[ShixinError]) -> str:
+    with pytest.raises(kind) as caught:
+        call()
+    return caught.value.reason
+
+
+def test_every_refusal_carries_a_stable_reason(
+    serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys_file = tmp_path / "keys.json"
+    key = add(capsys, keys_file, "hotel-chain", "--channels", "HOTEL", "--rate", "10",
+              "--burst", "20")  # fmt: skip
+    tls = json.loads(keys_file.read_text())
+    tls["tls_principals"] = [{"common_name": "rail-gw", "principal": "12306"}]
+    keys_file.write_text(json.dumps(tls))
+    ring = KeyRing.load(keys_file)
+    now = [0.0]
+    watch = EnumerationWatch(threshold=2, window=1e9, throttle=True)  # one window throughout
+    gate = Gate(ring, watch, clock=lambda: now[0])
+    hotel_chain = gate.principal(bearer(key))
+    seen = {
+        reason_of(lambda: gate.principal(()), Unauthenticated),
+        reason_of(lambda: gate.principal([("authorization", "Basic abc")]), Unauthenticated),
+        reason_of(lambda: gate.principal(bearer("sk_never-issued")), Unauthenticated),
+        reason_of(lambda: gate.principal((), common_name="stranger"), Unauthenticated),
+        reason_of(lambda: hotel_chain.require_role("status"), PermissionDenied),
+        reason_of(lambda: hotel_chain.require_channel(Channel.AIRLINE), PermissionDenied),
+        reason_of(lambda: gate.charge(hotel_chain, 21), LimitExceeded),
+    }
+    gate.charge(hotel_chain, 20)
+    seen.add(reason_of(lambda: gate.charge(hotel_chain, 1), RateLimited))
+    for person in range(2):
+        gate.observe(hotel_chain, person << 64)
+    seen.add(reason_of(lambda: gate.observe(hotel_chain, 9 << 64), RateLimited))
+    assert seen == set(REFUSAL_REASONS)
+    assert gate.principal((), common_name="rail-gw").name == "12306"
+
+    # A batch names the check at fault and keeps its reason.
+    server = serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()), keys_file=keys_file)
+    engine = server.service.engine
+    out = pb.CheckBatchResponse()
+    with pytest.raises(PermissionDenied) as caught:
+        engine.check_many([hotel(), flight()], engine.view(), out.results, principal=hotel_chain)
+    assert str(caught.value).startswith("checks[1]: channel AIRLINE")
+    assert caught.value.reason == "CHANNEL_NOT_ALLOWED"
+
+
+# --- keys list / remove --------------------------------------------------------
+
+
+def test_keys_list_shows_principals_and_no_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys_file = tmp_path / "keys.json"
+    hotel_key = add(capsys, keys_file, "hotel-chain", "--channels", "HOTEL", "--rate", "200")
+    ops_key = add(capsys, keys_file, "operator", "--roles", "status")
+    status, out, _ = keys_cli(capsys, "list", "--keys-file", str(keys_file))
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["PRINCIPAL", "KEY", "ID", "/", "CERTIFICATE", "CHANNELS",
+                                "ROLES", "RATE/S", "BURST"]  # fmt: skip
+    assert lines[1].split() == ["hotel-chain", key_id(key_hash(hotel_key)), "HOTEL", "check",
+                                "200", "1000"]  # fmt: skip
+    assert lines[2].split() == ["operator", key_id(key_hash(ops_key)), "*", "status", "-", "-"]
+    status, as_json, _ = keys_cli(capsys, "list", "--keys-file", str(keys_file), "--json")
+    assert [r["principal"] for r in json.loads(as_json)] == ["hotel-chain", "operator"]
+    for key in (hotel_key, ops_key):
+        assert key not in out + as_json
+        assert key_hash(key) not in out + as_json  # only the id, the hash's start
+
+
+def test_keys_remove_by_principal_or_key_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys_file = tmp_path / "keys.json"
+    first = add(capsys, keys_file, "hotel-chain", "--channels", "HOTEL")
+    second = add(capsys, keys_file, "hotel-chain", "--channels", "HOTEL")
+    add(capsys, keys_file, "operator", "--roles", "status")
+    status, _, err = keys_cli(capsys, "remove", "--keys-file", str(keys_file), "--key-id", "ab")
+    assert status == 2 and "at least 8 hex characters" in err
+    status, out, _ = keys_cli(capsys, "remove", "--keys-file", str(keys_file),
+                              "--key-id", key_id(key_hash(first)))  # fmt: skip
+    assert status == 0 and out == f"removed key {key_id(key_hash(first))} of 'hotel-chain'\n"
+    names = {h: p.name for h, p in KeyRing.load(keys_file).by_hash.items()}
+    assert sorted(names.values()) == ["hotel-chain", "operator"]
+    assert key_hash(second) in names and key_hash(first) not in names
+    status, out, _ = keys_cli(capsys, "remove", "--keys-file", str(keys_file),
+                              "--principal", "hotel-chain")  # fmt: skip
+    assert status == 0
+    assert [p.name for p in KeyRing.load(keys_file).by_hash.values()] == ["operator"]
+    status, _, err = keys_cli(capsys, "remove", "--keys-file", str(keys_file),
+                              "--principal", "hotel-chain")  # fmt: skip
+    assert status == 2 and "nothing matches principal 'hotel-chain'" in err
+    assert oct(keys_file.stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in tmp_path.iterdir()] == ["keys.json"]  # no temporary file left
+
+
+def test_edits_never_show_a_reader_half_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server reloading while ``keys add`` writes reads the old file or the new one."""
+    keys_file = tmp_path / "keys.json"
+    add(capsys, keys_file, "first")
+    problems: list[str] = []
+    done = threading.Event()
+
+    def read_all_the_time() -> None:
+        while not done.is_set():
+            try:
+                KeyRing.load(keys_file)
+            except ConfigurationError as exc:
+                problems.append(str(exc))
+
+    reader = threading.Thread(target=read_all_the_time)
+    reader.start()
+    try:
+        for i in range(30):
+            add(capsys, keys_file, f"caller-{i}")
+    finally:
+        done.set()
+        reader.join()
+    assert problems == []
+    assert len(KeyRing.load(keys_file).by_hash) == 31
+
+
+def test_a_damaged_keys_file_is_neither_loaded_nor_edited(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys_file = tmp_path / "keys.json"
+    for text in ("", '{"keys": [', "{}", "[]", '{"keys": {}}', '{"keys": [7]}'):
+        keys_file.write_text(text)
+        with pytest.raises(ConfigurationError):
+            KeyRing.load(keys_file)
+        status, _, err = keys_cli(capsys, "add", "--keys-file", str(keys_file),
+                                  "--principal", "x")  # fmt: skip
+        assert status == 2 and str(keys_file) in err
+        assert keys_file.read_text() == text  # not overwritten
+    with pytest.raises(ConfigurationError):
+        KeyRing.load(tmp_path / "missing.json")
+    keys_file.write_text('{"keys": []}')  # every key removed on purpose: nobody gets in
+    assert KeyRing.load(keys_file).by_hash == {}
+
+
+# --- reloading while serving -------------------------------------------------------
+
+
+def test_a_removed_key_is_refused_while_the_server_runs(
+    serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys_file = tmp_path / "keys.json"
+    hotel_key = add(capsys, keys_file, "hotel-chain", "--channels", "HOTEL")
+    ops_key = add(capsys, keys_file, "operator", "--channels", "*", "--roles", "check")
+    audit = tmp_path / "audit.log"
+    server = serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()), keys_file=keys_file,
+                   audit_log=audit)  # fmt: skip
+    stub = server.stub()
+    assert stub.CheckConsumption(hotel(WANG), metadata=bearer(hotel_key)).decision == pb.DENY
+
+    status, out, _ = keys_cli(capsys, "remove", "--keys-file", str(keys_file),
+                              "--principal", "hotel-chain")  # fmt: skip
+    assert status == 0 and "hotel-chain" in out
+
+    def refused() -> bool:
+        try:
+            stub.CheckConsumption(hotel(), metadata=bearer(hotel_key))
+        except grpc.RpcError as exc:
+            assert exc.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert exc.details() == "unknown API key"
+            return True
+        return False
+
+    wait_for(refused, "the removed key refused")
+    assert stub.CheckConsumption(hotel(), metadata=bearer(ops_key)).decision == pb.ALLOW
+    assert reloads(audit) == ["removed 'hotel-chain' (the file changed)"]
+
+    new_key = add(capsys, keys_file, "travel-agency", "--channels", "TRAVEL,HOTEL")
+    wait_for(lambda: len(reloads(audit)) == 2, "the added key reloaded")
+    assert reloads(audit)[1] == "added 'travel-agency' (the file changed)"
+    assert stub.CheckConsumption(hotel(), metadata=bearer(new_key)).decision == pb.ALLOW
+
+
+def test_a_bad_keys_file_on_reload_keeps_the_old_keys(
+    serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    keys_file = tmp_path / "keys.json"
+    key = add(capsys, keys_file, "hotel-chain", "--channels", "HOTEL")
+    audit = tmp_path / "audit.log"
+    server = serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()), keys_file=keys_file,
+                   audit_log=audit)  # fmt: skip
+    good = keys_file.read_text()
+    replace_text(keys_file, good[: len(good) // 2])  # cut short, as a careless copy would be
+    wait_for(lambda: len(reloads(audit)) == 1, "the cut file read")
+    assert reloads(audit)[0].startswith(f"REFUSED: --keys-file / SHIXIN_KEYS_FILE: {keys_file}")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(f"keys file {keys_file} refused, the keys in force stay" in e for e in errors)
+    assert server.stub().CheckConsumption(hotel(), metadata=bearer(key)).decision == pb.ALLOW
+
+    keys_file.unlink()  # gone altogether: still the old keys
+    wait_for(lambda: len(reloads(audit)) == 2, "the missing file noticed")
+    assert reloads(audit)[1].startswith("REFUSED: ")
+    assert server.stub().CheckConsumption(hotel(), metadata=bearer(key)).decision == pb.ALLOW
+
+    replace_text(keys_file, good)  # mended: in force again, nothing changed
+    wait_for(lambda: len(reloads(audit)) == 3, "the mended file read")
+    assert reloads(audit)[2] == "no principal changed (the file changed)"
+
+
+def test_sighup_reloads_the_keys_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A change the poll cannot see (same size, time and inode) is taken on SIGHUP."""
+    keys_file = tmp_path / "keys.json"
+    old_key = add(capsys, keys_file, "hotel-chain", "--channels", "HOTEL")
+    new_key = add(capsys, tmp_path / "other.json", "hotel-chain", "--channels", "HOTEL")
+    audit = tmp_path / "audit.log"
+    server = ServeProcess(
+        "--list", str(write_jsonl(tmp_path / "l.jsonl", basic_rows())),
+        "--keys-file", str(keys_file), "--audit-log", str(audit), log=tmp_path / "serve.log",
+    )  # fmt: skip
+    try:
+        server.wait_serving()
+        with CheckClient(server.target, api_key=old_key) as client:
+            assert client.check(hotel()).decision == pb.ALLOW
+        before = keys_file.stat()
+        with keys_file.open("r+") as text:  # rewrite in place: same inode and size
+            swapped = text.read().replace(key_hash(old_key), key_hash(new_key))
+            text.seek(0)
+            text.write(swapped)
+        os.utime(keys_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any(r.endswith("(reload requested)") for r in reloads(audit)),
+                 "the reload on SIGHUP")  # fmt: skip
+        with CheckClient(server.target, api_key=new_key) as client:
+            assert client.check(hotel()).decision == pb.ALLOW
+        with CheckClient(server.target, api_key=old_key) as client:
+            error = refusal(lambda: client.check(hotel()))
+            assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert server.proc.poll() is None  # SIGHUP reloads; it does not stop the server
+    finally:
+        assert server.stop() == 0
+    assert f"keys file {keys_file} reloaded: " in server.output()
+    assert "(reload requested)" in server.output()
