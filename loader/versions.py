@@ -42,6 +42,7 @@ from loader.listfile import (
     DeltaOp,
     FileKind,
     detect_kind,
+    iter_rows,
     line_starts,
     read_delta,
     read_entries,
@@ -176,9 +177,49 @@ def validate_file(path: Path, keyer: SubjectKeyer) -> tuple[FileKind, int, list[
     try:
         view = build_snapshot(path, keyer)
     except LoadRejected as exc:
-        rows = sum(1 for _ in read_entries(path))
-        return kind, rows, exc.errors
+        rows, repeats = _repeated_entry_ids(path)
+        reported = {(e.line, e.field) for e in exc.errors}
+        extra = [e for e in repeats if (e.line, e.field) not in reported]
+        return kind, rows, sorted([*exc.errors, *extra], key=lambda e: e.line)
     return kind, view.base.entries, []
+
+
+def _repeated_entry_ids(path: Path) -> tuple[int, list[RowError]]:
+    """(rows, rows repeating an earlier row's entry_id), whatever else is wrong with them.
+
+    A load stops building once a row is bad, so its duplicate check sees only
+    the rows before; ``validate`` reports every repeat in one go.
+    """
+    first_line: dict[str, int] = {}
+    repeats = []
+    rows = 0
+    for line_no, obj in iter_rows(path):
+        rows += 1
+        entry_id = obj.get("entry_id") if isinstance(obj, dict) else None
+        if not isinstance(entry_id, str) or not entry_id.strip():
+            continue
+        entry_id = entry_id.strip()
+        if entry_id in first_line:
+            problem = f"{entry_id!r} repeats line {first_line[entry_id]}"
+            repeats.append(RowError(line_no, "entry_id", problem))
+        else:
+            first_line[entry_id] = line_no
+    return rows, repeats
+
+
+def validate_delta_against(
+    delta: Path, snapshot: Path, keyer: SubjectKeyer
+) -> tuple[int, list[RowError]]:
+    """(ops, every problem) of applying ``delta`` on top of ``snapshot`` (and its header)."""
+    ops, errors = read_delta(delta)
+    if errors:
+        return len(ops) + len(errors), errors
+    view = build_snapshot(snapshot, keyer)  # LoadRejected: the snapshot itself is bad
+    try:
+        apply_delta(view, ops, keyer)
+    except LoadRejected as exc:
+        return len(ops), exc.errors
+    return len(ops), []
 
 
 class _DeltaState:

@@ -1,21 +1,22 @@
 """``shixin-check``: one console script, one subcommand per job.
 
-serve, validate, check, gen-data, status. Every flag also reads
-``SHIXIN_<FLAG>`` (see ``server/settings.py``).
+serve, validate, check, gen-data, status, load, keys, feedback, audit. Every
+flag also reads ``SHIXIN_<FLAG>`` (see ``server/settings.py``). Each command
+imports what it needs when it runs (gRPC, numpy, Redis are slow to import),
+so ``--help``, ``validate`` and ``check`` start quickly. A user's mistake is
+one line on standard error and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import grpc
-from google.protobuf import json_format
+from typing import TYPE_CHECKING, Any
 
 from server.cli_keys import add_parsers as add_keys_parsers
 from server.cli_logs import add_parsers
@@ -31,7 +32,6 @@ from server.settings import (
     serve_settings,
 )
 from shixin_domain.errors import ConfigurationError
-from shixin_domain.keys import SubjectKeyer
 from shixin_domain.model import CHINA_TZ
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="report every bad row of a list file; change nothing")
     p.add_argument("path", type=Path)
+    p.add_argument("--against", type=Path, metavar="SNAPSHOT",
+                   help="for a delta: also check each op against this snapshot (and its header)")  # fmt: skip
 
     p = sub.add_parser("check", help="one check against a running server")
     add_flag(p, "--target", default=DEFAULT_TARGET, metavar="HOST:PORT", help="server address")
@@ -146,43 +148,82 @@ def _client(args: argparse.Namespace) -> CheckClient:
     )  # fmt: skip
 
 
-def _purchase(args: argparse.Namespace) -> dict[str, object]:
-    channel = args.channel.upper()
-    fields: dict[str, dict[str, object]] = {
-        "RAIL": {"train_number": args.train, "seat": args.seat},
-        "AIRLINE": {"flight_number": args.flight, "cabin": args.cabin},
-        "HOTEL": {"star_rating": args.star_rating, "high_end": args.high_end or None},
-        "SCHOOL": {
-            "private_school": args.private_school or None,
-            "high_fee": args.high_fee or None,
-        },
-        "SHIP": {"cabin_class": args.cabin_class},
-        "TRAVEL": {"service": args.service},
-        "LEISURE": {"venue": args.venue},
-        "INSURANCE": {"cash_value": args.cash_value or None},
-        "REAL_ESTATE": {"kind": args.kind},
-        "VEHICLE": {"business_necessary": args.business_necessary or None},
-        "OFFICE_RENTAL": {"high_end": args.high_end or None},
-    }
-    return {k: v for k, v in fields.get(channel, {}).items() if v is not None}
+#: Each purchase flag of ``check``: (its dest, the proto field, the channels it belongs to).
+_PURCHASE_FLAGS = (
+    ("train", "train_number", ("RAIL",)),
+    ("seat", "seat", ("RAIL",)),
+    ("flight", "flight_number", ("AIRLINE",)),
+    ("cabin", "cabin", ("AIRLINE",)),
+    ("star_rating", "star_rating", ("HOTEL",)),
+    ("high_end", "high_end", ("HOTEL", "OFFICE_RENTAL")),
+    ("private_school", "private_school", ("SCHOOL",)),
+    ("high_fee", "high_fee", ("SCHOOL",)),
+    ("cabin_class", "cabin_class", ("SHIP",)),
+    ("service", "service", ("TRAVEL",)),
+    ("venue", "venue", ("LEISURE",)),
+    ("cash_value", "cash_value", ("INSURANCE",)),
+    ("kind", "kind", ("REAL_ESTATE",)),
+    ("business_necessary", "business_necessary", ("VEHICLE",)),
+)
+
+
+def enum_name(enum: Any, text: str, flag: str) -> str:
+    """The exact value name of a proto enum for ``text``: its full name or the name
+    without the enum's common prefix (``SOFT_SLEEPER`` for ``RAIL_SEAT_SOFT_SLEEPER``),
+    any case. Anything else is refused with every valid name."""
+    names = [v.name for v in enum.values if v.number]
+    prefix = os.path.commonprefix(names)
+    prefix = prefix[: prefix.rfind("_") + 1] if len(names) > 1 else ""
+    wanted = text.strip().upper().replace("-", "_").replace(" ", "_")
+    for name in names:
+        if wanted in (name, name.removeprefix(prefix)):
+            return str(name)
+    valid = ", ".join(n.removeprefix(prefix) for n in names)
+    raise ConfigurationError(f"{flag}: {text!r} is not one of {valid}")
+
+
+def _purchase(args: argparse.Namespace, channel: str) -> dict[str, object]:
+    """The purchase fields given for ``channel``; a flag of another channel is refused."""
+    from clients.check_client import PURCHASE_FIELD
+    from shixin.v1 import check_pb2 as pb
+
+    fields: dict[str, object] = {}
+    for dest, field, channels in _PURCHASE_FLAGS:
+        value = getattr(args, dest)
+        if value is None or value is False:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if channel not in channels:
+            raise ConfigurationError(
+                f"{flag} is for {' and '.join(channels)}, not {channel}; leave it out"
+            )
+        purchase: Any = pb.CheckRequest.DESCRIPTOR.fields_by_name[PURCHASE_FIELD[channel]]
+        enum = purchase.message_type.fields_by_name[field].enum_type
+        if enum is not None:
+            value = enum.values_by_name[enum_name(enum, value, flag)].number
+        fields[field] = value
+    return fields
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
     from clients.check_client import build_request
     from shixin.v1 import check_pb2 as pb
 
     if not args.channel:
-        print("check: --channel is required", file=sys.stderr)
-        return 2
+        raise ConfigurationError("--channel (SHIXIN_CHANNEL) is required")
+    channel = enum_name(pb.Channel.DESCRIPTOR, args.channel, "--channel")
+    id_type = enum_name(pb.IdType.DESCRIPTOR, args.id_type, "--id-type")
     try:
         request = build_request(
-            args.channel, id_number=args.id_number, name=args.name, id_type=args.id_type,
-            uscc=args.uscc, purchase=_purchase(args), amount_fen=args.amount_fen,
+            channel, id_number=args.id_number, name=args.name, id_type=id_type,
+            uscc=args.uscc, purchase=_purchase(args, channel), amount_fen=args.amount_fen,
             request_id=args.request_id, merchant_id=args.merchant, terminal_id=args.terminal,
         )  # fmt: skip
     except ValueError as exc:
-        print(f"check: {exc}", file=sys.stderr)
-        return 2
+        raise ConfigurationError(str(exc)) from None
     try:
         with _client(args) as client:
             answer = client.check(request)
@@ -212,6 +253,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from loader.listfile import FileKind, detect_kind
     from loader.publish_redis import publish_delta, publish_snapshot
     from shixin_domain.errors import IndexUnavailable, LoadRejected
+    from shixin_domain.keys import SubjectKeyer
 
     path: Path = args.path
     if not path.is_file():
@@ -220,6 +262,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     secret, _ = secret_from(args, allow_ephemeral=False)
     keyer = SubjectKeyer(secret)
     client = connect(args.redis, timeout=30)
+    client.ping()  # before minutes of validating a big file: is Redis there at all?
     keys = RedisKeys(args.redis_prefix)
     started = time.perf_counter()
     try:
@@ -269,6 +312,9 @@ def _redis_status(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
     if args.redis:
         return _redis_status(args)
     try:
@@ -305,17 +351,32 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     import secrets
 
-    from loader.versions import validate_file
+    from loader.listfile import FileKind
+    from loader.versions import validate_delta_against, validate_file
+    from shixin_domain.errors import LoadRejected
+    from shixin_domain.keys import SubjectKeyer
 
     path: Path = args.path
-    if not path.is_file():
-        print(f"validate: {path} is not a file", file=sys.stderr)
-        return 2
-    kind, rows, errors = validate_file(path, SubjectKeyer(secrets.token_bytes(32)))
+    for given in (path, args.against):
+        if given is not None and not given.is_file():
+            print(f"validate: {given} is not a file", file=sys.stderr)
+            return 2
+    keyer = SubjectKeyer(secrets.token_bytes(32))
+    kind, rows, errors = validate_file(path, keyer)
+    if args.against is not None:
+        if kind is not FileKind.DELTA:
+            print(f"validate: --against is for a delta; {path} is a snapshot", file=sys.stderr)
+            return 2
+        try:
+            rows, errors = validate_delta_against(path, args.against, keyer)
+        except LoadRejected as exc:
+            print(f"validate: the snapshot given to --against is refused: {exc}", file=sys.stderr)
+            return 2
     for error in errors:
         print(f"{path}:{error}")
     verdict = "OK" if not errors else f"{len(errors)} bad row(s): the file would be refused whole"
-    print(f"{path}: {kind.value}, {rows} rows, {verdict}")
+    against = f" against {args.against}" if args.against is not None else ""
+    print(f"{path}: {kind.value}, {rows} rows{against}, {verdict}")
     return 1 if errors else 0
 
 
@@ -323,19 +384,36 @@ def cmd_gen_data(args: argparse.Namespace) -> int:
     from loader.synthetic import write_snapshot
 
     if not args.out:
-        print("gen-data: --out PATH is required", file=sys.stderr)
-        return 2
-    as_of = _dt.date.fromisoformat(args.as_of) if args.as_of else _dt.datetime.now(CHINA_TZ).date()
-    count = int(args.count)
+        raise ConfigurationError("--out PATH (SHIXIN_OUT) is required")
+    try:
+        as_of = (
+            _dt.date.fromisoformat(args.as_of) if args.as_of else _dt.datetime.now(CHINA_TZ).date()
+        )
+    except ValueError:
+        raise ConfigurationError(
+            f"--as-of / SHIXIN_AS_OF: {args.as_of!r} is not YYYY-MM-DD"
+        ) from None
+    count = _number("--count", args.count, 0, 100_000_000)
+    seed = _number("--seed", args.seed, 0, 2**63 - 1)
     started = time.perf_counter()
 
     def progress(n: int) -> None:
         print(f"  {n:,} / {count:,} entries", file=sys.stderr, flush=True)
 
-    write_snapshot(Path(args.out), count, int(args.seed), as_of, progress)
+    write_snapshot(Path(args.out), count, seed, as_of, progress)
     took = time.perf_counter() - started
-    print(f"wrote {count:,} entries to {args.out} in {took:.1f}s (seed {args.seed}, as of {as_of})")
+    print(f"wrote {count:,} entries to {args.out} in {took:.1f}s (seed {seed}, as of {as_of})")
     return 0
+
+
+def _number(flag: str, raw: object, low: int, high: int) -> int:
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ConfigurationError(f"{flag}: {raw!r} is not an integer in {low}..{high}")
+    return value
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -356,11 +434,28 @@ def main(argv: list[str] | None = None) -> int:
         **keys_handlers,
         **log_handlers,
     }
+    command = f"shixin-check {args.command}"
     try:
         return handlers[args.command](args)
     except ConfigurationError as exc:
-        print(f"shixin-check {args.command}: {exc}", file=sys.stderr)
+        print(f"{command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. ``| head``: whoever read our output has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"{command}: output closed before it was all written", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        redis = sys.modules.get("redis")  # only loaded by the commands that use it
+        if redis is not None and isinstance(exc, redis.RedisError):
+            url = getattr(args, "redis", "") or "Redis"
+            print(f"{command}: cannot use Redis at {url}: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError):
+            print(f"{command}: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

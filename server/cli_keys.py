@@ -22,10 +22,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from server.auth import ALL_CHANNELS, KeyRing, Principal, add_key, key_id, remove_keys
 from server.settings import MAX_BATCH, add_flag
+
+if TYPE_CHECKING:  # the access module loads only when a keys command runs
+    from server.auth import KeyRing
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -71,6 +73,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
+    from server.auth import add_key
+
     if args.rate < 0 or args.burst < 0:
         print("keys add: --rate and --burst must be 0 or more", file=sys.stderr)
         return 2
@@ -95,6 +99,8 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _rows(ring: KeyRing) -> list[dict[str, Any]]:
+    from server.auth import ALL_CHANNELS, Principal, key_id
+
     """One row per key and per certificate name, by principal."""
 
     def row(kind: str, credential: str, principal: Principal) -> dict[str, Any]:
@@ -119,6 +125,8 @@ def _rows(ring: KeyRing) -> list[dict[str, Any]]:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from server.auth import KeyRing
+
     rows = _rows(KeyRing.load(Path(args.keys_file)))
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
@@ -138,6 +146,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
+    from server.auth import remove_keys
+
     if not args.principal and not args.key_id:
         print("keys remove: give --principal P or --key-id ID", file=sys.stderr)
         return 2

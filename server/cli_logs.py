@@ -18,9 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.audit import verify
-from server.feedback import Quarter, build_report, report_csv, report_json
-from server.hitlog import log_files
 from server.settings import add_flag
 
 Handler = Callable[[argparse.Namespace], int]
@@ -47,6 +44,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dic
 
 
 def _hit_files(args: argparse.Namespace) -> list[Path]:
+    from server.hitlog import log_files
+
     """Every file of every hit-log set named, once; ``FileNotFoundError`` for an empty set."""
     named = ([args.hit_log] if args.hit_log else []) + list(args.more_hit_logs)
     files: list[Path] = []
@@ -67,6 +66,8 @@ def _write_whole(path: Path, text: str) -> None:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
+    from server.feedback import Quarter, build_report, report_csv, report_json
+
     try:
         quarter = Quarter.parse(args.quarter)
         files = _hit_files(args)
@@ -111,6 +112,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     A log without a head file (written before heads were kept) verifies with
     a warning on standard error: a cut off its end cannot be seen.
     """
+    from server.audit import verify
+
     try:
         result = verify(args.path)
     except FileNotFoundError as exc:

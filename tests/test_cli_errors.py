@@ -1,0 +1,148 @@
+"""The shell tools never print a traceback for a user's mistake (issue 10, point 7).
+
+Every subcommand is run as an operator would: a real child process, with
+Redis down (a free port nobody listens on), bad arguments, and its standard
+output closed by the reader. Each answers with one line on standard error and
+a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from server.cli import enum_name
+from shixin.v1 import check_pb2 as pb
+from shixin_domain.errors import ConfigurationError
+from tests.listdata import LI, ZHANG, basic_rows, delta, person_entry, write_jsonl
+from tests.processes import CLI, free_port, run_cli
+
+SECRET_ENV = {"SHIXIN_KEY_SECRET": "tests-only-secret-0123456789abcdef"}
+
+
+def no_traceback(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode != 0, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip(), "a refusal says why"
+
+
+@pytest.fixture
+def dead_redis() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+def test_redis_commands_with_redis_down(tmp_path: Path, dead_redis: str) -> None:
+    env = {**os.environ, **SECRET_ENV}
+    header = {"snapshot": {"includes_seq": 0, "published_at": "2026-11-28T09:00:00+08:00"}}
+    path = write_jsonl(tmp_path / "s.jsonl", [header, *basic_rows()])
+    for args in (
+        ("load", str(path), "--redis", dead_redis),
+        ("status", "--redis", dead_redis),
+        (
+            "feedback",
+            "--quarter",
+            "2026Q3",
+            "--redis",
+            dead_redis,
+            "--format",
+            "json",
+            "--out",
+            str(tmp_path / "r.json"),
+        ),  # fmt: skip
+    ):
+        done = run_cli(*args, env=env)
+        no_traceback(done)
+        assert "Redis" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("gen-data", "--count", "many", "--out", "OUT"),
+        ("gen-data", "--count", "5", "--out", "OUT", "--as-of", "2026-13-01"),
+        ("gen-data", "--count", "5", "--out", "/nonexistent-dir/x.jsonl"),
+        ("gen-data", "--count", "-3", "--out", "OUT"),
+        ("check", "--channel", "RAILS", "--id", ZHANG),
+        ("check", "--channel", "RAIL", "--id", ZHANG, "--seat", "SLEEPER"),
+        ("check", "--channel", "HOTEL", "--id", ZHANG, "--seat", "SOFT_SLEEPER"),
+        ("check", "--channel", "AIRLINE", "--id", ZHANG, "--id-type", "ID_CARD"),
+        ("check", "--id", ZHANG),
+        ("validate", "/nonexistent-file.jsonl"),
+        ("audit", "verify", "/nonexistent-file.jsonl"),
+        ("keys", "list", "--keys-file", "/nonexistent-file.json"),
+        ("serve", "--list", "/nonexistent-dir"),
+        ("serve", "--demo", "--listen", "nowhere"),
+    ],
+)
+def test_bad_arguments_get_one_line(tmp_path: Path, args: tuple[str, ...]) -> None:
+    out = str(tmp_path / "out.jsonl")
+    done = run_cli(*(out if a == "OUT" else a for a in args))
+    no_traceback(done)
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_check_with_the_server_down_says_so(tmp_path: Path) -> None:
+    done = run_cli("check", "--channel", "AIRLINE", "--id", ZHANG,
+                   "--target", f"127.0.0.1:{free_port()}")  # fmt: skip
+    no_traceback(done)
+    assert "UNAVAILABLE" in done.stderr
+
+
+def test_output_closed_by_the_reader(tmp_path: Path) -> None:
+    rows = [{"entry_id": f"E{i}", "list_type": "BAD"} for i in range(5000)]
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)  # thousands of lines of report
+    proc = subprocess.Popen([*CLI, "validate", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # as ``| head -1`` does
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) != 0
+    assert "Traceback" not in stderr
+    assert "output closed" in stderr
+
+
+def test_enum_names_are_exact_with_or_without_prefix() -> None:
+    seat = pb.RailSeat.DESCRIPTOR
+    assert enum_name(seat, "SOFT_SLEEPER", "--seat") == "RAIL_SEAT_SOFT_SLEEPER"
+    assert enum_name(seat, "soft_sleeper", "--seat") == "RAIL_SEAT_SOFT_SLEEPER"
+    assert enum_name(seat, "RAIL_SEAT_DELUXE_SOFT_SLEEPER", "--seat") == (
+        "RAIL_SEAT_DELUXE_SOFT_SLEEPER"
+    )
+    assert enum_name(pb.TravelService.DESCRIPTOR, "domestic", "--service") == "TRAVEL_DOMESTIC"
+    assert enum_name(pb.Channel.DESCRIPTOR, "real_estate", "--channel") == "REAL_ESTATE"
+    with pytest.raises(ConfigurationError, match="SOFT_SLEEPER, HARD_SLEEPER"):
+        enum_name(seat, "SLEEPER", "--seat")
+
+
+# --- validate -------------------------------------------------------------------------------
+
+
+def test_validate_reports_duplicates_even_beside_other_bad_rows(tmp_path: Path) -> None:
+    rows = basic_rows()
+    rows.append({**rows[0], "list_type": "NOPE"})  # bad, and E1 again
+    rows.append(person_entry("E2", LI, "李娜"))  # good, but E2 again
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    done = run_cli("validate", str(path))
+    assert done.returncode == 1
+    assert f"{path}:line 4: list_type" in done.stdout
+    assert f"{path}:line 4: entry_id: 'E1' repeats line 1" in done.stdout
+    assert f"{path}:line 5: entry_id: 'E2' repeats line 2" in done.stdout
+
+
+def test_validate_a_delta_against_a_snapshot(tmp_path: Path) -> None:
+    snapshot = write_jsonl(tmp_path / "s.jsonl", basic_rows())
+    good = write_jsonl(tmp_path / "d1.jsonl", [delta(1, "DELIST", entry_id="E1")])
+    bad = write_jsonl(tmp_path / "d2.jsonl", [delta(1, "SUSPEND", entry_id="E-none"),
+                                              delta(2, "DELIST", entry_id="E2")])  # fmt: skip
+    assert run_cli("validate", str(good), "--against", str(snapshot)).returncode == 0
+    alone = run_cli("validate", str(bad))
+    assert alone.returncode == 0  # well-formed on its own
+    done = run_cli("validate", str(bad), "--against", str(snapshot))
+    assert done.returncode == 1
+    assert f"{bad}:line 1: entry_id: no listed entry 'E-none'" in done.stdout
+    refused = run_cli("validate", str(snapshot), "--against", str(snapshot))
+    no_traceback(refused)
