@@ -2,14 +2,19 @@
 
 ``build_request`` turns plain values (as a clerk or a shell user gives them)
 into a ``CheckRequest``; ``CheckClient`` sends it over a real channel.
+``error_details`` reads what a refusal says for machines (the google.rpc
+details of its status, or a stream answer's ``error``) in one shape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]  # no py.typed
+from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
@@ -80,6 +85,59 @@ def _enum_value(enum: Any, name: str) -> int:
             return int(value.number)
     known = ", ".join(v.name for v in enum.values if v.number)
     raise ValueError(f"{name!r} is not one of {known}")
+
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """A refusal as a program reads it: the code, the reason to branch on, the fields at fault."""
+
+    code: grpc.StatusCode
+    message: str
+    #: the google.rpc.ErrorInfo reason (API_KEY_UNKNOWN, CHANNEL_NOT_ALLOWED, ...)
+    reason: str = ""
+    domain: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    #: (field path, problem) of google.rpc.BadRequest: ("checks[2].subject.person.id_number", ...)
+    field_violations: list[tuple[str, str]] = field(default_factory=list)
+    #: seconds of google.rpc.RetryInfo: when a retry may succeed (None: not a wait)
+    retry_after: float | None = None
+
+
+def error_details(error: grpc.RpcError | pb.CheckResponse) -> ErrorDetails | None:
+    """The details of a failed call, or of a stream answer's ``error`` (None if it has none)."""
+    if isinstance(error, pb.CheckResponse):
+        if not error.HasField("error"):
+            return None
+        e = error.error
+        return ErrorDetails(
+            _CODES.get(e.code, grpc.StatusCode.UNKNOWN), e.message, e.reason, "shixin-check",
+            dict(e.metadata), [(v.field, v.description) for v in e.field_violations],
+            e.retry_after_ms / 1000 if e.retry_after_ms else None,
+        )  # fmt: skip
+    code, message = error.code(), error.details() or ""
+    status = rpc_status.from_call(error)
+    if status is None:  # from grpc itself (message too large, deadline, unreachable)
+        return ErrorDetails(code, message)
+    info = error_details_pb2.ErrorInfo()
+    violations: list[tuple[str, str]] = []
+    retry_after = None
+    for packed in status.details:
+        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            packed.Unpack(info)
+        elif packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            packed.Unpack(bad)
+            violations.extend((v.field, v.description) for v in bad.field_violations)
+        elif packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            packed.Unpack(retry)
+            retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+    return ErrorDetails(
+        code, message, info.reason, info.domain, dict(info.metadata), violations, retry_after
+    )
 
 
 class CheckClient:

@@ -2,14 +2,18 @@
 
 Requests are validated here as they are converted: every problem is an
 ``InvalidInput`` naming the request field (``subject.person.id_number``,
-``purchase.rail.seat``) so the caller can fix exactly that.
+``purchase.rail.seat``) so the caller can fix exactly that. Every string
+field has a maximum length (``MAX_CHARS``, checked before anything reads the
+value; reason ``FIELD_TOO_LONG``), and a stream's request_ids are checked by
+``StreamIds``.
 """
 
 from __future__ import annotations
 
 import functools
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from shixin.v1 import check_pb2 as pb
 from shixin_domain.decision import NOT_LISTED, VERDICT_NOT_LISTED, MatchOutcome, Query, Verdict
@@ -18,6 +22,7 @@ from shixin_domain.identity import (
     IdType,
     normalize_person_id,
     normalize_uscc,
+    other_reading,
 )
 from shixin_domain.keys import SubjectKeyer
 from shixin_domain.model import NO_END, Channel, day_iso
@@ -43,7 +48,89 @@ from shixin_domain.rules import (
     validate_purchase,
 )
 
+_MAX_REQUEST_ID = 128
+_MAX_TERMINAL = 64  # merchant_id, terminal_id
+_MAX_ID = 64  # an ID number or USCC as typed, spaces and all (18 characters normalised)
+_MAX_NAME = 128
+_MAX_ORG_NAME = 256
+_MAX_TRAIN = 16
+_MAX_FLIGHT = 16
+_MAX_CABIN = 32
+
+#: The longest value each string field of a CheckRequest may hold, in characters
+#: (code points). Generous for any real value, small enough that a hostile one
+#: costs nothing: a 200,000-character name is refused before it is read.
+MAX_CHARS: dict[str, int] = {
+    "request_id": _MAX_REQUEST_ID,
+    "subject.person.id_number": _MAX_ID,
+    "subject.person.name": _MAX_NAME,
+    "subject.organization.uscc": _MAX_ID,
+    "subject.organization.name": _MAX_ORG_NAME,
+    "merchant_id": _MAX_TERMINAL,
+    "terminal_id": _MAX_TERMINAL,
+    "purchase.rail.train_number": _MAX_TRAIN,
+    "purchase.flight.flight_number": _MAX_FLIGHT,
+    "purchase.flight.cabin": _MAX_CABIN,
+}
+
+FIELD_TOO_LONG = "FIELD_TOO_LONG"
+REQUEST_ID_MISSING = "REQUEST_ID_MISSING"
+REQUEST_ID_DUPLICATE = "REQUEST_ID_DUPLICATE"
+#: How many earlier request_ids of a stream a new one must differ from.
+STREAM_ID_WINDOW = 1024
+
+
+def _too_long(field: str, value: str) -> NoReturn:
+    raise InvalidInput(
+        field, f"is {len(value)} characters long; at most {MAX_CHARS[field]} are accepted"
+    ).with_reason(FIELD_TOO_LONG)
+
+
+def _bounded(value: str, limit: int, field: str) -> str:
+    if len(value) > limit:
+        _too_long(field, value)
+    return value
+
+
+class StreamIds:
+    """The request_ids of one stream's last ``window`` requests: each new one must differ.
+
+    A gateway matches answers to requests by request_id, so on a stream it is
+    required and may not repeat while an earlier use could still be waiting to
+    be matched. The stream answers in order, one request at a time, so "still
+    waiting" is bounded by what the gateway keeps in flight: the last 1,024
+    ids cover any sane window, and memory stays bounded on a long-lived stream.
+    """
+
+    __slots__ = ("_order", "_seen")
+
+    def __init__(self, window: int = STREAM_ID_WINDOW) -> None:
+        self._order: deque[str] = deque(maxlen=window)
+        self._seen: set[str] = set()
+
+    def admit(self, request_id: str) -> None:
+        """Record ``request_id``, or ``InvalidInput`` if it is missing, too long or in use."""
+        if not request_id:
+            raise InvalidInput(
+                "request_id", "is required on a stream: every answer carries its request's id"
+            ).with_reason(REQUEST_ID_MISSING)
+        if len(request_id) > _MAX_REQUEST_ID:
+            _too_long("request_id", request_id)
+        if request_id in self._seen:
+            raise InvalidInput(
+                "request_id",
+                f"{request_id!r} is already in use on this stream (it must differ from the "
+                f"request_ids of the last {self._order.maxlen} requests)",
+            ).with_reason(REQUEST_ID_DUPLICATE)
+        order = self._order
+        if len(order) == order.maxlen:
+            self._seen.discard(order[0])
+        order.append(request_id)
+        self._seen.add(request_id)
+
+
 _ID_TYPES: dict[int, IdType] = {0: IdType.RESIDENT_ID} | {t.value: t for t in IdType}
+_RESIDENT_ID = IdType.RESIDENT_ID  # a global, not an enum attribute look-up, on every check
 _CHANNELS: dict[int, Channel] = {c.value: c for c in Channel}
 
 #: The purchase field each channel expects.
@@ -79,12 +166,21 @@ _ESTATE = {s.value: s for s in RealEstateKind}
 
 def _rail(m: pb.RailPurchase) -> RailTicket:
     seat = _SEATS.get(m.seat) or _enum(_SEATS, m.seat, "purchase.rail.seat", "rail seat")
-    return RailTicket(normalize_train_number(m.train_number), seat)
+    train = m.train_number
+    if len(train) > _MAX_TRAIN:
+        _too_long("purchase.rail.train_number", train)
+    return RailTicket(normalize_train_number(train), seat)
+
+
+def _flight(m: pb.FlightPurchase) -> Flight:
+    number = _bounded(m.flight_number, _MAX_FLIGHT, "purchase.flight.flight_number")
+    cabin = _bounded(m.cabin, _MAX_CABIN, "purchase.flight.cabin")
+    return Flight(number.strip().upper(), cabin.strip().upper())
 
 
 _PURCHASES: dict[str, Callable[[Any], Purchase]] = {
     "rail": _rail,
-    "flight": lambda m: Flight(m.flight_number.strip().upper(), m.cabin.strip().upper()),
+    "flight": _flight,
     "hotel": lambda m: HotelStay(m.star_rating, m.high_end),
     "school": lambda m: SchoolEnrolment(m.private_school, m.high_fee),
     "ship": lambda m: ShipPassage(m.cabin_class),
@@ -106,22 +202,48 @@ _PURCHASES: dict[str, Callable[[Any], Purchase]] = {
 _PREFIX = {name: f"purchase.{name}" for name in PURCHASE_FIELD.values()}
 
 
+def _long_field(request: pb.CheckRequest) -> NoReturn:
+    """The first of request_id, merchant_id, terminal_id that is over its limit, refused."""
+    for field in ("request_id", "merchant_id", "terminal_id"):
+        value = getattr(request, field)
+        if len(value) > MAX_CHARS[field]:
+            _too_long(field, value)
+    raise AssertionError("no field is too long")
+
+
 def to_query(request: pb.CheckRequest, keyer: SubjectKeyer) -> Query:
     """A validated domain query, or ``InvalidInput`` naming the field."""
+    if (
+        len(request.request_id) > _MAX_REQUEST_ID
+        or len(request.merchant_id) > _MAX_TERMINAL
+        or len(request.terminal_id) > _MAX_TERMINAL
+    ):
+        _long_field(request)
+    also = 0
     which = request.WhichOneof("subject")
     if which == "person":
         person = request.person
+        raw = person.id_number
+        name = person.name
+        if len(raw) > _MAX_ID:
+            _too_long("subject.person.id_number", raw)
+        if len(name) > _MAX_NAME:
+            _too_long("subject.person.name", name)
         id_type = _ID_TYPES.get(person.id_type)
         if id_type is None:
             raise InvalidInput("subject.person.id_type", f"{person.id_type} is not a known id type")
-        number = normalize_person_id(id_type, person.id_number, "subject.person.id_number")
+        number = normalize_person_id(id_type, raw, "subject.person.id_number")
         key = keyer.subject_key(id_type, number)
-        name = person.name
+        if id_type is not _RESIDENT_ID:  # a number under another type may read as one
+            other = other_reading(id_type, number)
+            if other is not None:
+                also = keyer.subject_key(*other)
     elif which == "organization":
         org = request.organization
-        number = normalize_uscc(org.uscc, "subject.organization.uscc")
+        uscc = _bounded(org.uscc, _MAX_ID, "subject.organization.uscc")
+        name = _bounded(org.name, _MAX_ORG_NAME, "subject.organization.name")
+        number = normalize_uscc(uscc, "subject.organization.uscc")
         key = keyer.subject_key(None, number)
-        name = org.name
     else:
         raise InvalidInput("subject", "is required: set person or organization")
 
@@ -144,7 +266,7 @@ def to_query(request: pb.CheckRequest, keyer: SubjectKeyer) -> Query:
     purchase = _PURCHASES[given](getattr(request, given))
     amount = request.amount_fen
     validate_purchase(channel, purchase, amount, _PREFIX[given])
-    return Query(key, name, number, channel, purchase, amount)
+    return Query(key, name, number, channel, purchase, amount, also)
 
 
 # --- answers ------------------------------------------------------------------

@@ -1,40 +1,48 @@
 """The ``shixin.v1.ConsumptionCheck`` servicer: authorises, converts, delegates, maps errors.
 
 Every failure leaves as a gRPC status with a message naming the field or the
-reason (``server/status.py``); an unexpected exception is INTERNAL and the
-server keeps serving. Such a call gets a check id of its own, named in the
-INTERNAL message and the audit record and logged once with its traceback on
-``shixin.server`` (the handler aborts, so grpc does not log it again): a
-caller can quote it to the operator. Request bytes that do not parse are
-INVALID_ARGUMENT, not the INTERNAL grpcio would give: the methods are
-registered with lenient deserialisers (``add_to_server``). A batch uses one
-list version for all its checks; a stream one per check.
+reason, and the ``google.rpc`` details of ``server/status.py`` (ErrorInfo,
+BadRequest, RetryInfo) in the ``grpc-status-details-bin`` trailer; an
+unexpected exception is INTERNAL and the server keeps serving. Such a call
+gets a check id of its own, named in the INTERNAL message, its ErrorInfo and
+the audit record and logged once with its traceback on ``shixin.server``
+(the handler aborts, so grpc does not log it again): a caller can quote it to
+the operator. Request bytes that do not parse are INVALID_ARGUMENT, not the
+INTERNAL grpcio would give: the methods are registered with lenient
+deserialisers (``add_to_server``). A batch uses one list version for all its
+checks; a stream one per check.
+
+On a stream, a bad request (a field, its request_id, a channel outside the
+caller's scope, the caller's rate) is answered with ``error`` set and the
+stream goes on; only bytes that do not parse, a refusal at stream start, no
+list or a failure of the server end it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from server.auth import ANONYMOUS, Gate, Principal
+from server.convert import MAX_CHARS, StreamIds
 from server.engine import CheckEngine
 from server.hitlog import AuditLog
-from server.status import status_of
+from server.status import refusal, status_of
 from shixin.v1 import check_pb2 as pb
 from shixin_domain.errors import (
     DeadlineExceeded,
     InvalidInput,
     MalformedRequest,
+    PermissionDenied,
     RateLimited,
-    ShixinError,
 )
 from shixin_domain.identity import mask_id
-from shixin_domain.model import china_day
+from shixin_domain.model import Channel, china_day
 from shixin_domain.rules import Policy
 
 SERVICE = "shixin.v1.ConsumptionCheck"
@@ -61,14 +69,39 @@ def _lenient(parse: Callable[[bytes], Any], what: str) -> Callable[[bytes], Any]
     return deserialize
 
 
+_MAX_ID = MAX_CHARS["subject.person.id_number"]
+
+
 def _subject_of(request: pb.CheckRequest) -> str:
-    """Masked subject for the audit log."""
+    """Masked subject for the audit log (of a refused over-long number: its first 64 characters)."""
     which = request.WhichOneof("subject")
     if which == "person":
-        return mask_id(request.person.id_number.strip())
+        return mask_id(request.person.id_number[:_MAX_ID].strip())
     if which == "organization":
-        return mask_id(request.organization.uscc.strip())
+        return mask_id(request.organization.uscc[:_MAX_ID].strip())
     return ""
+
+
+def _error_metadata(
+    code: grpc.StatusCode, principal: Principal, role: str, channels: Iterable[int]
+) -> dict[str, str]:
+    """ErrorInfo metadata: who was refused, and the role or channel outside its scope."""
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        if role not in principal.roles:
+            return {"principal": principal.name, "role": role}
+        for value in channels:
+            if value in _CHANNEL_NAMES and value not in principal.channels:
+                return {"principal": principal.name, "channel": _CHANNEL_NAMES[value]}
+        return {"principal": principal.name}
+    if code in _CALLER_CODES:
+        return {"principal": principal.name}
+    return {}
+
+
+_CHANNEL_NAMES = {c.value: c.name for c in Channel}
+_CALLER_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION})
+#: Refusals of one request on a stream: answered in the stream, which goes on.
+_REQUEST_REFUSALS = (InvalidInput, PermissionDenied, RateLimited)
 
 
 _AUDITED_METADATA = ("user-agent", "x-request-id", "x-merchant-id", "x-terminal-id")
@@ -96,7 +129,8 @@ class ConsumptionCheckService:
 
     # --- the gate and the audit trail ----------------------------------------
 
-    def _admit(self, context: grpc.aio.ServicerContext, role: str, checks: int) -> Principal:
+    def _identify(self, context: grpc.aio.ServicerContext) -> Principal:
+        """The caller, or ``Unauthenticated``."""
         gate = self.gate
         if not gate.enabled:
             return ANONYMOUS
@@ -104,10 +138,17 @@ class ConsumptionCheckService:
         if self.tls_principals:
             names = context.auth_context().get("x509_common_name") or [b""]
             common_name = names[0].decode()
-        principal = gate.principal(context.invocation_metadata() or (), common_name)
-        principal.require_role(role)
-        gate.charge(principal, checks)
-        return principal
+        return gate.principal(context.invocation_metadata() or (), common_name)
+
+    def _admit(self, principal: Principal, role: str, checks: int) -> None:
+        """``principal`` may call a method of ``role`` and pay for ``checks``, or a refusal.
+
+        Apart from ``_identify`` so that a refusal can name who was refused.
+        """
+        gate = self.gate
+        if gate.enabled:
+            principal.require_role(role)
+            gate.charge(principal, checks)
 
     def _audit(self, context: grpc.aio.ServicerContext, method: str, principal: Principal,
                subject: str, outcome: str, started: float, count: int = 1,
@@ -124,8 +165,13 @@ class ConsumptionCheckService:
     async def _fail(
         self, context: grpc.aio.ServicerContext, exc: BaseException, method: str,
         principal: Principal, subject: str, started: float, prefix: str = "",
+        channels: Iterable[int] = (),
     ) -> NoReturn:  # fmt: skip
-        code = status_of(exc) if isinstance(exc, ShixinError) else grpc.StatusCode.INTERNAL
+        """End the call with the status of ``exc`` and its details, audited.
+
+        ``channels``: the request's, to name the one outside the caller's scope.
+        """
+        code = status_of(exc)
         check_id = ""
         if code is grpc.StatusCode.INTERNAL:
             check_id = self.engine.new_check_id()
@@ -135,14 +181,28 @@ class ConsumptionCheckService:
             )  # fmt: skip
             undecided = "" if method == "GetListStatus" else "; the check was not decided"
             message = f"{prefix}internal error (check_id {check_id}){undecided}"
+            metadata = {"check_id": check_id}
         else:
             message = prefix + str(exc)
-        if isinstance(exc, RateLimited):
-            context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after * 1000))),))
+            role = "status" if method == "GetListStatus" else "check"
+            metadata = _error_metadata(code, principal, role, channels)
+        told = refusal(exc, message, metadata)
         if self.audit is not None:
             self._audit(context, method, principal, subject, code.name, started, check_id=check_id)
-        await context.abort(code, message)
+        await context.abort(code, message, told.trailing_metadata())
         raise AssertionError("abort returned")  # it raises; this tells the type checker
+
+    def _refuse_in_stream(
+        self, context: grpc.aio.ServicerContext, exc: BaseException, request: pb.CheckRequest,
+        principal: Principal, started: float,
+    ) -> pb.CheckResponse:  # fmt: skip
+        """The answer to a bad request on a stream: its request_id and the error, audited."""
+        code = status_of(exc)
+        told = refusal(exc, metadata=_error_metadata(code, principal, "check", (request.channel,)))
+        if self.audit is not None:
+            self._audit(context, "CheckConsumptionStream", principal, _subject_of(request),
+                        code.name, started)  # fmt: skip
+        return pb.CheckResponse(request_id=request.request_id, error=told.check_error())
 
     # --- the RPCs --------------------------------------------------------------
 
@@ -154,7 +214,8 @@ class ConsumptionCheckService:
         try:
             if type(request) is Malformed:
                 raise MalformedRequest(request.problem)
-            principal = self._admit(context, "check", 1)
+            principal = self._identify(context)
+            self._admit(principal, "check", 1)
             engine = self.engine
             response = engine.check(
                 request,  # type: ignore[arg-type]
@@ -163,8 +224,12 @@ class ConsumptionCheckService:
                 principal,
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
-            subject = "" if type(request) is Malformed else _subject_of(request)  # type: ignore[arg-type]
-            await self._fail(context, exc, "CheckConsumption", principal, subject, started)
+            malformed = type(request) is Malformed
+            subject = "" if malformed else _subject_of(request)  # type: ignore[arg-type]
+            channels = () if malformed else (request.channel,)  # type: ignore[union-attr]
+            await self._fail(
+                context, exc, "CheckConsumption", principal, subject, started, channels=channels
+            )
         if self.audit is not None:
             self._audit(context, "CheckConsumption", principal, _subject_of(request),  # type: ignore[arg-type]
                         pb.Decision.Name(response.decision), started)  # fmt: skip
@@ -184,15 +249,23 @@ class ConsumptionCheckService:
             if count > self.max_batch:
                 raise InvalidInput(
                     "checks", f"at most {self.max_batch} checks per batch, got {count}"
-                )
-            principal = self._admit(context, "check", max(count, 1))
+                ).with_reason("BATCH_TOO_LARGE")
+            principal = self._identify(context)
+            self._admit(principal, "check", max(count, 1))
             _in_time(context)
             engine = self.engine
             peer = context.peer() if self._peers else ""
             reply = pb.CheckBatchResponse()
             engine.check_many(checks, engine.view(), reply.results, peer, principal)
         except Exception as exc:  # noqa: BLE001
-            await self._fail(context, exc, "CheckConsumptionBatch", principal, "", started)
+            channels = (
+                [c.channel for c in request.checks]  # type: ignore[union-attr]
+                if isinstance(exc, PermissionDenied)
+                else ()
+            )
+            await self._fail(
+                context, exc, "CheckConsumptionBatch", principal, "", started, channels=channels
+            )
         if self.audit is not None:
             self._audit(context, "CheckConsumptionBatch", principal, "", "OK", started, count)
         return reply
@@ -206,27 +279,33 @@ class ConsumptionCheckService:
         principal = ANONYMOUS
         started = time.perf_counter()
         try:
-            principal = self._admit(context, "check", 0)
+            principal = self._identify(context)
+            self._admit(principal, "check", 0)
         except Exception as exc:  # noqa: BLE001
             await self._fail(context, exc, "CheckConsumptionStream", principal, "", started)
+        ids = StreamIds()
         async for request in request_iterator:
             started = time.perf_counter()
+            if type(request) is Malformed:  # the stream is broken: its bytes end it
+                await self._fail(context, MalformedRequest(request.problem),
+                                 "CheckConsumptionStream", principal, "", started)  # fmt: skip
             try:
-                if type(request) is Malformed:
-                    raise MalformedRequest(request.problem)
+                ids.admit(request.request_id)  # type: ignore[union-attr]
                 self.gate.charge(principal, 1)
                 response = engine.check(request, engine.view(), peer, principal)  # type: ignore[arg-type]
+            except _REQUEST_REFUSALS as exc:  # this request only: answered, and the stream goes on
+                response = self._refuse_in_stream(context, exc, request, principal, started)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001
-                malformed = type(request) is Malformed
-                rid = "" if malformed else request.request_id  # type: ignore[union-attr]
+                rid = request.request_id  # type: ignore[union-attr]
                 prefix = f"request_id {rid!r}: " if rid else ""
-                subject = "" if malformed else _subject_of(request)  # type: ignore[arg-type]
                 await self._fail(
-                    context, exc, "CheckConsumptionStream", principal, subject, started, prefix
-                )
-            if self.audit is not None:
-                self._audit(context, "CheckConsumptionStream", principal, _subject_of(request),  # type: ignore[arg-type]
-                            pb.Decision.Name(response.decision), started)  # fmt: skip
+                    context, exc, "CheckConsumptionStream", principal,
+                    _subject_of(request), started, prefix,  # type: ignore[arg-type]
+                )  # fmt: skip
+            else:
+                if self.audit is not None:
+                    self._audit(context, "CheckConsumptionStream", principal, _subject_of(request),  # type: ignore[arg-type]
+                                pb.Decision.Name(response.decision), started)  # fmt: skip
             yield response
 
     async def GetListStatus(
@@ -237,7 +316,8 @@ class ConsumptionCheckService:
         try:
             if type(request) is Malformed:
                 raise MalformedRequest(request.problem)
-            principal = self._admit(context, "status", 0)
+            principal = self._identify(context)
+            self._admit(principal, "status", 0)
             status = list_status(self.engine, self.policy, self.gate)
         except Exception as exc:  # noqa: BLE001
             await self._fail(context, exc, "GetListStatus", principal, "", started)

@@ -12,6 +12,11 @@ channel) and the purchase against the rule table.
   the answer carries every such entry.
 - REVIEW: such an entry exists but the name given does not match the one
   listed (after normalisation), like an airline watchlist's selectee.
+
+A query may carry a second key (``also_key``): the number under the
+identity it plainly is when the caller's id type says otherwise (a resident
+ID sent as PASSPORT, ``identity.other_reading``). The entries found under
+either key are judged together, so a mistyped id type never hides a listing.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class Query(NamedTuple):
     channel: Channel
     purchase: Purchase
     amount_fen: int
+    also_key: int = 0  # the number read as another identity (0: none); looked up too
 
     @property
     def masked_id(self) -> str:
@@ -81,10 +87,28 @@ def decide(
 ) -> Verdict:
     """The decision for ``query`` against ``view`` on ``today`` (a China-time day number)."""
     key = query.subject_key
+    if query.also_key:
+        return _decide_both(view, query, keyer, policy, today)
     if not view.might_contain(key):
         return VERDICT_NOT_LISTED
     try:
         found = view.look_up(key)
+    except IndexUnavailable:
+        return unavailable(query, policy)
+    if not found:
+        return VERDICT_NOT_LISTED
+    return judge(found, query, keyer, policy, today)
+
+
+def _decide_both(
+    view: ListView, query: Query, keyer: SubjectKeyer, policy: Policy, today: int
+) -> Verdict:
+    """``decide`` for a query with a second key: one round trip for both."""
+    keys = [k for k in (query.subject_key, query.also_key) if view.might_contain(k)]
+    if not keys:
+        return VERDICT_NOT_LISTED
+    try:
+        found = [m for matches in view.look_up_many(keys) for m in matches]
     except IndexUnavailable:
         return unavailable(query, policy)
     if not found:
@@ -97,18 +121,24 @@ def decide_many(
 ) -> list[Verdict]:
     """``decide`` for many queries, with one index round trip for all Bloom positives."""
     verdicts = [VERDICT_NOT_LISTED] * len(queries)
-    positive = [i for i, q in enumerate(queries) if view.might_contain(q.subject_key)]
-    if not positive:
+    might_contain = view.might_contain
+    positive = [i for i, q in enumerate(queries) if might_contain(q.subject_key)]
+    also = [i for i, q in enumerate(queries) if q.also_key and might_contain(q.also_key)]
+    if not positive and not also:
         return verdicts
+    keys = [queries[i].subject_key for i in positive] + [queries[i].also_key for i in also]
     try:
-        found = view.look_up_many([queries[i].subject_key for i in positive])
+        found = view.look_up_many(keys)
     except IndexUnavailable:
-        for i in positive:
+        for i in (*positive, *also):
             verdicts[i] = unavailable(queries[i], policy)
         return verdicts
-    for i, matches in zip(positive, found, strict=True):
+    listed: dict[int, list[ListedMatch]] = {}
+    for i, matches in zip(positive + also, found, strict=True):
         if matches:
-            verdicts[i] = judge(matches, queries[i], keyer, policy, today)
+            listed.setdefault(i, []).extend(matches)
+    for i, matches in listed.items():
+        verdicts[i] = judge(matches, queries[i], keyer, policy, today)
     return verdicts
 
 

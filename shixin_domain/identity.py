@@ -12,6 +12,9 @@ number with a message that says why (``InvalidInput``).
 - USCC (GB 32100-2015): 18 characters over a 31-letter alphabet, the last a
   check character.
 - Passports and permits: letters and digits, upper case, no separators.
+
+A number sent under the wrong id type is recognised when it plainly is
+another identity (``other_reading``): the check then looks it up both ways.
 """
 
 from __future__ import annotations
@@ -162,6 +165,46 @@ def normalize_person_id(id_type: IdType, raw: str, field: str = "id_number") -> 
     if id_type is IdType.RESIDENT_ID:
         return normalize_resident_id(raw, field)
     return normalize_document(raw, field)
+
+
+def reads_as_resident_id(number: str) -> bool:
+    """True for a canonical 18-character resident ID that GB 11643 accepts whole.
+
+    For a number sent under another id type: a real region code, a possible
+    birth date and a good check digit together pass by chance for about one
+    random 18-digit number in 40,000, so such a number is far more likely a
+    resident ID under the wrong type than some other document's number.
+    """
+    return (
+        _CANONICAL_ID.match(number) is not None
+        and number[:2] in _PROVINCES
+        and number[6:14] in _BIRTH_DATES
+        and number[17] == resident_id_check_char(number[:17])
+    )
+
+
+def reads_as_uscc(number: str) -> bool:
+    """True for a canonical unified social credit code with a good GB 32100 check character."""
+    return _USCC_SHAPE.match(number) is not None and number[17] == uscc_check_char(number[:17])
+
+
+def other_reading(id_type: IdType, number: str) -> tuple[IdType | None, str] | None:
+    """Another identity a person's normalised number plainly is, or None.
+
+    A booking form's id type is easy to get wrong: a resident ID sent as
+    PASSPORT (or any other document type) reads as a resident ID, and an
+    organisation's USCC sent as a person's document reads as that
+    organisation (``(None, number)``, the USCC key space). The check looks up
+    both, so a listed subject is never let through by a mistyped id type.
+    Only 18-character numbers can qualify: others cost one ``len``.
+    """
+    if id_type is IdType.RESIDENT_ID or len(number) != 18:
+        return None
+    if reads_as_resident_id(number):
+        return IdType.RESIDENT_ID, number
+    if reads_as_uscc(number):
+        return None, number
+    return None
 
 
 def normalize_name(raw: str) -> str:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from shixin_domain.decision import (
     EXEMPTED,
     EXPIRED,
+    INDEX_UNAVAILABLE,
     LISTING_SUSPENDED,
     NAME_MISMATCH,
     NOT_LISTED,
@@ -28,6 +29,7 @@ from shixin_domain.decision import (
     decide_many,
     judge,
 )
+from shixin_domain.errors import IndexUnavailable
 from shixin_domain.identity import IdType, mask_id, normalize_name, resident_id_check_char
 from shixin_domain.index import Counts, ListedMatch, VersionInfo
 from shixin_domain.keys import SubjectKeyer
@@ -405,6 +407,68 @@ def test_decide_many_answers_each_query_as_decide_does() -> None:
     ]
     assert verdicts == [decide(view, q, KEYER, POLICY, TODAY) for q in queries]
     assert view.look_ups == 5 + 5  # the batch, then decide one by one: never the cleared key
+
+
+# --- a second key: the number under the identity it plainly is --------------------
+
+ALSO_KEY = KEYER.subject_key(IdType.PASSPORT, ID_NUMBER)  # the key the request's type gives
+
+
+def mistyped(name: str = LISTED_NAME) -> Query:
+    """Our subject's resident ID sent as PASSPORT: looked up as given, and as a resident ID."""
+    return query(name=name)._replace(subject_key=ALSO_KEY, also_key=SUBJECT_KEY)
+
+
+def test_a_listed_resident_id_sent_as_a_passport_is_not_let_through() -> None:
+    view = FakeView({SUBJECT_KEY: [listed()]})
+    denied = decide(view, mistyped(), KEYER, POLICY, TODAY)
+    assert (denied.decision, denied.reasons) == (Decision.DENY, (RAIL_G_TRAIN,))
+    assert [o.match.entry_id for o in denied.matches] == ["E1"]
+    review = decide(view, mistyped("李四"), KEYER, POLICY, TODAY)
+    assert review.decision is Decision.REVIEW
+    assert view.look_ups == 2  # only the key the Bloom filter admits is looked up
+
+
+def test_an_unlisted_number_under_either_key_stays_not_listed() -> None:
+    view = FakeView({SUBJECT_KEY + 7: [listed()]})
+    verdict = decide(view, mistyped(), KEYER, POLICY, TODAY)
+    assert verdict.reasons == (NOT_LISTED,) and view.look_ups == 0
+
+
+def test_entries_under_both_keys_are_judged_together() -> None:
+    view = FakeView({SUBJECT_KEY: [listed("E1")], ALSO_KEY: [listed("E2")]})
+    verdict = decide(view, mistyped(), KEYER, POLICY, TODAY)
+    assert verdict.decision is Decision.DENY
+    assert sorted(o.match.entry_id for o in verdict.matches) == ["E1", "E2"]
+
+
+class UnreachableView(FakeView):
+    """An index whose look-ups fail, as Redis down would."""
+
+    def look_up_many(self, keys: Sequence[int]) -> list[Sequence[ListedMatch]]:
+        raise IndexUnavailable("redis down")
+
+
+def test_a_second_key_that_cannot_be_confirmed_is_never_a_silent_allow() -> None:
+    view = UnreachableView({}, bloom={SUBJECT_KEY})
+    verdict = decide(view, mistyped(), KEYER, POLICY, TODAY)
+    assert verdict.reasons == (INDEX_UNAVAILABLE,)
+    assert decide_many(view, [query(), mistyped()], KEYER, POLICY, TODAY)[1] == verdict
+
+
+def test_decide_many_looks_up_second_keys_as_decide_does() -> None:
+    view = FakeView({SUBJECT_KEY: [listed()], SUBJECT_KEY + 1: [listed("E2")]})
+    queries = [
+        mistyped(),
+        query()._replace(subject_key=SUBJECT_KEY + 5),  # unlisted
+        mistyped("李四"),
+        query()._replace(subject_key=SUBJECT_KEY + 1, also_key=SUBJECT_KEY),  # both listed
+    ]
+    verdicts = decide_many(view, queries, KEYER, POLICY, TODAY)
+    assert [v.decision for v in verdicts] == [
+        Decision.DENY, Decision.ALLOW, Decision.REVIEW, Decision.DENY,
+    ]  # fmt: skip
+    assert verdicts == [decide(view, q, KEYER, POLICY, TODAY) for q in queries]
 
 
 # --- property -----------------------------------------------------------------

@@ -104,6 +104,23 @@ def test_any_batch_is_answered_in_order_or_refused(
         assert [r.request_id for r in reply.results] == [c.request_id for c in checks]
 
 
+@FUZZ
+@given(st.lists(requests(), min_size=1, max_size=5))
+def test_any_stream_gets_one_answer_per_request_in_order(
+    server: RunningServer, checks: list[pb.CheckRequest]
+) -> None:
+    """Bad requests (fields, missing or repeated request_ids) are answered, never the end."""
+    answers = list(server.stub().CheckConsumptionStream(iter(checks), timeout=5))
+    assert [a.request_id for a in answers] == [c.request_id for c in checks]
+    for answer in answers:
+        if answer.HasField("error"):
+            assert answer.decision == pb.DECISION_UNSPECIFIED
+            assert answer.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert ": " in answer.error.message  # "field: problem"
+        else:
+            assert answer.decision in DECISIONS
+
+
 METHODS = [
     "/shixin.v1.ConsumptionCheck/CheckConsumption",
     "/shixin.v1.ConsumptionCheck/CheckConsumptionBatch",
@@ -132,9 +149,10 @@ def test_raw_bytes_in_a_stream_get_a_clear_status(
         request_serializer=None, response_deserializer=None,
     )  # fmt: skip
     try:
-        for _ in call(iter(frames), timeout=5):
-            pass
-    except grpc.RpcError as exc:
+        for raw in call(iter(frames), timeout=5):  # frames that parse are answered
+            answer = pb.CheckResponse.FromString(raw)
+            assert answer.HasField("error") or answer.decision in DECISIONS
+    except grpc.RpcError as exc:  # bytes that do not parse end the stream
         assert exc.code() in ALLOWED_FAILURES, (exc.code(), exc.details())
 
 

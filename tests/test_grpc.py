@@ -218,17 +218,39 @@ def test_stream_answers_carry_request_ids(server: RunningServer) -> None:
     assert [a.decision for a in answers] == [pb.ALLOW if p == ZHAO else pb.DENY for p in people]
 
 
-def test_bad_request_in_a_stream_names_its_request_id(server: RunningServer) -> None:
+def test_bad_request_in_a_stream_is_answered_with_its_request_id(server: RunningServer) -> None:
     requests = [
         build_request("AIRLINE", id_number=ZHAO, request_id="ok-1"),
         build_request("AIRLINE", id_number="bad", request_id="bad-2"),
+        build_request("AIRLINE", id_number=ZHANG, request_id="ok-3"),
     ]
-    answers = server.stub().CheckConsumptionStream(iter(requests))
-    assert next(answers).request_id == "ok-1"
-    with pytest.raises(grpc.RpcError) as caught:
-        next(answers)
-    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "request_id 'bad-2'" in caught.value.details()
+    ok, bad, after = server.stub().CheckConsumptionStream(iter(requests))  # the stream goes on
+    assert (ok.request_id, ok.decision, ok.HasField("error")) == ("ok-1", pb.ALLOW, False)
+    assert (bad.request_id, bad.decision) == ("bad-2", pb.DECISION_UNSPECIFIED)
+    assert bad.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert bad.error.message.startswith("subject.person.id_number: ")
+    assert (after.request_id, after.decision) == ("ok-3", pb.DENY)
+
+
+def test_a_resident_id_sent_as_a_passport_is_never_a_silent_allow(server: RunningServer) -> None:
+    stub = server.stub()
+    zhang = stub.CheckConsumption(rail(ZHANG, "张伟", id_type="PASSPORT"))
+    assert (zhang.decision, [r.code for r in zhang.reasons]) == (pb.DENY, ["RAIL_G_TRAIN"])
+    assert [m.entry_id for m in zhang.matches] == ["E1"]
+    wang = stub.CheckConsumption(rail(WANG, "赵六", id_type="HK_MACAO_PERMIT"))
+    assert (wang.decision, [m.role for m in wang.matches]) == (
+        pb.REVIEW, [pb.ROLE_LEGAL_REPRESENTATIVE],
+    )  # fmt: skip
+    zhao = stub.CheckConsumption(rail(ZHAO, "赵六", id_type="PASSPORT"))
+    assert (zhao.decision, [r.code for r in zhao.reasons]) == (pb.ALLOW, ["NOT_LISTED"])
+
+
+def test_a_uscc_sent_as_a_persons_document_is_looked_up_as_the_organisation(
+    server: RunningServer,
+) -> None:
+    answer = server.stub().CheckConsumption(rail(ACME_USCC, "王芳", id_type="PASSPORT"))
+    assert answer.decision == pb.REVIEW  # the organisation is listed; the name is not its own
+    assert [m.entry_id for m in answer.matches] == ["E3"]
 
 
 def test_list_status_reports_the_version(server: RunningServer) -> None:

@@ -24,6 +24,9 @@ from shixin_domain.identity import (
     normalize_person_id,
     normalize_resident_id,
     normalize_uscc,
+    other_reading,
+    reads_as_resident_id,
+    reads_as_uscc,
     resident_id_check_char,
     uscc_check_char,
 )
@@ -313,6 +316,82 @@ def test_person_id_dispatches_on_id_type() -> None:
     assert normalize_person_id(IdType.PASSPORT, bad, FIELD) == bad
     with pytest.raises(InvalidInput):
         normalize_person_id(IdType.RESIDENT_ID, bad, FIELD)
+
+
+# --- a number under the wrong id type -------------------------------------------
+
+DOCUMENT_TYPES = (
+    IdType.PASSPORT,
+    IdType.HK_MACAO_PERMIT,
+    IdType.TAIWAN_PERMIT,
+    IdType.FOREIGN_PERMANENT_RESIDENT,
+)
+
+
+@pytest.mark.parametrize("id_type", DOCUMENT_TYPES)
+def test_a_resident_id_under_a_document_type_also_reads_as_a_resident_id(id_type: IdType) -> None:
+    number = make_id(id_prefix())
+    sent = normalize_person_id(id_type, " " + number.lower(), FIELD)  # as a clerk would type it
+    assert sent == number
+    assert other_reading(id_type, sent) == (IdType.RESIDENT_ID, number)
+
+
+@pytest.mark.parametrize("id_type", DOCUMENT_TYPES)
+def test_a_uscc_under_a_document_type_also_reads_as_an_organisation(id_type: IdType) -> None:
+    code = make_uscc("91110105MA0000001")
+    assert other_reading(id_type, normalize_person_id(id_type, code, FIELD)) == (None, code)
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "E12345678",  # a Chinese passport
+        "H12345678",  # a home-return permit
+        "ABCDEFGHJK12345678",  # 18 characters, but neither a resident ID nor a USCC
+    ],
+)
+def test_ordinary_document_numbers_have_no_other_reading(number: str) -> None:
+    assert other_reading(IdType.PASSPORT, number) is None
+
+
+def test_an_eighteen_digit_number_must_pass_gb11643_whole_to_read_as_a_resident_id() -> None:
+    good = make_id(id_prefix())
+    assert reads_as_resident_id(good)
+    for bad in wrong_check_chars(good):  # a bad check digit
+        assert not reads_as_resident_id(bad)
+        assert other_reading(IdType.PASSPORT, bad) is None
+    assert not reads_as_resident_id(make_id(id_prefix(region="990105")))  # no such region
+    assert not reads_as_resident_id(make_id(id_prefix(born="19900230")))  # no such day
+    assert not reads_as_uscc(good[:17] + "Z")
+
+
+def test_a_resident_id_sent_as_one_has_no_other_reading() -> None:
+    assert other_reading(IdType.RESIDENT_ID, make_id(id_prefix())) is None
+
+
+SEQUENCES = st.from_regex(r"[0-9]{3}", fullmatch=True)
+EIGHTEEN = st.one_of(
+    st.text(alphabet="0123456789X", min_size=18, max_size=18),
+    st.builds(
+        lambda r, q: make_id(id_prefix(region=r, seq=q)), st.sampled_from(REGIONS), SEQUENCES
+    ),
+    st.builds(lambda q: make_uscc("91110105MA0000" + q), SEQUENCES),
+)
+
+
+@settings(max_examples=300)
+@given(EIGHTEEN)
+def test_other_reading_agrees_with_the_normalisers(number: str) -> None:
+    """Whatever reads as a resident ID or USCC is one that normalises to itself."""
+    found = other_reading(IdType.PASSPORT, number)
+    if found is None:
+        return
+    kind, same = found
+    assert same == number
+    if kind is IdType.RESIDENT_ID:
+        assert normalize_resident_id(number, FIELD) == number
+    else:
+        assert normalize_uscc(number, FIELD) == number
 
 
 # --- names --------------------------------------------------------------------

@@ -332,20 +332,53 @@ class Match(_message.Message):
     def __init__(self, list_type: _Optional[_Union[ListType, str]] = ..., case_number: _Optional[str] = ..., court: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., organization_name: _Optional[str] = ..., masked_id: _Optional[str] = ..., listed_on: _Optional[str] = ..., valid_until: _Optional[str] = ..., status: _Optional[_Union[EntryStatus, str]] = ..., entry_id: _Optional[str] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
-    __slots__ = ("request_id", "check_id", "decision", "reasons", "matches", "list_version")
+    __slots__ = ("request_id", "check_id", "decision", "reasons", "matches", "list_version", "error")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CHECK_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
     MATCHES_FIELD_NUMBER: _ClassVar[int]
     LIST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     check_id: str
     decision: Decision
     reasons: _containers.RepeatedCompositeFieldContainer[Reason]
     matches: _containers.RepeatedCompositeFieldContainer[Match]
     list_version: str
-    def __init__(self, request_id: _Optional[str] = ..., check_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., list_version: _Optional[str] = ...) -> None: ...
+    error: CheckError
+    def __init__(self, request_id: _Optional[str] = ..., check_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., list_version: _Optional[str] = ..., error: _Optional[_Union[CheckError, _Mapping]] = ...) -> None: ...
+
+class CheckError(_message.Message):
+    __slots__ = ("code", "message", "reason", "field_violations", "retry_after_ms", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FIELD_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    reason: str
+    field_violations: _containers.RepeatedCompositeFieldContainer[FieldViolation]
+    retry_after_ms: int
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., field_violations: _Optional[_Iterable[_Union[FieldViolation, _Mapping]]] = ..., retry_after_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class FieldViolation(_message.Message):
+    __slots__ = ("field", "description")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    description: str
+    def __init__(self, field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class CheckBatchRequest(_message.Message):
     __slots__ = ("checks",)

@@ -27,6 +27,59 @@ if _version_not_supported:
 
 class ConsumptionCheckStub:
     """Booking systems call this before they sell a ticket, room or place.
+
+    Errors. Every status other than OK carries, besides its readable message,
+    a google.rpc.Status in the standard `grpc-status-details-bin` trailer
+    (read it with grpcio-status `rpc_status.from_call`, Java
+    `StatusProto.fromThrowable`, Go `status.FromError(err).Details()`, Node
+    `@grpc/grpc-js` + `google-rpc` ...) whose details are:
+    - always a google.rpc.ErrorInfo: domain "shixin-check", a stable `reason`
+    (listed below; branch on it, never on the message) and string metadata
+    ("principal", "channel", "role", "check_id" where they apply);
+    - on INVALID_ARGUMENT, also a google.rpc.BadRequest: one field violation
+    with the field path as the message names it ("subject.person.id_number",
+    "checks[2].subject.person.id_number", "purchase.rail.seat"; "" for the
+    request as a whole when its bytes do not parse) and the problem;
+    - on RESOURCE_EXHAUSTED from a rate or throttle, also a
+    google.rpc.RetryInfo with the delay until a retry may succeed.
+    (Deprecated, for one release: the same delay in the trailing metadata
+    `retry-after-ms`, milliseconds as decimal text. Use RetryInfo.)
+
+    ErrorInfo reasons, by status code:
+    INVALID_ARGUMENT    INVALID_FIELD (a field is wrong), FIELD_TOO_LONG (a
+    string over its limit, see CheckRequest),
+    BATCH_TOO_LARGE (more than 1,000 checks),
+    MALFORMED_REQUEST (bytes that are not the request
+    message), REQUEST_ID_MISSING and REQUEST_ID_DUPLICATE
+    (streams only, in CheckError)
+    UNAUTHENTICATED     API_KEY_MISSING, API_KEY_MALFORMED, API_KEY_UNKNOWN,
+    CERTIFICATE_UNKNOWN (UNAUTHENTICATED where none applies)
+    PERMISSION_DENIED   ROLE_NOT_ALLOWED (metadata principal, role),
+    CHANNEL_NOT_ALLOWED (metadata principal, channel)
+    (PERMISSION_DENIED where none applies)
+    RESOURCE_EXHAUSTED  RATE_LIMITED (over the principal's rate; RetryInfo),
+    ENUMERATION_THROTTLED (too many distinct identities in
+    the window; RetryInfo until the window ends)
+    UNAVAILABLE         NO_LIST_LOADED (the server has no list yet: retry,
+    another replica may have one), INDEX_UNAVAILABLE (the
+    index backend failed outside a decision; a decision
+    that cannot confirm a listing is answered instead,
+    with the Reason code INDEX_UNAVAILABLE)
+    DEADLINE_EXCEEDED   DEADLINE_EXCEEDED (a batch whose deadline had passed
+    before it started; nothing was decided)
+    FAILED_PRECONDITION BATCH_OVER_BURST (a batch larger than the principal's
+    burst: no wait lets it through whole, send smaller
+    batches; metadata principal); LOAD_REJECTED and
+    CONFIGURATION_ERROR are reserved (not returned today)
+    INTERNAL            INTERNAL, metadata check_id (also in the message and
+    the server's log: quote it to the operator)
+
+    Statuses that come from grpc itself, before this service sees the call,
+    carry no details: RESOURCE_EXHAUSTED "Received message larger than max
+    (N vs. 4194304)" for a request over 4 MiB (do not retry it: shrink it; on a
+    stream it ends the stream), DEADLINE_EXCEEDED when the caller's deadline
+    passes, UNAVAILABLE when the server cannot be reached or is shutting down,
+    UNIMPLEMENTED for an unknown method.
     """
 
     def __init__(self, channel):
@@ -59,31 +112,115 @@ class ConsumptionCheckStub:
 
 class ConsumptionCheckServicer:
     """Booking systems call this before they sell a ticket, room or place.
+
+    Errors. Every status other than OK carries, besides its readable message,
+    a google.rpc.Status in the standard `grpc-status-details-bin` trailer
+    (read it with grpcio-status `rpc_status.from_call`, Java
+    `StatusProto.fromThrowable`, Go `status.FromError(err).Details()`, Node
+    `@grpc/grpc-js` + `google-rpc` ...) whose details are:
+    - always a google.rpc.ErrorInfo: domain "shixin-check", a stable `reason`
+    (listed below; branch on it, never on the message) and string metadata
+    ("principal", "channel", "role", "check_id" where they apply);
+    - on INVALID_ARGUMENT, also a google.rpc.BadRequest: one field violation
+    with the field path as the message names it ("subject.person.id_number",
+    "checks[2].subject.person.id_number", "purchase.rail.seat"; "" for the
+    request as a whole when its bytes do not parse) and the problem;
+    - on RESOURCE_EXHAUSTED from a rate or throttle, also a
+    google.rpc.RetryInfo with the delay until a retry may succeed.
+    (Deprecated, for one release: the same delay in the trailing metadata
+    `retry-after-ms`, milliseconds as decimal text. Use RetryInfo.)
+
+    ErrorInfo reasons, by status code:
+    INVALID_ARGUMENT    INVALID_FIELD (a field is wrong), FIELD_TOO_LONG (a
+    string over its limit, see CheckRequest),
+    BATCH_TOO_LARGE (more than 1,000 checks),
+    MALFORMED_REQUEST (bytes that are not the request
+    message), REQUEST_ID_MISSING and REQUEST_ID_DUPLICATE
+    (streams only, in CheckError)
+    UNAUTHENTICATED     API_KEY_MISSING, API_KEY_MALFORMED, API_KEY_UNKNOWN,
+    CERTIFICATE_UNKNOWN (UNAUTHENTICATED where none applies)
+    PERMISSION_DENIED   ROLE_NOT_ALLOWED (metadata principal, role),
+    CHANNEL_NOT_ALLOWED (metadata principal, channel)
+    (PERMISSION_DENIED where none applies)
+    RESOURCE_EXHAUSTED  RATE_LIMITED (over the principal's rate; RetryInfo),
+    ENUMERATION_THROTTLED (too many distinct identities in
+    the window; RetryInfo until the window ends)
+    UNAVAILABLE         NO_LIST_LOADED (the server has no list yet: retry,
+    another replica may have one), INDEX_UNAVAILABLE (the
+    index backend failed outside a decision; a decision
+    that cannot confirm a listing is answered instead,
+    with the Reason code INDEX_UNAVAILABLE)
+    DEADLINE_EXCEEDED   DEADLINE_EXCEEDED (a batch whose deadline had passed
+    before it started; nothing was decided)
+    FAILED_PRECONDITION BATCH_OVER_BURST (a batch larger than the principal's
+    burst: no wait lets it through whole, send smaller
+    batches; metadata principal); LOAD_REJECTED and
+    CONFIGURATION_ERROR are reserved (not returned today)
+    INTERNAL            INTERNAL, metadata check_id (also in the message and
+    the server's log: quote it to the operator)
+
+    Statuses that come from grpc itself, before this service sees the call,
+    carry no details: RESOURCE_EXHAUSTED "Received message larger than max
+    (N vs. 4194304)" for a request over 4 MiB (do not retry it: shrink it; on a
+    stream it ends the stream), DEADLINE_EXCEEDED when the caller's deadline
+    passes, UNAVAILABLE when the server cannot be reached or is shutting down,
+    UNIMPLEMENTED for an unknown method.
     """
 
     def CheckConsumption(self, request, context):
-        """One check. Bad input is INVALID_ARGUMENT naming the field, never a decision.
+        """One check. A decision, or:
+        INVALID_ARGUMENT    a field is wrong, missing or too long; never a decision
+        UNAUTHENTICATED     no or bad credentials (authentication on)
+        PERMISSION_DENIED   the channel, or the role "check", is outside the caller's scope
+        RESOURCE_EXHAUSTED  over the caller's rate or enumeration throttle (RetryInfo);
+        or (from grpc, no details) a message over 4 MiB
+        UNAVAILABLE         no list loaded yet (NO_LIST_LOADED)
+        INTERNAL            an unexpected failure, named by check_id; not decided
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CheckConsumptionBatch(self, request, context):
-        """Up to 1,000 checks; answers in request order. More is INVALID_ARGUMENT.
+        """Up to 1,000 checks, decided against one list version; answers in request
+        order. All or nothing: one bad check fails the whole call, its field
+        named from the batch ("checks[2].subject.person.id_number",
+        "checks[1]: channel AIRLINE is outside the scope of ..."). Statuses as
+        CheckConsumption, plus:
+        INVALID_ARGUMENT    more than 1,000 checks (BATCH_TOO_LARGE, field "checks")
+        RESOURCE_EXHAUSTED  a batch costs one token per check (RATE_LIMITED)
+        FAILED_PRECONDITION more checks than the caller's burst (BATCH_OVER_BURST)
+        DEADLINE_EXCEEDED   the deadline had passed before the batch started
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CheckConsumptionStream(self, request_iterator, context):
-        """For gateways: each answer carries the caller's request_id.
+        """For gateways: one answer per request, in order, each carrying the
+        request's request_id. A bad request does not end the stream: its answer
+        has `error` set (CheckError: the code, message, field violations and
+        reason the same problem gets from CheckConsumption) and no decision, and
+        the stream goes on. That covers INVALID_ARGUMENT (a bad field; a missing,
+        over-long or duplicate request_id), PERMISSION_DENIED for the request's
+        channel and RESOURCE_EXHAUSTED for the request (rate or throttle).
+        The stream itself ends with a status only when it is broken:
+        INVALID_ARGUMENT    a message whose bytes do not parse (MALFORMED_REQUEST)
+        UNAUTHENTICATED,
+        PERMISSION_DENIED   at stream start: credentials, or the role "check"
+        RESOURCE_EXHAUSTED  (from grpc, no details) a message over 4 MiB
+        UNAVAILABLE         no list loaded (NO_LIST_LOADED)
+        INTERNAL            an unexpected failure; the message starts
+        "request_id 'ID': " and names the check_id
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetListStatus(self, request, context):
-        """What list the server holds and how fresh it is.
+        """What list the server holds and how fresh it is. Statuses:
+        UNAUTHENTICATED, PERMISSION_DENIED (the role "status"),
+        INVALID_ARGUMENT (bytes that do not parse), INTERNAL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +259,59 @@ def add_ConsumptionCheckServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ConsumptionCheck:
     """Booking systems call this before they sell a ticket, room or place.
+
+    Errors. Every status other than OK carries, besides its readable message,
+    a google.rpc.Status in the standard `grpc-status-details-bin` trailer
+    (read it with grpcio-status `rpc_status.from_call`, Java
+    `StatusProto.fromThrowable`, Go `status.FromError(err).Details()`, Node
+    `@grpc/grpc-js` + `google-rpc` ...) whose details are:
+    - always a google.rpc.ErrorInfo: domain "shixin-check", a stable `reason`
+    (listed below; branch on it, never on the message) and string metadata
+    ("principal", "channel", "role", "check_id" where they apply);
+    - on INVALID_ARGUMENT, also a google.rpc.BadRequest: one field violation
+    with the field path as the message names it ("subject.person.id_number",
+    "checks[2].subject.person.id_number", "purchase.rail.seat"; "" for the
+    request as a whole when its bytes do not parse) and the problem;
+    - on RESOURCE_EXHAUSTED from a rate or throttle, also a
+    google.rpc.RetryInfo with the delay until a retry may succeed.
+    (Deprecated, for one release: the same delay in the trailing metadata
+    `retry-after-ms`, milliseconds as decimal text. Use RetryInfo.)
+
+    ErrorInfo reasons, by status code:
+    INVALID_ARGUMENT    INVALID_FIELD (a field is wrong), FIELD_TOO_LONG (a
+    string over its limit, see CheckRequest),
+    BATCH_TOO_LARGE (more than 1,000 checks),
+    MALFORMED_REQUEST (bytes that are not the request
+    message), REQUEST_ID_MISSING and REQUEST_ID_DUPLICATE
+    (streams only, in CheckError)
+    UNAUTHENTICATED     API_KEY_MISSING, API_KEY_MALFORMED, API_KEY_UNKNOWN,
+    CERTIFICATE_UNKNOWN (UNAUTHENTICATED where none applies)
+    PERMISSION_DENIED   ROLE_NOT_ALLOWED (metadata principal, role),
+    CHANNEL_NOT_ALLOWED (metadata principal, channel)
+    (PERMISSION_DENIED where none applies)
+    RESOURCE_EXHAUSTED  RATE_LIMITED (over the principal's rate; RetryInfo),
+    ENUMERATION_THROTTLED (too many distinct identities in
+    the window; RetryInfo until the window ends)
+    UNAVAILABLE         NO_LIST_LOADED (the server has no list yet: retry,
+    another replica may have one), INDEX_UNAVAILABLE (the
+    index backend failed outside a decision; a decision
+    that cannot confirm a listing is answered instead,
+    with the Reason code INDEX_UNAVAILABLE)
+    DEADLINE_EXCEEDED   DEADLINE_EXCEEDED (a batch whose deadline had passed
+    before it started; nothing was decided)
+    FAILED_PRECONDITION BATCH_OVER_BURST (a batch larger than the principal's
+    burst: no wait lets it through whole, send smaller
+    batches; metadata principal); LOAD_REJECTED and
+    CONFIGURATION_ERROR are reserved (not returned today)
+    INTERNAL            INTERNAL, metadata check_id (also in the message and
+    the server's log: quote it to the operator)
+
+    Statuses that come from grpc itself, before this service sees the call,
+    carry no details: RESOURCE_EXHAUSTED "Received message larger than max
+    (N vs. 4194304)" for a request over 4 MiB (do not retry it: shrink it; on a
+    stream it ends the stream), DEADLINE_EXCEEDED when the caller's deadline
+    passes, UNAVAILABLE when the server cannot be reached or is shutting down,
+    UNIMPLEMENTED for an unknown method.
     """
 
     @staticmethod

@@ -1,0 +1,199 @@
+"""A gateway's stream survives its bad requests, through a real server.
+
+Each bad request (a bad field, a missing, over-long or duplicate request_id,
+a channel outside the caller's scope, the caller's rate) is answered in
+order with its request_id and ``error``, and the stream goes on; only a
+broken stream (bytes that do not parse, a refusal at its start) ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import orjson
+import pytest
+
+from clients.check_client import build_request
+from server.auth import add_key
+from server.convert import StreamIds
+from shixin.v1 import check_pb2 as pb
+from shixin_domain.errors import InvalidInput
+from tests.conftest import RunningServer
+from tests.listdata import ZHANG, ZHAO, basic_rows, write_jsonl
+
+Serve = Callable[..., RunningServer]
+INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+def flight(number: str = ZHAO, request_id: str = "", **kw: object) -> pb.CheckRequest:
+    return build_request("AIRLINE", id_number=number, request_id=request_id, **kw)  # type: ignore[arg-type]
+
+
+def hotel(number: str = ZHAO, request_id: str = "") -> pb.CheckRequest:
+    return build_request(
+        "HOTEL", id_number=number, purchase={"star_rating": 4}, request_id=request_id
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path, serve: Serve) -> RunningServer:
+    return serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()), audit_log=tmp_path / "audit.log")
+
+
+def stream(
+    server: RunningServer, requests: list[pb.CheckRequest], **kw: object
+) -> list[pb.CheckResponse]:
+    return list(server.stub().CheckConsumptionStream(iter(requests), timeout=10, **kw))
+
+
+def assert_refused(answer: pb.CheckResponse, request_id: str, field: str, reason: str) -> None:
+    """An answer with no decision, carrying its request_id and the problem of ``field``."""
+    assert answer.request_id == request_id
+    assert answer.HasField("error")
+    assert answer.decision == pb.DECISION_UNSPECIFIED
+    assert not (answer.reasons or answer.matches or answer.check_id or answer.list_version)
+    assert answer.error.code == INVALID_ARGUMENT
+    assert answer.error.reason == reason
+    [violation] = answer.error.field_violations
+    assert violation.field == field
+    assert answer.error.message == f"{field}: {violation.description}"
+
+
+def test_good_bad_good_gets_three_answers_in_order(server: RunningServer) -> None:
+    good, bad, again = stream(
+        server, [flight(ZHANG, "r-1"), flight("110105", "r-2"), flight(ZHAO, "r-3")]
+    )
+    assert (good.request_id, good.decision, good.HasField("error")) == ("r-1", pb.DENY, False)
+    assert_refused(bad, "r-2", "subject.person.id_number", "INVALID_FIELD")
+    assert (again.request_id, again.decision, again.HasField("error")) == ("r-3", pb.ALLOW, False)
+
+
+def test_a_missing_request_id_is_refused_and_the_stream_goes_on(server: RunningServer) -> None:
+    missing, good = stream(server, [flight(ZHANG), flight(ZHANG, "r-2")])
+    assert_refused(missing, "", "request_id", "REQUEST_ID_MISSING")
+    assert (good.request_id, good.decision) == ("r-2", pb.DENY)
+
+
+def test_a_duplicate_request_id_is_refused(server: RunningServer) -> None:
+    first, duplicate, other = stream(
+        server, [flight(ZHAO, "dup"), flight(ZHANG, "dup"), flight(ZHANG, "other")]
+    )
+    assert (first.request_id, first.decision) == ("dup", pb.ALLOW)
+    assert_refused(duplicate, "dup", "request_id", "REQUEST_ID_DUPLICATE")
+    assert "'dup' is already in use on this stream" in duplicate.error.message
+    assert (other.request_id, other.decision) == ("other", pb.DENY)
+    # ids are per stream: another stream may use "dup" again
+    [again] = stream(server, [flight(ZHAO, "dup")])
+    assert (again.request_id, again.decision) == ("dup", pb.ALLOW)
+
+
+def test_request_ids_must_differ_only_within_the_window() -> None:
+    ids = StreamIds(window=3)
+    for rid in ("a", "b", "c"):
+        ids.admit(rid)
+    with pytest.raises(InvalidInput) as caught:
+        ids.admit("a")
+    assert caught.value.reason == "REQUEST_ID_DUPLICATE"
+    ids.admit("d")  # "a" falls out of the window of the last three ...
+    ids.admit("a")  # ... and may be used again
+    with pytest.raises(InvalidInput):
+        ids.admit("d")
+
+
+def test_an_oversize_field_is_refused_and_the_stream_goes_on(server: RunningServer) -> None:
+    huge = flight(ZHANG, "r-1", name="张" * 200_000)
+    long_id = flight(ZHANG, "x" * 129)
+    refused, too_long_id, good = stream(server, [huge, long_id, flight(ZHANG, "r-3")])
+    assert_refused(refused, "r-1", "subject.person.name", "FIELD_TOO_LONG")
+    assert "200000 characters" in refused.error.message
+    assert_refused(too_long_id, "x" * 129, "request_id", "FIELD_TOO_LONG")
+    assert (good.request_id, good.decision) == ("r-3", pb.DENY)
+
+
+def test_refused_stream_requests_are_audited(server: RunningServer, tmp_path: Path) -> None:
+    stream(server, [flight(ZHANG, "r-1"), flight("110105", "r-2"), flight(ZHAO)])
+    records = [orjson.loads(x) for x in (tmp_path / "audit.log").read_bytes().splitlines()]
+    outcomes = [r["outcome"] for r in records if r["method"] == "CheckConsumptionStream"]
+    assert outcomes == ["DENY", "INVALID_ARGUMENT", "INVALID_ARGUMENT"]
+
+
+def test_bytes_that_do_not_parse_end_the_stream(server: RunningServer) -> None:
+    call = server.channel.stream_stream(
+        "/shixin.v1.ConsumptionCheck/CheckConsumptionStream",
+        request_serializer=None, response_deserializer=pb.CheckResponse.FromString,
+    )  # fmt: skip
+    frames = [
+        flight(ZHANG, "r-1").SerializeToString(),
+        b"\xff\xff\xff",
+        flight(ZHAO, "r-3").SerializeToString(),
+    ]
+    answers = call(iter(frames), timeout=10)
+    assert next(answers).request_id == "r-1"
+    with pytest.raises(grpc.RpcError) as caught:
+        next(answers)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "request is not a valid shixin.v1.CheckRequest" in caught.value.details()
+
+
+# --- with authentication on ------------------------------------------------------
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, str]:
+    """A hotel chain (HOTEL only), and a slow gateway (every channel, 2/s, burst 3)."""
+    path = tmp_path / "keys.json"
+    return {
+        "path": str(path),
+        "hotel": add_key(path, "hotel-chain", ["HOTEL"], ["check"]),
+        "slow": add_key(path, "slow-gateway", "*", ["check"], rate_per_second=2, burst=3),
+        "ops": add_key(path, "operator", "*", ["status"]),
+    }
+
+
+@pytest.fixture
+def guarded(serve: Serve, tmp_path: Path, keys: dict[str, str]) -> RunningServer:
+    return serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()), keys_file=Path(keys["path"]))
+
+
+def bearer(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+def test_a_channel_outside_the_scope_is_refused_for_that_request_only(
+    guarded: RunningServer, keys: dict[str, str]
+) -> None:
+    ok, denied, again = stream(
+        guarded, [hotel(ZHAO, "h-1"), flight(ZHAO, "f-2"), hotel(ZHANG, "h-3")],
+        metadata=bearer(keys["hotel"]),
+    )  # fmt: skip
+    assert (ok.request_id, ok.decision) == ("h-1", pb.ALLOW)
+    assert denied.request_id == "f-2" and denied.decision == pb.DECISION_UNSPECIFIED
+    assert denied.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert "channel AIRLINE is outside the scope" in denied.error.message
+    assert dict(denied.error.metadata) == {"principal": "hotel-chain", "channel": "AIRLINE"}
+    assert denied.error.reason == "CHANNEL_NOT_ALLOWED"
+    assert (again.request_id, again.decision) == ("h-3", pb.DENY)
+
+
+def test_a_rate_limited_request_says_when_to_retry_and_the_stream_goes_on(
+    guarded: RunningServer, keys: dict[str, str]
+) -> None:
+    requests = [flight(ZHAO, f"r-{i}") for i in range(5)]
+    answers = stream(guarded, requests, metadata=bearer(keys["slow"]))
+    assert [a.request_id for a in answers] == [f"r-{i}" for i in range(5)]
+    assert [a.decision for a in answers[:3]] == [pb.ALLOW] * 3  # the burst
+    limited = answers[3]
+    assert limited.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert 0 < limited.error.retry_after_ms <= 500
+    assert limited.error.reason == "RATE_LIMITED"
+
+
+def test_a_refusal_at_stream_start_ends_it(guarded: RunningServer, keys: dict[str, str]) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stream(guarded, [flight(ZHAO, "r-1")])
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as caught:
+        stream(guarded, [flight(ZHAO, "r-1")], metadata=bearer(keys["ops"]))
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
