@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]  # no py.typed
-from grpc_status import rpc_status  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc

@@ -100,7 +100,7 @@ class CheckEngine:
             try:
                 queries.append(self.query(request, principal))
             except InvalidInput as exc:
-                raise exc.under(f"checks[{i}]").with_reason(exc.reason) from None
+                raise exc.under(f"checks[{i}]") from None
             except PermissionDenied as exc:
                 raise PermissionDenied(f"checks[{i}]: {exc}").with_reason(exc.reason) from None
         if self._watching:

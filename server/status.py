@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyPb
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]  # no py.typed
+from google.rpc import error_details_pb2, status_pb2
 
 from shixin.v1 import check_pb2 as pb
 from shixin_domain.errors import (

@@ -50,8 +50,10 @@ class InvalidInput(ShixinError):
         self.problem = problem
 
     def under(self, prefix: str) -> InvalidInput:
-        """The same problem, with the field named from a larger message."""
-        return InvalidInput(f"{prefix}.{self.field}", self.problem)
+        """The same problem (and reason), with the field named from a larger message."""
+        moved = InvalidInput(f"{prefix}.{self.field}", self.problem)
+        moved.reason = self.reason
+        return moved
 
 
 @dataclass(frozen=True)
