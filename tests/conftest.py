@@ -30,6 +30,9 @@ from shixin_domain.rules import Policy
 
 SECRET = b"tests-only-secret-0123456789abcdef"
 
+#: Fixtures shared by the access-control tests (``keys``, ``guarded``).
+pytest_plugins = ("tests.accessdata",)
+
 
 @pytest.fixture
 def keyer() -> SubjectKeyer:
@@ -190,3 +193,158 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+class RedisSentinels:
+    """A Redis master, one replica and three sentinels watching them: Redis HA of our own.
+
+    All real redis-servers on free loopback ports, each in its own folder under
+    ``folder``, with the password ``PASSWORD`` on both data servers (what
+    ``SHIXIN_REDIS_PASSWORD`` must hold). ``url`` names the service through
+    the sentinels. The sentinels call the master down after 1 s, so stopping
+    it (``stop_master``) has the replica promoted within seconds.
+    """
+
+    SERVICE = "shixin-test"
+    PASSWORD = "tests-only-redis-password"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.master_port = _free_port()
+        self.replica_port = _free_port()
+        self.sentinel_ports = [_free_port() for _ in range(3)]
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        nodes = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{nodes}/{self.SERVICE}/0"
+
+    def start(self) -> None:
+        self._start_server("master", self.master_port)
+        self._start_server("replica", self.replica_port,
+                           "--replicaof", "127.0.0.1", str(self.master_port))  # fmt: skip
+        for i, port in enumerate(self.sentinel_ports):
+            folder = self._folder(f"sentinel-{i}")
+            conf = folder / "sentinel.conf"  # a sentinel rewrites its own
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {folder}\nsentinel resolve-hostnames no\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master_port} 2\n"
+                f"sentinel auth-pass {self.SERVICE} {self.PASSWORD}\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
+                f"sentinel failover-timeout {self.SERVICE} 5000\n"
+            )
+            self._spawn(f"sentinel-{i}", port, None, str(conf), "--sentinel")
+        self._wait(self._all_watching, "sentinels that see the replica and each other")
+
+    def _folder(self, name: str) -> Path:
+        folder = self.folder / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _start_server(self, name: str, port: int, *extra: str) -> None:
+        self._spawn(name, port, self.PASSWORD,
+                    "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", str(self._folder(name)),
+                    "--requirepass", self.PASSWORD, "--masterauth", self.PASSWORD, *extra)  # fmt: skip
+
+    def _spawn(self, name: str, port: int, password: str | None, *args: str) -> None:
+        self.procs[name] = subprocess.Popen(
+            ["redis-server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+        def answers() -> bool:
+            with self._client(port, password) as client:
+                return bool(client.ping())
+
+        self._wait(answers, f"{name} to answer")
+
+    def _client(self, port: int, password: str | None) -> redis.Redis:
+        return redis.Redis(port=port, password=password, socket_timeout=2,
+                           socket_connect_timeout=0.2)  # fmt: skip
+
+    def _wait(self, done: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                if done():
+                    return
+            except redis.RedisError:
+                pass
+            assert time.monotonic() < deadline, f"waited {seconds:g}s for {what}"
+            time.sleep(0.05)
+
+    def _sentinel_says(self, port: int) -> dict[str, str]:
+        """What the sentinel on ``port`` knows of the service's master."""
+        with self._client(port, None) as client:
+            state = client.sentinel_master(self.SERVICE)
+        assert isinstance(state, dict), state
+        return {str(k): str(v) for k, v in state.items()}
+
+    def _replication(self, port: int) -> dict[str, str]:
+        with self._client(port, self.PASSWORD) as client:
+            info = client.info("replication")
+        assert isinstance(info, dict), info
+        return {str(k): str(v) for k, v in info.items()}
+
+    def _all_watching(self) -> bool:
+        states = [self._sentinel_says(port) for port in self.sentinel_ports]
+        return all(s["num-slaves"] == "1" and s["num-other-sentinels"] == "2" for s in states)
+
+    def wait_replicated(self) -> None:
+        """Until the replica holds every write the master has taken."""
+        written = int(self._replication(self.master_port)["master_repl_offset"])
+
+        def caught_up() -> bool:
+            info = self._replication(self.replica_port)
+            return info["master_link_status"] == "up" and int(info["slave_repl_offset"]) >= written
+
+        self._wait(caught_up, "the replica to catch up")
+
+    def stop_master(self) -> None:
+        """The master dies: the sentinels call it down, then promote the replica."""
+        self._stop("master")
+
+    def hand_over(self) -> None:
+        """A planned failover (SENTINEL FAILOVER): the replica is promoted and the
+        master, alive, becomes its replica."""
+        with self._client(self.sentinel_ports[0], None) as client:
+            client.sentinel_failover(self.SERVICE)
+
+    def promoted(self) -> bool:
+        """Every sentinel names the replica as the master, and it says it is one."""
+        try:
+            ports = {self._sentinel_says(port)["port"] for port in self.sentinel_ports}
+            role = self._replication(self.replica_port)["role"]
+        except redis.RedisError:
+            return False
+        return ports == {str(self.replica_port)} and role == "master"
+
+    def _stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop(self) -> None:
+        for name in reversed(list(self.procs)):
+            self._stop(name)
+
+
+@pytest.fixture
+def redis_sentinels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisSentinels]:
+    """A fresh Sentinel setup for one test, its password in SHIXIN_REDIS_PASSWORD
+    (so in-process servers and ``shixin-check`` children both use it)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH")
+    setup = RedisSentinels(tmp_path / "sentinel")
+    monkeypatch.setenv("SHIXIN_REDIS_PASSWORD", setup.PASSWORD)
+    try:
+        setup.start()
+        yield setup
+    finally:
+        setup.stop()

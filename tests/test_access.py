@@ -17,50 +17,13 @@ import orjson
 import pytest
 
 from clients.check_client import CheckClient, build_request
-from server.auth import add_key
 from shixin.v1 import check_pb2 as pb
+from tests.accessdata import flight, hotel, refusal
 from tests.conftest import RunningServer
 from tests.listdata import WANG, ZHANG, ZHAO, basic_rows, rid, write_jsonl
+from tests.waiting import WAIT_S
 
 Serve = Callable[..., RunningServer]
-#: How long a poll waits: only so a broken build fails instead of hanging.
-WAIT_S = 20.0
-
-
-def hotel(number: str = ZHAO) -> pb.CheckRequest:
-    return build_request("HOTEL", id_number=number, purchase={"star_rating": 4})
-
-
-def flight(number: str = ZHAO) -> pb.CheckRequest:
-    return build_request("AIRLINE", id_number=number)
-
-
-def code_of(call: Callable[[], object]) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return caught.value
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> dict[str, str]:
-    """A hotel chain (HOTEL only, check), an operator (status only), a slow caller."""
-    path = tmp_path / "keys.json"
-    return {
-        "path": str(path),
-        "hotel": add_key(path, "hotel-chain", ["HOTEL"], ["check"]),
-        "ops": add_key(path, "operator", "*", ["status"]),
-        "slow": add_key(path, "slow-caller", "*", ["check"], rate_per_second=2, burst=3),
-    }
-
-
-@pytest.fixture
-def guarded(serve: Serve, tmp_path: Path, keys: dict[str, str]) -> RunningServer:
-    return serve(
-        write_jsonl(tmp_path / "l.jsonl", basic_rows()),
-        keys_file=Path(keys["path"]),
-        audit_log=tmp_path / "audit.log",
-        hit_log=tmp_path / "hits.log",
-    )
 
 
 def test_keys_file_holds_only_hashes(keys: dict[str, str]) -> None:
@@ -73,32 +36,32 @@ def test_keys_file_holds_only_hashes(keys: dict[str, str]) -> None:
 def test_credentials_and_scopes(guarded: RunningServer, keys: dict[str, str]) -> None:
     target = guarded.address
     with CheckClient(target) as anonymous:
-        error = code_of(lambda: anonymous.check(hotel()))
+        error = refusal(lambda: anonymous.check(hotel()))
         assert error.code() is grpc.StatusCode.UNAUTHENTICATED
         assert "credentials required" in error.details()
     with CheckClient(target, api_key="sk_not-a-key") as wrong:
-        assert code_of(lambda: wrong.check(hotel())).code() is grpc.StatusCode.UNAUTHENTICATED
+        assert refusal(lambda: wrong.check(hotel())).code() is grpc.StatusCode.UNAUTHENTICATED
     with CheckClient(target, api_key=keys["hotel"]) as hotel_client:
         assert hotel_client.check(hotel(WANG)).decision == pb.DENY
-        error = code_of(lambda: hotel_client.check(flight()))
+        error = refusal(lambda: hotel_client.check(flight()))
         assert error.code() is grpc.StatusCode.PERMISSION_DENIED
         assert "channel AIRLINE is outside the scope of principal 'hotel-chain'" in error.details()
-        batch = code_of(lambda: hotel_client.check_batch([hotel(), flight()]))
+        batch = refusal(lambda: hotel_client.check_batch([hotel(), flight()]))
         assert batch.code() is grpc.StatusCode.PERMISSION_DENIED
         assert batch.details().startswith("checks[1]")
-        assert code_of(hotel_client.status).code() is grpc.StatusCode.PERMISSION_DENIED
+        assert refusal(hotel_client.status).code() is grpc.StatusCode.PERMISSION_DENIED
     with CheckClient(target, api_key=keys["ops"]) as ops:
         assert ops.status().serving
-        assert code_of(lambda: ops.check(hotel())).code() is grpc.StatusCode.PERMISSION_DENIED
+        assert refusal(lambda: ops.check(hotel())).code() is grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_refused_calls_are_audited(
     guarded: RunningServer, keys: dict[str, str], tmp_path: Path
 ) -> None:
     with CheckClient(guarded.address) as anonymous:
-        code_of(lambda: anonymous.check(hotel(ZHANG)))
+        refusal(lambda: anonymous.check(hotel(ZHANG)))
     with CheckClient(guarded.address, api_key=keys["hotel"]) as client:
-        code_of(lambda: client.check(flight(ZHANG)))
+        refusal(lambda: client.check(flight(ZHANG)))
         client.check(hotel(ZHANG))
     records = [orjson.loads(x) for x in (tmp_path / "audit.log").read_bytes().splitlines()]
     outcomes = [(r["caller"], r["outcome"]) for r in records]
@@ -126,7 +89,7 @@ def test_rate_limit_says_when_to_retry(guarded: RunningServer, keys: dict[str, s
     time.sleep(int(retry) / 1000 + 0.05)
     assert stub.CheckConsumption(flight(), metadata=metadata).decision == pb.ALLOW
     too_big = pb.CheckBatchRequest(checks=[flight()] * 10)  # more than the burst: never
-    error = code_of(lambda: stub.CheckConsumptionBatch(too_big, metadata=metadata))
+    error = refusal(lambda: stub.CheckConsumptionBatch(too_big, metadata=metadata))
     assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "exceeds the burst of 3 for principal 'slow-caller'" in error.details()
     assert "retry-after-ms" not in dict(error.trailing_metadata() or ())
@@ -145,7 +108,7 @@ def test_enumeration_is_flagged_and_throttled(serve: Serve, tmp_path: Path) -> N
     for number in people[:5]:
         stub.CheckConsumption(flight(number))
     stub.CheckConsumption(flight(people[0]))  # the same identity again: not more distinct
-    error = code_of(lambda: stub.CheckConsumption(flight(people[5])))
+    error = refusal(lambda: stub.CheckConsumption(flight(people[5])))
     assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "distinct identities" in error.details()
     flags = stub.GetListStatus(pb.ListStatusRequest()).enumeration_flags
@@ -208,13 +171,13 @@ def test_mutual_tls_names_the_principal(serve: Serve, tmp_path: Path, pki: Path)
     )
     with client("rail-gw") as gateway:
         assert gateway.check(rail).decision == pb.DENY
-        assert code_of(lambda: gateway.check(flight())).code() is grpc.StatusCode.PERMISSION_DENIED
+        assert refusal(lambda: gateway.check(flight())).code() is grpc.StatusCode.PERMISSION_DENIED
     with client("stranger") as stranger:
-        error = code_of(lambda: stranger.check(rail))
+        error = refusal(lambda: stranger.check(rail))
         assert error.code() is grpc.StatusCode.UNAUTHENTICATED
         assert "'stranger' names no principal" in error.details()
     with CheckClient(server.address, root_ca=ca, timeout=3) as no_certificate:
-        assert code_of(lambda: no_certificate.check(rail)).code() is grpc.StatusCode.UNAVAILABLE
+        assert refusal(lambda: no_certificate.check(rail)).code() is grpc.StatusCode.UNAVAILABLE
 
 
 @pytest.mark.redis

@@ -20,7 +20,6 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from clients.check_client import build_request, error_details
-from server.auth import add_key
 from server.status import refusal
 from shixin.v1 import check_pb2 as pb
 from shixin_domain.errors import (
@@ -35,6 +34,7 @@ from shixin_domain.errors import (
     RateLimited,
     Unauthenticated,
 )
+from tests.accessdata import bearer, flight, hotel
 from tests.conftest import RunningServer
 from tests.listdata import ZHANG, ZHAO, basic_rows, rid, write_jsonl
 from tests.test_internal_errors import BrokenSource
@@ -73,38 +73,9 @@ def violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     return [(v.field, v.description) for v in bad.field_violations]  # type: ignore[attr-defined]
 
 
-def flight(number: str = ZHAO, **kw: object) -> pb.CheckRequest:
-    return build_request("AIRLINE", id_number=number, **kw)  # type: ignore[arg-type]
-
-
-def hotel(number: str = ZHAO) -> pb.CheckRequest:
-    return build_request("HOTEL", id_number=number, purchase={"star_rating": 4})
-
-
 @pytest.fixture
 def server(tmp_path: Path, serve: Serve) -> RunningServer:
     return serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()))
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> dict[str, str]:
-    """A hotel chain (HOTEL, check), an operator (status only), a slow caller (2/s, burst 3)."""
-    path = tmp_path / "keys.json"
-    return {
-        "path": str(path),
-        "hotel": add_key(path, "hotel-chain", ["HOTEL"], ["check"]),
-        "ops": add_key(path, "operator", "*", ["status"]),
-        "slow": add_key(path, "slow-caller", "*", ["check"], rate_per_second=2, burst=3),
-    }
-
-
-@pytest.fixture
-def guarded(serve: Serve, tmp_path: Path, keys: dict[str, str]) -> RunningServer:
-    return serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()), keys_file=Path(keys["path"]))
-
-
-def bearer(key: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {key}"),)
 
 
 # --- INVALID_ARGUMENT: BadRequest with the field path ---------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,7 @@ from shixin_domain.keys import SubjectKeyer
 from tests.conftest import RunningServer
 from tests.listdata import LI, ZHANG, basic_rows, delta, person_entry, rid, write_jsonl
 from tests.processes import ServeProcess, run_cli
-
-#: Only so a broken build fails instead of hanging; no test asserts a duration.
-WAIT_S = 30.0
+from tests.waiting import eventually
 
 N = rid("23010219700303005")  # listed by a delta, then delisted
 N_NAME = "牛犇"
@@ -41,13 +38,6 @@ Serve = Callable[..., RunningServer]
 
 def header(includes_seq: int, published_at: str = "2026-11-28T09:00:00+08:00") -> dict[str, Any]:
     return {"snapshot": {"includes_seq": includes_seq, "published_at": published_at}}
-
-
-def eventually(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.05)
 
 
 def decision(stub: pb_grpc.ConsumptionCheckStub, number: str) -> str:

@@ -24,19 +24,10 @@ from shixin_domain.model import Channel, Decision, EntryStatus, ListType, Role, 
 from shixin_domain.rules import AIR_TRAVEL, Flight
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import LI, WANG, ZHANG, ZHAO, basic_rows, write_jsonl
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.redis
 Serve = Callable[..., RunningServer]
-#: How long a poll waits: only so a broken build fails instead of hanging.
-WAIT_S = 20.0
-
-
-def wait_until(happened: Callable[[], bool], what: str) -> None:
-    """Poll until ``happened()``; fails (never hangs) if it never does."""
-    deadline = time.monotonic() + WAIT_S
-    while not happened():
-        assert time.monotonic() < deadline, f"{what} never happened"
-        time.sleep(0.02)
 
 
 def has_a_list(replica: RunningServer) -> bool:
@@ -76,7 +67,7 @@ def test_two_replicas_hits_appear_once_in_one_report(
     ]
     denied = 0
     for i, replica in enumerate(replicas):
-        wait_until(partial(has_a_list, replica), "loading the list")
+        eventually(partial(has_a_list, replica), "loading the list")
         stub = replica.stub()
         for number in (ZHANG, LI, WANG, ZHAO):  # three listed, one not
             stub.CheckConsumption(build_request("AIRLINE", id_number=number, merchant_id=f"m{i}"))
@@ -84,7 +75,7 @@ def test_two_replicas_hits_appear_once_in_one_report(
         stub.CheckConsumptionBatch(pb.CheckBatchRequest(checks=batch))
         denied += 4
     for replica in replicas:  # every record a replica logged has gone to the stream ...
-        wait_until(partial(forwarded_to_the_end, replica), "forwarding the whole hit log")
+        eventually(partial(forwarded_to_the_end, replica), "forwarding the whole hit log")
     assert client.xlen(hits_stream("shixin")) == denied  # ... and each went once
     report = build_report(list(read_stream(client)), quarter_now())
     assert report.totals.denied == denied

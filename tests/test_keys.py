@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import grpc
 import orjson
 import pytest
 
-from clients.check_client import CheckClient, build_request
+from clients.check_client import CheckClient
 from server.auth import (
     REFUSAL_REASONS,
     EnumerationWatch,
@@ -42,20 +41,13 @@ from shixin_domain.errors import (
     Unauthenticated,
 )
 from shixin_domain.model import Channel
+from tests.accessdata import bearer, flight, hotel, refusal
 from tests.conftest import RunningServer
-from tests.listdata import WANG, ZHAO, basic_rows, write_jsonl
+from tests.listdata import WANG, basic_rows, write_jsonl
 from tests.processes import ServeProcess
+from tests.waiting import eventually
 
 Serve = Callable[..., RunningServer]
-WAIT_S = 20.0
-
-
-def hotel(number: str = ZHAO) -> pb.CheckRequest:
-    return build_request("HOTEL", id_number=number, purchase={"star_rating": 4})
-
-
-def flight(number: str = ZHAO) -> pb.CheckRequest:
-    return build_request("AIRLINE", id_number=number)
 
 
 def keys_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -72,23 +64,6 @@ def add(capsys: pytest.CaptureFixture[str], path: Path, principal: str, *flags: 
                               *flags)  # fmt: skip
     assert status == 0
     return out.strip()
-
-
-def bearer(key: str) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {key}"),)
-
-
-def refusal(call: Callable[[], object]) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return caught.value
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.05)
 
 
 def audit_records(path: Path) -> list[dict[str, object]]:
@@ -352,12 +327,12 @@ def test_a_removed_key_is_refused_while_the_server_runs(
             return True
         return False
 
-    wait_for(refused, "the removed key refused")
+    eventually(refused, "the removed key refused")
     assert stub.CheckConsumption(hotel(), metadata=bearer(ops_key)).decision == pb.ALLOW
     assert reloads(audit) == ["removed 'hotel-chain' (the file changed)"]
 
     new_key = add(capsys, keys_file, "travel-agency", "--channels", "TRAVEL,HOTEL")
-    wait_for(lambda: len(reloads(audit)) == 2, "the added key reloaded")
+    eventually(lambda: len(reloads(audit)) == 2, "the added key reloaded")
     assert reloads(audit)[1] == "added 'travel-agency' (the file changed)"
     assert stub.CheckConsumption(hotel(), metadata=bearer(new_key)).decision == pb.ALLOW
 
@@ -373,19 +348,19 @@ def test_a_bad_keys_file_on_reload_keeps_the_old_keys(
                    audit_log=audit)  # fmt: skip
     good = keys_file.read_text()
     replace_text(keys_file, good[: len(good) // 2])  # cut short, as a careless copy would be
-    wait_for(lambda: len(reloads(audit)) == 1, "the cut file read")
+    eventually(lambda: len(reloads(audit)) == 1, "the cut file read")
     assert reloads(audit)[0].startswith(f"REFUSED: --keys-file / SHIXIN_KEYS_FILE: {keys_file}")
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(f"keys file {keys_file} refused, the keys in force stay" in e for e in errors)
     assert server.stub().CheckConsumption(hotel(), metadata=bearer(key)).decision == pb.ALLOW
 
     keys_file.unlink()  # gone altogether: still the old keys
-    wait_for(lambda: len(reloads(audit)) == 2, "the missing file noticed")
+    eventually(lambda: len(reloads(audit)) == 2, "the missing file noticed")
     assert reloads(audit)[1].startswith("REFUSED: ")
     assert server.stub().CheckConsumption(hotel(), metadata=bearer(key)).decision == pb.ALLOW
 
     replace_text(keys_file, good)  # mended: in force again, nothing changed
-    wait_for(lambda: len(reloads(audit)) == 3, "the mended file read")
+    eventually(lambda: len(reloads(audit)) == 3, "the mended file read")
     assert reloads(audit)[2] == "no principal changed (the file changed)"
 
 
@@ -410,7 +385,7 @@ def test_sighup_reloads_the_keys_file(tmp_path: Path, capsys: pytest.CaptureFixt
             text.write(swapped)
         os.utime(keys_file, ns=(before.st_atime_ns, before.st_mtime_ns))
         server.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: any(r.endswith("(reload requested)") for r in reloads(audit)),
+        eventually(lambda: any(r.endswith("(reload requested)") for r in reloads(audit)),
                  "the reload on SIGHUP")  # fmt: skip
         with CheckClient(server.target, api_key=new_key) as client:
             assert client.check(hotel()).decision == pb.ALLOW

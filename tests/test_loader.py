@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,18 +32,9 @@ from tests.listdata import (
     uscc,
     write_jsonl,
 )
+from tests.waiting import eventually
 
 TODAY = china_day(time.time())
-#: How long a poll waits for the follower: only so a broken build fails instead of hanging.
-WAIT_S = 20.0
-
-
-def wait_until(happened: Callable[[], bool], what: str) -> None:
-    """Poll until ``happened()``; fails (never hangs) if it never does."""
-    deadline = time.monotonic() + WAIT_S
-    while not happened():
-        assert time.monotonic() < deadline, f"{what} never happened"
-        time.sleep(0.01)
 
 
 def flight_query(keyer: SubjectKeyer, number: str, name: str = "") -> Query:
@@ -275,11 +265,11 @@ def test_followed_directory_applies_new_files(tmp_path: Path, keyer: SubjectKeye
         write_jsonl(
             tmp_path / "002-delta.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵"))]
         )
-        wait_until(lambda: ("loaded", "002-delta.jsonl") in events, "loading 002-delta.jsonl")
+        eventually(lambda: ("loaded", "002-delta.jsonl") in events, "loading 002-delta.jsonl")
         assert decision_for(index, keyer, ZHAO) is Decision.DENY
         write_jsonl(tmp_path / "003-delta.jsonl", [delta(2, "SUSPEND", entry_id="NOPE")])
         write_jsonl(tmp_path / "004-snapshot.jsonl", [person_entry("E1", ZHANG, "张伟")])
-        wait_until(lambda: ("loaded", "004-snapshot.jsonl") in events, "loading 004-snapshot")
+        eventually(lambda: ("loaded", "004-snapshot.jsonl") in events, "loading 004-snapshot")
         assert decision_for(index, keyer, LI) is Decision.ALLOW  # not in the new snapshot
         assert decision_for(index, keyer, ZHANG) is Decision.DENY
     finally:

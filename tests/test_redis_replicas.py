@@ -23,14 +23,11 @@ from shixin.v1 import check_pb2 as pb
 from shixin_domain.keys import SubjectKeyer
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import LI, ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.redis
 
 Serve = Callable[..., RunningServer]
-#: How long a poll waits: only so a broken build fails instead of hanging. The
-#: documented 1 s for a delta to reach the replicas is a figure for
-#: loadtest/redis_bench.py, never a unit test's pass mark.
-WAIT_S = 20.0
 
 
 def load_cli(path: Path, url: str) -> subprocess.CompletedProcess[str]:
@@ -47,14 +44,6 @@ def decision(server: RunningServer, number: str, name: str = "") -> pb.CheckResp
     return server.stub().CheckConsumption(request, timeout=5)
 
 
-def wait_for(happened: Callable[[], bool], what: str, step: float = 0.01) -> None:
-    """Poll until ``happened()``; fails (never hangs) if it never does."""
-    deadline = time.monotonic() + WAIT_S
-    while not happened():
-        assert time.monotonic() < deadline, f"{what} never happened"
-        time.sleep(step)
-
-
 def has_a_list(server: RunningServer) -> bool:
     return server.service.engine.source.current() is not None
 
@@ -66,7 +55,7 @@ def replicas(redis_server: RedisServer, serve: Serve, tmp_path: Path) -> list[Ru
     assert done.returncode == 0, done.stderr
     servers = [serve(None, redis=redis_server.url, replica_id=f"r{i}") for i in (1, 2)]
     for server in servers:
-        wait_for(partial(has_a_list, server), "loading the list")
+        eventually(partial(has_a_list, server), "loading the list")
     return servers
 
 
@@ -79,15 +68,19 @@ def test_deltas_reach_every_replica(
         tmp_path / "d1.jsonl", [delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵六"))]
     )
     publish_delta(client, listing, SubjectKeyer(SECRET))
-    wait_for(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), "LIST seen")
+    eventually(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), "LIST seen")
     delisting = write_jsonl(tmp_path / "d2.jsonl", [delta(2, "DELIST", entry_id="E1")])
     publish_delta(client, delisting, SubjectKeyer(SECRET))
-    wait_for(lambda: all(decision(r, ZHANG).decision == pb.ALLOW for r in replicas), "DELIST seen")
+    eventually(
+        lambda: all(decision(r, ZHANG).decision == pb.ALLOW for r in replicas), "DELIST seen"
+    )
     for r in replicas:
         status = r.stub().GetListStatus(pb.ListStatusRequest())
         assert (status.index_backend, status.last_delta_seq) == ("redis", 2)
         assert status.index_reachable
-    wait_for(lambda: all(x["seq"] == 2 for x in redis_status(client)["replicas"]), "seq 2 reported")
+    eventually(
+        lambda: all(x["seq"] == 2 for x in redis_status(client)["replicas"]), "seq 2 reported"
+    )
     assert {x["replica"] for x in redis_status(client)["replicas"]} == {"r1", "r2"}
     client.close()
 
@@ -98,7 +91,7 @@ def test_loader_process_delta_reaches_replicas(
     path = write_jsonl(tmp_path / "d1.jsonl", [delta(1, "SUSPEND", entry_id="E2")])
     done = load_cli(path, redis_server.url)
     assert done.returncode == 0, done.stderr
-    wait_for(lambda: all(decision(r, LI).decision == pb.ALLOW for r in replicas), "SUSPEND seen")
+    eventually(lambda: all(decision(r, LI).decision == pb.ALLOW for r in replicas), "SUSPEND seen")
     answer = decision(replicas[0], LI)
     assert [x.code for x in answer.reasons] == ["LISTING_SUSPENDED"]
 
@@ -127,7 +120,7 @@ def test_redis_down_never_allows_silently_and_replicas_catch_up(
 ) -> None:
     strict = serve(None, redis=redis_server.url, replica_id="strict",
                    policy=replicas[0].service.settings.policy.__class__(unavailable="DENY"))  # fmt: skip
-    wait_for(partial(has_a_list, strict), "loading the list")
+    eventually(partial(has_a_list, strict), "loading the list")
     redis_server.stop()
     for r in replicas:
         listed = decision(r, ZHANG, "张伟")
@@ -138,7 +131,7 @@ def test_redis_down_never_allows_silently_and_replicas_catch_up(
         unlisted = decision(r, ZHAO)
         assert (unlisted.decision, [x.code for x in unlisted.reasons]) == (pb.ALLOW, ["NOT_LISTED"])
     assert decision(strict, ZHANG).decision == pb.DENY
-    wait_for(
+    eventually(
         lambda: not replicas[0].stub().GetListStatus(pb.ListStatusRequest()).index_reachable,
         "Redis reported unreachable",
     )
@@ -152,7 +145,7 @@ def test_redis_down_never_allows_silently_and_replicas_catch_up(
     )
     publish_delta(client, path, SubjectKeyer(SECRET))  # before the replicas are back
     client.close()
-    wait_for(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), "catch-up")
+    eventually(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), "catch-up")
     assert all(decision(r, ZHANG, "张伟").decision == pb.DENY for r in replicas)
     assert all(r.stub().GetListStatus(pb.ListStatusRequest()).lag_deltas == 0 for r in replicas)
 
@@ -170,8 +163,8 @@ def test_old_versions_go_once_no_replica_reads_them(
     )
     assert done.returncode == 0, done.stderr
     second = client.get(keys.current)
-    wait_for(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), "new version")
-    wait_for(lambda: client.smembers(keys.versions) == {second}, "old version gone", step=0.1)
+    eventually(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), "new version")
+    eventually(lambda: client.smembers(keys.versions) == {second}, "old version gone", step=0.1)
     assert not list(client.scan_iter(match=keys.version_pattern(first.decode())))
     assert all(decision(r, ZHANG).decision == pb.ALLOW for r in replicas)
     client.close()

@@ -82,8 +82,16 @@ def test_api_keys_over_plaintext_on_the_network_are_refused(tmp_path: Path) -> N
     with pytest.raises(ConfigurationError, match="plaintext"):
         serve_settings(args)
     insecure = _parser().parse_args(
-        ["serve", "--list", str(path), "--keys-file", str(keys), "--listen", "0.0.0.0:50051",
-         "--insecure"]  # fmt: skip
+        [
+            "serve",
+            "--list",
+            str(path),
+            "--keys-file",
+            str(keys),
+            "--listen",
+            "0.0.0.0:50051",
+            "--insecure",
+        ]  # fmt: skip
     )
     settings = serve_settings(insecure)  # allowed when asked for (e.g. behind a TLS proxy)
     assert settings.insecure and not settings.loopback

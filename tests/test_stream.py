@@ -15,26 +15,15 @@ import grpc
 import orjson
 import pytest
 
-from clients.check_client import build_request
-from server.auth import add_key
 from server.convert import StreamIds
 from shixin.v1 import check_pb2 as pb
 from shixin_domain.errors import InvalidInput
+from tests.accessdata import bearer, flight, hotel
 from tests.conftest import RunningServer
 from tests.listdata import ZHANG, ZHAO, basic_rows, write_jsonl
 
 Serve = Callable[..., RunningServer]
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-
-
-def flight(number: str = ZHAO, request_id: str = "", **kw: object) -> pb.CheckRequest:
-    return build_request("AIRLINE", id_number=number, request_id=request_id, **kw)  # type: ignore[arg-type]
-
-
-def hotel(number: str = ZHAO, request_id: str = "") -> pb.CheckRequest:
-    return build_request(
-        "HOTEL", id_number=number, purchase={"star_rating": 4}, request_id=request_id
-    )
 
 
 @pytest.fixture
@@ -138,27 +127,6 @@ def test_bytes_that_do_not_parse_end_the_stream(server: RunningServer) -> None:
 
 
 # --- with authentication on ------------------------------------------------------
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> dict[str, str]:
-    """A hotel chain (HOTEL only), and a slow gateway (every channel, 2/s, burst 3)."""
-    path = tmp_path / "keys.json"
-    return {
-        "path": str(path),
-        "hotel": add_key(path, "hotel-chain", ["HOTEL"], ["check"]),
-        "slow": add_key(path, "slow-gateway", "*", ["check"], rate_per_second=2, burst=3),
-        "ops": add_key(path, "operator", "*", ["status"]),
-    }
-
-
-@pytest.fixture
-def guarded(serve: Serve, tmp_path: Path, keys: dict[str, str]) -> RunningServer:
-    return serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()), keys_file=Path(keys["path"]))
-
-
-def bearer(key: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {key}"),)
 
 
 def test_a_channel_outside_the_scope_is_refused_for_that_request_only(
