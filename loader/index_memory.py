@@ -20,6 +20,7 @@ clears a listed subject.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import time
 from array import array
 from bisect import bisect_left
@@ -269,25 +270,32 @@ def _duplicates(
     return sorted(errors, key=lambda e: e.line)
 
 
+#: A column of numbers: an ``array`` when parsed here, a ``memoryview`` over a
+#: mapped file when compiled (``loader.compiled``); both index and bisect alike.
+Numbers = Sequence[int]
+#: A column of bytes: ``bytes`` when parsed, the ``mmap`` of a compiled file.
+Bytes = bytes | mmap.mmap
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Base:
     """One snapshot's entries, sorted and packed. Never modified."""
 
-    k_hi: array[int]  # per (key, entry) row, sorted
-    k_lo: array[int]
-    m_entry: array[int]
-    m_role: bytes
-    m_name: array[int]
-    m_mask: bytes  # _MASK_WIDTH bytes a row
-    id_sorted: array[int]  # entry_id hashes, sorted
-    id_rows: array[int]  # entry row of each
-    e_type: bytes
-    e_status: bytes
-    e_listed: array[int]
-    e_valid: array[int]
-    e_court: array[int]
-    e_text_at: array[int]
-    text: bytes  # entry_id \x1f case_number \x1f organisation name, per entry
+    k_hi: Numbers  # per (key, entry) row, sorted
+    k_lo: Numbers
+    m_entry: Numbers
+    m_role: Bytes
+    m_name: Numbers
+    m_mask: Bytes  # _MASK_WIDTH bytes a row
+    id_sorted: Numbers  # entry_id hashes, sorted
+    id_rows: Numbers  # entry row of each
+    e_type: Bytes
+    e_status: Bytes
+    e_listed: Numbers
+    e_valid: Numbers
+    e_court: Numbers
+    e_text_at: Numbers
+    text: Bytes  # entry_id \x1f case_number \x1f organisation name, per entry
     courts: tuple[str, ...]
     exemptions: dict[int, tuple[Exemption, ...]]
     counts: dict[tuple[ListType, EntryStatus], int]

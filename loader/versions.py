@@ -21,10 +21,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
 from loader.background import Background
+from loader.compiled import IndexStore, map_compiled, snapshot_stamp
 from loader.feed import day_start, pending, read_header, sidecar_of
 from loader.index_memory import (
     BaseBuilder,
@@ -47,7 +49,7 @@ from loader.listfile import (
     read_delta,
     read_entries,
 )
-from shixin_domain.errors import LoadRejected, RowError
+from shixin_domain.errors import ConfigurationError, LoadRejected, RowError
 from shixin_domain.index import ListedMatch
 from shixin_domain.keys import SubjectKeyer
 from shixin_domain.model import EntryStatus, Exemption, ListEntry, ListType
@@ -153,7 +155,9 @@ def build_snapshot(
             "%s has no header row: it includes no delta, so every delta file is applied on top "
             "(give it {\"snapshot\": {\"includes_seq\": N, \"published_at\": ...}})", path
         )  # fmt: skip
-    newest = int(np.frombuffer(base.e_listed, dtype=np.int32).max()) if base.entries else 0
+    newest = (
+        int(np.frombuffer(cast(Any, base.e_listed), dtype=np.int32).max()) if base.entries else 0
+    )
     source_time = header.published_at if header.published_at is not None else day_start(newest)
     label = version or _version_label(path)
     return view_of_base(base, str(path), source_time, label, header.includes_seq)
@@ -377,10 +381,38 @@ class Loader:
     to come, and a restart serves what was served before it.
     """
 
-    def __init__(self, index: MemoryIndex, keyer: SubjectKeyer) -> None:
+    def __init__(
+        self, index: MemoryIndex, keyer: SubjectKeyer, store: IndexStore | None = None
+    ) -> None:
         self.index = index
         self.keyer = keyer
+        self.store = store
         self._lock = threading.Lock()
+
+    def _snapshot_view(self, path: Path, progress: Progress | None) -> MemoryView:
+        """The snapshot at ``path`` as a version: mapped from its compiled folder when
+        ``store`` has one (a restart), else parsed, compiled into ``store`` and mapped."""
+        store = self.store
+        if store is None:
+            return build_snapshot(path, self.keyer, progress)
+        stamp = snapshot_stamp(path, self.keyer.fingerprint)
+        compiled = store.find(stamp)
+        if compiled is None:
+            built = build_snapshot(path, self.keyer, progress)
+            try:
+                compiled = store.put(built.base, built.info, stamp)
+            except OSError as exc:
+                log.warning("cannot compile %s into %s (%s): serving it unshared, from memory",
+                            path, store.folder, exc)  # fmt: skip
+                return built
+        else:
+            log.info("%s: mapping its compiled index %s (no re-parse)", path, compiled)
+        try:
+            base, info = map_compiled(compiled, self.keyer.fingerprint)
+        except (OSError, ValueError, KeyError, ConfigurationError) as exc:
+            log.warning("compiled index %s unusable (%s): parsing %s", compiled, exc, path)
+            return build_snapshot(path, self.keyer, progress)
+        return MemoryView(base, Overlay(), replace(info, loaded_at=time.time()))
 
     def load_path(self, path: Path, progress: Progress | None = None) -> MemoryView:
         """Apply a snapshot (alone) or a delta file whole, or raise ``LoadRejected``."""
@@ -409,7 +441,7 @@ class Loader:
         as it was when it arrived live, so the version is the same either way.
         """
         with self._lock:
-            view = build_snapshot(path, self.keyer, progress)
+            view = self._snapshot_view(path, progress)
             for delta in deltas:
                 try:
                     view = self._with_delta(view, delta)

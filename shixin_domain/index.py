@@ -74,6 +74,7 @@ class VersionInfo:
     last_delta_seq: int
     counts: Counts
     includes_seq: int = 0  # the delta seq its snapshot declared it includes
+    mapped_from: str = ""  # the compiled index folder it was mapped from, if any
 
 
 class ListView(Protocol):

@@ -35,7 +35,7 @@ from shixin_domain.model import CHINA_TZ, Decision, EntryStatus, ListType, Role
 from shixin_domain.rules import RAIL_G_TRAIN
 from tests.conftest import RunningServer
 from tests.listdata import LI, ZHANG, ZHAO, basic_rows, write_jsonl
-from tests.test_cli import ServeProcess
+from tests.processes import ServeProcess
 
 ROTATED = re.compile(r"audit\.jsonl\.(\d{8})\.(\d+)")
 

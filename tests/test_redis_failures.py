@@ -38,7 +38,8 @@ from shixin_domain.identity import IdType
 from shixin_domain.keys import SubjectKeyer
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
-from tests.test_redis_replicas import decision, load_cli, wait_for
+from tests.test_redis_replicas import decision, load_cli
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.redis
 
@@ -140,9 +141,9 @@ def test_a_killed_load_leaves_nothing_and_blocks_nobody(
         if when == "reading":
             time.sleep(0.2)
         elif when == "lock_taken":
-            wait_for(lambda: client.exists(keys.lock) == 1, "lock taken", step=0.002)
+            eventually(lambda: client.exists(keys.lock) == 1, "lock taken", step=0.002)
         else:
-            wait_for(lambda: version_keys_written(client, keys) > 20, "keys written", step=0.005)
+            eventually(lambda: version_keys_written(client, keys) > 20, "keys written", step=0.005)
         assert proc.poll() is None, "the load finished before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
@@ -233,7 +234,7 @@ def replica(redis_server: RedisServer, serve: Serve, tmp_path: Path) -> RunningS
     done = load_cli(write_jsonl(tmp_path / "s1.jsonl", basic_rows()), redis_server.url)
     assert done.returncode == 0, done.stderr
     server = serve(None, redis=redis_server.url, replica_id="r1")
-    wait_for(lambda: decision(server, ZHANG, "张伟").decision == pb.DENY, "list served")
+    eventually(lambda: decision(server, ZHANG, "张伟").decision == pb.DENY, "list served")
     return server
 
 
@@ -275,7 +276,7 @@ def test_redis_that_lost_the_list_fails_every_check_until_a_load(
 ) -> None:
     served = status(replica).version
     LOSSES[loss](redis_server)
-    wait_for(lambda: "lost" in status(replica).not_serving_reason, "loss noticed", step=0.05)
+    eventually(lambda: "lost" in status(replica).not_serving_reason, "loss noticed", step=0.05)
     lost = status(replica)
     assert served in lost.not_serving_reason
     assert lost.lag_deltas == -1  # never "0 behind" a list Redis no longer holds
@@ -289,7 +290,7 @@ def test_redis_that_lost_the_list_fails_every_check_until_a_load(
 
     done = load_cli(write_jsonl(tmp_path / "again.jsonl", basic_rows()), redis_server.url)
     assert done.returncode == 0, done.stderr
-    wait_for(lambda: status(replica).not_serving_reason == "", "recovered", step=0.05)
+    eventually(lambda: status(replica).not_serving_reason == "", "recovered", step=0.05)
     assert decision(replica, ZHANG, "张伟").decision == pb.DENY
     assert codes(decision(replica, ZHAO)) == (pb.ALLOW, ["NOT_LISTED"])
     recovered = status(replica)
@@ -302,10 +303,10 @@ def test_health_is_not_serving_while_redis_has_lost_the_list(
     """Health follows ``RedisFollower.health_problem`` (the server's watch loop)."""
     assert health(replica) == "SERVING"
     flush(redis_server)
-    wait_for(lambda: health(replica) == "NOT_SERVING", "health NOT_SERVING", step=0.05)
+    eventually(lambda: health(replica) == "NOT_SERVING", "health NOT_SERVING", step=0.05)
     done = load_cli(write_jsonl(tmp_path / "again.jsonl", basic_rows()), redis_server.url)
     assert done.returncode == 0, done.stderr
-    wait_for(lambda: health(replica) == "SERVING", "health SERVING again", step=0.05)
+    eventually(lambda: health(replica) == "SERVING", "health SERVING again", step=0.05)
 
 
 def test_redis_unreachable_is_not_lost_data(
@@ -313,12 +314,12 @@ def test_redis_unreachable_is_not_lost_data(
 ) -> None:
     """Connection errors keep the version in hand: Bloom negatives answered, no problem."""
     redis_server.stop()
-    wait_for(lambda: not status(replica).index_reachable, "Redis unreachable", step=0.05)
+    eventually(lambda: not status(replica).index_reachable, "Redis unreachable", step=0.05)
     assert status(replica).not_serving_reason == ""
     assert codes(decision(replica, ZHAO)) == (pb.ALLOW, ["NOT_LISTED"])
     assert codes(decision(replica, ZHANG, "张伟")) == (pb.REVIEW, ["INDEX_UNAVAILABLE"])
     redis_server.start()  # the append-only file kept the data
-    wait_for(lambda: status(replica).index_reachable, "Redis back", step=0.05)
+    eventually(lambda: status(replica).index_reachable, "Redis back", step=0.05)
     assert status(replica).not_serving_reason == ""
     assert decision(replica, ZHANG, "张伟").decision == pb.DENY
 

@@ -1,0 +1,152 @@
+"""A compiled index answers exactly as the parsed one, and a restart maps it (no re-parse).
+
+Real files throughout: a synthetic list written by the generator, compiled
+into a temporary folder, mapped back with ``mmap``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+import orjson
+import pytest
+
+import loader.versions
+from loader.compiled import IndexStore, map_compiled, snapshot_stamp
+from loader.index_memory import MemoryIndex, matches_of
+from loader.listfile import parse_entry
+from loader.synthetic import write_snapshot
+from loader.versions import Loader, build_snapshot
+from shixin_domain.keys import SubjectKeyer
+from shixin_domain.model import day_number
+from tests.listdata import delta, write_jsonl
+from tests.processes import ServeProcess, run_cli
+
+AS_OF = _dt.date(2026, 11, 1)
+
+
+@pytest.fixture
+def snapshot(tmp_path: Path) -> Path:
+    path = tmp_path / "feed" / "snapshot-0001.jsonl"
+    path.parent.mkdir()
+    write_snapshot(path, 400, seed=5, as_of=AS_OF)
+    return path
+
+
+def listed_keys(path: Path, keyer: SubjectKeyer) -> list[int]:
+    rows = [orjson.loads(line) for line in path.read_bytes().splitlines()[1:]]
+    return [key for row in rows for key, _ in matches_of(parse_entry(row), keyer)]
+
+
+def test_a_mapped_version_answers_as_the_parsed_one(
+    snapshot: Path, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
+    parsed = build_snapshot(snapshot, keyer)
+    store = IndexStore(tmp_path / "index", keyer.fingerprint)
+    folder = store.put(parsed.base, parsed.info, snapshot_stamp(snapshot, keyer.fingerprint))
+    base, info = map_compiled(folder, keyer.fingerprint)
+    assert type(base.k_hi) is memoryview  # mapped, not read into memory
+    mapped = loader.versions.MemoryView(base, parsed.overlay, info)
+    keys = listed_keys(snapshot, keyer)
+    assert len(keys) > 400  # related persons too
+    for key in keys:
+        assert mapped.might_contain(key)
+        assert sorted(mapped.look_up(key)) == sorted(parsed.look_up(key))
+    assert info.counts == parsed.info.counts
+    assert info.version == parsed.info.version
+    assert info.source_timestamp == parsed.info.source_timestamp
+    today = day_number(AS_OF)
+    assert info.counts.on(today) == parsed.info.counts.on(today)
+
+
+def test_a_restart_maps_the_compiled_version_instead_of_parsing(
+    snapshot: Path, keyer: SubjectKeyer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = IndexStore(tmp_path / "index", keyer.fingerprint)
+    first = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    assert first.info.mapped_from  # even the first load serves the mapped copy
+
+    def no_parsing(*_: object, **__: object) -> None:
+        raise AssertionError("re-parsed a snapshot that was compiled")
+
+    monkeypatch.setattr(loader.versions, "build_snapshot", no_parsing)
+    again = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    assert again.info.version == first.info.version
+    assert again.info.mapped_from == first.info.mapped_from
+    for key in listed_keys(snapshot, keyer)[:50]:
+        assert sorted(again.look_up(key)) == sorted(first.look_up(key))
+
+
+def test_deltas_apply_on_top_of_a_mapped_version(
+    snapshot: Path, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
+    first_row = orjson.loads(snapshot.read_bytes().splitlines()[1])
+    key = matches_of(parse_entry(first_row), keyer)[0][0]
+    change = write_jsonl(tmp_path / "d.jsonl", [delta(1, "DELIST", entry_id=first_row["entry_id"])])
+    store = IndexStore(tmp_path / "index", keyer.fingerprint)
+    view = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, [change])
+    assert view.info.last_delta_seq == 1
+    assert [m for m in view.look_up(key) if m.entry_id == first_row["entry_id"]] == []
+
+
+def test_a_changed_snapshot_or_another_secret_is_parsed_again(
+    snapshot: Path, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
+    store = IndexStore(tmp_path / "index", keyer.fingerprint)
+    Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    before = snapshot_stamp(snapshot, keyer.fingerprint)
+    write_snapshot(snapshot, 300, seed=6, as_of=AS_OF)  # the feed replaced it
+    assert snapshot_stamp(snapshot, keyer.fingerprint) != before
+    view = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    assert view.info.counts.total == 300
+    other = SubjectKeyer(b"another-secret-0123456789abcdef!")
+    assert snapshot_stamp(snapshot, other.fingerprint) != snapshot_stamp(
+        snapshot, keyer.fingerprint
+    )
+    with pytest.raises(Exception, match="another key secret"):
+        map_compiled(store.path_for(snapshot_stamp(snapshot, keyer.fingerprint)), other.fingerprint)
+
+
+def test_the_store_keeps_the_newest_versions_only(
+    snapshot: Path, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
+    store = IndexStore(tmp_path / "index", keyer.fingerprint)
+    loader_ = Loader(MemoryIndex(), keyer, store)
+    for seed in (1, 2, 3):
+        write_snapshot(snapshot, 50, seed=seed, as_of=AS_OF)
+        loader_.load_snapshot(snapshot, ())
+    assert len(list((tmp_path / "index").glob("v-*"))) == 2  # the newest and one before
+    assert not list((tmp_path / "index").glob(".*"))  # no half-written folder left
+
+
+def test_a_restarted_server_maps_what_it_compiled(snapshot: Path, tmp_path: Path) -> None:
+    feed = snapshot.parent
+    secret = tmp_path / "key"
+    secret.write_text("tests-only-secret-0123456789abcdef")
+    first = ServeProcess("--list", str(feed), "--key-secret-file", str(secret),
+                         log=tmp_path / "first.log")  # fmt: skip
+    try:
+        first.wait_serving()
+    finally:
+        first.stop()
+    assert "mapping its compiled index" not in first.output()
+    assert list((feed / ".shixin-index").glob("v-*/meta.json"))
+    again = ServeProcess("--list", str(feed), "--key-secret-file", str(secret),
+                         log=tmp_path / "again.log")  # fmt: skip
+    try:
+        again.wait_serving()
+        status = run_cli("status", "--target", again.target)
+        assert "version " in status.stdout
+    finally:
+        again.stop()
+    assert "mapping its compiled index" in again.output()
+
+
+def test_no_index_is_compiled_with_a_generated_secret(snapshot: Path, tmp_path: Path) -> None:
+    server = ServeProcess("--list", str(snapshot.parent), log=tmp_path / "serve.log")
+    try:
+        server.wait_serving()
+    finally:
+        server.stop()
+    assert not (snapshot.parent / ".shixin-index").exists()  # its keys die with the process
