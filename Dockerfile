@@ -1,0 +1,72 @@
+# syntax=docker/dockerfile:1
+#
+# shixin-check in a slim image that runs as a non-root user.
+#
+#   docker build -t shixin-check .
+#   docker run --rm -p 127.0.0.1:50051:50051 -e SHIXIN_DEMO=1 -e SHIXIN_INSECURE=1 shixin-check
+#   docker exec CONTAINER shixin-check health        # exit 0 only on SERVING
+#
+# Configure it with SHIXIN_* variables, one per flag (README "Running it"):
+# SHIXIN_LIST or SHIXIN_REDIS, SHIXIN_KEY_SECRET_FILE, SHIXIN_KEYS_FILE, ...
+# deploy/smoke.sh builds it, runs it and asks its health check.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- build: wheels of the project and of everything it depends on ---------------------------
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+# Only what the wheel is made of (.dockerignore keeps the rest out of the context).
+COPY pyproject.toml README.md ./
+COPY protos/ protos/
+COPY shixin_domain/ shixin_domain/
+COPY loader/ loader/
+COPY server/ server/
+COPY clients/ clients/
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# --- runtime: the installed wheels, nothing else of the source ---------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+# A fixed numeric uid, so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
+RUN groupadd --system --gid 10001 shixin \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin shixin \
+    && install -d -o 10001 -g 10001 -m 0750 /var/log/shixin \
+    && install -d -o 10001 -g 10001 -m 0755 /srv/shixin/feed
+
+# Wheels only, from the build stage, offline: no compiler, no source tree, no pip cache.
+# pip compiles the bytecode here, so a read-only root filesystem costs nothing at start.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links /wheels shixin-check
+
+# Prometheus metrics of every replica on 9464 (--metrics-listen); hit and audit logs under
+# /var/log/shixin: mount a volume there (Kubernetes: an emptyDir or a PVC).
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    SHIXIN_METRICS_LISTEN=0.0.0.0:9464 \
+    SHIXIN_HIT_LOG=/var/log/shixin/hits.jsonl \
+    SHIXIN_AUDIT_LOG=/var/log/shixin/audit.jsonl
+# Not set here, on purpose:
+# - SHIXIN_INSECURE. Inside a container the service must bind 0.0.0.0 to be reachable,
+#   and the server refuses a non-loopback bind with authentication off (no keys file, no
+#   client CA), or with API keys over plaintext, unless SHIXIN_INSECURE=1. Give it keys
+#   and TLS (SHIXIN_KEYS_FILE, SHIXIN_TLS_CERT, SHIXIN_TLS_KEY), or set SHIXIN_INSECURE=1
+#   only where the network around the container does the access control (compose's
+#   private network with ports published on loopback; a mesh or NetworkPolicy).
+# - The key secret. `serve --redis` and `load` refuse to start without one: mount it as a
+#   file and point SHIXIN_KEY_SECRET_FILE at it (or SHIXIN_KEY_SECRET, less safe).
+
+USER 10001:10001
+WORKDIR /srv/shixin
+EXPOSE 50051 9464
+
+# Asks 127.0.0.1:50051 (SHIXIN_TARGET to change) for the server's health, which needs no
+# credentials; with TLS on, give it the CA too (SHIXIN_CA). Docker reserves exit status 2,
+# which `shixin-check health` gives when it cannot reach the server: every failure is 1.
+# The start period covers a long first list load.
+HEALTHCHECK --interval=15s --timeout=6s --start-period=120s --retries=3 \
+    CMD shixin-check health --timeout 5 || exit 1
+
+ENTRYPOINT ["shixin-check"]
+# Everything else comes from SHIXIN_* variables; a flag given here would override them.
+CMD ["serve", "--listen", "0.0.0.0:50051"]
