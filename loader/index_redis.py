@@ -37,23 +37,33 @@ every check gets that configured answer, Bloom negatives included, until a
 load restores a version (``RedisFollower.health_problem``). Old versions
 are deleted once no live replica reports serving them, always under the
 lock (``collect_garbage``). Loads are ``loader.publish_redis``.
+
+Every client is made by ``connect``: a ``redis://`` or ``rediss://`` URL,
+or, for high availability, Redis Sentinel (``SENTINEL_FORM``), the servers'
+password in ``SHIXIN_REDIS_PASSWORD``. A Sentinel failover reads as Redis
+unreachable until a replica is promoted, then as Redis again: the new
+master holds the same keys and stream ids, so replicas carry on from where
+they were (or see lost data, if the promoted replica missed a write).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis
 from rbloom import Bloom
 from redis.exceptions import LockNotOwnedError
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from loader.background import Background
 from shixin_domain.errors import ConfigurationError, IndexUnavailable
@@ -70,6 +80,12 @@ KEYS_PER_BUCKET = 48
 LIVE_SECONDS = 15.0
 #: How long ``P:lock`` outlives its holder: a killed load blocks the next one this long.
 LOCK_SECONDS = 10.0
+#: The longest a replica waits between tries to reach Redis again: once Redis is
+#: back (restarted, or a replica promoted by Sentinel) a load's deltas reach it
+#: within this, plus the poll, and well inside the second a delta may take.
+RECONNECT_MAX_SECONDS = 0.5
+#: How often a replica asks Sentinel where the master is even when all is well.
+MASTER_CHECK_SECONDS = 0.5
 
 
 class RedisKeys:
@@ -102,9 +118,107 @@ class RedisKeys:
         return f"{self.prefix}:v:{version}:*"
 
 
+#: The password of the Redis servers (never of the sentinels), kept out of URLs
+#: so it stays out of process lists and logs. A plain URL's own password wins.
+PASSWORD_ENV = "SHIXIN_REDIS_PASSWORD"
+SENTINEL_FORM = "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB]"
+_SENTINEL_NODE = re.compile(
+    r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})"
+)
+_SENTINEL_PATH = re.compile(r"/(?P<service>[A-Za-z0-9._-]+)(?:/(?P<db>\d{1,5}))?")
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """Where Redis Sentinel says the master of one service is: its parsed URL."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL:
+        """``SENTINEL_FORM``, strictly: anything else is a ``ConfigurationError``."""
+        scheme, sep, rest = url.partition("://")
+        nodes, slash, path = rest.partition("/")
+        where = _SENTINEL_PATH.fullmatch(slash + path)
+        sentinels = [_sentinel_node(node) for node in nodes.split(",")]
+        if sep and scheme.lower() == "redis+sentinel" and where and None not in sentinels:
+            found = tuple(node for node in sentinels if node is not None)
+            return cls(found, where["service"], int(where["db"] or 0))
+        hint = f" (the password comes from {PASSWORD_ENV})" if "@" in url else ""
+        raise ConfigurationError(
+            f"Redis URL {_shown(url)}: a Sentinel URL is {SENTINEL_FORM}{hint}"
+        )
+
+
+def _shown(url: str) -> str:
+    """``url`` fit for an error message: whatever precedes an ``@`` may be a password."""
+    return repr(re.sub(r"//[^/]*@", "//***@", url))
+
+
+def _sentinel_node(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` as (host, port); None if it is neither."""
+    m = _SENTINEL_NODE.fullmatch(text)
+    if m is None or not 0 < int(m["port"]) < 65536:
+        return None
+    return m["ip6"] or m["host"], int(m["port"])
+
+
+class _SentinelMaster(redis.Redis):
+    """The client of a Sentinel-watched master: closing it closes the sentinels' clients too."""
+
+    def close(self) -> None:
+        super().close()
+        pool = self.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            pool.sentinel_manager.close()
+
+
+def recheck_master(client: Client) -> None:
+    """Ask the sentinels where the master is now, and drop idle connections to any
+    other (a no-op for a plain client). redis-py asks them only after a connection
+    error; a planned failover (``SENTINEL FAILOVER``) leaves the old master up and
+    calling itself master until a sentinel demotes it, seconds later, so a client
+    that only reads would read the old master meanwhile, missing new deltas.
+    Sentinels that cannot answer change nothing: the connections in hand then
+    work, or fail, on their own."""
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        try:
+            pool.get_master_address()  # type: ignore[no-untyped-call]
+        except redis.ConnectionError:  # MasterNotFoundError: none answered, or all call it down
+            pass
+
+
 def connect(url: str, timeout: float = 0.5) -> Client:
-    """A client that fails fast: a check must never hang on a dead Redis."""
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    """A client that fails fast: a check must never hang on a dead Redis.
+
+    ``redis://`` and ``rediss://`` (and ``unix://``) URLs as redis-py reads
+    them, or ``SENTINEL_FORM`` for Redis Sentinel: the client asks the
+    sentinels where the master is, and again after any connection error, so a
+    failover reads as Redis unreachable (``IndexUnavailable``, the fail
+    policy) until the sentinels have promoted a replica, then commands go to
+    the new master. The password is ``SHIXIN_REDIS_PASSWORD``'s, if set.
+    """
+    password = os.environ.get(PASSWORD_ENV) or None
+    timeouts = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if url.lower().startswith("redis+sentinel:"):
+        where = SentinelURL.parse(url)
+        # redis-py's Sentinel is untyped; the sentinels get the timeouts, not the password
+        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            list(where.sentinels), sentinel_kwargs=timeouts
+        )
+        return sentinels.master_for(  # type: ignore[no-untyped-call]
+            where.service, redis_class=_SentinelMaster, db=where.db, password=password, **timeouts
+        )
+    try:
+        return redis.Redis.from_url(url, password=password, **timeouts)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"Redis URL {_shown(url)} is not redis://[[USER]:PASSWORD@]HOST:PORT/DB, "
+            f"rediss://... (TLS), unix://PATH or {SENTINEL_FORM}: {exc}"
+        ) from exc
 
 
 def bucket_bits(n_keys: int) -> int:
@@ -323,13 +437,25 @@ def try_collect_garbage(client: Client, keys: RedisKeys, holder: str) -> bool:
 # --- replicas -----------------------------------------------------------------
 
 
+class ErrorCount:
+    """Redis commands that failed (connection lost, timed out, refused): one count per
+    thread that bumps it, since ``+= 1`` from two threads can lose a count."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class RedisView:
     """One Redis-held version as a replica sees it. Implements ``ListView``."""
 
-    __slots__ = ("info", "version", "_bloom", "_client", "_keys", "_bits", "_meta_key")
+    __slots__ = ("info", "version", "_bloom", "_client", "_keys", "_bits", "_meta_key", "_errors")
 
     def __init__(self, info: VersionInfo, version: str, bloom: Bloom, client: Client,
-                 keys: RedisKeys, bits: int) -> None:  # fmt: skip
+                 keys: RedisKeys, bits: int, errors: ErrorCount | None = None) -> None:  # fmt: skip
+        """``errors``: where failed look-ups are counted (the checks' thread)."""
+        self._errors = errors or ErrorCount()
         self.info = info
         self.version = version
         self._bloom = bloom
@@ -356,6 +482,7 @@ class RedisView:
         try:
             *values, exists = pipe.execute()
         except redis.RedisError as exc:
+            self._errors.count += 1
             raise IndexUnavailable(f"redis: {exc}") from exc
         if not exists:
             raise IndexUnavailable(f"version {self.version} is no longer in Redis")
@@ -393,8 +520,12 @@ class RedisFollower(Background):
     ``poll`` seconds, so a delta arrives within that), adds listed keys to the
     local Bloom filter, and registers this replica every second. On a Redis
     error it keeps the version it has (negatives still answered locally),
-    retries with backoff up to 2 s, and catches up on missed deltas from the
-    stream when Redis is back.
+    retries with backoff up to ``RECONNECT_MAX_SECONDS``, and catches up on
+    missed deltas from the stream when Redis is back. A Sentinel failover is
+    such an error: the client finds the new master on its next try, and the
+    stream cursor carries over (stream ids replicate as they are). Every
+    round reads all it needs from Redis before it changes any state, so a
+    connection lost midway leaves the round to be redone whole.
 
     Redis that answers but lost the data is another matter: the pointer gone,
     the served version's meta gone, the pointer back on a version this replica
@@ -429,7 +560,14 @@ class RedisFollower(Background):
         self._bloom: Bloom | None = None
         self._stream_id = b"0-0"
         self._last_beat = 0.0
+        self._master_checked = 0.0
         self._gc_due = False
+        #: failed Redis commands: the follower's rounds, and the checks' look-ups
+        self.sync_errors = ErrorCount()
+        self.lookup_errors = ErrorCount()
+        self._round_started = time.time()
+        #: since when this replica cannot confirm it holds all Redis holds (None: it does)
+        self._behind_since: float | None = self._round_started
 
     def current(self) -> RedisView | LostView | None:
         lost = self._lost
@@ -460,14 +598,49 @@ class RedisFollower(Background):
                     self.on_event("redis-down", str(exc))
                 self.reachable = False
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
             except ConfigurationError as exc:
                 self.on_event("refused", str(exc))
                 self._stop.wait(1.0)
 
     def sync_once(self, block: bool = False) -> None:
         """One round: check the data is still there, switch version if needed,
-        apply new deltas, heartbeat."""
+        apply new deltas, heartbeat. Notes whether it ended caught up (``lag_seconds``)."""
+        self._round_started = started = time.time()
+        try:
+            self._sync_round(block)
+        except redis.RedisError:
+            self.sync_errors.count += 1
+            self._behind_since = self._behind_since or started
+            raise
+        view = self._view
+        if self._lost is None and (
+            view is None and not self.upstream_version  # Redis holds nothing to follow yet
+            or view is not None and self.upstream_version == view.version
+            and self.upstream_seq <= view.info.last_delta_seq
+        ):  # fmt: skip
+            self._behind_since = None
+        else:
+            self._behind_since = self._behind_since or started
+
+    def lag_seconds(self) -> float:
+        """How long this replica has been unable to confirm that it holds everything
+        Redis holds: 0 while its last round (every 0.1 s) applied all of Redis's current
+        version; otherwise the time since the first round that did not (a version it
+        cannot load, deltas it could not read, Redis unreachable, the data lost). Each
+        round applies every delta it finds, so a replica that reaches Redis is never
+        behind for longer than a round; this bounds the age of any unapplied delta."""
+        since = self._behind_since
+        return 0.0 if since is None else max(0.0, time.time() - since)
+
+    def redis_errors(self) -> int:
+        """Redis commands that failed, for the follower and for look-ups."""
+        return self.sync_errors.count + self.lookup_errors.count
+
+    def _sync_round(self, block: bool) -> None:
+        if time.monotonic() - self._master_checked >= MASTER_CHECK_SECONDS:
+            recheck_master(self.client)
+            self._master_checked = time.monotonic()
         view = self._view
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.current)
@@ -550,13 +723,18 @@ class RedisFollower(Background):
                 self._lose(reason)
             return
         check_fingerprint(meta, self.keyer, version)
-        self._bloom = Bloom.load_bytes(raw_bloom, int)
-        self._stream_id = b"0-0"
-        self._token = meta.get("load_token", b"")
         entries = self.client.xrange(self.keys.deltas(version))
-        self._install(version, meta, int(meta["last_seq"]))
-        if entries and not self._apply(version, entries):
-            return  # the version went while its deltas were read
+        after = read_meta(self.client, self.keys, version) if entries else meta
+        if "last_seq" not in after:
+            self._lose(f"redis lost version {version} while its deltas were read "
+                       "(flushed, restarted empty or failed over?)")  # fmt: skip
+            return
+        # every read is done: a connection lost above left this replica as it was
+        bloom = Bloom.load_bytes(raw_bloom, int)
+        self._bloom, self._token = bloom, meta.get("load_token", b"")
+        self._stream_id = entries[-1][0] if entries else b"0-0"
+        _add_listed(bloom, entries)
+        self._install(version, after, _last_seq(entries, after))
         self._lost = None
         self._problem = ""
         if view is not None and view.version != version:
@@ -566,19 +744,20 @@ class RedisFollower(Background):
         self._gc_due = True
 
     def _apply(self, version: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
-        """Add stream ``entries`` to the view; False if the version is gone meanwhile."""
+        """Add stream ``entries`` to the view; False if the version is gone meanwhile.
+
+        The cursor moves past them only once the view holds them: a connection
+        lost in between (a failover) reads them again on the next round, and
+        adding keys to the Bloom filter twice is harmless."""
         assert self._bloom is not None
-        for stream_id, fields in entries:
-            for hi in filter(None, fields.get(b"bloom", b"").decode().split(",")):
-                self._bloom.add(int(hi, 16))  # before this replica reads the version as changed
-            self._stream_id = stream_id
+        _add_listed(self._bloom, entries)  # before this replica reads the version as changed
         meta = read_meta(self.client, self.keys, version)
         if "last_seq" not in meta:
             self._lose(f"redis lost version {version} while its deltas were read "
                        "(flushed, restarted empty or failed over?)")  # fmt: skip
             return False
-        seq = int(entries[-1][1][b"seq"])
-        self._install(version, meta, max(seq, int(meta["last_seq"])))
+        self._stream_id = entries[-1][0]
+        self._install(version, meta, _last_seq(entries, meta))
         return True
 
     def _install(self, version: str, meta: dict[str, bytes], seq: int) -> None:
@@ -598,8 +777,9 @@ class RedisFollower(Background):
         self.upstream_version = version
         self.upstream_seq = int(meta.get("last_seq", b"0"))
         self._view = RedisView(
-            info, version, self._bloom, self.client, self.keys, int(meta["bucket_bits"])
-        )
+            info, version, self._bloom, self.client, self.keys, int(meta["bucket_bits"]),
+            self.lookup_errors,
+        )  # fmt: skip
 
     def _heartbeat(self, now: float) -> None:
         view = self._view
@@ -634,6 +814,19 @@ class RedisFollower(Background):
         if view is None:
             return self.upstream_seq
         return max(0, self.upstream_seq - view.info.last_delta_seq)
+
+
+def _add_listed(bloom: Bloom, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    """The Bloom keys that delta stream ``entries`` list, added to ``bloom``."""
+    for _, fields in entries:
+        for hi in filter(None, fields.get(b"bloom", b"").decode().split(",")):
+            bloom.add(int(hi, 16))
+
+
+def _last_seq(entries: list[tuple[bytes, dict[bytes, bytes]]], meta: dict[str, bytes]) -> int:
+    """The last delta seq a view holds once it has ``entries``, per ``meta``."""
+    last = int(meta["last_seq"])
+    return max(int(entries[-1][1][b"seq"]), last) if entries else last
 
 
 def replicas(client: Client, keys: RedisKeys | None = None) -> list[dict[str, Any]]:
