@@ -133,6 +133,7 @@ def publish_snapshot(
         except BaseException:
             _abandon(client, keys, version, lock)
             raise
+        await_replica(client, f"version {version}")
         try:
             collect_garbage(client, keys, lock)
         except IndexUnavailable:
@@ -140,6 +141,27 @@ def publish_snapshot(
     finally:
         lock.release()
     return version
+
+
+#: How long a load waits for a Redis replica to acknowledge what it wrote.
+REPLICA_ACK_MS = 2000
+
+
+def await_replica(client: Client, what: str) -> None:
+    """Return once a Redis replica holds every write so far (at once without replicas).
+
+    A master demoted in a planned Sentinel failover throws away writes its
+    replicas never received: a load that returned before one had them could
+    vanish without a trace, and a delisting or a listing with it. So a load
+    only reports success once a replica has acknowledged it (``WAIT``), and
+    says so when none did: loading the file again is harmless.
+    """
+    replicas = int(client.info("replication").get("connected_slaves", 0))
+    if replicas and int(client.wait(1, REPLICA_ACK_MS)) < 1:
+        raise IndexUnavailable(
+            f"{what} is written but no Redis replica acknowledged it within "
+            f"{REPLICA_ACK_MS} ms (a failover now would lose it): load the file again"
+        )
 
 
 def _abandon(client: Client, keys: RedisKeys, version: str, lock: HeldLock) -> None:
@@ -372,6 +394,7 @@ def publish_delta(
             raise LoadRejected(str(path), problems)
         previous = float(meta.get("source_timestamp", b"0"))
         state.commit(todo, delta_source_time(todo, previous), lock)
+        await_replica(client, f"delta seq {todo[0].seq}..{todo[-1].seq}")
         return DeltaResult(version, len(todo), todo[-1].seq)
     finally:
         lock.release()

@@ -224,6 +224,10 @@ class RedisSentinels:
         self._start_server("master", self.master_port)
         self._start_server("replica", self.replica_port,
                            "--replicaof", "127.0.0.1", str(self.master_port))  # fmt: skip
+        self._wait(  # a load waits for a replica's acknowledgement: it must be in sync
+            lambda: self._replication(self.replica_port).get("master_link_status") == "up",
+            "the replica to sync with the master",
+        )
         for i, port in enumerate(self.sentinel_ports):
             folder = self._folder(f"sentinel-{i}")
             conf = folder / "sentinel.conf"  # a sentinel rewrites its own

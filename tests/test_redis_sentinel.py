@@ -8,6 +8,7 @@ servers' password in ``SHIXIN_REDIS_PASSWORD``.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -205,3 +206,23 @@ def test_a_connection_lost_mid_round_leaves_the_round_to_be_redone(
     finally:
         follower.stop()
         client.close()
+
+
+def test_a_load_no_replica_acknowledged_is_not_reported_done(
+    redis_sentinels: RedisSentinels, tmp_path: Path
+) -> None:
+    """A planned failover drops what the old master's replicas never got: so a load
+    succeeds only once a replica holds it, and says so when none did."""
+    url = redis_sentinels.url
+    assert load_cli(write_jsonl(tmp_path / "s.jsonl", basic_rows()), url).returncode == 0
+    replica = redis_sentinels.procs["replica"]
+    change = write_jsonl(tmp_path / "d.jsonl", [delta(1, "DELIST", entry_id="E1")])
+    replica.send_signal(signal.SIGSTOP)  # connected, but acknowledging nothing
+    try:
+        stalled = load_cli(change, url)
+    finally:
+        replica.send_signal(signal.SIGCONT)
+    assert stalled.returncode == 2
+    assert "no Redis replica acknowledged" in stalled.stderr and "Traceback" not in stalled.stderr
+    again = load_cli(change, url)  # replaying is harmless: the seq is already applied
+    assert again.returncode == 0, again.stderr
