@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import enum_name
+from clients.names import UnknownName, enum_name
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.errors import ConfigurationError
 from tests.listdata import LI, ZHANG, basic_rows, delta, person_entry, write_jsonl
 from tests.processes import CLI, free_port, run_cli
 
@@ -114,7 +113,7 @@ def test_enum_names_are_exact_with_or_without_prefix() -> None:
     )
     assert enum_name(pb.TravelService.DESCRIPTOR, "domestic", "--service") == "TRAVEL_DOMESTIC"
     assert enum_name(pb.Channel.DESCRIPTOR, "real_estate", "--channel") == "REAL_ESTATE"
-    with pytest.raises(ConfigurationError, match="SOFT_SLEEPER, HARD_SLEEPER"):
+    with pytest.raises(UnknownName, match="SOFT_SLEEPER, HARD_SLEEPER"):
         enum_name(seat, "SLEEPER", "--seat")
 
 
