@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-import loader.versions
+from loader import versions
 from loader.compiled import IndexStore, map_compiled, snapshot_stamp
 from loader.index_memory import MemoryIndex, matches_of
 from loader.listfile import parse_entry
@@ -47,7 +47,7 @@ def test_a_mapped_version_answers_as_the_parsed_one(
     folder = store.put(parsed.base, parsed.info, snapshot_stamp(snapshot, keyer.fingerprint))
     base, info = map_compiled(folder, keyer.fingerprint)
     assert type(base.k_hi) is memoryview  # mapped, not read into memory
-    mapped = loader.versions.MemoryView(base, parsed.overlay, info)
+    mapped = versions.MemoryView(base, parsed.overlay, info)
     keys = listed_keys(snapshot, keyer)
     assert len(keys) > 400  # related persons too
     for key in keys:
