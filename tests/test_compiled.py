@@ -70,7 +70,7 @@ def test_a_restart_maps_the_compiled_version_instead_of_parsing(
     def no_parsing(*_: object, **__: object) -> None:
         raise AssertionError("re-parsed a snapshot that was compiled")
 
-    monkeypatch.setattr(loader.versions, "build_snapshot", no_parsing)
+    monkeypatch.setattr(versions, "build_snapshot", no_parsing)
     again = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
     assert again.info.version == first.info.version
     assert again.info.mapped_from == first.info.mapped_from
