@@ -609,8 +609,9 @@ class RedisFollower(Background):
         self._round_started = started = time.time()
         try:
             self._sync_round(block)
-        except redis.RedisError:
-            self.sync_errors.count += 1
+        except Exception as exc:  # Redis down, or a version it cannot serve (another secret)
+            if isinstance(exc, redis.RedisError):
+                self.sync_errors.count += 1
             self._behind_since = self._behind_since or started
             raise
         view = self._view

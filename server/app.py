@@ -1,9 +1,19 @@
-"""Running the service: gRPC server, health, reflection, list loading, shutdown.
+"""Running the service: gRPC server, health, reflection, metrics, list loading, shutdown.
 
 Health is NOT_SERVING until the first list is loaded and again while the
 server drains on SIGTERM/SIGINT; in-flight calls get ``--grace`` seconds to
 finish. Loading runs in a worker thread, so status and health answer while a
 long list loads.
+
+Readiness ("" and ``shixin.v1.ConsumptionCheck``) also needs a fresh list:
+with ``--max-list-age``, a list whose feed time is older is served on, each
+answer marked ``stale``, but readiness is NOT_SERVING (``_health_state``,
+polled every 0.2 s). ``liveness`` is SERVING from start to shutdown: a stale
+or list-less server is alive; only draining turns it NOT_SERVING.
+
+Shutdown (SIGTERM/SIGINT): every health status NOT_SERVING, in-flight calls
+get ``--grace`` seconds, then the followers stop, the hit and audit logs are
+flushed and closed, and the metrics listener (``--metrics-listen``) stops.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis import RedisError
 
+from loader.compiled import IndexStore
 from loader.index_memory import MemoryIndex
 from loader.index_redis import RedisFollower, RedisKeys, connect
 from loader.versions import DirectoryFollower, Loader
@@ -35,8 +46,9 @@ from server.auth import EnumerationWatch, Gate, KeyRing, KeysWatcher
 from server.engine import CheckEngine
 from server.hitlog import AuditLog, HitLog
 from server.hitsink import HitForwarder
+from server.metrics import MetricsEndpoint, Reading, take_reading
 from server.service import ConsumptionCheckService, add_to_server
-from server.settings import ServeSettings
+from server.settings import DEMO_METRICS_LISTEN, ServeSettings
 from shixin.v1 import check_pb2 as pb
 from shixin_domain.errors import ConfigurationError, LoadRejected
 from shixin_domain.identity import resident_id_check_char
@@ -51,6 +63,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConsumptionCheck"].full_name
 #: NOT_SERVING while a refused snapshot or delta leaves it behind (alert on it;
 #: keep routing on "" or ConsumptionCheck, which stay SERVING on the last good list).
 LIST_CURRENT = "shixin.v1.ListCurrent"
+#: Health name for liveness probes: SERVING while the process runs, a stale or
+#: list-less server included; NOT_SERVING only while it drains at shutdown.
+LIVENESS = "liveness"
 HEALTH_POLL_S = 0.2
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -63,7 +78,9 @@ class Service:
         self.announce = announce
         self.keyer = SubjectKeyer(settings.secret)
         self.index = MemoryIndex()
-        self.loader = Loader(self.index, self.keyer)
+        folder = settings.compiled_index
+        store = IndexStore(folder, self.keyer.fingerprint) if folder is not None else None
+        self.loader = Loader(self.index, self.keyer, store)
         self.follower: DirectoryFollower | None = None
         self.redis: RedisFollower | None = None
         source: IndexSource = self.index
@@ -99,7 +116,11 @@ class Service:
             settings.enumeration_throttle,
         )
         self.gate = Gate(ring, watch, on_flag=self._on_enumeration)
-        self.engine = CheckEngine(source, self.keyer, settings.policy, self.hit_log, self.gate)
+        self.engine = CheckEngine(
+            source, self.keyer, settings.policy, self.hit_log, self.gate,
+            max_list_age=settings.max_list_age,
+        )  # fmt: skip
+        self.metrics: MetricsEndpoint | None = None
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._stop = asyncio.Event()
@@ -147,8 +168,10 @@ class Service:
             )
         return server
 
-    async def _set_health(self, serving: bool, current: bool | None = None) -> None:
-        """Health of the service ("" and ConsumptionCheck) and of the list's freshness."""
+    async def _set_health(
+        self, serving: bool, current: bool | None = None, alive: bool = True
+    ) -> None:
+        """Readiness ("" and ConsumptionCheck), the list's currency and liveness."""
         states = (
             health_pb2.HealthCheckResponse.NOT_SERVING,
             health_pb2.HealthCheckResponse.SERVING,
@@ -156,6 +179,7 @@ class Service:
         await self.health.set("", states[serving])
         await self.health.set(SERVICE_NAME, states[serving])
         await self.health.set(LIST_CURRENT, states[serving if current is None else current])
+        await self.health.set(LIVENESS, states[alive])
 
     def health_problem(self) -> str:
         """Why this server must not be called SERVING ("" when it may)."""
@@ -170,29 +194,69 @@ class Service:
         refused = self.index.refused if self.redis is None else None
         return refused is not None
 
-    def _health_state(self) -> tuple[bool, bool]:
-        problem = self.health_problem()
-        return not problem, not problem and not self.behind()
+    def stale_since(self) -> float | None:
+        """When the served list went stale (None: fresh, none loaded, or no --max-list-age)."""
+        view = self.engine.source.current()
+        since = None if view is None else self.engine.stale_since(view.info)
+        return since if since is not None and time.time() >= since else None
 
-    async def _watch_health(self, last: tuple[bool, bool]) -> None:
-        """Keep health in step with the index: loaded, lost (Redis), behind."""
+    def _health_state(self) -> tuple[bool, bool, bool]:
+        """(ready, list current, stale): ready needs a trusted list that is not stale."""
+        problem = self.health_problem()
+        stale = self.stale_since() is not None
+        return not problem and not stale, not problem and not self.behind(), stale
+
+    async def _watch_health(self, last: tuple[bool, bool, bool]) -> None:
+        """Keep health in step with the index: loaded, lost (Redis), behind, stale."""
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), HEALTH_POLL_S)
             if self._stop.is_set():
                 return
             state = self._health_state()
+            self.engine.stale = state[2]
             if state != last:
                 if not state[0]:
-                    log.error("health: NOT_SERVING: %s", self.health_problem())
+                    problem = self.health_problem()
+                    if problem:
+                        log.error("health: NOT_SERVING: %s", problem)
+                    else:
+                        log.warning("health: NOT_SERVING: %s", self._stale_text())
                 elif not state[1]:
                     refused = self.index.refused
                     log.warning("health: SERVING the last good list; %s NOT_SERVING: %s refused",
                                 LIST_CURRENT, refused[0] if refused else "a file")  # fmt: skip
                 else:
                     log.info("health: SERVING")
-                await self._set_health(*state)
+                await self._set_health(state[0], state[1])
                 last = state
+
+    def _stale_text(self) -> str:
+        view = self.engine.source.current()
+        since = self.stale_since()
+        if view is None or since is None or self.settings.max_list_age is None:
+            return "the list is stale"
+        return (
+            f"the list is stale: its feed time {_utc(view.info.source_timestamp)} is older "
+            f"than --max-list-age ({self.settings.max_list_age:g}s) since {_utc(since)}; "
+            "answering from it, every answer marked stale"
+        )
+
+    def reading(self) -> Reading:
+        """What the metrics endpoint reports now (called on its thread)."""
+        return take_reading(
+            self.engine, not self.health_problem(), self.hit_log, self.audit_log, self.redis
+        )
+
+    def _metrics_endpoint(self, listen: str) -> MetricsEndpoint:
+        try:
+            return MetricsEndpoint(listen, self.reading)
+        except ConfigurationError as exc:
+            if not (self.settings.demo and listen == DEMO_METRICS_LISTEN):
+                raise
+            # the demo's own default, taken (another demo?): a free port rather than no demo
+            log.warning("%s; the demo serves its metrics on another port", exc)
+            return MetricsEndpoint("127.0.0.1:0", self.reading)
 
     def _load(self) -> None:
         """Blocking: the first list, then (for a directory or Redis) start following it."""
@@ -270,9 +334,21 @@ class Service:
 
     async def run(self, on_ready: Callable[[Service], None] | None = None) -> None:
         server = self._build_server()
+        if self.settings.metrics_listen is not None:
+            try:
+                self.metrics = self._metrics_endpoint(self.settings.metrics_listen)
+            except ConfigurationError:
+                await server.stop(None)
+                raise
         await self._set_health(False)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before the announce: a stop is never lost
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
         await server.start()
         self.announce(f"serving on {self.settings.listen.rsplit(':', 1)[0]}:{self.port}")
+        if self.metrics is not None:
+            self.announce(f"metrics on {self.metrics.url}")
         log.info("subject-key secret: %s", self.settings.secret_source)
         settings = self.settings
         if settings.keys_file is not None and settings.tls_cert is None and not settings.loopback:
@@ -281,10 +357,6 @@ class Service:
         if not self.settings.authenticated:
             log.warning("AUTHENTICATION IS OFF: every caller may check every channel "
                         "(give --keys-file or --tls-client-ca to turn it on)")  # fmt: skip
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
         if self.keys_watcher is not None:  # the keys file: reloaded when it changes, or on SIGHUP
             self.keys_watcher.start(loop)
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -299,14 +371,19 @@ class Service:
         gc.collect()
         gc.freeze()
         state = self._health_state()
-        await self._set_health(*state)
+        self.engine.stale = state[2]
+        if state[2]:
+            log.warning("health: NOT_SERVING: %s", self._stale_text())
+        await self._set_health(state[0], state[1])
         watcher = asyncio.get_running_loop().create_task(self._watch_health(state))
         if on_ready is not None:
             on_ready(self)
         await self._stop.wait()
-        log.info("stopping: draining in-flight calls for up to %.1fs", self.settings.grace_seconds)
+        log.info("stopping: health NOT_SERVING; draining in-flight calls for up to %.1fs",
+                 self.settings.grace_seconds)  # fmt: skip
         await watcher
-        await self._set_health(False)
+        await self._set_health(False, False, alive=False)
+        await self.health.enter_graceful_shutdown()  # no later change turns anything SERVING
         await server.stop(self.settings.grace_seconds)
         if self.keys_watcher is not None:
             self.keys_watcher.stop()
@@ -319,6 +396,13 @@ class Service:
         for sink in (self.hit_log, self.audit_log):
             if sink is not None:
                 sink.close()
+        if self.metrics is not None:
+            self.metrics.stop()
+        log.info("stopped: in-flight calls done, logs closed")
+
+
+def _utc(unix: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
 
 def port_is_free(listen: str) -> None:

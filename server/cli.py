@@ -1,6 +1,6 @@
 """``shixin-check``: one console script, one subcommand per job.
 
-serve, validate, check, gen-data, status, load, keys, feedback, audit. Every
+serve, validate, check, gen-data, status, health, load, keys, feedback, audit. Every
 flag also reads ``SHIXIN_<FLAG>`` (see ``server/settings.py``). Each command
 imports what it needs when it runs (gRPC, numpy, Redis are slow to import),
 so ``--help``, ``validate`` and ``check`` start quickly. A user's mistake is
@@ -18,12 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clients.names import enum_name
+from server.cli_health import add_parsers as add_health_parsers
 from server.cli_keys import add_parsers as add_keys_parsers
 from server.cli_logs import add_parsers
 from server.settings import (
     add_access_flags,
     add_flag,
+    add_index_flags,
     add_log_flags,
+    add_observability_flags,
     add_policy_flags,
     add_redis_flags,
     add_secret_flags,
@@ -42,6 +46,7 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 
 log_handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
 keys_handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
+health_handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     add_unavailable_flags(p)
     add_access_flags(p)
     add_log_flags(p)
+    add_observability_flags(p)
+    add_index_flags(p)
 
     keys_handlers.update(add_keys_parsers(sub))
 
@@ -111,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--terminal", default="", help="terminal id")
     p.add_argument("--request-id", default="", help="your request id")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.add_argument("--batch", metavar="FILE",
+                   help="check every line of FILE (JSON Lines, '-' for standard input): the "
+                        "flags' names as keys, e.g. {\"channel\": \"RAIL\", \"id\": \"...\", "
+                        "\"train\": \"G1234\", \"seat\": \"SECOND_CLASS\"}; flags given here are "
+                        "defaults for every line; one answer per line")  # fmt: skip
 
     p = sub.add_parser("gen-data", help="write a realistic synthetic list (JSON Lines)")
     add_flag(p, "--count", default="1000", metavar="N", help="entries")
@@ -124,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print as JSON")
     add_redis_flags(p)
     log_handlers.update(add_parsers(sub))
+    health_handlers.update(add_health_parsers(sub))
     return top
 
 
@@ -167,21 +180,6 @@ _PURCHASE_FLAGS = (
 )
 
 
-def enum_name(enum: Any, text: str, flag: str) -> str:
-    """The exact value name of a proto enum for ``text``: its full name or the name
-    without the enum's common prefix (``SOFT_SLEEPER`` for ``RAIL_SEAT_SOFT_SLEEPER``),
-    any case. Anything else is refused with every valid name."""
-    names = [v.name for v in enum.values if v.number]
-    prefix = os.path.commonprefix(names)
-    prefix = prefix[: prefix.rfind("_") + 1] if len(names) > 1 else ""
-    wanted = text.strip().upper().replace("-", "_").replace(" ", "_")
-    for name in names:
-        if wanted in (name, name.removeprefix(prefix)):
-            return str(name)
-    valid = ", ".join(n.removeprefix(prefix) for n in names)
-    raise ConfigurationError(f"{flag}: {text!r} is not one of {valid}")
-
-
 def _purchase(args: argparse.Namespace, channel: str) -> dict[str, object]:
     """The purchase fields given for ``channel``; a flag of another channel is refused."""
     from clients.check_client import PURCHASE_FIELD
@@ -205,34 +203,89 @@ def _purchase(args: argparse.Namespace, channel: str) -> dict[str, object]:
     return fields
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    import grpc
-    from google.protobuf import json_format
+#: ``check --batch``: each key a line may have (a flag's name, ``_`` or ``-``), its
+#: dest, and the JSON type it takes.
+_LINE_KEYS: dict[str, tuple[str, type]] = {
+    "channel": ("channel", str), "id": ("id_number", str), "id_type": ("id_type", str),
+    "uscc": ("uscc", str), "name": ("name", str), "train": ("train", str),
+    "seat": ("seat", str), "flight": ("flight", str), "cabin": ("cabin", str),
+    "star_rating": ("star_rating", int), "high_end": ("high_end", bool),
+    "private_school": ("private_school", bool), "high_fee": ("high_fee", bool),
+    "cabin_class": ("cabin_class", int), "service": ("service", str),
+    "venue": ("venue", str), "cash_value": ("cash_value", bool), "kind": ("kind", str),
+    "business_necessary": ("business_necessary", bool), "amount_fen": ("amount_fen", int),
+    "merchant": ("merchant", str), "terminal": ("terminal", str),
+    "request_id": ("request_id", str),
+}  # fmt: skip
+_JSON_TYPE = {str: "a string", int: "an integer", bool: "true or false"}
 
+
+def _check_request(args: argparse.Namespace) -> Any:
+    """The ``CheckRequest`` the check flags (or a batch line over them) describe."""
     from clients.check_client import build_request
     from shixin.v1 import check_pb2 as pb
 
     if not args.channel:
         raise ConfigurationError("--channel (SHIXIN_CHANNEL) is required")
-    channel = enum_name(pb.Channel.DESCRIPTOR, args.channel, "--channel")
-    id_type = enum_name(pb.IdType.DESCRIPTOR, args.id_type, "--id-type")
     try:
-        request = build_request(
+        channel = enum_name(pb.Channel.DESCRIPTOR, args.channel, "--channel")
+        id_type = enum_name(pb.IdType.DESCRIPTOR, args.id_type, "--id-type")
+        return build_request(
             channel, id_number=args.id_number, name=args.name, id_type=id_type,
             uscc=args.uscc, purchase=_purchase(args, channel), amount_fen=args.amount_fen,
             request_id=args.request_id, merchant_id=args.merchant, terminal_id=args.terminal,
         )  # fmt: skip
-    except ValueError as exc:
+    except ValueError as exc:  # a name that is no value of its enum, listing the valid ones
         raise ConfigurationError(str(exc)) from None
+
+
+def _line_args(args: argparse.Namespace, raw: bytes) -> argparse.Namespace:
+    """The check flags with one ``--batch`` line's fields over them."""
+    import orjson
+
     try:
-        with _client(args) as client:
-            answer = client.check(request)
-    except grpc.RpcError as exc:
-        print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json_format.MessageToJson(answer, ensure_ascii=False))
-        return 0
+        fields = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigurationError(f"not JSON ({exc})") from None
+    if not isinstance(fields, dict):
+        raise ConfigurationError("a line must be one JSON object")
+    line = argparse.Namespace(**vars(args))
+    for key, value in fields.items():
+        dest, kind = _LINE_KEYS.get(key.replace("-", "_"), ("", str))
+        if not dest:
+            raise ConfigurationError(
+                f"{key!r} is not a field; the fields are {', '.join(_LINE_KEYS)}"
+            )
+        if value is None:
+            continue
+        if type(value) is not kind:
+            raise ConfigurationError(f"{key}: {value!r} is not {_JSON_TYPE[kind]}")
+        setattr(line, dest, value)
+    return line
+
+
+def _batch_requests(args: argparse.Namespace) -> list[Any]:
+    """Every request of the ``--batch`` file, in order; a bad line stops it all, named."""
+    import contextlib
+
+    source = args.batch
+    opened = (contextlib.nullcontext(sys.stdin.buffer) if source == "-"
+              else Path(source).open("rb"))  # fmt: skip
+    requests = []
+    with opened as lines:
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            try:
+                requests.append(_check_request(_line_args(args, raw)))
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{source}:line {number}: {exc}") from None
+    return requests
+
+
+def _print_decision(answer: Any) -> None:
+    from shixin.v1 import check_pb2 as pb
+
     print(
         f"{pb.Decision.Name(answer.decision)}  (check {answer.check_id}, list {answer.list_version})"
     )
@@ -245,6 +298,31 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{pb.Role.Name(m.role).removeprefix('ROLE_')}{org} {m.masked_id} "
             f"listed {m.listed_on} until {m.valid_until or '-'} {pb.EntryStatus.Name(m.status)}"
         )
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from shixin.v1 import check_pb2 as pb
+
+    requests = _batch_requests(args) if args.batch else [_check_request(args)]
+    try:
+        with _client(args) as client:
+            answers = client.check_batch(requests) if args.batch else [client.check(requests[0])]
+    except grpc.RpcError as exc:  # clients.errors.CheckError: the status and its message
+        print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    for answer in answers:
+        if args.json:
+            print(json_format.MessageToJson(answer, ensure_ascii=False,
+                                            indent=None if args.batch else 2))  # fmt: skip
+        elif args.batch:  # one line per answer, in the order of the file's lines
+            codes = ",".join(r.code for r in answer.reasons)
+            mine = f"request {answer.request_id}, " if answer.request_id else ""
+            print(f"{pb.Decision.Name(answer.decision)}  {codes}  ({mine}check {answer.check_id})")
+        else:
+            _print_decision(answer)
     return 0
 
 
@@ -331,6 +409,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status.behind:
         print(f"BEHIND: {status.rejected_source} was refused ({status.rejected_problem}); "
               "serving the last good list")  # fmt: skip
+    if status.stale:
+        print(f"STALE since {status.stale_since}: the feed's time {status.source_timestamp} is "
+              f"older than --max-list-age ({status.max_list_age_seconds}s); readiness "
+              "NOT_SERVING, answers marked stale")  # fmt: skip
     if status.serving:
         print(f"version {status.version}  from {status.source}")
         print(f"loaded {status.loaded_at}; source {status.source_timestamp} "
@@ -433,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": cmd_status,
         **keys_handlers,
         **log_handlers,
+        **health_handlers,
     }
     command = f"shixin-check {args.command}"
     try:

@@ -194,6 +194,9 @@ class AppendLog:
         self.fsync = fsync
         self.fsync_interval = fsync_interval
         self._clock = clock
+        #: records that could not be written (disk full, I/O error): the metrics'
+        #: shixin_hit_log_errors_total / shixin_audit_log_errors_total
+        self.write_errors = 0
         self._lock = threading.Lock()
         self._fd = -1
         self._size = 0
@@ -284,10 +287,14 @@ class AppendLog:
         with self._lock:
             now = self._clock()
             line = self._encode(now, record)
-            self._rotate_if_due(now, len(line))
-            self._write(line)
-            self._committed(line)
-            self._after_write(now)
+            try:
+                self._rotate_if_due(now, len(line))
+                self._write(line)
+                self._committed(line)
+                self._after_write(now)
+            except OSError:  # disk full, I/O error: the call fails, and it is counted
+                self.write_errors += 1
+                raise
 
     def _encode(self, now: float, record: Mapping[str, Any]) -> bytes:
         return orjson.dumps({"time": now, **record}) + b"\n"

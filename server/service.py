@@ -16,6 +16,10 @@ On a stream, a bad request (a field, its request_id, a channel outside the
 caller's scope, the caller's rate) is answered with ``error`` set and the
 stream goes on; only bytes that do not parse, a refusal at stream start, no
 list or a failure of the server end it.
+
+Each call's server-side time goes to the engine's ``Tally`` (per stream
+request on a stream), and so does every refusal, by status code: what
+``server.metrics`` reports.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from google.protobuf.message import DecodeError
 
 from server.auth import ANONYMOUS, Gate, Principal
 from server.convert import MAX_CHARS, StreamIds
-from server.engine import CheckEngine
+from server.engine import BATCH, STATUS, STREAM, UNARY, CheckEngine, Tally
 from server.hitlog import AuditLog
 from server.status import refusal, status_of
 from shixin.v1 import check_pb2 as pb
@@ -99,6 +103,10 @@ def _error_metadata(
 
 
 _CHANNEL_NAMES = {c.value: c.name for c in Channel}
+_METHOD_INDEX = {
+    "CheckConsumption": UNARY, "CheckConsumptionBatch": BATCH,
+    "CheckConsumptionStream": STREAM, "GetListStatus": STATUS,
+}  # fmt: skip
 _CALLER_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION})
 #: Refusals of one request on a stream: answered in the stream, which goes on.
 _REQUEST_REFUSALS = (InvalidInput, PermissionDenied, RateLimited)
@@ -126,6 +134,7 @@ class ConsumptionCheckService:
         self.gate = gate or Gate(None)
         self.tls_principals = tls_principals
         self._peers = engine.hit_log is not None or audit is not None
+        self.tally: Tally = engine.tally
 
     # --- the gate and the audit trail ----------------------------------------
 
@@ -162,6 +171,15 @@ class ConsumptionCheckService:
             caller=principal.name, metadata=metadata, check_id=check_id,
         )  # fmt: skip
 
+    def _count_refusal(
+        self, code: grpc.StatusCode, exc: BaseException, principal: Principal
+    ) -> None:
+        tally = self.tally
+        tally.refusals[code.value[0]] += 1
+        if isinstance(exc, RateLimited):
+            name = principal.name
+            tally.rate_limited[name] = tally.rate_limited.get(name, 0) + 1
+
     async def _fail(
         self, context: grpc.aio.ServicerContext, exc: BaseException, method: str,
         principal: Principal, subject: str, started: float, prefix: str = "",
@@ -189,6 +207,8 @@ class ConsumptionCheckService:
         told = refusal(exc, message, metadata)
         if self.audit is not None:
             self._audit(context, method, principal, subject, code.name, started, check_id=check_id)
+        self._count_refusal(code, exc, principal)
+        self.tally.observe(_METHOD_INDEX[method], time.perf_counter() - started)
         await context.abort(code, message, told.trailing_metadata())
         raise AssertionError("abort returned")  # it raises; this tells the type checker
 
@@ -202,6 +222,7 @@ class ConsumptionCheckService:
         if self.audit is not None:
             self._audit(context, "CheckConsumptionStream", principal, _subject_of(request),
                         code.name, started)  # fmt: skip
+        self._count_refusal(code, exc, principal)
         return pb.CheckResponse(request_id=request.request_id, error=told.check_error())
 
     # --- the RPCs --------------------------------------------------------------
@@ -233,6 +254,7 @@ class ConsumptionCheckService:
         if self.audit is not None:
             self._audit(context, "CheckConsumption", principal, _subject_of(request),  # type: ignore[arg-type]
                         pb.Decision.Name(response.decision), started)  # fmt: skip
+        self.tally.observe(UNARY, time.perf_counter() - started)
         return response
 
     async def CheckConsumptionBatch(
@@ -268,6 +290,7 @@ class ConsumptionCheckService:
             )
         if self.audit is not None:
             self._audit(context, "CheckConsumptionBatch", principal, "", "OK", started, count)
+        self.tally.observe(BATCH, time.perf_counter() - started)
         return reply
 
     async def CheckConsumptionStream(
@@ -306,6 +329,7 @@ class ConsumptionCheckService:
                 if self.audit is not None:
                     self._audit(context, "CheckConsumptionStream", principal, _subject_of(request),  # type: ignore[arg-type]
                                 pb.Decision.Name(response.decision), started)  # fmt: skip
+            self.tally.observe(STREAM, time.perf_counter() - started)
             yield response
 
     async def GetListStatus(
@@ -323,6 +347,7 @@ class ConsumptionCheckService:
             await self._fail(context, exc, "GetListStatus", principal, "", started)
         if self.audit is not None:
             self._audit(context, "GetListStatus", principal, "", "OK", started, 0)
+        self.tally.observe(STATUS, time.perf_counter() - started)
         return status
 
 
@@ -382,7 +407,15 @@ def list_status(engine: CheckEngine, policy: Policy, gate: Gate | None = None) -
     status.source = info.source
     status.loaded_at = _rfc3339(info.loaded_at)
     status.source_timestamp = _rfc3339(info.source_timestamp)
-    status.staleness_seconds = max(0, int(time.time() - info.source_timestamp))
+    now = time.time()
+    status.staleness_seconds = max(0, int(now - info.source_timestamp))
+    stale_since = engine.stale_since(info)
+    if stale_since is not None:
+        assert engine.max_list_age is not None
+        status.max_list_age_seconds = int(engine.max_list_age)
+        if now >= stale_since:
+            status.stale = True
+            status.stale_since = _rfc3339(stale_since)
     status.last_delta_seq = info.last_delta_seq
     status.snapshot_includes_seq = info.includes_seq
     status.entries_total = info.counts.total

@@ -21,6 +21,8 @@ from shixin_domain.model import Channel
 from shixin_domain.rules import Policy
 
 ENV_PREFIX = "SHIXIN_"
+#: Where the key secret came from when none was given: keys live only in this process.
+EPHEMERAL_SECRET = "generated for this process (keys live only in memory)"
 MAX_BATCH = 1000
 
 
@@ -116,7 +118,7 @@ def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes,
         secret = os.environ["SHIXIN_KEY_SECRET"].encode()
         source = "SHIXIN_KEY_SECRET"
     elif allow_ephemeral:
-        return secrets.token_bytes(32), "generated for this process (keys live only in memory)"
+        return secrets.token_bytes(32), EPHEMERAL_SECRET
     else:
         raise ConfigurationError(
             "no key secret: set SHIXIN_KEY_SECRET or --key-secret-file / SHIXIN_KEY_SECRET_FILE"
@@ -165,10 +167,19 @@ class ServeSettings:
     log_fsync: str = "never"
     log_fsync_interval: float = 1.0
     log_max_bytes: int = 256 * 1024 * 1024
+    metrics_listen: str | None = None  # Prometheus /metrics HOST:PORT (None: off)
+    max_list_age: float | None = None  # seconds: older lists make readiness NOT_SERVING
+    index_dir: Path | None = None  # compiled versions, mapped by every process (None: off)
 
     @property
     def authenticated(self) -> bool:
         return self.keys_file is not None or self.tls_client_ca is not None
+
+    @property
+    def compiled_index(self) -> Path | None:
+        """Where to compile versions, if a restart can use them: with a generated
+        secret every key changes at the next start, so there is nothing to map."""
+        return self.index_dir if self.secret_source != EPHEMERAL_SECRET else None
 
     @property
     def loopback(self) -> bool:
@@ -178,7 +189,9 @@ class ServeSettings:
 
 def add_redis_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
     add_flag(parser, "--redis", metavar="URL", required=required and not os.environ.get("SHIXIN_REDIS"),
-             help="Redis holding the list, e.g. redis://127.0.0.1:6379/0")  # fmt: skip
+             help="Redis holding the list, e.g. redis://127.0.0.1:6379/0, or through Sentinel: "
+                  "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB]; the password "
+                  "from SHIXIN_REDIS_PASSWORD")  # fmt: skip
     add_flag(parser, "--redis-prefix", default="shixin", metavar="PREFIX",
              help="prefix of every key this service writes in Redis")  # fmt: skip
 
@@ -253,6 +266,64 @@ def _path(args: argparse.Namespace, flag: str) -> Path | None:
     return path
 
 
+def add_index_flags(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--index-dir", default="", metavar="PATH",
+             help="where loaded snapshots are compiled for mapping (a restart maps, not "
+                  "re-parses): default .shixin-index beside the list; 'off' for none")  # fmt: skip
+
+
+def _index_dir(args: argparse.Namespace, list_path: Path | None) -> Path | None:
+    raw = str(getattr(args, "index_dir", "") or "").strip()
+    if raw.lower() == "off" or (not raw and list_path is None):
+        return None
+    if raw:
+        return Path(raw)
+    assert list_path is not None
+    return (list_path if list_path.is_dir() else list_path.parent) / ".shixin-index"
+
+
+#: Where ``serve --demo`` serves metrics unless told otherwise.
+DEMO_METRICS_LISTEN = "127.0.0.1:9464"
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def add_observability_flags(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--metrics-listen", default="", metavar="HOST:PORT",
+             help="serve Prometheus metrics at http://HOST:PORT/metrics (off unless given; "
+                  f"--demo: {DEMO_METRICS_LISTEN}; 'off' for none)")  # fmt: skip
+    add_flag(parser, "--max-list-age", default="", metavar="DURATION",
+             help="a list whose feed time is older than this (36h, 90m, 3600s, 2d) makes "
+                  "readiness health NOT_SERVING and marks every answer stale (off unless given)")  # fmt: skip
+
+
+def _metrics_listen(args: argparse.Namespace, demo: bool) -> str | None:
+    raw = str(getattr(args, "metrics_listen", "") or "").strip()
+    if raw.lower() == "off":
+        return None
+    if not raw:
+        return DEMO_METRICS_LISTEN if demo else None
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigurationError(
+            f"--metrics-listen / SHIXIN_METRICS_LISTEN: {raw!r} is not HOST:PORT (e.g. 0.0.0.0:9464)"
+        )
+    return raw
+
+
+def parse_duration(raw: str, flag: str) -> float | None:
+    """``36h``, ``90m``, ``3600s``, ``2d`` in seconds; None for "" or ``off``."""
+    text = raw.strip()
+    if not text or text.lower() == "off":
+        return None
+    number, unit = text[:-1], text[-1:]
+    if unit in _DURATION_UNITS and number.isascii() and number.isdigit() and int(number) > 0:
+        return float(int(number) * _DURATION_UNITS[unit])
+    raise ConfigurationError(
+        f"{flag} / {env_name(flag)}: {raw!r} is not a duration; give a whole number above 0 "
+        "and a unit: s, m, h or d (36h, 90m, 3600s, 2d)"
+    )
+
+
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
     list_path = Path(args.list) if args.list else None
     demo, insecure = switch(args, "--demo"), switch(args, "--insecure")
@@ -319,4 +390,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         log_fsync=_choice(args, "--log-fsync", ("never", "interval", "always")),
         log_fsync_interval=float(_int(args, "--log-fsync-interval", 0, 3600)),
         log_max_bytes=_int(args, "--log-max-mib", 1, 1 << 20) * 1024 * 1024,
+        metrics_listen=_metrics_listen(args, demo),
+        max_list_age=parse_duration(str(getattr(args, "max_list_age", "") or ""), "--max-list-age"),
+        index_dir=_index_dir(args, list_path),
     )

@@ -332,7 +332,7 @@ class Match(_message.Message):
     def __init__(self, list_type: _Optional[_Union[ListType, str]] = ..., case_number: _Optional[str] = ..., court: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., organization_name: _Optional[str] = ..., masked_id: _Optional[str] = ..., listed_on: _Optional[str] = ..., valid_until: _Optional[str] = ..., status: _Optional[_Union[EntryStatus, str]] = ..., entry_id: _Optional[str] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
-    __slots__ = ("request_id", "check_id", "decision", "reasons", "matches", "list_version", "error")
+    __slots__ = ("request_id", "check_id", "decision", "reasons", "matches", "list_version", "error", "stale")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CHECK_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +340,7 @@ class CheckResponse(_message.Message):
     MATCHES_FIELD_NUMBER: _ClassVar[int]
     LIST_VERSION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     check_id: str
     decision: Decision
@@ -347,7 +348,8 @@ class CheckResponse(_message.Message):
     matches: _containers.RepeatedCompositeFieldContainer[Match]
     list_version: str
     error: CheckError
-    def __init__(self, request_id: _Optional[str] = ..., check_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., list_version: _Optional[str] = ..., error: _Optional[_Union[CheckError, _Mapping]] = ...) -> None: ...
+    stale: bool
+    def __init__(self, request_id: _Optional[str] = ..., check_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., list_version: _Optional[str] = ..., error: _Optional[_Union[CheckError, _Mapping]] = ..., stale: _Optional[bool] = ...) -> None: ...
 
 class CheckError(_message.Message):
     __slots__ = ("code", "message", "reason", "field_violations", "retry_after_ms", "metadata")
@@ -417,7 +419,7 @@ class PolicyParameter(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class ListStatus(_message.Message):
-    __slots__ = ("version", "counts", "loaded_at", "source_timestamp", "staleness_seconds", "policy", "entries_total", "subject_keys", "last_delta_seq", "source", "serving", "index_backend", "replica_id", "upstream_version", "upstream_last_delta_seq", "lag_deltas", "index_reachable", "enumeration_flags", "not_serving_reason", "behind", "rejected_source", "rejected_problem", "snapshot_includes_seq")
+    __slots__ = ("version", "counts", "loaded_at", "source_timestamp", "staleness_seconds", "policy", "entries_total", "subject_keys", "last_delta_seq", "source", "serving", "index_backend", "replica_id", "upstream_version", "upstream_last_delta_seq", "lag_deltas", "index_reachable", "enumeration_flags", "not_serving_reason", "behind", "rejected_source", "rejected_problem", "snapshot_includes_seq", "stale", "stale_since", "max_list_age_seconds")
     class EnumerationFlagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -448,6 +450,9 @@ class ListStatus(_message.Message):
     REJECTED_SOURCE_FIELD_NUMBER: _ClassVar[int]
     REJECTED_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_INCLUDES_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    STALE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_LIST_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     version: str
     counts: _containers.RepeatedCompositeFieldContainer[Count]
     loaded_at: str
@@ -471,4 +476,7 @@ class ListStatus(_message.Message):
     rejected_source: str
     rejected_problem: str
     snapshot_includes_seq: int
-    def __init__(self, version: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., loaded_at: _Optional[str] = ..., source_timestamp: _Optional[str] = ..., staleness_seconds: _Optional[int] = ..., policy: _Optional[_Iterable[_Union[PolicyParameter, _Mapping]]] = ..., entries_total: _Optional[int] = ..., subject_keys: _Optional[int] = ..., last_delta_seq: _Optional[int] = ..., source: _Optional[str] = ..., serving: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica_id: _Optional[str] = ..., upstream_version: _Optional[str] = ..., upstream_last_delta_seq: _Optional[int] = ..., lag_deltas: _Optional[int] = ..., index_reachable: _Optional[bool] = ..., enumeration_flags: _Optional[_Mapping[str, int]] = ..., not_serving_reason: _Optional[str] = ..., behind: _Optional[bool] = ..., rejected_source: _Optional[str] = ..., rejected_problem: _Optional[str] = ..., snapshot_includes_seq: _Optional[int] = ...) -> None: ...
+    stale: bool
+    stale_since: str
+    max_list_age_seconds: int
+    def __init__(self, version: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., loaded_at: _Optional[str] = ..., source_timestamp: _Optional[str] = ..., staleness_seconds: _Optional[int] = ..., policy: _Optional[_Iterable[_Union[PolicyParameter, _Mapping]]] = ..., entries_total: _Optional[int] = ..., subject_keys: _Optional[int] = ..., last_delta_seq: _Optional[int] = ..., source: _Optional[str] = ..., serving: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica_id: _Optional[str] = ..., upstream_version: _Optional[str] = ..., upstream_last_delta_seq: _Optional[int] = ..., lag_deltas: _Optional[int] = ..., index_reachable: _Optional[bool] = ..., enumeration_flags: _Optional[_Mapping[str, int]] = ..., not_serving_reason: _Optional[str] = ..., behind: _Optional[bool] = ..., rejected_source: _Optional[str] = ..., rejected_problem: _Optional[str] = ..., snapshot_includes_seq: _Optional[int] = ..., stale: _Optional[bool] = ..., stale_since: _Optional[str] = ..., max_list_age_seconds: _Optional[int] = ...) -> None: ...

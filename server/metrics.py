@@ -1,0 +1,325 @@
+"""Prometheus metrics on their own HTTP listener (``serve --metrics-listen HOST:PORT``).
+
+Counting stays off the check path's cost. The hot path bumps plain integers
+in ``server.engine.Tally`` (``+= 1`` into lists indexed by enum values; the
+latency histogram is a fixed bucket array found with ``bisect``), with no
+lock: the checks run on the server's one asyncio thread. Nothing here runs
+per check. At scrape time ``MetricsCollector`` takes a ``Reading`` (those
+counts, the logs' and Redis's error counts, the list served) and turns it
+into prometheus-client metric families; a labelled prometheus-client
+counter's ``labels(...).inc()`` would take a lock and cost about 1 µs per
+check, a fifth of DESIGN §6's per-check budget.
+
+Several worker processes (a later change) report the sum over workers: a
+``Reading`` is one plain, picklable object, so each worker hands its
+``Service.reading()`` to the process that serves ``/metrics`` (over a pipe,
+on each scrape) and that process's collector reads
+``Reading.merged(readings)``: counters and histograms add up, the replica lag
+is the largest, and the list gauges are those of the oldest list any worker
+serves (``shixin_list_info`` has a series for every version served).
+
+``METRIC_NAMES`` is every name this endpoint exports beside prometheus-client's
+standard ``process_*`` metrics; the Grafana dashboard and the alert rules in
+``deploy/`` are held to it.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import grpc
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from server.engine import DECISIONS, LATENCY_BOUNDS, METHODS, CheckEngine, Tally
+from shixin.v1 import check_pb2 as pb
+from shixin_domain.errors import ConfigurationError
+from shixin_domain.model import china_day
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from loader.index_redis import RedisFollower
+    from server.hitlog import AppendLog
+
+#: Every metric this module exports, as dashboards and alerts name them.
+METRIC_NAMES = (
+    "shixin_checks_total",
+    "shixin_check_duration_seconds",
+    "shixin_refusals_total",
+    "shixin_hits_total",
+    "shixin_hit_log_errors_total",
+    "shixin_audit_log_errors_total",
+    "shixin_list_info",
+    "shixin_list_age_seconds",
+    "shixin_list_entries",
+    "shixin_bloom_positives_total",
+    "shixin_bloom_false_positives_total",
+    "shixin_index_lookups_total",
+    "shixin_rate_limited_total",
+    "shixin_replica_lag_seconds",
+    "shixin_redis_errors_total",
+)
+(
+    CHECKS, DURATION, REFUSALS, HITS, HIT_LOG_ERRORS, AUDIT_LOG_ERRORS, LIST_INFO, LIST_AGE,
+    LIST_ENTRIES, BLOOM_POSITIVES, BLOOM_FALSE_POSITIVES, INDEX_LOOKUPS, RATE_LIMITED,
+    REPLICA_LAG, REDIS_ERRORS,
+) = METRIC_NAMES  # fmt: skip
+
+#: The answers a check can have (the wire's names), and the channels.
+_DECISIONS = tuple((pb.Decision.Name(d), d) for d in (pb.ALLOW, pb.DENY, pb.REVIEW))
+_CHANNELS = tuple((name, value) for name, value in pb.Channel.items() if value)
+#: Every status code but OK, by number: a series for each from the start, so
+#: that ``rate()`` sees the first refusal of a kind.
+_CODES = tuple((c.value[0], c.name) for c in grpc.StatusCode if c is not grpc.StatusCode.OK)
+_LE = (*(repr(b) for b in LATENCY_BOUNDS), "+Inf")  # as prometheus-client writes ``le``
+
+
+@dataclass
+class Reading:
+    """What a scrape reports, read from one server process at one moment.
+
+    Plain data (no locks, no live objects), so readings of several worker
+    processes can be pickled and ``merged``.
+    """
+
+    tally: Tally = field(default_factory=Tally)
+    hit_log_errors: int = 0
+    audit_log_errors: int = 0
+    #: Redis mode only (None otherwise): failed Redis commands, and ``lag_seconds``
+    redis_errors: int | None = None
+    replica_lag_seconds: float | None = None
+    #: versions served with a trusted index (empty: none loaded, or Redis lost it)
+    versions: tuple[str, ...] = ()
+    #: the served list's feed time, None when none is loaded
+    source_timestamp: float | None = None
+    #: (list type, status, entries) of the served list, EXPIRED as its own bucket
+    entries: tuple[tuple[str, str, int], ...] = ()
+
+    @classmethod
+    def merged(cls, readings: Iterable[Reading]) -> Reading:
+        """The sum over worker processes (see the module docstring)."""
+        out = cls()
+        oldest: Reading | None = None
+        versions: dict[str, None] = {}
+        for r in readings:
+            out.tally.add(r.tally)
+            out.hit_log_errors += r.hit_log_errors
+            out.audit_log_errors += r.audit_log_errors
+            if r.redis_errors is not None:
+                out.redis_errors = (out.redis_errors or 0) + r.redis_errors
+            if r.replica_lag_seconds is not None:
+                out.replica_lag_seconds = max(out.replica_lag_seconds or 0.0,
+                                              r.replica_lag_seconds)  # fmt: skip
+            versions.update(dict.fromkeys(r.versions))
+            if r.source_timestamp is not None and (
+                oldest is None or r.source_timestamp < (oldest.source_timestamp or 0.0)
+            ):
+                oldest = r
+        out.versions = tuple(versions)
+        if oldest is not None:
+            out.source_timestamp, out.entries = oldest.source_timestamp, oldest.entries
+        return out
+
+
+def take_reading(
+    engine: CheckEngine,
+    trusted: bool,
+    hit_log: AppendLog | None = None,
+    audit_log: AppendLog | None = None,
+    redis: RedisFollower | None = None,
+) -> Reading:
+    """A ``Reading`` of one server: ``trusted`` when health has no problem with its index."""
+    reading = Reading(
+        tally=engine.tally.copy(),
+        hit_log_errors=hit_log.write_errors if hit_log is not None else 0,
+        audit_log_errors=audit_log.write_errors if audit_log is not None else 0,
+    )
+    if redis is not None:
+        reading.redis_errors = redis.redis_errors()
+        reading.replica_lag_seconds = redis.lag_seconds()
+    view = engine.source.current()
+    if view is not None:
+        info = view.info
+        if trusted:
+            reading.versions = (info.version,)
+        reading.source_timestamp = info.source_timestamp
+        reading.entries = tuple(info.counts.on(china_day(time.time())))
+    return reading
+
+
+class MetricsCollector:
+    """A prometheus-client collector: the metric families of ``read()`` at each scrape."""
+
+    def __init__(self, read: Callable[[], Reading]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        r = self.read()
+        t = r.tally
+        checks = CounterMetricFamily(
+            CHECKS, "Checks answered with a decision, by channel and decision (a batch "
+            "or stream counts each check; refused calls are not checks).",
+            labels=("channel", "decision"),
+        )  # fmt: skip
+        hits = CounterMetricFamily(
+            HITS, "Answered checks that matched a listed subject (hit-log records), by channel.",
+            labels=("channel",),
+        )  # fmt: skip
+        for channel, c in _CHANNELS:
+            for decision, d in _DECISIONS:
+                checks.add_metric((channel, decision), t.checks[c * DECISIONS + d])
+            hits.add_metric((channel,), t.hits[c])
+        yield checks
+        yield hits
+
+        duration = HistogramMetricFamily(
+            DURATION, "Server-side time per call (per request on CheckConsumptionStream), "
+            "refused calls included.",
+            labels=("method",),
+        )  # fmt: skip
+        for i, method in enumerate(METHODS):
+            cumulative, buckets = 0, []
+            for le, n in zip(_LE, list(t.latency[i]), strict=True):
+                cumulative += n
+                buckets.append((le, float(cumulative)))
+            duration.add_metric((method,), buckets, t.latency_sum[i])
+        yield duration
+
+        refusals = CounterMetricFamily(
+            REFUSALS, "Calls answered with a non-OK status, and stream requests answered "
+            "with CheckResponse.error, by gRPC status code.",
+            labels=("code",),
+        )  # fmt: skip
+        for number, name in _CODES:
+            refusals.add_metric((name,), t.refusals[number])
+        yield refusals
+
+        limited = CounterMetricFamily(
+            RATE_LIMITED, "Checks refused for the caller's rate or enumeration throttle, "
+            "by principal.",
+            labels=("caller",),
+        )  # fmt: skip
+        for caller, n in sorted(t.rate_limited.copy().items()):
+            limited.add_metric((caller,), n)
+        yield limited
+
+        yield CounterMetricFamily(
+            HIT_LOG_ERRORS, "Hit-log records that could not be written (the call failed).",
+            value=r.hit_log_errors,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            AUDIT_LOG_ERRORS, "Audit-log records that could not be written.",
+            value=r.audit_log_errors,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            BLOOM_POSITIVES, "Subject keys the Bloom filter let through to an index look-up.",
+            value=t.bloom_positives,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            BLOOM_FALSE_POSITIVES, "Bloom positives whose look-up found no entry.",
+            value=t.bloom_false_positives,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            INDEX_LOOKUPS, "Look-ups asked of the index: one per check with a Bloom "
+            "positive, one per batch (in Redis mode: round trips).",
+            value=t.index_lookups,
+        )  # fmt: skip
+
+        yield from self._list(r)
+        if r.redis_errors is not None:
+            yield CounterMetricFamily(
+                REDIS_ERRORS, "Redis commands that failed (the replica's follower and "
+                "the checks' look-ups).",
+                value=r.redis_errors,
+            )  # fmt: skip
+        if r.replica_lag_seconds is not None:
+            yield GaugeMetricFamily(
+                REPLICA_LAG, "Seconds this replica has been unable to confirm that it "
+                "holds all Redis holds (0 when its last round, every 0.1 s, caught up).",
+                value=r.replica_lag_seconds,
+            )  # fmt: skip
+
+    def _list(self, r: Reading) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            LIST_INFO, "1 for the list version served (none while no list is loaded or "
+            "its Redis index lost the data).",
+            labels=("version",),
+        )  # fmt: skip
+        for version in r.versions:
+            info.add_metric((version,), 1)
+        yield info
+        if r.source_timestamp is None:
+            return
+        yield GaugeMetricFamily(
+            LIST_AGE, "Seconds since the feed's source time of the list served "
+            "(ListStatus.source_timestamp).",
+            value=max(0.0, time.time() - r.source_timestamp),
+        )  # fmt: skip
+        entries = GaugeMetricFamily(
+            LIST_ENTRIES, "Entries of the list served, by list type and status (EXPIRED: "
+            "past valid_until today).",
+            labels=("list_type", "status"),
+        )  # fmt: skip
+        for list_type, status, n in r.entries:
+            entries.add_metric((list_type, status), n)
+        yield entries
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class MetricsEndpoint:
+    """``/metrics`` served by prometheus-client's HTTP server in a daemon thread.
+
+    Binding happens in the constructor: a port in use is a one-line
+    ``ConfigurationError`` naming the address, at start.
+    """
+
+    def __init__(self, listen: str, read: Callable[[], Reading]) -> None:
+        host, port = split_listen(listen)
+        self.registry = CollectorRegistry()
+        self.registry.register(MetricsCollector(read))
+        ProcessCollector(registry=self.registry)  # process_* (CPU, resident memory, fds)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        try:
+            self._server, self._thread = start_http_server(port, host, self.registry)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigurationError(
+                    f"cannot serve metrics on {listen} (--metrics-listen): port {port} is in "
+                    "use by another process (another shixin-check serve?)"
+                ) from None
+            raise ConfigurationError(
+                f"cannot serve metrics on {listen} (--metrics-listen): {exc.strerror or exc}"
+            ) from None
+        self.host = host
+        self.port: int = self._server.server_port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        """Stop answering and close the listening socket."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
