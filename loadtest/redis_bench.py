@@ -54,10 +54,9 @@ from clients.check_client import build_request
 from loader.index_redis import connect, redis_status
 from loader.publish_redis import publish_delta
 from loader.synthetic import iter_entries
-from loadtest.bench import (
+from loadtest.common import (
     BATCH_SIZE,
     ServerProcess,
-    _server_env,
     add_common_args,
     bare_argv,
     cli_argv,
@@ -70,6 +69,7 @@ from loadtest.bench import (
     ours_argv,
     revision,
     serve_argv,
+    server_env,
 )
 from loadtest.driver import Phase, TargetSpec, drive
 from loadtest.report import MIB, _fmt, _verdict, compare_rows, noise_rows, render
@@ -289,7 +289,7 @@ def run(
     """Every Redis-mode figure, with ``traffic`` (the memory-mode run's mix) and 100% listed."""
     as_of = _dt.datetime.now(CHINA_TZ).date()
     secret = secrets.token_hex(16)  # 32 characters, for the loader and the replica alike
-    env = _server_env()
+    env = server_env()
     env["SHIXIN_KEY_SECRET"] = secret
     listed = build_traffic(
         max(1000, len(traffic.requests) // 4), args.entries, args.seed, as_of, listed_share=1.0

@@ -1,0 +1,247 @@
+"""What every bench entry point shares: server processes, the list, the record of a run.
+
+``loadtest.bench`` and ``loadtest.redis_bench`` (and the other drivers) both
+import from here and never from each other's modules, so neither needs the
+other to load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime as _dt
+import json
+import multiprocessing
+import os
+import platform
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from loader.synthetic import write_snapshot
+from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
+
+BATCH_SIZE = 100
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- servers -------------------------------------------------------------------
+
+
+class ServerProcess:
+    """A server child process on 127.0.0.1, its announced address and its logs."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.stderr = open(log_dir / f"{name}.stderr.log", "wb")  # noqa: SIM115
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.address = ""
+        self.announced_at = 0.0
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_announced(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if line.startswith("serving on "):
+                self.announced_at = time.perf_counter()
+                self.address = line.split()[-1]
+                return self.address
+        raise RuntimeError(f"{self.name} did not announce itself (see {self.stderr.name})")
+
+    def wait_serving(self, timeout: float) -> float:
+        """Poll standard health until SERVING; seconds since the announce."""
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited (see {self.stderr.name})")
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return time.perf_counter() - self.announced_at
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not SERVING after {timeout:.0f}s")
+
+    def rss(self) -> int:
+        return int(psutil.Process(self.proc.pid).memory_info().rss)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.stderr.close()
+
+
+def server_env() -> dict[str, str]:
+    """The default configuration: no SHIXIN_* from the caller's shell (logs off)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIXIN_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def ours_argv(list_path: Path, extra: list[str]) -> list[str]:
+    return serve_argv(["--list", str(list_path), *extra])
+
+
+def serve_argv(args: list[str]) -> list[str]:
+    """``shixin-check serve ARGS --listen 127.0.0.1:0``."""
+    return cli_argv(["serve", *args, "--listen", "127.0.0.1:0"])
+
+
+def cli_argv(args: list[str]) -> list[str]:
+    """``shixin-check ARGS`` from this virtual environment."""
+    script = Path(sys.executable).with_name("shixin-check")
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
+    return [*head, *args]
+
+
+def bare_argv() -> list[str]:
+    return [sys.executable, "-m", "loadtest.bare_server", "--listen", "127.0.0.1:0"]
+
+
+def list_status(address: str) -> pb.ListStatus:
+    with grpc.insecure_channel(address) as channel:
+        reply: pb.ListStatus = pb_grpc.ConsumptionCheckStub(channel).GetListStatus(
+            pb.ListStatusRequest(), timeout=10
+        )
+        return reply
+
+
+# --- steps ---------------------------------------------------------------------
+
+
+def ensure_list(data_dir: Path, entries: int, seed: int, as_of: _dt.date) -> tuple[Path, float]:
+    """The cached list file, and the seconds spent writing it (0 when cached)."""
+    path = data_dir / f"list-{entries}-seed{seed}-{as_of.isoformat()}.jsonl"
+    if path.exists():
+        return path, 0.0
+    log(f"writing a {entries:,}-entry synthetic list to {path}")
+    t0 = time.perf_counter()
+    write_snapshot(path, entries, seed=seed, as_of=as_of)
+    return path, time.perf_counter() - t0
+
+
+def in_child(fn: Callable[..., Any], *args: Any, timeout: float) -> Any:
+    """``fn(*args)`` in a fresh ``spawn`` process (its own interpreter, no shared GIL)."""
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        future = pool.submit(fn, *args)
+        try:
+            return future.result(timeout=timeout)
+        except cf.TimeoutError:
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.kill()
+            raise
+
+
+def finish(results: dict[str, Any], started: float, out: Path | None) -> None:
+    """Close a run's figures and write them, before any table is printed (a table's
+    bug then loses no figures)."""
+    results["total_s"] = time.perf_counter() - started
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    if out:
+        out.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+
+
+def _git(*args: str) -> str:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+    )
+    return done.stdout.strip()
+
+
+def revision() -> str:
+    """The commit measured, with ``+dirty`` when the working tree differs from it."""
+    try:
+        head = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import google.protobuf
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model or platform.processor(),
+        "ram_gib": round(psutil.virtual_memory().total / 1024**3, 1),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "protobuf": google.protobuf.__version__,
+        "platform": platform.platform(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The options every bench entry point takes (list, traffic, segments, output)."""
+    p.add_argument(
+        "--entries",
+        type=int,
+        default=None,
+        help="list size (default 1,000,000; 100,000 with --quick)",
+    )
+    p.add_argument("--quick", action="store_true", help="small list, short segments, 1 round")
+    p.add_argument("--out", type=Path, help="also write every figure as JSON here")
+    p.add_argument("--seed", type=int, default=20261124, help="list and traffic seed")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "shixin-bench",
+        help="where list files are cached and server logs go",
+    )
+    p.add_argument("--traffic", type=int, default=None, help="distinct requests (default 20,000)")
+    p.add_argument("--seconds", type=float, default=None, help="seconds per RPC segment")
+    p.add_argument("--rounds", type=int, default=None, help="segments per figure and server")
