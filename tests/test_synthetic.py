@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from loader import synthetic
-from loader.synthetic import iter_entries, write_snapshot
+from loader.synthetic import iter_entries, write_snapshot, writer
+from loader.synthetic.tables import learned_tables
 from shixin_domain.identity import normalize_document, normalize_resident_id, normalize_uscc
 
 AS_OF = datetime.date(2026, 5, 1)
@@ -223,7 +223,7 @@ def test_every_entry_has_the_snapshot_fields(entries: list[Entry]) -> None:
 
 
 def test_case_numbers_have_the_courts_form(entries: list[Entry]) -> None:
-    courts = {r.case_prefix: r.court for r in synthetic._tables().regions}
+    courts = {r.case_prefix: r.court for r in learned_tables().regions}
     for entry in entries:
         case_number = _str(entry["case_number"])
         assert CASE_NUMBER.match(case_number), case_number
@@ -288,16 +288,16 @@ def test_write_snapshot_writes_count_json_lines(tmp_path: Path, entries: list[En
 def test_progress_is_reported_every_so_many_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(synthetic, "_CHUNK_ROWS", 10)
-    monkeypatch.setattr(synthetic, "_PROGRESS_ROWS", 100)
+    monkeypatch.setattr(writer, "_CHUNK_ROWS", 10)
+    monkeypatch.setattr(writer, "_PROGRESS_ROWS", 100)
     seen: list[int] = []
     assert write_snapshot(str(tmp_path / "s.jsonl"), 250, 1, AS_OF, seen.append) == 250
     assert seen == [100, 200, 250]
 
 
 def test_a_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(synthetic, "_CHUNK_ROWS", 10)
-    monkeypatch.setattr(synthetic, "_PROGRESS_ROWS", 100)
+    monkeypatch.setattr(writer, "_CHUNK_ROWS", 10)
+    monkeypatch.setattr(writer, "_PROGRESS_ROWS", 100)
 
     def fail(_: int) -> None:
         raise RuntimeError("disk full")
