@@ -3,18 +3,33 @@
 Same methods, same deadlines, retries, batching and exceptions, awaited; for
 booking systems that already run an event loop (aiohttp, FastAPI, ...).
 Make it inside the loop that uses it, and close it there (``async with``).
+With ``prefilter=True`` the filter is fetched on entering ``async with`` (or
+by the first check) and kept current by a task of that loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
 
 import grpc
 
 from clients.calls import RequestIds, batches, refuse_oversize, shifted, with_request_ids
 from clients.channel import DEFAULT_RETRY, Credentials, RetryPolicy, open_aio_channel
-from clients.check_client import DEFAULT_TIMEOUT, MAX_BATCH
-from clients.errors import CheckError, ErrorDetails, from_answer, from_info, from_rpc_error
+from clients.check_client import DEFAULT_TIMEOUT, MAX_BATCH, log, prefilter_state
+from clients.errors import (
+    CheckError,
+    ErrorDetails,
+    PermissionDenied,
+    Unauthenticated,
+    from_answer,
+    from_info,
+    from_rpc_error,
+)
+from clients.prefilter import DEFAULT_MAX_AGE, DOWNLOAD_TIMEOUT, Download, NeedsFull, renumbered
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
 
@@ -33,7 +48,8 @@ class AsyncCheckClient:
 
     The arguments are ``CheckClient``'s: ``timeout`` (the default deadline in
     seconds), ``api_key``, ``root_ca``, ``client_cert``, ``client_key``,
-    ``retry`` and ``batch_size``. A refused call raises a ``CheckError``.
+    ``retry``, ``batch_size``, and ``prefilter``, ``prefilter_max_age``,
+    ``local_audit_path`` and ``clock``. A refused call raises a ``CheckError``.
     """
 
     def __init__(
@@ -47,24 +63,104 @@ class AsyncCheckClient:
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
         batch_size: int = MAX_BATCH,
+        prefilter: bool = False,
+        prefilter_max_age: float = DEFAULT_MAX_AGE,
+        local_audit_path: str | Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size: {batch_size} is not in 1..{MAX_BATCH}")
+        self.prefilter = prefilter_state(prefilter, prefilter_max_age, local_audit_path, clock)
         credentials = Credentials(api_key, root_ca, client_cert, client_key)
         self.channel = open_aio_channel(target, credentials, retry)
         self.stub = pb_grpc.ConsumptionCheckStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
         self.batch_size = batch_size
         self.metadata = credentials.metadata()
+        self._refresh_lock = asyncio.Lock()
+        self._refresher: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
 
     async def __aenter__(self) -> AsyncCheckClient:
+        await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def start(self) -> None:
+        """With the prefilter: fetch it and start keeping it current (once; the first
+        check does it too). A key without the role raises ``PermissionDenied``."""
+        if self.prefilter is None or self._started:
+            return
+        self._started = True
+        try:
+            await self.refresh_prefilter()
+        except (PermissionDenied, Unauthenticated):
+            await self.close()
+            raise
+        except CheckError as exc:
+            log.warning("prefilter: no filter yet (%s); checks go to the server", exc)
+        if not self._closed:
+            self._refresher = asyncio.get_running_loop().create_task(self._keep_fresh())
+
     async def close(self) -> None:
+        self._closed = True
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
         await self.channel.close()
+        if self.prefilter is not None:
+            self.prefilter.audit.close()
+
+    # --- the prefilter ---------------------------------------------------------
+
+    async def refresh_prefilter(self, *, timeout: float = DOWNLOAD_TIMEOUT) -> None:
+        """As ``CheckClient.refresh_prefilter``."""
+        state = self.prefilter
+        if state is None:
+            raise ValueError("this client was made without prefilter=True")
+        async with self._refresh_lock:
+            started = state.clock()
+            try:
+                try:
+                    await self._download(state.request(), started, timeout)
+                except NeedsFull:
+                    await self._download(state.request(full=True), started, timeout)
+            except CheckError as exc:
+                state.failed(exc)
+                raise
+
+    async def _download(self, request: pb.PrefilterRequest, started: float, timeout: float) -> None:
+        assert self.prefilter is not None
+        download = Download()
+        try:
+            async for chunk in self.stub.GetPrefilter(
+                request, timeout=timeout, metadata=self.metadata
+            ):
+                download.add(chunk)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        self.prefilter.install(download, started)
+
+    async def _keep_fresh(self) -> None:
+        state = self.prefilter
+        assert state is not None
+        wait = state.refresh_interval if state.filter is not None else state.retry_interval
+        while True:
+            await asyncio.sleep(wait)
+            try:
+                await self.refresh_prefilter()
+                wait = state.refresh_interval
+            except CheckError as exc:
+                log.warning("prefilter refresh failed: %s", exc)
+                wait = state.retry_interval
+            except Exception:  # never let the task die: the filter would just age out
+                log.exception("prefilter refresh failed")
+                wait = state.retry_interval
 
     def _deadline(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
@@ -72,7 +168,15 @@ class AsyncCheckClient:
     async def check(
         self, request: pb.CheckRequest, *, timeout: float | None = None
     ) -> pb.CheckResponse:
-        """One check: the decision, or a ``CheckError``."""
+        """One check: the decision, or a ``CheckError``; with the prefilter, a definite
+        negative is answered here (``decided_locally``)."""
+        state = self.prefilter
+        if state is not None:
+            await self.start()
+            local = state.decide(request)
+            if local is not None:
+                state.record([local])
+                return local.response
         refuse_oversize(request)
         try:
             response: pb.CheckResponse = await self.stub.CheckConsumption(
@@ -86,7 +190,21 @@ class AsyncCheckClient:
         self, requests: Iterable[pb.CheckRequest], *, timeout: float | None = None
     ) -> list[pb.CheckResponse]:
         """One answer per request, in order: ``batch_size`` checks a call, one call after
-        another (as ``CheckClient.check_batch``)."""
+        another (as ``CheckClient.check_batch``, the prefilter's answers included)."""
+        state = self.prefilter
+        if state is None:
+            return await self._send_batches(requests, timeout)
+        await self.start()
+        split = state.split(list(requests))
+        sent = await self._send_batches(split.send, timeout, split.positions) if split.send else []
+        answers = split.merge(sent)
+        state.record(split.local)
+        return answers
+
+    async def _send_batches(
+        self, requests: Iterable[pb.CheckRequest], timeout: float | None,
+        positions: Sequence[int] | None = None,
+    ) -> list[pb.CheckResponse]:  # fmt: skip
         answers: list[pb.CheckResponse] = []
         for batch in batches(requests, self.batch_size):
             message = pb.CheckBatchRequest(checks=batch)
@@ -96,7 +214,10 @@ class AsyncCheckClient:
                     message, timeout=self._deadline(timeout), metadata=self.metadata
                 )
             except grpc.RpcError as exc:
-                raise shifted(from_rpc_error(exc), len(answers)) from exc
+                error = from_rpc_error(exc)
+                if positions is not None:
+                    raise renumbered(error, positions[len(answers) :]) from exc
+                raise shifted(error, len(answers)) from exc
             if len(reply.results) != len(batch):
                 raise from_info(ErrorDetails(
                     grpc.StatusCode.INTERNAL,
@@ -113,7 +234,8 @@ class AsyncCheckClient:
         timeout: float | None = None,
     ) -> AsyncIterator[pb.CheckResponse]:
         """One answer per request, in order, on one stream (as ``CheckClient.check_stream``):
-        a refused request is answered with ``error`` unless ``raise_on_error``."""
+        a refused request is answered with ``error`` unless ``raise_on_error``. Every
+        request goes to the server."""
         numbered = (
             _with_request_ids_async(requests)
             if isinstance(requests, AsyncIterable)

@@ -8,11 +8,18 @@ raises the exception family of ``clients/errors.py`` when a call is refused.
 ``clients/flows.py`` turns rail orders, PNRs, check-ins and enrolments into
 checks. ``error_details`` reads what a refusal says for machines (the
 google.rpc details of its status, or a stream answer's ``error``) in one shape.
+
+With ``prefilter=True`` a client keeps the server's Bloom prefilter and
+answers definite negatives itself, offline too (``clients/prefilter.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,12 +29,23 @@ from clients.channel import DEFAULT_RETRY, NO_RETRY, Credentials, RetryPolicy, o
 from clients.errors import (
     CheckError,
     ErrorDetails,
+    PermissionDenied,
+    Unauthenticated,
     error_details,
     from_answer,
     from_info,
     from_rpc_error,
 )
 from clients.names import UnknownName, enum_name, enum_number
+from clients.prefilter import (
+    DEFAULT_MAX_AGE,
+    DOWNLOAD_TIMEOUT,
+    Download,
+    LocalAudit,
+    NeedsFull,
+    Prefilter,
+    renumbered,
+)
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
 
@@ -48,6 +66,24 @@ __all__ = [
 MAX_BATCH = 1000
 #: The deadline of a call when none is given, in seconds.
 DEFAULT_TIMEOUT = 2.0
+
+log = logging.getLogger("shixin.client")
+
+
+def prefilter_state(
+    prefilter: bool, max_age: float, local_audit_path: str | Path | None,
+    clock: Callable[[], float],
+) -> Prefilter | None:  # fmt: skip
+    """The prefilter state of a client made with these arguments (None: off)."""
+    if not prefilter:
+        return None
+    if local_audit_path is None:
+        raise ValueError(
+            "prefilter=True needs local_audit_path: every check answered locally is "
+            "recorded there (JSON Lines, masked IDs) for the operator"
+        )
+    return Prefilter(max_age, clock, LocalAudit(local_audit_path))
+
 
 #: Channel name to the purchase field it takes.
 PURCHASE_FIELD = {
@@ -131,6 +167,16 @@ class CheckClient:
     mutual TLS. ``retry`` is gRPC's retry policy (``NO_RETRY`` turns it off);
     ``batch_size`` the checks per batch call (lower it to a key's burst).
     A refused call raises a ``clients.errors.CheckError``.
+
+    ``prefilter=True`` (the key needs the roles ``prefilter`` and ``check``)
+    downloads the server's prefilter at start, refreshes it in a background
+    thread every ``prefilter_max_age / 2`` seconds (``refresh_prefilter()``
+    forces one), and answers ``check`` and ``check_batch`` requests that the
+    filter clears locally (``clients/prefilter.py``), each recorded in
+    ``local_audit_path``. ``clock`` measures the filter's age
+    (``time.monotonic``). A key without the role fails the constructor
+    (``PermissionDenied``); an unreachable server does not (the client starts
+    without a filter and keeps trying).
     """
 
     def __init__(
@@ -144,15 +190,35 @@ class CheckClient:
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
         batch_size: int = MAX_BATCH,
+        prefilter: bool = False,
+        prefilter_max_age: float = DEFAULT_MAX_AGE,
+        local_audit_path: str | Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size: {batch_size} is not in 1..{MAX_BATCH}")
+        self.prefilter = prefilter_state(prefilter, prefilter_max_age, local_audit_path, clock)
         credentials = Credentials(api_key, root_ca, client_cert, client_key)
         self.channel = open_channel(target, credentials, retry)
         self.stub = pb_grpc.ConsumptionCheckStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
         self.batch_size = batch_size
         self.metadata = credentials.metadata()
+        self._refresh_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._refresher: threading.Thread | None = None
+        if self.prefilter is not None:
+            try:
+                self.refresh_prefilter()
+            except (PermissionDenied, Unauthenticated):
+                self.close()
+                raise
+            except CheckError as exc:
+                log.warning("prefilter: no filter yet (%s); checks go to the server", exc)
+            self._refresher = threading.Thread(
+                target=self._keep_fresh, name="shixin-prefilter", daemon=True
+            )
+            self._refresher.start()
 
     def __enter__(self) -> CheckClient:
         return self
@@ -161,13 +227,72 @@ class CheckClient:
         self.close()
 
     def close(self) -> None:
-        self.channel.close()
+        self._closing.set()
+        self.channel.close()  # ends a refresh in flight
+        if self._refresher is not None and self._refresher is not threading.current_thread():
+            self._refresher.join(timeout=5)
+        if self.prefilter is not None:
+            self.prefilter.audit.close()
+
+    # --- the prefilter ---------------------------------------------------------
+
+    def refresh_prefilter(self, *, timeout: float = DOWNLOAD_TIMEOUT) -> None:
+        """Bring the prefilter up to the server's version now; raises the call's
+        ``CheckError`` when that fails (the filter then ages out, or goes at once
+        when the server refused or the download did not check out)."""
+        state = self.prefilter
+        if state is None:
+            raise ValueError("this client was made without prefilter=True")
+        with self._refresh_lock:
+            started = state.clock()
+            try:
+                try:
+                    self._download(state.request(), started, timeout)
+                except NeedsFull:
+                    self._download(state.request(full=True), started, timeout)
+            except CheckError as exc:
+                state.failed(exc)
+                raise
+
+    def _download(self, request: pb.PrefilterRequest, started: float, timeout: float) -> None:
+        assert self.prefilter is not None
+        download = Download()
+        try:
+            for chunk in self.stub.GetPrefilter(request, timeout=timeout, metadata=self.metadata):
+                download.add(chunk)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        self.prefilter.install(download, started)
+
+    def _keep_fresh(self) -> None:
+        state = self.prefilter
+        assert state is not None
+        wait = state.refresh_interval if state.filter is not None else state.retry_interval
+        while not self._closing.wait(wait):
+            try:
+                self.refresh_prefilter()
+                wait = state.refresh_interval
+            except CheckError as exc:
+                if self._closing.is_set():
+                    return
+                log.warning("prefilter refresh failed: %s", exc)
+                wait = state.retry_interval
+            except Exception:  # never let the thread die: the filter would just age out
+                log.exception("prefilter refresh failed")
+                wait = state.retry_interval
 
     def _deadline(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
 
     def check(self, request: pb.CheckRequest, *, timeout: float | None = None) -> pb.CheckResponse:
-        """One check: the decision, or a ``CheckError``."""
+        """One check: the decision, or a ``CheckError``; with the prefilter, a definite
+        negative is answered here (``decided_locally``)."""
+        state = self.prefilter
+        if state is not None:
+            local = state.decide(request)
+            if local is not None:
+                state.record([local])
+                return local.response
         refuse_oversize(request)
         try:
             response: pb.CheckResponse = self.stub.CheckConsumption(
@@ -183,7 +308,24 @@ class CheckClient:
         """One answer per request, in order, however many: ``batch_size`` checks a call,
         one call after another, each with its own deadline. A refused call raises
         (the fields it names count from the caller's first request); the answers of
-        calls before it are lost with it."""
+        calls before it are lost with it. With the prefilter, the requests it clears
+        are answered here and the rest sent, answers in order all the same."""
+        state = self.prefilter
+        if state is None:
+            return self._send_batches(requests, timeout)
+        split = state.split(list(requests))
+        answers = split.merge(
+            self._send_batches(split.send, timeout, split.positions) if split.send else []
+        )
+        state.record(split.local)
+        return answers
+
+    def _send_batches(
+        self, requests: Iterable[pb.CheckRequest], timeout: float | None,
+        positions: Sequence[int] | None = None,
+    ) -> list[pb.CheckResponse]:  # fmt: skip
+        """``requests`` to the server, ``batch_size`` a call; ``positions``: where each
+        stands in the caller's list (errors name that), when not simply in order."""
         answers: list[pb.CheckResponse] = []
         for batch in batches(requests, self.batch_size):
             message = pb.CheckBatchRequest(checks=batch)
@@ -193,7 +335,10 @@ class CheckClient:
                     message, timeout=self._deadline(timeout), metadata=self.metadata
                 )
             except grpc.RpcError as exc:
-                raise shifted(from_rpc_error(exc), len(answers)) from exc
+                error = from_rpc_error(exc)
+                if positions is not None:
+                    raise renumbered(error, positions[len(answers) :]) from exc
+                raise shifted(error, len(answers)) from exc
             if len(reply.results) != len(batch):
                 raise from_info(ErrorDetails(
                     grpc.StatusCode.INTERNAL,
@@ -217,7 +362,8 @@ class CheckClient:
         goes on. With ``raise_on_error=True`` the first such answer raises its
         ``CheckError`` instead and the stream is cancelled. A broken stream
         raises. No deadline unless ``timeout`` is given: a gateway's stream
-        lives long. Leaving the loop early cancels the stream.
+        lives long. Leaving the loop early cancels the stream. Every request on a
+        stream goes to the server, prefilter or not.
         """
         call = self.stub.CheckConsumptionStream(
             with_request_ids(requests), timeout=timeout, metadata=self.metadata

@@ -18,6 +18,11 @@ written against plain grpcio keeps working, and carries ``info``, the
 structured details (``ErrorDetails``) read from the standard
 ``grpc-status-details-bin`` trailer or from a stream answer's ``error``. The
 mapping from status codes to classes is ``from_rpc_error`` and nowhere else.
+
+With the prefilter on (``clients/prefilter.py``) a check answered locally never
+raises; a prefilter download that does not check out raises a plain
+``CheckError`` (DATA_LOSS ``PREFILTER_CORRUPT``, or FAILED_PRECONDITION
+``PREFILTER_SCHEME_UNKNOWN`` for a filter this client cannot read).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ airline, and nobody may scrape the list through it in bulk.
 - API keys come as gRPC metadata ``authorization: Bearer <key>``. The keys
   file stores only each key's SHA-256 (keys are 256-bit random tokens made by
   ``shixin-check keys add``, so a plain hash is enough), with the principal it
-  names, its channels and its roles (``check``, ``status``, ``admin``).
+  names, its channels and its roles (``check``, ``status``, ``prefilter``,
+  ``admin``).
 - Mutual TLS: a gateway presenting a client certificate signed by the
   configured CA is the principal its certificate's common name names in the
   keys file (``tls_principals``).
@@ -54,7 +55,9 @@ from shixin_domain.errors import (
 )
 from shixin_domain.model import Channel
 
-ROLES = frozenset({"check", "status", "admin"})
+#: check: the check RPCs; status: GetListStatus; prefilter: GetPrefilter (a gateway's
+#: Bloom filter, answered locally only for channels it may also check); admin: reserved.
+ROLES = frozenset({"check", "status", "prefilter", "admin"})
 ALL_CHANNELS = frozenset(Channel)
 
 #: The ``reason`` of every refusal raised here, stable for callers to branch on.

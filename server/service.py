@@ -20,6 +20,12 @@ list or a failure of the server end it.
 Each call's server-side time goes to the engine's ``Tally`` (per stream
 request on a stream), and so does every refusal, by status code: what
 ``server.metrics`` reports.
+
+GetPrefilter streams the Bloom prefilter of the served version
+(``server/prefilter.py`` builds and caches it) to callers holding the role
+``prefilter``. A RESOURCE_EXHAUSTED with a retry delay also carries
+``grpc-retry-pushback-ms``, the trailer grpcio's retry policy obeys: the delay
+when the caller's deadline leaves room for it, else -1 (do not retry).
 """
 
 from __future__ import annotations
@@ -36,12 +42,14 @@ from server.auth import ANONYMOUS, Gate, Principal
 from server.convert import MAX_CHARS, StreamIds
 from server.engine import BATCH, STATUS, STREAM, UNARY, CheckEngine, Tally
 from server.hitlog import AuditLog
+from server.prefilter import Prefilters
 from server.status import refusal, status_of
 from shixin.v1 import check_pb2 as pb
 from shixin_domain.errors import (
     DeadlineExceeded,
     InvalidInput,
     MalformedRequest,
+    NotReady,
     PermissionDenied,
     RateLimited,
 )
@@ -107,6 +115,12 @@ _METHOD_INDEX = {
     "CheckConsumption": UNARY, "CheckConsumptionBatch": BATCH,
     "CheckConsumptionStream": STREAM, "GetListStatus": STATUS,
 }  # fmt: skip
+#: The role each method needs (the check methods: "check").
+_METHOD_ROLE = {"GetListStatus": "status", "GetPrefilter": "prefilter"}
+#: The trailer grpcio's retry policy reads: milliseconds to wait, or -1 for "do not retry".
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+#: How long GetPrefilter waits for a filter being built when the caller sets no deadline.
+PREFILTER_WAIT_S = 10.0
 _CALLER_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION})
 #: Refusals of one request on a stream: answered in the stream, which goes on.
 _REQUEST_REFUSALS = (InvalidInput, PermissionDenied, RateLimited)
@@ -116,7 +130,7 @@ _AUDITED_METADATA = ("user-agent", "x-request-id", "x-merchant-id", "x-terminal-
 
 
 class ConsumptionCheckService:
-    """The four RPCs of ``shixin.v1.ConsumptionCheck``."""
+    """The RPCs of ``shixin.v1.ConsumptionCheck``."""
 
     def __init__(
         self,
@@ -135,6 +149,7 @@ class ConsumptionCheckService:
         self.tls_principals = tls_principals
         self._peers = engine.hit_log is not None or audit is not None
         self.tally: Tally = engine.tally
+        self.prefilters = Prefilters(engine.keyer)
 
     # --- the gate and the audit trail ----------------------------------------
 
@@ -197,19 +212,24 @@ class ConsumptionCheckService:
                 "%s failed: internal error, check_id %s, subject %s, caller %s",
                 method, check_id, subject or "-", principal.name or "-", exc_info=exc,
             )  # fmt: skip
-            undecided = "" if method == "GetListStatus" else "; the check was not decided"
+            undecided = "" if method in _METHOD_ROLE else "; the check was not decided"
             message = f"{prefix}internal error (check_id {check_id}){undecided}"
             metadata = {"check_id": check_id}
         else:
             message = prefix + str(exc)
-            role = "status" if method == "GetListStatus" else "check"
+            role = _METHOD_ROLE.get(method, "check")
             metadata = _error_metadata(code, principal, role, channels)
         told = refusal(exc, message, metadata)
+        trailers = told.trailing_metadata()
+        if told.retry_after is not None:
+            trailers += ((PUSHBACK_KEY, _pushback(told.retry_after_ms, context)),)
         if self.audit is not None:
             self._audit(context, method, principal, subject, code.name, started, check_id=check_id)
         self._count_refusal(code, exc, principal)
-        self.tally.observe(_METHOD_INDEX[method], time.perf_counter() - started)
-        await context.abort(code, message, told.trailing_metadata())
+        index = _METHOD_INDEX.get(method)
+        if index is not None:
+            self.tally.observe(index, time.perf_counter() - started)
+        await context.abort(code, message, trailers)
         raise AssertionError("abort returned")  # it raises; this tells the type checker
 
     def _refuse_in_stream(
@@ -350,6 +370,47 @@ class ConsumptionCheckService:
         self.tally.observe(STATUS, time.perf_counter() - started)
         return status
 
+    async def GetPrefilter(
+        self, request: pb.PrefilterRequest | Malformed, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PrefilterChunk]:
+        started = time.perf_counter()
+        principal = ANONYMOUS
+        try:
+            if type(request) is Malformed:
+                raise MalformedRequest(request.problem)
+            principal = self._identify(context)
+            self._admit(principal, "prefilter", 0)
+            view = self.engine.source.current()
+            if view is None:
+                raise NotReady("no list loaded yet")
+            remaining = context.time_remaining()
+            wait = (
+                PREFILTER_WAIT_S if remaining is None else min(PREFILTER_WAIT_S, remaining - 0.05)
+            )
+            built = await self.prefilters.get(view, wait)
+            # a gateway answers locally only what the server would answer this caller
+            channels = principal.channels if "check" in principal.roles else frozenset()
+            header, chunks = self.prefilters.download(
+                built,
+                request.known_version,  # type: ignore[union-attr]
+                channels,
+            )
+        except Exception as exc:  # noqa: BLE001
+            await self._fail(context, exc, "GetPrefilter", principal, "", started)
+        if self.audit is not None:
+            self._audit(context, "GetPrefilter", principal, "", "OK", started, 0)
+        yield pb.PrefilterChunk(header=header)
+        for chunk in chunks:
+            yield chunk
+
+
+def _pushback(delay_ms: int, context: grpc.aio.ServicerContext) -> str:
+    """``grpc-retry-pushback-ms``: the delay, or -1 when the caller's deadline comes first."""
+    remaining = context.time_remaining()
+    if remaining is None or delay_ms < remaining * 1000:
+        return str(delay_ms)
+    return "-1"
+
 
 def _in_time(context: grpc.aio.ServicerContext) -> None:
     """Refuse work whose answer nobody waits for any more (batches queue behind each other)."""
@@ -377,6 +438,11 @@ def add_to_server(service: ConsumptionCheckService, server: grpc.aio.Server) -> 
             service.GetListStatus,
             _lenient(pb.ListStatusRequest.FromString, "shixin.v1.ListStatusRequest"),
             pb.ListStatus.SerializeToString,
+        ),
+        "GetPrefilter": grpc.unary_stream_rpc_method_handler(
+            service.GetPrefilter,
+            _lenient(pb.PrefilterRequest.FromString, "shixin.v1.PrefilterRequest"),
+            pb.PrefilterChunk.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

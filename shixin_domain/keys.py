@@ -11,6 +11,15 @@ Keys are Python ints: they go straight into the Bloom filter and the sorted
 index arrays without conversion. ``key >> 64`` is the prefix both use.
 
 Rotating the secret changes every key: rebuild the index from the list file.
+
+Prefilter keys are a second, separate key space for the Bloom filter that
+gateways download (``GetPrefilter``): the same construction over the same
+tagged identity, but keyed with ``SubjectKeyer.prefilter_key()``, a key
+derived from the secret one way (keyed BLAKE2b of a fixed context). A gateway
+is handed that key so it can hash the identities it checks (``PrefilterKeyer``);
+it learns neither the secret nor any subject key from it, so the filter and the
+key together let it test identities it already knows against the filter and
+nothing else: not the index, not Redis, not a log.
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ from shixin_domain.errors import ConfigurationError
 from shixin_domain.identity import KEY_TAGS, IdType
 
 MIN_SECRET_BYTES = 16
+#: The scheme of ``PrefilterKeyer`` keys, as GetPrefilter's header names it.
+PREFILTER_KEY_SCHEME = "blake2b-128/v1"
+_PREFILTER_KDF_CONTEXT = b"shixin-check prefilter key v1"
 
 
 class SubjectKeyer:
@@ -57,6 +69,20 @@ class SubjectKeyer:
         h.update(number.encode())
         return int.from_bytes(h.digest())
 
+    def prefilter_key(self) -> bytes:
+        """The 32-byte key of the prefilter key space, derived one way from the secret.
+
+        Handed to gateways (it is not the secret, and no subject key can be made
+        from it); the same for every process holding the same secret.
+        """
+        kdf = hashlib.blake2b(key=self.secret, digest_size=32, person=b"shixin-pf-kdf")
+        kdf.update(_PREFILTER_KDF_CONTEXT)
+        return kdf.digest()
+
+    def prefilter_keyer(self) -> PrefilterKeyer:
+        """The keyer of this secret's prefilter key space."""
+        return PrefilterKeyer(self.prefilter_key())
+
     def name_key(self, normalized_name: str) -> int:
         """64-bit key of a normalised name; 0 is kept for "no name given"."""
         if not normalized_name:
@@ -64,3 +90,33 @@ class SubjectKeyer:
         h = self._name.copy()
         h.update(normalized_name.encode())
         return int.from_bytes(h.digest()) or 1
+
+
+class PrefilterKeyer:
+    """Prefilter keys of normalised identities: what a gateway's Bloom filter holds.
+
+    Made from the key ``SubjectKeyer.prefilter_key()`` gives (a server) or the one a
+    GetPrefilter header carries (a gateway); 128-bit, like subject keys, and in
+    a key space of their own (``PREFILTER_KEY_SCHEME``).
+    """
+
+    __slots__ = ("_by_tag", "key")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < MIN_SECRET_BYTES:
+            raise ConfigurationError(
+                f"a prefilter key must be at least {MIN_SECRET_BYTES} bytes, got {len(key)}"
+            )
+        self.key = key
+        keyed = hashlib.blake2b(key=key, digest_size=16, person=b"shixin-prefilter")
+        self._by_tag: dict[IdType | None, Any] = {}
+        for kind, tag in KEY_TAGS.items():
+            tagged = keyed.copy()
+            tagged.update(tag)
+            self._by_tag[kind] = tagged
+
+    def subject_key(self, id_type: IdType | None, number: str) -> int:
+        """128-bit prefilter key of a normalised identity (``id_type`` None: a USCC)."""
+        h = self._by_tag[id_type].copy()
+        h.update(number.encode())
+        return int.from_bytes(h.digest())

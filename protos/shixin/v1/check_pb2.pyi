@@ -101,6 +101,12 @@ class RealEstateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REAL_ESTATE_EXTENSION: _ClassVar[RealEstateKind]
     REAL_ESTATE_LUXURY_RENOVATION: _ClassVar[RealEstateKind]
     REAL_ESTATE_ORDINARY_RENOVATION: _ClassVar[RealEstateKind]
+
+class PrefilterContent(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PREFILTER_CONTENT_UNSPECIFIED: _ClassVar[PrefilterContent]
+    PREFILTER_FULL: _ClassVar[PrefilterContent]
+    PREFILTER_ADDITIONS: _ClassVar[PrefilterContent]
 CHANNEL_UNSPECIFIED: Channel
 RAIL: Channel
 AIRLINE: Channel
@@ -166,6 +172,9 @@ REAL_ESTATE_NEW_BUILD: RealEstateKind
 REAL_ESTATE_EXTENSION: RealEstateKind
 REAL_ESTATE_LUXURY_RENOVATION: RealEstateKind
 REAL_ESTATE_ORDINARY_RENOVATION: RealEstateKind
+PREFILTER_CONTENT_UNSPECIFIED: PrefilterContent
+PREFILTER_FULL: PrefilterContent
+PREFILTER_ADDITIONS: PrefilterContent
 
 class PersonSubject(_message.Message):
     __slots__ = ("id_type", "id_number", "name")
@@ -332,7 +341,7 @@ class Match(_message.Message):
     def __init__(self, list_type: _Optional[_Union[ListType, str]] = ..., case_number: _Optional[str] = ..., court: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., organization_name: _Optional[str] = ..., masked_id: _Optional[str] = ..., listed_on: _Optional[str] = ..., valid_until: _Optional[str] = ..., status: _Optional[_Union[EntryStatus, str]] = ..., entry_id: _Optional[str] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
-    __slots__ = ("request_id", "check_id", "decision", "reasons", "matches", "list_version", "error", "stale")
+    __slots__ = ("request_id", "check_id", "decision", "reasons", "matches", "list_version", "error", "stale", "decided_locally")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CHECK_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
@@ -341,6 +350,7 @@ class CheckResponse(_message.Message):
     LIST_VERSION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_LOCALLY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     check_id: str
     decision: Decision
@@ -349,7 +359,8 @@ class CheckResponse(_message.Message):
     list_version: str
     error: CheckError
     stale: bool
-    def __init__(self, request_id: _Optional[str] = ..., check_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., list_version: _Optional[str] = ..., error: _Optional[_Union[CheckError, _Mapping]] = ..., stale: _Optional[bool] = ...) -> None: ...
+    decided_locally: bool
+    def __init__(self, request_id: _Optional[str] = ..., check_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., list_version: _Optional[str] = ..., error: _Optional[_Union[CheckError, _Mapping]] = ..., stale: _Optional[bool] = ..., decided_locally: _Optional[bool] = ...) -> None: ...
 
 class CheckError(_message.Message):
     __slots__ = ("code", "message", "reason", "field_violations", "retry_after_ms", "metadata")
@@ -480,3 +491,49 @@ class ListStatus(_message.Message):
     stale_since: str
     max_list_age_seconds: int
     def __init__(self, version: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., loaded_at: _Optional[str] = ..., source_timestamp: _Optional[str] = ..., staleness_seconds: _Optional[int] = ..., policy: _Optional[_Iterable[_Union[PolicyParameter, _Mapping]]] = ..., entries_total: _Optional[int] = ..., subject_keys: _Optional[int] = ..., last_delta_seq: _Optional[int] = ..., source: _Optional[str] = ..., serving: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica_id: _Optional[str] = ..., upstream_version: _Optional[str] = ..., upstream_last_delta_seq: _Optional[int] = ..., lag_deltas: _Optional[int] = ..., index_reachable: _Optional[bool] = ..., enumeration_flags: _Optional[_Mapping[str, int]] = ..., not_serving_reason: _Optional[str] = ..., behind: _Optional[bool] = ..., rejected_source: _Optional[str] = ..., rejected_problem: _Optional[str] = ..., snapshot_includes_seq: _Optional[int] = ..., stale: _Optional[bool] = ..., stale_since: _Optional[str] = ..., max_list_age_seconds: _Optional[int] = ...) -> None: ...
+
+class PrefilterRequest(_message.Message):
+    __slots__ = ("known_version",)
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    known_version: str
+    def __init__(self, known_version: _Optional[str] = ...) -> None: ...
+
+class PrefilterHeader(_message.Message):
+    __slots__ = ("version", "base_version", "built_at", "key_scheme", "prefilter_key", "hash_scheme", "expected_items", "false_positive_rate", "size_bytes", "items", "content", "data_bytes", "sha256", "channels")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BUILT_AT_FIELD_NUMBER: _ClassVar[int]
+    KEY_SCHEME_FIELD_NUMBER: _ClassVar[int]
+    PREFILTER_KEY_FIELD_NUMBER: _ClassVar[int]
+    HASH_SCHEME_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    FALSE_POSITIVE_RATE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    base_version: str
+    built_at: str
+    key_scheme: str
+    prefilter_key: bytes
+    hash_scheme: str
+    expected_items: int
+    false_positive_rate: float
+    size_bytes: int
+    items: int
+    content: PrefilterContent
+    data_bytes: int
+    sha256: bytes
+    channels: _containers.RepeatedScalarFieldContainer[Channel]
+    def __init__(self, version: _Optional[str] = ..., base_version: _Optional[str] = ..., built_at: _Optional[str] = ..., key_scheme: _Optional[str] = ..., prefilter_key: _Optional[bytes] = ..., hash_scheme: _Optional[str] = ..., expected_items: _Optional[int] = ..., false_positive_rate: _Optional[float] = ..., size_bytes: _Optional[int] = ..., items: _Optional[int] = ..., content: _Optional[_Union[PrefilterContent, str]] = ..., data_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., channels: _Optional[_Iterable[_Union[Channel, str]]] = ...) -> None: ...
+
+class PrefilterChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: PrefilterHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[PrefilterHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...

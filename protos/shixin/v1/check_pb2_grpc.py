@@ -64,12 +64,16 @@ class ConsumptionCheckStub:
     another replica may have one), INDEX_UNAVAILABLE (the
     index backend failed outside a decision; a decision
     that cannot confirm a listing is answered instead,
-    with the Reason code INDEX_UNAVAILABLE)
+    with the Reason code INDEX_UNAVAILABLE),
+    PREFILTER_BUILDING (GetPrefilter only: the filter of
+    a new list version is still being built; retry)
     DEADLINE_EXCEEDED   DEADLINE_EXCEEDED (a batch whose deadline had passed
     before it started; nothing was decided)
     FAILED_PRECONDITION BATCH_OVER_BURST (a batch larger than the principal's
     burst: no wait lets it through whole, send smaller
-    batches; metadata principal); LOAD_REJECTED and
+    batches; metadata principal); PREFILTER_UNAVAILABLE
+    (GetPrefilter only: this server cannot build the
+    filter, see GetPrefilter); LOAD_REJECTED and
     CONFIGURATION_ERROR are reserved (not returned today)
     INTERNAL            INTERNAL, metadata check_id (also in the message and
     the server's log: quote it to the operator)
@@ -107,6 +111,11 @@ class ConsumptionCheckStub:
                 '/shixin.v1.ConsumptionCheck/GetListStatus',
                 request_serializer=shixin_dot_v1_dot_check__pb2.ListStatusRequest.SerializeToString,
                 response_deserializer=shixin_dot_v1_dot_check__pb2.ListStatus.FromString,
+                _registered_method=True)
+        self.GetPrefilter = channel.unary_stream(
+                '/shixin.v1.ConsumptionCheck/GetPrefilter',
+                request_serializer=shixin_dot_v1_dot_check__pb2.PrefilterRequest.SerializeToString,
+                response_deserializer=shixin_dot_v1_dot_check__pb2.PrefilterChunk.FromString,
                 _registered_method=True)
 
 
@@ -149,12 +158,16 @@ class ConsumptionCheckServicer:
     another replica may have one), INDEX_UNAVAILABLE (the
     index backend failed outside a decision; a decision
     that cannot confirm a listing is answered instead,
-    with the Reason code INDEX_UNAVAILABLE)
+    with the Reason code INDEX_UNAVAILABLE),
+    PREFILTER_BUILDING (GetPrefilter only: the filter of
+    a new list version is still being built; retry)
     DEADLINE_EXCEEDED   DEADLINE_EXCEEDED (a batch whose deadline had passed
     before it started; nothing was decided)
     FAILED_PRECONDITION BATCH_OVER_BURST (a batch larger than the principal's
     burst: no wait lets it through whole, send smaller
-    batches; metadata principal); LOAD_REJECTED and
+    batches; metadata principal); PREFILTER_UNAVAILABLE
+    (GetPrefilter only: this server cannot build the
+    filter, see GetPrefilter); LOAD_REJECTED and
     CONFIGURATION_ERROR are reserved (not returned today)
     INTERNAL            INTERNAL, metadata check_id (also in the message and
     the server's log: quote it to the operator)
@@ -226,6 +239,41 @@ class ConsumptionCheckServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPrefilter(self, request, context):
+        """The Bloom prefilter of the served list, for a gateway that answers
+        definite negatives itself (the Python client's prefilter=True): a
+        PrefilterHeader, then `data` chunks of at most 1 MiB whose concatenation
+        hashes to header.sha256. With `known_version` naming a version of the same
+        snapshot that is not newer than the served one (the caller is behind by
+        deltas only) the data is the keys added since (PREFILTER_ADDITIONS), else
+        the whole filter (PREFILTER_FULL).
+
+        The filter's items are prefilter keys (PrefilterHeader.key_scheme), made
+        with a key derived one way from the service's secret (header.prefilter_key)
+        and never the index's subject keys: with the filter and that key a gateway
+        can test an identity it already knows (probably listed, at the
+        false-positive rate, or certainly not); it cannot list the identities in
+        the filter, compute a subject key, or test anything against the index or
+        Redis. A delisted subject stays in the filter until the next snapshot (a
+        Bloom filter never removes): the gateway then asks the server, never
+        clears it wrongly. Statuses:
+        UNAUTHENTICATED     no or bad credentials
+        PERMISSION_DENIED   the role "prefilter" is outside the caller's scope
+        (ROLE_NOT_ALLOWED)
+        UNAVAILABLE         no list loaded yet (NO_LIST_LOADED), or the filter of
+        a new version is being built (PREFILTER_BUILDING)
+        FAILED_PRECONDITION PREFILTER_UNAVAILABLE: Redis mode (the replica holds
+        only subject keys, which cannot become prefilter
+        keys: serve gateways from a memory-mode server), or
+        the snapshot file of the served version is gone or
+        changed since it was loaded (until the next load)
+        INVALID_ARGUMENT    bytes that do not parse (MALFORMED_REQUEST)
+        INTERNAL            an unexpected failure
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsumptionCheckServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +296,11 @@ def add_ConsumptionCheckServicer_to_server(servicer, server):
                     servicer.GetListStatus,
                     request_deserializer=shixin_dot_v1_dot_check__pb2.ListStatusRequest.FromString,
                     response_serializer=shixin_dot_v1_dot_check__pb2.ListStatus.SerializeToString,
+            ),
+            'GetPrefilter': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetPrefilter,
+                    request_deserializer=shixin_dot_v1_dot_check__pb2.PrefilterRequest.FromString,
+                    response_serializer=shixin_dot_v1_dot_check__pb2.PrefilterChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -296,12 +349,16 @@ class ConsumptionCheck:
     another replica may have one), INDEX_UNAVAILABLE (the
     index backend failed outside a decision; a decision
     that cannot confirm a listing is answered instead,
-    with the Reason code INDEX_UNAVAILABLE)
+    with the Reason code INDEX_UNAVAILABLE),
+    PREFILTER_BUILDING (GetPrefilter only: the filter of
+    a new list version is still being built; retry)
     DEADLINE_EXCEEDED   DEADLINE_EXCEEDED (a batch whose deadline had passed
     before it started; nothing was decided)
     FAILED_PRECONDITION BATCH_OVER_BURST (a batch larger than the principal's
     burst: no wait lets it through whole, send smaller
-    batches; metadata principal); LOAD_REJECTED and
+    batches; metadata principal); PREFILTER_UNAVAILABLE
+    (GetPrefilter only: this server cannot build the
+    filter, see GetPrefilter); LOAD_REJECTED and
     CONFIGURATION_ERROR are reserved (not returned today)
     INTERNAL            INTERNAL, metadata check_id (also in the message and
     the server's log: quote it to the operator)
@@ -412,6 +469,33 @@ class ConsumptionCheck:
             '/shixin.v1.ConsumptionCheck/GetListStatus',
             shixin_dot_v1_dot_check__pb2.ListStatusRequest.SerializeToString,
             shixin_dot_v1_dot_check__pb2.ListStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPrefilter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shixin.v1.ConsumptionCheck/GetPrefilter',
+            shixin_dot_v1_dot_check__pb2.PrefilterRequest.SerializeToString,
+            shixin_dot_v1_dot_check__pb2.PrefilterChunk.FromString,
             options,
             channel_credentials,
             insecure,

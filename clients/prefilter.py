@@ -1,0 +1,501 @@
+"""Offline-capable checks: the Bloom prefilter a gateway keeps (``prefilter=True``).
+
+Nearly every buyer is not listed. A client made with ``prefilter=True``
+downloads the server's prefilter (GetPrefilter), keeps it current, and
+answers a check itself when the filter says *certainly not listed*: ALLOW,
+NOT_LISTED, ``decided_locally`` set, a ``check_id`` beginning ``local-``,
+recorded in a local audit file (JSON Lines, masked IDs) for the gateway to
+ship. Everything else goes to the server, as without the filter.
+
+What makes a local answer safe:
+
+- **Only definite negatives.** A Bloom filter has no false negatives: the
+  server builds it from every identity of the version (a delisted one stays
+  until the next snapshot). Every identity the server would look up for the
+  request (the number as given and, for an 18-character number sent under
+  another id type, the resident ID or USCC it plainly is) must be absent.
+- **Only valid requests, in scope.** The request is validated here as the
+  server validates it (``local_identities``: lengths, id type, normalised
+  number, channel, purchase, amount); anything doubtful goes to the server,
+  which answers or refuses it. Only the channels the server says the caller
+  may check are answered.
+- **Only a fresh filter.** A filter is trusted for ``max_age`` seconds (60 by
+  default) from the start of the last refresh that succeeded; clients refresh
+  at half that, so a listing the server has is in the filter within
+  ``max_age``. A refresh that cannot reach the server leaves the filter to age
+  out (offline, definite negatives are answered until then; the rest raise
+  ``ServiceUnavailable``); one the server refuses (the key lost the role, no
+  filter in Redis mode) or a download that does not check out drops the
+  filter at once.
+
+What a gateway holds: the filter and the prefilter key of its header. With
+them it can test an identity it already knows (probably listed, at the
+false-positive rate, or certainly not); it cannot read identities out of the
+filter, and the key is not the index's: it makes no subject key, so it tests
+nothing against the server's index, Redis or logs.
+
+Both clients share this module; ``CheckClient`` and ``AsyncCheckClient`` do
+the calls, the refreshes (a thread, a task) and the splitting of batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import itertools
+import re
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
+
+import grpc
+import orjson
+from rbloom import Bloom
+
+from clients.errors import CheckError, ErrorDetails, from_info
+from shixin.v1 import check_pb2 as pb
+from shixin_domain.decision import NOT_LISTED
+from shixin_domain.errors import InvalidInput
+from shixin_domain.identity import (
+    IdType,
+    mask_id,
+    normalize_person_id,
+    normalize_uscc,
+    other_reading,
+)
+from shixin_domain.keys import PREFILTER_KEY_SCHEME, PrefilterKeyer
+from shixin_domain.model import Channel
+from shixin_domain.rules import (
+    Flight,
+    HotelStay,
+    InsurancePolicy,
+    LeisureVenue,
+    LeisureVisit,
+    OfficeRental,
+    Purchase,
+    RailSeat,
+    RailTicket,
+    RealEstateDeal,
+    RealEstateKind,
+    SchoolEnrolment,
+    ShipPassage,
+    TravelBooking,
+    TravelService,
+    VehicleSale,
+    normalize_train_number,
+    validate_purchase,
+)
+
+#: How long a filter is trusted after its last successful refresh, by default.
+DEFAULT_MAX_AGE = 60.0
+#: The deadline of one filter download, in seconds (a big list's filter is tens of MiB).
+DOWNLOAD_TIMEOUT = 30.0
+#: The check_id of every local answer begins with this.
+LOCAL_PREFIX = "local-"
+#: The filter layout and key scheme this client reads (PrefilterHeader).
+HASH_SCHEME = "rbloom-1/int-hi64"
+KEY_SCHEME = PREFILTER_KEY_SCHEME
+#: Failures that mean "the server could not be reached": the filter is kept to age out.
+UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+#: A download larger than this is refused (a filter of 100 million keys is ~180 MiB).
+MAX_DOWNLOAD_BYTES = 1 << 30
+
+# --- the server's validation, mirrored (server/convert.py ``to_query``) -------------
+
+_MAX_REQUEST_ID, _MAX_TERMINAL = 128, 64  # merchant_id and terminal_id too
+_MAX_ID, _MAX_NAME, _MAX_ORG_NAME = 64, 128, 256
+_MAX_TRAIN, _MAX_FLIGHT, _MAX_CABIN = 16, 16, 32
+_ID_TYPES: dict[int, IdType] = {0: IdType.RESIDENT_ID} | {t.value: t for t in IdType}
+_CHANNELS: dict[int, Channel] = {c.value: c for c in Channel}
+_PURCHASE_FIELD: dict[Channel, str] = {
+    Channel.RAIL: "rail", Channel.AIRLINE: "flight", Channel.HOTEL: "hotel",
+    Channel.SCHOOL: "school", Channel.SHIP: "ship", Channel.TRAVEL: "travel",
+    Channel.LEISURE: "leisure", Channel.INSURANCE: "insurance",
+    Channel.REAL_ESTATE: "real_estate", Channel.VEHICLE: "vehicle",
+    Channel.OFFICE_RENTAL: "office_rental",
+}  # fmt: skip
+
+
+def _rail(m: pb.RailPurchase) -> RailTicket:
+    if len(m.train_number) > _MAX_TRAIN:
+        raise InvalidInput("purchase.rail.train_number", "too long")
+    return RailTicket(normalize_train_number(m.train_number), RailSeat(m.seat))
+
+
+def _flight(m: pb.FlightPurchase) -> Flight:
+    if len(m.flight_number) > _MAX_FLIGHT or len(m.cabin) > _MAX_CABIN:
+        raise InvalidInput("purchase.flight", "too long")
+    return Flight(m.flight_number.strip().upper(), m.cabin.strip().upper())
+
+
+#: Wire purchase to domain purchase; an unknown enum value raises ValueError.
+_PURCHASES: dict[str, Callable[[Any], Purchase]] = {
+    "rail": _rail,
+    "flight": _flight,
+    "hotel": lambda m: HotelStay(m.star_rating, m.high_end),
+    "school": lambda m: SchoolEnrolment(m.private_school, m.high_fee),
+    "ship": lambda m: ShipPassage(m.cabin_class),
+    "travel": lambda m: TravelBooking(TravelService(m.service)),
+    "leisure": lambda m: LeisureVisit(LeisureVenue(m.venue)),
+    "insurance": lambda m: InsurancePolicy(m.cash_value),
+    "real_estate": lambda m: RealEstateDeal(RealEstateKind(m.kind)),
+    "vehicle": lambda m: VehicleSale(m.business_necessary),
+    "office_rental": lambda m: OfficeRental(m.high_end),
+}
+
+Identity = tuple[IdType | None, str]
+
+
+def local_identities(request: pb.CheckRequest) -> list[Identity] | None:
+    """The identities the server would look up for ``request``, if it would accept it.
+
+    None for a request the server would refuse (or that this cannot vouch for):
+    such a request is never answered locally. Mirrors the server's validation,
+    from the same domain functions, so it can only be stricter.
+    """
+    try:
+        if (
+            len(request.request_id) > _MAX_REQUEST_ID
+            or len(request.merchant_id) > _MAX_TERMINAL
+            or len(request.terminal_id) > _MAX_TERMINAL
+        ):
+            return None
+        which = request.WhichOneof("subject")
+        if which == "person":
+            person = request.person
+            if len(person.id_number) > _MAX_ID or len(person.name) > _MAX_NAME:
+                return None
+            id_type = _ID_TYPES.get(person.id_type)
+            if id_type is None:
+                return None
+            number = normalize_person_id(id_type, person.id_number)
+            found: list[Identity] = [(id_type, number)]
+            other = other_reading(id_type, number)
+            if other is not None:
+                found.append(other)
+        elif which == "organization":
+            org = request.organization
+            if len(org.uscc) > _MAX_ID or len(org.name) > _MAX_ORG_NAME:
+                return None
+            found = [(None, normalize_uscc(org.uscc))]
+        else:
+            return None
+        channel = _CHANNELS.get(request.channel)
+        given = request.WhichOneof("purchase")
+        if channel is None or given != _PURCHASE_FIELD[channel]:
+            return None
+        purchase = _PURCHASES[given](getattr(request, given))
+        validate_purchase(channel, purchase, request.amount_fen, f"purchase.{given}")
+    except (InvalidInput, ValueError):  # ValueError: an enum value that is no member
+        return None
+    return found
+
+
+# --- the filter ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class LocalFilter:
+    """One downloaded filter version: never changed, replaced whole by a refresh."""
+
+    version: str
+    base_version: str
+    bloom: Bloom
+    keyer: PrefilterKeyer
+    channels: frozenset[int]
+    items: int
+    #: the answer of every local check of this version, less its ids
+    answer: pb.CheckResponse
+
+    def clears(self, identities: Sequence[Identity]) -> bool:
+        """True when none of ``identities`` can be in the filter."""
+        bloom, keyer = self.bloom, self.keyer
+        return not any((keyer.subject_key(t, n) >> 64) in bloom for t, n in identities)
+
+
+class Download:
+    """The chunks of one GetPrefilter call, checked as they come."""
+
+    def __init__(self) -> None:
+        self.header: pb.PrefilterHeader | None = None
+        self.data = bytearray()
+
+    def add(self, chunk: pb.PrefilterChunk) -> None:
+        if chunk.HasField("header"):
+            if self.header is not None:
+                raise _corrupt("a second header")
+            header = chunk.header
+            if header.hash_scheme != HASH_SCHEME or header.key_scheme != KEY_SCHEME:
+                raise from_info(ErrorDetails(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"prefilter schemes {header.hash_scheme!r}/{header.key_scheme!r} are not "
+                    f"{HASH_SCHEME!r}/{KEY_SCHEME!r}: this client cannot read the filter",
+                    reason="PREFILTER_SCHEME_UNKNOWN",
+                ))  # fmt: skip
+            if not 0 <= header.data_bytes <= MAX_DOWNLOAD_BYTES:
+                raise _corrupt(f"{header.data_bytes} bytes announced")
+            self.header = header
+            return
+        if self.header is None:
+            raise _corrupt("data before the header")
+        self.data += chunk.data
+        if len(self.data) > self.header.data_bytes:
+            raise _corrupt(f"more than the {self.header.data_bytes} bytes announced")
+
+    def finish(self) -> tuple[pb.PrefilterHeader, bytes]:
+        header = self.header
+        if header is None:
+            raise _corrupt("no header")
+        data = bytes(self.data)
+        if len(data) != header.data_bytes or hashlib.sha256(data).digest() != header.sha256:
+            raise _corrupt(f"{len(data)} bytes that do not hash to the header's sha256")
+        return header, data
+
+
+def _corrupt(problem: str) -> CheckError:
+    return from_info(
+        ErrorDetails(
+            grpc.StatusCode.DATA_LOSS, f"prefilter download: {problem}", reason="PREFILTER_CORRUPT"
+        )
+    )
+
+
+class NeedsFull(Exception):
+    """Additions that do not fit the filter held: fetch the whole filter instead."""
+
+
+class LocalAnswer(NamedTuple):
+    """A check answered here, and its audit record (written once it is handed out)."""
+
+    response: pb.CheckResponse
+    record: dict[str, Any]
+
+
+class LocalAudit:
+    """The local answers, one JSON object a line, for the gateway to ship to the operator.
+
+    Each record: time (RFC 3339, UTC), check_id, request_id, list_version,
+    masked_id (never the number), channel, decision, codes, merchant_id,
+    terminal_id, filter_age_s, decided_locally. Appended and flushed as each
+    answer is handed out, from any thread.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._file: BinaryIO | None = self.path.open("ab")
+
+    def write(self, records: Sequence[dict[str, Any]]) -> None:
+        if not records:
+            return
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        lines = b"".join(orjson.dumps({"time": now, **r}) + b"\n" for r in records)
+        with self._lock:
+            if self._file is not None:
+                self._file.write(lines)
+                self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+_NOT_LISTED = pb.Reason(code=NOT_LISTED.code, message=NOT_LISTED.message)
+_NOT_LISTED_CODES = [NOT_LISTED.code]
+_CHANNEL_NAMES = {c.value: c.name for c in Channel}
+
+
+class Prefilter:
+    """What a client knows of its filter, and the local decisions made from it.
+
+    ``clock`` (seconds, monotonic; ``time.monotonic`` unless given) measures
+    the filter's age: tests pass their own to age it without waiting.
+    """
+
+    def __init__(self, max_age: float, clock: Callable[[], float], audit: LocalAudit) -> None:
+        if max_age <= 0:
+            raise ValueError(f"prefilter_max_age: {max_age} is not a positive number of seconds")
+        self.max_age = max_age
+        self.clock = clock
+        self.audit = audit
+        self.filter: LocalFilter | None = None
+        # check ids unique across gateways and restarts without coordination
+        self._id_prefix = f"{LOCAL_PREFIX}{secrets.token_hex(6)}-"
+        self._counter = itertools.count(1)
+        #: ``clock()`` when the last refresh that succeeded began; None: never
+        self.confirmed_at: float | None = None
+        #: the last refresh's failure (None after a success)
+        self.last_error: CheckError | None = None
+
+    @property
+    def refresh_interval(self) -> float:
+        """Refreshes come at half the maximum age: one may fail before the filter ages out."""
+        return self.max_age / 2
+
+    @property
+    def retry_interval(self) -> float:
+        """After a failed refresh, the next comes sooner."""
+        return self.max_age / 8
+
+    def request(self, full: bool = False) -> pb.PrefilterRequest:
+        held = self.filter
+        return pb.PrefilterRequest(known_version="" if full or held is None else held.version)
+
+    def age(self) -> float | None:
+        """Seconds since the filter was last confirmed (None: no filter)."""
+        if self.filter is None or self.confirmed_at is None:
+            return None
+        return self.clock() - self.confirmed_at
+
+    def trusted(self) -> LocalFilter | None:
+        """The filter, while it is younger than ``max_age``."""
+        held, confirmed = self.filter, self.confirmed_at
+        if held is None or confirmed is None or self.clock() - confirmed >= self.max_age:
+            return None
+        return held
+
+    def install(self, download: Download, started: float) -> None:
+        """Take a finished download that began at ``started`` (``NeedsFull`` if it cannot)."""
+        header, data = download.finish()
+        held = self.filter
+        if header.content == pb.PREFILTER_FULL:
+            if len(data) != header.size_bytes:
+                raise _corrupt(f"{len(data)} bytes for a filter of {header.size_bytes}")
+            try:
+                bloom = Bloom.load_bytes(data, int)
+            except ValueError as exc:
+                raise _corrupt(f"not a filter ({exc})") from exc
+        elif header.content == pb.PREFILTER_ADDITIONS:
+            if (
+                held is None
+                or held.base_version != header.base_version
+                or held.keyer.key != header.prefilter_key
+                or len(data) % 8
+            ):
+                raise NeedsFull()
+            bloom = held.bloom.copy()  # readers keep the old one whole meanwhile
+            bloom.update(int.from_bytes(data[at : at + 8], "big") for at in range(0, len(data), 8))
+        else:
+            raise _corrupt(f"unknown content {header.content}")
+        keyer = (
+            held.keyer
+            if held is not None and held.keyer.key == header.prefilter_key
+            else PrefilterKeyer(header.prefilter_key)
+        )
+        answer = pb.CheckResponse(
+            decision=pb.ALLOW, reasons=[_NOT_LISTED], list_version=header.version,
+            decided_locally=True,
+        )  # fmt: skip
+        self.filter = LocalFilter(
+            header.version, header.base_version, bloom, keyer,
+            frozenset(header.channels), header.items, answer,
+        )  # fmt: skip
+        self.confirmed_at = started
+        self.last_error = None
+
+    def failed(self, error: CheckError) -> None:
+        """A refresh failed: unreachable, the filter ages out; refused or bad, it goes now."""
+        self.last_error = error
+        if error.code() not in UNREACHABLE:
+            self.filter = None
+            self.confirmed_at = None
+
+    def decide(self, request: pb.CheckRequest) -> LocalAnswer | None:
+        """The local answer to ``request``, or None: ask the server."""
+        held = self.trusted()
+        return None if held is None else self._decide(held, request, self.age() or 0.0)
+
+    def _decide(
+        self, held: LocalFilter, request: pb.CheckRequest, age: float
+    ) -> LocalAnswer | None:
+        channel = _CHANNEL_NAMES.get(request.channel)
+        if channel is None or request.channel not in held.channels:
+            return None
+        identities = local_identities(request)
+        if identities is None or not held.clears(identities):
+            return None
+        check_id = f"{self._id_prefix}{next(self._counter):x}"
+        response = pb.CheckResponse()
+        response.CopyFrom(held.answer)  # a template: copying is cheaper than building
+        response.request_id = request.request_id
+        response.check_id = check_id
+        record = {
+            "check_id": check_id,
+            "request_id": request.request_id,
+            "list_version": held.version,
+            "masked_id": mask_id(identities[0][1]),
+            "channel": channel,
+            "decision": "ALLOW",
+            "codes": _NOT_LISTED_CODES,
+            "merchant_id": request.merchant_id,
+            "terminal_id": request.terminal_id,
+            "filter_age_s": round(age, 3),
+            "decided_locally": True,
+        }
+        return LocalAnswer(response, record)
+
+    def split(self, requests: Sequence[pb.CheckRequest]) -> Split:
+        """``requests`` as local answers and the rest, to send, with their positions
+        (one filter and one age for the whole batch)."""
+        answers: list[pb.CheckResponse | None] = []
+        local: list[LocalAnswer] = []
+        send: list[pb.CheckRequest] = []
+        positions: list[int] = []
+        held = self.trusted()
+        age = self.age() or 0.0
+        for i, request in enumerate(requests):
+            found = None if held is None else self._decide(held, request, age)
+            if found is None:
+                answers.append(None)
+                send.append(request)
+                positions.append(i)
+            else:
+                answers.append(found.response)
+                local.append(found)
+        return Split(answers, local, send, positions)
+
+    def record(self, answers: Sequence[LocalAnswer]) -> None:
+        """Write the audit records of local answers handed out."""
+        self.audit.write([a.record for a in answers])
+
+
+class Split(NamedTuple):
+    """A batch split: an answer slot per request (None: the server's), what to send, where."""
+
+    answers: list[pb.CheckResponse | None]
+    local: list[LocalAnswer]
+    send: list[pb.CheckRequest]
+    positions: list[int]
+
+    def merge(self, sent: Sequence[pb.CheckResponse]) -> list[pb.CheckResponse]:
+        answers = self.answers
+        for position, answer in zip(self.positions, sent, strict=True):
+            answers[position] = answer
+        return [a for a in answers if a is not None]
+
+
+_BATCH_INDEX = re.compile(r"^checks\[(\d+)\]")
+
+
+def renumbered(error: CheckError, positions: Sequence[int]) -> CheckError:
+    """``error`` of a batch call whose ``checks[j]`` was the caller's ``positions[j]``."""
+
+    def move(text: str) -> str:
+        def at(m: re.Match[str]) -> str:
+            j = int(m.group(1))
+            return f"checks[{positions[j] if j < len(positions) else j}]"
+
+        return _BATCH_INDEX.sub(at, text)
+
+    info = dataclasses.replace(
+        error.info,
+        message=move(error.info.message),
+        field_violations=[(move(f), problem) for f, problem in error.info.field_violations],
+    )
+    return error.with_info(info)

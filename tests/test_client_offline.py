@@ -1,0 +1,411 @@
+"""The offline-capable client (``prefilter=True``): local answers, their limits, and outages.
+
+A real server on a free port serving a list directory (so deltas can arrive),
+real channels, and a clock the test moves (``Clock``) to age the filter: no
+test sleeps or measures a duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients.aio import AsyncCheckClient
+from clients.check_client import CheckClient, build_request
+from clients.errors import InvalidRequest, PermissionDenied, ServiceUnavailable
+from server.auth import add_key, read_keys_document, write_keys_document
+from shixin.v1 import check_pb2 as pb
+from tests.conftest import settings_for, start_server
+from tests.listdata import (
+    ACME_USCC,
+    LI,
+    WANG,
+    ZHANG,
+    ZHAO,
+    basic_rows,
+    delta,
+    person_entry,
+    rid,
+    uscc,
+    write_jsonl,
+)
+from tests.waiting import eventually
+
+MAX_AGE = 60.0
+#: Never listed either (ZHAO is the other).
+SUN = rid("32010219700303005")
+UNLISTED_ORG = uscc("91320102MA0000002")
+
+
+class Clock:
+    """The client's clock, moved by the test: the filter's age without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Server:
+    """A real server on a list directory that a test may stop (once)."""
+
+    def __init__(self, feed: Path, **settings: Any) -> None:
+        self.feed = feed
+        self.handle = start_server(settings_for(feed, **settings))
+        self.running = True
+
+    @property
+    def address(self) -> str:
+        return self.handle.address
+
+    def version(self) -> str:
+        return self.handle.stub().GetListStatus(pb.ListStatusRequest(), timeout=5).version
+
+    def ask(self, request: pb.CheckRequest) -> pb.CheckResponse:
+        return self.handle.stub().CheckConsumption(request, timeout=5)
+
+    def stop(self) -> None:
+        if self.running:
+            self.running = False
+            self.handle.stop()
+
+
+@pytest.fixture
+def feed(tmp_path: Path) -> Path:
+    folder = tmp_path / "feed"
+    folder.mkdir()
+    write_jsonl(folder / "snapshot-0001.jsonl", basic_rows())
+    return folder
+
+
+@pytest.fixture
+def server(feed: Path) -> Iterator[Server]:
+    running = Server(feed)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def audit_path(tmp_path: Path) -> Path:
+    return tmp_path / "local-audit.jsonl"
+
+
+@pytest.fixture
+def client(server: Server, clock: Clock, audit_path: Path) -> Iterator[CheckClient]:
+    with CheckClient(
+        server.address, prefilter=True, prefilter_max_age=MAX_AGE,
+        local_audit_path=audit_path, clock=clock,
+    ) as made:  # fmt: skip
+        yield made
+
+
+def flight(number: str, **fields: Any) -> pb.CheckRequest:
+    return build_request("AIRLINE", id_number=number, **fields)
+
+
+def audit_records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def decided(answer: pb.CheckResponse) -> tuple[Any, ...]:
+    """What an answer decides, without the ids of the check and where it was decided."""
+    return (
+        answer.request_id,
+        answer.decision,
+        list(answer.reasons),
+        list(answer.matches),
+        answer.list_version,
+    )
+
+
+def requests_of_every_kind() -> list[pb.CheckRequest]:
+    """Unlisted people and organisations, listed debtors, a related person, a listed
+    organisation, a mistyped id type, a name that differs, a purchase not restricted."""
+    return [
+        flight(ZHAO, request_id="unlisted"),
+        build_request("HOTEL", uscc=UNLISTED_ORG, purchase={"star_rating": 5}, request_id="org"),
+        flight(ZHANG, name="张伟", request_id="debtor"),
+        flight(LI, request_id="second-entry"),
+        flight(WANG, request_id="related"),
+        build_request("HOTEL", uscc=ACME_USCC, purchase={"star_rating": 4}, request_id="acme"),
+        flight(ZHANG, id_type="PASSPORT", request_id="mistyped"),
+        flight(ZHANG, name="王五", request_id="other-name"),
+        build_request(
+            "RAIL",
+            id_number=ZHANG,
+            purchase={"train_number": "D301", "seat": "SECOND_CLASS"},
+            request_id="not-restricted",
+        ),  # fmt: skip
+        flight(SUN, request_id="unlisted-2"),
+    ]
+
+
+# --- answers ------------------------------------------------------------------------
+
+
+def test_the_librarys_answers_equal_the_servers_with_the_prefilter_on(
+    server: Server, client: CheckClient, audit_path: Path
+) -> None:
+    requests = requests_of_every_kind()
+    direct = [server.ask(r) for r in requests]
+    one_by_one = [client.check(r) for r in requests]
+    batch = client.check_batch(requests)
+    for answers in (one_by_one, batch):
+        assert [decided(a) for a in answers] == [decided(a) for a in direct]
+        local = [a.request_id for a in answers if a.decided_locally]
+        assert local == ["unlisted", "org", "unlisted-2"]  # only the definite negatives
+        assert all(a.check_id.startswith("local-") == a.decided_locally for a in answers)
+    assert [pb.Decision.Name(a.decision) for a in batch] == [
+        "ALLOW", "ALLOW", "DENY", "DENY", "DENY", "DENY", "DENY", "REVIEW", "ALLOW", "ALLOW",
+    ]  # fmt: skip
+    records = audit_records(audit_path)
+    assert [r["request_id"] for r in records] == ["unlisted", "org", "unlisted-2"] * 2
+    assert {r["check_id"] for r in records} == {
+        a.check_id for a in one_by_one + batch if a.decided_locally
+    }
+
+
+def test_bad_requests_are_never_answered_locally(
+    client: CheckClient, audit_path: Path, server: Server
+) -> None:
+    bad_seat = flight(ZHAO)
+    bad_seat.ClearField("flight")
+    bad_seat.rail.train_number = "G1"
+    no_subject = flight(ZHAO)
+    no_subject.ClearField("person")
+    unknown_channel = flight(ZHAO)
+    unknown_channel.channel = 99  # type: ignore[assignment]
+    unknown_id_type = flight(ZHAO)
+    unknown_id_type.person.id_type = 42  # type: ignore[assignment]
+    bad = [
+        flight(ZHAO[:-1] + ("0" if ZHAO[-1] != "0" else "1")),  # a bad check digit
+        flight(ZHAO, name="名" * 129),
+        flight(ZHAO, request_id="r" * 129),
+        build_request("HOTEL", id_number=ZHAO, purchase={"star_rating": 9}),
+        build_request("RAIL", id_number=ZHAO, purchase={"train_number": "G1"}),  # no seat
+        build_request("TRAVEL", id_number=ZHAO, purchase={"service": "RATED_RESORT"}),
+        build_request("VEHICLE", id_number=ZHAO, amount_fen=-1),
+        bad_seat,
+        no_subject,
+        unknown_channel,
+        unknown_id_type,
+    ]
+    for request in bad:
+        with pytest.raises(InvalidRequest):
+            client.check(request)
+    with pytest.raises(InvalidRequest) as caught:
+        client.check_batch([flight(ZHAO), flight(SUN), bad[0], flight(ZHANG)])
+    assert caught.value.field_violations[0][0] == "checks[2].subject.person.id_number"
+    assert audit_records(audit_path) == []  # a refused batch hands out no local answer
+
+    server.stop()  # offline, a bad request is still never an ALLOW
+    with pytest.raises(ServiceUnavailable):
+        client.check(bad[0])
+
+
+# --- freshness ----------------------------------------------------------------------
+
+
+def test_a_delta_listing_someone_is_never_cleared_after_the_next_refresh(
+    server: Server, client: CheckClient, feed: Path
+) -> None:
+    assert client.check(flight(ZHAO)).decided_locally
+    before = server.version()
+    write_jsonl(feed / "delta-0001.jsonl", [delta(1, "LIST", entry=person_entry("E9", ZHAO, "赵六"))])  # fmt: skip
+    eventually(lambda: server.version() != before, "the delta applied")
+    client.refresh_prefilter()
+    answer = client.check(flight(ZHAO))
+    assert pb.Decision.Name(answer.decision) == "DENY" and not answer.decided_locally
+    assert decided(answer) == decided(server.ask(flight(ZHAO)))
+    [in_batch] = client.check_batch([flight(ZHAO)])
+    assert in_batch.decision == pb.DENY and not in_batch.decided_locally
+    assert client.check(flight(SUN)).list_version == server.version()  # the filter is current
+
+
+def test_a_stale_filter_is_not_trusted(server: Server, client: CheckClient, clock: Clock) -> None:
+    assert client.check(flight(ZHAO)).decided_locally
+    clock.advance(MAX_AGE)  # as old as it may be: no longer trusted
+    answer = client.check(flight(ZHAO))
+    assert answer.decision == pb.ALLOW and not answer.decided_locally  # the server's answer
+    client.refresh_prefilter()
+    assert client.check(flight(ZHAO)).decided_locally
+    server.stop()
+    clock.advance(MAX_AGE + 1)
+    with pytest.raises(ServiceUnavailable):
+        client.check(flight(ZHAO))
+
+
+def test_a_failed_refresh_ages_the_filter_out(
+    server: Server, client: CheckClient, clock: Clock
+) -> None:
+    server.stop()
+    clock.advance(MAX_AGE * 0.6)  # past the refresh point
+    with pytest.raises(ServiceUnavailable):
+        client.refresh_prefilter()
+    assert client.check(flight(ZHAO)).decided_locally  # still young enough
+    clock.advance(MAX_AGE * 0.4)
+    with pytest.raises(ServiceUnavailable):
+        client.check(flight(ZHAO))
+
+
+# --- offline ------------------------------------------------------------------------
+
+
+def test_offline_unlisted_subjects_are_cleared_locally_and_listed_ones_raise(
+    server: Server, client: CheckClient, audit_path: Path
+) -> None:
+    version = server.version()
+    server.stop()
+    answer = client.check(flight(ZHAO, request_id="r-1", merchant_id="M1", terminal_id="T9"))
+    assert answer.decided_locally and answer.check_id.startswith("local-")
+    assert pb.Decision.Name(answer.decision) == "ALLOW"
+    assert [r.code for r in answer.reasons] == ["NOT_LISTED"]
+    assert answer.list_version == version and answer.request_id == "r-1"
+    organisation = build_request("OFFICE_RENTAL", uscc=UNLISTED_ORG, purchase={"high_end": True})
+    assert client.check(organisation).decided_locally
+    for listed in (flight(ZHANG), flight(WANG), flight(ZHANG, id_type="PASSPORT")):
+        with pytest.raises(ServiceUnavailable):
+            client.check(listed)
+    with pytest.raises(ServiceUnavailable):  # a batch needing the server fails whole
+        client.check_batch([flight(SUN, request_id="lost"), flight(ZHANG)])
+    answers = client.check_batch([flight(SUN, request_id="a"), flight(ZHAO, request_id="b")])
+    assert [a.request_id for a in answers] == ["a", "b"]
+    assert all(a.decided_locally for a in answers)
+
+    records = audit_records(audit_path)
+    assert [r["request_id"] for r in records] == ["r-1", "", "a", "b"]  # never "lost"
+    first = records[0]
+    assert (
+        first["check_id"] == answer.check_id
+        and first["masked_id"] == ZHAO[:6] + "********" + ZHAO[-4:]
+    )
+    assert first["decision"] == "ALLOW" and first["codes"] == ["NOT_LISTED"]
+    assert first["channel"] == "AIRLINE" and first["list_version"] == version
+    assert (first["merchant_id"], first["terminal_id"], first["decided_locally"]) == (
+        "M1",
+        "T9",
+        True,
+    )
+    assert records[1]["masked_id"] == UNLISTED_ORG[:6] + "********" + UNLISTED_ORG[-4:]
+    text = audit_path.read_text()
+    assert ZHAO not in text and SUN not in text and UNLISTED_ORG not in text
+
+
+# --- who may use it -----------------------------------------------------------------
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    path = tmp_path / "keys.json"
+    return path, {
+        "till": add_key(path, "till", "*", ["check"]),
+        "gateway": add_key(path, "gateway", "*", ["check", "prefilter"]),
+        "hotel": add_key(path, "hotel-gateway", ["HOTEL"], ["check", "prefilter"]),
+    }
+
+
+def test_a_key_without_the_role_fails_the_client_and_a_scope_is_kept(
+    feed: Path, keys_file: tuple[Path, dict[str, str]], audit_path: Path
+) -> None:
+    path, keys = keys_file
+    guarded = Server(feed, keys_file=path)
+    try:
+        with pytest.raises(PermissionDenied) as caught:
+            CheckClient(
+                guarded.address, api_key=keys["till"], prefilter=True, local_audit_path=audit_path
+            )
+        assert caught.value.reason == "ROLE_NOT_ALLOWED"
+        with CheckClient(
+            guarded.address, api_key=keys["hotel"], prefilter=True, local_audit_path=audit_path
+        ) as hotel:
+            stay = build_request("HOTEL", id_number=ZHAO, purchase={"star_rating": 4})
+            assert hotel.check(stay).decided_locally
+            with pytest.raises(PermissionDenied):  # outside its scope: the server says so
+                hotel.check(flight(ZHAO))
+    finally:
+        guarded.stop()
+
+
+def test_a_refresh_the_server_refuses_drops_the_filter_at_once(
+    feed: Path, keys_file: tuple[Path, dict[str, str]], audit_path: Path
+) -> None:
+    path, keys = keys_file
+    guarded = Server(feed, keys_file=path)
+    try:
+        with CheckClient(
+            guarded.address, api_key=keys["gateway"], prefilter=True, local_audit_path=audit_path
+        ) as client:
+            assert client.check(flight(ZHAO)).decided_locally
+            document = read_keys_document(path)
+            for entry in document["keys"]:
+                if entry["principal"] == "gateway":
+                    entry["roles"] = ["check"]  # the operator withdraws the filter
+            write_keys_document(path, document)
+
+            def refused() -> bool:
+                try:
+                    client.refresh_prefilter()
+                except PermissionDenied:
+                    return True
+                return False
+
+            eventually(refused, "the server reloads the keys file and refuses the refresh")
+            answer = client.check(flight(ZHAO))  # the filter is young, but gone
+            assert answer.decision == pb.ALLOW and not answer.decided_locally
+    finally:
+        guarded.stop()
+
+
+def test_prefilter_needs_a_local_audit_path(server: Server) -> None:
+    with pytest.raises(ValueError, match="local_audit_path"):
+        CheckClient(server.address, prefilter=True)
+
+
+# --- the asynchronous client --------------------------------------------------------
+
+
+def test_the_async_client_answers_locally_online_and_offline(
+    server: Server, clock: Clock, audit_path: Path
+) -> None:
+    requests = requests_of_every_kind()
+    direct = [server.ask(r) for r in requests]
+
+    async def go() -> None:
+        async with AsyncCheckClient(
+            server.address, prefilter=True, prefilter_max_age=MAX_AGE,
+            local_audit_path=audit_path, clock=clock,
+        ) as client:  # fmt: skip
+            one_by_one = [await client.check(r) for r in requests]
+            batch = await client.check_batch(requests)
+            for answers in (one_by_one, batch):
+                assert [decided(a) for a in answers] == [decided(a) for a in direct]
+                assert [a.request_id for a in answers if a.decided_locally] == [
+                    "unlisted", "org", "unlisted-2",
+                ]  # fmt: skip
+            await asyncio.to_thread(server.stop)
+            assert (await client.check(flight(ZHAO))).decided_locally
+            with pytest.raises(ServiceUnavailable):
+                await client.check(flight(ZHANG))
+            clock.advance(MAX_AGE * 0.6)
+            with pytest.raises(ServiceUnavailable):
+                await client.refresh_prefilter()
+            clock.advance(MAX_AGE * 0.4)
+            with pytest.raises(ServiceUnavailable):
+                await client.check(flight(ZHAO))
+
+    asyncio.run(go())
+    assert len(audit_records(audit_path)) == 7
