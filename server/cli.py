@@ -1,10 +1,12 @@
 """``shixin-check``: one console script, one subcommand per job.
 
 serve, validate, check, gen-data, status, health, load, keys, feedback, audit. Every
-flag also reads ``SHIXIN_<FLAG>`` (see ``server/settings.py``). Each command
-imports what it needs when it runs (gRPC, numpy, Redis are slow to import),
-so ``--help``, ``validate`` and ``check`` start quickly. A user's mistake is
-one line on standard error and a non-zero exit, never a traceback.
+option is a row of the table in ``server/settings.py``: a flag, a ``SHIXIN_<OPTION>``
+variable and a key of the ``--config`` file, in that order of precedence, each
+read strictly before the command runs. Each command imports what it needs when
+it runs (gRPC, numpy, Redis, pydantic are slow to import), so ``--help`` and
+``validate`` start quickly. A user's mistake is one line on standard error and a
+non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -23,25 +25,20 @@ from server.cli_health import add_parsers as add_health_parsers
 from server.cli_keys import add_parsers as add_keys_parsers
 from server.cli_logs import add_parsers
 from server.settings import (
-    add_access_flags,
-    add_flag,
-    add_index_flags,
-    add_log_flags,
-    add_observability_flags,
-    add_policy_flags,
-    add_redis_flags,
-    add_secret_flags,
-    add_unavailable_flags,
+    BY_KEY,
+    CONFIG_ENV,
+    DEFAULT_LISTEN,
+    add_options,
+    resolve_args,
     secret_from,
     serve_settings,
 )
 from shixin_domain.errors import ConfigurationError
-from shixin_domain.model import CHINA_TZ
 
 if TYPE_CHECKING:
     from clients.check_client import CheckClient
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TARGET = DEFAULT_LISTEN
 
 
 log_handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -49,36 +46,48 @@ keys_handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
 health_handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
+class _Version(argparse.Action):
+    """``--version``: the package, the proto package it speaks, Python and grpcio."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        import platform
+        from importlib.metadata import PackageNotFoundError, version
+
+        from shixin.v1 import check_pb2
+
+        def of(package: str) -> str:
+            try:
+                return version(package)
+            except PackageNotFoundError:
+                return "(not installed)"
+
+        print(f"shixin-check {of('shixin-check')}")
+        print(f"proto package {check_pb2.DESCRIPTOR.package}")
+        print(f"Python {platform.python_version()} ({platform.python_implementation()})")
+        print(f"grpcio {of('grpcio')}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="shixin-check",
         description="Point-of-sale checks against the court list of dishonest judgment debtors.",
+        epilog="Every option of a subcommand is also read from SHIXIN_<OPTION> (upper case, "
+        f"_ for -) and from the key <option> (_ for -) of the TOML file named by --config or "
+        f"{CONFIG_ENV}: a flag beats its variable, a variable the file, the file the default.",
     )
+    top.add_argument("--version", action=_Version, nargs=0,
+                     help="print the version, the proto package, and the Python and grpcio versions")  # fmt: skip
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the gRPC check service")
-    add_flag(p, "--list", metavar="PATH", help="snapshot file, or a directory to follow")
-    add_flag(p, "--demo", action="store_true", help="serve a generated demo list")
-    add_flag(p, "--demo-count", default="2000", metavar="N", help="entries in the demo list")
-    add_flag(p, "--listen", default=DEFAULT_TARGET, metavar="HOST:PORT", help="address to bind")
-    add_flag(p, "--hit-log", metavar="PATH", help="append a JSON line per listed-subject check")
-    add_flag(p, "--audit-log", metavar="PATH", help="append a JSON line per call")
-    add_flag(p, "--grace", default="5", metavar="SECONDS", help="drain time on SIGTERM")
-    add_secret_flags(p)
-    add_policy_flags(p)
-    add_redis_flags(p)
-    add_unavailable_flags(p)
-    add_access_flags(p)
-    add_log_flags(p)
-    add_observability_flags(p)
-    add_index_flags(p)
+    add_options(p, "serve")
 
     keys_handlers.update(add_keys_parsers(sub))
 
     p = sub.add_parser("load", help="validate a snapshot or delta file and publish it to Redis")
     p.add_argument("path", type=Path)
-    add_redis_flags(p, required=True)
-    add_secret_flags(p)
+    add_options(p, "load")
 
     p = sub.add_parser("validate", help="report every bad row of a list file; change nothing")
     p.add_argument("path", type=Path)
@@ -86,11 +95,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="for a delta: also check each op against this snapshot (and its header)")  # fmt: skip
 
     p = sub.add_parser("check", help="one check against a running server")
-    add_flag(p, "--target", default=DEFAULT_TARGET, metavar="HOST:PORT", help="server address")
-    add_client_flags(p)
-    add_flag(p, "--channel", required=False, metavar="CHANNEL",
-             help="RAIL AIRLINE HOTEL SCHOOL SHIP TRAVEL LEISURE INSURANCE REAL_ESTATE "
-                  "VEHICLE OFFICE_RENTAL")  # fmt: skip
+    add_options(p, "check")
     p.add_argument("--id", dest="id_number", default="", help="ID number of a person")
     p.add_argument("--id-type", default="RESIDENT_ID",
                    help="RESIDENT_ID PASSPORT HK_MACAO_PERMIT TAIWAN_PERMIT "
@@ -125,28 +130,14 @@ def _parser() -> argparse.ArgumentParser:
                         "defaults for every line; one answer per line")  # fmt: skip
 
     p = sub.add_parser("gen-data", help="write a realistic synthetic list (JSON Lines)")
-    add_flag(p, "--count", default="1000", metavar="N", help="entries")
-    add_flag(p, "--out", required=False, metavar="PATH", help="output file")
-    add_flag(p, "--seed", default="1", metavar="S", help="random seed")
-    add_flag(p, "--as-of", metavar="YYYY-MM-DD", help="the day the list describes (today)")
+    add_options(p, "gen-data")
 
     p = sub.add_parser("status", help="what list a running server (or Redis) holds")
-    add_flag(p, "--target", default=DEFAULT_TARGET, metavar="HOST:PORT", help="server address")
-    add_client_flags(p)
+    add_options(p, "status")
     p.add_argument("--json", action="store_true", help="print as JSON")
-    add_redis_flags(p)
     log_handlers.update(add_parsers(sub))
     health_handlers.update(add_health_parsers(sub))
     return top
-
-
-def add_client_flags(parser: argparse.ArgumentParser) -> None:
-    add_flag(
-        parser, "--api-key", default="", metavar="KEY", help="sent as authorization: Bearer KEY"
-    )
-    add_flag(parser, "--ca", metavar="PATH", help="CA of the server's certificate: use TLS")
-    add_flag(parser, "--client-cert", metavar="PATH", help="client certificate for mutual TLS")
-    add_flag(parser, "--client-key", metavar="PATH", help="client key for mutual TLS")
 
 
 def _client(args: argparse.Namespace) -> CheckClient:
@@ -226,7 +217,10 @@ def _check_request(args: argparse.Namespace) -> Any:
     from shixin.v1 import check_pb2 as pb
 
     if not args.channel:
-        raise ConfigurationError("--channel (SHIXIN_CHANNEL) is required")
+        raise ConfigurationError(
+            f"--channel ({BY_KEY['channel'].env}) is required: a flag, the variable, the config "
+            'key channel or each --batch line\'s "channel"'
+        )
     try:
         channel = enum_name(pb.Channel.DESCRIPTOR, args.channel, "--channel")
         id_type = enum_name(pb.IdType.DESCRIPTOR, args.id_type, "--id-type")
@@ -286,9 +280,13 @@ def _batch_requests(args: argparse.Namespace) -> list[Any]:
 def _print_decision(answer: Any) -> None:
     from shixin.v1 import check_pb2 as pb
 
+    stale = "  STALE" if answer.stale else ""
     print(
-        f"{pb.Decision.Name(answer.decision)}  (check {answer.check_id}, list {answer.list_version})"
+        f"{pb.Decision.Name(answer.decision)}  (check {answer.check_id}, "
+        f"list {answer.list_version}){stale}"
     )
+    if answer.stale:
+        print("  stale: the server's list is older than its --max-list-age; apply your policy")
     for reason in answer.reasons:
         print(f"  {reason.code}: {reason.message}")
     for m in answer.matches:
@@ -320,7 +318,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         elif args.batch:  # one line per answer, in the order of the file's lines
             codes = ",".join(r.code for r in answer.reasons)
             mine = f"request {answer.request_id}, " if answer.request_id else ""
-            print(f"{pb.Decision.Name(answer.decision)}  {codes}  ({mine}check {answer.check_id})")
+            stale = "  STALE" if answer.stale else ""
+            print(f"{pb.Decision.Name(answer.decision)}  {codes}  ({mine}check {answer.check_id})"
+                  f"{stale}")  # fmt: skip
         else:
             _print_decision(answer)
     return 0
@@ -464,19 +464,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_gen_data(args: argparse.Namespace) -> int:
     from loader.synthetic import write_snapshot
+    from shixin_domain.model import CHINA_TZ
 
-    if not args.out:
-        raise ConfigurationError("--out PATH (SHIXIN_OUT) is required")
-    try:
-        as_of = (
-            _dt.date.fromisoformat(args.as_of) if args.as_of else _dt.datetime.now(CHINA_TZ).date()
-        )
-    except ValueError:
-        raise ConfigurationError(
-            f"--as-of / SHIXIN_AS_OF: {args.as_of!r} is not YYYY-MM-DD"
-        ) from None
-    count = _number("--count", args.count, 0, 100_000_000)
-    seed = _number("--seed", args.seed, 0, 2**63 - 1)
+    # --out (required), --count, --seed and --as-of were read and checked by settings.resolve
+    as_of: _dt.date = args.as_of or _dt.datetime.now(CHINA_TZ).date()
+    count, seed = int(args.count), int(args.seed)
     started = time.perf_counter()
 
     def progress(n: int) -> None:
@@ -486,16 +478,6 @@ def cmd_gen_data(args: argparse.Namespace) -> int:
     took = time.perf_counter() - started
     print(f"wrote {count:,} entries to {args.out} in {took:.1f}s (seed {seed}, as of {as_of})")
     return 0
-
-
-def _number(flag: str, raw: object, low: int, high: int) -> int:
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise ConfigurationError(f"{flag}: {raw!r} is not an integer in {low}..{high}")
-    return value
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -519,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     command = f"shixin-check {args.command}"
     try:
+        args = resolve_args(args)  # every option: flag > SHIXIN_* > --config file > default
         return handlers[args.command](args)
     except ConfigurationError as exc:
         print(f"{command}: {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from server.settings import add_flag
+from server.settings import add_options, resolving
 from shixin_domain.errors import ConfigurationError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -28,17 +28,9 @@ Handler = Callable[[argparse.Namespace], int]
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add ``health`` to ``sub``; its handler, by name."""
-    # server.cli imports this module at its top: take its client flags when the parser is built
-    from server.cli import DEFAULT_TARGET, add_client_flags
-
     p = sub.add_parser("health", help="ask a running server's health service: exit 0 on SERVING")
-    add_flag(p, "--target", default=DEFAULT_TARGET, metavar="HOST:PORT", help="server address")
-    add_flag(p, "--service", default="", metavar="NAME",
-             help="health service name: '' (the server), shixin.v1.ConsumptionCheck, "
-                  "shixin.v1.ListCurrent, ...")  # fmt: skip
-    add_flag(p, "--timeout", default="5", metavar="SECONDS", help="give up after this long")
-    add_client_flags(p)
-    return {"health": cmd_health}
+    add_options(p, "health")  # --target, --service, --timeout, TLS and API key, --config
+    return {"health": resolving(cmd_health)}
 
 
 def _timeout(raw: object) -> float:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.settings import MAX_BATCH, add_flag
+from server.settings import MAX_BATCH, add_options, resolving
 
 if TYPE_CHECKING:  # the access module loads only when a keys command runs
     from server.auth import KeyRing
@@ -44,27 +43,27 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dic
     keys_sub = p.add_subparsers(dest="keys_command", required=True)
 
     k = keys_sub.add_parser("add", help="make a key for a principal; prints it once")
-    _keys_file_flag(k, "the keys file (created if missing)")
+    add_options(k, "keys")  # --keys-file (the file; add creates it), --config
     k.add_argument("--principal", required=True, help="who the key is for, e.g. 12306-gateway")
     k.add_argument("--channels", default="*", help="comma-separated channels, or * for all")
-    k.add_argument("--roles", default="check", help="comma-separated: check, status, admin")
+    k.add_argument(
+        "--roles",
+        default="check",
+        help="comma-separated: check (the checks), status (GetListStatus), prefilter "
+        "(GetPrefilter: a gateway's offline filter; give check too), admin (reserved)",
+    )
     k.add_argument("--rate", type=float, default=0.0, help="checks per second (0: no limit)")
     k.add_argument("--burst", type=int, default=0, help=BURST_RULE)
 
     k = keys_sub.add_parser("list", help="principals, scopes, limits and key ids (never keys)")
-    _keys_file_flag(k, "the keys file")
+    add_options(k, "keys")
     k.add_argument("--json", action="store_true", help="print as JSON")
 
     k = keys_sub.add_parser("remove", help="revoke a principal's keys, or one key by its id")
-    _keys_file_flag(k, "the keys file")
+    add_options(k, "keys")
     k.add_argument("--principal", default="", help="remove every key and certificate of P")
     k.add_argument("--key-id", default="", help="remove the key whose id starts so (keys list)")
-    return {"keys": cmd_keys}
-
-
-def _keys_file_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
-    add_flag(parser, "--keys-file", required=not os.environ.get("SHIXIN_KEYS_FILE"),
-             metavar="PATH", help=help_text)  # fmt: skip
+    return {"keys": resolving(cmd_keys)}
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

@@ -1,140 +1,730 @@
-"""All configuration, in one place.
+"""All configuration, in one place: one table of options, read from four sources.
 
-Every command-line flag also reads an environment variable ``SHIXIN_<FLAG>``
-(``--hit-log`` from ``SHIXIN_HIT_LOG``); a flag given on the command line
-wins. Bad values are refused at start-up with a message naming both. The
-result is a frozen ``Settings`` passed to whatever needs it; nothing reads
-the environment later.
+Every option of every subcommand is a row of ``OPTIONS`` (name, how its value
+is read, default, help, the subcommands that take it). From that table come
+the command-line flags (``add_options``), the reference table in the README
+(``python -m server.settings --markdown``) and, at start-up, a pydantic-settings
+model (``resolve``) that merges the sources, highest first:
+
+1. the flag given on the command line (``--hit-log PATH``);
+2. the environment variable ``SHIXIN_<OPTION>`` (``SHIXIN_HIT_LOG``);
+3. the key ``<option>`` of the TOML file named by ``--config`` or
+   ``SHIXIN_CONFIG`` (``hit_log = "..."``, at top level);
+4. the default.
+
+Every value from every source is read by the same rule (``Kind``), strictly:
+a wrong value, or a key of the file that no subcommand takes, stops the start
+with one line naming the flag, the variable and the key, where the value came
+from and what is accepted. A key that another subcommand takes is ignored, so
+one file serves ``serve``, ``load``, ``status`` and the rest. The result is a
+frozen ``ServeSettings`` (or, for the other subcommands, the resolved values on
+their ``argparse.Namespace``); nothing reads the environment later.
+
+pydantic is imported only by ``merged``, when a variable or a file is there to
+merge: ``--help``, ``validate`` and a ``check`` given flags alone never load it
+(~0.1 s), and the table itself is plain data.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import functools
 import os
-import secrets
-from dataclasses import dataclass, field, replace
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from shixin_domain.errors import ConfigurationError
-from shixin_domain.keys import MIN_SECRET_BYTES
-from shixin_domain.model import Channel
-from shixin_domain.rules import Policy
+
+if TYPE_CHECKING:
+    from shixin_domain.model import Channel
+    from shixin_domain.rules import Policy
 
 ENV_PREFIX = "SHIXIN_"
+#: The variable naming the config file (``--config`` on the command line).
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+#: The key secret itself (not a path): read from the environment only, never a file.
+SECRET_ENV = ENV_PREFIX + "KEY_SECRET"
 #: Where the key secret came from when none was given: keys live only in this process.
 EPHEMERAL_SECRET = "generated for this process (keys live only in memory)"
 MAX_BATCH = 1000
+DEFAULT_LISTEN = "127.0.0.1:50051"
+#: Where ``serve --demo`` serves metrics unless told otherwise.
+DEMO_METRICS_LISTEN = "127.0.0.1:9464"
 
 
 def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
-def add_flag(parser: argparse.ArgumentParser, flag: str, **kwargs: object) -> None:
-    """``parser.add_argument`` whose default comes from ``SHIXIN_<FLAG>`` when set."""
-    env = os.environ.get(env_name(flag))
-    if env is not None:
-        # a switch keeps the raw text until ``switch()`` reads it strictly at start-up
-        kwargs["default"] = env
-    help_text = str(kwargs.get("help", ""))
-    kwargs["help"] = f"{help_text} [env {env_name(flag)}]".strip()
-    parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
+# --- how values are read: the same rule for a flag, a variable and a config key ------------
 
 
-def add_secret_flags(parser: argparse.ArgumentParser) -> None:
-    add_flag(parser, "--key-secret-file", metavar="PATH",
-             help="file holding the subject-key secret (at least 16 bytes)")  # fmt: skip
+@dataclass(frozen=True)
+class Kind:
+    """How one option's value is read, from text (flag, variable) or a TOML value.
+
+    ``parse`` raises ``ValueError`` with a short reason that follows "is" ("not an
+    integer"); ``accepted`` says what would do, for the message and the README.
+    """
+
+    metavar: str
+    accepted: str
+    parse: Callable[[object], object]
+
+    def read(self, raw: object) -> object:
+        """The value, or None for an unset default (no source can give None)."""
+        return None if raw is None else self.parse(raw)
 
 
-def add_policy_flags(parser: argparse.ArgumentParser) -> None:
-    d = Policy()
-    add_flag(parser, "--hotel-min-star", default=str(d.hotel_min_star), metavar="N",
-             help="lowest restricted hotel star rating (星级以上: 1)")  # fmt: skip
-    add_flag(parser, "--resort-quota-fen", default=str(d.resort_quota_fen), metavar="FEN",
-             help="rated-resort spending quota per transaction, in fen")  # fmt: skip
-    add_flag(parser, "--insurance-premium-threshold-fen", metavar="FEN",
-             default=str(d.insurance_premium_threshold_fen),
-             help="premium from which cash-value insurance is restricted, in fen")  # fmt: skip
-
-
-def _int(args: argparse.Namespace, flag: str, low: int, high: int) -> int:
-    raw = getattr(args, flag.lstrip("-").replace("-", "_"))
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        raise ConfigurationError(
-            f"{flag} / {env_name(flag)}: {raw!r} is not an integer (accepted: {low}..{high})"
-        ) from None
-    if not low <= value <= high:
-        raise ConfigurationError(f"{flag} / {env_name(flag)}: {value} is not in {low}..{high}")
-    return value
-
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
-
-
-def switch(args: argparse.Namespace, flag: str) -> bool:
-    """An on/off flag: True when given, else its variable read strictly (``ture`` is refused)."""
-    raw = getattr(args, flag.lstrip("-").replace("-", "_"))
-    if isinstance(raw, bool) or raw is None:
-        return bool(raw)
-    text = str(raw).strip().lower()
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
-    raise ConfigurationError(
-        f"{flag} / {env_name(flag)}: {raw!r} is not a switch value; use one of "
-        f"{', '.join(_TRUE)} (on) or {', '.join(v for v in _FALSE if v)} (off)"
-    )
-
-
-def _choice(args: argparse.Namespace, flag: str, allowed: tuple[str, ...]) -> str:
-    raw = str(getattr(args, flag.lstrip("-").replace("-", "_"))).strip().lower()
-    if raw not in allowed:
-        raise ConfigurationError(
-            f"{flag} / {env_name(flag)}: {raw!r} is not one of {', '.join(allowed)}"
-        )
+def _text_of(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("not a string")
     return raw
 
 
-def policy_from(args: argparse.Namespace) -> Policy:
-    return Policy(
-        hotel_min_star=_int(args, "--hotel-min-star", 1, 5),
-        resort_quota_fen=_int(args, "--resort-quota-fen", 0, 10**12),
-        insurance_premium_threshold_fen=_int(args, "--insurance-premium-threshold-fen", 0, 10**12),
+def _optional_text(raw: object) -> str | None:
+    """Text where empty means "not given" (``SHIXIN_REDIS=``)."""
+    return _text_of(raw).strip() or None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _switch(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = _text_of(raw).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError("not a switch value")
+
+
+def integer(low: int, high: int) -> Kind:
+    def parse(raw: object) -> int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str) and re.fullmatch(r"[+-]?[0-9]+", raw.strip()):
+            value = int(raw.strip())
+        else:
+            raise ValueError("not an integer")
+        if not low <= value <= high:
+            raise ValueError(f"not in {low}..{high}")
+        return value
+
+    return Kind("N", f"an integer in {low}..{high}", parse)
+
+
+def seconds(low: float, high: float, *, above: bool = False) -> Kind:
+    """Seconds, a whole or decimal number; ``above``: ``low`` itself is refused."""
+    span = f"above {low:g} and at most {high:g}" if above else f"{low:g}..{high:g}"
+
+    def parse(raw: object) -> float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            value = float(raw)
+        elif isinstance(raw, str) and re.fullmatch(r"[0-9]+(\.[0-9]+)?", raw.strip()):
+            value = float(raw.strip())
+        else:
+            raise ValueError("not a number of seconds")
+        if not (low < value if above else low <= value) or not value <= high:
+            raise ValueError(f"not {span}")
+        return value
+
+    return Kind("SECONDS", f"a number of seconds, {span}", parse)
+
+
+def choice(*values: str) -> Kind:
+    """One of ``values``, in any case (read as they are spelt here)."""
+
+    def parse(raw: object) -> str:
+        text = _text_of(raw).strip()
+        for value in values:
+            if text.lower() == value.lower():
+                return value
+        raise ValueError("not one of the choices")
+
+    return Kind("MODE", ", ".join(values), parse)
+
+
+def _host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host.strip("[]") and port.isascii() and port.isdigit()) and (
+        int(port) <= 65535
     )
 
 
-def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes, str]:
-    """(secret, where it came from). ``SHIXIN_KEY_SECRET`` holds it directly."""
-    path = getattr(args, "key_secret_file", None)
-    if path:
-        try:
-            secret = Path(path).read_bytes().strip()
-        except OSError as exc:
-            raise ConfigurationError(f"--key-secret-file / SHIXIN_KEY_SECRET_FILE: {exc}") from exc
-        source = f"file {path}"
-    elif os.environ.get("SHIXIN_KEY_SECRET"):
-        secret = os.environ["SHIXIN_KEY_SECRET"].encode()
-        source = "SHIXIN_KEY_SECRET"
-    elif allow_ephemeral:
-        return secrets.token_bytes(32), EPHEMERAL_SECRET
+def _listen(raw: object) -> str:
+    text = _text_of(raw).strip()
+    if not _host_port(text):
+        raise ValueError("not HOST:PORT")
+    return text
+
+
+def _metrics_listen(raw: object) -> str | None:
+    """HOST:PORT, ``off`` (kept, to tell it from "not given"), or None when empty."""
+    text = _text_of(raw).strip()
+    if not text:
+        return None
+    if text.lower() == "off":
+        return "off"
+    if not _host_port(text):
+        raise ValueError("not HOST:PORT")
+    return text
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_FORMS = "36h, 90m, 3600s, 2d"
+
+
+def _duration(raw: object) -> float | None:
+    """``36h``, ``90m``, ``3600s``, ``2d`` in seconds; None for "" or ``off``."""
+    text = _text_of(raw).strip()
+    if not text or text.lower() == "off":
+        return None
+    number, unit = text[:-1], text[-1:]
+    if unit in _DURATION_UNITS and number.isascii() and number.isdigit() and int(number) > 0:
+        return float(int(number) * _DURATION_UNITS[unit])
+    raise ValueError("not a duration")
+
+
+def _index_dir(raw: object) -> str:
+    text = _text_of(raw).strip()
+    return text.lower() if text.lower() in ("", "auto", "off") else text
+
+
+_DECISIONS = ("REVIEW", "DENY", "ALLOW")
+
+
+def _unavailable_channel(raw: object) -> str:
+    """``CH=DECISION,...`` checked and normalised (upper case, no spaces)."""
+    from shixin_domain.model import Channel
+
+    items = []
+    for item in filter(None, (x.strip() for x in _text_of(raw).split(","))):
+        name, _, decision = item.partition("=")
+        name, decision = name.strip().upper(), decision.strip().upper()
+        if name not in Channel.__members__ or decision not in _DECISIONS:
+            raise ValueError(f"not CHANNEL=DECISION at {item!r}")
+        items.append(f"{name}={decision}")
+    return ",".join(items)
+
+
+def _date(raw: object) -> _dt.date | None:
+    if isinstance(raw, _dt.date) and not isinstance(raw, _dt.datetime):
+        return raw  # a TOML date: as_of = 2026-11-28
+    text = _text_of(raw).strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        raise ValueError("not YYYY-MM-DD")
+    try:
+        return _dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError("not a day of the calendar") from None
+
+
+TEXT = Kind("TEXT", "text", _text_of)
+OPTIONAL_TEXT = Kind("TEXT", "text (empty: not given)", _optional_text)
+PATH = Kind("PATH", "a path", _optional_text)
+SWITCH = Kind(
+    "",
+    "1, true, yes, on (on); 0, false, no, off or empty (off); true or false in the file",
+    _switch,
+)
+LISTEN = Kind("HOST:PORT", "HOST:PORT, e.g. 0.0.0.0:50051 (port 0: any free port)", _listen)
+METRICS_LISTEN = Kind("HOST:PORT", "HOST:PORT (e.g. 0.0.0.0:9464) or off", _metrics_listen)
+DURATION = Kind(
+    "DURATION",
+    f"a whole number above 0 and a unit: s, m, h or d ({_DURATION_FORMS}), or off",
+    _duration,
+)
+INDEX_DIR = Kind("PATH", "auto, off or a directory", _index_dir)
+UNAVAILABLE_CHANNEL = Kind(
+    "CH=DECISION,...",
+    "comma-separated CHANNEL=DECISION, a channel name and REVIEW, DENY or ALLOW",
+    _unavailable_channel,
+)
+DATE = Kind("YYYY-MM-DD", "a day, YYYY-MM-DD", _date)
+
+
+# --- the options ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its flag, variable and config key, and who takes it."""
+
+    name: str  # the long flag without ``--``
+    kind: Kind
+    default: object  # read by ``kind`` like any given value; None: not set
+    help: str
+    commands: tuple[str, ...]  # the subcommands that take it (``keys``: all of its own)
+    metavar: str = ""  # instead of the kind's
+    shown: str = ""  # the default in words, where its value does not say it
+    accepted: str = ""  # instead of the kind's
+    required_by: tuple[str, ...] = ()  # subcommands that cannot run without it
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name
+
+    @property
+    def env(self) -> str:
+        return env_name(self.name)
+
+    @property
+    def key(self) -> str:
+        """The config key, which is also the ``argparse`` dest and the model field."""
+        return self.name.replace("-", "_")
+
+    @property
+    def names(self) -> str:
+        return f"{self.flag} / {self.env} / config {self.key}"
+
+    @property
+    def takes(self) -> str:
+        return self.accepted or self.kind.accepted
+
+    @property
+    def default_text(self) -> str:
+        if self.shown:
+            return self.shown
+        if self.default is None:
+            return ""
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        return str(self.default)
+
+
+_CLIENT = ("check", "status", "health")
+_REDIS_USERS = ("serve", "load", "status", "feedback")
+
+# fmt: off
+OPTIONS: tuple[Option, ...] = (
+    # serve: the list and the listener
+    Option("list", PATH, None, "a snapshot file, or a directory to follow", ("serve",)),
+    Option("demo", SWITCH, False, "generate and serve a demo list", ("serve",)),
+    Option("demo-count", integer(10, 10_000_000), 2000, "entries in the demo list", ("serve",)),
+    Option("listen", LISTEN, DEFAULT_LISTEN, "address to bind", ("serve",)),
+    Option("workers", integer(1, 64), 1,
+           "worker processes sharing the port (SO_REUSEPORT) and one mapped index", ("serve",)),
+    Option("hit-log", PATH, None,
+           "serve: append a JSON line per listed-subject check; feedback: the hit log to read "
+           "(its rotated files too)", ("serve", "feedback")),
+    Option("audit-log", PATH, None, "append a JSON line per call", ("serve",)),
+    Option("grace", seconds(0, 3600), 5,
+           "on SIGTERM/SIGINT: health goes NOT_SERVING, in-flight calls get this long",
+           ("serve",)),
+    Option("key-secret-file", PATH, None,
+           "file holding the subject-key secret (at least 16 bytes); or the secret itself in "
+           "SHIXIN_KEY_SECRET, which a file named only in the config file gives way to",
+           ("serve", "load"), shown="serve: generated (keys live in memory only)"),
+    # the policy's thresholds (defaults: shixin_domain.rules.Policy; a test keeps them equal)
+    Option("hotel-min-star", integer(1, 5), 1,
+           "lowest restricted hotel star rating (星级以上; Huzhou, seed 002, uses 4)",
+           ("serve",)),
+    Option("resort-quota-fen", integer(0, 10**12), 200_000,
+           "rated-resort spending quota per transaction, in fen (¥2,000; the seeds set no figure)",
+           ("serve",), metavar="FEN"),
+    Option("insurance-premium-threshold-fen", integer(0, 10**12), 1_000_000,
+           "premium from which cash-value insurance is restricted, in fen (¥10,000; the seeds "
+           "set no figure)", ("serve",), metavar="FEN"),
+    # Redis
+    Option("redis", OPTIONAL_TEXT, None,
+           "Redis holding the list: serve follows it, load publishes to it, status reports on it, "
+           "feedback also reads every replica's hits from it; the password from "
+           "SHIXIN_REDIS_PASSWORD", _REDIS_USERS, metavar="URL",
+           accepted="redis://HOST:PORT/DB, or through Sentinel "
+                    "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB]",
+           required_by=("load",)),
+    Option("redis-prefix", TEXT, "shixin", "prefix of every key this service writes in Redis",
+           _REDIS_USERS, metavar="PREFIX"),
+    Option("unavailable", choice(*_DECISIONS), "REVIEW",
+           "answer when a Bloom positive cannot be confirmed (Redis down): REVIEW, DENY (fail "
+           "closed) or ALLOW (fail open); always with reason INDEX_UNAVAILABLE", ("serve",),
+           metavar="DECISION"),
+    Option("unavailable-channel", UNAVAILABLE_CHANNEL, "",
+           "per-channel overrides of --unavailable, e.g. AIRLINE=DENY,HOTEL=ALLOW", ("serve",)),
+    # who may ask
+    Option("keys-file", PATH, None,
+           "API keys (hashes only), principals, channels, roles, rates: serve turns "
+           "authentication on with it; keys edits it (add creates it)", ("serve", "keys"),
+           required_by=("keys",)),
+    Option("tls-cert", PATH, None, "server certificate (PEM): serve TLS, with --tls-key",
+           ("serve",)),
+    Option("tls-key", PATH, None, "server private key (PEM)", ("serve",)),
+    Option("tls-client-ca", PATH, None,
+           "CA for client certificates: requires mutual TLS; principals by common name",
+           ("serve",)),
+    Option("insecure", SWITCH, False,
+           "allow binding a non-loopback address without authentication, or with API keys over "
+           "plaintext (e.g. behind a TLS-terminating proxy)", ("serve",)),
+    Option("enumeration-threshold", integer(0, 10**9), 0,
+           "flag a principal checking more than N distinct identities per window (0: off)",
+           ("serve",)),
+    Option("enumeration-window", integer(1, 86400), 60,
+           "the window of --enumeration-threshold, in seconds", ("serve",), metavar="SECONDS"),
+    Option("enumeration-throttle", SWITCH, False,
+           "refuse a flagged principal's checks (RESOURCE_EXHAUSTED) until the window ends",
+           ("serve",)),
+    # the hit and audit logs
+    Option("log-fsync", choice("never", "interval", "always"), "never",
+           "hit and audit logs: never (the kernel writes back), interval, always (fdatasync "
+           "before answering)", ("serve",)),
+    Option("log-fsync-interval", integer(0, 3600), 1,
+           "with --log-fsync interval: longest time between syncs, in seconds", ("serve",),
+           metavar="SECONDS"),
+    Option("log-max-mib", integer(1, 1 << 20), 256,
+           "rotate hit and audit logs at this size (and at China-time midnight)", ("serve",),
+           metavar="MIB"),
+    # operations
+    Option("metrics-listen", METRICS_LISTEN, None,
+           "serve Prometheus metrics at http://HOST:PORT/metrics", ("serve",),
+           shown=f"off (--demo: {DEMO_METRICS_LISTEN})"),
+    Option("max-list-age", DURATION, "off",
+           "a list whose feed time is older than this makes readiness health NOT_SERVING and "
+           "marks every answer stale", ("serve",)),
+    Option("index-dir", INDEX_DIR, "auto",
+           "where loaded snapshots are compiled for mapping (a restart maps, not re-parses): "
+           "auto is .shixin-index beside the list (none for --demo or --redis alone); off for "
+           "none", ("serve",)),
+    # the shell clients: check, status, health
+    Option("target", TEXT, DEFAULT_LISTEN, "server to ask", _CLIENT, metavar="HOST:PORT"),
+    Option("api-key", TEXT, "", "sent as authorization: Bearer KEY", _CLIENT, metavar="KEY"),
+    Option("ca", PATH, None, "CA of the server's certificate: use TLS", _CLIENT),
+    Option("client-cert", PATH, None, "client certificate for mutual TLS", _CLIENT),
+    Option("client-key", PATH, None, "client key for mutual TLS", _CLIENT),
+    Option("channel", OPTIONAL_TEXT, None,
+           "channel of the check: RAIL AIRLINE HOTEL SCHOOL SHIP TRAVEL LEISURE INSURANCE "
+           "REAL_ESTATE VEHICLE OFFICE_RENTAL", ("check",), metavar="CHANNEL",
+           accepted="a channel name"),
+    Option("service", TEXT, "",
+           "health service name: '' (the server), shixin.v1.ConsumptionCheck, "
+           "shixin.v1.ListCurrent, liveness", ("health",), metavar="NAME"),
+    Option("timeout", seconds(0, 3600, above=True), 5, "give up after this long", ("health",)),
+    # gen-data
+    Option("count", integer(0, 100_000_000), 1000, "entries of the synthetic list",
+           ("gen-data",)),
+    Option("out", PATH, None, "where to write the synthetic list", ("gen-data",),
+           required_by=("gen-data",)),
+    Option("seed", integer(0, 2**63 - 1), 1, "random seed", ("gen-data",), metavar="S"),
+    Option("as-of", DATE, None, "the day the synthetic list describes", ("gen-data",),
+           shown="today (China time)"),
+)
+# fmt: on
+
+BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
+#: Every subcommand that takes options, in the order the README lists them.
+COMMANDS: tuple[str, ...] = tuple(dict.fromkeys(c for o in OPTIONS for c in o.commands))
+_CONFIG_HELP = (
+    "a TOML file of options: each key is an option's long name with _ for - (hit_log = "
+    '"..."), at top level; a flag beats its variable, a variable the file'
+)
+
+
+def options_for(command: str) -> tuple[Option, ...]:
+    return tuple(o for o in OPTIONS if command in o.commands)
+
+
+def add_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of ``command``, and ``--config``. A flag not given stays None: whether
+    it was given is what ``resolve`` needs; its variable, the file and the default
+    are read there."""
+    for option in options_for(command):
+        shown = option.default_text if option.kind is not SWITCH else ""
+        default = f" (default {shown})" if shown else ""
+        help_text = f"{option.help}{default} [env {option.env}]".replace("%", "%%")
+        if option.kind is SWITCH:
+            parser.add_argument(option.flag, action="store_true", default=None, help=help_text)
+        else:
+            metavar = option.metavar or option.kind.metavar
+            parser.add_argument(option.flag, metavar=metavar, default=None, help=help_text)
+    parser.add_argument("--config", metavar="PATH", default=None,
+                        help=f"{_CONFIG_HELP} [env {CONFIG_ENV}]")  # fmt: skip
+
+
+# --- resolving: flag > variable > config file > default -------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The options of one subcommand, each read from the highest source that gives it."""
+
+    command: str
+    values: Mapping[str, object]
+    origins: Mapping[str, str]  # "the command line", "SHIXIN_X", "config file P", "default"
+    env: Mapping[str, str] = field(repr=False)
+    config: Path | None = None
+
+    def text(self, key: str) -> str | None:
+        value = self.values[key]
+        assert value is None or isinstance(value, str), key
+        return value
+
+    def integer(self, key: str) -> int:
+        value = self.values[key]
+        assert isinstance(value, int) and not isinstance(value, bool), key
+        return value
+
+    def number(self, key: str) -> float:
+        value = self.values[key]
+        assert isinstance(value, float), key
+        return value
+
+    def seconds_or_none(self, key: str) -> float | None:
+        value = self.values[key]
+        assert value is None or isinstance(value, float), key
+        return value
+
+    def switch(self, key: str) -> bool:
+        value = self.values[key]
+        assert isinstance(value, bool), key
+        return value
+
+
+def resolve(
+    command: str,
+    given: Mapping[str, object],
+    env: Mapping[str, str],
+    config: str | None = None,
+) -> Resolved:
+    """Every option ``command`` takes: the value ``given`` on the command line (by
+    config key), else ``SHIXIN_<KEY>`` in ``env``, else its key in the config file
+    (``config``, else ``env[SHIXIN_CONFIG]``), else its default; each read by its
+    ``Kind``. ``ConfigurationError`` (one line) for the first wrong value.
+
+    With no config file and none of the command's variables set there is nothing
+    to merge: the flags given and the defaults are read by the same ``Kind``s
+    without the model, whose import (~0.1 s of pydantic) would put ``check`` over
+    its 0.3 s start budget. ``merged`` gives the model's answer in every case (a
+    test holds the two equal)."""
+    options = options_for(command)
+    path = _config_path(config, env)
+    if path is None and not any(o.env in env for o in options):
+        values = _flags_and_defaults(options, given)
     else:
-        raise ConfigurationError(
-            "no key secret: set SHIXIN_KEY_SECRET or --key-secret-file / SHIXIN_KEY_SECRET_FILE"
-        )
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ConfigurationError(
-            f"key secret from {source} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} needed"
-        )
-    return secret, source
+        values = merged(command, given, env, path)
+    file_keys = _file_keys(path)
+    origins = {o.key: _origin(o, given, env, path, file_keys) for o in options}
+    for option in options:
+        if command in option.required_by and values[option.key] is None:
+            raise ConfigurationError(f"{option.names} is required ({option.takes})")
+    return Resolved(command, values, origins, env, path)
 
 
-def parse_listen(raw: str) -> tuple[str, int]:
-    host, sep, port = raw.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigurationError(f"--listen / SHIXIN_LISTEN: {raw!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+def merged(
+    command: str, given: Mapping[str, object], env: Mapping[str, str], path: Path | None
+) -> dict[str, object]:
+    """The values of ``command``'s options from the pydantic-settings model of its
+    sources (flags given > ``env`` > the TOML file at ``path`` > defaults)."""
+    options = options_for(command)
+    model = _settings_model(command, options, env, path)
+    from pydantic import ValidationError
+
+    try:
+        settings = model(**given)
+    except ValidationError as exc:
+        raise ConfigurationError(_first_problem(exc, given, env, path)) from None
+    except (OSError, ValueError) as exc:  # the file: unreadable, not TOML (TOMLDecodeError)
+        raise ConfigurationError(f"--config / {CONFIG_ENV}: {path}: {exc}") from None
+    return {o.key: getattr(settings, o.key) for o in options}
+
+
+def _flags_and_defaults(
+    options: Sequence[Option], given: Mapping[str, object]
+) -> dict[str, object]:
+    """What ``merged`` answers when the flags and the defaults are the only sources."""
+    values: dict[str, object] = {}
+    problems = []
+    for option in options:
+        raw = given.get(option.key, option.default)
+        try:
+            values[option.key] = option.kind.read(raw)
+        except ValueError as exc:
+            origin = "the command line" if option.key in given else "default"
+            problems.append(_wrong_value(option, raw, origin, str(exc)))
+    if problems:
+        raise ConfigurationError(_one_line(problems))
+    return values
+
+
+def resolve_args(
+    args: argparse.Namespace, env: Mapping[str, str] | None = None
+) -> argparse.Namespace:
+    """``args`` as parsed, with every option of its command resolved (``resolve``) and
+    ``args.resolved`` holding where each came from. Done once; a command that takes
+    no options (``validate``, ``audit``) is left as it is."""
+    if isinstance(getattr(args, "resolved", None), Resolved):
+        return args
+    options = options_for(args.command)
+    if not options:
+        return args
+    given = {o.key: getattr(args, o.key) for o in options if getattr(args, o.key, None) is not None}
+    resolved = resolve(args.command, given, os.environ if env is None else env, args.config)
+    done = argparse.Namespace(**{**vars(args), **resolved.values})
+    done.resolved = resolved
+    return done
+
+
+def resolving(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``handler`` run with its options resolved, however it is called: ``main``
+    resolves first (then this does nothing), a caller of the handler alone gets the
+    same values."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        return handler(resolve_args(args))
+
+    return run
+
+
+def _config_path(config: str | None, env: Mapping[str, str]) -> Path | None:
+    raw = config if config is not None else env.get(CONFIG_ENV, "")
+    if not raw.strip():
+        return None
+    path = Path(raw.strip())
+    if not path.is_file():
+        raise ConfigurationError(f"--config / {CONFIG_ENV}: {path} is not a file")
+    return path
+
+
+def _settings_model(
+    command: str, options: Sequence[Option], env: Mapping[str, str], path: Path | None
+) -> Any:
+    """A pydantic-settings model of ``options``: init kwargs (the flags given) > our
+    environment > the TOML file > the defaults, every value through its ``Kind``."""
+    from typing import Annotated
+
+    from pydantic import Field, PlainValidator, create_model
+    from pydantic_settings import (
+        BaseSettings,
+        EnvSettingsSource,
+        PydanticBaseSettingsSource,
+        SettingsConfigDict,
+        TomlConfigSettingsSource,
+    )
+
+    foreign = {o.key for o in OPTIONS} - {o.key for o in options}
+
+    class Environment(EnvSettingsSource):
+        """``env`` instead of ``os.environ``, exact upper-case names only: the source is
+        case-sensitive (so is the file), and looks up ``SHIXIN_`` + the field name."""
+
+        def _load_env_vars(self) -> Mapping[str, str | None]:
+            return {
+                ENV_PREFIX + name.removeprefix(ENV_PREFIX).lower(): value
+                for name, value in env.items()
+                if name.startswith(ENV_PREFIX) and name.isupper()
+            }
+
+    class ConfigFile(TomlConfigSettingsSource):
+        """The file's keys for this command's options; keys of another subcommand's
+        options are dropped, so only keys no subcommand takes are left as extras."""
+
+        def __call__(self) -> dict[str, Any]:
+            return {k: v for k, v in super().__call__().items() if k not in foreign}
+
+    class Base(BaseSettings):
+        model_config = SettingsConfigDict(
+            extra="forbid", case_sensitive=True, env_prefix=ENV_PREFIX, validate_default=True
+        )
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, Environment(settings_cls)]
+            if path is not None:
+                sources.append(ConfigFile(settings_cls, toml_file=path))
+            return tuple(sources)
+
+    fields: dict[str, Any] = {
+        o.key: (Annotated[Any, PlainValidator(o.kind.read)], Field(default=o.default))
+        for o in options
+    }
+    return create_model(f"Settings_{command.replace('-', '_')}", __base__=Base, **fields)
+
+
+def _file_keys(path: Path | None) -> dict[str, object]:
+    if path is None:
+        return {}
+    import tomllib
+
+    with path.open("rb") as file:
+        return tomllib.load(file)
+
+
+def _origin(
+    option: Option,
+    given: Mapping[str, object],
+    env: Mapping[str, str],
+    path: Path | None,
+    file_keys: Mapping[str, object],
+) -> str:
+    if option.key in given:
+        return "the command line"
+    if option.env in env:
+        return option.env
+    if option.key in file_keys:
+        return f"config file {path}"
+    return "default"
+
+
+def _first_problem(
+    exc: Any, given: Mapping[str, object], env: Mapping[str, str], path: Path | None
+) -> str:
+    """The one line for a refused start: an unknown key of the file first (a typo
+    hides the setting meant), else the first wrong value; then how many more."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    file_keys = _file_keys(path)
+    lines = []
+    for error in errors:
+        key = str(error["loc"][0])
+        if error["type"] == "extra_forbidden":
+            lines.append(_unknown_key(key, error["input"], path))
+            continue
+        option = BY_KEY[key]
+        cause = error.get("ctx", {}).get("error")
+        reason = str(cause) if cause is not None else str(error["msg"])
+        origin = _origin(option, given, env, path, file_keys)
+        lines.append(_wrong_value(option, error["input"], origin, reason))
+    return _one_line(lines)
+
+
+def _wrong_value(option: Option, raw: object, origin: str, reason: str) -> str:
+    return f"{option.names}: {raw!r} (from {origin}) is {reason}; accepted: {option.takes}"
+
+
+def _one_line(problems: Sequence[str]) -> str:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+def _unknown_key(key: str, value: object, path: Path | None) -> str:
+    import difflib
+
+    hint = ""
+    if isinstance(value, dict):
+        hint = " (options go at the top level, not in a [table])"
+    elif near := difflib.get_close_matches(key.lower().replace("-", "_"), BY_KEY, n=1):
+        hint = f" (did you mean {near[0]}?)"
+    return (
+        f"--config / {CONFIG_ENV}: {path}: unknown key {key!r}{hint}; the keys are the long "
+        "option names with _ for - (README, Running it)"
+    )
+
+
+# --- serve -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -170,6 +760,7 @@ class ServeSettings:
     metrics_listen: str | None = None  # Prometheus /metrics HOST:PORT (None: off)
     max_list_age: float | None = None  # seconds: older lists make readiness NOT_SERVING
     index_dir: Path | None = None  # compiled versions, mapped by every process (None: off)
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT) and one mapped index
 
     @property
     def authenticated(self) -> bool:
@@ -187,210 +778,197 @@ class ServeSettings:
         return self.listen.startswith(_LOOPBACK)
 
 
-def add_redis_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    add_flag(parser, "--redis", metavar="URL", required=required and not os.environ.get("SHIXIN_REDIS"),
-             help="Redis holding the list, e.g. redis://127.0.0.1:6379/0, or through Sentinel: "
-                  "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB]; the password "
-                  "from SHIXIN_REDIS_PASSWORD")  # fmt: skip
-    add_flag(parser, "--redis-prefix", default="shixin", metavar="PREFIX",
-             help="prefix of every key this service writes in Redis")  # fmt: skip
-
-
-_DECISIONS = ("REVIEW", "DENY", "ALLOW")
-
-
-def add_unavailable_flags(parser: argparse.ArgumentParser) -> None:
-    add_flag(parser, "--unavailable", default="REVIEW", metavar="DECISION",
-             help="answer when a Bloom positive cannot be confirmed (Redis down): "
-                  "REVIEW, DENY (fail closed) or ALLOW (fail open); always with reason "
-                  "INDEX_UNAVAILABLE")  # fmt: skip
-    add_flag(parser, "--unavailable-channel", default="", metavar="CH=DECISION,...",
-             help="per-channel overrides, e.g. AIRLINE=DENY,HOTEL=ALLOW")  # fmt: skip
-
-
-def _unavailable(args: argparse.Namespace) -> tuple[str, tuple[tuple[Channel, str], ...]]:
-    default = str(args.unavailable).strip().upper()
-    if default not in _DECISIONS:
-        raise ConfigurationError(
-            f"--unavailable / SHIXIN_UNAVAILABLE: {args.unavailable!r} is not one of REVIEW, DENY, ALLOW"
-        )
-    overrides = []
-    for item in filter(None, (x.strip() for x in str(args.unavailable_channel).split(","))):
-        name, _, decision = item.partition("=")
-        channel = Channel.__members__.get(name.strip().upper())
-        if channel is None or decision.strip().upper() not in _DECISIONS:
-            raise ConfigurationError(
-                f"--unavailable-channel / SHIXIN_UNAVAILABLE_CHANNEL: {item!r} is not CHANNEL=DECISION"
-            )
-        overrides.append((channel, decision.strip().upper()))
-    return default, tuple(overrides)
-
-
-def add_log_flags(parser: argparse.ArgumentParser) -> None:
-    add_flag(parser, "--log-fsync", default="never", metavar="MODE",
-             help="hit and audit logs: never (kernel writes back), interval, always "
-                  "(fdatasync before answering)")  # fmt: skip
-    add_flag(parser, "--log-fsync-interval", default="1", metavar="SECONDS",
-             help="with --log-fsync interval: longest time between syncs")  # fmt: skip
-    add_flag(parser, "--log-max-mib", default="256", metavar="MIB",
-             help="rotate hit and audit logs at this size (and at China-time midnight)")  # fmt: skip
-
-
-def add_access_flags(parser: argparse.ArgumentParser) -> None:
-    add_flag(parser, "--keys-file", metavar="PATH",
-             help="API keys (hashes only), principals, channels, roles, rates; turns authentication on")  # fmt: skip
-    add_flag(parser, "--tls-cert", metavar="PATH", help="server certificate (PEM)")
-    add_flag(parser, "--tls-key", metavar="PATH", help="server private key (PEM)")
-    add_flag(parser, "--tls-client-ca", metavar="PATH",
-             help="CA for client certificates: requires mutual TLS; principals by common name")  # fmt: skip
-    add_flag(parser, "--insecure", action="store_true",
-             help="allow binding a non-loopback address without authentication")  # fmt: skip
-    add_flag(parser, "--enumeration-threshold", default="0", metavar="N",
-             help="flag a principal checking more than N distinct identities per window (0: off)")  # fmt: skip
-    add_flag(parser, "--enumeration-window", default="60", metavar="SECONDS",
-             help="the window of --enumeration-threshold")  # fmt: skip
-    add_flag(parser, "--enumeration-throttle", action="store_true",
-             help="refuse a flagged principal's checks (RESOURCE_EXHAUSTED) until the window ends")  # fmt: skip
-
-
 _LOOPBACK = ("127.", "::1", "localhost", "[::1]")
 
 
-def _path(args: argparse.Namespace, flag: str) -> Path | None:
-    raw = getattr(args, flag.lstrip("-").replace("-", "_"), None)
-    if not raw:
+def parse_listen(raw: str) -> tuple[str, int]:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigurationError(f"{BY_KEY['listen'].names}: {raw!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def parse_duration(raw: str, flag: str) -> float | None:
+    """``36h``, ``90m``, ``3600s``, ``2d`` in seconds; None for "" or ``off``."""
+    option = BY_KEY[flag.lstrip("-").replace("-", "_")]
+    try:
+        return _duration(raw)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{option.names}: {raw!r} is {exc}; accepted: {DURATION.accepted}"
+        ) from None
+
+
+def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes, str]:
+    """(secret, where it came from). ``SHIXIN_KEY_SECRET`` holds the secret itself; a
+    file from a flag or ``SHIXIN_KEY_SECRET_FILE`` wins over it, it over a file named
+    only in the config file."""
+    import secrets
+
+    from shixin_domain.keys import MIN_SECRET_BYTES
+
+    resolved: Resolved = resolve_args(args).resolved
+    path = resolved.text("key_secret_file")
+    from_file = resolved.origins["key_secret_file"].startswith("config file")
+    direct = resolved.env.get(SECRET_ENV, "")
+    names = BY_KEY["key_secret_file"].names
+    if path and not (from_file and direct):
+        try:
+            secret = Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"{names}: {exc}") from exc
+        source = f"file {path}"
+    elif direct:
+        secret, source = direct.encode(), SECRET_ENV
+    elif allow_ephemeral:
+        return secrets.token_bytes(32), EPHEMERAL_SECRET
+    else:
+        raise ConfigurationError(f"no key secret: set {SECRET_ENV} or {names}")
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigurationError(
+            f"key secret from {source} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} needed"
+        )
+    return secret, source
+
+
+def _file(resolved: Resolved, key: str) -> Path | None:
+    raw = resolved.text(key)
+    if raw is None:
         return None
-    path = Path(raw)
-    if not path.is_file():
-        raise ConfigurationError(f"{flag} / {env_name(flag)}: {path} is not a file")
-    return path
+    if not Path(raw).is_file():
+        raise ConfigurationError(f"{BY_KEY[key].names}: {raw} is not a file")
+    return Path(raw)
 
 
-def add_index_flags(parser: argparse.ArgumentParser) -> None:
-    add_flag(parser, "--index-dir", default="", metavar="PATH",
-             help="where loaded snapshots are compiled for mapping (a restart maps, not "
-                  "re-parses): default .shixin-index beside the list; 'off' for none")  # fmt: skip
-
-
-def _index_dir(args: argparse.Namespace, list_path: Path | None) -> Path | None:
-    raw = str(getattr(args, "index_dir", "") or "").strip()
-    if raw.lower() == "off" or (not raw and list_path is None):
+def _index_dir_for(raw: str, list_path: Path | None) -> Path | None:
+    if raw == "off" or (raw in ("", "auto") and list_path is None):
         return None
-    if raw:
+    if raw not in ("", "auto"):
         return Path(raw)
     assert list_path is not None
     return (list_path if list_path.is_dir() else list_path.parent) / ".shixin-index"
 
 
-#: Where ``serve --demo`` serves metrics unless told otherwise.
-DEMO_METRICS_LISTEN = "127.0.0.1:9464"
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+def _unavailable_overrides(text: str) -> tuple[tuple[Channel, str], ...]:
+    from shixin_domain.model import Channel
+
+    pairs = (item.split("=") for item in text.split(",") if item)
+    return tuple((Channel[name], decision) for name, decision in pairs)
 
 
-def add_observability_flags(parser: argparse.ArgumentParser) -> None:
-    add_flag(parser, "--metrics-listen", default="", metavar="HOST:PORT",
-             help="serve Prometheus metrics at http://HOST:PORT/metrics (off unless given; "
-                  f"--demo: {DEMO_METRICS_LISTEN}; 'off' for none)")  # fmt: skip
-    add_flag(parser, "--max-list-age", default="", metavar="DURATION",
-             help="a list whose feed time is older than this (36h, 90m, 3600s, 2d) makes "
-                  "readiness health NOT_SERVING and marks every answer stale (off unless given)")  # fmt: skip
+def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> ServeSettings:
+    """The settings of ``serve``: its options resolved, then the rules between them."""
+    from shixin_domain.rules import Policy
 
-
-def _metrics_listen(args: argparse.Namespace, demo: bool) -> str | None:
-    raw = str(getattr(args, "metrics_listen", "") or "").strip()
-    if raw.lower() == "off":
-        return None
-    if not raw:
-        return DEMO_METRICS_LISTEN if demo else None
-    host, sep, port = raw.rpartition(":")
-    if not sep or not host.strip("[]") or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigurationError(
-            f"--metrics-listen / SHIXIN_METRICS_LISTEN: {raw!r} is not HOST:PORT (e.g. 0.0.0.0:9464)"
-        )
-    return raw
-
-
-def parse_duration(raw: str, flag: str) -> float | None:
-    """``36h``, ``90m``, ``3600s``, ``2d`` in seconds; None for "" or ``off``."""
-    text = raw.strip()
-    if not text or text.lower() == "off":
-        return None
-    number, unit = text[:-1], text[-1:]
-    if unit in _DURATION_UNITS and number.isascii() and number.isdigit() and int(number) > 0:
-        return float(int(number) * _DURATION_UNITS[unit])
-    raise ConfigurationError(
-        f"{flag} / {env_name(flag)}: {raw!r} is not a duration; give a whole number above 0 "
-        "and a unit: s, m, h or d (36h, 90m, 3600s, 2d)"
-    )
-
-
-def serve_settings(args: argparse.Namespace) -> ServeSettings:
-    list_path = Path(args.list) if args.list else None
-    demo, insecure = switch(args, "--demo"), switch(args, "--insecure")
-    if not demo and list_path is None and not args.redis:
-        raise ConfigurationError(
-            "serve needs --list PATH (SHIXIN_LIST), --redis URL (SHIXIN_REDIS) or --demo"
-        )
+    args = resolve_args(args, env)
+    r: Resolved = args.resolved
+    n = {key: option.names for key, option in BY_KEY.items()}
+    list_path = Path(raw) if (raw := r.text("list")) else None
+    demo, insecure, redis = r.switch("demo"), r.switch("insecure"), r.text("redis")
+    if not demo and list_path is None and not redis:
+        raise ConfigurationError(f"serve needs {n['list']}, {n['redis']} or {n['demo']}")
     if list_path is not None and not list_path.exists():
-        raise ConfigurationError(f"--list / SHIXIN_LIST: {list_path} does not exist")
-    host, _ = parse_listen(args.listen)
-    unavailable, overrides = _unavailable(args)
-    keys_file, client_ca = _path(args, "--keys-file"), _path(args, "--tls-client-ca")
-    tls_cert, tls_key = _path(args, "--tls-cert"), _path(args, "--tls-key")
+        raise ConfigurationError(f"{n['list']}: {list_path} does not exist")
+    listen = r.text("listen") or DEFAULT_LISTEN
+    host, _ = parse_listen(listen)
+    keys_file, client_ca = _file(r, "keys_file"), _file(r, "tls_client_ca")
+    tls_cert, tls_key = _file(r, "tls_cert"), _file(r, "tls_key")
     if (tls_cert is None) != (tls_key is None) or (client_ca and not tls_cert):
         raise ConfigurationError(
-            "--tls-cert and --tls-key go together (and --tls-client-ca needs them)"
+            f"{n['tls_cert']} and {n['tls_key']} go together (and {n['tls_client_ca']} needs them)"
         )
-    if keys_file is None and client_ca is None and not insecure:
-        if not host.startswith(_LOOPBACK):
-            raise ConfigurationError(
-                f"--listen {args.listen}: authentication is off (no --keys-file or --tls-client-ca), "
-                "so only a loopback address may be bound; give --insecure / SHIXIN_INSECURE=1 "
-                "to bind it anyway"
-            )
-    if keys_file is not None and tls_cert is None and not insecure:
-        if not host.startswith(_LOOPBACK):
-            raise ConfigurationError(
-                f"--listen {args.listen}: API keys would cross the network in plaintext; give "
-                "--tls-cert and --tls-key, or --insecure / SHIXIN_INSECURE=1 (e.g. behind a "
-                "TLS-terminating proxy)"
-            )
-    secret, source = secret_from(args, allow_ephemeral=not args.redis)
-    try:
-        grace = float(args.grace)
-    except ValueError:
-        grace = -1.0
-    if not 0 <= grace <= 3600:
+    on_network = not host.startswith(_LOOPBACK)
+    if keys_file is None and client_ca is None and not insecure and on_network:
         raise ConfigurationError(
-            f"--grace / SHIXIN_GRACE: {args.grace!r} is not a number of seconds in 0..3600"
+            f"--listen {listen}: authentication is off (no --keys-file or --tls-client-ca), "
+            f"so only a loopback address may be bound; give {n['insecure']} (on) to bind it anyway"
         )
+    if keys_file is not None and tls_cert is None and not insecure and on_network:
+        raise ConfigurationError(
+            f"--listen {listen}: API keys would cross the network in plaintext; give "
+            f"--tls-cert and --tls-key, or {n['insecure']} (on), e.g. behind a "
+            "TLS-terminating proxy"
+        )
+    secret, source = secret_from(args, allow_ephemeral=not redis)
+    metrics = r.text("metrics_listen")
+    hit_log, audit_log = r.text("hit_log"), r.text("audit_log")
     return ServeSettings(
-        listen=args.listen,
+        listen=listen,
         list_path=list_path,
         demo=demo,
         secret=secret,
         secret_source=source,
-        policy=replace(
-            policy_from(args), unavailable=unavailable, unavailable_by_channel=overrides
+        policy=Policy(
+            hotel_min_star=r.integer("hotel_min_star"),
+            resort_quota_fen=r.integer("resort_quota_fen"),
+            insurance_premium_threshold_fen=r.integer("insurance_premium_threshold_fen"),
+            unavailable=r.text("unavailable") or "REVIEW",
+            unavailable_by_channel=_unavailable_overrides(r.text("unavailable_channel") or ""),
         ),
-        hit_log=Path(args.hit_log) if args.hit_log else None,
-        audit_log=Path(args.audit_log) if args.audit_log else None,
-        grace_seconds=grace,
-        demo_count=_int(args, "--demo-count", 10, 10_000_000),
-        redis=args.redis or None,
-        redis_prefix=args.redis_prefix,
+        hit_log=Path(hit_log) if hit_log else None,
+        audit_log=Path(audit_log) if audit_log else None,
+        grace_seconds=r.number("grace"),
+        demo_count=r.integer("demo_count"),
+        redis=redis,
+        redis_prefix=r.text("redis_prefix") or "",
         keys_file=keys_file,
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=client_ca,
         insecure=insecure,
-        enumeration_threshold=_int(args, "--enumeration-threshold", 0, 10**9),
-        enumeration_window=float(_int(args, "--enumeration-window", 1, 86400)),
-        enumeration_throttle=switch(args, "--enumeration-throttle"),
-        log_fsync=_choice(args, "--log-fsync", ("never", "interval", "always")),
-        log_fsync_interval=float(_int(args, "--log-fsync-interval", 0, 3600)),
-        log_max_bytes=_int(args, "--log-max-mib", 1, 1 << 20) * 1024 * 1024,
-        metrics_listen=_metrics_listen(args, demo),
-        max_list_age=parse_duration(str(getattr(args, "max_list_age", "") or ""), "--max-list-age"),
-        index_dir=_index_dir(args, list_path),
+        enumeration_threshold=r.integer("enumeration_threshold"),
+        enumeration_window=float(r.integer("enumeration_window")),
+        enumeration_throttle=r.switch("enumeration_throttle"),
+        log_fsync=r.text("log_fsync") or "never",
+        log_fsync_interval=float(r.integer("log_fsync_interval")),
+        log_max_bytes=r.integer("log_max_mib") * 1024 * 1024,
+        metrics_listen=(
+            None if metrics == "off" else metrics or (DEMO_METRICS_LISTEN if demo else None)
+        ),
+        max_list_age=r.seconds_or_none("max_list_age"),
+        index_dir=_index_dir_for(r.text("index_dir") or "", list_path),
+        workers=r.integer("workers"),
     )
+
+
+# --- the README's reference table ------------------------------------------------------------
+
+
+def markdown_table() -> str:
+    """The reference table of every option, for the README (a test keeps it fresh)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    def code(text: str) -> str:
+        return f"`{text}`" if text else ""
+
+    rows = [
+        "| flag | variable | config key | commands | default | accepted | meaning |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| `--config PATH` | `{CONFIG_ENV}` | | all but validate and audit | | a TOML file "
+        f"| {cell(_CONFIG_HELP)} |",
+    ]
+    for o in OPTIONS:
+        metavar = "" if o.kind is SWITCH else " " + (o.metavar or o.kind.metavar)
+        default = cell(o.shown) if o.shown else code(o.default_text)
+        rows.append(
+            f"| `{o.flag}{metavar}` | `{o.env}` | `{o.key}` | {', '.join(o.commands)} | "
+            f"{default} | {cell(o.takes)} | {cell(o.help)} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server.settings")
+    parser.add_argument("--markdown", action="store_true", help="print the README's option table")
+    args = parser.parse_args(argv)
+    if not args.markdown:
+        parser.print_help()
+        return 2
+    sys.stdout.write(markdown_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

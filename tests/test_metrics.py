@@ -261,7 +261,10 @@ def test_a_metrics_port_in_use_stops_the_start_in_one_line(listed: Path) -> None
 def test_a_bad_metrics_address_is_refused_naming_the_flag(listed: Path) -> None:
     done = run_cli("serve", "--list", str(listed), "--metrics-listen", "9464")
     assert done.returncode == 2
-    assert "--metrics-listen / SHIXIN_METRICS_LISTEN: '9464' is not HOST:PORT" in done.stderr
+    assert (
+        "--metrics-listen / SHIXIN_METRICS_LISTEN / config metrics_listen: '9464' "
+        "(from the command line) is not HOST:PORT" in done.stderr
+    )
 
 
 def test_readings_of_several_workers_sum() -> None:

@@ -153,7 +153,9 @@ def test_a_bad_max_list_age_is_refused_naming_the_forms(text: str) -> None:
     with pytest.raises(ConfigurationError) as refused:
         parse_duration(text, "--max-list-age")
     message = str(refused.value)
-    assert message.startswith(f"--max-list-age / SHIXIN_MAX_LIST_AGE: {text!r}")
+    assert message.startswith(
+        f"--max-list-age / SHIXIN_MAX_LIST_AGE / config max_list_age: {text!r}"
+    )
     assert "36h, 90m, 3600s, 2d" in message
 
 
@@ -180,7 +182,10 @@ def test_a_bad_max_list_age_stops_the_start_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert "--max-list-age / SHIXIN_MAX_LIST_AGE: '36' is not a duration" in lines[0]
+    assert (
+        "--max-list-age / SHIXIN_MAX_LIST_AGE / config max_list_age: '36' (from the command line) "
+        "is not a duration" in lines[0]
+    )
 
 
 # --- SIGTERM: readiness off, in-flight calls finish, logs closed, metrics stopped ---------
