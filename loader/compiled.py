@@ -20,17 +20,25 @@ a crash leaves no half-written version that looks whole. ``IndexStore`` keeps
 them in one folder: ``find(stamp)`` is how a restart maps the last good
 version instead of re-parsing it; deltas stay small overlays each process
 applies on top, in order (``loader.versions``).
+
+Several processes share a store (``serve --workers N``): ``IndexStore.lock``
+is an inter-process lock (``flock`` on ``lock`` in the folder) under which a
+loader finds a snapshot's compiled version or builds and compiles it, so a
+snapshot is compiled once, by the first process to get there; the others wait,
+then map what it wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import mmap
 import os
 import shutil
 from array import array
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +63,8 @@ _TYPED: dict[str, Code] = {
 _BYTES = ("m_role", "m_mask", "e_type", "e_status", "text")
 #: how many compiled versions a store keeps besides the newest
 KEEP = 1
+#: the lock file of a store (not ``v-*``: never taken for a version)
+LOCK_NAME = "lock"
 
 
 def snapshot_stamp(path: Path, fingerprint: str) -> str:
@@ -188,6 +198,35 @@ class IndexStore:
 
     def path_for(self, stamp: str) -> Path:
         return self.folder / f"v-{stamp}"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the store's inter-process lock: one process at a time finds or compiles.
+
+        An exclusive ``flock`` on the file ``lock`` in the folder; it is released when
+        the block ends, or by the kernel when its holder dies (even SIGKILL), so
+        a killed compile never blocks the others. A folder where the lock file
+        cannot be made (read-only) is used unlocked: compiling stays safe there
+        (written aside, renamed into place), only no longer once per snapshot.
+        """
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as exc:
+            log.warning("cannot lock the index folder %s (%s): going on unlocked",
+                        self.folder, exc)  # fmt: skip
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("index folder %s: another process holds it (compiling?); waiting",
+                         self.folder)  # fmt: skip
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def find(self, stamp: str) -> Path | None:
         path = self.path_for(stamp)

@@ -391,27 +391,37 @@ class Loader:
 
     def _snapshot_view(self, path: Path, progress: Progress | None) -> MemoryView:
         """The snapshot at ``path`` as a version: mapped from its compiled folder when
-        ``store`` has one (a restart), else parsed, compiled into ``store`` and mapped."""
+        ``store`` has one (a restart, or another worker compiled it), else parsed,
+        compiled into ``store`` and mapped.
+
+        All of it runs under the store's inter-process lock (``IndexStore.lock``):
+        of N workers loading the same snapshot, the first parses and compiles it,
+        the others wait and then map that one compiled version, so the snapshot is
+        parsed once and its columns are in the page cache once. Mapping inside the
+        lock too means no other process prunes the folder between find and map.
+        """
         store = self.store
         if store is None:
             return build_snapshot(path, self.keyer, progress)
         stamp = snapshot_stamp(path, self.keyer.fingerprint)
-        compiled = store.find(stamp)
-        if compiled is None:
-            built = build_snapshot(path, self.keyer, progress)
+        with store.lock():
+            compiled = store.find(stamp)
+            if compiled is None:
+                built = build_snapshot(path, self.keyer, progress)
+                try:
+                    compiled = store.put(built.base, built.info, stamp)
+                except OSError as exc:
+                    log.warning("cannot compile %s into %s (%s): serving it unshared, from "
+                                "memory", path, store.folder, exc)  # fmt: skip
+                    return built
+                log.info("%s: compiled into %s (mapped by every process)", path, compiled)
+            else:
+                log.info("%s: mapping its compiled index %s (no re-parse)", path, compiled)
             try:
-                compiled = store.put(built.base, built.info, stamp)
-            except OSError as exc:
-                log.warning("cannot compile %s into %s (%s): serving it unshared, from memory",
-                            path, store.folder, exc)  # fmt: skip
-                return built
-        else:
-            log.info("%s: mapping its compiled index %s (no re-parse)", path, compiled)
-        try:
-            base, info = map_compiled(compiled, self.keyer.fingerprint)
-        except (OSError, ValueError, KeyError, ConfigurationError) as exc:
-            log.warning("compiled index %s unusable (%s): parsing %s", compiled, exc, path)
-            return build_snapshot(path, self.keyer, progress)
+                base, info = map_compiled(compiled, self.keyer.fingerprint)
+            except (OSError, ValueError, KeyError, ConfigurationError) as exc:
+                log.warning("compiled index %s unusable (%s): parsing %s", compiled, exc, path)
+                return build_snapshot(path, self.keyer, progress)
         return MemoryView(base, Overlay(), replace(info, loaded_at=time.time()))
 
     def load_path(self, path: Path, progress: Progress | None = None) -> MemoryView:

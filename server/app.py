@@ -14,6 +14,12 @@ or list-less server is alive; only draining turns it NOT_SERVING.
 Shutdown (SIGTERM/SIGINT): every health status NOT_SERVING, in-flight calls
 get ``--grace`` seconds, then the followers stop, the hit and audit logs are
 flushed and closed, and the metrics listener (``--metrics-listen``) stops.
+
+``run_service`` runs one such server, or with ``--workers N`` (N > 1) a
+supervisor (``server.workers``) whose N worker processes each run a
+``Service`` with a ``WorkerSeat``: the port shared with SO_REUSEPORT (a single
+server refuses to share it), its own hit and audit logs, its metrics written
+for the parent to sum; a replacement worker loads its list before it binds.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -46,7 +52,7 @@ from server.auth import EnumerationWatch, Gate, KeyRing, KeysWatcher
 from server.engine import CheckEngine
 from server.hitlog import AuditLog, HitLog
 from server.hitsink import HitForwarder
-from server.metrics import MetricsEndpoint, Reading, take_reading
+from server.metrics import MetricsEndpoint, Reading, ReadingWriter, take_reading
 from server.service import ConsumptionCheckService, add_to_server
 from server.settings import DEMO_METRICS_LISTEN, ServeSettings
 from shixin.v1 import check_pb2 as pb
@@ -55,6 +61,9 @@ from shixin_domain.identity import resident_id_check_char
 from shixin_domain.index import IndexSource
 from shixin_domain.keys import SubjectKeyer
 from shixin_domain.model import CHINA_TZ
+
+if TYPE_CHECKING:
+    from server.workers import WorkerSeat
 
 log = logging.getLogger("shixin.server")
 
@@ -71,11 +80,21 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class Service:
-    """A configured server, not yet started. ``run()`` serves until stopped."""
+    """A configured server, not yet started. ``run()`` serves until stopped.
 
-    def __init__(self, settings: ServeSettings, announce: Callable[[str], None] = print) -> None:
+    ``seat``: this server is one worker of ``serve --workers N`` (its settings
+    already name its own logs); None for a single server.
+    """
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        announce: Callable[[str], None] = print,
+        seat: WorkerSeat | None = None,
+    ) -> None:
         self.settings = settings
         self.announce = announce
+        self.seat = seat
         self.keyer = SubjectKeyer(settings.secret)
         self.index = MemoryIndex()
         folder = settings.compiled_index
@@ -121,6 +140,9 @@ class Service:
             max_list_age=settings.max_list_age,
         )  # fmt: skip
         self.metrics: MetricsEndpoint | None = None
+        self.reading_writer: ReadingWriter | None = None
+        if seat is not None and seat.reading_file is not None:
+            self.reading_writer = ReadingWriter(seat.reading_file, self.reading)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._stop = asyncio.Event()
@@ -132,7 +154,8 @@ class Service:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 # grpcio shares ports by default (SO_REUSEPORT): a second server, a
                 # demo or a stale process, would silently take part of the traffic.
-                ("grpc.so_reuseport", 0),
+                # Only the workers of one supervisor share theirs (its check came first).
+                ("grpc.so_reuseport", int(self.seat is not None)),
             ]
         )
         settings = self.settings
@@ -147,7 +170,8 @@ class Service:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port_is_free(settings.listen)  # a clean one-line refusal before grpcio's own log line
+        if self.seat is None:  # the supervisor checked, and holds the port for its workers
+            port_is_free(settings.listen)  # a clean one-line refusal before grpcio's own log line
         try:
             if settings.tls_cert is not None and settings.tls_key is not None:
                 ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
@@ -332,7 +356,26 @@ class Service:
     def request_stop(self) -> None:
         self._stop.set()
 
+    async def _load_list(self) -> None:
+        try:
+            await asyncio.to_thread(self._load)
+        except LoadRejected as exc:
+            log.error("%s", exc)
+            self.announce("list rejected: serving NOT_SERVING until a good list arrives")
+
+    def _catch_stop_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+
     async def run(self, on_ready: Callable[[Service], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        # A replacement worker loads before it binds: the kernel hands new connections
+        # to every socket on the shared port, and the other workers serve meanwhile.
+        load_first = self.seat is not None and self.seat.replacement
+        if load_first:
+            self._catch_stop_signals(loop)
+            await self._load_list()
         server = self._build_server()
         if self.settings.metrics_listen is not None:
             try:
@@ -341,11 +384,10 @@ class Service:
                 await server.stop(None)
                 raise
         await self._set_health(False)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # before the announce: a stop is never lost
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
+        self._catch_stop_signals(loop)  # before the announce: a stop is never lost
         await server.start()
+        if self.reading_writer is not None:
+            self.reading_writer.start()
         self.announce(f"serving on {self.settings.listen.rsplit(':', 1)[0]}:{self.port}")
         if self.metrics is not None:
             self.announce(f"metrics on {self.metrics.url}")
@@ -361,11 +403,8 @@ class Service:
             self.keys_watcher.start(loop)
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGHUP, self.keys_watcher.poke)
-        try:
-            await asyncio.to_thread(self._load)
-        except LoadRejected as exc:
-            log.error("%s", exc)
-            self.announce("list rejected: serving NOT_SERVING until a good list arrives")
+        if not load_first:
+            await self._load_list()
         # What exists now lives as long as the process: keep it out of every later
         # collection, so the garbage of each check is collected young and cheaply.
         gc.collect()
@@ -398,6 +437,8 @@ class Service:
                 sink.close()
         if self.metrics is not None:
             self.metrics.stop()
+        if self.reading_writer is not None:
+            self.reading_writer.stop()
         log.info("stopped: in-flight calls done, logs closed")
 
 
@@ -485,9 +526,20 @@ def _cmd(number: str, name: str, channel: str) -> str:
 
 
 def run_service(settings: ServeSettings) -> int:
+    """``serve``: one server in this process, or with ``--workers N`` a supervisor of N."""
+    workers = _workers(settings)
+    if workers > 1:
+        from server.workers import run_supervisor
+
+        return run_supervisor(settings, workers)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     service = Service(settings, announce=lambda s: print(s, flush=True))
     asyncio.run(service.run())
     return 0
+
+
+def _workers(settings: ServeSettings) -> int:
+    """``--workers N`` / ``SHIXIN_WORKERS`` (1 from settings that predate the flag)."""
+    return int(getattr(settings, "workers", 1))

@@ -28,6 +28,10 @@ runs and after a kill (records cut within that window cannot be shown).
 A set without a head is a warning, not a failure (a choice): logs written
 before heads were kept have none, and failing them would fail every old log;
 ``VerifyResult.warning`` says what could not be checked.
+
+``serve --workers N`` writes one audit set per worker (``audit.w1.jsonl``,
+...), each its own chain with its own head: ``verify_sets`` verifies every set
+found under the path given (``server.hitlog.log_sets``), each on its own.
 """
 
 from __future__ import annotations
@@ -39,9 +43,17 @@ from typing import Any
 
 import orjson
 
-from server.hitlog import GENESIS, ChainHead, head_path, line_hash, log_files, read_head
+from server.hitlog import (
+    GENESIS,
+    ChainHead,
+    head_path,
+    line_hash,
+    log_files,
+    log_sets,
+    read_head,
+)
 
-__all__ = ["Problem", "VerifyResult", "log_files", "verify"]
+__all__ = ["Problem", "VerifyResult", "log_files", "verify", "verify_sets"]
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,34 @@ def verify(path: Path) -> VerifyResult:
         return VerifyResult(files, walk.records, None, walk.seq, walk.hash, None, warning)
     short = _held_to(noted, walk, files[-1])
     return VerifyResult(files, walk.records, short, walk.seq, walk.hash, noted)
+
+
+def verify_sets(path: Path) -> list[tuple[Path, VerifyResult]]:
+    """``verify`` of every audit set under ``path``: a single server's, then each worker's.
+
+    ``FileNotFoundError`` when there is none.
+    """
+    sets = log_sets(path)
+    if not sets:
+        raise FileNotFoundError(f"no audit log at {path}")
+    return [(one, _verify_or_gone(one)) for one in sets]
+
+
+def _verify_or_gone(path: Path) -> VerifyResult:
+    """``verify``; a set whose head is all that is left lost every record it noted."""
+    try:
+        return verify(path)
+    except FileNotFoundError:
+        try:
+            noted = read_head(path)
+        except ValueError:
+            noted = None
+        detail = (
+            f"the head records {noted} but no file of the log is left"
+            if noted
+            else (f"only {head_path(path).name} is left")
+        )
+        return VerifyResult([], 0, Problem(path, None, None, "truncated", detail), noted=noted)
 
 
 def _torn_end(noted: ChainHead | None, walk: _Walk, line: _Line, last: Path) -> Problem | None:

@@ -16,9 +16,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from server.settings import add_flag
+from server.settings import add_options, resolving
+
+if TYPE_CHECKING:
+    from server.audit import VerifyResult
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -29,28 +32,28 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dic
     p.add_argument("--quarter", required=True, metavar="YYYYQn", help="e.g. 2026Q3 (China time)")
     p.add_argument("--format", choices=("csv", "json"), default="csv", help="csv (default) or json")
     p.add_argument("--out", metavar="PATH", help="write here instead of standard output")
-    add_flag(p, "--hit-log", metavar="PATH", help="hit log; its rotated files are read too")
+    add_options(p, "feedback")  # --hit-log, --redis, --redis-prefix, --config
     p.add_argument("more_hit_logs", nargs="*", metavar="PATH",
                    help="more hit logs (other replicas); checks are counted once")  # fmt: skip
-    add_flag(p, "--redis", metavar="URL",
-             help="also read every replica's hits from the shared Redis stream")  # fmt: skip
-    add_flag(p, "--redis-prefix", default="shixin", metavar="PREFIX", help="key prefix in Redis")
 
     p = sub.add_parser("audit", help="audit log tools")
     tools = p.add_subparsers(dest="audit_command", required=True)
     v = tools.add_parser("verify", help="check the hash chain of an audit log and its rotations")
     v.add_argument("path", type=Path, help="the live audit log (rotated files found beside it)")
-    return {"feedback": cmd_feedback, "audit": cmd_audit}
+    return {"feedback": resolving(cmd_feedback), "audit": cmd_audit}
 
 
 def _hit_files(args: argparse.Namespace) -> list[Path]:
-    from server.hitlog import log_files
+    """Every file of every hit-log set named, once; ``FileNotFoundError`` for an empty set.
 
-    """Every file of every hit-log set named, once; ``FileNotFoundError`` for an empty set."""
+    A path names its per-worker sets too (``serve --workers``: ``hits.w1.jsonl``, ...).
+    """
+    from server.hitlog import log_files, log_sets
+
     named = ([args.hit_log] if args.hit_log else []) + list(args.more_hit_logs)
     files: list[Path] = []
     for raw in named:
-        found = log_files(Path(raw))
+        found = [file for one in log_sets(Path(raw)) for file in log_files(one)]
         if not found:
             raise FileNotFoundError(f"no hit log at {raw}")
         files.extend(found)
@@ -110,26 +113,43 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """``audit verify``: 0 when whole up to its noted head, 1 when broken, 2 without a log.
 
     A log without a head file (written before heads were kept) verifies with
-    a warning on standard error: a cut off its end cannot be seen.
+    a warning on standard error: a cut off its end cannot be seen. The path
+    names its per-worker sets too (``serve --workers``: ``audit.w1.jsonl``,
+    ...): each is its own chain, verified on its own, one line each.
     """
-    from server.audit import verify
+    from server.audit import verify_sets
 
     try:
-        result = verify(args.path)
+        results = verify_sets(args.path)
     except FileNotFoundError as exc:
         print(f"audit verify: {exc}", file=sys.stderr)
         return 2
+    if len(results) == 1 and results[0][0] == args.path:
+        return _report_chain(results[0][1], "")
+    broken = 0
+    for path, result in results:
+        broken += _report_chain(result, f"{path.name}: ")
+    records = sum(result.records for _, result in results)
+    if broken:
+        print(f"BROKEN: {broken} of {len(results)} audit chains ({records} records read)")
+        return 1
+    print(f"OK: {len(results)} audit chains, {records} records")
+    return 0
+
+
+def _report_chain(result: VerifyResult, prefix: str) -> int:
+    """Print what ``verify`` found of one chain; 0 when whole, 1 when broken."""
     files = len(result.files)
     if result.problem is None:
-        print(f"OK: {result.records} records in {files} files; "
+        print(f"{prefix}OK: {result.records} records in {files} files; "
               f"head seq {result.head_seq} sha256 {result.head_hash}")  # fmt: skip
         noted = result.noted
         if noted is not None and noted.seq < result.head_seq:
-            print(f"(the noted head is seq {noted.seq}, {result.head_seq - noted.seq} records "
-                  "behind: the writer is running or was killed since it noted it)")  # fmt: skip
+            print(f"{prefix}(the noted head is seq {noted.seq}, {result.head_seq - noted.seq} "
+                  "records behind: the writer is running or was killed since it noted it)")  # fmt: skip
         if result.warning:
-            print(f"audit verify: warning: {result.warning}", file=sys.stderr)
+            print(f"audit verify: {prefix}warning: {result.warning}", file=sys.stderr)
         return 0
-    print(f"BROKEN: {result.problem}")
-    print(f"({result.records} records intact before it, in {files} files)")
+    print(f"{prefix}BROKEN: {result.problem}")
+    print(f"{prefix}({result.records} records intact before it, in {files} files)")
     return 1

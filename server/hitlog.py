@@ -43,6 +43,14 @@ its head goes on from the head, so the gap stays in the chain.
 One writer process per path: a set's size, day and chain head live in its
 writer. Replicas write their own paths; the feedback report dedupes checks
 by ``check_id`` across them. Neither log ever holds a plaintext ID number.
+
+Workers. ``serve --workers N`` runs N server processes, so N writers: worker
+``i`` writes the set at ``worker_log_path(path, i)`` (``hits.jsonl`` becomes
+``hits.w1.jsonl``, ``hits.w2.jsonl``, ...; a single server keeps ``path``),
+each rotated and, for the audit log, chained and headed on its own. A
+restarted worker ``i`` goes on with its own set, as a restarted server does.
+``log_sets`` finds every set written under a path (the single server's and
+each worker's), which is what ``audit verify`` and ``feedback`` read.
 """
 
 from __future__ import annotations
@@ -100,6 +108,38 @@ def log_files(path: Path) -> list[Path]:
     if path.is_file():
         files.append(path)
     return files
+
+
+def worker_log_path(path: Path, worker: int) -> Path:
+    """Where worker ``worker`` (1, 2, ...) of ``serve --workers`` writes the set at ``path``:
+    ``hits.jsonl`` -> ``hits.w1.jsonl``, ``audit`` -> ``audit.w1``."""
+    if worker < 1:
+        raise ValueError(f"worker numbers start at 1, not {worker}")
+    return path.with_name(f"{path.stem}.w{worker}{path.suffix}")
+
+
+def _worker_pattern(path: Path) -> re.Pattern[str]:
+    """Names of every file of the per-worker sets of ``path``: group 1 the worker."""
+    return re.compile(
+        re.escape(path.stem)
+        + r"\.w([1-9]\d*)"
+        + re.escape(path.suffix)
+        + r"(?:\.\d{8}\.\d+|\.head)?"
+    )
+
+
+def log_sets(path: Path) -> list[Path]:
+    """Every set written under ``path``: ``path`` itself (a single server's) when any of
+    its files is there, then each worker's (``worker_log_path``), by worker number."""
+    sets = [path] if log_files(path) or head_path(path).is_file() else []
+    pattern = _worker_pattern(path)
+    workers: set[int] = set()
+    if path.parent.is_dir():
+        for child in path.parent.iterdir():
+            found = pattern.fullmatch(child.name)
+            if found:
+                workers.add(int(found.group(1)))
+    return sets + [worker_log_path(path, n) for n in sorted(workers)]
 
 
 def line_hash(line: bytes) -> str:

@@ -10,13 +10,18 @@ into prometheus-client metric families; a labelled prometheus-client
 counter's ``labels(...).inc()`` would take a lock and cost about 1 µs per
 check, a fifth of DESIGN §6's per-check budget.
 
-Several worker processes (a later change) report the sum over workers: a
-``Reading`` is one plain, picklable object, so each worker hands its
-``Service.reading()`` to the process that serves ``/metrics`` (over a pipe,
-on each scrape) and that process's collector reads
-``Reading.merged(readings)``: counters and histograms add up, the replica lag
-is the largest, and the list gauges are those of the oldest list any worker
-serves (``shixin_list_info`` has a series for every version served).
+Worker processes (``serve --workers N``) report the sum over workers. The
+parent, which has no gRPC server, serves ``/metrics``; a ``Reading`` is one
+plain, picklable object, so each worker's ``ReadingWriter`` replaces a small
+file in a private run folder with its ``Service.reading()`` every second
+(written aside, then renamed), and the parent's ``WorkerReadings`` reads them
+at each scrape and reports ``Reading.merged(readings)``: counters and
+histograms add up, the replica lag is the largest, and the list gauges are
+those of the oldest list any worker serves (``shixin_list_info`` has a series
+for every version served). So the figures lag the workers by at most a second.
+When a worker dies, the counters of its last reading are kept (``retire``), so
+the sums never go back when its replacement starts counting from 0 (what it
+counted in its last second is lost). ``process_*`` are the parent's own.
 
 ``METRIC_NAMES`` is every name this endpoint exports beside prometheus-client's
 standard ``process_*`` metrics; the Grafana dashboard and the alert rules in
@@ -26,10 +31,14 @@ standard ``process_*`` metrics; the Grafana dashboard and the alert rules in
 from __future__ import annotations
 
 import errno
+import logging
+import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -51,6 +60,8 @@ if TYPE_CHECKING:
 
     from loader.index_redis import RedisFollower
     from server.hitlog import AppendLog
+
+log = logging.getLogger("shixin.server")
 
 #: Every metric this module exports, as dashboards and alerts name them.
 METRIC_NAMES = (
@@ -156,6 +167,109 @@ def take_reading(
         reading.source_timestamp = info.source_timestamp
         reading.entries = tuple(info.counts.on(china_day(time.time())))
     return reading
+
+
+#: Seconds between a worker's readings: the most the summed figures lag.
+READING_INTERVAL = 1.0
+_READING_SUFFIX = ".reading"
+
+
+def reading_path(folder: Path, worker: int) -> Path:
+    """The file worker ``worker`` replaces with its ``Reading`` in the run ``folder``."""
+    return folder / f"w{worker}{_READING_SUFFIX}"
+
+
+class ReadingWriter:
+    """A worker's side: ``read()`` pickled to ``path`` every ``interval`` s, and at ``stop``.
+
+    Each write goes to a temporary name that is then renamed over ``path``, so
+    the parent reads a whole reading or the one before, never half of one.
+    """
+
+    def __init__(
+        self, path: Path, read: Callable[[], Reading], interval: float = READING_INTERVAL
+    ) -> None:
+        self.path = path
+        self.read = read
+        self.interval = interval
+        self._stop = threading.Event()
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name="metrics-reading", daemon=True)
+
+    def start(self) -> None:
+        self.write()
+        self._thread.start()
+
+    def write(self) -> None:
+        part = self.path.with_name(f".{self.path.name}.part")
+        try:
+            part.write_bytes(pickle.dumps(self.read(), protocol=pickle.HIGHEST_PROTOCOL))
+            os.replace(part, self.path)
+        except OSError as exc:
+            if not self._failing:
+                log.error("cannot write the metrics reading %s: %s", self.path, exc)
+            self._failing = True
+        else:
+            self._failing = False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.write()
+
+    def stop(self) -> None:
+        """Stop, writing the final reading (the counts of a drained worker, whole)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.write()
+
+
+class WorkerReadings:
+    """The parent's side: the sum of every worker's last reading in a run folder.
+
+    ``read`` is what the parent's ``MetricsEndpoint`` reports; ``retire`` keeps
+    a dead worker's counters in the sum (see the module docstring).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._retired = Reading()
+        self._lock = threading.Lock()
+
+    def _load(self, path: Path) -> Reading | None:
+        try:
+            # the folder is the parent's own (mode 0700): only its workers write there
+            value = pickle.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as exc:
+            log.error("metrics reading %s unreadable: %s", path, exc)
+            return None
+        return value if isinstance(value, Reading) else None
+
+    def read(self) -> Reading:
+        with self._lock:
+            readings = [self._retired]
+            for path in sorted(self.folder.glob(f"w*{_READING_SUFFIX}")):
+                reading = self._load(path)
+                if reading is not None:
+                    readings.append(reading)
+            return Reading.merged(readings)
+
+    def retire(self, worker: int) -> None:
+        """Worker ``worker`` has exited: its counters stay in the sum, its gauges go."""
+        path = reading_path(self.folder, worker)
+        with self._lock:
+            last = self._load(path)
+            if last is not None:
+                counters = Reading(
+                    tally=last.tally,
+                    hit_log_errors=last.hit_log_errors,
+                    audit_log_errors=last.audit_log_errors,
+                    redis_errors=last.redis_errors,
+                )
+                self._retired = Reading.merged([self._retired, counters])
+            path.unlink(missing_ok=True)
 
 
 class MetricsCollector:

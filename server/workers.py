@@ -1,0 +1,487 @@
+"""Using every core: ``serve --workers N``, N server processes on one port.
+
+The checks run in Python under one interpreter lock, so one server process
+uses one core. With ``--workers N`` this process becomes a *supervisor*: it
+creates no gRPC object at all and starts N workers, each a fresh interpreter
+(multiprocessing's "spawn": a process that may hold gRPC state is never
+forked) running a whole ``server.app.Service`` on the same port, shared with
+SO_REUSEPORT; the kernel hands each new connection to one of them (grpc's
+``examples/python/multiprocessing`` does the same). That is the one case
+where port sharing is right: a single server turns it off, and the supervisor
+first refuses a taken port exactly as a single server does (``port_is_free``),
+then holds the port (bound with SO_REUSEPORT, never listening) for as long as
+it runs, so port 0 becomes one port for all and no other server can take it
+while a worker restarts.
+
+What the workers share, and what not:
+
+- the settings, frozen and pickled to each worker; a key secret generated at
+  start is generated here, once, so every worker computes the same keys;
+- the list: each worker loads it itself, but maps the one compiled version in
+  the index folder (``--index-dir``), compiled by whichever worker got the
+  folder's lock first (``loader.compiled.IndexStore.lock``), so N workers hold
+  one copy in the page cache. With a generated secret nothing compiled can
+  outlive the run, so the supervisor compiles into a private temporary folder
+  it removes at exit. Deltas are applied by each worker's own follower, as a
+  single server does; ``--redis`` workers each follow Redis (no compile);
+- not the logs: worker ``i`` writes its own hit log and audit chain
+  (``server.hitlog.worker_log_path``: ``hits.w1.jsonl``, ...), durable before
+  the answer as ever; ``audit verify`` and ``feedback`` read the whole set;
+- health: every worker runs the same health service, SERVING only once its own
+  list is in; a probe, like any connection, reaches one of them;
+- metrics (``--metrics-listen``): served here, the sum of the readings each
+  worker writes every second (``server.metrics.WorkerReadings``): at most one
+  second behind.
+
+A worker that dies (a crash, SIGKILL, the OOM killer) is logged with why and
+started again as the same worker (same logs, its chain going on) after a
+backoff: 0.5 s, doubling for each death in a row up to 10 s, back to 0.5 s
+once a worker has lived 30 s. A replacement loads its list before it binds,
+so no connection reaches it before it can answer. A worker that fails on its
+configuration before any worker has started stops the whole start (exit 2).
+
+SIGTERM or SIGINT: sent on to every worker, each of which drains as a single
+server does (NOT_SERVING, ``--grace`` for calls in flight, logs closed); the
+supervisor exits 0 once all have exited cleanly (1 if one had to be killed).
+SIGHUP is sent on too (each worker reloads its keys file). A worker whose
+supervisor is gone stops by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+
+from server.app import Service, port_is_free, write_demo_list
+from server.hitlog import worker_log_path
+from server.metrics import MetricsEndpoint, WorkerReadings, reading_path
+from server.settings import DEMO_METRICS_LISTEN, EPHEMERAL_SECRET, ServeSettings
+from shixin_domain.errors import ConfigurationError
+
+log = logging.getLogger("shixin.server")
+
+#: Where the key secret came from when the supervisor generated it for its workers.
+SHARED_EPHEMERAL_SECRET = "generated at start for this run's workers (keys live only in memory)"
+FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 10.0
+#: A worker that lived this long before dying starts the backoff afresh.
+STEADY_S = 30.0
+#: Beyond ``--grace``: how long a stopping worker may take (finishing a load) before SIGKILL.
+STOP_SLACK_S = 30.0
+PARENT_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class WorkerSeat:
+    """Which worker of ``serve --workers N`` a server process is."""
+
+    number: int  # 1..N: names its logs and its metrics reading
+    replacement: bool  # started after its predecessor died: binds once its list is in
+    reading_file: Path | None  # where it writes its metrics reading (None: metrics off)
+
+
+def worker_settings(settings: ServeSettings, number: int) -> ServeSettings:
+    """Worker ``number``'s settings: its own logs and replica id; no metrics listener."""
+    return replace(
+        settings,
+        hit_log=worker_log_path(settings.hit_log, number) if settings.hit_log else None,
+        audit_log=worker_log_path(settings.audit_log, number) if settings.audit_log else None,
+        metrics_listen=None,
+        replica_id=f"{settings.replica_id}/w{number}" if settings.redis else settings.replica_id,
+    )
+
+
+def hold_port(listen: str) -> tuple[str, list[socket.socket]]:
+    """Bind (not listen) ``listen`` with SO_REUSEPORT: the address the workers share
+    (port 0 made one concrete port) and the sockets holding it for them."""
+    host, _, port_text = listen.rpartition(":")
+    bare = host.strip("[]") or "0.0.0.0"
+    port = int(port_text)
+    held: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            held.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((address[0], port, *address[2:]))
+            port = sock.getsockname()[1]
+    except OSError as exc:
+        for sock in held:
+            sock.close()
+        raise ConfigurationError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    return f"{host}:{port}", held
+
+
+# --- a worker ---------------------------------------------------------------------
+
+
+def _worker_main(settings: ServeSettings, seat: WorkerSeat, messages: Connection) -> None:
+    """A worker process (spawned): one ``Service`` on the shared port until told to stop."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s [w{seat.number}] %(message)s",
+    )  # fmt: skip
+    services: list[Service] = []
+
+    def stop_early(_signum: int, _frame: FrameType | None) -> None:
+        for service in services:  # before the loop's own handlers are in place
+            service.request_stop()
+        if not services:
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop_early)
+    signal.signal(signal.SIGINT, stop_early)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a keys file's reload, or nothing to do
+    sending = threading.Lock()
+
+    def send(*message: str) -> None:
+        with sending:
+            try:
+                messages.send(message)
+            except OSError:
+                pass  # the supervisor is gone: the parent watch stops this worker
+
+    threading.Thread(
+        target=_watch_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+    ).start()
+    try:
+        service = Service(settings, announce=lambda line: send("announce", line), seat=seat)
+        services.append(service)
+        asyncio.run(service.run(on_ready=lambda _service: send("loaded", "")))
+    except ConfigurationError as exc:
+        send("fatal", str(exc))
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop this worker (as SIGTERM would) once its supervisor is gone."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    log.error("the supervisor (pid %d) is gone: stopping", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+# --- the supervisor -----------------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    """One seat and the process in it now."""
+
+    number: int
+    process: BaseProcess | None = None
+    messages: Connection | None = None
+    started_at: float = 0.0
+    deaths_in_a_row: int = 0
+    restart_at: float | None = None  # a replacement is due then
+    serving: bool = False  # its current process announced it is serving
+    loaded: bool = False  # its current process is past its first load
+
+
+def _why(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+class Supervisor:
+    """N workers on one port: started, restarted when they die, stopped together."""
+
+    def __init__(self, settings: ServeSettings, workers: int) -> None:
+        self.settings = settings
+        self.demo = settings.demo
+        self.workers = [_Worker(n) for n in range(1, workers + 1)]
+        self.context = multiprocessing.get_context("spawn")
+        self.readings: WorkerReadings | None = None
+        self.metrics: MetricsEndpoint | None = None
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.fatal = ""
+        self.unclean: list[str] = []
+        self.started = False  # every worker has been serving at once, at least once
+        self.loaded = False  # ... and past its first load
+        self.announced: set[str] = set()
+        self.signals: list[int] = []
+        self.cleanup: list[Path] = []
+
+    # --- start and stop -------------------------------------------------------
+
+    def run(self) -> int:
+        settings = self.settings
+        port_is_free(settings.listen)  # a single server's one-line refusal, before any worker
+        listen, held = hold_port(settings.listen)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        previous = {
+            sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
+        try:
+            for sig in previous:
+                signal.signal(sig, self._on_signal)
+            old_wakeup = signal.set_wakeup_fd(wake_w)
+            try:
+                self.settings = self._shared_settings(replace(settings, listen=listen))
+                self._start_metrics()
+                log.info("starting %d workers on %s (supervisor pid %d)",
+                         len(self.workers), listen, os.getpid())  # fmt: skip
+                for worker in self.workers:
+                    self._start(worker, replacement=False)
+                self._loop(wake_r)
+            finally:
+                signal.set_wakeup_fd(old_wakeup)
+        finally:
+            self._signal_all(signal.SIGTERM)  # none is left unless this supervisor failed
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            os.close(wake_r)
+            os.close(wake_w)
+            for sock in held:
+                sock.close()
+            if self.metrics is not None:
+                self.metrics.stop()
+            for folder in self.cleanup:
+                shutil.rmtree(folder, ignore_errors=True)
+        if self.fatal:
+            raise ConfigurationError(self.fatal)
+        if self.unclean:
+            log.error("stopped, but not cleanly: %s", "; ".join(self.unclean))
+            return 1
+        log.info("stopped: every worker drained and exited")
+        return 0
+
+    def _shared_settings(self, settings: ServeSettings) -> ServeSettings:
+        """What every worker gets alike: the demo list written once, and a private
+        index folder when the secret was generated (see the module docstring)."""
+        demo = settings.demo
+        if demo:  # one demo list for all, not one each
+            path = write_demo_list(settings.demo_count, self._print)
+            settings = replace(settings, demo=False, list_path=path)
+            self.cleanup.append(path.parent)
+        if settings.secret_source == EPHEMERAL_SECRET and settings.redis is None:
+            if settings.index_dir is not None or demo:  # None otherwise: --index-dir off
+                private = Path(tempfile.mkdtemp(prefix="shixin-index-"))
+                self.cleanup.append(private)
+                log.info("key secret generated for this run: its workers share a compiled "
+                         "index in %s (removed at exit)", private)  # fmt: skip
+                settings = replace(settings, index_dir=private)
+            settings = replace(settings, secret_source=SHARED_EPHEMERAL_SECRET)
+        if settings.redis:
+            replica = settings.replica_id or f"{socket.gethostname()}:{os.getpid()}"
+            settings = replace(settings, replica_id=replica)
+        return settings
+
+    def _start_metrics(self) -> None:
+        listen = self.settings.metrics_listen
+        if listen is None:
+            return
+        folder = Path(tempfile.mkdtemp(prefix="shixin-run-"))  # 0700: the workers' readings
+        self.cleanup.append(folder)
+        self.readings = WorkerReadings(folder)
+        try:
+            self.metrics = MetricsEndpoint(listen, self.readings.read)
+        except ConfigurationError as exc:
+            if not (self.demo and listen == DEMO_METRICS_LISTEN):
+                raise
+            log.warning("%s; the demo serves its metrics on another port", exc)
+            self.metrics = MetricsEndpoint("127.0.0.1:0", self.readings.read)
+        self._print(f"metrics on {self.metrics.url} (the sum over {len(self.workers)} workers)")
+
+    def _start(self, worker: _Worker, replacement: bool) -> None:
+        reading = None
+        if self.readings is not None:
+            reading = reading_path(self.readings.folder, worker.number)
+        seat = WorkerSeat(worker.number, replacement, reading)
+        receive, send = self.context.Pipe(duplex=False)
+        process = self.context.Process(
+            target=_worker_main,
+            args=(worker_settings(self.settings, worker.number), seat, send),
+            name=f"shixin-worker-{worker.number}",
+        )
+        process.start()
+        send.close()  # the worker holds it now: its end closing is what EOF means
+        worker.process, worker.messages = process, receive
+        worker.started_at, worker.restart_at = time.monotonic(), None
+        worker.serving = worker.loaded = False
+        log.info("worker %d started (pid %s)%s", worker.number, process.pid,
+                 ": it binds once its list is in" if replacement else "")  # fmt: skip
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.signals.append(signum)  # handled in the loop; the wakeup fd ends its wait
+
+    def _begin_stop(self, why: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.settings.grace_seconds + STOP_SLACK_S
+        live = [w for w in self.workers if w.process is not None and w.process.is_alive()]
+        log.info("stopping (%s): each of %d workers drains for up to %.1fs",
+                 why, len(live), self.settings.grace_seconds)  # fmt: skip
+        for worker in self.workers:
+            worker.restart_at = None
+        self._signal_all(signal.SIGTERM)
+
+    def _signal_all(self, sig: int) -> None:
+        for worker in self.workers:
+            process = worker.process
+            if process is not None and process.pid is not None and process.is_alive():
+                try:
+                    os.kill(process.pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    # --- the loop -------------------------------------------------------------
+
+    def _loop(self, wake: int) -> None:
+        while True:
+            now = time.monotonic()
+            live = [w for w in self.workers if w.process is not None]
+            if self.stopping and not live:
+                return
+            waits: list[Connection | int] = [wake]
+            for worker in live:
+                assert worker.process is not None
+                waits.append(worker.process.sentinel)
+                if worker.messages is not None:
+                    waits.append(worker.messages)
+            due = [w.restart_at for w in self.workers if w.restart_at is not None]
+            timeout = max(0.0, min(due) - now) if due else 1.0
+            if self.stopping:
+                timeout = max(0.0, min(timeout, self.stop_deadline - now))
+            wait(waits, timeout)
+            self._take_signals(wake)
+            for worker in live:
+                self._take_messages(worker)
+                assert worker.process is not None
+                if worker.process.exitcode is not None:
+                    self._ended(worker)
+            now = time.monotonic()
+            for worker in self.workers:
+                if worker.restart_at is not None and worker.restart_at <= now:
+                    self._start(worker, replacement=True)
+            if self.stopping and time.monotonic() >= self.stop_deadline:
+                self._kill_stragglers()
+
+    def _take_signals(self, wake: int) -> None:
+        try:
+            os.read(wake, 512)
+        except BlockingIOError:
+            pass
+        while self.signals:
+            signum = self.signals.pop(0)
+            if signum == signal.SIGHUP:
+                if self.settings.keys_file is None:
+                    log.info("SIGHUP: nothing to reload (no --keys-file)")
+                    continue
+                log.info("SIGHUP: sent on to every worker (each reloads the keys file)")
+                self._signal_all(signal.SIGHUP)
+            else:
+                self._begin_stop(signal.Signals(signum).name)
+
+    def _take_messages(self, worker: _Worker) -> None:
+        conn = worker.messages
+        if conn is None:
+            return
+        try:
+            while conn.poll():
+                kind, text = conn.recv()
+                self._message(worker, kind, text)
+        except (EOFError, OSError):
+            conn.close()
+            worker.messages = None
+
+    def _message(self, worker: _Worker, kind: str, text: str) -> None:
+        if kind == "fatal":
+            if not self.started:  # the start itself is wrong: nothing would ever serve
+                self.fatal = self.fatal or text
+                self._begin_stop(f"worker {worker.number} cannot start")
+            return
+        if kind == "loaded":
+            worker.loaded = True
+            if all(w.loaded for w in self.workers) and not self.loaded:
+                self.loaded = True
+                log.info("every worker is past its first load (health: each its own)")
+            return
+        if text.startswith("serving on "):
+            worker.serving = True
+            if self.started:
+                log.info("worker %d serving again", worker.number)
+            elif all(w.serving for w in self.workers):
+                self.started = True
+                self._print(f"{text} ({len(self.workers)} workers)")
+        elif not text.startswith("metrics on "):
+            self._print(text)
+
+    def _print(self, text: str) -> None:
+        """A line a single server would print, printed once however many workers say it."""
+        if text not in self.announced:
+            self.announced.add(text)
+            print(text, flush=True)
+
+    def _ended(self, worker: _Worker) -> None:
+        process = worker.process
+        assert process is not None
+        process.join()
+        self._take_messages(worker)  # its last words (a fatal error) first
+        if worker.messages is not None:
+            worker.messages.close()
+        served = worker.serving
+        worker.process, worker.messages, worker.serving = None, None, False
+        code = process.exitcode
+        if self.readings is not None:
+            self.readings.retire(worker.number)
+        if self.stopping:  # SIGTERM's own death is clean only before there was anything to drain
+            clean = code == 0 or (code == -signal.SIGTERM and not served)
+            (log.info if clean else log.error)(
+                "worker %d (pid %s) %s", worker.number, process.pid, _why(code)
+            )
+            if not clean and not self.fatal:
+                self.unclean.append(f"worker {worker.number} {_why(code)}")
+            return
+        lived = time.monotonic() - worker.started_at
+        worker.deaths_in_a_row = 1 if lived >= STEADY_S else worker.deaths_in_a_row + 1
+        delay = min(FIRST_BACKOFF_S * 2 ** (worker.deaths_in_a_row - 1), MAX_BACKOFF_S)
+        worker.restart_at = time.monotonic() + delay
+        log.error("worker %d (pid %s) died after %.1fs: %s; starting it again in %.1fs",
+                  worker.number, process.pid, lived, _why(code), delay)  # fmt: skip
+
+    def _kill_stragglers(self) -> None:
+        for worker in self.workers:
+            process = worker.process
+            if process is not None and process.is_alive() and process.pid is not None:
+                log.error("worker %d (pid %s) did not stop within --grace + %.0fs: SIGKILL",
+                          worker.number, process.pid, STOP_SLACK_S)  # fmt: skip
+                self.unclean.append(f"worker {worker.number} killed after the grace")
+                os.kill(process.pid, signal.SIGKILL)
+        self.stop_deadline = float("inf")
+
+
+def run_supervisor(settings: ServeSettings, workers: int) -> int:
+    """``serve --workers N`` (N > 1): supervise N workers until SIGTERM/SIGINT."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s [supervisor] %(message)s",
+    )  # fmt: skip
+    return Supervisor(settings, workers).run()
