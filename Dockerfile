@@ -18,7 +18,8 @@ WORKDIR /src
 # Only what the wheel is made of (.dockerignore keeps the rest out of the context).
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
-COPY shixin_domain/ shixin_domain/
+COPY shixin_check/ shixin_check/
+COPY domain/ domain/
 COPY loader/ loader/
 COPY server/ server/
 COPY clients/ clients/

@@ -17,10 +17,18 @@ from pathlib import Path
 
 import grpc
 
-from clients.calls import RequestIds, batches, refuse_oversize, shifted, with_request_ids
-from clients.channel import DEFAULT_RETRY, Credentials, RetryPolicy, open_aio_channel
-from clients.check_client import DEFAULT_TIMEOUT, MAX_BATCH, log, prefilter_state
-from clients.errors import (
+from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
+from shixin_check.clients.calls import (
+    RequestIds,
+    batches,
+    refuse_oversize,
+    shifted,
+    with_request_ids,
+)
+from shixin_check.clients.channel import DEFAULT_RETRY, Credentials, RetryPolicy, open_aio_channel
+from shixin_check.clients.check_client import DEFAULT_TIMEOUT, MAX_BATCH, log, prefilter_state
+from shixin_check.clients.errors import (
     CheckError,
     ErrorDetails,
     PermissionDenied,
@@ -29,9 +37,13 @@ from clients.errors import (
     from_info,
     from_rpc_error,
 )
-from clients.prefilter import DEFAULT_MAX_AGE, DOWNLOAD_TIMEOUT, Download, NeedsFull, renumbered
-from shixin.v1 import check_pb2 as pb
-from shixin.v1 import check_pb2_grpc as pb_grpc
+from shixin_check.clients.prefilter import (
+    DEFAULT_MAX_AGE,
+    DOWNLOAD_TIMEOUT,
+    Download,
+    NeedsFull,
+    renumbered,
+)
 
 
 async def _with_request_ids_async(

@@ -12,9 +12,9 @@ from typing import Any
 
 import grpc
 
-from clients.channel import MAX_MESSAGE_BYTES
-from clients.errors import CheckError, ErrorDetails, from_info
 from shixin.v1 import check_pb2 as pb
+from shixin_check.clients.channel import MAX_MESSAGE_BYTES
+from shixin_check.clients.errors import CheckError, ErrorDetails, from_info
 
 
 def batches(requests: Iterable[pb.CheckRequest], size: int) -> Iterator[list[pb.CheckRequest]]:

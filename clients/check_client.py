@@ -24,9 +24,17 @@ from typing import Any
 
 import grpc
 
-from clients.calls import batches, refuse_oversize, shifted, with_request_ids
-from clients.channel import DEFAULT_RETRY, NO_RETRY, Credentials, RetryPolicy, open_channel
-from clients.errors import (
+from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
+from shixin_check.clients.calls import batches, refuse_oversize, shifted, with_request_ids
+from shixin_check.clients.channel import (
+    DEFAULT_RETRY,
+    NO_RETRY,
+    Credentials,
+    RetryPolicy,
+    open_channel,
+)
+from shixin_check.clients.errors import (
     CheckError,
     ErrorDetails,
     PermissionDenied,
@@ -36,8 +44,8 @@ from clients.errors import (
     from_info,
     from_rpc_error,
 )
-from clients.names import UnknownName, enum_name, enum_number
-from clients.prefilter import (
+from shixin_check.clients.names import UnknownName, enum_name, enum_number
+from shixin_check.clients.prefilter import (
     DEFAULT_MAX_AGE,
     DOWNLOAD_TIMEOUT,
     Download,
@@ -46,8 +54,6 @@ from clients.prefilter import (
     Prefilter,
     renumbered,
 )
-from shixin.v1 import check_pb2 as pb
-from shixin.v1 import check_pb2_grpc as pb_grpc
 
 __all__ = [
     "MAX_BATCH",

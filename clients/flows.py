@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from clients.check_client import build_request
 from shixin.v1 import check_pb2 as pb
+from shixin_check.clients.check_client import build_request
 
 
 class Person(NamedTuple):

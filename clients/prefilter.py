@@ -56,20 +56,20 @@ import grpc
 import orjson
 from rbloom import Bloom
 
-from clients.errors import CheckError, ErrorDetails, from_info
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.decision import NOT_LISTED
-from shixin_domain.errors import InvalidInput
-from shixin_domain.identity import (
+from shixin_check.clients.errors import CheckError, ErrorDetails, from_info
+from shixin_check.domain.decision import NOT_LISTED
+from shixin_check.domain.errors import InvalidInput
+from shixin_check.domain.identity import (
     IdType,
     mask_id,
     normalize_person_id,
     normalize_uscc,
     other_reading,
 )
-from shixin_domain.keys import PREFILTER_KEY_SCHEME, PrefilterKeyer
-from shixin_domain.model import Channel
-from shixin_domain.rules import (
+from shixin_check.domain.keys import PREFILTER_KEY_SCHEME, PrefilterKeyer
+from shixin_check.domain.model import Channel
+from shixin_check.domain.rules import (
     Flight,
     HotelStay,
     InsurancePolicy,

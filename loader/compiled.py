@@ -46,10 +46,10 @@ from typing import Any, Literal
 import orjson
 from rbloom import Bloom
 
-from loader.index_memory import Base
-from shixin_domain.errors import ConfigurationError
-from shixin_domain.index import Counts, VersionInfo
-from shixin_domain.model import Channel, EntryStatus, Exemption, ListType
+from shixin_check.domain.errors import ConfigurationError
+from shixin_check.domain.index import Counts, VersionInfo
+from shixin_check.domain.model import Channel, EntryStatus, Exemption, ListType
+from shixin_check.loader.index_memory import Base
 
 log = logging.getLogger("shixin.loader")
 

@@ -30,8 +30,8 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from shixin_domain.errors import InvalidInput, LoadRejected, RowError
-from shixin_domain.model import CHINA_TZ, NO_END
+from shixin_check.domain.errors import InvalidInput, LoadRejected, RowError
+from shixin_check.domain.model import CHINA_TZ, NO_END
 
 HEADER_KEY = "snapshot"
 _EPOCH_DAY_START = _dt.datetime(1970, 1, 1, tzinfo=CHINA_TZ).timestamp()

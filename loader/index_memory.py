@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 from rbloom import Bloom
 
-from shixin_domain.errors import RowError
-from shixin_domain.identity import mask_id, normalize_name
-from shixin_domain.index import Counts, ListedMatch, VersionInfo
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import NO_END, EntryStatus, Exemption, ListEntry, ListType, Role
+from shixin_check.domain.errors import RowError
+from shixin_check.domain.identity import mask_id, normalize_name
+from shixin_check.domain.index import Counts, ListedMatch, VersionInfo
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import NO_END, EntryStatus, Exemption, ListEntry, ListType, Role
 
 _LOW64 = (1 << 64) - 1
 _SEP = b"\x1f"

@@ -65,11 +65,11 @@ from rbloom import Bloom
 from redis.exceptions import LockNotOwnedError
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from loader.background import Background
-from shixin_domain.errors import ConfigurationError, IndexUnavailable
-from shixin_domain.index import Counts, ListedMatch, VersionInfo
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import Channel, EntryStatus, Exemption, ListType, Role
+from shixin_check.domain.errors import ConfigurationError, IndexUnavailable
+from shixin_check.domain.index import Counts, ListedMatch, VersionInfo
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import Channel, EntryStatus, Exemption, ListType, Role
+from shixin_check.loader.background import Background
 
 #: redis-py types every reply as ``bytes | str``; this project never sets
 #: decode_responses, so replies are bytes: the client is typed loosely.

@@ -21,14 +21,13 @@ from typing import Any
 
 import orjson
 
-from loader.feed import is_header, parse_instant
-from shixin_domain.errors import InvalidInput, RowError
-from shixin_domain.identity import (
+from shixin_check.domain.errors import InvalidInput, RowError
+from shixin_check.domain.identity import (
     IdType,
     normalize_person_id,
     normalize_uscc,
 )
-from shixin_domain.model import (
+from shixin_check.domain.model import (
     NO_END,
     Channel,
     EntryStatus,
@@ -39,6 +38,7 @@ from shixin_domain.model import (
     Role,
     day_number,
 )
+from shixin_check.loader.feed import is_header, parse_instant
 
 
 class FileKind(Enum):

@@ -41,9 +41,12 @@ from typing import Any
 
 import orjson
 
-from loader.feed import pending
-from loader.index_memory import MemoryView, entry_id_hash, matches_of
-from loader.index_redis import (
+from shixin_check.domain.errors import ConfigurationError, IndexUnavailable, LoadRejected, RowError
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import NO_END, EntryStatus
+from shixin_check.loader.feed import pending
+from shixin_check.loader.index_memory import MemoryView, entry_id_hash, matches_of
+from shixin_check.loader.index_redis import (
     Client,
     HeldLock,
     RedisKeys,
@@ -57,11 +60,8 @@ from loader.index_redis import (
     expiries_json,
     read_meta,
 )
-from loader.listfile import DeltaKind, DeltaOp, read_delta
-from loader.versions import Progress, build_snapshot, delta_source_time
-from shixin_domain.errors import ConfigurationError, IndexUnavailable, LoadRejected, RowError
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import NO_END, EntryStatus
+from shixin_check.loader.listfile import DeltaKind, DeltaOp, read_delta
+from shixin_check.loader.versions import Progress, build_snapshot, delta_source_time
 
 #: How long a load waits for the lock before it is refused: long enough to ride
 #: out a replica's garbage collection, short enough to answer an operator.

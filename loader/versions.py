@@ -25,10 +25,14 @@ from typing import Any, cast
 
 import numpy as np
 
-from loader.background import Background
-from loader.compiled import IndexStore, map_compiled, snapshot_stamp
-from loader.feed import day_start, pending, read_header, sidecar_of
-from loader.index_memory import (
+from shixin_check.domain.errors import ConfigurationError, LoadRejected, RowError
+from shixin_check.domain.index import ListedMatch
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import EntryStatus, Exemption, ListEntry, ListType
+from shixin_check.loader.background import Background
+from shixin_check.loader.compiled import IndexStore, map_compiled, snapshot_stamp
+from shixin_check.loader.feed import day_start, pending, read_header, sidecar_of
+from shixin_check.loader.index_memory import (
     BaseBuilder,
     BaseParts,
     MemoryIndex,
@@ -39,7 +43,7 @@ from loader.index_memory import (
     merge_parts,
     view_of_base,
 )
-from loader.listfile import (
+from shixin_check.loader.listfile import (
     DeltaKind,
     DeltaOp,
     FileKind,
@@ -49,10 +53,6 @@ from loader.listfile import (
     read_delta,
     read_entries,
 )
-from shixin_domain.errors import ConfigurationError, LoadRejected, RowError
-from shixin_domain.index import ListedMatch
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import EntryStatus, Exemption, ListEntry, ListType
 
 Progress = Callable[[int], None]
 log = logging.getLogger("shixin.loader")

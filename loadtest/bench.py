@@ -59,7 +59,7 @@ from loadtest.driver import Phase, TargetSpec, drive
 from loadtest.report import bloom_table, noise_rows, render, table, variant_table
 from loadtest.traffic import build_traffic
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.model import CHINA_TZ
+from shixin_check.domain.model import CHINA_TZ
 
 VARIANTS = ("logs", "auth")
 
@@ -85,7 +85,7 @@ def variant_setup(variant: str, log_dir: Path) -> tuple[list[str], tuple[tuple[s
             str(log_dir / "audit.jsonl"),
         ], ()
     if variant == "auth":
-        from server.auth import add_key
+        from shixin_check.server.auth import add_key
 
         keys_file = log_dir / "keys.json"
         keys_file.unlink(missing_ok=True)

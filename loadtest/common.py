@@ -28,9 +28,9 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from loader.synthetic import write_snapshot
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
+from shixin_check.loader.synthetic import write_snapshot
 
 BATCH_SIZE = 100
 
@@ -132,7 +132,7 @@ def serve_argv(args: list[str]) -> list[str]:
 def cli_argv(args: list[str]) -> list[str]:
     """``shixin-check ARGS`` from this virtual environment."""
     script = Path(sys.executable).with_name("shixin-check")
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "shixin_check.cli"]
     return [*head, *args]
 
 

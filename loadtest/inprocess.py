@@ -24,15 +24,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from loader.index_memory import MemoryIndex
-from loader.versions import build_snapshot
-from server.engine import CheckEngine
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.decision import decide
-from shixin_domain.identity import IdType
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import china_day
-from shixin_domain.rules import Policy
+from shixin_check.domain.decision import decide
+from shixin_check.domain.identity import IdType
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import china_day
+from shixin_check.domain.rules import Policy
+from shixin_check.loader.index_memory import MemoryIndex
+from shixin_check.loader.versions import build_snapshot
+from shixin_check.server.engine import CheckEngine
 
 BENCH_SECRET = b"loadtest-secret-not-for-production"
 

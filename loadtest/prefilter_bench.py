@@ -30,8 +30,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from clients.check_client import CheckClient
-from clients.errors import CheckError
 from loadtest.common import (
     ServerProcess,
     ensure_list,
@@ -46,7 +44,9 @@ from loadtest.inprocess import summarize
 from loadtest.report import render
 from loadtest.traffic import build_traffic
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.model import CHINA_TZ
+from shixin_check.clients.check_client import CheckClient
+from shixin_check.clients.errors import CheckError
+from shixin_check.domain.model import CHINA_TZ
 
 BATCH = 100
 

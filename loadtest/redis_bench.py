@@ -50,10 +50,6 @@ import grpc
 import orjson
 import redis
 
-from clients.check_client import build_request
-from loader.index_redis import connect, redis_status
-from loader.publish_redis import publish_delta
-from loader.synthetic import iter_entries
 from loadtest.common import (
     BATCH_SIZE,
     ServerProcess,
@@ -76,9 +72,13 @@ from loadtest.report import MIB, _fmt, _verdict, compare_rows, noise_rows, rende
 from loadtest.traffic import Traffic, build_traffic
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
-from shixin_domain.identity import resident_id_check_char
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import CHINA_TZ
+from shixin_check.clients.check_client import build_request
+from shixin_check.domain.identity import resident_id_check_char
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import CHINA_TZ
+from shixin_check.loader.index_redis import connect, redis_status
+from shixin_check.loader.publish_redis import publish_delta
+from shixin_check.loader.synthetic import iter_entries
 
 DELTA_DEADLINE_S = 5.0  # give up on one delta after this long (the target is 1 s)
 

@@ -20,10 +20,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from clients.check_client import build_request
-from loader.synthetic import iter_entries
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.identity import resident_id_check_char, uscc_check_char
+from shixin_check.clients.check_client import build_request
+from shixin_check.domain.identity import resident_id_check_char, uscc_check_char
+from shixin_check.loader.synthetic import iter_entries
 
 # Real county codes for unlisted people and organisations.
 _REGIONS = (

@@ -45,9 +45,9 @@ from typing import Any
 
 import psutil
 
-from clients.check_client import build_request
 from loadtest.common import cli_argv, ensure_list, log, machine, revision, server_env
-from shixin_domain.identity import resident_id_check_char
+from shixin_check.clients.check_client import build_request
+from shixin_check.domain.identity import resident_id_check_char
 
 METHOD = "/shixin.v1.ConsumptionCheck/CheckConsumption"
 SECRET = "bench-only-secret-0123456789abcdef"

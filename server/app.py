@@ -44,26 +44,26 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis import RedisError
 
-from loader.compiled import IndexStore
-from loader.index_memory import MemoryIndex
-from loader.index_redis import RedisFollower, RedisKeys, connect
-from loader.versions import DirectoryFollower, Loader
-from server.auth import EnumerationWatch, Gate, KeyRing, KeysWatcher
-from server.engine import CheckEngine
-from server.hitlog import AuditLog, HitLog
-from server.hitsink import HitForwarder
-from server.metrics import MetricsEndpoint, Reading, ReadingWriter, take_reading
-from server.service import ConsumptionCheckService, add_to_server
-from server.settings import DEMO_METRICS_LISTEN, ServeSettings
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.errors import ConfigurationError, LoadRejected
-from shixin_domain.identity import resident_id_check_char
-from shixin_domain.index import IndexSource
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import CHINA_TZ
+from shixin_check.domain.errors import ConfigurationError, LoadRejected
+from shixin_check.domain.identity import resident_id_check_char
+from shixin_check.domain.index import IndexSource
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import CHINA_TZ
+from shixin_check.loader.compiled import IndexStore
+from shixin_check.loader.index_memory import MemoryIndex
+from shixin_check.loader.index_redis import RedisFollower, RedisKeys, connect
+from shixin_check.loader.versions import DirectoryFollower, Loader
+from shixin_check.server.auth import EnumerationWatch, Gate, KeyRing, KeysWatcher
+from shixin_check.server.engine import CheckEngine
+from shixin_check.server.hitlog import AuditLog, HitLog
+from shixin_check.server.hitsink import HitForwarder
+from shixin_check.server.metrics import MetricsEndpoint, Reading, ReadingWriter, take_reading
+from shixin_check.server.service import ConsumptionCheckService, add_to_server
+from shixin_check.server.settings import DEMO_METRICS_LISTEN, ServeSettings
 
 if TYPE_CHECKING:
-    from server.workers import WorkerSeat
+    from shixin_check.server.workers import WorkerSeat
 
 log = logging.getLogger("shixin.server")
 
@@ -476,7 +476,7 @@ def port_is_free(listen: str) -> None:
 
 def write_demo_list(count: int, announce: Callable[[str], None]) -> Path:
     """A synthetic list in a temporary folder, and a few identities from it to try."""
-    from loader.synthetic import iter_entries, write_snapshot
+    from shixin_check.loader.synthetic import iter_entries, write_snapshot
 
     today = _dt.datetime.now(CHINA_TZ).date()
     folder = Path(tempfile.mkdtemp(prefix="shixin-demo-"))
@@ -529,7 +529,7 @@ def run_service(settings: ServeSettings) -> int:
     """``serve``: one server in this process, or with ``--workers N`` a supervisor of N."""
     workers = _workers(settings)
     if workers > 1:
-        from server.workers import run_supervisor
+        from shixin_check.server.workers import run_supervisor
 
         return run_supervisor(settings, workers)
     logging.basicConfig(

@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from server.hitlog import (
+from shixin_check.server.hitlog import (
     GENESIS,
     ChainHead,
     head_path,

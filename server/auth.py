@@ -44,16 +44,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loader.background import Background
-from server.settings import MAX_BATCH
-from shixin_domain.errors import (
+from shixin_check.domain.errors import (
     ConfigurationError,
     LimitExceeded,
     PermissionDenied,
     RateLimited,
     Unauthenticated,
 )
-from shixin_domain.model import Channel
+from shixin_check.domain.model import Channel
+from shixin_check.loader.background import Background
+from shixin_check.server.settings import MAX_BATCH
 
 #: check: the check RPCs; status: GetListStatus; prefilter: GetPrefilter (a gateway's
 #: Bloom filter, answered locally only for channels it may also check); admin: reserved.

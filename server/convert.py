@@ -16,17 +16,23 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.decision import NOT_LISTED, VERDICT_NOT_LISTED, MatchOutcome, Query, Verdict
-from shixin_domain.errors import InvalidInput
-from shixin_domain.identity import (
+from shixin_check.domain.decision import (
+    NOT_LISTED,
+    VERDICT_NOT_LISTED,
+    MatchOutcome,
+    Query,
+    Verdict,
+)
+from shixin_check.domain.errors import InvalidInput
+from shixin_check.domain.identity import (
     IdType,
     normalize_person_id,
     normalize_uscc,
     other_reading,
 )
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import NO_END, Channel, day_iso
-from shixin_domain.rules import (
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import NO_END, Channel, day_iso
+from shixin_check.domain.rules import (
     Flight,
     HotelStay,
     InsurancePolicy,

@@ -1,7 +1,7 @@
 """One check from wire request to wire answer: convert, decide, log the hit.
 
 The servicer calls this and nothing else; it holds no policy of its own
-(that is ``shixin_domain.decision``). This is the hot path: no logging
+(that is ``shixin_check.domain.decision``). This is the hot path: no logging
 calls, no locks, one index view per check.
 
 It also keeps the counts the metrics endpoint reports (``Tally``): plain
@@ -22,16 +22,16 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from server.auth import ANONYMOUS, Gate, Principal
-from server.convert import fill_response, to_query
-from server.hitlog import HitLog
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.decision import Query, Verdict, decide, decide_many
-from shixin_domain.errors import InvalidInput, NotReady, PermissionDenied
-from shixin_domain.index import IndexSource, ListedMatch, ListView, VersionInfo
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import Channel, Decision, china_day
-from shixin_domain.rules import Policy
+from shixin_check.domain.decision import Query, Verdict, decide, decide_many
+from shixin_check.domain.errors import InvalidInput, NotReady, PermissionDenied
+from shixin_check.domain.index import IndexSource, ListedMatch, ListView, VersionInfo
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import Channel, Decision, china_day
+from shixin_check.domain.rules import Policy
+from shixin_check.server.auth import ANONYMOUS, Gate, Principal
+from shixin_check.server.convert import fill_response, to_query
+from shixin_check.server.hitlog import HitLog
 
 #: The RPCs whose server-side time is kept (``Tally.latency``), by index.
 METHODS = ("CheckConsumption", "CheckConsumptionBatch", "CheckConsumptionStream", "GetListStatus")
@@ -111,7 +111,7 @@ class Tally:
 class CountedView:
     """A list view whose look-ups are counted in a ``Tally``; a ``ListView``.
 
-    Every Bloom positive is looked up (``shixin_domain.decision``), so the keys
+    Every Bloom positive is looked up (``shixin_check.domain.decision``), so the keys
     handed to ``look_up``/``look_up_many`` are the positives, and those found
     in no entry the false positives. ``might_contain`` is the wrapped view's own
     bound method, so the 99% of checks that the filter clears pay nothing.

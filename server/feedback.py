@@ -30,7 +30,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from shixin_domain.model import CHINA_TZ
+from shixin_check.domain.model import CHINA_TZ
 
 REPORT_DUE_DAYS = 30  # seed 004: within 30 days of the quarter's end
 _LATEST_TIME = 253402300800  # 10000-01-01: later stamps are not dates

@@ -70,9 +70,9 @@ from typing import Any, Literal, get_args
 
 import orjson
 
-from shixin_domain.decision import Query, Verdict
-from shixin_domain.model import china_day
-from shixin_domain.rules import describe_purchase
+from shixin_check.domain.decision import Query, Verdict
+from shixin_check.domain.model import china_day
+from shixin_check.domain.rules import describe_purchase
 
 FsyncMode = Literal["never", "always", "interval"]
 FSYNC_MODES: tuple[str, ...] = get_args(FsyncMode)

@@ -25,10 +25,10 @@ from typing import Any
 import orjson
 import redis
 
-from loader.background import Background
-from loader.index_redis import Client
-from server.hitlog import log_files
-from shixin_domain.model import CHINA_TZ
+from shixin_check.domain.model import CHINA_TZ
+from shixin_check.loader.background import Background
+from shixin_check.loader.index_redis import Client
+from shixin_check.server.hitlog import log_files
 
 _ADD_ONCE = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then

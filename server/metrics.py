@@ -50,16 +50,16 @@ from prometheus_client.core import (
     Metric,
 )
 
-from server.engine import DECISIONS, LATENCY_BOUNDS, METHODS, CheckEngine, Tally
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.errors import ConfigurationError
-from shixin_domain.model import china_day
+from shixin_check.domain.errors import ConfigurationError
+from shixin_check.domain.model import china_day
+from shixin_check.server.engine import DECISIONS, LATENCY_BOUNDS, METHODS, CheckEngine, Tally
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from loader.index_redis import RedisFollower
-    from server.hitlog import AppendLog
+    from shixin_check.loader.index_redis import RedisFollower
+    from shixin_check.server.hitlog import AppendLog
 
 log = logging.getLogger("shixin.server")
 

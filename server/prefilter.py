@@ -5,7 +5,7 @@ NOT_LISTED) without a round trip; everything else it sends here. So the
 filter must never miss a listed subject of the version it names, and must
 not hand the gateway anything that tests identities against the index.
 
-- **Its own key space.** Items are prefilter keys (``shixin_domain.keys.
+- **Its own key space.** Items are prefilter keys (``shixin_check.domain.keys.
   PrefilterKeyer``, keyed with ``SubjectKeyer.prefilter_key()``), never the
   index's subject keys, so the key the header hands out opens nothing but this
   filter. The server's own Bloom filter (over subject keys) is not it.
@@ -55,14 +55,14 @@ from typing import Any, cast
 import numpy as np
 from rbloom import Bloom
 
-from loader.index_memory import MemoryView
-from loader.listfile import line_starts, read_entries
-from loader.versions import default_workers
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.errors import ConfigurationError, NotReady, RowError, ShixinError
-from shixin_domain.index import ListView
-from shixin_domain.keys import PREFILTER_KEY_SCHEME, SubjectKeyer
-from shixin_domain.model import Channel
+from shixin_check.domain.errors import ConfigurationError, NotReady, RowError, ShixinError
+from shixin_check.domain.index import ListView
+from shixin_check.domain.keys import PREFILTER_KEY_SCHEME, SubjectKeyer
+from shixin_check.domain.model import Channel
+from shixin_check.loader.index_memory import MemoryView
+from shixin_check.loader.listfile import line_starts, read_entries
+from shixin_check.loader.versions import default_workers
 
 #: The most bytes a ``data`` chunk carries.
 CHUNK_BYTES = 1 << 20

@@ -38,14 +38,8 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
-from server.auth import ANONYMOUS, Gate, Principal
-from server.convert import MAX_CHARS, StreamIds
-from server.engine import BATCH, STATUS, STREAM, UNARY, CheckEngine, Tally
-from server.hitlog import AuditLog
-from server.prefilter import Prefilters
-from server.status import refusal, status_of
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.errors import (
+from shixin_check.domain.errors import (
     DeadlineExceeded,
     InvalidInput,
     MalformedRequest,
@@ -53,9 +47,15 @@ from shixin_domain.errors import (
     PermissionDenied,
     RateLimited,
 )
-from shixin_domain.identity import mask_id
-from shixin_domain.model import Channel, china_day
-from shixin_domain.rules import Policy
+from shixin_check.domain.identity import mask_id
+from shixin_check.domain.model import Channel, china_day
+from shixin_check.domain.rules import Policy
+from shixin_check.server.auth import ANONYMOUS, Gate, Principal
+from shixin_check.server.convert import MAX_CHARS, StreamIds
+from shixin_check.server.engine import BATCH, STATUS, STREAM, UNARY, CheckEngine, Tally
+from shixin_check.server.hitlog import AuditLog
+from shixin_check.server.prefilter import Prefilters
+from shixin_check.server.status import refusal, status_of
 
 SERVICE = "shixin.v1.ConsumptionCheck"
 

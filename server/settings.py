@@ -3,7 +3,7 @@
 Every option of every subcommand is a row of ``OPTIONS`` (name, how its value
 is read, default, help, the subcommands that take it). From that table come
 the command-line flags (``add_options``), the reference table in the README
-(``python -m server.settings --markdown``) and, at start-up, a pydantic-settings
+(``python -m shixin_check.server.settings --markdown``) and, at start-up, a pydantic-settings
 model (``resolve``) that merges the sources, highest first:
 
 1. the flag given on the command line (``--hit-log PATH``);
@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shixin_domain.errors import ConfigurationError
+from shixin_check.domain.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from shixin_domain.model import Channel
-    from shixin_domain.rules import Policy
+    from shixin_check.domain.model import Channel
+    from shixin_check.domain.rules import Policy
 
 ENV_PREFIX = "SHIXIN_"
 #: The variable naming the config file (``--config`` on the command line).
@@ -202,7 +202,7 @@ _DECISIONS = ("REVIEW", "DENY", "ALLOW")
 
 def _unavailable_channel(raw: object) -> str:
     """``CH=DECISION,...`` checked and normalised (upper case, no spaces)."""
-    from shixin_domain.model import Channel
+    from shixin_check.domain.model import Channel
 
     items = []
     for item in filter(None, (x.strip() for x in _text_of(raw).split(","))):
@@ -324,7 +324,7 @@ OPTIONS: tuple[Option, ...] = (
            "file holding the subject-key secret (at least 16 bytes); or the secret itself in "
            "SHIXIN_KEY_SECRET, which a file named only in the config file gives way to",
            ("serve", "load"), shown="serve: generated (keys live in memory only)"),
-    # the policy's thresholds (defaults: shixin_domain.rules.Policy; a test keeps them equal)
+    # the policy's thresholds (defaults: shixin_check.domain.rules.Policy; a test keeps them equal)
     Option("hotel-min-star", integer(1, 5), 1,
            "lowest restricted hotel star rating (星级以上; Huzhou, seed 002, uses 4)",
            ("serve",)),
@@ -805,7 +805,7 @@ def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes,
     only in the config file."""
     import secrets
 
-    from shixin_domain.keys import MIN_SECRET_BYTES
+    from shixin_check.domain.keys import MIN_SECRET_BYTES
 
     resolved: Resolved = resolve_args(args).resolved
     path = resolved.text("key_secret_file")
@@ -850,7 +850,7 @@ def _index_dir_for(raw: str, list_path: Path | None) -> Path | None:
 
 
 def _unavailable_overrides(text: str) -> tuple[tuple[Channel, str], ...]:
-    from shixin_domain.model import Channel
+    from shixin_check.domain.model import Channel
 
     pairs = (item.split("=") for item in text.split(",") if item)
     return tuple((Channel[name], decision) for name, decision in pairs)
@@ -858,7 +858,7 @@ def _unavailable_overrides(text: str) -> tuple[tuple[Channel, str], ...]:
 
 def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> ServeSettings:
     """The settings of ``serve``: its options resolved, then the rules between them."""
-    from shixin_domain.rules import Policy
+    from shixin_check.domain.rules import Policy
 
     args = resolve_args(args, env)
     r: Resolved = args.resolved
@@ -960,7 +960,7 @@ def markdown_table() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.settings")
+    parser = argparse.ArgumentParser(prog="python -m shixin_check.server.settings")
     parser.add_argument("--markdown", action="store_true", help="print the README's option table")
     args = parser.parse_args(argv)
     if not args.markdown:

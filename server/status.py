@@ -27,7 +27,7 @@ from google.protobuf.any_pb2 import Any as AnyPb
 from google.rpc import error_details_pb2, status_pb2
 
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.errors import (
+from shixin_check.domain.errors import (
     ConfigurationError,
     DeadlineExceeded,
     IndexUnavailable,

@@ -66,11 +66,11 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
-from server.app import Service, port_is_free, write_demo_list
-from server.hitlog import worker_log_path
-from server.metrics import MetricsEndpoint, WorkerReadings, reading_path
-from server.settings import DEMO_METRICS_LISTEN, EPHEMERAL_SECRET, ServeSettings
-from shixin_domain.errors import ConfigurationError
+from shixin_check.domain.errors import ConfigurationError
+from shixin_check.server.app import Service, port_is_free, write_demo_list
+from shixin_check.server.hitlog import worker_log_path
+from shixin_check.server.metrics import MetricsEndpoint, WorkerReadings, reading_path
+from shixin_check.server.settings import DEMO_METRICS_LISTEN, EPHEMERAL_SECRET, ServeSettings
 
 log = logging.getLogger("shixin.server")
 

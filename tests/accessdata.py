@@ -9,9 +9,9 @@ from typing import Any
 import grpc
 import pytest
 
-from clients.check_client import build_request
-from server.auth import add_key
 from shixin.v1 import check_pb2 as pb
+from shixin_check.clients.check_client import build_request
+from shixin_check.server.auth import add_key
 from tests.conftest import RunningServer
 from tests.listdata import ZHAO, basic_rows, write_jsonl
 

@@ -22,11 +22,11 @@ import grpc
 import pytest
 import redis
 
-from server.app import Service
-from server.settings import ServeSettings
 from shixin.v1 import check_pb2_grpc as pb_grpc
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.rules import Policy
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.rules import Policy
+from shixin_check.server.app import Service
+from shixin_check.server.settings import ServeSettings
 
 SECRET = b"tests-only-secret-0123456789abcdef"
 

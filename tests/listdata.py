@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from shixin_domain.identity import resident_id_check_char, uscc_check_char
+from shixin_check.domain.identity import resident_id_check_char, uscc_check_char
 
 
 def rid(prefix17: str) -> str:

@@ -16,8 +16,8 @@ import grpc
 import orjson
 import pytest
 
-from clients.check_client import CheckClient, build_request
 from shixin.v1 import check_pb2 as pb
+from shixin_check.clients.check_client import CheckClient, build_request
 from tests.accessdata import flight, hotel, refusal
 from tests.conftest import RunningServer
 from tests.listdata import WANG, ZHANG, ZHAO, basic_rows, rid, write_jsonl
@@ -120,7 +120,7 @@ def test_enumeration_is_flagged_and_throttled(serve: Serve, tmp_path: Path) -> N
 def test_unauthenticated_server_binds_only_loopback(tmp_path: Path) -> None:
     listing = str(write_jsonl(tmp_path / "l.jsonl", basic_rows()))
     done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--list", listing, "--listen", "0.0.0.0:0"],
+        [sys.executable, "-m", "shixin_check.cli", "serve", "--list", listing, "--listen", "0.0.0.0:0"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2
@@ -186,9 +186,9 @@ def test_no_plaintext_id_anywhere_the_service_writes(
 ) -> None:
     """Load, check listed and unlisted people, then search every file written
     (logs, Redis's append-only files) and the whole Redis keyspace."""
-    from loader.index_redis import connect
-    from loader.publish_redis import publish_snapshot
-    from shixin_domain.keys import SubjectKeyer
+    from shixin_check.domain.keys import SubjectKeyer
+    from shixin_check.loader.index_redis import connect
+    from shixin_check.loader.publish_redis import publish_snapshot
     from tests.conftest import SECRET, RedisServer
 
     assert isinstance(redis_server, RedisServer)

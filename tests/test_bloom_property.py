@@ -29,11 +29,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from loader.index_memory import MemoryIndex, matches_of
-from loader.listfile import parse_entry
-from loader.versions import Loader
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import Role
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import Role
+from shixin_check.loader.index_memory import MemoryIndex, matches_of
+from shixin_check.loader.listfile import parse_entry
+from shixin_check.loader.versions import Loader
 from tests.conftest import SECRET
 from tests.listdata import delta, org_entry, person_entry, rid, uscc, write_jsonl
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from clients.check_client import build_request
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
+from shixin_check.clients.check_client import build_request
 from tests.listdata import ZHANG, basic_rows, person_entry, write_jsonl
 from tests.processes import ServeProcess, run_cli
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.names import UnknownName, enum_name
 from shixin.v1 import check_pb2 as pb
+from shixin_check.clients.names import UnknownName, enum_name
 from tests.listdata import LI, ZHANG, basic_rows, delta, person_entry, write_jsonl
 from tests.processes import CLI, free_port, run_cli
 

@@ -19,9 +19,10 @@ import grpc
 import orjson
 import pytest
 
-from clients.channel import NO_RETRY, RetryPolicy
-from clients.check_client import CheckClient, build_request, error_details
-from clients.errors import (
+from shixin.v1 import check_pb2 as pb
+from shixin_check.clients.channel import NO_RETRY, RetryPolicy
+from shixin_check.clients.check_client import CheckClient, build_request, error_details
+from shixin_check.clients.errors import (
     CheckError,
     DeadlineExceeded,
     InvalidRequest,
@@ -31,10 +32,15 @@ from clients.errors import (
     ServiceUnavailable,
     Unauthenticated,
 )
-from clients.flows import Person, airline_pnr, hotel_checkin, rail_order, school_enrolment
-from clients.names import UnknownName, enum_name
-from server.auth import add_key
-from shixin.v1 import check_pb2 as pb
+from shixin_check.clients.flows import (
+    Person,
+    airline_pnr,
+    hotel_checkin,
+    rail_order,
+    school_enrolment,
+)
+from shixin_check.clients.names import UnknownName, enum_name
+from shixin_check.server.auth import add_key
 from tests.conftest import RunningServer
 from tests.listdata import (
     ACME_USCC,

@@ -12,12 +12,12 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from clients.aio import AsyncCheckClient
-from clients.check_client import build_request, error_details
-from clients.errors import InvalidRequest, ServiceUnavailable, Unauthenticated
-from clients.flows import rail_order
-from server.auth import add_key
 from shixin.v1 import check_pb2 as pb
+from shixin_check.clients.aio import AsyncCheckClient
+from shixin_check.clients.check_client import build_request, error_details
+from shixin_check.clients.errors import InvalidRequest, ServiceUnavailable, Unauthenticated
+from shixin_check.clients.flows import rail_order
+from shixin_check.server.auth import add_key
 from tests.conftest import RunningServer
 from tests.listdata import LI, WANG, ZHANG, ZHAO, basic_rows, write_jsonl
 from tests.processes import free_port

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from clients.aio import AsyncCheckClient
-from clients.check_client import CheckClient, build_request
-from clients.errors import InvalidRequest, PermissionDenied, ServiceUnavailable
-from server.auth import add_key, read_keys_document, write_keys_document
 from shixin.v1 import check_pb2 as pb
+from shixin_check.clients.aio import AsyncCheckClient
+from shixin_check.clients.check_client import CheckClient, build_request
+from shixin_check.clients.errors import InvalidRequest, PermissionDenied, ServiceUnavailable
+from shixin_check.server.auth import add_key, read_keys_document, write_keys_document
 from tests.conftest import settings_for, start_server
 from tests.listdata import (
     ACME_USCC,

@@ -12,14 +12,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from loader import versions
-from loader.compiled import IndexStore, map_compiled, snapshot_stamp
-from loader.index_memory import MemoryIndex, matches_of
-from loader.listfile import parse_entry
-from loader.synthetic import write_snapshot
-from loader.versions import Loader, build_snapshot
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import day_number
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import day_number
+from shixin_check.loader import versions
+from shixin_check.loader.compiled import IndexStore, map_compiled, snapshot_stamp
+from shixin_check.loader.index_memory import MemoryIndex, matches_of
+from shixin_check.loader.listfile import parse_entry
+from shixin_check.loader.synthetic import write_snapshot
+from shixin_check.loader.versions import Loader, build_snapshot
 from tests.listdata import delta, write_jsonl
 from tests.processes import ServeProcess, run_cli
 

@@ -25,8 +25,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.cli import _parser
-from server.settings import (
+from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
+from shixin_check.cli import _parser
+from shixin_check.domain.errors import ConfigurationError
+from shixin_check.domain.rules import Policy
+from shixin_check.server.settings import (
     BY_KEY,
     COMMANDS,
     EPHEMERAL_SECRET,
@@ -38,10 +42,6 @@ from server.settings import (
     resolve,
     serve_settings,
 )
-from shixin.v1 import check_pb2 as pb
-from shixin.v1 import check_pb2_grpc as pb_grpc
-from shixin_domain.errors import ConfigurationError
-from shixin_domain.rules import Policy
 from tests.conftest import RunningServer
 from tests.listdata import ZHANG, basic_rows, write_jsonl
 from tests.processes import ServeProcess, run_cli
@@ -327,7 +327,7 @@ def test_the_readme_table_is_generated_from_the_settings() -> None:
     assert found, "README.md has no <!-- settings:begin --> ... <!-- settings:end --> block"
     assert found.group(1) == markdown_table(), (
         "the README's option table is stale: replace it with the output of "
-        "`python -m server.settings --markdown`"
+        "`python -m shixin_check.server.settings --markdown`"
     )
 
 
@@ -352,7 +352,7 @@ def test_the_table_lists_every_serve_setting_and_the_policy_defaults() -> None:
 
 
 def test_help_and_the_parser_never_load_pydantic() -> None:
-    code = ("import sys, server.cli; server.cli._parser().format_help(); "
+    code = ("import sys, shixin_check.cli; shixin_check.cli._parser().format_help(); "
             "assert not [m for m in sys.modules if m.startswith('pydantic')], 'pydantic loaded'")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)  # fmt: skip

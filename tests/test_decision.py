@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shixin_domain.decision import (
+from shixin_check.domain.decision import (
     EXEMPTED,
     EXPIRED,
     INDEX_UNAVAILABLE,
@@ -29,11 +29,11 @@ from shixin_domain.decision import (
     decide_many,
     judge,
 )
-from shixin_domain.errors import IndexUnavailable
-from shixin_domain.identity import IdType, mask_id, normalize_name, resident_id_check_char
-from shixin_domain.index import Counts, ListedMatch, VersionInfo
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import (
+from shixin_check.domain.errors import IndexUnavailable
+from shixin_check.domain.identity import IdType, mask_id, normalize_name, resident_id_check_char
+from shixin_check.domain.index import Counts, ListedMatch, VersionInfo
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import (
     NO_END,
     Channel,
     Decision,
@@ -43,7 +43,7 @@ from shixin_domain.model import (
     Role,
     day_number,
 )
-from shixin_domain.rules import (
+from shixin_check.domain.rules import (
     AIR_TRAVEL,
     RAIL_G_TRAIN,
     Flight,

@@ -30,10 +30,10 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server import cli
-from server.app import SERVICE_NAME
-from server.auth import KeyRing
-from shixin_domain.keys import MIN_SECRET_BYTES
+from shixin_check import cli
+from shixin_check.domain.keys import MIN_SECRET_BYTES
+from shixin_check.server.app import SERVICE_NAME
+from shixin_check.server.auth import KeyRing
 from tests.conftest import RunningServer
 from tests.listdata import basic_rows, write_jsonl
 

@@ -19,10 +19,9 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from clients.check_client import build_request, error_details
-from server.status import refusal
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.errors import (
+from shixin_check.clients.check_client import build_request, error_details
+from shixin_check.domain.errors import (
     ConfigurationError,
     DeadlineExceeded,
     IndexUnavailable,
@@ -34,6 +33,7 @@ from shixin_domain.errors import (
     RateLimited,
     Unauthenticated,
 )
+from shixin_check.server.status import refusal
 from tests.accessdata import bearer, flight, hotel
 from tests.conftest import RunningServer
 from tests.listdata import ZHANG, ZHAO, basic_rows, rid, write_jsonl

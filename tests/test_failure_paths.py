@@ -18,13 +18,13 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients.check_client import build_request
-from loader.index_memory import MemoryIndex, MemoryView
-from loader.versions import DirectoryFollower, Loader
-from server.app import LIST_CURRENT
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
-from shixin_domain.keys import SubjectKeyer
+from shixin_check.clients.check_client import build_request
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.loader.index_memory import MemoryIndex, MemoryView
+from shixin_check.loader.versions import DirectoryFollower, Loader
+from shixin_check.server.app import LIST_CURRENT
 from tests.conftest import RunningServer
 from tests.listdata import LI, ZHANG, basic_rows, delta, person_entry, rid, write_jsonl
 from tests.processes import ServeProcess, run_cli

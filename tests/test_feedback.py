@@ -18,12 +18,18 @@ from typing import Any
 import orjson
 import pytest
 
-from clients.check_client import build_request
-from server.cli_logs import add_parsers
-from server.feedback import ChannelEnforcement, Quarter, build_report, report_csv, report_json
-from server.hitlog import log_files
-from shixin_domain.identity import mask_id
-from shixin_domain.model import CHINA_TZ
+from shixin_check.cli_logs import add_parsers
+from shixin_check.clients.check_client import build_request
+from shixin_check.domain.identity import mask_id
+from shixin_check.domain.model import CHINA_TZ
+from shixin_check.server.feedback import (
+    ChannelEnforcement,
+    Quarter,
+    build_report,
+    report_csv,
+    report_json,
+)
+from shixin_check.server.hitlog import log_files
 from tests.conftest import RunningServer
 from tests.listdata import (
     ACME_USCC,

@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from clients.check_client import build_request
 from shixin.v1 import check_pb2 as pb
+from shixin_check.clients.check_client import build_request
 from tests.conftest import RunningServer
 from tests.listdata import (
     ACME_USCC,

@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from server.app import LIST_CURRENT, SERVICE_NAME
+from shixin_check.server.app import LIST_CURRENT, SERVICE_NAME
 from tests.conftest import RunningServer
 from tests.listdata import ZHANG, basic_rows, person_entry, write_jsonl
 from tests.processes import free_port, run_cli

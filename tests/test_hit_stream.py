@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 import redis
 
-from clients.check_client import build_request
-from loader.index_redis import connect
-from loader.publish_redis import publish_snapshot
-from server.feedback import build_report
-from server.hitlog import HitLog, log_files
-from server.hitsink import HitForwarder, hits_stream, read_stream
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.decision import MatchOutcome, Query, Verdict
-from shixin_domain.index import ListedMatch
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import Channel, Decision, EntryStatus, ListType, Role, china_day
-from shixin_domain.rules import AIR_TRAVEL, Flight
+from shixin_check.clients.check_client import build_request
+from shixin_check.domain.decision import MatchOutcome, Query, Verdict
+from shixin_check.domain.index import ListedMatch
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import Channel, Decision, EntryStatus, ListType, Role, china_day
+from shixin_check.domain.rules import AIR_TRAVEL, Flight
+from shixin_check.loader.index_redis import connect
+from shixin_check.loader.publish_redis import publish_snapshot
+from shixin_check.server.feedback import build_report
+from shixin_check.server.hitlog import HitLog, log_files
+from shixin_check.server.hitsink import HitForwarder, hits_stream, read_stream
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import LI, WANG, ZHANG, ZHAO, basic_rows, write_jsonl
 from tests.waiting import eventually

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shixin_domain.errors import InvalidInput
-from shixin_domain.identity import (
+from shixin_check.domain.errors import InvalidInput
+from shixin_check.domain.identity import (
     IdType,
     mask_id,
     normalize_document,
@@ -30,7 +30,7 @@ from shixin_domain.identity import (
     resident_id_check_char,
     uscc_check_char,
 )
-from shixin_domain.keys import SubjectKeyer
+from shixin_check.domain.keys import SubjectKeyer
 
 FIELD = "subject.person.id_number"
 

@@ -16,16 +16,16 @@ from typing import Any, Protocol
 import pytest
 import redis
 
-from loader.index_memory import MemoryIndex
-from loader.index_redis import RedisFollower, RedisKeys, connect
-from loader.listfile import FileKind, detect_kind
-from loader.publish_redis import publish_delta, publish_snapshot
-from loader.versions import Loader
-from shixin_domain.errors import LoadRejected
-from shixin_domain.identity import IdType
-from shixin_domain.index import ListView
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import EntryStatus, ListType, Role, day_number
+from shixin_check.domain.errors import LoadRejected
+from shixin_check.domain.identity import IdType
+from shixin_check.domain.index import ListView
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import EntryStatus, ListType, Role, day_number
+from shixin_check.loader.index_memory import MemoryIndex
+from shixin_check.loader.index_redis import RedisFollower, RedisKeys, connect
+from shixin_check.loader.listfile import FileKind, detect_kind
+from shixin_check.loader.publish_redis import publish_delta, publish_snapshot
+from shixin_check.loader.versions import Loader
 from tests.conftest import RedisServer
 from tests.listdata import (
     ACME_USCC,

@@ -16,11 +16,11 @@ import grpc
 import orjson
 import pytest
 
-from clients.check_client import build_request
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
-from shixin_domain.identity import mask_id
-from shixin_domain.index import ListedMatch, VersionInfo
+from shixin_check.clients.check_client import build_request
+from shixin_check.domain.identity import mask_id
+from shixin_check.domain.index import ListedMatch, VersionInfo
 from tests.conftest import RunningServer
 from tests.listdata import LI, ZHANG, ZHAO, basic_rows, write_jsonl
 

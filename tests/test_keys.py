@@ -1,7 +1,7 @@
 """Rate limits that can be met, stable refusal reasons, and keys managed while serving.
 
 Keys files are real files written by ``shixin-check keys ...`` (through
-``server.cli.main``); servers are real, in a thread (``serve``) or a child
+``shixin_check.cli.main``); servers are real, in a thread (``serve``) or a child
 process (``ServeProcess``) where a signal has to reach them. Waits poll with a
 generous deadline, only so that a broken build fails instead of hanging.
 """
@@ -20,8 +20,19 @@ import grpc
 import orjson
 import pytest
 
-from clients.check_client import CheckClient
-from server.auth import (
+from shixin.v1 import check_pb2 as pb
+from shixin_check.cli import main
+from shixin_check.clients.check_client import CheckClient
+from shixin_check.domain.errors import (
+    ConfigurationError,
+    LimitExceeded,
+    PermissionDenied,
+    RateLimited,
+    ShixinError,
+    Unauthenticated,
+)
+from shixin_check.domain.model import Channel
+from shixin_check.server.auth import (
     REFUSAL_REASONS,
     EnumerationWatch,
     Gate,
@@ -30,17 +41,6 @@ from server.auth import (
     key_hash,
     key_id,
 )
-from server.cli import main
-from shixin.v1 import check_pb2 as pb
-from shixin_domain.errors import (
-    ConfigurationError,
-    LimitExceeded,
-    PermissionDenied,
-    RateLimited,
-    ShixinError,
-    Unauthenticated,
-)
-from shixin_domain.model import Channel
 from tests.accessdata import bearer, flight, hotel, refusal
 from tests.conftest import RunningServer
 from tests.listdata import WANG, basic_rows, write_jsonl

@@ -18,10 +18,10 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from clients.check_client import build_request
-from server.app import MAX_MESSAGE_BYTES
-from server.convert import MAX_CHARS
 from shixin.v1 import check_pb2 as pb
+from shixin_check.clients.check_client import build_request
+from shixin_check.server.app import MAX_MESSAGE_BYTES
+from shixin_check.server.convert import MAX_CHARS
 from tests.conftest import RunningServer
 from tests.listdata import ACME_USCC, ZHAO, basic_rows, write_jsonl
 

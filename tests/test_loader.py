@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from loader.index_memory import MemoryIndex
-from loader.listfile import FileKind, detect_kind
-from loader.versions import DirectoryFollower, Loader, build_snapshot, validate_file
-from shixin_domain.decision import Query, decide
-from shixin_domain.errors import LoadRejected
-from shixin_domain.identity import IdType
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import Channel, Decision, EntryStatus, ListType, Role, china_day
-from shixin_domain.rules import Flight, Policy
+from shixin_check.domain.decision import Query, decide
+from shixin_check.domain.errors import LoadRejected
+from shixin_check.domain.identity import IdType
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import Channel, Decision, EntryStatus, ListType, Role, china_day
+from shixin_check.domain.rules import Flight, Policy
+from shixin_check.loader.index_memory import MemoryIndex
+from shixin_check.loader.listfile import FileKind, detect_kind
+from shixin_check.loader.versions import DirectoryFollower, Loader, build_snapshot, validate_file
 from tests.listdata import (
     ACME_USCC,
     LI,

@@ -19,20 +19,20 @@ import grpc
 import orjson
 import pytest
 
-from clients.check_client import build_request
-from server import audit as audit_mod
-from server import hitlog
-from server.cli import main as cli_main
-from server.cli_logs import add_parsers
-from server.convert import to_query
-from server.hitlog import AppendLog, AuditLog, HitLog, log_files
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
-from shixin_domain.decision import MatchOutcome, Verdict
-from shixin_domain.index import ListedMatch
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import CHINA_TZ, Decision, EntryStatus, ListType, Role
-from shixin_domain.rules import RAIL_G_TRAIN
+from shixin_check.cli import main as cli_main
+from shixin_check.cli_logs import add_parsers
+from shixin_check.clients.check_client import build_request
+from shixin_check.domain.decision import MatchOutcome, Verdict
+from shixin_check.domain.index import ListedMatch
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import CHINA_TZ, Decision, EntryStatus, ListType, Role
+from shixin_check.domain.rules import RAIL_G_TRAIN
+from shixin_check.server import audit as audit_mod
+from shixin_check.server import hitlog
+from shixin_check.server.convert import to_query
+from shixin_check.server.hitlog import AppendLog, AuditLog, HitLog, log_files
 from tests.conftest import RunningServer
 from tests.listdata import LI, ZHANG, ZHAO, basic_rows, write_jsonl
 from tests.processes import ServeProcess

@@ -20,14 +20,14 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.check_client import build_request
-from loader.index_redis import RedisKeys, connect
-from loader.publish_redis import publish_snapshot
-from server.auth import add_key
-from server.engine import Tally
-from server.metrics import METRIC_NAMES, Reading
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.keys import SubjectKeyer
+from shixin_check.clients.check_client import build_request
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.loader.index_redis import RedisKeys, connect
+from shixin_check.loader.publish_redis import publish_snapshot
+from shixin_check.server.auth import add_key
+from shixin_check.server.engine import Tally
+from shixin_check.server.metrics import METRIC_NAMES, Reading
 from tests.accessdata import bearer, flight, hotel, refusal
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import LI, WANG, ZHANG, ZHAO, basic_rows, person_entry, rid, write_jsonl

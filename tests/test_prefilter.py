@@ -20,13 +20,13 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rbloom import Bloom
 
-from clients.check_client import CheckClient
-from clients.errors import RateLimited
-from server.auth import add_key
-from server.cli import main
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.identity import IdType
-from shixin_domain.keys import PrefilterKeyer, SubjectKeyer
+from shixin_check.cli import main
+from shixin_check.clients.check_client import CheckClient
+from shixin_check.clients.errors import RateLimited
+from shixin_check.domain.identity import IdType
+from shixin_check.domain.keys import PrefilterKeyer, SubjectKeyer
+from shixin_check.server.auth import add_key
 from tests.accessdata import bearer, flight, refusal
 from tests.conftest import SECRET, RunningServer
 from tests.listdata import (
@@ -109,7 +109,7 @@ def test_the_download_is_a_header_then_chunks_that_hash_to_its_sha256(
     assert header.false_positive_rate == 0.001 and header.expected_items >= header.items == 4
     assert header.built_at.endswith("Z")
     # The chunking itself, seen with small chunks: each at most the limit, in order.
-    monkeypatch.setattr("server.prefilter.CHUNK_BYTES", 256)
+    monkeypatch.setattr("shixin_check.server.prefilter.CHUNK_BYTES", 256)
     _, small = download(server)
     assert [len(c) for c in small[:-1]] == [256] * (len(small) - 1) and 0 < len(small[-1]) <= 256
     assert b"".join(small) == whole
@@ -353,7 +353,7 @@ def test_a_file_read_by_worker_processes_gives_the_same_filter(
     path = write_jsonl(tmp_path / "l.jsonl", basic_rows())
     alone = serve(path)
     _, one = download(alone)
-    monkeypatch.setattr("server.prefilter.default_workers", lambda _path: 2)
+    monkeypatch.setattr("shixin_check.server.prefilter.default_workers", lambda _path: 2)
     split = serve(path)
     _, two = download(split)
     assert b"".join(one) == b"".join(two)

@@ -21,7 +21,11 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from loader.index_redis import (
+from shixin.v1 import check_pb2 as pb
+from shixin_check.domain.errors import IndexUnavailable
+from shixin_check.domain.identity import IdType
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.loader.index_redis import (
     LOCK_SECONDS,
     Client,
     HeldLock,
@@ -31,11 +35,7 @@ from loader.index_redis import (
     read_meta,
     try_collect_garbage,
 )
-from loader.publish_redis import publish_delta, publish_snapshot
-from shixin.v1 import check_pb2 as pb
-from shixin_domain.errors import IndexUnavailable
-from shixin_domain.identity import IdType
-from shixin_domain.keys import SubjectKeyer
+from shixin_check.loader.publish_redis import publish_delta, publish_snapshot
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
 from tests.test_redis_replicas import decision, load_cli
@@ -81,7 +81,7 @@ def big_list(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated snapshot big enough that writing it to Redis takes a while."""
     path = tmp_path_factory.mktemp("big") / "big.jsonl"
     subprocess.run(
-        [sys.executable, "-m", "server.cli", "gen-data", "--count", "40000", "--out", str(path),
+        [sys.executable, "-m", "shixin_check.cli", "gen-data", "--count", "40000", "--out", str(path),
          "--seed", "9"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
@@ -91,7 +91,7 @@ def big_list(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def load_process(path: Path, url: str) -> subprocess.Popen[str]:
     env = {**os.environ, "SHIXIN_KEY_SECRET": SECRET.decode()}
     return subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "load", str(path), "--redis", url],
+        [sys.executable, "-m", "shixin_check.cli", "load", str(path), "--redis", url],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
 

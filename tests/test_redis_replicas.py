@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from clients.check_client import build_request
-from loader.index_redis import RedisKeys, connect, redis_status
-from loader.publish_redis import publish_delta
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.keys import SubjectKeyer
+from shixin_check.clients.check_client import build_request
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.loader.index_redis import RedisKeys, connect, redis_status
+from shixin_check.loader.publish_redis import publish_delta
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import LI, ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
 from tests.waiting import eventually
@@ -34,7 +34,7 @@ def load_cli(path: Path, url: str) -> subprocess.CompletedProcess[str]:
     """``shixin-check load PATH --redis URL`` in a child process."""
     env = {**os.environ, "SHIXIN_KEY_SECRET": SECRET.decode()}
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", "load", str(path), "--redis", url],
+        [sys.executable, "-m", "shixin_check.cli", "load", str(path), "--redis", url],
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
 

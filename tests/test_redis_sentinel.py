@@ -19,7 +19,10 @@ from typing import Any
 import pytest
 import redis
 
-from loader.index_redis import (
+from shixin.v1 import check_pb2 as pb
+from shixin_check.domain.errors import ConfigurationError
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.loader.index_redis import (
     PASSWORD_ENV,
     SENTINEL_FORM,
     Client,
@@ -28,10 +31,7 @@ from loader.index_redis import (
     connect,
     redis_status,
 )
-from loader.publish_redis import publish_delta, publish_snapshot
-from shixin.v1 import check_pb2 as pb
-from shixin_domain.errors import ConfigurationError
-from shixin_domain.keys import SubjectKeyer
+from shixin_check.loader.publish_redis import publish_delta, publish_snapshot
 from tests.conftest import RedisSentinels, RedisServer, RunningServer
 from tests.listdata import ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
 from tests.test_redis_replicas import Serve, decision, has_a_list, load_cli
@@ -90,7 +90,7 @@ def test_a_bad_sentinel_url_is_refused_naming_the_form(url: str) -> None:
 
 def test_a_bad_redis_url_is_one_line_from_the_cli() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "status", "--redis", "redis+sentinel://h/shixin"],
+        [sys.executable, "-m", "shixin_check.cli", "status", "--redis", "redis+sentinel://h/shixin"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from shixin_domain.errors import InvalidInput
-from shixin_domain.model import Channel
-from shixin_domain.rules import (
+from shixin_check.domain.errors import InvalidInput
+from shixin_check.domain.model import Channel
+from shixin_check.domain.rules import (
     PURCHASE_OF_CHANNEL,
     RESTRICTIONS,
     Flight,
@@ -34,7 +34,7 @@ from shixin_domain.rules import (
     normalize_train_number,
     restriction_for,
 )
-from shixin_domain.rules import validate_purchase as validate
+from shixin_check.domain.rules import validate_purchase as validate
 
 DEFAULT = Policy()
 #: Seed 002 (Huzhou) draws the hotel line at four stars.

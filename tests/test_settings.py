@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import _parser
-from server.settings import serve_settings
-from shixin_domain.errors import ConfigurationError
+from shixin_check.cli import _parser
+from shixin_check.domain.errors import ConfigurationError
+from shixin_check.server.settings import serve_settings
 from tests.listdata import basic_rows, write_jsonl
 from tests.processes import run_cli
 

@@ -23,13 +23,13 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients.check_client import build_request
-from server.app import LIST_CURRENT, LIVENESS, SERVICE_NAME
-from server.cli import _parser
-from server.settings import parse_duration, serve_settings
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
-from shixin_domain.errors import ConfigurationError
+from shixin_check.cli import _parser
+from shixin_check.clients.check_client import build_request
+from shixin_check.domain.errors import ConfigurationError
+from shixin_check.server.app import LIST_CURRENT, LIVENESS, SERVICE_NAME
+from shixin_check.server.settings import parse_duration, serve_settings
 from tests.conftest import RunningServer
 from tests.listdata import ZHANG, ZHAO, basic_rows, write_jsonl
 from tests.processes import ServeProcess, free_port, run_cli

@@ -15,9 +15,9 @@ import grpc
 import orjson
 import pytest
 
-from server.convert import StreamIds
 from shixin.v1 import check_pb2 as pb
-from shixin_domain.errors import InvalidInput
+from shixin_check.domain.errors import InvalidInput
+from shixin_check.server.convert import StreamIds
 from tests.accessdata import bearer, flight, hotel
 from tests.conftest import RunningServer
 from tests.listdata import ZHANG, ZHAO, basic_rows, write_jsonl

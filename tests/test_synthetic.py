@@ -10,9 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from loader.synthetic import iter_entries, write_snapshot, writer
-from loader.synthetic.tables import learned_tables
-from shixin_domain.identity import normalize_document, normalize_resident_id, normalize_uscc
+from shixin_check.domain.identity import normalize_document, normalize_resident_id, normalize_uscc
+from shixin_check.loader.synthetic import iter_entries, write_snapshot, writer
+from shixin_check.loader.synthetic.tables import learned_tables
 
 AS_OF = datetime.date(2026, 5, 1)
 ROWS = 5_000

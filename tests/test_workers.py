@@ -23,13 +23,13 @@ import orjson
 import psutil
 import pytest
 
-from clients.check_client import build_request
-from loader.compiled import IndexStore
-from server.hitlog import AuditLog, log_sets, worker_log_path
-from server.metrics import Reading, ReadingWriter, WorkerReadings, reading_path
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
-from shixin_domain.model import CHINA_TZ
+from shixin_check.clients.check_client import build_request
+from shixin_check.domain.model import CHINA_TZ
+from shixin_check.loader.compiled import IndexStore
+from shixin_check.server.hitlog import AuditLog, log_sets, worker_log_path
+from shixin_check.server.metrics import Reading, ReadingWriter, WorkerReadings, reading_path
 from tests.listdata import ZHANG, ZHAO, basic_rows, write_jsonl
 from tests.processes import ServeProcess, run_cli
 from tests.waiting import eventually

@@ -11,7 +11,7 @@ write such a snapshot (DESIGN.md section 4, "List files"), ten million rows if
 need be, and the same ``(count, seed, as_of)`` always gives the same bytes.
 
 Speed: ten million rows must not take an afternoon. The check characters are
-composed from tables learned once from ``shixin_domain.identity`` (see
+composed from tables learned once from ``shixin_check.domain.identity`` (see
 ``_Composer``), so the generator can never disagree with the validator; every
 other choice is a look-up in a table of ``2**k`` slots indexed by one
 ``getrandbits(k)`` of a single ``random.Random(seed)``.
@@ -19,7 +19,7 @@ other choice is a look-up in a table of ``2**k`` slots indexed by one
 
 from __future__ import annotations
 
-from loader.synthetic.generator import iter_entries
-from loader.synthetic.writer import write_snapshot
+from shixin_check.loader.synthetic.generator import iter_entries
+from shixin_check.loader.synthetic.writer import write_snapshot
 
 __all__ = ["iter_entries", "write_snapshot"]

@@ -6,7 +6,7 @@ import datetime
 import random
 from collections.abc import Iterator
 
-from loader.synthetic.corpus import (
+from shixin_check.loader.synthetic.corpus import (
     AMOUNT_BUCKETS,
     BRAND_CHARS,
     CIRCUMSTANCE_WEIGHTS,
@@ -23,7 +23,7 @@ from loader.synthetic.corpus import (
     unique,
     weighted,
 )
-from loader.synthetic.tables import Region, births, learned_tables
+from shixin_check.loader.synthetic.tables import Region, births, learned_tables
 
 
 class _Generator:

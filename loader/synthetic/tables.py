@@ -1,6 +1,6 @@
 """Check characters composed from parts, and the tables learned once from the validator.
 
-The generator can never disagree with ``shixin_domain.identity``: each ID and
+The generator can never disagree with ``shixin_check.domain.identity``: each ID and
 USCC is composed from pieces whose check-character classes were learned from
 it (``_Composer``)."""
 
@@ -11,14 +11,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from loader.synthetic.corpus import (
+from shixin_check.domain.identity import resident_id_check_char, uscc_check_char
+from shixin_check.loader.synthetic.corpus import (
     AGE_WEIGHTS,
     PROVINCE_ABBR,
     REGION_ROWS,
     USCC_ALPHABET,
     spread,
 )
-from shixin_domain.identity import resident_id_check_char, uscc_check_char
 
 # --------------------------------------------------------------------------
 # --------------------------------------------------------------------------

@@ -10,10 +10,10 @@ from typing import BinaryIO
 
 import orjson
 
-from loader.feed import header_row
-from loader.synthetic.corpus import Entry
-from loader.synthetic.generator import iter_entries
-from shixin_domain.model import CHINA_TZ
+from shixin_check.domain.model import CHINA_TZ
+from shixin_check.loader.feed import header_row
+from shixin_check.loader.synthetic.corpus import Entry
+from shixin_check.loader.synthetic.generator import iter_entries
 
 # Rows are joined and written 100 at a time (~75 kB). Measured: chunks of 1,000
 # or 10,000 rows cost about 10 us more per row, as they no longer fit the CPU cache.

@@ -1,6 +1,6 @@
 """The console subcommands that read the logs: ``feedback`` and ``audit verify``.
 
-Kept apart from ``server/cli.py`` (which adds them with ``add_parsers``)
+Kept apart from ``shixin_check/cli.py`` (which adds them with ``add_parsers``)
 because they are offline tools over files: they never talk to a server and
 import nothing of grpc.
 
@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.settings import add_options, resolving
+from shixin_check.server.settings import add_options, resolving
 
 if TYPE_CHECKING:
-    from server.audit import VerifyResult
+    from shixin_check.server.audit import VerifyResult
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -48,7 +48,7 @@ def _hit_files(args: argparse.Namespace) -> list[Path]:
 
     A path names its per-worker sets too (``serve --workers``: ``hits.w1.jsonl``, ...).
     """
-    from server.hitlog import log_files, log_sets
+    from shixin_check.server.hitlog import log_files, log_sets
 
     named = ([args.hit_log] if args.hit_log else []) + list(args.more_hit_logs)
     files: list[Path] = []
@@ -69,7 +69,7 @@ def _write_whole(path: Path, text: str) -> None:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from server.feedback import Quarter, build_report, report_csv, report_json
+    from shixin_check.server.feedback import Quarter, build_report, report_csv, report_json
 
     try:
         quarter = Quarter.parse(args.quarter)
@@ -79,8 +79,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         return 2
     sources: list[Any] = list(files)
     if args.redis:
-        from loader.index_redis import connect
-        from server.hitsink import read_stream
+        from shixin_check.loader.index_redis import connect
+        from shixin_check.server.hitsink import read_stream
 
         client = connect(args.redis, timeout=30)
         try:
@@ -117,7 +117,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     names its per-worker sets too (``serve --workers``: ``audit.w1.jsonl``,
     ...): each is its own chain, verified on its own, one line each.
     """
-    from server.audit import verify_sets
+    from shixin_check.server.audit import verify_sets
 
     try:
         results = verify_sets(args.path)

@@ -1,6 +1,6 @@
 """The console subcommands that manage API keys: ``keys add``, ``list`` and ``remove``.
 
-Kept apart from ``server/cli.py`` (which adds them with ``add_parsers``)
+Kept apart from ``shixin_check/cli.py`` (which adds them with ``add_parsers``)
 because they only edit the keys file; a running server reloads that file by
 itself within a second (or on SIGHUP), so none of them talks to a server.
 
@@ -23,10 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.settings import MAX_BATCH, add_options, resolving
+from shixin_check.server.settings import MAX_BATCH, add_options, resolving
 
 if TYPE_CHECKING:  # the access module loads only when a keys command runs
-    from server.auth import KeyRing
+    from shixin_check.server.auth import KeyRing
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -72,7 +72,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from server.auth import add_key
+    from shixin_check.server.auth import add_key
 
     if args.rate < 0 or args.burst < 0:
         print("keys add: --rate and --burst must be 0 or more", file=sys.stderr)
@@ -98,7 +98,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _rows(ring: KeyRing) -> list[dict[str, Any]]:
-    from server.auth import ALL_CHANNELS, Principal, key_id
+    from shixin_check.server.auth import ALL_CHANNELS, Principal, key_id
 
     """One row per key and per certificate name, by principal."""
 
@@ -124,7 +124,7 @@ def _rows(ring: KeyRing) -> list[dict[str, Any]]:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from server.auth import KeyRing
+    from shixin_check.server.auth import KeyRing
 
     rows = _rows(KeyRing.load(Path(args.keys_file)))
     if args.json:
@@ -145,7 +145,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    from server.auth import remove_keys
+    from shixin_check.server.auth import remove_keys
 
     if not args.principal and not args.key_id:
         print("keys remove: give --principal P or --key-id ID", file=sys.stderr)

@@ -24,12 +24,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from shixin_domain.errors import IndexUnavailable
-from shixin_domain.identity import mask_id, normalize_name
-from shixin_domain.index import ListedMatch, ListView
-from shixin_domain.keys import SubjectKeyer
-from shixin_domain.model import Channel, Decision, EntryStatus
-from shixin_domain.rules import Policy, Purchase, Reason, restriction_for
+from shixin_check.domain.errors import IndexUnavailable
+from shixin_check.domain.identity import mask_id, normalize_name
+from shixin_check.domain.index import ListedMatch, ListView
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import Channel, Decision, EntryStatus
+from shixin_check.domain.rules import Policy, Purchase, Reason, restriction_for
 
 NOT_LISTED = Reason("NOT_LISTED", "未在失信被执行人及限制消费人员名单中")
 NOT_RESTRICTED_CLASS = Reason("NOT_RESTRICTED_CLASS", "名单人员，但该消费不在限制范围内")

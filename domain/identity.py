@@ -25,7 +25,7 @@ import re
 import unicodedata
 from enum import IntEnum
 
-from shixin_domain.errors import InvalidInput
+from shixin_check.domain.errors import InvalidInput
 
 
 class IdType(IntEnum):

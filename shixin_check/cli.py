@@ -20,11 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clients.names import enum_name
-from server.cli_health import add_parsers as add_health_parsers
-from server.cli_keys import add_parsers as add_keys_parsers
-from server.cli_logs import add_parsers
-from server.settings import (
+from shixin_check.cli_health import add_parsers as add_health_parsers
+from shixin_check.cli_keys import add_parsers as add_keys_parsers
+from shixin_check.cli_logs import add_parsers
+from shixin_check.clients.names import enum_name
+from shixin_check.domain.errors import ConfigurationError
+from shixin_check.server.settings import (
     BY_KEY,
     CONFIG_ENV,
     DEFAULT_LISTEN,
@@ -33,10 +34,9 @@ from server.settings import (
     secret_from,
     serve_settings,
 )
-from shixin_domain.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from clients.check_client import CheckClient
+    from shixin_check.clients.check_client import CheckClient
 
 DEFAULT_TARGET = DEFAULT_LISTEN
 
@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace) -> CheckClient:
-    from clients.check_client import CheckClient
+    from shixin_check.clients.check_client import CheckClient
 
     def read(path: str | None) -> bytes | None:
         return Path(path).read_bytes() if path else None
@@ -173,8 +173,8 @@ _PURCHASE_FLAGS = (
 
 def _purchase(args: argparse.Namespace, channel: str) -> dict[str, object]:
     """The purchase fields given for ``channel``; a flag of another channel is refused."""
-    from clients.check_client import PURCHASE_FIELD
     from shixin.v1 import check_pb2 as pb
+    from shixin_check.clients.check_client import PURCHASE_FIELD
 
     fields: dict[str, object] = {}
     for dest, field, channels in _PURCHASE_FLAGS:
@@ -213,8 +213,8 @@ _JSON_TYPE = {str: "a string", int: "an integer", bool: "true or false"}
 
 def _check_request(args: argparse.Namespace) -> Any:
     """The ``CheckRequest`` the check flags (or a batch line over them) describe."""
-    from clients.check_client import build_request
     from shixin.v1 import check_pb2 as pb
+    from shixin_check.clients.check_client import build_request
 
     if not args.channel:
         raise ConfigurationError(
@@ -327,11 +327,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from loader.index_redis import RedisKeys, connect
-    from loader.listfile import FileKind, detect_kind
-    from loader.publish_redis import publish_delta, publish_snapshot
-    from shixin_domain.errors import IndexUnavailable, LoadRejected
-    from shixin_domain.keys import SubjectKeyer
+    from shixin_check.domain.errors import IndexUnavailable, LoadRejected
+    from shixin_check.domain.keys import SubjectKeyer
+    from shixin_check.loader.index_redis import RedisKeys, connect
+    from shixin_check.loader.listfile import FileKind, detect_kind
+    from shixin_check.loader.publish_redis import publish_delta, publish_snapshot
 
     path: Path = args.path
     if not path.is_file():
@@ -369,7 +369,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 def _redis_status(args: argparse.Namespace) -> int:
     import orjson
 
-    from loader.index_redis import RedisKeys, connect, redis_status
+    from shixin_check.loader.index_redis import RedisKeys, connect, redis_status
 
     client = connect(args.redis, timeout=5)
     try:
@@ -433,10 +433,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     import secrets
 
-    from loader.listfile import FileKind
-    from loader.versions import validate_delta_against, validate_file
-    from shixin_domain.errors import LoadRejected
-    from shixin_domain.keys import SubjectKeyer
+    from shixin_check.domain.errors import LoadRejected
+    from shixin_check.domain.keys import SubjectKeyer
+    from shixin_check.loader.listfile import FileKind
+    from shixin_check.loader.versions import validate_delta_against, validate_file
 
     path: Path = args.path
     for given in (path, args.against):
@@ -463,8 +463,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_gen_data(args: argparse.Namespace) -> int:
-    from loader.synthetic import write_snapshot
-    from shixin_domain.model import CHINA_TZ
+    from shixin_check.domain.model import CHINA_TZ
+    from shixin_check.loader.synthetic import write_snapshot
 
     # --out (required), --count, --seed and --as-of were read and checked by settings.resolve
     as_of: _dt.date = args.as_of or _dt.datetime.now(CHINA_TZ).date()
@@ -481,7 +481,7 @@ def cmd_gen_data(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from server.app import run_service
+    from shixin_check.server.app import run_service
 
     return run_service(serve_settings(args))
 

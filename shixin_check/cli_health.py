@@ -20,8 +20,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from server.settings import add_options, resolving
-from shixin_domain.errors import ConfigurationError
+from shixin_check.domain.errors import ConfigurationError
+from shixin_check.server.settings import add_options, resolving
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -49,7 +49,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from clients.check_client import CheckClient
+    from shixin_check.clients.check_client import CheckClient
 
     timeout = _timeout(args.timeout)
     root_ca, cert, key = (

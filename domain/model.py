@@ -15,7 +15,7 @@ import datetime as _dt
 from enum import IntEnum
 from typing import NamedTuple
 
-from shixin_domain.identity import IdType
+from shixin_check.domain.identity import IdType
 
 
 class Channel(IntEnum):

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
 
-from shixin_domain.errors import InvalidInput
-from shixin_domain.model import Channel
+from shixin_check.domain.errors import InvalidInput
+from shixin_check.domain.model import Channel
 
 
 @dataclass(frozen=True, slots=True)

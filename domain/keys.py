@@ -27,8 +27,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from shixin_domain.errors import ConfigurationError
-from shixin_domain.identity import KEY_TAGS, IdType
+from shixin_check.domain.errors import ConfigurationError
+from shixin_check.domain.identity import KEY_TAGS, IdType
 
 MIN_SECRET_BYTES = 16
 #: The scheme of ``PrefilterKeyer`` keys, as GetPrefilter's header names it.

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from shixin_domain.model import EntryStatus, Exemption, ListType, Role
+from shixin_check.domain.model import EntryStatus, Exemption, ListType, Role
 
 
 class ListedMatch(NamedTuple):
