@@ -565,6 +565,8 @@ class RedisFollower(Background):
         #: failed Redis commands: the follower's rounds, and the checks' look-ups
         self.sync_errors = ErrorCount()
         self.lookup_errors = ErrorCount()
+        #: Other users of this Redis in the process (the hit forwarder) count here too.
+        self.other_errors: list[ErrorCount] = []
         self._round_started = time.time()
         #: since when this replica cannot confirm it holds all Redis holds (None: it does)
         self._behind_since: float | None = self._round_started
@@ -635,8 +637,9 @@ class RedisFollower(Background):
         return 0.0 if since is None else max(0.0, time.time() - since)
 
     def redis_errors(self) -> int:
-        """Redis commands that failed, for the follower and for look-ups."""
-        return self.sync_errors.count + self.lookup_errors.count
+        """Redis commands that failed: the follower's, look-ups', and ``other_errors``."""
+        others = sum(e.count for e in self.other_errors)
+        return self.sync_errors.count + self.lookup_errors.count + others
 
     def _sync_round(self, block: bool) -> None:
         if time.monotonic() - self._master_checked >= MASTER_CHECK_SECONDS:

@@ -122,6 +122,8 @@ class Service:
                 connect(settings.redis), settings.hit_log, settings.redis_prefix,
                 on_event=self._on_redis_event,
             )  # fmt: skip
+            if self.redis is not None:  # one shixin_redis_errors_total for both
+                self.redis.other_errors.append(self.forwarder.errors)
         ring = None
         self.keys_watcher: KeysWatcher | None = None
         if settings.keys_file is not None:

@@ -27,7 +27,7 @@ import redis
 
 from shixin_check.domain.model import CHINA_TZ
 from shixin_check.loader.background import Background
-from shixin_check.loader.index_redis import Client
+from shixin_check.loader.index_redis import Client, ErrorCount
 from shixin_check.server.hitlog import log_files
 
 _ADD_ONCE = """
@@ -65,6 +65,7 @@ class HitForwarder(Background):
         self.on_event = on_event or (lambda what, detail: None)
         self.cursor_path = hit_log.with_name(hit_log.name + ".forwarded")
         self.forwarded = 0
+        self.errors = ErrorCount()  # bumped by this thread only
         self._script = client.register_script(_ADD_ONCE)
 
     def stop(self) -> None:
@@ -81,6 +82,7 @@ class HitForwarder(Background):
                 self.forward_once()
                 backoff = self.interval
             except redis.RedisError as exc:
+                self.errors.count += 1
                 self.on_event("hits-spooling", str(exc))
                 backoff = min(backoff * 2, 2.0)
 

@@ -319,3 +319,28 @@ def test_a_replica_reports_its_lag_and_redis_errors(
         redis_server.start()
     eventually(lambda: scrape(server)[("shixin_replica_lag_seconds", frozenset())] == 0,
                "caught up again once Redis is back")  # fmt: skip
+
+
+def test_the_hit_forwarders_redis_errors_count_too(
+    redis_server: RedisServer, serve: Serve, tmp_path: Path
+) -> None:
+    client = connect(redis_server.url)
+    try:
+        publish_snapshot(
+            client, write_jsonl(tmp_path / "s.jsonl", basic_rows()), SubjectKeyer(SECRET),
+            RedisKeys(),
+        )  # fmt: skip
+    finally:
+        client.close()
+    server = serve(None, redis=redis_server.url, hit_log=tmp_path / "hits.jsonl",
+                   metrics_listen=f"127.0.0.1:{free_port()}")  # fmt: skip
+    eventually(lambda: server.stub().CheckConsumption(flight(LI)).decision == pb.DENY, "served")
+    forwarder = server.service.forwarder
+    assert forwarder is not None
+    redis_server.stop()
+    try:
+        server.stub().CheckConsumption(flight(LI))  # a hit the forwarder cannot send now
+        eventually(lambda: forwarder.errors.count >= 1, "the forwarder failing to send")
+        assert value(scrape(server), "shixin_redis_errors_total") >= forwarder.errors.count
+    finally:
+        redis_server.start()
