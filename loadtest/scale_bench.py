@@ -102,15 +102,15 @@ def serve(
     server = ServerProcess(name, argv, log_dir, server_env())
     try:
         server.wait_announced(timeout)
+        if workers > 1:  # "serving on HOST:PORT (2 workers)": not the last word
+            server.address = _supervisor_address(server)
         announce_s = server.announced_at - server.started
         serving_s = server.wait_serving(timeout)
         if workers > 1:  # every worker SERVING: each loads on its own; wait for the log
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 text = Path(server.stderr.name).read_text(errors="replace")
-                if text.count("mapping its compiled index") + text.count("compiled into") >= (
-                    workers
-                ):
+                if "every worker is past its first load" in text:
                     break
                 time.sleep(0.1)
             serving_all_s = time.perf_counter() - server.announced_at
@@ -132,6 +132,12 @@ def serve(
     out["log_compiled"] = text.count("compiled into")
     out["log_mapped"] = text.count("mapping its compiled index")
     return out
+
+
+def _supervisor_address(server: ServerProcess) -> str:
+    """HOST:PORT from the supervisor's "starting N workers on HOST:PORT" log line."""
+    text = Path(server.stderr.name).read_text(errors="replace")
+    return text.split(" workers on ", 1)[1].split()[0]
 
 
 def compiled_sizes(index_dir: Path) -> dict[str, Any]:
