@@ -47,7 +47,7 @@ import psutil
 
 from loadtest.common import cli_argv, ensure_list, log, machine, revision, server_env
 from shixin_check.clients.check_client import build_request
-from shixin_check.domain.identity import resident_id_check_char
+from shixin_check.loader.synthetic import never_listed_id
 
 METHOD = "/shixin.v1.ConsumptionCheck/CheckConsumption"
 SECRET = "bench-only-secret-0123456789abcdef"
@@ -55,10 +55,9 @@ SECRET = "bench-only-secret-0123456789abcdef"
 
 def grpc_body() -> bytes:
     """One unary call's body as it goes on the wire: uncompressed flag, length, message."""
-    unlisted = "11010519300101003"  # born 1930: the generator makes ages 18-80
     request = build_request(
         "RAIL",
-        id_number=unlisted + resident_id_check_char(unlisted),
+        id_number=never_listed_id(),
         name="张三",
         purchase={"train_number": "G1234", "seat": "SECOND_CLASS"},
         request_id="bench",

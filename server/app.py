@@ -46,7 +46,6 @@ from redis import RedisError
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.domain.errors import ConfigurationError, LoadRejected
-from shixin_check.domain.identity import resident_id_check_char
 from shixin_check.domain.index import IndexSource
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import CHINA_TZ
@@ -492,6 +491,8 @@ def write_demo_list(count: int, announce: Callable[[str], None]) -> Path:
 
 def demo_examples(entries: object, today: _dt.date) -> list[str]:
     """Commands to try against the demo list: a debtor, a related person, a suspended one."""
+    from shixin_check.loader.synthetic import never_listed_id
+
     wanted: dict[str, str] = {}
     iso = today.isoformat()
     for e in entries:  # type: ignore[attr-defined]
@@ -512,8 +513,7 @@ def demo_examples(entries: object, today: _dt.date) -> list[str]:
             break
     lines = ["try (in another shell):"]
     lines += [f"  {wanted[k]}" for k in ("debtor", "suspended", "related") if k in wanted]
-    unlisted = "11010519300101003"  # born 1930: the generator makes ages 18-80
-    unlisted += resident_id_check_char(unlisted)
+    unlisted = never_listed_id()
     lines.append(
         f"  shixin-check check --id {unlisted} --name 张三 --channel AIRLINE  # not listed"
     )

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from shixin_check.domain.identity import normalize_document, normalize_resident_id, normalize_uscc
-from shixin_check.loader.synthetic import iter_entries, write_snapshot, writer
+from shixin_check.loader.synthetic import iter_entries, never_listed_id, write_snapshot, writer
 from shixin_check.loader.synthetic.tables import learned_tables
 
 AS_OF = datetime.date(2026, 5, 1)
@@ -311,3 +311,11 @@ def test_zero_rows_write_only_the_header(tmp_path: Path) -> None:
     assert write_snapshot(tmp_path / "empty.jsonl", 0, 1, AS_OF) == 0
     (header,) = (tmp_path / "empty.jsonl").read_bytes().splitlines()
     assert orjson.loads(header)["snapshot"]["includes_seq"] == 0
+
+
+def test_the_never_listed_id_is_valid_and_in_no_generated_list(entries: list[Entry]) -> None:
+    number = never_listed_id()
+    assert normalize_resident_id(number) == number
+    listed = {str(e["subject"].get("id_number")) for e in entries}  # type: ignore[attr-defined]
+    listed |= {str(p["id_number"]) for e in entries for p in e["related_persons"]}  # type: ignore[attr-defined]
+    assert number not in listed

@@ -19,7 +19,7 @@ other choice is a look-up in a table of ``2**k`` slots indexed by one
 
 from __future__ import annotations
 
-from shixin_check.loader.synthetic.generator import iter_entries
+from shixin_check.loader.synthetic.generator import iter_entries, never_listed_id
 from shixin_check.loader.synthetic.writer import write_snapshot
 
-__all__ = ["iter_entries", "write_snapshot"]
+__all__ = ["iter_entries", "never_listed_id", "write_snapshot"]

