@@ -25,6 +25,7 @@ import datetime as _dt
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import struct
@@ -125,6 +126,12 @@ def tool(name: str) -> str:
     return found
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def server_cpu(pid: int) -> float:
     try:
         t = psutil.Process(pid).cpu_times()
@@ -154,7 +161,9 @@ def profile(target: Any, kind: str, body: Path, args: argparse.Namespace) -> dic
             ]  # fmt: skip
             subprocess.run(spy, check=True, timeout=args.profile_seconds + 30,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            before_driver = children_cpu()  # py-spy is reaped; h2load is not yet
             h2.wait(args.duration + 30)
+            driver = children_cpu() - before_driver  # h2load's own CPU, exactly
         finally:
             if h2.poll() is None:
                 h2.kill()
@@ -173,7 +182,8 @@ def profile(target: Any, kind: str, body: Path, args: argparse.Namespace) -> dic
     return {
         "target": target.name, "kind": kind, "raw": str(raw), "calls": calls,
         "calls_per_s": float(finished.group(3)), "checks_per_s": checks / wall,
-        "server_cores": cpu / wall, "machine_cores": (busy1 - busy0) / wall,
+        "server_cores": cpu / wall, "driver_cores": driver / wall,
+        "machine_cores": (busy1 - busy0) / wall,
         "server_cpu_us_per_call": cpu / max(calls, 1) * 1e6,
         "server_cpu_us_per_check": cpu / max(checks, 1) * 1e6,
         "buckets": summarise(raw),
