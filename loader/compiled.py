@@ -105,6 +105,9 @@ def compile_base(base: Base, info: VersionInfo, target: Path, stamp: str, finger
         (partial / "bloom.bin").write_bytes(base.bloom.save_bytes())
         meta = {
             "format": FORMAT,
+            # every file's length: a file cut short later (a bad disk, a careless copy)
+            # would otherwise map as a shorter column and quietly lose entries
+            "sizes": {child.name: child.stat().st_size for child in partial.iterdir()},
             "stamp": stamp,
             "fingerprint": fingerprint,
             "version": info.version,
@@ -147,6 +150,10 @@ def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
         raise ConfigurationError(f"{folder}: compiled index format {meta.get('format')!r}")
     if meta.get("fingerprint") != fingerprint:
         raise ConfigurationError(f"{folder}: compiled with another key secret")
+    for name, size in meta["sizes"].items():
+        found = (folder / name).stat().st_size
+        if found != size:
+            raise ConfigurationError(f"{folder}: {name} is {found} bytes, compiled as {size}")
     columns: dict[str, Any] = {}
     for name, code in _TYPED.items():
         mapped = _map(folder / f"{name}.{code}")
@@ -242,7 +249,14 @@ class IndexStore:
         self._prune(keep=target)
         return target
 
+    def discard(self, compiled: Path) -> None:
+        """Remove a compiled folder found unusable (a process mapping it keeps its pages)."""
+        shutil.rmtree(compiled, ignore_errors=True)
+
     def _prune(self, keep: Path) -> None:
+        for partial in self.folder.glob(".v-*.part-*"):  # a compile killed half way
+            if not _alive(int(partial.name.rsplit("-", 1)[1])):
+                shutil.rmtree(partial, ignore_errors=True)
         others = sorted(
             (p for p in self.folder.glob("v-*") if p != keep and p.is_dir()),
             key=lambda p: p.stat().st_mtime,
@@ -251,3 +265,13 @@ class IndexStore:
         for old in others[KEEP:]:
             with contextlib.suppress(OSError):  # mapped elsewhere: unlinking keeps the pages
                 shutil.rmtree(old)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -409,22 +409,30 @@ class Loader:
         stamp = snapshot_stamp(path, self.keyer.fingerprint)
         with store.lock():
             compiled = store.find(stamp)
-            if compiled is None:
-                built = build_snapshot(path, self.keyer, progress)
+            if compiled is not None:
                 try:
-                    compiled = store.put(built.base, built.info, stamp)
-                except OSError as exc:
-                    log.warning("cannot compile %s into %s (%s): serving it unshared, from "
-                                "memory", path, store.folder, exc)  # fmt: skip
-                    return built
-                log.info("%s: compiled into %s (mapped by every process)", path, compiled)
-            else:
-                log.info("%s: mapping its compiled index %s (no re-parse)", path, compiled)
+                    base, info = map_compiled(compiled, self.keyer.fingerprint)
+                except (OSError, ValueError, KeyError, ConfigurationError) as exc:
+                    log.warning("compiled index %s unusable (%s): compiling %s again",
+                                compiled, exc, path)  # fmt: skip
+                    store.discard(compiled)
+                else:
+                    log.info("%s: mapping its compiled index %s (no re-parse)", path, compiled)
+                    return MemoryView(base, Overlay(), replace(info, loaded_at=time.time()))
+            built = build_snapshot(path, self.keyer, progress)
+            try:
+                compiled = store.put(built.base, built.info, stamp)
+            except OSError as exc:
+                log.warning("cannot compile %s into %s (%s): serving it unshared, from "
+                            "memory", path, store.folder, exc)  # fmt: skip
+                return built
             try:
                 base, info = map_compiled(compiled, self.keyer.fingerprint)
             except (OSError, ValueError, KeyError, ConfigurationError) as exc:
-                log.warning("compiled index %s unusable (%s): parsing %s", compiled, exc, path)
-                return build_snapshot(path, self.keyer, progress)
+                log.warning("compiled index %s unusable right after compiling (%s): serving "
+                            "%s unshared, from memory", compiled, exc, path)  # fmt: skip
+                return built
+            log.info("%s: compiled into %s (mapped by every process)", path, compiled)
         return MemoryView(base, Overlay(), replace(info, loaded_at=time.time()))
 
     def load_path(self, path: Path, progress: Progress | None = None) -> MemoryView:

@@ -7,6 +7,8 @@ into a temporary folder, mapped back with ``mmap``.
 from __future__ import annotations
 
 import datetime as _dt
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -150,3 +152,48 @@ def test_no_index_is_compiled_with_a_generated_secret(snapshot: Path, tmp_path: 
     finally:
         server.stop()
     assert not (snapshot.parent / ".shixin-index").exists()  # its keys die with the process
+
+
+def test_a_compiled_file_cut_short_is_compiled_again(
+    snapshot: Path, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
+    store = IndexStore(tmp_path / "index", keyer.fingerprint)
+    first = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    folder = Path(first.info.mapped_from)
+    column = folder / "k_lo.Q"
+    cut = column.with_name("cut")
+    cut.write_bytes(column.read_bytes()[: -8 * 10])  # ten keys lost, still whole words
+    cut.replace(column)  # a new file: ``first`` keeps mapping the old one
+    with pytest.raises(Exception, match="k_lo.Q is"):
+        map_compiled(folder, keyer.fingerprint)
+    again = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())  # a restart
+    parsed = build_snapshot(snapshot, keyer)
+    assert again.info.counts == parsed.info.counts
+    for key in listed_keys(snapshot, keyer):
+        assert sorted(again.look_up(key)) == sorted(parsed.look_up(key))
+    map_compiled(Path(again.info.mapped_from), keyer.fingerprint)  # whole again
+
+
+def test_an_unusable_index_folder_serves_from_memory(
+    snapshot: Path, keyer: SubjectKeyer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    store = IndexStore(blocker / "index", keyer.fingerprint)  # cannot be created
+    with caplog.at_level("WARNING", logger="shixin.loader"):
+        view = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    assert not view.info.mapped_from and view.info.counts.total == 400
+    assert any("serving it unshared" in r.getMessage() for r in caplog.records)
+
+
+def test_a_compile_killed_half_way_leaves_nothing_for_long(
+    snapshot: Path, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
+    store = IndexStore(tmp_path / "index", keyer.fingerprint)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs, as a SIGKILLed compiler's
+    leftover = tmp_path / "index" / f".v-0123.part-{dead.pid}"
+    leftover.mkdir(parents=True)
+    (leftover / "k_hi.Q").write_bytes(b"\0" * 64)
+    Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    assert not leftover.exists()
