@@ -54,6 +54,7 @@ from shixin_check.clients.prefilter import (
     Prefilter,
     renumbered,
 )
+from shixin_check.domain.wire import PURCHASE_FIELD as _BY_CHANNEL
 
 __all__ = [
     "MAX_BATCH",
@@ -92,19 +93,7 @@ def prefilter_state(
 
 
 #: Channel name to the purchase field it takes.
-PURCHASE_FIELD = {
-    "RAIL": "rail",
-    "AIRLINE": "flight",
-    "HOTEL": "hotel",
-    "SCHOOL": "school",
-    "SHIP": "ship",
-    "TRAVEL": "travel",
-    "LEISURE": "leisure",
-    "INSURANCE": "insurance",
-    "REAL_ESTATE": "real_estate",
-    "VEHICLE": "vehicle",
-    "OFFICE_RENTAL": "office_rental",
-}
+PURCHASE_FIELD = {channel.name: field for channel, field in _BY_CHANNEL.items()}
 
 
 def build_request(

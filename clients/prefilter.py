@@ -89,6 +89,19 @@ from shixin_check.domain.rules import (
     normalize_train_number,
     validate_purchase,
 )
+from shixin_check.domain.wire import (
+    CHANNELS,
+    ID_TYPES,
+    MAX_CABIN,
+    MAX_FLIGHT,
+    MAX_ID,
+    MAX_NAME,
+    MAX_ORG_NAME,
+    MAX_REQUEST_ID,
+    MAX_TERMINAL,
+    MAX_TRAIN,
+    PURCHASE_FIELD,
+)
 
 #: How long a filter is trusted after its last successful refresh, by default.
 DEFAULT_MAX_AGE = 60.0
@@ -104,30 +117,18 @@ UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_E
 #: A download larger than this is refused (a filter of 100 million keys is ~180 MiB).
 MAX_DOWNLOAD_BYTES = 1 << 30
 
-# --- the server's validation, mirrored (server/convert.py ``to_query``) -------------
-
-_MAX_REQUEST_ID, _MAX_TERMINAL = 128, 64  # merchant_id and terminal_id too
-_MAX_ID, _MAX_NAME, _MAX_ORG_NAME = 64, 128, 256
-_MAX_TRAIN, _MAX_FLIGHT, _MAX_CABIN = 16, 16, 32
-_ID_TYPES: dict[int, IdType] = {0: IdType.RESIDENT_ID} | {t.value: t for t in IdType}
-_CHANNELS: dict[int, Channel] = {c.value: c for c in Channel}
-_PURCHASE_FIELD: dict[Channel, str] = {
-    Channel.RAIL: "rail", Channel.AIRLINE: "flight", Channel.HOTEL: "hotel",
-    Channel.SCHOOL: "school", Channel.SHIP: "ship", Channel.TRAVEL: "travel",
-    Channel.LEISURE: "leisure", Channel.INSURANCE: "insurance",
-    Channel.REAL_ESTATE: "real_estate", Channel.VEHICLE: "vehicle",
-    Channel.OFFICE_RENTAL: "office_rental",
-}  # fmt: skip
+# --- the server's validation, mirrored (server/convert.py ``to_query``; limits and
+# --- names from shixin_check.domain.wire, the same for both) ---------------------
 
 
 def _rail(m: pb.RailPurchase) -> RailTicket:
-    if len(m.train_number) > _MAX_TRAIN:
+    if len(m.train_number) > MAX_TRAIN:
         raise InvalidInput("purchase.rail.train_number", "too long")
     return RailTicket(normalize_train_number(m.train_number), RailSeat(m.seat))
 
 
 def _flight(m: pb.FlightPurchase) -> Flight:
-    if len(m.flight_number) > _MAX_FLIGHT or len(m.cabin) > _MAX_CABIN:
+    if len(m.flight_number) > MAX_FLIGHT or len(m.cabin) > MAX_CABIN:
         raise InvalidInput("purchase.flight", "too long")
     return Flight(m.flight_number.strip().upper(), m.cabin.strip().upper())
 
@@ -159,17 +160,17 @@ def local_identities(request: pb.CheckRequest) -> list[Identity] | None:
     """
     try:
         if (
-            len(request.request_id) > _MAX_REQUEST_ID
-            or len(request.merchant_id) > _MAX_TERMINAL
-            or len(request.terminal_id) > _MAX_TERMINAL
+            len(request.request_id) > MAX_REQUEST_ID
+            or len(request.merchant_id) > MAX_TERMINAL
+            or len(request.terminal_id) > MAX_TERMINAL
         ):
             return None
         which = request.WhichOneof("subject")
         if which == "person":
             person = request.person
-            if len(person.id_number) > _MAX_ID or len(person.name) > _MAX_NAME:
+            if len(person.id_number) > MAX_ID or len(person.name) > MAX_NAME:
                 return None
-            id_type = _ID_TYPES.get(person.id_type)
+            id_type = ID_TYPES.get(person.id_type)
             if id_type is None:
                 return None
             number = normalize_person_id(id_type, person.id_number)
@@ -179,14 +180,14 @@ def local_identities(request: pb.CheckRequest) -> list[Identity] | None:
                 found.append(other)
         elif which == "organization":
             org = request.organization
-            if len(org.uscc) > _MAX_ID or len(org.name) > _MAX_ORG_NAME:
+            if len(org.uscc) > MAX_ID or len(org.name) > MAX_ORG_NAME:
                 return None
             found = [(None, normalize_uscc(org.uscc))]
         else:
             return None
-        channel = _CHANNELS.get(request.channel)
+        channel = CHANNELS.get(request.channel)
         given = request.WhichOneof("purchase")
-        if channel is None or given != _PURCHASE_FIELD[channel]:
+        if channel is None or given != PURCHASE_FIELD[channel]:
             return None
         purchase = _PURCHASES[given](getattr(request, given))
         validate_purchase(channel, purchase, request.amount_fen, f"purchase.{given}")

@@ -31,7 +31,7 @@ from shixin_check.domain.identity import (
     other_reading,
 )
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.domain.model import NO_END, Channel, day_iso
+from shixin_check.domain.model import NO_END, day_iso
 from shixin_check.domain.rules import (
     Flight,
     HotelStay,
@@ -53,31 +53,20 @@ from shixin_check.domain.rules import (
     normalize_train_number,
     validate_purchase,
 )
-
-_MAX_REQUEST_ID = 128
-_MAX_TERMINAL = 64  # merchant_id, terminal_id
-_MAX_ID = 64  # an ID number or USCC as typed, spaces and all (18 characters normalised)
-_MAX_NAME = 128
-_MAX_ORG_NAME = 256
-_MAX_TRAIN = 16
-_MAX_FLIGHT = 16
-_MAX_CABIN = 32
-
-#: The longest value each string field of a CheckRequest may hold, in characters
-#: (code points). Generous for any real value, small enough that a hostile one
-#: costs nothing: a 200,000-character name is refused before it is read.
-MAX_CHARS: dict[str, int] = {
-    "request_id": _MAX_REQUEST_ID,
-    "subject.person.id_number": _MAX_ID,
-    "subject.person.name": _MAX_NAME,
-    "subject.organization.uscc": _MAX_ID,
-    "subject.organization.name": _MAX_ORG_NAME,
-    "merchant_id": _MAX_TERMINAL,
-    "terminal_id": _MAX_TERMINAL,
-    "purchase.rail.train_number": _MAX_TRAIN,
-    "purchase.flight.flight_number": _MAX_FLIGHT,
-    "purchase.flight.cabin": _MAX_CABIN,
-}
+from shixin_check.domain.wire import (
+    CHANNELS,
+    ID_TYPES,
+    MAX_CABIN,
+    MAX_CHARS,
+    MAX_FLIGHT,
+    MAX_ID,
+    MAX_NAME,
+    MAX_ORG_NAME,
+    MAX_REQUEST_ID,
+    MAX_TERMINAL,
+    MAX_TRAIN,
+    PURCHASE_FIELD,
+)
 
 FIELD_TOO_LONG = "FIELD_TOO_LONG"
 REQUEST_ID_MISSING = "REQUEST_ID_MISSING"
@@ -120,7 +109,7 @@ class StreamIds:
             raise InvalidInput(
                 "request_id", "is required on a stream: every answer carries its request's id"
             ).with_reason(REQUEST_ID_MISSING)
-        if len(request_id) > _MAX_REQUEST_ID:
+        if len(request_id) > MAX_REQUEST_ID:
             _too_long("request_id", request_id)
         if request_id in self._seen:
             raise InvalidInput(
@@ -135,24 +124,7 @@ class StreamIds:
         self._seen.add(request_id)
 
 
-_ID_TYPES: dict[int, IdType] = {0: IdType.RESIDENT_ID} | {t.value: t for t in IdType}
 _RESIDENT_ID = IdType.RESIDENT_ID  # a global, not an enum attribute look-up, on every check
-_CHANNELS: dict[int, Channel] = {c.value: c for c in Channel}
-
-#: The purchase field each channel expects.
-PURCHASE_FIELD: dict[Channel, str] = {
-    Channel.RAIL: "rail",
-    Channel.AIRLINE: "flight",
-    Channel.HOTEL: "hotel",
-    Channel.SCHOOL: "school",
-    Channel.SHIP: "ship",
-    Channel.TRAVEL: "travel",
-    Channel.LEISURE: "leisure",
-    Channel.INSURANCE: "insurance",
-    Channel.REAL_ESTATE: "real_estate",
-    Channel.VEHICLE: "vehicle",
-    Channel.OFFICE_RENTAL: "office_rental",
-}
 
 
 def _enum(table: dict[int, Any], value: int, field: str, what: str) -> Any:
@@ -173,14 +145,14 @@ _ESTATE = {s.value: s for s in RealEstateKind}
 def _rail(m: pb.RailPurchase) -> RailTicket:
     seat = _SEATS.get(m.seat) or _enum(_SEATS, m.seat, "purchase.rail.seat", "rail seat")
     train = m.train_number
-    if len(train) > _MAX_TRAIN:
+    if len(train) > MAX_TRAIN:
         _too_long("purchase.rail.train_number", train)
     return RailTicket(normalize_train_number(train), seat)
 
 
 def _flight(m: pb.FlightPurchase) -> Flight:
-    number = _bounded(m.flight_number, _MAX_FLIGHT, "purchase.flight.flight_number")
-    cabin = _bounded(m.cabin, _MAX_CABIN, "purchase.flight.cabin")
+    number = _bounded(m.flight_number, MAX_FLIGHT, "purchase.flight.flight_number")
+    cabin = _bounded(m.cabin, MAX_CABIN, "purchase.flight.cabin")
     return Flight(number.strip().upper(), cabin.strip().upper())
 
 
@@ -220,9 +192,9 @@ def _long_field(request: pb.CheckRequest) -> NoReturn:
 def to_query(request: pb.CheckRequest, keyer: SubjectKeyer) -> Query:
     """A validated domain query, or ``InvalidInput`` naming the field."""
     if (
-        len(request.request_id) > _MAX_REQUEST_ID
-        or len(request.merchant_id) > _MAX_TERMINAL
-        or len(request.terminal_id) > _MAX_TERMINAL
+        len(request.request_id) > MAX_REQUEST_ID
+        or len(request.merchant_id) > MAX_TERMINAL
+        or len(request.terminal_id) > MAX_TERMINAL
     ):
         _long_field(request)
     also = 0
@@ -231,11 +203,11 @@ def to_query(request: pb.CheckRequest, keyer: SubjectKeyer) -> Query:
         person = request.person
         raw = person.id_number
         name = person.name
-        if len(raw) > _MAX_ID:
+        if len(raw) > MAX_ID:
             _too_long("subject.person.id_number", raw)
-        if len(name) > _MAX_NAME:
+        if len(name) > MAX_NAME:
             _too_long("subject.person.name", name)
-        id_type = _ID_TYPES.get(person.id_type)
+        id_type = ID_TYPES.get(person.id_type)
         if id_type is None:
             raise InvalidInput("subject.person.id_type", f"{person.id_type} is not a known id type")
         number = normalize_person_id(id_type, raw, "subject.person.id_number")
@@ -246,14 +218,14 @@ def to_query(request: pb.CheckRequest, keyer: SubjectKeyer) -> Query:
                 also = keyer.subject_key(*other)
     elif which == "organization":
         org = request.organization
-        uscc = _bounded(org.uscc, _MAX_ID, "subject.organization.uscc")
-        name = _bounded(org.name, _MAX_ORG_NAME, "subject.organization.name")
+        uscc = _bounded(org.uscc, MAX_ID, "subject.organization.uscc")
+        name = _bounded(org.name, MAX_ORG_NAME, "subject.organization.name")
         number = normalize_uscc(uscc, "subject.organization.uscc")
         key = keyer.subject_key(None, number)
     else:
         raise InvalidInput("subject", "is required: set person or organization")
 
-    channel = _CHANNELS.get(request.channel)
+    channel = CHANNELS.get(request.channel)
     if channel is None:
         if request.channel == 0:
             raise InvalidInput("channel", "is required")

@@ -353,8 +353,8 @@ class MetricsCollector:
         yield from self._list(r)
         if r.redis_errors is not None:
             yield CounterMetricFamily(
-                REDIS_ERRORS, "Redis commands that failed (the replica's follower and "
-                "the checks' look-ups).",
+                REDIS_ERRORS, "Redis commands that failed (the replica's follower, "
+                "the checks' look-ups and the hit forwarder).",
                 value=r.redis_errors,
             )  # fmt: skip
         if r.replica_lag_seconds is not None:

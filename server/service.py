@@ -50,8 +50,9 @@ from shixin_check.domain.errors import (
 from shixin_check.domain.identity import mask_id
 from shixin_check.domain.model import Channel, china_day
 from shixin_check.domain.rules import Policy
+from shixin_check.domain.wire import MAX_CHARS
 from shixin_check.server.auth import ANONYMOUS, Gate, Principal
-from shixin_check.server.convert import MAX_CHARS, StreamIds
+from shixin_check.server.convert import StreamIds
 from shixin_check.server.engine import BATCH, STATUS, STREAM, UNARY, CheckEngine, Tally
 from shixin_check.server.hitlog import AuditLog
 from shixin_check.server.prefilter import Prefilters

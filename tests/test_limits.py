@@ -20,8 +20,8 @@ from grpc_status import rpc_status
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.check_client import build_request
+from shixin_check.domain.wire import MAX_CHARS
 from shixin_check.server.app import MAX_MESSAGE_BYTES
-from shixin_check.server.convert import MAX_CHARS
 from tests.conftest import RunningServer
 from tests.listdata import ACME_USCC, ZHAO, basic_rows, write_jsonl
 

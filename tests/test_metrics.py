@@ -287,9 +287,8 @@ def test_readings_of_several_workers_sum() -> None:
 
 
 @pytest.mark.redis
-def test_a_replica_reports_its_lag_and_redis_errors(
-    redis_server: RedisServer, serve: Serve, tmp_path: Path
-) -> None:
+def publish_basic_rows(redis_server: RedisServer, tmp_path: Path) -> None:
+    """basic_rows() published to ``redis_server`` as its current version."""
     client = connect(redis_server.url)
     try:
         publish_snapshot(
@@ -298,6 +297,12 @@ def test_a_replica_reports_its_lag_and_redis_errors(
         )  # fmt: skip
     finally:
         client.close()
+
+
+def test_a_replica_reports_its_lag_and_redis_errors(
+    redis_server: RedisServer, serve: Serve, tmp_path: Path
+) -> None:
+    publish_basic_rows(redis_server, tmp_path)
     server = serve(None, redis=redis_server.url, metrics_listen=f"127.0.0.1:{free_port()}")
     stub = server.stub()
     eventually(lambda: scrape(server).get(("shixin_replica_lag_seconds", frozenset())) == 0,
@@ -324,14 +329,7 @@ def test_a_replica_reports_its_lag_and_redis_errors(
 def test_the_hit_forwarders_redis_errors_count_too(
     redis_server: RedisServer, serve: Serve, tmp_path: Path
 ) -> None:
-    client = connect(redis_server.url)
-    try:
-        publish_snapshot(
-            client, write_jsonl(tmp_path / "s.jsonl", basic_rows()), SubjectKeyer(SECRET),
-            RedisKeys(),
-        )  # fmt: skip
-    finally:
-        client.close()
+    publish_basic_rows(redis_server, tmp_path)
     server = serve(None, redis=redis_server.url, hit_log=tmp_path / "hits.jsonl",
                    metrics_listen=f"127.0.0.1:{free_port()}")  # fmt: skip
     eventually(lambda: server.stub().CheckConsumption(flight(LI)).decision == pb.DENY, "served")
