@@ -112,8 +112,17 @@ def uscc_check_char(first17: str) -> str:
 
 def normalize_resident_id(raw: str, field: str = "id_number") -> str:
     """Canonical 18-character resident ID, or ``InvalidInput`` saying why."""
+    if len(raw) == 18 and raw.isascii():  # the common case: canonical and valid, in one pass
+        first17 = raw[:17]
+        if (
+            first17.isdigit()
+            and raw[17] == _ID_CHECK[2 * int(first17, 13) % 11]
+            and raw[:2] in _PROVINCES
+            and raw[6:14] in _BIRTH_DATES
+        ):
+            return raw
     if len(raw) == 18 and raw.isascii() and raw[:17].isdigit() and raw[17] in _CHECK_CHARS:
-        number = raw  # the common case: already canonical
+        number = raw  # canonical in form; which check fails is said below
     else:
         number = _squeeze(raw)
         if _DIGITS15.match(number) is not None:

@@ -142,18 +142,46 @@ _VENUES = {s.value: s for s in LeisureVenue}
 _ESTATE = {s.value: s for s in RealEstateKind}
 
 
+#: Validated tickets by (seat, train number as sent), and flights by (number,
+#: cabin): a few thousand trains and flights cover a day's orders, so nearly
+#: every rail or air check reuses one instead of normalising the number and
+#: building the tuple again (~0.7 µs). Each holds at most ``_TICKETS_MAX``.
+_TICKETS: dict[tuple[int, str], RailTicket] = {}
+_TICKETS_MAX = 8192
+
+
 def _rail(m: pb.RailPurchase) -> RailTicket:
-    seat = _SEATS.get(m.seat) or _enum(_SEATS, m.seat, "purchase.rail.seat", "rail seat")
+    seat_value = m.seat
     train = m.train_number
+    ticket = _TICKETS.get((seat_value, train))
+    if ticket is not None:
+        return ticket
+    seat = _SEATS.get(seat_value) or _enum(_SEATS, seat_value, "purchase.rail.seat", "rail seat")
     if len(train) > MAX_TRAIN:
         _too_long("purchase.rail.train_number", train)
-    return RailTicket(normalize_train_number(train), seat)
+    ticket = RailTicket(normalize_train_number(train), seat)
+    if len(_TICKETS) >= _TICKETS_MAX:  # bounded whatever is sent: start again
+        _TICKETS.clear()
+    _TICKETS[seat_value, train] = ticket
+    return ticket
+
+
+_FLIGHTS: dict[tuple[str, str], Flight] = {}
 
 
 def _flight(m: pb.FlightPurchase) -> Flight:
-    number = _bounded(m.flight_number, MAX_FLIGHT, "purchase.flight.flight_number")
-    cabin = _bounded(m.cabin, MAX_CABIN, "purchase.flight.cabin")
-    return Flight(number.strip().upper(), cabin.strip().upper())
+    number = m.flight_number
+    cabin = m.cabin
+    flight = _FLIGHTS.get((number, cabin))
+    if flight is not None:
+        return flight
+    _bounded(number, MAX_FLIGHT, "purchase.flight.flight_number")
+    _bounded(cabin, MAX_CABIN, "purchase.flight.cabin")
+    flight = Flight(number.strip().upper(), cabin.strip().upper())
+    if len(_FLIGHTS) >= _TICKETS_MAX:
+        _FLIGHTS.clear()
+    _FLIGHTS[number, cabin] = flight
+    return flight
 
 
 _PURCHASES: dict[str, Callable[[Any], Purchase]] = {
@@ -244,7 +272,11 @@ def to_query(request: pb.CheckRequest, keyer: SubjectKeyer) -> Query:
     purchase = _PURCHASES[given](getattr(request, given))
     amount = request.amount_fen
     validate_purchase(channel, purchase, amount, _PREFIX[given])
-    return Query(key, name, number, channel, purchase, amount, also)
+    # tuple.__new__ straight: the namedtuple's own __new__ is a Python function (~0.15 µs)
+    return _new_tuple(Query, (key, name, number, channel, purchase, amount, also))
+
+
+_new_tuple = tuple.__new__
 
 
 # --- answers ------------------------------------------------------------------
@@ -284,7 +316,7 @@ _NOT_LISTED_REASONS = [pb.Reason(code=NOT_LISTED.code, message=NOT_LISTED.messag
 _TEMPLATES: dict[str, pb.CheckResponse] = {}
 
 
-def _not_listed(version: str) -> pb.CheckResponse:
+def not_listed(version: str) -> pb.CheckResponse:
     """The NOT_LISTED answer of a version, built once: copying it is 3x cheaper than building."""
     template = _TEMPLATES.get(version)
     if template is None:
@@ -301,7 +333,7 @@ def fill_response(
 ) -> None:
     """Write the answer into ``out`` (a fresh message, or a batch's ``results.add()``)."""
     if verdict is VERDICT_NOT_LISTED:  # nearly every answer
-        out.CopyFrom(_not_listed(version))
+        out.CopyFrom(not_listed(version))
         out.request_id = request_id
         out.check_id = check_id
         return

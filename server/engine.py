@@ -20,17 +20,17 @@ import secrets
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from shixin.v1 import check_pb2 as pb
-from shixin_check.domain.decision import Query, Verdict, decide, decide_many
+from shixin_check.domain.decision import VERDICT_NOT_LISTED, Query, Verdict, decide, decide_many
 from shixin_check.domain.errors import InvalidInput, NotReady, PermissionDenied
 from shixin_check.domain.index import IndexSource, ListedMatch, ListView, VersionInfo
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import Channel, Decision, china_day
 from shixin_check.domain.rules import Policy
 from shixin_check.server.auth import ANONYMOUS, Gate, Principal
-from shixin_check.server.convert import fill_response, to_query
+from shixin_check.server.convert import fill_response, not_listed, to_query
 from shixin_check.server.hitlog import HitLog
 
 #: The RPCs whose server-side time is kept (``Tally.latency``), by index.
@@ -44,6 +44,7 @@ LATENCY_BOUNDS = (
 )  # fmt: skip
 #: ``Tally.checks`` holds ``channel * DECISIONS + decision`` (wire enum values).
 DECISIONS = max(Decision) + 1
+ALLOW = int(Decision.ALLOW)
 CHANNELS = max(Channel) + 1
 #: gRPC status codes by number (``grpc.StatusCode.X.value[0]``): 0 OK to 16 UNAUTHENTICATED.
 STATUS_CODES = 17
@@ -246,22 +247,47 @@ class CheckEngine:
     ) -> None:  # fmt: skip
         """A batch against one view, answers added to ``out`` (a repeated CheckResponse
         field); a bad request is ``InvalidInput`` under ``checks[i]`` and adds nothing."""
-        queries = []
+        keyer = self.keyer
+        try:
+            queries = [to_query(request, keyer) for request in requests]
+            if principal is not ANONYMOUS:
+                for query in queries:
+                    principal.require_channel(query.channel)
+        except (InvalidInput, PermissionDenied):
+            self._refuse_first(requests, principal)
+        if self._watching:
+            for query in queries:
+                self.gate.observe(principal, query.subject_key)
+        verdicts = decide_many(view, queries, keyer, self.policy, china_day(time.time()))
+        version = view.info.version
+        add = out.add
+        if self.stale:
+            for request, query, verdict in zip(requests, queries, verdicts, strict=True):
+                self._answer(add(), request, query, verdict, version, peer, principal)
+            return
+        # The answer nearly every check gets, inlined: the template copied, two strings set.
+        template = not_listed(version)
+        prefix, counter, checks = self._prefix, self._counter, self._checks
+        for request, query, verdict in zip(requests, queries, verdicts, strict=True):
+            if verdict is VERDICT_NOT_LISTED:
+                answer = add()
+                answer.CopyFrom(template)
+                answer.request_id = request.request_id
+                answer.check_id = f"{prefix}{next(counter):x}"
+                checks[query.channel * DECISIONS + ALLOW] += 1
+            else:
+                self._answer(add(), request, query, verdict, version, peer, principal)
+
+    def _refuse_first(self, requests: Sequence[pb.CheckRequest], principal: Principal) -> NoReturn:
+        """The refusal of a batch's first bad check, its field under ``checks[i]``."""
         for i, request in enumerate(requests):
             try:
-                queries.append(self.query(request, principal))
+                self.query(request, principal)
             except InvalidInput as exc:
                 raise exc.under(f"checks[{i}]") from None
             except PermissionDenied as exc:
                 raise PermissionDenied(f"checks[{i}]: {exc}").with_reason(exc.reason) from None
-        if self._watching:
-            for query in queries:
-                self.gate.observe(principal, query.subject_key)
-        verdicts = decide_many(view, queries, self.keyer, self.policy, china_day(time.time()))
-        version = view.info.version
-        add = out.add
-        for request, query, verdict in zip(requests, queries, verdicts, strict=True):
-            self._answer(add(), request, query, verdict, version, peer, principal)
+        raise AssertionError("a batch refused with no bad check")
 
     def _log_hit(
         self,

@@ -1,0 +1,85 @@
+"""The conversion's reuse of validated purchases (``server/convert.py``): same answers, bounded."""
+
+from __future__ import annotations
+
+import pytest
+
+from shixin.v1 import check_pb2 as pb
+from shixin_check.clients.check_client import build_request
+from shixin_check.domain.errors import InvalidInput
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.rules import Flight, RailSeat, RailTicket
+from shixin_check.loader.synthetic import never_listed_id
+from shixin_check.server import convert
+
+KEYER = SubjectKeyer(b"test-secret-for-convert-0123456789")
+
+
+def rail(train: str, seat: str = "SECOND_CLASS") -> pb.CheckRequest:
+    return build_request(
+        "RAIL", id_number=never_listed_id(), purchase={"train_number": train, "seat": seat}
+    )
+
+
+def flight(number: str, cabin: str = "Y") -> pb.CheckRequest:
+    return build_request(
+        "AIRLINE", id_number=never_listed_id(), purchase={"flight_number": number, "cabin": cabin}
+    )
+
+
+@pytest.fixture(autouse=True)
+def empty_caches() -> None:
+    convert._TICKETS.clear()
+    convert._FLIGHTS.clear()
+
+
+def test_a_reused_ticket_is_the_one_first_built() -> None:
+    first = convert.to_query(rail("g 1234"), KEYER)
+    again = convert.to_query(rail("g 1234"), KEYER)
+    assert first.purchase == again.purchase == RailTicket("G1234", RailSeat.SECOND_CLASS)
+    assert first == again
+
+
+def test_the_seat_is_part_of_what_is_reused() -> None:
+    second = convert.to_query(rail("D301", "SECOND_CLASS"), KEYER)
+    first = convert.to_query(rail("D301", "FIRST_CLASS"), KEYER)
+    assert second.purchase.seat is RailSeat.SECOND_CLASS  # type: ignore[union-attr]
+    assert first.purchase.seat is RailSeat.FIRST_CLASS  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("train", ["X99", "G12345", "", "G1" * 20])
+def test_a_bad_train_number_is_refused_every_time(train: str) -> None:
+    convert.to_query(rail("G1234"), KEYER)
+    for _ in range(2):
+        with pytest.raises(InvalidInput) as caught:
+            convert.to_query(rail(train), KEYER)
+        assert caught.value.field == "purchase.rail.train_number"
+    assert all(key[1] != train for key in convert._TICKETS)
+
+
+def test_a_missing_seat_is_refused_after_the_same_train_was_sold() -> None:
+    convert.to_query(rail("G1234"), KEYER)
+    no_seat = rail("G1234")
+    no_seat.rail.ClearField("seat")
+    with pytest.raises(InvalidInput) as caught:
+        convert.to_query(no_seat, KEYER)
+    assert caught.value.field == "purchase.rail.seat"
+
+
+def test_flights_are_normalised_once_and_bad_ones_refused() -> None:
+    for _ in range(2):
+        query = convert.to_query(flight(" mu5101 ", "y"), KEYER)
+        assert query.purchase == Flight("MU5101", "Y")
+        with pytest.raises(InvalidInput) as caught:
+            convert.to_query(flight("MU" * 20), KEYER)
+        assert caught.value.field == "purchase.flight.flight_number"
+
+
+def test_what_is_kept_stays_bounded_whatever_is_sent() -> None:
+    numbers = [f"{letter}{n}" for letter in "GDK" for n in range(1, 4000)]
+    for train in numbers:
+        convert.to_query(rail(train), KEYER)
+        assert len(convert._TICKETS) <= convert._TICKETS_MAX
+    # still right after the clear: the last trains and an early one again
+    assert convert.to_query(rail(numbers[-1]), KEYER).purchase.train_number == numbers[-1]  # type: ignore[union-attr]
+    assert convert.to_query(rail(numbers[0]), KEYER).purchase.train_number == numbers[0]  # type: ignore[union-attr]
