@@ -8,8 +8,14 @@ the caller's ``request_id`` copied, for unary, batch (one answer per check,
 in order) and stream calls. Same server options as ``server/app.py``.
 
     python -m loadtest.bare_server --listen 127.0.0.1:0
+    python -m loadtest.bare_server --listen 127.0.0.1:0 --sync [--threads 32]
 
-prints ``serving on HOST:PORT`` (the bound port) once it accepts calls.
+prints ``serving on HOST:PORT`` (the bound port) once it accepts calls. The
+default is a ``grpc.aio`` server, like ours; ``--sync`` serves the same
+answers from a ``grpc.server`` with a ``ThreadPoolExecutor`` of ``--threads``
+threads (a stream holds one thread for its whole life, so give at least as
+many threads as streams the driver keeps open), the other yardstick issue 12
+asks for.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import argparse
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
 
 import grpc
 
@@ -68,14 +76,40 @@ class BareCheckService(pb_grpc.ConsumptionCheckServicer):
         return pb.ListStatus(version=_VERSION, serving=True, source="bare")
 
 
+class BareSyncCheckService(pb_grpc.ConsumptionCheckServicer):
+    """The same answers as ``BareCheckService``, from grpcio's thread-pool server."""
+
+    def CheckConsumption(
+        self, request: pb.CheckRequest, context: grpc.ServicerContext
+    ) -> pb.CheckResponse:
+        return fixed_answer(request.request_id)
+
+    def CheckConsumptionBatch(
+        self, request: pb.CheckBatchRequest, context: grpc.ServicerContext
+    ) -> pb.CheckBatchResponse:
+        return pb.CheckBatchResponse(results=[fixed_answer(c.request_id) for c in request.checks])
+
+    def CheckConsumptionStream(
+        self, request_iterator: Iterator[pb.CheckRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.CheckResponse]:
+        for request in request_iterator:
+            yield fixed_answer(request.request_id)
+
+    def GetListStatus(
+        self, request: pb.ListStatusRequest, context: grpc.ServicerContext
+    ) -> pb.ListStatus:
+        return pb.ListStatus(version=_VERSION, serving=True, source="bare-sync")
+
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
 async def serve(listen: str) -> None:
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
-    )
-    pb_grpc.add_ConsumptionCheckServicer_to_server(BareCheckService(), server)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    pb_grpc.add_ConsumptionCheckServicer_to_server(BareCheckService(), server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port(listen)
     if port == 0:
         raise SystemExit(f"cannot listen on {listen}")
@@ -90,11 +124,36 @@ async def serve(listen: str) -> None:
     await server.stop(0.5)
 
 
+def serve_sync(listen: str, threads: int) -> None:
+    """``--sync``: the thread-pool server until SIGTERM or SIGINT."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bare"),
+        options=SERVER_OPTIONS,
+    )
+    pb_grpc.add_ConsumptionCheckServicer_to_server(BareSyncCheckService(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {listen}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    print(f"serving on {listen.rsplit(':', 1)[0]}:{port}", flush=True)
+    while not stop.wait(1.0):  # a bounded wait, so the signal handler gets to run
+        pass
+    server.stop(0.5).wait(5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bare_server", description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
+    parser.add_argument("--sync", action="store_true", help="grpc.server with a thread pool")
+    parser.add_argument("--threads", type=int, default=32, help="--sync: the pool's threads")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.listen))
+    if args.sync:
+        serve_sync(args.listen, args.threads)
+    else:
+        asyncio.run(serve(args.listen))
     return 0
 
 

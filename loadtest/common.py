@@ -15,6 +15,8 @@ import multiprocessing
 import os
 import platform
 import queue
+import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -245,3 +247,92 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--traffic", type=int, default=None, help="distinct requests (default 20,000)")
     p.add_argument("--seconds", type=float, default=None, help="seconds per RPC segment")
     p.add_argument("--rounds", type=int, default=None, help="segments per figure and server")
+
+
+# --- h2load: a C driver with pre-framed gRPC bodies -------------------------------------------
+
+
+def frame(message: bytes) -> bytes:
+    """A gRPC message as it goes on the wire: uncompressed flag, big-endian length, bytes."""
+    return struct.pack(">BI", 0, len(message)) + message
+
+
+def unframe(body: bytes) -> list[bytes]:
+    """The messages of a body made by ``frame``, in order (``ValueError`` if one is cut)."""
+    messages = []
+    at = 0
+    while at < len(body):
+        if at + 5 > len(body):
+            raise ValueError(f"a frame header cut short at byte {at}")
+        flag, size = struct.unpack_from(">BI", body, at)
+        if flag != 0 or at + 5 + size > len(body):
+            raise ValueError(f"a bad or cut frame at byte {at}")
+        messages.append(body[at + 5 : at + 5 + size])
+        at += 5 + size
+    return messages
+
+
+def run_h2load(
+    url: str,
+    body: Path,
+    *,
+    bound: list[str],
+    clients: int,
+    streams: int,
+    headers: tuple[str, ...] = (),
+    max_seconds: float = 60.0,
+    log_file: Path | None = None,
+) -> dict[str, Any]:
+    """One h2load run posting ``body`` as a gRPC call to ``url``, one thread.
+
+    ``bound`` is ``["-n", N]`` or ``["-D", S]``; h2load is also told ``-T
+    max_seconds`` and killed 10 s past it. Returns its figures (``seconds``,
+    ``calls_per_s``, ``succeeded``: HTTP 200s, which a gRPC error also is;
+    ``failed``) and ``driver_cpu_s``, its own CPU time from ``wait4``. With
+    ``log_file``, h2load writes one line per call there (``--log-file``)."""
+    argv = [
+        "h2load", *bound, "-c", str(clients), "-m", str(streams), "-t", "1",
+        "-T", str(max(1, int(max_seconds))),
+        "--header", "content-type: application/grpc", "--header", "te: trailers",
+        *(arg for header in headers for arg in ("--header", header)),
+        *(["--log-file", str(log_file)] if log_file else []),
+        "-d", str(body), url,
+    ]  # fmt: skip
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + max_seconds + 10
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.02)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    finished = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
+    requests = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                         r"(\d+) failed, (\d+) errored, (\d+) timeout", text)  # fmt: skip
+    if not finished or not requests:
+        raise RuntimeError(f"h2load said:\n{text}")
+    return {
+        "seconds": float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1),
+        "calls_per_s": float(finished.group(3)),
+        "succeeded": int(requests.group(4)),
+        "failed": int(requests.group(5)) + int(requests.group(6)) + int(requests.group(7)),
+        "exit": proc.returncode,
+        "driver_cpu_s": usage.ru_utime + usage.ru_stime,
+    }
+
+
+def h2load_latencies_us(log_file: Path) -> list[int]:
+    """The per-call elapsed µs of an h2load ``--log-file``, calls answered 200 only."""
+    out = []
+    for line in log_file.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 3 and fields[1] == "200":
+            out.append(int(fields[2]))
+    return out
