@@ -128,6 +128,15 @@ _REQUEST_REFUSALS = (InvalidInput, PermissionDenied, RateLimited)
 
 
 _AUDITED_METADATA = ("user-agent", "x-request-id", "x-merchant-id", "x-terminal-id")
+#: A call's metadata as grpcio hands it over: (key, value) pairs.
+Metadata = tuple[tuple[str, str | bytes], ...]
+#: Decision names by wire value: ``pb.Decision.Name`` is a descriptor look-up (~0.8 µs).
+_DECISION_NAMES = {value: name for name, value in pb.Decision.items()}
+
+
+def _audited(metadata: Metadata) -> dict[str, str]:
+    """The metadata the audit log keeps (``AuditLog`` withholds secrets and binary values)."""
+    return {k: str(v) for k, v in metadata if k in _AUDITED_METADATA}
 
 
 class ConsumptionCheckService:
@@ -154,7 +163,17 @@ class ConsumptionCheckService:
 
     # --- the gate and the audit trail ----------------------------------------
 
-    def _identify(self, context: grpc.aio.ServicerContext) -> Principal:
+    def _metadata(self, context: grpc.aio.ServicerContext) -> Metadata:
+        """The call's metadata when the gate or the audit log will read it, else nothing.
+
+        Read once per call (or stream) and handed to both: grpcio builds the
+        tuple afresh on every ``invocation_metadata()`` (~4 µs).
+        """
+        if self.gate.enabled or self.audit is not None:
+            return context.invocation_metadata() or ()
+        return ()
+
+    def _identify(self, context: grpc.aio.ServicerContext, metadata: Metadata) -> Principal:
         """The caller, or ``Unauthenticated``."""
         gate = self.gate
         if not gate.enabled:
@@ -163,7 +182,7 @@ class ConsumptionCheckService:
         if self.tls_principals:
             names = context.auth_context().get("x509_common_name") or [b""]
             common_name = names[0].decode()
-        return gate.principal(context.invocation_metadata() or (), common_name)
+        return gate.principal(metadata, common_name)
 
     def _admit(self, principal: Principal, role: str, checks: int) -> None:
         """``principal`` may call a method of ``role`` and pay for ``checks``, or a refusal.
@@ -177,14 +196,14 @@ class ConsumptionCheckService:
 
     def _audit(self, context: grpc.aio.ServicerContext, method: str, principal: Principal,
                subject: str, outcome: str, started: float, count: int = 1,
-               check_id: str = "") -> None:  # fmt: skip
+               check_id: str = "", metadata: Metadata | None = None,
+               peer: str = "") -> None:  # fmt: skip
         assert self.audit is not None
-        metadata = {
-            k: str(v) for k, v in (context.invocation_metadata() or ()) if k in _AUDITED_METADATA
-        }
+        if metadata is None:
+            metadata = context.invocation_metadata() or ()
         self.audit.record(
-            method, context.peer(), subject, outcome, started, count,
-            caller=principal.name, metadata=metadata, check_id=check_id,
+            method, peer or context.peer(), subject, outcome, started, count,
+            caller=principal.name, metadata=_audited(metadata), check_id=check_id,
         )  # fmt: skip
 
     def _count_refusal(
@@ -256,15 +275,12 @@ class ConsumptionCheckService:
         try:
             if type(request) is Malformed:
                 raise MalformedRequest(request.problem)
-            principal = self._identify(context)
+            metadata = self._metadata(context)
+            principal = self._identify(context, metadata)
             self._admit(principal, "check", 1)
             engine = self.engine
-            response = engine.check(
-                request,  # type: ignore[arg-type]
-                engine.view(),
-                context.peer() if self._peers else "",
-                principal,
-            )
+            peer = context.peer() if self._peers else ""
+            response = engine.check(request, engine.view(), peer, principal)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             malformed = type(request) is Malformed
             subject = "" if malformed else _subject_of(request)  # type: ignore[arg-type]
@@ -274,7 +290,8 @@ class ConsumptionCheckService:
             )
         if self.audit is not None:
             self._audit(context, "CheckConsumption", principal, _subject_of(request),  # type: ignore[arg-type]
-                        pb.Decision.Name(response.decision), started)  # fmt: skip
+                        _DECISION_NAMES[response.decision], started, metadata=metadata,
+                        peer=peer)  # fmt: skip
         self.tally.observe(UNARY, time.perf_counter() - started)
         return response
 
@@ -293,7 +310,8 @@ class ConsumptionCheckService:
                 raise InvalidInput(
                     "checks", f"at most {self.max_batch} checks per batch, got {count}"
                 ).with_reason("BATCH_TOO_LARGE")
-            principal = self._identify(context)
+            metadata = self._metadata(context)
+            principal = self._identify(context, metadata)
             self._admit(principal, "check", max(count, 1))
             _in_time(context)
             engine = self.engine
@@ -310,7 +328,8 @@ class ConsumptionCheckService:
                 context, exc, "CheckConsumptionBatch", principal, "", started, channels=channels
             )
         if self.audit is not None:
-            self._audit(context, "CheckConsumptionBatch", principal, "", "OK", started, count)
+            self._audit(context, "CheckConsumptionBatch", principal, "", "OK", started, count,
+                        metadata=metadata, peer=peer)  # fmt: skip
         self.tally.observe(BATCH, time.perf_counter() - started)
         return reply
 
@@ -322,8 +341,9 @@ class ConsumptionCheckService:
         peer = context.peer() if self._peers else ""
         principal = ANONYMOUS
         started = time.perf_counter()
+        metadata = self._metadata(context)
         try:
-            principal = self._identify(context)
+            principal = self._identify(context, metadata)
             self._admit(principal, "check", 0)
         except Exception as exc:  # noqa: BLE001
             await self._fail(context, exc, "CheckConsumptionStream", principal, "", started)
@@ -349,7 +369,8 @@ class ConsumptionCheckService:
             else:
                 if self.audit is not None:
                     self._audit(context, "CheckConsumptionStream", principal, _subject_of(request),  # type: ignore[arg-type]
-                                pb.Decision.Name(response.decision), started)  # fmt: skip
+                                _DECISION_NAMES[response.decision], started, metadata=metadata,
+                                peer=peer)  # fmt: skip
             self.tally.observe(STREAM, time.perf_counter() - started)
             yield response
 
@@ -361,7 +382,7 @@ class ConsumptionCheckService:
         try:
             if type(request) is Malformed:
                 raise MalformedRequest(request.problem)
-            principal = self._identify(context)
+            principal = self._identify(context, self._metadata(context))
             self._admit(principal, "status", 0)
             status = list_status(self.engine, self.policy, self.gate)
         except Exception as exc:  # noqa: BLE001
@@ -379,7 +400,7 @@ class ConsumptionCheckService:
         try:
             if type(request) is Malformed:
                 raise MalformedRequest(request.problem)
-            principal = self._identify(context)
+            principal = self._identify(context, self._metadata(context))
             self._admit(principal, "prefilter", 0)
             view = self.engine.source.current()
             if view is None:
