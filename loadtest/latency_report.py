@@ -27,9 +27,9 @@ def bucket_us(elapsed_ns: int) -> int:
 class Latencies:
     """Per-call latencies of one kind of call in this process, in µs buckets.
 
-    A bucket keeps the 10 leading bits of the µs figure (exact below 1,024 µs, at
-    most 0.2% low above: 9,997 µs counts as 9,984), so the counts stay small however long the run, and add up across
-    processes.
+    A bucket keeps the 10 leading bits of the µs figure (exact below 1,024 µs,
+    at most 0.2% low above: 9,997 µs counts as 9,984), so the counts stay small
+    however long the run, and add up across processes.
     """
 
     rpc: str  # "unary" or "batch": locust's request type
