@@ -12,27 +12,38 @@ process killed in a ``finally``):
    SERVING) and resident memory after load;
 3. the variants of our server on the same list, each its own process:
    ``ours+logs`` (``--hit-log`` and ``--audit-log``) and ``ours+auth``
-   (``--keys-file``; the driver sends ``authorization: Bearer <key>``);
-   ``--variants`` picks them (both by default);
-4. the bare servicer (``loadtest.bare_server``) beside them, and one driver
-   process (``loadtest.driver``) that measures every server alike,
-   alternating segments: unary latency with 1 and 32 calls in flight, unary
-   calls/s, unary latency at a moderate open-loop rate, batch (100 checks)
-   and stream checks/s, and the server CPU per check of each;
+   (``--keys-file``; every call carries ``authorization: Bearer <key>``);
+   ``--variants`` picks them (both by default); every one of ours with
+   ``--metrics-listen``, so that it counts the checks it answered itself;
+4. the bare servicer (``loadtest.bare_server``) beside them, and the drivers
+   of ``loadtest.ratio_bench`` measuring every server alike in alternating
+   segments (``--drivers``): one call in flight (h2load ``-c 1 -m 1``, every
+   call's latency), unary calls/s (h2load ``-c 16 -m 8``), unary calls open
+   loop at a moderate rate (h2load ``--rps``, 25% of the bare servicer's
+   unary calls/s unless ``--rate``), batch of 100 checks/s (h2load, and
+   raw-bytes client processes), stream checks/s (h2load, 1,000 requests per
+   call); each with the CPU of the server, of the driver and of everything
+   else on the machine, and a ``DRIVER-BOUND`` flag where the driver's CPU
+   is not well below the server's;
 5. with the servers gone, the in-process decision (``loadtest.inprocess``);
 6. rbloom against pybloom-live (``loadtest.bloom_compare``);
 7. with ``--redis``, the list in Redis (``loadtest.redis_bench``: load time,
    Redis memory, a replica's memory, its latency and checks/s beside a
    memory-mode server, delta propagation).
 
-The servers run one process each on 127.0.0.1 free ports; the driver and the
-in-process part run in ``spawn`` child processes, so no GIL is shared.
+The servers run one process each on 127.0.0.1 free ports. The drivers are
+h2load (C) and raw-bytes client processes, and the in-process part runs in a
+``spawn`` child process, so no GIL is shared. No figure comes from a Python
+client that builds and parses messages: such a client spends about as much
+CPU per call as the server, so it measures itself (issue 12).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
+import shutil
 import sys
 import tempfile
 import time
@@ -45,6 +56,7 @@ from loadtest.common import (
     ServerProcess,
     add_common_args,
     bare_argv,
+    checks_counted,
     ensure_list,
     finish,
     in_child,
@@ -55,28 +67,43 @@ from loadtest.common import (
     revision,
     server_env,
 )
-from loadtest.driver import Phase, TargetSpec, drive
-from loadtest.report import bloom_table, noise_rows, render, table, variant_table
-from loadtest.traffic import build_traffic
-from shixin.v1 import check_pb2 as pb
+from loadtest.ratio_bench import (
+    STREAM_RING,
+    Driver,
+    Target,
+    add_driver_args,
+    interleaved,
+    pick_drivers,
+    plan_from,
+    run_segments,
+    without_samples,
+    write_bodies,
+)
+from loadtest.report import (
+    Pair,
+    bloom_table,
+    ratio_rows,
+    render,
+    segment_notes,
+    segment_rows,
+    summarise,
+    table,
+    variant_rows,
+)
+from loadtest.traffic import Traffic, build_traffic
 from shixin_check.domain.model import CHINA_TZ
 
 VARIANTS = ("logs", "auth")
+#: The drivers of a run unless ``--drivers`` says otherwise: every figure from a driver
+#: that is not the bottleneck (``stream-raw``, a Python stream client as costly per
+#: message as the server, only when asked for).
+DRIVERS = ("latency", "unary", "paced", "batch-h2load", "batch-raw", "stream-h2load")
+METRICS = ["--metrics-listen", "127.0.0.1:0"]
+PER_STREAM_CALL = 1000
 
 
-def phases(quick: bool, seconds: float | None, rate: float) -> list[Phase]:
-    s = seconds or (3.0 if quick else 4.0)
-    return [
-        Phase("unary_c1", "unary", 1, 20_000, s),
-        Phase("unary_c32", "unary", 32, 100_000, s),
-        Phase("unary_paced", "paced", 0, 100_000, s, rate=rate),
-        Phase("batch100", "batch", 4, 10_000, s),
-        Phase("stream", "stream", 4, 1_000_000, s),
-    ]
-
-
-def variant_setup(variant: str, log_dir: Path) -> tuple[list[str], tuple[tuple[str, str], ...]]:
-    """(extra serve flags, call metadata) of ``ours+<variant>``."""
+def variant_setup(variant: str, log_dir: Path) -> tuple[list[str], tuple[str, ...]]:
+    """(extra serve flags, headers of every call) of ``ours+<variant>``."""
     if variant == "logs":
         return [
             "--hit-log",
@@ -90,8 +117,25 @@ def variant_setup(variant: str, log_dir: Path) -> tuple[list[str], tuple[tuple[s
         keys_file = log_dir / "keys.json"
         keys_file.unlink(missing_ok=True)
         key = add_key(keys_file, "bench", "*", ["check", "status"])
-        return ["--keys-file", str(keys_file)], (("authorization", f"Bearer {key}"),)
+        return ["--keys-file", str(keys_file)], (f"authorization: Bearer {key}",)
     raise ValueError(f"unknown variant {variant!r}")
+
+
+def rpc_bodies(folder: Path, traffic: Traffic) -> dict[str, Path]:
+    """The drivers' bodies from the traffic mix: unary, an unlisted subject (the 99% case);
+    a batch of 100 and the stream requests, 1 listed subject in 100."""
+    return write_bodies(
+        folder,
+        traffic.unlisted[0].SerializeToString(),
+        interleaved(traffic.listed, traffic.unlisted, STREAM_RING, "s", 0.01),
+        interleaved(traffic.listed, traffic.unlisted, BATCH_SIZE, "b", 0.01),
+        PER_STREAM_CALL,
+    )
+
+
+def counted_by(server: ServerProcess) -> functools.partial[float]:
+    """Its own count of checks answered, from the metrics endpoint it announced."""
+    return functools.partial(checks_counted, server.wait_metrics(30))
 
 
 def run_rpc(
@@ -99,15 +143,15 @@ def run_rpc(
     list_path: Path,
     tiny_path: Path,
     log_dir: Path,
-    requests: list[bytes],
-    batches: list[bytes],
+    bodies: dict[str, Path],
+    chosen: list[Driver],
 ) -> dict[str, Any]:
     env = server_env()
     out: dict[str, Any] = {"variants": {}}
     servers: list[ServerProcess] = []
     try:
         log("our server on a 1-entry list: the memory baseline")
-        base = ServerProcess("ours-baseline", ours_argv(tiny_path, []), log_dir, env)
+        base = ServerProcess("ours-baseline", ours_argv(tiny_path, METRICS), log_dir, env)
         servers.append(base)
         base.wait_announced(60)
         base.wait_serving(60)
@@ -115,10 +159,11 @@ def run_rpc(
         base.stop()
 
         log(f"our server on {list_path.name}: loading")
-        ours = ServerProcess("ours", ours_argv(list_path, []), log_dir, env)
+        ours = ServerProcess("ours", ours_argv(list_path, METRICS), log_dir, env)
         servers.append(ours)
         ours.wait_announced(60)
         out["rss_at_announce"] = ours.rss()
+        targets = [Target("ours", ours.address, (ours.proc.pid,), counted=counted_by(ours))]
         out["load_s"] = ours.wait_serving(args.load_timeout)
         time.sleep(0.5)  # let the loader's garbage go before reading RSS
         out["rss_loaded"] = ours.rss()
@@ -126,36 +171,32 @@ def run_rpc(
         out["entries_total"] = status.entries_total
         out["subject_keys"] = status.subject_keys
         log(f"loaded {status.entries_total:,} entries in {out['load_s']:.1f}s")
-        targets = [TargetSpec("ours", ours.address, ours.proc.pid)]
         variants: list[ServerProcess] = []
 
         # One at a time: each load uses every core.
         for variant in args.variants:
             name = f"ours+{variant}"
-            extra, metadata = variant_setup(variant, log_dir)
+            extra, headers = variant_setup(variant, log_dir)
             log(f"{name} ({' '.join(extra)}): loading")
-            server = ServerProcess(name, ours_argv(list_path, extra), log_dir, env)
+            server = ServerProcess(name, ours_argv(list_path, [*extra, *METRICS]), log_dir, env)
             servers.append(server)
             variants.append(server)
             server.wait_announced(60)
+            counted = counted_by(server)
             load_s = server.wait_serving(args.load_timeout)
             time.sleep(0.5)
             out["variants"][name] = {"flags": extra, "load_s": load_s, "rss_loaded": server.rss()}
-            targets.append(TargetSpec(name, server.address, server.proc.pid, metadata))
+            targets.append(Target(name, server.address, (server.proc.pid,), headers, counted))
 
         bare = ServerProcess("bare", bare_argv(), log_dir, env)
         servers.append(bare)
         bare.wait_announced(60)
         out["rss_bare"] = bare.rss()
-        targets.append(TargetSpec("bare", bare.address, bare.proc.pid))
+        targets.append(Target("bare", bare.address, (bare.proc.pid,)))
 
-        plan = phases(args.quick, args.seconds, args.rate)
-        rounds = args.rounds or (1 if args.quick else 2)
-        log(f"driving {len(plan)} phases x {rounds} rounds x {len(targets)} servers")
-        budget = 60 + rounds * len(targets) * sum(p.seconds + 35 for p in plan)
-        out["rpc"] = in_child(
-            drive, targets, plan, rounds, requests, batches, BATCH_SIZE, timeout=budget
-        )
+        plan = plan_from(args, pace_from="bare")
+        log(f"driving {len(chosen)} drivers x {plan.rounds} rounds x {len(targets)} servers")
+        out["rpc"] = run_segments(targets, chosen, bodies, plan, log_dir)
         out["rss_ours_after_load_test"] = ours.rss()
         out["rss_bare_after_load_test"] = bare.rss()
         for server in variants:
@@ -170,6 +211,13 @@ def run_rpc(
     return out
 
 
+def pairs(variants: list[str]) -> list[Pair]:
+    """Every one of ours against bare (judged); each variant against ours (what it costs)."""
+    names = ["ours", *(f"ours+{v}" for v in variants)]
+    return [*(Pair(n, "bare") for n in names),
+            *(Pair(n, "ours", judged=False) for n in names[1:])]  # fmt: skip
+
+
 # --- main ----------------------------------------------------------------------
 
 
@@ -180,12 +228,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common_args(p)
-    p.add_argument(
-        "--rate",
-        type=float,
-        default=0.0,
-        help="open-loop unary rate/s (default: 25%% of the bare servicer's calls/s)",
-    )
+    add_driver_args(p, DRIVERS)
     p.add_argument("--calls", type=int, default=100_000, help="in-process calls per series")
     p.add_argument(
         "--bloom-keys",
@@ -233,7 +276,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.variants = [v for v in VARIANTS if v in wanted]
     if args.with_logs and "logs" not in args.variants:
         args.variants.insert(0, "logs")
+    try:
+        args.chosen = pick_drivers(args.drivers, DRIVERS, BATCH_SIZE, PER_STREAM_CALL)
+    except ValueError as exc:
+        p.error(f"--drivers: {exc}")
+    if "rpc" not in args.skip and shutil.which("h2load") is None:
+        p.error("h2load not found (apt-get install nghttp2-client), or give --skip rpc")
     return args
+
+
+def print_rpc(rpc: dict[str, Any], chosen: list[Driver], variants: list[str]) -> None:
+    """The drivers' tables: every server per driver, then the ratios and their verdicts."""
+    print(
+        "\nRPC, every server by the same drivers in alternating segments (cores = CPU "
+        "seconds per second; foreign = other processes on the machine; x bare, x ours: "
+        "ratio of the rates, of the p99s for latency drivers)"
+    )
+    print(render(segment_rows(rpc["summary"], chosen, pairs(variants))))
+    print(
+        "\nratios: rate = of the rates (p99s for latency drivers); cpu = base/subject of "
+        "the server CPU µs per check, the rate ratio each would reach on a core of its own"
+    )
+    print(render(ratio_rows(rpc["summary"], chosen, pairs(variants))))
+    for line in segment_notes(rpc["segments"]):
+        print(line)
+    if rpc.get("pace"):
+        print(f"paced driver: {rpc['pace']:,.0f} calls/s offered to every server")
+    if rpc.get("cut_short"):
+        print("CUT SHORT by --max-minutes: some segments did not run")
+    decisions = "; ".join(
+        f"{name} " + " ".join(f"{k}={v}" for k, v in d.items())
+        for name, d in rpc["decisions"].items()
+    )
+    print(f"answers to one batch of {BATCH_SIZE}, parsed: {decisions}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,10 +336,6 @@ def main(argv: list[str] | None = None) -> int:
     log(f"building {args.traffic:,} requests (1% listed)")
     traffic = build_traffic(args.traffic, args.entries, args.seed, as_of)
     requests = [r.SerializeToString() for r in traffic.requests]
-    batches = [
-        pb.CheckBatchRequest(checks=traffic.requests[i : i + BATCH_SIZE]).SerializeToString()
-        for i in range(0, len(traffic.requests) - BATCH_SIZE + 1, BATCH_SIZE)
-    ]
     results["traffic"] = {
         "requests": len(requests),
         "listed": len(traffic.listed),
@@ -272,10 +343,15 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     if "rpc" not in args.skip:
-        rpc = run_rpc(args, list_path, tiny_path, log_dir, requests, batches)
+        bodies = rpc_bodies(log_dir / "bodies", traffic)
+        rpc = run_rpc(args, list_path, tiny_path, log_dir, bodies, args.chosen)
         results["rpc"] = rpc.pop("rpc")
         results["variants"] = rpc.pop("variants")
         results["load"] = rpc
+        names = ["ours", *results["variants"], "bare"]
+        results["rpc"]["summary"] = summarise(
+            results["rpc"]["segments"], args.chosen, names, pairs(args.variants)
+        )
     if "inprocess" not in args.skip:
         log("in-process decision (builds its own index)")
         results["inprocess"] = in_child(
@@ -299,26 +375,27 @@ def main(argv: list[str] | None = None) -> int:
 
         log("the list in Redis")
         results["redis"] = redis_bench.run(args, list_path, traffic, log_dir)
+    samples = results.get("rpc", {}).get("segments")
+    if samples:  # the per-call latencies stay out of the JSON file
+        results["rpc"]["segments"] = without_samples(samples)
     finish(results, started, args.out)
     m = results["machine"]
     print(
         f"\nshixin-check benchmarks: {args.entries:,} entries, {m['nproc']} x {m['cpu_model']}, "
         f"{m['ram_gib']} GiB, Python {m['python']}, grpcio {m['grpcio']}, "
-        f"revision {results['revision']}"
+        f"revision {results['revision']}; load average at start "
+        f"{', '.join(f'{v:.2f}' for v in m['load_average_at_start'])}, at end "
+        f"{', '.join(f'{v:.2f}' for v in m['load_average_at_end'])}"
     )
     print(render(table(results)))
-    for name in results.get("variants", {}):
-        print(f"\n{name} beside ours (same list, same driver, same run)")
-        print(render(variant_table(results, name)))
+    if results.get("rpc"):
+        print_rpc(results["rpc"], args.chosen, args.variants)
+        print()
+        print(render(variant_rows(results)))
     if results.get("redis"):
         from loadtest import redis_bench
 
         redis_bench.print_tables(results["redis"])
-    if results.get("rpc"):
-        print(
-            "\nper phase (cores = CPU seconds per second; foreign = other processes on the machine)"
-        )
-        print(render(noise_rows(results)))
     if results.get("bloom"):
         print()
         print(render(bloom_table(results["bloom"])))

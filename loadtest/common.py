@@ -22,7 +22,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,21 @@ class ServerProcess:
                 time.sleep(0.05)
         raise RuntimeError(f"{self.name} not SERVING after {timeout:.0f}s")
 
+    def wait_metrics(self, timeout: float) -> str:
+        """The URL of its metrics endpoint (``--metrics-listen``), announced right after
+        the ``serving on`` line."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if line.startswith("metrics on "):
+                return line.split()[-1]
+        raise RuntimeError(f"{self.name} announced no metrics (see {self.stderr.name})")
+
     def rss(self) -> int:
         return int(psutil.Process(self.proc.pid).memory_info().rss)
 
@@ -140,6 +156,18 @@ def cli_argv(args: list[str]) -> list[str]:
 
 def bare_argv() -> list[str]:
     return [sys.executable, "-m", "loadtest.bare_server", "--listen", "127.0.0.1:0"]
+
+
+def checks_counted(metrics_url: str) -> float:
+    """The checks a server has answered so far: the sum of ``shixin_checks_total`` on
+    its metrics endpoint."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("shixin_checks_total{")
+    )
 
 
 def list_status(address: str) -> pb.ListStatus:
@@ -282,6 +310,7 @@ def run_h2load(
     headers: tuple[str, ...] = (),
     max_seconds: float = 60.0,
     log_file: Path | None = None,
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One h2load run posting ``body`` as a gRPC call to ``url``, one thread.
 
@@ -289,27 +318,35 @@ def run_h2load(
     max_seconds`` and killed 10 s past it. Returns its figures (``seconds``,
     ``calls_per_s``, ``succeeded``: HTTP 200s, which a gRPC error also is;
     ``failed``) and ``driver_cpu_s``, its own CPU time from ``wait4``. With
-    ``log_file``, h2load writes one line per call there (``--log-file``)."""
+    ``log_file``, h2load appends one line per call there (``--log-file``).
+    ``extra``: more h2load options (``("--rps", "400")`` for an open loop)."""
     argv = [
         "h2load", *bound, "-c", str(clients), "-m", str(streams), "-t", "1",
         "-T", str(max(1, int(max_seconds))),
         "--header", "content-type: application/grpc", "--header", "te: trailers",
         *(arg for header in headers for arg in ("--header", header)),
         *(["--log-file", str(log_file)] if log_file else []),
-        "-d", str(body), url,
+        *extra, "-d", str(body), url,
     ]  # fmt: skip
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + max_seconds + 10
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
+        reaped = False
+        try:
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    _, status, usage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.02)
+            reaped = True
+        finally:
+            if not reaped:  # interrupted: leave no h2load behind
                 proc.kill()
-                _, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.02)
+                os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode(errors="replace")

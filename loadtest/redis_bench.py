@@ -14,13 +14,18 @@ process, ``redis-server`` included, is killed in a ``finally``):
 3. one replica, ``shixin-check serve --redis URL --listen 127.0.0.1:0``: the
    announce to health SERVING, and its resident memory once SERVING;
 4. a memory-mode server (``serve --list LIST``) and the bare servicer beside
-   it, and one driver process (``loadtest.driver``) measuring the three alike
-   in alternating segments, twice: with the memory-mode run's traffic (99%
-   unlisted, 1% listed: the replica answers Bloom negatives locally) and with
-   100% listed subjects (every check pays a Redis round trip; a batch, one
-   pipelined round trip for its positives). Unary latency at 1 and 32 in
-   flight, unary calls/s, batch of 100 checks/s, server CPU per check, and
-   the CPU ``redis-server`` used meanwhile;
+   it, and the drivers of ``loadtest.ratio_bench`` (h2load and raw-bytes
+   client processes, ``--drivers``) measuring the three alike in alternating
+   segments, twice: with the memory-mode run's traffic (99% unlisted, 1%
+   listed: the replica answers Bloom negatives locally) and with 100% listed
+   subjects (every check pays a Redis round trip; a batch, one pipelined
+   round trip for its positives). One call in flight (latency), unary
+   calls/s, batch of 100 checks/s; for each, the CPU of the server, of the
+   driver, of ``redis-server`` (helper cores) and of everything else, the
+   server CPU per check, and a ``DRIVER-BOUND`` flag where the driver's CPU
+   is not well below the server's. The replica and the memory-mode server
+   count the checks they answer on their metrics endpoints; the bare
+   servicer has none, so its count is the driver's;
 5. delta propagation: ``--deltas`` times, a delta file with one ``LIST`` op
    for a new person is published in this process
    (``loader.index_redis.publish_delta``) and the replica is asked with
@@ -36,6 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
+import functools
 import secrets
 import shutil
 import socket
@@ -55,10 +61,10 @@ from loadtest.common import (
     ServerProcess,
     add_common_args,
     bare_argv,
+    checks_counted,
     cli_argv,
     ensure_list,
     finish,
-    in_child,
     list_status,
     log,
     machine,
@@ -67,8 +73,29 @@ from loadtest.common import (
     serve_argv,
     server_env,
 )
-from loadtest.driver import Phase, TargetSpec, drive
-from loadtest.report import MIB, _fmt, _verdict, compare_rows, noise_rows, render
+from loadtest.ratio_bench import (
+    STREAM_RING,
+    Driver,
+    Target,
+    add_driver_args,
+    interleaved,
+    pick_drivers,
+    plan_from,
+    run_segments,
+    without_samples,
+    write_bodies,
+)
+from loadtest.report import (
+    MIB,
+    Pair,
+    _fmt,
+    _verdict,
+    ratio_rows,
+    render,
+    segment_notes,
+    segment_rows,
+    summarise,
+)
 from loadtest.traffic import Traffic, build_traffic
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
@@ -267,26 +294,36 @@ def _percentiles(values: list[float]) -> dict[str, Any]:
 # --- the run ---------------------------------------------------------------------
 
 
-def rpc_phases(quick: bool, seconds: float | None) -> list[Phase]:
-    s = seconds or (3.0 if quick else 4.0)
-    return [
-        Phase("unary_c1", "unary", 1, 20_000, s),
-        Phase("unary_c32", "unary", 32, 100_000, s),
-        Phase("batch100", "batch", 4, 10_000, s),
-    ]
+#: The drivers of a run unless ``--drivers`` says otherwise.
+DRIVERS = ("latency", "unary", "batch-h2load", "batch-raw")
+METRICS = ["--metrics-listen", "127.0.0.1:0"]
+NAMES = ("redis", "memory", "bare")
+PAIRS = (Pair("redis", "bare"), Pair("memory", "bare"), Pair("redis", "memory", judged=False))
 
 
-def _batches(requests: list[pb.CheckRequest]) -> list[bytes]:
-    return [
-        pb.CheckBatchRequest(checks=requests[i : i + BATCH_SIZE]).SerializeToString()
-        for i in range(0, len(requests) - BATCH_SIZE + 1, BATCH_SIZE)
-    ]
+def mix_bodies(folder: Path, listed: list[pb.CheckRequest], unlisted: list[pb.CheckRequest],
+               share: float) -> dict[str, Path]:  # fmt: skip
+    """The drivers' bodies for one mix: unary, the first of ``unlisted``; a batch of 100
+    and the stream requests with ``share`` of them listed."""
+    return write_bodies(
+        folder,
+        unlisted[0].SerializeToString(),
+        interleaved(listed, unlisted, STREAM_RING, "s", share),
+        interleaved(listed, unlisted, BATCH_SIZE, "b", share),
+        1000,
+    )
 
 
 def run(
-    args: argparse.Namespace, list_path: Path, traffic: Traffic, log_dir: Path
+    args: argparse.Namespace,
+    list_path: Path,
+    traffic: Traffic,
+    log_dir: Path,
+    chosen: list[Driver] | None = None,
 ) -> dict[str, Any]:
-    """Every Redis-mode figure, with ``traffic`` (the memory-mode run's mix) and 100% listed."""
+    """Every Redis-mode figure, with ``traffic`` (the memory-mode run's mix) and 100% listed;
+    the RPC figures from ``chosen`` drivers (default ``DRIVERS``)."""
+    chosen = chosen or pick_drivers("", DRIVERS)
     as_of = _dt.datetime.now(CHINA_TZ).date()
     secret = secrets.token_hex(16)  # 32 characters, for the loader and the replica alike
     env = server_env()
@@ -295,16 +332,10 @@ def run(
         max(1000, len(traffic.requests) // 4), args.entries, args.seed, as_of, listed_share=1.0
     )
     mixes = {
-        "mix": (
-            [r.SerializeToString() for r in traffic.requests],
-            _batches(traffic.requests),
-        ),
-        "listed": (
-            [r.SerializeToString() for r in listed.requests],
-            _batches(listed.requests),
-        ),
+        "mix": mix_bodies(log_dir / "bodies-mix", traffic.listed, traffic.unlisted, 0.01),
+        "listed": mix_bodies(log_dir / "bodies-listed", listed.listed, listed.listed, 1.0),
     }
-    out: dict[str, Any] = {"entries": args.entries}
+    out: dict[str, Any] = {"entries": args.entries, "drivers": [d.name for d in chosen]}
     redis: RedisServer | None = None
     servers: list[ServerProcess] = []
     try:
@@ -329,9 +360,12 @@ def run(
         out["redis_memory"] = {"before": before, "after": after}
         log(f"loaded into Redis in {out['load_s']:.1f}s; the replica next")
 
-        replica = ServerProcess("replica", serve_argv(["--redis", redis.url]), log_dir, env)
+        replica = ServerProcess(
+            "replica", serve_argv(["--redis", redis.url, *METRICS]), log_dir, env
+        )
         servers.append(replica)
         replica.wait_announced(60)
+        replica_metrics = replica.wait_metrics(30)
         out["replica_start_s"] = replica.wait_serving(args.load_timeout)
         time.sleep(0.5)
         out["rss_replica"] = replica.rss()
@@ -342,9 +376,10 @@ def run(
         }
 
         log("a memory-mode server on the same list, for comparison")
-        memory = ServerProcess("memory", ours_argv(list_path, []), log_dir, env)
+        memory = ServerProcess("memory", ours_argv(list_path, METRICS), log_dir, env)
         servers.append(memory)
         memory.wait_announced(60)
+        memory_metrics = memory.wait_metrics(30)
         out["memory_load_s"] = memory.wait_serving(args.load_timeout)
         time.sleep(0.5)
         out["rss_memory"] = memory.rss()
@@ -354,18 +389,21 @@ def run(
         bare.wait_announced(60)
 
         targets = [
-            TargetSpec("redis", replica.address, replica.proc.pid, helpers=(redis.proc.pid,)),
-            TargetSpec("memory", memory.address, memory.proc.pid),
-            TargetSpec("bare", bare.address, bare.proc.pid),
-        ]
-        plan = rpc_phases(args.quick, args.seconds)
-        rounds = args.rounds or (1 if args.quick else 2)
-        budget = 60 + rounds * len(targets) * sum(p.seconds + 35 for p in plan)
-        for mix, (requests, batches) in mixes.items():
-            log(f"driving {mix}: {len(plan)} phases x {rounds} rounds x {len(targets)} servers")
-            out[f"rpc_{mix}"] = in_child(
-                drive, targets, plan, rounds, requests, batches, BATCH_SIZE, timeout=budget
-            )
+            Target("redis", replica.address, (replica.proc.pid,),
+                   counted=functools.partial(checks_counted, replica_metrics),
+                   helpers=(redis.proc.pid,)),
+            Target("memory", memory.address, (memory.proc.pid,),
+                   counted=functools.partial(checks_counted, memory_metrics)),
+            Target("bare", bare.address, (bare.proc.pid,)),
+        ]  # fmt: skip
+        plan = plan_from(args, pace_from="bare")
+        for mix, bodies in mixes.items():
+            log(f"driving {mix}: {len(chosen)} drivers x {plan.rounds} rounds x "
+                f"{len(targets)} servers")  # fmt: skip
+            rpc = run_segments(targets, chosen, bodies, plan, log_dir)
+            rpc["summary"] = summarise(rpc["segments"], chosen, NAMES, PAIRS)
+            rpc["segments"] = without_samples(rpc["segments"])
+            out[f"rpc_{mix}"] = rpc
         out["rss_replica_after_load_test"] = replica.rss()
         out["rss_memory_after_load_test"] = memory.rss()
         memory.stop()
@@ -478,6 +516,7 @@ def summary_table(r: dict[str, Any]) -> list[list[str]]:
 def print_tables(r: dict[str, Any]) -> None:
     print(f"\nRedis mode: {r['entries']:,} entries, one replica, our own redis-server")
     print(render(summary_table(r)))
+    chosen = pick_drivers(",".join(r.get("drivers", [])), DRIVERS)
     titles = {
         "mix": "traffic as the memory-mode run (99% unlisted, 1% listed)",
         "listed": "100% listed subjects (every check a Redis round trip)",
@@ -486,16 +525,24 @@ def print_tables(r: dict[str, Any]) -> None:
         rpc = r.get(f"rpc_{mix}")
         if not rpc:
             continue
-        print(f"\nRedis replica beside a memory-mode server, {title}")
-        print(render(compare_rows(rpc, "redis", "memory")))
-        d_redis = rpc["redis"].get("batch100", {}).get("decisions")
-        d_memory = rpc["memory"].get("batch100", {}).get("decisions")
-        if d_redis and d_memory and set(d_redis) != set(d_memory):
-            print(f"WARNING: decisions differ: redis {d_redis}, memory {d_memory}")
-    for mix in titles:
-        if r.get(f"rpc_{mix}"):
-            print(f"\nper phase, {mix} (redis cores = redis-server CPU during the segment)")
-            print(render(noise_rows(r, f"rpc_{mix}")))
+        print(
+            f"\nRedis replica beside a memory-mode server and bare, {title} (cores = CPU "
+            "seconds per second; helper = redis-server; x bare, x memory: ratio of the rates, "
+            "of the p99s for the latency driver)"
+        )
+        print(render(segment_rows(rpc["summary"], chosen, PAIRS, helpers=True)))
+        print()
+        print(render(ratio_rows(rpc["summary"], chosen, PAIRS)))
+        for line in segment_notes(rpc["segments"]):
+            print(line)
+        if rpc.get("cut_short"):
+            print("CUT SHORT by --max-minutes: some segments did not run")
+        d = rpc["decisions"]
+        print(f"answers to one batch of {BATCH_SIZE}, parsed: " + "; ".join(
+            f"{name} " + " ".join(f"{k}={v}" for k, v in got.items()) for name, got in d.items()
+        ))  # fmt: skip
+        if d.get("redis") != d.get("memory"):
+            print(f"WARNING: decisions differ: redis {d.get('redis')}, memory {d.get('memory')}")
 
 
 # --- its own entry point -----------------------------------------------------------
@@ -508,6 +555,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common_args(p)
+    add_driver_args(p, DRIVERS)
     p.add_argument("--deltas", type=int, default=20, help="LIST and DELIST deltas timed")
     p.add_argument("--load-timeout", type=float, default=900.0, help="seconds to wait for a load")
     args = p.parse_args(argv)
@@ -515,6 +563,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.entries = 100_000 if args.quick else 1_000_000
     if args.traffic is None:
         args.traffic = 10_000 if args.quick else 20_000
+    try:
+        args.chosen = pick_drivers(args.drivers, DRIVERS)
+    except ValueError as exc:
+        p.error(f"--drivers: {exc}")
+    if shutil.which("h2load") is None:
+        p.error("h2load not found (apt-get install nghttp2-client)")
     return args
 
 
@@ -533,14 +587,16 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "revision": revision(),
         "list_file": {"path": str(list_path), "generated_s": gen_s},
-        "redis": run(args, list_path, traffic, log_dir),
+        "redis": run(args, list_path, traffic, log_dir, args.chosen),
     }
     finish(results, started, args.out)
     m = results["machine"]
     print(
         f"\nshixin-check Redis-mode benchmarks: {args.entries:,} entries, {m['nproc']} x "
         f"{m['cpu_model']}, Python {m['python']}, grpcio {m['grpcio']}, "
-        f"revision {results['revision']}"
+        f"revision {results['revision']}; load average at start "
+        f"{', '.join(f'{v:.2f}' for v in m['load_average_at_start'])}, at end "
+        f"{', '.join(f'{v:.2f}' for v in m['load_average_at_end'])}"
     )
     print_tables(results["redis"])
     print(f"\ntotal {results['total_s']:.0f}s; server logs in {log_dir}")
