@@ -16,7 +16,7 @@ process killed in a ``finally``):
    ``--variants`` picks them (both by default); every one of ours with
    ``--metrics-listen``, so that it counts the checks it answered itself;
 4. the bare servicer (``loadtest.bare_server``) beside them, and the drivers
-   of ``loadtest.ratio_bench`` measuring every server alike in alternating
+   of ``loadtest.segments`` measuring every server alike in alternating
    segments (``--drivers``): one call in flight (h2load ``-c 1 -m 1``, every
    call's latency), unary calls/s (h2load ``-c 16 -m 8``), unary calls open
    loop at a moderate rate (h2load ``--rps``, 25% of the bare servicer's
@@ -67,18 +67,6 @@ from loadtest.common import (
     revision,
     server_env,
 )
-from loadtest.ratio_bench import (
-    STREAM_RING,
-    Driver,
-    Target,
-    add_driver_args,
-    interleaved,
-    pick_drivers,
-    plan_from,
-    run_segments,
-    without_samples,
-    write_bodies,
-)
 from loadtest.report import (
     Pair,
     bloom_table,
@@ -89,6 +77,18 @@ from loadtest.report import (
     summarise,
     table,
     variant_rows,
+)
+from loadtest.segments import (
+    STREAM_RING,
+    Driver,
+    Target,
+    add_driver_args,
+    interleaved,
+    pick_drivers,
+    plan_from,
+    run_segments,
+    without_samples,
+    write_bodies,
 )
 from loadtest.traffic import Traffic, build_traffic
 from shixin_check.domain.model import CHINA_TZ

@@ -14,7 +14,7 @@ process, ``redis-server`` included, is killed in a ``finally``):
 3. one replica, ``shixin-check serve --redis URL --listen 127.0.0.1:0``: the
    announce to health SERVING, and its resident memory once SERVING;
 4. a memory-mode server (``serve --list LIST``) and the bare servicer beside
-   it, and the drivers of ``loadtest.ratio_bench`` (h2load and raw-bytes
+   it, and the drivers of ``loadtest.segments`` (h2load and raw-bytes
    client processes, ``--drivers``) measuring the three alike in alternating
    segments, twice: with the memory-mode run's traffic (99% unlisted, 1%
    listed: the replica answers Bloom negatives locally) and with 100% listed
@@ -73,18 +73,6 @@ from loadtest.common import (
     serve_argv,
     server_env,
 )
-from loadtest.ratio_bench import (
-    STREAM_RING,
-    Driver,
-    Target,
-    add_driver_args,
-    interleaved,
-    pick_drivers,
-    plan_from,
-    run_segments,
-    without_samples,
-    write_bodies,
-)
 from loadtest.report import (
     MIB,
     Pair,
@@ -95,6 +83,18 @@ from loadtest.report import (
     segment_notes,
     segment_rows,
     summarise,
+)
+from loadtest.segments import (
+    STREAM_RING,
+    Driver,
+    Target,
+    add_driver_args,
+    interleaved,
+    pick_drivers,
+    plan_from,
+    run_segments,
+    without_samples,
+    write_bodies,
 )
 from loadtest.traffic import Traffic, build_traffic
 from shixin.v1 import check_pb2 as pb

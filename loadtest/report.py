@@ -3,7 +3,7 @@
 Two kinds of table. ``table``, ``variant_rows`` and ``bloom_table`` give the
 figures that need no load driver (in-process timings, load time, resident
 memory, log sizes, Bloom filters). ``summarise``, ``segment_rows`` and
-``ratio_rows`` give the RPC figures measured by ``loadtest.ratio_bench``'s
+``ratio_rows`` give the RPC figures measured by ``loadtest.segments``'
 drivers (h2load and raw-bytes client processes): per driver and server the
 rate, the CPU of the server, of the driver and of everything else on the
 machine, and the ratios between servers, each judged only when the driver
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from loadtest.ratio_bench import Driver
+    from loadtest.segments import Driver
 
 MIB = 1024 * 1024
 

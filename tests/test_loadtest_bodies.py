@@ -1,6 +1,6 @@
 """The benchmark's pre-framed bodies say what they mean, and ``bare_server --sync`` answers.
 
-``loadtest/ratio_bench.py`` drives servers with bytes built once (h2load posts
+``loadtest/segments.py`` drives servers with bytes built once (h2load posts
 them as they are; the raw clients send them without a serializer), so a wrong
 byte would make every figure measure refusals. These tests parse the bytes
 back into the requests they stand for, and make one real call of each kind to
@@ -20,8 +20,8 @@ import grpc
 import pytest
 
 from loadtest.common import frame, unframe
-from loadtest.ratio_bench import SEED, STREAM_RING, batch_message, check_requests
 from loadtest.rawclient import METHODS
+from loadtest.segments import SEED, STREAM_RING, batch_message, check_requests
 from loadtest.traffic import listed_subjects
 from loadtest.workers_bench import grpc_body
 from shixin.v1 import check_pb2 as pb
