@@ -69,6 +69,16 @@ class SubjectKeyer:
         h.update(number.encode())
         return int.from_bytes(h.digest())
 
+    def hashers(self) -> tuple[dict[IdType | None, Any], Any]:
+        """The prepared hashers behind ``subject_key`` (by identity kind) and ``name_key``.
+
+        For a bulk build that wants keys as bytes, not ints (``loader.columns``):
+        ``h = hashers[kind].copy(); h.update(number.encode()); h.digest()`` is
+        ``subject_key(kind, number)`` big-endian. Copy before updating: these are
+        the keyer's own.
+        """
+        return dict(self._by_tag), self._name
+
     def prefilter_key(self) -> bytes:
         """The 32-byte key of the prefilter key space, derived one way from the secret.
 

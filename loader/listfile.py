@@ -109,36 +109,66 @@ def iter_rows(
     if path.suffix.lower() == ".csv":
         yield from _iter_csv(path)
         return
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    line_no = 0
+    first = start == 0
     with path.open("rb") as fh:
         fh.seek(start)
-        lines = fh if end is None else _lines_until(fh, end)
-        first = True
-        for line_no, raw in enumerate(lines, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                yield line_no, RowError(line_no, "", f"not valid JSON ({exc})")
-                continue
-            if not isinstance(obj, dict):
-                yield line_no, RowError(line_no, "", "a row must be a JSON object")
-                continue
-            if start == 0 and first and is_header(obj):
-                first = False
-                continue  # the snapshot's header (loader.feed), not an entry
-            first = False
-            yield line_no, obj
+        for block in _blocks(fh, end):
+            lines = block.split(b"\n")
+            if lines[-1] == b"":  # the block ends with a newline: no row after it
+                lines.pop()
+                unended = 0
+            else:  # the file's last line, with no newline
+                unended = line_no + len(lines)
+            for raw in lines:
+                line_no += 1
+                try:  # parse first: a blank line is rare, checking every line for one is not
+                    obj = loads(raw)
+                except decode_error:
+                    if not raw.strip():
+                        continue
+                    yield line_no, _not_json(raw, line_no, line_no != unended)
+                    continue
+                if type(obj) is not dict:
+                    yield line_no, RowError(line_no, "", "a row must be a JSON object")
+                    continue
+                if first:
+                    first = False
+                    if is_header(obj):
+                        continue  # the snapshot's header (loader.feed), not an entry
+                yield line_no, obj
 
 
-def _lines_until(fh: Any, end: int) -> Iterator[bytes]:
+def _not_json(raw: bytes, line_no: int, had_newline: bool) -> RowError:
+    try:  # orjson's message (its line and column) as for the line read with its newline
+        orjson.loads(raw + b"\n" if had_newline else raw)
+    except orjson.JSONDecodeError as exc:
+        return RowError(line_no, "", f"not valid JSON ({exc})")
+    return RowError(line_no, "", "not valid JSON")  # pragma: no cover - raw did not parse
+
+
+#: Bytes read at a time: big enough that reading costs nothing per line.
+_BLOCK = 4 * 1024 * 1024
+
+
+def _blocks(fh: Any, end: int | None) -> Iterator[bytes]:
+    """Whole lines from ``fh``'s position: those beginning before ``end`` (all when None)."""
     position = fh.tell()
-    while position < end:
-        raw = fh.readline()
-        if not raw:
-            return
-        position += len(raw)
-        yield raw
+    carry = b""
+    while end is None or position < end:
+        data = fh.read(_BLOCK if end is None else min(_BLOCK, end - position))
+        if not data:
+            break
+        position += len(data)
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            carry += data
+            continue
+        yield carry + data[:cut]
+        carry = data[cut:]
+    if carry:  # a line that began before ``end`` runs on past it, or the file has no last newline
+        yield carry + (fh.readline() if end is not None else b"")
 
 
 def line_starts(path: Path, pieces: int) -> list[int]:

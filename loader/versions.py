@@ -30,10 +30,10 @@ from shixin_check.domain.index import ListedMatch
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import EntryStatus, Exemption, ListEntry, ListType
 from shixin_check.loader.background import Background
+from shixin_check.loader.columns import ColumnBuilder
 from shixin_check.loader.compiled import IndexStore, map_compiled, snapshot_stamp
 from shixin_check.loader.feed import day_start, pending, read_header, sidecar_of
 from shixin_check.loader.index_memory import (
-    BaseBuilder,
     BaseParts,
     MemoryIndex,
     MemoryView,
@@ -51,7 +51,6 @@ from shixin_check.loader.listfile import (
     iter_rows,
     line_starts,
     read_delta,
-    read_entries,
 )
 
 Progress = Callable[[int], None]
@@ -82,15 +81,16 @@ def _parse_range(
     progress: Progress | None = None,
 ) -> tuple[BaseParts, list[RowError], int]:  # fmt: skip
     """Parts, bad rows and line count of the lines beginning in [start, end)."""
-    builder = BaseBuilder(keyer, expected)
+    builder = ColumnBuilder(keyer, expected)
+    add = builder.add
     errors: list[RowError] = []
     lines = 0
-    for n, (line_no, item) in enumerate(read_entries(path, start, end), 1):
+    for n, (line_no, item) in enumerate(iter_rows(path, start, end), 1):
         lines = line_no
-        if isinstance(item, RowError):
-            errors.append(item)
-        elif not errors:  # once a row is bad the build is moot: just keep validating
-            builder.add(item, line_no)
+        error = item if isinstance(item, RowError) else add(item, line_no)
+        if error is not None:
+            errors.append(error)
+            builder.keeping = False  # once a row is bad the build is moot: just keep validating
         if progress is not None and n % 100_000 == 0:
             progress(n)
     return builder.parts(), errors, lines
@@ -124,6 +124,7 @@ def build_snapshot(
     sorted here. Line numbers in errors are the file's own.
     """
     header = read_header(path)  # a bad header refuses the file before any row is read
+    started = time.perf_counter()
     expected = _expected_keys(path)
     workers = workers or default_workers(path)
     if workers <= 1:
@@ -150,9 +151,12 @@ def build_snapshot(
             first_line += lines
     if errors:
         raise LoadRejected(str(path), errors)
+    parsed = time.perf_counter()
     base, duplicates = merge_parts(all_parts, first_lines)
     if duplicates:
         raise LoadRejected(str(path), duplicates)
+    log.info("%s: %d entries parsed in %.1f s (%d processes), merged in %.1f s", path,
+             base.entries, parsed - started, workers, time.perf_counter() - parsed)  # fmt: skip
     if not header.declared:
         log.warning(
             "%s has no header row: it includes no delta, so every delta file is applied on top "

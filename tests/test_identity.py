@@ -606,3 +606,16 @@ def test_key_spaces_of_identity_kinds_are_apart(keyer: SubjectKeyer) -> None:
         IdType.PASSPORT, number
     )
     assert keyer.subject_key(IdType.RESIDENT_ID, number) != keyer.subject_key(None, number)
+
+
+def test_the_keyers_hashers_give_its_keys_as_bytes(keyer: SubjectKeyer) -> None:
+    """A bulk build hashes with ``hashers()`` and must get exactly ``subject_key``/``name_key``."""
+    by_kind, name = keyer.hashers()
+    number = make_id(id_prefix())
+    for kind in (IdType.RESIDENT_ID, IdType.PASSPORT, None):
+        h = by_kind[kind].copy()
+        h.update(number.encode())
+        assert int.from_bytes(h.digest()) == keyer.subject_key(kind, number)
+    h = name.copy()
+    h.update("张三".encode())
+    assert int.from_bytes(h.digest()) == keyer.name_key("张三")

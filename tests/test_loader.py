@@ -3,20 +3,41 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
+import orjson
 import pytest
 
 from shixin_check.domain.decision import Query, decide
-from shixin_check.domain.errors import LoadRejected
-from shixin_check.domain.identity import IdType
+from shixin_check.domain.errors import InvalidInput, LoadRejected, RowError
+from shixin_check.domain.identity import IdType, normalize_uscc
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import Channel, Decision, EntryStatus, ListType, Role, china_day
 from shixin_check.domain.rules import Flight, Policy
-from shixin_check.loader.index_memory import MemoryIndex
-from shixin_check.loader.listfile import FileKind, detect_kind
+from shixin_check.loader import listfile, publish_redis
+from shixin_check.loader.columns import ColumnBuilder, plain_uscc
+from shixin_check.loader.feed import is_header
+from shixin_check.loader.index_memory import (
+    BaseBuilder,
+    BaseParts,
+    MemoryIndex,
+    entry_id_hash,
+    merge_parts,
+)
+from shixin_check.loader.index_redis import RedisKeys, bucket_of, encode_match
+from shixin_check.loader.listfile import (
+    FileKind,
+    detect_kind,
+    iter_rows,
+    line_starts,
+    parse_entry,
+)
 from shixin_check.loader.versions import DirectoryFollower, Loader, build_snapshot, validate_file
 from tests.listdata import (
     ACME_USCC,
@@ -354,3 +375,232 @@ def test_parallel_load_reports_the_files_line_numbers(tmp_path: Path, keyer: Sub
     assert [(e.line, e.field, e.problem) for e in caught.value.errors] == [
         (250, "entry_id", "'E1' repeats line 2")
     ]
+
+
+# --- the fast path (loader.columns) against parse_entry and BaseBuilder ------------
+
+
+def _merged(parts: list[BaseParts]) -> dict[str, object]:
+    """Everything a Base built from ``parts`` holds, comparable."""
+    base, duplicates = merge_parts(parts)
+    out: dict[str, object] = {f.name: getattr(base, f.name) for f in fields(base)}
+    out["bloom"] = base.bloom.save_bytes()
+    out["duplicates"] = duplicates
+    return out
+
+
+def _legacy(rows: list[dict[str, Any]], keyer: SubjectKeyer) -> tuple[object, list[RowError]]:
+    """What the load built before loader.columns: parse_entry, then BaseBuilder.add."""
+    builder = BaseBuilder(keyer, 1024)
+    errors = []
+    for line, row in enumerate(rows, 1):
+        try:
+            entry = parse_entry(row)
+        except InvalidInput as exc:
+            errors.append(RowError(line, exc.field, exc.problem))
+            continue
+        builder.add(entry, line)
+    return _merged([builder.parts()]), errors
+
+
+def _columnar(
+    rows: list[dict[str, Any]], keyer: SubjectKeyer, pieces: int = 1
+) -> tuple[object, list[RowError], int]:
+    """The same through ColumnBuilder, in ``pieces`` parts as load workers make them."""
+    builders = [ColumnBuilder(keyer, 1024) for _ in range(pieces)]
+    errors = []
+    for line, row in enumerate(rows, 1):
+        builder = builders[(line - 1) * pieces // len(rows)]
+        if error := builder.add(row, line):
+            errors.append(error)
+    fast = sum(b.fast_rows for b in builders)
+    return _merged([b.parts() for b in builders]), errors, fast
+
+
+def _unusual_but_valid() -> list[dict[str, Any]]:
+    """Rows parse_entry accepts that are not in the plain form: the fast path
+    normalises them with the same domain functions, or leaves them to parse_entry."""
+    rows = [
+        person_entry("U1", ZHANG[:6] + ZHANG[8:17], "十五位"),  # a 15-digit card
+        person_entry("U2", " " + LI.lower() + " ", " 李 娜 "),  # spaces; x for X when it has one
+        person_entry("U3", "".join(chr(ord(c) + 0xFEE0) for c in WANG), "全角"),  # full width
+        org_entry(" U4 ", ACME_USCC.lower(), "小写代码", [("PRINCIPAL", "Ａｂｃ", ZHAO)]),
+        person_entry("U5", ZHAO, "阿依古丽・买买提", status=""),  # status "" is ACTIVE
+        person_entry("U6", ZHAO, "无期限", valid_until=""),
+        person_entry("U7", "G12345678", "护照"),
+        person_entry("   ", ZHAO, "空白"),  # accepted as an empty entry_id: parse_entry's path
+        # day 0 twice (the second from the cache of dates seen): valid_until 0 is no end
+        person_entry("U9", ZHAO, "纪元", published_on="1970-01-01", valid_until="1970-01-01"),
+        person_entry("U10", ZHAO, "纪元", published_on="1970-01-01", valid_until="1970-01-01"),
+    ]
+    rows[6]["subject"]["id_type"] = "PASSPORT"
+    del rows[0]["subject"]["id_type"]  # RESIDENT_ID by default
+    del rows[4]["filed_on"]
+    rows[5]["exemptions"] = [{"channel": "RAIL", "from": "2026-01-01", "until": "2026-01-31"}]
+    return rows
+
+
+def test_fast_path_builds_what_parse_entry_builds(
+    keyer: SubjectKeyer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ColumnBuilder, "FLUSH_ROWS", 7)  # rows staged and flushed many times
+    plain = [*basic_rows(), *many_rows(60)]
+    plain[5]["exemptions"] = [{"channel": "HOTEL", "from": "2025-03-01", "until": "2025-03-02"}]
+    rows = [*plain, *_unusual_but_valid(), *plain[:3]]  # and three repeated entry_ids
+    for pieces in (1, 3):
+        base, errors, fast = _columnar(rows, keyer, pieces)
+        assert (base, errors) == _legacy(rows, keyer)
+        assert fast == len(rows) - 1  # all but the blank entry_id took the fast path
+
+
+BAD_VALUES: list[Any] = [None, "", " ", 0, 1, True, [], {}, ["x"], "BOGUS", "2024-02-30", "x" * 30]
+FIELDS = [
+    ("entry_id",), ("list_type",), ("status",), ("subject",), ("subject", "type"),
+    ("subject", "name"), ("subject", "id_type"), ("subject", "id_number"), ("subject", "uscc"),
+    ("related_persons",), ("related_persons", 0), ("related_persons", 0, "role"),
+    ("related_persons", 0, "id_number"), ("related_persons", 0, "id_type"),
+    ("related_persons", 0, "name"), ("exemptions",), ("exemptions", 0),
+    ("exemptions", 0, "channel"), ("exemptions", 0, "from"), ("exemptions", 0, "until"),
+    ("case_number",), ("court",), ("published_on",), ("valid_until",), ("filed_on",),
+]  # fmt: skip
+
+
+def _mutated(row: dict[str, Any], path: tuple[Any, ...], value: Any, drop: bool) -> dict[str, Any]:
+    row = orjson.loads(orjson.dumps(row))
+    node: Any = row
+    for step in path[:-1]:
+        if isinstance(node, dict) and step in node or isinstance(node, list) and step < len(node):
+            node = node[step]
+        else:
+            return row
+    last = path[-1]
+    if isinstance(node, dict) and drop:
+        node.pop(last, None)
+    elif isinstance(node, dict) or isinstance(node, list) and last < len(node):
+        node[last] = value
+    return row
+
+
+def test_fast_path_reports_every_bad_row_as_parse_entry_does(keyer: SubjectKeyer) -> None:
+    """Every field of three row shapes set to each odd value, or dropped: the same
+    errors (line, field, problem) and, for rows still good, the same columns."""
+    org = org_entry("E9", ACME_USCC, "艾克米", [("PRINCIPAL", "王芳", WANG)])
+    org["exemptions"] = [{"channel": "RAIL", "from": "2026-01-01", "until": "2026-01-31"}]
+    shapes = [person_entry("E1", ZHANG, "张伟"), org, org_entry("E8", ACME_USCC, "甲", [])]
+    values = [*BAD_VALUES, "RESIDENT_ID", "PASSPORT", "PERSON", "ORGANIZATION", "RAIL"]
+    rejected = 0
+    for row, path, value, drop in itertools.product(shapes, FIELDS, values, (False, True)):
+        rows = [row, _mutated(row, path, value, drop), row]
+        parts, errors, _ = _columnar(rows, keyer)
+        assert (parts, errors) == _legacy(rows, keyer), (path, value, drop)
+        rejected += bool(errors)
+    assert rejected > 1000  # most mutations make a bad row
+
+
+def test_plain_uscc_agrees_with_normalize_uscc() -> None:
+    codes = [ACME_USCC, ACME_USCC.lower(), ACME_USCC[:17] + "0", "", "91110105MA000000I"]
+    alphabet = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+    for i in range(3000):
+        head = alphabet[i % 31] + alphabet[i * 7 % 31] + f"{i * 7919 % 1000000:06d}"
+        body = head + "".join(alphabet[(i * k + k * k) % 31] for k in range(9))
+        codes += [uscc(body), body + alphabet[i % 31]]
+    for code in codes:
+        try:
+            expected = normalize_uscc(code) == code
+        except InvalidInput:
+            expected = False
+        assert plain_uscc(code) is expected, code
+
+
+def _old_iter_rows(path: Path) -> list[tuple[int, object]]:
+    """iter_rows as it was: line by line, with the file's own iteration."""
+    out: list[tuple[int, object]] = []
+    first = True
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                out.append((line_no, RowError(line_no, "", f"not valid JSON ({exc})")))
+                continue
+            if not isinstance(obj, dict):
+                out.append((line_no, RowError(line_no, "", "a row must be a JSON object")))
+                continue
+            if first and is_header(obj):
+                first = False
+                continue
+            first = False
+            out.append((line_no, obj))
+    return out
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 20])
+def test_rows_read_in_blocks_are_the_lines_read_one_by_one(
+    tmp_path: Path, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(listfile, "_BLOCK", block)
+    row = orjson.dumps(person_entry("E1", ZHANG, "张伟"))
+    body = b"\n".join([
+        b"", b'{"broken": ', b'{"snapshot": {"includes_seq": 2}}', row, b"  \t", b"[1, 2]",
+        row + b"\r", b'{"a": 1} x', b"\x0b", row, b'{"last": ',
+    ])  # fmt: skip
+    for text in (body, body + b"\n", body + b"\n\n"):
+        path = tmp_path / "rows.jsonl"
+        path.write_bytes(text)
+        assert list(iter_rows(path)) == _old_iter_rows(path)
+        starts = line_starts(path, 4)
+        pieces = []  # in ranges, numbered on as the load's workers do
+        for a, b in zip(starts, starts[1:], strict=False):
+            before = text[:a].count(b"\n")
+            pieces += [(n + before, r) for n, r in iter_rows(path, a, b)]
+        old = _old_iter_rows(path)
+        assert [n for n, _ in pieces] == [n for n, _ in old]
+
+
+class _RecordingPipe:
+    """Just enough of a redis-py pipeline for ``_write_version``: HSETs, recorded."""
+
+    def __init__(self) -> None:
+        self.hashes: dict[str, dict[bytes, bytes]] = {}
+        self.queued = 0
+
+    def hset(self, key: str, mapping: dict[bytes, bytes]) -> None:
+        self.hashes.setdefault(key, {}).update(mapping)
+        self.queued += 1
+
+    def __len__(self) -> int:
+        return self.queued
+
+    def execute(self) -> None:
+        self.queued = 0
+
+
+def test_redis_version_holds_each_match_as_match_at_gives_it(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    rows = many_rows(300)
+    rows[3]["exemptions"] = [{"channel": "RAIL", "from": "2026-01-01", "until": "2026-01-31"}]
+    view = build_snapshot(write_jsonl(tmp_path / "s.jsonl", rows), keyer)
+    pipe = _RecordingPipe()
+    client = SimpleNamespace(pipeline=lambda transaction: pipe)
+    lock = SimpleNamespace(check=lambda: None)
+    keys, bits, ebits = RedisKeys(), 3, 2
+    publish_redis._write_version(cast(Any, client), keys, "V", view, bits, ebits, cast(Any, lock))
+    expected: dict[str, dict[bytes, list[Any]]] = {}
+    entry_keys: dict[str, dict[bytes, bytes]] = {}
+    base = view.base
+    for i in range(len(base.k_hi)):  # the subject and entry hashes as they were first written
+        key16 = ((base.k_hi[i] << 64) | base.k_lo[i]).to_bytes(16, "big")
+        match = view.match_at(i)
+        assert match is not None
+        bucket = expected.setdefault(keys.subjects("V", bucket_of(base.k_hi[i], bits)), {})
+        bucket.setdefault(key16, []).append(encode_match(match))
+        entry_id = match.entry_id
+        entries = entry_keys.setdefault(
+            keys.entries("V", bucket_of(entry_id_hash(entry_id), ebits)), {}
+        )
+        entries[entry_id.encode()] = entries.get(entry_id.encode(), b"") + key16
+    want = {k: {f: orjson.dumps(v) for f, v in m.items()} for k, m in expected.items()}
+    assert pipe.hashes == {**want, **entry_keys}

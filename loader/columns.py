@@ -1,0 +1,413 @@
+"""Snapshot rows straight into index columns: the load's fast path.
+
+A first load is one row at a time in Python, so what a row costs is what the
+load costs. ``parse_entry`` then ``BaseBuilder.add`` made a ``ListEntry``, its
+``ListedSubject`` tuples and an ``Exemption`` per exemption, called a helper
+per field and hashed, masked and appended one value at a time. Here:
+
+- ``ColumnBuilder._plain`` checks a row in one function, with the checks of
+  the common fields written out and the same domain functions
+  (``normalize_person_id``, ``normalize_name``, ``mask_id``) doing every
+  normalisation; a canonical USCC is checked in one C call (``plain_uscc``);
+- a good row is staged as a tuple; every ``FLUSH_ROWS`` rows the staged ones
+  become columns at once, hashing and encoding through ``map`` over C
+  functions (``_flush``);
+- ``parts()`` sorts the chunk's rows in the worker, so the one process that
+  merges the chunks only merges sorted runs (``index_memory.merge_parts``).
+
+It changes nothing of what a load accepts, stores or reports. ``_plain``
+accepts only rows ``parse_entry`` accepts, with the same values; anything it
+is not sure of (a missing field, a value of another type, a bad row) raises
+``_NotFast`` and goes through ``parse_entry`` itself, so every error keeps its
+line, field and wording. ``tests/test_loader.py`` holds both paths to
+``parse_entry`` and ``BaseBuilder``, on every field of a row made bad in a
+dozen ways; the compiled files of a million-row list are byte for byte those
+the old path wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from array import array
+from collections import deque
+from collections.abc import Callable, Sequence
+from functools import partial
+from operator import itemgetter
+from typing import Any, cast
+
+import numpy as np
+
+from shixin_check.domain.errors import InvalidInput, RowError
+from shixin_check.domain.identity import (
+    IdType,
+    mask_id,
+    normalize_name,
+    normalize_person_id,
+    normalize_uscc,
+)
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import NO_END, Exemption, Role
+from shixin_check.loader.index_memory import _COLUMNS, _MASK_WIDTH, BaseParts, new_bloom
+from shixin_check.loader.listfile import (
+    _CHANNELS,
+    _DAYS,
+    _ID_TYPES,
+    _LIST_TYPES,
+    _RELATED_ROLES,
+    _STATUSES,
+    _date,
+    parse_entry,
+)
+
+_RESIDENT_ID = IdType.RESIDENT_ID
+# listfile's tables, asked of any JSON value: one that is not a key gives None, and
+# one that cannot be (a list, an object) raises TypeError: the row is not plain
+_day_of = cast("Callable[[Any], int | None]", _DAYS.get)
+_role_of = cast("Callable[[Any], Role | None]", _RELATED_ROLES.get)
+_ACTIVE = _STATUSES["ACTIVE"]
+_DEBTOR = Role.DEBTOR
+#: distinct names whose key a builder remembers (names repeat), before it starts afresh:
+#: a bigger table's look-ups miss the CPU's caches and cost what they save
+_NAME_CACHE = 50_000
+
+#: (role, name, id type, normalised number): a ``ListedSubject``'s fields
+Subject = tuple[Role, str, IdType | None, str]
+#: an entry as ``ColumnBuilder`` stages it: (entry_id, line, list type, status,
+#: published_on, valid_until, court, text: entry_id \x1f case_number \x1f organisation)
+_Staged = tuple[str, int, int, int, int, int, str, str]
+
+
+def _staged(
+    entry_id: str, line: int, list_type: int, status: int, case_number: str, court: str,
+    published: int, valid_until: int, organization: str,
+) -> _Staged:  # fmt: skip
+    text = f"{entry_id}\x1f{case_number}\x1f{organization}"
+    return (entry_id, line, list_type, status, published, valid_until, court, text)
+
+
+class _NotFast(Exception):
+    """The row is not in the plain form: ``parse_entry`` decides."""
+
+
+def _text(value: Any) -> str:
+    """A required text field as ``listfile._text`` takes it; anything else is not fast."""
+    if type(value) is not str or not value:
+        raise _NotFast
+    return value.strip()
+
+
+def _day(obj: dict[str, Any], name: str, required: bool = False) -> int:
+    """``listfile._date``, the common case (a date already seen) without a call."""
+    day = _day_of(obj.get(name))  # an unhashable value: TypeError, not fast
+    if day is not None:
+        return day
+    return _date(obj, name, required=required)  # InvalidInput: not fast either
+
+
+def _exemption(obj: Any) -> Exemption:
+    if type(obj) is not dict:
+        raise _NotFast
+    value = obj.get("channel")
+    channel = _CHANNELS.get(value) if value else None
+    if channel is None:
+        raise _NotFast
+    first = _day(obj, "from", required=True)
+    last = _day(obj, "until", required=True)
+    if last < first:
+        raise _NotFast
+    return Exemption(channel, first, last)
+
+
+def _person(obj: Any, role: Role) -> Subject:
+    if type(obj) is not dict:
+        raise _NotFast
+    kind = obj.get("id_type")
+    id_type = _ID_TYPES.get(kind) if kind else _RESIDENT_ID
+    if id_type is None:
+        raise _NotFast
+    number = normalize_person_id(id_type, _text(obj.get("id_number")))
+    return role, _text(obj.get("name")), id_type, number
+
+
+# GB 32100, as ``domain.identity.normalize_uscc`` checks it, for a code already in
+# canonical form: that function spends 5 µs a code (a regex substitution and a
+# weighted sum in Python), a quarter of a row's validation. The weights are
+# 3**i mod 31 and 34 = 3 (mod 31), so the weighted sum is the code, its values
+# written as base-34 digits, read backwards by ``int``, mod 31: one C call.
+_USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+_USCC_AS_DIGITS = str.maketrans(_USCC_ALPHABET, "0123456789ABCDEFGHIJKLMNOPQRSTU")
+_USCC_SHAPE = re.compile(r"[0-9A-HJ-NPQRTUW-Y]{2}[0-9]{6}[0-9A-HJ-NPQRTUW-Y]{10}\Z")
+
+
+def plain_uscc(code: str) -> bool:
+    """True when ``normalize_uscc(code)`` is ``code`` itself: canonical and valid."""
+    if len(code) != 18 or _USCC_SHAPE.match(code) is None:
+        return False
+    total = int(code[16::-1].translate(_USCC_AS_DIGITS), 34) % 31
+    return code[17] == _USCC_ALPHABET[(31 - total) % 31]
+
+
+_blake2b = type(hashlib.blake2b())
+_copy, _update, _digest = _blake2b.copy, _blake2b.update, _blake2b.digest
+_entry_hasher = partial(hashlib.blake2b, digest_size=8)  # entry_id_hash, as bytes
+
+
+def _transposed(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Columns of equal-length tuples (``zip(*rows)`` is several times slower on many rows)."""
+    return [list(map(itemgetter(i), rows)) for i in range(width)]
+
+
+_NO_NAME = bytes(8)  # name_key 0: no name given
+_ONE = (1).to_bytes(8)  # a digest of zeros: name_key keeps 0 for no name, so it is 1
+
+
+class ColumnBuilder:
+    """Validated snapshot rows as the flat columns of ``BaseParts``.
+
+    ``add`` takes a parsed row (a JSON object) and returns its ``RowError``,
+    or None once the row is in the columns. After the first bad row, set
+    ``keeping`` to False: rows are still validated, no longer stored.
+
+    A good row is first staged as it is (a tuple for the entry, one for each
+    subject); every ``FLUSH_ROWS`` rows the staged ones become columns in bulk
+    (``_flush``): hashing, masking and encoding through ``map`` over C
+    functions, with no Python frame per value.
+    """
+
+    FLUSH_ROWS = 1000  # more and the staged values no longer stay in the CPU's caches
+
+    def __init__(self, keyer: SubjectKeyer, expected: int = 0) -> None:
+        self._by_tag, self._name = keyer.hashers()  # keys as digests, not ints
+        self._expected = expected
+        self.keeping = True
+        self.fast_rows = 0  # rows taken without parse_entry (tests look)
+        self._entries: list[_Staged] = []
+        self._subjects: list[Subject] = []
+        self._rows: list[int] = []  # the entry row of each staged subject
+        self.entries = 0  # rows already flushed into the columns
+        self.keys = bytearray()  # subject keys, 16 bytes big-endian: k_hi, k_lo
+        self.m_entry = array("I")
+        self.m_role = bytearray()
+        self.m_name = bytearray()  # 8 bytes big-endian
+        self.m_mask = bytearray()  # _MASK_WIDTH bytes a key
+        self.e_idh = bytearray()  # 8 bytes big-endian
+        self.e_line = array("I")
+        self.e_type = bytearray()
+        self.e_status = bytearray()
+        self.e_listed = array("i")
+        self.e_valid = array("i")
+        self.e_court = array("I")
+        self.text_ends = array("Q")
+        self.texts: list[bytes] = []
+        self._text_length = 0
+        self.courts: dict[str, int] = {}
+        self.exemptions: dict[int, tuple[Exemption, ...]] = {}
+        self._names: dict[str, bytes] = {}
+
+    def add(self, obj: dict[str, Any], line: int) -> RowError | None:
+        """Validate one row and, while ``keeping``, store it; its error, if bad."""
+        subjects: Sequence[Subject]
+        try:
+            entry, subjects, exemptions = self._plain(obj, line)
+        except (_NotFast, InvalidInput, TypeError):
+            try:
+                parsed = parse_entry(obj)
+            except InvalidInput as exc:
+                return RowError(line, exc.field, exc.problem)
+            subjects, exemptions = parsed.subjects(), parsed.exemptions
+            entry = _staged(
+                parsed.entry_id, line, parsed.list_type, parsed.status, parsed.case_number,
+                parsed.court, parsed.published_on, parsed.valid_until,
+                parsed.organization_name,
+            )  # fmt: skip
+        else:
+            self.fast_rows += 1
+        if self.keeping:
+            row = len(self._entries) + self.entries
+            self._entries.append(entry)
+            if exemptions:
+                self.exemptions[row] = exemptions
+            self._subjects += subjects
+            self._rows += [row] * len(subjects)
+            if len(self._entries) >= self.FLUSH_ROWS:
+                self._flush()
+        return None
+
+    def _plain(
+        self, obj: dict[str, Any], line: int
+    ) -> tuple[_Staged, list[Subject], tuple[Exemption, ...]]:
+        """What ``parse_entry`` makes of a row in the plain form, as ``add`` stages it,
+        or ``_NotFast``: then ``parse_entry`` itself decides.
+
+        The checks of ``_text`` and ``_day`` are written out for the entry's own
+        fields: a call a field is a tenth of a row's time.
+        """
+        get = obj.get
+        value = get("entry_id")
+        if type(value) is not str or not value:
+            raise _NotFast
+        entry_id = value.strip()
+        if not entry_id:
+            raise _NotFast
+        list_type = _LIST_TYPES.get(get("list_type") or "")
+        value = get("status")
+        status = _STATUSES.get(value) if value else _ACTIVE
+        subject = get("subject")
+        if list_type is None or status is None or type(subject) is not dict:
+            raise _NotFast
+        people = get("related_persons") or ()
+        kind = subject.get("type")
+        organization = ""
+        if kind == "PERSON":
+            if people:
+                raise _NotFast
+            subjects: list[Subject] = [_person(subject, _DEBTOR)]
+        elif kind == "ORGANIZATION":
+            organization = _text(subject.get("name"))
+            uscc = _text(subject.get("uscc"))
+            if not plain_uscc(uscc):
+                uscc = normalize_uscc(uscc)
+            subjects = [(_DEBTOR, organization, None, uscc)]
+            if people:
+                if type(people) is not list:
+                    raise _NotFast
+                for person in people:
+                    if type(person) is not dict:
+                        raise _NotFast
+                    role = person.get("role")
+                    found = _role_of(role) if role else None
+                    if found is None:
+                        raise _NotFast
+                    subjects.append(_person(person, found))
+        else:
+            raise _NotFast
+        exemptions: tuple[Exemption, ...] = ()
+        value = get("exemptions")
+        if value:
+            if type(value) is not list:
+                raise _NotFast
+            exemptions = tuple(_exemption(e) for e in value)
+        # dates: an unhashable value raises TypeError here, a bad one InvalidInput in _date
+        published = _day_of(get("published_on"))
+        if published is None:
+            published = _date(obj, "published_on")
+        valid_until = _day_of(get("valid_until"))
+        if not valid_until:  # 0 too: 1970-01-01, like no date, is no end (parse_entry)
+            valid_until = _date(obj, "valid_until") or NO_END
+        if published and valid_until < published:
+            raise _NotFast
+        if _day_of(get("filed_on")) is None:
+            _date(obj, "filed_on")
+        value = get("case_number")
+        if type(value) is not str or not value:
+            raise _NotFast
+        case_number = value.strip()
+        value = get("court")
+        if type(value) is not str or not value:
+            raise _NotFast
+        court = value.strip()
+        text = f"{entry_id}\x1f{case_number}\x1f{organization}"
+        entry = (entry_id, line, list_type, status, published, valid_until, court, text)
+        return entry, subjects, exemptions
+
+    def _flush(self) -> None:
+        """The staged rows into the columns, each column in one pass."""
+        if not self._entries:
+            return
+        entries, self._entries = self._entries, []
+        self.entries += len(entries)
+        ids, lines, types, statuses, published, valid, courts, texts = _transposed(entries, 8)
+        self.e_idh += b"".join(map(_digest, map(_entry_hasher, map(str.encode, ids))))
+        self.e_line.extend(lines)
+        self.e_type.extend(types)
+        self.e_status.extend(statuses)
+        self.e_listed.extend(published)
+        self.e_valid.extend(valid)
+        known = self.courts
+        for court in dict.fromkeys(courts):  # numbered in order of first appearance
+            known.setdefault(court, len(known))
+        self.e_court.extend(map(known.__getitem__, courts))
+        encoded = list(map(str.encode, texts))
+        ends = np.cumsum(np.fromiter(map(len, encoded), "<u8", len(encoded))) + self._text_length
+        self._text_length = int(ends[-1])
+        self.text_ends.frombytes(ends.tobytes())
+        self.texts.append(b"".join(encoded))
+        if not self._subjects:
+            return
+        roles, names, tags, numbers = _transposed(self._subjects, 4)
+        self.m_entry.extend(self._rows)
+        self._subjects, self._rows = [], []
+        hashers = list(map(_copy, map(self._by_tag.__getitem__, tags)))
+        deque(map(_update, hashers, map(str.encode, numbers)), maxlen=0)
+        self.keys += b"".join(map(_digest, hashers))
+        self.m_role.extend(roles)
+        cache = self._names
+        for name in dict.fromkeys(names):
+            if name not in cache:
+                cache[name] = self._name_key(name)
+        self.m_name += b"".join(map(cache.__getitem__, names))
+        if len(cache) > _NAME_CACHE:
+            cache.clear()
+        # every normalised number is ASCII (a resident ID, a USCC, 5-20 letters and
+        # digits) and at most _MASK_WIDTH long, and so is its mask: one byte a character
+        masks = list(map(mask_id, numbers))
+        packed = "".join([m.ljust(_MASK_WIDTH) for m in masks]).encode()
+        if len(packed) != len(masks) * _MASK_WIDTH:  # never: as BaseBuilder.add, then
+            packed = b"".join(m.encode().ljust(_MASK_WIDTH)[:_MASK_WIDTH] for m in masks)
+        self.m_mask += packed
+
+    def _name_key(self, name: str) -> bytes:
+        """``SubjectKeyer.name_key(normalize_name(name))``, as 8 bytes big-endian."""
+        normal = normalize_name(name)
+        if not normal:
+            return _NO_NAME
+        hasher = self._name.copy()
+        hasher.update(normal.encode())
+        digest: bytes = hasher.digest()
+        return digest if digest != _NO_NAME else _ONE
+
+    def parts(self) -> BaseParts:
+        """The columns so far, as a load worker sends them back.
+
+        Sorted here, in the worker, as far as a chunk can be: its key rows by
+        the keys' high halves and ``id_order``, its entry rows by entry_id
+        hash (both stable sorts). ``merge_parts`` then only merges sorted runs,
+        which its stable sort does several times faster than sorting them whole
+        in the one process that cannot share the work.
+        """
+        self._flush()
+        keys = np.frombuffer(self.keys, ">u8").reshape(-1, 2).astype("<u8")
+        order = np.argsort(keys[:, 0], kind="stable")
+        keys = keys[order]
+        text_at = np.zeros(len(self.text_ends) + 1, dtype="<u8")
+        text_at[1:] = np.frombuffer(self.text_ends, "<u8")
+        e_idh = np.frombuffer(self.e_idh, ">u8").astype("<u8")
+
+        def by_key(column: Any, dtype: str, width: int = 1) -> bytes:
+            return np.frombuffer(column, dtype).reshape(len(order), width)[order].tobytes()
+
+        columns: dict[str, bytes] = {
+            "k_hi": keys[:, 0].tobytes(),
+            "k_lo": keys[:, 1].tobytes(),
+            "m_entry": by_key(self.m_entry, "<u4"),
+            "m_role": by_key(self.m_role, "u1"),
+            "m_name": np.frombuffer(self.m_name, ">u8")[order].astype("<u8").tobytes(),
+            "m_mask": by_key(self.m_mask, "u1", _MASK_WIDTH),
+            "e_idh": e_idh.tobytes(),
+            "id_order": np.argsort(e_idh, kind="stable").astype("<u4").tobytes(),
+            "e_text_at": text_at.tobytes(),
+            "text": b"".join(self.texts),
+        }
+        for name in _COLUMNS:
+            if name not in columns:
+                column = getattr(self, name)
+                columns[name] = column.tobytes() if isinstance(column, array) else bytes(column)
+        bloom = new_bloom(self._expected)
+        bloom.update(keys[:, 0].tolist())  # the high halves, as BaseBuilder adds them
+        return BaseParts(
+            columns=columns,
+            courts=list(self.courts),
+            exemptions=self.exemptions,
+            bloom=bloom.save_bytes(),
+        )
