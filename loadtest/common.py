@@ -70,20 +70,28 @@ class ServerProcess:
         for line in self.proc.stdout:
             self.lines.put(line.rstrip("\n"))
 
-    def wait_announced(self, timeout: float) -> str:
+    def _line(self, prefix: str, timeout: float) -> str | None:
+        """The first line of its output that starts with ``prefix``; None if it exits or
+        ``timeout`` passes first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 line = self.lines.get(timeout=0.2)
             except queue.Empty:
                 if self.proc.poll() is not None:
-                    break
+                    return None
                 continue
-            if line.startswith("serving on "):
-                self.announced_at = time.perf_counter()
-                self.address = line.split()[-1]
-                return self.address
-        raise RuntimeError(f"{self.name} did not announce itself (see {self.stderr.name})")
+            if line.startswith(prefix):
+                return line
+        return None
+
+    def wait_announced(self, timeout: float) -> str:
+        line = self._line("serving on ", timeout)
+        if line is None:
+            raise RuntimeError(f"{self.name} did not announce itself (see {self.stderr.name})")
+        self.announced_at = time.perf_counter()
+        self.address = line.split()[-1]
+        return self.address
 
     def wait_serving(self, timeout: float) -> float:
         """Poll standard health until SERVING; seconds since the announce."""
@@ -105,17 +113,10 @@ class ServerProcess:
     def wait_metrics(self, timeout: float) -> str:
         """The URL of its metrics endpoint (``--metrics-listen``), announced right after
         the ``serving on`` line."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            if line.startswith("metrics on "):
-                return line.split()[-1]
-        raise RuntimeError(f"{self.name} announced no metrics (see {self.stderr.name})")
+        line = self._line("metrics on ", timeout)
+        if line is None:
+            raise RuntimeError(f"{self.name} announced no metrics (see {self.stderr.name})")
+        return line.split()[-1]
 
     def rss(self) -> int:
         return int(psutil.Process(self.proc.pid).memory_info().rss)

@@ -27,7 +27,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 import psutil
 
 from loadtest.common import ensure_list, log, machine, revision
+from loadtest.ratio_bench import Bare
 from loadtest.workers_bench import SECRET, Server, grpc_body, machine_busy
 from shixin.v1 import check_pb2 as pb
 
@@ -83,40 +83,6 @@ def batch_body(size: int) -> bytes:
         check.request_id = f"bench-{i}"
     message = batch.SerializeToString()
     return struct.pack(">BI", 0, len(message)) + message
-
-
-class Bare:
-    """``loadtest.bare_server`` on a free loopback port."""
-
-    def __init__(self, folder: Path) -> None:
-        self.name = "bare"
-        self.output = folder / "bare.log"
-        with self.output.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "loadtest.bare_server", "--listen", "127.0.0.1:0"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
-            )  # fmt: skip
-        self.port = 0
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(r"serving on \S+:(\d+)", self.output.read_text(errors="replace"))
-            if found:
-                self.port = int(found.group(1))
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"bare not ready (see {self.output})")
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
 
 
 def tool(name: str) -> str:
@@ -273,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "options": {k: str(v) for k, v in vars(args).items()}, "runs": [],
     }  # fmt: skip
     for name in args.targets.split(","):
-        target: Any = Server("ours", common, 1, run) if name == "ours" else Bare(run)
+        target: Any = Server("ours", common, 1, run) if name == "ours" else Bare("bare", [], run)
         try:
             target.wait_ready(300)
             log(f"{name}: pid {target.proc.pid}, port {target.port}")
