@@ -15,9 +15,9 @@ What makes a local answer safe:
   request (the number as given and, for an 18-character number sent under
   another id type, the resident ID or USCC it plainly is) must be absent.
 - **Only valid requests, in scope.** The request is validated here as the
-  server validates it (``local_identities``: lengths, id type, normalised
-  number, channel, purchase, amount); anything doubtful goes to the server,
-  which answers or refuses it. Only the channels the server says the caller
+  server validates it, by the server's own ``to_query`` (lengths, id type,
+  normalised number, channel, purchase, amount), keyed with the prefilter
+  key; anything it refuses goes to the server, which refuses it too. Only the channels the server says the caller
   may check are answered.
 - **Only a fresh filter.** A filter is trusted for ``max_age`` seconds (60 by
   default) from the start of the last refresh that succeeded; clients refresh
@@ -58,50 +58,11 @@ from rbloom import Bloom
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.errors import CheckError, ErrorDetails, from_info
-from shixin_check.domain.decision import NOT_LISTED
+from shixin_check.domain.decision import NOT_LISTED, Query
 from shixin_check.domain.errors import InvalidInput
-from shixin_check.domain.identity import (
-    IdType,
-    mask_id,
-    normalize_person_id,
-    normalize_uscc,
-    other_reading,
-)
 from shixin_check.domain.keys import PREFILTER_KEY_SCHEME, PrefilterKeyer
 from shixin_check.domain.model import Channel
-from shixin_check.domain.rules import (
-    Flight,
-    HotelStay,
-    InsurancePolicy,
-    LeisureVenue,
-    LeisureVisit,
-    OfficeRental,
-    Purchase,
-    RailSeat,
-    RailTicket,
-    RealEstateDeal,
-    RealEstateKind,
-    SchoolEnrolment,
-    ShipPassage,
-    TravelBooking,
-    TravelService,
-    VehicleSale,
-    normalize_train_number,
-    validate_purchase,
-)
-from shixin_check.domain.wire import (
-    CHANNELS,
-    ID_TYPES,
-    MAX_CABIN,
-    MAX_FLIGHT,
-    MAX_ID,
-    MAX_NAME,
-    MAX_ORG_NAME,
-    MAX_REQUEST_ID,
-    MAX_TERMINAL,
-    MAX_TRAIN,
-    PURCHASE_FIELD,
-)
+from shixin_check.server.convert import to_query
 
 #: How long a filter is trusted after its last successful refresh, by default.
 DEFAULT_MAX_AGE = 60.0
@@ -116,85 +77,6 @@ KEY_SCHEME = PREFILTER_KEY_SCHEME
 UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 #: A download larger than this is refused (a filter of 100 million keys is ~180 MiB).
 MAX_DOWNLOAD_BYTES = 1 << 30
-
-# --- the server's validation, mirrored (server/convert.py ``to_query``; limits and
-# --- names from shixin_check.domain.wire, the same for both) ---------------------
-
-
-def _rail(m: pb.RailPurchase) -> RailTicket:
-    if len(m.train_number) > MAX_TRAIN:
-        raise InvalidInput("purchase.rail.train_number", "too long")
-    return RailTicket(normalize_train_number(m.train_number), RailSeat(m.seat))
-
-
-def _flight(m: pb.FlightPurchase) -> Flight:
-    if len(m.flight_number) > MAX_FLIGHT or len(m.cabin) > MAX_CABIN:
-        raise InvalidInput("purchase.flight", "too long")
-    return Flight(m.flight_number.strip().upper(), m.cabin.strip().upper())
-
-
-#: Wire purchase to domain purchase; an unknown enum value raises ValueError.
-_PURCHASES: dict[str, Callable[[Any], Purchase]] = {
-    "rail": _rail,
-    "flight": _flight,
-    "hotel": lambda m: HotelStay(m.star_rating, m.high_end),
-    "school": lambda m: SchoolEnrolment(m.private_school, m.high_fee),
-    "ship": lambda m: ShipPassage(m.cabin_class),
-    "travel": lambda m: TravelBooking(TravelService(m.service)),
-    "leisure": lambda m: LeisureVisit(LeisureVenue(m.venue)),
-    "insurance": lambda m: InsurancePolicy(m.cash_value),
-    "real_estate": lambda m: RealEstateDeal(RealEstateKind(m.kind)),
-    "vehicle": lambda m: VehicleSale(m.business_necessary),
-    "office_rental": lambda m: OfficeRental(m.high_end),
-}
-
-Identity = tuple[IdType | None, str]
-
-
-def local_identities(request: pb.CheckRequest) -> list[Identity] | None:
-    """The identities the server would look up for ``request``, if it would accept it.
-
-    None for a request the server would refuse (or that this cannot vouch for):
-    such a request is never answered locally. Mirrors the server's validation,
-    from the same domain functions, so it can only be stricter.
-    """
-    try:
-        if (
-            len(request.request_id) > MAX_REQUEST_ID
-            or len(request.merchant_id) > MAX_TERMINAL
-            or len(request.terminal_id) > MAX_TERMINAL
-        ):
-            return None
-        which = request.WhichOneof("subject")
-        if which == "person":
-            person = request.person
-            if len(person.id_number) > MAX_ID or len(person.name) > MAX_NAME:
-                return None
-            id_type = ID_TYPES.get(person.id_type)
-            if id_type is None:
-                return None
-            number = normalize_person_id(id_type, person.id_number)
-            found: list[Identity] = [(id_type, number)]
-            other = other_reading(id_type, number)
-            if other is not None:
-                found.append(other)
-        elif which == "organization":
-            org = request.organization
-            if len(org.uscc) > MAX_ID or len(org.name) > MAX_ORG_NAME:
-                return None
-            found = [(None, normalize_uscc(org.uscc))]
-        else:
-            return None
-        channel = CHANNELS.get(request.channel)
-        given = request.WhichOneof("purchase")
-        if channel is None or given != PURCHASE_FIELD[channel]:
-            return None
-        purchase = _PURCHASES[given](getattr(request, given))
-        validate_purchase(channel, purchase, request.amount_fen, f"purchase.{given}")
-    except (InvalidInput, ValueError):  # ValueError: an enum value that is no member
-        return None
-    return found
-
 
 # --- the filter ---------------------------------------------------------------------
 
@@ -212,10 +94,12 @@ class LocalFilter:
     #: the answer of every local check of this version, less its ids
     answer: pb.CheckResponse
 
-    def clears(self, identities: Sequence[Identity]) -> bool:
-        """True when none of ``identities`` can be in the filter."""
-        bloom, keyer = self.bloom, self.keyer
-        return not any((keyer.subject_key(t, n) >> 64) in bloom for t, n in identities)
+    def clears(self, query: Query) -> bool:
+        """True when none of the keys the server would look up can be in the filter."""
+        bloom = self.bloom
+        if (query.subject_key >> 64) in bloom:
+            return False
+        return not query.also_key or (query.also_key >> 64) not in bloom
 
 
 class Download:
@@ -418,8 +302,11 @@ class Prefilter:
         channel = _CHANNEL_NAMES.get(request.channel)
         if channel is None or request.channel not in held.channels:
             return None
-        identities = local_identities(request)
-        if identities is None or not held.clears(identities):
+        try:  # validated as the server validates it, keyed in the filter's key space
+            query = to_query(request, held.keyer)
+        except InvalidInput:
+            return None  # the server answers or refuses it
+        if not held.clears(query):
             return None
         check_id = f"{self._id_prefix}{next(self._counter):x}"
         response = pb.CheckResponse()
@@ -430,7 +317,7 @@ class Prefilter:
             "check_id": check_id,
             "request_id": request.request_id,
             "list_version": held.version,
-            "masked_id": mask_id(identities[0][1]),
+            "masked_id": query.masked_id,
             "channel": channel,
             "decision": "ALLOW",
             "codes": _NOT_LISTED_CODES,

@@ -25,7 +25,7 @@ nothing else: not the index, not Redis, not a log.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Protocol
 
 from shixin_check.domain.errors import ConfigurationError
 from shixin_check.domain.identity import KEY_TAGS, IdType
@@ -34,6 +34,13 @@ MIN_SECRET_BYTES = 16
 #: The scheme of ``PrefilterKeyer`` keys, as GetPrefilter's header names it.
 PREFILTER_KEY_SCHEME = "blake2b-128/v1"
 _PREFILTER_KDF_CONTEXT = b"shixin-check prefilter key v1"
+
+
+class IdentityKeyer(Protocol):
+    """What turns a normalised identity into a key: ``SubjectKeyer`` (the index's
+    key space) or ``PrefilterKeyer`` (the prefilter's)."""
+
+    def subject_key(self, id_type: IdType | None, number: str) -> int: ...
 
 
 class SubjectKeyer:

@@ -30,7 +30,7 @@ from shixin_check.domain.identity import (
     normalize_uscc,
     other_reading,
 )
-from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.keys import IdentityKeyer
 from shixin_check.domain.model import NO_END, day_iso
 from shixin_check.domain.rules import (
     Flight,
@@ -217,8 +217,13 @@ def _long_field(request: pb.CheckRequest) -> NoReturn:
     raise AssertionError("no field is too long")
 
 
-def to_query(request: pb.CheckRequest, keyer: SubjectKeyer) -> Query:
-    """A validated domain query, or ``InvalidInput`` naming the field."""
+def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
+    """A validated domain query, or ``InvalidInput`` naming the field.
+
+    Its keys are ``keyer``'s: the server's ``SubjectKeyer``, or the prefilter
+    keyer of an offline client (``clients/prefilter.py``), which validates with
+    this same function so it answers locally only what the server would accept.
+    """
     if (
         len(request.request_id) > MAX_REQUEST_ID
         or len(request.merchant_id) > MAX_TERMINAL
