@@ -122,14 +122,45 @@ class ServerProcess:
         return int(psutil.Process(self.proc.pid).memory_info().rss)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.stderr.close()
+
+
+def cpu_by_pid(pids: Sequence[int], children: bool = True) -> dict[int, float]:
+    """CPU seconds so far (user + system) of ``pids``, with their children when
+    ``children``, by pid; a process that is gone is left out."""
+    out = {}
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)] if children else [root]
+        except psutil.NoSuchProcess:
+            continue
+        for p in procs:
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            out[p.pid] = t.user + t.system
+    return out
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy: what ``foreign`` CPU is taken from."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> int | None:
+    """SIGTERM, ``grace`` seconds to exit, then SIGKILL; its exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
 
 
 def server_env() -> dict[str, str]:

@@ -37,9 +37,9 @@ from typing import Any
 
 import psutil
 
-from loadtest.common import ensure_list, log, machine, revision
+from loadtest.common import ensure_list, log, machine, machine_busy, revision
 from loadtest.ratio_bench import Bare
-from loadtest.workers_bench import SECRET, Server, grpc_body, machine_busy
+from loadtest.workers_bench import SECRET, Server, grpc_body
 from shixin.v1 import check_pb2 as pb
 
 PATHS = {

@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest.common import cli_argv, ensure_list, log, machine, revision, server_env
+from loadtest.common import (
+    cli_argv,
+    ensure_list,
+    log,
+    machine,
+    revision,
+    server_env,
+    stop_process,
+)
 from loadtest.report import Pair, markdown, ratio_rows, segment_notes, segment_rows
 from loadtest.report import summarise as summarise_segments
 from loadtest.segments import (
@@ -95,14 +102,7 @@ class Bare:
         raise RuntimeError(f"{self.name} not ready (see {self.output})")
 
     def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 def start_servers(

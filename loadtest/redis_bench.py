@@ -72,6 +72,7 @@ from loadtest.common import (
     revision,
     serve_argv,
     server_env,
+    stop_process,
 )
 from loadtest.report import (
     MIB,
@@ -171,13 +172,7 @@ class RedisServer:
             client.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -51,13 +51,19 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
 
-from loadtest.common import frame, h2load_latencies_us, log, run_h2load, unframe
+from loadtest.common import (
+    cpu_by_pid,
+    frame,
+    h2load_latencies_us,
+    log,
+    machine_busy,
+    run_h2load,
+    unframe,
+)
 from loadtest.rawclient import METHODS, RawClients
 from loadtest.report import percentiles
 from loadtest.traffic import listed_subjects, unlisted_person
-from loadtest.workers_bench import machine_busy
 from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.check_client import build_request
 
@@ -219,31 +225,14 @@ class Target:
 
     def cpu(self) -> dict[int, float]:
         """CPU seconds so far of the server's processes, by pid."""
-        return _cpu_by_pid(self.pids, children=True)
+        return cpu_by_pid(self.pids, children=True)
 
     def helper_cpu(self) -> dict[int, float]:
-        return _cpu_by_pid(self.helpers, children=False)
+        return cpu_by_pid(self.helpers, children=False)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return tuple((k.strip().lower(), v.strip())
                      for k, _, v in (h.partition(":") for h in self.headers))  # fmt: skip
-
-
-def _cpu_by_pid(pids: Sequence[int], children: bool) -> dict[int, float]:
-    out = {}
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)] if children else [root]
-        except psutil.NoSuchProcess:
-            continue
-        for p in procs:
-            try:
-                t = p.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            out[p.pid] = t.user + t.system
-    return out
 
 
 def probe(target: Target, batch_body: Path, timeout: float = 30.0) -> dict[str, int]:

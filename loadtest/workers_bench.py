@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,17 +41,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from loadtest.common import (
     cli_argv,
+    cpu_by_pid,
     ensure_list,
     frame,
     log,
     machine,
+    machine_busy,
     revision,
     run_h2load,
     server_env,
+    stop_process,
 )
 from shixin_check.clients.check_client import build_request
 from shixin_check.loader.synthetic import never_listed_id
@@ -125,20 +125,9 @@ class Server:
                 return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
-    def processes(self) -> list[psutil.Process]:
-        root = psutil.Process(self.proc.pid)
-        return [root, *root.children(recursive=True)]
-
     def cpu(self) -> dict[int, float]:
         """CPU seconds so far of the server's processes, by pid."""
-        out = {}
-        for p in self.processes():
-            try:
-                t = p.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            out[p.pid] = t.user + t.system
-        return out
+        return cpu_by_pid([self.proc.pid])
 
     def answers(self) -> float:
         with urllib.request.urlopen(self.metrics, timeout=10) as reply:
@@ -150,14 +139,7 @@ class Server:
         )
 
     def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return stop_process(self.proc, grace=30)
 
 
 def h2load(port: int, body: Path, args: argparse.Namespace) -> tuple[dict[str, Any], float]:
@@ -168,11 +150,6 @@ def h2load(port: int, body: Path, args: argparse.Namespace) -> tuple[dict[str, A
         streams=args.streams, max_seconds=args.max_seconds,
     )  # fmt: skip
     return figures, figures.pop("driver_cpu_s")
-
-
-def machine_busy() -> float:
-    t = psutil.cpu_times()
-    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
 
 
 def segment(server: Server, body: Path, args: argparse.Namespace) -> dict[str, Any]:
