@@ -54,7 +54,7 @@ from shixin_check.domain.wire import MAX_CHARS
 from shixin_check.server.auth import ANONYMOUS, Gate, Principal
 from shixin_check.server.convert import StreamIds
 from shixin_check.server.engine import BATCH, STATUS, STREAM, UNARY, CheckEngine, Tally
-from shixin_check.server.hitlog import AuditLog
+from shixin_check.server.hitlog import AuditLog, call_fields
 from shixin_check.server.prefilter import Prefilters
 from shixin_check.server.status import refusal, status_of
 
@@ -134,6 +134,11 @@ Metadata = tuple[tuple[str, str | bytes], ...]
 _DECISION_NAMES = {value: name for name, value in pb.Decision.items()}
 
 
+#: distinct (method, caller, peer, metadata) whose audit fields a service keeps encoded
+#: (peers and callers repeat across calls); past it, it starts afresh
+_CALLS_KEPT = 4096
+
+
 def _audited(metadata: Metadata) -> dict[str, str]:
     """The metadata the audit log keeps (``AuditLog`` withholds secrets and binary values)."""
     return {k: str(v) for k, v in metadata if k in _AUDITED_METADATA}
@@ -160,6 +165,7 @@ class ConsumptionCheckService:
         self._peers = engine.hit_log is not None or audit is not None
         self.tally: Tally = engine.tally
         self.prefilters = Prefilters(engine.keyer)
+        self._calls: dict[tuple[str, str, str, Metadata], bytes] = {}
 
     # --- the gate and the audit trail ----------------------------------------
 
@@ -201,10 +207,21 @@ class ConsumptionCheckService:
         assert self.audit is not None
         if metadata is None:
             metadata = context.invocation_metadata() or ()
-        self.audit.record(
-            method, peer or context.peer(), subject, outcome, started, count,
-            caller=principal.name, metadata=_audited(metadata), check_id=check_id,
-        )  # fmt: skip
+        call = self._call_fields(method, principal, peer or context.peer(), metadata)
+        self.audit.record_call(call, subject, outcome, started, count, check_id)
+
+    def _call_fields(
+        self, method: str, principal: Principal, peer: str, metadata: Metadata
+    ) -> bytes:
+        """``hitlog.call_fields`` of a call, encoded once for every call that shares them."""
+        key = (method, principal.name, peer, metadata)
+        calls = self._calls
+        call = calls.get(key)
+        if call is None:
+            if len(calls) >= _CALLS_KEPT:
+                calls.clear()
+            call = calls[key] = call_fields(method, principal.name, peer, _audited(metadata))
+        return call
 
     def _count_refusal(
         self, code: grpc.StatusCode, exc: BaseException, principal: Principal
@@ -348,6 +365,10 @@ class ConsumptionCheckService:
         except Exception as exc:  # noqa: BLE001
             await self._fail(context, exc, "CheckConsumptionStream", principal, "", started)
         ids = StreamIds()
+        audit = self.audit
+        if audit is not None:  # the stream's records share these: encoded once
+            call = self._call_fields("CheckConsumptionStream", principal, peer or context.peer(),
+                                     metadata)  # fmt: skip
         async for request in request_iterator:
             started = time.perf_counter()
             if type(request) is Malformed:  # the stream is broken: its bytes end it
@@ -367,10 +388,9 @@ class ConsumptionCheckService:
                     _subject_of(request), started, prefix,  # type: ignore[arg-type]
                 )  # fmt: skip
             else:
-                if self.audit is not None:
-                    self._audit(context, "CheckConsumptionStream", principal, _subject_of(request),  # type: ignore[arg-type]
-                                _DECISION_NAMES[response.decision], started, metadata=metadata,
-                                peer=peer)  # fmt: skip
+                if audit is not None:
+                    audit.record_call(call, _subject_of(request),  # type: ignore[arg-type]
+                                      _DECISION_NAMES[response.decision], started)  # fmt: skip
             self.tally.observe(STREAM, time.perf_counter() - started)
             yield response
 

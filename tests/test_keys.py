@@ -153,6 +153,35 @@ def test_keys_files_with_burst_zero_or_none_get_the_default(tmp_path: Path) -> N
     gate.charge(ring.by_hash["a" * 64], 1000)  # a full batch, straight away
 
 
+def test_a_gate_remembers_known_keys_only_until_its_ring_is_replaced(tmp_path: Path) -> None:
+    """The gate keeps the principal of each key it has found, so a repeat skips the
+    hash; a replaced ring (a reloaded keys file) must forget them all, and a key the
+    ring does not know is never kept."""
+    keys = {name: f"sk_{name}-key" for name in ("hotel", "rail")}
+
+    def ring_of(*names: str) -> KeyRing:
+        path = tmp_path / f"{'-'.join(names) or 'none'}.json"
+        path.write_text(json.dumps({"keys": [
+            {"principal": n, "sha256": key_hash(keys[n]), "channels": ["HOTEL"]} for n in names
+        ] or [{"principal": "other", "sha256": "e" * 64}]}))  # fmt: skip
+        return KeyRing.load(path)
+
+    gate = Gate(ring_of("hotel", "rail"))
+    for _ in range(2):
+        assert gate.principal([("authorization", f"Bearer {keys['hotel']}")]).name == "hotel"
+    for _ in range(2):
+        with pytest.raises(Unauthenticated, match="unknown API key"):
+            gate.principal([("authorization", "Bearer sk_never-issued")])
+    assert gate.principal([("authorization", f"Bearer {keys['rail']}")]).name == "rail"
+    gate.replace_ring(ring_of("rail"))
+    with pytest.raises(Unauthenticated, match="unknown API key"):
+        gate.principal([("authorization", f"Bearer {keys['hotel']}")])
+    assert gate.principal([("authorization", f"Bearer {keys['rail']}")]).name == "rail"
+    gate.replace_ring(ring_of())
+    with pytest.raises(Unauthenticated, match="unknown API key"):
+        gate.principal([("authorization", f"Bearer {keys['rail']}")])
+
+
 # --- stable reasons -----------------------------------------------------------
 
 

@@ -216,6 +216,35 @@ def test_audit_records_hold_caller_metadata_and_withhold_credentials(tmp_path: P
     assert b"s3cret" not in path.read_bytes()
 
 
+def test_audit_lines_are_what_orjson_writes_for_the_record(tmp_path: Path) -> None:
+    """``record_call`` formats the line itself: it must be the JSON of the record, byte
+    for byte, with text that needs escaping and a failure's check_id."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, clock=Clock(china(2026, 7, 1) + 0.123456))
+    odd = 'a"b\\c\n张\x01'
+    log.record("CheckConsumption", "ipv6:[::1]:7", odd, "INVALID_ARGUMENT", 0.0,
+               caller=odd, metadata={"x-terminal-id": odd}, check_id="c0ffee")  # fmt: skip
+    call = hitlog.call_fields("CheckConsumptionStream", "", "ipv4:127.0.0.1:9", None)
+    log.record_call(call, "110105********0011", "ALLOW", time.perf_counter(), 3)
+    log.close()
+    first, second = lines(path)
+    for raw in (first, second):
+        assert raw == orjson.dumps(orjson.loads(raw))  # keys in order, nothing but JSON
+    rec = orjson.loads(first)
+    assert list(rec) == ["seq", "prev", "time", "method", "caller", "peer", "metadata",
+                         "subject", "checks", "outcome", "latency_us", "check_id"]  # fmt: skip
+    assert (rec["subject"], rec["caller"], rec["metadata"]) == (odd, odd, {"x-terminal-id": odd})
+    assert rec["time"] == china(2026, 7, 1) + 0.123456
+    assert (rec["outcome"], rec["check_id"]) == ("INVALID_ARGUMENT", "c0ffee")
+    rec = orjson.loads(second)
+    assert (rec["seq"], rec["prev"]) == (2, hitlog.line_hash(first))
+    assert (rec["method"], rec["peer"], rec["checks"], rec["metadata"]) == (
+        "CheckConsumptionStream", "ipv4:127.0.0.1:9", 3, {}
+    )  # fmt: skip
+    assert "check_id" not in rec
+    assert audit_mod.verify(path).ok
+
+
 # --- fsync ---------------------------------------------------------------------
 
 
