@@ -109,3 +109,34 @@ def test_bare_sync_answers_unary_batch_stream_and_raw_bytes(bare_sync: str) -> N
         (body,) = unframe(frame(batch_message([c.SerializeToString() for c in checks])))
         answer = pb.CheckBatchResponse.FromString(raw(body, timeout=10))
         assert [r.decision for r in answer.results] == [pb.ALLOW] * 3
+
+
+def test_features_bench_turns_on_one_feature_per_configuration(tmp_path: Path) -> None:
+    """Each configuration of ``features_bench`` adds the flags of its features and no
+    other; ``all`` is ``ratio_bench``'s "ours"."""
+    from loadtest.features_bench import FEATURES, _serve_args
+
+    flags = {"hits": "--hit-log", "audit": "--audit-log", "keys": "--keys-file"}
+    for name, on in FEATURES.items():
+        args = _serve_args(tmp_path, tmp_path / "list.jsonl", name, tmp_path / "keys.json")
+        assert {f for f in flags.values() if f in args} == {flags[f] for f in on}, name
+        assert "--metrics-listen" in args and "--key-secret-file" in args
+    assert set(FEATURES["all"]) == set(flags) and FEATURES["none"] == ()
+
+
+def test_features_bench_table_shows_medians_and_the_difference_to_none() -> None:
+    from loadtest.features_bench import CONFIGS, render
+
+    def fig(config: str, us: float) -> dict[str, object]:
+        return {"config": config, "checks_per_s": 1e6 / us, "server_cores": 1.0,
+                "server_us_per_check": us, "threads_us_per_check": [us * 0.7, us * 0.1],
+                "driver_cores": 0.1}  # fmt: skip
+
+    segments = [fig(c, us) for c in CONFIGS for us in ((200.0, 210.0, 260.0) if c == "none"
+                                                        else (240.0, 250.0, 900.0))]  # fmt: skip
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line for line in render(segments, "unary").splitlines()
+    }
+    assert " | 210.0 | +0.0 | 147.0, 21.0 | " in rows["none"]
+    assert " | 250.0 | +40.0 | 175.0, 25.0 | " in rows["audit"]
+    assert "| 4,000 |" in rows["audit"]  # the median rate, not the mean
