@@ -220,12 +220,11 @@ def _write_version(
     e_court, e_listed, e_valid = base.e_court, base.e_listed, base.e_valid
     m_role, m_name, m_mask, w = base.m_role, base.m_name, base.m_mask, _MASK_WIDTH
     bucket, fields = -1, {}  # type: tuple[int, dict[bytes, list[Any]]]
-    for i, b in enumerate(buckets):
+    for i, (b, row) in enumerate(zip(buckets, base.m_entry, strict=True)):  # ints, not numpy's
         if b != bucket:
             _flush(pipe, keys.subjects(version, bucket), fields)
             bucket, fields = b, {}
             send_if_full()
-        row = int(m_entry[i])
         # base.texts(row), decoded again for each of an entry's keys rather than kept: a
         # dict of every entry's texts was ~40% of the loader's peak memory, and slower
         found = text[text_at[row] : text_at[row + 1]].decode().split("\x1f")
@@ -249,7 +248,8 @@ def _write_version(
     # each entry's keys, in key order; entries in order of their first key (as before)
     by_row = np.argsort(m_entry, kind="stable")
     counts = np.bincount(m_entry, minlength=base.entries)
-    ends = np.cumsum(counts).tolist()
+    ends = np.cumsum(counts)
+    starts, ends = (ends - counts).tolist(), ends.tolist()
     grouped = key_bytes[by_row].tobytes()
     id_hash = np.empty(base.entries, "<u8")
     id_hash[np.frombuffer(cast(Any, base.id_rows), "<u4")] = np.frombuffer(
@@ -259,9 +259,11 @@ def _write_version(
     rows, first = np.unique(m_entry, return_index=True)
     by_bucket: dict[int, dict[bytes, bytes]] = {}
     for row in rows[np.argsort(first, kind="stable")].tolist():
-        entry_id = bytes(text[text_at[row] : text_at[row + 1]]).partition(b"\x1f")[0]
-        start = ends[row] - int(counts[row])
-        by_bucket.setdefault(ebuckets[row], {})[entry_id] = grouped[16 * start : 16 * ends[row]]
+        at = text_at[row]
+        entry_id = text[at : text.find(b"\x1f", at)]  # a text's first field (mmap has no index)
+        by_bucket.setdefault(ebuckets[row], {})[entry_id] = grouped[
+            16 * starts[row] : 16 * ends[row]
+        ]
     for b, mapping in by_bucket.items():
         pipe.hset(keys.entries(version, b), mapping=mapping)
         send_if_full()

@@ -186,6 +186,17 @@ def cli_argv(args: list[str]) -> list[str]:
     return [*head, *args]
 
 
+def add_key(keys_file: Path, principal: str) -> str:
+    """A new API key for ``principal`` (roles check and status) in ``keys_file``, made by
+    ``shixin-check keys add``: the key, as it prints it once."""
+    made = subprocess.run(
+        cli_argv(["keys", "add", "--keys-file", str(keys_file), "--principal", principal,
+                  "--roles", "check,status"]),
+        capture_output=True, text=True, env=server_env(), timeout=60, check=True,
+    )  # fmt: skip
+    return made.stdout.strip().splitlines()[-1]
+
+
 def bare_argv() -> list[str]:
     return [sys.executable, "-m", "loadtest.bare_server", "--listen", "127.0.0.1:0"]
 

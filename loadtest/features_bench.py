@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,14 +40,13 @@ from typing import Any
 import psutil
 
 from loadtest.common import (
-    cli_argv,
+    add_key,
     cpu_by_pid,
     ensure_list,
     log,
     machine,
     revision,
     run_h2load,
-    server_env,
 )
 from loadtest.ratio_bench import Bare
 from loadtest.segments import SEED, STREAM_RING, check_requests, write_bodies
@@ -165,12 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         check_requests(100, "b", 0.01, args.entries), args.per_stream_call,
     )  # fmt: skip
     keys_file = run / "keys.json"
-    made = subprocess.run(
-        cli_argv(["keys", "add", "--keys-file", str(keys_file), "--principal", "features-bench",
-                  "--roles", "check,status"]),
-        capture_output=True, text=True, env=server_env(), timeout=60, check=True,
-    )  # fmt: skip
-    key = made.stdout.strip().splitlines()[-1]
+    key = add_key(keys_file, "features-bench")
     (run / "key").write_text(SECRET)
     servers: dict[str, Any] = {}
     segments: list[dict[str, Any]] = []

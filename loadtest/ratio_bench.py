@@ -45,12 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.common import (
-    cli_argv,
+    add_key,
     ensure_list,
     log,
     machine,
     revision,
-    server_env,
     stop_process,
 )
 from loadtest.report import Pair, markdown, ratio_rows, segment_notes, segment_rows
@@ -111,11 +110,7 @@ def start_servers(
     """ours, bare-aio and bare-sync, each ready (stopped again if one is not), and the API
     key ours wants."""
     keys = run / "keys.json"
-    made = subprocess.run(
-        cli_argv(["keys", "add", "--keys-file", str(keys), "--principal", "ratio-bench",
-                  "--roles", "check,status"]),
-        capture_output=True, text=True, env=server_env(), timeout=60, check=True,
-    )  # fmt: skip
+    key = add_key(keys, "ratio-bench")
     (run / "key").write_text(SECRET)
     ours_args = [
         "--list", str(list_path), "--workers", "1", "--key-secret-file", str(run / "key"),
@@ -135,7 +130,7 @@ def start_servers(
     except BaseException:
         stop_servers(servers)
         raise
-    return servers, made.stdout.strip().splitlines()[-1]
+    return servers, key
 
 
 def stop_servers(servers: dict[str, Any]) -> dict[str, int | None]:
