@@ -34,7 +34,11 @@ killed delta load leaves nothing at all.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import secrets
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -89,9 +93,13 @@ def _unused_name(client: Client, keys: RedisKeys, version: str) -> str:
 
 def publish_snapshot(
     client: Client, path: Path, keyer: SubjectKeyer, keys: RedisKeys | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, writers: int = 0,
 ) -> str:  # fmt: skip
-    """Validate ``path`` whole, write it as a new version, make it current; its name."""
+    """Validate ``path`` whole, write it as a new version, make it current; its name.
+
+    ``writers``: processes writing the version (``_write_version``); 0 for
+    ``default_writers``: one per core from ``PARALLEL_WRITE_FROM`` subject keys.
+    """
     keys = keys or RedisKeys()
     view = build_snapshot(path, keyer, progress)  # LoadRejected before any write
     base, info = view.base, view.info
@@ -107,7 +115,8 @@ def publish_snapshot(
                                                     "holder": lock.token})  # fmt: skip
         register.execute()
         try:
-            _write_version(client, keys, version, view, bits, ebits, lock)
+            writers = writers or default_writers(len(base.k_hi))
+            _write_version(client, keys, version, view, bits, ebits, lock, writers)
             pipe = client.pipeline(transaction=False)
             pipe.set(keys.bloom(version), base.bloom.save_bytes())
             # the snapshot's own watermark: a snapshot without a header includes no delta
@@ -182,45 +191,186 @@ def _abandon(client: Client, keys: RedisKeys, version: str, lock: HeldLock) -> N
         pass  # Redis itself is failing: the version stays listed, the next collection has it
 
 
+#: subject keys from which ``load`` writes a snapshot with one process per core: below
+#: it a process's start costs more than its share of the write saves
+PARALLEL_WRITE_FROM = 500_000
+MAX_WRITERS = 8
+
+
+def default_writers(subject_keys: int) -> int:
+    """Writer processes for a snapshot of ``subject_keys`` keys: one per core for big ones."""
+    if subject_keys < PARALLEL_WRITE_FROM:
+        return 1
+    return max(1, min(os.cpu_count() or 1, MAX_WRITERS))
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """What every writer reads, computed a column at a time before they fork."""
+
+    k_hi: np.ndarray[Any, Any]  # subject keys' high halves, sorted
+    raw_keys: bytes  # each subject key as 16 bytes, big-endian
+    exemptions: dict[int, list[list[int]]]
+    entry_order: np.ndarray[Any, Any]  # entry rows in order of their first key
+    ebuckets: np.ndarray[Any, Any]  # each entry row's bucket
+    grouped: bytes  # each entry's keys, 16 bytes each, entries one after the other
+    starts: list[int]  # where each entry row's keys begin in ``grouped`` (in keys)
+    ends: list[int]
+
+
+def _columns(base: Any, ebits: int) -> _Columns:
+    n = len(base.k_hi)
+    k_hi = np.frombuffer(cast(Any, base.k_hi), "<u8")
+    key_bytes = np.empty((n, 2), ">u8")
+    key_bytes[:, 0] = k_hi
+    key_bytes[:, 1] = np.frombuffer(cast(Any, base.k_lo), "<u8")
+    m_entry = np.frombuffer(cast(Any, base.m_entry), "<u4")
+    # each entry's keys, in key order; entries in order of their first key (as before)
+    counts = np.bincount(m_entry, minlength=base.entries)
+    ends = np.cumsum(counts)
+    id_hash = np.empty(base.entries, "<u8")
+    id_hash[np.frombuffer(cast(Any, base.id_rows), "<u4")] = np.frombuffer(
+        cast(Any, base.id_sorted), "<u8"
+    )  # entry_id_hash of every row
+    rows, first = np.unique(m_entry, return_index=True)
+    return _Columns(
+        k_hi=k_hi,
+        raw_keys=key_bytes.tobytes(),
+        exemptions={
+            row: [[int(e.channel), e.first_day, e.last_day] for e in found]
+            for row, found in base.exemptions.items()
+        },
+        entry_order=rows[np.argsort(first, kind="stable")],
+        ebuckets=(id_hash >> np.uint64(64 - ebits)) if ebits else np.zeros(base.entries, "<u8"),
+        grouped=key_bytes[np.argsort(m_entry, kind="stable")].tobytes(),
+        starts=(ends - counts).tolist(),
+        ends=ends.tolist(),
+    )
+
+
+@dataclass(frozen=True)
+class _Share:
+    """One writer's part: subject keys ``[lo, hi)`` (whole buckets), entry buckets
+    ``[elo, ehi)``."""
+
+    lo: int
+    hi: int
+    elo: int
+    ehi: int
+
+
+def _shares(columns: _Columns, bits: int, ebits: int, writers: int) -> list[_Share]:
+    """``writers`` parts of equal bucket ranges (one when there are no buckets)."""
+    if writers <= 1 or not bits or not ebits:
+        return [_Share(0, len(columns.k_hi), 0, 1 << ebits)]
+    cuts = [(j << bits) // writers for j in range(writers + 1)]
+    at = np.searchsorted(columns.k_hi, np.array([c << (64 - bits) for c in cuts[:-1]], "<u8"))
+    positions = [*at.tolist(), len(columns.k_hi)]
+    ecuts = [(j << ebits) // writers for j in range(writers + 1)]
+    return [_Share(positions[j], positions[j + 1], ecuts[j], ecuts[j + 1])
+            for j in range(writers)]  # fmt: skip
+
+
 def _write_version(
     client: Client, keys: RedisKeys, version: str, view: MemoryView, bits: int, ebits: int,
-    lock: HeldLock,
+    lock: HeldLock, writers: int = 1,
 ) -> None:  # fmt: skip
-    """The subject and entry hashes of ``version``, in pipelined batches.
+    """The subject and entry hashes of ``version``, in pipelined batches, by ``writers``
+    processes each taking a range of buckets.
 
     ``view`` is a fresh snapshot's (no overlay), so each stored match is
     ``encode_match(view.match_at(i))`` built straight from the base's columns,
     and what can be computed a column at a time (buckets, key bytes, which
     keys each entry has) is, with numpy: a million entries are 1.4 million
     matches, and a ``ListedMatch`` each cost more than the rest of the write.
+
+    The write is Python-bound (Redis spends a tenth of the loader's CPU), so
+    with ``writers`` > 1 this process forks the others (they share the
+    columns; ``load`` runs no gRPC) and writes the first range itself. A
+    writer checks between batches that the load lock is still this load's; a
+    writer that fails makes the whole write fail (``IndexUnavailable``), so
+    nothing is made current and ``publish_snapshot`` deletes the version.
     """
     base = view.base
     assert view.overlay.empty, "a snapshot's own version"
+    columns = _columns(base, ebits)
+    shares = _shares(columns, bits, ebits, writers)
+    if len(shares) == 1:
+        _write_share(client, keys, version, base, columns, bits, shares[0], lock.check)
+        return
+    forked = multiprocessing.get_context("fork")
+    children = [
+        forked.Process(
+            target=_writer,
+            name=f"shixin-writer-{i}",
+            daemon=True,
+            args=(client, keys, version, base, columns, bits, share, lock),
+        )  # fmt: skip
+        for i, share in enumerate(shares[1:], 2)
+    ]
+    for child in children:
+        child.start()
+    try:
+        _write_share(client, keys, version, base, columns, bits, shares[0], lock.check)
+    except BaseException:
+        for child in children:
+            child.terminate()
+        raise
+    finally:
+        for child in children:
+            child.join()
+    failed = [str(child.exitcode) for child in children if child.exitcode != 0]
+    if failed:
+        raise IndexUnavailable(
+            f"{len(failed)} of {len(shares)} writer processes failed (exit {', '.join(failed)}): "
+            "the version is not made current"
+        )
+
+
+def _writer(
+    client: Client, keys: RedisKeys, version: str, base: Any, columns: _Columns, bits: int,
+    share: _Share, lock: HeldLock,
+) -> None:  # fmt: skip
+    """A forked writer: its share, or one line on stderr and exit status 1.
+
+    The lock's keeper thread stays in the parent, so between batches this asks
+    Redis whether the lock is still this load's (redis-py opens its own
+    connections after a fork), and stops if the parent is gone."""
+    token, parent = lock.token.encode(), os.getppid()
+
+    def check() -> None:
+        if os.getppid() != parent:  # the load died (SIGKILL): its version is garbage
+            raise IndexUnavailable("the load that started this writer is gone")
+        if client.get(lock.key) != token:
+            raise IndexUnavailable(f"lost {lock.key} while writing: nothing was made current")
+
+    try:
+        _write_share(client, keys, version, base, columns, bits, share, check)
+    except Exception as exc:  # noqa: BLE001 - the parent reports it; one line here says why
+        print(f"shixin-check load: writer {share}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _write_share(
+    client: Client, keys: RedisKeys, version: str, base: Any, columns: _Columns, bits: int,
+    share: _Share, check: Callable[[], None],
+) -> None:  # fmt: skip
     pipe = client.pipeline(transaction=False)
 
     def send_if_full() -> None:
         if len(pipe) >= 500:
-            lock.check()
+            check()
             pipe.execute()
 
-    n = len(base.k_hi)
-    k_hi = np.frombuffer(cast(Any, base.k_hi), "<u8")
-    key_bytes = np.empty((n, 2), ">u8")
-    key_bytes[:, 0] = k_hi
-    key_bytes[:, 1] = np.frombuffer(cast(Any, base.k_lo), "<u8")
-    raw_keys = key_bytes.tobytes()
-    buckets = (k_hi >> np.uint64(64 - bits)).tolist() if bits else [0] * n
-    m_entry = np.frombuffer(cast(Any, base.m_entry), "<u4")
+    lo, hi = share.lo, share.hi
+    buckets = (columns.k_hi[lo:hi] >> np.uint64(64 - bits)).tolist() if bits else [0] * (hi - lo)
+    raw_keys, exemptions = columns.raw_keys, columns.exemptions
     text, text_at = base.text, base.e_text_at
-    exemptions = {
-        row: [[int(e.channel), e.first_day, e.last_day] for e in found]
-        for row, found in base.exemptions.items()
-    }
     courts, e_type, e_status = base.courts, base.e_type, base.e_status
     e_court, e_listed, e_valid = base.e_court, base.e_listed, base.e_valid
     m_role, m_name, m_mask, w = base.m_role, base.m_name, base.m_mask, _MASK_WIDTH
     bucket, fields = -1, {}  # type: tuple[int, dict[bytes, list[Any]]]
-    for i, (b, row) in enumerate(zip(buckets, base.m_entry, strict=True)):  # ints, not numpy's
+    for i, b, row in zip(range(lo, hi), buckets, base.m_entry[lo:hi], strict=True):
         if b != bucket:
             _flush(pipe, keys.subjects(version, bucket), fields)
             bucket, fields = b, {}
@@ -245,29 +395,18 @@ def _write_version(
         ]  # fmt: skip  (encode_match's order)
         fields.setdefault(raw_keys[16 * i : 16 * i + 16], []).append(match)
     _flush(pipe, keys.subjects(version, bucket), fields)
-    # each entry's keys, in key order; entries in order of their first key (as before)
-    by_row = np.argsort(m_entry, kind="stable")
-    counts = np.bincount(m_entry, minlength=base.entries)
-    ends = np.cumsum(counts)
-    starts, ends = (ends - counts).tolist(), ends.tolist()
-    grouped = key_bytes[by_row].tobytes()
-    id_hash = np.empty(base.entries, "<u8")
-    id_hash[np.frombuffer(cast(Any, base.id_rows), "<u4")] = np.frombuffer(
-        cast(Any, base.id_sorted), "<u8"
-    )  # entry_id_hash of every row
-    ebuckets = (id_hash >> np.uint64(64 - ebits)).tolist() if ebits else [0] * base.entries
-    rows, first = np.unique(m_entry, return_index=True)
+    order, ebuckets = columns.entry_order, columns.ebuckets
+    mine = order[(ebuckets[order] >= share.elo) & (ebuckets[order] < share.ehi)]
+    starts, ends, grouped = columns.starts, columns.ends, columns.grouped
     by_bucket: dict[int, dict[bytes, bytes]] = {}
-    for row in rows[np.argsort(first, kind="stable")].tolist():
+    for row, b in zip(mine.tolist(), ebuckets[mine].tolist(), strict=True):
         at = text_at[row]
         entry_id = text[at : text.find(b"\x1f", at)]  # a text's first field (mmap has no index)
-        by_bucket.setdefault(ebuckets[row], {})[entry_id] = grouped[
-            16 * starts[row] : 16 * ends[row]
-        ]
+        by_bucket.setdefault(b, {})[entry_id] = grouped[16 * starts[row] : 16 * ends[row]]
     for b, mapping in by_bucket.items():
         pipe.hset(keys.entries(version, b), mapping=mapping)
         send_if_full()
-    lock.check()
+    check()
     pipe.execute()
 
 

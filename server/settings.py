@@ -344,6 +344,9 @@ OPTIONS: tuple[Option, ...] = (
            required_by=("load",)),
     Option("redis-prefix", TEXT, "shixin", "prefix of every key this service writes in Redis",
            _REDIS_USERS, metavar="PREFIX"),
+    Option("writers", integer(0, 64), 0,
+           "processes writing a snapshot to Redis, each a range of buckets; 0: one per core "
+           "from 500,000 subject keys, else one", ("load",), metavar="N"),
     Option("unavailable", choice(*_DECISIONS), "REVIEW",
            "answer when a Bloom positive cannot be confirmed (Redis down): REVIEW, DENY (fail "
            "closed) or ALLOW (fail open); always with reason INDEX_UNAVAILABLE", ("serve",),

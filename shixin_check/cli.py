@@ -352,6 +352,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             version = publish_snapshot(
                 client, path, keyer, keys,
                 progress=lambda n: print(f"  {n:,} rows read", file=sys.stderr, flush=True),
+                writers=args.writers,
             )  # fmt: skip
             print(f"snapshot {path}: version {version} is current "
                   f"({time.perf_counter() - started:.1f}s)")  # fmt: skip

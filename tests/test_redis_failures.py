@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -25,6 +27,7 @@ from shixin.v1 import check_pb2 as pb
 from shixin_check.domain.errors import IndexUnavailable
 from shixin_check.domain.identity import IdType
 from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.loader import publish_redis
 from shixin_check.loader.index_redis import (
     LOCK_SECONDS,
     Client,
@@ -88,10 +91,10 @@ def big_list(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def load_process(path: Path, url: str) -> subprocess.Popen[str]:
+def load_process(path: Path, url: str, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "SHIXIN_KEY_SECRET": SECRET.decode()}
     return subprocess.Popen(
-        [sys.executable, "-m", "shixin_check.cli", "load", str(path), "--redis", url],
+        [sys.executable, "-m", "shixin_check.cli", "load", str(path), "--redis", url, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
 
@@ -162,6 +165,72 @@ def test_a_killed_load_leaves_nothing_and_blocks_nobody(
         assert lock_lines(refused) == [lock_lines(refused)[0]]
         assert "another load holds shixin:lock" in refused and "try again later" in refused
     assert client.get(keys.current) != served
+    assert_only_current(client, keys)
+
+
+def version_content(client: Client, keys: RedisKeys, version: str) -> dict[str, object]:
+    """Every subject and entry hash of ``version``, by its name within the version."""
+    prefix = f"{keys.prefix}:v:{version}:"
+    return {
+        k.removeprefix(prefix): client.hgetall(k)
+        for k in every_key(client)
+        if k.startswith(prefix) and k.removeprefix(prefix)[:2] in ("s:", "e:")
+    }
+
+
+def test_a_snapshot_written_by_several_processes_is_the_one_written_by_one(
+    big_list: Path, client: Client
+) -> None:
+    keyer = SubjectKeyer(SECRET)
+    contents = {}
+    for writers in (1, 3):
+        keys = RedisKeys(f"w{writers}")
+        version = publish_snapshot(client, big_list, keyer, keys, writers=writers)
+        contents[writers] = version_content(client, keys, version)
+    assert len(contents[1]) > 100 and sum(len(v) for v in contents[1].values()) > 40_000
+    assert contents[3] == contents[1]
+
+
+def test_a_writer_process_that_dies_fails_the_load_and_leaves_nothing(
+    big_list: Path, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = RedisKeys()
+    keyer = SubjectKeyer(SECRET)
+    first = publish_snapshot(client, write_jsonl(tmp_path / "s1.jsonl", basic_rows()), keyer, keys)
+    real, parent = publish_redis._write_share, os.getpid()
+
+    def dying(*args: Any, **kwargs: Any) -> None:
+        if os.getpid() != parent:  # a forked writer: gone without a word, as if killed
+            os._exit(3)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(publish_redis, "_write_share", dying)
+    with pytest.raises(IndexUnavailable, match=r"1 of 2 writer processes failed \(exit 3\)"):
+        publish_snapshot(client, big_list, keyer, keys, writers=2)
+    assert client.get(keys.current) == first.encode()
+    assert_only_current(client, keys)  # the half-written version is deleted
+
+
+def test_a_load_killed_with_writer_processes_leaves_nothing_behind(
+    big_list: Path, redis_server: RedisServer, client: Client
+) -> None:
+    keys = RedisKeys()
+    proc = load_process(big_list, redis_server.url, "--writers", "2")
+    try:
+        eventually(lambda: version_keys_written(client, keys) > 20, "keys written", step=0.005)
+        writers = psutil.Process(proc.pid).children()
+        assert proc.poll() is None and writers, "the load finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+    def stopped() -> bool:
+        return not [w for w in writers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+    eventually(stopped, "the writers of the killed load gone")
+    assert client.get(keys.current) is None
+    load_until_it_succeeds(big_list, redis_server.url)
     assert_only_current(client, keys)
 
 
