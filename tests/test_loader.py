@@ -7,6 +7,7 @@ import itertools
 import threading
 import time
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -299,6 +300,10 @@ def test_followed_directory_applies_new_files(tmp_path: Path, keyer: SubjectKeye
     assert all(name != "ignored.part" for _, name in events)
 
 
+def _read(last_read: list[object], view: object) -> bool:
+    return last_read[0] is view
+
+
 def test_checks_never_see_a_half_loaded_list(tmp_path: Path, keyer: SubjectKeyer) -> None:
     """Version A lists Zhang and Li; version B lists neither. A reader that
     looks both up in one view sees both or neither, through many swaps."""
@@ -310,18 +315,24 @@ def test_checks_never_see_a_half_loaded_list(tmp_path: Path, keyer: SubjectKeyer
     keys = [keyer.subject_key(IdType.RESIDENT_ID, p) for p in (ZHANG, LI)]
     seen: set[tuple[bool, bool]] = set()
     stop = threading.Event()
+    last_read: list[object] = [None]
 
     def reader() -> None:
         while not stop.is_set():
             view = index.current()
             assert view is not None
             seen.add(tuple(bool(view.look_up(k)) for k in keys))  # type: ignore[arg-type]
+            last_read[0] = view
 
     thread = threading.Thread(target=reader)
     thread.start()
     try:
         for i in range(30):
             loader.load_path(version_b if i % 2 == 0 else version_a)
+            # the reader looks at every version at least once: both states are seen,
+            # however the threads happen to be scheduled
+            eventually(partial(_read, last_read, index.current()),
+                       "the reader saw the new version", step=0.0005)  # fmt: skip
     finally:
         stop.set()
         thread.join()
