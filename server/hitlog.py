@@ -447,10 +447,9 @@ class AuditLog(AppendLog):
             raise ValueError("head_interval must be positive")
         super().__init__(path, **options)
         start = _chain_start(path)
-        self._seq, self._prev, self._file = start.seq, start.sha256, start.file
-        self._prev_hex = self._prev.encode()
+        #: the last record's seq, its hash (``line_hash``, as the next line writes it) and file
+        self._seq, self._prev, self._file = start.seq, start.sha256.encode(), start.file
         self._live_name = path.name
-        self._plain_writes = self.fsync == "never"  # no sync to follow a write
         self._head_lock = threading.Lock()  # taken before the record lock, never after
         self._noted: ChainHead | None = None
         self._note_head()
@@ -463,7 +462,7 @@ class AuditLog(AppendLog):
     @property
     def head(self) -> tuple[int, str]:
         """(seq, hash) of the last record written: note it down to anchor the chain's end."""
-        return self._seq, self._prev
+        return self._seq, self._prev.decode()
 
     def record(
         self,
@@ -503,34 +502,15 @@ class AuditLog(AppendLog):
             rest += b',"check_id":' + _dumps(check_id)
         with self._lock:
             now = self._clock()
-            line = _LINE % (self._seq + 1, self._prev_hex, now, call, rest)
-            start, end = self._day_window
-            size = self._size
-            if (not self._plain_writes or not size
-                    or size + len(line) > self.max_bytes or not start <= now < end):  # fmt: skip
-                self._put(now, line)  # rotation due, or a sync after the write
-                return
-            try:
-                written = os.write(self._fd, line)
-                while written < len(line):  # one write, unless the disk is nearly full
-                    written += os.write(self._fd, line[written:])
-            except OSError:  # disk full, I/O error: the call fails, and it is counted
-                self.write_errors += 1
-                raise
-            self._size = size + written
-            self._seq += 1
-            self._prev = prev = _sha256(line[:-1]).hexdigest()
-            self._prev_hex = prev.encode()
-            self._file = self._live_name
+            self._put(now, _LINE % (self._seq + 1, self._prev, now, call, rest))
 
     def _encode(self, now: float, record: Mapping[str, Any]) -> bytes:
-        chained = {"seq": self._seq + 1, "prev": self._prev, "time": now, **record}
+        chained = {"seq": self._seq + 1, "prev": self._prev.decode(), "time": now, **record}
         return orjson.dumps(chained) + b"\n"
 
     def _committed(self, line: bytes) -> None:
         self._seq += 1
-        self._prev = prev = _sha256(line[:-1]).hexdigest()
-        self._prev_hex = prev.encode()
+        self._prev = _sha256(line[:-1]).hexdigest().encode()
         self._file = self._live_name
 
     def _renamed(self, target: Path) -> None:
@@ -540,7 +520,7 @@ class AuditLog(AppendLog):
         """Replace ``<path>.head`` with the chain head, if it moved since last noted."""
         with self._head_lock:
             with self._lock:
-                head = ChainHead(self._seq, self._prev, self._file)
+                head = ChainHead(self._seq, self._prev.decode(), self._file)
             if head != self._noted:
                 write_head(self.path, head, sync=self.fsync != "never")
                 self._noted = head

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -242,6 +243,29 @@ def test_audit_lines_are_what_orjson_writes_for_the_record(tmp_path: Path) -> No
         "CheckConsumptionStream", "ipv4:127.0.0.1:9", 3, {}
     )  # fmt: skip
     assert "check_id" not in rec
+    assert audit_mod.verify(path).ok
+
+
+def test_an_audit_record_the_disk_refuses_fails_is_counted_and_leaves_the_chain_whole(
+    tmp_path: Path,
+) -> None:
+    """A write that fails (here: ENOSPC from /dev/full in place of the live file) raises,
+    is counted, and takes no seq: the next record links to the last one written."""
+    full = Path("/dev/full")
+    if not full.exists():
+        pytest.skip("no /dev/full on this system")
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, clock=Clock(china(2026, 7, 1)))
+    write_audit(log, 2)
+    live, log._fd = log._fd, os.open(full, os.O_WRONLY)  # the disk is full from here
+    with pytest.raises(OSError):
+        write_audit(log, 1)
+    assert (log.write_errors, log.head[0]) == (1, 2)
+    os.close(log._fd)
+    log._fd = live  # room again
+    write_audit(log, 1)
+    log.close()
+    assert [r["seq"] for r in records(path)] == [1, 2, 3]
     assert audit_mod.verify(path).ok
 
 
