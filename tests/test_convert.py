@@ -8,7 +8,9 @@ from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.check_client import build_request
 from shixin_check.domain.errors import InvalidInput
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.domain.rules import Flight, RailSeat, RailTicket
+from shixin_check.domain.model import Channel
+from shixin_check.domain.rules import PURCHASE_OF_CHANNEL, Flight, RailSeat, RailTicket
+from shixin_check.domain.wire import PURCHASE_FIELD
 from shixin_check.loader.synthetic import never_listed_id
 from shixin_check.server import convert
 
@@ -83,3 +85,30 @@ def test_what_is_kept_stays_bounded_whatever_is_sent() -> None:
     # still right after the clear: the last trains and an early one again
     assert convert.to_query(rail(numbers[-1]), KEYER).purchase.train_number == numbers[-1]  # type: ignore[union-attr]
     assert convert.to_query(rail(numbers[0]), KEYER).purchase.train_number == numbers[0]  # type: ignore[union-attr]
+
+
+def a_purchase_of(channel: Channel) -> pb.CheckRequest:
+    """A request of ``channel`` whose purchase has every enum set and plausible values."""
+    request = build_request(channel.name, id_number=never_listed_id())
+    request.amount_fen = 100_000
+    message = getattr(request, PURCHASE_FIELD[channel])
+    message.SetInParent()
+    for field in message.DESCRIPTOR.fields:
+        if field.enum_type is not None:
+            setattr(message, field.name, field.enum_type.values[-1].number)
+        elif field.type == field.TYPE_INT32:
+            setattr(message, field.name, 3)
+    if channel is Channel.RAIL:
+        message.train_number = "G1234"
+    elif channel is Channel.AIRLINE:
+        message.flight_number, message.cabin = "CA1234", "Y"
+    return request
+
+
+@pytest.mark.parametrize("channel", list(Channel), ids=lambda c: c.name)
+def test_each_purchase_field_makes_its_channels_purchase(channel: Channel) -> None:
+    # to_query checks the purchase field against the channel and leaves the purchase's
+    # type to its converter (no second check on the hot path): each must make its own
+    query = convert.to_query(a_purchase_of(channel), KEYER)
+    assert type(query.purchase) is PURCHASE_OF_CHANNEL[channel]
+    assert query.channel is channel
