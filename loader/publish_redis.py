@@ -34,12 +34,14 @@ killed delta load leaves nothing at all.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -50,7 +52,13 @@ from shixin_check.domain.errors import ConfigurationError, IndexUnavailable, Loa
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import NO_END, EntryStatus, Role
 from shixin_check.loader.feed import pending
-from shixin_check.loader.index_memory import _MASK_WIDTH, MemoryView, entry_id_hash, matches_of
+from shixin_check.loader.index_memory import (
+    _COLUMNS,
+    _MASK_WIDTH,
+    MemoryView,
+    entry_id_hash,
+    matches_of,
+)
 from shixin_check.loader.index_redis import (
     Client,
     HeldLock,
@@ -214,8 +222,10 @@ class _Columns:
     entry_order: np.ndarray[Any, Any]  # entry rows in order of their first key
     ebuckets: np.ndarray[Any, Any]  # each entry row's bucket
     grouped: bytes  # each entry's keys, 16 bytes each, entries one after the other
-    starts: list[int]  # where each entry row's keys begin in ``grouped`` (in keys)
-    ends: list[int]
+    starts: np.ndarray[Any, Any]  # where each entry row's keys begin in ``grouped`` (bytes)
+    ends: np.ndarray[Any, Any]
+    id_at: np.ndarray[Any, Any]  # where each entry row's entry_id begins and ends in the text
+    id_end: np.ndarray[Any, Any]
 
 
 def _columns(base: Any, ebits: int) -> _Columns:
@@ -233,6 +243,7 @@ def _columns(base: Any, ebits: int) -> _Columns:
         cast(Any, base.id_sorted), "<u8"
     )  # entry_id_hash of every row
     rows, first = np.unique(m_entry, return_index=True)
+    text_at = np.frombuffer(cast(Any, base.e_text_at), "<u8")[:-1]
     return _Columns(
         k_hi=k_hi,
         raw_keys=key_bytes.tobytes(),
@@ -243,9 +254,26 @@ def _columns(base: Any, ebits: int) -> _Columns:
         entry_order=rows[np.argsort(first, kind="stable")],
         ebuckets=(id_hash >> np.uint64(64 - ebits)) if ebits else np.zeros(base.entries, "<u8"),
         grouped=key_bytes[np.argsort(m_entry, kind="stable")].tobytes(),
-        starts=(ends - counts).tolist(),
-        ends=ends.tolist(),
+        starts=(ends - counts) * 16,
+        ends=ends * 16,
+        id_at=text_at,
+        id_end=_first_separators(base.text, text_at),
     )
+
+
+#: Bytes of the text column searched at a time for separators (a bool a byte)
+_SEARCH_BLOCK = 1 << 26
+
+
+def _first_separators(text: Any, text_at: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Where each text's first \x1f is (its entry_id ends there), for all at once."""
+    data = np.frombuffer(cast(Any, text), "u1")
+    found = [
+        np.flatnonzero(data[at : at + _SEARCH_BLOCK] == 0x1F) + at
+        for at in range(0, len(data), _SEARCH_BLOCK)
+    ]
+    separators = np.concatenate(found) if found else np.zeros(0, "<i8")
+    return separators[np.searchsorted(separators, text_at)].astype("<u8")
 
 
 @dataclass(frozen=True)
@@ -351,6 +379,16 @@ def _writer(
         sys.exit(1)
 
 
+#: keys (or entries) a writer takes into lists at a time
+_RUN = 100_000
+
+
+def _per_key(base: Any, rows: np.ndarray[Any, Any], name: str) -> list[Any]:
+    """Entry column ``name`` at each of ``rows``, as plain values."""
+    values: list[Any] = np.frombuffer(cast(Any, getattr(base, name)), _COLUMNS[name])[rows].tolist()
+    return values
+
+
 def _write_share(
     client: Client, keys: RedisKeys, version: str, base: Any, columns: _Columns, bits: int,
     share: _Share, check: Callable[[], None],
@@ -362,50 +400,69 @@ def _write_share(
             check()
             pipe.execute()
 
-    lo, hi = share.lo, share.hi
-    buckets = (columns.k_hi[lo:hi] >> np.uint64(64 - bits)).tolist() if bits else [0] * (hi - lo)
     raw_keys, exemptions = columns.raw_keys, columns.exemptions
     text, text_at = base.text, base.e_text_at
-    courts, e_type, e_status = base.courts, base.e_type, base.e_status
-    e_court, e_listed, e_valid = base.e_court, base.e_listed, base.e_valid
-    m_role, m_name, m_mask, w = base.m_role, base.m_name, base.m_mask, _MASK_WIDTH
+    court_names = np.array(list(base.courts), dtype=object)
+    m_mask, w = base.m_mask, _MASK_WIDTH
     bucket, fields = -1, {}  # type: tuple[int, dict[bytes, list[Any]]]
-    for i, b, row in zip(range(lo, hi), buckets, base.m_entry[lo:hi], strict=True):
-        if b != bucket:
-            _flush(pipe, keys.subjects(version, bucket), fields)
-            bucket, fields = b, {}
-            send_if_full()
-        # base.texts(row), decoded again for each of an entry's keys rather than kept: a
-        # dict of every entry's texts was ~40% of the loader's peak memory, and slower
-        found = text[text_at[row] : text_at[row + 1]].decode().split("\x1f")
-        role = m_role[i]
-        match = [
-            found[0],
-            e_type[row],
-            e_status[row],
-            role,
-            m_name[i],
-            found[1],
-            courts[e_court[row]],
-            found[2] if role != _DEBTOR else "",
-            m_mask[i * w : (i + 1) * w].rstrip().decode(),
-            e_listed[row],
-            e_valid[row],
-            exemptions.get(row, []),
-        ]  # fmt: skip  (encode_match's order)
-        fields.setdefault(raw_keys[16 * i : 16 * i + 16], []).append(match)
+    # each key's entry fields gathered a column at a time by numpy, not indexed key by
+    # key, in runs of _RUN keys (the lists of a whole share would cost gigabytes at 10M)
+    for lo in range(share.lo, share.hi, _RUN):
+        hi = min(lo + _RUN, share.hi)
+        rows = np.frombuffer(cast(Any, base.m_entry), "<u4")[lo:hi]
+        per_key = partial(_per_key, base, rows)
+        for i, b, row, role, name, court, kind, status, listed, valid in zip(
+            range(lo, hi),
+            (columns.k_hi[lo:hi] >> np.uint64(64 - bits)).tolist() if bits else [0] * (hi - lo),
+            rows.tolist(),
+            np.frombuffer(cast(Any, base.m_role), "u1")[lo:hi].tolist(),
+            np.frombuffer(cast(Any, base.m_name), "<u8")[lo:hi].tolist(),
+            court_names[per_key("e_court")].tolist(),
+            per_key("e_type"), per_key("e_status"), per_key("e_listed"), per_key("e_valid"),
+            strict=True,
+        ):  # fmt: skip
+            if b != bucket:
+                _flush(pipe, keys.subjects(version, bucket), fields)
+                bucket, fields = b, {}
+                send_if_full()
+            # base.texts(row), decoded again for each of an entry's keys rather than kept: a
+            # dict of every entry's texts was ~40% of the loader's peak memory, and slower
+            found = text[text_at[row] : text_at[row + 1]].decode().split("\x1f")
+            match = [
+                found[0],
+                kind,
+                status,
+                role,
+                name,
+                found[1],
+                court,
+                found[2] if role != _DEBTOR else "",
+                m_mask[i * w : (i + 1) * w].rstrip().decode(),
+                listed,
+                valid,
+                exemptions.get(row, []),
+            ]  # fmt: skip  (encode_match's order)
+            fields.setdefault(raw_keys[16 * i : 16 * i + 16], []).append(match)
     _flush(pipe, keys.subjects(version, bucket), fields)
+    # each entry bucket's hash, entry_id to its keys: the rows sorted by bucket (stably, so
+    # a bucket's fields keep the order of their first keys), taken a run of buckets at a time
     order, ebuckets = columns.entry_order, columns.ebuckets
     mine = order[(ebuckets[order] >= share.elo) & (ebuckets[order] < share.ehi)]
-    starts, ends, grouped = columns.starts, columns.ends, columns.grouped
-    by_bucket: dict[int, dict[bytes, bytes]] = {}
-    for row, b in zip(mine.tolist(), ebuckets[mine].tolist(), strict=True):
-        at = text_at[row]
-        entry_id = text[at : text.find(b"\x1f", at)]  # a text's first field (mmap has no index)
-        by_bucket.setdefault(b, {})[entry_id] = grouped[16 * starts[row] : 16 * ends[row]]
-    for b, mapping in by_bucket.items():
-        pipe.hset(keys.entries(version, b), mapping=mapping)
-        send_if_full()
+    mine = mine[np.argsort(ebuckets[mine], kind="stable")]
+    mine_buckets = ebuckets[mine]
+    per_run = max(1, _RUN * (share.ehi - share.elo) // max(len(mine), 1))
+    for first in range(share.elo, share.ehi, per_run):
+        a, b = np.searchsorted(mine_buckets, [first, first + per_run]).tolist()
+        run, run_buckets = mine[a:b], mine_buckets[a:b]
+        ids = list(map(text.__getitem__, map(slice, columns.id_at[run].tolist(),
+                                             columns.id_end[run].tolist())))  # fmt: skip
+        values = list(map(columns.grouped.__getitem__, map(slice, columns.starts[run].tolist(),
+                                                           columns.ends[run].tolist())))  # fmt: skip
+        cuts = [0, *(np.flatnonzero(np.diff(run_buckets)) + 1).tolist(), b - a]
+        for x, y in itertools.pairwise(cuts if a < b else []):
+            mapping = dict(zip(ids[x:y], values[x:y], strict=True))
+            pipe.hset(keys.entries(version, int(run_buckets[x])), mapping=mapping)
+            send_if_full()
     check()
     pipe.execute()
 

@@ -179,16 +179,26 @@ def version_content(client: Client, keys: RedisKeys, version: str) -> dict[str, 
 
 
 def test_a_snapshot_written_by_several_processes_is_the_one_written_by_one(
-    big_list: Path, client: Client
+    big_list: Path, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     keyer = SubjectKeyer(SECRET)
     contents = {}
-    for writers in (1, 3):
-        keys = RedisKeys(f"w{writers}")
+    # a writer takes its keys and entries into lists a run at a time: runs of 1 and of 97
+    # end inside buckets and between the matches of one key, where one run (the whole list)
+    # has no end
+    whole = publish_redis._RUN
+    for writers, run in ((1, whole), (3, whole), (1, 1), (3, 97)):
+        monkeypatch.setattr(publish_redis, "_RUN", run)
+        keys = RedisKeys(f"w{writers}-{run}")
         version = publish_snapshot(client, big_list, keyer, keys, writers=writers)
-        contents[writers] = version_content(client, keys, version)
-    assert len(contents[1]) > 100 and sum(len(v) for v in contents[1].values()) > 40_000
-    assert contents[3] == contents[1]
+        contents[writers, run] = version_content(client, keys, version)
+    reference = contents.pop((1, whole))
+    assert len(reference) > 100 and sum(len(v) for v in reference.values()) > 40_000
+    several = [v for name, h in reference.items() if name.startswith("s:") for v in h.values()
+               if len(orjson.loads(v)) > 1]  # fmt: skip
+    assert several, "no subject with several matches: runs of 1 would split none"
+    for written in contents.values():
+        assert written == reference
 
 
 def test_a_writer_process_that_dies_fails_the_load_and_leaves_nothing(
