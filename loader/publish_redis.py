@@ -309,8 +309,11 @@ def _write_version(
     ``view`` is a fresh snapshot's (no overlay), so each stored match is
     ``encode_match(view.match_at(i))`` built straight from the base's columns,
     and what can be computed a column at a time (buckets, key bytes, which
-    keys each entry has) is, with numpy: a million entries are 1.4 million
-    matches, and a ``ListedMatch`` each cost more than the rest of the write.
+    keys each entry has, where each entry_id ends, each key's entry fields) is,
+    with numpy: a million entries are 1.4 million matches, and a
+    ``ListedMatch`` each cost more than the rest of the write. A writer takes
+    its keys and entries into lists ``_RUN`` at a time, so its memory does not
+    grow with the list.
 
     The write is Python-bound (Redis spends a tenth of the loader's CPU), so
     with ``writers`` > 1 this process forks the others (they share the
