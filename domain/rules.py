@@ -297,7 +297,7 @@ def _insurance(p: InsurancePolicy, amount_fen: int, prefix: str) -> None:
 
 
 #: Field checks of the purchases that have any (a rail ticket's are in building it).
-PURCHASE_CHECKS: dict[type, Any] = {
+_CHECKS: dict[type, Any] = {
     HotelStay: _hotel,
     ShipPassage: _ship,
     TravelBooking: _travel,
@@ -306,17 +306,12 @@ PURCHASE_CHECKS: dict[type, Any] = {
 
 
 def validate_purchase(channel: Channel, purchase: Purchase, amount_fen: int, prefix: str) -> None:
-    """Field checks that do not depend on the list; ``prefix`` is the purchase's field path.
-
-    ``server.convert.to_query`` makes the wire's purchases of the right type and
-    writes out the other two checks (the hot path): a new check goes in
-    ``PURCHASE_CHECKS``, which both use.
-    """
+    """Field checks that do not depend on the list; ``prefix`` is the purchase's field path."""
     if type(purchase) is not PURCHASE_OF_CHANNEL[channel]:
         raise InvalidInput(prefix, f"does not match channel {channel.name}")
     if amount_fen < 0:
         raise InvalidInput("amount_fen", "must not be negative")
-    check = PURCHASE_CHECKS.get(type(purchase))
+    check = _CHECKS.get(type(purchase))
     if check is not None:
         check(purchase, amount_fen, prefix)
 

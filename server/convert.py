@@ -26,16 +26,13 @@ from shixin_check.domain.decision import (
 from shixin_check.domain.errors import InvalidInput
 from shixin_check.domain.identity import (
     IdType,
-    normalize_document,
-    normalize_resident_id,
+    normalize_person_id,
     normalize_uscc,
     other_reading,
 )
 from shixin_check.domain.keys import IdentityKeyer
 from shixin_check.domain.model import NO_END, day_iso
 from shixin_check.domain.rules import (
-    PURCHASE_CHECKS,
-    PURCHASE_OF_CHANNEL,
     Flight,
     HotelStay,
     InsurancePolicy,
@@ -54,6 +51,7 @@ from shixin_check.domain.rules import (
     TravelService,
     VehicleSale,
     normalize_train_number,
+    validate_purchase,
 )
 from shixin_check.domain.wire import (
     CHANNELS,
@@ -208,11 +206,6 @@ _PURCHASES: dict[str, Callable[[Any], Purchase]] = {
 
 
 _PREFIX = {name: f"purchase.{name}" for name in PURCHASE_FIELD.values()}
-#: per purchase field: its converter, the field checks of the purchase it makes, its path
-_BY_FIELD: dict[str, tuple[Callable[[Any], Purchase], Any, str]] = {
-    name: (_PURCHASES[name], PURCHASE_CHECKS.get(PURCHASE_OF_CHANNEL[channel]), _PREFIX[name])
-    for channel, name in PURCHASE_FIELD.items()
-}
 
 
 def _long_field(request: pb.CheckRequest) -> NoReturn:
@@ -250,10 +243,7 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
         id_type = ID_TYPES.get(person.id_type)
         if id_type is None:
             raise InvalidInput("subject.person.id_type", f"{person.id_type} is not a known id type")
-        if id_type is _RESIDENT_ID:  # nearly every check: one call less
-            number = normalize_resident_id(raw, "subject.person.id_number")
-        else:
-            number = normalize_document(raw, "subject.person.id_number")
+        number = normalize_person_id(id_type, raw, "subject.person.id_number")
         key = keyer.subject_key(id_type, number)
         if id_type is not _RESIDENT_ID:  # a number under another type may read as one
             other = other_reading(id_type, number)
@@ -284,14 +274,9 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
             f"purchase.{given}",
             f"does not match channel {channel.name} (expected purchase.{expected})",
         )
-    # validate_purchase, written out: the purchase's type is its channel's by construction
-    convert, check, prefix = _BY_FIELD[given]
-    purchase = convert(getattr(request, given))
+    purchase = _PURCHASES[given](getattr(request, given))
     amount = request.amount_fen
-    if amount < 0:
-        raise InvalidInput("amount_fen", "must not be negative")
-    if check is not None:
-        check(purchase, amount, prefix)
+    validate_purchase(channel, purchase, amount, _PREFIX[given])
     # tuple.__new__ straight: the namedtuple's own __new__ is a Python function (~0.15 µs)
     return _new_tuple(Query, (key, name, number, channel, purchase, amount, also))
 

@@ -331,10 +331,7 @@ class AppendLog:
     def _put(self, now: float, line: bytes) -> None:
         """With the lock held: ``line`` into the live file (rotated first when due)."""
         try:
-            start, end = self._day_window
-            size = self._size
-            if not size or size + len(line) > self.max_bytes or not start <= now < end:
-                self._rotate_if_due(now, len(line))
+            self._rotate_if_due(now, len(line))
             self._write(line)
             self._committed(line)
             if self.fsync != "never":
