@@ -15,8 +15,13 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # --- build: wheels of the project and of everything it depends on ---------------------------
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
+# A C compiler for loader/_rowcheck.c, the load's row checker (the runtime stage gets the
+# compiled wheel, not the compiler; without one the wheel would check rows in Python).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 # Only what the wheel is made of (.dockerignore keeps the rest out of the context).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY protos/ protos/
 COPY shixin_check/ shixin_check/
 COPY domain/ domain/

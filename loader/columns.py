@@ -5,6 +5,10 @@ load costs. ``parse_entry`` then ``BaseBuilder.add`` made a ``ListEntry``, its
 ``ListedSubject`` tuples and an ``Exemption`` per exemption, called a helper
 per field and hashed, masked and appended one value at a time. Here:
 
+- ``_rowcheck.plain``, in C (``loader/_rowcheck.c``, built by setup.py),
+  takes a row whose values need no normalising (the feed's rows nearly all)
+  and returns what ``_plain`` would, without a Python frame; it declines
+  anything else, which ``_plain`` then takes;
 - ``ColumnBuilder._plain`` checks a row in one function, with the checks of
   the common fields written out and the same domain functions
   (``normalize_person_id``, ``normalize_name``, ``mask_id``) doing every
@@ -20,24 +24,29 @@ accepts only rows ``parse_entry`` accepts, with the same values; anything it
 is not sure of (a missing field, a value of another type, a bad row) raises
 ``_NotFast`` and goes through ``parse_entry`` itself, so every error keeps its
 line, field and wording. ``tests/test_loader.py`` holds both paths to
-``parse_entry`` and ``BaseBuilder``, on every field of a row made bad in a
-dozen ways; the compiled files of a million-row list are byte for byte those
-the old path wrote.
+``parse_entry`` and ``BaseBuilder``, with and without the C checker, on every
+field of a row made bad in a dozen ways (``tests/test_rowcheck.py`` holds the
+C checker to ``_plain`` directly); the compiled files of a million-row list
+are byte for byte those the old path wrote.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
-from functools import partial
+from itertools import repeat
 from operator import itemgetter
+from pathlib import Path
+from types import ModuleType
 from typing import Any, cast
 
 import numpy as np
 
+from shixin_check.domain import identity
 from shixin_check.domain.errors import InvalidInput, RowError
 from shixin_check.domain.identity import (
     IdType,
@@ -59,6 +68,8 @@ from shixin_check.loader.listfile import (
     _date,
     parse_entry,
 )
+
+log = logging.getLogger(__name__)
 
 _RESIDENT_ID = IdType.RESIDENT_ID
 # listfile's tables, asked of any JSON value: one that is not a key gives None, and
@@ -148,9 +159,46 @@ def plain_uscc(code: str) -> bool:
     return code[17] == _USCC_ALPHABET[(31 - total) % 31]
 
 
+def compiled_module() -> ModuleType | None:
+    """``_rowcheck``, the row checker in C, configured with the tables above; None
+    where it was not built (no compiler at install) or was built from an older
+    ``_rowcheck.c`` than the one beside it (then run ``scripts/setup`` again).
+
+    Its ``plain`` returns what ``_plain`` returns for a row in the plain form,
+    and None for anything it is not sure of, which ``_plain`` then decides: it
+    takes the common rows whole (the feed's rows, gen-data's) at a fraction of
+    the cost. Its ``masks`` packs ``mask_id`` of many numbers at once.
+    """
+    try:
+        from shixin_check.loader import _rowcheck
+    except ImportError:
+        return None
+    source = Path(__file__).with_name("_rowcheck.c")  # in a checkout; a wheel ships only the build
+    if source.exists():
+        digest = hashlib.blake2b(source.read_bytes(), digest_size=16).hexdigest()
+        if digest != _rowcheck.SOURCE_DIGEST:
+            log.warning("%s changed since it was compiled: rows are checked in Python "
+                        "until scripts/setup builds it again", source)  # fmt: skip
+            return None
+    _rowcheck.configure(
+        list_types=_LIST_TYPES, statuses=_STATUSES, active=_ACTIVE, roles=_RELATED_ROLES,
+        id_types=_ID_TYPES, resident=_RESIDENT_ID, channels=_CHANNELS, days=_DAYS,
+        debtor=_DEBTOR, exemption=Exemption, no_end=NO_END,
+        provinces=identity._PROVINCES, birth_dates=identity._BIRTH_DATES,
+    )  # fmt: skip
+    return _rowcheck
+
+
+_rowcheck = compiled_module()
+
+
+def _never_sure(obj: Any, line: Any) -> None:  # plain() and masks() where C is not built
+    return None
+
+
 _blake2b = type(hashlib.blake2b())
 _copy, _update, _digest = _blake2b.copy, _blake2b.update, _blake2b.digest
-_entry_hasher = partial(hashlib.blake2b, digest_size=8)  # entry_id_hash, as bytes
+_ENTRY_HASHER = hashlib.blake2b(digest_size=8)  # entry_id_hash, as bytes: copied, never updated
 
 
 def _transposed(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -158,6 +206,7 @@ def _transposed(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(map(itemgetter(i), rows)) for i in range(width)]
 
 
+_plain_name = identity._PLAIN_NAME.match  # normalize_name's test for a name already normal
 _NO_NAME = bytes(8)  # name_key 0: no name given
 _ONE = (1).to_bytes(8)  # a digest of zeros: name_key keeps 0 for no name, so it is 1
 
@@ -178,6 +227,9 @@ class ColumnBuilder:
     FLUSH_ROWS = 1000  # more and the staged values no longer stay in the CPU's caches
 
     def __init__(self, keyer: SubjectKeyer, expected: int = 0) -> None:
+        # the C row checker, or stand-ins that are never sure (tests take _rowcheck away)
+        self._compiled = _rowcheck.plain if _rowcheck else _never_sure
+        self._masks = _rowcheck.masks if _rowcheck else _never_sure
         self._by_tag, self._name = keyer.hashers()  # keys as digests, not ints
         self._expected = expected
         self.keeping = True
@@ -208,8 +260,9 @@ class ColumnBuilder:
     def add(self, obj: dict[str, Any], line: int) -> RowError | None:
         """Validate one row and, while ``keeping``, store it; its error, if bad."""
         subjects: Sequence[Subject]
+        found = self._compiled(obj, line)
         try:
-            entry, subjects, exemptions = self._plain(obj, line)
+            entry, subjects, exemptions = found or self._plain(obj, line)
         except (_NotFast, InvalidInput, TypeError):
             try:
                 parsed = parse_entry(obj)
@@ -318,7 +371,9 @@ class ColumnBuilder:
         entries, self._entries = self._entries, []
         self.entries += len(entries)
         ids, lines, types, statuses, published, valid, courts, texts = _transposed(entries, 8)
-        self.e_idh += b"".join(map(_digest, map(_entry_hasher, map(str.encode, ids))))
+        hashers = list(map(_copy, repeat(_ENTRY_HASHER, len(ids))))  # copies: cheaper than new
+        deque(map(_update, hashers, map(str.encode, ids)), maxlen=0)
+        self.e_idh += b"".join(map(_digest, hashers))
         self.e_line.extend(lines)
         self.e_type.extend(types)
         self.e_status.extend(statuses)
@@ -342,20 +397,38 @@ class ColumnBuilder:
         deque(map(_update, hashers, map(str.encode, numbers)), maxlen=0)
         self.keys += b"".join(map(_digest, hashers))
         self.m_role.extend(roles)
+        self.m_name += self._name_keys(names)
+        packed = self._masks(numbers, _MASK_WIDTH)
+        if packed is None:
+            # every normalised number is ASCII (a resident ID, a USCC, 5-20 letters and
+            # digits) and at most _MASK_WIDTH long, and so is its mask: one byte a character
+            masks = list(map(mask_id, numbers))
+            packed = "".join([m.ljust(_MASK_WIDTH) for m in masks]).encode()
+            if len(packed) != len(masks) * _MASK_WIDTH:  # never: as BaseBuilder.add, then
+                packed = b"".join(m.encode().ljust(_MASK_WIDTH)[:_MASK_WIDTH] for m in masks)
+        self.m_mask += packed
+
+    def _name_keys(self, names: list[str]) -> bytes:
+        """``_name_key`` of each name, 8 bytes each, remembering the distinct ones.
+
+        A name already normal (CJK ideographs and U+00B7 only: most of them) is
+        hashed as it is, all of them in one pass of ``map`` over C functions."""
         cache = self._names
-        for name in dict.fromkeys(names):
-            if name not in cache:
-                cache[name] = self._name_key(name)
-        self.m_name += b"".join(map(cache.__getitem__, names))
         if len(cache) > _NAME_CACHE:
             cache.clear()
-        # every normalised number is ASCII (a resident ID, a USCC, 5-20 letters and
-        # digits) and at most _MASK_WIDTH long, and so is its mask: one byte a character
-        masks = list(map(mask_id, numbers))
-        packed = "".join([m.ljust(_MASK_WIDTH) for m in masks]).encode()
-        if len(packed) != len(masks) * _MASK_WIDTH:  # never: as BaseBuilder.add, then
-            packed = b"".join(m.encode().ljust(_MASK_WIDTH)[:_MASK_WIDTH] for m in masks)
-        self.m_mask += packed
+        new = [name for name in dict.fromkeys(names) if name not in cache]
+        plain = list(filter(_plain_name, new))
+        hashers = list(map(_copy, repeat(self._name, len(plain))))
+        deque(map(_update, hashers, map(str.encode, plain)), maxlen=0)
+        digests = list(map(_digest, hashers))
+        if _NO_NAME in digests:  # name_key keeps 0 for no name (_name_key)
+            digests = [_ONE if d == _NO_NAME else d for d in digests]
+        cache.update(zip(plain, digests, strict=True))
+        if len(plain) < len(new):
+            for name in new:
+                if name not in cache:
+                    cache[name] = self._name_key(name)
+        return b"".join(map(cache.__getitem__, names))
 
     def _name_key(self, name: str) -> bytes:
         """``SubjectKeyer.name_key(normalize_name(name))``, as 8 bytes big-endian."""

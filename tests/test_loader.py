@@ -21,7 +21,7 @@ from shixin_check.domain.identity import IdType, normalize_uscc
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import Channel, Decision, EntryStatus, ListType, Role, china_day
 from shixin_check.domain.rules import Flight, Policy
-from shixin_check.loader import listfile, publish_redis
+from shixin_check.loader import columns, listfile, publish_redis
 from shixin_check.loader.columns import ColumnBuilder, plain_uscc
 from shixin_check.loader.feed import is_header
 from shixin_check.loader.index_memory import (
@@ -414,18 +414,42 @@ def _legacy(rows: list[dict[str, Any]], keyer: SubjectKeyer) -> tuple[object, li
     return _merged([builder.parts()]), errors
 
 
+@pytest.fixture(params=["compiled", "python"])
+def row_checker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """ColumnBuilder with the C row checker (loader/_rowcheck.c), and without it as
+    where no compiler built it: both must build what parse_entry builds."""
+    if request.param == "python":
+        monkeypatch.setattr(columns, "_rowcheck", None)
+    else:
+        assert columns._rowcheck is not None, "loader/_rowcheck.c is not built: scripts/setup"
+    return str(request.param)
+
+
 def _columnar(
     rows: list[dict[str, Any]], keyer: SubjectKeyer, pieces: int = 1
-) -> tuple[object, list[RowError], int]:
-    """The same through ColumnBuilder, in ``pieces`` parts as load workers make them."""
+) -> tuple[object, list[RowError], int, int]:
+    """The same through ColumnBuilder, in ``pieces`` parts as load workers make them;
+    and how many rows took the fast path, and how many of those the C checker took."""
     builders = [ColumnBuilder(keyer, 1024) for _ in range(pieces)]
+    compiled = [0]
+
+    def counted(check: Any) -> Any:
+        def checked(row: dict[str, Any], line: int) -> Any:
+            found = check(row, line)
+            compiled[0] += found is not None
+            return found
+
+        return checked
+
+    for builder in builders:
+        builder._compiled = counted(builder._compiled)  # type: ignore[method-assign]
     errors = []
     for line, row in enumerate(rows, 1):
         builder = builders[(line - 1) * pieces // len(rows)]
         if error := builder.add(row, line):
             errors.append(error)
     fast = sum(b.fast_rows for b in builders)
-    return _merged([b.parts() for b in builders]), errors, fast
+    return _merged([b.parts() for b in builders]), errors, fast, compiled[0]
 
 
 def _unusual_but_valid() -> list[dict[str, Any]]:
@@ -452,16 +476,20 @@ def _unusual_but_valid() -> list[dict[str, Any]]:
 
 
 def test_fast_path_builds_what_parse_entry_builds(
-    keyer: SubjectKeyer, monkeypatch: pytest.MonkeyPatch
+    keyer: SubjectKeyer, monkeypatch: pytest.MonkeyPatch, row_checker: str
 ) -> None:
     monkeypatch.setattr(ColumnBuilder, "FLUSH_ROWS", 7)  # rows staged and flushed many times
     plain = [*basic_rows(), *many_rows(60)]
     plain[5]["exemptions"] = [{"channel": "HOTEL", "from": "2025-03-01", "until": "2025-03-02"}]
     rows = [*plain, *_unusual_but_valid(), *plain[:3]]  # and three repeated entry_ids
+    legacy = _legacy(rows, keyer)  # parse_entry sees every date first: the C checker knows them
     for pieces in (1, 3):
-        base, errors, fast = _columnar(rows, keyer, pieces)
-        assert (base, errors) == _legacy(rows, keyer)
+        base, errors, fast, compiled = _columnar(rows, keyer, pieces)
+        assert (base, errors) == legacy
         assert fast == len(rows) - 1  # all but the blank entry_id took the fast path
+        # the C checker takes every plain row and, of the unusual ones, those whose
+        # values need no normalising (U5, U6, U7, U9, U10); the others it leaves to _plain
+        assert compiled == (len(plain) + 3 + 5 if row_checker == "compiled" else 0)
 
 
 BAD_VALUES: list[Any] = [None, "", " ", 0, 1, True, [], {}, ["x"], "BOGUS", "2024-02-30", "x" * 30]
@@ -492,7 +520,9 @@ def _mutated(row: dict[str, Any], path: tuple[Any, ...], value: Any, drop: bool)
     return row
 
 
-def test_fast_path_reports_every_bad_row_as_parse_entry_does(keyer: SubjectKeyer) -> None:
+def test_fast_path_reports_every_bad_row_as_parse_entry_does(
+    keyer: SubjectKeyer, row_checker: str
+) -> None:
     """Every field of three row shapes set to each odd value, or dropped: the same
     errors (line, field, problem) and, for rows still good, the same columns."""
     org = org_entry("E9", ACME_USCC, "艾克米", [("PRINCIPAL", "王芳", WANG)])
@@ -502,7 +532,7 @@ def test_fast_path_reports_every_bad_row_as_parse_entry_does(keyer: SubjectKeyer
     rejected = 0
     for row, path, value, drop in itertools.product(shapes, FIELDS, values, (False, True)):
         rows = [row, _mutated(row, path, value, drop), row]
-        parts, errors, _ = _columnar(rows, keyer)
+        parts, errors, _, _ = _columnar(rows, keyer)
         assert (parts, errors) == _legacy(rows, keyer), (path, value, drop)
         rejected += bool(errors)
     assert rejected > 1000  # most mutations make a bad row

@@ -36,6 +36,9 @@ def test_the_wheel_installs_shixin_check_and_shixin_only(tmp_path: Path) -> None
         "shixin_check/py.typed",
     ):
         assert module in names, module
+    # the load's row checker, compiled (setup.py): a wheel built here carries it
+    assert any(n.startswith("shixin_check/loader/_rowcheck.") and n.endswith(".so") for n in names)
+    assert "shixin_check/loader/_rowcheck.pyi" in names
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "shixin-check = shixin_check.cli:main" in text

@@ -1,0 +1,174 @@
+"""The load's row checker in C (``loader/_rowcheck.c``) against the Python it stands in for.
+
+``ColumnBuilder`` asks the C checker first and ``_plain`` only where it
+returns None, so the C checker may decline any row but must never take one
+differently. ``tests/test_loader.py`` runs the load's equivalence tests with
+and without it; these hold it to ``_plain`` on generated identities, names,
+codes and masks, and check that a checkout never runs a stale build.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import itertools
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shixin_check.domain.errors import InvalidInput
+from shixin_check.domain.identity import mask_id
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.loader import columns
+from shixin_check.loader.columns import ColumnBuilder
+from shixin_check.loader.index_memory import _MASK_WIDTH
+from shixin_check.loader.listfile import parse_entry
+from tests.listdata import org_entry, person_entry, rid, uscc
+
+SOURCE = Path(columns.__file__).with_name("_rowcheck.c")
+DIGITS = "0123456789"
+USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+
+
+def _compiled() -> Any:
+    module = columns._rowcheck
+    assert module is not None, "loader/_rowcheck.c is not built: run scripts/setup"
+    return module
+
+
+def _python_plain(row: dict[str, Any]) -> Any:
+    """What ``_plain`` makes of ``row``, or None where it leaves it to parse_entry."""
+    builder = ColumnBuilder(SubjectKeyer(b"k" * 32), 16)
+    try:
+        return builder._plain(row, 3)
+    except (columns._NotFast, InvalidInput, TypeError):
+        return None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _dates_seen() -> None:
+    """The rows' dates in listfile's cache, as a load's first rows put them there:
+    the C checker declines a date it has not seen."""
+    row = person_entry("E0", rid("11010519800101001"), "张伟")
+    row["exemptions"] = [{"channel": "RAIL", "from": "2026-01-01", "until": "2026-01-31"}]
+    parse_entry(row)
+
+
+def test_the_row_checker_is_built_from_the_source_beside_it() -> None:
+    digest = hashlib.blake2b(SOURCE.read_bytes(), digest_size=16).hexdigest()
+    assert _compiled().SOURCE_DIGEST == digest
+
+
+def test_a_build_older_than_its_source_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    module = _compiled()
+    monkeypatch.setattr(columns, "__file__", str(tmp_path / "columns.py"))
+    (tmp_path / "_rowcheck.c").write_bytes(SOURCE.read_bytes() + b"/* edited */\n")
+    with caplog.at_level(logging.WARNING, logger=columns.__name__):
+        assert columns.compiled_module() is None
+    assert "changed since it was compiled" in caplog.text
+    (tmp_path / "_rowcheck.c").write_bytes(SOURCE.read_bytes())
+    assert columns.compiled_module() is module
+
+
+def _agrees(row: dict[str, Any]) -> Any:
+    """The C checker's answer for ``row``, having checked that it is None or _plain's."""
+    found = _compiled().plain(row, 3)
+    if found is not None:
+        assert found == _python_plain(row)
+    return found
+
+
+birth_dates = st.dates(_dt.date(1850, 1, 1), _dt.date(2120, 12, 31)).map(
+    lambda d: f"{d.year:04d}{d.month:02d}{d.day:02d}"
+)
+regions = st.sampled_from(["11", "31", "44", "65", "83", "91", "00", "20", "99"])
+resident_ids = st.builds(
+    lambda region, area, born, serial: rid(region + area + born + serial),
+    regions, st.text(DIGITS, min_size=4, max_size=4), birth_dates,
+    st.text(DIGITS, min_size=3, max_size=3),
+)  # fmt: skip
+odd_numbers = st.text("0123456789Xx -\u3000\uff10ABZ", max_size=21)
+documents = st.text("0123456789ABXZxz[_", min_size=3, max_size=22)  # passports, permits
+names = st.one_of(
+    st.sampled_from(["张伟", "阿依古丽·买买提", "李 娜", " 王芳", "王芳\u3000", "Ｗang", "x\x1f"]),
+    st.text(max_size=6),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    number=st.one_of(resident_ids, odd_numbers, documents),
+    name=names,
+    id_type=st.sampled_from(["RESIDENT_ID", "PASSPORT", "TAIWAN_PERMIT", "", None, "BOGUS"]),
+)
+def test_a_person_row_is_taken_as_python_takes_it(
+    number: str, name: str, id_type: str | None
+) -> None:
+    row = person_entry("E1", number, name)
+    row["subject"]["id_type"] = id_type
+    found = _agrees(row)
+    python = _python_plain(row)
+    # a row whose values need no normalising is the C checker's to take
+    if python is not None and python[1][0][3] == number and name and name == name.strip():
+        assert found is not None
+
+
+uscc_prefixes = st.text(USCC_ALPHABET, min_size=17, max_size=17)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    code=st.one_of(uscc_prefixes.map(uscc), uscc_prefixes.map(lambda p: p + "0"),
+                   st.text(USCC_ALPHABET + "IOSVZio -", max_size=19)),
+    person=st.one_of(resident_ids, odd_numbers),
+    role=st.sampled_from(["LEGAL_REPRESENTATIVE", "PRINCIPAL", "DEBTOR", ""]),
+)  # fmt: skip
+def test_an_organisation_row_is_taken_as_python_takes_it(code: str, person: str, role: str) -> None:
+    row = org_entry("E2", code, "北京艾克米科技有限公司", [(role, "王芳", person)])
+    found = _agrees(row)
+    python = _python_plain(row)
+    if python is not None and [s[3] for s in python[1]] == [code, person]:
+        assert found is not None
+
+
+def test_dates_and_exemptions_are_taken_as_python_takes_them() -> None:
+    """Every combination: dates in and out of order, unknown, empty, missing."""
+    channels = ["RAIL", "HOTEL", "rail", "", None]
+    firsts = ["2026-01-01", "2026-01-31", "2026-02-30", "", None]
+    lasts = ["2026-01-31", "2026-01-01", "20260131", None]
+    published = ["2024-01-15", "2026-01-31", "", None, "2024-1-15"]
+    valid_until = ["2099-12-31", "2026-01-01", "1970-01-01", "", None]
+    taken = 0
+    for values in itertools.product(channels, firsts, lasts, published, valid_until):
+        row = person_entry("E3", rid("11010519800101001"), "张伟")
+        row["exemptions"] = [dict(zip(("channel", "from", "until"), values[:3], strict=True))]
+        row["published_on"], row["valid_until"] = values[3:]
+        taken += _agrees(row) is not None
+    assert taken > 50  # the C checker takes the good combinations, not only declines
+
+
+def _python_masks(numbers: list[str]) -> bytes:
+    return b"".join(mask_id(n).encode().ljust(_MASK_WIDTH)[:_MASK_WIDTH] for n in numbers)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(DIGITS + "XAB", max_size=24), st.text(max_size=6))))
+def test_masks_are_mask_id_packed(numbers: list[str]) -> None:
+    packed = _compiled().masks(numbers, _MASK_WIDTH)
+    if all(n.isascii() and len(n) <= _MASK_WIDTH for n in numbers):
+        assert packed == _python_masks(numbers)
+    else:
+        assert packed is None  # ColumnBuilder packs those in Python
+
+
+def test_rows_that_are_not_plain_objects_are_declined() -> None:
+    row = person_entry("E4", rid("11010519800101001"), "张伟")
+    assert _agrees(row) is not None
+    for odd in ([row], "row", None, {**row, "subject": [row["subject"]]}, {**row, "court": 7}):
+        assert _compiled().plain(odd, 3) is None
