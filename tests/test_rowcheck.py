@@ -13,6 +13,7 @@ import datetime as _dt
 import hashlib
 import itertools
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,26 @@ def test_rows_that_are_not_plain_objects_are_declined() -> None:
     assert _agrees(row) is not None
     for odd in ([row], "row", None, {**row, "subject": [row["subject"]]}, {**row, "court": 7}):
         assert _compiled().plain(odd, 3) is None
+
+
+def test_no_reference_is_leaked_or_lost() -> None:
+    """1,000 calls, taken and declined, leave every object's reference count as it was:
+    a leak would grow it (memory never freed), a lost reference shrink it (a crash later)."""
+    module = _compiled()
+    taken = org_entry("E5", uscc("91110105MA0000001"), "艾克米", [("PRINCIPAL", "王芳", rid("44030519900909003"))])  # fmt: skip
+    taken["exemptions"] = [{"channel": "RAIL", "from": "2026-01-01", "until": "2026-01-31"}]
+    declined = {**taken, "court": " 法院 "}  # declined after most of the row was read
+    assert module.plain(taken, 3) is not None
+    assert module.plain(declined, 3) is None
+    watched = [
+        taken["entry_id"], taken["court"], taken["case_number"], taken["subject"]["name"],
+        taken["subject"]["uscc"], taken["related_persons"][0]["id_number"],
+        taken["related_persons"][0]["name"], taken["published_on"], columns._DAYS["2026-01-01"],
+        columns._ACTIVE, columns._DEBTOR, columns.NO_END, 3,
+    ]  # fmt: skip
+    before = [sys.getrefcount(o) for o in watched]
+    for _ in range(1000):
+        module.plain(taken, 3)
+        module.plain(declined, 3)
+        module.masks([taken["subject"]["uscc"]], _MASK_WIDTH)
+    assert [sys.getrefcount(o) for o in watched] == before
