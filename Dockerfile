@@ -28,7 +28,9 @@ COPY domain/ domain/
 COPY loader/ loader/
 COPY server/ server/
 COPY clients/ clients/
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
+    && python -c "import glob, sys, zipfile; (w,) = glob.glob('/wheels/shixin_check-*.whl'); \
+sys.exit(not any('/_rowcheck.' in n and n.endswith('.so') for n in zipfile.ZipFile(w).namelist()))"
 
 # --- runtime: the installed wheels, nothing else of the source ---------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -40,7 +40,8 @@ static PyObject *K_ENTRY_ID, *K_LIST_TYPE, *K_STATUS, *K_SUBJECT, *K_TYPE, *K_NA
 #define FAILED -1 /* a Python error is set (memory): the caller returns NULL */
 
 static PyObject *get(PyObject *dict, PyObject *key) {
-    /* borrowed, NULL when absent; the keys are exact str, so a look-up cannot fail */
+    /* borrowed, NULL when absent. The rows come from orjson or the CSV reader: exact
+     * dicts with exact str keys, so a look-up cannot fail or run Python code. */
     return PyDict_GetItemWithError(dict, key);
 }
 
@@ -152,7 +153,8 @@ static PyObject *exemption(PyObject *obj) {
     PyObject *first = day(get(obj, K_FROM), NULL);
     PyObject *last = day(get(obj, K_UNTIL), NULL);
     if (first == NULL || last == NULL) return NULL;
-    if (PyLong_AsLong(last) < PyLong_AsLong(first)) return NULL;
+    long from = PyLong_AsLong(first), until = PyLong_AsLong(last);
+    if (PyErr_Occurred() || until < from) return NULL; /* _DAYS holds small ints: never set */
     return PyObject_CallFunctionObjArgs(EXEMPTION, channel, first, last, NULL);
 }
 
@@ -259,6 +261,7 @@ static PyObject *plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         valid_until = NO_END;
         last = PyLong_AsLong(NO_END);
     }
+    if (PyErr_Occurred()) BAIL(FAILED); /* _DAYS holds small ints: never */
     if (first && last < first) BAIL(NOT_SURE);
 
     PyObject *parts[3] = {entry_id, case_number, organization};

@@ -173,7 +173,7 @@ def compiled_module() -> ModuleType | None:
         from shixin_check.loader import _rowcheck
     except ImportError:
         return None
-    source = Path(__file__).with_name("_rowcheck.c")  # in a checkout; a wheel ships only the build
+    source = Path(__file__).with_name("_rowcheck.c")  # in a checkout, and in the wheel too
     if source.exists():
         digest = hashlib.blake2b(source.read_bytes(), digest_size=16).hexdigest()
         if digest != _rowcheck.SOURCE_DIGEST:
@@ -190,6 +190,8 @@ def compiled_module() -> ModuleType | None:
 
 
 _rowcheck = compiled_module()
+#: what checked a load's rows, for its log line (versions.build_snapshot)
+ROW_CHECKS = "row checker in C" if _rowcheck else "rows checked in Python: _rowcheck not built"
 
 
 def _never_sure(obj: Any, line: Any) -> None:  # plain() and masks() where C is not built
@@ -260,9 +262,8 @@ class ColumnBuilder:
     def add(self, obj: dict[str, Any], line: int) -> RowError | None:
         """Validate one row and, while ``keeping``, store it; its error, if bad."""
         subjects: Sequence[Subject]
-        found = self._compiled(obj, line)
         try:
-            entry, subjects, exemptions = found or self._plain(obj, line)
+            entry, subjects, exemptions = self._compiled(obj, line) or self._plain(obj, line)
         except (_NotFast, InvalidInput, TypeError):
             try:
                 parsed = parse_entry(obj)

@@ -30,7 +30,7 @@ from shixin_check.domain.index import ListedMatch
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import EntryStatus, Exemption, ListEntry, ListType
 from shixin_check.loader.background import Background
-from shixin_check.loader.columns import ColumnBuilder
+from shixin_check.loader.columns import ROW_CHECKS, ColumnBuilder
 from shixin_check.loader.compiled import IndexStore, map_compiled, snapshot_stamp
 from shixin_check.loader.feed import day_start, pending, read_header, sidecar_of
 from shixin_check.loader.index_memory import (
@@ -155,8 +155,8 @@ def build_snapshot(
     base, duplicates = merge_parts(all_parts, first_lines)
     if duplicates:
         raise LoadRejected(str(path), duplicates)
-    log.info("%s: %d entries parsed in %.1f s (%d processes), merged in %.1f s", path,
-             base.entries, parsed - started, workers, time.perf_counter() - parsed)  # fmt: skip
+    log.info("%s: %d entries parsed in %.1f s (%d processes, %s), merged in %.1f s", path,
+             base.entries, parsed - started, workers, ROW_CHECKS, time.perf_counter() - parsed)  # fmt: skip
     if not header.declared:
         log.warning(
             "%s has no header row: it includes no delta, so every delta file is applied on top "

@@ -196,3 +196,18 @@ def test_no_reference_is_leaked_or_lost() -> None:
         module.plain(declined, 3)
         module.masks([taken["subject"]["uscc"]], _MASK_WIDTH)
     assert [sys.getrefcount(o) for o in watched] == before
+
+
+def test_a_value_whose_truth_test_fails_is_left_to_parse_entry() -> None:
+    """Not from orjson, but a row another reader made could hold one: the C checker's
+    error means "not sure", as ``_plain``'s TypeError does, and parse_entry words it."""
+
+    class NoTruth:
+        def __bool__(self) -> bool:
+            raise TypeError("no truth value")
+
+    row = person_entry("E6", rid("11010519800101001"), "张伟")
+    row["subject"]["type"], row["related_persons"] = "BOGUS", NoTruth()
+    error = ColumnBuilder(SubjectKeyer(b"k" * 32), 16).add(row, 9)
+    assert error is not None
+    assert (error.line, error.field) == (9, "subject.type")
