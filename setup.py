@@ -1,4 +1,5 @@
-"""Builds ``loader/_rowcheck.c``, the load's row checker in C (``loader/columns.py``).
+"""Builds ``loader/_rowcheck.c``, the load's row checker and column builder in C
+(``loader/columns.py``), with the BLAKE2b reference code of ``loader/blake2/``.
 
 Everything else about the package is in pyproject.toml. The extension is
 optional: where it cannot be compiled, the package installs without it and
@@ -19,7 +20,11 @@ setup(
         Extension(
             "shixin_check.loader._rowcheck",
             [SOURCE],
+            depends=[str(p) for p in sorted(Path("loader/blake2").glob("*.[ch]"))],
             define_macros=[("SOURCE_DIGEST", f'"{digest.hexdigest()}"')],
+            # the included BLAKE2 functions stay inside the module: no other library's
+            # blake2b_* can stand in for them, nor they for another's
+            extra_compile_args=["-fvisibility=hidden"],
             optional=True,
         )
     ]

@@ -34,6 +34,10 @@ MIN_SECRET_BYTES = 16
 #: The scheme of ``PrefilterKeyer`` keys, as GetPrefilter's header names it.
 PREFILTER_KEY_SCHEME = "blake2b-128/v1"
 _PREFILTER_KDF_CONTEXT = b"shixin-check prefilter key v1"
+#: BLAKE2b's personalisation of subject keys and of name keys (loader/_rowcheck.c makes
+#: the same keys from these)
+SUBJECT_PERSON = b"shixin-subject"
+NAME_PERSON = b"shixin-name"
 
 
 class IdentityKeyer(Protocol):
@@ -57,14 +61,14 @@ class SubjectKeyer:
                 f"the key secret must be at least {MIN_SECRET_BYTES} bytes, got {len(secret)}"
             )
         self.secret = secret  # kept for load workers in other processes; never logged
-        subject = hashlib.blake2b(key=secret, digest_size=16, person=b"shixin-subject")
+        subject = hashlib.blake2b(key=secret, digest_size=16, person=SUBJECT_PERSON)
         # one hasher per identity kind, its tag already fed in: one update per key
         self._by_tag = {}
         for kind, tag in KEY_TAGS.items():
             tagged = subject.copy()
             tagged.update(tag)
             self._by_tag[kind] = tagged
-        self._name = hashlib.blake2b(key=secret, digest_size=8, person=b"shixin-name")
+        self._name = hashlib.blake2b(key=secret, digest_size=8, person=NAME_PERSON)
         # Tells two processes whether they hold the same secret, without revealing it.
         self.fingerprint = hashlib.blake2b(
             secret, digest_size=8, person=b"shixin-fprint"

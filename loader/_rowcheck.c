@@ -1,5 +1,5 @@
-/* The load's row checker in C: what loader/columns.py's ColumnBuilder._plain
- * makes of a snapshot row in the plain form, without a Python frame.
+/* The load's row checker and column builder in C: what loader/columns.py's
+ * ColumnBuilder does with a snapshot row in the plain form, without a Python frame.
  *
  * plain(row, line) takes one parsed row (the dict orjson made) and returns
  * (entry, subjects, exemptions), exactly the values _plain returns, or None
@@ -10,6 +10,15 @@
  * an error: it only takes the rows it can take whole. tests/test_loader.py
  * holds it to _plain on every field of a row made odd in many ways.
  *
+ * Columns is a builder's columns: take(row, line) is plain() with the row
+ * stored at once (hashed, masked, encoded into growing buffers), and
+ * put(entry, subjects, exemptions) stores a row the Python code checked, so
+ * every row of a load goes into the columns by the same code. columns() hands
+ * them over as the bytes ColumnBuilder's own columns would hold. The keys are
+ * BLAKE2b (the reference code in loader/blake2/, included below), made as
+ * SubjectKeyer makes them: columns.py compares one key of each kind with the
+ * keyer's before it uses a builder.
+ *
  * configure(...) hands it the tables it shares with the Python code (the
  * enums' look-ups, the dates seen, the province codes, the birth dates), so
  * the two can never disagree about them. SOURCE_DIGEST is the digest of this
@@ -18,6 +27,9 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
+
+#include "blake2/blake2b-ref.c" /* one unit: its functions stay local to this module */
 
 #ifndef SOURCE_DIGEST
 #define SOURCE_DIGEST ""
@@ -26,6 +38,7 @@
 /* tables from configure(): owned references, NULL until then */
 static PyObject *LIST_TYPES, *STATUSES, *ACTIVE, *ROLES, *ID_TYPES, *RESIDENT, *CHANNELS;
 static PyObject *DAYS, *DEBTOR, *EXEMPTION, *NO_END, *BIRTH_DATES, *ZERO, *SEP, *EMPTY;
+static PyObject *LOADS, *DECODE_ERROR; /* orjson.loads and orjson.JSONDecodeError */
 static char PROVINCE[100];
 
 /* the rows' field names, interned once */
@@ -171,18 +184,19 @@ static int add_subject(PyObject *subjects, PyObject *subject) {
     return status;
 }
 
-static PyObject *plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "plain(row, line)");
-        return NULL;
-    }
-    if (DAYS == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "configure() first");
-        return NULL;
-    }
-    PyObject *obj = args[0], *line = args[1];
-    if (!PyDict_CheckExact(obj)) Py_RETURN_NONE;
-    PyObject *subjects = NULL, *exemptions = NULL, *text = NULL, *entry = NULL, *out = NULL;
+/* A row as check() finds it: borrowed references into the row (or the tables), and
+ * the two values it makes, owned. */
+typedef struct {
+    PyObject *entry_id, *list_type, *status, *published, *valid_until, *court, *case_number,
+        *organization;
+    PyObject *subjects;   /* list of (role, name, id type, number), owned */
+    PyObject *exemptions; /* tuple of Exemption, owned */
+} Row;
+
+/* What _plain makes of a row: SURE with *row filled in (the caller releases its
+ * subjects and exemptions), NOT_SURE, or FAILED with a Python error set. */
+static int check(PyObject *obj, Row *row) {
+    PyObject *subjects = NULL, *exemptions = NULL;
     int result = SURE, empty;
 
     PyObject *entry_id = get(obj, K_ENTRY_ID);
@@ -264,58 +278,211 @@ static PyObject *plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     if (PyErr_Occurred()) BAIL(FAILED); /* _DAYS holds small ints: never */
     if (first && last < first) BAIL(NOT_SURE);
 
-    PyObject *parts[3] = {entry_id, case_number, organization};
-    PyObject *joined = PyTuple_New(3);
-    if (joined == NULL) BAIL(FAILED);
-    for (int i = 0; i < 3; i++) {
-        Py_INCREF(parts[i]);
-        PyTuple_SET_ITEM(joined, i, parts[i]);
-    }
-    text = PyUnicode_Join(SEP, joined);
-    Py_DECREF(joined);
-    if (text == NULL) BAIL(FAILED);
-    entry = PyTuple_Pack(8, entry_id, line, list_type, status, published, valid_until, court, text);
-    if (entry == NULL) BAIL(FAILED);
-    out = PyTuple_Pack(3, entry, subjects, exemptions);
-    if (out == NULL) BAIL(FAILED);
+    *row = (Row){entry_id, list_type, status, published, valid_until, court, case_number,
+                 organization, subjects, exemptions};
+    return SURE;
 
 done:
     Py_XDECREF(subjects);
     Py_XDECREF(exemptions);
-    Py_XDECREF(text);
-    Py_XDECREF(entry);
-    if (result == FAILED || (result != SURE && PyErr_Occurred())) {
-        Py_XDECREF(out);
+    if (result == SURE || (result == NOT_SURE && PyErr_Occurred())) result = FAILED;
+    return result;
+}
+
+static PyObject *plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "plain(row, line)");
         return NULL;
     }
-    if (result != SURE) Py_RETURN_NONE;
+    if (DAYS == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    if (!PyDict_CheckExact(args[0])) Py_RETURN_NONE;
+    Row r;
+    int status = check(args[0], &r);
+    if (status == FAILED) return NULL;
+    if (status == NOT_SURE) Py_RETURN_NONE;
+    PyObject *out = NULL, *entry = NULL, *text = NULL;
+    PyObject *joined = PyTuple_Pack(3, r.entry_id, r.case_number, r.organization);
+    if (joined != NULL) text = PyUnicode_Join(SEP, joined);
+    if (text != NULL)
+        entry = PyTuple_Pack(8, r.entry_id, args[1], r.list_type, r.status, r.published,
+                             r.valid_until, r.court, text);
+    if (entry != NULL) out = PyTuple_Pack(3, entry, r.subjects, r.exemptions);
+    Py_XDECREF(joined);
+    Py_XDECREF(text);
+    Py_XDECREF(entry);
+    Py_DECREF(r.subjects);
+    Py_DECREF(r.exemptions);
     return out;
 }
 
-/* identity.mask_id of each number, each padded with spaces to `width` bytes, in one
- * bytes object: what ColumnBuilder._flush packs into m_mask. None when a number is
- * not ASCII or its mask is wider than `width`: the Python code decides then. */
-static PyObject *masks(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyList_CheckExact(args[0]) || !PyLong_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "masks(numbers: list[str], width: int)");
+/* ---- Columns: a builder's columns, in buffers that grow ---------------------------- */
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} Buf;
+
+static int grow(Buf *b, size_t n) {
+    if (b->len + n <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 1 << 16;
+    while (cap < b->len + n) cap *= 2;
+    char *data = PyMem_RawRealloc(b->data, cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static int put_bytes(Buf *b, const void *p, size_t n) {
+    if (grow(b, n) < 0) return -1;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+/* the columns in the order columns() names them (ColumnBuilder's attributes) */
+enum { KEYS, M_ENTRY, M_ROLE, M_NAME, M_MASK, E_IDH, E_LINE, E_TYPE, E_STATUS, E_LISTED,
+       E_VALID, E_COURT, TEXT_ENDS, TEXT, N_COLUMNS };
+static const char *COLUMN_NAMES[N_COLUMNS] = {
+    "keys", "m_entry", "m_role", "m_name", "m_mask", "e_idh", "e_line", "e_type",
+    "e_status", "e_listed", "e_valid", "e_court", "text_ends", "text"};
+
+#define MAX_TAGS 16
+
+typedef struct {
+    PyObject_HEAD
+    Buf col[N_COLUMNS];
+    int finished, keeping;
+    Py_ssize_t entries, taken, width;
+    PyObject *courts;      /* court -> number, in order of first appearance */
+    PyObject *exemptions;  /* entry row -> tuple of Exemption */
+    PyObject *tags;        /* id type (None: USCC) -> tag bytes */
+    PyObject *name_key_of; /* name -> 8 bytes: names that are not plain (normalize_name) */
+    PyObject *mask_of;     /* number -> str: identity.mask_id, for what the C does not mask */
+    Py_ssize_t n_tags;
+    PyObject *tag_type[MAX_TAGS]; /* borrowed from tags */
+    blake2b_state by_tag[MAX_TAGS], name, entry_id;
+} Columns;
+
+/* hashlib.blake2b(key=key, digest_size=size, person=person), with the key block already
+ * compressed: what follows it is the message. Every message hashed from such a state
+ * is non-empty (a tag and a number, a name), so the key block is never the last one. */
+static int keyed_state(blake2b_state *S, Py_buffer *key, Py_buffer *person, size_t size) {
+    if (key->len < 1 || key->len > BLAKE2B_KEYBYTES || person->len > BLAKE2B_PERSONALBYTES) {
+        PyErr_SetString(PyExc_ValueError, "a key of 1-64 bytes and a person of at most 16");
+        return -1;
+    }
+    blake2b_param P;
+    memset(&P, 0, sizeof P);
+    P.digest_length = (uint8_t)size;
+    P.key_length = (uint8_t)key->len;
+    P.fanout = 1;
+    P.depth = 1;
+    memcpy(P.personal, person->buf, person->len);
+    blake2b_init_param(S, &P);
+    uint8_t block[BLAKE2B_BLOCKBYTES] = {0};
+    memcpy(block, key->buf, key->len);
+    blake2b_update(S, block, BLAKE2B_BLOCKBYTES);
+    /* one more byte makes blake2b_update compress the buffered key block; the byte is
+     * then dropped, leaving nothing buffered */
+    blake2b_update(S, block, 1);
+    S->buflen = 0;
+    secure_zero_memory(block, sizeof block);
+    return 0;
+}
+
+static void digest(const blake2b_state *from, const void *a, size_t na, const void *b,
+                   size_t nb, uint8_t *out) {
+    blake2b_state S = *from;
+    blake2b_update(&S, a, na);
+    blake2b_update(&S, b, nb);
+    blake2b_final(&S, out, S.outlen);
+}
+
+static const char *utf8(PyObject *s, Py_ssize_t *n, const char *what) {
+    if (!PyUnicode_Check(s)) {
+        PyErr_Format(PyExc_TypeError, "%s must be str, not %.100s", what, Py_TYPE(s)->tp_name);
         return NULL;
     }
-    PyObject *numbers = args[0];
-    Py_ssize_t width = PyLong_AsSsize_t(args[1]), count = PyList_GET_SIZE(numbers);
-    if (width < 0 || (width > 0 && count > PY_SSIZE_T_MAX / width)) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "width out of range");
-        return NULL;
-    }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, count * width);
-    if (out == NULL) return NULL;
-    char *at = PyBytes_AS_STRING(out);
-    for (Py_ssize_t i = 0; i < count; i++, at += width) {
-        PyObject *number = PyList_GET_ITEM(numbers, i);
-        if (!PyUnicode_CheckExact(number) || !PyUnicode_IS_ASCII(number) ||
-            PyUnicode_GET_LENGTH(number) > width) {
-            Py_DECREF(out);
-            Py_RETURN_NONE;
+    return PyUnicode_AsUTF8AndSize(s, n);
+}
+
+/* SubjectKeyer.subject_key(id_type, number), 16 bytes big-endian */
+static int subject_key(Columns *self, PyObject *id_type, PyObject *number, uint8_t *out) {
+    Py_ssize_t i = 0;
+    while (i < self->n_tags && self->tag_type[i] != id_type) i++;
+    if (i == self->n_tags) { /* not one of the keys themselves: an equal one, or none */
+        for (i = 0; i < self->n_tags; i++) {
+            int equal = PyObject_RichCompareBool(self->tag_type[i], id_type, Py_EQ);
+            if (equal < 0) return -1;
+            if (equal) break;
         }
+        if (i == self->n_tags) {
+            PyErr_SetObject(PyExc_KeyError, id_type);
+            return -1;
+        }
+    }
+    Py_ssize_t n;
+    const char *text = utf8(number, &n, "an id number");
+    if (text == NULL) return -1;
+    PyObject *tag = PyDict_GetItemWithError(self->tags, self->tag_type[i]);
+    if (tag == NULL) return -1; /* never: tag_type holds the dict's own keys */
+    digest(&self->by_tag[i], PyBytes_AS_STRING(tag), PyBytes_GET_SIZE(tag), text, n, out);
+    return 0;
+}
+
+/* identity._PLAIN_NAME: one or more of U+4E00-U+9FFF and U+00B7, already normal */
+static int plain_name(PyObject *name) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(name);
+    int kind = PyUnicode_KIND(name);
+    const void *data = PyUnicode_DATA(name);
+    if (n == 0 || kind == PyUnicode_4BYTE_KIND) return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c != 0xB7 && (c < 0x4E00 || c > 0x9FFF)) return 0;
+    }
+    return 1;
+}
+
+/* ColumnBuilder._name_key(name), 8 bytes big-endian */
+static int name_key(Columns *self, PyObject *name, uint8_t *out) {
+    if (!PyUnicode_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "a name must be str, not %.100s", Py_TYPE(name)->tp_name);
+        return -1;
+    }
+    if (PyUnicode_CheckExact(name) && plain_name(name)) {
+        Py_ssize_t n;
+        const char *text = PyUnicode_AsUTF8AndSize(name, &n);
+        if (text == NULL) return -1;
+        digest(&self->name, text, n, "", 0, out);
+        static const uint8_t zero[8] = {0};
+        if (memcmp(out, zero, 8) == 0) out[7] = 1; /* name_key keeps 0 for no name */
+        return 0;
+    }
+    PyObject *key = PyObject_CallOneArg(self->name_key_of, name);
+    if (key == NULL) return -1;
+    int ok = PyBytes_Check(key) && PyBytes_GET_SIZE(key) == 8;
+    if (ok) memcpy(out, PyBytes_AS_STRING(key), 8);
+    else PyErr_SetString(PyExc_TypeError, "name_key must return 8 bytes");
+    Py_DECREF(key);
+    return ok ? 0 : -1;
+}
+
+/* identity.mask_id(number) as ColumnBuilder._flush packs it: its UTF-8, padded with
+ * spaces or cut to `width` bytes. Masked here when the number is ASCII and fits. */
+static int put_mask(Columns *self, PyObject *number) {
+    Buf *b = &self->col[M_MASK];
+    Py_ssize_t width = self->width;
+    if (grow(b, width) < 0) return -1;
+    char *at = b->data + b->len;
+    if (PyUnicode_CheckExact(number) && PyUnicode_IS_ASCII(number) &&
+        PyUnicode_GET_LENGTH(number) <= width) {
         const char *c = (const char *)PyUnicode_1BYTE_DATA(number);
         Py_ssize_t n = PyUnicode_GET_LENGTH(number);
         Py_ssize_t head = n >= 15 ? 6 : n > 4 ? 2 : 0, tail = n >= 15 ? 4 : n > 4 ? 2 : 0;
@@ -323,9 +490,394 @@ static PyObject *masks(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         memset(at + head, '*', n - head - tail);
         memcpy(at + n - tail, c + n - tail, tail);
         memset(at + n, ' ', width - n);
+    } else {
+        PyObject *mask = PyObject_CallOneArg(self->mask_of, number);
+        if (mask == NULL) return -1;
+        Py_ssize_t n;
+        const char *text = utf8(mask, &n, "a mask");
+        if (text != NULL) {
+            memcpy(at, text, n < width ? n : width);
+            if (n < width) memset(at + n, ' ', width - n);
+        }
+        Py_DECREF(mask);
+        if (text == NULL) return -1;
     }
-    return out;
+    b->len += width;
+    return 0;
 }
+
+static int put_int(Buf *b, PyObject *v, long long low, long long high, int size,
+                   const char *what) {
+    long long x = PyLong_AsLongLong(v);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    if (x < low || x > high) {
+        PyErr_Format(PyExc_OverflowError, "%s out of range: %lld", what, x);
+        return -1;
+    }
+    uint32_t u32 = (uint32_t)x;
+    int32_t i32 = (int32_t)x;
+    uint8_t u8 = (uint8_t)x;
+    if (size == 1) return put_bytes(b, &u8, 1);
+    if (low < 0) return put_bytes(b, &i32, 4);
+    return put_bytes(b, &u32, 4);
+}
+
+/* One row into the columns: the entry, then each subject. The text is `text` when the
+ * caller joined it, else entry_id \x1f case_number \x1f organisation. On an error every
+ * column is left as it was. */
+static int store(Columns *self, const Row *r, PyObject *line, PyObject *text) {
+    size_t mark[N_COLUMNS];
+    for (int i = 0; i < N_COLUMNS; i++) mark[i] = self->col[i].len;
+    Buf *c = self->col;
+    uint8_t key[16];
+    Py_ssize_t n;
+    const char *s = utf8(r->entry_id, &n, "entry_id");
+    if (s == NULL) goto failed;
+    digest(&self->entry_id, s, n, "", 0, key);
+    if (put_bytes(&c[E_IDH], key, 8) < 0) goto failed;
+    if (put_int(&c[E_LINE], line, 0, UINT32_MAX, 4, "a line number") < 0 ||
+        put_int(&c[E_TYPE], r->list_type, 0, 255, 1, "a list type") < 0 ||
+        put_int(&c[E_STATUS], r->status, 0, 255, 1, "a status") < 0 ||
+        put_int(&c[E_LISTED], r->published, INT32_MIN, INT32_MAX, 4, "published_on") < 0 ||
+        put_int(&c[E_VALID], r->valid_until, INT32_MIN, INT32_MAX, 4, "valid_until") < 0)
+        goto failed;
+    if (!PyUnicode_Check(r->court)) {
+        PyErr_SetString(PyExc_TypeError, "court must be str");
+        goto failed;
+    }
+    PyObject *number = PyDict_GetItemWithError(self->courts, r->court);
+    if (number == NULL) {
+        if (PyErr_Occurred()) goto failed;
+        number = PyLong_FromSsize_t(PyDict_GET_SIZE(self->courts));
+        int added = number == NULL ? -1 : PyDict_SetItem(self->courts, r->court, number);
+        Py_XDECREF(number); /* the dict holds it */
+        if (added < 0) goto failed;
+    }
+    if (put_int(&c[E_COURT], number, 0, UINT32_MAX, 4, "a court number") < 0) goto failed;
+    if (text != NULL) {
+        if ((s = utf8(text, &n, "the entry's text")) == NULL || put_bytes(&c[TEXT], s, n) < 0)
+            goto failed;
+    } else {
+        PyObject *parts[3] = {r->entry_id, r->case_number, r->organization};
+        for (int i = 0; i < 3; i++) {
+            if ((s = utf8(parts[i], &n, "a text field")) == NULL ||
+                (i && put_bytes(&c[TEXT], "\x1f", 1) < 0) || put_bytes(&c[TEXT], s, n) < 0)
+                goto failed;
+        }
+    }
+    uint64_t end = c[TEXT].len;
+    if (put_bytes(&c[TEXT_ENDS], &end, 8) < 0) goto failed;
+
+    PyObject *subjects = PySequence_Fast(r->subjects, "subjects must be a sequence");
+    if (subjects == NULL) goto failed;
+    uint32_t row = (uint32_t)self->entries;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(subjects); i++) {
+        PyObject *subject = PySequence_Fast_GET_ITEM(subjects, i);
+        if (!PyTuple_Check(subject) || PyTuple_GET_SIZE(subject) != 4) {
+            PyErr_SetString(PyExc_TypeError, "a subject is (role, name, id type, number)");
+            goto failed_subjects;
+        }
+        if (put_bytes(&c[M_ENTRY], &row, 4) < 0 ||
+            put_int(&c[M_ROLE], PyTuple_GET_ITEM(subject, 0), 0, 255, 1, "a role") < 0 ||
+            name_key(self, PyTuple_GET_ITEM(subject, 1), key) < 0 ||
+            put_bytes(&c[M_NAME], key, 8) < 0 ||
+            subject_key(self, PyTuple_GET_ITEM(subject, 2), PyTuple_GET_ITEM(subject, 3),
+                        key) < 0 ||
+            put_bytes(&c[KEYS], key, 16) < 0 || put_mask(self, PyTuple_GET_ITEM(subject, 3)) < 0)
+            goto failed_subjects;
+    }
+    Py_DECREF(subjects);
+    if (PyTuple_Check(r->exemptions) ? PyTuple_GET_SIZE(r->exemptions) > 0
+                                     : PyObject_IsTrue(r->exemptions) != 0) {
+        if (PyErr_Occurred()) goto failed;
+        PyObject *at = PyLong_FromSsize_t(self->entries);
+        int added = at == NULL ? -1 : PyDict_SetItem(self->exemptions, at, r->exemptions);
+        Py_XDECREF(at);
+        if (added < 0) goto failed;
+    }
+    self->entries++;
+    return 0;
+
+failed_subjects:
+    Py_DECREF(subjects);
+failed:
+    for (int i = 0; i < N_COLUMNS; i++) self->col[i].len = mark[i];
+    return -1;
+}
+
+static int usable(Columns *self) {
+    if (self->finished) {
+        PyErr_SetString(PyExc_RuntimeError, "columns() already handed these columns over");
+        return 0;
+    }
+    return 1;
+}
+
+/* check()'s verdict for take() and feed(): an error it met (a value whose truth test
+ * raised: no row from orjson has one) leaves the row to the Python code, as _plain's
+ * TypeError leaves it to parse_entry, which words it. Only running out of memory is
+ * an error here. */
+static int sure(int status) {
+    if (status == FAILED && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
+        PyErr_Clear();
+        return NOT_SURE;
+    }
+    return status;
+}
+
+/* feed(lines, start, first_line): lines[start:] parsed with orjson and taken while each
+ * is a plain row (lines[i] is line first_line + i of the file); the index of the first
+ * line not taken (len(lines) when all were), which the Python code then reads itself:
+ * a blank line, bad JSON, anything but a plain row. */
+static PyObject *Columns_feed(Columns *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "feed(lines: list[bytes], start, first_line)");
+        return NULL;
+    }
+    if (!usable(self)) return NULL;
+    if (LOADS == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]), first = PyLong_AsSsize_t(args[2]);
+    if ((start == -1 || first == -1) && PyErr_Occurred()) return NULL;
+    Py_ssize_t i = start < 0 ? 0 : start;
+    for (; i < PyList_GET_SIZE(args[0]); i++) {
+        PyObject *raw = PyList_GET_ITEM(args[0], i);
+        PyObject *obj = PyObject_Vectorcall(LOADS, &raw, 1, NULL);
+        if (obj == NULL) {
+            if (!PyErr_ExceptionMatches(DECODE_ERROR)) return NULL;
+            PyErr_Clear(); /* a blank line, or bad JSON: the Python code says which */
+            break;
+        }
+        Row r;
+        int status = PyDict_CheckExact(obj) ? sure(check(obj, &r)) : NOT_SURE;
+        if (status != SURE) {
+            Py_DECREF(obj);
+            if (status == FAILED) return NULL;
+            break;
+        }
+        PyObject *line = PyLong_FromSsize_t(first + i);
+        int stored = line == NULL ? -1 : self->keeping ? store(self, &r, line, NULL) : 0;
+        Py_XDECREF(line);
+        Py_DECREF(r.subjects);
+        Py_DECREF(r.exemptions);
+        Py_DECREF(obj);
+        if (stored < 0) return NULL;
+        self->taken++;
+    }
+    return PyLong_FromSsize_t(i);
+}
+
+/* take(row, line): True when the row is plain and, while keeping, stored; else False */
+static PyObject *Columns_take(Columns *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "take(row, line)");
+        return NULL;
+    }
+    if (!usable(self)) return NULL;
+    if (!PyDict_CheckExact(args[0])) Py_RETURN_FALSE;
+    Row r;
+    int status = sure(check(args[0], &r));
+    if (status == FAILED) return NULL;
+    if (status == NOT_SURE) Py_RETURN_FALSE;
+    int stored = self->keeping ? store(self, &r, args[1], NULL) : 0;
+    Py_DECREF(r.subjects);
+    Py_DECREF(r.exemptions);
+    if (stored < 0) return NULL;
+    self->taken++;
+    Py_RETURN_TRUE;
+}
+
+/* put(entry, subjects, exemptions): a row as ColumnBuilder stages it (_Staged) */
+static PyObject *Columns_put(Columns *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) != 8) {
+        PyErr_SetString(PyExc_TypeError, "put(entry: 8-tuple, subjects, exemptions)");
+        return NULL;
+    }
+    if (!usable(self)) return NULL;
+    PyObject *e = args[0];
+    Row r = {PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 2), PyTuple_GET_ITEM(e, 3),
+             PyTuple_GET_ITEM(e, 4), PyTuple_GET_ITEM(e, 5), PyTuple_GET_ITEM(e, 6),
+             NULL, NULL, args[1], args[2]};
+    if (store(self, &r, PyTuple_GET_ITEM(e, 1), PyTuple_GET_ITEM(e, 7)) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* key(id_type, number) and name_key(name): the keys the columns hold, for checking */
+static PyObject *Columns_key(Columns *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint8_t out[16];
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "key(id_type, number)");
+        return NULL;
+    }
+    if (subject_key(self, args[0], args[1], out) < 0) return NULL;
+    return PyBytes_FromStringAndSize((const char *)out, 16);
+}
+
+static PyObject *Columns_name_key(Columns *self, PyObject *name) {
+    uint8_t out[8];
+    if (name_key(self, name, out) < 0) return NULL;
+    return PyBytes_FromStringAndSize((const char *)out, 8);
+}
+
+/* columns(): ({name: bytes}, courts, exemptions), once; the buffers are freed */
+static PyObject *Columns_columns(Columns *self, PyObject *unused) {
+    if (!usable(self)) return NULL;
+    PyObject *out = PyDict_New();
+    for (int i = 0; out != NULL && i < N_COLUMNS; i++) {
+        PyObject *b = PyBytes_FromStringAndSize(self->col[i].data, self->col[i].len);
+        if (b == NULL || PyDict_SetItemString(out, COLUMN_NAMES[i], b) < 0) Py_CLEAR(out);
+        Py_XDECREF(b);
+    }
+    if (out == NULL) return NULL;
+    PyObject *result = PyTuple_Pack(3, out, self->courts, self->exemptions);
+    Py_DECREF(out);
+    if (result == NULL) return NULL;
+    self->finished = 1;
+    for (int i = 0; i < N_COLUMNS; i++) {
+        PyMem_RawFree(self->col[i].data);
+        self->col[i] = (Buf){NULL, 0, 0};
+    }
+    return result;
+}
+
+static int Columns_init(Columns *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"secret", "tags", "subject_person", "name_person", "name_key",
+                            "mask", "width", NULL};
+    Py_buffer secret, subject_person, name_person;
+    PyObject *tags, *name_key_of, *mask_of;
+    Py_ssize_t width;
+    if (self->tags != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Columns cannot be initialised twice");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*O!y*y*OOn:Columns", names, &secret,
+                                     &PyDict_Type, &tags, &subject_person, &name_person,
+                                     &name_key_of, &mask_of, &width))
+        return -1;
+    int ok = 0;
+    if (DAYS == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+    } else if (PyDict_GET_SIZE(tags) > MAX_TAGS || width < 1 || width > 255) {
+        PyErr_SetString(PyExc_ValueError, "at most 16 tags, a width of 1-255");
+    } else if (keyed_state(&self->name, &secret, &name_person, 8) == 0) {
+        ok = 1;
+        PyObject *kind, *tag;
+        Py_ssize_t at = 0;
+        while (ok && PyDict_Next(tags, &at, &kind, &tag)) {
+            if (!PyBytes_Check(tag)) {
+                PyErr_SetString(PyExc_TypeError, "tags: id type -> bytes");
+                ok = 0;
+            } else if (keyed_state(&self->by_tag[self->n_tags], &secret, &subject_person, 16)) {
+                ok = 0;
+            } else {
+                self->tag_type[self->n_tags++] = kind;
+            }
+        }
+    }
+    PyBuffer_Release(&secret);
+    PyBuffer_Release(&subject_person);
+    PyBuffer_Release(&name_person);
+    if (!ok) return -1;
+    blake2b_init(&self->entry_id, 8); /* entry_id_hash: blake2b(digest_size=8) */
+    self->courts = PyDict_New();
+    self->exemptions = PyDict_New();
+    if (self->courts == NULL || self->exemptions == NULL) return -1;
+    Py_INCREF(tags);
+    self->tags = tags;
+    Py_INCREF(name_key_of);
+    self->name_key_of = name_key_of;
+    Py_INCREF(mask_of);
+    self->mask_of = mask_of;
+    self->width = width;
+    self->keeping = 1;
+    return 0;
+}
+
+static int Columns_traverse(Columns *self, visitproc visit, void *arg) {
+    Py_VISIT(self->courts);
+    Py_VISIT(self->exemptions);
+    Py_VISIT(self->tags);
+    Py_VISIT(self->name_key_of);
+    Py_VISIT(self->mask_of);
+    return 0;
+}
+
+static int Columns_clear(Columns *self) {
+    Py_CLEAR(self->courts);
+    Py_CLEAR(self->exemptions);
+    Py_CLEAR(self->tags);
+    Py_CLEAR(self->name_key_of);
+    Py_CLEAR(self->mask_of);
+    self->n_tags = 0;
+    return 0;
+}
+
+static void Columns_dealloc(Columns *self) {
+    PyObject_GC_UnTrack(self);
+    Columns_clear(self);
+    for (int i = 0; i < N_COLUMNS; i++) PyMem_RawFree(self->col[i].data);
+    secure_zero_memory(self->by_tag, sizeof self->by_tag); /* keyed states: burn them */
+    secure_zero_memory(&self->name, sizeof self->name);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Columns_get_keeping(Columns *self, void *unused) {
+    return PyBool_FromLong(self->keeping);
+}
+
+static int Columns_set_keeping(Columns *self, PyObject *value, void *unused) {
+    int truth = value == NULL ? -1 : PyObject_IsTrue(value);
+    if (truth < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "keeping cannot be deleted");
+        return -1;
+    }
+    self->keeping = truth;
+    return 0;
+}
+
+static PyObject *Columns_get_count(Columns *self, void *which) {
+    return PyLong_FromSsize_t(which ? self->taken : self->entries);
+}
+
+static PyGetSetDef Columns_getset[] = {
+    {"keeping", (getter)Columns_get_keeping, (setter)Columns_set_keeping,
+     "False after a bad row: take() still checks rows, stores none", NULL},
+    {"entries", (getter)Columns_get_count, NULL, "rows stored", NULL},
+    {"taken", (getter)Columns_get_count, NULL, "rows take() took", (void *)1},
+    {NULL},
+};
+
+static PyMethodDef Columns_methods[] = {
+    {"take", (PyCFunction)(void (*)(void))Columns_take, METH_FASTCALL,
+     "take(row, line): True when plain() takes the row; then stored, while keeping."},
+    {"feed", (PyCFunction)(void (*)(void))Columns_feed, METH_FASTCALL,
+     "feed(lines, start, first_line): take lines[start:] while plain; where it stopped."},
+    {"put", (PyCFunction)(void (*)(void))Columns_put, METH_FASTCALL,
+     "put(entry, subjects, exemptions): store a row checked in Python."},
+    {"key", (PyCFunction)(void (*)(void))Columns_key, METH_FASTCALL,
+     "key(id_type, number): the 16-byte subject key these columns store."},
+    {"name_key", (PyCFunction)Columns_name_key, METH_O,
+     "name_key(name): the 8-byte name key these columns store."},
+    {"columns", (PyCFunction)Columns_columns, METH_NOARGS,
+     "columns(): ({name: bytes}, courts, exemptions); once."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ColumnsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shixin_check.loader._rowcheck.Columns",
+    .tp_doc = "A load chunk's columns, built in C (loader/columns.py's ColumnBuilder).",
+    .tp_basicsize = sizeof(Columns),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Columns_init,
+    .tp_dealloc = (destructor)Columns_dealloc,
+    .tp_traverse = (traverseproc)Columns_traverse,
+    .tp_clear = (inquiry)Columns_clear,
+    .tp_methods = Columns_methods,
+    .tp_getset = Columns_getset,
+};
 
 static int keep(PyObject **slot, PyObject *value) {
     Py_XINCREF(value);
@@ -336,16 +888,21 @@ static int keep(PyObject **slot, PyObject *value) {
 static PyObject *configure(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"list_types", "statuses", "active", "roles", "id_types",
                             "resident", "channels", "days", "debtor", "exemption",
-                            "no_end", "provinces", "birth_dates", NULL};
+                            "no_end", "provinces", "birth_dates", "loads", "decode_error",
+                            NULL};
     PyObject *list_types, *statuses, *active, *roles, *id_types, *resident, *channels, *days,
-        *debtor, *exemption_type, *no_end, *provinces, *birth_dates;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!OO!O!OO!O!OOO!OO!:configure", names,
+        *debtor, *exemption_type, *no_end, *provinces, *birth_dates, *loads, *decode_error;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!OO!O!OO!O!OOO!OO!OO:configure", names,
                                      &PyDict_Type, &list_types, &PyDict_Type, &statuses, &active,
                                      &PyDict_Type, &roles, &PyDict_Type, &id_types, &resident,
                                      &PyDict_Type, &channels, &PyDict_Type, &days, &debtor,
                                      &exemption_type, &PyLong_Type, &no_end, &provinces,
-                                     &PyFrozenSet_Type, &birth_dates))
+                                     &PyFrozenSet_Type, &birth_dates, &loads, &decode_error))
         return NULL;
+    if (!PyCallable_Check(loads) || !PyExceptionClass_Check(decode_error)) {
+        PyErr_SetString(PyExc_TypeError, "loads: a function, decode_error: its exception");
+        return NULL;
+    }
     memset(PROVINCE, 0, sizeof PROVINCE);
     PyObject *iterator = PyObject_GetIter(provinces);
     if (iterator == NULL) return NULL;
@@ -374,6 +931,8 @@ static PyObject *configure(PyObject *module, PyObject *args, PyObject *kwargs) {
     keep(&EXEMPTION, exemption_type);
     keep(&NO_END, no_end);
     keep(&BIRTH_DATES, birth_dates);
+    keep(&LOADS, loads);
+    keep(&DECODE_ERROR, decode_error);
     keep(&DAYS, days); /* last: plain() refuses to run until it is set */
     Py_RETURN_NONE;
 }
@@ -382,16 +941,13 @@ static PyMethodDef methods[] = {
     {"plain", (PyCFunction)(void (*)(void))plain, METH_FASTCALL,
      "plain(row, line): (entry, subjects, exemptions) as ColumnBuilder._plain makes "
      "them, or None when the row is not in the plain form."},
-    {"masks", (PyCFunction)(void (*)(void))masks, METH_FASTCALL,
-     "masks(numbers, width): identity.mask_id of each, space-padded to width bytes, "
-     "joined; None when one is not ASCII or longer than width."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
      "configure(**tables): the look-up tables plain() shares with loader.listfile."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "_rowcheck", "The load's row checker in C (loader/columns.py).", -1,
+    PyModuleDef_HEAD_INIT, "_rowcheck", "The load's row checker and column builder in C (loader/columns.py).", -1,
     methods,
 };
 
@@ -417,7 +973,9 @@ PyMODINIT_FUNC PyInit__rowcheck(void) {
     if (ZERO == NULL) return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL) return NULL;
-    if (PyModule_AddStringConstant(module, "SOURCE_DIGEST", SOURCE_DIGEST) < 0) {
+    if (PyType_Ready(&ColumnsType) < 0 ||
+        PyModule_AddObjectRef(module, "Columns", (PyObject *)&ColumnsType) < 0 ||
+        PyModule_AddStringConstant(module, "SOURCE_DIGEST", SOURCE_DIGEST) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,5 +1,7 @@
-"""The load's row checker in C (``loader/_rowcheck.c``): see ``loader/columns.py``."""
+"""The load's row checker and column builder in C (``loader/_rowcheck.c``): see
+``loader/columns.py``."""
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 SOURCE_DIGEST: str
@@ -8,7 +10,24 @@ def configure(
     *, list_types: dict[str, Any], statuses: dict[str, Any], active: Any, roles: dict[str, Any],
     id_types: dict[str, Any], resident: Any, channels: dict[str, Any], days: dict[str, int],
     debtor: Any, exemption: type, no_end: int, provinces: frozenset[str],
-    birth_dates: frozenset[str],
+    birth_dates: frozenset[str], loads: Callable[[bytes], Any], decode_error: type[Exception],
 ) -> None: ...  # fmt: skip
 def plain(row: dict[str, Any], line: int, /) -> tuple[Any, Any, Any] | None: ...
-def masks(numbers: list[str], width: int, /) -> bytes | None: ...
+
+class Columns:
+    keeping: bool
+    @property
+    def entries(self) -> int: ...
+    @property
+    def taken(self) -> int: ...
+    def __init__(
+        self, *, secret: bytes, tags: dict[Any, bytes], subject_person: bytes,
+        name_person: bytes, name_key: Callable[[str], bytes], mask: Callable[[str], str],
+        width: int,
+    ) -> None: ...  # fmt: skip
+    def take(self, row: Any, line: int, /) -> bool: ...
+    def feed(self, lines: list[bytes], start: int, first_line: int, /) -> int: ...
+    def put(self, entry: tuple[Any, ...], subjects: Sequence[Any], exemptions: Any, /) -> None: ...
+    def key(self, id_type: Any, number: str, /) -> bytes: ...
+    def name_key(self, name: str, /) -> bytes: ...
+    def columns(self) -> tuple[dict[str, bytes], dict[str, int], dict[int, tuple[Any, ...]]]: ...

@@ -38,24 +38,27 @@ import re
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from types import ModuleType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import orjson
 
 from shixin_check.domain import identity
 from shixin_check.domain.errors import InvalidInput, RowError
 from shixin_check.domain.identity import (
+    KEY_TAGS,
     IdType,
     mask_id,
     normalize_name,
     normalize_person_id,
     normalize_uscc,
 )
-from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.keys import NAME_PERSON, SUBJECT_PERSON, SubjectKeyer
 from shixin_check.domain.model import NO_END, Exemption, Role
 from shixin_check.loader.index_memory import _COLUMNS, _MASK_WIDTH, BaseParts, new_bloom
 from shixin_check.loader.listfile import (
@@ -68,6 +71,9 @@ from shixin_check.loader.listfile import (
     _date,
     parse_entry,
 )
+
+if TYPE_CHECKING:
+    from shixin_check.loader._rowcheck import Columns
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +191,7 @@ def compiled_module() -> ModuleType | None:
         id_types=_ID_TYPES, resident=_RESIDENT_ID, channels=_CHANNELS, days=_DAYS,
         debtor=_DEBTOR, exemption=Exemption, no_end=NO_END,
         provinces=identity._PROVINCES, birth_dates=identity._BIRTH_DATES,
+        loads=orjson.loads, decode_error=orjson.JSONDecodeError,
     )  # fmt: skip
     return _rowcheck
 
@@ -194,8 +201,47 @@ _rowcheck = compiled_module()
 ROW_CHECKS = "row checker in C" if _rowcheck else "rows checked in Python: _rowcheck not built"
 
 
-def _never_sure(obj: Any, line: Any) -> None:  # plain() and masks() where C is not built
-    return None
+def _never_takes(obj: Any, line: Any) -> bool:  # Columns.take where C is not built
+    return False
+
+
+def _never_feeds(lines: list[bytes], start: int, first_line: int) -> int:  # Columns.feed
+    return start
+
+
+def _key_of_name(hasher: Any, name: str) -> bytes:
+    """``SubjectKeyer.name_key(normalize_name(name))``, as 8 bytes big-endian."""
+    normal = normalize_name(name)
+    if not normal:
+        return _NO_NAME
+    hasher = hasher.copy()
+    hasher.update(normal.encode())
+    digest: bytes = hasher.digest()
+    return digest if digest != _NO_NAME else _ONE
+
+
+class CompiledKeysDiffer(RuntimeError):
+    """The C column builder's keys are not ``SubjectKeyer``'s: it must not build an index."""
+
+
+def _compiled_columns(keyer: SubjectKeyer, name_hasher: Any) -> Columns:
+    """A ``_rowcheck.Columns`` for this keyer, once one key of each kind it makes has
+    been found equal to the keyer's own (a build that hashed otherwise would store
+    keys no check could find: a listed subject answered as unlisted)."""
+    assert _rowcheck is not None
+    columns: Columns = _rowcheck.Columns(
+        secret=keyer.secret, tags=KEY_TAGS, subject_person=SUBJECT_PERSON,
+        name_person=NAME_PERSON, name_key=partial(_key_of_name, name_hasher), mask=mask_id,
+        width=_MASK_WIDTH,
+    )  # fmt: skip
+    for kind in KEY_TAGS:
+        number = "110101199003074514" if kind is _RESIDENT_ID else "91110000100000000A"
+        if columns.key(kind, number) != keyer.subject_key(kind, number).to_bytes(16):
+            raise CompiledKeysDiffer(f"loader/_rowcheck.c keys {kind} numbers otherwise")
+    for name in ("张伟", "阿依古丽·买买提", "John  Smith"):
+        if columns.name_key(name) != _key_of_name(name_hasher, name):
+            raise CompiledKeysDiffer("loader/_rowcheck.c keys names otherwise")
+    return columns
 
 
 _blake2b = type(hashlib.blake2b())
@@ -229,13 +275,19 @@ class ColumnBuilder:
     FLUSH_ROWS = 1000  # more and the staged values no longer stay in the CPU's caches
 
     def __init__(self, keyer: SubjectKeyer, expected: int = 0) -> None:
-        # the C row checker, or stand-ins that are never sure (tests take _rowcheck away)
-        self._compiled = _rowcheck.plain if _rowcheck else _never_sure
-        self._masks = _rowcheck.masks if _rowcheck else _never_sure
         self._by_tag, self._name = keyer.hashers()  # keys as digests, not ints
         self._expected = expected
-        self.keeping = True
-        self.fast_rows = 0  # rows taken without parse_entry (tests look)
+        self._keeping = True
+        self._fast = 0  # rows _plain took
+        # the columns in C, when built (tests take _rowcheck away): take() checks and
+        # stores a plain row, put() stores one checked here
+        self._columns = _compiled_columns(keyer, self._name) if _rowcheck else None
+        if self._columns is not None:
+            self.take: Callable[[Any, int], bool] = self._columns.take
+            self.feed: Callable[[list[bytes], int, int], int] = self._columns.feed
+            self._store = self._columns.put
+        else:
+            self.take, self.feed, self._store = _never_takes, _never_feeds, self._stage
         self._entries: list[_Staged] = []
         self._subjects: list[Subject] = []
         self._rows: list[int] = []  # the entry row of each staged subject
@@ -259,11 +311,40 @@ class ColumnBuilder:
         self.exemptions: dict[int, tuple[Exemption, ...]] = {}
         self._names: dict[str, bytes] = {}
 
+    @property
+    def keeping(self) -> bool:
+        """False after a bad row: rows are still validated, no longer stored."""
+        return self._keeping
+
+    @keeping.setter
+    def keeping(self, keep: bool) -> None:
+        self._keeping = keep
+        if self._columns is not None:
+            self._columns.keeping = keep
+
+    @property
+    def fast_rows(self) -> int:
+        """Rows taken without parse_entry (tests look)."""
+        return self._fast + (self._columns.taken if self._columns is not None else 0)
+
+    def read(self, item: dict[str, Any] | RowError, line: int) -> RowError | None:
+        """A row as ``listfile.iter_rows`` gives it (an object or its error): ``add``
+        an object; the error of a bad row, after which the builder stops keeping."""
+        error = item if isinstance(item, RowError) else self.add(item, line)
+        if error is not None:
+            self.keeping = False  # once a row is bad the build is moot: just keep validating
+        return error
+
     def add(self, obj: dict[str, Any], line: int) -> RowError | None:
-        """Validate one row and, while ``keeping``, store it; its error, if bad."""
+        """Validate one row and, while ``keeping``, store it; its error, if bad.
+
+        A load calls ``take`` first, which takes the plain rows in C (where built)
+        without this frame, and then this for the rows it declines."""
         subjects: Sequence[Subject]
         try:
-            entry, subjects, exemptions = self._compiled(obj, line) or self._plain(obj, line)
+            if self.take(obj, line):
+                return None
+            entry, subjects, exemptions = self._plain(obj, line)
         except (_NotFast, InvalidInput, TypeError):
             try:
                 parsed = parse_entry(obj)
@@ -276,17 +357,23 @@ class ColumnBuilder:
                 parsed.organization_name,
             )  # fmt: skip
         else:
-            self.fast_rows += 1
-        if self.keeping:
-            row = len(self._entries) + self.entries
-            self._entries.append(entry)
-            if exemptions:
-                self.exemptions[row] = exemptions
-            self._subjects += subjects
-            self._rows += [row] * len(subjects)
-            if len(self._entries) >= self.FLUSH_ROWS:
-                self._flush()
+            self._fast += 1
+        if self._keeping:
+            self._store(entry, subjects, exemptions)
         return None
+
+    def _stage(
+        self, entry: _Staged, subjects: Sequence[Subject], exemptions: tuple[Exemption, ...]
+    ) -> None:
+        """A checked row into the columns, in Python: staged, flushed every ``FLUSH_ROWS``."""
+        row = len(self._entries) + self.entries
+        self._entries.append(entry)
+        if exemptions:
+            self.exemptions[row] = exemptions
+        self._subjects += subjects
+        self._rows += [row] * len(subjects)
+        if len(self._entries) >= self.FLUSH_ROWS:
+            self._flush()
 
     def _plain(
         self, obj: dict[str, Any], line: int
@@ -399,14 +486,12 @@ class ColumnBuilder:
         self.keys += b"".join(map(_digest, hashers))
         self.m_role.extend(roles)
         self.m_name += self._name_keys(names)
-        packed = self._masks(numbers, _MASK_WIDTH)
-        if packed is None:
-            # every normalised number is ASCII (a resident ID, a USCC, 5-20 letters and
-            # digits) and at most _MASK_WIDTH long, and so is its mask: one byte a character
-            masks = list(map(mask_id, numbers))
-            packed = "".join([m.ljust(_MASK_WIDTH) for m in masks]).encode()
-            if len(packed) != len(masks) * _MASK_WIDTH:  # never: as BaseBuilder.add, then
-                packed = b"".join(m.encode().ljust(_MASK_WIDTH)[:_MASK_WIDTH] for m in masks)
+        # every normalised number is ASCII (a resident ID, a USCC, 5-20 letters and
+        # digits) and at most _MASK_WIDTH long, and so is its mask: one byte a character
+        masks = list(map(mask_id, numbers))
+        packed = "".join([m.ljust(_MASK_WIDTH) for m in masks]).encode()
+        if len(packed) != len(masks) * _MASK_WIDTH:  # never: as BaseBuilder.add, then
+            packed = b"".join(m.encode().ljust(_MASK_WIDTH)[:_MASK_WIDTH] for m in masks)
         self.m_mask += packed
 
     def _name_keys(self, names: list[str]) -> bytes:
@@ -433,13 +518,19 @@ class ColumnBuilder:
 
     def _name_key(self, name: str) -> bytes:
         """``SubjectKeyer.name_key(normalize_name(name))``, as 8 bytes big-endian."""
-        normal = normalize_name(name)
-        if not normal:
-            return _NO_NAME
-        hasher = self._name.copy()
-        hasher.update(normal.encode())
-        digest: bytes = hasher.digest()
-        return digest if digest != _NO_NAME else _ONE
+        return _key_of_name(self._name, name)
+
+    def _raw(self) -> tuple[dict[str, Any], dict[str, int], dict[int, tuple[Any, ...]]]:
+        """The columns as they were built (keys and name keys big-endian), the courts
+        and the exemptions: from C, or flushed here."""
+        if self._columns is not None:
+            return self._columns.columns()
+        self._flush()
+        names = ("keys", "m_entry", "m_role", "m_name", "m_mask", "e_idh", "e_line",
+                 "e_type", "e_status", "e_listed", "e_valid", "e_court", "text_ends")  # fmt: skip
+        raw = {name: getattr(self, name) for name in names}
+        raw["text"] = b"".join(self.texts)
+        return raw, self.courts, self.exemptions
 
     def parts(self) -> BaseParts:
         """The columns so far, as a load worker sends them back.
@@ -450,13 +541,14 @@ class ColumnBuilder:
         which its stable sort does several times faster than sorting them whole
         in the one process that cannot share the work.
         """
-        self._flush()
-        keys = np.frombuffer(self.keys, ">u8").reshape(-1, 2).astype("<u8")
+        raw, courts, exemptions = self._raw()
+        keys = np.frombuffer(raw["keys"], ">u8").reshape(-1, 2).astype("<u8")
         order = np.argsort(keys[:, 0], kind="stable")
         keys = keys[order]
-        text_at = np.zeros(len(self.text_ends) + 1, dtype="<u8")
-        text_at[1:] = np.frombuffer(self.text_ends, "<u8")
-        e_idh = np.frombuffer(self.e_idh, ">u8").astype("<u8")
+        ends = np.frombuffer(raw["text_ends"], "<u8")
+        text_at = np.zeros(len(ends) + 1, dtype="<u8")
+        text_at[1:] = ends
+        e_idh = np.frombuffer(raw["e_idh"], ">u8").astype("<u8")
 
         def by_key(column: Any, dtype: str, width: int = 1) -> bytes:
             return np.frombuffer(column, dtype).reshape(len(order), width)[order].tobytes()
@@ -464,24 +556,23 @@ class ColumnBuilder:
         columns: dict[str, bytes] = {
             "k_hi": keys[:, 0].tobytes(),
             "k_lo": keys[:, 1].tobytes(),
-            "m_entry": by_key(self.m_entry, "<u4"),
-            "m_role": by_key(self.m_role, "u1"),
-            "m_name": np.frombuffer(self.m_name, ">u8")[order].astype("<u8").tobytes(),
-            "m_mask": by_key(self.m_mask, "u1", _MASK_WIDTH),
+            "m_entry": by_key(raw["m_entry"], "<u4"),
+            "m_role": by_key(raw["m_role"], "u1"),
+            "m_name": np.frombuffer(raw["m_name"], ">u8")[order].astype("<u8").tobytes(),
+            "m_mask": by_key(raw["m_mask"], "u1", _MASK_WIDTH),
             "e_idh": e_idh.tobytes(),
             "id_order": np.argsort(e_idh, kind="stable").astype("<u4").tobytes(),
             "e_text_at": text_at.tobytes(),
-            "text": b"".join(self.texts),
+            "text": bytes(raw["text"]),
         }
         for name in _COLUMNS:
             if name not in columns:
-                column = getattr(self, name)
-                columns[name] = column.tobytes() if isinstance(column, array) else bytes(column)
+                columns[name] = bytes(raw[name])
         bloom = new_bloom(self._expected)
         bloom.update(keys[:, 0].tolist())  # the high halves, as BaseBuilder adds them
         return BaseParts(
             columns=columns,
-            courts=list(self.courts),
-            exemptions=self.exemptions,
+            courts=list(courts),
+            exemptions=exemptions,
             bloom=bloom.save_bytes(),
         )

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -109,9 +109,26 @@ def iter_rows(
     if path.suffix.lower() == ".csv":
         yield from _iter_csv(path)
         return
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    line_no = 0
     first = start == 0
+    for lines, first_line, unended in line_blocks(path, start, end):
+        for line_no, raw in enumerate(lines, first_line):
+            item = row_of(raw, line_no, unended)
+            if item is None:
+                continue
+            if first and type(item) is dict:
+                first = False
+                if is_header(item):
+                    continue  # the snapshot's header (loader.feed), not an entry
+            yield line_no, item
+
+
+def line_blocks(
+    path: Path, start: int = 0, end: int | None = None
+) -> Iterator[tuple[list[bytes], int, int]]:
+    """The lines of a JSON Lines file (those beginning in [start, end)) a block at a
+    time: (lines without their newlines, the number of the first, the number of the
+    file's last line when it has no newline and is in this block, else 0)."""
+    line_no = 0
     with path.open("rb") as fh:
         fh.seek(start)
         for block in _blocks(fh, end):
@@ -121,23 +138,21 @@ def iter_rows(
                 unended = 0
             else:  # the file's last line, with no newline
                 unended = line_no + len(lines)
-            for raw in lines:
-                line_no += 1
-                try:  # parse first: a blank line is rare, checking every line for one is not
-                    obj = loads(raw)
-                except decode_error:
-                    if not raw.strip():
-                        continue
-                    yield line_no, _not_json(raw, line_no, line_no != unended)
-                    continue
-                if type(obj) is not dict:
-                    yield line_no, RowError(line_no, "", "a row must be a JSON object")
-                    continue
-                if first:
-                    first = False
-                    if is_header(obj):
-                        continue  # the snapshot's header (loader.feed), not an entry
-                yield line_no, obj
+            yield lines, line_no + 1, unended
+            line_no += len(lines)
+
+
+def row_of(raw: bytes, line_no: int, unended: int) -> dict[str, Any] | RowError | None:
+    """One line of a JSON Lines file: its object, its error, or None when blank."""
+    try:  # parse first: a blank line is rare, checking every line for one is not
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        if not raw.strip():
+            return None
+        return _not_json(raw, line_no, line_no != unended)
+    if type(obj) is not dict:
+        return RowError(line_no, "", "a row must be a JSON object")
+    return cast(dict[str, Any], obj)
 
 
 def _not_json(raw: bytes, line_no: int, had_newline: bool) -> RowError:

@@ -32,7 +32,7 @@ from shixin_check.domain.model import EntryStatus, Exemption, ListEntry, ListTyp
 from shixin_check.loader.background import Background
 from shixin_check.loader.columns import ROW_CHECKS, ColumnBuilder
 from shixin_check.loader.compiled import IndexStore, map_compiled, snapshot_stamp
-from shixin_check.loader.feed import day_start, pending, read_header, sidecar_of
+from shixin_check.loader.feed import day_start, is_header, pending, read_header, sidecar_of
 from shixin_check.loader.index_memory import (
     BaseParts,
     MemoryIndex,
@@ -49,8 +49,10 @@ from shixin_check.loader.listfile import (
     FileKind,
     detect_kind,
     iter_rows,
+    line_blocks,
     line_starts,
     read_delta,
+    row_of,
 )
 
 Progress = Callable[[int], None]
@@ -80,17 +82,60 @@ def _parse_range(
     path: Path, keyer: SubjectKeyer, expected: int, start: int = 0, end: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[BaseParts, list[RowError], int]:  # fmt: skip
-    """Parts, bad rows and line count of the lines beginning in [start, end)."""
+    """Parts, bad rows and line count of the lines beginning in [start, end).
+
+    The builder's ``feed`` (in C, where built) parses and takes a block's lines
+    while they are plain rows; each line it stops at is read here, row by row as
+    ``iter_rows`` reads it (a blank line, bad JSON, the header, any other row).
+    """
+    if path.suffix.lower() == ".csv":
+        return _parse_rows(path, keyer, expected, progress)
     builder = ColumnBuilder(keyer, expected)
-    add = builder.add
+    feed, read = builder.feed, builder.read
+    errors: list[RowError] = []
+    rows = lines = 0
+    reported = 100_000
+    header = start == 0  # the file's first row may be its header
+    for block, first_line, unended in line_blocks(path, start, end):
+        i, count = 0, len(block)
+        lines = first_line + count - 1
+        while i < count:
+            if not header:
+                taken = feed(block, i, first_line)
+                rows += taken - i
+                if taken == count:
+                    break
+                i = taken
+            line_no = first_line + i
+            item = row_of(block[i], line_no, unended)
+            i += 1
+            if item is None:
+                continue
+            if header and type(item) is dict:
+                header = False
+                if is_header(item):
+                    continue
+            rows += 1
+            if (error := read(item, line_no)) is not None:
+                errors.append(error)
+        while progress is not None and rows >= reported:
+            progress(reported)
+            reported += 100_000
+    return builder.parts(), errors, lines
+
+
+def _parse_rows(
+    path: Path, keyer: SubjectKeyer, expected: int, progress: Progress | None
+) -> tuple[BaseParts, list[RowError], int]:
+    """``_parse_range`` of a whole file read row by row by ``iter_rows`` (CSV)."""
+    builder = ColumnBuilder(keyer, expected)
+    read = builder.read
     errors: list[RowError] = []
     lines = 0
-    for n, (line_no, item) in enumerate(iter_rows(path, start, end), 1):
+    for n, (line_no, item) in enumerate(iter_rows(path), 1):
         lines = line_no
-        error = item if isinstance(item, RowError) else add(item, line_no)
-        if error is not None:
+        if (error := read(item, line_no)) is not None:
             errors.append(error)
-            builder.keeping = False  # once a row is bad the build is moot: just keep validating
         if progress is not None and n % 100_000 == 0:
             progress(n)
     return builder.parts(), errors, lines

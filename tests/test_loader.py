@@ -431,25 +431,14 @@ def _columnar(
     """The same through ColumnBuilder, in ``pieces`` parts as load workers make them;
     and how many rows took the fast path, and how many of those the C checker took."""
     builders = [ColumnBuilder(keyer, 1024) for _ in range(pieces)]
-    compiled = [0]
-
-    def counted(check: Any) -> Any:
-        def checked(row: dict[str, Any], line: int) -> Any:
-            found = check(row, line)
-            compiled[0] += found is not None
-            return found
-
-        return checked
-
-    for builder in builders:
-        builder._compiled = counted(builder._compiled)  # type: ignore[method-assign]
     errors = []
     for line, row in enumerate(rows, 1):
         builder = builders[(line - 1) * pieces // len(rows)]
         if error := builder.add(row, line):
             errors.append(error)
     fast = sum(b.fast_rows for b in builders)
-    return _merged([b.parts() for b in builders]), errors, fast, compiled[0]
+    compiled = sum(b._columns.taken for b in builders if b._columns is not None)
+    return _merged([b.parts() for b in builders]), errors, fast, compiled
 
 
 def _unusual_but_valid() -> list[dict[str, Any]]:

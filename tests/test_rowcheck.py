@@ -3,8 +3,9 @@
 ``ColumnBuilder`` asks the C checker first and ``_plain`` only where it
 returns None, so the C checker may decline any row but must never take one
 differently. ``tests/test_loader.py`` runs the load's equivalence tests with
-and without it; these hold it to ``_plain`` on generated identities, names,
-codes and masks, and check that a checkout never runs a stale build.
+and without it; these hold it to ``_plain`` on generated identities, names
+and codes, hold the columns it builds (keys, name keys, masks, texts) to the
+columns Python builds, and check that a checkout never runs a stale build.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shixin_check.domain.errors import InvalidInput
-from shixin_check.domain.identity import mask_id
+from shixin_check.domain.identity import KEY_TAGS, normalize_name
 from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import Channel, Exemption
 from shixin_check.loader import columns
 from shixin_check.loader.columns import ColumnBuilder
-from shixin_check.loader.index_memory import _MASK_WIDTH
 from shixin_check.loader.listfile import parse_entry
 from tests.listdata import org_entry, person_entry, rid, uscc
 
@@ -154,18 +155,117 @@ def test_dates_and_exemptions_are_taken_as_python_takes_them() -> None:
     assert taken > 50  # the C checker takes the good combinations, not only declines
 
 
-def _python_masks(numbers: list[str]) -> bytes:
-    return b"".join(mask_id(n).encode().ljust(_MASK_WIDTH)[:_MASK_WIDTH] for n in numbers)
+KEYER = SubjectKeyer(b"k" * 32)
+NAMES = st.one_of(
+    st.text(st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF), min_size=1, max_size=60),
+    st.text(max_size=8),  # anything: normalised in Python, or no name at all
+)
+NUMBERS = st.one_of(st.text(DIGITS + "XAB", min_size=1, max_size=24), st.text(max_size=6))
+
+
+def _builders() -> tuple[ColumnBuilder, ColumnBuilder]:
+    """A builder with its columns in C and one with them in Python."""
+    compiled = ColumnBuilder(KEYER, 16)
+    assert compiled._columns is not None, "loader/_rowcheck.c is not built: run scripts/setup"
+    saved, columns._rowcheck = columns._rowcheck, None
+    try:
+        python = ColumnBuilder(KEYER, 16)
+    finally:
+        columns._rowcheck = saved
+    assert python._columns is None
+    return compiled, python
+
+
+@st.composite
+def _staged_rows(draw: st.DrawFn) -> list[tuple[Any, list[Any], tuple[Any, ...]]]:
+    """Rows as ``ColumnBuilder`` stages them, with any text where the columns take text:
+    long entry ids and names (BLAKE2b blocks beyond the first), names that are not
+    plain, numbers that are not ASCII or longer than a mask, repeated courts."""
+    rows = []
+    for i in range(draw(st.integers(1, 12))):
+        entry_id = draw(
+            st.one_of(st.text(min_size=1, max_size=8), st.text(min_size=120, max_size=300))
+        )
+        court = draw(st.sampled_from(["北京市海淀区人民法院", "昆山市人民法院", "X"]))
+        organization = draw(st.sampled_from(["", "艾克米有限公司"]))
+        text = f"{entry_id}\x1f(2024)京0108执{i}号\x1f{organization}"
+        entry = (entry_id, i + 2, draw(st.integers(0, 3)), draw(st.integers(0, 3)),
+                 draw(st.integers(0, 30000)), draw(st.integers(0, 2**31 - 1)), court, text)  # fmt: skip
+        subjects = [
+            (draw(st.integers(0, 4)), draw(NAMES), draw(st.sampled_from(list(KEY_TAGS))), draw(NUMBERS))
+            for _ in range(draw(st.integers(0, 3)))
+        ]  # fmt: skip
+        exemptions = draw(st.sampled_from([(), (Exemption(Channel.RAIL, 20000, 20030),)]))
+        rows.append((entry, subjects, exemptions))
+    return rows
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(st.text(DIGITS + "XAB", max_size=24), st.text(max_size=6))))
-def test_masks_are_mask_id_packed(numbers: list[str]) -> None:
-    packed = _compiled().masks(numbers, _MASK_WIDTH)
-    if all(n.isascii() and len(n) <= _MASK_WIDTH for n in numbers):
-        assert packed == _python_masks(numbers)
-    else:
-        assert packed is None  # ColumnBuilder packs those in Python
+@given(_staged_rows())
+def test_columns_in_c_are_the_columns_python_builds(rows: list[Any]) -> None:
+    """Every column byte for byte, the courts and the exemptions: entry id hashes,
+    subject keys, name keys (plain names hashed in C, the others normalised in
+    Python), masks (in C where the number is ASCII and fits, else mask_id), texts."""
+    compiled, python = _builders()
+    for entry, subjects, exemptions in rows:
+        compiled._store(entry, subjects, exemptions)
+        python._store(entry, subjects, exemptions)
+    assert compiled._columns is not None and compiled._columns.entries == len(rows)
+    c_raw, p_raw = compiled._raw(), python._raw()
+    assert c_raw[0].keys() == p_raw[0].keys()
+    for name, column in p_raw[0].items():
+        assert c_raw[0][name] == bytes(column), name
+    assert c_raw[1:] == p_raw[1:]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(list(KEY_TAGS)), st.text(max_size=300), NAMES)
+def test_keys_made_in_c_are_the_keyers(kind: Any, number: str, name: str) -> None:
+    made = _builders()[0]._columns
+    assert made is not None
+    assert made.key(kind, number) == KEYER.subject_key(kind, number).to_bytes(16)
+    assert made.name_key(name) == KEYER.name_key(normalize_name(name)).to_bytes(8)
+
+
+def test_a_build_that_keys_otherwise_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys the checks cannot find would answer a listed subject as unlisted: a
+    builder whose C keys differ from the keyer's does not start."""
+    monkeypatch.setattr(columns, "SUBJECT_PERSON", b"shixin-other")
+    with pytest.raises(columns.CompiledKeysDiffer, match="numbers"):
+        ColumnBuilder(KEYER, 16)
+    monkeypatch.undo()
+    monkeypatch.setattr(columns, "NAME_PERSON", b"shixin-other")
+    with pytest.raises(columns.CompiledKeysDiffer, match="names"):
+        ColumnBuilder(KEYER, 16)
+
+
+def test_a_row_that_fails_to_store_leaves_every_column_as_it_was() -> None:
+    compiled, python = _builders()
+    good = (("E1", 2, 0, 0, 19000, 20000, "法院", "E1\x1fC\x1f"), [(0, "张伟", None, "91110000100000000A")], ())  # fmt: skip
+    bad_subjects = [(0, "张伟", None, "91110000100000000A"), (0, "王芳", "NO SUCH KIND", "X12345")]
+    for builder in (compiled, python):
+        builder._store(*good)
+    with pytest.raises(KeyError):
+        compiled._store(("E2", 3, 0, 0, 19000, 20000, "新法院", "E2\x1fC\x1f"), bad_subjects, ())
+    with pytest.raises(OverflowError):
+        compiled._store(("E3", 2**40, 0, 0, 19000, 20000, "法院", "E3\x1fC\x1f"), [], ())
+    for builder in (compiled, python):
+        builder._store(("E4", 5, 1, 1, 19000, 20000, "法院", "E4\x1fC\x1f"), good[1], ())
+    c_raw, p_raw = compiled._raw(), python._raw()
+    assert {k: bytes(v) for k, v in p_raw[0].items()} == c_raw[0]
+    assert list(c_raw[1]) == ["法院", "新法院"]  # a court number may be used up; none stored
+    with pytest.raises(RuntimeError, match="already"):
+        compiled._columns.take({}, 1)  # type: ignore[union-attr]
+
+
+def test_a_builder_that_stopped_keeping_still_checks_rows() -> None:
+    builder = _builders()[0]
+    row = person_entry("E7", rid("11010519800101001"), "张伟")
+    builder.keeping = False
+    assert builder.take(row, 2) is True
+    assert builder.add({**row, "list_type": "BOGUS"}, 3) is not None
+    assert builder._columns is not None and builder._columns.entries == 0
+    assert builder.fast_rows == 1
 
 
 def test_rows_that_are_not_plain_objects_are_declined() -> None:
@@ -190,12 +290,21 @@ def test_no_reference_is_leaked_or_lost() -> None:
         taken["related_persons"][0]["name"], taken["published_on"], columns._DAYS["2026-01-01"],
         columns._ACTIVE, columns._DEBTOR, columns.NO_END, 3,
     ]  # fmt: skip
+    staged = module.plain(taken, 3)
+    made = _builders()[0]._columns
+    # stored rows keep their exemptions: the rows stored here have none (put's share one)
+    stored = {**taken, "exemptions": []}
+    assert made is not None and made.take(stored, 3)  # the court now a key of its courts
+    watched += [staged[0][7], taken["related_persons"][0]["id_number"]]
     before = [sys.getrefcount(o) for o in watched]
     for _ in range(1000):
         module.plain(taken, 3)
         module.plain(declined, 3)
-        module.masks([taken["subject"]["uscc"]], _MASK_WIDTH)
+        made.take(stored, 3)
+        made.take(declined, 3)
+        made.put(*staged)
     assert [sys.getrefcount(o) for o in watched] == before
+    assert made.entries == 2001
 
 
 def test_a_value_whose_truth_test_fails_is_left_to_parse_entry() -> None:
