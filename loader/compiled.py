@@ -99,7 +99,7 @@ def compile_base(base: Base, info: VersionInfo, target: Path, stamp: str, finger
         for name, code in _TYPED.items():
             column = getattr(base, name)
             with open(partial / f"{name}.{code}", "wb") as out:
-                out.write(column if isinstance(column, array) else array(code, column))
+                out.write(column if isinstance(column, array | memoryview) else array(code, column))
         for name in _BYTES:
             (partial / f"{name}.bin").write_bytes(bytes(getattr(base, name)))
         (partial / "bloom.bin").write_bytes(base.bloom.save_bytes())

@@ -6,20 +6,32 @@ import csv
 import itertools
 import threading
 import time
+from collections import Counter
 from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shixin_check.domain.decision import Query, decide
 from shixin_check.domain.errors import InvalidInput, LoadRejected, RowError
 from shixin_check.domain.identity import IdType, normalize_uscc
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.domain.model import Channel, Decision, EntryStatus, ListType, Role, china_day
+from shixin_check.domain.model import (
+    NO_END,
+    Channel,
+    Decision,
+    EntryStatus,
+    ListType,
+    Role,
+    china_day,
+)
 from shixin_check.domain.rules import Flight, Policy
 from shixin_check.loader import columns, listfile, publish_redis
 from shixin_check.loader.columns import ColumnBuilder, plain_uscc
@@ -28,6 +40,7 @@ from shixin_check.loader.index_memory import (
     BaseBuilder,
     BaseParts,
     MemoryIndex,
+    _expiries,
     entry_id_hash,
     merge_parts,
 )
@@ -388,6 +401,33 @@ def test_parallel_load_reports_the_files_line_numbers(tmp_path: Path, keyer: Sub
     ]
 
 
+def test_blank_lines_count_in_every_chunks_line_numbers(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    """Each load worker tells the next chunk how many lines its own held, blank ones
+    too: with runs of blank lines (some ending a chunk), bad JSON and a repeated
+    entry_id are reported with the file's line numbers by 1, 3 and 7 processes alike."""
+
+    def problems(changed: int, line: bytes) -> list[list[tuple[int, str, str]]]:
+        lines = [orjson.dumps(row) for row in many_rows(300)]
+        lines[changed] = line
+        lines[100:100] = [b""] * 60 + [b"   "]  # blank lines, one of spaces
+        lines[20:20] = [b""] * 3
+        path = tmp_path / "s.jsonl"
+        path.write_bytes(b"\n".join(lines) + b"\n\n\n")
+        found = []
+        for workers in (1, 3, 7):
+            with pytest.raises(LoadRejected) as caught:
+                build_snapshot(path, keyer, workers=workers)
+            found.append([(e.line, e.field, e.problem[:19]) for e in caught.value.errors])
+        return found
+
+    cut = problems(259, b'{"entry_id": "E260",')  # line 260, 64 blank lines before it
+    assert cut == [[(324, "", "not valid JSON (une")]] * 3
+    again = problems(279, orjson.dumps(person_entry("E1", ZHAO, "重复")))
+    assert again == [[(344, "entry_id", "'E1' repeats line 2")]] * 3
+
+
 # --- the fast path (loader.columns) against parse_entry and BaseBuilder ------------
 
 
@@ -634,3 +674,26 @@ def test_redis_version_holds_each_match_as_match_at_gives_it(
         entries[entry_id.encode()] = entries.get(entry_id.encode(), b"") + key16
     want = {k: {f: orjson.dumps(v) for f, v in m.items()} for k, m in expected.items()}
     assert pipe.hashes == {**want, **entry_keys}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(list(ListType)),
+            st.sampled_from(list(EntryStatus)),
+            st.one_of(st.integers(19000, 19040), st.integers(0, 2_900_000), st.just(NO_END)),
+        ),
+        max_size=60,
+    )
+)
+def test_expiries_count_entries_by_type_status_and_day(
+    rows: list[tuple[ListType, EntryStatus, int]],
+) -> None:
+    """Counted by bincount over the days spanned, or by sorting when the days lie far
+    apart (a few wide dates): either way, what counting them one by one gives."""
+    e_type = np.array([int(t) for t, _, _ in rows], "u1")
+    e_status = np.array([int(s) for _, s, _ in rows], "u1")
+    e_valid = np.array([v for _, _, v in rows], "<i4")
+    expected = Counter((t, s, v) for t, s, v in rows if v != NO_END)
+    assert _expiries(e_type, e_status, e_valid) == expected
