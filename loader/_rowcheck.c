@@ -14,10 +14,13 @@
  * stored at once (hashed, masked, encoded into growing buffers), and
  * put(entry, subjects, exemptions) stores a row the Python code checked, so
  * every row of a load goes into the columns by the same code. columns() hands
- * them over as the bytes ColumnBuilder's own columns would hold. The keys are
- * BLAKE2b (the reference code in loader/blake2/, included below), made as
- * SubjectKeyer makes them: columns.py compares one key of each kind with the
- * keyer's before it uses a builder.
+ * them over as the bytes ColumnBuilder's own columns would hold.
+ *
+ * Keyer makes SubjectKeyer's keys: BLAKE2b (the reference code in loader/blake2/,
+ * included below) with the secret's key block compressed once. Columns keys its rows
+ * with one, and the server's checks key their subjects with one (columns.CompiledKeyer);
+ * columns.py compares one key of each kind with the Python keyer's before either is
+ * used.
  *
  * configure(...) hands it the tables it shares with the Python code (the
  * enums' look-ups, the dates seen, the province codes, the birth dates), so
@@ -355,6 +358,18 @@ static const char *COLUMN_NAMES[N_COLUMNS] = {
 
 #define MAX_TAGS 16
 
+/* SubjectKeyer's keys: a BLAKE2b state per identity kind (its tag not yet fed in) and
+ * one for names, each with the secret's key block compressed. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *tags; /* id type (None: USCC) -> tag bytes */
+    Py_ssize_t n_tags;
+    PyObject *tag_type[MAX_TAGS]; /* borrowed from tags */
+    blake2b_state by_tag[MAX_TAGS], name;
+} Keyer;
+
+static PyTypeObject KeyerType;
+
 typedef struct {
     PyObject_HEAD
     Buf col[N_COLUMNS];
@@ -362,12 +377,10 @@ typedef struct {
     Py_ssize_t entries, taken, width;
     PyObject *courts;      /* court -> number, in order of first appearance */
     PyObject *exemptions;  /* entry row -> tuple of Exemption */
-    PyObject *tags;        /* id type (None: USCC) -> tag bytes */
+    Keyer *keys;
     PyObject *name_key_of; /* name -> 8 bytes: names that are not plain (normalize_name) */
     PyObject *mask_of;     /* number -> str: identity.mask_id, for what the C does not mask */
-    Py_ssize_t n_tags;
-    PyObject *tag_type[MAX_TAGS]; /* borrowed from tags */
-    blake2b_state by_tag[MAX_TAGS], name, entry_id;
+    blake2b_state entry_id;
 } Columns;
 
 /* hashlib.blake2b(key=key, digest_size=size, person=person), with the key block already
@@ -414,7 +427,7 @@ static const char *utf8(PyObject *s, Py_ssize_t *n, const char *what) {
 }
 
 /* SubjectKeyer.subject_key(id_type, number), 16 bytes big-endian */
-static int subject_key(Columns *self, PyObject *id_type, PyObject *number, uint8_t *out) {
+static int subject_key(Keyer *self, PyObject *id_type, PyObject *number, uint8_t *out) {
     Py_ssize_t i = 0;
     while (i < self->n_tags && self->tag_type[i] != id_type) i++;
     if (i == self->n_tags) { /* not one of the keys themselves: an equal one, or none */
@@ -450,6 +463,14 @@ static int plain_name(PyObject *name) {
     return 1;
 }
 
+/* SubjectKeyer.name_key of a name already normal, 8 bytes big-endian (0 stays for no
+ * name: a digest of zeros is 1) */
+static void name_digest(Keyer *self, const char *text, Py_ssize_t n, uint8_t *out) {
+    static const uint8_t zero[8] = {0};
+    digest(&self->name, text, n, "", 0, out);
+    if (memcmp(out, zero, 8) == 0) out[7] = 1;
+}
+
 /* ColumnBuilder._name_key(name), 8 bytes big-endian */
 static int name_key(Columns *self, PyObject *name, uint8_t *out) {
     if (!PyUnicode_Check(name)) {
@@ -460,9 +481,7 @@ static int name_key(Columns *self, PyObject *name, uint8_t *out) {
         Py_ssize_t n;
         const char *text = PyUnicode_AsUTF8AndSize(name, &n);
         if (text == NULL) return -1;
-        digest(&self->name, text, n, "", 0, out);
-        static const uint8_t zero[8] = {0};
-        if (memcmp(out, zero, 8) == 0) out[7] = 1; /* name_key keeps 0 for no name */
+        name_digest(self->keys, text, n, out);
         return 0;
     }
     PyObject *key = PyObject_CallOneArg(self->name_key_of, name);
@@ -581,8 +600,8 @@ static int store(Columns *self, const Row *r, PyObject *line, PyObject *text) {
             put_int(&c[M_ROLE], PyTuple_GET_ITEM(subject, 0), 0, 255, 1, "a role") < 0 ||
             name_key(self, PyTuple_GET_ITEM(subject, 1), key) < 0 ||
             put_bytes(&c[M_NAME], key, 8) < 0 ||
-            subject_key(self, PyTuple_GET_ITEM(subject, 2), PyTuple_GET_ITEM(subject, 3),
-                        key) < 0 ||
+            subject_key(self->keys, PyTuple_GET_ITEM(subject, 2),
+                        PyTuple_GET_ITEM(subject, 3), key) < 0 ||
             put_bytes(&c[KEYS], key, 16) < 0 || put_mask(self, PyTuple_GET_ITEM(subject, 3)) < 0)
             goto failed_subjects;
     }
@@ -704,23 +723,6 @@ static PyObject *Columns_put(Columns *self, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
-/* key(id_type, number) and name_key(name): the keys the columns hold, for checking */
-static PyObject *Columns_key(Columns *self, PyObject *const *args, Py_ssize_t nargs) {
-    uint8_t out[16];
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "key(id_type, number)");
-        return NULL;
-    }
-    if (subject_key(self, args[0], args[1], out) < 0) return NULL;
-    return PyBytes_FromStringAndSize((const char *)out, 16);
-}
-
-static PyObject *Columns_name_key(Columns *self, PyObject *name) {
-    uint8_t out[8];
-    if (name_key(self, name, out) < 0) return NULL;
-    return PyBytes_FromStringAndSize((const char *)out, 8);
-}
-
 /* columns(): ({name: bytes}, courts, exemptions), once; the buffers are freed */
 static PyObject *Columns_columns(Columns *self, PyObject *unused) {
     if (!usable(self)) return NULL;
@@ -743,49 +745,30 @@ static PyObject *Columns_columns(Columns *self, PyObject *unused) {
 }
 
 static int Columns_init(Columns *self, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"secret", "tags", "subject_person", "name_person", "name_key",
-                            "mask", "width", NULL};
-    Py_buffer secret, subject_person, name_person;
-    PyObject *tags, *name_key_of, *mask_of;
+    static char *names[] = {"keyer", "name_key", "mask", "width", NULL};
+    PyObject *keyer, *name_key_of, *mask_of;
     Py_ssize_t width;
-    if (self->tags != NULL) {
+    if (self->keys != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Columns cannot be initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*O!y*y*OOn:Columns", names, &secret,
-                                     &PyDict_Type, &tags, &subject_person, &name_person,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOn:Columns", names, &KeyerType, &keyer,
                                      &name_key_of, &mask_of, &width))
         return -1;
-    int ok = 0;
     if (DAYS == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
-    } else if (PyDict_GET_SIZE(tags) > MAX_TAGS || width < 1 || width > 255) {
-        PyErr_SetString(PyExc_ValueError, "at most 16 tags, a width of 1-255");
-    } else if (keyed_state(&self->name, &secret, &name_person, 8) == 0) {
-        ok = 1;
-        PyObject *kind, *tag;
-        Py_ssize_t at = 0;
-        while (ok && PyDict_Next(tags, &at, &kind, &tag)) {
-            if (!PyBytes_Check(tag)) {
-                PyErr_SetString(PyExc_TypeError, "tags: id type -> bytes");
-                ok = 0;
-            } else if (keyed_state(&self->by_tag[self->n_tags], &secret, &subject_person, 16)) {
-                ok = 0;
-            } else {
-                self->tag_type[self->n_tags++] = kind;
-            }
-        }
+        return -1;
     }
-    PyBuffer_Release(&secret);
-    PyBuffer_Release(&subject_person);
-    PyBuffer_Release(&name_person);
-    if (!ok) return -1;
+    if (width < 1 || width > 255) {
+        PyErr_SetString(PyExc_ValueError, "a mask width of 1-255");
+        return -1;
+    }
     blake2b_init(&self->entry_id, 8); /* entry_id_hash: blake2b(digest_size=8) */
     self->courts = PyDict_New();
     self->exemptions = PyDict_New();
     if (self->courts == NULL || self->exemptions == NULL) return -1;
-    Py_INCREF(tags);
-    self->tags = tags;
+    Py_INCREF(keyer);
+    self->keys = (Keyer *)keyer;
     Py_INCREF(name_key_of);
     self->name_key_of = name_key_of;
     Py_INCREF(mask_of);
@@ -798,7 +781,7 @@ static int Columns_init(Columns *self, PyObject *args, PyObject *kwargs) {
 static int Columns_traverse(Columns *self, visitproc visit, void *arg) {
     Py_VISIT(self->courts);
     Py_VISIT(self->exemptions);
-    Py_VISIT(self->tags);
+    Py_VISIT(self->keys);
     Py_VISIT(self->name_key_of);
     Py_VISIT(self->mask_of);
     return 0;
@@ -807,10 +790,9 @@ static int Columns_traverse(Columns *self, visitproc visit, void *arg) {
 static int Columns_clear(Columns *self) {
     Py_CLEAR(self->courts);
     Py_CLEAR(self->exemptions);
-    Py_CLEAR(self->tags);
+    Py_CLEAR(self->keys);
     Py_CLEAR(self->name_key_of);
     Py_CLEAR(self->mask_of);
-    self->n_tags = 0;
     return 0;
 }
 
@@ -818,8 +800,6 @@ static void Columns_dealloc(Columns *self) {
     PyObject_GC_UnTrack(self);
     Columns_clear(self);
     for (int i = 0; i < N_COLUMNS; i++) PyMem_RawFree(self->col[i].data);
-    secure_zero_memory(self->by_tag, sizeof self->by_tag); /* keyed states: burn them */
-    secure_zero_memory(&self->name, sizeof self->name);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -856,13 +836,122 @@ static PyMethodDef Columns_methods[] = {
      "feed(lines, start, first_line): take lines[start:] while plain; where it stopped."},
     {"put", (PyCFunction)(void (*)(void))Columns_put, METH_FASTCALL,
      "put(entry, subjects, exemptions): store a row checked in Python."},
-    {"key", (PyCFunction)(void (*)(void))Columns_key, METH_FASTCALL,
-     "key(id_type, number): the 16-byte subject key these columns store."},
-    {"name_key", (PyCFunction)Columns_name_key, METH_O,
-     "name_key(name): the 8-byte name key these columns store."},
     {"columns", (PyCFunction)Columns_columns, METH_NOARGS,
      "columns(): ({name: bytes}, courts, exemptions); once."},
     {NULL, NULL, 0, NULL},
+};
+
+/* ---- Keyer: SubjectKeyer's keys made in C ------------------------------------------ */
+
+static PyObject *digest_int(const uint8_t *digest, size_t n) { /* int.from_bytes(digest) */
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyLong_FromUnsignedNativeBytes(digest, n, Py_ASNATIVEBYTES_BIG_ENDIAN);
+#else
+    return _PyLong_FromByteArray(digest, n, 0, 0);
+#endif
+}
+
+/* subject_key(id_type, number): SubjectKeyer.subject_key, an int */
+static PyObject *Keyer_subject_key(Keyer *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint8_t out[16];
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "subject_key(id_type, number)");
+        return NULL;
+    }
+    if (subject_key(self, args[0], args[1], out) < 0) return NULL;
+    return digest_int(out, 16);
+}
+
+/* name_key(normalized_name): SubjectKeyer.name_key, an int; 0 for no name */
+static PyObject *Keyer_name_key(Keyer *self, PyObject *name) {
+    uint8_t out[8];
+    Py_ssize_t n;
+    const char *text = utf8(name, &n, "a name");
+    if (text == NULL) return NULL;
+    if (n == 0) return PyLong_FromLong(0);
+    name_digest(self, text, n, out);
+    return digest_int(out, 8);
+}
+
+static int Keyer_init(Keyer *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"secret", "tags", "subject_person", "name_person", NULL};
+    Py_buffer secret, subject_person, name_person;
+    PyObject *tags;
+    if (self->tags != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Keyer cannot be initialised twice");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*O!y*y*:Keyer", names, &secret,
+                                     &PyDict_Type, &tags, &subject_person, &name_person))
+        return -1;
+    int ok = 0;
+    if (PyDict_GET_SIZE(tags) > MAX_TAGS) {
+        PyErr_SetString(PyExc_ValueError, "at most 16 tags");
+    } else if (keyed_state(&self->name, &secret, &name_person, 8) == 0) {
+        ok = 1;
+        PyObject *kind, *tag;
+        Py_ssize_t at = 0;
+        while (ok && PyDict_Next(tags, &at, &kind, &tag)) {
+            if (!PyBytes_Check(tag)) {
+                PyErr_SetString(PyExc_TypeError, "tags: id type -> bytes");
+                ok = 0;
+            } else if (keyed_state(&self->by_tag[self->n_tags], &secret, &subject_person, 16)) {
+                ok = 0;
+            } else {
+                self->tag_type[self->n_tags++] = kind;
+            }
+        }
+    }
+    PyBuffer_Release(&secret);
+    PyBuffer_Release(&subject_person);
+    PyBuffer_Release(&name_person);
+    if (!ok) {
+        self->n_tags = 0;
+        return -1;
+    }
+    Py_INCREF(tags);
+    self->tags = tags;
+    return 0;
+}
+
+static int Keyer_traverse(Keyer *self, visitproc visit, void *arg) {
+    Py_VISIT(self->tags);
+    return 0;
+}
+
+static int Keyer_clear(Keyer *self) {
+    self->n_tags = 0;
+    Py_CLEAR(self->tags);
+    return 0;
+}
+
+static void Keyer_dealloc(Keyer *self) {
+    PyObject_GC_UnTrack(self);
+    Keyer_clear(self);
+    secure_zero_memory(self->by_tag, sizeof self->by_tag); /* keyed states: burn them */
+    secure_zero_memory(&self->name, sizeof self->name);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Keyer_methods[] = {
+    {"subject_key", (PyCFunction)(void (*)(void))Keyer_subject_key, METH_FASTCALL,
+     "subject_key(id_type, number): SubjectKeyer.subject_key."},
+    {"name_key", (PyCFunction)Keyer_name_key, METH_O,
+     "name_key(normalized_name): SubjectKeyer.name_key."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject KeyerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shixin_check.loader._rowcheck.Keyer",
+    .tp_doc = "SubjectKeyer's subject and name keys, made in C (loader/columns.py).",
+    .tp_basicsize = sizeof(Keyer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Keyer_init,
+    .tp_dealloc = (destructor)Keyer_dealloc,
+    .tp_traverse = (traverseproc)Keyer_traverse,
+    .tp_clear = (inquiry)Keyer_clear,
+    .tp_methods = Keyer_methods,
 };
 
 static PyTypeObject ColumnsType = {
@@ -973,7 +1062,8 @@ PyMODINIT_FUNC PyInit__rowcheck(void) {
     if (ZERO == NULL) return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL) return NULL;
-    if (PyType_Ready(&ColumnsType) < 0 ||
+    if (PyType_Ready(&KeyerType) < 0 || PyType_Ready(&ColumnsType) < 0 ||
+        PyModule_AddObjectRef(module, "Keyer", (PyObject *)&KeyerType) < 0 ||
         PyModule_AddObjectRef(module, "Columns", (PyObject *)&ColumnsType) < 0 ||
         PyModule_AddStringConstant(module, "SOURCE_DIGEST", SOURCE_DIGEST) < 0) {
         Py_DECREF(module);

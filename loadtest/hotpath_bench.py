@@ -39,6 +39,7 @@ from loadtest.workers_bench import grpc_body
 from shixin.v1 import check_pb2 as pb
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.rules import Policy
+from shixin_check.loader.columns import keyer_for
 from shixin_check.loader.index_memory import MemoryIndex
 from shixin_check.loader.versions import build_snapshot
 from shixin_check.server.convert import to_query
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args.data_dir.mkdir(parents=True, exist_ok=True)
     list_path, _ = ensure_list(args.data_dir, args.entries, SEED, AS_OF)
-    keyer = SubjectKeyer(BENCH_SECRET)
+    keyer = keyer_for(BENCH_SECRET)  # as the server makes it: its keys in C where built
     index = MemoryIndex()
     index.install(build_snapshot(list_path, keyer))
     view = index.current()

@@ -47,8 +47,8 @@ from redis import RedisError
 from shixin.v1 import check_pb2 as pb
 from shixin_check.domain.errors import ConfigurationError, LoadRejected
 from shixin_check.domain.index import IndexSource
-from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import CHINA_TZ
+from shixin_check.loader.columns import keyer_for
 from shixin_check.loader.compiled import IndexStore
 from shixin_check.loader.index_memory import MemoryIndex
 from shixin_check.loader.index_redis import RedisFollower, RedisKeys, connect
@@ -94,7 +94,7 @@ class Service:
         self.settings = settings
         self.announce = announce
         self.seat = seat
-        self.keyer = SubjectKeyer(settings.secret)
+        self.keyer = keyer_for(settings.secret)  # its keys made in C where built
         self.index = MemoryIndex()
         folder = settings.compiled_index
         store = IndexStore(folder, self.keyer.fingerprint) if folder is not None else None

@@ -221,20 +221,28 @@ def test_columns_in_c_are_the_columns_python_builds(rows: list[Any]) -> None:
 @settings(max_examples=500, deadline=None)
 @given(st.sampled_from(list(KEY_TAGS)), st.text(max_size=300), NAMES)
 def test_keys_made_in_c_are_the_keyers(kind: Any, number: str, name: str) -> None:
-    made = _builders()[0]._columns
-    assert made is not None
-    assert made.key(kind, number) == KEYER.subject_key(kind, number).to_bytes(16)
-    assert made.name_key(name) == KEYER.name_key(normalize_name(name)).to_bytes(8)
+    """Numbers and names of any length (BLAKE2b blocks beyond the first): the server's
+    keyer where the extension is built makes the keys SubjectKeyer makes."""
+    keyer = columns.keyer_for(b"k" * 32)
+    assert isinstance(keyer, columns.CompiledKeyer), "loader/_rowcheck.c is not built"
+    assert keyer.subject_key(kind, number) == KEYER.subject_key(kind, number)
+    normal = normalize_name(name)
+    assert keyer.name_key(normal) == KEYER.name_key(normal)
+    assert keyer.fingerprint == KEYER.fingerprint
 
 
 def test_a_build_that_keys_otherwise_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keys the checks cannot find would answer a listed subject as unlisted: a
-    builder whose C keys differ from the keyer's does not start."""
+    """Keys the checks cannot find would answer a listed subject as unlisted: a C
+    keyer whose keys differ from SubjectKeyer's is neither served nor loaded with."""
     monkeypatch.setattr(columns, "SUBJECT_PERSON", b"shixin-other")
+    with pytest.raises(columns.CompiledKeysDiffer, match="numbers"):
+        columns.keyer_for(b"k" * 32)
     with pytest.raises(columns.CompiledKeysDiffer, match="numbers"):
         ColumnBuilder(KEYER, 16)
     monkeypatch.undo()
     monkeypatch.setattr(columns, "NAME_PERSON", b"shixin-other")
+    with pytest.raises(columns.CompiledKeysDiffer, match="names"):
+        columns.keyer_for(b"k" * 32)
     with pytest.raises(columns.CompiledKeysDiffer, match="names"):
         ColumnBuilder(KEYER, 16)
 
