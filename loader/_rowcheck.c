@@ -369,11 +369,12 @@ typedef struct {
 } Keyer;
 
 static PyTypeObject KeyerType;
+static int keyer_ready(Keyer *self);
 
 typedef struct {
     PyObject_HEAD
     Buf col[N_COLUMNS];
-    int finished, keeping;
+    int finished, keeping, busy; /* busy: storing a row (a callback may not re-enter) */
     Py_ssize_t entries, taken, width;
     PyObject *courts;      /* court -> number, in order of first appearance */
     PyObject *exemptions;  /* entry row -> tuple of Exemption */
@@ -444,9 +445,7 @@ static int subject_key(Keyer *self, PyObject *id_type, PyObject *number, uint8_t
     Py_ssize_t n;
     const char *text = utf8(number, &n, "an id number");
     if (text == NULL) return -1;
-    PyObject *tag = PyDict_GetItemWithError(self->tags, self->tag_type[i]);
-    if (tag == NULL) return -1; /* never: tag_type holds the dict's own keys */
-    digest(&self->by_tag[i], PyBytes_AS_STRING(tag), PyBytes_GET_SIZE(tag), text, n, out);
+    digest(&self->by_tag[i], text, n, "", 0, out); /* the tag is in the state already */
     return 0;
 }
 
@@ -498,10 +497,10 @@ static int name_key(Columns *self, PyObject *name, uint8_t *out) {
 static int put_mask(Columns *self, PyObject *number) {
     Buf *b = &self->col[M_MASK];
     Py_ssize_t width = self->width;
-    if (grow(b, width) < 0) return -1;
-    char *at = b->data + b->len;
     if (PyUnicode_CheckExact(number) && PyUnicode_IS_ASCII(number) &&
         PyUnicode_GET_LENGTH(number) <= width) {
+        if (grow(b, width) < 0) return -1;
+        char *at = b->data + b->len;
         const char *c = (const char *)PyUnicode_1BYTE_DATA(number);
         Py_ssize_t n = PyUnicode_GET_LENGTH(number);
         Py_ssize_t head = n >= 15 ? 6 : n > 4 ? 2 : 0, tail = n >= 15 ? 4 : n > 4 ? 2 : 0;
@@ -509,14 +508,17 @@ static int put_mask(Columns *self, PyObject *number) {
         memset(at + head, '*', n - head - tail);
         memcpy(at + n - tail, c + n - tail, tail);
         memset(at + n, ' ', width - n);
-    } else {
+    } else { /* the callback first: the buffer is touched only after it returns */
         PyObject *mask = PyObject_CallOneArg(self->mask_of, number);
         if (mask == NULL) return -1;
         Py_ssize_t n;
         const char *text = utf8(mask, &n, "a mask");
-        if (text != NULL) {
+        if (text != NULL && grow(b, width) == 0) {
+            char *at = b->data + b->len;
             memcpy(at, text, n < width ? n : width);
             if (n < width) memset(at + n, ' ', width - n);
+        } else {
+            text = NULL;
         }
         Py_DECREF(mask);
         if (text == NULL) return -1;
@@ -544,9 +546,10 @@ static int put_int(Buf *b, PyObject *v, long long low, long long high, int size,
 /* One row into the columns: the entry, then each subject. The text is `text` when the
  * caller joined it, else entry_id \x1f case_number \x1f organisation. On an error every
  * column is left as it was. */
-static int store(Columns *self, const Row *r, PyObject *line, PyObject *text) {
+static int store_row(Columns *self, const Row *r, PyObject *line, PyObject *text) {
     size_t mark[N_COLUMNS];
     for (int i = 0; i < N_COLUMNS; i++) mark[i] = self->col[i].len;
+    int new_court = 0;
     Buf *c = self->col;
     uint8_t key[16];
     Py_ssize_t n;
@@ -571,6 +574,7 @@ static int store(Columns *self, const Row *r, PyObject *line, PyObject *text) {
         int added = number == NULL ? -1 : PyDict_SetItem(self->courts, r->court, number);
         Py_XDECREF(number); /* the dict holds it */
         if (added < 0) goto failed;
+        new_court = 1;
     }
     if (put_int(&c[E_COURT], number, 0, UINT32_MAX, 4, "a court number") < 0) goto failed;
     if (text != NULL) {
@@ -621,12 +625,33 @@ failed_subjects:
     Py_DECREF(subjects);
 failed:
     for (int i = 0; i < N_COLUMNS; i++) self->col[i].len = mark[i];
+    if (new_court) { /* numbered for this row only: gone with it */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (PyDict_DelItem(self->courts, r->court) < 0) PyErr_Clear();
+        PyErr_Restore(type, value, traceback);
+    }
     return -1;
 }
 
+static int store(Columns *self, const Row *r, PyObject *line, PyObject *text) {
+    self->busy = 1; /* the name_key and mask callbacks may not use these columns */
+    int stored = store_row(self, r, line, text);
+    self->busy = 0;
+    return stored;
+}
+
 static int usable(Columns *self) {
+    if (self->keys == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Columns not initialised");
+        return 0;
+    }
     if (self->finished) {
         PyErr_SetString(PyExc_RuntimeError, "columns() already handed these columns over");
+        return 0;
+    }
+    if (self->busy) { /* from the name_key or mask callback, in the middle of a row */
+        PyErr_SetString(PyExc_RuntimeError, "Columns used while it stores a row");
         return 0;
     }
     return 1;
@@ -759,6 +784,7 @@ static int Columns_init(Columns *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
         return -1;
     }
+    if (!keyer_ready((Keyer *)keyer)) return -1;
     if (width < 1 || width > 255) {
         PyErr_SetString(PyExc_ValueError, "a mask width of 1-255");
         return -1;
@@ -851,6 +877,11 @@ static PyObject *digest_int(const uint8_t *digest, size_t n) { /* int.from_bytes
 #endif
 }
 
+static int keyer_ready(Keyer *self) {
+    if (self->tags == NULL) PyErr_SetString(PyExc_RuntimeError, "Keyer not initialised");
+    return self->tags != NULL;
+}
+
 /* subject_key(id_type, number): SubjectKeyer.subject_key, an int */
 static PyObject *Keyer_subject_key(Keyer *self, PyObject *const *args, Py_ssize_t nargs) {
     uint8_t out[16];
@@ -858,6 +889,7 @@ static PyObject *Keyer_subject_key(Keyer *self, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_TypeError, "subject_key(id_type, number)");
         return NULL;
     }
+    if (!keyer_ready(self)) return NULL;
     if (subject_key(self, args[0], args[1], out) < 0) return NULL;
     return digest_int(out, 16);
 }
@@ -866,6 +898,7 @@ static PyObject *Keyer_subject_key(Keyer *self, PyObject *const *args, Py_ssize_
 static PyObject *Keyer_name_key(Keyer *self, PyObject *name) {
     uint8_t out[8];
     Py_ssize_t n;
+    if (!keyer_ready(self)) return NULL;
     const char *text = utf8(name, &n, "a name");
     if (text == NULL) return NULL;
     if (n == 0) return PyLong_FromLong(0);
@@ -885,20 +918,26 @@ static int Keyer_init(Keyer *self, PyObject *args, PyObject *kwargs) {
                                      &PyDict_Type, &tags, &subject_person, &name_person))
         return -1;
     int ok = 0;
-    if (PyDict_GET_SIZE(tags) > MAX_TAGS) {
+    tags = PyDict_Copy(tags); /* its own: the caller's dict may change later */
+    if (tags == NULL) {
+        ok = 0;
+    } else if (PyDict_GET_SIZE(tags) > MAX_TAGS) {
         PyErr_SetString(PyExc_ValueError, "at most 16 tags");
     } else if (keyed_state(&self->name, &secret, &name_person, 8) == 0) {
         ok = 1;
         PyObject *kind, *tag;
         Py_ssize_t at = 0;
         while (ok && PyDict_Next(tags, &at, &kind, &tag)) {
-            if (!PyBytes_Check(tag)) {
-                PyErr_SetString(PyExc_TypeError, "tags: id type -> bytes");
+            blake2b_state *S = &self->by_tag[self->n_tags];
+            if (!PyBytes_Check(tag) || PyBytes_GET_SIZE(tag) == 0) {
+                /* a tag, never empty: the key block is then never the last block */
+                PyErr_SetString(PyExc_TypeError, "tags: id type -> bytes, not empty");
                 ok = 0;
-            } else if (keyed_state(&self->by_tag[self->n_tags], &secret, &subject_person, 16)) {
+            } else if (keyed_state(S, &secret, &subject_person, 16)) {
                 ok = 0;
             } else {
-                self->tag_type[self->n_tags++] = kind;
+                blake2b_update(S, PyBytes_AS_STRING(tag), PyBytes_GET_SIZE(tag));
+                self->tag_type[self->n_tags++] = kind; /* borrowed from our copy */
             }
         }
     }
@@ -907,9 +946,9 @@ static int Keyer_init(Keyer *self, PyObject *args, PyObject *kwargs) {
     PyBuffer_Release(&name_person);
     if (!ok) {
         self->n_tags = 0;
+        Py_XDECREF(tags);
         return -1;
     }
-    Py_INCREF(tags);
     self->tags = tags;
     return 0;
 }

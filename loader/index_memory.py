@@ -271,8 +271,8 @@ def _expiries(
         found = np.flatnonzero(tallies)
         groups, values, counts = found // span, found % span + first, tallies[found]
     else:  # dates far apart: as many counts as bins would be too many
-        keys, counts = np.unique(group * (1 << 32) + days, return_counts=True)
-        groups, values = keys >> 32, keys & 0xFFFFFFFF
+        keys, counts = np.unique(group * (1 << 32) + (days - first), return_counts=True)
+        groups, values = keys >> 32, (keys & 0xFFFFFFFF) + first
     return {
         (ListType(int(g) // statuses), EntryStatus(int(g) % statuses), int(v)): int(n)
         for g, v, n in zip(groups, values, counts, strict=True)

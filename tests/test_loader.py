@@ -682,7 +682,11 @@ def test_redis_version_holds_each_match_as_match_at_gives_it(
         st.tuples(
             st.sampled_from(list(ListType)),
             st.sampled_from(list(EntryStatus)),
-            st.one_of(st.integers(19000, 19040), st.integers(0, 2_900_000), st.just(NO_END)),
+            st.one_of(
+                st.integers(19000, 19040),
+                st.integers(-719_162, 2_900_000),  # 0001-01-01 to 9909: valid_until may be any
+                st.just(NO_END),
+            ),
         ),
         max_size=60,
     )
@@ -697,3 +701,19 @@ def test_expiries_count_entries_by_type_status_and_day(
     e_valid = np.array([v for _, _, v in rows], "<i4")
     expected = Counter((t, s, v) for t, s, v in rows if v != NO_END)
     assert _expiries(e_type, e_status, e_valid) == expected
+
+
+def test_a_list_with_entries_ending_before_1970_and_long_after_loads(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    """Days before 1970 are negative: counting them by (type, status, day) once
+    crashed the load (ValueError from ListType(-1)) with dates this far apart."""
+    rows = [
+        person_entry("E1", ZHAO, "早", valid_until="1900-01-01"),
+        person_entry("E2", ZHANG, "晚", valid_until="2100-01-01"),
+    ]
+    for row in rows:
+        del row["published_on"]
+    view = build_snapshot(write_jsonl(tmp_path / "s.jsonl", rows), keyer)
+    ends = {day: n for _, _, day, n in view.info.counts.expiries}
+    assert ends == {-25567: 1, 47482: 1}

@@ -261,9 +261,46 @@ def test_a_row_that_fails_to_store_leaves_every_column_as_it_was() -> None:
         builder._store(("E4", 5, 1, 1, 19000, 20000, "法院", "E4\x1fC\x1f"), good[1], ())
     c_raw, p_raw = compiled._raw(), python._raw()
     assert {k: bytes(v) for k, v in p_raw[0].items()} == c_raw[0]
-    assert list(c_raw[1]) == ["法院", "新法院"]  # a court number may be used up; none stored
+    assert c_raw[1] == p_raw[1] == {"法院": 0}  # the failed row's new court went with it
     with pytest.raises(RuntimeError, match="already"):
         compiled._columns.take({}, 1)  # type: ignore[union-attr]
+
+
+def test_callbacks_cannot_reenter_the_columns_they_are_called_from() -> None:
+    """A mask or name-key callback that touched the columns mid-row would write into
+    a buffer it had just moved; it is refused, and the row is not stored."""
+    assert columns._rowcheck is not None, "loader/_rowcheck.c is not built: run scripts/setup"
+    keyer = columns.keyer_for(b"k" * 32)
+    assert isinstance(keyer, columns.CompiledKeyer)
+    made: list[Any] = []
+
+    def mask(number: str) -> str:
+        made[0].columns()
+        return number
+
+    made.append(columns._rowcheck.Columns(keyer=keyer.compiled, name_key=lambda n: bytes(8), mask=mask, width=20))  # fmt: skip
+    row = (("E1", 2, 0, 0, 19000, 20000, "法院", "E1\x1fC\x1f"), [(0, "张伟", None, "名字 不是 ASCII")], ())  # fmt: skip
+    with pytest.raises(RuntimeError, match="while it stores a row"):
+        made[0].put(*row)
+    assert made[0].entries == 0
+    raw, courts, _ = made[0].columns()
+    assert all(not column for column in raw.values()) and courts == {}
+
+
+def test_unready_and_odd_keyers_are_refused() -> None:
+    module = _compiled()
+    with pytest.raises(RuntimeError, match="not initialised"):
+        module.Columns.__new__(module.Columns).columns()
+    with pytest.raises(RuntimeError, match="not initialised"):
+        module.Keyer.__new__(module.Keyer).name_key("张伟")
+    person = {"secret": b"k" * 32, "subject_person": b"p", "name_person": b"n"}
+    with pytest.raises(TypeError, match="not empty"):
+        module.Keyer(tags={None: b""}, **person)  # an empty message would be the key block
+    tags = dict(KEY_TAGS)
+    keyer = module.Keyer(tags=tags, **person)
+    before = keyer.subject_key(None, "91110000100000000A")
+    tags.clear()  # the keyer keeps its own copy
+    assert keyer.subject_key(None, "91110000100000000A") == before
 
 
 def test_a_builder_that_stopped_keeping_still_checks_rows() -> None:
