@@ -5,17 +5,19 @@ load costs. ``parse_entry`` then ``BaseBuilder.add`` made a ``ListEntry``, its
 ``ListedSubject`` tuples and an ``Exemption`` per exemption, called a helper
 per field and hashed, masked and appended one value at a time. Here:
 
-- ``_rowcheck.plain``, in C (``loader/_rowcheck.c``, built by setup.py),
-  takes a row whose values need no normalising (the feed's rows nearly all)
-  and returns what ``_plain`` would, without a Python frame; it declines
-  anything else, which ``_plain`` then takes;
+- ``_rowcheck.Columns``, in C (``loader/_rowcheck.c``, built by setup.py),
+  holds the columns: its ``feed`` parses a block's lines and takes each row
+  whose values need no normalising (the feed's rows nearly all) straight
+  into them, checked exactly as ``_plain`` checks and keyed by
+  ``_rowcheck.Keyer`` (``CompiledKeyer``), without a Python frame; the rows it
+  declines are checked here and stored by its ``put``;
 - ``ColumnBuilder._plain`` checks a row in one function, with the checks of
   the common fields written out and the same domain functions
   (``normalize_person_id``, ``normalize_name``, ``mask_id``) doing every
   normalisation; a canonical USCC is checked in one C call (``plain_uscc``);
-- a good row is staged as a tuple; every ``FLUSH_ROWS`` rows the staged ones
-  become columns at once, hashing and encoding through ``map`` over C
-  functions (``_flush``);
+- where the extension is not built, a good row is staged as a tuple, and
+  every ``FLUSH_ROWS`` rows the staged ones become the same columns at once,
+  hashing and encoding through ``map`` over C functions (``_flush``);
 - ``parts()`` sorts the chunk's rows in the worker, so the one process that
   merges the chunks only merges sorted runs (``index_memory.merge_parts``).
 
@@ -26,8 +28,9 @@ is not sure of (a missing field, a value of another type, a bad row) raises
 line, field and wording. ``tests/test_loader.py`` holds both paths to
 ``parse_entry`` and ``BaseBuilder``, with and without the C checker, on every
 field of a row made bad in a dozen ways (``tests/test_rowcheck.py`` holds the
-C checker to ``_plain`` directly); the compiled files of a million-row list
-are byte for byte those the old path wrote.
+C checker to ``_plain`` and the C columns to the Python ones directly); the
+compiled files of a million-row list are byte for byte those the old path
+wrote.
 """
 
 from __future__ import annotations
