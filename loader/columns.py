@@ -52,7 +52,7 @@ import numpy as np
 import orjson
 
 from shixin_check.domain import identity
-from shixin_check.domain.errors import InvalidInput, RowError
+from shixin_check.domain.errors import ConfigurationError, InvalidInput, RowError
 from shixin_check.domain.identity import (
     KEY_TAGS,
     IdType,
@@ -223,15 +223,23 @@ def _key_of_name(hasher: Any, name: str) -> bytes:
     return digest if digest != _NO_NAME else _ONE
 
 
-class CompiledKeysDiffer(RuntimeError):
-    """The C keyer's keys are not ``SubjectKeyer``'s: nothing may be keyed with it."""
+class CompiledKeysDiffer(ConfigurationError):
+    """The C keyer's keys are not ``SubjectKeyer``'s: nothing may be keyed with it
+    (a build of ``loader/_rowcheck.c`` that does not match the Python beside it)."""
+
+
+#: what the C keyer and the Python keyer must key alike before either is used: any text
+#: does (no real identity is needed, nor wanted, in the code)
+_PROBE_NUMBER = "keys-probe-0123456789"
+_PROBE_NAMES = ("张伟", "阿依古丽·买买提", "JOHNSMITH", "")
+_REBUILD = "the extension does not match this code: run scripts/setup (or reinstall) to rebuild it"
 
 
 class CompiledKeyer(SubjectKeyer):
     """``SubjectKeyer`` with its subject and name keys made in C (``_rowcheck.Keyer``,
     BLAKE2b with the secret's key block compressed once): a third of the time a key.
 
-    The same keys: before it is used, one key of each identity kind and three names
+    The same keys: before it is used, one key of each identity kind and four names
     are made both ways, and a difference raises ``CompiledKeysDiffer`` (keys that the
     Python code would not make could not be found: a listed subject answered as
     unlisted). ``keyer_for`` gives one where the extension is built.
@@ -246,12 +254,15 @@ class CompiledKeyer(SubjectKeyer):
             secret=secret, tags=KEY_TAGS, subject_person=SUBJECT_PERSON, name_person=NAME_PERSON
         )
         for kind in KEY_TAGS:
-            number = "110101199003074514" if kind is _RESIDENT_ID else "91110000100000000A"
-            if self.compiled.subject_key(kind, number) != super().subject_key(kind, number):
-                raise CompiledKeysDiffer(f"loader/_rowcheck.c keys {kind} numbers otherwise")
-        for name in ("张伟", "阿依古丽·买买提", "JOHNSMITH", ""):
+            if self.compiled.subject_key(kind, _PROBE_NUMBER) != super().subject_key(
+                kind, _PROBE_NUMBER
+            ):
+                raise CompiledKeysDiffer(
+                    f"loader/_rowcheck.c keys {kind} numbers otherwise: {_REBUILD}"
+                )
+        for name in _PROBE_NAMES:
             if self.compiled.name_key(name) != super().name_key(name):
-                raise CompiledKeysDiffer("loader/_rowcheck.c keys names otherwise")
+                raise CompiledKeysDiffer(f"loader/_rowcheck.c keys names otherwise: {_REBUILD}")
 
     def subject_key(self, id_type: IdType | None, number: str) -> int:
         return self.compiled.subject_key(id_type, number)

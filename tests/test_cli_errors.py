@@ -145,3 +145,22 @@ def test_validate_a_delta_against_a_snapshot(tmp_path: Path) -> None:
     assert f"{bad}:line 1: entry_id: no listed entry 'E-none'" in done.stdout
     refused = run_cli("validate", str(snapshot), "--against", str(snapshot))
     no_traceback(refused)
+
+
+def test_a_build_keying_otherwise_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A compiled row checker that no longer matches the Python beside it (keys.py
+    changed, the extension not rebuilt) refuses to load, and says how to mend it."""
+    path = write_jsonl(tmp_path / "s.jsonl", basic_rows())
+    stale = (
+        "import sys; from shixin_check.loader import columns; "
+        "columns.SUBJECT_PERSON = b'shixin-other'; from shixin_check.cli import main; "
+        f"sys.exit(main(['validate', {str(path)!r}]))"
+    )
+    done = subprocess.run(
+        [CLI[0], "-c", stale], capture_output=True, text=True, timeout=120, env=os.environ.copy()
+    )
+    no_traceback(done)
+    assert done.returncode == 2
+    assert done.stderr.startswith("shixin-check validate: loader/_rowcheck.c keys")
+    assert "run scripts/setup" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
