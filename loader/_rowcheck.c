@@ -673,6 +673,21 @@ static int sure(int status) {
  * is a plain row (lines[i] is line first_line + i of the file); the index of the first
  * line not taken (len(lines) when all were), which the Python code then reads itself:
  * a blank line, bad JSON, anything but a plain row. */
+/* One parsed row: checked and, while keeping, stored. SURE when taken, NOT_SURE when
+ * left to the Python code, FAILED with an error set. */
+static int take_row(Columns *self, PyObject *obj, PyObject *line) {
+    if (!PyDict_CheckExact(obj)) return NOT_SURE;
+    Row r;
+    int status = sure(check(obj, &r));
+    if (status != SURE) return status;
+    int stored = self->keeping ? store(self, &r, line, NULL) : 0;
+    Py_DECREF(r.subjects);
+    Py_DECREF(r.exemptions);
+    if (stored < 0) return FAILED;
+    self->taken++;
+    return SURE;
+}
+
 static PyObject *Columns_feed(Columns *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3 || !PyList_CheckExact(args[0])) {
         PyErr_SetString(PyExc_TypeError, "feed(lines: list[bytes], start, first_line)");
@@ -694,21 +709,12 @@ static PyObject *Columns_feed(Columns *self, PyObject *const *args, Py_ssize_t n
             PyErr_Clear(); /* a blank line, or bad JSON: the Python code says which */
             break;
         }
-        Row r;
-        int status = PyDict_CheckExact(obj) ? sure(check(obj, &r)) : NOT_SURE;
-        if (status != SURE) {
-            Py_DECREF(obj);
-            if (status == FAILED) return NULL;
-            break;
-        }
         PyObject *line = PyLong_FromSsize_t(first + i);
-        int stored = line == NULL ? -1 : self->keeping ? store(self, &r, line, NULL) : 0;
+        int status = line == NULL ? FAILED : take_row(self, obj, line);
         Py_XDECREF(line);
-        Py_DECREF(r.subjects);
-        Py_DECREF(r.exemptions);
         Py_DECREF(obj);
-        if (stored < 0) return NULL;
-        self->taken++;
+        if (status == FAILED) return NULL;
+        if (status == NOT_SURE) break;
     }
     return PyLong_FromSsize_t(i);
 }
@@ -720,17 +726,9 @@ static PyObject *Columns_take(Columns *self, PyObject *const *args, Py_ssize_t n
         return NULL;
     }
     if (!usable(self)) return NULL;
-    if (!PyDict_CheckExact(args[0])) Py_RETURN_FALSE;
-    Row r;
-    int status = sure(check(args[0], &r));
+    int status = take_row(self, args[0], args[1]);
     if (status == FAILED) return NULL;
-    if (status == NOT_SURE) Py_RETURN_FALSE;
-    int stored = self->keeping ? store(self, &r, args[1], NULL) : 0;
-    Py_DECREF(r.subjects);
-    Py_DECREF(r.exemptions);
-    if (stored < 0) return NULL;
-    self->taken++;
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(status == SURE);
 }
 
 /* put(entry, subjects, exemptions): a row as ColumnBuilder stages it (_Staged) */

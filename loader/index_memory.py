@@ -173,7 +173,7 @@ def _col(parts: BaseParts, name: str) -> np.ndarray[Any, Any]:
     return np.frombuffer(parts.columns[name], dtype=_COLUMNS.get(name) or _COLUMNS_SORTED[name])
 
 
-def _to_array(code: str, values: np.ndarray[Any, Any]) -> memoryview:
+def _column(code: str, values: np.ndarray[Any, Any]) -> memoryview:
     """A merged column as ``Base`` holds it: the array's own memory, read as ``code``
     (no copy; the mapped columns of a compiled index are memoryviews too)."""
     return np.ascontiguousarray(values).data.cast("B").cast(cast(Any, code))
@@ -226,20 +226,20 @@ def merge_parts(
     e_valid = joined("e_valid")
     expiries = _expiries(e_type, e_status, e_valid)
     base = Base(
-        k_hi=_to_array("Q", k_hi[order]),
-        k_lo=_to_array("Q", joined("k_lo")[order]),
-        m_entry=_to_array("I", np.concatenate(entry_cols)[order]),
+        k_hi=_column("Q", k_hi[order]),
+        k_lo=_column("Q", joined("k_lo")[order]),
+        m_entry=_column("I", np.concatenate(entry_cols)[order]),
         m_role=joined("m_role")[order].tobytes(),
-        m_name=_to_array("Q", joined("m_name")[order]),
+        m_name=_column("Q", joined("m_name")[order]),
         m_mask=mask.tobytes(),
-        id_sorted=_to_array("Q", e_idh[id_order]),
-        id_rows=_to_array("I", id_order),
+        id_sorted=_column("Q", e_idh[id_order]),
+        id_rows=_column("I", id_order),
         e_type=e_type.tobytes(),
         e_status=e_status.tobytes(),
-        e_listed=_to_array("i", joined("e_listed")),
-        e_valid=_to_array("i", e_valid),
-        e_court=_to_array("I", np.concatenate(court_cols)),
-        e_text_at=_to_array("Q", np.concatenate(text_at)),
+        e_listed=_column("i", joined("e_listed")),
+        e_valid=_column("i", e_valid),
+        e_court=_column("I", np.concatenate(court_cols)),
+        e_text_at=_column("Q", np.concatenate(text_at)),
         text=b"".join(p.columns["text"] for p in all_parts),
         courts=tuple(courts),
         exemptions=exemptions,

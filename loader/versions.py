@@ -30,7 +30,7 @@ from shixin_check.domain.index import ListedMatch
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import EntryStatus, Exemption, ListEntry, ListType
 from shixin_check.loader.background import Background
-from shixin_check.loader.columns import ROW_CHECKS, ColumnBuilder
+from shixin_check.loader.columns import ROW_CHECKS, ColumnBuilder, keyer_for
 from shixin_check.loader.compiled import IndexStore, map_compiled, snapshot_stamp
 from shixin_check.loader.feed import day_start, is_header, pending, read_header, sidecar_of
 from shixin_check.loader.index_memory import (
@@ -146,7 +146,7 @@ def _parse_chunk(
     path: str, secret: bytes, expected: int, start: int, end: int
 ) -> tuple[BaseParts, list[RowError], int]:
     """Load worker: one chunk of a JSON Lines snapshot (runs in another process)."""
-    return _parse_range(Path(path), SubjectKeyer(secret), expected, start, end)
+    return _parse_range(Path(path), keyer_for(secret), expected, start, end)
 
 
 def default_workers(path: Path) -> int:
