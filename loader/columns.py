@@ -182,7 +182,7 @@ def compiled_module() -> ModuleType | None:
         from shixin_check.loader import _rowcheck
     except ImportError:
         return None
-    source = Path(__file__).with_name("_rowcheck.c")  # in a checkout, and in the wheel too
+    source = Path(__file__).with_name("_rowcheck.c")  # in a checkout; a wheel installs no source
     if source.exists():
         digest = hashlib.blake2b(source.read_bytes(), digest_size=16).hexdigest()
         if digest != _rowcheck.SOURCE_DIGEST:

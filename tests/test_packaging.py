@@ -39,6 +39,8 @@ def test_the_wheel_installs_shixin_check_and_shixin_only(tmp_path: Path) -> None
     # the load's row checker, compiled (setup.py): a wheel built here carries it
     assert any(n.startswith("shixin_check/loader/_rowcheck.") and n.endswith(".so") for n in names)
     assert "shixin_check/loader/_rowcheck.pyi" in names
+    # ...but not the sources it was built from (the C and the vendored BLAKE2 code)
+    assert [n for n in names if n.endswith((".c", ".h")) or "/blake2/" in n] == []
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "shixin-check = shixin_check.cli:main" in text
