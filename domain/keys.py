@@ -31,6 +31,8 @@ from shixin_check.domain.errors import ConfigurationError
 from shixin_check.domain.identity import KEY_TAGS, IdType
 
 MIN_SECRET_BYTES = 16
+#: BLAKE2b takes a key of at most 64 bytes
+MAX_SECRET_BYTES = 64
 #: The scheme of ``PrefilterKeyer`` keys, as GetPrefilter's header names it.
 PREFILTER_KEY_SCHEME = "blake2b-128/v1"
 _PREFILTER_KDF_CONTEXT = b"shixin-check prefilter key v1"
@@ -56,9 +58,10 @@ class SubjectKeyer:
     __slots__ = ("_by_tag", "_name", "fingerprint", "secret")
 
     def __init__(self, secret: bytes) -> None:
-        if len(secret) < MIN_SECRET_BYTES:
+        if not MIN_SECRET_BYTES <= len(secret) <= MAX_SECRET_BYTES:
             raise ConfigurationError(
-                f"the key secret must be at least {MIN_SECRET_BYTES} bytes, got {len(secret)}"
+                f"the key secret must be {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes,"
+                f" got {len(secret)}"
             )
         self.secret = secret  # kept for load workers in other processes; never logged
         subject = hashlib.blake2b(key=secret, digest_size=16, person=SUBJECT_PERSON)

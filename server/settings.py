@@ -321,7 +321,7 @@ OPTIONS: tuple[Option, ...] = (
            "on SIGTERM/SIGINT: health goes NOT_SERVING, in-flight calls get this long",
            ("serve",)),
     Option("key-secret-file", PATH, None,
-           "file holding the subject-key secret (at least 16 bytes); or the secret itself in "
+           "file holding the subject-key secret (16 to 64 bytes); or the secret itself in "
            "SHIXIN_KEY_SECRET, which a file named only in the config file gives way to",
            ("serve", "load"), shown="serve: generated (keys live in memory only)"),
     # the policy's thresholds (defaults: shixin_check.domain.rules.Policy; a test keeps them equal)
@@ -808,7 +808,7 @@ def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes,
     only in the config file."""
     import secrets
 
-    from shixin_check.domain.keys import MIN_SECRET_BYTES
+    from shixin_check.domain.keys import MAX_SECRET_BYTES, MIN_SECRET_BYTES
 
     resolved: Resolved = resolve_args(args).resolved
     path = resolved.text("key_secret_file")
@@ -827,9 +827,10 @@ def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes,
         return secrets.token_bytes(32), EPHEMERAL_SECRET
     else:
         raise ConfigurationError(f"no key secret: set {SECRET_ENV} or {names}")
-    if len(secret) < MIN_SECRET_BYTES:
+    if not MIN_SECRET_BYTES <= len(secret) <= MAX_SECRET_BYTES:
         raise ConfigurationError(
-            f"key secret from {source} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} needed"
+            f"key secret from {source} is {len(secret)} bytes; {MIN_SECRET_BYTES} to"
+            f" {MAX_SECRET_BYTES} needed (openssl rand -hex 32 makes one of 64)"
         )
     return secret, source
 

@@ -164,3 +164,21 @@ def test_a_build_keying_otherwise_is_one_line_not_a_traceback(tmp_path: Path) ->
     assert done.stderr.startswith("shixin-check validate: loader/_rowcheck.c keys")
     assert "run scripts/setup" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("length", [15, 65, 88])
+def test_a_key_secret_of_the_wrong_length_is_one_line(tmp_path: Path, length: int) -> None:
+    """BLAKE2b keys are 16 to 64 bytes: a 64-byte secret base64-encoded (88 characters)
+    was a traceback from hashlib; now ``load`` and ``serve`` both refuse it in one line."""
+    header = {"snapshot": {"includes_seq": 0, "published_at": "2026-11-28T09:00:00+08:00"}}
+    path = write_jsonl(tmp_path / "s.jsonl", [header, *basic_rows()])
+    secret = tmp_path / "key"
+    secret.write_text("k" * length + "\n")
+    for args in (
+        ("load", str(path), "--redis", f"redis://127.0.0.1:{free_port()}/0"),
+        ("serve", "--list", str(path), "--listen", f"127.0.0.1:{free_port()}"),
+    ):
+        done = run_cli(*args, "--key-secret-file", str(secret))
+        no_traceback(done)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert f"is {length} bytes; 16 to 64 needed" in done.stderr, done.stderr

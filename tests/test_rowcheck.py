@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shixin_check.domain.errors import InvalidInput
+from shixin_check.domain.errors import ConfigurationError, InvalidInput
 from shixin_check.domain.identity import KEY_TAGS, normalize_name
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import Channel, Exemption
@@ -229,6 +229,24 @@ def test_keys_made_in_c_are_the_keyers(kind: Any, number: str, name: str) -> Non
     normal = normalize_name(name)
     assert keyer.name_key(normal) == KEYER.name_key(normal)
     assert keyer.fingerprint == KEYER.fingerprint
+
+
+@pytest.mark.parametrize("length", [16, 64])
+def test_keys_made_in_c_with_the_shortest_and_longest_secrets(length: int) -> None:
+    """BLAKE2b's key is 16 to 64 bytes here (shorter or longer is refused): at both
+    ends the C keyer and SubjectKeyer make the same keys."""
+    secret = bytes(range(length))
+    keyer, python = columns.keyer_for(secret), SubjectKeyer(secret)
+    assert isinstance(keyer, columns.CompiledKeyer), "loader/_rowcheck.c is not built"
+    for kind in KEY_TAGS:
+        assert keyer.subject_key(kind, "123456") == python.subject_key(kind, "123456")
+    assert keyer.name_key("张三") == python.name_key("张三")
+
+
+@pytest.mark.parametrize("length", [15, 65])
+def test_a_secret_blake2b_cannot_key_with_is_a_configuration_error(length: int) -> None:
+    with pytest.raises(ConfigurationError, match=f"16 to 64 bytes, got {length}"):
+        SubjectKeyer(b"k" * length)
 
 
 def test_a_build_that_keys_otherwise_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
