@@ -127,9 +127,10 @@ class PrefilterKeyer:
     __slots__ = ("_by_tag", "key")
 
     def __init__(self, key: bytes) -> None:
-        if len(key) < MIN_SECRET_BYTES:
+        if not MIN_SECRET_BYTES <= len(key) <= MAX_SECRET_BYTES:
             raise ConfigurationError(
-                f"a prefilter key must be at least {MIN_SECRET_BYTES} bytes, got {len(key)}"
+                f"a prefilter key must be {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes,"
+                f" got {len(key)}"
             )
         self.key = key
         keyed = hashlib.blake2b(key=key, digest_size=16, person=b"shixin-prefilter")

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from shixin_check.domain.errors import ConfigurationError, InvalidInput
 from shixin_check.domain.identity import KEY_TAGS, normalize_name
-from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.keys import PrefilterKeyer, SubjectKeyer
 from shixin_check.domain.model import Channel, Exemption
 from shixin_check.loader import columns
 from shixin_check.loader.columns import ColumnBuilder
@@ -247,6 +247,10 @@ def test_keys_made_in_c_with_the_shortest_and_longest_secrets(length: int) -> No
 def test_a_secret_blake2b_cannot_key_with_is_a_configuration_error(length: int) -> None:
     with pytest.raises(ConfigurationError, match=f"16 to 64 bytes, got {length}"):
         SubjectKeyer(b"k" * length)
+    with pytest.raises(
+        ConfigurationError, match=f"prefilter key must be 16 to 64 bytes, got {length}"
+    ):
+        PrefilterKeyer(b"k" * length)
 
 
 def test_a_build_that_keys_otherwise_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
