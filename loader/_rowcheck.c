@@ -22,6 +22,11 @@
  * columns.py compares one key of each kind with the Python keyer's before either is
  * used.
  *
+ * subject_fields(...) is the other end of a load: the subject hashes load --redis
+ * writes (publish_redis._compiled_fields), each key's matches as the JSON that
+ * orjson.dumps makes of encode_match's lists, read from the base's columns a key
+ * at a time; tests/test_rowcheck.py holds it to the Python path byte for byte.
+ *
  * configure(...) hands it the tables it shares with the Python code (the
  * enums' look-ups, the dates seen, the province codes, the birth dates), so
  * the two can never disagree about them. SOURCE_DIGEST is the digest of this
@@ -61,15 +66,22 @@ static PyObject *get(PyObject *dict, PyObject *key) {
     return PyDict_GetItemWithError(dict, key);
 }
 
-/* A str that str.strip() leaves alone and that is not empty: the value itself. */
+/* A str that str.strip() leaves alone, that is not empty and holds no control character
+ * (listfile._CONTROL, which Python refuses): the value itself. */
 static int plain_text(PyObject *v) {
     if (v == NULL || !PyUnicode_CheckExact(v)) return 0;
     Py_ssize_t n = PyUnicode_GET_LENGTH(v);
     if (n == 0) return 0;
     int kind = PyUnicode_KIND(v);
     const void *data = PyUnicode_DATA(v);
-    return !Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, 0)) &&
-           !Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, n - 1));
+    if (Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, 0)) ||
+        Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, n - 1)))
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c < 0x20 || c == 0x7f) return 0;
+    }
+    return 1;
 }
 
 /* A value that Python's `value or default` would replace: absent, None, "", [], {}, 0... */
@@ -1005,6 +1017,239 @@ static PyTypeObject ColumnsType = {
     .tp_getset = Columns_getset,
 };
 
+/* ---- subject_fields: a snapshot's subject hashes, as load --redis writes them ---------- */
+
+static const char HEX_DIGITS[] = "0123456789abcdef";
+
+/* UTF-8 text as a JSON string, escaped as orjson escapes it: \" \\ \b \t \n \f \r, the
+ * other control characters as \u00xx, everything else as it is */
+static int put_json_text(Buf *b, const unsigned char *s, size_t n) {
+    if (grow(b, 6 * n + 2) < 0) return -1;
+    char *p = b->data + b->len;
+    *p++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *p++ = (char)c;
+            continue;
+        }
+        *p++ = '\\';
+        switch (c) {
+        case '"': *p++ = '"'; break;
+        case '\\': *p++ = '\\'; break;
+        case '\b': *p++ = 'b'; break;
+        case '\t': *p++ = 't'; break;
+        case '\n': *p++ = 'n'; break;
+        case '\f': *p++ = 'f'; break;
+        case '\r': *p++ = 'r'; break;
+        default:
+            *p++ = 'u', *p++ = '0', *p++ = '0';
+            *p++ = HEX_DIGITS[c >> 4], *p++ = HEX_DIGITS[c & 15];
+        }
+    }
+    *p++ = '"';
+    b->len = (size_t)(p - b->data);
+    return 0;
+}
+
+static int put_unsigned(Buf *b, unsigned long long v) { /* what %llu writes, without printf */
+    char digits[20];
+    int n = 0;
+    do digits[19 - n++] = (char)('0' + v % 10);
+    while (v /= 10);
+    return put_bytes(b, digits + 20 - n, (size_t)n);
+}
+
+static int put_signed(Buf *b, int32_t v) {
+    if (v < 0 && put_bytes(b, "-", 1) < 0) return -1;
+    return put_unsigned(b, v < 0 ? (unsigned long long)(-(long long)v) : (unsigned long long)v);
+}
+
+/* a key's matches, "[m,...]", into fields[key]; after those stored already if there are */
+static int put_field(PyObject *fields, const char *key, Buf *matches) {
+    PyObject *name = PyBytes_FromStringAndSize(key, 16);
+    if (name == NULL) return -1;
+    PyObject *value, *had = PyDict_GetItemWithError(fields, name);
+    if (had == NULL && PyErr_Occurred()) goto fail;
+    if (had == NULL) {
+        value = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)matches->len + 2);
+        if (value == NULL) goto fail;
+        char *v = PyBytes_AS_STRING(value);
+        v[0] = '[';
+        memcpy(v + 1, matches->data, matches->len);
+        v[matches->len + 1] = ']';
+    } else { /* the key seen before in this bucket, not just before: its list goes on */
+        Py_ssize_t n = PyBytes_GET_SIZE(had);
+        value = PyBytes_FromStringAndSize(NULL, n + 1 + (Py_ssize_t)matches->len);
+        if (value == NULL) goto fail;
+        char *v = PyBytes_AS_STRING(value);
+        memcpy(v, PyBytes_AS_STRING(had), (size_t)n - 1);
+        v[n - 1] = ',';
+        memcpy(v + n, matches->data, matches->len);
+        v[n + (Py_ssize_t)matches->len] = ']';
+    }
+    int failed = PyDict_SetItem(fields, name, value);
+    Py_DECREF(value);
+    Py_DECREF(name);
+    matches->len = 0;
+    return failed;
+fail:
+    Py_DECREF(name);
+    return -1;
+}
+
+/* one match as loader/index_redis.encode_match lists it, from the base's columns */
+typedef struct {
+    Py_buffer raw_keys, m_entry, m_role, m_name, m_mask, text, text_at, e_type, e_status,
+        e_listed, e_valid, e_court, k_hi;
+    Py_ssize_t width, rows, courts_n;
+    PyObject **courts, *exemptions;
+    int debtor;
+} Base;
+
+#define AT(buffer, type, i) (((const type *)(buffer).buf)[i])
+
+static int put_match(Buf *b, const Base *base, Py_ssize_t i) {
+    uint32_t row = AT(base->m_entry, uint32_t, i);
+    if ((Py_ssize_t)row >= base->rows) {
+        PyErr_Format(PyExc_ValueError, "key %zd: entry row %u beyond the columns", i, row);
+        return -1;
+    }
+    uint64_t from = AT(base->text_at, uint64_t, row), to = AT(base->text_at, uint64_t, row + 1);
+    if (from > to || to > (uint64_t)base->text.len) {
+        PyErr_Format(PyExc_ValueError, "entry row %u: its text is beyond the text column", row);
+        return -1;
+    }
+    const unsigned char *text = (const unsigned char *)base->text.buf + from;
+    size_t n = (size_t)(to - from), parts[4] = {0}, found = 1; /* parts: where each starts */
+    for (size_t k = 0; k < n && found < 4; k++)
+        if (text[k] == 0x1f) parts[found++] = k + 1;
+    if (found < 3) {
+        PyErr_Format(PyExc_ValueError, "entry row %u: its text has no case number or name", row);
+        return -1;
+    }
+    size_t end2 = found == 4 ? parts[3] - 1 : n;
+    uint32_t court = AT(base->e_court, uint32_t, row);
+    if ((Py_ssize_t)court >= base->courts_n || !PyBytes_Check(base->courts[court])) {
+        PyErr_Format(PyExc_ValueError, "entry row %u: court %u is not one of the courts", row, court);
+        return -1;
+    }
+    uint8_t role = AT(base->m_role, uint8_t, i);
+    const unsigned char *mask = (const unsigned char *)base->m_mask.buf + i * base->width;
+    size_t mask_n = (size_t)base->width;
+    while (mask_n > 0 && (mask[mask_n - 1] == ' ' || (mask[mask_n - 1] >= '\t' && mask[mask_n - 1] <= '\r')))
+        mask_n--; /* bytes.rstrip() */
+    PyObject *exempt = NULL;
+    if (PyDict_GET_SIZE(base->exemptions)) {
+        PyObject *key = PyLong_FromUnsignedLong(row);
+        if (key == NULL) return -1;
+        exempt = PyDict_GetItemWithError(base->exemptions, key);
+        Py_DECREF(key);
+        if (exempt == NULL && PyErr_Occurred()) return -1;
+        if (exempt != NULL && !PyBytes_Check(exempt)) {
+            PyErr_SetString(PyExc_TypeError, "exemptions: JSON bytes by entry row");
+            return -1;
+        }
+    }
+    PyObject *court_json = base->courts[court];
+    if (put_bytes(b, b->len ? ",[" : "[", b->len ? 2 : 1) < 0 ||
+        put_json_text(b, text, parts[1] - 1) < 0 || put_bytes(b, ",", 1) < 0 ||
+        put_unsigned(b, AT(base->e_type, uint8_t, row)) < 0 || put_bytes(b, ",", 1) < 0 ||
+        put_unsigned(b, AT(base->e_status, uint8_t, row)) < 0 || put_bytes(b, ",", 1) < 0 ||
+        put_unsigned(b, role) < 0 || put_bytes(b, ",", 1) < 0 ||
+        put_unsigned(b, AT(base->m_name, uint64_t, i)) < 0 || put_bytes(b, ",", 1) < 0 ||
+        put_json_text(b, text + parts[1], parts[2] - 1 - parts[1]) < 0 ||
+        put_bytes(b, ",", 1) < 0 ||
+        put_bytes(b, PyBytes_AS_STRING(court_json), (size_t)PyBytes_GET_SIZE(court_json)) < 0 ||
+        put_bytes(b, ",", 1) < 0 ||
+        put_json_text(b, text + parts[2], role != base->debtor ? end2 - parts[2] : 0) < 0 ||
+        put_bytes(b, ",", 1) < 0 || put_json_text(b, mask, mask_n) < 0 ||
+        put_bytes(b, ",", 1) < 0 || put_signed(b, AT(base->e_listed, int32_t, row)) < 0 ||
+        put_bytes(b, ",", 1) < 0 || put_signed(b, AT(base->e_valid, int32_t, row)) < 0 ||
+        put_bytes(b, ",", 1) < 0 ||
+        (exempt ? put_bytes(b, PyBytes_AS_STRING(exempt), (size_t)PyBytes_GET_SIZE(exempt))
+                : put_bytes(b, "[]", 2)) < 0 ||
+        put_bytes(b, "]", 1) < 0)
+        return -1;
+    return 0;
+}
+
+static int long_enough(Py_buffer *buffer, Py_ssize_t items, Py_ssize_t size, const char *name) {
+    if (buffer->len / size < items) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes, too few for %zd items", name, buffer->len,
+                     items);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *subject_fields(PyObject *module, PyObject *args) {
+    Py_ssize_t lo, hi;
+    int bits;
+    PyObject *courts, *result = NULL, *fields = NULL;
+    Base base = {0};
+    Buf matches = {0};
+    if (!PyArg_ParseTuple(args, "nniy*y*y*y*y*y*ny*y*y*y*y*y*y*O!O!i:subject_fields", &lo, &hi,
+                          &bits, &base.k_hi, &base.raw_keys, &base.m_entry, &base.m_role,
+                          &base.m_name, &base.m_mask, &base.width, &base.text, &base.text_at,
+                          &base.e_type, &base.e_status, &base.e_listed, &base.e_valid,
+                          &base.e_court, &PyList_Type, &courts, &PyDict_Type, &base.exemptions,
+                          &base.debtor))
+        return NULL;
+    base.rows = base.e_type.len;
+    base.courts = PySequence_Fast_ITEMS(courts);
+    base.courts_n = PyList_GET_SIZE(courts);
+    if (lo < 0 || hi < lo || bits < 0 || bits > 63 || base.width < 0) {
+        PyErr_SetString(PyExc_ValueError, "subject_fields: bad range, bits or width");
+        goto done;
+    }
+    if (!(long_enough(&base.k_hi, hi, 8, "k_hi") && long_enough(&base.raw_keys, hi, 16, "raw_keys") &&
+          long_enough(&base.m_entry, hi, 4, "m_entry") && long_enough(&base.m_role, hi, 1, "m_role") &&
+          long_enough(&base.m_name, hi, 8, "m_name") &&
+          (base.width == 0 || long_enough(&base.m_mask, hi, base.width, "m_mask")) &&
+          long_enough(&base.text_at, base.rows + 1, 8, "e_text_at") &&
+          long_enough(&base.e_status, base.rows, 1, "e_status") &&
+          long_enough(&base.e_listed, base.rows, 4, "e_listed") &&
+          long_enough(&base.e_valid, base.rows, 4, "e_valid") &&
+          long_enough(&base.e_court, base.rows, 4, "e_court")))
+        goto done;
+    result = PyList_New(0);
+    if (result == NULL) goto done;
+    const char *keys = base.raw_keys.buf;
+    long long bucket = -1;
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        long long b = bits ? (long long)(AT(base.k_hi, uint64_t, i) >> (64 - bits)) : 0;
+        int same_key = i > lo && memcmp(keys + 16 * i, keys + 16 * (i - 1), 16) == 0;
+        if (!same_key && matches.len && put_field(fields, keys + 16 * (i - 1), &matches) < 0)
+            goto fail;
+        if (b != bucket) { /* a new bucket: its own fields */
+            Py_XDECREF(fields);
+            fields = PyDict_New();
+            if (fields == NULL) goto fail;
+            PyObject *pair = Py_BuildValue("(LO)", b, fields);
+            if (pair == NULL || PyList_Append(result, pair) < 0) {
+                Py_XDECREF(pair);
+                goto fail;
+            }
+            Py_DECREF(pair);
+            bucket = b;
+        }
+        if (put_match(&matches, &base, i) < 0) goto fail;
+    }
+    if (matches.len && put_field(fields, keys + 16 * (hi - 1), &matches) < 0) goto fail;
+    goto done;
+fail:
+    Py_CLEAR(result);
+done:
+    Py_XDECREF(fields);
+    PyMem_RawFree(matches.data);
+    Py_buffer *buffers[] = {&base.k_hi, &base.raw_keys, &base.m_entry, &base.m_role, &base.m_name,
+                            &base.m_mask, &base.text, &base.text_at, &base.e_type, &base.e_status,
+                            &base.e_listed, &base.e_valid, &base.e_court};
+    for (size_t k = 0; k < sizeof buffers / sizeof *buffers; k++) PyBuffer_Release(buffers[k]);
+    return result;
+}
+
 static int keep(PyObject **slot, PyObject *value) {
     Py_XINCREF(value);
     Py_XSETREF(*slot, value);
@@ -1067,6 +1312,11 @@ static PyMethodDef methods[] = {
     {"plain", (PyCFunction)(void (*)(void))plain, METH_FASTCALL,
      "plain(row, line): (entry, subjects, exemptions) as ColumnBuilder._plain makes "
      "them, or None when the row is not in the plain form."},
+    {"subject_fields", (PyCFunction)subject_fields, METH_VARARGS,
+     "subject_fields(lo, hi, bits, k_hi, raw_keys, m_entry, m_role, m_name, m_mask, width, "
+     "text, e_text_at, e_type, e_status, e_listed, e_valid, e_court, courts, exemptions, "
+     "debtor): [(bucket, {key: JSON of its matches})] of subject keys [lo, hi), as "
+     "publish_redis writes them."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
      "configure(**tables): the look-up tables plain() shares with loader.listfile."},
     {NULL, NULL, 0, NULL},

@@ -66,6 +66,7 @@ from shixin_check.domain.model import NO_END, Exemption, Role
 from shixin_check.loader.index_memory import _COLUMNS, _MASK_WIDTH, BaseParts, new_bloom
 from shixin_check.loader.listfile import (
     _CHANNELS,
+    _CONTROL,
     _DAYS,
     _ID_TYPES,
     _LIST_TYPES,
@@ -110,11 +111,17 @@ class _NotFast(Exception):
     """The row is not in the plain form: ``parse_entry`` decides."""
 
 
+_controlled = _CONTROL.search
+
+
 def _text(value: Any) -> str:
     """A required text field as ``listfile._text`` takes it; anything else is not fast."""
     if type(value) is not str or not value:
         raise _NotFast
-    return value.strip()
+    text = value.strip()
+    if _controlled(text) is not None:
+        raise _NotFast
+    return text
 
 
 def _day(obj: dict[str, Any], name: str, required: bool = False) -> int:
@@ -200,6 +207,13 @@ def compiled_module() -> ModuleType | None:
 
 
 _rowcheck = compiled_module()
+
+
+def compiled() -> ModuleType | None:
+    """``_rowcheck``, configured, as ``compiled_module`` found it at import; or None."""
+    return _rowcheck
+
+
 #: what checked a load's rows, for its log line (versions.build_snapshot)
 ROW_CHECKS = "row checker in C" if _rowcheck else "rows checked in Python: _rowcheck not built"
 
@@ -492,6 +506,8 @@ class ColumnBuilder:
         if type(value) is not str or not value:
             raise _NotFast
         court = value.strip()
+        if _controlled(entry_id) or _controlled(case_number) or _controlled(court):
+            raise _NotFast
         text = f"{entry_id}\x1f{case_number}\x1f{organization}"
         entry = (entry_id, line, list_type, status, published, valid_until, court, text)
         return entry, subjects, exemptions

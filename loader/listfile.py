@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -259,7 +260,16 @@ def _text(obj: dict[str, Any], name: str, prefix: str = "", required: bool = Tru
         return ""
     if not isinstance(value, str):
         raise InvalidInput(prefix + name, "must be a string")
-    return value.strip()
+    value = value.strip()
+    if _CONTROL.search(value) is not None:
+        # a case number with a tab or \x1f in it is a broken export, and \x1f would
+        # split the index's text column (entry_id \x1f case_number \x1f name) wrongly
+        raise InvalidInput(prefix + name, "must not contain control characters")
+    return value
+
+
+#: C0 control characters and DEL: no name, number, court or date holds one
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 _DAYS: dict[str, int] = {}  # a list has a few thousand distinct dates: parse each once

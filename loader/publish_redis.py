@@ -39,7 +39,7 @@ import multiprocessing
 import os
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -51,6 +51,7 @@ import orjson
 from shixin_check.domain.errors import ConfigurationError, IndexUnavailable, LoadRejected, RowError
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import NO_END, EntryStatus, Role
+from shixin_check.loader.columns import compiled
 from shixin_check.loader.feed import pending
 from shixin_check.loader.index_memory import (
     _COLUMNS,
@@ -311,11 +312,14 @@ def _write_version(
     and what can be computed a column at a time (buckets, key bytes, which
     keys each entry has, where each entry_id ends, each key's entry fields) is,
     with numpy: a million entries are 1.4 million matches, and a
-    ``ListedMatch`` each cost more than the rest of the write. A writer takes
-    its keys and entries into lists ``_RUN`` at a time, so its memory does not
-    grow with the list.
+    ``ListedMatch`` each cost more than the rest of the write. The subject
+    fields are made in C where loader/_rowcheck.c is built (``_compiled_fields``:
+    ~1 µs a key, bound by reading the entry columns at random rows), in
+    Python otherwise (``_python_fields``), byte for byte the same. A writer
+    takes its keys and entries ``_RUN`` at a time, so its memory does not grow
+    with the list.
 
-    The write is Python-bound (Redis spends a tenth of the loader's CPU), so
+    The write is bound by the loader's CPU (Redis spends a tenth of it), so
     with ``writers`` > 1 this process forks the others (they share the
     columns; ``load`` runs no gRPC) and writes the first range itself. A
     writer checks between batches that the load lock is still this load's; a
@@ -403,50 +407,11 @@ def _write_share(
             check()
             pipe.execute()
 
-    raw_keys, exemptions = columns.raw_keys, columns.exemptions
-    text, text_at = base.text, base.e_text_at
-    court_names = np.array(list(base.courts), dtype=object)
-    m_mask, w = base.m_mask, _MASK_WIDTH
-    bucket, fields = -1, {}  # type: tuple[int, dict[bytes, list[Any]]]
-    # each key's entry fields gathered a column at a time by numpy, not indexed key by
-    # key, in runs of _RUN keys (the lists of a whole share would cost gigabytes at 10M)
-    for lo in range(share.lo, share.hi, _RUN):
-        hi = min(lo + _RUN, share.hi)
-        rows = np.frombuffer(cast(Any, base.m_entry), "<u4")[lo:hi]
-        per_key = partial(_per_key, base, rows)
-        for i, b, row, role, name, court, kind, status, listed, valid in zip(
-            range(lo, hi),
-            (columns.k_hi[lo:hi] >> np.uint64(64 - bits)).tolist() if bits else [0] * (hi - lo),
-            rows.tolist(),
-            np.frombuffer(cast(Any, base.m_role), "u1")[lo:hi].tolist(),
-            np.frombuffer(cast(Any, base.m_name), "<u8")[lo:hi].tolist(),
-            court_names[per_key("e_court")].tolist(),
-            per_key("e_type"), per_key("e_status"), per_key("e_listed"), per_key("e_valid"),
-            strict=True,
-        ):  # fmt: skip
-            if b != bucket:
-                _flush(pipe, keys.subjects(version, bucket), fields)
-                bucket, fields = b, {}
-                send_if_full()
-            # base.texts(row), decoded again for each of an entry's keys rather than kept: a
-            # dict of every entry's texts was ~40% of the loader's peak memory, and slower
-            found = text[text_at[row] : text_at[row + 1]].decode().split("\x1f")
-            match = [
-                found[0],
-                kind,
-                status,
-                role,
-                name,
-                found[1],
-                court,
-                found[2] if role != _DEBTOR else "",
-                m_mask[i * w : (i + 1) * w].rstrip().decode(),
-                listed,
-                valid,
-                exemptions.get(row, []),
-            ]  # fmt: skip  (encode_match's order)
-            fields.setdefault(raw_keys[16 * i : 16 * i + 16], []).append(match)
-    _flush(pipe, keys.subjects(version, bucket), fields)
+    fields_of = _compiled_fields if compiled() is not None else _python_fields
+    for bucket, fields in fields_of(base, columns, bits, share):
+        pipe.hset(keys.subjects(version, bucket), mapping=fields)
+        send_if_full()
+    text = base.text
     # each entry bucket's hash, entry_id to its keys: the rows sorted by bucket (stably, so
     # a bucket's fields keep the order of their first keys), taken a run of buckets at a time
     order, ebuckets = columns.entry_order, columns.ebuckets
@@ -470,9 +435,87 @@ def _write_share(
     pipe.execute()
 
 
-def _flush(pipe: Any, key: str, fields: dict[bytes, list[Any]]) -> None:
+def _python_fields(
+    base: Any, columns: _Columns, bits: int, share: _Share
+) -> Iterator[tuple[int, dict[bytes, bytes]]]:
+    """Each subject bucket of ``share`` with its fields (key to the JSON of its matches),
+    built in Python: where loader/_rowcheck.c is not built."""
+    raw_keys, exemptions = columns.raw_keys, columns.exemptions
+    text, text_at = base.text, base.e_text_at
+    court_names = np.array(list(base.courts), dtype=object)
+    m_mask, w = base.m_mask, _MASK_WIDTH
+    bucket, fields = -1, {}  # type: tuple[int, dict[bytes, list[Any]]]
+    # each key's entry fields gathered a column at a time by numpy, not indexed key by
+    # key, in runs of _RUN keys (the lists of a whole share would cost gigabytes at 10M)
+    for lo in range(share.lo, share.hi, _RUN):
+        hi = min(lo + _RUN, share.hi)
+        rows = np.frombuffer(cast(Any, base.m_entry), "<u4")[lo:hi]
+        per_key = partial(_per_key, base, rows)
+        for i, b, row, role, name, court, kind, status, listed, valid in zip(
+            range(lo, hi),
+            (columns.k_hi[lo:hi] >> np.uint64(64 - bits)).tolist() if bits else [0] * (hi - lo),
+            rows.tolist(),
+            np.frombuffer(cast(Any, base.m_role), "u1")[lo:hi].tolist(),
+            np.frombuffer(cast(Any, base.m_name), "<u8")[lo:hi].tolist(),
+            court_names[per_key("e_court")].tolist(),
+            per_key("e_type"), per_key("e_status"), per_key("e_listed"), per_key("e_valid"),
+            strict=True,
+        ):  # fmt: skip
+            if b != bucket:
+                if fields:
+                    yield bucket, {k: orjson.dumps(v) for k, v in fields.items()}
+                bucket, fields = b, {}
+            # base.texts(row), decoded again for each of an entry's keys rather than kept: a
+            # dict of every entry's texts was ~40% of the loader's peak memory, and slower
+            found = text[text_at[row] : text_at[row + 1]].decode().split("\x1f")
+            match = [
+                found[0],
+                kind,
+                status,
+                role,
+                name,
+                found[1],
+                court,
+                found[2] if role != _DEBTOR else "",
+                m_mask[i * w : (i + 1) * w].rstrip().decode(),
+                listed,
+                valid,
+                exemptions.get(row, []),
+            ]  # fmt: skip  (encode_match's order)
+            fields.setdefault(raw_keys[16 * i : 16 * i + 16], []).append(match)
     if fields:
-        pipe.hset(key, mapping={k: orjson.dumps(v) for k, v in fields.items()})
+        yield bucket, {k: orjson.dumps(v) for k, v in fields.items()}
+
+
+def _compiled_fields(
+    base: Any, columns: _Columns, bits: int, share: _Share
+) -> Iterator[tuple[int, dict[bytes, bytes]]]:
+    """``_python_fields``, made by ``_rowcheck.subject_fields`` in C: the same
+    buckets, fields and bytes (tests/test_redis_failures.py), without a Python
+    frame per key. It takes runs of about ``_RUN`` keys that end where a bucket
+    does, so no key's matches and no bucket's fields are split between two."""
+    extension = compiled()
+    assert extension is not None
+    k_hi = columns.k_hi
+    courts = [orjson.dumps(court) for court in base.courts]
+    exemptions = {row: orjson.dumps(found) for row, found in columns.exemptions.items()}
+    lo = share.lo
+    while lo < share.hi:
+        hi = min(lo + _RUN, share.hi)
+        if bits and hi < share.hi:  # on to the end of the bucket of key hi - 1
+            after = (int(k_hi[hi - 1]) >> (64 - bits)) + 1
+            if after < 1 << bits:
+                hi = min(int(np.searchsorted(k_hi, np.uint64(after << (64 - bits)))), share.hi)
+            else:
+                hi = share.hi
+        elif not bits:
+            hi = share.hi  # one bucket
+        yield from extension.subject_fields(
+            lo, hi, bits, k_hi, columns.raw_keys, base.m_entry, base.m_role, base.m_name,
+            base.m_mask, _MASK_WIDTH, base.text, base.e_text_at, base.e_type, base.e_status,
+            base.e_listed, base.e_valid, base.e_court, courts, exemptions, _DEBTOR,
+        )  # fmt: skip
+        lo = hi
 
 
 @dataclass

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,10 +27,11 @@ from shixin_check.domain.errors import ConfigurationError, InvalidInput
 from shixin_check.domain.identity import KEY_TAGS, normalize_name
 from shixin_check.domain.keys import PrefilterKeyer, SubjectKeyer
 from shixin_check.domain.model import Channel, Exemption
-from shixin_check.loader import columns
+from shixin_check.loader import columns, publish_redis
 from shixin_check.loader.columns import ColumnBuilder
 from shixin_check.loader.listfile import parse_entry
-from tests.listdata import org_entry, person_entry, rid, uscc
+from shixin_check.loader.versions import build_snapshot
+from tests.listdata import org_entry, person_entry, rid, uscc, write_jsonl
 
 SOURCE = Path(columns.__file__).with_name("_rowcheck.c")
 DIGITS = "0123456789"
@@ -387,3 +389,78 @@ def test_a_value_whose_truth_test_fails_is_left_to_parse_entry() -> None:
     error = ColumnBuilder(SubjectKeyer(b"k" * 32), 16).add(row, 9)
     assert error is not None
     assert (error.line, error.field) == (9, "subject.type")
+
+
+def _with_text(field: str, value: str) -> dict[str, Any]:
+    row = org_entry("E9", uscc("91110105MA01ABCDE"), "北京艾克米科技有限公司",
+                    [("LEGAL_REPRESENTATIVE", "王芳", rid("11010519800101002"))])  # fmt: skip
+    if field == "organization":
+        row["subject"]["name"] = value
+    elif field == "related":
+        row["related_persons"][0]["name"] = value
+    else:
+        row[field] = value
+    return row
+
+
+@pytest.mark.parametrize("field", ["entry_id", "case_number", "court", "organization", "related"])
+@pytest.mark.parametrize("control", ["\x1f", "\t", "\x00", "\x7f"])
+def test_a_control_character_inside_a_text_is_a_row_error(field: str, control: str) -> None:
+    """A case number with \\x1f inside split the index's text column (entry_id \\x1f
+    case_number \\x1f organisation) in the wrong place, so hits and the feedback report
+    named a wrong case and organisation. Now every text field refuses a control
+    character inside it, in C, in _plain and in parse_entry alike; white space at
+    either end is still stripped, as before."""
+    row = _with_text(field, f"甲{control}乙")
+    assert _compiled().plain(row, 3) is None  # not taken in C: Python decides
+    for builder in _builders():
+        error = builder.add(row, 7)
+        assert error is not None and error.line == 7, (field, error)
+        assert error.problem == "must not contain control characters", error
+        assert error.field.endswith({"organization": "name", "related": "name"}.get(field, field))
+    for builder in _builders():  # at the ends: white space, stripped as before
+        assert builder.add(_with_text(field, "\t甲乙\n"), 8) is None
+
+
+def test_subject_fields_in_c_are_the_ones_python_writes(tmp_path: Path) -> None:
+    """``load --redis`` writes each subject bucket's fields (key to the JSON of its
+    matches) from C where built: byte for byte what the Python path writes, for texts
+    orjson must escape (quotes, backslashes) or pass through (CJK, emoji), several
+    matches for one key, related persons (their organisation named), exemptions, and
+    runs of keys that end inside a bucket."""
+    rows: list[dict[str, Any]] = []
+    odd = ['法院"引号"', "back\\slash", "é€😀 x", "(2024)京0105执1001号"]
+    for n in range(60):
+        text = odd[n % len(odd)]
+        row = org_entry(f"E{n}", uscc(f"9111010{n:02d}MA01ABCD"), f"{text} 公司{n}",
+                        [("LEGAL_REPRESENTATIVE", "王芳", rid(f"440305199009{n % 7 + 1:02d}003"))],
+                        case_number=f"{text}{n}")  # fmt: skip
+        row["court"] = odd[(n + 1) % len(odd)]
+        if n % 5 == 0:
+            row["exemptions"] = [{"channel": "RAIL", "from": "2026-01-01", "until": "2026-01-31"}]
+        rows.append(row)
+        rows.append(person_entry(f"P{n}", rid(f"310104197505{n % 9 + 1:02d}002"), f"李{text}",
+                                 case_number=text))  # fmt: skip
+    view = build_snapshot(write_jsonl(tmp_path / "odd.jsonl", rows), KEYER, workers=1)
+    base = view.base
+    table = publish_redis._columns(base, 4)
+    share = publish_redis._Share(0, len(table.k_hi), 0, 16)
+    written = list(publish_redis._python_fields(base, table, 3, share))
+    assert any(b'\\"' in v and b"\\\\" in v for _, f in written for v in f.values())
+    assert any(len(orjson.loads(v)) > 1 for _, f in written for v in f.values())
+    for bits in (0, 3, 9):
+        for run in (1, 7, publish_redis._RUN):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(publish_redis, "_RUN", run)
+                in_c = list(publish_redis._compiled_fields(base, table, bits, share))
+                in_python = list(publish_redis._python_fields(base, table, bits, share))
+            assert in_c == in_python, (bits, run)
+
+
+def test_subject_fields_refuses_columns_too_short_for_its_range() -> None:
+    """A wrong call is a ValueError, never a read beyond a buffer."""
+    empty = b""
+    args = [0, 1, 0, empty, empty, empty, empty, empty, empty, 18, empty, bytes(8),
+            empty, empty, empty, empty, empty, [], {}, 1]  # fmt: skip
+    with pytest.raises(ValueError, match="k_hi"):
+        _compiled().subject_fields(*args)
