@@ -48,6 +48,11 @@ class IdentityKeyer(Protocol):
 
     def subject_key(self, id_type: IdType | None, number: str) -> int: ...
 
+    def resident_key(self, number: str) -> int | None:
+        """``subject_key(RESIDENT_ID, number)`` when this keyer can tell at once that
+        ``number`` is a canonical resident ID; None means: normalise it, then key it."""
+        ...
+
 
 class SubjectKeyer:
     """Turns normalised identities and names into keyed hashes."""
@@ -82,6 +87,11 @@ class SubjectKeyer:
         h = self._by_tag[id_type].copy()
         h.update(number.encode())
         return int.from_bytes(h.digest())
+
+    def resident_key(self, number: str) -> int | None:
+        """None: in Python, normalising is the check (``loader.columns.CompiledKeyer``
+        answers canonical resident IDs at once, in C)."""
+        return None
 
     def hashers(self) -> tuple[dict[IdType | None, Any], Any]:
         """The prepared hashers behind ``subject_key`` (by identity kind) and ``name_key``.
@@ -145,3 +155,7 @@ class PrefilterKeyer:
         h = self._by_tag[id_type].copy()
         h.update(number.encode())
         return int.from_bytes(h.digest())
+
+    def resident_key(self, number: str) -> int | None:
+        """None: normalise the number, then key it (``IdentityKeyer.resident_key``)."""
+        return None

@@ -904,6 +904,27 @@ static PyObject *Keyer_subject_key(Keyer *self, PyObject *const *args, Py_ssize_
     return digest_int(out, 16);
 }
 
+/* resident_key(number): subject_key(RESIDENT_ID, number) when number is a canonical
+ * resident ID (what identity.normalize_resident_id returns unchanged), else None: the
+ * caller normalises it and keys what that returns (server.convert.to_query). */
+static PyObject *Keyer_resident_key(Keyer *self, PyObject *number) {
+    uint8_t out[16];
+    if (!keyer_ready(self)) return NULL;
+    if (RESIDENT == NULL || BIRTH_DATES == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "resident_key: configure() the module first");
+        return NULL;
+    }
+    if (!PyUnicode_Check(number)) {
+        PyErr_SetString(PyExc_TypeError, "resident_key(number): a str");
+        return NULL;
+    }
+    int canonical = canonical_resident_id(number);
+    if (canonical == FAILED) return NULL;
+    if (canonical != SURE) Py_RETURN_NONE;
+    if (subject_key(self, RESIDENT, number, out) < 0) return NULL;
+    return digest_int(out, 16);
+}
+
 /* name_key(normalized_name): SubjectKeyer.name_key, an int; 0 for no name */
 static PyObject *Keyer_name_key(Keyer *self, PyObject *name) {
     uint8_t out[8];
@@ -985,6 +1006,9 @@ static void Keyer_dealloc(Keyer *self) {
 static PyMethodDef Keyer_methods[] = {
     {"subject_key", (PyCFunction)(void (*)(void))Keyer_subject_key, METH_FASTCALL,
      "subject_key(id_type, number): SubjectKeyer.subject_key."},
+    {"resident_key", (PyCFunction)Keyer_resident_key, METH_O,
+     "resident_key(number): subject_key(RESIDENT_ID, number) for a canonical resident ID, "
+     "else None (normalise it first)"},
     {"name_key", (PyCFunction)Keyer_name_key, METH_O,
      "name_key(normalized_name): SubjectKeyer.name_key."},
     {NULL, NULL, 0, NULL},

@@ -284,6 +284,11 @@ class CompiledKeyer(SubjectKeyer):
     def name_key(self, normalized_name: str) -> int:
         return self.compiled.name_key(normalized_name)
 
+    def resident_key(self, number: str) -> int | None:
+        # normalize_resident_id's fast path and the key in one C call, for the checks'
+        # common case (server.convert.to_query); None for anything else
+        return self.compiled.resident_key(number)
+
 
 def keyer_for(secret: bytes) -> SubjectKeyer:
     """The keyer of ``secret``: its keys made in C where the extension is built."""

@@ -243,8 +243,12 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
         id_type = ID_TYPES.get(person.id_type)
         if id_type is None:
             raise InvalidInput("subject.person.id_type", f"{person.id_type} is not a known id type")
-        number = normalize_person_id(id_type, raw, "subject.person.id_number")
-        key = keyer.subject_key(id_type, number)
+        key = keyer.resident_key(raw) if id_type is _RESIDENT_ID else None
+        if key is not None:  # canonical and valid: what normalising would return
+            number = raw
+        else:
+            number = normalize_person_id(id_type, raw, "subject.person.id_number")
+            key = keyer.subject_key(id_type, number)
         if id_type is not _RESIDENT_ID:  # a number under another type may read as one
             other = other_reading(id_type, number)
             if other is not None:

@@ -23,14 +23,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shixin.v1 import check_pb2 as pb
 from shixin_check.domain.errors import ConfigurationError, InvalidInput
-from shixin_check.domain.identity import KEY_TAGS, normalize_name
+from shixin_check.domain.identity import KEY_TAGS, IdType, normalize_name, normalize_resident_id
 from shixin_check.domain.keys import PrefilterKeyer, SubjectKeyer
 from shixin_check.domain.model import Channel, Exemption
 from shixin_check.loader import columns, publish_redis
 from shixin_check.loader.columns import ColumnBuilder
 from shixin_check.loader.listfile import parse_entry
 from shixin_check.loader.versions import build_snapshot
+from shixin_check.server.convert import to_query
 from tests.listdata import org_entry, person_entry, rid, uscc, write_jsonl
 
 SOURCE = Path(columns.__file__).with_name("_rowcheck.c")
@@ -464,3 +466,57 @@ def test_subject_fields_refuses_columns_too_short_for_its_range() -> None:
             empty, empty, empty, empty, empty, [], {}, 1]  # fmt: skip
     with pytest.raises(ValueError, match="k_hi"):
         _compiled().subject_fields(*args)
+
+
+_CHECK_CHARS = "0123456789X"
+#: resident IDs one step from canonical: the wrong check character, a lower-case x,
+#: an impossible birth date or region (with a check character that fits them)
+near_ids = st.one_of(
+    resident_ids.map(lambda n: n[:17] + _CHECK_CHARS[(_CHECK_CHARS.index(n[17]) + 1) % 11]),
+    resident_ids.filter(lambda n: n.endswith("X")).map(str.lower),
+    resident_ids.map(lambda n: rid(n[:10] + "13" + n[12:17])),
+    resident_ids.map(lambda n: rid("00" + n[2:17])),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(resident_ids, near_ids, odd_numbers, documents, st.text(max_size=20)))
+def test_resident_key_is_the_key_of_what_normalising_leaves_unchanged(number: str) -> None:
+    """The checks' fast path (server.convert.to_query): the C keyer keys a canonical
+    resident ID at once, and answers None for everything normalize_resident_id would
+    change or refuse, which to_query then normalises as before."""
+    keyer = columns.keyer_for(b"k" * 32)
+    assert isinstance(keyer, columns.CompiledKeyer), "loader/_rowcheck.c is not built"
+    found = keyer.resident_key(number)
+    try:
+        normal: str | None = normalize_resident_id(number)
+    except InvalidInput:
+        normal = None
+    if normal == number:
+        assert found == KEYER.subject_key(IdType.RESIDENT_ID, number)
+    else:
+        assert found is None
+    assert SubjectKeyer(b"k" * 32).resident_key(number) is None  # Python: normalise first
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    number=st.one_of(resident_ids, near_ids, odd_numbers, documents),
+    id_type=st.sampled_from(list(pb.IdType.values())),
+)
+def test_to_query_with_the_c_keyer_is_to_query_with_the_python_one(
+    number: str, id_type: int
+) -> None:
+    request = pb.CheckRequest(
+        channel=pb.RAIL, rail=pb.RailPurchase(train_number="G1234", seat=pb.RAIL_SEAT_SECOND_CLASS),
+        person=pb.PersonSubject(id_number=number, name="张三", id_type=id_type),
+    )  # fmt: skip
+    compiled, python = columns.keyer_for(b"k" * 32), SubjectKeyer(b"k" * 32)
+    try:
+        expected = to_query(request, python)
+    except InvalidInput as exc:
+        with pytest.raises(InvalidInput) as refused:
+            to_query(request, compiled)
+        assert (refused.value.field, refused.value.problem) == (exc.field, exc.problem)
+    else:
+        assert to_query(request, compiled) == expected
