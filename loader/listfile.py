@@ -261,10 +261,15 @@ def _text(obj: dict[str, Any], name: str, prefix: str = "", required: bool = Tru
     if not isinstance(value, str):
         raise InvalidInput(prefix + name, "must be a string")
     value = value.strip()
-    if _CONTROL.search(value) is not None:
+    found = _CONTROL.search(value)
+    if found is not None:
         # a case number with a tab or \x1f in it is a broken export, and \x1f would
         # split the index's text column (entry_id \x1f case_number \x1f name) wrongly
-        raise InvalidInput(prefix + name, "must not contain control characters")
+        raise InvalidInput(
+            prefix + name,
+            f"must not contain control characters (U+{ord(found.group()):04X} at"
+            f" character {found.start() + 1})",
+        )
     return value
 
 

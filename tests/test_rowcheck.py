@@ -418,7 +418,9 @@ def test_a_control_character_inside_a_text_is_a_row_error(field: str, control: s
     for builder in _builders():
         error = builder.add(row, 7)
         assert error is not None and error.line == 7, (field, error)
-        assert error.problem == "must not contain control characters", error
+        assert error.problem == (
+            f"must not contain control characters (U+{ord(control):04X} at character 2)"
+        ), error
         assert error.field.endswith({"organization": "name", "related": "name"}.get(field, field))
     for builder in _builders():  # at the ends: white space, stripped as before
         assert builder.add(_with_text(field, "\t甲乙\n"), 8) is None
