@@ -34,6 +34,8 @@ from shixin_check.domain.errors import InvalidInput, LoadRejected, RowError
 from shixin_check.domain.model import CHINA_TZ, NO_END
 
 HEADER_KEY = "snapshot"
+#: the largest delta seq (and includes_seq): status, metrics and the wire carry it as int64
+MAX_SEQ = 2**63 - 1
 _EPOCH_DAY_START = _dt.datetime(1970, 1, 1, tzinfo=CHINA_TZ).timestamp()
 
 
@@ -73,8 +75,8 @@ def parse_header(obj: Any) -> SnapshotHeader:
     if unknown:
         raise InvalidInput(f"{HEADER_KEY}.{unknown[0]}", "is not a header field")
     seq = body.get("includes_seq", 0)
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise InvalidInput(f"{HEADER_KEY}.includes_seq", "must be an integer >= 0")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+        raise InvalidInput(f"{HEADER_KEY}.includes_seq", f"must be an integer from 0 to {MAX_SEQ}")
     published = body.get("published_at")
     at = None if published is None else parse_instant(published, f"{HEADER_KEY}.published_at")
     return SnapshotHeader(seq, at, declared=True)

@@ -39,7 +39,7 @@ from shixin_check.domain.model import (
     Role,
     day_number,
 )
-from shixin_check.loader.feed import is_header, parse_instant
+from shixin_check.loader.feed import MAX_SEQ, is_header, parse_instant
 
 
 class FileKind(Enum):
@@ -202,8 +202,9 @@ def line_starts(path: Path, pieces: int) -> list[int]:
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
+    undecodable: list[RowError] = []
+    with path.open("rb") as fh:
+        reader = csv.DictReader(_utf8_lines(fh, undecodable))
         for row in reader:
             line_no = reader.line_num
             if None in row:
@@ -213,6 +214,26 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
                 yield line_no, _unflatten(row)
             except InvalidInput as exc:
                 yield line_no, RowError(line_no, exc.field, exc.problem)
+    for error in undecodable:  # the file ends for the reader at the line it cannot decode
+        yield error.line, error
+
+
+def _utf8_lines(fh: Any, undecodable: list[RowError]) -> Iterator[str]:
+    """A CSV file's lines as text (a UTF-8 byte order mark dropped), up to the first that
+    is not UTF-8, which goes into ``undecodable`` with its line and column."""
+    for number, raw in enumerate(fh, 1):
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            undecodable.append(RowError(
+                number, "", f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                f"{exc.start + 1}); the rest of the file was not read",
+            ))  # fmt: skip
+            return
+
+
+#: items of one list a CSV row may number (related_persons.0 to .99, exemptions likewise)
+MAX_CSV_ITEMS = 100
 
 
 def _unflatten(row: dict[str, str]) -> dict[str, Any]:
@@ -229,6 +250,8 @@ def _unflatten(row: dict[str, str]) -> dict[str, Any]:
                 if not isinstance(node, list):
                     raise InvalidInput(column, "numbered column under a field that is not a list")
                 index = int(part)
+                if index >= MAX_CSV_ITEMS or not part.isascii():
+                    raise InvalidInput(column, f"numbered from 0 to {MAX_CSV_ITEMS - 1}")
                 while len(node) <= index:
                     node.append({})
                 if last:
@@ -387,10 +410,10 @@ def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
 def parse_delta(obj: dict[str, Any]) -> DeltaOp:
     """One delta row, validated."""
     seq = obj.get("seq")
-    if isinstance(seq, str) and seq.isdigit():
-        seq = int(seq)
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        raise InvalidInput("seq", "must be a positive integer")
+    if isinstance(seq, str) and seq.isascii() and seq.isdigit() and len(seq) <= 19:
+        seq = int(seq)  # ("³".isdigit() is true, and int() refuses it)
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SEQ:
+        raise InvalidInput("seq", f"must be a positive integer, at most {MAX_SEQ}")
     at = obj.get("published_at")
     published_at = None if at is None else parse_instant(at, "published_at")
     op_name = obj.get("op")

@@ -182,3 +182,33 @@ def test_a_key_secret_of_the_wrong_length_is_one_line(tmp_path: Path, length: in
         no_traceback(done)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert f"is {length} bytes; 16 to 64 needed" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        # bytes that are not UTF-8 in a CSV list: a traceback from the text reader before
+        ("bad.csv", b"entry_id,list_type\n\xff\xfe,SHIXIN\n",
+         "line 2: is not UTF-8 text (byte 0xff at column 1)"),
+        # a numbered column far out: the reader grew a list to it (20 GB before the kernel
+        # killed it)
+        ("far.csv", b"related_persons.99999999999,x\nA,B\n",
+         "line 2: related_persons.99999999999: numbered from 0 to 99"),
+        # "3" in superscript is a digit to str.isdigit() and not to int()
+        ("sup.jsonl", '{"seq":"\u00b3","op":"SUSPEND","entry_id":"E1"}\n'.encode(),
+         "line 1: seq: must be a positive integer, at most 9223372036854775807"),
+        # beyond int64: validated once, then every status call failed INTERNAL
+        ("big.jsonl", b'{"seq":9223372036854775808,"op":"SUSPEND","entry_id":"E1"}\n',
+         "line 1: seq: must be a positive integer, at most 9223372036854775807"),
+        ("head.jsonl", b'{"snapshot":{"includes_seq":9223372036854775808}}\n',
+         "line 1: snapshot.includes_seq: must be an integer from 0 to 9223372036854775807"),
+    ],
+)  # fmt: skip
+def test_list_files_the_reader_could_not_take_are_bad_rows(
+    tmp_path: Path, name: str, content: bytes, said: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    done = run_cli("validate", str(path))
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr, done
+    assert f"{path}:{said}" in done.stdout, done.stdout
