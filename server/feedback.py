@@ -51,7 +51,10 @@ class Quarter:
         found = _QUARTER.fullmatch(text.strip())
         if not found:
             raise ValueError(f"quarter {text!r} is not like 2026Q3")
-        return cls(int(found.group(1)), int(found.group(2)))
+        year = int(found.group(1))
+        if not 1970 <= year <= 9998:  # 9999Q4's report would be due in year 10000
+            raise ValueError(f"quarter {text!r}: the year must be from 1970 to 9998")
+        return cls(year, int(found.group(2)))
 
     def __str__(self) -> str:
         return f"{self.year}Q{self.number}"

@@ -463,12 +463,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+#: the days gen-data can make a list as of: it draws people aged 18 to 82 born 1900-2099
+AS_OF_FIRST, AS_OF_LAST = _dt.date(1983, 1, 1), _dt.date(2099, 12, 31)
+
+
 def cmd_gen_data(args: argparse.Namespace) -> int:
     from shixin_check.domain.model import CHINA_TZ
     from shixin_check.loader.synthetic import write_snapshot
 
     # --out (required), --count, --seed and --as-of were read and checked by settings.resolve
     as_of: _dt.date = args.as_of or _dt.datetime.now(CHINA_TZ).date()
+    if not AS_OF_FIRST <= as_of <= AS_OF_LAST:  # its people are born 1900-2099
+        raise ConfigurationError(f"--as-of: {as_of} is not from {AS_OF_FIRST} to {AS_OF_LAST}")
+    out = Path(args.out)
+    if out.exists() and not out.is_file():  # a device or a directory is not replaced
+        raise ConfigurationError(f"--out: {out} exists and is not a regular file")
     count, seed = int(args.count), int(args.seed)
     started = time.perf_counter()
 
@@ -487,7 +496,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_service(serve_settings(args))
 
 
+def _not_utf8(argv: list[str]) -> str:
+    """Which argument or SHIXIN_* variable holds bytes that are not UTF-8 (Python keeps
+    them as lone surrogates, which fail wherever they are encoded), or ""."""
+    for i, arg in enumerate(argv, 1):
+        if not arg.isascii():
+            try:
+                arg.encode()
+            except UnicodeEncodeError:
+                return f"argument {i} ({os.fsencode(arg)!r})"
+    for name, value in os.environ.items():
+        if name.startswith("SHIXIN_") and not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return name
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
+    undecodable = _not_utf8(sys.argv[1:] if argv is None else argv)
+    if undecodable:
+        print(f"shixin-check: {undecodable} is not UTF-8 text", file=sys.stderr)
+        return 2
     args = _parser().parse_args(argv)
     handlers = {
         "serve": cmd_serve,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shixin_check.domain.errors import ConfigurationError
 from shixin_check.server.settings import add_options, resolving
 
 if TYPE_CHECKING:
@@ -62,10 +63,16 @@ def _hit_files(args: argparse.Namespace) -> list[Path]:
 
 def _write_whole(path: Path, text: str) -> None:
     """Write beside ``path`` and rename, so a reader never sees half a report."""
+    if path.exists() and not path.is_file():  # a device or a directory is not replaced
+        raise ConfigurationError(f"--out: {path} exists and is not a regular file")
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
-    part.write_text(text, encoding="utf-8")
-    os.replace(part, path)
+    try:
+        part.write_text(text, encoding="utf-8")
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:

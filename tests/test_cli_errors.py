@@ -64,6 +64,11 @@ def test_redis_commands_with_redis_down(tmp_path: Path, dead_redis: str) -> None
         ("gen-data", "--count", "5", "--out", "OUT", "--as-of", "2026-13-01"),
         ("gen-data", "--count", "5", "--out", "/nonexistent-dir/x.jsonl"),
         ("gen-data", "--count", "-3", "--out", "OUT"),
+        ("gen-data", "--count", "5", "--out", "OUT", "--as-of", "0001-01-01"),
+        ("gen-data", "--count", "5", "--out", "OUT", "--as-of", "9999-12-31"),
+        ("gen-data", "--count", "5", "--out", "/"),  # not a file: never replaced
+        ("feedback", "--quarter", "0000Q1", "--hit-log", "OUT"),
+        ("feedback", "--quarter", "9999Q4", "--hit-log", "OUT"),
         ("check", "--channel", "RAILS", "--id", ZHANG),
         ("check", "--channel", "RAIL", "--id", ZHANG, "--seat", "SLEEPER"),
         ("check", "--channel", "HOTEL", "--id", ZHANG, "--seat", "SOFT_SLEEPER"),
@@ -212,3 +217,16 @@ def test_list_files_the_reader_could_not_take_are_bad_rows(
     done = run_cli("validate", str(path))
     assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr, done
     assert f"{path}:{said}" in done.stdout, done.stdout
+
+
+def test_arguments_and_variables_that_are_not_utf8_get_one_line(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates, which failed wherever
+    they were encoded (a health check's service name, a key's principal, the secret)."""
+    bad = os.fsdecode(b"\xff")
+    done = run_cli("health", "--service", bad)
+    no_traceback(done)
+    assert done.stderr.strip() == "shixin-check: argument 3 (b'\\xff') is not UTF-8 text"
+    env = {**os.environ, "SHIXIN_KEY_SECRET": os.fsdecode(b"\xff\xfe0123456789abcdef")}
+    done = run_cli("load", str(tmp_path / "s.jsonl"), "--redis", "redis://127.0.0.1:1", env=env)
+    no_traceback(done)
+    assert done.stderr.strip() == "shixin-check: SHIXIN_KEY_SECRET is not UTF-8 text"
