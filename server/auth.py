@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import tempfile
 import threading
@@ -119,6 +120,9 @@ class Principal:
 ANONYMOUS = Principal("anonymous")
 
 
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
 def _principal(entry: object, where: str) -> Principal:
     if not isinstance(entry, dict):
         raise ConfigurationError(f"{where}: must be an object")
@@ -128,21 +132,30 @@ def _principal(entry: object, where: str) -> Principal:
     raw_channels = entry.get("channels", [])
     if raw_channels == "*":
         channels = ALL_CHANNELS
+    elif not isinstance(raw_channels, list):  # an object's keys would read as channels
+        raise ConfigurationError(f"{where}: channels must be '*' or channel names")
     else:
         try:
             channels = frozenset(Channel[c] for c in raw_channels)
         except (KeyError, TypeError):
             raise ConfigurationError(f"{where}: channels must be '*' or channel names") from None
     raw_roles = entry.get("roles", ["check"])
-    if not isinstance(raw_roles, list) or not set(raw_roles) <= ROLES:
+    if (
+        not isinstance(raw_roles, list)
+        or not all(isinstance(r, str) for r in raw_roles)  # [[1]] is not hashable
+        or not set(raw_roles) <= ROLES
+    ):
         raise ConfigurationError(f"{where}: roles must be among {sorted(ROLES)}")
-    try:
-        rate = float(entry.get("rate_per_second") or 0)
-        burst = int(entry.get("burst") or 0)  # missing or 0: the default, filled in below
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"{where}: rate_per_second and burst must be numbers") from None
-    if rate < 0 or burst < 0 or not math.isfinite(rate):
-        raise ConfigurationError(f"{where}: rate_per_second and burst must be 0 or more")
+    raw_rate, raw_burst = entry.get("rate_per_second") or 0, entry.get("burst") or 0
+    if not all(type(v) in (int, float) for v in (raw_rate, raw_burst)):
+        raise ConfigurationError(f"{where}: rate_per_second and burst must be numbers")
+    if not all(math.isfinite(v) and v >= 0 for v in (raw_rate, raw_burst)):
+        raise ConfigurationError(
+            f"{where}: rate_per_second and burst must be finite numbers, 0 or more"
+        )
+    if raw_burst != int(raw_burst):
+        raise ConfigurationError(f"{where}: burst must be a whole number of calls")
+    rate, burst = float(raw_rate), int(raw_burst)  # burst 0 (or missing): the default below
     if rate > 0 and burst == 0:
         burst = default_burst(rate)  # files written before the default had burst 0
     return Principal(name, channels, frozenset(raw_roles), rate, burst)
@@ -190,7 +203,7 @@ class KeyRing:
         for i, entry in enumerate(_entries(data, "keys", where)):
             at = f"{path}: keys[{i}]"
             digest = entry.get("sha256", "") if isinstance(entry, dict) else ""
-            if not (isinstance(digest, str) and len(digest) == 64):
+            if not (isinstance(digest, str) and _HEX64.fullmatch(digest)):
                 raise ConfigurationError(f"{at}: sha256 must be 64 hex characters")
             ring.by_hash[digest.lower()] = _principal(entry, at)
         for i, entry in enumerate(_entries(data, "tls_principals", where)):

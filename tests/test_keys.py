@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -326,6 +327,40 @@ def test_a_damaged_keys_file_is_neither_loaded_nor_edited(
         KeyRing.load(tmp_path / "missing.json")
     keys_file.write_text('{"keys": []}')  # every key removed on purpose: nobody gets in
     assert KeyRing.load(keys_file).by_hash == {}
+
+
+_HASH = "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("entry", "said"),
+    [
+        ({"roles": [[1]]}, "roles must be among"),  # unhashable: a TypeError before
+        ({"roles": [{}]}, "roles must be among"),
+        ({"rate_per_second": 1, "burst": float("inf")}, "finite numbers, 0 or more"),
+        ({"rate_per_second": float("inf")}, "finite numbers, 0 or more"),
+        ({"rate_per_second": "1"}, "must be numbers"),
+        ({"burst": 2.7}, "burst must be a whole number"),
+        ({"channels": {"RAIL": 1}}, "channels must be '*' or channel names"),
+        ({"sha256": "z" * 64}, "sha256 must be 64 hex characters"),
+    ],
+)
+def test_a_keys_file_entry_of_the_wrong_type_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], entry: dict[str, object], said: str
+) -> None:
+    """Each was a traceback (TypeError, OverflowError) or silently taken (an object's
+    keys read as channels, a key hash that no key can have, a burst cut to 2)."""
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps({"keys": [{"principal": "p", "sha256": _HASH, **entry}]}))
+    with pytest.raises(ConfigurationError, match=re.escape(said)):
+        KeyRing.load(keys_file)
+    status, _, err = keys_cli(capsys, "list", "--keys-file", str(keys_file))
+    assert status == 2 and said in err and len(err.strip().splitlines()) == 1, err
+    tls = {"tls_principals": [{"principal": "p", "common_name": "c", **entry}]}
+    if "sha256" not in entry:
+        keys_file.write_text(json.dumps(tls))
+        with pytest.raises(ConfigurationError, match=re.escape(said)):
+            KeyRing.load(keys_file)
 
 
 # --- reloading while serving -------------------------------------------------------
