@@ -835,6 +835,34 @@ def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes,
     return secret, source
 
 
+def check_pem(
+    what: str, cert: Path | None = None, key: Path | None = None, ca: Path | None = None
+) -> None:
+    """``ConfigurationError`` naming ``what`` unless ``cert`` and ``key`` are a PEM
+    certificate chain and its unencrypted private key, and ``ca`` PEM certificates:
+    grpcio reads them only when it binds or connects, and says so only in its own log
+    (a server's refusal then read as "the port is in use")."""
+    import ssl
+
+    for path in (cert, key, ca):
+        try:
+            if path is not None and b"-----BEGIN " not in path.read_bytes():
+                raise ConfigurationError(f"{what}: {path} holds no PEM block (-----BEGIN ...)")
+        except OSError as exc:
+            raise ConfigurationError(f"{what}: {exc}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if cert is not None and key is not None:
+            context.load_cert_chain(cert, key, password=b"")  # never a prompt on a tty
+        if ca is not None:
+            context.load_verify_locations(cafile=ca)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"{what}: not usable (a PEM certificate chain and its unencrypted key, or PEM CA "
+            f"certificates): {exc.strerror or exc}"
+        ) from None
+
+
 def _file(resolved: Resolved, key: str) -> Path | None:
     raw = resolved.text(key)
     if raw is None:
@@ -881,6 +909,10 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         raise ConfigurationError(
             f"{n['tls_cert']} and {n['tls_key']} go together (and {n['tls_client_ca']} needs them)"
         )
+    if tls_cert is not None and tls_key is not None:
+        check_pem(f"{n['tls_cert']} {tls_cert} and {n['tls_key']} {tls_key}", tls_cert, tls_key)
+    if client_ca is not None:
+        check_pem(f"{n['tls_client_ca']} {client_ca}", ca=client_ca)
     on_network = not host.startswith(_LOOPBACK)
     if keys_file is None and client_ca is None and not insecure and on_network:
         raise ConfigurationError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -142,15 +143,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def _client(args: argparse.Namespace) -> CheckClient:
     from shixin_check.clients.check_client import CheckClient
+    from shixin_check.server.settings import check_pem
 
     def read(path: str | None) -> bytes | None:
         return Path(path).read_bytes() if path else None
+
+    if not args.target.strip():
+        raise ConfigurationError("--target: is empty; give HOST:PORT")
+    if args.api_key and not _TOKEN.fullmatch(args.api_key):
+        raise ConfigurationError("--api-key: must be printable ASCII without spaces")
+    if args.ca:
+        check_pem(f"--ca {args.ca}", ca=Path(args.ca))
+    if bool(args.client_cert) != bool(args.client_key):
+        raise ConfigurationError("--client-cert and --client-key go together")
+    if args.client_cert:
+        check_pem(f"--client-cert {args.client_cert} and --client-key {args.client_key}",
+                  Path(args.client_cert), Path(args.client_key))  # fmt: skip
 
     return CheckClient(
         args.target, api_key=args.api_key, root_ca=read(args.ca),
         client_cert=read(args.client_cert), client_key=read(args.client_key),
     )  # fmt: skip
 
+
+#: what an API key may hold: a header value grpcio accepts (printable ASCII, no space)
+_TOKEN = re.compile(r"[!-~]+")
 
 #: Each purchase flag of ``check``: (its dest, the proto field, the channels it belongs to).
 _PURCHASE_FLAGS = (

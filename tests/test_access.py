@@ -226,3 +226,33 @@ def test_no_plaintext_id_anywhere_the_service_writes(
     for number in used:
         assert number.encode() not in everything
         assert number.lower().encode() not in everything
+
+
+def test_tls_files_that_cannot_be_used_are_named_before_anything_starts(
+    tmp_path: Path, pki: Path
+) -> None:
+    """grpcio reads them only when it binds: a server given a file that is not a
+    certificate said "the port is in use", after several lines of grpc's own log."""
+    from tests.processes import free_port, run_cli
+
+    listed = write_jsonl(tmp_path / "l.jsonl", basic_rows())
+    port = str(free_port())
+    for cert, key, said in (
+        (listed, listed, f"{listed} holds no PEM block"),
+        (pki / "server.pem", pki / "rail-gw.key", "not usable"),  # another certificate's key
+    ):
+        done = run_cli("serve", "--list", str(listed), "--listen", f"127.0.0.1:{port}",
+                       "--tls-cert", str(cert), "--tls-key", str(key))  # fmt: skip
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "port is in use" not in done.stderr
+    for flags, said in (
+        (("--ca", str(listed)), f"--ca {listed}: {listed} holds no PEM block"),
+        (("--client-cert", str(pki / "rail-gw.pem")), "--client-cert and --client-key go together"),
+        (("--api-key", "k\u4e2d"), "--api-key: must be printable ASCII without spaces"),
+        (("--target", " "), "--target: is empty"),
+    ):
+        done = run_cli("check", "--channel", "HOTEL", "--id", ZHANG, "--target",
+                       f"127.0.0.1:{port}", *flags)  # fmt: skip
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
