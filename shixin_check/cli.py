@@ -228,6 +228,10 @@ _LINE_KEYS: dict[str, tuple[str, type]] = {
 _JSON_TYPE = {str: "a string", int: "an integer", bool: "true or false"}
 
 
+#: check's integer flags and the width of their wire fields
+_INT_FLAGS = (("star_rating", 32), ("cabin_class", 32), ("amount_fen", 64))
+
+
 def _check_request(args: argparse.Namespace) -> Any:
     """The ``CheckRequest`` the check flags (or a batch line over them) describe."""
     from shixin.v1 import check_pb2 as pb
@@ -238,6 +242,11 @@ def _check_request(args: argparse.Namespace) -> Any:
             f"--channel ({BY_KEY['channel'].env}) is required: a flag, the variable, the config "
             'key channel or each --batch line\'s "channel"'
         )
+    for dest, bits in _INT_FLAGS:  # protobuf's own refusal names no field
+        value = getattr(args, dest, None)
+        if isinstance(value, int) and not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+            flag = "--" + dest.replace("_", "-")
+            raise ConfigurationError(f"{flag}: {value} is beyond a {bits}-bit integer")
     try:
         channel = enum_name(pb.Channel.DESCRIPTOR, args.channel, "--channel")
         id_type = enum_name(pb.IdType.DESCRIPTOR, args.id_type, "--id-type")

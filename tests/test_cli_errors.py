@@ -74,6 +74,8 @@ def test_redis_commands_with_redis_down(tmp_path: Path, dead_redis: str) -> None
         ("check", "--channel", "HOTEL", "--id", ZHANG, "--seat", "SOFT_SLEEPER"),
         ("check", "--channel", "AIRLINE", "--id", ZHANG, "--id-type", "ID_CARD"),
         ("check", "--id", ZHANG),
+        ("check", "--channel", "HOTEL", "--id", ZHANG, "--star-rating", "99999999999"),
+        ("check", "--channel", "RAIL", "--id", ZHANG, "--amount-fen", "1" + "0" * 20),
         ("validate", "/nonexistent-file.jsonl"),
         ("audit", "verify", "/nonexistent-file.jsonl"),
         ("keys", "list", "--keys-file", "/nonexistent-file.json"),
