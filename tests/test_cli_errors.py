@@ -232,3 +232,9 @@ def test_arguments_and_variables_that_are_not_utf8_get_one_line(tmp_path: Path) 
     done = run_cli("load", str(tmp_path / "s.jsonl"), "--redis", "redis://127.0.0.1:1", env=env)
     no_traceback(done)
     assert done.stderr.strip() == "shixin-check: SHIXIN_KEY_SECRET is not UTF-8 text"
+
+
+def test_an_integer_beyond_its_field_names_the_flag() -> None:
+    done = run_cli("check", "--channel", "HOTEL", "--id", ZHANG, "--star-rating", "99999999999")
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("--star-rating: 99999999999 is beyond a 32-bit integer")
