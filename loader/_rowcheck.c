@@ -79,7 +79,7 @@ static int plain_text(PyObject *v) {
         return 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        if (c < 0x20 || c == 0x7f) return 0;
+        if (c < 0x20 || (c >= 0x7f && c <= 0x9f)) return 0;
     }
     return 1;
 }

@@ -119,7 +119,7 @@ def _text(value: Any) -> str:
     if type(value) is not str or not value:
         raise _NotFast
     text = value.strip()
-    if _controlled(text) is not None:
+    if not text or _controlled(text) is not None:
         raise _NotFast
     return text
 
@@ -511,6 +511,8 @@ class ColumnBuilder:
         if type(value) is not str or not value:
             raise _NotFast
         court = value.strip()
+        if not case_number or not court:
+            raise _NotFast
         if _controlled(entry_id) or _controlled(case_number) or _controlled(court):
             raise _NotFast
         text = f"{entry_id}\x1f{case_number}\x1f{organization}"

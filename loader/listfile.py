@@ -284,6 +284,10 @@ def _text(obj: dict[str, Any], name: str, prefix: str = "", required: bool = Tru
     if not isinstance(value, str):
         raise InvalidInput(prefix + name, "must be a string")
     value = value.strip()
+    if not value:  # white space only: as good as missing
+        if required:
+            raise InvalidInput(prefix + name, "is required (it is only white space)")
+        return ""
     found = _CONTROL.search(value)
     if found is not None:
         # a case number with a tab or \x1f in it is a broken export, and \x1f would
@@ -296,8 +300,8 @@ def _text(obj: dict[str, Any], name: str, prefix: str = "", required: bool = Tru
     return value
 
 
-#: C0 control characters and DEL: no name, number, court or date holds one
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
+#: C0 and C1 control characters and DEL: no name, number, court or date holds one
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 _DAYS: dict[str, int] = {}  # a list has a few thousand distinct dates: parse each once

@@ -406,7 +406,7 @@ def _with_text(field: str, value: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("field", ["entry_id", "case_number", "court", "organization", "related"])
-@pytest.mark.parametrize("control", ["\x1f", "\t", "\x00", "\x7f"])
+@pytest.mark.parametrize("control", ["\x1f", "\t", "\x00", "\x7f", "\x85"])
 def test_a_control_character_inside_a_text_is_a_row_error(field: str, control: str) -> None:
     """A case number with \\x1f inside split the index's text column (entry_id \\x1f
     case_number \\x1f organisation) in the wrong place, so hits and the feedback report
@@ -522,3 +522,14 @@ def test_to_query_with_the_c_keyer_is_to_query_with_the_python_one(
         assert (refused.value.field, refused.value.problem) == (exc.field, exc.problem)
     else:
         assert to_query(request, compiled) == expected
+
+
+@pytest.mark.parametrize("field", ["entry_id", "case_number", "court", "organization", "related"])
+def test_a_text_of_white_space_only_is_missing(field: str) -> None:
+    """"   " was taken as a name, a court or a case number; it is as good as missing."""
+    row = _with_text(field, " \u3000\t ")
+    assert _compiled().plain(row, 3) is None
+    for builder in _builders():
+        error = builder.add(row, 5)
+        assert error is not None and error.problem.startswith("is required"), (field, error)
+
