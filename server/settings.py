@@ -535,7 +535,32 @@ def merged(
         raise ConfigurationError(_first_problem(exc, given, env, path)) from None
     except (OSError, ValueError) as exc:  # the file: unreadable, not TOML (TOMLDecodeError)
         raise ConfigurationError(f"--config / {CONFIG_ENV}: {path}: {exc}") from None
+    _check_shadowed(options, given, env, path)
     return {o.key: getattr(settings, o.key) for o in options}
+
+
+def _check_shadowed(
+    options: Sequence[Option], given: Mapping[str, object], env: Mapping[str, str],
+    path: Path | None,
+) -> None:  # fmt: skip
+    """Values a higher source overrides are checked too (pydantic-settings never reads
+    them): a wrong ``SHIXIN_WORKERS`` under ``--workers 1``, or ``list = 5`` in the file
+    under ``--list``, would break the first start without the flag."""
+    file_keys = _file_keys(path)
+    problems = []
+    for option in options:
+        shadowed = []
+        if option.key in given and option.env in env:
+            shadowed.append((env[option.env], option.env))
+        if option.key in file_keys and (option.key in given or option.env in env):
+            shadowed.append((file_keys[option.key], f"config file {path}"))
+        for raw, origin in shadowed:
+            try:
+                option.kind.read(raw)
+            except ValueError as exc:
+                problems.append(_wrong_value(option, raw, origin, str(exc)))
+    if problems:
+        raise ConfigurationError(_one_line(problems))
 
 
 def _flags_and_defaults(

@@ -96,6 +96,22 @@ def test_flag_beats_variable_beats_file_beats_default(tmp_path: Path, listed: Pa
     assert got.log_fsync == "never" and got.workers == 1  # the defaults
 
 
+def test_a_wrong_value_is_refused_even_where_a_higher_source_overrides_it(
+    tmp_path: Path, listed: Path
+) -> None:
+    """pydantic-settings reads only the source that wins: ``SHIXIN_WORKERS=abc`` under
+    ``--workers 1`` and ``list = 5`` in the file under ``--list`` started, and would
+    break the first start without the flag. Every source's value is checked."""
+    with pytest.raises(ConfigurationError, match=r"'abc' \(from SHIXIN_WORKERS\)"):
+        settings(["--list", str(listed), "--workers", "1"], {"SHIXIN_WORKERS": "abc"})
+    config = toml(tmp_path / "c.toml", "list = 5\nhotel_min_star = 3\n")
+    with pytest.raises(ConfigurationError, match=r"5 \(from config file .*c\.toml\) is not a"):
+        settings(["--list", str(listed), "--config", str(config)], {})
+    with pytest.raises(ConfigurationError, match="config file"):  # under a variable too
+        settings(["--config", str(config)], {"SHIXIN_LIST": str(listed)})
+    assert settings(["--list", str(listed), "--workers", "2"], {"SHIXIN_WORKERS": "3"}).workers == 2
+
+
 def test_the_file_comes_from_the_flag_or_the_variable(tmp_path: Path, listed: Path) -> None:
     by_variable = toml(tmp_path / "a.toml", "hotel_min_star = 3\n")
     by_flag = toml(tmp_path / "b.toml", "hotel_min_star = 5\n")
