@@ -60,15 +60,13 @@ class InvalidInput(ShixinError):
 class RowError:
     """One bad row of a list file: where it is and what is wrong with it."""
 
-    line: int
+    line: int  # 1-based; 0 for the file as a whole (no row is to blame)
     field: str
     problem: str
 
     def __str__(self) -> str:
-        where = f"line {self.line}"
-        return (
-            f"{where}: {self.field}: {self.problem}" if self.field else f"{where}: {self.problem}"
-        )
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.field}: {self.problem}" if self.field else f"{where}{self.problem}"
 
 
 class LoadRejected(ShixinError):

@@ -197,6 +197,8 @@ def build_snapshot(
     base, duplicates = merge_parts(all_parts, first_lines)
     if duplicates:
         raise LoadRejected(str(path), duplicates)
+    if not base.entries:  # a truncated or failed export would empty the list in one step
+        raise LoadRejected(str(path), [RowError(0, "", _NO_ENTRIES)])
     log.info("%s: %d entries parsed in %.1f s (%d processes, %s), merged in %.1f s", path,
              base.entries, parsed - started, workers, ROW_CHECKS, time.perf_counter() - parsed)  # fmt: skip
     if not header.declared:
@@ -219,6 +221,12 @@ def delta_source_time(ops: Sequence[DeltaOp], previous: float) -> float:
     if not stamps:
         stamps = [day_start(op.entry.published_on) for op in ops if op.entry is not None]
     return max([previous, *stamps])
+
+
+_NO_ENTRIES = (
+    "holds no entries: a snapshot replaces the whole list, and an empty one is taken for "
+    "a failed export, never loaded"
+)
 
 
 def validate_file(path: Path, keyer: SubjectKeyer) -> tuple[FileKind, int, list[RowError]]:

@@ -482,7 +482,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"validate: the snapshot given to --against is refused: {exc}", file=sys.stderr)
             return 2
     for error in errors:
-        print(f"{path}:{error}")
+        print(f"{path}:{error}" if error.line else f"{path}: {error}")
     verdict = "OK" if not errors else f"{len(errors)} bad row(s): the file would be refused whole"
     against = f" against {args.against}" if args.against is not None else ""
     print(f"{path}: {kind.value}, {rows} rows{against}, {verdict}")

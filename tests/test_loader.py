@@ -160,6 +160,28 @@ def test_bad_file_never_replaces_the_serving_version(
     assert decision_for(index, keyer, ZHAO) is Decision.ALLOW
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\n", b'{"snapshot": {"includes_seq": 3}}\n', b"entry_id,list_type\n"],
+    ids=["empty", "blank line", "header only", "csv header only"],
+)
+def test_a_snapshot_without_entries_is_refused_and_never_replaces_the_list(
+    tmp_path: Path, loaded: tuple[Loader, MemoryIndex], keyer: SubjectKeyer, content: bytes
+) -> None:
+    """A snapshot replaces the whole list: an export cut to nothing would have emptied it
+    (every listed person allowed) in one step, and validate called it OK."""
+    loader, index = loaded
+    before = index.current()
+    path = tmp_path / ("s.csv" if content.startswith(b"entry_id") else "s.jsonl")
+    path.write_bytes(content)
+    with pytest.raises(LoadRejected) as refused:
+        loader.load_path(path)
+    [error] = refused.value.errors
+    assert error.line == 0 and str(error).startswith("holds no entries")
+    assert index.current() is before
+    assert decision_for(index, keyer, ZHANG) is Decision.DENY
+
+
 def test_csv_snapshot_reads_like_json_lines(tmp_path: Path, keyer: SubjectKeyer) -> None:
     path = tmp_path / "s.csv"
     columns = [
