@@ -926,6 +926,9 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         raise ConfigurationError(f"serve needs {n['list']}, {n['redis']} or {n['demo']}")
     if list_path is not None and not list_path.exists():
         raise ConfigurationError(f"{n['list']}: {list_path} does not exist")
+    if list_path is not None and not (list_path.is_file() or list_path.is_dir()):
+        # a FIFO or a device: reading it blocks a start that then ignores SIGTERM
+        raise ConfigurationError(f"{n['list']}: {list_path} is not a file or a directory")
     listen = r.text("listen") or DEFAULT_LISTEN
     host, _ = parse_listen(listen)
     keys_file, client_ca = _file(r, "keys_file"), _file(r, "tls_client_ca")

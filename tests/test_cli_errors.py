@@ -238,3 +238,13 @@ def test_an_integer_beyond_its_field_names_the_flag() -> None:
     done = run_cli("check", "--channel", "HOTEL", "--id", ZHANG, "--star-rating", "99999999999")
     assert done.returncode == 2
     assert done.stderr.strip().endswith("--star-rating: 99999999999 is beyond a 32-bit integer")
+
+
+def test_serve_refuses_a_list_that_is_neither_file_nor_directory(tmp_path: Path) -> None:
+    """A FIFO given as --list blocked the start in open(), and SIGTERM did not end it."""
+    fifo = tmp_path / "list.jsonl"
+    os.mkfifo(fifo)
+    done = run_cli("serve", "--list", str(fifo), "--listen", f"127.0.0.1:{free_port()}")
+    no_traceback(done)
+    assert done.stderr.strip().endswith(f"{fifo} is not a file or a directory"), done.stderr
+
