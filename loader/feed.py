@@ -23,6 +23,7 @@ start of that day, China time).
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ from shixin_check.domain.errors import InvalidInput, LoadRejected, RowError
 from shixin_check.domain.model import CHINA_TZ, NO_END
 
 HEADER_KEY = "snapshot"
+#: how far ahead of this machine's clock a published_at may be (the feed's clock may run
+#: a little fast; an hour more is a wrong offset or a wrong date)
+FUTURE_TOLERANCE_S = 3600.0
 #: the largest delta seq (and includes_seq): status, metrics and the wire carry it as int64
 MAX_SEQ = 2**63 - 1
 _EPOCH_DAY_START = _dt.datetime(1970, 1, 1, tzinfo=CHINA_TZ).timestamp()
@@ -63,7 +67,13 @@ def parse_instant(value: Any, field: str) -> float:
         raise InvalidInput(field, f"{value!r} is not an ISO 8601 time") from None
     if moment.tzinfo is None:
         raise InvalidInput(field, f"{value!r} has no UTC offset (e.g. +08:00)")
-    return moment.timestamp()
+    at = moment.timestamp()
+    ahead = at - time.time()
+    if ahead > FUTURE_TOLERANCE_S:  # the list's age would read 0 until then: never stale
+        raise InvalidInput(
+            field, f"{value!r} is {ahead / 3600:,.1f} h ahead of this machine's clock"
+        )
+    return at
 
 
 def parse_header(obj: Any) -> SnapshotHeader:
