@@ -55,6 +55,7 @@ import secrets
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -213,6 +214,9 @@ def connect(url: str, timeout: float = 0.5) -> Client:
             where.service, redis_class=_SentinelMaster, db=where.db, password=password, **timeouts
         )
     try:
+        path = urllib.parse.urlsplit(url).path if url.lower().startswith("redis") else ""
+        if path.strip("/") and not path.strip("/").isdigit():  # redis-py took it as DB 0
+            raise ValueError(f"the database {path.strip('/')!r} is not a number")
         return redis.Redis.from_url(url, password=password, **timeouts)
     except ValueError as exc:
         raise ConfigurationError(

@@ -251,3 +251,10 @@ def test_serve_refuses_a_list_that_is_neither_file_nor_directory(tmp_path: Path)
     no_traceback(done)
     assert done.stderr.strip().endswith(f"{fifo} is not a file or a directory"), done.stderr
 
+
+
+def test_a_redis_url_whose_database_is_not_a_number_is_refused() -> None:
+    """redis-py read redis://HOST:PORT/abc as database 0: a typo wrote to another list."""
+    done = run_cli("status", "--redis", f"redis://127.0.0.1:{free_port()}/abc")
+    no_traceback(done)
+    assert "the database 'abc' is not a number" in done.stderr, done.stderr
