@@ -379,10 +379,12 @@ def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
         raise InvalidInput(prefix + "related_persons", "must be a list")
     if people and kind != "ORGANIZATION":
         raise InvalidInput(prefix + "related_persons", "only an organisation has related persons")
+    for i, p in enumerate(people):
+        if not isinstance(p, dict):  # before its role is looked for
+            raise InvalidInput(f"{prefix}related_persons.{i}", "must be an object")
     related = tuple(
         _person(p, f"{prefix}related_persons.{i}.", _choice(
-            p if isinstance(p, dict) else {}, "role", _RELATED_ROLES,
-            f"{prefix}related_persons.{i}."))
+            p, "role", _RELATED_ROLES, f"{prefix}related_persons.{i}."))
         for i, p in enumerate(people)
     )  # fmt: skip
     exemptions_raw = obj.get("exemptions") or []

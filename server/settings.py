@@ -549,7 +549,7 @@ def _check_shadowed(
     file_keys = _file_keys(path)
     problems = []
     for option in options:
-        shadowed = []
+        shadowed: list[tuple[object, str]] = []
         if option.key in given and option.env in env:
             shadowed.append((env[option.env], option.env))
         if option.key in file_keys and (option.key in given or option.env in env):
@@ -884,7 +884,7 @@ def check_pem(
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise ConfigurationError(
             f"{what}: not usable (a PEM certificate chain and its unencrypted key, or PEM CA "
-            f"certificates): {exc.strerror or exc}"
+            f"certificates): {getattr(exc, 'strerror', None) or exc}"
         ) from None
 
 

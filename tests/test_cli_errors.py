@@ -252,9 +252,19 @@ def test_serve_refuses_a_list_that_is_neither_file_nor_directory(tmp_path: Path)
     assert done.stderr.strip().endswith(f"{fifo} is not a file or a directory"), done.stderr
 
 
-
 def test_a_redis_url_whose_database_is_not_a_number_is_refused() -> None:
     """redis-py read redis://HOST:PORT/abc as database 0: a typo wrote to another list."""
     done = run_cli("status", "--redis", f"redis://127.0.0.1:{free_port()}/abc")
     no_traceback(done)
     assert "the database 'abc' is not a number" in done.stderr, done.stderr
+
+
+def test_a_related_person_that_is_not_an_object_is_named_so(tmp_path: Path) -> None:
+    """[null] was reported as "related_persons.0.role: is required"."""
+    from tests.listdata import ACME_USCC, org_entry
+
+    row = org_entry("E3", ACME_USCC, "北京艾克米科技有限公司", [])
+    row["related_persons"] = [None]
+    path = write_jsonl(tmp_path / "s.jsonl", [row])
+    done = run_cli("validate", str(path))
+    assert f"{path}:line 1: related_persons.0: must be an object" in done.stdout, done.stdout

@@ -526,10 +526,9 @@ def test_to_query_with_the_c_keyer_is_to_query_with_the_python_one(
 
 @pytest.mark.parametrize("field", ["entry_id", "case_number", "court", "organization", "related"])
 def test_a_text_of_white_space_only_is_missing(field: str) -> None:
-    """"   " was taken as a name, a court or a case number; it is as good as missing."""
+    """ "   " was taken as a name, a court or a case number; it is as good as missing."""
     row = _with_text(field, " \u3000\t ")
     assert _compiled().plain(row, 3) is None
     for builder in _builders():
         error = builder.add(row, 5)
         assert error is not None and error.problem.startswith("is required"), (field, error)
-
