@@ -123,6 +123,7 @@ class Totals:
     duplicates: int = 0  # records of a check_id already counted
     outside_quarter: int = 0
     skipped_lines: int = 0  # not JSON, or not a hit record
+    first_skipped: str = ""  # where the first of them is: FILE:LINE ("" when none)
 
 
 @dataclass
@@ -159,23 +160,29 @@ def build_report(
 
 def _records(sources: Iterable[HitSource], totals: Totals) -> Iterator[Mapping[str, Any]]:
     """Usable hit records; anything else is counted in ``totals.skipped_lines``."""
-    for source in sources:
-        for record in _read(source) if isinstance(source, os.PathLike) else [source]:
+    for n, source in enumerate(sources, 1):
+        if isinstance(source, os.PathLike):
+            found: Iterable[tuple[str, object]] = _read(source)
+        else:
+            found = [(f"record {n}", source)]
+        for where, record in found:
             if _is_hit(record):
                 yield record
             else:
                 totals.skipped_lines += 1
+                totals.first_skipped = totals.first_skipped or where
 
 
-def _read(path: Path) -> Iterator[object]:
+def _read(path: Path) -> Iterator[tuple[str, object]]:
+    """(FILE:LINE, the record or None) for each line that is not blank."""
     with path.open("rb") as f:
-        for raw in f:
+        for number, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
             try:
-                yield orjson.loads(raw)
+                yield f"{path}:{number}", orjson.loads(raw)
             except orjson.JSONDecodeError:
-                yield None
+                yield f"{path}:{number}", None
 
 
 def _is_hit(record: object) -> TypeGuard[Mapping[str, Any]]:

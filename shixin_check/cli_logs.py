@@ -110,7 +110,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     print(
         f"feedback {quarter}: {len(report.cases)} cases, {t.checks} checks ({t.denied} denied, "
         f"{t.reviews} review, {t.allowed} allowed) from {len(files)} files; "
-        f"{t.duplicates} duplicates, {t.skipped_lines} unreadable lines; due {quarter.due}",
+        f"{t.duplicates} duplicates, {t.skipped_lines} unreadable lines"
+        f"{f' (the first at {t.first_skipped})' if t.first_skipped else ''}; due {quarter.due}",
         file=sys.stderr,
     )
     return 0

@@ -170,6 +170,7 @@ def test_rotated_files_and_replicas_are_read_once_per_check(hit_logs: tuple[Path
     t = report.totals
     assert (t.checks, t.denied, t.duplicates, t.outside_quarter) == (10, 4, 1, 2)
     assert t.skipped_lines == 2  # "not json" and a JSON list; the blank line is no record
+    assert t.first_skipped == f"{one.with_name('hits.jsonl.20260814.2')}:5"  # after 4 rows
     assert enforcement(report, CASE_A, "RAIL").denied == 3
 
 
