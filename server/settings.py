@@ -901,6 +901,10 @@ def _index_dir_for(raw: str, list_path: Path | None) -> Path | None:
     if raw == "off" or (raw in ("", "auto") and list_path is None):
         return None
     if raw not in ("", "auto"):
+        if Path(raw).exists() and not Path(raw).is_dir():  # made when missing, never replaced
+            raise ConfigurationError(
+                f"{BY_KEY['index_dir'].names}: {raw} exists and is not a directory"
+            )
         return Path(raw)
     assert list_path is not None
     return (list_path if list_path.is_dir() else list_path.parent) / ".shixin-index"

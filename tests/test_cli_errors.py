@@ -81,11 +81,14 @@ def test_redis_commands_with_redis_down(tmp_path: Path, dead_redis: str) -> None
         ("keys", "list", "--keys-file", "/nonexistent-file.json"),
         ("serve", "--list", "/nonexistent-dir"),
         ("serve", "--demo", "--listen", "nowhere"),
+        ("serve", "--demo", "--index-dir", "OUT-FILE"),  # a file, not a directory
     ],
 )
 def test_bad_arguments_get_one_line(tmp_path: Path, args: tuple[str, ...]) -> None:
     out = str(tmp_path / "out.jsonl")
-    done = run_cli(*(out if a == "OUT" else a for a in args))
+    (tmp_path / "a-file").write_text("x")
+    named = {"OUT": out, "OUT-FILE": str(tmp_path / "a-file")}
+    done = run_cli(*(named.get(a, a) for a in args))
     no_traceback(done)
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
