@@ -1210,7 +1210,7 @@ static int long_enough(Py_buffer *buffer, Py_ssize_t items, Py_ssize_t size, con
 static PyObject *subject_fields(PyObject *module, PyObject *args) {
     Py_ssize_t lo, hi;
     int bits;
-    PyObject *courts, *result = NULL, *fields = NULL;
+    PyObject *courts, *result = NULL, *fields = NULL, *owned = NULL;
     Base base = {0};
     Buf matches = {0};
     if (!PyArg_ParseTuple(args, "nniy*y*y*y*y*y*ny*y*y*y*y*y*y*O!O!i:subject_fields", &lo, &hi,
@@ -1221,8 +1221,12 @@ static PyObject *subject_fields(PyObject *module, PyObject *args) {
                           &base.debtor))
         return NULL;
     base.rows = base.e_type.len;
-    base.courts = PySequence_Fast_ITEMS(courts);
-    base.courts_n = PyList_GET_SIZE(courts);
+    /* a tuple of its own: a list's item array could be resized under us by Python code
+     * that runs during the call (an exemption key's __eq__, a collection's __del__) */
+    owned = PySequence_Tuple(courts);
+    if (owned == NULL) goto done;
+    base.courts = PySequence_Fast_ITEMS(owned);
+    base.courts_n = PyTuple_GET_SIZE(owned);
     if (lo < 0 || hi < lo || bits < 0 || bits > 63 || base.width < 0) {
         PyErr_SetString(PyExc_ValueError, "subject_fields: bad range, bits or width");
         goto done;
@@ -1244,7 +1248,8 @@ static PyObject *subject_fields(PyObject *module, PyObject *args) {
     for (Py_ssize_t i = lo; i < hi; i++) {
         long long b = bits ? (long long)(AT(base.k_hi, uint64_t, i) >> (64 - bits)) : 0;
         int same_key = i > lo && memcmp(keys + 16 * i, keys + 16 * (i - 1), 16) == 0;
-        if (!same_key && matches.len && put_field(fields, keys + 16 * (i - 1), &matches) < 0)
+        if ((!same_key || b != bucket) && matches.len &&
+            put_field(fields, keys + 16 * (i - 1), &matches) < 0)
             goto fail;
         if (b != bucket) { /* a new bucket: its own fields */
             Py_XDECREF(fields);
@@ -1266,6 +1271,7 @@ fail:
     Py_CLEAR(result);
 done:
     Py_XDECREF(fields);
+    Py_XDECREF(owned);
     PyMem_RawFree(matches.data);
     Py_buffer *buffers[] = {&base.k_hi, &base.raw_keys, &base.m_entry, &base.m_role, &base.m_name,
                             &base.m_mask, &base.text, &base.text_at, &base.e_type, &base.e_status,

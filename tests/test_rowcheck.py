@@ -532,3 +532,34 @@ def test_a_text_of_white_space_only_is_missing(field: str) -> None:
     for builder in _builders():
         error = builder.add(row, 5)
         assert error is not None and error.problem.startswith("is required"), (field, error)
+
+
+def _fields_args(courts: list[bytes], exemptions: dict[Any, bytes]) -> list[Any]:
+    """subject_fields' arguments for one key of one entry (bucket bits 0)."""
+    key, text = (1).to_bytes(8, "big") + bytes(8), b"E1\x1fcase1\x1fname1"
+    return [
+        0, 1, 0, (1).to_bytes(8, "little"), key, bytes(4), bytes(1), (7).to_bytes(8, "little"),
+        b"ab  ", 4, text, bytes(8) + len(text).to_bytes(8, "little"), b"\x01",
+        b"\x02", bytes(4), bytes(4), bytes(4), courts, exemptions, 1,
+    ]  # fmt: skip
+
+
+def test_subject_fields_holds_its_own_courts_while_python_code_runs() -> None:
+    """An exemption key's __eq__ (Python code run during the call) that empties and
+    refills the courts list: the C kept a pointer into the list's items, read freed
+    memory (a crash under PYTHONMALLOC=malloc_debug). It reads the courts it was given."""
+    courts = [orjson.dumps("court-1")]
+
+    class Meddler:
+        def __hash__(self) -> int:
+            return 0  # row 0's hash: the look-up compares
+
+        def __eq__(self, other: object) -> bool:
+            courts.clear()
+            courts.extend([b"x"] * 100_000)
+            return False
+
+    [(bucket, fields)] = _compiled().subject_fields(*_fields_args(courts, {Meddler(): b"[]"}))
+    assert bucket == 0
+    [value] = fields.values()
+    assert orjson.loads(value)[0][6] == "court-1"
