@@ -249,9 +249,10 @@ def _unflatten(row: dict[str, str]) -> dict[str, Any]:
             if part.isdigit():
                 if not isinstance(node, list):
                     raise InvalidInput(column, "numbered column under a field that is not a list")
-                index = int(part)
-                if index >= MAX_CSV_ITEMS or not part.isascii():
+                # ("³".isdigit() is true and int() refuses it; 5,000 digits int() refuses too)
+                if not part.isascii() or len(part) > 3 or int(part) >= MAX_CSV_ITEMS:
                     raise InvalidInput(column, f"numbered from 0 to {MAX_CSV_ITEMS - 1}")
+                index = int(part)
                 while len(node) <= index:
                     node.append({})
                 if last:

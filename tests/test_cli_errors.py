@@ -204,6 +204,8 @@ def test_a_key_secret_of_the_wrong_length_is_one_line(tmp_path: Path, length: in
         # killed it)
         ("far.csv", b"related_persons.99999999999,x\nA,B\n",
          "line 2: related_persons.99999999999: numbered from 0 to 99"),
+        ("sup.csv", "related_persons.\u00b3,x\nA,B\n".encode(),
+         "line 2: related_persons.\u00b3: numbered from 0 to 99"),
         # "3" in superscript is a digit to str.isdigit() and not to int()
         ("sup.jsonl", '{"seq":"\u00b3","op":"SUSPEND","entry_id":"E1"}\n'.encode(),
          "line 1: seq: must be a positive integer, at most 9223372036854775807"),
