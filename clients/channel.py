@@ -22,6 +22,7 @@ RESOURCE_EXHAUSTED for it is never retried.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,10 @@ def channel_options(retry: RetryPolicy) -> list[tuple[str, Any]]:
     ]
 
 
+#: what an API key may hold: a header value grpcio sends (printable ASCII, no space)
+API_KEY = re.compile(r"[!-~]+")
+
+
 @dataclass(frozen=True)
 class Credentials:
     """An API key (``authorization: Bearer KEY``) and TLS material, all optional.
@@ -110,6 +115,11 @@ class Credentials:
     root_ca: bytes | None = None
     client_cert: bytes | None = None
     client_key: bytes | None = None
+
+    def __post_init__(self) -> None:
+        # grpcio refuses such a header only when a call is made, with INTERNAL
+        if self.api_key and not API_KEY.fullmatch(self.api_key):
+            raise ValueError("api_key: must be printable ASCII without spaces")
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()

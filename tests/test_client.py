@@ -534,3 +534,12 @@ def test_check_batch_with_the_server_down_says_so(tmp_path: Path) -> None:
     done = run_cli("check", "--target", f"127.0.0.1:{free_port()}", "--batch", path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("UNAVAILABLE: ")
+
+
+@pytest.mark.parametrize("key", ["k\u4e2d", "a key", "k\n"])
+def test_an_api_key_grpc_cannot_send_is_refused_when_the_client_is_made(key: str) -> None:
+    """grpcio refused such a header only at the first call, as INTERNAL "Invalid metadata"."""
+    from shixin_check.clients.check_client import CheckClient
+
+    with pytest.raises(ValueError, match="api_key: must be printable ASCII without spaces"):
+        CheckClient("127.0.0.1:1", api_key=key)
