@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from shixin_check.cli_health import add_parsers as add_health_parsers
 from shixin_check.cli_keys import add_parsers as add_keys_parsers
-from shixin_check.cli_logs import add_parsers
+from shixin_check.cli_logs import add_parsers, replaceable
 from shixin_check.clients.names import enum_name
 from shixin_check.domain.errors import ConfigurationError
 from shixin_check.server.settings import (
@@ -498,9 +498,7 @@ def cmd_gen_data(args: argparse.Namespace) -> int:
     as_of: _dt.date = args.as_of or _dt.datetime.now(CHINA_TZ).date()
     if not AS_OF_FIRST <= as_of <= AS_OF_LAST:  # its people are born 1900-2099
         raise ConfigurationError(f"--as-of: {as_of} is not from {AS_OF_FIRST} to {AS_OF_LAST}")
-    out = Path(args.out)
-    if out.exists() and not out.is_file():  # a device or a directory is not replaced
-        raise ConfigurationError(f"--out: {out} exists and is not a regular file")
+    replaceable(Path(args.out))
     count, seed = int(args.count), int(args.seed)
     started = time.perf_counter()
 
@@ -522,16 +520,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _not_utf8(argv: list[str]) -> str:
     """Which argument or SHIXIN_* variable holds bytes that are not UTF-8 (Python keeps
     them as lone surrogates, which fail wherever they are encoded), or ""."""
-    for i, arg in enumerate(argv, 1):
-        if not arg.isascii():
+    named = [(f"argument {i} ({os.fsencode(arg)!r})", arg) for i, arg in enumerate(argv, 1)]
+    named += [(name, value) for name, value in os.environ.items() if name.startswith("SHIXIN_")]
+    for name, text in named:
+        if not text.isascii():
             try:
-                arg.encode()
-            except UnicodeEncodeError:
-                return f"argument {i} ({os.fsencode(arg)!r})"
-    for name, value in os.environ.items():
-        if name.startswith("SHIXIN_") and not value.isascii():
-            try:
-                value.encode()
+                text.encode()
             except UnicodeEncodeError:
                 return name
     return ""

@@ -61,10 +61,16 @@ def _hit_files(args: argparse.Namespace) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
+def replaceable(path: Path) -> None:
+    """``ConfigurationError`` unless ``path`` (an ``--out``, written beside it and renamed
+    onto it) is missing or a regular file: a device or a directory is never replaced."""
+    if path.exists() and not path.is_file():
+        raise ConfigurationError(f"--out: {path} exists and is not a regular file")
+
+
 def _write_whole(path: Path, text: str) -> None:
     """Write beside ``path`` and rename, so a reader never sees half a report."""
-    if path.exists() and not path.is_file():  # a device or a directory is not replaced
-        raise ConfigurationError(f"--out: {path} exists and is not a regular file")
+    replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
     try:
