@@ -84,16 +84,16 @@ static int plain_text(PyObject *v) {
     return 1;
 }
 
-/* A value that Python's `value or default` would replace: absent, None, "", [], {}, 0... */
-static int falsy(PyObject *v, int *out) {
-    if (v == NULL || v == Py_None) {
-        *out = 1;
-        return SURE;
-    }
-    int truth = PyObject_IsTrue(v);
-    if (truth < 0) return FAILED;
-    *out = !truth;
-    return SURE;
+/* A value listfile takes as left out (its default, or no items): absent, None or "".
+ * Any other value must be of the field's type; {}, 0 or false is a mistake, not "none". */
+static int absent(PyObject *v) {
+    return v == NULL || v == Py_None ||
+           (PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) == 0);
+}
+
+/* A list field with no items: left out, or [] (listfile._listed). */
+static int no_items(PyObject *v) {
+    return absent(v) || (PyList_CheckExact(v) && PyList_GET_SIZE(v) == 0);
 }
 
 /* table[v] for an exact str v, borrowed; NULL when v is not a str or not a key */
@@ -162,9 +162,7 @@ static int canonical_uscc(PyObject *s) {
 static PyObject *person(PyObject *obj, PyObject *role) {
     if (!PyDict_CheckExact(obj)) return NULL;
     PyObject *kind = get(obj, K_ID_TYPE);
-    int absent;
-    if (falsy(kind, &absent) == FAILED) return NULL;
-    PyObject *id_type = absent ? RESIDENT : choice(ID_TYPES, kind);
+    PyObject *id_type = absent(kind) ? RESIDENT : choice(ID_TYPES, kind);
     PyObject *number = get(obj, K_ID_NUMBER);
     PyObject *name = get(obj, K_NAME);
     if (id_type == NULL || !plain_text(number) || !plain_text(name)) return NULL;
@@ -212,20 +210,18 @@ typedef struct {
  * subjects and exemptions), NOT_SURE, or FAILED with a Python error set. */
 static int check(PyObject *obj, Row *row) {
     PyObject *subjects = NULL, *exemptions = NULL;
-    int result = SURE, empty;
+    int result = SURE;
 
     PyObject *entry_id = get(obj, K_ENTRY_ID);
     PyObject *list_type = choice(LIST_TYPES, get(obj, K_LIST_TYPE));
     PyObject *status_value = get(obj, K_STATUS);
-    if (falsy(status_value, &empty) == FAILED) BAIL(FAILED);
-    PyObject *status = empty ? ACTIVE : choice(STATUSES, status_value);
+    PyObject *status = absent(status_value) ? ACTIVE : choice(STATUSES, status_value);
     PyObject *subject = get(obj, K_SUBJECT);
     if (!plain_text(entry_id) || list_type == NULL || status == NULL || subject == NULL ||
         !PyDict_CheckExact(subject))
         BAIL(NOT_SURE);
     PyObject *people = get(obj, K_RELATED);
-    int no_people;
-    if (falsy(people, &no_people) == FAILED) BAIL(FAILED);
+    int no_people = no_items(people);
     PyObject *kind = get(subject, K_TYPE);
     PyObject *organization = EMPTY; /* a person's entry has no organisation name */
     subjects = PyList_New(0);
@@ -260,8 +256,7 @@ static int check(PyObject *obj, Row *row) {
     }
 
     PyObject *given = get(obj, K_EXEMPTIONS);
-    int no_exemptions;
-    if (falsy(given, &no_exemptions) == FAILED) BAIL(FAILED);
+    int no_exemptions = no_items(given);
     if (no_exemptions) {
         exemptions = PyTuple_New(0);
     } else {

@@ -136,7 +136,7 @@ def _exemption(obj: Any) -> Exemption:
     if type(obj) is not dict:
         raise _NotFast
     value = obj.get("channel")
-    channel = _CHANNELS.get(value) if value else None
+    channel = _CHANNELS.get(value) if type(value) is str else None
     if channel is None:
         raise _NotFast
     first = _day(obj, "from", required=True)
@@ -150,7 +150,11 @@ def _person(obj: Any, role: Role) -> Subject:
     if type(obj) is not dict:
         raise _NotFast
     kind = obj.get("id_type")
-    id_type = _ID_TYPES.get(kind) if kind else _RESIDENT_ID
+    # missing, null or "": the default; any other value must name a type (listfile._choice)
+    if kind is None or kind == "":
+        id_type: IdType | None = _RESIDENT_ID
+    else:
+        id_type = _ID_TYPES.get(kind) if type(kind) is str else None
     if id_type is None:
         raise _NotFast
     number = normalize_person_id(id_type, _text(obj.get("id_number")))
@@ -454,13 +458,21 @@ class ColumnBuilder:
         entry_id = value.strip()
         if not entry_id:
             raise _NotFast
-        list_type = _LIST_TYPES.get(get("list_type") or "")
+        value = get("list_type")
+        list_type = _LIST_TYPES.get(value) if type(value) is str else None
         value = get("status")
-        status = _STATUSES.get(value) if value else _ACTIVE
+        if value is None or value == "":  # listfile._choice's default
+            status = _ACTIVE
+        else:
+            status = _STATUSES.get(value) if type(value) is str else None
         subject = get("subject")
         if list_type is None or status is None or type(subject) is not dict:
             raise _NotFast
-        people = get("related_persons") or ()
+        people = get("related_persons")
+        if people is None or people == "" or people == []:  # none (listfile._listed)
+            people = ()
+        elif type(people) is not list:
+            raise _NotFast
         kind = subject.get("type")
         organization = ""
         if kind == "PERSON":
@@ -474,13 +486,11 @@ class ColumnBuilder:
                 uscc = normalize_uscc(uscc)
             subjects = [(_DEBTOR, organization, None, uscc)]
             if people:
-                if type(people) is not list:
-                    raise _NotFast
                 for person in people:
                     if type(person) is not dict:
                         raise _NotFast
                     role = person.get("role")
-                    found = _role_of(role) if role else None
+                    found = _role_of(role) if type(role) is str else None
                     if found is None:
                         raise _NotFast
                     subjects.append(_person(person, found))
@@ -488,7 +498,7 @@ class ColumnBuilder:
             raise _NotFast
         exemptions: tuple[Exemption, ...] = ()
         value = get("exemptions")
-        if value:
+        if value is not None and value != "" and value != []:  # listfile._listed
             if type(value) is not list:
                 raise _NotFast
             exemptions = tuple(_exemption(e) for e in value)

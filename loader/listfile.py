@@ -327,13 +327,22 @@ def _date(obj: dict[str, Any], name: str, prefix: str = "", required: bool = Fal
 
 def _choice(obj: dict[str, Any], name: str, table: dict[str, Any], prefix: str = "",
             default: str | None = None) -> Any:  # fmt: skip
-    value = obj.get(name) or default
-    if value is None:
-        raise InvalidInput(prefix + name, "is required")
+    value = obj.get(name)
+    if value is None or value == "":  # as _text: missing; any other value must be a name
+        value = default
+        if value is None:
+            raise InvalidInput(prefix + name, "is required")
     found = table.get(value) if isinstance(value, str) else None
     if found is None:
         raise InvalidInput(prefix + name, f"{value!r} is not one of {', '.join(table)}")
     return found
+
+
+def _listed(obj: dict[str, Any], name: str) -> Any:
+    """A list field: missing, null and "" are no items; anything else must be a list
+    (``{}``, ``0`` or ``false`` is a mistake, not "none")."""
+    value = obj.get(name)
+    return [] if value is None or value == "" else value
 
 
 def _person(obj: Any, prefix: str, role: Role) -> ListedSubject:
@@ -375,7 +384,7 @@ def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
         debtor = ListedSubject(Role.DEBTOR, organization_name, None, uscc)
     else:
         raise InvalidInput(sp + "type", f"{kind!r} is not one of PERSON, ORGANIZATION")
-    people = obj.get("related_persons") or []
+    people = _listed(obj, "related_persons")
     if not isinstance(people, list):
         raise InvalidInput(prefix + "related_persons", "must be a list")
     if people and kind != "ORGANIZATION":
@@ -388,7 +397,7 @@ def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
             p, "role", _RELATED_ROLES, f"{prefix}related_persons.{i}."))
         for i, p in enumerate(people)
     )  # fmt: skip
-    exemptions_raw = obj.get("exemptions") or []
+    exemptions_raw = _listed(obj, "exemptions")
     if not isinstance(exemptions_raw, list):
         raise InvalidInput(prefix + "exemptions", "must be a list")
     exemptions = tuple(

@@ -739,3 +739,57 @@ def test_a_list_with_entries_ending_before_1970_and_long_after_loads(
     view = build_snapshot(write_jsonl(tmp_path / "s.jsonl", rows), keyer)
     ends = {day: n for _, _, day, n in view.info.counts.expiries}
     assert ends == {-25567: 1, 47482: 1}
+
+
+@pytest.mark.parametrize("value", [0, False, {}, [], 0.0])
+def test_a_field_given_a_false_value_of_the_wrong_type_is_a_bad_row(
+    keyer: SubjectKeyer, row_checker: str, value: Any
+) -> None:
+    """Missing, null and "" take a field's default (or no items); 0, false, {} or []
+    where a name or list belongs is a mistake in the feed (``status: 0`` was taken as
+    ACTIVE, ``exemptions: {}`` as none), reported naming the field, by every path."""
+    org = org_entry("E9", ACME_USCC, "艾克米", [("PRINCIPAL", "王芳", WANG)])
+    org["exemptions"] = [{"channel": "RAIL", "from": "2026-01-01", "until": "2026-01-31"}]
+    person = person_entry("E1", ZHANG, "张伟")
+    cases = [
+        (person, ("status",), "status"), (person, ("list_type",), "list_type"),
+        (person, ("subject", "id_type"), "subject.id_type"),
+        (org, ("related_persons", 0, "role"), "related_persons.0.role"),
+        (org, ("related_persons", 0, "id_type"), "related_persons.0.id_type"),
+        (org, ("exemptions", 0, "channel"), "exemptions.0.channel"),
+    ]  # fmt: skip
+    if value != []:  # [] is a list: no related persons, no exemptions
+        cases += [(org, ("related_persons",), "related_persons"),
+                  (org, ("exemptions",), "exemptions"), (person, ("exemptions",), "exemptions")]  # fmt: skip
+    for row, path, field in cases:
+        rows = [_mutated(row, path, value, drop=False)]
+        _, errors, _, _ = _columnar(rows, keyer)
+        assert [(e.line, e.field) for e in errors] == [(1, field)], (path, value, errors)
+        with pytest.raises(InvalidInput) as refused:
+            parse_entry(rows[0])
+        assert refused.value.field == field
+
+
+@pytest.mark.parametrize("value", [None, "", "drop"])
+def test_a_field_left_out_takes_its_default(
+    keyer: SubjectKeyer, row_checker: str, value: Any
+) -> None:
+    """status ACTIVE, id_type RESIDENT_ID, no related persons, no exemptions; and []
+    is no items on a person's row too, by the fast path (not handed to parse_entry)."""
+    org = org_entry("E9", ACME_USCC, "艾克米", [("PRINCIPAL", "王芳", WANG)])
+    person = person_entry("E1", ZHANG, "张伟")
+    rows = [_mutated(person, ("status",), value, value == "drop"),
+            _mutated(person, ("subject", "id_type"), value, value == "drop"),
+            _mutated(org, ("related_persons", 0, "id_type"), value, value == "drop"),
+            _mutated(person, ("exemptions",), value, value == "drop"),
+            _mutated(person, ("related_persons",), [] if value == "drop" else value, False),
+            _mutated(person, ("exemptions",), [], False)]  # fmt: skip
+    parts, errors, fast, compiled = _columnar(rows, keyer)
+    assert errors == []
+    assert fast == len(rows)
+    assert compiled == (len(rows) if row_checker == "compiled" else 0)
+    assert (parts, errors) == _legacy(rows, keyer)
+    entries = [parse_entry(row) for row in rows]
+    assert all(e.status is EntryStatus.ACTIVE and not e.exemptions for e in entries)
+    people = [e.related[0] if e.related else e.debtor for e in entries]  # the org's principal
+    assert all(p.id_type is IdType.RESIDENT_ID for p in people)
