@@ -62,7 +62,7 @@ from shixin_check.domain.identity import (
     normalize_uscc,
 )
 from shixin_check.domain.keys import NAME_PERSON, SUBJECT_PERSON, SubjectKeyer
-from shixin_check.domain.model import NO_END, Exemption, Role
+from shixin_check.domain.model import NO_END, EntryStatus, Exemption, Role
 from shixin_check.loader.index_memory import _COLUMNS, _MASK_WIDTH, BaseParts, new_bloom
 from shixin_check.loader.listfile import (
     _CHANNELS,
@@ -461,6 +461,7 @@ class ColumnBuilder:
         value = get("list_type")
         list_type = _LIST_TYPES.get(value) if type(value) is str else None
         value = get("status")
+        status: EntryStatus | None
         if value is None or value == "":  # listfile._choice's default
             status = _ACTIVE
         else:
