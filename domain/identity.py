@@ -205,9 +205,25 @@ def other_reading(id_type: IdType, number: str) -> tuple[IdType | None, str] | N
     organisation's USCC sent as a person's document reads as that
     organisation (``(None, number)``, the USCC key space). The check looks up
     both, so a listed subject is never let through by a mistyped id type.
-    Only 18-character numbers can qualify: others cost one ``len``.
+    A first-generation card's 15 digits read as the 18-character resident ID
+    they convert to, when their region code and birth date are possible
+    (Chinese passports and permits are a letter and 8 or 9 digits; 15 such
+    digits are far more likely an old card sent under the wrong type). Only
+    15- and 18-character numbers can qualify: others cost one ``len``.
     """
-    if id_type is IdType.RESIDENT_ID or len(number) != 18:
+    if id_type is IdType.RESIDENT_ID:
+        return None
+    length = len(number)
+    if length == 15:
+        if (
+            _DIGITS15.match(number) is not None
+            and number[:2] in _PROVINCES
+            and "19" + number[6:12] in _BIRTH_DATES
+        ):
+            full = number[:6] + "19" + number[6:]
+            return IdType.RESIDENT_ID, full + resident_id_check_char(full)
+        return None
+    if length != 18:
         return None
     if reads_as_resident_id(number):
         return IdType.RESIDENT_ID, number

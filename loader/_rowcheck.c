@@ -166,6 +166,10 @@ static PyObject *person(PyObject *obj, PyObject *role) {
     PyObject *number = get(obj, K_ID_NUMBER);
     PyObject *name = get(obj, K_NAME);
     if (id_type == NULL || !plain_text(number) || !plain_text(name)) return NULL;
+    /* a document number of 15 or 18 characters may be a resident ID under the wrong
+     * type, which listfile.as_resident keys as one: Python decides */
+    Py_ssize_t length = PyUnicode_GET_LENGTH(number);
+    if (id_type != RESIDENT && (length == 15 || length == 18)) return NULL;
     int ok = id_type == RESIDENT ? canonical_resident_id(number) : canonical_document(number);
     if (ok != SURE) return NULL;
     return PyTuple_Pack(4, role, name, id_type, number);

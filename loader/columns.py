@@ -73,6 +73,7 @@ from shixin_check.loader.listfile import (
     _RELATED_ROLES,
     _STATUSES,
     _date,
+    as_resident,
     parse_entry,
 )
 
@@ -158,6 +159,8 @@ def _person(obj: Any, role: Role) -> Subject:
     if id_type is None:
         raise _NotFast
     number = normalize_person_id(id_type, _text(obj.get("id_number")))
+    if id_type is not _RESIDENT_ID:
+        id_type, number = as_resident(id_type, number)
     return role, _text(obj.get("name")), id_type, number
 
 

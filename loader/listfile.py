@@ -27,6 +27,7 @@ from shixin_check.domain.identity import (
     IdType,
     normalize_person_id,
     normalize_uscc,
+    other_reading,
 )
 from shixin_check.domain.model import (
     NO_END,
@@ -350,7 +351,20 @@ def _person(obj: Any, prefix: str, role: Role) -> ListedSubject:
         raise InvalidInput(prefix.rstrip("."), "must be an object")
     id_type: IdType = _choice(obj, "id_type", _ID_TYPES, prefix, default="RESIDENT_ID")
     number = normalize_person_id(id_type, _text(obj, "id_number", prefix), prefix + "id_number")
+    id_type, number = as_resident(id_type, number)
     return ListedSubject(role, _text(obj, "name", prefix), id_type, number)
+
+
+def as_resident(id_type: IdType, number: str) -> tuple[IdType, str]:
+    """A person's identity as the list keys it: a number under a document type
+    that plainly is a resident ID (``identity.other_reading``) is kept as that
+    resident ID, where a check by resident ID looks; a check under the document
+    type finds it too, through the same reading."""
+    if id_type is not IdType.RESIDENT_ID:
+        other = other_reading(id_type, number)
+        if other is not None and other[0] is IdType.RESIDENT_ID:
+            return IdType.RESIDENT_ID, other[1]
+    return id_type, number
 
 
 def _exemption(obj: Any, prefix: str) -> Exemption:

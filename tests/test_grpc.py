@@ -245,6 +245,48 @@ def test_a_resident_id_sent_as_a_passport_is_never_a_silent_allow(server: Runnin
     assert (zhao.decision, [r.code for r in zhao.reasons]) == (pb.ALLOW, ["NOT_LISTED"])
 
 
+def first_generation(number: str) -> str:
+    """The 15-digit card an 18-character resident ID of someone born 19xx replaced."""
+    assert number[6:8] == "19"
+    return number[:6] + number[8:17]
+
+
+@pytest.mark.parametrize(
+    "id_type", ["PASSPORT", "HK_MACAO_PERMIT", "TAIWAN_PERMIT", "FOREIGN_PERMANENT_RESIDENT"]
+)
+def test_a_first_generation_card_sent_under_a_document_type_is_never_a_silent_allow(
+    server: RunningServer, id_type: str
+) -> None:
+    """15 digits sent as a passport or permit read as the resident ID they convert to."""
+    stub = server.stub()
+    zhang = stub.CheckConsumption(rail(first_generation(ZHANG), "张伟", id_type=id_type))
+    assert (zhang.decision, [m.entry_id for m in zhang.matches]) == (pb.DENY, ["E1"])
+    zhao = stub.CheckConsumption(rail(first_generation(ZHAO), "赵六", id_type=id_type))
+    assert (zhao.decision, [r.code for r in zhao.reasons]) == (pb.ALLOW, ["NOT_LISTED"])
+    # 15 digits that cannot be a card (no region 99) are a document number like any other
+    other = stub.CheckConsumption(rail("990105800101001", "赵六", id_type=id_type))
+    assert (other.decision, [r.code for r in other.reasons]) == (pb.ALLOW, ["NOT_LISTED"])
+
+
+def test_a_resident_id_the_list_gives_under_a_document_type_is_found_either_way(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """The feed's own slip: a resident ID (18 or 15 digits) typed PASSPORT in a list
+    row is kept as that resident ID, so a check by resident ID finds it, and a check
+    under the document type still does."""
+    rows = [person_entry("P1", ZHANG, "张伟"), person_entry("P2", first_generation(LI), "李娜")]
+    for row in rows:
+        row["subject"]["id_type"] = "PASSPORT"
+    stub = serve(write_jsonl(tmp_path / "list.jsonl", rows)).stub()
+    for number, name, entry in ((ZHANG, "张伟", "P1"), (LI, "李娜", "P2")):
+        for sent, id_type in ((number, "RESIDENT_ID"), (number, "PASSPORT"),
+                              (first_generation(number), "PASSPORT")):  # fmt: skip
+            answer = stub.CheckConsumption(rail(sent, name, id_type=id_type))
+            assert (answer.decision, [m.entry_id for m in answer.matches]) == (
+                pb.DENY, [entry]
+            ), (sent, id_type)  # fmt: skip
+
+
 def test_a_uscc_sent_as_a_persons_document_is_looked_up_as_the_organisation(
     server: RunningServer,
 ) -> None:

@@ -342,6 +342,21 @@ def test_a_uscc_under_a_document_type_also_reads_as_an_organisation(id_type: IdT
     assert other_reading(id_type, normalize_person_id(id_type, code, FIELD)) == (None, code)
 
 
+@pytest.mark.parametrize("id_type", DOCUMENT_TYPES)
+def test_a_first_generation_card_under_a_document_type_reads_as_its_resident_id(
+    id_type: IdType,
+) -> None:
+    full = make_id(id_prefix(born="19800101"))
+    card = full[:6] + full[8:17]  # the 15 digits it replaced: no century, no check digit
+    assert other_reading(id_type, normalize_person_id(id_type, card, FIELD)) == (
+        IdType.RESIDENT_ID, full
+    )  # fmt: skip
+    assert normalize_resident_id(card, FIELD) == full  # the same number a resident ID check keys
+    assert other_reading(id_type, "990105800101001") is None  # no region 99
+    assert other_reading(id_type, card[:6] + "801301" + card[12:]) is None  # no month 13
+    assert other_reading(id_type, "E" + card[1:]) is None  # not all digits
+
+
 @pytest.mark.parametrize(
     "number",
     [

@@ -120,9 +120,11 @@ def test_a_person_row_is_taken_as_python_takes_it(
     row["subject"]["id_type"] = id_type
     found = _agrees(row)
     python = _python_plain(row)
-    # a row whose values need no normalising is the C checker's to take
+    # a row whose values need no normalising is the C checker's to take, but for a
+    # document number of 15 or 18 characters (listfile.as_resident decides those)
+    document = id_type not in ("RESIDENT_ID", "", None) and len(number) in (15, 18)
     if python is not None and python[1][0][3] == number and name and name == name.strip():
-        assert found is not None
+        assert found is not None or document
 
 
 uscc_prefixes = st.text(USCC_ALPHABET, min_size=17, max_size=17)
