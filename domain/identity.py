@@ -241,8 +241,11 @@ def normalize_name(raw: str) -> str:
         return raw  # unified ideographs and U+00B7 only: already normal (most names)
     text = raw
     for _ in range(4):  # to a fixed point: case folding and removing spaces can
-        # expose new compositions (ß + U+0327 folds to "ss" + U+0327, then "sş")
-        folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+        # expose new compositions (ß + U+0327 folds to "ss" + U+0327, then "sş").
+        # The dots are read before NFKC too, which turns some into other characters
+        # (U+FF0E into ".", U+2024 into ".", U+00B8 into a cedilla, U+318D into U+119E).
+        dotted = text.translate(_DOT_TABLE)
+        folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", dotted).casefold())
         new = _SPACES.sub("", folded.translate(_DOT_TABLE))
         if new == text:
             break
