@@ -12,8 +12,19 @@ nothing a client was answered about. Power loss or a kernel crash can still
 lose what the kernel had not yet put on disk, and ``fsync`` says how much:
 ``"never"`` (the kernel writes back on its own, typically within 30 s),
 ``"interval"`` (``fdatasync`` on the first write at least ``fsync_interval``
-seconds after the last one) or ``"always"`` (``fdatasync`` after every
-record, before the answer: nothing answered is lost).
+seconds after the last one, and by a background thread for what a quiet
+period left) or ``"always"`` (``fdatasync`` after every record, before the
+answer: nothing answered is lost).
+
+Failures. A record the disk refuses fails its call and is counted
+(``write_errors``); a part of it the kernel did take is cut off again, so no
+torn line is left for the next record to join. A rotation that could not
+create the new live file leaves the next record to create it. A live file
+deleted or moved away under the writer is noticed within a second (counted,
+logged, a new live file started). At start, the bytes of a record cut short
+at the live file's end (power loss) are moved to ``<path>.torn``. Each set
+is held by its writer's ``flock`` on ``<path>.lock``: a second writer is
+refused (``LogInUse``).
 
 Rotation. The live file keeps its name. When a record would take it past
 ``max_bytes``, or the first record of a new China-time day arrives, it is
@@ -56,6 +67,7 @@ each worker's), which is what ``audit verify`` and ``feedback`` read.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import hashlib
 import logging
 import os
@@ -212,6 +224,49 @@ def _sync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class LogInUse(OSError):
+    """Another process writes the set at this path (``<path>.lock`` is held)."""
+
+
+def _hold(path: Path) -> int:
+    """Hold ``<path>.lock`` for this writer's life (released by the kernel when the
+    process ends, however it ends), or ``LogInUse``: two writers on one set would
+    interleave records and break the audit chain's order."""
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LogInUse(
+            f"{path}: another process writes this log (it holds {lock.name}); "
+            "give each server its own --hit-log and --audit-log, and never one path for both"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _keep_synced(ref: weakref.ref[AppendLog], stop: threading.Event, interval: float) -> None:
+    """``fsync interval``'s bound: records written after the last sync are synced within
+    ``interval`` even when no later record comes to do it. Weakly held, as ``_keep_head``."""
+    failing = False
+    while not stop.wait(interval):
+        found = ref()
+        if found is None:
+            return
+        try:
+            found._sync_if_behind()
+        except OSError as exc:
+            if not failing:
+                log.error("%s: cannot sync: %s", found.path, exc)
+            failing = True
+        else:
+            failing = False
+        del found
+
+
 class AppendLog:
     """JSON Lines appended with one write per record, rotated by size and China-time day."""
 
@@ -240,28 +295,71 @@ class AppendLog:
         self._lock = threading.Lock()
         self._fd = -1
         self._size = 0
-        self._open_live()
-        self._terminate_torn_line()
+        self._owner = _hold(path)  # before anything is written: one writer per set
+        try:
+            self._open_live()
+            self._cut_torn_line()
+        except BaseException:
+            os.close(self._owner)
+            raise
         self._day_window = _day_window(self._day_of_live_file())
         self._synced_at = clock()
+        self._unsynced = False
         self._next_n = self._first_free_n()
+        self._checked_at = clock()  # when the live file was last found where it should be
+        if fsync == "interval":
+            self._stop_syncing = threading.Event()
+            threading.Thread(
+                target=_keep_synced, args=(weakref.ref(self), self._stop_syncing, fsync_interval),
+                name=f"log-sync {path.name}", daemon=True,
+            ).start()  # fmt: skip
 
     # --- the file ---------------------------------------------------------
 
     def _open_live(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._size = os.fstat(self._fd).st_size
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        st = os.fstat(fd)
+        self._fd, self._size, self._identity = fd, st.st_size, (st.st_dev, st.st_ino)
         if self.fsync != "never":
             _sync_dir(self.path.parent)
 
-    def _terminate_torn_line(self) -> None:
-        """After power loss the file may end mid-record: keep those bytes as a line of their own."""
-        if self._size == 0:
+    def _cut_torn_line(self) -> None:
+        """After power loss the file may end mid-record: those bytes are no record. They
+        are cut from the live file (so the next record starts a line of its own, and an
+        audit chain reads as cut there, not as edited) and kept in ``<path>.torn``."""
+        start = self._torn_start()
+        if start is None:
             return
         with self.path.open("rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                self._write(b"\n")
+            f.seek(start)
+            torn = f.read()
+        aside = self.path.with_name(self.path.name + ".torn")
+        with aside.open("ab") as out:
+            out.write(torn + b"\n")
+        os.ftruncate(self._fd, start)
+        self._size = start
+        log.warning(
+            "%s ended in %d bytes of a record cut short (power loss?); they were moved to %s",
+            self.path, len(torn), aside.name,
+        )  # fmt: skip
+
+    def _torn_start(self) -> int | None:
+        """Where the live file's unfinished last line starts; None when it ends a line."""
+        if self._size == 0:
+            return None
+        with self.path.open("rb") as f:
+            pos = f.seek(0, os.SEEK_END)
+            f.seek(pos - 1)
+            if f.read(1) == b"\n":
+                return None
+            while pos > 0:
+                step = min(_TAIL_CHUNK, pos)
+                pos -= step
+                f.seek(pos)
+                end = f.read(step).rfind(b"\n")
+                if end >= 0:
+                    return pos + end + 1
+        return 0
 
     def _day_of_live_file(self) -> int:
         if self._size == 0:  # takes the day of its first record
@@ -279,16 +377,38 @@ class AppendLog:
 
     def _write(self, line: bytes) -> None:
         written = os.write(self._fd, line)
-        while written < len(line):  # one write, unless the disk is nearly full
-            written += os.write(self._fd, line[written:])
+        if written < len(line):  # one write, unless the disk is nearly full
+            self._write_rest(line, written)
         self._size += len(line)
+
+    def _write_rest(self, line: bytes, written: int) -> None:
+        """The rest of a short write; if it fails, the part written is cut off again,
+        so that no torn record is left for the next one to be appended to."""
+        try:
+            while written < len(line):
+                written += os.write(self._fd, line[written:])
+        except OSError:
+            os.ftruncate(self._fd, self._size)  # shrinking needs no space
+            raise
 
     def _after_write(self, now: float) -> None:
         if self.fsync == "always":
             _sync(self._fd)
-        elif self.fsync == "interval" and abs(now - self._synced_at) >= self.fsync_interval:
-            _sync(self._fd)
-            self._synced_at = now
+        elif self.fsync == "interval":
+            if abs(now - self._synced_at) >= self.fsync_interval:
+                _sync(self._fd)
+                self._synced_at, self._unsynced = now, False
+            else:
+                self._unsynced = True  # the syncer thread syncs it within the interval
+
+    def _sync_if_behind(self) -> None:
+        """The syncer's turn: what was written since the last sync, on disk."""
+        if not self._unsynced:
+            return
+        with self._lock:
+            if self._unsynced and self._fd >= 0:
+                _sync(self._fd)
+                self._synced_at, self._unsynced = self._clock(), False
 
     # --- rotation ---------------------------------------------------------
 
@@ -305,9 +425,30 @@ class AppendLog:
         target = self._rotated_path()
         os.rename(self.path, target)
         self._renamed(target)
-        old = self._fd
-        self._open_live()
+        old, self._fd, self._size = self._fd, -1, 0
         os.close(old)
+        self._open_live()  # if this fails (no inode left), the next record tries again
+
+    def _reopen_if_gone(self, now: float) -> None:
+        """At most once a second: the live file must still be the one written to. A
+        file deleted or moved away under the writer would take the records with it
+        unseen; they are counted as lost, and a new live file is started."""
+        self._checked_at = now
+        try:
+            st = os.stat(self.path)
+            here = (st.st_dev, st.st_ino) == self._identity
+        except FileNotFoundError:
+            here = False
+        if here:
+            return
+        self.write_errors += 1
+        log.error(
+            "%s was deleted or moved away while this server wrote it: records written "
+            "since then are not in the log's set; starting a new live file", self.path,
+        )  # fmt: skip
+        old, self._fd, self._size = self._fd, -1, 0
+        os.close(old)
+        self._open_live()
 
     def _renamed(self, target: Path) -> None:
         """Called with the lock held once the live file has been rotated to ``target``."""
@@ -331,6 +472,10 @@ class AppendLog:
     def _put(self, now: float, line: bytes) -> None:
         """With the lock held: ``line`` into the live file (rotated first when due)."""
         try:
+            if self._fd < 0:  # a rotation could not start the new live file
+                self._open_live()
+            elif now - self._checked_at >= 1.0:
+                self._reopen_if_gone(now)
             self._rotate_if_due(now, len(line))
             self._write(line)
             self._committed(line)
@@ -347,12 +492,17 @@ class AppendLog:
         """Called with the lock held once ``line`` is in the kernel."""
 
     def close(self) -> None:
+        if self.fsync == "interval":
+            self._stop_syncing.set()
         with self._lock:
             if self._fd >= 0:
                 if self.fsync != "never":
                     _sync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
+            if self._owner >= 0:
+                os.close(self._owner)  # another writer may take the set now
+                self._owner = -1
 
 
 class HitLog(AppendLog):

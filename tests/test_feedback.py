@@ -279,7 +279,7 @@ def test_no_id_number_in_any_log_or_report(
     assert run_cli("audit", "verify", str(logs / "audit.jsonl")) == 0
     capsys.readouterr()
     produced = [*logs.iterdir(), *reports.iterdir()]
-    assert len(produced) == 5  # hits, audit and its head sidecar, two reports
+    assert len(produced) == 7  # hits, audit and its head, the two logs' locks, two reports
     plaintext = [ZHANG, LI, WANG, ZHAO, ACME_USCC]
     for path in produced:
         raw = path.read_bytes()

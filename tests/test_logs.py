@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import grpc
 import orjson
@@ -154,9 +155,10 @@ def test_the_chain_continues_from_a_rotated_file_when_the_live_one_is_gone(
     assert audit_mod.verify(path).ok
 
 
-def test_a_torn_last_line_is_kept_and_the_next_record_starts_on_a_new_line(
-    tmp_path: Path,
-) -> None:
+def test_a_torn_last_line_is_moved_aside_and_the_chain_goes_on_whole(tmp_path: Path) -> None:
+    """Bytes of a record cut short by a power loss are no record: a restarted writer
+    moves them to ``<path>.torn`` (kept, not lost), so the next record starts a line
+    of its own and `audit verify` does not read the cut as an edit ("not JSON")."""
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, clock=Clock(china(2026, 7, 1)))
     write_audit(log, 2)
@@ -166,10 +168,20 @@ def test_a_torn_last_line_is_kept_and_the_next_record_starts_on_a_new_line(
     log = AuditLog(path, clock=Clock(china(2026, 7, 1)))
     write_audit(log, 1)
     log.close()
-    raw = lines(path)
-    assert raw[2] == b'{"seq":3,"prev":"ab' and orjson.loads(raw[3])["seq"] == 3
-    problem = audit_mod.verify(path).problem
-    assert problem is not None and (problem.line, problem.kind) == (3, "not JSON")
+    assert [orjson.loads(line)["seq"] for line in lines(path)] == [1, 2, 3]
+    assert (tmp_path / "audit.jsonl.torn").read_bytes() == b'{"seq":3,"prev":"ab\n'
+    result = audit_mod.verify(path)
+    assert result.ok and result.records == 3, result.problem
+
+
+def test_a_log_that_is_one_torn_line_is_moved_aside_whole(tmp_path: Path) -> None:
+    path = tmp_path / "hits.jsonl"
+    path.write_bytes(b"x" * 20_000)  # longer than the tail read in one go, and no newline
+    log = HitLog(path)
+    log.append({"a": 1})
+    log.close()
+    assert [orjson.loads(line) for line in lines(path)] == [{"time": ANY, "a": 1}]
+    assert (tmp_path / "hits.jsonl.torn").read_bytes() == b"x" * 20_000 + b"\n"
 
 
 # --- what the records hold -----------------------------------------------------
