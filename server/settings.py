@@ -897,6 +897,28 @@ def _file(resolved: Resolved, key: str) -> Path | None:
     return Path(raw)
 
 
+def _logs_apart(
+    n: dict[str, str], list_path: Path | None, hit_log: str | None, audit_log: str | None
+) -> None:
+    """The logs in files of their own, outside the list folder the server watches."""
+    logs = {key: Path(raw).absolute() for key, raw in (("hit_log", hit_log),
+            ("audit_log", audit_log)) if raw}  # fmt: skip
+    if len(logs) == 2 and len(set(logs.values())) == 1:
+        raise ConfigurationError(
+            f"{n['hit_log']} and {n['audit_log']} name the same file ({logs['hit_log']}): "
+            "each log needs its own"
+        )
+    if list_path is None or not list_path.is_dir():
+        return
+    folder = list_path.resolve()
+    for key, path in logs.items():
+        if path.parent.resolve() == folder:
+            raise ConfigurationError(
+                f"{n[key]}: {path} is in the list folder {list_path}, which the server "
+                "watches for snapshot and delta files; write the log elsewhere"
+            )
+
+
 def _index_dir_for(raw: str, list_path: Path | None) -> Path | None:
     if raw == "off" or (raw in ("", "auto") and list_path is None):
         return None
@@ -960,6 +982,7 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
     secret, source = secret_from(args, allow_ephemeral=not redis)
     metrics = r.text("metrics_listen")
     hit_log, audit_log = r.text("hit_log"), r.text("audit_log")
+    _logs_apart(n, list_path, hit_log, audit_log)
     return ServeSettings(
         listen=listen,
         list_path=list_path,

@@ -273,3 +273,24 @@ def test_a_related_person_that_is_not_an_object_is_named_so(tmp_path: Path) -> N
     path = write_jsonl(tmp_path / "s.jsonl", [row])
     done = run_cli("validate", str(path))
     assert f"{path}:line 1: related_persons.0: must be an object" in done.stdout, done.stdout
+
+
+def test_logs_in_the_watched_list_folder_or_one_file_for_both_are_refused_at_start(
+    tmp_path: Path,
+) -> None:
+    """A log written into the list folder was taken for a list file on every change
+    (an ERROR each time); one file for both logs interleaves two kinds of record."""
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    write_jsonl(feed / "snapshot-0001.jsonl", basic_rows())
+    inside = run_cli("serve", "--list", str(feed), "--listen", f"127.0.0.1:{free_port()}",
+                     "--hit-log", str(feed / "hits.jsonl"))  # fmt: skip
+    assert inside.returncode == 2
+    [line] = inside.stderr.strip().splitlines()
+    assert "--hit-log" in line and "is in the list folder" in line
+    both = tmp_path / "logs" / "log.jsonl"
+    same = run_cli("serve", "--list", str(feed), "--listen", f"127.0.0.1:{free_port()}",
+                   "--hit-log", str(both), "--audit-log", str(both))  # fmt: skip
+    assert same.returncode == 2
+    [line] = same.stderr.strip().splitlines()
+    assert "--hit-log" in line and "--audit-log" in line and "name the same file" in line

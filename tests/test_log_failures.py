@@ -22,7 +22,7 @@ import pytest
 from shixin_check.server import audit as audit_mod
 from shixin_check.server import hitlog
 from shixin_check.server.hitlog import AuditLog, HitLog, LogInUse, log_files
-from tests.processes import run_cli
+from tests.processes import ServeProcess, run_cli
 
 TODAY = time.time()
 
@@ -162,13 +162,21 @@ def test_two_writers_on_one_set_are_refused(tmp_path: Path) -> None:
     AuditLog(path).close()  # free once its writer closed it
 
 
-def test_serve_with_one_path_for_both_logs_stops_in_one_line(tmp_path: Path) -> None:
-    both = tmp_path / "logs.jsonl"
-    done = run_cli("serve", "--demo", "--listen", "127.0.0.1:0", "--hit-log", str(both),
-                   "--audit-log", str(both))  # fmt: skip
-    assert done.returncode == 2
-    assert done.stderr.count("\n") == 1, done.stderr
-    assert "another process writes this log" in done.stderr
+def test_a_second_server_on_a_running_servers_audit_log_stops_in_one_line(
+    tmp_path: Path,
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    first = ServeProcess("--demo", "--audit-log", str(audit), log=tmp_path / "first.log")
+    try:
+        first.wait_serving()
+        second = run_cli("serve", "--demo", "--listen", "127.0.0.1:0", "--audit-log", str(audit))
+        assert second.returncode == 2
+        [line] = second.stderr.strip().splitlines()
+        assert f"{audit}: another process writes this log" in line
+        assert first.proc.poll() is None  # the first goes on
+    finally:
+        first.kill()
+    assert audit_mod.verify(audit).ok
 
 
 def test_records_written_before_a_quiet_period_are_synced_within_the_interval(
