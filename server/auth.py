@@ -11,14 +11,17 @@ airline, and nobody may scrape the list through it in bulk.
 - Mutual TLS: a gateway presenting a client certificate signed by the
   configured CA is the principal its certificate's common name names in the
   keys file (``tls_principals``).
-- Limits: a token bucket per principal (a batch costs one token per check;
+- Limits: a token bucket per principal (a batch costs one token per check,
+  charged only once every check is valid and within the caller's channels;
   the bucket holds ``burst`` tokens, by default ``default_burst(rate)``, so a
   batch larger than the burst is refused outright, never "retry later"); and
   a watch on how many distinct identities each principal checks per window,
   flagged in the audit log and counted, and throttled if configured.
 - The keys file is edited while the server runs (``keys add``/``remove``
   replace it atomically); ``KeysWatcher`` reloads it when it changes or on
-  SIGHUP, and a file that does not load leaves the keys in force.
+  SIGHUP, and a file that does not load leaves the keys in force. A reload
+  reaches open streams too: each finds its caller afresh at its next message
+  (``Gate.generation``).
 
 Every refusal raised here carries a stable ``reason`` (``REFUSAL_REASONS``).
 
@@ -420,6 +423,9 @@ class Gate:
         #: caller sends the same one on every call, and hashing it costs a call ~10 µs
         #: under load. Only keys the ring knows are kept, so unknown ones cannot fill it.
         self._by_token: dict[str, Principal] = {}
+        #: bumped by every ``replace_ring``: a stream compares it per message and, when
+        #: it moved, finds its caller afresh (a key removed or narrowed mid-stream)
+        self.generation = 0
 
     def principal(self, metadata: Iterable[tuple[str, Any]], common_name: str = "") -> Principal:
         if self.ring is None:
@@ -463,6 +469,7 @@ class Gate:
         self.ring = ring
         self._by_token = {}  # a removed or changed key must not be found here
         self.enabled = True
+        self.generation += 1
         for name in changes.removed:
             self._buckets.pop(name, None)
         return changes
@@ -489,9 +496,12 @@ class Gate:
         bucket.stamp = now
         if bucket.tokens < checks:
             wait = (checks - bucket.tokens) / principal.rate_per_second
+            # rounded up as RetryInfo and the push-back trailer round it (status.Refusal
+            # .retry_after_ms, from the same ``wait``): the message names the same delay
+            wait_ms = max(1, math.ceil(wait * 1000))
             raise RateLimited(
                 f"principal {principal.name!r} is over {principal.rate_per_second:g} checks/s; "
-                f"retry in {wait * 1000:.0f} ms",
+                f"retry in {wait_ms} ms",
                 wait,
             ).with_reason("RATE_LIMITED")
         bucket.tokens -= checks

@@ -229,11 +229,22 @@ class CheckEngine:
         self._checks[query.channel * DECISIONS + verdict.decision] += 1
 
     def check(
-        self, request: pb.CheckRequest, view: ListView, peer: str = "",
+        self, request: pb.CheckRequest, view: ListView | None, peer: str = "",
         principal: Principal = ANONYMOUS,
     ) -> pb.CheckResponse:  # fmt: skip
-        """Answer one validated-on-the-way request against ``view`` for ``principal``."""
+        """Answer one validated-on-the-way request against ``view`` for ``principal``.
+
+        In this order, so that a refusal costs the caller nothing it need not:
+        the request is validated and its channel held to the caller's scope
+        (``InvalidInput``, ``PermissionDenied``); then, with ``view`` None, the
+        source's current view is taken (``NotReady`` when there is none); then
+        the caller's rate is charged one token (``RateLimited``).
+        """
         query = self.query(request, principal)
+        if view is None:
+            view = self.view()
+        if principal.rate_per_second:
+            self.gate.charge(principal, 1)
         if self._watching:
             self.gate.observe(principal, query.subject_key)
         verdict = decide(view, query, self.keyer, self.policy, china_day(time.time()))
@@ -242,11 +253,16 @@ class CheckEngine:
         return out
 
     def check_many(
-        self, requests: Sequence[pb.CheckRequest], view: ListView, out: Any, peer: str = "",
-        principal: Principal = ANONYMOUS,
+        self, requests: Sequence[pb.CheckRequest], view: ListView | None, out: Any,
+        peer: str = "", principal: Principal = ANONYMOUS,
     ) -> None:  # fmt: skip
         """A batch against one view, answers added to ``out`` (a repeated CheckResponse
-        field); a bad request is ``InvalidInput`` under ``checks[i]`` and adds nothing."""
+        field); a bad request is ``InvalidInput`` under ``checks[i]`` and adds nothing.
+
+        The order of ``check``: every request validated and in scope, then the
+        view (the current one when ``view`` is None), then the rate charged one
+        token per check (an empty batch one).
+        """
         keyer = self.keyer
         try:
             queries = [to_query(request, keyer) for request in requests]
@@ -255,6 +271,10 @@ class CheckEngine:
                     principal.require_channel(query.channel)
         except (InvalidInput, PermissionDenied):
             self._refuse_first(requests, principal)
+        if view is None:
+            view = self.view()
+        if principal.rate_per_second:
+            self.gate.charge(principal, len(requests) or 1)
         if self._watching:
             for query in queries:
                 self.gate.observe(principal, query.subject_key)
@@ -277,6 +297,14 @@ class CheckEngine:
                 checks[query.channel * DECISIONS + ALLOW] += 1
             else:
                 self._answer(add(), request, query, verdict, version, peer, principal)
+
+    def withdraw(self, request: pb.CheckRequest, answer: pb.CheckResponse) -> None:
+        """Uncount an answer that never left the server (its audit record could not
+        be written): the counts are of checks answered."""
+        channel = request.channel
+        self._checks[channel * DECISIONS + answer.decision] -= 1
+        if answer.matches:
+            self._hits[channel] -= 1
 
     def _refuse_first(self, requests: Sequence[pb.CheckRequest], principal: Principal) -> NoReturn:
         """The refusal of a batch's first bad check, its field under ``checks[i]``."""

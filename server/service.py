@@ -12,10 +12,25 @@ INTERNAL grpcio would give: the methods are registered with lenient
 deserialisers (``add_to_server``). A batch uses one list version for all its
 checks; a stream one per check.
 
+Every call is judged in one order: the caller (its metadata is there whatever
+the body holds: no credentials is UNAUTHENTICATED whatever was sent) and the
+method's role; then the body (bytes that do not parse, a batch over
+``max_batch``); then each check's fields and channel (``CheckEngine``); then
+the list (none loaded: UNAVAILABLE); then the caller's rate, so a refused
+check costs no token. A refused call is audited under its caller with the
+checks it asked for (a batch's size when it parsed; 0 for GetListStatus and
+GetPrefilter). No answer leaves without its audit record: a record that
+cannot be written (a full disk) makes the call INTERNAL, as a hit-log write
+does; a refusal whose record cannot be written is still that refusal, and
+says so in the log.
+
 On a stream, a bad request (a field, its request_id, a channel outside the
 caller's scope, the caller's rate) is answered with ``error`` set and the
 stream goes on; only bytes that do not parse, a refusal at stream start, no
-list or a failure of the server end it.
+list or a failure of the server end it. A reload of the keys file reaches an
+open stream at its next message (``Gate.generation``): the caller is found
+afresh, a removed key ends the stream (UNAUTHENTICATED), a narrowed one
+applies from that message.
 
 Each call's server-side time goes to the engine's ``Tally`` (per stream
 request on a stream), and so does every refusal, by status code: what
@@ -190,15 +205,15 @@ class ConsumptionCheckService:
             common_name = names[0].decode()
         return gate.principal(metadata, common_name)
 
-    def _admit(self, principal: Principal, role: str, checks: int) -> None:
-        """``principal`` may call a method of ``role`` and pay for ``checks``, or a refusal.
+    def _admit(self, principal: Principal, role: str) -> None:
+        """``principal`` may call a method of ``role``, or ``PermissionDenied``.
 
-        Apart from ``_identify`` so that a refusal can name who was refused.
+        Apart from ``_identify`` so that a refusal can name who was refused. Checks
+        are charged to the caller's rate by the engine, once they are valid and in
+        scope: a refused check costs no token.
         """
-        gate = self.gate
-        if gate.enabled:
+        if self.gate.enabled:
             principal.require_role(role)
-            gate.charge(principal, checks)
 
     def _audit(self, context: grpc.aio.ServicerContext, method: str, principal: Principal,
                subject: str, outcome: str, started: float, count: int = 1,
@@ -235,20 +250,20 @@ class ConsumptionCheckService:
     async def _fail(
         self, context: grpc.aio.ServicerContext, exc: BaseException, method: str,
         principal: Principal, subject: str, started: float, prefix: str = "",
-        channels: Iterable[int] = (),
+        channels: Iterable[int] = (), count: int = 1,
     ) -> NoReturn:  # fmt: skip
         """End the call with the status of ``exc`` and its details, audited.
 
-        ``channels``: the request's, to name the one outside the caller's scope.
+        ``channels``: the request's, to name the one outside the caller's scope;
+        ``count``: the checks the call asked for, as its audit record gives them.
+        An INTERNAL is logged once, with its traceback and check id. An audit
+        record that cannot be written (the disk is full) does not stop the
+        refusal: the log line says so, and the audit log counts its failures.
         """
         code = status_of(exc)
         check_id = ""
         if code is grpc.StatusCode.INTERNAL:
             check_id = self.engine.new_check_id()
-            log.error(
-                "%s failed: internal error, check_id %s, subject %s, caller %s",
-                method, check_id, subject or "-", principal.name or "-", exc_info=exc,
-            )  # fmt: skip
             undecided = "" if method in _METHOD_ROLE else "; the check was not decided"
             message = f"{prefix}internal error (check_id {check_id}){undecided}"
             metadata = {"check_id": check_id}
@@ -260,8 +275,21 @@ class ConsumptionCheckService:
         trailers = told.trailing_metadata()
         if told.retry_after is not None:
             trailers += ((PUSHBACK_KEY, _pushback(told.retry_after_ms, context)),)
+        unaudited = ""
         if self.audit is not None:
-            self._audit(context, method, principal, subject, code.name, started, check_id=check_id)
+            try:
+                self._audit(context, method, principal, subject, code.name, started, count,
+                            check_id=check_id)  # fmt: skip
+            except Exception as failure:  # noqa: BLE001 - the refusal goes out all the same
+                unaudited = f"; not audited: {failure}"
+        if check_id:
+            log.error(
+                "%s failed: internal error, check_id %s, subject %s, caller %s%s",
+                method, check_id, subject or "-", principal.name or "-", unaudited, exc_info=exc,
+            )  # fmt: skip
+        elif unaudited:
+            log.error("%s refused with %s, caller %s%s", method, code.name,
+                      principal.name or "-", unaudited)  # fmt: skip
         self._count_refusal(code, exc, principal)
         index = _METHOD_INDEX.get(method)
         if index is not None:
@@ -290,14 +318,24 @@ class ConsumptionCheckService:
         started = time.perf_counter()
         principal = ANONYMOUS
         try:
-            if type(request) is Malformed:
-                raise MalformedRequest(request.problem)
+            # the caller first: its metadata is there whatever the body holds
             metadata = self._metadata(context)
             principal = self._identify(context, metadata)
-            self._admit(principal, "check", 1)
+            self._admit(principal, "check")
+            if type(request) is Malformed:
+                raise MalformedRequest(request.problem)
             engine = self.engine
             peer = context.peer() if self._peers else ""
-            response = engine.check(request, engine.view(), peer, principal)  # type: ignore[arg-type]
+            # validated, then the view (none: UNAVAILABLE), then the rate
+            response = engine.check(request, None, peer, principal)  # type: ignore[arg-type]
+            if self.audit is not None:
+                try:
+                    self._audit(context, "CheckConsumption", principal, _subject_of(request),  # type: ignore[arg-type]
+                                _DECISION_NAMES[response.decision], started, metadata=metadata,
+                                peer=peer)  # fmt: skip
+                except Exception:
+                    engine.withdraw(request, response)  # type: ignore[arg-type]
+                    raise  # not audited, not answered: INTERNAL
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             malformed = type(request) is Malformed
             subject = "" if malformed else _subject_of(request)  # type: ignore[arg-type]
@@ -305,10 +343,6 @@ class ConsumptionCheckService:
             await self._fail(
                 context, exc, "CheckConsumption", principal, subject, started, channels=channels
             )
-        if self.audit is not None:
-            self._audit(context, "CheckConsumption", principal, _subject_of(request),  # type: ignore[arg-type]
-                        _DECISION_NAMES[response.decision], started, metadata=metadata,
-                        peer=peer)  # fmt: skip
         self.tally.observe(UNARY, time.perf_counter() - started)
         return response
 
@@ -319,6 +353,9 @@ class ConsumptionCheckService:
         principal = ANONYMOUS
         count = 0
         try:
+            metadata = self._metadata(context)
+            principal = self._identify(context, metadata)
+            self._admit(principal, "check")
             if type(request) is Malformed:
                 raise MalformedRequest(request.problem)
             checks = request.checks  # type: ignore[union-attr]
@@ -327,26 +364,27 @@ class ConsumptionCheckService:
                 raise InvalidInput(
                     "checks", f"at most {self.max_batch} checks per batch, got {count}"
                 ).with_reason("BATCH_TOO_LARGE")
-            metadata = self._metadata(context)
-            principal = self._identify(context, metadata)
-            self._admit(principal, "check", max(count, 1))
             _in_time(context)
             engine = self.engine
             peer = context.peer() if self._peers else ""
             reply = pb.CheckBatchResponse()
-            engine.check_many(checks, engine.view(), reply.results, peer, principal)
+            engine.check_many(checks, None, reply.results, peer, principal)
+            if self.audit is not None:
+                try:
+                    self._audit(context, "CheckConsumptionBatch", principal, "", "OK", started,
+                                count, metadata=metadata, peer=peer)  # fmt: skip
+                except Exception:
+                    for check, answer in zip(checks, reply.results, strict=True):
+                        engine.withdraw(check, answer)
+                    raise
         except Exception as exc:  # noqa: BLE001
             channels = (
                 [c.channel for c in request.checks]  # type: ignore[union-attr]
-                if isinstance(exc, PermissionDenied)
+                if isinstance(exc, PermissionDenied) and type(request) is not Malformed
                 else ()
             )
-            await self._fail(
-                context, exc, "CheckConsumptionBatch", principal, "", started, channels=channels
-            )
-        if self.audit is not None:
-            self._audit(context, "CheckConsumptionBatch", principal, "", "OK", started, count,
-                        metadata=metadata, peer=peer)  # fmt: skip
+            await self._fail(context, exc, "CheckConsumptionBatch", principal, "", started,
+                             channels=channels, count=count)  # fmt: skip
         self.tally.observe(BATCH, time.perf_counter() - started)
         return reply
 
@@ -355,15 +393,18 @@ class ConsumptionCheckService:
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.CheckResponse]:  # fmt: skip
         engine = self.engine
+        gate = self.gate
         peer = context.peer() if self._peers else ""
         principal = ANONYMOUS
         started = time.perf_counter()
         metadata = self._metadata(context)
+        generation = gate.generation
         try:
             principal = self._identify(context, metadata)
-            self._admit(principal, "check", 0)
+            self._admit(principal, "check")
         except Exception as exc:  # noqa: BLE001
-            await self._fail(context, exc, "CheckConsumptionStream", principal, "", started)
+            await self._fail(context, exc, "CheckConsumptionStream", principal, "", started,
+                             count=0)  # fmt: skip
         ids = StreamIds()
         audit = self.audit
         if audit is not None:  # the stream's records share these: encoded once
@@ -371,26 +412,42 @@ class ConsumptionCheckService:
                                      metadata)  # fmt: skip
         async for request in request_iterator:
             started = time.perf_counter()
-            if type(request) is Malformed:  # the stream is broken: its bytes end it
-                await self._fail(context, MalformedRequest(request.problem),
-                                 "CheckConsumptionStream", principal, "", started)  # fmt: skip
-            try:
-                ids.admit(request.request_id)  # type: ignore[union-attr]
-                self.gate.charge(principal, 1)
-                response = engine.check(request, engine.view(), peer, principal)  # type: ignore[arg-type]
-            except _REQUEST_REFUSALS as exc:  # this request only: answered, and the stream goes on
-                response = self._refuse_in_stream(context, exc, request, principal, started)  # type: ignore[arg-type]
-            except Exception as exc:  # noqa: BLE001
-                rid = request.request_id  # type: ignore[union-attr]
-                prefix = f"request_id {rid!r}: " if rid else ""
-                await self._fail(
-                    context, exc, "CheckConsumptionStream", principal,
-                    _subject_of(request), started, prefix,  # type: ignore[arg-type]
-                )  # fmt: skip
-            else:
+            if gate.generation != generation:  # the keys were reloaded: the caller afresh
+                generation = gate.generation
+                try:
+                    principal = self._identify(context, metadata)  # removed: UNAUTHENTICATED
+                    self._admit(principal, "check")
+                except Exception as exc:  # noqa: BLE001 - the stream ends, as at its start
+                    subject = "" if isinstance(request, Malformed) else _subject_of(request)
+                    await self._fail(context, exc, "CheckConsumptionStream", principal, subject,
+                                     started)  # fmt: skip
                 if audit is not None:
-                    audit.record_call(call, _subject_of(request),  # type: ignore[arg-type]
-                                      _DECISION_NAMES[response.decision], started)  # fmt: skip
+                    call = self._call_fields("CheckConsumptionStream", principal,
+                                             peer or context.peer(), metadata)  # fmt: skip
+            try:
+                if isinstance(request, Malformed):  # the stream is broken: its bytes end it
+                    raise MalformedRequest(request.problem)
+                try:
+                    ids.admit(request.request_id)
+                    response = engine.check(request, None, peer, principal)
+                except _REQUEST_REFUSALS as exc:  # this request only: answered, the stream goes on
+                    response = self._refuse_in_stream(context, exc, request, principal, started)
+                else:
+                    if audit is not None:
+                        try:
+                            audit.record_call(call, _subject_of(request),
+                                              _DECISION_NAMES[response.decision], started)  # fmt: skip
+                        except Exception:
+                            engine.withdraw(request, response)
+                            raise  # not audited, not answered: INTERNAL
+            except Exception as exc:  # noqa: BLE001 - the stream ends
+                malformed = type(request) is Malformed
+                rid = "" if malformed else request.request_id  # type: ignore[union-attr]
+                prefix = f"request_id {rid!r}: " if rid else ""
+                subject = "" if malformed else _subject_of(request)  # type: ignore[arg-type]
+                await self._fail(
+                    context, exc, "CheckConsumptionStream", principal, subject, started, prefix
+                )
             self.tally.observe(STREAM, time.perf_counter() - started)
             yield response
 
@@ -400,15 +457,15 @@ class ConsumptionCheckService:
         started = time.perf_counter()
         principal = ANONYMOUS
         try:
+            principal = self._identify(context, self._metadata(context))
+            self._admit(principal, "status")
             if type(request) is Malformed:
                 raise MalformedRequest(request.problem)
-            principal = self._identify(context, self._metadata(context))
-            self._admit(principal, "status", 0)
             status = list_status(self.engine, self.policy, self.gate)
+            if self.audit is not None:
+                self._audit(context, "GetListStatus", principal, "", "OK", started, 0)
         except Exception as exc:  # noqa: BLE001
-            await self._fail(context, exc, "GetListStatus", principal, "", started)
-        if self.audit is not None:
-            self._audit(context, "GetListStatus", principal, "", "OK", started, 0)
+            await self._fail(context, exc, "GetListStatus", principal, "", started, count=0)
         self.tally.observe(STATUS, time.perf_counter() - started)
         return status
 
@@ -418,10 +475,10 @@ class ConsumptionCheckService:
         started = time.perf_counter()
         principal = ANONYMOUS
         try:
+            principal = self._identify(context, self._metadata(context))
+            self._admit(principal, "prefilter")
             if type(request) is Malformed:
                 raise MalformedRequest(request.problem)
-            principal = self._identify(context, self._metadata(context))
-            self._admit(principal, "prefilter", 0)
             view = self.engine.source.current()
             if view is None:
                 raise NotReady("no list loaded yet")
@@ -437,10 +494,10 @@ class ConsumptionCheckService:
                 request.known_version,  # type: ignore[union-attr]
                 channels,
             )
+            if self.audit is not None:
+                self._audit(context, "GetPrefilter", principal, "", "OK", started, 0)
         except Exception as exc:  # noqa: BLE001
-            await self._fail(context, exc, "GetPrefilter", principal, "", started)
-        if self.audit is not None:
-            self._audit(context, "GetPrefilter", principal, "", "OK", started, 0)
+            await self._fail(context, exc, "GetPrefilter", principal, "", started, count=0)
         yield pb.PrefilterChunk(header=header)
         for chunk in chunks:
             yield chunk
