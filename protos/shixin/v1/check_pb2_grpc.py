@@ -220,7 +220,9 @@ class ConsumptionCheckServicer:
         The stream itself ends with a status only when it is broken:
         INVALID_ARGUMENT    a message whose bytes do not parse (MALFORMED_REQUEST)
         UNAUTHENTICATED,
-        PERMISSION_DENIED   at stream start: credentials, or the role "check"
+        PERMISSION_DENIED   at stream start: credentials, or the role "check"; or at
+        the next message after a keys reload removed the key or
+        its role "check"
         RESOURCE_EXHAUSTED  (from grpc, no details) a message over 4 MiB
         UNAVAILABLE         no list loaded (NO_LIST_LOADED)
         INTERNAL            an unexpected failure; the message starts
