@@ -351,3 +351,30 @@ def test_reflection_lists_the_services(server: RunningServer) -> None:
     [reply] = list(stub.ServerReflectionInfo(iter([request])))
     names = {s.name for s in reply.list_services_response.service}
     assert {"shixin.v1.ConsumptionCheck", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.parametrize("name", ["张\x00伟", "张伟\n", "\x07张伟", "张\x85伟"])
+def test_a_name_with_a_control_character_is_refused_naming_it(
+    server: RunningServer, name: str
+) -> None:
+    """As the list refuses them: no name holds a NUL, a newline or a bell."""
+    stub = server.stub()
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.CheckConsumption(rail(ZHANG, name))
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith(
+        "subject.person.name: must not contain control characters (U+"
+    )
+    with pytest.raises(grpc.RpcError) as org:
+        stub.CheckConsumption(
+            build_request(
+                "RAIL",
+                uscc=ACME_USCC,
+                name=name,
+                purchase={"train_number": "G1234", "seat": "SECOND_CLASS"},
+            )  # fmt: skip
+        )
+    assert org.value.details().startswith("subject.organization.name: must not contain control")
+    # white space that is not printable is no control character: read without it
+    spaced = stub.CheckConsumption(rail(ZHANG, "张\u3000伟\u00a0"))
+    assert spaced.decision == pb.DENY
