@@ -636,9 +636,12 @@ class AuditLog(AppendLog):
         started: float,
         count: int = 1,
         check_id: str = "",
+        extra: bytes = b"",
     ) -> None:
         """``record``, with the fields the call's records share already encoded
         (``call_fields``): a stream encodes them once, not once a message.
+        ``extra``: more fields, encoded, each with its leading comma (a batch's
+        subjects and outcomes).
 
         The line is formatted straight into bytes: what ``orjson`` would write for
         the record, field for field, without building three dicts and merging them.
@@ -647,6 +650,8 @@ class AuditLog(AppendLog):
         rest = _REST % (_dumps(subject), count, _dumps(outcome), latency)
         if check_id:
             rest += b',"check_id":' + _dumps(check_id)
+        if extra:
+            rest += extra
         with self._lock:
             now = self._clock()
             self._put(now, _LINE % (self._seq + 1, self._prev, now, call, rest))

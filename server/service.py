@@ -47,13 +47,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
+from operator import attrgetter
 from typing import Any, NoReturn
 
 import grpc
+import orjson
 from google.protobuf.message import DecodeError
 
 from shixin.v1 import check_pb2 as pb
+from shixin_check.domain.decision import Query
 from shixin_check.domain.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -108,6 +112,18 @@ def _subject_of(request: pb.CheckRequest) -> str:
     if which == "organization":
         return mask_id(request.organization.uscc[:_MAX_ID].strip())
     return ""
+
+
+_decision_of = attrgetter("decision")
+
+
+def _batch_fields(queries: list[Query], answers: Iterable[pb.CheckResponse]) -> bytes:
+    """What a batch's audit record adds: each check's masked subject, in order, and
+    how many checks got each decision (``"outcomes": {"ALLOW": 99, "DENY": 1}``)."""
+    subjects = [query.masked_id for query in queries]
+    outcomes = Counter(map(_decision_of, answers))
+    named = {_DECISION_NAMES[d]: n for d, n in sorted(outcomes.items())}
+    return b',"subjects":' + orjson.dumps(subjects) + b',"outcomes":' + orjson.dumps(named)
 
 
 def _error_metadata(
@@ -218,12 +234,12 @@ class ConsumptionCheckService:
     def _audit(self, context: grpc.aio.ServicerContext, method: str, principal: Principal,
                subject: str, outcome: str, started: float, count: int = 1,
                check_id: str = "", metadata: Metadata | None = None,
-               peer: str = "") -> None:  # fmt: skip
+               peer: str = "", extra: bytes = b"") -> None:  # fmt: skip
         assert self.audit is not None
         if metadata is None:
             metadata = context.invocation_metadata() or ()
         call = self._call_fields(method, principal, peer or context.peer(), metadata)
-        self.audit.record_call(call, subject, outcome, started, count, check_id)
+        self.audit.record_call(call, subject, outcome, started, count, check_id, extra)
 
     def _call_fields(
         self, method: str, principal: Principal, peer: str, metadata: Metadata
@@ -368,11 +384,12 @@ class ConsumptionCheckService:
             engine = self.engine
             peer = context.peer() if self._peers else ""
             reply = pb.CheckBatchResponse()
-            engine.check_many(checks, None, reply.results, peer, principal)
+            queries = engine.check_many(checks, None, reply.results, peer, principal)
             if self.audit is not None:
                 try:
                     self._audit(context, "CheckConsumptionBatch", principal, "", "OK", started,
-                                count, metadata=metadata, peer=peer)  # fmt: skip
+                                count, metadata=metadata, peer=peer,
+                                extra=_batch_fields(queries, reply.results))  # fmt: skip
                 except Exception:
                     for check, answer in zip(checks, reply.results, strict=True):
                         engine.withdraw(check, answer)

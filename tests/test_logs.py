@@ -607,6 +607,27 @@ def test_every_call_is_audited_refused_ones_included(
     assert not any(n.encode() in raw for n in (ZHANG, ZHAO, bad))
 
 
+def test_a_batch_is_audited_with_each_subject_masked_and_its_outcomes(
+    tmp_path: Path, serve: Callable[..., RunningServer]
+) -> None:
+    """One record per call, as for any call; a batch's names every subject it
+    checked (masked, in order) and counts its decisions: who asked about whom."""
+    audit_path = tmp_path / "logs" / "audit.jsonl"
+    server = serve(write_jsonl(tmp_path / "list.jsonl", basic_rows()), audit_log=audit_path)
+    checks = [rail(ZHAO), rail(ZHANG, "张伟"), rail(LI), rail(ZHAO)]
+    server.stub().CheckConsumptionBatch(pb.CheckBatchRequest(checks=checks))
+    [record] = records(audit_path)
+    assert (record["method"], record["outcome"], record["checks"]) == (
+        "CheckConsumptionBatch", "OK", 4
+    )  # fmt: skip
+    masked = [n[:6] + "********" + n[-4:] for n in (ZHAO, ZHANG, LI, ZHAO)]
+    assert record["subjects"] == masked
+    assert record["outcomes"] == {"ALLOW": 2, "DENY": 2}
+    raw = audit_path.read_bytes()
+    assert not any(n.encode() in raw for n in (ZHANG, ZHAO, LI))
+    assert audit_mod.verify(audit_path).ok
+
+
 def test_sigkill_loses_no_answered_hit(tmp_path: Path) -> None:
     hits, audit_path = tmp_path / "hits.jsonl", tmp_path / "audit.jsonl"
     listed = write_jsonl(tmp_path / "list.jsonl", basic_rows())
