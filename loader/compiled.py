@@ -4,7 +4,7 @@ Parsing ten million rows takes minutes; mapping their sorted columns takes
 milliseconds. So a loaded snapshot's ``Base`` is written once into a folder
 of flat files (``compile_base``) and opened with ``mmap`` (``map_compiled``):
 
-- each column is one raw little-endian file (``k_hi.u64``, ``text.bin``, ...),
+- each column is one raw little-endian file (``k_hi.Q``, ``text.bin``, ...),
   opened as a ``memoryview`` (typed columns) or the ``mmap`` itself (byte
   columns), so ``bisect`` and indexing work on it as on the ``array`` a parse
   builds, and N processes mapping it hold one copy in the page cache;
@@ -13,7 +13,22 @@ of flat files (``compile_base``) and opened with ``mmap`` (``map_compiled``):
 - ``meta.json`` holds the rest: the version, its feed time and the delta seq
   the snapshot includes, counts, courts, exemptions, the fingerprint of the
   key secret (a compiled index is useless with another secret: it is refused),
-  and the *stamp* of the snapshot file it came from (name, size, mtime).
+  the *stamp* of the snapshot file it came from (``snapshot_stamp``), and the
+  size and CRC-32 of every other file; it ends with a CRC-32 of itself.
+
+Damage to a compiled file that keeps its size (a bad disk, a stray write, a
+careless copy) would otherwise be mapped as is and answer wrongly (a listed
+subject ``ALLOW``, a match with another entry's case), so ``map_compiled``
+refuses a folder whose files do not match their checksums, and the loader
+compiles it again. Checking costs a read of every file (~0.5 s for the 1.4 GiB
+of ten million entries), so it is paid once, not at every start nor by every
+worker: ``verified.json`` records the inode, size, mtime and ctime each file
+had when its checksum was last computed, and a file that still has them is not
+read again. Any write through the file system changes the ctime, which nothing
+can set back, so an edit since is always caught (a file whose ctime is not
+older than the record is read again, as git does with its index: the clock
+may not have ticked between a check and a write). Damage beneath the file
+system (the disk's own) is not caught, until the folder is copied or rebuilt.
 
 A compiled folder is written under a temporary name and renamed into place, so
 a crash leaves no half-written version that looks whole. ``IndexStore`` keeps
@@ -37,6 +52,8 @@ import logging
 import mmap
 import os
 import shutil
+import time
+import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import fields
@@ -53,7 +70,8 @@ from shixin_check.loader.index_memory import Base
 
 log = logging.getLogger("shixin.loader")
 
-FORMAT = 1
+#: 2: every file's CRC-32 and meta.json's own (a format-1 folder is compiled again)
+FORMAT = 2
 Code = Literal["Q", "I", "i"]
 #: typed columns and their element (the ``array`` / ``memoryview`` type code)
 _TYPED: dict[str, Code] = {
@@ -68,10 +86,113 @@ LOCK_NAME = "lock"
 
 
 def snapshot_stamp(path: Path, fingerprint: str) -> str:
-    """What identifies a snapshot file's content cheaply: name, size, mtime, key secret."""
+    """What identifies a snapshot file's content cheaply: name, size, mtime, inode, ctime
+    and the key secret.
+
+    Size and mtime alone miss a file changed in place whose mtime was put back
+    (``touch -r``, ``cp -p``, ``rsync -t``); its ctime cannot be put back, and a
+    file renamed into place (the feed's ``.part`` files) has an inode of its own.
+    Anything else that moves the ctime (``chmod``, a new hard link) only costs a
+    parse.
+    """
     st = path.stat()
-    raw = f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\0{fingerprint}".encode()
+    raw = (
+        f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\0{fingerprint}"
+    ).encode()
     return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+#: bytes read at a time when checksumming (fits the CPU's cache: faster than larger)
+_CHUNK = 1 << 20
+#: what ends meta.json: its own CRC-32, over the JSON before it (closed with ``}``)
+_SELF_CHECK = b',"meta_crc32":"'
+_SELF_CHECK_LEN = len(_SELF_CHECK) + 8 + 2  # the key, eight hex digits, then ``"}``
+#: the record of the files' identities when their checksums last matched
+VERIFIED_NAME = "verified.json"
+
+
+def _crc32(fd: int) -> int:
+    """CRC-32 of an open file (zlib's: ~4x faster than blake2b here, and it only has
+    to catch damage, not an attacker, who could rewrite meta.json as well)."""
+    chunk = bytearray(_CHUNK)
+    view = memoryview(chunk)
+    crc = offset = 0
+    while read := os.preadv(fd, [chunk], offset):
+        crc = zlib.crc32(view[:read], crc)
+        offset += read
+    return crc
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    """What changes whenever a file is written, replaced or put back (the ctime)."""
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _sealed(meta: dict[str, Any]) -> tuple[bytes, str]:
+    """``meta`` as JSON ending with a CRC-32 of the rest (see ``_unsealed``), and that CRC."""
+    body = orjson.dumps(meta)
+    assert body.endswith(b"}") and len(body) > 2
+    crc = b"%08x" % zlib.crc32(body)
+    return body[:-1] + _SELF_CHECK + crc + b'"}', crc.decode()
+
+
+def _unsealed(folder: Path, raw: bytes) -> tuple[dict[str, Any], str]:
+    """The meta of a compiled folder and its CRC, if that matches: a changed count,
+    court or exemption that still reads as JSON would otherwise be believed."""
+    try:
+        meta = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigurationError(f"{folder}: meta.json is damaged ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ConfigurationError(f"{folder}: compiled index format {found!r}")
+    tail = raw[-_SELF_CHECK_LEN:]
+    crc = b"%08x" % zlib.crc32(raw[:-_SELF_CHECK_LEN] + b"}")
+    if not tail.startswith(_SELF_CHECK) or tail[-10:-2] != crc:
+        raise ConfigurationError(
+            f"{folder}: meta.json does not match its checksum (damaged since it was compiled)"
+        )
+    return meta, crc.decode()
+
+
+def _record_verified(folder: Path, meta_crc: str, checked: dict[str, os.stat_result]) -> None:
+    """Record that the files ``checked`` (as they were before being read) match the
+    checksums of the meta.json whose own CRC is ``meta_crc``.
+
+    Best effort: in a folder this process cannot write, each start checks again.
+    """
+    record = {"format": FORMAT, "meta_crc32": meta_crc,
+              "files": {name: _identity(st) for name, st in checked.items()}}  # fmt: skip
+    aside = folder / f".{VERIFIED_NAME}.{os.getpid()}"
+    try:
+        aside.write_bytes(orjson.dumps(record))
+        os.replace(aside, folder / VERIFIED_NAME)
+    except OSError as exc:
+        log.info("cannot record that %s was verified (%s): the next start checks it again",
+                 folder, exc)  # fmt: skip
+        with contextlib.suppress(OSError):
+            aside.unlink(missing_ok=True)
+
+
+def _unverified(folder: Path, meta_crc: str, now: dict[str, os.stat_result]) -> list[str]:
+    """Which of the files ``now`` must be read to check them: all, unless ``verified.json``
+    says they matched this very meta.json's checksums and have not changed since."""
+    try:
+        with open(folder / VERIFIED_NAME, "rb") as fh:
+            written = os.fstat(fh.fileno()).st_mtime_ns
+            record = orjson.loads(fh.read())
+        files = record["files"]
+        if (
+            record["format"] != FORMAT
+            or record["meta_crc32"] != meta_crc
+            or files.keys() != now.keys()
+        ):
+            return list(now)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return list(now)  # none, or damaged itself
+    # a ctime not older than the record may hide a write in the same clock tick
+    return [name for name, st in now.items()
+            if files[name] != _identity(st) or st.st_ctime_ns >= written]  # fmt: skip
 
 
 def _counts_json(counts: Counts) -> dict[str, Any]:
@@ -103,11 +224,22 @@ def compile_base(base: Base, info: VersionInfo, target: Path, stamp: str, finger
         for name in _BYTES:
             (partial / f"{name}.bin").write_bytes(bytes(getattr(base, name)))
         (partial / "bloom.bin").write_bytes(base.bloom.save_bytes())
+        sizes: dict[str, int] = {}
+        crcs: dict[str, int] = {}
+        checked: dict[str, os.stat_result] = {}
+        for child in partial.iterdir():  # durable before the name says it is whole
+            with open(child, "rb") as fh:
+                os.fsync(fh.fileno())
+                checked[child.name] = os.fstat(fh.fileno())
+                sizes[child.name] = checked[child.name].st_size
+                crcs[child.name] = _crc32(fh.fileno())  # of what reads back
         meta = {
             "format": FORMAT,
             # every file's length: a file cut short later (a bad disk, a careless copy)
             # would otherwise map as a shorter column and quietly lose entries
-            "sizes": {child.name: child.stat().st_size for child in partial.iterdir()},
+            "sizes": sizes,
+            # and its CRC-32: damage that keeps the length would map as wrong answers
+            "crc32": crcs,
             "stamp": stamp,
             "fingerprint": fingerprint,
             "version": info.version,
@@ -123,10 +255,14 @@ def compile_base(base: Base, info: VersionInfo, target: Path, stamp: str, finger
             "base_counts": [[int(t), int(s), n] for (t, s), n in base.counts.items()],
             "base_expiries": [[int(t), int(s), v, n] for (t, s, v), n in base.expiries.items()],
         }
-        (partial / "meta.json").write_bytes(orjson.dumps(meta))
-        for child in partial.iterdir():  # durable before the name says it is whole
-            with open(child, "rb") as fh:
-                os.fsync(fh.fileno())
+        sealed, meta_crc = _sealed(meta)
+        with open(partial / "meta.json", "wb") as out:
+            out.write(sealed)
+            out.flush()
+            os.fsync(out.fileno())
+        # just read back: nobody need read them again until they change (renaming
+        # the folder changes none of their identities)
+        _record_verified(partial, meta_crc, checked)
         if target.exists():  # compiled meanwhile by another process: same content
             shutil.rmtree(partial)
             return
@@ -136,30 +272,53 @@ def compile_base(base: Base, info: VersionInfo, target: Path, stamp: str, finger
         raise
 
 
-def _map(path: Path) -> mmap.mmap | bytes:
-    with open(path, "rb") as fh:
-        if os.fstat(fh.fileno()).st_size == 0:
-            return b""  # mmap cannot map an empty file
-        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+def _map(fd: int, size: int) -> mmap.mmap | bytes:
+    if size == 0:
+        return b""  # mmap cannot map an empty file
+    return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
 
 
 def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
-    """The base and version info of a compiled folder, mapped read-only."""
-    meta = orjson.loads((folder / "meta.json").read_bytes())
-    if meta.get("format") != FORMAT:
-        raise ConfigurationError(f"{folder}: compiled index format {meta.get('format')!r}")
-    if meta.get("fingerprint") != fingerprint:
-        raise ConfigurationError(f"{folder}: compiled with another key secret")
-    for name, size in meta["sizes"].items():
-        found = (folder / name).stat().st_size
-        if found != size:
-            raise ConfigurationError(f"{folder}: {name} is {found} bytes, compiled as {size}")
-    columns: dict[str, Any] = {}
-    for name, code in _TYPED.items():
-        mapped = _map(folder / f"{name}.{code}")
-        columns[name] = memoryview(mapped).cast(code) if mapped else array(code)
-    for name in _BYTES:
-        columns[name] = _map(folder / f"{name}.bin")
+    """The base and version info of a compiled folder, mapped read-only.
+
+    Raises ``ConfigurationError`` for a folder of another format or key secret,
+    or one whose files are not as compiled: cut short, or not matching their
+    checksums (checked unless ``verified.json`` says they already did).
+    """
+    with contextlib.ExitStack() as files:
+        meta, meta_crc = _unsealed(folder, (folder / "meta.json").read_bytes())
+        if meta.get("fingerprint") != fingerprint:
+            raise ConfigurationError(f"{folder}: compiled with another key secret")
+        # every file is opened once: what is checked is what is mapped, even if a
+        # name is replaced meanwhile
+        opened: dict[str, int] = {}
+        for name in meta["crc32"]:
+            opened[name] = os.open(folder / name, os.O_RDONLY)
+            files.callback(os.close, opened[name])
+        now = {name: os.fstat(fd) for name, fd in opened.items()}
+        for name, size in meta["sizes"].items():
+            if now[name].st_size != size:
+                raise ConfigurationError(
+                    f"{folder}: {name} is {now[name].st_size} bytes, compiled as {size}"
+                )
+        if unverified := _unverified(folder, meta_crc, now):
+            started = time.monotonic()
+            for name in unverified:
+                if _crc32(opened[name]) != meta["crc32"][name]:
+                    raise ConfigurationError(f"{folder}: {name} does not match its checksum "
+                                             "(damaged since it was compiled)")  # fmt: skip
+            log.info("%s: checksums of %d files verified in %.2f s", folder, len(unverified),
+                     time.monotonic() - started)  # fmt: skip
+            _record_verified(folder, meta_crc, now)
+        columns: dict[str, Any] = {}
+        for name, code in _TYPED.items():
+            file = f"{name}.{code}"
+            mapped = _map(opened[file], now[file].st_size)
+            columns[name] = memoryview(mapped).cast(code) if mapped else array(code)
+        for name in _BYTES:
+            file = f"{name}.bin"
+            columns[name] = _map(opened[file], now[file].st_size)
+        bloom = bytes(_map(opened["bloom.bin"], now["bloom.bin"].st_size))
     exemptions = {
         int(row): tuple(Exemption(Channel(c), a, b) for c, a, b in found)
         for row, found in meta["exemptions"].items()
@@ -170,7 +329,7 @@ def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
         exemptions=exemptions,
         counts={(ListType(t), EntryStatus(s)): n for t, s, n in meta["base_counts"]},
         expiries={(ListType(t), EntryStatus(s), v): n for t, s, v, n in meta["base_expiries"]},
-        bloom=Bloom.load_bytes((folder / "bloom.bin").read_bytes(), int),
+        bloom=Bloom.load_bytes(bloom, int),
     )
     info = VersionInfo(
         version=meta["version"],

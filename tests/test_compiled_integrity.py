@@ -1,0 +1,241 @@
+"""A compiled index damaged since it was written is compiled again, never served.
+
+And a snapshot changed in place is parsed again, even with its size and mtime
+put back. Real files throughout: a synthetic list compiled into a temporary
+folder, damaged there as a bad disk or a careless copy would, loaded again as a
+restart does; one test through a real ``serve`` process.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from shixin_check.domain.index import ListedMatch
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.loader import compiled, versions
+from shixin_check.loader.compiled import IndexStore, map_compiled
+from shixin_check.loader.index_memory import MemoryIndex, MemoryView, matches_of
+from shixin_check.loader.listfile import parse_entry
+from shixin_check.loader.synthetic import write_snapshot
+from shixin_check.loader.versions import Loader, build_snapshot
+from tests.listdata import ZHANG, basic_rows, write_jsonl
+from tests.processes import ServeProcess, run_cli
+
+AS_OF = _dt.date(2026, 11, 1)
+
+
+@pytest.fixture
+def snapshot(tmp_path: Path) -> Path:
+    """400 synthetic entries (with related persons), as the feed writes them."""
+    path = tmp_path / "feed" / "snapshot-0001.jsonl"
+    path.parent.mkdir()
+    write_snapshot(path, 400, seed=5, as_of=AS_OF)
+    return path
+
+
+def listed_keys(path: Path, keyer: SubjectKeyer) -> list[int]:
+    rows = [orjson.loads(line) for line in path.read_bytes().splitlines()[1:]]
+    return [key for row in rows for key, _ in matches_of(parse_entry(row), keyer)]
+
+
+def answers(view: MemoryView, keys: list[int]) -> list[list[ListedMatch]]:
+    return [sorted(view.look_up(key)) for key in keys]
+
+
+def rewrite_in_place(file: Path, change: Callable[[bytes], bytes]) -> None:
+    """Change ``file``'s bytes keeping its size, inode and mtime (as ``cp -p`` would)."""
+    before = file.stat()
+    raw = file.read_bytes()
+    changed = change(raw)
+    assert len(changed) == len(raw)
+    with open(file, "r+b") as out:
+        out.write(changed)
+    os.utime(file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = file.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+
+
+def flip(raw: bytes) -> bytes:
+    return bytes(b ^ 0xFF if i % 7 == 0 else b for i, b in enumerate(raw))
+
+
+def zero(raw: bytes) -> bytes:
+    return bytes(len(raw))
+
+
+def another_count(raw: bytes) -> bytes:
+    """meta.json still JSON, one digit of a count changed."""
+    found = re.search(rb'"subject_keys":(\d+)', raw)
+    assert found is not None
+    at = found.end(1) - 1
+    return raw[:at] + str((int(raw[at : at + 1]) + 1) % 10).encode() + raw[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("k_hi.Q", flip),  # every listed subject ALLOW NOT_LISTED before
+        ("e_status.bin", flip),  # checks failing INTERNAL before
+        ("m_entry.I", zero),  # another entry's case and court before
+        ("bloom.bin", zero),
+        ("text.bin", flip),
+        ("meta.json", another_count),
+    ],
+)
+def test_a_file_damaged_in_place_is_found_and_compiled_again(
+    snapshot: Path,
+    keyer: SubjectKeyer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    damage: Callable[[bytes], bytes],
+) -> None:
+    store = IndexStore(tmp_path / "index", keyer.fingerprint)
+    first = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    folder = Path(first.info.mapped_from)
+    rewrite_in_place(folder / name, damage)
+    with pytest.raises(Exception, match=re.escape(f"{name} does not match its checksum")):
+        map_compiled(folder, keyer.fingerprint)
+    with caplog.at_level("WARNING", logger="shixin.loader"):
+        again = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())  # a restart
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("unusable" in line and name in line for line in warned), warned
+    parsed = build_snapshot(snapshot, keyer)
+    keys = listed_keys(snapshot, keyer)
+    assert again.info.counts == parsed.info.counts
+    assert all(again.might_contain(key) for key in keys)
+    assert answers(again, keys) == answers(parsed, keys)
+    map_compiled(Path(again.info.mapped_from), keyer.fingerprint)  # whole again
+
+
+def test_files_are_checked_once_and_again_only_after_a_change(
+    snapshot: Path, keyer: SubjectKeyer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """N workers, or N restarts, do not each read the whole index to check it."""
+    store = IndexStore(tmp_path / "index", keyer.fingerprint)
+    first = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    folder = Path(first.info.mapped_from)
+    checked: list[str] = []
+    crc32 = compiled._crc32
+
+    def counted(fd: int) -> int:
+        checked.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        return crc32(fd)
+
+    def no_parsing(*_: object, **__: object) -> None:
+        raise AssertionError("re-parsed a snapshot whose compiled version is whole")
+
+    monkeypatch.setattr(compiled, "_crc32", counted)
+    monkeypatch.setattr(versions, "build_snapshot", no_parsing)
+    # a file written in the clock tick (a few ms) of its last check is checked again
+    time.sleep(0.05)
+    Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    checked.clear()
+    for _ in range(3):  # a restart, more workers
+        Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    assert checked == []
+    rewrite_in_place(folder / "k_lo.Q", lambda raw: raw)  # written, though to the same bytes
+    view = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    assert view.info.mapped_from == str(folder)  # still whole: kept, not compiled again
+    assert checked == ["k_lo.Q"]  # that file alone
+    time.sleep(0.05)
+    Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    checked.clear()
+    Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    assert checked == []  # recorded as checked
+
+
+def test_a_restarted_server_rebuilds_a_damaged_index_and_denies_as_before(
+    tmp_path: Path,
+) -> None:
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    write_jsonl(feed / "snapshot-0001.jsonl", basic_rows())
+    secret = tmp_path / "key"
+    secret.write_text("tests-only-secret-0123456789abcdef")
+    serve = ("--list", str(feed), "--key-secret-file", str(secret))
+    first = ServeProcess(*serve, log=tmp_path / "first.log")
+    try:
+        first.wait_serving()
+    finally:
+        first.stop()
+    (folder,) = (feed / ".shixin-index").glob("v-*")
+    rewrite_in_place(folder / "k_hi.Q", flip)
+    again = ServeProcess(*serve, log=tmp_path / "again.log")
+    try:
+        again.wait_serving()
+        done = run_cli("check", "--channel", "AIRLINE", "--flight", "CA1", "--id", ZHANG,
+                       "--target", again.target)  # fmt: skip
+    finally:
+        again.stop()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "DENY", done.stdout
+    assert "(2024)京0105执1001号" in done.stdout, done.stdout
+    logged = again.output()
+    assert re.search(r"WARNING compiled index .* unusable .*k_hi\.Q does not match", logged), logged
+    assert "mapping its compiled index" not in logged
+
+
+def same_size_edit(raw: bytes) -> bytes:
+    """The feed's correction of one case number: one digit, the same length."""
+    found = re.search(rb'"case_number":"[^"]*?(\d)\xe5\x8f\xb7"', raw)  # ...执15603号
+    assert found is not None
+    at = found.start(1)
+    return raw[:at] + str((int(raw[at : at + 1]) + 1) % 10).encode() + raw[at + 1 :]
+
+
+def case_numbers(view: MemoryView, keys: list[int]) -> set[str]:
+    return {match.case_number for key in keys for match in view.look_up(key)}
+
+
+def test_a_snapshot_edited_in_place_with_its_mtime_put_back_is_parsed_again(
+    snapshot: Path, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
+    store = IndexStore(tmp_path / "index", keyer.fingerprint)
+    keys = listed_keys(snapshot, keyer)
+    first = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    rewrite_in_place(snapshot, same_size_edit)  # touch -r / cp -p / rsync -t
+    again = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    assert again.info.mapped_from != first.info.mapped_from
+    corrected = case_numbers(again, keys) - case_numbers(first, keys)
+    assert len(corrected) == 1
+    assert answers(again, keys) == answers(build_snapshot(snapshot, keyer), keys)
+
+
+def test_a_snapshot_renamed_into_place_is_reused_only_while_unchanged(
+    snapshot: Path, keyer: SubjectKeyer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented way to drop a file (write ``.part``, rename) and restarts after it."""
+    store = IndexStore(tmp_path / "index", keyer.fingerprint)
+    keys = listed_keys(snapshot, keyer)
+    original = snapshot.read_bytes()
+    mtime = snapshot.stat().st_mtime_ns
+    first = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    part = snapshot.with_name(snapshot.name + ".part")
+    part.write_bytes(same_size_edit(original))
+    os.utime(part, ns=(mtime, mtime))  # a copy that kept the feed's mtime
+    part.replace(snapshot)
+    replaced = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    assert replaced.info.mapped_from != first.info.mapped_from
+    assert answers(replaced, keys) == answers(build_snapshot(snapshot, keyer), keys)
+    assert answers(replaced, keys) != answers(first, keys)
+
+    def no_parsing(*_: object, **__: object) -> None:
+        raise AssertionError("re-parsed a snapshot that was compiled and has not changed")
+
+    monkeypatch.setattr(versions, "build_snapshot", no_parsing)
+    restarted = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())  # nothing changed
+    assert restarted.info.mapped_from == replaced.info.mapped_from
+    assert answers(restarted, keys) == answers(replaced, keys)
