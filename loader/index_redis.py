@@ -21,7 +21,8 @@ Layout (``P`` is the key prefix, ``shixin`` by default; ``V`` a version):
 - ``P:v:V:e:<bucket>``: hashes of entry_id -> its subject keys (for deltas).
 - ``P:v:V:deltas``: the stream of applied delta ops, in seq order.
 - ``P:replicas``: hash of replica id -> what it serves, refreshed every second.
-- ``P:announce``: pub/sub channel announcing new versions and deltas.
+- ``P:announce``: pub/sub channel announcing new versions and deltas (and
+  ``sync``, which a load sends just before it waits for a Redis replica).
 
 No plaintext ID number is written: only keyed hashes and masked IDs.
 
@@ -153,9 +154,13 @@ class SentinelURL:
         )
 
 
+def masked_url(url: str) -> str:
+    """``url`` fit for a message or a log: whatever precedes an ``@`` may be a password."""
+    return re.sub(r"//[^/]*@", "//***@", url)
+
+
 def _shown(url: str) -> str:
-    """``url`` fit for an error message: whatever precedes an ``@`` may be a password."""
-    return repr(re.sub(r"//[^/]*@", "//***@", url))
+    return repr(masked_url(url))
 
 
 def _sentinel_node(text: str) -> tuple[str, int] | None:
@@ -581,8 +586,10 @@ class RedisFollower(Background):
 
     def health_problem(self) -> str:
         """Why this replica must not be trusted now ("" when it may): Redis lost the
-        data it follows, or holds no version yet. Redis unreachable is not one: the
-        version in hand still answers Bloom negatives, positives get the fail policy."""
+        data it follows, or holds no version yet, or no version could be read at all
+        (Redis unreachable, refused our password, another key secret). Redis unreachable
+        once a version is in hand is not one: that version still answers Bloom
+        negatives, positives get the fail policy."""
         return self._problem
 
     def stop(self) -> None:
@@ -618,6 +625,10 @@ class RedisFollower(Background):
         except Exception as exc:  # Redis down, or a version it cannot serve (another secret)
             if isinstance(exc, redis.RedisError):
                 self.sync_errors.count += 1
+            if self._view is None and isinstance(exc, (redis.RedisError, ConfigurationError)):
+                # nothing in hand to answer from: health is NOT_SERVING, and status says why
+                # (Redis unreachable, a wrong or missing password, another key secret)
+                self._problem = f"no version loaded from Redis yet: {exc}"
             self._behind_since = self._behind_since or started
             raise
         view = self._view

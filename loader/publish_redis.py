@@ -30,11 +30,18 @@ collect only when they get the lock at once. A load that fails while still
 holding the lock deletes its half-written version itself. A delta's
 changes, its stream records and the new last seq go in one MULTI/EXEC, so a
 killed delta load leaves nothing at all.
+
+Seqs carry on from the last one Redis holds (``OutOfSequence`` otherwise, one
+line, nothing written): a delta's new seqs must follow it with none missing,
+since a later seq applied first would make the missing one a replay, skipped
+for good; and a snapshot whose ``includes_seq`` is below it would undo applied
+deltas, so it is refused unless the operator asks for that (``allow_rollback``).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing
 import os
 import secrets
@@ -52,7 +59,7 @@ from shixin_check.domain.errors import ConfigurationError, IndexUnavailable, Loa
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import NO_END, EntryStatus, Role
 from shixin_check.loader.columns import compiled
-from shixin_check.loader.feed import pending
+from shixin_check.loader.feed import SnapshotHeader, pending, read_header
 from shixin_check.loader.index_memory import (
     _COLUMNS,
     _MASK_WIDTH,
@@ -61,6 +68,7 @@ from shixin_check.loader.index_memory import (
     matches_of,
 )
 from shixin_check.loader.index_redis import (
+    LOCK_SECONDS,
     Client,
     HeldLock,
     RedisKeys,
@@ -88,8 +96,64 @@ def _take_lock(client: Client, keys: RedisKeys) -> HeldLock:
     lock = HeldLock(client, keys, "load")
     if not lock.acquire(wait=LOCK_WAIT_SECONDS):
         holder = lock.holder() or "a holder that just let go"
-        raise ConfigurationError(f"another load holds {keys.lock} ({holder}); try again later")
+        left = client.pttl(keys.lock)  # ms; a live holder renews it to LOCK_SECONDS
+        within = math.ceil(left / 1000) if left > 0 else math.ceil(LOCK_SECONDS)
+        raise ConfigurationError(
+            f"another load holds {keys.lock} ({holder}); if that load is dead, its lock "
+            f"lapses within {within} s; try again later"
+        )
     return lock
+
+
+class OutOfSequence(LoadRejected):
+    """A file that does not carry on from what Redis holds: a delta after a gap in
+    the seqs, or a snapshot that would undo applied deltas. One line, nothing written."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(source, [RowError(0, "", problem)])
+        self.args = (f"{source}: {problem}",)
+
+
+def _applied_seq(client: Client, keys: RedisKeys) -> int:
+    """The last delta seq of Redis's current version (0 when it holds none)."""
+    current = client.get(keys.current)
+    if current is None:
+        return 0
+    return int(client.hget(keys.meta(current.decode()), "last_seq") or 0)
+
+
+def _refuse_rollback(path: Path, includes_seq: int, applied: int) -> None:
+    """``OutOfSequence`` if a snapshot holding deltas up to ``includes_seq`` would undo
+    deltas Redis has applied (up to ``applied``): replicas would switch to it and what
+    those deltas listed, delisted or suspended would be undone, with nothing said."""
+    if includes_seq < applied:
+        raise OutOfSequence(
+            str(path),
+            f"the snapshot includes deltas up to seq {includes_seq} but seq {applied} is "
+            f"applied: loading it would undo {_deltas(includes_seq + 1, applied)}; load "
+            "a newer snapshot, or give --allow-rollback to go back on purpose",
+        )
+
+
+def _deltas(first: int, last: int) -> str:
+    return f"delta {first}" if first == last else f"deltas {first} to {last}"
+
+
+def _refuse_gap(path: Path, ops: list[DeltaOp], applied: int) -> None:
+    """``OutOfSequence`` unless the ops above ``applied`` are ``applied + 1``, ``+ 2``...
+    with none missing: applying a delta after a missing one would leave that one's
+    change out for good (a replay skips every seq at or below the last applied)."""
+    previous = applied
+    for seq in sorted(op.seq for op in ops if op.seq > applied):  # read_delta: no repeats
+        if seq != previous + 1:
+            missing = _deltas(previous + 1, seq - 1) + (" is" if seq == previous + 2 else " are")
+            where = " (the last Redis holds)" if previous == applied else " in this file"
+            raise OutOfSequence(
+                str(path),
+                f"seq {seq} follows seq {previous}{where}: {missing} missing; nothing was applied "
+                "(load the missing delta first)",
+            )
+        previous = seq
 
 
 def _unused_name(client: Client, keys: RedisKeys, version: str) -> str:
@@ -102,20 +166,30 @@ def _unused_name(client: Client, keys: RedisKeys, version: str) -> str:
 
 def publish_snapshot(
     client: Client, path: Path, keyer: SubjectKeyer, keys: RedisKeys | None = None,
-    progress: Progress | None = None, writers: int = 0,
+    progress: Progress | None = None, writers: int = 0, allow_rollback: bool = False,
 ) -> str:  # fmt: skip
     """Validate ``path`` whole, write it as a new version, make it current; its name.
 
     ``writers``: processes writing the version (``_write_version``); 0 for
     ``default_writers``: one per core from ``PARALLEL_WRITE_FROM`` subject keys.
+    A snapshot whose ``includes_seq`` is below the last seq Redis has applied is
+    refused (``OutOfSequence``) unless ``allow_rollback``: it would undo deltas.
     """
     keys = keys or RedisKeys()
+    try:
+        header = read_header(path)
+    except LoadRejected:  # build_snapshot reports it, beside every other bad row
+        header = SnapshotHeader()
+    if header.declared and not allow_rollback:  # before minutes of validating; again below
+        _refuse_rollback(path, header.includes_seq, _applied_seq(client, keys))
     view = build_snapshot(path, keyer, progress)  # LoadRejected before any write
     base, info = view.base, view.info
     bits = bucket_bits(len(base.k_hi))
     ebits = bucket_bits(base.entries)
     lock = _take_lock(client, keys)
     try:
+        if not allow_rollback:
+            _refuse_rollback(path, info.last_delta_seq, _applied_seq(client, keys))
         version = _unused_name(client, keys, info.version)
         token = secrets.token_hex(8)
         register = client.pipeline(transaction=True)
@@ -153,7 +227,7 @@ def publish_snapshot(
         except BaseException:
             _abandon(client, keys, version, lock)
             raise
-        await_replica(client, f"version {version}")
+        await_replica(client, keys, f"version {version}")
         try:
             collect_garbage(client, keys, lock)
         except IndexUnavailable:
@@ -167,17 +241,29 @@ def publish_snapshot(
 REPLICA_ACK_MS = 2000
 
 
-def await_replica(client: Client, what: str) -> None:
+def await_replica(client: Client, keys: RedisKeys, what: str) -> None:
     """Return once a Redis replica holds every write so far (at once without replicas).
 
     A master demoted in a planned Sentinel failover throws away writes its
     replicas never received: a load that returned before one had them could
     vanish without a trace, and a delisting or a listing with it. So a load
     only reports success once a replica has acknowledged it (``WAIT``), and
-    says so when none did: loading the file again is harmless.
+    says so when none did: loading the file again is harmless, and waits again.
+
+    ``WAIT`` covers the writes of the connection it is sent on, up to its last
+    one; the load's own commit may have gone on another pooled connection, and a
+    load again of a delta writes nothing. So a PUBLISH (replicated, stored
+    nowhere) goes first on the same connection: the WAIT then covers every write
+    the master took before it, whoever made it.
     """
     replicas = int(client.info("replication").get("connected_slaves", 0))
-    if replicas and int(client.wait(1, REPLICA_ACK_MS)) < 1:
+    if not replicas:
+        return
+    with client.pipeline(transaction=False) as pipe:
+        pipe.publish(keys.announce, "sync")
+        pipe.wait(1, REPLICA_ACK_MS)
+        acked = int(pipe.execute()[-1])
+    if acked < 1:
         raise IndexUnavailable(
             f"{what} is written but no Redis replica acknowledged it within "
             f"{REPLICA_ACK_MS} ms (a failover now would lose it): load the file again"
@@ -678,8 +764,10 @@ def publish_delta(
         meta = read_meta(client, keys, version)
         check_fingerprint(meta, keyer, version)
         last = int(meta.get("last_seq", b"0"))
+        _refuse_gap(path, ops, last)
         todo = pending(ops, last)
-        if not todo:
+        if not todo:  # applied before: but perhaps not yet by any Redis replica
+            await_replica(client, keys, f"delta {path.name} (applied before: seq {last})")
             return DeltaResult(version, 0, last)
         state = _RedisDelta(client, keys, version, meta, keyer)
         problems = [e for e in (state.apply(op) for op in todo) if e is not None]
@@ -687,7 +775,7 @@ def publish_delta(
             raise LoadRejected(str(path), problems)
         previous = float(meta.get("source_timestamp", b"0"))
         state.commit(todo, delta_source_time(todo, previous), lock)
-        await_replica(client, f"delta seq {todo[0].seq}..{todo[-1].seq}")
+        await_replica(client, keys, f"delta seq {todo[0].seq}..{todo[-1].seq}")
         return DeltaResult(version, len(todo), todo[-1].seq)
     finally:
         lock.release()

@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("load", help="validate a snapshot or delta file and publish it to Redis")
     p.add_argument("path", type=Path)
     add_options(p, "load")
+    p.add_argument("--allow-rollback", action="store_true",
+                   help="load a snapshot even though its includes_seq is below the last delta "
+                        "seq Redis has applied (undoing those deltas); refused otherwise")  # fmt: skip
 
     p = sub.add_parser("validate", help="report every bad row of a list file; change nothing")
     p.add_argument("path", type=Path)
@@ -375,7 +378,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             version = publish_snapshot(
                 client, path, keyer, keys,
                 progress=lambda n: print(f"  {n:,} rows read", file=sys.stderr, flush=True),
-                writers=args.writers,
+                writers=args.writers, allow_rollback=args.allow_rollback,
             )  # fmt: skip
             print(f"snapshot {path}: version {version} is current "
                   f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
@@ -425,11 +428,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     except grpc.RpcError as exc:
         print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
+    # exit 1 while the server is NOT_SERVING (as ``health``): no list, or one it cannot trust
+    serving = status.serving and not status.not_serving_reason
     if args.json:
         print(json_format.MessageToJson(status, ensure_ascii=False))
-        return 0
-    if status.not_serving_reason:
-        print(f"NOT_SERVING: {status.not_serving_reason}")
+        return 0 if serving else 1
+    if status.not_serving_reason or not status.serving:
+        print(f"NOT_SERVING: {status.not_serving_reason or 'no list loaded yet'}")
     if status.behind:
         print(f"BEHIND: {status.rejected_source} was refused ({status.rejected_problem}); "
               "serving the last good list")  # fmt: skip
@@ -451,7 +456,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {c.list_type:8} {c.status:10} {c.entries}")
     for p in status.policy:
         print(f"policy {p.name} = {p.value}  ({p.description})")
-    return 0
+    return 0 if serving else 1
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -564,7 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         redis = sys.modules.get("redis")  # only loaded by the commands that use it
         if redis is not None and isinstance(exc, redis.RedisError):
-            url = getattr(args, "redis", "") or "Redis"
+            from shixin_check.loader.index_redis import masked_url
+
+            url = masked_url(getattr(args, "redis", "") or "Redis")  # never its password
             print(f"{command}: cannot use Redis at {url}: {exc}", file=sys.stderr)
             return 2
         if isinstance(exc, OSError):
