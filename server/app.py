@@ -20,6 +20,14 @@ supervisor (``server.workers``) whose N worker processes each run a
 ``Service`` with a ``WorkerSeat``: the port shared with SO_REUSEPORT (a single
 server refuses to share it), its own hit and audit logs, its metrics written
 for the parent to sum; a replacement worker loads its list before it binds.
+
+A caller's bytes never put a traceback in the log (a traceback there means a
+bug here): health and reflection are registered, like the service, with
+deserialisers that turn bytes that do not parse into INVALID_ARGUMENT
+(``register_leniently``), and grpcio's ERROR with a traceback for a header
+that is not UTF-8 becomes one WARNING line (``CallerBytesFilter``).
+``--metrics-listen`` on the gRPC port itself is refused at start, naming
+both flags (``separate_ports``).
 """
 
 from __future__ import annotations
@@ -29,23 +37,25 @@ import contextlib
 import datetime as _dt
 import errno
 import gc
+import inspect
 import logging
 import signal
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from redis import RedisError
 
 from shixin.v1 import check_pb2 as pb
-from shixin_check.domain.errors import ConfigurationError, LoadRejected
+from shixin_check.domain.errors import ConfigurationError, LoadRejected, MalformedRequest
 from shixin_check.domain.index import IndexSource
 from shixin_check.domain.model import CHINA_TZ
 from shixin_check.loader.columns import keyer_for
@@ -60,6 +70,7 @@ from shixin_check.server.hitsink import HitForwarder
 from shixin_check.server.metrics import MetricsEndpoint, Reading, ReadingWriter, take_reading
 from shixin_check.server.service import ConsumptionCheckService, add_to_server
 from shixin_check.server.settings import DEMO_METRICS_LISTEN, ServeSettings
+from shixin_check.server.status import refusal
 
 if TYPE_CHECKING:
     from shixin_check.server.workers import WorkerSeat
@@ -167,10 +178,16 @@ class Service:
             ),
             server,
         )  # fmt: skip
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        quiet_caller_bytes()
+        lenient = LenientRegistration(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, lenient)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            ),
+            lenient,
         )
+        lenient.done()
         if self.seat is None:  # the supervisor checked, and holds the port for its workers
             port_is_free(settings.listen)  # a clean one-line refusal before grpcio's own log line
         try:
@@ -443,6 +460,168 @@ class Service:
         log.info("stopped: in-flight calls done, logs closed")
 
 
+# --- a caller's bytes: never a traceback ------------------------------------------------
+
+#: The logger of grpcio's Cython core (``grpc._cython.cygrpc``).
+GRPC_CORE_LOGGER = "grpc._cython.cygrpc"
+
+
+class CallerBytesFilter(logging.Filter):
+    """grpcio's ERROR with a traceback for a header that is not UTF-8, made one WARNING line.
+
+    grpcio logs ``Invalid encoding on b'...'`` with the decode error's traceback
+    (then reads the value as Latin-1 and goes on): a caller's bytes, not a bug
+    here. The bytes are left out: the header may be a credential.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Invalid encoding on"):
+            record.msg = "a caller sent a header value that is not UTF-8 (read as Latin-1)"
+            record.args = ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_caller_bytes() -> None:
+    """Put ``CallerBytesFilter`` on grpcio's logger, once per process."""
+    core = logging.getLogger(GRPC_CORE_LOGGER)
+    if not any(isinstance(f, CallerBytesFilter) for f in core.filters):
+        core.addFilter(CallerBytesFilter())
+
+
+class _Unparsed:
+    """What a lenient deserialiser hands over for bytes that are not the message."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+class LenientRegistration:
+    """Stands in for the server while a generated ``add_*_to_server`` registers a service.
+
+    Each method gets a deserialiser that never raises and a behaviour that
+    answers bytes that do not parse with INVALID_ARGUMENT (``MALFORMED_REQUEST``,
+    as the service's own methods do) and one WARNING line, where grpcio would
+    answer UNKNOWN and log an ERROR with a traceback.
+    """
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+        self.generic: list[Any] = []
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Held: generated code names the same methods to ``add_registered_method_handlers``
+        next, and only code that does not is registered as it is (``done``)."""
+        self.generic.append(handlers)
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.generic.clear()
+        lenient = {name: _lenient(f"{service}/{name}", h) for name, h in handlers.items()}
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, lenient),)
+        )
+        self.server.add_registered_method_handlers(service, lenient)
+
+    def done(self) -> None:
+        """Register, unchanged, what came only as generic handlers."""
+        for handlers in self.generic:
+            self.server.add_generic_rpc_handlers(handlers)
+        self.generic.clear()
+
+
+def _lenient(method: str, handler: Any) -> grpc.RpcMethodHandler:
+    """``handler`` (grpcio's method handler tuple) with a deserialiser that never raises."""
+    parse = handler.request_deserializer
+    message = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+    what = getattr(message, "full_name", "request message")  # FromString is the class's
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except (DecodeError, ValueError, RuntimeError):
+            return _Unparsed(f"request is not a valid {what}")
+
+    async def refuse(unparsed: _Unparsed, context: grpc.aio.ServicerContext) -> None:
+        log.warning("%s from %s: %s (INVALID_ARGUMENT)", method, context.peer(), unparsed.problem)
+        told = refusal(MalformedRequest(unparsed.problem))
+        await context.abort(told.code, told.message, told.trailing_metadata())
+
+    kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+    kind = next((k for k in kinds if getattr(handler, k) is not None), "")
+    behaviour = getattr(handler, kind, None)
+    streamed = kind.startswith("stream_")
+
+    async def checked(argument: Any, context: grpc.aio.ServicerContext) -> Any:
+        """The request, or the stream of them, refused where one does not parse."""
+        if not streamed:
+            if isinstance(argument, _Unparsed):
+                await refuse(argument, context)
+            return argument
+
+        async def parsed() -> AsyncIterator[Any]:
+            async for request in argument:
+                if isinstance(request, _Unparsed):
+                    await refuse(request, context)
+                yield request
+
+        return parsed()
+
+    if inspect.isasyncgenfunction(behaviour):
+        assert behaviour is not None
+
+        async def replies(argument: Any, context: grpc.aio.ServicerContext) -> Any:
+            async for reply in behaviour(await checked(argument, context), context):
+                yield reply
+
+        return handler._replace(request_deserializer=deserialize, **{kind: replies})
+    if inspect.iscoroutinefunction(behaviour):
+        assert behaviour is not None
+
+        async def reply(argument: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await behaviour(await checked(argument, context), context)
+
+        return handler._replace(request_deserializer=deserialize, **{kind: reply})
+    return handler  # not an asyncio behaviour: left as grpcio registers it
+
+
+def separate_ports(settings: ServeSettings) -> None:
+    """``ConfigurationError`` naming both flags when ``--metrics-listen`` is the gRPC port.
+
+    Caught before either binds: otherwise whichever binds second reports the
+    port taken "by another process". The demo's own default is left alone (it
+    moves its metrics to a free port when 9464 is taken). Addresses overlap
+    when their hosts are the same or either is a wildcard.
+    """
+    metrics = settings.metrics_listen
+    if metrics is None or (settings.demo and metrics == DEMO_METRICS_LISTEN):
+        return
+    grpc_host, _, grpc_port = settings.listen.rpartition(":")
+    metrics_host, _, metrics_port = metrics.rpartition(":")
+    try:
+        port = int(grpc_port)
+        if port == 0 or port != int(metrics_port):
+            return  # port 0 is a free port of its own for each
+    except ValueError:
+        return  # not an address: its bind says so
+    hosts = {
+        _LOCAL.get(h, h) for h in (grpc_host.strip("[]").lower(), metrics_host.strip("[]").lower())
+    }
+    if len(hosts) == 1 or hosts & _WILDCARDS:
+        raise ConfigurationError(
+            f"--metrics-listen {metrics} and --listen {settings.listen} name the same port "
+            f"{port}: the metrics need a port of their own"
+        )
+
+
+_LOCAL = {"localhost": "127.0.0.1"}
+_WILDCARDS = {"", "0.0.0.0", "::"}
+
+
 def _utc(unix: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
@@ -529,6 +708,7 @@ def _cmd(number: str, name: str, channel: str) -> str:
 
 def run_service(settings: ServeSettings) -> int:
     """``serve``: one server in this process, or with ``--workers N`` a supervisor of N."""
+    separate_ports(settings)
     workers = _workers(settings)
     if workers > 1:
         from shixin_check.server.workers import run_supervisor

@@ -105,7 +105,8 @@ class _Walk:
     hash: str = GENESIS
     at: _Line | None = None
     records: int = 0
-    noted_at: tuple[_Line, str] | None = None  # the record at the noted head's seq, its hash
+    #: the record at the noted head's seq, its hash, and how many records came before it
+    noted_at: tuple[_Line, str, int] | None = None
 
 
 def _lines(files: list[Path]) -> Iterator[_Line]:
@@ -152,11 +153,11 @@ def verify(path: Path) -> VerifyResult:
             return VerifyResult(files, walk.records, problem, walk.seq, walk.hash, noted)
         broken = _check(walk, line, record, files, position)
         if broken is not None:
-            return VerifyResult(files, walk.records, broken, walk.seq, walk.hash, noted)
+            return VerifyResult(files, _intact(walk, broken), broken, walk.seq, walk.hash, noted)
+        if noted is not None and record["seq"] == noted.seq:
+            walk.noted_at = (line, line_hash(line.raw), walk.records)
         walk.seq, walk.hash, walk.at = record["seq"], line_hash(line.raw), line
         walk.records += 1
-        if noted is not None and walk.seq == noted.seq:
-            walk.noted_at = (line, walk.hash)
     if unreadable:
         bad = Problem(head_path(path), None, None, "bad head", "not an audit head (edited?)")
         return VerifyResult(files, walk.records, bad, walk.seq, walk.hash)
@@ -167,7 +168,10 @@ def verify(path: Path) -> VerifyResult:
         )
         return VerifyResult(files, walk.records, None, walk.seq, walk.hash, None, warning)
     short = _held_to(noted, walk, files[-1])
-    return VerifyResult(files, walk.records, short, walk.seq, walk.hash, noted)
+    intact = walk.records
+    if short is not None and short.kind == "rewritten" and walk.noted_at is not None:
+        intact = walk.noted_at[2]
+    return VerifyResult(files, intact, short, walk.seq, walk.hash, noted)
 
 
 def verify_sets(path: Path) -> list[tuple[Path, VerifyResult]]:
@@ -198,6 +202,14 @@ def _verify_or_gone(path: Path) -> VerifyResult:
         return VerifyResult([], 0, Problem(path, None, None, "truncated", detail), noted=noted)
 
 
+def _intact(walk: _Walk, problem: Problem) -> int:
+    """Records read before ``problem``: an edit shows at the next record's link, so a
+    problem named at the last record read leaves that one out too."""
+    at = walk.at
+    named_last = at is not None and (problem.file, problem.line) == (at.file, at.number)
+    return walk.records - 1 if named_last else walk.records
+
+
 def _torn_end(noted: ChainHead | None, walk: _Walk, line: _Line, last: Path) -> Problem | None:
     """A record cut in the middle at the very end, short of the noted head: a truncation."""
     if noted is None or noted.seq <= walk.seq or line.ended or line.file != last:
@@ -213,7 +225,7 @@ def _held_to(noted: ChainHead, walk: _Walk, last: Path) -> Problem | None:
         return Problem(last, None, None, "truncated", detail)
     if noted.seq == 0 or walk.noted_at is None:  # an intact chain has every seq to its end
         return None
-    line, found = walk.noted_at
+    line, found, _ = walk.noted_at
     if found != noted.sha256:
         detail = f"the head records {noted}, the log holds sha256 {found[:12]}…"
         return Problem(line.file, line.number, noted.seq, "rewritten", detail)

@@ -11,8 +11,12 @@ the listing was suspended, exempted, expired or the purchase not restricted.
 Records are read from every file given (rotated ones included), kept when
 their ``time`` falls in the quarter in China time, and counted once per
 ``check_id`` however many replicas or rotations hold them. A line that is
-not a hit record is counted in ``skipped_lines``, never fatal. The report
-holds no ID number, not even masked.
+not a hit record is counted in ``skipped_lines``, never fatal: a record
+needs a ``check_id``, a ``decision`` of ALLOW, DENY or REVIEW and a ``time``
+that is a number of seconds (``true`` is not one). A record of the audit log
+is another matter: it means the wrong file was given, and ``NotAHitLog``
+says so at once rather than report an empty quarter. The report holds no ID
+number, not even masked.
 """
 
 from __future__ import annotations
@@ -34,9 +38,14 @@ from shixin_check.domain.model import CHINA_TZ
 
 REPORT_DUE_DAYS = 30  # seed 004: within 30 days of the quarter's end
 _LATEST_TIME = 253402300800  # 10000-01-01: later stamps are not dates
-_QUARTER = re.compile(r"(\d{4})Q([1-4])", re.IGNORECASE)
+_QUARTER = re.compile(r"([0-9]{4})Q([1-4])", re.IGNORECASE | re.ASCII)
+DECISIONS = frozenset({"ALLOW", "DENY", "REVIEW"})
 
 HitSource = Path | Mapping[str, Any]
+
+
+class NotAHitLog(ValueError):
+    """A file given as a hit log holds audit-log records: the wrong log was named."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,11 @@ def _records(sources: Iterable[HitSource], totals: Totals) -> Iterator[Mapping[s
         for where, record in found:
             if _is_hit(record):
                 yield record
+            elif _is_audit(record):
+                raise NotAHitLog(
+                    f"{where} is an audit-log record, not a hit record: give the hit log "
+                    "(serve --hit-log), not the audit log (serve --audit-log)"
+                )
             else:
                 totals.skipped_lines += 1
                 totals.first_skipped = totals.first_skipped or where
@@ -192,8 +206,20 @@ def _is_hit(record: object) -> TypeGuard[Mapping[str, Any]]:
     return (
         isinstance(record.get("check_id"), str)
         and isinstance(record.get("decision"), str)
+        and record["decision"] in DECISIONS
         and isinstance(stamp, int | float)
+        and not isinstance(stamp, bool)  # JSON true is no time, though Python counts it 1
         and 0 <= stamp < _LATEST_TIME
+    )
+
+
+def _is_audit(record: object) -> bool:
+    """A record of the audit log (``server.hitlog.AuditLog``): its chain link and method."""
+    return (
+        isinstance(record, Mapping)
+        and isinstance(record.get("seq"), int)
+        and isinstance(record.get("prev"), str)
+        and isinstance(record.get("method"), str)
     )
 
 

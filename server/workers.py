@@ -11,7 +11,9 @@ where port sharing is right: a single server turns it off, and the supervisor
 first refuses a taken port exactly as a single server does (``port_is_free``),
 then holds the port (bound with SO_REUSEPORT, never listening) for as long as
 it runs, so port 0 becomes one port for all and no other server can take it
-while a worker restarts.
+while a worker restarts: the held socket has no SO_REUSEADDR, so only a
+socket with SO_REUSEPORT of the same user (its workers) may bind beside it,
+even while no worker listens (``hold_port``).
 
 What the workers share, and what not:
 
@@ -37,8 +39,22 @@ A worker that dies (a crash, SIGKILL, the OOM killer) is logged with why and
 started again as the same worker (same logs, its chain going on) after a
 backoff: 0.5 s, doubling for each death in a row up to 10 s, back to 0.5 s
 once a worker has lived 30 s. A replacement loads its list before it binds,
-so no connection reaches it before it can answer. A worker that fails on its
-configuration before any worker has started stops the whole start (exit 2).
+so no connection reaches it before it can answer. A worker that fails its
+start-up (a configuration error, or an OSError such as a hit log it cannot
+open) before every worker has served stops the whole start: exit 2 with the
+line a single server prints. A replacement that fails its start-up
+``FAILED_STARTS`` times in a row (a port it can never bind, a log folder
+gone) ends the server the same way, naming the worker, instead of
+restarting it for ever.
+
+Private folders (the workers' metrics readings ``shixin-run-*``, the compiled
+index of a generated secret ``shixin-index-*``, the demo list
+``shixin-demo-*``, all in the temporary directory) are removed at exit. Each
+holds ``supervisor.json`` naming its supervisor (pid, its start time, its pid
+namespace), so a supervisor killed with SIGKILL leaves them only until the
+next supervisor starts: it removes those whose supervisor is gone
+(``sweep_stale_folders``), never one of another user, another pid namespace
+or a live process.
 
 SIGTERM or SIGINT: sent on to every worker, each of which drains as a single
 server does (NOT_SERVING, ``--grace`` for calls in flight, logs closed); the
@@ -50,6 +66,8 @@ supervisor is gone stops by itself.
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
 import logging
 import multiprocessing
 import os
@@ -65,6 +83,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from shixin_check.domain.errors import ConfigurationError
 from shixin_check.server.app import Service, port_is_free, write_demo_list
@@ -83,6 +102,12 @@ STEADY_S = 30.0
 #: Beyond ``--grace``: how long a stopping worker may take (finishing a load) before SIGKILL.
 STOP_SLACK_S = 30.0
 PARENT_POLL_S = 0.5
+#: A replacement that fails its start-up this many times in a row ends the server.
+FAILED_STARTS = 3
+#: The private folders a supervisor makes in the temporary directory, and removes at exit.
+PRIVATE_PREFIXES = ("shixin-run-", "shixin-index-", "shixin-demo-")
+#: In each of them: which supervisor made it (what lets a later one remove it once it is gone).
+OWNER_FILE = "supervisor.json"
 
 
 @dataclass(frozen=True)
@@ -107,7 +132,14 @@ def worker_settings(settings: ServeSettings, number: int) -> ServeSettings:
 
 def hold_port(listen: str) -> tuple[str, list[socket.socket]]:
     """Bind (not listen) ``listen`` with SO_REUSEPORT: the address the workers share
-    (port 0 made one concrete port) and the sockets holding it for them."""
+    (port 0 made one concrete port) and the sockets holding it for them.
+
+    Without SO_REUSEADDR: a bound, not listening socket with it lets any other
+    SO_REUSEADDR socket (a plain ``serve``, a metrics listener) bind and listen
+    beside it while no worker listens. Connections of an earlier server on the
+    port, still in TIME_WAIT, refuse such a bind; a socket with both options is
+    bound first then, the strict one beside it, and the first one closed.
+    """
     host, _, port_text = listen.rpartition(":")
     bare = host.strip("[]") or "0.0.0.0"
     port = int(port_text)
@@ -115,17 +147,43 @@ def hold_port(listen: str) -> tuple[str, list[socket.socket]]:
     try:
         infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)
         for family, kind, proto, _, address in infos:
-            sock = socket.socket(family, kind, proto)
+            sock = _bound(family, kind, proto, (address[0], port, *address[2:]))
             held.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((address[0], port, *address[2:]))
             port = sock.getsockname()[1]
     except OSError as exc:
         for sock in held:
             sock.close()
         raise ConfigurationError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     return f"{host}:{port}", held
+
+
+def _bound(family: int, kind: int, proto: int, address: tuple[Any, ...]) -> socket.socket:
+    """A socket bound to ``address`` with SO_REUSEPORT and without SO_REUSEADDR."""
+
+    def bind(reuse_address: bool) -> socket.socket:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if reuse_address:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    try:
+        return bind(reuse_address=False)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+    # TIME_WAIT of an earlier server (port_is_free found no listener): with one socket
+    # of both options bound, the kernel lets a SO_REUSEPORT one of the same user beside it.
+    bridge = bind(reuse_address=True)
+    try:
+        return bind(reuse_address=False)
+    finally:
+        bridge.close()
 
 
 # --- a worker ---------------------------------------------------------------------
@@ -160,13 +218,22 @@ def _worker_main(settings: ServeSettings, seat: WorkerSeat, messages: Connection
     threading.Thread(
         target=_watch_parent, args=(os.getppid(),), name="parent-watch", daemon=True
     ).start()
+    served = threading.Event()
+
+    def announce(line: str) -> None:
+        if line.startswith("serving on "):
+            served.set()
+        send("announce", line)
+
     try:
-        service = Service(settings, announce=lambda line: send("announce", line), seat=seat)
+        service = Service(settings, announce=announce, seat=seat)
         services.append(service)
         asyncio.run(service.run(on_ready=lambda _service: send("loaded", "")))
-    except ConfigurationError as exc:
+    except (ConfigurationError, OSError) as exc:
+        if served.is_set():
+            raise  # a failure of a running server, not of its start: a crash, restarted
+        # What a single server would print (shixin_check.cli), said once by the supervisor.
         send("fatal", str(exc))
-        log.error("%s", exc)
         sys.exit(2)
 
 
@@ -193,6 +260,7 @@ class _Worker:
     restart_at: float | None = None  # a replacement is due then
     serving: bool = False  # its current process announced it is serving
     loaded: bool = False  # its current process is past its first load
+    failed_starts: int = 0  # replacements in a row that failed their start-up
 
 
 def _why(exitcode: int | None) -> str:
@@ -232,6 +300,8 @@ class Supervisor:
         settings = self.settings
         port_is_free(settings.listen)  # a single server's one-line refusal, before any worker
         listen, held = hold_port(settings.listen)
+        for folder in sweep_stale_folders():
+            log.info("removed %s: its supervisor is gone (killed?)", folder)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -279,11 +349,10 @@ class Supervisor:
         if demo:  # one demo list for all, not one each
             path = write_demo_list(settings.demo_count, self._print)
             settings = replace(settings, demo=False, list_path=path)
-            self.cleanup.append(path.parent)
+            self._own(path.parent)
         if settings.secret_source == EPHEMERAL_SECRET and settings.redis is None:
             if settings.index_dir is not None or demo:  # None otherwise: --index-dir off
-                private = Path(tempfile.mkdtemp(prefix="shixin-index-"))
-                self.cleanup.append(private)
+                private = self._own(Path(tempfile.mkdtemp(prefix="shixin-index-")))
                 log.info("key secret generated for this run: its workers share a compiled "
                          "index in %s (removed at exit)", private)  # fmt: skip
                 settings = replace(settings, index_dir=private)
@@ -297,8 +366,7 @@ class Supervisor:
         listen = self.settings.metrics_listen
         if listen is None:
             return
-        folder = Path(tempfile.mkdtemp(prefix="shixin-run-"))  # 0700: the workers' readings
-        self.cleanup.append(folder)
+        folder = self._own(Path(tempfile.mkdtemp(prefix="shixin-run-")))  # 0700: the readings
         self.readings = WorkerReadings(folder)
         try:
             self.metrics = MetricsEndpoint(listen, self.readings.read)
@@ -308,6 +376,12 @@ class Supervisor:
             log.warning("%s; the demo serves its metrics on another port", exc)
             self.metrics = MetricsEndpoint("127.0.0.1:0", self.readings.read)
         self._print(f"metrics on {self.metrics.url} (the sum over {len(self.workers)} workers)")
+
+    def _own(self, folder: Path) -> Path:
+        """``folder``, removed at exit, and marked as this supervisor's until then."""
+        self.cleanup.append(folder)
+        mark_owned(folder)
+        return folder
 
     def _start(self, worker: _Worker, replacement: bool) -> None:
         reading = None
@@ -417,6 +491,15 @@ class Supervisor:
             if not self.started:  # the start itself is wrong: nothing would ever serve
                 self.fatal = self.fatal or text
                 self._begin_stop(f"worker {worker.number} cannot start")
+                return
+            worker.failed_starts += 1
+            if worker.failed_starts < FAILED_STARTS:
+                log.error("worker %d cannot start: %s", worker.number, text)
+                return
+            self.fatal = self.fatal or (
+                f"worker {worker.number} failed to start {FAILED_STARTS} times in a row: {text}"
+            )
+            self._begin_stop(f"worker {worker.number} cannot start again")
             return
         if kind == "loaded":
             worker.loaded = True
@@ -426,6 +509,7 @@ class Supervisor:
             return
         if text.startswith("serving on "):
             worker.serving = True
+            worker.failed_starts = 0
             if self.started:
                 log.info("worker %d serving again", worker.number)
             elif all(w.serving for w in self.workers):
@@ -476,6 +560,74 @@ class Supervisor:
                 self.unclean.append(f"worker {worker.number} killed after the grace")
                 os.kill(process.pid, signal.SIGKILL)
         self.stop_deadline = float("inf")
+
+
+# --- private folders left by a killed supervisor -------------------------------------
+
+
+def _started_at(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot); None when there is none,
+    "" when that cannot be read (taken as alive)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else ""  # field 22 of proc(5)
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def mark_owned(folder: Path) -> None:
+    """Name this process in ``folder`` (``OWNER_FILE``): pid, start time, pid namespace."""
+    owner = {"pid": os.getpid(), "started": _started_at(os.getpid()) or "",
+             "pid_namespace": _pid_namespace()}  # fmt: skip
+    (folder / OWNER_FILE).write_text(json.dumps(owner))
+
+
+def sweep_stale_folders(temp: Path | None = None) -> list[Path]:
+    """Remove the private folders of supervisors that are gone; the folders removed.
+
+    Only a directory (not a link) of this user, named with one of
+    ``PRIVATE_PREFIXES``, whose ``OWNER_FILE`` names a process of this pid
+    namespace that no longer runs, or whose pid a later process now has. A
+    folder without that file, or one this cannot read, is left alone.
+    """
+    namespace = _pid_namespace()
+    if not namespace:  # no /proc: whether a pid is alive cannot be told safely
+        return []
+    try:
+        entries = list(os.scandir(temp or tempfile.gettempdir()))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        if not entry.name.startswith(PRIVATE_PREFIXES):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid != os.geteuid():
+                continue
+            owner = json.loads((Path(entry.path) / OWNER_FILE).read_text())
+            pid, started = int(owner["pid"]), str(owner["started"])
+            same_namespace = owner["pid_namespace"] == namespace
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        running = _started_at(pid)
+        if not same_namespace or pid == os.getpid() or running == "":
+            continue
+        if running is None or running != started:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
 
 
 def run_supervisor(settings: ServeSettings, workers: int) -> int:

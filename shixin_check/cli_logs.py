@@ -40,7 +40,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dic
     p = sub.add_parser("audit", help="audit log tools")
     tools = p.add_subparsers(dest="audit_command", required=True)
     v = tools.add_parser("verify", help="check the hash chain of an audit log and its rotations")
-    v.add_argument("path", type=Path, help="the live audit log (rotated files found beside it)")
+    v.add_argument("path", help="the live audit log (rotated files found beside it)")
     return {"feedback": resolving(cmd_feedback), "audit": cmd_audit}
 
 
@@ -51,14 +51,30 @@ def _hit_files(args: argparse.Namespace) -> list[Path]:
     """
     from shixin_check.server.hitlog import log_files, log_sets
 
-    named = ([args.hit_log] if args.hit_log else []) + list(args.more_hit_logs)
+    named = [("--hit-log", args.hit_log)] if args.hit_log else []
+    named += [(f"hit log argument {n}", raw) for n, raw in enumerate(args.more_hit_logs, 1)]
     files: list[Path] = []
-    for raw in named:
-        found = [file for one in log_sets(Path(raw)) for file in log_files(one)]
+    for argument, raw in named:
+        path = log_path(str(raw), argument)
+        found = [file for one in log_sets(path) for file in log_files(one)]
         if not found:
             raise FileNotFoundError(f"no hit log at {raw}")
         files.extend(found)
     return list(dict.fromkeys(files))
+
+
+def log_path(text: str, argument: str) -> Path:
+    """``text`` as the path of a live log; ``ValueError`` naming ``argument`` when it
+    cannot be one (empty, or a directory: the files of a set are found beside it)."""
+    if not text.strip():
+        raise ValueError(f"{argument}: is empty; give a log file's path")
+    path = Path(text)
+    if path.name in ("", "..") or path.is_dir():
+        raise ValueError(
+            f"{argument}: {text} is a directory; give the live log file's path "
+            "(its rotated files are found beside it)"
+        )
+    return path
 
 
 def replaceable(path: Path) -> None:
@@ -82,7 +98,13 @@ def _write_whole(path: Path, text: str) -> None:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from shixin_check.server.feedback import Quarter, build_report, report_csv, report_json
+    from shixin_check.server.feedback import (
+        NotAHitLog,
+        Quarter,
+        build_report,
+        report_csv,
+        report_json,
+    )
 
     try:
         quarter = Quarter.parse(args.quarter)
@@ -106,7 +128,11 @@ def cmd_feedback(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    report = build_report(sources, quarter)
+    try:
+        report = build_report(sources, quarter)
+    except NotAHitLog as exc:
+        print(f"feedback: {exc}", file=sys.stderr)
+        return 2
     text = report_csv(report) if args.format == "csv" else report_json(report)
     if args.out:
         _write_whole(Path(args.out), text)
@@ -117,10 +143,21 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         f"feedback {quarter}: {len(report.cases)} cases, {t.checks} checks ({t.denied} denied, "
         f"{t.reviews} review, {t.allowed} allowed) from {len(files)} files; "
         f"{t.duplicates} duplicates, {t.skipped_lines} unreadable lines"
-        f"{f' (the first at {t.first_skipped})' if t.first_skipped else ''}; due {quarter.due}",
+        f"{f' (the first at {t.first_skipped})' if t.first_skipped else ''}"
+        f"{_outside(t.outside_quarter, t.checks, quarter)}; due {quarter.due}",
         file=sys.stderr,
     )
     return 0
+
+
+def _outside(records: int, checks: int, quarter: object) -> str:
+    """The summary's word on records of other quarters: never silent, since a quarter
+    with no check in it is most often a --quarter or a log of the wrong time."""
+    if not records:
+        return ""
+    if checks:
+        return f", {records} records outside {quarter}"
+    return f"; none of the {records} records read falls in {quarter} (is --quarter right?)"
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -134,11 +171,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from shixin_check.server.audit import verify_sets
 
     try:
-        results = verify_sets(args.path)
-    except FileNotFoundError as exc:
+        path = log_path(args.path, "PATH")
+        results = verify_sets(path)
+    except (ValueError, FileNotFoundError) as exc:
         print(f"audit verify: {exc}", file=sys.stderr)
         return 2
-    if len(results) == 1 and results[0][0] == args.path:
+    if len(results) == 1 and results[0][0] == path:
         return _report_chain(results[0][1], "")
     broken = 0
     for path, result in results:

@@ -1,0 +1,239 @@
+"""``serve --workers N`` when things go wrong: start-up errors, the held port, a kill -9.
+
+Real pieces, as in ``tests/test_workers.py``: ``shixin-check serve`` child
+processes (a supervisor and its spawned workers, found with psutil), real
+ports on 127.0.0.1, real files. A start-up mistake ends the start in the
+line a single server prints; the port stays the supervisor's while its
+workers restart; a killed supervisor's private folders go at the next start.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from shixin_check.server import workers as supervisors
+from tests.processes import CLI, ServeProcess, free_port, run_cli
+from tests.test_workers import ask_round, feed, serve_workers, two_workers, workers_of
+from tests.waiting import WAIT_S, eventually
+
+__all__ = ["feed", "two_workers"]  # fixtures used here, defined beside the other worker tests
+
+#: A supervisor that restarts for ever instead of ending is killed after this, failing the test.
+ENDS_WITHIN_S = 45
+
+
+def serve_to_the_end(*args: str, workers: int) -> subprocess.CompletedProcess[str]:
+    """``shixin-check serve ARGS`` with ``workers`` workers, expected to end by itself."""
+    env = {**os.environ, "SHIXIN_WORKERS": str(workers)}
+    try:
+        return subprocess.run([*CLI, "serve", *args], capture_output=True, text=True,
+                              timeout=ENDS_WITHIN_S, env=env)  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"still running after {ENDS_WITHIN_S}s:\n{exc.stderr!r}") from None
+
+
+def the_refusal(done: subprocess.CompletedProcess[str]) -> str:
+    """The last line of a start that ended with exit 2 and no traceback."""
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stderr.strip().splitlines()[-1]
+
+
+# --- 1. a start-up mistake ------------------------------------------------------------------
+
+
+def test_a_hit_log_that_cannot_open_ends_the_start_as_for_one_server(
+    tmp_path: Path, feed: Path
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    args = ("--list", str(feed), "--key-secret-file", str(tmp_path / "key"),
+            "--listen", "127.0.0.1:0", "--hit-log", str(tmp_path / "a-file" / "hits.jsonl"))  # fmt: skip
+    single = serve_to_the_end(*args, workers=1)
+    line = the_refusal(single)
+    assert single.stderr.strip() == line  # one line, and nothing else
+    supervised = serve_to_the_end(*args, workers=2)
+    assert the_refusal(supervised) == line
+    assert supervised.stderr.count(str(tmp_path / "a-file")) == 1, supervised.stderr
+    assert "starting it again" not in supervised.stderr
+
+
+# --- 2. the port, the supervisor's while its workers restart --------------------------------
+
+
+def test_no_other_server_takes_the_port_while_every_worker_restarts(
+    tmp_path: Path, feed: Path, two_workers: None
+) -> None:
+    server = serve_workers(tmp_path, feed, "held")
+    try:
+        workers = workers_of(server)
+        for worker in workers:
+            worker.send_signal(signal.SIGKILL)
+        for worker in workers:
+            worker.wait(timeout=WAIT_S)
+        # no worker listens now (the first replacement is 0.5 s away): a socket bound as
+        # grpcio binds a plain server's (SO_REUSEADDR) must still find the port taken
+        with socket.socket() as intruder:
+            intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError) as refused:
+                intruder.bind(("127.0.0.1", server.port))
+        assert refused.value.errno == errno.EADDRINUSE
+        plain = run_cli("serve", "--list", str(feed), "--key-secret-file", str(tmp_path / "key"),
+                        "--listen", server.target, env={**os.environ, "SHIXIN_WORKERS": "1"})  # fmt: skip
+        assert plain.returncode == 2 and len(plain.stderr.strip().splitlines()) == 1, plain.stderr
+        assert f"port {server.port} is in use" in plain.stderr
+        eventually(lambda: server.output().count("serving again") == 2, "both replacements serve")
+        assert len({worker for worker, _, _ in ask_round(server.target)}) == 2
+    finally:
+        code = server.stop()
+    assert code == 0, server.output()
+
+
+def test_the_port_is_held_alike_after_an_earlier_servers_connections(
+    tmp_path: Path, feed: Path, two_workers: None
+) -> None:
+    """A restart on the port of a single server that just stopped: its connections wait in
+    TIME_WAIT on the server's side, which refuses a bind without SO_REUSEADDR."""
+    with socket.socket() as earlier:  # bound as grpcio binds a single server
+        earlier.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        earlier.bind(("127.0.0.1", 0))
+        earlier.listen()
+        port = earlier.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = earlier.accept()
+            accepted.close()  # the server closes first: its side goes to TIME_WAIT
+            client.recv(1)
+    server = ServeProcess("--list", str(feed), "--key-secret-file", str(tmp_path / "key"),
+                          port=port, log=tmp_path / "again.log")  # fmt: skip
+    try:
+        eventually(lambda: "every worker is past its first load" in server.output(),
+                   "serving on the port just used")  # fmt: skip
+        for worker in workers_of(server):
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=WAIT_S)
+        with socket.socket() as intruder:
+            intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError) as refused:
+                intruder.bind(("127.0.0.1", port))
+        assert refused.value.errno == errno.EADDRINUSE
+        eventually(lambda: server.output().count("serving again") == 2, "both replacements serve")
+    finally:
+        assert server.stop() == 0, server.output()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metrics_on_the_grpc_port_is_refused_naming_both_flags(
+    tmp_path: Path, feed: Path, workers: int
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    done = serve_to_the_end("--list", str(feed), "--key-secret-file", str(tmp_path / "key"),
+                            "--listen", address, "--metrics-listen", address, workers=workers)  # fmt: skip
+    line = the_refusal(done)
+    assert done.stderr.strip() == line  # refused before anything starts
+    assert f"--metrics-listen {address} and --listen {address} name the same port" in line, line
+    assert "another" not in line
+
+
+def test_a_replacement_that_cannot_start_ends_the_server_in_one_line(
+    tmp_path: Path, feed: Path, two_workers: None
+) -> None:
+    logs = tmp_path / "logs"
+    server = serve_workers(tmp_path, feed, "ends", "--hit-log", str(logs / "hits.jsonl"))
+    try:
+        logs.rename(tmp_path / "logs.old")  # the running workers keep their open files
+        logs.write_text("no longer a folder")
+        victim = workers_of(server)[0]
+        victim.send_signal(signal.SIGKILL)
+        code = server.proc.wait(timeout=ENDS_WITHIN_S)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        raise AssertionError(f"restarting for ever:\n{server.output()}") from None
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+    output = server.output()
+    assert code == 2, output
+    assert "Traceback" not in output
+    last = output.strip().splitlines()[-1]
+    assert re.fullmatch(r"shixin-check serve: worker \d failed to start 3 times in a row: .*", last)
+    assert str(logs) in last, last
+
+
+# --- 3. private folders of a supervisor killed with SIGKILL ---------------------------------
+
+
+def test_a_killed_supervisors_folders_are_removed_at_the_next_start(
+    tmp_path: Path, feed: Path, two_workers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))  # the children's temporary directory
+
+    def private() -> set[str]:
+        return {p.name for p in temp.iterdir() if p.name.startswith("shixin-")}
+
+    def start(name: str) -> ServeProcess:  # a generated secret: a private index folder
+        server = ServeProcess("--list", str(feed), "--metrics-listen", "127.0.0.1:0",
+                              log=tmp_path / f"{name}.log")  # fmt: skip
+        eventually(lambda: "every worker is past its first load" in server.output(),
+                   f"{name}: every worker serving")  # fmt: skip
+        return server
+
+    first = start("first")
+    left = private()
+    assert {name.rsplit("-", 1)[0] for name in left} == {"shixin-run", "shixin-index"}, left
+    workers = workers_of(first)
+    first.kill()
+    for worker in workers:  # they stop by themselves once their supervisor is gone
+        worker.wait(timeout=WAIT_S)
+    assert private() == left  # SIGKILL: nothing ran to remove them
+    second = start("second")
+    try:
+        now = private()
+        assert len(now) == 2 and not now & left, (left, now)
+        assert "its supervisor is gone" in second.output()
+    finally:
+        assert second.stop() == 0, second.output()
+    assert private() == set()
+
+
+def owned_by(folder: Path, pid: int, started: str) -> Path:
+    """``folder``, marked as a supervisor's, then made to name ``pid`` started at ``started``."""
+    folder.mkdir()
+    supervisors.mark_owned(folder)
+    owner_file = folder / supervisors.OWNER_FILE
+    owner = json.loads(owner_file.read_text())
+    owner_file.write_text(json.dumps({**owner, "pid": pid, "started": started}))
+    return folder
+
+
+def start_ticks(pid: int) -> str:
+    """Field 22 of /proc/PID/stat: when ``pid`` started, in clock ticks after boot."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+
+
+def test_only_folders_of_a_supervisor_that_is_gone_are_swept(tmp_path: Path) -> None:
+    """Swept: a dead owner's, a reused pid's. Left: a live owner's, an unmarked one, a link,
+    a folder not named as ours."""
+    gone = psutil.Popen(["true"])
+    gone.wait()
+    alive = os.getppid()
+    dead = owned_by(tmp_path / "shixin-run-dead", gone.pid, "1")
+    reused = owned_by(tmp_path / "shixin-index-reused", alive, "1")
+    owned_by(tmp_path / "shixin-index-live", alive, start_ticks(alive))
+    owned_by(tmp_path / "other-dead", gone.pid, "1")
+    (tmp_path / "shixin-run-unmarked").mkdir()
+    (tmp_path / "shixin-demo-link").symlink_to(dead)
+    assert sorted(supervisors.sweep_stale_folders(tmp_path)) == sorted([dead, reused])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "other-dead", "shixin-demo-link", "shixin-index-live", "shixin-run-unmarked",
+    ]  # fmt: skip
