@@ -287,7 +287,12 @@ class Service:
     def reading(self) -> Reading:
         """What the metrics endpoint reports now (called on its thread)."""
         return take_reading(
-            self.engine, not self.health_problem(), self.hit_log, self.audit_log, self.redis
+            self.engine,
+            not self.health_problem(),
+            self.hit_log,
+            self.audit_log,
+            self.redis,
+            behind=self.behind() if self.redis is None else None,
         )
 
     def _metrics_endpoint(self, listen: str) -> MetricsEndpoint:

@@ -80,11 +80,12 @@ METRIC_NAMES = (
     "shixin_rate_limited_total",
     "shixin_replica_lag_seconds",
     "shixin_redis_errors_total",
+    "shixin_list_behind",
 )
 (
     CHECKS, DURATION, REFUSALS, HITS, HIT_LOG_ERRORS, AUDIT_LOG_ERRORS, LIST_INFO, LIST_AGE,
     LIST_ENTRIES, BLOOM_POSITIVES, BLOOM_FALSE_POSITIVES, INDEX_LOOKUPS, RATE_LIMITED,
-    REPLICA_LAG, REDIS_ERRORS,
+    REPLICA_LAG, REDIS_ERRORS, LIST_BEHIND,
 ) = METRIC_NAMES  # fmt: skip
 
 #: The answers a check can have (the wire's names), and the channels.
@@ -116,6 +117,9 @@ class Reading:
     source_timestamp: float | None = None
     #: (list type, status, entries) of the served list, EXPIRED as its own bucket
     entries: tuple[tuple[str, str, int], ...] = ()
+    #: a newer list file than the one served was refused (directory mode; None in Redis
+    #: mode, where a refused load changes nothing a replica serves)
+    behind: bool | None = None
 
     @classmethod
     def merged(cls, readings: Iterable[Reading]) -> Reading:
@@ -133,6 +137,8 @@ class Reading:
                 out.replica_lag_seconds = max(out.replica_lag_seconds or 0.0,
                                               r.replica_lag_seconds)  # fmt: skip
             versions.update(dict.fromkeys(r.versions))
+            if r.behind is not None:
+                out.behind = bool(out.behind) or r.behind
             if r.source_timestamp is not None and (
                 oldest is None or r.source_timestamp < (oldest.source_timestamp or 0.0)
             ):
@@ -149,12 +155,14 @@ def take_reading(
     hit_log: AppendLog | None = None,
     audit_log: AppendLog | None = None,
     redis: RedisFollower | None = None,
+    behind: bool | None = None,
 ) -> Reading:
     """A ``Reading`` of one server: ``trusted`` when health has no problem with its index."""
     reading = Reading(
         tally=engine.tally.copy(),
         hit_log_errors=hit_log.write_errors if hit_log is not None else 0,
         audit_log_errors=audit_log.write_errors if audit_log is not None else 0,
+        behind=behind,
     )
     if redis is not None:
         reading.redis_errors = redis.redis_errors()
@@ -373,6 +381,13 @@ class MetricsCollector:
         for version in r.versions:
             info.add_metric((version,), 1)
         yield info
+        if r.behind is not None:
+            yield GaugeMetricFamily(
+                LIST_BEHIND, "1 while a newer snapshot or delta file than the list served "
+                "was refused (shixin-check status prints BEHIND: with the file and its "
+                "first bad row); 0 otherwise. Directory mode only.",
+                value=int(r.behind),
+            )  # fmt: skip
         if r.source_timestamp is None:
             return
         yield GaugeMetricFamily(

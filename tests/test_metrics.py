@@ -342,3 +342,21 @@ def test_the_hit_forwarders_redis_errors_count_too(
         assert value(scrape(server), "shixin_redis_errors_total") >= forwarder.errors.count
     finally:
         redis_server.start()
+
+
+def test_a_refused_list_file_shows_as_behind_until_a_newer_one_loads(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """The alert's signal for a feed the server could not take: the list served is
+    not the newest published, and nothing else in the metrics says so."""
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    write_jsonl(feed / "snapshot-0001.jsonl", basic_rows())
+    server = serve(feed, metrics_listen=f"127.0.0.1:{free_port()}")
+    assert value(scrape(server), "shixin_list_behind") == 0
+    wrong = ZHANG[:-1] + ("0" if ZHANG[-1] != "0" else "1")  # a bad check digit
+    bad = [*basic_rows(), person_entry("E9", wrong, "坏")]
+    write_jsonl(feed / "snapshot-0002.jsonl", bad)
+    eventually(lambda: value(scrape(server), "shixin_list_behind") == 1, "behind after a refusal")
+    write_jsonl(feed / "snapshot-0003.jsonl", basic_rows())
+    eventually(lambda: value(scrape(server), "shixin_list_behind") == 0, "caught up again")
