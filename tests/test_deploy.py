@@ -63,6 +63,7 @@ DOCUMENTED_METRICS = frozenset({
     "shixin_rate_limited_total",
     "shixin_replica_lag_seconds",
     "shixin_redis_errors_total",
+    "shixin_list_behind",
 })  # fmt: skip
 HISTOGRAMS = frozenset({"shixin_check_duration_seconds"})
 
