@@ -10,8 +10,9 @@ meaning: every delta with ``seq`` <= 3 is already in it. A snapshot without
 one includes no delta. ``pending`` is the one rule, used by the memory index,
 the directory follower and the Redis publisher alike, for which ops of a delta
 still apply on top of a version: those above the version's watermark, in
-``seq`` order. A restart therefore rebuilds exactly what was served: the
-newest good snapshot, then every delta op above its watermark.
+``seq`` order, carrying on from it without a gap (a delta that would skip a
+seq is refused whole). A restart therefore rebuilds exactly what was served:
+the newest good snapshot, then every delta op above its watermark.
 
 The feed's time (``source_timestamp``, what staleness is measured from) comes
 from the data, never from a file's mtime, which a copy resets: the header's
@@ -92,6 +93,15 @@ def parse_header(obj: Any) -> SnapshotHeader:
     return SnapshotHeader(seq, at, declared=True)
 
 
+#: what a file saved by some Windows tools begins with: dropped wherever a list file is read
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def strip_bom(data: bytes) -> bytes:
+    """``data`` without a leading UTF-8 byte order mark."""
+    return data[3:] if data.startswith(UTF8_BOM) else data
+
+
 def sidecar_of(path: Path) -> Path:
     """Where a CSV snapshot's header lives."""
     return path.with_name(path.name + ".meta.json")
@@ -109,7 +119,7 @@ def read_header(path: Path) -> SnapshotHeader:
             return SnapshotHeader()
         where, line = str(sidecar), 1
         try:
-            obj = orjson.loads(sidecar.read_bytes())
+            obj = orjson.loads(strip_bom(sidecar.read_bytes()))
         except orjson.JSONDecodeError as exc:
             raise LoadRejected(where, [RowError(1, "", f"not valid JSON ({exc})")]) from None
     else:
@@ -117,6 +127,8 @@ def read_header(path: Path) -> SnapshotHeader:
         with path.open("rb") as fh:
             for raw in fh:
                 line += 1
+                if line == 1:
+                    raw = strip_bom(raw)
                 if raw.strip():
                     try:
                         obj = orjson.loads(raw)
@@ -138,21 +150,54 @@ def header_row(includes_seq: int, published_at: _dt.datetime) -> bytes:
 
 
 class Sequenced(Protocol):
-    """Anything with a delta ``seq`` (a ``DeltaOp``)."""
+    """Anything with a delta ``seq`` and the line it was read from (a ``DeltaOp``)."""
 
     @property
     def seq(self) -> int: ...
+
+    @property
+    def line(self) -> int: ...
 
 
 _Op = TypeVar("_Op", bound=Sequenced)
 
 
-def pending(ops: Iterable[_Op], applied_seq: int) -> list[_Op]:
-    """The ops that still apply on top of a version holding every seq <= ``applied_seq``.
+def pending(
+    ops: Iterable[_Op], applied_seq: int, source: str = "delta", *, unknown_base: bool = False
+) -> list[_Op]:
+    """The ops that still apply on top of a version holding every seq <= ``applied_seq``,
+    in ``seq`` order; ``LoadRejected`` (naming ``source``) if they do not carry on from it.
 
-    The one rule for every path: a start, a directory poll, a Redis load.
+    The one rule for every path: a start, a directory poll, a Redis load. Ops at
+    or below ``applied_seq`` are skipped (a file read again is harmless); the
+    first one above must be ``applied_seq + 1`` and the rest follow it without a
+    gap, so a delta that arrives before the one it follows, or after a lost one,
+    is refused whole instead of being applied out of order (and the earlier one
+    skipped for ever once it arrives).
+
+    ``unknown_base``: the version is a snapshot without a header and no delta is
+    applied on it yet, so where the feed's numbering stands is not known: the
+    first op may have any seq, and the rest follow it without a gap.
     """
-    return sorted((op for op in ops if op.seq > applied_seq), key=lambda op: op.seq)
+    todo = sorted((op for op in ops if op.seq > applied_seq), key=lambda op: op.seq)
+    errors: list[RowError] = []
+    previous = todo[0].seq - 1 if todo and unknown_base and applied_seq == 0 else applied_seq
+    for op in todo:
+        if op.seq != previous + 1:
+            errors.append(RowError(op.line, "", gap_problem(previous, op.seq)))
+        previous = op.seq
+    if errors:
+        raise LoadRejected(source, errors)
+    return todo
+
+
+def gap_problem(previous: int, seq: int) -> str:
+    """Why ``seq`` cannot follow ``previous``: ``seq 10 follows seq 2: deltas 3..9 are missing``."""
+    if seq <= previous:
+        return f"seq {seq} repeats seq {previous}"
+    first, last = previous + 1, seq - 1
+    missing = f"delta {first} is" if first == last else f"deltas {first}..{last} are"
+    return f"seq {seq} follows seq {previous}: {missing} missing"
 
 
 def day_start(day: int) -> float:

@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import orjson
 
-from shixin_check.domain.errors import InvalidInput, RowError
+from shixin_check.domain.errors import InvalidInput, LoadRejected, RowError
 from shixin_check.domain.identity import (
     IdType,
     normalize_person_id,
@@ -40,7 +40,7 @@ from shixin_check.domain.model import (
     Role,
     day_number,
 )
-from shixin_check.loader.feed import MAX_SEQ, is_header, parse_instant
+from shixin_check.loader.feed import MAX_SEQ, is_header, parse_instant, strip_bom
 
 
 class FileKind(Enum):
@@ -82,22 +82,68 @@ _CHANNELS = {c.name: c for c in Channel}
 
 
 def detect_kind(path: Path) -> FileKind:
-    """CSV files are snapshots; a JSON Lines file is a delta when its first row has ``op``."""
-    if path.suffix.lower() == ".csv":
+    """What a list file is, or ``LoadRejected`` when that cannot be told or is contradictory.
+
+    CSV files are snapshots; a JSON Lines file is a delta when its first row has
+    ``op``. A name beginning ``delta-`` or ``snapshot-`` says what the file must
+    be: content that disagrees refuses the file (a snapshot named as a delta
+    would otherwise replace the list, a delta named as a snapshot be ignored).
+    A first row that is not JSON is read as the name says, so the loader reports
+    that row; a file with no such name whose first row is not JSON is refused
+    as such, never taken for a snapshot that is older than the one served.
+    """
+    kind, problem = sniff_kind(path)
+    if problem is not None:
+        raise LoadRejected(str(path), [problem])
+    return kind
+
+
+def named_kind(path: Path) -> FileKind | None:
+    """The kind a file's name gives (``delta-0003.jsonl``, ``snapshot-0002.csv``), if any."""
+    name = path.name.lower()
+    if name.startswith("delta-"):
+        return FileKind.DELTA
+    if name.startswith("snapshot-"):
         return FileKind.SNAPSHOT
+    return None
+
+
+def sniff_kind(path: Path) -> tuple[FileKind, RowError | None]:
+    """(the kind a file is taken for, why it cannot be loaded as anything, if so)."""
+    named = named_kind(path)
+    if path.suffix.lower() == ".csv":
+        if named is FileKind.DELTA:
+            return FileKind.DELTA, RowError(
+                0, "", "is named as a delta, but a delta is JSON Lines (a CSV file is a snapshot)"
+            )
+        return FileKind.SNAPSHOT, None
+    line_no, first = 0, None
     with path.open("rb") as fh:
         for raw in fh:
-            if raw.strip():
-                try:
-                    first = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    return FileKind.SNAPSHOT  # reported row by row later
-                return (
-                    FileKind.DELTA
-                    if isinstance(first, dict) and "op" in first
-                    else FileKind.SNAPSHOT
+            line_no += 1
+            if line_no == 1:
+                raw = strip_bom(raw)
+            if not raw.strip():
+                continue
+            try:
+                first = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                if named is not None:
+                    return named, None  # the loader reports the row, as a row of that kind
+                return FileKind.SNAPSHOT, RowError(
+                    line_no, "", f"cannot tell a snapshot from a delta: not valid JSON ({exc})"
                 )
-    return FileKind.SNAPSHOT
+            break
+    if first is None:  # empty: refused as a snapshot with no entries, or a delta of nothing
+        return named or FileKind.SNAPSHOT, None
+    content = FileKind.DELTA if isinstance(first, dict) and "op" in first else FileKind.SNAPSHOT
+    if named is not None and named is not content:
+        has = "has op" if content is FileKind.DELTA else "has no op"
+        return content, RowError(
+            line_no, "", f"is named as a {named.value} but its first row {has}, as a "
+            f"{content.value}'s does: rename it or have the feed fix it",
+        )  # fmt: skip
+    return content, None
 
 
 def iter_rows(
@@ -129,7 +175,8 @@ def line_blocks(
 ) -> Iterator[tuple[list[bytes], int, int]]:
     """The lines of a JSON Lines file (those beginning in [start, end)) a block at a
     time: (lines without their newlines, the number of the first, the number of the
-    file's last line when it has no newline and is in this block, else 0)."""
+    file's last line when it has no newline and is in this block, else 0). A UTF-8
+    byte order mark before the first line is dropped."""
     line_no = 0
     with path.open("rb") as fh:
         fh.seek(start)
@@ -140,6 +187,8 @@ def line_blocks(
                 unended = 0
             else:  # the file's last line, with no newline
                 unended = line_no + len(lines)
+            if line_no == 0 and start == 0:  # a UTF-8 byte order mark (a Windows export)
+                lines[0] = strip_bom(lines[0])
             yield lines, line_no + 1, unended
             line_no += len(lines)
 

@@ -53,6 +53,7 @@ from shixin_check.loader.listfile import (
     line_starts,
     read_delta,
     row_of,
+    sniff_kind,
 )
 
 Progress = Callable[[int], None]
@@ -60,9 +61,15 @@ log = logging.getLogger("shixin.loader")
 
 
 def _version_label(path: Path) -> str:
+    """A snapshot's version label, from what identifies the file (name, size, mtime, inode,
+    ctime) and never from the time it is loaded: every worker, and a restart, that loads
+    the same file label it alike. The time in it is the file's mtime, in UTC."""
     st = path.stat()
-    tag = hashlib.blake2b(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode(), digest_size=4)
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + tag.hexdigest()
+    tag = hashlib.blake2b(
+        f"{path.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}".encode(),
+        digest_size=4,
+    )
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(st.st_mtime)) + "-" + tag.hexdigest()
 
 
 #: Bytes a snapshot row takes, about: sizes the Bloom filter before reading.
@@ -231,9 +238,16 @@ _NO_ENTRIES = (
 
 def validate_file(path: Path, keyer: SubjectKeyer) -> tuple[FileKind, int, list[RowError]]:
     """(kind, rows, every bad row) of a snapshot or delta file; changes nothing."""
-    kind = detect_kind(path)
+    kind, problem = sniff_kind(path)
+    if problem is not None:  # what it is cannot be told: nothing else is checked
+        return kind, sum(1 for _ in iter_rows(path)), [problem]
     if kind is FileKind.DELTA:
         ops, errors = read_delta(path)
+        if not errors and ops:  # a gap inside the file refuses it on top of any version
+            try:
+                pending(ops, ops[0].seq - 1)
+            except LoadRejected as exc:
+                errors = exc.errors
         return kind, len(ops) + len(errors), errors
     try:
         view = build_snapshot(path, keyer)
@@ -397,7 +411,7 @@ class _DeltaState:
 
 def apply_delta(view: MemoryView, ops: list[DeltaOp], keyer: SubjectKeyer) -> MemoryView:
     """``view`` with the ops not yet applied on top, or ``LoadRejected`` (nothing applied)."""
-    todo = pending(ops, view.info.last_delta_seq)
+    todo = pending(ops, view.info.last_delta_seq, unknown_base=_unknown_base(view))
     if not todo:
         return view
     state = _DeltaState(view, keyer)
@@ -416,12 +430,44 @@ def apply_delta(view: MemoryView, ops: list[DeltaOp], keyer: SubjectKeyer) -> Me
     return MemoryView(view.base, state.overlay(), new_info)
 
 
-def read_delta_file(path: Path) -> list[DeltaOp]:
-    """Every op of a delta file, or ``LoadRejected`` naming each bad row."""
+def _unknown_base(view: MemoryView) -> bool:
+    """True for a snapshot without a header that no delta was applied to yet: it says
+    nothing of the feed's seq numbering (``feed.pending``)."""
+    info = view.info
+    if info.last_delta_seq or info.includes_seq or not info.source:
+        return False
+    try:
+        return not read_header(Path(info.source)).declared
+    except (OSError, LoadRejected):
+        return False  # cannot tell: the strict rule
+
+
+def read_delta_file(path: Path, applied_seq: int | None = None) -> list[DeltaOp]:
+    """Every op of a delta file, or ``LoadRejected`` naming each bad row.
+
+    With ``applied_seq``: a file with bad rows whose every row (bad ones too) has a
+    ``seq`` at or below it holds nothing still to apply (a snapshot's header
+    includes all of it), so it gives no ops instead of being refused.
+    """
     ops, errors = read_delta(path)
     if errors:
+        if applied_seq is not None and _included(path, applied_seq):
+            return []
         raise LoadRejected(str(path), errors)
     return ops
+
+
+def _included(path: Path, applied_seq: int) -> bool:
+    """True when every row of a delta file has a readable ``seq`` <= ``applied_seq``."""
+    rows = 0
+    for _, obj in iter_rows(path):
+        rows += 1
+        seq = obj.get("seq") if isinstance(obj, dict) else None
+        if isinstance(seq, str) and seq.isascii() and seq.isdigit() and len(seq) <= 19:
+            seq = int(seq)
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= applied_seq:
+            return False
+    return rows > 0
 
 
 #: Called with a delta file that could not be applied, and why.
@@ -517,21 +563,51 @@ class Loader:
         """
         with self._lock:
             view = self._snapshot_view(path, progress)
-            for delta in deltas:
-                try:
-                    view = self._with_delta(view, delta)
-                except LoadRejected as exc:
-                    if on_refused is not None:
-                        on_refused(delta, exc)
-                except OSError as exc:
-                    if on_refused is not None:
-                        on_refused(delta, LoadRejected(str(delta), [RowError(0, "", str(exc))]))
+            view, refused = self._with_deltas(view, deltas)
+            if on_refused is not None:
+                for delta, exc in refused:
+                    on_refused(delta, exc)
             self.index.install(view)
             return view
 
+    def _with_deltas(
+        self, view: MemoryView, deltas: Sequence[Path]
+    ) -> tuple[MemoryView, list[tuple[Path, LoadRejected]]]:
+        """``view`` with every delta file that applies, and those that do not, with why.
+
+        In name order, then again over the refused ones for as long as one more
+        applies: a file that arrived before the one it follows (by ``seq``)
+        applies once that one has, whatever their names. A file gone since it
+        was listed is passed over (it is no longer part of the list).
+        """
+        remaining = list(deltas)
+        refused: dict[Path, LoadRejected] = {}
+        while remaining:
+            before = view.info.last_delta_seq
+            still: list[Path] = []
+            for delta in remaining:
+                try:
+                    view = self._with_delta(view, delta)
+                except FileNotFoundError:
+                    refused.pop(delta, None)
+                    continue
+                except LoadRejected as exc:
+                    refused[delta] = exc
+                except OSError as exc:
+                    refused[delta] = LoadRejected(str(delta), [RowError(0, "", str(exc))])
+                else:
+                    refused.pop(delta, None)
+                    continue
+                still.append(delta)
+            if view.info.last_delta_seq == before:
+                break  # a whole round applied nothing more: what is left stays refused
+            remaining = still
+        return view, [(delta, refused[delta]) for delta in remaining if delta in refused]
+
     def _with_delta(self, view: MemoryView, path: Path) -> MemoryView:
         try:
-            return apply_delta(view, read_delta_file(path), self.keyer)
+            ops = read_delta_file(path, view.info.last_delta_seq)
+            return apply_delta(view, ops, self.keyer)
         except LoadRejected as exc:
             raise LoadRejected(str(path), exc.errors) from None
 
@@ -549,34 +625,63 @@ def _candidates(directory: Path) -> list[Path]:
     return sorted(names)
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+#: What identifies a file's content cheaply, one ``(size, mtime_ns, ctime_ns, inode)`` per
+#: file read for it: the file, and a CSV snapshot's header sidecar when it has one.
+_Stamp = tuple[tuple[int, int, int, int], ...]
+
+#: Polls a new or changed file must stay unchanged before it is read (2 s at the server's
+#: 0.2 s poll): a copy written in place that stalls for less is not read half-written.
+SETTLE_POLLS = 10
+
+
+def _stat_of(path: Path) -> tuple[int, int, int, int]:
     st = path.stat()
-    stamp = (st.st_size, st.st_mtime_ns)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _stamp(path: Path) -> _Stamp:
+    stamp: _Stamp = (_stat_of(path),)
     if path.suffix.lower() == ".csv":  # its header sidecar is part of it
         try:
-            side = sidecar_of(path).stat()
-            stamp = (stamp[0] + side.st_size, max(stamp[1], side.st_mtime_ns))
+            stamp += (_stat_of(sidecar_of(path)),)
         except FileNotFoundError:
             pass
     return stamp
+
+
+def _unchanged_since(stamp: _Stamp, seconds: float) -> bool:
+    """True when no file of ``stamp`` was written in the last ``seconds`` (by its mtime):
+    a file moved in with its times kept (``rsync``, ``cp -p`` then ``mv``), or one that
+    was there before the server started, need not be watched that long."""
+    now = time.time_ns()
+    return all(now - mtime >= seconds * 1e9 for _, mtime, _, _ in stamp)
 
 
 class DirectoryFollower(Background):
     """Watches a list directory: new snapshots replace the list, new deltas apply.
 
     The version served is always the newest snapshot (by name) that
-    validates, plus the ops of every delta file above its watermark, in name
-    order: at start (``initial_load``) and live alike. A refused newest
-    snapshot leaves the last good version serving and the follower *behind*
-    (``MemoryIndex.refused``), until a newer snapshot loads; at start the
-    newest snapshot that validates is served. A refused delta file is left
-    out and also marks it behind.
+    validates, plus the ops of every delta file above its watermark, in
+    ``seq`` order without a gap: at start (``initial_load``) and live alike. A
+    refused newest snapshot leaves the last good version serving and the
+    follower *behind* (``MemoryIndex.refused``), until a newer snapshot loads;
+    at start the newest snapshot that validates is served. A refused delta
+    file (a bad row, or a seq gap: it arrived before the delta it follows) is
+    left out and also marks it behind; it is tried again when it changes and
+    whenever another file applies, so it applies once the missing delta
+    arrives. Behind always says what is wrong now: a refused file that is
+    fixed, deleted, superseded by a newer snapshot or included in the served
+    one (its every seq at or below the watermark) no longer counts.
 
-    Files are taken in name order, once their size and mtime have not changed
-    for one poll, so a file still being copied in is not read half-written
-    (renaming a finished file into place is better still). Names starting with
-    a dot or ending in ``.part`` / ``.tmp`` are ignored. A rejected file is
-    reported through ``on_event`` and not retried until it changes.
+    Files are taken in name order once they have settled: unchanged (size,
+    mtime, ctime, inode) for ``settle`` seconds (``SETTLE_POLLS`` polls by
+    default), watched or by their mtime, and for one poll at least; so a file
+    copied in place that stalls for less is not read half-written (writing
+    ``x.part`` and renaming it is safer still). At start, a file written in
+    the last ``settle`` seconds is watched that long first. Names starting
+    with a dot or ending in ``.part`` / ``.tmp`` are ignored. A file that
+    cannot be read (an I/O error) is refused like a bad one, naming it; at
+    start the newest older snapshot that validates is served instead.
     """
 
     def __init__(
@@ -585,37 +690,88 @@ class DirectoryFollower(Background):
         loader: Loader,
         on_event: Callable[[str, Path, str], None],
         interval: float = 0.2,
+        settle: float | None = None,
     ) -> None:
         super().__init__("list-follower")
         self.directory = directory
         self.loader = loader
         self.on_event = on_event
         self.interval = interval
+        self.settle = SETTLE_POLLS * interval if settle is None else settle
         self.serving: Path | None = None  # the snapshot the served version was built from
-        self._seen: dict[Path, tuple[int, int]] = {}
-        self._pending: dict[Path, tuple[int, int]] = {}
+        self._seen: dict[Path, _Stamp] = {}  # files taken, as they were when taken
+        self._pending: dict[Path, tuple[_Stamp, float]] = {}  # changed: since when (monotonic)
         self._kinds: dict[Path, FileKind] = {}
+        self._refused: dict[Path, str] = {}  # refused now, and why (the first problem)
 
     def initial_load(self) -> None:
-        """Serve the newest snapshot that validates, with its deltas, now."""
-        files = _candidates(self.directory)
-        for path in files:
-            self._seen[path] = _stamp(path)
-            self._kinds[path] = detect_kind(path)
-        snapshots = [p for p in files if self._kinds[p] is FileKind.SNAPSHOT]
-        refused: tuple[Path, LoadRejected] | None = None
-        for path in reversed(snapshots):
+        """Serve the newest snapshot that validates, with its deltas, now.
+
+        A file written in the last ``settle`` seconds is watched that long first:
+        one still changing is left to the poll, which takes it once it settles.
+        """
+        stamps: dict[Path, _Stamp] = {}
+        for path in _candidates(self.directory):
             try:
-                self._load_snapshot(path)
+                stamps[path] = _stamp(path)
+            except FileNotFoundError:
+                continue  # gone since it was listed
+            except OSError as exc:
+                self._refuse(path, f"{path}: {exc}", str(exc))
+        for path, stamp in self._settled_at_start(stamps).items():
+            self._seen[path] = stamp
+            kind = self._detect(path)
+            if kind is not None:
+                self._kinds[path] = kind
+        snapshots = sorted(p for p, kind in self._kinds.items() if kind is FileKind.SNAPSHOT)
+        for path in reversed(snapshots):
+            if self._try_snapshot(path):
                 break
-            except LoadRejected as exc:
-                refused = refused or (path, exc)  # the newest refusal is what the list lacks
-                self.on_event("rejected", path, str(exc))
-        if refused is not None:
-            self.loader.index.refuse(str(refused[0]), _first_problem(refused[1]))
+        self._report()
+
+    def _settled_at_start(self, stamps: dict[Path, _Stamp]) -> dict[Path, _Stamp]:
+        fresh = [
+            p for p, stamp in stamps.items()
+            if not _unchanged_since(stamp, self.settle)
+        ]  # fmt: skip
+        if not fresh:
+            return stamps
+        self._stop.wait(self.settle)
+        settled = dict(stamps)
+        for path in fresh:
+            try:
+                again: _Stamp | None = _stamp(path)
+            except OSError:
+                again = None
+            if again != stamps[path]:
+                del settled[path]  # still being written (or gone): the poll sees to it
+        return settled
 
     def _deltas(self) -> list[Path]:
         return sorted(p for p, kind in self._kinds.items() if kind is FileKind.DELTA)
+
+    def _detect(self, path: Path) -> FileKind | None:
+        try:
+            return detect_kind(path)
+        except LoadRejected as exc:
+            self._refuse(path, str(exc), _first_problem(exc))
+        except OSError as exc:
+            self._refuse(path, f"{path}: {exc}", str(exc))
+        return None
+
+    def _refuse(self, path: Path, detail: str, problem: str) -> None:
+        self._refused[path] = problem
+        self.on_event("rejected", path, detail)
+
+    def _try_snapshot(self, path: Path) -> bool:
+        try:
+            self._load_snapshot(path)
+            return True
+        except LoadRejected as exc:
+            self._refuse(path, str(exc), _first_problem(exc))
+        except (OSError, ValueError) as exc:
+            self._refuse(path, f"{path}: {exc}", str(exc))
+        return False
 
     def _load_snapshot(self, path: Path) -> None:
         refused: list[tuple[Path, LoadRejected]] = []
@@ -623,45 +779,116 @@ class DirectoryFollower(Background):
             path, self._deltas(), lambda delta, exc: refused.append((delta, exc))
         )
         self.serving = path
-        self.loader.index.refuse(None)
+        for old in list(self._refused):  # every delta was judged again; older snapshots lost
+            kind = self._kinds.get(old)
+            if kind is FileKind.DELTA or (kind is FileKind.SNAPSHOT and old.name <= path.name):
+                del self._refused[old]
         for delta, exc in refused:
-            self.on_event("rejected", delta, str(exc))
-            self.loader.index.refuse(str(delta), _first_problem(exc))
+            self._refuse(delta, str(exc), _first_problem(exc))
         self.on_event("loaded", path, view.info.version)
 
     def poll_once(self) -> None:
-        for path in _candidates(self.directory):
+        files = _candidates(self.directory)
+        present = set(files)
+        changed = False
+        for gone in [p for p in (*self._seen, *self._refused) if p not in present]:
+            self._seen.pop(gone, None)
+            self._kinds.pop(gone, None)
+            changed |= self._refused.pop(gone, None) is not None  # deleted: no longer behind
+        for gone in [p for p in self._pending if p not in present]:
+            del self._pending[gone]
+        now = time.monotonic()
+        for path in files:
             try:
                 stamp = _stamp(path)
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                if self._refused.get(path) != str(exc):
+                    self._refuse(path, f"{path}: {exc}", str(exc))
+                    changed = True
+                continue
             if self._seen.get(path) == stamp:
                 continue
-            if self._pending.get(path) == stamp:  # unchanged for one poll: complete
-                del self._pending[path]
-                self._take(path, stamp)
-            else:
-                self._pending[path] = stamp
+            waiting = self._pending.get(path)
+            if waiting is None or waiting[0] != stamp:
+                self._pending[path] = (stamp, now)  # new or changed: wait until it settles
+                continue
+            if not (now - waiting[1] >= self.settle or _unchanged_since(stamp, self.settle)):
+                continue
+            del self._pending[path]
+            self._take(path, stamp)
+            changed = True
+        if changed:
+            self._report()
 
-    def _take(self, path: Path, stamp: tuple[int, int]) -> None:
+    def _take(self, path: Path, stamp: _Stamp) -> None:
         self._seen[path] = stamp
-        try:
-            kind = self._kinds[path] = detect_kind(path)
-            if kind is FileKind.DELTA:
-                if self.serving is None:
-                    return  # applied with the first snapshot that loads
-                view = self.loader.load_delta(path)
-                self.on_event("loaded", path, view.info.version)
-            elif self.serving is not None and path.name < self.serving.name:
+        self._refused.pop(path, None)  # changed: judged afresh
+        kind = self._detect(path)
+        if kind is None:
+            self._kinds.pop(path, None)
+            return
+        self._kinds[path] = kind
+        if kind is FileKind.SNAPSHOT:
+            if self.serving is not None and path.name < self.serving.name:
                 self.on_event("ignored", path, f"older than the served {self.serving.name}")
             else:
-                self._load_snapshot(path)
+                self._try_snapshot(path)
+            return
+        if self.serving is None:
+            return  # applied with the first snapshot that loads
+        try:
+            view = self.loader.load_delta(path)
         except LoadRejected as exc:
-            self.on_event("rejected", path, str(exc))
-            self.loader.index.refuse(str(path), _first_problem(exc))
+            self._refuse(path, str(exc), _first_problem(exc))
+            return
         except (OSError, ValueError) as exc:
-            self.on_event("rejected", path, f"{path}: {exc}")
-            self.loader.index.refuse(str(path), str(exc))
+            self._refuse(path, f"{path}: {exc}", str(exc))
+            return
+        self.on_event("loaded", path, view.info.version)
+        self._retry_refused_deltas()
+
+    def _retry_refused_deltas(self) -> None:
+        """Apply each refused delta that applies now that another file has (in name order,
+        again while one more does): the one its seq follows may just have arrived."""
+        progressed = True
+        while progressed:
+            progressed = False
+            for path in sorted(p for p in self._refused if self._kinds.get(p) is FileKind.DELTA):
+                try:
+                    view = self.loader.load_delta(path)
+                except LoadRejected as exc:
+                    problem = _first_problem(exc)
+                    if problem != self._refused[path]:  # refused still, for another reason now
+                        self._refuse(path, str(exc), problem)
+                    continue
+                except (OSError, ValueError):
+                    continue  # gone or unreadable: the next poll sees to it
+                del self._refused[path]
+                self.on_event("loaded", path, view.info.version)
+                progressed = True
+
+    def _report(self) -> None:
+        """Set the list's *behind* to what is refused now (or clear it)."""
+        serving = self.serving
+        live = {
+            path: problem for path, problem in self._refused.items()
+            if not (self._kinds.get(path) is FileKind.SNAPSHOT and serving is not None
+                    and path.name <= serving.name)
+        }  # fmt: skip
+        if not live:
+            self.loader.index.refuse(None)
+            return
+        # named: the newest refused snapshot, else the first refused file by name
+        snapshots = sorted(p for p in live if self._kinds.get(p) is FileKind.SNAPSHOT)
+        first = snapshots[-1] if snapshots else min(live)
+        others = sorted(p.name for p in live if p != first)
+        problem = live[first]
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            problem += f" (and {len(others)} more refused file(s): {shown})"
+        self.loader.index.refuse(str(first), problem)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

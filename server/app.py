@@ -323,7 +323,9 @@ class Service:
             assert settings.list_path is not None
             path = settings.list_path
         if path.is_dir():
-            follower = DirectoryFollower(path, self.loader, self._on_event, settings.poll_interval)
+            follower = DirectoryFollower(
+                path, self.loader, self._on_event, settings.poll_interval, settle=settings.settle
+            )
             follower.initial_load()
             follower.start()
             self.follower = follower

@@ -317,6 +317,10 @@ OPTIONS: tuple[Option, ...] = (
            "serve: append a JSON line per listed-subject check; feedback: the hit log to read "
            "(its rotated files too)", ("serve", "feedback")),
     Option("audit-log", PATH, None, "append a JSON line per call", ("serve",)),
+    Option("settle", seconds(0, 3600), 1,
+           "--list DIR: a new or changed file is read once unchanged this long (a copy "
+           "that stalls is not read half-written); 0 reads it at the next poll",
+           ("serve",)),
     Option("grace", seconds(0, 3600), 5,
            "on SIGTERM/SIGINT: health goes NOT_SERVING, in-flight calls get this long",
            ("serve",)),
@@ -771,6 +775,7 @@ class ServeSettings:
     max_batch: int = MAX_BATCH
     demo_count: int = 2000
     poll_interval: float = 0.2
+    settle: float | None = None  # --list DIR: seconds a file must stay unchanged (None: 10 polls)
     redis: str | None = None
     redis_prefix: str = "shixin"
     replica_id: str = ""
@@ -999,6 +1004,7 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         hit_log=Path(hit_log) if hit_log else None,
         audit_log=Path(audit_log) if audit_log else None,
         grace_seconds=r.number("grace"),
+        settle=r.number("settle"),
         demo_count=r.integer("demo_count"),
         redis=redis,
         redis_prefix=r.text("redis_prefix") or "",

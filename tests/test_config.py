@@ -183,6 +183,14 @@ def test_workers(listed: Path) -> None:
         settings(["--list", str(listed)], {"SHIXIN_WORKERS": "65"})
 
 
+def test_settle(listed: Path) -> None:
+    assert settings(["--list", str(listed)], {}).settle == 1.0
+    assert settings(["--list", str(listed), "--settle", "2.5"], {}).settle == 2.5
+    assert settings(["--list", str(listed)], {"SHIXIN_SETTLE": "0"}).settle == 0.0
+    with pytest.raises(ConfigurationError, match=r"--settle.*'-1'"):
+        settings(["--list", str(listed), "--settle", "-1"], {})
+
+
 def outcome(read: Callable[..., object], *args: object) -> object:
     """What ``read(*args)`` gives: its value, or the refusal's line."""
     try:

@@ -1,0 +1,490 @@
+"""A followed list directory serves what the feed says, or says it is behind (issue: feed order).
+
+Real pieces throughout: list files written into a real directory, the real
+``DirectoryFollower`` over a real ``Loader`` and ``MemoryIndex`` (polled by
+hand where the order of events matters), real servers on 127.0.0.1 (the
+``serve`` fixture, or a ``shixin-check serve`` child process), real gRPC.
+
+- Deltas apply in ``seq`` order without a gap: one that arrives before the
+  delta it follows, or after a lost one, is refused whole (the list behind,
+  naming the missing seqs) and applies once the missing one arrives; a
+  restart serves the same.
+- A UTF-8 byte order mark is read past; a file whose kind cannot be told, or
+  whose name says otherwise than its content, is refused, never ignored.
+- An unreadable file is refused naming it; at start the older snapshot serves.
+- *Behind* says what is wrong now: a fixed, deleted or included file no
+  longer counts.
+- A file written in place is read only once it has settled.
+- A snapshot's version label is the same for every load of the same file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from shixin.v1 import check_pb2 as pb
+from shixin_check.domain.decision import Query, decide
+from shixin_check.domain.identity import IdType
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.model import Channel, Decision, china_day
+from shixin_check.domain.rules import Flight, Policy
+from shixin_check.loader.index_memory import MemoryIndex, MemoryView
+from shixin_check.loader.versions import DirectoryFollower, Loader, build_snapshot
+from tests.conftest import RunningServer
+from tests.listdata import LI, ZHANG, basic_rows, delta, person_entry, rid, write_jsonl
+from tests.processes import ServeProcess, run_cli
+from tests.test_failure_paths import decision, header, health
+from tests.waiting import eventually
+
+Serve = Callable[..., RunningServer]
+LIST_CURRENT = "shixin.v1.ListCurrent"
+X = rid("23010219700303005")  # listed by a delta
+Y = rid("23010219700404006")  # listed by a later delta
+BOM = b"\xef\xbb\xbf"
+
+
+def lists(number: str, name: str, entry_id: str) -> dict[str, Any]:
+    return person_entry(entry_id, number, name)
+
+
+def status(server: RunningServer) -> pb.ListStatus:
+    return server.stub().GetListStatus(pb.ListStatusRequest(), timeout=5)
+
+
+class Feed:
+    """A list directory and the real follower over it, polled by hand (no thread)."""
+
+    def __init__(self, folder: Path, keyer: SubjectKeyer) -> None:
+        self.folder = folder
+        self.keyer = keyer
+        self.events: list[tuple[str, str, str]] = []
+        self.index = MemoryIndex()
+        self.follower = DirectoryFollower(
+            folder, Loader(self.index, keyer), self._record, interval=0.05, settle=0.0
+        )
+
+    def _record(self, what: str, path: Path, detail: str) -> None:
+        self.events.append((what, path.name, detail))
+
+    def start(self) -> Feed:
+        self.follower.initial_load()
+        return self
+
+    def poll(self) -> None:
+        """Two polls: a new file is seen, then (unchanged, settle 0) taken."""
+        self.follower.poll_once()
+        self.follower.poll_once()
+
+    def write(self, name: str, rows: list[dict[str, Any]]) -> None:
+        write_jsonl(self.folder / name, rows)
+        self.poll()
+
+    def view(self) -> MemoryView:
+        view = self.index.current()
+        assert view is not None
+        return view
+
+    def decision(self, number: str) -> Decision:
+        key = self.keyer.subject_key(IdType.RESIDENT_ID, number)
+        query = Query(key, "", "", Channel.AIRLINE, Flight("CA1234", "Y"), 0)
+        today = china_day(time.time())
+        return decide(self.view(), query, self.keyer, Policy(), today).decision
+
+    @property
+    def behind(self) -> tuple[str, str] | None:
+        refused = self.index.refused
+        return None if refused is None else (Path(refused[0]).name, refused[1])
+
+
+# --- 1, 2. deltas in seq order, without a gap ------------------------------------------------
+
+
+def test_a_delta_that_arrives_before_the_one_it_follows_waits_for_it(
+    tmp_path: Path, serve: Serve
+) -> None:
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    server = serve(tmp_path)
+    stub = server.stub()
+    # the feed publishes seq 1 (list X) and seq 2 (delist Zhang); seq 2's file lands first
+    write_jsonl(tmp_path / "delta-0002.jsonl", [delta(2, "DELIST", entry_id="E1")])
+    eventually(lambda: status(server).behind, "delta-0002 refused: seq 1 is missing")
+    shown = status(server)
+    assert shown.rejected_source.endswith("delta-0002.jsonl")
+    assert "seq 2 follows seq 0: delta 1 is missing" in shown.rejected_problem
+    assert shown.last_delta_seq == 0
+    eventually(lambda: health(server.channel, LIST_CURRENT) == "NOT_SERVING", "health: behind")
+    assert health(server.channel) == "SERVING"  # the last good list still answers
+    cli = run_cli("status", "--target", server.address)
+    assert "BEHIND: " in cli.stdout and "delta 1 is missing" in cli.stdout
+    assert decision(stub, ZHANG) == "DENY"  # seq 2 not applied on its own
+
+    write_jsonl(tmp_path / "delta-0001.jsonl", [delta(1, "LIST", entry=lists(X, "牛犇", "E-X"))])
+    # seq 1 applies, and then the waiting seq 2: nothing skipped, no longer behind
+    eventually(lambda: status(server).last_delta_seq == 2, "seq 1, then seq 2 applied")
+    eventually(lambda: not status(server).behind, "no longer behind")
+    eventually(lambda: health(server.channel, LIST_CURRENT) == "SERVING", "list current")
+    assert (decision(stub, X), decision(stub, ZHANG)) == ("DENY", "ALLOW")
+    live_version = status(server).version
+
+    again = serve(tmp_path)  # a fresh start reads the files in name order: the same list
+    shown = status(again)
+    assert (shown.version, shown.last_delta_seq, shown.behind) == (live_version, 2, False)
+    assert (decision(again.stub(), X), decision(again.stub(), ZHANG)) == ("DENY", "ALLOW")
+
+
+def test_a_seq_gap_refuses_the_delta_naming_the_missing_seqs(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    feed = Feed(tmp_path, keyer).start()
+    feed.write("delta-0001.jsonl", [delta(1, "DELIST", entry_id="E1")])
+    feed.write("delta-0002.jsonl", [delta(10, "DELIST", entry_id="E2")])
+    assert feed.behind == (
+        "delta-0002.jsonl",
+        "line 1: seq 10 follows seq 1: deltas 2..9 are missing",
+    )
+    assert feed.view().info.last_delta_seq == 1
+    assert feed.decision(LI) is Decision.DENY  # not applied
+    assert ("rejected", "delta-0002.jsonl") in [(w, n) for w, n, _ in feed.events]
+    # a gap inside one file refuses it just the same
+    feed.write(
+        "delta-0002.jsonl", [delta(2, "DELIST", entry_id="E2"), delta(4, "DELIST", entry_id="E3")]
+    )
+    assert feed.behind == ("delta-0002.jsonl", "line 2: seq 4 follows seq 2: delta 3 is missing")
+    assert feed.decision(LI) is Decision.DENY
+    done = run_cli("validate", str(tmp_path / "delta-0002.jsonl"))
+    assert done.returncode == 1 and "line 2: seq 4 follows seq 2: delta 3 is missing" in done.stdout
+    # a file read again is harmless: seqs at or below the watermark are skipped
+    feed.write(
+        "delta-0002.jsonl", [delta(1, "DELIST", entry_id="E1"), delta(2, "DELIST", entry_id="E2")]
+    )
+    assert feed.behind is None
+    assert feed.view().info.last_delta_seq == 2 and feed.decision(LI) is Decision.ALLOW
+
+
+def test_a_refused_delta_holds_back_the_next_until_it_is_corrected(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    feed = Feed(tmp_path, keyer).start()
+    feed.write("delta-0003.jsonl", [delta(1, "LIST", entry=lists(X, "牛犇", "E-X")),
+                                    delta(2, "SUSPEND", entry_id="NO-SUCH")])  # fmt: skip
+    assert feed.behind is not None and feed.behind[0] == "delta-0003.jsonl"
+    feed.write("delta-0004.jsonl", [delta(3, "LIST", entry=lists(Y, "羊羊", "E-Y"))])
+    assert feed.view().info.last_delta_seq == 0  # 0004 waits for 0003's seqs
+    assert feed.decision(Y) is Decision.ALLOW
+    assert feed.behind is not None and feed.behind[0] == "delta-0003.jsonl"
+    assert "delta-0004.jsonl" in feed.behind[1]  # named too, as refused
+
+    feed.write("delta-0003.jsonl", [delta(1, "LIST", entry=lists(X, "牛犇", "E-X")),
+                                    delta(2, "SUSPEND", entry_id="E2")])  # fmt: skip
+    view = feed.view()
+    assert view.info.last_delta_seq == 3
+    assert (feed.decision(X), feed.decision(Y), feed.decision(LI)) == (
+        Decision.DENY, Decision.DENY, Decision.ALLOW,
+    )  # fmt: skip
+    assert feed.behind is None
+    loaded = [n for w, n, _ in feed.events if w == "loaded"]
+    assert loaded[-2:] == ["delta-0003.jsonl", "delta-0004.jsonl"]
+
+    restarted = Feed(tmp_path, keyer).start()
+    assert restarted.view().info.version == view.info.version
+    assert restarted.view().info.last_delta_seq == 3 and restarted.behind is None
+
+
+def test_after_a_snapshot_without_header_the_first_delta_sets_the_seq(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    """A snapshot without a header says nothing of where the feed's numbering stands."""
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", basic_rows())
+    feed = Feed(tmp_path, keyer).start()
+    feed.write("delta-0005.jsonl", [delta(5, "DELIST", entry_id="E1")])
+    assert feed.behind is None and feed.view().info.last_delta_seq == 5
+    feed.write("delta-0007.jsonl", [delta(7, "DELIST", entry_id="E2")])
+    assert feed.behind == ("delta-0007.jsonl", "line 1: seq 7 follows seq 5: delta 6 is missing")
+
+
+def test_deltas_named_out_of_seq_order_apply_at_start_too(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    write_jsonl(tmp_path / "delta-a.jsonl", [delta(2, "DELIST", entry_id="E1")])
+    write_jsonl(tmp_path / "delta-b.jsonl", [delta(1, "LIST", entry=lists(X, "牛犇", "E-X"))])
+    feed = Feed(tmp_path, keyer).start()
+    assert feed.view().info.last_delta_seq == 2 and feed.behind is None
+    assert (feed.decision(X), feed.decision(ZHANG)) == (Decision.DENY, Decision.ALLOW)
+
+
+# --- 3. a byte order mark; a file whose kind cannot be told ----------------------------------
+
+
+def test_a_delta_with_a_byte_order_mark_applies(tmp_path: Path, serve: Serve) -> None:
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    server = serve(tmp_path)
+    body = orjson.dumps(delta(1, "LIST", entry=lists(X, "牛犇", "E-X"))) + b"\n"
+    (tmp_path / "delta-0001.jsonl").write_bytes(BOM + body)  # a Windows export
+    eventually(lambda: status(server).last_delta_seq == 1, "the BOM delta applied")
+    assert decision(server.stub(), X) == "DENY"
+    assert not status(server).behind
+    done = run_cli("validate", str(tmp_path / "delta-0001.jsonl"))
+    assert done.returncode == 0, done.stdout
+
+
+def test_a_snapshot_with_a_byte_order_mark_keeps_its_header(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    rows = b"".join(orjson.dumps(r) + b"\n" for r in [header(1), *basic_rows()])
+    (tmp_path / "snapshot-0001.jsonl").write_bytes(BOM + rows)
+    write_jsonl(tmp_path / "delta-0001.jsonl", [delta(1, "DELIST", entry_id="E-included")])
+    feed = Feed(tmp_path, keyer).start()
+    info = feed.view().info
+    assert (info.includes_seq, info.counts.total, feed.behind) == (1, 3, None)
+    done = run_cli("validate", str(tmp_path / "snapshot-0001.jsonl"))
+    assert done.returncode == 0, done.stdout
+    parallel = build_snapshot(tmp_path / "snapshot-0001.jsonl", keyer, workers=2)
+    assert (parallel.info.includes_seq, parallel.info.counts.total) == (1, 3)
+
+
+def test_a_csv_sidecar_with_a_byte_order_mark_is_read(tmp_path: Path, keyer: SubjectKeyer) -> None:
+    csv_path = tmp_path / "snapshot-0001.csv"
+    csv_path.write_bytes(
+        BOM
+        + "entry_id,list_type,subject.type,subject.name,subject.id_number,case_number,court\n"
+        f"E1,SHIXIN,PERSON,张伟,{ZHANG},(2024)京0105执1001号,北京市朝阳区人民法院\n".encode()
+    )
+    (tmp_path / "snapshot-0001.csv.meta.json").write_bytes(BOM + orjson.dumps(header(7)))
+    feed = Feed(tmp_path, keyer).start()
+    assert feed.view().info.includes_seq == 7 and feed.behind is None
+
+
+def test_a_file_whose_kind_cannot_be_told_is_refused_not_ignored(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    feed = Feed(tmp_path, keyer).start()
+    # named a delta, its first row cut: read as a delta, that row reported
+    (tmp_path / "delta-0001.jsonl").write_bytes(b'{"seq": 1, "op": "DEL\n')
+    feed.poll()
+    assert feed.behind is not None
+    assert feed.behind[0] == "delta-0001.jsonl" and "line 1: not valid JSON" in feed.behind[1]
+    assert not any(w == "ignored" for w, _, _ in feed.events)
+    # no telling name, a first row that is not JSON: refused as such
+    (tmp_path / "delta-0001.jsonl").unlink()
+    (tmp_path / "feed-0002.jsonl").write_bytes(b"\x00garbage\n")
+    feed.poll()
+    assert feed.behind is not None and feed.behind[0] == "feed-0002.jsonl"
+    assert "cannot tell a snapshot from a delta" in feed.behind[1]
+    # a snapshot's rows under a delta's name: refused, never taken for an older snapshot
+    (tmp_path / "feed-0002.jsonl").unlink()
+    write_jsonl(tmp_path / "delta-0002.jsonl", [lists(X, "牛犇", "E-X")])
+    feed.poll()
+    assert feed.behind is not None and feed.behind[0] == "delta-0002.jsonl"
+    assert "is named as a delta but its first row has no op" in feed.behind[1]
+    # and a delta's rows under a snapshot's name
+    (tmp_path / "delta-0002.jsonl").unlink()
+    write_jsonl(tmp_path / "snapshot-0003.jsonl", [delta(1, "DELIST", entry_id="E1")])
+    feed.poll()
+    assert feed.behind is not None and feed.behind[0] == "snapshot-0003.jsonl"
+    assert "is named as a snapshot but its first row has op" in feed.behind[1]
+    assert feed.view().info.source.endswith("snapshot-0001.jsonl")
+    assert feed.decision(ZHANG) is Decision.DENY and feed.decision(X) is Decision.ALLOW
+    done = run_cli("validate", str(tmp_path / "snapshot-0003.jsonl"))
+    assert done.returncode == 1 and "is named as a snapshot" in done.stdout
+
+
+# --- 4. an unreadable file ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")
+def test_an_unreadable_snapshot_at_start_falls_back_to_the_older_one(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    feed_dir = tmp_path / "feed"
+    feed_dir.mkdir()
+    write_jsonl(feed_dir / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    os.symlink("/proc/self/mem", feed_dir / "snapshot-0002.jsonl")  # reading it: EIO
+    feed = Feed(feed_dir, keyer).start()
+    assert feed.view().info.source.endswith("snapshot-0001.jsonl")
+    assert feed.behind is not None and feed.behind[0] == "snapshot-0002.jsonl"
+    assert "Input/output error" in feed.behind[1]
+
+    server = ServeProcess("--list", str(feed_dir), "--index-dir", "off", log=tmp_path / "s.log")
+    try:
+        server.wait_serving()
+        cli = run_cli("status", "--target", server.target)
+        assert "BEHIND: " in cli.stdout and "snapshot-0002.jsonl" in cli.stdout, cli.stdout
+        output = server.output()
+        refused = [line for line in output.splitlines() if "snapshot-0002.jsonl" in line]
+        assert refused and "Input/output error" in refused[0], output
+        assert "Traceback" not in output
+    finally:
+        server.stop()
+
+
+# --- 5. behind says what is wrong now ------------------------------------------------------------
+
+
+def test_a_corrected_delta_clears_behind(tmp_path: Path, keyer: SubjectKeyer) -> None:
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    feed = Feed(tmp_path, keyer).start()
+    feed.write("delta-0001.jsonl", [delta(1, "DELIST", entry_id="E1"),
+                                    delta(2, "DELIST", entry_id="NO-SUCH")])  # fmt: skip
+    assert feed.behind is not None
+    feed.write("delta-0001.jsonl", [delta(1, "DELIST", entry_id="E1")])
+    assert feed.behind is None
+    assert feed.decision(ZHANG) is Decision.ALLOW
+
+
+def test_a_refused_delta_that_is_deleted_no_longer_counts(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    feed = Feed(tmp_path, keyer).start()
+    feed.write("delta-0001.jsonl", [delta(1, "DELIST", entry_id="NO-SUCH")])
+    assert feed.behind is not None
+    (tmp_path / "delta-0001.jsonl").unlink()
+    feed.poll()
+    assert feed.behind is None
+
+
+def test_a_snapshot_that_includes_a_refused_delta_clears_behind(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    feed = Feed(tmp_path, keyer).start()
+    feed.write("delta-0001.jsonl", [delta(1, "DELIST", entry_id="E1")])
+    feed.write("delta-0002.jsonl", [{**delta(2, "DELIST", entry_id="E2"),
+                                     "published_at": "2099-01-01T00:00:00+08:00"}])  # fmt: skip
+    assert feed.behind is not None and feed.behind[0] == "delta-0002.jsonl"
+    (tmp_path / "delta-0001.jsonl").unlink()  # applied, then cleared away by the operator
+    feed.poll()
+    # the feed's next snapshot holds seqs 1 and 2
+    rows = [r for r in basic_rows() if r["entry_id"] not in ("E1", "E2")]
+    feed.write("snapshot-0002.jsonl", [header(2), *rows])
+    assert feed.view().info.source.endswith("snapshot-0002.jsonl")
+    assert feed.behind is None
+    rejected = [(n, d) for w, n, d in feed.events if w == "rejected"]
+    assert rejected == [("delta-0002.jsonl", rejected[0][1])]  # reported once, when it came
+    assert not any("No such file" in d for _, _, d in feed.events)
+
+    restarted = Feed(tmp_path, keyer).start()
+    assert restarted.behind is None and not restarted.events[:-1]  # only "loaded"
+    assert restarted.view().info.last_delta_seq == 2
+
+
+def test_a_newer_snapshot_supersedes_a_refused_one(tmp_path: Path, keyer: SubjectKeyer) -> None:
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    feed = Feed(tmp_path, keyer).start()
+    feed.write("snapshot-0002.jsonl", [header(0), person_entry("E1", "123", "坏")])
+    assert feed.behind is not None and feed.behind[0] == "snapshot-0002.jsonl"
+    feed.write("snapshot-0003.jsonl", [header(0), *basic_rows()[1:]])
+    assert feed.behind is None and feed.decision(ZHANG) is Decision.ALLOW
+
+
+# --- 6. a file copied in slowly is read once it has settled ----------------------------------
+
+
+def test_a_snapshot_copied_in_place_with_a_stall_is_not_read_half_written(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    people = [rid(f"1101051980{1 + i // 28:02d}{1 + i % 28:02d}{i:03d}") for i in range(300)]
+    rows = [header(0), *[lists(number, "某", f"E{i}") for i, number in enumerate(people)]]
+    lines = [orjson.dumps(r) + b"\n" for r in rows]
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    index = MemoryIndex()
+    installed: list[int] = []
+    original = index.install
+
+    def install(view: MemoryView) -> None:
+        installed.append(view.info.counts.total)
+        original(view)
+
+    index.install = install  # type: ignore[method-assign]
+    # a 0.1 s poll: by default a new file must stay unchanged for 10 polls, 1 s
+    follower = DirectoryFollower(tmp_path, Loader(index, keyer), lambda *_: None, interval=0.1)
+    follower.initial_load()
+    follower.start()
+    try:
+        with (tmp_path / "snapshot-0002.jsonl").open("wb") as copy:
+            copy.write(b"".join(lines[: len(lines) // 2]))
+            copy.flush()
+            time.sleep(0.4)  # the copy stalls at a row boundary, for several polls
+            view = index.current()
+            assert view is not None and view.info.source.endswith("snapshot-0001.jsonl")
+            copy.write(b"".join(lines[len(lines) // 2 :]))
+        eventually(lambda: _source_is(index, "snapshot-0002.jsonl"), "snapshot-0002 served")
+    finally:
+        follower.stop()
+    assert installed == [3, 300]  # never the half
+
+
+def _source_is(index: MemoryIndex, name: str) -> bool:
+    view = index.current()
+    return view is not None and view.info.source.endswith(name)
+
+
+def test_a_file_still_being_written_at_start_is_left_to_the_poll(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    old = time.time() - 60
+    os.utime(tmp_path / "snapshot-0001.jsonl", (old, old))  # long complete
+    first, *rest = [orjson.dumps(r) + b"\n" for r in [header(0), *basic_rows()[1:]]]
+    copy = (tmp_path / "snapshot-0002.jsonl").open("wb")
+    copy.write(first + rest[0])  # a header and one entry: loadable, but half the file
+    copy.flush()
+
+    def copy_the_rest() -> None:
+        time.sleep(0.1)  # while the start watches the fresh file
+        copy.write(b"".join(rest[1:]))
+        copy.close()
+
+    writer = threading.Thread(target=copy_the_rest)
+    writer.start()
+    index = MemoryIndex()
+    installed: list[tuple[str, int]] = []
+    original = index.install
+
+    def install(view: MemoryView) -> None:
+        installed.append((Path(view.info.source).name, view.info.counts.total))
+        original(view)
+
+    index.install = install  # type: ignore[method-assign]
+    follower = DirectoryFollower(
+        tmp_path, Loader(index, keyer), lambda *_: None, interval=0.05, settle=0.25
+    )
+    try:
+        follower.initial_load()  # snapshot-0002 changes while it watches: not read yet
+        writer.join()
+        follower.start()
+        eventually(lambda: _source_is(index, "snapshot-0002.jsonl"), "snapshot-0002 served")
+    finally:
+        writer.join()
+        copy.close()
+        follower.stop()
+    assert installed == [("snapshot-0001.jsonl", 3), ("snapshot-0002.jsonl", 2)]
+
+
+# --- 7. a version label names the file, not the moment it was loaded -------------------------
+
+
+def test_every_load_of_the_same_snapshot_has_the_same_version(
+    tmp_path: Path, keyer: SubjectKeyer, serve: Serve
+) -> None:
+    path = write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    first = Loader(MemoryIndex(), keyer).load_path(path).info.version
+    time.sleep(1.1)  # a load time in another second
+    second = Loader(MemoryIndex(), keyer).load_path(path).info.version
+    assert first == second
+    server = serve(tmp_path)  # no compiled index: parsed again, labelled alike
+    assert status(server).version == first
+    (tmp_path / "snapshot-0001.jsonl").write_bytes(path.read_bytes() + b"\n")
+    assert Loader(MemoryIndex(), keyer).load_path(path).info.version != first
