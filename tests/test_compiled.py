@@ -28,12 +28,17 @@ from tests.processes import ServeProcess, run_cli
 AS_OF = _dt.date(2026, 11, 1)
 
 
-@pytest.fixture
-def snapshot(tmp_path: Path) -> Path:
+def synthetic_snapshot(tmp_path: Path) -> Path:
+    """400 synthetic entries (with related persons) in ``feed/``, as the feed writes them."""
     path = tmp_path / "feed" / "snapshot-0001.jsonl"
     path.parent.mkdir()
     write_snapshot(path, 400, seed=5, as_of=AS_OF)
     return path
+
+
+@pytest.fixture
+def snapshot(tmp_path: Path) -> Path:
+    return synthetic_snapshot(tmp_path)
 
 
 def listed_keys(path: Path, keyer: SubjectKeyer) -> list[int]:

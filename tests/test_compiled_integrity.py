@@ -8,42 +8,29 @@ restart does; one test through a real ``serve`` process.
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
 import pytest
 
 from shixin_check.domain.index import ListedMatch
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.loader import compiled, versions
 from shixin_check.loader.compiled import IndexStore, map_compiled
-from shixin_check.loader.index_memory import MemoryIndex, MemoryView, matches_of
-from shixin_check.loader.listfile import parse_entry
-from shixin_check.loader.synthetic import write_snapshot
+from shixin_check.loader.index_memory import MemoryIndex, MemoryView
 from shixin_check.loader.versions import Loader, build_snapshot
 from tests.listdata import ZHANG, basic_rows, write_jsonl
 from tests.processes import ServeProcess, run_cli
-
-AS_OF = _dt.date(2026, 11, 1)
+from tests.test_compiled import listed_keys, synthetic_snapshot
 
 
 @pytest.fixture
 def snapshot(tmp_path: Path) -> Path:
     """400 synthetic entries (with related persons), as the feed writes them."""
-    path = tmp_path / "feed" / "snapshot-0001.jsonl"
-    path.parent.mkdir()
-    write_snapshot(path, 400, seed=5, as_of=AS_OF)
-    return path
-
-
-def listed_keys(path: Path, keyer: SubjectKeyer) -> list[int]:
-    rows = [orjson.loads(line) for line in path.read_bytes().splitlines()[1:]]
-    return [key for row in rows for key, _ in matches_of(parse_entry(row), keyer)]
+    return synthetic_snapshot(tmp_path)
 
 
 def answers(view: MemoryView, keys: list[int]) -> list[list[ListedMatch]]:
