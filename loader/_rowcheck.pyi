@@ -13,6 +13,7 @@ def configure(
     birth_dates: frozenset[str], loads: Callable[[bytes], Any], decode_error: type[Exception],
 ) -> None: ...  # fmt: skip
 def plain(row: dict[str, Any], line: int, /) -> tuple[Any, Any, Any] | None: ...
+def masked_json(numbers: list[str], /) -> bytes | None: ...
 def subject_fields(
     lo: int, hi: int, bits: int, k_hi: Any, raw_keys: Any, m_entry: Any, m_role: Any,
     m_name: Any, m_mask: Any, width: int, text: Any, e_text_at: Any, e_type: Any,

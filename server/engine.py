@@ -255,14 +255,14 @@ class CheckEngine:
     def check_many(
         self, requests: Sequence[pb.CheckRequest], view: ListView | None, out: Any,
         peer: str = "", principal: Principal = ANONYMOUS,
-    ) -> list[Query]:  # fmt: skip
+    ) -> tuple[list[Query], list[Verdict]]:  # fmt: skip
         """A batch against one view, answers added to ``out`` (a repeated CheckResponse
         field); a bad request is ``InvalidInput`` under ``checks[i]`` and adds nothing.
 
         The order of ``check``: every request validated and in scope, then the
         view (the current one when ``view`` is None), then the rate charged one
-        token per check (an empty batch one). The queries are returned (the
-        audit record's masked subjects).
+        token per check (an empty batch one). The queries and their verdicts are
+        returned (the audit record's masked subjects and outcomes).
         """
         keyer = self.keyer
         try:
@@ -285,7 +285,7 @@ class CheckEngine:
         if self.stale:
             for request, query, verdict in zip(requests, queries, verdicts, strict=True):
                 self._answer(add(), request, query, verdict, version, peer, principal)
-            return queries
+            return queries, verdicts
         # The answer nearly every check gets, inlined: the template copied, two strings set.
         template = not_listed(version)
         prefix, counter, checks = self._prefix, self._counter, self._checks
@@ -298,7 +298,7 @@ class CheckEngine:
                 checks[query.channel * DECISIONS + ALLOW] += 1
             else:
                 self._answer(add(), request, query, verdict, version, peer, principal)
-        return queries
+        return queries, verdicts
 
     def withdraw(self, request: pb.CheckRequest, answer: pb.CheckResponse) -> None:
         """Uncount an answer that never left the server (its audit record could not

@@ -25,7 +25,13 @@ from hypothesis import strategies as st
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.domain.errors import ConfigurationError, InvalidInput
-from shixin_check.domain.identity import KEY_TAGS, IdType, normalize_name, normalize_resident_id
+from shixin_check.domain.identity import (
+    KEY_TAGS,
+    IdType,
+    mask_id,
+    normalize_name,
+    normalize_resident_id,
+)
 from shixin_check.domain.keys import PrefilterKeyer, SubjectKeyer
 from shixin_check.domain.model import Channel, Exemption
 from shixin_check.loader import columns, publish_redis
@@ -565,3 +571,15 @@ def test_subject_fields_holds_its_own_courts_while_python_code_runs() -> None:
     assert bucket == 0
     [value] = fields.values()
     assert orjson.loads(value)[0][6] == "court-1"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(st.text(DIGITS + "XAB", max_size=24), st.text(max_size=6)), max_size=12))
+def test_masked_json_in_c_is_what_python_writes(numbers: list[str]) -> None:
+    """A batch's audit subjects: the C array byte for byte orjson's of ``mask_id``, or
+    None (Python's turn) for a number that is not ASCII letters and digits."""
+    found = _compiled().masked_json(numbers)
+    if all(n.isascii() and (n.isalnum() or not n) for n in numbers):
+        assert found == orjson.dumps([mask_id(n) for n in numbers])
+    else:
+        assert found is None
