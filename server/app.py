@@ -39,6 +39,7 @@ import errno
 import gc
 import inspect
 import logging
+import shutil
 import signal
 import socket
 import sys
@@ -111,6 +112,7 @@ class Service:
         store = IndexStore(folder, self.keyer.fingerprint) if folder is not None else None
         self.loader = Loader(self.index, self.keyer, store)
         self.follower: DirectoryFollower | None = None
+        self.demo_folder: Path | None = None  # --demo: the synthetic list's own folder
         self.redis: RedisFollower | None = None
         source: IndexSource = self.index
         if settings.redis:
@@ -319,6 +321,7 @@ class Service:
             return
         if settings.demo:
             path = write_demo_list(settings.demo_count, self.announce)
+            self.demo_folder = path.parent  # removed at exit (run_service)
         else:
             assert settings.list_path is not None
             path = settings.list_path
@@ -725,7 +728,11 @@ def run_service(settings: ServeSettings) -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     service = Service(settings, announce=lambda s: print(s, flush=True))
-    asyncio.run(service.run())
+    try:
+        asyncio.run(service.run())
+    finally:  # the demo's list (and the index compiled beside it), however the run ended
+        if service.demo_folder is not None:
+            shutil.rmtree(service.demo_folder, ignore_errors=True)
     return 0
 
 

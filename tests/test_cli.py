@@ -113,3 +113,27 @@ def test_bad_setting_is_refused_naming_the_variable(tmp_path: Path) -> None:
     done = run_cli("serve", "--list", str(write_jsonl(tmp_path / "l.jsonl", basic_rows())), env=env)
     assert done.returncode == 2
     assert "SHIXIN_HOTEL_MIN_STAR" in done.stderr
+
+
+def test_the_demo_removes_its_list_folder_when_it_stops(tmp_path: Path) -> None:
+    """A demo writes its synthetic list (and the index compiled beside it) into a
+    temporary folder of its own: gone once the server stops, run after run."""
+    env_tmp = tmp_path / "tmp"
+    env_tmp.mkdir()
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(env_tmp)
+    try:
+        server = ServeProcess("--demo", "--demo-count", "200")
+    finally:
+        if saved is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = saved
+    try:
+        line = server.read_until(r"^demo list: ")
+        folder = Path(line.rsplit(" in ", 1)[1].strip()).parent
+        assert folder.parent == env_tmp and folder.is_dir()
+        server.wait_serving()
+    finally:
+        assert server.stop() == 0
+    assert not folder.exists()
