@@ -439,7 +439,7 @@ class Gate:
             known = self._by_token.get(token)
             if known is not None:
                 return known
-            scheme, _, key = token.partition(" ")
+            scheme, _, key = token.strip().partition(" ")  # white space around: as inside
             if scheme.lower() != "bearer" or not key.strip():
                 message = "authorization metadata must be 'Bearer <key>'"
                 raise Unauthenticated(message).with_reason("API_KEY_MALFORMED")

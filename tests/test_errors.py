@@ -328,3 +328,12 @@ def test_the_client_reads_details_and_stream_errors_alike(server: RunningServer)
     assert from_stream == read  # the same refusal, whichever way it came
     [good] = server.stub().CheckConsumptionStream(iter([flight(request_id="s-2")]))
     assert error_details(good) is None
+
+
+@pytest.mark.parametrize("form", ["Bearer {}", "bearer  {} ", " Bearer {}", "  BEARER {}"])
+def test_a_key_with_white_space_around_it_is_the_same_key(
+    guarded: RunningServer, keys: dict[str, str], form: str
+) -> None:
+    """As a hand-written header or a pasted key may have it: inside, before, after."""
+    metadata = (("authorization", form.format(keys["hotel"])),)
+    assert guarded.stub().CheckConsumption(hotel(), metadata=metadata).decision == pb.ALLOW
