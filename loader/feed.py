@@ -191,13 +191,19 @@ def pending(
     return todo
 
 
-def gap_problem(previous: int, seq: int) -> str:
-    """Why ``seq`` cannot follow ``previous``: ``seq 10 follows seq 2: deltas 3..9 are missing``."""
+def missing_deltas(first: int, last: int) -> str:
+    """``delta 3`` or ``deltas 3 to 9``: what a gap in the numbering lacks."""
+    return f"delta {first}" if first == last else f"deltas {first} to {last}"
+
+
+def gap_problem(previous: int, seq: int, where: str = "") -> str:
+    """Why ``seq`` cannot follow ``previous``: ``seq 10 follows seq 2: deltas 3 to 9 are
+    missing`` (``where`` after ``seq 2``, e.g. `` (the last Redis holds)``)."""
     if seq <= previous:
         return f"seq {seq} repeats seq {previous}"
     first, last = previous + 1, seq - 1
-    missing = f"delta {first} is" if first == last else f"deltas {first}..{last} are"
-    return f"seq {seq} follows seq {previous}: {missing} missing"
+    verb = "is" if first == last else "are"
+    return f"seq {seq} follows seq {previous}{where}: {missing_deltas(first, last)} {verb} missing"
 
 
 def day_start(day: int) -> float:

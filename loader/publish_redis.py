@@ -59,7 +59,13 @@ from shixin_check.domain.errors import ConfigurationError, IndexUnavailable, Loa
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import NO_END, EntryStatus, Role
 from shixin_check.loader.columns import compiled
-from shixin_check.loader.feed import SnapshotHeader, pending, read_header
+from shixin_check.loader.feed import (
+    SnapshotHeader,
+    gap_problem,
+    missing_deltas,
+    pending,
+    read_header,
+)
 from shixin_check.loader.index_memory import (
     _COLUMNS,
     _MASK_WIDTH,
@@ -130,13 +136,9 @@ def _refuse_rollback(path: Path, includes_seq: int, applied: int) -> None:
         raise OutOfSequence(
             str(path),
             f"the snapshot includes deltas up to seq {includes_seq} but seq {applied} is "
-            f"applied: loading it would undo {_deltas(includes_seq + 1, applied)}; load "
+            f"applied: loading it would undo {missing_deltas(includes_seq + 1, applied)}; load "
             "a newer snapshot, or give --allow-rollback to go back on purpose",
         )
-
-
-def _deltas(first: int, last: int) -> str:
-    return f"delta {first}" if first == last else f"deltas {first} to {last}"
 
 
 def _refuse_gap(path: Path, ops: list[DeltaOp], applied: int) -> None:
@@ -146,11 +148,10 @@ def _refuse_gap(path: Path, ops: list[DeltaOp], applied: int) -> None:
     previous = applied
     for seq in sorted(op.seq for op in ops if op.seq > applied):  # read_delta: no repeats
         if seq != previous + 1:
-            missing = _deltas(previous + 1, seq - 1) + (" is" if seq == previous + 2 else " are")
             where = " (the last Redis holds)" if previous == applied else " in this file"
             raise OutOfSequence(
                 str(path),
-                f"seq {seq} follows seq {previous}{where}: {missing} missing; nothing was applied "
+                f"{gap_problem(previous, seq, where)}; nothing was applied "
                 "(load the missing delta first)",
             )
         previous = seq

@@ -149,7 +149,7 @@ def test_a_seq_gap_refuses_the_delta_naming_the_missing_seqs(
     feed.write("delta-0002.jsonl", [delta(10, "DELIST", entry_id="E2")])
     assert feed.behind == (
         "delta-0002.jsonl",
-        "line 1: seq 10 follows seq 1: deltas 2..9 are missing",
+        "line 1: seq 10 follows seq 1: deltas 2 to 9 are missing",
     )
     assert feed.view().info.last_delta_seq == 1
     assert feed.decision(LI) is Decision.DENY  # not applied
