@@ -299,13 +299,15 @@ class AppendLog:
         try:
             self._open_live()
             self._cut_torn_line()
-        except BaseException:
+            self._day_window = _day_window(self._day_of_live_file())
+            self._next_n = self._first_free_n()
+        except BaseException:  # nothing held once the constructor failed
+            if self._fd >= 0:
+                os.close(self._fd)
             os.close(self._owner)
             raise
-        self._day_window = _day_window(self._day_of_live_file())
         self._synced_at = clock()
         self._unsynced = False
-        self._next_n = self._first_free_n()
         self._checked_at = clock()  # when the live file was last found where it should be
         if fsync == "interval":
             self._stop_syncing = threading.Event()
@@ -492,6 +494,11 @@ class AppendLog:
         """Called with the lock held once ``line`` is in the kernel."""
 
     def close(self) -> None:
+        self._close_file()
+        self._release()
+
+    def _close_file(self) -> None:
+        """The live file synced and closed; the set still held."""
         if self.fsync == "interval":
             self._stop_syncing.set()
         with self._lock:
@@ -500,8 +507,12 @@ class AppendLog:
                     _sync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
+
+    def _release(self) -> None:
+        """Let another writer take the set: last, once nothing of this one is written."""
+        with self._lock:
             if self._owner >= 0:
-                os.close(self._owner)  # another writer may take the set now
+                os.close(self._owner)
                 self._owner = -1
 
 
@@ -593,13 +604,18 @@ class AuditLog(AppendLog):
         if head_interval <= 0:
             raise ValueError("head_interval must be positive")
         super().__init__(path, **options)
-        start = _chain_start(path)
-        #: the last record's seq, its hash (``line_hash``, as the next line writes it) and file
-        self._seq, self._prev, self._file = start.seq, start.sha256.encode(), start.file
-        self._live_name = path.name
-        self._head_lock = threading.Lock()  # taken before the record lock, never after
-        self._noted: ChainHead | None = None
-        self._note_head()
+        try:
+            start = _chain_start(path)
+            #: the last record's seq, its hash (``line_hash``, as the next line writes it),
+            #: and its file
+            self._seq, self._prev, self._file = start.seq, start.sha256.encode(), start.file
+            self._live_name = path.name
+            self._head_lock = threading.Lock()  # taken before the record lock, never after
+            self._noted: ChainHead | None = None
+            self._note_head()
+        except BaseException:  # nothing held once the constructor failed
+            AppendLog.close(self)
+            raise
         self._closing = threading.Event()
         threading.Thread(
             target=_keep_head, args=(weakref.ref(self), self._closing, head_interval),
@@ -678,9 +694,12 @@ class AuditLog(AppendLog):
                 self._noted = head
 
     def close(self) -> None:
-        super().close()
+        self._close_file()
         self._closing.set()
-        self._note_head()
+        try:
+            self._note_head()  # before the set is released: a next writer notes its own
+        finally:
+            self._release()
 
 
 def _keep_head(ref: weakref.ref[AuditLog], closing: threading.Event, interval: float) -> None:

@@ -330,8 +330,12 @@ class ConsumptionCheckService:
         code = status_of(exc)
         told = refusal(exc, metadata=_error_metadata(code, principal, "check", (request.channel,)))
         if self.audit is not None:
-            self._audit(context, "CheckConsumptionStream", principal, _subject_of(request),
-                        code.name, started)  # fmt: skip
+            try:
+                self._audit(context, "CheckConsumptionStream", principal, _subject_of(request),
+                            code.name, started)  # fmt: skip
+            except Exception as failure:  # noqa: BLE001 - the refusal goes out all the same (_fail)
+                log.error("CheckConsumptionStream refused a request with %s, caller %s; not "
+                          "audited: %s", code.name, principal.name or "-", failure)  # fmt: skip
         self._count_refusal(code, exc, principal)
         return pb.CheckResponse(request_id=request.request_id, error=told.check_error())
 

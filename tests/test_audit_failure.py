@@ -115,3 +115,19 @@ def test_a_refusal_that_cannot_be_audited_is_still_that_refusal(
     logged = [r.getMessage() for r in errors(caplog)]
     assert len(logged) == 2 and all("not audited: " in line for line in logged), logged
     assert all(r.exc_info is None for r in errors(caplog))  # no traceback for a refusal
+
+
+def test_a_refusal_on_a_stream_that_cannot_be_audited_is_still_that_refusal(
+    serve: Serve, tmp_path: Path, full_audit: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a stream too: the bad request is answered with its error and the stream goes
+    on (it ended INTERNAL when the refusal's audit record failed)."""
+    caplog.set_level(logging.WARNING)
+    server = serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()), audit_log=full_audit)
+    requests = iter([hotel("123", request_id="bad-1")])
+    [answer] = list(server.stub().CheckConsumptionStream(requests))
+    assert (answer.request_id, answer.error.code) == (
+        "bad-1", grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    )  # fmt: skip
+    logged = [r.getMessage() for r in errors(caplog)]
+    assert len(logged) == 1 and "not audited: " in logged[0], logged

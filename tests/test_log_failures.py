@@ -196,3 +196,20 @@ def test_records_written_before_a_quiet_period_are_synced_within_the_interval(
     assert len(synced) > count, "nothing synced the second record within the interval"
     log.close()
     assert not any(t.name.startswith("log-sync") and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_log_that_fails_to_start_holds_nothing(tmp_path: Path) -> None:
+    """An audit log whose head cannot be noted fails its start; it must not keep the
+    set (a second try in the same process was refused as 'another process'), nor a
+    writer lock after it closes: the head is noted before the set is let go."""
+    path = tmp_path / "audit.jsonl"
+    blocker = tmp_path / "audit.jsonl.head.part"
+    blocker.mkdir()  # the head's temporary file cannot be written
+    with pytest.raises(IsADirectoryError):
+        AuditLog(path)
+    blocker.rmdir()
+    log = AuditLog(path)  # the set is free again
+    log.record("CheckConsumption", "peer", "110105********0001", "ALLOW", 0.0)
+    log.close()
+    assert hitlog.read_head(path) is not None and hitlog.read_head(path).seq == 1  # type: ignore[union-attr]
+    AuditLog(path).close()
