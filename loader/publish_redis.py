@@ -181,7 +181,7 @@ def publish_snapshot(
         header = read_header(path)
     except LoadRejected:  # build_snapshot reports it, beside every other bad row
         header = SnapshotHeader()
-    if header.declared and not allow_rollback:  # before minutes of validating; again below
+    if not allow_rollback:  # before minutes of validating (no header: it includes no delta)
         _refuse_rollback(path, header.includes_seq, _applied_seq(client, keys))
     view = build_snapshot(path, keyer, progress)  # LoadRejected before any write
     base, info = view.base, view.info
@@ -210,7 +210,8 @@ def publish_snapshot(
                 mapping={
                     "version": version, "source": info.source, "loaded_at": info.loaded_at,
                     "source_timestamp": info.source_timestamp, "last_seq": seq,
-                    "snapshot_seq": seq, "counts": counts_json(info.counts),
+                    "snapshot_seq": seq, "header": int(header.declared),
+                    "counts": counts_json(info.counts),
                     "expiries": expiries_json(info.counts),
                     "subject_keys": info.counts.subject_keys, "bucket_bits": bits,
                     "entry_bits": ebits, "fingerprint": keyer.fingerprint, "state": "ready",
@@ -765,8 +766,11 @@ def publish_delta(
         meta = read_meta(client, keys, version)
         check_fingerprint(meta, keyer, version)
         last = int(meta.get("last_seq", b"0"))
-        _refuse_gap(path, ops, last)
-        todo = pending(ops, last)
+        # a snapshot without a header says nothing of where the numbering stands: the
+        # first delta on it may start at any seq (feed.pending's unknown_base)
+        unknown = last == 0 and meta.get("header") == b"0"
+        _refuse_gap(path, ops, min(op.seq for op in ops) - 1 if unknown and ops else last)
+        todo = pending(ops, last, unknown_base=unknown)
         if not todo:  # applied before: but perhaps not yet by any Redis replica
             await_replica(client, keys, f"delta {path.name} (applied before: seq {last})")
             return DeltaResult(version, 0, last)

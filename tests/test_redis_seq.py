@@ -89,7 +89,7 @@ def snapshot_with_header(path: Path, includes_seq: int, rows: list[dict[str, Any
 @pytest.fixture
 def replica(redis_server: RedisServer, serve: Serve, tmp_path: Path) -> RunningServer:
     """basic_rows() loaded by ``shixin-check load``; one replica serving it."""
-    done = load(write_jsonl(tmp_path / "s1.jsonl", basic_rows()), redis_server.url)
+    done = load(snapshot_with_header(tmp_path / "s1.jsonl", 0, basic_rows()), redis_server.url)
     assert done.returncode == 0, done.stderr
     server = serve(None, redis=redis_server.url, replica_id="r1")
     eventually(lambda: decision(server, ZHANG, "张伟").decision == pb.DENY, "list served")
@@ -99,11 +99,29 @@ def replica(redis_server: RedisServer, serve: Serve, tmp_path: Path) -> RunningS
 # --- deltas carry on from the last seq Redis holds --------------------------------
 
 
+def test_after_a_snapshot_without_a_header_the_first_delta_sets_the_seq(
+    redis_server: RedisServer, client: Client, tmp_path: Path
+) -> None:
+    """As in directory mode: a headerless snapshot says nothing of where the feed's
+    numbering stands, so its first delta may start at any seq; the next must follow."""
+    url = redis_server.url
+    assert load(write_jsonl(tmp_path / "s1.jsonl", basic_rows()), url).returncode == 0
+    fifth = write_jsonl(tmp_path / "d5.jsonl", [listing_zhao(5), delta(6, "DELIST", entry_id="E1")])
+    done = load(fifth, url)
+    assert done.returncode == 0, done.stderr
+    assert last_seq(client) == 6
+    far = write_jsonl(tmp_path / "d8.jsonl", [delta(8, "DELIST", entry_id="E2")])
+    assert "seq 8 follows seq 6 (the last Redis holds): delta 7 is missing" in one_line(
+        load(far, url)
+    )
+    assert last_seq(client) == 6
+
+
 def test_a_delta_after_a_gap_is_refused_whole_naming_the_missing_seqs(
     redis_server: RedisServer, client: Client, tmp_path: Path
 ) -> None:
     url = redis_server.url
-    assert load(write_jsonl(tmp_path / "s1.jsonl", basic_rows()), url).returncode == 0
+    assert load(snapshot_with_header(tmp_path / "s1.jsonl", 0, basic_rows()), url).returncode == 0
     second = write_jsonl(tmp_path / "d2.jsonl", [delta(2, "DELIST", entry_id="E1")])
     refused = load(second, url)
     assert refused.returncode == 1
@@ -232,7 +250,8 @@ def test_a_load_again_waits_for_a_redis_replica_again(
             eventually(lambda: replica_client.info("replication")["master_link_status"] == "up",
                        "the Redis replica in sync")  # fmt: skip
         url = redis_server.url
-        assert load(write_jsonl(tmp_path / "s1.jsonl", basic_rows()), url).returncode == 0
+        first = snapshot_with_header(tmp_path / "s1.jsonl", 0, basic_rows())
+        assert load(first, url).returncode == 0
         change = write_jsonl(tmp_path / "d1.jsonl", [delta(1, "DELIST", entry_id="E1")])
         assert copy.proc is not None
         copy.proc.send_signal(signal.SIGSTOP)  # connected, but acknowledging nothing
