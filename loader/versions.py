@@ -748,7 +748,12 @@ class DirectoryFollower(Background):
         return settled
 
     def _deltas(self) -> list[Path]:
-        return sorted(p for p, kind in self._kinds.items() if kind is FileKind.DELTA)
+        """The delta files known, in name order, but those changing now (they are read
+        once they settle, as any new file is)."""
+        pending = self._pending
+        return sorted(
+            p for p, kind in self._kinds.items() if kind is FileKind.DELTA and p not in pending
+        )
 
     def _detect(self, path: Path) -> FileKind | None:
         try:
@@ -855,7 +860,8 @@ class DirectoryFollower(Background):
         progressed = True
         while progressed:
             progressed = False
-            for path in sorted(p for p in self._refused if self._kinds.get(p) is FileKind.DELTA):
+            refused = [p for p in self._refused if p not in self._pending]  # settled ones only
+            for path in sorted(p for p in refused if self._kinds.get(p) is FileKind.DELTA):
                 try:
                     view = self.loader.load_delta(path)
                 except LoadRejected as exc:

@@ -488,3 +488,29 @@ def test_every_load_of_the_same_snapshot_has_the_same_version(
     assert status(server).version == first
     (tmp_path / "snapshot-0001.jsonl").write_bytes(path.read_bytes() + b"\n")
     assert Loader(MemoryIndex(), keyer).load_path(path).info.version != first
+
+
+def test_a_delta_being_rewritten_is_not_read_until_it_settles(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    """A known delta rewritten in place while a new snapshot loads: the snapshot's
+    version leaves it out until it settles (it read the half-written file, refused it
+    and flagged the list behind)."""
+    old = time.time() - 3600
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    first = write_jsonl(tmp_path / "delta-0001.jsonl", [delta(1, "DELIST", entry_id="E2")])
+    for path in tmp_path.iterdir():
+        os.utime(path, (old, old))
+    index = MemoryIndex()
+    follower = DirectoryFollower(tmp_path, Loader(index, keyer), lambda *_: None, interval=0.05,
+                                 settle=60)  # fmt: skip
+    follower.initial_load()
+    with first.open("ab") as rewrite:  # the next ops being appended: cut mid-line for now
+        rewrite.write(b'{"seq": 2, "op": "DELI')
+    follower.poll_once()  # changed: waits to settle
+    second = write_jsonl(tmp_path / "snapshot-0002.jsonl", [header(0), *basic_rows()])
+    os.utime(second, (old, old))  # moved in with its times kept: taken without waiting
+    follower.poll_once()
+    follower.poll_once()
+    assert _source_is(index, "snapshot-0002.jsonl")
+    assert index.refused is None  # not behind: nothing was refused
