@@ -166,7 +166,8 @@ def test_a_second_server_on_a_running_servers_audit_log_stops_in_one_line(
     tmp_path: Path,
 ) -> None:
     audit = tmp_path / "audit.jsonl"
-    first = ServeProcess("--demo", "--audit-log", str(audit), log=tmp_path / "first.log")
+    first = ServeProcess("--demo", "--demo-count", "100", "--audit-log", str(audit),
+                         log=tmp_path / "first.log")  # fmt: skip
     try:
         first.wait_serving()
         second = run_cli("serve", "--demo", "--listen", "127.0.0.1:0", "--audit-log", str(audit))
@@ -175,7 +176,7 @@ def test_a_second_server_on_a_running_servers_audit_log_stops_in_one_line(
         assert f"{audit}: another process writes this log" in line
         assert first.proc.poll() is None  # the first goes on
     finally:
-        first.kill()
+        first.stop()  # SIGTERM: it removes its demo folder (SIGKILL would leave it)
     assert audit_mod.verify(audit).ok
 
 
