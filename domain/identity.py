@@ -232,6 +232,22 @@ def other_reading(id_type: IdType, number: str) -> tuple[IdType | None, str] | N
     return None
 
 
+#: C0 and C1 control characters and DEL: no name, number, court or date holds one
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def refuse_controls(text: str, field: str) -> None:
+    """``InvalidInput`` naming ``field`` and the first control character in ``text``:
+    a list row and a request alike (a broken export, a pasted name)."""
+    found = CONTROL_CHARACTERS.search(text)
+    if found is not None:
+        raise InvalidInput(
+            field,
+            f"must not contain control characters (U+{ord(found.group()):04X} at"
+            f" character {found.start() + 1})",
+        )
+
+
 def normalize_name(raw: str) -> str:
     """Names compared as people read them: NFKC, one middle dot, no spaces, case-folded.
 

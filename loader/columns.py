@@ -54,6 +54,7 @@ import orjson
 from shixin_check.domain import identity
 from shixin_check.domain.errors import ConfigurationError, InvalidInput, RowError
 from shixin_check.domain.identity import (
+    CONTROL_CHARACTERS,
     KEY_TAGS,
     IdType,
     mask_id,
@@ -66,7 +67,6 @@ from shixin_check.domain.model import NO_END, EntryStatus, Exemption, Role
 from shixin_check.loader.index_memory import _COLUMNS, _MASK_WIDTH, BaseParts, new_bloom
 from shixin_check.loader.listfile import (
     _CHANNELS,
-    _CONTROL,
     _DAYS,
     _ID_TYPES,
     _LIST_TYPES,
@@ -112,7 +112,7 @@ class _NotFast(Exception):
     """The row is not in the plain form: ``parse_entry`` decides."""
 
 
-_controlled = _CONTROL.search
+_controlled = CONTROL_CHARACTERS.search
 
 
 def _text(value: Any) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -28,6 +27,7 @@ from shixin_check.domain.identity import (
     normalize_person_id,
     normalize_uscc,
     other_reading,
+    refuse_controls,
 )
 from shixin_check.domain.model import (
     NO_END,
@@ -339,20 +339,10 @@ def _text(obj: dict[str, Any], name: str, prefix: str = "", required: bool = Tru
         if required:
             raise InvalidInput(prefix + name, "is required (it is only white space)")
         return ""
-    found = _CONTROL.search(value)
-    if found is not None:
-        # a case number with a tab or \x1f in it is a broken export, and \x1f would
-        # split the index's text column (entry_id \x1f case_number \x1f name) wrongly
-        raise InvalidInput(
-            prefix + name,
-            f"must not contain control characters (U+{ord(found.group()):04X} at"
-            f" character {found.start() + 1})",
-        )
+    # a case number with a tab or \x1f in it is a broken export, and \x1f would
+    # split the index's text column (entry_id \x1f case_number \x1f name) wrongly
+    refuse_controls(value, prefix + name)
     return value
-
-
-#: C0 and C1 control characters and DEL: no name, number, court or date holds one
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 _DAYS: dict[str, int] = {}  # a list has a few thousand distinct dates: parse each once

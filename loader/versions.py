@@ -629,8 +629,9 @@ def _candidates(directory: Path) -> list[Path]:
 #: file read for it: the file, and a CSV snapshot's header sidecar when it has one.
 _Stamp = tuple[tuple[int, int, int, int], ...]
 
-#: Polls a new or changed file must stay unchanged before it is read (2 s at the server's
-#: 0.2 s poll): a copy written in place that stalls for less is not read half-written.
+#: Polls a new or changed file must stay unchanged before it is read, when no ``settle``
+#: is given (``serve`` gives ``--settle``, 1 s): a copy written in place that stalls for
+#: less is not read half-written.
 SETTLE_POLLS = 10
 
 

@@ -11,7 +11,6 @@ value; reason ``FIELD_TOO_LONG``), and a stream's request_ids are checked by
 from __future__ import annotations
 
 import functools
-import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -30,6 +29,7 @@ from shixin_check.domain.identity import (
     normalize_person_id,
     normalize_uscc,
     other_reading,
+    refuse_controls,
 )
 from shixin_check.domain.keys import IdentityKeyer
 from shixin_check.domain.model import NO_END, day_iso
@@ -86,23 +86,6 @@ def _bounded(value: str, limit: int, field: str) -> str:
     if len(value) > limit:
         _too_long(field, value)
     return value
-
-
-#: C0 and C1 control characters and DEL: no name holds one (the list refuses them too)
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def _no_controls(name: str, field: str) -> None:
-    """``InvalidInput`` for a name holding a control character (NUL, a newline...);
-    called only for a name that is not all printable (white space such as U+3000
-    is not, and is fine: names are compared without it)."""
-    found = _CONTROL.search(name)
-    if found is not None:
-        raise InvalidInput(
-            field,
-            f"must not contain control characters (U+{ord(found.group()):04X} at"
-            f" character {found.start() + 1})",
-        )
 
 
 class StreamIds:
@@ -258,8 +241,8 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
             _too_long("subject.person.id_number", raw)
         if len(name) > MAX_NAME:
             _too_long("subject.person.name", name)
-        if not name.isprintable():
-            _no_controls(name, "subject.person.name")
+        if not name.isprintable():  # white space such as U+3000 is not, and is fine
+            refuse_controls(name, "subject.person.name")
         id_type = ID_TYPES.get(person.id_type)
         if id_type is None:
             raise InvalidInput("subject.person.id_type", f"{person.id_type} is not a known id type")
@@ -278,7 +261,7 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
         uscc = _bounded(org.uscc, MAX_ID, "subject.organization.uscc")
         name = _bounded(org.name, MAX_ORG_NAME, "subject.organization.name")
         if not name.isprintable():
-            _no_controls(name, "subject.organization.name")
+            refuse_controls(name, "subject.organization.name")
         number = normalize_uscc(uscc, "subject.organization.uscc")
         key = keyer.subject_key(None, number)
     else:

@@ -248,21 +248,28 @@ def _hold(path: Path) -> int:
     return fd
 
 
-def _keep_synced(ref: weakref.ref[AppendLog], stop: threading.Event, interval: float) -> None:
-    """``fsync interval``'s bound: records written after the last sync are synced within
-    ``interval`` even when no later record comes to do it. Weakly held, as ``_keep_head``."""
+def _keep_doing(
+    ref: weakref.ref[Any], stop: threading.Event, interval: float, work: Callable[[Any], None],
+    failed: str, recovered: str = "",
+) -> None:  # fmt: skip
+    """``work(log)`` every ``interval`` seconds until ``stop``, off the answer path: the
+    log's sync under ``fsync interval``, the audit chain's head. Weakly held, so a log
+    dropped without ``close`` is still freed. A failure is logged once (``failed`` %
+    (path, error)), and its end when ``recovered`` says how (% path)."""
     failing = False
     while not stop.wait(interval):
         found = ref()
         if found is None:
             return
         try:
-            found._sync_if_behind()
+            work(found)
         except OSError as exc:
             if not failing:
-                log.error("%s: cannot sync: %s", found.path, exc)
+                log.error(failed, found.path, exc)
             failing = True
         else:
+            if failing and recovered:
+                log.info(recovered, found.path)
             failing = False
         del found
 
@@ -312,7 +319,8 @@ class AppendLog:
         if fsync == "interval":
             self._stop_syncing = threading.Event()
             threading.Thread(
-                target=_keep_synced, args=(weakref.ref(self), self._stop_syncing, fsync_interval),
+                target=_keep_doing, args=(weakref.ref(self), self._stop_syncing, fsync_interval,
+                                          AppendLog._sync_if_behind, "%s: cannot sync: %s"),
                 name=f"log-sync {path.name}", daemon=True,
             ).start()  # fmt: skip
 
@@ -427,9 +435,7 @@ class AppendLog:
         target = self._rotated_path()
         os.rename(self.path, target)
         self._renamed(target)
-        old, self._fd, self._size = self._fd, -1, 0
-        os.close(old)
-        self._open_live()  # if this fails (no inode left), the next record tries again
+        self._start_live_file()
 
     def _reopen_if_gone(self, now: float) -> None:
         """At most once a second: the live file must still be the one written to. A
@@ -448,6 +454,11 @@ class AppendLog:
             "%s was deleted or moved away while this server wrote it: records written "
             "since then are not in the log's set; starting a new live file", self.path,
         )  # fmt: skip
+        self._start_live_file()
+
+    def _start_live_file(self) -> None:
+        """The old descriptor closed, a new live file opened; if that fails (no inode
+        left), ``_fd`` stays -1 and the next record tries again (``_put``)."""
         old, self._fd, self._size = self._fd, -1, 0
         os.close(old)
         self._open_live()
@@ -618,7 +629,9 @@ class AuditLog(AppendLog):
             raise
         self._closing = threading.Event()
         threading.Thread(
-            target=_keep_head, args=(weakref.ref(self), self._closing, head_interval),
+            target=_keep_doing, args=(weakref.ref(self), self._closing, head_interval,
+                                      AuditLog._note_head, "audit log %s: cannot note its head: %s",
+                                      "audit log %s: noting its head again"),
             name=f"audit-head {path.name}", daemon=True,
         ).start()  # fmt: skip
 
@@ -700,26 +713,6 @@ class AuditLog(AppendLog):
             self._note_head()  # before the set is released: a next writer notes its own
         finally:
             self._release()
-
-
-def _keep_head(ref: weakref.ref[AuditLog], closing: threading.Event, interval: float) -> None:
-    """The background noter: weakly held, so a log dropped without ``close`` is still freed."""
-    failing = False
-    while not closing.wait(interval):
-        audit = ref()
-        if audit is None:
-            return
-        try:
-            audit._note_head()
-        except OSError as exc:
-            if not failing:
-                log.error("audit log %s: cannot note its head: %s", audit.path, exc)
-            failing = True
-        else:
-            if failing:
-                log.info("audit log %s: noting its head again", audit.path)
-            failing = False
-        del audit
 
 
 @dataclass(frozen=True)
