@@ -75,6 +75,9 @@ class VersionInfo:
     counts: Counts
     includes_seq: int = 0  # the delta seq its snapshot declared it includes
     mapped_from: str = ""  # the compiled index folder it was mapped from, if any
+    #: on a snapshot without a header: the seq of the first delta applied on it, which
+    #: set where the numbering stands (0 otherwise); a later delta below it is refused
+    first_delta_seq: int = 0
 
 
 class ListView(Protocol):

@@ -11,8 +11,9 @@ one includes no delta. ``pending`` is the one rule, used by the memory index,
 the directory follower and the Redis publisher alike, for which ops of a delta
 still apply on top of a version: those above the version's watermark, in
 ``seq`` order, carrying on from it without a gap (a delta that would skip a
-seq is refused whole). A restart therefore rebuilds exactly what was served:
-the newest good snapshot, then every delta op above its watermark.
+seq is refused whole, and so is one below the first delta applied on a
+snapshot without a header). A restart therefore rebuilds exactly what was
+served: the newest good snapshot, then every delta op above its watermark.
 
 The feed's time (``source_timestamp``, what staleness is measured from) comes
 from the data, never from a file's mtime, which a copy resets: the header's
@@ -163,8 +164,9 @@ _Op = TypeVar("_Op", bound=Sequenced)
 
 
 def pending(
-    ops: Iterable[_Op], applied_seq: int, source: str = "delta", *, unknown_base: bool = False
-) -> list[_Op]:
+    ops: Iterable[_Op], applied_seq: int, source: str = "delta", *, unknown_base: bool = False,
+    first_seq: int = 0, base: str = "", remedy: str = "",
+) -> list[_Op]:  # fmt: skip
     """The ops that still apply on top of a version holding every seq <= ``applied_seq``,
     in ``seq`` order; ``LoadRejected`` (naming ``source``) if they do not carry on from it.
 
@@ -178,9 +180,20 @@ def pending(
     ``unknown_base``: the version is a snapshot without a header and no delta is
     applied on it yet, so where the feed's numbering stands is not known: the
     first op may have any seq, and the rest follow it without a gap.
+
+    ``first_seq``: the seq of the first delta applied on top of such a snapshot
+    (``base``, its name; 0 for a snapshot with a header). Seqs below it are not
+    replays: nothing says the snapshot holds them, only that the numbering was
+    set by whichever delta came first. So an op below it refuses the file
+    (``before_first_problem``, ending in ``remedy``) instead of being skipped
+    for good, its changes never served.
     """
+    ops = list(ops)
+    errors = [
+        RowError(op.line, "", before_first_problem(op.seq, first_seq, base, remedy))
+        for op in ops if op.seq < first_seq
+    ]  # fmt: skip
     todo = sorted((op for op in ops if op.seq > applied_seq), key=lambda op: op.seq)
-    errors: list[RowError] = []
     previous = todo[0].seq - 1 if todo and unknown_base and applied_seq == 0 else applied_seq
     for op in todo:
         if op.seq != previous + 1:
@@ -189,6 +202,22 @@ def pending(
     if errors:
         raise LoadRejected(source, errors)
     return todo
+
+
+#: What to do about a delta older than the first one applied on a snapshot without a
+#: header, in directory mode: a restart applies every delta file in seq order.
+RESTART_REMEDY = "restart the server or publish a snapshot with a header"
+
+
+def before_first_problem(seq: int, first_seq: int, base: str, remedy: str = "") -> str:
+    """Why ``seq`` cannot go in after ``first_seq``, the first delta applied on top of
+    ``base``, a snapshot without a header: ``seq 4 comes before seq 5, the first delta
+    applied on top of a snapshot without a header (snapshot-0001.jsonl): ...``."""
+    return (
+        f"seq {seq} comes before seq {first_seq}, the first delta applied on top of a "
+        f"snapshot without a header ({base}): its changes are not in the served list; "
+        f"{remedy or RESTART_REMEDY}"
+    )
 
 
 def missing_deltas(first: int, last: int) -> str:

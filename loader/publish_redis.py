@@ -36,6 +36,9 @@ line, nothing written): a delta's new seqs must follow it with none missing,
 since a later seq applied first would make the missing one a replay, skipped
 for good; and a snapshot whose ``includes_seq`` is below it would undo applied
 deltas, so it is refused unless the operator asks for that (``allow_rollback``).
+On a snapshot without a header the first delta may start at any seq; that seq
+is kept (meta ``first_seq``) and a delta below it, loaded later, is refused the
+same way: it would read as a replay.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from shixin_check.domain.model import NO_END, EntryStatus, Role
 from shixin_check.loader.columns import compiled
 from shixin_check.loader.feed import (
     SnapshotHeader,
+    before_first_problem,
     gap_problem,
     missing_deltas,
     pending,
@@ -155,6 +159,25 @@ def _refuse_gap(path: Path, ops: list[DeltaOp], applied: int) -> None:
                 "(load the missing delta first)",
             )
         previous = seq
+
+
+#: What to do, in Redis mode, about a delta older than the first one applied on top of a
+#: snapshot without a header (``feed.before_first_problem``)
+_REDIS_BEFORE_FIRST_REMEDY = (
+    "nothing was applied (load a snapshot with a header that includes it, or the same "
+    "snapshot again with --allow-rollback and then every delta in seq order)"
+)
+
+
+def _refuse_before_first(path: Path, ops: list[DeltaOp], first: int, base: str) -> None:
+    """``OutOfSequence`` if an op's seq is below ``first``, the first delta applied on top
+    of ``base``, a snapshot without a header: that delta set where the numbering stands,
+    so a lower seq is no replay but a delta the version does not hold (skipping it
+    would leave its change out for good, with exit 0)."""
+    below = [op.seq for op in ops if op.seq < first]  # read_delta: in seq order
+    if below:
+        problem = before_first_problem(below[0], first, base, _REDIS_BEFORE_FIRST_REMEDY)
+        raise OutOfSequence(str(path), problem)
 
 
 def _unused_name(client: Client, keys: RedisKeys, version: str) -> str:
@@ -713,12 +736,17 @@ class _RedisDelta:
             m[11] = m[11] + [wire] if op.op is DeltaKind.EXEMPT else [x for x in m[11] if x != wire]
         return None
 
-    def commit(self, ops: list[DeltaOp], source_timestamp: float, lock: HeldLock) -> None:
+    def commit(
+        self, ops: list[DeltaOp], source_timestamp: float, lock: HeldLock, first_seq: int = 0
+    ) -> None:
         """Every change, the stream records and the new last seq in one MULTI/EXEC,
-        only if ``lock`` is still ours."""
-        lock.commit(lambda pipe: self._queue(pipe, ops, source_timestamp))
+        only if ``lock`` is still ours. ``first_seq``: these are the first ops on top of
+        a snapshot without a header, and this their first seq (meta ``first_seq``)."""
+        lock.commit(lambda pipe: self._queue(pipe, ops, source_timestamp, first_seq))
 
-    def _queue(self, pipe: Any, ops: list[DeltaOp], source_timestamp: float) -> None:
+    def _queue(
+        self, pipe: Any, ops: list[DeltaOp], source_timestamp: float, first_seq: int
+    ) -> None:
         for key16, value in self.values.items():
             if value:
                 pipe.hset(self._subject_key(key16), key16, orjson.dumps(value))
@@ -740,12 +768,13 @@ class _RedisDelta:
             pipe.xadd(stream, fields)
         rows = [[t, s, n] for (t, s), n in sorted(self.counts.items()) if n]
         ends = [[t, s, v, n] for (t, s, v), n in sorted(self.expiries.items()) if n]
-        pipe.hset(
-            self.keys.meta(self.version),
-            mapping={"last_seq": ops[-1].seq, "counts": orjson.dumps(rows),
-                     "expiries": orjson.dumps(ends),
-                     "subject_keys": self.subject_keys, "source_timestamp": source_timestamp},
-        )  # fmt: skip
+        mapping: dict[str, Any] = {
+            "last_seq": ops[-1].seq, "counts": orjson.dumps(rows), "expiries": orjson.dumps(ends),
+            "subject_keys": self.subject_keys, "source_timestamp": source_timestamp,
+        }  # fmt: skip
+        if first_seq:
+            mapping["first_seq"] = first_seq
+        pipe.hset(self.keys.meta(self.version), mapping=mapping)
         pipe.publish(self.keys.announce, f"delta {self.version} {ops[-1].seq}")
 
 
@@ -767,10 +796,16 @@ def publish_delta(
         check_fingerprint(meta, keyer, version)
         last = int(meta.get("last_seq", b"0"))
         # a snapshot without a header says nothing of where the numbering stands: the
-        # first delta on it may start at any seq (feed.pending's unknown_base)
-        unknown = last == 0 and meta.get("header") == b"0"
+        # first delta on it may start at any seq (feed.pending's unknown_base), and its
+        # seq is kept (meta first_seq): one below it, loaded later, is refused
+        headerless = meta.get("header") == b"0"
+        unknown = last == 0 and headerless
+        first = int(meta.get("first_seq", b"0")) if headerless else 0
+        base = Path(meta.get("source", b"").decode()).name
+        _refuse_before_first(path, ops, first, base)
         _refuse_gap(path, ops, min(op.seq for op in ops) - 1 if unknown and ops else last)
-        todo = pending(ops, last, unknown_base=unknown)
+        todo = pending(ops, last, unknown_base=unknown, first_seq=first, base=base,
+                       remedy=_REDIS_BEFORE_FIRST_REMEDY)  # fmt: skip
         if not todo:  # applied before: but perhaps not yet by any Redis replica
             await_replica(client, keys, f"delta {path.name} (applied before: seq {last})")
             return DeltaResult(version, 0, last)
@@ -779,7 +814,7 @@ def publish_delta(
         if problems:
             raise LoadRejected(str(path), problems)
         previous = float(meta.get("source_timestamp", b"0"))
-        state.commit(todo, delta_source_time(todo, previous), lock)
+        state.commit(todo, delta_source_time(todo, previous), lock, todo[0].seq if unknown else 0)
         await_replica(client, keys, f"delta seq {todo[0].seq}..{todo[-1].seq}")
         return DeltaResult(version, len(todo), todo[-1].seq)
     finally:

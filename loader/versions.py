@@ -32,7 +32,14 @@ from shixin_check.domain.model import EntryStatus, Exemption, ListEntry, ListTyp
 from shixin_check.loader.background import Background
 from shixin_check.loader.columns import ROW_CHECKS, ColumnBuilder, keyer_for
 from shixin_check.loader.compiled import IndexStore, map_compiled, snapshot_stamp
-from shixin_check.loader.feed import day_start, is_header, pending, read_header, sidecar_of
+from shixin_check.loader.feed import (
+    MAX_SEQ,
+    day_start,
+    is_header,
+    pending,
+    read_header,
+    sidecar_of,
+)
 from shixin_check.loader.index_memory import (
     BaseParts,
     MemoryIndex,
@@ -410,20 +417,30 @@ class _DeltaState:
 
 
 def apply_delta(view: MemoryView, ops: list[DeltaOp], keyer: SubjectKeyer) -> MemoryView:
-    """``view`` with the ops not yet applied on top, or ``LoadRejected`` (nothing applied)."""
-    todo = pending(ops, view.info.last_delta_seq, unknown_base=_unknown_base(view))
+    """``view`` with the ops not yet applied on top, or ``LoadRejected`` (nothing applied).
+
+    On a snapshot without a header the first delta applied sets where the numbering
+    stands; its seq is kept (``first_delta_seq``) so that a delta below it, come
+    later, is refused rather than skipped as a replay (``feed.pending``).
+    """
+    info = view.info
+    unknown = _unknown_base(view)
+    todo = pending(
+        ops, info.last_delta_seq, unknown_base=unknown, first_seq=info.first_delta_seq,
+        base=Path(info.source).name,
+    )  # fmt: skip
     if not todo:
         return view
     state = _DeltaState(view, keyer)
     errors = [e for e in (state.apply(op) for op in todo) if e is not None]
     if errors:
         raise LoadRejected("delta", errors)
-    info = view.info
     base_version = info.version.split("+", 1)[0]
     new_info = replace(
         info,
         version=f"{base_version}+{todo[-1].seq}",
         last_delta_seq=todo[-1].seq,
+        first_delta_seq=todo[0].seq if unknown else info.first_delta_seq,
         source_timestamp=delta_source_time(todo, info.source_timestamp),
         counts=counts_after(info, state.changes, state.keys_delta),
     )
@@ -442,32 +459,47 @@ def _unknown_base(view: MemoryView) -> bool:
         return False  # cannot tell: the strict rule
 
 
-def read_delta_file(path: Path, applied_seq: int | None = None) -> list[DeltaOp]:
+def read_delta_file(
+    path: Path, applied_seq: int | None = None, first_seq: int = 0
+) -> list[DeltaOp]:
     """Every op of a delta file, or ``LoadRejected`` naming each bad row.
 
     With ``applied_seq``: a file with bad rows whose every row (bad ones too) has a
     ``seq`` at or below it holds nothing still to apply (a snapshot's header
-    includes all of it), so it gives no ops instead of being refused.
+    includes all of it), so it gives no ops instead of being refused; unless a
+    row's seq is below ``first_seq`` (the version's ``first_delta_seq``): that
+    one is not in the version at all.
     """
     ops, errors = read_delta(path)
     if errors:
-        if applied_seq is not None and _included(path, applied_seq):
+        if applied_seq is not None and _included(path, applied_seq, first_seq):
             return []
         raise LoadRejected(str(path), errors)
     return ops
 
 
-def _included(path: Path, applied_seq: int) -> bool:
-    """True when every row of a delta file has a readable ``seq`` <= ``applied_seq``."""
+def _included(path: Path, applied_seq: int, first_seq: int = 0) -> bool:
+    """True when every row of a delta file has a readable ``seq`` from ``first_seq`` (1
+    at least) to ``applied_seq``."""
     rows = 0
+    lowest = max(first_seq, 1)
     for _, obj in iter_rows(path):
         rows += 1
         seq = obj.get("seq") if isinstance(obj, dict) else None
         if isinstance(seq, str) and seq.isascii() and seq.isdigit() and len(seq) <= 19:
             seq = int(seq)
-        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= applied_seq:
+        if not isinstance(seq, int) or isinstance(seq, bool) or not lowest <= seq <= applied_seq:
             return False
     return rows > 0
+
+
+def _lowest_seq(path: Path) -> int:
+    """The lowest ``seq`` of a delta file's good rows (``MAX_SEQ`` + 1 if none can be read)."""
+    try:
+        ops, _ = read_delta(path)
+    except (OSError, LoadRejected, ValueError):
+        ops = []
+    return min((op.seq for op in ops), default=MAX_SEQ + 1)
 
 
 #: Called with a delta file that could not be applied, and why.
@@ -575,12 +607,18 @@ class Loader:
     ) -> tuple[MemoryView, list[tuple[Path, LoadRejected]]]:
         """``view`` with every delta file that applies, and those that do not, with why.
 
-        In name order, then again over the refused ones for as long as one more
+        In name order (on a snapshot without a header, in order of each file's
+        lowest ``seq``), then again over the refused ones for as long as one more
         applies: a file that arrived before the one it follows (by ``seq``)
         applies once that one has, whatever their names. A file gone since it
         was listed is passed over (it is no longer part of the list).
         """
         remaining = list(deltas)
+        if _unknown_base(view):
+            # the first delta applied on a snapshot without a header sets the numbering, and
+            # one below it is refused from then on: so the lowest seq goes first, whatever
+            # the names (as a restart after such a refusal must serve every delta)
+            remaining.sort(key=lambda delta: (_lowest_seq(delta), delta.name))
         refused: dict[Path, LoadRejected] = {}
         while remaining:
             before = view.info.last_delta_seq
@@ -606,7 +644,7 @@ class Loader:
 
     def _with_delta(self, view: MemoryView, path: Path) -> MemoryView:
         try:
-            ops = read_delta_file(path, view.info.last_delta_seq)
+            ops = read_delta_file(path, view.info.last_delta_seq, view.info.first_delta_seq)
             return apply_delta(view, ops, self.keyer)
         except LoadRejected as exc:
             raise LoadRejected(str(path), exc.errors) from None
@@ -667,12 +705,14 @@ class DirectoryFollower(Background):
     refused newest snapshot leaves the last good version serving and the
     follower *behind* (``MemoryIndex.refused``), until a newer snapshot loads;
     at start the newest snapshot that validates is served. A refused delta
-    file (a bad row, or a seq gap: it arrived before the delta it follows) is
-    left out and also marks it behind; it is tried again when it changes and
-    whenever another file applies, so it applies once the missing delta
-    arrives. Behind always says what is wrong now: a refused file that is
-    fixed, deleted, superseded by a newer snapshot or included in the served
-    one (its every seq at or below the watermark) no longer counts.
+    file (a bad row, or a seq gap: it arrived before the delta it follows; or,
+    on a snapshot without a header, a seq below the first delta applied on it)
+    is left out and also marks it behind; it is tried again when it changes and
+    whenever another file applies (logged again only if refused for another
+    reason), so it applies once the missing delta arrives. Behind always says
+    what is wrong now: a refused file that is fixed, deleted, superseded by a
+    newer snapshot or included in the served one (its every seq at or below
+    the watermark) no longer counts.
 
     Files are taken in name order once they have settled: unchanged (size,
     mtime, ctime, inode) for ``settle`` seconds (``SETTLE_POLLS`` polls by

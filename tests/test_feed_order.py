@@ -9,6 +9,9 @@ hand where the order of events matters), real servers on 127.0.0.1 (the
   delta it follows, or after a lost one, is refused whole (the list behind,
   naming the missing seqs) and applies once the missing one arrives; a
   restart serves the same.
+- After a snapshot without a header, the first delta applied sets the
+  numbering; a delta below it, come later, is refused (behind, naming both
+  seqs), never skipped as a replay; a restart applies them all in seq order.
 - A UTF-8 byte order mark is read past; a file whose kind cannot be told, or
   whose name says otherwise than its content, is refused, never ignored.
 - An unreadable file is refused naming it; at start the older snapshot serves.
@@ -23,24 +26,29 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import orjson
 import pytest
 
 from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.domain.decision import Query, decide
+from shixin_check.domain.errors import LoadRejected
 from shixin_check.domain.identity import IdType
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import Channel, Decision, china_day
 from shixin_check.domain.rules import Flight, Policy
+from shixin_check.loader.feed import pending
 from shixin_check.loader.index_memory import MemoryIndex, MemoryView
 from shixin_check.loader.versions import DirectoryFollower, Loader, build_snapshot
 from tests.conftest import RunningServer
 from tests.listdata import LI, ZHANG, basic_rows, delta, person_entry, rid, write_jsonl
-from tests.processes import ServeProcess, run_cli
+from tests.processes import ServeProcess, free_port, run_cli
 from tests.test_failure_paths import decision, header, health
 from tests.waiting import eventually
 
@@ -221,6 +229,174 @@ def test_deltas_named_out_of_seq_order_apply_at_start_too(
     feed = Feed(tmp_path, keyer).start()
     assert feed.view().info.last_delta_seq == 2 and feed.behind is None
     assert (feed.decision(X), feed.decision(ZHANG)) == (Decision.DENY, Decision.ALLOW)
+
+
+# --- 2b. after a snapshot without a header, a delta below the first one applied --------------
+
+#: what a delta below the first one applied on the headerless snapshot-0001.jsonl is refused with
+BEFORE_FIRST = (
+    "seq 4 comes before seq 5, the first delta applied on top of a snapshot without a header "
+    "(snapshot-0001.jsonl): its changes are not in the served list; restart the server or "
+    "publish a snapshot with a header"
+)
+
+
+def served(stub: pb_grpc.ConsumptionCheckStub) -> pb.ListStatus:
+    return stub.GetListStatus(pb.ListStatusRequest(), timeout=5)
+
+
+def list_behind_metric(port: int) -> float:
+    """``shixin_list_behind`` as a Prometheus scrape of ``serve --metrics-listen`` reads it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    found = [
+        line.split()[-1] for line in text.splitlines() if line.startswith("shixin_list_behind ")
+    ]
+    assert len(found) == 1, text
+    return float(found[0])
+
+
+def test_a_delta_below_the_first_on_a_snapshot_without_header_is_refused_not_skipped(
+    tmp_path: Path,
+) -> None:
+    """Delta 5 applied first on a snapshot without a header set the numbering; delta 4
+    (its file still being copied when 5 settled) lands after it. Skipped as a replay,
+    the person it lists would be ALLOW with health SERVING: it is refused, the list
+    behind naming both seqs, and a restart (every delta in seq order) serves it."""
+    feed_dir = tmp_path / "feed"
+    feed_dir.mkdir()
+    write_jsonl(feed_dir / "snapshot-0001.jsonl", basic_rows())  # no header row
+    metrics = free_port()
+    server = ServeProcess("--list", str(feed_dir), "--index-dir", "off", "--metrics-listen",
+                          f"127.0.0.1:{metrics}", log=tmp_path / "first.log")  # fmt: skip
+    channel = grpc.insecure_channel(server.target)
+    try:
+        server.wait_serving()
+        stub = pb_grpc.ConsumptionCheckStub(channel)
+        write_jsonl(feed_dir / "delta-0005.jsonl", [delta(5, "DELIST", entry_id="E1")])
+        eventually(lambda: served(stub).last_delta_seq == 5, "delta 5 applied")
+        assert decision(stub, ZHANG) == "ALLOW" and not served(stub).behind
+
+        write_jsonl(
+            feed_dir / "delta-0004.jsonl", [delta(4, "LIST", entry=lists(Y, "羊羊", "E-Y"))]
+        )
+        eventually(lambda: served(stub).behind, "delta 4 refused, the list behind")
+        shown = served(stub)
+        assert shown.rejected_source.endswith("delta-0004.jsonl")
+        assert shown.rejected_problem == f"line 1: {BEFORE_FIRST}"
+        assert shown.last_delta_seq == 5
+        eventually(lambda: health(channel, LIST_CURRENT) == "NOT_SERVING", "health: behind")
+        assert health(channel) == "SERVING"  # the list as it was still answers, said to be behind
+        assert list_behind_metric(metrics) == 1
+        cli = run_cli("status", "--target", server.target)
+        assert "BEHIND: " in cli.stdout and "seq 4 comes before seq 5" in cli.stdout, cli.stdout
+        assert decision(stub, Y) == "ALLOW"  # delta 4 is not in the list served: behind says so
+
+        # the next delta applies; delta 4 is tried again, refused again, not logged again
+        write_jsonl(
+            feed_dir / "delta-0006.jsonl", [delta(6, "LIST", entry=lists(X, "牛犇", "E-X"))]
+        )
+        eventually(lambda: served(stub).last_delta_seq == 6, "delta 6 applied")
+        assert decision(stub, X) == "DENY"
+        shown = served(stub)
+        assert shown.behind and shown.rejected_source.endswith("delta-0004.jsonl")
+        assert shown.rejected_problem == f"line 1: {BEFORE_FIRST}"
+    finally:
+        channel.close()
+        server.stop()
+    output = server.output()
+    refusals = [line for line in output.splitlines() if "seq 4 comes before seq 5" in line]
+    assert len(refusals) == 1, output
+    assert "Traceback" not in output
+
+    # a restart reads every delta again, the lowest seq first: 4, 5, 6; no alarm
+    again = ServeProcess("--list", str(feed_dir), "--index-dir", "off", log=tmp_path / "again.log")
+    channel = grpc.insecure_channel(again.target)
+    try:
+        again.wait_serving()
+        stub = pb_grpc.ConsumptionCheckStub(channel)
+        shown = served(stub)
+        assert (shown.last_delta_seq, shown.behind) == (6, False)
+        assert health(channel, LIST_CURRENT) == "SERVING"
+        assert (decision(stub, Y), decision(stub, X), decision(stub, ZHANG)) == (
+            "DENY", "DENY", "ALLOW",
+        )  # fmt: skip
+        version = shown.version
+        # delta 4 copied in again, as the feed may: read again, it applies nothing, quietly
+        write_jsonl(
+            feed_dir / "delta-0004.jsonl", [delta(4, "LIST", entry=lists(Y, "羊羊", "E-Y"))]
+        )
+        eventually(lambda: "delta-0004.jsonl" in again.output(), "delta 4 read again")
+        shown = served(stub)
+        assert (shown.version, shown.last_delta_seq, shown.behind) == (version, 6, False)
+        assert health(channel, LIST_CURRENT) == "SERVING"
+    finally:
+        channel.close()
+        again.stop()
+    assert "rejected" not in again.output(), again.output()
+
+
+def test_deltas_on_a_snapshot_without_header_all_apply_at_start_whatever_their_names(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """No false alarm: both deltas there at start, seq 5 in the file named first."""
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", basic_rows())  # no header row
+    write_jsonl(tmp_path / "delta-0001.jsonl", [delta(5, "DELIST", entry_id="E1")])
+    write_jsonl(tmp_path / "delta-0002.jsonl", [delta(4, "LIST", entry=lists(Y, "羊羊", "E-Y"))])
+    server = serve(tmp_path)
+    shown = status(server)
+    assert (shown.last_delta_seq, shown.behind) == (5, False)
+    assert health(server.channel, LIST_CURRENT) == "SERVING"
+    stub = server.stub()
+    assert (decision(stub, Y), decision(stub, ZHANG)) == ("DENY", "ALLOW")
+
+
+def test_a_delta_below_the_first_stays_refused_until_a_snapshot_holds_it(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", basic_rows())  # no header row
+    feed = Feed(tmp_path, keyer).start()
+    feed.write("delta-0005.jsonl", [delta(5, "DELIST", entry_id="E1")])
+    feed.write("delta-0006.jsonl", [delta(6, "DELIST", entry_id="E2")])
+    assert feed.view().info.first_delta_seq == 5  # kept through later deltas
+    # a bad row too: never taken for a file the version already holds
+    feed.write("delta-0004.jsonl", [delta(4, "LIST", entry=lists(Y, "羊羊", "E-Y")),
+                                    {"seq": 3, "op": "NOPE"}])  # fmt: skip
+    assert feed.behind is not None and feed.behind[0] == "delta-0004.jsonl"
+    assert "line 2: op" in feed.behind[1]
+    feed.write("delta-0004.jsonl", [delta(3, "SUSPEND", entry_id="E3"),
+                                    delta(4, "LIST", entry=lists(Y, "羊羊", "E-Y"))])  # fmt: skip
+    assert feed.behind is not None and feed.behind[0] == "delta-0004.jsonl"
+    assert feed.behind[1].startswith("line 1: seq 3 comes before seq 5, the first delta")
+    assert feed.decision(Y) is Decision.ALLOW and feed.view().info.last_delta_seq == 6
+    # ops at or above the first seq and at or below the last are a file read again
+    feed.write("delta-0004.jsonl", [delta(5, "DELIST", entry_id="E1")])
+    assert feed.behind is None and feed.view().info.last_delta_seq == 6
+    feed.write("delta-0004.jsonl", [delta(4, "LIST", entry=lists(Y, "羊羊", "E-Y"))])
+    assert feed.behind == ("delta-0004.jsonl", f"line 1: {BEFORE_FIRST}")
+    # the feed's next snapshot, with a header, holds seqs up to 6: nothing missing any more
+    rows = [r for r in basic_rows() if r["entry_id"] not in ("E1", "E2")]
+    feed.write("snapshot-0002.jsonl", [header(6), *rows, lists(Y, "羊羊", "E-Y")])
+    assert feed.behind is None and feed.decision(Y) is Decision.DENY
+    assert feed.view().info.first_delta_seq == 0  # a new snapshot: reset
+
+
+class _Op:
+    def __init__(self, seq: int, line: int) -> None:
+        self.seq, self.line = seq, line
+
+
+def test_pending_refuses_a_seq_below_the_first_on_a_snapshot_without_header() -> None:
+    ops = [_Op(4, 1), _Op(5, 2), _Op(6, 3)]
+    with pytest.raises(LoadRejected) as refused:
+        pending(ops, 5, first_seq=5, base="snapshot-0001.jsonl")
+    assert [str(e) for e in refused.value.errors] == [f"line 1: {BEFORE_FIRST}"]
+    assert [op.seq for op in pending(ops, 5, first_seq=4)] == [6]  # 4 and 5: read again
+    assert [op.seq for op in pending(ops[1:], 5, first_seq=5)] == [6]
+    assert pending(ops[:2], 5) == []  # a snapshot with a header: at or below, a replay
+    remedy = "load it first"
+    with pytest.raises(LoadRejected, match="header \\(s.jsonl\\): .*; load it first$"):
+        pending(ops, 5, first_seq=5, base="s.jsonl", remedy=remedy)
 
 
 # --- 3. a byte order mark; a file whose kind cannot be told ----------------------------------

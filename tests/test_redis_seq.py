@@ -117,6 +117,46 @@ def test_after_a_snapshot_without_a_header_the_first_delta_sets_the_seq(
     assert last_seq(client) == 6
 
 
+def test_a_delta_below_the_first_on_a_snapshot_without_a_header_is_refused(
+    redis_server: RedisServer, client: Client, tmp_path: Path
+) -> None:
+    """Delta 5 loaded first on a snapshot without a header set the numbering; delta 4,
+    loaded after it, is no replay: skipped (exit 0), Zhao, whom it lists, would be
+    ALLOW on every replica. It is refused whole, naming both seqs, for good."""
+    url = redis_server.url
+    assert load(write_jsonl(tmp_path / "s1.jsonl", basic_rows()), url).returncode == 0
+    fifth = write_jsonl(tmp_path / "d5.jsonl", [delta(5, "DELIST", entry_id="E1")])
+    assert load(fifth, url).returncode == 0
+    fourth = write_jsonl(tmp_path / "d4.jsonl", [listing_zhao(4)])
+    refused = load(fourth, url)
+    assert refused.returncode == 1
+    assert one_line(refused) == (
+        f"{fourth}: seq 4 comes before seq 5, the first delta applied on top of a snapshot "
+        "without a header (s1.jsonl): its changes are not in the served list; nothing was "
+        "applied (load a snapshot with a header that includes it, or the same snapshot again "
+        "with --allow-rollback and then every delta in seq order)"
+    )
+    assert last_seq(client) == 5
+    # a replay of seqs from the first on is still harmless, and the next delta follows
+    again = load(fifth, url)
+    assert again.returncode == 0 and "0 op(s) applied" in again.stdout, again.stderr
+    sixth = write_jsonl(tmp_path / "d6.jsonl", [delta(5, "DELIST", entry_id="E1"),
+                                                 delta(6, "DELIST", entry_id="E2")])  # fmt: skip
+    done = load(sixth, url)
+    assert done.returncode == 0 and "1 op(s) applied" in done.stdout, done.stderr
+    assert "seq 4 comes before seq 5" in one_line(load(fourth, url))  # the first seq is kept
+    assert last_seq(client) == 6
+
+    # the feed's snapshot with a header holds it: delta 4 is then a replay
+    rows = [r for r in basic_rows() if r["entry_id"] not in ("E1", "E2")]
+    holding = snapshot_with_header(
+        tmp_path / "s2.jsonl", 6, [*rows, person_entry("E8", ZHAO, "赵六")]
+    )
+    assert load(holding, url).returncode == 0
+    done = load(fourth, url)
+    assert done.returncode == 0 and "0 op(s) applied" in done.stdout, done.stderr
+
+
 def test_a_delta_after_a_gap_is_refused_whole_naming_the_missing_seqs(
     redis_server: RedisServer, client: Client, tmp_path: Path
 ) -> None:
