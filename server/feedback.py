@@ -17,6 +17,15 @@ that is a number of seconds (``true`` is not one). A record of the audit log
 is another matter: it means the wrong file was given, and ``NotAHitLog``
 says so at once rather than report an empty quarter. The report holds no ID
 number, not even masked.
+
+A withdrawal record (``server.hitlog.HitLog.withdraw``: a hit written for a
+call whose answer never left, its audit record unwritten) takes its checks
+out of the report: a withdrawn hit of the quarter is counted in ``withdrawn``
+and nowhere else. It applies to its check ids wherever their hits are, in
+any file given (rotated files, other workers' and replicas' logs, the Redis
+stream) and whatever its own time: check ids are unique across processes,
+which is what counting each check once relies on. So a report can be read as
+records in the quarter = ``checks`` + ``withdrawn`` + ``duplicates``.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from typing import Any, TypeGuard
 import orjson
 
 from shixin_check.domain.model import CHINA_TZ
+from shixin_check.server.hitlog import withdrawn_ids
 
 REPORT_DUE_DAYS = 30  # seed 004: within 30 days of the quarter's end
 _LATEST_TIME = 253402300800  # 10000-01-01: later stamps are not dates
@@ -129,7 +139,8 @@ class Totals:
     denied: int = 0
     reviews: int = 0
     allowed: int = 0
-    duplicates: int = 0  # records of a check_id already counted
+    duplicates: int = 0  # records of a check_id already counted (or withdrawn)
+    withdrawn: int = 0  # checks not counted: withdrawn, their answers never left
     outside_quarter: int = 0
     skipped_lines: int = 0  # not JSON, or not a hit record
     first_skipped: str = ""  # where the first of them is: FILE:LINE ("" when none)
@@ -150,6 +161,8 @@ def build_report(
 ) -> Report:
     """The report for ``quarter`` from hit-log files (``Path``) or hit records (mappings)."""
     period = quarter if isinstance(quarter, Quarter) else Quarter.parse(quarter)
+    sources = list(sources)  # read twice: a withdrawal may come after its hit
+    withdrawn = _withdrawn(sources)
     totals = Totals()
     cases: dict[tuple[str, str], CaseEnforcement] = {}
     seen: set[str] = set()
@@ -161,7 +174,10 @@ def build_report(
             totals.duplicates += 1
         else:
             seen.add(record["check_id"])
-            _count(record, day.isoformat(), cases, totals)
+            if record["check_id"] in withdrawn:
+                totals.withdrawn += 1
+            else:
+                _count(record, day.isoformat(), cases, totals)
     stamp = _dt.datetime.fromtimestamp(time.time() if now is None else now, CHINA_TZ)
     ordered = sorted(cases.values(), key=lambda c: (c.court, c.case_number))
     return Report(period, stamp.isoformat(timespec="seconds"), ordered, totals)
@@ -177,6 +193,8 @@ def _records(sources: Iterable[HitSource], totals: Totals) -> Iterator[Mapping[s
         for where, record in found:
             if _is_hit(record):
                 yield record
+            elif withdrawn_ids(record) is not None:
+                continue  # read by ``_withdrawn``
             elif _is_audit(record):
                 raise NotAHitLog(
                     f"{where} is an audit-log record, not a hit record: give the hit log "
@@ -185,6 +203,35 @@ def _records(sources: Iterable[HitSource], totals: Totals) -> Iterator[Mapping[s
             else:
                 totals.skipped_lines += 1
                 totals.first_skipped = totals.first_skipped or where
+
+
+def _withdrawn(sources: Iterable[HitSource]) -> set[str]:
+    """The check ids every withdrawal record among ``sources`` withdraws.
+
+    Read before the hits are counted, since a withdrawal follows its hit (in
+    the same file, or the next of its set). Withdrawals are rare: a file's
+    lines are only looked at, and those that name the field parsed.
+    """
+    found: set[str] = set()
+    for source in sources:
+        if isinstance(source, os.PathLike):
+            with source.open("rb") as f:
+                for raw in f:
+                    if _WITHDRAWN_FIELD in raw:
+                        found.update(withdrawn_ids(_loads(raw)) or ())
+        else:
+            found.update(withdrawn_ids(source) or ())
+    return found
+
+
+_WITHDRAWN_FIELD = b'"withdrawn"'
+
+
+def _loads(raw: bytes) -> object:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _read(path: Path) -> Iterator[tuple[str, object]]:

@@ -51,6 +51,20 @@ log unless records were lost: cut, or lost to power loss under ``fsync``
 ``"never"`` or ``"interval"``. A writer that starts on a log that ends before
 its head goes on from the head, so the gap stays in the chain.
 
+Withdrawals. A hit record is written before the answer leaves, and a call
+can still fail after it: when its audit record cannot be written, no answer
+leaves and no client ever holds the hit's check id (a retry gets a new one).
+Such hits are withdrawn by one record of their own, written after them to the
+same set (it may land in the next file of the set, past a rotation)::
+
+    {"time": 1767139200.25, "withdrawn": ["5f0c9a1b-2a", ...],
+     "reason": "the call failed before its answer left: its audit record could not be written"}
+
+It has no ``check_id`` and no ``decision``, so nothing that reads hit records
+takes it for one; ``withdrawn_ids`` reads it (a single check id as a string is
+read too: a withdrawal written by hand). The feedback report does not count a
+withdrawn check, and the Redis forwarder forwards withdrawals with the hits.
+
 One writer process per path: a set's size, day and chain head live in its
 writer. Replicas write their own paths; the feedback report dedupes checks
 by ``check_id`` across them. Neither log ever holds a plaintext ID number.
@@ -75,7 +89,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -152,6 +166,26 @@ def log_sets(path: Path) -> list[Path]:
             if found:
                 workers.add(int(found.group(1)))
     return sets + [worker_log_path(path, n) for n in sorted(workers)]
+
+
+#: Why the hit records of a call are withdrawn when its audit record could not be written.
+WITHDRAWN_UNAUDITED = (
+    "the call failed before its answer left: its audit record could not be written"
+)
+
+
+def withdrawn_ids(record: object) -> list[str] | None:
+    """The check ids a withdrawal record (``HitLog.withdraw``) withdraws; None when
+    ``record`` is not one: ``withdrawn`` a check id, or a list of them, and no
+    ``check_id`` (the field of a hit)."""
+    if not isinstance(record, Mapping) or "check_id" in record:
+        return None
+    ids = record.get("withdrawn")
+    if isinstance(ids, str):
+        return [ids] if ids else None
+    if isinstance(ids, list) and ids and all(isinstance(i, str) and i for i in ids):
+        return ids
+    return None
 
 
 def line_hash(line: bytes) -> str:
@@ -572,6 +606,13 @@ class HitLog(AppendLog):
                 "peer": peer,
             }
         )
+
+    def withdraw(self, check_ids: Sequence[str], reason: str) -> None:
+        """Withdraw the hit records of ``check_ids``, written by this log: their answers
+        never left (``reason`` says why), so no client holds those check ids and the
+        feedback report must not count them. One record for them all, one write: they
+        are withdrawn together or not at all. Only on a failure path."""
+        self.append({"withdrawn": list(check_ids), "reason": reason})
 
 
 _dumps = orjson.dumps

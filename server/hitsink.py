@@ -12,6 +12,12 @@ Exactly once: each record is added by a Lua script that first claims its
 days), so a record forwarded again after a crash (before the cursor was
 saved) is not added twice. The cursor, the file and byte offset forwarded
 so far, is saved beside the log (``<hitlog>.forwarded``).
+
+Withdrawals (``server.hitlog.HitLog.withdraw``: hits of a call whose answer
+never left) are forwarded too, once each the same way (claimed as
+``withdrawn:<first check id>``), so that the feedback report built from the
+stream (``read_stream``; ``feedback --redis``) leaves out the same checks as
+the one built from the files. Nothing else reads the stream.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import redis
 from shixin_check.domain.model import CHINA_TZ
 from shixin_check.loader.background import Background
 from shixin_check.loader.index_redis import Client, ErrorCount
-from shixin_check.server.hitlog import log_files
+from shixin_check.server.hitlog import log_files, withdrawn_ids
 
 _ADD_ONCE = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
@@ -43,6 +49,16 @@ BATCH = 500
 
 def hits_stream(prefix: str) -> str:
     return f"{prefix}:hits"
+
+
+def _claim(record: Any) -> str:
+    """What a forwarded record claims in the seen-set: a hit's ``check_id``; for a
+    withdrawal, ``withdrawn:`` and the first check id it names (a hit is withdrawn
+    once). ``KeyError`` or ``TypeError`` for a line that is neither."""
+    withdrawn = withdrawn_ids(record)
+    if withdrawn is not None:
+        return f"withdrawn:{withdrawn[0]}"
+    return record["check_id"]  # type: ignore[no-any-return]
 
 
 def _quarter_of(unix: float) -> str:
@@ -126,12 +142,12 @@ class HitForwarder(Background):
                 for line in lines[i : i + BATCH]:
                     try:
                         record: dict[str, Any] = orjson.loads(line)
-                        check_id = record["check_id"]
+                        claim = _claim(record)
                     except (orjson.JSONDecodeError, KeyError, TypeError):
                         self.on_event("hits-unreadable", line[:80].decode(errors="replace"))
                         continue
                     seen = f"{self.prefix}:hits:seen:{_quarter_of(record.get('time', 0))}"
-                    self._script(keys=[stream, seen], args=[check_id, line], client=pipe)
+                    self._script(keys=[stream, seen], args=[claim, line], client=pipe)
                 added += sum(pipe.execute())
             self._save(inode, offset)
         self.forwarded += added
@@ -139,7 +155,8 @@ class HitForwarder(Background):
 
 
 def read_stream(client: Client, prefix: str = "shixin") -> Iterator[dict[str, Any]]:
-    """Every hit record in the shared stream, oldest first (for the feedback report)."""
+    """Every hit record in the shared stream, and every withdrawal, oldest first (for the
+    feedback report, which leaves out the checks withdrawn)."""
     stream = hits_stream(prefix)
     last = "-"
     while True:

@@ -22,7 +22,11 @@ checks it asked for (a batch's size when it parsed; 0 for GetListStatus and
 GetPrefilter). No answer leaves without its audit record: a record that
 cannot be written (a full disk) makes the call INTERNAL, as a hit-log write
 does; a refusal whose record cannot be written is still that refusal, and
-says so in the log.
+says so in the log. The hit records already written for such a call (a
+batch's every hit; a stream's failing message's) are withdrawn in the hit
+log (``HitLog.withdraw``), so that the quarterly feedback does not count
+checks whose answers never left; a withdrawal that cannot be written either
+is logged with their check ids, for the feedback to be mended by hand.
 
 On a stream, a bad request (a field, its request_id, a channel outside the
 caller's scope, the caller's rate) is answered with ``error`` set and the
@@ -72,7 +76,7 @@ from shixin_check.domain.wire import MAX_CHARS
 from shixin_check.server.auth import ANONYMOUS, Gate, Principal
 from shixin_check.server.convert import StreamIds
 from shixin_check.server.engine import BATCH, STATUS, STREAM, UNARY, CheckEngine, Tally
-from shixin_check.server.hitlog import AuditLog, call_fields
+from shixin_check.server.hitlog import WITHDRAWN_UNAUDITED, AuditLog, call_fields
 from shixin_check.server.prefilter import Prefilters
 from shixin_check.server.status import refusal, status_of
 
@@ -272,6 +276,41 @@ class ConsumptionCheckService:
             name = principal.name
             tally.rate_limited[name] = tally.rate_limited.get(name, 0) + 1
 
+    def _unanswered(
+        self, method: str, answered: Iterable[tuple[pb.CheckRequest, pb.CheckResponse]]
+    ) -> None:
+        """The answers of a call that will not leave, its audit record unwritten:
+        uncounted (``CheckEngine.withdraw``), and the hit records written for them
+        withdrawn (``HitLog.withdraw``), so the quarterly feedback does not count
+        checks nobody was told of (a retry is a new check, with a new check id).
+
+        Only on that failure path. A withdrawal that cannot be written either
+        (the disk that refused the audit record may refuse it too) is counted in
+        the hit log's write errors and logged here, once, with the check ids and
+        the line that withdraws them, for the feedback to be mended by hand; the
+        call fails as it would have.
+        """
+        engine = self.engine
+        hits: list[str] = []
+        for request, answer in answered:
+            engine.withdraw(request, answer)
+            if answer.matches:  # a hit: ``CheckEngine._answer`` logged it
+                hits.append(answer.check_id)
+        hit_log = engine.hit_log
+        if not hits or hit_log is None:
+            return
+        try:
+            hit_log.withdraw(hits, WITHDRAWN_UNAUDITED)
+        except Exception as failure:  # noqa: BLE001 - the call fails INTERNAL all the same
+            line = orjson.dumps({"withdrawn": hits, "reason": WITHDRAWN_UNAUDITED}).decode()
+            log.error(
+                "%s: the hit records of check_id %s were written but their answers never "
+                "left (the audit record could not be written), and withdrawing them failed "
+                "too: %s; the quarterly feedback counts them until this line is appended "
+                "to %s: %s",
+                method, ", ".join(hits), failure, hit_log.path, line,
+            )  # fmt: skip
+
     async def _fail(
         self, context: grpc.aio.ServicerContext, exc: BaseException, method: str,
         principal: Principal, subject: str, started: float, prefix: str = "",
@@ -363,7 +402,7 @@ class ConsumptionCheckService:
                                 _DECISION_NAMES[response.decision], started, metadata=metadata,
                                 peer=peer)  # fmt: skip
                 except Exception:
-                    engine.withdraw(request, response)  # type: ignore[arg-type]
+                    self._unanswered("CheckConsumption", ((request, response),))  # type: ignore[arg-type]
                     raise  # not audited, not answered: INTERNAL
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             malformed = type(request) is Malformed
@@ -404,8 +443,8 @@ class ConsumptionCheckService:
                                 count, metadata=metadata, peer=peer,
                                 extra=_batch_fields(queries, verdicts))  # fmt: skip
                 except Exception:
-                    for check, answer in zip(checks, reply.results, strict=True):
-                        engine.withdraw(check, answer)
+                    self._unanswered("CheckConsumptionBatch",
+                                     zip(checks, reply.results, strict=True))  # fmt: skip
                     raise
         except Exception as exc:  # noqa: BLE001
             channels = (
@@ -468,7 +507,7 @@ class ConsumptionCheckService:
                             audit.record_call(call, _subject_of(request),
                                               _DECISION_NAMES[response.decision], started)  # fmt: skip
                         except Exception:
-                            engine.withdraw(request, response)
+                            self._unanswered("CheckConsumptionStream", ((request, response),))
                             raise  # not audited, not answered: INTERNAL
             except Exception as exc:  # noqa: BLE001 - the stream ends
                 malformed = type(request) is Malformed

@@ -142,9 +142,9 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     print(
         f"feedback {quarter}: {len(report.cases)} cases, {t.checks} checks ({t.denied} denied, "
         f"{t.reviews} review, {t.allowed} allowed) from {len(files)} files; "
-        f"{t.duplicates} duplicates, {t.skipped_lines} unreadable lines"
+        f"{t.duplicates} duplicates, {t.withdrawn} withdrawn, {t.skipped_lines} unreadable lines"
         f"{f' (the first at {t.first_skipped})' if t.first_skipped else ''}"
-        f"{_outside(t.outside_quarter, t.checks, quarter)}; due {quarter.due}",
+        f"{_outside(t.outside_quarter, t.checks + t.withdrawn, quarter)}; due {quarter.due}",
         file=sys.stderr,
     )
     return 0
@@ -152,7 +152,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 def _outside(records: int, checks: int, quarter: object) -> str:
     """The summary's word on records of other quarters: never silent, since a quarter
-    with no check in it is most often a --quarter or a log of the wrong time."""
+    with no check in it is most often a --quarter or a log of the wrong time.
+    ``checks``: those of the quarter, withdrawn ones included (they were read there)."""
     if not records:
         return ""
     if checks:

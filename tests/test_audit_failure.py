@@ -5,25 +5,42 @@ fails with ENOSPC, as on a full disk; the link lives in the test's folder, so
 the chain head beside it is an ordinary file). As with a failed hit-log write,
 no decision leaves the server without its record: the caller gets INTERNAL
 with a check id, the refusal is counted, and one line is logged per call.
+
+A hit record is written before the audit record, so a call that fails so has
+logged hits under check ids no client ever got: they are withdrawn in the hit
+log, and the quarterly feedback (``shixin-check feedback``, run as a command)
+does not count them; the client's retry is counted once. A withdrawal the disk
+refuses too (the file size limit of a server process: the audit log past it,
+the hit log with room for one hit only) is logged with its check id and the
+line that withdraws it.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+import resource
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
+import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
+from shixin_check.domain.identity import mask_id
 from shixin_check.server.auth import add_key
+from shixin_check.server.hitlog import WITHDRAWN_UNAUDITED, log_files
 from tests.accessdata import bearer, flight, hotel, refusal
-from tests.conftest import RunningServer
-from tests.listdata import ZHANG, ZHAO, basic_rows, write_jsonl
-from tests.processes import free_port
+from tests.conftest import SECRET, RunningServer, settings_for, start_server
+from tests.listdata import LI, ZHANG, ZHAO, basic_rows, write_jsonl
+from tests.processes import ServeProcess, free_port, run_cli
 from tests.test_errors import details
+from tests.test_feedback import current_quarter
 from tests.test_metrics import counted, labels, scrape, value
 
 Serve = Callable[..., RunningServer]
@@ -131,3 +148,148 @@ def test_a_refusal_on_a_stream_that_cannot_be_audited_is_still_that_refusal(
     )  # fmt: skip
     logged = [r.getMessage() for r in errors(caplog)]
     assert len(logged) == 1 and "not audited: " in logged[0], logged
+
+
+# --- the hits of a call that was not answered ----------------------------------------
+
+Stub = pb_grpc.ConsumptionCheckStub
+
+
+def _unary(stub: Stub, numbers: Sequence[str]) -> list[pb.CheckResponse]:
+    return [stub.CheckConsumption(flight(number)) for number in numbers]
+
+
+def _batch(stub: Stub, numbers: Sequence[str]) -> list[pb.CheckResponse]:
+    reply = stub.CheckConsumptionBatch(pb.CheckBatchRequest(checks=[flight(n) for n in numbers]))
+    return list(reply.results)
+
+
+def _stream(stub: Stub, numbers: Sequence[str]) -> list[pb.CheckResponse]:
+    requests = iter([flight(number, f"r-{i}") for i, number in enumerate(numbers)])
+    return list(stub.CheckConsumptionStream(requests, timeout=10))
+
+
+#: each method, how it is called, and the subjects it checks (Zhang and Li are listed):
+#: a stream's first message fails, so it checks one listed subject
+CALLS: dict[str, tuple[Callable[[Stub, Sequence[str]], list[pb.CheckResponse]], list[str]]] = {
+    "CheckConsumption": (_unary, [ZHANG]),
+    "CheckConsumptionBatch": (_batch, [ZHAO, ZHANG, LI]),
+    "CheckConsumptionStream": (_stream, [ZHANG]),
+}
+
+
+def hit_log_lines(path: Path) -> list[dict[str, Any]]:
+    """Every record of the hit-log set at ``path``, rotated files first."""
+    return [orjson.loads(raw) for f in log_files(path) for raw in f.read_bytes().splitlines()]
+
+
+def feedback(hits: Path, out: Path) -> tuple[dict[str, Any], str]:
+    """``shixin-check feedback`` of this quarter over ``hits``, as a command: the JSON
+    report's totals, and its summary on standard error."""
+    done = run_cli("feedback", "--quarter", current_quarter(), "--format", "json",
+                   "--out", str(out), "--hit-log", str(hits))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return orjson.loads(out.read_bytes())["totals"], done.stderr
+
+
+@pytest.mark.parametrize("method", list(CALLS))
+def test_the_hits_of_a_call_whose_audit_write_failed_are_withdrawn_and_not_fed_back(
+    method: str, serve: Serve, tmp_path: Path, full_audit: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.WARNING)
+    call, numbers = CALLS[method]
+    listed_numbers = [n for n in numbers if n != ZHAO]
+    listed = write_jsonl(tmp_path / "l.jsonl", basic_rows())
+    hits = tmp_path / "logs" / "hits.jsonl"
+    failing = start_server(settings_for(listed, hit_log=hits, audit_log=full_audit))
+    try:
+        error = refusal(lambda: call(failing.stub(), numbers))
+        assert error.code() is grpc.StatusCode.INTERNAL
+        [logged] = errors(caplog)  # the call's line: the withdrawal itself was written
+        assert f"{method} failed" in logged.getMessage()
+    finally:
+        failing.stop()
+    *written, withdrawal = hit_log_lines(hits)
+    assert [r["masked_id"] for r in written] == [mask_id(n) for n in listed_numbers]
+    assert [r["decision"] for r in written] == ["DENY"] * len(listed_numbers)
+    assert withdrawal == {
+        "time": withdrawal["time"],
+        "withdrawn": [r["check_id"] for r in written],  # each hit of the call, in one record
+        "reason": WITHDRAWN_UNAUDITED,
+    }
+    assert withdrawal["time"] >= written[-1]["time"]
+    totals, summary = feedback(hits, tmp_path / "before.json")
+    assert (totals["checks"], totals["denied"], totals["withdrawn"]) == (
+        0, 0, len(listed_numbers)
+    )  # fmt: skip
+    assert (totals["skipped_lines"], totals["duplicates"]) == (0, 0)
+    assert f" {len(listed_numbers)} withdrawn, " in summary, summary
+    assert "none of the" not in summary  # the withdrawn hits were read in the quarter
+
+    # the client retries, once the audit log takes records again: each check counted once
+    retry = serve(listed, hit_log=hits, audit_log=tmp_path / "logs" / "audit.jsonl")
+    answers = call(retry.stub(), numbers)
+    answered = [a.check_id for a in answers if a.matches]
+    assert len(answered) == len(listed_numbers)
+    assert not set(answered) & set(withdrawal["withdrawn"])  # new checks, new check ids
+    totals, summary = feedback(hits, tmp_path / "after.json")
+    assert (totals["checks"], totals["denied"], totals["withdrawn"]) == (
+        len(listed_numbers), len(listed_numbers), len(listed_numbers)
+    )  # fmt: skip
+
+
+def _samples(port: int) -> dict[str, float]:
+    """The unlabelled samples of a server process's metrics endpoint, by name."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {s.name: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if not s.labels}  # fmt: skip
+
+
+def test_a_withdrawal_the_disk_refuses_too_is_logged_with_its_check_id(tmp_path: Path) -> None:
+    """The audit record and then the withdrawal are refused (the server process's
+    file size limit, as a full disk would): the call is INTERNAL as before, the
+    failed withdrawal counts as a hit-log write error, and one line names the check
+    id and the line that withdraws it, which mends the feedback once appended."""
+    listed = write_jsonl(tmp_path / "l.jsonl", basic_rows())
+    (tmp_path / "key").write_bytes(SECRET)
+    hits, audit, metrics = tmp_path / "hits.jsonl", tmp_path / "audit.jsonl", free_port()
+    server = ServeProcess("--list", str(listed), "--key-secret-file", str(tmp_path / "key"),
+                          "--index-dir", "off", "--hit-log", str(hits), "--audit-log", str(audit),
+                          "--metrics-listen", f"127.0.0.1:{metrics}")  # fmt: skip
+    try:
+        server.wait_serving()
+        channel = grpc.insecure_channel(server.target)
+        stub = pb_grpc.ConsumptionCheckStub(channel)
+        for _ in range(40):  # audit records only: that log grows past the limit set below
+            stub.CheckConsumption(flight(ZHAO))
+        stub.CheckConsumption(flight(ZHANG))  # answered: the hit log holds one hit
+        one_hit = hits.stat().st_size
+        limit = 2 * one_hit + 48  # room for one more hit, not for a withdrawal after it
+        assert audit.stat().st_size > limit
+        _, hard = resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (limit, hard))
+        error = refusal(lambda: stub.CheckConsumption(flight(ZHANG)))
+        assert error.code() is grpc.StatusCode.INTERNAL
+        samples = _samples(metrics)
+        channel.close()
+    finally:
+        server.stop()
+    assert server.proc.stdout is not None
+    logged = server.proc.stdout.read().splitlines()  # all of it: the server has stopped
+    [line] = [text for text in logged if "withdrawing them failed" in text]
+    *_, unanswered = hit_log_lines(hits)  # the hit stays, its withdrawal is not there
+    assert unanswered["masked_id"] == mask_id(ZHANG)
+    assert f"CheckConsumption: the hit records of check_id {unanswered['check_id']} " in line
+    assert "File too large" in line and f"appended to {hits}: " in line, line
+    assert samples["shixin_hit_log_errors_total"] == 1
+    assert samples["shixin_audit_log_errors_total"] >= 1
+    assert feedback(hits, tmp_path / "unmended.json")[0]["checks"] == 2
+    mend = line[line.index('{"withdrawn"') :].strip()  # as the on-call person would
+    assert orjson.loads(mend) == {"withdrawn": [unanswered["check_id"]],
+                                  "reason": WITHDRAWN_UNAUDITED}  # fmt: skip
+    with hits.open("a") as f:
+        f.write(mend + "\n")
+    totals, _ = feedback(hits, tmp_path / "mended.json")
+    assert (totals["checks"], totals["withdrawn"]) == (1, 1)

@@ -29,7 +29,7 @@ from shixin_check.server.feedback import (
     report_csv,
     report_json,
 )
-from shixin_check.server.hitlog import log_files
+from shixin_check.server.hitlog import WITHDRAWN_UNAUDITED, HitLog, log_files
 from tests.conftest import RunningServer
 from tests.listdata import (
     ACME_USCC,
@@ -204,6 +204,65 @@ def test_json_holds_period_totals_and_cases() -> None:
     assert channels["RAIL"]["merchants"] == ["m-1", "m-2"]
 
 
+def withdrawal(*check_ids: str, when: float = 0.0) -> dict[str, Any]:
+    """A withdrawal record as ``HitLog.withdraw`` writes it."""
+    return {"time": when or china(7, 20), "withdrawn": list(check_ids),
+            "reason": WITHDRAWN_UNAUDITED}  # fmt: skip
+
+
+def test_withdrawn_hits_are_not_counted() -> None:
+    """h2 is withdrawn, and h1 (logged twice), and h0 (outside the quarter); a
+    withdrawal of a check no record holds changes nothing. Every record of the
+    quarter is a check, a withdrawn one or a duplicate: 10 + 1 = 8 + 2 + 1."""
+    records = [*quarter_hits(), withdrawal("h2", "h1"), withdrawal("h0"), withdrawal("nowhere")]
+    report = build_report(records, "2026Q3")
+    t = report.totals
+    assert (t.checks, t.denied, t.reviews, t.allowed) == (8, 2, 1, 5)
+    assert (t.withdrawn, t.duplicates, t.outside_quarter, t.skipped_lines) == (2, 1, 2, 0)
+    rail_a = enforcement(report, CASE_A, "RAIL")  # h1 and h2 were two of its three denials
+    assert (rail_a.denied, rail_a.first_denied, rail_a.merchants) == (1, "2026-09-30", {"m-1"})
+
+
+def test_a_withdrawal_applies_from_a_later_file_and_whatever_its_time(tmp_path: Path) -> None:
+    """A withdrawal follows its hit, in the same file or in a later one of the set (a
+    rotation in between), even in the next quarter; one written by hand (a single
+    check id, spaces in the JSON) counts too. Neither is an unreadable line."""
+    live = tmp_path / "hits.jsonl"
+    write_lines(live.with_name("hits.jsonl.20260930.1"), [hit("h1", china(9, 30, 23, 59))])
+    write_lines(live, [withdrawal("h1", when=china(10, 1, 0, 0)), hit("h2", china(9, 1))],
+                b'{"withdrawn": "h2", "reason": "by hand"}\n')  # fmt: skip
+    t = build_report(log_files(live), "2026Q3").totals
+    assert (t.checks, t.withdrawn, t.outside_quarter, t.skipped_lines) == (0, 2, 0, 0)
+    assert build_report(log_files(live), "2026Q4").totals.withdrawn == 0  # no hit of Q4
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"time": 1.0, "withdrawn": []},
+        {"time": 1.0, "withdrawn": ""},
+        {"time": 1.0, "withdrawn": ["h1", 2]},
+        {"time": 1.0, "withdrawn": {"h1": True}},
+        {"time": 1.0, "withdrawn": ["h1"], "check_id": "x"},  # a hit's field: not a withdrawal
+    ],
+)
+def test_a_record_that_is_not_quite_a_withdrawal_withdraws_nothing(record: dict[str, Any]) -> None:
+    t = build_report([hit("h1", china(7, 1)), record], "2026Q3").totals
+    assert (t.checks, t.withdrawn, t.skipped_lines) == (1, 0, 1)
+
+
+def test_the_hit_logs_withdrawal_is_read_by_the_report(tmp_path: Path) -> None:
+    """What ``HitLog.withdraw`` writes is what the report reads."""
+    log = HitLog(tmp_path / "hits.jsonl", clock=lambda: china(8, 1))
+    log.withdraw(["h1", "h2"], WITHDRAWN_UNAUDITED)
+    log.close()
+    [line] = (tmp_path / "hits.jsonl").read_bytes().splitlines()
+    assert orjson.loads(line) == withdrawal("h1", "h2", when=china(8, 1))
+    records = [hit("h1", china(7, 1)), hit("h2", china(7, 2)), hit("h3", china(7, 3))]
+    t = build_report([*records, tmp_path / "hits.jsonl"], "2026Q3").totals
+    assert (t.checks, t.withdrawn, t.skipped_lines) == (1, 2, 0)
+
+
 def run_cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     handlers = add_parsers(parser.add_subparsers(dest="command", required=True))
@@ -221,8 +280,33 @@ def test_feedback_command_writes_csv_or_json(
     assert code == 0
     assert orjson.loads(out.read_bytes())["totals"]["checks"] == 10
     assert "10 checks (4 denied" in capsys.readouterr().err
+    withdrawn = write_lines(tmp_path / "more" / "withdrawn.jsonl", [withdrawal("h1", "h2")])
+    assert run_cli("feedback", "--quarter", "2026Q3", "--format", "json", "--out", str(out),
+                   "--hit-log", str(one), str(two), str(withdrawn)) == 0  # fmt: skip
+    assert orjson.loads(out.read_bytes())["totals"]["withdrawn"] == 2
+    assert "8 checks (2 denied" in (summary := capsys.readouterr().err), summary
+    assert "1 duplicates, 2 withdrawn, 2 unreadable lines" in summary
     assert run_cli("feedback", "--quarter", "2026Q3", "--hit-log", str(one), str(two)) == 0
     assert capsys.readouterr().out.startswith("quarter,period_start,period_end,due_date,")
+
+
+def test_feedback_command_applies_each_workers_withdrawals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``serve --workers 2``: each worker's set holds its own hits and withdrawals (one
+    past a rotation); the command finds both sets under the path it is given."""
+    base = tmp_path / "hits.jsonl"
+    write_lines(tmp_path / "hits.w1.jsonl.20260801.1", [hit("w1-1", china(8, 1)),
+                                                        hit("w1-2", china(8, 1, 13))])  # fmt: skip
+    write_lines(tmp_path / "hits.w1.jsonl", [withdrawal("w1-1", when=china(8, 1, 12))])
+    write_lines(tmp_path / "hits.w2.jsonl", [hit("w2-1", china(8, 2)), withdrawal("w2-1"),
+                                             hit("w2-2", china(8, 3))])  # fmt: skip
+    assert run_cli("feedback", "--quarter", "2026Q3", "--format", "json", "--hit-log",
+                   str(base)) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    totals = orjson.loads(captured.out)["totals"]
+    assert (totals["checks"], totals["denied"], totals["withdrawn"]) == (2, 2, 2), totals
+    assert "2 checks (2 denied" in captured.err and " 2 withdrawn, " in captured.err
 
 
 def test_feedback_command_reads_the_hit_log_from_the_environment(

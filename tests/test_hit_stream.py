@@ -20,7 +20,7 @@ from shixin_check.domain.rules import AIR_TRAVEL, Flight
 from shixin_check.loader.index_redis import connect
 from shixin_check.loader.publish_redis import publish_snapshot
 from shixin_check.server.feedback import build_report
-from shixin_check.server.hitlog import HitLog, log_files
+from shixin_check.server.hitlog import WITHDRAWN_UNAUDITED, HitLog, log_files
 from shixin_check.server.hitsink import HitForwarder, hits_stream, read_stream
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import LI, WANG, ZHANG, ZHAO, basic_rows, write_jsonl
@@ -123,4 +123,37 @@ def test_spooled_hits_are_forwarded_once_after_an_outage(
     ids = [r["check_id"] for r in read_stream(client)]
     assert ids == [f"check-{n}" for n in range(1, 18)]
     assert len(list(path.parent.glob("hits.log.*"))) >= 2  # rotation happened on the way
+    client.close()
+
+
+def test_withdrawals_are_forwarded_once_so_the_stream_reports_what_the_files_do(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A withdrawal (hits of a call whose answer never left) goes to the stream
+    with the hits, once, and the report from the stream leaves out the same checks
+    as the report from the files."""
+    path = tmp_path / "hits.log"
+    log = HitLog(path, max_bytes=2000)  # small: rotates every few records
+    client = connect(redis_server.url, timeout=1)
+    events: list[tuple[str, str]] = []
+    forwarder = HitForwarder(client, path, on_event=lambda *event: events.append(event))
+    for n in range(1, 5):
+        _hit(log, n)
+    log.withdraw(["check-3", "check-4"], WITHDRAWN_UNAUDITED)  # a batch's two hits
+    _hit(log, 5)  # its retry
+    assert forwarder.forward_once() == 6
+    forwarder.cursor_path.unlink()  # as if the process died before saving its cursor
+    assert forwarder.forward_once() == 0  # the withdrawal, too, is not added twice
+    log.withdraw(["check-1"], WITHDRAWN_UNAUDITED)
+    assert forwarder.forward_once() == 1
+    log.close()
+    assert events == []  # no record was taken for an unreadable line
+    records = list(read_stream(client))
+    assert [r.get("check_id") or r["withdrawn"] for r in records] == [
+        "check-1", "check-2", "check-3", "check-4", ["check-3", "check-4"], "check-5",
+        ["check-1"],
+    ]  # fmt: skip
+    from_stream = build_report(records, quarter_now()).totals
+    assert (from_stream.checks, from_stream.withdrawn, from_stream.skipped_lines) == (2, 3, 0)
+    assert from_stream == build_report(log_files(path), quarter_now()).totals
     client.close()
