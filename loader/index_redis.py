@@ -14,7 +14,10 @@ Layout (``P`` is the key prefix, ``shixin`` by default; ``V`` a version):
   then ``ready``), ``load_token`` (random, new for every load: a replica
   compares it to tell that the data under a name is no longer what it
   read), source, times, counts, last delta seq, bucket bits, the
-  fingerprint of the key secret it was built with.
+  fingerprint of the key secret it was built with; ``header`` (0 for a
+  snapshot without one) and then ``first_seq``, the seq of the first delta
+  applied on such a snapshot (loads refuse a delta below it; replicas read
+  neither).
 - ``P:v:V:bloom``: the serialised Bloom filter (rbloom, items = high 64 bits
   of the subject keys, stable ``int`` hash: the same in every process).
 - ``P:v:V:s:<bucket>``: hashes of subject key (16 bytes) -> its matches.
@@ -544,6 +547,10 @@ class RedisFollower(Background):
     whole version current again: the replica switches to it by itself. A
     different load token under the same name is another load of that name:
     followed from scratch.
+
+    Redis that answers reads but refuses writes (``--redis`` naming a read-only
+    Redis replica) is followed too; only the heartbeat and garbage collection
+    fail, logged once and counted (``_write``), never every round.
     """
 
     def __init__(
@@ -554,6 +561,7 @@ class RedisFollower(Background):
         super().__init__("redis-follower")
         self.keys = keys or RedisKeys()
         self.client = connect(url)
+        self.url = masked_url(url)
         self.keyer = keyer
         self.replica_id = replica_id or f"{socket.gethostname()}:{os.getpid()}"
         self.on_event = on_event or (lambda what, detail: None)
@@ -571,6 +579,8 @@ class RedisFollower(Background):
         self._last_beat = 0.0
         self._master_checked = 0.0
         self._gc_due = False
+        #: why Redis refuses this replica's writes ("" while it takes them): logged once
+        self._write_problem = ""
         #: failed Redis commands: the follower's rounds, and the checks' look-ups
         self.sync_errors = ErrorCount()
         self.lookup_errors = ErrorCount()
@@ -632,7 +642,7 @@ class RedisFollower(Background):
             self._behind_since = self._behind_since or started
             raise
         view = self._view
-        if self._lost is None and (
+        if self._lost is None and not self._write_problem and (
             view is None and not self.upstream_version  # Redis holds nothing to follow yet
             or view is not None and self.upstream_version == view.version
             and self.upstream_seq <= view.info.last_delta_seq
@@ -645,7 +655,8 @@ class RedisFollower(Background):
         """How long this replica has been unable to confirm that it holds everything
         Redis holds: 0 while its last round (every 0.1 s) applied all of Redis's current
         version; otherwise the time since the first round that did not (a version it
-        cannot load, deltas it could not read, Redis unreachable, the data lost). Each
+        cannot load, deltas it could not read, Redis unreachable, the data lost, or a
+        Redis that refuses its writes: a read-only replica may lag its master). Each
         round applies every delta it finds, so a replica that reaches Redis is never
         behind for longer than a round; this bounds the age of any unapplied delta."""
         since = self._behind_since
@@ -701,9 +712,13 @@ class RedisFollower(Background):
             self._stop.wait(self.poll)
         now = time.time()
         if now - self._last_beat >= 1.0:
-            self._heartbeat(now)
-        if self._gc_due and self._lost is None:
-            self._gc_due = not try_collect_garbage(self.client, self.keys, f"gc {self.replica_id}")
+            self._last_beat = now  # one try a second, even while Redis refuses it
+            self._write(self._heartbeat, now)
+        if self._gc_due and self._lost is None and not self._write_problem:
+            holder = f"gc {self.replica_id}"
+            collected = self._write(try_collect_garbage, self.client, self.keys, holder)
+            # the lock busy: again next round; refused: left to the next load's collection
+            self._gc_due = not collected and not self._write_problem
 
     def _lose(self, reason: str) -> None:
         """Redis no longer holds what this replica serves: fail every check until it does."""
@@ -759,7 +774,7 @@ class RedisFollower(Background):
         if view is not None and view.version != version:
             self._left.add(view.version)
         self.on_event("version", version)
-        self._heartbeat(time.time())
+        self._write(self._heartbeat, time.time())
         self._gc_due = True
 
     def _apply(self, version: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
@@ -799,6 +814,42 @@ class RedisFollower(Background):
             info, version, self._bloom, self.client, self.keys, int(meta["bucket_bits"]),
             self.lookup_errors,
         )  # fmt: skip
+
+    def _write(self, write: Callable[..., object], *args: object) -> object:
+        """``write(*args)`` (a heartbeat, a garbage collection): its result, or False
+        when Redis answers it with an error (a read-only replica, an ACL, out of memory).
+
+        Such a refusal is no reason to stop following: reads still work, so checks
+        are answered and the version is followed as before; only this replica is
+        not registered. It is logged once when it starts (``write-refused``), counted
+        (``sync_errors``) and tried again each second, logged again only when its
+        reason changes, and when it clears (``write-works``). Redis unreachable is
+        not this: ``ConnectionError`` goes up, as for any command."""
+        try:
+            done = write(*args)
+        except redis.ResponseError as exc:
+            self.sync_errors.count += 1
+            problem = self._refusal(exc)
+            if problem != self._write_problem:
+                self.on_event("write-refused", problem)
+            self._write_problem = problem
+            return False
+        if self._write_problem:
+            self._write_problem = ""
+            self.on_event("write-works", "")
+        return done
+
+    def _refusal(self, exc: redis.ResponseError) -> str:
+        """A refused write in one line: what it costs, and what to do about it."""
+        if isinstance(exc, redis.ReadOnlyError):  # through Sentinel: a ConnectionError
+            what = f"it is a read-only replica ({exc})"
+            todo = f"point --redis at the master, or use Sentinel ({SENTINEL_FORM})"
+        else:
+            what, todo = f"Redis refused it ({exc})", "fix what Redis says (an ACL? maxmemory?)"
+        return (f"cannot write to {self.url}: {what}; this server follows the list from it but "
+                f"cannot register in {self.keys.replicas} (status --redis does not list it, and "
+                f"a load does not spare the version it serves): {todo}; counted in "
+                "shixin_redis_errors_total, logged again when it changes or clears")  # fmt: skip
 
     def _heartbeat(self, now: float) -> None:
         view = self._view

@@ -367,6 +367,10 @@ class Service:
             log.info("redis: serving version %s", detail)
         elif what == "redis-up":
             log.info("redis: connected")
+        elif what == "write-works":
+            log.info("redis: writing to Redis works again")
+        elif what == "write-refused":  # once, not each try (RedisFollower._write)
+            log.error("redis: %s", detail)
         else:
             log.error("redis %s: %s", what, detail)
 
@@ -667,9 +671,11 @@ def port_is_free(listen: str) -> None:
 def write_demo_list(count: int, announce: Callable[[str], None]) -> Path:
     """A synthetic list in a temporary folder, and a few identities from it to try."""
     from shixin_check.loader.synthetic import iter_entries, write_snapshot
+    from shixin_check.server.workers import mark_owned
 
     today = _dt.datetime.now(CHINA_TZ).date()
     folder = Path(tempfile.mkdtemp(prefix="shixin-demo-"))
+    mark_owned(folder)  # this process's: once it is gone (SIGKILL), the next demo removes it
     path = folder / "demo-snapshot.jsonl"
     write_snapshot(path, count, seed=20261124, as_of=today)
     announce(f"demo list: {count} synthetic entries in {path}")
@@ -727,6 +733,11 @@ def run_service(settings: ServeSettings) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
+    if settings.demo:  # what a demo (or supervisor) killed with SIGKILL left behind
+        from shixin_check.server.workers import sweep_stale_folders
+
+        for folder in sweep_stale_folders():
+            log.info("removed %s: the server that made it is gone (killed?)", folder)
     service = Service(settings, announce=lambda s: print(s, flush=True))
     try:
         asyncio.run(service.run())

@@ -87,10 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("load", help="validate a snapshot or delta file and publish it to Redis")
     p.add_argument("path", type=Path)
-    add_options(p, "load")
-    p.add_argument("--allow-rollback", action="store_true",
-                   help="load a snapshot even though its includes_seq is below the last delta "
-                        "seq Redis has applied (undoing those deltas); refused otherwise")  # fmt: skip
+    add_options(p, "load")  # --allow-rollback among them
 
     p = sub.add_parser("validate", help="report every bad row of a list file; change nothing")
     p.add_argument("path", type=Path)

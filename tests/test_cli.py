@@ -16,7 +16,8 @@ import pytest
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.clients.check_client import build_request
-from tests.listdata import ZHANG, basic_rows, person_entry, write_jsonl
+from tests.conftest import SECRET, RedisServer
+from tests.listdata import ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
 from tests.processes import ServeProcess, run_cli
 
 
@@ -106,6 +107,32 @@ def test_flags_read_their_environment_variables(tmp_path: Path) -> None:
     env = {**os.environ, "SHIXIN_COUNT": "25", "SHIXIN_OUT": str(out), "SHIXIN_SEED": "3"}
     assert run_cli("gen-data", env=env).returncode == 0
     assert len(out.read_bytes().splitlines()) == 1 + 25
+
+
+@pytest.mark.redis
+def test_load_reads_allow_rollback_from_its_environment_variable(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """``SHIXIN_ALLOW_ROLLBACK``, like every other option of ``load``: a snapshot that
+    would undo an applied delta loads with it on, is refused with it off, and a value
+    that is no switch stops the load in one line naming the variable."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SHIXIN_")}
+    env = {**base, "SHIXIN_KEY_SECRET": SECRET.decode(), "SHIXIN_REDIS": redis_server.url}
+    header = {"snapshot": {"includes_seq": 0, "published_at": "2026-11-28T09:00:00+08:00"}}
+    older = write_jsonl(tmp_path / "s0.jsonl", [header, *basic_rows()])
+    listing = delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵六"))
+    for path in (older, write_jsonl(tmp_path / "d1.jsonl", [listing])):
+        done = run_cli("load", str(path), env=env)
+        assert done.returncode == 0, done.stderr
+
+    wrong = run_cli("load", str(older), env={**env, "SHIXIN_ALLOW_ROLLBACK": "maybe"})
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
+    (line,) = wrong.stderr.strip().splitlines()
+    assert "SHIXIN_ALLOW_ROLLBACK" in line and "'maybe'" in line, line
+    off = run_cli("load", str(older), env={**env, "SHIXIN_ALLOW_ROLLBACK": "off"})
+    assert off.returncode == 1 and "--allow-rollback" in off.stderr, off.stderr
+    on = run_cli("load", str(older), env={**env, "SHIXIN_ALLOW_ROLLBACK": "1"})
+    assert on.returncode == 0, on.stderr  # rolled back on purpose
 
 
 def test_bad_setting_is_refused_naming_the_variable(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from shixin_check.loader.index_redis import RedisKeys, connect, redis_status
 from shixin_check.loader.publish_redis import publish_delta
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import LI, ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
+from tests.processes import ServeProcess, free_port, run_cli
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.redis
@@ -168,3 +170,68 @@ def test_old_versions_go_once_no_replica_reads_them(
     assert not list(client.scan_iter(match=keys.version_pattern(first.decode())))
     assert all(decision(r, ZHANG).decision == pb.ALLOW for r in replicas)
     client.close()
+
+
+# --- a replica pointed at a read-only Redis replica ----------------------------------------
+
+
+@pytest.fixture
+def read_only_copy(redis_server: RedisServer, tmp_path: Path) -> Iterator[RedisServer]:
+    """A second real redis-server, a replica (read-only) of ``redis_server``, in sync."""
+    copy = RedisServer(tmp_path / "copy")
+    copy.folder.mkdir()
+    copy.start()
+    try:
+        with connect(copy.url, timeout=5) as client:
+            client.replicaof("127.0.0.1", redis_server.port)
+            eventually(lambda: client.info("replication")["master_link_status"] == "up",
+                       "the copy in sync with its master")  # fmt: skip
+        yield copy
+    finally:
+        copy.stop()
+
+
+def redis_errors(metrics: str) -> float:
+    with urllib.request.urlopen(metrics, timeout=5) as reply:
+        text = reply.read().decode()
+    (line,) = [x for x in text.splitlines() if x.startswith("shixin_redis_errors_total ")]
+    return float(line.split()[1])
+
+
+def test_a_read_only_redis_is_logged_once_then_counted_until_it_clears(
+    redis_server: RedisServer, read_only_copy: RedisServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``serve --redis`` at a read-only Redis replica: the list is read and served from
+    it, but this server cannot register; one ERROR line says so and what to do, not one
+    every round; the failed writes are counted; one line when writing works again."""
+    done = load_cli(write_jsonl(tmp_path / "s1.jsonl", basic_rows()), redis_server.url)
+    assert done.returncode == 0, done.stderr  # acknowledged by the copy: it holds the load
+    monkeypatch.setenv("SHIXIN_KEY_SECRET", SECRET.decode())
+    monkeypatch.delenv("SHIXIN_REDIS_PASSWORD", raising=False)
+    metrics = f"http://127.0.0.1:{free_port()}/metrics"
+    server = ServeProcess("--redis", read_only_copy.url, "--metrics-listen",
+                          metrics.split("/")[2], log=tmp_path / "serve.log")  # fmt: skip
+    try:
+        server.wait_serving()  # health as before: the list is in, checks are answered
+        checked = run_cli("check", "--id", ZHANG, "--name", "张伟", "--channel", "AIRLINE",
+                          "--target", server.target)  # fmt: skip
+        assert checked.returncode == 0 and "DENY" in checked.stdout, checked.stdout
+        time.sleep(4)  # the old code logged two lines a second here
+        about = [x for x in server.output().splitlines() if "read only replica" in x]
+        assert len(about) == 1, server.output()
+        assert f"cannot write to {read_only_copy.url}: it is a read-only replica" in about[0]
+        assert "point --redis at the master, or use Sentinel" in about[0], about[0]
+        assert server.output().count("redis: connected") <= 1, server.output()
+        assert "Traceback" not in server.output()
+        errors = redis_errors(metrics)
+        assert errors >= 3, errors  # one refused heartbeat a second, counted
+        eventually(lambda: redis_errors(metrics) > errors, "counting on")
+
+        with connect(read_only_copy.url, timeout=5) as client:
+            client.replicaof("NO", "ONE")  # promoted: it takes writes now
+            eventually(lambda: "writing to Redis works again" in server.output(), "cleared")
+            eventually(lambda: len(redis_status(client)["replicas"]) == 1, "registered")
+        assert server.output().count("read only replica") == 1, server.output()
+    finally:
+        assert server.stop() == 0, server.output()
