@@ -132,7 +132,7 @@ class Service:
         if settings.redis and settings.hit_log is not None:
             self.forwarder = HitForwarder(
                 connect(settings.redis), settings.hit_log, settings.redis_prefix,
-                on_event=self._on_redis_event,
+                on_event=self._on_redis_event, url=settings.redis,
             )  # fmt: skip
             if self.redis is not None:  # one shixin_redis_errors_total for both
                 self.redis.other_errors.append(self.forwarder.errors)
@@ -370,6 +370,10 @@ class Service:
         elif what == "write-works":
             log.info("redis: writing to Redis works again")
         elif what == "write-refused":  # once, not each try (RedisFollower._write)
+            log.error("redis: %s", detail)
+        elif what == "hits-forwarding":
+            log.info("redis: forwarding hits works again")
+        elif what == "hits-spooling":  # once, not each try (HitForwarder._spooling)
             log.error("redis: %s", detail)
         else:
             log.error("redis %s: %s", what, detail)

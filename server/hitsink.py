@@ -18,12 +18,21 @@ never left) are forwarded too, once each the same way (claimed as
 ``withdrawn:<first check id>``), so that the feedback report built from the
 stream (``read_stream``; ``feedback --redis``) leaves out the same checks as
 the one built from the files. Nothing else reads the stream.
+
+A Redis that will not take the records (unreachable, a read-only Redis replica
+named by ``--redis``, an ACL, out of memory) is no reason to stop: records wait
+in the local log. It is said once when it starts (``hits-spooling``, what is
+wrong and what to do), counted each try (``errors``: the metrics'
+``shixin_redis_errors_total``), said again only when its reason changes, and
+once when forwarding works again (``hits-forwarding``), as the follower's
+refused heartbeat is (``RedisFollower._write``); never once a try.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +42,7 @@ import redis
 
 from shixin_check.domain.model import CHINA_TZ
 from shixin_check.loader.background import Background
-from shixin_check.loader.index_redis import Client, ErrorCount
+from shixin_check.loader.index_redis import SENTINEL_FORM, Client, ErrorCount, masked_url
 from shixin_check.server.hitlog import log_files, withdrawn_ids
 
 _ADD_ONCE = """
@@ -45,6 +54,9 @@ end
 return 0
 """
 BATCH = 500
+#: what redis-py puts before an error of a pipeline's command: the command with its
+#: arguments (a record's check id, its fields), which no log line should carry
+_PIPELINE_PREFIX = re.compile(r"Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
 
 
 def hits_stream(prefix: str) -> str:
@@ -61,6 +73,17 @@ def _claim(record: Any) -> str:
     return record["check_id"]  # type: ignore[no-any-return]
 
 
+def error_text(exc: BaseException) -> str:
+    """What Redis said, without the command redis-py quotes before a pipeline's error
+    (``Command # 1 (EVALSHA … <check id> {…}) of pipeline caused error: …``)."""
+    text = str(exc)
+    found = _PIPELINE_PREFIX.match(text)
+    if found is None:
+        return text
+    # the last "caused error": the quoted command is the client's text, the error Redis's
+    return text.rpartition(" of pipeline caused error: ")[2]
+
+
 def _quarter_of(unix: float) -> str:
     day = _dt.datetime.fromtimestamp(unix, CHINA_TZ)
     return f"{day.year}Q{(day.month - 1) // 3 + 1}"
@@ -71,17 +94,21 @@ class HitForwarder(Background):
 
     def __init__(
         self, client: Client, hit_log: Path, prefix: str = "shixin", interval: float = 0.2,
-        on_event: Callable[[str, str], None] | None = None,
+        on_event: Callable[[str, str], None] | None = None, url: str = "",
     ) -> None:  # fmt: skip
+        """``url``: the Redis ``client`` talks to, named in the log lines (masked)."""
         super().__init__("hit-forwarder")
         self.client = client
         self.hit_log = hit_log
         self.prefix = prefix
         self.interval = interval
         self.on_event = on_event or (lambda what, detail: None)
+        self.url = masked_url(url) if url else "Redis"
         self.cursor_path = hit_log.with_name(hit_log.name + ".forwarded")
         self.forwarded = 0
         self.errors = ErrorCount()  # bumped by this thread only
+        #: what keeps the records from Redis ("" while they are forwarded): said once
+        self._problem = ""
         self._script = client.register_script(_ADD_ONCE)
 
     def stop(self) -> None:
@@ -96,11 +123,53 @@ class HitForwarder(Background):
         while not self._stop.wait(backoff):
             try:
                 self.forward_once()
-                backoff = self.interval
             except redis.RedisError as exc:
                 self.errors.count += 1
-                self.on_event("hits-spooling", str(exc))
+                self._spooling(exc)
                 backoff = min(backoff * 2, 2.0)
+            except OSError as exc:  # this machine's side: a file gone mid-round, a full disk
+                self._spooling(exc)
+                backoff = min(backoff * 2, 2.0)
+            else:
+                backoff = self.interval
+                if self._problem:  # the records held back went (the cursor had not moved)
+                    self._problem = ""
+                    self.on_event("hits-forwarding", "")
+
+    def _spooling(self, exc: redis.RedisError | OSError) -> None:
+        """A round that could not forward: said once (``hits-spooling``), then again
+        only when the reason changes; each Redis error is counted by the caller. Redis
+        unreachable is one reason, whatever each try's connection error says. An
+        ``OSError`` is this machine's (the log read, the cursor saved): the thread
+        carries on, and forwards from the cursor once it clears."""
+        if isinstance(exc, OSError):
+            reason = problem = (f"cannot forward hits from {self.hit_log}: {exc}; they are "
+                                "forwarded from where it stopped once this clears; logged "
+                                "again when it changes or clears")  # fmt: skip
+        elif isinstance(exc, redis.ResponseError):
+            reason = problem = self._refusal(exc)
+        else:  # a connection refused, reset, timed out: Redis unreachable
+            reason = "unreachable"
+            problem = (f"cannot forward hits to {self.url}: {error_text(exc)}; they wait in "
+                       f"{self.hit_log} and are forwarded when it is back; counted in "
+                       "shixin_redis_errors_total, logged again when it changes or clears")  # fmt: skip
+        if reason != self._problem:
+            self.on_event("hits-spooling", problem)
+        self._problem = reason
+
+    def _refusal(self, exc: redis.ResponseError) -> str:
+        """A refused forward in one line: what it costs, and what to do about it
+        (``RedisFollower._refusal`` says the same of the heartbeat)."""
+        said = error_text(exc)
+        if isinstance(exc, redis.ReadOnlyError):  # through Sentinel: a ConnectionError
+            what = f"it is a read-only replica ({said})"
+            todo = f"point --redis at the master, or use Sentinel ({SENTINEL_FORM})"
+        else:
+            what, todo = f"Redis refused it ({said})", "fix what Redis says (an ACL? maxmemory?)"
+        return (f"cannot forward hits to {self.url}: {what}; they wait in {self.hit_log} "
+                "and are forwarded once it takes them, so the feedback report from Redis "
+                f"(feedback --redis) lacks them until then: {todo}; counted in "
+                "shixin_redis_errors_total, logged again when it changes or clears")  # fmt: skip
 
     def _cursor(self) -> tuple[int, int]:
         """(inode, offset): rotation renames files, so the inode names one for good."""

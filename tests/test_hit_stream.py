@@ -24,6 +24,7 @@ from shixin_check.server.hitlog import WITHDRAWN_UNAUDITED, HitLog, log_files
 from shixin_check.server.hitsink import HitForwarder, hits_stream, read_stream
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import LI, WANG, ZHANG, ZHAO, basic_rows, write_jsonl
+from tests.test_redis_replicas import read_only_copy_of
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.redis
@@ -156,4 +157,94 @@ def test_withdrawals_are_forwarded_once_so_the_stream_reports_what_the_files_do(
     from_stream = build_report(records, quarter_now()).totals
     assert (from_stream.checks, from_stream.withdrawn, from_stream.skipped_lines) == (2, 3, 0)
     assert from_stream == build_report(log_files(path), quarter_now()).totals
+    client.close()
+
+
+def test_a_redis_that_refuses_the_hits_or_is_down_is_said_once_until_it_clears(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The forwarder against a read-only Redis replica, then against no Redis at all:
+    each is one event (what is wrong, what to do, no record's check id nor the refused
+    command), each try counted, and one event when forwarding works again; the
+    records wait in the local log meanwhile and are forwarded once each."""
+    with read_only_copy_of(redis_server, tmp_path / "copy") as read_only_copy:
+        _refused_then_down(read_only_copy, tmp_path)
+
+
+def _refused_then_down(read_only_copy: RedisServer, tmp_path: Path) -> None:
+    path = tmp_path / "hits.log"
+    log = HitLog(path)
+    client = connect(read_only_copy.url, timeout=1)
+    events: list[tuple[str, str]] = []
+    forwarder = HitForwarder(client, path, interval=0.05, url=read_only_copy.url,
+                             on_event=lambda *event: events.append(event))  # fmt: skip
+    for n in range(1, 4):
+        _hit(log, n)
+    forwarder.start()
+    try:
+        eventually(lambda: forwarder.errors.count >= 5, "refused tries counted")
+        [(what, detail)] = events  # one event, not one a try
+        assert what == "hits-spooling"
+        assert detail.startswith(
+            f"cannot forward hits to {read_only_copy.url}: it is a read-only replica ("
+        ), detail
+        assert "point --redis at the master, or use Sentinel" in detail, detail
+        assert "check-" not in detail and "EVALSHA" not in detail, detail
+        assert client.xlen(hits_stream("shixin")) == 0
+
+        client.replicaof("NO", "ONE")  # promoted: it takes writes now
+        eventually(lambda: client.xlen(hits_stream("shixin")) == 3, "forwarded once promoted")
+        eventually(lambda: events[-1] == ("hits-forwarding", ""), "said to work again")
+        assert len(events) == 2
+
+        read_only_copy.stop()  # Redis down: the same, in its own words
+        _hit(log, 4)
+        counted = forwarder.errors.count
+        eventually(lambda: forwarder.errors.count >= counted + 4, "failed tries counted")
+        assert [what for what, _ in events] == ["hits-spooling", "hits-forwarding", "hits-spooling"]
+        assert events[2][1].startswith(f"cannot forward hits to {read_only_copy.url}: "), events
+        assert "check-" not in events[2][1], events
+        read_only_copy.start()
+        eventually(lambda: client.xlen(hits_stream("shixin")) == 4, "forwarded once back")
+        eventually(lambda: len(events) == 4, "said to work again")
+        assert events[3] == ("hits-forwarding", "")
+    finally:
+        forwarder.stop()
+        log.close()
+    assert [r["check_id"] for r in read_stream(client)] == [f"check-{n}" for n in range(1, 5)]
+    client.close()
+
+
+def test_a_local_failure_to_forward_is_said_once_and_the_forwarder_carries_on(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The forwarder's cursor cannot be saved (a directory where its temporary file
+    goes: a real OSError, as a full disk gives): one event naming it, the thread
+    alive, and once it clears the records are forwarded, each once."""
+    path = tmp_path / "hits.log"
+    log = HitLog(path)
+    client = connect(redis_server.url, timeout=1)
+    events: list[tuple[str, str]] = []
+    forwarder = HitForwarder(client, path, interval=0.05,
+                             on_event=lambda *event: events.append(event))  # fmt: skip
+    blocker = forwarder.cursor_path.with_name(forwarder.cursor_path.name + ".part")
+    blocker.mkdir()
+    for n in range(1, 3):
+        _hit(log, n)
+    forwarder.start()
+    try:
+        eventually(lambda: bool(events), "the failure said")
+        time.sleep(0.5)  # several more rounds fail the same way: not said again
+        [(what, detail)] = events
+        assert what == "hits-spooling"
+        assert detail.startswith(f"cannot forward hits from {path}: "), detail
+        assert str(blocker) in detail, detail
+        blocker.rmdir()
+        eventually(lambda: events[-1] == ("hits-forwarding", ""), "said to work again")
+        _hit(log, 3)
+        eventually(lambda: client.xlen(hits_stream("shixin")) == 3, "forwarded after it cleared")
+    finally:
+        forwarder.stop()
+        log.close()
+    assert [r["check_id"] for r in read_stream(client)] == ["check-1", "check-2", "check-3"]
     client.close()

@@ -6,6 +6,7 @@ in Redis mode, ``shixin-check load`` as a child process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,12 +16,15 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
+import grpc
+import orjson
 import pytest
 
 from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.clients.check_client import build_request
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.loader.index_redis import RedisKeys, connect, redis_status
+from shixin_check.loader.index_redis import Client, RedisKeys, connect, redis_status
 from shixin_check.loader.publish_redis import publish_delta
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import LI, ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
@@ -175,20 +179,37 @@ def test_old_versions_go_once_no_replica_reads_them(
 # --- a replica pointed at a read-only Redis replica ----------------------------------------
 
 
-@pytest.fixture
-def read_only_copy(redis_server: RedisServer, tmp_path: Path) -> Iterator[RedisServer]:
-    """A second real redis-server, a replica (read-only) of ``redis_server``, in sync."""
-    copy = RedisServer(tmp_path / "copy")
+def _rewritten(client: Client) -> bool:
+    persistence = client.info("persistence")
+    return not (persistence["aof_rewrite_in_progress"] or persistence["aof_rewrite_scheduled"])
+
+
+@contextlib.contextmanager
+def read_only_copy_of(master: RedisServer, folder: Path) -> Iterator[RedisServer]:
+    """A second real redis-server in ``folder``, a replica (read-only) of ``master``, in sync."""
+    copy = RedisServer(folder)
     copy.folder.mkdir()
     copy.start()
     try:
+        with connect(master.url, timeout=5) as client:  # no 5 s wait for more replicas
+            client.config_set("repl-diskless-sync-delay", 0)
         with connect(copy.url, timeout=5) as client:
-            client.replicaof("127.0.0.1", redis_server.port)
+            client.replicaof("127.0.0.1", master.port)
             eventually(lambda: client.info("replication")["master_link_status"] == "up",
                        "the copy in sync with its master")  # fmt: skip
+            # the append-only file it rewrites after the sync: stopped during that,
+            # redis-server 7.0 took longer than RedisServer.stop waits
+            eventually(partial(_rewritten, client), "the copy's append-only file rewritten")
         yield copy
     finally:
         copy.stop()
+
+
+@pytest.fixture
+def read_only_copy(redis_server: RedisServer, tmp_path: Path) -> Iterator[RedisServer]:
+    """A second real redis-server, a replica (read-only) of ``redis_server``, in sync."""
+    with read_only_copy_of(redis_server, tmp_path / "copy") as copy:
+        yield copy
 
 
 def redis_errors(metrics: str) -> float:
@@ -233,5 +254,61 @@ def test_a_read_only_redis_is_logged_once_then_counted_until_it_clears(
             eventually(lambda: "writing to Redis works again" in server.output(), "cleared")
             eventually(lambda: len(redis_status(client)["replicas"]) == 1, "registered")
         assert server.output().count("read only replica") == 1, server.output()
+    finally:
+        assert server.stop() == 0, server.output()
+
+
+def test_hits_against_a_read_only_redis_are_logged_once_spooled_then_forwarded(
+    redis_server: RedisServer, read_only_copy: RedisServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``serve --redis`` at a read-only Redis replica with ``--hit-log``: the hit
+    forwarder's refused writes are one ERROR line saying what to do (not one every
+    try, each quoting the refused command with a check id), counted; the hits wait
+    in the local log and reach the stream, with one line, once Redis takes writes."""
+    done = load_cli(write_jsonl(tmp_path / "s1.jsonl", basic_rows()), redis_server.url)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setenv("SHIXIN_KEY_SECRET", SECRET.decode())
+    monkeypatch.delenv("SHIXIN_REDIS_PASSWORD", raising=False)
+    metrics = f"http://127.0.0.1:{free_port()}/metrics"
+    hits = tmp_path / "hits.jsonl"
+    server = ServeProcess("--redis", read_only_copy.url, "--hit-log", str(hits),
+                          "--metrics-listen", metrics.split("/")[2],
+                          log=tmp_path / "serve.log")  # fmt: skip
+    try:
+        server.wait_serving()
+        channel = grpc.insecure_channel(server.target)
+        stub = pb_grpc.ConsumptionCheckStub(channel)
+        answers = [stub.CheckConsumption(build_request("AIRLINE", id_number=ZHANG), timeout=5)
+                   for _ in range(3)]  # fmt: skip
+        channel.close()
+        assert all(a.decision == pb.DENY for a in answers)
+        check_ids = [a.check_id for a in answers]
+        time.sleep(4)  # the old code logged a line every 0.4 to 2 s here
+        about = [x for x in server.output().splitlines()
+                 if "read only replica" in x and "cannot write to" not in x]  # fmt: skip
+        assert len(about) == 1, server.output()  # the follower's heartbeat says its own
+        assert (
+            f"cannot forward hits to {read_only_copy.url}: it is a read-only replica" in (about[0])
+        ), about[0]
+        assert "point --redis at the master, or use Sentinel" in about[0], about[0]
+        for check_id in check_ids:  # nor the command redis-py quotes with the error
+            assert check_id not in server.output(), server.output()
+        assert "EVALSHA" not in server.output(), server.output()
+        assert redis_errors(metrics) >= 3  # the refused tries are counted
+        with connect(read_only_copy.url, timeout=5) as client:
+            assert client.xlen("shixin:hits") == 0
+            assert [orjson.loads(x)["check_id"] for x in hits.read_bytes().splitlines()] == (
+                check_ids
+            )  # spooled in the local hit log
+
+            client.replicaof("NO", "ONE")  # promoted: it takes writes now
+            eventually(lambda: "forwarding hits works again" in server.output(), "cleared")
+            eventually(lambda: client.xlen("shixin:hits") == len(check_ids), "forwarded")
+            forwarded = [orjson.loads(fields[b"record"])["check_id"]
+                         for _, fields in client.xrange("shixin:hits")]  # fmt: skip
+        assert forwarded == check_ids
+        assert server.output().count("cannot forward hits to") == 1, server.output()
+        assert "Traceback" not in server.output()
     finally:
         assert server.stop() == 0, server.output()
