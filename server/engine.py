@@ -301,8 +301,9 @@ class CheckEngine:
         return queries, verdicts
 
     def withdraw(self, request: pb.CheckRequest, answer: pb.CheckResponse) -> None:
-        """Uncount an answer that never left the server (its audit record could not
-        be written): the counts are of checks answered."""
+        """Uncount an answer that never left the server (its audit record, or a later
+        hit record of its batch, could not be written): the counts are of checks
+        answered."""
         channel = request.channel
         self._checks[channel * DECISIONS + answer.decision] -= 1
         if answer.matches:

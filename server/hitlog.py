@@ -52,10 +52,11 @@ log unless records were lost: cut, or lost to power loss under ``fsync``
 its head goes on from the head, so the gap stays in the chain.
 
 Withdrawals. A hit record is written before the answer leaves, and a call
-can still fail after it: when its audit record cannot be written, no answer
-leaves and no client ever holds the hit's check id (a retry gets a new one).
-Such hits are withdrawn by one record of their own, written after them to the
-same set (it may land in the next file of the set, past a rotation)::
+can still fail after it: when its audit record cannot be written, or a later
+hit record of its batch, no answer leaves and no client ever holds the hit's
+check id (a retry gets a new one). Such hits are withdrawn by one record of
+their own, written after them to the same set (it may land in the next file
+of the set, past a rotation)::
 
     {"time": 1767139200.25, "withdrawn": ["5f0c9a1b-2a", ...],
      "reason": "the call failed before its answer left: its audit record could not be written"}
@@ -171,6 +172,10 @@ def log_sets(path: Path) -> list[Path]:
 #: Why the hit records of a call are withdrawn when its audit record could not be written.
 WITHDRAWN_UNAUDITED = (
     "the call failed before its answer left: its audit record could not be written"
+)
+#: Why the hit records of a batch are withdrawn when a later hit of it could not be written.
+WITHDRAWN_HIT_UNWRITTEN = (
+    "the call failed before its answer left: a hit record could not be written"
 )
 
 

@@ -25,8 +25,10 @@ does; a refusal whose record cannot be written is still that refusal, and
 says so in the log. The hit records already written for such a call (a
 batch's every hit; a stream's failing message's) are withdrawn in the hit
 log (``HitLog.withdraw``), so that the quarterly feedback does not count
-checks whose answers never left; a withdrawal that cannot be written either
-is logged with their check ids, for the feedback to be mended by hand.
+checks whose answers never left; so are a batch's hits written before one
+that could not be (the call is INTERNAL as well). A withdrawal that cannot
+be written either is logged with their check ids, for the feedback to be
+mended by hand.
 
 On a stream, a bad request (a field, its request_id, a channel outside the
 caller's scope, the caller's rate) is answered with ``error`` set and the
@@ -52,7 +54,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -76,7 +78,12 @@ from shixin_check.domain.wire import MAX_CHARS
 from shixin_check.server.auth import ANONYMOUS, Gate, Principal
 from shixin_check.server.convert import StreamIds
 from shixin_check.server.engine import BATCH, STATUS, STREAM, UNARY, CheckEngine, Tally
-from shixin_check.server.hitlog import WITHDRAWN_UNAUDITED, AuditLog, call_fields
+from shixin_check.server.hitlog import (
+    WITHDRAWN_HIT_UNWRITTEN,
+    WITHDRAWN_UNAUDITED,
+    AuditLog,
+    call_fields,
+)
 from shixin_check.server.prefilter import Prefilters
 from shixin_check.server.status import refusal, status_of
 
@@ -174,6 +181,12 @@ _REQUEST_REFUSALS = (InvalidInput, PermissionDenied, RateLimited)
 _AUDITED_METADATA = ("user-agent", "x-request-id", "x-merchant-id", "x-terminal-id")
 #: A call's metadata as grpcio hands it over: (key, value) pairs.
 Metadata = tuple[tuple[str, str | bytes], ...]
+#: Why the answers of a call never left, as the log line of a withdrawal that failed
+#: says it, by the withdrawal's reason
+_NOT_LEFT = {
+    WITHDRAWN_UNAUDITED: "the audit record could not be written",
+    WITHDRAWN_HIT_UNWRITTEN: "a later hit record of the batch could not be written",
+}
 #: Decision names by wire value: ``pb.Decision.Name`` is a descriptor look-up (~0.8 µs).
 _DECISION_NAMES = {value: name for name, value in pb.Decision.items()}
 
@@ -277,18 +290,20 @@ class ConsumptionCheckService:
             tally.rate_limited[name] = tally.rate_limited.get(name, 0) + 1
 
     def _unanswered(
-        self, method: str, answered: Iterable[tuple[pb.CheckRequest, pb.CheckResponse]]
-    ) -> None:
-        """The answers of a call that will not leave, its audit record unwritten:
-        uncounted (``CheckEngine.withdraw``), and the hit records written for them
-        withdrawn (``HitLog.withdraw``), so the quarterly feedback does not count
-        checks nobody was told of (a retry is a new check, with a new check id).
+        self, method: str, answered: Iterable[tuple[pb.CheckRequest, pb.CheckResponse]],
+        reason: str = WITHDRAWN_UNAUDITED,
+    ) -> None:  # fmt: skip
+        """The answers of a call that will not leave (``reason``: its audit record
+        unwritten, or a later hit record of its batch): uncounted
+        (``CheckEngine.withdraw``), and the hit records written for them withdrawn
+        (``HitLog.withdraw``), so the quarterly feedback does not count checks
+        nobody was told of (a retry is a new check, with a new check id).
 
-        Only on that failure path. A withdrawal that cannot be written either
-        (the disk that refused the audit record may refuse it too) is counted in
-        the hit log's write errors and logged here, once, with the check ids and
-        the line that withdraws them, for the feedback to be mended by hand; the
-        call fails as it would have.
+        Only on those failure paths. A withdrawal that cannot be written either
+        (the disk that refused the record may refuse it too) is counted in the
+        hit log's write errors and logged here, once, with the check ids and the
+        line that withdraws them, for the feedback to be mended by hand; the call
+        fails as it would have.
         """
         engine = self.engine
         hits: list[str] = []
@@ -300,16 +315,25 @@ class ConsumptionCheckService:
         if not hits or hit_log is None:
             return
         try:
-            hit_log.withdraw(hits, WITHDRAWN_UNAUDITED)
+            hit_log.withdraw(hits, reason)
         except Exception as failure:  # noqa: BLE001 - the call fails INTERNAL all the same
-            line = orjson.dumps({"withdrawn": hits, "reason": WITHDRAWN_UNAUDITED}).decode()
+            line = orjson.dumps({"withdrawn": hits, "reason": reason}).decode()
             log.error(
                 "%s: the hit records of check_id %s were written but their answers never "
-                "left (the audit record could not be written), and withdrawing them failed "
-                "too: %s; the quarterly feedback counts them until this line is appended "
-                "to %s: %s",
-                method, ", ".join(hits), failure, hit_log.path, line,
+                "left (%s), and withdrawing them failed too: %s; the quarterly feedback "
+                "counts them until this line is appended to %s: %s",
+                method, ", ".join(hits), _NOT_LEFT.get(reason, reason), failure,
+                hit_log.path, line,
             )  # fmt: skip
+
+    def _unanswered_part(self, checks: Sequence[pb.CheckRequest], results: Any) -> None:
+        """A batch that failed part-way through its answers (``check_many``: a hit
+        record the disk refused): the answers made before that check's never leave,
+        so they are uncounted and their hits withdrawn (``_unanswered``). ``results``
+        ends in the failing check's answer, added before it failed, neither counted
+        nor filled in: every answer before it was made whole."""
+        made = zip(checks, results[:-1], strict=False)
+        self._unanswered("CheckConsumptionBatch", made, WITHDRAWN_HIT_UNWRITTEN)
 
     async def _fail(
         self, context: grpc.aio.ServicerContext, exc: BaseException, method: str,
@@ -436,7 +460,12 @@ class ConsumptionCheckService:
             engine = self.engine
             peer = context.peer() if self._peers else ""
             reply = pb.CheckBatchResponse()
-            queries, verdicts = engine.check_many(checks, None, reply.results, peer, principal)
+            try:
+                queries, verdicts = engine.check_many(checks, None, reply.results, peer, principal)
+            except Exception:
+                if len(reply.results) > 1:  # a hit record not written, after other answers
+                    self._unanswered_part(checks, reply.results)
+                raise  # not answered: INTERNAL
             if self.audit is not None:
                 try:
                     self._audit(context, "CheckConsumptionBatch", principal, "", "OK", started,

@@ -12,7 +12,8 @@ log, and the quarterly feedback (``shixin-check feedback``, run as a command)
 does not count them; the client's retry is counted once. A withdrawal the disk
 refuses too (the file size limit of a server process: the audit log past it,
 the hit log with room for one hit only) is logged with its check id and the
-line that withdraws it.
+line that withdraws it. So are, in the same way, the hits a batch logged before
+one of its hit records could not be written (the call is INTERNAL too).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.domain.identity import mask_id
 from shixin_check.server.auth import add_key
-from shixin_check.server.hitlog import WITHDRAWN_UNAUDITED, log_files
+from shixin_check.server.hitlog import WITHDRAWN_HIT_UNWRITTEN, WITHDRAWN_UNAUDITED, log_files
 from tests.accessdata import bearer, flight, hotel, refusal
 from tests.conftest import SECRET, RunningServer, settings_for, start_server
 from tests.listdata import LI, ZHANG, ZHAO, basic_rows, write_jsonl
@@ -293,3 +294,95 @@ def test_a_withdrawal_the_disk_refuses_too_is_logged_with_its_check_id(tmp_path:
         f.write(mend + "\n")
     totals, _ = feedback(hits, tmp_path / "mended.json")
     assert (totals["checks"], totals["withdrawn"]) == (1, 1)
+
+
+# --- a batch whose later hit record could not be written -----------------------------
+
+
+def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a server process's metrics endpoint, by name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+
+
+@pytest.mark.parametrize("withdrawal_fits", [True, False], ids=["withdrawn", "logged"])
+def test_a_batch_whose_later_hit_cannot_be_written_withdraws_its_earlier_hits(
+    withdrawal_fits: bool, tmp_path: Path
+) -> None:
+    """The hit log takes a batch's first hit, then refuses its second (the server
+    process's file size limit, as a full disk would): the call is INTERNAL, so no
+    answer leaves; the first hit is withdrawn (by the server when the withdrawal
+    still fits, else by the line it logs, appended by hand) and the feedback does
+    not count it, and the metrics count none of the batch's answers. The client's
+    retry, once there is room again, is counted once."""
+    listed = write_jsonl(tmp_path / "l.jsonl", basic_rows())
+    (tmp_path / "key").write_bytes(SECRET)
+    hits, metrics = tmp_path / "hits.jsonl", free_port()
+    server = ServeProcess("--list", str(listed), "--key-secret-file", str(tmp_path / "key"),
+                          "--index-dir", "off", "--hit-log", str(hits),
+                          "--metrics-listen", f"127.0.0.1:{metrics}")  # fmt: skip
+    batch = pb.CheckBatchRequest(checks=[flight(ZHAO), flight(ZHANG), flight(LI)])
+    try:
+        server.wait_serving()
+        channel = grpc.insecure_channel(server.target)
+        stub = pb_grpc.ConsumptionCheckStub(channel)
+        answered = stub.CheckConsumption(flight(ZHANG))  # the hit log holds one hit
+        one_hit = hits.stat().st_size
+        # room for the batch's first hit (Zhang's again), not for its second (Li's);
+        # and for a withdrawal after it, or not
+        limit = 2 * one_hit + (400 if withdrawal_fits else 48)
+        _, hard = resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (limit, hard))
+        error = refusal(lambda: stub.CheckConsumptionBatch(batch))
+        assert error.code() is grpc.StatusCode.INTERNAL
+        failed = _scrape(metrics)
+        resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        retried = stub.CheckConsumptionBatch(batch).results  # the client's retry
+        again = _scrape(metrics)
+        channel.close()
+    finally:
+        server.stop()
+    assert server.proc.stdout is not None
+    logged = server.proc.stdout.read().splitlines()  # all of it: the server has stopped
+    records = hit_log_lines(hits)  # every line whole: Li's cut-off part is gone
+    assert [r.get("masked_id") for r in records[:2]] == [mask_id(ZHANG)] * 2
+    assert records[0]["check_id"] == answered.check_id
+    unanswered = records[1]["check_id"]  # the batch's first hit, which never left
+    withdrawal = {"withdrawn": [unanswered], "reason": WITHDRAWN_HIT_UNWRITTEN}
+    failures = [text for text in logged if "withdrawing them failed" in text]
+    if withdrawal_fits:  # the server wrote it, right after the hit
+        assert records[2] == {"time": records[2]["time"], **withdrawal}
+        assert not failures, failures
+    else:  # one line names the check id and ends with the line that withdraws it
+        [line] = failures
+        assert f"CheckConsumptionBatch: the hit records of check_id {unanswered} " in line
+        assert "a later hit record of the batch could not be written" in line, line
+        assert "File too large" in line and f"appended to {hits}: " in line, line
+        assert unanswered not in {r.get("check_id") for r in records[2:]}
+        unmended, _ = feedback(hits, tmp_path / "unmended.json")
+        assert (unmended["checks"], unmended["withdrawn"]) == (4, 0)  # with the retry's two
+        mend = line[line.index('{"withdrawn"') :].strip()  # as the on-call person would
+        assert orjson.loads(mend) == withdrawal
+        with hits.open("a") as f:
+            f.write(mend + "\n")
+    assert unanswered not in {a.check_id for a in retried}  # a new check, a new check id
+    totals, summary = feedback(hits, tmp_path / "report.json")
+    # the unary check and the retry's two hits; the failed batch's hit withdrawn
+    assert (totals["checks"], totals["denied"], totals["withdrawn"]) == (3, 3, 1), summary
+    assert (totals["skipped_lines"], totals["duplicates"]) == (0, 0), summary
+
+    # the failed batch's answers (Zhao's ALLOW, Zhang's DENY) are not counted ...
+    assert counted(failed, "shixin_checks_total") == {
+        labels(channel="AIRLINE", decision="DENY"): 1,  # the unary check
+    }
+    assert counted(failed, "shixin_hits_total") == {labels(channel="AIRLINE"): 1}
+    assert counted(failed, "shixin_refusals_total") == {labels(code="INTERNAL"): 1}
+    assert value(failed, "shixin_hit_log_errors_total") == (1 if withdrawal_fits else 2)
+    # ... and the retry's are, once
+    assert counted(again, "shixin_checks_total") == {
+        labels(channel="AIRLINE", decision="ALLOW"): 1,
+        labels(channel="AIRLINE", decision="DENY"): 3,
+    }
+    assert counted(again, "shixin_hits_total") == {labels(channel="AIRLINE"): 3}
