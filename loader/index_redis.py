@@ -200,6 +200,14 @@ def recheck_master(client: Client) -> None:
             pass
 
 
+def refused_write(exc: redis.ResponseError, said: str) -> tuple[str, str]:
+    """(what is wrong, what to do) of a write Redis refused (``said``: its words)."""
+    if isinstance(exc, redis.ReadOnlyError):  # through Sentinel: a ConnectionError
+        return (f"it is a read-only replica ({said})",
+                f"point --redis at the master, or use Sentinel ({SENTINEL_FORM})")  # fmt: skip
+    return f"Redis refused it ({said})", "fix what Redis says (an ACL? maxmemory?)"
+
+
 def connect(url: str, timeout: float = 0.5) -> Client:
     """A client that fails fast: a check must never hang on a dead Redis.
 
@@ -841,11 +849,7 @@ class RedisFollower(Background):
 
     def _refusal(self, exc: redis.ResponseError) -> str:
         """A refused write in one line: what it costs, and what to do about it."""
-        if isinstance(exc, redis.ReadOnlyError):  # through Sentinel: a ConnectionError
-            what = f"it is a read-only replica ({exc})"
-            todo = f"point --redis at the master, or use Sentinel ({SENTINEL_FORM})"
-        else:
-            what, todo = f"Redis refused it ({exc})", "fix what Redis says (an ACL? maxmemory?)"
+        what, todo = refused_write(exc, str(exc))
         return (f"cannot write to {self.url}: {what}; this server follows the list from it but "
                 f"cannot register in {self.keys.replicas} (status --redis does not list it, and "
                 f"a load does not spare the version it serves): {todo}; counted in "

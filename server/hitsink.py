@@ -42,7 +42,7 @@ import redis
 
 from shixin_check.domain.model import CHINA_TZ
 from shixin_check.loader.background import Background
-from shixin_check.loader.index_redis import SENTINEL_FORM, Client, ErrorCount, masked_url
+from shixin_check.loader.index_redis import Client, ErrorCount, masked_url, refused_write
 from shixin_check.server.hitlog import log_files, withdrawn_ids
 
 _ADD_ONCE = """
@@ -160,12 +160,7 @@ class HitForwarder(Background):
     def _refusal(self, exc: redis.ResponseError) -> str:
         """A refused forward in one line: what it costs, and what to do about it
         (``RedisFollower._refusal`` says the same of the heartbeat)."""
-        said = error_text(exc)
-        if isinstance(exc, redis.ReadOnlyError):  # through Sentinel: a ConnectionError
-            what = f"it is a read-only replica ({said})"
-            todo = f"point --redis at the master, or use Sentinel ({SENTINEL_FORM})"
-        else:
-            what, todo = f"Redis refused it ({said})", "fix what Redis says (an ACL? maxmemory?)"
+        what, todo = refused_write(exc, error_text(exc))
         return (f"cannot forward hits to {self.url}: {what}; they wait in {self.hit_log} "
                 "and are forwarded once it takes them, so the feedback report from Redis "
                 f"(feedback --redis) lacks them until then: {todo}; counted in "
