@@ -351,9 +351,6 @@ OPTIONS: tuple[Option, ...] = (
     Option("writers", integer(0, 64), 0,
            "processes writing a snapshot to Redis, each a range of buckets; 0: one per core "
            "from 500,000 subject keys, else one", ("load",), metavar="N"),
-    Option("allow-rollback", SWITCH, False,
-           "load a snapshot even though its includes_seq is below the last delta seq Redis "
-           "has applied (undoing those deltas); refused otherwise", ("load",)),
     Option("unavailable", choice(*_DECISIONS), "REVIEW",
            "answer when a Bloom positive cannot be confirmed (Redis down): REVIEW, DENY (fail "
            "closed) or ALLOW (fail open); always with reason INDEX_UNAVAILABLE", ("serve",),

@@ -87,7 +87,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("load", help="validate a snapshot or delta file and publish it to Redis")
     p.add_argument("path", type=Path)
-    add_options(p, "load")  # --allow-rollback among them
+    add_options(p, "load")
+    # a flag only, on purpose: no SHIXIN_ variable or config key could leave it on for
+    # every load (a rollback undoes deltas: listed people become ALLOW again)
+    p.add_argument("--allow-rollback", action="store_true",
+                   help="load a snapshot even though its includes_seq is below the last delta "
+                        "seq Redis has applied (undoing those deltas); refused otherwise")  # fmt: skip
 
     p = sub.add_parser("validate", help="report every bad row of a list file; change nothing")
     p.add_argument("path", type=Path)

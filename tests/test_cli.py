@@ -110,12 +110,12 @@ def test_flags_read_their_environment_variables(tmp_path: Path) -> None:
 
 
 @pytest.mark.redis
-def test_load_reads_allow_rollback_from_its_environment_variable(
+def test_allow_rollback_is_a_flag_only_never_from_the_environment_or_a_config_file(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """``SHIXIN_ALLOW_ROLLBACK``, like every other option of ``load``: a snapshot that
-    would undo an applied delta loads with it on, is refused with it off, and a value
-    that is no switch stops the load in one line naming the variable."""
+    """A rollback undoes applied deltas (a listed person becomes ALLOW again), so only
+    ``--allow-rollback`` on the command line allows one: ``SHIXIN_ALLOW_ROLLBACK`` left
+    in an environment, or ``allow_rollback`` in a shared config file, never does."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SHIXIN_")}
     env = {**base, "SHIXIN_KEY_SECRET": SECRET.decode(), "SHIXIN_REDIS": redis_server.url}
     header = {"snapshot": {"includes_seq": 0, "published_at": "2026-11-28T09:00:00+08:00"}}
@@ -125,14 +125,14 @@ def test_load_reads_allow_rollback_from_its_environment_variable(
         done = run_cli("load", str(path), env=env)
         assert done.returncode == 0, done.stderr
 
-    wrong = run_cli("load", str(older), env={**env, "SHIXIN_ALLOW_ROLLBACK": "maybe"})
-    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
-    (line,) = wrong.stderr.strip().splitlines()
-    assert "SHIXIN_ALLOW_ROLLBACK" in line and "'maybe'" in line, line
-    off = run_cli("load", str(older), env={**env, "SHIXIN_ALLOW_ROLLBACK": "off"})
-    assert off.returncode == 1 and "--allow-rollback" in off.stderr, off.stderr
-    on = run_cli("load", str(older), env={**env, "SHIXIN_ALLOW_ROLLBACK": "1"})
-    assert on.returncode == 0, on.stderr  # rolled back on purpose
+    from_env = run_cli("load", str(older), env={**env, "SHIXIN_ALLOW_ROLLBACK": "1"})
+    assert from_env.returncode == 1 and "--allow-rollback" in from_env.stderr, from_env.stderr
+    config = tmp_path / "shixin.toml"
+    config.write_text("allow_rollback = true\n")
+    from_file = run_cli("load", str(older), "--config", str(config), env=env)
+    assert from_file.returncode != 0 and "Traceback" not in from_file.stderr, from_file.stderr
+    flagged = run_cli("load", str(older), "--allow-rollback", env=env)
+    assert flagged.returncode == 0, flagged.stderr  # rolled back on purpose
 
 
 def test_bad_setting_is_refused_naming_the_variable(tmp_path: Path) -> None:

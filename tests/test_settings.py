@@ -13,7 +13,7 @@ import pytest
 
 from shixin_check.cli import _parser
 from shixin_check.domain.errors import ConfigurationError
-from shixin_check.server.settings import resolve_args, serve_settings
+from shixin_check.server.settings import serve_settings
 from tests.listdata import basic_rows, write_jsonl
 from tests.processes import run_cli
 
@@ -63,14 +63,6 @@ def test_switch_values_from_the_environment(
     path = write_jsonl(tmp_path / "l.jsonl", basic_rows())
     args = _parser().parse_args(["serve", "--list", str(path)])
     assert serve_settings(args).enumeration_throttle is expected
-
-
-@pytest.mark.parametrize(("value", "expected"), [("1", True), ("yes", True), ("off", False)])
-def test_load_allow_rollback_from_the_environment(value: str, expected: bool) -> None:
-    args = _parser().parse_args(["load", "s.jsonl", "--redis", "redis://127.0.0.1:1/0"])
-    resolved = resolve_args(args, env={"SHIXIN_ALLOW_ROLLBACK": value})
-    assert resolved.allow_rollback is expected
-    assert resolved.resolved.origins["allow_rollback"] == "SHIXIN_ALLOW_ROLLBACK"
 
 
 def test_a_flag_wins_over_a_false_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
