@@ -440,7 +440,11 @@ class Service:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGHUP, self.keys_watcher.poke)
         if not load_first:
-            await self._load_list()
+            try:
+                await self._load_list()
+            except BaseException:  # stopped before it goes: no grpcio traceback at exit
+                await server.stop(None)
+                raise
         # What exists now lives as long as the process: keep it out of every later
         # collection, so the garbage of each check is collected young and cheaply.
         gc.collect()
@@ -679,9 +683,15 @@ def write_demo_list(count: int, announce: Callable[[str], None]) -> Path:
 
     today = _dt.datetime.now(CHINA_TZ).date()
     folder = Path(tempfile.mkdtemp(prefix="shixin-demo-"))
-    mark_owned(folder)  # this process's: once it is gone (SIGKILL), the next demo removes it
     path = folder / "demo-snapshot.jsonl"
-    write_snapshot(path, count, seed=20261124, as_of=today)
+    try:
+        mark_owned(folder)  # this process's: once it is gone (SIGKILL), the next demo removes it
+        write_snapshot(path, count, seed=20261124, as_of=today)
+    except BaseException as exc:  # a full disk: no folder left behind, marked or not
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise ConfigurationError(f"cannot write the demo list in {folder}: {exc}") from exc
+        raise
     announce(f"demo list: {count} synthetic entries in {path}")
     for line in demo_examples(iter_entries(count, 20261124, today), today):
         announce(line)

@@ -7,11 +7,13 @@ directory of the test's own (``TMPDIR``), so no real user's folder is ever swept
 
 from __future__ import annotations
 
+import resource
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.processes import ServeProcess
+from tests.processes import CLI, ServeProcess, free_port
 
 
 def demo_folder(server: ServeProcess) -> Path:
@@ -64,3 +66,27 @@ def test_a_killed_demo_folder_goes_when_the_next_demo_starts_a_live_one_stays(
             assert third.stop() == 0
     assert not live.exists() and not other.exists()  # SIGTERM: removed at exit, as before
     assert not [p for p in temp.iterdir() if p.name.startswith("shixin-")]
+
+
+def test_a_demo_whose_list_cannot_be_written_stops_in_one_line_and_leaves_no_folder(
+    temp: Path,
+) -> None:
+    """The disk refuses the demo list (a real file-size limit on the child, as a full
+    disk would): one line naming the folder, exit 2, no traceback (grpcio's own at exit
+    included), and no ``shixin-demo-*`` folder left behind, marked or not."""
+    limit = 64 * 1024  # the interpreter starts; 5,000 entries do not fit
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(
+        [*CLI, "serve", "--demo", "--demo-count", "5000", "--metrics-listen", "off",
+         "--listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=120, preexec_fn=small_files,
+    )  # fmt: skip
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("shixin-check serve:")]
+    assert line.startswith(f"shixin-check serve: cannot write the demo list in {temp}/shixin-demo-")
+    assert "File too large" in line, line
+    assert list(temp.iterdir()) == []
