@@ -15,7 +15,7 @@ so far, is saved beside the log (``<hitlog>.forwarded``).
 
 Withdrawals (``server.hitlog.HitLog.withdraw``: hits of a call whose answer
 never left) are forwarded too, once each the same way (claimed as
-``withdrawn:<first check id>``), so that the feedback report built from the
+``withdrawn:<digest of its check ids>``), so that the feedback report built from the
 stream (``read_stream``; ``feedback --redis``) leaves out the same checks as
 the one built from the files. Nothing else reads the stream.
 
@@ -31,6 +31,7 @@ refused heartbeat is (``RedisFollower._write``); never once a try.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -65,11 +66,13 @@ def hits_stream(prefix: str) -> str:
 
 def _claim(record: Any) -> str:
     """What a forwarded record claims in the seen-set: a hit's ``check_id``; for a
-    withdrawal, ``withdrawn:`` and the first check id it names (a hit is withdrawn
-    once). ``KeyError`` or ``TypeError`` for a line that is neither."""
+    withdrawal, ``withdrawn:`` and a digest of the check ids it names, sorted (the
+    same withdrawal forwarded twice is one; a mended line naming more ids is
+    another). ``KeyError`` or ``TypeError`` for a line that is neither."""
     withdrawn = withdrawn_ids(record)
     if withdrawn is not None:
-        return f"withdrawn:{withdrawn[0]}"
+        names = "\n".join(sorted(withdrawn)).encode()
+        return f"withdrawn:{hashlib.sha256(names).hexdigest()[:32]}"
     return record["check_id"]  # type: ignore[no-any-return]
 
 

@@ -147,15 +147,17 @@ def test_withdrawals_are_forwarded_once_so_the_stream_reports_what_the_files_do(
     assert forwarder.forward_once() == 0  # the withdrawal, too, is not added twice
     log.withdraw(["check-1"], WITHDRAWN_UNAUDITED)
     assert forwarder.forward_once() == 1
+    log.withdraw(["check-1", "check-2"], "mended by hand")  # names one more: another record
+    assert forwarder.forward_once() == 1
     log.close()
     assert events == []  # no record was taken for an unreadable line
     records = list(read_stream(client))
     assert [r.get("check_id") or r["withdrawn"] for r in records] == [
         "check-1", "check-2", "check-3", "check-4", ["check-3", "check-4"], "check-5",
-        ["check-1"],
+        ["check-1"], ["check-1", "check-2"],
     ]  # fmt: skip
     from_stream = build_report(records, quarter_now()).totals
-    assert (from_stream.checks, from_stream.withdrawn, from_stream.skipped_lines) == (2, 3, 0)
+    assert (from_stream.checks, from_stream.withdrawn, from_stream.skipped_lines) == (1, 4, 0)
     assert from_stream == build_report(log_files(path), quarter_now()).totals
     client.close()
 
