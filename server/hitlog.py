@@ -177,6 +177,15 @@ WITHDRAWN_UNAUDITED = (
 WITHDRAWN_HIT_UNWRITTEN = (
     "the call failed before its answer left: a hit record could not be written"
 )
+#: Why a hit record is withdrawn when it is in the file but could not be synced to disk.
+WITHDRAWN_UNSYNCED = "the call failed before its answer left: its hit record could not be synced"
+#: Why the answers of a call never left, as the log line of a withdrawal that failed
+#: says it, by the withdrawal's reason
+_NOT_LEFT = {
+    WITHDRAWN_UNAUDITED: "the audit record could not be written",
+    WITHDRAWN_HIT_UNWRITTEN: "a later hit record of the batch could not be written",
+    WITHDRAWN_UNSYNCED: "the hit record could not be synced to disk",
+}
 
 
 def withdrawn_ids(record: object) -> list[str] | None:
@@ -261,6 +270,12 @@ def _sync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class Unsynced(OSError):
+    """A record that is in the file (the kernel holds it: every reader sees it) but
+    could not be synced to disk (``fsync`` ``always``, or ``interval`` when due): its
+    call fails all the same, the record stays."""
 
 
 class LogInUse(OSError):
@@ -532,7 +547,10 @@ class AppendLog:
             self._write(line)
             self._committed(line)
             if self.fsync != "never":
-                self._after_write(now)
+                try:
+                    self._after_write(now)
+                except OSError as exc:
+                    raise Unsynced(exc.errno, f"written but not synced: {exc.strerror}") from exc
         except OSError:  # disk full, I/O error: the call fails, and it is counted
             self.write_errors += 1
             raise
@@ -582,6 +600,19 @@ class HitLog(AppendLog):
         *,
         caller: str = "",
     ) -> None:
+        """One hit. A record written but not synced (``Unsynced``) is withdrawn at once
+        (``settle``): its call fails, so no client gets this check id."""
+        try:
+            self._append_hit(check_id, request_id, query, verdict, version, merchant_id,
+                             terminal_id, peer, caller)  # fmt: skip
+        except Unsynced:
+            self.settle([check_id], WITHDRAWN_UNSYNCED)
+            raise
+
+    def _append_hit(
+        self, check_id: str, request_id: str, query: Query, verdict: Verdict, version: str,
+        merchant_id: str, terminal_id: str, peer: str, caller: str,
+    ) -> None:  # fmt: skip
         self.append(
             {
                 "check_id": check_id,
@@ -618,6 +649,25 @@ class HitLog(AppendLog):
         feedback report must not count them. One record for them all, one write: they
         are withdrawn together or not at all. Only on a failure path."""
         self.append({"withdrawn": list(check_ids), "reason": reason})
+
+    def settle(self, check_ids: Sequence[str], reason: str, where: str = "") -> None:
+        """``withdraw``, never raising: a withdrawal the disk refuses too (the disk that
+        failed the call may) is logged, once, with the check ids and the line that
+        withdraws them, for the feedback to be mended by hand (``where``: the method,
+        for that line). One written but not synced is in the file: it stands."""
+        try:
+            self.withdraw(check_ids, reason)
+        except Unsynced:
+            pass
+        except Exception as failure:  # noqa: BLE001 - the call fails all the same
+            line = orjson.dumps({"withdrawn": list(check_ids), "reason": reason}).decode()
+            log.error(
+                "%sthe hit records of check_id %s were written but their answers never left "
+                "(%s), and withdrawing them failed too: %s; the quarterly feedback counts "
+                "them until this line is appended to %s: %s",
+                f"{where}: " if where else "", ", ".join(check_ids),
+                _NOT_LEFT.get(reason, reason), failure, self.path, line,
+            )  # fmt: skip
 
 
 _dumps = orjson.dumps

@@ -181,12 +181,6 @@ _REQUEST_REFUSALS = (InvalidInput, PermissionDenied, RateLimited)
 _AUDITED_METADATA = ("user-agent", "x-request-id", "x-merchant-id", "x-terminal-id")
 #: A call's metadata as grpcio hands it over: (key, value) pairs.
 Metadata = tuple[tuple[str, str | bytes], ...]
-#: Why the answers of a call never left, as the log line of a withdrawal that failed
-#: says it, by the withdrawal's reason
-_NOT_LEFT = {
-    WITHDRAWN_UNAUDITED: "the audit record could not be written",
-    WITHDRAWN_HIT_UNWRITTEN: "a later hit record of the batch could not be written",
-}
 #: Decision names by wire value: ``pb.Decision.Name`` is a descriptor look-up (~0.8 µs).
 _DECISION_NAMES = {value: name for name, value in pb.Decision.items()}
 
@@ -301,9 +295,9 @@ class ConsumptionCheckService:
 
         Only on those failure paths. A withdrawal that cannot be written either
         (the disk that refused the record may refuse it too) is counted in the
-        hit log's write errors and logged here, once, with the check ids and the
-        line that withdraws them, for the feedback to be mended by hand; the call
-        fails as it would have.
+        hit log's write errors and logged, once, with the check ids and the line
+        that withdraws them, for the feedback to be mended by hand
+        (``HitLog.settle``); the call fails as it would have.
         """
         engine = self.engine
         hits: list[str] = []
@@ -312,19 +306,8 @@ class ConsumptionCheckService:
             if answer.matches:  # a hit: ``CheckEngine._answer`` logged it
                 hits.append(answer.check_id)
         hit_log = engine.hit_log
-        if not hits or hit_log is None:
-            return
-        try:
-            hit_log.withdraw(hits, reason)
-        except Exception as failure:  # noqa: BLE001 - the call fails INTERNAL all the same
-            line = orjson.dumps({"withdrawn": hits, "reason": reason}).decode()
-            log.error(
-                "%s: the hit records of check_id %s were written but their answers never "
-                "left (%s), and withdrawing them failed too: %s; the quarterly feedback "
-                "counts them until this line is appended to %s: %s",
-                method, ", ".join(hits), _NOT_LEFT.get(reason, reason), failure,
-                hit_log.path, line,
-            )  # fmt: skip
+        if hits and hit_log is not None:
+            hit_log.settle(hits, reason, method)
 
     def _unanswered_part(self, checks: Sequence[pb.CheckRequest], results: Any) -> None:
         """A batch that failed part-way through its answers (``check_many``: a hit

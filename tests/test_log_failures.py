@@ -214,3 +214,33 @@ def test_a_log_that_fails_to_start_holds_nothing(tmp_path: Path) -> None:
     log.close()
     assert hitlog.read_head(path) is not None and hitlog.read_head(path).seq == 1  # type: ignore[union-attr]
     AuditLog(path).close()
+
+
+class _SyncFails(HitLog):
+    """A hit log on a disk whose sync fails (EIO) after the write went in: the one
+    system call a test cannot make fail for real; the file and its writes are real."""
+
+    def _after_write(self, now: float) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def test_a_hit_record_written_but_not_synced_is_withdrawn_at_once(tmp_path: Path) -> None:
+    """Under fsync ``always`` a record whose sync fails fails its call (``Unsynced``), yet
+    it is in the file, where the feedback report would count a check no client got:
+    a withdrawal follows it at once, and the report leaves it out."""
+    from shixin_check.server.feedback import build_report
+    from shixin_check.server.hitlog import WITHDRAWN_UNSYNCED, Unsynced
+    from tests.test_hit_stream import _hit, quarter_now
+
+    path = tmp_path / "hits.log"
+    log = _SyncFails(path, fsync="always")
+    with pytest.raises(Unsynced):
+        _hit(log, 1)
+    log.close()
+    hit, withdrawal = records(path)
+    assert hit["check_id"] == "check-1"
+    assert withdrawal["withdrawn"] == ["check-1"]
+    assert withdrawal["reason"] == WITHDRAWN_UNSYNCED
+    assert log.write_errors == 2  # the hit's sync, then the withdrawal's
+    totals = build_report(log_files(path), quarter_now()).totals
+    assert (totals.checks, totals.withdrawn) == (0, 1)
