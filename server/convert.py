@@ -93,7 +93,8 @@ class StreamIds:
 
     A gateway matches answers to requests by request_id, so on a stream it is
     required and may not repeat while an earlier use could still be waiting to
-    be matched. The stream answers in order, one request at a time, so "still
+    be matched; a request refused with ``error`` has been answered, so its id may
+    be sent again (``release``). The stream answers in order, one request at a time, so "still
     waiting" is bounded by what the gateway keeps in flight: the last 1,024
     ids cover any sane window, and memory stays bounded on a long-lived stream.
     """
@@ -123,6 +124,15 @@ class StreamIds:
             self._seen.discard(order[0])
         order.append(request_id)
         self._seen.add(request_id)
+
+    def release(self, request_id: str) -> None:
+        """Forget ``request_id``, the last one admitted: its request was refused (a bad
+        field, the rate, the scope) and answered so, so the gateway may send it again,
+        corrected or after the wait, under the id its booking knows it by."""
+        order = self._order
+        if order and order[-1] == request_id:
+            order.pop()
+            self._seen.discard(request_id)
 
 
 _RESIDENT_ID = IdType.RESIDENT_ID  # a global, not an enum attribute look-up, on every check

@@ -510,7 +510,11 @@ class ConsumptionCheckService:
                     raise MalformedRequest(request.problem)
                 try:
                     ids.admit(request.request_id)
-                    response = engine.check(request, None, peer, principal)
+                    try:
+                        response = engine.check(request, None, peer, principal)
+                    except _REQUEST_REFUSALS:
+                        ids.release(request.request_id)  # answered: it may come again
+                        raise
                 except _REQUEST_REFUSALS as exc:  # this request only: answered, the stream goes on
                     response = self._refuse_in_stream(context, exc, request, principal, started)
                 else:

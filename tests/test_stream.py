@@ -8,7 +8,8 @@ broken stream (bytes that do not parse, a refusal at its start) ends.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -76,6 +77,17 @@ def test_a_duplicate_request_id_is_refused(server: RunningServer) -> None:
     # ids are per stream: another stream may use "dup" again
     [again] = stream(server, [flight(ZHAO, "dup")])
     assert (again.request_id, again.decision) == ("dup", pb.ALLOW)
+
+
+def test_a_refused_request_may_be_sent_again_under_its_id(server: RunningServer) -> None:
+    """A refused request was answered (``error``): corrected, it comes again under the
+    id its booking knows it by, and is decided; an answered decision's id stays taken."""
+    bad, fixed, again = stream(
+        server, [flight("110105", "r-1"), flight(ZHANG, "r-1"), flight(ZHAO, "r-1")]
+    )
+    assert_refused(bad, "r-1", "subject.person.id_number", "INVALID_FIELD")
+    assert (fixed.request_id, fixed.decision, fixed.HasField("error")) == ("r-1", pb.DENY, False)
+    assert_refused(again, "r-1", "request_id", "REQUEST_ID_DUPLICATE")
 
 
 def test_request_ids_must_differ_only_within_the_window() -> None:
@@ -156,6 +168,23 @@ def test_a_rate_limited_request_says_when_to_retry_and_the_stream_goes_on(
     assert limited.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert 0 < limited.error.retry_after_ms <= 500
     assert limited.error.reason == "RATE_LIMITED"
+
+
+def test_a_rate_limited_request_goes_again_under_its_id_on_the_same_stream(
+    guarded: RunningServer, keys: dict[str, str]
+) -> None:
+    def requests() -> Iterator[pb.CheckRequest]:
+        for i in range(4):  # the burst of three, then one refused
+            yield flight(ZHAO, f"r-{i}")
+        time.sleep(0.6)  # past any retry_after_ms (at most 500)
+        yield flight(ZHAO, "r-3")  # the refused one, under its own id
+
+    answers = list(guarded.stub().CheckConsumptionStream(
+        requests(), timeout=10, metadata=bearer(keys["slow"])))  # fmt: skip
+    assert answers[3].error.reason == "RATE_LIMITED"
+    retried = answers[4]
+    assert (retried.request_id, retried.decision, retried.HasField("error")) == (
+        "r-3", pb.ALLOW, False)  # fmt: skip
 
 
 def test_a_refusal_at_stream_start_ends_it(guarded: RunningServer, keys: dict[str, str]) -> None:
