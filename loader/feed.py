@@ -12,8 +12,9 @@ the directory follower and the Redis publisher alike, for which ops of a delta
 still apply on top of a version: those above the version's watermark, in
 ``seq`` order, carrying on from it without a gap (a delta that would skip a
 seq is refused whole, and so is one below the first delta applied on a
-snapshot without a header). A restart therefore rebuilds exactly what was
-served: the newest good snapshot, then every delta op above its watermark.
+snapshot without a header, unless the version already shows its every
+change). A restart therefore rebuilds exactly what was served: the newest
+good snapshot, then every delta op above its watermark.
 
 The feed's time (``source_timestamp``, what staleness is measured from) comes
 from the data, never from a file's mtime, which a copy resets: the header's
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -166,6 +167,7 @@ _Op = TypeVar("_Op", bound=Sequenced)
 def pending(
     ops: Iterable[_Op], applied_seq: int, source: str = "delta", *, unknown_base: bool = False,
     first_seq: int = 0, base: str = "", remedy: str = "",
+    reflected: Callable[[_Op], bool] | None = None,
 ) -> list[_Op]:  # fmt: skip
     """The ops that still apply on top of a version holding every seq <= ``applied_seq``,
     in ``seq`` order; ``LoadRejected`` (naming ``source``) if they do not carry on from it.
@@ -186,12 +188,17 @@ def pending(
     replays: nothing says the snapshot holds them, only that the numbering was
     set by whichever delta came first. So an op below it refuses the file
     (``before_first_problem``, ending in ``remedy``) instead of being skipped
-    for good, its changes never served.
+    for good, its changes never served; unless ``reflected(op)`` says the
+    version already shows its change (applying it would change nothing: the
+    snapshot holds it, or what came after it): that op is skipped like a
+    replay. ``reflected`` judges the version as it is, before any op of this
+    file: the ops below ``first_seq`` come first in ``seq`` order, and none of
+    them that is skipped changes anything.
     """
     ops = list(ops)
     errors = [
         RowError(op.line, "", before_first_problem(op.seq, first_seq, base, remedy))
-        for op in ops if op.seq < first_seq
+        for op in ops if op.seq < first_seq and not (reflected is not None and reflected(op))
     ]  # fmt: skip
     todo = sorted((op for op in ops if op.seq > applied_seq), key=lambda op: op.seq)
     previous = todo[0].seq - 1 if todo and unknown_base and applied_seq == 0 else applied_seq

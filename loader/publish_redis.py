@@ -38,7 +38,10 @@ for good; and a snapshot whose ``includes_seq`` is below it would undo applied
 deltas, so it is refused unless the operator asks for that (``allow_rollback``).
 On a snapshot without a header the first delta may start at any seq; that seq
 is kept (meta ``first_seq``) and a delta below it, loaded later, is refused the
-same way: it would read as a replay.
+same way: it would read as a replay. Such a snapshot may hold deltas loaded
+again on it, so there an op whose change Redis already holds is a no-op, and a
+delta below ``first_seq`` all of whose changes it holds is skipped, not refused
+(the rule of directory mode).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import multiprocessing
 import os
 import secrets
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -60,7 +64,7 @@ import orjson
 
 from shixin_check.domain.errors import ConfigurationError, IndexUnavailable, LoadRejected, RowError
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.domain.model import NO_END, EntryStatus, Role
+from shixin_check.domain.model import NO_END, EntryStatus, ListEntry, Role
 from shixin_check.loader.columns import compiled
 from shixin_check.loader.feed import (
     SnapshotHeader,
@@ -169,12 +173,16 @@ _REDIS_BEFORE_FIRST_REMEDY = (
 )
 
 
-def _refuse_before_first(path: Path, ops: list[DeltaOp], first: int, base: str) -> None:
+def _refuse_before_first(
+    path: Path, ops: list[DeltaOp], first: int, base: str, reflected: Callable[[DeltaOp], bool]
+) -> None:
     """``OutOfSequence`` if an op's seq is below ``first``, the first delta applied on top
-    of ``base``, a snapshot without a header: that delta set where the numbering stands,
-    so a lower seq is no replay but a delta the version does not hold (skipping it
-    would leave its change out for good, with exit 0)."""
-    below = [op.seq for op in ops if op.seq < first]  # read_delta: in seq order
+    of ``base``, a snapshot without a header, and Redis does not hold its change
+    already (``reflected``): that delta set where the numbering stands, so a lower
+    seq is no replay but a delta the version may not hold (skipping it would leave
+    its change out for good, with exit 0). One whose change Redis holds (the
+    snapshot held it) is skipped like a replay."""
+    below = [op.seq for op in ops if op.seq < first and not reflected(op)]  # in seq order
     if below:
         problem = before_first_problem(below[0], first, base, _REDIS_BEFORE_FIRST_REMEDY)
         raise OutOfSequence(str(path), problem)
@@ -639,16 +647,25 @@ class DeltaResult:
 
 
 class _RedisDelta:
-    """A delta file applied to local copies of what it touches, then written at once."""
+    """A delta file applied to local copies of what it touches, then written at once.
+
+    ``headerless``: the version's snapshot has no header (meta ``header`` 0). As in
+    directory mode (``versions._DeltaState``, the same rule), an op whose change
+    Redis already holds (``reflected``) is then a no-op, not an error, each op
+    judged on what the file's earlier ops leave; on a snapshot with a header
+    every op must change something it names.
+    """
 
     def __init__(self, client: Client, keys: RedisKeys, version: str,
-                 meta: dict[str, bytes], keyer: SubjectKeyer) -> None:  # fmt: skip
+                 meta: dict[str, bytes], keyer: SubjectKeyer,
+                 headerless: bool = False) -> None:  # fmt: skip
         self.client, self.keys, self.version, self.keyer = client, keys, version, keyer
+        self.headerless = headerless
         self.bits = int(meta["bucket_bits"])
         self.ebits = int(meta["entry_bits"])
         self.values: dict[bytes, list[list[Any]]] = {}
         self.entries: dict[str, list[bytes] | None] = {}
-        self.bloom_adds: list[int] = []
+        self.bloom_adds: dict[int, list[int]] = {}  # a LIST's seq: its keys' high halves
         self.counts: dict[tuple[int, int], int] = {
             (t, s): n for t, s, n in orjson.loads(meta.get("counts", b"[]"))
         }
@@ -700,7 +717,52 @@ class _RedisDelta:
         self.entries[entry_id] = None
         return True
 
+    def reflected(self, op: DeltaOp) -> bool:
+        """True when applying ``op`` now would change nothing: Redis holds it already.
+
+        ``versions._DeltaState.reflected``, read from Redis: a LIST whose entry is
+        held exactly so (each subject key's stored match the same), a DELIST of
+        an entry that is not held, a SUSPEND or RESUME of a held entry to the
+        status it has, an EXEMPT of an exemption it has or an UNEXEMPT of one it
+        has not (on an entry not held these stay ``no listed entry``). Writes
+        nothing.
+        """
+        if op.op is DeltaKind.LIST:
+            assert op.entry is not None
+            return self._listed_as(op.entry)
+        if self._entry(op.entry_id) is None:
+            return op.op is DeltaKind.DELIST
+        if op.op is DeltaKind.DELIST:
+            return False
+        held = self._matches_of(op.entry_id)[0]
+        if op.op in (DeltaKind.SUSPEND, DeltaKind.RESUME):
+            wanted = EntryStatus.SUSPENDED if op.op is DeltaKind.SUSPEND else EntryStatus.ACTIVE
+            return bool(held[2] == wanted)
+        assert op.exemption is not None
+        e = op.exemption
+        return ([int(e.channel), e.first_day, e.last_day] in held[11]) is (
+            op.op is DeltaKind.EXEMPT
+        )
+
+    def _listed_as(self, entry: ListEntry) -> bool:
+        """True when Redis holds ``entry`` exactly so: every subject key of it, and no
+        other, with the match a LIST of it would store."""
+        keys16 = self._entry(entry.entry_id)
+        if keys16 is None:
+            return False
+        held = Counter(
+            (key16, orjson.dumps(m))
+            for key16 in set(keys16) for m in self._value(key16) if m[0] == entry.entry_id
+        )  # fmt: skip
+        wanted = Counter(
+            (key.to_bytes(16, "big"), orjson.dumps(encode_match(match)))
+            for key, match in matches_of(entry, self.keyer)
+        )
+        return held == wanted
+
     def apply(self, op: DeltaOp) -> RowError | None:
+        if self.headerless and self.reflected(op):
+            return None  # its change is in Redis already: the snapshot may hold it
         if op.op is DeltaKind.LIST:
             assert op.entry is not None
             self._drop(op.entry_id)
@@ -708,7 +770,7 @@ class _RedisDelta:
             for key, match in pairs:
                 key16 = key.to_bytes(16, "big")
                 self._value(key16).append(encode_match(match))
-                self.bloom_adds.append(key >> 64)
+                self.bloom_adds.setdefault(op.seq, []).append(key >> 64)
             self.entries[op.entry_id] = [k.to_bytes(16, "big") for k, _ in pairs]
             self._count(encode_match(pairs[0][1]), 1)
             self.subject_keys += len(pairs)
@@ -758,13 +820,10 @@ class _RedisDelta:
             else:
                 pipe.hdel(self._entry_key(entry_id), entry_id.encode())
         stream = self.keys.deltas(self.version)
-        adds = iter(self.bloom_adds)
         for op in ops:
             fields: dict[str, Any] = {"seq": op.seq, "op": op.op.value, "entry_id": op.entry_id}
-            if op.op is DeltaKind.LIST:
-                assert op.entry is not None
-                n = len(op.entry.subjects())
-                fields["bloom"] = ",".join(f"{next(adds):x}" for _ in range(n))
+            if op.seq in self.bloom_adds:  # a LIST applied (one already held adds no key)
+                fields["bloom"] = ",".join(f"{hi:x}" for hi in self.bloom_adds[op.seq])
             pipe.xadd(stream, fields)
         rows = [[t, s, n] for (t, s), n in sorted(self.counts.items()) if n]
         ends = [[t, s, v, n] for (t, s, v), n in sorted(self.expiries.items()) if n]
@@ -797,19 +856,21 @@ def publish_delta(
         last = int(meta.get("last_seq", b"0"))
         # a snapshot without a header says nothing of where the numbering stands: the
         # first delta on it may start at any seq (feed.pending's unknown_base), and its
-        # seq is kept (meta first_seq): one below it, loaded later, is refused
+        # seq is kept (meta first_seq): one below it, loaded later, is refused. Nor does
+        # it say which deltas it holds: there an op whose change Redis holds already is
+        # a no-op (_RedisDelta.reflected), and one below first_seq skipped, not refused
         headerless = meta.get("header") == b"0"
         unknown = last == 0 and headerless
         first = int(meta.get("first_seq", b"0")) if headerless else 0
         base = Path(meta.get("source", b"").decode()).name
-        _refuse_before_first(path, ops, first, base)
+        state = _RedisDelta(client, keys, version, meta, keyer, headerless)
+        _refuse_before_first(path, ops, first, base, state.reflected)
         _refuse_gap(path, ops, min(op.seq for op in ops) - 1 if unknown and ops else last)
         todo = pending(ops, last, unknown_base=unknown, first_seq=first, base=base,
-                       remedy=_REDIS_BEFORE_FIRST_REMEDY)  # fmt: skip
+                       remedy=_REDIS_BEFORE_FIRST_REMEDY, reflected=state.reflected)  # fmt: skip
         if not todo:  # applied before: but perhaps not yet by any Redis replica
             await_replica(client, keys, f"delta {path.name} (applied before: seq {last})")
             return DeltaResult(version, 0, last)
-        state = _RedisDelta(client, keys, version, meta, keyer)
         problems = [e for e in (state.apply(op) for op in todo) if e is not None]
         if problems:
             raise LoadRejected(str(path), problems)

@@ -6,7 +6,8 @@ bad (or two rows share an entry_id) the file is refused with every error and
 line number (``LoadRejected``) and nothing changes. A delta file is validated
 whole as well, then applied on top of the current version as a new overlay.
 Ops whose ``seq`` was already applied are skipped, so replaying a file is
-harmless.
+harmless; on a snapshot without a header, which may hold deltas that come
+again, so is an op whose change the list already shows (``apply_delta``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import multiprocessing
 import os
 import threading
 import time
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -26,7 +29,7 @@ from typing import Any, cast
 import numpy as np
 
 from shixin_check.domain.errors import ConfigurationError, LoadRejected, RowError
-from shixin_check.domain.index import ListedMatch
+from shixin_check.domain.index import ListedMatch, VersionInfo
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import EntryStatus, Exemption, ListEntry, ListType
 from shixin_check.loader.background import Background
@@ -305,12 +308,26 @@ def validate_delta_against(
 
 
 class _DeltaState:
-    """Mutable copies of an overlay's parts while one delta file is applied."""
+    """Mutable copies of an overlay's parts while one delta file is applied.
 
-    def __init__(self, view: MemoryView, keyer: SubjectKeyer) -> None:
+    ``headerless``: the version's snapshot has no header, so nothing says which
+    deltas it already holds, and a delta it holds may come again. There an op
+    whose change the list already shows (``reflected``) is a no-op, not an
+    error: DELIST of an entry that is not listed is not refused (``no listed
+    entry``), nor an UNEXEMPT of an exemption the entry does not have. Each op
+    is judged on the list as the file's earlier ops leave it, exactly as if it
+    were a file of its own: so the result never depends on how the feed cut
+    its ops into files (a second DELIST of the same entry in one file is a
+    no-op, as it would be in a file of its own). On a snapshot with a header
+    every op must change something it names, as before.
+    """
+
+    def __init__(self, view: MemoryView, keyer: SubjectKeyer, headerless: bool = False) -> None:
         ov = view.overlay
         self.view = view
         self.keyer = keyer
+        self.headerless = headerless
+        self._keys_per_row: np.ndarray[Any, Any] | None = None  # the base's, when first needed
         self.removed = set(ov.removed)
         self.status = dict(ov.status)
         self.exemptions = dict(ov.exemptions)
@@ -353,7 +370,76 @@ class _DeltaState:
         self._count(list_type, status, row, -1)
         return True
 
+    def reflected(self, op: DeltaOp) -> bool:
+        """True when applying ``op`` now would change nothing: the list already shows it.
+
+        A LIST: the entry is listed exactly so (the same subject keys, and all a
+        check reads of each: ``ListedMatch``). A DELIST: the entry is not listed.
+        A SUSPEND or RESUME: the entry is listed with that status; an EXEMPT: it
+        is listed with that exemption; an UNEXEMPT: it is listed without it. A
+        status or exemption op on an entry that is not listed is never shown: it
+        stays ``no listed entry``, as the list cannot tell it from an entry the
+        feed never listed. Changes nothing itself.
+        """
+        if op.op is DeltaKind.LIST:
+            assert op.entry is not None
+            return self._listed_as(op.entry)
+        if op.entry_id in self.added:
+            entry, _ = self.added[op.entry_id]
+            status, exemptions = entry.status, entry.exemptions
+        else:
+            row = self._base_row(op.entry_id)
+            if row is None:
+                return op.op is DeltaKind.DELIST
+            _, status, exemptions = self._base_state(row)
+        if op.op is DeltaKind.DELIST:
+            return False
+        if op.op in (DeltaKind.SUSPEND, DeltaKind.RESUME):
+            wanted = EntryStatus.SUSPENDED if op.op is DeltaKind.SUSPEND else EntryStatus.ACTIVE
+            return status is wanted
+        assert op.exemption is not None
+        return (op.exemption in exemptions) is (op.op is DeltaKind.EXEMPT)
+
+    def _listed_as(self, entry: ListEntry) -> bool:
+        """True when ``entry`` is listed exactly as the list holds it now."""
+        wanted = Counter(matches_of(entry, self.keyer))
+        if entry.entry_id in self.added:
+            return Counter(self.added[entry.entry_id][1]) == wanted
+        row = self._base_row(entry.entry_id)
+        if row is None:
+            return False
+        held = self._base_pairs(row, {key for key, _ in wanted})
+        # keys the row has and ``entry`` lacks (a related person dropped) show in their number
+        return Counter(held) == wanted and self._keys_of(row) == len(held)
+
+    def _base_pairs(self, row: int, keys: set[int]) -> list[tuple[int, ListedMatch]]:
+        """(key, match as the list holds it now) of base row ``row``, for each of ``keys``."""
+        view, base = self.view, self.view.base
+        _, status, exemptions = self._base_state(row)
+        out = []
+        for key in keys:
+            hi, lo = key >> 64, key & ((1 << 64) - 1)
+            i = bisect_left(base.k_hi, hi)
+            while i < len(base.k_hi) and base.k_hi[i] == hi:
+                if base.k_lo[i] == lo and base.m_entry[i] == row:
+                    match = view.match_at(i)
+                    assert match is not None  # _base_row: not removed
+                    out.append((key, match._replace(status=status, exemptions=exemptions)))
+                i += 1
+        return out
+
+    def _keys_of(self, row: int) -> int:
+        """How many subject keys base row ``row`` has: every row's counted at once, the
+        first time one is asked for (counting one row reads the whole column too)."""
+        if self._keys_per_row is None:
+            base = self.view.base
+            entries = np.frombuffer(cast(Any, base.m_entry), dtype="<u4")
+            self._keys_per_row = np.bincount(entries, minlength=base.entries)
+        return int(self._keys_per_row[row])
+
     def apply(self, op: DeltaOp) -> RowError | None:
+        if self.headerless and self.reflected(op):
+            return None  # its change is in the list already: the snapshot may hold it
         if op.op is DeltaKind.LIST:
             assert op.entry is not None
             self._drop(op.entry_id)
@@ -421,17 +507,21 @@ def apply_delta(view: MemoryView, ops: list[DeltaOp], keyer: SubjectKeyer) -> Me
 
     On a snapshot without a header the first delta applied sets where the numbering
     stands; its seq is kept (``first_delta_seq``) so that a delta below it, come
-    later, is refused rather than skipped as a replay (``feed.pending``).
+    later, is refused rather than skipped as a replay (``feed.pending``). Such a
+    snapshot may hold deltas that come again, so there an op whose change the list
+    already shows is a no-op (``_DeltaState.reflected``): a delta all of whose ops
+    are applies as a no-op (it counts for the numbering, as any delta applied), and
+    one below ``first_delta_seq`` all of whose ops are is skipped, not refused.
     """
     info = view.info
     unknown = _unknown_base(view)
+    state = _DeltaState(view, keyer, headerless=unknown or info.first_delta_seq > 0)
     todo = pending(
         ops, info.last_delta_seq, unknown_base=unknown, first_seq=info.first_delta_seq,
-        base=Path(info.source).name,
+        base=Path(info.source).name, reflected=state.reflected,
     )  # fmt: skip
     if not todo:
         return view
-    state = _DeltaState(view, keyer)
     errors = [e for e in (state.apply(op) for op in todo) if e is not None]
     if errors:
         raise LoadRejected("delta", errors)
@@ -502,6 +592,15 @@ def _lowest_seq(path: Path) -> int:
     return min((op.seq for op in ops), default=MAX_SEQ + 1)
 
 
+def _is_delta(path: Path) -> bool:
+    """True for a file taken for a delta (``sniff_kind``; False if it cannot be read)."""
+    try:
+        kind, problem = sniff_kind(path)
+    except OSError:
+        return False
+    return kind is FileKind.DELTA and problem is None
+
+
 #: Called with a delta file that could not be applied, and why.
 OnRefused = Callable[[Path, LoadRejected], None]
 
@@ -527,7 +626,10 @@ class Loader:
     def _snapshot_view(self, path: Path, progress: Progress | None) -> MemoryView:
         """The snapshot at ``path`` as a version: mapped from its compiled folder when
         ``store`` has one (a restart, or another worker compiled it), else parsed,
-        compiled into ``store`` and mapped.
+        compiled into ``store`` and mapped. Its ``source`` is ``path``, where the
+        snapshot is now, never the path it was compiled from: the list folder may
+        have been moved or renamed since, and whether the snapshot has a header
+        (which rules the deltas on top, ``_unknown_base``) is read from there.
 
         All of it runs under the store's inter-process lock (``IndexStore.lock``):
         of N workers loading the same snapshot, the first parses and compiles it,
@@ -550,7 +652,7 @@ class Loader:
                     store.discard(compiled)
                 else:
                     log.info("%s: mapping its compiled index %s (no re-parse)", path, compiled)
-                    return MemoryView(base, Overlay(), replace(info, loaded_at=time.time()))
+                    return MemoryView(base, Overlay(), _as_loaded(info, path))
             built = build_snapshot(path, self.keyer, progress)
             try:
                 compiled = store.put(built.base, built.info, stamp)
@@ -565,7 +667,7 @@ class Loader:
                             "%s unshared, from memory", compiled, exc, path)  # fmt: skip
                 return built
             log.info("%s: compiled into %s (mapped by every process)", path, compiled)
-        return MemoryView(base, Overlay(), replace(info, loaded_at=time.time()))
+        return MemoryView(base, Overlay(), _as_loaded(info, path))
 
     def load_path(self, path: Path, progress: Progress | None = None) -> MemoryView:
         """Apply a snapshot (alone) or a delta file whole, or raise ``LoadRejected``."""
@@ -650,6 +752,11 @@ class Loader:
             raise LoadRejected(str(path), exc.errors) from None
 
 
+def _as_loaded(info: VersionInfo, path: Path) -> VersionInfo:
+    """A mapped version's info as loaded now from the snapshot at ``path``."""
+    return replace(info, source=str(path), loaded_at=time.time())
+
+
 def _candidates(directory: Path) -> list[Path]:
     names = []
     for entry in os.scandir(directory):
@@ -706,8 +813,8 @@ class DirectoryFollower(Background):
     follower *behind* (``MemoryIndex.refused``), until a newer snapshot loads;
     at start the newest snapshot that validates is served. A refused delta
     file (a bad row, or a seq gap: it arrived before the delta it follows; or,
-    on a snapshot without a header, a seq below the first delta applied on it)
-    is left out and also marks it behind; it is tried again when it changes and
+    on a snapshot without a header, a seq below the first delta applied on it
+    whose change the list does not show already) is left out and also marks it behind; it is tried again when it changes and
     whenever another file applies (logged again only if refused for another
     reason), so it applies once the missing delta arrives. Behind always says
     what is wrong now: a refused file that is fixed, deleted, superseded by a
@@ -716,7 +823,9 @@ class DirectoryFollower(Background):
 
     Files are taken in name order once they have settled: unchanged (size,
     mtime, ctime, inode) for ``settle`` seconds (``SETTLE_POLLS`` polls by
-    default), watched or by their mtime, and for one poll at least; so a file
+    default), watched or by their mtime, and for one poll at least (on a
+    snapshot without a header that no delta is applied to yet, the deltas
+    that settle in one poll lowest ``seq`` first, as at start); so a file
     copied in place that stalls for less is not read half-written (writing
     ``x.part`` and renaming it is safer still). At start, a file written in
     the last ``settle`` seconds is watched that long first. Names starting
@@ -844,6 +953,7 @@ class DirectoryFollower(Background):
         for gone in [p for p in self._pending if p not in present]:
             del self._pending[gone]
         now = time.monotonic()
+        settled: list[tuple[Path, _Stamp]] = []
         for path in files:
             try:
                 stamp = _stamp(path)
@@ -863,10 +973,31 @@ class DirectoryFollower(Background):
             if not (now - waiting[1] >= self.settle or _unchanged_since(stamp, self.settle)):
                 continue
             del self._pending[path]
+            settled.append((path, stamp))
+        for path, stamp in self._taking_order(settled):
             self._take(path, stamp)
             changed = True
         if changed:
             self._report()
+
+    def _taking_order(self, settled: list[tuple[Path, _Stamp]]) -> list[tuple[Path, _Stamp]]:
+        """The files settled in one poll, in name order; but on a snapshot without a
+        header that no delta is applied to yet, the deltas among them lowest ``seq``
+        first (in the places deltas have in name order), as a start takes them
+        (``Loader._with_deltas``): the first applied sets the numbering, and one below
+        it is refused from then on, so delta-a.jsonl (seq 5) must not go before
+        delta-b.jsonl (seq 4) only for its name."""
+        current = self.loader.index.current()
+        if len(settled) < 2 or current is None or not _unknown_base(current):
+            return settled
+        places = [i for i, (path, _) in enumerate(settled) if _is_delta(path)]
+        deltas = sorted(
+            (settled[i] for i in places), key=lambda taken: (_lowest_seq(taken[0]), taken[0].name)
+        )
+        ordered = list(settled)
+        for i, taken in zip(places, deltas, strict=True):
+            ordered[i] = taken
+        return ordered
 
     def _take(self, path: Path, stamp: _Stamp) -> None:
         self._seen[path] = stamp

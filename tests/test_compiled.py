@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import orjson
 import pytest
 
+from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import day_number
 from shixin_check.loader import versions
@@ -22,8 +25,9 @@ from shixin_check.loader.index_memory import MemoryIndex, matches_of
 from shixin_check.loader.listfile import parse_entry
 from shixin_check.loader.synthetic import write_snapshot
 from shixin_check.loader.versions import Loader, build_snapshot
-from tests.listdata import delta, write_jsonl
+from tests.listdata import LI, ZHANG, basic_rows, delta, write_jsonl
 from tests.processes import ServeProcess, run_cli
+from tests.test_failure_paths import decision
 
 AS_OF = _dt.date(2026, 11, 1)
 
@@ -148,6 +152,45 @@ def test_a_restarted_server_maps_what_it_compiled(snapshot: Path, tmp_path: Path
     finally:
         again.stop()
     assert "mapping its compiled index" in again.output()
+
+
+def test_a_moved_list_folder_maps_its_compiled_snapshot_without_header_and_its_deltas(
+    tmp_path: Path,
+) -> None:
+    """The list folder is renamed between two starts (``--index-dir`` outside it). The
+    restart maps the compiled snapshot, which has no header, and reads that from where
+    the snapshot is now, not the path it was compiled from: so the delta on it sets the
+    numbering as before, never refused as a gap (``seq 5 follows seq 0``)."""
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    write_jsonl(feed / "snapshot-0001.jsonl", basic_rows())  # no header row
+    write_jsonl(feed / "delta-0005.jsonl", [delta(5, "DELIST", entry_id="E1")])
+    secret = tmp_path / "key"
+    secret.write_text("tests-only-secret-0123456789abcdef")
+    index = tmp_path / "index"
+    for start in ("first", "moved"):
+        if start == "moved":
+            feed = feed.rename(tmp_path / "moved")
+        server = ServeProcess("--list", str(feed), "--key-secret-file", str(secret),
+                              "--index-dir", str(index), log=tmp_path / f"{start}.log")  # fmt: skip
+        try:
+            server.wait_serving()
+            status = run_cli("status", "--target", server.target)
+            assert "BEHIND" not in status.stdout, status.stdout
+            assert f"from {feed / 'snapshot-0001.jsonl'}\n" in status.stdout, status.stdout
+            channel = grpc.insecure_channel(server.target)
+            try:
+                stub = pb_grpc.ConsumptionCheckStub(channel)
+                shown = stub.GetListStatus(pb.ListStatusRequest(), timeout=5)
+                assert (shown.last_delta_seq, shown.behind) == (5, False)
+                assert (decision(stub, ZHANG), decision(stub, LI)) == ("ALLOW", "DENY")
+            finally:
+                channel.close()
+        finally:
+            server.stop()
+        output = server.output()
+        assert ("mapping its compiled index" in output) is (start == "moved"), output
+        assert "rejected" not in output, output
 
 
 def test_no_index_is_compiled_with_a_generated_secret(snapshot: Path, tmp_path: Path) -> None:

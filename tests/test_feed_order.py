@@ -41,13 +41,13 @@ from shixin_check.domain.decision import Query, decide
 from shixin_check.domain.errors import LoadRejected
 from shixin_check.domain.identity import IdType
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.domain.model import Channel, Decision, china_day
+from shixin_check.domain.model import Channel, Decision, EntryStatus, china_day
 from shixin_check.domain.rules import Flight, Policy
 from shixin_check.loader.feed import pending
 from shixin_check.loader.index_memory import MemoryIndex, MemoryView
 from shixin_check.loader.versions import DirectoryFollower, Loader, build_snapshot
 from tests.conftest import RunningServer
-from tests.listdata import LI, ZHANG, basic_rows, delta, person_entry, rid, write_jsonl
+from tests.listdata import LI, WANG, ZHANG, basic_rows, delta, person_entry, rid, write_jsonl
 from tests.processes import ServeProcess, free_port, run_cli
 from tests.test_failure_paths import decision, header, health
 from tests.waiting import eventually
@@ -397,6 +397,166 @@ def test_pending_refuses_a_seq_below_the_first_on_a_snapshot_without_header() ->
     remedy = "load it first"
     with pytest.raises(LoadRejected, match="header \\(s.jsonl\\): .*; load it first$"):
         pending(ops, 5, first_seq=5, base="s.jsonl", remedy=remedy)
+
+
+# --- 2c. a snapshot without a header that already holds a delta ------------------------------
+
+
+def without_e1() -> list[dict[str, Any]]:
+    """basic_rows() as the feed's snapshot holding delta 1 (DELIST E1): Zhang not listed."""
+    return [row for row in basic_rows() if row["entry_id"] != "E1"]
+
+
+def test_a_delta_the_snapshot_without_header_holds_is_no_alarm_at_start_or_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The snapshot (no header) already holds delta 1: E1 is gone. Delta 1 (DELIST E1)
+    changes nothing on it, so it applies as a no-op (no ``no listed entry``), delta 2
+    after it; never a BEHIND saying delta 1 is not served (its change is). A restart
+    does the same."""
+    feed_dir = tmp_path / "feed"
+    feed_dir.mkdir()
+    write_jsonl(feed_dir / "snapshot-0001.jsonl", without_e1())  # no header row
+    write_jsonl(feed_dir / "delta-0001.jsonl", [delta(1, "DELIST", entry_id="E1")])
+    write_jsonl(feed_dir / "delta-0002.jsonl", [delta(2, "LIST", entry=lists(X, "牛犇", "E-X"))])
+    for start in ("first", "again"):
+        server = ServeProcess("--list", str(feed_dir), "--index-dir", "off",
+                              log=tmp_path / f"{start}.log")  # fmt: skip
+        channel = grpc.insecure_channel(server.target)
+        try:
+            server.wait_serving()
+            stub = pb_grpc.ConsumptionCheckStub(channel)
+            shown = served(stub)
+            assert (shown.last_delta_seq, shown.behind, shown.rejected_problem) == (2, False, "")
+            assert health(channel, LIST_CURRENT) == "SERVING"
+            assert (decision(stub, ZHANG), decision(stub, X), decision(stub, LI)) == (
+                "ALLOW", "DENY", "DENY",
+            )  # fmt: skip
+        finally:
+            channel.close()
+            server.stop()
+        output = server.output()
+        assert "rejected" not in output and "Traceback" not in output, output
+
+
+def test_a_new_snapshot_without_header_holding_the_deltas_still_there_is_no_alarm(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    """Live: the feed's next snapshot, again without a header, holds deltas 1 and 2,
+    whose files are still in the folder. On it delta 1 (DELIST E1) changes nothing and
+    delta 2 lists X as it is: both apply (delta 1 as a no-op, setting the numbering),
+    nothing refused; delta 3 follows."""
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", basic_rows())  # no header row
+    feed = Feed(tmp_path, keyer).start()
+    feed.write("delta-0001.jsonl", [delta(1, "DELIST", entry_id="E1")])
+    feed.write("delta-0002.jsonl", [delta(2, "LIST", entry=lists(X, "牛犇", "E-X"))])
+    assert feed.view().info.last_delta_seq == 2 and feed.behind is None
+    feed.write("snapshot-0002.jsonl", [*without_e1(), lists(X, "牛犇", "E-X")])
+    info = feed.view().info
+    assert info.source.endswith("snapshot-0002.jsonl")
+    assert (info.last_delta_seq, info.first_delta_seq, feed.behind) == (2, 1, None)
+    assert (feed.decision(ZHANG), feed.decision(X)) == (Decision.ALLOW, Decision.DENY)
+    feed.write("delta-0003.jsonl", [delta(3, "LIST", entry=lists(Y, "羊羊", "E-Y"))])
+    assert feed.view().info.last_delta_seq == 3 and feed.behind is None
+    assert (feed.decision(ZHANG), feed.decision(X), feed.decision(Y)) == (
+        Decision.ALLOW, Decision.DENY, Decision.DENY,
+    )  # fmt: skip
+    assert not [event for event in feed.events if event[0] == "rejected"]
+
+
+def test_a_delta_below_the_first_whose_every_change_is_held_is_skipped_not_refused(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    """Delta 10 came first on a snapshot without a header and set the numbering. A delta
+    below it whose every op the list already shows (the snapshot held it) is skipped
+    quietly, for every kind of op; one op it does not show refuses it, naming that op."""
+    exemption = {"channel": "AIRLINE", "from": "2026-01-01", "until": "2026-12-31"}
+    other = {"channel": "RAIL", "from": "2026-01-01", "until": "2026-12-31"}
+    li, acme = without_e1()
+    li = {**li, "status": "SUSPENDED", "exemptions": [exemption]}
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [li, acme])  # no header row
+    feed = Feed(tmp_path, keyer).start()
+    feed.write("delta-0010.jsonl", [delta(10, "LIST", entry=lists(X, "牛犇", "E-X"))])
+    version = feed.view().info.version
+    feed.write("delta-0001.jsonl", [
+        delta(1, "DELIST", entry_id="E1"),  # not listed
+        delta(2, "LIST", entry=acme),  # listed just so (Wang, a related person, too)
+        delta(3, "SUSPEND", entry_id="E2"),  # suspended
+        delta(4, "EXEMPT", entry_id="E2", exemption=exemption),  # it has it
+        delta(5, "UNEXEMPT", entry_id="E2", exemption=other),  # it has it not
+        delta(6, "LIST", entry=li),
+        delta(7, "LIST", entry=lists(X, "牛犇", "E-X")),  # listed by delta 10, just so
+    ])  # fmt: skip
+    assert feed.behind is None
+    assert (feed.view().info.version, feed.view().info.last_delta_seq) == (version, 10)
+    assert not [event for event in feed.events if event[0] == "rejected"]
+
+    without_wang = {**acme, "related_persons": []}
+    feed.write("delta-0008.jsonl", [
+        delta(7, "DELIST", entry_id="E1"),
+        delta(8, "LIST", entry=without_wang),  # Wang dropped: not what the list holds
+        delta(9, "RESUME", entry_id="E2"),
+    ])  # fmt: skip
+    assert feed.behind == (
+        "delta-0008.jsonl",
+        "line 2: seq 8 comes before seq 10, the first delta applied on top of a snapshot "
+        "without a header (snapshot-0001.jsonl): its changes are not in the served list; "
+        "restart the server or publish a snapshot with a header (and 1 more)",
+    )
+    assert feed.view().info.version == version
+    # the restart applies them all, lowest seq first, and so serves their changes
+    restarted = Feed(tmp_path, keyer).start()
+    assert restarted.behind is None and restarted.view().info.last_delta_seq == 10
+    assert restarted.decision(WANG) is Decision.ALLOW
+    held = restarted.view().look_up(keyer.subject_key(IdType.RESIDENT_ID, LI))
+    assert [m.status for m in held] == [EntryStatus.ACTIVE]
+
+
+def test_on_a_snapshot_without_header_each_op_is_judged_after_those_before_it(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    """As if each op were a file of its own: a DELIST of an entry an earlier op of the
+    file delisted changes nothing. A status change of an entry that is not listed stays
+    refused, and on a snapshot with a header so does the DELIST (the strict rule)."""
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", basic_rows())  # no header row
+    feed = Feed(tmp_path, keyer).start()
+    feed.write("delta-0001.jsonl", [
+        delta(1, "LIST", entry=lists(X, "牛犇", "E-X")), delta(2, "DELIST", entry_id="E-X"),
+        delta(3, "DELIST", entry_id="E1"), delta(4, "DELIST", entry_id="E1"),
+    ])  # fmt: skip
+    assert feed.behind is None and feed.view().info.last_delta_seq == 4
+    assert (feed.decision(X), feed.decision(ZHANG), feed.decision(LI)) == (
+        Decision.ALLOW, Decision.ALLOW, Decision.DENY,
+    )  # fmt: skip
+    feed.write("delta-0005.jsonl", [delta(5, "SUSPEND", entry_id="E1")])
+    assert feed.behind == ("delta-0005.jsonl", "line 1: entry_id: no listed entry 'E1'")
+
+    strict = tmp_path / "strict"
+    strict.mkdir()
+    write_jsonl(strict / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    feed = Feed(strict, keyer).start()
+    feed.write("delta-0001.jsonl", [delta(1, "DELIST", entry_id="E1"),
+                                    delta(2, "DELIST", entry_id="E1")])  # fmt: skip
+    assert feed.behind == ("delta-0001.jsonl", "line 2: entry_id: no listed entry 'E1'")
+    assert feed.view().info.last_delta_seq == 0 and feed.decision(ZHANG) is Decision.DENY
+
+
+def test_deltas_settling_in_one_poll_on_a_snapshot_without_header_go_lowest_seq_first(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    """Live, two deltas settle in the same poll; by name delta-a (seq 5) comes before
+    delta-b (seq 4). Taken in name order, seq 5 would set the numbering and seq 4 be
+    refused below it: they are taken lowest seq first, as a start takes them."""
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", basic_rows())  # no header row
+    feed = Feed(tmp_path, keyer).start()
+    write_jsonl(tmp_path / "delta-a.jsonl", [delta(5, "LIST", entry=lists(X, "牛犇", "E-X"))])
+    write_jsonl(tmp_path / "delta-b.jsonl", [delta(4, "LIST", entry=lists(Y, "羊羊", "E-Y"))])
+    feed.poll()
+    info = feed.view().info
+    assert (info.last_delta_seq, info.first_delta_seq, feed.behind) == (5, 4, None)
+    assert (feed.decision(X), feed.decision(Y)) == (Decision.DENY, Decision.DENY)
+    loaded = [name for what, name, _ in feed.events if what == "loaded"]
+    assert loaded[-2:] == ["delta-b.jsonl", "delta-a.jsonl"]
 
 
 # --- 3. a byte order mark; a file whose kind cannot be told ----------------------------------

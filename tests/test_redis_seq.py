@@ -157,6 +157,75 @@ def test_a_delta_below_the_first_on_a_snapshot_without_a_header_is_refused(
     assert done.returncode == 0 and "0 op(s) applied" in done.stdout, done.stderr
 
 
+def test_a_delta_the_snapshot_without_a_header_holds_loads_as_a_no_op(
+    redis_server: RedisServer, client: Client, serve: Serve, tmp_path: Path
+) -> None:
+    """The snapshot (no header) already holds delta 1: E1 is gone. Delta 1 (DELIST E1)
+    changes nothing on it: it loads as a no-op (exit 0, it sets the numbering), never
+    refused as ``no listed entry`` nor, once delta 2 is in, as below the first; loading
+    either again (a job that loads the whole folder) stays harmless. Replicas serve it."""
+    url = redis_server.url
+    rows = [row for row in basic_rows() if row["entry_id"] != "E1"]
+    assert load(write_jsonl(tmp_path / "s1.jsonl", rows), url).returncode == 0
+    first = write_jsonl(tmp_path / "d1.jsonl", [delta(1, "DELIST", entry_id="E1")])
+    done = load(first, url)
+    assert done.returncode == 0 and "1 op(s) applied" in done.stdout, done.stderr
+    second = write_jsonl(tmp_path / "d2.jsonl", [listing_zhao(2)])
+    done = load(second, url)
+    assert done.returncode == 0 and "1 op(s) applied" in done.stdout, done.stderr
+    for again in (first, second, first):
+        done = load(again, url)
+        assert done.returncode == 0 and "0 op(s) applied" in done.stdout, done.stderr
+    assert last_seq(client) == 2
+    server = serve(None, redis=url, replica_id="r1")
+    eventually(lambda: status(server).last_delta_seq == 2, "the replica serves seq 2")
+    assert decision(server, ZHAO, "赵六").decision == pb.DENY
+    assert decision(server, ZHANG, "张伟").decision == pb.ALLOW
+
+
+def test_a_delta_below_the_first_whose_every_change_redis_holds_is_skipped_not_refused(
+    redis_server: RedisServer, client: Client, tmp_path: Path
+) -> None:
+    """Delta 9 loaded first on a snapshot without a header set the numbering. A delta
+    below it whose every op Redis already shows (the snapshot held it) is skipped, exit
+    0, each kind of op judged as in directory mode; one op it does not show refuses
+    the file, exit 1, naming that op's seq."""
+    exemption = {"channel": "AIRLINE", "from": "2026-01-01", "until": "2026-12-31"}
+    other = {"channel": "RAIL", "from": "2026-01-01", "until": "2026-12-31"}
+    li, acme = [row for row in basic_rows() if row["entry_id"] != "E1"]
+    li = {**li, "status": "SUSPENDED", "exemptions": [exemption]}
+    url = redis_server.url
+    assert load(write_jsonl(tmp_path / "s1.jsonl", [li, acme]), url).returncode == 0
+    assert load(write_jsonl(tmp_path / "d9.jsonl", [listing_zhao(9)]), url).returncode == 0
+    held = write_jsonl(tmp_path / "d1.jsonl", [
+        delta(1, "DELIST", entry_id="E1"),  # not held
+        delta(2, "LIST", entry=acme),  # held just so, Wang (a related person) too
+        delta(3, "SUSPEND", entry_id="E2"),
+        delta(4, "EXEMPT", entry_id="E2", exemption=exemption),
+        delta(5, "UNEXEMPT", entry_id="E2", exemption=other),
+        delta(6, "LIST", entry=li),
+        listing_zhao(7),  # as delta 9 listed it
+    ])  # fmt: skip
+    done = load(held, url)
+    assert done.returncode == 0 and "0 op(s) applied" in done.stdout, done.stderr
+    assert last_seq(client) == 9
+
+    resumed = write_jsonl(tmp_path / "d7.jsonl", [delta(7, "DELIST", entry_id="E1"),
+                                                  delta(8, "RESUME", entry_id="E2")])  # fmt: skip
+    refused = load(resumed, url)
+    assert refused.returncode == 1
+    assert one_line(refused).startswith(
+        f"{resumed}: seq 8 comes before seq 9, the first delta applied on top of a snapshot "
+        "without a header (s1.jsonl): its changes are not in the served list; nothing was "
+        "applied"
+    )
+    without_wang = write_jsonl(
+        tmp_path / "d8.jsonl", [delta(8, "LIST", entry={**acme, "related_persons": []})]
+    )
+    assert "seq 8 comes before seq 9" in one_line(load(without_wang, url))
+    assert last_seq(client) == 9
+
+
 def test_a_delta_after_a_gap_is_refused_whole_naming_the_missing_seqs(
     redis_server: RedisServer, client: Client, tmp_path: Path
 ) -> None:
