@@ -149,6 +149,17 @@ def _refuse_rollback(path: Path, includes_seq: int, applied: int) -> None:
         )
 
 
+def rollback_of(client: Client, path: Path, keys: RedisKeys) -> str:
+    """The deltas loading the snapshot at ``path`` would undo (``deltas 3 to 9``), or
+    "" when it undoes none: what ``load --allow-rollback`` says it did."""
+    try:
+        includes = read_header(path).includes_seq
+    except LoadRejected:
+        includes = 0
+    applied = _applied_seq(client, keys)
+    return missing_deltas(includes + 1, applied) if includes < applied else ""
+
+
 def _refuse_gap(path: Path, ops: list[DeltaOp], applied: int) -> None:
     """``OutOfSequence`` unless the ops above ``applied`` are ``applied + 1``, ``+ 2``...
     with none missing: applying a delta after a missing one would leave that one's

@@ -359,7 +359,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from shixin_check.domain.keys import SubjectKeyer
     from shixin_check.loader.index_redis import RedisKeys, connect
     from shixin_check.loader.listfile import FileKind, detect_kind
-    from shixin_check.loader.publish_redis import publish_delta, publish_snapshot
+    from shixin_check.loader.publish_redis import publish_delta, publish_snapshot, rollback_of
 
     path: Path = args.path
     if not path.is_file():
@@ -377,6 +377,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             print(f"delta {path}: {result.applied} op(s) applied to version {result.version}, "
                   f"last seq {result.last_seq}")  # fmt: skip
         else:
+            undone = rollback_of(client, path, keys) if args.allow_rollback else ""
             version = publish_snapshot(
                 client, path, keyer, keys,
                 progress=lambda n: print(f"  {n:,} rows read", file=sys.stderr, flush=True),
@@ -384,6 +385,10 @@ def cmd_load(args: argparse.Namespace) -> int:
             )  # fmt: skip
             print(f"snapshot {path}: version {version} is current "
                   f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
+            if undone:  # on purpose, but never without a word
+                verb = "is" if undone.startswith("delta ") else "are"
+                print(f"load: rolled back (--allow-rollback): {undone} {verb} undone on every "
+                      "replica; load again, in seq order, what should stay", file=sys.stderr)  # fmt: skip
     except LoadRejected as exc:
         print(str(exc), file=sys.stderr)
         return 1

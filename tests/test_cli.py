@@ -132,7 +132,8 @@ def test_allow_rollback_is_a_flag_only_never_from_the_environment_or_a_config_fi
     from_file = run_cli("load", str(older), "--config", str(config), env=env)
     assert from_file.returncode != 0 and "Traceback" not in from_file.stderr, from_file.stderr
     flagged = run_cli("load", str(older), "--allow-rollback", env=env)
-    assert flagged.returncode == 0, flagged.stderr  # rolled back on purpose
+    assert flagged.returncode == 0, flagged.stderr  # rolled back on purpose, and said so
+    assert "load: rolled back (--allow-rollback): delta 1 is undone" in flagged.stderr
 
 
 def test_bad_setting_is_refused_naming_the_variable(tmp_path: Path) -> None:
