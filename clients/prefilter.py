@@ -12,8 +12,9 @@ What makes a local answer safe:
 - **Only definite negatives.** A Bloom filter has no false negatives: the
   server builds it from every identity of the version (a delisted one stays
   until the next snapshot). Every identity the server would look up for the
-  request (the number as given and, for an 18-character number sent under
-  another id type, the resident ID or USCC it plainly is) must be absent.
+  request (the number as given and, for a number sent under another id type,
+  every resident ID or USCC it plainly is: a number can be both) must be
+  absent.
 - **Only valid requests, in scope.** The request is validated here as the
   server validates it, by the server's own ``to_query`` (lengths, id type,
   normalised number, channel, purchase, amount), keyed with the prefilter
@@ -99,7 +100,10 @@ class LocalFilter:
         bloom = self.bloom
         if (query.subject_key >> 64) in bloom:
             return False
-        return not query.also_key or (query.also_key >> 64) not in bloom
+        for key in query.also_keys:  # every other reading of the number (usually none)
+            if (key >> 64) in bloom:
+                return False
+        return True
 
 
 class Download:

@@ -13,10 +13,11 @@ channel) and the purchase against the rule table.
 - REVIEW: such an entry exists but the name given does not match the one
   listed (after normalisation), like an airline watchlist's selectee.
 
-A query may carry a second key (``also_key``): the number under the
-identity it plainly is when the caller's id type says otherwise (a resident
-ID sent as PASSPORT, ``identity.other_reading``). The entries found under
-either key are judged together, so a mistyped id type never hides a listing.
+A query may carry more keys (``also_keys``): the number under each identity
+it plainly is when the caller's id type says otherwise (a resident ID sent as
+PASSPORT, a USCC sent as a person's document, a number that reads as both:
+``identity.other_readings``). The entries found under any of its keys are
+judged together, so a mistyped id type never hides a listing.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class Query(NamedTuple):
     channel: Channel
     purchase: Purchase
     amount_fen: int
-    also_key: int = 0  # the number read as another identity (0: none); looked up too
+    #: the number read as each other identity it plainly is (usually none); looked up too
+    also_keys: tuple[int, ...] = ()
 
     @property
     def masked_id(self) -> str:
@@ -87,8 +89,8 @@ def decide(
 ) -> Verdict:
     """The decision for ``query`` against ``view`` on ``today`` (a China-time day number)."""
     key = query.subject_key
-    if query.also_key:
-        return _decide_both(view, query, keyer, policy, today)
+    if query.also_keys:
+        return _decide_all(view, query, keyer, policy, today)
     if not view.might_contain(key):
         return VERDICT_NOT_LISTED
     try:
@@ -100,11 +102,11 @@ def decide(
     return judge(found, query, keyer, policy, today)
 
 
-def _decide_both(
+def _decide_all(
     view: ListView, query: Query, keyer: SubjectKeyer, policy: Policy, today: int
 ) -> Verdict:
-    """``decide`` for a query with a second key: one round trip for both."""
-    keys = [k for k in (query.subject_key, query.also_key) if view.might_contain(k)]
+    """``decide`` for a query with more keys: one round trip for all of them."""
+    keys = [k for k in (query.subject_key,) + query.also_keys if view.might_contain(k)]
     if not keys:
         return VERDICT_NOT_LISTED
     try:
@@ -123,18 +125,24 @@ def decide_many(
     verdicts = [VERDICT_NOT_LISTED] * len(queries)
     might_contain = view.might_contain
     positive = [i for i, q in enumerate(queries) if might_contain(q.subject_key)]
-    also = [i for i, q in enumerate(queries) if q.also_key and might_contain(q.also_key)]
+    # (position, key) for every further key the filter admits; ``if q.also_keys``
+    # first, so the queries with none (nearly all) cost what a test of one int did
+    also = [
+        (i, k) for i, q in enumerate(queries) if q.also_keys for k in q.also_keys
+        if might_contain(k)
+    ]  # fmt: skip
     if not positive and not also:
         return verdicts
-    keys = [queries[i].subject_key for i in positive] + [queries[i].also_key for i in also]
+    owners = positive + [i for i, _ in also]
+    keys = [queries[i].subject_key for i in positive] + [k for _, k in also]
     try:
         found = view.look_up_many(keys)
     except IndexUnavailable:
-        for i in (*positive, *also):
+        for i in owners:
             verdicts[i] = unavailable(queries[i], policy)
         return verdicts
     listed: dict[int, list[ListedMatch]] = {}
-    for i, matches in zip(positive + also, found, strict=True):
+    for i, matches in zip(owners, found, strict=True):
         if matches:
             listed.setdefault(i, []).extend(matches)
     for i, matches in listed.items():

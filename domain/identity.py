@@ -14,7 +14,8 @@ number with a message that says why (``InvalidInput``).
 - Passports and permits: letters and digits, upper case, no separators.
 
 A number sent under the wrong id type is recognised when it plainly is
-another identity (``other_reading``): the check then looks it up both ways.
+another identity (``other_readings``): the check then looks it up every way it
+reads.
 """
 
 from __future__ import annotations
@@ -106,6 +107,12 @@ def resident_id_check_char(first17: str) -> str:
 
 def uscc_check_char(first17: str) -> str:
     """The GB 32100 check character for the first 17 characters."""
+    if first17.isascii() and first17.isdigit():
+        # The weights are 3**i mod 31 and 34 = 3 (mod 31), so for digits the weighted
+        # sum is the digits read backwards in base 34, mod 31: int() does it in C, as
+        # in resident_id_check_char. other_readings does the same inline: every
+        # resident ID sent as a document is tried as a USCC.
+        return _USCC_ALPHABET[-int(first17[::-1], 34) % 31]
     total = sum(_USCC_VALUE[c] * w for c, w in zip(first17, _USCC_WEIGHTS, strict=True))
     return _USCC_ALPHABET[(31 - total % 31) % 31]
 
@@ -197,14 +204,18 @@ def reads_as_uscc(number: str) -> bool:
     return _USCC_SHAPE.match(number) is not None and number[17] == uscc_check_char(number[:17])
 
 
-def other_reading(id_type: IdType, number: str) -> tuple[IdType | None, str] | None:
-    """Another identity a person's normalised number plainly is, or None.
+def other_readings(id_type: IdType, number: str) -> tuple[tuple[IdType | None, str], ...]:
+    """Every other identity a person's normalised number plainly is: ``()`` for none.
 
     A booking form's id type is easy to get wrong: a resident ID sent as
     PASSPORT (or any other document type) reads as a resident ID, and an
     organisation's USCC sent as a person's document reads as that
     organisation (``(None, number)``, the USCC key space). The check looks up
-    both, so a listed subject is never let through by a mistyped id type.
+    every reading, so a listed subject is never let through by a mistyped id
+    type. An 18-digit number can pass both checks at once (about one resident
+    ID in 31 is also a well-formed USCC: ``911101198001010248`` is region
+    911101, born 1980-01-01, and a good GB 32100 code), so such a number has
+    two readings, the resident ID first: neither may hide the other's listing.
     A first-generation card's 15 digits read as the 18-character resident ID
     they convert to, when their region code and birth date are possible
     (Chinese passports and permits are a letter and 8 or 9 digits; 15 such
@@ -212,7 +223,7 @@ def other_reading(id_type: IdType, number: str) -> tuple[IdType | None, str] | N
     15- and 18-character numbers can qualify: others cost one ``len``.
     """
     if id_type is IdType.RESIDENT_ID:
-        return None
+        return ()
     length = len(number)
     if length == 15:
         if (
@@ -221,15 +232,32 @@ def other_reading(id_type: IdType, number: str) -> tuple[IdType | None, str] | N
             and "19" + number[6:12] in _BIRTH_DATES
         ):
             full = number[:6] + "19" + number[6:]
-            return IdType.RESIDENT_ID, full + resident_id_check_char(full)
-        return None
+            return ((IdType.RESIDENT_ID, full + resident_id_check_char(full)),)
+        return ()
     if length != 18:
-        return None
+        return ()
     if reads_as_resident_id(number):
-        return IdType.RESIDENT_ID, number
+        # 17 digits and a digit or X are a USCC's shape already: only its check
+        # character can tell (``uscc_check_char`` for digits, without two slices)
+        if number[17] == _USCC_ALPHABET[-int(number[16::-1], 34) % 31]:
+            return (IdType.RESIDENT_ID, number), (None, number)
+        return ((IdType.RESIDENT_ID, number),)
     if reads_as_uscc(number):
-        return None, number
-    return None
+        return ((None, number),)
+    return ()
+
+
+def other_reading(id_type: IdType, number: str) -> tuple[IdType | None, str] | None:
+    """The first of ``other_readings``, or None: the resident ID where the number
+    reads as one, else the organisation.
+
+    For a list row's person (``listfile.as_resident``), which is kept under the
+    resident ID its number plainly is. A check must look up every reading
+    (``other_readings``), never just this one: a number that is both a resident
+    ID and a USCC would hide the organisation.
+    """
+    readings = other_readings(id_type, number)
+    return readings[0] if readings else None
 
 
 #: C0 and C1 control characters and DEL: no name, number, court or date holds one

@@ -28,7 +28,7 @@ from shixin_check.domain.identity import (
     IdType,
     normalize_person_id,
     normalize_uscc,
-    other_reading,
+    other_readings,
     refuse_controls,
 )
 from shixin_check.domain.keys import IdentityKeyer
@@ -241,7 +241,7 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
         or len(request.terminal_id) > MAX_TERMINAL
     ):
         _long_field(request)
-    also = 0
+    also: tuple[int, ...] = ()
     which = request.WhichOneof("subject")
     if which == "person":
         person = request.person
@@ -262,10 +262,11 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
         else:
             number = normalize_person_id(id_type, raw, "subject.person.id_number")
             key = keyer.subject_key(id_type, number)
-        if id_type is not _RESIDENT_ID:  # a number under another type may read as one
-            other = other_reading(id_type, number)
-            if other is not None:
-                also = keyer.subject_key(*other)
+        if id_type is not _RESIDENT_ID:  # a number under another type may read as one,
+            # or as two (a resident ID that is a USCC too): every reading is looked up.
+            # A loop adding to the tuple: as cheap as one key was (a comprehension is not)
+            for kind, reading in other_readings(id_type, number):
+                also += (keyer.subject_key(kind, reading),)
     elif which == "organization":
         org = request.organization
         uscc = _bounded(org.uscc, MAX_ID, "subject.organization.uscc")

@@ -29,6 +29,7 @@ from tests.listdata import (
     ZHAO,
     basic_rows,
     delta,
+    org_entry,
     person_entry,
     rid,
     uscc,
@@ -303,6 +304,49 @@ def test_offline_unlisted_subjects_are_cleared_locally_and_listed_ones_raise(
     assert records[1]["masked_id"] == UNLISTED_ORG[:6] + "********" + UNLISTED_ORG[-4:]
     text = audit_path.read_text()
     assert ZHAO not in text and SUN not in text and UNLISTED_ORG not in text
+
+
+#: A resident ID (region 911101, born 1980-01-01) that is a well-formed USCC too.
+BOTH = rid("91110119800101024")
+DOCUMENT_TYPES = ("PASSPORT", "HK_MACAO_PERMIT", "TAIWAN_PERMIT", "FOREIGN_PERMANENT_RESIDENT")
+
+
+def test_a_number_any_of_whose_readings_is_listed_is_never_cleared_locally(
+    tmp_path: Path, clock: Clock, audit_path: Path
+) -> None:
+    """An organisation listed under a USCC that also reads as a resident ID, its
+    number sent as a person's document: the server looks it up as the
+    organisation too, so the filter's answer for that key counts, online and off."""
+    assert BOTH == uscc("91110119800101024")
+    folder = tmp_path / "both"
+    folder.mkdir()
+    rows = [*basic_rows(), org_entry("O1", BOTH, "北京双读科技有限公司", [])]
+    write_jsonl(folder / "snapshot-0001.jsonl", rows)
+    server = Server(folder)
+    try:
+        with CheckClient(
+            server.address, prefilter=True, prefilter_max_age=MAX_AGE,
+            local_audit_path=audit_path, clock=clock,
+        ) as client:  # fmt: skip
+            for id_type in DOCUMENT_TYPES:
+                request = flight(BOTH, id_type=id_type, request_id=id_type)
+                answer = client.check(request)
+                assert not answer.decided_locally, id_type
+                assert pb.Decision.Name(answer.decision) == "DENY"
+                assert decided(answer) == decided(server.ask(request))
+                [sun, in_batch] = client.check_batch([flight(SUN), request])
+                assert sun.decided_locally and not in_batch.decided_locally
+                assert decided(in_batch) == decided(answer)
+            server.stop()
+            for id_type in DOCUMENT_TYPES:  # offline: never a local ALLOW
+                with pytest.raises(ServiceUnavailable):
+                    client.check(flight(BOTH, id_type=id_type))
+            assert client.check(flight(SUN)).decided_locally
+    finally:
+        server.stop()
+    assert all(
+        r["masked_id"] != BOTH[:6] + "********" + BOTH[-4:] for r in audit_records(audit_path)
+    )
 
 
 # --- who may use it -----------------------------------------------------------------

@@ -6,13 +6,17 @@ import pytest
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.check_client import build_request
+from shixin_check.domain.decision import decide
 from shixin_check.domain.errors import InvalidInput
+from shixin_check.domain.identity import IdType
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.domain.model import Channel
+from shixin_check.domain.model import Channel, Decision
 from shixin_check.domain.rules import PURCHASE_OF_CHANNEL, Flight, RailSeat, RailTicket
 from shixin_check.domain.wire import PURCHASE_FIELD
 from shixin_check.loader.synthetic import never_listed_id
 from shixin_check.server import convert
+from tests.listdata import rid, uscc
+from tests.test_decision import POLICY, TODAY, FakeView, listed
 
 KEYER = SubjectKeyer(b"test-secret-for-convert-0123456789")
 
@@ -112,3 +116,40 @@ def test_each_purchase_field_makes_its_channels_purchase(channel: Channel) -> No
     query = convert.to_query(a_purchase_of(channel), KEYER)
     assert type(query.purchase) is PURCHASE_OF_CHANNEL[channel]
     assert query.channel is channel
+
+
+# --- the keys of a number under a document type ----------------------------------
+
+#: A resident ID (region 911101, born 1980-01-01) that is a well-formed USCC too.
+BOTH = rid("91110119800101024")
+
+
+def air(number: str, id_type: str) -> pb.CheckRequest:
+    return build_request(
+        "AIRLINE", id_number=number, id_type=id_type,
+        purchase={"flight_number": "CA1234", "cabin": "Y"},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("id_type", ["PASSPORT", "HK_MACAO_PERMIT"])
+def test_a_listing_under_any_reading_of_the_number_is_found(id_type: str) -> None:
+    """A number that is a resident ID and a USCC at once, sent under a document
+    type, is looked up as given, as the resident ID and as the organisation: a
+    listing under any one of the three is found."""
+    assert BOTH == uscc("91110119800101024")
+    query = convert.to_query(air(BOTH, id_type), KEYER)
+    for kind in (IdType[id_type], IdType.RESIDENT_ID, None):
+        view = FakeView({KEYER.subject_key(kind, BOTH): [listed()]})
+        verdict = decide(view, query, KEYER, POLICY, TODAY)
+        assert verdict.decision is Decision.DENY, kind
+
+
+def test_a_number_with_one_reading_or_none_carries_that_many_more_keys() -> None:
+    """The extra keys cost nothing where there are none: a resident ID sent as one."""
+    assert convert.to_query(air(BOTH, "RESIDENT_ID"), KEYER).also_keys == ()
+    assert convert.to_query(air("E12345678", "PASSPORT"), KEYER).also_keys == ()
+    resident = never_listed_id()
+    assert convert.to_query(air(resident, "PASSPORT"), KEYER).also_keys in (
+        (KEYER.subject_key(IdType.RESIDENT_ID, resident),),
+        (KEYER.subject_key(IdType.RESIDENT_ID, resident), KEYER.subject_key(None, resident)),
+    )  # one resident ID in 31 is a well-formed USCC too

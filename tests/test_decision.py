@@ -22,6 +22,7 @@ from shixin_check.domain.decision import (
     NAME_MISMATCH,
     NOT_LISTED,
     NOT_RESTRICTED_CLASS,
+    VERDICT_NOT_LISTED,
     MatchOutcome,
     Query,
     Verdict,
@@ -416,7 +417,7 @@ ALSO_KEY = KEYER.subject_key(IdType.PASSPORT, ID_NUMBER)  # the key the request'
 
 def mistyped(name: str = LISTED_NAME) -> Query:
     """Our subject's resident ID sent as PASSPORT: looked up as given, and as a resident ID."""
-    return query(name=name)._replace(subject_key=ALSO_KEY, also_key=SUBJECT_KEY)
+    return query(name=name)._replace(subject_key=ALSO_KEY, also_keys=(SUBJECT_KEY,))
 
 
 def test_a_listed_resident_id_sent_as_a_passport_is_not_let_through() -> None:
@@ -462,13 +463,55 @@ def test_decide_many_looks_up_second_keys_as_decide_does() -> None:
         mistyped(),
         query()._replace(subject_key=SUBJECT_KEY + 5),  # unlisted
         mistyped("李四"),
-        query()._replace(subject_key=SUBJECT_KEY + 1, also_key=SUBJECT_KEY),  # both listed
+        query()._replace(subject_key=SUBJECT_KEY + 1, also_keys=(SUBJECT_KEY,)),  # both listed
     ]
     verdicts = decide_many(view, queries, KEYER, POLICY, TODAY)
     assert [v.decision for v in verdicts] == [
         Decision.DENY, Decision.ALLOW, Decision.REVIEW, Decision.DENY,
     ]  # fmt: skip
     assert verdicts == [decide(view, q, KEYER, POLICY, TODAY) for q in queries]
+
+
+# --- two more keys: a number that reads as a resident ID and as a USCC ---------------
+
+ORG_KEY = KEYER.subject_key(None, ID_NUMBER)  # the same number in the USCC key space
+
+
+def read_both_ways(name: str = LISTED_NAME) -> Query:
+    """A number sent as PASSPORT that is a resident ID and a USCC at once: looked up
+    as given, as the resident ID and as the organisation."""
+    return query(name=name)._replace(subject_key=ALSO_KEY, also_keys=(SUBJECT_KEY, ORG_KEY))
+
+
+def test_the_second_reading_is_looked_up_when_the_first_is_not_listed() -> None:
+    view = FakeView({ORG_KEY: [listed("O1")]})
+    verdict = decide(view, read_both_ways(), KEYER, POLICY, TODAY)
+    assert (verdict.decision, verdict.reasons) == (Decision.DENY, (RAIL_G_TRAIN,))
+    assert [o.match.entry_id for o in verdict.matches] == ["O1"]
+    assert view.look_ups == 1  # only the key the filter admits
+    assert decide_many(view, [query(), read_both_ways()], KEYER, POLICY, TODAY)[1] == verdict
+
+
+def test_entries_under_every_reading_are_judged_together() -> None:
+    view = FakeView(
+        {ALSO_KEY: [listed("E0")], SUBJECT_KEY: [listed("E1")], ORG_KEY: [listed("O1")]}
+    )
+    verdict = decide(view, read_both_ways(), KEYER, POLICY, TODAY)
+    assert verdict.decision is Decision.DENY
+    assert [o.match.entry_id for o in verdict.matches] == ["E0", "E1", "O1"]  # keys in order
+    queries = [read_both_ways(), query()._replace(subject_key=SUBJECT_KEY + 9), read_both_ways()]
+    assert decide_many(view, queries, KEYER, POLICY, TODAY) == [
+        decide(view, q, KEYER, POLICY, TODAY) for q in queries
+    ]
+
+
+def test_a_further_reading_that_cannot_be_confirmed_is_never_a_silent_allow() -> None:
+    view = UnreachableView({}, bloom={ORG_KEY})
+    verdict = decide(view, read_both_ways(), KEYER, POLICY, TODAY)
+    assert verdict.reasons == (INDEX_UNAVAILABLE,)
+    assert decide_many(view, [query(), read_both_ways()], KEYER, POLICY, TODAY) == [
+        VERDICT_NOT_LISTED, verdict,
+    ]  # fmt: skip
 
 
 # --- property -----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,10 @@ from tests.listdata import (
     ZHANG,
     ZHAO,
     basic_rows,
+    org_entry,
     person_entry,
+    rid,
+    uscc,
     write_jsonl,
 )
 
@@ -293,6 +297,65 @@ def test_a_uscc_sent_as_a_persons_document_is_looked_up_as_the_organisation(
     answer = server.stub().CheckConsumption(rail(ACME_USCC, "王芳", id_type="PASSPORT"))
     assert answer.decision == pb.REVIEW  # the organisation is listed; the name is not its own
     assert [m.entry_id for m in answer.matches] == ["E3"]
+
+
+#: A resident ID (region 911101, born 1980-01-01) that is a well-formed USCC too
+#: (an enterprise, "91"): about one resident ID in 31 passes GB 32100 as well.
+BOTH = rid("91110119800101024")
+BOTH_ORG = "北京双读科技有限公司"
+DOCUMENT_TYPES = ["PASSPORT", "HK_MACAO_PERMIT", "TAIWAN_PERMIT", "FOREIGN_PERMANENT_RESIDENT"]
+
+
+def both_ways(*rows: dict[str, object]) -> list[dict[str, object]]:
+    assert BOTH == uscc("91110119800101024")  # the same 18 characters either way
+    return [*basic_rows(), *rows]
+
+
+def test_a_uscc_that_also_reads_as_a_resident_id_is_looked_up_as_the_organisation(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """A number valid under both readings, sent as a person's document: the resident
+    ID reading must not hide the organisation listed under the USCC. The answer is
+    the one a check of the organisation by its USCC gets."""
+    rows = both_ways(org_entry("O1", BOTH, BOTH_ORG, [("LEGAL_REPRESENTATIVE", "王芳", WANG)]))
+    stub = serve(write_jsonl(tmp_path / "list.jsonl", rows)).stub()
+    seat = {"train_number": "G1234", "seat": "SECOND_CLASS"}
+    for id_type, name in itertools.product(DOCUMENT_TYPES, (BOTH_ORG, "")):
+        by_uscc = stub.CheckConsumption(build_request("RAIL", uscc=BOTH, name=name, purchase=seat))
+        sent = stub.CheckConsumption(rail(BOTH, name, id_type=id_type))
+        assert (sent.decision, [r.code for r in sent.reasons], [m.entry_id for m in sent.matches]) == (
+            pb.DENY, ["RAIL_G_TRAIN"], ["O1"]
+        ), (id_type, name)  # fmt: skip
+        assert (sent.decision, list(sent.reasons), list(sent.matches)) == (
+            by_uscc.decision, list(by_uscc.reasons), list(by_uscc.matches)
+        )  # fmt: skip
+        # a person's name is not the organisation's: as for any USCC sent as a document
+        assert stub.CheckConsumption(rail(BOTH, "王芳", id_type=id_type)).decision == pb.REVIEW
+
+
+def test_a_resident_id_that_also_reads_as_a_uscc_is_found_every_way(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """The person listed under such a number is found by resident ID and under any
+    document type; with the organisation listed under the same 18 characters, a
+    check under a document type finds both, each judged as usual."""
+    person = person_entry("P1", BOTH, "张伟")
+    stub = serve(write_jsonl(tmp_path / "list.jsonl", both_ways(person))).stub()
+    for id_type in ("RESIDENT_ID", *DOCUMENT_TYPES):
+        answer = stub.CheckConsumption(rail(BOTH, "张伟", id_type=id_type))
+        assert (answer.decision, [m.entry_id for m in answer.matches]) == (pb.DENY, ["P1"]), id_type
+
+    organisation = org_entry("O1", BOTH, BOTH_ORG, [])
+    stub = serve(write_jsonl(tmp_path / "both.jsonl", both_ways(person, organisation))).stub()
+    for id_type in DOCUMENT_TYPES:
+        unnamed = stub.CheckConsumption(rail(BOTH, id_type=id_type))  # the ID alone decides
+        assert (unnamed.decision, sorted(m.entry_id for m in unnamed.matches)) == (
+            pb.DENY, ["O1", "P1"]
+        ), id_type  # fmt: skip
+        named = stub.CheckConsumption(rail(BOTH, "张伟", id_type=id_type))
+        assert (named.decision, [m.entry_id for m in named.matches]) == (pb.DENY, ["P1"])
+        as_org = stub.CheckConsumption(rail(BOTH, BOTH_ORG, id_type=id_type))
+        assert (as_org.decision, [m.entry_id for m in as_org.matches]) == (pb.DENY, ["O1"])
 
 
 def test_list_status_reports_the_version(server: RunningServer) -> None:

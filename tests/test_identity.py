@@ -25,6 +25,7 @@ from shixin_check.domain.identity import (
     normalize_resident_id,
     normalize_uscc,
     other_reading,
+    other_readings,
     reads_as_resident_id,
     reads_as_uscc,
     resident_id_check_char,
@@ -81,6 +82,21 @@ def test_uscc_check_char_follows_gb32100() -> None:
     assert uscc_check_char("1" + "0" * 16) == "Y"
     # 'A' (value 10) at the second position weighs 3: 31 - 30 = 1.
     assert uscc_check_char("0A" + "0" * 15) == "1"
+    # '1' at the last position weighs 28: 31 - 28 = 3.
+    assert uscc_check_char("0" * 16 + "1") == "3"
+    # 9,1,1,1,0,1,1,9,8,0,0,1,0,1,0,2,4 weighted: 612 = 19 * 31 + 23, and 31 - 23 = 8.
+    assert uscc_check_char("91110119800101024") == "8"
+
+
+#: GB 32100's weights, 3**i mod 31
+USCC_WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
+
+
+@given(st.from_regex(r"[0-9]{17}", fullmatch=True))
+def test_uscc_check_char_of_digits_is_the_weighted_sum(first17: str) -> None:
+    """All digits take a shortcut (base 34, in C): it must agree with the standard's sum."""
+    total = sum(int(c) * w for c, w in zip(first17, USCC_WEIGHTS, strict=True))
+    assert uscc_check_char(first17) == "0123456789ABCDEFGHJKLMNPQRTUWXY"[-total % 31]
 
 
 # --- resident IDs -------------------------------------------------------------
@@ -384,6 +400,52 @@ def test_a_resident_id_sent_as_one_has_no_other_reading() -> None:
     assert other_reading(IdType.RESIDENT_ID, make_id(id_prefix())) is None
 
 
+def both_readings(region: str, born: str) -> str:
+    """A resident ID of ``region`` and ``born`` that is a well-formed USCC too: the
+    first sequence number whose GB 11643 check digit also passes GB 32100 (about
+    one in 31 does)."""
+    for seq in range(1000):
+        number = make_id(id_prefix(region=region, born=born, seq=f"{seq:03d}"))
+        if reads_as_uscc(number):
+            return number
+    raise AssertionError(f"no number of region {region} born {born} reads as a USCC")
+
+
+#: the reviewer's example: a resident ID (region 911101, born 1980-01-01) that is a
+#: well-formed USCC too (an enterprise, "91")
+BOTH = make_id(id_prefix(region="911101", born="19800101", seq="024"))
+
+
+@pytest.mark.parametrize("id_type", DOCUMENT_TYPES)
+@pytest.mark.parametrize(
+    "number", [BOTH, both_readings("110105", "19900101"), both_readings("440305", "20010228")]
+)
+def test_a_number_that_is_both_a_resident_id_and_a_uscc_reads_as_both(
+    id_type: IdType, number: str
+) -> None:
+    """Neither reading may hide the other: the organisation listed under the USCC
+    is looked up as surely as the person listed under the resident ID."""
+    assert normalize_resident_id(number, FIELD) == number
+    assert normalize_uscc(number, FIELD) == number
+    sent = normalize_person_id(id_type, number.translate(FULL_WIDTH), FIELD)
+    assert other_readings(id_type, sent) == ((IdType.RESIDENT_ID, number), (None, number))
+    assert other_reading(id_type, sent) == (IdType.RESIDENT_ID, number)  # what a list row keeps
+    assert other_readings(IdType.RESIDENT_ID, number) == ()  # sent as what it is
+
+
+@pytest.mark.parametrize("id_type", DOCUMENT_TYPES)
+def test_other_readings_of_one_reading_or_none(id_type: IdType) -> None:
+    resident = make_id(id_prefix())
+    assert not reads_as_uscc(resident)
+    assert other_readings(id_type, resident) == ((IdType.RESIDENT_ID, resident),)
+    code = make_uscc("91110105MA0000001")
+    assert other_readings(id_type, code) == ((None, code),)
+    full = make_id(id_prefix(born="19800101"))
+    card = full[:6] + full[8:17]
+    assert other_readings(id_type, card) == ((IdType.RESIDENT_ID, full),)
+    assert other_readings(id_type, "E12345678") == ()
+
+
 SEQUENCES = st.from_regex(r"[0-9]{3}", fullmatch=True)
 EIGHTEEN = st.one_of(
     st.text(alphabet="0123456789X", min_size=18, max_size=18),
@@ -392,6 +454,18 @@ EIGHTEEN = st.one_of(
     ),
     st.builds(lambda q: make_uscc("91110105MA0000" + q), SEQUENCES),
 )
+
+
+@settings(max_examples=300)
+@given(st.one_of(EIGHTEEN, st.sampled_from([BOTH, both_readings("650102", "19751231")])))
+def test_other_readings_are_exactly_the_checks_a_number_passes(number: str) -> None:
+    """Every reading, in one order: the resident ID first, then the organisation."""
+    expected: list[tuple[IdType | None, str]] = []
+    if reads_as_resident_id(number):
+        expected.append((IdType.RESIDENT_ID, number))
+    if reads_as_uscc(number):
+        expected.append((None, number))
+    assert other_readings(IdType.PASSPORT, number) == tuple(expected)
 
 
 @settings(max_examples=300)
