@@ -204,6 +204,15 @@ def reads_as_uscc(number: str) -> bool:
     return _USCC_SHAPE.match(number) is not None and number[17] == uscc_check_char(number[:17])
 
 
+def resident_id_is_uscc(number: str) -> bool:
+    """True for a valid resident ID (canonical, as ``normalize_resident_id`` returns it)
+    that is a well-formed USCC too (about one in 31): an organisation's code sent as
+    a resident ID may be one, so a check looks it up as that organisation as well.
+    17 digits and a digit or X are a USCC's shape already: only the check character
+    can tell (``uscc_check_char`` for digits, without two slices)."""
+    return number[17] == _USCC_ALPHABET[-int(number[16::-1], 34) % 31]
+
+
 def other_readings(id_type: IdType, number: str) -> tuple[tuple[IdType | None, str], ...]:
     """Every other identity a person's normalised number plainly is: ``()`` for none.
 
@@ -222,7 +231,7 @@ def other_readings(id_type: IdType, number: str) -> tuple[tuple[IdType | None, s
     digits are far more likely an old card sent under the wrong type). Only
     15- and 18-character numbers can qualify: others cost one ``len``.
     """
-    if id_type is IdType.RESIDENT_ID:
+    if id_type is IdType.RESIDENT_ID:  # a USCC too? ``to_query`` asks (resident_id_is_uscc)
         return ()
     length = len(number)
     if length == 15:
@@ -237,9 +246,7 @@ def other_readings(id_type: IdType, number: str) -> tuple[tuple[IdType | None, s
     if length != 18:
         return ()
     if reads_as_resident_id(number):
-        # 17 digits and a digit or X are a USCC's shape already: only its check
-        # character can tell (``uscc_check_char`` for digits, without two slices)
-        if number[17] == _USCC_ALPHABET[-int(number[16::-1], 34) % 31]:
+        if resident_id_is_uscc(number):
             return (IdType.RESIDENT_ID, number), (None, number)
         return ((IdType.RESIDENT_ID, number),)
     if reads_as_uscc(number):

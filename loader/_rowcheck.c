@@ -903,9 +903,21 @@ static PyObject *Keyer_subject_key(Keyer *self, PyObject *const *args, Py_ssize_
     return digest_int(out, 16);
 }
 
+/* 18 ASCII digits, or 17 and X, that make a well-formed USCC too (GB 32100): about one
+ * resident ID in 31 (identity.resident_id_is_uscc) */
+static int digits_are_uscc(const Py_UCS1 *c) {
+    static const char alphabet[] = "0123456789ABCDEFGHJKLMNPQRTUWXY";
+    static const int weights[17] = {1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28};
+    int sum = 0;
+    for (int i = 0; i < 17; i++) sum += (c[i] - '0') * weights[i];
+    return c[17] == alphabet[(31 - sum % 31) % 31];
+}
+
 /* resident_key(number): subject_key(RESIDENT_ID, number) when number is a canonical
  * resident ID (what identity.normalize_resident_id returns unchanged), else None: the
- * caller normalises it and keys what that returns (server.convert.to_query). */
+ * caller normalises it and keys what that returns (server.convert.to_query). None too
+ * for one that is a well-formed USCC as well: the caller looks it up as that
+ * organisation also (an organisation's code sent as a resident ID). */
 static PyObject *Keyer_resident_key(Keyer *self, PyObject *number) {
     uint8_t out[16];
     if (!keyer_ready(self)) return NULL;
@@ -919,7 +931,7 @@ static PyObject *Keyer_resident_key(Keyer *self, PyObject *number) {
     }
     int canonical = canonical_resident_id(number);
     if (canonical == FAILED) return NULL;
-    if (canonical != SURE) Py_RETURN_NONE;
+    if (canonical != SURE || digits_are_uscc(PyUnicode_1BYTE_DATA(number))) Py_RETURN_NONE;
     if (subject_key(self, RESIDENT, number, out) < 0) return NULL;
     return digest_int(out, 16);
 }

@@ -30,6 +30,7 @@ from shixin_check.domain.identity import (
     normalize_uscc,
     other_readings,
     refuse_controls,
+    resident_id_is_uscc,
 )
 from shixin_check.domain.keys import IdentityKeyer
 from shixin_check.domain.model import NO_END, day_iso
@@ -257,11 +258,15 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
         if id_type is None:
             raise InvalidInput("subject.person.id_type", f"{person.id_type} is not a known id type")
         key = keyer.resident_key(raw) if id_type is _RESIDENT_ID else None
-        if key is not None:  # canonical and valid: what normalising would return
+        if key is not None:  # canonical and valid (and no USCC): what normalising returns
             number = raw
         else:
             number = normalize_person_id(id_type, raw, "subject.person.id_number")
             key = keyer.subject_key(id_type, number)
+            if id_type is _RESIDENT_ID and resident_id_is_uscc(number):
+                # a well-formed USCC too (one resident ID in 31; the C keyer leaves it to
+                # this path): an organisation's code sent as a resident ID may be one
+                also = (keyer.subject_key(None, number),)
         if id_type is not _RESIDENT_ID:  # a number under another type may read as one,
             # or as two (a resident ID that is a USCC too): every reading is looked up.
             # A loop adding to the tuple: as cheap as one key was (a comprehension is not)

@@ -145,8 +145,14 @@ def test_a_listing_under_any_reading_of_the_number_is_found(id_type: str) -> Non
 
 
 def test_a_number_with_one_reading_or_none_carries_that_many_more_keys() -> None:
-    """The extra keys cost nothing where there are none: a resident ID sent as one."""
-    assert convert.to_query(air(BOTH, "RESIDENT_ID"), KEYER).also_keys == ()
+    """The extra keys cost nothing where there are none; a resident ID sent as one
+    carries the USCC key only when it is a well-formed USCC too."""
+    assert convert.to_query(air(BOTH, "RESIDENT_ID"), KEYER).also_keys == (
+        KEYER.subject_key(None, BOTH),
+    )
+    assert convert.to_query(air(never_listed_id(), "RESIDENT_ID"), KEYER).also_keys in (
+        (), (KEYER.subject_key(None, never_listed_id()),),
+    )  # fmt: skip
     assert convert.to_query(air("E12345678", "PASSPORT"), KEYER).also_keys == ()
     resident = never_listed_id()
     assert convert.to_query(air(resident, "PASSPORT"), KEYER).also_keys in (

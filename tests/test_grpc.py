@@ -314,13 +314,13 @@ def both_ways(*rows: dict[str, object]) -> list[dict[str, object]]:
 def test_a_uscc_that_also_reads_as_a_resident_id_is_looked_up_as_the_organisation(
     tmp_path: Path, serve: Serve
 ) -> None:
-    """A number valid under both readings, sent as a person's document: the resident
-    ID reading must not hide the organisation listed under the USCC. The answer is
-    the one a check of the organisation by its USCC gets."""
+    """A number valid under both readings, sent as a person's document or as a
+    resident ID: the resident ID reading must not hide the organisation listed under
+    the USCC. The answer is the one a check of the organisation by its USCC gets."""
     rows = both_ways(org_entry("O1", BOTH, BOTH_ORG, [("LEGAL_REPRESENTATIVE", "王芳", WANG)]))
     stub = serve(write_jsonl(tmp_path / "list.jsonl", rows)).stub()
     seat = {"train_number": "G1234", "seat": "SECOND_CLASS"}
-    for id_type, name in itertools.product(DOCUMENT_TYPES, (BOTH_ORG, "")):
+    for id_type, name in itertools.product(("RESIDENT_ID", *DOCUMENT_TYPES), (BOTH_ORG, "")):
         by_uscc = stub.CheckConsumption(build_request("RAIL", uscc=BOTH, name=name, purchase=seat))
         sent = stub.CheckConsumption(rail(BOTH, name, id_type=id_type))
         assert (sent.decision, [r.code for r in sent.reasons], [m.entry_id for m in sent.matches]) == (
