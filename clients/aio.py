@@ -26,8 +26,23 @@ from shixin_check.clients.calls import (
     shifted,
     with_request_ids,
 )
-from shixin_check.clients.channel import DEFAULT_RETRY, Credentials, RetryPolicy, open_aio_channel
-from shixin_check.clients.check_client import DEFAULT_TIMEOUT, MAX_BATCH, log, prefilter_state
+from shixin_check.clients.channel import (
+    DEFAULT_KEEPALIVE,
+    DEFAULT_RETRY,
+    Credentials,
+    Keepalive,
+    RetryPolicy,
+    open_aio_channel,
+)
+from shixin_check.clients.check_client import (
+    DEFAULT_TIMEOUT,
+    MAX_BATCH,
+    answered_locally_too,
+    call_error,
+    log,
+    prefilter_state,
+    with_answers,
+)
 from shixin_check.clients.errors import (
     CheckError,
     ErrorDetails,
@@ -35,7 +50,6 @@ from shixin_check.clients.errors import (
     Unauthenticated,
     from_answer,
     from_info,
-    from_rpc_error,
 )
 from shixin_check.clients.prefilter import (
     DEFAULT_MAX_AGE,
@@ -60,8 +74,10 @@ class AsyncCheckClient:
 
     The arguments are ``CheckClient``'s: ``timeout`` (the default deadline in
     seconds), ``api_key``, ``root_ca``, ``client_cert``, ``client_key``,
-    ``retry``, ``batch_size``, and ``prefilter``, ``prefilter_max_age``,
-    ``local_audit_path`` and ``clock``. A refused call raises a ``CheckError``.
+    ``retry``, ``keepalive``, ``batch_size``, and ``prefilter``,
+    ``prefilter_max_age``, ``local_audit_path`` and ``clock``. A refused call
+    raises a ``CheckError`` (a CANCELLED from the server a ``ServiceUnavailable``:
+    the caller's own cancellation is ``asyncio.CancelledError``, never a status).
     """
 
     def __init__(
@@ -74,6 +90,7 @@ class AsyncCheckClient:
         client_key: bytes | None = None,
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
+        keepalive: Keepalive = DEFAULT_KEEPALIVE,
         batch_size: int = MAX_BATCH,
         prefilter: bool = False,
         prefilter_max_age: float = DEFAULT_MAX_AGE,
@@ -84,7 +101,7 @@ class AsyncCheckClient:
             raise ValueError(f"batch_size: {batch_size} is not in 1..{MAX_BATCH}")
         self.prefilter = prefilter_state(prefilter, prefilter_max_age, local_audit_path, clock)
         credentials = Credentials(api_key, root_ca, client_cert, client_key)
-        self.channel = open_aio_channel(target, credentials, retry)
+        self.channel = open_aio_channel(target, credentials, retry, keepalive)
         self.stub = pb_grpc.ConsumptionCheckStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
         self.batch_size = batch_size
@@ -155,7 +172,7 @@ class AsyncCheckClient:
             ):
                 download.add(chunk)
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+            raise call_error(exc) from exc
         self.prefilter.install(download, started)
 
     async def _keep_fresh(self) -> None:
@@ -195,20 +212,27 @@ class AsyncCheckClient:
                 request, timeout=self._deadline(timeout), metadata=self.metadata
             )
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+            raise call_error(exc) from exc
         return response
 
     async def check_batch(
         self, requests: Iterable[pb.CheckRequest], *, timeout: float | None = None
     ) -> list[pb.CheckResponse]:
         """One answer per request, in order: ``batch_size`` checks a call, one call after
-        another (as ``CheckClient.check_batch``, the prefilter's answers included)."""
+        another (as ``CheckClient.check_batch``, the prefilter's answers included); a
+        refusal carries the answers before it (``exc.answers``, ``exc.first_unanswered``)."""
         state = self.prefilter
         if state is None:
             return await self._send_batches(requests, timeout)
         await self.start()
         split = state.split(list(requests))
-        sent = await self._send_batches(split.send, timeout, split.positions) if split.send else []
+        try:
+            sent = (
+                await self._send_batches(split.send, timeout, split.positions) if split.send else []
+            )
+        except CheckError as exc:
+            answered_locally_too(exc, split, state)
+            raise
         answers = split.merge(sent)
         state.record(split.local)
         return answers
@@ -218,24 +242,28 @@ class AsyncCheckClient:
         positions: Sequence[int] | None = None,
     ) -> list[pb.CheckResponse]:  # fmt: skip
         answers: list[pb.CheckResponse] = []
-        for batch in batches(requests, self.batch_size):
-            message = pb.CheckBatchRequest(checks=batch)
-            refuse_oversize(message)
-            try:
-                reply = await self.stub.CheckConsumptionBatch(
-                    message, timeout=self._deadline(timeout), metadata=self.metadata
-                )
-            except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                if positions is not None:
-                    raise renumbered(error, positions[len(answers) :]) from exc
-                raise shifted(error, len(answers)) from exc
-            if len(reply.results) != len(batch):
-                raise from_info(ErrorDetails(
-                    grpc.StatusCode.INTERNAL,
-                    f"{len(batch)} checks sent, {len(reply.results)} answers received",
-                ))  # fmt: skip
-            answers.extend(reply.results)
+        try:
+            for batch in batches(requests, self.batch_size):
+                message = pb.CheckBatchRequest(checks=batch)
+                refuse_oversize(message)
+                try:
+                    reply = await self.stub.CheckConsumptionBatch(
+                        message, timeout=self._deadline(timeout), metadata=self.metadata
+                    )
+                except grpc.RpcError as exc:
+                    error = call_error(exc)
+                    if positions is not None:
+                        raise renumbered(error, positions[len(answers) :]) from exc
+                    raise shifted(error, len(answers)) from exc
+                if len(reply.results) != len(batch):
+                    raise from_info(ErrorDetails(
+                        grpc.StatusCode.INTERNAL,
+                        f"{len(batch)} checks sent, {len(reply.results)} answers received",
+                    ))  # fmt: skip
+                answers.extend(reply.results)
+        except CheckError as exc:
+            with_answers(exc, answers, len(answers))
+            raise
         return answers
 
     async def check_stream(
@@ -263,7 +291,7 @@ class AsyncCheckClient:
         except CheckError:
             raise
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+            raise call_error(exc) from exc
         finally:
             call.cancel()
 
@@ -274,5 +302,5 @@ class AsyncCheckClient:
                 pb.ListStatusRequest(), timeout=self._deadline(timeout), metadata=self.metadata
             )
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+            raise call_error(exc) from exc
         return reply

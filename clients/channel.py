@@ -1,4 +1,4 @@
-"""How both clients talk to the service: one channel, its retry policy, credentials.
+"""How both clients talk to the service: one channel, its retry policy, keepalive, credentials.
 
 Retries are gRPC's own (the service config's ``retryPolicy``, run by grpcio's
 C core), never a loop here, and only where they are safe. A check is an
@@ -6,6 +6,11 @@ idempotent read, so a call refused before it was decided may be sent again:
 
 - ``UNAVAILABLE``: unreachable, shutting down, or no list loaded yet
   (another replica, or the same one a moment later, may answer);
+- ``CANCELLED`` from the server: a server that begins to shut down cancels
+  the calls it has taken in but not yet handed to the service (grpcio's core
+  does, whatever the grace: grpc/grpc#41785), so they were never decided. The
+  caller's own cancellation (closing the channel, ``call.cancel()``, a task
+  cancelled) is never retried by gRPC;
 - ``RESOURCE_EXHAUSTED``: over the caller's rate. gRPC does not read
   ``google.rpc.RetryInfo``; it waits for the server's *push-back*, the
   ``grpc-retry-pushback-ms`` trailer, when there is one (a negative value
@@ -17,6 +22,15 @@ stops retrying once failed calls to a server outnumber its answers by five,
 so a fleet of tills cannot turn an outage into a storm. A message over 4 MiB is refused
 by the clients before sending (``MAX_MESSAGE_BYTES``), so grpc's own
 RESOURCE_EXHAUSTED for it is never retried.
+
+Keepalive: the channel pings the server (HTTP/2 PING) every ``Keepalive.time``
+seconds, with or without calls, and drops the connection when a ping is not
+answered within ``Keepalive.timeout``: a server that hangs or a network that
+drops packets silently ends a stream with UNAVAILABLE within about
+``time + timeout`` seconds, where it would otherwise wait forever. The
+server's policy (``server/app.py``) accepts a ping every
+``KEEPALIVE_MIN_INTERVAL_S``, so the default never earns a GOAWAY
+``too_many_pings``.
 """
 
 from __future__ import annotations
@@ -63,7 +77,8 @@ class RetryPolicy:
             )
 
     def status_codes(self) -> list[str]:
-        return ["UNAVAILABLE", *(["RESOURCE_EXHAUSTED"] if self.on_rate_limit else [])]
+        codes = ["UNAVAILABLE", "CANCELLED"]
+        return [*codes, *(["RESOURCE_EXHAUSTED"] if self.on_rate_limit else [])]
 
 
 #: The policy of both clients unless they are given another.
@@ -91,11 +106,62 @@ def service_config(retry: RetryPolicy) -> str:
     return json.dumps(config)
 
 
-def channel_options(retry: RetryPolicy) -> list[tuple[str, Any]]:
+#: The fastest pinging the server accepts (its ``grpc.http2.min_ping_interval_without_data_ms``,
+#: ``server/app.py``): a client that pings more often is sent GOAWAY ``too_many_pings``.
+KEEPALIVE_MIN_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """HTTP/2 keepalive pings: how soon a dead connection is noticed.
+
+    A ping every ``time`` seconds; no answer within ``timeout`` seconds
+    closes the connection, and its calls (an open stream too) fail with
+    UNAVAILABLE. ``without_calls``: ping an idle connection too, so that one a
+    NAT or load balancer dropped silently is found before the next call waits
+    out its deadline on it. A ``time`` below ``KEEPALIVE_MIN_INTERVAL_S`` is
+    for tests: a server of this project answers it with GOAWAY
+    ``too_many_pings`` (after a few pings too soon while it sends nothing), and
+    a server older than this policy (grpc's default: one ping per 5 minutes,
+    none without calls) does so for the default as well: give it
+    ``Keepalive(time=360, without_calls=False)``.
+    """
+
+    time: float = 10.0
+    timeout: float = 5.0
+    without_calls: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.time >= 0.001 and self.timeout >= 0.001):
+            raise ValueError("keepalive: want time >= 0.001 and timeout >= 0.001 (seconds)")
+
+    def options(self) -> list[tuple[str, int]]:
+        timeout_ms = round(self.timeout * 1000)
+        return [
+            ("grpc.keepalive_time_ms", round(self.time * 1000)),
+            ("grpc.keepalive_timeout_ms", timeout_ms),
+            # grpcio's core waits this long for a ping's answer (1 minute unless set;
+            # keepalive_timeout alone no longer bounds it): the same
+            ("grpc.http2.ping_timeout_ms", timeout_ms),
+            ("grpc.keepalive_permit_without_calls", int(self.without_calls)),
+            # gRPC's default stops pinging after 2 pings without data: keep finding dead peers
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+
+#: The keepalive of both clients unless they are given another: a dead server is
+#: noticed within about 15 s.
+DEFAULT_KEEPALIVE = Keepalive()
+
+
+def channel_options(
+    retry: RetryPolicy, keepalive: Keepalive = DEFAULT_KEEPALIVE
+) -> list[tuple[str, Any]]:
     return [
         ("grpc.enable_retries", 1 if retry.max_attempts > 1 else 0),
         ("grpc.service_config", service_config(retry)),
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+        *keepalive.options(),
     ]
 
 
@@ -131,17 +197,23 @@ class Credentials:
         return grpc.ssl_channel_credentials(self.root_ca, self.client_key, self.client_cert)
 
 
-def open_channel(target: str, credentials: Credentials, retry: RetryPolicy) -> Any:
+def open_channel(
+    target: str, credentials: Credentials, retry: RetryPolicy,
+    keepalive: Keepalive = DEFAULT_KEEPALIVE,
+) -> Any:  # fmt: skip
     """A blocking ``grpc.Channel`` to ``target``."""
-    options, tls = channel_options(retry), credentials.tls()
+    options, tls = channel_options(retry, keepalive), credentials.tls()
     if tls is None:
         return grpc.insecure_channel(target, options=options)
     return grpc.secure_channel(target, tls, options=options)
 
 
-def open_aio_channel(target: str, credentials: Credentials, retry: RetryPolicy) -> Any:
+def open_aio_channel(
+    target: str, credentials: Credentials, retry: RetryPolicy,
+    keepalive: Keepalive = DEFAULT_KEEPALIVE,
+) -> Any:  # fmt: skip
     """A ``grpc.aio.Channel`` to ``target`` (make it inside the event loop that uses it)."""
-    options, tls = channel_options(retry), credentials.tls()
+    options, tls = channel_options(retry, keepalive), credentials.tls()
     if tls is None:
         return grpc.aio.insecure_channel(target, options=options)
     return grpc.aio.secure_channel(target, tls, options=options)

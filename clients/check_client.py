@@ -28,9 +28,11 @@ from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.clients.calls import batches, refuse_oversize, shifted, with_request_ids
 from shixin_check.clients.channel import (
+    DEFAULT_KEEPALIVE,
     DEFAULT_RETRY,
     NO_RETRY,
     Credentials,
+    Keepalive,
     RetryPolicy,
     open_channel,
 )
@@ -38,6 +40,7 @@ from shixin_check.clients.errors import (
     CheckError,
     ErrorDetails,
     PermissionDenied,
+    ServiceUnavailable,
     Unauthenticated,
     error_details,
     from_answer,
@@ -52,6 +55,7 @@ from shixin_check.clients.prefilter import (
     LocalAudit,
     NeedsFull,
     Prefilter,
+    Split,
     renumbered,
 )
 from shixin_check.domain.wire import PURCHASE_FIELD as _BY_CHANNEL
@@ -62,6 +66,7 @@ __all__ = [
     "PURCHASE_FIELD",
     "CheckClient",
     "ErrorDetails",
+    "Keepalive",
     "RetryPolicy",
     "UnknownName",
     "build_request",
@@ -90,6 +95,52 @@ def prefilter_state(
             "recorded there (JSON Lines, masked IDs) for the operator"
         )
     return Prefilter(max_age, clock, LocalAudit(local_audit_path))
+
+
+def call_error(exc: grpc.RpcError, closing: bool = False) -> CheckError:
+    """The ``CheckError`` for a failed call (``from_rpc_error``), where a CANCELLED
+    the caller did not cause is a ``ServiceUnavailable`` (``code()`` stays CANCELLED).
+
+    The server cancels the calls it has taken in but not yet handed to the
+    service when it begins to shut down (grpcio's core, grpc/grpc#41785): never
+    decided, retried as UNAVAILABLE is (``clients/channel.py``). A blocking call
+    cannot be cancelled by its caller except by closing the client
+    (``closing``), which stays a plain CANCELLED ``CheckError``; an asyncio
+    caller's cancellation is ``asyncio.CancelledError``, never a status.
+    """
+    error = from_rpc_error(exc)
+    if error.code() is grpc.StatusCode.CANCELLED and not closing and type(error) is CheckError:
+        return ServiceUnavailable(error.info, exc)
+    return error
+
+
+def with_answers(
+    error: CheckError, answers: list[pb.CheckResponse], first_unanswered: int
+) -> CheckError:
+    """``error`` of a ``check_batch``, carrying what was answered before it: ``answers``
+    to the caller's requests ``[:first_unanswered]``, decided and logged already;
+    send only ``requests[first_unanswered:]`` again."""
+    error.answers = answers
+    error.first_unanswered = first_unanswered
+    return error
+
+
+def answered_locally_too(error: CheckError, split: Split, state: Prefilter) -> CheckError:
+    """``error`` of the calls of a prefiltered ``check_batch`` (its ``answers`` those of
+    ``split.send``), made the caller's: the answers to the caller's first requests,
+    local ones included (and recorded, since they are handed out), up to the first
+    the server did not answer. When the server answered none, none: ``[]`` and 0 (the
+    local answers cost nothing to give again, and are recorded when they are)."""
+    sent: list[pb.CheckResponse] = error.answers
+    if not sent:
+        return with_answers(error, [], 0)
+    first = split.positions[len(sent)]
+    slots = list(split.answers)
+    for position, answer in zip(split.positions, sent, strict=False):
+        slots[position] = answer
+    prefix = [a for a in slots[:first] if a is not None]
+    state.record(split.local[: first - len(sent)])
+    return with_answers(error, prefix, first)
 
 
 #: Channel name to the purchase field it takes.
@@ -160,8 +211,10 @@ class CheckClient:
     sent as ``authorization: Bearer <key>``; ``root_ca`` (PEM bytes) turns TLS
     on, and ``client_cert``/``client_key`` add a client certificate for
     mutual TLS. ``retry`` is gRPC's retry policy (``NO_RETRY`` turns it off);
-    ``batch_size`` the checks per batch call (lower it to a key's burst).
-    A refused call raises a ``clients.errors.CheckError``.
+    ``keepalive`` the channel's pings (``clients.channel.Keepalive``: a dead
+    server ends a stream within about 15 s); ``batch_size`` the checks per
+    batch call (lower it to a key's burst). A refused call raises a
+    ``clients.errors.CheckError``.
 
     ``prefilter=True`` (the key needs the roles ``prefilter`` and ``check``)
     downloads the server's prefilter at start, refreshes it in a background
@@ -184,6 +237,7 @@ class CheckClient:
         client_key: bytes | None = None,
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
+        keepalive: Keepalive = DEFAULT_KEEPALIVE,
         batch_size: int = MAX_BATCH,
         prefilter: bool = False,
         prefilter_max_age: float = DEFAULT_MAX_AGE,
@@ -194,7 +248,7 @@ class CheckClient:
             raise ValueError(f"batch_size: {batch_size} is not in 1..{MAX_BATCH}")
         self.prefilter = prefilter_state(prefilter, prefilter_max_age, local_audit_path, clock)
         credentials = Credentials(api_key, root_ca, client_cert, client_key)
-        self.channel = open_channel(target, credentials, retry)
+        self.channel = open_channel(target, credentials, retry, keepalive)
         self.stub = pb_grpc.ConsumptionCheckStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
         self.batch_size = batch_size
@@ -256,7 +310,7 @@ class CheckClient:
             for chunk in self.stub.GetPrefilter(request, timeout=timeout, metadata=self.metadata):
                 download.add(chunk)
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+            raise call_error(exc, self._closing.is_set()) from exc
         self.prefilter.install(download, started)
 
     def _keep_fresh(self) -> None:
@@ -294,7 +348,7 @@ class CheckClient:
                 request, timeout=self._deadline(timeout), metadata=self.metadata
             )
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+            raise call_error(exc, self._closing.is_set()) from exc
         return response
 
     def check_batch(
@@ -302,16 +356,21 @@ class CheckClient:
     ) -> list[pb.CheckResponse]:
         """One answer per request, in order, however many: ``batch_size`` checks a call,
         one call after another, each with its own deadline. A refused call raises
-        (the fields it names count from the caller's first request); the answers of
-        calls before it are lost with it. With the prefilter, the requests it clears
-        are answered here and the rest sent, answers in order all the same."""
+        (the fields it names count from the caller's first request), carrying the
+        answers already received: ``exc.answers`` to ``requests[:exc.first_unanswered]``
+        (``with_answers``), decided and logged by the server; send only the rest
+        again. With the prefilter, the requests it clears are answered here and the
+        rest sent, answers in order all the same."""
         state = self.prefilter
         if state is None:
             return self._send_batches(requests, timeout)
         split = state.split(list(requests))
-        answers = split.merge(
-            self._send_batches(split.send, timeout, split.positions) if split.send else []
-        )
+        try:
+            sent = self._send_batches(split.send, timeout, split.positions) if split.send else []
+        except CheckError as exc:
+            answered_locally_too(exc, split, state)
+            raise
+        answers = split.merge(sent)
         state.record(split.local)
         return answers
 
@@ -320,26 +379,31 @@ class CheckClient:
         positions: Sequence[int] | None = None,
     ) -> list[pb.CheckResponse]:  # fmt: skip
         """``requests`` to the server, ``batch_size`` a call; ``positions``: where each
-        stands in the caller's list (errors name that), when not simply in order."""
+        stands in the caller's list (errors name that), when not simply in order. A
+        refusal carries the answers before it (``with_answers``, counted in ``requests``)."""
         answers: list[pb.CheckResponse] = []
-        for batch in batches(requests, self.batch_size):
-            message = pb.CheckBatchRequest(checks=batch)
-            refuse_oversize(message)
-            try:
-                reply = self.stub.CheckConsumptionBatch(
-                    message, timeout=self._deadline(timeout), metadata=self.metadata
-                )
-            except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                if positions is not None:
-                    raise renumbered(error, positions[len(answers) :]) from exc
-                raise shifted(error, len(answers)) from exc
-            if len(reply.results) != len(batch):
-                raise from_info(ErrorDetails(
-                    grpc.StatusCode.INTERNAL,
-                    f"{len(batch)} checks sent, {len(reply.results)} answers received",
-                ))  # fmt: skip
-            answers.extend(reply.results)
+        try:
+            for batch in batches(requests, self.batch_size):
+                message = pb.CheckBatchRequest(checks=batch)
+                refuse_oversize(message)
+                try:
+                    reply = self.stub.CheckConsumptionBatch(
+                        message, timeout=self._deadline(timeout), metadata=self.metadata
+                    )
+                except grpc.RpcError as exc:
+                    error = call_error(exc, self._closing.is_set())
+                    if positions is not None:
+                        raise renumbered(error, positions[len(answers) :]) from exc
+                    raise shifted(error, len(answers)) from exc
+                if len(reply.results) != len(batch):
+                    raise from_info(ErrorDetails(
+                        grpc.StatusCode.INTERNAL,
+                        f"{len(batch)} checks sent, {len(reply.results)} answers received",
+                    ))  # fmt: skip
+                answers.extend(reply.results)
+        except CheckError as exc:
+            with_answers(exc, answers, len(answers))
+            raise
         return answers
 
     def check_stream(
@@ -372,7 +436,7 @@ class CheckClient:
         except CheckError:
             raise
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+            raise call_error(exc, self._closing.is_set()) from exc
         finally:
             call.cancel()
 
@@ -383,5 +447,5 @@ class CheckClient:
                 pb.ListStatusRequest(), timeout=self._deadline(timeout), metadata=self.metadata
             )
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+            raise call_error(exc, self._closing.is_set()) from exc
         return reply

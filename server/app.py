@@ -11,9 +11,21 @@ answer marked ``stale``, but readiness is NOT_SERVING (``_health_state``,
 polled every 0.2 s). ``liveness`` is SERVING from start to shutdown: a stale
 or list-less server is alive; only draining turns it NOT_SERVING.
 
-Shutdown (SIGTERM/SIGINT): every health status NOT_SERVING, in-flight calls
-get ``--grace`` seconds, then the followers stop, the hit and audit logs are
-flushed and closed, and the metrics listener (``--metrics-listen``) stops.
+Shutdown (SIGTERM/SIGINT): every health status NOT_SERVING; with ``--drain``
+new calls are still answered that long (a second signal cuts it short), for
+load balancers that route on health to move away; then grpcio stops taking
+calls and in-flight calls get ``--grace`` seconds, then the followers stop,
+the hit and audit logs are flushed and closed, and the metrics listener
+(``--metrics-listen``) stops. grpcio answers CANCELLED, whatever the grace, to
+the calls it has taken in but not yet handed to the service when it stops
+(grpc/grpc#41785): never decided, and the Python client retries them.
+
+Keepalive (``_build_server``): a client may ping every
+``KEEPALIVE_MIN_INTERVAL_S`` seconds, with or without calls (the Python
+client's default is every 10 s); faster pinging, three times while the server
+sends nothing, earns a GOAWAY ``too_many_pings``. The server pings each
+connection every ``KEEPALIVE_TIME_S`` and drops one whose client does not
+answer within ``KEEPALIVE_TIMEOUT_S``, ending the streams of a gateway that died.
 
 ``run_service`` runs one such server, or with ``--workers N`` (N > 1) a
 supervisor (``server.workers``) whose N worker processes each run a
@@ -88,6 +100,14 @@ LIST_CURRENT = "shixin.v1.ListCurrent"
 LIVENESS = "liveness"
 HEALTH_POLL_S = 0.2
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: The fastest client pinging accepted (the Python client's default keepalive is 10 s:
+#: ``clients/channel.py`` ``KEEPALIVE_MIN_INTERVAL_S`` says the same).
+KEEPALIVE_MIN_INTERVAL_S = 5
+#: Pings too soon (while the server sends nothing) tolerated before GOAWAY too_many_pings.
+KEEPALIVE_PING_STRIKES = 2
+#: The server's own pings: a client silent this long after one is gone.
+KEEPALIVE_TIME_S = 60
+KEEPALIVE_TIMEOUT_S = 20
 
 
 class Service:
@@ -160,6 +180,7 @@ class Service:
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second stop signal: no drain
 
     def _build_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(
@@ -170,6 +191,16 @@ class Service:
                 # demo or a stale process, would silently take part of the traffic.
                 # Only the workers of one supervisor share theirs (its check came first).
                 ("grpc.so_reuseport", int(self.seat is not None)),
+                # keepalive: accept a client's ping every 5 s, calls or not (grpc's
+                # default, one per 5 minutes and none without calls, would GOAWAY the
+                # Python client's); ping clients ourselves to find dead ones
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MIN_INTERVAL_S * 1000),
+                ("grpc.http2.max_ping_strikes", KEEPALIVE_PING_STRIKES),
+                ("grpc.keepalive_time_ms", KEEPALIVE_TIME_S * 1000),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000),
+                ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000),  # else 1 minute
+                ("grpc.http2.max_pings_without_data", 0),  # else 2, then none on a quiet stream
             ]
         )
         settings = self.settings
@@ -390,6 +421,8 @@ class Service:
             log.error("list %s %s: %s", path, what, detail)
 
     def request_stop(self) -> None:
+        if self._stop.is_set():
+            self._hurry.set()
         self._stop.set()
 
     async def _load_list(self) -> None:
@@ -458,11 +491,20 @@ class Service:
         if on_ready is not None:
             on_ready(self)
         await self._stop.wait()
-        log.info("stopping: health NOT_SERVING; draining in-flight calls for up to %.1fs",
-                 self.settings.grace_seconds)  # fmt: skip
+        drain = 0.0 if self._hurry.is_set() else self.settings.drain_seconds
+        if drain > 0:
+            log.info("stopping: health NOT_SERVING; answering new calls for %.1fs (--drain), "
+                     "then draining in-flight calls for up to %.1fs",
+                     drain, self.settings.grace_seconds)  # fmt: skip
+        else:
+            log.info("stopping: health NOT_SERVING; draining in-flight calls for up to %.1fs",
+                     self.settings.grace_seconds)  # fmt: skip
         await watcher
         await self._set_health(False, False, alive=False)
         await self.health.enter_graceful_shutdown()  # no later change turns anything SERVING
+        if drain > 0:  # load balancers that route on health move away; a second signal: now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), drain)
         await server.stop(self.settings.grace_seconds)
         if self.keys_watcher is not None:
             self.keys_watcher.stop()

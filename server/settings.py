@@ -324,6 +324,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("grace", seconds(0, 3600), 5,
            "on SIGTERM/SIGINT: health goes NOT_SERVING, in-flight calls get this long",
            ("serve",)),
+    Option("drain", seconds(0, 300), 0,
+           "on SIGTERM/SIGINT: health goes NOT_SERVING and new calls are still answered this "
+           "long (for load balancers to move away) before --grace begins; a second signal "
+           "cuts it short", ("serve",)),
     Option("key-secret-file", PATH, None,
            "file holding the subject-key secret (16 to 64 bytes); or the secret itself in "
            "SHIXIN_KEY_SECRET, which a file named only in the config file gives way to",
@@ -773,6 +777,7 @@ class ServeSettings:
     audit_log: Path | None
     grace_seconds: float
     max_batch: int = MAX_BATCH
+    drain_seconds: float = 0.0  # on SIGTERM: NOT_SERVING but still answering, before the grace
     demo_count: int = 2000
     poll_interval: float = 0.2
     settle: float | None = None  # --list DIR: seconds a file must stay unchanged (None: 10 polls)
@@ -1004,6 +1009,7 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         hit_log=Path(hit_log) if hit_log else None,
         audit_log=Path(audit_log) if audit_log else None,
         grace_seconds=r.number("grace"),
+        drain_seconds=r.number("drain"),
         settle=r.number("settle"),
         demo_count=r.integer("demo_count"),
         redis=redis,

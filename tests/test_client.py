@@ -325,6 +325,79 @@ def test_rate_and_burst_raise_rate_limited_and_limit_exceeded(
     assert caught.value.retry_after is not None and 1 < caught.value.retry_after <= 100
 
 
+UNLISTED = rid("11010519900303003")  # never listed either (ZHAO is the other)
+
+
+def slow_server(serve: Serve, tmp_path: Path) -> tuple[RunningServer, str, Path]:
+    """A server on a list directory (the prefilter needs one) with a key for two checks
+    per 100 s (roles check and prefilter), and its audit log."""
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    write_jsonl(feed / "snapshot-0001.jsonl", basic_rows())
+    keys = tmp_path / "keys.json"
+    key = add_key(keys, "slow-gateway", "*", ["check", "prefilter"], rate_per_second=0.01,
+                  burst=2)  # fmt: skip
+    audit = tmp_path / "audit.log"
+    return serve(feed, keys_file=keys, audit_log=audit), key, audit
+
+
+def test_a_batch_refused_after_its_first_calls_carries_their_answers(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server, key, audit = slow_server(serve, tmp_path)
+    pnr = airline_pnr([(ZHANG, "张伟"), (ZHAO, "赵六"), (WANG, "王五")], flight="CA1234",
+                      booking_id="PNR1")  # fmt: skip
+    with CheckClient(server.address, api_key=key, batch_size=2, retry=NO_RETRY) as client:
+        with pytest.raises(RateLimited) as caught:
+            client.check_batch(pnr)  # the first call (2 checks) answered, the second refused
+        error = caught.value
+        assert error.first_unanswered == 2
+        assert [(a.request_id, decided(a)) for a in error.answers] == [
+            ("PNR1/1", ("DENY", ["AIR_TRAVEL"])),
+            ("PNR1/2", ("ALLOW", ["NOT_LISTED"])),
+        ]
+        with pytest.raises(RateLimited) as again:  # the retry of the rest: refused at once
+            client.check_batch(pnr[error.first_unanswered :])
+    assert (again.value.answers, again.value.first_unanswered) == ([], 0)
+    # the first two were decided once: a retry of pnr[2:] does not decide them again
+    outcomes = audit_outcomes(audit, "CheckConsumptionBatch")
+    assert outcomes == ["OK", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED"]
+
+
+def test_a_refused_batch_with_the_prefilter_carries_the_local_answers_before_it(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server, key, _ = slow_server(serve, tmp_path)
+    local_audit = tmp_path / "local-audit.jsonl"
+    requests = [
+        flight(ZHAO, request_id="local-1"),
+        flight(ZHANG, request_id="sent-1"),
+        flight(UNLISTED, request_id="local-2"),
+        flight(LI, request_id="sent-2"),
+        flight(WANG, request_id="sent-3"),  # the second call: refused
+        flight(ZHAO, request_id="local-3"),
+    ]
+    with CheckClient(server.address, api_key=key, batch_size=2, retry=NO_RETRY, prefilter=True,
+                     local_audit_path=local_audit) as client:  # fmt: skip
+        with pytest.raises(RateLimited) as caught:
+            client.check_batch(requests)
+        with pytest.raises(RateLimited) as again:  # the server answers none: nothing handed out
+            client.check_batch(requests[caught.value.first_unanswered :])
+    assert (again.value.answers, again.value.first_unanswered) == ([], 0)
+    error = caught.value
+    assert error.first_unanswered == 4
+    assert [(a.request_id, a.decided_locally, decided(a)[0]) for a in error.answers] == [
+        ("local-1", True, "ALLOW"),
+        ("sent-1", False, "DENY"),
+        ("local-2", True, "ALLOW"),
+        ("sent-2", False, "DENY"),
+    ]
+    handed_out = [
+        orjson.loads(line)["request_id"] for line in local_audit.read_bytes().splitlines()
+    ]
+    assert handed_out == ["local-1", "local-2"]  # not "local-3": never handed out
+
+
 def test_unavailable_deadline_and_oversize(serve: Serve, tmp_path: Path) -> None:
     empty = tmp_path / "feed"
     empty.mkdir()

@@ -5,6 +5,7 @@ with a bad request in the middle, the exception family, status)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,12 +15,18 @@ import pytest
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.aio import AsyncCheckClient
+from shixin_check.clients.channel import NO_RETRY
 from shixin_check.clients.check_client import build_request, error_details
-from shixin_check.clients.errors import InvalidRequest, ServiceUnavailable, Unauthenticated
+from shixin_check.clients.errors import (
+    InvalidRequest,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthenticated,
+)
 from shixin_check.clients.flows import rail_order
 from shixin_check.server.auth import add_key
 from tests.conftest import RunningServer
-from tests.listdata import LI, WANG, ZHANG, ZHAO, basic_rows, write_jsonl
+from tests.listdata import LI, WANG, ZHANG, ZHAO, basic_rows, rid, write_jsonl
 from tests.processes import free_port
 
 Serve = Callable[..., RunningServer]
@@ -129,3 +136,50 @@ def test_errors_are_the_family(server: RunningServer, serve: Serve, tmp_path: Pa
     assert invalid.field_violations[0][0] == "subject.person.id_number"
     assert isinstance(anonymous, Unauthenticated) and anonymous.reason == "API_KEY_MISSING"
     assert isinstance(down, ServiceUnavailable)
+
+
+def test_a_refused_later_call_of_a_batch_carries_the_answers_before_it(
+    serve: Serve, tmp_path: Path
+) -> None:
+    feed = tmp_path / "feed"  # a list directory: the prefilter needs one
+    feed.mkdir()
+    write_jsonl(feed / "snapshot-0001.jsonl", basic_rows())
+    keys = tmp_path / "keys.json"
+    four = add_key(keys, "four", "*", ["check"], rate_per_second=0.01, burst=4)
+    two = add_key(keys, "two", "*", ["check", "prefilter"], rate_per_second=0.01, burst=2)
+    server = serve(feed, keys_file=keys)
+    unlisted = rid("11010519900303003")
+    requests = [flight(ZHANG, "a"), flight(ZHAO, "b"), flight(LI, "c"), flight(WANG, "d")]
+    prefiltered = [flight(unlisted, "e"), flight(WANG, "f"), flight(ZHANG, "g"), flight(LI, "h")]
+    local_audit = tmp_path / "local.jsonl"
+
+    async def go() -> tuple[RateLimited, RateLimited]:
+        caught = []
+        async with AsyncCheckClient(server.address, api_key=four, batch_size=2,
+                                    retry=NO_RETRY) as client:  # fmt: skip
+            try:  # two calls of two answered (the burst), the third refused
+                await client.check_batch([*requests, flight(ZHAO, "x")])
+            except RateLimited as exc:
+                caught.append(exc)
+        async with AsyncCheckClient(server.address, api_key=two, batch_size=2, retry=NO_RETRY,
+                                    prefilter=True, local_audit_path=local_audit,
+                                    ) as client:  # fmt: skip
+            try:  # "e" answered here, f and g by the first call, h's call refused
+                await client.check_batch(prefiltered)
+            except RateLimited as exc:
+                caught.append(exc)
+        plain, local = caught
+        return plain, local
+
+    plain, local = run(go())
+    assert plain.first_unanswered == 4
+    assert [(a.request_id, decision(a)) for a in plain.answers] == [
+        ("a", "DENY"), ("b", "ALLOW"), ("c", "DENY"), ("d", "DENY"),
+    ]  # fmt: skip
+    assert local.first_unanswered == 3
+    assert [(a.request_id, a.decided_locally) for a in local.answers] == [
+        ("e", True), ("f", False), ("g", False),
+    ]  # fmt: skip
+    assert [json.loads(line)["request_id"] for line in local_audit.read_text().splitlines()] == [
+        "e"
+    ]
