@@ -99,7 +99,8 @@ FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 10.0
 #: A worker that lived this long before dying starts the backoff afresh.
 STEADY_S = 30.0
-#: Beyond ``--grace``: how long a stopping worker may take (finishing a load) before SIGKILL.
+#: Beyond ``--drain`` and ``--grace``: how long a stopping worker may take (finishing a
+#: load) before SIGKILL.
 STOP_SLACK_S = 30.0
 PARENT_POLL_S = 0.5
 #: A replacement that fails its start-up this many times in a row ends the server.
@@ -406,13 +407,20 @@ class Supervisor:
         self.signals.append(signum)  # handled in the loop; the wakeup fd ends its wait
 
     def _begin_stop(self, why: str) -> None:
-        if self.stopping:
+        if self.stopping:  # a second signal: sent on, each worker cuts its --drain short
+            if self.settings.drain_seconds > 0:
+                log.info("%s again: the workers stop answering new calls now", why)
+                self._signal_all(signal.SIGTERM)
             return
         self.stopping = True
-        self.stop_deadline = time.monotonic() + self.settings.grace_seconds + STOP_SLACK_S
+        settings = self.settings
+        self.stop_deadline = (
+            time.monotonic() + settings.drain_seconds + settings.grace_seconds + STOP_SLACK_S
+        )
         live = [w for w in self.workers if w.process is not None and w.process.is_alive()]
-        log.info("stopping (%s): each of %d workers drains for up to %.1fs",
-                 why, len(live), self.settings.grace_seconds)  # fmt: skip
+        log.info("stopping (%s): each of %d workers answers new calls for %.1fs (--drain), "
+                 "then drains for up to %.1fs", why, len(live), settings.drain_seconds,
+                 settings.grace_seconds)  # fmt: skip
         for worker in self.workers:
             worker.restart_at = None
         self._signal_all(signal.SIGTERM)
@@ -555,8 +563,8 @@ class Supervisor:
         for worker in self.workers:
             process = worker.process
             if process is not None and process.is_alive() and process.pid is not None:
-                log.error("worker %d (pid %s) did not stop within --grace + %.0fs: SIGKILL",
-                          worker.number, process.pid, STOP_SLACK_S)  # fmt: skip
+                log.error("worker %d (pid %s) did not stop within --drain + --grace + %.0fs: "
+                          "SIGKILL", worker.number, process.pid, STOP_SLACK_S)  # fmt: skip
                 self.unclean.append(f"worker {worker.number} killed after the grace")
                 os.kill(process.pid, signal.SIGKILL)
         self.stop_deadline = float("inf")

@@ -340,3 +340,24 @@ class _Asker:
         self._thread.join(timeout=30)
         assert self.asked > 0
         return self.errors
+
+
+@pytest.mark.usefixtures("two_workers")
+def test_a_second_stop_signal_cuts_the_workers_drain_short(tmp_path: Path, feed: Path) -> None:
+    """``--drain`` on a supervisor: the first SIGTERM starts every worker's drain (new
+    calls still answered), a second one reaches them too and ends it at once; the
+    server stops cleanly, long before the drain would have."""
+    server = serve_workers(tmp_path, feed, "drain", "--drain", "120", "--grace", "1")
+    try:
+        server.proc.send_signal(signal.SIGTERM)
+        eventually(lambda: "answers new calls for 120.0s (--drain)" in server.output(),
+                   "the supervisor stopping")  # fmt: skip
+        assert ask_round(server.target)  # still answered while draining
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=20) == 0, server.output()
+        assert time.monotonic() - started < 20
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+    assert "SIGKILL" not in server.output(), server.output()
