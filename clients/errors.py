@@ -10,7 +10,8 @@
           +-- RateLimited         RESOURCE_EXHAUSTED from a rate or throttle: retry_after seconds
           +-- LimitExceeded       more than the server ever takes (a batch over the burst,
           |                       a message over 4 MiB): send less, do not retry
-          +-- ServiceUnavailable  UNAVAILABLE: unreachable, shutting down, or no list loaded
+          +-- ServiceUnavailable  UNAVAILABLE: unreachable, shutting down, or no list loaded;
+          |                       CANCELLED by a server that began to shut down
           +-- DeadlineExceeded    DEADLINE_EXCEEDED: the call's deadline passed
 
 Every error is a ``grpc.RpcError`` with ``code()`` and ``details()``, so code
@@ -98,13 +99,18 @@ class CheckError(grpc.RpcError):  # type: ignore[misc]
     """A refused call (or, with ``raise_on_error``, a refused request on a stream).
 
     ``code()`` and ``details()`` as on any ``grpc.RpcError``; ``info`` holds
-    everything the server said for machines.
+    everything the server said for machines. Raised by ``check_batch``, it also
+    carries what was answered before it: ``answers`` to the caller's requests
+    ``[:first_unanswered]``, decided (and logged) already: send only the rest
+    again. Elsewhere ``[]`` and 0.
     """
 
     def __init__(self, info: ErrorDetails, call: Any = None) -> None:
         super().__init__(f"{info.code.name}: {info.message}")
         self.info = info
         self._call = call
+        self.answers: list[pb.CheckResponse] = []
+        self.first_unanswered = 0
 
     def with_info(self, info: ErrorDetails) -> CheckError:
         """The same kind of error, of the same call, saying ``info``."""
