@@ -137,6 +137,12 @@ class StreamIds:
 
 
 _RESIDENT_ID = IdType.RESIDENT_ID  # a global, not an enum attribute look-up, on every check
+#: each document type (every id type but the resident ID): the others
+_OTHER_DOCUMENTS = {
+    kind: tuple(other for other in IdType if other not in (kind, IdType.RESIDENT_ID))
+    for kind in IdType
+    if kind is not IdType.RESIDENT_ID
+}
 
 
 def _enum(table: dict[int, Any], value: int, field: str, what: str) -> Any:
@@ -272,6 +278,11 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
             # A loop adding to the tuple: as cheap as one key was (a comprehension is not)
             for kind, reading in other_readings(id_type, number):
                 also += (keyer.subject_key(kind, reading),)
+            # and under every other document type: the same letters and digits, normalised
+            # alike, are that document mistyped (a passport sent as a permit), never a
+            # reason for ALLOW: a clerk's choice of type must not let a listed person by
+            for kind in _OTHER_DOCUMENTS[id_type]:
+                also += (keyer.subject_key(kind, number),)
     elif which == "organization":
         org = request.organization
         uscc = _bounded(org.uscc, MAX_ID, "subject.organization.uscc")

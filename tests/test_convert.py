@@ -153,9 +153,15 @@ def test_a_number_with_one_reading_or_none_carries_that_many_more_keys() -> None
     assert convert.to_query(air(never_listed_id(), "RESIDENT_ID"), KEYER).also_keys in (
         (), (KEYER.subject_key(None, never_listed_id()),),
     )  # fmt: skip
-    assert convert.to_query(air("E12345678", "PASSPORT"), KEYER).also_keys == ()
+    permits = (IdType.HK_MACAO_PERMIT, IdType.TAIWAN_PERMIT, IdType.FOREIGN_PERMANENT_RESIDENT)
+    # a document number: under every other document type too (a mistyped type)
+    assert convert.to_query(air("E12345678", "PASSPORT"), KEYER).also_keys == tuple(
+        KEYER.subject_key(kind, "E12345678") for kind in permits
+    )
     resident = never_listed_id()
-    assert convert.to_query(air(resident, "PASSPORT"), KEYER).also_keys in (
+    also = convert.to_query(air(resident, "PASSPORT"), KEYER).also_keys
+    assert also[:-3] in (
         (KEYER.subject_key(IdType.RESIDENT_ID, resident),),
         (KEYER.subject_key(IdType.RESIDENT_ID, resident), KEYER.subject_key(None, resident)),
     )  # one resident ID in 31 is a well-formed USCC too
+    assert also[-3:] == tuple(KEYER.subject_key(kind, resident) for kind in permits)

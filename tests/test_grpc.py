@@ -249,6 +249,24 @@ def test_a_resident_id_sent_as_a_passport_is_never_a_silent_allow(server: Runnin
     assert (zhao.decision, [r.code for r in zhao.reasons]) == (pb.ALLOW, ["NOT_LISTED"])
 
 
+def test_a_document_number_sent_under_another_document_type_is_never_a_silent_allow(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """A listed passport's number sent as a permit (the clerk's choice of type, or a
+    slip): the same letters and digits are looked up under every document type, and
+    the person is judged as usual: DENY with the same name, REVIEW with another."""
+    passport = person_entry("F1", "E82067303", "JOHN SMITH")
+    passport["subject"]["id_type"] = "PASSPORT"
+    stub = serve(write_jsonl(tmp_path / "list.jsonl", [passport])).stub()
+    for id_type in DOCUMENT_TYPES:
+        same = stub.CheckConsumption(rail("E82067303", "JOHN SMITH", id_type=id_type))
+        assert (same.decision, [m.entry_id for m in same.matches]) == (pb.DENY, ["F1"]), id_type
+        other = stub.CheckConsumption(rail("E82067303", "LI MING", id_type=id_type))
+        assert (other.decision, [m.entry_id for m in other.matches]) == (pb.REVIEW, ["F1"])
+    unlisted = stub.CheckConsumption(rail("E82067304", "JOHN SMITH", id_type="HK_MACAO_PERMIT"))
+    assert (unlisted.decision, [r.code for r in unlisted.reasons]) == (pb.ALLOW, ["NOT_LISTED"])
+
+
 def first_generation(number: str) -> str:
     """The 15-digit card an 18-character resident ID of someone born 19xx replaced."""
     assert number[6:8] == "19"
