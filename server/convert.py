@@ -138,7 +138,7 @@ class StreamIds:
 
 _RESIDENT_ID = IdType.RESIDENT_ID  # a global, not an enum attribute look-up, on every check
 #: each document type (every id type but the resident ID): the others
-_OTHER_DOCUMENTS = {
+_OTHER_DOCUMENTS: dict[IdType, tuple[IdType, ...]] = {
     kind: tuple(other for other in IdType if other not in (kind, IdType.RESIDENT_ID))
     for kind in IdType
     if kind is not IdType.RESIDENT_ID
