@@ -8,8 +8,9 @@ idempotent read, so a call refused before it was decided may be sent again:
   (another replica, or the same one a moment later, may answer);
 - ``CANCELLED`` from the server: a server that begins to shut down cancels
   the calls it has taken in but not yet handed to the service (grpcio's core
-  does, whatever the grace: grpc/grpc#41785), so they were never decided. The
-  caller's own cancellation (closing the channel, ``call.cancel()``, a task
+  does, whatever the grace: grpc/grpc#41785), so they were never decided (a
+  proxy between may also send it for a call that was: README, "What a retry
+  can cost"). The caller's own cancellation (closing the channel, ``call.cancel()``, a task
   cancelled) is never retried by gRPC;
 - ``RESOURCE_EXHAUSTED``: over the caller's rate. gRPC does not read
   ``google.rpc.RetryInfo``; it waits for the server's *push-back*, the

@@ -421,8 +421,17 @@ class Service:
             log.error("list %s %s: %s", path, what, detail)
 
     def request_stop(self) -> None:
-        if self._stop.is_set():
+        """A stop signal. A second one to a single server ends its ``--drain`` at once.
+        A worker's come twice as a rule (the terminal's SIGINT or the service manager's
+        SIGTERM to the whole group, then the supervisor's): only the supervisor's
+        ``HURRY_SIGNAL`` ends its drain (``hurry``)."""
+        if self._stop.is_set() and self.seat is None:
             self._hurry.set()
+        self._stop.set()
+
+    def hurry(self) -> None:
+        """The supervisor's second stop: no more drain."""
+        self._hurry.set()
         self._stop.set()
 
     async def _load_list(self) -> None:
@@ -436,6 +445,9 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        if self.seat is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(HURRY_SIGNAL, self.hurry)
 
     async def run(self, on_ready: Callable[[Service], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -522,6 +534,12 @@ class Service:
         if self.reading_writer is not None:
             self.reading_writer.stop()
         log.info("stopped: in-flight calls done, logs closed")
+
+
+#: What the supervisor of ``--workers`` sends its workers on a second stop signal: end
+#: the drain now (a worker cannot tell the supervisor's SIGTERM from a terminal's SIGINT
+#: or a service manager's SIGTERM to the whole group, which come as well)
+HURRY_SIGNAL = signal.SIGUSR1
 
 
 # --- a caller's bytes: never a traceback ------------------------------------------------

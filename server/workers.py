@@ -86,7 +86,7 @@ from types import FrameType
 from typing import Any
 
 from shixin_check.domain.errors import ConfigurationError
-from shixin_check.server.app import Service, port_is_free, write_demo_list
+from shixin_check.server.app import HURRY_SIGNAL, Service, port_is_free, write_demo_list
 from shixin_check.server.hitlog import worker_log_path
 from shixin_check.server.metrics import MetricsEndpoint, WorkerReadings, reading_path
 from shixin_check.server.settings import DEMO_METRICS_LISTEN, EPHEMERAL_SECRET, ServeSettings
@@ -407,10 +407,10 @@ class Supervisor:
         self.signals.append(signum)  # handled in the loop; the wakeup fd ends its wait
 
     def _begin_stop(self, why: str) -> None:
-        if self.stopping:  # a second signal: sent on, each worker cuts its --drain short
+        if self.stopping:  # a second signal: each worker cuts its --drain short
             if self.settings.drain_seconds > 0:
                 log.info("%s again: the workers stop answering new calls now", why)
-                self._signal_all(signal.SIGTERM)
+                self._signal_all(HURRY_SIGNAL)
             return
         self.stopping = True
         settings = self.settings

@@ -361,3 +361,31 @@ def test_a_second_stop_signal_cuts_the_workers_drain_short(tmp_path: Path, feed:
         if server.proc.poll() is None:
             server.kill()
     assert "SIGKILL" not in server.output(), server.output()
+
+
+@pytest.mark.usefixtures("two_workers")
+def test_a_stop_signal_to_the_whole_group_keeps_the_drain(tmp_path: Path, feed: Path) -> None:
+    """Ctrl-C in a terminal signals every process of the group (SIGINT), and the
+    supervisor sends its own SIGTERM on: each worker gets two signals. That is one
+    stop, not two: every worker answers new calls for its ``--drain``, then stops."""
+    server = serve_workers(tmp_path, feed, "group-stop", "--drain", "3", "--grace", "1")
+    try:
+        workers = workers_of(server)
+        assert len(workers) == 2
+        started = time.monotonic()
+        for process in (psutil.Process(server.proc.pid), *workers):  # as the terminal does
+            process.send_signal(signal.SIGINT)
+        eventually(lambda: "answers new calls for 3.0s (--drain)" in server.output(),
+                   "the supervisor stopping")  # fmt: skip
+        time.sleep(1)  # both signals are in by now: the drain goes on
+        assert all(decision.endswith(("ALLOW", "DENY")) for _, decision, _ in
+                   ask_round(server.target))  # fmt: skip
+        assert server.proc.wait(timeout=30) == 0, server.output()
+        assert time.monotonic() - started >= 3  # no worker cut its drain short
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+    output = server.output()
+    for n in (1, 2):
+        assert f"[w{n}] stopping: health NOT_SERVING; answering new calls for 3.0s" in output
+    assert "SIGKILL" not in output, output
