@@ -131,18 +131,14 @@ def normalize_resident_id(raw: str, field: str = "id_number") -> str:
     if len(raw) == 18 and raw.isascii() and raw[:17].isdigit() and raw[17] in _CHECK_CHARS:
         number = raw  # canonical in form; which check fails is said below
     else:
-        number = _squeeze(raw)
+        number = _squeeze(raw).replace("-", "")  # 110105-19800101-001X: as documents are read
         if _DIGITS15.match(number) is not None:
             number = number[:6] + "19" + number[6:]
             number += resident_id_check_char(number)
         elif _CANONICAL_ID.match(number) is None:
             if not number:
                 raise InvalidInput(field, "is empty")
-            raise InvalidInput(
-                field,
-                f"is not a resident ID: expected 18 characters (17 digits and a digit or X) "
-                f"or 15 digits, got {len(number)} characters",
-            )
+            raise InvalidInput(field, _not_resident(number))
     if number[:2] not in _PROVINCES:
         raise InvalidInput(field, f"has no valid region code ({number[:2]}...)")
     if number[6:14] not in _BIRTH_DATES:
@@ -153,9 +149,20 @@ def normalize_resident_id(raw: str, field: str = "id_number") -> str:
     return number
 
 
+def _not_resident(number: str) -> str:
+    """Why ``number`` (squeezed) is no resident ID, and what it may be instead."""
+    shape = (f"is not a resident ID: expected 18 characters (17 digits and a digit or X) "
+             f"or 15 digits, got {len(number)} characters")  # fmt: skip
+    if len(number) == 18 and reads_as_uscc(number):
+        return f"{shape}, a unified social credit code: an organisation's, send organization.uscc"
+    if not number[:17].isdigit() and any(c.isalpha() for c in number):
+        return f"{shape} with letters: a passport or permit number? set id_type"
+    return shape
+
+
 def normalize_uscc(raw: str, field: str = "uscc") -> str:
     """Canonical unified social credit code, or ``InvalidInput`` saying why."""
-    code = _squeeze(raw)
+    code = _squeeze(raw).replace("-", "")
     if not code:
         raise InvalidInput(field, "is empty")
     if len(code) != 18:

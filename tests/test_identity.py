@@ -190,6 +190,32 @@ def test_leap_day_birth_date_is_accepted() -> None:
     assert normalize_resident_id(number, FIELD) == number
 
 
+def test_a_resident_id_with_hyphens_is_read_as_documents_are() -> None:
+    number = id_prefix() + resident_id_check_char(id_prefix())
+    hyphenated = f"{number[:6]}-{number[6:14]}-{number[14:]}"
+    assert normalize_resident_id(hyphenated, FIELD) == number
+
+
+@pytest.mark.parametrize(
+    ("raw", "hint"),
+    [
+        pytest.param(
+            "E82067303", "with letters: a passport or permit number? set id_type", id="passport"
+        ),  # fmt: skip
+        pytest.param(
+            "91110108MA01ABCD7" + uscc_check_char("91110108MA01ABCD7"),
+            "a unified social credit code: an organisation's, send organization.uscc",
+            id="uscc",
+        ),  # fmt: skip
+    ],
+)
+def test_a_number_that_is_plainly_something_else_says_what(raw: str, hint: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        normalize_resident_id(raw, FIELD)
+    assert err.value.problem.startswith("is not a resident ID: expected 18 characters")
+    assert err.value.problem.endswith(hint), err.value.problem
+
+
 @pytest.mark.parametrize(
     ("raw", "problem"),
     [
