@@ -110,8 +110,8 @@ def uscc_check_char(first17: str) -> str:
     if first17.isascii() and first17.isdigit():
         # The weights are 3**i mod 31 and 34 = 3 (mod 31), so for digits the weighted
         # sum is the digits read backwards in base 34, mod 31: int() does it in C, as
-        # in resident_id_check_char. other_readings does the same inline: every
-        # resident ID sent as a document is tried as a USCC.
+        # in resident_id_check_char: every resident ID sent as a document, and some
+        # sent as one, is tried as a USCC (resident_id_is_uscc).
         return _USCC_ALPHABET[-int(first17[::-1], 34) % 31]
     total = sum(_USCC_VALUE[c] * w for c, w in zip(first17, _USCC_WEIGHTS, strict=True))
     return _USCC_ALPHABET[(31 - total % 31) % 31]
@@ -131,7 +131,7 @@ def normalize_resident_id(raw: str, field: str = "id_number") -> str:
     if len(raw) == 18 and raw.isascii() and raw[:17].isdigit() and raw[17] in _CHECK_CHARS:
         number = raw  # canonical in form; which check fails is said below
     else:
-        number = _squeeze(raw).replace("-", "")  # 110105-19800101-001X: as documents are read
+        number = _squeeze(raw).replace("-", "")  # region-birth date-rest: as documents are read
         if _DIGITS15.match(number) is not None:
             number = number[:6] + "19" + number[6:]
             number += resident_id_check_char(number)
@@ -216,8 +216,8 @@ def resident_id_is_uscc(number: str) -> bool:
     that is a well-formed USCC too (about one in 31): an organisation's code sent as
     a resident ID may be one, so a check looks it up as that organisation as well.
     17 digits and a digit or X are a USCC's shape already: only the check character
-    can tell (``uscc_check_char`` for digits, without two slices)."""
-    return number[17] == _USCC_ALPHABET[-int(number[16::-1], 34) % 31]
+    can tell."""
+    return number[17] == uscc_check_char(number[:17])
 
 
 def other_readings(id_type: IdType, number: str) -> tuple[tuple[IdType | None, str], ...]:
@@ -229,8 +229,8 @@ def other_readings(id_type: IdType, number: str) -> tuple[tuple[IdType | None, s
     organisation (``(None, number)``, the USCC key space). The check looks up
     every reading, so a listed subject is never let through by a mistyped id
     type. An 18-digit number can pass both checks at once (about one resident
-    ID in 31 is also a well-formed USCC: ``911101198001010248`` is region
-    911101, born 1980-01-01, and a good GB 32100 code), so such a number has
+    ID in 31 is also a well-formed USCC: its 17 digits weighed the GB 32100
+    way give its last character too), so such a number has
     two readings, the resident ID first: neither may hide the other's listing.
     A first-generation card's 15 digits read as the 18-character resident ID
     they convert to, when their region code and birth date are possible

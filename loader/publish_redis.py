@@ -136,28 +136,39 @@ def _applied_seq(client: Client, keys: RedisKeys) -> int:
     return int(client.hget(keys.meta(current.decode()), "last_seq") or 0)
 
 
+def _header(path: Path) -> SnapshotHeader:
+    """The header of the snapshot at ``path`` (none, for one that does not read:
+    ``build_snapshot`` reports it, beside every other bad row)."""
+    try:
+        return read_header(path)
+    except LoadRejected:
+        return SnapshotHeader()
+
+
+def _undone(includes_seq: int, applied: int) -> str:
+    """The deltas a snapshot holding those up to ``includes_seq`` would undo where Redis
+    has applied up to ``applied`` (``deltas 3 to 9``), or "" for none."""
+    return missing_deltas(includes_seq + 1, applied) if includes_seq < applied else ""
+
+
 def _refuse_rollback(path: Path, includes_seq: int, applied: int) -> None:
     """``OutOfSequence`` if a snapshot holding deltas up to ``includes_seq`` would undo
     deltas Redis has applied (up to ``applied``): replicas would switch to it and what
     those deltas listed, delisted or suspended would be undone, with nothing said."""
-    if includes_seq < applied:
+    undone = _undone(includes_seq, applied)
+    if undone:
         raise OutOfSequence(
             str(path),
             f"the snapshot includes deltas up to seq {includes_seq} but seq {applied} is "
-            f"applied: loading it would undo {missing_deltas(includes_seq + 1, applied)}; load "
-            "a newer snapshot, or give --allow-rollback to go back on purpose",
+            f"applied: loading it would undo {undone}; load a newer snapshot, or give "
+            "--allow-rollback to go back on purpose",
         )
 
 
 def rollback_of(client: Client, path: Path, keys: RedisKeys) -> str:
     """The deltas loading the snapshot at ``path`` would undo (``deltas 3 to 9``), or
     "" when it undoes none: what ``load --allow-rollback`` says it did."""
-    try:
-        includes = read_header(path).includes_seq
-    except LoadRejected:
-        includes = 0
-    applied = _applied_seq(client, keys)
-    return missing_deltas(includes + 1, applied) if includes < applied else ""
+    return _undone(_header(path).includes_seq, _applied_seq(client, keys))
 
 
 def _refuse_gap(path: Path, ops: list[DeltaOp], applied: int) -> None:
@@ -219,10 +230,7 @@ def publish_snapshot(
     refused (``OutOfSequence``) unless ``allow_rollback``: it would undo deltas.
     """
     keys = keys or RedisKeys()
-    try:
-        header = read_header(path)
-    except LoadRejected:  # build_snapshot reports it, beside every other bad row
-        header = SnapshotHeader()
+    header = _header(path)
     if not allow_rollback:  # before minutes of validating (no header: it includes no delta)
         _refuse_rollback(path, header.includes_seq, _applied_seq(client, keys))
     view = build_snapshot(path, keyer, progress)  # LoadRejected before any write
