@@ -877,6 +877,7 @@ class RedisFollower(Background):
             "lag_deltas": self.lag(),
             "index_reachable": self.reachable and self._lost is None,
             "not_serving_reason": self._problem,
+            "redis_write_refused": self._write_problem,
         }
 
     def lag(self) -> int:

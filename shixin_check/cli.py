@@ -459,6 +459,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"replica {status.replica_id}: Redis holds {status.upstream_version} "
                   f"seq {status.upstream_last_delta_seq}; behind by {status.lag_deltas} delta(s); "
                   f"reachable {status.index_reachable}")  # fmt: skip
+        if status.redis_write_refused:
+            print(f"WRITE REFUSED: {status.redis_write_refused}")
         for c in status.counts:
             print(f"  {c.list_type:8} {c.status:10} {c.entries}")
     for p in status.policy:

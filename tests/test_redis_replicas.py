@@ -248,11 +248,17 @@ def test_a_read_only_redis_is_logged_once_then_counted_until_it_clears(
         errors = redis_errors(metrics)
         assert errors >= 3, errors  # one refused heartbeat a second, counted
         eventually(lambda: redis_errors(metrics) > errors, "counting on")
+        status = run_cli("status", "--target", server.target)
+        assert status.returncode == 0, status.stderr  # serving: the list is read as ever
+        assert (f"WRITE REFUSED: cannot write to {read_only_copy.url}: it is a read-only replica"
+                in status.stdout), status.stdout  # fmt: skip
 
         with connect(read_only_copy.url, timeout=5) as client:
             client.replicaof("NO", "ONE")  # promoted: it takes writes now
             eventually(lambda: "writing to Redis works again" in server.output(), "cleared")
             eventually(lambda: len(redis_status(client)["replicas"]) == 1, "registered")
+        status = run_cli("status", "--target", server.target)
+        assert status.returncode == 0 and "WRITE REFUSED" not in status.stdout, status.stdout
         assert server.output().count("read only replica") == 1, server.output()
     finally:
         assert server.stop() == 0, server.output()

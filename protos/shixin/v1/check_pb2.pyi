@@ -430,7 +430,7 @@ class PolicyParameter(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class ListStatus(_message.Message):
-    __slots__ = ("version", "counts", "loaded_at", "source_timestamp", "staleness_seconds", "policy", "entries_total", "subject_keys", "last_delta_seq", "source", "serving", "index_backend", "replica_id", "upstream_version", "upstream_last_delta_seq", "lag_deltas", "index_reachable", "enumeration_flags", "not_serving_reason", "behind", "rejected_source", "rejected_problem", "snapshot_includes_seq", "stale", "stale_since", "max_list_age_seconds")
+    __slots__ = ("version", "counts", "loaded_at", "source_timestamp", "staleness_seconds", "policy", "entries_total", "subject_keys", "last_delta_seq", "source", "serving", "index_backend", "replica_id", "upstream_version", "upstream_last_delta_seq", "lag_deltas", "index_reachable", "enumeration_flags", "not_serving_reason", "behind", "rejected_source", "rejected_problem", "snapshot_includes_seq", "stale", "stale_since", "max_list_age_seconds", "redis_write_refused")
     class EnumerationFlagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -464,6 +464,7 @@ class ListStatus(_message.Message):
     STALE_FIELD_NUMBER: _ClassVar[int]
     STALE_SINCE_FIELD_NUMBER: _ClassVar[int]
     MAX_LIST_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REDIS_WRITE_REFUSED_FIELD_NUMBER: _ClassVar[int]
     version: str
     counts: _containers.RepeatedCompositeFieldContainer[Count]
     loaded_at: str
@@ -490,7 +491,8 @@ class ListStatus(_message.Message):
     stale: bool
     stale_since: str
     max_list_age_seconds: int
-    def __init__(self, version: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., loaded_at: _Optional[str] = ..., source_timestamp: _Optional[str] = ..., staleness_seconds: _Optional[int] = ..., policy: _Optional[_Iterable[_Union[PolicyParameter, _Mapping]]] = ..., entries_total: _Optional[int] = ..., subject_keys: _Optional[int] = ..., last_delta_seq: _Optional[int] = ..., source: _Optional[str] = ..., serving: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica_id: _Optional[str] = ..., upstream_version: _Optional[str] = ..., upstream_last_delta_seq: _Optional[int] = ..., lag_deltas: _Optional[int] = ..., index_reachable: _Optional[bool] = ..., enumeration_flags: _Optional[_Mapping[str, int]] = ..., not_serving_reason: _Optional[str] = ..., behind: _Optional[bool] = ..., rejected_source: _Optional[str] = ..., rejected_problem: _Optional[str] = ..., snapshot_includes_seq: _Optional[int] = ..., stale: _Optional[bool] = ..., stale_since: _Optional[str] = ..., max_list_age_seconds: _Optional[int] = ...) -> None: ...
+    redis_write_refused: str
+    def __init__(self, version: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., loaded_at: _Optional[str] = ..., source_timestamp: _Optional[str] = ..., staleness_seconds: _Optional[int] = ..., policy: _Optional[_Iterable[_Union[PolicyParameter, _Mapping]]] = ..., entries_total: _Optional[int] = ..., subject_keys: _Optional[int] = ..., last_delta_seq: _Optional[int] = ..., source: _Optional[str] = ..., serving: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica_id: _Optional[str] = ..., upstream_version: _Optional[str] = ..., upstream_last_delta_seq: _Optional[int] = ..., lag_deltas: _Optional[int] = ..., index_reachable: _Optional[bool] = ..., enumeration_flags: _Optional[_Mapping[str, int]] = ..., not_serving_reason: _Optional[str] = ..., behind: _Optional[bool] = ..., rejected_source: _Optional[str] = ..., rejected_problem: _Optional[str] = ..., snapshot_includes_seq: _Optional[int] = ..., stale: _Optional[bool] = ..., stale_since: _Optional[str] = ..., max_list_age_seconds: _Optional[int] = ..., redis_write_refused: _Optional[str] = ...) -> None: ...
 
 class PrefilterRequest(_message.Message):
     __slots__ = ("known_version",)
