@@ -164,6 +164,9 @@ class RealEstateKind(IntEnum):
 _EMU_FIRST_AND_ABOVE = frozenset(
     {RailSeat.BUSINESS, RailSeat.PREMIER, RailSeat.FIRST_CLASS, RailSeat.FIRST_CLASS_SLEEPER}
 )
+#: seats sold only on EMU trains: first class or above on an EMU, whatever the
+#: train number's letter (an S suburban EMU, a renumbered service, a slip)
+_EMU_ONLY_FIRST_AND_ABOVE = frozenset({RailSeat.BUSINESS, RailSeat.PREMIER, RailSeat.FIRST_CLASS})
 _SOFT_SLEEPERS = frozenset({RailSeat.SOFT_SLEEPER, RailSeat.DELUXE_SOFT_SLEEPER})
 _TRAIN_NUMBER = re.compile(r"[GDCZTKSYL]?[0-9]{1,4}\Z")
 _TRAIN_NUMBER_CLEAN = re.compile(r"[\s\u3000]+")
@@ -326,7 +329,7 @@ def restriction_for(purchase: Purchase, amount_fen: int, policy: Policy) -> Reas
             return RAIL_G_TRAIN
         if purchase.seat in _SOFT_SLEEPERS:
             return RAIL_SOFT_SLEEPER
-        if letter in "DC":
+        if letter in "DC" or purchase.seat in _EMU_ONLY_FIRST_AND_ABOVE:
             return RAIL_EMU_FIRST_CLASS if purchase.seat in _EMU_FIRST_AND_ABOVE else None
         # On a conventional train the first-class sleeper is the soft sleeper.
         return RAIL_SOFT_SLEEPER if purchase.seat is RailSeat.FIRST_CLASS_SLEEPER else None

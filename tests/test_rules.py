@@ -116,6 +116,13 @@ RAIL_CASES = [
         for t in ("K1", "T110", "Z19", "D301", "1461")
         for seat in SOFT_SLEEPERS
     ),
+    # Business, premier and first class are sold only on EMUs ("其他动车组列车一等以上
+    # 座位"): restricted whatever the train's letter (an S suburban EMU, a slip).
+    *(
+        rail(t, seat, "RAIL_EMU_FIRST_CLASS")
+        for t in ("K123", "T12", "S1", "1461")
+        for seat in (RailSeat.BUSINESS, RailSeat.PREMIER, RailSeat.FIRST_CLASS)
+    ),
     # A conventional train's first-class sleeper is its soft sleeper.
     rail("Z19", RailSeat.FIRST_CLASS_SLEEPER, "RAIL_SOFT_SLEEPER"),
     # Hard sleeper, hard and soft seat, standing on conventional trains.
