@@ -56,6 +56,7 @@ from shixin_check.clients.prefilter import (
     DOWNLOAD_TIMEOUT,
     Download,
     NeedsFull,
+    RulesNewer,
     renumbered,
 )
 
@@ -159,6 +160,8 @@ class AsyncCheckClient:
                     await self._download(state.request(), started, timeout)
                 except NeedsFull:
                     await self._download(state.request(full=True), started, timeout)
+            except RulesNewer as exc:
+                state.outdated(exc)
             except CheckError as exc:
                 state.failed(exc)
                 raise
@@ -166,13 +169,14 @@ class AsyncCheckClient:
     async def _download(self, request: pb.PrefilterRequest, started: float, timeout: float) -> None:
         assert self.prefilter is not None
         download = Download()
+        call = self.stub.GetPrefilter(request, timeout=timeout, metadata=self.metadata)
         try:
-            async for chunk in self.stub.GetPrefilter(
-                request, timeout=timeout, metadata=self.metadata
-            ):
+            async for chunk in call:
                 download.add(chunk)
         except grpc.RpcError as exc:
             raise call_error(exc) from exc
+        finally:
+            call.cancel()  # a download given up on its header reads no more (else: no-op)
         self.prefilter.install(download, started)
 
     async def _keep_fresh(self) -> None:

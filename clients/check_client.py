@@ -55,6 +55,7 @@ from shixin_check.clients.prefilter import (
     LocalAudit,
     NeedsFull,
     Prefilter,
+    RulesNewer,
     Split,
     renumbered,
 )
@@ -160,7 +161,9 @@ def build_request(
     merchant_id: str = "",
     terminal_id: str = "",
 ) -> pb.CheckRequest:
-    """A request for a person (``id_number``) or an organisation (``uscc``).
+    """A request for a person (``id_number``) or an organisation (``uscc``): one
+    subject a check, so both given raise ``ValueError`` (a check of the organisation
+    alone would let a listed person by; send two checks).
 
     ``purchase`` holds the channel's purchase fields by name, enums by their
     exact names with or without the prefix: ``{"train_number": "G1234",
@@ -170,6 +173,11 @@ def build_request(
     (``"UNSPECIFIED"``) of a document type or purchase enum may be sent; the
     server reads it as RESIDENT_ID or refuses it.
     """
+    if id_number and uscc:
+        raise ValueError(
+            "id_number and uscc are both given: a check is of one subject, a person "
+            "(id_number) or an organisation (uscc); send one check for each"
+        )
     channel = enum_name(pb.Channel.DESCRIPTOR, channel, "channel")
     request = pb.CheckRequest(
         request_id=request_id,
@@ -288,7 +296,9 @@ class CheckClient:
     def refresh_prefilter(self, *, timeout: float = DOWNLOAD_TIMEOUT) -> None:
         """Bring the prefilter up to the server's version now; raises the call's
         ``CheckError`` when that fails (the filter then ages out, or goes at once
-        when the server refused or the download did not check out)."""
+        when the server refused or the download did not check out). A server whose
+        ``lookup_rules`` are newer than this library's leaves no filter (every check
+        goes to the server; one WARNING says to upgrade): not an error."""
         state = self.prefilter
         if state is None:
             raise ValueError("this client was made without prefilter=True")
@@ -299,6 +309,8 @@ class CheckClient:
                     self._download(state.request(), started, timeout)
                 except NeedsFull:
                     self._download(state.request(full=True), started, timeout)
+            except RulesNewer as exc:
+                state.outdated(exc)
             except CheckError as exc:
                 state.failed(exc)
                 raise
@@ -306,11 +318,14 @@ class CheckClient:
     def _download(self, request: pb.PrefilterRequest, started: float, timeout: float) -> None:
         assert self.prefilter is not None
         download = Download()
+        call = self.stub.GetPrefilter(request, timeout=timeout, metadata=self.metadata)
         try:
-            for chunk in self.stub.GetPrefilter(request, timeout=timeout, metadata=self.metadata):
+            for chunk in call:
                 download.add(chunk)
         except grpc.RpcError as exc:
             raise call_error(exc, self._closing.is_set()) from exc
+        finally:
+            call.cancel()  # a download given up on its header reads no more (else: no-op)
         self.prefilter.install(download, started)
 
     def _keep_fresh(self) -> None:

@@ -12,14 +12,21 @@ What makes a local answer safe:
 - **Only definite negatives.** A Bloom filter has no false negatives: the
   server builds it from every identity of the version (a delisted one stays
   until the next snapshot). Every identity the server would look up for the
-  request (the number as given and, for a number sent under another id type,
-  every resident ID or USCC it plainly is: a number can be both) must be
-  absent.
+  request (the number as given and every other identity it plainly is: under
+  a document type, a resident ID or USCC, a number can be both; as a resident
+  ID, a USCC; as a USCC, a resident ID) must be absent.
 - **Only valid requests, in scope.** The request is validated here as the
   server validates it, by the server's own ``to_query`` (lengths, id type,
   normalised number, channel, purchase, amount), keyed with the prefilter
   key; anything it refuses goes to the server, which refuses it too. Only the channels the server says the caller
   may check are answered.
+- **Only the server's look-ups.** Which readings of a number the server looks
+  up (``to_query``) has changed, and may again: the header's ``lookup_rules``
+  says which the server's are. A client whose own (``LOOKUP_RULES``, the
+  ``to_query`` it validates with) is lower would test fewer keys than the
+  server looks up, so it drops the filter and answers nothing locally (every
+  check goes to the server, as without the filter), logging one WARNING to
+  upgrade the client library; each refresh asks again.
 - **Only a fresh filter.** A filter is trusted for ``max_age`` seconds (60 by
   default) from the start of the last refresh that succeeded; clients refresh
   at half that, so a listing the server has is in the filter within
@@ -45,6 +52,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import itertools
+import logging
 import re
 import secrets
 import threading
@@ -63,7 +71,7 @@ from shixin_check.domain.decision import NOT_LISTED, Query
 from shixin_check.domain.errors import InvalidInput
 from shixin_check.domain.keys import PREFILTER_KEY_SCHEME, PrefilterKeyer
 from shixin_check.domain.model import Channel
-from shixin_check.server.convert import to_query
+from shixin_check.server.convert import LOOKUP_RULES, to_query
 
 #: How long a filter is trusted after its last successful refresh, by default.
 DEFAULT_MAX_AGE = 60.0
@@ -78,6 +86,8 @@ KEY_SCHEME = PREFILTER_KEY_SCHEME
 UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 #: A download larger than this is refused (a filter of 100 million keys is ~180 MiB).
 MAX_DOWNLOAD_BYTES = 1 << 30
+
+log = logging.getLogger("shixin.client")
 
 # --- the filter ---------------------------------------------------------------------
 
@@ -125,6 +135,8 @@ class Download:
                     f"{HASH_SCHEME!r}/{KEY_SCHEME!r}: this client cannot read the filter",
                     reason="PREFILTER_SCHEME_UNKNOWN",
                 ))  # fmt: skip
+            if header.lookup_rules > LOOKUP_RULES:  # before any data is read
+                raise RulesNewer(header.lookup_rules)
             if not 0 <= header.data_bytes <= MAX_DOWNLOAD_BYTES:
                 raise _corrupt(f"{header.data_bytes} bytes announced")
             self.header = header
@@ -155,6 +167,15 @@ def _corrupt(problem: str) -> CheckError:
 
 class NeedsFull(Exception):
     """Additions that do not fit the filter held: fetch the whole filter instead."""
+
+
+class RulesNewer(Exception):
+    """The server looks up readings this client does not know (its header's
+    ``lookup_rules`` is above ``LOOKUP_RULES``): no filter can be trusted here."""
+
+    def __init__(self, rules: int) -> None:
+        super().__init__(rules)
+        self.rules = rules
 
 
 class LocalAnswer(NamedTuple):
@@ -221,6 +242,8 @@ class Prefilter:
         self.confirmed_at: float | None = None
         #: the last refresh's failure (None after a success)
         self.last_error: CheckError | None = None
+        #: the server's lookup_rules when they are newer than this client's, else 0
+        self.rules_newer = 0
 
     @property
     def refresh_interval(self) -> float:
@@ -287,6 +310,22 @@ class Prefilter:
         )  # fmt: skip
         self.confirmed_at = started
         self.last_error = None
+        self.rules_newer = 0
+
+    def outdated(self, refused: RulesNewer) -> None:
+        """The server looks up readings this client does not: drop the filter, so every
+        check goes to the server; say so once (until a refresh installs a filter)."""
+        self.filter = None
+        self.confirmed_at = None
+        self.last_error = None
+        if not self.rules_newer:
+            log.warning(
+                "prefilter: the server's lookup rules (%d) are newer than this client's (%d): "
+                "it looks up readings of an identity this client does not test, so no check "
+                "is answered locally; upgrade the shixin-check client library",
+                refused.rules, LOOKUP_RULES,
+            )  # fmt: skip
+        self.rules_newer = refused.rules
 
     def failed(self, error: CheckError) -> None:
         """A refresh failed: unreachable, the filter ages out; refused or bad, it goes now."""

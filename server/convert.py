@@ -26,9 +26,12 @@ from shixin_check.domain.decision import (
 from shixin_check.domain.errors import InvalidInput
 from shixin_check.domain.identity import (
     IdType,
+    misread_resident_id,
     normalize_person_id,
+    normalize_resident_id,
     normalize_uscc,
     other_readings,
+    reads_as_resident_id,
     refuse_controls,
     resident_id_is_uscc,
 )
@@ -75,6 +78,14 @@ REQUEST_ID_MISSING = "REQUEST_ID_MISSING"
 REQUEST_ID_DUPLICATE = "REQUEST_ID_DUPLICATE"
 #: How many earlier request_ids of a stream a new one must differ from.
 STREAM_ID_WINDOW = 1024
+#: Which readings of a request's identity ``to_query`` looks up: bump it whenever they
+#: change. GetPrefilter's header carries it (``lookup_rules``), and an offline client
+#: whose own is lower answers nothing locally, since it would test fewer keys than the
+#: server looks up. 0: what clients before the header field know (the number as given,
+#: a resident ID or USCC it plainly is under a document type, every document type, a
+#: resident ID that is a USCC too also as the organisation). 1: a USCC that is a valid
+#: resident ID too is also looked up as that resident ID.
+LOOKUP_RULES = 1
 
 
 def _too_long(field: str, value: str) -> NoReturn:
@@ -235,6 +246,20 @@ def _long_field(request: pb.CheckRequest) -> NoReturn:
     raise AssertionError("no field is too long")
 
 
+def _person_as_organisation(refused: InvalidInput, raw: str) -> InvalidInput:
+    """``refused`` (a bad USCC), saying so when ``raw`` is a valid resident ID: a
+    person's number in the organisation's field, and where it goes instead."""
+    try:
+        normalize_resident_id(raw)
+    except InvalidInput:
+        return refused
+    return InvalidInput(
+        refused.field,
+        f"{refused.problem}, a resident ID: a person's, send person.id_number with "
+        "id_type RESIDENT_ID",
+    )
+
+
 def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
     """A validated domain query, or ``InvalidInput`` naming the field.
 
@@ -276,8 +301,17 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
         if id_type is not _RESIDENT_ID:  # a number under another type may read as one,
             # or as two (a resident ID that is a USCC too): every reading is looked up.
             # A loop adding to the tuple: as cheap as one key was (a comprehension is not)
-            for kind, reading in other_readings(id_type, number):
+            readings = other_readings(id_type, number)
+            for kind, reading in readings:
                 also += (keyer.subject_key(kind, reading),)
+            if not readings and len(number) == 18 and misread_resident_id(number):
+                # refused as RESIDENT_ID: a document type must not make it an ALLOW
+                raise InvalidInput(
+                    "subject.person.id_number",
+                    "reads as a resident ID (region code, birth date) with a bad check "
+                    "character (GB 11643): check the number; send a resident ID with "
+                    "id_type RESIDENT_ID",
+                )
             # and under every other document type: the same letters and digits, normalised
             # alike, are that document mistyped (a passport sent as a permit), never a
             # reason for ALLOW: a clerk's choice of type must not let a listed person by
@@ -289,8 +323,15 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
         name = _bounded(org.name, MAX_ORG_NAME, "subject.organization.name")
         if not name.isprintable():
             refuse_controls(name, "subject.organization.name")
-        number = normalize_uscc(uscc, "subject.organization.uscc")
+        try:
+            number = normalize_uscc(uscc, "subject.organization.uscc")
+        except InvalidInput as exc:
+            raise _person_as_organisation(exc, uscc) from None
         key = keyer.subject_key(None, number)
+        if reads_as_resident_id(number):
+            # a person's resident ID in the organisation's field (one in 31 passes
+            # GB 32100 too): looked up as that person as well, as the reverse is
+            also = (keyer.subject_key(_RESIDENT_ID, number),)
     else:
         raise InvalidInput("subject", "is required: set person or organization")
 

@@ -25,6 +25,10 @@ not hand the gateway anything that tests identities against the index.
   later (a Bloom filter cannot remove): a delisted subject costs the gateway
   a round trip until the next snapshot, never a wrong ALLOW. For a caller
   behind by deltas only, the additions are enough (``Prefilters.download``).
+- **Says which look-ups it answers for.** The header's ``lookup_rules`` is
+  ``server.convert.LOOKUP_RULES``: a gateway whose own is lower would test
+  fewer readings of an identity than a check here looks up, so it answers
+  nothing locally (``clients/prefilter.py``).
 - **Deterministic.** The same version gives the same bytes in every process
   (rbloom with ``int`` as its hash over the keys' high 64 bits, sized from
   the snapshot's key count), so a gateway moving between workers or replicas
@@ -63,6 +67,7 @@ from shixin_check.domain.model import Channel
 from shixin_check.loader.index_memory import MemoryView
 from shixin_check.loader.listfile import line_starts, read_entries
 from shixin_check.loader.versions import default_workers
+from shixin_check.server.convert import LOOKUP_RULES
 
 #: The most bytes a ``data`` chunk carries.
 CHUNK_BYTES = 1 << 20
@@ -323,5 +328,6 @@ class Prefilters:
             data_bytes=len(data),
             sha256=digest,
             channels=sorted(int(c) for c in channels),  # type: ignore[misc]
+            lookup_rules=LOOKUP_RULES,
         )
         return header, _chunks(data)

@@ -244,6 +244,11 @@ def _check_request(args: argparse.Namespace) -> Any:
             f"--channel ({BY_KEY['channel'].env}) is required: a flag, the variable, the config "
             'key channel or each --batch line\'s "channel"'
         )
+    if args.id_number and args.uscc:  # build_request refuses it too, naming its arguments
+        raise ConfigurationError(
+            "--id and --uscc are both given: a check is of one subject, a person (--id) or "
+            "an organisation (--uscc); check each on its own"
+        )
     for dest, bits in _INT_FLAGS:  # protobuf's own refusal names no field
         value = getattr(args, dest, None)
         if isinstance(value, int) and not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):

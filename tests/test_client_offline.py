@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from shixin_check.clients.aio import AsyncCheckClient
 from shixin_check.clients.check_client import CheckClient, build_request
 from shixin_check.clients.errors import InvalidRequest, PermissionDenied, ServiceUnavailable
 from shixin_check.server.auth import add_key, read_keys_document, write_keys_document
+from shixin_check.server.convert import LOOKUP_RULES
 from tests.conftest import settings_for, start_server
 from tests.listdata import (
     ACME_USCC,
@@ -35,6 +37,7 @@ from tests.listdata import (
     uscc,
     write_jsonl,
 )
+from tests.test_grpc import resident_id_that_reads_as_a_uscc
 from tests.waiting import eventually
 
 MAX_AGE = 60.0
@@ -347,6 +350,120 @@ def test_a_number_any_of_whose_readings_is_listed_is_never_cleared_locally(
     assert all(
         r["masked_id"] != BOTH[:6] + "********" + BOTH[-4:] for r in audit_records(audit_path)
     )
+
+
+def test_a_persons_resident_id_sent_as_a_uscc_is_never_cleared_locally(
+    tmp_path: Path, clock: Clock, audit_path: Path
+) -> None:
+    """A listed person's resident ID that passes GB 32100 too, sent as an
+    organisation's USCC: the server looks it up as the person too, so the client
+    does not clear it, online or off."""
+    listed = resident_id_that_reads_as_a_uscc("330203", "19540812")
+    folder = tmp_path / "person"
+    folder.mkdir()
+    write_jsonl(folder / "snapshot-0001.jsonl", [*basic_rows(), person_entry("P1", listed, "张伟")])
+    server = Server(folder)
+    stay = {"star_rating": 5}
+    try:
+        with CheckClient(
+            server.address, prefilter=True, prefilter_max_age=MAX_AGE,
+            local_audit_path=audit_path, clock=clock,
+        ) as client:  # fmt: skip
+            request = build_request("HOTEL", uscc=listed, purchase=stay, request_id="as-org")
+            answer = client.check(request)
+            assert not answer.decided_locally
+            assert (pb.Decision.Name(answer.decision), [m.entry_id for m in answer.matches]) == (
+                "DENY", ["P1"]
+            )  # fmt: skip
+            assert decided(answer) == decided(server.ask(request))
+            [org, in_batch] = client.check_batch(
+                [build_request("HOTEL", uscc=UNLISTED_ORG, purchase=stay), request]
+            )
+            assert org.decided_locally and not in_batch.decided_locally
+            server.stop()
+            with pytest.raises(ServiceUnavailable):  # offline: never a local ALLOW
+                client.check(request)
+            assert client.check(
+                build_request("HOTEL", uscc=UNLISTED_ORG, purchase=stay)
+            ).decided_locally
+    finally:
+        server.stop()
+
+
+# --- lookup rules -------------------------------------------------------------------
+
+
+def warnings_to_upgrade(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records
+        if r.levelno == logging.WARNING and "upgrade" in r.getMessage()
+    ]  # fmt: skip
+
+
+def test_the_filter_header_says_which_lookups_the_server_makes(server: Server) -> None:
+    [header, *_] = server.handle.stub().GetPrefilter(pb.PrefilterRequest(), timeout=10)
+    assert header.HasField("header")
+    assert header.header.lookup_rules == LOOKUP_RULES >= 1  # above what older clients know
+
+
+def test_a_client_behind_the_servers_lookup_rules_sends_every_check_to_the_server(
+    server: Server, clock: Clock, audit_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A client that tests fewer readings than the server looks up would clear what the
+    server DENYs: it answers nothing locally, as without the filter, and says once to
+    upgrade; a client that knows the rules again answers locally again."""
+    monkeypatch.setattr(
+        "shixin_check.clients.prefilter.LOOKUP_RULES", LOOKUP_RULES - 1, raising=False
+    )
+    caplog.set_level(logging.WARNING, logger="shixin.client")
+    requests = requests_of_every_kind()
+    with CheckClient(
+        server.address, prefilter=True, prefilter_max_age=MAX_AGE,
+        local_audit_path=audit_path, clock=clock,
+    ) as client:  # fmt: skip
+        answers = [client.check(r) for r in requests] + client.check_batch(requests)
+        assert not any(a.decided_locally for a in answers)
+        assert [decided(a) for a in answers] == [decided(server.ask(r)) for r in requests] * 2
+        client.refresh_prefilter()  # asks again, and says nothing more
+        client.refresh_prefilter()
+        assert not client.check(flight(ZHAO)).decided_locally
+        [warning] = warnings_to_upgrade(caplog)
+        assert f"({LOOKUP_RULES})" in warning and f"({LOOKUP_RULES - 1})" in warning
+        monkeypatch.setattr("shixin_check.clients.prefilter.LOOKUP_RULES", LOOKUP_RULES)
+        client.refresh_prefilter()  # upgraded (or the server rolled back): local again
+        assert client.check(flight(ZHAO)).decided_locally
+        monkeypatch.setattr("shixin_check.clients.prefilter.LOOKUP_RULES", LOOKUP_RULES - 1)
+        client.refresh_prefilter()
+        server.stop()  # offline, as without the filter: nothing is answered
+        with pytest.raises(ServiceUnavailable):
+            client.check(flight(ZHAO))
+    assert len(audit_records(audit_path)) == 1  # the one local answer
+    assert len(warnings_to_upgrade(caplog)) == 2  # once again after it was current again
+
+
+def test_the_async_client_behind_the_servers_lookup_rules_sends_every_check_to_the_server(
+    server: Server, clock: Clock, audit_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(
+        "shixin_check.clients.prefilter.LOOKUP_RULES", LOOKUP_RULES - 1, raising=False
+    )
+    caplog.set_level(logging.WARNING, logger="shixin.client")
+
+    async def go() -> None:
+        async with AsyncCheckClient(
+            server.address, prefilter=True, prefilter_max_age=MAX_AGE,
+            local_audit_path=audit_path, clock=clock,
+        ) as client:  # fmt: skip
+            answers = await client.check_batch(requests_of_every_kind())
+            assert not any(a.decided_locally for a in answers)
+            await client.refresh_prefilter()
+            assert not (await client.check(flight(ZHAO))).decided_locally
+
+    asyncio.run(go())
+    assert len(warnings_to_upgrade(caplog)) == 1
+    assert audit_records(audit_path) == []
 
 
 # --- who may use it -----------------------------------------------------------------

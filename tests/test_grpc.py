@@ -376,6 +376,125 @@ def test_a_resident_id_that_also_reads_as_a_uscc_is_found_every_way(
         assert (as_org.decision, [m.entry_id for m in as_org.matches]) == (pb.DENY, ["O1"])
 
 
+def resident_id_that_reads_as_a_uscc(region: str, born: str) -> str:
+    """The first resident ID of ``region`` and ``born`` (YYYYMMDD) whose GB 11643
+    check digit also passes GB 32100 (about one in 31 does)."""
+    for seq in range(1000):
+        number = rid(f"{region}{born}{seq:03d}")
+        if number == uscc(number[:17]):
+            return number
+    raise AssertionError(f"no resident ID of {region} born {born} reads as a USCC")
+
+
+def organisation_check(code: str, name: str = "") -> pb.CheckRequest:
+    return build_request(
+        "RAIL", uscc=code, name=name, purchase={"train_number": "G1234", "seat": "SECOND_CLASS"}
+    )
+
+
+def test_a_persons_resident_id_sent_as_a_uscc_is_looked_up_as_the_person(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """A listed person's resident ID in organization.uscc that passes GB 32100 too
+    (one in 31) was ALLOW NOT_LISTED: it is looked up as that resident ID as well,
+    as a USCC sent as a resident ID is looked up as the organisation."""
+    listed = resident_id_that_reads_as_a_uscc("330203", "19540812")
+    other = resident_id_that_reads_as_a_uscc("440305", "19900909")
+    stub = serve(write_jsonl(tmp_path / "list.jsonl", [person_entry("P1", listed, "张伟")])).stub()
+    for name, decision in (("", pb.DENY), ("张伟", pb.DENY), ("北京某某科技有限公司", pb.REVIEW)):
+        answer = stub.CheckConsumption(organisation_check(listed, name))
+        assert (answer.decision, [m.entry_id for m in answer.matches]) == (decision, ["P1"]), name
+        assert [r.code for r in answer.reasons][0] == "RAIL_G_TRAIN"
+    unlisted = stub.CheckConsumption(organisation_check(other))
+    assert (unlisted.decision, [r.code for r in unlisted.reasons]) == (pb.ALLOW, ["NOT_LISTED"])
+
+
+def test_a_persons_resident_id_sent_as_a_uscc_says_where_it_goes(server: RunningServer) -> None:
+    """The other 30 in 31 fail GB 32100: the refusal says the number is a resident ID
+    and what to send instead, as the reverse (a USCC sent as a resident ID) does."""
+    assert uscc(ZHANG[:17]) != ZHANG  # fails GB 32100
+    hint = ", a resident ID: a person's, send person.id_number with id_type RESIDENT_ID"
+    for sent, problem in (
+        (ZHANG, "has a bad check character (GB 32100)"),
+        (ZHANG[:6] + " " + ZHANG[6:14] + "-" + ZHANG[14:], "has a bad check character (GB 32100)"),
+        (first_generation(ZHANG), "must be 18 characters, got 15"),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            server.stub().CheckConsumption(organisation_check(sent))
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == f"subject.organization.uscc: {problem}{hint}"
+    bad_code = next(ACME_USCC[:17] + c for c in "0123456789" if c != ACME_USCC[17])
+    with pytest.raises(grpc.RpcError) as refused:  # no resident ID: no hint
+        server.stub().CheckConsumption(organisation_check(bad_code))
+    assert refused.value.details() == (
+        "subject.organization.uscc: has a bad check character (GB 32100)"
+    )
+
+
+def near(number: str) -> str:
+    """``number`` with its last character changed: the resident ID's shape, region code
+    and birth date, a bad GB 11643 check character, and no valid USCC either."""
+    for c in "0123456789X":
+        changed = number[:17] + c
+        if c != number[17] and changed != uscc(number[:17]):
+            return changed
+    raise AssertionError("unreachable")
+
+
+def foreign_permanent_resident_card(province: str, country: str, born: str, seq: str) -> str:
+    """China's foreign permanent resident ID card (2023): 9, the issuing province, the
+    holder's country (ISO 3166 numeric), birth date, sequence, and the GB 11643 check."""
+    return rid(f"9{province}{country}{born}{seq}")
+
+
+#: Real documents, none of them a resident ID with a bad check character
+DOCUMENTS = [
+    ("FOREIGN_PERMANENT_RESIDENT", foreign_permanent_resident_card("11", "840", "19800101", "002")),
+    ("FOREIGN_PERMANENT_RESIDENT", foreign_permanent_resident_card("31", "826", "19751231", "017")),
+    ("FOREIGN_PERMANENT_RESIDENT", foreign_permanent_resident_card("44", "392", "20000229", "120")),
+    ("PASSPORT", "E82067303"),
+    ("HK_MACAO_PERMIT", "H12345678"),
+    ("HK_MACAO_PERMIT", "M1234567801"),
+    ("TAIWAN_PERMIT", "12345678"),
+    # 18 digits that are no resident ID's: no region code 99, no 13th month
+    ("PASSPORT", "990105198001010011"),
+    ("PASSPORT", "110105198013010011"),
+]  # fmt: skip
+
+
+def test_a_resident_id_with_a_bad_check_character_is_refused_under_every_document_type(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """Sent as RESIDENT_ID it is refused (bad check digit); under a document type it was
+    ALLOW NOT_LISTED, even one character away from a listed person's number. Real
+    documents are not refused, and neither is a valid USCC of that form (it reads as
+    the organisation, as any USCC sent as a document does)."""
+    code = next(
+        uscc(f"110105198001010{n:02d}") for n in range(100)
+        if uscc(f"110105198001010{n:02d}") != rid(f"110105198001010{n:02d}")
+    )  # fmt: skip
+    rows = [*basic_rows(), org_entry("O2", code, "北京某某科技有限公司", [])]
+    stub = serve(write_jsonl(tmp_path / "list.jsonl", rows)).stub()
+    for number in (near(ZHANG), near(rid("33020319540812314"))):
+        sent = number[:6] + "-" + number[6:]
+        for id_type in ("RESIDENT_ID", *DOCUMENT_TYPES):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.CheckConsumption(rail(sent, "张伟", id_type=id_type))
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, id_type
+            details = refused.value.details()
+            assert details.startswith("subject.person.id_number: "), details
+            if id_type != "RESIDENT_ID":
+                assert "reads as a resident ID" in details and "bad check character" in details
+    for id_type, number in DOCUMENTS:
+        answer = stub.CheckConsumption(rail(number, "JOHN SMITH", id_type=id_type))
+        assert (answer.decision, [r.code for r in answer.reasons]) == (
+            pb.ALLOW, ["NOT_LISTED"]
+        ), (id_type, number)  # fmt: skip
+    for id_type in DOCUMENT_TYPES:
+        answer = stub.CheckConsumption(rail(code, id_type=id_type))
+        assert (answer.decision, [m.entry_id for m in answer.matches]) == (pb.DENY, ["O2"])
+
+
 def test_list_status_reports_the_version(server: RunningServer) -> None:
     status = server.stub().GetListStatus(pb.ListStatusRequest())
     assert status.serving
