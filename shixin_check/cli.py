@@ -408,13 +408,15 @@ def cmd_load(args: argparse.Namespace) -> int:
 def _redis_status(args: argparse.Namespace) -> int:
     import orjson
 
-    from shixin_check.loader.index_redis import RedisKeys, connect, redis_status
+    from shixin_check.loader.index_redis import LIVE_SECONDS, RedisKeys, connect, redis_status
 
     client = connect(args.redis, timeout=5)
     try:
         report = redis_status(client, RedisKeys(args.redis_prefix))
     finally:
         client.close()
+    for r in report["replicas"]:  # a replica beats every second; one silent longer is gone
+        r["live"] = r["seen_seconds_ago"] < LIVE_SECONDS  # (or cannot write: WRITE REFUSED)
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -422,9 +424,14 @@ def _redis_status(args: argparse.Namespace) -> int:
         f"redis current version {report['version'] or '(none)'}, last delta seq {report['last_seq']}"
     )
     for r in report["replicas"]:
-        print(f"  replica {r['replica']}: version {r['version']} seq {r['seq']} "
-              f"behind {r['behind']} (seen {r['seen_seconds_ago']}s ago)"
-              + (f": {r['problem']}" if r.get("problem") else ""))  # fmt: skip
+        at = f"version {r['version']} seq {r['seq']}"
+        if r["live"]:
+            line = f"{at} behind {r['behind']} (seen {r['seen_seconds_ago']}s ago)"
+        else:
+            line = (f"GONE: not seen for {r['seen_seconds_ago']}s (stopped, or it cannot "
+                    f"write to Redis); it was at {at}")  # fmt: skip
+        problem = f": {r['problem']}" if r.get("problem") else ""
+        print(f"  replica {r['replica']}: {line}{problem}")
     return 0
 
 

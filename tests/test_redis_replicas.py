@@ -318,3 +318,34 @@ def test_hits_against_a_read_only_redis_are_logged_once_spooled_then_forwarded(
         assert "Traceback" not in server.output()
     finally:
         assert server.stop() == 0, server.output()
+
+
+def test_status_redis_marks_a_replica_that_stopped_beating_as_gone(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``status --redis`` lists a live replica with its lag, and one killed long ago
+    as GONE (it was shown as current, ``behind 0 (seen 257.8s ago)``)."""
+    done = load_cli(write_jsonl(tmp_path / "s1.jsonl", basic_rows()), redis_server.url)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setenv("SHIXIN_KEY_SECRET", SECRET.decode())
+    monkeypatch.delenv("SHIXIN_REDIS_PASSWORD", raising=False)
+    server = ServeProcess("--redis", redis_server.url, log=tmp_path / "serve.log")
+    with connect(redis_server.url, timeout=5) as client:
+        try:
+            server.wait_serving()
+            eventually(lambda: len(redis_status(client)["replicas"]) == 1, "registered")
+            live = run_cli("status", "--redis", redis_server.url)
+            assert live.returncode == 0, live.stderr
+            assert " behind 0 (seen " in live.stdout and "GONE" not in live.stdout, live.stdout
+        finally:
+            server.kill()
+        # its last heartbeat as it stands a minute after the kill
+        ((replica_id, raw),) = client.hgetall(RedisKeys().replicas).items()
+        record = orjson.loads(raw)
+        record["at"] -= 60
+        client.hset(RedisKeys().replicas, replica_id, orjson.dumps(record))
+    gone = run_cli("status", "--redis", redis_server.url)
+    assert gone.returncode == 0, gone.stderr
+    assert "GONE: not seen for 6" in gone.stdout and "behind 0" not in gone.stdout, gone.stdout
+    as_json = orjson.loads(run_cli("status", "--redis", redis_server.url, "--json").stdout)
+    assert [r["live"] for r in as_json["replicas"]] == [False]
