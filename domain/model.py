@@ -15,7 +15,7 @@ import datetime as _dt
 from enum import IntEnum
 from typing import NamedTuple
 
-from shixin_check.domain.identity import IdType
+from shixin_check.domain.identity import IdType, mask_id
 
 
 class Channel(IntEnum):
@@ -89,14 +89,46 @@ NO_END = 2**31 - 1
 
 
 class Exemption(NamedTuple):
-    """A court's permission for one channel, dates inclusive (China time)."""
+    """A court's permission for one listed person to make one kind of purchase from
+    personal assets (因私消费以个人财产实施): one channel, dates inclusive (China time).
+
+    It covers the person it names and no one else: not the organisation of the
+    entry (it has no personal assets), nor the entry's other related persons.
+    As a list file names it, ``id_type`` and ``id_number`` are that person's
+    identity, normalised as a ``ListedSubject``'s (``id_number`` "" only in a
+    delta's op, before the entry is known: there it means the debtor of a
+    person's entry). An index keys the person and hands a match only the
+    exemptions naming the matched subject, ``bare()``: so on a ``ListedMatch``
+    every exemption is the match's own and ``covers`` need not ask whose it is.
+    """
 
     channel: Channel
     first_day: int
     last_day: int
+    id_type: IdType | None = None  # None: no one named yet, or an organisation's USCC
+    id_number: str = ""
 
     def covers(self, channel: Channel, today: int) -> bool:
         return self.channel is channel and self.first_day <= today <= self.last_day
+
+    def bare(self) -> Exemption:
+        """The permission without the person: as a match of that person carries it."""
+        return Exemption(self.channel, self.first_day, self.last_day)
+
+    def names(self, subject: ListedSubject) -> bool:
+        """True when this exemption names ``subject`` (never an organisation)."""
+        return (
+            subject.id_type is not None
+            and self.id_type is subject.id_type
+            and self.id_number == subject.id_number
+        )
+
+    def __repr__(self) -> str:  # never the plaintext number, even in a traceback
+        who = f", {self.id_type.name if self.id_type else 'USCC'} {mask_id(self.id_number)}"
+        return (
+            f"Exemption({self.channel.name}, {day_iso(self.first_day)}..{day_iso(self.last_day)}"
+            f"{who if self.id_number else ''})"
+        )
 
 
 class ListedSubject(NamedTuple):

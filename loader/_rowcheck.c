@@ -25,7 +25,10 @@
  * subject_fields(...) is the other end of a load: the subject hashes load --redis
  * writes (publish_redis._compiled_fields), each key's matches as the JSON that
  * orjson.dumps makes of encode_match's lists, read from the base's columns a key
- * at a time; tests/test_rowcheck.py holds it to the Python path byte for byte.
+ * at a time; tests/test_rowcheck.py holds it to the Python path byte for byte. Its
+ * exemptions are JSON by key row: those naming that key's person (a match carries
+ * its own subject's only), and an organisation's entry names the organisation in
+ * every match, its debtor's too (index_redis.encode_match says why).
  *
  * configure(...) hands it the tables it shares with the Python code (the
  * enums' look-ups, the dates seen, the province codes, the birth dates), so
@@ -44,15 +47,14 @@
 #endif
 
 /* tables from configure(): owned references, NULL until then */
-static PyObject *LIST_TYPES, *STATUSES, *ACTIVE, *ROLES, *ID_TYPES, *RESIDENT, *CHANNELS;
-static PyObject *DAYS, *DEBTOR, *EXEMPTION, *NO_END, *BIRTH_DATES, *ZERO, *SEP, *EMPTY;
+static PyObject *LIST_TYPES, *STATUSES, *ACTIVE, *ROLES, *ID_TYPES, *RESIDENT;
+static PyObject *DAYS, *DEBTOR, *NO_END, *BIRTH_DATES, *ZERO, *SEP, *EMPTY;
 static PyObject *LOADS, *DECODE_ERROR; /* orjson.loads and orjson.JSONDecodeError */
 static char PROVINCE[100];
 
 /* the rows' field names, interned once */
 static PyObject *K_ENTRY_ID, *K_LIST_TYPE, *K_STATUS, *K_SUBJECT, *K_TYPE, *K_NAME, *K_USCC,
-    *K_ID_TYPE, *K_ID_NUMBER, *K_RELATED, *K_ROLE, *K_EXEMPTIONS, *K_CHANNEL, *K_FROM,
-    *K_UNTIL, *K_PUBLISHED_ON, *K_VALID_UNTIL, *K_FILED_ON, *K_CASE_NUMBER, *K_COURT,
+    *K_ID_TYPE, *K_ID_NUMBER, *K_RELATED, *K_ROLE, *K_EXEMPTIONS, *K_PUBLISHED_ON, *K_VALID_UNTIL, *K_FILED_ON, *K_CASE_NUMBER, *K_COURT,
     *S_PERSON, *S_ORGANIZATION;
 
 /* Set when a row is not plain: the caller returns None. */
@@ -175,19 +177,6 @@ static PyObject *person(PyObject *obj, PyObject *role) {
     return PyTuple_Pack(4, role, name, id_type, number);
 }
 
-/* columns._exemption: an Exemption, new reference; NULL and no error set when not sure. */
-static PyObject *exemption(PyObject *obj) {
-    if (!PyDict_CheckExact(obj)) return NULL;
-    PyObject *channel = choice(CHANNELS, get(obj, K_CHANNEL));
-    if (channel == NULL) return NULL;
-    PyObject *first = day(get(obj, K_FROM), NULL);
-    PyObject *last = day(get(obj, K_UNTIL), NULL);
-    if (first == NULL || last == NULL) return NULL;
-    long from = PyLong_AsLong(first), until = PyLong_AsLong(last);
-    if (PyErr_Occurred() || until < from) return NULL; /* _DAYS holds small ints: never set */
-    return PyObject_CallFunctionObjArgs(EXEMPTION, channel, first, last, NULL);
-}
-
 #define BAIL(status) \
     do {             \
         result = (status); \
@@ -207,7 +196,7 @@ typedef struct {
     PyObject *entry_id, *list_type, *status, *published, *valid_until, *court, *case_number,
         *organization;
     PyObject *subjects;   /* list of (role, name, id type, number), owned */
-    PyObject *exemptions; /* tuple of Exemption, owned */
+    PyObject *exemptions; /* the empty tuple (a row with exemptions is not plain), owned */
 } Row;
 
 /* What _plain makes of a row: SURE with *row filled in (the caller releases its
@@ -259,20 +248,10 @@ static int check(PyObject *obj, Row *row) {
         BAIL(NOT_SURE);
     }
 
-    PyObject *given = get(obj, K_EXEMPTIONS);
-    int no_exemptions = no_items(given);
-    if (no_exemptions) {
-        exemptions = PyTuple_New(0);
-    } else {
-        if (!PyList_CheckExact(given)) BAIL(NOT_SURE);
-        Py_ssize_t n = PyList_GET_SIZE(given);
-        exemptions = PyTuple_New(n);
-        for (Py_ssize_t i = 0; exemptions != NULL && i < n; i++) {
-            PyObject *e = exemption(PyList_GET_ITEM(given, i));
-            if (e == NULL) BAIL(PyErr_Occurred() ? FAILED : NOT_SURE);
-            PyTuple_SET_ITEM(exemptions, i, e);
-        }
-    }
+    /* an exemption names the person it covers, to be found among the entry's subjects
+     * and keyed (listfile.exempted_in): rare, so such a row is left to the Python code */
+    if (!no_items(get(obj, K_EXEMPTIONS))) BAIL(NOT_SURE);
+    exemptions = PyTuple_New(0);
     if (exemptions == NULL) BAIL(FAILED);
 
     PyObject *published = day(get(obj, K_PUBLISHED_ON), ZERO);
@@ -388,7 +367,7 @@ typedef struct {
     int finished, keeping, busy; /* busy: storing a row (a callback may not re-enter) */
     Py_ssize_t entries, taken, width;
     PyObject *courts;      /* court -> number, in order of first appearance */
-    PyObject *exemptions;  /* entry row -> tuple of Exemption */
+    PyObject *exemptions;  /* entry row -> its (subject key, Exemption) pairs */
     Keyer *keys;
     PyObject *name_key_of; /* name -> 8 bytes: names that are not plain (normalize_name) */
     PyObject *mask_of;     /* number -> str: identity.mask_id, for what the C does not mask */
@@ -1175,14 +1154,14 @@ static int put_match(Buf *b, const Base *base, Py_ssize_t i) {
     while (mask_n > 0 && (mask[mask_n - 1] == ' ' || (mask[mask_n - 1] >= '\t' && mask[mask_n - 1] <= '\r')))
         mask_n--; /* bytes.rstrip() */
     PyObject *exempt = NULL;
-    if (PyDict_GET_SIZE(base->exemptions)) {
-        PyObject *key = PyLong_FromUnsignedLong(row);
+    if (PyDict_GET_SIZE(base->exemptions)) { /* by key row: a person's own exemptions */
+        PyObject *key = PyLong_FromSsize_t(i);
         if (key == NULL) return -1;
         exempt = PyDict_GetItemWithError(base->exemptions, key);
         Py_DECREF(key);
         if (exempt == NULL && PyErr_Occurred()) return -1;
         if (exempt != NULL && !PyBytes_Check(exempt)) {
-            PyErr_SetString(PyExc_TypeError, "exemptions: JSON bytes by entry row");
+            PyErr_SetString(PyExc_TypeError, "exemptions: JSON bytes by key row");
             return -1;
         }
     }
@@ -1197,7 +1176,7 @@ static int put_match(Buf *b, const Base *base, Py_ssize_t i) {
         put_bytes(b, ",", 1) < 0 ||
         put_bytes(b, PyBytes_AS_STRING(court_json), (size_t)PyBytes_GET_SIZE(court_json)) < 0 ||
         put_bytes(b, ",", 1) < 0 ||
-        put_json_text(b, text + parts[2], role != base->debtor ? end2 - parts[2] : 0) < 0 ||
+        put_json_text(b, text + parts[2], end2 - parts[2]) < 0 ||
         put_bytes(b, ",", 1) < 0 || put_json_text(b, mask, mask_n) < 0 ||
         put_bytes(b, ",", 1) < 0 || put_signed(b, AT(base->e_listed, int32_t, row)) < 0 ||
         put_bytes(b, ",", 1) < 0 || put_signed(b, AT(base->e_valid, int32_t, row)) < 0 ||
@@ -1299,17 +1278,16 @@ static int keep(PyObject **slot, PyObject *value) {
 
 static PyObject *configure(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"list_types", "statuses", "active", "roles", "id_types",
-                            "resident", "channels", "days", "debtor", "exemption",
-                            "no_end", "provinces", "birth_dates", "loads", "decode_error",
-                            NULL};
-    PyObject *list_types, *statuses, *active, *roles, *id_types, *resident, *channels, *days,
-        *debtor, *exemption_type, *no_end, *provinces, *birth_dates, *loads, *decode_error;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!OO!O!OO!O!OOO!OO!OO:configure", names,
+                            "resident", "days", "debtor", "no_end", "provinces",
+                            "birth_dates", "loads", "decode_error", NULL};
+    PyObject *list_types, *statuses, *active, *roles, *id_types, *resident, *days, *debtor,
+        *no_end, *provinces, *birth_dates, *loads, *decode_error;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!OO!O!OO!OO!OO!OO:configure", names,
                                      &PyDict_Type, &list_types, &PyDict_Type, &statuses, &active,
                                      &PyDict_Type, &roles, &PyDict_Type, &id_types, &resident,
-                                     &PyDict_Type, &channels, &PyDict_Type, &days, &debtor,
-                                     &exemption_type, &PyLong_Type, &no_end, &provinces,
-                                     &PyFrozenSet_Type, &birth_dates, &loads, &decode_error))
+                                     &PyDict_Type, &days, &debtor, &PyLong_Type, &no_end,
+                                     &provinces, &PyFrozenSet_Type, &birth_dates, &loads,
+                                     &decode_error))
         return NULL;
     if (!PyCallable_Check(loads) || !PyExceptionClass_Check(decode_error)) {
         PyErr_SetString(PyExc_TypeError, "loads: a function, decode_error: its exception");
@@ -1338,9 +1316,7 @@ static PyObject *configure(PyObject *module, PyObject *args, PyObject *kwargs) {
     keep(&ROLES, roles);
     keep(&ID_TYPES, id_types);
     keep(&RESIDENT, resident);
-    keep(&CHANNELS, channels);
     keep(&DEBTOR, debtor);
-    keep(&EXEMPTION, exemption_type);
     keep(&NO_END, no_end);
     keep(&BIRTH_DATES, birth_dates);
     keep(&LOADS, loads);
@@ -1426,8 +1402,7 @@ PyMODINIT_FUNC PyInit__rowcheck(void) {
           intern(&K_TYPE, "type") && intern(&K_NAME, "name") && intern(&K_USCC, "uscc") &&
           intern(&K_ID_TYPE, "id_type") && intern(&K_ID_NUMBER, "id_number") &&
           intern(&K_RELATED, "related_persons") && intern(&K_ROLE, "role") &&
-          intern(&K_EXEMPTIONS, "exemptions") && intern(&K_CHANNEL, "channel") &&
-          intern(&K_FROM, "from") && intern(&K_UNTIL, "until") &&
+          intern(&K_EXEMPTIONS, "exemptions") &&
           intern(&K_PUBLISHED_ON, "published_on") && intern(&K_VALID_UNTIL, "valid_until") &&
           intern(&K_FILED_ON, "filed_on") && intern(&K_CASE_NUMBER, "case_number") &&
           intern(&K_COURT, "court") && intern(&S_PERSON, "PERSON") &&

@@ -8,8 +8,8 @@ SOURCE_DIGEST: str
 
 def configure(
     *, list_types: dict[str, Any], statuses: dict[str, Any], active: Any, roles: dict[str, Any],
-    id_types: dict[str, Any], resident: Any, channels: dict[str, Any], days: dict[str, int],
-    debtor: Any, exemption: type, no_end: int, provinces: frozenset[str],
+    id_types: dict[str, Any], resident: Any, days: dict[str, int], debtor: Any, no_end: int,
+    provinces: frozenset[str],
     birth_dates: frozenset[str], loads: Callable[[bytes], Any], decode_error: type[Exception],
 ) -> None: ...  # fmt: skip
 def plain(row: dict[str, Any], line: int, /) -> tuple[Any, Any, Any] | None: ...
@@ -18,7 +18,7 @@ def subject_fields(
     lo: int, hi: int, bits: int, k_hi: Any, raw_keys: Any, m_entry: Any, m_role: Any,
     m_name: Any, m_mask: Any, width: int, text: Any, e_text_at: Any, e_type: Any,
     e_status: Any, e_listed: Any, e_valid: Any, e_court: Any, courts: list[bytes],
-    exemptions: dict[int, bytes], debtor: int, /,
+    exemptions: dict[int, bytes], debtor: int, /,  # exemptions: JSON by key row
 ) -> list[tuple[int, dict[bytes, bytes]]]: ...  # fmt: skip
 
 class Keyer:

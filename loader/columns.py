@@ -63,10 +63,16 @@ from shixin_check.domain.identity import (
     normalize_uscc,
 )
 from shixin_check.domain.keys import NAME_PERSON, SUBJECT_PERSON, SubjectKeyer
-from shixin_check.domain.model import NO_END, EntryStatus, Exemption, Role
-from shixin_check.loader.index_memory import _COLUMNS, _MASK_WIDTH, BaseParts, new_bloom
+from shixin_check.domain.model import NO_END, EntryStatus, Role
+from shixin_check.loader.index_memory import (
+    _COLUMNS,
+    _MASK_WIDTH,
+    BaseParts,
+    KeyedExemptions,
+    keyed_exemptions,
+    new_bloom,
+)
 from shixin_check.loader.listfile import (
-    _CHANNELS,
     _DAYS,
     _ID_TYPES,
     _LIST_TYPES,
@@ -133,20 +139,6 @@ def _day(obj: dict[str, Any], name: str, required: bool = False) -> int:
     return _date(obj, name, required=required)  # InvalidInput: not fast either
 
 
-def _exemption(obj: Any) -> Exemption:
-    if type(obj) is not dict:
-        raise _NotFast
-    value = obj.get("channel")
-    channel = _CHANNELS.get(value) if type(value) is str else None
-    if channel is None:
-        raise _NotFast
-    first = _day(obj, "from", required=True)
-    last = _day(obj, "until", required=True)
-    if last < first:
-        raise _NotFast
-    return Exemption(channel, first, last)
-
-
 def _person(obj: Any, role: Role) -> Subject:
     if type(obj) is not dict:
         raise _NotFast
@@ -205,8 +197,8 @@ def compiled_module() -> ModuleType | None:
             return None
     _rowcheck.configure(
         list_types=_LIST_TYPES, statuses=_STATUSES, active=_ACTIVE, roles=_RELATED_ROLES,
-        id_types=_ID_TYPES, resident=_RESIDENT_ID, channels=_CHANNELS, days=_DAYS,
-        debtor=_DEBTOR, exemption=Exemption, no_end=NO_END,
+        id_types=_ID_TYPES, resident=_RESIDENT_ID, days=_DAYS,
+        debtor=_DEBTOR, no_end=NO_END,
         provinces=identity._PROVINCES, birth_dates=identity._BIRTH_DATES,
         loads=orjson.loads, decode_error=orjson.JSONDecodeError,
     )  # fmt: skip
@@ -346,6 +338,7 @@ class ColumnBuilder:
 
     def __init__(self, keyer: SubjectKeyer, expected: int = 0) -> None:
         self._by_tag, self._name = keyer.hashers()  # keys as digests, not ints
+        self._keyer = keyer  # for a row's exemptions (rare: parse_entry's rows only)
         self._expected = expected
         self._keeping = True
         self._fast = 0  # rows _plain took
@@ -378,7 +371,7 @@ class ColumnBuilder:
         self.texts: list[bytes] = []
         self._text_length = 0
         self.courts: dict[str, int] = {}
-        self.exemptions: dict[int, tuple[Exemption, ...]] = {}
+        self.exemptions: dict[int, KeyedExemptions] = {}
         self._names: dict[str, bytes] = {}
 
     @property
@@ -420,7 +413,8 @@ class ColumnBuilder:
                 parsed = parse_entry(obj)
             except InvalidInput as exc:
                 return RowError(line, exc.field, exc.problem)
-            subjects, exemptions = parsed.subjects(), parsed.exemptions
+            subjects = parsed.subjects()
+            exemptions = keyed_exemptions(parsed, self._keyer) if parsed.exemptions else ()
             entry = _staged(
                 parsed.entry_id, line, parsed.list_type, parsed.status, parsed.case_number,
                 parsed.court, parsed.published_on, parsed.valid_until,
@@ -433,7 +427,7 @@ class ColumnBuilder:
         return None
 
     def _stage(
-        self, entry: _Staged, subjects: Sequence[Subject], exemptions: tuple[Exemption, ...]
+        self, entry: _Staged, subjects: Sequence[Subject], exemptions: KeyedExemptions
     ) -> None:
         """A checked row into the columns, in Python: staged, flushed every ``FLUSH_ROWS``."""
         row = len(self._entries) + self.entries
@@ -447,9 +441,11 @@ class ColumnBuilder:
 
     def _plain(
         self, obj: dict[str, Any], line: int
-    ) -> tuple[_Staged, list[Subject], tuple[Exemption, ...]]:
+    ) -> tuple[_Staged, list[Subject], KeyedExemptions]:
         """What ``parse_entry`` makes of a row in the plain form, as ``add`` stages it,
-        or ``_NotFast``: then ``parse_entry`` itself decides.
+        or ``_NotFast``: then ``parse_entry`` itself decides. A row with exemptions is
+        never plain: each names a person to find among the entry's subjects and key
+        (``listfile.exempted_in``), and one row in a hundred has any.
 
         The checks of ``_text`` and ``_day`` are written out for the entry's own
         fields: a call a field is a tenth of a row's time.
@@ -500,12 +496,9 @@ class ColumnBuilder:
                     subjects.append(_person(person, found))
         else:
             raise _NotFast
-        exemptions: tuple[Exemption, ...] = ()
         value = get("exemptions")
-        if value is not None and value != "" and value != []:  # listfile._listed
-            if type(value) is not list:
-                raise _NotFast
-            exemptions = tuple(_exemption(e) for e in value)
+        if value is not None and value != "" and value != []:  # any (listfile._listed)
+            raise _NotFast
         # dates: an unhashable value raises TypeError here, a bad one InvalidInput in _date
         published = _day_of(get("published_on"))
         if published is None:
@@ -531,7 +524,7 @@ class ColumnBuilder:
             raise _NotFast
         text = f"{entry_id}\x1f{case_number}\x1f{organization}"
         entry = (entry_id, line, list_type, status, published, valid_until, court, text)
-        return entry, subjects, exemptions
+        return entry, subjects, ()
 
     def _flush(self) -> None:
         """The staged rows into the columns, each column in one pass."""

@@ -71,7 +71,9 @@ from shixin_check.loader.index_memory import Base
 log = logging.getLogger("shixin.loader")
 
 #: 2: every file's CRC-32 and meta.json's own (a format-1 folder is compiled again)
-FORMAT = 2
+#: 3: each exemption with the subject key of the person it covers (an older folder held
+#: whole-entry exemptions, which would cover every subject of the entry: parsed again)
+FORMAT = 3
 Code = Literal["Q", "I", "i"]
 #: typed columns and their element (the ``array`` / ``memoryview`` type code)
 _TYPED: dict[str, Code] = {
@@ -248,10 +250,13 @@ def compile_base(base: Base, info: VersionInfo, target: Path, stamp: str, finger
             "includes_seq": info.includes_seq,
             "counts": _counts_json(info.counts),
             "courts": list(base.courts),
+            # by entry row: [channel, from, until, subject key of the person it covers]
             "exemptions": {
-                str(row): [[int(e.channel), e.first_day, e.last_day] for e in found]
+                str(row): [
+                    [int(e.channel), e.first_day, e.last_day, f"{key:032x}"] for key, e in found
+                ]
                 for row, found in base.exemptions.items()
-            },
+            },  # fmt: skip
             "base_counts": [[int(t), int(s), n] for (t, s), n in base.counts.items()],
             "base_expiries": [[int(t), int(s), v, n] for (t, s, v), n in base.expiries.items()],
         }
@@ -320,7 +325,7 @@ def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
             columns[name] = _map(opened[file], now[file].st_size)
         bloom = bytes(_map(opened["bloom.bin"], now["bloom.bin"].st_size))
     exemptions = {
-        int(row): tuple(Exemption(Channel(c), a, b) for c, a, b in found)
+        int(row): tuple((int(key, 16), Exemption(Channel(c), a, b)) for c, a, b, key in found)
         for row, found in meta["exemptions"].items()
     }
     base = Base(

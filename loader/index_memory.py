@@ -52,8 +52,28 @@ def entry_id_hash(entry_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(entry_id.encode(), digest_size=8).digest())
 
 
+#: An entry row's exemptions as an index holds them: (subject key of the person it
+#: covers, the exemption ``bare``). Exemptions are rare, so they sit in a dict by
+#: entry row beside the columns, and a match takes those of its own key only:
+#: ``own_exemptions``, which a row without any never reaches (the hot path costs
+#: what it did). Keys, not identities: no plaintext ID number is kept (DESIGN §3).
+KeyedExemptions = tuple[tuple[int, Exemption], ...]
+
+
+def keyed_exemptions(entry: ListEntry, keyer: SubjectKeyer) -> KeyedExemptions:
+    """``entry``'s exemptions keyed by the person each names (``listfile.exempted_in``
+    made sure each names one of its subjects)."""
+    return tuple((keyer.subject_key(e.id_type, e.id_number), e.bare()) for e in entry.exemptions)
+
+
+def own_exemptions(exemptions: KeyedExemptions, key: int) -> tuple[Exemption, ...]:
+    """Those of ``exemptions`` that cover the subject of ``key``: what its match carries."""
+    return tuple(e for k, e in exemptions if k == key)
+
+
 def matches_of(entry: ListEntry, keyer: SubjectKeyer) -> list[tuple[int, ListedMatch]]:
-    """(subject key, match) for the debtor and each related person of ``entry``."""
+    """(subject key, match) for the debtor and each related person of ``entry``; each
+    match carries only the exemptions that name its own subject."""
     out = []
     for subject in entry.subjects():
         org = entry.organization_name if subject.role is not Role.DEBTOR else ""
@@ -69,7 +89,7 @@ def matches_of(entry: ListEntry, keyer: SubjectKeyer) -> list[tuple[int, ListedM
             masked_id=mask_id(subject.id_number),
             listed_on=entry.published_on,
             valid_until=entry.valid_until,
-            exemptions=entry.exemptions,
+            exemptions=tuple(e.bare() for e in entry.exemptions if e.names(subject)),
         )
         out.append((keyer.subject_key(subject.id_type, subject.id_number), match))
     return out
@@ -103,7 +123,7 @@ class BaseBuilder:
         self.e_text_at = array("Q", [0])
         self.text = bytearray()
         self.courts: dict[str, int] = {}
-        self.exemptions: dict[int, tuple[Exemption, ...]] = {}
+        self.exemptions: dict[int, KeyedExemptions] = {}
         self.bloom = new_bloom(expected)
 
     def add(self, entry: ListEntry, line: int) -> None:
@@ -122,7 +142,7 @@ class BaseBuilder:
         )
         self.e_text_at.append(len(self.text))
         if entry.exemptions:
-            self.exemptions[row] = entry.exemptions
+            self.exemptions[row] = keyed_exemptions(entry, keyer)
         for subject in entry.subjects():
             key = keyer.subject_key(subject.id_type, subject.id_number)
             hi = key >> 64
@@ -165,7 +185,7 @@ class BaseParts:
 
     columns: dict[str, bytes]
     courts: list[str]
-    exemptions: dict[int, tuple[Exemption, ...]]
+    exemptions: dict[int, KeyedExemptions]
     bloom: bytes
 
 
@@ -323,7 +343,7 @@ class Base:
     e_text_at: Numbers
     text: Bytes  # entry_id \x1f case_number \x1f organisation name, per entry
     courts: tuple[str, ...]
-    exemptions: dict[int, tuple[Exemption, ...]]
+    exemptions: dict[int, KeyedExemptions]  # by entry row: only rows that have any
     counts: dict[tuple[ListType, EntryStatus], int]
     expiries: dict[tuple[ListType, EntryStatus, int], int]  # entries by valid_until, if any
     bloom: Bloom
@@ -352,7 +372,7 @@ class Overlay:
 
     removed: frozenset[int] = frozenset()  # base rows delisted or replaced
     status: dict[int, EntryStatus] = field(default_factory=dict)  # base row overrides
-    exemptions: dict[int, tuple[Exemption, ...]] = field(default_factory=dict)
+    exemptions: dict[int, KeyedExemptions] = field(default_factory=dict)  # base row overrides
     added: dict[str, tuple[ListEntry, tuple[tuple[int, ListedMatch], ...]]] = field(
         default_factory=dict
     )
@@ -416,12 +436,14 @@ class MemoryView:
         row = base.m_entry[i]
         overlay = self.overlay
         status = _STATUS[base.e_status[row]]
-        exemptions = base.exemptions.get(row, ())
+        keyed = base.exemptions.get(row, ())
         if not self._plain:
             if row in overlay.removed:
                 return None
             status = overlay.status.get(row, status)
-            exemptions = overlay.exemptions.get(row, exemptions)
+            keyed = overlay.exemptions.get(row, keyed)
+        # only an entry with exemptions pays for finding those of this row's key
+        exemptions = own_exemptions(keyed, (base.k_hi[i] << 64) | base.k_lo[i]) if keyed else ()
         entry_id, case_number, organization = base.texts(row)
         role = _ROLE[base.m_role[i]]
         w = _MASK_WIDTH

@@ -17,10 +17,11 @@ Layout (``P`` is the key prefix, ``shixin`` by default; ``V`` a version):
   fingerprint of the key secret it was built with; ``header`` (0 for a
   snapshot without one) and then ``first_seq``, the seq of the first delta
   applied on such a snapshot (loads refuse a delta below it; replicas read
-  neither).
+  neither); ``format`` (``FORMAT``; absent in a version loaded before it).
 - ``P:v:V:bloom``: the serialised Bloom filter (rbloom, items = high 64 bits
   of the subject keys, stable ``int`` hash: the same in every process).
-- ``P:v:V:s:<bucket>``: hashes of subject key (16 bytes) -> its matches.
+- ``P:v:V:s:<bucket>``: hashes of subject key (16 bytes) -> its matches
+  (``encode_match``), each with the exemptions of that subject only.
 - ``P:v:V:e:<bucket>``: hashes of entry_id -> its subject keys (for deltas).
 - ``P:v:V:deltas``: the stream of applied delta ops, in seq order.
 - ``P:replicas``: hash of replica id -> what it serves, refreshed every second.
@@ -251,26 +252,56 @@ def bucket_of(value: int, bits: int) -> int:
 
 # --- matches as stored values -------------------------------------------------
 
+#: What a version's keys hold (meta ``format``). 2: a match carries the exemptions
+#: naming its own subject only, and an organisation's entry names the organisation in
+#: its debtor's match too, so a delta can tell it from a person's entry and refuse an
+#: exemption for it. A version loaded before (no ``format``) copied each exemption
+#: onto every subject of its entry: a replica serving one applies none of them
+#: (``RedisView``), and a load refuses exemption ops on it, until the snapshot is
+#: loaded again.
+FORMAT = 2
 
-def encode_match(m: ListedMatch) -> list[Any]:
+
+def encode_match(m: ListedMatch, organization_name: str = "") -> list[Any]:
+    """A match as stored. ``organization_name``: its entry's organisation, stored on the
+    debtor's match too (a ``ListedMatch`` names it for a related person only)."""
+    organization = organization_name if m.role is Role.DEBTOR else m.organization_name
     return [
         m.entry_id, int(m.list_type), int(m.status), int(m.role), m.name_key, m.case_number,
-        m.court, m.organization_name, m.masked_id, m.listed_on, m.valid_until,
+        m.court, organization, m.masked_id, m.listed_on, m.valid_until,
         [[int(e.channel), e.first_day, e.last_day] for e in m.exemptions],
     ]  # fmt: skip
 
 
-def decode_match(a: list[Any]) -> ListedMatch:
+def decode_match(a: list[Any], exemptions: bool = True) -> ListedMatch:
+    """A stored match; ``exemptions`` False drops its exemptions (an older version's)."""
+    role = Role(a[3])
     return ListedMatch(
-        entry_id=a[0], list_type=ListType(a[1]), status=EntryStatus(a[2]), role=Role(a[3]),
-        name_key=a[4], case_number=a[5], court=a[6], organization_name=a[7], masked_id=a[8],
+        entry_id=a[0], list_type=ListType(a[1]), status=EntryStatus(a[2]), role=role,
+        name_key=a[4], case_number=a[5], court=a[6],
+        organization_name=a[7] if role is not Role.DEBTOR else "", masked_id=a[8],
         listed_on=a[9], valid_until=a[10],
-        exemptions=tuple(Exemption(Channel(c), f, u) for c, f, u in a[11]),
+        exemptions=tuple(Exemption(Channel(c), f, u) for c, f, u in a[11]) if exemptions else (),
     )  # fmt: skip
 
 
-def decode_matches(raw: bytes | None) -> list[ListedMatch]:
-    return [decode_match(a) for a in orjson.loads(raw)] if raw else []
+def decode_matches(raw: bytes | None, exemptions: bool = True) -> list[ListedMatch]:
+    return [decode_match(a, exemptions) for a in orjson.loads(raw)] if raw else []
+
+
+def format_of(meta: dict[str, bytes]) -> int:
+    """The ``FORMAT`` a version was written in (1: before the field)."""
+    return int(meta.get("format", b"1"))
+
+
+def old_format_problem(version: str) -> str:
+    """Why a version of an older format must be loaded again."""
+    return (
+        f"version {version} was loaded by an older shixin-check, whose exemptions cover every "
+        "person of their entry (the organisation and all its related persons): its "
+        "exemptions are not applied (those restricted stay restricted) until its snapshot "
+        "is loaded again with this version (load PATH --redis URL)"
+    )
 
 
 def counts_json(counts: Counts) -> bytes:
@@ -470,11 +501,16 @@ class ErrorCount:
 class RedisView:
     """One Redis-held version as a replica sees it. Implements ``ListView``."""
 
-    __slots__ = ("info", "version", "_bloom", "_client", "_keys", "_bits", "_meta_key", "_errors")
+    __slots__ = ("info", "version", "_bloom", "_client", "_keys", "_bits", "_meta_key", "_errors",
+                 "_exemptions")  # fmt: skip
 
     def __init__(self, info: VersionInfo, version: str, bloom: Bloom, client: Client,
-                 keys: RedisKeys, bits: int, errors: ErrorCount | None = None) -> None:  # fmt: skip
-        """``errors``: where failed look-ups are counted (the checks' thread)."""
+                 keys: RedisKeys, bits: int, errors: ErrorCount | None = None,
+                 exemptions: bool = True) -> None:  # fmt: skip
+        """``errors``: where failed look-ups are counted (the checks' thread).
+        ``exemptions`` False: the version is of an older ``FORMAT``, whose exemptions
+        cannot be told apart by person: none is applied (never one for everyone)."""
+        self._exemptions = exemptions
         self._errors = errors or ErrorCount()
         self.info = info
         self.version = version
@@ -506,7 +542,9 @@ class RedisView:
             raise IndexUnavailable(f"redis: {exc}") from exc
         if not exists:
             raise IndexUnavailable(f"version {self.version} is no longer in Redis")
-        return [decode_matches(v) for v in values]
+        if self._exemptions:
+            return [decode_matches(v) for v in values]
+        return [decode_matches(v, False) for v in values]
 
 
 class LostView:
@@ -765,6 +803,8 @@ class RedisFollower(Background):
                 self._lose(reason)
             return
         check_fingerprint(meta, self.keyer, version)
+        if format_of(meta) < FORMAT:
+            self.on_event("old-format", old_format_problem(version))
         entries = self.client.xrange(self.keys.deltas(version))
         after = read_meta(self.client, self.keys, version) if entries else meta
         if "last_seq" not in after:
@@ -820,7 +860,7 @@ class RedisFollower(Background):
         self.upstream_seq = int(meta.get("last_seq", b"0"))
         self._view = RedisView(
             info, version, self._bloom, self.client, self.keys, int(meta["bucket_bits"]),
-            self.lookup_errors,
+            self.lookup_errors, format_of(meta) >= FORMAT,
         )  # fmt: skip
 
     def _write(self, write: Callable[..., object], *args: object) -> object:

@@ -407,6 +407,12 @@ def as_resident(id_type: IdType, number: str) -> tuple[IdType, str]:
 
 
 def _exemption(obj: Any, prefix: str) -> Exemption:
+    """An exemption as a row gives it: channel, dates and, when named, the person it
+    covers (``id_type``, default RESIDENT_ID, and ``id_number``, normalised as a
+    related person's). Whether that person is in the entry is ``exempted_in``'s to say.
+
+    A number that is no person's document but reads as a USCC is kept as that USCC
+    (``id_type`` None), so that naming the organisation itself is refused as such."""
     if not isinstance(obj, dict):
         raise InvalidInput(prefix.rstrip("."), "must be an object")
     channel: Channel = _choice(obj, "channel", _CHANNELS, prefix)
@@ -414,7 +420,52 @@ def _exemption(obj: Any, prefix: str) -> Exemption:
     last = _date(obj, "until", prefix, required=True)
     if last < first:
         raise InvalidInput(prefix + "until", "is before from")
-    return Exemption(channel, first, last)
+    id_type: IdType = _choice(obj, "id_type", _ID_TYPES, prefix, default="RESIDENT_ID")
+    text = _text(obj, "id_number", prefix, required=False)
+    if not text:
+        return Exemption(channel, first, last)
+    try:
+        number = normalize_person_id(id_type, text, prefix + "id_number")
+    except InvalidInput:
+        try:
+            return Exemption(channel, first, last, None, normalize_uscc(text, prefix + "id_number"))
+        except InvalidInput:
+            pass
+        raise
+    id_type, number = as_resident(id_type, number)
+    return Exemption(channel, first, last, id_type, number)
+
+
+#: Why an exemption is refused (``exempted_in``, and the delta paths that cannot hold
+#: a ``ListEntry``: ``versions``, ``publish_redis``): the SPC rules let a court allow a
+#: listed *person* a consumption paid from personal assets, and no one else with it.
+EXEMPTION_NEEDS_PERSON = (
+    "is required on an organisation's entry: name the related person the court allowed "
+    "(an organisation has no personal assets)"
+)
+EXEMPTION_NAMES_ORGANISATION = (
+    "names the organisation itself, which has no personal assets: name the related person "
+    "the court allowed"
+)
+EXEMPTION_NAMES_NO_ONE = "names no one in this entry: name its debtor or one of its related persons"
+
+
+def exempted_in(entry: ListEntry, exemption: Exemption, field: str) -> Exemption:
+    """``exemption`` naming the person of ``entry`` it covers, or ``InvalidInput`` on
+    ``field`` (its ``id_number``). Unnamed, it covers the debtor of a person's entry
+    (so feeds that name no one keep their meaning); an organisation's entry must name
+    one of its related persons."""
+    debtor = entry.debtor
+    organisation = debtor.id_type is None
+    if not exemption.id_number:
+        if organisation:
+            raise InvalidInput(field, EXEMPTION_NEEDS_PERSON)
+        return exemption._replace(id_type=debtor.id_type, id_number=debtor.id_number)
+    if organisation and exemption.id_type is None and exemption.id_number == debtor.id_number:
+        raise InvalidInput(field, EXEMPTION_NAMES_ORGANISATION)
+    if any(exemption.names(subject) for subject in entry.subjects()):
+        return exemption
+    raise InvalidInput(field, EXEMPTION_NAMES_NO_ONE)
 
 
 def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
@@ -461,7 +512,7 @@ def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
     if published and valid_until < published:
         raise InvalidInput(prefix + "valid_until", "is before published_on")
     _date(obj, "filed_on", prefix)
-    return ListEntry(
+    entry = ListEntry(
         entry_id=entry_id,
         list_type=list_type,
         status=status,
@@ -472,8 +523,13 @@ def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
         debtor=debtor,
         organization_name=organization_name,
         related=related,
-        exemptions=exemptions,
     )
+    if not exemptions:
+        return entry
+    return entry._replace(exemptions=tuple(
+        exempted_in(entry, e, f"{prefix}exemptions.{i}.id_number")
+        for i, e in enumerate(exemptions)
+    ))  # fmt: skip
 
 
 def parse_delta(obj: dict[str, Any]) -> DeltaOp:

@@ -80,8 +80,10 @@ from shixin_check.loader.index_memory import (
     MemoryView,
     entry_id_hash,
     matches_of,
+    own_exemptions,
 )
 from shixin_check.loader.index_redis import (
+    FORMAT,
     LOCK_SECONDS,
     Client,
     HeldLock,
@@ -94,9 +96,18 @@ from shixin_check.loader.index_redis import (
     delete_version,
     encode_match,
     expiries_json,
+    format_of,
+    old_format_problem,
     read_meta,
 )
-from shixin_check.loader.listfile import DeltaKind, DeltaOp, read_delta
+from shixin_check.loader.listfile import (
+    EXEMPTION_NAMES_NO_ONE,
+    EXEMPTION_NAMES_ORGANISATION,
+    EXEMPTION_NEEDS_PERSON,
+    DeltaKind,
+    DeltaOp,
+    read_delta,
+)
 from shixin_check.loader.versions import Progress, build_snapshot, delta_source_time
 
 #: How long a load waits for the lock before it is refused: long enough to ride
@@ -210,6 +221,22 @@ def _refuse_before_first(
         raise OutOfSequence(str(path), problem)
 
 
+def _refuse_old_format(
+    path: Path, ops: list[DeltaOp], meta: dict[str, bytes], version: str
+) -> None:
+    """``LoadRejected`` for the EXEMPT and UNEXEMPT ops of a delta on a version of an older
+    ``index_redis.FORMAT``: its exemptions cover whole entries, and replicas apply none
+    of them (``RedisView``), so an exemption op there would do nothing, or undo one the
+    court gave someone else. Other ops apply: a listing or delisting must not wait."""
+    if format_of(meta) >= FORMAT:
+        return
+    kinds = (DeltaKind.EXEMPT, DeltaKind.UNEXEMPT)
+    errors = [RowError(op.line, "exemption", old_format_problem(version))
+              for op in ops if op.op in kinds]  # fmt: skip
+    if errors:
+        raise LoadRejected(str(path), errors)
+
+
 def _unused_name(client: Client, keys: RedisKeys, version: str) -> str:
     """``version``, or it with a suffix if that name is taken (the same file twice in a second)."""
     name = version
@@ -265,6 +292,7 @@ def publish_snapshot(
                     "expiries": expiries_json(info.counts),
                     "subject_keys": info.counts.subject_keys, "bucket_bits": bits,
                     "entry_bits": ebits, "fingerprint": keyer.fingerprint, "state": "ready",
+                    "format": FORMAT,
                 },
             )  # fmt: skip
             lock.check()
@@ -357,7 +385,7 @@ class _Columns:
 
     k_hi: np.ndarray[Any, Any]  # subject keys' high halves, sorted
     raw_keys: bytes  # each subject key as 16 bytes, big-endian
-    exemptions: dict[int, list[list[int]]]
+    exemptions: dict[int, list[list[int]]]  # by key row: those naming that key's person
     entry_order: np.ndarray[Any, Any]  # entry rows in order of their first key
     ebuckets: np.ndarray[Any, Any]  # each entry row's bucket
     grouped: bytes  # each entry's keys, 16 bytes each, entries one after the other
@@ -386,10 +414,7 @@ def _columns(base: Any, ebits: int) -> _Columns:
     return _Columns(
         k_hi=k_hi,
         raw_keys=key_bytes.tobytes(),
-        exemptions={
-            row: [[int(e.channel), e.first_day, e.last_day] for e in found]
-            for row, found in base.exemptions.items()
-        },
+        exemptions=_exemptions_by_key_row(base, m_entry),
         entry_order=rows[np.argsort(first, kind="stable")],
         ebuckets=(id_hash >> np.uint64(64 - ebits)) if ebits else np.zeros(base.entries, "<u8"),
         grouped=key_bytes[np.argsort(m_entry, kind="stable")].tobytes(),
@@ -398,6 +423,22 @@ def _columns(base: Any, ebits: int) -> _Columns:
         id_at=text_at,
         id_end=_first_separators(base.text, text_at),
     )
+
+
+def _exemptions_by_key_row(base: Any, m_entry: np.ndarray[Any, Any]) -> dict[int, list[list[int]]]:
+    """Each key row's exemptions as stored: those of its entry naming its own person
+    (``index_memory.own_exemptions``), so each subject's match carries its own only.
+    Rows of entries without exemptions (nearly all) are not looked at one by one."""
+    if not base.exemptions:
+        return {}
+    rows = np.fromiter(base.exemptions, "<u4", len(base.exemptions))
+    out: dict[int, list[list[int]]] = {}
+    for i in np.flatnonzero(np.isin(m_entry, rows)).tolist():
+        key = (base.k_hi[i] << 64) | base.k_lo[i]
+        own = own_exemptions(base.exemptions[int(m_entry[i])], key)
+        if own:
+            out[i] = [[int(e.channel), e.first_day, e.last_day] for e in own]
+    return out
 
 
 #: Bytes of the text column searched at a time for separators (a bool a byte)
@@ -614,11 +655,11 @@ def _python_fields(
                 name,
                 found[1],
                 court,
-                found[2] if role != _DEBTOR else "",
+                found[2],  # the organisation: on its debtor's match too (encode_match)
                 m_mask[i * w : (i + 1) * w].rstrip().decode(),
                 listed,
                 valid,
-                exemptions.get(row, []),
+                exemptions.get(i, []),
             ]  # fmt: skip  (encode_match's order)
             fields.setdefault(raw_keys[16 * i : 16 * i + 16], []).append(match)
     if fields:
@@ -757,11 +798,34 @@ class _RedisDelta:
         if op.op in (DeltaKind.SUSPEND, DeltaKind.RESUME):
             wanted = EntryStatus.SUSPENDED if op.op is DeltaKind.SUSPEND else EntryStatus.ACTIVE
             return bool(held[2] == wanted)
+        named = self._exempted(op)
+        if isinstance(named, RowError):
+            return False
+        key16, wire = named
+        own = [m for m in self._value(key16) if m[0] == op.entry_id]
+        return (wire in own[0][11]) is (op.op is DeltaKind.EXEMPT)
+
+    def _exempted(self, op: DeltaOp) -> tuple[bytes, list[int]] | RowError:
+        """(the subject key of the person an EXEMPT or UNEXEMPT covers, the exemption as
+        stored), or why it may not name whom it names: as ``listfile.exempted_in``
+        refuses a snapshot row's, read from the matches Redis holds (an organisation's
+        entry names the organisation in each: index_redis ``FORMAT`` 2)."""
         assert op.exemption is not None
-        e = op.exemption
-        return ([int(e.channel), e.first_day, e.last_day] in held[11]) is (
-            op.op is DeltaKind.EXEMPT
-        )
+        e, field = op.exemption, "exemption.id_number"
+        held = [(k, m) for k in dict.fromkeys(self._entry(op.entry_id) or [])
+                for m in self._value(k) if m[0] == op.entry_id]  # fmt: skip
+        organisation = any(m[7] for _, m in held)
+        wire = [int(e.channel), e.first_day, e.last_day]
+        if not e.id_number:
+            if organisation:
+                return RowError(op.line, field, EXEMPTION_NEEDS_PERSON)
+            return held[0][0], wire  # a person's entry: its debtor, its one subject
+        key16 = self.keyer.subject_key(e.id_type, e.id_number).to_bytes(16, "big")
+        if organisation and (key16, _DEBTOR) in {(k, m[3]) for k, m in held}:
+            return RowError(op.line, field, EXEMPTION_NAMES_ORGANISATION)
+        if any(k == key16 for k, _ in held):
+            return key16, wire
+        return RowError(op.line, field, EXEMPTION_NAMES_NO_ONE)
 
     def _listed_as(self, entry: ListEntry) -> bool:
         """True when Redis holds ``entry`` exactly so: every subject key of it, and no
@@ -774,7 +838,7 @@ class _RedisDelta:
             for key16 in set(keys16) for m in self._value(key16) if m[0] == entry.entry_id
         )  # fmt: skip
         wanted = Counter(
-            (key.to_bytes(16, "big"), orjson.dumps(encode_match(match)))
+            (key.to_bytes(16, "big"), orjson.dumps(encode_match(match, entry.organization_name)))
             for key, match in matches_of(entry, self.keyer)
         )
         return held == wanted
@@ -788,7 +852,7 @@ class _RedisDelta:
             pairs = matches_of(op.entry, self.keyer)
             for key, match in pairs:
                 key16 = key.to_bytes(16, "big")
-                self._value(key16).append(encode_match(match))
+                self._value(key16).append(encode_match(match, op.entry.organization_name))
                 self.bloom_adds.setdefault(op.seq, []).append(key >> 64)
             self.entries[op.entry_id] = [k.to_bytes(16, "big") for k, _ in pairs]
             self._count(encode_match(pairs[0][1]), 1)
@@ -808,12 +872,14 @@ class _RedisDelta:
                     m[2] = int(status)
                 self._count(matches[0], 1)
             return None
-        assert op.exemption is not None
-        e = op.exemption
-        wire = [int(e.channel), e.first_day, e.last_day]
-        if op.op is DeltaKind.UNEXEMPT and wire not in matches[0][11]:
+        named = self._exempted(op)
+        if isinstance(named, RowError):
+            return named
+        key16, wire = named
+        own = [m for m in self._value(key16) if m[0] == op.entry_id]  # the person's, only
+        if op.op is DeltaKind.UNEXEMPT and wire not in own[0][11]:
             return RowError(op.line, "exemption", f"entry {op.entry_id!r} has no such exemption")
-        for m in matches:
+        for m in own:
             m[11] = m[11] + [wire] if op.op is DeltaKind.EXEMPT else [x for x in m[11] if x != wire]
         return None
 
@@ -872,6 +938,7 @@ def publish_delta(
         version = current.decode()
         meta = read_meta(client, keys, version)
         check_fingerprint(meta, keyer, version)
+        _refuse_old_format(path, ops, meta, version)
         last = int(meta.get("last_seq", b"0"))
         # a snapshot without a header says nothing of where the numbering stands: the
         # first delta on it may start at any seq (feed.pending's unknown_base), and its

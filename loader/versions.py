@@ -28,10 +28,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from shixin_check.domain.errors import ConfigurationError, LoadRejected, RowError
+from shixin_check.domain.errors import ConfigurationError, InvalidInput, LoadRejected, RowError
 from shixin_check.domain.index import ListedMatch, VersionInfo
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.domain.model import EntryStatus, Exemption, ListEntry, ListType
+from shixin_check.domain.model import EntryStatus, Exemption, ListEntry, ListType, Role
 from shixin_check.loader.background import Background
 from shixin_check.loader.columns import ROW_CHECKS, ColumnBuilder, keyer_for
 from shixin_check.loader.compiled import IndexStore, map_compiled, snapshot_stamp
@@ -45,19 +45,25 @@ from shixin_check.loader.feed import (
 )
 from shixin_check.loader.index_memory import (
     BaseParts,
+    KeyedExemptions,
     MemoryIndex,
     MemoryView,
     Overlay,
     counts_after,
     matches_of,
     merge_parts,
+    own_exemptions,
     view_of_base,
 )
 from shixin_check.loader.listfile import (
+    EXEMPTION_NAMES_NO_ONE,
+    EXEMPTION_NAMES_ORGANISATION,
+    EXEMPTION_NEEDS_PERSON,
     DeltaKind,
     DeltaOp,
     FileKind,
     detect_kind,
+    exempted_in,
     iter_rows,
     line_blocks,
     line_starts,
@@ -339,7 +345,7 @@ class _DeltaState:
         row = self.view.base.row_of(entry_id)
         return None if row is None or row in self.removed else row
 
-    def _base_state(self, row: int) -> tuple[ListType, EntryStatus, tuple[Exemption, ...]]:
+    def _base_state(self, row: int) -> tuple[ListType, EntryStatus, KeyedExemptions]:
         base = self.view.base
         status = self.status.get(row, EntryStatus(base.e_status[row]))
         exemptions = self.exemptions.get(row, base.exemptions.get(row, ()))
@@ -379,11 +385,13 @@ class _DeltaState:
         is listed with that exemption; an UNEXEMPT: it is listed without it. A
         status or exemption op on an entry that is not listed is never shown: it
         stays ``no listed entry``, as the list cannot tell it from an entry the
-        feed never listed. Changes nothing itself.
+        feed never listed. An exemption op naming no one it may is never shown
+        either: ``apply`` refuses it. Changes nothing itself.
         """
         if op.op is DeltaKind.LIST:
             assert op.entry is not None
             return self._listed_as(op.entry)
+        exemptions: tuple[Any, ...]
         if op.entry_id in self.added:
             entry, _ = self.added[op.entry_id]
             status, exemptions = entry.status, entry.exemptions
@@ -397,8 +405,46 @@ class _DeltaState:
         if op.op in (DeltaKind.SUSPEND, DeltaKind.RESUME):
             wanted = EntryStatus.SUSPENDED if op.op is DeltaKind.SUSPEND else EntryStatus.ACTIVE
             return status is wanted
+        item = self._exempted(op)
+        if isinstance(item, RowError):
+            return False
+        return (item in exemptions) is (op.op is DeltaKind.EXEMPT)
+
+    def _exempted(self, op: DeltaOp) -> Exemption | tuple[int, Exemption] | RowError:
+        """The exemption of an EXEMPT or UNEXEMPT as the entry holds it: on an entry a
+        delta listed, naming its person (``listfile.exempted_in``); on a base row,
+        keyed by its person (``index_memory.KeyedExemptions``). Or why it may not
+        name whom it names, as ``exempted_in`` refuses a snapshot row's."""
         assert op.exemption is not None
-        return (op.exemption in exemptions) is (op.op is DeltaKind.EXEMPT)
+        field = "exemption.id_number"
+        if op.entry_id in self.added:
+            entry, _ = self.added[op.entry_id]
+            try:
+                return exempted_in(entry, op.exemption, field)
+            except InvalidInput as exc:
+                return RowError(op.line, exc.field, exc.problem)
+        row = self._base_row(op.entry_id)
+        assert row is not None
+        base, e = self.view.base, op.exemption
+        organisation = base.texts(row)[2] != ""  # only an organisation's entry has its name
+        subjects = self._subjects_of(row)
+        if not e.id_number:
+            if organisation:
+                return RowError(op.line, field, EXEMPTION_NEEDS_PERSON)
+            return subjects[0][0], e.bare()  # a person's entry: its debtor, its one subject
+        key = self.keyer.subject_key(e.id_type, e.id_number)
+        if organisation and (key, Role.DEBTOR) in subjects:
+            return RowError(op.line, field, EXEMPTION_NAMES_ORGANISATION)
+        if any(k == key for k, _ in subjects):
+            return key, e.bare()
+        return RowError(op.line, field, EXEMPTION_NAMES_NO_ONE)
+
+    def _subjects_of(self, row: int) -> list[tuple[int, Role]]:
+        """(subject key, role) of each subject of base row ``row``, read off the whole
+        entry column: only an exemption op (rare) asks."""
+        base = self.view.base
+        at = np.flatnonzero(np.frombuffer(cast(Any, base.m_entry), dtype="<u4") == row)
+        return [((base.k_hi[i] << 64) | base.k_lo[i], Role(base.m_role[i])) for i in at.tolist()]
 
     def _listed_as(self, entry: ListEntry) -> bool:
         """True when ``entry`` is listed exactly as the list holds it now."""
@@ -424,7 +470,8 @@ class _DeltaState:
                 if base.k_lo[i] == lo and base.m_entry[i] == row:
                     match = view.match_at(i)
                     assert match is not None  # _base_row: not removed
-                    out.append((key, match._replace(status=status, exemptions=exemptions)))
+                    own = own_exemptions(exemptions, key)
+                    out.append((key, match._replace(status=status, exemptions=own)))
                 i += 1
         return out
 
@@ -458,8 +505,8 @@ class _DeltaState:
         row = self._base_row(op.entry_id)
         if row is None:
             return self._unknown(op)
-        list_type, status, exemptions = self._base_state(row)
-        changed = self._changed(status, exemptions, op)
+        list_type, status, keyed = self._base_state(row)
+        changed = self._changed(status, keyed, op)
         if isinstance(changed, RowError):
             return changed
         if changed[0] is not status:
@@ -469,20 +516,24 @@ class _DeltaState:
         self.exemptions[row] = changed[1]
         return None
 
-    @staticmethod
     def _changed(
-        status: EntryStatus, exemptions: tuple[Exemption, ...], op: DeltaOp
-    ) -> tuple[EntryStatus, tuple[Exemption, ...]] | RowError:
+        self, status: EntryStatus, exemptions: tuple[Any, ...], op: DeltaOp
+    ) -> tuple[EntryStatus, tuple[Any, ...]] | RowError:
+        """The status and exemptions after ``op``, the exemptions as the entry holds
+        them (``_exempted``: an added entry's naming their person, a base row's keyed).
+        An UNEXEMPT removes the exemption equal in channel, dates and person."""
         if op.op is DeltaKind.SUSPEND:
             return EntryStatus.SUSPENDED, exemptions
         if op.op is DeltaKind.RESUME:
             return EntryStatus.ACTIVE, exemptions
-        assert op.exemption is not None
+        item = self._exempted(op)
+        if isinstance(item, RowError):
+            return item
         if op.op is DeltaKind.EXEMPT:
-            return status, (*exemptions, op.exemption)
-        if op.exemption not in exemptions:
+            return status, (*exemptions, item)
+        if item not in exemptions:
             return RowError(op.line, "exemption", f"entry {op.entry_id!r} has no such exemption")
-        return status, tuple(e for e in exemptions if e != op.exemption)
+        return status, tuple(e for e in exemptions if e != item)
 
     @staticmethod
     def _unknown(op: DeltaOp) -> RowError:

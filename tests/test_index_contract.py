@@ -144,7 +144,9 @@ def test_snapshot_is_served(backend: Backend, keyer: SubjectKeyer, tmp_path: Pat
 
 def test_deltas_apply_in_order(backend: Backend, keyer: SubjectKeyer, tmp_path: Path) -> None:
     backend.load(write_jsonl(tmp_path / "s.jsonl", basic_rows()))
-    exemption = {"channel": "AIRLINE", "from": "2026-01-01", "until": "2026-12-31"}
+    # an organisation's entry: the exemption names the person the court allowed
+    exemption = {"channel": "AIRLINE", "from": "2026-01-01", "until": "2026-12-31",
+                 "id_number": WANG}  # fmt: skip
     backend.load(write_jsonl(tmp_path / "d1.jsonl", [
         delta(2, "SUSPEND", entry_id="E2"),
         delta(1, "LIST", entry=person_entry("E8", ZHAO, "赵六")),

@@ -259,8 +259,15 @@ def test_some_entries_carry_exemption_windows() -> None:
     assert 0.005 * len(rows) < len(windows) < 0.02 * len(rows)
     iso = AS_OF.isoformat()
     open_now = 0
+    for e in rows:  # an organisation's names the related person allowed: never itself
+        for window in _list(e["exemptions"]):
+            people = _list(e["related_persons"])
+            if people:
+                assert window["id_number"] in {_dict(p)["id_number"] for p in people}
+            else:
+                assert "id_number" not in window  # a person's: its debtor
     for window in windows:
-        assert set(window) == {"channel", "from", "until"}
+        assert set(window) - {"id_type", "id_number"} == {"channel", "from", "until"}
         assert window["channel"] in {"RAIL", "AIRLINE", "HOTEL"}
         start, end = _str(window["from"]), _str(window["until"])
         assert start <= end

@@ -290,8 +290,20 @@ class _Generator:
             "severity": self._severities[self._bits(7)],
             "valid_until": valid_until,
             "status": "ACTIVE" if rand() < 0.95 else "SUSPENDED",
-            "exemptions": self._exemptions() if rand() < 0.01 else [],
+            "exemptions": self._exempt(related) if rand() < 0.01 else [],
         }
+
+    def _exempt(self, related: list[dict[str, object]]) -> list[dict[str, object]]:
+        """``_exemptions`` for an entry: a person's covers its debtor (no id_number
+        needed); an organisation's names its legal representative (the court allows
+        a person, never the organisation: it has no personal assets). The same draws
+        either way, so a seed gives the same list as before but for that."""
+        exemptions = self._exemptions()
+        if not related:  # a person's entry (an organisation has 1 to 3 related persons)
+            return exemptions
+        person = related[0]
+        named: dict[str, object] = {k: person[k] for k in ("id_type", "id_number") if k in person}
+        return [{**e, **named} for e in exemptions]
 
 
 # --------------------------------------------------------------------------
