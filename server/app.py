@@ -78,10 +78,10 @@ from shixin_check.loader.index_redis import RedisFollower, RedisKeys, connect
 from shixin_check.loader.versions import DirectoryFollower, Loader
 from shixin_check.server.auth import EnumerationWatch, Gate, KeyRing, KeysWatcher
 from shixin_check.server.engine import CheckEngine
-from shixin_check.server.hitlog import AuditLog, HitLog
-from shixin_check.server.hitsink import HitForwarder
+from shixin_check.server.hitlog import AuditLog, HitLog, LogInUse
+from shixin_check.server.hitsink import HitForwarder, error_text
 from shixin_check.server.metrics import MetricsEndpoint, Reading, ReadingWriter, take_reading
-from shixin_check.server.service import ConsumptionCheckService, add_to_server
+from shixin_check.server.service import ConsumptionCheckService, add_to_server, log_problem
 from shixin_check.server.settings import DEMO_METRICS_LISTEN, ServeSettings
 from shixin_check.server.status import refusal
 
@@ -99,6 +99,12 @@ LIST_CURRENT = "shixin.v1.ListCurrent"
 #: list-less server included; NOT_SERVING only while it drains at shutdown.
 LIVENESS = "liveness"
 HEALTH_POLL_S = 0.2
+#: Seconds between tries of a log that failed a write (``Service._probe_logs``).
+LOG_PROBE_S = 1.0
+#: ``health_problem`` of a server with no list yet (``MemoryIndex``), and of a Redis
+#: replica before anything is loaded in Redis (``RedisFollower``)
+NO_LIST = "no list loaded yet"
+NOTHING_IN_REDIS = "redis holds no version yet"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: The fastest client pinging accepted (the Python client's default keepalive is 10 s:
 #: ``clients/channel.py`` ``KEEPALIVE_MIN_INTERVAL_S`` says the same).
@@ -146,8 +152,10 @@ class Service:
             "fsync_interval": settings.log_fsync_interval,
             "max_bytes": settings.log_max_bytes,
         }
-        self.hit_log = HitLog(settings.hit_log, **durability) if settings.hit_log else None
-        self.audit_log = AuditLog(settings.audit_log, **durability) if settings.audit_log else None
+        self.hit_log: HitLog | None = _open_log(HitLog, "--hit-log", settings.hit_log, durability)
+        self.audit_log: AuditLog | None = _open_log(
+            AuditLog, "--audit-log", settings.audit_log, durability
+        )
         self.forwarder: HitForwarder | None = None
         if settings.redis and settings.hit_log is not None:
             self.forwarder = HitForwarder(
@@ -262,7 +270,7 @@ class Service:
         problem: str = getattr(source, "health_problem", lambda: "")()
         if problem:
             return problem
-        return "" if source.current() is not None else "no list loaded yet"
+        return "" if source.current() is not None else NO_LIST
 
     def behind(self) -> bool:
         """True while a newer list than the one served was refused."""
@@ -275,28 +283,67 @@ class Service:
         since = None if view is None else self.engine.stale_since(view.info)
         return since if since is not None and time.time() >= since else None
 
-    def _health_state(self) -> tuple[bool, bool, bool]:
-        """(ready, list current, stale): ready needs a trusted list that is not stale."""
+    def log_problem(self) -> str:
+        """Why readiness is NOT_SERVING for the hit or audit log ("" when both take records)."""
+        return log_problem(self.hit_log, self.audit_log)
+
+    def _health_state(self) -> tuple[bool, bool, bool, str]:
+        """(ready, list current, stale, a log's problem): ready needs a trusted list that
+        is not stale, and logs that take records (else every check needing one fails)."""
         problem = self.health_problem()
         stale = self.stale_since() is not None
-        return not problem and not stale, not problem and not self.behind(), stale
+        logs = self.log_problem()
+        ready = not problem and not stale and not logs
+        return ready, not problem and not self.behind(), stale, logs
 
-    async def _watch_health(self, last: tuple[bool, bool, bool]) -> None:
-        """Keep health in step with the index: loaded, lost (Redis), behind, stale."""
+    def _why_not_serving(self) -> str:
+        """``health_problem``, with what it means for an operator and what to do."""
+        problem = error_text(self.health_problem())
+        if self.redis is not None and problem == NOTHING_IN_REDIS:
+            return (f"nothing loaded in Redis yet ({self.redis.url}): load a list with "
+                    f"`shixin-check load --redis {self.redis.url} FILE`; this server serves "
+                    "it as soon as it is there")  # fmt: skip
+        folder = self.settings.list_path
+        if problem == NO_LIST and folder is not None and folder.is_dir():
+            return (f"no list yet: waiting for a snapshot in {folder} (looked for every "
+                    f"{self.settings.poll_interval:g}s)")  # fmt: skip
+        return problem
+
+    def _say_not_serving(self, state: tuple[bool, bool, bool, str]) -> None:
+        """The one line of a readiness that is NOT_SERVING: why."""
+        problem = self._why_not_serving()
+        if problem:
+            log.error("health: NOT_SERVING: %s", problem)
+        elif state[3]:
+            log.error("health: NOT_SERVING: %s; checks that need a record fail INTERNAL "
+                      "until a write goes in (tried every %gs)", state[3], LOG_PROBE_S)  # fmt: skip
+        else:
+            log.warning("health: NOT_SERVING: %s", self._stale_text())
+
+    def _probe_logs(self) -> None:
+        """A log that failed a write is tried again (``AppendLog.probe``): no call may
+        come to find it writable while health keeps traffic away."""
+        for sink in (self.hit_log, self.audit_log):
+            if sink is not None and sink.failure is not None:
+                sink.probe()
+
+    async def _watch_health(self, last: tuple[bool, bool, bool, str]) -> None:
+        """Keep health in step with the index (loaded, lost in Redis, behind, stale) and
+        with the logs (failing writes)."""
+        probed = time.monotonic()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), HEALTH_POLL_S)
             if self._stop.is_set():
                 return
+            if last[3] and time.monotonic() - probed >= LOG_PROBE_S:
+                probed = time.monotonic()
+                self._probe_logs()
             state = self._health_state()
             self.engine.stale = state[2]
             if state != last:
                 if not state[0]:
-                    problem = self.health_problem()
-                    if problem:
-                        log.error("health: NOT_SERVING: %s", problem)
-                    else:
-                        log.warning("health: NOT_SERVING: %s", self._stale_text())
+                    self._say_not_serving(state)
                 elif not state[1]:
                     refused = self.index.refused
                     log.warning("health: SERVING the last good list; %s NOT_SERVING: %s refused",
@@ -345,7 +392,7 @@ class Service:
             try:
                 self.redis.sync_once()
             except (RedisError, ConfigurationError) as exc:
-                log.error("redis: %s (retrying in the background)", exc)
+                log.error("redis: %s (retrying in the background)", error_text(exc))
             self.redis.start()
             if self.forwarder is not None:
                 self.forwarder.start()
@@ -398,6 +445,19 @@ class Service:
             log.info("redis: serving version %s", detail)
         elif what == "redis-up":
             log.info("redis: connected")
+        elif what == "redis-down":  # once, when a connected follower loses Redis
+            where = self.redis.url if self.redis is not None else "Redis"
+            log.error("redis: %s unreachable: %s; checks whose Bloom filter says \"maybe\" "
+                      "get the channel's --unavailable decision until it is back (the "
+                      "others are answered from the list in hand): check that Redis (its "
+                      "sentinels, the network, the password) is up and reachable from here; "
+                      "counted in shixin_redis_errors_total, \"redis: connected\" when back",
+                      where, error_text(detail))  # fmt: skip
+        elif what == "lost":  # the detail says "redis lost ...": no second prefix
+            log.error("redis: %s; every check gets the channel's --unavailable decision until "
+                      "a list is loaded again (shixin-check load --redis ...)", detail)  # fmt: skip
+        elif what == "hits-reforwarded":  # once per failover (HitForwarder._rewind)
+            log.warning("redis: %s", detail)
         elif what == "write-works":
             log.info("redis: writing to Redis works again")
         elif what == "write-refused":  # once, not each try (RedisFollower._write)
@@ -406,8 +466,8 @@ class Service:
             log.info("redis: forwarding hits works again")
         elif what == "hits-spooling":  # once, not each try (HitForwarder._spooling)
             log.error("redis: %s", detail)
-        else:
-            log.error("redis %s: %s", what, detail)
+        else:  # refused (another key secret, a password), old-format, hits-unreadable
+            log.error("redis: %s: %s", what, error_text(detail))
 
     def _progress(self, rows: int) -> None:
         log.info("loading: %d rows read", rows)
@@ -428,6 +488,13 @@ class Service:
         if self._stop.is_set() and self.seat is None:
             self._hurry.set()
         self._stop.set()
+
+    def _on_hangup(self) -> None:
+        """SIGHUP: reload the keys file, or say there is nothing to reload."""
+        if self.keys_watcher is not None:
+            self.keys_watcher.poke()
+        elif self.seat is None:  # a worker's comes with the supervisor's, which said it
+            log.info("SIGHUP: nothing to reload (no --keys-file)")
 
     def hurry(self) -> None:
         """The supervisor's second stop: no more drain."""
@@ -482,8 +549,10 @@ class Service:
                         "(give --keys-file or --tls-client-ca to turn it on)")  # fmt: skip
         if self.keys_watcher is not None:  # the keys file: reloaded when it changes, or on SIGHUP
             self.keys_watcher.start(loop)
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signal.SIGHUP, self.keys_watcher.poke)
+        # SIGHUP's default ends the process: without a keys file it reloads nothing, and
+        # says so, as the supervisor of --workers does
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         if not load_first:
             try:
                 await self._load_list()
@@ -496,8 +565,8 @@ class Service:
         gc.freeze()
         state = self._health_state()
         self.engine.stale = state[2]
-        if state[2]:
-            log.warning("health: NOT_SERVING: %s", self._stale_text())
+        if not state[0]:  # once: the watcher speaks only of changes
+            self._say_not_serving(state)
         await self._set_health(state[0], state[1])
         watcher = asyncio.get_running_loop().create_task(self._watch_health(state))
         if on_ready is not None:
@@ -812,6 +881,7 @@ def run_service(settings: ServeSettings) -> int:
 
         for folder in sweep_stale_folders():
             log.info("removed %s: the server that made it is gone (killed?)", folder)
+    ignore_file_size_signal()
     service = Service(settings, announce=lambda s: print(s, flush=True))
     try:
         asyncio.run(service.run())
@@ -819,6 +889,34 @@ def run_service(settings: ServeSettings) -> int:
         if service.demo_folder is not None:
             shutil.rmtree(service.demo_folder, ignore_errors=True)
     return 0
+
+
+def _open_log(kind: Any, flag: str, path: Path | None, durability: dict[str, Any]) -> Any:
+    """The log at ``path`` (None: none), or a ``ConfigurationError`` naming the flag and
+    the path: its folder cannot be made, or the file cannot be opened. Another writer
+    (``LogInUse``) says so itself."""
+    if path is None:
+        return None
+    try:
+        return kind(path, **durability)
+    except LogInUse:
+        raise
+    except OSError as exc:
+        what = exc.strerror or str(exc)
+        if not path.parent.is_dir():
+            # the folder, not the file: a worker's file (hits.w1.jsonl) is not the flag's
+            raise ConfigurationError(
+                f"{flag}: cannot make the folder {path.parent}: {what}"
+            ) from exc
+        raise ConfigurationError(f"{flag} {path}: cannot open it: {what}") from exc
+
+
+def ignore_file_size_signal() -> None:
+    """A write past the file-size limit (``ulimit -f``) fails with EFBIG, as a full disk
+    fails with ENOSPC, instead of SIGXFSZ killing the server (its default): the log
+    that cannot be written turns health NOT_SERVING and says so (``log_problem``)."""
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def _workers(settings: ServeSettings) -> int:

@@ -20,9 +20,24 @@ Failures. A record the disk refuses fails its call and is counted
 (``write_errors``); a part of it the kernel did take is cut off again, so no
 torn line is left for the next record to join. A rotation that could not
 create the new live file leaves the next record to create it. A live file
-deleted or moved away under the writer is noticed within a second (counted,
-logged, a new live file started). At start, the bytes of a record cut short
-at the live file's end (power loss) are moved to ``<path>.torn``. Each set
+deleted or moved away under the writer is noticed at the next record written
+at least a second after the last such look (counted, logged, a new live file
+started).
+
+While writes fail, ``failure`` holds the last error (the server's readiness
+is NOT_SERVING meanwhile: every check that needs a record would fail). It is
+cleared by the next record written, or by ``probe``, which the server calls
+about once a second while it is set, so that a log that recovers with no
+traffic reaching the server (health keeps it away) is found writable: it
+writes as many bytes as the record that failed to the live file and cuts
+them off again at once (under the writer's lock, no newline: a reader never
+takes them for a record; a crash between the two leaves them at the end,
+where the next start moves them to ``<path>.torn`` as it does a torn record).
+``failure_line`` words a failure for the server's log: ``FAILURE_LINES`` lines
+at most in ``FAILURE_LINE_EVERY_S`` seconds per log, counting the rest.
+
+At start, the bytes of a record cut short at the live file's end (power
+loss) are moved to ``<path>.torn``. Each set
 is held by its writer's ``flock`` on ``<path>.lock``: a second writer is
 refused (``LogInUse``).
 
@@ -81,7 +96,9 @@ each worker's), which is what ``audit verify`` and ``feedback`` read.
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
+import errno
 import fcntl
 import hashlib
 import logging
@@ -113,6 +130,11 @@ _TAIL_CHUNK = 8192
 _METADATA_SECRETS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 _METADATA_VALUE_MAX = 256
 HEAD_INTERVAL = 0.1  # seconds between notes of the audit chain head, at most
+#: Lines in the server's log about one log's failing writes, at most, in each window of
+#: ``FAILURE_LINE_EVERY_S`` seconds: a full disk fails every check, and a line each would
+#: bury everything else (the rest are counted, in the next line)
+FAILURE_LINES = 3
+FAILURE_LINE_EVERY_S = 10.0
 
 log = logging.getLogger("shixin.server")
 
@@ -302,6 +324,29 @@ def _hold(path: Path) -> int:
     return fd
 
 
+def describe_write_error(exc: OSError) -> str:
+    """``EFBIG (File too large)``: the errno's name and its text, without a traceback."""
+    number = exc.errno
+    if number is None:
+        return str(exc)
+    return f"{errno.errorcode.get(number, f'errno {number}')} ({os.strerror(number)})"
+
+
+def write_error_advice(exc: OSError, path: Path) -> str:
+    """What to do about a write error of the log at ``path``."""
+    folder = path.parent
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free space (or inodes, or quota) on the file system of {folder}"
+    if exc.errno == errno.EFBIG:
+        return ("the process's file-size limit is reached (ulimit -f, LimitFSIZE=): lift "
+                "it, or give --log-max-bytes below it so the log rotates first")  # fmt: skip
+    if exc.errno == errno.EROFS:
+        return f"the file system of {folder} is read-only: remount it read-write"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"give this server write access to {folder}"
+    return f"check the disk under {folder} (dmesg)"
+
+
 def _keep_doing(
     ref: weakref.ref[Any], stop: threading.Event, interval: float, work: Callable[[Any], None],
     failed: str, recovered: str = "",
@@ -353,6 +398,14 @@ class AppendLog:
         #: records that could not be written (disk full, I/O error): the metrics'
         #: shixin_hit_log_errors_total / shixin_audit_log_errors_total
         self.write_errors = 0
+        #: the last write error while writes fail; None once a record or ``probe`` went in
+        self.failure: OSError | None = None
+        self._probe_bytes = 1  # the size of the record that failed: what the probe writes
+        self._window_at = -FAILURE_LINE_EVERY_S  # when ``failure_line``'s window began
+        self._said = 0  # lines given in it
+        self._unsaid = 0  # failures not worded since the last line
+        #: the last write errors raised (a failing call may fail a withdrawal after its own)
+        self._raised: collections.deque[OSError] = collections.deque(maxlen=8)
         self._lock = threading.Lock()
         self._fd = -1
         self._size = 0
@@ -551,9 +604,65 @@ class AppendLog:
                     self._after_write(now)
                 except OSError as exc:
                     raise Unsynced(exc.errno, f"written but not synced: {exc.strerror}") from exc
-        except OSError:  # disk full, I/O error: the call fails, and it is counted
+        except OSError as exc:  # disk full, I/O error: the call fails, and it is counted
             self.write_errors += 1
+            self.failure, self._probe_bytes = exc, len(line)
+            self._raised.append(exc)
             raise
+        if self.failure is not None:  # writes work again (health follows)
+            self.failure = None
+
+    def probe(self) -> bool:
+        """While ``failure`` is set: would a record of the size that failed go in now?
+        Writes that many bytes (no newline) to the live file and cuts them off again,
+        synced as records are; clears ``failure`` if they went in. True when the log
+        is not failing (any more)."""
+        with self._lock:
+            if self.failure is None:
+                return True
+            try:
+                if self._fd < 0:
+                    self._open_live()
+                pad = b" " * self._probe_bytes
+                try:
+                    written = 0
+                    while written < len(pad):
+                        written += os.write(self._fd, pad[written:])
+                    if self.fsync != "never":
+                        _sync(self._fd)
+                finally:
+                    os.ftruncate(self._fd, self._size)  # shrinking needs no space
+            except OSError as exc:
+                self.failure = exc
+                return False
+            self.failure = None
+            return True
+
+    #: what the server's log calls this log (``failure_line``)
+    kind = "log"
+    flag = ""
+
+    def raised(self, exc: BaseException) -> bool:
+        """``exc`` is this log's last write error (a call that failed on it)."""
+        return any(exc is raised for raised in self._raised)
+
+    def failure_line(self, exc: OSError) -> str:
+        """A write error of this log in one line for the server's log: the file, the
+        error, what it costs and what to do; "" once ``FAILURE_LINES`` were given in
+        the last ``FAILURE_LINE_EVERY_S`` seconds (the next line counts this one)."""
+        now = time.monotonic()
+        if now - self._window_at >= FAILURE_LINE_EVERY_S:
+            self._window_at, self._said = now, 0
+        if self._said >= FAILURE_LINES:
+            self._unsaid += 1
+            return ""
+        self._said += 1
+        unsaid, self._unsaid = self._unsaid, 0
+        more = f"; {unsaid} more failed since the last such line" if unsaid else ""
+        return (f"{self.kind} {self.path} ({self.flag}) cannot be written: "
+                f"{describe_write_error(exc)}; calls that need a record fail INTERNAL, health "
+                f"is NOT_SERVING until a write goes in (tried every second): "
+                f"{write_error_advice(exc, self.path)}{more}")  # fmt: skip
 
     def _encode(self, now: float, record: Mapping[str, Any]) -> bytes:
         return orjson.dumps({"time": now, **record}) + b"\n"
@@ -586,6 +695,9 @@ class AppendLog:
 
 class HitLog(AppendLog):
     """One record per check that matched a listed subject, whatever the decision."""
+
+    kind = "hit log"
+    flag = "--hit-log"
 
     def record(
         self,
@@ -705,6 +817,9 @@ class AuditLog(AppendLog):
 
     Keeps the chain head in ``<path>.head`` (see the module docstring).
     """
+
+    kind = "audit log"
+    flag = "--audit-log"
 
     def __init__(self, path: Path, *, head_interval: float = HEAD_INTERVAL, **options: Any) -> None:
         """``options`` as for ``AppendLog``; the head is noted at most every ``head_interval`` s."""

@@ -13,6 +13,20 @@ days), so a record forwarded again after a crash (before the cursor was
 saved) is not added twice. The cursor, the file and byte offset forwarded
 so far, is saved beside the log (``<hitlog>.forwarded``).
 
+A failover loses nothing. Redis replicates asynchronously, so a master that
+fails over may have acknowledged records its replica never got, and a
+Sentinel master demoted by a planned failover (``SENTINEL FAILOVER``) takes
+writes until it learns of it, then drops them. So each round asks the
+sentinels where the master is (``_check_master``), and when it changed, or
+when a connection error follows records forwarded, the cursor goes back to
+where it stood ``REWIND_S`` seconds of forwarding before the last records sent
+(``_rewind``) and those records are forwarded again: the claims in the
+seen-sets skip every one the new master holds and add the ones it lost. That
+is said in one line (``hits-reforwarded``: why, how many re-read, how many
+were missing). Nothing in Redis survives a ``FLUSHALL`` or a Redis restarted
+empty: the records forwarded before it are gone from the stream, and the
+report must be built from the files (``feedback --hit-log``).
+
 Withdrawals (``server.hitlog.HitLog.withdraw``: hits of a call whose answer
 never left) are forwarded too, once each the same way (claimed as
 ``withdrawn:<digest of its check ids>``), so that the feedback report built from the
@@ -30,16 +44,19 @@ refused heartbeat is (``RedisFollower._write``); never once a try.
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import hashlib
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from shixin_check.domain.model import CHINA_TZ
 from shixin_check.loader.background import Background
@@ -55,6 +72,13 @@ end
 return 0
 """
 BATCH = 500
+#: Seconds of forwarding re-sent after a failover or a connection error: what a master
+#: may have acknowledged and not passed on. It covers a replica's permitted lag (Redis's
+#: ``min-replicas-max-lag``, 10 s by default), the sentinels' news of a new master
+#: reaching the one this forwarder asks (hello messages, every 2 s) and this forwarder's
+#: own backoff (2 s), with room to spare; re-sending is cheap (a claim each, refused).
+REWIND_S = 30.0
+MASTER_CHANGED = "the Redis master changed"
 #: what redis-py puts before an error of a pipeline's command: the command with its
 #: arguments (a record's check id, its fields), which no log line should carry
 _PIPELINE_PREFIX = re.compile(r"Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
@@ -76,15 +100,62 @@ def _claim(record: Any) -> str:
     return record["check_id"]  # type: ignore[no-any-return]
 
 
-def error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException | str) -> str:
     """What Redis said, without the command redis-py quotes before a pipeline's error
-    (``Command # 1 (EVALSHA … <check id> {…}) of pipeline caused error: …``)."""
+    (``Command # 1 (EVALSHA … <check id> {…}) of pipeline caused error: …``), and
+    without the reprs of its client objects in a ``No master found`` (``master_words``)."""
     text = str(exc)
-    found = _PIPELINE_PREFIX.match(text)
+    if _PIPELINE_PREFIX.match(text) is not None:
+        # the last "caused error": the quoted command is the client's text, the error Redis's
+        text = text.rpartition(" of pipeline caused error: ")[2]
+    return master_words(text)
+
+
+_NO_MASTER = re.compile(r"No master found for '(?P<service>[^']*)'")
+_SENTINEL_NODE = re.compile(r"\bhost=(?P<host>[^,()<>]+),port=(?P<port>\d+)")
+_SENTINEL_ERROR = re.compile(r"\)>\)>\)> - (?:[a-z]+:)?(?P<error>[A-Za-z]+)")
+
+
+_CAUSES = (
+    ("no master found", "no master found"),
+    ("connection refused", "connection refused"),
+    ("timeout", "timed out"),
+    ("timed out", "timed out"),
+    ("closed by server", "connection closed by Redis"),
+    ("connection reset", "connection reset"),
+    ("now a slave", "the master was demoted"),
+    ("now a replica", "the master was demoted"),
+)
+
+
+def redis_cause(text: str) -> str:
+    """The kind of a connection error, so that a log line is repeated only when it changes
+    (not with each try's words): refused, timed out, no master found, ..."""
+    low = text.lower()
+    return next((cause for needle, cause in _CAUSES if needle in low), "other")
+
+
+def master_words(text: str) -> str:
+    """redis-py's ``No master found for 'svc' : <repr of each sentinel's client> - error,
+    ...`` (a thousand characters and more) in a few words: the service and the
+    sentinels that could not be asked, or that those asked name no master up."""
+    found = _NO_MASTER.search(text)
     if found is None:
         return text
-    # the last "caused error": the quoted command is the client's text, the error Redis's
-    return text.rpartition(" of pipeline caused error: ")[2]
+    service = found["service"]
+    nodes = [f"{m['host']}:{m['port']}" for m in _SENTINEL_NODE.finditer(text)]
+    if not nodes:
+        return (f"no master found for {service!r}: the sentinels answer, but none names a "
+                "master that is up (failing over? the service name right?)")  # fmt: skip
+    errors = sorted({m["error"] for m in _SENTINEL_ERROR.finditer(text)})
+    why = f" ({', '.join(errors)})" if errors else ""
+    return f"no master found for {service!r}: sentinels {', '.join(nodes)} unreachable{why}"
+
+
+def _short(exc: BaseException) -> str:
+    """A Redis error in a few words (``error_text``, cut where redis-py adds its objects)."""
+    text = error_text(exc)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _quarter_of(unix: float) -> str:
@@ -113,6 +184,15 @@ class HitForwarder(Background):
         #: what keeps the records from Redis ("" while they are forwarded): said once
         self._problem = ""
         self._script = client.register_script(_ADD_ONCE)
+        #: where the cursor stood, and when (monotonic), over the last ``REWIND_S`` s of
+        #: forwarding, oldest first: where a rewind goes back to
+        self._history: collections.deque[tuple[float, int, int]] = collections.deque()
+        self._master: tuple[str, int] | None = None  # the Sentinel master last found
+        #: why records already sent may be lost ("" when none): rewind on the next round
+        self._suspect = ""
+        #: a rewind under way: (the cursor it came back from, why, records re-read,
+        #: records added), said once it has caught up
+        self._resend: tuple[tuple[int, int], str, int, int] | None = None
 
     def stop(self) -> None:
         super().stop()
@@ -128,6 +208,10 @@ class HitForwarder(Background):
                 self.forward_once()
             except redis.RedisError as exc:
                 self.errors.count += 1
+                if isinstance(exc, redis.ConnectionError | redis.TimeoutError) and self._sent():
+                    # the connection went after records were sent: a master that died (or
+                    # was demoted) may have taken some it never passed on
+                    self._suspect = self._suspect or f"a connection error ({_short(exc)})"
                 self._spooling(exc)
                 backoff = min(backoff * 2, 2.0)
             except OSError as exc:  # this machine's side: a file gone mid-round, a full disk
@@ -151,8 +235,9 @@ class HitForwarder(Background):
                                 "again when it changes or clears")  # fmt: skip
         elif isinstance(exc, redis.ResponseError):
             reason = problem = self._refusal(exc)
-        else:  # a connection refused, reset, timed out: Redis unreachable
-            reason = "unreachable"
+        else:  # a connection refused, reset, timed out: Redis unreachable (said again
+            # only when the kind of cause changes, not each try's words)
+            reason = f"unreachable: {redis_cause(str(exc))}"
             problem = (f"cannot forward hits to {self.url}: {error_text(exc)}; they wait in "
                        f"{self.hit_log} and are forwarded when it is back; counted in "
                        "shixin_redis_errors_total, logged again when it changes or clears")  # fmt: skip
@@ -169,6 +254,50 @@ class HitForwarder(Background):
                 f"(feedback --redis) lacks them until then: {todo}; counted in "
                 "shixin_redis_errors_total, logged again when it changes or clears")  # fmt: skip
 
+    def _sent(self) -> bool:
+        """Records were forwarded within the last ``REWIND_S`` s of forwarding."""
+        return len(self._history) > 1
+
+    def _check_master(self) -> None:
+        """Ask the sentinels where the master is (a plain Redis: nothing to ask); a
+        new one since the last round: the last ``REWIND_S`` s are forwarded again.
+        redis-py drops the idle connections to the old one (``get_master_address``)."""
+        pool = self.client.connection_pool
+        if not isinstance(pool, SentinelConnectionPool):
+            return
+        found = pool.get_master_address()  # type: ignore[no-untyped-call]
+        master = (str(found[0]), int(found[1]))
+        if self._master is not None and master != self._master:
+            self._suspect = (f"{MASTER_CHANGED} from {self._master[0]}:{self._master[1]} "
+                             f"to {master[0]}:{master[1]}")  # fmt: skip
+        self._master = master
+
+    def _rewind(self) -> None:
+        """Back to where the cursor stood ``REWIND_S`` s of forwarding ago (``_suspect``
+        says why); ``forward_once`` sends those records again, up to where it was."""
+        why, self._suspect = self._suspect, ""
+        if not self._history:
+            return
+        _, inode, offset = self._history[0]
+        here = self._cursor()
+        if (inode, offset) == here:
+            return
+        if self._resend is None:
+            self._resend = (here, why, 0, 0)
+        self._save(inode, offset, remember=False)
+        self._history.clear()
+        self._history.append((time.monotonic(), inode, offset))
+
+    def _remember(self, inode: int, offset: int) -> None:
+        """The cursor moved: kept ``REWIND_S`` s (and the last place before them)."""
+        now = time.monotonic()
+        history = self._history
+        if history and history[-1][1:] == (inode, offset):
+            return
+        history.append((now, inode, offset))
+        while len(history) > 1 and history[1][0] <= now - REWIND_S:
+            history.popleft()
+
     def _cursor(self) -> tuple[int, int]:
         """(inode, offset): rotation renames files, so the inode names one for good."""
         try:
@@ -177,13 +306,18 @@ class HitForwarder(Background):
         except (OSError, ValueError):
             return -1, 0
 
-    def _save(self, inode: int, offset: int) -> None:
+    def _save(self, inode: int, offset: int, remember: bool = True) -> None:
         part = self.cursor_path.with_name(self.cursor_path.name + ".part")
         part.write_text(f"{inode} {offset}")
         os.replace(part, self.cursor_path)
+        if remember:
+            self._remember(inode, offset)
 
-    def _pending(self) -> Iterator[tuple[int, int, list[bytes]]]:
-        """(inode, offset after, complete lines) from the cursor on, oldest file first."""
+    def _pending(
+        self, until: tuple[int, int] | None = None
+    ) -> Iterator[tuple[int, int, list[bytes]]]:
+        """(inode, offset after, complete lines) from the cursor on, oldest file first;
+        ``until``: no further than that (inode, offset)."""
         inode, offset = self._cursor()
         files = log_files(self.hit_log)
         inodes = [p.stat().st_ino for p in files]
@@ -196,14 +330,49 @@ class HitForwarder(Background):
             with files[i].open("rb") as fh:
                 fh.seek(first)
                 data = fh.read()
+            last = until is not None and inodes[i] == until[0]
+            if last and until is not None:
+                data = data[: max(0, until[1] - first)]
             end = data.rfind(b"\n") + 1  # a line still being written waits
             yield inodes[i], first + end, data[:end].splitlines()
+            if last:
+                return
 
     def forward_once(self) -> int:
-        """Forward what is new; the number of records added to the stream."""
+        """Forward what is new (first, after a failover, what the new master may lack);
+        the number of records added to the stream."""
+        if not self._history:  # where this run started: a rewind goes no further back
+            self._remember(*self._cursor())
+        self._check_master()
+        if self._suspect:
+            self._rewind()
         added = 0
+        if self._resend is not None:
+            back_to, why, read, missing = self._resend
+            try:
+                for lines, count in self._forward(back_to):
+                    read, missing = read + lines, missing + count
+            finally:
+                self._resend = (back_to, why, read, missing)
+            self._resend = None
+            added += missing
+            # said for a new master; after a connection error only when it lost some
+            if missing or why.startswith(MASTER_CHANGED):
+                self.on_event("hits-reforwarded",
+                              f"{why}: the hits forwarded in the {REWIND_S:g}s before were "
+                              f"sent again from {self.hit_log} so that none is lost: {read} "
+                              f"re-read, {missing} were missing from Redis and added again")  # fmt: skip
+        for _, count in self._forward(None):
+            added += count
+        self.forwarded += added
+        return added
+
+    def _forward(self, until: tuple[int, int] | None) -> Iterator[tuple[int, int]]:
+        """Forward from the cursor (to ``until``), saving it after each file: (records
+        read, records added) for each file."""
         stream = hits_stream(self.prefix)
-        for inode, offset, lines in self._pending():
+        for inode, offset, lines in self._pending(until):
+            added = 0
             for i in range(0, len(lines), BATCH):
                 pipe = self.client.pipeline(transaction=False)
                 for line in lines[i : i + BATCH]:
@@ -217,8 +386,7 @@ class HitForwarder(Background):
                     self._script(keys=[stream, seen], args=[claim, line], client=pipe)
                 added += sum(pipe.execute())
             self._save(inode, offset)
-        self.forwarded += added
-        return added
+            yield len(lines), added
 
 
 def read_stream(client: Client, prefix: str = "shixin") -> Iterator[dict[str, Any]]:

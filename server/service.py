@@ -81,8 +81,11 @@ from shixin_check.server.engine import BATCH, STATUS, STREAM, UNARY, CheckEngine
 from shixin_check.server.hitlog import (
     WITHDRAWN_HIT_UNWRITTEN,
     WITHDRAWN_UNAUDITED,
+    AppendLog,
     AuditLog,
     call_fields,
+    describe_write_error,
+    write_error_advice,
 )
 from shixin_check.server.prefilter import Prefilters
 from shixin_check.server.status import refusal, status_of
@@ -354,10 +357,16 @@ class ConsumptionCheckService:
             except Exception as failure:  # noqa: BLE001 - the refusal goes out all the same
                 unaudited = f"; not audited: {failure}"
         if check_id:
-            log.error(
-                "%s failed: internal error, check_id %s, subject %s, caller %s%s",
-                method, check_id, subject or "-", principal.name or "-", unaudited, exc_info=exc,
-            )  # fmt: skip
+            said = self._log_failure(exc)
+            if said is None:  # a bug here: its traceback
+                log.error(
+                    "%s failed: internal error, check_id %s, subject %s, caller %s%s",
+                    method, check_id, subject or "-", principal.name or "-", unaudited,
+                    exc_info=exc,
+                )  # fmt: skip
+            elif said:  # a log the disk refuses: no bug, one line (at most one per log a while)
+                log.error("%s failed: internal error, check_id %s, caller %s: %s%s", method,
+                          check_id, principal.name or "-", said, unaudited)  # fmt: skip
         elif unaudited:
             log.error("%s refused with %s, caller %s%s", method, code.name,
                       principal.name or "-", unaudited)  # fmt: skip
@@ -367,6 +376,16 @@ class ConsumptionCheckService:
             self.tally.observe(index, time.perf_counter() - started)
         await context.abort(code, message, trailers)
         raise AssertionError("abort returned")  # it raises; this tells the type checker
+
+    def _log_failure(self, exc: BaseException) -> str | None:
+        """A call failed because the hit or audit log could not be written: that log's
+        line (``AppendLog.failure_line``, "" while it is rate-limited); None for any
+        other failure (a bug: logged with its traceback)."""
+        if isinstance(exc, OSError):
+            for sink in (self.engine.hit_log, self.audit):
+                if sink is not None and sink.raised(exc):
+                    return sink.failure_line(exc)
+        return None
 
     def _refuse_in_stream(
         self, context: grpc.aio.ServicerContext, exc: BaseException, request: pb.CheckRequest,
@@ -547,6 +566,8 @@ class ConsumptionCheckService:
             if type(request) is Malformed:
                 raise MalformedRequest(request.problem)
             status = list_status(self.engine, self.policy, self.gate)
+            if not status.not_serving_reason:
+                status.not_serving_reason = log_problem(self.engine.hit_log, self.audit)
             if self.audit is not None:
                 self._audit(context, "GetListStatus", principal, "", "OK", started, 0)
         except Exception as exc:  # noqa: BLE001
@@ -630,6 +651,16 @@ def add_to_server(service: ConsumptionCheckService, server: grpc.aio.Server) -> 
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
+def log_problem(*sinks: AppendLog | None) -> str:
+    """Why readiness is NOT_SERVING for a log that cannot be written ("" when none)."""
+    for sink in sinks:
+        failure = None if sink is None else sink.failure
+        if sink is not None and failure is not None:
+            return (f"the {sink.kind} {sink.path} ({sink.flag}) cannot be written: "
+                    f"{describe_write_error(failure)}: {write_error_advice(failure, sink.path)}")  # fmt: skip
+    return ""
 
 
 def _rfc3339(unix: float) -> str:

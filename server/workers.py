@@ -86,7 +86,13 @@ from types import FrameType
 from typing import Any
 
 from shixin_check.domain.errors import ConfigurationError
-from shixin_check.server.app import HURRY_SIGNAL, Service, port_is_free, write_demo_list
+from shixin_check.server.app import (
+    HURRY_SIGNAL,
+    Service,
+    ignore_file_size_signal,
+    port_is_free,
+    write_demo_list,
+)
 from shixin_check.server.hitlog import worker_log_path
 from shixin_check.server.metrics import MetricsEndpoint, WorkerReadings, reading_path
 from shixin_check.server.settings import DEMO_METRICS_LISTEN, EPHEMERAL_SECRET, ServeSettings
@@ -207,6 +213,7 @@ def _worker_main(settings: ServeSettings, seat: WorkerSeat, messages: Connection
     signal.signal(signal.SIGTERM, stop_early)
     signal.signal(signal.SIGINT, stop_early)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a keys file's reload, or nothing to do
+    ignore_file_size_signal()  # EFBIG, not death, past ``ulimit -f``
     sending = threading.Lock()
 
     def send(*message: str) -> None:

@@ -244,3 +244,17 @@ def test_a_hit_record_written_but_not_synced_is_withdrawn_at_once(tmp_path: Path
     assert log.write_errors == 2  # the hit's sync, then the withdrawal's
     totals = build_report(log_files(path), quarter_now()).totals
     assert (totals.checks, totals.withdrawn) == (0, 1)
+
+
+@pytest.mark.parametrize("flag", ["--hit-log", "--audit-log"])
+def test_a_log_folder_that_cannot_be_made_is_refused_naming_the_flag_and_the_path(
+    flag: str, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = blocker / "logs" / "records.jsonl"  # a folder under a file: ENOTDIR
+    done = run_cli("serve", "--demo", "--demo-count", "10", "--listen", "127.0.0.1:0",
+                   flag, str(path))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert f"{flag}: cannot make the folder {path.parent}: Not a directory" in line, line

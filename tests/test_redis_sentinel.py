@@ -8,14 +8,18 @@ servers' password in ``SHIXIN_REDIS_PASSWORD``.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import grpc
+import orjson
 import pytest
 import redis
 
@@ -32,6 +36,8 @@ from shixin_check.loader.index_redis import (
     redis_status,
 )
 from shixin_check.loader.publish_redis import publish_delta, publish_snapshot
+from shixin_check.server.hitlog import log_files
+from shixin_check.server.hitsink import hits_stream, read_stream
 from tests.conftest import RedisSentinels, RedisServer, RunningServer
 from tests.listdata import ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
 from tests.test_redis_replicas import Serve, decision, has_a_list, load_cli
@@ -226,3 +232,64 @@ def test_a_load_no_replica_acknowledged_is_not_reported_done(
     assert "no Redis replica acknowledged" in stalled.stderr and "Traceback" not in stalled.stderr
     again = load_cli(change, url)  # replaying is harmless: the seq is already applied
     assert again.returncode == 0, again.stderr
+
+
+def _hit_ids(path: Path) -> list[str]:
+    """The check ids of the hit records in the files of the hit log at ``path``."""
+    lines = (raw for f in log_files(path) for raw in f.read_bytes().splitlines())
+    return [r["check_id"] for r in map(orjson.loads, lines) if "check_id" in r]
+
+
+def test_hits_forwarded_across_a_planned_failover_all_reach_the_new_master(
+    redis_sentinels: RedisSentinels, serve: Serve, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """SENTINEL FAILOVER while listed checks run: the old master takes hits until it is
+    demoted, then drops them; the forwarder finds the new master and sends the last
+    seconds again, so every hit in the files is in the stream, once."""
+    caplog.set_level(logging.INFO, logger="shixin.server")
+    url = redis_sentinels.url
+    done = load_cli(write_jsonl(tmp_path / "s1.jsonl", basic_rows()), url)
+    assert done.returncode == 0, done.stderr
+    hits = tmp_path / "hits.log"
+    replica = serve(None, redis=url, replica_id="r1", hit_log=hits)
+    eventually(partial(has_a_list, replica), "loading the list")
+    redis_sentinels.wait_replicated()
+    stop = threading.Event()
+
+    def check_listed() -> None:
+        while not stop.is_set():
+            try:
+                decision(replica, ZHANG, "张伟")
+            except grpc.RpcError:
+                pass
+            time.sleep(0.005)
+
+    checker = threading.Thread(target=check_listed, daemon=True)
+    checker.start()
+    try:
+        eventually(lambda: len(_hit_ids(hits)) >= 20, "hits before the failover")
+        redis_sentinels.hand_over()
+        deadline = time.monotonic() + FAILOVER_WAIT_S
+        while not redis_sentinels.promoted():
+            assert time.monotonic() < deadline, "the sentinels never promoted the replica"
+            time.sleep(0.05)
+        time.sleep(2.0)  # hits to the new master too, and the old one demoted meanwhile
+    finally:
+        stop.set()
+        checker.join(timeout=10)
+    logged = _hit_ids(hits)
+    assert len(logged) == len(set(logged)) > 20
+    client = connect(url, timeout=5)
+    try:
+
+        def every_hit_once() -> bool:
+            streamed = [r["check_id"] for r in read_stream(client) if "check_id" in r]
+            return sorted(streamed) == sorted(logged)
+
+        eventually(every_hit_once, "every hit of the files in the new master's stream, once")
+        assert client.xlen(hits_stream("shixin")) == len(logged)
+    finally:
+        client.close()
+    [line] = [r.getMessage() for r in caplog.records if "were sent again" in r.getMessage()]
+    assert "the Redis master changed" in line and "re-read" in line, line
