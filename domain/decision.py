@@ -29,8 +29,8 @@ from shixin_check.domain.errors import IndexUnavailable
 from shixin_check.domain.identity import mask_id, normalize_name
 from shixin_check.domain.index import ListedMatch, ListView
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.domain.model import Channel, Decision, EntryStatus
-from shixin_check.domain.rules import Policy, Purchase, Reason, restriction_for
+from shixin_check.domain.model import Channel, Decision, EntryStatus, Role
+from shixin_check.domain.rules import DEBTOR_ONLY, Policy, Purchase, Reason, restriction_for
 
 NOT_LISTED = Reason("NOT_LISTED", "未在失信被执行人及限制消费人员名单中")
 NOT_RESTRICTED_CLASS = Reason("NOT_RESTRICTED_CLASS", "名单人员，但该消费不在限制范围内")
@@ -173,6 +173,7 @@ def judge(
     restricting: list[MatchOutcome] = []
     others: list[MatchOutcome] = []
     lifted: list[Reason] = []
+    debtor_only = restriction in DEBTOR_ONLY  # a related person is not restricted by it
     for m in found:
         if m.valid_until < today:
             others.append(MatchOutcome(m, EntryStatus.EXPIRED))
@@ -183,7 +184,7 @@ def judge(
         elif m.exemptions and any(e.covers(channel, today) for e in m.exemptions):
             others.append(MatchOutcome(m, EntryStatus.ACTIVE))
             lifted.append(EXEMPTED)
-        elif restriction is None:
+        elif restriction is None or (debtor_only and m.role is not Role.DEBTOR):
             others.append(MatchOutcome(m, EntryStatus.ACTIVE))
             lifted.append(NOT_RESTRICTED_CLASS)
         else:

@@ -48,6 +48,11 @@ TRAVEL_OUTBOUND_GROUP = Reason(
 TRAVEL_RESORT_OVER_QUOTA = Reason(
     "TRAVEL_RESORT_OVER_QUOTA", "在获得旅游等级评定的度假区或旅游企业内消费超过限额"
 )
+#: Restrictions the policy puts on the debtor alone, not on its related persons: the
+#: resort quota ("对失信被执行人在获得旅游等级评定的度假区内或旅游企业内消费实行限额控制",
+#: seeds 000 and 001 §(七)3, whose sentence before it names the legal representative
+#: and the others for outbound tours, and this one does not).
+DEBTOR_ONLY = frozenset({TRAVEL_RESORT_OVER_QUOTA})
 SCHOOL_HIGH_FEE_PRIVATE = Reason(
     "SCHOOL_HIGH_FEE_PRIVATE", "限制以其财产支付子女入学就读高收费私立学校"
 )

@@ -96,6 +96,30 @@ def test_related_person_is_denied_in_role_for_the_organisation(server: RunningSe
     assert (m.role, m.organization_name) == (pb.ROLE_LEGAL_REPRESENTATIVE, "北京艾克米科技有限公司")
 
 
+def test_the_resort_quota_restricts_the_debtor_and_not_its_related_persons(
+    server: RunningServer,
+) -> None:
+    """Seeds 000/001 §(七)3: outbound group tours are barred to the debtor and its legal
+    representative alike; the rated-resort quota is put on the debtor alone."""
+    over_quota = 200_001  # the default --resort-quota-fen is 200,000
+
+    def travel(service: str, **subject: str) -> pb.CheckResponse:
+        request = build_request("TRAVEL", purchase={"service": service}, amount_fen=over_quota,
+                                **subject)  # fmt: skip
+        return server.stub().CheckConsumption(request)
+
+    representative = travel("RATED_RESORT", id_number=WANG, name="王芳")
+    assert representative.decision == pb.ALLOW
+    assert [r.code for r in representative.reasons] == ["NOT_RESTRICTED_CLASS"]
+    assert [m.role for m in representative.matches] == [pb.ROLE_LEGAL_REPRESENTATIVE]
+    assert travel("OUTBOUND_GROUP_TOUR", id_number=WANG, name="王芳").decision == pb.DENY
+    for debtor in ({"id_number": ZHANG, "name": "张伟"},
+                   {"uscc": ACME_USCC, "name": "北京艾克米科技有限公司"}):  # fmt: skip
+        answer = travel("RATED_RESORT", **debtor)
+        assert answer.decision == pb.DENY, debtor
+        assert [r.code for r in answer.reasons] == ["TRAVEL_RESORT_OVER_QUOTA"]
+
+
 def test_organisation_itself_is_checked_by_uscc(server: RunningServer) -> None:
     request = build_request("AIRLINE", uscc=ACME_USCC.lower(), name="北京艾克米科技有限公司")
     assert server.stub().CheckConsumption(request).decision == pb.DENY
