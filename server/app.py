@@ -366,6 +366,7 @@ class Service:
 
     def reading(self) -> Reading:
         """What the metrics endpoint reports now (called on its thread)."""
+        ready, _, stale, _ = self._health_state()
         return take_reading(
             self.engine,
             not self.health_problem(),
@@ -373,6 +374,8 @@ class Service:
             self.audit_log,
             self.redis,
             behind=self.behind() if self.redis is None else None,
+            ready=ready and not self._stop.is_set(),
+            stale=stale,
         )
 
     def _metrics_endpoint(self, listen: str) -> MetricsEndpoint:

@@ -81,11 +81,13 @@ METRIC_NAMES = (
     "shixin_replica_lag_seconds",
     "shixin_redis_errors_total",
     "shixin_list_behind",
+    "shixin_ready",
+    "shixin_list_stale",
 )
 (
     CHECKS, DURATION, REFUSALS, HITS, HIT_LOG_ERRORS, AUDIT_LOG_ERRORS, LIST_INFO, LIST_AGE,
     LIST_ENTRIES, BLOOM_POSITIVES, BLOOM_FALSE_POSITIVES, INDEX_LOOKUPS, RATE_LIMITED,
-    REPLICA_LAG, REDIS_ERRORS, LIST_BEHIND,
+    REPLICA_LAG, REDIS_ERRORS, LIST_BEHIND, READY, LIST_STALE,
 ) = METRIC_NAMES  # fmt: skip
 
 #: The answers a check can have (the wire's names), and the channels.
@@ -120,6 +122,10 @@ class Reading:
     #: a newer list file than the one served was refused (directory mode; None in Redis
     #: mode, where a refused load changes nothing a replica serves)
     behind: bool | None = None
+    #: readiness as health reports it (a trusted list, not stale, logs that take
+    #: records, not stopping), and the list served older than --max-list-age
+    ready: bool = False
+    stale: bool = False
 
     @classmethod
     def merged(cls, readings: Iterable[Reading]) -> Reading:
@@ -127,7 +133,12 @@ class Reading:
         out = cls()
         oldest: Reading | None = None
         versions: dict[str, None] = {}
+        seen = False
+        out.ready = True  # ready only if every worker is
         for r in readings:
+            seen = True
+            out.ready = out.ready and r.ready
+            out.stale = out.stale or r.stale
             out.tally.add(r.tally)
             out.hit_log_errors += r.hit_log_errors
             out.audit_log_errors += r.audit_log_errors
@@ -144,6 +155,7 @@ class Reading:
             ):
                 oldest = r
         out.versions = tuple(versions)
+        out.ready = out.ready and seen
         if oldest is not None:
             out.source_timestamp, out.entries = oldest.source_timestamp, oldest.entries
         return out
@@ -156,13 +168,18 @@ def take_reading(
     audit_log: AppendLog | None = None,
     redis: RedisFollower | None = None,
     behind: bool | None = None,
+    ready: bool = False,
+    stale: bool = False,
 ) -> Reading:
-    """A ``Reading`` of one server: ``trusted`` when health has no problem with its index."""
+    """A ``Reading`` of one server: ``trusted`` when health has no problem with its index;
+    ``ready`` and ``stale`` as its readiness health says."""
     reading = Reading(
         tally=engine.tally.copy(),
         hit_log_errors=hit_log.write_errors if hit_log is not None else 0,
         audit_log_errors=audit_log.write_errors if audit_log is not None else 0,
         behind=behind,
+        ready=ready,
+        stale=stale,
     )
     if redis is not None:
         reading.redis_errors = redis.redis_errors()
@@ -373,6 +390,18 @@ class MetricsCollector:
             )  # fmt: skip
 
     def _list(self, r: Reading) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            READY, "1 while readiness (health \"\" and shixin.v1.ConsumptionCheck) is "
+            "SERVING: a trusted list that is not stale, logs that take records, not "
+            "stopping; 0 otherwise. With --workers, 1 only if every worker is ready.",
+            value=int(r.ready),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            LIST_STALE, "1 while the list served is older than --max-list-age (answers "
+            "are marked stale and readiness is NOT_SERVING); 0 otherwise. With "
+            "--workers, 1 if any worker's is.",
+            value=int(r.stale),
+        )  # fmt: skip
         info = GaugeMetricFamily(
             LIST_INFO, "1 for the list version served (none while no list is loaded or "
             "its Redis index lost the data).",

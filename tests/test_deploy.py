@@ -64,6 +64,8 @@ DOCUMENTED_METRICS = frozenset({
     "shixin_replica_lag_seconds",
     "shixin_redis_errors_total",
     "shixin_list_behind",
+    "shixin_ready",
+    "shixin_list_stale",
 })  # fmt: skip
 HISTOGRAMS = frozenset({"shixin_check_duration_seconds"})
 

@@ -284,6 +284,12 @@ def test_readings_of_several_workers_sum() -> None:
     assert total.versions == ("v1", "v2")
     assert (total.source_timestamp, total.entries) == (100.0, (("SHIXIN", "ACTIVE", 9),))
     assert (total.redis_errors, total.replica_lag_seconds) == (4, 1.5)
+    # ready only if every worker is; stale if any worker's list is; no worker: not ready
+    a.ready, b.ready, b.stale = True, False, True
+    assert (Reading.merged([a, b]).ready, Reading.merged([a, b]).stale) == (False, True)
+    b.ready, b.stale = True, False
+    assert (Reading.merged([a, b]).ready, Reading.merged([a, b]).stale) == (True, False)
+    assert not Reading.merged([]).ready
 
 
 @pytest.mark.redis

@@ -58,6 +58,13 @@ def health(channel: grpc.Channel, service: str = "") -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
+def gauge(metrics: str, name: str) -> float:
+    """The value of the unlabelled gauge ``name`` on the /metrics page at ``metrics``."""
+    with urllib.request.urlopen(metrics, timeout=5) as reply:
+        (line,) = [x for x in reply.read().decode().splitlines() if x.startswith(name + " ")]
+    return float(line.split()[1])
+
+
 def rfc3339(unix: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
@@ -74,9 +81,13 @@ def test_a_stale_list_is_not_ready_but_alive_and_still_answers(
 ) -> None:
     published = int(time.time() - 2 * HOUR)
     snapshot(tmp_path / "snapshot-0001.jsonl", published)
-    server = serve(tmp_path, max_list_age=HOUR)
+    server = serve(tmp_path, max_list_age=HOUR, metrics_listen=f"127.0.0.1:{free_port()}")
     channel, stub = server.channel, server.stub()
+    assert server.service.metrics is not None
+    metrics = server.service.metrics.url
     eventually(lambda: health(channel) == "NOT_SERVING", "readiness NOT_SERVING")
+    # and the metrics say so, for an alert (no refusal is counted once traffic goes away)
+    assert (gauge(metrics, "shixin_ready"), gauge(metrics, "shixin_list_stale")) == (0, 1)
     assert health(channel, SERVICE_NAME) == "NOT_SERVING"
     assert health(channel, LIVENESS) == "SERVING"  # a stale server is alive
     assert health(channel, LIST_CURRENT) == "SERVING"  # nothing was refused: not behind
@@ -105,6 +116,7 @@ def test_a_stale_list_is_not_ready_but_alive_and_still_answers(
     snapshot(tmp_path / "snapshot-0002.jsonl", time.time())
     eventually(lambda: health(channel) == "SERVING", "readiness SERVING on a fresh list")
     assert health(channel, SERVICE_NAME) == "SERVING"
+    assert (gauge(metrics, "shixin_ready"), gauge(metrics, "shixin_list_stale")) == (1, 0)
     assert health(channel, LIVENESS) == "SERVING"
     fresh = check(stub, ZHANG)
     assert (fresh.decision, fresh.stale) == (pb.DENY, False)
