@@ -160,6 +160,23 @@ def unavailable(query: Query, policy: Policy) -> Verdict:
     return _UNAVAILABLE[policy.unavailable_decision(query.channel)]
 
 
+#: titles an airline puts after a passenger's given names (``SMITH/JOHN MR``)
+_TITLES = frozenset({"mr", "mrs", "ms", "miss", "mstr", "dr", "prof"})
+
+
+def airline_name_readings(raw: str) -> tuple[str, ...]:
+    """A name written as airlines write it, ``SURNAME/GIVEN NAMES [TITLE]``, read as a
+    list would give it: given names first (``JOHN SMITH``) or surname first
+    (``SMITH JOHN``), both normalised, the title left out. Only for an ID that
+    matched already: a name that then matches is DENY instead of REVIEW."""
+    surname, _, given = raw.partition("/")
+    words = given.split()
+    if len(words) > 1 and words[-1].casefold().rstrip(".") in _TITLES:
+        words.pop()
+    given = " ".join(words)
+    return (normalize_name(f"{given} {surname}"), normalize_name(f"{surname} {given}"))
+
+
 def judge(
     found: Sequence[ListedMatch],
     query: Query,
@@ -196,6 +213,9 @@ def judge(
             return Verdict(Decision.DENY, (restriction,), tuple(restricting))
         name_key = keyer.name_key(name)
         named = tuple(o for o in restricting if o.match.name_key in (name_key, 0))
+        if not named and "/" in query.name:  # an airline's SURNAME/GIVEN: either order
+            keys = {keyer.name_key(n) for n in airline_name_readings(query.name)}
+            named = tuple(o for o in restricting if o.match.name_key in keys)
         if named:
             return Verdict(Decision.DENY, (restriction,), named)
         return Verdict(Decision.REVIEW, (restriction, NAME_MISMATCH), tuple(restricting))

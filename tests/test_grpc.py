@@ -291,6 +291,30 @@ def test_a_document_number_sent_under_another_document_type_is_never_a_silent_al
     assert (unlisted.decision, [r.code for r in unlisted.reasons]) == (pb.ALLOW, ["NOT_LISTED"])
 
 
+def test_an_airline_name_surname_slash_given_matches_the_listed_name(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """Airlines write SURNAME/GIVEN NAMES [TITLE]: a listed JOHN SMITH (or SMITH JOHN)
+    booked as SMITH/JOHN MR is DENY, not REVIEW NAME_MISMATCH; another name stays
+    REVIEW, and a name never turns a matched ID into an ALLOW."""
+    given_first = person_entry("F1", "E82067303", "JOHN SMITH")
+    surname_first = person_entry("F2", "E82067305", "Smith John Paul")
+    for row in (given_first, surname_first):
+        row["subject"]["id_type"] = "PASSPORT"
+    stub = serve(write_jsonl(tmp_path / "list.jsonl", [given_first, surname_first])).stub()
+
+    def flight(number: str, name: str) -> pb.CheckResponse:
+        request = build_request("AIRLINE", id_number=number, name=name, id_type="PASSPORT")
+        return stub.CheckConsumption(request)
+
+    for name in ("SMITH/JOHN", "SMITH/JOHN MR", "smith / john mr.", "SMITH/JOHN"):
+        assert flight("E82067303", name).decision == pb.DENY, name
+    assert flight("E82067305", "SMITH/JOHN PAUL MR").decision == pb.DENY
+    for name in ("SMITH/JANE MRS", "JONES/JOHN", "JOHN/SMITH/X"):
+        answer = flight("E82067303", name)
+        assert [r.code for r in answer.reasons] == ["AIR_TRAVEL", "NAME_MISMATCH"], name
+
+
 def first_generation(number: str) -> str:
     """The 15-digit card an 18-character resident ID of someone born 19xx replaced."""
     assert number[6:8] == "19"
