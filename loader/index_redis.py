@@ -68,14 +68,17 @@ from typing import Any
 import orjson
 import redis
 from rbloom import Bloom
+from redis.backoff import NoBackoff
 from redis.exceptions import LockNotOwnedError
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from shixin_check.domain.errors import ConfigurationError, IndexUnavailable
 from shixin_check.domain.index import Counts, ListedMatch, VersionInfo
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import Channel, EntryStatus, Exemption, ListType, Role
 from shixin_check.loader.background import Background
+from shixin_check.loader.feed import missing_deltas
 
 #: redis-py types every reply as ``bytes | str``; this project never sets
 #: decode_responses, so replies are bytes: the client is typed loosely.
@@ -92,6 +95,14 @@ LOCK_SECONDS = 10.0
 RECONNECT_MAX_SECONDS = 0.5
 #: How often a replica asks Sentinel where the master is even when all is well.
 MASTER_CHECK_SECONDS = 0.5
+#: How often a replica reads Redis's ``maxmemory-policy`` (``eviction_problem``).
+POLICY_CHECK_SECONDS = 1.0
+#: How often a replica counts the subject buckets of the version it serves
+#: (``count_buckets``): one MULTI/EXEC of EXISTS over every bucket name.
+BUCKET_CHECK_SECONDS = 30.0
+#: How long a replica's record in ``P:replicas`` counts as evidence of what Redis
+#: held (``RedisFollower._claims``): as long as garbage collection keeps it.
+RECORD_SECONDS = 3600.0
 
 
 class RedisKeys:
@@ -104,6 +115,9 @@ class RedisKeys:
         self.replicas = f"{prefix}:replicas"
         self.announce = f"{prefix}:announce"
         self.lock = f"{prefix}:lock"
+        #: every version name a load ever used: never used again (replicas remember
+        #: the versions they left, and records in ``P:replicas`` name versions)
+        self.names = f"{prefix}:names"
 
     def meta(self, version: str) -> str:
         return f"{self.prefix}:v:{version}:meta"
@@ -175,6 +189,28 @@ def _sentinel_node(text: str) -> tuple[str, int] | None:
     return m["ip6"] or m["host"], int(m["port"])
 
 
+class _Sentinels(Sentinel):
+    """redis-py's ``Sentinel``, whose "no master" error is one short line: the service
+    and the sentinels asked, not the repr of every sentinel's connection error."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        try:
+            found: tuple[str, int] = super().discover_master(service_name)  # type: ignore[no-untyped-call]
+        except MasterNotFoundError as exc:
+            asked = ", ".join(
+                f"{c.connection_pool.connection_kwargs.get('host')}:"
+                f"{c.connection_pool.connection_kwargs.get('port')}"
+                for c in self.sentinels
+            )
+            why = "none answered, or none names an up master"
+            if " : " not in str(exc):  # each answered: none names an up master
+                why = "none names an up master"
+            raise MasterNotFoundError(
+                f"no master found for service {service_name!r} by the sentinels {asked} ({why})"
+            ) from None
+        return found
+
+
 class _SentinelMaster(redis.Redis):
     """The client of a Sentinel-watched master: closing it closes the sentinels' clients too."""
 
@@ -220,12 +256,20 @@ def connect(url: str, timeout: float = 0.5) -> Client:
     the new master. The password is ``SHIXIN_REDIS_PASSWORD``'s, if set.
     """
     password = os.environ.get(PASSWORD_ENV) or None
-    timeouts = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    # no retries, no backoff: redis-py retries a failed command (and a sentinel's
+    # discovery) with backoff of up to seconds, inside the check that ran it; one try
+    # each, and the check gets the channel's --unavailable decision at once. The
+    # follower's own loop is what tries again (RECONNECT_MAX_SECONDS).
+    timeouts: dict[str, Any] = {
+        "socket_timeout": timeout, "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }  # fmt: skip
     if url.lower().startswith("redis+sentinel:"):
         where = SentinelURL.parse(url)
         # redis-py's Sentinel is untyped; the sentinels get the timeouts, not the password
-        sentinels = Sentinel(  # type: ignore[no-untyped-call]
-            list(where.sentinels), sentinel_kwargs=timeouts
+        sentinel_kwargs = {**timeouts, "retry": Retry(NoBackoff(), 0)}
+        sentinels = _Sentinels(  # type: ignore[no-untyped-call]
+            list(where.sentinels), sentinel_kwargs=sentinel_kwargs
         )
         return sentinels.master_for(  # type: ignore[no-untyped-call]
             where.service, redis_class=_SentinelMaster, db=where.db, password=password, **timeouts
@@ -338,6 +382,52 @@ def check_fingerprint(meta: dict[str, bytes], keyer: SubjectKeyer, version: str)
             f"version {version} was built with another key secret (fingerprint {theirs}, "
             f"ours {keyer.fingerprint}): every loader and replica needs the same secret"
         )
+
+
+def eviction_problem(client: Client) -> str:
+    """Why Redis may evict the list's keys ("" when it may not), read from ``INFO
+    memory`` (which works where CONFIG is disabled). The list's keys have no TTL, so
+    only an ``allkeys-*`` policy evicts them; an evicted subject bucket reads as "not
+    listed", and no replica can tell which were evicted."""
+    memory = client.info("memory")
+    policy = memory.get("maxmemory_policy", "noeviction")
+    policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+    if not policy.startswith("allkeys-"):
+        return ""
+    return (
+        f"Redis's maxmemory-policy is {policy} (maxmemory {memory.get('maxmemory', 0)} "
+        "bytes): it may evict the list's keys, which have no TTL, and a listed subject "
+        "whose key was evicted would read as not listed; set maxmemory-policy noeviction "
+        "(CONFIG SET maxmemory-policy noeviction, and in redis.conf)"
+    )
+
+
+def subject_buckets(k_hi: Any, bits: int) -> int:
+    """How many ``P:v:V:s:<bucket>`` hashes a version of subject keys ``k_hi`` (their
+    high halves, a numpy array) has: meta ``subject_buckets``."""
+    if not len(k_hi):
+        return 0
+    if not bits:
+        return 1
+    import numpy as np
+
+    return int(len(np.unique(k_hi >> np.uint64(64 - bits))))
+
+
+def count_buckets(client: Client, keys: RedisKeys, version: str) -> tuple[int, int] | None:
+    """(subject buckets Redis holds, how many the version's meta says it has), read in
+    one MULTI/EXEC (a delta changes both at once); None for a version whose meta does
+    not count them (loaded by an older shixin-check) or that is gone."""
+    bits = client.hget(keys.meta(version), "bucket_bits")
+    if bits is None:
+        return None
+    names = [keys.subjects(version, b) for b in range(1 << int(bits))]
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hget(keys.meta(version), "subject_buckets")
+        for at in range(0, len(names), 65536):
+            pipe.exists(*names[at : at + 65536])
+        expected, *found = pipe.execute()
+    return None if expected is None else (sum(found), int(expected))
 
 
 class HeldLock:
@@ -498,18 +588,34 @@ class ErrorCount:
         self.count = 0
 
 
+class ReadGuard:
+    """Why a replica's look-ups must not ask Redis now ("" each when they may), set by
+    its follower: ``unreachable``, its last round could not reach Redis (a look-up
+    would only wait on the same dead connection or sentinel, in the checks' thread);
+    ``unsafe``, Redis may have evicted keys (``eviction_problem``). Either way a Bloom
+    positive gets the channel's --unavailable decision at once."""
+
+    __slots__ = ("unreachable", "unsafe")
+
+    def __init__(self) -> None:
+        self.unreachable = ""
+        self.unsafe = ""
+
+
 class RedisView:
     """One Redis-held version as a replica sees it. Implements ``ListView``."""
 
     __slots__ = ("info", "version", "_bloom", "_client", "_keys", "_bits", "_meta_key", "_errors",
-                 "_exemptions")  # fmt: skip
+                 "_exemptions", "_guard")  # fmt: skip
 
     def __init__(self, info: VersionInfo, version: str, bloom: Bloom, client: Client,
                  keys: RedisKeys, bits: int, errors: ErrorCount | None = None,
-                 exemptions: bool = True) -> None:  # fmt: skip
+                 exemptions: bool = True, guard: ReadGuard | None = None) -> None:  # fmt: skip
         """``errors``: where failed look-ups are counted (the checks' thread).
         ``exemptions`` False: the version is of an older ``FORMAT``, whose exemptions
-        cannot be told apart by person: none is applied (never one for everyone)."""
+        cannot be told apart by person: none is applied (never one for everyone).
+        ``guard``: the follower's word that Redis must not be asked now."""
+        self._guard = guard or ReadGuard()
         self._exemptions = exemptions
         self._errors = errors or ErrorCount()
         self.info = info
@@ -527,6 +633,11 @@ class RedisView:
         return self.look_up_many((key,))[0]  # type: ignore[return-value]
 
     def look_up_many(self, keys: Sequence[int]) -> list[Sequence[ListedMatch]]:
+        guard = self._guard
+        if guard.unsafe:
+            raise IndexUnavailable(guard.unsafe)
+        if guard.unreachable:
+            raise IndexUnavailable(f"redis: {guard.unreachable}")
         pipe = self._client.pipeline(transaction=False)
         for key in keys:
             hi = key >> 64
@@ -619,7 +730,24 @@ class RedisFollower(Background):
         self._token = b""  # the served version's load token
         self._lost: LostView | None = None
         self._problem = ""
-        self._left: set[str] = set()  # versions this replica moved off: Redis never goes back
+        #: versions this replica moved off, with their load tokens: Redis never goes back
+        #: to one (a load of a name again, with another token, is no going back)
+        self._left: set[tuple[str, bytes]] = set()
+        self.guard = ReadGuard()
+        self._policy_checked = 0.0
+        self._buckets_checked = 0.0
+        #: how often the served version's subject buckets are counted (``count_buckets``)
+        self.bucket_check_seconds = BUCKET_CHECK_SECONDS
+        #: (version, load token) found short of subject buckets: lost until loaded again
+        self._short: tuple[str, bytes] | None = None
+        #: what another replica's record says was applied beyond what Redis holds (the
+        #: evidence this replica re-asserts in its own record while it stands)
+        self._claim: dict[str, Any] | None = None
+        #: a newer version this replica cannot serve (another key secret): (source, why)
+        self._behind: tuple[str, str] | None = None
+        self._refused_said = ""  # the last ConfigurationError logged: once, not every try
+        self._token_of_view = b""  # the load token of the version in ``_view``
+        self._last_claims_check = 0.0
         self._bloom: Bloom | None = None
         self._stream_id = b"0-0"
         self._last_beat = 0.0
@@ -643,10 +771,17 @@ class RedisFollower(Background):
     def health_problem(self) -> str:
         """Why this replica must not be trusted now ("" when it may): Redis lost the
         data it follows, or holds no version yet, or no version could be read at all
-        (Redis unreachable, refused our password, another key secret). Redis unreachable
-        once a version is in hand is not one: that version still answers Bloom
-        negatives, positives get the fail policy."""
-        return self._problem
+        (Redis unreachable, refused our password, another key secret), or Redis may
+        evict the list's keys (``eviction_problem``). Redis unreachable once a version
+        is in hand is not one: that version still answers Bloom negatives, positives
+        get the fail policy."""
+        return self._problem or self.guard.unsafe
+
+    def behind_problem(self) -> str:
+        """Why the version served is not Redis's current one ("" when it is): a newer
+        version this replica cannot read (built with another key secret). The one in
+        hand still answers (health SERVING); ``shixin.v1.ListCurrent`` should not."""
+        return f"{self._behind[0]} was refused ({self._behind[1]})" if self._behind else ""
 
     def stop(self) -> None:
         super().stop()
@@ -666,11 +801,18 @@ class RedisFollower(Background):
                 if self.reachable:
                     self.on_event("redis-down", str(exc))
                 self.reachable = False
+                self.guard.unreachable = str(exc) or type(exc).__name__
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
             except ConfigurationError as exc:
-                self.on_event("refused", str(exc))
+                self._say_refused(str(exc))
                 self._stop.wait(1.0)
+
+    def _say_refused(self, problem: str) -> None:
+        """Log a refusal (another key secret, a password) once, and again when it changes."""
+        if problem != self._refused_said:
+            self.on_event("refused", problem)
+        self._refused_said = problem
 
     def sync_once(self, block: bool = False) -> None:
         """One round: check the data is still there, switch version if needed,
@@ -726,6 +868,13 @@ class RedisFollower(Background):
         if not self.reachable:
             self.on_event("redis-up", "")
         self.reachable = True
+        self.guard.unreachable = ""
+        if time.monotonic() - self._policy_checked >= POLICY_CHECK_SECONDS:
+            self._policy_checked = time.monotonic()
+            try:
+                self.guard.unsafe = eviction_problem(self.client)
+            except redis.ResponseError:
+                pass  # INFO refused (an ACL, a renamed command): it cannot be told
         if raw is None:
             self.upstream_version, self.upstream_seq = "", 0
             if view is None:
@@ -747,6 +896,9 @@ class RedisFollower(Background):
                 self._lose(f"redis lost deltas of version {view.version}: its last seq is "
                            f"{int(last)}, {view.info.last_delta_seq} were applied here "
                            "(failed over to a replica without them?)")  # fmt: skip
+            else:
+                self._behind = None  # the pointer is back on the version served
+                self._check_held(view.version)
         view = self._view
         if view is not None and self._lost is None:
             stream = self.keys.deltas(view.version)
@@ -766,6 +918,13 @@ class RedisFollower(Background):
             # the lock busy: again next round; refused: left to the next load's collection
             self._gc_due = not collected and not self._write_problem
 
+    def _cannot_follow(self, reason: str) -> None:
+        """``version`` cannot be served: with nothing in hand, say so; else lose it."""
+        if self._view is None:
+            self._problem = reason
+        else:
+            self._lose(reason)
+
     def _lose(self, reason: str) -> None:
         """Redis no longer holds what this replica serves: fail every check until it does."""
         if reason != self._problem:
@@ -775,34 +934,112 @@ class RedisFollower(Background):
         if view is not None and (self._lost is None or self._lost.reason != reason):
             self._lost = LostView(view.info, reason)
 
+    def _check_held(self, version: str) -> None:
+        """On the version served, now and then: does Redis still hold all of it? Records
+        of other replicas that applied more of it (each second), its subject buckets
+        (each ``bucket_check_seconds``)."""
+        now = time.monotonic()
+        if now - self._last_claims_check >= 1.0:
+            self._last_claims_check = now
+            reason = self._claims(version, self._token)
+            if reason:
+                self._lose(reason)
+                return
+        if now - self._buckets_checked >= self.bucket_check_seconds:
+            reason = self._bucket_loss(version, self._token)
+            if reason:
+                self._lose(reason)
+
+    def _claims(self, version: str, token: bytes) -> str:
+        """Why Redis lost deltas of ``version`` by what registered replicas report ("" if
+        it did not): a recent record (``RECORD_SECONDS``) of this version and load at a
+        seq above the last Redis holds. A replica started after Redis came back from an
+        older save has applied nothing more itself; the records of those that did say it.
+        A load again (another version or token) is not this version: no record matches."""
+        with self.client.pipeline(transaction=True) as pipe:  # one instant: no delta between
+            pipe.hget(self.keys.meta(version), "last_seq")
+            pipe.hgetall(self.keys.replicas)
+            last, records = pipe.execute()
+        if last is None:
+            return ""  # the version is gone: the other checks say so
+        held, ours, now = int(last), token.decode(errors="replace"), time.time()
+        best: dict[str, Any] | None = None
+        for replica_id, raw in records.items():
+            try:
+                record = orjson.loads(raw)
+                if now - float(record.get("at", 0)) >= RECORD_SECONDS:
+                    continue
+                for claim in (record, record.get("claim") or {}):
+                    seq = int(claim.get("seq", 0))
+                    if (claim.get("version") == version and claim.get("token", ours) == ours
+                            and seq > held and (best is None or seq > best["seq"])):  # fmt: skip
+                        best = {"version": version, "token": ours, "seq": seq,
+                                "replica": claim.get("replica", replica_id.decode())}  # fmt: skip
+            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+                continue  # a record this code cannot read proves nothing
+        self._claim = best
+        if best is None:
+            return ""
+        missing = missing_deltas(held + 1, best["seq"])
+        return (f"redis lost deltas of version {version}: it holds seq {held}, but replica "
+                f"{best['replica']} applied up to seq {best['seq']} (its record in "
+                f"{self.keys.replicas}): {missing} of that load "
+                f"{'is' if missing.startswith('delta ') else 'are'} missing (Redis restarted "
+                "from an older save, or failed over to a replica without them?); load "
+                f"{missing} again, in seq order (or the snapshot and its deltas)")  # fmt: skip
+
+    def _bucket_loss(self, version: str, token: bytes) -> str:
+        """Why Redis lost subject buckets of ``version`` ("" if it holds them all)."""
+        self._buckets_checked = time.monotonic()
+        counted = count_buckets(self.client, self.keys, version)
+        if counted is None or counted[0] >= counted[1]:
+            return ""
+        self._short = (version, token)
+        found, expected = counted
+        return (
+            f"redis lost {expected - found} of the {expected} subject buckets of version "
+            f"{version} (evicted under maxmemory, or deleted?): a listed subject in one "
+            "would read as not listed; load the snapshot again (and the deltas after it)"
+        )
+
     def _follow(self, version: str) -> None:
         """Serve ``version``, the pointer's, if Redis holds it whole; else say what is lost."""
         view = self._view
-        if view is not None and version in self._left:
+        meta = read_meta(self.client, self.keys, version)
+        token = meta.get("load_token", b"")
+        if view is not None and (version, token) in self._left:
             self.upstream_version, self.upstream_seq = version, 0
             self._lose(f"redis went back to version {version}, older than {view.version} "
                        "(failed over to a replica without the newest load?)")  # fmt: skip
             return
-        meta = read_meta(self.client, self.keys, version)
         self.upstream_version = version
         self.upstream_seq = int(meta.get("last_seq", b"0"))
         if (
             view is not None and self._lost is not None and version == view.version
-            and meta.get("load_token", b"") == self._token
-            and self.upstream_seq < view.info.last_delta_seq
+            and token == self._token and self.upstream_seq < view.info.last_delta_seq
         ):  # fmt: skip
             return  # still short of the deltas applied here: lost until they are back
+        if self._short == (version, token):
+            return  # short of subject buckets: lost until the snapshot is loaded again
         whole = "last_seq" in meta and meta.get("state", b"ready") == b"ready"
         raw_bloom = self.client.get(self.keys.bloom(version)) if whole else None
         if raw_bloom is None:  # a load writes a version whole before the pointer names it
-            reason = (f"redis names version {version} as current but does not hold it "
-                      "(flushed, restarted empty or failed over?)")  # fmt: skip
-            if view is None:
-                self._problem = reason
-            else:
-                self._lose(reason)
+            self._cannot_follow(f"redis names version {version} as current but does not "
+                                "hold it (flushed, restarted empty or failed over?)")  # fmt: skip
             return
-        check_fingerprint(meta, self.keyer, version)
+        try:
+            check_fingerprint(meta, self.keyer, version)
+        except ConfigurationError as exc:
+            if view is None:
+                raise  # nothing in hand: NOT_SERVING (sync_once says why)
+            # the version in hand still answers; the newer one is not served: behind
+            self._behind = (f"redis version {version}", str(exc))
+            self._say_refused(str(exc))
+            return
+        reason = self._claims(version, token) or self._bucket_loss(version, token)
+        if reason:
+            self._cannot_follow(reason)
+            return
         if format_of(meta) < FORMAT:
             self.on_event("old-format", old_format_problem(version))
         entries = self.client.xrange(self.keys.deltas(version))
@@ -819,8 +1056,11 @@ class RedisFollower(Background):
         self._install(version, after, _last_seq(entries, after))
         self._lost = None
         self._problem = ""
-        if view is not None and view.version != version:
-            self._left.add(view.version)
+        self._claim = self._behind = self._short = None
+        self._refused_said = ""
+        if view is not None and (view.version, self._token_of_view) != (version, self._token):
+            self._left.add((view.version, self._token_of_view))
+        self._token_of_view = self._token
         self.on_event("version", version)
         self._write(self._heartbeat, time.time())
         self._gc_due = True
@@ -860,7 +1100,7 @@ class RedisFollower(Background):
         self.upstream_seq = int(meta.get("last_seq", b"0"))
         self._view = RedisView(
             info, version, self._bloom, self.client, self.keys, int(meta["bucket_bits"]),
-            self.lookup_errors, format_of(meta) >= FORMAT,
+            self.lookup_errors, format_of(meta) >= FORMAT, self.guard,
         )  # fmt: skip
 
     def _write(self, write: Callable[..., object], *args: object) -> object:
@@ -897,14 +1137,17 @@ class RedisFollower(Background):
 
     def _heartbeat(self, now: float) -> None:
         view = self._view
-        record = {
+        record: dict[str, Any] = {
             "version": view.version if view else "",
             "seq": view.info.last_delta_seq if view else 0,
+            "token": self._token_of_view.decode(errors="replace") if view else "",
             "at": now,
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "problem": self._problem,
+            "problem": self.health_problem() or self.behind_problem(),
         }
+        if self._claim is not None:  # kept alive while it stands, whoever made it
+            record["claim"] = self._claim
         self.client.hset(self.keys.replicas, self.replica_id, orjson.dumps(record))
         self._last_beat = now
 
@@ -916,8 +1159,11 @@ class RedisFollower(Background):
             "upstream_last_delta_seq": self.upstream_seq,
             "lag_deltas": self.lag(),
             "index_reachable": self.reachable and self._lost is None,
-            "not_serving_reason": self._problem,
+            "not_serving_reason": self.health_problem(),
             "redis_write_refused": self._write_problem,
+            "behind": self._behind is not None,
+            "rejected_source": self._behind[0] if self._behind else "",
+            "rejected_problem": self._behind[1] if self._behind else "",
         }
 
     def lag(self) -> int:
@@ -955,6 +1201,11 @@ def replicas(client: Client, keys: RedisKeys | None = None) -> list[dict[str, An
     for replica_id, raw in sorted(client.hgetall(keys.replicas).items()):
         record = orjson.loads(raw)
         behind = "version" if record.get("version") != version else last - record.get("seq", 0)
+        problem = record.get("problem", "")
+        if isinstance(behind, int) and behind < 0 and not problem:  # Redis lost what it applied
+            problem = (f"it applied seq {record.get('seq', 0)} but Redis holds seq {last}: "
+                       f"Redis lost {missing_deltas(last + 1, record.get('seq', 0))}; load "
+                       "them again, in seq order")  # fmt: skip
         out.append(
             {
                 "replica": replica_id.decode(),
@@ -962,7 +1213,7 @@ def replicas(client: Client, keys: RedisKeys | None = None) -> list[dict[str, An
                 "seq": record.get("seq", 0),
                 "seen_seconds_ago": round(now - record.get("at", 0), 1),
                 "behind": behind,
-                "problem": record.get("problem", ""),
+                "problem": problem,
             }
         )
     return out

@@ -46,6 +46,7 @@ delta below ``first_seq`` all of whose changes it holds is skipped, not refused
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import multiprocessing
@@ -61,6 +62,7 @@ from typing import Any, cast
 
 import numpy as np
 import orjson
+import redis
 
 from shixin_check.domain.errors import ConfigurationError, IndexUnavailable, LoadRejected, RowError
 from shixin_check.domain.keys import SubjectKeyer
@@ -95,10 +97,12 @@ from shixin_check.loader.index_redis import (
     counts_json,
     delete_version,
     encode_match,
+    eviction_problem,
     expiries_json,
     format_of,
     old_format_problem,
     read_meta,
+    subject_buckets,
 )
 from shixin_check.loader.listfile import (
     EXEMPTION_NAMES_NO_ONE,
@@ -137,6 +141,99 @@ class OutOfSequence(LoadRejected):
     def __init__(self, source: str, problem: str) -> None:
         super().__init__(source, [RowError(0, "", problem)])
         self.args = (f"{source}: {problem}",)
+
+
+def _refuse_eviction(client: Client) -> None:
+    """``ConfigurationError`` for a Redis that may evict the list's keys: replicas would
+    read an evicted subject as not listed (``index_redis.eviction_problem``)."""
+    problem = eviction_problem(client)
+    if problem:
+        raise ConfigurationError(f"nothing was loaded: {problem}")
+
+
+def _out_of_memory(client: Client, exc: redis.ResponseError) -> IndexUnavailable | None:
+    """What to say of a write Redis refused for its ``maxmemory`` (None for another
+    refusal): redis-py's own message names the command, with a binary hash key."""
+    if not isinstance(exc, redis.exceptions.OutOfMemoryError) and "OOM" not in str(exc):
+        return None
+    try:
+        memory = client.info("memory")
+        limit = f"maxmemory {memory.get('maxmemory_human', memory.get('maxmemory'))}"
+    except redis.RedisError:
+        limit = "its maxmemory"
+    return IndexUnavailable(
+        f"Redis is out of memory ({limit}): it refused the load's writes, and nothing new "
+        "was made current (what the load wrote is deleted); raise maxmemory or free memory "
+        "in Redis (an old version a stopped replica still reports is freed within 15 s "
+        "of its last heartbeat, by the next load), then load again"
+    )
+
+
+def _refuse_other_secret(
+    client: Client, keys: RedisKeys, keyer: SubjectKeyer, new_key_secret: bool
+) -> None:
+    """``ConfigurationError`` for a snapshot built with another key secret than the
+    current version's, unless ``new_key_secret`` says it is changed on purpose: no
+    replica could read it, and every one would keep serving the old version."""
+    current = client.get(keys.current)
+    if current is None or new_key_secret:
+        return
+    theirs = (client.hget(keys.meta(current.decode()), "fingerprint") or b"").decode()
+    if theirs and theirs != keyer.fingerprint:
+        raise ConfigurationError(
+            f"nothing was loaded: the current version {current.decode()} was built with "
+            f"another key secret (fingerprint {theirs}, this load's {keyer.fingerprint}), and "
+            "replicas refuse a version built with a secret not theirs: load with the secret "
+            "the replicas use, or give --new-key-secret to change it on purpose (then "
+            "restart every replica with the new secret)"
+        )
+
+
+def _published_at(meta: dict[str, bytes]) -> float | None:
+    """When the snapshot of a version was published (None: it does not say): its
+    header's ``published_at``, or for a version loaded before that was kept, its feed
+    time while no delta has moved it on."""
+    if "published_at" in meta:
+        value = float(meta["published_at"])
+        return value or None
+    if meta.get("header") == b"1" and meta.get("last_seq") == meta.get("snapshot_seq"):
+        return float(meta.get("source_timestamp", b"0")) or None
+    return None
+
+
+def _utc(unix: float) -> str:
+    import datetime as _dt
+
+    return _dt.datetime.fromtimestamp(unix, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def older_of(client: Client, path: Path, keys: RedisKeys) -> str:
+    """What loading the snapshot at ``path`` would replace with an older one, or "":
+    ``version V (published T)``, when its header's ``published_at`` is before that of
+    the current version's snapshot."""
+    current = client.get(keys.current)
+    published = _header(path).published_at
+    if current is None or published is None:
+        return ""
+    held = _published_at(read_meta(client, keys, current.decode()))
+    if held is None or published >= held:
+        return ""
+    return f"version {current.decode()} (published {_utc(held)})"
+
+
+def _refuse_older(client: Client, path: Path, keys: RedisKeys) -> None:
+    """``OutOfSequence`` for a snapshot published before the current version's: with the
+    same ``includes_seq`` it still lacks what the newer one listed."""
+    newer = older_of(client, path, keys)
+    if newer:
+        published = _header(path).published_at
+        assert published is not None
+        raise OutOfSequence(
+            str(path),
+            f"the snapshot was published at {_utc(published)}, before the current "
+            f"{newer}: loading it would replace a newer list with an older one; load a "
+            "newer snapshot, or give --allow-rollback to go back on purpose",
+        )
 
 
 def _applied_seq(client: Client, keys: RedisKeys) -> int:
@@ -238,9 +335,11 @@ def _refuse_old_format(
 
 
 def _unused_name(client: Client, keys: RedisKeys, version: str) -> str:
-    """``version``, or it with a suffix if that name is taken (the same file twice in a second)."""
+    """``version``, or it with a suffix if that name was ever used (``P:names``: a name
+    garbage collected is not free again, since replicas remember versions they left)."""
     name = version
-    while client.sismember(keys.versions, name) or client.exists(keys.meta(name)):
+    while (client.sismember(keys.names, name) or client.sismember(keys.versions, name)
+           or client.exists(keys.meta(name))):  # fmt: skip
         name = f"{version}-{secrets.token_hex(2)}"
     return name
 
@@ -248,19 +347,40 @@ def _unused_name(client: Client, keys: RedisKeys, version: str) -> str:
 def publish_snapshot(
     client: Client, path: Path, keyer: SubjectKeyer, keys: RedisKeys | None = None,
     progress: Progress | None = None, writers: int = 0, allow_rollback: bool = False,
+    new_key_secret: bool = False,
 ) -> str:  # fmt: skip
     """Validate ``path`` whole, write it as a new version, make it current; its name.
 
     ``writers``: processes writing the version (``_write_version``); 0 for
     ``default_writers``: one per core from ``PARALLEL_WRITE_FROM`` subject keys.
-    A snapshot whose ``includes_seq`` is below the last seq Redis has applied is
-    refused (``OutOfSequence``) unless ``allow_rollback``: it would undo deltas.
+    A snapshot whose ``includes_seq`` is below the last seq Redis has applied, or
+    whose ``published_at`` is before the current version's, is refused
+    (``OutOfSequence``) unless ``allow_rollback``: it would undo deltas, or list
+    less than the newer snapshot. One built with another key secret than the
+    current version's is refused (``ConfigurationError``) unless ``new_key_secret``.
+    A Redis that may evict the list's keys is refused before anything.
     """
     keys = keys or RedisKeys()
+    _refuse_eviction(client)
+    _refuse_other_secret(client, keys, keyer, new_key_secret)
     header = _header(path)
     if not allow_rollback:  # before minutes of validating (no header: it includes no delta)
         _refuse_rollback(path, header.includes_seq, _applied_seq(client, keys))
+        _refuse_older(client, path, keys)
     view = build_snapshot(path, keyer, progress)  # LoadRejected before any write
+    try:
+        return _publish_snapshot(client, path, keyer, keys, writers, allow_rollback, header, view)
+    except redis.ResponseError as exc:
+        said = _out_of_memory(client, exc)
+        if said is None:
+            raise
+        raise said from None
+
+
+def _publish_snapshot(
+    client: Client, path: Path, keyer: SubjectKeyer, keys: RedisKeys, writers: int,
+    allow_rollback: bool, header: SnapshotHeader, view: MemoryView,
+) -> str:  # fmt: skip
     base, info = view.base, view.info
     bits = bucket_bits(len(base.k_hi))
     ebits = bucket_bits(base.entries)
@@ -268,10 +388,12 @@ def publish_snapshot(
     try:
         if not allow_rollback:
             _refuse_rollback(path, info.last_delta_seq, _applied_seq(client, keys))
+            _refuse_older(client, path, keys)
         version = _unused_name(client, keys, info.version)
         token = secrets.token_hex(8)
         register = client.pipeline(transaction=True)
         register.sadd(keys.versions, version)  # before any key: a killed load is collectable
+        register.sadd(keys.names, version)
         register.hset(keys.meta(version), mapping={"state": "writing", "load_token": token,
                                                     "holder": lock.token})  # fmt: skip
         register.execute()
@@ -292,7 +414,10 @@ def publish_snapshot(
                     "expiries": expiries_json(info.counts),
                     "subject_keys": info.counts.subject_keys, "bucket_bits": bits,
                     "entry_bits": ebits, "fingerprint": keyer.fingerprint, "state": "ready",
-                    "format": FORMAT,
+                    "format": FORMAT, "published_at": header.published_at or 0,
+                    "subject_buckets": subject_buckets(
+                        np.frombuffer(cast(Any, base.k_hi), "<u8"), bits
+                    ),
                 },
             )  # fmt: skip
             lock.check()
@@ -733,6 +858,10 @@ class _RedisDelta:
             (t, s, v): n for t, s, v, n in orjson.loads(meta.get("expiries", b"[]"))
         }
         self.subject_keys = int(meta.get("subject_keys", b"0"))
+        #: subject keys that had a value when first read: how each bucket's size changes
+        self.held: set[bytes] = set()
+        #: what the commit adds to meta ``subject_buckets`` (None: the meta counts none)
+        self.bucket_change: int | None = None if "subject_buckets" not in meta else 0
 
     def _subject_key(self, key16: bytes) -> str:
         return self.keys.subjects(self.version, bucket_of(int.from_bytes(key16[:8]), self.bits))
@@ -744,6 +873,8 @@ class _RedisDelta:
         if key16 not in self.values:
             raw = self.client.hget(self._subject_key(key16), key16)
             self.values[key16] = orjson.loads(raw) if raw else []
+            if raw:
+                self.held.add(key16)
         return self.values[key16]
 
     def _entry(self, entry_id: str) -> list[bytes] | None:
@@ -889,7 +1020,22 @@ class _RedisDelta:
         """Every change, the stream records and the new last seq in one MULTI/EXEC,
         only if ``lock`` is still ours. ``first_seq``: these are the first ops on top of
         a snapshot without a header, and this their first seq (meta ``first_seq``)."""
+        if self.bucket_change is not None:
+            self.bucket_change = self._buckets_made()
         lock.commit(lambda pipe: self._queue(pipe, ops, source_timestamp, first_seq))
+
+    def _buckets_made(self) -> int:
+        """Subject buckets this delta makes (less those it empties): read under the load
+        lock, so no other write changes them before the commit."""
+        change: dict[str, int] = {}
+        for key16, value in self.values.items():
+            bucket = self._subject_key(key16)
+            change[bucket] = change.get(bucket, 0) + (bool(value) - (key16 in self.held))
+        pipe = self.client.pipeline(transaction=False)
+        for bucket in change:
+            pipe.hlen(bucket)
+        sizes = pipe.execute()
+        return sum((n + d > 0) - (n > 0) for n, d in zip(sizes, change.values(), strict=True))
 
     def _queue(
         self, pipe: Any, ops: list[DeltaOp], source_timestamp: float, first_seq: int
@@ -906,7 +1052,8 @@ class _RedisDelta:
                 pipe.hdel(self._entry_key(entry_id), entry_id.encode())
         stream = self.keys.deltas(self.version)
         for op in ops:
-            fields: dict[str, Any] = {"seq": op.seq, "op": op.op.value, "entry_id": op.entry_id}
+            fields: dict[str, Any] = {"seq": op.seq, "op": op.op.value, "entry_id": op.entry_id,
+                                      "digest": op_digest(op)}  # fmt: skip
             if op.seq in self.bloom_adds:  # a LIST applied (one already held adds no key)
                 fields["bloom"] = ",".join(f"{hi:x}" for hi in self.bloom_adds[op.seq])
             pipe.xadd(stream, fields)
@@ -919,7 +1066,54 @@ class _RedisDelta:
         if first_seq:
             mapping["first_seq"] = first_seq
         pipe.hset(self.keys.meta(self.version), mapping=mapping)
+        if self.bucket_change:
+            pipe.hincrby(self.keys.meta(self.version), "subject_buckets", self.bucket_change)
         pipe.publish(self.keys.announce, f"delta {self.version} {ops[-1].seq}")
+
+
+def _as_list(value: object) -> list[Any]:
+    """A named tuple (``ListEntry``, its subjects, an exemption) as orjson writes a list."""
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(type(value).__name__)
+
+
+def op_digest(op: DeltaOp) -> str:
+    """What an op changes, as a short hash kept in the delta stream: a delta rewritten
+    under a seq already applied differs in it (the op's line and feed time do not count)."""
+    what = orjson.dumps([op.seq, op.op.value, op.entry_id, op.entry, op.exemption],
+                        default=_as_list)  # fmt: skip
+    return hashlib.sha256(what).hexdigest()[:16]
+
+
+def _refuse_rewritten(
+    client: Client, keys: RedisKeys, version: str, path: Path, ops: list[DeltaOp], last: int
+) -> None:
+    """``OutOfSequence`` if an op replayed (its seq applied already) is not the op the
+    version's stream recorded for that seq: skipping it would drop its change with exit 0.
+    A seq the stream does not hold (a snapshot's) cannot be compared; a stream record
+    without a digest (an older load) is compared by op and entry."""
+    replayed = {op.seq: op for op in ops if op.seq <= last}
+    if not replayed:
+        return
+    for _, fields in client.xrange(keys.deltas(version)):
+        seq = int(fields.get(b"seq", b"0"))
+        op = replayed.get(seq)
+        if op is None:
+            continue
+        was = f"{fields.get(b'op', b'').decode()} {fields.get(b'entry_id', b'').decode()}"
+        digest = fields.get(b"digest")
+        same = (was == f"{op.op.value} {op.entry_id}"
+                and (digest is None or digest.decode() == op_digest(op)))  # fmt: skip
+        if not same:
+            now = f"{op.op.value} {op.entry_id}"
+            differs = f"this file's {now}" if now != was else f"this file's {now} with other fields"
+            raise OutOfSequence(
+                str(path),
+                f"seq {seq} is applied already as {was}, not as {differs}: a seq "
+                "already applied must not be given to other changes; nothing was applied "
+                f"(give the new changes seqs after {last}, the last Redis holds)",
+            )
 
 
 def publish_delta(
@@ -930,6 +1124,19 @@ def publish_delta(
     ops, errors = read_delta(path)
     if errors:
         raise LoadRejected(str(path), errors)
+    _refuse_eviction(client)
+    try:
+        return _publish_delta(client, path, keyer, keys, ops)
+    except redis.ResponseError as exc:
+        said = _out_of_memory(client, exc)
+        if said is None:
+            raise
+        raise said from None
+
+
+def _publish_delta(
+    client: Client, path: Path, keyer: SubjectKeyer, keys: RedisKeys, ops: list[DeltaOp]
+) -> DeltaResult:
     lock = _take_lock(client, keys)
     try:
         current = client.get(keys.current)
@@ -951,6 +1158,7 @@ def publish_delta(
         base = Path(meta.get("source", b"").decode()).name
         state = _RedisDelta(client, keys, version, meta, keyer, headerless)
         _refuse_before_first(path, ops, first, base, state.reflected)
+        _refuse_rewritten(client, keys, version, path, ops, last)
         _refuse_gap(path, ops, min(op.seq for op in ops) - 1 if unknown and ops else last)
         todo = pending(ops, last, unknown_base=unknown, first_seq=first, base=base,
                        remedy=_REDIS_BEFORE_FIRST_REMEDY, reflected=state.reflected)  # fmt: skip

@@ -273,9 +273,11 @@ class Service:
         return "" if source.current() is not None else NO_LIST
 
     def behind(self) -> bool:
-        """True while a newer list than the one served was refused."""
-        refused = self.index.refused if self.redis is None else None
-        return refused is not None
+        """True while a newer list than the one served was refused (Redis mode: a version
+        this replica cannot read, loaded with another key secret)."""
+        if self.redis is not None:
+            return bool(self.redis.behind_problem())
+        return self.index.refused is not None
 
     def stale_since(self) -> float | None:
         """When the served list went stale (None: fresh, none loaded, or no --max-list-age)."""
@@ -345,9 +347,11 @@ class Service:
                 if not state[0]:
                     self._say_not_serving(state)
                 elif not state[1]:
-                    refused = self.index.refused
-                    log.warning("health: SERVING the last good list; %s NOT_SERVING: %s refused",
-                                LIST_CURRENT, refused[0] if refused else "a file")  # fmt: skip
+                    refused = self.index.refused if self.redis is None else None
+                    what = (self.redis.behind_problem() if self.redis is not None else
+                            f"{refused[0] if refused else 'a file'} refused")  # fmt: skip
+                    log.warning("health: SERVING the last good list; %s NOT_SERVING: %s",
+                                LIST_CURRENT, what)  # fmt: skip
                 else:
                     log.info("health: SERVING")
                 await self._set_health(state[0], state[1])

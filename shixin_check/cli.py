@@ -92,7 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     # every load (a rollback undoes deltas: listed people become ALLOW again)
     p.add_argument("--allow-rollback", action="store_true",
                    help="load a snapshot even though its includes_seq is below the last delta "
-                        "seq Redis has applied (undoing those deltas); refused otherwise")  # fmt: skip
+                        "seq Redis has applied (undoing those deltas), or it was published "
+                        "before the current version's; refused otherwise")  # fmt: skip
+    # a flag only too: a snapshot built with another key secret is served by no replica
+    # until each is restarted with that secret
+    p.add_argument("--new-key-secret", action="store_true",
+                   help="load a snapshot built with another key secret than the current "
+                        "version's (changing the secret on purpose: restart every replica "
+                        "with the new one); refused otherwise")  # fmt: skip
 
     p = sub.add_parser("validate", help="report every bad row of a list file; change nothing")
     p.add_argument("path", type=Path)
@@ -364,7 +371,12 @@ def cmd_load(args: argparse.Namespace) -> int:
     from shixin_check.domain.keys import SubjectKeyer
     from shixin_check.loader.index_redis import RedisKeys, connect
     from shixin_check.loader.listfile import FileKind, detect_kind
-    from shixin_check.loader.publish_redis import publish_delta, publish_snapshot, rollback_of
+    from shixin_check.loader.publish_redis import (
+        older_of,
+        publish_delta,
+        publish_snapshot,
+        rollback_of,
+    )
 
     path: Path = args.path
     if not path.is_file():
@@ -383,10 +395,12 @@ def cmd_load(args: argparse.Namespace) -> int:
                   f"last seq {result.last_seq}")  # fmt: skip
         else:
             undone = rollback_of(client, path, keys) if args.allow_rollback else ""
+            newer = older_of(client, path, keys) if args.allow_rollback else ""
             version = publish_snapshot(
                 client, path, keyer, keys,
                 progress=lambda n: print(f"  {n:,} rows read", file=sys.stderr, flush=True),
                 writers=args.writers, allow_rollback=args.allow_rollback,
+                new_key_secret=args.new_key_secret,
             )  # fmt: skip
             print(f"snapshot {path}: version {version} is current "
                   f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
@@ -394,6 +408,10 @@ def cmd_load(args: argparse.Namespace) -> int:
                 verb = "is" if undone.startswith("delta ") else "are"
                 print(f"load: rolled back (--allow-rollback): {undone} {verb} undone on every "
                       "replica; load again, in seq order, what should stay", file=sys.stderr)  # fmt: skip
+            if newer:
+                print(f"load: rolled back (--allow-rollback): {newer} is replaced by an older "
+                      "snapshot on every replica; what only the newer one listed is no longer "
+                      "listed", file=sys.stderr)  # fmt: skip
     except LoadRejected as exc:
         print(str(exc), file=sys.stderr)
         return 1

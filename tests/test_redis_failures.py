@@ -70,7 +70,7 @@ def assert_only_current(client: Client, keys: RedisKeys) -> None:
     assert current is not None
     version = current.decode()
     assert client.smembers(keys.versions) == {current}
-    fixed = {keys.current, keys.versions, keys.replicas}
+    fixed = {keys.current, keys.versions, keys.replicas, keys.names}
     mine = f"{keys.prefix}:v:{version}:"
     strays = sorted(k for k in every_key(client) if k not in fixed and not k.startswith(mine))
     assert strays == []
