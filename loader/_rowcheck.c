@@ -39,6 +39,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "blake2/blake2b-ref.c" /* one unit: its functions stay local to this module */
 
@@ -102,6 +103,12 @@ static int no_items(PyObject *v) {
 static PyObject *choice(PyObject *table, PyObject *v) {
     if (v == NULL || !PyUnicode_CheckExact(v)) return NULL;
     return PyDict_GetItemWithError(table, v);
+}
+
+/* Today's day number in China time (UTC+8): domain.model.china_day(time.time()). */
+static long china_today(void) {
+    time_t now = time(NULL);
+    return (long)(((long long)now + 8 * 3600) / 86400);
 }
 
 /* A date field: the day number listfile._DAYS holds for it (borrowed), or `missing`
@@ -263,12 +270,11 @@ static int check(PyObject *obj, Row *row) {
         !plain_text(court))
         BAIL(PyErr_Occurred() ? FAILED : NOT_SURE);
     long first = PyLong_AsLong(published);
-    long last = PyLong_AsLong(valid_until);
-    if (last == 0) { /* 1970-01-01, like no date, is no end (parse_entry) */
-        valid_until = NO_END;
-        last = PyLong_AsLong(NO_END);
-    }
+    long last = PyLong_AsLong(valid_until); /* day 0 is 1970-01-01, never "no end" */
     if (PyErr_Occurred()) BAIL(FAILED); /* _DAYS holds small ints: never */
+    /* published after today in China (listfile.today): parse_entry refuses it. A day
+     * number compared, time() read once a row (a vDSO call, no Python) */
+    if (first > china_today()) BAIL(NOT_SURE);
     if (first && last < first) BAIL(NOT_SURE);
 
     *row = (Row){entry_id, list_type, status, published, valid_until, court, case_number,

@@ -4,10 +4,13 @@ A snapshot may say which deltas it already contains. A JSON Lines snapshot
 may begin with a header row, a CSV snapshot may have a sidecar
 ``<name>.meta.json`` (``snapshot-0002.csv.meta.json``) holding the same object::
 
-    {"snapshot": {"includes_seq": 3, "published_at": "2026-11-29T08:00:00+08:00"}}
+    {"snapshot": {"includes_seq": 3, "published_at": "2026-11-29T08:00:00+08:00",
+                  "entries": 1000}}
 
-meaning: every delta with ``seq`` <= 3 is already in it. A snapshot without
-one includes no delta. ``pending`` is the one rule, used by the memory index,
+meaning: every delta with ``seq`` <= 3 is already in it; and, where ``entries``
+is given, the file holds exactly that many entry rows (a copy cut off at a line
+boundary would otherwise load as a smaller list). A snapshot without one
+includes no delta. ``pending`` is the one rule, used by the memory index,
 the directory follower and the Redis publisher alike, for which ops of a delta
 still apply on top of a version: those above the version's watermark, in
 ``seq`` order, carrying on from it without a gap (a delta that would skip a
@@ -53,6 +56,7 @@ class SnapshotHeader:
     includes_seq: int = 0
     published_at: float | None = None  # unix seconds
     declared: bool = False
+    entries: int | None = None  # entry rows the file holds, when the header says
 
 
 def is_header(obj: Any) -> bool:
@@ -84,7 +88,7 @@ def parse_header(obj: Any) -> SnapshotHeader:
     body = obj.get(HEADER_KEY) if isinstance(obj, dict) else None
     if not isinstance(body, dict):
         raise InvalidInput(HEADER_KEY, "must be an object with includes_seq and published_at")
-    unknown = sorted(set(body) - {"includes_seq", "published_at"})
+    unknown = sorted(set(body) - {"includes_seq", "published_at", "entries"})
     if unknown:
         raise InvalidInput(f"{HEADER_KEY}.{unknown[0]}", "is not a header field")
     seq = body.get("includes_seq", 0)
@@ -92,7 +96,12 @@ def parse_header(obj: Any) -> SnapshotHeader:
         raise InvalidInput(f"{HEADER_KEY}.includes_seq", f"must be an integer from 0 to {MAX_SEQ}")
     published = body.get("published_at")
     at = None if published is None else parse_instant(published, f"{HEADER_KEY}.published_at")
-    return SnapshotHeader(seq, at, declared=True)
+    entries = body.get("entries")
+    if entries is not None and (
+        not isinstance(entries, int) or isinstance(entries, bool) or not 0 <= entries <= MAX_SEQ
+    ):
+        raise InvalidInput(f"{HEADER_KEY}.entries", "must be the number of entry rows, an integer")
+    return SnapshotHeader(seq, at, declared=True, entries=entries)
 
 
 #: what a file saved by some Windows tools begins with: dropped wherever a list file is read
@@ -145,10 +154,21 @@ def read_header(path: Path) -> SnapshotHeader:
         raise LoadRejected(where, [RowError(line, exc.field, exc.problem)]) from None
 
 
-def header_row(includes_seq: int, published_at: _dt.datetime) -> bytes:
-    """The header line a snapshot writer puts first (with its newline)."""
-    body = {"includes_seq": includes_seq, "published_at": published_at.isoformat()}
+def header_row(includes_seq: int, published_at: _dt.datetime, entries: int | None = None) -> bytes:
+    """The header line a snapshot writer puts first (with its newline); ``entries``,
+    the number of entry rows that follow, lets a load tell a cut-off copy."""
+    body: dict[str, Any] = {"includes_seq": includes_seq, "published_at": published_at.isoformat()}
+    if entries is not None:
+        body["entries"] = entries
     return orjson.dumps({HEADER_KEY: body}) + b"\n"
+
+
+def entries_problem(declared: int, found: int) -> str:
+    """Why a snapshot whose header counts ``declared`` entry rows is refused."""
+    return (
+        f"the header says {declared:,} entries but the file holds {found:,}: a copy cut off "
+        "or padded, never loaded (have the feed send it again)"
+    )
 
 
 class Sequenced(Protocol):

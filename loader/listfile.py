@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -38,6 +39,8 @@ from shixin_check.domain.model import (
     ListEntry,
     ListType,
     Role,
+    china_day,
+    day_iso,
     day_number,
 )
 from shixin_check.loader.feed import MAX_SEQ, is_header, parse_instant, strip_bom
@@ -207,6 +210,12 @@ def row_of(raw: bytes, line_no: int, unended: int) -> dict[str, Any] | RowError 
 
 
 def _not_json(raw: bytes, line_no: int, had_newline: bool) -> RowError:
+    try:  # orjson words a byte that is not UTF-8 as a surrogate: say what it is
+        raw.decode()
+    except UnicodeDecodeError as exc:
+        return RowError(
+            line_no, "", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+        )
     try:  # orjson's message (its line and column) as for the line read with its newline
         orjson.loads(raw + b"\n" if had_newline else raw)
     except orjson.JSONDecodeError as exc:
@@ -348,14 +357,18 @@ def _text(obj: dict[str, Any], name: str, prefix: str = "", required: bool = Tru
 _DAYS: dict[str, int] = {}  # a list has a few thousand distinct dates: parse each once
 
 
-def _date(obj: dict[str, Any], name: str, prefix: str = "", required: bool = False) -> int:
+def _date(
+    obj: dict[str, Any], name: str, prefix: str = "", required: bool = False, missing: int = 0
+) -> int:
+    """A date field's day number; ``missing`` when the row leaves it out. Day 0 is
+    1970-01-01, a date like any other: an open end is ``missing=NO_END``, never 0."""
     text = obj.get(name)
     day = _DAYS.get(text) if type(text) is str else None
     if day is not None:
         return day
     text = _text(obj, name, prefix, required)
     if not text:
-        return 0
+        return missing
     try:
         day = day_number(_dt.date.fromisoformat(text))
     except ValueError:
@@ -363,6 +376,20 @@ def _date(obj: dict[str, Any], name: str, prefix: str = "", required: bool = Fal
     if len(_DAYS) < 100_000:
         _DAYS[text] = day
     return day
+
+
+def today() -> int:
+    """Today's day number in China, the courts' calendar: no entry is published later."""
+    return china_day(time.time())
+
+
+def not_published_yet(published: int) -> str:
+    """Why a ``published_on`` after today is refused: the list would read as fresh (its
+    age from that day) and restrict before the court published the entry."""
+    return (
+        f"{day_iso(published)!r} is after today ({day_iso(today())}, China time): an entry "
+        "is not listed before the court publishes it"
+    )
 
 
 def _choice(obj: dict[str, Any], name: str, table: dict[str, Any], prefix: str = "",
@@ -390,19 +417,21 @@ def _person(obj: Any, prefix: str, role: Role) -> ListedSubject:
         raise InvalidInput(prefix.rstrip("."), "must be an object")
     id_type: IdType = _choice(obj, "id_type", _ID_TYPES, prefix, default="RESIDENT_ID")
     number = normalize_person_id(id_type, _text(obj, "id_number", prefix), prefix + "id_number")
-    id_type, number = as_resident(id_type, number)
-    return ListedSubject(role, _text(obj, "name", prefix), id_type, number)
+    keyed_as, number = as_resident(id_type, number)
+    return ListedSubject(role, _text(obj, "name", prefix), keyed_as, number)
 
 
-def as_resident(id_type: IdType, number: str) -> tuple[IdType, str]:
+def as_resident(id_type: IdType, number: str) -> tuple[IdType | None, str]:
     """A person's identity as the list keys it: a number under a document type
-    that plainly is a resident ID (``identity.other_reading``) is kept as that
-    resident ID, where a check by resident ID looks; a check under the document
-    type finds it too, through the same reading."""
+    that plainly is another identity (``identity.other_reading``) is kept as that
+    identity, where a check by it looks: a resident ID as that resident ID, a USCC
+    (a sole proprietor's ``92...`` listed as a person) as that organisation
+    (``None``, the USCC key space), where a check by USCC looks. A check under the
+    document type finds it too, through the same reading (``convert.to_query``)."""
     if id_type is not IdType.RESIDENT_ID:
         other = other_reading(id_type, number)
-        if other is not None and other[0] is IdType.RESIDENT_ID:
-            return IdType.RESIDENT_ID, other[1]
+        if other is not None:
+            return other
     return id_type, number
 
 
@@ -432,8 +461,8 @@ def _exemption(obj: Any, prefix: str) -> Exemption:
         except InvalidInput:
             pass
         raise
-    id_type, number = as_resident(id_type, number)
-    return Exemption(channel, first, last, id_type, number)
+    keyed_as, number = as_resident(id_type, number)
+    return Exemption(channel, first, last, keyed_as, number)
 
 
 #: Why an exemption is refused (``exempted_in``, and the delta paths that cannot hold
@@ -456,14 +485,17 @@ def exempted_in(entry: ListEntry, exemption: Exemption, field: str) -> Exemption
     (so feeds that name no one keep their meaning); an organisation's entry must name
     one of its related persons."""
     debtor = entry.debtor
-    organisation = debtor.id_type is None
+    # an organisation's entry has its name; a person's debtor may still be keyed by a
+    # USCC (``as_resident``: a sole proprietor's code given as a document number)
+    organisation = bool(entry.organization_name)
     if not exemption.id_number:
         if organisation:
             raise InvalidInput(field, EXEMPTION_NEEDS_PERSON)
         return exemption._replace(id_type=debtor.id_type, id_number=debtor.id_number)
-    if organisation and exemption.id_type is None and exemption.id_number == debtor.id_number:
+    same_as_debtor = (exemption.id_type, exemption.id_number) == (debtor.id_type, debtor.id_number)
+    if organisation and exemption.id_type is None and same_as_debtor:
         raise InvalidInput(field, EXEMPTION_NAMES_ORGANISATION)
-    if any(exemption.names(subject) for subject in entry.subjects()):
+    if same_as_debtor or any(exemption.names(subject) for subject in entry.subjects()):
         return exemption
     raise InvalidInput(field, EXEMPTION_NAMES_NO_ONE)
 
@@ -508,7 +540,9 @@ def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
         _exemption(e, f"{prefix}exemptions.{i}.") for i, e in enumerate(exemptions_raw)
     )
     published = _date(obj, "published_on", prefix)
-    valid_until = _date(obj, "valid_until", prefix) or NO_END
+    if published > today():
+        raise InvalidInput(prefix + "published_on", not_published_yet(published))
+    valid_until = _date(obj, "valid_until", prefix, missing=NO_END)
     if published and valid_until < published:
         raise InvalidInput(prefix + "valid_until", "is before published_on")
     _date(obj, "filed_on", prefix)

@@ -23,10 +23,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from enum import Enum
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import orjson
 
 from shixin_check.domain.errors import ConfigurationError, InvalidInput, LoadRejected, RowError
 from shixin_check.domain.index import ListedMatch, VersionInfo
@@ -36,8 +38,10 @@ from shixin_check.loader.background import Background
 from shixin_check.loader.columns import ROW_CHECKS, ColumnBuilder, keyer_for
 from shixin_check.loader.compiled import IndexStore, map_compiled, snapshot_stamp
 from shixin_check.loader.feed import (
+    HEADER_KEY,
     MAX_SEQ,
     day_start,
+    entries_problem,
     is_header,
     pending,
     read_header,
@@ -67,6 +71,7 @@ from shixin_check.loader.listfile import (
     iter_rows,
     line_blocks,
     line_starts,
+    named_kind,
     read_delta,
     row_of,
     sniff_kind,
@@ -222,6 +227,12 @@ def build_snapshot(
         raise LoadRejected(str(path), duplicates)
     if not base.entries:  # a truncated or failed export would empty the list in one step
         raise LoadRejected(str(path), [RowError(0, "", _NO_ENTRIES)])
+    if header.entries is not None and base.entries != header.entries:  # cut at a line's end
+        field = f"{HEADER_KEY}.entries"
+        where = 0 if path.suffix.lower() == ".csv" else 1
+        raise LoadRejected(
+            str(path), [RowError(where, field, entries_problem(header.entries, base.entries))]
+        )
     log.info("%s: %d entries parsed in %.1f s (%d processes, %s), merged in %.1f s", path,
              base.entries, parsed - started, workers, ROW_CHECKS, time.perf_counter() - parsed)  # fmt: skip
     if not header.declared:
@@ -673,6 +684,9 @@ class Loader:
         self.keyer = keyer
         self.store = store
         self._lock = threading.Lock()
+        # what each delta seq applied on the served version held (``op_digest``): a file
+        # rewritten in place with other ops under those seqs is refused, not skipped
+        self._digests: dict[int, bytes] = {}
 
     def _snapshot_view(self, path: Path, progress: Progress | None) -> MemoryView:
         """The snapshot at ``path`` as a version: mapped from its compiled folder when
@@ -732,8 +746,10 @@ class Loader:
             current = self.index.current()
             if current is None:
                 raise LoadRejected(str(path), [RowError(0, "", "a delta needs a snapshot first")])
-            view = self._with_delta(current, path)
+            digests = dict(self._digests)
+            view = self._with_delta(current, path, digests)
             self.index.install(view)
+            self._digests = digests
             return view
 
     def load_snapshot(
@@ -748,15 +764,17 @@ class Loader:
         """
         with self._lock:
             view = self._snapshot_view(path, progress)
-            view, refused = self._with_deltas(view, deltas)
+            digests: dict[int, bytes] = {}
+            view, refused = self._with_deltas(view, deltas, digests)
             if on_refused is not None:
                 for delta, exc in refused:
                     on_refused(delta, exc)
             self.index.install(view)
+            self._digests = digests
             return view
 
     def _with_deltas(
-        self, view: MemoryView, deltas: Sequence[Path]
+        self, view: MemoryView, deltas: Sequence[Path], digests: dict[int, bytes]
     ) -> tuple[MemoryView, list[tuple[Path, LoadRejected]]]:
         """``view`` with every delta file that applies, and those that do not, with why.
 
@@ -778,7 +796,7 @@ class Loader:
             still: list[Path] = []
             for delta in remaining:
                 try:
-                    view = self._with_delta(view, delta)
+                    view = self._with_delta(view, delta, digests)
                 except FileNotFoundError:
                     refused.pop(delta, None)
                     continue
@@ -795,12 +813,60 @@ class Loader:
             remaining = still
         return view, [(delta, refused[delta]) for delta in remaining if delta in refused]
 
-    def _with_delta(self, view: MemoryView, path: Path) -> MemoryView:
+    def _with_delta(self, view: MemoryView, path: Path, digests: dict[int, bytes]) -> MemoryView:
+        """``view`` with the delta file at ``path`` applied; ``digests`` (what each seq
+        applied on ``view`` held) gets the seqs it applies. An op at a seq applied
+        before that is not what was applied there refuses the file: skipping it would
+        serve the old op under a label that a restart gives the new one. (On a snapshot
+        without a header, not if the list shows its change: as ``reflected`` ops are.)"""
+        applied = view.info.last_delta_seq
+        # on a snapshot without a header, a delta it holds may come again under other
+        # seqs: there an op whose change the list shows is harmless at any seq
+        headerless = view.info.first_delta_seq > 0
+        shown = _DeltaState(view, self.keyer, headerless=True).reflected if headerless else None
         try:
-            ops = read_delta_file(path, view.info.last_delta_seq, view.info.first_delta_seq)
-            return apply_delta(view, ops, self.keyer)
+            ops = read_delta_file(path, applied, view.info.first_delta_seq)
+            errors = [
+                RowError(op.line, "", rewritten_problem(op.seq, path.name))
+                for op in ops
+                if op.seq <= applied and digests.get(op.seq, held := op_digest(op)) != held
+                and not (shown is not None and shown(op))
+            ]  # fmt: skip
+            if errors:
+                raise LoadRejected(str(path), errors)
+            new = apply_delta(view, ops, self.keyer)
         except LoadRejected as exc:
             raise LoadRejected(str(path), exc.errors) from None
+        last = new.info.last_delta_seq
+        for op in ops:
+            if applied < op.seq <= last:
+                digests[op.seq] = op_digest(op)
+        return new
+
+
+def _canonical(value: Any) -> Any:
+    """An op's values as plain JSON values: named tuples as lists, enums by name."""
+    if isinstance(value, Enum):
+        return value.name
+    if isinstance(value, tuple | list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def op_digest(op: DeltaOp) -> bytes:
+    """What a delta op changes, as a digest: its seq, kind, entry, exemption and feed
+    time, as normalised (not where it stands in its file, nor how the row was spelt)."""
+    content = (op.seq, op.op, op.entry_id, op.entry, op.exemption, op.published_at)
+    return hashlib.blake2b(orjson.dumps(_canonical(content)), digest_size=16).digest()
+
+
+def rewritten_problem(seq: int, name: str) -> str:
+    """Why a delta file whose op at an applied ``seq`` is not the one applied is refused."""
+    return (
+        f"seq {seq} was applied with another op than {name} now holds (rewritten in place?): "
+        "the served list keeps the op applied; a delta's seq is never reused, so have the "
+        "feed send the change under a new seq (a restart serves the file as it is now)"
+    )
 
 
 def _as_loaded(info: VersionInfo, path: Path) -> VersionInfo:
@@ -809,10 +875,14 @@ def _as_loaded(info: VersionInfo, path: Path) -> VersionInfo:
 
 
 def _candidates(directory: Path) -> list[Path]:
+    """The list files in ``directory``, by name; a symbolic link to nothing too (so
+    that it is refused, not passed over as if it were not there)."""
     names = []
     for entry in os.scandir(directory):
         name = entry.name
-        if name.startswith(".") or name.endswith((".part", ".tmp")) or not entry.is_file():
+        if name.startswith(".") or name.endswith((".part", ".tmp")):
+            continue
+        if not entry.is_file() and not (entry.is_symlink() and not os.path.exists(entry.path)):
             continue
         if name.lower().endswith(".meta.json"):
             continue  # a CSV snapshot's header, read with it
@@ -846,6 +916,28 @@ def _stamp(path: Path) -> _Stamp:
     return stamp
 
 
+def _dangling(path: Path) -> str | None:
+    """Why ``path`` cannot be read when it is a symbolic link to nothing, else None."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return None
+    return f"is a symbolic link to {target}, which does not exist (a mount not there?)"
+
+
+def _published_at(path: Path) -> float | None:
+    """The ``published_at`` of a snapshot's header, None if it has none or it cannot
+    be read (the load then says why)."""
+    try:
+        return read_header(path).published_at
+    except (OSError, LoadRejected, ValueError):
+        return None
+
+
+def _instant(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+08:00", time.gmtime(at + 8 * 3600))
+
+
 def _unchanged_since(stamp: _Stamp, seconds: float) -> bool:
     """True when no file of ``stamp`` was written in the last ``seconds`` (by its mtime):
     a file moved in with its times kept (``rsync``, ``cp -p`` then ``mv``), or one that
@@ -870,7 +962,12 @@ class DirectoryFollower(Background):
     reason), so it applies once the missing delta arrives. Behind always says
     what is wrong now: a refused file that is fixed, deleted, superseded by a
     newer snapshot or included in the served one (its every seq at or below
-    the watermark) no longer counts.
+    the watermark) no longer counts. A snapshot newer by name whose header's
+    ``published_at`` is older than the served one's is refused (an old export
+    copied in); so is a delta whose op at a seq already applied is not the op
+    applied there (``Loader._with_delta``), a symbolic link to nothing, and,
+    while it lasts, the folder itself when it holds no snapshot or cannot be
+    read: each said once, and again only when it changes.
 
     Files are taken in name order once they have settled: unchanged (size,
     mtime, ctime, inode) for ``settle`` seconds (``SETTLE_POLLS`` polls by
@@ -904,6 +1001,11 @@ class DirectoryFollower(Background):
         self._pending: dict[Path, tuple[_Stamp, float]] = {}  # changed: since when (monotonic)
         self._kinds: dict[Path, FileKind] = {}
         self._refused: dict[Path, str] = {}  # refused now, and why (the first problem)
+        self._published: float | None = None  # the served snapshot's header published_at
+        # what is wrong with the folder itself (gone, unreadable, no snapshot left): said
+        # once, and again when it changes or clears; the list is behind meanwhile
+        self._folder_problem: str | None = None
+        self._empty_since: float | None = None  # monotonic: since when it holds no snapshot
 
     def initial_load(self) -> None:
         """Serve the newest snapshot that validates, with its deltas, now.
@@ -916,7 +1018,10 @@ class DirectoryFollower(Background):
             try:
                 stamps[path] = _stamp(path)
             except FileNotFoundError:
-                continue  # gone since it was listed
+                dangling = _dangling(path)
+                if dangling is not None:
+                    self._refuse(path, f"{path}: {dangling}", dangling)
+                continue  # else gone since it was listed
             except OSError as exc:
                 self._refuse(path, f"{path}: {exc}", str(exc))
         for path, stamp in self._settled_at_start(stamps).items():
@@ -925,10 +1030,35 @@ class DirectoryFollower(Background):
             if kind is not None:
                 self._kinds[path] = kind
         snapshots = sorted(p for p, kind in self._kinds.items() if kind is FileKind.SNAPSHOT)
-        for path in reversed(snapshots):
-            if self._try_snapshot(path):
+        for i in reversed(range(len(snapshots))):
+            # as live: a snapshot published before one it follows by name is not served
+            # (live, that one was served and this one refused)
+            if self._older_than_before(snapshots[i], snapshots[:i]):
+                continue
+            if self._try_snapshot(snapshots[i]):
                 break
         self._report()
+
+    def _older_than_before(self, path: Path, before: list[Path]) -> bool:
+        """True (and ``path`` refused) when its header's ``published_at`` is older than
+        that of a snapshot before it by name."""
+        at = _published_at(path)
+        if at is None:
+            return False
+        for earlier in reversed(before):
+            then = _published_at(earlier)
+            if then is not None and at < then:
+                self._refuse_older(path, at, earlier, then)
+                return True
+        return False
+
+    def _refuse_older(self, path: Path, at: float, served: Path, then: float) -> None:
+        exc = LoadRejected(str(path), [RowError(1, "snapshot.published_at", (
+            f"{_instant(at)} is older than {_instant(then)}, when {served.name} was "
+            "published: an older list is never served in place of a newer one (have the "
+            "feed send a newer snapshot; remove this one if it was copied in by mistake)"
+        ))])  # fmt: skip
+        self._refuse(path, str(exc), _first_problem(exc))
 
     def _settled_at_start(self, stamps: dict[Path, _Stamp]) -> dict[Path, _Stamp]:
         fresh = [
@@ -985,6 +1115,7 @@ class DirectoryFollower(Background):
             path, self._deltas(), lambda delta, exc: refused.append((delta, exc))
         )
         self.serving = path
+        self._published = _published_at(path)
         for old in list(self._refused):  # every delta was judged again; older snapshots lost
             kind = self._kinds.get(old)
             if kind is FileKind.DELTA or (kind is FileKind.SNAPSHOT and old.name <= path.name):
@@ -994,7 +1125,11 @@ class DirectoryFollower(Background):
         self.on_event("loaded", path, view.info.version)
 
     def poll_once(self) -> None:
-        files = _candidates(self.directory)
+        try:
+            files = _candidates(self.directory)
+        except OSError as exc:  # gone (an unmounted mount, a removed folder): keep serving
+            self._folder(f"cannot be read ({exc}): the last good list keeps serving")
+            return
         present = set(files)
         changed = False
         for gone in [p for p in (*self._seen, *self._refused) if p not in present]:
@@ -1009,6 +1144,12 @@ class DirectoryFollower(Background):
             try:
                 stamp = _stamp(path)
             except FileNotFoundError:
+                problem = _dangling(path)
+                if problem is not None and self._refused.get(path) != problem:
+                    self._seen.pop(path, None)
+                    self._kinds.pop(path, None)
+                    self._refuse(path, f"{path}: {problem}", problem)
+                    changed = True
                 continue
             except OSError as exc:
                 if self._refused.get(path) != str(exc):
@@ -1025,11 +1166,55 @@ class DirectoryFollower(Background):
                 continue
             del self._pending[path]
             settled.append((path, stamp))
+        # deltas refused in this poll are said once the poll's files are all in: one may
+        # be refused for a gap that a delta settled in the same poll fills
+        fresh: dict[Path, str] = {}
+        applied = False
         for path, stamp in self._taking_order(settled):
-            self._take(path, stamp)
+            applied |= self._take(path, stamp, fresh)
             changed = True
+        if applied:
+            self._retry_refused_deltas(fresh)
+        for path, detail in fresh.items():
+            if path in self._refused:
+                self.on_event("rejected", path, detail)
+        changed |= self._watch_for_snapshots(files, now)
         if changed:
             self._report()
+
+    def _watch_for_snapshots(self, files: list[Path], now: float) -> bool:
+        """Note (once) a folder that has held no snapshot for ``settle`` seconds while a
+        list is served (emptied, or a mount gone from under it): the list is behind
+        until one is back. True when what is noted changed."""
+        empty = self.serving is not None and all(
+            self._kinds.get(p) is FileKind.DELTA for p in files if p not in self._pending
+        ) and not any(named_kind(p) is not FileKind.DELTA for p in self._pending)  # fmt: skip
+        if not empty:
+            self._empty_since = None
+            return self._folder(None, report=False)
+        if self._empty_since is None:
+            self._empty_since = now
+        if now - self._empty_since < self.settle:
+            return False
+        served = self.serving.name if self.serving is not None else "?"
+        return self._folder(
+            f"holds no snapshot (emptied, or a mount not there?): the last good list "
+            f"({served}) keeps serving until one is back", report=False,
+        )  # fmt: skip
+
+    def _folder(self, problem: str | None, report: bool = True) -> bool:
+        """Set what is wrong with the folder itself (None: nothing), saying so once when it
+        changes; True when it changed."""
+        if problem == self._folder_problem:
+            return False
+        if problem is not None:
+            self.on_event("error", self.directory, problem)
+        else:
+            log.info("list folder %s: %s", self.directory, "holds a snapshot again")
+        self._folder_problem = problem
+        if report:
+            self._report()
+        return True
 
     def _taking_order(self, settled: list[tuple[Path, _Stamp]]) -> list[tuple[Path, _Stamp]]:
         """The files settled in one poll, in name order; but on a snapshot without a
@@ -1050,36 +1235,50 @@ class DirectoryFollower(Background):
             ordered[i] = taken
         return ordered
 
-    def _take(self, path: Path, stamp: _Stamp) -> None:
+    def _take(self, path: Path, stamp: _Stamp, fresh: dict[Path, str]) -> bool:
+        """Read a settled file; True when a delta of it applied. A delta refused goes
+        into ``fresh`` (path: the detail to log), for the poll to say once the others
+        of the poll are in."""
         self._seen[path] = stamp
         self._refused.pop(path, None)  # changed: judged afresh
         kind = self._detect(path)
         if kind is None:
             self._kinds.pop(path, None)
-            return
+            return False
         self._kinds[path] = kind
         if kind is FileKind.SNAPSHOT:
             if self.serving is not None and path.name < self.serving.name:
                 self.on_event("ignored", path, f"older than the served {self.serving.name}")
-            else:
-                self._try_snapshot(path)
-            return
+                return False
+            at, then = _published_at(path), self._published
+            if self.serving is not None and at is not None and then is not None and at < then:
+                self._refuse_older(path, at, self.serving, then)
+                return False
+            self._try_snapshot(path)
+            return False
         if self.serving is None:
-            return  # applied with the first snapshot that loads
+            return False  # applied with the first snapshot that loads
+        before = self.loader.index.current()
         try:
             view = self.loader.load_delta(path)
         except LoadRejected as exc:
-            self._refuse(path, str(exc), _first_problem(exc))
-            return
+            self._refused[path] = _first_problem(exc)
+            fresh[path] = str(exc)
+            return False
         except (OSError, ValueError) as exc:
-            self._refuse(path, f"{path}: {exc}", str(exc))
-            return
+            self._refused[path] = str(exc)
+            fresh[path] = f"{path}: {exc}"
+            return False
         self.on_event("loaded", path, view.info.version)
-        self._retry_refused_deltas()
+        # read again, every seq of it already applied as it is: harmless, nothing new
+        return before is None or view.info.version != before.info.version
 
-    def _retry_refused_deltas(self) -> None:
+    def _retry_refused_deltas(self, fresh: dict[Path, str] | None = None) -> None:
         """Apply each refused delta that applies now that another file has (in name order,
-        again while one more does): the one its seq follows may just have arrived."""
+        again while one more does): the one its seq follows may just have arrived.
+        One still refused is said again only if for another reason now; those in
+        ``fresh`` (refused in this poll, not said yet) only get their detail updated."""
+        fresh = {} if fresh is None else fresh
         progressed = True
         while progressed:
             progressed = False
@@ -1089,17 +1288,24 @@ class DirectoryFollower(Background):
                     view = self.loader.load_delta(path)
                 except LoadRejected as exc:
                     problem = _first_problem(exc)
-                    if problem != self._refused[path]:  # refused still, for another reason now
+                    if path in fresh:
+                        self._refused[path], fresh[path] = problem, str(exc)
+                    elif problem != self._refused[path]:  # refused still, for another reason
                         self._refuse(path, str(exc), problem)
                     continue
                 except (OSError, ValueError):
                     continue  # gone or unreadable: the next poll sees to it
                 del self._refused[path]
+                fresh.pop(path, None)
                 self.on_event("loaded", path, view.info.version)
                 progressed = True
 
     def _report(self) -> None:
-        """Set the list's *behind* to what is refused now (or clear it)."""
+        """Set the list's *behind* to what is refused now (or clear it): first what is
+        wrong with the folder itself, if anything."""
+        if self._folder_problem is not None:
+            self.loader.index.refuse(str(self.directory), self._folder_problem)
+            return
         serving = self.serving
         live = {
             path: problem for path, problem in self._refused.items()
@@ -1123,8 +1329,8 @@ class DirectoryFollower(Background):
         while not self._stop.wait(self.interval):
             try:
                 self.poll_once()
-            except OSError as exc:  # directory briefly gone: keep serving, try again
-                self.on_event("error", self.directory, str(exc))
+            except OSError as exc:  # the folder failing under a poll: keep serving, try again
+                self._folder(f"cannot be read ({exc}): the last good list keeps serving")
 
 
 def _first_problem(exc: LoadRejected) -> str:

@@ -35,7 +35,7 @@ from shixin_check.domain.identity import (
 )
 from shixin_check.domain.keys import PrefilterKeyer, SubjectKeyer
 from shixin_check.domain.model import Channel, Exemption
-from shixin_check.loader import columns, publish_redis
+from shixin_check.loader import columns, listfile, publish_redis
 from shixin_check.loader.columns import ColumnBuilder
 from shixin_check.loader.listfile import parse_entry
 from shixin_check.loader.versions import build_snapshot
@@ -600,3 +600,40 @@ def test_masked_json_in_c_is_what_python_writes(numbers: list[str]) -> None:
         assert found == orjson.dumps([mask_id(n) for n in numbers])
     else:
         assert found is None
+
+
+def test_a_row_published_after_today_is_left_to_python_which_refuses_it() -> None:
+    """The C checker compares day numbers: a published_on after today (China time) is
+    never taken, whatever the date tables hold; parse_entry refuses it naming the field."""
+    today = _dt.datetime.now(_dt.timezone(_dt.timedelta(hours=8))).date()
+    for ahead in (1, 2, 30_000):
+        day = (today + _dt.timedelta(days=ahead)).isoformat()
+        listfile._date({"d": day}, "d")  # in the date tables, as a load's earlier row puts it
+        row = person_entry("E4", rid("11010519800101001"), "张伟", published_on=day)
+        assert _compiled().plain(row, 3) is None
+        assert _python_plain(row) is None
+        with pytest.raises(InvalidInput) as refused:
+            parse_entry(row)
+        assert refused.value.field == "published_on"
+    row = person_entry("E4", rid("11010519800101001"), "张伟", published_on=today.isoformat())
+    listfile._date({"d": today.isoformat()}, "d")
+    assert _agrees(row) is not None  # today itself is taken
+
+
+def test_valid_until_day_zero_is_kept_as_a_date_by_c_and_python() -> None:
+    listfile._date({"d": "1970-01-01"}, "d")
+    row = person_entry("E5", rid("11010519800101001"), "张伟", valid_until="1970-01-01")
+    assert _compiled().plain(row, 3) is None and _python_plain(row) is None  # before published
+    row["published_on"] = None
+    taken = _agrees(row)
+    assert taken is not None and taken[0][5] == 0  # ended 1970-01-01, not NO_END
+
+
+def test_a_uscc_under_a_document_type_is_keyed_as_the_organisation() -> None:
+    code = uscc("92110105MA0000007")
+    row = person_entry("E6", code, "张三烧烤店")
+    row["subject"]["id_type"] = "PASSPORT"
+    assert _compiled().plain(row, 3) is None  # left to Python (listfile.as_resident)
+    python = _python_plain(row)
+    assert python is not None and python[1][0][2:] == (None, code)
+    assert parse_entry(row).debtor.id_type is None

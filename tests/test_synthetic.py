@@ -283,7 +283,11 @@ def test_write_snapshot_writes_count_json_lines(tmp_path: Path, entries: list[En
     assert write_snapshot(path, ROWS, 7, AS_OF) == ROWS
     header, *lines = path.read_bytes().split(b"\n")
     assert orjson.loads(header) == {
-        "snapshot": {"includes_seq": 0, "published_at": f"{AS_OF.isoformat()}T00:00:00+08:00"}
+        "snapshot": {
+            "includes_seq": 0,
+            "published_at": f"{AS_OF.isoformat()}T00:00:00+08:00",
+            "entries": ROWS,
+        }
     }
     assert lines[-1] == b""
     assert len(lines) - 1 == ROWS

@@ -57,7 +57,7 @@ def write_snapshot(
     """Write a JSON Lines snapshot of ``count`` entries and return ``count``.
 
     The first line is the snapshot header (includes no delta; published at the
-    start of ``as_of``, China time).
+    start of ``as_of``, China time; ``count`` entries).
 
     UTF-8, one entry per line, byte-identical for the same arguments. The rows
     go to ``path + '.part'``, which is synced and renamed onto ``path`` only
@@ -71,8 +71,12 @@ def write_snapshot(
         with open(partial, "wb") as out:
             # The header (loader.feed): a generated list holds no delta, and its
             # feed time is the start of its as-of day, China time.
-            out.write(header_row(0, datetime.datetime.combine(as_of, datetime.time(), CHINA_TZ)))
+            # It counts the rows, so that a copy cut off at a line's end is refused.
+            published = datetime.datetime.combine(as_of, datetime.time(), CHINA_TZ)
+            out.write(header_row(0, published, entries=count))
             written = _write_rows(out, iter_entries(count, seed, as_of), progress)
+            if written != count:  # never: iter_entries yields count entries
+                raise RuntimeError(f"wrote {written} entries, the header says {count}")
             out.flush()
             os.fsync(out.fileno())
         os.replace(partial, final)
