@@ -270,11 +270,15 @@ static int check(PyObject *obj, Row *row) {
         !plain_text(court))
         BAIL(PyErr_Occurred() ? FAILED : NOT_SURE);
     long first = PyLong_AsLong(published);
-    long last = PyLong_AsLong(valid_until); /* day 0 is 1970-01-01, never "no end" */
+    long last = PyLong_AsLong(valid_until);
+    if (last == 0) { /* 1970-01-01, like no date, is no end (parse_entry) */
+        valid_until = NO_END;
+        last = PyLong_AsLong(NO_END);
+    }
     if (PyErr_Occurred()) BAIL(FAILED); /* _DAYS holds small ints: never */
-    /* published after today in China (listfile.today): parse_entry refuses it. A day
-     * number compared, time() read once a row (a vDSO call, no Python) */
-    if (first > china_today()) BAIL(NOT_SURE);
+    /* published days after today in China (listfile.PUBLISHED_AHEAD_DAYS): parse_entry
+     * refuses it. A day number compared, time() read once a row (a vDSO call) */
+    if (first > china_today() + 1) BAIL(NOT_SURE);
     if (first && last < first) BAIL(NOT_SURE);
 
     *row = (Row){entry_id, list_type, status, published, valid_until, court, case_number,

@@ -78,6 +78,7 @@ from shixin_check.loader.listfile import (
     _LIST_TYPES,
     _RELATED_ROLES,
     _STATUSES,
+    PUBLISHED_AHEAD_DAYS,
     _date,
     as_resident,
     parse_entry,
@@ -504,11 +505,11 @@ class ColumnBuilder:
         published = _day_of(get("published_on"))
         if published is None:
             published = _date(obj, "published_on")
-        if published > today():  # not published yet: parse_entry words it
+        if published > today() + PUBLISHED_AHEAD_DAYS:  # parse_entry words it
             raise _NotFast
         valid_until = _day_of(get("valid_until"))
-        if valid_until is None:  # left out: no end (1970-01-01 is day 0, a date)
-            valid_until = _date(obj, "valid_until", missing=NO_END)
+        if not valid_until:  # 0 too: 1970-01-01, like no date, is no end (parse_entry)
+            valid_until = _date(obj, "valid_until") or NO_END
         if published and valid_until < published:
             raise _NotFast
         if _day_of(get("filed_on")) is None:

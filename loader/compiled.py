@@ -73,7 +73,10 @@ log = logging.getLogger("shixin.loader")
 #: 2: every file's CRC-32 and meta.json's own (a format-1 folder is compiled again)
 #: 3: each exemption with the subject key of the person it covers (an older folder held
 #: whole-entry exemptions, which would cover every subject of the entry: parsed again)
-FORMAT = 3
+#: 4: names keyed without invisible format characters and variation selectors
+#: (``identity.normalize_name``), and valid_until 1970-01-01 as no end: an older folder's
+#: name keys would no longer meet a request's (REVIEW where DENY is due)
+FORMAT = 4
 Code = Literal["Q", "I", "i"]
 #: typed columns and their element (the ``array`` / ``memoryview`` type code)
 _TYPED: dict[str, Code] = {

@@ -360,8 +360,7 @@ _DAYS: dict[str, int] = {}  # a list has a few thousand distinct dates: parse ea
 def _date(
     obj: dict[str, Any], name: str, prefix: str = "", required: bool = False, missing: int = 0
 ) -> int:
-    """A date field's day number; ``missing`` when the row leaves it out. Day 0 is
-    1970-01-01, a date like any other: an open end is ``missing=NO_END``, never 0."""
+    """A date field's day number; ``missing`` when the row leaves it out."""
     text = obj.get(name)
     day = _DAYS.get(text) if type(text) is str else None
     if day is not None:
@@ -379,13 +378,20 @@ def _date(
 
 
 def today() -> int:
-    """Today's day number in China, the courts' calendar: no entry is published later."""
+    """Today's day number in China, the courts' calendar."""
     return china_day(time.time())
 
 
+#: Days a ``published_on`` may lie after today in China before the row is refused: a
+#: feed stamped just after midnight, read on a host whose clock is behind, is no error
+#: (and a refused file is not tried again when the date catches up)
+PUBLISHED_AHEAD_DAYS = 1
+
+
 def not_published_yet(published: int) -> str:
-    """Why a ``published_on`` after today is refused: the list would read as fresh (its
-    age from that day) and restrict before the court published the entry."""
+    """Why a ``published_on`` days after today is refused: a date no court gave (the
+    list's time is never taken past now, ``versions.source_time``, so it cannot make
+    an old list read as fresh)."""
     return (
         f"{day_iso(published)!r} is after today ({day_iso(today())}, China time): an entry "
         "is not listed before the court publishes it"
@@ -540,9 +546,11 @@ def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
         _exemption(e, f"{prefix}exemptions.{i}.") for i, e in enumerate(exemptions_raw)
     )
     published = _date(obj, "published_on", prefix)
-    if published > today():
+    if published > today() + PUBLISHED_AHEAD_DAYS:
         raise InvalidInput(prefix + "published_on", not_published_yet(published))
-    valid_until = _date(obj, "valid_until", prefix, missing=NO_END)
+    # left out, or 1970-01-01 (day 0: what exports write for an empty date): no end.
+    # Never "expired": that would clear a listed person
+    valid_until = _date(obj, "valid_until", prefix) or NO_END
     if published and valid_until < published:
         raise InvalidInput(prefix + "valid_until", "is before published_on")
     _date(obj, "filed_on", prefix)

@@ -243,9 +243,15 @@ def build_snapshot(
     newest = (
         int(np.frombuffer(cast(Any, base.e_listed), dtype=np.int32).max()) if base.entries else 0
     )
-    source_time = header.published_at if header.published_at is not None else day_start(newest)
+    source_time = header.published_at if header.published_at is not None else source_time_of(newest)
     label = version or _version_label(path)
     return view_of_base(base, str(path), source_time, label, header.includes_seq)
+
+
+def source_time_of(published_on: int) -> float:
+    """The feed's time a row's ``published_on`` gives: the start of that day in China,
+    never after now (a row dated tomorrow must not make the list read as fresh then)."""
+    return min(day_start(published_on), time.time())
 
 
 def delta_source_time(ops: Sequence[DeltaOp], previous: float) -> float:
@@ -253,7 +259,7 @@ def delta_source_time(ops: Sequence[DeltaOp], previous: float) -> float:
     gives one, the newest ``published_on`` they list; never earlier than ``previous``."""
     stamps = [op.published_at for op in ops if op.published_at is not None]
     if not stamps:
-        stamps = [day_start(op.entry.published_on) for op in ops if op.entry is not None]
+        stamps = [source_time_of(op.entry.published_on) for op in ops if op.entry is not None]
     return max([previous, *stamps])
 
 
@@ -854,9 +860,11 @@ def _canonical(value: Any) -> Any:
 
 
 def op_digest(op: DeltaOp) -> bytes:
-    """What a delta op changes, as a digest: its seq, kind, entry, exemption and feed
-    time, as normalised (not where it stands in its file, nor how the row was spelt)."""
-    content = (op.seq, op.op, op.entry_id, op.entry, op.exemption, op.published_at)
+    """What a delta op changes, as a digest: its seq, kind, entry and exemption, as
+    normalised (not where it stands in its file, nor how the row was spelt, nor its
+    feed time: a cumulative delta sent again with a new export time changes nothing;
+    as ``publish_redis.op_digest`` has it)."""
+    content = (op.seq, op.op, op.entry_id, op.entry, op.exemption)
     return hashlib.blake2b(orjson.dumps(_canonical(content)), digest_size=16).digest()
 
 
@@ -1307,10 +1315,13 @@ class DirectoryFollower(Background):
             self.loader.index.refuse(str(self.directory), self._folder_problem)
             return
         serving = self.serving
+        # a refused snapshot named before the one served (or a link to nothing named
+        # so: an old archive's link, its kind unknown) would change nothing served
         live = {
             path: problem for path, problem in self._refused.items()
-            if not (self._kinds.get(path) is FileKind.SNAPSHOT and serving is not None
-                    and path.name <= serving.name)
+            if not (serving is not None and path.name <= serving.name and (
+                self._kinds.get(path) is FileKind.SNAPSHOT
+                or (path not in self._kinds and _dangling(path) is not None)))
         }  # fmt: skip
         if not live:
             self.loader.index.refuse(None)

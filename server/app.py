@@ -338,7 +338,9 @@ class Service:
                 await asyncio.wait_for(self._stop.wait(), HEALTH_POLL_S)
             if self._stop.is_set():
                 return
-            if last[3] and time.monotonic() - probed >= LOG_PROBE_S:
+            if not last[3]:  # a failure seen now is tried a whole interval later
+                probed = time.monotonic()
+            elif time.monotonic() - probed >= LOG_PROBE_S:
                 probed = time.monotonic()
                 self._probe_logs()
             state = self._health_state()

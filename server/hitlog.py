@@ -339,7 +339,7 @@ def write_error_advice(exc: OSError, path: Path) -> str:
         return f"free space (or inodes, or quota) on the file system of {folder}"
     if exc.errno == errno.EFBIG:
         return ("the process's file-size limit is reached (ulimit -f, LimitFSIZE=): lift "
-                "it, or give --log-max-bytes below it so the log rotates first")  # fmt: skip
+                "it, or give --log-max-mib below it so the log rotates first")  # fmt: skip
     if exc.errno == errno.EROFS:
         return f"the file system of {folder} is read-only: remount it read-write"
     if exc.errno in (errno.EACCES, errno.EPERM):
@@ -614,14 +614,21 @@ class AppendLog:
 
     def probe(self) -> bool:
         """While ``failure`` is set: would a record of the size that failed go in now?
-        Writes that many bytes (no newline) to the live file and cuts them off again,
+        Rotates the live file first if that is due (as the record would), then writes
+        that many bytes (no newline) to the live file and cuts them off again,
         synced as records are; clears ``failure`` if they went in. True when the log
         is not failing (any more)."""
         with self._lock:
             if self.failure is None:
                 return True
             try:
+                now = self._clock()
                 if self._fd < 0:
+                    self._open_live()
+                # what the record would meet first: a rotation that is due (the step
+                # that failed, when a rename or the next live file did)
+                self._rotate_if_due(now, self._probe_bytes)
+                if self._fd < 0:  # the rotation could not start the next live file
                     self._open_live()
                 pad = b" " * self._probe_bytes
                 try:

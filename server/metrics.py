@@ -274,12 +274,16 @@ class WorkerReadings:
 
     def read(self) -> Reading:
         with self._lock:
-            readings = [self._retired]
+            live = []
             for path in sorted(self.folder.glob(f"w*{_READING_SUFFIX}")):
                 reading = self._load(path)
                 if reading is not None:
-                    readings.append(reading)
-            return Reading.merged(readings)
+                    live.append(reading)
+            merged = Reading.merged([self._retired, *live])
+            # readiness is the live workers' alone (the retired counters are no worker)
+            merged.ready = bool(live) and all(r.ready for r in live)
+            merged.stale = any(r.stale for r in live)
+            return merged
 
     def retire(self, worker: int) -> None:
         """Worker ``worker`` has exited: its counters stay in the sum, its gauges go."""

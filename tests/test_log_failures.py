@@ -258,3 +258,32 @@ def test_a_log_folder_that_cannot_be_made_is_refused_naming_the_flag_and_the_pat
     assert done.returncode == 2, done.stderr
     [line] = done.stderr.strip().splitlines()
     assert f"{flag}: cannot make the folder {path.parent}: Not a directory" in line, line
+
+
+def _immutable(folder: Path, on: bool) -> bool:
+    """``chattr +i``/``-i`` on ``folder`` (no entry made, renamed or removed in it)."""
+    done = subprocess.run(["chattr", "+i" if on else "-i", str(folder)], capture_output=True)
+    return done.returncode == 0
+
+
+def test_the_probe_of_a_log_whose_rotation_failed_tries_the_rotation(tmp_path: Path) -> None:
+    """A rotation that cannot rename the live file fails the record; the probe that
+    decides when readiness returns must try that step too, not only a write to the live
+    file (which still works): it turned health SERVING while every hit failed."""
+    folder = tmp_path / "logs"
+    log = HitLog(folder / "hits.jsonl", max_bytes=200)
+    log.append({"n": 1, "pad": "x" * 120})
+    if not _immutable(folder, True):
+        pytest.skip("needs chattr +i (root, on a file system that has it)")
+    try:
+        with pytest.raises(OSError):
+            log.append({"n": 2, "pad": "x" * 120})  # due to rotate: the rename refused
+        assert log.failure is not None
+        assert not log.probe() and log.failure is not None  # the rotation still fails
+    finally:
+        _immutable(folder, False)
+    assert log.probe() and log.failure is None  # rotated now: a record would go in
+    log.append({"n": 3})
+    log.close()
+    assert [r["n"] for r in records(folder / "hits.jsonl")] == [1, 3]
+    assert len(log_files(folder / "hits.jsonl")) == 2

@@ -602,11 +602,12 @@ def test_masked_json_in_c_is_what_python_writes(numbers: list[str]) -> None:
         assert found is None
 
 
-def test_a_row_published_after_today_is_left_to_python_which_refuses_it() -> None:
-    """The C checker compares day numbers: a published_on after today (China time) is
-    never taken, whatever the date tables hold; parse_entry refuses it naming the field."""
+def test_a_row_published_days_after_today_is_left_to_python_which_refuses_it() -> None:
+    """The C checker compares day numbers: a published_on more than a day after today
+    (China time) is never taken, whatever the date tables hold; parse_entry refuses it
+    naming the field. Tomorrow is taken (a host whose clock is behind the feed's)."""
     today = _dt.datetime.now(_dt.timezone(_dt.timedelta(hours=8))).date()
-    for ahead in (1, 2, 30_000):
+    for ahead in (2, 3, 30_000):
         day = (today + _dt.timedelta(days=ahead)).isoformat()
         listfile._date({"d": day}, "d")  # in the date tables, as a load's earlier row puts it
         row = person_entry("E4", rid("11010519800101001"), "张伟", published_on=day)
@@ -615,18 +616,23 @@ def test_a_row_published_after_today_is_left_to_python_which_refuses_it() -> Non
         with pytest.raises(InvalidInput) as refused:
             parse_entry(row)
         assert refused.value.field == "published_on"
-    row = person_entry("E4", rid("11010519800101001"), "张伟", published_on=today.isoformat())
-    listfile._date({"d": today.isoformat()}, "d")
-    assert _agrees(row) is not None  # today itself is taken
+    for ahead in (0, 1):  # today and tomorrow are taken
+        day = (today + _dt.timedelta(days=ahead)).isoformat()
+        row = person_entry("E4", rid("11010519800101001"), "张伟", published_on=day)
+        listfile._date({"d": day}, "d")
+        assert _agrees(row) is not None
 
 
-def test_valid_until_day_zero_is_kept_as_a_date_by_c_and_python() -> None:
+def test_valid_until_day_zero_is_no_end_in_c_and_python() -> None:
+    """1970-01-01 is what exports write for an empty date: no end, never expired."""
     listfile._date({"d": "1970-01-01"}, "d")
     row = person_entry("E5", rid("11010519800101001"), "张伟", valid_until="1970-01-01")
-    assert _compiled().plain(row, 3) is None and _python_plain(row) is None  # before published
-    row["published_on"] = None
-    taken = _agrees(row)
-    assert taken is not None and taken[0][5] == 0  # ended 1970-01-01, not NO_END
+    for published in ("2020-01-01", None):
+        row["published_on"] = published
+        for field in ("published_on", "filed_on"):  # in the date tables, as a load puts them
+            listfile._date(row, field)
+        taken = _agrees(row)
+        assert taken is not None and taken[0][5] == columns.NO_END
 
 
 def test_a_uscc_under_a_document_type_is_keyed_as_the_organisation() -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def test_a_row_published_after_today_is_refused_in_a_snapshot_and_a_delta(
 
     # a delta listing X with a published_on years ahead: refused, X not restricted early,
     # the list's source time not moved to then (its age would read 0: never stale)
-    tomorrow = (china_today() + _dt.timedelta(days=1)).isoformat()
+    ahead = (china_today() + _dt.timedelta(days=3)).isoformat()
     write_jsonl(folder / "delta-0001.jsonl", [
         delta(1, "LIST", entry=person_entry("E-X", X, "牛犇", published_on=FUTURE)),
     ])  # fmt: skip
@@ -79,13 +80,13 @@ def test_a_row_published_after_today_is_refused_in_a_snapshot_and_a_delta(
     assert decision(server.stub(), X) == "ALLOW"  # not listed: nothing applied
     eventually(lambda: health(server.channel, LIST_CURRENT) == "NOT_SERVING", "behind")
 
-    # a snapshot row published tomorrow (the C row checker's path too): validate says so
+    # a snapshot row published days ahead (the C row checker's path too): validate says so
     snapshot = tmp_path / "snapshot-0002.jsonl"
-    rows = [*basic_rows(), person_entry("E-Y", Y, "羊羊", published_on=tomorrow)]
+    rows = [*basic_rows(), person_entry("E-Y", Y, "羊羊", published_on=ahead)]
     write_jsonl(snapshot, [header(0), *rows])
     done = run_cli("validate", str(snapshot))
     assert done.returncode == 1, done.stdout
-    assert f"line 5: published_on: '{tomorrow}' is after today" in done.stdout
+    assert f"line 5: published_on: '{ahead}' is after today" in done.stdout
     assert "China time" in done.stdout
     shutil.copy(snapshot, folder / "snapshot-0002.jsonl")
     eventually(
@@ -94,18 +95,34 @@ def test_a_row_published_after_today_is_refused_in_a_snapshot_and_a_delta(
     assert decision(server.stub(), Y) == "ALLOW" and decision(server.stub(), ZHANG) == "DENY"
 
 
-def test_valid_until_1970_01_01_is_a_date_never_no_end(tmp_path: Path, keyer: SubjectKeyer) -> None:
-    before_published = person_entry("E1", ZHANG, "张伟", valid_until="1970-01-01")
-    bad = write_jsonl(tmp_path / "bad.jsonl", [header(0), before_published])
-    done = run_cli("validate", str(bad))
-    assert done.returncode == 1
-    assert "line 2: valid_until: is before published_on" in done.stdout
+def test_a_row_published_tomorrow_loads_but_never_makes_the_list_newer_than_now(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    """A feed stamped just after midnight, read on a host whose clock is behind, is no
+    error (a refused file is not tried again when the date catches up); the list's
+    time is never taken past now, so it cannot read as fresh later than it is."""
+    tomorrow = (china_today() + _dt.timedelta(days=1)).isoformat()
+    rows = [*basic_rows(), person_entry("E-Y", Y, "羊羊", published_on=tomorrow)]
+    path = write_jsonl(tmp_path / "snapshot.jsonl", rows)  # no header: the rows' time
+    assert run_cli("validate", str(path)).returncode == 0
+    before = time.time()
+    view = build_snapshot(path, keyer)
+    assert before <= view.info.source_timestamp <= time.time()
+    assert view.look_up(keyer.subject_key(IdType.RESIDENT_ID, Y))  # listed: restricted
 
-    undated = {**before_published, "published_on": None}  # no published_on to compare with
-    good = write_jsonl(tmp_path / "good.jsonl", [header(0), undated])
-    view = build_snapshot(good, keyer)
-    (match,) = view.look_up(keyer.subject_key(IdType.RESIDENT_ID, ZHANG))
-    assert match.valid_until == 0 != NO_END  # day 0: ended in 1970, not open-ended
+
+def test_valid_until_1970_01_01_is_no_end_never_expired(
+    tmp_path: Path, keyer: SubjectKeyer
+) -> None:
+    """Exports write 1970-01-01 for an empty date: read as expired, it would clear a
+    listed person (ALLOW EXPIRED); it is no end, as a date left out is, in C and Python."""
+    epoch = person_entry("E1", ZHANG, "张伟", valid_until="1970-01-01")
+    undated = {**epoch, "published_on": None}
+    for row in (epoch, undated):
+        path = write_jsonl(tmp_path / "s.jsonl", [header(0), row])
+        assert run_cli("validate", str(path)).returncode == 0
+        (match,) = build_snapshot(path, keyer).look_up(keyer.subject_key(IdType.RESIDENT_ID, ZHANG))
+        assert match.valid_until == NO_END
 
 
 # --- 2. a snapshot cut off at a line's end ---------------------------------------------------
@@ -203,6 +220,12 @@ def test_a_delta_rewritten_in_place_under_an_applied_seq_is_refused(
     eventually(lambda: not status(server).behind, "no longer behind")
     assert status(server).version == version
 
+    # exported again with a new feed time only: the same change, no alarm (as in Redis)
+    stamped = [{**first[0], "published_at": "2026-11-30T09:00:00+08:00"}]
+    write_jsonl(tmp_path / "delta-0001.jsonl", stamped)
+    time.sleep(2.5)  # settled and polled
+    assert not status(server).behind and status(server).version == version
+
 
 # --- 5. a refused delta is said once the poll's files are all in -----------------------------
 
@@ -258,6 +281,15 @@ def test_a_dangling_link_as_the_newest_snapshot_is_refused_once(
     restarted = Feed(tmp_path, keyer).start()
     assert restarted.behind is not None and restarted.behind[0] == "snapshot-0003.jsonl"
     assert restarted.view().info.source.endswith("snapshot-0001.jsonl")
+    os.remove(tmp_path / "snapshot-0003.jsonl")
+
+    # a link to nothing named before the snapshot served (an old archive rotated away)
+    # would change nothing served: not behind
+    os.symlink(tmp_path / "elsewhere" / "snapshot-0000.jsonl", tmp_path / "snapshot-0000.jsonl")
+    old = Feed(tmp_path, keyer).start()
+    for _ in range(3):
+        old.poll()
+    assert old.behind is None and old.view().info.source.endswith("snapshot-0001.jsonl")
 
 
 def test_an_emptied_folder_is_said_once_and_leaves_the_list_behind(

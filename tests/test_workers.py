@@ -284,8 +284,8 @@ def test_audit_verify_names_the_broken_worker_chain(tmp_path: Path) -> None:
 
 
 def test_worker_readings_sum_and_never_go_back(tmp_path: Path) -> None:
-    def reading(checks: int, version: str) -> Reading:
-        out = Reading(versions=(version,), source_timestamp=1.0)
+    def reading(checks: int, version: str, ready: bool = True) -> Reading:
+        out = Reading(versions=(version,), source_timestamp=1.0, ready=ready)
         out.tally.checks[0] = checks
         out.hit_log_errors = 1
         return out
@@ -296,11 +296,13 @@ def test_worker_readings_sum_and_never_go_back(tmp_path: Path) -> None:
     total = readings.read()
     assert total.tally.checks[0] == 12 and total.hit_log_errors == 2
     assert total.versions == ("v1",)
+    assert total.ready  # every worker ready: shixin_ready 1 (it read 0 with --workers)
     readings.retire(2)  # died: its counts stay, its list gauges go
-    ReadingWriter(reading_path(tmp_path, 2), lambda: reading(1, "v2")).write()
+    ReadingWriter(reading_path(tmp_path, 2), lambda: reading(1, "v2", ready=False)).write()
     total = readings.read()
     assert total.tally.checks[0] == 13 and total.hit_log_errors == 3
     assert total.versions == ("v1", "v2")
+    assert not total.ready  # one worker not ready
 
 
 # --- helpers ---------------------------------------------------------------------------------
