@@ -97,11 +97,9 @@ RECONNECT_MAX_SECONDS = 0.5
 MASTER_CHECK_SECONDS = 0.5
 #: How often a replica reads Redis's ``maxmemory-policy`` (``eviction_problem``).
 POLICY_CHECK_SECONDS = 1.0
-#: How often a replica counts the subject buckets of the version it serves
-#: (``count_buckets``): one MULTI/EXEC of EXISTS over every bucket name.
-BUCKET_CHECK_SECONDS = 30.0
-#: How long a replica's record in ``P:replicas`` counts as evidence of what Redis
-#: held (``RedisFollower._claims``): as long as garbage collection keeps it.
+#: How long a replica's record in ``P:replicas``, and a claim copied from one, counts
+#: as evidence of what Redis held (``RedisFollower._claims``): as long as garbage
+#: collection keeps the record, counted from the time the record was written.
 RECORD_SECONDS = 3600.0
 
 
@@ -387,12 +385,22 @@ def check_fingerprint(meta: dict[str, bytes], keyer: SubjectKeyer, version: str)
 def eviction_problem(client: Client) -> str:
     """Why Redis may evict the list's keys ("" when it may not), read from ``INFO
     memory`` (which works where CONFIG is disabled). The list's keys have no TTL, so
-    only an ``allkeys-*`` policy evicts them; an evicted subject bucket reads as "not
-    listed", and no replica can tell which were evicted."""
+    only an ``allkeys-*`` policy evicts them, and only under a ``maxmemory`` limit:
+    ``maxmemory`` 0 is no limit, nothing is evicted (a 32-bit Redis started without
+    one sets 3 GB itself, and INFO says so). An evicted subject bucket reads as "not
+    listed", and no replica can tell which were evicted.
+
+    One INFO reply, whatever the list's size: replicas ask it each second."""
     memory = client.info("memory")
     policy = memory.get("maxmemory_policy", "noeviction")
     policy = policy.decode() if isinstance(policy, bytes) else str(policy)
     if not policy.startswith("allkeys-"):
+        return ""
+    try:
+        limit = int(memory.get("maxmemory", 0))
+    except (TypeError, ValueError):
+        limit = -1  # unreadable: a limit may be set
+    if limit == 0:
         return ""
     return (
         f"Redis's maxmemory-policy is {policy} (maxmemory {memory.get('maxmemory', 0)} "
@@ -400,34 +408,6 @@ def eviction_problem(client: Client) -> str:
         "whose key was evicted would read as not listed; set maxmemory-policy noeviction "
         "(CONFIG SET maxmemory-policy noeviction, and in redis.conf)"
     )
-
-
-def subject_buckets(k_hi: Any, bits: int) -> int:
-    """How many ``P:v:V:s:<bucket>`` hashes a version of subject keys ``k_hi`` (their
-    high halves, a numpy array) has: meta ``subject_buckets``."""
-    if not len(k_hi):
-        return 0
-    if not bits:
-        return 1
-    import numpy as np
-
-    return int(len(np.unique(k_hi >> np.uint64(64 - bits))))
-
-
-def count_buckets(client: Client, keys: RedisKeys, version: str) -> tuple[int, int] | None:
-    """(subject buckets Redis holds, how many the version's meta says it has), read in
-    one MULTI/EXEC (a delta changes both at once); None for a version whose meta does
-    not count them (loaded by an older shixin-check) or that is gone."""
-    bits = client.hget(keys.meta(version), "bucket_bits")
-    if bits is None:
-        return None
-    names = [keys.subjects(version, b) for b in range(1 << int(bits))]
-    with client.pipeline(transaction=True) as pipe:
-        pipe.hget(keys.meta(version), "subject_buckets")
-        for at in range(0, len(names), 65536):
-            pipe.exists(*names[at : at + 65536])
-        expected, *found = pipe.execute()
-    return None if expected is None else (sum(found), int(expected))
 
 
 class HeldLock:
@@ -735,13 +715,9 @@ class RedisFollower(Background):
         self._left: set[tuple[str, bytes]] = set()
         self.guard = ReadGuard()
         self._policy_checked = 0.0
-        self._buckets_checked = 0.0
-        #: how often the served version's subject buckets are counted (``count_buckets``)
-        self.bucket_check_seconds = BUCKET_CHECK_SECONDS
-        #: (version, load token) found short of subject buckets: lost until loaded again
-        self._short: tuple[str, bytes] | None = None
         #: what another replica's record says was applied beyond what Redis holds (the
-        #: evidence this replica re-asserts in its own record while it stands)
+        #: evidence this replica re-asserts in its own record while it stands, with the
+        #: time of the record it came from: it lapses with it, ``RECORD_SECONDS``)
         self._claim: dict[str, Any] | None = None
         #: a newer version this replica cannot serve (another key secret): (source, why)
         self._behind: tuple[str, str] | None = None
@@ -935,47 +911,49 @@ class RedisFollower(Background):
             self._lost = LostView(view.info, reason)
 
     def _check_held(self, version: str) -> None:
-        """On the version served, now and then: does Redis still hold all of it? Records
-        of other replicas that applied more of it (each second), its subject buckets
-        (each ``bucket_check_seconds``)."""
+        """On the version served, each second: do records of other replicas say they
+        applied more of it than Redis holds (``_claims``)? Nothing here grows with the
+        list: evicted subject buckets are the maxmemory-policy check's
+        (``eviction_problem``), never counted."""
         now = time.monotonic()
         if now - self._last_claims_check >= 1.0:
             self._last_claims_check = now
             reason = self._claims(version, self._token)
             if reason:
                 self._lose(reason)
-                return
-        if now - self._buckets_checked >= self.bucket_check_seconds:
-            reason = self._bucket_loss(version, self._token)
-            if reason:
-                self._lose(reason)
 
     def _claims(self, version: str, token: bytes) -> str:
         """Why Redis lost deltas of ``version`` by what registered replicas report ("" if
-        it did not): a recent record (``RECORD_SECONDS``) of this version and load at a
-        seq above the last Redis holds. A replica started after Redis came back from an
-        older save has applied nothing more itself; the records of those that did say it.
-        A load again (another version or token) is not this version: no record matches."""
+        it did not): a record, or a claim copied into one, of this version and load (its
+        load token) at a seq above the last Redis holds, from a record written within
+        ``RECORD_SECONDS``. A replica started after Redis came back from an older save
+        has applied nothing more itself; the records of those that did say it.
+
+        Counts only while ``version`` is Redis's current version under ``token``: a load
+        again (another version or token) is not this version, no record matches. A
+        record or claim without a load token (older code, or a version name used before
+        ``P:names``) proves nothing. A claim keeps the time of the record it came from,
+        so claims copied from replica to replica lapse with it, never kept alive."""
         with self.client.pipeline(transaction=True) as pipe:  # one instant: no delta between
-            pipe.hget(self.keys.meta(version), "last_seq")
+            pipe.get(self.keys.current)
+            pipe.hmget(self.keys.meta(version), "last_seq", "load_token")
             pipe.hgetall(self.keys.replicas)
-            last, records = pipe.execute()
-        if last is None:
-            return ""  # the version is gone: the other checks say so
+            current, (last, held_token), records = pipe.execute()
+        self._claim = None
+        if last is None or not token or current != version.encode() or held_token != token:
+            return ""  # gone, or not the version and load served: the other checks say so
         held, ours, now = int(last), token.decode(errors="replace"), time.time()
         best: dict[str, Any] | None = None
         for replica_id, raw in records.items():
             try:
                 record = orjson.loads(raw)
-                if now - float(record.get("at", 0)) >= RECORD_SECONDS:
+                if not isinstance(record, dict):
                     continue
-                for claim in (record, record.get("claim") or {}):
-                    seq = int(claim.get("seq", 0))
-                    if (claim.get("version") == version and claim.get("token", ours) == ours
-                            and seq > held and (best is None or seq > best["seq"])):  # fmt: skip
-                        best = {"version": version, "token": ours, "seq": seq,
-                                "replica": claim.get("replica", replica_id.decode())}  # fmt: skip
-            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+                for claim in (record, record.get("claim")):
+                    found = _evidence(claim, version, ours, held, now, replica_id.decode())
+                    if found is not None and (best is None or found["seq"] > best["seq"]):
+                        best = found
+            except (TypeError, ValueError, AttributeError):
                 continue  # a record this code cannot read proves nothing
         self._claim = best
         if best is None:
@@ -988,22 +966,12 @@ class RedisFollower(Background):
                 "from an older save, or failed over to a replica without them?); load "
                 f"{missing} again, in seq order (or the snapshot and its deltas)")  # fmt: skip
 
-    def _bucket_loss(self, version: str, token: bytes) -> str:
-        """Why Redis lost subject buckets of ``version`` ("" if it holds them all)."""
-        self._buckets_checked = time.monotonic()
-        counted = count_buckets(self.client, self.keys, version)
-        if counted is None or counted[0] >= counted[1]:
-            return ""
-        self._short = (version, token)
-        found, expected = counted
-        return (
-            f"redis lost {expected - found} of the {expected} subject buckets of version "
-            f"{version} (evicted under maxmemory, or deleted?): a listed subject in one "
-            "would read as not listed; load the snapshot again (and the deltas after it)"
-        )
-
     def _follow(self, version: str) -> None:
-        """Serve ``version``, the pointer's, if Redis holds it whole; else say what is lost."""
+        """Serve ``version``, the pointer's, if Redis holds it whole; else say what is lost.
+
+        Called every round while a version cannot be served (lost, behind, refused):
+        only small reads (meta, ``P:replicas``) come before the version is taken; its
+        Bloom filter and deltas are read only to take it."""
         view = self._view
         meta = read_meta(self.client, self.keys, version)
         token = meta.get("load_token", b"")
@@ -1019,13 +987,10 @@ class RedisFollower(Background):
             and token == self._token and self.upstream_seq < view.info.last_delta_seq
         ):  # fmt: skip
             return  # still short of the deltas applied here: lost until they are back
-        if self._short == (version, token):
-            return  # short of subject buckets: lost until the snapshot is loaded again
-        whole = "last_seq" in meta and meta.get("state", b"ready") == b"ready"
-        raw_bloom = self.client.get(self.keys.bloom(version)) if whole else None
-        if raw_bloom is None:  # a load writes a version whole before the pointer names it
-            self._cannot_follow(f"redis names version {version} as current but does not "
-                                "hold it (flushed, restarted empty or failed over?)")  # fmt: skip
+        absent = (f"redis names version {version} as current but does not hold it "
+                  "(flushed, restarted empty or failed over?)")  # fmt: skip
+        if "last_seq" not in meta or meta.get("state", b"ready") != b"ready":
+            self._cannot_follow(absent)  # a load writes a version whole before the pointer
             return
         try:
             check_fingerprint(meta, self.keyer, version)
@@ -1036,9 +1001,13 @@ class RedisFollower(Background):
             self._behind = (f"redis version {version}", str(exc))
             self._say_refused(str(exc))
             return
-        reason = self._claims(version, token) or self._bucket_loss(version, token)
+        reason = self._claims(version, token)
         if reason:
             self._cannot_follow(reason)
+            return
+        raw_bloom = self.client.get(self.keys.bloom(version))
+        if raw_bloom is None:
+            self._cannot_follow(absent)
             return
         if format_of(meta) < FORMAT:
             self.on_event("old-format", old_format_problem(version))
@@ -1056,7 +1025,7 @@ class RedisFollower(Background):
         self._install(version, after, _last_seq(entries, after))
         self._lost = None
         self._problem = ""
-        self._claim = self._behind = self._short = None
+        self._claim = self._behind = None
         self._refused_said = ""
         if view is not None and (view.version, self._token_of_view) != (version, self._token):
             self._left.add((view.version, self._token_of_view))
@@ -1175,6 +1144,30 @@ class RedisFollower(Background):
         if view is None:
             return self.upstream_seq
         return max(0, self.upstream_seq - view.info.last_delta_seq)
+
+
+def _evidence(
+    claim: object, version: str, token: str, held: int, now: float, replica_id: str
+) -> dict[str, Any] | None:
+    """A replica's record (or a claim copied into one) as evidence that Redis lost
+    deltas of ``version`` under load ``token``: the claim to copy (version, token, seq,
+    replica, and ``at``, the time of the record it came from), or None when it is not:
+    another version or load, no load token, a seq Redis holds, or a record older than
+    ``RECORD_SECONDS``."""
+    if not isinstance(claim, dict) or not token:
+        return None
+    if claim.get("version") != version or claim.get("token") != token:
+        return None
+    try:
+        seq, at = int(claim.get("seq", 0)), float(claim.get("at", 0))
+    except (TypeError, ValueError, OverflowError):
+        return None  # unreadable: proves nothing
+    if seq <= held or now - at >= RECORD_SECONDS:
+        return None
+    replica = claim.get("replica", replica_id)
+    return {"version": version, "token": token, "seq": seq,
+            "replica": replica if isinstance(replica, str) else replica_id,
+            "at": min(at, now)}  # fmt: skip
 
 
 def _add_listed(bloom: Bloom, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:

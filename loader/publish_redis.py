@@ -102,7 +102,6 @@ from shixin_check.loader.index_redis import (
     format_of,
     old_format_problem,
     read_meta,
-    subject_buckets,
 )
 from shixin_check.loader.listfile import (
     EXEMPTION_NAMES_NO_ONE,
@@ -415,9 +414,6 @@ def _publish_snapshot(
                     "subject_keys": info.counts.subject_keys, "bucket_bits": bits,
                     "entry_bits": ebits, "fingerprint": keyer.fingerprint, "state": "ready",
                     "format": FORMAT, "published_at": header.published_at or 0,
-                    "subject_buckets": subject_buckets(
-                        np.frombuffer(cast(Any, base.k_hi), "<u8"), bits
-                    ),
                 },
             )  # fmt: skip
             lock.check()
@@ -858,10 +854,6 @@ class _RedisDelta:
             (t, s, v): n for t, s, v, n in orjson.loads(meta.get("expiries", b"[]"))
         }
         self.subject_keys = int(meta.get("subject_keys", b"0"))
-        #: subject keys that had a value when first read: how each bucket's size changes
-        self.held: set[bytes] = set()
-        #: what the commit adds to meta ``subject_buckets`` (None: the meta counts none)
-        self.bucket_change: int | None = None if "subject_buckets" not in meta else 0
 
     def _subject_key(self, key16: bytes) -> str:
         return self.keys.subjects(self.version, bucket_of(int.from_bytes(key16[:8]), self.bits))
@@ -873,8 +865,6 @@ class _RedisDelta:
         if key16 not in self.values:
             raw = self.client.hget(self._subject_key(key16), key16)
             self.values[key16] = orjson.loads(raw) if raw else []
-            if raw:
-                self.held.add(key16)
         return self.values[key16]
 
     def _entry(self, entry_id: str) -> list[bytes] | None:
@@ -1020,22 +1010,7 @@ class _RedisDelta:
         """Every change, the stream records and the new last seq in one MULTI/EXEC,
         only if ``lock`` is still ours. ``first_seq``: these are the first ops on top of
         a snapshot without a header, and this their first seq (meta ``first_seq``)."""
-        if self.bucket_change is not None:
-            self.bucket_change = self._buckets_made()
         lock.commit(lambda pipe: self._queue(pipe, ops, source_timestamp, first_seq))
-
-    def _buckets_made(self) -> int:
-        """Subject buckets this delta makes (less those it empties): read under the load
-        lock, so no other write changes them before the commit."""
-        change: dict[str, int] = {}
-        for key16, value in self.values.items():
-            bucket = self._subject_key(key16)
-            change[bucket] = change.get(bucket, 0) + (bool(value) - (key16 in self.held))
-        pipe = self.client.pipeline(transaction=False)
-        for bucket in change:
-            pipe.hlen(bucket)
-        sizes = pipe.execute()
-        return sum((n + d > 0) - (n > 0) for n, d in zip(sizes, change.values(), strict=True))
 
     def _queue(
         self, pipe: Any, ops: list[DeltaOp], source_timestamp: float, first_seq: int
@@ -1066,8 +1041,6 @@ class _RedisDelta:
         if first_seq:
             mapping["first_seq"] = first_seq
         pipe.hset(self.keys.meta(self.version), mapping=mapping)
-        if self.bucket_change:
-            pipe.hincrby(self.keys.meta(self.version), "subject_buckets", self.bucket_change)
         pipe.publish(self.keys.announce, f"delta {self.version} {ops[-1].seq}")
 
 

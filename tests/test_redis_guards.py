@@ -1,7 +1,9 @@
 """What a Redis that lost, may lose, or never had the right data must not do: look healthy.
 
-Redis that may evict the list's keys (an ``allkeys-*`` maxmemory-policy), subject
-buckets gone, deltas Redis lost before a replica started, a snapshot built with
+Redis that may evict the list's keys (an ``allkeys-*`` maxmemory-policy under a
+maxmemory limit), deltas Redis lost before a replica started (and records that do
+not prove it: no load token, too old, copied), a follower that reads nothing that
+grows with the list each round, a snapshot built with
 another key secret, an older snapshot, a version name used again, a delta rewritten
 under an applied seq, Redis out of memory during a load, and a lost Sentinel.
 
@@ -13,26 +15,31 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
+import orjson
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shixin.v1 import check_pb2 as pb
-from shixin_check.domain.errors import IndexUnavailable
 from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.loader import index_redis
 from shixin_check.loader.index_redis import (
     PASSWORD_ENV,
     Client,
     RedisFollower,
     RedisKeys,
     connect,
+    read_meta,
 )
 from shixin_check.loader.publish_redis import publish_snapshot
 from shixin_check.server.app import LIST_CURRENT
@@ -89,6 +96,7 @@ def test_a_replica_is_not_serving_while_redis_may_evict_the_list(
     replica: RunningServer,
     client: Client,
 ) -> None:
+    client.config_set("maxmemory", "10mb")
     client.config_set("maxmemory-policy", "allkeys-lru")
     eventually(lambda: health(replica) == "NOT_SERVING", "NOT_SERVING while it may evict")
     assert "maxmemory-policy is allkeys-lru" in status(replica).not_serving_reason
@@ -98,33 +106,166 @@ def test_a_replica_is_not_serving_while_redis_may_evict_the_list(
     assert decision(replica, ZHANG, "张伟").decision == pb.DENY
 
 
-def test_subject_buckets_lost_are_noticed(
+class EvictingRedis(RedisServer):
+    """A redis-server started with ``--maxmemory-policy allkeys-lru --maxmemory 0``: an
+    evicting policy, but no limit (64-bit Redis), so nothing is ever evicted."""
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder), "--protected-mode", "no",
+             "--maxmemory-policy", "allkeys-lru", "--maxmemory", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        probe = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    probe.ping()
+                    return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+        finally:
+            probe.close()
+
+
+@pytest.fixture
+def unlimited_lru(tmp_path: Path) -> Iterator[EvictingRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH")
+    folder = tmp_path / "redis-lru"
+    folder.mkdir()
+    server = EvictingRedis(folder)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_an_allkeys_policy_without_a_maxmemory_limit_evicts_nothing(
+    unlimited_lru: EvictingRedis, serve: Serve, tmp_path: Path
+) -> None:
+    """maxmemory 0 is no limit: allkeys-lru evicts nothing, so load and replicas go on;
+    a limit set later takes the replica out of service, and removing it brings it back."""
+    url = unlimited_lru.url
+    done = load(snapshot_with_header(tmp_path / "s1.jsonl", 0, basic_rows()), url)
+    assert done.returncode == 0, done.stderr
+    server = serve(None, redis=url, replica_id="r1")
+    eventually(lambda: decision(server, ZHANG, "张伟").decision == pb.DENY, "list served")
+    assert health(server) == "SERVING"
+    with connect(url, timeout=5) as admin:
+        assert admin.config_get("maxmemory-policy")["maxmemory-policy"] in (
+            "allkeys-lru",
+            b"allkeys-lru",
+        )
+        admin.config_set("maxmemory", "10mb")
+        eventually(lambda: health(server) == "NOT_SERVING", "NOT_SERVING under a limit")
+        assert "maxmemory-policy is allkeys-lru" in status(server).not_serving_reason
+        assert codes(decision(server, ZHANG, "张伟")) == UNAVAILABLE
+        admin.config_set("maxmemory", "0")
+        eventually(lambda: health(server) == "SERVING", "SERVING without a limit")
+        assert decision(server, ZHANG, "张伟").decision == pb.DENY
+
+
+# --- what a follower asks Redis each round --------------------------------------------
+
+
+def _commands(client: Client) -> dict[str, int]:
+    """Redis's command counts (``INFO commandstats``) since the last CONFIG RESETSTAT."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def test_a_replica_never_counts_subject_buckets(
     redis_server: RedisServer,
     client: Client,
     keyer: SubjectKeyer,
     tmp_path: Path,
 ) -> None:
-    """A bucket evicted (here deleted) reads as "not listed": the count in meta tells."""
-    keys = RedisKeys()
-    version = publish_snapshot(client, write_jsonl(tmp_path / "s1.jsonl", basic_rows()), keyer)
+    """Nothing a replica asks when it takes a version, or each round after, grows with
+    the list: no EXISTS over every bucket name (seconds at 10M entries, blocking every
+    client), no SCAN, no read of a whole bucket or Bloom filter each round."""
+    publish_snapshot(client, snapshot_with_header(tmp_path / "s1.jsonl", 0, basic_rows()), keyer)
+    client.config_resetstat()
     follower = RedisFollower(redis_server.url, keyer, replica_id="by-hand")
     try:
-        follower.bucket_check_seconds = 0.0
-        follower.sync_once()
+        follower.sync_once()  # takes the version
         assert follower.health_problem() == ""
-        client.delete(keys.subjects(version, 0))  # basic_rows: one bucket
-        follower.sync_once()
-        follower.sync_once()
-        assert "lost 1 of the 1 subject buckets" in follower.health_problem()
-        view = follower.current()
-        assert view is not None
-        with pytest.raises(IndexUnavailable):
-            view.look_up(key_of(keyer, ZHANG))
-        publish_snapshot(client, write_jsonl(tmp_path / "s2.jsonl", basic_rows()), keyer)
-        follower.sync_once()
-        assert follower.health_problem() == ""
+        taken = _commands(client)
+        assert "exists" not in taken, taken
+        client.config_resetstat()
+        deadline = time.monotonic() + 2.5  # past the claims (1 s) and policy (1 s) checks
+        while time.monotonic() < deadline:
+            follower.sync_once()
+            time.sleep(0.05)
+        rounds = _commands(client)
+        grows = {"exists", "scan", "keys", "hgetall", "hkeys", "hvals", "xrange", "smembers"}
+        per_round = {name for name in rounds if name in grows}
+        # HGETALL is of P:replicas (one record per replica), never of a bucket
+        assert per_round <= {"hgetall"}, rounds
+        assert rounds.get("get", 0) <= rounds.get("hmget", 0), rounds  # P:current only
     finally:
         follower.stop()
+
+
+class _Gets:
+    """The keys a follower's client GETs directly (a Bloom filter is one such GET)."""
+
+    def __init__(self, client: Client) -> None:
+        self.keys: list[bytes | str] = []
+        self._get = client.get
+
+    def __call__(self, name: Any) -> Any:
+        self.keys.append(name)
+        return self._get(name)
+
+
+def test_a_version_not_taken_is_never_read_whole_each_round(
+    redis_server: RedisServer,
+    client: Client,
+    keyer: SubjectKeyer,
+    tmp_path: Path,
+) -> None:
+    """A version a replica cannot take (another key secret; records say Redis lost its
+    deltas) is looked at every round: its meta and the records, never its Bloom filter
+    (tens of MB at 10M entries, every 0.1 s)."""
+    keys = RedisKeys()
+    publish_snapshot(client, write_jsonl(tmp_path / "s1.jsonl", basic_rows()), keyer)
+    behind = RedisFollower(redis_server.url, keyer, replica_id="behind")
+    try:
+        behind.sync_once()
+        other = SubjectKeyer(OTHER_SECRET)
+        newer = write_jsonl(
+            tmp_path / "s2.jsonl", [*basic_rows(), person_entry("E8", ZHAO, "赵六")]
+        )
+        v2 = publish_snapshot(client, newer, other, new_key_secret=True)
+        gets = _Gets(behind.client)
+        behind.client.get = gets  # type: ignore[method-assign]
+        for _ in range(5):
+            behind.sync_once()
+        assert "another key secret" in behind.behind_problem()
+        assert keys.bloom(v2) not in gets.keys, gets.keys
+    finally:
+        behind.stop()
+    v3 = publish_snapshot(client, write_jsonl(tmp_path / "s3.jsonl", basic_rows()), keyer,
+                          new_key_secret=True)  # fmt: skip
+    token = read_meta(client, keys, v3)["load_token"].decode()
+    client.hset(keys.replicas, "r-ahead", orjson.dumps(
+        {"version": v3, "token": token, "seq": 2, "at": time.time()}))  # fmt: skip
+    late = RedisFollower(redis_server.url, keyer, replica_id="late")
+    try:
+        gets = _Gets(late.client)
+        late.client.get = gets  # type: ignore[method-assign]
+        for _ in range(5):
+            late.sync_once()
+        assert "replica r-ahead applied up to seq 2" in late.health_problem()
+        assert keys.bloom(v3) not in gets.keys, gets.keys
+    finally:
+        late.stop()
 
 
 # --- 3. deltas Redis lost before a replica started ---------------------------------
@@ -160,6 +301,119 @@ def test_a_replica_started_after_redis_lost_deltas_is_not_serving(
     for server in (replica, late):
         eventually(lambda s=server: health(s) == "SERVING", "SERVING again")
         assert decision(server, ZHAO).decision == pb.DENY
+
+
+def _take(url: str, keyer: SubjectKeyer, replica_id: str) -> RedisFollower:
+    follower = RedisFollower(url, keyer, replica_id=replica_id)
+    follower.sync_once()
+    return follower
+
+
+def test_records_and_claims_without_a_load_token_prove_nothing(
+    redis_server: RedisServer,
+    client: Client,
+    keyer: SubjectKeyer,
+    tmp_path: Path,
+) -> None:
+    """A record of older code (no token), a claim copied without one, or a record of
+    another load under the version's name says nothing of this load: the replica
+    serves. One with the load's token does count."""
+    keys = RedisKeys()
+    version = publish_snapshot(client, write_jsonl(tmp_path / "s1.jsonl", basic_rows()), keyer)
+    token = read_meta(client, keys, version)["load_token"].decode()
+    now = time.time()
+    client.hset(keys.replicas, mapping={
+        "old-code": orjson.dumps({"version": version, "seq": 3, "at": now}),
+        "empty-token": orjson.dumps({"version": version, "seq": 3, "token": "", "at": now}),
+        "other-load": orjson.dumps({"version": version, "seq": 3, "token": "0123456789abcdef",
+                                    "at": now}),
+        "copier": orjson.dumps({"version": version, "seq": 0, "token": token, "at": now,
+                                "claim": {"version": version, "seq": 4, "replica": "x",
+                                          "at": now}}),
+    })  # fmt: skip
+    follower = _take(redis_server.url, keyer, "by-hand")
+    try:
+        assert follower.health_problem() == ""
+        view = follower.current()
+        assert view is not None and view.look_up(key_of(keyer, ZHANG)) != []
+    finally:
+        follower.stop()
+    client.hset(keys.replicas, "with-token",
+                orjson.dumps({"version": version, "seq": 3, "token": token, "at": now}))  # fmt: skip
+    counted = _take(redis_server.url, keyer, "by-hand-2")
+    try:
+        assert "replica with-token applied up to seq 3" in counted.health_problem()
+    finally:
+        counted.stop()
+
+
+def test_a_claim_older_than_records_are_kept_proves_nothing(
+    redis_server: RedisServer,
+    client: Client,
+    keyer: SubjectKeyer,
+    tmp_path: Path,
+) -> None:
+    """A claim counts from the time of the record it came from, not of the record it is
+    copied into; one copied now carries that time along."""
+    keys = RedisKeys()
+    version = publish_snapshot(client, write_jsonl(tmp_path / "s1.jsonl", basic_rows()), keyer)
+    token = read_meta(client, keys, version)["load_token"].decode()
+    now = time.time()
+    old = now - index_redis.RECORD_SECONDS - 10
+    client.hset(keys.replicas, "keeper", orjson.dumps(
+        {"version": version, "seq": 0, "token": token, "at": now,
+         "claim": {"version": version, "seq": 3, "token": token, "replica": "gone",
+                   "at": old}}))  # fmt: skip
+    follower = _take(redis_server.url, keyer, "by-hand")
+    try:
+        assert follower.health_problem() == ""
+    finally:
+        follower.stop()
+    recent = now - 60
+    client.hset(keys.replicas, "keeper", orjson.dumps(
+        {"version": version, "seq": 0, "token": token, "at": now,
+         "claim": {"version": version, "seq": 3, "token": token, "replica": "gone",
+                   "at": recent}}))  # fmt: skip
+    copier = _take(redis_server.url, keyer, "copier")
+    try:
+        assert "replica gone applied up to seq 3" in copier.health_problem()
+        record = orjson.loads(client.hget(keys.replicas, "copier") or b"{}")
+        assert record["claim"]["at"] == recent, record  # the source's time, not its own
+    finally:
+        copier.stop()
+
+
+def test_claims_copied_between_replicas_lapse_with_their_source(
+    redis_server: RedisServer,
+    client: Client,
+    keyer: SubjectKeyer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two replicas re-asserting each other's copy of a claim do not keep it alive for
+    ever: it lapses RECORD_SECONDS (here 1.5 s) after the record it came from."""
+    monkeypatch.setattr(index_redis, "RECORD_SECONDS", 1.5)
+    keys = RedisKeys()
+    version = publish_snapshot(client, write_jsonl(tmp_path / "s1.jsonl", basic_rows()), keyer)
+    token = read_meta(client, keys, version)["load_token"].decode()
+    client.hset(keys.replicas, "gone", orjson.dumps(
+        {"version": version, "seq": 3, "token": token, "at": time.time()}))  # fmt: skip
+    a, b = _take(redis_server.url, keyer, "a"), _take(redis_server.url, keyer, "b")
+    try:
+        for follower in (a, b):
+            assert "replica gone applied up to seq 3" in follower.health_problem()
+        for name in (b"a", b"b"):
+            assert b'"claim"' in (client.hget(keys.replicas, name) or b"")
+        client.hdel(keys.replicas, "gone")  # collected: only the copies are left
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline and (a.health_problem() or b.health_problem()):
+            a.sync_once()
+            b.sync_once()
+            time.sleep(0.1)
+        assert a.health_problem() == "" and b.health_problem() == ""
+    finally:
+        a.stop()
+        b.stop()
 
 
 # --- 2. a lost Sentinel ---------------------------------------------------------------
