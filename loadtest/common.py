@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.loader.synthetic import write_snapshot
+from shixin_check.loader.synthetic.writer import OUTPUT_FORMAT
 
 BATCH_SIZE = 100
 
@@ -226,7 +227,9 @@ def list_status(address: str) -> pb.ListStatus:
 
 def ensure_list(data_dir: Path, entries: int, seed: int, as_of: _dt.date) -> tuple[Path, float]:
     """The cached list file, and the seconds spent writing it (0 when cached)."""
-    path = data_dir / f"list-{entries}-seed{seed}-{as_of.isoformat()}.jsonl"
+    # the generator's output format in the name: a list cached by an older one may
+    # no longer load (an organisation's exemption without its person is refused)
+    path = data_dir / f"list-{entries}-seed{seed}-{as_of.isoformat()}-g{OUTPUT_FORMAT}.jsonl"
     if path.exists():
         return path, 0.0
     log(f"writing a {entries:,}-entry synthetic list to {path}")
