@@ -55,6 +55,7 @@ import secrets
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -148,6 +149,18 @@ def _refuse_eviction(client: Client) -> None:
     problem = eviction_problem(client)
     if problem:
         raise ConfigurationError(f"nothing was loaded: {problem}")
+
+
+@contextmanager
+def _out_of_memory_said(client: Client) -> Iterator[None]:
+    """A write Redis refused for want of memory, said in one line (``_out_of_memory``)."""
+    try:
+        yield
+    except redis.ResponseError as exc:
+        said = _out_of_memory(client, exc)
+        if said is None:
+            raise
+        raise said from None
 
 
 def _out_of_memory(client: Client, exc: redis.ResponseError) -> IndexUnavailable | None:
@@ -367,13 +380,8 @@ def publish_snapshot(
         _refuse_rollback(path, header.includes_seq, _applied_seq(client, keys))
         _refuse_older(client, path, keys)
     view = build_snapshot(path, keyer, progress)  # LoadRejected before any write
-    try:
+    with _out_of_memory_said(client):
         return _publish_snapshot(client, path, keyer, keys, writers, allow_rollback, header, view)
-    except redis.ResponseError as exc:
-        said = _out_of_memory(client, exc)
-        if said is None:
-            raise
-        raise said from None
 
 
 def _publish_snapshot(
@@ -1098,13 +1106,8 @@ def publish_delta(
     if errors:
         raise LoadRejected(str(path), errors)
     _refuse_eviction(client)
-    try:
+    with _out_of_memory_said(client):
         return _publish_delta(client, path, keyer, keys, ops)
-    except redis.ResponseError as exc:
-        said = _out_of_memory(client, exc)
-        if said is None:
-            raise
-        raise said from None
 
 
 def _publish_delta(
