@@ -721,6 +721,9 @@ class RedisFollower(Background):
         self._claim: dict[str, Any] | None = None
         #: a newer version this replica cannot serve (another key secret): (source, why)
         self._behind: tuple[str, str] | None = None
+        #: the version served was loaded by older code: its exemptions are not applied
+        #: until it is loaded again (``old_format_problem``); behind meanwhile
+        self._old_format: tuple[str, str] | None = None
         self._refused_said = ""  # the last ConfigurationError logged: once, not every try
         self._token_of_view = b""  # the load token of the version in ``_view``
         self._last_claims_check = 0.0
@@ -757,7 +760,15 @@ class RedisFollower(Background):
         """Why the version served is not Redis's current one ("" when it is): a newer
         version this replica cannot read (built with another key secret). The one in
         hand still answers (health SERVING); ``shixin.v1.ListCurrent`` should not."""
-        return f"{self._behind[0]} was refused ({self._behind[1]})" if self._behind else ""
+        if self._behind:
+            return f"{self._behind[0]} was refused ({self._behind[1]})"
+        if self._old_format:
+            return f"{self._old_format[0]}: {self._old_format[1]}"
+        return ""
+
+    def _rejected(self) -> tuple[str, str] | None:
+        """(source, problem) of what keeps this replica behind, for ``replica_status``."""
+        return self._behind or self._old_format
 
     def stop(self) -> None:
         super().stop()
@@ -1009,8 +1020,10 @@ class RedisFollower(Background):
         if raw_bloom is None:
             self._cannot_follow(absent)
             return
+        old_format = None
         if format_of(meta) < FORMAT:
-            self.on_event("old-format", old_format_problem(version))
+            old_format = (f"redis version {version}", old_format_problem(version))
+            self.on_event("old-format", old_format[1])
         entries = self.client.xrange(self.keys.deltas(version))
         after = read_meta(self.client, self.keys, version) if entries else meta
         if "last_seq" not in after:
@@ -1026,6 +1039,7 @@ class RedisFollower(Background):
         self._lost = None
         self._problem = ""
         self._claim = self._behind = None
+        self._old_format = old_format
         self._refused_said = ""
         if view is not None and (view.version, self._token_of_view) != (version, self._token):
             self._left.add((view.version, self._token_of_view))
@@ -1121,6 +1135,7 @@ class RedisFollower(Background):
         self._last_beat = now
 
     def replica_status(self) -> dict[str, object]:
+        rejected = self._rejected()
         return {
             "index_backend": "redis",
             "replica_id": self.replica_id,
@@ -1130,9 +1145,9 @@ class RedisFollower(Background):
             "index_reachable": self.reachable and self._lost is None,
             "not_serving_reason": self.health_problem(),
             "redis_write_refused": self._write_problem,
-            "behind": self._behind is not None,
-            "rejected_source": self._behind[0] if self._behind else "",
-            "rejected_problem": self._behind[1] if self._behind else "",
+            "behind": rejected is not None,
+            "rejected_source": rejected[0] if rejected else "",
+            "rejected_problem": rejected[1] if rejected else "",
         }
 
     def lag(self) -> int:

@@ -310,6 +310,9 @@ def test_a_redis_version_loaded_by_older_code_applies_no_exemption(
     server = serve(None, redis=redis_server.url, replica_id="r1")
     eventually(lambda: _serving(server), "the version followed")
     assert flight(server.stub(), ZHANG) == ("DENY", "AIR_TRAVEL")  # fail closed
+    shown = status(server)  # and status says so, not only the log: behind, and why
+    assert shown.behind and shown.rejected_source == f"redis version {version}", shown
+    assert "loaded by an older shixin-check" in shown.rejected_problem
     exempt = write_jsonl(tmp_path / "d.jsonl", [
         delta(1, "EXEMPT", entry_id="E3", exemption={**FLIGHTS, "id_number": LISI})])  # fmt: skip
     with pytest.raises(LoadRejected) as refused:
@@ -318,4 +321,5 @@ def test_a_redis_version_loaded_by_older_code_applies_no_exemption(
     assert "loaded again" in refused.value.errors[0].problem
     publish_snapshot(client, write_jsonl(tmp_path / "s2.jsonl", rows), keyer)
     eventually(lambda: flight(server.stub(), ZHANG) == ("ALLOW", "EXEMPTED"), "reloaded")
+    assert not status(server).behind
     client.close()
