@@ -42,6 +42,7 @@ from shixin_check.server.auth import (
     key_hash,
     key_id,
 )
+from shixin_check.server.hitlog import log_files
 from tests.accessdata import bearer, flight, hotel, refusal
 from tests.conftest import RunningServer
 from tests.listdata import WANG, basic_rows, write_jsonl
@@ -68,7 +69,9 @@ def add(capsys: pytest.CaptureFixture[str], path: Path, principal: str, *flags: 
 
 
 def audit_records(path: Path) -> list[dict[str, object]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+    """Every record of the audit set at ``path``, rotated files too: a test running
+    across midnight in China (16:00 UTC) sees the live file renamed under it."""
+    return [orjson.loads(line) for f in log_files(path) for line in f.read_bytes().splitlines()]
 
 
 def replace_text(path: Path, text: str) -> None:
