@@ -23,7 +23,6 @@ from shixin_check.clients.calls import (
     RequestIds,
     batches,
     refuse_oversize,
-    shifted,
     with_request_ids,
 )
 from shixin_check.clients.channel import (
@@ -38,6 +37,8 @@ from shixin_check.clients.check_client import (
     DEFAULT_TIMEOUT,
     MAX_BATCH,
     answered_locally_too,
+    batch_error,
+    batch_results,
     call_error,
     log,
     prefilter_state,
@@ -45,11 +46,9 @@ from shixin_check.clients.check_client import (
 )
 from shixin_check.clients.errors import (
     CheckError,
-    ErrorDetails,
     PermissionDenied,
     Unauthenticated,
     from_answer,
-    from_info,
 )
 from shixin_check.clients.prefilter import (
     DEFAULT_MAX_AGE,
@@ -57,7 +56,6 @@ from shixin_check.clients.prefilter import (
     Download,
     NeedsFull,
     RulesNewer,
-    renumbered,
 )
 
 
@@ -255,16 +253,8 @@ class AsyncCheckClient:
                         message, timeout=self._deadline(timeout), metadata=self.metadata
                     )
                 except grpc.RpcError as exc:
-                    error = call_error(exc)
-                    if positions is not None:
-                        raise renumbered(error, positions[len(answers) :]) from exc
-                    raise shifted(error, len(answers)) from exc
-                if len(reply.results) != len(batch):
-                    raise from_info(ErrorDetails(
-                        grpc.StatusCode.INTERNAL,
-                        f"{len(batch)} checks sent, {len(reply.results)} answers received",
-                    ))  # fmt: skip
-                answers.extend(reply.results)
+                    raise batch_error(call_error(exc), len(answers), positions) from exc
+                answers.extend(batch_results(batch, reply))
         except CheckError as exc:
             with_answers(exc, answers, len(answers))
             raise

@@ -115,6 +115,27 @@ def call_error(exc: grpc.RpcError, closing: bool = False) -> CheckError:
     return error
 
 
+def batch_error(error: CheckError, answered: int, positions: Sequence[int] | None) -> CheckError:
+    """``error`` of a batch call sent after ``answered`` answers, naming the checks as
+    the caller numbers them: ``positions`` where each sent check stands in the
+    caller's list (the prefilter answered the others), else in order from ``answered``."""
+    if positions is not None:
+        return renumbered(error, positions[answered:])
+    return shifted(error, answered)
+
+
+def batch_results(
+    batch: Sequence[pb.CheckRequest], reply: pb.CheckBatchResponse
+) -> Sequence[pb.CheckResponse]:
+    """The answers of a batch call, one for each check sent, or ``CheckError`` (INTERNAL)."""
+    if len(reply.results) != len(batch):
+        raise from_info(ErrorDetails(
+            grpc.StatusCode.INTERNAL,
+            f"{len(batch)} checks sent, {len(reply.results)} answers received",
+        ))  # fmt: skip
+    return reply.results
+
+
 def with_answers(
     error: CheckError, answers: list[pb.CheckResponse], first_unanswered: int
 ) -> CheckError:
@@ -407,15 +428,8 @@ class CheckClient:
                     )
                 except grpc.RpcError as exc:
                     error = call_error(exc, self._closing.is_set())
-                    if positions is not None:
-                        raise renumbered(error, positions[len(answers) :]) from exc
-                    raise shifted(error, len(answers)) from exc
-                if len(reply.results) != len(batch):
-                    raise from_info(ErrorDetails(
-                        grpc.StatusCode.INTERNAL,
-                        f"{len(batch)} checks sent, {len(reply.results)} answers received",
-                    ))  # fmt: skip
-                answers.extend(reply.results)
+                    raise batch_error(error, len(answers), positions) from exc
+                answers.extend(batch_results(batch, reply))
         except CheckError as exc:
             with_answers(exc, answers, len(answers))
             raise
