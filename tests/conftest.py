@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
+import orjson
 import pytest
 import redis
 
@@ -26,12 +27,19 @@ from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.rules import Policy
 from shixin_check.server.app import Service
+from shixin_check.server.hitlog import log_files
 from shixin_check.server.settings import ServeSettings
 
 SECRET = b"tests-only-secret-0123456789abcdef"
 
 #: Fixtures shared by the access-control tests (``keys``, ``guarded``).
 pytest_plugins = ("tests.accessdata",)
+
+
+def log_records(path: Path) -> list[dict[str, object]]:
+    """Every record of the hit or audit log set at ``path``, rotated files too: a test
+    running across midnight in China (16:00 UTC) sees the live file renamed under it."""
+    return [orjson.loads(line) for f in log_files(path) for line in f.read_bytes().splitlines()]
 
 
 @pytest.fixture

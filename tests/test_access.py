@@ -19,7 +19,7 @@ import pytest
 from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.check_client import CheckClient, build_request
 from tests.accessdata import flight, hotel, refusal
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, log_records
 from tests.listdata import WANG, ZHANG, ZHAO, basic_rows, rid, write_jsonl
 from tests.waiting import WAIT_S
 
@@ -63,7 +63,7 @@ def test_refused_calls_are_audited(
     with CheckClient(guarded.address, api_key=keys["hotel"]) as client:
         refusal(lambda: client.check(flight(ZHANG)))
         client.check(hotel(ZHANG))
-    records = [orjson.loads(x) for x in (tmp_path / "audit.log").read_bytes().splitlines()]
+    records = log_records(tmp_path / "audit.log")
     outcomes = [(r["caller"], r["outcome"]) for r in records]
     assert outcomes == [
         ("anonymous", "UNAUTHENTICATED"),
@@ -113,7 +113,7 @@ def test_enumeration_is_flagged_and_throttled(serve: Serve, tmp_path: Path) -> N
     assert "distinct identities" in error.details()
     flags = stub.GetListStatus(pb.ListStatusRequest()).enumeration_flags
     assert dict(flags) == {"anonymous": 1}
-    records = [orjson.loads(x) for x in (tmp_path / "audit.log").read_bytes().splitlines()]
+    records = log_records(tmp_path / "audit.log")
     assert [r["caller"] for r in records if r["method"] == "ENUMERATION_SUSPECTED"] == ["anonymous"]
 
 

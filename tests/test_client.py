@@ -41,7 +41,7 @@ from shixin_check.clients.flows import (
 )
 from shixin_check.clients.names import UnknownName, enum_name
 from shixin_check.server.auth import add_key
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, log_records
 from tests.listdata import (
     ACME_USCC,
     LI,
@@ -112,7 +112,7 @@ def without_check_id(answer: pb.CheckResponse) -> pb.CheckResponse:
 
 def audit_outcomes(path: Path, method: str) -> list[str]:
     time.sleep(0.1)  # the audit writer appends as it goes
-    records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    records = log_records(path)
     return [r["outcome"] for r in records if r["method"] == method]
 
 

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
-import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -29,7 +28,7 @@ from shixin_check.clients.aio import AsyncCheckClient
 from shixin_check.clients.channel import RetryPolicy
 from shixin_check.clients.check_client import CheckClient, build_request
 from shixin_check.clients.errors import CheckError, ServiceUnavailable
-from tests.conftest import RunningServer, settings_for, start_server
+from tests.conftest import RunningServer, log_records, settings_for, start_server
 from tests.listdata import ZHANG, ZHAO, basic_rows, write_jsonl
 from tests.processes import ServeProcess
 
@@ -60,7 +59,7 @@ def server(tmp_path: Path) -> Iterator[ServeProcess]:
 
 def decided(audit: Path) -> int:
     """The checks a server decided (its audit log's CheckConsumption records)."""
-    records = [orjson.loads(line) for line in audit.read_bytes().splitlines()]
+    records = log_records(audit)
     return sum(1 for r in records if r["method"] == "CheckConsumption")
 
 

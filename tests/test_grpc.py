@@ -8,14 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.check_client import build_request
-from tests.conftest import RunningServer
+from shixin_check.server.hitlog import log_files
+from tests.conftest import RunningServer, log_records
 from tests.listdata import (
     ACME_USCC,
     LI,
@@ -559,8 +559,9 @@ def test_hit_log_records_hits_masked(server: RunningServer, tmp_path: Path) -> N
     denied = stub.CheckConsumption(
         rail(ZHANG, "张伟", request_id="hit", merchant_id="m-12306", terminal_id="t-7")
     )
-    raw = (tmp_path / "hits.jsonl").read_bytes()
-    records = [orjson.loads(line) for line in raw.splitlines()]
+    hits = tmp_path / "hits.jsonl"
+    records = log_records(hits)
+    raw = b"".join(f.read_bytes() for f in log_files(hits))
     assert [r["request_id"] for r in records] == ["hit"]
     [hit] = records
     assert hit["check_id"] == denied.check_id

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
-import orjson
 import pytest
 
 from shixin.v1 import check_pb2 as pb
@@ -21,7 +20,7 @@ from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.clients.check_client import build_request
 from shixin_check.domain.identity import mask_id
 from shixin_check.domain.index import ListedMatch, VersionInfo
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, log_records
 from tests.listdata import LI, ZHANG, ZHAO, basic_rows, write_jsonl
 
 CHECK_ID = re.compile(r"check_id ([0-9a-f]{8}-[0-9a-f]+)")
@@ -117,7 +116,7 @@ def test_an_unexpected_exception_is_internal_logged_once_and_audited(
     assert f"subject {subject}" in text
     assert "Traceback" in caplog.text and "index backend exploded" in caplog.text
     assert not any(n in caplog.text for n in (ZHANG, LI))
-    audited = orjson.loads((tmp_path / "audit.jsonl").read_bytes().splitlines()[-1])
+    audited = log_records(tmp_path / "audit.jsonl")[-1]
     assert (audited["method"], audited["outcome"]) == (method, "INTERNAL")
     assert audited["check_id"] == check_id
 

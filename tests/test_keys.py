@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import orjson
 import pytest
 
 from shixin.v1 import check_pb2 as pb
@@ -42,9 +41,8 @@ from shixin_check.server.auth import (
     key_hash,
     key_id,
 )
-from shixin_check.server.hitlog import log_files
 from tests.accessdata import bearer, flight, hotel, refusal
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, log_records
 from tests.listdata import WANG, basic_rows, write_jsonl
 from tests.processes import ServeProcess
 from tests.waiting import eventually
@@ -68,12 +66,6 @@ def add(capsys: pytest.CaptureFixture[str], path: Path, principal: str, *flags: 
     return out.strip()
 
 
-def audit_records(path: Path) -> list[dict[str, object]]:
-    """Every record of the audit set at ``path``, rotated files too: a test running
-    across midnight in China (16:00 UTC) sees the live file renamed under it."""
-    return [orjson.loads(line) for f in log_files(path) for line in f.read_bytes().splitlines()]
-
-
 def replace_text(path: Path, text: str) -> None:
     """Write ``path`` in one step, so a watching server sees one change, not two."""
     temporary = path.with_name(path.name + ".new")
@@ -83,7 +75,7 @@ def replace_text(path: Path, text: str) -> None:
 
 def reloads(path: Path) -> list[str]:
     """The outcomes of the keys reloads in the audit log at ``path``."""
-    return [str(r["outcome"]) for r in audit_records(path) if r["method"] == "KEYS_RELOAD"]
+    return [str(r["outcome"]) for r in log_records(path) if r["method"] == "KEYS_RELOAD"]
 
 
 # --- bursts that can be met ---------------------------------------------------
@@ -131,7 +123,7 @@ def test_a_batch_over_the_burst_is_refused_with_the_limit_named(
     # The refused batch took no tokens: a batch of the burst goes through at once.
     at_most = pb.CheckBatchRequest(checks=[hotel()] * 500)
     assert len(stub.CheckConsumptionBatch(at_most, metadata=bearer(key)).results) == 500
-    outcomes = [r["outcome"] for r in audit_records(tmp_path / "audit.log")]
+    outcomes = [r["outcome"] for r in log_records(tmp_path / "audit.log")]
     assert outcomes == ["FAILED_PRECONDITION", "OK"]
 
 
