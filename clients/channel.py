@@ -168,6 +168,9 @@ def channel_options(
 
 #: what an API key may hold: a header value grpcio sends (printable ASCII, no space)
 API_KEY = re.compile(r"[!-~]+")
+#: The longest api_key sent: this service's keys are 46 characters, and grpc refuses
+#: metadata over 16 KiB with a bare RESOURCE_EXHAUSTED that retries cannot help.
+API_KEY_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,11 @@ class Credentials:
         # grpcio refuses such a header only when a call is made, with INTERNAL
         if self.api_key and not API_KEY.fullmatch(self.api_key):
             raise ValueError("api_key: must be printable ASCII without spaces")
+        if len(self.api_key) > API_KEY_MAX:
+            raise ValueError(
+                f"api_key: is {len(self.api_key)} characters long; at most {API_KEY_MAX}"
+                " are sent (keys from `shixin-check keys add` are 46)"
+            )
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()

@@ -616,3 +616,16 @@ def test_an_api_key_grpc_cannot_send_is_refused_when_the_client_is_made(key: str
 
     with pytest.raises(ValueError, match="api_key: must be printable ASCII without spaces"):
         CheckClient("127.0.0.1:1", api_key=key)
+
+
+def test_an_api_key_too_long_for_grpc_metadata_is_refused_when_the_client_is_made() -> None:
+    """grpc refused a 20,000-character key at each call with a bare RESOURCE_EXHAUSTED
+    (metadata over 16 KiB), which the client retried for a second and raised as
+    LimitExceeded with no reason."""
+    from shixin_check.clients.aio import AsyncCheckClient
+    from shixin_check.clients.check_client import CheckClient
+
+    for make in (CheckClient, AsyncCheckClient):
+        with pytest.raises(ValueError, match="api_key: is 20000 characters long; at most 1024"):
+            make("127.0.0.1:1", api_key="k" * 20000)
+    CheckClient("127.0.0.1:1", api_key="k" * 1024).close()
