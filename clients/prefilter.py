@@ -35,6 +35,13 @@ What makes a local answer safe:
   ``ServiceUnavailable``); one the server refuses (the key lost the role, no
   filter in Redis mode) or a download that does not check out drops the
   filter at once.
+- **Stale when the server's are.** A server run with ``--max-list-age``
+  says in the header when the list goes stale (``stale_since``: its feed time
+  plus that age); once this machine's wall clock (``time.time()``, not the
+  filter's ``clock``) reaches it, every local answer carries ``stale``, as the
+  server's answers do, and so does its audit record. A refresh brings the time
+  of the list served then. No ``stale_since`` (no maximum age, or an older
+  server): no staleness known, local answers are never stale.
 
 What a gateway holds: the filter and the prefilter key of its header. With
 them it can test an identity it already knows (probably listed, at the
@@ -53,9 +60,11 @@ import datetime as _dt
 import hashlib
 import itertools
 import logging
+import math
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +113,8 @@ class LocalFilter:
     items: int
     #: the answer of every local check of this version, less its ids
     answer: pb.CheckResponse
+    #: ``time.time()`` from which local answers are stale (header.stale_since); inf: never
+    stale_at: float
 
     def clears(self, query: Query) -> bool:
         """True when none of the keys the server would look up can be in the filter."""
@@ -122,6 +133,8 @@ class Download:
     def __init__(self) -> None:
         self.header: pb.PrefilterHeader | None = None
         self.data = bytearray()
+        #: header.stale_since in unix seconds (inf: none given)
+        self.stale_at = math.inf
 
     def add(self, chunk: pb.PrefilterChunk) -> None:
         if chunk.HasField("header"):
@@ -139,6 +152,8 @@ class Download:
                 raise RulesNewer(header.lookup_rules)
             if not 0 <= header.data_bytes <= MAX_DOWNLOAD_BYTES:
                 raise _corrupt(f"{header.data_bytes} bytes announced")
+            if header.stale_since:
+                self.stale_at = _instant(header.stale_since)
             self.header = header
             return
         if self.header is None:
@@ -155,6 +170,17 @@ class Download:
         if len(data) != header.data_bytes or hashlib.sha256(data).digest() != header.sha256:
             raise _corrupt(f"{len(data)} bytes that do not hash to the header's sha256")
         return header, data
+
+
+def _instant(text: str) -> float:
+    """``stale_since`` (RFC 3339 with an offset) in unix seconds."""
+    try:
+        moment = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise _corrupt(f"header.stale_since: {text!r} is not an RFC 3339 time with an offset")
+    return moment.timestamp()
 
 
 def _corrupt(problem: str) -> CheckError:
@@ -190,8 +216,8 @@ class LocalAudit:
 
     Each record: time (RFC 3339, UTC), check_id, request_id, list_version,
     masked_id (never the number), channel, decision, codes, merchant_id,
-    terminal_id, filter_age_s, decided_locally. Appended and flushed as each
-    answer is handed out, from any thread.
+    terminal_id, filter_age_s, stale (as the answer's), decided_locally.
+    Appended and flushed as each answer is handed out, from any thread.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -306,7 +332,7 @@ class Prefilter:
         )  # fmt: skip
         self.filter = LocalFilter(
             header.version, header.base_version, bloom, keyer,
-            frozenset(header.channels), header.items, answer,
+            frozenset(header.channels), header.items, answer, download.stale_at,
         )  # fmt: skip
         self.confirmed_at = started
         self.last_error = None
@@ -337,10 +363,12 @@ class Prefilter:
     def decide(self, request: pb.CheckRequest) -> LocalAnswer | None:
         """The local answer to ``request``, or None: ask the server."""
         held = self.trusted()
-        return None if held is None else self._decide(held, request, self.age() or 0.0)
+        if held is None:
+            return None
+        return self._decide(held, request, self.age() or 0.0, time.time() >= held.stale_at)
 
     def _decide(
-        self, held: LocalFilter, request: pb.CheckRequest, age: float
+        self, held: LocalFilter, request: pb.CheckRequest, age: float, stale: bool
     ) -> LocalAnswer | None:
         channel = _CHANNEL_NAMES.get(request.channel)
         if channel is None or request.channel not in held.channels:
@@ -356,6 +384,8 @@ class Prefilter:
         response.CopyFrom(held.answer)  # a template: copying is cheaper than building
         response.request_id = request.request_id
         response.check_id = check_id
+        if stale:  # rare: a fresh answer pays one test
+            response.stale = True
         record = {
             "check_id": check_id,
             "request_id": request.request_id,
@@ -367,21 +397,23 @@ class Prefilter:
             "merchant_id": request.merchant_id,
             "terminal_id": request.terminal_id,
             "filter_age_s": round(age, 3),
+            "stale": stale,
             "decided_locally": True,
         }
         return LocalAnswer(response, record)
 
     def split(self, requests: Sequence[pb.CheckRequest]) -> Split:
         """``requests`` as local answers and the rest, to send, with their positions
-        (one filter and one age for the whole batch)."""
+        (one filter, one age and one staleness for the whole batch)."""
         answers: list[pb.CheckResponse | None] = []
         local: list[LocalAnswer] = []
         send: list[pb.CheckRequest] = []
         positions: list[int] = []
         held = self.trusted()
         age = self.age() or 0.0
+        stale = held is not None and time.time() >= held.stale_at
         for i, request in enumerate(requests):
-            found = None if held is None else self._decide(held, request, age)
+            found = None if held is None else self._decide(held, request, age, stale)
             if found is None:
                 answers.append(None)
                 send.append(request)

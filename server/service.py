@@ -600,6 +600,10 @@ class ConsumptionCheckService:
                 request.known_version,  # type: ignore[union-attr]
                 channels,
             )
+            # when the gateway's local answers turn stale, as the server's do
+            stale_since = self.engine.stale_since(view.info)
+            if stale_since is not None:
+                header.stale_since = _rfc3339(stale_since)
             if self.audit is not None:
                 self._audit(context, "GetPrefilter", principal, "", "OK", started, 0)
         except Exception as exc:  # noqa: BLE001
