@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +30,9 @@ from shixin_check.server.settings import (
     BY_KEY,
     CONFIG_ENV,
     DEFAULT_LISTEN,
+    MAX_BATCH,
     add_options,
+    integer,
     resolve_args,
     secret_from,
     serve_settings,
@@ -140,6 +143,11 @@ def _parser() -> argparse.ArgumentParser:
                         "flags' names as keys, e.g. {\"channel\": \"RAIL\", \"id\": \"...\", "
                         "\"train\": \"G1234\", \"seat\": \"SECOND_CLASS\"}; flags given here are "
                         "defaults for every line; one answer per line")  # fmt: skip
+    # a flag only, like --batch beside it: a SHIXIN_ variable and config key need a row
+    # of settings.OPTIONS (and this line gone)
+    p.add_argument("--batch-size", metavar="N",
+                   help=f"--batch: checks per call, 1..{MAX_BATCH} (default {MAX_BATCH}); "
+                        "at most the burst of a key made with keys add --burst")  # fmt: skip
 
     p = sub.add_parser("gen-data", help="write a realistic synthetic list (JSON Lines)")
     add_options(p, "gen-data")
@@ -152,8 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     return top
 
 
-def _client(args: argparse.Namespace) -> CheckClient:
-    from shixin_check.clients.channel import API_KEY
+def _client(args: argparse.Namespace, batch_size: int = MAX_BATCH) -> CheckClient:
+    from shixin_check.clients.channel import API_KEY, API_KEY_MAX
     from shixin_check.clients.check_client import CheckClient
     from shixin_check.server.settings import check_pem
 
@@ -164,6 +172,11 @@ def _client(args: argparse.Namespace) -> CheckClient:
         raise ConfigurationError("--target: is empty; give HOST:PORT")
     if args.api_key and not API_KEY.fullmatch(args.api_key):  # named as a flag here
         raise ConfigurationError("--api-key: must be printable ASCII without spaces")
+    if len(args.api_key or "") > API_KEY_MAX:
+        raise ConfigurationError(
+            f"--api-key: is {len(args.api_key)} characters long; at most {API_KEY_MAX} are sent"
+            " (keys from `shixin-check keys add` are 46)"
+        )
     if args.ca:
         check_pem(f"--ca {args.ca}", ca=Path(args.ca))
     if bool(args.client_cert) != bool(args.client_key):
@@ -175,7 +188,23 @@ def _client(args: argparse.Namespace) -> CheckClient:
     return CheckClient(
         args.target, api_key=args.api_key, root_ca=read(args.ca),
         client_cert=read(args.client_cert), client_key=read(args.client_key),
+        batch_size=batch_size,
     )  # fmt: skip
+
+
+def _batch_size(args: argparse.Namespace) -> int:
+    """``--batch-size``, read as the settings read an integer option."""
+    if args.batch_size is None:
+        return MAX_BATCH
+    try:
+        size = integer(1, MAX_BATCH).read(args.batch_size)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"--batch-size: {args.batch_size!r} is {exc}; accepted: checks per call, an "
+            f"integer in 1..{MAX_BATCH} (at most the burst of your key)"
+        ) from None
+    assert isinstance(size, int)
+    return size
 
 
 #: Each purchase flag of ``check``: (its dest, the proto field, the channels it belongs to).
@@ -298,14 +327,15 @@ def _line_args(args: argparse.Namespace, raw: bytes) -> argparse.Namespace:
     return line
 
 
-def _batch_requests(args: argparse.Namespace) -> list[Any]:
-    """Every request of the ``--batch`` file, in order; a bad line stops it all, named."""
+def _batch_requests(args: argparse.Namespace) -> tuple[list[Any], list[int]]:
+    """Every request of the ``--batch`` file, in order, and the line each is on; a bad
+    line stops it all, named."""
     import contextlib
 
     source = args.batch
     opened = (contextlib.nullcontext(sys.stdin.buffer) if source == "-"
               else Path(source).open("rb"))  # fmt: skip
-    requests = []
+    requests, numbers = [], []
     with opened as lines:
         for number, raw in enumerate(lines, 1):
             if not raw.strip():
@@ -314,7 +344,55 @@ def _batch_requests(args: argparse.Namespace) -> list[Any]:
                 requests.append(_check_request(_line_args(args, raw)))
             except ConfigurationError as exc:
                 raise ConfigurationError(f"{source}:line {number}: {exc}") from None
-    return requests
+            numbers.append(number)
+    return requests, numbers
+
+
+#: a check of a batch as the server (and the client library) names it: ``checks[i].field``
+#: or ``checks[i]: problem``
+_CHECK_INDEX = re.compile(r"^checks\[(\d+)\](?:\.|: )")
+
+#: statuses of a call the server refused before deciding any of its checks; after any
+#: other (a deadline, a dropped connection) some may have been decided all the same
+_REFUSED = frozenset(
+    ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "UNAUTHENTICATED",
+     "RESOURCE_EXHAUSTED")
+)  # fmt: skip
+
+
+def _batch_refusal(exc: Any, source: str, numbers: list[int]) -> str:
+    """The one line for a refused ``--batch`` call: the status, its problem with
+    ``checks[i]`` named ``FILE:line N``, and, when earlier calls were answered
+    (``exc.answers``, printed already), which lines those were and which were not."""
+    from shixin_check.clients.errors import CheckError
+
+    def at_line(text: str) -> str:
+        found = _CHECK_INDEX.match(text)
+        if found is None or int(found[1]) >= len(numbers):
+            return text
+        return f"{source}:line {numbers[int(found[1])]}: {text[found.end() :]}"
+
+    code = exc.code().name
+    said = at_line(exc.details() or "")
+    if isinstance(exc, CheckError):
+        for field, problem in exc.field_violations:  # any the message does not say
+            violation = at_line(f"{field}: {problem}" if field else problem)
+            if violation not in said:
+                said += f"; {violation}"
+    first = exc.first_unanswered if isinstance(exc, CheckError) else 0
+    if not first:
+        return f"{code}: {said}"
+
+    def lines(start: int, end: int) -> str:
+        return f"line {start}" if start == end else f"lines {start}-{end}"
+
+    left = "not checked" if code in _REFUSED else "not answered (some may have been checked)"
+    named, tail = ("standard input", "") if source == "-" else (source, f" {source}")
+    return (
+        f"{code}: {said}; answered above: {lines(numbers[0], numbers[first - 1])} of {named}; "
+        f"{left}: {lines(numbers[first], numbers[-1])}, check only those again "
+        f"(tail -n +{numbers[first]}{tail})"
+    )
 
 
 def _print_decision(answer: Any) -> None:
@@ -340,17 +418,38 @@ def _print_decision(answer: Any) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     import grpc
+
+    size = _batch_size(args)  # a wrong value is refused even without --batch
+    if not args.batch:
+        request = _check_request(args)
+        try:
+            with _client(args) as client:
+                answer = client.check(request)
+        except grpc.RpcError as exc:  # clients.errors.CheckError: the status and its message
+            print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 2
+        _print_answers(args, [answer])
+        return 0
+    requests, numbers = _batch_requests(args)
+    try:
+        with _client(args, size) as client:
+            answers = client.check_batch(requests)
+    except grpc.RpcError as exc:
+        # the calls before the refused one were decided and logged: show their answers,
+        # so that only the rest is checked again
+        _print_answers(args, getattr(exc, "answers", []))
+        sys.stdout.flush()
+        print(_batch_refusal(exc, args.batch, numbers), file=sys.stderr)
+        return 2
+    _print_answers(args, answers)
+    return 0
+
+
+def _print_answers(args: argparse.Namespace, answers: list[Any]) -> None:
     from google.protobuf import json_format
 
     from shixin.v1 import check_pb2 as pb
 
-    requests = _batch_requests(args) if args.batch else [_check_request(args)]
-    try:
-        with _client(args) as client:
-            answers = client.check_batch(requests) if args.batch else [client.check(requests[0])]
-    except grpc.RpcError as exc:  # clients.errors.CheckError: the status and its message
-        print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 2
     for answer in answers:
         if args.json:
             print(json_format.MessageToJson(answer, ensure_ascii=False,
@@ -363,7 +462,6 @@ def cmd_check(args: argparse.Namespace) -> int:
                   f"{stale}")  # fmt: skip
         else:
             _print_decision(answer)
-    return 0
 
 
 def cmd_load(args: argparse.Namespace) -> int:

@@ -250,6 +250,7 @@ def test_tls_files_that_cannot_be_used_are_named_before_anything_starts(
         (("--ca", str(listed)), f"--ca {listed}: {listed} holds no PEM block"),
         (("--client-cert", str(pki / "rail-gw.pem")), "--client-cert and --client-key go together"),
         (("--api-key", "k\u4e2d"), "--api-key: must be printable ASCII without spaces"),
+        (("--api-key", "k" * 2000), "--api-key: is 2000 characters long; at most 1024"),
         (("--target", " "), "--target: is empty"),
     ):
         done = run_cli("check", "--channel", "HOTEL", "--id", ZHANG, "--target",
