@@ -198,12 +198,13 @@ def judge(
         elif m.status is EntryStatus.SUSPENDED:
             others.append(MatchOutcome(m, EntryStatus.SUSPENDED))
             lifted.append(LISTING_SUSPENDED)
-        elif m.exemptions and any(e.covers(channel, today) for e in m.exemptions):
-            others.append(MatchOutcome(m, EntryStatus.ACTIVE))
-            lifted.append(EXEMPTED)
         elif restriction is None or (debtor_only and m.role is not Role.DEBTOR):
             others.append(MatchOutcome(m, EntryStatus.ACTIVE))
             lifted.append(NOT_RESTRICTED_CLASS)
+        elif m.exemptions and any(e.covers(channel, today) for e in m.exemptions):
+            # only where it lifts a restriction: a hard seat needs no court's permission
+            others.append(MatchOutcome(m, EntryStatus.ACTIVE))
+            lifted.append(EXEMPTED)
         else:
             restricting.append(MatchOutcome(m, EntryStatus.ACTIVE))
 

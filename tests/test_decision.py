@@ -253,6 +253,22 @@ def test_exemption_for_the_channel_covering_today_allows(first: int, last: int) 
 
 
 @pytest.mark.parametrize(
+    ("train", "seat"),
+    [("K1", RailSeat.HARD_SEAT), ("K1", RailSeat.HARD_SLEEPER), ("D301", RailSeat.SECOND_CLASS)],
+)
+def test_an_exemption_is_not_named_for_a_purchase_nothing_restricts(
+    train: str, seat: RailSeat
+) -> None:
+    """A hard seat needs no court's permission: the clerk was told 经人民法院准许... and
+    the quarterly report counted it as an exemption relied on."""
+    match = listed(exemptions=(Exemption(Channel.RAIL, TODAY - 5, TODAY + 5),))
+    verdict = check(match, q=query(RailTicket(train, seat)))
+    assert verdict.decision is Decision.ALLOW
+    assert verdict.reasons == (NOT_RESTRICTED_CLASS,)
+    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE),)
+
+
+@pytest.mark.parametrize(
     "exemption",
     [
         pytest.param(Exemption(Channel.AIRLINE, TODAY - 5, TODAY + 5), id="other-channel"),
@@ -580,8 +596,8 @@ def test_deny_iff_some_match_is_active_unexpired_not_exempt_and_purchase_restric
         lifted = {
             EXPIRED if m.valid_until < TODAY
             else LISTING_SUSPENDED if m.status is EntryStatus.SUSPENDED
-            else EXEMPTED if m not in live
-            else NOT_RESTRICTED_CLASS
+            else EXEMPTED if restricted and m not in live  # an exemption lifts a restriction
+            else NOT_RESTRICTED_CLASS  # nothing to lift: a hard seat needs no permission
             for m in found
         }  # fmt: skip
         assert len(verdict.reasons) == len(lifted)
