@@ -41,6 +41,16 @@ is an inter-process lock (``flock`` on ``lock`` in the folder) under which a
 loader finds a snapshot's compiled version or builds and compiles it, so a
 snapshot is compiled once, by the first process to get there; the others wait,
 then map what it wrote.
+
+Beside each version, ``applied-<stamp>`` records the delta ops applied on top of
+it, by any process of the store (``IndexStore.applied``; ``loader.versions`` says
+what a line holds): a delta file rewritten in place under seqs already applied
+is refused by every process, a restart and a worker started in a dead one's
+place included, never served as rewritten by one of them. It is read and
+appended under its own ``flock`` (not the store's ``lock``, held for as long as
+a snapshot compiles), each append one line ending in a newline, fsynced before
+the ops are served. A last line without its newline was cut by a writer that
+died before serving it: it is ignored, and cut off before the next append.
 """
 
 from __future__ import annotations
@@ -55,7 +65,7 @@ import shutil
 import time
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
@@ -88,6 +98,8 @@ _BYTES = ("m_role", "m_mask", "e_type", "e_status", "text")
 KEEP = 1
 #: the lock file of a store (not ``v-*``: never taken for a version)
 LOCK_NAME = "lock"
+#: the record of the delta ops applied on top of a version: this, then its stamp
+APPLIED_PREFIX = "applied-"
 
 
 def snapshot_stamp(path: Path, fingerprint: str) -> str:
@@ -363,12 +375,95 @@ assert {f.name for f in fields(Base)} == {
 }, "a Base column is missing from the compiled format"
 
 
+class AppliedRecord:
+    """The record of the delta ops applied on top of one version, held locked.
+
+    ``lines``: its complete lines (each without its newline) from where a reader
+    got to before (``since``: the record's inode and the byte it read to), or
+    from its start when that was another file (replaced or removed since) or
+    longer than this one; ``start`` says which; ``since`` is where this read got
+    to. ``usable`` is False when it could not be opened, locked or read (said
+    once by the store): it then holds nothing, and ``add`` writes nothing.
+    """
+
+    def __init__(
+        self, path: Path, fd: int | None, since: tuple[int, int], say: Callable[[str], None]
+    ) -> None:
+        self.path = path
+        self._fd = fd
+        self._say = say
+        self.lines: list[bytes] = []
+        self.start = self.end = self.inode = 0
+        if fd is not None:
+            self._read(since)
+
+    @property
+    def since(self) -> tuple[int, int]:
+        return self.inode, self.end
+
+    @property
+    def usable(self) -> bool:
+        return self._fd is not None
+
+    def report(self, problem: str) -> None:
+        """Say what is wrong with the record (once: the store says each problem once)."""
+        self._say(problem)
+
+    def _read(self, since: tuple[int, int]) -> None:
+        assert self._fd is not None
+        inode, start = since
+        try:
+            st = os.fstat(self._fd)
+            if st.st_ino != inode or start > st.st_size:  # another file: all of it
+                start = 0
+            raw = os.pread(self._fd, st.st_size - start, start) if st.st_size > start else b""
+        except OSError as exc:
+            self._say(f"cannot read {self.path.name} ({exc}): taken as holding nothing")
+            self._fd = None
+            return
+        complete = raw.rfind(b"\n") + 1  # a last line without its newline is torn
+        self.lines = raw[:complete].splitlines()
+        self.start, self.end, self.inode = start, start + complete, st.st_ino
+
+    def every_line(self) -> list[bytes]:
+        """All its complete lines, from its start (whatever ``lines`` holds)."""
+        if self.start == 0 or self._fd is None:
+            return self.lines
+        try:
+            raw = os.pread(self._fd, self.end, 0)
+        except OSError as exc:
+            self._say(f"cannot read {self.path.name} ({exc}): taken as holding nothing")
+            return []
+        return raw[: raw.rfind(b"\n") + 1].splitlines()
+
+    def add(self, lines: list[bytes]) -> None:
+        """Append ``lines`` (one record line each, no newline), durable on return. A
+        torn last line is cut off first; a failed write is cut off again."""
+        if self._fd is None or not lines:
+            return
+        data = b"".join(line + b"\n" for line in lines)
+        try:
+            os.ftruncate(self._fd, self.end)  # a torn line (its writer died unserved)
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+            os.fsync(self._fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.end)
+            self._say(f"cannot write {self.path.name} ({exc}): a restart, or a worker started in "
+                      "a dead one's place, may not know the delta ops applied since")  # fmt: skip
+            return
+        self.end += len(data)
+
+
 class IndexStore:
     """A folder of compiled versions, one per snapshot stamp; the newest few are kept."""
 
     def __init__(self, folder: Path, fingerprint: str) -> None:
         self.folder = folder
         self.fingerprint = fingerprint
+        self._said: set[str] = set()  # what is wrong with a record, said once each
 
     def path_for(self, stamp: str) -> Path:
         return self.folder / f"v-{stamp}"
@@ -402,6 +497,42 @@ class IndexStore:
         finally:
             os.close(fd)  # releases the lock
 
+    def applied_path(self, stamp: str) -> Path:
+        return self.folder / f"{APPLIED_PREFIX}{stamp}"
+
+    @contextlib.contextmanager
+    def applied(self, stamp: str, since: tuple[int, int] = (0, 0)) -> Iterator[AppliedRecord]:
+        """Hold the record of the delta ops applied on top of ``stamp``'s version, locked
+        (``flock`` on the record itself) from reading it to appending to it, so that of
+        two processes the second reads what the first applied before it decides.
+
+        A record that cannot be made (a folder gone or read-only), locked or read is
+        said once and holds nothing: the ops are served all the same.
+        """
+        path = self.applied_path(stamp)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            self._say(f"cannot open {path.name} ({exc}): a restart, or a worker started in a dead "
+                      "one's place, may not know the delta ops applied")  # fmt: skip
+            yield AppliedRecord(path, None, since, self._say)
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                self._say(f"cannot lock {path.name} ({exc}): taken as holding nothing")
+                yield AppliedRecord(path, None, since, self._say)
+                return
+            yield AppliedRecord(path, fd, since, self._say)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _say(self, problem: str) -> None:
+        if problem not in self._said:
+            self._said.add(problem)
+            log.warning("index folder %s: %s", self.folder, problem)
+
     def find(self, stamp: str) -> Path | None:
         path = self.path_for(stamp)
         return path if (path / "meta.json").is_file() else None
@@ -432,6 +563,11 @@ class IndexStore:
         for old in others[KEEP:]:
             with contextlib.suppress(OSError):  # mapped elsewhere: unlinking keeps the pages
                 shutil.rmtree(old)
+        for record in self.folder.glob(f"{APPLIED_PREFIX}*"):  # of a version gone
+            stamp = record.name.removeprefix(APPLIED_PREFIX)
+            if self.path_for(stamp) != keep and not self.path_for(stamp).is_dir():
+                with contextlib.suppress(OSError):
+                    record.unlink()
 
 
 def _alive(pid: int) -> bool:

@@ -8,10 +8,14 @@ whole as well, then applied on top of the current version as a new overlay.
 Ops whose ``seq`` was already applied are skipped, so replaying a file is
 harmless; on a snapshot without a header, which may hold deltas that come
 again, so is an op whose change the list already shows (``apply_delta``).
+With a store, what each seq applied held is recorded beside the compiled
+version (``_AppliedOps``), so that every process and every restart refuses a
+delta rewritten in place alike, and serves the ops first applied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import multiprocessing
@@ -20,7 +24,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from enum import Enum
@@ -31,12 +35,27 @@ import numpy as np
 import orjson
 
 from shixin_check.domain.errors import ConfigurationError, InvalidInput, LoadRejected, RowError
+from shixin_check.domain.identity import IdType
 from shixin_check.domain.index import ListedMatch, VersionInfo
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.domain.model import EntryStatus, Exemption, ListEntry, ListType, Role
+from shixin_check.domain.model import (
+    Channel,
+    EntryStatus,
+    Exemption,
+    ListedSubject,
+    ListEntry,
+    ListType,
+    Role,
+)
 from shixin_check.loader.background import Background
 from shixin_check.loader.columns import ROW_CHECKS, ColumnBuilder, keyer_for
-from shixin_check.loader.compiled import IndexStore, map_compiled, snapshot_stamp
+from shixin_check.loader.compiled import (
+    FORMAT,
+    AppliedRecord,
+    IndexStore,
+    map_compiled,
+    snapshot_stamp,
+)
 from shixin_check.loader.feed import (
     HEADER_KEY,
     MAX_SEQ,
@@ -690,11 +709,13 @@ class Loader:
         self.keyer = keyer
         self.store = store
         self._lock = threading.Lock()
-        # what each delta seq applied on the served version held (``op_digest``): a file
-        # rewritten in place with other ops under those seqs is refused, not skipped
-        self._digests: dict[int, bytes] = {}
+        # what each delta seq applied on the served version held: a file rewritten in
+        # place with other ops under those seqs is refused, not skipped
+        self._applied = _AppliedOps(None, None)
 
-    def _snapshot_view(self, path: Path, progress: Progress | None) -> MemoryView:
+    def _snapshot_view(
+        self, path: Path, progress: Progress | None
+    ) -> tuple[MemoryView, str | None]:
         """The snapshot at ``path`` as a version: mapped from its compiled folder when
         ``store`` has one (a restart, or another worker compiled it), else parsed,
         compiled into ``store`` and mapped. Its ``source`` is ``path``, where the
@@ -707,10 +728,12 @@ class Loader:
         the others wait and then map that one compiled version, so the snapshot is
         parsed once and its columns are in the page cache once. Mapping inside the
         lock too means no other process prunes the folder between find and map.
+        With it comes the snapshot's stamp (None without a store): the deltas
+        applied on top are recorded under it (``_AppliedOps``).
         """
         store = self.store
         if store is None:
-            return build_snapshot(path, self.keyer, progress)
+            return build_snapshot(path, self.keyer, progress), None
         stamp = snapshot_stamp(path, self.keyer.fingerprint)
         with store.lock():
             compiled = store.find(stamp)
@@ -723,22 +746,22 @@ class Loader:
                     store.discard(compiled)
                 else:
                     log.info("%s: mapping its compiled index %s (no re-parse)", path, compiled)
-                    return MemoryView(base, Overlay(), _as_loaded(info, path))
+                    return MemoryView(base, Overlay(), _as_loaded(info, path)), stamp
             built = build_snapshot(path, self.keyer, progress)
             try:
                 compiled = store.put(built.base, built.info, stamp)
             except OSError as exc:
                 log.warning("cannot compile %s into %s (%s): serving it unshared, from "
                             "memory", path, store.folder, exc)  # fmt: skip
-                return built
+                return built, stamp
             try:
                 base, info = map_compiled(compiled, self.keyer.fingerprint)
             except (OSError, ValueError, KeyError, ConfigurationError) as exc:
                 log.warning("compiled index %s unusable right after compiling (%s): serving "
                             "%s unshared, from memory", compiled, exc, path)  # fmt: skip
-                return built
+                return built, stamp
             log.info("%s: compiled into %s (mapped by every process)", path, compiled)
-        return MemoryView(base, Overlay(), _as_loaded(info, path))
+        return MemoryView(base, Overlay(), _as_loaded(info, path)), stamp
 
     def load_path(self, path: Path, progress: Progress | None = None) -> MemoryView:
         """Apply a snapshot (alone) or a delta file whole, or raise ``LoadRejected``."""
@@ -752,10 +775,15 @@ class Loader:
             current = self.index.current()
             if current is None:
                 raise LoadRejected(str(path), [RowError(0, "", "a delta needs a snapshot first")])
-            digests = dict(self._digests)
-            view = self._with_delta(current, path, digests)
+            refusal = None
+            with self._applied.held():
+                try:
+                    view = self._with_delta(current, path, self._applied)
+                except _RefusedOnRecorded as exc:  # served as another process serves it
+                    view, refusal = exc.view, LoadRejected(exc.source, exc.errors)
             self.index.install(view)
-            self._digests = digests
+            if refusal is not None:
+                raise refusal
             return view
 
     def load_snapshot(
@@ -769,18 +797,22 @@ class Loader:
         as it was when it arrived live, so the version is the same either way.
         """
         with self._lock:
-            view = self._snapshot_view(path, progress)
-            digests: dict[int, bytes] = {}
-            view, refused = self._with_deltas(view, deltas, digests)
+            view, stamp = self._snapshot_view(path, progress)
+            applied = _AppliedOps(self.store, stamp)
+            if deltas:  # (a lone snapshot file has none: its record is never read)
+                with applied.held():
+                    view, refused = self._with_deltas(view, deltas, applied)
+            else:
+                refused = []
             if on_refused is not None:
                 for delta, exc in refused:
                     on_refused(delta, exc)
             self.index.install(view)
-            self._digests = digests
+            self._applied = applied
             return view
 
     def _with_deltas(
-        self, view: MemoryView, deltas: Sequence[Path], digests: dict[int, bytes]
+        self, view: MemoryView, deltas: Sequence[Path], applied: _AppliedOps
     ) -> tuple[MemoryView, list[tuple[Path, LoadRejected]]]:
         """``view`` with every delta file that applies, and those that do not, with why.
 
@@ -802,10 +834,12 @@ class Loader:
             still: list[Path] = []
             for delta in remaining:
                 try:
-                    view = self._with_delta(view, delta, digests)
+                    view = self._with_delta(view, delta, applied)
                 except FileNotFoundError:
                     refused.pop(delta, None)
                     continue
+                except _RefusedOnRecorded as exc:
+                    view, refused[delta] = exc.view, LoadRejected(exc.source, exc.errors)
                 except LoadRejected as exc:
                     refused[delta] = exc
                 except OSError as exc:
@@ -819,35 +853,226 @@ class Loader:
             remaining = still
         return view, [(delta, refused[delta]) for delta in remaining if delta in refused]
 
-    def _with_delta(self, view: MemoryView, path: Path, digests: dict[int, bytes]) -> MemoryView:
-        """``view`` with the delta file at ``path`` applied; ``digests`` (what each seq
-        applied on ``view`` held) gets the seqs it applies. An op at a seq applied
-        before that is not what was applied there refuses the file: skipping it would
-        serve the old op under a label that a restart gives the new one. (On a snapshot
-        without a header, not if the list shows its change: as ``reflected`` ops are.)"""
-        applied = view.info.last_delta_seq
+    def _with_delta(self, view: MemoryView, path: Path, applied: _AppliedOps) -> MemoryView:
+        """``view`` with the delta file at ``path`` applied (``_apply_file``).
+
+        When it does not apply, but some process of this version (this one before
+        a restart, or another worker) applied ops from a file of that name above
+        ``view``'s last seq, the file was rewritten since, or holds rows that can
+        no longer be read: those ops are served as that process serves them (read
+        from the record, ``_AppliedOps.recorded``), and the file is judged again on
+        top of them, as it is judged there. Refused still: ``_RefusedOnRecorded``,
+        with the version to serve.
+        """
+        try:
+            return self._apply_file(view, path, applied)
+        except LoadRejected:
+            replayed = self._replayed(view, path, applied)
+            if replayed is None:
+                raise
+        try:
+            return self._apply_file(replayed, path, applied)
+        except LoadRejected as exc:
+            raise _RefusedOnRecorded(replayed, exc) from None
+
+    def _replayed(self, view: MemoryView, path: Path, applied: _AppliedOps) -> MemoryView | None:
+        """``view`` with the ops ``path`` held when they were applied on this version (the
+        record's), all of them, or None when there are none above ``view``'s last seq or
+        they do not all apply (a delta before them missing here)."""
+        batches = applied.recorded(path.name, view.info.last_delta_seq)
+        if not batches:
+            return None
+        replayed = view
+        try:
+            for ops in batches:
+                replayed = apply_delta(replayed, ops, self.keyer)
+        except LoadRejected:
+            return None
+        first, last = view.info.last_delta_seq + 1, replayed.info.last_delta_seq
+        if last < first:
+            return None
+        log.warning("list %s: seqs %d to %d served as first applied (recorded in %s), not as the "
+                    "file holds them now", path, first, last, applied.where)  # fmt: skip
+        return replayed
+
+    def _apply_file(self, view: MemoryView, path: Path, applied: _AppliedOps) -> MemoryView:
+        """``view`` with the delta file at ``path`` applied; ``applied`` (what each seq
+        applied on ``view``'s snapshot held) gets the seqs it applies. An op at a seq
+        applied before that is not what was applied there refuses the file: skipping
+        it would serve the old op under a label that a restart gives the new one. (On
+        a snapshot without a header, not if the list shows its change: as
+        ``reflected`` ops are.) So does one above ``view``'s last seq whose seq the
+        record says was applied with another op (by another process, or before a
+        restart), whatever the list shows."""
+        last_seq = view.info.last_delta_seq
         # on a snapshot without a header, a delta it holds may come again under other
         # seqs: there an op whose change the list shows is harmless at any seq
         headerless = view.info.first_delta_seq > 0
         shown = _DeltaState(view, self.keyer, headerless=True).reflected if headerless else None
+        digests = applied.digests
         try:
-            ops = read_delta_file(path, applied, view.info.first_delta_seq)
+            ops = read_delta_file(path, last_seq, view.info.first_delta_seq)
             errors = [
-                RowError(op.line, "", rewritten_problem(op.seq, path.name))
+                RowError(op.line, "", rewritten_problem(op.seq, path.name, applied.recording))
                 for op in ops
-                if op.seq <= applied and digests.get(op.seq, held := op_digest(op)) != held
-                and not (shown is not None and shown(op))
+                if (held := digests.get(op.seq)) is not None and held != op_digest(op)
+                and (op.seq > last_seq or not (shown is not None and shown(op)))
             ]  # fmt: skip
             if errors:
                 raise LoadRejected(str(path), errors)
             new = apply_delta(view, ops, self.keyer)
         except LoadRejected as exc:
             raise LoadRejected(str(path), exc.errors) from None
-        last = new.info.last_delta_seq
-        for op in ops:
-            if applied < op.seq <= last:
-                digests[op.seq] = op_digest(op)
+        applied.add(path.name, [op for op in ops if last_seq < op.seq <= new.info.last_delta_seq])
         return new
+
+
+class _RefusedOnRecorded(LoadRejected):
+    """A delta file refused on top of the ops some process applied from it before
+    (``Loader._with_delta``): ``view`` serves those ops, as that process does."""
+
+    def __init__(self, view: MemoryView, refusal: LoadRejected) -> None:
+        super().__init__(refusal.source, refusal.errors)
+        self.view = view
+
+
+class _AppliedOps:
+    """What each delta seq applied on top of one snapshot's version held (``op_digest``).
+
+    This process's, and with a store, every other's: the ops applied are recorded
+    beside the compiled version (``IndexStore.applied``, one line per delta file
+    applied at once: its name, and each op with its digest), read as the record
+    grows. So every worker, a worker started in a dead one's place and a restart
+    all refuse a delta rewritten in place under a seq some process applied, and
+    serve the op that process applied (``Loader._with_delta``), under one label.
+
+    A record line that cannot be read (damaged, or written by a release with
+    another compiled format, whose ops may read otherwise) is said once and
+    passed over; a line cut short by a writer killed mid-append was never served
+    and is not read at all (``AppliedRecord``).
+    """
+
+    def __init__(self, store: IndexStore | None, stamp: str | None) -> None:
+        self.store = store
+        self.stamp = stamp
+        self.digests: dict[int, bytes] = {}
+        self._record: AppliedRecord | None = None  # held: between reading and appending
+        self._fresh: list[bytes] = []  # lines to append when the record is let go
+        self._since = (0, 0)  # where the record was read to
+
+    @property
+    def recording(self) -> bool:
+        """True when the record is held and usable: what is applied now is recorded."""
+        return self._record is not None and self._record.usable
+
+    @property
+    def where(self) -> str:
+        return str(self._record.path) if self._record is not None else "this process"
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the record locked while deltas are judged and applied: what the others
+        applied since it was last read comes in first, and what is applied meanwhile is
+        appended, durable, when the block ends (before the caller serves it)."""
+        if self.store is None or self.stamp is None:
+            yield
+            return
+        with self.store.applied(self.stamp, self._since) as record:
+            for _, ops in self._batches(record, record.lines):
+                for op in ops:
+                    self.digests.setdefault(op.seq, op_digest(op))
+            self._record = record
+            try:
+                yield
+                record.add(self._fresh)
+            finally:
+                self._record, self._fresh = None, []
+            self._since = record.since
+
+    def add(self, name: str, ops: list[DeltaOp]) -> None:
+        """``ops`` of the file ``name`` applied (at once): those at seqs not known yet are
+        recorded."""
+        fresh = [op for op in ops if op.seq not in self.digests]
+        for op in fresh:
+            self.digests[op.seq] = op_digest(op)
+        if fresh and self.recording:
+            self._fresh.append(_record_line(name, fresh))
+
+    def recorded(self, name: str, above: int) -> list[list[DeltaOp]]:
+        """The ops of the file ``name`` recorded above seq ``above``, as they were applied
+        at once, in order."""
+        if self._record is None or all(seq <= above for seq in self.digests):
+            return []  # (every seq recorded is held in ``digests``: nothing to read)
+        batches = []
+        for file, ops in self._batches(self._record, self._record.every_line()):
+            ops = [op for op in ops if op.seq > above]
+            if file == name and ops:
+                batches.append(ops)
+        return batches
+
+    @staticmethod
+    def _batches(record: AppliedRecord, lines: list[bytes]) -> Iterator[tuple[str, list[DeltaOp]]]:
+        for line in lines:
+            try:
+                yield _recorded_batch(line)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                record.report(f"{record.path.name}: a line cannot be read ({exc}): passed over")
+
+
+def _op_content(op: DeltaOp) -> tuple[Any, ...]:
+    """What an op changes: its seq, kind, entry and exemption (not its line nor feed time)."""
+    return (op.seq, op.op, op.entry_id, op.entry, op.exemption)
+
+
+def _record_line(name: str, ops: list[DeltaOp]) -> bytes:
+    """The record line (``_AppliedOps``) of ``ops``, applied at once from the file ``name``."""
+    return orjson.dumps({
+        "format": FORMAT,
+        "file": name,
+        "ops": [[op_digest(op).hex(), _canonical(_op_content(op)), op.line, op.published_at]
+                for op in ops],
+    })  # fmt: skip
+
+
+def _recorded_batch(line: bytes) -> tuple[str, list[DeltaOp]]:
+    """The file name and ops of a record line; ``ValueError`` (or another) for a line not
+    written whole by this format, or whose op does not match its digest."""
+    raw = orjson.loads(line)
+    if raw["format"] != FORMAT:
+        raise ValueError(f"format {raw['format']!r}, not {FORMAT}")
+    ops = []
+    for digest, (seq, kind, entry_id, entry, exemption), line_no, published_at in raw["ops"]:
+        op = DeltaOp(
+            seq, DeltaKind[kind], entry_id, None if entry is None else _entry_of(entry),
+            None if exemption is None else _exemption_of(exemption), line_no, published_at,
+        )  # fmt: skip
+        if op_digest(op).hex() != digest:
+            raise ValueError(f"seq {seq} does not match its digest")
+        ops.append(op)
+    return raw["file"], ops
+
+
+def _entry_of(raw: list[Any]) -> ListEntry:
+    """A ``ListEntry`` from its ``_canonical`` form."""
+    entry_id, list_type, status, case, court, published, valid, debtor, org, related, ex = raw
+    return ListEntry(
+        entry_id, ListType[list_type], EntryStatus[status], case, court, published, valid,
+        _subject_of(debtor), org, tuple(_subject_of(r) for r in related),
+        tuple(_exemption_of(e) for e in ex),
+    )  # fmt: skip
+
+
+def _subject_of(raw: list[Any]) -> ListedSubject:
+    role, name, id_type, id_number = raw
+    return ListedSubject(Role[role], name, None if id_type is None else IdType[id_type], id_number)
+
+
+def _exemption_of(raw: list[Any]) -> Exemption:
+    channel, first_day, last_day, id_type, id_number = raw
+    return Exemption(
+        Channel[channel], first_day, last_day, None if id_type is None else IdType[id_type],
+        id_number,
+    )  # fmt: skip
 
 
 def _canonical(value: Any) -> Any:
@@ -864,16 +1089,20 @@ def op_digest(op: DeltaOp) -> bytes:
     normalised (not where it stands in its file, nor how the row was spelt, nor its
     feed time: a cumulative delta sent again with a new export time changes nothing;
     as ``publish_redis.op_digest`` has it)."""
-    content = (op.seq, op.op, op.entry_id, op.entry, op.exemption)
-    return hashlib.blake2b(orjson.dumps(_canonical(content)), digest_size=16).digest()
+    return hashlib.blake2b(orjson.dumps(_canonical(_op_content(op))), digest_size=16).digest()
 
 
-def rewritten_problem(seq: int, name: str) -> str:
-    """Why a delta file whose op at an applied ``seq`` is not the one applied is refused."""
+def rewritten_problem(seq: int, name: str, recorded: bool = False) -> str:
+    """Why a delta file whose op at an applied ``seq`` is not the one applied is refused;
+    ``recorded``: the ops applied are recorded in the index folder (``_AppliedOps``)."""
+    restart = (
+        "a restart serves the op applied too: it is recorded in the index folder" if recorded
+        else "not recorded in an index folder: a restart serves the file as it is now"
+    )  # fmt: skip
     return (
         f"seq {seq} was applied with another op than {name} now holds (rewritten in place?): "
         "the served list keeps the op applied; a delta's seq is never reused, so have the "
-        "feed send the change under a new seq (a restart serves the file as it is now)"
+        f"feed send the change under a new seq ({restart})"
     )
 
 
