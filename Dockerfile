@@ -49,8 +49,11 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 
 # Prometheus metrics of every replica on 9464 (--metrics-listen); hit and audit logs under
 # /var/log/shixin: mount a volume there (Kubernetes: an emptyDir or a PVC).
+# gRPC on 0.0.0.0:50051 by SHIXIN_LISTEN, not by a flag in CMD, so that another
+# SHIXIN_LISTEN given to the container takes effect (a flag would beat it).
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    SHIXIN_LISTEN=0.0.0.0:50051 \
     SHIXIN_METRICS_LISTEN=0.0.0.0:9464 \
     SHIXIN_HIT_LOG=/var/log/shixin/hits.jsonl \
     SHIXIN_AUDIT_LOG=/var/log/shixin/audit.jsonl
@@ -68,13 +71,20 @@ USER 10001:10001
 WORKDIR /srv/shixin
 EXPOSE 50051 9464
 
-# Asks 127.0.0.1:50051 (SHIXIN_TARGET to change) for the server's health, which needs no
-# credentials; with TLS on, give it the CA too (SHIXIN_CA). Docker reserves exit status 2,
-# which `shixin-check health` gives when it cannot reach the server: every failure is 1.
-# The start period covers a long first list load.
+# Asks the `liveness` health service, which is SERVING while the process answers: a
+# replica that waits for its list or has lost Redis is unhealthy by readiness only, and an
+# orchestrator that restarts unhealthy containers must not restart it (a restart cannot
+# fix a feed or Redis). It asks 127.0.0.1 on the port of SHIXIN_LISTEN, so a container
+# given another SHIXIN_LISTEN is still probed where it listens; SHIXIN_TARGET, when set,
+# is asked instead (a server bound to one address, not 0.0.0.0). No credentials needed;
+# with TLS on, give it the CA too (SHIXIN_CA). Docker reserves exit status 2, which
+# `shixin-check health` gives when it cannot reach the server: every failure is 1.
+# Liveness answers while a first list still loads; the start period is only for the start.
 HEALTHCHECK --interval=15s --timeout=6s --start-period=120s --retries=3 \
-    CMD shixin-check health --timeout 5 || exit 1
+    CMD shixin-check health --service liveness --timeout 5 \
+        --target "${SHIXIN_TARGET:-127.0.0.1:${SHIXIN_LISTEN##*:}}" || exit 1
 
 ENTRYPOINT ["shixin-check"]
-# Everything else comes from SHIXIN_* variables; a flag given here would override them.
-CMD ["serve", "--listen", "0.0.0.0:50051"]
+# Everything comes from SHIXIN_* variables (SHIXIN_LISTEN above); a flag given here
+# would override them.
+CMD ["serve"]

@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,11 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shixin_check import cli
+from shixin_check.domain.errors import ConfigurationError
 from shixin_check.domain.keys import MIN_SECRET_BYTES
 from shixin_check.server.app import SERVICE_NAME
 from shixin_check.server.auth import KeyRing
+from shixin_check.server.settings import resolve_args
 from tests.conftest import RunningServer
 from tests.listdata import basic_rows, write_jsonl
 
@@ -119,13 +122,18 @@ def cli_variables() -> set[str]:
 
 def parses(argv: list[str], env: Mapping[str, str] | None = None) -> argparse.Namespace:
     """``argv`` (after ``shixin-check``) as the CLI reads it in the environment ``env``
-    (its variables stand in for flags); a bad or missing flag fails the test."""
+    (its variables stand in for flags), every option resolved as ``main`` resolves it;
+    a bad or missing flag, or a value the CLI refuses, fails the test."""
     with mock.patch.dict(os.environ, env or {}):
         parser = cli._parser()
     try:
-        return parser.parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit:
         pytest.fail(f"shixin-check does not accept: {shlex.join(argv)}")
+    try:
+        return resolve_args(args, dict(env or {}))
+    except ConfigurationError as exc:
+        pytest.fail(f"shixin-check {shlex.join(argv)}: {exc}")
 
 
 def port_of(address: str) -> int:
@@ -204,6 +212,23 @@ def dockerfile_values(instruction: str) -> list[str]:
     return [rest for word, rest in dockerfile() if word == instruction]
 
 
+def image_env() -> dict[str, str]:
+    """The variables the image sets (``ENV K=V ...``): what compose and Kubernetes start from."""
+    return dict(
+        word.split("=", 1) for value in dockerfile_values("ENV") for word in shlex.split(value)
+    )
+
+
+def healthcheck_argv(env: Mapping[str, str]) -> list[str]:
+    """The HEALTHCHECK's ``shixin-check health ...`` words after ``/bin/sh`` expanded them in
+    ``env`` (Docker runs the shell form with the container's environment)."""
+    (healthcheck,) = dockerfile_values("HEALTHCHECK")
+    probe = healthcheck.split(" CMD ", 1)[1].partition("||")[0]
+    done = subprocess.run(["/bin/sh", "-c", f'for word in {probe}; do printf "%s\\n" "$word"; done'],
+                          env=dict(env), capture_output=True, text=True, timeout=10, check=True)  # fmt: skip
+    return done.stdout.splitlines()
+
+
 def image_uid() -> int:
     (user,) = dockerfile_values("USER")
     return int(user.split(":")[0])
@@ -233,17 +258,51 @@ def test_the_images_commands_are_ones_the_cli_accepts() -> None:
     (entrypoint,) = dockerfile_values("ENTRYPOINT")
     assert json.loads(entrypoint) == ["shixin-check"]
     (cmd,) = dockerfile_values("CMD")
-    serve = parses(json.loads(cmd))
+    # No flags: a flag beats its variable, so SHIXIN_LISTEN given to the container would be
+    # ignored (README "Deploying it": the image is configured by SHIXIN_* variables alone).
+    assert not [word for word in json.loads(cmd) if word.startswith("-")], cmd
+    serve = parses(json.loads(cmd), image_env())
     assert serve.command == "serve"
-    assert serve.listen == f"0.0.0.0:{GRPC_PORT}"
+    assert image_env()["SHIXIN_LISTEN"] == serve.listen == f"0.0.0.0:{GRPC_PORT}"
     (healthcheck,) = dockerfile_values("HEALTHCHECK")
     command = healthcheck.split(" CMD ", 1)[1]
     # shell form: "shixin-check health ... || exit 1" (Docker reserves exit status 2)
     probe, _, fallback = command.partition("||")
     assert fallback.strip() == "exit 1"
-    argv = shlex.split(probe)
+    argv = healthcheck_argv(image_env())
     assert argv[:2] == ["shixin-check", "health"]
-    assert parses(argv[1:]).command == "health"
+    health = parses(argv[1:])
+    assert health.command == "health"
+    # liveness, not readiness: a replica waiting for its list must not be restarted
+    assert health.service == "liveness"
+    assert health.target == f"127.0.0.1:{GRPC_PORT}"
+    # it asks the port the server listens on, also when the container is given another
+    moved = parses(healthcheck_argv(image_env() | {"SHIXIN_LISTEN": "0.0.0.0:6000"})[1:])
+    assert moved.target == "127.0.0.1:6000"
+    pinned = image_env() | {"SHIXIN_TARGET": "10.1.2.3:7000"}
+    assert parses(healthcheck_argv(pinned)[1:], pinned).target == "10.1.2.3:7000"
+
+
+def test_the_images_healthcheck_passes_on_a_live_server_without_a_list(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """Run as Docker runs it, against a real server on SHIXIN_LISTEN's port that has no
+    list yet (readiness NOT_SERVING, liveness SERVING): healthy, so never restarted."""
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    server = serve(feed)
+    stub = health_pb2_grpc.HealthStub(server.channel)
+    ready = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert ready.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    (healthcheck,) = dockerfile_values("HEALTHCHECK")
+    command = healthcheck.split(" CMD ", 1)[1]
+    env = image_env() | {
+        "SHIXIN_LISTEN": f"0.0.0.0:{server.service.port}",
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",  # the venv's shixin-check
+    }
+    done = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_the_build_context_is_an_allowlist_of_what_the_dockerfile_copies() -> None:
@@ -306,8 +365,9 @@ def test_compose_runs_redis_a_loader_two_replicas_prometheus_and_grafana() -> No
 
 def test_compose_replicas_listen_on_the_servers_ports_and_follow_redis() -> None:
     for name, service in replicas().items():
+        assert service["command"] == ["serve"], f"{name}: flags would beat SHIXIN_* variables"
         env = environment(service)
-        args = parses(service["command"], env)
+        args = parses(service["command"], image_env() | env)
         assert port_of(args.listen) == GRPC_PORT, name
         assert port_of(env["SHIXIN_METRICS_LISTEN"]) == METRICS_PORT, name
         assert env["SHIXIN_REDIS"] == "redis://redis:6379/0", name
@@ -420,7 +480,8 @@ def test_deployment_ports_and_args_are_the_servers() -> None:
     (container,) = pod_spec("Deployment")["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
-    args = parses(container["args"], config())
+    assert container["args"] == ["serve"], "flags would beat the ConfigMap's variables"
+    args = parses(container["args"], image_env() | config())
     assert args.command == "serve" and port_of(args.listen) == GRPC_PORT
     assert port_of(config()["SHIXIN_METRICS_LISTEN"]) == METRICS_PORT
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
@@ -587,6 +648,51 @@ def test_every_alert_parses_names_documented_metrics_and_says_how_bad() -> None:
         "up",
     } <= used
     assert len({rule["alert"] for rule in alert_rules()}) == len(alert_rules())
+
+
+def selectors(expr: str, name: str) -> list[dict[str, tuple[str, str]]]:
+    """The label matchers ``{label: (op, value)}`` of each selector of ``name`` in ``expr``."""
+    found: list[dict[str, tuple[str, str]]] = []
+
+    def visit(node: Any) -> bool:
+        if isinstance(node, promql_parser.VectorSelector) and node.name == name:
+            found.append({m.name: (str(m.op), m.value) for m in node.matchers.matchers})
+        return True
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+#: The label the rules find the replicas by: compose's job sets it, a Kubernetes pod scrape
+#: maps it from the pod label app.kubernetes.io/name. A job name differs between the two.
+REPLICA_LABEL = ("app_kubernetes_io_name", "shixin-check")
+
+
+def test_the_alerts_on_up_find_the_replicas_under_compose_and_kubernetes() -> None:
+    label, value = REPLICA_LABEL
+    on_up = [rule for rule in alert_rules() if "up" in metric_names(rule["expr"])]
+    assert {rule["alert"] for rule in on_up} >= {"ShixinCheckDown", "ShixinCheckNotServing"}
+    for rule in on_up:
+        for matchers in selectors(rule["expr"], "up"):
+            assert "job" not in matchers, f"{rule['alert']}: a job name the k8s scrape lacks"
+            assert matchers.get(label) == (str(promql_parser.MatchOp.Equal), value), rule["alert"]
+    # compose: its job gives every replica target the label
+    config = load_yaml(ROOT / "deploy" / "prometheus" / "prometheus.yml")
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "shixin-check"]
+    for group in job["static_configs"]:
+        assert group["labels"][label] == value
+    # Kubernetes: the shipped job keeps the annotated shixin-check pods and maps pod labels,
+    # and the Deployment's pods carry the annotation and the name
+    (k8s_job,) = load_yaml(ROOT / "deploy" / "prometheus" / "kubernetes.yml")["scrape_configs"]
+    assert [sd["role"] for sd in k8s_job["kubernetes_sd_configs"]] == ["pod"]
+    relabel = k8s_job["relabel_configs"]
+    keeps = {tuple(r["source_labels"]): r["regex"] for r in relabel if r.get("action") == "keep"}
+    assert keeps[("__meta_kubernetes_pod_annotation_prometheus_io_scrape",)] == "true"
+    assert keeps[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)] == value
+    assert {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"} in relabel
+    template = k8s_object("Deployment")["spec"]["template"]["metadata"]
+    assert template["annotations"]["prometheus.io/scrape"] == "true"
+    assert template["labels"]["app.kubernetes.io/name"] == value
 
 
 def dashboard() -> dict[str, Any]:
