@@ -5,8 +5,7 @@ it is whole. ``verify`` walks a set (rotated files oldest first, then the
 live file) and names the first record that breaks the chain written by
 ``server.hitlog.AuditLog``:
 
-- ``not JSON``: a line that is not an audit record (edited beyond parsing,
-  or torn by power loss);
+- ``not JSON``: a line that is not an audit record (edited beyond parsing);
 - ``edited``: the next record's ``prev`` is not this record's hash while
   ``seq`` runs on by one, or a record's own ``seq`` is not the one its
   ``prev`` link says it must be;
@@ -14,7 +13,8 @@ live file) and names the first record that breaks the chain written by
 - ``reordered``: ``seq`` jumps to a record that belongs later, or goes back;
 - ``truncated``: the chain is whole but ends before the head its writer
   noted in ``<path>.head`` (records were cut off the end, or lost to a power
-  loss before they reached the disk);
+  loss before they reached the disk), or the set's last file ends in part of
+  a line (a record torn by a power loss), whatever the head says;
 - ``rewritten``: the record at the noted head's ``seq`` is not the one noted;
 - ``bad head``: ``<path>.head`` is there but is not a head (it is replaced
   whole, so only an edit or a damaged disk leaves it so).
@@ -22,6 +22,10 @@ live file) and names the first record that breaks the chain written by
 A chain alone cannot show records cut off its end; the head noted beside it
 can. The head is read before the log, and a writer notes it only after the
 records it names, so verifying a live log never makes the head look ahead.
+Every file of the set is opened before the walk and read through its
+descriptor (``server.hitlog.open_log_files``): a rotation during the walk
+renames a file held, so it takes nothing out of it (read by name, the
+renamed live file would be missed and its records read as ``removed``).
 A head behind the log's end is not a failure: the writer notes it at most
 every ``server.hitlog.HEAD_INTERVAL`` seconds, so it lags while the writer
 runs and after a kill (records cut within that window cannot be shown).
@@ -46,10 +50,12 @@ import orjson
 from shixin_check.server.hitlog import (
     GENESIS,
     ChainHead,
+    HeldFile,
     head_path,
     line_hash,
     log_files,
     log_sets,
+    open_log_files,
     read_head,
 )
 
@@ -109,12 +115,10 @@ class _Walk:
     noted_at: tuple[_Line, str, int] | None = None
 
 
-def _lines(files: list[Path]) -> Iterator[_Line]:
+def _lines(files: list[HeldFile]) -> Iterator[_Line]:
     for file in files:
-        with file.open("rb") as f:
-            for number, raw in enumerate(f, 1):
-                ended = raw.endswith(b"\n")
-                yield _Line(file, number, raw[:-1] if ended else raw, ended)
+        for number, (raw, ended) in enumerate(file.lines(), 1):
+            yield _Line(file.path, number, raw, ended)
 
 
 def _record(raw: bytes) -> dict[str, Any] | None:
@@ -132,7 +136,9 @@ def _record(raw: bytes) -> dict[str, Any] | None:
 def verify(path: Path) -> VerifyResult:
     """Walk the audit set at ``path`` and hold it to its noted head.
 
-    ``FileNotFoundError`` when the set has no file.
+    Every file of the set is opened before the walk (``open_log_files``) and
+    read as it was then: a rotation while a live log is verified moves nothing
+    out of the walk. ``FileNotFoundError`` when the set has no file.
     """
     try:
         noted = read_head(path)  # before the log: a live writer notes only what it has written
@@ -140,18 +146,29 @@ def verify(path: Path) -> VerifyResult:
         noted, unreadable = None, True
     else:
         unreadable = False
-    files = log_files(path)
-    if not files:
+    held = open_log_files(path)
+    if not held:
         raise FileNotFoundError(f"no audit log at {path}")
+    try:
+        return _verify_held(path, noted, unreadable, held)
+    finally:
+        for file in held:
+            file.close()
+
+
+def _verify_held(
+    path: Path, noted: ChainHead | None, unreadable: bool, held: list[HeldFile]
+) -> VerifyResult:
+    files = [file.path for file in held]
     walk = _Walk()
-    for position, line in enumerate(_lines(files)):
+    for position, line in enumerate(_lines(held)):
         record = _record(line.raw)
         if record is None:
             problem = _torn_end(noted, walk, line, files[-1]) or Problem(
                 line.file, line.number, None, "not JSON", "not an audit record"
             )
             return VerifyResult(files, walk.records, problem, walk.seq, walk.hash, noted)
-        broken = _check(walk, line, record, files, position)
+        broken = _check(walk, line, record, held, position)
         if broken is not None:
             return VerifyResult(files, _intact(walk, broken), broken, walk.seq, walk.hash, noted)
         if noted is not None and record["seq"] == noted.seq:
@@ -211,10 +228,18 @@ def _intact(walk: _Walk, problem: Problem) -> int:
 
 
 def _torn_end(noted: ChainHead | None, walk: _Walk, line: _Line, last: Path) -> Problem | None:
-    """A record cut in the middle at the very end, short of the noted head: a truncation."""
-    if noted is None or noted.seq <= walk.seq or line.ended or line.file != last:
+    """A record cut in the middle at the very end (power loss): a truncation, whatever
+    the noted head says. The head is noted after its records, so it is most often
+    at or behind the last whole record when the power fails."""
+    if line.ended or line.file != last:
         return None
-    detail = f"the head records {noted} but the log ends at seq {walk.seq} and part of a record"
+    if noted is not None and noted.seq > walk.seq:
+        detail = f"the head records {noted} but the log ends at seq {walk.seq} and part of a record"
+    else:
+        detail = (
+            f"the log ends in part of a record after seq {walk.seq} (cut short by a power "
+            f"loss?); the writer's next start moves those bytes to {last.name}.torn"
+        )
     return Problem(line.file, line.number, None, "truncated", detail)
 
 
@@ -233,7 +258,7 @@ def _held_to(noted: ChainHead, walk: _Walk, last: Path) -> Problem | None:
 
 
 def _check(
-    walk: _Walk, line: _Line, record: dict[str, Any], files: list[Path], position: int
+    walk: _Walk, line: _Line, record: dict[str, Any], files: list[HeldFile], position: int
 ) -> Problem | None:
     seq: int = record["seq"]
     expected = walk.seq + 1
@@ -262,7 +287,7 @@ def _edited_before(walk: _Walk, line: _Line, seq: int) -> Problem:
     return Problem(at.file, at.number, walk.seq, "edited", detail)
 
 
-def _appears_later(files: list[Path], position: int, seq: int) -> bool:
+def _appears_later(files: list[HeldFile], position: int, seq: int) -> bool:
     """Whether a record with ``seq`` comes after line ``position`` of the set."""
     for later, line in enumerate(_lines(files)):
         if later <= position:

@@ -18,6 +18,19 @@ is another matter: it means the wrong file was given, and ``NotAHitLog``
 says so at once rather than report an empty quarter. The report holds no ID
 number, not even masked.
 
+A check is told to each case it matched once, however many entries of the
+case matched (a SHIXIN entry and a XIANGAO order of one enforcement case are
+two entries, one case): every list type of the case is named, a DENY or
+REVIEW counts once, and an ALLOW counts in one ``allowed_*`` column, by a
+fixed precedence (``_allowed_because``).
+
+The command reads files opened when it listed their sets
+(``server.hitlog.open_log_files``), as they were then, so a rotation while
+it runs takes nothing out of the report: it covers every record written
+before it began. Files a set is missing, or holds compressed beside it, are
+named in ``Totals.missing_files`` and ``unread_files`` (``files_not_read``)
+where they may hold records of the quarter.
+
 A withdrawal record (``server.hitlog.HitLog.withdraw``: a hit written for a
 call whose answer never left, its audit record unwritten) takes its checks
 out of the report: a withdrawn hit of the quarter is counted in ``withdrawn``
@@ -36,7 +49,7 @@ import io
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -44,14 +57,14 @@ from typing import Any, TypeGuard
 import orjson
 
 from shixin_check.domain.model import CHINA_TZ
-from shixin_check.server.hitlog import withdrawn_ids
+from shixin_check.server.hitlog import HeldFile, unread_siblings, withdrawn_ids
 
 REPORT_DUE_DAYS = 30  # seed 004: within 30 days of the quarter's end
 _LATEST_TIME = 253402300800  # 10000-01-01: later stamps are not dates
 _QUARTER = re.compile(r"([0-9]{4})Q([1-4])", re.IGNORECASE | re.ASCII)
 DECISIONS = frozenset({"ALLOW", "DENY", "REVIEW"})
 
-HitSource = Path | Mapping[str, Any]
+HitSource = Path | HeldFile | Mapping[str, Any]
 
 
 class NotAHitLog(ValueError):
@@ -144,6 +157,12 @@ class Totals:
     outside_quarter: int = 0
     skipped_lines: int = 0  # not JSON, or not a hit record
     first_skipped: str = ""  # where the first of them is: FILE:LINE ("" when none)
+    #: files of the sets read that may hold records of the quarter but were not read
+    #: (``files_not_read``): rotated numbers skipped (``logs/hits.jsonl.*.7``, or
+    #: ``.*.7-9``: moved, compressed or removed), and files named like rotated ones
+    #: with more after the number (``logs/hits.jsonl.20261001.2.gz``: compressed)
+    missing_files: list[str] = field(default_factory=list)
+    unread_files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -159,7 +178,8 @@ class Report:
 def build_report(
     sources: Iterable[HitSource], quarter: str | Quarter, *, now: float | None = None
 ) -> Report:
-    """The report for ``quarter`` from hit-log files (``Path``) or hit records (mappings)."""
+    """The report for ``quarter`` from hit-log files (``Path``, or ``HeldFile``: opened
+    when its set was listed, and read as it was then) or hit records (mappings)."""
     period = quarter if isinstance(quarter, Quarter) else Quarter.parse(quarter)
     sources = list(sources)  # read twice: a withdrawal may come after its hit
     withdrawn = _withdrawn(sources)
@@ -186,7 +206,7 @@ def build_report(
 def _records(sources: Iterable[HitSource], totals: Totals) -> Iterator[Mapping[str, Any]]:
     """Usable hit records; anything else is counted in ``totals.skipped_lines``."""
     for n, source in enumerate(sources, 1):
-        if isinstance(source, os.PathLike):
+        if isinstance(source, os.PathLike | HeldFile):
             found: Iterable[tuple[str, object]] = _read(source)
         else:
             found = [(f"record {n}", source)]
@@ -214,7 +234,11 @@ def _withdrawn(sources: Iterable[HitSource]) -> set[str]:
     """
     found: set[str] = set()
     for source in sources:
-        if isinstance(source, os.PathLike):
+        if isinstance(source, HeldFile):  # as far as it goes now: a withdrawal follows its hit
+            for raw, _ in source.lines(grown=True):
+                if _WITHDRAWN_FIELD in raw:
+                    found.update(withdrawn_ids(_loads(raw)) or ())
+        elif isinstance(source, os.PathLike):
             with source.open("rb") as f:
                 for raw in f:
                     if _WITHDRAWN_FIELD in raw:
@@ -234,16 +258,24 @@ def _loads(raw: bytes) -> object:
         return None
 
 
-def _read(path: Path) -> Iterator[tuple[str, object]]:
-    """(FILE:LINE, the record or None) for each line that is not blank."""
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                yield f"{path}:{number}", orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                yield f"{path}:{number}", None
+def _read(source: Path | HeldFile) -> Iterator[tuple[str, object]]:
+    """(FILE:LINE, the record or None) for each line that is not blank; of a
+    ``HeldFile``, the lines written before its set was listed."""
+    if isinstance(source, HeldFile):
+        yield from _parsed(source.path, (raw for raw, _ in source.lines()))
+    else:
+        with source.open("rb") as f:
+            yield from _parsed(source, f)
+
+
+def _parsed(path: Path, lines: Iterable[bytes]) -> Iterator[tuple[str, object]]:
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            yield f"{path}:{number}", orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            yield f"{path}:{number}", None
 
 
 def _is_hit(record: object) -> TypeGuard[Mapping[str, Any]]:
@@ -274,18 +306,23 @@ def _china_date(unix: float) -> _dt.date:
     return _dt.datetime.fromtimestamp(unix, CHINA_TZ).date()
 
 
-def _case_matches(record: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(case_number, court, list_type, status) per match, each case once."""
+def _cases(record: Mapping[str, Any]) -> dict[tuple[str, str], tuple[set[str], set[str]]]:
+    """(list types, statuses) of the matches of each case (case number, court) a
+    record names: a case listed twice (a SHIXIN entry and a XIANGAO order of one
+    enforcement case) is one case, told once about the check."""
+    found: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
     matches = record.get("matches")
     if isinstance(matches, list) and matches:
-        found = [
-            (str(m.get("case_number", "")), str(m.get("court", "")),
-             str(m.get("list_type", "")), str(m.get("status", "")))
-            for m in matches if isinstance(m, Mapping)
-        ]  # fmt: skip
+        for m in matches:
+            if isinstance(m, Mapping):
+                key = (str(m.get("case_number", "")), str(m.get("court", "")))
+                list_types, statuses = found.setdefault(key, (set(), set()))
+                list_types.add(str(m.get("list_type", "")))
+                statuses.add(str(m.get("status", "")))
     else:  # a record without match details: its case numbers alone
-        found = [(str(n), "", "", "") for n in record.get("case_numbers") or []]
-    return list(dict.fromkeys(found))
+        for number in record.get("case_numbers") or []:
+            found.setdefault((str(number), ""), ({""}, {""}))
+    return found
 
 
 def _count(
@@ -305,35 +342,91 @@ def _count(
         totals.reviews += 1
     else:
         totals.allowed += 1
-    for case_number, court, list_type, status in _case_matches(record):
+    for (case_number, court), (list_types, statuses) in _cases(record).items():
         case = cases.setdefault((case_number, court), CaseEnforcement(case_number, court))
-        if list_type:
-            case.list_types.add(list_type)
-        _tally(case.channel(channel), decision, status, codes, day, merchant)
+        case.list_types.update(t for t in list_types if t)
+        _tally(case.channel(channel), decision, statuses, codes, day, merchant)
 
 
 def _tally(
     enforcement: ChannelEnforcement,
     decision: str,
-    status: str,
+    statuses: set[str],
     codes: set[str],
     day: str,
     merchant: str,
 ) -> None:
+    """One check, once, on one case's row: ``statuses`` of every entry of the case
+    that matched."""
     if decision == "DENY":
         enforcement.deny(day, merchant)
     elif decision == "REVIEW":
         enforcement.reviews += 1
-    elif status == "SUSPENDED" or (not status and "LISTING_SUSPENDED" in codes):
-        enforcement.allowed_suspended += 1
-    elif status == "EXPIRED" or (not status and "EXPIRED" in codes):
-        enforcement.allowed_expired += 1
+    else:
+        reason = _allowed_because(statuses, codes)
+        setattr(enforcement, reason, getattr(enforcement, reason) + 1)
+
+
+def _allowed_because(statuses: set[str], codes: set[str]) -> str:
+    """The one ``allowed_*`` column an ALLOW counts in for a case, whichever of its
+    entries matched, by a fixed precedence: an entry in force (neither suspended
+    nor expired) first, for the purchase passed it only by an exemption or by not
+    being restricted; then a suspended entry; then an expired one. A record without
+    match statuses goes by the answer's codes, in the same order from suspended on."""
+    if statuses - {"SUSPENDED", "EXPIRED", ""}:
+        return _exempted_or_not_restricted(codes)
+    if "SUSPENDED" in statuses:
+        return "allowed_suspended"
+    if "EXPIRED" in statuses:
+        return "allowed_expired"
+    if "LISTING_SUSPENDED" in codes:
+        return "allowed_suspended"
+    if "EXPIRED" in codes:
+        return "allowed_expired"
+    return _exempted_or_not_restricted(codes)
+
+
+def _exempted_or_not_restricted(codes: set[str]) -> str:
     # Both codes in one answer mean the purchase was not restricted at all, so the
     # exemption decided nothing; EXEMPTED alone means it lifted the restriction.
-    elif "EXEMPTED" in codes and "NOT_RESTRICTED_CLASS" not in codes:
-        enforcement.allowed_exempted += 1
-    else:
-        enforcement.allowed_not_restricted += 1
+    if "EXEMPTED" in codes and "NOT_RESTRICTED_CLASS" not in codes:
+        return "allowed_exempted"
+    return "allowed_not_restricted"
+
+
+def files_not_read(
+    sets: Iterable[tuple[Path, Sequence[HeldFile]]], quarter: Quarter
+) -> tuple[list[str], list[str]]:
+    """What of each set (its path, and its files as ``open_log_files`` gave them) was
+    not read though it may hold records of ``quarter``: (rotated numbers skipped,
+    files beside it not read), for ``Totals.missing_files`` and ``unread_files``.
+
+    A set's ``n`` grows by one from 1, so a number skipped below the highest one
+    read is a file moved, compressed or removed; a file named like a rotated one
+    with more after it (``hits.jsonl.20261001.2.gz``) was compressed or renamed,
+    and is not read (unless the file of its number is there too). The day in a rotated file's name is the China day of its
+    records, so a number skipped lies between its neighbours' days: only files
+    whose days may fall in the quarter, or on the day after it (a withdrawal
+    follows its hit, maybe into the next day's file), are named. Files archived
+    from older quarters are not.
+    """
+    first = quarter.start.strftime("%Y%m%d")
+    last = (quarter.end + _dt.timedelta(days=1)).strftime("%Y%m%d")
+    missing: list[str] = []
+    unread: list[str] = []
+    for path, files in sets:
+        numbers = {(f.n, f.day) for f in files if f.n is not None}
+        read = {n for n, _ in numbers}
+        beside = [(n, day, file) for n, day, file in unread_siblings(path) if n not in read]
+        unread += [str(file) for _, day, file in beside if first <= day <= last]
+        numbers |= {(n, day) for n, day, _ in beside}
+        below, below_day = 0, ""  # the number before, and its day ("": none, any day)
+        for n, day in sorted(numbers):
+            if n > below + 1 and below_day <= last and day >= first:
+                skipped = f"{below + 1}" if n == below + 2 else f"{below + 1}-{n - 1}"
+                missing.append(f"{path}.*.{skipped}")
+            below, below_day = n, day
+    return missing, unread
 
 
 # --- output ----------------------------------------------------------------

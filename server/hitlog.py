@@ -45,7 +45,9 @@ Rotation. The live file keeps its name. When a record would take it past
 ``max_bytes``, or the first record of a new China-time day arrives, it is
 renamed ``<path>.<YYYYMMDD>.<n>`` (the day of its records; ``n`` grows across
 the whole set, so ``n`` alone orders it) and a new live file is started.
-``log_files`` lists a set oldest first.
+``log_files`` lists a set oldest first; ``open_log_files`` also opens each file
+for a reader of a running server's set (``feedback``, ``audit verify``), which
+then reads the files it listed even if a rotation renames one meanwhile.
 
 Audit chain. Every audit record carries ``seq`` (1, 2, ... across rotations
 and restarts) and ``prev``, the SHA-256 of the previous record's line without
@@ -104,10 +106,11 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -127,6 +130,7 @@ GENESIS = "0" * 64  # ``prev`` of the first audit record of a set
 _sync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
 _TAIL_CHUNK = 8192
+_READ_CHUNK = 1 << 20  # what ``HeldFile.lines`` reads at a time
 _METADATA_SECRETS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 _METADATA_VALUE_MAX = 256
 HEAD_INTERVAL = 0.1  # seconds between notes of the audit chain head, at most
@@ -157,6 +161,124 @@ def log_files(path: Path) -> list[Path]:
     if path.is_file():
         files.append(path)
     return files
+
+
+@dataclass(frozen=True)
+class HeldFile:
+    """One file of a log set, opened when the set was listed (``open_log_files``).
+
+    A reader of a running server's set reads through the descriptor, never by the
+    name again: the writer renames its live file at rotation, and an archiving step
+    may compress or remove a rotated one, yet the file listed is read whole.
+    """
+
+    path: Path  # its name when the set was listed
+    n: int | None  # its rotation number; None for the live file
+    day: str  # YYYYMMDD of a rotated file's records; "" for the live file
+    fd: int
+    size: int  # its size when opened: what was written before the listing
+    identity: tuple[int, int]  # (device, inode): the file, whatever its name
+
+    def lines(self, *, grown: bool = False) -> Iterator[tuple[bytes, bool]]:
+        """(line without its newline, whether it had one) for each line that begins
+        within ``size`` (the last of them read to its end), or, ``grown``, as far as
+        the file goes now. Read with ``pread``, so two readers never move each other."""
+        limit = None if grown else self.size
+        offset = start = 0  # bytes read; where the next line begins
+        carry = b""
+        while limit is None or start < limit:
+            chunk = os.pread(self.fd, _READ_CHUNK, offset)
+            if not chunk:
+                if carry:
+                    yield carry, False
+                return
+            offset += len(chunk)
+            parts = (carry + chunk).split(b"\n")
+            carry = parts.pop()
+            for part in parts:
+                if limit is not None and start >= limit:
+                    return
+                start += len(part) + 1
+                yield part, True
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def open_log_files(path: Path) -> list[HeldFile]:
+    """The files of the set at ``path``, oldest first as ``log_files`` lists them, each
+    opened now; the caller closes them (``HeldFile.close``).
+
+    The live file is opened before the rotated ones are listed: a rotation in
+    between renames the file held, which is then listed under its rotated name
+    and read once, in that place (files are told apart by device and inode).
+    Whatever happens after, every file read is one that was listed, so a reader
+    sees at least every record written before it began. A rotated file gone
+    between the listing and its opening is left out, as if gone before.
+    """
+    held: list[HeldFile] = []
+    live = _hold_file(path, None, "")
+    try:
+        pattern = rotated_pattern(path)
+        rotated: list[tuple[int, str, Path]] = []
+        if path.parent.is_dir():
+            for child in path.parent.iterdir():
+                found = pattern.fullmatch(child.name)
+                if found:
+                    rotated.append((int(found.group(2)), found.group(1), child))
+        seen = {live.identity} if live is not None else set()
+        for n, day, child in sorted(rotated, key=lambda t: t[0]):
+            one = _hold_file(child, n, day)
+            if one is None:
+                continue
+            if one.identity in seen:  # the live file renamed since, or a second name (hard link)
+                one.close()
+                if live is None or one.identity != live.identity:
+                    continue
+                one, live = HeldFile(child, n, day, live.fd, live.size, live.identity), None
+            seen.add(one.identity)
+            held.append(one)
+    except BaseException:
+        for one in held:
+            one.close()
+        if live is not None:
+            live.close()
+        raise
+    return held if live is None else [*held, live]
+
+
+def _hold_file(path: Path, n: int | None, day: str) -> HeldFile | None:
+    """``path`` opened for ``open_log_files``; None when no file has that name now.
+    A name that is not a regular file (a directory, a dangling link) is an error."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the reader
+    except FileNotFoundError:
+        if path.is_symlink():  # the link stays, what it named is gone: not "no file"
+            raise OSError(f"{path} is a link to a file that is not there") from None
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = IsADirectoryError if stat.S_ISDIR(st.st_mode) else OSError
+            raise kind(f"{path} is named like a file of the log but is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return HeldFile(path, n, day, fd, st.st_size, (st.st_dev, st.st_ino))
+
+
+def unread_siblings(path: Path) -> list[tuple[int, str, Path]]:
+    """(n, day, file) for each file beside the set at ``path`` named like one of its
+    rotated files with more after it (``hits.jsonl.20260930.1.gz``: compressed or
+    renamed by an archiving step): no reader of the set reads it. By n."""
+    pattern = re.compile(rotated_pattern(path).pattern + r"\..+", re.DOTALL)
+    found: list[tuple[int, str, Path]] = []
+    if path.parent.is_dir():
+        for child in path.parent.iterdir():
+            match = pattern.fullmatch(child.name)
+            if match:
+                found.append((int(match.group(2)), match.group(1), child))
+    return sorted(found, key=lambda t: (t[0], t[2].name))
 
 
 def worker_log_path(path: Path, worker: int) -> Path:

@@ -12,6 +12,7 @@ import nothing of grpc.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from shixin_check.server.settings import add_options, resolving
 
 if TYPE_CHECKING:
     from shixin_check.server.audit import VerifyResult
+    from shixin_check.server.feedback import Quarter
+    from shixin_check.server.hitlog import HeldFile
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -44,23 +47,76 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dic
     return {"feedback": resolving(cmd_feedback), "audit": cmd_audit}
 
 
-def _hit_files(args: argparse.Namespace) -> list[Path]:
-    """Every file of every hit-log set named, once; ``FileNotFoundError`` for an empty set.
+def _hit_sets(args: argparse.Namespace) -> list[tuple[Path, list[HeldFile]]]:
+    """Every hit-log set named and its files, each file opened now and once (the
+    caller closes them, ``_close``); ``FileNotFoundError`` for a path without a set.
 
-    A path names its per-worker sets too (``serve --workers``: ``hits.w1.jsonl``, ...).
+    A path names its per-worker sets too (``serve --workers``: ``hits.w1.jsonl``,
+    ...). Files are opened before the report reads any (``open_log_files``), so a
+    rotation while it runs takes no file out of it.
     """
-    from shixin_check.server.hitlog import log_files, log_sets
+    from shixin_check.server.hitlog import log_sets, open_log_files
 
     named = [("--hit-log", args.hit_log)] if args.hit_log else []
     named += [(f"hit log argument {n}", raw) for n, raw in enumerate(args.more_hit_logs, 1)]
-    files: list[Path] = []
-    for argument, raw in named:
-        path = log_path(str(raw), argument)
-        found = [file for one in log_sets(path) for file in log_files(one)]
-        if not found:
-            raise FileNotFoundError(f"no hit log at {raw}")
-        files.extend(found)
-    return list(dict.fromkeys(files))
+    paths = [(raw, log_path(str(raw), argument)) for argument, raw in named]
+    _hold_many_files()
+    sets: list[tuple[Path, list[HeldFile]]] = []
+    seen: set[tuple[int, int]] = set()  # a file named twice (a set, or a hard link) is read once
+    try:
+        for raw, path in paths:
+            found = False
+            for one in log_sets(path):
+                found = True
+                if any(one == listed for listed, _ in sets):
+                    continue
+                try:
+                    files = open_log_files(one)
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE):
+                        raise _too_many(exc, one) from exc
+                    raise
+                sets.append((one, []))
+                for file in files:
+                    if file.identity in seen:
+                        file.close()
+                    else:
+                        seen.add(file.identity)
+                        sets[-1][1].append(file)
+            if not found:
+                raise FileNotFoundError(f"no hit log at {raw}")
+    except BaseException:
+        _close(sets)
+        raise
+    return sets
+
+
+def _close(sets: list[tuple[Path, list[HeldFile]]]) -> None:
+    for _, files in sets:
+        for file in files:
+            file.close()
+
+
+def _hold_many_files() -> None:
+    """Raise this process's soft limit on open files to its hard one: ``feedback`` and
+    ``audit verify`` hold every file of a set open while they read (``open_log_files``),
+    and a year of daily files per worker passes the usual soft limit of 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # the soft limit stays; too many files then fails in one line
+
+
+def _too_many(exc: OSError, path: Path) -> OSError:
+    """Too many files open at once (``exc``), in words that say what to do."""
+    return OSError(
+        f"{path}: too many files to hold open at once ({exc.strerror}): every file of the "
+        "log is held open while it is read; raise the limit on open files (ulimit -n)"
+    )
 
 
 def log_path(text: str, argument: str) -> Path:
@@ -98,20 +154,32 @@ def _write_whole(path: Path, text: str) -> None:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
+    from shixin_check.server.feedback import Quarter
+
+    try:
+        quarter = Quarter.parse(args.quarter)
+        sets = _hit_sets(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"feedback: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _feedback(args, quarter, sets)
+    finally:
+        _close(sets)
+
+
+def _feedback(
+    args: argparse.Namespace, quarter: Quarter, sets: list[tuple[Path, list[HeldFile]]]
+) -> int:
     from shixin_check.server.feedback import (
         NotAHitLog,
-        Quarter,
         build_report,
+        files_not_read,
         report_csv,
         report_json,
     )
 
-    try:
-        quarter = Quarter.parse(args.quarter)
-        files = _hit_files(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"feedback: {exc}", file=sys.stderr)
-        return 2
+    files = [file for _, set_files in sets for file in set_files]
     sources: list[Any] = list(files)
     if args.redis:
         from shixin_check.loader.index_redis import connect
@@ -133,6 +201,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     except NotAHitLog as exc:
         print(f"feedback: {exc}", file=sys.stderr)
         return 2
+    report.totals.missing_files, report.totals.unread_files = files_not_read(sets, quarter)
     text = report_csv(report) if args.format == "csv" else report_json(report)
     if args.out:
         _write_whole(Path(args.out), text)
@@ -144,10 +213,30 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         f"{t.reviews} review, {t.allowed} allowed) from {len(files)} files; "
         f"{t.duplicates} duplicates, {t.withdrawn} withdrawn, {t.skipped_lines} unreadable lines"
         f"{f' (the first at {t.first_skipped})' if t.first_skipped else ''}"
-        f"{_outside(t.outside_quarter, t.checks + t.withdrawn, quarter)}; due {quarter.due}",
+        f"{_outside(t.outside_quarter, t.checks + t.withdrawn, quarter)}; due {quarter.due}"
+        f"{_not_read(t.missing_files, t.unread_files, quarter)}",
         file=sys.stderr,
     )
     return 0
+
+
+def _not_read(missing: list[str], unread: list[str], quarter: object) -> str:
+    """The summary's word on files of the sets that may hold records of the quarter
+    but were not read (``feedback.files_not_read``): the report may count too few."""
+    if not missing and not unread:
+        return ""
+    parts = []
+    if missing:
+        parts.append(f"rotated files missing (moved or removed): {_some(missing)}")
+    if unread:
+        parts.append(f"{_some(unread)} (compressed or renamed: gunzip them where they lie "
+                     "to have them read)")  # fmt: skip
+    return f"; WARNING: not read, though they may hold records of {quarter}: {'; '.join(parts)}"
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _outside(records: int, checks: int, quarter: object) -> str:
@@ -173,9 +262,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     try:
         path = log_path(args.path, "PATH")
+        _hold_many_files()
         results = verify_sets(path)
     except (ValueError, FileNotFoundError) as exc:
         print(f"audit verify: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        print(f"audit verify: {_too_many(exc, path)}", file=sys.stderr)
         return 2
     if len(results) == 1 and results[0][0] == path:
         return _report_chain(results[0][1], "")
