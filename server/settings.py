@@ -49,6 +49,18 @@ ENV_PREFIX = "SHIXIN_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 #: The key secret itself (not a path): read from the environment only, never a file.
 SECRET_ENV = ENV_PREFIX + "KEY_SECRET"
+#: The ``SHIXIN_*`` names read on purpose besides the options' own (``Option.env``, of
+#: every subcommand). Any other name with the prefix is a typo and stops the start
+#: (``_check_variables``), as an unknown key of the config file does.
+OTHER_ENV = frozenset({
+    CONFIG_ENV,  # the config file, --config
+    SECRET_ENV,  # the key secret itself (secret_from)
+    "SHIXIN_REDIS_PASSWORD",  # the Redis password (loader/index_redis.py)
+    "SHIXIN_REQUIRE_REDIS",  # tests/conftest.py, .ci/run: a skipped Redis test fails
+    # never read: --allow-rollback is a flag only; load refuses a rollback naming the
+    # flag, and a test sets this name to show that it does (tests/test_cli.py)
+    "SHIXIN_ALLOW_ROLLBACK",
+})  # fmt: skip
 #: Where the key secret came from when none was given: keys live only in this process.
 EPHEMERAL_SECRET = "generated for this process (keys live only in memory)"
 MAX_BATCH = 1000
@@ -430,6 +442,7 @@ OPTIONS: tuple[Option, ...] = (
 # fmt: on
 
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
+_KNOWN_ENV = frozenset(o.env for o in OPTIONS) | OTHER_ENV
 #: Every subcommand that takes options, in the order the README lists them.
 COMMANDS: tuple[str, ...] = tuple(dict.fromkeys(c for o in OPTIONS for c in o.commands))
 _CONFIG_HELP = (
@@ -513,7 +526,12 @@ def resolve(
     to merge: the flags given and the defaults are read by the same ``Kind``s
     without the model, whose import (~0.1 s of pydantic) would put ``check`` over
     its 0.3 s start budget. ``merged`` gives the model's answer in every case (a
-    test holds the two equal)."""
+    test holds the two equal).
+
+    A ``SHIXIN_*`` variable that is empty or blank is not given (compose's ``${VAR}``
+    with ``VAR`` unset): the file and then the default decide. One that no subcommand
+    reads is refused, like an unknown key of the file."""
+    env = _check_variables(env)
     options = options_for(command)
     path = _config_path(config, env)
     if path is None and not any(o.env in env for o in options):
@@ -526,6 +544,17 @@ def resolve(
         if command in option.required_by and values[option.key] is None:
             raise ConfigurationError(f"{option.names} is required ({option.takes})")
     return Resolved(command, values, origins, env, path)
+
+
+def _check_variables(env: Mapping[str, str]) -> dict[str, str]:
+    """The ``SHIXIN_*`` variables of ``env`` that hold something; ``ConfigurationError``
+    for a name that is neither an option's variable nor in ``OTHER_ENV``."""
+    unknown = sorted(name for name in env if name.startswith(ENV_PREFIX) and name not in _KNOWN_ENV)
+    if unknown:
+        raise ConfigurationError(_one_line([_unknown_variable(name) for name in unknown]))
+    return {
+        name: value for name, value in env.items() if name.startswith(ENV_PREFIX) and value.strip()
+    }
 
 
 def merged(
@@ -746,6 +775,19 @@ def _one_line(problems: Sequence[str]) -> str:
     return problems[0] + more
 
 
+def _unknown_variable(name: str) -> str:
+    import difflib
+
+    stems = [known.removeprefix(ENV_PREFIX) for known in sorted(_KNOWN_ENV)]
+    stem = name.removeprefix(ENV_PREFIX).upper().replace("-", "_")
+    near = difflib.get_close_matches(stem, stems, n=1)
+    hint = f" (did you mean {ENV_PREFIX}{near[0]}?)" if near else ""
+    return (
+        f"{name}: unknown variable{hint}; the variables are {ENV_PREFIX} and the long option "
+        "names in upper case with _ for - (README, Running it)"
+    )
+
+
 def _unknown_key(key: str, value: object, path: Path | None) -> str:
     import difflib
 
@@ -848,13 +890,13 @@ def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes,
     resolved: Resolved = resolve_args(args).resolved
     path = resolved.text("key_secret_file")
     from_file = resolved.origins["key_secret_file"].startswith("config file")
-    direct = resolved.env.get(SECRET_ENV, "")
+    direct = resolved.env.get(SECRET_ENV, "").strip()  # as the file's: whitespace ignored
     names = BY_KEY["key_secret_file"].names
     if path and not (from_file and direct):
         try:
             secret = Path(path).read_bytes().strip()
         except OSError as exc:
-            raise ConfigurationError(f"{names}: {exc}") from exc
+            raise ConfigurationError(f"{names}: {exc}{_looked_for(Path(path))}") from exc
         source = f"file {path}"
     elif direct:
         secret, source = direct.encode(), SECRET_ENV
@@ -898,12 +940,22 @@ def check_pem(
         ) from None
 
 
+def _looked_for(path: Path) -> str:
+    """Where a relative path was looked for, for a message saying it is not there: a
+    path from any source, the config file's too, is read from the working directory."""
+    if path.is_absolute():
+        return ""
+    return f" (looked for {path.absolute()}: relative paths are read from the working directory)"
+
+
 def _file(resolved: Resolved, key: str) -> Path | None:
     raw = resolved.text(key)
     if raw is None:
         return None
     if not Path(raw).is_file():
-        raise ConfigurationError(f"{BY_KEY[key].names}: {raw} is not a file")
+        raise ConfigurationError(
+            f"{BY_KEY[key].names}: {raw} is not a file{_looked_for(Path(raw))}"
+        )
     return Path(raw)
 
 
@@ -961,7 +1013,7 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
     if not demo and list_path is None and not redis:
         raise ConfigurationError(f"serve needs {n['list']}, {n['redis']} or {n['demo']}")
     if list_path is not None and not list_path.exists():
-        raise ConfigurationError(f"{n['list']}: {list_path} does not exist")
+        raise ConfigurationError(f"{n['list']}: {list_path} does not exist{_looked_for(list_path)}")
     if list_path is not None and not (list_path.is_file() or list_path.is_dir()):
         # a FIFO or a device: reading it blocks a start that then ignores SIGTERM
         raise ConfigurationError(f"{n['list']}: {list_path} is not a file or a directory")
