@@ -18,7 +18,11 @@ file in a private run folder with its ``Service.reading()`` every second
 at each scrape and reports ``Reading.merged(readings)``: counters and
 histograms add up, the replica lag is the largest, and the list gauges are
 those of the oldest list any worker serves (``shixin_list_info`` has a series
-for every version served). So the figures lag the workers by at most a second.
+for every version served). So the figures lag the workers by about a second.
+A reading older than ``READING_STALE_S`` is a worker that cannot say how it is
+(its process hung or stopped, or a full disk refuses the file): the sum keeps
+its counters, which never go back, but not its gauges, and ``shixin_ready`` is 0
+until a fresh reading comes; ``shixin_workers`` counts the workers by state.
 When a worker dies, the counters of its last reading are kept (``retire``), so
 the sums never go back when its replacement starts counting from 0 (what it
 counted in its last second is lost). ``process_*`` are the parent's own.
@@ -83,12 +87,15 @@ METRIC_NAMES = (
     "shixin_list_behind",
     "shixin_ready",
     "shixin_list_stale",
+    "shixin_workers",
 )
 (
     CHECKS, DURATION, REFUSALS, HITS, HIT_LOG_ERRORS, AUDIT_LOG_ERRORS, LIST_INFO, LIST_AGE,
     LIST_ENTRIES, BLOOM_POSITIVES, BLOOM_FALSE_POSITIVES, INDEX_LOOKUPS, RATE_LIMITED,
-    REPLICA_LAG, REDIS_ERRORS, LIST_BEHIND, READY, LIST_STALE,
+    REPLICA_LAG, REDIS_ERRORS, LIST_BEHIND, READY, LIST_STALE, WORKERS,
 ) = METRIC_NAMES  # fmt: skip
+#: The ``state`` label of ``shixin_workers``, in the order of ``Reading.workers``.
+WORKER_STATES = ("up", "stale", "down")
 
 #: The answers a check can have (the wire's names), and the channels.
 _DECISIONS = tuple((pb.Decision.Name(d), d) for d in (pb.ALLOW, pb.DENY, pb.REVIEW))
@@ -126,6 +133,10 @@ class Reading:
     #: records, not stopping), and the list served older than --max-list-age
     ready: bool = False
     stale: bool = False
+    #: ``time.monotonic()`` when a worker's ``ReadingWriter`` wrote it (0.0: not written)
+    taken: float = 0.0
+    #: worker processes by ``WORKER_STATES`` (a single server: itself, up)
+    workers: tuple[int, int, int] = (1, 0, 0)
 
     @classmethod
     def merged(cls, readings: Iterable[Reading]) -> Reading:
@@ -194,8 +205,10 @@ def take_reading(
     return reading
 
 
-#: Seconds between a worker's readings: the most the summed figures lag.
+#: Seconds between a worker's readings: about how far the summed figures lag.
 READING_INTERVAL = 1.0
+#: A worker's reading older than this is stale: not ready, its gauges left out of the sum.
+READING_STALE_S = 5 * READING_INTERVAL
 _READING_SUFFIX = ".reading"
 
 
@@ -228,7 +241,9 @@ class ReadingWriter:
     def write(self) -> None:
         part = self.path.with_name(f".{self.path.name}.part")
         try:
-            part.write_bytes(pickle.dumps(self.read(), protocol=pickle.HIGHEST_PROTOCOL))
+            reading = self.read()
+            reading.taken = time.monotonic()  # one clock for every process of the machine
+            part.write_bytes(pickle.dumps(reading, protocol=pickle.HIGHEST_PROTOCOL))
             os.replace(part, self.path)
         except OSError as exc:
             if not self._failing:
@@ -249,15 +264,27 @@ class ReadingWriter:
         self.write()
 
 
+def counters_of(reading: Reading) -> Reading:
+    """The counters of ``reading`` alone: what a sum keeps of a worker it no longer hears."""
+    return Reading(
+        tally=reading.tally,
+        hit_log_errors=reading.hit_log_errors,
+        audit_log_errors=reading.audit_log_errors,
+        redis_errors=reading.redis_errors,
+    )
+
+
 class WorkerReadings:
     """The parent's side: the sum of every worker's last reading in a run folder.
 
     ``read`` is what the parent's ``MetricsEndpoint`` reports; ``retire`` keeps
-    a dead worker's counters in the sum (see the module docstring).
+    a dead worker's counters in the sum (see the module docstring). ``workers``:
+    how many there should be (those without a reading are ``down``).
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, workers: int = 0) -> None:
         self.folder = folder
+        self.workers = workers
         self._retired = Reading()
         self._lock = threading.Lock()
 
@@ -274,15 +301,20 @@ class WorkerReadings:
 
     def read(self) -> Reading:
         with self._lock:
-            live = []
+            now = time.monotonic()
+            fresh: list[Reading] = []
+            stale: list[Reading] = []
             for path in sorted(self.folder.glob(f"w*{_READING_SUFFIX}")):
                 reading = self._load(path)
                 if reading is not None:
-                    live.append(reading)
-            merged = Reading.merged([self._retired, *live])
-            # readiness is the live workers' alone (the retired counters are no worker)
-            merged.ready = bool(live) and all(r.ready for r in live)
-            merged.stale = any(r.stale for r in live)
+                    (fresh if now - reading.taken <= READING_STALE_S else stale).append(reading)
+            # a stale reading's counters stay (they never go back), its gauges go
+            merged = Reading.merged([self._retired, *map(counters_of, stale), *fresh])
+            # readiness is the workers' heard from alone (the retired counters are no worker)
+            merged.ready = bool(fresh) and not stale and all(r.ready for r in fresh)
+            merged.stale = any(r.stale for r in fresh)
+            down = max(0, self.workers - len(fresh) - len(stale))
+            merged.workers = (len(fresh), len(stale), down)
             return merged
 
     def retire(self, worker: int) -> None:
@@ -291,13 +323,7 @@ class WorkerReadings:
         with self._lock:
             last = self._load(path)
             if last is not None:
-                counters = Reading(
-                    tally=last.tally,
-                    hit_log_errors=last.hit_log_errors,
-                    audit_log_errors=last.audit_log_errors,
-                    redis_errors=last.redis_errors,
-                )
-                self._retired = Reading.merged([self._retired, counters])
+                self._retired = Reading.merged([self._retired, counters_of(last)])
             path.unlink(missing_ok=True)
 
 
@@ -397,9 +423,21 @@ class MetricsCollector:
         yield GaugeMetricFamily(
             READY, "1 while readiness (health \"\" and shixin.v1.ConsumptionCheck) is "
             "SERVING: a trusted list that is not stale, logs that take records, not "
-            "stopping; 0 otherwise. With --workers, 1 only if every worker is ready.",
+            "stopping; 0 otherwise. With --workers, 1 only if every worker is ready "
+            "and none is stale (see shixin_workers).",
             value=int(r.ready),
         )  # fmt: skip
+        workers = GaugeMetricFamily(
+            WORKERS, "Server processes by state: up (a single server, or a worker whose "
+            f"metrics reading is at most {READING_STALE_S:g}s old), stale (a worker "
+            "whose reading is older: hung, stopped, or unable to write it, as on a full "
+            "disk), down (a worker with no reading: starting, or dead and waiting for "
+            "its restart).",
+            labels=("state",),
+        )  # fmt: skip
+        for state, n in zip(WORKER_STATES, r.workers, strict=True):
+            workers.add_metric((state,), n)
+        yield workers
         yield GaugeMetricFamily(
             LIST_STALE, "1 while the list served is older than --max-list-age (answers "
             "are marked stale and readiness is NOT_SERVING); 0 otherwise. With "

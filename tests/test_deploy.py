@@ -69,6 +69,7 @@ DOCUMENTED_METRICS = frozenset({
     "shixin_list_behind",
     "shixin_ready",
     "shixin_list_stale",
+    "shixin_workers",
 })  # fmt: skip
 HISTOGRAMS = frozenset({"shixin_check_duration_seconds"})
 
