@@ -379,7 +379,7 @@ class Service:
             self.hit_log,
             self.audit_log,
             self.redis,
-            behind=self.behind() if self.redis is None else None,
+            behind=self.behind(),
             ready=ready and not self._stop.is_set(),
             stale=stale,
         )

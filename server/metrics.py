@@ -456,7 +456,8 @@ class MetricsCollector:
             yield GaugeMetricFamily(
                 LIST_BEHIND, "1 while a newer snapshot or delta file than the list served "
                 "was refused (shixin-check status prints BEHIND: with the file and its "
-                "first bad row); 0 otherwise. Directory mode only.",
+                "first bad row), or in Redis mode a version this replica cannot read "
+                "(another key secret, or loaded by older code); 0 otherwise.",
                 value=int(r.behind),
             )  # fmt: skip
         if r.source_timestamp is None:

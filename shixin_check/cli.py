@@ -584,8 +584,11 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"(snapshot includes {status.snapshot_includes_seq})")  # fmt: skip
         print(f"{status.entries_total} entries, {status.subject_keys} subject keys")
         if status.index_backend == "redis":
+            # behind a refused version, deltas are not what it lacks: BEHIND above says what
+            lag = ("a version it refused (BEHIND above)" if status.behind
+                   else f"{status.lag_deltas} delta(s)")  # fmt: skip
             print(f"replica {status.replica_id}: Redis holds {status.upstream_version} "
-                  f"seq {status.upstream_last_delta_seq}; behind by {status.lag_deltas} delta(s); "
+                  f"seq {status.upstream_last_delta_seq}; behind by {lag}; "
                   f"reachable {status.index_reachable}")  # fmt: skip
         if status.redis_write_refused:
             print(f"WRITE REFUSED: {status.redis_write_refused}")

@@ -46,6 +46,7 @@ from shixin_check.server.app import LIST_CURRENT
 from tests import test_redis_seq
 from tests.conftest import SECRET, RedisSentinels, RedisServer, RunningServer
 from tests.listdata import ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
+from tests.processes import free_port, run_cli
 from tests.test_redis_failures import codes, health, key_of, status
 from tests.test_redis_replicas import decision
 from tests.test_redis_seq import (
@@ -479,6 +480,29 @@ def test_a_snapshot_with_another_key_secret_is_refused_unless_asked(
     assert current.status == health_pb2.HealthCheckResponse.NOT_SERVING  # but it is behind
     said = [r for r in caplog.records if "another key secret" in r.getMessage()]
     assert len(said) == 1, [r.getMessage() for r in said]
+
+
+def test_a_replica_refusing_a_version_says_so_in_its_metrics(
+    redis_server: RedisServer, serve: Serve, client: Client, tmp_path: Path
+) -> None:
+    """shixin_list_behind was exported in directory mode only: in Redis mode (both shipped
+    deployments) ShixinListBehind could never fire for a version a replica refuses."""
+    from tests.test_metrics import scrape, value
+
+    url = redis_server.url
+    done = load(snapshot_with_header(tmp_path / "s1.jsonl", 0, basic_rows()), url)
+    assert done.returncode == 0, done.stderr
+    server = serve(None, redis=url, replica_id="r1", metrics_listen=f"127.0.0.1:{free_port()}")
+    eventually(lambda: decision(server, ZHANG, "张伟").decision == pb.DENY, "list served")
+    eventually(lambda: value(scrape(server), "shixin_list_behind") == 0, "current, not behind")
+    newer = write_jsonl(tmp_path / "s2.jsonl", [*basic_rows(), person_entry("E8", ZHAO, "赵六")])
+    done = load_with(OTHER_SECRET, newer, url, "--new-key-secret")
+    assert done.returncode == 0, done.stderr
+    eventually(lambda: value(scrape(server), "shixin_list_behind") == 1, "behind in the metrics")
+    assert value(scrape(server), "shixin_ready") == 1  # the version in hand still answers
+    shown = run_cli("status", "--target", server.address)
+    assert "BEHIND: redis version" in shown.stdout, shown.stdout
+    assert "behind by a version it refused" in shown.stdout  # was "behind by 0 delta(s)"
 
 
 # --- 5. an older snapshot ---------------------------------------------------------------
