@@ -422,6 +422,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("ca", PATH, None, "CA of the server's certificate: use TLS", _CLIENT),
     Option("client-cert", PATH, None, "client certificate for mutual TLS", _CLIENT),
     Option("client-key", PATH, None, "client key for mutual TLS", _CLIENT),
+    Option("batch-size", integer(1, MAX_BATCH), MAX_BATCH,
+           "check --batch: checks per call (at most the burst of your key)", ("check",),
+           metavar="N"),
     Option("channel", OPTIONAL_TEXT, None,
            "channel of the check: RAIL AIRLINE HOTEL SCHOOL SHIP TRAVEL LEISURE INSURANCE "
            "REAL_ESTATE VEHICLE OFFICE_RENTAL", ("check",), metavar="CHANNEL",

@@ -32,7 +32,6 @@ from shixin_check.server.settings import (
     DEFAULT_LISTEN,
     MAX_BATCH,
     add_options,
-    integer,
     resolve_args,
     secret_from,
     serve_settings,
@@ -143,11 +142,6 @@ def _parser() -> argparse.ArgumentParser:
                         "flags' names as keys, e.g. {\"channel\": \"RAIL\", \"id\": \"...\", "
                         "\"train\": \"G1234\", \"seat\": \"SECOND_CLASS\"}; flags given here are "
                         "defaults for every line; one answer per line")  # fmt: skip
-    # a flag only, like --batch beside it: a SHIXIN_ variable and config key need a row
-    # of settings.OPTIONS (and this line gone)
-    p.add_argument("--batch-size", metavar="N",
-                   help=f"--batch: checks per call, 1..{MAX_BATCH} (default {MAX_BATCH}); "
-                        "at most the burst of a key made with keys add --burst")  # fmt: skip
 
     p = sub.add_parser("gen-data", help="write a realistic synthetic list (JSON Lines)")
     add_options(p, "gen-data")
@@ -190,21 +184,6 @@ def _client(args: argparse.Namespace, batch_size: int = MAX_BATCH) -> CheckClien
         client_cert=read(args.client_cert), client_key=read(args.client_key),
         batch_size=batch_size,
     )  # fmt: skip
-
-
-def _batch_size(args: argparse.Namespace) -> int:
-    """``--batch-size``, read as the settings read an integer option."""
-    if args.batch_size is None:
-        return MAX_BATCH
-    try:
-        size = integer(1, MAX_BATCH).read(args.batch_size)
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"--batch-size: {args.batch_size!r} is {exc}; accepted: checks per call, an "
-            f"integer in 1..{MAX_BATCH} (at most the burst of your key)"
-        ) from None
-    assert isinstance(size, int)
-    return size
 
 
 #: Each purchase flag of ``check``: (its dest, the proto field, the channels it belongs to).
@@ -419,7 +398,7 @@ def _print_decision(answer: Any) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     import grpc
 
-    size = _batch_size(args)  # a wrong value is refused even without --batch
+    size = int(args.batch_size)  # resolved: flag > SHIXIN_BATCH_SIZE > config > 1000
     if not args.batch:
         request = _check_request(args)
         try:

@@ -13,6 +13,7 @@ line and says which lines were answered and which were not, and
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Callable
@@ -193,14 +194,18 @@ def test_batch_size_lets_a_key_with_a_small_burst_check_a_longer_file(
     assert (code, err) == (0, "")
     assert [line.split()[0] for line in out.splitlines()] == ["ALLOW"] * 5
 
+    done = run_cli("check", "--target", server.address, "--api-key", keys["small"], "--batch",
+                   str(path), env={**os.environ, "SHIXIN_BATCH_SIZE": "2"})  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")  # the variable, as every option has one
+
 
 @pytest.mark.parametrize(
     ("value", "says"),
     [
-        ("0", "'0' is not in 1..1000"),
-        ("1001", "'1001' is not in 1..1000"),
-        ("ten", "'ten' is not an integer"),
-        ("", "'' is not an integer"),
+        ("0", "'0' (from the command line) is not in 1..1000"),
+        ("1001", "'1001' (from the command line) is not in 1..1000"),
+        ("ten", "'ten' (from the command line) is not an integer"),
+        ("", "'' (from the command line) is not an integer"),
     ],
 )
 def test_a_wrong_batch_size_is_one_line(
@@ -213,8 +218,8 @@ def test_a_wrong_batch_size_is_one_line(
                        "--batch-size", value, *given)  # fmt: skip
         assert (done.returncode, done.stdout) == (2, "")
         assert done.stderr.splitlines() == [
-            f"shixin-check check: --batch-size: {says}; accepted: checks per call, an integer "
-            "in 1..1000 (at most the burst of your key)"
+            "shixin-check check: --batch-size / SHIXIN_BATCH_SIZE / config batch_size: "
+            f"{says}; accepted: an integer in 1..1000"
         ]
 
 
