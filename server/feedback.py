@@ -115,18 +115,23 @@ class ChannelEnforcement:
     first_denied: str = ""  # ISO date, China time
     last_denied: str = ""
     merchants: set[str] = field(default_factory=set)
+    #: denials by the role the person checked holds in the case (DEBTOR,
+    #: LEGAL_REPRESENTATIVE, ...): the debtor stopped, or a related person
+    denied_roles: dict[str, int] = field(default_factory=dict)
     reviews: int = 0
     allowed_suspended: int = 0
     allowed_exempted: int = 0
     allowed_expired: int = 0
     allowed_not_restricted: int = 0
 
-    def deny(self, day: str, merchant: str) -> None:
+    def deny(self, day: str, merchant: str, roles: set[str]) -> None:
         self.denied += 1
         self.first_denied = min(self.first_denied or day, day)
         self.last_denied = max(self.last_denied, day)
         if merchant:
             self.merchants.add(merchant)
+        for role in roles:
+            self.denied_roles[role] = self.denied_roles.get(role, 0) + 1
 
 
 @dataclass
@@ -306,22 +311,26 @@ def _china_date(unix: float) -> _dt.date:
     return _dt.datetime.fromtimestamp(unix, CHINA_TZ).date()
 
 
-def _cases(record: Mapping[str, Any]) -> dict[tuple[str, str], tuple[set[str], set[str]]]:
-    """(list types, statuses) of the matches of each case (case number, court) a
-    record names: a case listed twice (a SHIXIN entry and a XIANGAO order of one
+def _cases(
+    record: Mapping[str, Any],
+) -> dict[tuple[str, str], tuple[set[str], set[str], set[str]]]:
+    """(list types, statuses, roles) of the matches of each case (case number, court)
+    a record names: a case listed twice (a SHIXIN entry and a XIANGAO order of one
     enforcement case) is one case, told once about the check."""
-    found: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
+    found: dict[tuple[str, str], tuple[set[str], set[str], set[str]]] = {}
     matches = record.get("matches")
     if isinstance(matches, list) and matches:
         for m in matches:
             if isinstance(m, Mapping):
                 key = (str(m.get("case_number", "")), str(m.get("court", "")))
-                list_types, statuses = found.setdefault(key, (set(), set()))
+                list_types, statuses, roles = found.setdefault(key, (set(), set(), set()))
                 list_types.add(str(m.get("list_type", "")))
                 statuses.add(str(m.get("status", "")))
+                if m.get("role"):
+                    roles.add(str(m["role"]))
     else:  # a record without match details: its case numbers alone
         for number in record.get("case_numbers") or []:
-            found.setdefault((str(number), ""), ({""}, {""}))
+            found.setdefault((str(number), ""), ({""}, {""}, set()))
     return found
 
 
@@ -342,24 +351,25 @@ def _count(
         totals.reviews += 1
     else:
         totals.allowed += 1
-    for (case_number, court), (list_types, statuses) in _cases(record).items():
+    for (case_number, court), (list_types, statuses, roles) in _cases(record).items():
         case = cases.setdefault((case_number, court), CaseEnforcement(case_number, court))
         case.list_types.update(t for t in list_types if t)
-        _tally(case.channel(channel), decision, statuses, codes, day, merchant)
+        _tally(case.channel(channel), decision, statuses, roles, codes, day, merchant)
 
 
 def _tally(
     enforcement: ChannelEnforcement,
     decision: str,
     statuses: set[str],
+    roles: set[str],
     codes: set[str],
     day: str,
     merchant: str,
 ) -> None:
     """One check, once, on one case's row: ``statuses`` of every entry of the case
-    that matched."""
+    that matched, ``roles`` the person checked holds in them."""
     if decision == "DENY":
-        enforcement.deny(day, merchant)
+        enforcement.deny(day, merchant, roles)
     elif decision == "REVIEW":
         enforcement.reviews += 1
     else:
@@ -433,8 +443,8 @@ def files_not_read(
 
 CSV_COLUMNS = (
     "quarter", "period_start", "period_end", "due_date", "case_number", "court", "list_types",
-    "channel", "denied", "first_denied", "last_denied", "merchant_count", "merchants",
-    "reviews", "allowed_suspended", "allowed_exempted", "allowed_expired",
+    "channel", "denied", "denied_roles", "first_denied", "last_denied", "merchant_count",
+    "merchants", "reviews", "allowed_suspended", "allowed_exempted", "allowed_expired",
     "allowed_not_restricted",
 )  # fmt: skip
 
@@ -443,6 +453,7 @@ def _channel_fields(c: ChannelEnforcement) -> dict[str, Any]:
     return {
         "channel": c.channel,
         "denied": c.denied,
+        "denied_roles": dict(sorted(c.denied_roles.items())),
         "first_denied": c.first_denied,
         "last_denied": c.last_denied,
         "merchant_count": len(c.merchants),
@@ -477,6 +488,7 @@ def report_csv(report: Report) -> str:
                    "list_types": ";".join(sorted(case.list_types)),
                    **_channel_fields(case.channels[name])}  # fmt: skip
             row["merchants"] = ";".join(row["merchants"])
+            row["denied_roles"] = ";".join(f"{k}={v}" for k, v in row["denied_roles"].items())
             writer.writerow(row)
     return out.getvalue()
 

@@ -24,7 +24,7 @@ from shixin_check.cli import main
 from shixin_check.clients.check_client import build_request
 from shixin_check.domain.model import CHINA_TZ
 from tests.conftest import RunningServer
-from tests.listdata import LI, ZHANG, person_entry, rid, write_jsonl
+from tests.listdata import ACME_USCC, LI, WANG, ZHANG, basic_rows, person_entry, rid, write_jsonl
 
 CASE_TWICE = "(2024)京0105执1001号"  # ZHANG: SHIXIN and XIANGAO, both in force
 CASE_LIFTED = "(2023)沪0101执88号"  # LI: SHIXIN suspended, XIANGAO expired
@@ -136,3 +136,32 @@ def test_an_allow_counts_once_per_case_by_its_precedence(
     assert counts(row(doc, CASE_MIXED)[1]) == {"allowed_not_restricted": 1}
     assert counts(row(doc, CASE_TWICE)[1]) == {"allowed_not_restricted": 1}
     assert (doc["totals"]["checks"], doc["totals"]["allowed"]) == (3, 3)
+
+
+def test_a_case_row_says_which_role_each_denial_stopped(
+    tmp_path: Path, serve: Callable[..., RunningServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The organisation and its legal representative refused on one case: the row says
+    DEBTOR=1 and LEGAL_REPRESENTATIVE=1 (it merged them into denied 2, which DESIGN's
+    "in which role" could not be read from), in the JSON and the CSV."""
+    hits = tmp_path / "logs" / "hits.jsonl"
+    server = serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()), hit_log=hits)
+    office = {"high_end": True}
+    for request in (
+        build_request("OFFICE_RENTAL", uscc=ACME_USCC, purchase=office),
+        build_request("OFFICE_RENTAL", id_number=WANG, name="王芳", purchase=office),
+    ):
+        assert server.stub().CheckConsumption(request).decision == pb.DENY
+    doc = report(tmp_path, hits, capsys)
+    [case] = [c for c in doc["cases"] if c["channels"][0]["channel"] == "OFFICE_RENTAL"]
+    [office_row] = case["channels"]
+    assert office_row["denied"] == 2
+    assert office_row["denied_roles"] == {"DEBTOR": 1, "LEGAL_REPRESENTATIVE": 1}
+    out = tmp_path / "report.csv"
+    code = main(["feedback", "--quarter", quarter_now(), "--format", "csv", "--hit-log",
+                 str(hits), "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    header, line = out.read_text().splitlines()
+    assert dict(zip(header.split(","), line.split(","), strict=True))["denied_roles"] == (
+        "DEBTOR=1;LEGAL_REPRESENTATIVE=1"
+    )
