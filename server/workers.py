@@ -130,6 +130,10 @@ HEARTBEAT_S = 1.0
 #: A worker past its first load that sends no heartbeat for this long is hung: SIGKILL,
 #: then restarted. Twenty beats: far beyond a loop busy with calls or a GC pause.
 SILENT_S = 20.0
+#: The supervisor's own loop wakes at least once a second: back after longer than this, it
+#: was stopped itself (Ctrl-Z, ``docker pause``, a cgroup freeze, a VM stall), and so, as a
+#: rule, were its workers, whose first beats after it may not have arrived yet.
+AWAY_S = 5.0
 #: The private folders a supervisor makes in the temporary directory, and removes at exit.
 PRIVATE_PREFIXES = ("shixin-run-", "shixin-index-", "shixin-demo-")
 #: In each of them: which supervisor made it (what lets a later one remove it once it is gone).
@@ -517,6 +521,8 @@ class Supervisor:
             if self.stopping:
                 timeout = max(0.0, min(timeout, self.stop_deadline - now))
             wait(waits, timeout)
+            if time.monotonic() - now > timeout + AWAY_S:
+                self._back_from_a_pause(time.monotonic() - now)
             self._take_signals(wake)
             for worker in live:
                 self._take_messages(worker)
@@ -627,6 +633,17 @@ class Supervisor:
         worker.restart_at = time.monotonic() + delay
         log.error("worker %d (pid %s) died after %.1fs: %s; starting it again in %.1fs",
                   worker.number, process.pid, lived, _why(code), delay)  # fmt: skip
+
+    def _back_from_a_pause(self, away: float) -> None:
+        """The supervisor itself was stopped for ``away`` seconds: a worker's silence
+        over that time is not its own, so each gets ``SILENT_S`` from now (one stopped
+        alone is still killed then)."""
+        log.warning("the supervisor was stopped for %.1fs (Ctrl-Z, docker pause, a frozen "
+                    "cgroup or VM?): every worker gets %.0fs from now to send a heartbeat",
+                    away, SILENT_S)  # fmt: skip
+        now = time.monotonic()
+        for worker in self.workers:
+            worker.heard_at = max(worker.heard_at, now)
 
     def _kill_silent(self, now: float) -> None:
         """SIGKILL each worker past its first load not heard from for ``SILENT_S``: its

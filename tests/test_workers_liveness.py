@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from shixin_check.server.metrics import READING_STALE_S, Reading, WorkerReadings, reading_path
-from shixin_check.server.workers import SILENT_S
+from shixin_check.server.workers import AWAY_S, SILENT_S
 from tests.processes import ServeProcess
 from tests.test_workers import (
     ask_round,
@@ -169,3 +169,38 @@ def _number(server: ServeProcess, pid: int) -> int:
     found = re.findall(rf"worker (\d+) started \(pid {pid}\)", server.output())
     assert found, server.output()
     return int(found[-1])
+
+
+def test_workers_stopped_with_their_supervisor_are_not_taken_for_hung(
+    tmp_path: Path, feed: Path, two_workers: None
+) -> None:
+    """Ctrl-Z, ``docker pause``, a frozen cgroup: the whole server stops for longer than
+    SILENT_S. The supervisor, thawed a moment before its workers (a thaw is not atomic),
+    found no beat since before the pause and killed healthy workers."""
+    server = serve_workers(tmp_path, feed, "paused")
+    try:
+        supervisor = psutil.Process(server.proc.pid)
+        workers = workers_of(server)
+        assert len(workers) == 2
+        supervisor.suspend()
+        for worker in workers:
+            worker.suspend()
+        time.sleep(SILENT_S + 2)
+        supervisor.resume()
+        time.sleep(1.5)  # the supervisor's loop runs while its workers are still stopped
+        for worker in workers:
+            worker.resume()
+        eventually(lambda: "the supervisor was stopped for" in server.output(),
+                   "the supervisor noticing its own pause")  # fmt: skip
+        time.sleep(2)
+        assert "sent no heartbeat" not in server.output(), server.output()
+        assert all(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+        assert {w.pid for w in workers_of(server)} == {w.pid for w in workers}
+        assert len(ask_round(server.target)) > 0
+    finally:
+        for process in [psutil.Process(server.proc.pid), *workers_of(server)]:
+            if process.is_running():
+                process.resume()
+        code = server.stop()
+    assert code == 0, server.output()
+    assert AWAY_S < SILENT_S
