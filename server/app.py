@@ -239,7 +239,14 @@ class Service:
                     root_certificates=ca,
                     require_client_auth=ca is not None,
                 )
+                # every caller shows a certificate: one without a CN is named as such
+                self.gate.certificates_required = ca is not None
                 self.port = server.add_secure_port(settings.listen, credentials)
+                if self.port:
+                    from shixin_check.server.settings import certificate_note
+
+                    soon, note = certificate_note(settings.tls_cert)
+                    (log.warning if soon else log.info)("%s", note)
             else:
                 self.port = server.add_insecure_port(settings.listen)
         except RuntimeError:  # grpcio: "Failed to bind to address ..."

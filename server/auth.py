@@ -69,7 +69,7 @@ REFUSAL_REASONS = (
     "API_KEY_MISSING",  # no authorization metadata and no client certificate
     "API_KEY_MALFORMED",  # authorization metadata that is not 'Bearer <key>'
     "API_KEY_UNKNOWN",  # a key the keys file does not hold (never issued, or removed)
-    "CERTIFICATE_UNKNOWN",  # a client certificate whose common name names no principal
+    "CERTIFICATE_UNKNOWN",  # a client certificate whose common name names no principal, or with none
     "ROLE_NOT_ALLOWED",  # the principal lacks the method's role
     "CHANNEL_NOT_ALLOWED",  # a channel outside the principal's scope
     "RATE_LIMITED",  # over the principal's rate: retry after the delay given
@@ -193,8 +193,9 @@ class KeyRing:
     @classmethod
     def load(cls, path: Path) -> KeyRing:
         """The ring ``path`` describes, or ``ConfigurationError``: a missing or empty
-        file, one that is not a JSON object naming ``keys`` or ``tls_principals``, or a
-        bad entry (so a half-written or emptied file never reads as "no keys")."""
+        file, one that is not a JSON object naming ``keys`` or ``tls_principals``, a bad
+        entry (so a half-written or emptied file never reads as "no keys"), or two
+        entries for one key or one common name."""
         where = f"--keys-file / SHIXIN_KEYS_FILE: {path}"
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -203,18 +204,42 @@ class KeyRing:
         if not isinstance(data, dict) or not ("keys" in data or "tls_principals" in data):
             raise ConfigurationError(f"{where}: must be a JSON object with 'keys' (a list)")
         ring = cls()
+        # a second entry for a key or a name would silently replace the first, and
+        # whoever that named would be refused what the file grants it
+        hash_at: dict[str, int] = {}
         for i, entry in enumerate(_entries(data, "keys", where)):
             at = f"{path}: keys[{i}]"
             digest = entry.get("sha256", "") if isinstance(entry, dict) else ""
             if not (isinstance(digest, str) and _HEX64.fullmatch(digest)):
                 raise ConfigurationError(f"{at}: sha256 must be 64 hex characters")
-            ring.by_hash[digest.lower()] = _principal(entry, at)
+            digest = digest.lower()
+            principal = _principal(entry, at)
+            if digest in hash_at:
+                j = hash_at[digest]
+                raise ConfigurationError(
+                    f"{path}: keys[{j}] (principal {ring.by_hash[digest].name!r}) and keys[{i}] "
+                    f"(principal {principal.name!r}) hold the same key (id {key_id(digest)}): "
+                    "a key names one principal; remove one of them"
+                )
+            hash_at[digest] = i
+            ring.by_hash[digest] = principal
+        name_at: dict[str, int] = {}
         for i, entry in enumerate(_entries(data, "tls_principals", where)):
             at = f"{path}: tls_principals[{i}]"
             common_name = entry.get("common_name") if isinstance(entry, dict) else None
             if not isinstance(common_name, str) or not common_name:
                 raise ConfigurationError(f"{at}: common_name is required")
-            ring.by_common_name[common_name] = _principal(entry, at)
+            principal = _principal(entry, at)
+            if common_name in name_at:
+                j, before = name_at[common_name], ring.by_common_name[common_name]
+                raise ConfigurationError(
+                    f"{path}: tls_principals[{j}] (principal {before.name!r}) and "
+                    f"tls_principals[{i}] (principal {principal.name!r}) name the same "
+                    f"common_name {common_name!r}: a certificate names one principal; merge "
+                    "the two entries into one or remove one"
+                )
+            name_at[common_name] = i
+            ring.by_common_name[common_name] = principal
         return ring
 
     def _grants(self) -> dict[str, set[tuple[str, str, Principal]]]:
@@ -426,6 +451,9 @@ class Gate:
         #: bumped by every ``replace_ring``: a stream compares it per message and, when
         #: it moved, finds its caller afresh (a key removed or narrowed mid-stream)
         self.generation = 0
+        #: the server requires a client certificate (mutual TLS): a caller with neither a
+        #: key nor a common name showed a certificate that has no CN
+        self.certificates_required = False
 
     def principal(self, metadata: Iterable[tuple[str, Any]], common_name: str = "") -> Principal:
         if self.ring is None:
@@ -456,6 +484,11 @@ class Gate:
                 message = f"client certificate {common_name!r} names no principal"
                 raise Unauthenticated(message).with_reason("CERTIFICATE_UNKNOWN")
             return found
+        if self.certificates_required:
+            raise Unauthenticated(
+                "client certificate has no common name (CN), so it names no principal: "
+                "give it a CN that tls_principals names, or send 'authorization: Bearer <key>'"
+            ).with_reason("CERTIFICATE_UNKNOWN")
         raise Unauthenticated(
             "credentials required: 'authorization: Bearer <key>' or a client certificate"
         ).with_reason("API_KEY_MISSING")

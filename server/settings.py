@@ -549,15 +549,28 @@ def resolve(
     return Resolved(command, values, origins, env, path)
 
 
+#: What Kubernetes puts in every pod of a namespace for each Service there (service links):
+#: for a Service named ``shixin-check``, ``SHIXIN_CHECK_SERVICE_HOST``,
+#: ``SHIXIN_CHECK_SERVICE_PORT_GRPC``, ``SHIXIN_CHECK_PORT_50051_TCP_ADDR``, ... Not ours,
+#: not typos: passed over (deploy/k8s turns them off too, ``enableServiceLinks: false``).
+SERVICE_LINK = re.compile(
+    r"SHIXIN_\w+?_(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_\w+)?)?)"
+)
+
+
 def _check_variables(env: Mapping[str, str]) -> dict[str, str]:
     """The ``SHIXIN_*`` variables of ``env`` that hold something; ``ConfigurationError``
-    for a name that is neither an option's variable nor in ``OTHER_ENV``."""
-    unknown = sorted(name for name in env if name.startswith(ENV_PREFIX) and name not in _KNOWN_ENV)
+    for a name that is neither an option's variable nor in ``OTHER_ENV`` (nor one that
+    Kubernetes makes for a Service: ``SERVICE_LINK``)."""
+    ours = {
+        name: value
+        for name, value in env.items()
+        if name.startswith(ENV_PREFIX) and (name in _KNOWN_ENV or not SERVICE_LINK.fullmatch(name))
+    }
+    unknown = sorted(name for name in ours if name not in _KNOWN_ENV)
     if unknown:
         raise ConfigurationError(_one_line([_unknown_variable(name) for name in unknown]))
-    return {
-        name: value for name, value in env.items() if name.startswith(ENV_PREFIX) and value.strip()
-    }
+    return {name: value for name, value in ours.items() if value.strip()}
 
 
 def merged(
@@ -858,10 +871,24 @@ class ServeSettings:
     @property
     def loopback(self) -> bool:
         """True when only this machine can reach the listener."""
-        return self.listen.startswith(_LOOPBACK)
+        return is_loopback(self.listen.rpartition(":")[0])
 
 
-_LOOPBACK = ("127.", "::1", "localhost", "[::1]")
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (bracketed or not) is a loopback address, or the name
+    ``localhost`` itself: a name that merely starts like one (``localhost.corp``,
+    ``127.x.example``) may resolve anywhere."""
+    import ipaddress
+
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # another name
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return (mapped or address).is_loopback
 
 
 def parse_listen(raw: str) -> tuple[str, int]:
@@ -941,6 +968,117 @@ def check_pem(
             f"{what}: not usable (a PEM certificate chain and its unencrypted key, or PEM CA "
             f"certificates): {getattr(exc, 'strerror', None) or exc}"
         ) from None
+
+
+#: A server certificate that expires sooner than this is named in a WARNING at start.
+CERTIFICATE_WARN_DAYS = 14
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----(.*?)-----END", re.S)
+
+
+def certificate_dates(path: Path) -> list[tuple[_dt.datetime, _dt.datetime]]:
+    """(notBefore, notAfter) in UTC of each certificate in the PEM file ``path``, in
+    file order (the server's own, then its chain). Read from the DER itself: no public
+    call of ``ssl`` decodes a certificate file (only a peer's, on a connection), and
+    ``cryptography`` is not a dependency. ``ValueError`` for a block that is not one."""
+    import base64
+
+    dates = []
+    for block in _PEM_CERTIFICATE.findall(path.read_bytes()):
+        try:
+            dates.append(_validity(base64.b64decode(block)))
+        except (IndexError, KeyError, ValueError) as exc:
+            raise ValueError(f"certificate {len(dates) + 1} cannot be read ({exc!r})") from None
+    return dates
+
+
+def _der(data: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, start, end) of the content of the DER element at ``at``."""
+    tag, length = data[at], data[at + 1]
+    at += 2
+    if length & 0x80:  # long form: the length's own length, then the length
+        size = length & 0x7F
+        length = int.from_bytes(data[at : at + size], "big")
+        at += size
+    if at + length > len(data):
+        raise ValueError("truncated")
+    return tag, at, at + length
+
+
+def _validity(der: bytes) -> tuple[_dt.datetime, _dt.datetime]:
+    """RFC 5280: Certificate = SEQUENCE { tbsCertificate = SEQUENCE { [0] version
+    (optional), serialNumber, signature, issuer, validity = SEQUENCE { notBefore,
+    notAfter }, ... }, ... }; each time a UTCTime or a GeneralizedTime, in UTC."""
+    _, at, _ = _der(der, 0)  # into the Certificate
+    _, at, _ = _der(der, at)  # into the TBSCertificate
+    if _der(der, at)[0] == 0xA0:  # the version, absent from v1 certificates
+        at = _der(der, at)[2]
+    for _ in range(3):  # serialNumber, signature, issuer
+        at = _der(der, at)[2]
+    _, at, _ = _der(der, at)  # into the validity
+    times = []
+    for _ in range(2):
+        tag, start, at = _der(der, at)
+        text = der[start:at].decode("ascii")
+        if tag == 0x17:  # UTCTime, YYMMDDHHMMSSZ: years 50-99 are 19YY (RFC 5280 4.1.2.5.1)
+            text = ("19" if text[:2] >= "50" else "20") + text
+        elif tag != 0x18:  # GeneralizedTime, YYYYMMDDHHMMSSZ
+            raise ValueError(f"validity: tag {tag:#x} is not a time")
+        moment = _dt.datetime.strptime(text, "%Y%m%d%H%M%SZ")
+        times.append(moment.replace(tzinfo=_dt.UTC))
+    return times[0], times[1]
+
+
+def _when(moment: _dt.datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def check_certificate_dates(what: str, path: Path, now: _dt.datetime | None = None) -> None:
+    """``ConfigurationError`` naming ``what`` and the dates when a certificate in
+    ``path`` has expired or is not valid yet: grpcio serves it all the same, and
+    every handshake then fails (the clients say why, the server never does)."""
+    now = now or _dt.datetime.now(_dt.UTC)
+    try:
+        dates = certificate_dates(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"{what}: {exc}") from None
+    for number, (not_before, not_after) in enumerate(dates, 1):
+        which = "the certificate" if number == 1 else f"certificate {number} of the chain"
+        valid = f"valid {_when(not_before)} to {_when(not_after)}"
+        if not_after < now:
+            problem = f"{which} expired at {_when(not_after)} ({valid})"
+        elif not_before > now:
+            problem = f"{which} is not valid yet ({valid}; the clock here says {_when(now)})"
+        else:
+            continue
+        raise ConfigurationError(
+            f"{what}: {problem}: every TLS handshake would fail; give a current certificate"
+        )
+
+
+def certificate_note(path: Path, now: _dt.datetime | None = None) -> tuple[bool, str]:
+    """(whether to warn, what to log) about the server certificate ``path`` at start:
+    when it expires, and that it is read once (a renewed file is not seen)."""
+    now = now or _dt.datetime.now(_dt.UTC)
+    try:
+        expires = min((after for _, after in certificate_dates(path)), default=None)
+    except (OSError, ValueError):  # checked at start (check_certificate_dates): changed since
+        expires = None
+    if expires is None:
+        return False, f"TLS certificate {path}: read once: restart to serve a renewed certificate"
+    left = expires - now
+    soon = left < _dt.timedelta(days=CERTIFICATE_WARN_DAYS)
+    if not soon:
+        said = "valid until"
+    elif left.days >= 2:
+        said = f"expires in {left.days} days, at"
+    elif left.days >= 0:
+        said = f"expires in {left.total_seconds() / 3600:.0f} hours, at"
+    else:  # served by a test or an embedder that skipped serve_settings's check
+        said = "expired at"
+    return soon, (
+        f"TLS certificate {path} {said} {_when(expires)}; read once: restart to serve a "
+        "renewed certificate"
+    )
 
 
 def _looked_for(path: Path) -> str:
@@ -1030,9 +1168,10 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         )
     if tls_cert is not None and tls_key is not None:
         check_pem(f"{n['tls_cert']} {tls_cert} and {n['tls_key']} {tls_key}", tls_cert, tls_key)
+        check_certificate_dates(f"{n['tls_cert']} {tls_cert}", tls_cert)
     if client_ca is not None:
         check_pem(f"{n['tls_client_ca']} {client_ca}", ca=client_ca)
-    on_network = not host.startswith(_LOOPBACK)
+    on_network = not is_loopback(host)
     if keys_file is None and client_ca is None and not insecure and on_network:
         raise ConfigurationError(
             f"--listen {listen}: authentication is off (no --keys-file or --tls-client-ca), "

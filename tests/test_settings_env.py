@@ -12,7 +12,13 @@ from pathlib import Path
 
 from shixin_check.cli import _parser
 from shixin_check.domain.errors import ConfigurationError
-from shixin_check.server.settings import OPTIONS, OTHER_ENV, ServeSettings, serve_settings
+from shixin_check.server.settings import (
+    OPTIONS,
+    OTHER_ENV,
+    SERVICE_LINK,
+    ServeSettings,
+    serve_settings,
+)
 from tests.listdata import basic_rows, write_jsonl
 from tests.processes import CLI, run_cli
 
@@ -113,6 +119,8 @@ def test_every_shixin_name_the_project_uses_is_known() -> None:
                 seen.setdefault(used, path)
     seen.pop("SHIXIN_X", None)  # a placeholder in a comment
     seen.pop("SHIXIN_HITLOG", None)  # README's example of a typo that stops the start
+    for name in [n for n in seen if SERVICE_LINK.fullmatch(n)]:
+        seen.pop(name)  # Kubernetes' service links, named in deploy/k8s comments
     assert {"SHIXIN_CONFIG", "SHIXIN_REDIS_PASSWORD", "SHIXIN_WORKERS"} <= set(seen)
     unknown = {
         name: str(path.relative_to(ROOT)) for name, path in seen.items() if name not in known
@@ -152,3 +160,33 @@ def test_a_missing_relative_path_is_named_where_it_was_looked_for(tmp_path: Path
         f"config list: feed does not exist (looked for {tmp_path / 'cwd' / 'feed'}: relative "
         "paths are read from the working directory)"
     ), line
+
+
+#: What Kubernetes puts in every pod's environment for deploy/k8s/service.yaml's Service
+#: ``shixin-check`` (ports grpc 50051 and metrics 9464), unless ``enableServiceLinks: false``.
+SERVICE_LINKS = {
+    "SHIXIN_CHECK_SERVICE_HOST": "10.96.0.12",
+    "SHIXIN_CHECK_SERVICE_PORT": "50051",
+    "SHIXIN_CHECK_SERVICE_PORT_GRPC": "50051",
+    "SHIXIN_CHECK_SERVICE_PORT_METRICS": "9464",
+    "SHIXIN_CHECK_PORT": "tcp://10.96.0.12:50051",
+    "SHIXIN_CHECK_PORT_50051_TCP": "tcp://10.96.0.12:50051",
+    "SHIXIN_CHECK_PORT_50051_TCP_PROTO": "tcp",
+    "SHIXIN_CHECK_PORT_50051_TCP_PORT": "50051",
+    "SHIXIN_CHECK_PORT_50051_TCP_ADDR": "10.96.0.12",
+    "SHIXIN_CHECK_PORT_9464_TCP": "tcp://10.96.0.12:9464",
+}
+
+
+def test_the_variables_kubernetes_makes_for_the_service_do_not_stop_a_start() -> None:
+    """Every pod in the Service's namespace gets SHIXIN_CHECK_*: refusing unknown SHIXIN_
+    names made serve, the loader Job's load and health exit 2 there (a crash loop)."""
+    done = run_cli("validate", "--help", env=clean_env(**SERVICE_LINKS))
+    assert done.returncode == 0, done.stderr
+    got = settings(["--demo"], clean_env(**SERVICE_LINKS))
+    assert got.listen == "127.0.0.1:50051"  # none of them read as a setting
+    done = run_cli("health", "--target", "127.0.0.1:1", "--timeout", "0.5",
+                   env=clean_env(**SERVICE_LINKS))  # fmt: skip
+    assert done.returncode == 2 and "unknown variable" not in done.stderr, done.stderr
+    done = run_cli("health", env=clean_env(**SERVICE_LINKS, SHIXIN_CHECK_TYPO="1"))
+    assert "SHIXIN_CHECK_TYPO: unknown variable" in done.stderr  # a typo is still one
