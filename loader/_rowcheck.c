@@ -111,6 +111,12 @@ static long china_today(void) {
     return (long)(((long long)now + 8 * 3600) / 86400);
 }
 
+/* listfile.EARLIEST_DAY, 2000-01-01: a published_on or valid_until before it but
+ * 1970-01-01 (day 0, no date) is an export's placeholder, a bad row (listfile._date).
+ * _date never keeps such a day in _DAYS, so day() below finds none; check() still
+ * declines one, should it. tests/test_placeholder_dates.py holds the two days equal. */
+#define EARLIEST_DAY 10957
+
 /* A date field: the day number listfile._DAYS holds for it (borrowed), or `missing`
  * when the row leaves it out, null or "" (what _date returns then). NULL: not sure. */
 static PyObject *day(PyObject *v, PyObject *missing) {
@@ -276,6 +282,8 @@ static int check(PyObject *obj, Row *row) {
         last = PyLong_AsLong(NO_END);
     }
     if (PyErr_Occurred()) BAIL(FAILED); /* _DAYS holds small ints: never */
+    /* an export's placeholder (1900-01-01): parse_entry refuses it, naming the field */
+    if ((first && first < EARLIEST_DAY) || last < EARLIEST_DAY) BAIL(NOT_SURE);
     /* published days after today in China (listfile.PUBLISHED_AHEAD_DAYS): parse_entry
      * refuses it. A day number compared, time() read once a row (a vDSO call) */
     if (first > china_today() + 1) BAIL(NOT_SURE);

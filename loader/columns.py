@@ -513,7 +513,7 @@ class ColumnBuilder:
         if published and valid_until < published:
             raise _NotFast
         if _day_of(get("filed_on")) is None:
-            _date(obj, "filed_on")
+            _date(obj, "filed_on", early_ok=True)  # as parse_entry: a placeholder read by nothing
         value = get("case_number")
         if type(value) is not str or not value:
             raise _NotFast

@@ -29,6 +29,7 @@ start of that day, China time).
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -78,9 +79,18 @@ def parse_instant(value: Any, field: str) -> float:
     ahead = at - time.time()
     if ahead > FUTURE_TOLERANCE_S:  # the list's age would read 0 until then: never stale
         raise InvalidInput(
-            field, f"{value!r} is {ahead / 3600:,.1f} h ahead of this machine's clock"
+            field,
+            f"{value!r} is {_hours_minutes(ahead)} ahead of this machine's clock (at most "
+            f"{_hours_minutes(FUTURE_TOLERANCE_S)} is accepted)",
         )
     return at
+
+
+def _hours_minutes(seconds: float) -> str:
+    """``seconds`` as "1 h 1 min", minutes rounded up: a time past the limit never
+    reads as the limit itself ("1.0 h" for 61 minutes)."""
+    hours, minutes = divmod(math.ceil(seconds / 60), 60)
+    return f"{hours:,} h {minutes} min" if minutes else f"{hours:,} h"
 
 
 def parse_header(obj: Any) -> SnapshotHeader:

@@ -357,10 +357,33 @@ def _text(obj: dict[str, Any], name: str, prefix: str = "", required: bool = Tru
 _DAYS: dict[str, int] = {}  # a list has a few thousand distinct dates: parse each once
 
 
+#: The first day a ``published_on``, ``valid_until`` or exemption date may be, but for
+#: 1970-01-01 (day 0, read as no date): no list existed before it (the courts' list began
+#: in 2013). An earlier date is what an export writes for an empty one: 1900-01-01 (SQL
+#: Server), 1899-12-30 (Excel), 1753-01-01 (SQL datetime), 0001-01-01 (.NET); read as a
+#: date, such a ``valid_until`` would make the entry expired and clear a listed person.
+#: loader/_rowcheck.c holds the same day (``EARLIEST_DAY``).
+EARLIEST_DAY = day_number(_dt.date(2000, 1, 1))
+
+
+def before_any_list(text: str) -> str:
+    """Why a date before ``EARLIEST_DAY`` (not 1970-01-01) is refused."""
+    return (
+        f"{text!r} is before {day_iso(EARLIEST_DAY)}, before any list existed (an export's "
+        "placeholder for an empty date? leave the field empty or null)"
+    )
+
+
 def _date(
-    obj: dict[str, Any], name: str, prefix: str = "", required: bool = False, missing: int = 0
-) -> int:
-    """A date field's day number; ``missing`` when the row leaves it out."""
+    obj: dict[str, Any], name: str, prefix: str = "", required: bool = False, missing: int = 0,
+    early_ok: bool = False,
+) -> int:  # fmt: skip
+    """A date field's day number; ``missing`` when the row leaves it out.
+
+    A day before ``EARLIEST_DAY`` other than 0 is refused (``before_any_list``), or
+    with ``early_ok`` (a date nothing reads: ``filed_on``) returned; either way it is
+    never kept in ``_DAYS``, so a date found there is good for every field (the C row
+    checker takes its dates from there alone)."""
     text = obj.get(name)
     day = _DAYS.get(text) if type(text) is str else None
     if day is not None:
@@ -372,6 +395,10 @@ def _date(
         day = day_number(_dt.date.fromisoformat(text))
     except ValueError:
         raise InvalidInput(prefix + name, f"{text!r} is not an ISO date (YYYY-MM-DD)") from None
+    if 0 != day < EARLIEST_DAY:
+        if early_ok:
+            return day
+        raise InvalidInput(prefix + name, before_any_list(text))
     if len(_DAYS) < 100_000:
         _DAYS[text] = day
     return day
@@ -549,11 +576,12 @@ def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
     if published > today() + PUBLISHED_AHEAD_DAYS:
         raise InvalidInput(prefix + "published_on", not_published_yet(published))
     # left out, or 1970-01-01 (day 0: what exports write for an empty date): no end.
-    # Never "expired": that would clear a listed person
+    # Never "expired": that would clear a listed person (as would another placeholder,
+    # 1900-01-01: _date refuses those)
     valid_until = _date(obj, "valid_until", prefix) or NO_END
     if published and valid_until < published:
         raise InvalidInput(prefix + "valid_until", "is before published_on")
-    _date(obj, "filed_on", prefix)
+    _date(obj, "filed_on", prefix, early_ok=True)  # read by nothing: its placeholder is harmless
     entry = ListEntry(
         entry_id=entry_id,
         list_type=list_type,
