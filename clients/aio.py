@@ -5,6 +5,12 @@ booking systems that already run an event loop (aiohttp, FastAPI, ...).
 Make it inside the loop that uses it, and close it there (``async with``).
 With ``prefilter=True`` the filter is fetched on entering ``async with`` (or
 by the first check) and kept current by a task of that loop.
+
+``close()`` cancels the calls in flight; grpc.aio then raises
+``asyncio.CancelledError`` in the tasks awaiting them, which nobody cancelled.
+Those become ``client_closed()``'s CANCELLED ``CheckError``, as in the blocking
+client (a batch's carrying its ``answers``); a task that is itself being
+cancelled still gets its ``CancelledError``.
 """
 
 from __future__ import annotations
@@ -12,7 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from pathlib import Path
 
 import grpc
@@ -56,6 +70,7 @@ from shixin_check.clients.prefilter import (
     Download,
     NeedsFull,
     RulesNewer,
+    client_closed,
 )
 
 
@@ -68,6 +83,36 @@ async def _with_request_ids_async(
         yield ids(request)
 
 
+class AsyncCheckStream:
+    """The answers of one ``AsyncCheckClient.check_stream``: ``async for`` over it.
+
+    As ``CheckStream``: leaving a loop early cancels the stream only once
+    nothing refers to it any more; ``async with client.check_stream(requests)
+    as answers:`` (or ``await answers.aclose()``) cancels it on leaving.
+    """
+
+    __slots__ = ("_answers",)
+
+    def __init__(self, answers: AsyncGenerator[pb.CheckResponse, None]) -> None:
+        self._answers = answers
+
+    def __aiter__(self) -> AsyncIterator[pb.CheckResponse]:
+        return self._answers  # a loop runs on the generator itself: no call more per answer
+
+    def __anext__(self) -> Awaitable[pb.CheckResponse]:
+        return self._answers.__anext__()
+
+    async def aclose(self) -> None:
+        """Cancel the stream: no more requests are sent, no more answers read."""
+        await self._answers.aclose()
+
+    async def __aenter__(self) -> AsyncCheckStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 class AsyncCheckClient:
     """Asynchronous client over one ``grpc.aio`` channel. Use ``async with``.
 
@@ -76,7 +121,10 @@ class AsyncCheckClient:
     ``retry``, ``keepalive``, ``batch_size``, and ``prefilter``,
     ``prefilter_max_age``, ``local_audit_path`` and ``clock``. A refused call
     raises a ``CheckError`` (a CANCELLED from the server a ``ServiceUnavailable``:
-    the caller's own cancellation is ``asyncio.CancelledError``, never a status).
+    the cancellation of the caller's own task is ``asyncio.CancelledError``,
+    never a status). Once ``close()`` is called, every call raises
+    ``client_closed()`` (CANCELLED, reason ``CLIENT_CLOSED``) before any
+    decision, local or not, and so does every call it cancels.
     """
 
     def __init__(
@@ -151,6 +199,8 @@ class AsyncCheckClient:
         state = self.prefilter
         if state is None:
             raise ValueError("this client was made without prefilter=True")
+        if self._closed:
+            raise client_closed()
         async with self._refresh_lock:
             started = state.clock()
             try:
@@ -172,7 +222,11 @@ class AsyncCheckClient:
             async for chunk in call:
                 download.add(chunk)
         except grpc.RpcError as exc:
-            raise call_error(exc) from exc
+            raise call_error(exc, self._closed) from exc
+        except asyncio.CancelledError:
+            if self._cancelled_by_close():
+                raise client_closed() from None
+            raise
         finally:
             call.cancel()  # a download given up on its header reads no more (else: no-op)
         self.prefilter.install(download, started)
@@ -196,14 +250,24 @@ class AsyncCheckClient:
     def _deadline(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
 
+    def _cancelled_by_close(self) -> bool:
+        """Whether a call's ``asyncio.CancelledError`` came from ``close()``: the client
+        is closed and the awaiting task is not itself being cancelled (``cancelling()``;
+        that cancellation goes on as a ``CancelledError``)."""
+        task = asyncio.current_task()
+        return self._closed and task is not None and task.cancelling() == 0
+
     async def check(
         self, request: pb.CheckRequest, *, timeout: float | None = None
     ) -> pb.CheckResponse:
         """One check: the decision, or a ``CheckError``; with the prefilter, a definite
         negative is answered here (``decided_locally``)."""
         state = self.prefilter
-        if state is not None:
+        if state is not None and not self._started:
             await self.start()
+        if self._closed:
+            raise client_closed()
+        if state is not None:
             local = state.decide(request)
             if local is not None:
                 state.record([local])
@@ -214,7 +278,11 @@ class AsyncCheckClient:
                 request, timeout=self._deadline(timeout), metadata=self.metadata
             )
         except grpc.RpcError as exc:
-            raise call_error(exc) from exc
+            raise call_error(exc, self._closed) from exc
+        except asyncio.CancelledError:
+            if self._cancelled_by_close():
+                raise client_closed() from None
+            raise
         return response
 
     async def check_batch(
@@ -224,9 +292,12 @@ class AsyncCheckClient:
         another (as ``CheckClient.check_batch``, the prefilter's answers included); a
         refusal carries the answers before it (``exc.answers``, ``exc.first_unanswered``)."""
         state = self.prefilter
+        if state is not None and not self._started:
+            await self.start()
+        if self._closed:
+            raise client_closed()
         if state is None:
             return await self._send_batches(requests, timeout)
-        await self.start()
         split = state.split(list(requests))
         try:
             sent = (
@@ -236,7 +307,11 @@ class AsyncCheckClient:
             answered_locally_too(exc, split, state)
             raise
         answers = split.merge(sent)
-        state.record(split.local)
+        try:
+            state.record(split.local)
+        except CheckError as exc:  # closed meanwhile: the server's answers, up to a local one
+            answered_locally_too(with_answers(exc, sent, len(sent)), split, state)
+            raise
         return answers
 
     async def _send_batches(
@@ -246,6 +321,8 @@ class AsyncCheckClient:
         answers: list[pb.CheckResponse] = []
         try:
             for batch in batches(requests, self.batch_size):
+                if self._closed:  # closed between two calls
+                    raise client_closed()
                 message = pb.CheckBatchRequest(checks=batch)
                 refuse_oversize(message)
                 try:
@@ -253,23 +330,39 @@ class AsyncCheckClient:
                         message, timeout=self._deadline(timeout), metadata=self.metadata
                     )
                 except grpc.RpcError as exc:
-                    raise batch_error(call_error(exc), len(answers), positions) from exc
+                    error = call_error(exc, self._closed)
+                    raise batch_error(error, len(answers), positions) from exc
+                except asyncio.CancelledError:
+                    if self._cancelled_by_close():
+                        raise client_closed() from None
+                    raise
                 answers.extend(batch_results(batch, reply))
         except CheckError as exc:
             with_answers(exc, answers, len(answers))
             raise
         return answers
 
-    async def check_stream(
+    def check_stream(
         self,
         requests: Iterable[pb.CheckRequest] | AsyncIterable[pb.CheckRequest],
         *,
         raise_on_error: bool = False,
         timeout: float | None = None,
-    ) -> AsyncIterator[pb.CheckResponse]:
+    ) -> AsyncCheckStream:
         """One answer per request, in order, on one stream (as ``CheckClient.check_stream``):
         a refused request is answered with ``error`` unless ``raise_on_error``. Every
-        request goes to the server."""
+        request goes to the server. Leaving the loop early cancels the stream once
+        nothing holds the returned ``AsyncCheckStream``; one kept in a name stays
+        open, the server deciding what it is sent, until ``await answers.aclose()``.
+        ``async with client.check_stream(requests) as answers:`` closes it on leaving."""
+        return AsyncCheckStream(self._stream(requests, raise_on_error, timeout))
+
+    async def _stream(
+        self, requests: Iterable[pb.CheckRequest] | AsyncIterable[pb.CheckRequest],
+        raise_on_error: bool, timeout: float | None,
+    ) -> AsyncGenerator[pb.CheckResponse, None]:  # fmt: skip
+        if self._closed:
+            raise client_closed()
         numbered = (
             _with_request_ids_async(requests)
             if isinstance(requests, AsyncIterable)
@@ -285,16 +378,26 @@ class AsyncCheckClient:
         except CheckError:
             raise
         except grpc.RpcError as exc:
-            raise call_error(exc) from exc
+            raise call_error(exc, self._closed) from exc
+        except asyncio.CancelledError:
+            if self._cancelled_by_close():
+                raise client_closed() from None
+            raise
         finally:
             call.cancel()
 
     async def status(self, *, timeout: float | None = None) -> pb.ListStatus:
         """What list the server holds and how fresh it is (GetListStatus)."""
+        if self._closed:
+            raise client_closed()
         try:
             reply: pb.ListStatus = await self.stub.GetListStatus(
                 pb.ListStatusRequest(), timeout=self._deadline(timeout), metadata=self.metadata
             )
         except grpc.RpcError as exc:
-            raise call_error(exc) from exc
+            raise call_error(exc, self._closed) from exc
+        except asyncio.CancelledError:
+            if self._cancelled_by_close():
+                raise client_closed() from None
+            raise
         return reply

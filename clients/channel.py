@@ -178,7 +178,9 @@ class Credentials:
     """An API key (``authorization: Bearer KEY``) and TLS material, all optional.
 
     ``root_ca`` (PEM bytes) turns TLS on; ``client_cert`` and ``client_key``
-    add a client certificate for mutual TLS.
+    add a client certificate for mutual TLS: both or neither, and only with
+    ``root_ca`` (``ValueError`` otherwise: grpc's core aborts the whole process
+    on a certificate without its key, and would send none over plaintext).
     """
 
     api_key: str = ""
@@ -194,6 +196,20 @@ class Credentials:
             raise ValueError(
                 f"api_key: is {len(self.api_key)} characters long; at most {API_KEY_MAX}"
                 " are sent (keys from `shixin-check keys add` are 46)"
+            )
+        # b"" is none to grpc's core as well (and aborts it the same way)
+        if bool(self.client_cert) != bool(self.client_key):
+            given, missing = (
+                ("client_cert", "client_key") if self.client_cert else ("client_key", "client_cert")
+            )
+            raise ValueError(
+                f"{missing}: missing while {given} is given; a client certificate goes with "
+                "its private key (PEM): give client_cert and client_key, or neither"
+            )
+        if self.client_cert and self.root_ca is None:
+            raise ValueError(
+                "client_cert and client_key: given without root_ca; a client certificate is "
+                "sent only over TLS, which root_ca (the CA's PEM) turns on"
             )
 
     def metadata(self) -> tuple[tuple[str, str], ...]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from shixin_check.clients.prefilter import (
     Prefilter,
     RulesNewer,
     Split,
+    client_closed,
     renumbered,
 )
 from shixin_check.domain.wire import PURCHASE_FIELD as _BY_CHANNEL
@@ -66,6 +67,7 @@ __all__ = [
     "NO_RETRY",
     "PURCHASE_FIELD",
     "CheckClient",
+    "CheckStream",
     "ErrorDetails",
     "Keepalive",
     "RetryPolicy",
@@ -104,14 +106,19 @@ def call_error(exc: grpc.RpcError, closing: bool = False) -> CheckError:
 
     The server cancels the calls it has taken in but not yet handed to the
     service when it begins to shut down (grpcio's core, grpc/grpc#41785): never
-    decided, retried as UNAVAILABLE is (``clients/channel.py``). A blocking call
-    cannot be cancelled by its caller except by closing the client
-    (``closing``), which stays a plain CANCELLED ``CheckError``; an asyncio
-    caller's cancellation is ``asyncio.CancelledError``, never a status.
+    decided, retried as UNAVAILABLE is (``clients/channel.py``). A call cannot
+    be cancelled by its caller except by closing the client (``closing``):
+    a plain CANCELLED ``CheckError``, ``client_closed()``'s. (An asyncio
+    caller's cancellation of its own task is ``asyncio.CancelledError``, never
+    a status.)
     """
     error = from_rpc_error(exc)
-    if error.code() is grpc.StatusCode.CANCELLED and not closing and type(error) is CheckError:
-        return ServiceUnavailable(error.info, exc)
+    if error.code() is grpc.StatusCode.CANCELLED and type(error) is CheckError:
+        return (
+            CheckError(client_closed().info, exc)
+            if closing
+            else ServiceUnavailable(error.info, exc)
+        )
     return error
 
 
@@ -152,16 +159,21 @@ def answered_locally_too(error: CheckError, split: Split, state: Prefilter) -> C
     ``split.send``), made the caller's: the answers to the caller's first requests,
     local ones included (and recorded, since they are handed out), up to the first
     the server did not answer. When the server answered none, none: ``[]`` and 0 (the
-    local answers cost nothing to give again, and are recorded when they are)."""
+    local answers cost nothing to give again, and are recorded when they are). When
+    the client was closed meanwhile (the local audit refuses them), up to the first
+    local answer: one that is not recorded is never handed out."""
     sent: list[pb.CheckResponse] = error.answers
     if not sent:
         return with_answers(error, [], 0)
-    first = split.positions[len(sent)]
     slots = list(split.answers)
+    first = split.positions[len(sent)] if len(sent) < len(split.positions) else len(slots)
     for position, answer in zip(split.positions, sent, strict=False):
         slots[position] = answer
+    try:
+        state.record(split.local[: first - len(sent)])
+    except CheckError:  # closed: the part handed out ends at the first local answer
+        first = next((i for i, at in enumerate(split.positions) if at != i), len(split.positions))
     prefix = [a for a in slots[:first] if a is not None]
-    state.record(split.local[: first - len(sent)])
     return with_answers(error, prefix, first)
 
 
@@ -232,6 +244,38 @@ def build_request(
     return request
 
 
+class CheckStream:
+    """The answers of one ``check_stream``, in order, as they come: iterate it.
+
+    Leaving a loop over it early cancels the stream only once nothing refers to
+    it any more (the generator inside is collected); while a name still holds
+    it, grpc keeps sending the caller's requests and the server keeps deciding
+    them. ``with client.check_stream(requests) as answers:`` (or
+    ``answers.close()``) cancels it on leaving, whatever still refers to it.
+    """
+
+    __slots__ = ("_answers",)
+
+    def __init__(self, answers: Generator[pb.CheckResponse, None, None]) -> None:
+        self._answers = answers
+
+    def __iter__(self) -> Iterator[pb.CheckResponse]:
+        return self._answers  # a loop runs on the generator itself: no call more per answer
+
+    def __next__(self) -> pb.CheckResponse:
+        return next(self._answers)
+
+    def close(self) -> None:
+        """Cancel the stream: no more requests are sent, no more answers read."""
+        self._answers.close()
+
+    def __enter__(self) -> CheckStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class CheckClient:
     """Blocking client over one channel, reused by every call. Use as a context manager.
 
@@ -254,6 +298,10 @@ class CheckClient:
     (``time.monotonic``). A key without the role fails the constructor
     (``PermissionDenied``); an unreachable server does not (the client starts
     without a filter and keeps trying).
+
+    Once ``close()`` is called, every call raises ``client_closed()`` (a plain
+    CANCELLED ``CheckError``, reason ``CLIENT_CLOSED``) before any decision,
+    local or not; so does a call in flight, which ``close()`` cancels.
     """
 
     def __init__(
@@ -283,7 +331,8 @@ class CheckClient:
         self.batch_size = batch_size
         self.metadata = credentials.metadata()
         self._refresh_lock = threading.Lock()
-        self._closing = threading.Event()
+        self._closing = threading.Event()  # wakes the refresher
+        self._closed = False  # read by every call (cheaper than the event)
         self._refresher: threading.Thread | None = None
         if self.prefilter is not None:
             try:
@@ -305,6 +354,7 @@ class CheckClient:
         self.close()
 
     def close(self) -> None:
+        self._closed = True
         self._closing.set()
         self.channel.close()  # ends a refresh in flight
         if self._refresher is not None and self._refresher is not threading.current_thread():
@@ -323,6 +373,8 @@ class CheckClient:
         state = self.prefilter
         if state is None:
             raise ValueError("this client was made without prefilter=True")
+        if self._closed:
+            raise client_closed()
         with self._refresh_lock:
             started = state.clock()
             try:
@@ -344,7 +396,7 @@ class CheckClient:
             for chunk in call:
                 download.add(chunk)
         except grpc.RpcError as exc:
-            raise call_error(exc, self._closing.is_set()) from exc
+            raise call_error(exc, self._closed) from exc
         finally:
             call.cancel()  # a download given up on its header reads no more (else: no-op)
         self.prefilter.install(download, started)
@@ -358,7 +410,7 @@ class CheckClient:
                 self.refresh_prefilter()
                 wait = state.refresh_interval
             except CheckError as exc:
-                if self._closing.is_set():
+                if self._closed:
                     return
                 log.warning("prefilter refresh failed: %s", exc)
                 wait = state.retry_interval
@@ -372,6 +424,8 @@ class CheckClient:
     def check(self, request: pb.CheckRequest, *, timeout: float | None = None) -> pb.CheckResponse:
         """One check: the decision, or a ``CheckError``; with the prefilter, a definite
         negative is answered here (``decided_locally``)."""
+        if self._closed:
+            raise client_closed()
         state = self.prefilter
         if state is not None:
             local = state.decide(request)
@@ -384,7 +438,7 @@ class CheckClient:
                 request, timeout=self._deadline(timeout), metadata=self.metadata
             )
         except grpc.RpcError as exc:
-            raise call_error(exc, self._closing.is_set()) from exc
+            raise call_error(exc, self._closed) from exc
         return response
 
     def check_batch(
@@ -397,6 +451,8 @@ class CheckClient:
         (``with_answers``), decided and logged by the server; send only the rest
         again. With the prefilter, the requests it clears are answered here and the
         rest sent, answers in order all the same."""
+        if self._closed:
+            raise client_closed()
         state = self.prefilter
         if state is None:
             return self._send_batches(requests, timeout)
@@ -407,7 +463,11 @@ class CheckClient:
             answered_locally_too(exc, split, state)
             raise
         answers = split.merge(sent)
-        state.record(split.local)
+        try:
+            state.record(split.local)
+        except CheckError as exc:  # closed meanwhile: the server's answers, up to a local one
+            answered_locally_too(with_answers(exc, sent, len(sent)), split, state)
+            raise
         return answers
 
     def _send_batches(
@@ -420,6 +480,8 @@ class CheckClient:
         answers: list[pb.CheckResponse] = []
         try:
             for batch in batches(requests, self.batch_size):
+                if self._closed:  # closed between two calls
+                    raise client_closed()
                 message = pb.CheckBatchRequest(checks=batch)
                 refuse_oversize(message)
                 try:
@@ -427,7 +489,7 @@ class CheckClient:
                         message, timeout=self._deadline(timeout), metadata=self.metadata
                     )
                 except grpc.RpcError as exc:
-                    error = call_error(exc, self._closing.is_set())
+                    error = call_error(exc, self._closed)
                     raise batch_error(error, len(answers), positions) from exc
                 answers.extend(batch_results(batch, reply))
         except CheckError as exc:
@@ -441,7 +503,7 @@ class CheckClient:
         *,
         raise_on_error: bool = False,
         timeout: float | None = None,
-    ) -> Iterator[pb.CheckResponse]:
+    ) -> CheckStream:
         """One answer per request, in order, as they come, on one stream.
 
         Requests without a ``request_id`` get one (``with_request_ids``); each
@@ -450,9 +512,21 @@ class CheckClient:
         goes on. With ``raise_on_error=True`` the first such answer raises its
         ``CheckError`` instead and the stream is cancelled. A broken stream
         raises. No deadline unless ``timeout`` is given: a gateway's stream
-        lives long. Leaving the loop early cancels the stream. Every request on a
-        stream goes to the server, prefilter or not.
+        lives long. Every request on a stream goes to the server, prefilter or not.
+
+        Leaving the loop early cancels the stream once nothing holds the
+        returned ``CheckStream``; one kept in a name (``answers =
+        client.check_stream(...)``) stays open, and the server goes on deciding
+        the requests it is sent, until ``answers.close()``. ``with
+        client.check_stream(requests) as answers:`` closes it on leaving.
         """
+        return CheckStream(self._stream(requests, raise_on_error, timeout))
+
+    def _stream(
+        self, requests: Iterable[pb.CheckRequest], raise_on_error: bool, timeout: float | None
+    ) -> Generator[pb.CheckResponse, None, None]:
+        if self._closed:
+            raise client_closed()
         call = self.stub.CheckConsumptionStream(
             with_request_ids(requests), timeout=timeout, metadata=self.metadata
         )
@@ -465,16 +539,18 @@ class CheckClient:
         except CheckError:
             raise
         except grpc.RpcError as exc:
-            raise call_error(exc, self._closing.is_set()) from exc
+            raise call_error(exc, self._closed) from exc
         finally:
             call.cancel()
 
     def status(self, *, timeout: float | None = None) -> pb.ListStatus:
         """What list the server holds and how fresh it is (GetListStatus)."""
+        if self._closed:
+            raise client_closed()
         try:
             reply: pb.ListStatus = self.stub.GetListStatus(
                 pb.ListStatusRequest(), timeout=self._deadline(timeout), metadata=self.metadata
             )
         except grpc.RpcError as exc:
-            raise call_error(exc, self._closing.is_set()) from exc
+            raise call_error(exc, self._closed) from exc
         return reply

@@ -211,13 +211,24 @@ class LocalAnswer(NamedTuple):
     record: dict[str, Any]
 
 
+def client_closed() -> CheckError:
+    """What a call of a closed client raises: CANCELLED, reason ``CLIENT_CLOSED``, the
+    caller's own doing (never retried, never a ``ServiceUnavailable``)."""
+    return from_info(ErrorDetails(
+        grpc.StatusCode.CANCELLED, "the client is closed (its close() was called)",
+        reason="CLIENT_CLOSED",
+    ))  # fmt: skip
+
+
 class LocalAudit:
     """The local answers, one JSON object a line, for the gateway to ship to the operator.
 
     Each record: time (RFC 3339, UTC), check_id, request_id, list_version,
     masked_id (never the number), channel, decision, codes, merchant_id,
     terminal_id, filter_age_s, stale (as the answer's), decided_locally.
-    Appended and flushed as each answer is handed out, from any thread.
+    Appended and flushed as each answer is handed out, from any thread. Once
+    closed (with its client), ``write`` raises ``client_closed()``: an answer
+    that cannot be recorded is never handed out.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -231,9 +242,10 @@ class LocalAudit:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         lines = b"".join(orjson.dumps({"time": now, **r}) + b"\n" for r in records)
         with self._lock:
-            if self._file is not None:
-                self._file.write(lines)
-                self._file.flush()
+            if self._file is None:
+                raise client_closed()
+            self._file.write(lines)
+            self._file.flush()
 
     def close(self) -> None:
         with self._lock:

@@ -155,34 +155,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace, batch_size: int = MAX_BATCH) -> CheckClient:
-    from shixin_check.clients.channel import API_KEY, API_KEY_MAX
+    from shixin_check.cli_health import client_credentials
     from shixin_check.clients.check_client import CheckClient
-    from shixin_check.server.settings import check_pem
 
-    def read(path: str | None) -> bytes | None:
-        return Path(path).read_bytes() if path else None
-
-    if not args.target.strip():
-        raise ConfigurationError("--target: is empty; give HOST:PORT")
-    if args.api_key and not API_KEY.fullmatch(args.api_key):  # named as a flag here
-        raise ConfigurationError("--api-key: must be printable ASCII without spaces")
-    if len(args.api_key or "") > API_KEY_MAX:
-        raise ConfigurationError(
-            f"--api-key: is {len(args.api_key)} characters long; at most {API_KEY_MAX} are sent"
-            " (keys from `shixin-check keys add` are 46)"
-        )
-    if args.ca:
-        check_pem(f"--ca {args.ca}", ca=Path(args.ca))
-    if bool(args.client_cert) != bool(args.client_key):
-        raise ConfigurationError("--client-cert and --client-key go together")
-    if args.client_cert:
-        check_pem(f"--client-cert {args.client_cert} and --client-key {args.client_key}",
-                  Path(args.client_cert), Path(args.client_key))  # fmt: skip
-
+    given = client_credentials(args)  # every flag checked, as `health` checks them
     return CheckClient(
-        args.target, api_key=args.api_key, root_ca=read(args.ca),
-        client_cert=read(args.client_cert), client_key=read(args.client_key),
-        batch_size=batch_size,
+        args.target, api_key=given.api_key, root_ca=given.root_ca,
+        client_cert=given.client_cert, client_key=given.client_key, batch_size=batch_size,
     )  # fmt: skip
 
 

@@ -8,7 +8,9 @@ the answer is in the exit status, so ``HEALTHCHECK`` and shell ``if`` can use it
 
 Exit 0 only on SERVING; 1 on NOT_SERVING, UNKNOWN or a service name the
 server does not know; 2 when the server cannot be asked (not listening, no
-answer in time, TLS or credentials refused), with one line on standard error.
+answer in time, TLS or credentials refused), with one line on standard error;
+so are flags that cannot work (``client_credentials``, shared with ``check`` and
+``status``: a certificate without its key, a ``--ca`` that is no PEM file).
 Health needs no credentials on this server; ``--api-key`` is sent all the same
 so the command works behind a proxy that wants one.
 """
@@ -19,9 +21,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shixin_check.domain.errors import ConfigurationError
 from shixin_check.server.settings import add_options, resolving
+
+if TYPE_CHECKING:
+    from shixin_check.clients.channel import Credentials
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -45,6 +51,44 @@ def _timeout(raw: object) -> float:
     return value
 
 
+def client_credentials(args: argparse.Namespace) -> Credentials:
+    """The credentials that the client flags of ``check``, ``status`` and ``health``
+    give (``--target``, ``--api-key``, ``--ca``, ``--client-cert``, ``--client-key``),
+    each flag checked first: a ``ConfigurationError`` naming it, where the client
+    library would raise a ``ValueError`` naming its argument, grpc would refuse the
+    call, or grpc's core would abort the process (a certificate without its key)."""
+    from shixin_check.clients.channel import API_KEY, API_KEY_MAX, Credentials
+    from shixin_check.server.settings import check_pem
+
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    if not args.target.strip():
+        raise ConfigurationError("--target: is empty; give HOST:PORT")
+    if args.api_key and not API_KEY.fullmatch(args.api_key):  # named as a flag here
+        raise ConfigurationError("--api-key: must be printable ASCII without spaces")
+    if len(args.api_key or "") > API_KEY_MAX:
+        raise ConfigurationError(
+            f"--api-key: is {len(args.api_key)} characters long; at most {API_KEY_MAX} are sent"
+            " (keys from `shixin-check keys add` are 46)"
+        )
+    if args.ca:
+        check_pem(f"--ca {args.ca}", ca=Path(args.ca))
+    if bool(args.client_cert) != bool(args.client_key):
+        raise ConfigurationError("--client-cert and --client-key go together")
+    if args.client_cert:
+        if not args.ca:
+            raise ConfigurationError(
+                "--client-cert and --client-key: need --ca; a client certificate is sent "
+                "only over TLS, which --ca turns on"
+            )
+        check_pem(f"--client-cert {args.client_cert} and --client-key {args.client_key}",
+                  Path(args.client_cert), Path(args.client_key))  # fmt: skip
+    return Credentials(
+        args.api_key or "", read(args.ca), read(args.client_cert), read(args.client_key)
+    )
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -52,15 +96,12 @@ def cmd_health(args: argparse.Namespace) -> int:
     from shixin_check.clients.check_client import CheckClient
 
     timeout = _timeout(args.timeout)
-    root_ca, cert, key = (
-        Path(path).read_bytes() if path else None
-        for path in (args.ca, args.client_cert, args.client_key)
-    )
+    given = client_credentials(args)
     service = args.service or ""
     shown = repr(service) if service else "the server ('')"
     with CheckClient(
-        args.target, timeout=timeout, api_key=args.api_key, root_ca=root_ca,
-        client_cert=cert, client_key=key,
+        args.target, timeout=timeout, api_key=given.api_key, root_ca=given.root_ca,
+        client_cert=given.client_cert, client_key=given.client_key,
     ) as client:  # fmt: skip
         stub = health_pb2_grpc.HealthStub(client.channel)
         try:
