@@ -20,8 +20,9 @@ structured details (``ErrorDetails``) read from the standard
 ``grpc-status-details-bin`` trailer or from a stream answer's ``error``. The
 mapping from status codes to classes is ``from_rpc_error`` and nowhere else.
 
-With the prefilter on (``clients/prefilter.py``) a check answered locally never
-raises; a prefilter download that does not check out raises a plain
+With the prefilter on (``clients/prefilter.py``) a check answered locally raises
+only once the client is closed (CANCELLED ``CLIENT_CLOSED``: its audit is closed,
+so no local answer is handed out unrecorded); a prefilter download that does not check out raises a plain
 ``CheckError`` (DATA_LOSS ``PREFILTER_CORRUPT``, or FAILED_PRECONDITION
 ``PREFILTER_SCHEME_UNKNOWN`` for a filter this client cannot read).
 """
