@@ -10,7 +10,8 @@ harmless; on a snapshot without a header, which may hold deltas that come
 again, so is an op whose change the list already shows (``apply_delta``).
 With a store, what each seq applied held is recorded beside the compiled
 version (``_AppliedOps``), so that every process and every restart refuses a
-delta rewritten in place alike, and serves the ops first applied.
+delta rewritten in place alike, and serves the ops first applied; and on a
+snapshot without a header, keeps the numbering the first delta applied set.
 """
 
 from __future__ import annotations
@@ -589,23 +590,32 @@ class _DeltaState:
         )
 
 
-def apply_delta(view: MemoryView, ops: list[DeltaOp], keyer: SubjectKeyer) -> MemoryView:
+def apply_delta(
+    view: MemoryView, ops: list[DeltaOp], keyer: SubjectKeyer, remedy: str = ""
+) -> MemoryView:
     """``view`` with the ops not yet applied on top, or ``LoadRejected`` (nothing applied).
 
     On a snapshot without a header the first delta applied sets where the numbering
     stands; its seq is kept (``first_delta_seq``) so that a delta below it, come
-    later, is refused rather than skipped as a replay (``feed.pending``). Such a
-    snapshot may hold deltas that come again, so there an op whose change the list
-    already shows is a no-op (``_DeltaState.reflected``): a delta all of whose ops
-    are applies as a no-op (it counts for the numbering, as any delta applied), and
-    one below ``first_delta_seq`` all of whose ops are is skipped, not refused.
+    later, is refused rather than skipped as a replay (``feed.pending``; the
+    refusal ends in ``remedy``). Such a snapshot may hold deltas that come again,
+    so there an op whose change the list already shows is a no-op
+    (``_DeltaState.reflected``): a delta all of whose ops are applies as a no-op
+    (it counts for the numbering, as any delta applied), and one below
+    ``first_delta_seq`` all of whose ops are is skipped, not refused.
+
+    A ``view`` of such a snapshot with no delta applied yet but a
+    ``first_delta_seq`` has the numbering another process set on it
+    (``_AppliedOps.numbered``): its first op must be that seq, as if applied there.
     """
     info = view.info
     unknown = _unknown_base(view)
+    numbered = unknown and info.first_delta_seq > 0
     state = _DeltaState(view, keyer, headerless=unknown or info.first_delta_seq > 0)
     todo = pending(
-        ops, info.last_delta_seq, unknown_base=unknown, first_seq=info.first_delta_seq,
-        base=Path(info.source).name, reflected=state.reflected,
+        ops, info.first_delta_seq - 1 if numbered else info.last_delta_seq,
+        unknown_base=unknown and not numbered, first_seq=info.first_delta_seq,
+        base=Path(info.source).name, remedy=remedy, reflected=state.reflected,
     )  # fmt: skip
     if not todo:
         return view
@@ -826,7 +836,8 @@ class Loader:
         if _unknown_base(view):
             # the first delta applied on a snapshot without a header sets the numbering, and
             # one below it is refused from then on: so the lowest seq goes first, whatever
-            # the names (as a restart after such a refusal must serve every delta)
+            # the names (without a record of the numbering, a restart after such a refusal
+            # serves every delta; with one, ``_AppliedOps.numbered`` keeps the refusal)
             remaining.sort(key=lambda delta: (_lowest_seq(delta), delta.name))
         refused: dict[Path, LoadRejected] = {}
         while remaining:
@@ -863,7 +874,11 @@ class Loader:
         from the record, ``_AppliedOps.recorded``), and the file is judged again on
         top of them, as it is judged there. Refused still: ``_RefusedOnRecorded``,
         with the version to serve.
+
+        On a snapshot without a header that no delta is applied to here yet, the
+        numbering the record shows is taken first (``_AppliedOps.numbered``).
         """
+        view = applied.numbered(view)
         try:
             return self._apply_file(view, path, applied)
         except LoadRejected:
@@ -920,7 +935,7 @@ class Loader:
             ]  # fmt: skip
             if errors:
                 raise LoadRejected(str(path), errors)
-            new = apply_delta(view, ops, self.keyer)
+            new = apply_delta(view, ops, self.keyer, applied.remedy)
         except LoadRejected as exc:
             raise LoadRejected(str(path), exc.errors) from None
         applied.add(path.name, [op for op in ops if last_seq < op.seq <= new.info.last_delta_seq])
@@ -968,6 +983,34 @@ class _AppliedOps:
     @property
     def where(self) -> str:
         return str(self._record.path) if self._record is not None else "this process"
+
+    @property
+    def remedy(self) -> str:
+        """What to do about a delta below the first applied on a snapshot without a
+        header (``feed.before_first_problem``) when the numbering is recorded: a
+        restart keeps it, so the default remedy (restart) would not do."""
+        if self._record is None or not self._record.usable:
+            return ""
+        return (
+            "publish a snapshot with a header whose includes_seq covers it (a restart keeps "
+            "this numbering, recorded in the index folder; to apply every delta lowest seq "
+            f"first, stop the server, delete {self._record.path.name} there and start it)"
+        )
+
+    def numbered(self, view: MemoryView) -> MemoryView:
+        """``view``, or on a snapshot without a header that no delta is applied to yet
+        (``_unknown_base``), one with the numbering the record shows: some process
+        (another worker, or this server before a restart) applied deltas on it, and
+        the first it applied set the numbering there, refusing any delta below. Its
+        seq, the lowest recorded (no seq below it is ever applied there), is taken
+        as ``first_delta_seq``, so a worker started in a dead one's place, a restart,
+        and a worker reading the deltas later, in another order, refuse what the
+        first refused, with the same message, instead of applying every delta
+        lowest seq first and serving, under the same label, what it does not."""
+        if view.info.last_delta_seq or not self.digests or not _unknown_base(view):
+            return view
+        info = replace(view.info, first_delta_seq=min(self.digests))
+        return MemoryView(view.base, view.overlay, info)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
