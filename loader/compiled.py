@@ -86,7 +86,10 @@ log = logging.getLogger("shixin.loader")
 #: 4: names keyed without invisible format characters and variation selectors
 #: (``identity.normalize_name``), and valid_until 1970-01-01 as no end: an older folder's
 #: name keys would no longer meet a request's (REVIEW where DENY is due)
-FORMAT = 4
+#: 5: no date before 2000-01-01 but 1970-01-01 (an export's placeholder for an empty
+#: date is a bad row): an older folder may hold an entry whose valid_until 1900-01-01
+#: reads as expired, clearing a listed person, so its list is parsed (and refused) again
+FORMAT = 5
 Code = Literal["Q", "I", "i"]
 #: typed columns and their element (the ``array`` / ``memoryview`` type code)
 _TYPED: dict[str, Code] = {

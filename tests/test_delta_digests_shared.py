@@ -27,7 +27,7 @@ from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.clients.check_client import build_request
 from shixin_check.domain.identity import IdType
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.loader.compiled import IndexStore
+from shixin_check.loader.compiled import FORMAT, IndexStore
 from shixin_check.loader.index_memory import MemoryIndex
 from shixin_check.loader.versions import DirectoryFollower, Loader
 from shixin_check.server.settings import ServeSettings
@@ -187,7 +187,8 @@ def test_a_torn_or_damaged_record_line_does_not_stop_a_load(
     good = record.read_bytes()
     assert good.endswith(b"\n") and len(good.splitlines()) == 1
     # a damaged line, then a last line cut short (a writer killed mid-append)
-    record.write_bytes(good + b'{"format": 4, "not": "a record"}\n' + b'{"format": 4, "fi')
+    damaged = b'{"format": %d, "not": "a record"}\n' % FORMAT
+    record.write_bytes(good + damaged + b'{"format": %d, "fi' % FORMAT)
 
     with caplog.at_level("WARNING", logger="shixin.loader"):
         again = start_server(settings)
@@ -199,7 +200,7 @@ def test_a_torn_or_damaged_record_line_does_not_stop_a_load(
         finally:
             again.stop()
     lines = record.read_bytes().splitlines(keepends=True)
-    assert lines[0] == good and lines[1] == b'{"format": 4, "not": "a record"}\n'
+    assert lines[0] == good and lines[1] == damaged
     assert len(lines) == 3 and orjson.loads(lines[2])["file"] == "delta-0002.jsonl"
     said = [r.getMessage() for r in caplog.records if "a line cannot be read" in r.getMessage()]
     assert len(said) == 1, said
