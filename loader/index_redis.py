@@ -17,14 +17,21 @@ Layout (``P`` is the key prefix, ``shixin`` by default; ``V`` a version):
   fingerprint of the key secret it was built with; ``header`` (0 for a
   snapshot without one) and then ``first_seq``, the seq of the first delta
   applied on such a snapshot (loads refuse a delta below it; replicas read
-  neither); ``format`` (``FORMAT``; absent in a version loaded before it).
+  neither); ``format`` (``FORMAT``; absent in a version loaded before it);
+  ``retired_at``, the Redis time a garbage collection first found the version
+  no longer current (``RETIRED_GRACE_SECONDS``).
 - ``P:v:V:bloom``: the serialised Bloom filter (rbloom, items = high 64 bits
   of the subject keys, stable ``int`` hash: the same in every process).
 - ``P:v:V:s:<bucket>``: hashes of subject key (16 bytes) -> its matches
   (``encode_match``), each with the exemptions of that subject only.
 - ``P:v:V:e:<bucket>``: hashes of entry_id -> its subject keys (for deltas).
 - ``P:v:V:deltas``: the stream of applied delta ops, in seq order.
-- ``P:replicas``: hash of replica id -> what it serves, refreshed every second.
+- ``P:replicas``: hash of replica id -> what it serves, refreshed every second;
+  its ``at`` is Redis's clock (``TIME``), marked ``"clock": "redis"``.
+- ``P:heard``: only for records written by older code (``at`` from the
+  replica's own clock): replica id -> [that ``at``, the Redis time a garbage
+  collection first saw it], so such a record is silent once its ``at`` has not
+  changed for ``LIVE_SECONDS`` by Redis's clock, whatever the replica's clock.
 - ``P:announce``: pub/sub channel announcing new versions and deltas (and
   ``sync``, which a load sends just before it waits for a Redis replica).
 
@@ -40,8 +47,12 @@ configured answer (never a silent ALLOW). When Redis answers but has lost
 the data (flushed, restarted empty, failed over to a replica without it),
 every check gets that configured answer, Bloom negatives included, until a
 load restores a version (``RedisFollower.health_problem``). Old versions
-are deleted once no live replica reports serving them, always under the
-lock (``collect_garbage``). Loads are ``loader.publish_redis``.
+are deleted once no live replica reports serving them and
+``RETIRED_GRACE_SECONDS`` after they stopped being current, always under the
+lock (``collect_garbage``), meta first (``delete_version``). Every time these
+decisions compare is Redis's own (``TIME``), never a loader's or a replica's
+clock: one machine's clock off by seconds must not delete a version another
+still serves. Loads are ``loader.publish_redis``.
 
 Every client is made by ``connect``: a ``redis://`` or ``rediss://`` URL,
 or, for high availability, Redis Sentinel (``SENTINEL_FORM``), the servers'
@@ -85,8 +96,16 @@ from shixin_check.loader.feed import missing_deltas
 Client = Any
 
 KEYS_PER_BUCKET = 48
-#: A replica whose heartbeat is older than this no longer protects its version.
+#: A replica whose heartbeat is older than this, by Redis's clock, no longer protects
+#: its version.
 LIVE_SECONDS = 15.0
+#: How long a version is kept after a garbage collection first finds it no longer
+#: current, whatever the heartbeats say (by Redis's clock, meta ``retired_at``): a
+#: replica that cannot register (``--redis`` naming a read-only Redis replica) or was
+#: unreachable for a while still holds the whole version it served, until it switches.
+RETIRED_GRACE_SECONDS = 300.0
+#: Keys ``delete_version`` unlinks per command, after the version's meta.
+DELETE_BATCH = 1000
 #: How long ``P:lock`` outlives its holder: a killed load blocks the next one this long.
 LOCK_SECONDS = 10.0
 #: The longest a replica waits between tries to reach Redis again: once Redis is
@@ -111,6 +130,8 @@ class RedisKeys:
         self.current = f"{prefix}:current"
         self.versions = f"{prefix}:versions"
         self.replicas = f"{prefix}:replicas"
+        #: older code's records in ``replicas``: when their ``at`` was first seen, by Redis
+        self.heard = f"{prefix}:heard"
         self.announce = f"{prefix}:announce"
         self.lock = f"{prefix}:lock"
         #: every version name a load ever used: never used again (replicas remember
@@ -496,13 +517,27 @@ class HeldLock:
             pass  # lapsed, taken over, or Redis gone: nothing of ours left, or it lapses itself
 
 
+def redis_time(client: Client) -> float:
+    """Redis's own clock (``TIME``) in Unix seconds: the one clock every loader and
+    replica of a list shares, whatever their machines' clocks say."""
+    seconds, micros = client.time()
+    return float(seconds) + float(micros) / 1e6
+
+
 def delete_version(client: Client, keys: RedisKeys, version: str) -> None:
-    """Every key of ``version``, then its entry in ``P:versions`` (last, so a
-    deletion cut short is still listed and the next collection finishes it)."""
+    """Every key of ``version``: its meta first, alone, then the rest in batches
+    (``DELETE_BATCH``), then its entry in ``P:versions`` (last, so a deletion cut
+    short is still listed and the next collection finishes it).
+
+    Meta first, in a command of its own: a replica still reading the version
+    finds it gone at its next look-up (``RedisView.look_up_many`` asks for the
+    meta with the buckets) and answers by the fail policy. With the meta still
+    there, a subject bucket already deleted would read as "not listed"."""
+    client.delete(keys.meta(version))
     batch = []
-    for key in client.scan_iter(match=keys.version_pattern(version), count=1000):
+    for key in client.scan_iter(match=keys.version_pattern(version), count=DELETE_BATCH):
         batch.append(key)
-        if len(batch) >= 1000:
+        if len(batch) >= DELETE_BATCH:
             client.unlink(*batch)
             batch = []
     if batch:
@@ -513,32 +548,94 @@ def delete_version(client: Client, keys: RedisKeys, version: str) -> None:
 def collect_garbage(
     client: Client, keys: RedisKeys, lock: HeldLock, now: float | None = None
 ) -> list[str]:
-    """Delete versions that are not current and that no live replica serves.
+    """Delete versions that are not current, that no live replica serves, and that
+    stopped being current over ``RETIRED_GRACE_SECONDS`` ago; the names deleted.
 
     Only under ``lock`` (held): only its holder writes versions, so no load
     is writing one now, and a version that is neither current nor served is
     old or was left by a killed load (listed in ``P:versions`` before its
     first key, whatever ``state`` its meta says). Nothing becomes current
     meanwhile either: flipping the pointer takes the lock too.
+
+    ``now`` and every time compared with it are Redis's (``redis_time``): a
+    heartbeat's ``at`` (``_served``) and a version's ``retired_at``, stamped the
+    first time a collection finds it whole but neither current nor served. A
+    version never made whole (a killed load) or half deleted (no meta) is
+    deleted at once: no replica reads it.
     """
-    now = time.time() if now is None else now
+    now = redis_time(client) if now is None else now
     current = client.get(keys.current)
-    in_use = {current.decode()} if current else set()
-    for replica_id, raw in client.hgetall(keys.replicas).items():
-        record = orjson.loads(raw)
-        if now - record.get("at", 0) < LIVE_SECONDS:
-            in_use.add(record.get("version", ""))
-        elif now - record.get("at", 0) > 3600:
-            client.hdel(keys.replicas, replica_id)
+    in_use = _served(client, keys, now)
+    if current:
+        in_use.add(current.decode())
     deleted = []
     for raw_version in client.smembers(keys.versions):
         version = raw_version.decode()
         if version in in_use:
             continue
+        meta = keys.meta(version)
+        last, state, retired = client.hmget(meta, "last_seq", "state", "retired_at")
+        if last is not None and state in (None, b"ready"):  # whole: a replica may serve it
+            if retired is None:
+                _stamp_retired(client, meta, now)
+            if now - float(retired or now) < RETIRED_GRACE_SECONDS:
+                continue
         lock.check()
         delete_version(client, keys, version)
         deleted.append(version)
     return deleted
+
+
+def _stamp_retired(client: Client, meta: str, now: float) -> None:
+    """``retired_at`` = ``now`` in a version's ``meta``, if that is still there: never
+    a meta made anew, which a replica's look-up would take for the version whole."""
+    with client.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(meta)
+            if pipe.exists(meta):
+                pipe.multi()
+                pipe.hsetnx(meta, "retired_at", repr(now))
+                pipe.execute()
+        except redis.WatchError:
+            pass  # changed meanwhile: the next collection stamps it
+
+
+def _served(client: Client, keys: RedisKeys, now: float) -> set[str]:
+    """The versions that live replicas report serving, judged by Redis's clock only.
+
+    A record of this code carries ``"clock": "redis"``: its ``at`` is Redis's
+    time when it was written, so its age is ``now - at``. One written by older
+    code carries its replica's own clock, which says nothing next to Redis's:
+    it counts as live until its ``at`` has stayed the same for ``LIVE_SECONDS``
+    of Redis time (``P:heard`` notes when each was first seen), never because
+    of a clock difference. Records silent for over ``RECORD_SECONDS`` are
+    forgotten."""
+    served: set[str] = set()
+    heard = client.hgetall(keys.heard)
+    older: set[bytes] = set()
+    for replica_id, raw in client.hgetall(keys.replicas).items():
+        record = orjson.loads(raw)
+        if not isinstance(record, dict):
+            continue
+        at = record.get("at", 0)
+        if record.get("clock") == "redis" and isinstance(at, (int, float)):
+            age = now - at
+        else:
+            older.add(replica_id)
+            seen = orjson.loads(heard[replica_id]) if replica_id in heard else None
+            if not isinstance(seen, list) or len(seen) != 2 or seen[0] != at:
+                client.hset(keys.heard, replica_id, orjson.dumps([at, now]))
+                seen = [at, now]
+            age = now - seen[1]
+        if age < LIVE_SECONDS:
+            served.add(record.get("version", ""))
+        elif age > RECORD_SECONDS:
+            client.hdel(keys.replicas, replica_id)
+            older.discard(replica_id)
+    gone = [replica_id for replica_id in heard if replica_id not in older]
+    if gone:
+        client.hdel(keys.heard, *gone)
+    return served
 
 
 def try_collect_garbage(client: Client, keys: RedisKeys, holder: str) -> bool:
@@ -732,6 +829,9 @@ class RedisFollower(Background):
         self._last_beat = 0.0
         self._master_checked = 0.0
         self._gc_due = False
+        #: when (monotonic) to collect again after a switch: the version left is kept
+        #: RETIRED_GRACE_SECONDS, then this replica's collection deletes it (0: none due)
+        self._gc_later = 0.0
         #: why Redis refuses this replica's writes ("" while it takes them): logged once
         self._write_problem = ""
         #: failed Redis commands: the follower's rounds, and the checks' look-ups
@@ -899,6 +999,8 @@ class RedisFollower(Background):
         if now - self._last_beat >= 1.0:
             self._last_beat = now  # one try a second, even while Redis refuses it
             self._write(self._heartbeat, now)
+        if self._gc_later and time.monotonic() >= self._gc_later:
+            self._gc_later, self._gc_due = 0.0, True
         if self._gc_due and self._lost is None and not self._write_problem:
             holder = f"gc {self.replica_id}"
             collected = self._write(try_collect_garbage, self.client, self.keys, holder)
@@ -949,11 +1051,12 @@ class RedisFollower(Background):
             pipe.get(self.keys.current)
             pipe.hmget(self.keys.meta(version), "last_seq", "load_token")
             pipe.hgetall(self.keys.replicas)
-            current, (last, held_token), records = pipe.execute()
+            pipe.time()  # records' ``at`` are Redis's time: compared with Redis's
+            current, (last, held_token), records, (seconds, micros) = pipe.execute()
         self._claim = None
         if last is None or not token or current != version.encode() or held_token != token:
             return ""  # gone, or not the version and load served: the other checks say so
-        held, ours, now = int(last), token.decode(errors="replace"), time.time()
+        held, ours, now = int(last), token.decode(errors="replace"), seconds + micros / 1e6
         best: dict[str, Any] | None = None
         for replica_id, raw in records.items():
             try:
@@ -1047,6 +1150,7 @@ class RedisFollower(Background):
         self.on_event("version", version)
         self._write(self._heartbeat, time.time())
         self._gc_due = True
+        self._gc_later = time.monotonic() + RETIRED_GRACE_SECONDS + LIVE_SECONDS
 
     def _apply(self, version: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
         """Add stream ``entries`` to the view; False if the version is gone meanwhile.
@@ -1119,12 +1223,15 @@ class RedisFollower(Background):
                 "shixin_redis_errors_total, logged again when it changes or clears")  # fmt: skip
 
     def _heartbeat(self, now: float) -> None:
+        """Register what this replica serves in ``P:replicas`` (``now``: this machine's
+        time, only to beat once a second; the record's ``at`` is Redis's)."""
         view = self._view
         record: dict[str, Any] = {
             "version": view.version if view else "",
             "seq": view.info.last_delta_seq if view else 0,
             "token": self._token_of_view.decode(errors="replace") if view else "",
-            "at": now,
+            "at": redis_time(self.client),  # never this machine's clock: collect_garbage
+            "clock": "redis",
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "problem": self.health_problem() or self.behind_problem(),
@@ -1204,7 +1311,7 @@ def replicas(client: Client, keys: RedisKeys | None = None) -> list[dict[str, An
     current = client.get(keys.current)
     version = current.decode() if current else ""
     last = int(read_meta(client, keys, version).get("last_seq", b"0")) if version else 0
-    now = time.time()
+    now = redis_time(client)  # what heartbeats are stamped with
     out = []
     for replica_id, raw in sorted(client.hgetall(keys.replicas).items()):
         record = orjson.loads(raw)

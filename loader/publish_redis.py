@@ -13,20 +13,24 @@ thread while the process lives), so one load runs at a time and a load
 killed by SIGKILL blocks the next one for at most those 10 s. A refused load
 says who holds the lock. What a snapshot load does, in order:
 
-1. register the version in ``P:versions`` with meta ``state=writing`` and a
+1. collect garbage: versions past their grace go before a new one takes room;
+2. register the version in ``P:versions`` with meta ``state=writing`` and a
    fresh random ``load_token``, before its first key;
-2. write its keys, checking between batches that the lock is still ours;
-3. write the Bloom filter and the full meta (``state=ready``);
-4. make it current in one MULTI/EXEC that runs only if the lock is still
+3. write its keys, checking between batches that the lock is still ours;
+4. write the Bloom filter and the full meta (``state=ready``);
+5. make it current in one MULTI/EXEC that runs only if the lock is still
    ours (WATCH on the lock key): a loader that lost its lock makes nothing
    current;
-5. collect garbage, still holding the lock.
+6. collect garbage again, still holding the lock: the version just replaced
+   is stamped retired and kept ``index_redis.RETIRED_GRACE_SECONDS``.
 
 Garbage collection is safe because it only runs under the lock: while a
 load holds it no one else writes a version, so any version that is neither
 current nor served by a live replica is old or was left by a killed load
-(step 1 made sure it is listed), whatever its ``state`` says; replicas
-collect only when they get the lock at once. A load that fails while still
+(step 2 made sure it is listed), whatever its ``state`` says; replicas
+collect only when they get the lock at once. Whether a replica is live, and
+how long ago a version stopped being current, are judged by Redis's clock
+(``TIME``), never the loader's. A load that fails while still
 holding the lock deletes its half-written version itself. A delta's
 changes, its stream records and the new last seq go in one MULTI/EXEC, so a
 killed delta load leaves nothing at all.
@@ -396,6 +400,9 @@ def _publish_snapshot(
         if not allow_rollback:
             _refuse_rollback(path, info.last_delta_seq, _applied_seq(client, keys))
             _refuse_older(client, path, keys)
+        # the versions past their grace go first: while this one is written Redis holds
+        # it and the current one, and more only when loads come within the grace
+        collect_garbage(client, keys, lock)
         version = _unused_name(client, keys, info.version)
         token = secrets.token_hex(8)
         register = client.pipeline(transaction=True)

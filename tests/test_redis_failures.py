@@ -64,17 +64,19 @@ def every_key(client: Client) -> set[str]:
     return {k.decode() for k in client.scan_iter(count=1000)}
 
 
-def assert_only_current(client: Client, keys: RedisKeys) -> None:
-    """Redis holds the current version's keys and the fixed ones: nothing a crash left."""
+def assert_only_current(client: Client, keys: RedisKeys, replaced: bytes | None = None) -> None:
+    """Redis holds the current version's keys, those of the version it ``replaced`` (kept
+    whole RETIRED_GRACE_SECONDS) and the fixed ones: nothing a crash left."""
     current = client.get(keys.current)
     assert current is not None
-    version = current.decode()
-    assert client.smembers(keys.versions) == {current}
+    kept = {current} | ({replaced} if replaced else set())
+    assert client.smembers(keys.versions) == kept
     fixed = {keys.current, keys.versions, keys.replicas, keys.names}
-    mine = f"{keys.prefix}:v:{version}:"
+    mine = tuple(f"{keys.prefix}:v:{version.decode()}:" for version in kept)
     strays = sorted(k for k in every_key(client) if k not in fixed and not k.startswith(mine))
     assert strays == []
-    assert read_meta(client, keys, version)["state"] == b"ready"
+    for version in kept:
+        assert read_meta(client, keys, version.decode())["state"] == b"ready"
 
 
 # --- a load killed midway -------------------------------------------------------
@@ -166,7 +168,7 @@ def test_a_killed_load_leaves_nothing_and_blocks_nobody(
         assert lock_lines(refused) == [lock_lines(refused)[0]]
         assert "another load holds shixin:lock" in refused and "try again later" in refused
     assert client.get(keys.current) != served
-    assert_only_current(client, keys)
+    assert_only_current(client, keys, replaced=served)
 
 
 def version_content(client: Client, keys: RedisKeys, version: str) -> dict[str, object]:

@@ -541,7 +541,9 @@ def test_a_snapshot_loaded_again_after_its_version_was_collected_is_followed(
     client: Client,
     keyer: SubjectKeyer,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(index_redis, "RETIRED_GRACE_SECONDS", 0.0)  # collected at once
     keys = RedisKeys()
     first = snapshot_with_header(tmp_path / "s1.jsonl", 0, basic_rows())
     v1 = publish_snapshot(client, first, keyer)

@@ -24,7 +24,14 @@ from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.clients.check_client import build_request
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.loader.index_redis import Client, RedisKeys, connect, redis_status
+from shixin_check.loader.index_redis import (
+    RETIRED_GRACE_SECONDS,
+    Client,
+    RedisKeys,
+    connect,
+    redis_status,
+    try_collect_garbage,
+)
 from shixin_check.loader.publish_redis import publish_delta
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import LI, ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
@@ -170,6 +177,11 @@ def test_old_versions_go_once_no_replica_reads_them(
     assert done.returncode == 0, done.stderr
     second = client.get(keys.current)
     eventually(lambda: all(decision(r, ZHAO).decision == pb.DENY for r in replicas), "new version")
+    # kept RETIRED_GRACE_SECONDS once replaced (tests/test_redis_gc_clocks.py): as if they passed
+    eventually(lambda: client.hexists(keys.meta(first.decode()), "retired_at"), "first retired")
+    seconds, _ = client.time()  # as if the grace had passed, by Redis's clock
+    client.hset(keys.meta(first.decode()), "retired_at", seconds - RETIRED_GRACE_SECONDS - 1)
+    eventually(lambda: try_collect_garbage(client, keys, "gc test"), "a collection", step=0.1)
     eventually(lambda: client.smembers(keys.versions) == {second}, "old version gone", step=0.1)
     assert not list(client.scan_iter(match=keys.version_pattern(first.decode())))
     assert all(decision(r, ZHANG).decision == pb.ALLOW for r in replicas)
