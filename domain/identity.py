@@ -170,15 +170,26 @@ def normalize_resident_id(raw: str, field: str = "id_number") -> str:
         elif _CANONICAL_ID.match(number) is None:
             if not number:
                 raise InvalidInput(field, "is empty")
+            refuse_controls(raw, field)  # named, not counted as a wrong length
             raise InvalidInput(field, _not_resident(number))
     if number[:2] not in _PROVINCES:
-        raise InvalidInput(field, f"has no valid region code ({number[:2]}...)")
+        raise InvalidInput(field, _or_uscc(number, f"has no valid region code ({number[:2]}...)"))
     if number[6:14] not in _BIRTH_DATES:
-        raise InvalidInput(field, f"has an impossible birth date ({number[6:14]})")
+        raise InvalidInput(
+            field, _or_uscc(number, f"has an impossible birth date ({number[6:14]})")
+        )
     expected = resident_id_check_char(number[:17])
     if number[17] != expected:
-        raise InvalidInput(field, "has a bad check digit (GB 11643)")
+        raise InvalidInput(field, _or_uscc(number, "has a bad check digit (GB 11643)"))
     return number
+
+
+def _or_uscc(number: str, problem: str) -> str:
+    """``problem``, and, for an all-digit number that is a valid USCC (an organisation's
+    code typed as a resident ID), where to send it."""
+    if reads_as_uscc(number):
+        return f"{problem}: it is a unified social credit code, an organisation's: send organization.uscc"
+    return problem
 
 
 def _not_resident(number: str) -> str:
@@ -201,6 +212,7 @@ def normalize_uscc(raw: str, field: str = "uscc") -> str:
     if not code:
         raise InvalidInput(field, "is empty")
     if _USCC_SHAPE.match(code) is None:  # 18 characters of the alphabet, or why not
+        refuse_controls(raw, field)
         other_digit = _other_digit(code)
         if other_digit:
             raise InvalidInput(field, other_digit)
@@ -218,6 +230,7 @@ def normalize_document(raw: str, field: str = "id_number") -> str:
     if not number:
         raise InvalidInput(field, "is empty")
     if _DOCUMENT_SHAPE.match(number) is None:
+        refuse_controls(raw, field)
         raise InvalidInput(field, _other_digit(number) or "must be 5 to 20 letters and digits")
     return number
 

@@ -10,6 +10,7 @@ correctness is pinned separately by the GB 11643 and GB 32100 examples below
 from __future__ import annotations
 
 import datetime as dt
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -736,3 +737,48 @@ def test_the_keyers_hashers_give_its_keys_as_bytes(keyer: SubjectKeyer) -> None:
     h = name.copy()
     h.update("张三".encode())
     assert int.from_bytes(h.digest()) == keyer.name_key("张三")
+
+
+def digit_uscc(problem: str) -> str:
+    """An all-digit USCC (18 digits, a valid GB 32100 check character) whose reading as
+    a resident ID fails with ``problem``: some organisations' codes are all digits."""
+    draw = random.Random(7)
+    for _ in range(100_000):
+        first17 = "".join(draw.choice("0123456789") for _ in range(17))
+        code = first17 + uscc_check_char(first17)
+        if not code.isdigit():
+            continue
+        try:
+            normalize_resident_id(code, FIELD)
+        except InvalidInput as exc:
+            if exc.problem.startswith(problem):
+                return code
+    raise AssertionError(f"no all-digit USCC failing with {problem!r}")
+
+
+@pytest.mark.parametrize(
+    "problem", ["has no valid region code", "has an impossible birth date", "has a bad check"]
+)
+def test_an_all_digit_uscc_sent_as_a_resident_id_says_where_to_send_it(problem: str) -> None:
+    """It was told only "has an impossible birth date (04433998)": 21 of 770 listed
+    organisations in a synthetic list have such codes, and organization.uscc finds them."""
+    code = digit_uscc(problem)
+    assert reads_as_uscc(code)
+    with pytest.raises(InvalidInput) as err:
+        normalize_resident_id(code, FIELD)
+    assert err.value.problem.startswith(problem)
+    assert err.value.problem.endswith("an organisation's: send organization.uscc")
+
+
+@pytest.mark.parametrize("control", ["\x00", "\x07", "\x7f", "\x9b"])
+def test_a_control_character_in_a_number_is_named_not_counted(control: str) -> None:
+    """A NUL pasted into an 18-character ID was "got 19 characters" (the clerk sees 18);
+    a name with one is refused by the character and its place: numbers alike."""
+    number = make_id(id_prefix())
+    typed = number[:9] + control + number[9:]
+    said = f"must not contain control characters (U+{ord(control):04X} at character 10)"
+    for normalize in (normalize_resident_id, normalize_document, normalize_uscc):
+        with pytest.raises(InvalidInput) as err:
+            normalize(typed, FIELD)
+        assert err.value.problem == said, (normalize.__name__, err.value.problem)
+    assert normalize_resident_id(number[:9] + "\t" + number[9:], FIELD) == number  # a tab: space
