@@ -554,8 +554,21 @@ def resolve(
 #: ``SHIXIN_CHECK_SERVICE_PORT_GRPC``, ``SHIXIN_CHECK_PORT_50051_TCP_ADDR``, ... Not ours,
 #: not typos: passed over (deploy/k8s turns them off too, ``enableServiceLinks: false``).
 SERVICE_LINK = re.compile(
-    r"SHIXIN_\w+?_(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_\w+)?)?)"
+    r"SHIXIN_\w+?_(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_\w+)?)"
 )
+#: ``<SERVICE>_PORT`` alone holds ``tcp://10.96.0.12:50051``: a name that could be a typo
+#: (a metrics port meant as ``..._METRICS_LISTEN``) is a service link only with such a value.
+_SERVICE_LINK_PORT = re.compile(r"SHIXIN_\w+_PORT")
+_SERVICE_LINK_URL = re.compile(r"(?:tcp|udp|sctp)://\S+:\d+")
+
+
+def _service_link(name: str, value: str) -> bool:
+    if SERVICE_LINK.fullmatch(name) is not None:
+        return True
+    return (
+        _SERVICE_LINK_PORT.fullmatch(name) is not None
+        and _SERVICE_LINK_URL.fullmatch(value) is not None
+    )
 
 
 def _check_variables(env: Mapping[str, str]) -> dict[str, str]:
@@ -565,7 +578,7 @@ def _check_variables(env: Mapping[str, str]) -> dict[str, str]:
     ours = {
         name: value
         for name, value in env.items()
-        if name.startswith(ENV_PREFIX) and (name in _KNOWN_ENV or not SERVICE_LINK.fullmatch(name))
+        if name.startswith(ENV_PREFIX) and (name in _KNOWN_ENV or not _service_link(name, value))
     }
     unknown = sorted(name for name in ours if name not in _KNOWN_ENV)
     if unknown:

@@ -119,7 +119,7 @@ def test_every_shixin_name_the_project_uses_is_known() -> None:
                 seen.setdefault(used, path)
     seen.pop("SHIXIN_X", None)  # a placeholder in a comment
     seen.pop("SHIXIN_HITLOG", None)  # README's example of a typo that stops the start
-    for name in [n for n in seen if SERVICE_LINK.fullmatch(n)]:
+    for name in [n for n in seen if SERVICE_LINK.fullmatch(n) or n.endswith("_CHECK_PORT")]:
         seen.pop(name)  # Kubernetes' service links, named in deploy/k8s comments
     assert {"SHIXIN_CONFIG", "SHIXIN_REDIS_PASSWORD", "SHIXIN_WORKERS"} <= set(seen)
     unknown = {
@@ -190,3 +190,5 @@ def test_the_variables_kubernetes_makes_for_the_service_do_not_stop_a_start() ->
     assert done.returncode == 2 and "unknown variable" not in done.stderr, done.stderr
     done = run_cli("health", env=clean_env(**SERVICE_LINKS, SHIXIN_CHECK_TYPO="1"))
     assert "SHIXIN_CHECK_TYPO: unknown variable" in done.stderr  # a typo is still one
+    done = run_cli("health", env=clean_env(SHIXIN_METRICS_PORT="9464"))  # not a link's value
+    assert "SHIXIN_METRICS_PORT: unknown variable" in done.stderr, done.stderr
