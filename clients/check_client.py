@@ -254,20 +254,37 @@ class CheckStream:
     ``answers.close()``) cancels it on leaving, whatever still refers to it.
     """
 
-    __slots__ = ("_answers",)
+    __slots__ = ("_answers", "call", "closed")
 
-    def __init__(self, answers: Generator[pb.CheckResponse, None, None]) -> None:
+    def __init__(self) -> None:
+        self._answers: Generator[pb.CheckResponse, None, None] | None = None
+        #: the grpc call, once the first answer is asked for (``CheckClient._stream``)
+        self.call: Any = None
+        self.closed = False
+
+    def run(self, answers: Generator[pb.CheckResponse, None, None]) -> CheckStream:
         self._answers = answers
+        return self
 
     def __iter__(self) -> Iterator[pb.CheckResponse]:
+        assert self._answers is not None
         return self._answers  # a loop runs on the generator itself: no call more per answer
 
     def __next__(self) -> pb.CheckResponse:
+        assert self._answers is not None
         return next(self._answers)
 
     def close(self) -> None:
-        """Cancel the stream: no more requests are sent, no more answers read."""
-        self._answers.close()
+        """Cancel the stream: no more requests are sent, no more answers read. From
+        any thread: one iterating it meanwhile sees the answers end."""
+        self.closed = True
+        if self.call is not None:
+            self.call.cancel()
+        try:
+            if self._answers is not None:
+                self._answers.close()
+        except ValueError:
+            pass  # being iterated in another thread: the cancelled call ends its loop
 
     def __enter__(self) -> CheckStream:
         return self
@@ -520,14 +537,18 @@ class CheckClient:
         the requests it is sent, until ``answers.close()``. ``with
         client.check_stream(requests) as answers:`` closes it on leaving.
         """
-        return CheckStream(self._stream(requests, raise_on_error, timeout))
+        stream = CheckStream()
+        return stream.run(self._stream(requests, raise_on_error, timeout, stream))
 
     def _stream(
-        self, requests: Iterable[pb.CheckRequest], raise_on_error: bool, timeout: float | None
-    ) -> Generator[pb.CheckResponse, None, None]:
+        self, requests: Iterable[pb.CheckRequest], raise_on_error: bool, timeout: float | None,
+        stream: CheckStream,
+    ) -> Generator[pb.CheckResponse, None, None]:  # fmt: skip
         if self._closed:
             raise client_closed()
-        call = self.stub.CheckConsumptionStream(
+        if stream.closed:
+            return
+        call = stream.call = self.stub.CheckConsumptionStream(
             with_request_ids(requests), timeout=timeout, metadata=self.metadata
         )
         try:
@@ -539,6 +560,8 @@ class CheckClient:
         except CheckError:
             raise
         except grpc.RpcError as exc:
+            if stream.closed and not self._closed:  # the caller's own close(): the answers end
+                return
             raise call_error(exc, self._closed) from exc
         finally:
             call.cancel()

@@ -180,8 +180,9 @@ def _out_of_memory(client: Client, exc: redis.ResponseError) -> IndexUnavailable
     return IndexUnavailable(
         f"Redis is out of memory ({limit}): it refused the load's writes, and nothing new "
         "was made current (what the load wrote is deleted); raise maxmemory or free memory "
-        "in Redis (an old version a stopped replica still reports is freed within 15 s "
-        "of its last heartbeat, by the next load), then load again"
+        "in Redis (the version a load replaced is kept 5 minutes after that load, and one "
+        "a stopped replica still reports until 15 s after its last heartbeat: each is freed "
+        "by the next load after that), then load again"
     )
 
 

@@ -554,11 +554,11 @@ def resolve(
 #: ``SHIXIN_CHECK_SERVICE_PORT_GRPC``, ``SHIXIN_CHECK_PORT_50051_TCP_ADDR``, ... Not ours,
 #: not typos: passed over (deploy/k8s turns them off too, ``enableServiceLinks: false``).
 SERVICE_LINK = re.compile(
-    r"SHIXIN_\w+?_(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_\w+)?)"
+    r"SHIXIN(?:_\w+?)?_(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_\w+)?)"
 )
 #: ``<SERVICE>_PORT`` alone holds ``tcp://10.96.0.12:50051``: a name that could be a typo
 #: (a metrics port meant as ``..._METRICS_LISTEN``) is a service link only with such a value.
-_SERVICE_LINK_PORT = re.compile(r"SHIXIN_\w+_PORT")
+_SERVICE_LINK_PORT = re.compile(r"SHIXIN(?:_\w+)?_PORT")
 _SERVICE_LINK_URL = re.compile(r"(?:tcp|udp|sctp)://\S+:\d+")
 
 

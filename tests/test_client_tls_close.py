@@ -438,3 +438,36 @@ def test_a_stream_left_by_with_is_cancelled_though_still_held(serve: Serve, tmp_
 
     taken, later = asyncio.run(main())
     assert later <= taken + 1
+
+
+def test_a_stream_closed_from_another_thread_ends_the_loop_reading_it(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """``answers.close()`` while a worker thread iterated raised ValueError (generator
+    already executing) and the stream went on; it cancels the call, and the loop in
+    the other thread simply ends."""
+    server = serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()))
+    source = Source()
+    read: list[pb.CheckResponse] = []
+    failed: list[BaseException] = []
+    with CheckClient(server.address) as client:
+        answers = client.check_stream(source)
+
+        def reader() -> None:
+            try:
+                read.extend(answers)
+            except BaseException as exc:  # noqa: BLE001 - what the thread saw, for the test
+                failed.append(exc)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not read and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert read, "no answer came"
+        answers.close()  # from this thread, while the reader is inside the loop
+        thread.join(timeout=5)
+        assert not thread.is_alive() and failed == []
+        taken = source.taken
+        time.sleep(0.4)
+        assert source.taken <= taken + 1 and len(read) < 60

@@ -190,5 +190,14 @@ def test_the_variables_kubernetes_makes_for_the_service_do_not_stop_a_start() ->
     assert done.returncode == 2 and "unknown variable" not in done.stderr, done.stderr
     done = run_cli("health", env=clean_env(**SERVICE_LINKS, SHIXIN_CHECK_TYPO="1"))
     assert "SHIXIN_CHECK_TYPO: unknown variable" in done.stderr  # a typo is still one
+    shixin = {
+        "SHIXIN_SERVICE_HOST": "10.96.0.13",
+        "SHIXIN_SERVICE_PORT": "50051",
+        "SHIXIN_PORT": "tcp://10.96.0.13:50051",
+        "SHIXIN_PORT_50051_TCP_PORT": "50051",
+    }
+    assert (
+        settings(["--demo"], clean_env(**shixin)).listen == "127.0.0.1:50051"
+    )  # a Service `shixin`
     done = run_cli("health", env=clean_env(SHIXIN_METRICS_PORT="9464"))  # not a link's value
     assert "SHIXIN_METRICS_PORT: unknown variable" in done.stderr, done.stderr
