@@ -21,7 +21,13 @@ from pathlib import Path
 
 import psutil
 
-from shixin_check.server.metrics import READING_STALE_S, Reading, WorkerReadings, reading_path
+from shixin_check.server.metrics import (
+    READING_INTERVAL,
+    READING_STALE_S,
+    Reading,
+    WorkerReadings,
+    reading_path,
+)
 from shixin_check.server.workers import AWAY_S, SILENT_S
 from tests.processes import ServeProcess
 from tests.test_workers import (
@@ -79,7 +85,8 @@ def test_a_stopped_worker_is_counted_stale_then_killed_and_replaced(
         eventually(lambda: workers_by_state(url) == one_stale, "the hung worker counted stale",
                    step=SCRAPE_STEP_S)  # fmt: skip
         assert checks_total(url) == asked  # its counters are still in the sum
-        assert time.monotonic() - stopped_at >= READING_STALE_S
+        # its last reading was written up to one interval before it stopped
+        assert time.monotonic() - stopped_at >= READING_STALE_S - READING_INTERVAL
 
         # the supervisor: one line naming it, SIGKILL, then the usual restart
         said = f"worker {_number(server, victim.pid)} (pid {victim.pid}) sent no heartbeat for"
