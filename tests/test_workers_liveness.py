@@ -28,7 +28,7 @@ from shixin_check.server.metrics import (
     WorkerReadings,
     reading_path,
 )
-from shixin_check.server.workers import AWAY_S, SILENT_S
+from shixin_check.server.workers import AWAY_S, HEARTBEAT_S, SILENT_S
 from tests.processes import ServeProcess
 from tests.test_workers import (
     ask_round,
@@ -92,7 +92,8 @@ def test_a_stopped_worker_is_counted_stale_then_killed_and_replaced(
         said = f"worker {_number(server, victim.pid)} (pid {victim.pid}) sent no heartbeat for"
         eventually(lambda: said in server.output(), "the supervisor noticing the silence",
                    step=SCRAPE_STEP_S)  # fmt: skip
-        assert time.monotonic() - stopped_at >= SILENT_S
+        # its last heartbeat was sent up to one beat before it stopped
+        assert time.monotonic() - stopped_at >= SILENT_S - HEARTBEAT_S
         eventually(lambda: not psutil.pid_exists(victim.pid) or
                    victim.status() == psutil.STATUS_ZOMBIE, "the hung worker killed")  # fmt: skip
         eventually(lambda: "serving again" in server.output(), "its replacement serving")
