@@ -16,7 +16,6 @@ and the record in real folders.
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import orjson
@@ -35,7 +34,12 @@ from tests.conftest import RunningServer, settings_for, start_server
 from tests.listdata import LI, ZHANG, basic_rows, delta, write_jsonl
 from tests.test_failure_paths import decision, header, health
 from tests.test_feed_order import LIST_CURRENT, status
-from tests.test_workers import SECRET, fresh_channel, serve_workers, workers_of
+from tests.test_workers import (
+    SECRET,
+    fresh_channel,
+    kill_one_and_await_its_replacement,
+    serve_workers,
+)
 from tests.waiting import eventually
 
 #: fresh connections per round: with two workers, one is missed with odds 2 in 2**24
@@ -104,15 +108,7 @@ def test_a_worker_started_in_a_dead_ones_place_serves_what_the_others_serve(
         assert len(live) == 1, live  # both alike
         assert next(iter(live))[4].startswith(REWRITTEN)
 
-        victim = workers_of(server)[0]
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(timeout=15)
-        eventually(
-            lambda: len(workers_of(server)) == 2
-            and victim.pid not in {w.pid for w in workers_of(server)}
-            and "serving again" in server.output(),
-            "a replacement serving in the killed worker's place",
-        )  # fmt: skip
+        kill_one_and_await_its_replacement(server)
 
         after = one_round(server.target)
         replacement = {w for w, *_ in after} - {w for w, *_ in before}

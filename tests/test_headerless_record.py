@@ -17,7 +17,6 @@ on fresh connections, loaders and followers over real list and index folders.
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
@@ -36,7 +35,12 @@ from tests.conftest import RunningServer, settings_for, start_server
 from tests.listdata import ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
 from tests.test_failure_paths import decision
 from tests.test_feed_order import status
-from tests.test_workers import SECRET, fresh_channel, serve_workers, workers_of
+from tests.test_workers import (
+    SECRET,
+    fresh_channel,
+    kill_one_and_await_its_replacement,
+    serve_workers,
+)
 from tests.waiting import eventually
 
 #: fresh connections per round: with two workers, one is missed with odds 2 in 2**24
@@ -121,15 +125,7 @@ def test_a_worker_started_in_a_dead_ones_place_refuses_the_late_delta_as_the_oth
         assert next(iter(live))[3].startswith(BEFORE_FIRST)
         assert _at(one_round(server.target), 7)  # Zhao not listed, on both
 
-        victim = workers_of(server)[0]
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(timeout=15)
-        eventually(
-            lambda: len(workers_of(server)) == 2
-            and victim.pid not in {w.pid for w in workers_of(server)}
-            and "serving again" in server.output(),
-            "a replacement serving in the killed worker's place",
-        )  # fmt: skip
+        kill_one_and_await_its_replacement(server)
 
         after = one_round(server.target)
         replacement = {w for w, *_ in after} - {w for w, *_ in before}

@@ -77,6 +77,20 @@ def workers_of(server: ServeProcess) -> list[psutil.Process]:
     return [p for p in children if "spawn_main" in " ".join(p.cmdline())]
 
 
+def kill_one_and_await_its_replacement(server: ServeProcess) -> psutil.Process:
+    """SIGKILL the first worker and wait until another serves in its place: the victim."""
+    victim = workers_of(server)[0]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=15)
+    eventually(
+        lambda: len(workers_of(server)) == 2
+        and victim.pid not in {w.pid for w in workers_of(server)}
+        and "serving again" in server.output(),
+        "a replacement serving in the killed worker's place",
+    )  # fmt: skip
+    return victim
+
+
 def mapped_under(pid: int, folder: Path) -> set[str]:
     """The files under ``folder`` that process ``pid`` has mapped."""
     found = set()
