@@ -16,7 +16,6 @@ cancelled still gets its ``CancelledError``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -184,13 +183,18 @@ class AsyncCheckClient:
     async def close(self) -> None:
         self._closed = True
         refresher, self._refresher = self._refresher, None
+        cancelled = False  # the task closing it was cancelled meanwhile: say so after
         if refresher is not None:
             refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+            try:
+                await asyncio.wait([refresher])  # its own CancelledError stays in it
+            except asyncio.CancelledError:
+                cancelled = True
         await self.channel.close()
         if self.prefilter is not None:
             self.prefilter.audit.close()
+        if cancelled:
+            raise asyncio.CancelledError
 
     # --- the prefilter ---------------------------------------------------------
 

@@ -12,6 +12,7 @@ an ``AsyncCheckClient`` closed under calls in flight raises that too, never an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -471,3 +472,28 @@ def test_a_stream_closed_from_another_thread_ends_the_loop_reading_it(
         taken = source.taken
         time.sleep(0.4)
         assert source.taken <= taken + 1 and len(read) < 60
+
+
+def test_a_task_cancelled_while_it_closes_an_async_client_is_cancelled(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """close() waited on its prefilter refresher under suppress(CancelledError), which
+    swallowed a cancellation of the task calling it: the task ended as if not cancelled.
+    It still closes the client whole, then lets the cancellation go on."""
+    server = serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()))
+
+    async def main() -> tuple[bool, BaseException | None]:
+        client = AsyncCheckClient(server.address, prefilter=True,
+                                  local_audit_path=tmp_path / "local.jsonl")  # fmt: skip
+        await client.__aenter__()
+        assert (await client.check(unlisted(1))).decided_locally
+        closing = asyncio.get_running_loop().create_task(client.close())
+        await asyncio.sleep(0)  # it is waiting for the refresher to stop
+        closing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+        return closing.cancelled(), await outcome(client.check(unlisted(2)))
+
+    cancelled, after = asyncio.run(main())
+    assert cancelled
+    assert isinstance(after, CheckError) and after.reason == "CLIENT_CLOSED"
