@@ -395,6 +395,10 @@ class EnumerationWatch:
     flagged: dict[str, int] = field(default_factory=dict)  # principal -> windows flagged
     _seen: dict[str, tuple[int, set[int]]] = field(default_factory=dict)
 
+    def forget(self, principal: str) -> None:
+        """Drop a removed principal's window (its flag count stays, for status)."""
+        self._seen.pop(principal, None)
+
     def observe(self, principal: str, key: int, now: float) -> bool:
         """Record one checked identity; True when this crosses the threshold now."""
         slot = int(now // self.window)
@@ -505,6 +509,7 @@ class Gate:
         self.generation += 1
         for name in changes.removed:
             self._buckets.pop(name, None)
+            self.watch.forget(name)  # its window of identities: no one checks as it now
         return changes
 
     def charge(self, principal: Principal, checks: int) -> None:

@@ -178,6 +178,30 @@ def test_a_gate_remembers_known_keys_only_until_its_ring_is_replaced(tmp_path: P
         gate.principal([("authorization", f"Bearer {keys['rail']}")])
 
 
+def test_a_removed_principal_leaves_no_window_of_identities_behind(tmp_path: Path) -> None:
+    """The enumeration watch kept every principal it ever saw with its last window of
+    identities (up to the threshold's worth each), removed ones too: a keys file that
+    churns principals grew it without end."""
+    keys = {name: f"sk_{name}-key" for name in ("hotel", "rail")}
+
+    def ring_of(*names: str) -> KeyRing:
+        path = tmp_path / f"{'-'.join(names)}.json"
+        path.write_text(json.dumps({"keys": [
+            {"principal": n, "sha256": key_hash(keys[n]), "channels": ["HOTEL"]} for n in names
+        ]}))  # fmt: skip
+        return KeyRing.load(path)
+
+    watch = EnumerationWatch(threshold=1000, window=1e9)
+    gate = Gate(ring_of("hotel", "rail"), watch, clock=lambda: 0.0)
+    for name in ("hotel", "rail"):
+        principal = gate.principal([("authorization", f"Bearer {keys[name]}")])
+        for person in range(50):
+            gate.observe(principal, person << 64)
+    assert set(watch._seen) == {"hotel", "rail"}
+    gate.replace_ring(ring_of("rail"))
+    assert set(watch._seen) == {"rail"}  # the one still in the ring keeps its window
+
+
 # --- stable reasons -----------------------------------------------------------
 
 
