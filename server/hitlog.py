@@ -148,16 +148,21 @@ def rotated_pattern(path: Path) -> re.Pattern[str]:
     return re.compile(re.escape(path.name) + r"\.(\d{8})\.(\d+)")
 
 
-def log_files(path: Path) -> list[Path]:
-    """The files of the set at ``path``, oldest first: rotated ones by n, then the live one."""
-    pattern = rotated_pattern(path)
-    rotated: list[tuple[int, Path]] = []
+def _beside(path: Path, pattern: re.Pattern[str]) -> list[tuple[int, str, Path]]:
+    """(n, day, file) for each file beside ``path`` whose name ``pattern`` (groups day
+    and n) matches whole, by n (then name)."""
+    found: list[tuple[int, str, Path]] = []
     if path.parent.is_dir():
         for child in path.parent.iterdir():
-            found = pattern.fullmatch(child.name)
-            if found:
-                rotated.append((int(found.group(2)), child))
-    files = [p for _, p in sorted(rotated, key=lambda t: t[0])]
+            match = pattern.fullmatch(child.name)
+            if match:
+                found.append((int(match.group(2)), match.group(1), child))
+    return sorted(found, key=lambda t: (t[0], t[2].name))
+
+
+def log_files(path: Path) -> list[Path]:
+    """The files of the set at ``path``, oldest first: rotated ones by n, then the live one."""
+    files = [child for _, _, child in _beside(path, rotated_pattern(path))]
     if path.is_file():
         files.append(path)
     return files
@@ -219,15 +224,8 @@ def open_log_files(path: Path) -> list[HeldFile]:
     held: list[HeldFile] = []
     live = _hold_file(path, None, "")
     try:
-        pattern = rotated_pattern(path)
-        rotated: list[tuple[int, str, Path]] = []
-        if path.parent.is_dir():
-            for child in path.parent.iterdir():
-                found = pattern.fullmatch(child.name)
-                if found:
-                    rotated.append((int(found.group(2)), found.group(1), child))
         seen = {live.identity} if live is not None else set()
-        for n, day, child in sorted(rotated, key=lambda t: t[0]):
+        for n, day, child in _beside(path, rotated_pattern(path)):
             one = _hold_file(child, n, day)
             if one is None:
                 continue
@@ -271,14 +269,7 @@ def unread_siblings(path: Path) -> list[tuple[int, str, Path]]:
     """(n, day, file) for each file beside the set at ``path`` named like one of its
     rotated files with more after it (``hits.jsonl.20260930.1.gz``: compressed or
     renamed by an archiving step): no reader of the set reads it. By n."""
-    pattern = re.compile(rotated_pattern(path).pattern + r"\..+", re.DOTALL)
-    found: list[tuple[int, str, Path]] = []
-    if path.parent.is_dir():
-        for child in path.parent.iterdir():
-            match = pattern.fullmatch(child.name)
-            if match:
-                found.append((int(match.group(2)), match.group(1), child))
-    return sorted(found, key=lambda t: (t[0], t[2].name))
+    return _beside(path, re.compile(rotated_pattern(path).pattern + r"\..+", re.DOTALL))
 
 
 def worker_log_path(path: Path, worker: int) -> Path:
