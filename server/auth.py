@@ -463,10 +463,15 @@ class Gate:
         if self.ring is None:
             return ANONYMOUS
         token = ""
+        given = 0
         for name, value in metadata:
             if name == "authorization":
-                token = value if isinstance(value, str) else ""
-                break
+                given += 1
+                if given == 1:
+                    token = value if isinstance(value, str) else ""
+                elif value != token:  # two credentials: serving either one would be a guess
+                    message = "authorization metadata given twice, with different values"
+                    raise Unauthenticated(message).with_reason("API_KEY_MALFORMED")
         if token:
             known = self._by_token.get(token)
             if known is not None:

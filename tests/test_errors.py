@@ -215,16 +215,35 @@ def test_auth_refusals_carry_error_info_of_their_class(
         ((), "API_KEY_MISSING"),
         ((("authorization", "Bearer sk_not-a-key"),), "API_KEY_UNKNOWN"),
         ((("authorization", "Basic dXNlcjpwdw=="),), "API_KEY_MALFORMED"),
+        # two different credentials, the good one first or last: neither is served
+        (
+            (("authorization", "Bearer GOOD"), ("authorization", "Bearer sk_not-a-key")),
+            "API_KEY_MALFORMED",
+        ),
+        (
+            (("authorization", "Bearer sk_not-a-key"), ("authorization", "Bearer GOOD")),
+            "API_KEY_MALFORMED",
+        ),
     ],
 )
 def test_unauthenticated_reasons_are_specific(
-    guarded: RunningServer, metadata: tuple[tuple[str, str], ...], expected: str
+    guarded: RunningServer,
+    keys: dict[str, str],
+    metadata: tuple[tuple[str, str], ...],
+    expected: str,
 ) -> None:
     """The specific reasons, set by server/auth.py."""
+    metadata = tuple((k, v.replace("GOOD", keys["hotel"])) for k, v in metadata)
     error = refused(lambda: guarded.stub().CheckConsumption(hotel(), metadata=metadata))
     assert error.code() is grpc.StatusCode.UNAUTHENTICATED
     assert reason(error) == expected
     assert "principal" not in details(error)["ErrorInfo"].metadata  # type: ignore[attr-defined]
+
+
+def test_the_same_key_sent_twice_is_served(guarded: RunningServer, keys: dict[str, str]) -> None:
+    """A proxy that repeats the header is no ambiguity: one credential, served."""
+    twice = (("authorization", f"Bearer {keys['hotel']}"),) * 2
+    assert guarded.stub().CheckConsumption(hotel(), metadata=twice).decision
 
 
 def test_a_channel_outside_the_scope_names_principal_and_channel(
