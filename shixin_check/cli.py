@@ -529,8 +529,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status.not_serving_reason or not status.serving:
         print(f"NOT_SERVING: {status.not_serving_reason or 'no list loaded yet'}")
     if status.behind:
+        # with no list loaded there is no last good one to serve: NOT_SERVING said so
+        serves = "serving the last good list" if status.serving else "nothing is served"
         print(f"BEHIND: {status.rejected_source} was refused ({status.rejected_problem}); "
-              "serving the last good list")  # fmt: skip
+              f"{serves}")  # fmt: skip
     if status.stale:
         print(f"STALE since {status.stale_since}: the feed's time {status.source_timestamp} is "
               f"older than --max-list-age ({status.max_list_age_seconds}s); readiness "

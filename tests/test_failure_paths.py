@@ -301,6 +301,12 @@ def test_no_valid_snapshot_is_not_serving_and_says_why(tmp_path: Path, serve: Se
     with pytest.raises(grpc.RpcError) as refused:
         decision(server.stub(), ZHANG)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    # the on-call engineer is not told a last good list is served: there is none
+    shown = run_cli("status", "--target", server.address)
+    assert shown.returncode == 1
+    assert "NOT_SERVING: no list loaded yet" in shown.stdout, shown.stdout
+    assert "BEHIND: " in shown.stdout and "nothing is served" in shown.stdout, shown.stdout
+    assert "last good list" not in shown.stdout, shown.stdout
 
 
 # --- 3. one server per port -----------------------------------------------------------------
