@@ -441,11 +441,12 @@ def files_not_read(
 
 # --- output ----------------------------------------------------------------
 
+#: a column added later goes at the end: a consumer reading by position keeps its fields
 CSV_COLUMNS = (
     "quarter", "period_start", "period_end", "due_date", "case_number", "court", "list_types",
-    "channel", "denied", "denied_roles", "first_denied", "last_denied", "merchant_count",
-    "merchants", "reviews", "allowed_suspended", "allowed_exempted", "allowed_expired",
-    "allowed_not_restricted",
+    "channel", "denied", "first_denied", "last_denied", "merchant_count", "merchants",
+    "reviews", "allowed_suspended", "allowed_exempted", "allowed_expired",
+    "allowed_not_restricted", "denied_roles",
 )  # fmt: skip
 
 

@@ -165,3 +165,11 @@ def test_a_case_row_says_which_role_each_denial_stopped(
     assert dict(zip(header.split(","), line.split(","), strict=True))["denied_roles"] == (
         "DEBTOR=1;LEGAL_REPRESENTATIVE=1"
     )
+    # the columns of the release before keep their places (consumers read by position);
+    # denied_roles came later, so it is last
+    assert header.split(",") == [
+        "quarter", "period_start", "period_end", "due_date", "case_number", "court",
+        "list_types", "channel", "denied", "first_denied", "last_denied", "merchant_count",
+        "merchants", "reviews", "allowed_suspended", "allowed_exempted", "allowed_expired",
+        "allowed_not_restricted", "denied_roles",
+    ]  # fmt: skip
