@@ -7,9 +7,15 @@ channel) and the purchase against the rule table.
 
 - ALLOW, NOT_LISTED: no entry names the subject.
 - ALLOW with NOT_RESTRICTED_CLASS / LISTING_SUSPENDED / EXEMPTED / EXPIRED:
-  listed, but nothing restricts this purchase today.
+  listed, but nothing restricts this purchase today. The reasons of entries in
+  force (NOT_RESTRICTED_CLASS, EXEMPTED) come before those of entries that no
+  longer apply (EXPIRED, LISTING_SUSPENDED): a clerk reading only the first is
+  not told that a listed person is no longer listed.
 - DENY with the restriction's code: an active, non-exempt entry restricts it;
-  the answer carries every such entry.
+  the answer carries every such entry. What restricts depends on the entry's
+  list type (``restrictions_for``: a XIANGAO order restricts all travel and any
+  renovation, a SHIXIN listing less), so a subject on both lists is denied when
+  either restricts, with the entries that do and each distinct restriction once.
 - REVIEW: such an entry exists but the name given does not match the one
   listed (after normalisation), like an airline watchlist's selectee.
 
@@ -29,8 +35,8 @@ from shixin_check.domain.errors import IndexUnavailable
 from shixin_check.domain.identity import mask_id, normalize_name
 from shixin_check.domain.index import ListedMatch, ListView
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.domain.model import Channel, Decision, EntryStatus, Role
-from shixin_check.domain.rules import DEBTOR_ONLY, Policy, Purchase, Reason, restriction_for
+from shixin_check.domain.model import Channel, Decision, EntryStatus, ListType, Role
+from shixin_check.domain.rules import DEBTOR_ONLY, Policy, Purchase, Reason, restrictions_for
 
 NOT_LISTED = Reason("NOT_LISTED", "未在失信被执行人及限制消费人员名单中")
 NOT_RESTRICTED_CLASS = Reason("NOT_RESTRICTED_CLASS", "名单人员，但该消费不在限制范围内")
@@ -185,41 +191,65 @@ def judge(
     today: int,
 ) -> Verdict:
     """The decision for a subject that the index says is listed."""
-    restriction = restriction_for(query.purchase, query.amount_fen, policy)
+    shixin, xiangao = restrictions_for(query.purchase, query.amount_fen, policy)
+    # what restricts a related person: a debtor-only restriction does not
+    shixin_related = None if shixin in DEBTOR_ONLY else shixin
+    xiangao_related = None if xiangao in DEBTOR_ONLY else xiangao
     channel = query.channel
     restricting: list[MatchOutcome] = []
+    why: list[Reason] = []  # the restriction of each of ``restricting``
     others: list[MatchOutcome] = []
-    lifted: list[Reason] = []
-    debtor_only = restriction in DEBTOR_ONLY  # a related person is not restricted by it
+    in_force: list[Reason] = []  # NOT_RESTRICTED_CLASS, EXEMPTED: an entry that applies
+    lifted: list[Reason] = []  # EXPIRED, LISTING_SUSPENDED: an entry that no longer does
     for m in found:
         if m.valid_until < today:
             others.append(MatchOutcome(m, EntryStatus.EXPIRED))
             lifted.append(EXPIRED)
-        elif m.status is EntryStatus.SUSPENDED:
+            continue
+        if m.status is EntryStatus.SUSPENDED:
             others.append(MatchOutcome(m, EntryStatus.SUSPENDED))
             lifted.append(LISTING_SUSPENDED)
-        elif restriction is None or (debtor_only and m.role is not Role.DEBTOR):
+            continue
+        if m.list_type is ListType.XIANGAO:
+            restriction = xiangao if m.role is Role.DEBTOR else xiangao_related
+        else:
+            restriction = shixin if m.role is Role.DEBTOR else shixin_related
+        if restriction is None:
             others.append(MatchOutcome(m, EntryStatus.ACTIVE))
-            lifted.append(NOT_RESTRICTED_CLASS)
+            in_force.append(NOT_RESTRICTED_CLASS)
         elif m.exemptions and any(e.covers(channel, today) for e in m.exemptions):
             # only where it lifts a restriction: a hard seat needs no court's permission
             others.append(MatchOutcome(m, EntryStatus.ACTIVE))
-            lifted.append(EXEMPTED)
+            in_force.append(EXEMPTED)
         else:
             restricting.append(MatchOutcome(m, EntryStatus.ACTIVE))
+            why.append(restriction)
 
-    if restriction is not None and restricting:
+    if restricting:
         name = normalize_name(query.name) if query.name else ""
         if not name:  # no name given (or only spaces): the ID alone decides
-            return Verdict(Decision.DENY, (restriction,), tuple(restricting))
+            return Verdict(Decision.DENY, _distinct(why), tuple(restricting))
         name_key = keyer.name_key(name)
-        named = tuple(o for o in restricting if o.match.name_key in (name_key, 0))
+        keys: tuple[int, ...] | set[int] = (name_key, 0)
+        named = [i for i, o in enumerate(restricting) if o.match.name_key in keys]
         if not named and "/" in query.name:  # an airline's SURNAME/GIVEN: either order
             keys = {keyer.name_key(n) for n in airline_name_readings(query.name)}
-            named = tuple(o for o in restricting if o.match.name_key in keys)
+            named = [i for i, o in enumerate(restricting) if o.match.name_key in keys]
         if named:
-            return Verdict(Decision.DENY, (restriction,), named)
-        return Verdict(Decision.REVIEW, (restriction, NAME_MISMATCH), tuple(restricting))
+            return Verdict(
+                Decision.DENY,
+                _distinct([why[i] for i in named]),
+                tuple(restricting[i] for i in named),
+            )
+        return Verdict(Decision.REVIEW, _distinct(why) + (NAME_MISMATCH,), tuple(restricting))
 
-    reasons = tuple(dict.fromkeys(lifted))  # first-seen order, no repeats
+    # first-seen order, no repeats; an entry in force first
+    reasons = tuple(dict.fromkeys(in_force + lifted))
     return Verdict(Decision.ALLOW, reasons, tuple(others))
+
+
+def _distinct(restrictions: list[Reason]) -> tuple[Reason, ...]:
+    """Each restriction once, in the order of the entries (nearly always just one)."""
+    if len(restrictions) == 1:
+        return (restrictions[0],)
+    return tuple(dict.fromkeys(restrictions))

@@ -5,6 +5,15 @@ and the SPC rules on restricting high consumption, art. 3. Each purchase type
 below is what a booking system sells on one channel; ``restriction_for`` says
 whether buying it is restricted, and under which reason code.
 
+The two lists differ in two rows. A SHIXIN listing restricts what the
+joint-punishment memoranda name (seeds 000 §一(七), 001 §二(七)): outbound group
+tours, resort spending over a quota (the debtor alone), luxury renovation. A
+XIANGAO listing is a consumption-restriction order, whose text is the SPC rules'
+art. 3: it forbids "(六)旅游、度假" outright (``TRAVEL_HOLIDAY``) and "(三)购买不动产
+或者新建、扩建、装修房屋" (any renovation), and its second paragraph puts every item
+on the organisation's legal representative, principal, directly responsible
+persons and actual controller alike. ``restrictions_for`` gives both answers.
+
 Thresholds are policy parameters (``Policy``), reported by GetListStatus.
 Bad purchases (a train number that is not one, a seat left out, a cabin class
 of 0) raise ``InvalidInput`` naming the field under ``purchase.<channel>``.
@@ -19,7 +28,7 @@ from enum import IntEnum
 from typing import Any, NamedTuple
 
 from shixin_check.domain.errors import InvalidInput
-from shixin_check.domain.model import Channel
+from shixin_check.domain.model import Channel, ListType
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +60,9 @@ TRAVEL_RESORT_OVER_QUOTA = Reason(
 #: Restrictions the policy puts on the debtor alone, not on its related persons: the
 #: resort quota ("对失信被执行人在获得旅游等级评定的度假区内或旅游企业内消费实行限额控制",
 #: seeds 000 and 001 §(七)3, whose sentence before it names the legal representative
-#: and the others for outbound tours, and this one does not).
+#: and the others for outbound tours, and this one does not). A SHIXIN listing's only:
+#: a consumption-restriction order puts every item on the related persons too (SPC
+#: rules art. 3, second paragraph), and restricts resorts at any amount (TRAVEL_HOLIDAY).
 DEBTOR_ONLY = frozenset({TRAVEL_RESORT_OVER_QUOTA})
 SCHOOL_HIGH_FEE_PRIVATE = Reason(
     "SCHOOL_HIGH_FEE_PRIVATE", "限制以其财产支付子女入学就读高收费私立学校"
@@ -60,6 +71,12 @@ INSURANCE_HIGH_PREMIUM = Reason(
     "INSURANCE_HIGH_PREMIUM", "限制支付高额保费购买具有现金价值的保险产品"
 )
 REAL_ESTATE = Reason("REAL_ESTATE", "限制购买不动产、土地使用权及新建、扩建、高档装修房屋")
+#: A consumption-restriction order's travel item, SPC rules art. 3(六) "旅游、度假": every
+#: travel purchase the memoranda leave open (domestic tours, rated resorts at any amount).
+TRAVEL_HOLIDAY = Reason("TRAVEL_HOLIDAY", "限制旅游、度假")
+#: A consumption-restriction order's property item, SPC rules art. 3(三): any renovation,
+#: where the memoranda name luxury renovation only. The code is REAL_ESTATE's.
+REAL_ESTATE_ANY_RENOVATION = Reason("REAL_ESTATE", "限制购买不动产或者新建、扩建、装修房屋")
 VEHICLE_NON_BUSINESS = Reason("VEHICLE_NON_BUSINESS", "限制购买非经营必需车辆")
 OFFICE_HIGH_END_RENTAL = Reason(
     "OFFICE_HIGH_END_RENTAL", "限制租赁高档写字楼、宾馆、公寓等场所办公"
@@ -71,6 +88,7 @@ RESTRICTIONS = (
     SHIP_SECOND_CLASS_OR_ABOVE, HOTEL_STAR_RATED, LEISURE_HIGH_CONSUMPTION,
     TRAVEL_OUTBOUND_GROUP, TRAVEL_RESORT_OVER_QUOTA, SCHOOL_HIGH_FEE_PRIVATE,
     INSURANCE_HIGH_PREMIUM, REAL_ESTATE, VEHICLE_NON_BUSINESS, OFFICE_HIGH_END_RENTAL,
+    TRAVEL_HOLIDAY, REAL_ESTATE_ANY_RENOVATION,
 )  # fmt: skip
 
 
@@ -324,8 +342,40 @@ def validate_purchase(channel: Channel, purchase: Purchase, amount_fen: int, pre
         check(purchase, amount_fen, prefix)
 
 
-def restriction_for(purchase: Purchase, amount_fen: int, policy: Policy) -> Reason | None:
-    """The restriction this purchase falls under, or None when a listed subject may buy it."""
+def restriction_for(
+    purchase: Purchase,
+    amount_fen: int,
+    policy: Policy,
+    list_type: ListType = ListType.SHIXIN,
+) -> Reason | None:
+    """The restriction this purchase falls under for a debtor on ``list_type``, or None
+    when such a subject may buy it. (A related person: ``DEBTOR_ONLY`` aside, the same.)"""
+    shixin = _shixin_restriction(purchase, amount_fen, policy)
+    return shixin if list_type is ListType.SHIXIN else _xiangao_restriction(purchase, shixin)
+
+
+def restrictions_for(
+    purchase: Purchase, amount_fen: int, policy: Policy
+) -> tuple[Reason | None, Reason | None]:
+    """(SHIXIN, XIANGAO): the restriction this purchase falls under on each list."""
+    shixin = _shixin_restriction(purchase, amount_fen, policy)
+    return shixin, _xiangao_restriction(purchase, shixin)
+
+
+def _xiangao_restriction(purchase: Purchase, shixin: Reason | None) -> Reason | None:
+    """A consumption-restriction order's answer, from the memoranda's (``shixin``): the
+    same, but for travel (art. 3(六): all of it) and renovation (art. 3(三): any)."""
+    kind = type(purchase)
+    if kind is TravelBooking:
+        # outbound tours keep their code; resorts (under the quota too) and domestic tours
+        return shixin if shixin is TRAVEL_OUTBOUND_GROUP else TRAVEL_HOLIDAY
+    if kind is RealEstateDeal:
+        return REAL_ESTATE_ANY_RENOVATION if shixin is None else shixin
+    return shixin
+
+
+def _shixin_restriction(purchase: Purchase, amount_fen: int, policy: Policy) -> Reason | None:
+    """The memoranda's rule table: what a SHIXIN listing restricts."""
     kind = type(purchase)
     if kind is RailTicket:
         assert isinstance(purchase, RailTicket)

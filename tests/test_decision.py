@@ -309,7 +309,8 @@ def test_all_matches_lifted_allow_with_each_lifting_reason_once() -> None:
     )
     verdict = check(*matches)
     assert verdict.decision is Decision.ALLOW
-    assert verdict.reasons == (EXPIRED, LISTING_SUSPENDED, EXEMPTED)
+    # the entry in force (E4, exempted) first, then those that no longer apply
+    assert verdict.reasons == (EXEMPTED, EXPIRED, LISTING_SUSPENDED)
     assert [o.match for o in verdict.matches] == list(matches)
     assert [o.status for o in verdict.matches] == [
         EntryStatus.EXPIRED,

@@ -2,7 +2,9 @@
 
 Every case goes through ``validate_purchase`` first (a valid purchase must
 pass it) and then ``restriction_for``; ``expected`` is the reason code, or
-None where a listed subject may buy.
+None where a listed subject may buy. ``ALL_CASES`` is the table for a SHIXIN
+listing (the memoranda); ``XIANGAO_CASES`` the rows where a consumption-restriction
+order (SPC rules art. 3) restricts more.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import pytest
 
 from shixin_check.domain.errors import InvalidInput
-from shixin_check.domain.model import Channel
+from shixin_check.domain.model import Channel, ListType
 from shixin_check.domain.rules import (
     PURCHASE_OF_CHANNEL,
+    REAL_ESTATE,
+    REAL_ESTATE_ANY_RENOVATION,
     RESTRICTIONS,
+    TRAVEL_HOLIDAY,
     Flight,
     HotelStay,
     InsurancePolicy,
@@ -33,6 +38,7 @@ from shixin_check.domain.rules import (
     VehicleSale,
     normalize_train_number,
     restriction_for,
+    restrictions_for,
 )
 from shixin_check.domain.rules import validate_purchase as validate
 
@@ -225,6 +231,44 @@ OTHER_CASES = [
 
 ALL_CASES = RAIL_CASES + OTHER_CASES
 
+#: A consumption-restriction order (XIANGAO): SPC rules art. 3(六) "旅游、度假" bars all
+#: travel, resorts at any amount; art. 3(三) "新建、扩建、装修房屋" any renovation.
+XIANGAO_CASES = [
+    case("x-domestic", TravelBooking(TravelService.DOMESTIC), "TRAVEL_HOLIDAY"),
+    case(
+        "x-resort-under-quota",
+        TravelBooking(TravelService.RATED_RESORT),
+        "TRAVEL_HOLIDAY",
+        amount_fen=1,
+    ),
+    case(
+        "x-resort-at-quota",
+        TravelBooking(TravelService.RATED_RESORT),
+        "TRAVEL_HOLIDAY",
+        amount_fen=QUOTA,
+    ),
+    case(
+        "x-resort-over-quota",
+        TravelBooking(TravelService.RATED_RESORT),
+        "TRAVEL_HOLIDAY",
+        amount_fen=QUOTA + 1,
+    ),
+    case(
+        "x-outbound-group",
+        TravelBooking(TravelService.OUTBOUND_GROUP_TOUR),
+        "TRAVEL_OUTBOUND_GROUP",
+    ),
+    case(
+        "x-outbound-related", TravelBooking(TravelService.OUTBOUND_RELATED), "TRAVEL_OUTBOUND_GROUP"
+    ),
+    *(
+        case(f"x-real-estate-{kind.name}", RealEstateDeal(kind), "REAL_ESTATE")
+        for kind in RealEstateKind
+    ),
+]
+#: the channels whose rows differ between the lists
+XIANGAO_CHANNELS = frozenset({Channel.TRAVEL, Channel.REAL_ESTATE})
+
 
 @pytest.mark.parametrize(("channel", "purchase", "amount_fen", "policy", "expected"), ALL_CASES)
 def test_rule_table(
@@ -233,11 +277,48 @@ def test_rule_table(
     validate(channel, purchase, amount_fen, PREFIX[channel])
     reason = restriction_for(purchase, amount_fen, policy)
     assert (reason.code if reason is not None else None) == expected
+    assert restriction_for(purchase, amount_fen, policy, ListType.SHIXIN) == reason
+
+
+@pytest.mark.parametrize(("channel", "purchase", "amount_fen", "policy", "expected"), XIANGAO_CASES)
+def test_rule_table_of_a_consumption_restriction_order(
+    channel: Channel, purchase: Purchase, amount_fen: int, policy: Policy, expected: str | None
+) -> None:
+    validate(channel, purchase, amount_fen, PREFIX[channel])
+    reason = restriction_for(purchase, amount_fen, policy, ListType.XIANGAO)
+    assert (reason.code if reason is not None else None) == expected
+    assert restrictions_for(purchase, amount_fen, policy)[1] == reason
+
+
+@pytest.mark.parametrize(("channel", "purchase", "amount_fen", "policy", "expected"), ALL_CASES)
+def test_a_consumption_restriction_order_restricts_the_rest_as_the_memoranda_do(
+    channel: Channel, purchase: Purchase, amount_fen: int, policy: Policy, expected: str | None
+) -> None:
+    """Outside travel and real estate the two lists' rows are one, reason and message."""
+    shixin, xiangao = restrictions_for(purchase, amount_fen, policy)
+    assert shixin == restriction_for(purchase, amount_fen, policy)
+    if channel not in XIANGAO_CHANNELS:
+        assert xiangao == shixin
+
+
+def test_a_domestic_tour_and_an_ordinary_renovation_are_restricted_only_by_an_order() -> None:
+    domestic = TravelBooking(TravelService.DOMESTIC)
+    renovation = RealEstateDeal(RealEstateKind.ORDINARY_RENOVATION)
+    assert restrictions_for(domestic, 0, DEFAULT) == (None, TRAVEL_HOLIDAY)
+    assert restrictions_for(renovation, 0, DEFAULT) == (None, REAL_ESTATE_ANY_RENOVATION)
+    # the order's wording, art. 3(三): any renovation, not only luxury (高档) renovation
+    assert "装修房屋" in REAL_ESTATE_ANY_RENOVATION.message
+    assert "高档" not in REAL_ESTATE_ANY_RENOVATION.message
+    assert "高档装修" in REAL_ESTATE.message
+    assert "旅游、度假" in TRAVEL_HOLIDAY.message
+    # what both lists restrict keeps the one reason: one code, one message
+    purchase = RealEstateDeal(RealEstateKind.PROPERTY_PURCHASE)
+    assert restrictions_for(purchase, 0, DEFAULT) == (REAL_ESTATE, REAL_ESTATE)
 
 
 def test_every_restriction_and_every_channel_is_covered_on_both_sides() -> None:
     """A new row in the rule table fails here until it has cases of its own."""
-    codes = {p.values[4] for p in ALL_CASES}  # type: ignore[attr-defined]
+    codes = {p.values[4] for p in ALL_CASES + XIANGAO_CASES}  # type: ignore[attr-defined]
     assert codes - {None} == {r.code for r in RESTRICTIONS}
     channels_allowed = {p.values[0] for p in ALL_CASES if p.values[4] is None}  # type: ignore[attr-defined]
     # Flights have no allowed side: any flight is restricted.
