@@ -17,7 +17,8 @@ Layout (``P`` is the key prefix, ``shixin`` by default; ``V`` a version):
   fingerprint of the key secret it was built with; ``header`` (0 for a
   snapshot without one) and then ``first_seq``, the seq of the first delta
   applied on such a snapshot (loads refuse a delta below it; replicas read
-  neither); ``format`` (``FORMAT``; absent in a version loaded before it);
+  neither); ``format`` (``FORMAT``; absent in a version loaded before it; a
+  replica serves an older one fail-closed and BEHIND, ``format_problem``);
   ``retired_at``, the Redis time a garbage collection first found the version
   no longer current (``RETIRED_GRACE_SECONDS``).
 - ``P:v:V:bloom``: the serialised Bloom filter (rbloom, items = high 64 bits
@@ -87,9 +88,10 @@ from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from shixin_check.domain.errors import ConfigurationError, IndexUnavailable
 from shixin_check.domain.index import Counts, ListedMatch, VersionInfo
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.domain.model import Channel, EntryStatus, Exemption, ListType, Role
+from shixin_check.domain.model import NO_END, Channel, EntryStatus, Exemption, ListType, Role
 from shixin_check.loader.background import Background
 from shixin_check.loader.feed import missing_deltas
+from shixin_check.loader.listfile import EARLIEST_DAY
 
 #: redis-py types every reply as ``bytes | str``; this project never sets
 #: decode_responses, so replies are bytes: the client is typed loosely.
@@ -315,14 +317,21 @@ def bucket_of(value: int, bits: int) -> int:
 
 # --- matches as stored values -------------------------------------------------
 
-#: What a version's keys hold (meta ``format``). 2: a match carries the exemptions
-#: naming its own subject only, and an organisation's entry names the organisation in
-#: its debtor's match too, so a delta can tell it from a person's entry and refuse an
-#: exemption for it. A version loaded before (no ``format``) copied each exemption
-#: onto every subject of its entry: a replica serving one applies none of them
-#: (``RedisView``), and a load refuses exemption ops on it, until the snapshot is
-#: loaded again.
-FORMAT = 2
+#: What a version's keys hold (meta ``format``): ``FORMAT``, written by every load, and
+#: since which format each promise holds. 2: a match carries the exemptions naming its
+#: own subject only, and an organisation's entry names the organisation in its debtor's
+#: match too, so a delta can tell it from a person's entry and refuse an exemption for
+#: it. A version loaded before (no ``format``) copied each exemption onto every subject
+#: of its entry: a replica serving one applies none of them (``RedisView``), and a load
+#: refuses exemption ops on it, until the snapshot is loaded again.
+EXEMPTIONS_FORMAT = 2
+#: 3: its dates were checked as this code loads them: no ``valid_until`` before
+#: ``listfile.EARLIEST_DAY`` (no end is ``NO_END``). A version loaded before may hold an
+#: export's placeholder for an empty date (1900-01-01) as an entry's end, read as
+#: expired: a replica serving one reads every such end as no end (``decode_old_matches``),
+#: never clearing a listed person by it, until the snapshot is loaded again.
+DATES_FORMAT = 3
+FORMAT = DATES_FORMAT
 
 
 def encode_match(m: ListedMatch, organization_name: str = "") -> list[Any]:
@@ -352,19 +361,48 @@ def decode_matches(raw: bytes | None, exemptions: bool = True) -> list[ListedMat
     return [decode_match(a, exemptions) for a in orjson.loads(raw)] if raw else []
 
 
+def decode_old_matches(raw: bytes | None, exemptions: bool) -> list[ListedMatch]:
+    """The stored matches of a version older than ``DATES_FORMAT``, read fail-closed: a
+    ``valid_until`` before ``EARLIEST_DAY`` (an export's placeholder for an empty date,
+    which older loads took as a date) is no end, never expired. ``exemptions`` False:
+    none is applied (older than ``EXEMPTIONS_FORMAT``)."""
+    found = orjson.loads(raw) if raw else []
+    for a in found:
+        if a[10] < EARLIEST_DAY:
+            a[10] = NO_END
+    return [decode_match(a, exemptions) for a in found]
+
+
 def format_of(meta: dict[str, bytes]) -> int:
     """The ``FORMAT`` a version was written in (1: before the field)."""
     return int(meta.get("format", b"1"))
 
 
 def old_format_problem(version: str) -> str:
-    """Why a version of an older format must be loaded again."""
+    """Why exemptions of a version older than ``EXEMPTIONS_FORMAT`` are not applied, and
+    why a load refuses exemption ops on it."""
     return (
         f"version {version} was loaded by an older shixin-check, whose exemptions cover every "
         "person of their entry (the organisation and all its related persons): its "
         "exemptions are not applied (those restricted stay restricted) until its snapshot "
         "is loaded again with this version (load PATH --redis URL)"
     )
+
+
+def format_problem(version: str, fmt: int) -> str:
+    """Why a replica serving a version of format ``fmt`` is behind ("" for ``FORMAT``)."""
+    dates = (
+        "did not refuse placeholder dates (a valid_until before 2000-01-01 other than "
+        "1970-01-01, such as 1900-01-01, what an export writes for an empty date, which it "
+        "took for an end long past): its entries with such a date are read as having no end "
+        "date meanwhile (never expired: those listed stay restricted)"
+    )
+    if fmt < EXEMPTIONS_FORMAT:
+        return f"{old_format_problem(version)}; that shixin-check also {dates}"
+    if fmt < DATES_FORMAT:
+        return (f"version {version} was loaded by an older shixin-check that {dates}; load "
+                "its snapshot again with this version (load PATH --redis URL)")  # fmt: skip
+    return ""
 
 
 def counts_json(counts: Counts) -> bytes:
@@ -376,9 +414,15 @@ def expiries_json(counts: Counts) -> bytes:
     return orjson.dumps([[int(t), int(s), v, n] for t, s, v, n in counts.expiries])
 
 
-def _counts_from(raw: bytes | None, subject_keys: int, raw_expiries: bytes | None) -> Counts:
+def _counts_from(
+    raw: bytes | None, subject_keys: int, raw_expiries: bytes | None, dated: bool = True
+) -> Counts:
+    """``dated`` False: a version older than ``DATES_FORMAT``, whose ends before
+    ``EARLIEST_DAY`` are read as no end (``decode_old_matches``): never counted EXPIRED."""
     rows = orjson.loads(raw) if raw else []
     ends = orjson.loads(raw_expiries) if raw_expiries else []
+    if not dated:
+        ends = [row for row in ends if row[2] >= EARLIEST_DAY]
     return Counts(
         tuple((ListType(t), EntryStatus(s), n) for t, s, n in rows if n),
         subject_keys,
@@ -683,17 +727,19 @@ class RedisView:
     """One Redis-held version as a replica sees it. Implements ``ListView``."""
 
     __slots__ = ("info", "version", "_bloom", "_client", "_keys", "_bits", "_meta_key", "_errors",
-                 "_exemptions", "_guard")  # fmt: skip
+                 "_current", "_exemptions", "_guard")  # fmt: skip
 
     def __init__(self, info: VersionInfo, version: str, bloom: Bloom, client: Client,
                  keys: RedisKeys, bits: int, errors: ErrorCount | None = None,
-                 exemptions: bool = True, guard: ReadGuard | None = None) -> None:  # fmt: skip
+                 fmt: int = FORMAT, guard: ReadGuard | None = None) -> None:  # fmt: skip
         """``errors``: where failed look-ups are counted (the checks' thread).
-        ``exemptions`` False: the version is of an older ``FORMAT``, whose exemptions
-        cannot be told apart by person: none is applied (never one for everyone).
-        ``guard``: the follower's word that Redis must not be asked now."""
+        ``fmt``: the version's ``FORMAT``. Older than ``DATES_FORMAT``, its matches are
+        read fail-closed (``decode_old_matches``); older than ``EXEMPTIONS_FORMAT``, its
+        exemptions cannot be told apart by person: none is applied (never one for
+        everyone). ``guard``: the follower's word that Redis must not be asked now."""
         self._guard = guard or ReadGuard()
-        self._exemptions = exemptions
+        self._current = fmt >= DATES_FORMAT
+        self._exemptions = fmt >= EXEMPTIONS_FORMAT
         self._errors = errors or ErrorCount()
         self.info = info
         self.version = version
@@ -730,9 +776,10 @@ class RedisView:
             raise IndexUnavailable(f"redis: {exc}") from exc
         if not exists:
             raise IndexUnavailable(f"version {self.version} is no longer in Redis")
-        if self._exemptions:
+        if self._current:
             return [decode_matches(v) for v in values]
-        return [decode_matches(v, False) for v in values]
+        exemptions = self._exemptions
+        return [decode_old_matches(v, exemptions) for v in values]
 
 
 class LostView:
@@ -818,8 +865,9 @@ class RedisFollower(Background):
         self._claim: dict[str, Any] | None = None
         #: a newer version this replica cannot serve (another key secret): (source, why)
         self._behind: tuple[str, str] | None = None
-        #: the version served was loaded by older code: its exemptions are not applied
-        #: until it is loaded again (``old_format_problem``); behind meanwhile
+        #: the version served was loaded by older code: read fail-closed (its exemptions,
+        #: or its placeholder dates) until it is loaded again (``format_problem``); behind
+        #: meanwhile
         self._old_format: tuple[str, str] | None = None
         self._refused_said = ""  # the last ConfigurationError logged: once, not every try
         self._token_of_view = b""  # the load token of the version in ``_view``
@@ -1125,7 +1173,7 @@ class RedisFollower(Background):
             return
         old_format = None
         if format_of(meta) < FORMAT:
-            old_format = (f"redis version {version}", old_format_problem(version))
+            old_format = (f"redis version {version}", format_problem(version, format_of(meta)))
             self.on_event("old-format", old_format[1])
         entries = self.client.xrange(self.keys.deltas(version))
         after = read_meta(self.client, self.keys, version) if entries else meta
@@ -1172,6 +1220,7 @@ class RedisFollower(Background):
     def _install(self, version: str, meta: dict[str, bytes], seq: int) -> None:
         assert self._bloom is not None
         snapshot_seq = int(meta.get("snapshot_seq", b"0"))
+        fmt = format_of(meta)
         info = VersionInfo(
             version=version if seq == snapshot_seq else f"{version}+{seq}",
             source=meta.get("source", b"").decode(),
@@ -1179,7 +1228,10 @@ class RedisFollower(Background):
             source_timestamp=float(meta.get("source_timestamp", b"0")),
             last_delta_seq=seq,
             counts=_counts_from(
-                meta.get("counts"), int(meta.get("subject_keys", b"0")), meta.get("expiries")
+                meta.get("counts"),
+                int(meta.get("subject_keys", b"0")),
+                meta.get("expiries"),
+                fmt >= DATES_FORMAT,
             ),
             includes_seq=snapshot_seq,
         )
@@ -1187,7 +1239,7 @@ class RedisFollower(Background):
         self.upstream_seq = int(meta.get("last_seq", b"0"))
         self._view = RedisView(
             info, version, self._bloom, self.client, self.keys, int(meta["bucket_bits"]),
-            self.lookup_errors, format_of(meta) >= FORMAT, self.guard,
+            self.lookup_errors, fmt, self.guard,
         )  # fmt: skip
 
     def _write(self, write: Callable[..., object], *args: object) -> object:

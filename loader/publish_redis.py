@@ -90,6 +90,7 @@ from shixin_check.loader.index_memory import (
     own_exemptions,
 )
 from shixin_check.loader.index_redis import (
+    EXEMPTIONS_FORMAT,
     FORMAT,
     LOCK_SECONDS,
     Client,
@@ -338,11 +339,13 @@ def _refuse_before_first(
 def _refuse_old_format(
     path: Path, ops: list[DeltaOp], meta: dict[str, bytes], version: str
 ) -> None:
-    """``LoadRejected`` for the EXEMPT and UNEXEMPT ops of a delta on a version of an older
-    ``index_redis.FORMAT``: its exemptions cover whole entries, and replicas apply none
-    of them (``RedisView``), so an exemption op there would do nothing, or undo one the
-    court gave someone else. Other ops apply: a listing or delisting must not wait."""
-    if format_of(meta) >= FORMAT:
+    """``LoadRejected`` for the EXEMPT and UNEXEMPT ops of a delta on a version older than
+    ``index_redis.EXEMPTIONS_FORMAT``: its exemptions cover whole entries, and replicas
+    apply none of them (``RedisView``), so an exemption op there would do nothing, or undo
+    one the court gave someone else. Other ops apply: a listing or delisting must not
+    wait. A version of a later format, older than ``FORMAT`` (placeholder dates not
+    refused), names each exemption's person: they apply there."""
+    if format_of(meta) >= EXEMPTIONS_FORMAT:
         return
     kinds = (DeltaKind.EXEMPT, DeltaKind.UNEXEMPT)
     errors = [RowError(op.line, "exemption", old_format_problem(version))
@@ -946,7 +949,7 @@ class _RedisDelta:
         """(the subject key of the person an EXEMPT or UNEXEMPT covers, the exemption as
         stored), or why it may not name whom it names: as ``listfile.exempted_in``
         refuses a snapshot row's, read from the matches Redis holds (an organisation's
-        entry names the organisation in each: index_redis ``FORMAT`` 2)."""
+        entry names the organisation in each: index_redis ``EXEMPTIONS_FORMAT``)."""
         assert op.exemption is not None
         e, field = op.exemption, "exemption.id_number"
         held = [(k, m) for k in dict.fromkeys(self._entry(op.entry_id) or [])
