@@ -14,11 +14,14 @@ or list-less server is alive; only draining turns it NOT_SERVING.
 Shutdown (SIGTERM/SIGINT): every health status NOT_SERVING; with ``--drain``
 new calls are still answered that long (a second signal cuts it short), for
 load balancers that route on health to move away; then grpcio stops taking
-calls and in-flight calls get ``--grace`` seconds, then the followers stop,
-the hit and audit logs are flushed and closed, and the metrics listener
-(``--metrics-listen``) stops. grpcio answers CANCELLED, whatever the grace, to
-the calls it has taken in but not yet handed to the service when it stops
-(grpc/grpc#41785): never decided, and the Python client retries them.
+calls and in-flight calls get ``--grace`` seconds; those still in flight then
+are cut (``_stop_server``: the service withdraws the hits of a cut call whose
+answer had not left), and their grpcio tasks are let end; then the followers
+stop, the hit and audit logs are flushed and closed, and the metrics listener
+(``--metrics-listen``) stops. The last line says whether calls were cut.
+grpcio answers CANCELLED, whatever the grace, to the calls it has taken in but
+not yet handed to the service when it stops (grpc/grpc#41785): never decided,
+and the Python client retries them.
 
 Keepalive (``_build_server``): a client may ping every
 ``KEEPALIVE_MIN_INTERVAL_S`` seconds, with or without calls (the Python
@@ -114,6 +117,11 @@ KEEPALIVE_PING_STRIKES = 2
 #: The server's own pings: a client silent this long after one is gone.
 KEEPALIVE_TIME_S = 60
 KEEPALIVE_TIMEOUT_S = 20
+#: How long grpcio's tasks of calls cut at the end of the grace period may take to end
+#: (a few turns of the loop) before the logs they write to are closed
+CUT_CALLS_END_S = 2.0
+#: grpcio's own cut comes this long after ours (``Service._stop_server``), as a backstop
+GRPC_CUT_SLACK_S = 5.0
 
 
 class Service:
@@ -189,6 +197,7 @@ class Service:
         self.port = 0
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()  # a second stop signal: no drain
+        self.checks: ConsumptionCheckService | None = None  # the servicer, once built
 
     def _build_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(
@@ -212,13 +221,11 @@ class Service:
             ]
         )
         settings = self.settings
-        add_to_server(
-            ConsumptionCheckService(
-                self.engine, settings.policy, self.audit_log, settings.max_batch, self.gate,
-                tls_principals=settings.tls_client_ca is not None,
-            ),
-            server,
+        self.checks = ConsumptionCheckService(
+            self.engine, settings.policy, self.audit_log, settings.max_batch, self.gate,
+            tls_principals=settings.tls_client_ca is not None,
         )  # fmt: skip
+        add_to_server(self.checks, server)
         quiet_caller_bytes()
         lenient = LenientRegistration(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, lenient)
@@ -602,7 +609,7 @@ class Service:
         if drain > 0:  # load balancers that route on health move away; a second signal: now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurry.wait(), drain)
-        await server.stop(self.settings.grace_seconds)
+        cut = await self._stop_server(server)
         if self.keys_watcher is not None:
             self.keys_watcher.stop()
         if self.follower is not None:
@@ -618,7 +625,48 @@ class Service:
             self.metrics.stop()
         if self.reading_writer is not None:
             self.reading_writer.stop()
-        log.info("stopped: in-flight calls done, logs closed")
+        if cut:
+            log.info("stopped: %d in-flight call%s cut at the end of the grace period (--grace "
+                     "%gs), logs closed", cut, "" if cut == 1 else "s",
+                     self.settings.grace_seconds)  # fmt: skip
+        else:
+            log.info("stopped: in-flight calls done, logs closed")
+
+    async def _stop_server(self, server: grpc.aio.Server) -> int:
+        """Stop ``server``: no new calls; those in flight get ``--grace`` seconds, then
+        are cut. Returns how many were cut (0: all ended in time).
+
+        The cut is made here, not by grpcio's own timer (``GRPC_CUT_SLACK_S`` later, a
+        backstop): the service is told first (``ConsumptionCheckService.cutting``), so
+        the hits it withdraws for a cut call say why. grpcio reports the server stopped
+        a few turns of the loop before the tasks of the calls it cut have ended:
+        they are waited for (at most ``CUT_CALLS_END_S``), so that what they write
+        reaches the logs before these close, and none is left for ``asyncio.run`` to
+        cancel (grpcio logs each such with a traceback)."""
+        grace = self.settings.grace_seconds
+        stopping = asyncio.ensure_future(server.stop(grace + GRPC_CUT_SLACK_S))
+        cut = 0
+        try:
+            ran_out = grace <= 0 or await server.wait_for_termination(grace)  # True: timed out
+        except Exception:  # noqa: BLE001 - grpcio's server had crashed (it logged why): it is down
+            ran_out = False
+        if ran_out:
+            cut = len(_call_tasks())
+            if self.checks is not None:
+                self.checks.cutting = True
+            await server.stop(None)  # every call still in flight cancelled now
+        await stopping
+        ending = _call_tasks()
+        if ending:
+            await asyncio.wait(ending, timeout=CUT_CALLS_END_S)
+        return cut
+
+
+def _call_tasks() -> list[asyncio.Task[Any]]:
+    """grpcio's tasks of the calls in flight (one a call, ``_schedule_rpc_coro`` of
+    grpc.aio's server; none found if a later grpcio names it otherwise)."""
+    return [t for t in asyncio.all_tasks() if not t.done()
+            and getattr(t.get_coro(), "__name__", "") == "_schedule_rpc_coro"]  # fmt: skip
 
 
 #: What the supervisor of ``--workers`` sends its workers on a second stop signal: end

@@ -30,6 +30,29 @@ that could not be (the call is INTERNAL as well). A withdrawal that cannot
 be written either is logged with their check ids, for the feedback to be
 mended by hand.
 
+A call that ends before its answer leaves is withdrawn the same way, with a
+record of its own in the audit log (outcome ``DEADLINE_EXCEEDED`` or
+``CANCELLED``, ``withdrawn_hits`` naming the check ids; the audit log is
+append-only, so a record already written for the call stays): a batch, or a
+unary call that logged hits, whose caller's deadline passed while it was
+decided (``time_remaining`` is 0: the caller stopped waiting, so the answer
+cannot reach it; a unary call that matched nobody is not looked at, to spare
+every call the cost), or a batch that logged hits and was cancelled (by its
+caller, with its connection, or at the end of the server's grace period) before
+grpc sent its status. grpc.aio tells a servicer of that only as a
+``CancelledError`` at an ``await`` while its handler runs
+(``context.cancelled()`` stays False, ``done()`` is True once the status was
+handed to grpc, sent or not): a batch that logged hits gives the loop a few
+turns (``_left``) for a cancellation grpc already holds to reach it. A unary
+call is decided in microseconds, between two turns of the loop: a cancellation
+in that time is rare, and the turns would delay every answer that matched
+someone, so only its deadline is looked at. A
+stream's answers count once handed to grpc: one the caller cancelled or let
+its deadline pass with may or may not have been read (grpc reports the write
+of one the caller had read as cancelled too), so only the server's own cut at
+the end of its grace period withdraws the answer whose write it interrupted
+(``_stream_ended``).
+
 On a stream, a bad request (a field, its request_id, a channel outside the
 caller's scope, the caller's rate) is answered with ``error`` set and the
 stream goes on; only bytes that do not parse, a refusal at stream start, no
@@ -51,6 +74,8 @@ when the caller's deadline leaves room for it, else -1 (do not retry).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -107,6 +132,21 @@ class Malformed:
 
     def __init__(self, problem: str) -> None:
         self.problem = problem
+
+
+class Late(DeadlineExceeded):
+    """The caller's deadline passed while its call was decided: the answer cannot reach
+    it. ``withdrawn``: the check ids of the hits withdrawn for it."""
+
+    def __init__(self, withdrawn: list[str]) -> None:
+        super().__init__("the deadline passed before the answer could leave")
+        self.withdrawn = withdrawn
+
+
+def _withdrawn_field(check_ids: list[str]) -> bytes:
+    """The audit record's field naming the hits withdrawn for its call (b"" for none).
+    Not ``withdrawn``: that is the hit log's withdrawal record."""
+    return b',"withdrawn_hits":' + orjson.dumps(check_ids) if check_ids else b""
 
 
 def _lenient(parse: Callable[[bytes], Any], what: str) -> Callable[[bytes], Any]:
@@ -179,6 +219,14 @@ PREFILTER_WAIT_S = 10.0
 _CALLER_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION})
 #: Refusals of one request on a stream: answered in the stream, which goes on.
 _REQUEST_REFUSALS = (InvalidInput, PermissionDenied, RateLimited)
+#: Why the hit records of a call are withdrawn when the call ended before its answer left
+WITHDRAWN_LATE = "the call ended before its answer left: deadline exceeded"
+WITHDRAWN_CANCELLED = "the call ended before its answer left: cancelled by the client"
+WITHDRAWN_CUT = "the call ended before its answer left: cut at the end of the grace period"
+#: Turns of the event loop a call that logged hits gives a cancellation grpc already
+#: holds to reach it before its answer goes (grpc.aio 1.85 needs 3: its completion
+#: queue's reader, the call's cancellation watcher, then the handler's task)
+_CANCEL_TURNS = 3
 
 
 _AUDITED_METADATA = ("user-agent", "x-request-id", "x-merchant-id", "x-terminal-id")
@@ -217,6 +265,8 @@ class ConsumptionCheckService:
         self.gate = gate or Gate(None)
         self.tls_principals = tls_principals
         self._peers = engine.hit_log is not None or audit is not None
+        #: set by the server when its grace period ends and it cuts the calls still in flight
+        self.cutting = False
         self.tally: Tally = engine.tally
         self.prefilters = Prefilters(engine.keyer)
         self._calls: dict[tuple[str, str, str, Metadata], bytes] = {}
@@ -289,18 +339,18 @@ class ConsumptionCheckService:
     def _unanswered(
         self, method: str, answered: Iterable[tuple[pb.CheckRequest, pb.CheckResponse]],
         reason: str = WITHDRAWN_UNAUDITED,
-    ) -> None:  # fmt: skip
+    ) -> list[str]:  # fmt: skip
         """The answers of a call that will not leave (``reason``: its audit record
-        unwritten, or a later hit record of its batch): uncounted
+        unwritten, a later hit record of its batch, the call ended first): uncounted
         (``CheckEngine.withdraw``), and the hit records written for them withdrawn
         (``HitLog.withdraw``), so the quarterly feedback does not count checks
         nobody was told of (a retry is a new check, with a new check id).
 
-        Only on those failure paths. A withdrawal that cannot be written either
-        (the disk that refused the record may refuse it too) is counted in the
-        hit log's write errors and logged, once, with the check ids and the line
-        that withdraws them, for the feedback to be mended by hand
-        (``HitLog.settle``); the call fails as it would have.
+        Only on those paths; returns the check ids of the hits withdrawn. A
+        withdrawal that cannot be written either (the disk that refused the record
+        may refuse it too) is counted in the hit log's write errors and logged,
+        once, with the check ids and the line that withdraws them, for the feedback
+        to be mended by hand (``HitLog.settle``); the call fails as it would have.
         """
         engine = self.engine
         hits: list[str] = []
@@ -311,6 +361,7 @@ class ConsumptionCheckService:
         hit_log = engine.hit_log
         if hits and hit_log is not None:
             hit_log.settle(hits, reason, method)
+        return hits
 
     def _unanswered_part(self, checks: Sequence[pb.CheckRequest], results: Any) -> None:
         """A batch that failed part-way through its answers (``check_many``: a hit
@@ -351,9 +402,10 @@ class ConsumptionCheckService:
             trailers += ((PUSHBACK_KEY, _pushback(told.retry_after_ms, context)),)
         unaudited = ""
         if self.audit is not None:
+            extra = _withdrawn_field(exc.withdrawn) if isinstance(exc, Late) else b""
             try:
                 self._audit(context, method, principal, subject, code.name, started, count,
-                            check_id=check_id)  # fmt: skip
+                            check_id=check_id, extra=extra)  # fmt: skip
             except Exception as failure:  # noqa: BLE001 - the refusal goes out all the same
                 unaudited = f"; not audited: {failure}"
         if check_id:
@@ -386,6 +438,87 @@ class ConsumptionCheckService:
                 if sink is not None and sink.raised(exc):
                     return sink.failure_line(exc)
         return None
+
+    def _too_late(
+        self, method: str, answered: Iterable[tuple[pb.CheckRequest, pb.CheckResponse]]
+    ) -> Late:
+        """A call decided past its caller's deadline: its answers withdrawn (``_unanswered``),
+        and the refusal that says so (``_fail`` audits it with the hits withdrawn)."""
+        return Late(self._unanswered(method, answered, WITHDRAWN_LATE))
+
+    def _why_cut(self, context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str]:
+        """Why a call was cancelled before its answer left: the status its caller saw, and
+        the reason its hits are withdrawn with."""
+        if _late(context):
+            return grpc.StatusCode.DEADLINE_EXCEEDED, WITHDRAWN_LATE
+        if self.cutting:
+            return grpc.StatusCode.CANCELLED, WITHDRAWN_CUT
+        return grpc.StatusCode.CANCELLED, WITHDRAWN_CANCELLED
+
+    def _cut(
+        self, context: grpc.aio.ServicerContext, method: str, call: bytes, subject: str,
+        answered: Iterable[tuple[pb.CheckRequest, pb.CheckResponse]], started: float,
+        count: int = 1,
+    ) -> None:  # fmt: skip
+        """A call cancelled before its answer left: its answers withdrawn (``_unanswered``),
+        a record of its own in the audit log (``call``: its fields, ``_call_fields``), and
+        its status counted. Never raises: the call has ended."""
+        code, reason = self._why_cut(context)
+        withdrawn = self._unanswered(method, answered, reason)
+        if self.audit is not None:
+            try:
+                self.audit.record_call(call, subject, code.name, started, count,
+                                       extra=_withdrawn_field(withdrawn))  # fmt: skip
+            except Exception as failure:  # noqa: BLE001 - nobody is left to tell
+                log.error("%s ended with %s before its answer left; not audited: %s", method,
+                          code.name, failure)  # fmt: skip
+        self.tally.refusals[code.value[0]] += 1
+
+    async def _left(
+        self, context: grpc.aio.ServicerContext, method: str, principal: Principal,
+        answered: Sequence[tuple[pb.CheckRequest, pb.CheckResponse]], started: float,
+        count: int, metadata: Metadata, peer: str,
+    ) -> None:  # fmt: skip
+        """A batch that logged hits, answered and audited, before its answer goes (a
+        unary call is not held so: see the module's docstring): a cancellation grpc already holds (the caller cancelled, its connection
+        broke, its deadline passed, the server's grace ended) reaches the handler only
+        as a ``CancelledError`` at an ``await``, so the loop turns a few times
+        (``_CANCEL_TURNS``); then the deadline is looked at once more. A call so ended
+        is withdrawn (``_cut``, or ``_too_late`` and its refusal): its record in the
+        audit log, already written, stays; a second one says how it ended, with the
+        unary call's subject (a batch's record names none)."""
+        try:
+            for _ in range(_CANCEL_TURNS):
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            subject = _subject_of(answered[0][0]) if method == "CheckConsumption" else ""
+            call = b""
+            if self.audit is not None:
+                call = self._call_fields(method, principal, peer or context.peer(), metadata)
+            self._cut(context, method, call, subject, answered, started, count)
+            self.tally.observe(_METHOD_INDEX[method], time.perf_counter() - started)
+            raise
+        if _late(context):
+            subject = _subject_of(answered[0][0]) if method == "CheckConsumption" else ""
+            await self._fail(context, self._too_late(method, answered), method, principal,
+                             subject, started, count=count)  # fmt: skip
+
+    def _stream_ended(
+        self, unsent: list[tuple[pb.CheckRequest, pb.CheckResponse, bytes, float]],
+        context: grpc.aio.ServicerContext,
+    ) -> None:  # fmt: skip
+        """A stream's done callback: an answer that matched someone, handed to grpc and its
+        write not yet done (grpc asks for the next answer once the last is written) when
+        the server cut the stream at the end of its grace period, is withdrawn
+        (``_cut``): the cut came first. Not when the caller cancelled or its deadline
+        passed: grpc then reports the write cancelled even when the caller had read the
+        answer (seen with grpcio 1.85: a caller that reads an answer and cancels at
+        once), so it counts, as do the answers written before it, whatever the caller
+        did with them."""
+        if unsent and self.cutting:
+            request, response, call, started = unsent.pop()
+            self._cut(context, "CheckConsumptionStream", call, _subject_of(request),
+                      ((request, response),), started)  # fmt: skip
 
     def _refuse_in_stream(
         self, context: grpc.aio.ServicerContext, exc: BaseException, request: pb.CheckRequest,
@@ -422,6 +555,9 @@ class ConsumptionCheckService:
             peer = context.peer() if self._peers else ""
             # validated, then the view (none: UNAVAILABLE), then the rate
             response = engine.check(request, None, peer, principal)  # type: ignore[arg-type]
+            hit = bool(response.matches)  # a hit, logged: its answer must still be awaited
+            if hit and _late(context):
+                raise self._too_late("CheckConsumption", ((request, response),))  # type: ignore[arg-type]
             if self.audit is not None:
                 try:
                     self._audit(context, "CheckConsumption", principal, _subject_of(request),  # type: ignore[arg-type]
@@ -462,12 +598,19 @@ class ConsumptionCheckService:
             engine = self.engine
             peer = context.peer() if self._peers else ""
             reply = pb.CheckBatchResponse()
+            hits = self.tally.hits
+            before = sum(hits)
             try:
                 queries, verdicts = engine.check_many(checks, None, reply.results, peer, principal)
             except Exception:
                 if len(reply.results) > 1:  # a hit record not written, after other answers
                     self._unanswered_part(checks, reply.results)
                 raise  # not answered: INTERNAL
+            hit = sum(hits) != before  # hits logged: the answers must still be awaited
+            if _late(context):  # decided past the caller's deadline: nobody waits for it
+                raise self._too_late(
+                    "CheckConsumptionBatch", zip(checks, reply.results, strict=True)
+                )
             if self.audit is not None:
                 try:
                     self._audit(context, "CheckConsumptionBatch", principal, "", "OK", started,
@@ -485,6 +628,10 @@ class ConsumptionCheckService:
             )
             await self._fail(context, exc, "CheckConsumptionBatch", principal, "", started,
                              channels=channels, count=count)  # fmt: skip
+        if hit:
+            await self._left(context, "CheckConsumptionBatch", principal,
+                             list(zip(checks, reply.results, strict=True)), started, count,
+                             metadata, peer)  # fmt: skip
         self.tally.observe(BATCH, time.perf_counter() - started)
         return reply
 
@@ -507,9 +654,14 @@ class ConsumptionCheckService:
                              count=0)  # fmt: skip
         ids = StreamIds()
         audit = self.audit
+        call = b""
         if audit is not None:  # the stream's records share these: encoded once
             call = self._call_fields("CheckConsumptionStream", principal, peer or context.peer(),
                                      metadata)  # fmt: skip
+        # an answer that matched someone, from its yield until grpc asks for the next one:
+        # withdrawn if the server cuts the stream before (``_stream_ended``)
+        unsent: list[tuple[pb.CheckRequest, pb.CheckResponse, bytes, float]] = []
+        context.add_done_callback(functools.partial(self._stream_ended, unsent))
         async for request in request_iterator:
             started = time.perf_counter()
             if gate.generation != generation:  # the keys were reloaded: the caller afresh
@@ -553,7 +705,12 @@ class ConsumptionCheckService:
                     context, exc, "CheckConsumptionStream", principal, subject, started, prefix
                 )
             self.tally.observe(STREAM, time.perf_counter() - started)
-            yield response
+            if response.matches:  # a hit: withdrawn if the server cuts the stream meanwhile
+                unsent.append((request, response, call, started))
+                yield response
+                unsent.clear()
+            else:
+                yield response
 
     async def GetListStatus(
         self, request: pb.ListStatusRequest | Malformed, context: grpc.aio.ServicerContext
@@ -621,10 +778,16 @@ def _pushback(delay_ms: int, context: grpc.aio.ServicerContext) -> str:
     return "-1"
 
 
+def _late(context: grpc.aio.ServicerContext) -> bool:
+    """The caller's deadline has passed: it no longer waits for the answer (grpc.aio's
+    ``time_remaining`` is 0 from then on; None without a deadline)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
 def _in_time(context: grpc.aio.ServicerContext) -> None:
     """Refuse work whose answer nobody waits for any more (batches queue behind each other)."""
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
+    if _late(context):
         raise DeadlineExceeded("the deadline passed before the batch was started")
 
 
