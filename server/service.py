@@ -770,10 +770,17 @@ class ConsumptionCheckService:
             yield chunk
 
 
+#: What a retry needs besides its delay to be answered before the caller's deadline: the
+#: trip and the decision (a batch of 1,000: tens of ms), with room to spare
+PUSHBACK_MARGIN_MS = 100
+
+
 def _pushback(delay_ms: int, context: grpc.aio.ServicerContext) -> str:
-    """``grpc-retry-pushback-ms``: the delay, or -1 when the caller's deadline comes first."""
+    """``grpc-retry-pushback-ms``: the delay, or -1 when a retry after it could not be
+    answered before the caller's deadline (it would be cut DEADLINE_EXCEEDED, and the
+    caller learn nothing of its rate: -1 hands it the refusal and its delay at once)."""
     remaining = context.time_remaining()
-    if remaining is None or delay_ms < remaining * 1000:
+    if remaining is None or delay_ms + PUSHBACK_MARGIN_MS < remaining * 1000:
         return str(delay_ms)
     return "-1"
 

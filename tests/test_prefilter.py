@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -343,6 +344,18 @@ def test_a_rate_refusal_carries_the_push_back_that_grpc_retries_obey(
         with pytest.raises(RateLimited):
             client.check(flight(ZHAO), timeout=0.3)
         assert refusals("client") == 2
+        # So does one the retry would reach only just before its deadline: it would be cut
+        # DEADLINE_EXCEEDED there (a key's burst refills in 2 s, the default deadline).
+        # The bucket is still empty from the refusal above.
+        refused = refusal(
+            lambda: stub.CheckConsumption(flight(ZHAO), metadata=bearer(slow_keys["client"]))
+        )
+        delay_s = int(dict(refused.trailing_metadata())["retry-after-ms"]) / 1000  # type: ignore[attr-defined]
+        began = time.monotonic()
+        with pytest.raises(RateLimited):
+            client.check(flight(ZHAO), timeout=delay_s + 0.05)
+        assert time.monotonic() - began < delay_s / 2  # told at once, not after a retry
+        assert refusals("client") == 4
 
 
 def test_a_file_read_by_worker_processes_gives_the_same_filter(
