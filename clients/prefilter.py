@@ -21,11 +21,18 @@ What makes a local answer safe:
   key; anything it refuses goes to the server, which refuses it too. Only the channels the server says the caller
   may check are answered.
 - **Only the server's look-ups.** Which readings of a number the server looks
-  up (``to_query``) has changed, and may again: the header's ``lookup_rules``
-  says which the server's are. A client whose own (``LOOKUP_RULES``, the
-  ``to_query`` it validates with) is lower would test fewer keys than the
-  server looks up, so it drops the filter and answers nothing locally (every
-  check goes to the server, as without the filter), logging one WARNING to
+  up (``to_query``) has changed, and may again (``LOOKUP_RULES`` numbers
+  them). A client that tests fewer keys than the server looks up would clear
+  a listed person, so both sides check. Each request says the rules of the
+  ``to_query`` this client validates with (``PrefilterRequest.lookup_rules``);
+  a server whose own are higher refuses it, FAILED_PRECONDITION
+  ``PREFILTER_CLIENT_OUTDATED`` (as it refuses every client library older than
+  that field, which sends none): like any refusal, the filter goes and every
+  check goes to the server, the refresh raises it, each retry asks again, and
+  the message says to upgrade the client library. The header says the
+  server's rules too (``lookup_rules``): above this client's own
+  (``LOOKUP_RULES``), from a server that served it all the same, the client
+  drops the filter and answers nothing locally, logging one WARNING to
   upgrade the client library; each refresh asks again.
 - **Only a fresh filter.** A filter is trusted for ``max_age`` seconds (60 by
   default) from the start of the last refresh that succeeded; clients refresh
@@ -33,8 +40,8 @@ What makes a local answer safe:
   ``max_age``. A refresh that cannot reach the server leaves the filter to age
   out (offline, definite negatives are answered until then; the rest raise
   ``ServiceUnavailable``); one the server refuses (the key lost the role, no
-  filter in Redis mode) or a download that does not check out drops the
-  filter at once.
+  filter in Redis mode, this client's lookup rules outdated) or a download
+  that does not check out drops the filter at once.
 - **Stale when the server's are.** A server run with ``--max-list-age``
   says in the header when the list goes stale (``stale_since``: its feed time
   plus that age); once this machine's wall clock (``time.time()``, not the
@@ -80,6 +87,7 @@ from shixin_check.domain.decision import NOT_LISTED, Query
 from shixin_check.domain.errors import InvalidInput
 from shixin_check.domain.keys import PREFILTER_KEY_SCHEME, PrefilterKeyer
 from shixin_check.domain.model import Channel
+from shixin_check.server import convert
 from shixin_check.server.convert import LOOKUP_RULES, to_query
 
 #: How long a filter is trusted after its last successful refresh, by default.
@@ -294,8 +302,14 @@ class Prefilter:
         return self.max_age / 8
 
     def request(self, full: bool = False) -> pb.PrefilterRequest:
+        """What a refresh asks for: the version held (unless ``full``), and the lookup
+        rules of the ``to_query`` this client tests with, which the server checks."""
         held = self.filter
-        return pb.PrefilterRequest(known_version="" if full or held is None else held.version)
+        return pb.PrefilterRequest(
+            known_version="" if full or held is None else held.version,
+            # the rules of the to_query called here (the header is judged by LOOKUP_RULES)
+            lookup_rules=convert.LOOKUP_RULES,
+        )
 
     def age(self) -> float | None:
         """Seconds since the filter was last confirmed (None: no filter)."""

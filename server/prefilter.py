@@ -25,10 +25,17 @@ not hand the gateway anything that tests identities against the index.
   later (a Bloom filter cannot remove): a delisted subject costs the gateway
   a round trip until the next snapshot, never a wrong ALLOW. For a caller
   behind by deltas only, the additions are enough (``Prefilters.download``).
-- **Says which look-ups it answers for.** The header's ``lookup_rules`` is
-  ``server.convert.LOOKUP_RULES``: a gateway whose own is lower would test
-  fewer readings of an identity than a check here looks up, so it answers
-  nothing locally (``clients/prefilter.py``).
+- **Served only to callers that look up what a check here does.** A gateway
+  whose lookup rules are below ``server.convert.LOOKUP_RULES`` would test
+  fewer readings of an identity than a check here looks up and clear a listed
+  person (a passport number sent as another document type), so the request
+  says its rules (``PrefilterRequest.lookup_rules``) and one below the
+  server's is refused before the list is looked at (``client_rules``:
+  ``PREFILTER_CLIENT_OUTDATED``, FAILED_PRECONDITION). Every client library
+  older than that field sends 0 and is refused: the Python clients then drop
+  the filter and send every check to the server. The header's
+  ``lookup_rules`` says the same number, for the client's own check
+  (``clients/prefilter.py``).
 - **Deterministic.** The same version gives the same bytes in every process
   (rbloom with ``int`` as its hash over the keys' high 64 bits, sized from
   the snapshot's key count), so a gateway moving between workers or replicas
@@ -82,11 +89,30 @@ KEEP_VERSIONS = 3
 #: The ErrorInfo reasons of GetPrefilter's own refusals.
 PREFILTER_UNAVAILABLE = "PREFILTER_UNAVAILABLE"
 PREFILTER_BUILDING = "PREFILTER_BUILDING"
+PREFILTER_CLIENT_OUTDATED = "PREFILTER_CLIENT_OUTDATED"
 
 
 def unavailable(message: str) -> ShixinError:
     """FAILED_PRECONDITION: this server cannot build the filter (until the next load)."""
     return ConfigurationError(message).with_reason(PREFILTER_UNAVAILABLE)
+
+
+def client_rules(rules: int) -> None:
+    """Refuse a caller whose lookup rules (``PrefilterRequest.lookup_rules``) are below
+    this server's: FAILED_PRECONDITION, ``PREFILTER_CLIENT_OUTDATED``, until it upgrades."""
+    if rules >= LOOKUP_RULES:
+        return
+    sent = (
+        "0 (not sent: a client library older than PrefilterRequest.lookup_rules)"
+        if rules == 0
+        else str(rules)
+    )
+    raise ConfigurationError(
+        f"lookup_rules: the client's lookup rules are {sent}, below this server's "
+        f"{LOOKUP_RULES}: it would test fewer readings of an identity than a check here "
+        "looks up and clear listed people locally, so no prefilter is served to it; upgrade "
+        "the gateway's shixin-check client library (until then, send every check to the server)"
+    ).with_reason(PREFILTER_CLIENT_OUTDATED)
 
 
 def split_version(version: str) -> tuple[str, int]:

@@ -401,7 +401,9 @@ def warnings_to_upgrade(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_the_filter_header_says_which_lookups_the_server_makes(server: Server) -> None:
-    [header, *_] = server.handle.stub().GetPrefilter(pb.PrefilterRequest(), timeout=10)
+    [header, *_] = server.handle.stub().GetPrefilter(
+        pb.PrefilterRequest(lookup_rules=LOOKUP_RULES), timeout=10
+    )
     assert header.HasField("header")
     assert header.header.lookup_rules == LOOKUP_RULES >= 1  # above what older clients know
 

@@ -28,6 +28,7 @@ from shixin_check.clients.errors import RateLimited
 from shixin_check.domain.identity import IdType
 from shixin_check.domain.keys import PrefilterKeyer, SubjectKeyer
 from shixin_check.server.auth import add_key
+from shixin_check.server.convert import LOOKUP_RULES
 from tests.accessdata import bearer, flight, refusal
 from tests.conftest import SECRET, RunningServer
 from tests.listdata import (
@@ -61,7 +62,9 @@ def download(
     """(header, data chunks) of one GetPrefilter call."""
     chunks = list(
         server.stub().GetPrefilter(
-            pb.PrefilterRequest(known_version=known_version), timeout=10, metadata=metadata
+            pb.PrefilterRequest(known_version=known_version, lookup_rules=LOOKUP_RULES),
+            timeout=10,
+            metadata=metadata,
         )
     )
     assert chunks and chunks[0].HasField("header")

@@ -138,7 +138,7 @@ def feed_published(tmp_path: Path, published: float) -> Path:
 
 def header(server: RunningServer) -> pb.PrefilterHeader:
     stub = pb_grpc.ConsumptionCheckStub(server.channel)  # type: ignore[no-untyped-call]
-    call = stub.GetPrefilter(pb.PrefilterRequest(), timeout=10)
+    call = stub.GetPrefilter(pb.PrefilterRequest(lookup_rules=LOOKUP_RULES), timeout=10)
     try:
         first: pb.PrefilterChunk = next(iter(call))
     finally:

@@ -495,10 +495,12 @@ class ListStatus(_message.Message):
     def __init__(self, version: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., loaded_at: _Optional[str] = ..., source_timestamp: _Optional[str] = ..., staleness_seconds: _Optional[int] = ..., policy: _Optional[_Iterable[_Union[PolicyParameter, _Mapping]]] = ..., entries_total: _Optional[int] = ..., subject_keys: _Optional[int] = ..., last_delta_seq: _Optional[int] = ..., source: _Optional[str] = ..., serving: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica_id: _Optional[str] = ..., upstream_version: _Optional[str] = ..., upstream_last_delta_seq: _Optional[int] = ..., lag_deltas: _Optional[int] = ..., index_reachable: _Optional[bool] = ..., enumeration_flags: _Optional[_Mapping[str, int]] = ..., not_serving_reason: _Optional[str] = ..., behind: _Optional[bool] = ..., rejected_source: _Optional[str] = ..., rejected_problem: _Optional[str] = ..., snapshot_includes_seq: _Optional[int] = ..., stale: _Optional[bool] = ..., stale_since: _Optional[str] = ..., max_list_age_seconds: _Optional[int] = ..., redis_write_refused: _Optional[str] = ...) -> None: ...
 
 class PrefilterRequest(_message.Message):
-    __slots__ = ("known_version",)
+    __slots__ = ("known_version", "lookup_rules")
     KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_RULES_FIELD_NUMBER: _ClassVar[int]
     known_version: str
-    def __init__(self, known_version: _Optional[str] = ...) -> None: ...
+    lookup_rules: int
+    def __init__(self, known_version: _Optional[str] = ..., lookup_rules: _Optional[int] = ...) -> None: ...
 
 class PrefilterHeader(_message.Message):
     __slots__ = ("version", "base_version", "built_at", "key_scheme", "prefilter_key", "hash_scheme", "expected_items", "false_positive_rate", "size_bytes", "items", "content", "data_bytes", "sha256", "channels", "lookup_rules", "stale_since")

@@ -73,7 +73,10 @@ class ConsumptionCheckStub:
     burst: no wait lets it through whole, send smaller
     batches; metadata principal); PREFILTER_UNAVAILABLE
     (GetPrefilter only: this server cannot build the
-    filter, see GetPrefilter); LOAD_REJECTED and
+    filter, see GetPrefilter); PREFILTER_CLIENT_OUTDATED
+    (GetPrefilter only: the caller's lookup_rules are
+    below the server's: upgrade its client library;
+    metadata principal); LOAD_REJECTED and
     CONFIGURATION_ERROR are reserved (not returned today)
     INTERNAL            INTERNAL, metadata check_id (also in the message and
     the server's log: quote it to the operator)
@@ -167,7 +170,10 @@ class ConsumptionCheckServicer:
     burst: no wait lets it through whole, send smaller
     batches; metadata principal); PREFILTER_UNAVAILABLE
     (GetPrefilter only: this server cannot build the
-    filter, see GetPrefilter); LOAD_REJECTED and
+    filter, see GetPrefilter); PREFILTER_CLIENT_OUTDATED
+    (GetPrefilter only: the caller's lookup_rules are
+    below the server's: upgrade its client library;
+    metadata principal); LOAD_REJECTED and
     CONFIGURATION_ERROR are reserved (not returned today)
     INTERNAL            INTERNAL, metadata check_id (also in the message and
     the server's log: quote it to the operator)
@@ -264,7 +270,16 @@ class ConsumptionCheckServicer:
         (ROLE_NOT_ALLOWED)
         UNAVAILABLE         no list loaded yet (NO_LIST_LOADED), or the filter of
         a new version is being built (PREFILTER_BUILDING)
-        FAILED_PRECONDITION PREFILTER_UNAVAILABLE: Redis mode (the replica holds
+        FAILED_PRECONDITION PREFILTER_CLIENT_OUTDATED: the request's lookup_rules
+        are below the server's (0: a client that does not
+        send them, such as every Python client library before
+        the field): the caller would test fewer readings of an
+        identity than a check looks up, and clear a listed
+        person locally; upgrade its client library, and until
+        then send every check to the server (the Python
+        clients do: they drop the filter on this refusal).
+        Checked before any list or filter is looked at.
+        PREFILTER_UNAVAILABLE: Redis mode (the replica holds
         only subject keys, which cannot become prefilter
         keys: serve gateways from a memory-mode server), or
         the snapshot file of the served version is gone or
@@ -360,7 +375,10 @@ class ConsumptionCheck:
     burst: no wait lets it through whole, send smaller
     batches; metadata principal); PREFILTER_UNAVAILABLE
     (GetPrefilter only: this server cannot build the
-    filter, see GetPrefilter); LOAD_REJECTED and
+    filter, see GetPrefilter); PREFILTER_CLIENT_OUTDATED
+    (GetPrefilter only: the caller's lookup_rules are
+    below the server's: upgrade its client library;
+    metadata principal); LOAD_REJECTED and
     CONFIGURATION_ERROR are reserved (not returned today)
     INTERNAL            INTERNAL, metadata check_id (also in the message and
     the server's log: quote it to the operator)
