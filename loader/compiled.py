@@ -31,7 +31,14 @@ may not have ticked between a check and a write). Damage beneath the file
 system (the disk's own) is not caught, until the folder is copied or rebuilt.
 
 A compiled folder is written under a temporary name and renamed into place, so
-a crash leaves no half-written version that looks whole. ``IndexStore`` keeps
+a crash leaves no half-written version that looks whole; a version folder
+without its ``meta.json`` is therefore damaged, never one being written, and
+the next compile of its snapshot replaces it (under the store's lock). Its
+files are written without write permission: servers map them, and damage made
+while one runs (a copy over the folder, ``rsync --inplace``) is not checked
+again until the next start, while a file cut short kills a process mapping it
+(SIGBUS). So an ordinary write into them fails; the folder belongs to the
+server, and nothing else should write in it while one runs. ``IndexStore`` keeps
 them in one folder: ``find(stamp)`` is how a restart maps the last good
 version instead of re-parsing it; deltas stay small overlays each process
 applies on top, in order (``loader.versions``).
@@ -62,6 +69,7 @@ import logging
 import mmap
 import os
 import shutil
+import stat
 import time
 import zlib
 from array import array
@@ -105,9 +113,9 @@ LOCK_NAME = "lock"
 APPLIED_PREFIX = "applied-"
 
 
-def snapshot_stamp(path: Path, fingerprint: str) -> str:
-    """What identifies a snapshot file's content cheaply: name, size, mtime, inode, ctime
-    and the key secret.
+def file_identity(path: Path) -> str:
+    """What changes whenever the content of the file at ``path`` may have: its name,
+    size, mtime, inode and ctime (``snapshot_stamp`` without the key secret).
 
     Size and mtime alone miss a file changed in place whose mtime was put back
     (``touch -r``, ``cp -p``, ``rsync -t``); its ctime cannot be put back, and a
@@ -116,10 +124,14 @@ def snapshot_stamp(path: Path, fingerprint: str) -> str:
     parse.
     """
     st = path.stat()
-    raw = (
-        f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\0{fingerprint}"
-    ).encode()
-    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+    return f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}"
+
+
+def snapshot_stamp(path: Path, fingerprint: str, identity: str | None = None) -> str:
+    """What identifies a snapshot file's content cheaply: its ``file_identity`` (taken
+    now, or ``identity`` taken before) and the key secret."""
+    raw = f"{identity if identity is not None else file_identity(path)}\0{fingerprint}"
+    return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
 
 
 #: bytes read at a time when checksumming (fits the CPU's cache: faster than larger)
@@ -249,6 +261,7 @@ def compile_base(base: Base, info: VersionInfo, target: Path, stamp: str, finger
         checked: dict[str, os.stat_result] = {}
         for child in partial.iterdir():  # durable before the name says it is whole
             with open(child, "rb") as fh:
+                _read_only(fh.fileno())  # before its identity is taken: chmod moves the ctime
                 os.fsync(fh.fileno())
                 checked[child.name] = os.fstat(fh.fileno())
                 sizes[child.name] = checked[child.name].st_size
@@ -282,17 +295,42 @@ def compile_base(base: Base, info: VersionInfo, target: Path, stamp: str, finger
         with open(partial / "meta.json", "wb") as out:
             out.write(sealed)
             out.flush()
+            _read_only(out.fileno())
             os.fsync(out.fileno())
         # just read back: nobody need read them again until they change (renaming
         # the folder changes none of their identities)
         _record_verified(partial, meta_crc, checked)
-        if target.exists():  # compiled meanwhile by another process: same content
+        if (target / "meta.json").is_file():  # compiled meanwhile by another process
             shutil.rmtree(partial)
             return
+        if target.exists() or target.is_symlink():
+            # A folder without its meta.json is never mapped (``IndexStore.find``), nor
+            # ever a compile under way (written aside, renamed into place whole): it
+            # lost its meta.json. Kept, it would make every start parse unshared.
+            log.warning("compiled index %s has no meta.json (damaged): replaced by this "
+                        "compile", target)  # fmt: skip
+            _remove(target)
         os.replace(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+def _read_only(fd: int) -> None:
+    """Take the write permission off a compiled file (its read bits stay as the umask
+    made them): a version is mapped by running servers, so an ordinary write into it
+    (``cp`` over the folder, ``rsync --inplace``) fails instead of changing answers
+    under them, or cutting a mapped file short, which kills them with SIGBUS. The
+    folder stays writable: versions are still pruned, replaced and discarded."""
+    os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & ~0o222)
+
+
+def _remove(path: Path) -> None:
+    """Remove ``path``: a folder with all in it, or a file or link."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _map(fd: int, size: int) -> mmap.mmap | bytes:

@@ -35,7 +35,13 @@ from typing import Any, cast
 import numpy as np
 import orjson
 
-from shixin_check.domain.errors import ConfigurationError, InvalidInput, LoadRejected, RowError
+from shixin_check.domain.errors import (
+    ConfigurationError,
+    InvalidInput,
+    LoadRejected,
+    RowError,
+    ShixinError,
+)
 from shixin_check.domain.identity import IdType
 from shixin_check.domain.index import ListedMatch, VersionInfo
 from shixin_check.domain.keys import SubjectKeyer
@@ -54,6 +60,7 @@ from shixin_check.loader.compiled import (
     FORMAT,
     AppliedRecord,
     IndexStore,
+    file_identity,
     map_compiled,
     snapshot_stamp,
 )
@@ -702,6 +709,18 @@ def _is_delta(path: Path) -> bool:
 OnRefused = Callable[[Path, LoadRejected], None]
 
 
+class ListFileChanged(ShixinError):
+    """The list file of ``serve --workers N --list FILE`` is no longer the one the pool
+    started with (``pinned``), and its version from then cannot be had: serving the file
+    as it is now would answer from another list than the other workers."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(
+            f"the list file {path} changed under a running pool ({why}): this worker cannot "
+            "serve what the others do; restart the server to serve the new file"
+        )
+
+
 class Loader:
     """Loads list files into a ``MemoryIndex``, one at a time.
 
@@ -724,7 +743,7 @@ class Loader:
         self._applied = _AppliedOps(None, None)
 
     def _snapshot_view(
-        self, path: Path, progress: Progress | None
+        self, path: Path, progress: Progress | None, pinned: str | None = None
     ) -> tuple[MemoryView, str | None]:
         """The snapshot at ``path`` as a version: mapped from its compiled folder when
         ``store`` has one (a restart, or another worker compiled it), else parsed,
@@ -740,11 +759,24 @@ class Loader:
         lock too means no other process prunes the folder between find and map.
         With it comes the snapshot's stamp (None without a store): the deltas
         applied on top are recorded under it (``_AppliedOps``).
+
+        ``pinned``: the ``file_identity`` the file had when the pool of workers it
+        is loaded for started (``serve --workers N --list FILE``). A file that no
+        longer has it is served as the pool serves it, from the compiled version
+        of that identity, or not at all (``ListFileChanged``); one that changes
+        while it is parsed is never compiled nor served.
         """
         store = self.store
+        identity = pinned
+        if pinned is not None:
+            identity = self._identity_of(path)
+            if identity != pinned:
+                return self._pinned_view(path, pinned, "replaced or rewritten since it started")
         if store is None:
-            return build_snapshot(path, self.keyer, progress), None
-        stamp = snapshot_stamp(path, self.keyer.fingerprint)
+            built = build_snapshot(path, self.keyer, progress)
+            self._still(path, pinned)
+            return built, None
+        stamp = snapshot_stamp(path, self.keyer.fingerprint, identity)
         with store.lock():
             compiled = store.find(stamp)
             if compiled is not None:
@@ -758,6 +790,7 @@ class Loader:
                     log.info("%s: mapping its compiled index %s (no re-parse)", path, compiled)
                     return MemoryView(base, Overlay(), _as_loaded(info, path)), stamp
             built = build_snapshot(path, self.keyer, progress)
+            self._still(path, pinned)
             try:
                 compiled = store.put(built.base, built.info, stamp)
             except OSError as exc:
@@ -773,11 +806,56 @@ class Loader:
             log.info("%s: compiled into %s (mapped by every process)", path, compiled)
         return MemoryView(base, Overlay(), _as_loaded(info, path)), stamp
 
-    def load_path(self, path: Path, progress: Progress | None = None) -> MemoryView:
-        """Apply a snapshot (alone) or a delta file whole, or raise ``LoadRejected``."""
-        if detect_kind(path) is FileKind.DELTA:
+    @staticmethod
+    def _identity_of(path: Path) -> str:
+        try:
+            return file_identity(path)
+        except OSError as exc:
+            return f"unreadable: {exc.strerror or exc}"
+
+    def _still(self, path: Path, pinned: str | None) -> None:
+        """``ListFileChanged`` if the file at ``path`` lost its ``pinned`` identity
+        (while it was parsed: what was read may be either file, or half of each)."""
+        if pinned is not None and self._identity_of(path) != pinned:
+            raise ListFileChanged(path, "replaced or rewritten while this worker read it")
+
+    def _pinned_view(self, path: Path, pinned: str, why: str) -> tuple[MemoryView, str]:
+        """The version the pool serves of the file at ``path`` as it was (``pinned``):
+        its compiled folder, mapped; else ``ListFileChanged``."""
+        store = self.store
+        if store is None:
+            raise ListFileChanged(path, f"{why}; no index folder holds the version served")
+        stamp = snapshot_stamp(path, self.keyer.fingerprint, pinned)
+        with store.lock():
+            compiled = store.find(stamp)
+            if compiled is None:
+                raise ListFileChanged(
+                    path, f"{why}; {store.folder} holds no compiled version of it as it was"
+                )
+            try:
+                base, info = map_compiled(compiled, self.keyer.fingerprint)
+            except (OSError, ValueError, KeyError, ConfigurationError) as exc:
+                raise ListFileChanged(
+                    path, f"{why}; its compiled version {compiled} is unusable: {exc}"
+                ) from exc
+        log.warning("%s: %s; mapping the compiled index %s of the file as the pool started "
+                    "with it, which the other workers serve (restart the server to serve the "
+                    "new file)", path, why, compiled)  # fmt: skip
+        return MemoryView(base, Overlay(), _as_loaded(info, path)), stamp
+
+    def load_path(
+        self, path: Path, progress: Progress | None = None, pinned: str | None = None
+    ) -> MemoryView:
+        """Apply a snapshot (alone) or a delta file whole, or raise ``LoadRejected``.
+
+        ``pinned``: the file's ``file_identity`` when the pool of workers started
+        (see ``_snapshot_view``); a file that no longer has it is not read.
+        """
+        if (pinned is None or self._identity_of(path) == pinned) and detect_kind(
+            path
+        ) is FileKind.DELTA:
             return self.load_delta(path)
-        return self.load_snapshot(path, (), progress=progress)
+        return self.load_snapshot(path, (), progress=progress, pinned=pinned)
 
     def load_delta(self, path: Path) -> MemoryView:
         """Apply the pending ops of a delta file to the serving version, whole or not at all."""
@@ -798,16 +876,17 @@ class Loader:
 
     def load_snapshot(
         self, path: Path, deltas: Sequence[Path], on_refused: OnRefused | None = None,
-        progress: Progress | None = None,
+        progress: Progress | None = None, pinned: str | None = None,
     ) -> MemoryView:  # fmt: skip
         """Build ``path``, apply ``deltas`` (in order) on top, then install it.
 
         A bad snapshot raises ``LoadRejected`` and changes nothing. A delta file
         that cannot be applied is left out and passed to ``on_refused``, exactly
         as it was when it arrived live, so the version is the same either way.
+        ``pinned``: see ``_snapshot_view`` (``ListFileChanged``, nothing changed).
         """
         with self._lock:
-            view, stamp = self._snapshot_view(path, progress)
+            view, stamp = self._snapshot_view(path, progress, pinned)
             applied = _AppliedOps(self.store, stamp)
             if deltas:  # (a lone snapshot file has none: its record is never read)
                 with applied.held():

@@ -78,7 +78,7 @@ from shixin_check.loader.columns import keyer_for
 from shixin_check.loader.compiled import IndexStore
 from shixin_check.loader.index_memory import MemoryIndex
 from shixin_check.loader.index_redis import RedisFollower, RedisKeys, connect
-from shixin_check.loader.versions import DirectoryFollower, Loader
+from shixin_check.loader.versions import DirectoryFollower, ListFileChanged, Loader
 from shixin_check.server.auth import EnumerationWatch, Gate, KeyRing, KeysWatcher
 from shixin_check.server.engine import CheckEngine
 from shixin_check.server.hitlog import AuditLog, HitLog, LogInUse
@@ -198,6 +198,9 @@ class Service:
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()  # a second stop signal: no drain
         self.checks: ConsumptionCheckService | None = None  # the servicer, once built
+        #: why the list file was not loaded, when that is not a bad row: it changed under
+        #: the running pool of workers this one belongs to (``ListFileChanged``)
+        self.list_refusal = ""
 
     def _build_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(
@@ -319,11 +322,20 @@ class Service:
             return (f"nothing loaded in Redis yet ({self.redis.url}): load a list with "
                     f"`shixin-check load --redis {self.redis.url} FILE`; this server serves "
                     "it as soon as it is there")  # fmt: skip
+        if self.list_refusal and self.engine.source.current() is None:
+            return self.list_refusal
         folder = self.settings.list_path
         if problem == NO_LIST and folder is not None and folder.is_dir():
             return (f"no list yet: waiting for a snapshot in {folder} (looked for every "
                     f"{self.settings.poll_interval:g}s)")  # fmt: skip
         return problem
+
+    def readiness_problem(self) -> str:
+        """Why readiness is NOT_SERVING now, as its log line says ("" when SERVING)."""
+        ready, _, stale, logs = self._health_state()
+        if ready:
+            return ""
+        return self._why_not_serving() or logs or (self._stale_text() if stale else "not ready")
 
     def _say_not_serving(self, state: tuple[bool, bool, bool, str]) -> None:
         """The one line of a readiness that is NOT_SERVING: why."""
@@ -434,11 +446,17 @@ class Service:
             follower.start()
             self.follower = follower
         else:
+            # a worker serves the file the pool started with, or nothing (``--workers``)
+            pinned = self.seat.list_identity if self.seat is not None else None
             try:
-                view = self.loader.load_path(path, progress=self._progress)
+                view = self.loader.load_path(path, progress=self._progress, pinned=pinned)
             except LoadRejected as exc:
                 self.index.refuse(str(path), str(exc.errors[0]) if exc.errors else str(exc))
                 raise
+            except ListFileChanged as exc:  # said once, as health NOT_SERVING (_say_not_serving)
+                self.list_refusal = str(exc)
+                self.index.refuse(str(path), self.list_refusal)
+                return
             self._on_event("loaded", path, view.info.version)
 
     def _on_enumeration(self, principal: str, windows: int) -> None:

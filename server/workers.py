@@ -25,7 +25,14 @@ What the workers share, and what not:
   one copy in the page cache. With a generated secret nothing compiled can
   outlive the run, so the supervisor compiles into a private temporary folder
   it removes at exit. Deltas are applied by each worker's own follower, as a
-  single server does; ``--redis`` workers each follow Redis (no compile);
+  single server does; ``--redis`` workers each follow Redis (no compile).
+  A list *file* (not a folder) is loaded once, as by a single server: the
+  supervisor takes its identity (``file_identity``) before any worker reads it,
+  and every worker, a replacement included, serves the file as it was then
+  (``WorkerSeat.list_identity``). One that finds the file replaced or
+  rewritten since maps the compiled version of it as it was, the pool's, or
+  else serves nothing (NOT_SERVING, saying so: ``ListFileChanged``); never the
+  new file beside the others' list;
 - not the logs: worker ``i`` writes its own hit log and audit chain
   (``server.hitlog.worker_log_path``: ``hits.w1.jsonl``, ...), durable before
   the answer as ever; ``audit verify`` and ``feedback`` read the whole set;
@@ -52,7 +59,9 @@ snapshots parsed by processes of their own, so the loop goes on beating
 through them (the longest stall measured in a 500,000-entry reload: 0.2 s);
 a loop silent for ``SILENT_S`` answers nobody either.
 A replacement loads its list before it binds,
-so no connection reaches it before it can answer. A worker that fails its
+so no connection reaches it before it can answer; the supervisor says
+"worker N serving again" only when its readiness is SERVING, else that it is
+up but NOT_SERVING, and why (its health, which also keeps ``shixin_ready`` 0). A worker that fails its
 start-up (a configuration error, or an OSError such as a hit log it cannot
 open) before every worker has served stops the whole start: exit 2 with the
 line a single server prints. A replacement that fails its start-up
@@ -100,6 +109,7 @@ from types import FrameType
 from typing import Any
 
 from shixin_check.domain.errors import ConfigurationError
+from shixin_check.loader.compiled import file_identity
 from shixin_check.server.app import (
     HURRY_SIGNAL,
     Service,
@@ -147,6 +157,9 @@ class WorkerSeat:
     number: int  # 1..N: names its logs and its metrics reading
     replacement: bool  # started after its predecessor died: binds once its list is in
     reading_file: Path | None  # where it writes its metrics reading (None: metrics off)
+    #: ``--list FILE``: the file's identity when the supervisor started (``file_identity``):
+    #: a worker serves that file's version or none (None: a folder, Redis)
+    list_identity: str | None = None
 
 
 def worker_settings(settings: ServeSettings, number: int) -> ServeSettings:
@@ -261,7 +274,8 @@ def _worker_main(settings: ServeSettings, seat: WorkerSeat, messages: Connection
     try:
         service = Service(settings, announce=announce, seat=seat)
         services.append(service)
-        asyncio.run(heartbeat.beside(service.run(on_ready=lambda _service: send("loaded", ""))))
+        asyncio.run(heartbeat.beside(service.run(on_ready=lambda ready: send(
+            "loaded", ready.readiness_problem()))))  # fmt: skip
     except (ConfigurationError, OSError) as exc:
         if served.is_set():
             raise  # a failure of a running server, not of its start: a crash, restarted
@@ -330,6 +344,7 @@ class _Worker:
     failed_starts: int = 0  # replacements in a row that failed their start-up
     heard_at: float = 0.0  # its last message (a heartbeat as a rule), monotonic
     killed: bool = False  # silent too long: SIGKILL sent
+    replacement: bool = False  # its current process was started in a dead one's place
 
 
 def _why(exitcode: int | None) -> str:
@@ -362,6 +377,8 @@ class Supervisor:
         self.announced: set[str] = set()
         self.signals: list[int] = []
         self.cleanup: list[Path] = []
+        #: ``--list FILE``: its identity as the first workers load it (``_pin_list``)
+        self.list_identity: str | None = None
 
     # --- start and stop -------------------------------------------------------
 
@@ -383,6 +400,7 @@ class Supervisor:
             old_wakeup = signal.set_wakeup_fd(wake_w)
             try:
                 self.settings = self._shared_settings(replace(settings, listen=listen))
+                self.list_identity = self._pin_list(self.settings)
                 self._start_metrics()
                 log.info("starting %d workers on %s (supervisor pid %d)",
                          len(self.workers), listen, os.getpid())  # fmt: skip
@@ -431,6 +449,26 @@ class Supervisor:
             settings = replace(settings, replica_id=replica)
         return settings
 
+    @staticmethod
+    def _pin_list(settings: ServeSettings) -> str | None:
+        """``--list FILE``: the file's identity now, before any worker reads it.
+
+        A single server loads a file once, at start (it is not watched); a pool
+        must serve one list as well, so every worker, a replacement included,
+        serves the file as it was now (``Loader._snapshot_view``): a file
+        replaced or rewritten since is served from its compiled version, the
+        pool's, or not at all, never as it is now beside the others' list.
+        """
+        path = settings.list_path
+        if path is None or settings.redis or path.is_dir():
+            return None
+        try:
+            return file_identity(path)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"--list {path}: cannot read it: {exc.strerror or exc}"
+            ) from None
+
     def _start_metrics(self) -> None:
         listen = self.settings.metrics_listen
         if listen is None:
@@ -456,7 +494,7 @@ class Supervisor:
         reading = None
         if self.readings is not None:
             reading = reading_path(self.readings.folder, worker.number)
-        seat = WorkerSeat(worker.number, replacement, reading)
+        seat = WorkerSeat(worker.number, replacement, reading, self.list_identity)
         receive, send = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=_worker_main,
@@ -468,6 +506,7 @@ class Supervisor:
         worker.process, worker.messages = process, receive
         worker.started_at, worker.restart_at = time.monotonic(), None
         worker.serving = worker.loaded = worker.killed = False
+        worker.replacement = replacement
         log.info("worker %d started (pid %s)%s", worker.number, process.pid,
                  ": it binds once its list is in" if replacement else "")  # fmt: skip
 
@@ -584,8 +623,10 @@ class Supervisor:
             )
             self._begin_stop(f"worker {worker.number} cannot start again")
             return
-        if kind == "loaded":
+        if kind == "loaded":  # the text: why its readiness is NOT_SERVING ("": SERVING)
             worker.loaded = True
+            if worker.replacement:
+                self._replaced(worker, text)
             if all(w.loaded for w in self.workers) and not self.loaded:
                 self.loaded = True
                 log.info("every worker is past its first load (health: each its own)")
@@ -593,13 +634,26 @@ class Supervisor:
         if text.startswith("serving on "):
             worker.serving = True
             worker.failed_starts = 0
-            if self.started:
-                log.info("worker %d serving again", worker.number)
-            elif all(w.serving for w in self.workers):
+            # (a replacement, loaded before it binds, is said to serve or not once
+            # "loaded" comes: ``_replaced``)
+            if not self.started and all(w.serving for w in self.workers):
                 self.started = True
                 self._print(f"{text} ({len(self.workers)} workers)")
         elif not text.startswith("metrics on "):
             self._print(text)
+
+    def _replaced(self, worker: _Worker, problem: str) -> None:
+        """Say how a replacement came up: serving, or up but NOT_SERVING, and why
+        (its own health, which a probe reaching it gets, and which keeps
+        ``shixin_ready`` 0)."""
+        process = worker.process
+        pid = process.pid if process is not None else None
+        if not problem:
+            log.info("worker %d serving again", worker.number)
+            return
+        log.error("worker %d (pid %s) is up but NOT_SERVING (its connections are refused "
+                  "UNAVAILABLE; health and shixin_ready say so): %s", worker.number, pid,
+                  problem)  # fmt: skip
 
     def _print(self, text: str) -> None:
         """A line a single server would print, printed once however many workers say it."""

@@ -43,6 +43,7 @@ def rewrite_in_place(file: Path, change: Callable[[bytes], bytes]) -> None:
     raw = file.read_bytes()
     changed = change(raw)
     assert len(changed) == len(raw)
+    os.chmod(file, before.st_mode | 0o200)  # compiled files are written read-only
     with open(file, "r+b") as out:
         out.write(changed)
     os.utime(file, ns=(before.st_atime_ns, before.st_mtime_ns))
