@@ -438,6 +438,32 @@ def read_meta(client: Client, keys: RedisKeys, version: str) -> dict[str, bytes]
     return {k.decode(): v for k, v in raw.items()}
 
 
+def published_at(meta: dict[str, bytes]) -> float | None:
+    """When the snapshot of a version was published (None: it does not say): its
+    header's ``published_at``, or for a version loaded before that was kept, its feed
+    time while no delta has moved it on."""
+    if "published_at" in meta:
+        value = float(meta["published_at"])
+        return value or None
+    if meta.get("header") == b"1" and meta.get("last_seq") == meta.get("snapshot_seq"):
+        return float(meta.get("source_timestamp", b"0")) or None
+    return None
+
+
+#: The meta fields ``published_at`` reads (for an ``HMGET``), and the mark of a version
+#: loaded with ``--allow-rollback`` (``rollback``): made current on purpose, whatever it
+#: replaced.
+PUBLISHED_FIELDS = ("published_at", "header", "last_seq", "snapshot_seq", "source_timestamp")
+ROLLBACK_FIELD = "rollback"
+#: Meta field: Redis's time (``redis_time``) when a load made the version current.
+CURRENT_AT_FIELD = "current_at"
+
+
+def utc(unix: float) -> str:
+    """``unix`` as an instant in UTC, to the second (``2026-11-20T01:00:00Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+
 def check_fingerprint(meta: dict[str, bytes], keyer: SubjectKeyer, version: str) -> None:
     theirs = meta.get("fingerprint", b"").decode()
     if theirs != keyer.fingerprint:
@@ -863,6 +889,14 @@ class RedisFollower(Background):
         #: evidence this replica re-asserts in its own record while it stands, with the
         #: time of the record it came from: it lapses with it, ``RECORD_SECONDS``)
         self._claim: dict[str, Any] | None = None
+        #: what another replica's record says was served that is newer than the pointer's
+        #: version and gone from Redis (``_claims``), re-asserted in this replica's record
+        self._newer: dict[str, Any] | None = None
+        #: when the snapshot of the version served was published (None: it does not say)
+        self._published: float | None = None
+        #: lost because Redis went back to an older snapshot (``_going_back``): this
+        #: replica's record is kept when it stops, as evidence for the replicas after it
+        self._went_back = False
         #: a newer version this replica cannot serve (another key secret): (source, why)
         self._behind: tuple[str, str] | None = None
         #: the version served was loaded by older code: read fail-closed (its exemptions,
@@ -921,7 +955,10 @@ class RedisFollower(Background):
     def stop(self) -> None:
         super().stop()
         try:
-            self.client.hdel(self.keys.replicas, self.replica_id)
+            # the record of a replica that saw Redis go back is kept (``RECORD_SECONDS``):
+            # the evidence for a replica started after it (``_newer_served``)
+            if not (self._went_back and self._lost is not None or self._newer is not None):
+                self.client.hdel(self.keys.replicas, self.replica_id)
         except redis.RedisError:
             pass
         self.client.close()
@@ -1095,16 +1132,22 @@ class RedisFollower(Background):
         record or claim without a load token (older code, or a version name used before
         ``P:names``) proves nothing. A claim keeps the time of the record it came from,
         so claims copied from replica to replica lapse with it, never kept alive."""
+        fields = ("last_seq", "load_token", ROLLBACK_FIELD, CURRENT_AT_FIELD, *PUBLISHED_FIELDS)
         with self.client.pipeline(transaction=True) as pipe:  # one instant: no delta between
             pipe.get(self.keys.current)
-            pipe.hmget(self.keys.meta(version), "last_seq", "load_token")
+            pipe.hmget(self.keys.meta(version), *fields)
             pipe.hgetall(self.keys.replicas)
             pipe.time()  # records' ``at`` are Redis's time: compared with Redis's
-            current, (last, held_token), records, (seconds, micros) = pipe.execute()
-        self._claim = None
+            current, values, records, (seconds, micros) = pipe.execute()
+        meta = {k: v for k, v in zip(fields, values, strict=True) if v is not None}
+        last, held_token = meta.get("last_seq"), meta.get("load_token")
+        self._claim = self._newer = None
         if last is None or not token or current != version.encode() or held_token != token:
             return ""  # gone, or not the version and load served: the other checks say so
         held, ours, now = int(last), token.decode(errors="replace"), seconds + micros / 1e6
+        went_back = self._newer_served(version, meta, records, now)
+        if went_back:
+            return went_back
         best: dict[str, Any] | None = None
         for replica_id, raw in records.items():
             try:
@@ -1128,6 +1171,68 @@ class RedisFollower(Background):
                 "from an older save, or failed over to a replica without them?); load "
                 f"{missing} again, in seq order (or the snapshot and its deltas)")  # fmt: skip
 
+    def _newer_served(
+        self, version: str, meta: dict[str, bytes], records: dict[bytes, bytes], now: float
+    ) -> str:
+        """Why Redis went back from a newer snapshot to ``version`` by what registered
+        replicas report ("" if it did not): a record (or a ``newer`` claim copied into one)
+        written within ``RECORD_SECONDS``, after ``version`` was made current (meta
+        ``current_at``, where the load wrote it), of a version whose snapshot was
+        published after ``version``'s and that Redis no longer holds. A replica started
+        after Redis came back from an older save has never served the newer version;
+        the records of those that did say it. Nothing when ``version`` was loaded with
+        ``--allow-rollback`` (older on purpose) or does not say when it was published."""
+        ours = published_at(meta)
+        if ours is None or meta.get(ROLLBACK_FIELD) == b"1":
+            return ""
+        since = float(meta.get(CURRENT_AT_FIELD, b"0"))
+        found: list[dict[str, Any]] = []
+        for replica_id, raw in records.items():
+            try:
+                record = orjson.loads(raw)
+                if not isinstance(record, dict):
+                    continue
+                for claim in (record, record.get("newer")):
+                    seen = _newer_evidence(claim, version, ours, since, now, replica_id.decode())
+                    if seen is not None:
+                        found.append(seen)
+            except (TypeError, ValueError, AttributeError):
+                continue  # a record this code cannot read proves nothing
+        if not found:
+            return ""
+        names = sorted({seen["version"] for seen in found})
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(self.keys.meta(name))
+            held = {name for name, there in zip(names, pipe.execute(), strict=True) if there}
+        gone = [seen for seen in found if seen["version"] not in held]  # held: rolled back
+        if not gone:
+            return ""
+        best = max(gone, key=lambda seen: seen["published"])
+        self._newer = best
+        return going_back_problem(
+            best["version"], best["published"], version, ours,
+            f"replica {best['replica']} served (its record in {self.keys.replicas})",
+        )  # fmt: skip
+
+    def _going_back(self, version: str, meta: dict[str, bytes]) -> str:
+        """Why the pointer's move to ``version`` (its ``meta``) is Redis going back ("" if
+        it is not): its snapshot was published before that of the version served here,
+        which Redis no longer holds. A load never does that (it refuses an older
+        snapshot) unless given ``--allow-rollback`` (meta ``rollback``); a save or a
+        Redis replica from before the newer load does. A version served that is still
+        whole in Redis was replaced on purpose (by an older shixin-check's rollback)."""
+        view, then, now = self._view, self._published, published_at(meta)
+        if view is None or then is None or now is None or now >= then:
+            return ""
+        if meta.get(ROLLBACK_FIELD) == b"1":
+            return ""
+        if self._token and self.client.hget(self.keys.meta(view.version), "load_token") == (
+            self._token
+        ):
+            return ""
+        return going_back_problem(view.version, then, version, now, "this server served")
+
     def _follow(self, version: str) -> None:
         """Serve ``version``, the pointer's, if Redis holds it whole; else say what is lost.
 
@@ -1139,8 +1244,14 @@ class RedisFollower(Background):
         token = meta.get("load_token", b"")
         if view is not None and (version, token) in self._left:
             self.upstream_version, self.upstream_seq = version, 0
-            self._lose(f"redis went back to version {version}, older than {view.version} "
-                       "(failed over to a replica without the newest load?)")  # fmt: skip
+            self._went_back = True  # its record is kept when it stops: the evidence
+            then, now = self._published, published_at(meta)
+            if then is not None and now is not None and now < then:
+                self._lose(going_back_problem(view.version, then, version, now,
+                                              "this server served"))  # fmt: skip
+            else:
+                self._lose(f"redis went back to version {version}, older than {view.version} "
+                           "(failed over to a replica without the newest load?)")  # fmt: skip
             return
         self.upstream_version = version
         self.upstream_seq = int(meta.get("last_seq", b"0"))
@@ -1162,6 +1273,11 @@ class RedisFollower(Background):
             # the version in hand still answers; the newer one is not served: behind
             self._behind = (f"redis version {version}", str(exc))
             self._say_refused(str(exc))
+            return
+        reason = self._going_back(version, meta)
+        if reason:
+            self._went_back = True
+            self._lose(reason)
             return
         reason = self._claims(version, token)
         if reason:
@@ -1189,7 +1305,9 @@ class RedisFollower(Background):
         self._install(version, after, _last_seq(entries, after))
         self._lost = None
         self._problem = ""
-        self._claim = self._behind = None
+        self._claim = self._behind = self._newer = None
+        self._went_back = False
+        self._published = published_at(meta)
         self._old_format = old_format
         self._refused_said = ""
         if view is not None and (view.version, self._token_of_view) != (version, self._token):
@@ -1288,8 +1406,12 @@ class RedisFollower(Background):
             "host": socket.gethostname(),
             "problem": self.health_problem() or self.behind_problem(),
         }
+        if view is not None and self._published is not None:
+            record["published"] = self._published
         if self._claim is not None:  # kept alive while it stands, whoever made it
             record["claim"] = self._claim
+        if self._newer is not None:  # likewise
+            record["newer"] = self._newer
         self.client.hset(self.keys.replicas, self.replica_id, orjson.dumps(record))
         self._last_beat = now
 
@@ -1340,6 +1462,44 @@ def _evidence(
         return None
     replica = claim.get("replica", replica_id)
     return {"version": version, "token": token, "seq": seq,
+            "replica": replica if isinstance(replica, str) else replica_id,
+            "at": min(at, now)}  # fmt: skip
+
+
+def going_back_problem(newer: str, newer_at: float, older: str, older_at: float, who: str) -> str:
+    """Why a replica is not serving: Redis went back from version ``newer`` (published
+    ``newer_at``), which ``who``, to the older ``older`` (published ``older_at``)."""
+    return (
+        f"redis went back to version {older} (published {utc(older_at)}) from version "
+        f"{newer} (published {utc(newer_at)}), which {who}, and no longer holds {newer} "
+        "(restarted from an older save, or failed over to a replica without the newest "
+        f"load?): load the snapshot of {newer} (or a newer one) again, then its deltas in "
+        f"seq order, or load {older}'s snapshot again with --allow-rollback to go back on "
+        "purpose"
+    )
+
+
+def _newer_evidence(
+    claim: object, version: str, published: float, since: float, now: float, replica_id: str
+) -> dict[str, Any] | None:
+    """A replica's record (or a ``newer`` claim copied into one) as evidence that it
+    served a version newer than ``version`` (published ``published``, made current at
+    ``since``): the claim to copy (version, published, replica, and ``at``, the time of
+    the record it came from), or None when it is not: ``version`` itself, no publish
+    time or an older one, a record from before ``since`` or older than ``RECORD_SECONDS``."""
+    if not isinstance(claim, dict):
+        return None
+    served = claim.get("version")
+    if not isinstance(served, str) or not served or served == version:
+        return None
+    try:
+        theirs, at = float(claim.get("published", 0)), float(claim.get("at", 0))
+    except (TypeError, ValueError, OverflowError):
+        return None  # unreadable: proves nothing
+    if theirs <= published or at <= since or now - at >= RECORD_SECONDS:
+        return None
+    replica = claim.get("replica", replica_id)
+    return {"version": served, "published": theirs,
             "replica": replica if isinstance(replica, str) else replica_id,
             "at": min(at, now)}  # fmt: skip
 

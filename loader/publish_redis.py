@@ -55,6 +55,7 @@ import itertools
 import math
 import multiprocessing
 import os
+import re
 import secrets
 import sys
 from collections import Counter
@@ -68,6 +69,7 @@ from typing import Any, cast
 import numpy as np
 import orjson
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from shixin_check.domain.errors import ConfigurationError, IndexUnavailable, LoadRejected, RowError
 from shixin_check.domain.keys import SubjectKeyer
@@ -90,9 +92,11 @@ from shixin_check.loader.index_memory import (
     own_exemptions,
 )
 from shixin_check.loader.index_redis import (
+    CURRENT_AT_FIELD,
     EXEMPTIONS_FORMAT,
     FORMAT,
     LOCK_SECONDS,
+    ROLLBACK_FIELD,
     Client,
     HeldLock,
     RedisKeys,
@@ -108,7 +112,10 @@ from shixin_check.loader.index_redis import (
     format_of,
     old_format_problem,
     read_meta,
+    redis_time,
 )
+from shixin_check.loader.index_redis import published_at as _published_at
+from shixin_check.loader.index_redis import utc as _utc
 from shixin_check.loader.listfile import (
     EXEMPTION_NAMES_NO_ONE,
     EXEMPTION_NAMES_ORGANISATION,
@@ -205,24 +212,6 @@ def _refuse_other_secret(
             "the replicas use, or give --new-key-secret to change it on purpose (then "
             "restart every replica with the new secret)"
         )
-
-
-def _published_at(meta: dict[str, bytes]) -> float | None:
-    """When the snapshot of a version was published (None: it does not say): its
-    header's ``published_at``, or for a version loaded before that was kept, its feed
-    time while no delta has moved it on."""
-    if "published_at" in meta:
-        value = float(meta["published_at"])
-        return value or None
-    if meta.get("header") == b"1" and meta.get("last_seq") == meta.get("snapshot_seq"):
-        return float(meta.get("source_timestamp", b"0")) or None
-    return None
-
-
-def _utc(unix: float) -> str:
-    import datetime as _dt
-
-    return _dt.datetime.fromtimestamp(unix, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def older_of(client: Client, path: Path, keys: RedisKeys) -> str:
@@ -400,6 +389,7 @@ def _publish_snapshot(
     bits = bucket_bits(len(base.k_hi))
     ebits = bucket_bits(base.entries)
     lock = _take_lock(client, keys)
+    started_on = sentinel_master(client)  # a failover during the load: refused at its end
     try:
         if not allow_rollback:
             _refuse_rollback(path, info.last_delta_seq, _applied_seq(client, keys))
@@ -433,13 +423,21 @@ def _publish_snapshot(
                     "subject_keys": info.counts.subject_keys, "bucket_bits": bits,
                     "entry_bits": ebits, "fingerprint": keyer.fingerprint, "state": "ready",
                     "format": FORMAT, "published_at": header.published_at or 0,
+                    # made current on purpose, older or not: replicas follow it even from
+                    # a newer version (``RedisFollower._going_back``)
+                    **({ROLLBACK_FIELD: 1} if allow_rollback else {}),
                 },
             )  # fmt: skip
             lock.check()
             pipe.execute()
 
+            # by Redis's clock: replicas' records after it may tell of a newer version
+            # that Redis lost (``RedisFollower._newer_served``)
+            made_current = repr(redis_time(client))
+
             def flip(tx: Any) -> None:
                 tx.set(keys.current, version)
+                tx.hset(keys.meta(version), CURRENT_AT_FIELD, made_current)
                 tx.sadd(keys.versions, version)
                 tx.publish(keys.announce, f"version {version}")
 
@@ -447,7 +445,7 @@ def _publish_snapshot(
         except BaseException:
             _abandon(client, keys, version, lock)
             raise
-        await_replica(client, keys, f"version {version}")
+        await_replica(client, keys, f"version {version}", started_on)
         try:
             collect_garbage(client, keys, lock)
         except IndexUnavailable:
@@ -461,7 +459,9 @@ def _publish_snapshot(
 REPLICA_ACK_MS = 2000
 
 
-def await_replica(client: Client, keys: RedisKeys, what: str) -> None:
+def await_replica(
+    client: Client, keys: RedisKeys, what: str, started_on: tuple[str, int] | None = None
+) -> None:
     """Return once a Redis replica holds every write so far (at once without replicas).
 
     A master demoted in a planned Sentinel failover throws away writes its
@@ -475,7 +475,16 @@ def await_replica(client: Client, keys: RedisKeys, what: str) -> None:
     load again of a delta writes nothing. So a PUBLISH (replicated, stored
     nowhere) goes first on the same connection: the WAIT then covers every write
     the master took before it, whoever made it.
+
+    Through Sentinel (``_await_through_sentinels``) the master's own count of
+    connected replicas is no guide: a failover detaches the replica it promotes
+    first, and the master being demoted then has none. ``started_on``: the master
+    the sentinels named when the load began (``sentinel_master``).
     """
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        _await_through_sentinels(pool, keys, what, started_on)
+        return
     replicas = int(client.info("replication").get("connected_slaves", 0))
     if not replicas:
         return
@@ -487,6 +496,104 @@ def await_replica(client: Client, keys: RedisKeys, what: str) -> None:
         raise IndexUnavailable(
             f"{what} is written but no Redis replica acknowledged it within "
             f"{REPLICA_ACK_MS} ms (a failover now would lose it): load the file again"
+        )
+
+
+def sentinel_master(client: Client) -> tuple[str, int] | None:
+    """The master the sentinels name now (None: a plain client, or none answered)."""
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return None
+    try:
+        host, port = pool.get_master_address()  # type: ignore[no-untyped-call]
+    except redis.ConnectionError:
+        return None
+    return str(host), int(port)
+
+
+def _sentinel_states(pool: SentinelConnectionPool) -> list[tuple[dict[str, Any], int]]:
+    """What each sentinel that answers says of the service: (its ``SENTINEL MASTER``
+    state, how many of the master's replicas it finds up and linked to it: those a
+    write must reach before a failover may promote one). A replica the sentinels just
+    set to follow a new master is not linked yet: it holds nothing of the new one's."""
+    said = []
+    for sentinel in pool.sentinel_manager.sentinels:
+        try:
+            state = sentinel.sentinel_master(pool.service_name)
+            replicas = sentinel.sentinel_slaves(pool.service_name)
+        except redis.RedisError:
+            continue
+        up = sum(1 for r in replicas if _linked(r))
+        said.append((state, up))
+    return said
+
+
+def _linked(replica: dict[str, Any]) -> bool:
+    down = replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected")
+    return not down and str(replica.get("master-link-status", "ok")) == "ok"
+
+
+def _failing_over(state: dict[str, Any]) -> bool:
+    flags = state.get("flags", "")
+    found = flags if isinstance(flags, set) else set(str(flags).split(","))
+    return "failover_in_progress" in found
+
+
+def _await_through_sentinels(
+    pool: SentinelConnectionPool, keys: RedisKeys, what: str, started_on: tuple[str, int] | None
+) -> None:
+    """``await_replica`` through Sentinel: a replica of the master written to must
+    acknowledge the writes (``WAIT``) whenever the sentinels know of one that is up,
+    whatever the master's own count says; then the sentinels must still name that
+    server as the master, the one they named when the load began (``started_on``),
+    with no failover under way. Else ``IndexUnavailable``: the write may be lost."""
+
+    def lost(problem: str) -> IndexUnavailable:
+        return IndexUnavailable(
+            f"{what} is written, but {problem}: a Sentinel failover may lose it (or has); "
+            "load the file again (loading it again is harmless: it waits again)"
+        )
+
+    before = _sentinel_states(pool)
+    if not before:
+        raise lost(f"no sentinel of {pool.service_name!r} answered to say where it is held")
+    known = max(up for _, up in before)
+    connection = pool.get_connection()
+    try:
+        address = (str(connection.host), int(connection.port))
+        where = f"{address[0]}:{address[1]}"
+        connection.send_command("INFO", "replication")  # type: ignore[no-untyped-call]
+        info = bytes(connection.read_response())
+        connected = re.search(rb"^connected_slaves:(\d+)", info, re.MULTILINE)
+        if known or (connected and int(connected[1])):
+            try:
+                connection.send_command("PUBLISH", keys.announce, "sync")  # type: ignore[no-untyped-call]
+                connection.read_response()
+                connection.send_command("WAIT", 1, REPLICA_ACK_MS)  # type: ignore[no-untyped-call]
+                acked = int(connection.read_response())
+            except redis.ResponseError as exc:  # WAIT on a replica: demoted meanwhile
+                raise lost(f"{where}, where it was written, refused WAIT ({exc})") from None
+            if acked < 1:
+                raise lost(
+                    f"no Redis replica acknowledged it within {REPLICA_ACK_MS} ms (written "
+                    f"to {where}; the sentinels know of {known} replica(s) up: one being "
+                    "promoted has left that master)"
+                )
+    finally:
+        pool.release(connection)
+    after = _sentinel_states(pool)
+    if not after:
+        raise lost(f"no sentinel of {pool.service_name!r} answered to confirm {where} is master")
+    for state, _ in after:
+        named = (str(state.get("ip", "")), int(state.get("port", 0)))
+        if named != address:
+            raise lost(f"the sentinels now name {named[0]}:{named[1]} as master, not {where}")
+        if _failing_over(state):
+            raise lost(f"the sentinels are failing over the master {where}")
+    if started_on is not None and started_on != address:
+        raise lost(
+            f"the sentinels named {started_on[0]}:{started_on[1]} as master when the load "
+            f"began, {where} when it ended"
         )
 
 
@@ -1125,6 +1232,7 @@ def _publish_delta(
     client: Client, path: Path, keyer: SubjectKeyer, keys: RedisKeys, ops: list[DeltaOp]
 ) -> DeltaResult:
     lock = _take_lock(client, keys)
+    started_on = sentinel_master(client)  # a failover during the load: refused at its end
     try:
         current = client.get(keys.current)
         if current is None:
@@ -1150,14 +1258,15 @@ def _publish_delta(
         todo = pending(ops, last, unknown_base=unknown, first_seq=first, base=base,
                        remedy=_REDIS_BEFORE_FIRST_REMEDY, reflected=state.reflected)  # fmt: skip
         if not todo:  # applied before: but perhaps not yet by any Redis replica
-            await_replica(client, keys, f"delta {path.name} (applied before: seq {last})")
+            await_replica(client, keys, f"delta {path.name} (applied before: seq {last})",
+                          started_on)  # fmt: skip
             return DeltaResult(version, 0, last)
         problems = [e for e in (state.apply(op) for op in todo) if e is not None]
         if problems:
             raise LoadRejected(str(path), problems)
         previous = float(meta.get("source_timestamp", b"0"))
         state.commit(todo, delta_source_time(todo, previous), lock, todo[0].seq if unknown else 0)
-        await_replica(client, keys, f"delta seq {todo[0].seq}..{todo[-1].seq}")
+        await_replica(client, keys, f"delta seq {todo[0].seq}..{todo[-1].seq}", started_on)
         return DeltaResult(version, len(todo), todo[-1].seq)
     finally:
         lock.release()

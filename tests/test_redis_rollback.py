@@ -1,0 +1,267 @@
+"""Redis back on an older snapshot than the one replicas served: lost data, never the
+older list.
+
+A real redis-server that keeps its data only in an RDB file (``SAVE``), stopped
+without saving and started again on the same folder: it comes back with what it
+held at the save, the pointer on the older snapshot A and none of the newer B's
+keys. Servers in Redis mode on free ports, loads by ``shixin-check load``. Waits
+poll with a generous limit (``tests.waiting``), never a tight timing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis
+
+from shixin.v1 import check_pb2 as pb
+from shixin_check.loader.index_redis import RedisKeys
+from tests.conftest import RunningServer, _free_port, settings_for, start_server
+from tests.listdata import ZHANG, ZHAO, basic_rows, person_entry, write_jsonl
+from tests.test_redis_failures import codes, health, status
+from tests.test_redis_replicas import decision
+from tests.test_redis_seq import load
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.redis
+
+Serve = Callable[..., RunningServer]
+A_PUBLISHED, A_UTC = "2026-11-20T09:00:00+08:00", "2026-11-20T01:00:00Z"
+B_PUBLISHED, B_UTC = "2026-11-30T09:00:00+08:00", "2026-11-30T01:00:00Z"
+UNAVAILABLE = (pb.REVIEW, ["INDEX_UNAVAILABLE"])  # the default --unavailable answer
+
+
+class SavingRedis:
+    """A redis-server whose data lives only in its RDB file: ``crash`` stops it without
+    saving, ``start`` brings it back with what the last ``SAVE`` held."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=0.2)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder), "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+        def answers() -> bool:
+            try:
+                with self.client() as c:
+                    return bool(c.ping())
+            except redis.RedisError:
+                return False
+
+        eventually(answers, "redis-server to answer")
+
+    def save(self) -> None:
+        with self.client() as c:
+            c.save()
+
+    def crash(self) -> None:
+        """Down without saving (``SHUTDOWN NOSAVE``), then up again from the last save."""
+        with self.client() as c:
+            try:
+                c.shutdown(nosave=True)
+            except redis.ConnectionError:
+                pass  # it closes the connection as it goes
+        assert self.proc is not None
+        self.proc.wait(timeout=10)
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def saving_redis(tmp_path: Path) -> Iterator[SavingRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH")
+    folder = tmp_path / "rdb"
+    folder.mkdir()
+    server = SavingRedis(folder)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def snapshot(path: Path, published: str, rows: list[dict[str, Any]]) -> Path:
+    return write_jsonl(path, [{"snapshot": {"includes_seq": 0, "published_at": published}}, *rows])
+
+
+def current(server: SavingRedis) -> str:
+    with server.client() as c:
+        raw = c.get(RedisKeys().current)
+    return raw.decode() if raw else ""
+
+
+def snapshots(tmp_path: Path) -> tuple[Path, Path]:
+    """A (published 2026-11-20) and B (2026-11-30), which lists ZHAO too."""
+    a = snapshot(tmp_path / "a.jsonl", A_PUBLISHED, basic_rows())
+    b = snapshot(
+        tmp_path / "b.jsonl", B_PUBLISHED, [*basic_rows(), person_entry("E8", ZHAO, "赵六")]
+    )
+    return a, b
+
+
+def a_saved_then_b(saving_redis: SavingRedis, tmp_path: Path) -> tuple[str, str, Path]:
+    """Load A, SAVE, load B: (A's version, B's version, B's file)."""
+    a, b = snapshots(tmp_path)
+    done = load(a, saving_redis.url)
+    assert done.returncode == 0, done.stderr
+    older = current(saving_redis)
+    saving_redis.save()
+    done = load(b, saving_redis.url)
+    assert done.returncode == 0, done.stderr
+    newer = current(saving_redis)
+    assert newer != older
+    return older, newer, b
+
+
+def serving_b(server: RunningServer) -> bool:
+    return decision(server, ZHAO, "赵六").decision == pb.DENY
+
+
+def test_redis_back_from_an_older_save_is_lost_data_until_a_load(
+    saving_redis: SavingRedis, serve: Serve, tmp_path: Path
+) -> None:
+    """The server never served A: it started on B. Redis comes back on A, without B:
+    the person only B lists must never get ALLOW NOT_LISTED from A's list."""
+    older, newer, b = a_saved_then_b(saving_redis, tmp_path)
+    replica = serve(None, redis=saving_redis.url, replica_id="r1")
+    eventually(lambda: serving_b(replica), "B served")
+
+    saving_redis.crash()
+    assert current(saving_redis) == older  # what the save held
+    eventually(lambda: health(replica) == "NOT_SERVING", "health NOT_SERVING", step=0.05)
+    reason = status(replica).not_serving_reason
+    assert f"went back to version {older} (published {A_UTC})" in reason, reason
+    assert f"from version {newer} (published {B_UTC})" in reason, reason
+    assert "load the snapshot of" in reason, reason
+    assert codes(decision(replica, ZHAO, "赵六")) == UNAVAILABLE  # was ALLOW NOT_LISTED
+    assert codes(decision(replica, ZHANG, "张伟")) == UNAVAILABLE
+    assert status(replica).lag_deltas == -1
+
+    done = load(b, saving_redis.url)  # B's snapshot again: as new as what was served
+    assert done.returncode == 0, done.stderr
+    eventually(lambda: health(replica) == "SERVING", "health SERVING again", step=0.05)
+    assert serving_b(replica)
+    assert status(replica).not_serving_reason == ""
+
+
+@pytest.mark.parametrize("served_a_first", [False, True])
+def test_a_server_started_after_redis_went_back_is_not_serving(
+    served_a_first: bool, saving_redis: SavingRedis, serve: Serve, tmp_path: Path
+) -> None:
+    """A server (re)started after Redis came back on A never served B: the record of the
+    replica that did, kept in ``P:replicas`` when it stopped, says what was lost. That
+    replica served A before B or not."""
+    a, b = snapshots(tmp_path)
+    assert load(a, saving_redis.url).returncode == 0
+    older = current(saving_redis)
+    saving_redis.save()
+    settings = settings_for(None, redis=saving_redis.url, replica_id="r1")
+    first = start_server(settings) if served_a_first else None
+    try:
+        if served_a_first:
+            early = first
+            assert early is not None
+            eventually(lambda: health(early) == "SERVING", "A served")
+        assert load(b, saving_redis.url).returncode == 0
+        newer = current(saving_redis)
+        first = first or start_server(settings)
+        eventually(lambda: serving_b(first), "B served")
+        saving_redis.crash()
+        eventually(lambda: health(first) == "NOT_SERVING", "the loss noticed", step=0.05)
+        said = status(first).not_serving_reason
+        assert f"from version {newer} (published {B_UTC})" in said, said
+    finally:
+        if first is not None:
+            first.stop()  # the on-call restarts it
+
+    again = serve(None, redis=saving_redis.url, replica_id="r2")
+    eventually(lambda: "went back" in status(again).not_serving_reason, "the loss told")
+    reason = status(again).not_serving_reason
+    assert f"from version {newer} (published {B_UTC})" in reason, reason
+    assert f"to version {older} (published {A_UTC})" in reason, reason
+    assert "replica r1 served" in reason, reason
+    assert health(again) == "NOT_SERVING"
+    with pytest.raises(grpc.RpcError) as refused:  # it served A: ALLOW NOT_LISTED
+        decision(again, ZHAO, "赵六")
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    done = load(b, saving_redis.url)
+    assert done.returncode == 0, done.stderr
+    eventually(lambda: health(again) == "SERVING", "health SERVING again", step=0.05)
+    assert serving_b(again)
+
+
+def test_an_older_snapshot_loaded_with_allow_rollback_is_followed(
+    saving_redis: SavingRedis, serve: Serve, tmp_path: Path
+) -> None:
+    """Going back on purpose is no loss: the replica follows it."""
+    a, b = snapshots(tmp_path)
+    assert load(b, saving_redis.url).returncode == 0
+    replica = serve(None, redis=saving_redis.url, replica_id="r1")
+    eventually(lambda: serving_b(replica), "B served")
+    done = load(a, saving_redis.url, "--allow-rollback")
+    assert done.returncode == 0, done.stderr
+    eventually(lambda: codes(decision(replica, ZHAO)) == (pb.ALLOW, ["NOT_LISTED"]), "A served")
+    assert health(replica) == "SERVING"
+    assert status(replica).not_serving_reason == ""
+    # and a server started now takes A too: the old records name B, which Redis keeps
+    later = serve(None, redis=saving_redis.url, replica_id="r2")
+    eventually(lambda: codes(decision(later, ZHAO)) == (pb.ALLOW, ["NOT_LISTED"]), "A served")
+    assert health(later) == "SERVING"
+
+
+def test_the_same_snapshot_loaded_again_after_a_flush_is_followed(
+    saving_redis: SavingRedis, serve: Serve, tmp_path: Path
+) -> None:
+    """Same ``published_at``: not going back."""
+    _, b = snapshots(tmp_path)
+    assert load(b, saving_redis.url).returncode == 0
+    replica = serve(None, redis=saving_redis.url, replica_id="r1")
+    eventually(lambda: serving_b(replica), "B served")
+    with saving_redis.client() as c:
+        c.flushall()
+    eventually(lambda: health(replica) == "NOT_SERVING", "the flush noticed", step=0.05)
+    assert load(b, saving_redis.url).returncode == 0
+    eventually(lambda: health(replica) == "SERVING", "health SERVING again", step=0.05)
+    assert serving_b(replica)
+
+
+def test_going_back_is_accepted_by_loading_the_older_snapshot_with_allow_rollback(
+    saving_redis: SavingRedis, serve: Serve, tmp_path: Path
+) -> None:
+    """The operator's way to keep A after all: ``load A --allow-rollback``."""
+    older, newer, b = a_saved_then_b(saving_redis, tmp_path)
+    replica = serve(None, redis=saving_redis.url, replica_id="r1")
+    eventually(lambda: serving_b(replica), "B served")
+    saving_redis.crash()
+    eventually(lambda: health(replica) == "NOT_SERVING", "the loss noticed", step=0.05)
+    done = load(tmp_path / "a.jsonl", saving_redis.url, "--allow-rollback")
+    assert done.returncode == 0, done.stderr
+    eventually(lambda: health(replica) == "SERVING", "A followed", step=0.05)
+    assert codes(decision(replica, ZHAO)) == (pb.ALLOW, ["NOT_LISTED"])
+    later = serve(None, redis=saving_redis.url, replica_id="r2")  # r1's record names B
+    eventually(lambda: health(later) == "SERVING", "A taken by a new server")
