@@ -6,11 +6,13 @@ the subject is judged by its lifecycle (expired, suspended, exempted for the
 channel) and the purchase against the rule table.
 
 - ALLOW, NOT_LISTED: no entry names the subject.
-- ALLOW with NOT_RESTRICTED_CLASS / LISTING_SUSPENDED / EXEMPTED / EXPIRED:
-  listed, but nothing restricts this purchase today. The reasons of entries in
-  force (NOT_RESTRICTED_CLASS, EXEMPTED) come before those of entries that no
-  longer apply (EXPIRED, LISTING_SUSPENDED): a clerk reading only the first is
-  not told that a listed person is no longer listed.
+- ALLOW with EXEMPTED / NOT_RESTRICTED_CLASS / LISTING_SUSPENDED / EXPIRED:
+  listed, but nothing restricts this purchase today. The reasons come in that
+  order, each once, and the matches likewise (``ALLOW_ORDER``), so the first
+  match goes with the first reason: an entry in force first, and of those one
+  whose restriction only a court's exemption lifted (a clerk reading only the
+  first line is not told "not restricted" of a person under an order, nor "no
+  longer listed" of a person still listed).
 - DENY with the restriction's code: an active, non-exempt entry restricts it;
   the answer carries every such entry. What restricts depends on the entry's
   list type (``restrictions_for``: a XIANGAO order restricts all travel and any
@@ -24,6 +26,12 @@ it plainly is when the caller's id type says otherwise (a resident ID sent as
 PASSPORT, a USCC sent as a person's document, a number that reads as both:
 ``identity.other_readings``). The entries found under any of its keys are
 judged together, so a mistyped id type never hides a listing.
+
+Each match carries its own outcome (``MatchOutcome.reason``): its restriction,
+or what let the purchase past it. An answer's codes are per answer, and one
+answer may mix entries (a SHIXIN listing that does not restrict a domestic tour
+beside a XIANGAO order whose exemption lifted it); the hit log writes each
+match's outcome so the quarterly feedback counts each case by its own.
 """
 
 from __future__ import annotations
@@ -45,6 +53,12 @@ EXEMPTED = Reason("EXEMPTED", "经人民法院准许以个人财产实施的该�
 EXPIRED = Reason("EXPIRED", "名单已过有效期，不再限制")
 NAME_MISMATCH = Reason("NAME_MISMATCH", "证件号码在名单中但姓名不一致，请人工核验")
 INDEX_UNAVAILABLE = Reason("INDEX_UNAVAILABLE", "名单索引暂时无法查询，不能确认是否为名单人员")
+
+#: An ALLOW's reasons, and its matches by theirs, in this order: an entry in force
+#: whose restriction a court's exemption lifted, one that does not restrict the
+#: purchase, then entries that no longer apply (suspended, expired)
+ALLOW_ORDER = (EXEMPTED, NOT_RESTRICTED_CLASS, LISTING_SUSPENDED, EXPIRED)
+_ALLOW_RANK = {reason: rank for rank, reason in enumerate(ALLOW_ORDER)}
 
 
 class Query(NamedTuple):
@@ -68,10 +82,14 @@ class Query(NamedTuple):
 
 
 class MatchOutcome(NamedTuple):
-    """A listed entry and how it stands today (ACTIVE, SUSPENDED or EXPIRED)."""
+    """A listed entry, how it stands today (ACTIVE, SUSPENDED or EXPIRED), and what it
+    did to this purchase (``reason``): its restriction in a DENY or REVIEW; EXEMPTED,
+    NOT_RESTRICTED_CLASS, LISTING_SUSPENDED or EXPIRED in an ALLOW. ``judge`` always
+    sets it; None only where a caller built the outcome by hand (not known)."""
 
     match: ListedMatch
     status: EntryStatus
+    reason: Reason | None = None
 
 
 class Verdict(NamedTuple):
@@ -199,30 +217,29 @@ def judge(
     restricting: list[MatchOutcome] = []
     why: list[Reason] = []  # the restriction of each of ``restricting``
     others: list[MatchOutcome] = []
-    in_force: list[Reason] = []  # NOT_RESTRICTED_CLASS, EXEMPTED: an entry that applies
-    lifted: list[Reason] = []  # EXPIRED, LISTING_SUSPENDED: an entry that no longer does
+    passed: list[Reason] = []  # the reason of each of ``others``: what let the purchase by
     for m in found:
         if m.valid_until < today:
-            others.append(MatchOutcome(m, EntryStatus.EXPIRED))
-            lifted.append(EXPIRED)
+            others.append(MatchOutcome(m, EntryStatus.EXPIRED, EXPIRED))
+            passed.append(EXPIRED)
             continue
         if m.status is EntryStatus.SUSPENDED:
-            others.append(MatchOutcome(m, EntryStatus.SUSPENDED))
-            lifted.append(LISTING_SUSPENDED)
+            others.append(MatchOutcome(m, EntryStatus.SUSPENDED, LISTING_SUSPENDED))
+            passed.append(LISTING_SUSPENDED)
             continue
         if m.list_type is ListType.XIANGAO:
             restriction = xiangao if m.role is Role.DEBTOR else xiangao_related
         else:
             restriction = shixin if m.role is Role.DEBTOR else shixin_related
         if restriction is None:
-            others.append(MatchOutcome(m, EntryStatus.ACTIVE))
-            in_force.append(NOT_RESTRICTED_CLASS)
+            others.append(MatchOutcome(m, EntryStatus.ACTIVE, NOT_RESTRICTED_CLASS))
+            passed.append(NOT_RESTRICTED_CLASS)
         elif m.exemptions and any(e.covers(channel, today) for e in m.exemptions):
             # only where it lifts a restriction: a hard seat needs no court's permission
-            others.append(MatchOutcome(m, EntryStatus.ACTIVE))
-            in_force.append(EXEMPTED)
+            others.append(MatchOutcome(m, EntryStatus.ACTIVE, EXEMPTED))
+            passed.append(EXEMPTED)
         else:
-            restricting.append(MatchOutcome(m, EntryStatus.ACTIVE))
+            restricting.append(MatchOutcome(m, EntryStatus.ACTIVE, restriction))
             why.append(restriction)
 
     if restricting:
@@ -243,9 +260,12 @@ def judge(
             )
         return Verdict(Decision.REVIEW, _distinct(why) + (NAME_MISMATCH,), tuple(restricting))
 
-    # first-seen order, no repeats; an entry in force first
-    reasons = tuple(dict.fromkeys(in_force + lifted))
-    return Verdict(Decision.ALLOW, reasons, tuple(others))
+    if len(others) == 1:  # nearly always
+        return Verdict(Decision.ALLOW, (passed[0],), (others[0],))
+    # by ALLOW_ORDER, each reason once; the matches likewise (as found within one reason)
+    ranked = sorted(range(len(others)), key=lambda i: _ALLOW_RANK[passed[i]])
+    reasons = tuple(dict.fromkeys(passed[i] for i in ranked))
+    return Verdict(Decision.ALLOW, reasons, tuple(others[i] for i in ranked))
 
 
 def _distinct(restrictions: list[Reason]) -> tuple[Reason, ...]:

@@ -22,7 +22,11 @@ A check is told to each case it matched once, however many entries of the
 case matched (a SHIXIN entry and a XIANGAO order of one enforcement case are
 two entries, one case): every list type of the case is named, a DENY or
 REVIEW counts once, and an ALLOW counts in one ``allowed_*`` column, by a
-fixed precedence (``_allowed_because``).
+fixed precedence (``_allowed_because``) over the outcomes of the case's own
+matches (each match's ``outcome``: EXEMPTED, NOT_RESTRICTED_CLASS, ...), not
+the answer's codes: one answer may hold a SHIXIN entry that does not restrict
+the purchase and a XIANGAO order whose exemption lifted it, each its own case.
+A record written before matches carried their outcome is read by its codes.
 
 The command reads files opened when it listed their sets
 (``server.hitlog.open_log_files``), as they were then, so a rotation while
@@ -311,26 +315,39 @@ def _china_date(unix: float) -> _dt.date:
     return _dt.datetime.fromtimestamp(unix, CHINA_TZ).date()
 
 
-def _cases(
-    record: Mapping[str, Any],
-) -> dict[tuple[str, str], tuple[set[str], set[str], set[str]]]:
-    """(list types, statuses, roles) of the matches of each case (case number, court)
-    a record names: a case listed twice (a SHIXIN entry and a XIANGAO order of one
-    enforcement case) is one case, told once about the check."""
-    found: dict[tuple[str, str], tuple[set[str], set[str], set[str]]] = {}
+@dataclass
+class _Matched:
+    """What the matches of one case in one record say: list types, statuses, the roles
+    the person checked holds, outcomes (``""`` for a match that names none)."""
+
+    list_types: set[str] = field(default_factory=set)
+    statuses: set[str] = field(default_factory=set)
+    roles: set[str] = field(default_factory=set)
+    outcomes: set[str] = field(default_factory=set)
+
+
+def _cases(record: Mapping[str, Any]) -> dict[tuple[str, str], _Matched]:
+    """The matches of each case (case number, court) a record names: a case listed
+    twice (a SHIXIN entry and a XIANGAO order of one enforcement case) is one case,
+    told once about the check."""
+    found: dict[tuple[str, str], _Matched] = {}
     matches = record.get("matches")
     if isinstance(matches, list) and matches:
         for m in matches:
             if isinstance(m, Mapping):
                 key = (str(m.get("case_number", "")), str(m.get("court", "")))
-                list_types, statuses, roles = found.setdefault(key, (set(), set(), set()))
-                list_types.add(str(m.get("list_type", "")))
-                statuses.add(str(m.get("status", "")))
+                case = found.get(key)
+                if case is None:
+                    case = found[key] = _Matched()
+                case.list_types.add(str(m.get("list_type", "")))
+                case.statuses.add(str(m.get("status", "")))
                 if m.get("role"):
-                    roles.add(str(m["role"]))
+                    case.roles.add(str(m["role"]))
+                outcome = m.get("outcome")
+                case.outcomes.add(outcome if isinstance(outcome, str) else "")
     else:  # a record without match details: its case numbers alone
         for number in record.get("case_numbers") or []:
-            found.setdefault((str(number), ""), ({""}, {""}, set()))
+            found.setdefault((str(number), ""), _Matched({""}, {""}, set(), {""}))
     return found
 
 
@@ -351,38 +368,61 @@ def _count(
         totals.reviews += 1
     else:
         totals.allowed += 1
-    for (case_number, court), (list_types, statuses, roles) in _cases(record).items():
+    for (case_number, court), matched in _cases(record).items():
         case = cases.setdefault((case_number, court), CaseEnforcement(case_number, court))
-        case.list_types.update(t for t in list_types if t)
-        _tally(case.channel(channel), decision, statuses, roles, codes, day, merchant)
+        case.list_types.update(t for t in matched.list_types if t)
+        _tally(case.channel(channel), decision, matched, codes, day, merchant)
 
 
 def _tally(
     enforcement: ChannelEnforcement,
     decision: str,
-    statuses: set[str],
-    roles: set[str],
+    matched: _Matched,
     codes: set[str],
     day: str,
     merchant: str,
 ) -> None:
-    """One check, once, on one case's row: ``statuses`` of every entry of the case
-    that matched, ``roles`` the person checked holds in them."""
+    """One check, once, on one case's row: ``matched``, what every entry of the case
+    that matched says (its status and outcome, the role the person checked holds)."""
     if decision == "DENY":
-        enforcement.deny(day, merchant, roles)
+        enforcement.deny(day, merchant, matched.roles)
     elif decision == "REVIEW":
         enforcement.reviews += 1
     else:
-        reason = _allowed_because(statuses, codes)
+        reason = _allowed_because(matched.statuses, codes, matched.outcomes)
         setattr(enforcement, reason, getattr(enforcement, reason) + 1)
 
 
-def _allowed_because(statuses: set[str], codes: set[str]) -> str:
+#: An ALLOW's column by the outcomes of a case's own matches, the first found of these
+_ALLOWED_BY_OUTCOME = {
+    "EXEMPTED": "allowed_exempted",
+    "NOT_RESTRICTED_CLASS": "allowed_not_restricted",
+    "LISTING_SUSPENDED": "allowed_suspended",
+    "EXPIRED": "allowed_expired",
+}
+
+
+def _allowed_because(statuses: set[str], codes: set[str], outcomes: set[str]) -> str:
     """The one ``allowed_*`` column an ALLOW counts in for a case, whichever of its
-    entries matched, by a fixed precedence: an entry in force (neither suspended
-    nor expired) first, for the purchase passed it only by an exemption or by not
-    being restricted; then a suspended entry; then an expired one. A record without
-    match statuses goes by the answer's codes, in the same order from suspended on."""
+    entries matched, by a fixed precedence.
+
+    Where every match of the case names its own ``outcome`` (hit records written
+    since they do): a restriction first (never written in an ALLOW; read by the
+    answer's codes), then EXEMPTED (an entry in force that only a court's exemption
+    let the purchase past), NOT_RESTRICTED_CLASS, LISTING_SUSPENDED, EXPIRED. So a
+    case counts by what its own entries did, whatever other cases of the answer did.
+
+    Otherwise (a record written before): an entry in force (neither suspended nor
+    expired) first, for the purchase passed it only by an exemption or by not being
+    restricted, told apart by the answer's codes; then a suspended entry; then an
+    expired one. A record without match statuses goes by the answer's codes, in the
+    same order from suspended on."""
+    if outcomes and "" not in outcomes:
+        if outcomes - _ALLOWED_BY_OUTCOME.keys():
+            return _exempted_or_not_restricted(codes)
+        for outcome, column in _ALLOWED_BY_OUTCOME.items():
+            if outcome in outcomes:
+                return column
     if statuses - {"SUSPENDED", "EXPIRED", ""}:
         return _exempted_or_not_restricted(codes)
     if "SUSPENDED" in statuses:
@@ -397,8 +437,11 @@ def _allowed_because(statuses: set[str], codes: set[str]) -> str:
 
 
 def _exempted_or_not_restricted(codes: set[str]) -> str:
-    # Both codes in one answer mean the purchase was not restricted at all, so the
-    # exemption decided nothing; EXEMPTED alone means it lifted the restriction.
+    # By the answer's codes alone (a record without per-match outcomes): EXEMPTED
+    # alone means it lifted the restriction; both codes are read, as they always were,
+    # as not restricted, though since entries are judged by their own list type they
+    # may be two cases' (a SHIXIN entry not restricting, a XIANGAO order exempted),
+    # which such a record cannot tell apart.
     if "EXEMPTED" in codes and "NOT_RESTRICTED_CLASS" not in codes:
         return "allowed_exempted"
     return "allowed_not_restricted"

@@ -117,7 +117,7 @@ from typing import Any, Literal, get_args
 
 import orjson
 
-from shixin_check.domain.decision import Query, Verdict
+from shixin_check.domain.decision import MatchOutcome, Query, Verdict
 from shixin_check.domain.model import china_day
 from shixin_check.domain.rules import describe_purchase
 
@@ -857,17 +857,7 @@ class HitLog(AppendLog):
                 "decision": verdict.decision.name,
                 "codes": [r.code for r in verdict.reasons],
                 "case_numbers": [o.match.case_number for o in verdict.matches],
-                "matches": [
-                    {
-                        "case_number": o.match.case_number,
-                        "court": o.match.court,
-                        "entry_id": o.match.entry_id,
-                        "role": o.match.role.name,
-                        "status": o.status.name,
-                        "list_type": o.match.list_type.name,
-                    }
-                    for o in verdict.matches
-                ],
+                "matches": [_match_fields(o) for o in verdict.matches],
                 "merchant_id": merchant_id,
                 "terminal_id": terminal_id,
                 "caller": caller,
@@ -900,6 +890,24 @@ class HitLog(AppendLog):
                 f"{where}: " if where else "", ", ".join(check_ids),
                 _NOT_LEFT.get(reason, reason), failure, self.path, line,
             )  # fmt: skip
+
+
+def _match_fields(o: MatchOutcome) -> dict[str, str]:
+    """A match of a hit record, with its own ``outcome`` (``MatchOutcome.reason``: its
+    restriction, or EXEMPTED, NOT_RESTRICTED_CLASS, LISTING_SUSPENDED, EXPIRED), which
+    the quarterly feedback counts each case by; left out where it is not known."""
+    m = o.match
+    fields = {
+        "case_number": m.case_number,
+        "court": m.court,
+        "entry_id": m.entry_id,
+        "role": m.role.name,
+        "status": o.status.name,
+        "list_type": m.list_type.name,
+    }
+    if o.reason is not None:
+        fields["outcome"] = o.reason.code
+    return fields
 
 
 _dumps = orjson.dumps

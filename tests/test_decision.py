@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shixin_check.domain.decision import (
+    ALLOW_ORDER,
     EXEMPTED,
     EXPIRED,
     INDEX_UNAVAILABLE,
@@ -174,7 +175,7 @@ def test_active_entry_denies_a_restricted_purchase() -> None:
     verdict = check(match)
     assert verdict.decision is Decision.DENY
     assert verdict.reasons == (RAIL_G_TRAIN,)
-    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE),)
+    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE, RAIL_G_TRAIN),)
     assert verdict.hit
 
 
@@ -191,7 +192,7 @@ def test_listed_subject_may_buy_an_unrestricted_class() -> None:
     verdict = check(match, q=query(D_SECOND))
     assert verdict.decision is Decision.ALLOW
     assert verdict.reasons == (NOT_RESTRICTED_CLASS,)
-    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE),)
+    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE, NOT_RESTRICTED_CLASS),)
     assert verdict.hit  # still logged: a listed subject was checked
 
 
@@ -224,7 +225,7 @@ def test_expiry(valid_until: int, decision: Decision) -> None:
     assert verdict.decision is decision
     if decision is Decision.ALLOW:
         assert verdict.reasons == (EXPIRED,)
-        assert verdict.matches == (MatchOutcome(match, EntryStatus.EXPIRED),)
+        assert verdict.matches == (MatchOutcome(match, EntryStatus.EXPIRED, EXPIRED),)
 
 
 def test_suspended_listing_is_not_applied() -> None:
@@ -232,7 +233,7 @@ def test_suspended_listing_is_not_applied() -> None:
     verdict = check(match)
     assert verdict.decision is Decision.ALLOW
     assert verdict.reasons == (LISTING_SUSPENDED,)
-    assert verdict.matches == (MatchOutcome(match, EntryStatus.SUSPENDED),)
+    assert verdict.matches == (MatchOutcome(match, EntryStatus.SUSPENDED, LISTING_SUSPENDED),)
 
 
 @pytest.mark.parametrize(
@@ -249,7 +250,7 @@ def test_exemption_for_the_channel_covering_today_allows(first: int, last: int) 
     verdict = check(match)
     assert verdict.decision is Decision.ALLOW
     assert verdict.reasons == (EXEMPTED,)
-    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE),)
+    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE, EXEMPTED),)
 
 
 @pytest.mark.parametrize(
@@ -265,7 +266,7 @@ def test_an_exemption_is_not_named_for_a_purchase_nothing_restricts(
     verdict = check(match, q=query(RailTicket(train, seat)))
     assert verdict.decision is Decision.ALLOW
     assert verdict.reasons == (NOT_RESTRICTED_CLASS,)
-    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE),)
+    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE, NOT_RESTRICTED_CLASS),)
 
 
 @pytest.mark.parametrize(
@@ -289,7 +290,7 @@ def test_suspended_and_active_entries_deny_on_the_active_one_only() -> None:
     verdict = check(suspended, active)
     assert verdict.decision is Decision.DENY
     assert verdict.reasons == (RAIL_G_TRAIN,)
-    assert verdict.matches == (MatchOutcome(active, EntryStatus.ACTIVE),)
+    assert verdict.matches == (MatchOutcome(active, EntryStatus.ACTIVE, RAIL_G_TRAIN),)
 
 
 def test_every_active_entry_is_in_the_denial() -> None:
@@ -309,15 +310,16 @@ def test_all_matches_lifted_allow_with_each_lifting_reason_once() -> None:
     )
     verdict = check(*matches)
     assert verdict.decision is Decision.ALLOW
-    # the entry in force (E4, exempted) first, then those that no longer apply
-    assert verdict.reasons == (EXEMPTED, EXPIRED, LISTING_SUSPENDED)
-    assert [o.match for o in verdict.matches] == list(matches)
-    assert [o.status for o in verdict.matches] == [
-        EntryStatus.EXPIRED,
-        EntryStatus.SUSPENDED,
-        EntryStatus.EXPIRED,
-        EntryStatus.ACTIVE,
-        EntryStatus.SUSPENDED,
+    # the entry in force (E4, exempted) first, then suspended, then expired; the
+    # matches likewise (as found within one reason): the first goes with the first reason
+    assert verdict.reasons == (EXEMPTED, LISTING_SUSPENDED, EXPIRED)
+    assert [o.match.entry_id for o in verdict.matches] == ["E4", "E2", "E5", "E1", "E3"]
+    assert [(o.status, o.reason) for o in verdict.matches] == [
+        (EntryStatus.ACTIVE, EXEMPTED),
+        (EntryStatus.SUSPENDED, LISTING_SUSPENDED),
+        (EntryStatus.SUSPENDED, LISTING_SUSPENDED),
+        (EntryStatus.EXPIRED, EXPIRED),
+        (EntryStatus.EXPIRED, EXPIRED),
     ]
 
 
@@ -338,7 +340,7 @@ def test_other_name_on_a_listed_id_is_for_review() -> None:
     verdict = check(match, q=query(name="李四"))
     assert verdict.decision is Decision.REVIEW
     assert verdict.reasons == (RAIL_G_TRAIN, NAME_MISMATCH)
-    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE),)
+    assert verdict.matches == (MatchOutcome(match, EntryStatus.ACTIVE, RAIL_G_TRAIN),)
 
 
 def test_name_mismatch_on_an_unrestricted_purchase_is_allowed() -> None:
@@ -388,7 +390,7 @@ def test_deny_carries_only_the_entries_whose_name_matches() -> None:
     ours, others = listed("E1"), listed("E2", name_key=KEYER.name_key(normalize_name("李四")))
     verdict = check(ours, others)
     assert verdict.decision is Decision.DENY
-    assert verdict.matches == (MatchOutcome(ours, EntryStatus.ACTIVE),)
+    assert verdict.matches == (MatchOutcome(ours, EntryStatus.ACTIVE, RAIL_G_TRAIN),)
 
 
 # --- judge directly -----------------------------------------------------------
@@ -593,14 +595,15 @@ def test_deny_iff_some_match_is_active_unexpired_not_exempt_and_purchase_restric
         assert [o.match for o in verdict.matches] == live
         assert all(o.status is EntryStatus.ACTIVE for o in verdict.matches)
     else:
-        assert [o.match for o in verdict.matches] == found
-        lifted = {
+        passed = [
             EXPIRED if m.valid_until < TODAY
             else LISTING_SUSPENDED if m.status is EntryStatus.SUSPENDED
             else EXEMPTED if restricted and m not in live  # an exemption lifts a restriction
             else NOT_RESTRICTED_CLASS  # nothing to lift: a hard seat needs no permission
             for m in found
-        }  # fmt: skip
-        assert len(verdict.reasons) == len(lifted)
-        assert set(verdict.reasons) == lifted
+        ]  # fmt: skip
+        # each match with its own reason, in ALLOW_ORDER (as found within one reason)
+        expected = sorted(zip(found, passed, strict=True), key=lambda p: ALLOW_ORDER.index(p[1]))
+        assert [(o.match, o.reason) for o in verdict.matches] == expected
+        assert verdict.reasons == tuple(dict.fromkeys(reason for _, reason in expected))
         assert NOT_LISTED not in verdict.reasons

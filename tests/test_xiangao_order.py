@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.check_client import build_request
 from shixin_check.domain.decision import (
+    ALLOW_ORDER,
     EXEMPTED,
     EXPIRED,
     LISTING_SUSPENDED,
@@ -60,6 +61,7 @@ from shixin_check.domain.rules import (
     RailTicket,
     RealEstateDeal,
     RealEstateKind,
+    Reason,
     TravelBooking,
     TravelService,
 )
@@ -107,8 +109,9 @@ def verdict_of(q: Query, *matches: ListedMatch) -> Verdict:
     return decide(FakeView({SUBJECT_KEY: list(matches)}), q, KEYER, POLICY, TODAY)
 
 
-def active(*matches: ListedMatch) -> tuple[MatchOutcome, ...]:
-    return tuple(MatchOutcome(m, EntryStatus.ACTIVE) for m in matches)
+def active(*outcomes: tuple[ListedMatch, Reason]) -> tuple[MatchOutcome, ...]:
+    """Entries in force, each with its own outcome (its restriction, or what let it by)."""
+    return tuple(MatchOutcome(m, EntryStatus.ACTIVE, reason) for m, reason in outcomes)
 
 
 # --- one list at a time -------------------------------------------------------------
@@ -130,7 +133,7 @@ def test_an_order_bars_travel_and_holidays_to_the_debtor_and_every_related_perso
     match = order(role=role, organization_name="" if role is Role.DEBTOR else "某某贸易有限公司")
     verdict = verdict_of(ask(purchase, amount_fen), match)
     assert (verdict.decision, verdict.reasons) == (Decision.DENY, (TRAVEL_HOLIDAY,))
-    assert verdict.matches == active(match)
+    assert verdict.matches == active((match, TRAVEL_HOLIDAY))
 
 
 @pytest.mark.parametrize("role", [Role.DEBTOR, *RELATED_ROLES], ids=lambda r: r.name)
@@ -145,7 +148,7 @@ def test_an_order_bars_any_renovation_in_its_own_words(role: Role) -> None:
     verdict = verdict_of(ask(RENOVATION), match)
     assert (verdict.decision, verdict.reasons) == (Decision.DENY, (REAL_ESTATE_ANY_RENOVATION,))
     assert verdict.reasons[0].code == "REAL_ESTATE"
-    assert verdict.matches == active(match)
+    assert verdict.matches == active((match, REAL_ESTATE_ANY_RENOVATION))
     # a purchase the memoranda bar too keeps the one REAL_ESTATE reason
     assert verdict_of(ask(PROPERTY), match).reasons == (REAL_ESTATE,)
 
@@ -165,7 +168,7 @@ def test_a_shixin_listing_still_leaves_them_open(
     match = listed(role=role)
     verdict = verdict_of(ask(purchase, amount_fen), match)
     assert (verdict.decision, verdict.reasons) == (Decision.ALLOW, (NOT_RESTRICTED_CLASS,))
-    assert verdict.matches == active(match)
+    assert verdict.matches == active((match, NOT_RESTRICTED_CLASS))
 
 
 def test_a_shixin_quota_is_still_the_debtors_alone() -> None:
@@ -182,7 +185,7 @@ def test_on_both_lists_the_order_denies_what_the_listing_leaves_open() -> None:
     shixin, xiangao = listed("S1"), order("X1")
     verdict = verdict_of(ask(DOMESTIC), shixin, xiangao)
     assert (verdict.decision, verdict.reasons) == (Decision.DENY, (TRAVEL_HOLIDAY,))
-    assert verdict.matches == active(xiangao)  # the entries that restrict, only
+    assert verdict.matches == active((xiangao, TRAVEL_HOLIDAY))  # the entries that restrict, only
 
 
 def test_on_both_lists_each_distinct_restriction_once_in_the_entries_order() -> None:
@@ -191,7 +194,7 @@ def test_on_both_lists_each_distinct_restriction_once_in_the_entries_order() -> 
     both = verdict_of(q, shixin, xiangao)
     assert both.decision is Decision.DENY
     assert both.reasons == (TRAVEL_RESORT_OVER_QUOTA, TRAVEL_HOLIDAY)
-    assert both.matches == active(shixin, xiangao)
+    assert both.matches == active((shixin, TRAVEL_RESORT_OVER_QUOTA), (xiangao, TRAVEL_HOLIDAY))
     assert verdict_of(q, xiangao, shixin).reasons == (TRAVEL_HOLIDAY, TRAVEL_RESORT_OVER_QUOTA)
     same = verdict_of(ask(OUTBOUND), shixin, xiangao, order("X2"))
     assert same.reasons == (TRAVEL_OUTBOUND_GROUP,)
@@ -199,14 +202,18 @@ def test_on_both_lists_each_distinct_restriction_once_in_the_entries_order() -> 
     # a related person of a SHIXIN organisation and the debtor of an order
     related = listed("S2", role=Role.ACTUAL_CONTROLLER)
     verdict = verdict_of(q, related, xiangao)
-    assert (verdict.reasons, verdict.matches) == ((TRAVEL_HOLIDAY,), active(xiangao))
+    assert verdict.reasons == (TRAVEL_HOLIDAY,)
+    assert verdict.matches == active((xiangao, TRAVEL_HOLIDAY))
 
 
 def test_an_exemption_lifts_the_order_of_the_entry_that_has_it() -> None:
     exempt = (Exemption(Channel.TRAVEL, TODAY - 1, TODAY + 1),)
-    allowed = verdict_of(ask(DOMESTIC), listed("S1"), order("X1", exemptions=exempt))
+    shixin, xiangao = listed("S1"), order("X1", exemptions=exempt)
+    allowed = verdict_of(ask(DOMESTIC), shixin, xiangao)
     assert allowed.decision is Decision.ALLOW
-    assert allowed.reasons == (NOT_RESTRICTED_CLASS, EXEMPTED)
+    # the order's exemption first: a restriction applies, and only the court lifted it
+    assert allowed.reasons == (EXEMPTED, NOT_RESTRICTED_CLASS)
+    assert allowed.matches == active((xiangao, EXEMPTED), (shixin, NOT_RESTRICTED_CLASS))
     # an exemption on the SHIXIN entry lifts nothing the order bars
     denied = verdict_of(ask(DOMESTIC), listed("S1", exemptions=exempt), order("X1"))
     assert (denied.decision, denied.reasons) == (Decision.DENY, (TRAVEL_HOLIDAY,))
@@ -221,12 +228,12 @@ def test_a_name_is_compared_with_each_restricting_entry() -> None:
     review = verdict_of(ask(DOMESTIC), shixin, xiangao)
     assert review.decision is Decision.REVIEW
     assert review.reasons == (TRAVEL_HOLIDAY, NAME_MISMATCH)
-    assert review.matches == active(xiangao)
+    assert review.matches == active((xiangao, TRAVEL_HOLIDAY))
     # both restrict, the listing's name matches: deny on it, with its reason alone
     q = ask(RESORT, QUOTA + 1)
     denied = verdict_of(q, shixin, xiangao)
     assert (denied.decision, denied.reasons) == (Decision.DENY, (TRAVEL_RESORT_OVER_QUOTA,))
-    assert denied.matches == active(shixin)
+    assert denied.matches == active((shixin, TRAVEL_RESORT_OVER_QUOTA))
     # neither name matches: review, every restriction named
     neither = verdict_of(q, listed("S1", name_key=OTHER_NAME), xiangao)
     assert neither.decision is Decision.REVIEW
@@ -258,12 +265,57 @@ def test_an_entry_in_force_comes_before_one_that_no_longer_applies(
     assert both.decision is Decision.DENY  # the live entry restricts: nothing lifted
     mixed = verdict_of(ask(DOMESTIC), old, exempt, live)
     assert mixed.reasons == (NOT_RESTRICTED_CLASS, lifted)
-    assert [o.match.entry_id for o in mixed.matches] == ["E1", "E3", "E2"]  # matches as found
+    # entries in force first, as found among them; the first match goes with the first reason
+    assert [o.match.entry_id for o in mixed.matches] == ["E3", "E2", "E1"]
+    assert [o.reason for o in mixed.matches] == [NOT_RESTRICTED_CLASS] * 2 + [lifted]
 
 
-def test_with_no_entry_in_force_the_lifting_reasons_keep_their_order() -> None:
-    matches = (listed("E1", status=EntryStatus.SUSPENDED), listed("E2", valid_until=TODAY - 1))
-    assert verdict_of(ask(G_TRAIN), *matches).reasons == (LISTING_SUSPENDED, EXPIRED)
+def test_with_no_entry_in_force_a_suspended_listing_comes_before_an_expired_one() -> None:
+    suspended, expired = (
+        listed("E1", status=EntryStatus.SUSPENDED),
+        listed("E2", valid_until=TODAY - 1),
+    )
+    for found in ((suspended, expired), (expired, suspended)):
+        verdict = verdict_of(ask(G_TRAIN), *found)
+        assert verdict.reasons == (LISTING_SUSPENDED, EXPIRED)
+        assert verdict.matches == (
+            MatchOutcome(suspended, EntryStatus.SUSPENDED, LISTING_SUSPENDED),
+            MatchOutcome(expired, EntryStatus.EXPIRED, EXPIRED),
+        )
+
+
+def test_an_allow_reads_exempted_not_restricted_suspended_expired_each_once() -> None:
+    """Whatever order the index gives the entries in: the reasons in ALLOW_ORDER, each
+    once, and the matches likewise (as found among one reason), so the first match shown
+    goes with the first reason. Person A of the review: a SHIXIN listing that leaves a
+    domestic tour open and a XIANGAO order whose TRAVEL exemption lifted it read EXEMPTED
+    first, never "not restricted" first."""
+    exempt = (Exemption(Channel.TRAVEL, TODAY - 1, TODAY + 1),)
+    found = [
+        listed("S9", valid_until=TODAY - 1),  # expired
+        listed("S1"),  # not restricted: a SHIXIN listing leaves domestic tours open
+        order("X8", status=EntryStatus.SUSPENDED),
+        order("X1", exemptions=exempt),  # the order restricts; its exemption lifts it
+        listed("S2"),
+        order("X7", valid_until=TODAY - 30),  # expired
+        order("X2", exemptions=exempt),
+    ]
+    verdict = verdict_of(ask(DOMESTIC), *found)
+    assert verdict.decision is Decision.ALLOW
+    assert verdict.reasons == (EXEMPTED, NOT_RESTRICTED_CLASS, LISTING_SUSPENDED, EXPIRED)
+    assert [(o.match.entry_id, o.reason) for o in verdict.matches] == [
+        ("X1", EXEMPTED), ("X2", EXEMPTED), ("S1", NOT_RESTRICTED_CLASS),
+        ("S2", NOT_RESTRICTED_CLASS), ("X8", LISTING_SUSPENDED), ("S9", EXPIRED),
+        ("X7", EXPIRED),
+    ]  # fmt: skip
+    for shuffled in (found[::-1], found[3:] + found[:3]):
+        again = verdict_of(ask(DOMESTIC), *shuffled)
+        assert again.reasons == verdict.reasons
+        assert [o.reason for o in again.matches] == [o.reason for o in verdict.matches]
+    # person A alone: the order's exemption, then the listing
+    a = verdict_of(ask(DOMESTIC), found[1], found[3])
+    assert a.reasons == (EXEMPTED, NOT_RESTRICTED_CLASS)
+    assert [o.match.entry_id for o in a.matches] == ["X1", "S1"]
 
 
 # --- property: what restricts is the match's list type --------------------------------------
@@ -293,6 +345,15 @@ def restricted(m: ListedMatch, purchase: Purchase, amount_fen: int) -> bool:
     if isinstance(purchase, RealEstateDeal):
         return xiangao or purchase.kind is not RealEstateKind.ORDINARY_RENOVATION
     return True
+
+
+def allowed_by(m: ListedMatch, purchase: Purchase, amount_fen: int) -> Reason:
+    """What lets ``purchase`` past ``m`` in an ALLOW (an exemption covers TRAVEL only)."""
+    if m.valid_until < TODAY:
+        return EXPIRED
+    if m.status is EntryStatus.SUSPENDED:
+        return LISTING_SUSPENDED
+    return EXEMPTED if restricted(m, purchase, amount_fen) else NOT_RESTRICTED_CLASS
 
 
 @st.composite
@@ -327,8 +388,16 @@ def test_deny_iff_an_entry_in_force_restricts_by_its_own_list_type(
         assert [o.match for o in verdict.matches] == barring
         assert len(set(verdict.reasons)) == len(verdict.reasons)
     else:
-        assert [o.match for o in verdict.matches] == found
+        # each entry with its own outcome, in ALLOW_ORDER (as found within one), and
+        # each reason once in the same order: the first match goes with the first reason
+        expected = sorted(
+            ((m, allowed_by(m, bought, amount_fen)) for m in found),
+            key=lambda pair: ALLOW_ORDER.index(pair[1]),
+        )
+        assert [(o.match, o.reason) for o in verdict.matches] == expected
+        assert verdict.reasons == tuple(dict.fromkeys(reason for _, reason in expected))
         first = verdict.reasons[0]
+        assert first == verdict.matches[0].reason
         assert (first in (NOT_RESTRICTED_CLASS, EXEMPTED)) == bool(in_force)
     view = FakeView({SUBJECT_KEY: found})
     assert decide_many(view, [q, q], KEYER, POLICY, TODAY) == [verdict, verdict]
