@@ -98,14 +98,15 @@ class Exemption(NamedTuple):
     identity, normalised as a ``ListedSubject``'s (``id_number`` "" only in a
     delta's op, before the entry is known: there it means the debtor of a
     person's entry). An index keys the person and hands a match only the
-    exemptions naming the matched subject, ``bare()``: so on a ``ListedMatch``
-    every exemption is the match's own and ``covers`` need not ask whose it is.
+    exemptions covering the matched subject (``ListEntry.exempts``), ``bare()``:
+    so on a ``ListedMatch`` every exemption is the match's own and ``covers``
+    need not ask whose it is.
     """
 
     channel: Channel
     first_day: int
     last_day: int
-    id_type: IdType | None = None  # None: no one named yet, or an organisation's USCC
+    id_type: IdType | None = None  # None: no one named yet, or a USCC (``as_resident``)
     id_number: str = ""
 
     def covers(self, channel: Channel, today: int) -> bool:
@@ -114,14 +115,6 @@ class Exemption(NamedTuple):
     def bare(self) -> Exemption:
         """The permission without the person: as a match of that person carries it."""
         return Exemption(self.channel, self.first_day, self.last_day)
-
-    def names(self, subject: ListedSubject) -> bool:
-        """True when this exemption names ``subject`` (never an organisation)."""
-        return (
-            subject.id_type is not None
-            and self.id_type is subject.id_type
-            and self.id_number == subject.id_number
-        )
 
     def __repr__(self) -> str:  # never the plaintext number, even in a traceback
         who = f", {self.id_type.name if self.id_type else 'USCC'} {mask_id(self.id_number)}"
@@ -165,3 +158,15 @@ class ListEntry(NamedTuple):
 
     def subjects(self) -> tuple[ListedSubject, ...]:
         return (self.debtor, *self.related)
+
+    def exempts(self, exemption: Exemption, subject: ListedSubject) -> bool:
+        """True when ``exemption`` covers ``subject``, one of this entry's: it names
+        that person, however keyed (a sole proprietor's debtor by its USCC, ``id_type``
+        None), and ``subject`` is not the organisation of an organisation's entry (it
+        has no personal assets). The one rule of every path that builds a match's
+        exemptions from an entry's, and of ``listfile.exempted_in``."""
+        return (
+            exemption.id_number == subject.id_number
+            and exemption.id_type is subject.id_type
+            and not (self.organization_name and subject.role is Role.DEBTOR)
+        )

@@ -89,7 +89,7 @@ def matches_of(entry: ListEntry, keyer: SubjectKeyer) -> list[tuple[int, ListedM
             masked_id=mask_id(subject.id_number),
             listed_on=entry.published_on,
             valid_until=entry.valid_until,
-            exemptions=tuple(e.bare() for e in entry.exemptions if e.names(subject)),
+            exemptions=tuple(e.bare() for e in entry.exemptions if entry.exempts(e, subject)),
         )
         out.append((keyer.subject_key(subject.id_type, subject.id_number), match))
     return out

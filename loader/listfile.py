@@ -526,9 +526,9 @@ def exempted_in(entry: ListEntry, exemption: Exemption, field: str) -> Exemption
             raise InvalidInput(field, EXEMPTION_NEEDS_PERSON)
         return exemption._replace(id_type=debtor.id_type, id_number=debtor.id_number)
     same_as_debtor = (exemption.id_type, exemption.id_number) == (debtor.id_type, debtor.id_number)
-    if organisation and exemption.id_type is None and same_as_debtor:
+    if organisation and same_as_debtor:
         raise InvalidInput(field, EXEMPTION_NAMES_ORGANISATION)
-    if same_as_debtor or any(exemption.names(subject) for subject in entry.subjects()):
+    if any(entry.exempts(exemption, subject) for subject in entry.subjects()):
         return exemption
     raise InvalidInput(field, EXEMPTION_NAMES_NO_ONE)
 

@@ -1019,6 +1019,7 @@ class _RedisDelta:
         if keys16 is None:
             return False
         self._count(self._matches_of(entry_id)[0], -1)
+        self.subject_keys -= len(keys16)  # one a subject, as the snapshot's and a LIST's count
         for key16 in keys16:
             self.values[key16] = [m for m in self._value(key16) if m[0] != entry_id]
         self.entries[entry_id] = None

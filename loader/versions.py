@@ -418,6 +418,7 @@ class _DeltaState:
         list_type, status, _ = self._base_state(row)
         self.removed.add(row)
         self._count(list_type, status, row, -1)
+        self.keys_delta -= self._keys_of(row)  # as the snapshot counted them: len(k_hi)
         return True
 
     def reflected(self, op: DeltaOp) -> bool:
