@@ -750,7 +750,16 @@ class ReadGuard:
 
 
 class RedisView:
-    """One Redis-held version as a replica sees it. Implements ``ListView``."""
+    """One Redis-held version as a replica sees it. Implements ``ListView``.
+
+    ``info`` (the ``+N`` an answer carries) is what this replica's follower has
+    applied; a look-up reads Redis as it is now, which may already hold a delta
+    loaded since and not yet applied here (within the follower's poll): a DELIST,
+    SUSPEND, RESUME, EXEMPT or UNEXEMPT can be answered before its label, and so can a
+    LIST of a subject the local Bloom filter holds already (listed in this version
+    before, or a false positive; the filter never forgets a key). Any other LIST is
+    answered from when the follower applies it: the filter clears that subject until
+    then. One call's keys all read one state of Redis (``look_up_many``)."""
 
     __slots__ = ("info", "version", "_bloom", "_client", "_keys", "_bits", "_meta_key", "_errors",
                  "_current", "_exemptions", "_guard")  # fmt: skip
@@ -782,12 +791,18 @@ class RedisView:
         return self.look_up_many((key,))[0]  # type: ignore[return-value]
 
     def look_up_many(self, keys: Sequence[int]) -> list[Sequence[ListedMatch]]:
+        """The matches of each of ``keys``, read in one Redis transaction (MULTI/EXEC,
+        sent and answered in one round trip): a delta load rewrites the buckets in a
+        MULTI/EXEC of its own, so one call (a unary check's keys, a batch's) reads the
+        list as it was before that delta or after it, never some keys before and some
+        after. Plain pipelined reads are run as they arrive, and a delta's EXEC could
+        fall between them: one batch answered one person both DENY and ALLOW."""
         guard = self._guard
         if guard.unsafe:
             raise IndexUnavailable(guard.unsafe)
         if guard.unreachable:
             raise IndexUnavailable(f"redis: {guard.unreachable}")
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=True)
         for key in keys:
             hi = key >> 64
             pipe.hget(
