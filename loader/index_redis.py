@@ -931,6 +931,10 @@ class RedisFollower(Background):
         self._gc_later = 0.0
         #: why Redis refuses this replica's writes ("" while it takes them): logged once
         self._write_problem = ""
+        #: Redis's refusal while it is over its maxmemory ("" when it is not): it then
+        #: refuses every command queued in a transaction (MULTI), which the follower's
+        #: rounds and the look-ups use, so it counts as unreachable, said once as itself
+        self._full = ""
         #: failed Redis commands: the follower's rounds, and the checks' look-ups
         self.sync_errors = ErrorCount()
         self.lookup_errors = ErrorCount()
@@ -984,6 +988,19 @@ class RedisFollower(Background):
             try:
                 self.sync_once(block=True)
                 backoff = 0.05
+                if self._full:
+                    self._full = ""
+                    self.on_event("redis-not-full", "")
+            except redis.OutOfMemoryError as exc:
+                # not gone: full. Each round reads, then a transaction is refused; said
+                # once (not "unreachable", then "connected", every second)
+                problem = str(exc) or type(exc).__name__
+                if problem != self._full:
+                    self.on_event("redis-full", problem)
+                self._full = problem
+                self.reachable = False
+                self.guard.unreachable = problem
+                self._stop.wait(1.0)
             except redis.RedisError as exc:
                 if self.reachable:
                     self.on_event("redis-down", str(exc))
@@ -1052,7 +1069,7 @@ class RedisFollower(Background):
         if view is not None:
             pipe.hmget(self.keys.meta(view.version), "load_token", "last_seq")
         raw, *served = pipe.execute()
-        if not self.reachable:
+        if not self.reachable and not self._full:  # a full Redis says when it is not
             self.on_event("redis-up", "")
         self.reachable = True
         self.guard.unreachable = ""

@@ -494,6 +494,16 @@ class Service:
                       "sentinels, the network, the password) is up and reachable from here; "
                       "counted in shixin_redis_errors_total, \"redis: connected\" when back",
                       where, error_text(detail))  # fmt: skip
+        elif what == "redis-full":  # once, while Redis is over its maxmemory
+            where = self.redis.url if self.redis is not None else "Redis"
+            log.error("redis: %s is over its maxmemory (%s): it refuses every transaction, "
+                      "so checks whose Bloom filter says \"maybe\" get the channel's "
+                      "--unavailable decision until it is under it again (the others are "
+                      "answered from the list in hand), and no load can run: raise maxmemory "
+                      "or free memory in Redis; counted in shixin_redis_errors_total",
+                      where, error_text(detail))  # fmt: skip
+        elif what == "redis-not-full":
+            log.info("redis: under its maxmemory again: look-ups answered from Redis")
         elif what == "lost":  # the detail says "redis lost ...": no second prefix
             log.error("redis: %s; every check gets the channel's --unavailable decision until "
                       "a list is loaded again (shixin-check load --redis ...)", detail)  # fmt: skip

@@ -7,6 +7,7 @@ mode on free ports. Waits poll with a generous limit, never a tight timing.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -411,6 +412,35 @@ def test_redis_unreachable_is_not_lost_data(
     eventually(lambda: status(replica).index_reachable, "Redis back", step=0.05)
     assert status(replica).not_serving_reason == ""
     assert decision(replica, ZHANG, "张伟").decision == pb.DENY
+
+
+def test_redis_over_its_maxmemory_is_said_once_as_such_and_never_clears_a_listed_person(
+    replica: RunningServer, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over its maxmemory (a limit lowered below what it holds), Redis refuses every
+    command queued in a transaction (MULTI): the follower's rounds and the look-ups.
+    Listed subjects get the --unavailable decision, never ALLOW; the log says what it
+    is once, not "unreachable" then "connected" every second."""
+    c = connect(redis_server.url, timeout=5)
+    caplog.set_level(logging.INFO)
+    try:
+        used = int(c.info("memory")["used_memory"])
+        c.config_set("maxmemory", str(used // 2))
+        unavailable = (pb.REVIEW, ["INDEX_UNAVAILABLE"])
+        eventually(lambda: codes(decision(replica, ZHANG, "张伟")) == unavailable,
+                   "a listed subject: --unavailable", step=0.05)  # fmt: skip
+        assert codes(decision(replica, ZHAO)) == (pb.ALLOW, ["NOT_LISTED"])  # the Bloom filter's
+        time.sleep(2.5)  # two more of the follower's rounds, each refused
+        said = [r.getMessage() for r in caplog.records]
+        assert sum("is over its maxmemory" in m for m in said) == 1, said
+        assert not any("unreachable" in m for m in said), said
+        assert codes(decision(replica, ZHANG, "张伟")) == unavailable
+    finally:
+        c.config_set("maxmemory", "0")
+        c.close()
+    eventually(lambda: decision(replica, ZHANG, "张伟").decision == pb.DENY, "back", step=0.05)
+    eventually(lambda: any("under its maxmemory again" in r.getMessage()
+                           for r in caplog.records), "said back")  # fmt: skip
 
 
 # --- the follower itself: losses a FLUSHALL does not show ----------------------
