@@ -475,33 +475,32 @@ class ConsumptionCheckService:
         self.tally.refusals[code.value[0]] += 1
 
     async def _left(
-        self, context: grpc.aio.ServicerContext, method: str, principal: Principal,
+        self, context: grpc.aio.ServicerContext, principal: Principal,
         answered: Sequence[tuple[pb.CheckRequest, pb.CheckResponse]], started: float,
         count: int, metadata: Metadata, peer: str,
     ) -> None:  # fmt: skip
         """A batch that logged hits, answered and audited, before its answer goes (a
-        unary call is not held so: see the module's docstring): a cancellation grpc already holds (the caller cancelled, its connection
-        broke, its deadline passed, the server's grace ended) reaches the handler only
-        as a ``CancelledError`` at an ``await``, so the loop turns a few times
-        (``_CANCEL_TURNS``); then the deadline is looked at once more. A call so ended
-        is withdrawn (``_cut``, or ``_too_late`` and its refusal): its record in the
-        audit log, already written, stays; a second one says how it ended, with the
-        unary call's subject (a batch's record names none)."""
+        unary call is not held so: see the module's docstring). A cancellation grpc
+        already holds (the caller cancelled, its connection broke, its deadline passed,
+        the server's grace ended) reaches the handler only as a ``CancelledError`` at an
+        ``await``, so the loop turns a few times (``_CANCEL_TURNS``); then the deadline
+        is looked at once more. A batch so ended is withdrawn (``_cut``, or
+        ``_too_late`` and its refusal): its record in the audit log, already written,
+        stays; a second one says how it ended."""
+        method = "CheckConsumptionBatch"
         try:
             for _ in range(_CANCEL_TURNS):
                 await asyncio.sleep(0)
         except asyncio.CancelledError:
-            subject = _subject_of(answered[0][0]) if method == "CheckConsumption" else ""
             call = b""
             if self.audit is not None:
                 call = self._call_fields(method, principal, peer or context.peer(), metadata)
-            self._cut(context, method, call, subject, answered, started, count)
-            self.tally.observe(_METHOD_INDEX[method], time.perf_counter() - started)
+            self._cut(context, method, call, "", answered, started, count)
+            self.tally.observe(BATCH, time.perf_counter() - started)
             raise
         if _late(context):
-            subject = _subject_of(answered[0][0]) if method == "CheckConsumption" else ""
             await self._fail(context, self._too_late(method, answered), method, principal,
-                             subject, started, count=count)  # fmt: skip
+                             "", started, count=count)  # fmt: skip
 
     def _stream_ended(
         self, unsent: list[tuple[pb.CheckRequest, pb.CheckResponse, bytes, float]],
@@ -629,9 +628,8 @@ class ConsumptionCheckService:
             await self._fail(context, exc, "CheckConsumptionBatch", principal, "", started,
                              channels=channels, count=count)  # fmt: skip
         if hit:
-            await self._left(context, "CheckConsumptionBatch", principal,
-                             list(zip(checks, reply.results, strict=True)), started, count,
-                             metadata, peer)  # fmt: skip
+            await self._left(context, principal, list(zip(checks, reply.results, strict=True)),
+                             started, count, metadata, peer)  # fmt: skip
         self.tally.observe(BATCH, time.perf_counter() - started)
         return reply
 

@@ -144,12 +144,14 @@ class RedisServer:
     """A real redis-server of our own on a free loopback port, in a temporary folder.
 
     Append-only file on, so ``stop()`` then ``start()`` keeps the data, as a
-    restarted production Redis would.
+    restarted production Redis would (``append_only=False``: only what a ``SAVE``
+    wrote to its RDB file survives).
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, append_only: bool = True) -> None:
         self.folder = folder
         self.port = _free_port()
+        self.append_only = append_only
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -159,8 +161,8 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder),
-             "--protected-mode", "no"],
+             "--appendonly", "yes" if self.append_only else "no", "--appendfsync", "always",
+             "--dir", str(self.folder), "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)

@@ -11,7 +11,6 @@ poll with a generous limit (``tests.waiting``), never a tight timing.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import redis
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.loader.index_redis import RedisKeys
-from tests.conftest import RunningServer, _free_port, settings_for, start_server
+from tests.conftest import RedisServer, RunningServer, settings_for, start_server
 from tests.listdata import ZHANG, ZHAO, basic_rows, person_entry, write_jsonl
 from tests.test_redis_failures import codes, health, status
 from tests.test_redis_replicas import decision
@@ -37,37 +36,15 @@ B_PUBLISHED, B_UTC = "2026-11-30T09:00:00+08:00", "2026-11-30T01:00:00Z"
 UNAVAILABLE = (pb.REVIEW, ["INDEX_UNAVAILABLE"])  # the default --unavailable answer
 
 
-class SavingRedis:
+class SavingRedis(RedisServer):
     """A redis-server whose data lives only in its RDB file: ``crash`` stops it without
     saving, ``start`` brings it back with what the last ``SAVE`` held."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        super().__init__(folder, append_only=False)
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=0.2)
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder), "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-
-        def answers() -> bool:
-            try:
-                with self.client() as c:
-                    return bool(c.ping())
-            except redis.RedisError:
-                return False
-
-        eventually(answers, "redis-server to answer")
 
     def save(self) -> None:
         with self.client() as c:
@@ -83,11 +60,6 @@ class SavingRedis:
         assert self.proc is not None
         self.proc.wait(timeout=10)
         self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
 
 
 @pytest.fixture
