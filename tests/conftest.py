@@ -26,6 +26,7 @@ import redis
 from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.rules import Policy
+from shixin_check.loader.index_redis import Client, RedisFollower, connect
 from shixin_check.server.app import Service
 from shixin_check.server.hitlog import log_files
 from shixin_check.server.settings import ServeSettings
@@ -203,6 +204,23 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[Client]:
+    """A plain client of the test's own Redis (``redis_server``)."""
+    handle = connect(redis_server.url, timeout=5)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture
+def follower(redis_server: RedisServer, keyer: SubjectKeyer) -> Iterator[RedisFollower]:
+    """A follower of the test's own Redis, driven by hand (``sync_once``) unless a test
+    starts its thread."""
+    handle = RedisFollower(redis_server.url, keyer, replica_id="by-hand")
+    yield handle
+    handle.stop()
 
 
 class RedisSentinels:

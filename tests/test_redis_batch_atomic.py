@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shixin_check.domain.errors import IndexUnavailable
-from shixin_check.domain.identity import IdType
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.loader.index_redis import (
     Client,
@@ -35,6 +33,7 @@ from shixin_check.loader.index_redis import (
 from shixin_check.loader.publish_redis import publish_delta, publish_snapshot
 from tests.conftest import RedisServer
 from tests.listdata import LI, ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
+from tests.test_redis_failures import key_of
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.redis
@@ -42,25 +41,6 @@ pytestmark = pytest.mark.redis
 #: how long the flipping run lasts: bounded, whatever it finds
 FLIP_SECONDS = 6.0
 BATCH = 1000
-
-
-@pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[Client]:
-    handle = connect(redis_server.url, timeout=5)
-    yield handle
-    handle.close()
-
-
-@pytest.fixture
-def follower(redis_server: RedisServer, keyer: SubjectKeyer) -> Iterator[RedisFollower]:
-    """A follower driven by hand (``sync_once``) unless a test starts its thread."""
-    handle = RedisFollower(redis_server.url, keyer, replica_id="atomic")
-    yield handle
-    handle.stop()
-
-
-def key_of(keyer: SubjectKeyer, number: str) -> int:
-    return keyer.subject_key(IdType.RESIDENT_ID, number)
 
 
 def served(follower: RedisFollower) -> RedisView:

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,14 +51,6 @@ pytestmark = pytest.mark.redis
 Serve = Callable[..., RunningServer]
 #: Enough for a killed loader's lock to lapse, and for the load after it.
 LAPSE_WAIT_S = LOCK_SECONDS + 30.0
-
-
-@pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[Client]:
-    """A plain client of the test's own Redis."""
-    handle = connect(redis_server.url, timeout=5)
-    yield handle
-    handle.close()
 
 
 def every_key(client: Client) -> set[str]:
@@ -444,14 +436,6 @@ def test_redis_over_its_maxmemory_is_said_once_as_such_and_never_clears_a_listed
 
 
 # --- the follower itself: losses a FLUSHALL does not show ----------------------
-
-
-@pytest.fixture
-def follower(redis_server: RedisServer, keyer: SubjectKeyer) -> Iterator[RedisFollower]:
-    """A follower driven by hand (``sync_once``), no thread."""
-    handle = RedisFollower(redis_server.url, keyer, replica_id="by-hand")
-    yield handle
-    handle.stop()
 
 
 def key_of(keyer: SubjectKeyer, number: str) -> int:

@@ -46,7 +46,6 @@ from shixin_check.loader.index_redis import (
     try_collect_garbage,
 )
 from shixin_check.loader.publish_redis import publish_snapshot
-from tests import test_redis_seq
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import ZHANG, ZHAO, basic_rows, person_entry, rid, write_jsonl
 from tests.test_redis_failures import codes
@@ -58,8 +57,6 @@ from tests.waiting import eventually
 pytestmark = pytest.mark.redis
 
 Serve = Callable[..., RunningServer]
-#: fixture shared with tests/test_redis_seq.py
-client = test_redis_seq.client
 DENIED = (pb.DENY, ["AIR_TRAVEL"])
 #: how far a machine's clock runs off in these tests: twice what a heartbeat may age
 SKEW_S = 30.0

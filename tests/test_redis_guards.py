@@ -61,8 +61,7 @@ from tests.waiting import eventually
 pytestmark = pytest.mark.redis
 
 Serve = Callable[..., RunningServer]
-#: fixtures shared with tests/test_redis_seq.py
-client = test_redis_seq.client
+#: fixture shared with tests/test_redis_seq.py (``client`` is conftest's)
 replica = test_redis_seq.replica
 OTHER_SECRET = b"another-tests-only-secret-0123456789"
 

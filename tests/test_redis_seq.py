@@ -18,7 +18,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +59,6 @@ def one_line(done: subprocess.CompletedProcess[str]) -> str:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     return lines[0]
-
-
-@pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[Client]:
-    handle = connect(redis_server.url, timeout=5)
-    yield handle
-    handle.close()
 
 
 def last_seq(client: Client) -> int:
