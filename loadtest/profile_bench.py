@@ -37,7 +37,8 @@ from typing import Any
 
 import psutil
 
-from loadtest.common import ensure_list, log, machine, machine_busy, revision
+from loadtest.common import add_key, ensure_list, log, machine, machine_busy, revision
+from loadtest.features_bench import FEATURES
 from loadtest.ratio_bench import Bare
 from loadtest.workers_bench import SECRET, Server, grpc_body
 from shixin.v1 import check_pb2 as pb
@@ -106,13 +107,15 @@ def server_cpu(pid: int) -> float:
     return t.user + t.system
 
 
-def profile(target: Any, kind: str, body: Path, args: argparse.Namespace) -> dict[str, Any]:
+def profile(
+    target: Any, kind: str, body: Path, args: argparse.Namespace, headers: list[str]
+) -> dict[str, Any]:
     """One h2load run with py-spy attached for part of it: the figures and the raw stacks."""
     raw = args.out_dir / f"{target.name}-{kind}.txt"
     argv = [
         tool("h2load"), "-D", str(args.duration), "-c", str(args.clients),
         "-m", str(args.streams), "-t", "1", "-T", str(args.duration + 10),
-        "--header", "content-type: application/grpc", "--header", "te: trailers",
+        "--header", "content-type: application/grpc", "--header", "te: trailers", *headers,
         "-d", str(body), f"http://127.0.0.1:{target.port}{PATHS[kind]}",
     ]  # fmt: skip
     cpu0, busy0 = server_cpu(target.proc.pid), machine_busy()
@@ -207,6 +210,23 @@ def summarise(raw: Path) -> dict[str, Any]:
     }
 
 
+def feature_args(run: Path, features: str) -> tuple[list[str], list[str]]:
+    """The serve flags of ``features`` (``features_bench.FEATURES``), files under ``run``,
+    and the headers h2load then sends (the API key's)."""
+    on = FEATURES[features]
+    args: list[str] = []
+    headers: list[str] = []
+    if "hits" in on:
+        args += ["--hit-log", str(run / "hits.jsonl")]
+    if "audit" in on:
+        args += ["--audit-log", str(run / "audit.jsonl")]
+    if "keys" in on:
+        key = add_key(run / "keys.json", "profile-bench")
+        args += ["--keys-file", str(run / "keys.json")]
+        headers += ["--header", f"authorization: Bearer {key}"]
+    return args, headers
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--entries", type=int, default=100_000, help="list size")
@@ -221,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=100, help="checks per batch call")
     p.add_argument("--kinds", default="unary,batch", help="unary, batch or both")
     p.add_argument("--targets", default="ours,bare", help="ours, bare or both")
+    p.add_argument("--features", default="none", choices=sorted(FEATURES),
+                   help="ours' logs and keys, as features_bench names them (all: ratio_bench's)")
     p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "shixin-bench")
     p.add_argument("--out-dir", type=Path, default=Path(tempfile.gettempdir()) / "shixin-profile")
     args = p.parse_args(argv)
@@ -234,17 +256,21 @@ def main(argv: list[str] | None = None) -> int:
     bodies["batch"].write_bytes(batch_body(args.batch))
     common = ["--list", str(list_path), "--key-secret-file", str(run / "key"),
               "--index-dir", str(run / "index"), "--metrics-listen", "127.0.0.1:0"]  # fmt: skip
+    features, headers = feature_args(run, args.features)
     results: dict[str, Any] = {
         "revision": revision(), "machine": machine(), "argv": sys.argv, "entries": args.entries,
         "options": {k: str(v) for k, v in vars(args).items()}, "runs": [],
     }  # fmt: skip
     for name in args.targets.split(","):
-        target: Any = Server("ours", common, 1, run) if name == "ours" else Bare("bare", [], run)
+        target: Any = (
+            Server("ours", [*common, *features], 1, run) if name == "ours" else Bare("bare", [], run)
+        )
         try:
             target.wait_ready(300)
             log(f"{name}: pid {target.proc.pid}, port {target.port}")
             for kind in args.kinds.split(","):
-                figures = profile(target, kind, bodies[kind], args)
+                figures = profile(target, kind, bodies[kind], args,
+                                  headers if name == "ours" else [])
                 results["runs"].append(figures)
                 log(f"{name} {kind}: {figures['calls_per_s']:,.0f} calls/s, "
                     f"{figures['server_cpu_us_per_call']:.0f} µs CPU/call, "

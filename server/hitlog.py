@@ -605,12 +605,6 @@ class AppendLog:
         taken = [int(m.group(2)) for p in log_files(self.path) if (m := pattern.fullmatch(p.name))]
         return max(taken, default=0) + 1
 
-    def _write(self, line: bytes) -> None:
-        written = os.write(self._fd, line)
-        if written < len(line):  # one write, unless the disk is nearly full
-            self._write_rest(line, written)
-        self._size += len(line)
-
     def _write_rest(self, line: bytes, written: int) -> None:
         """The rest of a short write; if it fails, the part written is cut off again,
         so that no torn record is left for the next one to be appended to."""
@@ -709,8 +703,14 @@ class AppendLog:
                 self._open_live()
             elif now - self._checked_at >= 1.0:
                 self._reopen_if_gone(now)
-            self._rotate_if_due(now, len(line))
-            self._write(line)
+            n = len(line)
+            start, end = self._day_window
+            if not start <= now < end or self._size + n > self.max_bytes:  # else none is due
+                self._rotate_if_due(now, n)
+            written = os.write(self._fd, line)  # ``_write``, inlined: once per call
+            if written < n:  # one write, unless the disk is nearly full
+                self._write_rest(line, written)
+            self._size += n
             self._committed(line)
             if self.fsync != "never":
                 try:
@@ -912,10 +912,13 @@ def _match_fields(o: MatchOutcome) -> dict[str, str]:
 
 _dumps = orjson.dumps
 _sha256 = hashlib.sha256
-#: an audit record's line: seq, prev, time, then the call's fields and the rest (``_REST``);
-#: ``%a`` writes a float as ``repr`` does, the shortest form that reads back the same
-_LINE = b'{"seq":%d,"prev":"%b","time":%a,%b,%b}\n'
-_REST = b'"subject":%b,"checks":%d,"outcome":%b,"latency_us":%d'
+#: an audit record's line: seq, prev, time, the call's fields, subject, checks, outcome,
+#: latency, then the optional fields (each with its leading comma); ``%a`` writes a float
+#: as ``repr`` does, the shortest form that reads back the same
+_LINE = (b'{"seq":%d,"prev":"%b","time":%a,%b,"subject":%b,"checks":%d,"outcome":%b,'
+         b'"latency_us":%d%b}\n')  # fmt: skip
+#: the outcomes nearly every record has, encoded once
+_OUTCOMES = {name: orjson.dumps(name) for name in ("ALLOW", "DENY", "REVIEW", "OK")}
 
 
 def call_fields(method: str, caller: str, peer: str, metadata: Mapping[str, str] | None) -> bytes:
@@ -1015,14 +1018,15 @@ class AuditLog(AppendLog):
         the record, field for field, without building three dicts and merging them.
         """
         latency = int((time.perf_counter() - started) * 1e6)
-        rest = _REST % (_dumps(subject), count, _dumps(outcome), latency)
         if check_id:
-            rest += b',"check_id":' + _dumps(check_id)
-        if extra:
-            rest += extra
+            extra = b',"check_id":' + _dumps(check_id) + extra
+        told = _OUTCOMES.get(outcome) or _dumps(outcome)
+        subject_json = _dumps(subject)
         with self._lock:
             now = self._clock()
-            self._put(now, _LINE % (self._seq + 1, self._prev, now, call, rest))
+            line = _LINE % (self._seq + 1, self._prev, now, call, subject_json, count, told,
+                            latency, extra)  # fmt: skip
+            self._put(now, line)
 
     def _encode(self, now: float, record: Mapping[str, Any]) -> bytes:
         chained = {"seq": self._seq + 1, "prev": self._prev.decode(), "time": now, **record}
