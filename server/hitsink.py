@@ -40,6 +40,17 @@ wrong and what to do), counted each try (``errors``: the metrics'
 ``shixin_redis_errors_total``), said again only when its reason changes, and
 once when forwarding works again (``hits-forwarding``), as the follower's
 refused heartbeat is (``RedisFollower._write``); never once a try.
+
+A line no record can be made of (not JSON, neither a hit nor a withdrawal, a
+``check_id`` that is not a string) is skipped and said (``hits-unreadable``);
+the lines around it are forwarded. A ``time`` that names no quarter (a
+withdrawal appended by hand with an ISO time) claims in the seen-set of a
+record without one: the line is forwarded like the others, since the report
+from the files honours a withdrawal whatever its time. Anything else that
+stops a round is a bug: said once with its traceback (``hits-spooling``),
+counted each round in ``errors`` like a Redis error, and the round tried again
+with the same back-off, so a forwarder that cannot get past it shows in
+``shixin_redis_errors_total`` and never dies quietly.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ import hashlib
 import os
 import re
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -97,7 +109,10 @@ def _claim(record: Any) -> str:
     if withdrawn is not None:
         names = "\n".join(sorted(withdrawn)).encode()
         return f"withdrawn:{hashlib.sha256(names).hexdigest()[:32]}"
-    return record["check_id"]  # type: ignore[no-any-return]
+    check_id = record["check_id"]
+    if not isinstance(check_id, str):  # null, true, an object: Redis takes none of them
+        raise TypeError(f"check_id {check_id!r} is not a string")
+    return check_id
 
 
 def error_text(exc: BaseException | str) -> str:
@@ -163,6 +178,20 @@ def _quarter_of(unix: float) -> str:
     return f"{day.year}Q{(day.month - 1) // 3 + 1}"
 
 
+def _seen_quarter(record: dict[str, Any]) -> str:
+    """The quarter whose seen-set a record claims in: that of its ``time``; one whose
+    ``time`` is no number of seconds a date can be made of (an ISO string, a list, out
+    of range) in that of 0, as one without a time, so that forwarding it again still
+    finds its claim."""
+    stamp = record.get("time", 0)
+    if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+        try:
+            return _quarter_of(stamp)
+        except (OverflowError, OSError, ValueError):
+            pass
+    return _quarter_of(0)
+
+
 class HitForwarder(Background):
     """Follows one hit log set and forwards new records to Redis."""
 
@@ -198,8 +227,10 @@ class HitForwarder(Background):
         super().stop()
         try:
             self.forward_once()  # what was answered just before the stop
-        except redis.RedisError:
+        except (redis.RedisError, OSError):
             pass  # spooled: forwarded by the next start
+        except Exception as exc:  # noqa: BLE001 - a bug: said, and the logs still get closed
+            self._spooling(exc)
 
     def _run(self) -> None:
         backoff = self.interval
@@ -217,19 +248,35 @@ class HitForwarder(Background):
             except OSError as exc:  # this machine's side: a file gone mid-round, a full disk
                 self._spooling(exc)
                 backoff = min(backoff * 2, 2.0)
+            except Exception as exc:  # noqa: BLE001 - a bug: the thread must not die of it
+                self.errors.count += 1  # a forwarder stuck on it shows in the metrics
+                self._spooling(exc)
+                backoff = min(backoff * 2, 2.0)
             else:
                 backoff = self.interval
                 if self._problem:  # the records held back went (the cursor had not moved)
                     self._problem = ""
                     self.on_event("hits-forwarding", "")
 
-    def _spooling(self, exc: redis.RedisError | OSError) -> None:
+    def _spooling(self, exc: Exception) -> None:
         """A round that could not forward: said once (``hits-spooling``), then again
         only when the reason changes; each Redis error is counted by the caller. Redis
         unreachable is one reason, whatever each try's connection error says. An
         ``OSError`` is this machine's (the log read, the cursor saved): the thread
-        carries on, and forwards from the cursor once it clears."""
-        if isinstance(exc, OSError):
+        carries on, and forwards from the cursor once it clears. Anything else is a
+        bug: said with its traceback, and tried again all the same."""
+        if not isinstance(exc, OSError | redis.RedisError):
+            # the same bug each round is said once, whatever its words (an offset, a line)
+            raised = [(f.filename, f.lineno) for f in traceback.extract_tb(exc.__traceback__)]
+            reason = f"bug: {type(exc).__name__} at {raised[-1:]}"
+            trace = "".join(traceback.format_exception(exc)).rstrip()
+            problem = (f"cannot forward hits from {self.hit_log}: an unexpected error (a bug, "
+                       f"please report it): {type(exc).__name__}: {exc}; they wait in the "
+                       "log and the forwarder tries again every 2 s, so the feedback report "
+                       "from Redis (feedback --redis) lacks them until it gets past it "
+                       "(feedback --hit-log has them); counted in shixin_redis_errors_total, "
+                       f"logged again when it changes or clears\n{trace}")  # fmt: skip
+        elif isinstance(exc, OSError):
             reason = problem = (f"cannot forward hits from {self.hit_log}: {exc}; they are "
                                 "forwarded from where it stopped once this clears; logged "
                                 "again when it changes or clears")  # fmt: skip
@@ -382,7 +429,7 @@ class HitForwarder(Background):
                     except (orjson.JSONDecodeError, KeyError, TypeError):
                         self.on_event("hits-unreadable", line[:80].decode(errors="replace"))
                         continue
-                    seen = f"{self.prefix}:hits:seen:{_quarter_of(record.get('time', 0))}"
+                    seen = f"{self.prefix}:hits:seen:{_seen_quarter(record)}"
                     self._script(keys=[stream, seen], args=[claim, line], client=pipe)
                 added += sum(pipe.execute())
             self._save(inode, offset)
