@@ -42,6 +42,14 @@ What makes a local answer safe:
   ``ServiceUnavailable``); one the server refuses (the key lost the role, no
   filter in Redis mode, this client's lookup rules outdated) or a download
   that does not check out drops the filter at once.
+- **Only the server's filter.** A version label does not pin its content: a
+  server restarted serving a delta rewritten in place serves other content
+  under the same ``BASE+N``, and computes the additions it sends from its own
+  filter of the version the client names, not from the client's. So after
+  adding them the client compares its filter's SHA-256 with the header's
+  ``filter_sha256`` (the server's whole filter): on a difference it drops its
+  filter at once, says so once (a WARNING) and downloads the whole filter. A
+  server older than that field sends none, and nothing is compared.
 - **Stale when the server's are.** A server run with ``--max-list-age``
   says in the header when the list goes stale (``stale_since``: its feed time
   plus that age); once this machine's wall clock (``time.time()``, not the
@@ -123,6 +131,8 @@ class LocalFilter:
     answer: pb.CheckResponse
     #: ``time.time()`` from which local answers are stale (header.stale_since); inf: never
     stale_at: float
+    #: SHA-256 of ``bloom.save_bytes()``: compared with the next header's filter_sha256
+    sha256: bytes
 
     def clears(self, query: Query) -> bool:
         """True when none of the keys the server would look up can be in the filter."""
@@ -200,7 +210,8 @@ def _corrupt(problem: str) -> CheckError:
 
 
 class NeedsFull(Exception):
-    """Additions that do not fit the filter held: fetch the whole filter instead."""
+    """Additions that do not fit the filter held, or that do not make the server's
+    filter (``PrefilterHeader.filter_sha256``): fetch the whole filter instead."""
 
 
 class RulesNewer(Exception):
@@ -290,6 +301,8 @@ class Prefilter:
         self.last_error: CheckError | None = None
         #: the server's lookup_rules when they are newer than this client's, else 0
         self.rules_newer = 0
+        #: the last version whose additions did not make the server's filter (said once)
+        self._mismatch_said = ""
 
     @property
     def refresh_interval(self) -> float:
@@ -331,10 +344,13 @@ class Prefilter:
         if header.content == pb.PREFILTER_FULL:
             if len(data) != header.size_bytes:
                 raise _corrupt(f"{len(data)} bytes for a filter of {header.size_bytes}")
+            if header.filter_sha256 and header.filter_sha256 != header.sha256:
+                raise _corrupt("a whole filter whose filter_sha256 is not its sha256")
             try:
                 bloom = Bloom.load_bytes(data, int)
             except ValueError as exc:
                 raise _corrupt(f"not a filter ({exc})") from exc
+            digest = header.sha256  # finish() checked the data against it
         elif header.content == pb.PREFILTER_ADDITIONS:
             if (
                 held is None
@@ -343,8 +359,17 @@ class Prefilter:
                 or len(data) % 8
             ):
                 raise NeedsFull()
-            bloom = held.bloom.copy()  # readers keep the old one whole meanwhile
-            bloom.update(int.from_bytes(data[at : at + 8], "big") for at in range(0, len(data), 8))
+            if data:
+                bloom = held.bloom.copy()  # readers keep the old one whole meanwhile
+                bloom.update(
+                    int.from_bytes(data[at : at + 8], "big") for at in range(0, len(data), 8)
+                )
+                digest = hashlib.sha256(bloom.save_bytes()).digest()
+            else:
+                bloom, digest = held.bloom, held.sha256  # never changed in place
+            if header.filter_sha256 and digest != header.filter_sha256:
+                self._mismatch(held, header)
+                raise NeedsFull()
         else:
             raise _corrupt(f"unknown content {header.content}")
         keyer = (
@@ -358,11 +383,32 @@ class Prefilter:
         )  # fmt: skip
         self.filter = LocalFilter(
             header.version, header.base_version, bloom, keyer,
-            frozenset(header.channels), header.items, answer, download.stale_at,
+            frozenset(header.channels), header.items, answer, download.stale_at, digest,
         )  # fmt: skip
         self.confirmed_at = started
         self.last_error = None
         self.rules_newer = 0
+
+    def _mismatch(self, held: LocalFilter, header: pb.PrefilterHeader) -> None:
+        """The filter held plus the server's additions is not the server's filter: what
+        the client holds under its label is not what the server holds under it (the
+        label's content changed: a server restarted serving a delta rewritten in place,
+        or another one serving other content), or it holds keys the server's filter no
+        longer has (an entry a delta added, delisted since, from a server that never
+        built the version held). Drop it now, so that nothing is cleared by it while the
+        whole filter downloads; say so once a version."""
+        self.filter = None
+        self.confirmed_at = None
+        if self._mismatch_said != header.version:
+            self._mismatch_said = header.version
+            log.warning(
+                "prefilter: the filter held as version %s, with the server's additions, is "
+                "not the server's filter of version %s (another SHA-256): the content under "
+                "that label changed (a server restarted serving a delta rewritten in place, "
+                "or one serving other content under it), or an entry a delta added was "
+                "delisted since; discarded, downloading the whole filter",
+                held.version, header.version,
+            )  # fmt: skip
 
     def outdated(self, refused: RulesNewer) -> None:
         """The server looks up readings this client does not: drop the filter, so every

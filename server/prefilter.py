@@ -21,10 +21,22 @@ not hand the gateway anything that tests identities against the index.
   Memory mode only: a Redis-mode replica holds neither the file nor the
   numbers, only subject keys, and refuses the same way.
 - **Only ever clears.** A version's filter holds every identity of its base
-  snapshot and every identity a delta added since, including entries delisted
-  later (a Bloom filter cannot remove): a delisted subject costs the gateway
-  a round trip until the next snapshot, never a wrong ALLOW. For a caller
-  behind by deltas only, the additions are enough (``Prefilters.download``).
+  snapshot, including entries delisted since (a Bloom filter cannot remove),
+  and every identity of the entries deltas added that the version still
+  holds: a delisted subject costs the gateway a round trip until the next
+  snapshot, never a wrong ALLOW. For a caller behind by deltas only, the
+  additions are enough (``Prefilters.download``), unless a delta since
+  delisted an entry an earlier one added (its keys would stay in the caller's
+  filter and not in this one): then the whole filter.
+- **A label does not pin its content.** A server restarted with a delta
+  rewritten in place (its ``applied-*`` record deleted, or no index folder)
+  serves other content under the same ``BASE+N``, and additions are computed
+  from this process's filter of ``known_version``, not from what the caller
+  holds. So every header carries the whole filter's SHA-256
+  (``filter_sha256``: ``VersionFilter.sha256``, computed once per version),
+  and the client compares its filter with it after adding, asking for the
+  whole filter when they differ (``clients/prefilter.py``): it never keeps a
+  filter that is not the server's under the server's label.
 - **Served only to callers that look up what a check here does.** A gateway
   whose lookup rules are below ``server.convert.LOOKUP_RULES`` would test
   fewer readings of an identity than a check here looks up and clear a listed
@@ -328,16 +340,27 @@ class Prefilters:
     def download(
         self, built: VersionFilter, known_version: str, channels: frozenset[Channel]
     ) -> tuple[pb.PrefilterHeader, Iterator[pb.PrefilterChunk]]:
-        """The header and data chunks for a caller holding ``known_version``."""
+        """The header and data chunks for a caller holding ``known_version``.
+
+        Additions are computed from this process's filter of ``known_version``,
+        which is what the caller holds only if that label's content never
+        changed (a restart serving a delta rewritten in place keeps the label):
+        the header's ``filter_sha256`` is the whole filter's digest, so the
+        caller can tell that its result is not this filter and ask for it whole."""
         known_base, known_seq = split_version(known_version)
-        if known_version and known_base == built.base_version and known_seq <= built.seq:
-            held = self._versions.get(known_version)
-            # what the caller holds is base + held.added: send what it lacks
+        held = self._versions.get(known_version) if known_version else None
+        if (
+            known_version
+            and known_base == built.base_version
+            and known_seq <= built.seq
+            and (held is None or held.added <= built.added)
+        ):
+            # what the caller should hold is base + held.added: send what it lacks
             missing = built.added - held.added if held is not None else built.added
             data = b"".join(item.to_bytes(8, "big") for item in sorted(missing))
             content = pb.PREFILTER_ADDITIONS
             digest = hashlib.sha256(data).digest()
-        else:
+        else:  # nothing to add to, or keys since delisted that additions would leave in it
             data, content, digest = built.data, pb.PREFILTER_FULL, built.sha256
         header = pb.PrefilterHeader(
             version=built.version,
@@ -355,5 +378,6 @@ class Prefilters:
             sha256=digest,
             channels=sorted(int(c) for c in channels),  # type: ignore[misc]
             lookup_rules=LOOKUP_RULES,
+            filter_sha256=built.sha256,
         )
         return header, _chunks(data)

@@ -503,7 +503,7 @@ class PrefilterRequest(_message.Message):
     def __init__(self, known_version: _Optional[str] = ..., lookup_rules: _Optional[int] = ...) -> None: ...
 
 class PrefilterHeader(_message.Message):
-    __slots__ = ("version", "base_version", "built_at", "key_scheme", "prefilter_key", "hash_scheme", "expected_items", "false_positive_rate", "size_bytes", "items", "content", "data_bytes", "sha256", "channels", "lookup_rules", "stale_since")
+    __slots__ = ("version", "base_version", "built_at", "key_scheme", "prefilter_key", "hash_scheme", "expected_items", "false_positive_rate", "size_bytes", "items", "content", "data_bytes", "sha256", "channels", "lookup_rules", "stale_since", "filter_sha256")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     BUILT_AT_FIELD_NUMBER: _ClassVar[int]
@@ -520,6 +520,7 @@ class PrefilterHeader(_message.Message):
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     LOOKUP_RULES_FIELD_NUMBER: _ClassVar[int]
     STALE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_SHA256_FIELD_NUMBER: _ClassVar[int]
     version: str
     base_version: str
     built_at: str
@@ -536,7 +537,8 @@ class PrefilterHeader(_message.Message):
     channels: _containers.RepeatedScalarFieldContainer[Channel]
     lookup_rules: int
     stale_since: str
-    def __init__(self, version: _Optional[str] = ..., base_version: _Optional[str] = ..., built_at: _Optional[str] = ..., key_scheme: _Optional[str] = ..., prefilter_key: _Optional[bytes] = ..., hash_scheme: _Optional[str] = ..., expected_items: _Optional[int] = ..., false_positive_rate: _Optional[float] = ..., size_bytes: _Optional[int] = ..., items: _Optional[int] = ..., content: _Optional[_Union[PrefilterContent, str]] = ..., data_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., channels: _Optional[_Iterable[_Union[Channel, str]]] = ..., lookup_rules: _Optional[int] = ..., stale_since: _Optional[str] = ...) -> None: ...
+    filter_sha256: bytes
+    def __init__(self, version: _Optional[str] = ..., base_version: _Optional[str] = ..., built_at: _Optional[str] = ..., key_scheme: _Optional[str] = ..., prefilter_key: _Optional[bytes] = ..., hash_scheme: _Optional[str] = ..., expected_items: _Optional[int] = ..., false_positive_rate: _Optional[float] = ..., size_bytes: _Optional[int] = ..., items: _Optional[int] = ..., content: _Optional[_Union[PrefilterContent, str]] = ..., data_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., channels: _Optional[_Iterable[_Union[Channel, str]]] = ..., lookup_rules: _Optional[int] = ..., stale_since: _Optional[str] = ..., filter_sha256: _Optional[bytes] = ...) -> None: ...
 
 class PrefilterChunk(_message.Message):
     __slots__ = ("header", "data")

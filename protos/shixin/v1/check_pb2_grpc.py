@@ -254,7 +254,10 @@ class ConsumptionCheckServicer:
         hashes to header.sha256. With `known_version` naming a version of the same
         snapshot that is not newer than the served one (the caller is behind by
         deltas only) the data is the keys added since (PREFILTER_ADDITIONS), else
-        the whole filter (PREFILTER_FULL).
+        the whole filter (PREFILTER_FULL). Additions are computed from this
+        server's filter of known_version, which may not be what the caller holds
+        under that label: the caller checks its result against
+        header.filter_sha256 and asks for the whole filter when they differ.
 
         The filter's items are prefilter keys (PrefilterHeader.key_scheme), made
         with a key derived one way from the service's secret (header.prefilter_key)
