@@ -146,7 +146,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gen-data", help="write a realistic synthetic list (JSON Lines)")
     add_options(p, "gen-data")
 
-    p = sub.add_parser("status", help="what list a running server (or Redis) holds")
+    p = sub.add_parser(
+        "status", help="what list a running server (or Redis) holds",
+        description="Ask the server at --target what it serves. With a Redis URL (--redis, "
+        "or SHIXIN_REDIS or the config file while --target is not on the command line): "
+        "Redis's current version and every replica registered there instead. Exit 1 while "
+        "the server is NOT_SERVING (Redis: no current version, or a replica reporting a "
+        "problem), 2 when it cannot be asked.",
+    )  # fmt: skip
     add_options(p, "status")
     p.add_argument("--json", action="store_true", help="print as JSON")
     log_handlers.update(add_parsers(sub))
@@ -480,6 +487,10 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def _redis_status(args: argparse.Namespace) -> int:
+    """Redis's view: its current version and every replica registered there. Exit 1,
+    as for a server NOT_SERVING, while Redis holds no current version (every replica's
+    checks get --unavailable) or a live replica reports a problem (NOT_SERVING or
+    BEHIND); one that stopped beating (GONE) may have been scaled away and counts not."""
     import orjson
 
     from shixin_check.loader.index_redis import LIVE_SECONDS, RedisKeys, connect, redis_status
@@ -491,29 +502,78 @@ def _redis_status(args: argparse.Namespace) -> int:
         client.close()
     for r in report["replicas"]:  # a replica beats every second; one silent longer is gone
         r["live"] = r["seen_seconds_ago"] < LIVE_SECONDS  # (or cannot write: WRITE REFUSED)
+    version = report["version"]
+    trouble = not version or any(r["live"] and r["problem"] for r in report["replicas"])
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-        return 0
-    print(
-        f"redis current version {report['version'] or '(none)'}, last delta seq {report['last_seq']}"
-    )
+        return 1 if trouble else 0
+    if version:
+        print(f"redis current version {version}, last delta seq {report['last_seq']}")
+    else:
+        print("redis current version (none): nothing loaded yet, or Redis was emptied "
+              "(flushed, restarted empty or failed over?)")  # fmt: skip
     for r in report["replicas"]:
-        at = f"version {r['version']} seq {r['seq']}"
+        at = f"version {r['version']} seq {r['seq']}" if r["version"] else "no version"
+        behind = r["behind"]
+        if not r["version"]:
+            where = at
+        elif behind != "version":  # the seq Redis holds minus the one applied there
+            where = (f"{at} behind {behind}" if behind >= 0
+                     else f"{at}, deltas Redis no longer holds")  # fmt: skip
+        elif version:
+            where = f"{at}, not Redis's current version"
+        else:
+            where = f"{at}, a version Redis no longer holds"
         if r["live"]:
-            line = f"{at} behind {r['behind']} (seen {r['seen_seconds_ago']}s ago)"
+            line = f"{where} (seen {r['seen_seconds_ago']}s ago)"
         else:
             line = (f"GONE: not seen for {r['seen_seconds_ago']}s (stopped, or it cannot "
                     f"write to Redis); it was at {at}")  # fmt: skip
         problem = f": {r['problem']}" if r.get("problem") else ""
         print(f"  replica {r['replica']}: {line}{problem}")
-    return 0
+    return 1 if trouble else 0
+
+
+def _given(args: argparse.Namespace, key: str) -> bool:
+    """Whether option ``key`` was on the command line, not from its variable, the config
+    file or its default (``resolve`` records where each value came from)."""
+    resolved = getattr(args, "resolved", None)
+    return resolved is not None and resolved.origins.get(key) == "the command line"
+
+
+def _redis_line(status: Any) -> str:
+    """A Redis-mode replica against what Redis holds, in words. ``lag_deltas`` is -1
+    both while Redis cannot be reached and once it lost what is served here (then
+    ``index_reachable`` is False too): never printed as a count, nor as the network."""
+    upstream = f"Redis holds {status.upstream_version} seq {status.upstream_last_delta_seq}"
+    if status.lag_deltas < 0 and not status.upstream_version:  # read: no current version
+        return (f"Redis holds no current version (flushed, restarted empty or failed over?): "
+                f"it no longer holds {status.version}, which this replica serves")  # fmt: skip
+    if status.behind:  # behind a refused version, deltas are not what it lacks
+        return f"{upstream}; behind by a version it refused (BEHIND above)"
+    if status.lag_deltas >= 0:
+        return (f"{upstream}; behind by {status.lag_deltas} delta(s); "
+                f"reachable {status.index_reachable}")  # fmt: skip
+    if status.not_serving_reason:  # lost, unless a log's problem and the network coincide
+        return (f"{upstream} as last read; it no longer holds what this replica serves, or "
+                "cannot be read now (NOT_SERVING above says which)")  # fmt: skip
+    return (f"Redis cannot be reached now (it held {status.upstream_version} seq "
+            f"{status.upstream_last_delta_seq}); how many deltas behind is unknown")  # fmt: skip
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf import json_format
 
-    if args.redis:
+    args = resolve_args(args)
+    # --target on the command line asks that server whatever SHIXIN_REDIS says (every
+    # shipped deployment sets it); Redis's view only when no target was given
+    if _given(args, "redis") and _given(args, "target"):
+        raise ConfigurationError(
+            "--redis and --target are both given: --target asks one server, --redis reads "
+            "Redis's view of every replica; give one"
+        )
+    if args.redis and not _given(args, "target"):
         return _redis_status(args)
     try:
         with _client(args) as client:
@@ -544,12 +604,7 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"(snapshot includes {status.snapshot_includes_seq})")  # fmt: skip
         print(f"{status.entries_total} entries, {status.subject_keys} subject keys")
         if status.index_backend == "redis":
-            # behind a refused version, deltas are not what it lacks: BEHIND above says what
-            lag = ("a version it refused (BEHIND above)" if status.behind
-                   else f"{status.lag_deltas} delta(s)")  # fmt: skip
-            print(f"replica {status.replica_id}: Redis holds {status.upstream_version} "
-                  f"seq {status.upstream_last_delta_seq}; behind by {lag}; "
-                  f"reachable {status.index_reachable}")  # fmt: skip
+            print(f"replica {status.replica_id}: {_redis_line(status)}")
         if status.redis_write_refused:
             print(f"WRITE REFUSED: {status.redis_write_refused}")
         for c in status.counts:
