@@ -4,13 +4,15 @@ Requests are validated here as they are converted: every problem is an
 ``InvalidInput`` naming the request field (``subject.person.id_number``,
 ``purchase.rail.seat``) so the caller can fix exactly that. Every string
 field has a maximum length (``MAX_CHARS``, checked before anything reads the
-value; reason ``FIELD_TOO_LONG``), and a stream's request_ids are checked by
-``StreamIds``.
+value; reason ``FIELD_TOO_LONG``), request_id, merchant_id and terminal_id hold
+no control or format character (``unseen_kind``), and a stream's request_ids are
+checked by ``StreamIds``.
 """
 
 from __future__ import annotations
 
 import functools
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -246,6 +248,44 @@ def _long_field(request: pb.CheckRequest) -> NoReturn:
     raise AssertionError("no field is too long")
 
 
+#: What an identifier that logs and reports show must not hold, by Unicode category:
+#: control characters (C0, C1, DEL), format characters (U+200B, U+202E, U+FEFF, ...),
+#: surrogates, line and paragraph separators; and noncharacters (``unseen_kind``).
+#: Spaces (U+3000), private-use and unassigned characters are not printable either,
+#: and are fine.
+_UNSEEN = {"Cc": "control character", "Cf": "format character", "Cs": "surrogate",
+           "Zl": "line separator", "Zp": "paragraph separator"}  # fmt: skip
+
+
+def unseen_kind(char: str) -> str | None:
+    """What kind of character no one sees as written ``char`` is (``_UNSEEN``, or
+    ``"noncharacter"``: U+FFFE, U+FFFF, U+FDD0-U+FDEF and their like in every plane),
+    or None. Worth asking only of a character that is not ``isprintable()``."""
+    kind = _UNSEEN.get(unicodedata.category(char))
+    if kind is None:
+        code = ord(char)
+        if code & 0xFFFE == 0xFFFE or 0xFDD0 <= code <= 0xFDEF:
+            return "noncharacter"
+    return kind
+
+
+def _unseen_field(request: pb.CheckRequest) -> None:
+    """The first of request_id, merchant_id, terminal_id holding a character no one sees
+    (``unseen_kind``), refused as a name holding a control character is: each goes to the
+    hit log and from there into the courts' report, where a newline or U+202E garbles it.
+    Returns when what ``isprintable`` failed on is only spaces and the like."""
+    for field in ("request_id", "merchant_id", "terminal_id"):
+        value = getattr(request, field)
+        for index, char in enumerate(value):
+            kind = None if char.isprintable() else unseen_kind(char)
+            if kind is not None:
+                raise InvalidInput(
+                    field,
+                    f"must not contain control or format characters (U+{ord(char):04X},"
+                    f" a {kind}, at character {index + 1})",
+                )
+
+
 def _person_as_organisation(refused: InvalidInput, raw: str) -> InvalidInput:
     """``refused`` (a bad USCC), saying so when ``raw`` is a valid resident ID: a
     person's number in the organisation's field, and where it goes instead."""
@@ -267,12 +307,17 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
     keyer of an offline client (``clients/prefilter.py``), which validates with
     this same function so it answers locally only what the server would accept.
     """
+    request_id = request.request_id
+    merchant_id = request.merchant_id
+    terminal_id = request.terminal_id
     if (
-        len(request.request_id) > MAX_REQUEST_ID
-        or len(request.merchant_id) > MAX_TERMINAL
-        or len(request.terminal_id) > MAX_TERMINAL
+        len(request_id) > MAX_REQUEST_ID
+        or len(merchant_id) > MAX_TERMINAL
+        or len(terminal_id) > MAX_TERMINAL
     ):
         _long_field(request)
+    if not (request_id.isprintable() and merchant_id.isprintable() and terminal_id.isprintable()):
+        _unseen_field(request)
     also: tuple[int, ...] = ()
     which = request.WhichOneof("subject")
     if which == "person":

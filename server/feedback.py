@@ -61,6 +61,7 @@ from typing import Any, TypeGuard
 import orjson
 
 from shixin_check.domain.model import CHINA_TZ
+from shixin_check.server.convert import unseen_kind
 from shixin_check.server.hitlog import HeldFile, unread_siblings, withdrawn_ids
 
 REPORT_DUE_DAYS = 30  # seed 004: within 30 days of the quarter's end
@@ -520,20 +521,60 @@ def _period_fields(report: Report) -> dict[str, str]:
     }
 
 
+#: a cell a spreadsheet would read as a formula begins with one of these (OWASP, CSV
+#: injection); and with a quote, so that one leading quote is always the one added
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _escaped(value: str, separators: str = "") -> str:
+    """``value`` as a CSV cell holds it, whatever an old hit record says: a backslash
+    before each backslash and each of ``separators`` (a list cell's ``;``, so that a
+    merchant ``M1;M2`` stays one), a character no one sees (``unseen_kind``: a
+    newline, U+001E, U+202E) written as ``\\u001e`` (``\\U`` and 8 digits past U+FFFF)."""
+    if "\\" in value:
+        value = value.replace("\\", "\\\\")
+    for separator in separators:
+        if separator in value:
+            value = value.replace(separator, "\\" + separator)
+    if not value.isprintable():
+        value = "".join(_visible(char) for char in value)
+    return value
+
+
+def _visible(char: str) -> str:
+    if char.isprintable() or unseen_kind(char) is None:
+        return char
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def _cell(value: Any) -> Any:
+    """A text cell that would start a formula, after a single quote (OWASP)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def report_csv(report: Report) -> str:
-    """One row per case, court and channel; merchants joined with ``;``."""
+    """One row per case, court and channel; list cells (list types, merchants, denied
+    roles) joined with ``;``. Text is escaped (``_escaped``) and kept from starting a
+    formula (``_cell``), so the file opens safely whatever the hit logs hold."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     period = _period_fields(report)
     for case in report.cases:
         for name in sorted(case.channels):
-            row = {**period, "case_number": case.case_number, "court": case.court,
-                   "list_types": ";".join(sorted(case.list_types)),
+            row = {**period, "case_number": _escaped(case.case_number),
+                   "court": _escaped(case.court),
+                   "list_types": ";".join(_escaped(t, ";") for t in sorted(case.list_types)),
                    **_channel_fields(case.channels[name])}  # fmt: skip
-            row["merchants"] = ";".join(row["merchants"])
-            row["denied_roles"] = ";".join(f"{k}={v}" for k, v in row["denied_roles"].items())
-            writer.writerow(row)
+            row["channel"] = _escaped(row["channel"])
+            row["merchants"] = ";".join(_escaped(m, ";") for m in row["merchants"])
+            row["denied_roles"] = ";".join(
+                f"{_escaped(k, ';=')}={v}" for k, v in row["denied_roles"].items()
+            )
+            writer.writerow({column: _cell(value) for column, value in row.items()})
     return out.getvalue()
 
 
