@@ -692,7 +692,7 @@ def _lowest_seq(path: Path) -> int:
     """The lowest ``seq`` of a delta file's good rows (``MAX_SEQ`` + 1 if none can be read)."""
     try:
         ops, _ = read_delta(path)
-    except (OSError, LoadRejected, ValueError):
+    except Exception:  # noqa: BLE001 - only an order: reading it to apply it says why
         ops = []
     return min((op.seq for op in ops), default=MAX_SEQ + 1)
 
@@ -701,7 +701,7 @@ def _is_delta(path: Path) -> bool:
     """True for a file taken for a delta (``sniff_kind``; False if it cannot be read)."""
     try:
         kind, problem = sniff_kind(path)
-    except OSError:
+    except Exception:  # noqa: BLE001 - only an order: reading it to apply it says why
         return False
     return kind is FileKind.DELTA and problem is None
 
@@ -935,6 +935,11 @@ class Loader:
                     refused[delta] = exc
                 except OSError as exc:
                     refused[delta] = LoadRejected(str(delta), [RowError(0, "", str(exc))])
+                except Exception as exc:  # a bug: that file refused, the others still read
+                    problem = unexpected_problem(exc)
+                    if delta not in refused or _first_problem(refused[delta]) != problem:
+                        log.error(UNEXPECTED_LOG, delta, exc_info=exc)
+                    refused[delta] = LoadRejected(str(delta), [RowError(0, "", problem)])
                 else:
                     refused.pop(delta, None)
                     continue
@@ -1234,10 +1239,17 @@ def _as_loaded(info: VersionInfo, path: Path) -> VersionInfo:
     return replace(info, source=str(path), loaded_at=time.time())
 
 
-def _candidates(directory: Path) -> list[Path]:
+#: The endings of the names list files are read from, in a followed folder.
+READ_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv")
+
+
+def _candidates(directory: Path) -> tuple[list[Path], list[Path]]:
     """The list files in ``directory``, by name; a symbolic link to nothing too (so
-    that it is refused, not passed over as if it were not there)."""
-    names = []
+    that it is refused, not passed over as if it were not there). And, by name, the
+    files not read that are named as list files (``delta-0003.jsonl.gz``,
+    ``snapshot-0002.txt``): refused while they are there, never passed over in
+    silence (a feed switched to gzip would go stale with nothing said)."""
+    names, unread = [], []
     for entry in os.scandir(directory):
         name = entry.name
         if name.startswith(".") or name.endswith((".part", ".tmp")):
@@ -1246,9 +1258,42 @@ def _candidates(directory: Path) -> list[Path]:
             continue
         if name.lower().endswith(".meta.json"):
             continue  # a CSV snapshot's header, read with it
-        if name.lower().endswith((".jsonl", ".json", ".csv", ".ndjson")):
+        if name.lower().endswith(READ_SUFFIXES):
             names.append(Path(entry.path))
-    return sorted(names)
+        elif named_kind(Path(name)) is not None:
+            unread.append(Path(entry.path))
+    return sorted(names), sorted(unread)
+
+
+def unread_problem(path: Path) -> str:
+    """Why a file named as a list file is not read (``_candidates``)."""
+    kind = "delta" if named_kind(path) is FileKind.DELTA else "snapshot"
+    return (
+        f"is named as a {kind} file but is not read: only names ending "
+        f"{', '.join(READ_SUFFIXES)} are (a compressed file is not: decompress it into one "
+        "of those); the list is behind while it is here (a file not part of the feed: "
+        "remove it, or give it a name beginning with . or ending in .part or .tmp)"
+    )
+
+
+#: The line (with the traceback) of a file refused for an error no handler expects.
+UNEXPECTED_LOG = "list %s: unexpected error while reading it, a bug in shixin-check: refused"
+
+
+def unexpected_problem(exc: Exception) -> str:
+    """Why a file is refused whose reading raised what no handler expects: a bug (its
+    traceback is logged with it), which must not stop the files after it being read."""
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    return (
+        f"reading it failed unexpectedly ({name}: {exc}): refused, the last "
+        "good list keeps serving; a bug in shixin-check, please report it with the "
+        "traceback logged"
+    )
 
 
 #: What identifies a file's content cheaply, one ``(size, mtime_ns, ctime_ns, inode)`` per
@@ -1287,10 +1332,10 @@ def _dangling(path: Path) -> str | None:
 
 def _published_at(path: Path) -> float | None:
     """The ``published_at`` of a snapshot's header, None if it has none or it cannot
-    be read (the load then says why)."""
+    be read, whatever the error (the load then says why)."""
     try:
         return read_header(path).published_at
-    except (OSError, LoadRejected, ValueError):
+    except Exception:  # noqa: BLE001 - the load reads it again and refuses it, saying why
         return None
 
 
@@ -1337,9 +1382,13 @@ class DirectoryFollower(Background):
     copied in place that stalls for less is not read half-written (writing
     ``x.part`` and renaming it is safer still). At start, a file written in
     the last ``settle`` seconds is watched that long first. Names starting
-    with a dot or ending in ``.part`` / ``.tmp`` are ignored. A file that
-    cannot be read (an I/O error) is refused like a bad one, naming it; at
-    start the newest older snapshot that validates is served instead.
+    with a dot or ending in ``.part`` / ``.tmp`` are ignored; one named as a
+    list file whose name ends in what is not read (``READ_SUFFIXES``) is
+    refused until it is removed. A file that cannot be read (an I/O error,
+    or an error no handler expects: a bug, its traceback logged once) is
+    refused like a bad one, naming it, and the files after it are taken; at
+    start the newest older snapshot that validates is served instead. A
+    thread that ends unasked leaves the list behind (``FOLLOWER_STOPPED``).
     """
 
     def __init__(
@@ -1361,6 +1410,9 @@ class DirectoryFollower(Background):
         self._pending: dict[Path, tuple[_Stamp, float]] = {}  # changed: since when (monotonic)
         self._kinds: dict[Path, FileKind] = {}
         self._refused: dict[Path, str] = {}  # refused now, and why (the first problem)
+        # files named as list files whose names end in what is not read, and the kind
+        # their names say: refused (once) until removed
+        self._unread: dict[Path, FileKind] = {}
         self._published: float | None = None  # the served snapshot's header published_at
         # what is wrong with the folder itself (gone, unreadable, no snapshot left): said
         # once, and again when it changes or clears; the list is behind meanwhile
@@ -1374,7 +1426,9 @@ class DirectoryFollower(Background):
         one still changing is left to the poll, which takes it once it settles.
         """
         stamps: dict[Path, _Stamp] = {}
-        for path in _candidates(self.directory):
+        files, unread = _candidates(self.directory)
+        self._note_unread(unread)
+        for path in files:
             try:
                 stamps[path] = _stamp(path)
             except FileNotFoundError:
@@ -1453,11 +1507,41 @@ class DirectoryFollower(Background):
             self._refuse(path, str(exc), _first_problem(exc))
         except OSError as exc:
             self._refuse(path, f"{path}: {exc}", str(exc))
+        except Exception as exc:
+            self._refuse_unexpected(path, exc)
         return None
 
     def _refuse(self, path: Path, detail: str, problem: str) -> None:
         self._refused[path] = problem
         self.on_event("rejected", path, detail)
+
+    def _unexpected(self, path: Path, exc: Exception) -> str | None:
+        """The problem of a file whose reading raised what no handler expects (a bug,
+        not a bad file), its traceback logged when it is new for the file; None when
+        the file is refused for it already (said once)."""
+        problem = unexpected_problem(exc)
+        if self._refused.get(path) == problem:
+            return None
+        log.error(UNEXPECTED_LOG, path, exc_info=exc)
+        return problem
+
+    def _refuse_unexpected(self, path: Path, exc: Exception) -> None:
+        """Refuse ``path`` as any refused file (behind; the follower goes on to the next
+        file) for an error no handler expects while reading or applying it."""
+        problem = self._unexpected(path, exc)
+        if problem is not None:
+            self._refuse(path, f"{path}: {problem}", problem)
+
+    def _note_unread(self, unread: list[Path]) -> bool:
+        """Refuse each file named as a list file whose name ends in what is not read
+        (``_candidates``), once: it counts as refused until it is removed. True when
+        one is new."""
+        new = [path for path in unread if path not in self._unread]
+        for path in new:
+            self._unread[path] = named_kind(path) or FileKind.DELTA
+            problem = unread_problem(path)
+            self._refuse(path, f"{path}: {problem}", problem)
+        return bool(new)
 
     def _try_snapshot(self, path: Path) -> bool:
         try:
@@ -1467,6 +1551,8 @@ class DirectoryFollower(Background):
             self._refuse(path, str(exc), _first_problem(exc))
         except (OSError, ValueError) as exc:
             self._refuse(path, f"{path}: {exc}", str(exc))
+        except Exception as exc:  # a bug: refused as a bad file is, at start an older serves
+            self._refuse_unexpected(path, exc)
         return False
 
     def _load_snapshot(self, path: Path) -> None:
@@ -1486,16 +1572,18 @@ class DirectoryFollower(Background):
 
     def poll_once(self) -> None:
         try:
-            files = _candidates(self.directory)
+            files, unread = _candidates(self.directory)
         except OSError as exc:  # gone (an unmounted mount, a removed folder): keep serving
             self._folder(f"cannot be read ({exc}): the last good list keeps serving")
             return
-        present = set(files)
+        present = {*files, *unread}
         changed = False
-        for gone in [p for p in (*self._seen, *self._refused) if p not in present]:
+        for gone in [p for p in (*self._seen, *self._refused, *self._unread) if p not in present]:
             self._seen.pop(gone, None)
             self._kinds.pop(gone, None)
+            self._unread.pop(gone, None)
             changed |= self._refused.pop(gone, None) is not None  # deleted: no longer behind
+        changed |= self._note_unread(unread)
         for gone in [p for p in self._pending if p not in present]:
             del self._pending[gone]
         now = time.monotonic()
@@ -1531,7 +1619,10 @@ class DirectoryFollower(Background):
         fresh: dict[Path, str] = {}
         applied = False
         for path, stamp in self._taking_order(settled):
-            applied |= self._take(path, stamp, fresh)
+            try:
+                applied |= self._take(path, stamp, fresh)
+            except Exception as exc:  # a bug: that file refused, the next ones still taken
+                self._refuse_unexpected(path, exc)
             changed = True
         if applied:
             self._retry_refused_deltas(fresh)
@@ -1629,6 +1720,12 @@ class DirectoryFollower(Background):
             self._refused[path] = str(exc)
             fresh[path] = f"{path}: {exc}"
             return False
+        except Exception as exc:  # a bug: refused as a bad file is, the next files taken
+            problem = unexpected_problem(exc)
+            log.error(UNEXPECTED_LOG, path, exc_info=exc)
+            self._refused[path] = problem
+            fresh[path] = f"{path}: {problem}"
+            return False
         self.on_event("loaded", path, view.info.version)
         # read again, every seq of it already applied as it is: harmless, nothing new
         return before is None or view.info.version != before.info.version
@@ -1655,6 +1752,13 @@ class DirectoryFollower(Background):
                     continue
                 except (OSError, ValueError):
                     continue  # gone or unreadable: the next poll sees to it
+                except Exception as exc:  # a bug: refused still, said once
+                    said = self._unexpected(path, exc)
+                    if said is not None and path in fresh:
+                        self._refused[path], fresh[path] = said, f"{path}: {said}"
+                    elif said is not None:
+                        self._refuse(path, f"{path}: {said}", said)
+                    continue
                 del self._refused[path]
                 fresh.pop(path, None)
                 self.on_event("loaded", path, view.info.version)
@@ -1667,19 +1771,20 @@ class DirectoryFollower(Background):
             self.loader.index.refuse(str(self.directory), self._folder_problem)
             return
         serving = self.serving
+        kinds = {**self._unread, **self._kinds}  # a file not read: the kind its name says
         # a refused snapshot named before the one served (or a link to nothing named
         # so: an old archive's link, its kind unknown) would change nothing served
         live = {
             path: problem for path, problem in self._refused.items()
             if not (serving is not None and path.name <= serving.name and (
-                self._kinds.get(path) is FileKind.SNAPSHOT
-                or (path not in self._kinds and _dangling(path) is not None)))
+                kinds.get(path) is FileKind.SNAPSHOT
+                or (path not in kinds and _dangling(path) is not None)))
         }  # fmt: skip
         if not live:
             self.loader.index.refuse(None)
             return
         # named: the newest refused snapshot, else the first refused file by name
-        snapshots = sorted(p for p in live if self._kinds.get(p) is FileKind.SNAPSHOT)
+        snapshots = sorted(p for p in live if kinds.get(p) is FileKind.SNAPSHOT)
         first = snapshots[-1] if snapshots else min(live)
         others = sorted(p.name for p in live if p != first)
         problem = live[first]
@@ -1689,11 +1794,26 @@ class DirectoryFollower(Background):
         self.loader.index.refuse(str(first), problem)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.poll_once()
-            except OSError as exc:  # the folder failing under a poll: keep serving, try again
-                self._folder(f"cannot be read ({exc}): the last good list keeps serving")
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    self.poll_once()
+                except OSError as exc:  # the folder failing under a poll: keep serving, retry
+                    self._folder(f"cannot be read ({exc}): the last good list keeps serving")
+        except Exception as exc:  # a bug outside any one file: said here, not by threading
+            log.critical("list folder %s: %s", self.directory, FOLLOWER_STOPPED, exc_info=exc)
+        finally:
+            if not self._stop.is_set():  # ended unasked: no file is read from now on
+                self.loader.index.refuse(str(self.directory), FOLLOWER_STOPPED)
+
+
+#: Why the list is behind once the follower ended, unasked (health: ListCurrent
+#: NOT_SERVING; ``status``: BEHIND).
+FOLLOWER_STOPPED = (
+    "the list follower stopped on an unexpected error (a bug in shixin-check: the traceback "
+    "is logged): no snapshot or delta is read from now on and the last list loaded keeps "
+    "serving; restart the server"
+)
 
 
 def _first_problem(exc: LoadRejected) -> str:
