@@ -197,6 +197,24 @@ def _parse_rows(
     return builder.parts(), errors, lines
 
 
+#: how often a parse process looks whether the process that started it is still there
+PARENT_POLL_S = 0.5
+
+
+def _die_with(parent: int) -> None:
+    """A parse process's initialiser: exit once ``parent`` is gone. A server killed
+    (SIGKILL, the OOM killer) mid-parse left its parse processes blocked for good on
+    the result pipe, which they hold both ends of, each some 90 MB, one set more at
+    every such restart."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _parse_chunk(
     path: str, secret: bytes, expected: int, start: int, end: int
 ) -> tuple[BaseParts, list[RowError], int]:
@@ -230,7 +248,9 @@ def build_snapshot(
     else:
         offsets = line_starts(path, workers * 4)
         spawn = multiprocessing.get_context("spawn")  # never fork a process running gRPC
-        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=spawn, initializer=_die_with, initargs=(os.getpid(),)
+        ) as pool:
             futures = [
                 pool.submit(_parse_chunk, str(path), keyer.secret, expected, a, b)
                 for a, b in zip(offsets, offsets[1:], strict=False)
