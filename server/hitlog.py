@@ -22,7 +22,13 @@ torn line is left for the next record to join. A rotation that could not
 create the new live file leaves the next record to create it. A live file
 deleted or moved away under the writer is noticed at the next record written
 at least a second after the last such look (counted, logged, a new live file
-started).
+started). When its folder went with it (``rm -rf`` of the log's folder), the
+folder is made again as at start, the set held again there (``<path>.lock``)
+and, for the audit log, its head noted there again: the chain goes on from
+its last ``seq``, so ``audit verify`` shows the records lost with the folder
+as ``removed`` (or, before the next record, the head as ahead of the log:
+``truncated``), never as an intact chain. An audit log closed before any
+record saw its folder gone makes it again to leave its head there.
 
 While writes fail, ``failure`` holds the last error (the server's readiness
 is NOT_SERVING meanwhile: every check that needs a record would fail). It is
@@ -448,6 +454,14 @@ def describe_write_error(exc: OSError) -> str:
 def write_error_advice(exc: OSError, path: Path) -> str:
     """What to do about a write error of the log at ``path``."""
     folder = path.parent
+    if isinstance(exc, LogInUse):  # its folder was made again, and another writer took it
+        return "stop the other writer: this server writes the log again once it holds it"
+    if exc.errno == errno.ENOENT:  # the log's folder (or its live file) removed under it
+        return (f"{folder} (or a file of the log in it) was removed under this server: it "
+                f"makes the folder again and starts a new live file at the next write; if "
+                f"this goes on, make {folder} again (mkdir) where this server can write")  # fmt: skip
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # the folder's name taken by a file
+        return f"{folder} is not a folder: move what has its name away (it is made again then)"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"free space (or inodes, or quota) on the file system of {folder}"
     if exc.errno == errno.EFBIG:
@@ -547,11 +561,59 @@ class AppendLog:
     # --- the file ---------------------------------------------------------
 
     def _open_live(self) -> None:
+        """Open (create) the live file: at start, at rotation, and once the live file
+        was lost or could not be made (never for a record that needs no new one).
+
+        Its folder removed under the writer (with every file of the set) is made
+        again, as at start; the set is held again first wherever ``<path>.lock`` is
+        not the file this writer holds (the folder removed, or made again by hand),
+        or a second server started on the new folder could write the set too.
+        """
+        made = self._regain()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        if made:
+            log.error(
+                "%s %s: its folder was removed while this server wrote it, with every file "
+                "of the log: their records are lost, and those written since until now; made "
+                "the folder again (as at start) and started a new live file in it",
+                self.kind, self.path,
+            )  # fmt: skip
         st = os.fstat(fd)
         self._fd, self._size, self._identity = fd, st.st_size, (st.st_dev, st.st_ino)
         if self.fsync != "never":
             _sync_dir(self.path.parent)
+
+    def _regain(self) -> bool:
+        """With the lock held: the folder made again if it was removed (as at start, the
+        same mode), and the set held again if ``<path>.lock`` is not the file held
+        (``LogInUse``: another writer took the folder made again). True when made."""
+        folder = self.path.parent
+        made = not folder.is_dir()
+        if made:
+            folder.mkdir(parents=True, exist_ok=True)
+        if self._owner >= 0 and not self._holds_set():
+            self._hold_again()
+        return made
+
+    def _holds_set(self) -> bool:
+        """Whether ``<path>.lock`` is the file this writer holds locked."""
+        try:
+            st = os.stat(self.path.with_name(self.path.name + ".lock"))
+        except FileNotFoundError:
+            return False
+        held = os.fstat(self._owner)
+        return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+
+    def _hold_again(self) -> None:
+        """Hold the set in its folder as it is now, then let the lock held before go
+        (a file in a removed folder, which no other writer can reach)."""
+        owner = _hold(self.path)
+        os.close(self._owner)
+        self._owner = owner
+        self._held_again()
+
+    def _held_again(self) -> None:
+        """Called with the lock held once the set is held in a new ``<path>.lock``."""
 
     def _cut_torn_line(self) -> None:
         """After power loss the file may end mid-record: those bytes are no record. They
@@ -659,15 +721,16 @@ class AppendLog:
         try:
             st = os.stat(self.path)
             here = (st.st_dev, st.st_ino) == self._identity
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # its folder gone, or a file now
             here = False
         if here:
             return
         self.write_errors += 1
-        log.error(
-            "%s was deleted or moved away while this server wrote it: records written "
-            "since then are not in the log's set; starting a new live file", self.path,
-        )  # fmt: skip
+        if self.path.parent.is_dir():  # else its folder went too: ``_open_live`` says so
+            log.error(
+                "%s was deleted or moved away while this server wrote it: records written "
+                "since then are not in the log's set; starting a new live file", self.path,
+            )  # fmt: skip
         self._start_live_file()
 
     def _start_live_file(self) -> None:
@@ -738,6 +801,8 @@ class AppendLog:
                 now = self._clock()
                 if self._fd < 0:
                     self._open_live()
+                elif now - self._checked_at >= 1.0:  # as the record would: a live file
+                    self._reopen_if_gone(now)  # gone (with its folder) fails every rotation
                 # what the record would meet first: a rotation that is due (the step
                 # that failed, when a rename or the next live file did)
                 self._rotate_if_due(now, self._probe_bytes)
@@ -1040,6 +1105,9 @@ class AuditLog(AppendLog):
     def _renamed(self, target: Path) -> None:
         self._file = target.name  # the last record went with the live file
 
+    def _held_again(self) -> None:
+        self._noted = None  # the head went with the old folder: the thread notes it anew
+
     def _note_head(self) -> None:
         """Replace ``<path>.head`` with the chain head, if it moved since last noted."""
         with self._head_lock:
@@ -1053,6 +1121,15 @@ class AuditLog(AppendLog):
         self._close_file()
         self._closing.set()
         try:
+            with self._lock:  # a folder removed since the last look: no record will
+                made = self._owner >= 0 and self._regain()  # see it; the head goes in it
+            if made:
+                log.error(
+                    "audit log %s: its folder was removed while this server wrote it, with "
+                    "every file of the log; made it again to note the chain head there "
+                    "(seq %d): `audit verify` shows the records lost, a next writer goes on "
+                    "from it", self.path, self._seq,
+                )  # fmt: skip
             self._note_head()  # before the set is released: a next writer notes its own
         finally:
             self._release()
