@@ -5,7 +5,8 @@
  * (entry, subjects, exemptions), exactly the values _plain returns, or None
  * whenever it is not sure: a value with white space at either end, an ID
  * that is not already canonical, a date not yet in listfile._DAYS, any
- * unexpected type. None sends the row on to _plain itself, and from there to
+ * unexpected type, a key that is none of listfile's fields (ENTRY_FIELDS,
+ * SUBJECT_FIELDS, RELATED_FIELDS). None sends the row on to _plain itself, and from there to
  * parse_entry, so this file never decides that a row is bad and never words
  * an error: it only takes the rows it can take whole. tests/test_loader.py
  * holds it to _plain on every field of a row made odd in many ways.
@@ -31,8 +32,8 @@
  * every match, its debtor's too (index_redis.encode_match says why).
  *
  * configure(...) hands it the tables it shares with the Python code (the
- * enums' look-ups, the dates seen, the province codes, the birth dates), so
- * the two can never disagree about them. SOURCE_DIGEST is the digest of this
+ * enums' look-ups, the dates seen, the province codes, the birth dates, the
+ * fields a row may hold), so the two can never disagree about them. SOURCE_DIGEST is the digest of this
  * file as setup.py compiled it: loader/columns.py does not use a build older
  * than the source beside it.
  */
@@ -51,12 +52,36 @@
 static PyObject *LIST_TYPES, *STATUSES, *ACTIVE, *ROLES, *ID_TYPES, *RESIDENT;
 static PyObject *DAYS, *DEBTOR, *NO_END, *BIRTH_DATES, *ZERO, *SEP, *EMPTY;
 static PyObject *LOADS, *DECODE_ERROR; /* orjson.loads and orjson.JSONDecodeError */
+/* the fields of listfile.ENTRY_FIELDS, SUBJECT_FIELDS and RELATED_FIELDS that check() does
+ * not read, as lists of str (configure()): a row's, a person's subject's, an
+ * organisation's, a related person's */
+static PyObject *ENTRY_OTHERS, *PERSON_OTHERS, *ORGANIZATION_OTHERS, *RELATED_OTHERS;
 static char PROVINCE[100];
 
-/* the rows' field names, interned once */
-static PyObject *K_ENTRY_ID, *K_LIST_TYPE, *K_STATUS, *K_SUBJECT, *K_TYPE, *K_NAME, *K_USCC,
-    *K_ID_TYPE, *K_ID_NUMBER, *K_RELATED, *K_ROLE, *K_EXEMPTIONS, *K_PUBLISHED_ON, *K_VALID_UNTIL, *K_FILED_ON, *K_CASE_NUMBER, *K_COURT,
-    *S_PERSON, *S_ORGANIZATION;
+/* The rows' field names check() looks up: interned at first, then the very key objects
+ * the rows hold where they are equal (adopt()). */
+enum { F_ENTRY_ID, F_LIST_TYPE, F_STATUS, F_SUBJECT, F_TYPE, F_NAME, F_USCC, F_ID_TYPE,
+       F_ID_NUMBER, F_RELATED, F_ROLE, F_EXEMPTIONS, F_PUBLISHED_ON, F_VALID_UNTIL, F_FILED_ON,
+       F_CASE_NUMBER, F_COURT, N_KEYS };
+static PyObject *KEY[N_KEYS];
+#define K_ENTRY_ID KEY[F_ENTRY_ID]
+#define K_LIST_TYPE KEY[F_LIST_TYPE]
+#define K_STATUS KEY[F_STATUS]
+#define K_SUBJECT KEY[F_SUBJECT]
+#define K_TYPE KEY[F_TYPE]
+#define K_NAME KEY[F_NAME]
+#define K_USCC KEY[F_USCC]
+#define K_ID_TYPE KEY[F_ID_TYPE]
+#define K_ID_NUMBER KEY[F_ID_NUMBER]
+#define K_RELATED KEY[F_RELATED]
+#define K_ROLE KEY[F_ROLE]
+#define K_EXEMPTIONS KEY[F_EXEMPTIONS]
+#define K_PUBLISHED_ON KEY[F_PUBLISHED_ON]
+#define K_VALID_UNTIL KEY[F_VALID_UNTIL]
+#define K_FILED_ON KEY[F_FILED_ON]
+#define K_CASE_NUMBER KEY[F_CASE_NUMBER]
+#define K_COURT KEY[F_COURT]
+static PyObject *S_PERSON, *S_ORGANIZATION;
 
 /* Set when a row is not plain: the caller returns None. */
 #define NOT_SURE 0
@@ -67,6 +92,59 @@ static PyObject *get(PyObject *dict, PyObject *key) {
     /* borrowed, NULL when absent. The rows come from orjson or the CSV reader: exact
      * dicts with exact str keys, so a look-up cannot fail or run Python code. */
     return PyDict_GetItemWithError(dict, key);
+}
+
+/* SURE when every key of the dict `obj` is a field: `read` of its keys are fields check()
+ * looked up and found, and the rest must be among `others`, the fields it does not read
+ * (listfile's, less those), looked up only while some keys are unaccounted for. NOT_SURE
+ * when one is none of them (parse_entry refuses the row naming it: listfile._known),
+ * FAILED with an error set. Counting costs a row a few look-ups (by adopted keys, cheap);
+ * going over its keys with PyDict_Next made plain() a quarter dearer. */
+static int only_fields(PyObject *obj, Py_ssize_t read, PyObject *others) {
+    Py_ssize_t size = PyDict_GET_SIZE(obj);
+    for (Py_ssize_t i = 0; read < size && i < PyList_GET_SIZE(others); i++) {
+        if (get(obj, PyList_GET_ITEM(others, i)) != NULL) read++;
+        else if (PyErr_Occurred()) return FAILED;
+    }
+    return read == size ? SURE : NOT_SURE;
+}
+
+/* Each of `names` (owned str) that equals a key of the dict `obj` is replaced by that
+ * key object: any str equal to the name finds the same value. A dict finds the very
+ * object it holds without comparing strings (an orjson dict compares an equal string
+ * through __eq__, as a general table), and orjson hands out the same key object row
+ * after row (its key cache): with the adopted keys plain() costs less than before it
+ * counted the keys. */
+static void adopt(PyObject *obj, PyObject **names, Py_ssize_t n) {
+    Py_ssize_t at = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(obj, &at, &key, &value)) {
+        if (!PyUnicode_CheckExact(key)) continue;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (names[i] == key) break;
+            if (PyUnicode_GET_LENGTH(names[i]) == PyUnicode_GET_LENGTH(key) &&
+                PyUnicode_Compare(names[i], key) == 0) {
+                Py_SETREF(names[i], Py_NewRef(key));
+                break;
+            }
+        }
+    }
+}
+
+/* Rows checked until the next adopt(): the first row, then one in 4,096 (orjson's cache
+ * may hand out new key objects for a key, a CSV's rows have new ones each). */
+static unsigned int ADOPT_IN;
+
+static void adopt_keys(PyObject *obj, PyObject *others) {
+    adopt(obj, KEY, N_KEYS);
+    adopt(obj, PySequence_Fast_ITEMS(others), PyList_GET_SIZE(others));
+}
+
+/* How many of `n` values a row's look-ups gave are there (not NULL). */
+static Py_ssize_t present(PyObject *const *values, int n) {
+    Py_ssize_t found = 0;
+    for (int i = 0; i < n; i++) found += values[i] != NULL;
+    return found;
 }
 
 /* A str that str.strip() leaves alone, that is not empty and holds no control character
@@ -173,14 +251,17 @@ static int canonical_uscc(PyObject *s) {
 }
 
 /* columns._person: (role, name, id type, number), new reference; NULL and no error
- * set when not sure. */
-static PyObject *person(PyObject *obj, PyObject *role) {
+ * set when not sure. `others`: the fields of such an object it does not read, beside
+ * the one key its caller read (the subject's type, the related person's role). */
+static PyObject *person(PyObject *obj, PyObject *role, PyObject *others) {
     if (!PyDict_CheckExact(obj)) return NULL;
     PyObject *kind = get(obj, K_ID_TYPE);
     PyObject *id_type = absent(kind) ? RESIDENT : choice(ID_TYPES, kind);
     PyObject *number = get(obj, K_ID_NUMBER);
     PyObject *name = get(obj, K_NAME);
     if (id_type == NULL || !plain_text(number) || !plain_text(name)) return NULL;
+    int known = only_fields(obj, 3 + (kind != NULL), others); /* the caller's key, name, number */
+    if (known != SURE) return NULL; /* FAILED: its error is set */
     /* a document number of 15 or 18 characters may be a resident ID under the wrong
      * type, which listfile.as_resident keys as one: Python decides */
     Py_ssize_t length = PyUnicode_GET_LENGTH(number);
@@ -218,8 +299,14 @@ static int check(PyObject *obj, Row *row) {
     PyObject *subjects = NULL, *exemptions = NULL;
     int result = SURE;
 
+    int adopting = ADOPT_IN-- == 0;
+    if (adopting) {
+        ADOPT_IN = 4095;
+        adopt_keys(obj, ENTRY_OTHERS);
+    }
     PyObject *entry_id = get(obj, K_ENTRY_ID);
-    PyObject *list_type = choice(LIST_TYPES, get(obj, K_LIST_TYPE));
+    PyObject *list_type_value = get(obj, K_LIST_TYPE);
+    PyObject *list_type = choice(LIST_TYPES, list_type_value);
     PyObject *status_value = get(obj, K_STATUS);
     PyObject *status = absent(status_value) ? ACTIVE : choice(STATUSES, status_value);
     PyObject *subject = get(obj, K_SUBJECT);
@@ -228,6 +315,10 @@ static int check(PyObject *obj, Row *row) {
         BAIL(NOT_SURE);
     PyObject *people = get(obj, K_RELATED);
     int no_people = no_items(people);
+    if (adopting) {
+        adopt_keys(subject, PERSON_OTHERS);
+        adopt_keys(subject, ORGANIZATION_OTHERS);
+    }
     PyObject *kind = get(subject, K_TYPE);
     PyObject *organization = EMPTY; /* a person's entry has no organisation name */
     subjects = PyList_New(0);
@@ -235,13 +326,15 @@ static int check(PyObject *obj, Row *row) {
     if (kind != NULL && PyUnicode_CheckExact(kind) &&
         PyUnicode_Compare(kind, S_PERSON) == 0) {
         if (!no_people) BAIL(NOT_SURE);
-        int added = add_subject(subjects, person(subject, DEBTOR));
+        int added = add_subject(subjects, person(subject, DEBTOR, PERSON_OTHERS));
         if (added != SURE) BAIL(added);
     } else if (kind != NULL && PyUnicode_CheckExact(kind) &&
                PyUnicode_Compare(kind, S_ORGANIZATION) == 0) {
         organization = get(subject, K_NAME);
         PyObject *uscc = get(subject, K_USCC);
         if (!plain_text(organization) || !plain_text(uscc)) BAIL(NOT_SURE);
+        int known = only_fields(subject, 3, ORGANIZATION_OTHERS); /* type, name, uscc */
+        if (known != SURE) BAIL(known);
         int ok = canonical_uscc(uscc);
         if (ok != SURE) BAIL(ok);
         int added = add_subject(subjects, PyTuple_Pack(4, DEBTOR, organization, Py_None, uscc));
@@ -251,9 +344,10 @@ static int check(PyObject *obj, Row *row) {
             for (Py_ssize_t i = 0; i < PyList_GET_SIZE(people); i++) {
                 PyObject *p = PyList_GET_ITEM(people, i);
                 if (!PyDict_CheckExact(p)) BAIL(NOT_SURE);
+                if (adopting && i == 0) adopt_keys(p, RELATED_OTHERS);
                 PyObject *role = choice(ROLES, get(p, K_ROLE));
                 if (role == NULL) BAIL(PyErr_Occurred() ? FAILED : NOT_SURE);
-                added = add_subject(subjects, person(p, role));
+                added = add_subject(subjects, person(p, role, RELATED_OTHERS));
                 if (added != SURE) BAIL(added);
             }
         }
@@ -263,18 +357,25 @@ static int check(PyObject *obj, Row *row) {
 
     /* an exemption names the person it covers, to be found among the entry's subjects
      * and keyed (listfile.exempted_in): rare, so such a row is left to the Python code */
-    if (!no_items(get(obj, K_EXEMPTIONS))) BAIL(NOT_SURE);
+    PyObject *exemptions_value = get(obj, K_EXEMPTIONS);
+    if (!no_items(exemptions_value)) BAIL(NOT_SURE);
     exemptions = PyTuple_New(0);
     if (exemptions == NULL) BAIL(FAILED);
 
-    PyObject *published = day(get(obj, K_PUBLISHED_ON), ZERO);
-    PyObject *valid_until = day(get(obj, K_VALID_UNTIL), NO_END);
-    PyObject *filed = day(get(obj, K_FILED_ON), ZERO);
-    PyObject *case_number = get(obj, K_CASE_NUMBER);
-    PyObject *court = get(obj, K_COURT);
+    PyObject *read[] = {entry_id, list_type_value, status_value, subject, people,
+                        exemptions_value, get(obj, K_PUBLISHED_ON), get(obj, K_VALID_UNTIL),
+                        get(obj, K_FILED_ON), get(obj, K_CASE_NUMBER), get(obj, K_COURT)};
+    PyObject *published = day(read[6], ZERO);
+    PyObject *valid_until = day(read[7], NO_END);
+    PyObject *filed = day(read[8], ZERO);
+    PyObject *case_number = read[9];
+    PyObject *court = read[10];
     if (published == NULL || valid_until == NULL || filed == NULL || !plain_text(case_number) ||
         !plain_text(court))
         BAIL(PyErr_Occurred() ? FAILED : NOT_SURE);
+    /* a key that is none of the fields: parse_entry names it */
+    int known = only_fields(obj, present(read, sizeof read / sizeof *read), ENTRY_OTHERS);
+    if (known != SURE) BAIL(known);
     long first = PyLong_AsLong(published);
     long last = PyLong_AsLong(valid_until);
     if (last == 0) { /* 1970-01-01, like no date, is no end (parse_entry) */
@@ -1288,6 +1389,50 @@ done:
     return result;
 }
 
+static int among(PyObject *key, PyObject *const *keys, int n) {
+    for (int i = 0; i < n; i++)
+        if (PyUnicode_Compare(key, keys[i]) == 0) return 1;
+    return 0;
+}
+
+/* The fields of `fields` (a frozenset of str) that none of `read` is, sorted, as a list,
+ * but those of `later` last (a subject's fields nothing reads come before the other
+ * kind's identity). A read key that is not a field is an error: the C checker would
+ * take a row that parse_entry refuses. */
+static PyObject *others(PyObject *fields, PyObject *const *read, int n, PyObject *const *later,
+                        int m, const char *what) {
+    PyObject *sorted = PySequence_List(fields), *out = NULL;
+    if (sorted == NULL || PyList_Sort(sorted) < 0) goto done;
+    for (int i = 0; i < n; i++) {
+        int found = PySet_Contains(fields, read[i]);
+        if (found <= 0) {
+            if (found == 0)
+                PyErr_Format(PyExc_ValueError, "%s: %R is read but is none of them", what, read[i]);
+            goto done;
+        }
+    }
+    out = PyList_New(0);
+    if (out == NULL) goto done;
+    for (int pass = 0; pass < 2; pass++) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(sorted); i++) {
+            PyObject *key = PyList_GET_ITEM(sorted, i);
+            if (!PyUnicode_CheckExact(key)) {
+                PyErr_Format(PyExc_TypeError, "%s: the fields must be str", what);
+                Py_CLEAR(out);
+                goto done;
+            }
+            if (among(key, read, n) || among(key, later, m) != pass) continue;
+            if (PyList_Append(out, key) < 0) {
+                Py_CLEAR(out);
+                goto done;
+            }
+        }
+    }
+done:
+    Py_XDECREF(sorted);
+    return out;
+}
+
 static int keep(PyObject **slot, PyObject *value) {
     Py_XINCREF(value);
     Py_XSETREF(*slot, value);
@@ -1297,15 +1442,19 @@ static int keep(PyObject **slot, PyObject *value) {
 static PyObject *configure(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"list_types", "statuses", "active", "roles", "id_types",
                             "resident", "days", "debtor", "no_end", "provinces",
-                            "birth_dates", "loads", "decode_error", NULL};
+                            "birth_dates", "loads", "decode_error", "entry_fields",
+                            "subject_fields", "related_fields", NULL};
     PyObject *list_types, *statuses, *active, *roles, *id_types, *resident, *days, *debtor,
-        *no_end, *provinces, *birth_dates, *loads, *decode_error;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!OO!O!OO!OO!OO!OO:configure", names,
+        *no_end, *provinces, *birth_dates, *loads, *decode_error, *entry_fields,
+        *subject_fields, *related_fields;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!OO!O!OO!OO!OO!OOO!O!O!:configure", names,
                                      &PyDict_Type, &list_types, &PyDict_Type, &statuses, &active,
                                      &PyDict_Type, &roles, &PyDict_Type, &id_types, &resident,
                                      &PyDict_Type, &days, &debtor, &PyLong_Type, &no_end,
                                      &provinces, &PyFrozenSet_Type, &birth_dates, &loads,
-                                     &decode_error))
+                                     &decode_error, &PyFrozenSet_Type, &entry_fields,
+                                     &PyFrozenSet_Type, &subject_fields, &PyFrozenSet_Type,
+                                     &related_fields))
         return NULL;
     if (!PyCallable_Check(loads) || !PyExceptionClass_Check(decode_error)) {
         PyErr_SetString(PyExc_TypeError, "loads: a function, decode_error: its exception");
@@ -1328,6 +1477,32 @@ static PyObject *configure(PyObject *module, PyObject *args, PyObject *kwargs) {
     }
     Py_DECREF(iterator);
     if (PyErr_Occurred()) return NULL;
+    /* the fields check() does not read, which a row's keys are counted against */
+    PyObject *entry_read[] = {K_ENTRY_ID, K_LIST_TYPE, K_STATUS, K_SUBJECT, K_RELATED,
+                              K_EXEMPTIONS, K_PUBLISHED_ON, K_VALID_UNTIL, K_FILED_ON,
+                              K_CASE_NUMBER, K_COURT};
+    PyObject *person_read[] = {K_TYPE, K_NAME, K_ID_TYPE, K_ID_NUMBER};
+    PyObject *organization_read[] = {K_TYPE, K_NAME, K_USCC};
+    PyObject *related_read[] = {K_ROLE, K_NAME, K_ID_TYPE, K_ID_NUMBER};
+    PyObject *entry_others = others(entry_fields, entry_read, 11, NULL, 0, "entry_fields");
+    PyObject *person_others = entry_others == NULL ? NULL :
+        others(subject_fields, person_read, 4, organization_read, 3, "subject_fields");
+    PyObject *organization_others = person_others == NULL ? NULL :
+        others(subject_fields, organization_read, 3, person_read, 4, "subject_fields");
+    PyObject *related_others = organization_others == NULL ? NULL :
+        others(related_fields, related_read, 4, NULL, 0, "related_fields");
+    int ready = related_others != NULL;
+    if (ready) {
+        keep(&ENTRY_OTHERS, entry_others);
+        keep(&PERSON_OTHERS, person_others);
+        keep(&ORGANIZATION_OTHERS, organization_others);
+        keep(&RELATED_OTHERS, related_others);
+    }
+    Py_XDECREF(entry_others);
+    Py_XDECREF(person_others);
+    Py_XDECREF(organization_others);
+    Py_XDECREF(related_others);
+    if (!ready) return NULL;
     keep(&LIST_TYPES, list_types);
     keep(&STATUSES, statuses);
     keep(&ACTIVE, active);

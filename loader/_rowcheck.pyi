@@ -11,6 +11,7 @@ def configure(
     id_types: dict[str, Any], resident: Any, days: dict[str, int], debtor: Any, no_end: int,
     provinces: frozenset[str],
     birth_dates: frozenset[str], loads: Callable[[bytes], Any], decode_error: type[Exception],
+    entry_fields: frozenset[str], subject_fields: frozenset[str], related_fields: frozenset[str],
 ) -> None: ...  # fmt: skip
 def plain(row: dict[str, Any], line: int, /) -> tuple[Any, Any, Any] | None: ...
 def masked_json(numbers: list[str], /) -> bytes | None: ...

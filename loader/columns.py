@@ -78,7 +78,10 @@ from shixin_check.loader.listfile import (
     _LIST_TYPES,
     _RELATED_ROLES,
     _STATUSES,
+    ENTRY_FIELDS,
     PUBLISHED_AHEAD_DAYS,
+    RELATED_FIELDS,
+    SUBJECT_FIELDS,
     _date,
     as_resident,
     parse_entry,
@@ -141,8 +144,9 @@ def _day(obj: dict[str, Any], name: str, required: bool = False) -> int:
     return _date(obj, name, required=required)  # InvalidInput: not fast either
 
 
-def _person(obj: Any, role: Role) -> Subject:
-    if type(obj) is not dict:
+def _person(obj: Any, role: Role, fields: frozenset[str] = RELATED_FIELDS) -> Subject:
+    # a key that is none of the fields: parse_entry names it (listfile._known)
+    if type(obj) is not dict or not obj.keys() <= fields:
         raise _NotFast
     kind = obj.get("id_type")
     # missing, null or "": the default; any other value must name a type (listfile._choice)
@@ -202,7 +206,8 @@ def compiled_module() -> ModuleType | None:
         id_types=_ID_TYPES, resident=_RESIDENT_ID, days=_DAYS,
         debtor=_DEBTOR, no_end=NO_END,
         provinces=identity._PROVINCES, birth_dates=identity._BIRTH_DATES,
-        loads=orjson.loads, decode_error=orjson.JSONDecodeError,
+        loads=orjson.loads, decode_error=orjson.JSONDecodeError, entry_fields=ENTRY_FIELDS,
+        subject_fields=SUBJECT_FIELDS, related_fields=RELATED_FIELDS,
     )  # fmt: skip
     return _rowcheck
 
@@ -453,6 +458,8 @@ class ColumnBuilder:
         fields: a call a field is a tenth of a row's time.
         """
         get = obj.get
+        if not obj.keys() <= ENTRY_FIELDS:  # a key that is no field: parse_entry names it
+            raise _NotFast
         value = get("entry_id")
         if type(value) is not str or not value:
             raise _NotFast
@@ -480,8 +487,10 @@ class ColumnBuilder:
         if kind == "PERSON":
             if people:
                 raise _NotFast
-            subjects: list[Subject] = [_person(subject, _DEBTOR)]
+            subjects: list[Subject] = [_person(subject, _DEBTOR, SUBJECT_FIELDS)]
         elif kind == "ORGANIZATION":
+            if not subject.keys() <= SUBJECT_FIELDS:
+                raise _NotFast
             organization = _text(subject.get("name"))
             uscc = _text(subject.get("uscc"))
             if not plain_uscc(uscc):

@@ -97,7 +97,10 @@ log = logging.getLogger("shixin.loader")
 #: 5: no date before 2000-01-01 but 1970-01-01 (an export's placeholder for an empty
 #: date is a bad row): an older folder may hold an entry whose valid_until 1900-01-01
 #: reads as expired, clearing a listed person, so its list is parsed (and refused) again
-FORMAT = 5
+#: 6: a key that is no field of an entry is a bad row, and so is an exemption from
+#: 1970-01-01: an older folder may hold an organisation whose misspelt ``relatedPersons``
+#: was dropped (its legal representative not listed) or an exemption read as from 1970
+FORMAT = 6
 Code = Literal["Q", "I", "i"]
 #: typed columns and their element (the ``array`` / ``memoryview`` type code)
 _TYPED: dict[str, Code] = {

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import difflib
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -43,7 +45,7 @@ from shixin_check.domain.model import (
     day_iso,
     day_number,
 )
-from shixin_check.loader.feed import MAX_SEQ, is_header, parse_instant, strip_bom
+from shixin_check.loader.feed import HEADER_KEY, MAX_SEQ, is_header, parse_instant, strip_bom
 
 
 class FileKind(Enum):
@@ -76,6 +78,25 @@ class DeltaOp:
     line: int = 0
     published_at: float | None = None  # the feed's time for this op, when the row gives one
 
+
+#: The keys an entry row may hold (DESIGN §4; README "Snapshot files"): those read here
+#: and those of a court's record that nothing here reads. Any other key is a bad row
+#: naming it (``_known``): a misspelt ``related_persons`` left out silently would leave
+#: an organisation's legal representative free to buy.
+ENTRY_FIELDS = frozenset({
+    "entry_id", "list_type", "subject", "related_persons", "case_number", "court",
+    "basis_document", "basis_issuer", "obligation", "performance", "circumstance",
+    "published_on", "filed_on", "performed_part", "unperformed_part", "severity",
+    "valid_until", "status", "exemptions",
+})  # fmt: skip
+#: a subject's keys: a person's (gender and age read by nothing) and an organisation's
+SUBJECT_FIELDS = frozenset({
+    "type", "name", "id_type", "id_number", "gender", "age", "uscc", "legal_representative",
+})  # fmt: skip
+RELATED_FIELDS = frozenset({"role", "name", "id_type", "id_number"})
+EXEMPTION_FIELDS = frozenset({"channel", "from", "until", "id_type", "id_number"})
+#: what a key that is no field most likely is, where no field's name is close to it
+_KEY_HINTS = {HEADER_KEY: "a snapshot's header is its first row only"}
 
 _LIST_TYPES = {t.name: t for t in ListType}
 _STATUSES = {"ACTIVE": EntryStatus.ACTIVE, "SUSPENDED": EntryStatus.SUSPENDED}
@@ -130,11 +151,14 @@ def sniff_kind(path: Path) -> tuple[FileKind, RowError | None]:
                 continue
             try:
                 first = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
+            except orjson.JSONDecodeError:
                 if named is not None:
                     return named, None  # the loader reports the row, as a row of that kind
+                # worded as the loader words the row (not valid UTF-8, CR line ends, ...)
+                ended = raw.endswith(b"\n")
+                why = _not_json(raw[:-1] if ended else raw, line_no, ended).problem
                 return FileKind.SNAPSHOT, RowError(
-                    line_no, "", f"cannot tell a snapshot from a delta: not valid JSON ({exc})"
+                    line_no, "", f"cannot tell a snapshot from a delta: {why}"
                 )
             break
     if first is None:  # empty: refused as a snapshot with no entries, or a delta of nothing
@@ -209,6 +233,11 @@ def row_of(raw: bytes, line_no: int, unended: int) -> dict[str, Any] | RowError 
     return cast(dict[str, Any], obj)
 
 
+#: Why a file written with classic Mac line ends (a lone CR, Excel's "CSV (Macintosh)")
+#: is refused: read by lines, the whole file is one line
+CR_ONLY = "line ends are CR only (classic Mac); save the file with LF or CRLF line ends"
+
+
 def _not_json(raw: bytes, line_no: int, had_newline: bool) -> RowError:
     try:  # orjson words a byte that is not UTF-8 as a surrogate: say what it is
         raw.decode()
@@ -216,6 +245,14 @@ def _not_json(raw: bytes, line_no: int, had_newline: bool) -> RowError:
         return RowError(
             line_no, "", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
         )
+    if b"\r" in raw.rstrip(b"\r"):  # a CR inside the line (JSON reads it as white space)
+        first = raw.strip(b"\r").split(b"\r", 1)[0]
+        try:  # the line up to its first CR is a row: the file's lines end with CR alone
+            orjson.loads(first)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return RowError(line_no, "", CR_ONLY)
     try:  # orjson's message (its line and column) as for the line read with its newline
         orjson.loads(raw + b"\n" if had_newline else raw)
     except orjson.JSONDecodeError as exc:
@@ -260,42 +297,124 @@ def line_starts(path: Path, pieces: int) -> list[int]:
     return offsets + [size]
 
 
+#: The longest CSV field read, in characters: the most ``csv.field_size_limit`` takes on
+#: every platform (a C long). A JSON Lines row may be of any length, so a CSV cell may be
+#: as long as any line (the csv module's own limit, 131,072, made a longer one an uncaught
+#: ``_csv.Error``: no file was read, and a followed folder's thread died)
+CSV_FIELD_LIMIT = 2**31 - 1
+
+#: A CSV record that csv.reader (the default dialect, not strict) has read to its end:
+#: each field unquoted, or quoted and closed (text after the closing quote is the
+#: field's too). A record the file's end cut off inside quotes does not match.
+_QUOTED = r'"[^"]*(?:""[^"]*)*"(?:[^",\r\n][^,\r\n]*)?'
+_UNQUOTED = r'(?:[^",\r\n][^,\r\n]*)?'
+_FIELD = f"(?:{_QUOTED}|{_UNQUOTED})"
+_CLOSED_RECORD = re.compile(rf"{_FIELD}(?:,{_FIELD})*(?:\r\n|\n|\r)?\Z")
+
+
+class _CsvLines:
+    """A CSV file's lines as text for ``csv.reader`` (a UTF-8 byte order mark dropped), up
+    to the first that is not UTF-8, which goes into ``undecodable`` with its line and
+    column. It keeps the lines of the record being read (``record``), the number of the
+    last line read (``number``) and whether the reader came to the file's end (``ended``)."""
+
+    def __init__(self, fh: Any, undecodable: list[RowError]) -> None:
+        self._fh = fh
+        self.undecodable = undecodable
+        self.number = 0
+        self.record: list[str] = []
+        self.ended = False
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        if self.ended or self.undecodable:
+            raise StopIteration
+        raw: bytes = self._fh.readline()
+        if not raw:
+            self.ended = True
+            raise StopIteration
+        self.number += 1
+        try:
+            line = raw.decode("utf-8-sig" if self.number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            self.undecodable.append(RowError(
+                self.number, "", f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                f"{exc.start + 1}); the rest of the file was not read",
+            ))  # fmt: skip
+            raise StopIteration from None
+        self.record.append(line)
+        return line
+
+
+def _csv_problem(exc: csv.Error, lines: _CsvLines) -> str:
+    """What a record csv.reader cannot read is, in the file's terms."""
+    line = lines.record[-1] if lines.record else ""
+    if "new-line character" in str(exc):  # a CR (a lone one: LF ends every line read)
+        if "\n" not in line and "\r" in line.rstrip("\r"):  # no LF at all: CR ends lines
+            return CR_ONLY
+        return (
+            "holds a carriage return (CR) outside quotes: quote the field that holds it, "
+            "or save the file with LF or CRLF line ends"
+        )
+    if "field limit" in str(exc):
+        return f"holds a field longer than {csv.field_size_limit():,} characters"
+    return f"is not a CSV record ({exc})"  # pragma: no cover - the default dialect has no other
+
+
 def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    undecodable: list[RowError] = []
+    """Each record of a CSV snapshot, numbered by the line it starts on (a quoted field
+    may hold line breaks): its row, or why it is bad. A record the csv module cannot
+    read is a bad row like any other, and the records after it are read on."""
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:  # the process's setting: only ever raised
+        csv.field_size_limit(CSV_FIELD_LIMIT)
     with path.open("rb") as fh:
-        reader = csv.DictReader(_utf8_lines(fh, undecodable))
-        for row in reader:
-            line_no = reader.line_num
-            if None in row:
+        lines = _CsvLines(fh, [])
+        reader = csv.reader(lines)
+        header: list[str] | None = None
+        while not (lines.ended or lines.undecodable):
+            line_no = lines.number + 1
+            lines.record.clear()
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                yield line_no, RowError(line_no, "", _csv_problem(exc, lines))
+                if header is None:  # without its header no row can be read
+                    break
+                continue
+            if lines.ended and not _CLOSED_RECORD.match("".join(lines.record)):
+                yield line_no, RowError(line_no, "", (
+                    "a quoted field opened in this row is never closed: the rest of the file "
+                    f"(to line {lines.number}) was read into it"
+                ))  # fmt: skip
+                continue
+            if header is None:  # the first record, as csv.DictReader takes it
+                header = cells
+                continue
+            if not cells:  # a blank line
+                continue
+            if len(cells) > len(header):
                 yield line_no, RowError(line_no, "", "more cells than header columns")
                 continue
+            row: dict[str, str | None] = dict(zip(header, cells, strict=False))
+            for column in header[len(cells) :]:  # fewer cells: the rest are missing
+                row[column] = None
             try:
                 yield line_no, _unflatten(row)
             except InvalidInput as exc:
                 yield line_no, RowError(line_no, exc.field, exc.problem)
-    for error in undecodable:  # the file ends for the reader at the line it cannot decode
+    for error in lines.undecodable:  # the file ends for the reader at the line it cannot decode
         yield error.line, error
-
-
-def _utf8_lines(fh: Any, undecodable: list[RowError]) -> Iterator[str]:
-    """A CSV file's lines as text (a UTF-8 byte order mark dropped), up to the first that
-    is not UTF-8, which goes into ``undecodable`` with its line and column."""
-    for number, raw in enumerate(fh, 1):
-        try:
-            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            undecodable.append(RowError(
-                number, "", f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
-                f"{exc.start + 1}); the rest of the file was not read",
-            ))  # fmt: skip
-            return
 
 
 #: items of one list a CSV row may number (related_persons.0 to .99, exemptions likewise)
 MAX_CSV_ITEMS = 100
 
 
-def _unflatten(row: dict[str, str]) -> dict[str, Any]:
+def _unflatten(row: dict[str, str | None]) -> dict[str, Any]:
     """``{"subject.name": "x", "related_persons.0.role": "PRINCIPAL"}`` to nested values."""
     out: dict[str, Any] = {}
     for column, value in row.items():
@@ -366,12 +485,25 @@ _DAYS: dict[str, int] = {}  # a list has a few thousand distinct dates: parse ea
 EARLIEST_DAY = day_number(_dt.date(2000, 1, 1))
 
 
-def before_any_list(text: str) -> str:
-    """Why a date before ``EARLIEST_DAY`` (not 1970-01-01) is refused."""
+def before_any_list(text: str, required: bool = False) -> str:
+    """Why a date before ``EARLIEST_DAY`` (not 1970-01-01) is refused: for a field that
+    may be left out, saying so; for a required one (an exemption's ``from`` and
+    ``until``), not: left empty it would be refused as required."""
+    advice = REQUIRED_DATE if required else "leave the field empty or null"
     return (
         f"{text!r} is before {day_iso(EARLIEST_DAY)}, before any list existed (an export's "
-        "placeholder for an empty date? leave the field empty or null)"
+        f"placeholder for an empty date? {advice})"
     )
+
+
+#: What a required date given as an export's placeholder for an empty one needs
+REQUIRED_DATE = "the field is required: give the date the court set"
+
+
+def empty_date_placeholder(text: str) -> str:
+    """Why 1970-01-01 (day 0, what exports write for an empty date) is refused in a
+    required date: read as a date, an exemption ``from`` it would run from 1970."""
+    return f"{text!r} is what exports write for an empty date, and {REQUIRED_DATE}"
 
 
 def _date(
@@ -382,11 +514,13 @@ def _date(
 
     A day before ``EARLIEST_DAY`` other than 0 is refused (``before_any_list``), or
     with ``early_ok`` (a date nothing reads: ``filed_on``) returned; either way it is
-    never kept in ``_DAYS``, so a date found there is good for every field (the C row
-    checker takes its dates from there alone)."""
+    never kept in ``_DAYS``, so a date found there is good for every field that may be
+    left out (the C row checker takes its dates from there alone). Day 0 is no date:
+    ``missing``'s stand-in where the field may be left out, refused where it is
+    ``required`` as a missing date is."""
     text = obj.get(name)
     day = _DAYS.get(text) if type(text) is str else None
-    if day is not None:
+    if day is not None and (day or not required):
         return day
     text = _text(obj, name, prefix, required)
     if not text:
@@ -395,10 +529,12 @@ def _date(
         day = day_number(_dt.date.fromisoformat(text))
     except ValueError:
         raise InvalidInput(prefix + name, f"{text!r} is not an ISO date (YYYY-MM-DD)") from None
+    if day == 0 and required:
+        raise InvalidInput(prefix + name, empty_date_placeholder(text))
     if 0 != day < EARLIEST_DAY:
         if early_ok:
             return day
-        raise InvalidInput(prefix + name, before_any_list(text))
+        raise InvalidInput(prefix + name, before_any_list(text, required))
     if len(_DAYS) < 100_000:
         _DAYS[text] = day
     return day
@@ -436,6 +572,29 @@ def _choice(obj: dict[str, Any], name: str, table: dict[str, Any], prefix: str =
     if found is None:
         raise InvalidInput(prefix + name, f"{value!r} is not one of {', '.join(table)}")
     return found
+
+
+def _known(obj: dict[str, Any], fields: frozenset[str], prefix: str, what: str) -> None:
+    """``InvalidInput`` naming the first key of ``obj`` that is not one of ``fields``
+    (and the field it is likely a slip for): a key read by nothing is a feed's mistake
+    (``relatedPersons``, ``related_person``, ``validUntil``), never dropped silently."""
+    if obj.keys() <= fields:
+        return
+    for key in obj:
+        if key not in fields:
+            plain = key.isprintable() and key.strip() == key != "" and len(key) <= 64
+            shown = key if plain else repr(key[:64]) + ("..." if len(key) > 64 else "")
+            raise InvalidInput(prefix + shown, f"is not a field of {what}{_hint(key, fields)}")
+
+
+def _hint(key: str, fields: frozenset[str]) -> str:
+    """`` (did you mean related_persons?)`` for a key that is a slip for a field, or ``""``."""
+    folded = key.lower().replace("_", "").replace("-", "").replace(" ", "")
+    near = [f for f in sorted(fields) if f.replace("_", "") == folded]
+    near = near or difflib.get_close_matches(key.lower(), sorted(fields), n=1, cutoff=0.75)
+    if near:
+        return f" (did you mean {near[0]}?)"
+    return f" ({_KEY_HINTS[key]})" if key in _KEY_HINTS else ""
 
 
 def _listed(obj: dict[str, Any], name: str) -> Any:
@@ -477,6 +636,7 @@ def _exemption(obj: Any, prefix: str) -> Exemption:
     (``id_type`` None), so that naming the organisation itself is refused as such."""
     if not isinstance(obj, dict):
         raise InvalidInput(prefix.rstrip("."), "must be an object")
+    _known(obj, EXEMPTION_FIELDS, prefix, "an exemption")
     channel: Channel = _choice(obj, "channel", _CHANNELS, prefix)
     first = _date(obj, "from", prefix, required=True)
     last = _date(obj, "until", prefix, required=True)
@@ -535,6 +695,7 @@ def exempted_in(entry: ListEntry, exemption: Exemption, field: str) -> Exemption
 
 def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
     """One snapshot row (or a delta's ``entry``), validated and normalised."""
+    _known(obj, ENTRY_FIELDS, prefix, "an entry")  # first: a misspelt key explains what is missing
     entry_id = _text(obj, "entry_id", prefix)
     list_type: ListType = _choice(obj, "list_type", _LIST_TYPES, prefix)
     status: EntryStatus = _choice(obj, "status", _STATUSES, prefix, default="ACTIVE")
@@ -542,6 +703,7 @@ def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
     sp = prefix + "subject."
     if not isinstance(subject, dict):
         raise InvalidInput(prefix + "subject", "is required and must be an object")
+    _known(subject, SUBJECT_FIELDS, sp, "a subject")
     kind = subject.get("type")
     related: tuple[ListedSubject, ...] = ()
     organization_name = ""
@@ -561,6 +723,7 @@ def parse_entry(obj: dict[str, Any], prefix: str = "") -> ListEntry:
     for i, p in enumerate(people):
         if not isinstance(p, dict):  # before its role is looked for
             raise InvalidInput(f"{prefix}related_persons.{i}", "must be an object")
+        _known(p, RELATED_FIELDS, f"{prefix}related_persons.{i}.", "a related person")
     related = tuple(
         _person(p, f"{prefix}related_persons.{i}.", _choice(
             p, "role", _RELATED_ROLES, f"{prefix}related_persons.{i}."))

@@ -57,10 +57,16 @@ COMMAND = {
 
 
 def refused(field: str, text: str) -> str:
-    """What a row with ``text`` in ``field`` is refused with (README "Snapshot files")."""
+    """What a row with ``text`` in ``field`` is refused with (README "Snapshot files"):
+    an exemption's ``from`` and ``until`` are required, so not left empty either."""
+    advice = (
+        "the field is required: give the date the court set"
+        if field.endswith((".from", ".until"))
+        else "leave the field empty or null"
+    )
     return (
         f"{field}: {text!r} is before 2000-01-01, before any list existed (an export's "
-        "placeholder for an empty date? leave the field empty or null)"
+        f"placeholder for an empty date? {advice})"
     )
 
 
