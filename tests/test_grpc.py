@@ -291,6 +291,30 @@ def test_a_document_number_sent_under_another_document_type_is_never_a_silent_al
     assert (unlisted.decision, [r.code for r in unlisted.reasons]) == (pb.ALLOW, ["NOT_LISTED"])
 
 
+def test_a_home_return_permit_in_its_old_form_finds_the_card_holder(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """The old booklet printed a Home Return Permit's number as the card's nine
+    characters and two digits counting its renewals (H12345678 + 01): a holder listed
+    by the card's number and checked by the old form, under any document type, is
+    found, whatever the count; another lifetime number is not."""
+    permit = person_entry("P1", "H12345678", "陈大文")
+    permit["subject"]["id_type"] = "HK_MACAO_PERMIT"
+    macao = person_entry("P2", "M87654321", "何美玲")
+    macao["subject"]["id_type"] = "HK_MACAO_PERMIT"
+    stub = serve(write_jsonl(tmp_path / "list.jsonl", [permit, macao])).stub()
+    for number, name, entry in (("H1234567801", "陈大文", "P1"), ("h12345678 03", "陈大文", "P1"),
+                                ("M8765432100", "何美玲", "P2")):  # fmt: skip
+        for id_type in DOCUMENT_TYPES:
+            answer = stub.CheckConsumption(rail(number, name, id_type=id_type))
+            assert (answer.decision, [m.entry_id for m in answer.matches]) == (
+                pb.DENY, [entry],
+            ), (number, id_type)  # fmt: skip
+    for number in ("H1234567901", "H123456780", "H123456780101", "X1234567801"):
+        answer = stub.CheckConsumption(rail(number, "陈大文", id_type="HK_MACAO_PERMIT"))
+        assert [r.code for r in answer.reasons] == ["NOT_LISTED"], number
+
+
 def test_an_airline_name_surname_slash_given_matches_the_listed_name(
     tmp_path: Path, serve: Serve
 ) -> None:
