@@ -360,6 +360,17 @@ def _csv_problem(exc: csv.Error, lines: _CsvLines) -> str:
         )
     if "field limit" in str(exc):
         return f"holds a field longer than {csv.field_size_limit():,} characters"
+    if "expected after" in str(exc):  # strict: a closing quote, then more text
+        return (
+            "a quoted field is followed by more text before the next comma: a quote inside "
+            "a quoted field is written twice (\"\"), and a field with a quote in it is "
+            "quoted whole"
+        )
+    if "unexpected end of data" in str(exc):  # strict: the file ends inside quotes
+        return (
+            "a quoted field opened in this row is never closed: the rest of the file "
+            f"(to line {lines.number}) was read into it"
+        )
     return f"is not a CSV record ({exc})"  # pragma: no cover - the default dialect has no other
 
 
@@ -371,7 +382,10 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
         csv.field_size_limit(CSV_FIELD_LIMIT)
     with path.open("rb") as fh:
         lines = _CsvLines(fh, [])
-        reader = csv.reader(lines)
+        # strict: a quote closed and followed by anything but a comma or the line's end is
+        # an error, not text; leniently, a stray quote in one row made the next row's
+        # opening quote close it and swallowed that row, a listed person, unreported
+        reader = csv.reader(lines, strict=True)
         header: list[str] | None = None
         while not (lines.ended or lines.undecodable):
             line_no = lines.number + 1

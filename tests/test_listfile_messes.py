@@ -193,6 +193,29 @@ def test_a_csv_quote_never_closed_is_reported_where_it_opens(tmp_path: Path) -> 
     ])  # fmt: skip
 
 
+def test_a_stray_quote_never_swallows_the_next_csv_row(tmp_path: Path) -> None:
+    """A cell opening a quote it never closes, then a row whose cell is quoted: read
+    leniently, that row's opening quote closed the first and the whole row went into
+    the cell, and the file still had the right number of cells: LI, listed, was gone
+    with no bad row. The quote that closes and is followed by more text is the error."""
+    path = write_csv(tmp_path / "snapshot-0001.csv", [
+        person_cells("E1", ZHANG, "张伟", obligation="偿还借款"),
+        person_cells("E2", LI, "李娜", obligation="支付租金, 利息"),
+        person_cells("E3", ZHAO, "赵六"),
+    ])  # fmt: skip
+    lines = path.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace(",偿还借款,", ',"偿还借款 5000元,')  # opened, never closed
+    path.write_text("".join(lines))
+
+    code, errors = validate(path)
+    assert code == 1
+    assert errors == [
+        "line 2: a quoted field is followed by more text before the next comma: a quote "
+        'inside a quoted field is written twice (""), and a field with a quote in it is '
+        "quoted whole"
+    ]
+
+
 def test_a_lone_cr_inside_a_csv_row_is_a_bad_row_and_the_rows_after_it_are_read(
     tmp_path: Path,
 ) -> None:
