@@ -1261,6 +1261,9 @@ def _as_loaded(info: VersionInfo, path: Path) -> VersionInfo:
 
 #: The endings of the names list files are read from, in a followed folder.
 READ_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv")
+#: Endings of files a feed keeps beside its list files (checksums, signatures, an
+#: editor's backups): no list, never read, and no sign of a feed gone another format
+SIDECAR_SUFFIXES = (".sha256", ".sha512", ".sha1", ".md5", ".sig", ".asc", ".bak", "~")
 
 
 def _candidates(directory: Path) -> tuple[list[Path], list[Path]]:
@@ -1276,8 +1279,8 @@ def _candidates(directory: Path) -> tuple[list[Path], list[Path]]:
             continue
         if not entry.is_file() and not (entry.is_symlink() and not os.path.exists(entry.path)):
             continue
-        if name.lower().endswith(".meta.json"):
-            continue  # a CSV snapshot's header, read with it
+        if name.lower().endswith((".meta.json", *SIDECAR_SUFFIXES)):
+            continue  # a CSV snapshot's header, read with it; or a checksum, a backup
         if name.lower().endswith(READ_SUFFIXES):
             names.append(Path(entry.path))
         elif named_kind(Path(name)) is not None:
@@ -1793,12 +1796,14 @@ class DirectoryFollower(Background):
         serving = self.serving
         kinds = {**self._unread, **self._kinds}  # a file not read: the kind its name says
         # a refused snapshot named before the one served (or a link to nothing named
-        # so: an old archive's link, its kind unknown) would change nothing served
+        # so, or named as neither: an old archive's link) would change nothing served;
+        # a link to nothing named as a delta would (every delta's name sorts first)
         live = {
             path: problem for path, problem in self._refused.items()
             if not (serving is not None and path.name <= serving.name and (
                 kinds.get(path) is FileKind.SNAPSHOT
-                or (path not in kinds and _dangling(path) is not None)))
+                or (path not in kinds and named_kind(path) is not FileKind.DELTA
+                    and _dangling(path) is not None)))
         }  # fmt: skip
         if not live:
             self.loader.index.refuse(None)

@@ -206,6 +206,9 @@ UNREAD = ("delta-0003.jsonl.gz", "snapshot-0002.jsonl.gz", "delta-0003b.txt")
 IGNORED = (
     ".delta-0004.jsonl.gz", "delta-0004.jsonl.gz.part", "snapshot-0004.jsonl.gz.tmp",
     "snapshot-0001.csv.meta.json", "notes.txt",
+    # a feed's checksums, signatures and backups beside its files
+    "snapshot-0001.jsonl.sha256", "delta-0001.jsonl.MD5", "snapshot-0003.CSV.sig",
+    "delta-0002.jsonl.asc", "snapshot-0001.jsonl~", "delta-0001.jsonl.bak",
 )  # fmt: skip
 
 
@@ -260,3 +263,21 @@ def test_a_feed_switched_to_gzip_shows_on_health(folder: Path, serve: Serve) -> 
     assert shown.behind and shown.rejected_source.endswith("delta-0001.jsonl.gz")
     (folder / "delta-0001.jsonl.gz").unlink()
     eventually(lambda: health(server.channel, LIST_CURRENT) == "SERVING", "list current again")
+
+
+def test_a_delta_that_is_a_link_to_nothing_keeps_the_list_behind(
+    folder: Path, keyer: SubjectKeyer
+) -> None:
+    """Every delta's name sorts before every snapshot's: a delta linked to a mount not
+    there was taken for an old archive named before the served snapshot, logged but
+    not behind, while the delta's changes were missing."""
+    feed = Feed(folder, keyer).start()
+    (folder / "delta-0001.jsonl").symlink_to(folder / "gone" / "delta-0001.jsonl")
+    feed.poll()
+    feed.poll()
+    assert feed.behind is not None and feed.behind[0] == "delta-0001.jsonl"
+    assert "symbolic link" in feed.behind[1]
+    (folder / "delta-0001.jsonl").unlink()
+    feed.poll()
+    assert feed.behind is None
+
