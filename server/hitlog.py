@@ -423,6 +423,11 @@ class LogInUse(OSError):
     """Another process writes the set at this path (``<path>.lock`` is held)."""
 
 
+class SetTaken(LogInUse):
+    """While this writer's folder was gone, another server made it again and wrote the
+    set there: this writer's chain must not go on in a set another one started."""
+
+
 def _hold(path: Path) -> int:
     """Hold ``<path>.lock`` for this writer's life (released by the kernel when the
     process ends, however it ends), or ``LogInUse``: two writers on one set would
@@ -454,6 +459,9 @@ def describe_write_error(exc: OSError) -> str:
 def write_error_advice(exc: OSError, path: Path) -> str:
     """What to do about a write error of the log at ``path``."""
     folder = path.parent
+    if isinstance(exc, SetTaken):  # another server wrote the set while the folder was gone
+        return ("give each server its own --hit-log and --audit-log, and restart this one: "
+                "it writes no record into a log another server started")  # fmt: skip
     if isinstance(exc, LogInUse):  # its folder was made again, and another writer took it
         return "stop the other writer: this server writes the log again once it holds it"
     if exc.errno == errno.ENOENT:  # the log's folder (or its live file) removed under it
@@ -592,8 +600,23 @@ class AppendLog:
         if made:
             folder.mkdir(parents=True, exist_ok=True)
         if self._owner >= 0 and not self._holds_set():
+            if not made and self._written_by_another():
+                raise SetTaken(
+                    f"{self.path}: another server wrote this log while its folder was gone "
+                    "(it made the folder again before this server noticed): this server "
+                    "writes no record into it",
+                )
             self._hold_again()
         return made
+
+    def _written_by_another(self) -> bool:
+        """Whether the live file at ``path`` holds records this writer did not write:
+        in a folder made again by someone else, another server's."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return st.st_size > 0 and (st.st_dev, st.st_ino) != self._identity
 
     def _holds_set(self) -> bool:
         """Whether ``<path>.lock`` is the file this writer holds locked."""
@@ -1121,8 +1144,13 @@ class AuditLog(AppendLog):
         self._close_file()
         self._closing.set()
         try:
-            with self._lock:  # a folder removed since the last look: no record will
-                made = self._owner >= 0 and self._regain()  # see it; the head goes in it
+            try:
+                with self._lock:  # a folder removed since the last look: no record will
+                    made = self._owner >= 0 and self._regain()  # see it; the head goes in it
+            except OSError as exc:  # the folder taken, or its name: the stop goes on
+                log.error("audit log %s: its chain head is not noted at this stop: %s (%s)",
+                          self.path, describe_write_error(exc), write_error_advice(exc, self.path))  # fmt: skip
+                return
             if made:
                 log.error(
                     "audit log %s: its folder was removed while this server wrote it, with "

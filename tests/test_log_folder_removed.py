@@ -30,6 +30,7 @@ from shixin_check.server.hitlog import (
     AuditLog,
     HitLog,
     LogInUse,
+    SetTaken,
     log_files,
     read_head,
     write_error_advice,
@@ -267,3 +268,36 @@ def test_a_running_server_whose_log_folder_is_removed_makes_it_again(tmp_path: P
     done = run_cli("audit", "verify", str(audits))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "removed" in done.stdout and "seq 1" in done.stdout, done.stdout
+
+
+def test_a_writer_never_carries_its_chain_into_a_set_another_started_in_the_gap(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The folder removed, and a second server started on the same path before the
+    first noticed (a quiet server notices at its next record): the second makes the
+    folder and writes its own chain. Once it stops, the first must not take the set
+    and append its chain to the second's file (the file read seq 1,2,3,4,3,4,...,
+    which `audit verify` called reordered): it refuses, saying why, and stops
+    cleanly."""
+    folder = tmp_path / "logs"
+    path = folder / "audit.jsonl"
+    clock = Clock(TODAY)
+    first = AuditLog(path, clock=clock)
+    audit(first, 1)
+    audit(first, 2)
+    shutil.rmtree(folder)
+    second = AuditLog(path, clock=clock)  # the folder is gone: nothing holds the set there
+    for i in range(4):
+        audit(second, 10 + i)
+    second.close()
+    clock.now += 1.5
+    with pytest.raises(SetTaken) as refused:
+        audit(first, 3)
+    assert "another server wrote this log while its folder was gone" in str(refused.value)
+    assert "restart this one" in write_error_advice(refused.value, path)
+    assert [r["seq"] for r in records(path)] == [1, 2, 3, 4]  # the second's chain alone
+    with caplog.at_level(logging.ERROR, logger="shixin.server"):
+        first.close()  # no exception: a server's stop goes on
+    assert "its chain head is not noted at this stop" in caplog.text
+    assert audit_mod.verify(path).ok
+
