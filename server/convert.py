@@ -266,10 +266,19 @@ _UNSEEN = {"Cc": "control character", "Cf": "format character", "Cs": "surrogate
            "Zl": "line separator", "Zp": "paragraph separator"}  # fmt: skip
 
 
+#: Format characters that are part of the text they stand in, not hidden in it: the
+#: zero-width non-joiner and joiner (Persian script, emoji sequences such as 👩‍💻) and
+#: Mongolian's free variation selectors and vowel separator (Inner Mongolian names)
+_TEXT_FORMAT = frozenset("\u200c\u200d\u180b\u180c\u180d\u180e\u180f")
+
+
 def unseen_kind(char: str) -> str | None:
     """What kind of character no one sees as written ``char`` is (``_UNSEEN``, or
     ``"noncharacter"``: U+FFFE, U+FFFF, U+FDD0-U+FDEF and their like in every plane),
-    or None. Worth asking only of a character that is not ``isprintable()``."""
+    or None (``_TEXT_FORMAT`` too). Worth asking only of a character that is not
+    ``isprintable()``."""
+    if char in _TEXT_FORMAT:
+        return None
     kind = _UNSEEN.get(unicodedata.category(char))
     if kind is None:
         code = ord(char)

@@ -79,10 +79,14 @@ def test_an_identifier_with_a_control_or_format_character_is_refused_naming_it(
             stub.CheckConsumption(zhang(**{field: f"ab{char}cd"}))
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, char
         assert refused.value.details() == refusal(field, char, kind), char
-    # spaces are not printable either, and are fine; so are a quote, ; and =
-    spaced = stub.CheckConsumption(zhang(**{field: "a\u3000b\u00a0c;'=d"}))
-    assert spaced.decision == pb.DENY
-    assert [r[field] for r in log_records(tmp_path / "hits.jsonl")] == ["a\u3000b\u00a0c;'=d"]
+    # spaces are not printable either, and are fine; so are a quote, ; and =, and the
+    # format characters that are part of the text: an emoji's joiner, Persian's
+    # non-joiner, Mongolian's vowel separator and variation selectors
+    texts = ["a\u3000b\u00a0c;'=d", "\U0001f469\u200d\U0001f4bb科技店",
+             "\u0645\u06cc\u200c\u062e\u0648\u0627\u0645", "\u182c\u1823\u1832\u1820\u180e\u1820\u180b"]  # fmt: skip
+    for text in texts:
+        assert stub.CheckConsumption(zhang(**{field: text})).decision == pb.DENY, text
+    assert [r[field] for r in log_records(tmp_path / "hits.jsonl")] == texts
 
 
 def test_a_batch_names_the_check_holding_one(server: RunningServer, tmp_path: Path) -> None:
