@@ -363,7 +363,7 @@ def _csv_problem(exc: csv.Error, lines: _CsvLines) -> str:
     if "expected after" in str(exc):  # strict: a closing quote, then more text
         return (
             "a quoted field is followed by more text before the next comma: a quote inside "
-            "a quoted field is written twice (\"\"), and a field with a quote in it is "
+            'a quoted field is written twice (""), and a field with a quote in it is '
             "quoted whole"
         )
     if "unexpected end of data" in str(exc):  # strict: the file ends inside quotes

@@ -241,8 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=100, help="checks per batch call")
     p.add_argument("--kinds", default="unary,batch", help="unary, batch or both")
     p.add_argument("--targets", default="ours,bare", help="ours, bare or both")
-    p.add_argument("--features", default="none", choices=sorted(FEATURES),
-                   help="ours' logs and keys, as features_bench names them (all: ratio_bench's)")
+    p.add_argument(
+        "--features",
+        default="none",
+        choices=sorted(FEATURES),
+        help="ours' logs and keys, as features_bench names them (all: ratio_bench's)",
+    )
     p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "shixin-bench")
     p.add_argument("--out-dir", type=Path, default=Path(tempfile.gettempdir()) / "shixin-profile")
     args = p.parse_args(argv)
@@ -263,14 +267,17 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     for name in args.targets.split(","):
         target: Any = (
-            Server("ours", [*common, *features], 1, run) if name == "ours" else Bare("bare", [], run)
+            Server("ours", [*common, *features], 1, run)
+            if name == "ours"
+            else Bare("bare", [], run)
         )
         try:
             target.wait_ready(300)
             log(f"{name}: pid {target.proc.pid}, port {target.port}")
             for kind in args.kinds.split(","):
-                figures = profile(target, kind, bodies[kind], args,
-                                  headers if name == "ours" else [])
+                figures = profile(
+                    target, kind, bodies[kind], args, headers if name == "ours" else []
+                )
                 results["runs"].append(figures)
                 log(f"{name} {kind}: {figures['calls_per_s']:,.0f} calls/s, "
                     f"{figures['server_cpu_us_per_call']:.0f} µs CPU/call, "

@@ -280,4 +280,3 @@ def test_a_delta_that_is_a_link_to_nothing_keeps_the_list_behind(
     (folder / "delta-0001.jsonl").unlink()
     feed.poll()
     assert feed.behind is None
-

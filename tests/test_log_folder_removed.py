@@ -300,4 +300,3 @@ def test_a_writer_never_carries_its_chain_into_a_set_another_started_in_the_gap(
         first.close()  # no exception: a server's stop goes on
     assert "its chain head is not noted at this stop" in caplog.text
     assert audit_mod.verify(path).ok
-
