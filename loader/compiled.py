@@ -58,6 +58,15 @@ appended under its own ``flock`` (not the store's ``lock``, held for as long as
 a snapshot compiles), each append one line ending in a newline, fsynced before
 the ops are served. A last line without its newline was cut by a writer that
 died before serving it: it is ignored, and cut off before the next append.
+
+A pool of workers also has a *spare* record folder, private to it (``spare``:
+``serve --workers N`` makes it). Where the index folder's record cannot be made,
+opened, locked or written (a read-only folder, a full disk), the record moves
+there, with every complete line the index folder's held, and stays there for the
+pool's life: its workers, and a worker started in a dead one's place, still
+refuse a rewritten delta alike. Only a restart, which gets a new spare, reads
+the delta files anew. A single server has no spare: what it applied is known to
+it alone, as it always was.
 """
 
 from __future__ import annotations
@@ -423,7 +432,8 @@ class AppliedRecord:
     """The record of the delta ops applied on top of one version, held locked.
 
     ``lines``: its complete lines (each without its newline) from where a reader
-    got to before (``since``: the record's inode and the byte it read to), or
+    got to before (``since``: the record's file, its device and inode as one
+    number, and the byte it read to), or
     from its start when that was another file (replaced or removed since) or
     longer than this one; ``start`` says which; ``since`` is where this read got
     to. ``usable`` is False when it could not be opened, locked or read (said
@@ -431,11 +441,15 @@ class AppliedRecord:
     """
 
     def __init__(
-        self, path: Path, fd: int | None, since: tuple[int, int], say: Callable[[str], None]
-    ) -> None:
+        self, path: Path, fd: int | None, since: tuple[int, int], say: Callable[[str], None],
+        move: Callable[[list[bytes], str], bool] | None = None,
+    ) -> None:  # fmt: skip
         self.path = path
         self._fd = fd
         self._say = say
+        #: a pool's: puts every line (the record's and those it could not write) in its
+        #: spare record folder, where the next delta is recorded (``IndexStore.applied``)
+        self._move = move
         self.lines: list[bytes] = []
         self.start = self.end = self.inode = 0
         if fd is not None:
@@ -458,7 +472,7 @@ class AppliedRecord:
         inode, start = since
         try:
             st = os.fstat(self._fd)
-            if st.st_ino != inode or start > st.st_size:  # another file: all of it
+            if _file_of(st) != inode or start > st.st_size:  # another file: all of it
                 start = 0
             raw = os.pread(self._fd, st.st_size - start, start) if st.st_size > start else b""
         except OSError as exc:
@@ -467,7 +481,7 @@ class AppliedRecord:
             return
         complete = raw.rfind(b"\n") + 1  # a last line without its newline is torn
         self.lines = raw[:complete].splitlines()
-        self.start, self.end, self.inode = start, start + complete, st.st_ino
+        self.start, self.end, self.inode = start, start + complete, _file_of(st)
 
     def every_line(self) -> list[bytes]:
         """All its complete lines, from its start (whatever ``lines`` holds)."""
@@ -482,7 +496,8 @@ class AppliedRecord:
 
     def add(self, lines: list[bytes]) -> None:
         """Append ``lines`` (one record line each, no newline), durable on return. A
-        torn last line is cut off first; a failed write is cut off again."""
+        torn last line is cut off first; a failed write is cut off again, and in a pool
+        the record moves to its spare folder with them (``IndexStore.applied``)."""
         if self._fd is None or not lines:
             return
         data = b"".join(line + b"\n" for line in lines)
@@ -495,19 +510,30 @@ class AppliedRecord:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self.end)
-            self._say(f"cannot write {self.path.name} ({exc}): a restart, or a worker started in "
-                      "a dead one's place, may not know the delta ops applied since")  # fmt: skip
+            problem = f"cannot write {self.path.name} ({exc})"
+            if self._move is not None:  # (says what it did)
+                self._move([*self.every_line(), *lines], problem)
+                return
+            self._say(f"{problem}: a restart, or a worker started in a dead one's place, may "
+                      "not know the delta ops applied since")  # fmt: skip
             return
         self.end += len(data)
 
 
 class IndexStore:
-    """A folder of compiled versions, one per snapshot stamp; the newest few are kept."""
+    """A folder of compiled versions, one per snapshot stamp; the newest few are kept.
 
-    def __init__(self, folder: Path, fingerprint: str) -> None:
+    ``spare``: a pool's private folder, where the record of the delta ops applied
+    moves when the index folder cannot hold it (``applied``); None for a single
+    server.
+    """
+
+    def __init__(self, folder: Path, fingerprint: str, spare: Path | None = None) -> None:
         self.folder = folder
         self.fingerprint = fingerprint
+        self.spare = spare
         self._said: set[str] = set()  # what is wrong with a record, said once each
+        self._spare_said = False  # that a record moved to the spare: said once
 
     def path_for(self, stamp: str) -> Path:
         return self.folder / f"v-{stamp}"
@@ -550,27 +576,111 @@ class IndexStore:
         (``flock`` on the record itself) from reading it to appending to it, so that of
         two processes the second reads what the first applied before it decides.
 
-        A record that cannot be made (a folder gone or read-only), locked or read is
-        said once and holds nothing: the ops are served all the same.
+        With a ``spare``, the record is the spare's once it is there (it stays there);
+        else the index folder's, which moves to the spare when it cannot be made,
+        locked or written (``_to_spare``). A record that cannot be had at all (no
+        spare, or the spare failing too) is said once and holds nothing: the ops are
+        served all the same.
         """
-        path = self.applied_path(stamp)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            self._say(f"cannot open {path.name} ({exc}): a restart, or a worker started in a dead "
-                      "one's place, may not know the delta ops applied")  # fmt: skip
-            yield AppliedRecord(path, None, since, self._say)
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                self._say(f"cannot lock {path.name} ({exc}): taken as holding nothing")
+        spared = self._spared(stamp)
+        if spared is None:
+            path = self.applied_path(stamp)
+            fd, problem, consequence = _open_locked(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+            if fd is not None and not self._in_spare(stamp):
+                try:
+                    yield AppliedRecord(path, fd, since, self._say, self._mover(stamp))
+                finally:
+                    os.close(fd)  # releases the lock
+                return
+            if fd is not None:  # moved to the spare while this waited for the lock
+                os.close(fd)
+                spared = self._spared(stamp)
+            elif self.spare is None:
+                self._say(f"{problem}: {consequence}")
+            else:
+                spared = self._moved(stamp, problem)
+            if spared is None:  # (said)
                 yield AppliedRecord(path, None, since, self._say)
                 return
+        path, fd = spared
+        try:
             yield AppliedRecord(path, fd, since, self._say)
         finally:
             os.close(fd)  # releases the lock
+
+    def _in_spare(self, stamp: str) -> bool:
+        return self.spare is not None and (self.spare / f"{APPLIED_PREFIX}{stamp}").exists()
+
+    def _spared(self, stamp: str) -> tuple[Path, int] | None:
+        """The spare's record of ``stamp`` and its descriptor, locked; None if it has none
+        (or it cannot be opened or locked: said)."""
+        if self.spare is None:
+            return None
+        path = self.spare / f"{APPLIED_PREFIX}{stamp}"
+        fd, problem, consequence = _open_locked(path, os.O_RDWR | os.O_APPEND)
+        if fd is None:
+            if problem:
+                self._say(f"{problem} in {self.spare}: {consequence}")
+            return None
+        return path, fd
+
+    def _moved(self, stamp: str, problem: str) -> tuple[Path, int] | None:
+        """The record moved to the spare (its descriptor, locked), with the complete lines
+        the index folder's holds if it can be read; None (said) if the spare cannot take
+        it. The index folder's is read under its lock (unlocked where it cannot be locked,
+        nor written then): no line appended there is lost."""
+        path = self.applied_path(stamp)
+        fd: int | None = None  # none, or not to be had: nothing known to carry over
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if fd is not None and self._in_spare(stamp):  # moved by another meanwhile
+                return self._spared(stamp)
+            lines: list[bytes] = []
+            if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+                lines = AppliedRecord(path, fd, (0, 0), self._say).lines
+            if not self._to_spare(stamp, lines, problem):
+                return None
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return self._spared(stamp)
+
+    def _mover(self, stamp: str) -> Callable[[list[bytes], str], bool] | None:
+        """What the index folder's record calls when a write fails, still locked: with a
+        spare, its lines and those not written go there (``_to_spare``)."""
+        if self.spare is None:
+            return None
+        return lambda lines, problem: self._to_spare(stamp, lines, problem)
+
+    def _to_spare(self, stamp: str, lines: list[bytes], problem: str) -> bool:
+        """Put ``stamp``'s record, holding ``lines``, in the spare, unless it is there
+        already (another process moved it first: that one stays). Called under the
+        index folder's record's lock where it could be opened, and every process checks
+        the spare after taking that lock, so no line appended there is missed. False
+        (said) when the spare cannot take it."""
+        assert self.spare is not None
+        target = self.spare / f"{APPLIED_PREFIX}{stamp}"
+        aside = self.spare / f".{target.name}.{os.getpid()}"
+        try:
+            aside.write_bytes(b"".join(line + b"\n" for line in lines))
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, target)  # whole or not at all, and never over another's
+        except OSError as exc:
+            self._say(f"{problem}, nor in {self.spare} ({exc}): a restart, or a worker started "
+                      "in a dead one's place, may not know the delta ops applied")  # fmt: skip
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                aside.unlink(missing_ok=True)
+        if not self._spare_said:
+            self._spare_said = True
+            log.warning("index folder %s cannot record the delta ops applied (%s): recorded in "
+                        "the pool's private folder %s for this run (every worker, and one "
+                        "started in a dead one's place, knows them; a restart reads the delta "
+                        "files anew)", self.folder, problem, self.spare)  # fmt: skip
+        return True
 
     def _say(self, problem: str) -> None:
         if problem not in self._said:
@@ -612,6 +722,33 @@ class IndexStore:
             if self.path_for(stamp) != keep and not self.path_for(stamp).is_dir():
                 with contextlib.suppress(OSError):
                     record.unlink()
+
+
+def _file_of(st: os.stat_result) -> int:
+    """Which file ``st`` is, as one number: its device and inode (a record moved to a
+    pool's spare folder may be on another file system, where inodes repeat)."""
+    return st.st_dev << 64 | st.st_ino
+
+
+def _open_locked(path: Path, flags: int) -> tuple[int | None, str, str]:
+    """``path`` opened with ``flags`` and locked (``flock``, exclusive: waits for it), or
+    None, what went wrong and what it means (nothing for a file not there, when not
+    created)."""
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not flags & os.O_CREAT:
+            return None, "", ""
+        return None, f"cannot open {path.name} ({exc})", (
+            "a restart, or a worker started in a dead one's place, may not know the delta "
+            "ops applied"
+        )  # fmt: skip
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        os.close(fd)
+        return None, f"cannot lock {path.name} ({exc})", "taken as holding nothing"
+    return fd, "", ""
 
 
 def _alive(pid: int) -> bool:

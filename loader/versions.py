@@ -1033,7 +1033,7 @@ class Loader:
         try:
             ops = read_delta_file(path, last_seq, view.info.first_delta_seq)
             errors = [
-                RowError(op.line, "", rewritten_problem(op.seq, path.name, applied.recording))
+                RowError(op.line, "", rewritten_problem(op.seq, path.name, applied.recorded_in))
                 for op in ops
                 if (held := digests.get(op.seq)) is not None and held != op_digest(op)
                 and (op.seq > last_seq or not (shown is not None and shown(op)))
@@ -1086,6 +1086,15 @@ class _AppliedOps:
         return self._record is not None and self._record.usable
 
     @property
+    def recorded_in(self) -> str:
+        """Where what is applied now is recorded: ``"index"`` (the index folder),
+        ``"spare"`` (a pool's private folder), or ``""`` (nowhere: this process only)."""
+        if not self.recording or self.store is None or self._record is None:
+            return ""
+        spare = self.store.spare
+        return "spare" if spare is not None and self._record.path.parent == spare else "index"
+
+    @property
     def where(self) -> str:
         return str(self._record.path) if self._record is not None else "this process"
 
@@ -1093,9 +1102,12 @@ class _AppliedOps:
     def remedy(self) -> str:
         """What to do about a delta below the first applied on a snapshot without a
         header (``feed.before_first_problem``) when the numbering is recorded: a
-        restart keeps it, so the default remedy (restart) would not do."""
-        if self._record is None or not self._record.usable:
+        restart keeps it, so the default remedy (restart) would not do. Recorded in a
+        pool's private folder (the index folder cannot hold it), a restart forgets it:
+        the default remedy then holds."""
+        if self.recorded_in != "index":
             return ""
+        assert self._record is not None
         return (
             "publish a snapshot with a header whose includes_seq covers it (a restart keeps "
             "this numbering, recorded in the index folder; to apply every delta lowest seq "
@@ -1240,13 +1252,17 @@ def op_digest(op: DeltaOp) -> bytes:
     return hashlib.blake2b(orjson.dumps(_canonical(_op_content(op))), digest_size=16).digest()
 
 
-def rewritten_problem(seq: int, name: str, recorded: bool = False) -> str:
+def rewritten_problem(seq: int, name: str, recorded: str = "") -> str:
     """Why a delta file whose op at an applied ``seq`` is not the one applied is refused;
-    ``recorded``: the ops applied are recorded in the index folder (``_AppliedOps``)."""
-    restart = (
-        "a restart serves the op applied too: it is recorded in the index folder" if recorded
-        else "not recorded in an index folder: a restart serves the file as it is now"
-    )  # fmt: skip
+    ``recorded``: where the ops applied are recorded (``_AppliedOps.recorded_in``):
+    ``"index"``, the index folder; ``"spare"``, the pool's private folder; else nowhere
+    but in this process."""
+    restart = {
+        "index": "a restart serves the op applied too: it is recorded in the index folder",
+        "spare": "every worker of this server serves the op applied: it is recorded in the "
+                 "pool's private folder, as the index folder cannot hold it; a restart "
+                 "serves the file as it is then",
+    }.get(recorded, "not recorded in an index folder: a restart serves the file as it is now")  # fmt: skip
     return (
         f"seq {seq} was applied with another op than {name} now holds (rewritten in place?): "
         "the served list keeps the op applied; a delta's seq is never reused, so have the "

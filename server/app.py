@@ -143,7 +143,8 @@ class Service:
         self.keyer = keyer_for(settings.secret)  # its keys made in C where built
         self.index = MemoryIndex()
         folder = settings.compiled_index
-        store = IndexStore(folder, self.keyer.fingerprint) if folder is not None else None
+        spare = seat.applied_spare if seat is not None else None
+        store = IndexStore(folder, self.keyer.fingerprint, spare) if folder is not None else None
         self.loader = Loader(self.index, self.keyer, store)
         self.follower: DirectoryFollower | None = None
         self.demo_folder: Path | None = None  # --demo: the synthetic list's own folder

@@ -70,13 +70,14 @@ gone) ends the server the same way, naming the worker, instead of
 restarting it for ever.
 
 Private folders (the workers' metrics readings ``shixin-run-*``, the compiled
-index of a generated secret ``shixin-index-*``, the demo list
-``shixin-demo-*``, all in the temporary directory) are removed at exit. Each
-holds ``supervisor.json`` naming its supervisor (pid, its start time, its pid
-namespace), so a supervisor killed with SIGKILL leaves them only until the
-next supervisor starts: it removes those whose supervisor is gone
-(``sweep_stale_folders``), never one of another user, another pid namespace
-or a live process.
+index of a generated secret ``shixin-index-*``, the record of the delta ops
+applied where the index folder cannot hold it (``IndexStore.spare``), a
+``shixin-index-*`` too, the demo list ``shixin-demo-*``, all in the temporary
+directory) are removed at exit. Each holds ``supervisor.json`` naming its
+supervisor (pid, its start time, its pid namespace), so a supervisor killed
+with SIGKILL leaves them only until the next supervisor starts: it removes
+those whose supervisor is gone (``sweep_stale_folders``), never one of another
+user, another pid namespace or a live process.
 
 SIGTERM or SIGINT: sent on to every worker, each of which drains as a single
 server does (NOT_SERVING, ``--grace`` for calls in flight, logs closed); the
@@ -160,6 +161,9 @@ class WorkerSeat:
     #: ``--list FILE``: the file's identity when the supervisor started (``file_identity``):
     #: a worker serves that file's version or none (None: a folder, Redis)
     list_identity: str | None = None
+    #: the pool's private folder for the records of delta ops applied that the index
+    #: folder cannot hold (``IndexStore.spare``; None: no index folder)
+    applied_spare: Path | None = None
 
 
 def worker_settings(settings: ServeSettings, number: int) -> ServeSettings:
@@ -379,6 +383,9 @@ class Supervisor:
         self.cleanup: list[Path] = []
         #: ``--list FILE``: its identity as the first workers load it (``_pin_list``)
         self.list_identity: str | None = None
+        #: with an index folder: where its workers record the delta ops applied when it
+        #: cannot (``_shared_settings``)
+        self.applied_spare: Path | None = None
 
     # --- start and stop -------------------------------------------------------
 
@@ -430,8 +437,9 @@ class Supervisor:
         return 0
 
     def _shared_settings(self, settings: ServeSettings) -> ServeSettings:
-        """What every worker gets alike: the demo list written once, and a private
-        index folder when the secret was generated (see the module docstring)."""
+        """What every worker gets alike: the demo list written once, a private index
+        folder when the secret was generated (see the module docstring), and else,
+        with an index folder, the spare record folder (``applied_spare``)."""
         demo = settings.demo
         if demo:  # one demo list for all, not one each
             path = write_demo_list(settings.demo_count, self._print)
@@ -447,6 +455,12 @@ class Supervisor:
         if settings.redis:
             replica = settings.replica_id or f"{socket.gethostname()}:{os.getpid()}"
             settings = replace(settings, replica_id=replica)
+        elif settings.compiled_index is not None and settings.compiled_index not in self.cleanup:
+            # an index folder that cannot record the delta ops applied (read-only, full)
+            # would leave a worker started in a dead one's place not knowing them: the
+            # record moves here, the pool's own (``IndexStore.applied``; not needed
+            # beside a private index folder, in the same temporary directory)
+            self.applied_spare = self._own(Path(tempfile.mkdtemp(prefix="shixin-index-")))
         return settings
 
     @staticmethod
@@ -494,7 +508,9 @@ class Supervisor:
         reading = None
         if self.readings is not None:
             reading = reading_path(self.readings.folder, worker.number)
-        seat = WorkerSeat(worker.number, replacement, reading, self.list_identity)
+        seat = WorkerSeat(
+            worker.number, replacement, reading, self.list_identity, self.applied_spare
+        )
         receive, send = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=_worker_main,
