@@ -558,7 +558,12 @@ class Service:
             await asyncio.to_thread(self._load)
         except LoadRejected as exc:
             log.error("%s", exc)
-            self.announce("list rejected: serving NOT_SERVING until a good list arrives")
+            path = self.settings.list_path
+            if path is not None and path.is_file():  # a file is read at start only
+                self.announce(f"list rejected: serving NOT_SERVING; {path} is read at start "
+                              "only: fix it, then restart the server")  # fmt: skip
+            else:
+                self.announce("list rejected: serving NOT_SERVING until a good list arrives")
 
     def _catch_stop_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -165,3 +165,17 @@ def test_the_demo_removes_its_list_folder_when_it_stops(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
     assert not folder.exists()
+
+
+def test_a_list_file_refused_at_start_says_a_restart_is_needed(tmp_path: Path) -> None:
+    """A single file is read at start only: the line said "until a good list arrives",
+    and an operator who fixed the file waited for good."""
+    bad = person_entry("E1", ZHANG, "张伟")
+    bad["relatedPersons"] = []
+    listed = write_jsonl(tmp_path / "l.jsonl", [bad])
+    server = ServeProcess("--list", str(listed))
+    try:
+        line = server.read_until(r"list rejected")
+        assert f"{listed} is read at start only: fix it, then restart the server" in line
+    finally:
+        server.stop()
