@@ -109,6 +109,8 @@ LOG_PROBE_S = 1.0
 NO_LIST = "no list loaded yet"
 NOTHING_IN_REDIS = "redis holds no version yet"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: a call's metadata, all headers together (README: Bad input)
+MAX_METADATA_BYTES = 16 * 1024
 #: The fastest client pinging accepted (the Python client's default keepalive is 10 s:
 #: ``clients/channel.py`` ``KEEPALIVE_MIN_INTERVAL_S`` says the same).
 KEEPALIVE_MIN_INTERVAL_S = 5
@@ -208,6 +210,10 @@ class Service:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # metadata: refused over 16 KiB, every time (grpc's soft limit, 8 KiB
+                # by default, refused calls between the two at random)
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
                 # grpcio shares ports by default (SO_REUSEPORT): a second server, a
                 # demo or a stale process, would silently take part of the traffic.
                 # Only the workers of one supervisor share theirs (its check came first).

@@ -38,21 +38,25 @@ import errno
 import logging
 import os
 import pickle
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.domain.errors import ConfigurationError
@@ -60,8 +64,6 @@ from shixin_check.domain.model import china_day
 from shixin_check.server.engine import DECISIONS, LATENCY_BOUNDS, METHODS, CheckEngine, Tally
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from shixin_check.loader.index_redis import RedisFollower
     from shixin_check.server.hitlog import AppendLog
 
@@ -483,6 +485,72 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+#: A scrape's connection is closed when it sends nothing for this long: one that
+#: connects and goes quiet would otherwise hold a thread and a file descriptor for
+#: good, and enough of them leave grpc no descriptor for a new connection
+METRICS_READ_TIMEOUT_S = 10.0
+#: Connections served at once; one more is closed at once (Prometheus scrapes with one)
+METRICS_CONNECTIONS = 32
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """wsgiref's handler, silent (no line per scrape), its reads bounded in time."""
+
+    timeout = METRICS_READ_TIMEOUT_S
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+        """Nothing: a scrape is no event."""
+
+
+class _BoundedServer(ThreadingWSGIServer):
+    """prometheus-client's threading WSGI server, with at most ``METRICS_CONNECTIONS``
+    connections served at once."""
+
+    request_queue_size = 64  # the listen backlog (socketserver's default is 5)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+
+    def process_request(self, request: object, client_address: object) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # type: ignore[arg-type]
+            return
+        try:
+            super().process_request(request, client_address)  # type: ignore[arg-type]
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that went quiet (timed out) or away is no error worth a traceback."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+    def process_request_thread(self, request: object, client_address: object) -> None:
+        try:
+            super().process_request_thread(request, client_address)  # type: ignore[arg-type]
+        finally:
+            self._slots.release()
+
+
+def _serve(
+    host: str, port: int, registry: CollectorRegistry
+) -> tuple[WSGIServer, threading.Thread]:
+    """``prometheus_client.start_http_server``, its connections bounded in number and
+    in time (``_BoundedServer``, ``_QuietHandler``)."""
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                flags=socket.AI_PASSIVE)[0][0]  # fmt: skip
+
+    class Server(_BoundedServer):
+        address_family = family
+
+    server = make_server(host, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    return server, thread
+
+
 class MetricsEndpoint:
     """``/metrics`` served by prometheus-client's HTTP server in a daemon thread.
 
@@ -498,7 +566,7 @@ class MetricsEndpoint:
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         try:
-            self._server, self._thread = start_http_server(port, host, self.registry)
+            self._server, self._thread = _serve(host, port, self.registry)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigurationError(

@@ -25,6 +25,7 @@ from shixin_check.clients.check_client import build_request
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.loader.index_redis import RedisKeys, connect
 from shixin_check.loader.publish_redis import publish_snapshot
+from shixin_check.server import metrics as metrics_mod
 from shixin_check.server.auth import add_key
 from shixin_check.server.engine import Tally
 from shixin_check.server.metrics import METRIC_NAMES, Reading
@@ -369,3 +370,37 @@ def test_a_refused_list_file_shows_as_behind_until_a_newer_one_loads(
     eventually(lambda: value(scrape(server), "shixin_list_behind") == 1, "behind after a refusal")
     write_jsonl(feed / "snapshot-0003.jsonl", basic_rows())
     eventually(lambda: value(scrape(server), "shixin_list_behind") == 0, "caught up again")
+
+
+def test_quiet_metrics_connections_are_closed_and_bounded_in_number(
+    listed: Path, serve: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection to the metrics port that sends nothing held a thread and a file
+    descriptor for good (no timeout): enough of them left grpc no descriptor for a new
+    connection, and checks timed out. Now each is closed after a quiet spell, and past
+    ``METRICS_CONNECTIONS`` at once the next is closed at once; scrapes go on."""
+    monkeypatch.setattr(metrics_mod._QuietHandler, "timeout", 1.0)
+    server = serve(listed, metrics_listen=f"127.0.0.1:{free_port()}")
+    port = server.service.metrics.port  # type: ignore[union-attr]
+    quiet = [socket.create_connection(("127.0.0.1", port), timeout=5)
+             for _ in range(metrics_mod.METRICS_CONNECTIONS + 4)]  # fmt: skip
+    try:
+        for held in quiet:
+            held.sendall(b"GET /")  # and nothing more
+        over = []
+        for held in quiet:
+            held.settimeout(0.5)
+            try:
+                over.append(held.recv(1) == b"")  # closed by the server at once
+            except TimeoutError:
+                over.append(False)  # held open, being served
+        assert over.count(True) >= 4
+        time.sleep(1.5)  # past the quiet spell: every one closed, a scrape answered
+        for held in quiet:
+            held.settimeout(5)
+            assert held.recv(1) == b"" or held.recv(65536) == b""
+        assert value(scrape(server), "shixin_ready") == 1
+        assert server.stub().CheckConsumption(rail(ZHAO), timeout=5).decision == pb.ALLOW
+    finally:
+        for held in quiet:
+            held.close()
