@@ -303,9 +303,9 @@ def line_starts(path: Path, pieces: int) -> list[int]:
 #: ``_csv.Error``: no file was read, and a followed folder's thread died)
 CSV_FIELD_LIMIT = 2**31 - 1
 
-#: A CSV record that csv.reader (the default dialect, not strict) has read to its end:
-#: each field unquoted, or quoted and closed (text after the closing quote is the
-#: field's too). A record the file's end cut off inside quotes does not match.
+#: A CSV record that csv.reader has read to its end: each field unquoted, or quoted and
+#: closed. A record the file's end cut off inside quotes does not match (the strict
+#: reader says so itself, ``unexpected end of data``; this stays as the check of it).
 _QUOTED = r'"[^"]*(?:""[^"]*)*"(?:[^",\r\n][^,\r\n]*)?'
 _UNQUOTED = r'(?:[^",\r\n][^,\r\n]*)?'
 _FIELD = f"(?:{_QUOTED}|{_UNQUOTED})"
@@ -371,7 +371,7 @@ def _csv_problem(exc: csv.Error, lines: _CsvLines) -> str:
             "a quoted field opened in this row is never closed: the rest of the file "
             f"(to line {lines.number}) was read into it"
         )
-    return f"is not a CSV record ({exc})"  # pragma: no cover - the default dialect has no other
+    return f"is not a CSV record ({exc})"  # pragma: no cover - the errors above are all
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
