@@ -18,11 +18,9 @@ import logging
 import os
 import shutil
 import stat
-import time
 from pathlib import Path
 
 import grpc
-import orjson
 import pytest
 
 from shixin_check.server import audit as audit_mod
@@ -31,28 +29,14 @@ from shixin_check.server.hitlog import (
     HitLog,
     LogInUse,
     SetTaken,
-    log_files,
     read_head,
     write_error_advice,
 )
 from tests.listdata import basic_rows, write_jsonl
 from tests.processes import ServeProcess, run_cli
+from tests.test_log_failures import TODAY, Clock, records
 from tests.test_log_health import SERVING, Said, check_listed, health
 from tests.waiting import eventually
-
-TODAY = time.time()
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def records(path: Path) -> list[dict[str, object]]:
-    return [orjson.loads(raw) for f in log_files(path) for raw in f.read_bytes().splitlines()]
 
 
 def audit(log: AuditLog, i: int) -> None:

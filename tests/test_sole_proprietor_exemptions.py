@@ -26,7 +26,7 @@ from shixin_check.clients.check_client import build_request
 from shixin_check.domain.errors import LoadRejected
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.loader.index_memory import matches_of
-from shixin_check.loader.index_redis import connect
+from shixin_check.loader.index_redis import Client
 from shixin_check.loader.listfile import parse_entry
 from shixin_check.loader.publish_redis import publish_delta, publish_snapshot
 from tests.conftest import SECRET, RedisServer, RunningServer
@@ -176,15 +176,21 @@ def test_memory_counts_the_subject_keys_of_the_entries_in_force(serve: Any, tmp_
 # --- Redis: a loader publishing, a replica serving ----------------------------------
 
 
+def replica(
+    client: Client, keyer: SubjectKeyer, redis_server: RedisServer, serve: Any, tmp_path: Path
+) -> RunningServer:
+    """A replica of the test's Redis, serving the snapshot the loader publishes now."""
+    publish_snapshot(client, write_jsonl(tmp_path / "s.jsonl", snapshot_rows()), keyer)
+    server: RunningServer = serve(None, redis=redis_server.url, replica_id="r1")
+    eventually(lambda: status(server).version != "", "the version followed")
+    return server
+
+
 @pytest.mark.redis
 def test_redis_honours_a_sole_proprietors_exemption_however_it_came(
-    redis_server: RedisServer, serve: Any, tmp_path: Path
+    client: Client, keyer: SubjectKeyer, redis_server: RedisServer, serve: Any, tmp_path: Path
 ) -> None:
-    client = connect(redis_server.url, timeout=5)
-    keyer = SubjectKeyer(SECRET)
-    publish_snapshot(client, write_jsonl(tmp_path / "s.jsonl", snapshot_rows()), keyer)
-    server = serve(None, redis=redis_server.url, replica_id="r1")
-    eventually(lambda: status(server).version != "", "the version followed")
+    server = replica(client, keyer, redis_server, serve, tmp_path)
     stub = server.stub()
     assert flight(stub, uscc=SOLE_SNAP) == ("ALLOW", "EXEMPTED")
     publish_delta(client, write_jsonl(tmp_path / "d1.jsonl", numbered(OPS, 1)), keyer)
@@ -197,18 +203,13 @@ def test_redis_honours_a_sole_proprietors_exemption_however_it_came(
         publish_delta(client, bad, keyer)
     assert "names the organisation itself" in refused.value.errors[0].problem
     assert flight(stub, uscc=ACME_USCC) == ("DENY", "AIR_TRAVEL")
-    client.close()
 
 
 @pytest.mark.redis
 def test_redis_counts_the_subject_keys_of_the_entries_in_force(
-    redis_server: RedisServer, serve: Any, tmp_path: Path
+    client: Client, keyer: SubjectKeyer, redis_server: RedisServer, serve: Any, tmp_path: Path
 ) -> None:
-    client = connect(redis_server.url, timeout=5)
-    keyer = SubjectKeyer(SECRET)
-    publish_snapshot(client, write_jsonl(tmp_path / "s.jsonl", snapshot_rows()), keyer)
-    server = serve(None, redis=redis_server.url, replica_id="r1")
-    eventually(lambda: status(server).version != "", "the version followed")
+    server = replica(client, keyer, redis_server, serve, tmp_path)
     assert status(server).subject_keys == 5
     publish_delta(client, write_jsonl(tmp_path / "d1.jsonl", [
         delta(1, "DELIST", entry_id="E3"),
@@ -223,4 +224,3 @@ def test_redis_counts_the_subject_keys_of_the_entries_in_force(
     )
     eventually(lambda: status(server).last_delta_seq == 5, "the DELIST seen")
     assert (status(server).entries_total, status(server).subject_keys) == (3, 3)
-    client.close()
