@@ -80,6 +80,11 @@ _USCC_SHAPE = re.compile(r"[0-9A-HJ-NPQRTUW-Y]{2}[0-9]{6}[0-9A-HJ-NPQRTUW-Y]{10}
 
 _DOCUMENT_SHAPE = re.compile(r"[A-Z0-9]{5,20}\Z")
 
+#: A Home Return Permit (港澳居民来往内地通行证) number as the old booklet printed it: the
+#: letter, the holder's 8-digit lifetime number, then two digits counting its renewals.
+#: The card's number is the first nine characters (``permit_card``).
+OLD_PERMIT = re.compile(r"[HM][0-9]{10}\Z")
+
 # Middle dots seen in minority names (阿依古丽·买买提), as typed on every kind
 # of keyboard and input method: all read as U+00B7.
 _MIDDLE_DOTS = "\u00b7\u0387\u16eb\u2022\u2027\u2219\u22c5\u2e31\u30fb\uff65\u318d\u2024\u00b8\u02d1\u0e3a\uff0e\u2e30\u25cf\u25e6\u30fb\ua78f"
@@ -239,6 +244,18 @@ def normalize_person_id(id_type: IdType, raw: str, field: str = "id_number") -> 
     if id_type is IdType.RESIDENT_ID:
         return normalize_resident_id(raw, field)
     return normalize_document(raw, field)
+
+
+def permit_card(number: str) -> str | None:
+    """The card's number (``H12345678``) a Home Return Permit number in the old
+    booklet's form names (``H1234567801``: the lifetime number and a renewal count),
+    or None for any other number (normalised, as ``normalize_document`` returns it).
+    A check looks the old form up as the card too (``convert.to_query``), and a list
+    keys a row giving the old form as the card (``listfile.as_resident``), so either
+    form finds the holder, whichever the list or the clerk wrote."""
+    if len(number) == 11 and OLD_PERMIT.match(number) is not None:
+        return number[:9]
+    return None
 
 
 def reads_as_resident_id(number: str) -> bool:

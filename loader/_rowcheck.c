@@ -263,9 +263,10 @@ static PyObject *person(PyObject *obj, PyObject *role, PyObject *others) {
     int known = only_fields(obj, 3 + (kind != NULL), others); /* the caller's key, name, number */
     if (known != SURE) return NULL; /* FAILED: its error is set */
     /* a document number of 15 or 18 characters may be a resident ID under the wrong
-     * type, which listfile.as_resident keys as one: Python decides */
+     * type, and one of 11 a Home Return Permit's old form, which listfile.as_resident
+     * keys as the resident ID or the card: Python decides */
     Py_ssize_t length = PyUnicode_GET_LENGTH(number);
-    if (id_type != RESIDENT && (length == 15 || length == 18)) return NULL;
+    if (id_type != RESIDENT && (length == 15 || length == 18 || length == 11)) return NULL;
     int ok = id_type == RESIDENT ? canonical_resident_id(number) : canonical_document(number);
     if (ok != SURE) return NULL;
     return PyTuple_Pack(4, role, name, id_type, number);

@@ -109,7 +109,9 @@ log = logging.getLogger("shixin.loader")
 #: 6: a key that is no field of an entry is a bad row, and so is an exemption from
 #: 1970-01-01: an older folder may hold an organisation whose misspelt ``relatedPersons``
 #: was dropped (its legal representative not listed) or an exemption read as from 1970
-FORMAT = 6
+#: 7: a Home Return Permit listed in the old booklet's form (``H1234567801``) is keyed
+#: as the card (``H12345678``): an older folder keys it as given, not found by the card
+FORMAT = 7
 Code = Literal["Q", "I", "i"]
 #: typed columns and their element (the ``array`` / ``memoryview`` type code)
 _TYPED: dict[str, Code] = {

@@ -12,7 +12,6 @@ checked by ``StreamIds``.
 from __future__ import annotations
 
 import functools
-import re
 import unicodedata
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from shixin_check.domain.identity import (
     normalize_resident_id,
     normalize_uscc,
     other_readings,
+    permit_card,
     reads_as_resident_id,
     refuse_controls,
     resident_id_is_uscc,
@@ -89,13 +89,9 @@ STREAM_ID_WINDOW = 1024
 #: resident ID that is a USCC too also as the organisation). 1: a USCC that is a valid
 #: resident ID too is also looked up as that resident ID. 2: a Home Return Permit number
 #: in its old form (``H``/``M`` and ten digits) is also looked up as the card number it
-#: begins with (``_OLD_PERMIT``).
+#: begins with (``identity.permit_card``).
 LOOKUP_RULES = 2
 
-#: A Home Return Permit (港澳居民来往内地通行证) number as the old booklet printed it: the
-#: letter, the holder's 8-digit lifetime number, then two digits counting its renewals.
-#: The card's number is the first nine characters, which is how a list names the holder.
-_OLD_PERMIT = re.compile(r"[HM][0-9]{10}")
 _HK_MACAO = IdType.HK_MACAO_PERMIT
 
 
@@ -380,10 +376,10 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
             # reason for ALLOW: a clerk's choice of type must not let a listed person by
             for kind in _OTHER_DOCUMENTS[id_type]:
                 also += (keyer.subject_key(kind, number),)
-            if len(number) == 11 and _OLD_PERMIT.fullmatch(number) is not None:
+            if len(number) == 11 and (card := permit_card(number)) is not None:
                 # a Home Return Permit's old form names the holder the card's nine
                 # characters name: a listed holder checked by the old form is no ALLOW
-                also += (keyer.subject_key(_HK_MACAO, number[:9]),)
+                also += (keyer.subject_key(_HK_MACAO, card),)
     elif which == "organization":
         org = request.organization
         uscc = _bounded(org.uscc, MAX_ID, "subject.organization.uscc")

@@ -331,6 +331,29 @@ def test_a_home_return_permit_in_its_old_form_finds_the_card_holder(
         assert [r.code for r in answer.reasons] == ["NOT_LISTED"], number
 
 
+def test_a_home_return_permit_listed_in_its_old_form_is_found_by_the_card(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """The other way round: a list row giving the old booklet's form (under any
+    document type) names the card's holder, so a check by the card, by the old form
+    with any renewal count, under any document type, finds the holder."""
+    rows = []
+    for entry_id, id_type in (("P1", "HK_MACAO_PERMIT"), ("P2", "PASSPORT")):
+        row = person_entry(entry_id, "H1234567801" if entry_id == "P1" else "M8765432102", "陈大文")
+        row["subject"]["id_type"] = id_type
+        rows.append(row)
+    stub = serve(write_jsonl(tmp_path / "list.jsonl", rows)).stub()
+    for number, entry in (("H12345678", "P1"), ("H1234567805", "P1"), ("M87654321", "P2"),
+                          ("M8765432100", "P2")):  # fmt: skip
+        for id_type in DOCUMENT_TYPES:
+            answer = stub.CheckConsumption(rail(number, "陈大文", id_type=id_type))
+            assert (answer.decision, [m.entry_id for m in answer.matches]) == (
+                pb.DENY, [entry],
+            ), (number, id_type)  # fmt: skip
+    answer = stub.CheckConsumption(rail("H12345679", "陈大文", id_type="HK_MACAO_PERMIT"))
+    assert [r.code for r in answer.reasons] == ["NOT_LISTED"]
+
+
 def test_an_airline_name_surname_slash_given_matches_the_listed_name(
     tmp_path: Path, serve: Serve
 ) -> None:

@@ -128,10 +128,27 @@ def test_a_person_row_is_taken_as_python_takes_it(
     found = _agrees(row)
     python = _python_plain(row)
     # a row whose values need no normalising is the C checker's to take, but for a
-    # document number of 15 or 18 characters (listfile.as_resident decides those)
-    document = id_type not in ("RESIDENT_ID", "", None) and len(number) in (15, 18)
+    # document number of 11, 15 or 18 characters (listfile.as_resident decides those)
+    document = id_type not in ("RESIDENT_ID", "", None) and len(number) in (11, 15, 18)
     if python is not None and python[1][0][3] == number and name and name == name.strip():
         assert found is not None or document
+
+
+def test_a_home_return_permit_in_its_old_form_is_keyed_as_the_card() -> None:
+    """A row giving a Home Return Permit in the old booklet's form (the card's nine
+    characters and a renewal count) is keyed as the card, under any document type,
+    where a check by either form looks; the C checker leaves it to Python."""
+    for id_type in ("HK_MACAO_PERMIT", "PASSPORT", "TAIWAN_PERMIT"):
+        row = person_entry("E1", "H1234567801", "陈大文")
+        row["subject"]["id_type"] = id_type
+        assert _compiled().plain(row, 3) is None
+        kind, number = parse_entry(row).subjects()[0][2:]
+        assert (kind, number) == (IdType.HK_MACAO_PERMIT, "H12345678"), id_type
+        assert _python_plain(row)[1][0][2:] == (IdType.HK_MACAO_PERMIT, "H12345678")
+    for other in ("H123456780", "H123456780101", "X1234567801", "HX234567801"):
+        row = person_entry("E1", other, "陈大文")
+        row["subject"]["id_type"] = "HK_MACAO_PERMIT"
+        assert parse_entry(row).subjects()[0][3] == other
 
 
 uscc_prefixes = st.text(USCC_ALPHABET, min_size=17, max_size=17)
