@@ -5,14 +5,17 @@ and the SPC rules on restricting high consumption, art. 3. Each purchase type
 below is what a booking system sells on one channel; ``restriction_for`` says
 whether buying it is restricted, and under which reason code.
 
-The two lists differ in two rows. A SHIXIN listing restricts what the
+The two lists differ on travel. A SHIXIN listing restricts what the
 joint-punishment memoranda name (seeds 000 §一(七), 001 §二(七)): outbound group
-tours, resort spending over a quota (the debtor alone), luxury renovation. A
-XIANGAO listing is a consumption-restriction order, whose text is the SPC rules'
-art. 3: it forbids "(六)旅游、度假" outright (``TRAVEL_HOLIDAY``) and "(三)购买不动产
-或者新建、扩建、装修房屋" (any renovation), and its second paragraph puts every item
-on the organisation's legal representative, principal, directly responsible
-persons and actual controller alike. ``restrictions_for`` gives both answers.
+tours, and spending over a quota "在获得旅游等级评定的度假区内或旅游企业内" (in a
+rated resort or a tourism enterprise, a travel agency's domestic tour included; the
+debtor alone). A XIANGAO listing is a consumption-restriction order, whose text is
+the SPC rules' art. 3: it forbids "(六)旅游、度假" outright (``TRAVEL_HOLIDAY``), and
+its second paragraph puts every item on the organisation's legal representative,
+principal, directly responsible persons and actual controller alike. Both restrict
+luxury renovation only: art. 3(三) as adopted (2010, revised 2015) reads
+"购买不动产或者新建、扩建、高档装修房屋" (the 2009 draft's "装修房屋" was not kept).
+``restrictions_for`` gives both answers.
 
 Thresholds are policy parameters (``Policy``), reported by GetListStatus.
 Bad purchases (a train number that is not one, a seat left out, a cabin class
@@ -60,7 +63,8 @@ TRAVEL_RESORT_OVER_QUOTA = Reason(
 #: Restrictions the policy puts on the debtor alone, not on its related persons: the
 #: resort quota ("对失信被执行人在获得旅游等级评定的度假区内或旅游企业内消费实行限额控制",
 #: seeds 000 and 001 §(七)3, whose sentence before it names the legal representative
-#: and the others for outbound tours, and this one does not). A SHIXIN listing's only:
+#: and the others for outbound tours, and this one does not), a travel agency's domestic
+#: tour as much as a resort's (``TravelService.DOMESTIC``). A SHIXIN listing's only:
 #: a consumption-restriction order puts every item on the related persons too (SPC
 #: rules art. 3, second paragraph), and restricts resorts at any amount (TRAVEL_HOLIDAY).
 DEBTOR_ONLY = frozenset({TRAVEL_RESORT_OVER_QUOTA})
@@ -74,9 +78,6 @@ REAL_ESTATE = Reason("REAL_ESTATE", "限制购买不动产、土地使用权及�
 #: A consumption-restriction order's travel item, SPC rules art. 3(六) "旅游、度假": every
 #: travel purchase the memoranda leave open (domestic tours, rated resorts at any amount).
 TRAVEL_HOLIDAY = Reason("TRAVEL_HOLIDAY", "限制旅游、度假")
-#: A consumption-restriction order's property item, SPC rules art. 3(三): any renovation,
-#: where the memoranda name luxury renovation only. The code is REAL_ESTATE's.
-REAL_ESTATE_ANY_RENOVATION = Reason("REAL_ESTATE", "限制购买不动产或者新建、扩建、装修房屋")
 VEHICLE_NON_BUSINESS = Reason("VEHICLE_NON_BUSINESS", "限制购买非经营必需车辆")
 OFFICE_HIGH_END_RENTAL = Reason(
     "OFFICE_HIGH_END_RENTAL", "限制租赁高档写字楼、宾馆、公寓等场所办公"
@@ -88,7 +89,7 @@ RESTRICTIONS = (
     SHIP_SECOND_CLASS_OR_ABOVE, HOTEL_STAR_RATED, LEISURE_HIGH_CONSUMPTION,
     TRAVEL_OUTBOUND_GROUP, TRAVEL_RESORT_OVER_QUOTA, SCHOOL_HIGH_FEE_PRIVATE,
     INSURANCE_HIGH_PREMIUM, REAL_ESTATE, VEHICLE_NON_BUSINESS, OFFICE_HIGH_END_RENTAL,
-    TRAVEL_HOLIDAY, REAL_ESTATE_ANY_RENOVATION,
+    TRAVEL_HOLIDAY,
 )  # fmt: skip
 
 
@@ -156,7 +157,9 @@ class RailSeat(IntEnum):
 
 
 class TravelService(IntEnum):
-    """What a travel agency or rated resort sells."""
+    """What a travel agency or rated resort sells. Resort spending and domestic tours
+    are spending in a tourism enterprise, under the debtor's quota: both need
+    ``amount_fen``."""
 
     OUTBOUND_GROUP_TOUR = 1
     OUTBOUND_RELATED = 2
@@ -313,8 +316,19 @@ def _ship(p: ShipPassage, amount_fen: int, prefix: str) -> None:
 
 
 def _travel(p: TravelBooking, amount_fen: int, prefix: str) -> None:
-    if p.service is TravelService.RATED_RESORT and amount_fen <= 0:
-        raise InvalidInput("amount_fen", "is required for spending in a rated resort")
+    if amount_fen <= 0 and p.service in _UNDER_QUOTA:
+        raise InvalidInput("amount_fen", _AMOUNT_FOR[p.service])
+
+
+#: Travel bought in a rated resort or from a tourism enterprise: under the quota
+_UNDER_QUOTA = (TravelService.RATED_RESORT, TravelService.DOMESTIC)
+_AMOUNT_FOR = {
+    TravelService.RATED_RESORT: "is required for spending in a rated resort",
+    TravelService.DOMESTIC: (
+        "is required for a domestic tour (spending in a tourism enterprise is under "
+        "the debtor's quota)"
+    ),
+}
 
 
 def _insurance(p: InsurancePolicy, amount_fen: int, prefix: str) -> None:
@@ -364,13 +378,10 @@ def restrictions_for(
 
 def _xiangao_restriction(purchase: Purchase, shixin: Reason | None) -> Reason | None:
     """A consumption-restriction order's answer, from the memoranda's (``shixin``): the
-    same, but for travel (art. 3(六): all of it) and renovation (art. 3(三): any)."""
-    kind = type(purchase)
-    if kind is TravelBooking:
+    same, but for travel (art. 3(六): all of it)."""
+    if type(purchase) is TravelBooking:
         # outbound tours keep their code; resorts (under the quota too) and domestic tours
         return shixin if shixin is TRAVEL_OUTBOUND_GROUP else TRAVEL_HOLIDAY
-    if kind is RealEstateDeal:
-        return REAL_ESTATE_ANY_RENOVATION if shixin is None else shixin
     return shixin
 
 
@@ -406,7 +417,7 @@ def _shixin_restriction(purchase: Purchase, amount_fen: int, policy: Policy) -> 
         service = purchase.service
         if service in (TravelService.OUTBOUND_GROUP_TOUR, TravelService.OUTBOUND_RELATED):
             return TRAVEL_OUTBOUND_GROUP
-        if service is TravelService.RATED_RESORT and amount_fen > policy.resort_quota_fen:
+        if service in _UNDER_QUOTA and amount_fen > policy.resort_quota_fen:
             return TRAVEL_RESORT_OVER_QUOTA
         return None
     if kind is LeisureVisit:

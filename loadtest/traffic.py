@@ -81,7 +81,7 @@ _PERSON_PURCHASES: tuple[tuple[int, str, dict[str, Any], int], ...] = (
     (5, "HOTEL", {"star_rating": 3}, 0),
     (3, "HOTEL", {"star_rating": 5, "high_end": True}, 0),
     (2, "TRAVEL", {"service": "OUTBOUND_GROUP_TOUR"}, 0),
-    (1, "TRAVEL", {"service": "DOMESTIC"}, 0),
+    (1, "TRAVEL", {"service": "DOMESTIC"}, 150_000),
     (1, "TRAVEL", {"service": "RATED_RESORT"}, 350_000),
     (1, "SHIP", {"cabin_class": 2}, 0),
     (1, "SHIP", {"cabin_class": 3}, 0),

@@ -64,7 +64,8 @@ def listed(tmp_path: Path) -> Path:
 
 def domestic_tour(server: RunningServer, who: str, name: str) -> pb.CheckResponse:
     request = build_request("TRAVEL", id_number=who, name=name,
-                            purchase={"service": "DOMESTIC"}, merchant_id="m-ctrip")  # fmt: skip
+                            purchase={"service": "DOMESTIC"}, amount_fen=150_000,
+                            merchant_id="m-ctrip")  # fmt: skip
     return server.stub().CheckConsumption(request, timeout=10)  # type: ignore[no-any-return]
 
 

@@ -16,9 +16,9 @@ from shixin_check.domain.model import Channel, ListType
 from shixin_check.domain.rules import (
     PURCHASE_OF_CHANNEL,
     REAL_ESTATE,
-    REAL_ESTATE_ANY_RENOVATION,
     RESTRICTIONS,
     TRAVEL_HOLIDAY,
+    TRAVEL_RESORT_OVER_QUOTA,
     Flight,
     HotelStay,
     InsurancePolicy,
@@ -191,8 +191,15 @@ OTHER_CASES = [
         amount_fen=50_001,
         policy=Policy(resort_quota_fen=50_000),
     ),
-    case("domestic", TravelBooking(TravelService.DOMESTIC), None),
-    case("domestic-big-spend", TravelBooking(TravelService.DOMESTIC), None, amount_fen=QUOTA * 10),
+    # a domestic tour is spending in a tourism enterprise (seeds 000 and 001 §(七)3):
+    # under the same quota as a resort's
+    case("domestic-at-quota", TravelBooking(TravelService.DOMESTIC), None, amount_fen=QUOTA),
+    case(
+        "domestic-over-quota",
+        TravelBooking(TravelService.DOMESTIC),
+        "TRAVEL_RESORT_OVER_QUOTA",
+        amount_fen=QUOTA + 1,
+    ),
     # SCHOOL: a high-fee private school only.
     case("private-high-fee", SchoolEnrolment(True, True), "SCHOOL_HIGH_FEE_PRIVATE"),
     case("private-ordinary-fee", SchoolEnrolment(True, False), None),
@@ -232,9 +239,10 @@ OTHER_CASES = [
 ALL_CASES = RAIL_CASES + OTHER_CASES
 
 #: A consumption-restriction order (XIANGAO): SPC rules art. 3(六) "旅游、度假" bars all
-#: travel, resorts at any amount; art. 3(三) "新建、扩建、装修房屋" any renovation.
+#: travel, resorts at any amount; art. 3(三) "新建、扩建、高档装修房屋" luxury renovation,
+#: as the memoranda do.
 XIANGAO_CASES = [
-    case("x-domestic", TravelBooking(TravelService.DOMESTIC), "TRAVEL_HOLIDAY"),
+    case("x-domestic", TravelBooking(TravelService.DOMESTIC), "TRAVEL_HOLIDAY", amount_fen=1),
     case(
         "x-resort-under-quota",
         TravelBooking(TravelService.RATED_RESORT),
@@ -262,12 +270,16 @@ XIANGAO_CASES = [
         "x-outbound-related", TravelBooking(TravelService.OUTBOUND_RELATED), "TRAVEL_OUTBOUND_GROUP"
     ),
     *(
-        case(f"x-real-estate-{kind.name}", RealEstateDeal(kind), "REAL_ESTATE")
+        case(
+            f"x-real-estate-{kind.name}",
+            RealEstateDeal(kind),
+            None if kind is RealEstateKind.ORDINARY_RENOVATION else "REAL_ESTATE",
+        )
         for kind in RealEstateKind
     ),
 ]
-#: the channels whose rows differ between the lists
-XIANGAO_CHANNELS = frozenset({Channel.TRAVEL, Channel.REAL_ESTATE})
+#: the channel whose rows differ between the lists
+XIANGAO_CHANNELS = frozenset({Channel.TRAVEL})
 
 
 @pytest.mark.parametrize(("channel", "purchase", "amount_fen", "policy", "expected"), ALL_CASES)
@@ -294,21 +306,24 @@ def test_rule_table_of_a_consumption_restriction_order(
 def test_a_consumption_restriction_order_restricts_the_rest_as_the_memoranda_do(
     channel: Channel, purchase: Purchase, amount_fen: int, policy: Policy, expected: str | None
 ) -> None:
-    """Outside travel and real estate the two lists' rows are one, reason and message."""
+    """Outside travel the two lists' rows are one, reason and message."""
     shixin, xiangao = restrictions_for(purchase, amount_fen, policy)
     assert shixin == restriction_for(purchase, amount_fen, policy)
     if channel not in XIANGAO_CHANNELS:
         assert xiangao == shixin
 
 
-def test_a_domestic_tour_and_an_ordinary_renovation_are_restricted_only_by_an_order() -> None:
+def test_a_domestic_tour_within_the_quota_is_restricted_only_by_an_order() -> None:
+    """And an ordinary renovation by neither: SPC rules art. 3(三) as adopted names
+    高档装修 (luxury renovation), as the memoranda do; its 2009 draft's "装修房屋" was
+    not kept."""
     domestic = TravelBooking(TravelService.DOMESTIC)
     renovation = RealEstateDeal(RealEstateKind.ORDINARY_RENOVATION)
-    assert restrictions_for(domestic, 0, DEFAULT) == (None, TRAVEL_HOLIDAY)
-    assert restrictions_for(renovation, 0, DEFAULT) == (None, REAL_ESTATE_ANY_RENOVATION)
-    # the order's wording, art. 3(三): any renovation, not only luxury (高档) renovation
-    assert "装修房屋" in REAL_ESTATE_ANY_RENOVATION.message
-    assert "高档" not in REAL_ESTATE_ANY_RENOVATION.message
+    assert restrictions_for(domestic, QUOTA, DEFAULT) == (None, TRAVEL_HOLIDAY)
+    assert restrictions_for(domestic, QUOTA + 1, DEFAULT) == (
+        TRAVEL_RESORT_OVER_QUOTA, TRAVEL_HOLIDAY,
+    )  # fmt: skip
+    assert restrictions_for(renovation, 0, DEFAULT) == (None, None)
     assert "高档装修" in REAL_ESTATE.message
     assert "旅游、度假" in TRAVEL_HOLIDAY.message
     # what both lists restrict keeps the one reason: one code, one message
@@ -401,6 +416,10 @@ def test_normalised_lowercase_train_is_a_g_train() -> None:
         pytest.param(
             Channel.TRAVEL, TravelBooking(TravelService.RATED_RESORT), 0, "amount_fen",
             "rated resort", id="resort-without-amount",
+        ),
+        pytest.param(
+            Channel.TRAVEL, TravelBooking(TravelService.DOMESTIC), 0, "amount_fen",
+            "domestic tour", id="domestic-tour-without-amount",
         ),
         pytest.param(
             Channel.INSURANCE, InsurancePolicy(True), 0, "amount_fen", "cash-value",

@@ -2,11 +2,11 @@
 first reason is never "no longer listed" while an entry is in force.
 
 The order's text is the SPC rules on restricting high consumption, art. 3: "(六)旅游、
-度假" outright, "(三)购买不动产或者新建、扩建、装修房屋" (any renovation), and, by its
-second paragraph, every item on the organisation's legal representative, principal,
-directly responsible persons and actual controller. The memoranda's narrower rows
-(outbound group tours; resort spending over a quota, the debtor alone; luxury
-renovation) stay the rule for a SHIXIN listing.
+度假" outright and, by its second paragraph, every item on the organisation's legal
+representative, principal, directly responsible persons and actual controller. The
+memoranda's narrower travel rows (outbound group tours; spending in a rated resort or
+on a domestic tour over a quota, the debtor alone) stay the rule for a SHIXIN listing.
+Both restrict luxury renovation only (art. 3(三) as adopted: "新建、扩建、高档装修房屋").
 
 Decisions through ``decide`` and ``judge`` (over ``FakeView``, as tests/test_decision.py),
 then through a real server on a free port and a real channel.
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -52,7 +53,6 @@ from shixin_check.domain.model import (
 from shixin_check.domain.rules import (
     PURCHASE_OF_CHANNEL,
     REAL_ESTATE,
-    REAL_ESTATE_ANY_RENOVATION,
     TRAVEL_HOLIDAY,
     TRAVEL_OUTBOUND_GROUP,
     TRAVEL_RESORT_OVER_QUOTA,
@@ -143,20 +143,20 @@ def test_an_order_bars_outbound_tours_under_their_own_code(role: Role) -> None:
 
 
 @pytest.mark.parametrize("role", [Role.DEBTOR, *RELATED_ROLES], ids=lambda r: r.name)
-def test_an_order_bars_any_renovation_in_its_own_words(role: Role) -> None:
+def test_an_order_bars_luxury_renovation_only_as_the_memoranda_do(role: Role) -> None:
+    """Art. 3(三) as adopted reads 高档装修 (its 2009 draft's 装修房屋 was not kept)."""
     match = order(role=role)
     verdict = verdict_of(ask(RENOVATION), match)
-    assert (verdict.decision, verdict.reasons) == (Decision.DENY, (REAL_ESTATE_ANY_RENOVATION,))
-    assert verdict.reasons[0].code == "REAL_ESTATE"
-    assert verdict.matches == active((match, REAL_ESTATE_ANY_RENOVATION))
-    # a purchase the memoranda bar too keeps the one REAL_ESTATE reason
+    assert (verdict.decision, verdict.reasons) == (Decision.ALLOW, (NOT_RESTRICTED_CLASS,))
+    luxury = verdict_of(ask(RealEstateDeal(RealEstateKind.LUXURY_RENOVATION)), match)
+    assert (luxury.decision, luxury.reasons) == (Decision.DENY, (REAL_ESTATE,))
     assert verdict_of(ask(PROPERTY), match).reasons == (REAL_ESTATE,)
 
 
 @pytest.mark.parametrize(
     ("purchase", "amount_fen"),
     [
-        pytest.param(DOMESTIC, 0, id="domestic"),
+        pytest.param(DOMESTIC, QUOTA, id="domestic-at-quota"),
         pytest.param(RESORT, QUOTA, id="resort-at-quota"),
         pytest.param(RENOVATION, 0, id="ordinary-renovation"),
     ],
@@ -321,7 +321,8 @@ def test_an_allow_reads_exempted_not_restricted_suspended_expired_each_once() ->
 # --- property: what restricts is the match's list type --------------------------------------
 
 PURCHASES = [
-    (DOMESTIC, 0),
+    (DOMESTIC, 1),
+    (DOMESTIC, QUOTA + 1),
     (RESORT, 1),
     (RESORT, QUOTA + 1),
     (OUTBOUND, 0),
@@ -332,18 +333,18 @@ PURCHASES = [
 
 
 def restricted(m: ListedMatch, purchase: Purchase, amount_fen: int) -> bool:
-    """The rule, written out: an order bars all travel and any renovation, to everyone."""
+    """The rule, written out: an order bars all travel, to everyone; a SHIXIN listing
+    outbound tours, and resorts and domestic tours over the quota to the debtor alone;
+    both luxury renovation, never an ordinary one."""
     xiangao = m.list_type is ListType.XIANGAO
     if isinstance(purchase, TravelBooking):
         if xiangao:
             return True
-        if purchase.service is TravelService.DOMESTIC:
-            return False
-        if purchase.service is TravelService.RATED_RESORT:
+        if purchase.service in (TravelService.DOMESTIC, TravelService.RATED_RESORT):
             return amount_fen > QUOTA and m.role is Role.DEBTOR
         return True
     if isinstance(purchase, RealEstateDeal):
-        return xiangao or purchase.kind is not RealEstateKind.ORDINARY_RENOVATION
+        return purchase.kind is not RealEstateKind.ORDINARY_RENOVATION
     return True
 
 
@@ -444,7 +445,7 @@ def server(tmp_path: Path, serve: Callable[..., RunningServer]) -> RunningServer
 
 
 def travel(stub: Any, number: str, name: str, service: str = "DOMESTIC",
-           amount_fen: int = 0) -> pb.CheckResponse:  # fmt: skip
+           amount_fen: int = 1) -> pb.CheckResponse:  # fmt: skip
     request = build_request("TRAVEL", id_number=number, name=name,
                             purchase={"service": service}, amount_fen=amount_fen)  # fmt: skip
     response: pb.CheckResponse = stub.CheckConsumption(request, timeout=10)
@@ -462,16 +463,27 @@ def test_a_domestic_tour_through_the_server(server: RunningServer) -> None:
     assert "旅游、度假" in person.reasons[0].message
     assert [(m.list_type, m.role) for m in person.matches] == [(pb.XIANGAO, pb.ROLE_DEBTOR)]
     for role, (name, number) in RELATED.items():
-        for service, amount in (("DOMESTIC", 0), ("RATED_RESORT", 1), ("RATED_RESORT", 10**7)):
+        for service, amount in (("DOMESTIC", 1), ("RATED_RESORT", 1), ("RATED_RESORT", 10**7)):
             answer = travel(stub, number, name, service, amount)
             assert codes(answer) == ("DENY", ["TRAVEL_HOLIDAY"]), (role, service, amount)
             [m] = answer.matches
             assert (pb.Role.Name(m.role), m.organization_name, m.list_type) == (
                 f"ROLE_{role}", "南京某某贸易有限公司", pb.XIANGAO,
             )  # fmt: skip
-    shixin = travel(stub, ZHANG, "张伟")
+    shixin = travel(stub, ZHANG, "张伟", amount_fen=QUOTA)
     assert codes(shixin) == ("ALLOW", ["NOT_RESTRICTED_CLASS"])
     assert [m.list_type for m in shixin.matches] == [pb.SHIXIN]
+    # a domestic tour is spending in a tourism enterprise: over the quota, the debtor
+    # of a SHIXIN listing is barred too (seeds 000 and 001 §(七)3)
+    over = travel(stub, ZHANG, "张伟", amount_fen=QUOTA + 1)
+    assert codes(over) == ("DENY", ["TRAVEL_RESORT_OVER_QUOTA"])
+    missing = build_request(
+        "TRAVEL", id_number=ZHANG, name="张伟", purchase={"service": "DOMESTIC"}
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.CheckConsumption(missing, timeout=10)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "amount_fen: is required for a domestic tour" in (refused.value.details() or "")
 
 
 def test_an_ordinary_renovation_through_the_server(server: RunningServer) -> None:
@@ -481,9 +493,7 @@ def test_an_ordinary_renovation_through_the_server(server: RunningServer) -> Non
         response: pb.CheckResponse = server.stub().CheckConsumption(request, timeout=10)
         return response
 
-    barred = renovate(SUN, "孙丽")
-    assert codes(barred) == ("DENY", ["REAL_ESTATE"])
-    assert barred.reasons[0].message == REAL_ESTATE_ANY_RENOVATION.message
+    assert codes(renovate(SUN, "孙丽")) == ("ALLOW", ["NOT_RESTRICTED_CLASS"])
     assert codes(renovate(ZHANG, "张伟")) == ("ALLOW", ["NOT_RESTRICTED_CLASS"])
 
 
