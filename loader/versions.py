@@ -108,6 +108,11 @@ Progress = Callable[[int], None]
 log = logging.getLogger("shixin.loader")
 
 
+#: how to give a snapshot its header, in the log line saying it has none
+_HEADER_HINT = '{"snapshot": {"includes_seq": N, "published_at": ...}} as its first line'
+_HEADER_HINT_CSV = 'a sidecar %s.meta.json holding {"snapshot": {"includes_seq": N, ...}}'
+
+
 def _version_label(path: Path) -> str:
     """A snapshot's version label, from what identifies the file (name, size, mtime, inode,
     ctime) and never from the time it is loaded: every worker, and a restart, that loads
@@ -285,7 +290,8 @@ def build_snapshot(
     if not header.declared:
         log.warning(
             "%s has no header row: it includes no delta, so every delta file is applied on top "
-            "(give it {\"snapshot\": {\"includes_seq\": N, \"published_at\": ...}})", path
+            "(give it %s)", path,
+            _HEADER_HINT_CSV % path.name if path.suffix.lower() == ".csv" else _HEADER_HINT,
         )  # fmt: skip
     newest = (
         int(np.frombuffer(cast(Any, base.e_listed), dtype=np.int32).max()) if base.entries else 0

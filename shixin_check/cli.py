@@ -658,14 +658,16 @@ def cmd_gen_data(args: argparse.Namespace) -> int:
     as_of: _dt.date = args.as_of or _dt.datetime.now(CHINA_TZ).date()
     if not AS_OF_FIRST <= as_of <= AS_OF_LAST:  # its people are born 1900-2099
         raise ConfigurationError(f"--as-of: {as_of} is not from {AS_OF_FIRST} to {AS_OF_LAST}")
-    replaceable(Path(args.out))
+    out = Path(args.out)
+    replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # as feedback's --out: made when missing
     count, seed = int(args.count), int(args.seed)
     started = time.perf_counter()
 
     def progress(n: int) -> None:
         print(f"  {n:,} / {count:,} entries", file=sys.stderr, flush=True)
 
-    write_snapshot(Path(args.out), count, seed, as_of, progress)
+    write_snapshot(out, count, seed, as_of, progress)
     took = time.perf_counter() - started
     print(f"wrote {count:,} entries to {args.out} in {took:.1f}s (seed {seed}, as of {as_of})")
     return 0

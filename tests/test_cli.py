@@ -102,6 +102,14 @@ def test_gen_data_is_deterministic_and_valid(tmp_path: Path) -> None:
     assert run_cli("validate", str(a)).returncode == 0
 
 
+def test_gen_data_makes_the_folder_of_its_out_file(tmp_path: Path) -> None:
+    """As feedback's --out: a missing folder is made (it failed naming its .part file)."""
+    out = tmp_path / "new" / "folder" / "list.jsonl"
+    done = run_cli("gen-data", "--count", "5", "--out", str(out), "--seed", "1")
+    assert done.returncode == 0, done.stderr
+    assert len(out.read_bytes().splitlines()) == 1 + 5
+
+
 def test_flags_read_their_environment_variables(tmp_path: Path) -> None:
     out = tmp_path / "env.jsonl"
     env = {**os.environ, "SHIXIN_COUNT": "25", "SHIXIN_OUT": str(out), "SHIXIN_SEED": "3"}

@@ -232,6 +232,23 @@ def test_a_csv_snapshot_takes_its_header_from_the_sidecar(
     assert view.info.includes_seq == 7 and view.info.counts.total == 1  # seq 7 skipped
 
 
+def test_a_snapshot_without_a_header_is_told_where_its_header_goes(tmp_path: Path) -> None:
+    """A CSV's header is a sidecar, not a first line: the warning says which."""
+    csv_path = tmp_path / "snapshot-0001.csv"
+    csv_path.write_text(
+        "entry_id,list_type,subject.type,subject.name,subject.id_number,case_number,court,"
+        "published_on,valid_until,status\n"
+        f"E1,SHIXIN,PERSON,张伟,{ZHANG},(2024)京0105执1001号,北京市朝阳区人民法院,"
+        "2024-01-15,2099-12-31,ACTIVE\n",
+        encoding="utf-8",
+    )
+    lines = write_jsonl(tmp_path / "snapshot-0002.jsonl", basic_rows())
+    csv_said = run_cli("validate", str(csv_path)).stderr
+    assert "has no header row" in csv_said and "snapshot-0001.csv.meta.json" in csv_said
+    jsonl_said = run_cli("validate", str(lines)).stderr
+    assert "as its first line" in jsonl_said and "meta.json" not in jsonl_said
+
+
 # --- 2. a bad newest snapshot never takes the service down -------------------------------
 
 
