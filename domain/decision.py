@@ -214,6 +214,8 @@ def judge(
     shixin_related = None if shixin in DEBTOR_ONLY else shixin
     xiangao_related = None if xiangao in DEBTOR_ONLY else xiangao
     channel = query.channel
+    if len(found) > 1:  # one order whatever the order of arrival (a delta's LIST appends)
+        found = sorted(found, key=_answer_order)
     restricting: list[MatchOutcome] = []
     why: list[Reason] = []  # the restriction of each of ``restricting``
     others: list[MatchOutcome] = []
@@ -266,6 +268,13 @@ def judge(
     ranked = sorted(range(len(others)), key=lambda i: _ALLOW_RANK[passed[i]])
     reasons = tuple(dict.fromkeys(passed[i] for i in ranked))
     return Verdict(Decision.ALLOW, reasons, tuple(others[i] for i in ranked))
+
+
+def _answer_order(m: ListedMatch) -> tuple[int, str, int]:
+    """Matches in an answer: SHIXIN before XIANGAO, then by entry and role. The index
+    returns them in the order they arrived (a delta's re-LIST of an entry puts it after
+    the rest), which would make the same content answer in another order, reasons too."""
+    return m.list_type, m.entry_id, m.role
 
 
 def _distinct(restrictions: list[Reason]) -> tuple[Reason, ...]:

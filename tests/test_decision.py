@@ -577,9 +577,11 @@ def test_deny_iff_some_match_is_active_unexpired_not_exempt_and_purchase_restric
     found: list[ListedMatch], purchase: tuple[Purchase, Channel, bool], name: str
 ) -> None:
     bought, channel, restricted = purchase
+    # an answer's matches: SHIXIN first, then by entry and role, however they were found
+    found_in_order = sorted(found, key=lambda m: (m.list_type, m.entry_id, m.role))
     live = [
         m
-        for m in found
+        for m in found_in_order
         if m.status is EntryStatus.ACTIVE
         and m.valid_until >= TODAY
         and not any(
@@ -600,10 +602,12 @@ def test_deny_iff_some_match_is_active_unexpired_not_exempt_and_purchase_restric
             else LISTING_SUSPENDED if m.status is EntryStatus.SUSPENDED
             else EXEMPTED if restricted and m not in live  # an exemption lifts a restriction
             else NOT_RESTRICTED_CLASS  # nothing to lift: a hard seat needs no permission
-            for m in found
+            for m in found_in_order
         ]  # fmt: skip
-        # each match with its own reason, in ALLOW_ORDER (as found within one reason)
-        expected = sorted(zip(found, passed, strict=True), key=lambda p: ALLOW_ORDER.index(p[1]))
+        # each match with its own reason, in ALLOW_ORDER (by entry within one reason)
+        expected = sorted(
+            zip(found_in_order, passed, strict=True), key=lambda p: ALLOW_ORDER.index(p[1])
+        )
         assert [(o.match, o.reason) for o in verdict.matches] == expected
         assert verdict.reasons == tuple(dict.fromkeys(reason for _, reason in expected))
         assert NOT_LISTED not in verdict.reasons

@@ -195,7 +195,8 @@ def test_on_both_lists_each_distinct_restriction_once_in_the_entries_order() -> 
     assert both.decision is Decision.DENY
     assert both.reasons == (TRAVEL_RESORT_OVER_QUOTA, TRAVEL_HOLIDAY)
     assert both.matches == active((shixin, TRAVEL_RESORT_OVER_QUOTA), (xiangao, TRAVEL_HOLIDAY))
-    assert verdict_of(q, xiangao, shixin).reasons == (TRAVEL_HOLIDAY, TRAVEL_RESORT_OVER_QUOTA)
+    # SHIXIN first, however the index found them
+    assert verdict_of(q, xiangao, shixin) == both
     same = verdict_of(ask(OUTBOUND), shixin, xiangao, order("X2"))
     assert same.reasons == (TRAVEL_OUTBOUND_GROUP,)
     assert len(same.matches) == 3
@@ -265,8 +266,8 @@ def test_an_entry_in_force_comes_before_one_that_no_longer_applies(
     assert both.decision is Decision.DENY  # the live entry restricts: nothing lifted
     mixed = verdict_of(ask(DOMESTIC), old, exempt, live)
     assert mixed.reasons == (NOT_RESTRICTED_CLASS, lifted)
-    # entries in force first, as found among them; the first match goes with the first reason
-    assert [o.match.entry_id for o in mixed.matches] == ["E3", "E2", "E1"]
+    # entries in force first, by entry among them; the first match goes with the first reason
+    assert [o.match.entry_id for o in mixed.matches] == ["E2", "E3", "E1"]
     assert [o.reason for o in mixed.matches] == [NOT_RESTRICTED_CLASS] * 2 + [lifted]
 
 
@@ -385,14 +386,15 @@ def test_deny_iff_an_entry_in_force_restricts_by_its_own_list_type(
     ]
     verdict = verdict_of(q, *found)
     assert (verdict.decision is Decision.DENY) == bool(barring)
+    in_order = sorted(found, key=lambda m: (m.list_type, m.entry_id, m.role))
     if barring:
-        assert [o.match for o in verdict.matches] == barring
+        assert [o.match for o in verdict.matches] == [m for m in in_order if m in barring]
         assert len(set(verdict.reasons)) == len(verdict.reasons)
     else:
-        # each entry with its own outcome, in ALLOW_ORDER (as found within one), and
+        # each entry with its own outcome, in ALLOW_ORDER (by entry within one), and
         # each reason once in the same order: the first match goes with the first reason
         expected = sorted(
-            ((m, allowed_by(m, bought, amount_fen)) for m in found),
+            ((m, allowed_by(m, bought, amount_fen)) for m in in_order),
             key=lambda pair: ALLOW_ORDER.index(pair[1]),
         )
         assert [(o.match, o.reason) for o in verdict.matches] == expected
@@ -505,3 +507,45 @@ def test_a_listed_person_is_not_told_first_that_the_listing_expired(
     assert sorted((m.list_type, m.status) for m in answer.matches) == [
         (pb.SHIXIN, pb.ACTIVE), (pb.XIANGAO, pb.EXPIRED),
     ]  # fmt: skip
+
+
+def test_the_same_content_answers_in_one_order_however_it_arrived(
+    tmp_path: Path, serve: Callable[..., RunningServer]
+) -> None:
+    """A delta's re-LIST of an entry put it after the person's other entries, so the
+    snapshot and delta answered TRAVEL_HOLIDAY first where the same list written whole
+    answered TRAVEL_RESORT_OVER_QUOTA first: matches and reasons now come SHIXIN first,
+    then by entry, from either."""
+    shixin = person_entry("E1", ZHANG, "张伟")
+    order = person_entry("E2", ZHANG, "张伟", list_type="XIANGAO", case_number="(2024)苏0102执7号")
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    write_jsonl(feed / "snapshot-0001.jsonl", [header_row(0), shixin, order])
+    write_jsonl(feed / "delta-0001.jsonl", [{"seq": 1, "op": "LIST", "entry": shixin}])
+    whole = tmp_path / "whole.jsonl"
+    write_jsonl(whole, [header_row(1), order, shixin])  # the file's order reversed too
+    answers = []
+    for source in (feed, whole):
+        answer = travel(serve(source).stub(), ZHANG, "张伟", "RATED_RESORT", QUOTA + 1)
+        answers.append((codes(answer), [m.entry_id for m in answer.matches]))
+    expected = (("DENY", ["TRAVEL_RESORT_OVER_QUOTA", "TRAVEL_HOLIDAY"]), ["E1", "E2"])
+    assert answers == [expected, expected]
+
+
+def header_row(includes_seq: int) -> dict[str, Any]:
+    return {"snapshot": {"includes_seq": includes_seq, "published_at": "2026-11-28T09:00:00+08:00"}}
+
+
+@settings(deadline=None)
+@given(st.permutations(range(4)))
+def test_judge_answers_alike_whatever_order_the_index_found_them(order: list[int]) -> None:
+    found = [
+        listed("E2", list_type=ListType.XIANGAO),
+        listed("E1"),
+        listed("E3", role=Role.LEGAL_REPRESENTATIVE),
+        listed("E0", list_type=ListType.XIANGAO, role=Role.PRINCIPAL),
+    ]
+    q = ask(RESORT, QUOTA + 1)
+    expected = judge(found, q, KEYER, POLICY, TODAY)
+    assert judge([found[i] for i in order], q, KEYER, POLICY, TODAY) == expected
+    assert [o.match.entry_id for o in expected.matches] == ["E1", "E0", "E2"]
