@@ -122,6 +122,12 @@ POLICY_CHECK_SECONDS = 1.0
 #: as evidence of what Redis held (``RedisFollower._claims``): as long as garbage
 #: collection keeps the record, counted from the time the record was written.
 RECORD_SECONDS = 3600.0
+#: Delta ops (stream entries) a replica reads per command. A delta of more ops is read
+#: page by page, and labelled only once the view holds all of it (``RedisFollower._apply``).
+DELTA_PAGE = 1000
+
+#: One record of a version's delta stream: its stream id, and its fields (one op).
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
 
 
 class RedisKeys:
@@ -852,7 +858,10 @@ class RedisFollower(Background):
     A background thread polls the current-version pointer with the served
     version's load token and last seq, reads the delta stream (blocking up to
     ``poll`` seconds, so a delta arrives within that), adds listed keys to the
-    local Bloom filter, and registers this replica every second. On a Redis
+    local Bloom filter, and registers this replica every second. A view's label
+    (``+N``) is the last whole delta whose ops its filter holds, never more: a
+    delta longer than a stream page (``DELTA_PAGE``) is read whole first, and the
+    seq a label names is read from the meta before the ops up to it. On a Redis
     error it keeps the version it has (negatives still answered locally),
     retries with backoff up to ``RECONNECT_MAX_SECONDS``, and catches up on
     missed deltas from the stream when Redis is back. A Sentinel failover is
@@ -1107,7 +1116,7 @@ class RedisFollower(Background):
         if view is not None and self._lost is None:
             stream = self.keys.deltas(view.version)
             timeout = int(self.poll * 1000) if block else None
-            reply = self.client.xread({stream: self._stream_id}, count=1000, block=timeout)
+            reply = self.client.xread({stream: self._stream_id}, count=DELTA_PAGE, block=timeout)
             if reply:
                 self._apply(view.version, reply[0][1])
         elif block:
@@ -1323,9 +1332,12 @@ class RedisFollower(Background):
         if format_of(meta) < FORMAT:
             old_format = (f"redis version {version}", format_problem(version, format_of(meta)))
             self.on_event("old-format", old_format[1])
-        entries = self.client.xrange(self.keys.deltas(version))
-        after = read_meta(self.client, self.keys, version) if entries else meta
-        if "last_seq" not in after:
+        # the meta (read above) first, then the stream: it holds every op up to the
+        # meta's last seq by now (a load writes both in one MULTI/EXEC). Ops loaded
+        # since are left to the next round, so the label and counts are the meta's
+        last = int(meta["last_seq"])
+        entries = _through(self.client.xrange(self.keys.deltas(version)), last)
+        if not self.client.hexists(self.keys.meta(version), "last_seq"):
             self._lose(f"redis lost version {version} while its deltas were read "
                        "(flushed, restarted empty or failed over?)")  # fmt: skip
             return
@@ -1334,7 +1346,8 @@ class RedisFollower(Background):
         self._bloom, self._token = bloom, meta.get("load_token", b"")
         self._stream_id = entries[-1][0] if entries else b"0-0"
         _add_listed(bloom, entries)
-        self._install(version, after, _last_seq(entries, after))
+        # no op in the stream: the version is its snapshot, whose seq the meta says
+        self._install(version, meta, _seq(entries[-1]) if entries else last)
         self._lost = None
         self._problem = ""
         self._claim = self._behind = self._newer = None
@@ -1350,21 +1363,41 @@ class RedisFollower(Background):
         self._gc_due = True
         self._gc_later = time.monotonic() + RETIRED_GRACE_SECONDS + LIVE_SECONDS
 
-    def _apply(self, version: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
-        """Add stream ``entries`` to the view; False if the version is gone meanwhile.
+    def _apply(self, version: str, entries: list[StreamEntry]) -> bool:
+        """Add the delta ops from stream ``entries`` on (the page this round read) to
+        the view; False if the version is gone meanwhile.
 
-        The cursor moves past them only once the view holds them: a connection
-        lost in between (a failover) reads them again on the next round, and
-        adding keys to the Bloom filter twice is harmless."""
+        The view is labelled only with ops its filter holds, and only with whole
+        deltas: a load writes a delta's ops to the stream and its last seq to the meta
+        in one MULTI/EXEC, so the meta, read after ``entries``, names a seq whose every
+        op the stream holds by then. The stream is read on from ``entries``, a page at
+        a time, up to that seq (the rest of a delta longer than a page, or a delta
+        loaded since ``entries`` were read) and no further; the view takes that seq as
+        its label, with that meta's counts. Ops loaded after the meta was read are
+        left to the next round, which reads a meta that counts them.
+
+        Every read comes first; the cursor moves past the ops only once the view
+        holds them: a connection lost in between (a failover) reads them again on
+        the next round, and adding keys to the Bloom filter twice is harmless."""
         assert self._bloom is not None
-        _add_listed(self._bloom, entries)  # before this replica reads the version as changed
         meta = read_meta(self.client, self.keys, version)
         if "last_seq" not in meta:
             self._lose(f"redis lost version {version} while its deltas were read "
                        "(flushed, restarted empty or failed over?)")  # fmt: skip
             return False
-        self._stream_id = entries[-1][0]
-        self._install(version, meta, _last_seq(entries, meta))
+        last, stream = int(meta["last_seq"]), self.keys.deltas(version)
+        entries = list(entries)
+        while _seq(entries[-1]) < last:  # each page ends further on: bounded by the stream
+            reply = self.client.xread({stream: entries[-1][0]}, count=DELTA_PAGE)
+            if not reply:
+                break  # the stream holds no more: labelled with the last op it holds
+            entries += reply[0][1]
+        held = _through(entries, last)
+        if not held:
+            return True  # nothing up to the meta's seq: all of it waits for the next round
+        _add_listed(self._bloom, held)
+        self._stream_id = held[-1][0]
+        self._install(version, meta, _seq(held[-1]))
         return True
 
     def _install(self, version: str, meta: dict[str, bytes], seq: int) -> None:
@@ -1536,17 +1569,24 @@ def _newer_evidence(
             "at": min(at, now)}  # fmt: skip
 
 
-def _add_listed(bloom: Bloom, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+def _add_listed(bloom: Bloom, entries: list[StreamEntry]) -> None:
     """The Bloom keys that delta stream ``entries`` list, added to ``bloom``."""
     for _, fields in entries:
         for hi in filter(None, fields.get(b"bloom", b"").decode().split(",")):
             bloom.add(int(hi, 16))
 
 
-def _last_seq(entries: list[tuple[bytes, dict[bytes, bytes]]], meta: dict[str, bytes]) -> int:
-    """The last delta seq a view holds once it has ``entries``, per ``meta``."""
-    last = int(meta["last_seq"])
-    return max(int(entries[-1][1][b"seq"]), last) if entries else last
+def _seq(entry: StreamEntry) -> int:
+    """The delta seq of the op a stream ``entry`` records."""
+    return int(entry[1][b"seq"])
+
+
+def _through(entries: list[StreamEntry], last: int) -> list[StreamEntry]:
+    """``entries`` up to seq ``last``: a version's stream holds its ops in seq order."""
+    end = len(entries)
+    while end and _seq(entries[end - 1]) > last:
+        end -= 1
+    return entries[:end]
 
 
 def replicas(client: Client, keys: RedisKeys | None = None) -> list[dict[str, Any]]:
