@@ -62,7 +62,7 @@ def test_redis_commands_with_redis_down(tmp_path: Path, dead_redis: str) -> None
     [
         ("gen-data", "--count", "many", "--out", "OUT"),
         ("gen-data", "--count", "5", "--out", "OUT", "--as-of", "2026-13-01"),
-        ("gen-data", "--count", "5", "--out", "/nonexistent-dir/x.jsonl"),
+        ("gen-data", "--count", "5", "--out", "/dev/null/x.jsonl"),  # a folder that cannot be
         ("gen-data", "--count", "-3", "--out", "OUT"),
         ("gen-data", "--count", "5", "--out", "OUT", "--as-of", "0001-01-01"),
         ("gen-data", "--count", "5", "--out", "OUT", "--as-of", "9999-12-31"),
