@@ -43,6 +43,7 @@ import secrets
 import tempfile
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,34 @@ class Principal:
 
 
 ANONYMOUS = Principal("anonymous")
+
+#: Unicode categories a principal name may not hold: control and format characters
+#: (a newline would split ``keys list``'s row; a zero-width one hides), surrogates, and
+#: line and paragraph separators
+_UNSEEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def principal_name_problem(name: str) -> str:
+    """What is wrong with ``name`` as a new key's principal; "" when nothing.
+
+    ``anonymous`` (in any case) is reserved: it is every caller with authentication
+    off, and the caller of every audit record of a refusal for missing or bad
+    credentials, so a key naming it would be mistaken for either.
+    """
+    if not name.strip():
+        return "is empty: name who the key is for"
+    if name.strip().lower() == ANONYMOUS.name:
+        return (
+            f"{name!r} is reserved (the caller with authentication off, and of refusals "
+            "for missing or bad credentials): choose another name"
+        )
+    for at, char in enumerate(name):
+        if unicodedata.category(char) in _UNSEEN:
+            return (
+                f"{name!r} holds an unprintable character (U+{ord(char):04X}) at position "
+                f"{at + 1}: a principal is one line of visible characters"
+            )
+    return ""
 
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
@@ -315,7 +344,11 @@ def add_key(path: Path, principal: str, channels: Iterable[str] | str, roles: It
     """Add a new key to the keys file (created if missing); the key, shown once.
 
     With a rate and no ``burst`` (0), the burst stored is ``default_burst(rate)``.
+    A principal name ``principal_name_problem`` refuses is ``ConfigurationError``.
     """
+    problem = principal_name_problem(principal)
+    if problem:
+        raise ConfigurationError(f"principal {problem}")
     data = read_keys_document(path)
     key = new_key()
     if rate_per_second > 0 and burst == 0:
@@ -472,15 +505,16 @@ class Gate:
                 elif value != token:  # two credentials: serving either one would be a guess
                     message = "authorization metadata given twice, with different values"
                     raise Unauthenticated(message).with_reason("API_KEY_MALFORMED")
-        if token:
+        if given:  # even empty: a header that is not 'Bearer <key>'
             known = self._by_token.get(token)
             if known is not None:
                 return known
-            scheme, _, key = token.strip().partition(" ")  # white space around: as inside
-            if scheme.lower() != "bearer" or not key.strip():
+            # white space around the value and between its words is ignored, tabs too
+            words = token.split(None, 1)
+            if len(words) != 2 or words[0].lower() != "bearer":
                 message = "authorization metadata must be 'Bearer <key>'"
                 raise Unauthenticated(message).with_reason("API_KEY_MALFORMED")
-            found = self.ring.by_hash.get(key_hash(key.strip()))
+            found = self.ring.by_hash.get(key_hash(words[1].rstrip()))
             if found is None:
                 raise Unauthenticated("unknown API key").with_reason("API_KEY_UNKNOWN")
             if len(self._by_token) >= _TOKENS_KEPT:
@@ -548,6 +582,13 @@ class Gate:
                 wait,
             ).with_reason("RATE_LIMITED")
         bucket.tokens -= checks
+
+    def refund(self, principal: Principal, checks: int) -> None:
+        """Give back the ``checks`` tokens ``charge`` just took, for checks refused after
+        it (an enumeration throttle): only checks that pass are charged."""
+        bucket = self._buckets.get(principal.name)
+        if bucket is not None:
+            bucket.tokens = min(float(principal.bucket_size), bucket.tokens + checks)
 
     def observe(self, principal: Principal, key: int) -> None:
         """Count one checked identity toward the enumeration watch."""

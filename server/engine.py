@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.domain.decision import VERDICT_NOT_LISTED, Query, Verdict, decide, decide_many
-from shixin_check.domain.errors import InvalidInput, NotReady, PermissionDenied
+from shixin_check.domain.errors import InvalidInput, NotReady, PermissionDenied, RateLimited
 from shixin_check.domain.index import IndexSource, ListedMatch, ListView, VersionInfo
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import Channel, Decision, china_day
@@ -238,7 +238,8 @@ class CheckEngine:
         the request is validated and its channel held to the caller's scope
         (``InvalidInput``, ``PermissionDenied``); then, with ``view`` None, the
         source's current view is taken (``NotReady`` when there is none); then
-        the caller's rate is charged one token (``RateLimited``).
+        the caller's rate is charged one token (``RateLimited``), given back if the
+        enumeration watch then throttles the caller (``ENUMERATION_THROTTLED``).
         """
         query = self.query(request, principal)
         if view is None:
@@ -246,7 +247,11 @@ class CheckEngine:
         if principal.rate_per_second:
             self.gate.charge(principal, 1)
         if self._watching:
-            self.gate.observe(principal, query.subject_key)
+            try:
+                self.gate.observe(principal, query.subject_key)
+            except RateLimited:  # throttled: only checks that pass are charged
+                self.gate.refund(principal, 1)
+                raise
         verdict = decide(view, query, self.keyer, self.policy, china_day(time.time()))
         out = pb.CheckResponse()
         self._answer(out, request, query, verdict, view.info.version, peer, principal)
@@ -261,8 +266,9 @@ class CheckEngine:
 
         The order of ``check``: every request validated and in scope, then the
         view (the current one when ``view`` is None), then the rate charged one
-        token per check (an empty batch one). The queries and their verdicts are
-        returned (the audit record's masked subjects and outcomes).
+        token per check (an empty batch one), given back if the enumeration watch
+        throttles the caller. The queries and their verdicts are returned (the
+        audit record's masked subjects and outcomes).
         """
         keyer = self.keyer
         try:
@@ -277,8 +283,12 @@ class CheckEngine:
         if principal.rate_per_second:
             self.gate.charge(principal, len(requests) or 1)
         if self._watching:
-            for query in queries:
-                self.gate.observe(principal, query.subject_key)
+            try:
+                for query in queries:
+                    self.gate.observe(principal, query.subject_key)
+            except RateLimited:  # throttled: only checks that pass are charged
+                self.gate.refund(principal, len(requests) or 1)
+                raise
         verdicts = decide_many(view, queries, keyer, self.policy, china_day(time.time()))
         version = view.info.version
         add = out.add

@@ -12,12 +12,14 @@ INTERNAL grpcio would give: the methods are registered with lenient
 deserialisers (``add_to_server``). A batch uses one list version for all its
 checks; a stream one per check.
 
-Every call is judged in one order: the caller (its metadata is there whatever
-the body holds: no credentials is UNAUTHENTICATED whatever was sent) and the
-method's role; then the body (bytes that do not parse, a batch over
-``max_batch``); then each check's fields and channel (``CheckEngine``); then
-the list (none loaded: UNAVAILABLE); then the caller's rate, so a refused
-check costs no token. A refused call is audited under its caller with the
+Every call is judged in one order: its metadata's size (over
+``MAX_METADATA_BYTES``: RESOURCE_EXHAUSTED as grpc refuses it, unaudited; grpc
+lets a connection's first call through whatever its size); the caller (its
+metadata is there whatever the body holds: no credentials is UNAUTHENTICATED
+whatever was sent) and the method's role; then the body (bytes that do not
+parse, a batch over ``max_batch``); then each check's fields and channel
+(``CheckEngine``); then the list (none loaded: UNAVAILABLE); then the
+caller's rate, so a refused check costs no token. A refused call is audited under its caller with the
 checks it asked for (a batch's size when it parsed; 0 for GetListStatus and
 GetPrefilter). No answer leaves without its audit record: a record that
 cannot be written (a full disk) makes the call INTERNAL, as a hit-log write
@@ -95,6 +97,7 @@ from shixin_check.domain.errors import (
     NotReady,
     PermissionDenied,
     RateLimited,
+    Unauthenticated,
 )
 from shixin_check.domain.identity import mask_id
 from shixin_check.domain.model import Channel, Decision, china_day
@@ -103,6 +106,7 @@ from shixin_check.domain.wire import MAX_CHARS
 from shixin_check.server.auth import ANONYMOUS, Gate, Principal
 from shixin_check.server.convert import StreamIds
 from shixin_check.server.engine import BATCH, STATUS, STREAM, UNARY, CheckEngine, Tally
+from shixin_check.server.hitlog import _METADATA_VALUE_MAX as _AUDITED_VALUE_MAX
 from shixin_check.server.hitlog import (
     WITHDRAWN_HIT_UNWRITTEN,
     WITHDRAWN_UNAUDITED,
@@ -141,6 +145,10 @@ class Late(DeadlineExceeded):
     def __init__(self, withdrawn: list[str]) -> None:
         super().__init__("the deadline passed before the answer could leave")
         self.withdrawn = withdrawn
+
+
+class MetadataTooLarge(Exception):
+    """A call's metadata over ``MAX_METADATA_BYTES``: refused as grpc refuses it (``_fail``)."""
 
 
 def _withdrawn_field(check_ids: list[str]) -> bytes:
@@ -229,21 +237,40 @@ WITHDRAWN_CUT = "the call ended before its answer left: cut at the end of the gr
 _CANCEL_TURNS = 3
 
 
-_AUDITED_METADATA = ("user-agent", "x-request-id", "x-merchant-id", "x-terminal-id")
+_AUDITED_METADATA = frozenset({"user-agent", "x-request-id", "x-merchant-id", "x-terminal-id"})
 #: A call's metadata as grpcio hands it over: (key, value) pairs.
 Metadata = tuple[tuple[str, str | bytes], ...]
+#: A call's metadata, all headers together, as grpc counts it (each header's key and
+#: value and 32 bytes, RFC 7541's entry size): the server's ``grpc.max_metadata_size``.
+#: grpc does not hold the first call of a connection to it (a client that sends before
+#: reading the server's settings gets any size through), so the service does.
+MAX_METADATA_BYTES = 16 * 1024
+_HEADER_OVERHEAD = 32
+_MOST_HEADERS = MAX_METADATA_BYTES // _HEADER_OVERHEAD
 #: Decision names by wire value: ``pb.Decision.Name`` is a descriptor look-up (~0.8 µs).
 _DECISION_NAMES = {value: name for name, value in pb.Decision.items()}
 
 
-#: distinct (method, caller, peer, metadata) whose audit fields a service keeps encoded
-#: (peers and callers repeat across calls); past it, it starts afresh
+#: distinct (method, caller, peer, audited metadata) whose audit fields a service keeps
+#: encoded (peers and callers repeat across calls); past it, it starts afresh
 _CALLS_KEPT = 4096
+#: What the audit log keeps of a call's metadata: ``_AUDITED_METADATA``, each value cut
+#: where the log cuts it. The key of the call fields kept (``_call_fields``), so bounded.
+Audited = tuple[tuple[str, str | bytes], ...]
 
 
-def _audited(metadata: Metadata) -> dict[str, str]:
-    """The metadata the audit log keeps (``AuditLog`` withholds secrets and binary values)."""
-    return {k: str(v) for k, v in metadata if k in _AUDITED_METADATA}
+def _audited(metadata: Metadata) -> Audited:
+    """The metadata the audit log keeps (``AuditLog`` withholds secrets and binary values):
+    at most one value of each name, none longer than the log keeps."""
+    kept = tuple([entry for entry in metadata if entry[0] in _AUDITED_METADATA])
+    if len(kept) <= len(_AUDITED_METADATA):  # nearly every call: grpcio's pairs, as they are
+        for _name, value in kept:
+            if len(value) > _AUDITED_VALUE_MAX:
+                break
+        else:
+            return kept
+    # a name repeated, or a value longer than the log keeps: what the log keeps of them
+    return tuple({k: v[:_AUDITED_VALUE_MAX] for k, v in kept}.items())
 
 
 class ConsumptionCheckService:
@@ -269,18 +296,31 @@ class ConsumptionCheckService:
         self.cutting = False
         self.tally: Tally = engine.tally
         self.prefilters = Prefilters(engine.keyer)
-        self._calls: dict[tuple[str, str, str, Metadata], bytes] = {}
+        self._calls: dict[tuple[str, str, str, Audited], bytes] = {}
 
     # --- the gate and the audit trail ----------------------------------------
 
     def _metadata(self, context: grpc.aio.ServicerContext) -> Metadata:
-        """The call's metadata when the gate or the audit log will read it, else nothing.
+        """The call's metadata when the gate or the audit log will read it, else nothing;
+        ``MetadataTooLarge`` over ``MAX_METADATA_BYTES``, before anything reads it.
 
         Read once per call (or stream) and handed to both: grpcio builds the
-        tuple afresh on every ``invocation_metadata()`` (~4 µs).
+        tuple afresh on every ``invocation_metadata()`` (~4 µs). What it hands over
+        lacks the pseudo-headers grpc counts too, so a call grpc lets through is never
+        refused here. Metadata nothing reads is not looked at: it costs nothing more.
         """
         if self.gate.enabled or self.audit is not None:
-            return context.invocation_metadata() or ()
+            metadata = context.invocation_metadata() or ()
+            headers = len(metadata)
+            size = _HEADER_OVERHEAD * headers
+            if headers <= _MOST_HEADERS:  # more are over the limit, whatever they hold
+                for key, value in metadata:
+                    size += len(key) + len(value)
+            if size > MAX_METADATA_BYTES:
+                raise MetadataTooLarge(
+                    f"received metadata size exceeds hard limit ({size} vs. {MAX_METADATA_BYTES})"
+                )
+            return metadata
         return ()
 
     def _identify(self, context: grpc.aio.ServicerContext, metadata: Metadata) -> Principal:
@@ -305,26 +345,29 @@ class ConsumptionCheckService:
             principal.require_role(role)
 
     def _audit(self, context: grpc.aio.ServicerContext, method: str, principal: Principal,
-               subject: str, outcome: str, started: float, count: int = 1,
-               check_id: str = "", metadata: Metadata | None = None,
-               peer: str = "", extra: bytes = b"") -> None:  # fmt: skip
+               subject: str, outcome: str, started: float, metadata: Metadata,
+               count: int = 1, check_id: str = "", peer: str = "",
+               extra: bytes = b"") -> None:  # fmt: skip
+        """``metadata``: the call's, as ``_metadata`` read it (grpcio builds it afresh each time)."""
         assert self.audit is not None
-        if metadata is None:
-            metadata = context.invocation_metadata() or ()
         call = self._call_fields(method, principal, peer or context.peer(), metadata)
         self.audit.record_call(call, subject, outcome, started, count, check_id, extra)
 
     def _call_fields(
         self, method: str, principal: Principal, peer: str, metadata: Metadata
     ) -> bytes:
-        """``hitlog.call_fields`` of a call, encoded once for every call that shares them."""
-        key = (method, principal.name, peer, metadata)
+        """``hitlog.call_fields`` of a call, encoded once for every call that shares them:
+        kept by what the record holds (the audited metadata, not all of it), so that
+        what is kept is bounded whatever a caller sends."""
+        audited = _audited(metadata)
+        key = (method, principal.name, peer, audited)
         calls = self._calls
         call = calls.get(key)
         if call is None:
             if len(calls) >= _CALLS_KEPT:
                 calls.clear()
-            call = calls[key] = call_fields(method, principal.name, peer, _audited(metadata))
+            kept = {k: str(v) for k, v in audited}
+            call = calls[key] = call_fields(method, principal.name, peer, kept)
         return call
 
     def _count_refusal(
@@ -374,38 +417,52 @@ class ConsumptionCheckService:
 
     async def _fail(
         self, context: grpc.aio.ServicerContext, exc: BaseException, method: str,
-        principal: Principal, subject: str, started: float, prefix: str = "",
-        channels: Iterable[int] = (), count: int = 1,
+        principal: Principal, subject: str, started: float, metadata: Metadata,
+        prefix: str = "", channels: Iterable[int] = (), count: int = 1,
     ) -> NoReturn:  # fmt: skip
         """End the call with the status of ``exc`` and its details, audited.
 
-        ``channels``: the request's, to name the one outside the caller's scope;
-        ``count``: the checks the call asked for, as its audit record gives them.
-        An INTERNAL is logged once, with its traceback and check id. An audit
-        record that cannot be written (the disk is full) does not stop the
-        refusal: the log line says so, and the audit log counts its failures.
+        ``metadata``: the call's (``_metadata``); ``channels``: the request's, to
+        name the one outside the caller's scope; ``count``: the checks the call
+        asked for, as its audit record gives them. An authentication refusal's
+        record says why (``"reason"``: ``API_KEY_MISSING``, ...): its caller is
+        ``anonymous``, as every caller's is with authentication off. An INTERNAL
+        is logged once, with its traceback and check id. An audit record that
+        cannot be written (the disk is full) does not stop the refusal: the log
+        line says so, and the audit log counts its failures. Metadata over the
+        limit (``MetadataTooLarge``) is refused as grpc refuses it, with no
+        details and no audit record (README: Bad input), and only counted.
         """
+        if isinstance(exc, MetadataTooLarge):
+            self._count_refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, exc, principal)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise AssertionError("abort returned")
         code = status_of(exc)
         check_id = ""
         if code is grpc.StatusCode.INTERNAL:
             check_id = self.engine.new_check_id()
             undecided = "" if method in _METHOD_ROLE else "; the check was not decided"
             message = f"{prefix}internal error (check_id {check_id}){undecided}"
-            metadata = {"check_id": check_id}
+            info = {"check_id": check_id}
         else:
             message = prefix + str(exc)
             role = _METHOD_ROLE.get(method, "check")
-            metadata = _error_metadata(code, principal, role, channels)
-        told = refusal(exc, message, metadata)
+            info = _error_metadata(code, principal, role, channels)
+        told = refusal(exc, message, info)
         trailers = told.trailing_metadata()
         if told.retry_after is not None:
             trailers += ((PUSHBACK_KEY, _pushback(told.retry_after_ms, context)),)
         unaudited = ""
         if self.audit is not None:
-            extra = _withdrawn_field(exc.withdrawn) if isinstance(exc, Late) else b""
+            if isinstance(exc, Late):
+                extra = _withdrawn_field(exc.withdrawn)
+            elif isinstance(exc, Unauthenticated):
+                extra = b',"reason":' + orjson.dumps(exc.reason)
+            else:
+                extra = b""
             try:
-                self._audit(context, method, principal, subject, code.name, started, count,
-                            check_id=check_id, extra=extra)  # fmt: skip
+                self._audit(context, method, principal, subject, code.name, started, metadata,
+                            count, check_id=check_id, extra=extra)  # fmt: skip
             except Exception as failure:  # noqa: BLE001 - the refusal goes out all the same
                 unaudited = f"; not audited: {failure}"
         if check_id:
@@ -500,7 +557,7 @@ class ConsumptionCheckService:
             raise
         if _late(context):
             await self._fail(context, self._too_late(method, answered), method, principal,
-                             "", started, count=count)  # fmt: skip
+                             "", started, metadata, count=count)  # fmt: skip
 
     def _stream_ended(
         self, unsent: list[tuple[pb.CheckRequest, pb.CheckResponse, bytes, float]],
@@ -520,16 +577,16 @@ class ConsumptionCheckService:
                       ((request, response),), started)  # fmt: skip
 
     def _refuse_in_stream(
-        self, context: grpc.aio.ServicerContext, exc: BaseException, request: pb.CheckRequest,
-        principal: Principal, started: float,
+        self, exc: BaseException, request: pb.CheckRequest, principal: Principal,
+        started: float, call: bytes,
     ) -> pb.CheckResponse:  # fmt: skip
-        """The answer to a bad request on a stream: its request_id and the error, audited."""
+        """The answer to a bad request on a stream: its request_id and the error, audited
+        (``call``: the stream's audit fields, ``_call_fields``)."""
         code = status_of(exc)
         told = refusal(exc, metadata=_error_metadata(code, principal, "check", (request.channel,)))
         if self.audit is not None:
             try:
-                self._audit(context, "CheckConsumptionStream", principal, _subject_of(request),
-                            code.name, started)  # fmt: skip
+                self.audit.record_call(call, _subject_of(request), code.name, started)
             except Exception as failure:  # noqa: BLE001 - the refusal goes out all the same (_fail)
                 log.error("CheckConsumptionStream refused a request with %s, caller %s; not "
                           "audited: %s", code.name, principal.name or "-", failure)  # fmt: skip
@@ -543,6 +600,7 @@ class ConsumptionCheckService:
     ) -> pb.CheckResponse:
         started = time.perf_counter()
         principal = ANONYMOUS
+        metadata: Metadata = ()
         try:
             # the caller first: its metadata is there whatever the body holds
             metadata = self._metadata(context)
@@ -560,7 +618,7 @@ class ConsumptionCheckService:
             if self.audit is not None:
                 try:
                     self._audit(context, "CheckConsumption", principal, _subject_of(request),  # type: ignore[arg-type]
-                                _DECISION_NAMES[response.decision], started, metadata=metadata,
+                                _DECISION_NAMES[response.decision], started, metadata,
                                 peer=peer)  # fmt: skip
                 except Exception:
                     self._unanswered("CheckConsumption", ((request, response),))  # type: ignore[arg-type]
@@ -569,9 +627,8 @@ class ConsumptionCheckService:
             malformed = type(request) is Malformed
             subject = "" if malformed else _subject_of(request)  # type: ignore[arg-type]
             channels = () if malformed else (request.channel,)  # type: ignore[union-attr]
-            await self._fail(
-                context, exc, "CheckConsumption", principal, subject, started, channels=channels
-            )
+            await self._fail(context, exc, "CheckConsumption", principal, subject, started,
+                             metadata, channels=channels)  # fmt: skip
         self.tally.observe(UNARY, time.perf_counter() - started)
         return response
 
@@ -581,6 +638,7 @@ class ConsumptionCheckService:
         started = time.perf_counter()
         principal = ANONYMOUS
         count = 0
+        metadata: Metadata = ()
         try:
             metadata = self._metadata(context)
             principal = self._identify(context, metadata)
@@ -613,7 +671,7 @@ class ConsumptionCheckService:
             if self.audit is not None:
                 try:
                     self._audit(context, "CheckConsumptionBatch", principal, "", "OK", started,
-                                count, metadata=metadata, peer=peer,
+                                metadata, count, peer=peer,
                                 extra=_batch_fields(queries, verdicts))  # fmt: skip
                 except Exception:
                     self._unanswered("CheckConsumptionBatch",
@@ -626,7 +684,7 @@ class ConsumptionCheckService:
                 else ()
             )
             await self._fail(context, exc, "CheckConsumptionBatch", principal, "", started,
-                             channels=channels, count=count)  # fmt: skip
+                             metadata, channels=channels, count=count)  # fmt: skip
         if hit:
             await self._left(context, principal, list(zip(checks, reply.results, strict=True)),
                              started, count, metadata, peer)  # fmt: skip
@@ -642,14 +700,15 @@ class ConsumptionCheckService:
         peer = context.peer() if self._peers else ""
         principal = ANONYMOUS
         started = time.perf_counter()
-        metadata = self._metadata(context)
+        metadata: Metadata = ()
         generation = gate.generation
         try:
+            metadata = self._metadata(context)
             principal = self._identify(context, metadata)
             self._admit(principal, "check")
         except Exception as exc:  # noqa: BLE001
             await self._fail(context, exc, "CheckConsumptionStream", principal, "", started,
-                             count=0)  # fmt: skip
+                             metadata, count=0)  # fmt: skip
         ids = StreamIds()
         audit = self.audit
         call = b""
@@ -670,7 +729,7 @@ class ConsumptionCheckService:
                 except Exception as exc:  # noqa: BLE001 - the stream ends, as at its start
                     subject = "" if isinstance(request, Malformed) else _subject_of(request)
                     await self._fail(context, exc, "CheckConsumptionStream", principal, subject,
-                                     started)  # fmt: skip
+                                     started, metadata)  # fmt: skip
                 if audit is not None:
                     call = self._call_fields("CheckConsumptionStream", principal,
                                              peer or context.peer(), metadata)  # fmt: skip
@@ -685,7 +744,7 @@ class ConsumptionCheckService:
                         ids.release(request.request_id)  # answered: it may come again
                         raise
                 except _REQUEST_REFUSALS as exc:  # this request only: answered, the stream goes on
-                    response = self._refuse_in_stream(context, exc, request, principal, started)
+                    response = self._refuse_in_stream(exc, request, principal, started, call)
                 else:
                     if audit is not None:
                         try:
@@ -699,9 +758,8 @@ class ConsumptionCheckService:
                 rid = "" if malformed else request.request_id  # type: ignore[union-attr]
                 prefix = f"request_id {rid!r}: " if rid else ""
                 subject = "" if malformed else _subject_of(request)  # type: ignore[arg-type]
-                await self._fail(
-                    context, exc, "CheckConsumptionStream", principal, subject, started, prefix
-                )
+                await self._fail(context, exc, "CheckConsumptionStream", principal, subject,
+                                 started, metadata, prefix)  # fmt: skip
             self.tally.observe(STREAM, time.perf_counter() - started)
             if response.matches:  # a hit: withdrawn if the server cuts the stream meanwhile
                 unsent.append((request, response, call, started))
@@ -715,8 +773,10 @@ class ConsumptionCheckService:
     ) -> pb.ListStatus:
         started = time.perf_counter()
         principal = ANONYMOUS
+        metadata: Metadata = ()
         try:
-            principal = self._identify(context, self._metadata(context))
+            metadata = self._metadata(context)
+            principal = self._identify(context, metadata)
             self._admit(principal, "status")
             if type(request) is Malformed:
                 raise MalformedRequest(request.problem)
@@ -724,9 +784,10 @@ class ConsumptionCheckService:
             if not status.not_serving_reason:
                 status.not_serving_reason = log_problem(self.engine.hit_log, self.audit)
             if self.audit is not None:
-                self._audit(context, "GetListStatus", principal, "", "OK", started, 0)
+                self._audit(context, "GetListStatus", principal, "", "OK", started, metadata, 0)
         except Exception as exc:  # noqa: BLE001
-            await self._fail(context, exc, "GetListStatus", principal, "", started, count=0)
+            await self._fail(context, exc, "GetListStatus", principal, "", started, metadata,
+                             count=0)  # fmt: skip
         self.tally.observe(STATUS, time.perf_counter() - started)
         return status
 
@@ -735,8 +796,10 @@ class ConsumptionCheckService:
     ) -> AsyncIterator[pb.PrefilterChunk]:
         started = time.perf_counter()
         principal = ANONYMOUS
+        metadata: Metadata = ()
         try:
-            principal = self._identify(context, self._metadata(context))
+            metadata = self._metadata(context)
+            principal = self._identify(context, metadata)
             self._admit(principal, "prefilter")
             if type(request) is Malformed:
                 raise MalformedRequest(request.problem)
@@ -762,9 +825,10 @@ class ConsumptionCheckService:
             if stale_since is not None:
                 header.stale_since = _rfc3339(stale_since)
             if self.audit is not None:
-                self._audit(context, "GetPrefilter", principal, "", "OK", started, 0)
+                self._audit(context, "GetPrefilter", principal, "", "OK", started, metadata, 0)
         except Exception as exc:  # noqa: BLE001
-            await self._fail(context, exc, "GetPrefilter", principal, "", started, count=0)
+            await self._fail(context, exc, "GetPrefilter", principal, "", started, metadata,
+                             count=0)  # fmt: skip
         yield pb.PrefilterChunk(header=header)
         for chunk in chunks:
             yield chunk

@@ -72,8 +72,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from shixin_check.server.auth import add_key
+    from shixin_check.server.auth import add_key, principal_name_problem
 
+    problem = principal_name_problem(args.principal)
+    if problem:
+        print(f"keys add: --principal {problem}", file=sys.stderr)
+        return 2
     if args.rate < 0 or args.burst < 0:
         print("keys add: --rate and --burst must be 0 or more", file=sys.stderr)
         return 2
