@@ -84,7 +84,12 @@ from shixin_check.server.engine import CheckEngine
 from shixin_check.server.hitlog import AuditLog, HitLog, LogInUse
 from shixin_check.server.hitsink import HitForwarder, error_text
 from shixin_check.server.metrics import MetricsEndpoint, Reading, ReadingWriter, take_reading
-from shixin_check.server.service import ConsumptionCheckService, add_to_server, log_problem
+from shixin_check.server.service import (
+    MAX_METADATA_BYTES,
+    ConsumptionCheckService,
+    add_to_server,
+    log_problem,
+)
 from shixin_check.server.settings import DEMO_METRICS_LISTEN, ServeSettings
 from shixin_check.server.status import refusal
 
@@ -109,8 +114,6 @@ LOG_PROBE_S = 1.0
 NO_LIST = "no list loaded yet"
 NOTHING_IN_REDIS = "redis holds no version yet"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-#: a call's metadata, all headers together (README: Bad input)
-MAX_METADATA_BYTES = 16 * 1024
 #: The fastest client pinging accepted (the Python client's default keepalive is 10 s:
 #: ``clients/channel.py`` ``KEEPALIVE_MIN_INTERVAL_S`` says the same).
 KEEPALIVE_MIN_INTERVAL_S = 5
