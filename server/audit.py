@@ -17,7 +17,25 @@ live file) and names the first record that breaks the chain written by
   a line (a record torn by a power loss), whatever the head says;
 - ``rewritten``: the record at the noted head's ``seq`` is not the one noted;
 - ``bad head``: ``<path>.head`` is there but is not a head (it is replaced
-  whole, so only an edit or a damaged disk leaves it so).
+  whole, so only an edit or a damaged disk leaves it so), or a record of the
+  chain says its writer found it so at its start (``head_at_start``
+  ``"unreadable"``: the writer went on from the log's end, so a cut before that
+  record cannot be ruled out);
+- ``misplaced``: the head names a file that is not one of this set's (it was
+  noted by another set's writer): sets swapped, or one copied over another; or
+  a record says its writer found the head so at its start (``head_at_start``
+  ``"misplaced"``);
+- ``copied``: another set under the same path begins with the same record
+  (and so holds the same records as far as both go): one of them is a copy,
+  not a chain of its own (``verify_sets``). A chain's first record is its
+  writer's own: its time, to a fraction of a microsecond, and the peer of a
+  connection that writer alone accepted.
+
+Not a failure, but not a plain OK either (``VerifyResult.unanchored``): a
+record saying its writer started on this log with no head noted (``head_at_start``
+``"missing"``: the head removed, or a log written before heads were kept).
+The chain is whole as far as it goes, but records cut off the end before that
+record would not show, and nothing can show it now.
 
 A chain alone cannot show records cut off its end; the head noted beside it
 can. The head is read before the log, and a writer notes it only after the
@@ -33,15 +51,27 @@ A set without a head is a warning, not a failure (a choice): logs written
 before heads were kept have none, and failing them would fail every old log;
 ``VerifyResult.warning`` says what could not be checked.
 
+What the chain cannot show: it is SHA-256 without a key, so whoever can write
+the files can edit a record and write every later record and the head again
+(or append made-up records and a new head), and the set verifies whole. A
+whole set removed with its head leaves nothing to verify. Only a head kept
+off the machine (``audit verify``'s ``head seq N sha256 ...``) shows such a
+rewrite: put it back as ``<path>.head`` beside a copy of the set, and
+``verify`` reports the record at its ``seq`` ``rewritten`` (or the log
+``truncated``) unless the set still holds that very record.
+
 ``serve --workers N`` writes one audit set per worker (``audit.w1.jsonl``,
 ...), each its own chain with its own head: ``verify_sets`` verifies every set
-found under the path given (``server.hitlog.log_sets``), each on its own.
+found under the path given (``server.hitlog.log_sets``), each on its own, then
+holds them to one another (no two alike: ``copied``). A worker's set missing
+below the highest one found is ``server.hitlog.worker_gaps``'s to name; a
+highest-numbered set removed whole cannot be seen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +79,14 @@ import orjson
 
 from shixin_check.server.hitlog import (
     GENESIS,
+    HEAD_AT_START,
     ChainHead,
     HeldFile,
     head_path,
     line_hash,
     log_files,
     log_sets,
+    names_a_file_of,
     open_log_files,
     read_head,
 )
@@ -69,7 +101,9 @@ class Problem:
     file: Path
     line: int | None  # 1-based, within ``file``; None when the problem is the set's end
     seq: int | None  # the record concerned (for ``removed``: the first missing one)
-    kind: str  # "edited", "removed", "reordered", "not JSON", "truncated", "rewritten", "bad head"
+    #: "edited", "removed", "reordered", "not JSON", "truncated", "rewritten", "bad head",
+    #: "misplaced", "copied"; "unanchored" (``VerifyResult.unanchored``, no failure)
+    kind: str
     detail: str
 
     def __str__(self) -> str:
@@ -89,6 +123,10 @@ class VerifyResult:
     head_hash: str = GENESIS
     noted: ChainHead | None = None
     warning: str = ""  # what could not be checked (no head noted)
+    #: the first record saying its writer started with no head noted: the chain is whole
+    #: as far as it goes, but a cut before it cannot be ruled out (None when none says so)
+    unanchored: Problem | None = None
+    genesis: str = ""  # ``line_hash`` of the set's first record: no other set may share it
 
     @property
     def ok(self) -> bool:
@@ -113,6 +151,9 @@ class _Walk:
     records: int = 0
     #: the record at the noted head's seq, its hash, and how many records came before it
     noted_at: tuple[_Line, str, int] | None = None
+    genesis: str = ""  # the first record's hash
+    #: records saying their writer started without a head: (line, record, records before)
+    restarts: list[tuple[_Line, dict[str, Any], int]] = field(default_factory=list)
 
 
 def _lines(files: list[HeldFile]) -> Iterator[_Line]:
@@ -167,28 +208,91 @@ def _verify_held(
             problem = _torn_end(noted, walk, line, files[-1]) or Problem(
                 line.file, line.number, None, "not JSON", "not an audit record"
             )
-            return VerifyResult(files, walk.records, problem, walk.seq, walk.hash, noted)
+            return _result(files, walk, walk.records, problem, noted)
         broken = _check(walk, line, record, held, position)
         if broken is not None:
-            return VerifyResult(files, _intact(walk, broken), broken, walk.seq, walk.hash, noted)
+            return _result(files, walk, _intact(walk, broken), broken, noted)
+        if walk.at is None:  # seq 1, linked to the genesis: the chain's first record
+            walk.genesis = line_hash(line.raw)
+        if "head_at_start" in record:
+            walk.restarts.append((line, record, walk.records))
         if noted is not None and record["seq"] == noted.seq:
             walk.noted_at = (line, line_hash(line.raw), walk.records)
         walk.seq, walk.hash, walk.at = record["seq"], line_hash(line.raw), line
         walk.records += 1
     if unreadable:
         bad = Problem(head_path(path), None, None, "bad head", "not an audit head (edited?)")
-        return VerifyResult(files, walk.records, bad, walk.seq, walk.hash)
+        return _result(files, walk, walk.records, bad, None)
+    found = _misplaced(path, noted, walk) or _bad_head_at_start(path, walk)
+    if found is not None:
+        return _result(files, walk, found[1], found[0], noted)
+    unanchored = _unanchored(path, walk)
     if noted is None:
         warning = (
             f"no head noted ({head_path(path).name} is missing): records cut off the end "
             "would not show; logs written before heads were kept have none"
         )
-        return VerifyResult(files, walk.records, None, walk.seq, walk.hash, None, warning)
+        return _result(files, walk, walk.records, None, None, warning, unanchored)
     short = _held_to(noted, walk, files[-1])
     intact = walk.records
     if short is not None and short.kind == "rewritten" and walk.noted_at is not None:
         intact = walk.noted_at[2]
-    return VerifyResult(files, intact, short, walk.seq, walk.hash, noted)
+    return _result(files, walk, intact, short, noted, "", unanchored)
+
+
+def _result(
+    files: list[Path], walk: _Walk, intact: int, problem: Problem | None,
+    noted: ChainHead | None, warning: str = "", unanchored: Problem | None = None,
+) -> VerifyResult:  # fmt: skip
+    return VerifyResult(files, intact, problem, walk.seq, walk.hash, noted, warning,
+                        unanchored if problem is None else None, walk.genesis)  # fmt: skip
+
+
+def _misplaced(path: Path, noted: ChainHead | None, walk: _Walk) -> tuple[Problem, int] | None:
+    """A head noted by another set's writer: (the problem, records intact)."""
+    if noted is not None and noted.file and not names_a_file_of(path, noted.file):
+        detail = (f"the head names {noted.file}, not a file of {path.name}: it was noted by "
+                  "another set's writer (sets swapped, or copied over one another?)")  # fmt: skip
+        return Problem(head_path(path), None, None, "misplaced", detail), walk.records
+    return None
+
+
+def _restart_detail(path: Path, record: dict[str, Any], seen: str) -> str:
+    after = record.get("after_seq")
+    where = f" after seq {after}" if isinstance(after, int) else ""
+    if record["head_at_start"] == "misplaced":
+        other = record.get("head_file")
+        named = f" ({other})" if isinstance(other, str) and other else ""
+        return (f"its writer started{where} with {head_path(path).name} noted by another "
+                f"set's writer{named}: these files were swapped, or copied over one another?")  # fmt: skip
+    return (f"its writer started{where} with {head_path(path).name} {seen}, and went on from "
+            "the log's end: records cut off the end before this record would not show")  # fmt: skip
+
+
+def _bad_head_at_start(path: Path, walk: _Walk) -> tuple[Problem, int] | None:
+    """The first record saying its writer found the head unreadable, or noted by another
+    set's writer: as a ``bad head`` (or ``misplaced``) seen now would be, with the
+    records before it intact as far as they go."""
+    for line, record, before in walk.restarts:
+        how = record["head_at_start"]
+        if how == "misplaced":
+            detail = _restart_detail(path, record, HEAD_AT_START[how])
+            return Problem(line.file, line.number, record["seq"], how, detail), before
+        if how != "missing":
+            detail = _restart_detail(path, record, "not an audit head (edited?)")
+            return Problem(line.file, line.number, record["seq"], "bad head", detail), before
+    return None
+
+
+def _unanchored(path: Path, walk: _Walk) -> Problem | None:
+    """The first record saying its writer started with no head noted; how many do."""
+    if not walk.restarts:
+        return None
+    line, record, _ = walk.restarts[0]
+    detail = _restart_detail(path, record, "missing")
+    if len(walk.restarts) > 1:
+        detail += f" ({len(walk.restarts)} such starts in all)"
+    return Problem(line.file, line.number, record["seq"], "unanchored", detail)
 
 
 def verify_sets(path: Path) -> list[tuple[Path, VerifyResult]]:
@@ -199,7 +303,28 @@ def verify_sets(path: Path) -> list[tuple[Path, VerifyResult]]:
     sets = log_sets(path)
     if not sets:
         raise FileNotFoundError(f"no audit log at {path}")
-    return [(one, _verify_or_gone(one)) for one in sets]
+    return _copies([(one, _verify_or_gone(one)) for one in sets])
+
+
+def _copies(results: list[tuple[Path, VerifyResult]]) -> list[tuple[Path, VerifyResult]]:
+    """Sets sharing a first record (and so every record as far as both go) are one chain
+    written once and copied: each not broken otherwise is ``copied`` (which one is the
+    original cannot be told). A chain's first record is its writer's own: its time, to a
+    fraction of a microsecond, and the peer of a connection that writer alone accepted."""
+    by_genesis: dict[str, list[Path]] = {}
+    for one, result in results:
+        if result.genesis:
+            by_genesis.setdefault(result.genesis, []).append(one)
+    found = []
+    for one, result in results:
+        alike = [other.name for other in by_genesis.get(result.genesis, ()) if other != one]
+        if alike and result.problem is None:
+            detail = (f"its first record is also the first of {', '.join(alike)}: one of "
+                      "these sets is a copy of another, not a chain of its own")  # fmt: skip
+            copied = Problem(result.files[0], 1, 1, "copied", detail)
+            result = replace(result, problem=copied, unanchored=None)
+        found.append((one, result))
+    return found
 
 
 def _verify_or_gone(path: Path) -> VerifyResult:

@@ -9,8 +9,14 @@ merchants), the checks sent for review, and the purchases allowed because
 the listing was suspended, exempted, expired or the purchase not restricted.
 
 Records are read from every file given (rotated ones included), kept when
-their ``time`` falls in the quarter in China time, and counted once per
-``check_id`` however many replicas or rotations hold them. A line that is
+their ``time`` falls in the quarter in China time (the day ``china_day``
+gives it, as the hit log's rotation does), and counted once however many
+replicas, rotations or the Redis stream hold them: a record with the
+``check_id``, ``time`` and ``masked_id`` of one counted is that check again
+(a duplicate). A check id is a process's random 32-bit prefix and a counter,
+so two processes may draw the same prefix: a record with a counted check id
+but another time or subject is another check, counted too, and said
+(``Totals.collisions``). A line that is
 not a hit record is counted in ``skipped_lines``, never fatal: a record
 needs a ``check_id``, a ``decision`` of ALLOW, DENY or REVIEW and a ``time``
 that is a number of seconds (``true`` is not one). A record of the audit log
@@ -40,9 +46,13 @@ call whose answer never left, its audit record unwritten) takes its checks
 out of the report: a withdrawn hit of the quarter is counted in ``withdrawn``
 and nowhere else. It applies to its check ids wherever their hits are, in
 any file given (rotated files, other workers' and replicas' logs, the Redis
-stream) and whatever its own time: check ids are unique across processes,
-which is what counting each check once relies on. So a report can be read as
-records in the quarter = ``checks`` + ``withdrawn`` + ``duplicates``.
+stream) and whatever its own time. It names check ids only, so where two
+checks share one (``collisions``) it withdraws both. So a report can be read
+as records in the quarter = ``checks`` + ``withdrawn`` + ``duplicates``.
+
+``serve --workers N`` writes worker 1 to N's sets; a worker's set missing
+below the highest one found (``sets_not_read``) is named in
+``Totals.missing_sets``: its checks are not in the report.
 """
 
 from __future__ import annotations
@@ -60,12 +70,13 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from shixin_check.domain.model import CHINA_TZ
+from shixin_check.domain.model import CHINA_TZ, china_day
 from shixin_check.server.convert import unseen_kind
-from shixin_check.server.hitlog import HeldFile, unread_siblings, withdrawn_ids
+from shixin_check.server.hitlog import HeldFile, unread_siblings, withdrawn_ids, worker_gaps
 
 REPORT_DUE_DAYS = 30  # seed 004: within 30 days of the quarter's end
-_LATEST_TIME = 253402300800  # 10000-01-01: later stamps are not dates
+_LATEST_TIME = 253402272000  # 10000-01-01 in China time: later stamps are not dates
+_EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
 _QUARTER = re.compile(r"([0-9]{4})Q([1-4])", re.IGNORECASE | re.ASCII)
 DECISIONS = frozenset({"ALLOW", "DENY", "REVIEW"})
 
@@ -158,11 +169,12 @@ class CaseEnforcement:
 class Totals:
     """Counts over the whole quarter (checks, not case matches)."""
 
-    checks: int = 0  # distinct check_ids in the quarter
+    checks: int = 0  # distinct checks in the quarter
     denied: int = 0
     reviews: int = 0
     allowed: int = 0
-    duplicates: int = 0  # records of a check_id already counted (or withdrawn)
+    #: records of a check already counted (or withdrawn): its check_id, time and subject
+    duplicates: int = 0
     withdrawn: int = 0  # checks not counted: withdrawn, their answers never left
     outside_quarter: int = 0
     skipped_lines: int = 0  # not JSON, or not a hit record
@@ -173,6 +185,11 @@ class Totals:
     #: with more after the number (``logs/hits.jsonl.20261001.2.gz``: compressed)
     missing_files: list[str] = field(default_factory=list)
     unread_files: list[str] = field(default_factory=list)
+    #: checks counted whose check_id an earlier, different check had (another time or
+    #: subject): two processes drew the same random prefix
+    collisions: int = 0
+    #: per-worker sets missing below the highest-numbered one read (``sets_not_read``)
+    missing_sets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -195,19 +212,28 @@ def build_report(
     withdrawn = _withdrawn(sources)
     totals = Totals()
     cases: dict[tuple[str, str], CaseEnforcement] = {}
-    seen: set[str] = set()
+    #: the (time, subject) of the first check counted under each check_id, and those of
+    #: any later check that shares it
+    seen: dict[str, tuple[float, str]] = {}
+    shared: set[tuple[str, float, str]] = set()
     for record in _records(sources, totals):
         day = _china_date(record["time"])
         if not period.start <= day <= period.end:
             totals.outside_quarter += 1
-        elif record["check_id"] in seen:
-            totals.duplicates += 1
+            continue
+        check_id = record["check_id"]
+        which = (record["time"], str(record.get("masked_id", "")))
+        first = seen.setdefault(check_id, which)
+        if first is not which:  # the check_id was counted: this check again, or another
+            if first == which or (check_id, *which) in shared:
+                totals.duplicates += 1
+                continue
+            shared.add((check_id, *which))
+            totals.collisions += 1
+        if check_id in withdrawn:
+            totals.withdrawn += 1
         else:
-            seen.add(record["check_id"])
-            if record["check_id"] in withdrawn:
-                totals.withdrawn += 1
-            else:
-                _count(record, day.isoformat(), cases, totals)
+            _count(record, day.isoformat(), cases, totals)
     stamp = _dt.datetime.fromtimestamp(time.time() if now is None else now, CHINA_TZ)
     ordered = sorted(cases.values(), key=lambda c: (c.court, c.case_number))
     return Report(period, stamp.isoformat(timespec="seconds"), ordered, totals)
@@ -313,7 +339,10 @@ def _is_audit(record: object) -> bool:
 
 
 def _china_date(unix: float) -> _dt.date:
-    return _dt.datetime.fromtimestamp(unix, CHINA_TZ).date()
+    """The China-time day of ``unix``, floored as ``china_day`` floors it (the hit log
+    rotates by it): ``datetime.fromtimestamp`` rounds to the microsecond, and would
+    put 23:59:59.9999998 on the last day of a quarter in the next one."""
+    return _dt.date.fromordinal(_EPOCH_ORDINAL + china_day(unix))
 
 
 @dataclass
@@ -446,6 +475,17 @@ def _exempted_or_not_restricted(codes: set[str]) -> str:
     if "EXEMPTED" in codes and "NOT_RESTRICTED_CLASS" not in codes:
         return "allowed_exempted"
     return "allowed_not_restricted"
+
+
+def sets_not_read(paths: Iterable[Path]) -> list[str]:
+    """The per-worker sets of each hit log named (``hits.w1.jsonl``, ...) missing below
+    the highest-numbered one found (``server.hitlog.worker_gaps``): every worker from 1
+    writes one, so such a set was moved or removed whole and its checks are not read.
+    A highest-numbered set removed whole cannot be seen."""
+    missing: list[str] = []
+    for path in paths:
+        missing += [str(gap) for gap in worker_gaps(path) if str(gap) not in missing]
+    return missing
 
 
 def files_not_read(

@@ -58,8 +58,14 @@ then reads the files it listed even if a rotation renames one meanwhile.
 Audit chain. Every audit record carries ``seq`` (1, 2, ... across rotations
 and restarts) and ``prev``, the SHA-256 of the previous record's line without
 its newline (64 zeros for the first). Editing, removing or reordering a
-record breaks the chain at the record after it; ``server.audit.verify`` finds
-where.
+record without writing every later one again breaks the chain at the record
+after it; ``server.audit.verify`` finds where. The chain is not keyed: whoever
+can write the files can write an edited chain and head that verify whole, so
+it shows damage and clumsy edits, not a forger's; only a head copied off the
+machine (``audit verify`` prints it) anchors what came before it. A chain's
+first record is its writer's own (its time, to a fraction of a microsecond,
+and the peer of a connection only that writer accepted), so two sets that
+begin with the same record are one set and its copy.
 
 Chain head. A chain cannot show records cut off its end, so ``AuditLog``
 also keeps ``<path>.head``: the last record's ``seq``, its hash and the file
@@ -72,7 +78,14 @@ window before a kill show as "the head is behind the end", not as a cut. It
 is noted after the records it names are written, so it is never ahead of the
 log unless records were lost: cut, or lost to power loss under ``fsync``
 ``"never"`` or ``"interval"``. A writer that starts on a log that ends before
-its head goes on from the head, so the gap stays in the chain.
+its head goes on from the head, so the gap stays in the chain. One that starts
+on a log holding records without a head, or with a file there that is not one,
+cannot tell whether records were cut; one whose head names a file of another
+set (``audit.w2.jsonl`` beside ``audit.w1.jsonl``) starts on swapped or copied
+files. Either writes a record saying so first (``"head_at_start"``:
+``"missing"``, ``"unreadable"`` or ``"misplaced"``, with ``after_seq``), which
+``verify`` reports, so that the head it notes next does not vouch for a log it
+could not check.
 
 Withdrawals. A hit record is written before the answer leaves, and a call
 can still fail after it: when its audit record cannot be written, or a later
@@ -90,8 +103,10 @@ read too: a withdrawal written by hand). The feedback report does not count a
 withdrawn check, and the Redis forwarder forwards withdrawals with the hits.
 
 One writer process per path: a set's size, day and chain head live in its
-writer. Replicas write their own paths; the feedback report dedupes checks
-by ``check_id`` across them. Neither log ever holds a plaintext ID number.
+writer. Replicas write their own paths; the feedback report counts a record
+with the ``check_id``, time and subject of one counted as that check again,
+across them (two processes may draw the same random check-id prefix, so the
+check id alone is not enough). Neither log ever holds a plaintext ID number.
 
 Workers. ``serve --workers N`` runs N server processes, so N writers: worker
 ``i`` writes the set at ``worker_log_path(path, i)`` (``hits.jsonl`` becomes
@@ -140,6 +155,13 @@ _READ_CHUNK = 1 << 20  # what ``HeldFile.lines`` reads at a time
 _METADATA_SECRETS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 _METADATA_VALUE_MAX = 256
 HEAD_INTERVAL = 0.1  # seconds between notes of the audit chain head, at most
+#: What a writer found instead of its head at its start (``AuditLog._mark_head_lost``'s
+#: ``head_at_start``), in words
+HEAD_AT_START = {
+    "missing": "missing",
+    "unreadable": "not an audit head",
+    "misplaced": "noted by another log's writer",
+}
 #: Lines in the server's log about one log's failing writes, at most, in each window of
 #: ``FAILURE_LINE_EVERY_S`` seconds: a full disk fails every check, and a line each would
 #: bury everything else (the rest are counted, in the next line)
@@ -300,6 +322,11 @@ def log_sets(path: Path) -> list[Path]:
     """Every set written under ``path``: ``path`` itself (a single server's) when any of
     its files is there, then each worker's (``worker_log_path``), by worker number."""
     sets = [path] if log_files(path) or head_path(path).is_file() else []
+    return sets + [worker_log_path(path, n) for n in sorted(_workers_found(path))]
+
+
+def _workers_found(path: Path) -> set[int]:
+    """The numbers of the workers that left a file of their set of ``path``."""
     pattern = _worker_pattern(path)
     workers: set[int] = set()
     if path.parent.is_dir():
@@ -307,7 +334,25 @@ def log_sets(path: Path) -> list[Path]:
             found = pattern.fullmatch(child.name)
             if found:
                 workers.add(int(found.group(1)))
-    return sets + [worker_log_path(path, n) for n in sorted(workers)]
+    return workers
+
+
+def worker_gaps(path: Path) -> list[Path]:
+    """The per-worker sets of ``path`` missing below the highest-numbered one found.
+
+    ``serve --workers N`` always starts workers 1 to N, so a number skipped is a
+    set moved or removed whole (its head too), which neither the other chains nor
+    the other hit logs show. A highest-numbered set removed whole leaves no gap,
+    and cannot be seen here.
+    """
+    found = _workers_found(path)
+    return [worker_log_path(path, n) for n in range(1, max(found, default=0)) if n not in found]
+
+
+def names_a_file_of(path: Path, name: str) -> bool:
+    """Whether ``name`` is one the writer of the set at ``path`` gives its files: the
+    live file's, or a rotated one's (``<path>.<YYYYMMDD>.<n>``)."""
+    return name == path.name or rotated_pattern(path).fullmatch(name) is not None
 
 
 #: Why the hit records of a call are withdrawn when its audit record could not be written.
@@ -1046,13 +1091,15 @@ class AuditLog(AppendLog):
             raise ValueError("head_interval must be positive")
         super().__init__(path, **options)
         try:
-            start = _chain_start(path)
+            start, head_lost = _chain_start(path)  # before any head of this writer
             #: the last record's seq, its hash (``line_hash``, as the next line writes it),
             #: and its file
             self._seq, self._prev, self._file = start.seq, start.sha256.encode(), start.file
             self._live_name = path.name
             self._head_lock = threading.Lock()  # taken before the record lock, never after
             self._noted: ChainHead | None = None
+            if head_lost:
+                self._mark_head_lost(head_lost)
             self._note_head()
         except BaseException:  # nothing held once the constructor failed
             AppendLog.close(self)
@@ -1119,6 +1166,32 @@ class AuditLog(AppendLog):
     def _encode(self, now: float, record: Mapping[str, Any]) -> bytes:
         chained = {"seq": self._seq + 1, "prev": self._prev.decode(), "time": now, **record}
         return orjson.dumps(chained) + b"\n"
+
+    def _mark_head_lost(self, how: str) -> None:
+        """First of this start: the record that says its head was ``how`` ("missing",
+        "unreadable", "misplaced": noted by another set's writer) on a log holding
+        records, so a cut before it could not be ruled out. Without it the head noted
+        next would vouch for the log as found. A record the disk refuses fails the
+        start: going on would hide what the record says."""
+        head = head_path(self.path).name
+        fields: dict[str, Any] = {"head_at_start": how, "after_seq": self._seq}
+        if how == "misplaced":  # read by ``_chain_start`` just before: it names a file
+            try:
+                noted = read_head(self.path)
+            except ValueError:  # replaced since: it still was not this set's head
+                noted = None
+            fields["head_file"] = noted.file if noted is not None else ""
+            fields["note"] = (f"{head} was {HEAD_AT_START[how]} ({fields['head_file']}) when "
+                              "this writer started: these files were swapped, or copied "
+                              "over one another")  # fmt: skip
+        else:
+            fields["note"] = (f"{head} was {HEAD_AT_START.get(how, how)} when this writer "
+                              "started: records cut off the log's end before this one would "
+                              "not show")  # fmt: skip
+        try:
+            self.append(fields)
+        except Unsynced:
+            pass  # in the file all the same
 
     def _committed(self, line: bytes) -> None:
         self._seq += 1
@@ -1238,24 +1311,57 @@ def chain_head(path: Path) -> ChainHead:
     return ChainHead(0, line_hash(tail), last_file.name)
 
 
-def _chain_start(path: Path) -> ChainHead:
-    """Where a writer starting on ``path`` goes on: the log's end, or its noted head if later.
+def _chain_start(path: Path) -> tuple[ChainHead, str]:
+    """Where a writer starting on ``path`` goes on: the log's end, or its noted head if
+    later; and, for a log holding records, whether its head was "missing" or
+    "unreadable", or named a file of another set ("misplaced"); "" when it was
+    this set's head, or the log is empty.
 
     A log that ends before its head lost records (cut, or lost to power loss);
     going on from the head keeps that gap in the chain for ``verify`` to show,
-    where going on from the log's end would hide it for good.
+    where going on from the log's end would hide it for good. A log with records
+    and no head (or a file there that is no head) may have lost records off its
+    end unseen, and a head noted by another set's writer shows these files were
+    swapped or copied: the writer says so in the chain (``AuditLog._mark_head_lost``)
+    before it notes a head of its own, which would hide both for good.
     """
     found = chain_head(path)
+    holds_records = found.seq > 0 or found.sha256 != GENESIS
     try:
         noted = read_head(path)
     except ValueError as exc:
-        log.error("audit log %s: %s; noting the head afresh", path, exc)
-        return found
-    if noted is None or noted.seq < found.seq or noted.sha256 == found.sha256:
-        return found
+        if not holds_records:
+            log.error("audit log %s: %s; noting the head afresh", path, exc)
+            return found, ""
+        log.error(
+            "audit log %s: %s, and the log holds records to seq %d: whether records were "
+            "cut off its end cannot be told; the chain goes on from the log's end with a "
+            "record saying so, which `audit verify` reports", path, exc, found.seq,
+        )  # fmt: skip
+        return found, "unreadable"
+    if noted is None:
+        if not holds_records:
+            return found, ""
+        log.error(
+            "audit log %s holds records to seq %d but its head %s is missing: whether "
+            "records were cut off its end cannot be told; the chain goes on from the log's "
+            "end with a record saying so, which `audit verify` reports",
+            path, found.seq, head_path(path).name,
+        )  # fmt: skip
+        return found, "missing"
+    misplaced = "" if not noted.file or names_a_file_of(path, noted.file) else "misplaced"
+    if misplaced:
+        log.error(
+            "audit log %s: its head %s names %s, not a file of this log: it was noted by "
+            "another log's writer (logs swapped, or copied over one another?); the chain "
+            "goes on with a record saying so, which `audit verify` reports",
+            path, head_path(path).name, noted.file,
+        )  # fmt: skip
+    if noted.seq < found.seq or noted.sha256 == found.sha256:
+        return found, misplaced
     log.error(
         "audit log %s does not end where its head says (%s; the log ends at %s): records "
         "were cut or lost; the chain goes on from the head, so `audit verify` shows the gap",
         path, noted, found,
     )  # fmt: skip
-    return noted
+    return noted, misplaced

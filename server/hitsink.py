@@ -7,11 +7,14 @@ files included, and adds every record to ``<prefix>:hits``. The local log is
 the spool: while Redis is unreachable records simply wait in it, and are
 forwarded when Redis returns.
 
-Exactly once: each record is added by a Lua script that first claims its
-``check_id`` in a per-quarter set (``<prefix>:hits:seen:<quarter>``, kept 400
-days), so a record forwarded again after a crash (before the cursor was
-saved) is not added twice. The cursor, the file and byte offset forwarded
-so far, is saved beside the log (``<hitlog>.forwarded``).
+Exactly once: each record is added by a Lua script that first claims it in
+a per-quarter set (``<prefix>:hits:seen:<quarter>``, kept 400 days), so a
+record forwarded again after a crash (before the cursor was saved) is not
+added twice. A hit's claim is its ``check_id`` and a digest of its line
+(``_claim``), not the check id alone: two processes may draw the same random
+check-id prefix, and a second check under a check id already claimed is
+another record, to be forwarded too. The cursor, the file and byte offset
+forwarded so far, is saved beside the log (``<hitlog>.forwarded``).
 
 A failover loses nothing. Redis replicates asynchronously, so a master that
 fails over may have acknowledged records its replica never got, and a
@@ -70,7 +73,7 @@ import orjson
 import redis
 from redis.sentinel import SentinelConnectionPool
 
-from shixin_check.domain.model import CHINA_TZ
+from shixin_check.domain.model import china_day
 from shixin_check.loader.background import Background
 from shixin_check.loader.index_redis import Client, ErrorCount, masked_url, refused_write
 from shixin_check.server.hitlog import log_files, withdrawn_ids
@@ -84,6 +87,7 @@ end
 return 0
 """
 BATCH = 500
+_EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
 #: Seconds of forwarding re-sent after a failover or a connection error: what a master
 #: may have acknowledged and not passed on. It covers a replica's permitted lag (Redis's
 #: ``min-replicas-max-lag``, 10 s by default), the sentinels' news of a new master
@@ -100,11 +104,17 @@ def hits_stream(prefix: str) -> str:
     return f"{prefix}:hits"
 
 
-def _claim(record: Any) -> str:
-    """What a forwarded record claims in the seen-set: a hit's ``check_id``; for a
+def _claim(record: Any, line: bytes) -> str:
+    """What a forwarded record (``line``, as the log holds it) claims in the seen-set: a
+    hit's ``check_id`` and a digest of its line (forwarded again, the line is the same
+    bytes; another check that drew the same check id is another line); for a
     withdrawal, ``withdrawn:`` and a digest of the check ids it names, sorted (the
     same withdrawal forwarded twice is one; a mended line naming more ids is
-    another). ``KeyError`` or ``TypeError`` for a line that is neither."""
+    another). ``KeyError`` or ``TypeError`` for a line that is neither.
+
+    Claims made before hits were claimed by their line (the check id alone) do not
+    stop such a line forwarded again: the stream then holds it twice, and the
+    feedback report counts it once (a duplicate: same check id, time and subject)."""
     withdrawn = withdrawn_ids(record)
     if withdrawn is not None:
         names = "\n".join(sorted(withdrawn)).encode()
@@ -112,7 +122,7 @@ def _claim(record: Any) -> str:
     check_id = record["check_id"]
     if not isinstance(check_id, str):  # null, true, an object: Redis takes none of them
         raise TypeError(f"check_id {check_id!r} is not a string")
-    return check_id
+    return f"{check_id}:{hashlib.sha256(line).hexdigest()[:32]}"
 
 
 def error_text(exc: BaseException | str) -> str:
@@ -174,7 +184,10 @@ def _short(exc: BaseException) -> str:
 
 
 def _quarter_of(unix: float) -> str:
-    day = _dt.datetime.fromtimestamp(unix, CHINA_TZ)
+    """The China-time quarter of ``unix``, its day floored as ``china_day`` floors it
+    (as the hit log rotates and the feedback report counts; ``datetime.fromtimestamp``
+    rounds to the microsecond, which puts 23:59:59.9999998 in the next quarter)."""
+    day = _dt.date.fromordinal(_EPOCH_ORDINAL + china_day(unix))
     return f"{day.year}Q{(day.month - 1) // 3 + 1}"
 
 
@@ -425,7 +438,7 @@ class HitForwarder(Background):
                 for line in lines[i : i + BATCH]:
                     try:
                         record: dict[str, Any] = orjson.loads(line)
-                        claim = _claim(record)
+                        claim = _claim(record, line)
                     except (orjson.JSONDecodeError, KeyError, TypeError):
                         self.on_event("hits-unreadable", line[:80].decode(errors="replace"))
                         continue

@@ -177,6 +177,7 @@ def _feedback(
         files_not_read,
         report_csv,
         report_json,
+        sets_not_read,
     )
 
     files = [file for _, set_files in sets for file in set_files]
@@ -202,6 +203,8 @@ def _feedback(
         print(f"feedback: {exc}", file=sys.stderr)
         return 2
     report.totals.missing_files, report.totals.unread_files = files_not_read(sets, quarter)
+    named = [args.hit_log] if args.hit_log else []
+    report.totals.missing_sets = sets_not_read(Path(raw) for raw in [*named, *args.more_hit_logs])
     text = report_csv(report) if args.format == "csv" else report_json(report)
     if args.out:
         _write_whole(Path(args.out), text)
@@ -213,19 +216,34 @@ def _feedback(
         f"{t.reviews} review, {t.allowed} allowed) from {len(files)} files; "
         f"{t.duplicates} duplicates, {t.withdrawn} withdrawn, {t.skipped_lines} unreadable lines"
         f"{f' (the first at {t.first_skipped})' if t.first_skipped else ''}"
+        f"{_shared(t.collisions)}"
         f"{_outside(t.outside_quarter, t.checks + t.withdrawn, quarter)}; due {quarter.due}"
-        f"{_not_read(t.missing_files, t.unread_files, quarter)}",
+        f"{_not_read(t.missing_files, t.unread_files, quarter, t.missing_sets)}",
         file=sys.stderr,
     )
     return 0
 
 
-def _not_read(missing: list[str], unread: list[str], quarter: object) -> str:
+def _shared(collisions: int) -> str:
+    """The summary's word on checks that share a check_id with another (two processes
+    drew the same random prefix): each is counted, none taken for a duplicate."""
+    if not collisions:
+        return ""
+    return (f", {collisions} {'check' if collisions == 1 else 'checks'} sharing a check_id "
+            "with an earlier, different check (another time or subject: each counted)")  # fmt: skip
+
+
+def _not_read(
+    missing: list[str], unread: list[str], quarter: object, sets: list[str] | None = None
+) -> str:
     """The summary's word on files of the sets that may hold records of the quarter
-    but were not read (``feedback.files_not_read``): the report may count too few."""
-    if not missing and not unread:
+    but were not read (``feedback.files_not_read``), and on workers' sets missing
+    (``feedback.sets_not_read``): the report may count too few."""
+    if not missing and not unread and not sets:
         return ""
     parts = []
+    if sets:
+        parts.append(f"workers' sets missing (moved or removed whole): {_some(sets)}")
     if missing:
         parts.append(f"rotated files missing (moved or removed): {_some(missing)}")
     if unread:
@@ -250,15 +268,25 @@ def _outside(records: int, checks: int, quarter: object) -> str:
     return f"; none of the {records} records read falls in {quarter} (is --quarter right?)"
 
 
+#: ``audit verify``'s exit status when every chain is whole as far as it goes but the
+#: log cannot be shown complete: a writer started on it without its head, or a
+#: worker's set is missing. Not 0: nothing vouches for what may be gone; not 1:
+#: no record read is broken (and a log restarted without its head stays so for good)
+UNPROVEN = 3
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
-    """``audit verify``: 0 when whole up to its noted head, 1 when broken, 2 without a log.
+    """``audit verify``: 0 when whole up to its noted head, 1 when broken, 3 (``UNPROVEN``)
+    when whole as far as it goes but not shown complete, 2 without a log.
 
     A log without a head file (written before heads were kept) verifies with
     a warning on standard error: a cut off its end cannot be seen. The path
     names its per-worker sets too (``serve --workers``: ``audit.w1.jsonl``,
-    ...): each is its own chain, verified on its own, one line each.
+    ...): each is its own chain, verified on its own, one line each; a worker's
+    set missing below the highest one found is named in a warning.
     """
     from shixin_check.server.audit import verify_sets
+    from shixin_check.server.hitlog import worker_gaps
 
     try:
         path = log_path(args.path, "PATH")
@@ -272,32 +300,51 @@ def cmd_audit(args: argparse.Namespace) -> int:
             raise
         print(f"audit verify: {_too_many(exc, path)}", file=sys.stderr)
         return 2
-    if len(results) == 1 and results[0][0] == path:
+    gaps = worker_gaps(path)
+    if len(results) == 1 and results[0][0] == path and not gaps:
         return _report_chain(results[0][1], "")
-    broken = 0
-    for path, result in results:
-        broken += _report_chain(result, f"{path.name}: ")
+    codes = [_report_chain(result, f"{one.name}: ") for one, result in results]
+    for gap in gaps:
+        print(f"audit verify: warning: no file of {gap.name}'s set is here (its head neither), "
+              "though a higher-numbered worker's is: serve --workers starts every worker "
+              "from 1, so that set was moved or removed whole, and its records cannot be "
+              "verified", file=sys.stderr)  # fmt: skip
     records = sum(result.records for _, result in results)
+    broken = codes.count(1)
     if broken:
         print(f"BROKEN: {broken} of {len(results)} audit chains ({records} records read)")
         return 1
+    unproven = codes.count(UNPROVEN)
+    if unproven or gaps:
+        why = [f"{_some([gap.name for gap in gaps])} missing"] if gaps else []
+        if unproven:
+            why.append(f"{unproven} restarted without a head")
+        print(f"UNPROVEN: {len(results)} audit chains, {records} records, whole as far as "
+              f"they go; {'; '.join(why)}")  # fmt: skip
+        return UNPROVEN
     print(f"OK: {len(results)} audit chains, {records} records")
     return 0
 
 
 def _report_chain(result: VerifyResult, prefix: str) -> int:
-    """Print what ``verify`` found of one chain; 0 when whole, 1 when broken."""
+    """Print what ``verify`` found of one chain; 0 when whole, 1 when broken,
+    ``UNPROVEN`` when whole as far as it goes since a writer started without its head."""
     files = len(result.files)
     if result.problem is None:
-        print(f"{prefix}OK: {result.records} records in {files} files; "
-              f"head seq {result.head_seq} sha256 {result.head_hash}")  # fmt: skip
+        head = f"head seq {result.head_seq} sha256 {result.head_hash}"
+        if result.unanchored is not None:
+            print(f"{prefix}UNPROVEN: {result.unanchored}")
+            print(f"{prefix}({result.records} records whole as far as they go, in {files} "
+                  f"files; {head})")  # fmt: skip
+        else:
+            print(f"{prefix}OK: {result.records} records in {files} files; {head}")
         noted = result.noted
         if noted is not None and noted.seq < result.head_seq:
             print(f"{prefix}(the noted head is seq {noted.seq}, {result.head_seq - noted.seq} "
                   "records behind: the writer is running or was killed since it noted it)")  # fmt: skip
         if result.warning:
             print(f"audit verify: {prefix}warning: {result.warning}", file=sys.stderr)
-        return 0
+        return 0 if result.unanchored is None else UNPROVEN
     print(f"{prefix}BROKEN: {result.problem}")
     print(f"{prefix}({result.records} records intact before it, in {files} files)")
     return 1
