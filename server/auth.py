@@ -161,6 +161,9 @@ def _principal(entry: object, where: str) -> Principal:
     name = entry.get("principal")
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"{where}: principal is required")
+    problem = principal_name_problem(name)  # as ``keys add`` holds it: a file edited by hand
+    if problem:
+        raise ConfigurationError(f"{where}: principal {problem}")
     raw_channels = entry.get("channels", [])
     if raw_channels == "*":
         channels = ALL_CHANNELS

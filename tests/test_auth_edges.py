@@ -18,6 +18,7 @@ from shixin_check.server.auth import add_key
 from tests.accessdata import Serve, bearer, hotel, refusal
 from tests.conftest import RunningServer, log_records
 from tests.listdata import ZHANG, basic_rows, rid, write_jsonl
+from tests.processes import run_cli
 from tests.test_errors import reason
 from tests.test_metadata_abuse import first_call
 
@@ -153,3 +154,22 @@ def test_keys_add_takes_a_name_with_spaces_and_any_script(
         assert _keys_add(capsys, path, principal)[0] == 0
     names = [entry["principal"] for entry in json.loads(path.read_text())["keys"]]
     assert names == ["hotel chain", "锦江酒店"]
+
+
+@pytest.mark.parametrize("principal", ["Anonymous", "gw\nrail", "gw\u200b"])
+def test_a_keys_file_edited_to_a_reserved_or_unprintable_principal_is_refused(
+    tmp_path: Path, principal: str
+) -> None:
+    """A file edited by hand is held to what ``keys add`` holds a name to: a key named
+    ``anonymous`` was audited as a call with authentication off."""
+    path = tmp_path / "keys.json"
+    add_key(path, "hotel-chain", "*", ["check"])
+    document = json.loads(path.read_text())
+    document["keys"][0]["principal"] = principal
+    path.write_text(json.dumps(document))
+    listed = run_cli("keys", "list", "--keys-file", str(path))
+    assert listed.returncode != 0 and "principal" in listed.stderr
+    assert len(listed.stderr.strip().splitlines()) == 1, listed.stderr
+    served = run_cli("serve", "--list", str(write_jsonl(tmp_path / "l.jsonl", basic_rows())),
+                     "--keys-file", str(path), "--listen", "127.0.0.1:0")  # fmt: skip
+    assert served.returncode != 0 and "principal" in served.stderr, served.stderr
