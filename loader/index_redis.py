@@ -20,13 +20,20 @@ Layout (``P`` is the key prefix, ``shixin`` by default; ``V`` a version):
   neither); ``format`` (``FORMAT``; absent in a version loaded before it; a
   replica serves an older one fail-closed and BEHIND, ``format_problem``);
   ``retired_at``, the Redis time a garbage collection first found the version
-  no longer current (``RETIRED_GRACE_SECONDS``).
+  no longer current (``RETIRED_GRACE_SECONDS``); ``evicted`` (``EVICTED_FIELD``),
+  why keys of the version may have been evicted, written by whoever saw Redis
+  evict keys under an unsafe maxmemory-policy (``EvictionWatch``): the version is
+  never served again, nor loaded on, and a snapshot loaded again is a new one.
 - ``P:v:V:bloom``: the serialised Bloom filter (rbloom, items = high 64 bits
   of the subject keys, stable ``int`` hash: the same in every process).
 - ``P:v:V:s:<bucket>``: hashes of subject key (16 bytes) -> its matches
   (``encode_match``), each with the exemptions of that subject only.
 - ``P:v:V:e:<bucket>``: hashes of entry_id -> its subject keys (for deltas).
-- ``P:v:V:deltas``: the stream of applied delta ops, in seq order.
+- ``P:v:V:deltas``: the stream of applied delta ops, in seq order, every one from
+  the first delta on the snapshot (``stream_start``) to the meta's last seq: a
+  replica learns from it whom the deltas listed. Trimmed (``XTRIM``), the
+  version cannot be served by a replica that did not read them before
+  (``stream_problem``, ``missing_ops``), and no delta is loaded on it.
 - ``P:replicas``: hash of replica id -> what it serves, refreshed every second;
   its ``at`` is Redis's clock (``TIME``), marked ``"clock": "redis"``.
 - ``P:heard``: only for records written by older code (``at`` from the
@@ -116,8 +123,21 @@ LOCK_SECONDS = 10.0
 RECONNECT_MAX_SECONDS = 0.5
 #: How often a replica asks Sentinel where the master is even when all is well.
 MASTER_CHECK_SECONDS = 0.5
-#: How often a replica reads Redis's ``maxmemory-policy`` (``eviction_problem``).
+#: How often a replica reads Redis's ``INFO`` (``read_info``: its ``maxmemory-policy``,
+#: ``evicted_keys`` and, for a read-only Redis replica, its link to its master), and
+#: that master's, half a round apart: one INFO a round at most.
 POLICY_CHECK_SECONDS = 1.0
+#: How long a read-only Redis replica's link to its master may be down before a server
+#: reading it is behind (``RedisFollower.behind_problem``): the bound of the
+#: ShixinReplicaLag alert. A link that drops for a moment is no news.
+LINK_DOWN_SECONDS = 5.0
+#: How long a replica reading a read-only Redis replica waits before it tries that
+#: replica's master again, after it could not read its INFO there: a connection that
+#: times out holds the follower's round up to the socket timeout.
+MASTER_RETRY_SECONDS = 30.0
+#: The INFO sections a replica reads each second; a Redis before 7.0 takes only one
+#: section, and gets a plain ``INFO`` (every default section, these among them).
+INFO_SECTIONS = ("memory", "stats", "replication")
 #: How long a replica's record in ``P:replicas``, and a claim copied from one, counts
 #: as evidence of what Redis held (``RedisFollower._claims``): as long as garbage
 #: collection keeps the record, counted from the time the record was written.
@@ -337,7 +357,11 @@ EXEMPTIONS_FORMAT = 2
 #: expired: a replica serving one reads every such end as no end (``decode_old_matches``),
 #: never clearing a listed person by it, until the snapshot is loaded again.
 DATES_FORMAT = 3
-FORMAT = DATES_FORMAT
+#: 4: a Home Return Permit listed in the old booklet's form (``H1234567801``) is keyed as
+#: the card (``identity.permit_card``). A version loaded before keys it as given: a check
+#: by the card does not find it, until the snapshot is loaded again (BEHIND meanwhile).
+PERMIT_FORMAT = 4
+FORMAT = PERMIT_FORMAT
 
 
 def encode_match(m: ListedMatch, organization_name: str = "") -> list[Any]:
@@ -408,6 +432,11 @@ def format_problem(version: str, fmt: int) -> str:
     if fmt < DATES_FORMAT:
         return (f"version {version} was loaded by an older shixin-check that {dates}; load "
                 "its snapshot again with this version (load PATH --redis URL)")  # fmt: skip
+    if fmt < PERMIT_FORMAT:
+        return (f"version {version} was loaded by an older shixin-check that kept a Home "
+                "Return Permit listed in the old booklet's form (H1234567801) as given, so a "
+                "check by the card's number (H12345678) does not find it; load its snapshot "
+                "again with this version (load PATH --redis URL)")  # fmt: skip
     return ""
 
 
@@ -463,6 +492,8 @@ PUBLISHED_FIELDS = ("published_at", "header", "last_seq", "snapshot_seq", "sourc
 ROLLBACK_FIELD = "rollback"
 #: Meta field: Redis's time (``redis_time``) when a load made the version current.
 CURRENT_AT_FIELD = "current_at"
+#: Meta field: why keys of the version may have been evicted (``evicted_problem``).
+EVICTED_FIELD = "evicted"
 
 
 def utc(unix: float) -> str:
@@ -479,31 +510,191 @@ def check_fingerprint(meta: dict[str, bytes], keyer: SubjectKeyer, version: str)
         )
 
 
-def eviction_problem(client: Client) -> str:
-    """Why Redis may evict the list's keys ("" when it may not), read from ``INFO
-    memory`` (which works where CONFIG is disabled). The list's keys have no TTL, so
-    only an ``allkeys-*`` policy evicts them, and only under a ``maxmemory`` limit:
-    ``maxmemory`` 0 is no limit, nothing is evicted (a 32-bit Redis started without
-    one sets 3 GB itself, and INFO says so). An evicted subject bucket reads as "not
-    listed", and no replica can tell which were evicted.
+def read_info(client: Client, sections: tuple[str, ...] = INFO_SECTIONS) -> dict[str, Any]:
+    """Redis's ``INFO`` of ``sections`` in one reply (``()``: every default section).
+    ``INFO`` works where CONFIG is disabled; its reply does not grow with the list."""
+    return dict(client.info(*sections) if sections else client.info())
 
-    One INFO reply, whatever the list's size: replicas ask it each second."""
-    memory = client.info("memory")
-    policy = memory.get("maxmemory_policy", "noeviction")
-    policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+
+def info_of(client: Client) -> dict[str, Any]:
+    """``read_info`` of ``INFO_SECTIONS``, or of every default section from a Redis
+    before 7.0, which takes one section only (a second command: for one-off reads)."""
+    try:
+        return read_info(client)
+    except redis.ResponseError:
+        return read_info(client, ())
+
+
+def eviction_problem(info: dict[str, Any]) -> str:
+    """Why Redis may evict the list's keys ("" when it may not), read from its ``info``
+    (``read_info``). The list's keys have no TTL, so only an ``allkeys-*`` policy
+    evicts them, and only under a ``maxmemory`` limit: ``maxmemory`` 0 is no limit,
+    nothing is evicted (a 32-bit Redis started without one sets 3 GB itself, and INFO
+    says so). An evicted subject bucket reads as "not listed", and no replica can tell
+    which were evicted."""
+    policy = _policy(info)
     if not policy.startswith("allkeys-"):
         return ""
     try:
-        limit = int(memory.get("maxmemory", 0))
+        limit = int(info.get("maxmemory", 0))
     except (TypeError, ValueError):
         limit = -1  # unreadable: a limit may be set
     if limit == 0:
         return ""
     return (
-        f"Redis's maxmemory-policy is {policy} (maxmemory {memory.get('maxmemory', 0)} "
+        f"Redis's maxmemory-policy is {policy} (maxmemory {info.get('maxmemory', 0)} "
         "bytes): it may evict the list's keys, which have no TTL, and a listed subject "
         "whose key was evicted would read as not listed; set maxmemory-policy noeviction "
         "(CONFIG SET maxmemory-policy noeviction, and in redis.conf)"
+    )
+
+
+def _policy(info: dict[str, Any]) -> str:
+    policy = info.get("maxmemory_policy", "noeviction")
+    return policy.decode() if isinstance(policy, bytes) else str(policy)
+
+
+class EvictionWatch:
+    """Whether one Redis server may have evicted the list's keys, from its INFO read
+    again and again (``seen``).
+
+    The sign: ``evicted_keys`` (INFO stats, every key Redis evicted since it started
+    or its stats were reset) rose between two reads, and the policy could evict the
+    list's keys (``eviction_problem``) at either read; at the first read (or after the
+    count went down: a restart, ``CONFIG RESETSTAT``), any eviction counted while the
+    policy can evict them now. Not the policy alone: keys are evicted only once Redis
+    reaches its ``maxmemory``, and an unsafe policy set back in time evicted nothing.
+    Not ``evicted_keys`` alone: a ``volatile-*`` policy evicts keys with a TTL (another
+    application's), never the list's. Which keys went, INFO does not say: any eviction
+    under an unsafe policy counts, whatever it evicted (fail-closed)."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        #: the last read: (its unsafe policy, or "" when safe; its evicted_keys)
+        self._last: tuple[str, int] | None = None
+
+    def seen(self, info: dict[str, Any]) -> str:
+        """What ``info``, read now, says was evicted under an unsafe policy ("" nothing)."""
+        unsafe = _policy(info) if eviction_problem(info) else ""
+        try:
+            count = int(info.get("evicted_keys", 0))
+        except (TypeError, ValueError):
+            return ""  # unreadable: this read tells nothing
+        last, self._last = self._last, (unsafe, count)
+        if last is None or count < last[1]:  # the first read, or counted anew since
+            since, policy, counted = 0, unsafe, f"is {count}"
+        else:
+            since, policy, counted = last[1], unsafe or last[0], f"{last[1]} -> {count}"
+        if count <= since or not policy:
+            return ""
+        return (f"Redis evicted {count - since} key(s) while its maxmemory-policy was {policy} "
+                f"(INFO stats evicted_keys {counted})")  # fmt: skip
+
+
+def evicted_problem(version: str, evidence: str) -> str:
+    """Why ``version`` is not served: ``evidence`` (``EvictionWatch.seen``) says Redis may
+    have evicted its keys. Kept in its meta (``EVICTED_FIELD``) for good."""
+    return (
+        f"keys of version {version} may have been evicted: {evidence}; a listed subject "
+        "whose bucket was evicted reads as not listed, and Redis does not say which keys "
+        "went, so this version is not served (Bloom positives get --unavailable) nor "
+        "loaded on until a snapshot is loaded again: set maxmemory-policy noeviction, "
+        "then load the snapshot again (a newer one, or the last one with --allow-rollback "
+        "and then its deltas in seq order)"
+    )
+
+
+def flag_evicted(client: Client, keys: RedisKeys, version: str, problem: str) -> None:
+    """``problem`` (``evicted_problem``) in the meta of ``version``, if that is still
+    there and says nothing of it yet: never a meta made anew, which a replica would
+    take for a version."""
+    meta = keys.meta(version)
+    with client.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(meta)
+            if pipe.exists(meta):
+                pipe.multi()
+                pipe.hsetnx(meta, EVICTED_FIELD, problem)
+                pipe.execute()
+        except redis.WatchError:
+            pass  # changed meanwhile: whoever saw it flags it again on its next read
+
+
+def master_client(client: Client, host: str, port: int) -> Client:
+    """A client of the Redis at ``host``:``port`` made as ``client`` is (its password,
+    user, TLS and timeouts; TCP even where ``client`` reads a unix socket)."""
+    pool = client.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "path"}
+    kind = pool.connection_class
+    if issubclass(kind, redis.UnixDomainSocketConnection):
+        kind = redis.Connection
+    return redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=kind, **{**kwargs, "host": host, "port": port}))  # fmt: skip
+
+
+def stream_start(meta: dict[str, bytes]) -> int | None:
+    """The seq of the first op a version's delta stream holds (None: its meta does not
+    say, a snapshot without a header loaded by code before ``first_seq``)."""
+    if "first_seq" in meta:
+        return int(meta["first_seq"])
+    if meta.get("header") == b"1":
+        return int(meta.get("snapshot_seq", b"0")) + 1
+    return None
+
+
+def missing_ops(entries: list[StreamEntry], after: int, last: int) -> str:
+    """The seqs missing from ``entries``, a version's stream records after seq ``after``
+    up to ``last``, which must hold each seq once, in order (``deltas 1 to 2``; "" when
+    none is). Every op a load applied is in the stream; a record gone was trimmed."""
+    expected = after + 1
+    for entry in entries:
+        seq = _seq(entry)
+        if seq != expected:
+            return missing_deltas(expected, seq - 1) if seq > expected else f"seq {expected}"
+        expected += 1
+    return missing_deltas(expected, last) if expected <= last else ""
+
+
+def stream_problem(client: Client, keys: RedisKeys, version: str, meta: dict[str, bytes]) -> str:
+    """Why the delta stream of ``version`` (its ``meta``) does not hold every op from
+    its first delta (``stream_start``) to the meta's last seq ("" when it does, as far
+    as its first and last records and its length tell: three reads, whatever its
+    size, in one transaction). An operator's ``XTRIM``, or an ``XADD`` with ``MAXLEN``
+    by another program, drops the first records."""
+    last = int(meta.get("last_seq", b"0"))
+    stream = keys.deltas(version)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.xrange(stream, count=1)
+        pipe.xrevrange(stream, count=1)
+        pipe.xlen(stream)
+        head, tail, length = pipe.execute()
+    first, final = (_seq(head[0]), _seq(tail[0])) if head and tail else (None, None)
+    start = stream_start(meta)
+    if start is None:  # it does not say: from its first record, if it holds any
+        start = first if first is not None else int(meta.get("snapshot_seq", b"0")) + 1
+    if start > last:
+        return ""  # no delta applied: nothing to hold
+    if first is None or final is None or first > start:
+        missing = missing_deltas(start, last if first is None else min(last, first - 1))
+    elif final < last:
+        missing = missing_deltas(final + 1, last)
+    elif first == start and final == last and length != last - start + 1:
+        missing = f"{last - start + 1 - length} of {missing_deltas(start, last)}"
+    else:
+        return ""
+    return (f"the delta stream {stream} of version {version} no longer holds {missing} "
+            "(trimmed: XTRIM, or an XADD with MAXLEN?)")  # fmt: skip
+
+
+def lost_ops_problem(version: str, lost: str) -> str:
+    """Why a replica cannot serve ``version``: its stream ``lost`` ops (``stream_problem``)."""
+    return (
+        f"redis lost deltas of version {version}: {lost}: a replica that did not read them "
+        "cannot tell whom they listed (its Bloom filter would clear them), so this one "
+        "serves no label past them; load a snapshot that includes them (or the last "
+        "snapshot again with --allow-rollback, then every delta after it in seq order), "
+        "and never trim a version's delta stream"
     )
 
 
@@ -881,7 +1072,16 @@ class RedisFollower(Background):
 
     Redis that answers reads but refuses writes (``--redis`` naming a read-only
     Redis replica) is followed too; only the heartbeat and garbage collection
-    fail, logged once and counted (``_write``), never every round.
+    fail, logged once and counted (``_write``), never every round. Such a replica
+    is current while its link to its master is up, and behind once that has been
+    down ``LINK_DOWN_SECONDS``; its master's policy and evictions are read from the
+    master's INFO where this server can reach it (``_read_info``).
+
+    A label is never past an op the filter lacks: the ops read must run from the
+    snapshot's (or the last applied) seq to the label without a gap (``missing_ops``);
+    a stream that lost records (trimmed) is lost data. Nor is a version served whose
+    keys Redis may have evicted (``EvictionWatch``), ever again: Bloom positives get
+    the fail policy until another version is loaded.
     """
 
     def __init__(
@@ -909,6 +1109,30 @@ class RedisFollower(Background):
         self._left: set[tuple[str, bytes]] = set()
         self.guard = ReadGuard()
         self._policy_checked = 0.0
+        #: why Redis may evict the list's keys now ("" when it may not): its own policy
+        #: and, read from a read-only Redis replica, its master's (``eviction_problem``)
+        self._policy = ""
+        self._master_policy = ""
+        self._info_sections: tuple[str, ...] = INFO_SECTIONS  # () once Redis refused more
+        #: False while Redis refuses INFO (an ACL, a renamed command): its link unknown
+        self._info_read = False
+        self._evictions = EvictionWatch()
+        #: version -> why its keys may have been evicted (``evicted_problem``): seen here
+        #: or read from its meta; only the version served counts, until another is taken
+        self._evicted: dict[str, str] = {}
+        #: read from a read-only Redis replica: its master (``master_client``), where it
+        #: is, that master's own ``EvictionWatch``, when to read its INFO next, and why
+        #: it could not be read ("" when it could, logged once)
+        self._master: Client | None = None
+        self._master_at: tuple[str, int] | None = None
+        self._master_evictions = EvictionWatch()
+        self._master_due = 0.0
+        self._master_problem = ""
+        #: since when (this machine's clock) the read-only Redis replica read has had no
+        #: link to its master (None: it is the master, or its link is up); past
+        #: ``LINK_DOWN_SECONDS`` this server is behind (``_stale``)
+        self._link_down_since: float | None = None
+        self._stale = ""
         #: what another replica's record says was applied beyond what Redis holds (the
         #: evidence this replica re-asserts in its own record while it stands, with the
         #: time of the record it came from: it lapses with it, ``RECORD_SECONDS``)
@@ -961,23 +1185,28 @@ class RedisFollower(Background):
         """Why this replica must not be trusted now ("" when it may): Redis lost the
         data it follows, or holds no version yet, or no version could be read at all
         (Redis unreachable, refused our password, another key secret), or Redis may
-        evict the list's keys (``eviction_problem``). Redis unreachable once a version
-        is in hand is not one: that version still answers Bloom negatives, positives
-        get the fail policy."""
+        evict the list's keys (``eviction_problem``), or may have evicted keys of the
+        version served (``EvictionWatch``). Redis unreachable once a version is in hand
+        is not one: that version still answers Bloom negatives, positives get the fail
+        policy."""
         return self._problem or self.guard.unsafe
 
     def behind_problem(self) -> str:
-        """Why the version served is not Redis's current one ("" when it is): a newer
-        version this replica cannot read (built with another key secret). The one in
-        hand still answers (health SERVING); ``shixin.v1.ListCurrent`` should not."""
+        """Why the version served may not be Redis's current one ("" when it is): a newer
+        version this replica cannot read (built with another key secret), or a
+        read-only Redis replica read whose link to its master has been down for
+        ``LINK_DOWN_SECONDS`` (what was loaded since is not there). The one in hand
+        still answers (health SERVING); ``shixin.v1.ListCurrent`` should not."""
         if self._behind:
             return f"{self._behind[0]} was refused ({self._behind[1]})"
         if self._old_format:
             return f"{self._old_format[0]}: {self._old_format[1]}"
-        return ""
+        return self._stale
 
     def _rejected(self) -> tuple[str, str] | None:
         """(source, problem) of what keeps this replica behind, for ``replica_status``."""
+        if self._stale and not (self._behind or self._old_format):
+            return f"the read-only Redis replica {self.url}", self._stale
         return self._behind or self._old_format
 
     def stop(self) -> None:
@@ -990,6 +1219,8 @@ class RedisFollower(Background):
         except redis.RedisError:
             pass
         self.client.close()
+        if self._master is not None:
+            self._master.close()
 
     def _run(self) -> None:
         backoff = 0.05
@@ -1043,21 +1274,26 @@ class RedisFollower(Background):
             self._behind_since = self._behind_since or started
             raise
         view = self._view
-        if self._lost is None and not self._write_problem and (
+        # a read-only Redis replica is as current as its link to its master: up, it holds
+        # what the master does within milliseconds; unknown (INFO refused), it may lag
+        unknown = bool(self._write_problem) and not self._info_read
+        if self._lost is None and self._link_down_since is None and not unknown and (
             view is None and not self.upstream_version  # Redis holds nothing to follow yet
             or view is not None and self.upstream_version == view.version
             and self.upstream_seq <= view.info.last_delta_seq
         ):  # fmt: skip
             self._behind_since = None
         else:
-            self._behind_since = self._behind_since or started
+            since = [t for t in (self._behind_since, self._link_down_since) if t is not None]
+            self._behind_since = min(since or [started])
 
     def lag_seconds(self) -> float:
         """How long this replica has been unable to confirm that it holds everything
         Redis holds: 0 while its last round (every 0.1 s) applied all of Redis's current
         version; otherwise the time since the first round that did not (a version it
-        cannot load, deltas it could not read, Redis unreachable, the data lost, or a
-        Redis that refuses its writes: a read-only replica may lag its master). Each
+        cannot load, deltas it could not read, Redis unreachable, the data lost, a
+        read-only Redis replica whose link to its master is down: since it went down,
+        by that replica's INFO, or one that refuses INFO and writes). Each
         round applies every delta it finds, so a replica that reaches Redis is never
         behind for longer than a round; this bounds the age of any unapplied delta."""
         since = self._behind_since
@@ -1076,18 +1312,13 @@ class RedisFollower(Background):
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.current)
         if view is not None:
-            pipe.hmget(self.keys.meta(view.version), "load_token", "last_seq")
+            pipe.hmget(self.keys.meta(view.version), "load_token", "last_seq", EVICTED_FIELD)
         raw, *served = pipe.execute()
         if not self.reachable and not self._full:  # a full Redis says when it is not
             self.on_event("redis-up", "")
         self.reachable = True
         self.guard.unreachable = ""
-        if time.monotonic() - self._policy_checked >= POLICY_CHECK_SECONDS:
-            self._policy_checked = time.monotonic()
-            try:
-                self.guard.unsafe = eviction_problem(self.client)
-            except redis.ResponseError:
-                pass  # INFO refused (an ACL, a renamed command): it cannot be told
+        self._read_info(raw.decode() if raw else "")
         if raw is None:
             self.upstream_version, self.upstream_seq = "", 0
             if view is None:
@@ -1098,7 +1329,7 @@ class RedisFollower(Background):
         elif view is None or self._lost is not None or raw.decode() != view.version:
             self._follow(raw.decode())
         else:
-            token, last = served[0]
+            token, last, evicted = served[0]
             if last is None:
                 self._lose(f"redis lost version {view.version}: its keys are gone "
                            "(flushed, restarted empty or failed over?)")  # fmt: skip
@@ -1111,8 +1342,12 @@ class RedisFollower(Background):
                            "(failed over to a replica without them?)")  # fmt: skip
             else:
                 self._behind = None  # the pointer is back on the version served
+                if evicted is not None:  # another replica, or a load, saw it
+                    self._evicted.setdefault(view.version, evicted.decode(errors="replace"))
                 self._check_held(view.version)
         view = self._view
+        evicted = self._evicted.get(view.version, "") if view is not None else ""
+        self.guard.unsafe = evicted or self._policy or self._master_policy
         if view is not None and self._lost is None:
             stream = self.keys.deltas(view.version)
             timeout = int(self.poll * 1000) if block else None
@@ -1133,6 +1368,136 @@ class RedisFollower(Background):
             # the lock busy: again next round; refused: left to the next load's collection
             self._gc_due = not collected and not self._write_problem
 
+    def _read_info(self, current: str) -> None:
+        """Each second, one ``INFO`` (``read_info``) of Redis: may it evict the list's
+        keys (``eviction_problem``), has it evicted keys under a policy that may
+        (``EvictionWatch``: the version served and ``current``, the pointer's, are
+        flagged for good), and is it a read-only replica, with its link to its master up
+        (``_read_link``)? Of such a replica, half a second later, one ``INFO`` of its
+        master (``_read_master``): a replica reports its own policy, never its master's,
+        and the master's evictions reach it as plain deletions. One INFO a round at most."""
+        now = time.monotonic()
+        if now - self._policy_checked >= POLICY_CHECK_SECONDS:
+            self._policy_checked = now
+            self._master_due = max(self._master_due, now + POLICY_CHECK_SECONDS / 2)
+            try:
+                info = read_info(self.client, self._info_sections)
+            except redis.ResponseError:
+                # INFO refused (an ACL, a renamed command): it cannot be told. A Redis
+                # before 7.0 refuses more than one section: every default one next time
+                self._info_read = False
+                self._info_sections = ()
+                return
+            self._info_read = True
+            self._policy = eviction_problem(info)
+            self._note_evictions(self._evictions.seen(info), current, self.client)
+            self._read_link(info)
+        elif self._master_at is not None and now >= self._master_due:
+            self._master_due = now + POLICY_CHECK_SECONDS
+            self._read_master(current, now)
+
+    def _read_link(self, info: dict[str, Any]) -> None:
+        """Whether Redis is a read-only replica (``role:slave``), where its master is, and
+        since when its link to that master has been down (``master_link_status``,
+        ``master_link_down_since_seconds``: -1, or absent, when it never came up)."""
+        if info.get("role") != "slave":
+            self._link_down_since, self._stale = None, ""
+            self._forget_master()
+            return
+        try:
+            where: tuple[str, int] | None = (str(info["master_host"]), int(info["master_port"]))
+        except (KeyError, TypeError, ValueError):
+            where = None
+        if isinstance(self.client.connection_pool, SentinelConnectionPool):
+            where = None  # a master being demoted: the sentinels name the new one
+        if where != self._master_at:
+            self._forget_master()
+            self._master_at = where
+        if info.get("master_link_status") == "up":
+            self._link_down_since, self._stale = None, ""
+            return
+        wall = time.time()
+        try:
+            down_for = float(info.get("master_link_down_since_seconds", -1))
+        except (TypeError, ValueError):
+            down_for = -1.0
+        since = wall - down_for if down_for >= 0 else wall
+        if self._link_down_since is not None:
+            since = min(since, self._link_down_since)
+        self._link_down_since = since
+        if wall - since < LINK_DOWN_SECONDS:
+            return  # down for a moment: no news yet
+        master = "{}:{}".format(*where) if where else "(unknown)"
+        self._stale = (
+            f"{self.url} is a read-only Redis replica whose link to its master {master} has "
+            f"been down since {utc(since)} (INFO replication master_link_status "
+            f"{info.get('master_link_status', '?')}): versions and deltas loaded since are "
+            "not there, so this server answers from what it held then; bring the link back "
+            "(the master's password, the network), or point --redis at the master, or use "
+            f"Sentinel ({SENTINEL_FORM})"
+        )
+
+    def _read_master(self, current: str, now: float) -> None:
+        """One ``INFO`` of the master of the read-only Redis replica read (``_read_info``),
+        over a client made as this one is (``master_client``): its policy, and its
+        evictions, flagged in the meta there where it takes the write. Not reachable (an
+        address only the replica can reach, another password): said once, tried again
+        each ``MASTER_RETRY_SECONDS``, and its policy last read still counts."""
+        assert self._master_at is not None
+        host, port = self._master_at
+        if self._master is None:
+            self._master = master_client(self.client, host, port)
+        try:
+            info = read_info(self._master, self._info_sections)
+        except redis.RedisError as exc:
+            problem = (
+                f"cannot read INFO of {host}:{port}, the master of the read-only Redis "
+                f"replica {self.url} ({exc}): whether the master may evict the list's keys "
+                "is seen here only once a server or a load connected to it flags the "
+                f"version it evicted from (meta {EVICTED_FIELD}); tried again every "
+                f"{MASTER_RETRY_SECONDS:g}s"
+            )
+            if problem != self._master_problem:
+                self.on_event("master-unread", problem)
+            self._master_problem = problem
+            self._master_due = now + MASTER_RETRY_SECONDS
+            return
+        self._master_problem = ""
+        policy = eviction_problem(info)
+        where = f"the master {host}:{port} of the read-only Redis replica {self.url}"
+        self._master_policy = f"{where}: {policy}" if policy else ""
+        evidence = self._master_evictions.seen(info)
+        self._note_evictions(evidence and f"{where}: {evidence}", current, self._master)
+
+    def _forget_master(self) -> None:
+        if self._master is not None:
+            self._master.close()
+        self._master = self._master_at = None
+        self._master_policy = self._master_problem = ""
+        self._master_evictions = EvictionWatch()
+
+    def _note_evictions(self, evidence: str, current: str, writer: Client) -> None:
+        """``evidence`` (``EvictionWatch.seen``; "" for none) that Redis evicted keys
+        under a policy that may evict the list's: the version served, and ``current``
+        (the pointer's, which may be taken next), are not served until another version
+        is taken; each flagged in its meta through ``writer`` (``flag_evicted``), so the
+        other replicas and a restarted one know it too, where ``writer`` takes it."""
+        if not evidence:
+            return
+        view = self._view
+        for version in {view.version if view is not None else "", current} - {""}:
+            if version in self._evicted:
+                continue
+            problem = evicted_problem(version, evidence)
+            self._evicted[version] = problem
+            if writer is self.client:
+                self._write(flag_evicted, writer, self.keys, version, problem)
+            else:  # the master of a read-only replica: best effort, nothing counts on it
+                try:
+                    flag_evicted(writer, self.keys, version, problem)
+                except redis.RedisError:
+                    pass
+
     def _cannot_follow(self, reason: str) -> None:
         """``version`` cannot be served: with nothing in hand, say so; else lose it."""
         if self._view is None:
@@ -1152,8 +1517,8 @@ class RedisFollower(Background):
     def _check_held(self, version: str) -> None:
         """On the version served, each second: do records of other replicas say they
         applied more of it than Redis holds (``_claims``)? Nothing here grows with the
-        list: evicted subject buckets are the maxmemory-policy check's
-        (``eviction_problem``), never counted."""
+        list: evicted subject buckets are the INFO check's (``_read_info``: the policy,
+        and keys evicted under it), never counted."""
         now = time.monotonic()
         if now - self._last_claims_check >= 1.0:
             self._last_claims_check = now
@@ -1324,6 +1689,10 @@ class RedisFollower(Background):
         if reason:
             self._cannot_follow(reason)
             return
+        lost = stream_problem(self.client, self.keys, version, meta)
+        if lost:  # before the Bloom filter: tried again each round while it stands
+            self._cannot_follow(lost_ops_problem(version, lost))
+            return
         raw_bloom = self.client.get(self.keys.bloom(version))
         if raw_bloom is None:
             self._cannot_follow(absent)
@@ -1341,6 +1710,18 @@ class RedisFollower(Background):
             self._lose(f"redis lost version {version} while its deltas were read "
                        "(flushed, restarted empty or failed over?)")  # fmt: skip
             return
+        # every op from the snapshot's to the label, each once: a record trimmed since
+        # the check above would leave a listing out of the filter under a label past it
+        start = stream_start(meta)
+        if start is None:  # the meta does not say: from the first record
+            start = _seq(entries[0]) if entries else int(meta.get("snapshot_seq", b"0")) + 1
+        missing = missing_ops(entries, start - 1, last)
+        if missing:
+            stream = self.keys.deltas(version)
+            self._cannot_follow(lost_ops_problem(
+                version, f"the delta stream {stream} of version {version} no longer holds "
+                f"{missing} (trimmed: XTRIM, or an XADD with MAXLEN?)"))  # fmt: skip
+            return
         # every read is done: a connection lost above left this replica as it was
         bloom = Bloom.load_bytes(raw_bloom, int)
         self._bloom, self._token = bloom, meta.get("load_token", b"")
@@ -1355,6 +1736,10 @@ class RedisFollower(Background):
         self._published = published_at(meta)
         self._old_format = old_format
         self._refused_said = ""
+        # evictions seen before only count for a version taken now if they were its own
+        self._evicted = {v: why for v, why in self._evicted.items() if v == version}
+        if EVICTED_FIELD in meta:
+            self._evicted.setdefault(version, meta[EVICTED_FIELD].decode(errors="replace"))
         if view is not None and (view.version, self._token_of_view) != (version, self._token):
             self._left.add((view.version, self._token_of_view))
         self._token_of_view = self._token
@@ -1395,6 +1780,14 @@ class RedisFollower(Background):
         held = _through(entries, last)
         if not held:
             return True  # nothing up to the meta's seq: all of it waits for the next round
+        assert self._view is not None
+        missing = missing_ops(held, self._view.info.last_delta_seq, _seq(held[-1]))
+        if missing:  # trimmed before this replica read them: no label past the gap
+            self._lose(lost_ops_problem(
+                version, f"the delta stream {stream} of version {version} no longer holds "
+                f"{missing}, which this server has not applied (trimmed: XTRIM, or an XADD "
+                "with MAXLEN?)"))  # fmt: skip
+            return False
         _add_listed(self._bloom, held)
         self._stream_id = held[-1][0]
         self._install(version, meta, _seq(held[-1]))

@@ -93,11 +93,13 @@ from shixin_check.loader.index_memory import (
 )
 from shixin_check.loader.index_redis import (
     CURRENT_AT_FIELD,
+    EVICTED_FIELD,
     EXEMPTIONS_FORMAT,
     FORMAT,
     LOCK_SECONDS,
     ROLLBACK_FIELD,
     Client,
+    EvictionWatch,
     HeldLock,
     RedisKeys,
     bucket_bits,
@@ -107,12 +109,16 @@ from shixin_check.loader.index_redis import (
     counts_json,
     delete_version,
     encode_match,
+    evicted_problem,
     eviction_problem,
     expiries_json,
+    flag_evicted,
     format_of,
+    info_of,
     old_format_problem,
     read_meta,
     redis_time,
+    stream_problem,
 )
 from shixin_check.loader.index_redis import published_at as _published_at
 from shixin_check.loader.index_redis import utc as _utc
@@ -155,12 +161,47 @@ class OutOfSequence(LoadRejected):
         self.args = (f"{source}: {problem}",)
 
 
-def _refuse_eviction(client: Client) -> None:
+def _refuse_eviction(client: Client, keys: RedisKeys) -> None:
     """``ConfigurationError`` for a Redis that may evict the list's keys: replicas would
-    read an evicted subject as not listed (``index_redis.eviction_problem``)."""
-    problem = eviction_problem(client)
-    if problem:
-        raise ConfigurationError(f"nothing was loaded: {problem}")
+    read an evicted subject as not listed (``index_redis.eviction_problem``). One that
+    has evicted keys already (``index_redis.EvictionWatch``) may have evicted the
+    current version's: that version is flagged (meta ``evicted``), never served again."""
+    info = info_of(client)
+    problem = eviction_problem(info)
+    if not problem:
+        return
+    evidence = EvictionWatch().seen(info)
+    current = client.get(keys.current)
+    if evidence and current is not None:
+        version = current.decode()
+        try:
+            flag_evicted(client, keys, version, evicted_problem(version, evidence))
+            problem += f"; {evidence}: version {version} is not served again"
+        except redis.ResponseError:
+            pass  # refused (an ACL, a read-only replica): the load is refused all the same
+    raise ConfigurationError(f"nothing was loaded: {problem}")
+
+
+def _refuse_broken(meta: dict[str, bytes], client: Client, keys: RedisKeys, version: str) -> None:
+    """``ConfigurationError`` for a delta on a version no replica should serve: one whose
+    keys may have been evicted (meta ``evicted``), or whose delta stream lost records
+    (``index_redis.stream_problem``: trimmed). Replicas that had not read them cannot
+    tell whom they listed, and an applied seq can no longer be compared with a file's
+    (``_refuse_rewritten``): a delta rewritten under it would load as a replay."""
+    if EVICTED_FIELD in meta:
+        raise ConfigurationError(
+            f"nothing was loaded: {meta[EVICTED_FIELD].decode(errors='replace')}"
+        )
+    lost = stream_problem(client, keys, version, meta)
+    if lost:
+        raise ConfigurationError(
+            f"nothing was loaded: {lost}: a replica started now cannot tell whom those "
+            "deltas listed, so none serves this version, and an applied seq cannot be "
+            "told from a delta rewritten under it; load a snapshot that includes seq "
+            f"{int(meta.get('last_seq', b'0'))} (or the last snapshot again with "
+            "--allow-rollback, then every delta after it in seq order), and never trim a "
+            "version's delta stream"
+        )
 
 
 @contextmanager
@@ -370,7 +411,7 @@ def publish_snapshot(
     A Redis that may evict the list's keys is refused before anything.
     """
     keys = keys or RedisKeys()
-    _refuse_eviction(client)
+    _refuse_eviction(client, keys)
     _refuse_other_secret(client, keys, keyer, new_key_secret)
     header = _header(path)
     if not allow_rollback:  # before minutes of validating (no header: it includes no delta)
@@ -1224,7 +1265,7 @@ def publish_delta(
     ops, errors = read_delta(path)
     if errors:
         raise LoadRejected(str(path), errors)
-    _refuse_eviction(client)
+    _refuse_eviction(client, keys)
     with _out_of_memory_said(client):
         return _publish_delta(client, path, keyer, keys, ops)
 
@@ -1242,6 +1283,7 @@ def _publish_delta(
         meta = read_meta(client, keys, version)
         check_fingerprint(meta, keyer, version)
         _refuse_old_format(path, ops, meta, version)
+        _refuse_broken(meta, client, keys, version)
         last = int(meta.get("last_seq", b"0"))
         # a snapshot without a header says nothing of where the numbering stands: the
         # first delta on it may start at any seq (feed.pending's unknown_base), and its
