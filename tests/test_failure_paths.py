@@ -212,17 +212,20 @@ def test_a_bad_header_refuses_the_snapshot_naming_line_1(
     assert f"{path}:line 1: {field}" in done.stdout
 
 
+#: a CSV snapshot of one listed person, with no header of its own
+ONE_ROW_CSV = (
+    "entry_id,list_type,subject.type,subject.name,subject.id_number,case_number,court,"
+    "published_on,valid_until,status\n"
+    f"E1,SHIXIN,PERSON,张伟,{ZHANG},(2024)京0105执1001号,北京市朝阳区人民法院,"
+    "2024-01-15,2099-12-31,ACTIVE\n"
+)
+
+
 def test_a_csv_snapshot_takes_its_header_from_the_sidecar(
     tmp_path: Path, keyer: SubjectKeyer
 ) -> None:
     csv_path = tmp_path / "snapshot-0001.csv"
-    csv_path.write_text(
-        "entry_id,list_type,subject.type,subject.name,subject.id_number,case_number,court,"
-        "published_on,valid_until,status\n"
-        f"E1,SHIXIN,PERSON,张伟,{ZHANG},(2024)京0105执1001号,北京市朝阳区人民法院,"
-        "2024-01-15,2099-12-31,ACTIVE\n",
-        encoding="utf-8",
-    )
+    csv_path.write_text(ONE_ROW_CSV, encoding="utf-8")
     (tmp_path / "snapshot-0001.csv.meta.json").write_bytes(orjson.dumps(header(7)))
     write_jsonl(tmp_path / "delta-0001.jsonl", [delta(7, "DELIST", entry_id="E1")])
     index = MemoryIndex()
@@ -235,13 +238,7 @@ def test_a_csv_snapshot_takes_its_header_from_the_sidecar(
 def test_a_snapshot_without_a_header_is_told_where_its_header_goes(tmp_path: Path) -> None:
     """A CSV's header is a sidecar, not a first line: the warning says which."""
     csv_path = tmp_path / "snapshot-0001.csv"
-    csv_path.write_text(
-        "entry_id,list_type,subject.type,subject.name,subject.id_number,case_number,court,"
-        "published_on,valid_until,status\n"
-        f"E1,SHIXIN,PERSON,张伟,{ZHANG},(2024)京0105执1001号,北京市朝阳区人民法院,"
-        "2024-01-15,2099-12-31,ACTIVE\n",
-        encoding="utf-8",
-    )
+    csv_path.write_text(ONE_ROW_CSV, encoding="utf-8")
     lines = write_jsonl(tmp_path / "snapshot-0002.jsonl", basic_rows())
     csv_said = run_cli("validate", str(csv_path)).stderr
     assert "has no header row" in csv_said and "snapshot-0001.csv.meta.json" in csv_said

@@ -39,6 +39,7 @@ from shixin_check.server.hitsink import HitForwarder, hits_stream, read_stream
 from tests.conftest import SECRET, RedisServer, RunningServer
 from tests.listdata import LI, ZHANG, basic_rows, write_jsonl
 from tests.processes import run_cli
+from tests.test_hit_stream import forwarded_to_the_end, has_a_list
 from tests.waiting import eventually
 
 Serve = Callable[..., RunningServer]
@@ -96,21 +97,6 @@ def test_two_checks_sharing_a_check_id_are_both_counted(
         "1 check sharing a check_id with an earlier, different check (another time or "
         "subject: each counted)"
     ) in summary
-
-
-def has_a_list(replica: RunningServer) -> bool:
-    return replica.service.engine.source.current() is not None
-
-
-def forwarded_to_the_end(replica: RunningServer) -> bool:
-    forwarder = replica.service.forwarder
-    assert forwarder is not None
-    try:
-        inode, offset = map(int, forwarder.cursor_path.read_text().split())
-    except (OSError, ValueError):
-        return False
-    live = log_files(forwarder.hit_log)[-1].stat()
-    return (inode, offset) == (live.st_ino, live.st_size)
 
 
 @pytest.mark.redis
