@@ -633,14 +633,21 @@ def master_client(client: Client, host: str, port: int) -> Client:
         connection_class=kind, **{**kwargs, "host": host, "port": port}))  # fmt: skip
 
 
-def stream_start(meta: dict[str, bytes]) -> int | None:
-    """The seq of the first op a version's delta stream holds (None: its meta does not
-    say, a snapshot without a header loaded by code before ``first_seq``)."""
+def stream_start(meta: dict[str, bytes], first: int | None) -> int:
+    """The seq of the first op a version's delta stream must hold, by its ``meta``; where
+    that does not say (a snapshot without a header loaded by code before ``first_seq``),
+    the seq of its ``first`` record, or, with none, the one after the snapshot's."""
     if "first_seq" in meta:
         return int(meta["first_seq"])
-    if meta.get("header") == b"1":
+    if meta.get("header") == b"1" or first is None:
         return int(meta.get("snapshot_seq", b"0")) + 1
-    return None
+    return first
+
+
+def trimmed(stream: str, version: str, missing: str) -> str:
+    """What a delta ``stream`` of ``version`` that lost the ops ``missing`` says."""
+    return (f"the delta stream {stream} of version {version} no longer holds {missing} "
+            "(trimmed: XTRIM, or an XADD with MAXLEN?)")  # fmt: skip
 
 
 def missing_ops(entries: list[StreamEntry], after: int, last: int) -> str:
@@ -670,9 +677,7 @@ def stream_problem(client: Client, keys: RedisKeys, version: str, meta: dict[str
         pipe.xlen(stream)
         head, tail, length = pipe.execute()
     first, final = (_seq(head[0]), _seq(tail[0])) if head and tail else (None, None)
-    start = stream_start(meta)
-    if start is None:  # it does not say: from its first record, if it holds any
-        start = first if first is not None else int(meta.get("snapshot_seq", b"0")) + 1
+    start = stream_start(meta, first)
     if start > last:
         return ""  # no delta applied: nothing to hold
     if first is None or final is None or first > start:
@@ -683,8 +688,7 @@ def stream_problem(client: Client, keys: RedisKeys, version: str, meta: dict[str
         missing = f"{last - start + 1 - length} of {missing_deltas(start, last)}"
     else:
         return ""
-    return (f"the delta stream {stream} of version {version} no longer holds {missing} "
-            "(trimmed: XTRIM, or an XADD with MAXLEN?)")  # fmt: skip
+    return trimmed(stream, version, missing)
 
 
 def lost_ops_problem(version: str, lost: str) -> str:
@@ -1712,15 +1716,11 @@ class RedisFollower(Background):
             return
         # every op from the snapshot's to the label, each once: a record trimmed since
         # the check above would leave a listing out of the filter under a label past it
-        start = stream_start(meta)
-        if start is None:  # the meta does not say: from the first record
-            start = _seq(entries[0]) if entries else int(meta.get("snapshot_seq", b"0")) + 1
+        start = stream_start(meta, _seq(entries[0]) if entries else None)
         missing = missing_ops(entries, start - 1, last)
         if missing:
             stream = self.keys.deltas(version)
-            self._cannot_follow(lost_ops_problem(
-                version, f"the delta stream {stream} of version {version} no longer holds "
-                f"{missing} (trimmed: XTRIM, or an XADD with MAXLEN?)"))  # fmt: skip
+            self._cannot_follow(lost_ops_problem(version, trimmed(stream, version, missing)))
             return
         # every read is done: a connection lost above left this replica as it was
         bloom = Bloom.load_bytes(raw_bloom, int)
@@ -1783,10 +1783,8 @@ class RedisFollower(Background):
         assert self._view is not None
         missing = missing_ops(held, self._view.info.last_delta_seq, _seq(held[-1]))
         if missing:  # trimmed before this replica read them: no label past the gap
-            self._lose(lost_ops_problem(
-                version, f"the delta stream {stream} of version {version} no longer holds "
-                f"{missing}, which this server has not applied (trimmed: XTRIM, or an XADD "
-                "with MAXLEN?)"))  # fmt: skip
+            unapplied = f"{missing}, which this server has not applied"
+            self._lose(lost_ops_problem(version, trimmed(stream, version, unapplied)))
             return False
         _add_listed(self._bloom, held)
         self._stream_id = held[-1][0]

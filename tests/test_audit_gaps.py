@@ -33,8 +33,9 @@ from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.clients.check_client import build_request
 from shixin_check.domain.model import CHINA_TZ
 from shixin_check.server.hitlog import head_path, log_files
-from tests.listdata import LI, ZHANG, ZHAO, basic_rows, write_jsonl
+from tests.listdata import LI, ZHANG, ZHAO
 from tests.processes import ServeProcess, run_cli
+from tests.test_workers import make_feed as make_list
 from tests.waiting import eventually
 
 SECRET = "tests-only-secret-0123456789abcdef"
@@ -45,16 +46,6 @@ MAX_CONNECTIONS = 200  # fresh connections tried, at most, to reach every worker
 @pytest.fixture
 def listed(tmp_path: Path) -> Path:
     return make_list(tmp_path)
-
-
-def make_list(tmp_path: Path) -> Path:
-    """A list directory with one snapshot, and the key secret beside it."""
-    folder = tmp_path / "feed"
-    folder.mkdir()
-    header = {"snapshot": {"includes_seq": 0, "published_at": "2026-11-28T09:00:00+08:00"}}
-    write_jsonl(folder / "snapshot-0001.jsonl", [header, *basic_rows()])
-    (tmp_path / "key").write_text(SECRET)
-    return folder
 
 
 def started(

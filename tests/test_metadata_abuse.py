@@ -25,6 +25,7 @@ from shixin_check.server.service import MAX_METADATA_BYTES
 from tests.accessdata import Serve, bearer, hotel
 from tests.conftest import RunningServer, log_records
 from tests.listdata import ZHANG, basic_rows, write_jsonl
+from tests.test_caller_bytes import _frame
 
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 #: each header counts its key, its value and 32 bytes (RFC 7541, as grpc counts it):
@@ -54,15 +55,6 @@ def _integer(value: int, prefix_bits: int) -> bytes:
 def _string(text: str) -> bytes:
     raw = text.encode()
     return _integer(len(raw), 7) + raw  # no Huffman coding
-
-
-def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + bytes([kind, flags])
-        + struct.pack(">I", stream)
-        + payload
-    )
 
 
 def _read_integer(block: bytes, at: int, prefix_bits: int) -> tuple[int, int]:

@@ -48,6 +48,10 @@ def two_workers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def feed(tmp_path: Path) -> Path:
+    return make_feed(tmp_path)
+
+
+def make_feed(tmp_path: Path) -> Path:
     """A list directory with one snapshot, and the key secret beside it."""
     folder = tmp_path / "feed"
     folder.mkdir()
