@@ -653,6 +653,8 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurry.wait(), drain)
         cut = await self._stop_server(server)
+        if self.checks is not None:  # refusals held back from the audit log, before it closes
+            self.checks.summarize_refusals()
         if self.keys_watcher is not None:
             self.keys_watcher.stop()
         if self.follower is not None:

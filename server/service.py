@@ -32,6 +32,17 @@ that could not be (the call is INTERNAL as well). A withdrawal that cannot
 be written either is logged with their check ids, for the feedback to be
 mended by hand.
 
+Refusals for credentials (``UNAUTHENTICATED``) are recorded one by one up to a
+rate per peer host and over all hosts (``RefusalRecords``,
+``REFUSALS_AUDITED_*``): a client retrying a revoked key in a hot loop would
+otherwise fill the disk with them, and then every check fails. The call is
+refused all the same; a refusal held back is counted against its host and
+written later, as ``unrecorded_refusals`` in the host's next record or in a
+summary record (``summarize_refusals``: within ``REFUSAL_SUMMARY_S``, and at
+shutdown). Only refusals are counted against a host: callers with good keys
+behind the same proxy are never held back, and nothing is added before a
+call is known to be refused.
+
 A call that ends before its answer leaves is withdrawn the same way, with a
 record of its own in the audit log (outcome ``DEADLINE_EXCEEDED`` or
 ``CANCELLED``, ``withdrawn_hits`` naming the check ids; the audit log is
@@ -77,12 +88,15 @@ when the caller's deadline leaves room for it, else -1 (do not retry).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import ipaddress
 import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, NoReturn
+from urllib.parse import unquote
 
 import grpc
 import orjson
@@ -273,6 +287,171 @@ def _audited(metadata: Metadata) -> Audited:
     return tuple({k: v[:_AUDITED_VALUE_MAX] for k, v in kept}.items())
 
 
+#: Refusals for credentials (``Unauthenticated``) the audit log records one by one, per
+#: peer host: a token bucket. A burst of 50 keeps every refusal of a person trying a key
+#: by hand, of a client's few retries, of a fleet's reconnections after a restart; past
+#: it one a second still shows what the host sends and that it goes on. The rest are
+#: counted (``unrecorded_refusals``), not written: a client retrying a revoked key in a
+#: hot loop makes thousands a second, ~300 bytes each, gigabytes a day in a log that is
+#: never deleted, until the disk is full and every check fails. One host so writes at
+#: most 86,400 records a day (~26 MB).
+REFUSALS_AUDITED_PER_HOST_S = 1.0
+REFUSALS_AUDITED_PER_HOST_BURST = 50
+#: The same over all hosts together, so that many (a fleet of terminals holding one
+#: revoked key) cannot add up to a full disk: at most ~300 MB a day of such records.
+#: The burst holds four hosts' bursts whole.
+REFUSALS_AUDITED_PER_S = 10.0
+REFUSALS_AUDITED_BURST = 200
+#: Hosts whose refusals are counted. When the table is full the host refused least
+#: recently is dropped (its counts held back go to the next summary, under no host):
+#: not started afresh, which would give a host refusing now a fresh burst each time a
+#: spray of other addresses filled the table.
+REFUSAL_HOSTS_KEPT = 1024
+#: How long, at most, a refusal held back waits for its summary record
+REFUSAL_SUMMARY_S = 10.0
+#: Hosts summarized one record each in one summary, those with the most refusals held
+#: back first; the rest share one record (``"hosts"``), so that a fleet of many hosts
+#: writes at most 33 summary records every ``REFUSAL_SUMMARY_S``
+REFUSAL_SUMMARY_HOSTS = 32
+_OUTCOME_UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED.name
+
+
+def refusal_host(peer: str) -> str:
+    """The host a refusal for credentials is counted against: ``context.peer()`` without
+    its port (``ipv4:10.0.0.1:5555``: ``ipv4:10.0.0.1``). An IPv6 address counts by its
+    /64, the least a site is given, so that one machine's many addresses count as one
+    (``ipv6:[2001:db8:1:2::]/64``); one that maps an IPv4 address, as that address;
+    anything else (``unix:``) as it is. grpc 1.85 writes ``ipv6:%5B::1%5D:5555``."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return peer.rpartition(":")[0]
+    if kind != "ipv6":
+        return peer
+    try:
+        address = ipaddress.IPv6Address(unquote(rest).rpartition(":")[0].strip("[]"))
+    except ValueError:  # not an address grpc writes: counted as it is
+        return peer
+    if address.ipv4_mapped is not None:
+        return f"ipv4:{address.ipv4_mapped}"
+    return f"ipv6:[{ipaddress.IPv6Address(int(address) >> 64 << 64)}]/64"
+
+
+class _Held:
+    """One host's bucket of refusals recorded one by one, and those held back since its
+    last record: how many, by reason, since when (wall clock)."""
+
+    __slots__ = ("tokens", "at", "count", "reasons", "since")
+
+    def __init__(self, tokens: float, at: float) -> None:
+        self.tokens = tokens
+        self.at = at  # ``time.monotonic()`` of the last refill
+        self.count = 0
+        self.reasons: dict[str, int] = {}
+        self.since = 0.0
+
+    def take(self, now: float, rate: float, burst: int) -> bool:
+        """One token, if the bucket (refilled to ``now``) holds one."""
+        self.tokens = min(float(burst), self.tokens + (now - self.at) * rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def hold(self, reason: str, count: int = 1, since: float = 0.0) -> None:
+        if not self.count or (since and since < self.since):
+            self.since = since or time.time()
+        self.count += count
+        self.reasons[reason] = self.reasons.get(reason, 0) + count
+
+    def fields(self) -> bytes:
+        """What a record adds for the refusals held back ("" for none)."""
+        if not self.count:
+            return b""
+        return (b',"unrecorded_refusals":%d,"unrecorded_reasons":%b,"unrecorded_since":%a'
+                % (self.count, orjson.dumps(self.reasons), self.since))  # fmt: skip
+
+    def clear(self) -> None:
+        self.count = 0
+        self.reasons = {}
+
+
+class RefusalRecords:
+    """Which refusals for credentials the audit log records one by one (the
+    ``REFUSALS_AUDITED_*`` buckets, per host and over all), and those held back, counted
+    per host (``refusal_host``) until a record carries them: the host's next one, or a
+    summary (``ConsumptionCheckService.summarize_refusals``). Used on the event loop's
+    thread only, after a refusal is known: authenticated calls never reach it."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, _Held] = {}  # the host refused least recently first
+        self.all = _Held(float(REFUSALS_AUDITED_BURST), time.monotonic())
+        #: held back for hosts dropped from the table, or past a summary's hosts
+        self.others = _Held(0.0, 0.0)
+        self.other_hosts = 0
+        #: every refusal held back since the server started
+        self.unrecorded = 0
+        #: ``refusal_host`` of the peers seen (an IPv6 one costs ~10 µs); cleared when full
+        self._host_of: dict[str, str] = {}
+
+    def take(self, peer: str, reason: str) -> _Held | None:
+        """The host's counts when this refusal may be recorded (its record carries
+        ``fields()``, then ``clear()``), or None when it is held back, and counted."""
+        now = time.monotonic()
+        host = self._host_of.get(peer)
+        if host is None:
+            if len(self._host_of) >= _CALLS_KEPT:
+                self._host_of.clear()
+            host = self._host_of[peer] = refusal_host(peer)
+        hosts = self.hosts
+        held = hosts.pop(host, None)
+        if held is None:
+            if len(hosts) >= REFUSAL_HOSTS_KEPT:
+                self._drop(next(iter(hosts)))
+            held = _Held(float(REFUSALS_AUDITED_PER_HOST_BURST), now)
+        hosts[host] = held  # refused last: dropped last
+        if held.take(now, REFUSALS_AUDITED_PER_HOST_S, REFUSALS_AUDITED_PER_HOST_BURST):
+            if self.all.take(now, REFUSALS_AUDITED_PER_S, REFUSALS_AUDITED_BURST):
+                return held
+            held.tokens += 1.0  # not recorded: the host's token back
+        held.hold(reason)
+        self.unrecorded += 1
+        return None
+
+    def _drop(self, host: str) -> None:
+        held = self.hosts.pop(host)
+        if held.count:
+            self.fold(held)
+
+    def fold(self, held: _Held) -> None:
+        """A host's counts into those of no host (``others``)."""
+        for reason, n in held.reasons.items():
+            self.others.hold(reason, n, held.since)
+        self.other_hosts += 1
+        held.clear()
+
+    def pending(self) -> list[tuple[str, _Held]]:
+        """What a summary writes now: the ``REFUSAL_SUMMARY_HOSTS`` hosts with the most
+        held back, each alone, then the rest together under the host "" (``others``).
+        Hosts with nothing held back and a full bucket are forgotten."""
+        now = time.monotonic()
+        busy = []
+        for host, held in list(self.hosts.items()):
+            if held.count:
+                busy.append((host, held))
+            elif held.tokens + (now - held.at) * REFUSALS_AUDITED_PER_HOST_S >= (
+                REFUSALS_AUDITED_PER_HOST_BURST
+            ):
+                del self.hosts[host]  # as a host never seen
+        busy.sort(key=lambda pair: -pair[1].count)
+        for _host, held in busy[REFUSAL_SUMMARY_HOSTS:]:
+            self.fold(held)
+        out = busy[:REFUSAL_SUMMARY_HOSTS]
+        if self.others.count:
+            out.append(("", self.others))
+        return out
+
+
 class ConsumptionCheckService:
     """The RPCs of ``shixin.v1.ConsumptionCheck``."""
 
@@ -297,6 +476,11 @@ class ConsumptionCheckService:
         self.tally: Tally = engine.tally
         self.prefilters = Prefilters(engine.keyer)
         self._calls: dict[tuple[str, str, str, Audited], bytes] = {}
+        #: refusals for credentials: which are recorded one by one, and those held back
+        self.refusals = RefusalRecords()
+        #: how long, at most, a refusal held back waits for its summary record
+        self.refusal_summary_s = REFUSAL_SUMMARY_S
+        self._summary: asyncio.TimerHandle | None = None
 
     # --- the gate and the audit trail ----------------------------------------
 
@@ -454,17 +638,27 @@ class ConsumptionCheckService:
             trailers += ((PUSHBACK_KEY, _pushback(told.retry_after_ms, context)),)
         unaudited = ""
         if self.audit is not None:
+            recorded, peer, extra = True, "", b""
+            held: _Held | None = None
             if isinstance(exc, Late):
                 extra = _withdrawn_field(exc.withdrawn)
             elif isinstance(exc, Unauthenticated):
-                extra = b',"reason":' + orjson.dumps(exc.reason)
-            else:
-                extra = b""
-            try:
-                self._audit(context, method, principal, subject, code.name, started, metadata,
-                            count, check_id=check_id, extra=extra)  # fmt: skip
-            except Exception as failure:  # noqa: BLE001 - the refusal goes out all the same
-                unaudited = f"; not audited: {failure}"
+                peer = context.peer()
+                held = self.refusals.take(peer, exc.reason)
+                recorded = held is not None
+                if held is None:  # held back from the log: counted, then summarized
+                    self._summarize_later()
+                else:  # with the refusals of its host held back since its last record
+                    extra = b',"reason":' + orjson.dumps(exc.reason) + held.fields()
+            if recorded:
+                try:
+                    self._audit(context, method, principal, subject, code.name, started,
+                                metadata, count, check_id=check_id, peer=peer, extra=extra)  # fmt: skip
+                except Exception as failure:  # noqa: BLE001 - the refusal goes out all the same
+                    unaudited = f"; not audited: {failure}"
+                else:
+                    if held is not None:
+                        held.clear()  # its record carried them
         if check_id:
             said = self._log_failure(exc)
             if said is None:  # a bug here: its traceback
@@ -495,6 +689,60 @@ class ConsumptionCheckService:
                 if sink is not None and sink.raised(exc):
                     return sink.failure_line(exc)
         return None
+
+    def _summarize_later(self) -> None:
+        """A refusal was held back: its summary within ``refusal_summary_s``, on the loop."""
+        if self._summary is None:
+            loop = asyncio.get_running_loop()
+            self._summary = loop.call_later(self.refusal_summary_s, self.summarize_refusals)
+
+    def summarize_refusals(self) -> None:
+        """Write a summary record of the refusals for credentials held back from the audit
+        log (``RefusalRecords``): one per host, at most ``REFUSAL_SUMMARY_HOSTS`` of them,
+        the rest in one record of their own, and one WARNING line that says how many.
+        Called on the loop ``refusal_summary_s`` after the first held back, and by the
+        server at shutdown before the audit log closes. Never raises: a record the disk
+        refuses leaves its counts for the next summary, soon again.
+
+        A summary record is an audit record of method "" (it covers every method),
+        caller ``anonymous``, peer the host (``refusal_host``), outcome
+        ``UNAUTHENTICATED``, 0 checks and no ``reason``; ``unrecorded_refusals`` says
+        how many, ``unrecorded_reasons`` how many of each reason, ``unrecorded_since``
+        when the first was refused. The rest's record has the peer "" and ``hosts``:
+        how many hosts' counts it holds (a host set aside twice counts twice)."""
+        if self._summary is not None:
+            self._summary.cancel()
+            self._summary = None
+        if self.audit is None:
+            return
+        refusals = self.refusals
+        written, hosts, most = 0, 0, ""
+        for host, held in refusals.pending():
+            extra = held.fields()
+            if not host:
+                extra += b',"hosts":%d' % refusals.other_hosts
+            try:
+                self.audit.record_call(self._call_fields("", ANONYMOUS, host, ()), "",
+                                       _OUTCOME_UNAUTHENTICATED, time.perf_counter(), 0,
+                                       extra=extra)  # fmt: skip
+            except Exception as failure:  # noqa: BLE001 - on the loop: nobody else to tell
+                log.error("audit log: %d refusals for credentials held back from it are not "
+                          "summarized yet: %s", refusals.unrecorded, failure)  # fmt: skip
+                with contextlib.suppress(RuntimeError):  # no loop: the server has stopped
+                    self._summarize_later()
+                break
+            if not most:
+                most = f"{host or 'other hosts'}: {held.count}, {', '.join(held.reasons)}"
+            written += held.count
+            hosts += 1 if host else refusals.other_hosts
+            held.clear()
+            if not host:
+                refusals.other_hosts = 0
+        if written:
+            log.warning("audit log: %d refusals for credentials (UNAUTHENTICATED) from %d "
+                        "host%s not recorded one by one, only counted in summary records "
+                        "(the most from %s): a client with a bad or revoked key, retrying?",
+                        written, hosts, "" if hosts == 1 else "s", most)  # fmt: skip
 
     def _too_late(
         self, method: str, answered: Iterable[tuple[pb.CheckRequest, pb.CheckResponse]]
