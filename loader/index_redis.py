@@ -1047,6 +1047,11 @@ class LostView:
         raise IndexUnavailable(self.reason)
 
 
+#: versions a replica remembers moving off (``RedisFollower._left``): going back further
+#: than the last thousand loads is still seen by the publication times (``_going_back``)
+LEFT_KEPT = 1024
+
+
 class RedisFollower(Background):
     """Keeps a replica on Redis's current version and its deltas. An ``IndexSource``.
 
@@ -1109,8 +1114,9 @@ class RedisFollower(Background):
         self._lost: LostView | None = None
         self._problem = ""
         #: versions this replica moved off, with their load tokens: Redis never goes back
-        #: to one (a load of a name again, with another token, is no going back)
-        self._left: set[tuple[str, bytes]] = set()
+        #: to one (a load of a name again, with another token, is no going back). The
+        #: last ``LEFT_KEPT``, oldest first: a feed that loads often must not grow it for good
+        self._left: dict[tuple[str, bytes], None] = {}
         self.guard = ReadGuard()
         self._policy_checked = 0.0
         #: why Redis may evict the list's keys now ("" when it may not): its own policy
@@ -1217,8 +1223,12 @@ class RedisFollower(Background):
         super().stop()
         try:
             # the record of a replica that saw Redis go back is kept (``RECORD_SECONDS``):
-            # the evidence for a replica started after it (``_newer_served``)
-            if not (self._went_back and self._lost is not None or self._newer is not None):
+            # the evidence for a replica started after it (``_newer_served``). Written once
+            # more now: the heartbeat is once a second, and one that went to Redis before
+            # it came back from its save is gone with the rest
+            if self._went_back and self._lost is not None or self._newer is not None:
+                self._write(self._heartbeat, time.time())
+            else:
                 self.client.hdel(self.keys.replicas, self.replica_id)
         except redis.RedisError:
             pass
@@ -1518,6 +1528,20 @@ class RedisFollower(Background):
         if view is not None and (self._lost is None or self._lost.reason != reason):
             self._lost = LostView(view.info, reason)
 
+    def _tell_went_back(self) -> None:
+        """Redis went back from the version served here: this replica's record in
+        ``P:replicas`` is the evidence for a replica started after it (``_newer_served``),
+        kept when it stops. Written at once, not at the next heartbeat: the last one
+        went to Redis before it came back from its save and is gone with the rest, and
+        a replica stopped or killed within the second would leave nothing, so a replica
+        started next would serve the older list. Redis refusing the write, or gone
+        again, leaves it to the heartbeat (due at once) and to ``stop``."""
+        if self._went_back:
+            return  # told already; the heartbeat keeps it
+        self._went_back = True
+        self._last_beat = 0.0  # due now, should this write not go in
+        self._write(self._heartbeat, time.time())
+
     def _check_held(self, version: str) -> None:
         """On the version served, each second: do records of other replicas say they
         applied more of it than Redis holds (``_claims``)? Nothing here grows with the
@@ -1654,7 +1678,6 @@ class RedisFollower(Background):
         token = meta.get("load_token", b"")
         if view is not None and (version, token) in self._left:
             self.upstream_version, self.upstream_seq = version, 0
-            self._went_back = True  # its record is kept when it stops: the evidence
             then, now = self._published, published_at(meta)
             if then is not None and now is not None and now < then:
                 self._lose(going_back_problem(view.version, then, version, now,
@@ -1662,6 +1685,7 @@ class RedisFollower(Background):
             else:
                 self._lose(f"redis went back to version {version}, older than {view.version} "
                            "(failed over to a replica without the newest load?)")  # fmt: skip
+            self._tell_went_back()
             return
         self.upstream_version = version
         self.upstream_seq = int(meta.get("last_seq", b"0"))
@@ -1686,8 +1710,8 @@ class RedisFollower(Background):
             return
         reason = self._going_back(version, meta)
         if reason:
-            self._went_back = True
             self._lose(reason)
+            self._tell_went_back()
             return
         reason = self._claims(version, token)
         if reason:
@@ -1741,7 +1765,9 @@ class RedisFollower(Background):
         if EVICTED_FIELD in meta:
             self._evicted.setdefault(version, meta[EVICTED_FIELD].decode(errors="replace"))
         if view is not None and (view.version, self._token_of_view) != (version, self._token):
-            self._left.add((view.version, self._token_of_view))
+            self._left[(view.version, self._token_of_view)] = None
+            if len(self._left) > LEFT_KEPT:
+                del self._left[next(iter(self._left))]
         self._token_of_view = self._token
         self.on_event("version", version)
         self._write(self._heartbeat, time.time())

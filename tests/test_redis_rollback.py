@@ -16,11 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import orjson
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from shixin.v1 import check_pb2 as pb
-from shixin_check.loader.index_redis import RedisKeys
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.loader import index_redis
+from shixin_check.loader.index_redis import RedisFollower, RedisKeys
 from tests.conftest import RedisServer, RunningServer, settings_for, start_server
 from tests.listdata import ZHANG, ZHAO, basic_rows, person_entry, write_jsonl
 from tests.test_redis_failures import codes, health, status
@@ -44,14 +49,23 @@ class SavingRedis(RedisServer):
         super().__init__(folder, append_only=False)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=0.2)
+        # one try, no retry: redis-py 6 and later retry a command by default, up to
+        # seconds, and a SHUTDOWN retried against the stopped server held the restart
+        # back that long, hiding what a replica does when Redis is back at once
+        return redis.Redis(
+            port=self.port,
+            socket_timeout=5,
+            socket_connect_timeout=0.2,
+            retry=Retry(NoBackoff(), 0),
+        )
 
     def save(self) -> None:
         with self.client() as c:
             c.save()
 
     def crash(self) -> None:
-        """Down without saving (``SHUTDOWN NOSAVE``), then up again from the last save."""
+        """Down without saving (``SHUTDOWN NOSAVE``), then up again from the last save,
+        at once: within the second between two heartbeats of a replica."""
         with self.client() as c:
             try:
                 c.shutdown(nosave=True)
@@ -187,6 +201,73 @@ def test_a_server_started_after_redis_went_back_is_not_serving(
     assert serving_b(again)
 
 
+def a_round_after_the_crash(follower: RedisFollower) -> None:
+    """One round of ``follower`` on the Redis back from its save: the first command may
+    go to the connection the crash closed (a connection error, no retry), then one that
+    reaches it."""
+    for _ in range(5):
+        try:
+            follower.sync_once()
+            return
+        except redis.ConnectionError:
+            continue
+    raise AssertionError("the follower never reached the restarted Redis")
+
+
+def record_of(server: SavingRedis, replica_id: str) -> dict[str, Any] | None:
+    with server.client() as c:
+        raw = c.hget(RedisKeys().replicas, replica_id)
+    return None if raw is None else dict(orjson.loads(raw))
+
+
+@pytest.mark.parametrize("served_a_first", [False, True])
+def test_a_replica_stopped_within_a_second_of_the_going_back_leaves_its_record(
+    served_a_first: bool, saving_redis: SavingRedis, serve: Serve, tmp_path: Path,
+    keyer: SubjectKeyer,
+) -> None:  # fmt: skip
+    """The interleaving forced, one round at a time: the replica takes B in a round that
+    writes its record, Redis crashes back to its save (A, and no record) at once, and
+    the replica's next round, well within the second before its next heartbeat, sees
+    Redis went back. A replica killed then, or stopped, must have left its record
+    naming B, or a server started next serves A: ALLOW NOT_LISTED for the person only
+    B lists."""
+    a, b = snapshots(tmp_path)
+    assert load(a, saving_redis.url).returncode == 0
+    older = current(saving_redis)
+    saving_redis.save()
+    first = RedisFollower(saving_redis.url, keyer, replica_id="r1")  # rounds run by hand
+    try:
+        if served_a_first:
+            first.sync_once()
+            assert first.upstream_version == older and first.health_problem() == ""
+        assert load(b, saving_redis.url).returncode == 0
+        newer = current(saving_redis)
+        first.sync_once()  # takes B and writes its record at once
+        assert first.upstream_version == newer and first.health_problem() == ""
+        saving_redis.crash()
+        assert current(saving_redis) == older and record_of(saving_redis, "r1") is None
+        a_round_after_the_crash(first)
+        assert "went back" in first.health_problem(), first.health_problem()
+        told = record_of(saving_redis, "r1")  # a replica killed now: this is all it left
+        assert told is not None, "the replica that saw Redis go back left no record"
+        assert told["version"] == newer and "went back" in told["problem"], told
+    finally:
+        first.stop()
+    kept = record_of(saving_redis, "r1")
+    assert kept is not None and kept["version"] == newer, kept
+
+    again = serve(None, redis=saving_redis.url, replica_id="r2")
+    eventually(lambda: "went back" in status(again).not_serving_reason, "the loss told")
+    reason = status(again).not_serving_reason
+    assert f"from version {newer} (published {B_UTC})" in reason, reason
+    assert f"to version {older} (published {A_UTC})" in reason, reason
+    assert "replica r1 served" in reason, reason
+    assert health(again) == "NOT_SERVING"
+    with pytest.raises(grpc.RpcError) as refused:  # it served A: ALLOW NOT_LISTED
+        decision(again, ZHAO, "赵六")
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 def test_an_older_snapshot_loaded_with_allow_rollback_is_followed(
     saving_redis: SavingRedis, serve: Serve, tmp_path: Path
 ) -> None:
@@ -237,3 +318,26 @@ def test_going_back_is_accepted_by_loading_the_older_snapshot_with_allow_rollbac
     assert codes(decision(replica, ZHAO)) == (pb.ALLOW, ["NOT_LISTED"])
     later = serve(None, redis=saving_redis.url, replica_id="r2")  # r1's record names B
     eventually(lambda: health(later) == "SERVING", "A taken by a new server")
+
+
+def test_a_replica_remembers_only_the_last_versions_it_left(
+    saving_redis: SavingRedis, tmp_path: Path, keyer: SubjectKeyer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A feed that loads often must not grow a replica's memory of the versions it moved
+    off for good: the last ``LEFT_KEPT`` are kept, the oldest dropped first."""
+    monkeypatch.setattr(index_redis, "LEFT_KEPT", 2)
+    a, b = snapshots(tmp_path)
+    follower = RedisFollower(saving_redis.url, keyer, replica_id="r1")  # rounds run by hand
+    taken = []
+    try:
+        for i in range(4):
+            done = load(b if i % 2 else a, saving_redis.url, "--allow-rollback")
+            assert done.returncode == 0, done.stderr
+            follower.sync_once()
+            taken.append(follower.upstream_version)
+    finally:
+        follower.stop()
+    assert len(set(taken)) == 4, taken
+    left = [version for version, _ in follower._left]
+    assert left == taken[1:3], (left, taken)  # the first one left is forgotten
