@@ -1,7 +1,9 @@
 """All configuration, in one place: one table of options, read from four sources.
 
-Every option of every subcommand is a row of ``OPTIONS`` (name, how its value
-is read, default, help, the subcommands that take it). From that table come
+Every option that a variable and the config file may give is a row of ``OPTIONS``
+(name, how its value is read, default, help, the subcommands that take it); the
+other flags (``--json``, ``feedback --format``, ``--allow-rollback``) are read from
+the command line alone, and their variables are refused by name. From that table come
 the command-line flags (``add_options``), the reference table in the README
 (``python -m shixin_check.server.settings --markdown``) and, at start-up, a pydantic-settings
 model (``resolve``) that merges the sources, highest first:
@@ -105,7 +107,10 @@ def _optional_text(raw: object) -> str | None:
 
 
 _TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+#: No empty text here: an empty variable is not given (``_check_variables``), as every
+#: other empty variable is, so ``SHIXIN_INSECURE=`` leaves the file's ``insecure`` on;
+#: ``insecure = ""`` in the file is refused rather than read as off.
+_FALSE = ("0", "false", "no", "off")
 
 
 def _switch(raw: object) -> bool:
@@ -177,6 +182,25 @@ def _listen(raw: object) -> str:
     return text
 
 
+def _target(raw: object) -> str:
+    """A server to ask: HOST:PORT with a port in 1..65535. gRPC takes any digits and
+    wraps them (port 111187 dials 45651), and a port left out means 443: both reach
+    a server nobody meant. Empty stays empty, for the client's own "is empty" line."""
+    text = _text_of(raw).strip()
+    if not text:
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not port:
+        raise ValueError("not HOST:PORT (no port)")
+    if not host.strip("[]"):
+        raise ValueError("not HOST:PORT (no host)")
+    if not (port.isascii() and port.isdigit()):
+        raise ValueError(f"not HOST:PORT (port {port!r} is not a number)")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"not HOST:PORT (port {int(port)} is not in 1..65535)")
+    return text
+
+
 def _metrics_listen(raw: object) -> str | None:
     """HOST:PORT, ``off`` (kept, to tell it from "not given"), or None when empty."""
     text = _text_of(raw).strip()
@@ -245,10 +269,12 @@ OPTIONAL_TEXT = Kind("TEXT", "text (empty: not given)", _optional_text)
 PATH = Kind("PATH", "a path", _optional_text)
 SWITCH = Kind(
     "",
-    "1, true, yes, on (on); 0, false, no, off or empty (off); true or false in the file",
+    "1, true, yes or on (on); 0, false, no or off (off); true or false in the file; "
+    "an empty variable is not given",
     _switch,
 )
 LISTEN = Kind("HOST:PORT", "HOST:PORT, e.g. 0.0.0.0:50051 (port 0: any free port)", _listen)
+TARGET = Kind("HOST:PORT", "HOST:PORT, the port in 1..65535", _target)
 METRICS_LISTEN = Kind("HOST:PORT", "HOST:PORT (e.g. 0.0.0.0:9464) or off", _metrics_listen)
 DURATION = Kind(
     "DURATION",
@@ -280,6 +306,11 @@ class Option:
     shown: str = ""  # the default in words, where its value does not say it
     accepted: str = ""  # instead of the kind's
     required_by: tuple[str, ...] = ()  # subcommands that cannot run without it
+    #: (subcommand, what its --help says in place of "default ..."), where subcommands
+    #: differ: serve generates a key secret, load cannot run without one
+    shown_for: tuple[tuple[str, str], ...] = ()
+    #: its value may be a secret (or one pasted where its path goes): never printed
+    secret: bool = False
 
     @property
     def flag(self) -> str:
@@ -299,6 +330,12 @@ class Option:
         return f"{self.flag} / {self.env} / config {self.key}"
 
     @property
+    def flags(self) -> tuple[str, ...]:
+        """Its flags: a switch can be turned off too (``--no-insecure``), so a flag beats
+        its variable and the file either way."""
+        return (self.flag, f"--no-{self.name}") if self.kind is SWITCH else (self.flag,)
+
+    @property
     def takes(self) -> str:
         return self.accepted or self.kind.accepted
 
@@ -311,6 +348,14 @@ class Option:
         if isinstance(self.default, bool):
             return "on" if self.default else "off"
         return str(self.default)
+
+    def default_for(self, command: str) -> str:
+        """What ``command``'s --help says of the default ("" for nothing)."""
+        for name, said in self.shown_for:
+            if name == command:
+                return said
+        shown = self.default_text if self.kind is not SWITCH else ""
+        return f"default {shown}" if shown else ""
 
 
 _CLIENT = ("check", "status", "health")
@@ -343,7 +388,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("key-secret-file", PATH, None,
            "file holding the subject-key secret (16 to 64 bytes); or the secret itself in "
            "SHIXIN_KEY_SECRET, which a file named only in the config file gives way to",
-           ("serve", "load"), shown="serve: generated (keys live in memory only)"),
+           ("serve", "load"), shown="serve: generated (keys live in memory only); load: none, "
+           "it needs this file or SHIXIN_KEY_SECRET",
+           shown_for=(("serve", "default generated (keys live in memory only)"),
+                      ("load", "no default: this file or SHIXIN_KEY_SECRET is required")),
+           secret=True),
     # the policy's thresholds (defaults: shixin_check.domain.rules.Policy; a test keeps them equal)
     Option("hotel-min-star", integer(1, 5), 1,
            "lowest restricted hotel star rating (星级以上; Huzhou, seed 002, uses 4)",
@@ -417,8 +466,9 @@ OPTIONS: tuple[Option, ...] = (
            "auto is .shixin-index beside the list (none for --demo or --redis alone); off for "
            "none", ("serve",)),
     # the shell clients: check, status, health
-    Option("target", TEXT, DEFAULT_LISTEN, "server to ask", _CLIENT, metavar="HOST:PORT"),
-    Option("api-key", TEXT, "", "sent as authorization: Bearer KEY", _CLIENT, metavar="KEY"),
+    Option("target", TARGET, DEFAULT_LISTEN, "server to ask", _CLIENT),
+    Option("api-key", TEXT, "", "sent as authorization: Bearer KEY", _CLIENT, metavar="KEY",
+           secret=True),
     Option("ca", PATH, None, "CA of the server's certificate: use TLS", _CLIENT),
     Option("client-cert", PATH, None, "client certificate for mutual TLS", _CLIENT),
     Option("client-key", PATH, None, "client key for mutual TLS", _CLIENT),
@@ -448,6 +498,18 @@ BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 _KNOWN_ENV = frozenset(o.env for o in OPTIONS) | OTHER_ENV
 #: Every subcommand that takes options, in the order the README lists them.
 COMMANDS: tuple[str, ...] = tuple(dict.fromkeys(c for o in OPTIONS for c in o.commands))
+#: What the unknown-variable line says the variables are.
+VARIABLES_ARE = (
+    f"those marked [env {ENV_PREFIX}...] in each subcommand's --help, {CONFIG_ENV}, "
+    f"{SECRET_ENV} and {ENV_PREFIX}REDIS_PASSWORD"
+)
+#: The footer of ``shixin-check --help``: which options a variable and the file give.
+HELP_EPILOG = (
+    f"An option marked [env {ENV_PREFIX}<OPTION>] in a subcommand's --help is also read from "
+    "that variable and from the key <option> (_ for -) of the TOML file named by --config or "
+    f"{CONFIG_ENV}: a flag beats its variable, a variable the file, the file the default. "
+    "The other flags are read from the command line only."
+)
 _CONFIG_HELP = (
     "a TOML file of options: each key is an option's long name with _ for - (hit_log = "
     '"..."), at top level; a flag beats its variable, a variable the file'
@@ -463,11 +525,13 @@ def add_options(parser: argparse.ArgumentParser, command: str) -> None:
     it was given is what ``resolve`` needs; its variable, the file and the default
     are read there."""
     for option in options_for(command):
-        shown = option.default_text if option.kind is not SWITCH else ""
-        default = f" (default {shown})" if shown else ""
+        said = option.default_for(command)
+        default = f" ({said})" if said else ""
         help_text = f"{option.help}{default} [env {option.env}]".replace("%", "%%")
-        if option.kind is SWITCH:
-            parser.add_argument(option.flag, action="store_true", default=None, help=help_text)
+        if option.kind is SWITCH:  # --insecure and --no-insecure; default None: not given
+            parser.add_argument(
+                option.flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
             metavar = option.metavar or option.kind.metavar
             parser.add_argument(option.flag, metavar=metavar, default=None, help=help_text)
@@ -652,17 +716,68 @@ def resolve_args(
 ) -> argparse.Namespace:
     """``args`` as parsed, with every option of its command resolved (``resolve``) and
     ``args.resolved`` holding where each came from. Done once; a command that takes
-    no options (``validate``, ``audit``) is left as it is."""
+    no options (``validate``, ``audit``) is left as it is, once its environment has
+    passed the same checks (``_check_alone``)."""
     if isinstance(getattr(args, "resolved", None), Resolved):
         return args
     options = options_for(args.command)
     if not options:
+        _check_alone(os.environ if env is None else env)
         return args
     given = {o.key: getattr(args, o.key) for o in options if getattr(args, o.key, None) is not None}
     resolved = resolve(args.command, given, os.environ if env is None else env, args.config)
     done = argparse.Namespace(**{**vars(args), **resolved.values})
     done.resolved = resolved
     return done
+
+
+def _check_alone(env: Mapping[str, str]) -> None:
+    """For a command that takes no options: a misspelt ``SHIXIN_*`` name, and a
+    ``SHIXIN_CONFIG`` that is no file, not TOML or has a key no subcommand takes, are
+    refused as every other command refuses them. A deployment's environment is shared
+    by every command run in it: one that passed ``validate`` must not then stop
+    ``serve``."""
+    path = _config_path(None, _check_variables(env))
+    try:
+        keys = _file_keys(path)
+    except (OSError, ValueError) as exc:  # unreadable, not TOML (TOMLDecodeError)
+        raise ConfigurationError(f"--config / {CONFIG_ENV}: {path}: {exc}") from None
+    unknown = [_unknown_key(key, value, path) for key, value in keys.items()
+               if key not in BY_KEY]  # fmt: skip
+    if unknown:
+        raise ConfigurationError(_one_line(unknown))
+
+
+def effective_settings_line(resolved: Resolved) -> str:
+    """One line naming every option whose value is not its default, each with where it
+    came from (its flag, its variable, or the config file), for ``serve`` to log at
+    start: what a server runs with, without reading its unit file, environment and
+    config file. A value that may be a secret is not shown (only that it was given);
+    a Redis URL's password is masked as every message masks it."""
+    parts = []
+    for option in options_for(resolved.command):
+        value, origin = resolved.values[option.key], resolved.origins[option.key]
+        if origin == "default" or value == option.kind.read(option.default):
+            continue
+        if option.secret:
+            shown = "(given, not shown)"
+        elif isinstance(value, bool):
+            shown = "on" if value else "off"
+        elif isinstance(value, float):  # every float option is seconds
+            shown = f"{value:g}s"
+        elif option.key == "redis" and isinstance(value, str):
+            from shixin_check.loader.index_redis import masked_url  # serve imports it anyway
+
+            shown = masked_url(value)
+        else:
+            shown = str(value)
+        if origin == "the command line":
+            origin = option.flag if value is not False else f"--no-{option.name}"
+        elif origin.startswith("config file"):
+            origin = "config file"  # named once, at the end
+        parts.append(f"{option.key}={shown} ({origin})")
+    config = f"; config file {resolved.config}" if resolved.config is not None else ""
+    return f"settings: {', '.join(parts) or 'all defaults'}{config}"
 
 
 def resolving(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -796,7 +911,17 @@ def _first_problem(
 
 
 def _wrong_value(option: Option, raw: object, origin: str, reason: str) -> str:
-    return f"{option.names}: {raw!r} (from {origin}) is {reason}; accepted: {option.takes}"
+    shown = _shown(option, raw)
+    return f"{option.names}: {shown} (from {origin}) is {reason}; accepted: {option.takes}"
+
+
+def _shown(option: Option, raw: object) -> str:
+    """``raw`` as a message may show it: a value that may be a secret (an API key, a key
+    secret pasted where its file's path goes) only by its length, as an error line
+    ends up in terminals, CI logs and tickets."""
+    if not option.secret:
+        return repr(raw)
+    return f"a value of {len(str(raw))} characters (not shown: it may be a secret)"
 
 
 def _one_line(problems: Sequence[str]) -> str:
@@ -807,20 +932,54 @@ def _one_line(problems: Sequence[str]) -> str:
 def _unknown_variable(name: str) -> str:
     import difflib
 
-    stems = [known.removeprefix(ENV_PREFIX) for known in sorted(_KNOWN_ENV)]
     stem = name.removeprefix(ENV_PREFIX).upper().replace("-", "_")
+    flag = "--" + stem.lower().replace("_", "-")
+    if flag in _command_line_flags():  # --format, --json, --principal: no variable reads them
+        return (
+            f"{name}: unknown variable: {flag} is not read from a variable: give it on the "
+            "command line"
+        )
+    stems = [known.removeprefix(ENV_PREFIX) for known in sorted(_KNOWN_ENV)]
     near = difflib.get_close_matches(stem, stems, n=1)
     hint = f" (did you mean {ENV_PREFIX}{near[0]}?)" if near else ""
-    return (
-        f"{name}: unknown variable{hint}; the variables are {ENV_PREFIX} and the long option "
-        "names in upper case with _ for - (README, Running it)"
-    )
+    return f"{name}: unknown variable{hint}; the variables are {VARIABLES_ARE} (README, Running it)"
+
+
+def _command_line_flags() -> frozenset[str]:
+    """The long flags of every subcommand that no row of ``OPTIONS`` is, read from the
+    parser itself (so none is forgotten here). Only a refused start gets here, after
+    ``shixin_check.cli`` (which imports this module) is loaded."""
+    from shixin_check.cli import _parser
+
+    flags: set[str] = set()
+    parsers = [_parser()]
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            flags.update(flag for flag in action.option_strings if flag.startswith("--"))
+    return frozenset(flags - {flag for o in OPTIONS for flag in o.flags} - {"--config"})
+
+
+#: Keys someone may write for a secret that no config file holds: where it is read.
+_SECRET_KEYS = {
+    "key_secret": f"the key secret itself is read only from {SECRET_ENV} or from the file "
+    "that key_secret_file (--key-secret-file, SHIXIN_KEY_SECRET_FILE) names",
+    "redis_password": "the Redis password is read only from SHIXIN_REDIS_PASSWORD or the "
+    "--redis URL",
+}
 
 
 def _unknown_key(key: str, value: object, path: Path | None) -> str:
     import difflib
 
     hint = ""
+    if key in _SECRET_KEYS:  # not "did you mean key_secret_file?": that takes a path
+        return (
+            f"--config / {CONFIG_ENV}: {path}: unknown key {key!r}: {_SECRET_KEYS[key]}, "
+            "never from the config file; take it out (its value is not shown)"
+        )
     if isinstance(value, dict):
         hint = " (options go at the top level, not in a [table])"
     elif near := difflib.get_close_matches(key.lower().replace("-", "_"), BY_KEY, n=1):
@@ -870,6 +1029,7 @@ class ServeSettings:
     max_list_age: float | None = None  # seconds: older lists make readiness NOT_SERVING
     index_dir: Path | None = None  # compiled versions, mapped by every process (None: off)
     workers: int = 1  # processes sharing the port (SO_REUSEPORT) and one mapped index
+    effective: str = ""  # effective_settings_line: what differs from the defaults, and why
 
     @property
     def authenticated(self) -> bool:
@@ -939,8 +1099,8 @@ def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes,
         try:
             secret = Path(path).read_bytes().strip()
         except OSError as exc:
-            raise ConfigurationError(f"{names}: {exc}{_looked_for(Path(path))}") from exc
-        source = f"file {path}"
+            raise ConfigurationError(_unreadable_secret_file(resolved, path, exc)) from None
+        source = f"file {path}"  # a file there: a path, not a secret pasted in its place
     elif direct:
         secret, source = direct.encode(), SECRET_ENV
     elif allow_ephemeral:
@@ -953,6 +1113,22 @@ def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes,
             f" {MAX_SECRET_BYTES} needed (openssl rand -hex 32 makes one of 64)"
         )
     return secret, source
+
+
+def _unreadable_secret_file(resolved: Resolved, path: str, exc: OSError) -> str:
+    """The line for a key secret file that cannot be read, without its name: the value
+    may be the secret itself, put where its path goes."""
+    option = BY_KEY["key_secret_file"]
+    origin = resolved.origins["key_secret_file"]
+    relative = (
+        "" if Path(path).is_absolute()
+        else f"; a relative path is read from the working directory, {Path.cwd()}"
+    )  # fmt: skip
+    return (
+        f"{option.names}: {_shown(option, path)} (from {origin}) cannot be read: "
+        f"{exc.strerror or exc}{relative}; it names the file holding the key secret; the "
+        f"secret itself goes in {SECRET_ENV}"
+    )
 
 
 def check_pem(
@@ -1238,6 +1414,7 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         max_list_age=r.seconds_or_none("max_list_age"),
         index_dir=_index_dir_for(r.text("index_dir") or "", list_path),
         workers=r.integer("workers"),
+        effective=effective_settings_line(r),
     )
 
 
@@ -1256,14 +1433,16 @@ def markdown_table() -> str:
     rows = [
         "| flag | variable | config key | commands | default | accepted | meaning |",
         "| --- | --- | --- | --- | --- | --- | --- |",
-        f"| `--config PATH` | `{CONFIG_ENV}` | | all but validate and audit | | a TOML file "
+        f"| `--config PATH` | `{CONFIG_ENV}` | | all (validate, audit: no --config; the file "
+        f"{CONFIG_ENV} names is checked, not read) | | a TOML file "
         f"| {cell(_CONFIG_HELP)} |",
     ]
     for o in OPTIONS:
         metavar = "" if o.kind is SWITCH else " " + (o.metavar or o.kind.metavar)
+        flags = ", ".join(f"`{flag}{metavar}`" for flag in o.flags)
         default = cell(o.shown) if o.shown else code(o.default_text)
         rows.append(
-            f"| `{o.flag}{metavar}` | `{o.env}` | `{o.key}` | {', '.join(o.commands)} | "
+            f"| {flags} | `{o.env}` | `{o.key}` | {', '.join(o.commands)} | "
             f"{default} | {cell(o.takes)} | {cell(o.help)} |"
         )
     return "\n".join(rows) + "\n"

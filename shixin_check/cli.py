@@ -28,8 +28,8 @@ from shixin_check.clients.names import enum_name
 from shixin_check.domain.errors import ConfigurationError
 from shixin_check.server.settings import (
     BY_KEY,
-    CONFIG_ENV,
     DEFAULT_LISTEN,
+    HELP_EPILOG,
     MAX_BATCH,
     add_options,
     resolve_args,
@@ -74,9 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="shixin-check",
         description="Point-of-sale checks against the court list of dishonest judgment debtors.",
-        epilog="Every option of a subcommand is also read from SHIXIN_<OPTION> (upper case, "
-        f"_ for -) and from the key <option> (_ for -) of the TOML file named by --config or "
-        f"{CONFIG_ENV}: a flag beats its variable, a variable the file, the file the default.",
+        epilog=HELP_EPILOG,
     )
     top.add_argument("--version", action=_Version, nargs=0,
                      help="print the version, the proto package, and the Python and grpcio versions")  # fmt: skip
