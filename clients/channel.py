@@ -180,7 +180,11 @@ class Credentials:
     ``root_ca`` (PEM bytes) turns TLS on; ``client_cert`` and ``client_key``
     add a client certificate for mutual TLS: both or neither, and only with
     ``root_ca`` (``ValueError`` otherwise: grpc's core aborts the whole process
-    on a certificate without its key, and would send none over plaintext).
+    on a certificate without its key, and would send none over plaintext). The
+    certificate must be current and ``client_key`` its own unencrypted key
+    (``clients/tls.py``: ``ValueError`` here, where grpc would fail every call
+    with UNAVAILABLE); one that expires soon is a ``ClientCertificateExpiring``
+    warning.
     """
 
     api_key: str = ""
@@ -211,6 +215,10 @@ class Credentials:
                 "client_cert and client_key: given without root_ca; a client certificate is "
                 "sent only over TLS, which root_ca (the CA's PEM) turns on"
             )
+        if self.client_cert and self.client_key:  # its module reads dates as the server does
+            from shixin_check.clients.tls import check_client_certificate
+
+            check_client_certificate(self.client_cert, self.client_key)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()

@@ -153,6 +153,33 @@ def principal_name_problem(name: str) -> str:
 
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+#: X.509's upper bound on a common name (RFC 5280, ub-common-name): no certificate holds a longer one
+COMMON_NAME_MAX = 64
+
+
+def common_name_problem(name: str) -> str:
+    """What is wrong with ``name`` as a new ``tls_principals`` common name; "" when
+    nothing. The server compares a client certificate's CN with it exactly, so a
+    name no certificate can hold would only ever refuse its gateway."""
+    if not name:
+        return "is empty: give the CN of the gateway's client certificate"
+    if name != name.strip():
+        return (
+            f"{name!r} starts or ends with a space: the CN is compared exactly; give it as "
+            "`openssl x509 -noout -subject -in CERT` shows it"
+        )
+    for at, char in enumerate(name):
+        if unicodedata.category(char) in _UNSEEN:
+            return (
+                f"{name!r} holds an unprintable character (U+{ord(char):04X}) at position "
+                f"{at + 1}: a common name is one line of visible characters"
+            )
+    if len(name) > COMMON_NAME_MAX:
+        return (
+            f"is {len(name)} characters long; a certificate's CN holds at most "
+            f"{COMMON_NAME_MAX} (RFC 5280), so none could match it"
+        )
+    return ""
 
 
 def _principal(entry: object, where: str) -> Principal:
@@ -233,6 +260,13 @@ class KeyRing:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigurationError(f"{where}: {exc}") from exc
+        return cls.from_document(data, path)
+
+    @classmethod
+    def from_document(cls, data: object, path: Path) -> KeyRing:
+        """The ring the keys file's JSON ``data`` describes (``load``'s checks), so
+        an edit can be checked before it is written; ``path`` is named in refusals."""
+        where = f"--keys-file / SHIXIN_KEYS_FILE: {path}"
         if not isinstance(data, dict) or not ("keys" in data or "tls_principals" in data):
             raise ConfigurationError(f"{where}: must be a JSON object with 'keys' (a list)")
         ring = cls()
@@ -370,10 +404,55 @@ def add_key(path: Path, principal: str, channels: Iterable[str] | str, roles: It
     return key
 
 
-def remove_keys(path: Path, principal: str = "", key_prefix: str = "") -> list[str]:
+def add_tls_principal(path: Path, principal: str, common_name: str,
+                      channels: Iterable[str] | str, roles: Iterable[str],
+                      rate_per_second: float = 0.0, burst: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Add a ``tls_principals`` entry to the keys file (created if missing): a client
+    certificate whose common name is ``common_name`` is ``principal``, with these
+    channels, roles and limits (``add_key``'s). No key is made. The entry written,
+    or ``ConfigurationError``: a bad principal or common name, or a common name the
+    file already maps (to this principal or another: a certificate names one)."""
+    problem = principal_name_problem(principal)
+    if problem:
+        raise ConfigurationError(f"principal {problem}")
+    problem = common_name_problem(common_name)
+    if problem:
+        raise ConfigurationError(f"common name {problem}")
+    data = read_keys_document(path)
+    entries = data.setdefault("tls_principals", [])
+    for i, entry in enumerate(entries):
+        if entry.get("common_name") == common_name:
+            owner = entry.get("principal")
+            whose = "this principal" if owner == principal else f"principal {owner!r}"
+            raise ConfigurationError(
+                f"{path}: common name {common_name!r} already names {whose} "
+                f"(tls_principals[{i}]): a certificate names one principal; `keys remove "
+                f"--common-name {common_name}` first to change it"
+            )
+    if rate_per_second > 0 and burst == 0:
+        burst = default_burst(rate_per_second)
+    entry = {
+        "principal": principal,
+        "common_name": common_name,
+        "channels": channels if channels == "*" else sorted(channels),
+        "roles": sorted(roles),
+        "rate_per_second": rate_per_second,
+        "burst": burst,
+    }
+    entries.append(entry)
+    KeyRing.from_document(data, path)  # refuse what the server could not load
+    write_keys_document(path, data)
+    return entry
+
+
+def remove_keys(
+    path: Path, principal: str = "", key_prefix: str = "", common_name: str = ""
+) -> list[str]:
     """Remove the keys (and certificate names) of ``principal``, or the one key whose
-    hash starts with ``key_prefix``, or that principal's key with it; what was removed,
-    one line each. ``ConfigurationError`` if nothing, or more than one key, matches."""
+    hash starts with ``key_prefix``, or that principal's key with it, or the
+    ``tls_principals`` entry of ``common_name`` (of that principal, if also given);
+    what was removed, one line each. ``ConfigurationError`` if nothing, or more than
+    one key, matches."""
     if not path.exists():
         raise ConfigurationError(f"{path}: no such keys file")
     prefix = key_prefix.lower().removeprefix("sha256:")
@@ -386,6 +465,8 @@ def remove_keys(path: Path, principal: str = "", key_prefix: str = "") -> list[s
             return False
         if prefix:
             return kind == "key" and str(entry.get("sha256", "")).lower().startswith(prefix)
+        if common_name:
+            return kind == "cn" and entry.get("common_name") == common_name
         return True
 
     removed: list[str] = []
@@ -401,8 +482,9 @@ def remove_keys(path: Path, principal: str = "", key_prefix: str = "") -> list[s
         if section in data:
             data[section] = kept
     wanted = f"principal {principal!r}" if principal else ""
-    if key_prefix:
-        wanted += f"{' with ' if wanted else ''}key id {key_prefix!r}"
+    for label, given in (("key id", key_prefix), ("common name", common_name)):
+        if given:
+            wanted += f"{' with ' if wanted else ''}{label} {given!r}"
     if not removed:
         raise ConfigurationError(f"{path}: nothing matches {wanted}")
     if prefix and len(removed) > 1:

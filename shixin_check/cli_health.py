@@ -82,11 +82,35 @@ def client_credentials(args: argparse.Namespace) -> Credentials:
                 "--client-cert and --client-key: need --ca; a client certificate is sent "
                 "only over TLS, which --ca turns on"
             )
-        check_pem(f"--client-cert {args.client_cert} and --client-key {args.client_key}",
-                  Path(args.client_cert), Path(args.client_key))  # fmt: skip
+        command = f"shixin-check {args.command}"
+        _check_client_certificate(Path(args.client_cert), Path(args.client_key), command)
     return Credentials(
         args.api_key or "", read(args.ca), read(args.client_cert), read(args.client_key)
     )
+
+
+def _check_client_certificate(cert: Path, key: Path, command: str) -> None:
+    """The library's checks of a client certificate (``clients/tls.py``), each named
+    by its flags, and its expiry within two weeks as one line on standard error (the
+    library's own warning is then not repeated)."""
+    import warnings
+
+    from shixin_check.clients.tls import ClientCertificateExpiring, expiry_note, pem_problem
+    from shixin_check.server.settings import check_certificate_dates, check_pem
+
+    pair = f"--client-cert {cert} and --client-key {key}"
+    try:
+        problem = pem_problem(cert.read_bytes(), key.read_bytes(), pair, str(key))
+    except OSError as exc:
+        raise ConfigurationError(f"{pair}: {exc}") from None
+    if problem:  # before check_pem, which can say only "PEM lib" of these
+        raise ConfigurationError(problem)
+    check_pem(pair, cert, key)
+    check_certificate_dates(f"--client-cert {cert}", cert)
+    note = expiry_note(cert, f"--client-cert {cert}")
+    if note:
+        print(f"{command}: warning: {note}", file=sys.stderr)
+    warnings.simplefilter("ignore", ClientCertificateExpiring)
 
 
 def cmd_health(args: argparse.Namespace) -> int:

@@ -4,14 +4,17 @@ Kept apart from ``shixin_check/cli.py`` (which adds them with ``add_parsers``)
 because they only edit the keys file; a running server reloads that file by
 itself within a second (or on SIGHUP), so none of them talks to a server.
 
-    shixin-check keys add --keys-file PATH --principal P [--channels C,..]
-                          [--roles R,..] [--rate N [--burst N]]
+    shixin-check keys add --keys-file PATH --principal P [--common-name CN]
+                          [--channels C,..] [--roles R,..] [--rate N [--burst N]]
     shixin-check keys list --keys-file PATH [--json]
-    shixin-check keys remove --keys-file PATH (--principal P | --key-id ID)
+    shixin-check keys remove --keys-file PATH (--principal P | --key-id ID
+                                               | --common-name CN)
 
 No key is ever written to the file or shown again after ``add`` prints it:
 the file keeps each key's SHA-256, and listings name a key by the start of
-that hash (its id).
+that hash (its id). ``add --common-name CN`` makes no key: it adds a
+``tls_principals`` entry, so that a gateway whose client certificate's common
+name is CN (mutual TLS, ``--tls-client-ca``) is the principal P.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dic
     k = keys_sub.add_parser("add", help="make a key for a principal; prints it once")
     add_options(k, "keys")  # --keys-file (the file; add creates it), --config
     k.add_argument("--principal", required=True, help="who the key is for, e.g. 12306-gateway")
+    # a flag only, as --principal: what names a principal is never a default
+    k.add_argument("--common-name", metavar="CN", default=None,
+                   help="make no key: a client certificate whose CN (subject common name) "
+                        "is CN is the principal (mutual TLS; a tls_principals entry)")  # fmt: skip
     k.add_argument("--channels", default="*", help="comma-separated channels, or * for all")
     k.add_argument(
         "--roles",
@@ -63,6 +70,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dic
     add_options(k, "keys")
     k.add_argument("--principal", default="", help="remove every key and certificate of P")
     k.add_argument("--key-id", default="", help="remove the key whose id starts so (keys list)")
+    k.add_argument("--common-name", metavar="CN", default="",
+                   help="remove the certificate name CN (keys list shows it as CN=...)")  # fmt: skip
     return {"keys": resolving(cmd_keys)}
 
 
@@ -72,7 +81,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from shixin_check.server.auth import add_key, principal_name_problem
+    from shixin_check.server.auth import (
+        add_key,
+        add_tls_principal,
+        common_name_problem,
+        principal_name_problem,
+    )
 
     problem = principal_name_problem(args.principal)
     if problem:
@@ -91,12 +105,23 @@ def _add(args: argparse.Namespace) -> int:
     )
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     path = Path(args.keys_file)
-    key = add_key(path, args.principal, channels, roles, args.rate, args.burst)
-    print(key)
-    print(f"(added for {args.principal}; only its hash is in {path}: keep the key now)",
-          file=sys.stderr)  # fmt: skip
+    if args.common_name is not None:
+        problem = common_name_problem(args.common_name)
+        if problem:
+            print(f"keys add: --common-name {problem}", file=sys.stderr)
+            return 2
+        add_tls_principal(path, args.principal, args.common_name, channels, roles,
+                          args.rate, args.burst)  # fmt: skip
+        print(f"added CN={args.common_name} for {args.principal} to {path}: a client "
+              "certificate with this common name, signed by the server's --tls-client-ca, "
+              "is this principal (no key made)")  # fmt: skip
+    else:
+        key = add_key(path, args.principal, channels, roles, args.rate, args.burst)
+        print(key)
+        print(f"(added for {args.principal}; only its hash is in {path}: keep the key now)",
+              file=sys.stderr)  # fmt: skip
     if args.burst and args.burst < MAX_BATCH:
-        print(f"(batches of more than {args.burst} checks will be refused for this key)",
+        print(f"(batches of more than {args.burst} checks will be refused for {args.principal})",
               file=sys.stderr)  # fmt: skip
     return 0
 
@@ -151,11 +176,15 @@ def _list(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace) -> int:
     from shixin_check.server.auth import remove_keys
 
-    if not args.principal and not args.key_id:
-        print("keys remove: give --principal P or --key-id ID", file=sys.stderr)
+    if not args.principal and not args.key_id and not args.common_name:
+        print("keys remove: give --principal P, --key-id ID or --common-name CN", file=sys.stderr)
+        return 2
+    if args.key_id and args.common_name:
+        print("keys remove: --key-id and --common-name are both given: a key or a certificate "
+              "name; remove each on its own", file=sys.stderr)  # fmt: skip
         return 2
     path = Path(args.keys_file)
-    for what in remove_keys(path, args.principal, args.key_id):
+    for what in remove_keys(path, args.principal, args.key_id, args.common_name):
         print(f"removed {what}")
     print(f"(a running server with --keys-file {path} stops accepting it within about a second)",
           file=sys.stderr)  # fmt: skip
