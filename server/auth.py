@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import json
 import math
 import os
@@ -503,15 +504,56 @@ class _Bucket:
         self.stamp = stamp
 
 
+#: Identities a principal's window counts exactly; past it (a threshold above it), the
+#: count is estimated from the ``DISTINCT_KEPT`` smallest of their keyed hashes (k minimum
+#: values: within ~1% at this k), so that a window holds at most this many, ~100 bytes
+#: each, whatever the threshold (up to 10^9) and however many a principal checks
+DISTINCT_KEPT = 1 << 14
+_HASH_SPACE = float(1 << 64)
+
+
+class _Distinct:
+    """The distinct identities of one principal's window: exact up to ``DISTINCT_KEPT``,
+    then the smallest ``DISTINCT_KEPT`` hashes (``heap``: negated, the largest of them on
+    top) and an estimate from the largest (k minimum values)."""
+
+    __slots__ = ("slot", "keys", "heap", "over")
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.keys: set[int] = set()
+        self.heap: list[int] | None = None  # None: counted exactly
+        self.over = False  # past the threshold in this window: flagged
+
+    def add(self, value: int) -> None:
+        keys, heap = self.keys, self.heap
+        if heap is None:
+            keys.add(value)
+            if len(keys) > DISTINCT_KEPT:  # from now on the smallest only
+                smallest = heapq.nsmallest(DISTINCT_KEPT, keys)
+                self.keys = set(smallest)
+                self.heap = [-v for v in smallest]
+                heapq.heapify(self.heap)
+        elif value < -heap[0] and value not in keys:
+            keys.discard(-heapq.heapreplace(heap, -value))
+            keys.add(value)
+
+    def count(self) -> float:
+        if self.heap is None:
+            return float(len(self.keys))
+        return (DISTINCT_KEPT - 1) * _HASH_SPACE / (-self.heap[0] + 1)
+
+
 @dataclass
 class EnumerationWatch:
-    """Distinct identities per principal per window; flags once per window."""
+    """Distinct identities per principal per window; flags once per window. Each
+    principal's window holds at most ``DISTINCT_KEPT`` hashes (``_Distinct``)."""
 
     threshold: int = 0  # 0: off
     window: float = 60.0
     throttle: bool = False
     flagged: dict[str, int] = field(default_factory=dict)  # principal -> windows flagged
-    _seen: dict[str, tuple[int, set[int]]] = field(default_factory=dict)
+    _seen: dict[str, _Distinct] = field(default_factory=dict)
 
     def forget(self, principal: str) -> None:
         """Drop a removed principal's window (its flag count stays, for status)."""
@@ -521,14 +563,19 @@ class EnumerationWatch:
         """Record one checked identity; True when this crosses the threshold now."""
         slot = int(now // self.window)
         current = self._seen.get(principal)
-        if current is None or current[0] != slot:
-            current = (slot, set())
-            self._seen[principal] = current
-        keys = current[1]
-        if len(keys) > self.threshold:
+        if current is None or current.slot != slot:
+            current = self._seen[principal] = _Distinct(slot)
+        if current.over:
             return False  # already flagged in this window: stop growing
-        keys.add(key >> 64)
-        if len(keys) > self.threshold:
+        value, keys = key >> 64 & 0xFFFFFFFFFFFFFFFF, current.keys
+        if current.heap is None and len(keys) < DISTINCT_KEPT:  # nearly always: exact
+            keys.add(value)
+            count = float(len(keys))
+        else:
+            current.add(value)
+            count = current.count()
+        if count > self.threshold:
+            current.over = True
             self.flagged[principal] = self.flagged.get(principal, 0) + 1
             return True
         return False
@@ -538,8 +585,8 @@ class EnumerationWatch:
         return (
             self.throttle
             and current is not None
-            and current[0] == int(now // self.window)
-            and len(current[1]) > self.threshold
+            and current.slot == int(now // self.window)
+            and current.over
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import signal
 import threading
@@ -33,6 +34,7 @@ from shixin_check.domain.errors import (
 )
 from shixin_check.domain.model import Channel
 from shixin_check.server.auth import (
+    DISTINCT_KEPT,
     REFUSAL_REASONS,
     EnumerationWatch,
     Gate,
@@ -200,6 +202,40 @@ def test_a_removed_principal_leaves_no_window_of_identities_behind(tmp_path: Pat
     assert set(watch._seen) == {"hotel", "rail"}
     gate.replace_ring(ring_of("rail"))
     assert set(watch._seen) == {"rail"}  # the one still in the ring keeps its window
+
+
+def test_a_window_holds_a_bounded_number_of_identities_whatever_the_threshold() -> None:
+    """A threshold of millions must not let one principal's window grow by ~100 bytes an
+    identity for good: past ``DISTINCT_KEPT`` the window keeps that many hashes and
+    estimates the count, and still flags a principal past the threshold (within ~3%)."""
+    rng = random.Random(20261201)
+    quiet = EnumerationWatch(threshold=10**9, window=1e9)
+    for _ in range(5 * DISTINCT_KEPT):
+        assert not quiet.observe("rail", rng.getrandbits(128), 0.0)
+    window = quiet._seen["rail"]
+    assert len(window.keys) == DISTINCT_KEPT and len(window.heap or ()) == DISTINCT_KEPT
+    assert abs(window.count() - 5 * DISTINCT_KEPT) < 0.03 * 5 * DISTINCT_KEPT
+
+    threshold = 4 * DISTINCT_KEPT
+    watch = EnumerationWatch(threshold=threshold, window=1e9, throttle=True)
+    flagged_at = 0
+    for n in range(1, 2 * threshold):
+        key = rng.getrandbits(128)
+        if watch.observe("rail", key, 0.0):
+            flagged_at = n
+            break
+        assert not watch.observe("rail", key, 0.0)  # the same identity again counts once
+    assert 0.97 * threshold < flagged_at < 1.03 * threshold, flagged_at
+    assert watch.throttled("rail", 0.0) and watch.flagged == {"rail": 1}
+    assert not watch.throttled("rail", 2e9)  # the next window starts afresh
+
+
+def test_a_window_counts_exactly_up_to_its_bound() -> None:
+    rng = random.Random(7)
+    keys = [rng.getrandbits(128) for _ in range(DISTINCT_KEPT)]
+    watch = EnumerationWatch(threshold=DISTINCT_KEPT - 1, window=1e9)
+    assert not any(watch.observe("hotel", key, 0.0) for key in keys[:-1] * 2)
+    assert watch.observe("hotel", keys[-1], 0.0)  # the threshold's next identity, exactly
 
 
 # --- stable reasons -----------------------------------------------------------
