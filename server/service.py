@@ -251,7 +251,8 @@ WITHDRAWN_CUT = "the call ended before its answer left: cut at the end of the gr
 _CANCEL_TURNS = 3
 
 
-_AUDITED_METADATA = frozenset({"user-agent", "x-request-id", "x-merchant-id", "x-terminal-id"})
+_REQUEST_ID = "x-request-id"
+_AUDITED_METADATA = frozenset({"user-agent", _REQUEST_ID, "x-merchant-id", "x-terminal-id"})
 #: A call's metadata as grpcio hands it over: (key, value) pairs.
 Metadata = tuple[tuple[str, str | bytes], ...]
 #: A call's metadata, all headers together, as grpc counts it (each header's key and
@@ -542,8 +543,17 @@ class ConsumptionCheckService:
     ) -> bytes:
         """``hitlog.call_fields`` of a call, encoded once for every call that shares them:
         kept by what the record holds (the audited metadata, not all of it), so that
-        what is kept is bounded whatever a caller sends."""
+        what is kept is bounded whatever a caller sends. A gateway sends a new
+        ``x-request-id`` on every call: it is left out of the key and added to the
+        encoded fields afterwards, so that its calls share one entry (with it in the
+        key every call missed, and the cache started afresh every 4,096 calls)."""
         audited = _audited(metadata)
+        request_id = None
+        for name, value in audited:
+            if name == _REQUEST_ID:
+                request_id = value  # the last, as the record's dict keeps it
+        if request_id is not None:
+            audited = tuple([entry for entry in audited if entry[0] != _REQUEST_ID])
         key = (method, principal.name, peer, audited)
         calls = self._calls
         call = calls.get(key)
@@ -552,7 +562,11 @@ class ConsumptionCheckService:
                 calls.clear()
             kept = {k: str(v) for k, v in audited}
             call = calls[key] = call_fields(method, principal.name, peer, kept)
-        return call
+        if request_id is None:
+            return call
+        # the metadata object ends the fields: the request id goes in as its last member
+        told = b'"x-request-id":' + orjson.dumps(str(request_id)[:_AUDITED_VALUE_MAX]) + b"}"
+        return call[:-1] + told if call.endswith(b"{}") else call[:-1] + b"," + told
 
     def _count_refusal(
         self, code: grpc.StatusCode, exc: BaseException, principal: Principal

@@ -15,13 +15,16 @@ from __future__ import annotations
 import socket
 import struct
 import time
+import types
 from pathlib import Path
 
 import grpc
+import orjson
 import pytest
 
 from shixin.v1 import check_pb2 as pb
-from shixin_check.server.service import MAX_METADATA_BYTES
+from shixin_check.server.auth import ANONYMOUS
+from shixin_check.server.service import MAX_METADATA_BYTES, ConsumptionCheckService
 from tests.accessdata import Serve, bearer, hotel
 from tests.conftest import RunningServer, log_records
 from tests.listdata import ZHANG, basic_rows, write_jsonl
@@ -229,7 +232,7 @@ def test_the_audit_records_fields_are_kept_by_what_the_record_holds(
     stub.CheckConsumption(hotel(ZHANG), metadata=many_ids + key, timeout=10)
     assert guarded.service.checks is not None
     kept = guarded.service.checks._calls
-    assert len(kept) == 3  # the 30 calls share one entry
+    assert len(kept) == 1  # all 32 share one entry: a request id is added, not a key part
     for _method, _caller, _peer, audited in kept:
         assert len(audited) <= 4
         assert all(len(value) <= 256 for _name, value in audited)
@@ -238,3 +241,44 @@ def test_the_audit_records_fields_are_kept_by_what_the_record_holds(
     assert all(set(r["metadata"]) == {"user-agent"} for r in records[:30])  # type: ignore[arg-type]
     assert records[30]["metadata"]["x-request-id"] == long_id[:256]  # type: ignore[index]
     assert records[31]["metadata"]["x-request-id"] == "id-299"  # type: ignore[index]
+    assert set(records[31]["metadata"]) == {"user-agent", "x-request-id"}  # type: ignore[arg-type]
+
+
+def test_a_gateways_request_ids_share_one_cached_entry_and_each_record_has_its_own(
+    guarded: RunningServer, keys: dict[str, str], tmp_path: Path
+) -> None:
+    """A gateway sends a new x-request-id on every call: its calls share one entry of
+    the audit fields kept encoded (with the id in the key every call missed and the
+    cache started afresh every 4,096 calls), and each record still names its own id,
+    with the rest of its metadata, whether or not other audited metadata came too."""
+    stub = guarded.stub()
+    key = bearer(keys["hotel"])
+    for n in range(20):
+        extra = (("x-merchant-id", "M-1"),) if n % 2 else ()
+        stub.CheckConsumption(hotel(ZHANG), metadata=(("x-request-id", f"req-{n}"), *extra, *key),
+                              timeout=10)  # fmt: skip
+    assert guarded.service.checks is not None
+    assert len(guarded.service.checks._calls) == 2  # with and without the merchant id
+    records = log_records(tmp_path / "audit.log")
+    assert [r["metadata"]["x-request-id"] for r in records] == [f"req-{n}" for n in range(20)]  # type: ignore[index]
+    for n, record in enumerate(records):
+        metadata = record["metadata"]
+        assert isinstance(metadata, dict)
+        assert metadata.get("x-merchant-id") == ("M-1" if n % 2 else None)
+        assert "user-agent" in metadata
+
+
+def test_a_request_id_alone_makes_a_whole_metadata_object() -> None:
+    """The id goes in as the metadata object's last member: also when it is the only one."""
+    calls = types.SimpleNamespace(_calls={})
+    fields = ConsumptionCheckService._call_fields
+    alone = fields(
+        calls, "CheckConsumption", ANONYMOUS, "ipv4:10.0.0.1:5", (("x-request-id", "a"),)
+    )  # type: ignore[arg-type]
+    both = fields(calls, "CheckConsumption", ANONYMOUS, "ipv4:10.0.0.1:5",  # type: ignore[arg-type]
+                  (("x-request-id", '"b"'), ("user-agent", "gw")))  # fmt: skip
+    assert orjson.loads(b"{" + alone + b"}")["metadata"] == {"x-request-id": "a"}
+    assert orjson.loads(b"{" + both + b"}")["metadata"] == {
+        "user-agent": "gw",
+        "x-request-id": '"b"',
+    }
