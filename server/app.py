@@ -43,6 +43,18 @@ deserialisers that turn bytes that do not parse into INVALID_ARGUMENT
 that is not UTF-8 becomes one WARNING line (``CallerBytesFilter``).
 ``--metrics-listen`` on the gRPC port itself is refused at start, naming
 both flags (``separate_ports``).
+
+Whatever can refuse a start is checked before anything is written: the TLS
+files, the gRPC and metrics ports and the keys file come before the hit and
+audit logs make their folders and files (``Service.__init__``), and the
+client CA's dates before any worker starts (``check_client_ca``). The TLS
+files are read once, when the server binds, and checked again then
+(``check_tls_files``): a worker of ``--workers`` started in a dead one's
+place may find a rotation half done, and is refused naming the files
+(``TlsFilesUnusable``), never as a port in use. The certificate served is
+not reloaded: its notAfter is a metric, and a line says once a day while it
+expires within ``CERTIFICATE_WARN_DAYS`` days, and once it has expired
+(``Service._watch_certificate``).
 """
 
 from __future__ import annotations
@@ -90,7 +102,14 @@ from shixin_check.server.service import (
     add_to_server,
     log_problem,
 )
-from shixin_check.server.settings import DEMO_METRICS_LISTEN, ServeSettings
+from shixin_check.server.settings import (
+    CERTIFICATE_WARN_DAYS,
+    DEMO_METRICS_LISTEN,
+    ServeSettings,
+    certificate_dates,
+    check_certificate_dates,
+    check_pem,
+)
 from shixin_check.server.status import refusal
 
 if TYPE_CHECKING:
@@ -127,6 +146,17 @@ KEEPALIVE_TIMEOUT_S = 20
 CUT_CALLS_END_S = 2.0
 #: grpcio's own cut comes this long after ours (``Service._stop_server``), as a backstop
 GRPC_CUT_SLACK_S = 5.0
+#: While the served certificate expires within ``CERTIFICATE_WARN_DAYS``, or has expired,
+#: a line says so this often (and at start); the clock is looked at least every hour
+CERTIFICATE_NOTE_EVERY_S = 24 * 3600.0
+CERTIFICATE_CLOCK_S = 3600.0
+
+
+class TlsFilesUnusable(ConfigurationError):
+    """The TLS files as they are on disk now cannot be served: changed since the start
+    checked them (a rotation half done), or refused by grpcio. A worker of ``--workers``
+    that meets this when it is started again is retried while the others serve on
+    with the files they read (``server.workers``)."""
 
 
 class Service:
@@ -145,6 +175,22 @@ class Service:
         self.settings = settings
         self.announce = announce
         self.seat = seat
+        # Whatever can refuse the start is checked before anything is written (the logs
+        # below make their folders and files): the TLS files, the ports, the keys file.
+        check_tls_files(settings)
+        if seat is None:  # the supervisor checked, and holds the port for its workers
+            port_is_free(settings.listen)
+            metrics_port_is_free(settings)
+        ring = None
+        self.keys_watcher: KeysWatcher | None = None
+        if settings.keys_file is not None:
+            self.keys_watcher = KeysWatcher(settings.keys_file, self._on_keys_file)
+            ring = KeyRing.load(settings.keys_file)
+        elif settings.tls_client_ca is not None:
+            ring = KeyRing()
+        #: notAfter (Unix seconds) of the certificate served, the earliest of its chain
+        #: (None: no TLS, or not bound yet)
+        self.certificate_expires: float | None = None
         self.keyer = keyer_for(settings.secret)  # its keys made in C where built
         self.index = MemoryIndex()
         folder = settings.compiled_index
@@ -178,13 +224,6 @@ class Service:
             )  # fmt: skip
             if self.redis is not None:  # one shixin_redis_errors_total for both
                 self.redis.other_errors.append(self.forwarder.errors)
-        ring = None
-        self.keys_watcher: KeysWatcher | None = None
-        if settings.keys_file is not None:
-            self.keys_watcher = KeysWatcher(settings.keys_file, self._on_keys_file)
-            ring = KeyRing.load(settings.keys_file)
-        elif settings.tls_client_ca is not None:
-            ring = KeyRing()
         watch = EnumerationWatch(
             settings.enumeration_threshold,
             settings.enumeration_window,
@@ -251,13 +290,24 @@ class Service:
         lenient.done()
         if self.seat is None:  # the supervisor checked, and holds the port for its workers
             port_is_free(settings.listen)  # a clean one-line refusal before grpcio's own log line
+        tls = settings.tls_cert is not None and settings.tls_key is not None
         try:
             if settings.tls_cert is not None and settings.tls_key is not None:
-                ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+                # again: a replacement worker's load may have taken minutes, and the files
+                # may be half way through a rotation (grpcio would say only "Invalid
+                # private key" in its own log, and fail the bind)
+                check_tls_files(settings)
+                try:
+                    ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+                    pair = (settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())
+                    expires = min(after for _, after in certificate_dates(settings.tls_cert))
+                except (OSError, ValueError) as exc:  # gone or rewritten since the check
+                    raise TlsFilesUnusable(
+                        f"{_tls_files(settings)}: {getattr(exc, 'strerror', None) or exc} "
+                        "(the files changed since start?)"
+                    ) from None
                 credentials = grpc.ssl_server_credentials(
-                    [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-                    root_certificates=ca,
-                    require_client_auth=ca is not None,
+                    [pair], root_certificates=ca, require_client_auth=ca is not None
                 )
                 # every caller shows a certificate: one without a CN is named as such
                 self.gate.certificates_required = ca is not None
@@ -265,12 +315,20 @@ class Service:
                 if self.port:
                     from shixin_check.server.settings import certificate_note
 
+                    self.certificate_expires = expires.timestamp()
                     soon, note = certificate_note(settings.tls_cert)
                     (log.warning if soon else log.info)("%s", note)
             else:
                 self.port = server.add_insecure_port(settings.listen)
         except RuntimeError:  # grpcio: "Failed to bind to address ..."
             self.port = 0
+        if self.port == 0 and tls and port_binds(settings.listen, shared=self.seat is not None):
+            # the port is free: grpcio refused the credentials (its own log line says why)
+            raise TlsFilesUnusable(
+                f"cannot listen on {settings.listen} with TLS: the port is free, but grpcio "
+                f"refused {_tls_files(settings)} (its log line above says why: a key type or "
+                "a certificate it cannot use, though OpenSSL reads them?)"
+            )
         if self.port == 0:
             raise ConfigurationError(
                 f"cannot listen on {settings.listen}: the port is in use (another server?) "
@@ -395,6 +453,39 @@ class Service:
                 await self._set_health(state[0], state[1])
                 last = state
 
+    async def _watch_certificate(self, expires: float) -> None:
+        """Say, once a day, that the certificate served expires within
+        ``CERTIFICATE_WARN_DAYS`` (a WARNING), and once it has expired (an ERROR, then
+        daily): grpcio serves the certificate it read at start to the end, and every
+        handshake fails from then on, while health and ``shixin_ready`` stay SERVING.
+        The start's own line (``certificate_note``) was the first; a line is due at the
+        expiry itself too. Off the check path: one timer on the loop."""
+        path = self.settings.tls_cert
+        due = time.time() + CERTIFICATE_NOTE_EVERY_S
+        told_expired = False
+        while True:
+            now = time.time()
+            if now >= due or (now >= expires and not told_expired):
+                due = now + CERTIFICATE_NOTE_EVERY_S
+                at = _utc_text(expires)
+                if now >= expires:
+                    told_expired = True
+                    log.error("TLS certificate %s has expired, at %s: every TLS handshake "
+                              "fails (clients see CERTIFICATE_VERIFY_FAILED, certificate "
+                              "expired) while health stays SERVING; the server cannot reload "
+                              "it: restart the server with a renewed certificate", path, at)  # fmt: skip
+                elif expires - now < CERTIFICATE_WARN_DAYS * 86400:
+                    log.warning("TLS certificate %s expires in %s, at %s; the server cannot "
+                                "reload it: restart the server with a renewed certificate "
+                                "before then", path, _left(expires - now), at)  # fmt: skip
+            wake = due if now >= expires else min(due, expires)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stop.wait(), min(max(0.0, wake - now), CERTIFICATE_CLOCK_S)
+                )
+            if self._stop.is_set():
+                return
+
     def _stale_text(self) -> str:
         view = self.engine.source.current()
         since = self.stale_since()
@@ -418,6 +509,7 @@ class Service:
             behind=self.behind(),
             ready=ready and not self._stop.is_set(),
             stale=stale,
+            tls_expiry=self.certificate_expires,
         )
 
     def _metrics_endpoint(self, listen: str) -> MetricsEndpoint:
@@ -602,6 +694,9 @@ class Service:
         await server.start()
         if self.reading_writer is not None:
             self.reading_writer.start()
+        expiry_watch = None
+        if self.certificate_expires is not None:
+            expiry_watch = loop.create_task(self._watch_certificate(self.certificate_expires))
         self.announce(f"serving on {self.settings.listen.rsplit(':', 1)[0]}:{self.port}")
         if self.metrics is not None:
             self.announce(f"metrics on {self.metrics.url}")
@@ -647,6 +742,8 @@ class Service:
             log.info("stopping: health NOT_SERVING; draining in-flight calls for up to %.1fs",
                      self.settings.grace_seconds)  # fmt: skip
         await watcher
+        if expiry_watch is not None:
+            await expiry_watch
         await self._set_health(False, False, alive=False)
         await self.health.enter_graceful_shutdown()  # no later change turns anything SERVING
         if drain > 0:  # load balancers that route on health move away; a second signal: now
@@ -886,6 +983,111 @@ def _utc(unix: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
 
+def _utc_text(unix: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
+
+
+def _left(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds // 86400:.0f} days"
+    return f"{seconds / 3600:.0f} hours"
+
+
+def _tls_files(settings: ServeSettings) -> str:
+    return f"--tls-cert {settings.tls_cert} and --tls-key {settings.tls_key}"
+
+
+def check_tls_files(settings: ServeSettings) -> None:
+    """``TlsFilesUnusable`` naming the options unless the TLS files, as they are on disk
+    now, are a certificate and its key (``check_pem``), a current certificate, and PEM
+    CA certificates. ``serve_settings`` checked them at start; a server reads them again
+    when it binds, and a worker of ``--workers`` started again in a dead one's place
+    may find them half way through a rotation (the new certificate, the old key)."""
+    cert, key, ca = settings.tls_cert, settings.tls_key, settings.tls_client_ca
+    try:
+        if cert is not None and key is not None:
+            check_pem(_tls_files(settings), cert, key)
+            check_certificate_dates(_tls_files(settings), cert)
+        if ca is not None:
+            check_pem(f"--tls-client-ca {ca}", ca=ca)
+    except ConfigurationError as exc:
+        raise TlsFilesUnusable(f"{exc} (the files changed since start?)") from None
+
+
+def check_client_ca(settings: ServeSettings, now: _dt.datetime | None = None) -> list[str]:
+    """The start's check of ``--tls-client-ca``'s dates: ``ConfigurationError`` naming it
+    when no CA certificate in it is valid now (every client certificate would then be
+    refused, CERTIFICATE_VERIFY_FAILED, while the server looks healthy); else a warning
+    for each CA certificate in it that has expired, is not valid yet, or expires within
+    ``CERTIFICATE_WARN_DAYS`` (clients whose certificates it issued are, or soon will
+    be, refused)."""
+    path = settings.tls_client_ca
+    if path is None:
+        return []
+    now = now or _dt.datetime.now(_dt.UTC)
+    try:
+        dates = certificate_dates(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"--tls-client-ca {path}: {exc}") from None
+    unusable, soon = [], []
+    for number, (not_before, not_after) in enumerate(dates, 1):
+        which = "the CA certificate" if len(dates) == 1 else f"certificate {number} of {len(dates)}"
+        valid = f"valid {_utc_text(not_before.timestamp())} to {_utc_text(not_after.timestamp())}"
+        if not_after < now:
+            unusable.append(f"{which} expired at {_utc_text(not_after.timestamp())} ({valid})")
+        elif not_before > now:
+            unusable.append(f"{which} is not valid yet ({valid}; the clock here says "
+                            f"{_utc_text(now.timestamp())})")  # fmt: skip
+        elif not_after - now < _dt.timedelta(days=CERTIFICATE_WARN_DAYS):
+            soon.append(f"{which} expires at {_utc_text(not_after.timestamp())}")
+    if dates and len(unusable) == len(dates):
+        raise ConfigurationError(
+            f"--tls-client-ca {path}: {'; '.join(unusable)}: every client certificate would "
+            "be refused (CERTIFICATE_VERIFY_FAILED); give a current CA"
+        )
+    return [
+        *(f"--tls-client-ca {path}: {problem}: client certificates it issued are refused "
+          "(the file's other CA certificates are used)" for problem in unusable),
+        *(f"--tls-client-ca {path}: {problem}: client certificates it issued are refused "
+          "from then on; read once: restart with a renewed CA" for problem in soon),
+    ]  # fmt: skip
+
+
+def metrics_port_is_free(settings: ServeSettings) -> None:
+    """``--metrics-listen``'s port refused at start, before anything is written, as
+    ``MetricsEndpoint`` refuses it (the demo's own default moves instead)."""
+    listen = settings.metrics_listen
+    if listen is None or (settings.demo and listen == DEMO_METRICS_LISTEN):
+        return
+    try:
+        port_is_free(listen)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"cannot serve metrics on {listen} (--metrics-listen): port "
+            f"{listen.rpartition(':')[2]} is in use by another process (another shixin-check "
+            "serve?)"
+        ) from None
+
+
+def port_binds(listen: str, shared: bool) -> bool:
+    """Whether a socket can bind ``listen`` now as grpcio binds it (with SO_REUSEPORT
+    too for a worker, ``shared``): after a failed ``add_secure_port``, tells a port
+    that is taken from credentials grpcio refused."""
+    host, _, port_text = listen.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or "0.0.0.0", int(port_text),
+                                   type=socket.SOCK_STREAM)  # fmt: skip
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if shared:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                probe.bind(address)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def port_is_free(listen: str) -> None:
     """``ConfigurationError`` naming the address if another process listens on it.
 
@@ -977,14 +1179,19 @@ def _cmd(number: str, name: str, channel: str) -> str:
 def run_service(settings: ServeSettings) -> int:
     """``serve``: one server in this process, or with ``--workers N`` a supervisor of N."""
     separate_ports(settings)
+    notes = check_client_ca(settings)  # said once logging is set up
     workers = _workers(settings)
     if workers > 1:
         from shixin_check.server.workers import run_supervisor
 
-        return run_supervisor(settings, workers)
+        return run_supervisor(settings, workers, notes)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
+    for note in notes:
+        log.warning("%s", note)
+    if settings.effective:  # what it runs with, and where each value came from
+        log.info("%s", settings.effective)
     if settings.demo:  # what a demo (or supervisor) killed with SIGKILL left behind
         from shixin_check.server.workers import sweep_stale_folders
 

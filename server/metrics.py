@@ -18,7 +18,9 @@ file in a private run folder with its ``Service.reading()`` every second
 at each scrape and reports ``Reading.merged(readings)``: counters and
 histograms add up, the replica lag is the largest, and the list gauges are
 those of the oldest list any worker serves (``shixin_list_info`` has a series
-for every version served). So the figures lag the workers by about a second.
+for every version served), the TLS certificate's expiry the earliest any
+worker serves (a replacement may have read a renewed one). So the figures
+lag the workers by about a second.
 A reading older than ``READING_STALE_S`` is a worker that cannot say how it is
 (its process hung or stopped, or a full disk refuses the file): the sum keeps
 its counters, which never go back, but not its gauges, and ``shixin_ready`` is 0
@@ -90,11 +92,12 @@ METRIC_NAMES = (
     "shixin_ready",
     "shixin_list_stale",
     "shixin_workers",
+    "shixin_tls_certificate_expiry_timestamp_seconds",
 )
 (
     CHECKS, DURATION, REFUSALS, HITS, HIT_LOG_ERRORS, AUDIT_LOG_ERRORS, LIST_INFO, LIST_AGE,
     LIST_ENTRIES, BLOOM_POSITIVES, BLOOM_FALSE_POSITIVES, INDEX_LOOKUPS, RATE_LIMITED,
-    REPLICA_LAG, REDIS_ERRORS, LIST_BEHIND, READY, LIST_STALE, WORKERS,
+    REPLICA_LAG, REDIS_ERRORS, LIST_BEHIND, READY, LIST_STALE, WORKERS, TLS_EXPIRY,
 ) = METRIC_NAMES  # fmt: skip
 #: The ``state`` label of ``shixin_workers``, in the order of ``Reading.workers``.
 WORKER_STATES = ("up", "stale", "down")
@@ -139,6 +142,9 @@ class Reading:
     taken: float = 0.0
     #: worker processes by ``WORKER_STATES`` (a single server: itself, up)
     workers: tuple[int, int, int] = (1, 0, 0)
+    #: notAfter (Unix seconds) of the TLS certificate served, the earliest of its chain
+    #: (None: no TLS)
+    tls_certificate_expiry: float | None = None
 
     @classmethod
     def merged(cls, readings: Iterable[Reading]) -> Reading:
@@ -161,6 +167,13 @@ class Reading:
                 out.replica_lag_seconds = max(out.replica_lag_seconds or 0.0,
                                               r.replica_lag_seconds)  # fmt: skip
             versions.update(dict.fromkeys(r.versions))
+            # each worker serves the certificate it read when it bound (a replacement
+            # may have read a renewed one): the earliest to expire is the one to watch
+            if r.tls_certificate_expiry is not None:
+                out.tls_certificate_expiry = min(
+                    out.tls_certificate_expiry or r.tls_certificate_expiry,
+                    r.tls_certificate_expiry,
+                )
             if r.behind is not None:
                 out.behind = bool(out.behind) or r.behind
             if r.source_timestamp is not None and (
@@ -183,9 +196,11 @@ def take_reading(
     behind: bool | None = None,
     ready: bool = False,
     stale: bool = False,
+    tls_expiry: float | None = None,
 ) -> Reading:
     """A ``Reading`` of one server: ``trusted`` when health has no problem with its index;
-    ``ready`` and ``stale`` as its readiness health says."""
+    ``ready`` and ``stale`` as its readiness health says; ``tls_expiry`` the notAfter of
+    the certificate it serves."""
     reading = Reading(
         tally=engine.tally.copy(),
         hit_log_errors=hit_log.write_errors if hit_log is not None else 0,
@@ -193,6 +208,7 @@ def take_reading(
         behind=behind,
         ready=ready,
         stale=stale,
+        tls_certificate_expiry=tls_expiry,
     )
     if redis is not None:
         reading.redis_errors = redis.redis_errors()
@@ -461,6 +477,14 @@ class MetricsCollector:
                 "first bad row), or in Redis mode a version this replica cannot read "
                 "(another key secret, or loaded by older code); 0 otherwise.",
                 value=int(r.behind),
+            )  # fmt: skip
+        if r.tls_certificate_expiry is not None:
+            yield GaugeMetricFamily(
+                TLS_EXPIRY, "notAfter of the TLS certificate served (the earliest of its "
+                "chain), Unix seconds; read once at start, so it stays when the file is "
+                "renewed until a restart. With --workers, the earliest any worker serves. "
+                "No series without TLS.",
+                value=r.tls_certificate_expiry,
             )  # fmt: skip
         if r.source_timestamp is None:
             return

@@ -67,7 +67,14 @@ open) before every worker has served stops the whole start: exit 2 with the
 line a single server prints. A replacement that fails its start-up
 ``FAILED_STARTS`` times in a row (a port it can never bind, a log folder
 gone) ends the server the same way, naming the worker, instead of
-restarting it for ever.
+restarting it for ever. Not one that finds the TLS files unusable
+(``TlsFilesUnusable``: a rotation half done, the new certificate beside the
+old key) while another worker serves: those serve on with the pair they read
+at start, and it is started again, after the same backoff, until the files
+are a pair again (each try one ERROR line naming them); ending the server
+would turn one worker down into every caller refused, over a rotation that
+is usually done a few seconds later. With no other worker serving it counts
+as any failed start.
 
 Private folders (the workers' metrics readings ``shixin-run-*``, the compiled
 index of a generated secret ``shixin-index-*``, the record of the delta ops
@@ -114,6 +121,7 @@ from shixin_check.loader.compiled import file_identity
 from shixin_check.server.app import (
     HURRY_SIGNAL,
     Service,
+    TlsFilesUnusable,
     ignore_file_size_signal,
     port_is_free,
     write_demo_list,
@@ -284,7 +292,7 @@ def _worker_main(settings: ServeSettings, seat: WorkerSeat, messages: Connection
         if served.is_set():
             raise  # a failure of a running server, not of its start: a crash, restarted
         # What a single server would print (shixin_check.cli), said once by the supervisor.
-        send("fatal", str(exc))
+        send("tls-files" if isinstance(exc, TlsFilesUnusable) else "fatal", str(exc))
         sys.exit(2)
 
 
@@ -625,6 +633,16 @@ class Supervisor:
     def _message(self, worker: _Worker, kind: str, text: str) -> None:
         if kind == "beat":
             return
+        if kind == "tls-files":
+            serving = [w.number for w in self.workers if w is not worker and w.serving]
+            if self.started and serving:
+                log.error("worker %d cannot start: %s; worker%s %s serve%s on with the "
+                          "certificate and key read at start, and worker %d is started "
+                          "again until the files can be served", worker.number, text,
+                          "s" if len(serving) > 1 else "", ", ".join(map(str, serving)),
+                          "" if len(serving) > 1 else "s", worker.number)  # fmt: skip
+                return
+            kind = "fatal"  # no other worker serves: as any start that fails
         if kind == "fatal":
             if not self.started:  # the start itself is wrong: nothing would ever serve
                 self.fatal = self.fatal or text
@@ -814,10 +832,15 @@ def sweep_stale_folders(temp: Path | None = None) -> list[Path]:
     return removed
 
 
-def run_supervisor(settings: ServeSettings, workers: int) -> int:
-    """``serve --workers N`` (N > 1): supervise N workers until SIGTERM/SIGINT."""
+def run_supervisor(settings: ServeSettings, workers: int, notes: list[str] | None = None) -> int:
+    """``serve --workers N`` (N > 1): supervise N workers until SIGTERM/SIGINT. ``notes``:
+    warnings of the start's checks (``check_client_ca``), said once, here."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s [supervisor] %(message)s",
     )  # fmt: skip
+    for note in notes or ():
+        log.warning("%s", note)
+    if settings.effective:  # what it runs with, and where each value came from
+        log.info("%s", settings.effective)
     return Supervisor(settings, workers).run()

@@ -8,7 +8,6 @@ key secret's default told to ``load``, and switches that could not be turned off
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -24,15 +23,10 @@ from shixin_check.server.settings import (
     resolve_args,
 )
 from tests.listdata import basic_rows, write_jsonl
-from tests.processes import ServeProcess, free_port, run_cli
+from tests.processes import CLI, ServeProcess, free_port, run_cli
+from tests.test_config import clean_env
 
 SECRET = "ab" * 32  # what `openssl rand -hex 32` prints: a key secret
-
-
-def clean_env(**variables: str) -> dict[str, str]:
-    """This process's environment without any ``SHIXIN_*``, plus ``variables``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIXIN_")}
-    return {**env, **variables}
 
 
 def one_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -271,3 +265,30 @@ def test_the_effective_settings_line_names_sources_and_hides_secrets(
     assert effective_settings_line(resolve_args(bare, {}).resolved).startswith(
         "settings: demo=on (--demo), listen=127.0.0.1:"
     )
+
+
+def test_serve_logs_what_it_runs_with_and_where_each_value_came_from(tmp_path: Path) -> None:
+    """The line ``effective_settings_line`` makes, logged by a real ``serve`` at start:
+    a variable's value named by its variable, a flag's by its flag, no secret shown."""
+    secret = tmp_path / "key"
+    secret.write_text("ab" * 32)
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--demo", "--listen", "127.0.0.1:0", "--metrics-listen", "off",
+         "--key-secret-file", str(secret)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=clean_env(SHIXIN_GRACE="2.5", PYTHONUNBUFFERED="1"),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = ""
+        for _ in range(40):  # the settings line comes before "serving on"
+            line = proc.stdout.readline()
+            if "settings:" in line or not line:
+                break
+        assert "settings:" in line, line
+        assert "grace=2.5s (SHIXIN_GRACE)" in line and "demo=on (--demo)" in line, line
+        assert "key_secret_file=(given, not shown) (--key-secret-file)" in line, line
+        assert "ab" * 32 not in line and str(secret) not in line, line
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -70,6 +70,7 @@ DOCUMENTED_METRICS = frozenset({
     "shixin_ready",
     "shixin_list_stale",
     "shixin_workers",
+    "shixin_tls_certificate_expiry_timestamp_seconds",
 })  # fmt: skip
 HISTOGRAMS = frozenset({"shixin_check_duration_seconds"})
 
