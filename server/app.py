@@ -1190,8 +1190,6 @@ def run_service(settings: ServeSettings) -> int:
     )
     for note in notes:
         log.warning("%s", note)
-    if settings.effective:  # what it runs with, and where each value came from
-        log.info("%s", settings.effective)
     if settings.demo:  # what a demo (or supervisor) killed with SIGKILL left behind
         from shixin_check.server.workers import sweep_stale_folders
 
@@ -1199,6 +1197,8 @@ def run_service(settings: ServeSettings) -> int:
             log.info("removed %s: the server that made it is gone (killed?)", folder)
     ignore_file_size_signal()
     service = Service(settings, announce=lambda s: print(s, flush=True))
+    if settings.effective:  # what it runs with, once the start's checks let it start
+        log.info("%s", settings.effective)
     try:
         asyncio.run(service.run())
     finally:  # the demo's list (and the index compiled beside it), however the run ended

@@ -144,11 +144,17 @@ def principal_name_problem(name: str) -> str:
             f"{name!r} is reserved (the caller with authentication off, and of refusals "
             "for missing or bad credentials): choose another name"
         )
+    return _unseen_in(name, "a principal")
+
+
+def _unseen_in(name: str, what: str) -> str:
+    """Where ``name`` holds a character that does not show (a control, a format
+    character such as U+200B), said for ``what``; "" when it holds none."""
     for at, char in enumerate(name):
         if unicodedata.category(char) in _UNSEEN:
             return (
                 f"{name!r} holds an unprintable character (U+{ord(char):04X}) at position "
-                f"{at + 1}: a principal is one line of visible characters"
+                f"{at + 1}: {what} is one line of visible characters"
             )
     return ""
 
@@ -169,12 +175,9 @@ def common_name_problem(name: str) -> str:
             f"{name!r} starts or ends with a space: the CN is compared exactly; give it as "
             "`openssl x509 -noout -subject -in CERT` shows it"
         )
-    for at, char in enumerate(name):
-        if unicodedata.category(char) in _UNSEEN:
-            return (
-                f"{name!r} holds an unprintable character (U+{ord(char):04X}) at position "
-                f"{at + 1}: a common name is one line of visible characters"
-            )
+    unseen = _unseen_in(name, "a common name")
+    if unseen:
+        return unseen
     if len(name) > COMMON_NAME_MAX:
         return (
             f"is {len(name)} characters long; a certificate's CN holds at most "

@@ -417,6 +417,8 @@ class Supervisor:
                 self.settings = self._shared_settings(replace(settings, listen=listen))
                 self.list_identity = self._pin_list(self.settings)
                 self._start_metrics()
+                if settings.effective:  # what it runs with (past the start's refusals)
+                    log.info("%s", settings.effective)
                 log.info("starting %d workers on %s (supervisor pid %d)",
                          len(self.workers), listen, os.getpid())  # fmt: skip
                 for worker in self.workers:
@@ -841,6 +843,4 @@ def run_supervisor(settings: ServeSettings, workers: int, notes: list[str] | Non
     )  # fmt: skip
     for note in notes or ():
         log.warning("%s", note)
-    if settings.effective:  # what it runs with, and where each value came from
-        log.info("%s", settings.effective)
     return Supervisor(settings, workers).run()

@@ -24,17 +24,9 @@ from shixin_check.server.settings import (
 )
 from tests.listdata import basic_rows, write_jsonl
 from tests.processes import CLI, ServeProcess, free_port, run_cli
-from tests.test_config import clean_env
+from tests.test_config import clean_env, one_line
 
 SECRET = "ab" * 32  # what `openssl rand -hex 32` prints: a key secret
-
-
-def one_line(done: subprocess.CompletedProcess[str]) -> str:
-    """The refusal: exit 2, no traceback, exactly one line on standard error."""
-    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr, done.stderr
-    (line,) = done.stderr.strip().splitlines()
-    return line
 
 
 @pytest.fixture

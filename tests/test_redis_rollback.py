@@ -154,6 +154,20 @@ def test_redis_back_from_an_older_save_is_lost_data_until_a_load(
     assert status(replica).not_serving_reason == ""
 
 
+def refuses_having_gone_back(again: RunningServer, older: str, newer: str) -> None:
+    """A server started after Redis went back from ``newer`` to ``older`` says so, from
+    replica r1's record, and answers no check from ``older`` (it would ALLOW ZHAO)."""
+    eventually(lambda: "went back" in status(again).not_serving_reason, "the loss told")
+    reason = status(again).not_serving_reason
+    assert f"from version {newer} (published {B_UTC})" in reason, reason
+    assert f"to version {older} (published {A_UTC})" in reason, reason
+    assert "replica r1 served" in reason, reason
+    assert health(again) == "NOT_SERVING"
+    with pytest.raises(grpc.RpcError) as refused:  # it served A: ALLOW NOT_LISTED
+        decision(again, ZHAO, "赵六")
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 @pytest.mark.parametrize("served_a_first", [False, True])
 def test_a_server_started_after_redis_went_back_is_not_serving(
     served_a_first: bool, saving_redis: SavingRedis, serve: Serve, tmp_path: Path
@@ -185,15 +199,7 @@ def test_a_server_started_after_redis_went_back_is_not_serving(
             first.stop()  # the on-call restarts it
 
     again = serve(None, redis=saving_redis.url, replica_id="r2")
-    eventually(lambda: "went back" in status(again).not_serving_reason, "the loss told")
-    reason = status(again).not_serving_reason
-    assert f"from version {newer} (published {B_UTC})" in reason, reason
-    assert f"to version {older} (published {A_UTC})" in reason, reason
-    assert "replica r1 served" in reason, reason
-    assert health(again) == "NOT_SERVING"
-    with pytest.raises(grpc.RpcError) as refused:  # it served A: ALLOW NOT_LISTED
-        decision(again, ZHAO, "赵六")
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    refuses_having_gone_back(again, older, newer)
 
     done = load(b, saving_redis.url)
     assert done.returncode == 0, done.stderr
@@ -257,15 +263,7 @@ def test_a_replica_stopped_within_a_second_of_the_going_back_leaves_its_record(
     assert kept is not None and kept["version"] == newer, kept
 
     again = serve(None, redis=saving_redis.url, replica_id="r2")
-    eventually(lambda: "went back" in status(again).not_serving_reason, "the loss told")
-    reason = status(again).not_serving_reason
-    assert f"from version {newer} (published {B_UTC})" in reason, reason
-    assert f"to version {older} (published {A_UTC})" in reason, reason
-    assert "replica r1 served" in reason, reason
-    assert health(again) == "NOT_SERVING"
-    with pytest.raises(grpc.RpcError) as refused:  # it served A: ALLOW NOT_LISTED
-        decision(again, ZHAO, "赵六")
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    refuses_having_gone_back(again, older, newer)
 
 
 def test_an_older_snapshot_loaded_with_allow_rollback_is_followed(

@@ -71,17 +71,23 @@ def _sign(folder: Path, name: str, subject: str, *dates: str, ext: str = "") -> 
              "-in", f"{name}.csr", "-out", f"{name}.pem", "-notext", *dates)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA; server certificates for 127.0.0.1 expired (2020), not valid yet (2035),
-    expiring in 3 days (``server``) and in 400 (``lasting``); client certificates
-    for ``rail-gw`` and one with no common name (a URI name only, SPIFFE style)."""
+def new_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a test CA (``ca.pem``, ``ca.key``) and what ``openssl ca`` needs."""
     d = tmp_path_factory.mktemp("pki")
     (d / "ca.cnf").write_text(_CA_CONFIG)
     (d / "index.txt").write_text("")
     (d / "serial").write_text("1000\n")
     _openssl(d, "req", "-x509", *_EC, "-keyout", "ca.key", "-out", "ca.pem", "-days", "500",
              "-subj", "/CN=shixin test CA")  # fmt: skip
+    return d
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA; server certificates for 127.0.0.1 expired (2020), not valid yet (2035),
+    expiring in 3 days (``server``) and in 400 (``lasting``); client certificates
+    for ``rail-gw`` and one with no common name (a URI name only, SPIFFE style)."""
+    d = new_ca(tmp_path_factory)
     san = "subjectAltName=IP:127.0.0.1"
     _sign(d, "expired", "/CN=server", "-startdate", "20200101000000Z", "-enddate",
           "20200201000000Z", ext=san)  # fmt: skip
