@@ -60,7 +60,7 @@ class Tally:
 
     __slots__ = (
         "checks", "hits", "refusals", "latency", "latency_sum", "rate_limited",
-        "bloom_positives", "bloom_false_positives", "index_lookups",
+        "bloom_positives", "bloom_false_positives", "index_lookups", "refusals_unrecorded",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -81,6 +81,9 @@ class Tally:
         self.bloom_positives = 0
         self.bloom_false_positives = 0
         self.index_lookups = 0
+        #: refusals for credentials not written to the audit log one by one, only
+        #: counted in a later record (``service.RefusalRecords``)
+        self.refusals_unrecorded = 0
 
     def observe(self, method: int, seconds: float) -> None:
         """One call of ``METHODS[method]`` that took ``seconds`` on the server."""
@@ -107,6 +110,7 @@ class Tally:
         self.bloom_positives += other.bloom_positives
         self.bloom_false_positives += other.bloom_false_positives
         self.index_lookups += other.index_lookups
+        self.refusals_unrecorded += getattr(other, "refusals_unrecorded", 0)  # older readings
 
 
 class CountedView:

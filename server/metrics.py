@@ -79,6 +79,7 @@ METRIC_NAMES = (
     "shixin_hits_total",
     "shixin_hit_log_errors_total",
     "shixin_audit_log_errors_total",
+    "shixin_audit_refusals_unrecorded_total",
     "shixin_list_info",
     "shixin_list_age_seconds",
     "shixin_list_entries",
@@ -95,7 +96,8 @@ METRIC_NAMES = (
     "shixin_tls_certificate_expiry_timestamp_seconds",
 )
 (
-    CHECKS, DURATION, REFUSALS, HITS, HIT_LOG_ERRORS, AUDIT_LOG_ERRORS, LIST_INFO, LIST_AGE,
+    CHECKS, DURATION, REFUSALS, HITS, HIT_LOG_ERRORS, AUDIT_LOG_ERRORS, REFUSALS_UNRECORDED,
+    LIST_INFO, LIST_AGE,
     LIST_ENTRIES, BLOOM_POSITIVES, BLOOM_FALSE_POSITIVES, INDEX_LOOKUPS, RATE_LIMITED,
     REPLICA_LAG, REDIS_ERRORS, LIST_BEHIND, READY, LIST_STALE, WORKERS, TLS_EXPIRY,
 ) = METRIC_NAMES  # fmt: skip
@@ -408,6 +410,11 @@ class MetricsCollector:
         yield CounterMetricFamily(
             AUDIT_LOG_ERRORS, "Audit-log records that could not be written.",
             value=r.audit_log_errors,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            REFUSALS_UNRECORDED, "Refusals for credentials (UNAUTHENTICATED) past the audit "
+            "log's per-host rate: counted in a later record, not written one by one.",
+            value=t.refusals_unrecorded,
         )  # fmt: skip
         yield CounterMetricFamily(
             BLOOM_POSITIVES, "Subject keys the Bloom filter let through to an index look-up.",

@@ -661,6 +661,7 @@ class ConsumptionCheckService:
                 held = self.refusals.take(peer, exc.reason)
                 recorded = held is not None
                 if held is None:  # held back from the log: counted, then summarized
+                    self.tally.refusals_unrecorded += 1
                     self._summarize_later()
                 else:  # with the refusals of its host held back since its last record
                     extra = b',"reason":' + orjson.dumps(exc.reason) + held.fields()

@@ -57,6 +57,7 @@ DOCUMENTED_METRICS = frozenset({
     "shixin_hits_total",
     "shixin_hit_log_errors_total",
     "shixin_audit_log_errors_total",
+    "shixin_audit_refusals_unrecorded_total",
     "shixin_list_info",
     "shixin_list_age_seconds",
     "shixin_list_entries",

@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from shixin.v1 import check_pb2 as pb
+from shixin_check.server import metrics as metrics_mod
 from shixin_check.server import service as service_mod
 from shixin_check.server.service import refusal_host
 from tests.accessdata import Serve, bearer, hotel, refusal
@@ -95,6 +96,13 @@ def test_a_flood_of_refusals_is_recorded_up_to_a_burst_and_the_rest_counted(
     assert seen == {(grpc.StatusCode.UNAUTHENTICATED, "unknown API key", "API_KEY_UNKNOWN")}
     records = accounted(tmp_path / "audit.log", FLOOD)
     recorded = one_by_one(records)
+    # what the person on call sees: shixin_audit_refusals_unrecorded_total
+    assert guarded.service.engine.tally.refusals_unrecorded == FLOOD - len(recorded)
+    engine = guarded.service.engine
+    reading = metrics_mod.take_reading(engine, trusted=True)
+    exported = {m.name: m for m in metrics_mod.MetricsCollector(lambda: reading).collect()}
+    samples = exported["shixin_audit_refusals_unrecorded"].samples
+    assert [s.value for s in samples] == [FLOOD - len(recorded)]
     assert len(recorded) <= most_one_by_one(took), (len(recorded), took)
     assert all(r["caller"] == "anonymous" for r in recorded)
     made = summaries(records)  # one every SUMMARY_S while refusals were held back
