@@ -390,8 +390,6 @@ class RefusalRecords:
         #: held back for hosts dropped from the table, or past a summary's hosts
         self.others = _Held(0.0, 0.0)
         self.other_hosts = 0
-        #: every refusal held back since the server started
-        self.unrecorded = 0
         #: ``refusal_host`` of the peers seen (an IPv6 one costs ~10 µs); cleared when full
         self._host_of: dict[str, str] = {}
 
@@ -416,7 +414,6 @@ class RefusalRecords:
                 return held
             held.tokens += 1.0  # not recorded: the host's token back
         held.hold(reason)
-        self.unrecorded += 1
         return None
 
     def _drop(self, host: str) -> None:
@@ -657,14 +654,17 @@ class ConsumptionCheckService:
             if isinstance(exc, Late):
                 extra = _withdrawn_field(exc.withdrawn)
             elif isinstance(exc, Unauthenticated):
-                peer = context.peer()
-                held = self.refusals.take(peer, exc.reason)
-                recorded = held is not None
-                if held is None:  # held back from the log: counted, then summarized
-                    self.tally.refusals_unrecorded += 1
-                    self._summarize_later()
-                else:  # with the refusals of its host held back since its last record
-                    extra = b',"reason":' + orjson.dumps(exc.reason) + held.fields()
+                extra = b',"reason":' + orjson.dumps(exc.reason)
+                if principal is ANONYMOUS:  # credentials never taken: a loop may send these
+                    peer = context.peer()
+                    held = self.refusals.take(peer, exc.reason)
+                    recorded = held is not None
+                    if held is None:  # held back from the log: counted, then summarized
+                        self.tally.refusals_unrecorded += 1
+                        self._summarize_later()
+                    else:  # with the refusals of its host held back since its last record
+                        extra += held.fields()
+                # else a stream cut once its key was removed: once a stream, always recorded
             if recorded:
                 try:
                     self._audit(context, method, principal, subject, code.name, started,
@@ -732,7 +732,9 @@ class ConsumptionCheckService:
             return
         refusals = self.refusals
         written, hosts, most = 0, 0, ""
-        for host, held in refusals.pending():
+        pending = refusals.pending()
+        waiting = sum(held.count for _, held in pending)
+        for host, held in pending:
             extra = held.fields()
             if not host:
                 extra += b',"hosts":%d' % refusals.other_hosts
@@ -742,7 +744,7 @@ class ConsumptionCheckService:
                                        extra=extra)  # fmt: skip
             except Exception as failure:  # noqa: BLE001 - on the loop: nobody else to tell
                 log.error("audit log: %d refusals for credentials held back from it are not "
-                          "summarized yet: %s", refusals.unrecorded, failure)  # fmt: skip
+                          "summarized yet: %s", waiting - written, failure)  # fmt: skip
                 with contextlib.suppress(RuntimeError):  # no loop: the server has stopped
                     self._summarize_later()
                 break

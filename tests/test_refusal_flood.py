@@ -12,6 +12,7 @@ server with keys and an audit log (``guarded``), real gRPC calls, and the real
 
 from __future__ import annotations
 
+import queue
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from shixin.v1 import check_pb2 as pb
 from shixin_check.server import metrics as metrics_mod
 from shixin_check.server import service as service_mod
+from shixin_check.server.auth import remove_keys
 from shixin_check.server.service import refusal_host
 from tests.accessdata import Serve, bearer, hotel, refusal
 from tests.conftest import RunningServer, log_records, settings_for, start_server
@@ -197,3 +199,35 @@ def test_a_graceful_stop_writes_the_refusals_still_held_back(
 )
 def test_refusals_are_counted_per_host(peer: str, host: str) -> None:
     assert refusal_host(peer) == host
+
+
+def test_a_stream_cut_for_its_removed_key_is_recorded_under_its_caller_through_a_flood(
+    guarded: RunningServer, keys: dict[str, str], tmp_path: Path
+) -> None:
+    """Only refusals of callers whose credentials were never taken are held back: a
+    stream cut at its next message because its key was removed (once a stream, never a
+    loop) is recorded under its caller with its subject, even while the same host's
+    bad-key refusals are past their rate (the README promises that record)."""
+    assert guarded.service.checks is not None
+    guarded.service.checks.refusal_summary_s = SUMMARY_S
+    sent: queue.Queue[pb.CheckRequest | None] = queue.Queue()
+    answers = guarded.stub().CheckConsumptionStream(
+        iter(sent.get, None), metadata=bearer(keys["hotel"]), timeout=30
+    )
+    sent.put(hotel(ZHANG, request_id="before"))
+    assert next(answers).decision == pb.DENY
+    flood(guarded, 120)  # the host's bucket spent
+    generation = guarded.service.gate.generation
+    remove_keys(Path(keys["path"]), principal="hotel-chain")
+    eventually(lambda: guarded.service.gate.generation != generation, "the keys reloaded")
+    flood(guarded, 10)  # whatever the bucket refilled meanwhile, spent again
+    sent.put(hotel(ZHANG, request_id="after"))
+    with pytest.raises(grpc.RpcError) as cut:
+        next(answers)
+    sent.put(None)
+    assert cut.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    records = log_records(tmp_path / "audit.log")
+    (told,) = [r for r in records if r["method"] == "CheckConsumptionStream"
+               and r["outcome"] == "UNAUTHENTICATED"]  # fmt: skip
+    assert told["caller"] == "hotel-chain" and told["subject"], told
+    assert told["reason"] == "API_KEY_UNKNOWN", told
