@@ -183,12 +183,13 @@ def _listen(raw: object) -> str:
 
 
 def _target(raw: object) -> str:
-    """A server to ask: HOST:PORT with a port in 1..65535. gRPC takes any digits and
-    wraps them (port 111187 dials 45651), and a port left out means 443: both reach
-    a server nobody meant. Empty stays empty, for the client's own "is empty" line."""
+    """A server to ask: HOST:PORT with a port in 1..65535, or a Unix socket
+    (``unix:PATH``). gRPC takes any digits and wraps them (port 111187 dials 45651),
+    and a port left out means 443: both reach a server nobody meant. Empty stays
+    empty, for the client's own "is empty" line."""
     text = _text_of(raw).strip()
-    if not text:
-        return text
+    if not text or text.lower().startswith(("unix:", "unix-abstract:")):
+        return text  # a Unix socket (a local proxy's): no port to check
     host, sep, port = text.rpartition(":")
     if not sep or not port:
         raise ValueError("not HOST:PORT (no port)")
@@ -274,7 +275,7 @@ SWITCH = Kind(
     _switch,
 )
 LISTEN = Kind("HOST:PORT", "HOST:PORT, e.g. 0.0.0.0:50051 (port 0: any free port)", _listen)
-TARGET = Kind("HOST:PORT", "HOST:PORT, the port in 1..65535", _target)
+TARGET = Kind("HOST:PORT", "HOST:PORT, the port in 1..65535, or unix:PATH", _target)
 METRICS_LISTEN = Kind("HOST:PORT", "HOST:PORT (e.g. 0.0.0.0:9464) or off", _metrics_listen)
 DURATION = Kind(
     "DURATION",

@@ -51,7 +51,7 @@ def test_a_target_port_past_65535_is_refused_not_wrapped_onto_another_server(
         assert line == (
             f"shixin-check status: --target / SHIXIN_TARGET / config target: '{wrapped}' "
             f"(from the command line) is not HOST:PORT (port {server.port + 65536} is not in "
-            "1..65535); accepted: HOST:PORT, the port in 1..65535"
+            "1..65535); accepted: HOST:PORT, the port in 1..65535, or unix:PATH"
         )
     finally:
         assert server.stop() == 0
@@ -284,3 +284,12 @@ def test_serve_logs_what_it_runs_with_and_where_each_value_came_from(tmp_path: P
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_unix_socket_target_is_taken_as_it_is(tmp_path: Path) -> None:
+    """A local proxy's Unix socket has no port to check: the client dials it (and here
+    finds nothing there) instead of refusing it as a HOST:PORT with a bad port."""
+    done = run_cli("health", "--target", f"unix:{tmp_path / 'none.sock'}", "--timeout", "1",
+                   env=clean_env())  # fmt: skip
+    assert "is not HOST:PORT" not in done.stderr, done.stderr
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
