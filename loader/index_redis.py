@@ -1439,6 +1439,10 @@ class RedisFollower(Background):
         if self._link_down_since is not None:
             since = min(since, self._link_down_since)
         self._link_down_since = since
+        if self._behind_since is None or since < self._behind_since:
+            # now, not at the round's end: the lag read while this round runs (status,
+            # metrics) counts from when the link went down as the BEHIND it may report does
+            self._behind_since = since
         if wall - since < LINK_DOWN_SECONDS:
             return  # down for a moment: no news yet
         master = "{}:{}".format(*where) if where else "(unknown)"
