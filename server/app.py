@@ -1069,23 +1069,34 @@ def metrics_port_is_free(settings: ServeSettings) -> None:
         ) from None
 
 
-def port_binds(listen: str, shared: bool) -> bool:
-    """Whether a socket can bind ``listen`` now as grpcio binds it (with SO_REUSEPORT
-    too for a worker, ``shared``): after a failed ``add_secure_port``, tells a port
-    that is taken from credentials grpcio refused."""
+def _bind_errors(listen: str, shared: bool = False) -> list[OSError] | None:
+    """Bind a probe socket to each address of ``listen`` as grpcio binds it
+    (SO_REUSEADDR, and SO_REUSEPORT for a worker, ``shared``): the error of each
+    address that would not bind (none: every one binds), or None when ``listen``
+    names no address to try (grpcio reports that itself)."""
     host, _, port_text = listen.rpartition(":")
     try:
         infos = socket.getaddrinfo(host.strip("[]") or "0.0.0.0", int(port_text),
                                    type=socket.SOCK_STREAM)  # fmt: skip
-        for family, kind, proto, _, address in infos:
+    except (ValueError, OSError):
+        return None
+    errors = []
+    for family, kind, proto, _, address in infos:
+        try:
             with socket.socket(family, kind, proto) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if shared:
                     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 probe.bind(address)
-    except (ValueError, OSError):
-        return False
-    return True
+        except OSError as exc:
+            errors.append(exc)
+    return errors
+
+
+def port_binds(listen: str, shared: bool) -> bool:
+    """Whether ``listen`` binds now as grpcio binds it: after a failed
+    ``add_secure_port``, tells a port that is taken from credentials grpcio refused."""
+    return _bind_errors(listen, shared) == []
 
 
 def port_is_free(listen: str) -> None:
@@ -1094,26 +1105,12 @@ def port_is_free(listen: str) -> None:
     grpcio refuses too, since port sharing is off, but only after a C-core log
     line; this says it in one line. Port 0 (any free port) always passes.
     """
-    host, _, port_text = listen.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    try:
-        port = int(port_text)
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (ValueError, OSError):
-        return  # grpcio reports an address it cannot use
-    if port == 0:
-        return
-    for family, kind, proto, _, address in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpcio binds
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise ConfigurationError(
-                        f"cannot listen on {listen}: port {port} is in use by another process "
-                        "(another shixin-check serve?)"
-                    ) from None
+    errors = _bind_errors(listen) or ()
+    if any(exc.errno == errno.EADDRINUSE for exc in errors):
+        raise ConfigurationError(
+            f"cannot listen on {listen}: port {int(listen.rpartition(':')[2])} is in use by another "
+            "process (another shixin-check serve?)"
+        )
 
 
 def write_demo_list(count: int, announce: Callable[[str], None]) -> Path:
