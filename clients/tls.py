@@ -28,6 +28,7 @@ from shixin_check.server.settings import (
     CERTIFICATE_WARN_DAYS,
     certificate_dates,
     check_certificate_dates,
+    expires_in,
 )
 
 _CERTIFICATE = re.compile(rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----")
@@ -79,11 +80,8 @@ def expiry_note(cert_file: Path, what: str, now: _dt.datetime | None = None) -> 
     expires = min((after for _, after in certificate_dates(cert_file)), default=None)
     if expires is None or expires - now >= _dt.timedelta(days=CERTIFICATE_WARN_DAYS):
         return ""
-    left = expires - now
-    when = (f"in {left.days} days" if left.days >= 2
-            else f"in {left.total_seconds() / 3600:.0f} hours")  # fmt: skip
     return (
-        f"{what}: the certificate expires {when}, at {expires:%Y-%m-%d %H:%M:%S} UTC; every "
+        f"{what}: the certificate expires {expires_in(expires - now)}, at {expires:%Y-%m-%d %H:%M:%S} UTC; every "
         "call fails from then on: renew it"
     )
 

@@ -109,6 +109,7 @@ from shixin_check.server.settings import (
     certificate_dates,
     check_certificate_dates,
     check_pem,
+    expires_in,
 )
 from shixin_check.server.status import refusal
 
@@ -475,9 +476,10 @@ class Service:
                               "expired) while health stays SERVING; the server cannot reload "
                               "it: restart the server with a renewed certificate", path, at)  # fmt: skip
                 elif expires - now < CERTIFICATE_WARN_DAYS * 86400:
-                    log.warning("TLS certificate %s expires in %s, at %s; the server cannot "
+                    log.warning("TLS certificate %s expires %s, at %s; the server cannot "
                                 "reload it: restart the server with a renewed certificate "
-                                "before then", path, _left(expires - now), at)  # fmt: skip
+                                "before then", path, expires_in(_dt.timedelta(seconds=expires - now)),
+                                at)  # fmt: skip
             wake = due if now >= expires else min(due, expires)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
@@ -985,12 +987,6 @@ def _utc(unix: float) -> str:
 
 def _utc_text(unix: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
-
-
-def _left(seconds: float) -> str:
-    if seconds >= 2 * 86400:
-        return f"{seconds // 86400:.0f} days"
-    return f"{seconds / 3600:.0f} hours"
 
 
 def _tls_files(settings: ServeSettings) -> str:

@@ -1245,6 +1245,14 @@ def check_certificate_dates(what: str, path: Path, now: _dt.datetime | None = No
         )
 
 
+def expires_in(left: _dt.timedelta) -> str:
+    """How soon a certificate expires, ``left`` ahead: "in N days" from two days on,
+    else "in N hours"."""
+    if left.days >= 2:
+        return f"in {left.days} days"
+    return f"in {left.total_seconds() / 3600:.0f} hours"
+
+
 def certificate_note(path: Path, now: _dt.datetime | None = None) -> tuple[bool, str]:
     """(whether to warn, what to log) about the server certificate ``path`` at start:
     when it expires, and that it is read once (a renewed file is not seen)."""
@@ -1259,10 +1267,8 @@ def certificate_note(path: Path, now: _dt.datetime | None = None) -> tuple[bool,
     soon = left < _dt.timedelta(days=CERTIFICATE_WARN_DAYS)
     if not soon:
         said = "valid until"
-    elif left.days >= 2:
-        said = f"expires in {left.days} days, at"
     elif left.days >= 0:
-        said = f"expires in {left.total_seconds() / 3600:.0f} hours, at"
+        said = f"expires {expires_in(left)}, at"
     else:  # served by a test or an embedder that skipped serve_settings's check
         said = "expired at"
     return soon, (
