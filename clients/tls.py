@@ -23,13 +23,13 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from shixin_check.domain.errors import ConfigurationError
-from shixin_check.server.settings import (
+from shixin_check.domain.certificates import (
     CERTIFICATE_WARN_DAYS,
     certificate_dates,
     check_certificate_dates,
     expires_in,
 )
+from shixin_check.domain.errors import ConfigurationError
 
 _CERTIFICATE = re.compile(rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----")
 _PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")

@@ -83,6 +83,12 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from redis import RedisError
 
 from shixin.v1 import check_pb2 as pb
+from shixin_check.domain.certificates import (
+    CERTIFICATE_WARN_DAYS,
+    certificate_dates,
+    check_certificate_dates,
+    expires_in,
+)
 from shixin_check.domain.errors import ConfigurationError, LoadRejected, MalformedRequest
 from shixin_check.domain.index import IndexSource
 from shixin_check.domain.model import CHINA_TZ
@@ -102,15 +108,7 @@ from shixin_check.server.service import (
     add_to_server,
     log_problem,
 )
-from shixin_check.server.settings import (
-    CERTIFICATE_WARN_DAYS,
-    DEMO_METRICS_LISTEN,
-    ServeSettings,
-    certificate_dates,
-    check_certificate_dates,
-    check_pem,
-    expires_in,
-)
+from shixin_check.server.settings import DEMO_METRICS_LISTEN, ServeSettings, check_pem
 from shixin_check.server.status import refusal
 
 if TYPE_CHECKING:

@@ -96,7 +96,8 @@ def _check_client_certificate(cert: Path, key: Path, command: str) -> None:
     import warnings
 
     from shixin_check.clients.tls import ClientCertificateExpiring, expiry_note, pem_problem
-    from shixin_check.server.settings import check_certificate_dates, check_pem
+    from shixin_check.domain.certificates import check_certificate_dates
+    from shixin_check.server.settings import check_pem
 
     pair = f"--client-cert {cert} and --client-key {key}"
     try:

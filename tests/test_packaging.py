@@ -58,3 +58,18 @@ def test_nothing_imports_the_folders_by_their_bare_names() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=60, check=True)  # fmt: skip
     assert done.stdout.strip() == "[]"
+
+
+def test_the_client_library_loads_none_of_the_server_but_its_request_conversion() -> None:
+    """A gateway imports ``shixin_check.clients``: a client certificate is dated by
+    ``domain.certificates``, not by the server's settings (which pulled in the
+    server's command line). Only the prefilter uses the server's ``convert``, to key
+    a subject exactly as the server does."""
+    code = (
+        "import sys, pkgutil, importlib, shixin_check.clients as c;"
+        "[importlib.import_module('shixin_check.clients.' + m.name) for m in pkgutil.iter_modules(c.__path__)];"
+        "print(sorted(n for n in sys.modules if n.startswith(('shixin_check.server', 'shixin_check.loader'))))"
+    )  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60, check=True)  # fmt: skip
+    assert done.stdout.strip() == "['shixin_check.server', 'shixin_check.server.convert']"

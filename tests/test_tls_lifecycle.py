@@ -33,7 +33,7 @@ import pytest
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.check_client import CheckClient, build_request
-from shixin_check.server.settings import certificate_dates
+from shixin_check.domain.certificates import certificate_dates
 from tests.listdata import ZHANG, basic_rows, write_jsonl
 from tests.processes import CLI, ServeProcess, free_port
 from tests.test_tls_server_checks import _EC, _openssl, _sign, new_ca
