@@ -105,6 +105,7 @@ from shixin_check.server.metrics import MetricsEndpoint, Reading, ReadingWriter,
 from shixin_check.server.service import (
     MAX_METADATA_BYTES,
     ConsumptionCheckService,
+    abort_call,
     add_to_server,
     log_problem,
 )
@@ -906,7 +907,7 @@ def _lenient(method: str, handler: Any) -> grpc.RpcMethodHandler:
     async def refuse(unparsed: _Unparsed, context: grpc.aio.ServicerContext) -> None:
         log.warning("%s from %s: %s (INVALID_ARGUMENT)", method, context.peer(), unparsed.problem)
         told = refusal(MalformedRequest(unparsed.problem))
-        await context.abort(told.code, told.message, told.trailing_metadata())
+        await abort_call(context, told.code, told.message, told.trailing_metadata())
 
     kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
     kind = next((k for k in kinds if getattr(handler, k) is not None), "")

@@ -165,6 +165,29 @@ class MetadataTooLarge(Exception):
     """A call's metadata over ``MAX_METADATA_BYTES``: refused as grpc refuses it (``_fail``)."""
 
 
+class CallEnded(asyncio.CancelledError):
+    """grpc had ended the call (its deadline passed, its caller went away) before its
+    refusal could be sent: nobody can receive it. A ``CancelledError``, which grpc.aio
+    takes from a handler as the end of a cancelled call, logged at DEBUG, where any other
+    exception is an ERROR with a traceback (``ExecuteBatchError raised in core``)."""
+
+
+async def abort_call(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str,
+    trailers: Metadata = (),
+) -> NoReturn:  # fmt: skip
+    """``context.abort``; ``CallEnded`` when grpc cannot send the status any more (a
+    batch whose deadline passes as it arrives: refused ``DEADLINE_EXCEEDED``, which grpc's
+    own deadline has already told the caller)."""
+    try:
+        await context.abort(code, message, trailers)
+    except grpc.aio.AbortError:
+        raise
+    except grpc.aio.InternalError as exc:  # ExecuteBatchError: the call is over in grpc's core
+        raise CallEnded(f"the call had ended before its {code.name} could be sent") from exc
+    raise AssertionError("abort returned")  # it raises; this tells the type checker
+
+
 def _withdrawn_field(check_ids: list[str]) -> bytes:
     """The audit record's field naming the hits withdrawn for its call (b"" for none).
     Not ``withdrawn``: that is the hit log's withdrawal record."""
@@ -630,8 +653,7 @@ class ConsumptionCheckService:
         """
         if isinstance(exc, MetadataTooLarge):
             self._count_refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, exc, principal)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            raise AssertionError("abort returned")
+            await abort_call(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         code = status_of(exc)
         check_id = ""
         if code is grpc.StatusCode.INTERNAL:
@@ -692,8 +714,7 @@ class ConsumptionCheckService:
         index = _METHOD_INDEX.get(method)
         if index is not None:
             self.tally.observe(index, time.perf_counter() - started)
-        await context.abort(code, message, trailers)
-        raise AssertionError("abort returned")  # it raises; this tells the type checker
+        await abort_call(context, code, message, trailers)
 
     def _log_failure(self, exc: BaseException) -> str | None:
         """A call failed because the hit or audit log could not be written: that log's

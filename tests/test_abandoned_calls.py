@@ -259,3 +259,58 @@ def test_a_stream_cut_at_the_end_of_the_grace_period_is_said_so_and_what_was_rea
         [ended] = [orjson.loads(line) for line in audit.read_bytes().splitlines()
                    if b'"withdrawn_hits"' in line]  # fmt: skip
         assert (ended["outcome"], ended["withdrawn_hits"]) == ("CANCELLED", withdrawn)
+
+
+#: how long the race below is run for at most (old code logged it within ~3 s here)
+RACE_SECONDS = 10.0
+
+
+def test_a_batch_whose_deadline_passes_as_it_arrives_is_refused_without_a_traceback(
+    tmp_path: Path, listed: Path, numbers: list[str]
+) -> None:
+    """grpc ends a call whose deadline passes as it arrives, so the server's refusal
+    (``DEADLINE_EXCEEDED``, "the deadline passed before the batch was started") can no
+    longer be sent. grpc logged each such failed send as an ERROR with two tracebacks
+    (``ExecuteBatchError raised in core by servicer method``), a few a minute under
+    traffic with deadlines of a millisecond; the server ends such a call quietly, its
+    refusal audited."""
+    out, audit = tmp_path / "out.txt", tmp_path / "audit.jsonl"
+    server = ServeProcess("--list", str(listed), "--audit-log", str(audit), log=out)
+    codes: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def drive(worker: int) -> None:
+        channel = grpc.insecure_channel(server.target)
+        stub = pb_grpc.ConsumptionCheckStub(channel)
+        batches = [batch(numbers[:size], f"w{worker}") for size in (1, 10, 100)]
+        stop = time.monotonic() + RACE_SECONDS
+        sent = 0
+        while time.monotonic() < stop and "ExecuteBatchError" not in out.read_text():
+            sent += 1
+            try:
+                stub.CheckConsumptionBatch(
+                    batches[sent % 3], timeout=(0.3, 0.6, 1, 2)[sent % 4] / 1e3
+                )
+                code = "OK"
+            except grpc.RpcError as error:
+                code = error.code().name
+            with lock:
+                codes[code] = codes.get(code, 0) + 1
+        channel.close()
+
+    try:
+        server.wait_serving()
+        threads = [threading.Thread(target=drive, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(RACE_SECONDS + 30)
+    finally:
+        server.proc.terminate()
+        server.proc.wait(30)
+    text = out.read_text()
+    assert "ExecuteBatchError" not in text and "Traceback" not in text, text[-4000:]
+    assert set(codes) <= {"OK", "DEADLINE_EXCEEDED"}, codes
+    assert codes.get("DEADLINE_EXCEEDED", 0) > 100, codes
+    refused = [r for r in log_records(audit) if r["outcome"] == "DEADLINE_EXCEEDED"]
+    assert len(refused) > 100 and {r["method"] for r in refused} == {"CheckConsumptionBatch"}
