@@ -132,6 +132,7 @@ from shixin_check.server.hitlog import (
 )
 from shixin_check.server.prefilter import Prefilters, client_rules
 from shixin_check.server.status import refusal, status_of
+from shixin_check.server.wire_text import NOT_UTF8, bad_text
 
 try:  # the masks of a batch's audit record in one call; Python's where it was not built
     from shixin_check.loader._rowcheck import masked_json as _masked_json
@@ -144,12 +145,23 @@ log = logging.getLogger("shixin.server")
 
 
 class Malformed:
-    """What a lenient deserialiser hands over for bytes that are not the message."""
+    """What a lenient deserialiser hands over for bytes that are not the message.
 
-    __slots__ = ("problem",)
+    When all that is wrong is a string field that is not UTF-8 (``wire_text``),
+    ``field`` names it and ``request`` is the message with such text read leniently
+    (U+FFFD): refused as a bad field, its subject audited, answered on a stream with
+    ``error`` as any bad field is. Else ``field`` is "" and ``request`` None.
+    """
 
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
+    __slots__ = ("field", "problem", "request")
+
+    def __init__(self, problem: str, field: str = "", request: Any = None) -> None:
+        self.problem, self.field, self.request = problem, field, request
+
+    def error(self) -> InvalidInput | MalformedRequest:
+        if self.field:
+            return InvalidInput(self.field, NOT_UTF8)
+        return MalformedRequest(self.problem)
 
 
 class Late(DeadlineExceeded):
@@ -194,14 +206,29 @@ def _withdrawn_field(check_ids: list[str]) -> bytes:
     return b',"withdrawn_hits":' + orjson.dumps(check_ids) if check_ids else b""
 
 
-def _lenient(parse: Callable[[bytes], Any], what: str) -> Callable[[bytes], Any]:
+def _lenient(message: Any) -> Callable[[bytes], Any]:
+    """``message.FromString``, handing over a ``Malformed`` for bytes it refuses."""
+    parse, descriptor = message.FromString, message.DESCRIPTOR
+
     def deserialize(raw: bytes) -> Any:
         try:
             return parse(raw)
         except (DecodeError, ValueError, RuntimeError) as exc:
-            return Malformed(f"request is not a valid {what}: {exc}")
+            problem = f"request is not a valid {descriptor.full_name}: {exc}"
+            found = bad_text(raw, descriptor)
+            if found is not None:
+                try:
+                    return Malformed(problem, found[0], parse(found[1]))
+                except (DecodeError, ValueError, RuntimeError):
+                    pass  # more is wrong than its text
+            return Malformed(problem)
 
     return deserialize
+
+
+def _readable(request: Any) -> Any:
+    """The request, or what could be read of a ``Malformed`` one (None)."""
+    return request.request if type(request) is Malformed else request
 
 
 _MAX_ID = MAX_CHARS["subject.person.id_number"]
@@ -893,7 +920,7 @@ class ConsumptionCheckService:
             principal = self._identify(context, metadata)
             self._admit(principal, "check")
             if type(request) is Malformed:
-                raise MalformedRequest(request.problem)
+                raise request.error()
             engine = self.engine
             peer = context.peer() if self._peers else ""
             # validated, then the view (none: UNAVAILABLE), then the rate
@@ -910,9 +937,9 @@ class ConsumptionCheckService:
                     self._unanswered("CheckConsumption", ((request, response),))  # type: ignore[arg-type]
                     raise  # not audited, not answered: INTERNAL
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
-            malformed = type(request) is Malformed
-            subject = "" if malformed else _subject_of(request)  # type: ignore[arg-type]
-            channels = () if malformed else (request.channel,)  # type: ignore[union-attr]
+            readable = _readable(request)
+            subject = "" if readable is None else _subject_of(readable)
+            channels = () if readable is None else (readable.channel,)
             await self._fail(context, exc, "CheckConsumption", principal, subject, started,
                              metadata, channels=channels)  # fmt: skip
         self.tally.observe(UNARY, time.perf_counter() - started)
@@ -930,7 +957,7 @@ class ConsumptionCheckService:
             principal = self._identify(context, metadata)
             self._admit(principal, "check")
             if type(request) is Malformed:
-                raise MalformedRequest(request.problem)
+                raise request.error()
             checks = request.checks  # type: ignore[union-attr]
             count = len(checks)
             if count > self.max_batch:
@@ -1013,37 +1040,43 @@ class ConsumptionCheckService:
                     principal = self._identify(context, metadata)  # removed: UNAUTHENTICATED
                     self._admit(principal, "check")
                 except Exception as exc:  # noqa: BLE001 - the stream ends, as at its start
-                    subject = "" if isinstance(request, Malformed) else _subject_of(request)
+                    readable = _readable(request)
+                    subject = "" if readable is None else _subject_of(readable)
                     await self._fail(context, exc, "CheckConsumptionStream", principal, subject,
                                      started, metadata)  # fmt: skip
                 if audit is not None:
                     call = self._call_fields("CheckConsumptionStream", principal,
                                              peer or context.peer(), metadata)  # fmt: skip
             try:
-                if isinstance(request, Malformed):  # the stream is broken: its bytes end it
-                    raise MalformedRequest(request.problem)
-                try:
-                    ids.admit(request.request_id)
-                    try:
-                        response = engine.check(request, None, peer, principal)
-                    except _REQUEST_REFUSALS:
-                        ids.release(request.request_id)  # answered: it may come again
-                        raise
-                except _REQUEST_REFUSALS as exc:  # this request only: answered, the stream goes on
-                    response = self._refuse_in_stream(exc, request, principal, started, call)
+                if isinstance(request, Malformed):
+                    if request.request is None:  # the stream is broken: its bytes end it
+                        raise MalformedRequest(request.problem)
+                    # only its text is not UTF-8: a bad field, answered; the stream goes on
+                    refused, request = request.error(), request.request
+                    response = self._refuse_in_stream(refused, request, principal, started, call)
                 else:
-                    if audit is not None:
+                    try:
+                        ids.admit(request.request_id)
                         try:
-                            audit.record_call(call, _subject_of(request),
-                                              _DECISION_NAMES[response.decision], started)  # fmt: skip
-                        except Exception:
-                            self._unanswered("CheckConsumptionStream", ((request, response),))
-                            raise  # not audited, not answered: INTERNAL
+                            response = engine.check(request, None, peer, principal)
+                        except _REQUEST_REFUSALS:
+                            ids.release(request.request_id)  # answered: it may come again
+                            raise
+                    except _REQUEST_REFUSALS as exc:  # this request only: answered, it goes on
+                        response = self._refuse_in_stream(exc, request, principal, started, call)
+                    else:
+                        if audit is not None:
+                            try:
+                                audit.record_call(call, _subject_of(request),
+                                                  _DECISION_NAMES[response.decision], started)  # fmt: skip
+                            except Exception:
+                                self._unanswered("CheckConsumptionStream", ((request, response),))
+                                raise  # not audited, not answered: INTERNAL
             except Exception as exc:  # noqa: BLE001 - the stream ends
-                malformed = type(request) is Malformed
-                rid = "" if malformed else request.request_id  # type: ignore[union-attr]
+                readable = _readable(request)
+                rid = "" if readable is None else readable.request_id
                 prefix = f"request_id {rid!r}: " if rid else ""
-                subject = "" if malformed else _subject_of(request)  # type: ignore[arg-type]
+                subject = "" if readable is None else _subject_of(readable)
                 await self._fail(context, exc, "CheckConsumptionStream", principal, subject,
                                  started, metadata, prefix)  # fmt: skip
             self.tally.observe(STREAM, time.perf_counter() - started)
@@ -1065,7 +1098,7 @@ class ConsumptionCheckService:
             principal = self._identify(context, metadata)
             self._admit(principal, "status")
             if type(request) is Malformed:
-                raise MalformedRequest(request.problem)
+                raise request.error()
             status = list_status(self.engine, self.policy, self.gate)
             if not status.not_serving_reason:
                 status.not_serving_reason = log_problem(self.engine.hit_log, self.audit)
@@ -1088,7 +1121,7 @@ class ConsumptionCheckService:
             principal = self._identify(context, metadata)
             self._admit(principal, "prefilter")
             if type(request) is Malformed:
-                raise MalformedRequest(request.problem)
+                raise request.error()
             # a caller testing fewer readings than a check looks up would clear listed people
             client_rules(request.lookup_rules)  # type: ignore[union-attr]
             view = self.engine.source.current()
@@ -1150,14 +1183,14 @@ def _in_time(context: grpc.aio.ServicerContext) -> None:
 
 def add_to_server(service: ConsumptionCheckService, server: grpc.aio.Server) -> None:
     """Register the service with deserialisers that never turn bad bytes into INTERNAL."""
-    check = _lenient(pb.CheckRequest.FromString, "shixin.v1.CheckRequest")
+    check = _lenient(pb.CheckRequest)
     handlers = {
         "CheckConsumption": grpc.unary_unary_rpc_method_handler(
             service.CheckConsumption, check, pb.CheckResponse.SerializeToString
         ),
         "CheckConsumptionBatch": grpc.unary_unary_rpc_method_handler(
             service.CheckConsumptionBatch,
-            _lenient(pb.CheckBatchRequest.FromString, "shixin.v1.CheckBatchRequest"),
+            _lenient(pb.CheckBatchRequest),
             pb.CheckBatchResponse.SerializeToString,
         ),
         "CheckConsumptionStream": grpc.stream_stream_rpc_method_handler(
@@ -1165,12 +1198,12 @@ def add_to_server(service: ConsumptionCheckService, server: grpc.aio.Server) -> 
         ),
         "GetListStatus": grpc.unary_unary_rpc_method_handler(
             service.GetListStatus,
-            _lenient(pb.ListStatusRequest.FromString, "shixin.v1.ListStatusRequest"),
+            _lenient(pb.ListStatusRequest),
             pb.ListStatus.SerializeToString,
         ),
         "GetPrefilter": grpc.unary_stream_rpc_method_handler(
             service.GetPrefilter,
-            _lenient(pb.PrefilterRequest.FromString, "shixin.v1.PrefilterRequest"),
+            _lenient(pb.PrefilterRequest),
             pb.PrefilterChunk.SerializeToString,
         ),
     }

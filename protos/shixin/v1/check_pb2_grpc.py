@@ -46,7 +46,9 @@ class ConsumptionCheckStub:
     `retry-after-ms`, milliseconds as decimal text. Use RetryInfo.)
 
     ErrorInfo reasons, by status code:
-    INVALID_ARGUMENT    INVALID_FIELD (a field is wrong), FIELD_TOO_LONG (a
+    INVALID_ARGUMENT    INVALID_FIELD (a field is wrong, or a string field is
+    not valid UTF-8: named, though protobuf alone refuses
+    the whole message for it), FIELD_TOO_LONG (a
     string over its limit, see CheckRequest),
     BATCH_TOO_LARGE (more than 1,000 checks),
     MALFORMED_REQUEST (bytes that are not the request
@@ -143,7 +145,9 @@ class ConsumptionCheckServicer:
     `retry-after-ms`, milliseconds as decimal text. Use RetryInfo.)
 
     ErrorInfo reasons, by status code:
-    INVALID_ARGUMENT    INVALID_FIELD (a field is wrong), FIELD_TOO_LONG (a
+    INVALID_ARGUMENT    INVALID_FIELD (a field is wrong, or a string field is
+    not valid UTF-8: named, though protobuf alone refuses
+    the whole message for it), FIELD_TOO_LONG (a
     string over its limit, see CheckRequest),
     BATCH_TOO_LARGE (more than 1,000 checks),
     MALFORMED_REQUEST (bytes that are not the request
@@ -220,8 +224,8 @@ class ConsumptionCheckServicer:
         request's request_id. A bad request does not end the stream: its answer
         has `error` set (CheckError: the code, message, field violations and
         reason the same problem gets from CheckConsumption) and no decision, and
-        the stream goes on. That covers INVALID_ARGUMENT (a bad field; a missing,
-        over-long or duplicate request_id), PERMISSION_DENIED for the request's
+        the stream goes on. That covers INVALID_ARGUMENT (a bad field, a string
+        that is not UTF-8 included; a missing, over-long or duplicate request_id), PERMISSION_DENIED for the request's
         channel and RESOURCE_EXHAUSTED for the request (rate or throttle).
         The stream itself ends with a status only when it is broken:
         INVALID_ARGUMENT    a message whose bytes do not parse (MALFORMED_REQUEST)
@@ -351,7 +355,9 @@ class ConsumptionCheck:
     `retry-after-ms`, milliseconds as decimal text. Use RetryInfo.)
 
     ErrorInfo reasons, by status code:
-    INVALID_ARGUMENT    INVALID_FIELD (a field is wrong), FIELD_TOO_LONG (a
+    INVALID_ARGUMENT    INVALID_FIELD (a field is wrong, or a string field is
+    not valid UTF-8: named, though protobuf alone refuses
+    the whole message for it), FIELD_TOO_LONG (a
     string over its limit, see CheckRequest),
     BATCH_TOO_LARGE (more than 1,000 checks),
     MALFORMED_REQUEST (bytes that are not the request
