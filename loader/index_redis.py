@@ -1166,7 +1166,7 @@ class RedisFollower(Background):
         self._last_claims_check = 0.0
         self._bloom: Bloom | None = None
         self._stream_id = b"0-0"
-        self._last_beat = 0.0
+        self._last_beat = -math.inf  # time.monotonic: due at once
         self._master_checked = 0.0
         self._gc_due = False
         #: when (monotonic) to collect again after a switch: the version left is kept
@@ -1183,7 +1183,7 @@ class RedisFollower(Background):
         self.lookup_errors = ErrorCount()
         #: Other users of this Redis in the process (the hit forwarder) count here too.
         self.other_errors: list[ErrorCount] = []
-        self._round_started = time.time()
+        self._round_started = time.monotonic()
         #: since when this replica cannot confirm it holds all Redis holds (None: it does)
         self._behind_since: float | None = self._round_started
 
@@ -1227,7 +1227,7 @@ class RedisFollower(Background):
             # more now: the heartbeat is once a second, and one that went to Redis before
             # it came back from its save is gone with the rest
             if self._went_back and self._lost is not None or self._newer is not None:
-                self._write(self._heartbeat, time.time())
+                self._write(self._heartbeat, time.monotonic())
             else:
                 self.client.hdel(self.keys.replicas, self.replica_id)
         except redis.RedisError:
@@ -1275,7 +1275,7 @@ class RedisFollower(Background):
     def sync_once(self, block: bool = False) -> None:
         """One round: check the data is still there, switch version if needed,
         apply new deltas, heartbeat. Notes whether it ended caught up (``lag_seconds``)."""
-        self._round_started = started = time.time()
+        self._round_started = started = time.monotonic()
         try:
             self._sync_round(block)
         except Exception as exc:  # Redis down, or a version it cannot serve (another secret)
@@ -1311,7 +1311,7 @@ class RedisFollower(Background):
         round applies every delta it finds, so a replica that reaches Redis is never
         behind for longer than a round; this bounds the age of any unapplied delta."""
         since = self._behind_since
-        return 0.0 if since is None else max(0.0, time.time() - since)
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
     def redis_errors(self) -> int:
         """Redis commands that failed: the follower's, look-ups', and ``other_errors``."""
@@ -1342,6 +1342,15 @@ class RedisFollower(Background):
                            "(flushed, restarted empty or failed over?)")  # fmt: skip
         elif view is None or self._lost is not None or raw.decode() != view.version:
             self._follow(raw.decode())
+            if (
+                self._view is view
+                and view is not None
+                and self._lost is None
+                and (served[0][1] is None)
+            ):  # still served (the current one refused), so held: its keys must be there
+                self._lose(f"redis lost version {view.version}, served here while version "
+                           f"{raw.decode()} is refused: its keys are gone (deleted, or "
+                           "collected while this replica's heartbeat did not reach Redis)")  # fmt: skip
         else:
             token, last, evicted = served[0]
             if last is None:
@@ -1370,7 +1379,7 @@ class RedisFollower(Background):
                 self._apply(view.version, reply[0][1])
         elif block:
             self._stop.wait(self.poll)
-        now = time.time()
+        now = time.monotonic()
         if now - self._last_beat >= 1.0:
             self._last_beat = now  # one try a second, even while Redis refuses it
             self._write(self._heartbeat, now)
@@ -1430,7 +1439,7 @@ class RedisFollower(Background):
         if info.get("master_link_status") == "up":
             self._link_down_since, self._stale = None, ""
             return
-        wall = time.time()
+        wall = time.monotonic()
         try:
             down_for = float(info.get("master_link_down_since_seconds", -1))
         except (TypeError, ValueError):
@@ -1543,8 +1552,8 @@ class RedisFollower(Background):
         if self._went_back:
             return  # told already; the heartbeat keeps it
         self._went_back = True
-        self._last_beat = 0.0  # due now, should this write not go in
-        self._write(self._heartbeat, time.time())
+        self._last_beat = -math.inf  # due now, should this write not go in
+        self._write(self._heartbeat, time.monotonic())
 
     def _check_held(self, version: str) -> None:
         """On the version served, each second: do records of other replicas say they
@@ -1774,7 +1783,7 @@ class RedisFollower(Background):
                 del self._left[next(iter(self._left))]
         self._token_of_view = self._token
         self.on_event("version", version)
-        self._write(self._heartbeat, time.time())
+        self._write(self._heartbeat, time.monotonic())
         self._gc_due = True
         self._gc_later = time.monotonic() + RETIRED_GRACE_SECONDS + LIVE_SECONDS
 
@@ -1879,8 +1888,9 @@ class RedisFollower(Background):
                 "shixin_redis_errors_total, logged again when it changes or clears")  # fmt: skip
 
     def _heartbeat(self, now: float) -> None:
-        """Register what this replica serves in ``P:replicas`` (``now``: this machine's
-        time, only to beat once a second; the record's ``at`` is Redis's)."""
+        """Register what this replica serves in ``P:replicas`` (``now``: ``time.monotonic``,
+        only to beat once a second: a wall clock stepped back an hour stopped the beats, and
+        the version served was collected as no replica's; the record's ``at`` is Redis's)."""
         view = self._view
         record: dict[str, Any] = {
             "version": view.version if view else "",
