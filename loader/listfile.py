@@ -541,6 +541,8 @@ def _date(
     if not text:
         return missing
     try:
+        if not _DAY_FORM.fullmatch(text):  # fromisoformat reads week dates too: 2026-W53
+            raise ValueError(text)
         day = day_number(_dt.date.fromisoformat(text))
     except ValueError:
         raise InvalidInput(prefix + name, f"{text!r} is not an ISO date (YYYY-MM-DD)") from None
@@ -553,6 +555,12 @@ def _date(
     if len(_DAYS) < 100_000:
         _DAYS[text] = day
     return day
+
+
+#: the forms of a date a list may use: ``2026-12-31`` and the same without dashes (an
+#: export's ``20261231``); not the other forms ``date.fromisoformat`` reads, whose week
+#: dates would move a day silently (``2026-W01-1`` is 2025-12-29)
+_DAY_FORM = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{8}")
 
 
 def today() -> int:

@@ -465,3 +465,21 @@ def test_a_delta_exempt_from_1970_is_refused_and_the_person_stays_restricted(
         f"{REQUIRED}"
     )
     assert airline(server, ZHANG) == "DENY AIR_TRAVEL"
+
+
+@pytest.mark.parametrize("checked_by", ["compiled", "python"])
+def test_a_date_is_yyyy_mm_dd_or_the_same_without_dashes_never_a_week_date(
+    tmp_path: Path, checked_by: str
+) -> None:
+    """``date.fromisoformat`` reads ISO week dates too: ``2026-W01-1`` is 2025-12-29, so
+    an end date exported in a week form moved silently. A date is ``2026-12-31``, or
+    ``20261231`` as exports write it; anything else is a bad row."""
+    good = [person_entry("E1", ZHANG, "张伟", valid_until="2029-12-31"),
+            person_entry("E2", LI, "李娜", valid_until="20291231")]  # fmt: skip
+    assert validate(write_jsonl(tmp_path / "good.jsonl", [header(0), *good]), checked_by) == (0, [])
+    weeks = ["2029-W53-4", "2029W534", "2029-W01", "2029-12-31T00:00:00", "２０２９-12-31"]
+    rows = [person_entry(f"W{i}", ZHANG, "张伟", valid_until=week) for i, week in enumerate(weeks)]
+    assert validate(write_jsonl(tmp_path / "weeks.jsonl", [header(0), *rows]), checked_by) == (1, [
+        f"line {line}: valid_until: {week!r} is not an ISO date (YYYY-MM-DD)"
+        for line, week in enumerate(weeks, 2)
+    ])  # fmt: skip
