@@ -218,10 +218,25 @@ def _feedback(
         f"{f' (the first at {t.first_skipped})' if t.first_skipped else ''}"
         f"{_shared(t.collisions)}"
         f"{_outside(t.outside_quarter, t.checks + t.withdrawn, quarter)}; due {quarter.due}"
+        f"{_not_over(quarter, report.generated_at)}"
         f"{_not_read(t.missing_files, t.unread_files, quarter, t.missing_sets)}",
         file=sys.stderr,
     )
     return 0
+
+
+def _not_over(quarter: Quarter, generated_at: str) -> str:
+    """The summary's word on a quarter not over when the report was made (China time):
+    it counts the hits so far, and a report for the courts is made after its end."""
+    today = generated_at[:10]  # the report's own stamp, an ISO timestamp in China time
+    if today > quarter.end.isoformat():
+        return ""
+    if today < quarter.start.isoformat():
+        return f"; {quarter} has not begun (it starts {quarter.start}, China time): nothing to count yet"
+    return (
+        f"; {quarter} is not over (it ends {quarter.end}, China time): this report counts "
+        f"its hits up to {generated_at} only"
+    )
 
 
 def _shared(collisions: int) -> str:

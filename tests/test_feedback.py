@@ -371,3 +371,24 @@ def test_no_id_number_in_any_log_or_report(
     for path in reports.iterdir():  # the report holds no ID number, not even masked
         raw = path.read_bytes()
         assert [n for n in plaintext if mask_id(n).encode() in raw] == [], path
+
+
+def test_feedback_of_a_quarter_not_over_says_it_counts_only_so_far(
+    hit_logs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A report made before its quarter ends looked complete (due date and all): the
+    summary says it counts the hits up to the report's time only."""
+    now = current_quarter()
+    assert run_cli("feedback", "--quarter", now, "--hit-log", str(hit_logs[0])) == 0
+    summary = capsys.readouterr().err
+    quarter = Quarter.parse(now)
+    assert (
+        f"; {now} is not over (it ends {quarter.end}, China time): this report counts " in summary
+    )
+    year, number = quarter.year + (quarter.number == 4), quarter.number % 4 + 1
+    later = f"{year}Q{number}"
+    assert run_cli("feedback", "--quarter", later, "--hit-log", str(hit_logs[0])) == 0
+    assert f"; {later} has not begun" in capsys.readouterr().err
+    assert run_cli("feedback", "--quarter", "2026Q3", "--hit-log", str(hit_logs[0])) == 0
+    summary = capsys.readouterr().err
+    assert "not over" not in summary and "not begun" not in summary
