@@ -129,6 +129,45 @@ def test_the_filter_holds_every_listed_identity_under_its_prefilter_key(
     assert hi(keyer.subject_key(IdType.RESIDENT_ID, ZHAO)) not in bloom
 
 
+#: what PrefilterHeader.hash_scheme says of the probes, for a gateway without rbloom
+_STEP = 47026247687942121848144207491837418733
+_MASK = (1 << 128) - 1
+
+
+def probably_in(data: bytes, item: int) -> bool:
+    """The filter test as the proto writes it out (``hash_scheme``), not rbloom's."""
+    probes, bits = int.from_bytes(data[:8], "little"), data[8:]
+    n = 8 * len(bits)
+    state = item
+    for _ in range(probes):
+        state = (state * _STEP + 1) & _MASK
+        bit = ((state >> 32) & ((1 << 64) - 1)) % n
+        if not bits[bit >> 3] >> (bit & 7) & 1:
+            return False
+    return True
+
+
+def test_the_proto_describes_the_filter_bytes_a_gateway_without_rbloom_reads(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """A gateway in another language reads the filter from the proto's words alone
+    (key_scheme, hash_scheme): every listed identity is in it, and the test agrees
+    with rbloom's for 20,000 other items."""
+    server = serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()))
+    header, data = download(server)
+    whole = b"".join(data)
+    bloom = Bloom.load_bytes(whole, int)
+    key = hashlib.blake2b(key=header.prefilter_key, digest_size=16, person=b"shixin-prefilter")
+    tags = {IdType.RESIDENT_ID: b"R", IdType.PASSPORT: b"P", IdType.HK_MACAO_PERMIT: b"H",
+            IdType.TAIWAN_PERMIT: b"T", None: b"U"}  # fmt: skip
+    for kind, number in LISTED:
+        keyed = key.copy()
+        keyed.update(tags[kind] + number.encode())
+        assert probably_in(whole, int.from_bytes(keyed.digest()) >> 64), (kind, number)
+    others = [int.from_bytes(hashlib.sha256(b"%d" % i).digest()[:8]) for i in range(20_000)]
+    assert [probably_in(whole, x) for x in others] == [x in bloom for x in others]
+
+
 def test_the_prefilter_key_is_not_the_index_key(serve: Serve, tmp_path: Path) -> None:
     """The filter answers for prefilter keys only: a filter of index keys does not, and the
     downloaded one holds none of the index's keys; the key handed out is not the secret."""
