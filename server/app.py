@@ -79,7 +79,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from redis import RedisError
 
 from shixin.v1 import check_pb2 as pb
@@ -118,6 +118,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("shixin.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConsumptionCheck"].full_name
+#: Server reflection's current name: served beside v1alpha, the one grpcio-reflection ships
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 #: Health name that is SERVING only while the served list is the feed's newest:
 #: NOT_SERVING while a refused snapshot or delta leaves it behind (alert on it;
 #: keep routing on "" or ConsumptionCheck, which stay SERVING on the last good list).
@@ -281,12 +283,19 @@ class Service:
         quiet_caller_bytes()
         lenient = LenientRegistration(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, lenient)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection.aio.ReflectionServicer(
-                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-            ),
-            lenient,
+        reflecting = reflection.aio.ReflectionServicer(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
         )
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflecting, lenient)
+        # grpcio-reflection serves v1alpha only; v1 is the same protocol renamed, message
+        # for message, and newer tools (a grpc-js reflection client set to v1) ask for it
+        lenient.add_registered_method_handlers(REFLECTION_V1, {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                reflecting.ServerReflectionInfo,
+                reflection_pb2.ServerReflectionRequest.FromString,
+                reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        })  # fmt: skip
         lenient.done()
         if self.seat is None:  # the supervisor checked, and holds the port for its workers
             port_is_free(settings.listen)  # a clean one-line refusal before grpcio's own log line

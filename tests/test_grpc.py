@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -663,6 +664,24 @@ def test_reflection_lists_the_services(server: RunningServer) -> None:
     [reply] = list(stub.ServerReflectionInfo(iter([request])))
     names = {s.name for s in reply.list_services_response.service}
     assert {"shixin.v1.ConsumptionCheck", "grpc.health.v1.Health"} <= names
+
+
+def test_reflection_answers_under_its_v1_name_too(server: RunningServer) -> None:
+    """grpcio-reflection serves ``grpc.reflection.v1alpha`` only; newer tools ask for
+    ``grpc.reflection.v1`` (a grpc-js reflection client got UNIMPLEMENTED). Same messages."""
+    call = server.channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    listed, described = call(iter([
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="shixin.v1.ConsumptionCheck"),
+    ]), timeout=10)  # fmt: skip
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"shixin.v1.ConsumptionCheck", "grpc.reflection.v1.ServerReflection"} <= names
+    [proto] = described.file_descriptor_response.file_descriptor_proto
+    assert descriptor_pb2.FileDescriptorProto.FromString(proto).package == "shixin.v1"
 
 
 @pytest.mark.parametrize("name", ["张\x00伟", "张伟\n", "\x07张伟", "张\x85伟"])
