@@ -244,9 +244,10 @@ def _subject_of(request: pb.CheckRequest) -> str:
     return ""
 
 
-def _batch_fields(queries: list[Query], verdicts: list[Verdict]) -> bytes:
-    """What a batch's audit record adds: each check's masked subject, in order, and
-    how many checks got each decision (``"outcomes": {"ALLOW": 99, "DENY": 1}``).
+def _batch_fields(queries: list[Query], verdicts: list[Verdict], answers: Any) -> bytes:
+    """What a batch's audit record adds: each check's masked subject, in order, how
+    many checks got each decision (``"outcomes": {"ALLOW": 99, "DENY": 1}``), and the
+    check ids of the answers that matched someone (``"hits"``: the hit log's records).
 
     Cheap for the batch's common case: the masks in one C call, and the checks
     nobody is listed for counted by identity (``VERDICT_NOT_LISTED``)."""
@@ -258,7 +259,12 @@ def _batch_fields(queries: list[Query], verdicts: list[Verdict]) -> bytes:
     outcomes = Counter(v.decision for v in verdicts if v is not VERDICT_NOT_LISTED)
     outcomes[Decision.ALLOW] += unlisted
     named = {d.name: outcomes[d] for d in Decision if outcomes[d]}
-    return b',"subjects":' + subjects + b',"outcomes":' + orjson.dumps(named)
+    told = b',"subjects":' + subjects + b',"outcomes":' + orjson.dumps(named)
+    if unlisted == len(verdicts):
+        return told
+    hits = [answers[i].check_id for i, v in enumerate(verdicts)
+            if v is not VERDICT_NOT_LISTED and answers[i].matches]  # fmt: skip
+    return told + b',"hits":' + orjson.dumps(hits) if hits else told
 
 
 def _error_metadata(
@@ -932,7 +938,7 @@ class ConsumptionCheckService:
                 try:
                     self._audit(context, "CheckConsumption", principal, _subject_of(request),  # type: ignore[arg-type]
                                 _DECISION_NAMES[response.decision], started, metadata,
-                                peer=peer)  # fmt: skip
+                                check_id=response.check_id if hit else "", peer=peer)  # fmt: skip
                 except Exception:
                     self._unanswered("CheckConsumption", ((request, response),))  # type: ignore[arg-type]
                     raise  # not audited, not answered: INTERNAL
@@ -985,7 +991,7 @@ class ConsumptionCheckService:
                 try:
                     self._audit(context, "CheckConsumptionBatch", principal, "", "OK", started,
                                 metadata, count, peer=peer,
-                                extra=_batch_fields(queries, verdicts))  # fmt: skip
+                                extra=_batch_fields(queries, verdicts, reply.results))  # fmt: skip
                 except Exception:
                     self._unanswered("CheckConsumptionBatch",
                                      zip(checks, reply.results, strict=True))  # fmt: skip
@@ -1068,7 +1074,8 @@ class ConsumptionCheckService:
                         if audit is not None:
                             try:
                                 audit.record_call(call, _subject_of(request),
-                                                  _DECISION_NAMES[response.decision], started)  # fmt: skip
+                                                  _DECISION_NAMES[response.decision], started,
+                                                  1, response.check_id if response.matches else "")  # fmt: skip
                             except Exception:
                                 self._unanswered("CheckConsumptionStream", ((request, response),))
                                 raise  # not audited, not answered: INTERNAL

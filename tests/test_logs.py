@@ -628,6 +628,37 @@ def test_a_batch_is_audited_with_each_subject_masked_and_its_outcomes(
     assert audit_mod.verify(audit_path).ok
 
 
+def test_each_hit_is_joined_to_its_call_s_audit_record_by_check_id(
+    tmp_path: Path, serve: Callable[..., RunningServer]
+) -> None:
+    """The courts' auditor reconciles the hit log with the calls: every hit record's
+    check_id is in the audit record of the call that answered it (a unary call's or a
+    stream message's ``check_id``, a batch's ``hits``), and no other check's is."""
+    hits_path, audit_path = tmp_path / "logs" / "hits.jsonl", tmp_path / "logs" / "audit.jsonl"
+    server = serve(write_jsonl(tmp_path / "list.jsonl", basic_rows()), hit_log=hits_path,
+                   audit_log=audit_path)  # fmt: skip
+    stub = server.stub()
+    denied = stub.CheckConsumption(rail(ZHANG, "张伟"))
+    allowed = stub.CheckConsumption(rail(ZHAO))
+    batch = stub.CheckConsumptionBatch(pb.CheckBatchRequest(
+        checks=[rail(ZHAO), rail(ZHANG, "张伟"), rail(LI), rail(ZHAO)]
+    ))  # fmt: skip
+    unlisted = stub.CheckConsumptionBatch(pb.CheckBatchRequest(checks=[rail(ZHAO)] * 3))
+    streamed = list(stub.CheckConsumptionStream(iter([
+        rail(ZHAO, request_id="s1"), rail(LI, request_id="s2"),
+    ])))  # fmt: skip
+    unary, plain, listed_batch, unlisted_batch, *stream = records(audit_path)
+    assert unary["check_id"] == denied.check_id and "check_id" not in plain
+    assert allowed.check_id not in audit_path.read_text()
+    matched = [a.check_id for a in batch.results if a.matches]
+    assert len(matched) == 2 and listed_batch["hits"] == matched
+    assert "hits" not in unlisted_batch and not any(a.matches for a in unlisted.results)
+    assert "check_id" not in stream[0] and stream[1]["check_id"] == streamed[1].check_id
+    logged = [r["check_id"] for r in records(hits_path)]
+    assert logged == [denied.check_id, *matched, streamed[1].check_id]
+    assert audit_mod.verify(audit_path).ok
+
+
 def test_sigkill_loses_no_answered_hit(tmp_path: Path) -> None:
     hits, audit_path = tmp_path / "hits.jsonl", tmp_path / "audit.jsonl"
     listed = write_jsonl(tmp_path / "list.jsonl", basic_rows())
