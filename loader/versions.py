@@ -27,6 +27,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
@@ -964,7 +965,7 @@ class Loader:
                 except Exception as exc:  # a bug: that file refused, the others still read
                     problem = unexpected_problem(exc)
                     if delta not in refused or _first_problem(refused[delta]) != problem:
-                        log.error(UNEXPECTED_LOG, delta, exc_info=exc)
+                        log_unexpected(delta, exc)
                     refused[delta] = LoadRejected(str(delta), [RowError(0, "", problem)])
                 else:
                     refused.pop(delta, None)
@@ -1325,9 +1326,29 @@ def unread_problem(path: Path) -> str:
 UNEXPECTED_LOG = "list %s: unexpected error while reading it, a bug in shixin-check: refused"
 
 
+def short_of(exc: BaseException) -> str:
+    """What the machine lacked, when ``exc`` is reading a list running out of memory (or
+    threads, or a parse process killed, by the OOM killer most often), else "": not a
+    bug, and no traceback helps the person on call."""
+    if isinstance(exc, BrokenProcessPool):
+        return (f"a parse process died before it finished ({exc}): most often the kernel's "
+                "OOM killer (see dmesg): give the server more memory (one parse process "
+                "a core reads a big snapshot, each holding its part)")  # fmt: skip
+    from shixin_check.server.hitlog import limit_advice
+
+    advice = limit_advice(exc)
+    return f"{str(exc) or type(exc).__name__}: {advice}" if advice else ""
+
+
 def unexpected_problem(exc: Exception) -> str:
     """Why a file is refused whose reading raised what no handler expects: a bug (its
-    traceback is logged with it), which must not stop the files after it being read."""
+    traceback is logged with it), which must not stop the files after it being read;
+    or the machine short of memory (``short_of``: said so, without a traceback)."""
+    short = short_of(exc)
+    if short:
+        return (f"reading it failed, the machine short of what it takes: {short}; refused, "
+                "the last good list keeps serving (read again when the file changes, or "
+                "at a restart)")  # fmt: skip
     kind = type(exc)
     name = (
         kind.__qualname__
@@ -1339,6 +1360,15 @@ def unexpected_problem(exc: Exception) -> str:
         "good list keeps serving; a bug in shixin-check, please report it with the "
         "traceback logged"
     )
+
+
+def log_unexpected(path: Path, exc: Exception) -> None:
+    """The line of a file refused for an error no handler expects: with the traceback
+    of the bug; the machine short of memory said in one line (``short_of``)."""
+    if short_of(exc):
+        log.error("list %s: %s", path, unexpected_problem(exc))
+    else:
+        log.error(UNEXPECTED_LOG, path, exc_info=exc)
 
 
 #: What identifies a file's content cheaply, one ``(size, mtime_ns, ctime_ns, inode)`` per
@@ -1567,7 +1597,7 @@ class DirectoryFollower(Background):
         problem = unexpected_problem(exc)
         if self._refused.get(path) == problem:
             return None
-        log.error(UNEXPECTED_LOG, path, exc_info=exc)
+        log_unexpected(path, exc)
         return problem
 
     def _refuse_unexpected(self, path: Path, exc: Exception) -> None:
@@ -1767,7 +1797,7 @@ class DirectoryFollower(Background):
             return False
         except Exception as exc:  # a bug: refused as a bad file is, the next files taken
             problem = unexpected_problem(exc)
-            log.error(UNEXPECTED_LOG, path, exc_info=exc)
+            log_unexpected(path, exc)
             self._refused[path] = problem
             fresh[path] = f"{path}: {problem}"
             return False

@@ -200,6 +200,11 @@ async def abort_call(
     raise AssertionError("abort returned")  # it raises; this tells the type checker
 
 
+def _briefly(failure: Exception) -> str:
+    """An audit record's failure, in a few words: ``ENOSPC (No space left on device)``."""
+    return describe_write_error(failure) if isinstance(failure, OSError) else str(failure)
+
+
 def _withdrawn_field(check_ids: list[str]) -> bytes:
     """The audit record's field naming the hits withdrawn for its call (b"" for none).
     Not ``withdrawn``: that is the hit log's withdrawal record."""
@@ -703,6 +708,7 @@ class ConsumptionCheckService:
         if told.retry_after is not None:
             trailers += ((PUSHBACK_KEY, _pushback(told.retry_after_ms, context)),)
         unaudited = ""
+        unrecorded: Exception | None = None
         if self.audit is not None:
             recorded, peer, extra = True, "", b""
             held: _Held | None = None
@@ -725,7 +731,8 @@ class ConsumptionCheckService:
                     self._audit(context, method, principal, subject, code.name, started,
                                 metadata, count, check_id=check_id, peer=peer, extra=extra)  # fmt: skip
                 except Exception as failure:  # noqa: BLE001 - the refusal goes out all the same
-                    unaudited = f"; not audited: {failure}"
+                    unaudited = f"; not audited: {_briefly(failure)}"
+                    unrecorded = failure
                 else:
                     if held is not None:
                         held.clear()  # its record carried them
@@ -740,14 +747,28 @@ class ConsumptionCheckService:
             elif said:  # a log the disk refuses: no bug, one line (at most one per log a while)
                 log.error("%s failed: internal error, check_id %s, caller %s: %s%s", method,
                           check_id, principal.name or "-", said, unaudited)  # fmt: skip
-        elif unaudited:
-            log.error("%s refused with %s, caller %s%s", method, code.name,
-                      principal.name or "-", unaudited)  # fmt: skip
+        elif unrecorded is not None:
+            self._refused_unaudited(method, code, principal, unrecorded)
         self._count_refusal(code, exc, principal)
         index = _METHOD_INDEX.get(method)
         if index is not None:
             self.tally.observe(index, time.perf_counter() - started)
         await abort_call(context, code, message, trailers)
+
+    def _refused_unaudited(
+        self, method: str, code: grpc.StatusCode, principal: Principal, failure: Exception
+    ) -> None:
+        """The line of a refusal whose audit record could not be written: the audit
+        log's own line (``failure_line``: the file, the error, what to do), and none
+        while those are rate-limited (a client retrying a bad request on a full disk
+        logged one line a refusal, 20 a second); any other failure as it is."""
+        said = self._log_failure(failure)
+        if said is None:
+            log.error("%s refused with %s, caller %s; not audited: %s", method, code.name,
+                      principal.name or "-", failure)  # fmt: skip
+        elif said:
+            log.error("%s refused with %s, caller %s; not audited: %s", method, code.name,
+                      principal.name or "-", said)  # fmt: skip
 
     def _log_failure(self, exc: BaseException) -> str | None:
         """A call failed because the hit or audit log could not be written: that log's
@@ -907,8 +928,7 @@ class ConsumptionCheckService:
             try:
                 self.audit.record_call(call, _subject_of(request), code.name, started)
             except Exception as failure:  # noqa: BLE001 - the refusal goes out all the same (_fail)
-                log.error("CheckConsumptionStream refused a request with %s, caller %s; not "
-                          "audited: %s", code.name, principal.name or "-", failure)  # fmt: skip
+                self._refused_unaudited("CheckConsumptionStream", code, principal, failure)
         self._count_refusal(code, exc, principal)
         return pb.CheckResponse(request_id=request.request_id, error=told.check_error())
 

@@ -126,7 +126,7 @@ from shixin_check.server.app import (
     port_is_free,
     write_demo_list,
 )
-from shixin_check.server.hitlog import worker_log_path
+from shixin_check.server.hitlog import limit_advice, worker_log_path
 from shixin_check.server.metrics import MetricsEndpoint, WorkerReadings, reading_path
 from shixin_check.server.settings import DEMO_METRICS_LISTEN, EPHEMERAL_SECRET, ServeSettings
 
@@ -527,7 +527,13 @@ class Supervisor:
             args=(worker_settings(self.settings, worker.number), seat, send),
             name=f"shixin-worker-{worker.number}",
         )
-        process.start()
+        try:
+            process.start()
+        except OSError as exc:  # no process to be had (the limit on processes, memory)
+            receive.close()
+            send.close()
+            self._no_process(worker, exc)
+            return
         send.close()  # the worker holds it now: its end closing is what EOF means
         worker.process, worker.messages = process, receive
         worker.started_at, worker.restart_at = time.monotonic(), None
@@ -535,6 +541,19 @@ class Supervisor:
         worker.replacement = replacement
         log.info("worker %d started (pid %s)%s", worker.number, process.pid,
                  ": it binds once its list is in" if replacement else "")  # fmt: skip
+
+    def _no_process(self, worker: _Worker, exc: OSError) -> None:
+        """``worker``'s process could not be started: a start that fails, as when the
+        worker itself says so (at the first start the server stops, exit 2; a
+        replacement is tried again with the back-off of a death, then given up on)."""
+        worker.restart_at = None
+        advice = limit_advice(exc) or "see the system log"
+        self._message(worker, "fatal",
+                      f"no process could be started for worker {worker.number} ({exc}): {advice}")  # fmt: skip
+        if not self.stopping:
+            worker.deaths_in_a_row += 1
+            delay = min(FIRST_BACKOFF_S * 2 ** (worker.deaths_in_a_row - 1), MAX_BACKOFF_S)
+            worker.restart_at = time.monotonic() + delay
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.signals.append(signum)  # handled in the loop; the wakeup fd ends its wait

@@ -672,8 +672,10 @@ def cmd_gen_data(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from shixin_check.cli_logs import raise_open_files_limit
     from shixin_check.server.app import run_service
 
+    raise_open_files_limit()  # each client connection holds a file: a soft 1024 is few
     return run_service(serve_settings(args))
 
 
@@ -729,8 +731,12 @@ def main(argv: list[str] | None = None) -> int:
             url = masked_url(getattr(args, "redis", "") or "Redis")  # never its password
             print(f"{command}: cannot use Redis at {url}: {exc}", file=sys.stderr)
             return 2
-        if isinstance(exc, OSError):
-            print(f"{command}: {exc}", file=sys.stderr)
+        from shixin_check.server.hitlog import limit_advice
+
+        advice = limit_advice(exc)
+        if isinstance(exc, OSError) or advice:
+            print(f"{command}: {str(exc) or type(exc).__name__}{f': {advice}' if advice else ''}",
+                  file=sys.stderr)  # fmt: skip
             return 2
         raise
 

@@ -60,7 +60,7 @@ def _hit_sets(args: argparse.Namespace) -> list[tuple[Path, list[HeldFile]]]:
     named = [("--hit-log", args.hit_log)] if args.hit_log else []
     named += [(f"hit log argument {n}", raw) for n, raw in enumerate(args.more_hit_logs, 1)]
     paths = [(raw, log_path(str(raw), argument)) for argument, raw in named]
-    _hold_many_files()
+    raise_open_files_limit()
     sets: list[tuple[Path, list[HeldFile]]] = []
     seen: set[tuple[int, int]] = set()  # a file named twice (a set, or a hard link) is read once
     try:
@@ -97,10 +97,11 @@ def _close(sets: list[tuple[Path, list[HeldFile]]]) -> None:
             file.close()
 
 
-def _hold_many_files() -> None:
+def raise_open_files_limit() -> None:
     """Raise this process's soft limit on open files to its hard one: ``feedback`` and
     ``audit verify`` hold every file of a set open while they read (``open_log_files``),
-    and a year of daily files per worker passes the usual soft limit of 1024."""
+    and a year of daily files per worker passes the usual soft limit of 1024; ``serve``
+    holds one for each client connection (as Go's runtime does for every Go server)."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -305,7 +306,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     try:
         path = log_path(args.path, "PATH")
-        _hold_many_files()
+        raise_open_files_limit()
         results = verify_sets(path)
     except (ValueError, FileNotFoundError) as exc:
         print(f"audit verify: {exc}", file=sys.stderr)

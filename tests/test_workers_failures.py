@@ -238,3 +238,88 @@ def test_only_folders_of_a_supervisor_that_is_gone_are_swept(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "other-dead", "shixin-demo-link", "shixin-index-live", "shixin-run-unmarked",
     ]  # fmt: skip
+
+
+# --- 4. no process to be had (the limit on processes) ----------------------------------------
+
+#: Installed in every process of the server by PYTHONPATH: starting the process named by
+#: FAULT_NO_PROCESS_FOR fails as fork does at the limit on processes (EAGAIN), after
+#: FAULT_NO_PROCESS_AFTER starts of it that succeed. (RLIMIT_NPROC does not hold for root,
+#: who runs these tests, so the kernel's refusal is played here, at the call that meets it.)
+NO_PROCESS_HOOK = """
+import errno, os
+import multiprocessing.process as _process
+
+_name = os.environ.get("FAULT_NO_PROCESS_FOR", "")
+_after = int(os.environ.get("FAULT_NO_PROCESS_AFTER", "0"))
+_start = _process.BaseProcess.start
+_tries = []
+
+def start(self):
+    if self.name == _name:
+        _tries.append(1)
+        if len(_tries) > _after:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+    return _start(self)
+
+_process.BaseProcess.start = start
+"""
+
+
+def no_process_for(tmp_path: Path, name: str, after: int) -> dict[str, str]:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(NO_PROCESS_HOOK)
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "FAULT_NO_PROCESS_FOR": name, "FAULT_NO_PROCESS_AFTER": str(after)}
+
+
+def test_a_worker_no_process_can_be_had_for_ends_the_start_in_one_line(
+    tmp_path: Path, feed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the limit on processes the supervisor said ``[Errno 11] Resource temporarily
+    unavailable`` and then hung, its first worker left serving the port."""
+    for name, value in no_process_for(tmp_path, "shixin-worker-2", 0).items():
+        monkeypatch.setenv(name, value)
+    port = free_port()
+    done = serve_to_the_end("--list", str(feed), "--key-secret-file", str(tmp_path / "key"),
+                            "--listen", f"127.0.0.1:{port}", workers=2)  # fmt: skip
+    assert the_refusal(done) == (
+        "shixin-check serve: no process could be started for worker 2 ([Errno 11] Resource "
+        "temporarily unavailable): no process or thread could be started: raise the limit on "
+        "processes (ulimit -u, TasksMax= under systemd, the container's pids limit)"
+    )
+    with socket.socket() as probe:  # worker 1 is gone with its supervisor: the port is free
+        probe.bind(("127.0.0.1", port))
+
+
+def test_a_replacement_no_process_can_be_had_for_is_tried_again_then_given_up(
+    tmp_path: Path, feed: Path, two_workers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in no_process_for(tmp_path, "shixin-worker-1", 1).items():
+        monkeypatch.setenv(name, value)
+    server = serve_workers(tmp_path, feed, "no-process")
+    try:
+        found = re.search(r"worker 1 started \(pid (\d+)\)", server.output())
+        assert found, server.output()
+        os.kill(int(found.group(1)), signal.SIGKILL)
+        code = server.proc.wait(timeout=ENDS_WITHIN_S)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        raise AssertionError(f"restarting for ever:\n{server.output()}") from None
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+    output = server.output()
+    assert code == 2 and "Traceback" not in output, output
+    tries = [line for line in output.splitlines()
+             if "worker 1 cannot start: no process could be started for worker 1" in line]  # fmt: skip
+    assert len(tries) == 2, output
+    assert (
+        output.strip()
+        .splitlines()[-1]
+        .startswith(
+            "shixin-check serve: worker 1 failed to start 3 times in a row: no process could be "
+            "started for worker 1 ([Errno 11] Resource temporarily unavailable): "
+        )
+    ), output
