@@ -111,7 +111,10 @@ log = logging.getLogger("shixin.loader")
 #: was dropped (its legal representative not listed) or an exemption read as from 1970
 #: 7: a Home Return Permit listed in the old booklet's form (``H1234567801``) is keyed
 #: as the card (``H12345678``): an older folder keys it as given, not found by the card
-FORMAT = 7
+#: 8: a date is ``YYYY-MM-DD`` or ``YYYYMMDD`` (``listfile._DAY_FORM``): an older folder
+#: may hold a day read from an ISO week date (``2026-W01-1`` as 2025-12-29), an end moved
+#: that may clear a listed person, so its list is parsed (and refused) again
+FORMAT = 8
 Code = Literal["Q", "I", "i"]
 #: typed columns and their element (the ``array`` / ``memoryview`` type code)
 _TYPED: dict[str, Code] = {

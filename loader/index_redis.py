@@ -361,7 +361,11 @@ DATES_FORMAT = 3
 #: the card (``identity.permit_card``). A version loaded before keys it as given: a check
 #: by the card does not find it, until the snapshot is loaded again (BEHIND meanwhile).
 PERMIT_FORMAT = 4
-FORMAT = PERMIT_FORMAT
+#: 5: a date is ``YYYY-MM-DD`` or ``YYYYMMDD``. A version loaded before may hold a day read
+#: from an ISO week date (``2026-W01-1`` as 2025-12-29): served, BEHIND until loaded again
+#: (``load`` refuses such a date now, a bad row).
+DAYS_FORMAT = 5
+FORMAT = DAYS_FORMAT
 
 
 def encode_match(m: ListedMatch, organization_name: str = "") -> list[Any]:
@@ -437,6 +441,11 @@ def format_problem(version: str, fmt: int) -> str:
                 "Return Permit listed in the old booklet's form (H1234567801) as given, so a "
                 "check by the card's number (H12345678) does not find it; load its snapshot "
                 "again with this version (load PATH --redis URL)")  # fmt: skip
+    if fmt < DAYS_FORMAT:
+        return (f"version {version} was loaded by an older shixin-check that read a date in "
+                "the ISO week form (2026-W01-1, read as 2025-12-29) as a day, which may have "
+                "moved an end date; run this version's validate on its snapshot (such a date "
+                "is a bad row now), then load it again (load PATH --redis URL)")  # fmt: skip
     return ""
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import gzip
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -37,11 +38,11 @@ import pytest
 from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.check_client import build_request
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.loader import columns
+from shixin_check.loader import columns, compiled, listfile, versions
 from shixin_check.loader.columns import ColumnBuilder
 from shixin_check.loader.listfile import parse_entry
 from shixin_check.loader.synthetic.generator import iter_entries
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, settings_for, start_server
 from tests.listdata import (
     ACME_USCC,
     LI,
@@ -483,3 +484,33 @@ def test_a_date_is_yyyy_mm_dd_or_the_same_without_dashes_never_a_week_date(
         f"line {line}: valid_until: {week!r} is not an ISO date (YYYY-MM-DD)"
         for line, week in enumerate(weeks, 2)
     ])  # fmt: skip
+
+
+def test_a_list_compiled_by_code_that_read_week_dates_is_parsed_again_and_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule above holds after an upgrade too: a list with a week date compiled by
+    older code (compiled format 7) was mapped as it was, SERVING, its end moved, while
+    the same files with a fresh index folder were refused. Format 8 parses it again."""
+    folder, index = tmp_path / "list", tmp_path / "index"
+    folder.mkdir()
+    rows = [person_entry("E1", ZHANG, "张伟", valid_until="2026-W01-1"),
+            person_entry("E2", LI, "李娜")]  # fmt: skip
+    write_jsonl(folder / "snapshot-0001.jsonl", [header(0), *rows])
+    with monkeypatch.context() as older:  # the code before: any form fromisoformat reads
+        older.setattr(listfile, "_DAY_FORM", re.compile(r".*"))
+        older.setattr(listfile, "_DAYS", {})
+        older.setattr(compiled, "FORMAT", 7)
+        older.setattr(versions, "FORMAT", 7)
+        first = start_server(settings_for(folder, index_dir=index))
+        try:
+            eventually(lambda: status(first).version != "", "the list loaded by older code")
+        finally:
+            first.stop()
+    again = start_server(settings_for(folder, index_dir=index))
+    try:
+        eventually(lambda: "is not an ISO date" in status(again).rejected_problem,
+                   "the list parsed again and refused")  # fmt: skip
+        assert status(again).version == ""  # nothing older validates: no list, as documented
+    finally:
+        again.stop()
