@@ -144,16 +144,11 @@ def test_metrics_on_the_grpc_port_is_refused_naming_both_flags(
     assert "another" not in line
 
 
-def test_a_replacement_that_cannot_start_ends_the_server_in_one_line(
-    tmp_path: Path, feed: Path, two_workers: None
-) -> None:
-    logs = tmp_path / "logs"
-    server = serve_workers(tmp_path, feed, "ends", "--hit-log", str(logs / "hits.jsonl"))
+def killed_then_ended(server: ServeProcess, worker: int) -> tuple[int, str]:
+    """SIGKILL the worker process ``worker``; the supervisor's exit status and output
+    once it has ended by itself (it fails the test if it restarts for ever)."""
     try:
-        logs.rename(tmp_path / "logs.old")  # the running workers keep their open files
-        logs.write_text("no longer a folder")
-        victim = workers_of(server)[0]
-        victim.send_signal(signal.SIGKILL)
+        os.kill(worker, signal.SIGKILL)
         code = server.proc.wait(timeout=ENDS_WITHIN_S)
     except subprocess.TimeoutExpired:
         server.kill()
@@ -161,7 +156,17 @@ def test_a_replacement_that_cannot_start_ends_the_server_in_one_line(
     finally:
         if server.proc.poll() is None:
             server.kill()
-    output = server.output()
+    return code, server.output()
+
+
+def test_a_replacement_that_cannot_start_ends_the_server_in_one_line(
+    tmp_path: Path, feed: Path, two_workers: None
+) -> None:
+    logs = tmp_path / "logs"
+    server = serve_workers(tmp_path, feed, "ends", "--hit-log", str(logs / "hits.jsonl"))
+    logs.rename(tmp_path / "logs.old")  # the running workers keep their open files
+    logs.write_text("no longer a folder")
+    code, output = killed_then_ended(server, workers_of(server)[0].pid)
     assert code == 2, output
     assert "Traceback" not in output
     last = output.strip().splitlines()[-1]
@@ -299,18 +304,9 @@ def test_a_replacement_no_process_can_be_had_for_is_tried_again_then_given_up(
     for name, value in no_process_for(tmp_path, "shixin-worker-1", 1).items():
         monkeypatch.setenv(name, value)
     server = serve_workers(tmp_path, feed, "no-process")
-    try:
-        found = re.search(r"worker 1 started \(pid (\d+)\)", server.output())
-        assert found, server.output()
-        os.kill(int(found.group(1)), signal.SIGKILL)
-        code = server.proc.wait(timeout=ENDS_WITHIN_S)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        raise AssertionError(f"restarting for ever:\n{server.output()}") from None
-    finally:
-        if server.proc.poll() is None:
-            server.kill()
-    output = server.output()
+    found = re.search(r"worker 1 started \(pid (\d+)\)", server.output())
+    assert found, server.output()
+    code, output = killed_then_ended(server, int(found.group(1)))
     assert code == 2 and "Traceback" not in output, output
     tries = [line for line in output.splitlines()
              if "worker 1 cannot start: no process could be started for worker 1" in line]  # fmt: skip
