@@ -218,6 +218,8 @@ class Service:
         self.audit_log: AuditLog | None = _open_log(
             AuditLog, "--audit-log", settings.audit_log, durability
         )
+        if self.audit_log is not None and seat is not None:  # how many sets to expect
+            self.audit_log.note_start(seat.number, settings.workers)
         self.forwarder: HitForwarder | None = None
         if settings.redis and settings.hit_log is not None:
             self.forwarder = HitForwarder(

@@ -64,8 +64,10 @@ rewrite: put it back as ``<path>.head`` beside a copy of the set, and
 ...), each its own chain with its own head: ``verify_sets`` verifies every set
 found under the path given (``server.hitlog.log_sets``), each on its own, then
 holds them to one another (no two alike: ``copied``). A worker's set missing
-below the highest one found is ``server.hitlog.worker_gaps``'s to name; a
-highest-numbered set removed whole cannot be seen.
+below the highest one found is ``server.hitlog.worker_gaps``'s to name, and so is
+one above it: each worker's set starts, at each start of the worker, with a record
+of how many workers its server runs (``AuditLog.note_start``; ``VerifyResult.workers``),
+so the highest-numbered set removed whole is seen in the others.
 """
 
 from __future__ import annotations
@@ -127,6 +129,9 @@ class VerifyResult:
     #: as far as it goes, but a cut before it cannot be ruled out (None when none says so)
     unanchored: Problem | None = None
     genesis: str = ""  # ``line_hash`` of the set's first record: no other set may share it
+    #: the most workers a start record of the set says its server ran (``serve --workers``:
+    #: ``AuditLog.note_start``); 0 when none says
+    workers: int = 0
 
     @property
     def ok(self) -> bool:
@@ -154,6 +159,7 @@ class _Walk:
     genesis: str = ""  # the first record's hash
     #: records saying their writer started without a head: (line, record, records before)
     restarts: list[tuple[_Line, dict[str, Any], int]] = field(default_factory=list)
+    workers: int = 0  # the most workers a start record said (``VerifyResult.workers``)
 
 
 def _lines(files: list[HeldFile]) -> Iterator[_Line]:
@@ -216,6 +222,9 @@ def _verify_held(
             walk.genesis = line_hash(line.raw)
         if "head_at_start" in record:
             walk.restarts.append((line, record, walk.records))
+        workers = record.get("workers")
+        if type(workers) is int and workers > walk.workers:
+            walk.workers = workers
         if noted is not None and record["seq"] == noted.seq:
             walk.noted_at = (line, line_hash(line.raw), walk.records)
         walk.seq, walk.hash, walk.at = record["seq"], line_hash(line.raw), line
@@ -245,7 +254,7 @@ def _result(
     noted: ChainHead | None, warning: str = "", unanchored: Problem | None = None,
 ) -> VerifyResult:  # fmt: skip
     return VerifyResult(files, intact, problem, walk.seq, walk.hash, noted, warning,
-                        unanchored if problem is None else None, walk.genesis)  # fmt: skip
+                        unanchored if problem is None else None, walk.genesis, walk.workers)  # fmt: skip
 
 
 def _misplaced(path: Path, noted: ChainHead | None, walk: _Walk) -> tuple[Problem, int] | None:

@@ -337,16 +337,18 @@ def _workers_found(path: Path) -> set[int]:
     return workers
 
 
-def worker_gaps(path: Path) -> list[Path]:
-    """The per-worker sets of ``path`` missing below the highest-numbered one found.
+def worker_gaps(path: Path, workers: int = 0) -> list[Path]:
+    """The per-worker sets of ``path`` missing below the highest-numbered one found, or
+    below ``workers`` + 1 (what the audit sets' start records say the server ran).
 
     ``serve --workers N`` always starts workers 1 to N, so a number skipped is a
     set moved or removed whole (its head too), which neither the other chains nor
-    the other hit logs show. A highest-numbered set removed whole leaves no gap,
-    and cannot be seen here.
+    the other hit logs show. A highest-numbered set removed whole leaves no gap: only
+    ``workers`` shows it.
     """
     found = _workers_found(path)
-    return [worker_log_path(path, n) for n in range(1, max(found, default=0)) if n not in found]
+    top = max(max(found, default=0), workers)
+    return [worker_log_path(path, n) for n in range(1, top + 1) if n not in found]
 
 
 def names_a_file_of(path: Path, name: str) -> bool:
@@ -1198,6 +1200,17 @@ class AuditLog(AppendLog):
     def _encode(self, now: float, record: Mapping[str, Any]) -> bytes:
         chained = {"seq": self._seq + 1, "prev": self._prev.decode(), "time": now, **record}
         return orjson.dumps(chained) + b"\n"
+
+    def note_start(self, worker: int, workers: int) -> None:
+        """Worker ``worker``'s first record at each of its starts: how many workers its
+        server runs, so that ``audit verify`` sees a highest-numbered set removed whole
+        (``worker_gaps``). A record the disk refuses is left out: the start goes on, and
+        the log's failure is said as every write failure is."""
+        try:
+            self.append({"method": "SERVER_START", "worker": worker, "workers": workers,
+                         "pid": os.getpid()})  # fmt: skip
+        except OSError:
+            pass
 
     def _mark_head_lost(self, how: str) -> None:
         """First of this start: the record that says its head was ``how`` ("missing",

@@ -316,15 +316,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
             raise
         print(f"audit verify: {_too_many(exc, path)}", file=sys.stderr)
         return 2
-    gaps = worker_gaps(path)
+    gaps = worker_gaps(path, max(result.workers for _, result in results))
     if len(results) == 1 and results[0][0] == path and not gaps:
         return _report_chain(results[0][1], "")
     codes = [_report_chain(result, f"{one.name}: ") for one, result in results]
     for gap in gaps:
         print(f"audit verify: warning: no file of {gap.name}'s set is here (its head neither), "
-              "though a higher-numbered worker's is: serve --workers starts every worker "
-              "from 1, so that set was moved or removed whole, and its records cannot be "
-              "verified", file=sys.stderr)  # fmt: skip
+              "though a higher-numbered worker's is, or another set's start records say its "
+              "server ran that worker: serve --workers starts every worker from 1, so that "
+              "set was moved or removed whole, and its records cannot be verified",
+              file=sys.stderr)  # fmt: skip
     records = sum(result.records for _, result in results)
     broken = codes.count(1)
     if broken:

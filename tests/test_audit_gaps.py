@@ -33,6 +33,7 @@ from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.clients.check_client import build_request
 from shixin_check.domain.model import CHINA_TZ
 from shixin_check.server.hitlog import head_path, log_files
+from tests.conftest import log_records
 from tests.listdata import LI, ZHANG, ZHAO
 from tests.processes import ServeProcess, run_cli
 from tests.test_workers import make_feed as make_list
@@ -279,6 +280,22 @@ def test_a_workers_set_removed_below_another_is_named(
     ) in fed.stderr
     missing = orjson.loads(report.read_bytes())["totals"]["missing_sets"]
     assert missing == [str(gone / "hits.w1.jsonl")]
+
+
+def test_the_highest_numbered_workers_set_removed_is_named_too(
+    two_workers_logs: Path, tmp_path: Path
+) -> None:
+    """Worker 2's whole audit set removed, its head too: no gap below another set shows
+    it, but worker 1's set starts with a record saying its server ran two workers."""
+    gone = copy_of(two_workers_logs, tmp_path)
+    starts = [r for r in log_records(gone / "audit.w1.jsonl") if r["method"] == "SERVER_START"]
+    assert starts and all((r["worker"], r["workers"]) == (1, 2) for r in starts), starts
+    for f in gone.glob("audit.w2.*"):
+        f.unlink()
+    done = verify(gone / "audit.jsonl")
+    assert done.returncode == UNPROVEN, done.stdout + done.stderr
+    assert "audit verify: warning: no file of audit.w2.jsonl's set is here" in done.stderr
+    assert done.stdout.splitlines()[-1].endswith("; audit.w2.jsonl missing")
 
 
 def _quarter_of(hits: Path) -> str:
