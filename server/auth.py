@@ -730,7 +730,7 @@ class Gate:
         watch = self.watch
         if not watch.threshold:
             return
-        now = time.time()
+        now = time.monotonic()  # an NTP step of the wall clock opens no fresh window
         if watch.observe(principal.name, key, now):
             self.on_flag(principal.name, watch.flagged[principal.name])
         if watch.throttled(principal.name, now):

@@ -117,6 +117,27 @@ def test_enumeration_is_flagged_and_throttled(serve: Serve, tmp_path: Path) -> N
     assert [r["caller"] for r in records if r["method"] == "ENUMERATION_SUSPECTED"] == ["anonymous"]
 
 
+def test_a_wall_clock_stepped_back_opens_no_fresh_enumeration_window(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window was counted by the wall clock: an NTP step back of an hour (or a
+    forward one) began a new window, the count at 0 and the throttle lifted."""
+    server = serve(write_jsonl(tmp_path / "l.jsonl", basic_rows()), enumeration_threshold=3,
+                   enumeration_window=3600.0, enumeration_throttle=True)  # fmt: skip
+    stub = server.stub()
+    people = [rid(f"11010519700101{i:03d}") for i in range(5)]
+    for number in people[:3]:
+        stub.CheckConsumption(flight(number))
+    assert refusal(lambda: stub.CheckConsumption(flight(people[3]))).code() is (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() - 3600)
+    assert refusal(lambda: stub.CheckConsumption(flight(people[4]))).code() is (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+
+
 def test_unauthenticated_server_binds_only_loopback(tmp_path: Path) -> None:
     listing = str(write_jsonl(tmp_path / "l.jsonl", basic_rows()))
     done = subprocess.run(
