@@ -1362,6 +1362,14 @@ def unexpected_problem(exc: Exception) -> str:
     )
 
 
+def _unreadable_folder(exc: OSError) -> str:
+    """Why the list folder cannot be read, and what to do when a limit is the cause (out
+    of open files, the folder is not to blame)."""
+    advice = short_of(exc)
+    why = advice if advice else str(exc)
+    return f"cannot be read ({why}): the last good list keeps serving"
+
+
 def log_unexpected(path: Path, exc: Exception) -> None:
     """The line of a file refused for an error no handler expects: with the traceback
     of the bug; the machine short of memory said in one line (``short_of``)."""
@@ -1649,7 +1657,7 @@ class DirectoryFollower(Background):
         try:
             files, unread = _candidates(self.directory)
         except OSError as exc:  # gone (an unmounted mount, a removed folder): keep serving
-            self._folder(f"cannot be read ({exc}): the last good list keeps serving")
+            self._folder(_unreadable_folder(exc))
             return
         present = {*files, *unread}
         changed = False
@@ -1876,7 +1884,7 @@ class DirectoryFollower(Background):
                 try:
                     self.poll_once()
                 except OSError as exc:  # the folder failing under a poll: keep serving, retry
-                    self._folder(f"cannot be read ({exc}): the last good list keeps serving")
+                    self._folder(_unreadable_folder(exc))
         except Exception as exc:  # a bug outside any one file: said here, not by threading
             log.critical("list folder %s: %s", self.directory, FOLLOWER_STOPPED, exc_info=exc)
         finally:

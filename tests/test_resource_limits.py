@@ -137,3 +137,23 @@ def test_serve_raises_its_soft_limit_on_open_files_to_the_hard_one(tmp_path: Pat
 def port_answers(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_list_folder_unreadable_for_want_of_open_files_says_so(
+    tmp_path: Path, keyer: SubjectKeyer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of open files, listing the folder fails: it said only `[Errno 24] ...`, as if
+    the folder were at fault."""
+    folder = tmp_path / "feed"
+    folder.mkdir()
+    write_jsonl(folder / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    feed = Feed(folder, keyer).start()
+
+    def no_file_left(_folder: Path) -> object:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(versions, "_candidates", no_file_left)
+    feed.poll()
+    [(what, _, detail)] = [e for e in feed.events if e[0] == "error"]
+    assert "cannot be read (" in detail and "raise it (ulimit -n, LimitNOFILE=" in detail
+    assert "the last good list keeps serving" in detail and feed.view() is not None
