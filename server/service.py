@@ -674,9 +674,13 @@ class ConsumptionCheckService:
     async def _fail(
         self, context: grpc.aio.ServicerContext, exc: BaseException, method: str,
         principal: Principal, subject: str, started: float, metadata: Metadata,
-        prefix: str = "", channels: Iterable[int] = (), count: int = 1,
+        prefix: str = "", channels: Iterable[int] = (), count: int = 1, answered: str = "",
     ) -> NoReturn:  # fmt: skip
         """End the call with the status of ``exc`` and its details, audited.
+
+        ``answered``: the check id of an answer made but not sent (its hits withdrawn,
+        ``_unanswered``), which an INTERNAL then names, so that the caller's message, the
+        server's log line and the hit log's withdrawal share one id.
 
         ``metadata``: the call's (``_metadata``); ``channels``: the request's, to
         name the one outside the caller's scope; ``count``: the checks the call
@@ -695,8 +699,10 @@ class ConsumptionCheckService:
         code = status_of(exc)
         check_id = ""
         if code is grpc.StatusCode.INTERNAL:
-            check_id = self.engine.new_check_id()
+            check_id = answered or self.engine.new_check_id()
             undecided = "" if method in _METHOD_ROLE else "; the check was not decided"
+            if answered:
+                undecided = "; the check was decided but not answered (withdrawn)"
             message = f"{prefix}internal error (check_id {check_id}){undecided}"
             info = {"check_id": check_id}
         else:
@@ -940,6 +946,7 @@ class ConsumptionCheckService:
         started = time.perf_counter()
         principal = ANONYMOUS
         metadata: Metadata = ()
+        answered = ""
         try:
             # the caller first: its metadata is there whatever the body holds
             metadata = self._metadata(context)
@@ -961,13 +968,14 @@ class ConsumptionCheckService:
                                 check_id=response.check_id if hit else "", peer=peer)  # fmt: skip
                 except Exception:
                     self._unanswered("CheckConsumption", ((request, response),))  # type: ignore[arg-type]
+                    answered = response.check_id
                     raise  # not audited, not answered: INTERNAL
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             readable = _readable(request)
             subject = "" if readable is None else _subject_of(readable)
             channels = () if readable is None else (readable.channel,)
             await self._fail(context, exc, "CheckConsumption", principal, subject, started,
-                             metadata, channels=channels)  # fmt: skip
+                             metadata, channels=channels, answered=answered)  # fmt: skip
         self.tally.observe(UNARY, time.perf_counter() - started)
         return response
 
@@ -1058,6 +1066,7 @@ class ConsumptionCheckService:
         # withdrawn if the server cuts the stream before (``_stream_ended``)
         unsent: list[tuple[pb.CheckRequest, pb.CheckResponse, bytes, float]] = []
         context.add_done_callback(functools.partial(self._stream_ended, unsent))
+        answered = ""
         async for request in request_iterator:
             started = time.perf_counter()
             if gate.generation != generation:  # the keys were reloaded: the caller afresh
@@ -1098,6 +1107,7 @@ class ConsumptionCheckService:
                                                   1, response.check_id if response.matches else "")  # fmt: skip
                             except Exception:
                                 self._unanswered("CheckConsumptionStream", ((request, response),))
+                                answered = response.check_id
                                 raise  # not audited, not answered: INTERNAL
             except Exception as exc:  # noqa: BLE001 - the stream ends
                 readable = _readable(request)
@@ -1105,7 +1115,7 @@ class ConsumptionCheckService:
                 prefix = f"request_id {rid!r}: " if rid else ""
                 subject = "" if readable is None else _subject_of(readable)
                 await self._fail(context, exc, "CheckConsumptionStream", principal, subject,
-                                 started, metadata, prefix)  # fmt: skip
+                                 started, metadata, prefix, answered=answered)  # fmt: skip
             self.tally.observe(STREAM, time.perf_counter() - started)
             if response.matches:  # a hit: withdrawn if the server cuts the stream meanwhile
                 unsent.append((request, response, call, started))

@@ -212,6 +212,11 @@ def test_the_hits_of_a_call_whose_audit_write_failed_are_withdrawn_and_not_fed_b
     finally:
         failing.stop()
     *written, withdrawal = hit_log_lines(hits)
+    if len(written) == 1:  # one answer made, not sent: the caller, the log and the hit log
+        named = CHECK_ID.search(error.details())  # share its id (before, a new id was told)
+        assert named is not None and named.group(1) == written[0]["check_id"], error.details()
+        assert f"check_id {named.group(1)}" in logged.getMessage()
+        assert "the check was decided but not answered (withdrawn)" in error.details()
     assert [r["masked_id"] for r in written] == [mask_id(n) for n in listed_numbers]
     assert [r["decision"] for r in written] == ["DENY"] * len(listed_numbers)
     assert withdrawal == {
