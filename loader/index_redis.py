@@ -1448,7 +1448,7 @@ class RedisFollower(Background):
         if info.get("master_link_status") == "up":
             self._link_down_since, self._stale = None, ""
             return
-        wall = time.monotonic()
+        wall = time.monotonic()  # the clock of every time kept here (``lag_seconds``)
         try:
             down_for = float(info.get("master_link_down_since_seconds", -1))
         except (TypeError, ValueError):
@@ -1466,7 +1466,7 @@ class RedisFollower(Background):
         master = "{}:{}".format(*where) if where else "(unknown)"
         self._stale = (
             f"{self.url} is a read-only Redis replica whose link to its master {master} has "
-            f"been down since {utc(since)} (INFO replication master_link_status "
+            f"been down since {utc(time.time() - (wall - since))} (INFO replication master_link_status "
             f"{info.get('master_link_status', '?')}): versions and deltas loaded since are "
             "not there, so this server answers from what it held then; bring the link back "
             "(the master's password, the network), or point --redis at the master, or use "

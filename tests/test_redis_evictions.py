@@ -15,7 +15,9 @@ other), ``shixin-check load`` as a child process, servers in Redis mode.
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -243,6 +245,10 @@ def test_a_read_only_redis_is_current_while_its_link_is_up_and_behind_once_down(
         answer = status(server)
         assert answer.rejected_source == f"the read-only Redis replica {read_only_copy.url}"
         assert f"link to its master 127.0.0.1:{redis_server.port}" in answer.rejected_problem
+        found = re.search(r"has been down since (\S+Z)", answer.rejected_problem)
+        assert found, answer.rejected_problem  # a time of today's, not of 1970
+        down = _dt.datetime.fromisoformat(found.group(1).replace("Z", "+00:00"))
+        assert abs((_dt.datetime.now(_dt.UTC) - down).total_seconds()) < 120, found.group(1)
         assert follower.lag_seconds() >= LINK_DOWN_SECONDS
         eventually(lambda: list_current(server) == "NOT_SERVING", f"{LIST_CURRENT} told")
         assert health(server) == "SERVING"  # what the copy holds still answers
