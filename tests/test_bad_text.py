@@ -16,7 +16,7 @@ import pytest
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.check_client import error_details
-from shixin_check.server.wire_text import NOT_UTF8, bad_text
+from shixin_check.server.wire_text import MOST_FIELDS, NOT_UTF8, bad_text
 from tests.accessdata import flight
 from tests.conftest import RunningServer, log_records
 from tests.listdata import ZHANG, ZHAO, basic_rows, write_jsonl
@@ -125,3 +125,41 @@ def test_the_walk_names_the_first_bad_string_and_mends_every_one() -> None:
 )
 def test_the_walk_finds_nothing_in_good_text_or_in_what_is_no_message(raw: bytes) -> None:
     assert bad_text(raw, pb.CheckRequest.DESCRIPTOR) is None
+
+
+def test_a_whole_batch_is_walked_but_a_message_of_countless_tiny_fields_is_not() -> None:
+    """A batch of 1,000 checks is within the walk's bound (``MOST_FIELDS``); 4 MiB of
+    one-byte fields is not: refused whole, as before, rather than walked for seconds
+    on the event loop (an unauthenticated caller's, before any credentials are read)."""
+    checks = [flight(ZHAO, request_id=f"b{i}", merchant_id="M-1") for i in range(1000)]
+    checks[999] = flight(ZHAO, request_id="bXX", merchant_id="M-1")
+    raw = spoiled(pb.CheckBatchRequest(checks=checks), "XX", HALF)
+    found = bad_text(raw, pb.CheckBatchRequest.DESCRIPTOR)
+    assert found is not None and found[0] == "checks[999].request_id"
+    countless = b"\x32\x01a" * (MOST_FIELDS + 1) + spoiled(
+        flight(ZHANG, name="ABCD"), "ABCD", GBK_NAME
+    )
+    with pytest.raises(Exception, match="UTF-8"):
+        pb.CheckRequest.FromString(countless)
+    assert bad_text(countless, pb.CheckRequest.DESCRIPTOR) is None
+
+
+def test_a_batch_with_bad_text_is_held_to_its_size_first_and_audited_with_its_checks(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """As any batch: over 1,000 checks is BATCH_TOO_LARGE whatever else is wrong, and the
+    audit record counts the checks asked for (it said 0 for a batch refused so)."""
+    too_many = [flight(ZHAO) for _ in range(1001)]
+    too_many[700] = flight(ZHANG, name="张XX")
+    body = spoiled(pb.CheckBatchRequest(checks=too_many), "XX", HALF)
+    error = refused(lambda: raw_call(server, "CheckConsumptionBatch")(body))
+    assert reason(error) == "BATCH_TOO_LARGE"
+    ten = [flight(ZHAO) for _ in range(10)]
+    ten[3] = flight(ZHANG, name="张XX")
+    body = spoiled(pb.CheckBatchRequest(checks=ten), "XX", HALF)
+    error = refused(lambda: raw_call(server, "CheckConsumptionBatch")(body))
+    assert violations(error) == [("checks[3].subject.person.name", NOT_UTF8)]
+    records = [r for r in log_records(tmp_path / "audit.jsonl") if r["outcome"] != "OK"]
+    assert [(r["outcome"], r["checks"]) for r in records] == [
+        ("INVALID_ARGUMENT", 1001), ("INVALID_ARGUMENT", 10)
+    ]  # fmt: skip
