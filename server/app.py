@@ -285,8 +285,8 @@ class Service:
         quiet_caller_bytes()
         lenient = LenientRegistration(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, lenient)
-        reflecting = reflection.aio.ReflectionServicer(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
+        reflecting = reflection.aio.ReflectionServicer(  # v1 answers, unlisted: it has no
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)  # descriptor here
         )
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflecting, lenient)
         # grpcio-reflection serves v1alpha only; v1 is the same protocol renamed, message
