@@ -162,7 +162,7 @@ def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read_as_json_lines_read
 
     rows[1][COLUMNS.index("valid_until")] = "2027-02-30"  # and the rows after it still read
     assert validate(write_csv(tmp_path / "bad.csv", rows)) == (
-        1, ["line 3: valid_until: '2027-02-30' is not an ISO date (YYYY-MM-DD)"]
+        1, ["line 3: valid_until: '2027-02-30' is not a date of the form YYYY-MM-DD (or YYYYMMDD)"]
     )  # fmt: skip
 
 
@@ -174,8 +174,8 @@ def test_a_csv_record_over_several_lines_is_reported_at_its_first(tmp_path: Path
     ]  # E2 is on lines 3 to 6, E3 on line 7
 
     assert validate(write_csv(tmp_path / "snapshot-0001.csv", rows)) == (1, [
-        "line 3: valid_until: '2027-02-30' is not an ISO date (YYYY-MM-DD)",
-        "line 7: valid_until: '2027-02-31' is not an ISO date (YYYY-MM-DD)",
+        "line 3: valid_until: '2027-02-30' is not a date of the form YYYY-MM-DD (or YYYYMMDD)",
+        "line 7: valid_until: '2027-02-31' is not a date of the form YYYY-MM-DD (or YYYYMMDD)",
     ])  # fmt: skip
 
 
@@ -231,7 +231,7 @@ def test_a_lone_cr_inside_a_csv_row_is_a_bad_row_and_the_rows_after_it_are_read(
     assert validate(path) == (1, [
         "line 3: holds a carriage return (CR) outside quotes: quote the field that holds it, "
         "or save the file with LF or CRLF line ends",
-        "line 4: valid_until: '2027-02-31' is not an ISO date (YYYY-MM-DD)",
+        "line 4: valid_until: '2027-02-31' is not a date of the form YYYY-MM-DD (or YYYYMMDD)",
     ])  # fmt: skip
 
 
@@ -481,7 +481,7 @@ def test_a_date_is_yyyy_mm_dd_or_the_same_without_dashes_never_a_week_date(
     weeks = ["2029-W53-4", "2029W534", "2029-W01", "2029-12-31T00:00:00", "２０２９-12-31"]
     rows = [person_entry(f"W{i}", ZHANG, "张伟", valid_until=week) for i, week in enumerate(weeks)]
     assert validate(write_jsonl(tmp_path / "weeks.jsonl", [header(0), *rows]), checked_by) == (1, [
-        f"line {line}: valid_until: {week!r} is not an ISO date (YYYY-MM-DD)"
+        f"line {line}: valid_until: {week!r} is not a date of the form YYYY-MM-DD (or YYYYMMDD)"
         for line, week in enumerate(weeks, 2)
     ])  # fmt: skip
 
@@ -509,7 +509,7 @@ def test_a_list_compiled_by_code_that_read_week_dates_is_parsed_again_and_refuse
             first.stop()
     again = start_server(settings_for(folder, index_dir=index))
     try:
-        eventually(lambda: "is not an ISO date" in status(again).rejected_problem,
+        eventually(lambda: "is not a date of the form YYYY-MM-DD" in status(again).rejected_problem,
                    "the list parsed again and refused")  # fmt: skip
         assert status(again).version == ""  # nothing older validates: no list, as documented
     finally:
