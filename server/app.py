@@ -685,6 +685,10 @@ class Service:
         if self.seat is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(HURRY_SIGNAL, self.hurry)
+        else:  # their default is death, silent: habit from other servers sends them
+            for sig in UNUSED_SIGNALS:
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, unused_signal, sig)
 
     async def run(self, on_ready: Callable[[Service], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -821,6 +825,17 @@ def _call_tasks() -> list[asyncio.Task[Any]]:
     grpc.aio's server; none found if a later grpcio names it otherwise)."""
     return [t for t in asyncio.all_tasks() if not t.done()
             and getattr(t.get_coro(), "__name__", "") == "_schedule_rpc_coro"]  # fmt: skip
+
+
+#: Signals this server does not use, whose default action ends a process without a word
+#: (an operator used to a server that rotates its logs on SIGUSR1 killed it): each is
+#: said in one line and changes nothing (a worker's SIGUSR1 is its supervisor's hurry)
+UNUSED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+def unused_signal(sig: int) -> None:
+    log.warning("%s ignored: this server does not use it (its logs rotate by themselves; "
+                "SIGHUP reloads the keys file; SIGTERM stops it)", signal.Signals(sig).name)  # fmt: skip
 
 
 #: What the supervisor of ``--workers`` sends its workers on a second stop signal: end

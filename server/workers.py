@@ -120,10 +120,12 @@ from shixin_check.domain.errors import ConfigurationError
 from shixin_check.loader.compiled import file_identity
 from shixin_check.server.app import (
     HURRY_SIGNAL,
+    UNUSED_SIGNALS,
     Service,
     TlsFilesUnusable,
     ignore_file_size_signal,
     port_is_free,
+    unused_signal,
     write_demo_list,
 )
 from shixin_check.server.hitlog import limit_advice, worker_log_path
@@ -172,6 +174,9 @@ class WorkerSeat:
     #: the pool's private folder for the records of delta ops applied that the index
     #: folder cannot hold (``IndexStore.spare``; None: no index folder)
     applied_spare: Path | None = None
+    #: the supervisor's pid, as it started the worker: one killed before the worker got
+    #: as far as looking (its imports take a second) is gone for it all the same
+    supervisor: int = 0
 
 
 def worker_settings(settings: ServeSettings, number: int) -> ServeSettings:
@@ -272,7 +277,10 @@ def _worker_main(settings: ServeSettings, seat: WorkerSeat, messages: Connection
                 pass  # the supervisor is gone: the parent watch stops this worker
 
     threading.Thread(
-        target=_watch_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+        target=_watch_parent,
+        args=(seat.supervisor or os.getppid(),),
+        name="parent-watch",
+        daemon=True,
     ).start()
     heartbeat = _Heartbeat(send)
     heartbeat.start()
@@ -331,7 +339,8 @@ class _Heartbeat:
 
 
 def _watch_parent(parent: int) -> None:
-    """Stop this worker (as SIGTERM would) once its supervisor is gone."""
+    """Stop this worker (as SIGTERM would) once its supervisor is gone: at once when it
+    went before this began (this worker's parent is then another process already)."""
     while os.getppid() == parent:
         time.sleep(PARENT_POLL_S)
     log.error("the supervisor (pid %d) is gone: stopping", parent)
@@ -389,6 +398,7 @@ class Supervisor:
         self.announced: set[str] = set()
         self.signals: list[int] = []
         self.cleanup: list[Path] = []
+        self.cwd = os.getcwd()  # where workers start: a spawn needs it to still be there
         #: ``--list FILE``: its identity as the first workers load it (``_pin_list``)
         self.list_identity: str | None = None
         #: with an index folder: where its workers record the delta ops applied when it
@@ -407,7 +417,8 @@ class Supervisor:
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         previous = {
-            sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            sig: signal.getsignal(sig)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, *UNUSED_SIGNALS)
         }
         try:
             for sig in previous:
@@ -519,7 +530,12 @@ class Supervisor:
         if self.readings is not None:
             reading = reading_path(self.readings.folder, worker.number)
         seat = WorkerSeat(
-            worker.number, replacement, reading, self.list_identity, self.applied_spare
+            worker.number,
+            replacement,
+            reading,
+            self.list_identity,
+            self.applied_spare,
+            os.getpid(),
         )
         receive, send = self.context.Pipe(duplex=False)
         process = self.context.Process(
@@ -527,6 +543,7 @@ class Supervisor:
             args=(worker_settings(self.settings, worker.number), seat, send),
             name=f"shixin-worker-{worker.number}",
         )
+        self._where_to_start()
         try:
             process.start()
         except OSError as exc:  # no process to be had (the limit on processes, memory)
@@ -541,6 +558,18 @@ class Supervisor:
         worker.replacement = replacement
         log.info("worker %d started (pid %s)%s", worker.number, process.pid,
                  ": it binds once its list is in" if replacement else "")  # fmt: skip
+
+    def _where_to_start(self) -> None:
+        """A spawned worker starts in the supervisor's working directory: removed under it
+        (a redeploy swapping the release folder), every start failed ``[Errno 2]`` and the
+        whole server ended. Workers are then started from /, once said."""
+        try:
+            os.getcwd()
+        except FileNotFoundError:
+            log.warning("the working directory %s was removed under the server: workers "
+                        "start from / from now on (a relative path in the settings no "
+                        "longer leads anywhere; give absolute ones)", self.cwd)  # fmt: skip
+            os.chdir("/")
 
     def _no_process(self, worker: _Worker, exc: OSError) -> None:
         """``worker``'s process could not be started: a start that fails, as when the
@@ -629,6 +658,9 @@ class Supervisor:
             pass
         while self.signals:
             signum = self.signals.pop(0)
+            if signum in UNUSED_SIGNALS:
+                unused_signal(signum)
+                continue
             if signum == signal.SIGHUP:
                 if self.settings.keys_file is None:
                     log.info("SIGHUP: nothing to reload (no --keys-file)")

@@ -9,6 +9,7 @@ workers restart; a killed supervisor's private folders go at the next start.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -319,3 +320,94 @@ def test_a_replacement_no_process_can_be_had_for_is_tried_again_then_given_up(
             "started for worker 1 ([Errno 11] Resource temporarily unavailable): "
         )
     ), output
+
+
+# --- 5. the supervisor gone early, its working directory gone, signals it does not use ---
+
+#: Installed by PYTHONPATH: each spawned worker sleeps FAULT_SPAWN_DELAY seconds before
+#: it imports anything of the server (as a slow disk or a loaded machine makes it).
+SPAWN_DELAY_HOOK = """
+import os, sys, time
+if "--multiprocessing-fork" in sys.argv:
+    time.sleep(float(os.environ.get("FAULT_SPAWN_DELAY", "0")))
+"""
+
+
+def test_workers_whose_supervisor_died_before_they_looked_stop_too(
+    tmp_path: Path, feed: Path, two_workers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker watched for its supervisor's death only once its imports were done
+    (about a second): a supervisor killed before then left both workers serving the
+    port unsupervised. The supervisor's pid now comes with the seat."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SPAWN_DELAY_HOOK)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook),
+                                                                   os.environ.get("PYTHONPATH")])))  # fmt: skip
+    monkeypatch.setenv("FAULT_SPAWN_DELAY", "2")
+    server = ServeProcess("--list", str(feed), "--key-secret-file", str(tmp_path / "key"),
+                          log=tmp_path / "early.log")  # fmt: skip
+    workers: list[psutil.Process] = []
+    try:
+        eventually(lambda: len(workers_of(server)) == 2, "both workers spawned")
+        workers = workers_of(server)
+        server.kill()  # SIGKILL: while the workers still sleep before their imports
+        gone, alive = psutil.wait_procs(workers, timeout=ENDS_WITHIN_S)
+        assert not alive, f"left serving unsupervised: {alive}\n{server.output()}"
+    finally:
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+    assert server.output().count("is gone: stopping") == 2, server.output()
+
+
+def test_a_working_directory_removed_under_the_server_does_not_end_it(
+    tmp_path: Path, feed: Path
+) -> None:
+    """A redeploy that swaps the release folder removes the supervisor's working
+    directory: a replacement worker's spawn failed '[Errno 2]' and the whole server
+    ended. Workers now start from /, said once."""
+    cwd = tmp_path / "release"
+    cwd.mkdir()
+    log = tmp_path / "cwd.log"
+    env = {**os.environ, "SHIXIN_WORKERS": "2", "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*CLI, "serve", "--list", str(feed), "--key-secret-file", str(tmp_path / "key"),
+             "--listen", f"127.0.0.1:{free_port()}"],
+            cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+        )  # fmt: skip
+    try:
+        eventually(lambda: "every worker is past its first load" in log.read_text(), "serving")
+        cwd.rmdir()
+        found = re.search(r"worker 1 started \(pid (\d+)\)", log.read_text())
+        assert found, log.read_text()
+        os.kill(int(found.group(1)), signal.SIGKILL)
+        eventually(lambda: "worker 1 serving again" in log.read_text(), "worker 1 replaced")
+        assert proc.poll() is None, log.read_text()
+        assert f"the working directory {cwd} was removed under the server" in log.read_text()
+    finally:
+        proc.terminate()
+        code = proc.wait(30)
+    assert code == 0, log.read_text()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_signals_the_server_does_not_use_are_said_and_change_nothing(
+    tmp_path: Path, feed: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGUSR1 and SIGUSR2 (log rotation, to other servers) killed it without a word."""
+    monkeypatch.setenv("SHIXIN_WORKERS", str(workers))
+    server = serve_workers(tmp_path, feed, "signals") if workers > 1 else ServeProcess(
+        "--list", str(feed), "--key-secret-file", str(tmp_path / "key"), log=tmp_path / "one.log"
+    )  # fmt: skip
+    try:
+        server.wait_serving()
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            server.proc.send_signal(sig)
+            eventually(lambda sig=sig: f"{sig.name} ignored" in server.output(), f"{sig.name} said")
+        assert server.proc.poll() is None, server.output()
+        server.wait_serving()
+    finally:
+        code = server.stop()
+    assert code == 0, server.output()
