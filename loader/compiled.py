@@ -158,6 +158,8 @@ _SELF_CHECK = b',"meta_crc32":"'
 _SELF_CHECK_LEN = len(_SELF_CHECK) + 8 + 2  # the key, eight hex digits, then ``"}``
 #: the record of the files' identities when their checksums last matched
 VERIFIED_NAME = "verified.json"
+#: an index folder and its versions' folders: writable by this server's user alone
+FOLDER_MODE = 0o750
 
 
 def _crc32(fd: int) -> int:
@@ -214,7 +216,9 @@ def _record_verified(folder: Path, meta_crc: str, checked: dict[str, os.stat_res
               "files": {name: _identity(st) for name, st in checked.items()}}  # fmt: skip
     aside = folder / f".{VERIFIED_NAME}.{os.getpid()}"
     try:
-        aside.write_bytes(orjson.dumps(record))
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+        with os.fdopen(fd, "wb") as out:
+            out.write(orjson.dumps(record))
         os.replace(aside, folder / VERIFIED_NAME)
     except OSError as exc:
         log.info("cannot record that %s was verified (%s): the next start checks it again",
@@ -264,7 +268,7 @@ def compile_base(base: Base, info: VersionInfo, target: Path, stamp: str, finger
     """Write ``base`` (a snapshot's, before any delta) as a compiled folder at ``target``."""
     partial = target.with_name(f".{target.name}.part-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial.mkdir(parents=True, mode=FOLDER_MODE)
     try:
         for name, code in _TYPED.items():
             column = getattr(base, name)
@@ -356,14 +360,33 @@ def _map(fd: int, size: int) -> mmap.mmap | bytes:
     return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
 
 
+def others_may_write(st: os.stat_result) -> str:
+    """Why someone other than this server's user could change the file or folder of
+    ``st`` (its group or everyone may write it, or another user owns it; root aside),
+    or "". The checksums of a compiled folder catch damage, not a forger, who can
+    write ``meta.json`` again too: its modes are what keep the index as compiled."""
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"owned by another user (uid {st.st_uid}, this server runs as {os.geteuid()})"
+    if mode & 0o022:
+        return f"writable by {'everyone' if mode & 0o002 else 'its group'} (mode {mode:04o})"
+    return ""
+
+
 def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
     """The base and version info of a compiled folder, mapped read-only.
 
     Raises ``ConfigurationError`` for a folder of another format or key secret,
     or one whose files are not as compiled: cut short, or not matching their
-    checksums (checked unless ``verified.json`` says they already did).
+    checksums (checked unless ``verified.json`` says they already did); or one that
+    another user could have changed (``others_may_write``: of the index folder, the
+    version's folder, or a file of it), which no checksum here would show.
     """
     with contextlib.ExitStack() as files:
+        for where in (folder.parent, folder):
+            if problem := others_may_write(os.stat(where)):
+                raise ConfigurationError(f"{where} is {problem}: another user could have "
+                                         "changed the index compiled there")  # fmt: skip
         meta, meta_crc = _unsealed(folder, (folder / "meta.json").read_bytes())
         if meta.get("fingerprint") != fingerprint:
             raise ConfigurationError(f"{folder}: compiled with another key secret")
@@ -374,6 +397,10 @@ def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
             opened[name] = os.open(folder / name, os.O_RDONLY)
             files.callback(os.close, opened[name])
         now = {name: os.fstat(fd) for name, fd in opened.items()}
+        for name, st in now.items():
+            if problem := others_may_write(st):
+                raise ConfigurationError(f"{folder}: {name} is {problem}: another user could "
+                                         "have changed it")  # fmt: skip
         for name, size in meta["sizes"].items():
             if now[name].st_size != size:
                 raise ConfigurationError(
@@ -543,6 +570,14 @@ class IndexStore:
     def path_for(self, stamp: str) -> Path:
         return self.folder / f"v-{stamp}"
 
+    def others_may_write(self) -> str:
+        """``others_may_write`` of the folder, "" while it is not there yet (it is made
+        writable by this server's user alone)."""
+        try:
+            return others_may_write(os.stat(self.folder))
+        except OSError:  # not there yet, or no folder: said where it is used (``lock``)
+            return ""
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the store's inter-process lock: one process at a time finds or compiles.
@@ -554,7 +589,7 @@ class IndexStore:
         (written aside, renamed into place), only no longer once per snapshot.
         """
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
             fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
         except OSError as exc:
             log.warning("cannot lock the index folder %s (%s): going on unlocked",
@@ -698,7 +733,7 @@ class IndexStore:
 
     def put(self, base: Base, info: VersionInfo, stamp: str) -> Path:
         """Compile ``base`` (if not there yet) and drop all but the newest ``KEEP`` others."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
         target = self.path_for(stamp)
         if self.find(stamp) is None:
             compile_base(base, info, target, stamp, self.fingerprint)

@@ -805,6 +805,15 @@ class Loader:
             self._still(path, pinned)
             return built, None
         stamp = snapshot_stamp(path, self.keyer.fingerprint, identity)
+        unsafe = store.others_may_write()
+        if unsafe:  # what is compiled there could be changed under every worker: not used
+            log.error("index folder %s is %s: another user could change the index compiled "
+                      "there (a listed person answered ALLOW NOT_LISTED); serving %s unshared, "
+                      "from memory, until only this server's user may write it (chmod go-w, "
+                      "chown)", store.folder, unsafe, path)  # fmt: skip
+            built = build_snapshot(path, self.keyer, progress)
+            self._still(path, pinned)
+            return built, None
         with store.lock():
             compiled = store.find(stamp)
             if compiled is not None:

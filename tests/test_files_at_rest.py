@@ -1,0 +1,104 @@
+"""What another local user can change on disk, and what the server makes of it.
+
+A compiled index is checksummed against damage, not against a forger, who can
+write its meta.json again too: under ``umask 000`` its folders were created
+world-writable, and a user rewriting bloom.bin and meta.json had every listed
+person answered ALLOW NOT_LISTED after a restart, health SERVING. Its folders
+are now made for this server's user alone, and one another user could have
+changed is not mapped. Real servers, real folders; the other user's write is
+a chmod (the tests run as root, whom no mode stops).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shixin.v1 import check_pb2 as pb
+from tests.accessdata import flight
+from tests.conftest import RunningServer, settings_for, start_server
+from tests.listdata import ZHANG, basic_rows, write_jsonl
+from tests.test_exemption_person import status
+from tests.test_failure_paths import header
+from tests.waiting import eventually
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def no_umask() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def serving(folder: Path, index: Path) -> RunningServer:
+    server = start_server(settings_for(folder, index_dir=index))
+    eventually(lambda: status(server).version != "", "the list loaded")
+    return server
+
+
+def mapped(server: RunningServer) -> bool:
+    view = server.service.index.current()
+    assert view is not None
+    return bool(view.info.mapped_from)
+
+
+@pytest.fixture
+def feed(tmp_path: Path) -> Path:
+    folder = tmp_path / "list"
+    folder.mkdir()
+    write_jsonl(folder / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    return folder
+
+
+def test_a_compiled_index_is_writable_by_this_servers_user_alone_whatever_the_umask(
+    tmp_path: Path, feed: Path, no_umask: None
+) -> None:
+    index = tmp_path / "index"
+    server = serving(feed, index)
+    try:
+        assert mapped(server)
+    finally:
+        server.stop()
+    [version] = [p for p in index.iterdir() if p.name.startswith("v-")]
+    assert mode(index) & 0o022 == 0 and mode(version) & 0o022 == 0, (mode(index), mode(version))
+    writable = [f.name for f in version.iterdir() if mode(f) & 0o022]
+    assert not writable, writable
+
+
+@pytest.mark.parametrize("opened", ["index folder", "version folder", "file"])
+def test_a_compiled_index_another_user_could_have_changed_is_not_served(
+    tmp_path: Path, feed: Path, opened: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    index = tmp_path / "index"
+    first = serving(feed, index)
+    first.stop()
+    [version] = [p for p in index.iterdir() if p.name.startswith("v-")]
+    target = {"index folder": index, "version folder": version,
+              "file": version / "bloom.bin"}[opened]  # fmt: skip
+    target.chmod(mode(target) | 0o002)  # as one who could then rewrite it and meta.json
+    again = serving(feed, index)
+    try:
+        # the folder not used at all (parsed, served from memory), or the version parsed
+        # and compiled anew: never what another user could have written
+        assert mapped(again) is (opened != "index folder")
+        answer = again.stub().CheckConsumption(flight(ZHANG), timeout=10)
+        assert answer.decision == pb.DENY
+    finally:
+        again.stop()
+    said = caplog.text
+    assert "writable by everyone (mode" in said, said
+    if opened == "index folder":
+        assert "another user could change the index compiled there" in said
+        assert "unshared, from memory" in said
+    else:
+        assert "another user could have changed" in said and "compiling" in said
