@@ -59,6 +59,7 @@ from shixin_check.domain.errors import (
 )
 from shixin_check.domain.model import Channel
 from shixin_check.loader.background import Background
+from shixin_check.loader.compiled import others_may_write
 from shixin_check.server.settings import MAX_BATCH
 
 #: check: the check RPCs; status: GetListStatus; prefilter: GetPrefilter (a gateway's
@@ -261,7 +262,14 @@ class KeyRing:
         entries for one key or one common name."""
         where = f"--keys-file / SHIXIN_KEYS_FILE: {path}"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            with path.open("rb") as file:
+                unsafe = others_may_write(os.fstat(file.fileno()))
+                if unsafe:  # as ssh refuses an authorized_keys file others may write
+                    raise ConfigurationError(
+                        f"{where}: the file is {unsafe}: another user could grant any key "
+                        f"any channel; chmod go-w {path} (keys add writes it 0600)"
+                    )
+                data = json.loads(file.read().decode("utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigurationError(f"{where}: {exc}") from exc
         return cls.from_document(data, path)

@@ -1105,7 +1105,9 @@ def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes,
     names = BY_KEY["key_secret_file"].names
     if path and not (from_file and direct):
         try:
-            secret = Path(path).read_bytes().strip()
+            with open(path, "rb") as file:
+                _held_to_its_owner(path, os.fstat(file.fileno()))
+                secret = file.read().strip()
         except OSError as exc:
             raise ConfigurationError(_unreadable_secret_file(resolved, path, exc)) from None
         source = f"file {path}"  # a file there: a path, not a secret pasted in its place
@@ -1121,6 +1123,19 @@ def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes,
             f" {MAX_SECRET_BYTES} needed (openssl rand -hex 32 makes one of 64)"
         )
     return secret, source
+
+
+def _held_to_its_owner(path: str, st: os.stat_result) -> None:
+    """The key secret file refused, as ssh refuses a private key, when someone else may
+    write it or owns it (root aside). (Keep it unreadable to others too, mode 0600:
+    with it, the masked ID numbers of the index and the logs can be undone by trying
+    each birth date; README: The key secret.)"""
+    from shixin_check.loader.compiled import others_may_write
+
+    unsafe = others_may_write(st)
+    if unsafe:
+        raise ConfigurationError(f"the key secret file {path} is {unsafe}: another user "
+                                 f"could change it; chmod 600 {path}")  # fmt: skip
 
 
 def _unreadable_secret_file(resolved: Resolved, path: str, exc: OSError) -> str:

@@ -693,6 +693,17 @@ def _not_utf8(argv: list[str]) -> str:
     return ""
 
 
+def _password_in_argv(args: argparse.Namespace) -> bool:
+    """A ``--redis`` URL with a password, given on the command line."""
+    resolved = getattr(args, "resolved", None)
+    url = getattr(args, "redis", None)
+    if resolved is None or not isinstance(url, str) or "@" not in url:
+        return False
+    origin = resolved.origins.get("redis", "")
+    userinfo = url.split("//", 1)[-1].split("@", 1)[0]
+    return origin == "the command line" and ":" in userinfo and not userinfo.endswith(":")
+
+
 def main(argv: list[str] | None = None) -> int:
     undecodable = _not_utf8(sys.argv[1:] if argv is None else argv)
     if undecodable:
@@ -713,6 +724,10 @@ def main(argv: list[str] | None = None) -> int:
     command = f"shixin-check {args.command}"
     try:
         args = resolve_args(args)  # every option: flag > SHIXIN_* > --config file > default
+        if _password_in_argv(args):
+            print(f"{command}: warning: the password in --redis is shown to every user of this "
+                  "machine in the process list (ps, /proc/PID/cmdline): give it in "
+                  "SHIXIN_REDIS_PASSWORD, or the URL in SHIXIN_REDIS", file=sys.stderr)  # fmt: skip
         return handlers[args.command](args)
     except ConfigurationError as exc:
         print(f"{command}: {exc}", file=sys.stderr)

@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from shixin.v1 import check_pb2 as pb
+from shixin_check.server.auth import add_key
 from tests.accessdata import flight
 from tests.conftest import RunningServer, settings_for, start_server
 from tests.listdata import ZHANG, basic_rows, write_jsonl
+from tests.processes import free_port, run_cli
 from tests.test_exemption_person import status
 from tests.test_failure_paths import header
 from tests.waiting import eventually
@@ -102,3 +104,42 @@ def test_a_compiled_index_another_user_could_have_changed_is_not_served(
         assert "unshared, from memory" in said
     else:
         assert "another user could have changed" in said and "compiling" in said
+
+
+def test_a_redis_password_on_the_command_line_is_warned_of(tmp_path: Path) -> None:
+    """Masked in every message, it was still in the process list for every local user."""
+    port = free_port()  # nothing listens: the command fails, after the warning
+    url = f"redis://:S3cret-pw@127.0.0.1:{port}/0"
+    said = run_cli("status", "--redis", url)
+    assert "warning: the password in --redis is shown to every user" in said.stderr
+    assert "S3cret-pw" not in said.stderr + said.stdout
+    quiet = run_cli("status", env={**os.environ, "SHIXIN_REDIS": url})
+    assert "warning: the password" not in quiet.stderr, quiet.stderr
+    plain = run_cli("status", "--redis", f"redis://127.0.0.1:{port}/0")
+    assert "warning: the password" not in plain.stderr, plain.stderr
+
+
+def test_a_key_secret_file_or_keys_file_another_user_may_write_is_refused(
+    tmp_path: Path, feed: Path
+) -> None:
+    """As ssh refuses such a key: a keys file others may write let a local user add a
+    key of every channel, hot-reloaded a second later."""
+    secret = tmp_path / "key"
+    secret.write_text("tests-only-secret-0123456789abcdef")
+    secret.chmod(0o666)
+    done = run_cli("serve", "--list", str(feed), "--key-secret-file", str(secret),
+                   "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"shixin-check serve: the key secret file {secret} is writable by everyone (mode "
+        f"0666): another user could change it; chmod 600 {secret}"
+    )
+    secret.chmod(0o600)
+    keys = tmp_path / "keys.json"
+    add_key(keys, "hotel-chain", ["HOTEL"], ["check"])
+    keys.chmod(0o662)
+    done = run_cli("serve", "--list", str(feed), "--key-secret-file", str(secret),
+                   "--keys-file", str(keys), "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "is writable by everyone (mode 0662): another user could grant any key" in last, last
