@@ -89,7 +89,10 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 def service_config(retry: RetryPolicy) -> str:
-    """The service config JSON for ``grpc.service_config``."""
+    """The service config JSON for ``grpc.service_config``: the retry policy for every
+    method but ``CheckConsumptionStream``, which is never sent again (a stream opened to
+    a server that hangs before its first answer was retried on and on once keepalive
+    ended each attempt, no error for minutes; a broken stream raises, README)."""
     method: dict[str, Any] = {"name": [{"service": SERVICE}]}
     if retry.max_attempts > 1:
         method["retryPolicy"] = {
@@ -99,7 +102,8 @@ def service_config(retry: RetryPolicy) -> str:
             "backoffMultiplier": retry.multiplier,
             "retryableStatusCodes": retry.status_codes(),
         }
-    config: dict[str, Any] = {"methodConfig": [method]}
+    stream = {"name": [{"service": SERVICE, "method": "CheckConsumptionStream"}]}
+    config: dict[str, Any] = {"methodConfig": [stream, method]}
     if retry.max_attempts > 1:
         # per server: 10 tokens, a failure takes one, an answer gives one back; no retries
         # while 5 or fewer are left (failures outnumbering answers by five, lately)

@@ -84,6 +84,39 @@ def test_a_stream_to_a_hung_server_ends_with_service_unavailable(server: ServePr
     assert when - stopped < BOUND_S
 
 
+def test_a_stream_opened_to_a_server_already_hung_ends_with_service_unavailable(
+    server: ServeProcess,
+) -> None:
+    """Frozen before the stream's first answer: the retry policy applied to the stream
+    too, so grpc sent it again, on and on, once keepalive had ended the first attempt
+    (no answer, no error after 200 s with the default pings). A stream is not retried."""
+    ended: list[str] = []
+    done = threading.Event()
+
+    def requests() -> Iterator[pb.CheckRequest]:
+        yield flight("first")
+        done.wait(BOUND_S * 2)
+
+    def read() -> None:
+        with CheckClient(server.target, keepalive=QUICK) as client:
+            client.status()  # connected, before the server hangs
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                for _answer in client.check_stream(requests()):
+                    ended.append("answered")
+            except CheckError as exc:
+                ended.append(type(exc).__name__)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        reader.join(BOUND_S)
+        assert not reader.is_alive(), f"the stream still waits {BOUND_S:g} s after SIGSTOP"
+    finally:
+        done.set()
+    assert ended == [ServiceUnavailable.__name__]
+
+
 def test_an_async_stream_to_a_hung_server_ends_with_service_unavailable(
     server: ServeProcess,
 ) -> None:
