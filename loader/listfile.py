@@ -545,7 +545,9 @@ def _date(
             raise ValueError(text)
         day = day_number(_dt.date.fromisoformat(text))
     except ValueError:
-        raise InvalidInput(prefix + name, f"{text!r} is not a date of the form YYYY-MM-DD (or YYYYMMDD)") from None
+        raise InvalidInput(
+            prefix + name, f"{text!r} is not a date of the form YYYY-MM-DD (or YYYYMMDD)"
+        ) from None
     if day == 0 and required:
         raise InvalidInput(prefix + name, empty_date_placeholder(text))
     if 0 != day < EARLIEST_DAY:
