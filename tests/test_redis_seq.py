@@ -420,7 +420,8 @@ def test_a_password_in_the_redis_url_is_never_printed(
     url = redis_server.url.replace("redis://", "redis://:nope-not-shown@")
     path = snapshot_with_header(tmp_path / "s1.jsonl", 0, basic_rows())
     for done in (load(path, url), cli("status", "--redis", url)):
-        line = one_line(done)
+        warned, line = done.stderr.strip().splitlines()  # given on the command line: warned
+        assert "warning: the password in --redis is shown to every user" in warned, warned
         assert done.returncode == 2
         assert "nope-not-shown" not in done.stdout + done.stderr
         assert f"cannot use Redis at redis://***@127.0.0.1:{redis_server.port}/0" in line, line
