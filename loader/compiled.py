@@ -93,6 +93,7 @@ from rbloom import Bloom
 from shixin_check.domain.errors import ConfigurationError
 from shixin_check.domain.index import Counts, VersionInfo
 from shixin_check.domain.model import Channel, EntryStatus, Exemption, ListType
+from shixin_check.domain.system import others_may_write
 from shixin_check.loader.index_memory import Base
 
 log = logging.getLogger("shixin.loader")
@@ -358,19 +359,6 @@ def _map(fd: int, size: int) -> mmap.mmap | bytes:
     if size == 0:
         return b""  # mmap cannot map an empty file
     return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-
-
-def others_may_write(st: os.stat_result) -> str:
-    """Why someone other than this server's user could change the file or folder of
-    ``st`` (its group or everyone may write it, or another user owns it; root aside),
-    or "". The checksums of a compiled folder catch damage, not a forger, who can
-    write ``meta.json`` again too: its modes are what keep the index as compiled."""
-    mode = stat.S_IMODE(st.st_mode)
-    if st.st_uid not in (os.geteuid(), 0):
-        return f"owned by another user (uid {st.st_uid}, this server runs as {os.geteuid()})"
-    if mode & 0o022:
-        return f"writable by {'everyone' if mode & 0o002 else 'its group'} (mode {mode:04o})"
-    return ""
 
 
 def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:

@@ -1352,11 +1352,12 @@ class RedisFollower(Background):
         elif view is None or self._lost is not None or raw.decode() != view.version:
             self._follow(raw.decode())
             if (
-                self._view is view
-                and view is not None
+                view is not None
+                and self._view is view
                 and self._lost is None
-                and (served[0][1] is None)
-            ):  # still served (the current one refused), so held: its keys must be there
+                and served[0][1] is None
+            ):
+                # still served (the current one refused), so held: its keys must be there
                 self._lose(f"redis lost version {view.version}, served here while version "
                            f"{raw.decode()} is refused: its keys are gone (deleted, or "
                            "collected while this replica's heartbeat did not reach Redis)")  # fmt: skip

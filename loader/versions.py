@@ -55,6 +55,7 @@ from shixin_check.domain.model import (
     ListType,
     Role,
 )
+from shixin_check.domain.system import limit_advice
 from shixin_check.loader.background import Background
 from shixin_check.loader.columns import ROW_CHECKS, ColumnBuilder, keyer_for
 from shixin_check.loader.compiled import (
@@ -1343,8 +1344,6 @@ def short_of(exc: BaseException) -> str:
         return (f"a parse process died before it finished ({exc}): most often the kernel's "
                 "OOM killer (see dmesg): give the server more memory (one parse process "
                 "a core reads a big snapshot, each holding its part)")  # fmt: skip
-    from shixin_check.server.hitlog import limit_advice
-
     advice = limit_advice(exc)
     return f"{str(exc) or type(exc).__name__}: {advice}" if advice else ""
 

@@ -58,8 +58,8 @@ from shixin_check.domain.errors import (
     Unauthenticated,
 )
 from shixin_check.domain.model import Channel
+from shixin_check.domain.system import others_may_write
 from shixin_check.loader.background import Background
-from shixin_check.loader.compiled import others_may_write
 from shixin_check.server.settings import MAX_BATCH
 
 #: check: the check RPCs; status: GetListStatus; prefilter: GetPrefilter (a gateway's

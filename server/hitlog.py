@@ -141,6 +141,7 @@ import orjson
 from shixin_check.domain.decision import MatchOutcome, Query, Verdict
 from shixin_check.domain.model import china_day
 from shixin_check.domain.rules import describe_purchase
+from shixin_check.domain.system import limit_advice
 
 FsyncMode = Literal["never", "always", "interval"]
 FSYNC_MODES: tuple[str, ...] = get_args(FsyncMode)
@@ -503,36 +504,6 @@ def describe_write_error(exc: OSError) -> str:
     return f"{errno.errorcode.get(number, f'errno {number}')} ({os.strerror(number)})"
 
 
-def limit_advice(exc: BaseException) -> str:
-    """What to raise when ``exc`` is the process running into a limit of the system's
-    (open files, processes, memory, file size), else "". For lines that would otherwise
-    say only ``[Errno 24] Too many open files``."""
-    if isinstance(exc, MemoryError):
-        return ("the process ran out of memory: raise its memory limit (ulimit -v, "
-                "MemoryMax= under systemd, the container's limit) or give it less to hold")  # fmt: skip
-    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
-        return ("no thread could be started: raise the limit on processes and threads "
-                "(ulimit -u, TasksMax= under systemd, the container's pids limit) or on "
-                "memory (ulimit -v)")  # fmt: skip
-    number = getattr(exc, "errno", None)
-    if number == errno.EMFILE:
-        return ("the process's limit on open files is reached: raise it (ulimit -n, "
-                "LimitNOFILE= under systemd, --ulimit nofile= for docker); every client "
-                "connection holds one")  # fmt: skip
-    if number == errno.ENFILE:
-        return "the system's limit on open files is reached: raise fs.file-max (sysctl)"
-    if number == errno.EAGAIN:  # fork's and pthread_create's word for it
-        return ("no process or thread could be started: raise the limit on processes "
-                "(ulimit -u, TasksMax= under systemd, the container's pids limit)")  # fmt: skip
-    if number == errno.ENOMEM:
-        return "the system is out of memory: free some, or raise the process's limit"
-    if number == errno.EFBIG:
-        return "the process's file-size limit is reached (ulimit -f, LimitFSIZE=): lift it"
-    if number in (errno.ENOSPC, errno.EDQUOT):
-        return "the disk is full (or the inodes, or the quota): free space"
-    return ""
-
-
 def write_error_advice(exc: OSError, path: Path) -> str:
     """What to do about a write error of the log at ``path``."""
     folder = path.parent
@@ -550,8 +521,7 @@ def write_error_advice(exc: OSError, path: Path) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"free space (or inodes, or quota) on the file system of {folder}"
     if exc.errno == errno.EFBIG:
-        return ("the process's file-size limit is reached (ulimit -f, LimitFSIZE=): lift "
-                "it, or give --log-max-mib below it so the log rotates first")  # fmt: skip
+        return f"{limit_advice(exc)}, or give --log-max-mib below it so the log rotates first"
     if exc.errno in (errno.EMFILE, errno.ENFILE):  # a rotation's new file: not the disk
         return limit_advice(exc)
     if exc.errno == errno.EROFS:

@@ -48,6 +48,7 @@ from shixin_check.domain.certificates import (
     utc_text,
 )
 from shixin_check.domain.errors import ConfigurationError
+from shixin_check.domain.system import others_may_write
 
 if TYPE_CHECKING:
     from shixin_check.domain.model import Channel
@@ -1130,8 +1131,6 @@ def _held_to_its_owner(path: str, st: os.stat_result) -> None:
     write it or owns it (root aside). (Keep it unreadable to others too, mode 0600:
     with it, the masked ID numbers of the index and the logs can be undone by trying
     each birth date; README: The key secret.)"""
-    from shixin_check.loader.compiled import others_may_write
-
     unsafe = others_may_write(st)
     if unsafe:
         raise ConfigurationError(f"the key secret file {path} is {unsafe}: another user "

@@ -117,6 +117,7 @@ from types import FrameType
 from typing import Any
 
 from shixin_check.domain.errors import ConfigurationError
+from shixin_check.domain.system import limit_advice
 from shixin_check.loader.compiled import file_identity
 from shixin_check.server.app import (
     HURRY_SIGNAL,
@@ -128,7 +129,7 @@ from shixin_check.server.app import (
     unused_signal,
     write_demo_list,
 )
-from shixin_check.server.hitlog import limit_advice, worker_log_path
+from shixin_check.server.hitlog import worker_log_path
 from shixin_check.server.metrics import MetricsEndpoint, WorkerReadings, reading_path
 from shixin_check.server.settings import DEMO_METRICS_LISTEN, EPHEMERAL_SECRET, ServeSettings
 
@@ -336,6 +337,11 @@ class _Heartbeat:
             if self.beats != sent:
                 sent = self.beats
                 self.send("beat", "")
+
+
+def _backoff(worker: _Worker) -> float:
+    """Seconds before ``worker`` is started again: doubled with each failure in a row."""
+    return float(min(FIRST_BACKOFF_S * 2 ** (worker.deaths_in_a_row - 1), MAX_BACKOFF_S))
 
 
 def _watch_parent(parent: int) -> None:
@@ -581,8 +587,7 @@ class Supervisor:
                       f"no process could be started for worker {worker.number} ({exc}): {advice}")  # fmt: skip
         if not self.stopping:
             worker.deaths_in_a_row += 1
-            delay = min(FIRST_BACKOFF_S * 2 ** (worker.deaths_in_a_row - 1), MAX_BACKOFF_S)
-            worker.restart_at = time.monotonic() + delay
+            worker.restart_at = time.monotonic() + _backoff(worker)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.signals.append(signum)  # handled in the loop; the wakeup fd ends its wait
@@ -770,7 +775,7 @@ class Supervisor:
             return
         lived = time.monotonic() - worker.started_at
         worker.deaths_in_a_row = 1 if lived >= STEADY_S else worker.deaths_in_a_row + 1
-        delay = min(FIRST_BACKOFF_S * 2 ** (worker.deaths_in_a_row - 1), MAX_BACKOFF_S)
+        delay = _backoff(worker)
         worker.restart_at = time.monotonic() + delay
         log.error("worker %d (pid %s) died after %.1fs: %s; starting it again in %.1fs",
                   worker.number, process.pid, lived, _why(code), delay)  # fmt: skip

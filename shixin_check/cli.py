@@ -746,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
             url = masked_url(getattr(args, "redis", "") or "Redis")  # never its password
             print(f"{command}: cannot use Redis at {url}: {exc}", file=sys.stderr)
             return 2
-        from shixin_check.server.hitlog import limit_advice
+        from shixin_check.domain.system import limit_advice
 
         advice = limit_advice(exc)
         if isinstance(exc, OSError) or advice:

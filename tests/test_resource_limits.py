@@ -25,8 +25,9 @@ import grpc
 import pytest
 
 from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.domain.system import limit_advice
 from shixin_check.loader import versions
-from shixin_check.server.hitlog import FAILURE_LINES, limit_advice, write_error_advice
+from shixin_check.server.hitlog import FAILURE_LINES, write_error_advice
 from tests.accessdata import flight
 from tests.conftest import RunningServer
 from tests.listdata import ZHANG, basic_rows, write_jsonl

@@ -1,0 +1,53 @@
+"""What the operating system refuses, said so that the person on call knows what to
+change: the limit a process ran into (``limit_advice``), and who else could change a
+file the server trusts (``others_may_write``). Shared by the loader, the server and
+the command line."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+
+def limit_advice(exc: BaseException) -> str:
+    """What to raise when ``exc`` is the process running into a limit of the system's
+    (open files, processes, memory, file size), else "". For lines that would otherwise
+    say only ``[Errno 24] Too many open files``."""
+    if isinstance(exc, MemoryError):
+        return ("the process ran out of memory: raise its memory limit (ulimit -v, "
+                "MemoryMax= under systemd, the container's limit) or give it less to hold")  # fmt: skip
+    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+        return ("no thread could be started: raise the limit on processes and threads "
+                "(ulimit -u, TasksMax= under systemd, the container's pids limit) or on "
+                "memory (ulimit -v)")  # fmt: skip
+    number = getattr(exc, "errno", None)
+    if number == errno.EMFILE:
+        return ("the process's limit on open files is reached: raise it (ulimit -n, "
+                "LimitNOFILE= under systemd, --ulimit nofile= for docker); every client "
+                "connection holds one")  # fmt: skip
+    if number == errno.ENFILE:
+        return "the system's limit on open files is reached: raise fs.file-max (sysctl)"
+    if number == errno.EAGAIN:  # fork's and pthread_create's word for it
+        return ("no process or thread could be started: raise the limit on processes "
+                "(ulimit -u, TasksMax= under systemd, the container's pids limit)")  # fmt: skip
+    if number == errno.ENOMEM:
+        return "the system is out of memory: free some, or raise the process's limit"
+    if number == errno.EFBIG:
+        return "the process's file-size limit is reached (ulimit -f, LimitFSIZE=): lift it"
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full (or the inodes, or the quota): free space"
+    return ""
+
+
+def others_may_write(st: os.stat_result) -> str:
+    """Why someone other than this server's user could change the file or folder of
+    ``st`` (its group or everyone may write it, or another user owns it; root aside),
+    or "". The checksums of a compiled folder catch damage, not a forger, who can
+    write ``meta.json`` again too: its modes are what keep the index as compiled."""
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"owned by another user (uid {st.st_uid}, this server runs as {os.geteuid()})"
+    if mode & 0o022:
+        return f"writable by {'everyone' if mode & 0o002 else 'its group'} (mode {mode:04o})"
+    return ""
