@@ -76,6 +76,7 @@ import hashlib
 import itertools
 import logging
 import math
+import os
 import re
 import secrets
 import threading
@@ -253,7 +254,10 @@ class LocalAudit:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._file: BinaryIO | None = self.path.open("ab")
+        # made for the gateway's user and group alone, whatever the umask: the records
+        # say who was checked where (as the server's logs are made)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._file: BinaryIO | None = os.fdopen(fd, "ab")
 
     def write(self, records: Sequence[dict[str, Any]]) -> None:
         if not records:

@@ -1237,6 +1237,10 @@ def _open_log(kind: Any, flag: str, path: Path | None, durability: dict[str, Any
         raise
     except OSError as exc:
         what = exc.strerror or str(exc)
+        if exc.errno == errno.ELOOP:  # hitlog opens no file of a log through a link
+            link = exc.filename or path
+            what = (f"{link} is a symbolic link, which the server never writes a log "
+                    "through: give the real path (or remove the link)")  # fmt: skip
         if not path.parent.is_dir():
             # the folder, not the file: a worker's file (hits.w1.jsonl) is not the flag's
             raise ConfigurationError(

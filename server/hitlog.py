@@ -153,6 +153,12 @@ _sync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
 _TAIL_CHUNK = 8192
 _READ_CHUNK = 1 << 20  # what ``HeldFile.lines`` reads at a time
+#: A log's folder, when the server makes it: its records name people on the list
+FOLDER_MODE = 0o750
+#: Every file the writer opens or creates: never through a symbolic link (whoever could
+#: put one in the folder would have the server append to a file of their choosing), and
+#: never inherited by a child process
+NO_LINKS = os.O_NOFOLLOW | os.O_CLOEXEC
 _METADATA_SECRETS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 _METADATA_VALUE_MAX = 256
 HEAD_INTERVAL = 0.1  # seconds between notes of the audit chain head, at most
@@ -481,7 +487,7 @@ def _hold(path: Path) -> int:
     process ends, however it ends), or ``LogInUse``: two writers on one set would
     interleave records and break the audit chain's order."""
     lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o640)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | NO_LINKS, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -516,6 +522,11 @@ def write_error_advice(exc: OSError, path: Path) -> str:
         return (f"{folder} (or a file of the log in it) was removed under this server: it "
                 f"makes the folder again and starts a new live file at the next write; if "
                 f"this goes on, make {folder} again (mkdir) where this server can write")  # fmt: skip
+    if exc.errno == errno.ELOOP:  # NO_LINKS: a symbolic link put where a file of the log goes
+        return (
+            f"a file of the log in {folder} is a symbolic link, which this server never "
+            f"writes through: remove it, and keep {folder} writable by this server alone"
+        )
     if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # the folder's name taken by a file
         return f"{folder} is not a folder: move what has its name away (it is made again then)"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -573,7 +584,7 @@ class AppendLog:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}, not {fsync!r}")
         if max_bytes <= 0 or fsync_interval < 0:
             raise ValueError("max_bytes must be positive and fsync_interval not negative")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
         self.path = path
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -627,7 +638,7 @@ class AppendLog:
         or a second server started on the new folder could write the set too.
         """
         made = self._regain()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NO_LINKS, 0o640)
         if made:
             log.error(
                 "%s %s: its folder was removed while this server wrote it, with every file "
@@ -647,7 +658,7 @@ class AppendLog:
         folder = self.path.parent
         made = not folder.is_dir()
         if made:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
         if self._owner >= 0 and not self._holds_set():
             if not made and self._written_by_another():
                 raise SetTaken(
@@ -698,7 +709,9 @@ class AppendLog:
             f.seek(start)
             torn = f.read()
         aside = self.path.with_name(self.path.name + ".torn")
-        with aside.open("ab") as out:
+        with os.fdopen(
+            os.open(aside, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NO_LINKS, 0o640), "ab"
+        ) as out:
             out.write(torn + b"\n")
         os.ftruncate(self._fd, start)
         self._size = start
@@ -1277,7 +1290,7 @@ def write_head(path: Path, head: ChainHead, *, sync: bool = False) -> None:
     target = head_path(path)
     part = target.with_name(target.name + ".part")
     text = orjson.dumps({"seq": head.seq, "sha256": head.sha256, "file": head.file})
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NO_LINKS, 0o640)
     try:
         os.write(fd, text + b"\n")
         if sync:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -572,3 +574,19 @@ def test_the_async_client_answers_locally_online_and_offline(
 
     asyncio.run(go())
     assert len(audit_records(audit_path)) == 7
+
+
+def test_the_local_audit_file_is_made_for_the_gateways_user_and_group_alone(
+    server: Server, tmp_path: Path
+) -> None:
+    """Its records say who was checked where: under ``umask 000`` it was made 0666."""
+    path = tmp_path / "local-audit.jsonl"
+    old = os.umask(0)
+    try:
+        with CheckClient(server.address, prefilter=True, local_audit_path=path) as made:
+            made.refresh_prefilter()
+            made.check(flight(ZHAO))
+    finally:
+        os.umask(old)
+    assert [r["decision"] for r in audit_records(path)] == ["ALLOW"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640, oct(path.stat().st_mode)

@@ -11,8 +11,10 @@ a chmod (the tests run as root, whom no mode stops).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +22,14 @@ import pytest
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.server.auth import add_key
+from shixin_check.server.hitlog import AuditLog, HitLog, write_error_advice
 from tests.accessdata import flight
 from tests.conftest import RunningServer, settings_for, start_server
 from tests.listdata import ZHANG, basic_rows, write_jsonl
 from tests.processes import free_port, run_cli
 from tests.test_exemption_person import status
 from tests.test_failure_paths import header
+from tests.test_log_failures import Clock, records
 from tests.waiting import eventually
 
 
@@ -143,3 +147,69 @@ def test_a_key_secret_file_or_keys_file_another_user_may_write_is_refused(
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert "is writable by everyone (mode 0662): another user could grant any key" in last, last
+
+
+def test_a_log_folder_the_server_makes_is_for_its_user_alone_whatever_the_umask(
+    tmp_path: Path, no_umask: None
+) -> None:
+    """Its records name people on the list; under ``umask 000`` its folder was made
+    world-writable, where anyone could put a link in place of a file of the log."""
+    path = tmp_path / "logs" / "audit" / "audit.jsonl"
+    log = AuditLog(path)
+    log.record("CheckConsumption", "ipv4:127.0.0.1:1", "masked", "OK", time.time())
+    log.close()
+    assert mode(path.parent) == 0o750, oct(mode(path.parent))
+    loose = {f.name: oct(mode(f)) for f in path.parent.iterdir() if mode(f) & 0o027}
+    assert not loose, loose
+
+
+@pytest.mark.parametrize("name", ["audit.jsonl", "audit.jsonl.lock"])
+def test_a_symbolic_link_where_a_log_file_goes_is_refused_at_start(
+    tmp_path: Path, feed: Path, name: str
+) -> None:
+    """Whoever could put a link in the log's folder had the server append records (or
+    take a lock) in a file of their choosing: it never opens a file of a log through one."""
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("not the server's\n")
+    (folder / name).symlink_to(victim)
+    path = folder / "audit.jsonl"
+    done = run_cli("serve", "--list", str(feed), "--audit-log", str(path),
+                   "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"shixin-check serve: --audit-log {path}: cannot open it: {folder / name} is a "
+        "symbolic link, which the server never writes a log through: give the real path "
+        "(or remove the link)"
+    )
+    assert victim.read_text() == "not the server's\n"
+
+
+def test_a_live_file_replaced_by_a_link_while_serving_is_never_written_through(
+    tmp_path: Path,
+) -> None:
+    """The writer finds its live file gone within a second and starts a new one at the
+    same path: where a link stands there now, the record fails (the call with it, and
+    health with the log) and the link's target is left as it was."""
+    path = tmp_path / "logs" / "hits.jsonl"
+    clock = Clock(time.time())
+    log = HitLog(path, clock=clock)
+    log.append({"n": 1})
+    victim = tmp_path / "victim"
+    victim.write_text("")
+    path.unlink()
+    path.symlink_to(victim)
+    clock.now += 1.5
+    with pytest.raises(OSError) as failed:
+        log.append({"n": 2})
+    assert failed.value.errno == errno.ELOOP
+    assert "is a symbolic link, which this server never writes through" in (
+        write_error_advice(failed.value, path)
+    )
+    assert victim.read_text() == "" and log.failure is not None
+    path.unlink()
+    clock.now += 1.5
+    log.append({"n": 3})  # the link removed: the log goes on
+    log.close()
+    assert [r["n"] for r in records(path)] == [3] and victim.read_text() == ""
