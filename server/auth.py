@@ -365,7 +365,17 @@ def write_keys_document(path: Path, data: dict[str, Any]) -> None:
     """Replace the keys file atomically (a temporary file, fsync, ``os.replace``),
     mode 0600: a server reloading it reads the old file or the new, never half."""
     text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if not path.parent.is_dir():  # else mkstemp's error names its temporary file
+        raise ConfigurationError(
+            f"--keys-file {path}: the folder {path.parent} does not exist "
+            "(or is not a folder): make it first, writable by the server's user alone"
+        )
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--keys-file {path}: cannot write in {path.parent}: {exc.strerror or exc}"
+        ) from exc
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:  # mkstemp made it 0600
             out.write(text)

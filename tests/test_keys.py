@@ -516,3 +516,22 @@ def test_sighup_reloads_the_keys_file(tmp_path: Path, capsys: pytest.CaptureFixt
         assert server.stop() == 0
     assert f"keys file {keys_file} reloaded: " in server.output()
     assert "(reload requested)" in server.output()
+
+
+@pytest.mark.parametrize("missing", ["folder", "file in its place"])
+def test_keys_add_into_a_folder_that_is_not_there_names_the_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, missing: str
+) -> None:
+    """It named the temporary file it could not make (``.keys.json.tblcedgj``)."""
+    folder = tmp_path / "etc-shixin"
+    if missing == "file in its place":
+        folder.write_text("")
+    path = folder / "keys.json"
+    status, out, err = keys_cli(capsys, "add", "--keys-file", str(path), "--principal", "x",
+                                "--channels", "HOTEL")  # fmt: skip
+    assert (status, out) == (2, "")
+    assert err.strip() == (
+        f"shixin-check keys: --keys-file {path}: the folder {folder} does not exist (or is "
+        "not a folder): make it first, writable by the server's user alone"
+    )
+    assert not path.exists()
