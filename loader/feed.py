@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -47,6 +48,12 @@ HEADER_KEY = "snapshot"
 FUTURE_TOLERANCE_S = 3600.0
 #: the largest delta seq (and includes_seq): status, metrics and the wire carry it as int64
 MAX_SEQ = 2**63 - 1
+#: The one form of a time in a feed (RFC 3339: ISO 8601's calendar date and time with
+#: an offset; seconds may be left out): Python reads week dates (``2026-W48-1``), a
+#: basic form and a comma fraction too, which no feed of this list writes
+_INSTANT = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
 _EPOCH_DAY_START = _dt.datetime(1970, 1, 1, tzinfo=CHINA_TZ).timestamp()
 
 
@@ -69,12 +76,17 @@ def parse_instant(value: Any, field: str) -> float:
     """An ISO 8601 time with an offset, as unix seconds (``InvalidInput`` otherwise)."""
     if not isinstance(value, str):
         raise InvalidInput(field, "must be an ISO 8601 time with an offset, as a string")
+    shaped = _INSTANT.fullmatch(value)
     try:
         moment = _dt.datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidInput(field, f"{value!r} is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
+        moment = None
+    if moment is not None and moment.tzinfo is None:
         raise InvalidInput(field, f"{value!r} has no UTC offset (e.g. +08:00)")
+    if moment is None or shaped is None:
+        raise InvalidInput(
+            field, f"{value!r} is not a valid time of the form 2026-11-28T09:00:00+08:00 (RFC 3339)"
+        )
     at = moment.timestamp()
     ahead = at - time.time()
     if ahead > FUTURE_TOLERANCE_S:  # the list's age would read 0 until then: never stale

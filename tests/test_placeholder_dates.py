@@ -307,3 +307,36 @@ def test_published_at_past_the_hour_ahead_says_hours_and_minutes(tmp_path: Path)
     done = cli("compiled", "validate", str(deltas))
     assert done.returncode == 1, done.stdout
     assert f"line 1: published_at: {said}" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        "2026-W48-1T08:00:00+08:00",  # a week date: Python reads it as 23 November
+        "20261128T090000+0800",  # the basic form
+        "2026-11-28T09:00:00,5+08:00",  # a comma fraction
+        "2026-11-28T09+08:00",  # no minutes
+        "2026-11-28T25:00:00+08:00",  # no such hour
+    ],
+)
+def test_published_at_is_one_form_of_time_as_a_list_date_is(tmp_path: Path, at: str) -> None:
+    """Only RFC 3339's calendar date and time with an offset (seconds optional), as
+    list dates are only YYYY-MM-DD or YYYYMMDD."""
+    said = f"{at!r} is not a valid time of the form 2026-11-28T09:00:00+08:00 (RFC 3339)"
+    snapshot = write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0, at), *basic_rows()])
+    done = cli("compiled", "validate", str(snapshot))
+    assert done.returncode == 1, done.stdout
+    assert f"line 1: snapshot.published_at: {said}" in done.stdout, done.stdout
+    row = {**delta(1, "DELIST", entry_id="E1"), "published_at": at}
+    deltas = write_jsonl(tmp_path / "delta-0001.jsonl", [row])
+    done = cli("compiled", "validate", str(deltas))
+    assert done.returncode == 1, done.stdout
+    assert f"line 1: published_at: {said}" in done.stdout, done.stdout
+
+
+def test_published_at_in_every_form_a_feed_writes_is_read(tmp_path: Path) -> None:
+    for at in ["2026-11-28T09:00:00+08:00", "2026-11-28 01:00:00Z", "2026-11-28T01:00Z",
+               "2026-11-28T09:00:00.250+08:00"]:  # fmt: skip
+        snapshot = write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0, at), *basic_rows()])
+        done = cli("compiled", "validate", str(snapshot))
+        assert done.returncode == 0, (at, done.stdout)
