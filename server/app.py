@@ -246,6 +246,7 @@ class Service:
         self.port = 0
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()  # a second stop signal: no drain
+        self._draining = False  # in the --drain after a stop signal (a second one ends it)
         self.checks: ConsumptionCheckService | None = None  # the servicer, once built
         #: why the list file was not loaded, when that is not a bad row: it changed under
         #: the running pool of workers this one belongs to (``ListFileChanged``)
@@ -645,12 +646,21 @@ class Service:
         else:
             log.error("list %s %s: %s", path, what, detail)
 
-    def request_stop(self) -> None:
-        """A stop signal. A second one to a single server ends its ``--drain`` at once.
-        A worker's come twice as a rule (the terminal's SIGINT or the service manager's
-        SIGTERM to the whole group, then the supervisor's): only the supervisor's
-        ``HURRY_SIGNAL`` ends its drain (``hurry``)."""
+    def request_stop(self, sig: int | None = None) -> None:
+        """A stop signal (``sig``; None: asked in-process). A second one to a single
+        server ends its ``--drain`` at once, and says so. A worker's come twice as a
+        rule (the terminal's SIGINT or the service manager's SIGTERM to the whole group,
+        then the supervisor's): only the supervisor's ``HURRY_SIGNAL`` ends its drain
+        (``hurry``)."""
         if self._stop.is_set() and self.seat is None:
+            if sig is not None:  # the person who sent it learns what it did
+                grace = self.settings.grace_seconds
+                if self._draining:
+                    log.info("%s again: the drain (--drain) ends now; calls in flight get up "
+                             "to %.1fs (--grace)", signal.Signals(sig).name, grace)  # fmt: skip
+                else:
+                    log.info("%s again: already stopping; calls in flight get up to %.1fs "
+                             "(--grace), then are cut", signal.Signals(sig).name, grace)  # fmt: skip
             self._hurry.set()
         self._stop.set()
 
@@ -681,7 +691,7 @@ class Service:
     def _catch_stop_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
+                loop.add_signal_handler(sig, self.request_stop, sig)
         if self.seat is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(HURRY_SIGNAL, self.hurry)
@@ -750,6 +760,7 @@ class Service:
             on_ready(self)
         await self._stop.wait()
         drain = 0.0 if self._hurry.is_set() else self.settings.drain_seconds
+        self._draining = drain > 0  # until the drain's wait below is over
         if drain > 0:
             log.info("stopping: health NOT_SERVING; answering new calls for %.1fs (--drain), "
                      "then draining in-flight calls for up to %.1fs",
@@ -765,6 +776,7 @@ class Service:
         if drain > 0:  # load balancers that route on health move away; a second signal: now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurry.wait(), drain)
+            self._draining = False
         cut = await self._stop_server(server)
         if self.checks is not None:  # refusals held back from the audit log, before it closes
             self.checks.summarize_refusals()

@@ -31,6 +31,7 @@ from shixin_check.clients.errors import CheckError, ServiceUnavailable
 from tests.conftest import RunningServer, log_records, settings_for, start_server
 from tests.listdata import ZHANG, ZHAO, basic_rows, write_jsonl
 from tests.processes import ServeProcess
+from tests.waiting import eventually
 
 #: Calls in flight at once when SIGTERM comes: enough that grpcio holds some unrequested.
 THREADS = 32
@@ -254,9 +255,14 @@ def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
     try:
         server.wait_serving()
         server.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        eventually(lambda: "answering new calls for 120.0s (--drain)" in server.output(),
+                   "the drain begun")  # fmt: skip
         assert server.proc.poll() is None  # draining
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=15) == 0  # well before the 120 s
     finally:
         server.stop()
+    # the one who sent it is told what it did (it was silent)
+    assert "SIGTERM again: the drain (--drain) ends now; calls in flight get up to" in (
+        server.output()
+    ), server.output()
