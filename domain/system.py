@@ -1,12 +1,13 @@
 """What the operating system refuses, said so that the person on call knows what to
-change: the limit a process ran into (``limit_advice``), and who else could change a
-file the server trusts (``others_may_write``). Shared by the loader, the server and
-the command line."""
+change: the limit a process ran into (``limit_advice``), how near it is to the limit
+on open files (``open_files_ratio``), and who else could change a file the server
+trusts (``others_may_write``). Shared by the loader, the server and the command line."""
 
 from __future__ import annotations
 
 import errno
 import os
+import resource
 import stat
 
 
@@ -38,6 +39,19 @@ def limit_advice(exc: BaseException) -> str:
     if number in (errno.ENOSPC, errno.EDQUOT):
         return "the disk is full (or the inodes, or the quota): free space"
     return ""
+
+
+def open_files_ratio() -> float | None:
+    """This process's open file descriptors over its soft limit on them (``ulimit -n``):
+    at 1, every new client connection and log file fails with EMFILE. None where it
+    cannot be read (no ``/proc``) or there is no limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return None
+    try:
+        return len(os.listdir("/proc/self/fd")) / soft
+    except OSError:
+        return None
 
 
 def others_may_write(st: os.stat_result) -> str:

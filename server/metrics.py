@@ -63,6 +63,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from shixin.v1 import check_pb2 as pb
 from shixin_check.domain.errors import ConfigurationError
 from shixin_check.domain.model import china_day
+from shixin_check.domain.system import open_files_ratio
 from shixin_check.server.engine import DECISIONS, LATENCY_BOUNDS, METHODS, CheckEngine, Tally
 
 if TYPE_CHECKING:
@@ -94,12 +95,14 @@ METRIC_NAMES = (
     "shixin_list_stale",
     "shixin_workers",
     "shixin_tls_certificate_expiry_timestamp_seconds",
+    "shixin_open_files_ratio",
 )
 (
     CHECKS, DURATION, REFUSALS, HITS, HIT_LOG_ERRORS, AUDIT_LOG_ERRORS, REFUSALS_UNRECORDED,
     LIST_INFO, LIST_AGE,
     LIST_ENTRIES, BLOOM_POSITIVES, BLOOM_FALSE_POSITIVES, INDEX_LOOKUPS, RATE_LIMITED,
     REPLICA_LAG, REDIS_ERRORS, LIST_BEHIND, READY, LIST_STALE, WORKERS, TLS_EXPIRY,
+    OPEN_FILES,
 ) = METRIC_NAMES  # fmt: skip
 #: The ``state`` label of ``shixin_workers``, in the order of ``Reading.workers``.
 WORKER_STATES = ("up", "stale", "down")
@@ -147,6 +150,8 @@ class Reading:
     #: notAfter (Unix seconds) of the TLS certificate served, the earliest of its chain
     #: (None: no TLS)
     tls_certificate_expiry: float | None = None
+    #: open file descriptors over the soft limit on them (None: unknown, or no limit)
+    open_files_ratio: float | None = None
 
     @classmethod
     def merged(cls, readings: Iterable[Reading]) -> Reading:
@@ -176,6 +181,8 @@ class Reading:
                     out.tls_certificate_expiry or r.tls_certificate_expiry,
                     r.tls_certificate_expiry,
                 )
+            if r.open_files_ratio is not None:  # the worker nearest its limit
+                out.open_files_ratio = max(out.open_files_ratio or 0.0, r.open_files_ratio)
             if r.behind is not None:
                 out.behind = bool(out.behind) or r.behind
             if r.source_timestamp is not None and (
@@ -211,6 +218,7 @@ def take_reading(
         ready=ready,
         stale=stale,
         tls_certificate_expiry=tls_expiry,
+        open_files_ratio=open_files_ratio(),
     )
     if redis is not None:
         reading.redis_errors = redis.redis_errors()
@@ -492,6 +500,13 @@ class MetricsCollector:
                 "renewed until a restart. With --workers, the earliest any worker serves. "
                 "No series without TLS.",
                 value=r.tls_certificate_expiry,
+            )  # fmt: skip
+        if r.open_files_ratio is not None:
+            yield GaugeMetricFamily(
+                OPEN_FILES, "Open file descriptors over the soft limit on them (ulimit -n): "
+                "at 1, new client connections and log files fail (EMFILE). Every client "
+                "connection holds one. With --workers, the worker nearest its limit.",
+                value=r.open_files_ratio,
             )  # fmt: skip
         if r.source_timestamp is None:
             return

@@ -72,6 +72,7 @@ DOCUMENTED_METRICS = frozenset({
     "shixin_list_stale",
     "shixin_workers",
     "shixin_tls_certificate_expiry_timestamp_seconds",
+    "shixin_open_files_ratio",
 })  # fmt: skip
 HISTOGRAMS = frozenset({"shixin_check_duration_seconds"})
 

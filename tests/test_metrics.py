@@ -10,6 +10,8 @@ decision, every status code has a series from the start).
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import resource
 import socket
 import time
 import urllib.request
@@ -215,6 +217,22 @@ def test_every_exported_name_is_in_metric_names(serve: Serve, listed: Path) -> N
     assert ours == {name.removesuffix("_total") for name in METRIC_NAMES} - absent
 
 
+def test_open_files_are_reported_against_the_limit_on_them(serve: Serve, listed: Path) -> None:
+    """Every client connection holds a descriptor: at the soft limit new connections and
+    log files fail (EMFILE), and nothing said how near a server was."""
+    server = serve(listed, metrics_listen=f"127.0.0.1:{free_port()}")
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before = value(scrape(server), "shixin_open_files_ratio")
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(200)]  # the server's process
+    try:
+        during = value(scrape(server), "shixin_open_files_ratio")
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert 0 < before < 1
+    assert abs((during - before) * soft - 200) <= 10, (before, during, soft)
+
+
 def test_a_failed_hit_log_write_is_counted_and_the_call_refused(serve: Serve, listed: Path) -> None:
     full = Path("/dev/full")
     if not full.exists():
@@ -287,6 +305,10 @@ def test_readings_of_several_workers_sum() -> None:
     assert total.versions == ("v1", "v2")
     assert (total.source_timestamp, total.entries) == (100.0, (("SHIXIN", "ACTIVE", 9),))
     assert (total.redis_errors, total.replica_lag_seconds) == (4, 1.5)
+    # the worker nearest its limit on open files; none known: no figure
+    assert total.open_files_ratio is None
+    a.open_files_ratio, b.open_files_ratio = 0.9, 0.2
+    assert Reading.merged([a, b]).open_files_ratio == 0.9
     # ready only if every worker is; stale if any worker's list is; no worker: not ready
     a.ready, b.ready, b.stale = True, False, True
     assert (Reading.merged([a, b]).ready, Reading.merged([a, b]).stale) == (False, True)

@@ -182,6 +182,9 @@ def test_two_workers_share_one_index_answer_alike_and_survive_a_kill(
 
         # (g) the metrics endpoint reports the sum over both workers
         eventually(lambda: checks_total(url) == len(answers), "checks of both workers summed")
+        # and the open files of the worker nearest its limit (a worker's own, not the
+        # supervisor's, which serves no connection)
+        assert 0 < scrape(url)["shixin_open_files_ratio"] < 1
 
         # a taken port is refused in one line, by a supervisor and by a single server
         for env in ({"SHIXIN_WORKERS": "2"}, {"SHIXIN_WORKERS": "1"}):
