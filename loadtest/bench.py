@@ -64,6 +64,7 @@ from loadtest.common import (
     log,
     machine,
     ours_argv,
+    own_folder,
     revision,
     server_env,
 )
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     as_of = _dt.datetime.now(CHINA_TZ).date()
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    own_folder(args.data_dir)
     log_dir = Path(tempfile.mkdtemp(prefix="logs-", dir=args.data_dir))
     results: dict[str, Any] = {
         "command": "python -m loadtest.bench " + " ".join(sys.argv[1:] if argv is None else argv),

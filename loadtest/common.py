@@ -33,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
+from shixin_check.domain.system import others_may_write
 from shixin_check.loader.synthetic import write_snapshot
 from shixin_check.loader.synthetic.writer import OUTPUT_FORMAT
 
@@ -301,6 +302,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+#: Where the benches cache their lists and put their servers' logs: this user's own (a
+#: fixed name shared by every user let another put a list, or a link, there first)
+DATA_DIR = Path(tempfile.gettempdir()) / f"shixin-bench-{os.getuid()}"
+
+
+def own_folder(path: Path) -> Path:
+    """``path`` made if missing (for this user alone, mode 0700), or ``SystemExit`` in
+    one line if another user could change what is in it: a bench that loads a cached
+    list from it must load the one it wrote."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    problem = others_may_write(path.stat())
+    if problem:
+        raise SystemExit(f"{path} is {problem}: give --data-dir (or --out-dir) a folder "
+                         "of your own")  # fmt: skip
+    return path
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """The options every bench entry point takes (list, traffic, segments, output)."""
     p.add_argument(
@@ -315,7 +333,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(tempfile.gettempdir()) / "shixin-bench",
+        default=DATA_DIR,
         help="where list files are cached and server logs go",
     )
     p.add_argument("--traffic", type=int, default=None, help="distinct requests (default 20,000)")

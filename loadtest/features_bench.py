@@ -40,11 +40,13 @@ from typing import Any
 import psutil
 
 from loadtest.common import (
+    DATA_DIR,
     add_key,
     cpu_by_pid,
     ensure_list,
     log,
     machine,
+    own_folder,
     revision,
     run_h2load,
 )
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="segments per configuration")
     p.add_argument("--per-stream-call", type=int, default=1000,
                    help="requests per h2load stream call (at most 2,048)")  # fmt: skip
-    p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "shixin-bench")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--out", type=Path, help="also write every figure as JSON here")
     args = p.parse_args(argv)
     if shutil.which("h2load") is None:
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--seconds and --rounds must be at least 1")
     args.per_stream_call = min(args.per_stream_call, STREAM_RING)
     started = time.monotonic()
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    own_folder(args.data_dir)
     list_path, _ = ensure_list(args.data_dir, args.entries, SEED, _dt.date.today())
     run = Path(tempfile.mkdtemp(prefix="features-bench-", dir=args.data_dir))
     bodies = write_bodies(

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtest.common import ensure_list, finish, log, machine, revision
+from loadtest.common import DATA_DIR, ensure_list, finish, log, machine, own_folder, revision
 from loadtest.inprocess import BENCH_SECRET
 from loadtest.traffic import build_traffic
 from loadtest.workers_bench import grpc_body
@@ -101,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--entries", type=int, default=20_000, help="list size")
     p.add_argument("--rounds", type=int, default=7, help="timed passes per figure (best kept)")
-    p.add_argument("--data-dir", type=Path, default=Path("/tmp/shixin-bench"))
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = p.parse_args(argv)
     started = time.perf_counter()
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    own_folder(args.data_dir)
     list_path, _ = ensure_list(args.data_dir, args.entries, SEED, AS_OF)
     keyer = keyer_for(BENCH_SECRET)  # as the server makes it: its keys in C where built
     index = MemoryIndex()

@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.common import (
+    DATA_DIR,
     ServerProcess,
     ensure_list,
     finish,
     log,
     machine,
     ours_argv,
+    own_folder,
     revision,
     server_env,
 )
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "traffic": args.traffic,
         "as_of": as_of.isoformat(),
     }
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    own_folder(args.data_dir)
     list_path, _ = ensure_list(args.data_dir, args.entries, args.seed, as_of)
     traffic = build_traffic(args.traffic, args.entries, args.seed, as_of)
     log_dir = Path(tempfile.mkdtemp(prefix="prefilter-", dir=args.data_dir))
@@ -211,7 +213,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=20261124, help="list and traffic seed")
     p.add_argument("--load-timeout", type=float, default=600.0, help="seconds to load the list")
     p.add_argument(
-        "--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "shixin-bench",
+        "--data-dir", type=Path, default=DATA_DIR,
         help="where list files are cached and server logs go",
     )  # fmt: skip
     p.add_argument("--out", type=Path, help="also write every figure as JSON here")

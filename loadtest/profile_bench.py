@@ -37,7 +37,16 @@ from typing import Any
 
 import psutil
 
-from loadtest.common import add_key, ensure_list, log, machine, machine_busy, revision
+from loadtest.common import (
+    DATA_DIR,
+    add_key,
+    ensure_list,
+    log,
+    machine,
+    machine_busy,
+    own_folder,
+    revision,
+)
 from loadtest.features_bench import FEATURES
 from loadtest.ratio_bench import Bare
 from loadtest.workers_bench import SECRET, Server, grpc_body
@@ -247,11 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(FEATURES),
         help="ours' logs and keys, as features_bench names them (all: ratio_bench's)",
     )
-    p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "shixin-bench")
-    p.add_argument("--out-dir", type=Path, default=Path(tempfile.gettempdir()) / "shixin-profile")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / f"shixin-profile-{os.getuid()}",
+    )
     args = p.parse_args(argv)
-    args.data_dir.mkdir(parents=True, exist_ok=True)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    own_folder(args.data_dir)
+    own_folder(args.out_dir)
     list_path, _ = ensure_list(args.data_dir, args.entries, 20261124, _dt.date.today())
     run = Path(tempfile.mkdtemp(prefix="profile-bench-", dir=args.data_dir))
     (run / "key").write_text(SECRET)

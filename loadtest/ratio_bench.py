@@ -45,10 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.common import (
+    DATA_DIR,
     add_key,
     ensure_list,
     log,
     machine,
+    own_folder,
     revision,
     stop_process,
 )
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sync-threads", type=int, default=32, help="bare-sync's thread pool")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="start no segment past this (default 20; 5 with --quick)")  # fmt: skip
-    p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "shixin-bench")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--out", type=Path, help="also write every figure as JSON here")
     args = p.parse_args(argv)
     args.seconds = args.seconds or (2.5 if args.quick else 5.0)
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(args.seconds, args.rounds, args.max_minutes, args.raw_procs, args.raw_inflight,
                 args.stream_window, args.rate, 0.25, "bare-aio")  # fmt: skip
     started = time.monotonic()
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    own_folder(args.data_dir)
     list_path, _ = ensure_list(args.data_dir, args.entries, SEED, _dt.date.today())
     run = Path(tempfile.mkdtemp(prefix="ratio-bench-", dir=args.data_dir))
     bodies = write_bodies(

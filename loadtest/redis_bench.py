@@ -69,6 +69,7 @@ from loadtest.common import (
     log,
     machine,
     ours_argv,
+    own_folder,
     revision,
     serve_argv,
     server_env,
@@ -571,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     as_of = _dt.datetime.now(CHINA_TZ).date()
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    own_folder(args.data_dir)
     log_dir = Path(tempfile.mkdtemp(prefix="redis-logs-", dir=args.data_dir))
     list_path, gen_s = ensure_list(args.data_dir, args.entries, args.seed, as_of)
     log(f"building {args.traffic:,} requests (1% listed)")

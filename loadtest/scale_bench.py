@@ -31,7 +31,17 @@ from typing import Any
 
 import psutil
 
-from loadtest.common import ServerProcess, cli_argv, finish, log, machine, revision, server_env
+from loadtest.common import (
+    DATA_DIR,
+    ServerProcess,
+    cli_argv,
+    finish,
+    log,
+    machine,
+    own_folder,
+    revision,
+    server_env,
+)
 from loadtest.inprocess import BENCH_SECRET, time_calls
 from loadtest.traffic import build_traffic, unlisted_person
 from shixin_check.domain.decision import decide
@@ -274,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="100000,1000000", help="comma-separated entry counts")
     p.add_argument("--out", type=Path, help="also write every figure as JSON here")
     p.add_argument("--seed", type=int, default=20261124)
-    p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "shixin-bench")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--probes", type=int, default=200_000, help="unlisted keys for the FP rate")
     p.add_argument("--calls", type=int, default=200_000, help="decide() calls per figure")
     p.add_argument(
@@ -286,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s]
     as_of = _dt.date.fromordinal(_dt.date(1970, 1, 1).toordinal() + china_day(time.time()))
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    own_folder(args.data_dir)
     log_dir = Path(tempfile.mkdtemp(prefix="scale-logs-", dir=args.data_dir))
     key = args.data_dir / "scale-key"
     key.write_bytes(BENCH_SECRET)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.common import (
+    DATA_DIR,
     cli_argv,
     cpu_by_pid,
     ensure_list,
@@ -49,6 +50,7 @@ from loadtest.common import (
     log,
     machine,
     machine_busy,
+    own_folder,
     revision,
     run_h2load,
     server_env,
@@ -186,13 +188,13 @@ def main(argv: list[str] | None = None) -> int:
                         "connection busy to the end, however they fall on the workers")  # fmt: skip
     p.add_argument("--rounds", type=int, default=3, help="segments per server, alternated")
     p.add_argument("--max-seconds", type=float, default=60, help="h2load killed past this")
-    p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "shixin-bench")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = p.parse_args(argv)
     if shutil.which("h2load") is None:
         print("workers_bench: h2load not found (apt-get install nghttp2-client)", file=sys.stderr)
         return 2
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    own_folder(args.data_dir)
     today = _dt.date.today()
     list_path, _ = ensure_list(args.data_dir, args.entries, 20261124, today)
     run = Path(tempfile.mkdtemp(prefix="workers-bench-", dir=args.data_dir))

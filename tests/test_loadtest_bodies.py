@@ -10,7 +10,9 @@ the thread-pool bare servicer. No timing is asserted.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -140,3 +142,22 @@ def test_features_bench_table_shows_medians_and_the_difference_to_none() -> None
     assert " | 210.0 | +0.0 | 147.0, 21.0 | " in rows["none"]
     assert " | 250.0 | +40.0 | 175.0, 25.0 | " in rows["audit"]
     assert "| 4,000 |" in rows["audit"]  # the median rate, not the mean
+
+
+def test_a_bench_data_folder_is_its_users_own_and_one_others_may_write_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Every user's benches shared /tmp/shixin-bench, from which a cached list is loaded
+    by name: whoever made it first chose the lists the others measured."""
+    from loadtest.common import DATA_DIR, own_folder
+
+    assert DATA_DIR.name == f"shixin-bench-{os.getuid()}"
+    made = own_folder(tmp_path / "bench")
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    made.chmod(0o777)
+    with pytest.raises(SystemExit) as refused:
+        own_folder(made)
+    assert str(refused.value) == (
+        f"{made} is writable by everyone (mode 0777): give --data-dir (or --out-dir) a "
+        "folder of your own"
+    )
