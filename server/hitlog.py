@@ -809,6 +809,8 @@ class AppendLog:
         except (FileNotFoundError, NotADirectoryError):  # its folder gone, or a file now
             here = False
         if here:
+            if st.st_size < self._size:  # cut under the writer: not by this process
+                self._truncated(st.st_size)
             return
         self.write_errors += 1
         if self.path.parent.is_dir():  # else its folder went too: ``_open_live`` says so
@@ -817,6 +819,20 @@ class AppendLog:
                 "since then are not in the log's set; starting a new live file", self.path,
             )  # fmt: skip
         self._start_live_file()
+
+    def _truncated(self, size: int) -> None:
+        """The live file is shorter than what this writer put in it: someone cut it
+        (logrotate's ``copytruncate``, a ``> file``). The records cut are no longer in
+        the log's set, wherever a copy went; counted as lost, and said. Appends go on at
+        its end (``O_APPEND``), from the size it has now."""
+        self.write_errors += 1
+        log.error(
+            "%s was truncated while this server wrote it (%d of its bytes are gone: "
+            "logrotate's copytruncate?): the records cut are not in the log's set, "
+            "wherever a copy of them went; let nothing but this server rotate it (it "
+            "rotates by size and by day itself)", self.path, self._size - size,
+        )  # fmt: skip
+        self._size = size
 
     def _start_live_file(self) -> None:
         """The old descriptor closed, a new live file opened; if that fails (no inode

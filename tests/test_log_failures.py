@@ -287,3 +287,28 @@ def test_the_probe_of_a_log_whose_rotation_failed_tries_the_rotation(tmp_path: P
     log.close()
     assert [r["n"] for r in records(folder / "hits.jsonl")] == [1, 3]
     assert len(log_files(folder / "hits.jsonl")) == 2
+
+
+def test_a_live_file_truncated_under_the_writer_is_counted_said_and_sized_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """logrotate's ``copytruncate`` copies the live file away and cuts it to nothing:
+    the inode stays, so the writer saw no change, its records (the court's feedback)
+    left the set unsaid, and it rotated by the size it had counted, not the file's."""
+    path = tmp_path / "hits.jsonl"
+    clock = Clock(TODAY)
+    line = len(orjson.dumps({"n": 0, "time": TODAY})) + 1
+    log = HitLog(path, clock=clock, max_bytes=10 * line + 5)
+    for n in range(1, 8):
+        log.append({"n": n})
+    copy = tmp_path / "hits.jsonl.1"
+    copy.write_bytes(path.read_bytes())  # as copytruncate does
+    os.truncate(path, 0)
+    clock.now += 1.5
+    for n in range(8, 16):  # eight records: they fit the file as it is now
+        log.append({"n": n})
+    assert "hits.jsonl was truncated while this server wrote it" in caplog.text
+    assert log.write_errors == 1  # shixin_hit_log_errors_total: the alert's signal
+    assert len(log_files(path)) == 1, log_files(path)  # not rotated by the old count
+    log.close()
+    assert [r["n"] for r in records(path)] == list(range(8, 16))
