@@ -384,9 +384,14 @@ class HitForwarder(Background):
         ``until``: no further than that (inode, offset)."""
         inode, offset = self._cursor()
         files = log_files(self.hit_log)
-        inodes = [p.stat().st_ino for p in files]
+        stats = [p.stat() for p in files]
+        inodes = [st.st_ino for st in stats]
         if inode in inodes:
             start = inodes.index(inode)
+            if not _line_starts(files[start], offset, stats[start].st_size):
+                offset = 0  # cut under the writer (copytruncate), maybe written past the
+                # cursor again since: what is there now is new, read from its start (the
+                # seen-sets stop doubles), never from the middle of a record
         else:  # first run, or the file was archived away: the seen-sets stop doubles
             start, offset = 0, 0
         for i in range(start, len(files)):
@@ -451,6 +456,18 @@ class HitForwarder(Background):
                 added += sum(pipe.execute())
             self._save(inode, offset)
             yield len(lines), added
+
+
+def _line_starts(path: Path, offset: int, size: int) -> bool:
+    """Whether ``offset`` (a cursor saved at the end of a whole line) is still where a
+    line of ``path`` starts: within the file, after a newline."""
+    if offset == 0:
+        return True
+    if offset > size:
+        return False
+    with path.open("rb") as fh:
+        fh.seek(offset - 1)
+        return fh.read(1) == b"\n"
 
 
 def read_stream(client: Client, prefix: str = "shixin") -> Iterator[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from functools import partial
@@ -124,6 +125,37 @@ def test_spooled_hits_are_forwarded_once_after_an_outage(
     ids = [r["check_id"] for r in read_stream(client)]
     assert ids == [f"check-{n}" for n in range(1, 18)]
     assert len(list(path.parent.glob("hits.log.*"))) >= 2  # rotation happened on the way
+    client.close()
+
+
+def test_hits_written_after_the_live_file_was_truncated_are_forwarded(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """logrotate's ``copytruncate`` cut the live file under a cursor past its new end:
+    nothing was forwarded until the file grew past it, and then from the middle of a
+    record (unreadable), so the hits written meanwhile never reached the stream."""
+    path = tmp_path / "hits.log"
+    log = HitLog(path)
+    client = connect(redis_server.url, timeout=5)
+    forwarder = HitForwarder(client, path)
+    for n in range(1, 6):
+        _hit(log, n)
+    assert forwarder.forward_once() == 5
+    path.with_name("hits.log.1").write_bytes(path.read_bytes())  # as copytruncate does
+    os.truncate(path, 0)
+    for n in range(6, 9):  # fewer bytes than the cursor's offset
+        _hit(log, n)
+    assert forwarder.forward_once() == 3
+    for n in range(9, 12):  # past it now
+        _hit(log, n)
+    assert forwarder.forward_once() == 3
+    # cut again, and written past the cursor before the forwarder looks
+    os.truncate(path, 0)
+    for n in range(12, 20):
+        _hit(log, n)
+    assert forwarder.forward_once() == 8
+    log.close()
+    assert [r["check_id"] for r in read_stream(client)] == [f"check-{n}" for n in range(1, 20)]
     client.close()
 
 
