@@ -293,20 +293,25 @@ def test_load_redis_refuses_a_placeholder_valid_until_and_the_replica_keeps_its_
 # --- published_at ahead: by how much ---------------------------------------------------------
 
 
-def test_published_at_past_the_hour_ahead_says_hours_and_minutes(tmp_path: Path) -> None:
-    """61 minutes ahead read "1.0 h ahead", as if exactly at the 1 h limit."""
-    at = (_dt.datetime.now(CHINA_TZ) + _dt.timedelta(minutes=61)).isoformat(timespec="seconds")
-    said = f"{at!r} is 1 h 1 min ahead of this machine's clock (at most 1 h is accepted)"
+def published_at_refused(tmp_path: Path, at: str, said: str) -> None:
+    """A snapshot header and a delta row with ``published_at`` ``at``: each refused
+    by ``validate``, saying ``said`` of its line."""
     snapshot = write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0, at), *basic_rows()])
     done = cli("compiled", "validate", str(snapshot))
     assert done.returncode == 1, done.stdout
     assert f"line 1: snapshot.published_at: {said}" in done.stdout, done.stdout
-
     row = {**delta(1, "DELIST", entry_id="E1"), "published_at": at}
     deltas = write_jsonl(tmp_path / "delta-0001.jsonl", [row])
     done = cli("compiled", "validate", str(deltas))
     assert done.returncode == 1, done.stdout
     assert f"line 1: published_at: {said}" in done.stdout, done.stdout
+
+
+def test_published_at_past_the_hour_ahead_says_hours_and_minutes(tmp_path: Path) -> None:
+    """61 minutes ahead read "1.0 h ahead", as if exactly at the 1 h limit."""
+    at = (_dt.datetime.now(CHINA_TZ) + _dt.timedelta(minutes=61)).isoformat(timespec="seconds")
+    said = f"{at!r} is 1 h 1 min ahead of this machine's clock (at most 1 h is accepted)"
+    published_at_refused(tmp_path, at, said)
 
 
 @pytest.mark.parametrize(
@@ -323,15 +328,7 @@ def test_published_at_is_one_form_of_time_as_a_list_date_is(tmp_path: Path, at: 
     """Only RFC 3339's calendar date and time with an offset (seconds optional), as
     list dates are only YYYY-MM-DD or YYYYMMDD."""
     said = f"{at!r} is not a valid time of the form 2026-11-28T09:00:00+08:00 (RFC 3339)"
-    snapshot = write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0, at), *basic_rows()])
-    done = cli("compiled", "validate", str(snapshot))
-    assert done.returncode == 1, done.stdout
-    assert f"line 1: snapshot.published_at: {said}" in done.stdout, done.stdout
-    row = {**delta(1, "DELIST", entry_id="E1"), "published_at": at}
-    deltas = write_jsonl(tmp_path / "delta-0001.jsonl", [row])
-    done = cli("compiled", "validate", str(deltas))
-    assert done.returncode == 1, done.stdout
-    assert f"line 1: published_at: {said}" in done.stdout, done.stdout
+    published_at_refused(tmp_path, at, said)
 
 
 def test_published_at_in_every_form_a_feed_writes_is_read(tmp_path: Path) -> None:
