@@ -49,9 +49,16 @@ def open_files_ratio() -> float | None:
     if soft == resource.RLIM_INFINITY or soft <= 0:
         return None
     try:
-        return len(os.listdir("/proc/self/fd")) / soft
-    except OSError:
+        # Linux 6.2 and later: the count, without a descriptor or a list of names
+        # (10,000 connections took 12 ms of listing, under the GIL, once a second)
+        held = os.stat("/proc/self/fd").st_size
+        if held <= 0:  # an older kernel says 0: list them, less the one listing them
+            held = len(os.listdir("/proc/self/fd")) - 1
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # at the limit: none left to list
+            return 1.0
         return None
+    return held / soft
 
 
 def others_may_write(st: os.stat_result) -> str:

@@ -77,8 +77,8 @@ def parse_instant(value: Any, field: str) -> float:
     if not isinstance(value, str):
         raise InvalidInput(field, "must be an ISO 8601 time with an offset, as a string")
     shaped = _INSTANT.fullmatch(value)
-    try:
-        moment = _dt.datetime.fromisoformat(value)
+    try:  # RFC 3339's lower-case t and z, which Python 3.11 does not read
+        moment = _dt.datetime.fromisoformat(value.upper() if shaped else value)
     except ValueError:
         moment = None
     if moment is not None and moment.tzinfo is None:

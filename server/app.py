@@ -99,7 +99,13 @@ from shixin_check.loader.index_redis import RedisFollower, RedisKeys, connect
 from shixin_check.loader.versions import DirectoryFollower, ListFileChanged, Loader
 from shixin_check.server.auth import EnumerationWatch, Gate, KeyRing, KeysWatcher
 from shixin_check.server.engine import CheckEngine
-from shixin_check.server.hitlog import AuditLog, HitLog, LogInUse
+from shixin_check.server.hitlog import (
+    AuditLog,
+    ForeignFile,
+    HitLog,
+    LogInUse,
+    write_error_advice,
+)
 from shixin_check.server.hitsink import HitForwarder, error_text
 from shixin_check.server.metrics import MetricsEndpoint, Reading, ReadingWriter, take_reading
 from shixin_check.server.service import (
@@ -246,7 +252,9 @@ class Service:
         self.port = 0
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()  # a second stop signal: no drain
-        self._draining = False  # in the --drain after a stop signal (a second one ends it)
+        #: until the --drain after a stop signal is over (a second signal ends it; one
+        #: before the drain began skips it)
+        self._draining = settings.drain_seconds > 0
         self.checks: ConsumptionCheckService | None = None  # the servicer, once built
         #: why the list file was not loaded, when that is not a bad row: it changed under
         #: the running pool of workers this one belongs to (``ListFileChanged``)
@@ -760,7 +768,7 @@ class Service:
             on_ready(self)
         await self._stop.wait()
         drain = 0.0 if self._hurry.is_set() else self.settings.drain_seconds
-        self._draining = drain > 0  # until the drain's wait below is over
+        self._draining = drain > 0  # a second signal may have skipped it already
         if drain > 0:
             log.info("stopping: health NOT_SERVING; answering new calls for %.1fs (--drain), "
                      "then draining in-flight calls for up to %.1fs",
@@ -1249,10 +1257,8 @@ def _open_log(kind: Any, flag: str, path: Path | None, durability: dict[str, Any
         raise
     except OSError as exc:
         what = exc.strerror or str(exc)
-        if exc.errno == errno.ELOOP:  # hitlog opens no file of a log through a link
-            link = exc.filename or path
-            what = (f"{link} is a symbolic link, which the server never writes a log "
-                    "through: give the real path (or remove the link)")  # fmt: skip
+        if isinstance(exc, ForeignFile):  # another user's link or file: never written
+            what += f"; {write_error_advice(exc, path)}"
         if not path.parent.is_dir():
             # the folder, not the file: a worker's file (hits.w1.jsonl) is not the flag's
             raise ConfigurationError(

@@ -153,12 +153,9 @@ _sync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
 _TAIL_CHUNK = 8192
 _READ_CHUNK = 1 << 20  # what ``HeldFile.lines`` reads at a time
-#: A log's folder, when the server makes it: its records name people on the list
+#: A log's folder, and each folder above it the server makes: its records name people on
+#: the list (at most this: the umask may take more away)
 FOLDER_MODE = 0o750
-#: Every file the writer opens or creates: never through a symbolic link (whoever could
-#: put one in the folder would have the server append to a file of their choosing), and
-#: never inherited by a child process
-NO_LINKS = os.O_NOFOLLOW | os.O_CLOEXEC
 _METADATA_SECRETS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 _METADATA_VALUE_MAX = 256
 HEAD_INTERVAL = 0.1  # seconds between notes of the audit chain head, at most
@@ -487,7 +484,7 @@ def _hold(path: Path) -> int:
     process ends, however it ends), or ``LogInUse``: two writers on one set would
     interleave records and break the audit chain's order."""
     lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | NO_LINKS, 0o640)
+    fd = open_for_writing(lock, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -502,11 +499,67 @@ def _hold(path: Path) -> int:
     return fd
 
 
+class ForeignFile(OSError):
+    """A file of a log that another user made (a symbolic link, or the file itself):
+    whoever can write the log's folder would have the server append records to a file
+    of their choosing, or to one they can edit. Never written."""
+
+
+def _ours(uid: int) -> bool:
+    """Made by this server's user, or by root (the administrator)."""
+    return uid in (os.geteuid(), 0)
+
+
+def open_for_writing(path: Path, flags: int) -> int:
+    """``os.open(path, flags)`` (mode 0640 when made, closed on exec) for a file of a log:
+    never through a symbolic link another user made, never a file another user owns
+    (``ForeignFile``). A link this server's user or root made is followed."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        link = os.lstat(path)
+        if not _ours(link.st_uid):
+            raise ForeignFile(
+                errno.ELOOP, f"{path} is a symbolic link another user made (uid "
+                f"{link.st_uid}), which this server never follows", str(path),
+            ) from None  # fmt: skip
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o640)
+    owner = os.fstat(fd).st_uid
+    if not _ours(owner):
+        os.close(fd)
+        raise ForeignFile(
+            errno.EPERM, f"{path} is owned by another user (uid {owner}), who could edit "
+            "what this server writes in it", str(path),
+        )  # fmt: skip
+    return fd
+
+
+def make_folder(folder: Path) -> None:
+    """``folder`` and each missing folder above it, made ``FOLDER_MODE`` (``mkdir -p``
+    gives only the last the mode asked for)."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for one in reversed(missing):
+        try:
+            one.mkdir(mode=FOLDER_MODE)
+        except FileExistsError:
+            if not one.is_dir():
+                raise
+
+
 def describe_write_error(exc: OSError) -> str:
     """``EFBIG (File too large)``: the errno's name and its text, without a traceback."""
     number = exc.errno
     if number is None:
         return str(exc)
+    if isinstance(exc, ForeignFile):  # its own words: ELOOP's would mislead
+        return str(exc.strerror)
     return f"{errno.errorcode.get(number, f'errno {number}')} ({os.strerror(number)})"
 
 
@@ -522,11 +575,9 @@ def write_error_advice(exc: OSError, path: Path) -> str:
         return (f"{folder} (or a file of the log in it) was removed under this server: it "
                 f"makes the folder again and starts a new live file at the next write; if "
                 f"this goes on, make {folder} again (mkdir) where this server can write")  # fmt: skip
-    if exc.errno == errno.ELOOP:  # NO_LINKS: a symbolic link put where a file of the log goes
-        return (
-            f"a file of the log in {folder} is a symbolic link, which this server never "
-            f"writes through: remove it, and keep {folder} writable by this server alone"
-        )
+    if isinstance(exc, ForeignFile):  # another user's link or file where a file goes
+        return (f"remove it, and keep {folder} and the folders above it writable by this "
+                "server's user alone")  # fmt: skip
     if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # the folder's name taken by a file
         return f"{folder} is not a folder: move what has its name away (it is made again then)"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -584,7 +635,7 @@ class AppendLog:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}, not {fsync!r}")
         if max_bytes <= 0 or fsync_interval < 0:
             raise ValueError("max_bytes must be positive and fsync_interval not negative")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
+        make_folder(path.parent)
         self.path = path
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -638,7 +689,7 @@ class AppendLog:
         or a second server started on the new folder could write the set too.
         """
         made = self._regain()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NO_LINKS, 0o640)
+        fd = open_for_writing(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         if made:
             log.error(
                 "%s %s: its folder was removed while this server wrote it, with every file "
@@ -658,7 +709,7 @@ class AppendLog:
         folder = self.path.parent
         made = not folder.is_dir()
         if made:
-            folder.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
+            make_folder(folder)
         if self._owner >= 0 and not self._holds_set():
             if not made and self._written_by_another():
                 raise SetTaken(
@@ -710,7 +761,7 @@ class AppendLog:
             torn = f.read()
         aside = self.path.with_name(self.path.name + ".torn")
         with os.fdopen(
-            os.open(aside, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NO_LINKS, 0o640), "ab"
+            open_for_writing(aside, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab"
         ) as out:
             out.write(torn + b"\n")
         os.ftruncate(self._fd, start)
@@ -1306,7 +1357,7 @@ def write_head(path: Path, head: ChainHead, *, sync: bool = False) -> None:
     target = head_path(path)
     part = target.with_name(target.name + ".part")
     text = orjson.dumps({"seq": head.seq, "sha256": head.sha256, "file": head.file})
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NO_LINKS, 0o640)
+    fd = open_for_writing(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, text + b"\n")
         if sync:

@@ -76,7 +76,7 @@ from redis.sentinel import SentinelConnectionPool
 from shixin_check.domain.model import china_day
 from shixin_check.loader.background import Background
 from shixin_check.loader.index_redis import Client, ErrorCount, masked_url, refused_write
-from shixin_check.server.hitlog import NO_LINKS, log_files, withdrawn_ids
+from shixin_check.server.hitlog import log_files, open_for_writing, withdrawn_ids
 
 _ADD_ONCE = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
@@ -368,7 +368,7 @@ class HitForwarder(Background):
 
     def _save(self, inode: int, offset: int, remember: bool = True) -> None:
         part = self.cursor_path.with_name(self.cursor_path.name + ".part")
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NO_LINKS, 0o640)
+        fd = open_for_writing(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             os.write(fd, f"{inode} {offset}".encode())
         finally:

@@ -149,49 +149,66 @@ def test_a_key_secret_file_or_keys_file_another_user_may_write_is_refused(
     assert "is writable by everyone (mode 0662): another user could grant any key" in last, last
 
 
+#: Another user (nobody): the tests run as root, who may hand a file or a link to anyone
+OTHER_UID = 65534
+
+
 def test_a_log_folder_the_server_makes_is_for_its_user_alone_whatever_the_umask(
     tmp_path: Path, no_umask: None
 ) -> None:
-    """Its records name people on the list; under ``umask 000`` its folder was made
-    world-writable, where anyone could put a link in place of a file of the log."""
+    """Its records name people on the list; under ``umask 000`` its folder (and each
+    one above it that it made) was world-writable, where anyone could put a file of
+    their own in place of the log's."""
     path = tmp_path / "logs" / "audit" / "audit.jsonl"
     log = AuditLog(path)
     log.record("CheckConsumption", "ipv4:127.0.0.1:1", "masked", "OK", time.time())
     log.close()
-    assert mode(path.parent) == 0o750, oct(mode(path.parent))
+    made = {p.name: oct(mode(p)) for p in (path.parent, path.parent.parent)}
+    assert made == {"audit": "0o750", "logs": "0o750"}, made
     loose = {f.name: oct(mode(f)) for f in path.parent.iterdir() if mode(f) & 0o027}
     assert not loose, loose
 
 
-@pytest.mark.parametrize("name", ["audit.jsonl", "audit.jsonl.lock"])
-def test_a_symbolic_link_where_a_log_file_goes_is_refused_at_start(
-    tmp_path: Path, feed: Path, name: str
+@pytest.mark.parametrize(("name", "kind"), [("audit.jsonl", "link"), ("audit.jsonl.lock", "link"),
+                                            ("audit.jsonl", "file")])  # fmt: skip
+def test_a_file_of_a_log_another_user_made_is_refused_at_start(
+    tmp_path: Path, feed: Path, name: str, kind: str
 ) -> None:
-    """Whoever could put a link in the log's folder had the server append records (or
-    take a lock) in a file of their choosing: it never opens a file of a log through one."""
+    """Whoever could write the log's folder had the server append records (or take its
+    lock) in a file of their choosing, through a link, or in a file of their own that
+    they could edit: the server opens neither. Its own user's link is followed."""
     folder = tmp_path / "logs"
     folder.mkdir()
     victim = tmp_path / "victim"
     victim.write_text("not the server's\n")
-    (folder / name).symlink_to(victim)
+    planted = folder / name
+    if kind == "link":
+        planted.symlink_to(victim)
+        os.lchown(planted, OTHER_UID, OTHER_UID)
+        said = f"is a symbolic link another user made (uid {OTHER_UID}), which this server never follows"
+    else:
+        planted.write_text("")
+        os.chown(planted, OTHER_UID, OTHER_UID)
+        said = f"is owned by another user (uid {OTHER_UID}), who could edit what this server writes in it"
     path = folder / "audit.jsonl"
     done = run_cli("serve", "--list", str(feed), "--audit-log", str(path),
                    "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        f"shixin-check serve: --audit-log {path}: cannot open it: {folder / name} is a "
-        "symbolic link, which the server never writes a log through: give the real path "
-        "(or remove the link)"
+        f"shixin-check serve: --audit-log {path}: cannot open it: {planted} {said}; remove "
+        f"it, and keep {folder} and the folders above it writable by this server's user alone"
     )
     assert victim.read_text() == "not the server's\n"
+    assert planted.is_symlink() or planted.read_text() == ""
 
 
-def test_a_live_file_replaced_by_a_link_while_serving_is_never_written_through(
-    tmp_path: Path,
+@pytest.mark.parametrize("kind", ["link", "file"])
+def test_a_live_file_replaced_by_another_users_while_serving_is_never_written(
+    tmp_path: Path, kind: str
 ) -> None:
     """The writer finds its live file gone within a second and starts a new one at the
-    same path: where a link stands there now, the record fails (the call with it, and
-    health with the log) and the link's target is left as it was."""
+    same path: where another user's link or file stands there now, the record fails
+    (the call with it, and health with the log) and nothing is written into it."""
     path = tmp_path / "logs" / "hits.jsonl"
     clock = Clock(time.time())
     log = HitLog(path, clock=clock)
@@ -199,17 +216,22 @@ def test_a_live_file_replaced_by_a_link_while_serving_is_never_written_through(
     victim = tmp_path / "victim"
     victim.write_text("")
     path.unlink()
-    path.symlink_to(victim)
+    if kind == "link":
+        path.symlink_to(victim)
+        os.lchown(path, OTHER_UID, OTHER_UID)
+    else:
+        path.write_text("")
+        os.chown(path, OTHER_UID, OTHER_UID)
+        path.chmod(0o666)
     clock.now += 1.5
     with pytest.raises(OSError) as failed:
-        log.append({"n": 2})
-    assert failed.value.errno == errno.ELOOP
-    assert "is a symbolic link, which this server never writes through" in (
-        write_error_advice(failed.value, path)
-    )
+        log.append({"n": 2, "who": "a person on the list"})
+    assert failed.value.errno == (errno.ELOOP if kind == "link" else errno.EPERM)
+    assert write_error_advice(failed.value, path).startswith("remove it, and keep")
     assert victim.read_text() == "" and log.failure is not None
+    assert path.is_symlink() or path.read_text() == ""
     path.unlink()
     clock.now += 1.5
-    log.append({"n": 3})  # the link removed: the log goes on
+    log.append({"n": 3})  # what was planted removed: the log goes on
     log.close()
     assert [r["n"] for r in records(path)] == [3] and victim.read_text() == ""

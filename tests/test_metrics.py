@@ -13,6 +13,9 @@ import datetime as _dt
 import os
 import resource
 import socket
+import subprocess
+import sys
+import textwrap
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -231,6 +234,29 @@ def test_open_files_are_reported_against_the_limit_on_them(serve: Serve, listed:
             os.close(fd)
     assert 0 < before < 1
     assert abs((during - before) * soft - 200) <= 10, (before, during, soft)
+
+
+def test_open_files_at_the_limit_read_as_the_limit() -> None:
+    """At the limit the count could not be listed (that takes a descriptor too): the
+    series vanished just when it mattered; one short of it, it read above 1."""
+    code = textwrap.dedent("""
+        import os, resource
+        from shixin_check.domain.system import open_files_ratio
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        held = []
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        at_limit = open_files_ratio()
+        os.close(held.pop())
+        print(at_limit, open_files_ratio())
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    at_limit, one_short = map(float, done.stdout.split())
+    assert (at_limit, one_short) == (1.0, 63 / 64), done.stdout
 
 
 def test_a_failed_hit_log_write_is_counted_and_the_call_refused(serve: Serve, listed: Path) -> None:

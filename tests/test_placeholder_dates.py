@@ -333,7 +333,7 @@ def test_published_at_is_one_form_of_time_as_a_list_date_is(tmp_path: Path, at: 
 
 def test_published_at_in_every_form_a_feed_writes_is_read(tmp_path: Path) -> None:
     for at in ["2026-11-28T09:00:00+08:00", "2026-11-28 01:00:00Z", "2026-11-28T01:00Z",
-               "2026-11-28T09:00:00.250+08:00"]:  # fmt: skip
+               "2026-11-28T09:00:00.250+08:00", "2026-11-28t01:00:00z"]:  # fmt: skip
         snapshot = write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0, at), *basic_rows()])
         done = cli("compiled", "validate", str(snapshot))
         assert done.returncode == 0, (at, done.stdout)

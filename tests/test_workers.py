@@ -182,8 +182,7 @@ def test_two_workers_share_one_index_answer_alike_and_survive_a_kill(
 
         # (g) the metrics endpoint reports the sum over both workers
         eventually(lambda: checks_total(url) == len(answers), "checks of both workers summed")
-        # and the open files of the worker nearest its limit (a worker's own, not the
-        # supervisor's, which serves no connection)
+        # and the open files of the worker nearest its limit
         assert 0 < scrape(url)["shixin_open_files_ratio"] < 1
 
         # a taken port is refused in one line, by a supervisor and by a single server
