@@ -84,6 +84,11 @@ _DOCUMENT_SHAPE = re.compile(r"[A-Z0-9]{5,20}\Z")
 #: letter, the holder's 8-digit lifetime number, then two digits counting its renewals.
 #: The card's number is the first nine characters (``permit_card``).
 OLD_PERMIT = re.compile(r"[HM][0-9]{10}\Z")
+#: A Taiwan residents' permit (台湾居民来往大陆通行证) number as the old booklet printed
+#: it: the holder's 8-digit lifetime number, then two digits counting its issues
+#: (``12345678(01)``, written without the brackets). The card's number is the first
+#: eight digits; booking forms take either (``permit_card``).
+OLD_TAIWAN_PERMIT = re.compile(r"[0-9]{10}\Z")
 
 # Middle dots seen in minority names (阿依古丽·买买提), as typed on every kind
 # of keyboard and input method: all read as U+00B7.
@@ -246,15 +251,20 @@ def normalize_person_id(id_type: IdType, raw: str, field: str = "id_number") -> 
     return normalize_document(raw, field)
 
 
-def permit_card(number: str) -> str | None:
-    """The card's number (``H12345678``) a Home Return Permit number in the old
-    booklet's form names (``H1234567801``: the lifetime number and a renewal count),
-    or None for any other number (normalised, as ``normalize_document`` returns it).
-    A check looks the old form up as the card too (``convert.to_query``), and a list
-    keys a row giving the old form as the card (``listfile.as_resident``), so either
-    form finds the holder, whichever the list or the clerk wrote."""
-    if len(number) == 11 and OLD_PERMIT.match(number) is not None:
-        return number[:9]
+def permit_card(number: str) -> tuple[IdType, str] | None:
+    """The permit card a number in an old booklet's form names: a Home Return Permit's
+    (``H1234567801``: the lifetime number and a renewal count) as
+    ``(HK_MACAO_PERMIT, "H12345678")``, a Taiwan permit's (``1234567801``: the
+    lifetime number and an issue count) as ``(TAIWAN_PERMIT, "12345678")``; None for
+    any other number (normalised, as ``normalize_document`` returns it). A check looks
+    the old form up as the card too (``convert.to_query``), and a list keys a row
+    giving the old form as the card (``listfile.as_resident``), so either form finds
+    the holder, whichever the list or the clerk wrote."""
+    size = len(number)
+    if size == 11 and OLD_PERMIT.match(number) is not None:
+        return IdType.HK_MACAO_PERMIT, number[:9]
+    if size == 10 and OLD_TAIWAN_PERMIT.match(number) is not None:
+        return IdType.TAIWAN_PERMIT, number[:8]
     return None
 
 

@@ -263,10 +263,11 @@ static PyObject *person(PyObject *obj, PyObject *role, PyObject *others) {
     int known = only_fields(obj, 3 + (kind != NULL), others); /* the caller's key, name, number */
     if (known != SURE) return NULL; /* FAILED: its error is set */
     /* a document number of 15 or 18 characters may be a resident ID under the wrong
-     * type, and one of 11 a Home Return Permit's old form, which listfile.as_resident
-     * keys as the resident ID or the card: Python decides */
+     * type, one of 11 a Home Return Permit's old form and one of 10 a Taiwan permit's,
+     * which listfile.as_resident keys as the resident ID or the card: Python decides */
     Py_ssize_t length = PyUnicode_GET_LENGTH(number);
-    if (id_type != RESIDENT && (length == 15 || length == 18 || length == 11)) return NULL;
+    if (id_type != RESIDENT && (length == 15 || length == 18 || length == 11 || length == 10))
+        return NULL;
     int ok = id_type == RESIDENT ? canonical_resident_id(number) : canonical_document(number);
     if (ok != SURE) return NULL;
     return PyTuple_Pack(4, role, name, id_type, number);

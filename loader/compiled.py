@@ -115,7 +115,9 @@ log = logging.getLogger("shixin.loader")
 #: 8: a date is ``YYYY-MM-DD`` or ``YYYYMMDD`` (``listfile._DAY_FORM``): an older folder
 #: may hold a day read from an ISO week date (``2026-W01-1`` as 2025-12-29), an end moved
 #: that may clear a listed person, so its list is parsed (and refused) again
-FORMAT = 8
+#: 9: a Taiwan permit listed in the old booklet's form (``1234567801``) is keyed as the
+#: card (``12345678``): an older folder keys it as given, not found by the card
+FORMAT = 9
 Code = Literal["Q", "I", "i"]
 #: typed columns and their element (the ``array`` / ``memoryview`` type code)
 _TYPED: dict[str, Code] = {

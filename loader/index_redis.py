@@ -365,7 +365,11 @@ PERMIT_FORMAT = 4
 #: from an ISO week date (``2026-W01-1`` as 2025-12-29): served, BEHIND until loaded again
 #: (``load`` refuses such a date now, a bad row).
 DAYS_FORMAT = 5
-FORMAT = DAYS_FORMAT
+#: 6: a Taiwan permit listed in the old booklet's form (``1234567801``) is keyed as the
+#: card (``12345678``). A version loaded before keys it as given: a check by the card does
+#: not find it, until the snapshot is loaded again (BEHIND meanwhile).
+TAIWAN_PERMIT_FORMAT = 6
+FORMAT = TAIWAN_PERMIT_FORMAT
 
 
 def encode_match(m: ListedMatch, organization_name: str = "") -> list[Any]:
@@ -446,6 +450,11 @@ def format_problem(version: str, fmt: int) -> str:
                 "the ISO week form (2026-W01-1, read as 2025-12-29) as a day, which may have "
                 "moved an end date; run this version's validate on its snapshot (such a date "
                 "is a bad row now), then load it again (load PATH --redis URL)")  # fmt: skip
+    if fmt < TAIWAN_PERMIT_FORMAT:
+        return (f"version {version} was loaded by an older shixin-check that kept a Taiwan "
+                "permit listed in the old booklet's form (1234567801) as given, so a check by "
+                "the card's number (12345678) does not find it; load its snapshot again with "
+                "this version (load PATH --redis URL)")  # fmt: skip
     return ""
 
 

@@ -645,15 +645,15 @@ def as_resident(id_type: IdType, number: str) -> tuple[IdType | None, str]:
     (a sole proprietor's ``92...`` listed as a person) as that organisation
     (``None``, the USCC key space), where a check by USCC looks. A check under the
     document type finds it too, through the same reading (``convert.to_query``). A
-    Home Return Permit number in the old booklet's form is kept as the card's number
-    (``identity.permit_card``), which a check by either form looks up."""
+    Home Return Permit or Taiwan permit number in an old booklet's form is kept as
+    the card's number (``identity.permit_card``), which a check by either form looks up."""
     if id_type is not IdType.RESIDENT_ID:
         other = other_reading(id_type, number)
         if other is not None:
             return other
         card = permit_card(number)
         if card is not None:
-            return IdType.HK_MACAO_PERMIT, card
+            return card
     return id_type, number
 
 

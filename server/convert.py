@@ -89,10 +89,9 @@ STREAM_ID_WINDOW = 1024
 #: resident ID that is a USCC too also as the organisation). 1: a USCC that is a valid
 #: resident ID too is also looked up as that resident ID. 2: a Home Return Permit number
 #: in its old form (``H``/``M`` and ten digits) is also looked up as the card number it
-#: begins with (``identity.permit_card``).
-LOOKUP_RULES = 2
-
-_HK_MACAO = IdType.HK_MACAO_PERMIT
+#: begins with (``identity.permit_card``). 3: a Taiwan permit number in its old form
+#: (ten digits) is also looked up as the card number it begins with (eight digits).
+LOOKUP_RULES = 3
 
 
 def _too_long(field: str, value: str) -> NoReturn:
@@ -376,10 +375,11 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
             # reason for ALLOW: a clerk's choice of type must not let a listed person by
             for kind in _OTHER_DOCUMENTS[id_type]:
                 also += (keyer.subject_key(kind, number),)
-            if len(number) == 11 and (card := permit_card(number)) is not None:
-                # a Home Return Permit's old form names the holder the card's nine
-                # characters name: a listed holder checked by the old form is no ALLOW
-                also += (keyer.subject_key(_HK_MACAO, card),)
+            if 10 <= len(number) <= 11 and (card := permit_card(number)) is not None:
+                # a permit's old form names the holder its card's number names (a Home
+                # Return Permit's nine characters, a Taiwan permit's eight digits): a
+                # listed holder checked by the old form is no ALLOW
+                also += (keyer.subject_key(*card),)
     elif which == "organization":
         org = request.organization
         uscc = _bounded(org.uscc, MAX_ID, "subject.organization.uscc")

@@ -173,6 +173,14 @@ def test_a_format_1_version_keeps_its_exemptions_unapplied_and_its_ends_fail_clo
         # read an ISO week date (2026-W01-1) as a day, which may have moved an end date;
         # ``load`` refuses it now
         (4, ["ISO week form (2026-W01-1, read as 2025-12-29)", "then load it again"]),
+        # kept a Taiwan permit listed in the old booklet's form as given
+        (
+            5,
+            [
+                "Taiwan permit listed in the old booklet's form (1234567801)",
+                "load its snapshot again with this version",
+            ],
+        ),
     ],
 )
 def test_a_version_of_an_older_format_is_served_but_behind_until_loaded_again(

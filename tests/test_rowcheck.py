@@ -128,8 +128,8 @@ def test_a_person_row_is_taken_as_python_takes_it(
     found = _agrees(row)
     python = _python_plain(row)
     # a row whose values need no normalising is the C checker's to take, but for a
-    # document number of 11, 15 or 18 characters (listfile.as_resident decides those)
-    document = id_type not in ("RESIDENT_ID", "", None) and len(number) in (11, 15, 18)
+    # document number of 10, 11, 15 or 18 characters (listfile.as_resident decides those)
+    document = id_type not in ("RESIDENT_ID", "", None) and len(number) in (10, 11, 15, 18)
     if python is not None and python[1][0][3] == number and name and name == name.strip():
         assert found is not None or document
 
@@ -148,6 +148,23 @@ def test_a_home_return_permit_in_its_old_form_is_keyed_as_the_card() -> None:
     for other in ("H123456780", "H123456780101", "X1234567801", "HX234567801"):
         row = person_entry("E1", other, "陈大文")
         row["subject"]["id_type"] = "HK_MACAO_PERMIT"
+        assert parse_entry(row).subjects()[0][3] == other
+
+
+def test_a_taiwan_permit_in_its_old_form_is_keyed_as_the_card() -> None:
+    """A row giving a Taiwan permit in the old booklet's form (the card's eight digits
+    and an issue count) is keyed as the card, under any document type, where a check by
+    either form looks; the C checker leaves it to Python."""
+    for id_type in ("TAIWAN_PERMIT", "PASSPORT", "HK_MACAO_PERMIT"):
+        row = person_entry("E1", "1234567801", "林志明")
+        row["subject"]["id_type"] = id_type
+        assert _compiled().plain(row, 3) is None
+        kind, number = parse_entry(row).subjects()[0][2:]
+        assert (kind, number) == (IdType.TAIWAN_PERMIT, "12345678"), id_type
+        assert _python_plain(row)[1][0][2:] == (IdType.TAIWAN_PERMIT, "12345678")
+    for other in ("123456780", "123456780101", "A234567801"):
+        row = person_entry("E1", other, "林志明")
+        row["subject"]["id_type"] = "TAIWAN_PERMIT"
         assert parse_entry(row).subjects()[0][3] == other
 
 
