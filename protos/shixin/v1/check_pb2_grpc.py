@@ -84,8 +84,8 @@ class ConsumptionCheckStub:
     the server's log: quote it to the operator)
 
     Statuses that come from grpc itself, before this service sees the call,
-    carry no details: RESOURCE_EXHAUSTED "Received message larger than max
-    (N vs. 4194304)" for a request over 4 MiB (do not retry it: shrink it; on a
+    carry no details: RESOURCE_EXHAUSTED "SERVER: Received message larger than
+    max (N vs. 4194304)" (grpc's words) for a request over 4 MiB (do not retry it: shrink it; on a
     stream it ends the stream), DEADLINE_EXCEEDED when the caller's deadline
     passes, UNAVAILABLE when the server cannot be reached or is shutting down,
     UNIMPLEMENTED for an unknown method.
@@ -183,8 +183,8 @@ class ConsumptionCheckServicer:
     the server's log: quote it to the operator)
 
     Statuses that come from grpc itself, before this service sees the call,
-    carry no details: RESOURCE_EXHAUSTED "Received message larger than max
-    (N vs. 4194304)" for a request over 4 MiB (do not retry it: shrink it; on a
+    carry no details: RESOURCE_EXHAUSTED "SERVER: Received message larger than
+    max (N vs. 4194304)" (grpc's words) for a request over 4 MiB (do not retry it: shrink it; on a
     stream it ends the stream), DEADLINE_EXCEEDED when the caller's deadline
     passes, UNAVAILABLE when the server cannot be reached or is shutting down,
     UNIMPLEMENTED for an unknown method.
@@ -393,8 +393,8 @@ class ConsumptionCheck:
     the server's log: quote it to the operator)
 
     Statuses that come from grpc itself, before this service sees the call,
-    carry no details: RESOURCE_EXHAUSTED "Received message larger than max
-    (N vs. 4194304)" for a request over 4 MiB (do not retry it: shrink it; on a
+    carry no details: RESOURCE_EXHAUSTED "SERVER: Received message larger than
+    max (N vs. 4194304)" (grpc's words) for a request over 4 MiB (do not retry it: shrink it; on a
     stream it ends the stream), DEADLINE_EXCEEDED when the caller's deadline
     passes, UNAVAILABLE when the server cannot be reached or is shutting down,
     UNIMPLEMENTED for an unknown method.
