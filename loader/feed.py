@@ -29,6 +29,7 @@ start of that day, China time).
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import re
 import time
@@ -43,9 +44,13 @@ from shixin_check.domain.errors import InvalidInput, LoadRejected, RowError
 from shixin_check.domain.model import CHINA_TZ, NO_END
 
 HEADER_KEY = "snapshot"
-#: how far ahead of this machine's clock a published_at may be (the feed's clock may run
-#: a little fast; an hour more is a wrong offset or a wrong date)
+#: how far ahead of this machine's clock a published_at is taken as it is (the feed's
+#: clock may run a little fast); one further ahead is taken as this far ahead, so that
+#: the list's age, measured from it, cannot read 0 for longer (never stale)
 FUTURE_TOLERANCE_S = 3600.0
+#: seconds between the log's lines about such times, at most (a delta file may carry one
+#: on every row)
+AHEAD_LINE_EVERY_S = 60.0
 #: the largest delta seq (and includes_seq): status, metrics and the wire carry it as int64
 MAX_SEQ = 2**63 - 1
 #: The one form of a time in a feed (RFC 3339: ISO 8601's calendar date and time with
@@ -55,6 +60,7 @@ _INSTANT = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
 )
 _EPOCH_DAY_START = _dt.datetime(1970, 1, 1, tzinfo=CHINA_TZ).timestamp()
+log = logging.getLogger("shixin.loader")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +94,35 @@ def parse_instant(value: Any, field: str) -> float:
             field, f"{value!r} is not a valid time of the form 2026-11-28T09:00:00+08:00 (RFC 3339)"
         )
     at = moment.timestamp()
-    ahead = at - time.time()
-    if ahead > FUTURE_TOLERANCE_S:  # the list's age would read 0 until then: never stale
-        raise InvalidInput(
-            field,
-            f"{value!r} is {_hours_minutes(ahead)} ahead of this machine's clock (at most "
-            f"{_hours_minutes(FUTURE_TOLERANCE_S)} is accepted)",
-        )
+    now = time.time()
+    if at - now > FUTURE_TOLERANCE_S:
+        # This machine's clock behind (or the feed's wrong): refusing the file served an
+        # older list, its newly listed people ALLOW NOT_LISTED, for as long as the clock
+        # lagged. Taken, with its time capped: its age cannot read 0 for longer.
+        _said_ahead(field, value, at - now)
+        return now + FUTURE_TOLERANCE_S
     return at
+
+
+#: [monotonic time of the last line, times capped since it]
+_AHEAD_SAID: list[float] = [-AHEAD_LINE_EVERY_S, 0]
+
+
+def _said_ahead(field: str, value: str, ahead: float) -> None:
+    """One WARNING a minute at most for a feed time capped by ``parse_instant``."""
+    now = time.monotonic()
+    _AHEAD_SAID[1] += 1
+    if now - _AHEAD_SAID[0] < AHEAD_LINE_EVERY_S:
+        return
+    more = int(_AHEAD_SAID[1]) - 1
+    _AHEAD_SAID[:] = [now, 0]
+    log.warning(
+        "%s: %r is %s ahead of this machine's clock: this clock is behind (check NTP) or "
+        "the feed's time is wrong; the file is loaded, its feed time taken as %s ahead "
+        "(the list's age is measured from it)%s", field, value, _hours_minutes(ahead),
+        _hours_minutes(FUTURE_TOLERANCE_S),
+        f"; {more} more such times since the last line" if more > 0 else "",
+    )  # fmt: skip
 
 
 def _hours_minutes(seconds: float) -> str:
