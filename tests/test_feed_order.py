@@ -698,7 +698,7 @@ def test_a_snapshot_that_includes_a_refused_delta_clears_behind(
     feed = Feed(tmp_path, keyer).start()
     feed.write("delta-0001.jsonl", [delta(1, "DELIST", entry_id="E1")])
     feed.write("delta-0002.jsonl", [{**delta(2, "DELIST", entry_id="E2"),
-                                     "published_at": "2099-01-01T00:00:00+08:00"}])  # fmt: skip
+                                     "published_at": "2026-13-01T00:00:00+08:00"}])  # fmt: skip
     assert feed.behind is not None and feed.behind[0] == "delta-0002.jsonl"
     (tmp_path / "delta-0001.jsonl").unlink()  # applied, then cleared away by the operator
     feed.poll()
