@@ -540,15 +540,16 @@ def make_folder(folder: Path) -> None:
     """``folder`` and each missing folder above it, made ``FOLDER_MODE`` (``mkdir -p``
     gives only the last the mode asked for)."""
     missing = []
-    while not folder.is_dir():
-        missing.append(folder)
-        if folder.parent == folder:
-            break
-        folder = folder.parent
-    for one in reversed(missing):
+    above = folder
+    while not os.path.lexists(above) and above.parent != above:
+        missing.append(above)
+        above = above.parent
+    if not missing and not folder.is_dir():  # as mkdir -p: a file where the folder goes
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(folder))
+    for one in reversed(missing):  # ENOTDIR where a file stands above: as mkdir -p
         try:
             one.mkdir(mode=FOLDER_MODE)
-        except FileExistsError:
+        except FileExistsError:  # made meanwhile (another worker): a folder will do
             if not one.is_dir():
                 raise
 
