@@ -52,6 +52,14 @@ def serving(folder: Path, index: Path) -> RunningServer:
     return server
 
 
+def refused_at_start(feed: Path, *flags: str) -> str:
+    """``serve --list FEED FLAGS``, which must stop at start (exit 2, no traceback):
+    the last line it printed."""
+    done = run_cli("serve", "--list", str(feed), *flags, "--listen", f"127.0.0.1:{free_port()}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    return str(done.stderr.strip().splitlines()[-1])
+
+
 def mapped(server: RunningServer) -> bool:
     view = server.service.index.current()
     assert view is not None
@@ -131,10 +139,7 @@ def test_a_key_secret_file_or_keys_file_another_user_may_write_is_refused(
     secret = tmp_path / "key"
     secret.write_text("tests-only-secret-0123456789abcdef")
     secret.chmod(0o666)
-    done = run_cli("serve", "--list", str(feed), "--key-secret-file", str(secret),
-                   "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
+    assert refused_at_start(feed, "--key-secret-file", str(secret)) == (
         f"shixin-check serve: the key secret file {secret} is writable by everyone (mode "
         f"0666): another user could change it; chmod 600 {secret}"
     )
@@ -142,10 +147,7 @@ def test_a_key_secret_file_or_keys_file_another_user_may_write_is_refused(
     keys = tmp_path / "keys.json"
     add_key(keys, "hotel-chain", ["HOTEL"], ["check"])
     keys.chmod(0o662)
-    done = run_cli("serve", "--list", str(feed), "--key-secret-file", str(secret),
-                   "--keys-file", str(keys), "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    last = done.stderr.strip().splitlines()[-1]
+    last = refused_at_start(feed, "--key-secret-file", str(secret), "--keys-file", str(keys))
     assert "is writable by everyone (mode 0662): another user could grant any key" in last, last
 
 
@@ -191,10 +193,7 @@ def test_a_file_of_a_log_another_user_made_is_refused_at_start(
         os.chown(planted, OTHER_UID, OTHER_UID)
         said = f"is owned by another user (uid {OTHER_UID}), who could edit what this server writes in it"
     path = folder / "audit.jsonl"
-    done = run_cli("serve", "--list", str(feed), "--audit-log", str(path),
-                   "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
+    assert refused_at_start(feed, "--audit-log", str(path)) == (
         f"shixin-check serve: --audit-log {path}: cannot open it: {planted} {said}; remove "
         f"it, and keep {folder} and the folders above it writable by this server's user alone"
     )
