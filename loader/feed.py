@@ -44,9 +44,10 @@ from shixin_check.domain.errors import InvalidInput, LoadRejected, RowError
 from shixin_check.domain.model import CHINA_TZ, NO_END
 
 HEADER_KEY = "snapshot"
-#: how far ahead of this machine's clock a published_at is taken as it is (the feed's
-#: clock may run a little fast); one further ahead is taken as this far ahead, so that
-#: the list's age, measured from it, cannot read 0 for longer (never stale)
+#: how far ahead of this machine's clock a published_at counts as it is for the list's
+#: age (the feed's clock may run a little fast); one further ahead counts as this far
+#: ahead (``feed_time``), so that the age cannot read 0 for longer (never stale). The
+#: ordering of snapshots compares the times as the feed wrote them.
 FUTURE_TOLERANCE_S = 3600.0
 #: seconds between the log's lines about such times, at most (a delta file may carry one
 #: on every row)
@@ -94,14 +95,20 @@ def parse_instant(value: Any, field: str) -> float:
             field, f"{value!r} is not a valid time of the form 2026-11-28T09:00:00+08:00 (RFC 3339)"
         )
     at = moment.timestamp()
-    now = time.time()
-    if at - now > FUTURE_TOLERANCE_S:
+    ahead = at - time.time()
+    if ahead > FUTURE_TOLERANCE_S:
         # This machine's clock behind (or the feed's wrong): refusing the file served an
         # older list, its newly listed people ALLOW NOT_LISTED, for as long as the clock
-        # lagged. Taken, with its time capped: its age cannot read 0 for longer.
-        _said_ahead(field, value, at - now)
-        return now + FUTURE_TOLERANCE_S
+        # lagged. Taken as written (snapshots are ordered by it); the list's age is
+        # measured from it capped (``feed_time``).
+        _said_ahead(field, value, ahead)
     return at
+
+
+def feed_time(at: float) -> float:
+    """A ``published_at`` as the list's age is measured from it: at most
+    ``FUTURE_TOLERANCE_S`` ahead of this machine's clock now."""
+    return min(at, time.time() + FUTURE_TOLERANCE_S)
 
 
 #: [monotonic time of the last line, times capped since it]
@@ -118,8 +125,8 @@ def _said_ahead(field: str, value: str, ahead: float) -> None:
     _AHEAD_SAID[:] = [now, 0]
     log.warning(
         "%s: %r is %s ahead of this machine's clock: this clock is behind (check NTP) or "
-        "the feed's time is wrong; the file is loaded, its feed time taken as %s ahead "
-        "(the list's age is measured from it)%s", field, value, _hours_minutes(ahead),
+        "the feed's time is wrong; the file is loaded, the list's age measured from %s "
+        "ahead%s", field, value, _hours_minutes(ahead),
         _hours_minutes(FUTURE_TOLERANCE_S),
         f"; {more} more such times since the last line" if more > 0 else "",
     )  # fmt: skip

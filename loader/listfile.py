@@ -645,14 +645,17 @@ def as_resident(id_type: IdType, number: str) -> tuple[IdType | None, str]:
     (a sole proprietor's ``92...`` listed as a person) as that organisation
     (``None``, the USCC key space), where a check by USCC looks. A check under the
     document type finds it too, through the same reading (``convert.to_query``). A
-    Home Return Permit or Taiwan permit number in an old booklet's form is kept as
-    the card's number (``identity.permit_card``), which a check by either form looks up."""
+    Home Return Permit number in the old booklet's form (under any type: its letter
+    marks it), or a Taiwan permit's given as one, is kept as the card's number
+    (``identity.permit_card``), which a check by either form looks up. Ten digits
+    under another type stay as given: two people's passports that share their first
+    eight digits must not become one person (an exemption of one would free both)."""
     if id_type is not IdType.RESIDENT_ID:
         other = other_reading(id_type, number)
         if other is not None:
             return other
         card = permit_card(number)
-        if card is not None:
+        if card is not None and (card[0] is IdType.HK_MACAO_PERMIT or card[0] is id_type):
             return card
     return id_type, number
 

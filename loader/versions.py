@@ -71,6 +71,7 @@ from shixin_check.loader.feed import (
     MAX_SEQ,
     day_start,
     entries_problem,
+    feed_time,
     is_header,
     pending,
     read_header,
@@ -298,7 +299,8 @@ def build_snapshot(
     newest = (
         int(np.frombuffer(cast(Any, base.e_listed), dtype=np.int32).max()) if base.entries else 0
     )
-    source_time = header.published_at if header.published_at is not None else source_time_of(newest)
+    published = header.published_at
+    source_time = feed_time(published) if published is not None else source_time_of(newest)
     label = version or _version_label(path)
     return view_of_base(base, str(path), source_time, label, header.includes_seq)
 
@@ -312,7 +314,7 @@ def source_time_of(published_on: int) -> float:
 def delta_source_time(ops: Sequence[DeltaOp], previous: float) -> float:
     """The feed's time after ``ops``: their newest ``published_at`` or, where no row
     gives one, the newest ``published_on`` they list; never earlier than ``previous``."""
-    stamps = [op.published_at for op in ops if op.published_at is not None]
+    stamps = [feed_time(op.published_at) for op in ops if op.published_at is not None]
     if not stamps:
         stamps = [source_time_of(op.entry.published_on) for op in ops if op.entry is not None]
     return max([previous, *stamps])

@@ -323,3 +323,22 @@ def test_a_redis_version_loaded_by_older_code_applies_no_exemption(
     eventually(lambda: flight(server.stub(), ZHANG) == ("ALLOW", "EXEMPTED"), "reloaded")
     assert not status(server).behind
     client.close()
+
+
+def test_an_exemption_of_one_ten_digit_passport_frees_no_other(tmp_path: Path, serve: Any) -> None:
+    """Ten digits read as a Taiwan permit's old form under any type made two people's
+    passports sharing their first eight digits one person: the exemption of one freed
+    the other (found by a review before it shipped). Only a Taiwan permit's is read so."""
+    entry = org_entry("E3", ACME_USCC, "北京艾克米科技有限公司",
+                      [("LEGAL_REPRESENTATIVE", "PAUL", "1234567801"),
+                       ("ACTUAL_CONTROLLER", "QUINN", "1234567899")],
+                      exemptions=[{**FLIGHTS, "id_type": "PASSPORT", "id_number": "1234567899"}])  # fmt: skip
+    for person in entry["related_persons"]:
+        person["id_type"] = "PASSPORT"
+    stub = serve(write_jsonl(tmp_path / "list.jsonl", [entry])).stub()
+    request = build_request("AIRLINE", id_number="1234567801", id_type="PASSPORT")
+    paul = stub.CheckConsumption(request, timeout=5)
+    assert (pb.Decision.Name(paul.decision), paul.reasons[0].code) == ("DENY", "AIR_TRAVEL")
+    request = build_request("AIRLINE", id_number="1234567899", id_type="PASSPORT")
+    quinn = stub.CheckConsumption(request, timeout=5)
+    assert (pb.Decision.Name(quinn.decision), quinn.reasons[0].code) == ("ALLOW", "EXEMPTED")

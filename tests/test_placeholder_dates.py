@@ -316,8 +316,8 @@ def test_published_at_past_the_hour_ahead_is_loaded_and_said_in_hours_and_minute
     never "1.0 h" for 61 minutes), with its time capped at the hour."""
     at = (_dt.datetime.now(CHINA_TZ) + _dt.timedelta(minutes=61)).isoformat(timespec="seconds")
     said = (f"{at!r} is 1 h 1 min ahead of this machine's clock: this clock is behind (check "
-            "NTP) or the feed's time is wrong; the file is loaded, its feed time taken as 1 h "
-            "ahead")  # fmt: skip
+            "NTP) or the feed's time is wrong; the file is loaded, the list's age measured from "
+            "1 h ahead")  # fmt: skip
     snapshot = write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0, at), *basic_rows()])
     done = cli("compiled", "validate", str(snapshot))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -329,28 +329,42 @@ def test_published_at_past_the_hour_ahead_is_loaded_and_said_in_hours_and_minute
     assert done.stderr.count(said) == 1, done.stderr  # once a minute, not once a row
 
 
+@pytest.mark.parametrize("first_ahead", [False, True])
 def test_a_server_whose_clock_is_behind_the_feed_serves_the_newest_list(
-    tmp_path: Path, serve: Serve
+    tmp_path: Path, serve: Serve, first_ahead: bool
 ) -> None:
-    """Its clock two hours behind the feed's (a VM resumed, NTP not yet synced), a
-    server refused the newest snapshot and served the one before: the people that one
-    lacks were ALLOW NOT_LISTED, BEHIND but SERVING, until the file changed again."""
+    """Its clock hours behind the feed's (a VM resumed, NTP not yet synced), a server
+    refused the newest snapshot and served the one before: the people that one lacks
+    were ALLOW NOT_LISTED, BEHIND but SERVING, until the file changed again. Both
+    snapshots ahead: their order is the feed's times as written, not as capped (capped
+    at each reading, the one read later looked newer, and the oldest was served)."""
     folder = tmp_path / "feed"
     folder.mkdir()
     rows = basic_rows()
-    write_jsonl(
-        folder / "snapshot-0001.jsonl", [header(0), *[r for r in rows if r["entry_id"] != "E2"]]
+    now = _dt.datetime.now(CHINA_TZ)
+    first = (
+        (now + _dt.timedelta(hours=2)).isoformat() if first_ahead else "2026-11-28T09:00:00+08:00"
     )
-    ahead = _dt.datetime.now(CHINA_TZ) + _dt.timedelta(hours=2)
-    write_jsonl(folder / "snapshot-0002.jsonl", [header(0, ahead.isoformat()), *rows])
+    write_jsonl(folder / "snapshot-0001.jsonl",
+                [header(0, first), *[r for r in rows if r["entry_id"] != "E2"]])  # fmt: skip
+    ahead = (now + _dt.timedelta(hours=3)).isoformat()
+    write_jsonl(folder / "snapshot-0002.jsonl", [header(0, ahead), *rows])
     server = serve(folder)
     eventually(lambda: status(server).version != "", "a list loaded")
     assert airline(server, LI) == "DENY AIR_TRAVEL"  # E2: in snapshot-0002 only
     shown = status(server)
     assert not shown.behind, shown.rejected_problem
-    # its feed time taken as an hour ahead: the list's age is measured from there
+    # the list's age is measured from an hour ahead of this clock, no further
     fed = _dt.datetime.fromisoformat(shown.source_timestamp.replace("Z", "+00:00"))
     assert abs(fed.timestamp() - (time.time() + 3600)) < 60, shown.source_timestamp
+
+    # an older snapshot copied in under a newer name, both times ahead: still refused
+    older = (now + _dt.timedelta(hours=2, minutes=30)).isoformat()
+    write_jsonl(folder / "snapshot-0003.jsonl",
+                [header(0, older), *[r for r in rows if r["entry_id"] != "E2"]])  # fmt: skip
+    eventually(lambda: status(server).behind, "the older copy refused")
+    assert "snapshot-0003.jsonl" in status(server).rejected_source
+    assert airline(server, LI) == "DENY AIR_TRAVEL"
 
 
 @pytest.mark.parametrize(
