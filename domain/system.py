@@ -1,7 +1,8 @@
 """What the operating system refuses, said so that the person on call knows what to
 change: the limit a process ran into (``limit_advice``), how near it is to the limit
-on open files (``open_files_ratio``), and who else could change a file the server
-trusts (``others_may_write``). Shared by the loader, the server and the command line."""
+on open files (``open_files_ratio``), who else could change a file the server trusts
+(``others_may_write``), and folders made for the server's user (``make_folders``).
+Shared by the loader, the server and the command line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import errno
 import os
 import resource
 import stat
+from pathlib import Path
 
 
 def limit_advice(exc: BaseException) -> str:
@@ -72,3 +74,23 @@ def others_may_write(st: os.stat_result) -> str:
     if mode & 0o022:
         return f"writable by {'everyone' if mode & 0o002 else 'its group'} (mode {mode:04o})"
     return ""
+
+
+def make_folders(folder: Path, mode: int) -> None:
+    """``folder`` and each missing folder above it, each made ``mode`` at most (the umask
+    may take more away): ``mkdir -p`` gives only the last the mode asked for, the others
+    0777 less the umask. Stops at the first name that exists, as ``mkdir -p``: a file
+    where a folder goes above is ENOTDIR, one where ``folder`` goes EEXIST."""
+    missing = []
+    above = folder
+    while not os.path.lexists(above) and above.parent != above:
+        missing.append(above)
+        above = above.parent
+    if not missing and not folder.is_dir():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(folder))
+    for one in reversed(missing):
+        try:
+            one.mkdir(mode=mode)
+        except FileExistsError:  # made meanwhile (another worker): a folder will do
+            if not one.is_dir():
+                raise

@@ -141,7 +141,7 @@ import orjson
 from shixin_check.domain.decision import MatchOutcome, Query, Verdict
 from shixin_check.domain.model import china_day
 from shixin_check.domain.rules import describe_purchase
-from shixin_check.domain.system import limit_advice
+from shixin_check.domain.system import limit_advice, make_folders
 
 FsyncMode = Literal["never", "always", "interval"]
 FSYNC_MODES: tuple[str, ...] = get_args(FsyncMode)
@@ -536,24 +536,6 @@ def open_for_writing(path: Path, flags: int) -> int:
     return fd
 
 
-def make_folder(folder: Path) -> None:
-    """``folder`` and each missing folder above it, made ``FOLDER_MODE`` (``mkdir -p``
-    gives only the last the mode asked for)."""
-    missing = []
-    above = folder
-    while not os.path.lexists(above) and above.parent != above:
-        missing.append(above)
-        above = above.parent
-    if not missing and not folder.is_dir():  # as mkdir -p: a file where the folder goes
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(folder))
-    for one in reversed(missing):  # ENOTDIR where a file stands above: as mkdir -p
-        try:
-            one.mkdir(mode=FOLDER_MODE)
-        except FileExistsError:  # made meanwhile (another worker): a folder will do
-            if not one.is_dir():
-                raise
-
-
 def describe_write_error(exc: OSError) -> str:
     """``EFBIG (File too large)``: the errno's name and its text, without a traceback."""
     number = exc.errno
@@ -636,7 +618,7 @@ class AppendLog:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}, not {fsync!r}")
         if max_bytes <= 0 or fsync_interval < 0:
             raise ValueError("max_bytes must be positive and fsync_interval not negative")
-        make_folder(path.parent)
+        make_folders(path.parent, FOLDER_MODE)
         self.path = path
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -710,7 +692,7 @@ class AppendLog:
         folder = self.path.parent
         made = not folder.is_dir()
         if made:
-            make_folder(folder)
+            make_folders(folder, FOLDER_MODE)
         if self._owner >= 0 and not self._holds_set():
             if not made and self._written_by_another():
                 raise SetTaken(

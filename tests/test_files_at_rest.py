@@ -77,14 +77,15 @@ def feed(tmp_path: Path) -> Path:
 def test_a_compiled_index_is_writable_by_this_servers_user_alone_whatever_the_umask(
     tmp_path: Path, feed: Path, no_umask: None
 ) -> None:
-    index = tmp_path / "index"
+    index = tmp_path / "var" / "index"  # "var" made too: 0777 under mkdir -p
     server = serving(feed, index)
     try:
         assert mapped(server)
     finally:
         server.stop()
     [version] = [p for p in index.iterdir() if p.name.startswith("v-")]
-    assert mode(index) & 0o022 == 0 and mode(version) & 0o022 == 0, (mode(index), mode(version))
+    made = {p.name: oct(mode(p)) for p in (index.parent, index, version) if mode(p) & 0o022}
+    assert not made, made
     writable = [f.name for f in version.iterdir() if mode(f) & 0o022]
     assert not writable, writable
 
