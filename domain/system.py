@@ -63,20 +63,30 @@ def open_files_ratio() -> float | None:
     return held / soft
 
 
+#: A folder the server makes for what it alone writes (logs, a compiled index): at most
+#: this (the umask may take more away)
+FOLDER_MODE = 0o750
+
+
+def owned_here(uid: int) -> bool:
+    """Whether ``uid`` is this server's user, or root (the administrator)."""
+    return uid in (os.geteuid(), 0)
+
+
 def others_may_write(st: os.stat_result) -> str:
     """Why someone other than this server's user could change the file or folder of
     ``st`` (its group or everyone may write it, or another user owns it; root aside),
     or "". The checksums of a compiled folder catch damage, not a forger, who can
     write ``meta.json`` again too: its modes are what keep the index as compiled."""
     mode = stat.S_IMODE(st.st_mode)
-    if st.st_uid not in (os.geteuid(), 0):
+    if not owned_here(st.st_uid):
         return f"owned by another user (uid {st.st_uid}, this server runs as {os.geteuid()})"
     if mode & 0o022:
         return f"writable by {'everyone' if mode & 0o002 else 'its group'} (mode {mode:04o})"
     return ""
 
 
-def make_folders(folder: Path, mode: int) -> None:
+def make_folders(folder: Path, mode: int = FOLDER_MODE) -> None:
     """``folder`` and each missing folder above it, each made ``mode`` at most (the umask
     may take more away): ``mkdir -p`` gives only the last the mode asked for, the others
     0777 less the umask. Stops at the first name that exists, as ``mkdir -p``: a file

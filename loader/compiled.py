@@ -93,7 +93,7 @@ from rbloom import Bloom
 from shixin_check.domain.errors import ConfigurationError
 from shixin_check.domain.index import Counts, VersionInfo
 from shixin_check.domain.model import Channel, EntryStatus, Exemption, ListType
-from shixin_check.domain.system import make_folders, others_may_write
+from shixin_check.domain.system import FOLDER_MODE, make_folders, others_may_write
 from shixin_check.loader.index_memory import Base
 
 log = logging.getLogger("shixin.loader")
@@ -161,8 +161,6 @@ _SELF_CHECK = b',"meta_crc32":"'
 _SELF_CHECK_LEN = len(_SELF_CHECK) + 8 + 2  # the key, eight hex digits, then ``"}``
 #: the record of the files' identities when their checksums last matched
 VERIFIED_NAME = "verified.json"
-#: an index folder and its versions' folders: writable by this server's user alone
-FOLDER_MODE = 0o750
 
 
 def _crc32(fd: int) -> int:
@@ -271,7 +269,7 @@ def compile_base(base: Base, info: VersionInfo, target: Path, stamp: str, finger
     """Write ``base`` (a snapshot's, before any delta) as a compiled folder at ``target``."""
     partial = target.with_name(f".{target.name}.part-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    make_folders(partial.parent, FOLDER_MODE)  # each folder above too, not the last alone
+    make_folders(partial.parent)  # each folder above too, not the last alone
     partial.mkdir(mode=FOLDER_MODE)
     try:
         for name, code in _TYPED.items():
@@ -580,7 +578,7 @@ class IndexStore:
         (written aside, renamed into place), only no longer once per snapshot.
         """
         try:
-            make_folders(self.folder, FOLDER_MODE)
+            make_folders(self.folder)
             fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
         except OSError as exc:
             log.warning("cannot lock the index folder %s (%s): going on unlocked",
@@ -724,7 +722,7 @@ class IndexStore:
 
     def put(self, base: Base, info: VersionInfo, stamp: str) -> Path:
         """Compile ``base`` (if not there yet) and drop all but the newest ``KEEP`` others."""
-        make_folders(self.folder, FOLDER_MODE)
+        make_folders(self.folder)
         target = self.path_for(stamp)
         if self.find(stamp) is None:
             compile_base(base, info, target, stamp, self.fingerprint)

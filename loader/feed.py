@@ -111,12 +111,12 @@ def feed_time(at: float) -> float:
     return min(at, time.time() + FUTURE_TOLERANCE_S)
 
 
-#: [monotonic time of the last line, times capped since it]
+#: [monotonic time of the last line, times ahead seen since it]
 _AHEAD_SAID: list[float] = [-AHEAD_LINE_EVERY_S, 0]
 
 
 def _said_ahead(field: str, value: str, ahead: float) -> None:
-    """One WARNING a minute at most for a feed time capped by ``parse_instant``."""
+    """One WARNING a minute at most for a feed time ahead of this machine's clock."""
     now = time.monotonic()
     _AHEAD_SAID[1] += 1
     if now - _AHEAD_SAID[0] < AHEAD_LINE_EVERY_S:

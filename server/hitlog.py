@@ -141,7 +141,7 @@ import orjson
 from shixin_check.domain.decision import MatchOutcome, Query, Verdict
 from shixin_check.domain.model import china_day
 from shixin_check.domain.rules import describe_purchase
-from shixin_check.domain.system import limit_advice, make_folders
+from shixin_check.domain.system import limit_advice, make_folders, owned_here
 
 FsyncMode = Literal["never", "always", "interval"]
 FSYNC_MODES: tuple[str, ...] = get_args(FsyncMode)
@@ -153,9 +153,6 @@ _sync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
 _TAIL_CHUNK = 8192
 _READ_CHUNK = 1 << 20  # what ``HeldFile.lines`` reads at a time
-#: A log's folder, and each folder above it the server makes: its records name people on
-#: the list (at most this: the umask may take more away)
-FOLDER_MODE = 0o750
 _METADATA_SECRETS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 _METADATA_VALUE_MAX = 256
 HEAD_INTERVAL = 0.1  # seconds between notes of the audit chain head, at most
@@ -505,11 +502,6 @@ class ForeignFile(OSError):
     of their choosing, or to one they can edit. Never written."""
 
 
-def _ours(uid: int) -> bool:
-    """Made by this server's user, or by root (the administrator)."""
-    return uid in (os.geteuid(), 0)
-
-
 def open_for_writing(path: Path, flags: int) -> int:
     """``os.open(path, flags)`` (mode 0640 when made, closed on exec) for a file of a log:
     never through a symbolic link another user made, never a file another user owns
@@ -520,14 +512,14 @@ def open_for_writing(path: Path, flags: int) -> int:
         if exc.errno != errno.ELOOP:
             raise
         link = os.lstat(path)
-        if not _ours(link.st_uid):
+        if not owned_here(link.st_uid):
             raise ForeignFile(
                 errno.ELOOP, f"{path} is a symbolic link another user made (uid "
                 f"{link.st_uid}), which this server never follows", str(path),
             ) from None  # fmt: skip
         fd = os.open(path, flags | os.O_CLOEXEC, 0o640)
     owner = os.fstat(fd).st_uid
-    if not _ours(owner):
+    if not owned_here(owner):
         os.close(fd)
         raise ForeignFile(
             errno.EPERM, f"{path} is owned by another user (uid {owner}), who could edit "
@@ -618,7 +610,7 @@ class AppendLog:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}, not {fsync!r}")
         if max_bytes <= 0 or fsync_interval < 0:
             raise ValueError("max_bytes must be positive and fsync_interval not negative")
-        make_folders(path.parent, FOLDER_MODE)
+        make_folders(path.parent)  # its records name people on the list
         self.path = path
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -692,7 +684,7 @@ class AppendLog:
         folder = self.path.parent
         made = not folder.is_dir()
         if made:
-            make_folders(folder, FOLDER_MODE)
+            make_folders(folder)
         if self._owner >= 0 and not self._holds_set():
             if not made and self._written_by_another():
                 raise SetTaken(
@@ -1337,12 +1329,18 @@ def write_head(path: Path, head: ChainHead, *, sync: bool = False) -> None:
 
     ``sync``: on disk before it replaces the old one, and the replacing too.
     """
-    target = head_path(path)
-    part = target.with_name(target.name + ".part")
     text = orjson.dumps({"seq": head.seq, "sha256": head.sha256, "file": head.file})
+    replace_file(head_path(path), text + b"\n", sync=sync)
+
+
+def replace_file(target: Path, data: bytes, *, sync: bool = False) -> None:
+    """``target`` replaced by ``data``, written beside it (``<target>.part``, through
+    ``open_for_writing``) and renamed: a reader sees the old content or the new.
+    ``sync``: on disk before it replaces the old one, and the replacing too."""
+    part = target.with_name(target.name + ".part")
     fd = open_for_writing(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
-        os.write(fd, text + b"\n")
+        os.write(fd, data)
         if sync:
             os.fsync(fd)
     finally:

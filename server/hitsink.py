@@ -61,7 +61,6 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import hashlib
-import os
 import re
 import time
 import traceback
@@ -76,7 +75,7 @@ from redis.sentinel import SentinelConnectionPool
 from shixin_check.domain.model import china_day
 from shixin_check.loader.background import Background
 from shixin_check.loader.index_redis import Client, ErrorCount, masked_url, refused_write
-from shixin_check.server.hitlog import log_files, open_for_writing, withdrawn_ids
+from shixin_check.server.hitlog import log_files, replace_file, withdrawn_ids
 
 _ADD_ONCE = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
@@ -367,13 +366,7 @@ class HitForwarder(Background):
             return -1, 0
 
     def _save(self, inode: int, offset: int, remember: bool = True) -> None:
-        part = self.cursor_path.with_name(self.cursor_path.name + ".part")
-        fd = open_for_writing(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            os.write(fd, f"{inode} {offset}".encode())
-        finally:
-            os.close(fd)
-        os.replace(part, self.cursor_path)
+        replace_file(self.cursor_path, f"{inode} {offset}".encode())
         if remember:
             self._remember(inode, offset)
 

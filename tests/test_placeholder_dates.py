@@ -294,18 +294,15 @@ def test_load_redis_refuses_a_placeholder_valid_until_and_the_replica_keeps_its_
 # --- published_at ahead: by how much ---------------------------------------------------------
 
 
-def published_at_refused(tmp_path: Path, at: str, said: str) -> None:
-    """A snapshot header and a delta row with ``published_at`` ``at``: each refused
-    by ``validate``, saying ``said`` of its line."""
+def validated_with(
+    tmp_path: Path, at: str
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """``validate`` of a snapshot whose header has ``published_at`` ``at``, and of a
+    delta whose two rows have it."""
     snapshot = write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0, at), *basic_rows()])
-    done = cli("compiled", "validate", str(snapshot))
-    assert done.returncode == 1, done.stdout
-    assert f"line 1: snapshot.published_at: {said}" in done.stdout, done.stdout
     row = {**delta(1, "DELIST", entry_id="E1"), "published_at": at}
-    deltas = write_jsonl(tmp_path / "delta-0001.jsonl", [row])
-    done = cli("compiled", "validate", str(deltas))
-    assert done.returncode == 1, done.stdout
-    assert f"line 1: published_at: {said}" in done.stdout, done.stdout
+    deltas = write_jsonl(tmp_path / "delta-0001.jsonl", [row, {**row, "seq": 2}])
+    return cli("compiled", "validate", str(snapshot)), cli("compiled", "validate", str(deltas))
 
 
 def test_published_at_past_the_hour_ahead_is_loaded_and_said_in_hours_and_minutes(
@@ -318,15 +315,11 @@ def test_published_at_past_the_hour_ahead_is_loaded_and_said_in_hours_and_minute
     said = (f"{at!r} is 1 h 1 min ahead of this machine's clock: this clock is behind (check "
             "NTP) or the feed's time is wrong; the file is loaded, the list's age measured from "
             "1 h ahead")  # fmt: skip
-    snapshot = write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0, at), *basic_rows()])
-    done = cli("compiled", "validate", str(snapshot))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"snapshot.published_at: {said}" in done.stderr, done.stderr
-    row = {**delta(1, "DELIST", entry_id="E1"), "published_at": at}
-    deltas = write_jsonl(tmp_path / "delta-0001.jsonl", [row, {**row, "seq": 2}])
-    done = cli("compiled", "validate", str(deltas))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stderr.count(said) == 1, done.stderr  # once a minute, not once a row
+    snapshot, deltas = validated_with(tmp_path, at)
+    assert snapshot.returncode == 0, snapshot.stdout + snapshot.stderr
+    assert f"snapshot.published_at: {said}" in snapshot.stderr, snapshot.stderr
+    assert deltas.returncode == 0, deltas.stdout + deltas.stderr
+    assert deltas.stderr.count(said) == 1, deltas.stderr  # once a minute, not once a row
 
 
 @pytest.mark.parametrize("first_ahead", [False, True])
@@ -381,7 +374,11 @@ def test_published_at_is_one_form_of_time_as_a_list_date_is(tmp_path: Path, at: 
     """Only RFC 3339's calendar date and time with an offset (seconds optional), as
     list dates are only YYYY-MM-DD or YYYYMMDD."""
     said = f"{at!r} is not a valid time of the form 2026-11-28T09:00:00+08:00 (RFC 3339)"
-    published_at_refused(tmp_path, at, said)
+    snapshot, deltas = validated_with(tmp_path, at)
+    assert snapshot.returncode == 1, snapshot.stdout
+    assert f"line 1: snapshot.published_at: {said}" in snapshot.stdout, snapshot.stdout
+    assert deltas.returncode == 1, deltas.stdout
+    assert f"line 1: published_at: {said}" in deltas.stdout, deltas.stdout
 
 
 def test_published_at_in_every_form_a_feed_writes_is_read(tmp_path: Path) -> None:
