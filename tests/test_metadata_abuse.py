@@ -173,14 +173,23 @@ def test_oversized_metadata_on_a_fresh_connection_is_refused(
     guarded: RunningServer, keys: dict[str, str], tmp_path: Path, method: str, credentials: str
 ) -> None:
     """Refused RESOURCE_EXHAUSTED by the service (counted: grpc's own refusal is not),
-    before the caller is looked at (no key is still not UNAUTHENTICATED), unaudited."""
+    before the caller is looked at (no key is still not UNAUTHENTICATED), unaudited.
+
+    Now and then grpc refuses such a first call itself (seen once in CI): its message
+    lists every header, so over 2 KiB it is dropped and the status comes without one.
+    That refusal is right too, but not the one under test, so the call is made again
+    on a new connection, a few times at most."""
     key = bearer(keys["hotel"]) if credentials == "a valid key" else ()
     headers = (*OVERSIZED, ("x-request-id", "oversized"), *key)
     assert guarded.service.checks is not None
     refusals = guarded.service.checks.tally.refusals
-    before = refusals[RESOURCE_EXHAUSTED]
-    status, message = first_call(guarded.service.port, method, BODIES[method], headers)
-    assert status == RESOURCE_EXHAUSTED, (status, message)
+    for _attempt in range(5):
+        before = refusals[RESOURCE_EXHAUSTED]
+        status, message = first_call(guarded.service.port, method, BODIES[method], headers)
+        assert status == RESOURCE_EXHAUSTED, (status, message)
+        if message:
+            break
+        assert refusals[RESOURCE_EXHAUSTED] == before  # grpc's own: not the service's
     assert message.startswith("received metadata size exceeds hard limit (")
     assert message.endswith(f" vs. {MAX_METADATA_BYTES})")
     assert refusals[RESOURCE_EXHAUSTED] == before + 1
