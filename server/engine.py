@@ -219,13 +219,15 @@ class CheckEngine:
 
     def _answer(
         self, out: pb.CheckResponse, request: pb.CheckRequest, query: Query, verdict: Verdict,
-        version: str, peer: str, principal: Principal,
+        version: str, peer: str, principal: Principal, decided_at: float,
     ) -> None:  # fmt: skip
-        """Number the check, log it if it hit, write the answer into ``out``, count it."""
+        """Number the check, log it if it hit (its record dated ``decided_at``, the time
+        its verdict's day was read from), write the answer into ``out``, count it."""
         check_id = f"{self._prefix}{next(self._counter):x}"
         if verdict.matches:
             if self.hit_log is not None:
-                self._log_hit(check_id, request, query, verdict, version, peer, principal.name)
+                self._log_hit(check_id, request, query, verdict, version, peer, principal.name,
+                              decided_at)  # fmt: skip
             self._hits[query.channel] += 1
         fill_response(out, request.request_id, check_id, verdict, version)
         if self.stale:  # rare: a fresh answer pays one test
@@ -256,9 +258,10 @@ class CheckEngine:
             except RateLimited:  # throttled: only checks that pass are charged
                 self.gate.refund(principal, 1)
                 raise
-        verdict = decide(view, query, self.keyer, self.policy, china_day(time.time()))
+        now = time.time()
+        verdict = decide(view, query, self.keyer, self.policy, china_day(now))
         out = pb.CheckResponse()
-        self._answer(out, request, query, verdict, view.info.version, peer, principal)
+        self._answer(out, request, query, verdict, view.info.version, peer, principal, now)
         return out
 
     def check_many(
@@ -293,12 +296,13 @@ class CheckEngine:
             except RateLimited:  # throttled: only checks that pass are charged
                 self.gate.refund(principal, len(requests) or 1)
                 raise
-        verdicts = decide_many(view, queries, keyer, self.policy, china_day(time.time()))
+        now = time.time()
+        verdicts = decide_many(view, queries, keyer, self.policy, china_day(now))
         version = view.info.version
         add = out.add
         if self.stale:
             for request, query, verdict in zip(requests, queries, verdicts, strict=True):
-                self._answer(add(), request, query, verdict, version, peer, principal)
+                self._answer(add(), request, query, verdict, version, peer, principal, now)
             return queries, verdicts
         # The answer nearly every check gets, inlined: the template copied, two strings set.
         template = not_listed(version)
@@ -311,7 +315,7 @@ class CheckEngine:
                 answer.check_id = f"{prefix}{next(counter):x}"
                 checks[query.channel * DECISIONS + ALLOW] += 1
             else:
-                self._answer(add(), request, query, verdict, version, peer, principal)
+                self._answer(add(), request, query, verdict, version, peer, principal, now)
         return queries, verdicts
 
     def withdraw(self, request: pb.CheckRequest, answer: pb.CheckResponse) -> None:
@@ -343,6 +347,7 @@ class CheckEngine:
         version: str,
         peer: str,
         caller: str,
+        decided_at: float,
     ) -> None:
         assert self.hit_log is not None
         self.hit_log.record(
@@ -355,4 +360,5 @@ class CheckEngine:
             request.terminal_id,
             peer,
             caller=caller,
+            at=decided_at,
         )

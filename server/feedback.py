@@ -499,7 +499,7 @@ def files_not_read(
     read is a file moved, compressed or removed; a file named like a rotated one
     with more after it (``hits.jsonl.20261001.2.gz``) was compressed or renamed,
     and is not read (unless the file of its number is there too). The day in a rotated file's name is the China day of its
-    records, so a number skipped lies between its neighbours' days: only files
+    records (one decided in the last milliseconds of the day before may be in it too), so a number skipped lies between its neighbours' days: only files
     whose days may fall in the quarter, or on the day after it (a withdrawal
     follows its hit, maybe into the next day's file), are named. Files archived
     from older quarters are not.

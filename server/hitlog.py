@@ -880,11 +880,12 @@ class AppendLog:
 
     # --- records ----------------------------------------------------------
 
-    def append(self, record: Mapping[str, Any]) -> None:
-        """Write ``record`` as one line, stamped with ``time`` from the clock."""
+    def append(self, record: Mapping[str, Any], at: float | None = None) -> None:
+        """Write ``record`` as one line, its ``time`` ``at`` or, when None, the clock's
+        now (which rotation goes by either way)."""
         with self._lock:
             now = self._clock()
-            self._put(now, self._encode(now, record))
+            self._put(now, self._encode(now if at is None else at, record))
 
     def _put(self, now: float, line: bytes) -> None:
         """With the lock held: ``line`` into the live file (rotated first when due)."""
@@ -1023,19 +1024,23 @@ class HitLog(AppendLog):
         peer: str,
         *,
         caller: str = "",
+        at: float | None = None,
     ) -> None:
-        """One hit. A record written but not synced (``Unsynced``) is withdrawn at once
-        (``settle``): its call fails, so no client gets this check id."""
+        """One hit, its ``time`` ``at`` (when the check was decided; the clock's now when
+        None): a check decided in a quarter's last milliseconds is that quarter's, in its
+        feedback report, wherever rotation put its record. A record written but not
+        synced (``Unsynced``) is withdrawn at once (``settle``): its call fails, so no
+        client gets this check id."""
         try:
             self._append_hit(check_id, request_id, query, verdict, version, merchant_id,
-                             terminal_id, peer, caller)  # fmt: skip
+                             terminal_id, peer, caller, at)  # fmt: skip
         except Unsynced:
             self.settle([check_id], WITHDRAWN_UNSYNCED)
             raise
 
     def _append_hit(
         self, check_id: str, request_id: str, query: Query, verdict: Verdict, version: str,
-        merchant_id: str, terminal_id: str, peer: str, caller: str,
+        merchant_id: str, terminal_id: str, peer: str, caller: str, at: float | None,
     ) -> None:  # fmt: skip
         self.append(
             {
@@ -1054,7 +1059,8 @@ class HitLog(AppendLog):
                 "terminal_id": terminal_id,
                 "caller": caller,
                 "peer": peer,
-            }
+            },
+            at,
         )
 
     def withdraw(self, check_ids: Sequence[str], reason: str) -> None:

@@ -12,6 +12,7 @@ then an expired one).
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,34 @@ def test_a_case_row_says_which_role_each_denial_stopped(
         "merchants", "reviews", "allowed_suspended", "allowed_exempted", "allowed_expired",
         "allowed_not_restricted", "denied_roles",
     ]  # fmt: skip
+
+
+def test_a_hit_is_dated_when_its_check_was_decided_not_when_it_was_written(
+    tmp_path: Path,
+    listed: Path,
+    serve: Callable[..., RunningServer],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The hit log's clock reads 100 days on (a write that lagged its decision, as one
+    in a quarter's last milliseconds may): each record, of a single check and of a
+    batch, is dated between the call's start and its end, so the report of the
+    quarter it was decided in counts it."""
+    hits = tmp_path / "logs" / "hits.jsonl"
+    server = serve(listed, hit_log=hits)
+    assert server.service.checks is not None
+    hit_log = server.service.checks.engine.hit_log
+    assert hit_log is not None
+    late = time.time() + 100 * 86400
+    hit_log._clock = lambda: late
+    started = time.time()
+    assert check(server, ZHANG, "张伟", G_TRAIN).decision == pb.DENY
+    batch = pb.CheckBatchRequest(checks=[
+        build_request("RAIL", id_number=ZHANG, name="张伟", purchase=G_TRAIN),
+        build_request("RAIL", id_number=LI, name="李娜", purchase=G_TRAIN),
+    ])  # fmt: skip
+    assert len(server.stub().CheckConsumptionBatch(batch).results) == 2
+    ended = time.time()
+    records = [orjson.loads(line) for line in hits.read_bytes().splitlines()]
+    assert len(records) == 3
+    assert all(started <= r["time"] <= ended for r in records), (started, records, ended)
+    assert report(tmp_path, hits, capsys)["totals"]["checks"] == 3
