@@ -219,20 +219,27 @@ def _feedback(
         f"{f' (the first at {t.first_skipped})' if t.first_skipped else ''}"
         f"{_shared(t.collisions)}"
         f"{_outside(t.outside_quarter, t.checks + t.withdrawn, quarter)}; due {quarter.due}"
-        f"{_not_over(quarter, report.generated_at)}"
+        f"{_not_over(quarter, report.generated_at, t.checks + t.withdrawn + t.duplicates)}"
         f"{_not_read(t.missing_files, t.unread_files, quarter, t.missing_sets)}",
         file=sys.stderr,
     )
     return 0
 
 
-def _not_over(quarter: Quarter, generated_at: str) -> str:
+def _not_over(quarter: Quarter, generated_at: str, dated_in_it: int) -> str:
     """The summary's word on a quarter not over when the report was made (China time):
-    it counts the hits so far, and a report for the courts is made after its end."""
+    it counts the hits so far, and a report for the courts is made after its end. A
+    quarter not begun by this clock with records dated in it (``dated_in_it``): they
+    were written under a clock ahead of this one."""
     today = generated_at[:10]  # the report's own stamp, an ISO timestamp in China time
     if today > quarter.end.isoformat():
         return ""
     if today < quarter.start.isoformat():
+        if dated_in_it:
+            return (f"; {quarter} has not begun by this machine's clock (it starts "
+                    f"{quarter.start}, China time), yet {dated_in_it} records are dated in it: "
+                    "the server's clock or this one is wrong; set both right (NTP) and make "
+                    "the report again after the quarter ends")  # fmt: skip
         return f"; {quarter} has not begun (it starts {quarter.start}, China time): nothing to count yet"
     return (
         f"; {quarter} is not over (it ends {quarter.end}, China time): this report counts "

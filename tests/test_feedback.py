@@ -392,3 +392,22 @@ def test_feedback_of_a_quarter_not_over_says_it_counts_only_so_far(
     assert run_cli("feedback", "--quarter", "2026Q3", "--hit-log", str(hit_logs[0])) == 0
     summary = capsys.readouterr().err
     assert "not over" not in summary and "not begun" not in summary
+
+
+def test_records_dated_in_a_quarter_not_begun_are_not_called_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hits dated in next quarter (a server whose clock ran ahead): the summary no
+    longer says there is nothing to count; it counts them and blames a clock."""
+    quarter = Quarter.parse(current_quarter())
+    year, number = quarter.year + (quarter.number == 4), quarter.number % 4 + 1
+    later = Quarter.parse(f"{year}Q{number}")
+    day = later.start + _dt.timedelta(days=3)
+    when = china(day.month, day.day, y=day.year)
+    hits = write_lines(tmp_path / "hits.jsonl", [hit("a1", when), hit("a2", when + 60)])
+    assert run_cli("feedback", "--quarter", str(later), "--hit-log", str(hits)) == 0
+    summary = capsys.readouterr().err
+    assert f"feedback {later}: 1 cases, 2 checks" in summary, summary
+    assert "nothing to count" not in summary
+    assert f"; {later} has not begun by this machine's clock (it starts {later.start}" in summary
+    assert "yet 2 records are dated in it: the server's clock or this one is wrong" in summary
