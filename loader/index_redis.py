@@ -1614,6 +1614,11 @@ class RedisFollower(Background):
         went_back = self._newer_served(version, meta, records, now)
         if went_back:
             return went_back
+        # another load's records count from the time this load was made current (a
+        # replica still serving what it applied), never for one loaded to go back
+        since = (
+            None if meta.get(ROLLBACK_FIELD) == b"1" else float(meta.get(CURRENT_AT_FIELD, b"0"))
+        )
         best: dict[str, Any] | None = None
         for replica_id, raw in records.items():
             try:
@@ -1621,7 +1626,8 @@ class RedisFollower(Background):
                 if not isinstance(record, dict):
                     continue
                 for claim in (record, record.get("claim")):
-                    found = _evidence(claim, version, ours, held, now, replica_id.decode())
+                    found = _evidence(claim, version, ours, held, now, replica_id.decode(),
+                                      since)  # fmt: skip
                     if found is not None and (best is None or found["seq"] > best["seq"]):
                         best = found
             except (TypeError, ValueError, AttributeError):
@@ -1630,11 +1636,19 @@ class RedisFollower(Background):
         if best is None:
             return ""
         missing = missing_deltas(held + 1, best["seq"])
+        if (best["version"], best["token"]) == (version, ours):
+            of, cause = (
+                "of that load",
+                "Redis restarted from an older save, or failed over to a replica without them?",
+            )
+        else:
+            of = ("of an earlier load of it" if best["version"] == version
+                  else f"(it served version {best['version']})")  # fmt: skip
+            cause = "Redis flushed, or restarted empty, and the snapshot loaded again without them?"
         return (f"redis lost deltas of version {version}: it holds seq {held}, but replica "
                 f"{best['replica']} applied up to seq {best['seq']} (its record in "
-                f"{self.keys.replicas}): {missing} of that load "
-                f"{'is' if missing.startswith('delta ') else 'are'} missing (Redis restarted "
-                "from an older save, or failed over to a replica without them?); load "
+                f"{self.keys.replicas}) {of}: {missing} "
+                f"{'is' if missing.startswith('delta ') else 'are'} missing ({cause}); load "
                 f"{missing} again, in seq order (or the snapshot and its deltas)")  # fmt: skip
 
     def _newer_served(
@@ -1699,6 +1713,26 @@ class RedisFollower(Background):
             return ""
         return going_back_problem(view.version, then, version, now, "this server served")
 
+    def _undoes_deltas(self, version: str, token: bytes, meta: dict[str, bytes]) -> str:
+        """Why taking ``version`` (load ``token``, its ``meta``) would undo deltas applied
+        here ("" if it would not): another load than the one served, whose last seq is
+        below the last seq applied here, not loaded with ``--allow-rollback``. ``load``
+        refuses such a snapshot while Redis holds the deltas it would undo; after a
+        FLUSHALL (or a restart empty) Redis no longer knows them, this replica does."""
+        view = self._view
+        if view is None or (version, token) == (view.version, self._token):
+            return ""
+        applied, held = view.info.last_delta_seq, int(meta.get("last_seq", b"0"))
+        if held >= applied or meta.get(ROLLBACK_FIELD) == b"1":
+            return ""
+        missing = missing_deltas(held + 1, applied)
+        which = "loaded again" if version == view.version else f"in place of {view.version}"
+        return (f"redis lost deltas: it now holds version {version} ({which}) up to seq {held}, "
+                f"but this server applied up to seq {applied}: taking it would undo {missing} "
+                "(Redis flushed, or restarted empty, and the snapshot loaded again without "
+                f"them?); load {missing} again, in seq order (or a snapshot that includes "
+                "them), or load the snapshot with --allow-rollback to go back on purpose")  # fmt: skip
+
     def _follow(self, version: str) -> None:
         """Serve ``version``, the pointer's, if Redis holds it whole; else say what is lost.
 
@@ -1744,6 +1778,10 @@ class RedisFollower(Background):
         if reason:
             self._lose(reason)
             self._tell_went_back()
+            return
+        reason = self._undoes_deltas(version, token, meta)
+        if reason:
+            self._lose(reason)
             return
         reason = self._claims(version, token)
         if reason:
@@ -1958,16 +1996,27 @@ class RedisFollower(Background):
 
 
 def _evidence(
-    claim: object, version: str, token: str, held: int, now: float, replica_id: str
+    claim: object,
+    version: str,
+    token: str,
+    held: int,
+    now: float,
+    replica_id: str,
+    since: float | None = None,
 ) -> dict[str, Any] | None:
     """A replica's record (or a claim copied into one) as evidence that Redis lost
-    deltas of ``version`` under load ``token``: the claim to copy (version, token, seq,
-    replica, and ``at``, the time of the record it came from), or None when it is not:
-    another version or load, no load token, a seq Redis holds, or a record older than
-    ``RECORD_SECONDS``."""
+    deltas of ``version`` under load ``token``, Redis holding up to seq ``held``: the
+    claim to copy (its version, token, seq, replica, and ``at``, the time of the
+    record it came from), or None when it is not: no load token, a seq Redis holds, or
+    a record older than ``RECORD_SECONDS``. Another load's record (another version or
+    token: seqs run on across snapshots, and a load refuses a snapshot that would undo
+    a delta Redis holds) counts only when ``since`` is given (the time the load served
+    now was made current; None for one loaded with ``--allow-rollback``) and it was
+    written since: a replica still serving what it applied when the list went back."""
     if not isinstance(claim, dict) or not token:
         return None
-    if claim.get("version") != version or claim.get("token") != token:
+    claimed, claimed_token = claim.get("version"), claim.get("token")
+    if not isinstance(claimed, str) or not isinstance(claimed_token, str) or not claimed_token:
         return None
     try:
         seq, at = int(claim.get("seq", 0)), float(claim.get("at", 0))
@@ -1975,8 +2024,10 @@ def _evidence(
         return None  # unreadable: proves nothing
     if seq <= held or now - at >= RECORD_SECONDS:
         return None
+    if (claimed, claimed_token) != (version, token) and (since is None or at < since):
+        return None
     replica = claim.get("replica", replica_id)
-    return {"version": version, "token": token, "seq": seq,
+    return {"version": claimed, "token": claimed_token, "seq": seq,
             "replica": replica if isinstance(replica, str) else replica_id,
             "at": min(at, now)}  # fmt: skip
 

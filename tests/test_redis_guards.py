@@ -316,8 +316,10 @@ def test_records_and_claims_without_a_load_token_prove_nothing(
     tmp_path: Path,
 ) -> None:
     """A record of older code (no token), a claim copied without one, or a record of
-    another load under the version's name says nothing of this load: the replica
-    serves. One with the load's token does count."""
+    another load under the version's name written before this load was made current
+    says nothing of this load: the replica serves. One with the load's token does
+    count, and so does another load's written since (a replica still serving deltas
+    Redis lost, when the snapshot was loaded again after a flush)."""
     keys = RedisKeys()
     version = publish_snapshot(client, write_jsonl(tmp_path / "s1.jsonl", basic_rows()), keyer)
     token = read_meta(client, keys, version)["load_token"].decode()
@@ -326,7 +328,7 @@ def test_records_and_claims_without_a_load_token_prove_nothing(
         "old-code": orjson.dumps({"version": version, "seq": 3, "at": now}),
         "empty-token": orjson.dumps({"version": version, "seq": 3, "token": "", "at": now}),
         "other-load": orjson.dumps({"version": version, "seq": 3, "token": "0123456789abcdef",
-                                    "at": now}),
+                                    "at": now - 30}),
         "copier": orjson.dumps({"version": version, "seq": 0, "token": token, "at": now,
                                 "claim": {"version": version, "seq": 4, "replica": "x",
                                           "at": now}}),
@@ -345,6 +347,16 @@ def test_records_and_claims_without_a_load_token_prove_nothing(
         assert "replica with-token applied up to seq 3" in counted.health_problem()
     finally:
         counted.stop()
+    client.hdel(keys.replicas, "with-token")
+    client.hset(keys.replicas, "other-load-since", orjson.dumps(
+        {"version": version, "seq": 2, "token": "0123456789abcdef", "at": now}))  # fmt: skip
+    since = _take(redis_server.url, keyer, "by-hand-3")
+    try:
+        problem = since.health_problem()
+        assert "replica other-load-since applied up to seq 2" in problem, problem
+        assert "of an earlier load of it: deltas 1 to 2 are missing" in problem, problem
+    finally:
+        since.stop()
 
 
 def test_a_claim_older_than_records_are_kept_proves_nothing(

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from shixin.v1 import check_pb2 as pb
@@ -441,3 +442,54 @@ def test_a_load_refused_for_the_lock_says_when_it_lapses(
     )
     assert lapses is not None, line
     assert 1 <= int(lapses[1]) <= 10
+
+
+# --- Redis flushed and its snapshot loaded again without the deltas ---------------
+
+
+def test_a_snapshot_loaded_again_after_a_flush_does_not_undo_the_deltas_replicas_applied(
+    replica: RunningServer, redis_server: RedisServer, client: Client, serve: Serve,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """FLUSHALL, then ``load`` of the same snapshot alone (the README's recovery, its
+    deltas not yet loaded again): Redis no longer knows delta 1, so the load cannot
+    refuse it; the replica that applied it, and one started after, say Redis lost it
+    and answer by the fail policy (Zhao, listed by delta 1, was ALLOW NOT_LISTED with
+    health SERVING), until delta 1 is loaded again. ``--allow-rollback`` goes back."""
+    url = redis_server.url
+    first = write_jsonl(tmp_path / "d1.jsonl", [listing_zhao(1)])
+    assert load(first, url).returncode == 0
+    eventually(lambda: decision(replica, ZHAO).decision == pb.DENY, "delta 1 served")
+
+    client.flushall()
+    snapshot = tmp_path / "s1.jsonl"  # the replica fixture's, published and numbered alike
+    done = load(snapshot, url)
+    assert done.returncode == 0, done.stderr
+    eventually(lambda: "lost deltas" in status(replica).not_serving_reason, "loss noticed")
+    reason = status(replica).not_serving_reason
+    assert "up to seq 0, but this server applied up to seq 1: taking it would undo delta 1" in (
+        reason
+    ), reason
+    assert health(replica) == "NOT_SERVING"
+    assert codes(decision(replica, ZHAO)) == UNAVAILABLE  # never ALLOW: delta 1 listed Zhao
+
+    later = serve(None, redis=url, replica_id="r2")  # knows nothing of delta 1 itself
+    eventually(lambda: "lost deltas" in status(later).not_serving_reason, "told by r1's record")
+    told = status(later).not_serving_reason
+    assert "but replica r1 applied up to seq 1" in told and "of an earlier load of it" in told, told
+    try:  # by the fail policy once it took the version; refused if it never had one
+        assert codes(decision(later, ZHAO)) == UNAVAILABLE
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+
+    assert load(first, url).returncode == 0  # the delta, loaded again: both serve it
+    for server in (replica, later):
+        eventually(lambda s=server: health(s) == "SERVING", "SERVING again")
+        assert decision(server, ZHAO).decision == pb.DENY
+
+    client.flushall()  # and going back on purpose is still possible
+    done = load(snapshot, url, "--allow-rollback")
+    assert done.returncode == 0, done.stderr
+    for server in (replica, later):
+        eventually(lambda s=server: decision(s, ZHAO).decision == pb.ALLOW, "rolled back")
+        eventually(lambda s=server: health(s) == "SERVING", "SERVING after the rollback")
