@@ -1218,6 +1218,8 @@ def run_service(settings: ServeSettings) -> int:
     """``serve``: one server in this process, or with ``--workers N`` a supervisor of N."""
     separate_ports(settings)
     notes = check_client_ca(settings)  # said once logging is set up
+    if settings.secret_note:
+        notes.append(settings.secret_note)
     workers = _workers(settings)
     if workers > 1:
         from shixin_check.server.workers import run_supervisor

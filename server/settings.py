@@ -34,11 +34,12 @@ import datetime as _dt
 import functools
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shixin_check.domain.certificates import (
     CERTIFICATE_WARN_DAYS,
@@ -1039,6 +1040,7 @@ class ServeSettings:
     index_dir: Path | None = None  # compiled versions, mapped by every process (None: off)
     workers: int = 1  # processes sharing the port (SO_REUSEPORT) and one mapped index
     effective: str = ""  # effective_settings_line: what differs from the defaults, and why
+    secret_note: str = ""  # a warning on the key secret file (readable by every user), or ""
 
     @property
     def authenticated(self) -> bool:
@@ -1091,9 +1093,17 @@ def parse_duration(raw: str, flag: str) -> float | None:
         ) from None
 
 
-def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes, str]:
-    """(secret, where it came from). ``SHIXIN_KEY_SECRET`` holds the secret itself; a
-    file from a flag or ``SHIXIN_KEY_SECRET_FILE`` wins over it, it over a file named
+class Secret(NamedTuple):
+    """The key secret, where it came from, and a warning to give at start ("": none)."""
+
+    value: bytes
+    source: str
+    note: str = ""
+
+
+def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> Secret:
+    """The secret and where it came from. ``SHIXIN_KEY_SECRET`` holds the secret itself;
+    a file from a flag or ``SHIXIN_KEY_SECRET_FILE`` wins over it, it over a file named
     only in the config file."""
     import secrets
 
@@ -1104,10 +1114,11 @@ def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes,
     from_file = resolved.origins["key_secret_file"].startswith("config file")
     direct = resolved.env.get(SECRET_ENV, "").strip()  # as the file's: whitespace ignored
     names = BY_KEY["key_secret_file"].names
+    note = ""
     if path and not (from_file and direct):
         try:
             with open(path, "rb") as file:
-                _held_to_its_owner(path, os.fstat(file.fileno()))
+                note = _held_to_its_owner(path, os.fstat(file.fileno()))
                 secret = file.read().strip()
         except OSError as exc:
             raise ConfigurationError(_unreadable_secret_file(resolved, path, exc)) from None
@@ -1115,7 +1126,7 @@ def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes,
     elif direct:
         secret, source = direct.encode(), SECRET_ENV
     elif allow_ephemeral:
-        return secrets.token_bytes(32), EPHEMERAL_SECRET
+        return Secret(secrets.token_bytes(32), EPHEMERAL_SECRET)
     else:
         raise ConfigurationError(f"no key secret: set {SECRET_ENV} or {names}")
     if not MIN_SECRET_BYTES <= len(secret) <= MAX_SECRET_BYTES:
@@ -1123,18 +1134,25 @@ def secret_from(args: argparse.Namespace, allow_ephemeral: bool) -> tuple[bytes,
             f"key secret from {source} is {len(secret)} bytes; {MIN_SECRET_BYTES} to"
             f" {MAX_SECRET_BYTES} needed (openssl rand -hex 32 makes one of 64)"
         )
-    return secret, source
+    return Secret(secret, source, note)
 
 
-def _held_to_its_owner(path: str, st: os.stat_result) -> None:
+def _held_to_its_owner(path: str, st: os.stat_result) -> str:
     """The key secret file refused, as ssh refuses a private key, when someone else may
-    write it or owns it (root aside). (Keep it unreadable to others too, mode 0600:
+    write it or owns it (root aside); a warning ("": none) when every user may read it:
     with it, the masked ID numbers of the index and the logs can be undone by trying
-    each birth date; README: The key secret.)"""
+    each birth date (README: The key secret). Only a warning: its group may read it
+    (Kubernetes mounts a secret 0440 for the pod's group), and a file 0644 works."""
     unsafe = others_may_write(st)
     if unsafe:
         raise ConfigurationError(f"the key secret file {path} is {unsafe}: another user "
                                  f"could change it; chmod 600 {path}")  # fmt: skip
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o004:
+        return ""
+    return (f"the key secret file {path} is readable by every user (mode {mode:04o}): with it "
+            "anyone who can read the compiled index or a log can undo its masked ID numbers "
+            f"by trying each birth date; chmod 600 {path} (or 640 for the server's group)")  # fmt: skip
 
 
 def _unreadable_secret_file(resolved: Resolved, path: str, exc: OSError) -> str:
@@ -1307,7 +1325,7 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
             f"--tls-cert and --tls-key, or {n['insecure']} (on), e.g. behind a "
             "TLS-terminating proxy"
         )
-    secret, source = secret_from(args, allow_ephemeral=not redis)
+    secret, source, secret_note = secret_from(args, allow_ephemeral=not redis)
     metrics = r.text("metrics_listen")
     hit_log, audit_log = r.text("hit_log"), r.text("audit_log")
     _logs_apart(n, list_path, hit_log, audit_log)
@@ -1317,6 +1335,7 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         demo=demo,
         secret=secret,
         secret_source=source,
+        secret_note=secret_note,
         policy=Policy(
             hotel_min_star=r.integer("hotel_min_star"),
             resort_quota_fen=r.integer("resort_quota_fen"),

@@ -443,7 +443,9 @@ def cmd_load(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"load: {path} is not a file", file=sys.stderr)
         return 2
-    secret, _ = secret_from(args, allow_ephemeral=False)
+    secret, _, note = secret_from(args, allow_ephemeral=False)
+    if note:
+        print(f"load: warning: {note}", file=sys.stderr)
     keyer = SubjectKeyer(secret)
     client = connect(args.redis, timeout=30)
     client.ping()  # before minutes of validating a big file: is Redis there at all?

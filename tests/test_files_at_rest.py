@@ -26,7 +26,7 @@ from shixin_check.server.hitlog import AuditLog, HitLog, write_error_advice
 from tests.accessdata import flight
 from tests.conftest import RunningServer, settings_for, start_server
 from tests.listdata import ZHANG, basic_rows, write_jsonl
-from tests.processes import free_port, run_cli
+from tests.processes import ServeProcess, free_port, run_cli
 from tests.test_exemption_person import status
 from tests.test_failure_paths import header
 from tests.test_log_failures import Clock, records
@@ -150,6 +150,50 @@ def test_a_key_secret_file_or_keys_file_another_user_may_write_is_refused(
     keys.chmod(0o662)
     last = refused_at_start(feed, "--key-secret-file", str(secret), "--keys-file", str(keys))
     assert "is writable by everyone (mode 0662): another user could grant any key" in last, last
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_key_secret_file_every_user_may_read_is_warned_of_and_used(
+    tmp_path: Path, feed: Path, workers: int
+) -> None:
+    """With the secret, a local user who reads the compiled index or a log undoes its
+    masked ID numbers: a 0644 file (or one a container mounts so) is said at start, by
+    a single server and by the supervisor of workers, and still served from; 0640 is
+    not (Kubernetes mounts secrets for the pod's group)."""
+    secret = tmp_path / "key"
+    secret.write_text("tests-only-secret-0123456789abcdef")
+    secret.chmod(0o644)
+    server = ServeProcess("--list", str(feed), "--key-secret-file", str(secret),
+                          "--workers", str(workers), log=tmp_path / "out.log")  # fmt: skip
+    try:
+        eventually(lambda: "key secret file" in server.output(), "the warning")
+        [line] = [x for x in server.output().splitlines() if "key secret file" in x]
+        assert " WARNING " in line, line
+        assert (
+            f"the key secret file {secret} is readable by every user (mode 0644): with it "
+            "anyone who can read the compiled index or a log"
+        ) in line, line
+        assert f"chmod 600 {secret}" in line, line
+        server.wait_serving()
+    finally:
+        assert server.stop() == 0, server.output()
+    secret.chmod(0o640)
+    said = run_cli("serve", "--list", str(feed), "--key-secret-file", str(secret), "--workers",
+                   "1", "--listen", "127.0.0.1:99999")  # fmt: skip
+    assert said.returncode == 2 and "readable by every user" not in said.stderr, said.stderr
+
+
+def test_load_warns_of_a_key_secret_file_every_user_may_read(tmp_path: Path, feed: Path) -> None:
+    """``load --redis`` says it too, before it fails on a Redis that is not there."""
+    secret = tmp_path / "key"
+    secret.write_text("tests-only-secret-0123456789abcdef")
+    secret.chmod(0o604)
+    said = run_cli("load", str(feed / "snapshot-0001.jsonl"), "--key-secret-file", str(secret),
+                   "--redis", f"redis://127.0.0.1:{free_port()}/0")  # fmt: skip
+    assert said.returncode != 0
+    assert (
+        f"load: warning: the key secret file {secret} is readable by every user (mode 0604)"
+    ) in said.stderr, said.stderr
 
 
 #: Another user (nobody): the tests run as root, who may hand a file or a link to anyone
