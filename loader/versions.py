@@ -1432,6 +1432,15 @@ def _published_at(path: Path) -> float | None:
         return None
 
 
+def _says_no_time(path: Path) -> bool:
+    """True when the snapshot's header gives no ``published_at`` (it has no header, or
+    one without it); False when it gives one or cannot be read (the load says why)."""
+    try:
+        return read_header(path).published_at is None
+    except Exception:  # noqa: BLE001 - the load reads it again and refuses it, saying why
+        return False
+
+
 def _instant(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S+08:00", time.gmtime(at + 8 * 3600))
 
@@ -1551,6 +1560,13 @@ class DirectoryFollower(Background):
         that of a snapshot before it by name."""
         at = _published_at(path)
         if at is None:
+            if not _says_no_time(path):
+                return False
+            for earlier in reversed(before):
+                then = _published_at(earlier)
+                if then is not None:
+                    self._refuse_timeless(path, earlier, then)
+                    return True
             return False
         for earlier in reversed(before):
             then = _published_at(earlier)
@@ -1564,6 +1580,15 @@ class DirectoryFollower(Background):
             f"{_instant(at)} is older than {_instant(then)}, when {served.name} was "
             "published: an older list is never served in place of a newer one (have the "
             "feed send a newer snapshot; remove this one if it was copied in by mistake)"
+        ))])  # fmt: skip
+        self._refuse(path, str(exc), _first_problem(exc))
+
+    def _refuse_timeless(self, path: Path, served: Path, then: float) -> None:
+        exc = LoadRejected(str(path), [RowError(1, "snapshot.published_at", (
+            f"missing (no header row, or one without it), while {served.name} says it was "
+            f"published {_instant(then)}: a snapshot that does not say when it was "
+            "published is never served in place of one that does (it may be older); give "
+            "it the feed's header row, or remove it if it was copied in by mistake"
         ))])  # fmt: skip
         self._refuse(path, str(exc), _first_problem(exc))
 
@@ -1797,6 +1822,9 @@ class DirectoryFollower(Background):
             at, then = _published_at(path), self._published
             if self.serving is not None and at is not None and then is not None and at < then:
                 self._refuse_older(path, at, self.serving, then)
+                return False
+            if self.serving is not None and at is None and then is not None and _says_no_time(path):
+                self._refuse_timeless(path, self.serving, then)
                 return False
             self._try_snapshot(path)
             return False

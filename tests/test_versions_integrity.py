@@ -189,6 +189,43 @@ def test_a_snapshot_published_before_the_served_one_is_refused(
     assert decision(again.stub(), X) == "DENY"
 
 
+def test_a_snapshot_that_does_not_say_when_it_was_published_does_not_replace_one_that_does(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """An old export without a header row, copied in under a newer name, took the
+    served list's place (X, listed only in the newer list, ALLOW NOT_LISTED, health
+    SERVING): its age cannot be told, so it is refused, live and at a restart."""
+    folder = tmp_path / "list"
+    folder.mkdir()
+    newer = [*basic_rows(), person_entry("E-X", X, "牛犇")]
+    write_jsonl(folder / "snapshot-0001.jsonl", [header(0, "2026-11-28T09:00:00+08:00"), *newer])
+    server = serve(folder)
+    assert decision(server.stub(), X) == "DENY"
+
+    write_jsonl(folder / "snapshot-0002.jsonl", basic_rows())  # no header: it lacks X
+    eventually(lambda: status(server).behind, "the snapshot without a time refused")
+    shown = status(server)
+    assert shown.rejected_source.endswith("snapshot-0002.jsonl")
+    assert shown.rejected_problem.startswith(
+        "line 1: snapshot.published_at: missing (no header row, or one without it), while "
+        "snapshot-0001.jsonl says it was published 2026-11-28T09:00:00+08:00"
+    ), shown.rejected_problem
+    assert decision(server.stub(), X) == "DENY"
+    eventually(lambda: health(server.channel, LIST_CURRENT) == "NOT_SERVING", "behind")
+
+    again = serve(folder)  # a restart serves the same, and says the same
+    shown = status(again)
+    assert shown.source.endswith("snapshot-0001.jsonl") and shown.behind
+    assert "snapshot.published_at: missing" in shown.rejected_problem
+    assert decision(again.stub(), X) == "DENY"
+
+    # given its header (a newer time), it is served
+    later = [header(0, "2026-11-29T09:00:00+08:00"), *basic_rows()]
+    write_jsonl(folder / "snapshot-0002.jsonl", later)
+    eventually(lambda: decision(again.stub(), X) == "ALLOW", "the newer list served")
+    assert not status(again).behind
+
+
 # --- 4. a delta rewritten in place under an applied seq --------------------------------------
 
 
