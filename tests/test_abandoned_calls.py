@@ -213,6 +213,7 @@ def test_a_stream_cut_at_the_end_of_the_grace_period_is_said_so_and_what_was_rea
     tmp_path: Path, listed: Path, numbers: list[str]
 ) -> None:
     (tmp_path / "key").write_bytes(SECRET)
+    (tmp_path / "key").chmod(0o600)  # as the README asks: no warning
     hits, audit = tmp_path / "hits.jsonl", tmp_path / "audit.jsonl"
     server = ServeProcess("--list", str(listed), "--key-secret-file", str(tmp_path / "key"),
                           "--index-dir", "off", "--hit-log", str(hits), "--audit-log", str(audit),

@@ -260,6 +260,7 @@ def test_a_withdrawal_the_disk_refuses_too_is_logged_with_its_check_id(tmp_path:
     id and the line that withdraws it, which mends the feedback once appended."""
     listed = write_jsonl(tmp_path / "l.jsonl", basic_rows())
     (tmp_path / "key").write_bytes(SECRET)
+    (tmp_path / "key").chmod(0o600)  # as the README asks: no warning
     hits, audit, metrics = tmp_path / "hits.jsonl", tmp_path / "audit.jsonl", free_port()
     server = ServeProcess("--list", str(listed), "--key-secret-file", str(tmp_path / "key"),
                           "--index-dir", "off", "--hit-log", str(hits), "--audit-log", str(audit),
@@ -324,6 +325,7 @@ def test_a_batch_whose_later_hit_cannot_be_written_withdraws_its_earlier_hits(
     retry, once there is room again, is counted once."""
     listed = write_jsonl(tmp_path / "l.jsonl", basic_rows())
     (tmp_path / "key").write_bytes(SECRET)
+    (tmp_path / "key").chmod(0o600)  # as the README asks: no warning
     hits, metrics = tmp_path / "hits.jsonl", free_port()
     server = ServeProcess("--list", str(listed), "--key-secret-file", str(tmp_path / "key"),
                           "--index-dir", "off", "--hit-log", str(hits),

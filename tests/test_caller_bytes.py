@@ -35,6 +35,7 @@ def server(tmp_path: Path) -> Iterator[ServeProcess]:
     header = {"snapshot": {"includes_seq": 0, "published_at": "2026-11-28T09:00:00+08:00"}}
     path = write_jsonl(tmp_path / "s.jsonl", [header, *basic_rows()])
     (tmp_path / "key").write_text("tests-only-secret-0123456789abcdef")
+    (tmp_path / "key").chmod(0o600)  # as the README asks: no warning
     running = ServeProcess("--list", str(path), "--key-secret-file", str(tmp_path / "key"),
                            "--index-dir", "off", log=tmp_path / "serve.log")  # fmt: skip
     try:

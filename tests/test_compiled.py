@@ -135,6 +135,7 @@ def test_a_restarted_server_maps_what_it_compiled(snapshot: Path, tmp_path: Path
     feed = snapshot.parent
     secret = tmp_path / "key"
     secret.write_text("tests-only-secret-0123456789abcdef")
+    secret.chmod(0o600)  # as the README asks: no warning
     first = ServeProcess("--list", str(feed), "--key-secret-file", str(secret),
                          log=tmp_path / "first.log")  # fmt: skip
     try:
@@ -167,6 +168,7 @@ def test_a_moved_list_folder_maps_its_compiled_snapshot_without_header_and_its_d
     write_jsonl(feed / "delta-0005.jsonl", [delta(5, "DELIST", entry_id="E1")])
     secret = tmp_path / "key"
     secret.write_text("tests-only-secret-0123456789abcdef")
+    secret.chmod(0o600)  # as the README asks: no warning
     index = tmp_path / "index"
     for start in ("first", "moved"):
         if start == "moved":

@@ -40,6 +40,7 @@ def start_and_stop(tmp_path: Path, snapshot: Path, name: str) -> str:
 
 def test_a_version_folder_without_its_meta_json_is_compiled_again(tmp_path: Path) -> None:
     (tmp_path / "key").write_text(SECRET)
+    (tmp_path / "key").chmod(0o600)  # as the README asks: no warning
     snapshot = write_jsonl(tmp_path / "list.jsonl", [HEADER, *basic_rows()])
     first = start_and_stop(tmp_path, snapshot, "first")
     assert "compiled into" in first, first
@@ -63,6 +64,7 @@ def test_compiled_files_are_written_without_write_permission(tmp_path: Path) -> 
     ``rsync --inplace``) must fail, not change answers under it or cut a mapped file
     short (SIGBUS). The folder stays writable: versions are pruned and replaced."""
     (tmp_path / "key").write_text(SECRET)
+    (tmp_path / "key").chmod(0o600)  # as the README asks: no warning
     snapshot = write_jsonl(tmp_path / "list.jsonl", [HEADER, *basic_rows()])
     start_and_stop(tmp_path, snapshot, "run")
     [version] = (tmp_path / ".shixin-index").glob("v-*")

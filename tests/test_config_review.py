@@ -240,6 +240,7 @@ def test_the_effective_settings_line_names_sources_and_hides_secrets(
 ) -> None:
     secret = tmp_path / "key"
     secret.write_text(SECRET)
+    secret.chmod(0o600)  # as the README asks: no warning
     config = tmp_path / "c.toml"
     config.write_text('workers = 3\nmax_list_age = "36h"\nhotel_min_star = 1\n')
     args = _parser().parse_args(["serve", "--list", str(listed), "--config", str(config),

@@ -86,6 +86,7 @@ def test_a_worker_started_in_a_dead_ones_place_serves_what_the_others_serve(
     feed.mkdir()
     write_jsonl(feed / "snapshot-0001.jsonl", [header(0), *basic_rows()])
     (tmp_path / "key").write_text(SECRET)
+    (tmp_path / "key").chmod(0o600)  # as the README asks: no warning
     server = serve_workers(tmp_path, feed, "split")
     try:
         write_jsonl(feed / "delta-0001.jsonl", FIRST)

@@ -103,6 +103,7 @@ def test_a_worker_started_in_a_dead_ones_place_refuses_the_late_delta_as_the_oth
     feed.mkdir()
     write_jsonl(feed / "snapshot-0001.jsonl", basic_rows())  # no header row
     (tmp_path / "key").write_text(SECRET)
+    (tmp_path / "key").chmod(0o600)  # as the README asks: no warning
     server = serve_workers(tmp_path, feed, "late")
     try:
         write_jsonl(feed / "delta-0006.jsonl", DELTA_6)

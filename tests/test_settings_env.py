@@ -40,6 +40,7 @@ def test_an_empty_or_blank_variable_gives_way_to_the_config_file(tmp_path: Path)
     """``SHIXIN_HIT_LOG=`` (compose's ``${VAR}`` with VAR unset) is not given: the file's
     hit log, audit log, metrics, list age and key secret file are used, not turned off."""
     (tmp_path / "key").write_text(SECRET)
+    (tmp_path / "key").chmod(0o600)  # as the README asks: no warning
     config = tmp_path / "c.toml"
     config.write_text(
         f'hit_log = "{tmp_path / "hits.jsonl"}"\naudit_log = "{tmp_path / "audit.jsonl"}"\n'

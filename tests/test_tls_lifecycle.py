@@ -74,6 +74,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def listed(tmp_path: Path) -> Path:
     (tmp_path / "key").write_text("tests-only-secret-0123456789abcdef")
+    (tmp_path / "key").chmod(0o600)  # as the README asks: no warning
     return write_jsonl(tmp_path / "l.jsonl", basic_rows())
 
 

@@ -58,6 +58,7 @@ def make_feed(tmp_path: Path) -> Path:
     header = {"snapshot": {"includes_seq": 0, "published_at": "2026-11-28T09:00:00+08:00"}}
     write_jsonl(folder / "snapshot-0001.jsonl", [header, *basic_rows()])
     (tmp_path / "key").write_text(SECRET)
+    (tmp_path / "key").chmod(0o600)  # as the README asks: no warning
     return folder
 
 

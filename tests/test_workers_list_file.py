@@ -63,6 +63,7 @@ def list_file(tmp_path: Path) -> Path:
     folder = tmp_path / "feed"
     folder.mkdir()
     (tmp_path / "key").write_text(SECRET)
+    (tmp_path / "key").chmod(0o600)  # as the README asks: no warning
     return write_jsonl(folder / "list.jsonl", [HEADER, *basic_rows()])
 
 

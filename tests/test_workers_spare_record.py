@@ -140,6 +140,7 @@ def test_a_replacement_worker_refuses_a_rewritten_delta_when_the_index_folder_ca
     feed.mkdir()
     write_jsonl(feed / "snapshot-0001.jsonl", [header(0), *basic_rows()])
     (tmp_path / "key").write_text(SECRET)
+    (tmp_path / "key").chmod(0o600)  # as the README asks: no warning
     server = serve_workers(tmp_path, feed, "spare")
     try:
         index = feed / ".shixin-index"
