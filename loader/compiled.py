@@ -434,8 +434,37 @@ def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
         counts=_counts_from(meta["counts"]),
         includes_seq=int(meta["includes_seq"]),
         mapped_from=str(folder),
+        mapped_files=tuple(
+            (name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            for name, st in sorted(now.items())
+        ),
     )
     return base, info
+
+
+def changed_under(info: VersionInfo) -> str:
+    """Why the files ``info`` was mapped from can no longer be trusted ("" if they can):
+    one of them written, cut short or put back in place since it was mapped (the same
+    inode, another size, mtime or ctime; ``cp`` or ``rsync --inplace`` over the folder,
+    ``dd conv=notrunc``, ``truncate``). The process's pages are that file's: a check
+    reads what was written, zeros past a new end, or dies (SIGBUS). A file replaced by
+    a new one (a rename, or removed) leaves the pages mapped as they were: not this.
+    A few ``stat`` calls: for a watch once a second, never on the check path."""
+    folder = Path(info.mapped_from)
+    for name, inode, size, mtime, ctime in info.mapped_files:
+        try:
+            st = os.stat(folder / name)
+        except OSError:
+            continue  # removed (a prune, by hand): the mapping keeps its pages
+        if st.st_ino != inode:
+            continue
+        if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (size, mtime, ctime):
+            how = (f"{st.st_size} bytes, mapped as {size}" if st.st_size != size
+                   else "written in place")  # fmt: skip
+            return (f"compiled index file {folder / name} changed under this server since it "
+                    f"was mapped ({how}): its answers can no longer be trusted (nothing may "
+                    "write in the index folder while a server runs)")  # fmt: skip
+    return ""
 
 
 assert {f.name for f in fields(Base)} == {

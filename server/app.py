@@ -93,7 +93,7 @@ from shixin_check.domain.errors import ConfigurationError, LoadRejected, Malform
 from shixin_check.domain.index import IndexSource
 from shixin_check.domain.model import CHINA_TZ
 from shixin_check.loader.columns import keyer_for
-from shixin_check.loader.compiled import IndexStore
+from shixin_check.loader.compiled import IndexStore, changed_under
 from shixin_check.loader.index_memory import MemoryIndex
 from shixin_check.loader.index_redis import RedisFollower, RedisKeys, connect
 from shixin_check.loader.versions import DirectoryFollower, ListFileChanged, Loader
@@ -134,6 +134,8 @@ LIST_CURRENT = "shixin.v1.ListCurrent"
 #: list-less server included; NOT_SERVING only while it drains at shutdown.
 LIVENESS = "liveness"
 HEALTH_POLL_S = 0.2
+#: seconds between looks at the files of the compiled version mapped (``changed_under``)
+MAPPED_WATCH_S = 1.0
 #: Seconds between tries of a log that failed a write (``Service._probe_logs``).
 LOG_PROBE_S = 1.0
 #: ``health_problem`` of a server with no list yet (``MemoryIndex``), and of a Redis
@@ -252,6 +254,8 @@ class Service:
         self.port = 0
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()  # a second stop signal: no drain
+        #: why this server stopped itself (its process then exits 1), or ""
+        self.fatal = ""
         #: until the --drain after a stop signal is over (a second signal ends it; one
         #: before the drain began skips it)
         self._draining = settings.drain_seconds > 0
@@ -446,12 +450,16 @@ class Service:
     async def _watch_health(self, last: tuple[bool, bool, bool, str]) -> None:
         """Keep health in step with the index (loaded, lost in Redis, behind, stale) and
         with the logs (failing writes)."""
-        probed = time.monotonic()
+        probed = watched = time.monotonic()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), HEALTH_POLL_S)
             if self._stop.is_set():
                 return
+            if time.monotonic() - watched >= MAPPED_WATCH_S:
+                watched = time.monotonic()
+                if await self._mapped_files_changed():
+                    return
             if not last[3]:  # a failure seen now is tried a whole interval later
                 probed = time.monotonic()
             elif time.monotonic() - probed >= LOG_PROBE_S:
@@ -472,6 +480,26 @@ class Service:
                     log.info("health: SERVING")
                 await self._set_health(state[0], state[1])
                 last = state
+
+    async def _mapped_files_changed(self) -> bool:
+        """True (and this server stopping, no drain, its process to exit 1) once a file
+        of the compiled version it maps was written in place or cut short: what it
+        answers from is no longer what was checked when it was mapped. A start maps the
+        version again, finds it damaged and compiles it anew; a worker so stopped is
+        started again by its supervisor."""
+        view = self.index.current() if self.redis is None else None
+        if view is None or not view.info.mapped_files:
+            return False
+        problem = await asyncio.to_thread(changed_under, view.info)
+        if not problem:
+            return False
+        self.fatal = problem
+        log.error("%s; stopping now, without a drain, to be started again (exit status 1): "
+                  "a start checks the folder and compiles the version anew", problem)  # fmt: skip
+        await self._set_health(False, False)
+        self._hurry.set()
+        self._stop.set()
+        return True
 
     async def _watch_certificate(self, expires: float) -> None:
         """Say, once a day, that the certificate served expires within
@@ -1244,7 +1272,7 @@ def run_service(settings: ServeSettings) -> int:
     finally:  # the demo's list (and the index compiled beside it), however the run ended
         if service.demo_folder is not None:
             shutil.rmtree(service.demo_folder, ignore_errors=True)
-    return 0
+    return 1 if service.fatal else 0
 
 
 def _open_log(kind: Any, flag: str, path: Path | None, durability: dict[str, Any]) -> Any:

@@ -297,6 +297,8 @@ def _worker_main(settings: ServeSettings, seat: WorkerSeat, messages: Connection
         services.append(service)
         asyncio.run(heartbeat.beside(service.run(on_ready=lambda ready: send(
             "loaded", ready.readiness_problem()))))  # fmt: skip
+        if service.fatal:  # it stopped itself (said why): started again by the supervisor
+            sys.exit(1)
     except (ConfigurationError, OSError) as exc:
         if served.is_set():
             raise  # a failure of a running server, not of its start: a crash, restarted

@@ -25,6 +25,7 @@ from shixin_check.loader.versions import Loader, build_snapshot
 from tests.listdata import ZHANG, basic_rows, write_jsonl
 from tests.processes import ServeProcess, run_cli
 from tests.test_compiled import listed_keys, synthetic_snapshot
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -153,6 +154,7 @@ def test_a_restarted_server_rebuilds_a_damaged_index_and_denies_as_before(
     write_jsonl(feed / "snapshot-0001.jsonl", basic_rows())
     secret = tmp_path / "key"
     secret.write_text("tests-only-secret-0123456789abcdef")
+    secret.chmod(0o600)  # as the README asks: no warning
     serve = ("--list", str(feed), "--key-secret-file", str(secret))
     first = ServeProcess(*serve, log=tmp_path / "first.log")
     try:
@@ -227,3 +229,79 @@ def test_a_snapshot_renamed_into_place_is_reused_only_while_unchanged(
     restarted = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())  # nothing changed
     assert restarted.info.mapped_from == replaced.info.mapped_from
     assert answers(restarted, keys) == answers(replaced, keys)
+
+
+def _deny_zhang(target: str) -> bool:
+    done = run_cli("check", "--channel", "AIRLINE", "--flight", "CA1", "--id", ZHANG,
+                   "--target", target)  # fmt: skip
+    return done.returncode == 0 and done.stdout.split()[0] == "DENY"
+
+
+def test_a_mapped_file_written_in_place_under_a_running_server_stops_it(tmp_path: Path) -> None:
+    """``dd conv=notrunc`` (or ``cp``) over a mapped column while the server runs: it was
+    served as changed (a listed person ALLOW NOT_LISTED, health SERVING) until the next
+    start. Now the server sees it within seconds, says so, and exits 1 without a
+    drain; started again, it compiles the version anew and denies as before."""
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    write_jsonl(feed / "snapshot-0001.jsonl", basic_rows())
+    secret = tmp_path / "key"
+    secret.write_text("tests-only-secret-0123456789abcdef")
+    secret.chmod(0o600)
+    serve = ("--list", str(feed), "--key-secret-file", str(secret))
+    first = ServeProcess(*serve, log=tmp_path / "first.log")
+    try:
+        first.wait_serving()
+        assert _deny_zhang(first.target)
+        (folder,) = (feed / ".shixin-index").glob("v-*")
+        rewrite_in_place(folder / "k_hi.Q", flip)
+        assert first.proc.wait(timeout=15) == 1, first.output()
+    finally:
+        first.stop()
+    logged = first.output()
+    assert re.search(
+        rf"ERROR compiled index file {re.escape(str(folder))}/k_hi\.Q changed under "
+        r"this server since it was mapped \(written in place\)",
+        logged,
+    ), logged
+    assert "stopping now, without a drain, to be started again (exit status 1)" in logged
+    again = ServeProcess(*serve, log=tmp_path / "again.log")
+    try:
+        again.wait_serving()
+        assert _deny_zhang(again.target)
+    finally:
+        assert again.stop() == 0
+    assert "k_hi.Q does not match its checksum" in again.output()
+
+
+def test_a_worker_whose_mapped_file_is_cut_short_is_started_again(tmp_path: Path) -> None:
+    """``serve --workers 2``: a column cut to a page under them (``truncate``); each
+    worker that sees it first (or dies of SIGBUS reading past its end) is started
+    again by the supervisor, maps the version, finds it cut short, compiles it anew:
+    the pool denies as before, SERVING."""
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    write_jsonl(feed / "snapshot-0001.jsonl", basic_rows())
+    secret = tmp_path / "key"
+    secret.write_text("tests-only-secret-0123456789abcdef")
+    secret.chmod(0o600)
+    pool = ServeProcess("--list", str(feed), "--key-secret-file", str(secret), "--workers", "2",
+                        log=tmp_path / "pool.log")  # fmt: skip
+    try:
+        pool.wait_serving()
+        eventually(lambda: "every worker is past its first load" in pool.output(), "both up")
+        (folder,) = (feed / ".shixin-index").glob("v-*")
+        column = folder / "text.bin"
+        column.chmod(0o600)
+        size = column.stat().st_size
+        os.truncate(column, size // 2)
+        eventually(lambda: pool.output().count("changed under this server") >= 2,
+                   "both workers saw it")  # fmt: skip
+        eventually(lambda: pool.output().count("compiled into") >= 2, "compiled anew")
+        pool.wait_serving()
+        assert _deny_zhang(pool.target)
+    finally:
+        assert pool.stop() == 0, pool.output()
+    logged = pool.output()
+    assert f"bytes, mapped as {size})" in logged, logged
+    assert "starting it again" in logged
