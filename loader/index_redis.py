@@ -1614,8 +1614,9 @@ class RedisFollower(Background):
         went_back = self._newer_served(version, meta, records, now)
         if went_back:
             return went_back
-        # another load's records count from the time this load was made current (a
-        # replica still serving what it applied), never for one loaded to go back
+        # another load's records of this version count from the time this load was made
+        # current (a replica still serving what it applied), never for one loaded to go
+        # back
         since = (
             None if meta.get(ROLLBACK_FIELD) == b"1" else float(meta.get(CURRENT_AT_FIELD, b"0"))
         )
@@ -1636,14 +1637,13 @@ class RedisFollower(Background):
         if best is None:
             return ""
         missing = missing_deltas(held + 1, best["seq"])
-        if (best["version"], best["token"]) == (version, ours):
+        if best["token"] == ours:
             of, cause = (
                 "of that load",
                 "Redis restarted from an older save, or failed over to a replica without them?",
             )
         else:
-            of = ("of an earlier load of it" if best["version"] == version
-                  else f"(it served version {best['version']})")  # fmt: skip
+            of = "of an earlier load of it"
             cause = "Redis flushed, or restarted empty, and the snapshot loaded again without them?"
         return (f"redis lost deltas of version {version}: it holds seq {held}, but replica "
                 f"{best['replica']} applied up to seq {best['seq']} (its record in "
@@ -1715,19 +1715,21 @@ class RedisFollower(Background):
 
     def _undoes_deltas(self, version: str, token: bytes, meta: dict[str, bytes]) -> str:
         """Why taking ``version`` (load ``token``, its ``meta``) would undo deltas applied
-        here ("" if it would not): another load than the one served, whose last seq is
-        below the last seq applied here, not loaded with ``--allow-rollback``. ``load``
-        refuses such a snapshot while Redis holds the deltas it would undo; after a
-        FLUSHALL (or a restart empty) Redis no longer knows them, this replica does."""
+        here ("" if it would not): the snapshot served loaded again (the same version,
+        another load token), its last seq below the last seq applied here, not loaded
+        with ``--allow-rollback``. ``load`` refuses such a snapshot while Redis holds the
+        deltas it would undo; after a FLUSHALL (or a restart empty) Redis no longer knows
+        them, this replica does. Another snapshot is not weighed so: this replica may
+        have missed a rollback on purpose and the loads since (stopped meanwhile), and
+        one published before is ``_going_back``."""
         view = self._view
-        if view is None or (version, token) == (view.version, self._token):
+        if view is None or version != view.version or token == self._token:
             return ""
         applied, held = view.info.last_delta_seq, int(meta.get("last_seq", b"0"))
         if held >= applied or meta.get(ROLLBACK_FIELD) == b"1":
             return ""
         missing = missing_deltas(held + 1, applied)
-        which = "loaded again" if version == view.version else f"in place of {view.version}"
-        return (f"redis lost deltas: it now holds version {version} ({which}) up to seq {held}, "
+        return (f"redis lost deltas: it now holds version {version} (loaded again) up to seq {held}, "
                 f"but this server applied up to seq {applied}: taking it would undo {missing} "
                 "(Redis flushed, or restarted empty, and the snapshot loaded again without "
                 f"them?); load {missing} again, in seq order (or a snapshot that includes "
@@ -2007,16 +2009,16 @@ def _evidence(
     """A replica's record (or a claim copied into one) as evidence that Redis lost
     deltas of ``version`` under load ``token``, Redis holding up to seq ``held``: the
     claim to copy (its version, token, seq, replica, and ``at``, the time of the
-    record it came from), or None when it is not: no load token, a seq Redis holds, or
-    a record older than ``RECORD_SECONDS``. Another load's record (another version or
-    token: seqs run on across snapshots, and a load refuses a snapshot that would undo
-    a delta Redis holds) counts only when ``since`` is given (the time the load served
-    now was made current; None for one loaded with ``--allow-rollback``) and it was
-    written since: a replica still serving what it applied when the list went back."""
+    record it came from), or None when it is not: another version, no load token, a
+    seq Redis holds, or a record older than ``RECORD_SECONDS``. Another load's record
+    of ``version`` (its snapshot loaded again) counts only when ``since`` is given (the
+    time the load served now was made current; None for one loaded with
+    ``--allow-rollback``) and it was written since: a replica still serving what it
+    applied when the snapshot was loaded again without the deltas."""
     if not isinstance(claim, dict) or not token:
         return None
-    claimed, claimed_token = claim.get("version"), claim.get("token")
-    if not isinstance(claimed, str) or not isinstance(claimed_token, str) or not claimed_token:
+    claimed_token = claim.get("token")
+    if claim.get("version") != version or not isinstance(claimed_token, str) or not claimed_token:
         return None
     try:
         seq, at = int(claim.get("seq", 0)), float(claim.get("at", 0))
@@ -2024,10 +2026,10 @@ def _evidence(
         return None  # unreadable: proves nothing
     if seq <= held or now - at >= RECORD_SECONDS:
         return None
-    if (claimed, claimed_token) != (version, token) and (since is None or at < since):
+    if claimed_token != token and (since is None or at < since):
         return None
     replica = claim.get("replica", replica_id)
-    return {"version": claimed, "token": claimed_token, "seq": seq,
+    return {"version": version, "token": claimed_token, "seq": seq,
             "replica": replica if isinstance(replica, str) else replica_id,
             "at": min(at, now)}  # fmt: skip
 

@@ -41,7 +41,7 @@ from shixin_check.loader.index_redis import (
     connect,
     read_meta,
 )
-from shixin_check.loader.publish_redis import publish_snapshot
+from shixin_check.loader.publish_redis import publish_delta, publish_snapshot
 from shixin_check.server.app import LIST_CURRENT
 from tests import test_redis_seq
 from tests.conftest import SECRET, RedisSentinels, RedisServer, RunningServer
@@ -618,3 +618,54 @@ def test_a_load_into_a_redis_out_of_memory_says_so_in_one_line(
     line = one_line(done)
     assert "Redis is out of memory (maxmemory" in line and "\\x" not in line, line
     assert client.get(RedisKeys().current) is None
+
+
+def test_a_replica_that_missed_a_rollback_and_the_loads_since_takes_the_newest(
+    redis_server: RedisServer,
+    client: Client,
+    keyer: SubjectKeyer,
+    tmp_path: Path,
+) -> None:
+    """A replica paused on s1 + deltas 1-3 while s0 was loaded with --allow-rollback,
+    deltas 1-2 on it, then s4 (includes seq 2): it took s4 as undoing delta 3 and its
+    record, written since s4 was made current, kept every replica NOT_SERVING for an
+    hour. Only the same snapshot loaded again is weighed against the seq applied."""
+    keys = RedisKeys()
+
+    def snapshot(name: str, includes: int, day: str, rows: list[dict[str, Any]]) -> Path:
+        header = {
+            "snapshot": {"includes_seq": includes, "published_at": f"2026-11-{day}T09:00:00+08:00"}
+        }
+        return write_jsonl(tmp_path / name, [header, *rows])
+
+    def delta_file(name: str, seq: int) -> Path:
+        return write_jsonl(tmp_path / name, [delta(seq, "DELIST", entry_id=f"E{seq}")])
+
+    rows = basic_rows()
+    s1 = publish_snapshot(client, snapshot("s1.jsonl", 0, "28", rows), keyer)
+    for seq in (1, 2, 3):
+        publish_delta(client, delta_file(f"a{seq}.jsonl", seq), keyer)
+    paused = _take(redis_server.url, keyer, "paused")
+    try:
+        assert paused.current().info.last_delta_seq == 3  # type: ignore[union-attr]
+        token = read_meta(client, keys, s1)["load_token"].decode()
+        publish_snapshot(client, snapshot("s0.jsonl", 0, "27", rows), keyer, allow_rollback=True)
+        for seq in (1, 2):
+            publish_delta(client, delta_file(f"b{seq}.jsonl", seq), keyer)
+        s4 = publish_snapshot(client, snapshot("s4.jsonl", 2, "30", rows), keyer)
+        # its record, as it writes it every second, since s4 was made current
+        client.hset(keys.replicas, "paused", orjson.dumps(
+            {"version": s1, "seq": 3, "token": token, "at": time.time() + 1}))  # fmt: skip
+        paused.sync_once()
+        assert paused.health_problem() == ""
+        assert paused.current().info.version == s4  # type: ignore[union-attr]
+    finally:
+        paused.stop()
+    client.hset(keys.replicas, "paused", orjson.dumps(
+        {"version": s1, "seq": 3, "token": token, "at": time.time() + 1}))  # fmt: skip
+    fresh = _take(redis_server.url, keyer, "fresh")
+    try:
+        assert fresh.health_problem() == ""
+        assert fresh.current().info.version == s4  # type: ignore[union-attr]
+    finally:
+        fresh.stop()
