@@ -1546,27 +1546,48 @@ class DirectoryFollower(Background):
             if kind is not None:
                 self._kinds[path] = kind
         snapshots = sorted(p for p, kind in self._kinds.items() if kind is FileKind.SNAPSHOT)
+        # as live, where one without a published_at is refused only after one served
+        # that has it: each such (newest first) waits until it is known what loads
+        timeless: list[Path] = []
         for i in reversed(range(len(snapshots))):
             # as live: a snapshot published before one it follows by name is not served
             # (live, that one was served and this one refused)
             if self._older_than_before(snapshots[i], snapshots[:i]):
                 continue
+            if self._waits_for_a_time(snapshots[i], snapshots[:i]):
+                timeless.append(snapshots[i])
+                continue
             if self._try_snapshot(snapshots[i]):
                 break
+        if timeless:
+            self._take_timeless_at_start(timeless)
         self._report()
+
+    def _waits_for_a_time(self, path: Path, before: list[Path]) -> bool:
+        """True when ``path`` gives no ``published_at`` and a snapshot before it by name
+        does: whether it may be served depends on what of those loads."""
+        if not _says_no_time(path):
+            return False
+        return any(_published_at(earlier) is not None for earlier in before)
+
+    def _take_timeless_at_start(self, timeless: list[Path]) -> None:
+        """Snapshots without a ``published_at`` that wait (newest first; each newer than
+        what was served, if anything was): refused if the snapshot served says when it
+        was published, as live; else the newest of them that loads is served."""
+        served, then = self.serving, self._published
+        if served is not None and then is not None:
+            for path in timeless:
+                self._refuse_timeless(path, served, then)
+            return
+        for path in timeless:
+            if self._try_snapshot(path):
+                return
 
     def _older_than_before(self, path: Path, before: list[Path]) -> bool:
         """True (and ``path`` refused) when its header's ``published_at`` is older than
         that of a snapshot before it by name."""
         at = _published_at(path)
         if at is None:
-            if not _says_no_time(path):
-                return False
-            for earlier in reversed(before):
-                then = _published_at(earlier)
-                if then is not None:
-                    self._refuse_timeless(path, earlier, then)
-                    return True
             return False
         for earlier in reversed(before):
             then = _published_at(earlier)

@@ -226,6 +226,25 @@ def test_a_snapshot_that_does_not_say_when_it_was_published_does_not_replace_one
     assert not status(again).behind
 
 
+def test_at_a_start_a_snapshot_without_a_time_is_weighed_against_what_loads(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """Headerless 0001 and 0003 around a headered 0002 that is refused (cut short):
+    live, 0003 replaced 0001 (no served time to weigh it against); a restart served
+    0001, weighing 0003 against 0002's time though 0002 never loads. As live now."""
+    folder = tmp_path / "list"
+    folder.mkdir()
+    write_jsonl(folder / "snapshot-0001.jsonl", basic_rows())
+    cut = {"snapshot": {"includes_seq": 0, "published_at": "2026-11-28T09:00:00+08:00",
+                        "entries": 99}}  # fmt: skip
+    write_jsonl(folder / "snapshot-0002.jsonl", [cut, *basic_rows()])
+    write_jsonl(folder / "snapshot-0003.jsonl", [*basic_rows(), person_entry("E-X", X, "牛犇")])
+    server = serve(folder)
+    shown = status(server)
+    assert shown.source.endswith("snapshot-0003.jsonl"), shown
+    assert decision(server.stub(), X) == "DENY" and not shown.behind  # newer than 0002
+
+
 # --- 4. a delta rewritten in place under an applied seq --------------------------------------
 
 
