@@ -146,16 +146,22 @@ def test_files_are_checked_once_and_again_only_after_a_change(
     assert checked == []  # recorded as checked
 
 
-def test_a_restarted_server_rebuilds_a_damaged_index_and_denies_as_before(
-    tmp_path: Path,
-) -> None:
+def feed_with_a_secret(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
+    """A list folder of ``basic_rows()`` and the ``serve`` arguments for it, with a
+    key secret file (0600), so that what is compiled is kept across starts."""
     feed = tmp_path / "feed"
     feed.mkdir()
     write_jsonl(feed / "snapshot-0001.jsonl", basic_rows())
     secret = tmp_path / "key"
     secret.write_text("tests-only-secret-0123456789abcdef")
-    secret.chmod(0o600)  # as the README asks: no warning
-    serve = ("--list", str(feed), "--key-secret-file", str(secret))
+    secret.chmod(0o600)
+    return feed, ("--list", str(feed), "--key-secret-file", str(secret))
+
+
+def test_a_restarted_server_rebuilds_a_damaged_index_and_denies_as_before(
+    tmp_path: Path,
+) -> None:
+    feed, serve = feed_with_a_secret(tmp_path)
     first = ServeProcess(*serve, log=tmp_path / "first.log")
     try:
         first.wait_serving()
@@ -242,13 +248,7 @@ def test_a_mapped_file_written_in_place_under_a_running_server_stops_it(tmp_path
     served as changed (a listed person ALLOW NOT_LISTED, health SERVING) until the next
     start. Now the server sees it within seconds, says so, and exits 1 without a
     drain; started again, it compiles the version anew and denies as before."""
-    feed = tmp_path / "feed"
-    feed.mkdir()
-    write_jsonl(feed / "snapshot-0001.jsonl", basic_rows())
-    secret = tmp_path / "key"
-    secret.write_text("tests-only-secret-0123456789abcdef")
-    secret.chmod(0o600)
-    serve = ("--list", str(feed), "--key-secret-file", str(secret))
+    feed, serve = feed_with_a_secret(tmp_path)
     first = ServeProcess(*serve, log=tmp_path / "first.log")
     try:
         first.wait_serving()
@@ -279,14 +279,8 @@ def test_a_worker_whose_mapped_file_is_cut_short_is_started_again(tmp_path: Path
     worker that sees it first (or dies of SIGBUS reading past its end) is started
     again by the supervisor, maps the version, finds it cut short, compiles it anew:
     the pool denies as before, SERVING."""
-    feed = tmp_path / "feed"
-    feed.mkdir()
-    write_jsonl(feed / "snapshot-0001.jsonl", basic_rows())
-    secret = tmp_path / "key"
-    secret.write_text("tests-only-secret-0123456789abcdef")
-    secret.chmod(0o600)
-    pool = ServeProcess("--list", str(feed), "--key-secret-file", str(secret), "--workers", "2",
-                        log=tmp_path / "pool.log")  # fmt: skip
+    feed, serve = feed_with_a_secret(tmp_path)
+    pool = ServeProcess(*serve, "--workers", "2", log=tmp_path / "pool.log")
     try:
         pool.wait_serving()
         eventually(lambda: "every worker is past its first load" in pool.output(), "both up")

@@ -159,15 +159,21 @@ def test_a_snapshot_cut_off_at_a_line_boundary_is_refused_naming_both_counts(
 # --- 3. a snapshot newer by name but published earlier ---------------------------------------
 
 
-def test_a_snapshot_published_before_the_served_one_is_refused(
-    tmp_path: Path, serve: Serve
-) -> None:
+def serving_x_published(tmp_path: Path, serve: Serve) -> tuple[Path, RunningServer]:
+    """A server on a folder whose snapshot-0001 (published 2026-11-28) lists X."""
     folder = tmp_path / "list"
     folder.mkdir()
     newer = [*basic_rows(), person_entry("E-X", X, "牛犇")]
     write_jsonl(folder / "snapshot-0001.jsonl", [header(0, "2026-11-28T09:00:00+08:00"), *newer])
     server = serve(folder)
     assert decision(server.stub(), X) == "DENY"
+    return folder, server
+
+
+def test_a_snapshot_published_before_the_served_one_is_refused(
+    tmp_path: Path, serve: Serve
+) -> None:
+    folder, server = serving_x_published(tmp_path, serve)
 
     # an old export copied in under a newer name: it lacks X
     write_jsonl(
@@ -195,12 +201,7 @@ def test_a_snapshot_that_does_not_say_when_it_was_published_does_not_replace_one
     """An old export without a header row, copied in under a newer name, took the
     served list's place (X, listed only in the newer list, ALLOW NOT_LISTED, health
     SERVING): its age cannot be told, so it is refused, live and at a restart."""
-    folder = tmp_path / "list"
-    folder.mkdir()
-    newer = [*basic_rows(), person_entry("E-X", X, "牛犇")]
-    write_jsonl(folder / "snapshot-0001.jsonl", [header(0, "2026-11-28T09:00:00+08:00"), *newer])
-    server = serve(folder)
-    assert decision(server.stub(), X) == "DENY"
+    folder, server = serving_x_published(tmp_path, serve)
 
     write_jsonl(folder / "snapshot-0002.jsonl", basic_rows())  # no header: it lacks X
     eventually(lambda: status(server).behind, "the snapshot without a time refused")
