@@ -1628,7 +1628,7 @@ class RedisFollower(Background):
                     continue
                 for claim in (record, record.get("claim")):
                     found = _evidence(claim, version, ours, held, now, replica_id.decode(),
-                                      since)  # fmt: skip
+                                      since, published_at(meta))  # fmt: skip
                     if found is not None and (best is None or found["seq"] > best["seq"]):
                         best = found
             except (TypeError, ValueError, AttributeError):
@@ -1637,7 +1637,7 @@ class RedisFollower(Background):
         if best is None:
             return ""
         missing = missing_deltas(held + 1, best["seq"])
-        if best["token"] == ours:
+        if (best["version"], best["token"]) == (version, ours):
             of, cause = (
                 "of that load",
                 "Redis restarted from an older save, or failed over to a replica without them?",
@@ -1715,15 +1715,20 @@ class RedisFollower(Background):
 
     def _undoes_deltas(self, version: str, token: bytes, meta: dict[str, bytes]) -> str:
         """Why taking ``version`` (load ``token``, its ``meta``) would undo deltas applied
-        here ("" if it would not): the snapshot served loaded again (the same version,
-        another load token), its last seq below the last seq applied here, not loaded
-        with ``--allow-rollback``. ``load`` refuses such a snapshot while Redis holds the
+        here ("" if it would not): the snapshot served loaded again (another load token;
+        the same version, or one published at the same time: a copy of the file, or
+        the file touched, loads under another name), its last seq below the last seq
+        applied here, not loaded with ``--allow-rollback``. ``load`` refuses such a snapshot while Redis holds the
         deltas it would undo; after a FLUSHALL (or a restart empty) Redis no longer knows
         them, this replica does. Another snapshot is not weighed so: this replica may
         have missed a rollback on purpose and the loads since (stopped meanwhile), and
         one published before is ``_going_back``."""
         view = self._view
-        if view is None or version != view.version or token == self._token:
+        if (
+            view is None
+            or token == self._token
+            or not (version == view.version or _same_time(published_at(meta), self._published))
+        ):
             return ""
         applied, held = view.info.last_delta_seq, int(meta.get("last_seq", b"0"))
         if held >= applied or meta.get(ROLLBACK_FIELD) == b"1":
@@ -2005,20 +2010,24 @@ def _evidence(
     now: float,
     replica_id: str,
     since: float | None = None,
+    published: float | None = None,
 ) -> dict[str, Any] | None:
     """A replica's record (or a claim copied into one) as evidence that Redis lost
     deltas of ``version`` under load ``token``, Redis holding up to seq ``held``: the
     claim to copy (its version, token, seq, replica, and ``at``, the time of the
     record it came from), or None when it is not: another version, no load token, a
     seq Redis holds, or a record older than ``RECORD_SECONDS``. Another load's record
-    of ``version`` (its snapshot loaded again) counts only when ``since`` is given (the
+    of the same snapshot (``version``, or one ``published`` at the same time: a copy
+    of the file loads under another name) counts only when ``since`` is given (the
     time the load served now was made current; None for one loaded with
     ``--allow-rollback``) and it was written since: a replica still serving what it
     applied when the snapshot was loaded again without the deltas."""
     if not isinstance(claim, dict) or not token:
         return None
-    claimed_token = claim.get("token")
-    if claim.get("version") != version or not isinstance(claimed_token, str) or not claimed_token:
+    claimed, claimed_token = claim.get("version"), claim.get("token")
+    if not isinstance(claimed, str) or not isinstance(claimed_token, str) or not claimed_token:
+        return None
+    if claimed != version and not _same_time(claim.get("published"), published):
         return None
     try:
         seq, at = int(claim.get("seq", 0)), float(claim.get("at", 0))
@@ -2026,12 +2035,17 @@ def _evidence(
         return None  # unreadable: proves nothing
     if seq <= held or now - at >= RECORD_SECONDS:
         return None
-    if claimed_token != token and (since is None or at < since):
+    if (claimed, claimed_token) != (version, token) and (since is None or at < since):
         return None
     replica = claim.get("replica", replica_id)
-    return {"version": version, "token": claimed_token, "seq": seq,
+    return {"version": claimed, "token": claimed_token, "seq": seq,
             "replica": replica if isinstance(replica, str) else replica_id,
-            "at": min(at, now)}  # fmt: skip
+            "at": min(at, now), "published": claim.get("published")}  # fmt: skip
+
+
+def _same_time(one: object, other: float | None) -> bool:
+    """Two snapshots' ``published_at`` name the same instant (neither missing)."""
+    return isinstance(one, int | float) and other is not None and float(one) == other
 
 
 def going_back_problem(newer: str, newer_at: float, older: str, older_at: float, who: str) -> str:

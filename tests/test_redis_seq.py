@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -462,7 +463,9 @@ def test_a_snapshot_loaded_again_after_a_flush_does_not_undo_the_deltas_replicas
     eventually(lambda: decision(replica, ZHAO).decision == pb.DENY, "delta 1 served")
 
     client.flushall()
-    snapshot = tmp_path / "s1.jsonl"  # the replica fixture's, published and numbered alike
+    # the replica fixture's snapshot, copied (as downloaded again): another version name
+    (tmp_path / "again").mkdir()
+    snapshot = Path(shutil.copy(tmp_path / "s1.jsonl", tmp_path / "again" / "s1.jsonl"))
     done = load(snapshot, url)
     assert done.returncode == 0, done.stderr
     eventually(lambda: "lost deltas" in status(replica).not_serving_reason, "loss noticed")
