@@ -435,35 +435,51 @@ def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
         includes_seq=int(meta["includes_seq"]),
         mapped_from=str(folder),
         mapped_files=tuple(
-            (name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            (name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, meta["crc32"][name])
             for name, st in sorted(now.items())
         ),
     )
     return base, info
 
 
-def changed_under(info: VersionInfo) -> str:
+def changed_under(info: VersionInfo, checked: dict[str, int]) -> str:
     """Why the files ``info`` was mapped from can no longer be trusted ("" if they can):
-    one of them written, cut short or put back in place since it was mapped (the same
-    inode, another size, mtime or ctime; ``cp`` or ``rsync --inplace`` over the folder,
-    ``dd conv=notrunc``, ``truncate``). The process's pages are that file's: a check
-    reads what was written, zeros past a new end, or dies (SIGBUS). A file replaced by
-    a new one (a rename, or removed) leaves the pages mapped as they were: not this.
-    A few ``stat`` calls: for a watch once a second, never on the check path."""
+    one of them cut short or grown (the process reads zeros past a new end, or dies of
+    SIGBUS), or written in place (``cp`` or ``rsync --inplace`` over the folder, ``dd
+    conv=notrunc``): the same inode with another mtime or ctime whose bytes no longer
+    match their CRC-32. A change of the ctime alone (``chmod``, a hard link made by a
+    backup, ``touch``) whose bytes still match is remembered in ``checked`` (path:
+    ctime_ns) and not read again. A file replaced by a new one (a rename, or removed)
+    leaves the pages mapped as they were: not this. A few ``stat`` calls, and a read
+    only after a change: for a watch once a second, never on the check path."""
     folder = Path(info.mapped_from)
-    for name, inode, size, mtime, ctime in info.mapped_files:
+    for name, inode, size, mtime, ctime, crc in info.mapped_files:
+        path = folder / name
         try:
-            st = os.stat(folder / name)
+            st = os.stat(path)
         except OSError:
             continue  # removed (a prune, by hand): the mapping keeps its pages
         if st.st_ino != inode:
+            continue  # replaced: the mapping keeps the old file's pages
+        if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (size, mtime, ctime):
             continue
-        if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (size, mtime, ctime):
-            how = (f"{st.st_size} bytes, mapped as {size}" if st.st_size != size
-                   else "written in place")  # fmt: skip
-            return (f"compiled index file {folder / name} changed under this server since it "
-                    f"was mapped ({how}): its answers can no longer be trusted (nothing may "
-                    "write in the index folder while a server runs)")  # fmt: skip
+        if st.st_size == size:
+            if checked.get(str(path)) == st.st_ctime_ns:
+                continue
+            try:
+                with open(path, "rb") as fh:
+                    same = _crc32(fh.fileno()) == crc
+            except OSError:
+                continue  # gone since the stat: as removed
+            if same:
+                checked[str(path)] = st.st_ctime_ns
+                continue
+            how = "written in place: its bytes no longer match their checksum"
+        else:
+            how = f"{st.st_size} bytes, mapped as {size}"
+        return (f"compiled index file {path} changed under this server since it was "
+                f"mapped ({how}): its answers can no longer be trusted (nothing may write "
+                "in the index folder while a server runs)")  # fmt: skip
     return ""
 
 

@@ -256,6 +256,9 @@ class Service:
         self._hurry = asyncio.Event()  # a second stop signal: no drain
         #: why this server stopped itself (its process then exits 1), or ""
         self.fatal = ""
+        #: mapped files whose ctime alone changed and whose bytes still matched: the
+        #: ctime (by path) they were read at (``changed_under``)
+        self._checked_files: dict[str, int] = {}
         #: until the --drain after a stop signal is over (a second signal ends it; one
         #: before the drain began skips it)
         self._draining = settings.drain_seconds > 0
@@ -486,11 +489,12 @@ class Service:
         of the compiled version it maps was written in place or cut short: what it
         answers from is no longer what was checked when it was mapped. A start maps the
         version again, finds it damaged and compiles it anew; a worker so stopped is
-        started again by its supervisor."""
+        started again by its supervisor. A chmod or a hard link (a backup) changes no
+        byte: read once, then left alone."""
         view = self.index.current() if self.redis is None else None
         if view is None or not view.info.mapped_files:
             return False
-        problem = await asyncio.to_thread(changed_under, view.info)
+        problem = await asyncio.to_thread(changed_under, view.info, self._checked_files)
         if not problem:
             return False
         self.fatal = problem

@@ -247,13 +247,22 @@ def test_a_mapped_file_written_in_place_under_a_running_server_stops_it(tmp_path
     """``dd conv=notrunc`` (or ``cp``) over a mapped column while the server runs: it was
     served as changed (a listed person ALLOW NOT_LISTED, health SERVING) until the next
     start. Now the server sees it within seconds, says so, and exits 1 without a
-    drain; started again, it compiles the version anew and denies as before."""
+    drain; started again, it compiles the version anew and denies as before. What
+    changes no byte (a chmod, a backup's hard link, an access time) stops nothing."""
     feed, serve = feed_with_a_secret(tmp_path)
     first = ServeProcess(*serve, log=tmp_path / "first.log")
     try:
         first.wait_serving()
         assert _deny_zhang(first.target)
         (folder,) = (feed / ".shixin-index").glob("v-*")
+        # what changes no byte: a chmod, a hard link (a backup's), an access time
+        (folder / "k_hi.Q").chmod(0o400)
+        (tmp_path / "backup").mkdir()
+        os.link(folder / "bloom.bin", tmp_path / "backup" / "bloom.bin")
+        os.utime(folder / "text.bin", ns=(1, (folder / "text.bin").stat().st_mtime_ns))
+        time.sleep(2.5)  # two looks of the watch
+        assert first.proc.poll() is None, first.output()
+        assert _deny_zhang(first.target)
         rewrite_in_place(folder / "k_hi.Q", flip)
         assert first.proc.wait(timeout=15) == 1, first.output()
     finally:
@@ -261,7 +270,7 @@ def test_a_mapped_file_written_in_place_under_a_running_server_stops_it(tmp_path
     logged = first.output()
     assert re.search(
         rf"ERROR compiled index file {re.escape(str(folder))}/k_hi\.Q changed under "
-        r"this server since it was mapped \(written in place\)",
+        r"this server since it was mapped \(written in place: its bytes no longer match",
         logged,
     ), logged
     assert "stopping now, without a drain, to be started again (exit status 1)" in logged
