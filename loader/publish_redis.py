@@ -97,6 +97,7 @@ from shixin_check.loader.index_redis import (
     EXEMPTIONS_FORMAT,
     FORMAT,
     LOCK_SECONDS,
+    REPLACED_FIELD,
     ROLLBACK_FIELD,
     Client,
     EvictionWatch,
@@ -282,6 +283,16 @@ def _refuse_older(client: Client, path: Path, keys: RedisKeys) -> None:
             f"{newer}: loading it would replace a newer list with an older one; load a "
             "newer snapshot, or give --allow-rollback to go back on purpose",
         )
+
+
+def _current_load(client: Client, keys: RedisKeys) -> str:
+    """Redis's current version and its load token, ``VERSION TOKEN`` ("" when there is
+    none: flushed, restarted empty, or never loaded)."""
+    current = client.get(keys.current)
+    if current is None:
+        return ""
+    token = client.hget(keys.meta(current.decode()), "load_token") or b""
+    return f"{current.decode()} {token.decode(errors='replace')}"
 
 
 def _applied_seq(client: Client, keys: RedisKeys) -> int:
@@ -475,10 +486,15 @@ def _publish_snapshot(
             # by Redis's clock: replicas' records after it may tell of a newer version
             # that Redis lost (``RedisFollower._newer_served``)
             made_current = repr(redis_time(client))
+            # what it replaces (the load lock is held: nothing else flips meanwhile), for
+            # replicas to tell a snapshot loaded again after Redis lost its deltas from
+            # one loaded on top of a rollback (``RedisFollower._undoes_deltas``)
+            replaced = _current_load(client, keys)
 
             def flip(tx: Any) -> None:
                 tx.set(keys.current, version)
-                tx.hset(keys.meta(version), CURRENT_AT_FIELD, made_current)
+                tx.hset(keys.meta(version), mapping={CURRENT_AT_FIELD: made_current,
+                                                     REPLACED_FIELD: replaced})  # fmt: skip
                 tx.sadd(keys.versions, version)
                 tx.publish(keys.announce, f"version {version}")
 
