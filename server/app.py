@@ -498,8 +498,9 @@ class Service:
         if not problem:
             return False
         self.fatal = problem
-        log.error("%s; stopping now, without a drain, to be started again (exit status 1): "
-                  "a start checks the folder and compiles the version anew", problem)  # fmt: skip
+        log.error("%s; stopping now (no --drain; calls in flight get up to --grace), to be "
+                  "started again (exit status 1): a start checks the folder and compiles the "
+                  "version anew", problem)  # fmt: skip
         await self._set_health(False, False)
         self._hurry.set()
         self._stop.set()

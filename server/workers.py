@@ -625,6 +625,9 @@ class Supervisor:
     # --- the loop -------------------------------------------------------------
 
     def _loop(self, wake: int) -> None:
+        # when the last round read the clock for its decisions: a pause (SIGSTOP, a frozen
+        # cgroup) anywhere in a round, in ``wait`` or out of it, shows as the time since
+        turned = time.monotonic()
         while True:
             now = time.monotonic()
             live = [w for w in self.workers if w.process is not None]
@@ -641,8 +644,6 @@ class Supervisor:
             if self.stopping:
                 timeout = max(0.0, min(timeout, self.stop_deadline - now))
             wait(waits, timeout)
-            if time.monotonic() - now > timeout + AWAY_S:
-                self._back_from_a_pause(time.monotonic() - now)
             self._take_signals(wake)
             for worker in live:
                 self._take_messages(worker)
@@ -650,6 +651,9 @@ class Supervisor:
                 if worker.process.exitcode is not None:
                     self._ended(worker)
             now = time.monotonic()
+            if now - turned > timeout + AWAY_S:  # the clock the silence is judged by jumped
+                self._back_from_a_pause(now - turned)
+            turned = now
             if not self.stopping:  # a stopping worker has --drain + --grace (_kill_stragglers)
                 self._kill_silent(now)
             for worker in self.workers:

@@ -273,7 +273,10 @@ def test_a_mapped_file_written_in_place_under_a_running_server_stops_it(tmp_path
         r"this server since it was mapped \(written in place: its bytes no longer match",
         logged,
     ), logged
-    assert "stopping now, without a drain, to be started again (exit status 1)" in logged
+    assert (
+        "stopping now (no --drain; calls in flight get up to --grace), to be started again "
+        "(exit status 1)" in logged
+    )
     again = ServeProcess(*serve, log=tmp_path / "again.log")
     try:
         again.wait_serving()
