@@ -92,12 +92,12 @@ from shixin_check.loader.index_memory import (
     own_exemptions,
 )
 from shixin_check.loader.index_redis import (
+    AFTER_ROLLBACK_FIELD,
     CURRENT_AT_FIELD,
     EVICTED_FIELD,
     EXEMPTIONS_FORMAT,
     FORMAT,
     LOCK_SECONDS,
-    REPLACED_FIELD,
     ROLLBACK_FIELD,
     Client,
     EvictionWatch,
@@ -285,14 +285,12 @@ def _refuse_older(client: Client, path: Path, keys: RedisKeys) -> None:
         )
 
 
-def _current_load(client: Client, keys: RedisKeys) -> str:
-    """Redis's current version and its load token, ``VERSION TOKEN`` ("" when there is
-    none: flushed, restarted empty, or never loaded)."""
+def _current_is_a_rollback(client: Client, keys: RedisKeys) -> bool:
+    """Redis's current version was loaded with ``--allow-rollback``."""
     current = client.get(keys.current)
     if current is None:
-        return ""
-    token = client.hget(keys.meta(current.decode()), "load_token") or b""
-    return f"{current.decode()} {token.decode(errors='replace')}"
+        return False
+    return bool(client.hget(keys.meta(current.decode()), ROLLBACK_FIELD) == b"1")
 
 
 def _applied_seq(client: Client, keys: RedisKeys) -> int:
@@ -486,15 +484,16 @@ def _publish_snapshot(
             # by Redis's clock: replicas' records after it may tell of a newer version
             # that Redis lost (``RedisFollower._newer_served``)
             made_current = repr(redis_time(client))
-            # what it replaces (the load lock is held: nothing else flips meanwhile), for
-            # replicas to tell a snapshot loaded again after Redis lost its deltas from
-            # one loaded on top of a rollback (``RedisFollower._undoes_deltas``)
-            replaced = _current_load(client, keys)
+            # made on top of a rollback (the load lock is held: nothing else flips
+            # meanwhile)? Replicas then take it even if it is the snapshot they served
+            # with deltas since rolled back on purpose (``RedisFollower._undoes_deltas``)
+            marks = {CURRENT_AT_FIELD: made_current}
+            if _current_is_a_rollback(client, keys):
+                marks[AFTER_ROLLBACK_FIELD] = "1"
 
             def flip(tx: Any) -> None:
                 tx.set(keys.current, version)
-                tx.hset(keys.meta(version), mapping={CURRENT_AT_FIELD: made_current,
-                                                     REPLACED_FIELD: replaced})  # fmt: skip
+                tx.hset(keys.meta(version), mapping=marks)
                 tx.sadd(keys.versions, version)
                 tx.publish(keys.announce, f"version {version}")
 
