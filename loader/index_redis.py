@@ -510,9 +510,6 @@ PUBLISHED_FIELDS = ("published_at", "header", "last_seq", "snapshot_seq", "sourc
 ROLLBACK_FIELD = "rollback"
 #: Meta field: Redis's time (``redis_time``) when a load made the version current.
 CURRENT_AT_FIELD = "current_at"
-#: meta: 1 when the version current as a snapshot's load made it current had been
-#: loaded with ``--allow-rollback`` (a rollback on purpose came before it); absent else
-AFTER_ROLLBACK_FIELD = "after_rollback"
 #: Meta field: why keys of the version may have been evicted (``evicted_problem``).
 EVICTED_FIELD = "evicted"
 
@@ -1601,8 +1598,7 @@ class RedisFollower(Background):
         record or claim without a load token (older code, or a version name used before
         ``P:names``) proves nothing. A claim keeps the time of the record it came from,
         so claims copied from replica to replica lapse with it, never kept alive."""
-        fields = ("last_seq", "load_token", ROLLBACK_FIELD, CURRENT_AT_FIELD, AFTER_ROLLBACK_FIELD,
-                  *PUBLISHED_FIELDS)  # fmt: skip
+        fields = ("last_seq", "load_token", ROLLBACK_FIELD, CURRENT_AT_FIELD, *PUBLISHED_FIELDS)
         with self.client.pipeline(transaction=True) as pipe:  # one instant: no delta between
             pipe.get(self.keys.current)
             pipe.hmget(self.keys.meta(version), *fields)
@@ -1632,7 +1628,7 @@ class RedisFollower(Background):
                     continue
                 for claim in (record, record.get("claim")):
                     found = _evidence(claim, version, ours, held, now, replica_id.decode(),
-                                      since, published_at(meta), meta.get(AFTER_ROLLBACK_FIELD) == b"1")  # fmt: skip
+                                      since, published_at(meta))  # fmt: skip
                     if found is not None and (best is None or found["seq"] > best["seq"]):
                         best = found
             except (TypeError, ValueError, AttributeError):
@@ -1722,18 +1718,16 @@ class RedisFollower(Background):
         here ("" if it would not): the snapshot served loaded again (another load token;
         the same version, or one published at the same time: a copy of the file, or
         the file touched, loads under another name), its last seq below the last seq
-        applied here, not loaded with ``--allow-rollback`` nor on top of a load that
-        was (``AFTER_ROLLBACK_FIELD``: a rollback made on purpose while this replica
-        was stopped). ``load`` refuses such a snapshot while Redis holds the deltas it
-        would undo; after a FLUSHALL, a restart empty or from an older save Redis no
-        longer knows them, this replica does. Another snapshot is not weighed so; one
-        published before is ``_going_back``."""
+        applied here, not loaded with ``--allow-rollback``. ``load`` refuses such a snapshot while Redis holds the
+        deltas it would undo; after a FLUSHALL (or a restart empty) Redis no longer knows
+        them, this replica does. Another snapshot is not weighed so: this replica may
+        have missed a rollback on purpose and the loads since (stopped meanwhile), and
+        one published before is ``_going_back``."""
         view = self._view
         if (
             view is None
             or token == self._token
             or not (version == view.version or _same_time(published_at(meta), self._published))
-            or meta.get(AFTER_ROLLBACK_FIELD) == b"1"
         ):
             return ""
         applied, held = view.info.last_delta_seq, int(meta.get("last_seq", b"0"))
@@ -2017,7 +2011,6 @@ def _evidence(
     replica_id: str,
     since: float | None = None,
     published: float | None = None,
-    after_rollback: bool = False,
 ) -> dict[str, Any] | None:
     """A replica's record (or a claim copied into one) as evidence that Redis lost
     deltas of ``version`` under load ``token``, Redis holding up to seq ``held``: the
@@ -2027,10 +2020,8 @@ def _evidence(
     of the same snapshot (``version``, or one ``published`` at the same time: a copy
     of the file loads under another name) counts only when ``since`` is given (the
     time the load served now was made current; None for one loaded with
-    ``--allow-rollback``), it was written since, and the load now current was not
-    made on top of a rollback (``after_rollback``): a replica still serving what it
-    applied when the snapshot was loaded again without the deltas, not one that
-    missed a rollback made on purpose."""
+    ``--allow-rollback``) and it was written since: a replica still serving what it
+    applied when the snapshot was loaded again without the deltas."""
     if not isinstance(claim, dict) or not token:
         return None
     claimed, claimed_token = claim.get("version"), claim.get("token")
@@ -2044,9 +2035,8 @@ def _evidence(
         return None  # unreadable: proves nothing
     if seq <= held or now - at >= RECORD_SECONDS:
         return None
-    if (claimed, claimed_token) != (version, token):
-        if since is None or at < since or after_rollback:
-            return None
+    if (claimed, claimed_token) != (version, token) and (since is None or at < since):
+        return None
     replica = claim.get("replica", replica_id)
     return {"version": claimed, "token": claimed_token, "seq": seq,
             "replica": replica if isinstance(replica, str) else replica_id,

@@ -92,7 +92,6 @@ from shixin_check.loader.index_memory import (
     own_exemptions,
 )
 from shixin_check.loader.index_redis import (
-    AFTER_ROLLBACK_FIELD,
     CURRENT_AT_FIELD,
     EVICTED_FIELD,
     EXEMPTIONS_FORMAT,
@@ -283,14 +282,6 @@ def _refuse_older(client: Client, path: Path, keys: RedisKeys) -> None:
             f"{newer}: loading it would replace a newer list with an older one; load a "
             "newer snapshot, or give --allow-rollback to go back on purpose",
         )
-
-
-def _current_is_a_rollback(client: Client, keys: RedisKeys) -> bool:
-    """Redis's current version was loaded with ``--allow-rollback``."""
-    current = client.get(keys.current)
-    if current is None:
-        return False
-    return bool(client.hget(keys.meta(current.decode()), ROLLBACK_FIELD) == b"1")
 
 
 def _applied_seq(client: Client, keys: RedisKeys) -> int:
@@ -484,16 +475,10 @@ def _publish_snapshot(
             # by Redis's clock: replicas' records after it may tell of a newer version
             # that Redis lost (``RedisFollower._newer_served``)
             made_current = repr(redis_time(client))
-            # made on top of a rollback (the load lock is held: nothing else flips
-            # meanwhile)? Replicas then take it even if it is the snapshot they served
-            # with deltas since rolled back on purpose (``RedisFollower._undoes_deltas``)
-            marks = {CURRENT_AT_FIELD: made_current}
-            if _current_is_a_rollback(client, keys):
-                marks[AFTER_ROLLBACK_FIELD] = "1"
 
             def flip(tx: Any) -> None:
                 tx.set(keys.current, version)
-                tx.hset(keys.meta(version), mapping=marks)
+                tx.hset(keys.meta(version), CURRENT_AT_FIELD, made_current)
                 tx.sadd(keys.versions, version)
                 tx.publish(keys.announce, f"version {version}")
 
