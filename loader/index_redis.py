@@ -1718,11 +1718,12 @@ class RedisFollower(Background):
         here ("" if it would not): the snapshot served loaded again (another load token;
         the same version, or one published at the same time: a copy of the file, or
         the file touched, loads under another name), its last seq below the last seq
-        applied here, not loaded with ``--allow-rollback``. ``load`` refuses such a snapshot while Redis holds the
-        deltas it would undo; after a FLUSHALL (or a restart empty) Redis no longer knows
-        them, this replica does. Another snapshot is not weighed so: this replica may
-        have missed a rollback on purpose and the loads since (stopped meanwhile), and
-        one published before is ``_going_back``."""
+        applied here, not loaded with ``--allow-rollback``. ``load`` refuses such a
+        snapshot while Redis holds the deltas it would undo; after a FLUSHALL (or a
+        restart empty, or from an older save) Redis no longer knows them, this replica
+        does. Another snapshot is not weighed so: this replica may have missed a
+        rollback on purpose and the loads since (stopped meanwhile), and one published
+        before is ``_going_back``."""
         view = self._view
         if (
             view is None
