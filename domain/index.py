@@ -75,8 +75,9 @@ class VersionInfo:
     counts: Counts
     includes_seq: int = 0  # the delta seq its snapshot declared it includes
     mapped_from: str = ""  # the compiled index folder it was mapped from, if any
-    #: each file mapped from it, as it was when mapped: (name, inode, size, mtime_ns,
-    #: ctime_ns, CRC-32), for ``loader.compiled.changed_under`` to see it written in place
+    #: each file mapped from it, as it was when mapped: (name, a descriptor of it held
+    #: open, size, mtime_ns, ctime_ns, CRC-32), for ``loader.compiled.changed_under`` to
+    #: see it written in place, by whatever name
     mapped_files: tuple[tuple[str, int, int, int, int, int], ...] = ()
     #: on a snapshot without a header: the seq of the first delta applied on it, which
     #: set where the numbering stands (0 otherwise); a later delta below it is refused

@@ -156,6 +156,9 @@ def snapshot_stamp(path: Path, fingerprint: str, identity: str | None = None) ->
 
 #: bytes read at a time when checksumming (fits the CPU's cache: faster than larger)
 _CHUNK = 1 << 20
+#: a file's timestamps move in clock ticks (a jiffy, up to 10 ms, on kernels before
+#: 6.13): a ctime newer than this before a read may still be shared by a later write
+_TIMESTAMP_TICK_NS = 20_000_000
 #: what ends meta.json: its own CRC-32, over the JSON before it (closed with ``}``)
 _SELF_CHECK = b',"meta_crc32":"'
 _SELF_CHECK_LEN = len(_SELF_CHECK) + 8 + 2  # the key, eight hex digits, then ``"}``
@@ -356,6 +359,17 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+class HeldFile(int):
+    """A descriptor of a mapped compiled file, kept open as long as a version info
+    names it (closed with the last one): the watch (``changed_under``) looks at the
+    file mapped, through this descriptor, wherever its name has gone since (the index
+    folder moved, the file removed while a backup's hard link to it remains)."""
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self)
+
+
 def _map(fd: int, size: int) -> mmap.mmap | bytes:
     if size == 0:
         return b""  # mmap cannot map an empty file
@@ -386,6 +400,7 @@ def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
             opened[name] = os.open(folder / name, os.O_RDONLY)
             files.callback(os.close, opened[name])
         now = {name: os.fstat(fd) for name, fd in opened.items()}
+        held = {name: HeldFile(os.dup(fd)) for name, fd in opened.items()}
         for name, st in now.items():
             if problem := others_may_write(st):
                 raise ConfigurationError(f"{folder}: {name} is {problem}: another user could "
@@ -435,7 +450,14 @@ def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
         includes_seq=int(meta["includes_seq"]),
         mapped_from=str(folder),
         mapped_files=tuple(
-            (name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, meta["crc32"][name])
+            (
+                name,
+                held[name],
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                meta["crc32"][name],
+            )
             for name, st in sorted(now.items())
         ),
     )
@@ -446,37 +468,36 @@ def changed_under(info: VersionInfo, checked: dict[str, int]) -> str:
     """Why the files ``info`` was mapped from can no longer be trusted ("" if they can):
     one of them cut short or grown (the process reads zeros past a new end, or dies of
     SIGBUS), or written in place (``cp`` or ``rsync --inplace`` over the folder, ``dd
-    conv=notrunc``): the same inode with another mtime or ctime whose bytes no longer
-    match their CRC-32. A change of the ctime alone (``chmod``, a hard link made by a
-    backup, ``touch``) whose bytes still match is remembered in ``checked`` (path:
-    ctime_ns) and not read again. A file replaced by a new one (a rename, or removed)
-    leaves the pages mapped as they were: not this. A few ``stat`` calls, and a read
-    only after a change: for a watch once a second, never on the check path."""
+    conv=notrunc``): another mtime or ctime, and bytes that no longer match their
+    CRC-32. Each file is looked at through the descriptor held since it was mapped
+    (``HeldFile``), so a write reaches the watch by any name: the index folder moved,
+    the file removed while another link to it remains. A name given to a new file (a
+    rename over it) leaves the pages mapped as they were: not this. A change of the
+    ctime alone (``chmod``, a hard link made by a backup, ``touch``) whose bytes still
+    match is remembered in ``checked`` (path: ctime_ns) and not read again, once that
+    ctime is older than the read by more than a clock tick (a write in the same tick
+    would leave it as it was). A few ``fstat`` calls, and a read only after a change:
+    for a watch once a second, never on the check path."""
     folder = Path(info.mapped_from)
-    for name, inode, size, mtime, ctime, crc in info.mapped_files:
+    for name, fd, size, mtime, ctime, crc in info.mapped_files:
         path = folder / name
         try:
-            st = os.stat(path)
-        except OSError:
-            continue  # removed (a prune, by hand): the mapping keeps its pages
-        if st.st_ino != inode:
-            continue  # replaced: the mapping keeps the old file's pages
-        if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (size, mtime, ctime):
-            continue
-        if st.st_size == size:
-            if checked.get(str(path)) == st.st_ctime_ns:
+            st = os.fstat(fd)
+            if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (size, mtime, ctime):
                 continue
-            try:
-                with open(path, "rb") as fh:
-                    same = _crc32(fh.fileno()) == crc
-            except OSError:
-                continue  # gone since the stat: as removed
-            if same:
-                checked[str(path)] = st.st_ctime_ns
-                continue
-            how = "written in place: its bytes no longer match their checksum"
-        else:
-            how = f"{st.st_size} bytes, mapped as {size}"
+            if st.st_size == size:
+                if checked.get(str(path)) == st.st_ctime_ns:
+                    continue
+                settled = time.time_ns() - _TIMESTAMP_TICK_NS
+                if _crc32(fd) == crc:
+                    if st.st_ctime_ns < settled:
+                        checked[str(path)] = st.st_ctime_ns
+                    continue
+                how = "written in place: its bytes no longer match their checksum"
+            else:
+                how = f"{st.st_size} bytes, mapped as {size}"
+        except OSError as exc:
+            how = f"it cannot be read: {exc.strerror or exc}"
         return (f"compiled index file {path} changed under this server since it was "
                 f"mapped ({how}): its answers can no longer be trusted (nothing may write "
                 "in the index folder while a server runs)")  # fmt: skip

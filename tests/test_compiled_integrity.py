@@ -286,6 +286,41 @@ def test_a_mapped_file_written_in_place_under_a_running_server_stops_it(tmp_path
     assert "k_hi.Q does not match its checksum" in again.output()
 
 
+@pytest.mark.parametrize("how", ["folder moved", "name removed, a link kept"])
+def test_a_mapped_file_written_under_another_name_still_stops_the_server(
+    tmp_path: Path, how: str
+) -> None:
+    """The watch looked at each file by its name: with the index folder moved away, or
+    the file removed while a backup's hard link to it remained, a write through the
+    new name went unseen (a listed person ALLOW NOT_LISTED, health SERVING, until the
+    next start). It looks through the descriptor held since the mapping now."""
+    feed, serve = feed_with_a_secret(tmp_path)
+    server = ServeProcess(*serve, log=tmp_path / "server.log")
+    try:
+        server.wait_serving()
+        assert _deny_zhang(server.target)
+        (folder,) = (feed / ".shixin-index").glob("v-*")
+        if how == "folder moved":
+            (feed / ".shixin-index").rename(tmp_path / "moved")
+            written = tmp_path / "moved" / folder.name / "k_hi.Q"
+        else:
+            written = tmp_path / "backup.Q"
+            os.link(folder / "k_hi.Q", written)
+            (folder / "k_hi.Q").unlink()
+        time.sleep(1.5)  # a look of the watch: nothing changed yet
+        assert server.proc.poll() is None, server.output()
+        rewrite_in_place(written, flip)
+        assert server.proc.wait(timeout=15) == 1, server.output()
+    finally:
+        server.stop()
+    logged = server.output()
+    assert re.search(
+        rf"ERROR compiled index file {re.escape(str(folder))}/k_hi\.Q changed under "
+        r"this server since it was mapped \(written in place: its bytes no longer match",
+        logged,
+    ), logged
+
+
 def test_a_worker_whose_mapped_file_is_cut_short_is_started_again(tmp_path: Path) -> None:
     """``serve --workers 2``: a column cut to a page under them (``truncate``); each
     worker that sees it first (or dies of SIGBUS reading past its end) is started
