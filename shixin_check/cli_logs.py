@@ -237,7 +237,8 @@ def _not_over(quarter: Quarter, generated_at: str, dated_in_it: int) -> str:
     if today < quarter.start.isoformat():
         if dated_in_it:
             return (f"; {quarter} has not begun by this machine's clock (it starts "
-                    f"{quarter.start}, China time), yet {dated_in_it} records are dated in it: "
+                    f"{quarter.start}, China time), yet {dated_in_it} "
+                    f"{'record is' if dated_in_it == 1 else 'records are'} dated in it: "
                     "the server's clock or this one is wrong; set both right (NTP) and make "
                     "the report again after the quarter ends")  # fmt: skip
         return f"; {quarter} has not begun (it starts {quarter.start}, China time): nothing to count yet"

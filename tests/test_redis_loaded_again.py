@@ -172,6 +172,11 @@ def test_a_replica_stopped_through_a_rollback_takes_it_and_its_deltas(
     try:
         rounds(fresh)
         assert [r.health_problem() for r in (paused, live, fresh)] == ["", "", ""]
+        for replica in (paused, live, fresh):  # each serves s1 with the new delta 1
+            view = replica.current()
+            assert view is not None
+            assert view.info.last_delta_seq == 1
+            assert view.look_up(key_of(keyer, ZHAO)), "Zhao, listed by delta 1, not found"
     finally:
         for replica in (live, paused, fresh):
             replica.stop()
