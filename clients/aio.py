@@ -66,6 +66,7 @@ from shixin_check.clients.errors import (
 from shixin_check.clients.prefilter import (
     DEFAULT_MAX_AGE,
     DOWNLOAD_TIMEOUT,
+    LOCAL_AUDIT_UNWRITABLE,
     Download,
     NeedsFull,
     RulesNewer,
@@ -274,8 +275,13 @@ class AsyncCheckClient:
         if state is not None:
             local = state.decide(request)
             if local is not None:
-                state.record([local])
-                return local.response
+                try:
+                    state.record([local])
+                except CheckError as exc:  # not recorded, so not handed out: the server's
+                    if exc.reason != LOCAL_AUDIT_UNWRITABLE:
+                        raise
+                else:
+                    return local.response
         refuse_oversize(request)
         try:
             response: pb.CheckResponse = await self.stub.CheckConsumption(

@@ -51,6 +51,7 @@ from shixin_check.clients.names import UnknownName, enum_name, enum_number
 from shixin_check.clients.prefilter import (
     DEFAULT_MAX_AGE,
     DOWNLOAD_TIMEOUT,
+    LOCAL_AUDIT_UNWRITABLE,
     Download,
     LocalAudit,
     NeedsFull,
@@ -447,8 +448,13 @@ class CheckClient:
         if state is not None:
             local = state.decide(request)
             if local is not None:
-                state.record([local])
-                return local.response
+                try:
+                    state.record([local])
+                except CheckError as exc:  # not recorded, so not handed out: the server's
+                    if exc.reason != LOCAL_AUDIT_UNWRITABLE:
+                        raise
+                else:
+                    return local.response
         refuse_oversize(request)
         try:
             response: pb.CheckResponse = self.stub.CheckConsumption(

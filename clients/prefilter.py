@@ -70,8 +70,10 @@ the calls, the refreshes (a thread, a task) and the splitting of batches.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import hashlib
 import itertools
 import logging
@@ -84,7 +86,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, NamedTuple
 
 import grpc
 import orjson
@@ -240,15 +242,34 @@ def client_closed() -> CheckError:
     ))  # fmt: skip
 
 
+#: the reason of ``local_audit_failed``: a check client falls back to the server on it
+LOCAL_AUDIT_UNWRITABLE = "LOCAL_AUDIT_UNWRITABLE"
+
+
+def local_audit_failed(path: Path, exc: OSError) -> CheckError:
+    """What recording a local answer raises when ``path`` cannot be written (a full
+    disk): INTERNAL, reason ``LOCAL_AUDIT_UNWRITABLE``; the answer is not handed out."""
+    what = errno.errorcode.get(exc.errno or 0, "") or type(exc).__name__
+    return from_info(ErrorDetails(
+        grpc.StatusCode.INTERNAL,
+        f"the local audit {path} (local_audit_path) cannot be written: {what} "
+        f"({exc.strerror or exc}); no local answer is handed out without its record: "
+        "free space there (checks go to the server meanwhile)",
+        reason=LOCAL_AUDIT_UNWRITABLE,
+    ))  # fmt: skip
+
+
 class LocalAudit:
     """The local answers, one JSON object a line, for the gateway to ship to the operator.
 
     Each record: time (RFC 3339, UTC), check_id, request_id, list_version,
     masked_id (never the number), channel, decision, codes, merchant_id,
     terminal_id, filter_age_s, stale (as the answer's), decided_locally.
-    Appended and flushed as each answer is handed out, from any thread. Once
-    closed (with its client), ``write`` raises ``client_closed()``: an answer
-    that cannot be recorded is never handed out.
+    Appended as each answer is handed out, from any thread, with no buffer: a
+    write that fails (a full disk) is cut back off the file, whole lines only, and
+    raises ``local_audit_failed`` (the answers are not handed out; nothing of them
+    is written later). Once closed (with its client), ``write`` raises
+    ``client_closed()``: an answer that cannot be recorded is never handed out.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -256,8 +277,10 @@ class LocalAudit:
         self._lock = threading.Lock()
         # made for the gateway's user and group alone, whatever the umask: the records
         # say who was checked where (as the server's logs are made)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        self._file: BinaryIO | None = os.fdopen(fd, "ab")
+        self._fd: int | None = os.open(
+            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+        )
+        self._failing = False  # said once when writes start failing, once when they work
 
     def write(self, records: Sequence[dict[str, Any]]) -> None:
         if not records:
@@ -265,16 +288,33 @@ class LocalAudit:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         lines = b"".join(orjson.dumps({"time": now, **r}) + b"\n" for r in records)
         with self._lock:
-            if self._file is None:
+            fd = self._fd
+            if fd is None:
                 raise client_closed()
-            self._file.write(lines)
-            self._file.flush()
+            end = -1
+            try:
+                end = os.lseek(fd, 0, os.SEEK_END)
+                left = memoryview(lines)
+                while left:
+                    left = left[os.write(fd, left) :]
+            except OSError as exc:
+                if end >= 0:  # what was written of these lines comes off again
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, end)
+                failed = local_audit_failed(self.path, exc)
+                if not self._failing:
+                    self._failing = True
+                    log.warning("%s", failed.details())
+                raise failed from exc
+            if self._failing:
+                self._failing = False
+                log.warning("the local audit %s is written again: local answers resume", self.path)
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 _NOT_LISTED = pb.Reason(code=NOT_LISTED.code, message=NOT_LISTED.message)

@@ -21,7 +21,12 @@ import pytest
 from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.aio import AsyncCheckClient
 from shixin_check.clients.check_client import CheckClient, build_request
-from shixin_check.clients.errors import InvalidRequest, PermissionDenied, ServiceUnavailable
+from shixin_check.clients.errors import (
+    CheckError,
+    InvalidRequest,
+    PermissionDenied,
+    ServiceUnavailable,
+)
 from shixin_check.server.auth import add_key, read_keys_document, write_keys_document
 from shixin_check.server.convert import LOOKUP_RULES
 from tests.conftest import settings_for, start_server
@@ -590,3 +595,34 @@ def test_the_local_audit_file_is_made_for_the_gateways_user_and_group_alone(
         os.umask(old)
     assert [r["decision"] for r in audit_records(path)] == ["ALLOW"]
     assert stat.S_IMODE(path.stat().st_mode) == 0o640, oct(path.stat().st_mode)
+
+
+def test_a_local_audit_that_cannot_be_written_hands_out_no_local_answer(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk under ``local_audit_path`` (``/dev/full``: every write ENOSPC) made
+    ``check`` raise a bare ``OSError`` naming no file, and the failed record stayed in
+    a write buffer to be written at the next local answer: a record of an answer no
+    till got. Now nothing is buffered; a check goes to the server instead (its answer
+    is the server's, logged there), and a batch with local answers is refused naming
+    the file, the server's answers before the first local one carried."""
+    caplog.set_level(logging.WARNING, logger="shixin.client")
+    with CheckClient(server.address, prefilter=True, local_audit_path="/dev/full") as client:
+        client.refresh_prefilter()
+        for _ in range(2):
+            answer = client.check(flight(ZHAO))
+            assert not answer.decided_locally
+            assert answer.decision == pb.ALLOW
+            assert not answer.check_id.startswith("local-")
+        assert client.check(flight(ZHANG)).decision == pb.DENY
+        with pytest.raises(CheckError) as refused:
+            client.check_batch([flight(ZHANG), flight(ZHAO), flight(ZHANG)])
+    error = refused.value
+    assert error.reason == "LOCAL_AUDIT_UNWRITABLE"
+    assert "the local audit /dev/full (local_audit_path) cannot be written: ENOSPC" in str(
+        error.details()
+    )
+    assert [a.decision for a in error.answers] == [pb.DENY]  # up to the local answer
+    assert error.first_unanswered == 1
+    said = [r.getMessage() for r in caplog.records if "/dev/full" in r.getMessage()]
+    assert len(said) == 1, said  # once, not at every check
