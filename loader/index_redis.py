@@ -219,9 +219,34 @@ class SentinelURL:
         )
 
 
+#: a password given as a query parameter of a Redis URL (redis-py reads ``password``)
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|sentinel_password)=)[^&#]*", re.IGNORECASE)
+
+
 def masked_url(url: str) -> str:
-    """``url`` fit for a message or a log: whatever precedes an ``@`` may be a password."""
-    return re.sub(r"//[^/]*@", "//***@", url)
+    """``url`` fit for a message or a log: whatever precedes an ``@`` may be a password,
+    and so is a ``password=`` query parameter."""
+    return _QUERY_PASSWORD.sub(r"\1***", re.sub(r"//[^/]*@", "//***@", url))
+
+
+def url_has_password(url: str) -> bool:
+    """Whether ``url`` carries a password: in its user part, or as a query parameter."""
+    userinfo = url.split("//", 1)[-1].split("/", 1)[0].rpartition("@")[0]
+    return ":" in userinfo and not userinfo.endswith(":") or bool(_QUERY_PASSWORD.search(url))
+
+
+def denied_problem(url: str, exc: redis.RedisError) -> str:
+    """Why Redis at ``url`` (masked) refuses this server: its password (rotated?), or a
+    right its user lacks (an ACL)."""
+    why = str(exc).rpartition(" of pipeline caused error: ")[2]  # not the command quoted
+    if isinstance(exc, redis.AuthenticationError):
+        return (f"Redis at {url} refuses this server's password or user ({exc}): what is "
+                f"loaded into it is not followed here; give this server the password Redis "
+                f"now takes ({PASSWORD_ENV}, or the URL) and restart it (rotate with two "
+                "passwords on the Redis user while servers move to the new one)")  # fmt: skip
+    return (f"Redis at {url} refuses this server a command it needs ({why}): what is loaded "
+            "into it is not followed here; give its Redis user the rights the README lists "
+            "(Redis users and rights)")  # fmt: skip
 
 
 def _shown(url: str) -> str:
@@ -961,11 +986,14 @@ class ReadGuard:
     ``unsafe``, Redis may have evicted keys (``eviction_problem``). Either way a Bloom
     positive gets the channel's --unavailable decision at once."""
 
-    __slots__ = ("unreachable", "unsafe")
+    __slots__ = ("unreachable", "unsafe", "refused")
 
     def __init__(self) -> None:
         self.unreachable = ""
         self.unsafe = ""
+        #: set by a look-up that Redis refused for want of a right (``NOPERM``: an ACL),
+        #: cleared by the follower once the same read works (``_read_refused``)
+        self.refused = ""
 
 
 class RedisView:
@@ -1033,6 +1061,8 @@ class RedisView:
             *values, exists = pipe.execute()
         except redis.RedisError as exc:
             self._errors.count += 1
+            if isinstance(exc, redis.exceptions.NoPermissionError):  # not passing: health says so
+                guard.refused = str(exc)
             raise IndexUnavailable(f"redis: {exc}") from exc
         if not exists:
             raise IndexUnavailable(f"version {self.version} is no longer in Redis")
@@ -1180,6 +1210,9 @@ class RedisFollower(Background):
         #: meanwhile
         self._old_format: tuple[str, str] | None = None
         self._refused_said = ""  # the last ConfigurationError logged: once, not every try
+        #: why Redis refuses this server's rounds (a password it no longer takes, a right
+        #: its user lacks: ``denied_problem``); "" once a round works again
+        self._denied = ""
         self._token_of_view = b""  # the load token of the version in ``_view``
         self._last_claims_check = 0.0
         self._bloom: Bloom | None = None
@@ -1216,8 +1249,18 @@ class RedisFollower(Background):
         evict the list's keys (``eviction_problem``), or may have evicted keys of the
         version served (``EvictionWatch``). Redis unreachable once a version is in hand
         is not one: that version still answers Bloom negatives, positives get the fail
-        policy."""
-        return self._problem or self.guard.unsafe
+        policy. Or Redis is there and refuses this server (its password, or a right its
+        user lacks: ``_denied``, ``ReadGuard.refused``): what it loads from now is not
+        followed."""
+        return self._problem or self.guard.unsafe or self._denied or self._refused_reads()
+
+    def _refused_reads(self) -> str:
+        refused = self.guard.refused
+        if not refused:
+            return ""
+        return (f"redis refuses this server's look-ups: {refused}; every check whose Bloom "
+                "filter says \"maybe\" gets the channel's --unavailable decision: give its "
+                "Redis user the rights the README lists (Redis users and rights)")  # fmt: skip
 
     def behind_problem(self) -> str:
         """Why the version served may not be Redis's current one ("" when it is): a newer
@@ -1260,6 +1303,9 @@ class RedisFollower(Background):
             try:
                 self.sync_once(block=True)
                 backoff = 0.05
+                if self._denied:
+                    self._denied = ""
+                    self.on_event("denied-over", "")
                 if self._full:
                     self._full = ""
                     self.on_event("redis-not-full", "")
@@ -1272,6 +1318,15 @@ class RedisFollower(Background):
                 self._full = problem
                 self.reachable = False
                 self.guard.unreachable = problem
+                self._stop.wait(1.0)
+            except (redis.exceptions.NoPermissionError, redis.AuthenticationError) as exc:
+                # Redis is there and refuses this server: not an outage that passes (a
+                # load through another user or password goes on, unseen here), so health
+                # says so, and it is logged once, not at each round
+                problem = denied_problem(self.url, exc)
+                if problem != self._denied:
+                    self.on_event("denied", problem)
+                self._denied = problem
                 self._stop.wait(1.0)
             except redis.RedisError as exc:
                 if self.reachable:
@@ -1422,13 +1477,22 @@ class RedisFollower(Background):
         if now - self._policy_checked >= POLICY_CHECK_SECONDS:
             self._policy_checked = now
             self._master_due = max(self._master_due, now + POLICY_CHECK_SECONDS / 2)
+            if self.guard.refused:
+                self._read_refused(current)
             try:
                 info = read_info(self.client, self._info_sections)
-            except redis.ResponseError:
-                # INFO refused (an ACL, a renamed command): it cannot be told. A Redis
-                # before 7.0 refuses more than one section: every default one next time
+            except redis.ResponseError as exc:
+                # A Redis before 7.0 refuses more than one section: every default one next
+                # time. INFO refused (an ACL, a renamed command): evictions cannot be seen,
+                # so no look-up is trusted to Redis (the channel's --unavailable decision)
                 self._info_read = False
+                if self._info_sections and not isinstance(exc, redis.exceptions.NoPermissionError):
+                    self._info_sections = ()
+                    return
                 self._info_sections = ()
+                self._policy = (f"redis refuses INFO ({exc}): this server cannot see whether "
+                                "Redis may evict, or has evicted, the list's keys; give its "
+                                "Redis user INFO (ACL: +info)")  # fmt: skip
                 return
             self._info_read = True
             self._policy = eviction_problem(info)
@@ -1437,6 +1501,21 @@ class RedisFollower(Background):
         elif self._master_at is not None and now >= self._master_due:
             self._master_due = now + POLICY_CHECK_SECONDS
             self._read_master(current, now)
+
+    def _read_refused(self, current: str) -> None:
+        """A look-up refused for a right (``ReadGuard.refused``): the same read once more,
+        by the follower; the mark goes once Redis takes it."""
+        version = self._view.version if self._view is not None else current
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hget(self.keys.subjects(version, 0), bytes(16))
+        pipe.exists(self.keys.meta(version))
+        try:
+            pipe.execute()
+        except redis.exceptions.NoPermissionError:
+            return
+        except redis.RedisError:
+            return  # another trouble: the round says it
+        self.guard.refused = ""
 
     def _read_link(self, info: dict[str, Any]) -> None:
         """Whether Redis is a read-only replica (``role:slave``), where its master is, and

@@ -658,6 +658,10 @@ class Service:
                       "answered from the list in hand), and no load can run: raise maxmemory "
                       "or free memory in Redis; counted in shixin_redis_errors_total",
                       where, error_text(detail))  # fmt: skip
+        elif what == "denied":  # once, and again when the cause changes
+            log.error("redis: %s; health NOT_SERVING until a round works again", detail)
+        elif what == "denied-over":
+            log.info("redis: Redis takes this server's password and commands again")
         elif what == "redis-not-full":
             log.info("redis: under its maxmemory again: look-ups answered from Redis")
         elif what == "lost":  # the detail says "redis lost ...": no second prefix

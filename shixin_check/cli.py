@@ -437,6 +437,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         publish_delta,
         publish_snapshot,
         rollback_of,
+        snapshot_published_at,
     )
 
     path: Path = args.path
@@ -472,9 +473,11 @@ def cmd_load(args: argparse.Namespace) -> int:
                 print(f"load: rolled back (--allow-rollback): {undone} {verb} undone on every "
                       "replica; load again, in seq order, what should stay", file=sys.stderr)  # fmt: skip
             if newer:
-                print(f"load: rolled back (--allow-rollback): {newer} is replaced by an older "
-                      "snapshot on every replica; what only the newer one listed is no longer "
-                      "listed", file=sys.stderr)  # fmt: skip
+                dated = snapshot_published_at(path) is not None
+                older = "an older snapshot" if dated else "an undated snapshot"
+                print(f"load: rolled back (--allow-rollback): {newer} is replaced by {older} on "
+                      "every replica; what only the newer one listed is no longer listed",
+                      file=sys.stderr)  # fmt: skip
     except LoadRejected as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -699,11 +702,13 @@ def _password_in_argv(args: argparse.Namespace) -> bool:
     """A ``--redis`` URL with a password, given on the command line."""
     resolved = getattr(args, "resolved", None)
     url = getattr(args, "redis", None)
-    if resolved is None or not isinstance(url, str) or "@" not in url:
+    if resolved is None or not isinstance(url, str):
         return False
-    origin = resolved.origins.get("redis", "")
-    userinfo = url.split("//", 1)[-1].split("@", 1)[0]
-    return origin == "the command line" and ":" in userinfo and not userinfo.endswith(":")
+    if resolved.origins.get("redis", "") != "the command line":
+        return False
+    from shixin_check.loader.index_redis import url_has_password
+
+    return url_has_password(url)
 
 
 def main(argv: list[str] | None = None) -> int:

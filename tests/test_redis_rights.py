@@ -1,0 +1,139 @@
+"""Redis there, and refusing this server: a Redis user without a right a replica needs
+(an ACL), or a password Redis no longer takes (rotated). Before, each was taken for
+Redis unreachable: health SERVING while a load through another user went on unseen
+(a person listed by it ALLOW NOT_LISTED), the cause logged every round, or never. A
+user without INFO left the replica blind to evictions, with health SERVING. And a
+password given as a URL query parameter was printed as it was.
+Real redis-servers (the fixtures'), with ACL users made in them; followers in their
+own threads, as a server runs them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from shixin_check.domain.errors import IndexUnavailable
+from shixin_check.domain.keys import SubjectKeyer
+from shixin_check.loader.index_redis import Client, RedisFollower, masked_url, url_has_password
+from shixin_check.loader.publish_redis import publish_snapshot
+from tests.conftest import RedisServer
+from tests.listdata import ZHANG
+from tests.test_redis_failures import key_of
+from tests.test_redis_loaded_again import snapshot
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.redis
+
+#: what a replica of these tests may do but the one right each test takes away
+RIGHTS = ("~shixin:*", "&shixin:*", "+@all")
+
+
+def user(client: Client, name: str, *rights: str) -> None:
+    client.execute_command("ACL", "SETUSER", name, "reset", "on", ">pw-1", *RIGHTS, *rights)
+
+
+def started(url: str, keyer: SubjectKeyer, said: list[tuple[str, str]]) -> RedisFollower:
+    replica = RedisFollower(url, keyer, replica_id="r1", on_event=lambda *e: said.append(e))
+    replica.start()
+    return replica
+
+
+def url_of(redis_server: RedisServer, name: str, password: str = "pw-1") -> str:
+    return f"redis://{name}:{password}@127.0.0.1:{redis_server.port}/0"
+
+
+def test_a_replica_refused_a_command_it_needs_is_not_serving_and_says_so_once(
+    redis_server: RedisServer, client: Client, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
+    publish_snapshot(client, snapshot(tmp_path, "s1.jsonl"), keyer)
+    user(client, "follower", "-xread")
+    said: list[tuple[str, str]] = []
+    replica = started(url_of(redis_server, "follower"), keyer, said)
+    try:
+        eventually(lambda: "refuses this server a command it needs" in replica.health_problem(),
+                   "health names the refusal")  # fmt: skip
+        assert "xread" in replica.health_problem()
+        time.sleep(2.5)  # rounds go on: the cause is said once, never as "unreachable"
+        assert [what for what, _ in said].count("denied") == 1, said
+        assert "redis-down" not in [what for what, _ in said], said
+        user(client, "follower")  # the right given back
+        eventually(lambda: replica.health_problem() == "", "health clears by itself")
+        assert ("denied-over", "") in said
+    finally:
+        replica.stop()
+
+
+def test_a_replica_whose_password_redis_no_longer_takes_is_not_serving(
+    redis_server: RedisServer, client: Client, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
+    publish_snapshot(client, snapshot(tmp_path, "s1.jsonl"), keyer)
+    user(client, "follower")
+    said: list[tuple[str, str]] = []
+    replica = started(url_of(redis_server, "follower"), keyer, said)
+    try:
+        eventually(lambda: replica.current() is not None, "serving")
+        assert replica.health_problem() == ""
+        client.execute_command("ACL", "SETUSER", "follower", "resetpass", ">pw-2")
+        client.execute_command("CLIENT", "KILL", "USER", "follower")
+        eventually(lambda: "refuses this server's password" in replica.health_problem(),
+                   "health names the password")  # fmt: skip
+        assert [what for what, _ in said].count("denied") == 1, said
+        assert "pw-1" not in replica.health_problem()
+        client.execute_command("ACL", "SETUSER", "follower", ">pw-1")  # both taken now
+        eventually(lambda: replica.health_problem() == "", "health clears by itself")
+    finally:
+        replica.stop()
+
+
+def test_a_replica_refused_info_trusts_no_look_up_to_redis(
+    redis_server: RedisServer, client: Client, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
+    """``+@all -@dangerous`` takes INFO away: Redis could evict the list's keys unseen."""
+    publish_snapshot(client, snapshot(tmp_path, "s1.jsonl"), keyer)
+    user(client, "follower", "-@dangerous")
+    replica = started(url_of(redis_server, "follower"), keyer, [])
+    try:
+        eventually(lambda: "refuses INFO" in replica.health_problem(), "health names INFO")
+        view = replica.current()
+        assert view is not None
+        with pytest.raises(IndexUnavailable, match="refuses INFO"):
+            view.look_up(key_of(keyer, ZHANG))
+    finally:
+        replica.stop()
+
+
+def test_a_replica_refused_its_look_ups_is_not_serving_until_they_work(
+    redis_server: RedisServer, client: Client, keyer: SubjectKeyer, tmp_path: Path
+) -> None:
+    """A user without HGET: every listed person got the fail policy, health SERVING, no
+    line logged."""
+    publish_snapshot(client, snapshot(tmp_path, "s1.jsonl"), keyer)
+    user(client, "follower", "-hget")
+    replica = started(url_of(redis_server, "follower"), keyer, [])
+    try:
+        eventually(lambda: replica.current() is not None, "serving")
+        view = replica.current()
+        assert view is not None
+        with pytest.raises(IndexUnavailable, match="hget"):
+            view.look_up(key_of(keyer, ZHANG))
+        assert "refuses this server's look-ups" in replica.health_problem()
+        user(client, "follower")
+        eventually(lambda: replica.health_problem() == "", "health clears by itself")
+        assert view.look_up(key_of(keyer, ZHANG))
+    finally:
+        replica.stop()
+
+
+def test_a_password_given_as_a_query_parameter_is_masked() -> None:
+    shown = masked_url("redis://127.0.0.1:6390/0?username=qp&password=s3cret&db=1")
+    assert "s3cret" not in shown
+    assert shown == "redis://127.0.0.1:6390/0?username=qp&password=***&db=1"
+    assert masked_url("redis://u:p@h:1/0") == "redis://***@h:1/0"
+    # and warned of on the command line, as a USER:PASSWORD@ one is
+    assert url_has_password("redis://h:1/0?password=s3cret")
+    assert url_has_password("redis://u:p@h:1/0")
+    assert not url_has_password("redis://u@h:1/0")
+    assert not url_has_password("redis://h:1/0?username=u")
