@@ -256,32 +256,42 @@ def _refuse_other_secret(
 
 
 def older_of(client: Client, path: Path, keys: RedisKeys) -> str:
-    """What loading the snapshot at ``path`` would replace with an older one, or "":
+    """What loading the snapshot at ``path`` would replace with an older list, or "":
     ``version V (published T)``, when its header's ``published_at`` is before that of
-    the current version's snapshot."""
+    the current version's snapshot, or it has none while the current one has (an old
+    export copied in under a new name may be older: directory mode refuses it alike)."""
     current = client.get(keys.current)
-    published = _header(path).published_at
-    if current is None or published is None:
+    if current is None:
         return ""
     held = _published_at(read_meta(client, keys, current.decode()))
-    if held is None or published >= held:
+    published = _header(path).published_at
+    if held is None or published is not None and published >= held:
         return ""
     return f"version {current.decode()} (published {_utc(held)})"
 
 
 def _refuse_older(client: Client, path: Path, keys: RedisKeys) -> None:
-    """``OutOfSequence`` for a snapshot published before the current version's: with the
-    same ``includes_seq`` it still lacks what the newer one listed."""
+    """``OutOfSequence`` for a snapshot ``older_of`` names a newer current version for:
+    with the same ``includes_seq`` it still lacks what the newer one listed."""
     newer = older_of(client, path, keys)
-    if newer:
-        published = _header(path).published_at
-        assert published is not None
+    if not newer:
+        return
+    published = _header(path).published_at
+    if published is None:
+        header = (f"a sidecar {path.name}.meta.json holding the feed's header"
+                  if path.suffix.lower() == ".csv" else "the feed's header row")  # fmt: skip
         raise OutOfSequence(
             str(path),
-            f"the snapshot was published at {_utc(published)}, before the current "
-            f"{newer}: loading it would replace a newer list with an older one; load a "
-            "newer snapshot, or give --allow-rollback to go back on purpose",
+            f"the snapshot does not say when it was published (no header row, or one "
+            f"without published_at), while the current {newer} does: it may be an older "
+            f"list; give it {header}, or give --allow-rollback to load it on purpose",
         )
+    raise OutOfSequence(
+        str(path),
+        f"the snapshot was published at {_utc(published)}, before the current "
+        f"{newer}: loading it would replace a newer list with an older one; load a "
+        "newer snapshot, or give --allow-rollback to go back on purpose",
+    )
 
 
 def _applied_seq(client: Client, keys: RedisKeys) -> int:
@@ -299,6 +309,11 @@ def _header(path: Path) -> SnapshotHeader:
         return read_header(path)
     except LoadRejected:
         return SnapshotHeader()
+
+
+def snapshot_published_at(path: Path) -> float | None:
+    """The ``published_at`` of the snapshot at ``path`` (None: undated, or unreadable)."""
+    return _header(path).published_at
 
 
 def _undone(includes_seq: int, applied: int) -> str:

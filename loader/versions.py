@@ -1605,11 +1605,13 @@ class DirectoryFollower(Background):
         self._refuse(path, str(exc), _first_problem(exc))
 
     def _refuse_timeless(self, path: Path, served: Path, then: float) -> None:
+        header = (f"its sidecar {path.name}.meta.json with the feed's header"
+                  if path.suffix.lower() == ".csv" else "the feed's header row")  # fmt: skip
         exc = LoadRejected(str(path), [RowError(1, "snapshot.published_at", (
             f"missing (no header row, or one without it), while {served.name} says it was "
             f"published {_instant(then)}: a snapshot that does not say when it was "
             "published is never served in place of one that does (it may be older); give "
-            "it the feed's header row, or remove it if it was copied in by mistake"
+            f"it {header}, or remove it if it was copied in by mistake"
         ))])  # fmt: skip
         self._refuse(path, str(exc), _first_problem(exc))
 

@@ -47,6 +47,7 @@ from tests import test_redis_seq
 from tests.conftest import SECRET, RedisSentinels, RedisServer, RunningServer
 from tests.listdata import ZHANG, ZHAO, basic_rows, delta, person_entry, write_jsonl
 from tests.processes import free_port, run_cli
+from tests.test_failure_paths import ONE_ROW_CSV
 from tests.test_redis_failures import codes, health, key_of, status
 from tests.test_redis_replicas import decision
 from tests.test_redis_seq import (
@@ -542,6 +543,37 @@ def test_an_older_snapshot_with_the_same_includes_seq_is_refused_unless_asked(
     done = load(older, url, "--allow-rollback")
     assert done.returncode == 0, done.stderr
     assert "is replaced by an older snapshot" in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv"])
+def test_an_undated_snapshot_over_a_dated_one_is_refused_unless_asked(
+    redis_server: RedisServer, client: Client, tmp_path: Path, kind: str
+) -> None:
+    """An old headerless export copied in under a new name: directory mode refuses it,
+    and ``load`` took it (the people only the served list named ALLOW NOT_LISTED,
+    every replica SERVING)."""
+    url = redis_server.url
+    dated = write_jsonl(tmp_path / "s30.jsonl", [
+        {"snapshot": {"includes_seq": 0, "published_at": "2026-11-30T09:00:00+08:00"}},
+        *basic_rows(), person_entry("E8", ZHAO, "赵六")])  # fmt: skip
+    assert load(dated, url).returncode == 0
+    served = client.get(RedisKeys().current)
+    if kind == "csv":
+        undated = tmp_path / "export.csv"
+        undated.write_text(ONE_ROW_CSV, encoding="utf-8")
+    else:
+        undated = write_jsonl(tmp_path / "export.jsonl", basic_rows())
+    refused = load(undated, url)
+    assert refused.returncode == 1, refused.stderr
+    line = one_line(refused)
+    assert "does not say when it was published" in line, line
+    assert "while the current version" in line and "2026-11-30T01:00:00Z" in line, line
+    hint = "a sidecar export.csv.meta.json" if kind == "csv" else "the feed's header row"
+    assert hint in line, line
+    assert client.get(RedisKeys().current) == served
+    done = load(undated, url, "--allow-rollback")
+    assert done.returncode == 0, done.stderr
+    assert "is replaced by an undated snapshot" in done.stderr
 
 
 # --- 6. a version name used again -------------------------------------------------------

@@ -38,7 +38,7 @@ from shixin_check.loader.versions import build_snapshot
 from tests.conftest import RunningServer
 from tests.listdata import ZHANG, basic_rows, delta, person_entry, rid, uscc, write_jsonl
 from tests.processes import run_cli
-from tests.test_failure_paths import decision, header, health
+from tests.test_failure_paths import ONE_ROW_CSV, decision, header, health
 from tests.test_feed_order import LIST_CURRENT, Feed, status
 from tests.waiting import eventually
 
@@ -211,6 +211,7 @@ def test_a_snapshot_that_does_not_say_when_it_was_published_does_not_replace_one
         "line 1: snapshot.published_at: missing (no header row, or one without it), while "
         "snapshot-0001.jsonl says it was published 2026-11-28T09:00:00+08:00"
     ), shown.rejected_problem
+    assert "give it the feed's header row, or remove it" in shown.rejected_problem
     assert decision(server.stub(), X) == "DENY"
     eventually(lambda: health(server.channel, LIST_CURRENT) == "NOT_SERVING", "behind")
 
@@ -218,6 +219,15 @@ def test_a_snapshot_that_does_not_say_when_it_was_published_does_not_replace_one
     shown = status(again)
     assert shown.source.endswith("snapshot-0001.jsonl") and shown.behind
     assert "snapshot.published_at: missing" in shown.rejected_problem
+
+    # a CSV's header is its sidecar: the refusal says so
+    (folder / "snapshot-0002.jsonl").unlink()
+    (folder / "snapshot-0003.csv").write_text(ONE_ROW_CSV, encoding="utf-8")
+    eventually(lambda: status(again).rejected_source.endswith("snapshot-0003.csv"), "CSV")
+    assert "give it its sidecar snapshot-0003.csv.meta.json with the feed's header" in (
+        status(again).rejected_problem
+    )
+    (folder / "snapshot-0003.csv").unlink()
     assert decision(again.stub(), X) == "DENY"
 
     # given its header (a newer time), it is served
