@@ -702,6 +702,9 @@ class ConsumptionCheckService:
         if code is grpc.StatusCode.INTERNAL:
             check_id = answered or self.engine.new_check_id()
             undecided = "" if method in _METHOD_ROLE else "; the check was not decided"
+            if undecided and isinstance(exc, OSError):  # a log's write (a full disk)
+                undecided = ("; the check was decided, but a record of it could not be "
+                             "written (the server's log), so it is not answered")  # fmt: skip
             if answered:
                 undecided = "; the check was decided but not answered (withdrawn)"
             message = f"{prefix}internal error (check_id {check_id}){undecided}"

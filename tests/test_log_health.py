@@ -36,12 +36,17 @@ def health(channel: grpc.Channel, service: str) -> int:
 
 def check_listed(channel: grpc.Channel) -> grpc.StatusCode:
     """A check of a listed subject: it needs a hit record (and an audit record)."""
+    return check_listed_said(channel)[0]
+
+
+def check_listed_said(channel: grpc.Channel) -> tuple[grpc.StatusCode, str]:
+    """``check_listed``'s status, and its details."""
     stub = pb_grpc.ConsumptionCheckStub(channel)
     try:
         stub.CheckConsumption(build_request("AIRLINE", id_number=ZHANG, name="张伟"), timeout=10)
     except grpc.RpcError as exc:
-        return exc.code()  # type: ignore[no-any-return]
-    return grpc.StatusCode.OK
+        return exc.code(), exc.details()
+    return grpc.StatusCode.OK, ""
 
 
 class Said:
@@ -80,6 +85,15 @@ def test_a_log_that_cannot_be_written_is_not_serving_until_it_takes_records_agai
         resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
         failed = [check_listed(channel) for _ in range(FAILURE_LINES + 3)]
         assert failed == [grpc.StatusCode.INTERNAL] * (FAILURE_LINES + 3)
+        # decided, and not answered for want of its record: not "not decided"
+        code, details = check_listed_said(channel)
+        assert code is grpc.StatusCode.INTERNAL
+        told = {
+            "--hit-log": "; the check was decided, but a record of it could not be written "
+            "(the server's log), so it is not answered",
+            "--audit-log": "; the check was decided but not answered (withdrawn)",
+        }
+        assert details.endswith(told[flag]), details
         assert server.proc.poll() is None
         for name in ("", "shixin.v1.ConsumptionCheck"):
             eventually(lambda name=name: health(channel, name) == NOT_SERVING,  # type: ignore[misc]
