@@ -12,6 +12,8 @@ import resource
 import stat
 from pathlib import Path
 
+from shixin_check.domain.errors import ConfigurationError
+
 
 def limit_advice(exc: BaseException) -> str:
     """What to raise when ``exc`` is the process running into a limit of the system's
@@ -41,6 +43,17 @@ def limit_advice(exc: BaseException) -> str:
     if number in (errno.ENOSPC, errno.EDQUOT):
         return "the disk is full (or the inodes, or the quota): free space"
     return ""
+
+
+def cannot_write(option: str, path: Path | str, exc: OSError) -> ConfigurationError:
+    """A command's output at ``path`` (given by ``option``) that could not be written,
+    as one line naming both: ``--out PATH: cannot be written: ENOSPC (No space left on
+    device): the disk is full ...`` (the bare error names no file, or a temporary one)."""
+    number = exc.errno or 0
+    name = errno.errorcode.get(number, type(exc).__name__)
+    advice = limit_advice(exc)
+    return ConfigurationError(f"{option} {path}: cannot be written: {name} "
+                              f"({exc.strerror or exc}){f': {advice}' if advice else ''}")  # fmt: skip
 
 
 def open_files_ratio() -> float | None:

@@ -58,7 +58,7 @@ from shixin_check.domain.errors import (
     Unauthenticated,
 )
 from shixin_check.domain.model import Channel
-from shixin_check.domain.system import others_may_write
+from shixin_check.domain.system import cannot_write, others_may_write
 from shixin_check.loader.background import Background
 from shixin_check.server.settings import MAX_BATCH
 
@@ -382,9 +382,11 @@ def write_keys_document(path: Path, data: dict[str, Any]) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
+        if isinstance(exc, OSError):  # a full disk: the old file is still whole
+            raise cannot_write("--keys-file", path, exc) from exc
         raise
     folder = os.open(path.parent, os.O_RDONLY)
     try:

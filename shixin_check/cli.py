@@ -670,7 +670,12 @@ def cmd_gen_data(args: argparse.Namespace) -> int:
     def progress(n: int) -> None:
         print(f"  {n:,} / {count:,} entries", file=sys.stderr, flush=True)
 
-    write_snapshot(out, count, seed, as_of, progress)
+    try:
+        write_snapshot(out, count, seed, as_of, progress)
+    except OSError as exc:  # its words name a temporary file, or no file
+        from shixin_check.domain.system import cannot_write
+
+        raise cannot_write("--out", out, exc) from exc
     took = time.perf_counter() - started
     print(f"wrote {count:,} entries to {args.out} in {took:.1f}s (seed {seed}, as of {as_of})")
     return 0

@@ -12,6 +12,7 @@ import nothing of grpc.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shixin_check.domain.errors import ConfigurationError
+from shixin_check.domain.system import cannot_write
 from shixin_check.server.settings import add_options, resolving
 
 if TYPE_CHECKING:
@@ -149,8 +151,11 @@ def _write_whole(path: Path, text: str) -> None:
     try:
         part.write_text(text, encoding="utf-8")
         os.replace(part, path)
-    except BaseException:
-        part.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # its words name the .part file, or no file
+            raise cannot_write("--out", path, exc) from exc
         raise
 
 
