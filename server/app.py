@@ -134,6 +134,9 @@ LIST_CURRENT = "shixin.v1.ListCurrent"
 #: list-less server included; NOT_SERVING only while it drains at shutdown.
 LIVENESS = "liveness"
 HEALTH_POLL_S = 0.2
+#: the record size a log is tried with at start (``AppendLog.check_room``): a hit
+#: record of a batch's check, or an audit record, is a few hundred bytes
+START_ROOM_BYTES = 1024
 #: seconds between looks at the files of the compiled version mapped (``changed_under``)
 MAPPED_WATCH_S = 1.0
 #: Seconds between tries of a log that failed a write (``Service._probe_logs``).
@@ -226,6 +229,9 @@ class Service:
         self.audit_log: AuditLog | None = _open_log(
             AuditLog, "--audit-log", settings.audit_log, durability
         )
+        for sink in (self.hit_log, self.audit_log):  # a full disk: NOT_SERVING from the start
+            if sink is not None:
+                sink.check_room(START_ROOM_BYTES)
         if self.audit_log is not None and seat is not None:  # how many sets to expect
             self.audit_log.note_start(seat.number, settings.workers)
         self.forwarder: HitForwarder | None = None
@@ -1284,6 +1290,10 @@ def run_service(settings: ServeSettings) -> int:
     return 1 if service.fatal else 0
 
 
+#: a start that must write (an audit log's record of a head found missing) on a full disk
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def _open_log(kind: Any, flag: str, path: Path | None, durability: dict[str, Any]) -> Any:
     """The log at ``path`` (None: none), or a ``ConfigurationError`` naming the flag and
     the path: its folder cannot be made, or the file cannot be opened. Another writer
@@ -1296,7 +1306,7 @@ def _open_log(kind: Any, flag: str, path: Path | None, durability: dict[str, Any
         raise
     except OSError as exc:
         what = exc.strerror or str(exc)
-        if isinstance(exc, ForeignFile):  # another user's link or file: never written
+        if isinstance(exc, ForeignFile) or exc.errno in _DISK_FULL:  # never written: why
             what += f"; {write_error_advice(exc, path)}"
         if not path.parent.is_dir():
             # the folder, not the file: a worker's file (hits.w1.jsonl) is not the flag's

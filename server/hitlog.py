@@ -120,6 +120,7 @@ each worker's), which is what ``audit verify`` and ``feedback`` read.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as _dt
 import errno
 import fcntl
@@ -916,6 +917,14 @@ class AppendLog:
         if self.failure is not None:  # writes work again (health follows)
             self.failure = None
 
+    def check_room(self, nbytes: int) -> None:
+        """At start: would a record of ``nbytes`` go in? ``probe``'s test, made once; if
+        not, ``failure`` is set as by a failed record (health NOT_SERVING from the start,
+        tried again every second), not found by the first call that needs a record."""
+        with self._lock:
+            self.failure, self._probe_bytes = OSError("not tried yet"), nbytes
+        self.probe()
+
     def probe(self) -> bool:
         """While ``failure`` is set: would a record of the size that failed go in now?
         Rotates the live file first if that is due (as the record would), then writes
@@ -1162,7 +1171,12 @@ class AuditLog(AppendLog):
             self._seq, self._prev, self._file = start.seq, start.sha256.encode(), start.file
             self._live_name = path.name
             self._head_lock = threading.Lock()  # taken before the record lock, never after
+            #: the head noted last: the one found, when it is where the chain goes on (a
+            #: start on a full disk then writes nothing before its first record)
             self._noted: ChainHead | None = None
+            if not head_lost:
+                with contextlib.suppress(ValueError, OSError):
+                    self._noted = start if read_head(path) == start else None
             if head_lost:
                 self._mark_head_lost(head_lost)
             self._note_head()

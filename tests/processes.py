@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -32,17 +33,25 @@ def free_port() -> int:
 class ServeProcess:
     """``shixin-check serve`` in a child process; stdout read line by line."""
 
-    def __init__(self, *args: str, port: int = 0, log: Path | None = None) -> None:
-        """``log``: send its output to that file instead of a pipe (read it with ``output``)."""
+    def __init__(
+        self, *args: str, port: int = 0, log: Path | None = None, file_size_limit: int = 0
+    ) -> None:
+        """``log``: send its output to that file instead of a pipe (read it with ``output``).
+        ``file_size_limit``: bytes, its ``ulimit -f`` from the start (0: none set)."""
         self.port = port or free_port()
         self.log = log
         out = log.open("w") if log is not None else subprocess.PIPE
+
+        def limited() -> None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, resource.RLIM_INFINITY))
+
         self.proc = subprocess.Popen(
             [*CLI, "serve", "--listen", f"127.0.0.1:{self.port}", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=limited if file_size_limit else None,
         )
         self.lines: list[str] = []
 

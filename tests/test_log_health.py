@@ -118,3 +118,50 @@ def test_a_log_that_cannot_be_written_is_not_serving_until_it_takes_records_agai
     assert code == 0, output.text()
     # the probe's bytes were cut off again: every line of the log is a whole record
     assert all(line.startswith(b"{") for line in target.read_bytes().splitlines())
+
+
+@pytest.mark.parametrize("flag", ["--hit-log", "--audit-log"])
+def test_a_log_the_disk_refuses_at_start_is_not_serving_from_the_start(
+    flag: str, tmp_path: Path
+) -> None:
+    """A start on a full disk: the hit log's server was SERVING until the first listed
+    check failed INTERNAL; the audit log's ended the start (exit 2, "cannot open it")
+    though its log and head were whole, as it wrote its head again first. Now each is
+    tried at start, and the server is NOT_SERVING from its first answer until a record
+    would go in. A real file-size limit (``ulimit -f``) just above the logs' size."""
+    listing = write_jsonl(tmp_path / "list.jsonl", basic_rows())
+    target = tmp_path / "logs" / "records.jsonl"
+    first = ServeProcess("--list", str(listing), flag, str(target))
+    channel = grpc.insecure_channel(first.target)
+    try:
+        first.wait_serving()
+        assert check_listed(channel) is grpc.StatusCode.OK
+    finally:
+        channel.close()
+        assert first.stop() == 0
+    room = max(p.stat().st_size for p in target.parent.iterdir()) + 100  # < a record's room
+    server = ServeProcess("--list", str(listing), flag, str(target), file_size_limit=room)
+    output = Said(server)
+    channel = grpc.insecure_channel(server.target)
+    try:
+
+        def answered() -> bool:
+            try:
+                health(channel, "")
+            except grpc.RpcError:
+                return False  # not listening yet
+            return True
+
+        eventually(answered, "health answers")
+        assert health(channel, "") == NOT_SERVING
+        assert server.proc.poll() is None
+        eventually(lambda: "health: NOT_SERVING" in output.text(), "said why")
+        said = output.text()
+        assert f"({flag}) cannot be written: EFBIG (File too large)" in said, said
+        resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+        eventually(lambda: health(channel, "") == SERVING, "SERVING once a record goes in")
+        assert check_listed(channel) is grpc.StatusCode.OK
+    finally:
+        channel.close()
+        code = server.stop()
+    assert code == 0, output.text()
