@@ -770,6 +770,7 @@ class HeldLock:
         self._mutex = threading.Lock()  # a renewal must not break commit()'s WATCH
         self._done = threading.Event()
         self._lost = ""
+        self._renewal = ""  # why renewals are refused, for the line that says it was lost
         self._keeper: threading.Thread | None = None
 
     def acquire(self, wait: float = 0.0) -> bool:
@@ -794,8 +795,10 @@ class HeldLock:
                     self._lock.reacquire()
             except LockNotOwnedError:
                 self._lost = (f"lost {self.key} (paused for over {self.timeout:g}s, or Redis lost "
-                              "it): stopped before committing")  # fmt: skip
+                              f"it){self._renewal}: stopped before committing")  # fmt: skip
                 return
+            except redis.exceptions.NoPermissionError as exc:  # never a blip: an ACL
+                self._renewal = f" (its renewal refused: {exc}; its user needs EVALSHA)"
             except redis.RedisError:
                 continue  # a blip: the next renewal tells whether the lock outlived it
 
@@ -812,7 +815,8 @@ class HeldLock:
             try:
                 pipe.watch(self.key)
                 if pipe.get(self.key) != self.token.encode():
-                    self._lost = f"lost {self.key} before the commit: nothing was committed"
+                    self._lost = (f"lost {self.key} before the commit{self._renewal}: nothing "
+                                  "was committed")  # fmt: skip
                     raise IndexUnavailable(self._lost)
                 pipe.multi()
                 write(pipe)

@@ -17,7 +17,15 @@ import pytest
 
 from shixin_check.domain.errors import IndexUnavailable
 from shixin_check.domain.keys import SubjectKeyer
-from shixin_check.loader.index_redis import Client, RedisFollower, masked_url, url_has_password
+from shixin_check.loader.index_redis import (
+    Client,
+    HeldLock,
+    RedisFollower,
+    RedisKeys,
+    connect,
+    masked_url,
+    url_has_password,
+)
 from shixin_check.loader.publish_redis import publish_snapshot
 from tests.conftest import RedisServer
 from tests.listdata import ZHANG
@@ -137,3 +145,24 @@ def test_a_password_given_as_a_query_parameter_is_masked() -> None:
     assert url_has_password("redis://u:p@h:1/0")
     assert not url_has_password("redis://u@h:1/0")
     assert not url_has_password("redis://h:1/0?username=u")
+
+
+def test_a_load_whose_lock_renewal_is_refused_says_why_it_lost_the_lock(
+    redis_server: RedisServer, client: Client
+) -> None:
+    """A loader user without scripting: its lock (renewed by a script) lapsed, and a
+    long load ended ``lost shixin:lock before the commit``, naming neither."""
+    client.execute_command("ACL", "SETUSER", "loader", "reset", "on", ">pw-1", *RIGHTS,
+                           "-evalsha", "-eval")  # fmt: skip
+    loader = connect(url_of(redis_server, "loader"), timeout=5)
+    lock = HeldLock(loader, RedisKeys(), "load", timeout=0.6)
+    try:
+        assert lock.acquire()
+        time.sleep(1.5)  # renewals at 0.2 s are refused; the lock lapses at 0.6 s
+        with pytest.raises(IndexUnavailable) as lost:
+            lock.commit(lambda pipe: pipe.set("shixin:x", b"1"))
+    finally:
+        lock.release()
+        loader.close()
+    assert "its renewal refused" in str(lost.value) and "EVALSHA" in str(lost.value), lost.value
+    assert client.get("shixin:x") is None
