@@ -472,7 +472,9 @@ def test_a_snapshot_with_another_key_secret_is_refused_unless_asked(
 ) -> None:  # fmt: skip
     url, keys = redis_server.url, RedisKeys()
     served = client.get(keys.current)
-    newer = write_jsonl(tmp_path / "s2.jsonl", [*basic_rows(), person_entry("E8", ZHAO, "赵六")])
+    newer = snapshot_with_header(
+        tmp_path / "s2.jsonl", 0, [*basic_rows(), person_entry("E8", ZHAO, "赵六")]
+    )
     refused = load_with(OTHER_SECRET, newer, url)
     assert refused.returncode == 2, refused.stderr
     line = one_line(refused)
@@ -507,7 +509,9 @@ def test_a_replica_refusing_a_version_says_so_in_its_metrics(
     server = serve(None, redis=url, replica_id="r1", metrics_listen=f"127.0.0.1:{free_port()}")
     eventually(lambda: decision(server, ZHANG, "张伟").decision == pb.DENY, "list served")
     eventually(lambda: value(scrape(server), "shixin_list_behind") == 0, "current, not behind")
-    newer = write_jsonl(tmp_path / "s2.jsonl", [*basic_rows(), person_entry("E8", ZHAO, "赵六")])
+    newer = snapshot_with_header(
+        tmp_path / "s2.jsonl", 0, [*basic_rows(), person_entry("E8", ZHAO, "赵六")]
+    )
     done = load_with(OTHER_SECRET, newer, url, "--new-key-secret")
     assert done.returncode == 0, done.stderr
     eventually(lambda: value(scrape(server), "shixin_list_behind") == 1, "behind in the metrics")
