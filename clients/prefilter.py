@@ -74,6 +74,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import errno
+import fcntl
 import hashlib
 import itertools
 import logging
@@ -293,14 +294,22 @@ class LocalAudit:
                 raise client_closed()
             end = -1
             try:
-                end = os.lseek(fd, 0, os.SEEK_END)
-                left = memoryview(lines)
-                while left:
-                    left = left[os.write(fd, left) :]
+                # another client (or process) may append to the same file: the lock keeps
+                # its records from landing between this one's end and its cut
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    end = os.lseek(fd, 0, os.SEEK_END)
+                    left = memoryview(lines)
+                    while left:
+                        left = left[os.write(fd, left) :]
+                except OSError:
+                    if end >= 0:  # what was written of these lines comes off again
+                        with contextlib.suppress(OSError):
+                            os.ftruncate(fd, end)
+                    raise
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             except OSError as exc:
-                if end >= 0:  # what was written of these lines comes off again
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(fd, end)
                 failed = local_audit_failed(self.path, exc)
                 if not self._failing:
                     self._failing = True

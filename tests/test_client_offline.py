@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -626,3 +628,54 @@ def test_a_local_audit_that_cannot_be_written_hands_out_no_local_answer(
     assert error.first_unanswered == 1
     said = [r.getMessage() for r in caplog.records if "/dev/full" in r.getMessage()]
     assert len(said) == 1, said  # once, not at every check
+
+
+#: Two clients' local audits on one file, in a process whose file-size limit rises a
+#: little at a time (a disk freed page by page): writes fail and succeed in turn
+_TWO_WRITERS = """
+import json, resource, sys, threading, time
+from shixin_check.clients.errors import CheckError
+from shixin_check.clients.prefilter import LocalAudit
+path = sys.argv[1]
+audits = [LocalAudit(path), LocalAudit(path)]
+ok = []
+stop = time.monotonic() + 1.5
+def run(i):
+    n = 0
+    while time.monotonic() < stop:
+        n += 1
+        try:
+            audits[i].write([{"request_id": f"{i}-{n}", "pad": "x" * (n % 97)}])
+        except CheckError:
+            continue
+        ok.append(f"{i}-{n}")
+def free():
+    size = 1000
+    while time.monotonic() < stop:
+        size += 150
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+        time.sleep(0.0005)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+threads.append(threading.Thread(target=free))
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(json.dumps(ok))
+"""
+
+
+def test_two_clients_on_one_local_audit_never_cut_each_others_records(tmp_path: Path) -> None:
+    """A write the disk refused is cut back off the file; with two clients (or two
+    gateway processes) on one file, that cut took the other's records written in
+    between, answers handed out, and could leave NUL bytes. Each write holds the
+    file's lock now. A real file under a real, moving file-size limit."""
+    path = tmp_path / "local.jsonl"
+    done = subprocess.run([sys.executable, "-c", _TWO_WRITERS, str(path)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    handed_out = json.loads(done.stdout)
+    raw = path.read_bytes()
+    assert b"\0" not in raw
+    found = [json.loads(line)["request_id"] for line in raw.splitlines()]
+    assert len(handed_out) > 100  # writes went in, and failed, in turn
+    assert sorted(found) == sorted(handed_out)
