@@ -1179,7 +1179,18 @@ class AuditLog(AppendLog):
                     self._noted = start if read_head(path) == start else None
             if head_lost:
                 self._mark_head_lost(head_lost)
-            self._note_head()
+                self._note_head()
+            else:
+                # a head behind the log's end (a crash, or records written into the last
+                # page of a full disk) is this log's own and no loss: noted again by the
+                # head thread once the disk takes it, the start going on (NOT_SERVING
+                # until a record would go in, ``check_room``)
+                try:
+                    self._note_head()
+                except OSError as exc:
+                    log.error("audit log %s: cannot note its head at start: %s (%s); noted "
+                              "again every %gs", path, describe_write_error(exc),
+                              write_error_advice(exc, path), head_interval)  # fmt: skip
         except BaseException:  # nothing held once the constructor failed
             AppendLog.close(self)
             raise
@@ -1321,7 +1332,11 @@ class AuditLog(AppendLog):
                     "(seq %d): `audit verify` shows the records lost, a next writer goes on "
                     "from it", self.path, self._seq,
                 )  # fmt: skip
-            self._note_head()  # before the set is released: a next writer notes its own
+            try:
+                self._note_head()  # before the set is released: a next writer notes its own
+            except OSError as exc:  # a full disk: the stop goes on; a head behind is no loss
+                log.error("audit log %s: its chain head is not noted at this stop: %s (%s)",
+                          self.path, describe_write_error(exc), write_error_advice(exc, self.path))  # fmt: skip
         finally:
             self._release()
 
@@ -1360,9 +1375,15 @@ def replace_file(target: Path, data: bytes, *, sync: bool = False) -> None:
     part = target.with_name(target.name + ".part")
     fd = open_for_writing(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
-        os.write(fd, data)
+        left = memoryview(data)
+        while left:  # a nearly full disk may take part of it, then refuse the rest
+            left = left[os.write(fd, left) :]
         if sync:
             os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(part)  # never renamed into place half written, nor left behind
+        raise
     finally:
         os.close(fd)
     os.replace(part, target)

@@ -20,7 +20,7 @@ from shixin.v1 import check_pb2_grpc as pb_grpc
 from shixin_check.clients.check_client import build_request
 from shixin_check.server.hitlog import FAILURE_LINES
 from tests.listdata import ZHANG, basic_rows, write_jsonl
-from tests.processes import ServeProcess
+from tests.processes import ServeProcess, run_cli
 from tests.waiting import eventually
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -165,3 +165,49 @@ def test_a_log_the_disk_refuses_at_start_is_not_serving_from_the_start(
         channel.close()
         code = server.stop()
     assert code == 0, output.text()
+
+
+def test_an_audit_log_whose_head_is_behind_starts_and_stops_on_a_full_disk(
+    tmp_path: Path,
+) -> None:
+    """A head behind the log's end (a crash between a record and its head) was noted
+    again before anything else at start, so a start on a full disk ended (exit 2,
+    "cannot open it") where one with an exact head went on NOT_SERVING; and a stop that
+    could not note the head ended with a bare ``[Errno 27]``. Both go on now: the head
+    is noted again once the disk takes it. A real file-size limit below any write."""
+    listing = write_jsonl(tmp_path / "list.jsonl", basic_rows())
+    target = tmp_path / "logs" / "audit.jsonl"
+    head = target.with_name("audit.jsonl.head")
+    first = ServeProcess("--list", str(listing), "--audit-log", str(target))
+    channel = grpc.insecure_channel(first.target)
+    try:
+        first.wait_serving()
+        assert check_listed(channel) is grpc.StatusCode.OK
+        eventually(lambda: head.exists() and b'"seq":1,' in head.read_bytes(), "head noted")
+        behind = head.read_bytes()
+        assert check_listed(channel) is grpc.StatusCode.OK
+    finally:
+        channel.close()
+        assert first.stop() == 0
+    head.write_bytes(behind)  # as a crash before the head thread's next turn leaves it
+    server = ServeProcess("--list", str(listing), "--audit-log", str(target),
+                          file_size_limit=50)  # fmt: skip
+    output = Said(server)
+    channel = grpc.insecure_channel(server.target)
+    try:
+        eventually(lambda: "health: NOT_SERVING" in output.text() or server.proc.poll() is not None,
+                   "started")  # fmt: skip
+        assert server.proc.poll() is None, output.text()
+        assert "cannot note its head at start: EFBIG (File too large)" in output.text()
+        assert health(channel, "") == NOT_SERVING
+    finally:
+        channel.close()
+        code = server.stop()
+    said = output.text()
+    assert code == 0, said
+    assert "its chain head is not noted at this stop: EFBIG" in said, said
+    assert "[Errno" not in said, said
+    assert not target.with_name("audit.jsonl.head.part").exists()
+    assert head.read_bytes() == behind  # never replaced by the part the limit let in
+    verified = run_cli("audit", "verify", str(target))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
