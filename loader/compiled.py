@@ -159,6 +159,17 @@ _CHUNK = 1 << 20
 #: a file's timestamps move in clock ticks (a jiffy, up to 10 ms, on kernels before
 #: 6.13): a ctime newer than this before a read may still be shared by a later write
 _TIMESTAMP_TICK_NS = 20_000_000
+#: on a file system that keeps whole seconds (ext4 with 128-byte inodes, ext3, NFS from
+#: them: a ctime with no nanoseconds), a write within the same second keeps the ctime
+_COARSE_TICK_NS = 1_050_000_000
+
+
+def _tick(st: os.stat_result) -> int:
+    """How far back a ctime may be shared by a write made now (``_TIMESTAMP_TICK_NS``,
+    or ``_COARSE_TICK_NS`` where it holds whole seconds)."""
+    return _COARSE_TICK_NS if st.st_ctime_ns % 1_000_000_000 == 0 else _TIMESTAMP_TICK_NS
+
+
 #: what ends meta.json: its own CRC-32, over the JSON before it (closed with ``}``)
 _SELF_CHECK = b',"meta_crc32":"'
 _SELF_CHECK_LEN = len(_SELF_CHECK) + 8 + 2  # the key, eight hex digits, then ``"}``
@@ -399,6 +410,7 @@ def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
         for name in meta["crc32"]:
             opened[name] = os.open(folder / name, os.O_RDONLY)
             files.callback(os.close, opened[name])
+        mapped_at = time.time_ns()
         now = {name: os.fstat(fd) for name, fd in opened.items()}
         held = {name: HeldFile(os.dup(fd)) for name, fd in opened.items()}
         for name, st in now.items():
@@ -455,7 +467,9 @@ def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
                 held[name],
                 st.st_size,
                 st.st_mtime_ns,
-                st.st_ctime_ns,
+                # a ctime a write made after the mapping could still share: 0, so the
+                # watch's first look reads the file once its ctime has settled
+                st.st_ctime_ns if st.st_ctime_ns < mapped_at - _tick(st) else 0,
                 meta["crc32"][name],
             )
             for name, st in sorted(now.items())
@@ -476,8 +490,10 @@ def changed_under(info: VersionInfo, checked: dict[str, int]) -> str:
     ctime alone (``chmod``, a hard link made by a backup, ``touch``) whose bytes still
     match is remembered in ``checked`` (path: ctime_ns) and not read again, once that
     ctime is older than the read by more than a clock tick (a write in the same tick
-    would leave it as it was). A few ``fstat`` calls, and a read only after a change:
-    for a watch once a second, never on the check path."""
+    would leave it as it was; a second, where the file system keeps whole seconds); a
+    file mapped within that of its ctime is read once at the first look for that. A
+    few ``fstat`` calls, and a read only after a change or a mapping: for a watch once
+    a second, never on the check path."""
     folder = Path(info.mapped_from)
     for name, fd, size, mtime, ctime, crc in info.mapped_files:
         path = folder / name
@@ -488,7 +504,7 @@ def changed_under(info: VersionInfo, checked: dict[str, int]) -> str:
             if st.st_size == size:
                 if checked.get(str(path)) == st.st_ctime_ns:
                     continue
-                settled = time.time_ns() - _TIMESTAMP_TICK_NS
+                settled = time.time_ns() - _tick(st)
                 if _crc32(fd) == crc:
                     if st.st_ctime_ns < settled:
                         checked[str(path)] = st.st_ctime_ns

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -346,3 +348,65 @@ def test_a_worker_whose_mapped_file_is_cut_short_is_started_again(tmp_path: Path
     logged = pool.output()
     assert f"bytes, mapped as {size})" in logged, logged
     assert "starting it again" in logged
+
+
+@pytest.fixture
+def whole_seconds_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a real ext4 file system with 128-byte inodes, whose timestamps keep
+    whole seconds (as ext3, or NFS served from them): loop-mounted, so root only."""
+    if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
+        pytest.skip("needs root and mkfs.ext4 to mount a file system of whole seconds")
+    image, mount = tmp_path / "ext4.img", tmp_path / "mnt"
+    mount.mkdir()
+    with image.open("wb") as out:
+        out.truncate(32 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-I", "128", "-F", str(image)], check=True)
+    if subprocess.run(["mount", "-o", "loop", str(image), str(mount)]).returncode != 0:
+        pytest.skip("no loop device here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)  # a failed test holds its maps
+
+
+def test_a_write_in_the_second_of_a_chmod_is_seen_where_timestamps_keep_whole_seconds(
+    snapshot: Path, keyer: SubjectKeyer, whole_seconds_folder: Path
+) -> None:
+    """A chmod, then a write in place within the same second: where the ctime keeps
+    whole seconds, the write left it as the chmod had set it, and the watch, which had
+    read the file after the chmod and found it whole, never read it again (a listed
+    person ALLOW NOT_LISTED, health SERVING). It waits for the second to be over now."""
+    store = IndexStore(whole_seconds_folder / "index", keyer.fingerprint)
+    view = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())
+    folder = Path(view.info.mapped_from)
+    checked: dict[str, int] = {}
+    assert compiled.changed_under(view.info, checked) == ""  # as mapped
+    column = folder / "k_hi.Q"
+    assert column.stat().st_ctime_ns % 1_000_000_000 == 0  # whole seconds here
+    mapped_in = int(time.time())
+    while int(time.time()) == mapped_in or time.time() % 1 > 0.1:  # a later second's start
+        time.sleep(0.005)
+    second = int(time.time())
+    column.chmod(0o600)
+    time.sleep(0.5 - time.time() % 1)  # the watch's look comes later in that second
+    assert compiled.changed_under(view.info, checked) == ""  # whole: nothing written yet
+    rewrite_in_place(column, flip)
+    assert int(time.time()) == second, "too slow to write within the second"
+    assert "written in place" in compiled.changed_under(view.info, checked)
+
+
+def test_a_write_in_the_second_of_the_mapping_is_seen_where_timestamps_keep_whole_seconds(
+    snapshot: Path, keyer: SubjectKeyer, whole_seconds_folder: Path
+) -> None:
+    """A file written in place within the second it was mapped kept the ctime and
+    mtime the mapping noted: the watch saw nothing to read. Such a file is read once
+    at the watch's first look now."""
+    store = IndexStore(whole_seconds_folder / "index", keyer.fingerprint)
+    while time.time() % 1 > 0.1:  # room for the compile, the mapping and the write
+        time.sleep(0.005)
+    second = int(time.time())
+    Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())  # compiled
+    view = Loader(MemoryIndex(), keyer, store).load_snapshot(snapshot, ())  # mapped
+    rewrite_in_place(Path(view.info.mapped_from) / "text.bin", flip)
+    assert int(time.time()) == second, "too slow to write within the second"
+    assert "written in place" in compiled.changed_under(view.info, {})
