@@ -77,13 +77,17 @@ from shixin_check.loader.background import Background
 from shixin_check.loader.index_redis import Client, ErrorCount, masked_url, refused_write
 from shixin_check.server.hitlog import log_files, replace_file, withdrawn_ids
 
+#: A record once: claimed in the seen-set after it is in the stream, so a command Redis
+#: refuses (an ACL without XADD) leaves no claim behind to make its retry a no-op (a
+#: claim refused after the XADD costs a duplicate, which feedback counts once)
 _ADD_ONCE = """
-if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
-  redis.call('EXPIRE', KEYS[2], 34560000)
-  redis.call('XADD', KEYS[1], '*', 'record', ARGV[2])
-  return 1
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  return 0
 end
-return 0
+redis.call('XADD', KEYS[1], '*', 'record', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], 34560000)
+return 1
 """
 BATCH = 500
 _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from shixin_check.domain.errors import IndexUnavailable
 from shixin_check.domain.keys import SubjectKeyer
@@ -27,8 +28,11 @@ from shixin_check.loader.index_redis import (
     url_has_password,
 )
 from shixin_check.loader.publish_redis import publish_snapshot
+from shixin_check.server.hitlog import HitLog
+from shixin_check.server.hitsink import HitForwarder, read_stream
 from tests.conftest import RedisServer
 from tests.listdata import ZHANG
+from tests.test_hit_stream import _hit
 from tests.test_redis_failures import key_of
 from tests.test_redis_loaded_again import snapshot
 from tests.waiting import eventually
@@ -166,3 +170,30 @@ def test_a_load_whose_lock_renewal_is_refused_says_why_it_lost_the_lock(
         loader.close()
     assert "its renewal refused" in str(lost.value) and "EVALSHA" in str(lost.value), lost.value
     assert client.get("shixin:x") is None
+
+
+def test_hits_a_user_may_not_add_wait_and_are_forwarded_once_it_may(
+    redis_server: RedisServer, client: Client, tmp_path: Path
+) -> None:
+    """The forwarding script claimed a hit in the seen-set before adding it to the
+    stream: a user without XADD had the claim taken and the XADD refused, so the retry
+    found the hit claimed and skipped it for good (the quarter's report short of it)."""
+    client.execute_command("ACL", "SETUSER", "forwarder", "reset", "on", ">pw-1", *RIGHTS,
+                           "-xadd")  # fmt: skip
+    path = tmp_path / "hits.log"
+    log = HitLog(path)
+    forwarding = connect(url_of(redis_server, "forwarder"), timeout=2)
+    forwarder = HitForwarder(forwarding, path)
+    try:
+        for n in (1, 2):
+            _hit(log, n)
+        with pytest.raises(redis.RedisError, match="can.t run this command"):
+            forwarder.forward_once()
+        client.execute_command("ACL", "SETUSER", "forwarder", "+xadd")
+        assert forwarder.forward_once() == 2
+        assert [r["check_id"] for r in read_stream(client)] == ["check-1", "check-2"]
+        forwarder.cursor_path.unlink()  # read again from the start: none added twice
+        assert forwarder.forward_once() == 0
+    finally:
+        log.close()
+        forwarding.close()
