@@ -1331,6 +1331,10 @@ class RedisFollower(Background):
                 if problem != self._denied:
                     self.on_event("denied", problem)
                 self._denied = problem
+                try:  # its record says so, where the user may still write it: status --redis
+                    self._write(self._heartbeat, time.monotonic())
+                except redis.RedisError:
+                    pass  # not even that: the record ages into GONE
                 self._stop.wait(1.0)
             except redis.RedisError as exc:
                 if self.reachable:

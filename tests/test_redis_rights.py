@@ -10,6 +10,7 @@ own threads, as a server runs them.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -68,6 +69,12 @@ def test_a_replica_refused_a_command_it_needs_is_not_serving_and_says_so_once(
         eventually(lambda: "refuses this server a command it needs" in replica.health_problem(),
                    "health names the refusal")  # fmt: skip
         assert "xread" in replica.health_problem()
+
+        def recorded() -> str:  # its record, which status --redis reads
+            raw = client.hget(RedisKeys().replicas, "r1")
+            return str(json.loads(raw).get("problem", "")) if raw else ""
+
+        eventually(lambda: "refuses this server a command" in recorded(), "in its record")
         time.sleep(2.5)  # rounds go on: the cause is said once, never as "unreachable"
         assert [what for what, _ in said].count("denied") == 1, said
         assert "redis-down" not in [what for what, _ in said], said
