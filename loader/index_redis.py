@@ -788,17 +788,38 @@ class HeldLock:
         raw = self.client.get(self.key)
         return raw.decode(errors="replace") if raw else ""
 
+    def _owned(self, then: Callable[[Any], object]) -> bool:
+        """``then(pipe)`` queued in a MULTI/EXEC that runs only while the lock is still
+        ours (WATCH, GET): renewing or releasing it without a script, which an ACL may
+        refuse (redis-py's ``Lock`` renews and releases by EVALSHA). False if it is not
+        ours (lapsed, or taken since)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.key)
+                if pipe.get(self.key) != self.token.encode():
+                    return False
+                pipe.multi()
+                then(pipe)
+                pipe.execute()
+            except redis.WatchError:
+                return False
+        return True
+
+    def _renew(self) -> None:
+        if not self._owned(lambda pipe: pipe.pexpire(self.key, int(self.timeout * 1000))):
+            raise LockNotOwnedError(f"{self.key} is no longer held")
+
     def _keep(self) -> None:
         while not self._done.wait(self.timeout / 3):
             try:
                 with self._mutex:
-                    self._lock.reacquire()
+                    self._renew()
             except LockNotOwnedError:
                 self._lost = (f"lost {self.key} (paused for over {self.timeout:g}s, or Redis lost "
                               f"it){self._renewal}: stopped before committing")  # fmt: skip
                 return
             except redis.exceptions.NoPermissionError as exc:  # never a blip: an ACL
-                self._renewal = f" (its renewal refused: {exc}; its user needs EVALSHA)"
+                self._renewal = f" (its renewal refused: {exc})"
             except redis.RedisError:
                 continue  # a blip: the next renewal tells whether the lock outlived it
 
@@ -830,9 +851,9 @@ class HeldLock:
         if self._keeper is not None:
             self._keeper.join()
         try:
-            self._lock.release()
+            self._owned(lambda pipe: pipe.delete(self.key))
         except redis.RedisError:
-            pass  # lapsed, taken over, or Redis gone: nothing of ours left, or it lapses itself
+            pass  # Redis gone: nothing of ours left, or it lapses itself
 
 
 def redis_time(client: Client) -> float:
