@@ -23,7 +23,7 @@ import pytest
 from shixin_check.loader.index_redis import PASSWORD_ENV
 from tests import test_redis_seq
 from tests.conftest import RedisServer, RunningServer
-from tests.listdata import ZHAO, basic_rows, person_entry, write_jsonl
+from tests.listdata import ZHAO, basic_rows, person_entry
 from tests.processes import free_port
 from tests.test_redis_failures import flush, status
 from tests.test_redis_guards import OTHER_SECRET, load_with
@@ -109,7 +109,7 @@ def test_redis_view_exits_1_while_a_replica_refuses_the_current_version(
 ) -> None:
     url = redis_server.url
     rows = [*basic_rows(), person_entry("E8", ZHAO, "赵六")]
-    newer = write_jsonl(tmp_path / "s2.jsonl", rows)
+    newer = test_redis_seq.snapshot_with_header(tmp_path / "s2.jsonl", 0, rows)  # dated
     done = load_with(OTHER_SECRET, newer, url, "--new-key-secret")
     assert done.returncode == 0, done.stderr
     eventually(lambda: "was refused" in status_cli(redis=url).stdout, "r1 reports BEHIND")
