@@ -1086,9 +1086,10 @@ class RedisView:
             *values, exists = pipe.execute()
         except redis.RedisError as exc:
             self._errors.count += 1
+            said = str(exc).rpartition(" of pipeline caused error: ")[2]  # not the keys asked
             if isinstance(exc, redis.exceptions.NoPermissionError):  # not passing: health says so
-                guard.refused = str(exc)
-            raise IndexUnavailable(f"redis: {exc}") from exc
+                guard.refused = said
+            raise IndexUnavailable(f"redis: {said}") from exc
         if not exists:
             raise IndexUnavailable(f"version {self.version} is no longer in Redis")
         if self._current:

@@ -264,7 +264,10 @@ def older_of(client: Client, path: Path, keys: RedisKeys) -> str:
     if current is None:
         return ""
     held = _published_at(read_meta(client, keys, current.decode()))
-    published = _header(path).published_at
+    try:
+        published = read_header(path).published_at
+    except LoadRejected:  # a header that does not read: validation reports it, line and field
+        return ""
     if held is None or published is not None and published >= held:
         return ""
     return f"version {current.decode()} (published {_utc(held)})"

@@ -580,6 +580,22 @@ def test_an_undated_snapshot_over_a_dated_one_is_refused_unless_asked(
     assert "is replaced by an undated snapshot" in done.stderr
 
 
+def test_a_snapshot_whose_header_does_not_read_is_told_so_not_that_it_is_undated(
+    redis_server: RedisServer, client: Client, tmp_path: Path
+) -> None:
+    """The undated rule ran before validation, so a header with a bad time was refused
+    as saying no time at all, with --allow-rollback for advice."""
+    url = redis_server.url
+    assert load(snapshot_with_header(tmp_path / "s1.jsonl", 0, basic_rows()), url).returncode == 0
+    bad = write_jsonl(tmp_path / "s2.jsonl", [
+        {"snapshot": {"includes_seq": 0, "published_at": "2026-13-45T00:00:00+08:00"}},
+        *basic_rows()])  # fmt: skip
+    refused = load(bad, url)
+    assert refused.returncode == 1, refused.stderr
+    assert "snapshot.published_at" in refused.stderr, refused.stderr
+    assert "does not say when it was published" not in refused.stderr, refused.stderr
+
+
 # --- 6. a version name used again -------------------------------------------------------
 
 

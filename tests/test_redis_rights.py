@@ -136,9 +136,11 @@ def test_a_replica_refused_its_look_ups_is_not_serving_until_they_work(
         eventually(lambda: replica.current() is not None, "serving")
         view = replica.current()
         assert view is not None
-        with pytest.raises(IndexUnavailable, match="hget"):
+        with pytest.raises(IndexUnavailable, match="hget") as refused:
             view.look_up(key_of(keyer, ZHANG))
         assert "refuses this server's look-ups" in replica.health_problem()
+        for said in (str(refused.value), replica.health_problem()):  # not the keys asked
+            assert "Command #" not in said and "HGET shixin:" not in said, said
         user(client, "follower")
         eventually(lambda: replica.health_problem() == "", "health clears by itself")
         assert view.look_up(key_of(keyer, ZHANG))
