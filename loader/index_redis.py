@@ -1522,7 +1522,8 @@ class RedisFollower(Background):
                 self._info_sections = ()
                 self._policy = (f"redis refuses INFO ({exc}): this server cannot see whether "
                                 "Redis may evict, or has evicted, the list's keys; give its "
-                                "Redis user INFO (ACL: +info)")  # fmt: skip
+                                "Redis user INFO (ACL: +info), and do not rename or disable "
+                                "INFO (rename-command)")  # fmt: skip
                 return
             self._info_read = True
             self._policy = eviction_problem(info)
