@@ -66,7 +66,6 @@ from shixin_check.clients.errors import (
 from shixin_check.clients.prefilter import (
     DEFAULT_MAX_AGE,
     DOWNLOAD_TIMEOUT,
-    LOCAL_AUDIT_UNWRITABLE,
     Download,
     NeedsFull,
     RulesNewer,
@@ -272,16 +271,8 @@ class AsyncCheckClient:
             await self.start()
         if self._closed:
             raise client_closed()
-        if state is not None:
-            local = state.decide(request)
-            if local is not None:
-                try:
-                    state.record([local])
-                except CheckError as exc:  # not recorded, so not handed out: the server's
-                    if exc.reason != LOCAL_AUDIT_UNWRITABLE:
-                        raise
-                else:
-                    return local.response
+        if state is not None and (answer := state.local_answer(request)) is not None:
+            return answer
         refuse_oversize(request)
         try:
             response: pb.CheckResponse = await self.stub.CheckConsumption(

@@ -51,7 +51,6 @@ from shixin_check.clients.names import UnknownName, enum_name, enum_number
 from shixin_check.clients.prefilter import (
     DEFAULT_MAX_AGE,
     DOWNLOAD_TIMEOUT,
-    LOCAL_AUDIT_UNWRITABLE,
     Download,
     LocalAudit,
     NeedsFull,
@@ -445,16 +444,8 @@ class CheckClient:
         if self._closed:
             raise client_closed()
         state = self.prefilter
-        if state is not None:
-            local = state.decide(request)
-            if local is not None:
-                try:
-                    state.record([local])
-                except CheckError as exc:  # not recorded, so not handed out: the server's
-                    if exc.reason != LOCAL_AUDIT_UNWRITABLE:
-                        raise
-                else:
-                    return local.response
+        if state is not None and (answer := state.local_answer(request)) is not None:
+            return answer
         refuse_oversize(request)
         try:
             response: pb.CheckResponse = self.stub.CheckConsumption(

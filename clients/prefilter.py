@@ -548,6 +548,20 @@ class Prefilter:
                 local.append(found)
         return Split(answers, local, send, positions)
 
+    def local_answer(self, request: pb.CheckRequest) -> pb.CheckResponse | None:
+        """The answer to one check decided here and recorded, or None: the server's to
+        give (not a definite negative, or its record could not be written)."""
+        local = self.decide(request)
+        if local is None:
+            return None
+        try:
+            self.record([local])
+        except CheckError as exc:  # not recorded, so not handed out: the server's
+            if exc.reason != LOCAL_AUDIT_UNWRITABLE:
+                raise
+            return None
+        return local.response
+
     def record(self, answers: Sequence[LocalAnswer]) -> None:
         """Write the audit records of local answers handed out."""
         self.audit.write([a.record for a in answers])

@@ -245,6 +245,15 @@ def _deny_zhang(target: str) -> bool:
     return done.returncode == 0 and done.stdout.split()[0] == "DENY"
 
 
+def assert_stopped_for_k_hi(folder: Path, logged: str) -> None:
+    """The watch's line: ``folder``'s k_hi.Q written in place."""
+    assert re.search(
+        rf"ERROR compiled index file {re.escape(str(folder))}/k_hi\.Q changed under "
+        r"this server since it was mapped \(written in place: its bytes no longer match",
+        logged,
+    ), logged
+
+
 def test_a_mapped_file_written_in_place_under_a_running_server_stops_it(tmp_path: Path) -> None:
     """``dd conv=notrunc`` (or ``cp``) over a mapped column while the server runs: it was
     served as changed (a listed person ALLOW NOT_LISTED, health SERVING) until the next
@@ -270,11 +279,7 @@ def test_a_mapped_file_written_in_place_under_a_running_server_stops_it(tmp_path
     finally:
         first.stop()
     logged = first.output()
-    assert re.search(
-        rf"ERROR compiled index file {re.escape(str(folder))}/k_hi\.Q changed under "
-        r"this server since it was mapped \(written in place: its bytes no longer match",
-        logged,
-    ), logged
+    assert_stopped_for_k_hi(folder, logged)
     assert (
         "stopping now (no --drain; calls in flight get up to --grace), to be started again "
         "(exit status 1)" in logged
@@ -316,11 +321,7 @@ def test_a_mapped_file_written_under_another_name_still_stops_the_server(
     finally:
         server.stop()
     logged = server.output()
-    assert re.search(
-        rf"ERROR compiled index file {re.escape(str(folder))}/k_hi\.Q changed under "
-        r"this server since it was mapped \(written in place: its bytes no longer match",
-        logged,
-    ), logged
+    assert_stopped_for_k_hi(folder, logged)
 
 
 def test_a_worker_whose_mapped_file_is_cut_short_is_started_again(tmp_path: Path) -> None:
