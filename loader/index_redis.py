@@ -791,8 +791,8 @@ class HeldLock:
     def _owned(self, then: Callable[[Any], object]) -> bool:
         """``then(pipe)`` queued in a MULTI/EXEC that runs only while the lock is still
         ours (WATCH, GET): renewing or releasing it without a script, which an ACL may
-        refuse (redis-py's ``Lock`` renews and releases by EVALSHA). False if it is not
-        ours (lapsed, or taken since)."""
+        refuse (redis-py's ``Lock`` renews and releases by EVALSHA, the way taken when
+        WATCH is refused instead). False if it is not ours (lapsed, or taken since)."""
         with self.client.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(self.key)
@@ -806,8 +806,14 @@ class HeldLock:
         return True
 
     def _renew(self) -> None:
-        if not self._owned(lambda pipe: pipe.pexpire(self.key, int(self.timeout * 1000))):
-            raise LockNotOwnedError(f"{self.key} is no longer held")
+        try:
+            if not self._owned(lambda pipe: pipe.pexpire(self.key, int(self.timeout * 1000))):
+                raise LockNotOwnedError(f"{self.key} is no longer held")
+        except redis.exceptions.NoPermissionError as refused:  # no WATCH: perhaps a script
+            try:
+                self._lock.reacquire()
+            except redis.ResponseError:  # refused that way too: the first refusal says why
+                raise refused from None
 
     def _keep(self) -> None:
         while not self._done.wait(self.timeout / 3):
@@ -851,9 +857,12 @@ class HeldLock:
         if self._keeper is not None:
             self._keeper.join()
         try:
-            self._owned(lambda pipe: pipe.delete(self.key))
+            try:
+                self._owned(lambda pipe: pipe.delete(self.key))
+            except redis.exceptions.NoPermissionError:  # no WATCH: perhaps a script
+                self._lock.release()
         except redis.RedisError:
-            pass  # Redis gone: nothing of ours left, or it lapses itself
+            pass  # Redis gone, or both refused: nothing of ours left, or it lapses itself
 
 
 def redis_time(client: Client) -> float:

@@ -77,15 +77,20 @@ from shixin_check.loader.background import Background
 from shixin_check.loader.index_redis import Client, ErrorCount, masked_url, refused_write
 from shixin_check.server.hitlog import log_files, replace_file, withdrawn_ids
 
-#: A record once: claimed in the seen-set after it is in the stream, so a command Redis
-#: refuses (an ACL without XADD) leaves no claim behind to make its retry a no-op (a
-#: claim refused after the XADD costs a duplicate, which feedback counts once)
+#: A record once: claimed in the seen-set (SADD) and added to the stream (XADD), or
+#: neither. Each command Redis may refuse (an ACL) is refused before anything stays
+#: written: EXPIRE first (on the set as it is), and a refused XADD takes its claim back,
+#: so a retry neither skips the record for good nor adds it again and again
 _ADD_ONCE = """
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+redis.call('EXPIRE', KEYS[2], 34560000)
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
   return 0
 end
-redis.call('XADD', KEYS[1], '*', 'record', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[1])
+local added = redis.pcall('XADD', KEYS[1], '*', 'record', ARGV[2])
+if type(added) == 'table' and added.err then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  return redis.error_reply(added.err)
+end
 redis.call('EXPIRE', KEYS[2], 34560000)
 return 1
 """

@@ -30,7 +30,7 @@ from shixin_check.loader.index_redis import (
 )
 from shixin_check.loader.publish_redis import publish_snapshot
 from shixin_check.server.hitlog import HitLog
-from shixin_check.server.hitsink import HitForwarder, read_stream
+from shixin_check.server.hitsink import HitForwarder, hits_stream, read_stream
 from tests.conftest import RedisServer
 from tests.listdata import ZHANG
 from tests.test_hit_stream import _hit
@@ -225,3 +225,55 @@ def test_hits_a_user_may_not_add_wait_and_are_forwarded_once_it_may(
     finally:
         log.close()
         forwarding.close()
+
+
+def test_a_lock_taken_by_a_user_without_watch_is_released_by_its_script(
+    redis_server: RedisServer, client: Client
+) -> None:
+    """A server's user with scripting and no WATCH: its garbage collection's lock was
+    left to lapse (10 s), and the next load refused (``another load holds ...``)."""
+    user(client, "server", "-watch")
+    server = connect(url_of(redis_server, "server"), timeout=5)
+    lock = HeldLock(server, RedisKeys(), "gc", timeout=0.6)
+    try:
+        assert lock.acquire()
+        time.sleep(1.0)  # renewed by the script, past its 0.6 s
+        assert client.get(RedisKeys().lock) is not None
+    finally:
+        lock.release()
+        server.close()
+    assert client.get(RedisKeys().lock) is None
+
+
+@pytest.mark.parametrize("taken", ["-sadd", "-expire"])
+def test_hits_a_user_may_not_claim_are_neither_lost_nor_added_again_and_again(
+    redis_server: RedisServer, client: Client, tmp_path: Path, taken: str
+) -> None:
+    """The claim after the XADD: a user without SADD had each waiting hit added to the
+    stream again at every retry (Redis filling up); without EXPIRE, each batch was
+    added, then said refused and 'works again', its seen-set kept for good. Each
+    refusal now leaves nothing written."""
+    user(client, "forwarder", taken)
+    path = tmp_path / "hits.log"
+    log = HitLog(path)
+    forwarding = connect(url_of(redis_server, "forwarder"), timeout=2)
+    forwarder = HitForwarder(forwarding, path)
+    stream = hits_stream("shixin")
+    try:
+        for n in (1, 2):
+            _hit(log, n)
+        for _ in range(3):  # retries
+            with pytest.raises(redis.RedisError):
+                forwarder.forward_once()
+        assert client.xlen(stream) == 0
+        user(client, "forwarder")
+        assert forwarder.forward_once() == 2
+        assert [r["check_id"] for r in read_stream(client)] == ["check-1", "check-2"]
+        assert client.ttl("shixin:hits:seen:" + next(iter(seen_sets(client)))) > 0
+    finally:
+        log.close()
+        forwarding.close()
+
+
+def seen_sets(client: Client) -> list[str]:
+    return [k.decode().rpartition(":")[2] for k in client.scan_iter("shixin:hits:seen:*")]
