@@ -243,6 +243,26 @@ def client_closed() -> CheckError:
     ))  # fmt: skip
 
 
+#: seconds a local answer waits for another holder of the local audit's lock (another
+#: client or process writing the same file) before it goes to the server instead
+LOCAL_AUDIT_LOCK_WAIT = 0.2
+
+
+def _lock_file(fd: int) -> None:
+    """``flock`` the local audit, waiting ``LOCAL_AUDIT_LOCK_WAIT`` at most: a holder
+    paused (a rotation script's ``flock``, a stopped process) must not hold every local
+    answer, nor the asynchronous client's event loop. EWOULDBLOCK past it."""
+    deadline = time.monotonic() + LOCAL_AUDIT_LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.002)
+
+
 #: the reason of ``local_audit_failed``: a check client falls back to the server on it
 LOCAL_AUDIT_UNWRITABLE = "LOCAL_AUDIT_UNWRITABLE"
 
@@ -251,11 +271,15 @@ def local_audit_failed(path: Path, exc: OSError) -> CheckError:
     """What recording a local answer raises when ``path`` cannot be written (a full
     disk): INTERNAL, reason ``LOCAL_AUDIT_UNWRITABLE``; the answer is not handed out."""
     what = errno.errorcode.get(exc.errno or 0, "") or type(exc).__name__
+    todo = "free space there"
+    if isinstance(exc, BlockingIOError):
+        what, todo = "locked", (f"another client or process held its lock over "
+                                f"{LOCAL_AUDIT_LOCK_WAIT:g} s: give each its own file")  # fmt: skip
     return from_info(ErrorDetails(
         grpc.StatusCode.INTERNAL,
         f"the local audit {path} (local_audit_path) cannot be written: {what} "
         f"({exc.strerror or exc}); no local answer is handed out without its record: "
-        "free space there (checks go to the server meanwhile)",
+        f"{todo} (checks go to the server meanwhile)",
         reason=LOCAL_AUDIT_UNWRITABLE,
     ))  # fmt: skip
 
@@ -296,7 +320,7 @@ class LocalAudit:
             try:
                 # another client (or process) may append to the same file: the lock keeps
                 # its records from landing between this one's end and its cut
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                _lock_file(fd)
                 try:
                     end = os.lseek(fd, 0, os.SEEK_END)
                     left = memoryview(lines)

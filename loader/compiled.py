@@ -469,7 +469,7 @@ def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
                 st.st_mtime_ns,
                 # a ctime a write made after the mapping could still share: 0, so the
                 # watch's first look reads the file once its ctime has settled
-                st.st_ctime_ns if st.st_ctime_ns < mapped_at - _tick(st) else 0,
+                0 if 0 <= mapped_at - st.st_ctime_ns <= _tick(st) else st.st_ctime_ns,
                 meta["crc32"][name],
             )
             for name, st in sorted(now.items())
@@ -504,9 +504,11 @@ def changed_under(info: VersionInfo, checked: dict[str, int]) -> str:
             if st.st_size == size:
                 if checked.get(str(path)) == st.st_ctime_ns:
                     continue
-                settled = time.time_ns() - _tick(st)
+                now = time.time_ns()
                 if _crc32(fd) == crc:
-                    if st.st_ctime_ns < settled:
+                    # settled, or ahead of this clock (stepped back since, or an NFS
+                    # server's ahead): never settling, it would be read every second
+                    if not 0 <= now - st.st_ctime_ns <= _tick(st):
                         checked[str(path)] = st.st_ctime_ns
                     continue
                 how = "written in place: its bytes no longer match their checksum"

@@ -586,7 +586,7 @@ def _keep_doing(
             work(found)
         except OSError as exc:
             if not failing:
-                log.error(failed, found.path, exc)
+                log.error(failed, found.path, describe_write_error(exc))
             failing = True
         else:
             if failing and recovered:
@@ -1174,23 +1174,18 @@ class AuditLog(AppendLog):
             #: the head noted last: the one found, when it is where the chain goes on (a
             #: start on a full disk then writes nothing before its first record)
             self._noted: ChainHead | None = None
+            #: ``note_start``'s record while the disk has refused it (``_put_pending_start``)
+            self._pending_start: dict[str, Any] | None = None
+            #: the last failure to note the head, while it fails (health: NOT_SERVING)
+            self.head_failure: OSError | None = None
             if not head_lost:
                 with contextlib.suppress(ValueError, OSError):
                     self._noted = start if read_head(path) == start else None
             if head_lost:
                 self._mark_head_lost(head_lost)
-                self._note_head()
-            else:
-                # a head behind the log's end (a crash, or records written into the last
-                # page of a full disk) is this log's own and no loss: noted again by the
-                # head thread once the disk takes it, the start going on (NOT_SERVING
-                # until a record would go in, ``check_room``)
-                try:
-                    self._note_head()
-                except OSError as exc:
-                    log.error("audit log %s: cannot note its head at start: %s (%s); noted "
-                              "again every %gs", path, describe_write_error(exc),
-                              write_error_advice(exc, path), head_interval)  # fmt: skip
+            # noted before any record of this start (a start on a full disk that cannot
+            # note it fails; one whose head is where the chain goes on writes nothing)
+            self._note_head()
         except BaseException:  # nothing held once the constructor failed
             AppendLog.close(self)
             raise
@@ -1249,9 +1244,18 @@ class AuditLog(AppendLog):
         subject_json = _dumps(subject)
         with self._lock:
             now = self._clock()
+            if self._pending_start is not None:
+                self._put_pending_start(now)
             line = _LINE % (self._seq + 1, self._prev, now, call, subject_json, count, told,
                             latency, extra)  # fmt: skip
             self._put(now, line)
+
+    def append(self, record: Mapping[str, Any], at: float | None = None) -> None:
+        with self._lock:
+            now = self._clock()
+            if self._pending_start is not None:
+                self._put_pending_start(now)
+            self._put(now, self._encode(now if at is None else at, record))
 
     def _encode(self, now: float, record: Mapping[str, Any]) -> bytes:
         chained = {"seq": self._seq + 1, "prev": self._prev.decode(), "time": now, **record}
@@ -1262,11 +1266,19 @@ class AuditLog(AppendLog):
         server runs, so that ``audit verify`` sees a highest-numbered set removed whole
         (``worker_gaps``). A record the disk refuses is left out: the start goes on, and
         the log's failure is said as every write failure is."""
-        try:
-            self.append({"method": "SERVER_START", "worker": worker, "workers": workers,
-                         "pid": os.getpid()})  # fmt: skip
-        except OSError:
-            pass
+        with self._lock:
+            self._pending_start = {"method": "SERVER_START", "worker": worker,
+                                   "workers": workers, "pid": os.getpid()}  # fmt: skip
+            with contextlib.suppress(OSError):  # said as every write failure is
+                self._put_pending_start(self._clock())
+
+    def _put_pending_start(self, now: float) -> None:
+        """With the lock held: the start's record, before any other of this start (a
+        disk that refused it at start: the first record that goes in writes it first)."""
+        pending = self._pending_start
+        if pending is not None:
+            self._put(now, self._encode(now, pending))
+            self._pending_start = None
 
     def _mark_head_lost(self, how: str) -> None:
         """First of this start: the record that says its head was ``how`` ("missing",
@@ -1311,8 +1323,13 @@ class AuditLog(AppendLog):
             with self._lock:
                 head = ChainHead(self._seq, self._prev.decode(), self._file)
             if head != self._noted:
-                write_head(self.path, head, sync=self.fsync != "never")
+                try:
+                    write_head(self.path, head, sync=self.fsync != "never")
+                except OSError as exc:  # health says so: records unanchored meanwhile
+                    self.head_failure = exc
+                    raise
                 self._noted = head
+            self.head_failure = None
 
     def close(self) -> None:
         self._close_file()

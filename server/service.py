@@ -1265,6 +1265,10 @@ def log_problem(*sinks: AppendLog | None) -> str:
         if sink is not None and failure is not None:
             return (f"the {sink.kind} {sink.path} ({sink.flag}) cannot be written: "
                     f"{describe_write_error(failure)}: {write_error_advice(failure, sink.path)}")  # fmt: skip
+        head = getattr(sink, "head_failure", None)
+        if sink is not None and head is not None:  # records go in, unanchored: a cut unseen
+            return (f"the {sink.kind} {sink.path} ({sink.flag}) cannot note its chain head: "
+                    f"{describe_write_error(head)}: {write_error_advice(head, sink.path)}")  # fmt: skip
     return ""
 
 

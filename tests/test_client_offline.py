@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -679,3 +680,26 @@ def test_two_clients_on_one_local_audit_never_cut_each_others_records(tmp_path: 
     found = [json.loads(line)["request_id"] for line in raw.splitlines()]
     assert len(handed_out) > 100  # writes went in, and failed, in turn
     assert sorted(found) == sorted(handed_out)
+
+
+def test_a_local_audit_locked_by_another_holder_sends_the_check_to_the_server(
+    server: Server, tmp_path: Path
+) -> None:
+    """Another process holding the local audit's lock (a rotation script's ``flock``,
+    a paused peer) held every local answer, past the call's timeout, and the async
+    client's whole event loop; the check goes to the server after a short wait now."""
+    path = tmp_path / "local.jsonl"
+    holder = subprocess.Popen(["flock", "-x", str(path), "sleep", "5"])
+    try:
+        time.sleep(0.3)  # the lock taken
+        with CheckClient(server.address, prefilter=True, local_audit_path=path) as client:
+            client.refresh_prefilter()
+            started = time.monotonic()
+            answer = client.check(flight(ZHAO))
+            waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not answer.decided_locally and answer.decision == pb.ALLOW
+    assert waited < 2, waited  # not the holder's 5 s
+    assert path.read_bytes() == b""

@@ -235,7 +235,8 @@ def test_a_running_server_whose_log_folder_is_removed_makes_it_again(tmp_path: P
             return hits.is_file() and audits.is_file() and bool(records(hits))
 
         eventually(goes_on, "the log folder made again by the server", step=0.2)
-        assert health(channel, "") == SERVING
+        # SERVING once the chain head is noted in the folder made again (tried each 0.1 s)
+        eventually(lambda: health(channel, "") == SERVING, "SERVING")
         assert check_listed(channel) is grpc.StatusCode.OK
         second = run_cli("serve", "--list", str(listing), "--listen", "127.0.0.1:0",
                          "--audit-log", str(audits))  # fmt: skip

@@ -8,7 +8,11 @@ with ENOSPC) and lifted again, real gRPC calls and health probes on loopback.
 
 from __future__ import annotations
 
+import errno
+import json
 import resource
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -167,47 +171,92 @@ def test_a_log_the_disk_refuses_at_start_is_not_serving_from_the_start(
     assert code == 0, output.text()
 
 
-def test_an_audit_log_whose_head_is_behind_starts_and_stops_on_a_full_disk(
+def test_an_audit_log_that_cannot_note_its_head_is_not_serving_and_stops_in_one_line(
     tmp_path: Path,
 ) -> None:
-    """A head behind the log's end (a crash between a record and its head) was noted
-    again before anything else at start, so a start on a full disk ended (exit 2,
-    "cannot open it") where one with an exact head went on NOT_SERVING; and a stop that
-    could not note the head ended with a bare ``[Errno 27]``. Both go on now: the head
-    is noted again once the disk takes it. A real file-size limit below any write."""
+    """Records still went in (a full disk's last page) while the chain head could not
+    be noted: health stayed SERVING, and a cut of every record since would verify OK;
+    a stop that could not note it ended with a bare errno. Now health is NOT_SERVING
+    while the head cannot be noted, SERVING again once it is, and the stop says so in
+    one line (exit 0). The head's file made impossible for real: a folder where its
+    temporary file goes."""
     listing = write_jsonl(tmp_path / "list.jsonl", basic_rows())
     target = tmp_path / "logs" / "audit.jsonl"
-    head = target.with_name("audit.jsonl.head")
-    first = ServeProcess("--list", str(listing), "--audit-log", str(target))
-    channel = grpc.insecure_channel(first.target)
-    try:
-        first.wait_serving()
-        assert check_listed(channel) is grpc.StatusCode.OK
-        eventually(lambda: head.exists() and b'"seq":1,' in head.read_bytes(), "head noted")
-        behind = head.read_bytes()
-        assert check_listed(channel) is grpc.StatusCode.OK
-    finally:
-        channel.close()
-        assert first.stop() == 0
-    head.write_bytes(behind)  # as a crash before the head thread's next turn leaves it
-    server = ServeProcess("--list", str(listing), "--audit-log", str(target),
-                          file_size_limit=50)  # fmt: skip
+    blocker = target.with_name("audit.jsonl.head.part")
+    server = ServeProcess("--list", str(listing), "--audit-log", str(target))
     output = Said(server)
     channel = grpc.insecure_channel(server.target)
     try:
-        eventually(lambda: "health: NOT_SERVING" in output.text() or server.proc.poll() is not None,
-                   "started")  # fmt: skip
-        assert server.proc.poll() is None, output.text()
-        assert "cannot note its head at start: EFBIG (File too large)" in output.text()
-        assert health(channel, "") == NOT_SERVING
+        server.wait_serving()
+        blocker.mkdir()
+        assert check_listed(channel) is grpc.StatusCode.OK  # a record goes in; its head not
+        eventually(lambda: health(channel, "") == NOT_SERVING, "NOT_SERVING: head unnoted")
+        eventually(lambda: "cannot note its chain head: EISDIR" in output.text(), "said why")
+        blocker.rmdir()
+        eventually(lambda: health(channel, "") == SERVING, "SERVING once it is noted")
+        assert check_listed(channel) is grpc.StatusCode.OK
+        blocker.mkdir()
     finally:
         channel.close()
         code = server.stop()
     said = output.text()
     assert code == 0, said
-    assert "its chain head is not noted at this stop: EFBIG" in said, said
+    assert "its chain head is not noted at this stop: EISDIR" in said, said
     assert "[Errno" not in said, said
-    assert not target.with_name("audit.jsonl.head.part").exists()
-    assert head.read_bytes() == behind  # never replaced by the part the limit let in
-    verified = run_cli("audit", "verify", str(target))
+    blocker.rmdir()
+    verified = run_cli("audit", "verify", str(target))  # the head behind: no loss
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+_SHORT_HEAD = """
+import resource, sys
+from pathlib import Path
+from shixin_check.server.hitlog import replace_file
+target = Path(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (50, resource.RLIM_INFINITY))
+try:
+    replace_file(target, b"x" * 120)
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+def test_a_head_the_disk_takes_only_in_part_is_never_put_in_place(tmp_path: Path) -> None:
+    """The first 50 bytes of a head went in, the rest was refused: the short file was
+    renamed over the head (unreadable at the next start). A real file-size limit."""
+    target = tmp_path / "audit.jsonl.head"
+    target.write_bytes(b"the old head\n")
+    done = subprocess.run([sys.executable, "-c", _SHORT_HEAD, str(target)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.stdout.strip() == str(errno.EFBIG), done.stdout + done.stderr
+    assert target.read_bytes() == b"the old head\n"
+    assert sorted(tmp_path.iterdir()) == [target]
+
+
+_START_REFUSED = """
+import resource, sys
+from pathlib import Path
+from shixin_check.server.hitlog import AuditLog
+path = Path(sys.argv[1])
+log = AuditLog(path)
+log.record("CheckConsumption", "peer", "110105********0001", "ALLOW", 0.0)
+log.close()
+log = AuditLog(path)  # its head where the chain goes on: nothing written at start
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size, resource.RLIM_INFINITY))
+log.note_start(1, 1)  # refused: a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+log.record("CheckConsumption", "peer", "110105********0002", "DENY", 0.0)
+log.close()
+"""
+
+
+def test_a_start_record_the_disk_refused_goes_in_before_the_next_record(tmp_path: Path) -> None:
+    """A worker started on a full disk dropped its ``SERVER_START`` record for good, so
+    ``audit verify`` no longer saw a higher-numbered worker's set removed whole. It is
+    written before the next record that goes in now. A real file-size limit."""
+    path = tmp_path / "audit.jsonl"
+    done = subprocess.run([sys.executable, "-c", _START_REFUSED, str(path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    methods = [json.loads(line)["method"] for line in path.read_bytes().splitlines()]
+    assert methods == ["CheckConsumption", "SERVER_START", "CheckConsumption"], methods
