@@ -45,15 +45,21 @@ def limit_advice(exc: BaseException) -> str:
     return ""
 
 
+def errno_words(exc: OSError) -> str:
+    """``EFBIG (File too large)``: the errno's name and its text, without a traceback."""
+    number = exc.errno
+    if number is None:
+        return str(exc)
+    return f"{errno.errorcode.get(number, f'errno {number}')} ({os.strerror(number)})"
+
+
 def cannot_write(option: str, path: Path | str, exc: OSError) -> ConfigurationError:
     """A command's output at ``path`` (given by ``option``) that could not be written,
     as one line naming both: ``--out PATH: cannot be written: ENOSPC (No space left on
     device): the disk is full ...`` (the bare error names no file, or a temporary one)."""
-    number = exc.errno or 0
-    name = errno.errorcode.get(number, type(exc).__name__)
     advice = limit_advice(exc)
-    return ConfigurationError(f"{option} {path}: cannot be written: {name} "
-                              f"({exc.strerror or exc}){f': {advice}' if advice else ''}")  # fmt: skip
+    return ConfigurationError(f"{option} {path}: cannot be written: "
+                              f"{errno_words(exc)}{f': {advice}' if advice else ''}")  # fmt: skip
 
 
 def open_files_ratio() -> float | None:

@@ -164,10 +164,13 @@ _TIMESTAMP_TICK_NS = 20_000_000
 _COARSE_TICK_NS = 1_050_000_000
 
 
-def _tick(st: os.stat_result) -> int:
-    """How far back a ctime may be shared by a write made now (``_TIMESTAMP_TICK_NS``,
-    or ``_COARSE_TICK_NS`` where it holds whole seconds)."""
-    return _COARSE_TICK_NS if st.st_ctime_ns % 1_000_000_000 == 0 else _TIMESTAMP_TICK_NS
+def _unsettled(st: os.stat_result, at: int) -> bool:
+    """Whether a write made after ``at`` (ns) could leave ``st``'s ctime as it is: the
+    ctime within a clock tick before it (``_TIMESTAMP_TICK_NS``, or ``_COARSE_TICK_NS``
+    where the file system holds whole seconds). A ctime ahead of ``at`` (a clock stepped
+    back since, an NFS server's ahead) is taken as it is: it would never settle."""
+    tick = _COARSE_TICK_NS if st.st_ctime_ns % 1_000_000_000 == 0 else _TIMESTAMP_TICK_NS
+    return 0 <= at - st.st_ctime_ns <= tick
 
 
 #: what ends meta.json: its own CRC-32, over the JSON before it (closed with ``}``)
@@ -469,7 +472,7 @@ def map_compiled(folder: Path, fingerprint: str) -> tuple[Base, VersionInfo]:
                 st.st_mtime_ns,
                 # a ctime a write made after the mapping could still share: 0, so the
                 # watch's first look reads the file once its ctime has settled
-                0 if 0 <= mapped_at - st.st_ctime_ns <= _tick(st) else st.st_ctime_ns,
+                0 if _unsettled(st, mapped_at) else st.st_ctime_ns,
                 meta["crc32"][name],
             )
             for name, st in sorted(now.items())
@@ -504,11 +507,9 @@ def changed_under(info: VersionInfo, checked: dict[str, int]) -> str:
             if st.st_size == size:
                 if checked.get(str(path)) == st.st_ctime_ns:
                     continue
-                now = time.time_ns()
+                read_at = time.time_ns()
                 if _crc32(fd) == crc:
-                    # settled, or ahead of this clock (stepped back since, or an NFS
-                    # server's ahead): never settling, it would be read every second
-                    if not 0 <= now - st.st_ctime_ns <= _tick(st):
+                    if not _unsettled(st, read_at):
                         checked[str(path)] = st.st_ctime_ns
                     continue
                 how = "written in place: its bytes no longer match their checksum"

@@ -235,12 +235,27 @@ def url_has_password(url: str) -> bool:
     return ":" in userinfo and not userinfo.endswith(":") or bool(_QUERY_PASSWORD.search(url))
 
 
+#: what redis-py puts before an error of a pipeline's command: the command with its
+#: arguments (a subject's key, a record's check id), which no message should carry
+_PIPELINE_PREFIX = re.compile(r"Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+
+
+def redis_words(exc: BaseException | str) -> str:
+    """What Redis said, without the command redis-py quotes before a pipeline's error
+    (``Command # 1 (HGET shixin:v:… <key bytes>) of pipeline caused error: …``)."""
+    text = str(exc)
+    if _PIPELINE_PREFIX.match(text) is not None:
+        # the last "caused error": the quoted command is the client's text, the error Redis's
+        text = text.rpartition(" of pipeline caused error: ")[2]
+    return text
+
+
 def denied_problem(url: str, exc: redis.RedisError) -> str:
     """Why Redis at ``url`` (masked) refuses this server: its password (rotated?), or a
     right its user lacks (an ACL)."""
-    why = str(exc).rpartition(" of pipeline caused error: ")[2]  # not the command quoted
+    why = redis_words(exc)
     if isinstance(exc, redis.AuthenticationError):
-        return (f"Redis at {url} refuses this server's password or user ({exc}): what is "
+        return (f"Redis at {url} refuses this server's password or user ({why}): what is "
                 f"loaded into it is not followed here; give this server the password Redis "
                 f"now takes ({PASSWORD_ENV}, or the URL) and restart it (rotate with two "
                 "passwords on the Redis user while servers move to the new one)")  # fmt: skip
@@ -1095,7 +1110,7 @@ class RedisView:
             *values, exists = pipe.execute()
         except redis.RedisError as exc:
             self._errors.count += 1
-            said = str(exc).rpartition(" of pipeline caused error: ")[2]  # not the keys asked
+            said = redis_words(exc)  # not the keys asked
             if isinstance(exc, redis.exceptions.NoPermissionError):  # not passing: health says so
                 guard.refused = said
             raise IndexUnavailable(f"redis: {said}") from exc
@@ -1546,15 +1561,13 @@ class RedisFollower(Background):
         """A look-up refused for a right (``ReadGuard.refused``): the same read once more,
         by the follower; the mark goes once Redis takes it."""
         version = self._view.version if self._view is not None else current
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hget(self.keys.subjects(version, 0), bytes(16))
-        pipe.exists(self.keys.meta(version))
-        try:
-            pipe.execute()
-        except redis.exceptions.NoPermissionError:
-            return
-        except redis.RedisError:
-            return  # another trouble: the round says it
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hget(self.keys.subjects(version, 0), bytes(16))
+            pipe.exists(self.keys.meta(version))
+            try:
+                pipe.execute()
+            except redis.RedisError:
+                return  # still refused (or another trouble, which the round says)
         self.guard.refused = ""
 
     def _read_link(self, info: dict[str, Any]) -> None:

@@ -142,7 +142,7 @@ import orjson
 from shixin_check.domain.decision import MatchOutcome, Query, Verdict
 from shixin_check.domain.model import china_day
 from shixin_check.domain.rules import describe_purchase
-from shixin_check.domain.system import limit_advice, make_folders, owned_here
+from shixin_check.domain.system import errno_words, limit_advice, make_folders, owned_here
 
 FsyncMode = Literal["never", "always", "interval"]
 FSYNC_MODES: tuple[str, ...] = get_args(FsyncMode)
@@ -531,12 +531,9 @@ def open_for_writing(path: Path, flags: int) -> int:
 
 def describe_write_error(exc: OSError) -> str:
     """``EFBIG (File too large)``: the errno's name and its text, without a traceback."""
-    number = exc.errno
-    if number is None:
-        return str(exc)
-    if isinstance(exc, ForeignFile):  # its own words: ELOOP's would mislead
+    if isinstance(exc, ForeignFile) and exc.errno is not None:  # its own words: ELOOP's mislead
         return str(exc.strerror)
-    return f"{errno.errorcode.get(number, f'errno {number}')} ({os.strerror(number)})"
+    return errno_words(exc)
 
 
 def write_error_advice(exc: OSError, path: Path) -> str:
@@ -1264,8 +1261,8 @@ class AuditLog(AppendLog):
     def note_start(self, worker: int, workers: int) -> None:
         """Worker ``worker``'s first record at each of its starts: how many workers its
         server runs, so that ``audit verify`` sees a highest-numbered set removed whole
-        (``worker_gaps``). A record the disk refuses is left out: the start goes on, and
-        the log's failure is said as every write failure is."""
+        (``worker_gaps``). A record the disk refuses does not stop the start (the log's
+        failure is said as every write failure is): it goes in before the next record."""
         with self._lock:
             self._pending_start = {"method": "SERVER_START", "worker": worker,
                                    "workers": workers, "pid": os.getpid()}  # fmt: skip

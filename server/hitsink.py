@@ -74,7 +74,13 @@ from redis.sentinel import SentinelConnectionPool
 
 from shixin_check.domain.model import china_day
 from shixin_check.loader.background import Background
-from shixin_check.loader.index_redis import Client, ErrorCount, masked_url, refused_write
+from shixin_check.loader.index_redis import (
+    Client,
+    ErrorCount,
+    masked_url,
+    redis_words,
+    refused_write,
+)
 from shixin_check.server.hitlog import log_files, replace_file, withdrawn_ids
 
 #: A record once: claimed in the seen-set (SADD) and added to the stream (XADD), or
@@ -103,9 +109,6 @@ _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
 #: own backoff (2 s), with room to spare; re-sending is cheap (a claim each, refused).
 REWIND_S = 30.0
 MASTER_CHANGED = "the Redis master changed"
-#: what redis-py puts before an error of a pipeline's command: the command with its
-#: arguments (a record's check id, its fields), which no log line should carry
-_PIPELINE_PREFIX = re.compile(r"Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
 
 
 def hits_stream(prefix: str) -> str:
@@ -134,14 +137,10 @@ def _claim(record: Any, line: bytes) -> str:
 
 
 def error_text(exc: BaseException | str) -> str:
-    """What Redis said, without the command redis-py quotes before a pipeline's error
-    (``Command # 1 (EVALSHA … <check id> {…}) of pipeline caused error: …``), and
-    without the reprs of its client objects in a ``No master found`` (``master_words``)."""
-    text = str(exc)
-    if _PIPELINE_PREFIX.match(text) is not None:
-        # the last "caused error": the quoted command is the client's text, the error Redis's
-        text = text.rpartition(" of pipeline caused error: ")[2]
-    return master_words(text)
+    """What Redis said (``redis_words``: without the command redis-py quotes before a
+    pipeline's error, ``EVALSHA … <check id> {…}``), and without the reprs of its client
+    objects in a ``No master found`` (``master_words``)."""
+    return master_words(redis_words(exc))
 
 
 _NO_MASTER = re.compile(r"No master found for '(?P<service>[^']*)'")
