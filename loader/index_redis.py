@@ -219,20 +219,31 @@ class SentinelURL:
         )
 
 
-#: a password given as a query parameter of a Redis URL (redis-py reads ``password``)
-_QUERY_PASSWORD = re.compile(r"([?&](?:password|sentinel_password)=)[^&#]*", re.IGNORECASE)
+#: a query parameter of a URL: its separator and name, then its value
+_QUERY_PARAMETER = re.compile(r"([?&][^=&#]*=)([^&#]*)")
+#: the query parameters of a Redis URL that hold a password (redis-py reads the name
+#: %-decoded, as ``urllib.parse.parse_qs`` does: ``pass%77ord`` is ``password``)
+_PASSWORD_PARAMETERS = frozenset({"password", "sentinel_password"})
+
+
+def _password_parameter(named: str) -> bool:
+    """Whether ``named`` (``?name=`` or ``&name=``) names a password parameter."""
+    return urllib.parse.unquote_plus(named[1:-1]).lower() in _PASSWORD_PARAMETERS
 
 
 def masked_url(url: str) -> str:
     """``url`` fit for a message or a log: whatever precedes an ``@`` may be a password,
-    and so is a ``password=`` query parameter."""
-    return _QUERY_PASSWORD.sub(r"\1***", re.sub(r"//[^/]*@", "//***@", url))
+    and so is a ``password=`` query parameter, however its name is %-encoded."""
+    url = re.sub(r"//[^/]*@", "//***@", url)
+    return _QUERY_PARAMETER.sub(lambda m: m[1] + "***" if _password_parameter(m[1]) else m[0], url)
 
 
 def url_has_password(url: str) -> bool:
     """Whether ``url`` carries a password: in its user part, or as a query parameter."""
     userinfo = url.split("//", 1)[-1].split("/", 1)[0].rpartition("@")[0]
-    return ":" in userinfo and not userinfo.endswith(":") or bool(_QUERY_PASSWORD.search(url))
+    if ":" in userinfo and not userinfo.endswith(":"):
+        return True
+    return any(_password_parameter(m[1]) for m in _QUERY_PARAMETER.finditer(url))
 
 
 #: what redis-py puts before an error of a pipeline's command: the command with its

@@ -153,6 +153,11 @@ def test_a_password_given_as_a_query_parameter_is_masked() -> None:
     assert "s3cret" not in shown
     assert shown == "redis://127.0.0.1:6390/0?username=qp&password=***&db=1"
     assert masked_url("redis://u:p@h:1/0") == "redis://***@h:1/0"
+    # redis-py reads a parameter's name %-decoded: pass%77ord is a password too
+    encoded = "redis://h:1/0?pass%77ord=s3cret&sentinel%5Fpassword=s3cret2&db=1"
+    assert redis.connection.parse_url(encoded)["password"] == "s3cret"
+    assert masked_url(encoded) == "redis://h:1/0?pass%77ord=***&sentinel%5Fpassword=***&db=1"
+    assert url_has_password(encoded)
     # and warned of on the command line, as a USER:PASSWORD@ one is
     assert url_has_password("redis://h:1/0?password=s3cret")
     assert url_has_password("redis://u:p@h:1/0")
