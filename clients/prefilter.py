@@ -82,6 +82,7 @@ import math
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -284,6 +285,14 @@ def local_audit_failed(path: Path, exc: OSError) -> CheckError:
     ))  # fmt: skip
 
 
+def _not_a_file(path: Path) -> ValueError:
+    return ValueError(
+        f"local_audit_path {path} is a FIFO: the local audit is a file the gateway appends "
+        "each local answer to before handing it out (a pipe would hold up every check "
+        "while nothing reads it), to ship to the operator"
+    )
+
+
 class LocalAudit:
     """The local answers, one JSON object a line, for the gateway to ship to the operator.
 
@@ -301,10 +310,20 @@ class LocalAudit:
         self.path = Path(path)
         self._lock = threading.Lock()
         # made for the gateway's user and group alone, whatever the umask: the records
-        # say who was checked where (as the server's logs are made)
-        self._fd: int | None = os.open(
-            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
-        )
+        # say who was checked where (as the server's logs are made); opened without
+        # waiting, so that a FIFO with no reader is refused, not waited on for good
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(self.path, flags, 0o640)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a FIFO nothing reads (the open would wait for one)
+                raise _not_a_file(self.path) from None
+            raise
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):  # a reader's pipe: its writes would wait on it
+            os.close(fd)
+            raise _not_a_file(self.path)
+        os.set_blocking(fd, True)  # writes to the file wait for the disk, as any write
+        self._fd: int | None = fd
         self._failing = False  # said once when writes start failing, once when they work
 
     def write(self, records: Sequence[dict[str, Any]]) -> None:

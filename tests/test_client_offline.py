@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -546,6 +547,37 @@ def test_a_refresh_the_server_refuses_drops_the_filter_at_once(
 def test_prefilter_needs_a_local_audit_path(server: Server) -> None:
     with pytest.raises(ValueError, match="local_audit_path"):
         CheckClient(server.address, prefilter=True)
+
+
+def test_a_fifo_as_local_audit_is_refused_not_waited_on(server: Server, tmp_path: Path) -> None:
+    """A FIFO nothing reads made the client's constructor wait for a reader for good (a
+    gateway hung at start); one something reads would hold up each check on the reader."""
+    fifo = tmp_path / "local-audit.fifo"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def make() -> None:
+        try:
+            CheckClient(server.address, prefilter=True, local_audit_path=fifo).close()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    maker = threading.Thread(target=make, daemon=True)
+    maker.start()
+    maker.join(5)
+    if maker.is_alive():  # let the old code's open go, then fail
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        maker.join(5)
+        pytest.fail("the constructor waited for a reader of the FIFO")
+    assert isinstance(outcome[0], ValueError), outcome
+    assert f"local_audit_path {fifo} is a FIFO" in str(outcome[0])
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # and with a reader too
+    try:
+        with pytest.raises(ValueError, match="is a FIFO"):
+            CheckClient(server.address, prefilter=True, local_audit_path=fifo)
+    finally:
+        os.close(reader)
 
 
 # --- the asynchronous client --------------------------------------------------------
