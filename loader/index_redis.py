@@ -261,6 +261,10 @@ def redis_words(exc: BaseException | str) -> str:
     return text
 
 
+#: Redis refusing this server (an ACL, a password it no longer takes): not a blip
+_DENIALS = (redis.exceptions.NoPermissionError, redis.AuthenticationError)
+
+
 def denied_problem(url: str, exc: redis.RedisError) -> str:
     """Why Redis at ``url`` (masked) refuses this server: its password (rotated?), or a
     right its user lacks (an ACL)."""
@@ -1380,7 +1384,7 @@ class RedisFollower(Background):
                 self.reachable = False
                 self.guard.unreachable = problem
                 self._stop.wait(1.0)
-            except (redis.exceptions.NoPermissionError, redis.AuthenticationError) as exc:
+            except _DENIALS as exc:
                 # Redis is there and refuses this server: not an outage that passes (a
                 # load through another user or password goes on, unseen here), so health
                 # says so, and it is logged once, not at each round
@@ -1422,7 +1426,8 @@ class RedisFollower(Background):
             if self._view is None and isinstance(exc, (redis.RedisError, ConfigurationError)):
                 # nothing in hand to answer from: health is NOT_SERVING, and status says why
                 # (Redis unreachable, a wrong or missing password, another key secret)
-                self._problem = f"no version loaded from Redis yet: {exc}"
+                why = denied_problem(self.url, exc) if isinstance(exc, _DENIALS) else exc
+                self._problem = f"no version loaded from Redis yet: {why}"
             self._behind_since = self._behind_since or started
             raise
         view = self._view

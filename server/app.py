@@ -80,7 +80,8 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
-from redis import RedisError
+from redis import AuthenticationError, RedisError
+from redis.exceptions import NoPermissionError
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.domain.certificates import (
@@ -588,6 +589,8 @@ class Service:
         if self.redis is not None:
             try:
                 self.redis.sync_once()
+            except (NoPermissionError, AuthenticationError):
+                pass  # a refusal, not a blip: the follower's first round says it in full
             except (RedisError, ConfigurationError) as exc:
                 log.error("redis: %s (retrying in the background)", error_text(exc))
             self.redis.start()

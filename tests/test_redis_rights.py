@@ -31,8 +31,9 @@ from shixin_check.loader.index_redis import (
 from shixin_check.loader.publish_redis import publish_snapshot
 from shixin_check.server.hitlog import HitLog
 from shixin_check.server.hitsink import HitForwarder, hits_stream, read_stream
-from tests.conftest import RedisServer
+from tests.conftest import SECRET, RedisServer
 from tests.listdata import ZHANG
+from tests.processes import ServeProcess
 from tests.test_hit_stream import _hit
 from tests.test_redis_failures import key_of
 from tests.test_redis_loaded_again import snapshot
@@ -83,6 +84,35 @@ def test_a_replica_refused_a_command_it_needs_is_not_serving_and_says_so_once(
         assert ("denied-over", "") in said
     finally:
         replica.stop()
+
+
+@pytest.mark.parametrize("refusal", ["command", "password"])
+def test_a_server_refused_at_start_says_so_in_one_line_before_health(
+    redis_server: RedisServer, client: Client, keyer: SubjectKeyer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, refusal: str,
+) -> None:  # fmt: skip
+    """One refusal at a server's start was three ERROR lines: the start's own round
+    ("this user has no permissions ... (retrying in the background)"), the follower's
+    full line, then health's."""
+    publish_snapshot(client, snapshot(tmp_path, "s1.jsonl"), keyer)
+    user(client, "follower", "-xread")
+    monkeypatch.setenv("SHIXIN_KEY_SECRET", SECRET.decode())
+    url = url_of(redis_server, "follower", "pw-1" if refusal == "command" else "pw-0")
+    server = ServeProcess("--redis", url, log=tmp_path / "serve.log")
+    try:
+        eventually(lambda: "health: NOT_SERVING" in server.output(), "health's line")
+        eventually(lambda: " ERROR redis: " in server.output(), "the refusal's line")
+        time.sleep(1.5)  # the next rounds say nothing more
+        errors = [line for line in server.output().splitlines() if " ERROR " in line]
+        assert len(errors) == 2, errors
+        said = "a command it needs" if refusal == "command" else "password or user"
+        refused = f"Redis at redis://***@127.0.0.1:{redis_server.port}/0 refuses this server"
+        (health_line,) = [line for line in errors if " ERROR health: NOT_SERVING: " in line]
+        (redis_line,) = [line for line in errors if " ERROR redis: " in line]
+        for line in (health_line, redis_line):  # each names what refuses, and what
+            assert refused in line and said in line, line
+    finally:
+        server.stop()
 
 
 def test_a_replica_whose_password_redis_no_longer_takes_is_not_serving(
