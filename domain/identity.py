@@ -24,6 +24,7 @@ import calendar
 import datetime as _dt
 import re
 import unicodedata
+from collections.abc import Iterator
 from enum import IntEnum
 
 from shixin_check.domain.errors import InvalidInput
@@ -183,6 +184,10 @@ def normalize_resident_id(raw: str, field: str = "id_number") -> str:
             refuse_controls(raw, field)  # named, not counted as a wrong length
             raise InvalidInput(field, _not_resident(number))
     if number[:2] not in _PROVINCES:
+        if number[0] == "9" and number[17] == resident_id_check_char(number[:17]):
+            raise InvalidInput(field, f"has no valid region code ({number[:2]}...): a foreign "
+                               "permanent resident ID card's number? set id_type "
+                               "FOREIGN_PERMANENT_RESIDENT")  # fmt: skip
         raise InvalidInput(field, _or_uscc(number, f"has no valid region code ({number[:2]}...)"))
     if number[6:14] not in _BIRTH_DATES:
         raise InvalidInput(
@@ -211,6 +216,9 @@ def _not_resident(number: str) -> str:
              f"or 15 digits, got {len(number)} characters")  # fmt: skip
     if len(number) == 18 and reads_as_uscc(number):
         return f"{shape}, a unified social credit code: an organisation's, send organization.uscc"
+    slip = resident_id_slip(number)
+    if slip:  # a letter O for a zero is no passport: setting id_type would answer for it
+        return f"{shape}: reads as a resident ID with {slip}: check the number"
     if not number[:17].isdigit() and any(c.isalpha() for c in number):
         return f"{shape} with letters: a passport or permit number? set id_type"
     return shape
@@ -296,6 +304,81 @@ def misread_resident_id(number: str) -> bool:
         _CANONICAL_ID.match(number) is not None
         and number[:2] in _PROVINCES
         and number[6:14] in _BIRTH_DATES
+        and number[17] != resident_id_check_char(number[:17])
+    )
+
+
+_DIGITS = "0123456789"
+
+
+def _old_card(number: str) -> bool:
+    """A first-generation card's 15 digits whose region code and birth date are possible."""
+    return (
+        _DIGITS15.match(number) is not None
+        and number[:2] in _PROVINCES
+        and "19" + number[6:12] in _BIRTH_DATES
+    )
+
+
+def _edits(number: str) -> Iterator[str]:
+    """The numbers one keying slip away from ``number`` (15 to 19 characters): each
+    character replaced by a digit (X too as an 18th; of 15, only a character that is
+    no digit), and for 17 or 19 characters one inserted or dropped. A resident ID's check character catches any one such
+    slip, so ``resident_id_slip`` may try them all."""
+    length = len(number)
+    if length in (15, 18):
+        odd = [i for i, c in enumerate(number) if c not in _DIGITS and not (i == 17 and c == "X")]
+        if len(odd) > 1 or length == 15 and not odd:  # two slips; or 15 digits, which hold
+            return  # no check character: one in six would be one digit from a possible card
+        for i in odd or range(length):
+            for c in _DIGITS + ("X" if i == 17 else ""):
+                if c != number[i]:
+                    yield number[:i] + c + number[i + 1 :]
+    elif length == 17:
+        for i in range(18):
+            for c in _DIGITS + ("X" if i == 17 else ""):
+                yield number[:i] + c + number[i:]
+    elif length == 19:
+        for i in range(19):
+            yield number[:i] + number[i + 1 :]
+
+
+def resident_id_slip(number: str) -> str:
+    """What keying slip makes ``number`` (normalised; sent under a document type, and
+    no resident ID or USCC as it is) a resident ID: "" for none. A character wrong
+    (a letter O for a zero, an impossible birth date, a bad check character), one
+    left out or one too many: a check refuses such a number under a document type,
+    as it is refused sent as RESIDENT_ID, where taking the type at its word would
+    answer for a document nobody holds (ALLOW). Real documents are not refused:
+    passports and permits are shorter (Chinese ones 8 to 11 characters), and a
+    foreign permanent resident card's 18 characters carry a good check character,
+    which no one slip keeps. 15 to 19 characters cost the tries; others one ``len``."""
+    length = len(number)
+    if not 15 <= length <= 19 or length == 16:
+        return ""
+    if (
+        length == 18
+        and _CANONICAL_ID.match(number)
+        and number[17] == resident_id_check_char(number[:17])
+    ):  # a good check character (a foreign permanent resident card's): no one slip keeps it
+        return ""
+    for edit in _edits(number):
+        if _old_card(edit) if len(edit) == 15 else reads_as_resident_id(edit):
+            if length == 17:
+                return "one character left out"
+            if length == 19:
+                return "one character too many"
+            return "one character wrong"
+    return ""
+
+
+def foreign_card_misread(number: str) -> bool:
+    """True for the form of a foreign permanent resident ID card since 2023 (18
+    characters, 9 first, 17 digits and a digit or X) with a wrong GB 11643 check
+    character: the card mistyped, a document nobody holds."""
+    return (
+        _CANONICAL_ID.match(number) is not None
+        and number[0] == "9"
         and number[17] != resident_id_check_char(number[:17])
     )
 

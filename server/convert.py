@@ -28,6 +28,7 @@ from shixin_check.domain.decision import (
 from shixin_check.domain.errors import InvalidInput
 from shixin_check.domain.identity import (
     IdType,
+    foreign_card_misread,
     misread_resident_id,
     normalize_person_id,
     normalize_resident_id,
@@ -37,6 +38,7 @@ from shixin_check.domain.identity import (
     reads_as_resident_id,
     refuse_controls,
     resident_id_is_uscc,
+    resident_id_slip,
 )
 from shixin_check.domain.keys import IdentityKeyer
 from shixin_check.domain.model import NO_END, day_iso
@@ -313,6 +315,26 @@ def _person_as_organisation(refused: InvalidInput, raw: str) -> InvalidInput:
     )
 
 
+def _refuse_misread(id_type: IdType, number: str) -> None:
+    """``InvalidInput`` for a number (15 to 19 characters, no resident ID or USCC as it
+    is) sent under ``id_type`` that is a resident ID with a keying slip, or a foreign
+    permanent resident card with a bad check character: refused as RESIDENT_ID, so a
+    document type must not make either an ALLOW (``resident_id_slip``)."""
+    field = "subject.person.id_number"
+    if id_type is IdType.FOREIGN_PERMANENT_RESIDENT and foreign_card_misread(number):
+        raise InvalidInput(field, "reads as a foreign permanent resident ID card (18 characters "
+                           "beginning with 9) with a bad check character (GB 11643): check "
+                           "the number")  # fmt: skip
+    if len(number) == 18 and misread_resident_id(number):
+        raise InvalidInput(field, "reads as a resident ID (region code, birth date) with a bad "
+                           "check character (GB 11643): check the number; send a resident "
+                           "ID with id_type RESIDENT_ID")  # fmt: skip
+    slip = resident_id_slip(number)
+    if slip:
+        raise InvalidInput(field, f"reads as a resident ID with {slip}: check the number; "
+                           "send a resident ID with id_type RESIDENT_ID")  # fmt: skip
+
+
 def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
     """A validated domain query, or ``InvalidInput`` naming the field.
 
@@ -362,14 +384,8 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
             readings = other_readings(id_type, number)
             for kind, reading in readings:
                 also += (keyer.subject_key(kind, reading),)
-            if not readings and len(number) == 18 and misread_resident_id(number):
-                # refused as RESIDENT_ID: a document type must not make it an ALLOW
-                raise InvalidInput(
-                    "subject.person.id_number",
-                    "reads as a resident ID (region code, birth date) with a bad check "
-                    "character (GB 11643): check the number; send a resident ID with "
-                    "id_type RESIDENT_ID",
-                )
+            if not readings and 15 <= len(number) <= 19:
+                _refuse_misread(id_type, number)
             # and under every other document type: the same letters and digits, normalised
             # alike, are that document mistyped (a passport sent as a permit), never a
             # reason for ALLOW: a clerk's choice of type must not let a listed person by

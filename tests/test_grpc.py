@@ -596,10 +596,53 @@ DOCUMENTS = [
     ("HK_MACAO_PERMIT", "H12345678"),
     ("HK_MACAO_PERMIT", "M1234567801"),
     ("TAIWAN_PERMIT", "12345678"),
-    # 18 digits that are no resident ID's: no region code 99, no 13th month
+    # 18 digits that are no resident ID's, nor one slip from one: no region code 99, no
+    # 13th month with no 32nd day
     ("PASSPORT", "990105198001010011"),
-    ("PASSPORT", "110105198013010011"),
+    ("PASSPORT", "110105198013320011"),
 ]  # fmt: skip
+
+
+def slips(number: str) -> dict[str, str]:
+    """A resident ID as a clerk may mistype it, each slip by its name."""
+    return {
+        "a letter O for a zero": number[:9] + "O" + number[10:],
+        "a letter l for a one": number[:1] + "l" + number[2:],
+        "an impossible birth date": number[:10] + "3" + number[11:],  # the 31st month
+        "a region code that is none": "0" + number[1:],
+        "its check character left out": number[:17],
+        "one character too many": number[:17] + "1" + number[17:],
+    }
+
+
+def test_a_resident_id_with_one_slip_is_refused_under_every_document_type(
+    server: RunningServer,
+) -> None:
+    """Refused sent as RESIDENT_ID, a listed person's number with one slip was ALLOW
+    NOT_LISTED under a document type, and for a letter O the refusal advised just that
+    ('a passport or permit number? set id_type'). The resident ID's check character
+    shows one slip whatever it is: refused under every type, saying what it reads as."""
+    stub = server.stub()
+    for slip, number in slips(ZHANG).items():
+        for id_type in ("RESIDENT_ID", *DOCUMENT_TYPES):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.CheckConsumption(rail(number, "张伟", id_type=id_type))
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, (slip, id_type)
+            details = refused.value.details()
+            assert details.startswith("subject.person.id_number: "), details
+            assert "set id_type" not in details, (slip, details)  # no advice that lets it by
+            if id_type != "RESIDENT_ID":
+                assert "reads as a resident ID with one character" in details, (slip, details)
+    # the foreign permanent resident card holds the same check character
+    card = foreign_permanent_resident_card("11", "840", "19800101", "002")
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.CheckConsumption(rail(near(card), "JOHN SMITH", id_type="FOREIGN_PERMANENT_RESIDENT"))
+    assert "foreign permanent resident ID card" in refused.value.details()
+    assert "bad check character" in refused.value.details()
+    card = foreign_permanent_resident_card("31", "826", "19751231", "017")  # 93: no region
+    with pytest.raises(grpc.RpcError) as refused:  # and sent as a resident ID, says so
+        stub.CheckConsumption(rail(card, "JOHN SMITH", id_type="RESIDENT_ID"))
+    assert "set id_type FOREIGN_PERMANENT_RESIDENT" in refused.value.details()
 
 
 def test_a_resident_id_with_a_bad_check_character_is_refused_under_every_document_type(
