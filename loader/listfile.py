@@ -572,7 +572,7 @@ def today() -> int:
 
 #: Days a ``published_on`` may lie after today in China before the row is refused: a
 #: feed stamped just after midnight, read on a host whose clock is behind, is no error
-#: (and a refused file is not tried again when the date catches up)
+#: (a list folder's file refused for it is read again when the day changes)
 PUBLISHED_AHEAD_DAYS = 1
 
 

@@ -105,6 +105,7 @@ from shixin_check.loader.listfile import (
     read_delta,
     row_of,
     sniff_kind,
+    today,
 )
 
 Progress = Callable[[int], None]
@@ -1520,6 +1521,7 @@ class DirectoryFollower(Background):
         # once, and again when it changes or clears; the list is behind meanwhile
         self._folder_problem: str | None = None
         self._empty_since: float | None = None  # monotonic: since when it holds no snapshot
+        self._day = today()  # China's: a file refused for a date ahead is judged again after it
 
     def initial_load(self) -> None:
         """Serve the newest snapshot that validates, with its deltas, now.
@@ -1727,6 +1729,11 @@ class DirectoryFollower(Background):
         changed |= self._note_unread(unread)
         for gone in [p for p in self._pending if p not in present]:
             del self._pending[gone]
+        day = today()
+        if day != self._day:  # a refusal may have been for a date still ahead then
+            self._day = day
+            for path in self._refused:
+                self._seen.pop(path, None)  # taken again as it is, once it has settled
         now = time.monotonic()
         settled: list[tuple[Path, _Stamp]] = []
         for path in files:

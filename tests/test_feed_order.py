@@ -23,6 +23,7 @@ hand where the order of events matters), real servers on 127.0.0.1 (the
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import threading
 import time
@@ -850,3 +851,31 @@ def test_a_delta_being_rewritten_is_not_read_until_it_settles(
     follower.poll_once()
     assert _source_is(index, "snapshot-0002.jsonl")
     assert index.refused is None  # not behind: nothing was refused
+
+
+def test_a_delta_refused_for_a_date_still_ahead_goes_in_once_that_day_comes(
+    tmp_path: Path, keyer: SubjectKeyer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delta listing someone published two days ahead of this host's day (a clock
+    behind at midnight) is refused; it was never judged again, so when its day came the
+    person stayed unlisted and the deltas after it waited for good. The follower judges
+    its refused files again when China's day changes (the wall clock moved here as
+    libfaketime or NTP moves it; the follower's polls run by hand)."""
+    write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0), *basic_rows()])
+    feed = Feed(tmp_path, keyer).start()
+    x = rid("11010519900101002")
+    wall = time.time
+    day = 86400.0
+    ahead = china_day(wall()) + 2
+    published_on = _dt.date.fromordinal(_dt.date(1970, 1, 1).toordinal() + ahead).isoformat()
+    feed.write("delta-0001.jsonl", [
+        delta(1, "LIST", entry=person_entry("E-X", x, "牛犇", published_on=published_on)),
+    ])  # fmt: skip
+    assert feed.behind is not None and "is after today" in feed.behind[1], feed.behind
+    feed.write("delta-0002.jsonl", [delta(2, "SUSPEND", entry_id="E1")])
+    assert feed.decision(x) is Decision.ALLOW and feed.view().info.last_delta_seq == 0
+    monkeypatch.setattr(time, "time", lambda: wall() + day)  # the next day in China
+    feed.poll()
+    assert feed.behind is None, feed.behind
+    assert feed.view().info.last_delta_seq == 2  # and the one after it, waiting, went in
+    assert feed.decision(x) is Decision.DENY
