@@ -105,10 +105,23 @@ def parse_instant(value: Any, field: str) -> float:
     return at
 
 
-def feed_time(at: float) -> float:
+def feed_time(at: float, written: float | None = None) -> float:
     """A ``published_at`` as the list's age is measured from it: at most
-    ``FUTURE_TOLERANCE_S`` ahead of this machine's clock now."""
-    return min(at, time.time() + FUTURE_TOLERANCE_S)
+    ``FUTURE_TOLERANCE_S`` after ``written`` (the time its file was written, its
+    mtime), and never more than that ahead of this machine's clock now. Measured
+    from the file, a restart or a worker started later takes the same time from the
+    same file: measured from now, each took a later one, and a list dated ahead read
+    fresh again at every restart."""
+    now = time.time()
+    return min(at, min(now if written is None else written, now) + FUTURE_TOLERANCE_S)
+
+
+def written_at(path: Path) -> float | None:
+    """``path``'s mtime (``feed_time``'s ``written``); None where it cannot be read."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 #: [monotonic time of the last line, times ahead seen since it]

@@ -46,7 +46,15 @@ from shixin_check.domain.model import (
     day_iso,
     day_number,
 )
-from shixin_check.loader.feed import HEADER_KEY, MAX_SEQ, is_header, parse_instant, strip_bom
+from shixin_check.loader.feed import (
+    HEADER_KEY,
+    MAX_SEQ,
+    feed_time,
+    is_header,
+    parse_instant,
+    strip_bom,
+    written_at,
+)
 
 
 class FileKind(Enum):
@@ -860,4 +868,10 @@ def read_delta(path: Path) -> tuple[list[DeltaOp], list[RowError]]:
         seen[op.seq] = line_no
         ops.append(replace(op, line=line_no))
     ops.sort(key=lambda o: o.seq)
+    written = written_at(path)
+    for i, op in enumerate(ops):  # as the file's time holds them, wherever it is read again
+        if op.published_at is not None and (at := feed_time(op.published_at, written)) != (
+            op.published_at
+        ):
+            ops[i] = replace(op, published_at=at)
     return ops, errors

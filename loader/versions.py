@@ -76,6 +76,7 @@ from shixin_check.loader.feed import (
     pending,
     read_header,
     sidecar_of,
+    written_at,
 )
 from shixin_check.loader.index_memory import (
     BaseParts,
@@ -301,7 +302,9 @@ def build_snapshot(
         int(np.frombuffer(cast(Any, base.e_listed), dtype=np.int32).max()) if base.entries else 0
     )
     published = header.published_at
-    source_time = feed_time(published) if published is not None else source_time_of(newest)
+    source_time = (
+        feed_time(published, written_at(path)) if published is not None else source_time_of(newest)
+    )
     label = version or _version_label(path)
     return view_of_base(base, str(path), source_time, label, header.includes_seq)
 

@@ -322,6 +322,28 @@ def test_published_at_past_the_hour_ahead_is_loaded_and_said_in_hours_and_minute
     assert deltas.stderr.count(said) == 1, deltas.stderr  # once a minute, not once a row
 
 
+def test_a_feed_time_ahead_is_capped_from_its_files_time_at_every_reading(
+    tmp_path: Path, keyer: SubjectKeyer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A published_at days ahead was capped at an hour past *now* at each reading: a
+    restart, or a worker started later, read the same files as fresh again (the list
+    never went stale on servers restarted within --max-list-age), and two workers
+    disagreed. Capped an hour past the file's own time, every reading agrees."""
+    at = (_dt.datetime.now(CHINA_TZ) + _dt.timedelta(days=9)).isoformat(timespec="seconds")
+    snapshot = write_jsonl(tmp_path / "snapshot-0001.jsonl", [header(0, at), *basic_rows()])
+    row = {**delta(1, "DELIST", entry_id="E1"), "published_at": at}
+    deltas = write_jsonl(tmp_path / "delta-0001.jsonl", [row])
+    written = snapshot.stat().st_mtime
+    first = build_snapshot(snapshot, keyer).info.source_timestamp
+    (op,), _ = listfile.read_delta(deltas)
+    assert first == pytest.approx(written + 3600, abs=1)
+    assert op.published_at == pytest.approx(deltas.stat().st_mtime + 3600, abs=1)
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() + 3 * 3600)  # read three hours later
+    assert build_snapshot(snapshot, keyer).info.source_timestamp == first
+    assert listfile.read_delta(deltas)[0][0].published_at == op.published_at
+
+
 @pytest.mark.parametrize("first_ahead", [False, True])
 def test_a_server_whose_clock_is_behind_the_feed_serves_the_newest_list(
     tmp_path: Path, serve: Serve, first_ahead: bool
