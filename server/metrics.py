@@ -94,6 +94,7 @@ METRIC_NAMES = (
     "shixin_ready",
     "shixin_list_stale",
     "shixin_workers",
+    "shixin_worker_restarts_total",
     "shixin_tls_certificate_expiry_timestamp_seconds",
     "shixin_open_files_ratio",
 )
@@ -101,8 +102,8 @@ METRIC_NAMES = (
     CHECKS, DURATION, REFUSALS, HITS, HIT_LOG_ERRORS, AUDIT_LOG_ERRORS, REFUSALS_UNRECORDED,
     LIST_INFO, LIST_AGE,
     LIST_ENTRIES, BLOOM_POSITIVES, BLOOM_FALSE_POSITIVES, INDEX_LOOKUPS, RATE_LIMITED,
-    REPLICA_LAG, REDIS_ERRORS, LIST_BEHIND, READY, LIST_STALE, WORKERS, TLS_EXPIRY,
-    OPEN_FILES,
+    REPLICA_LAG, REDIS_ERRORS, LIST_BEHIND, READY, LIST_STALE, WORKERS, WORKER_RESTARTS,
+    TLS_EXPIRY, OPEN_FILES,
 ) = METRIC_NAMES  # fmt: skip
 #: The ``state`` label of ``shixin_workers``, in the order of ``Reading.workers``.
 WORKER_STATES = ("up", "stale", "down")
@@ -147,6 +148,8 @@ class Reading:
     taken: float = 0.0
     #: worker processes by ``WORKER_STATES`` (a single server: itself, up)
     workers: tuple[int, int, int] = (1, 0, 0)
+    #: workers that died or were killed hung and are started again (None: a single server)
+    worker_restarts: int | None = None
     #: notAfter (Unix seconds) of the TLS certificate served, the earliest of its chain
     #: (None: no TLS)
     tls_certificate_expiry: float | None = None
@@ -315,6 +318,8 @@ class WorkerReadings:
         self.workers = workers
         self._retired = Reading()
         self._lock = threading.Lock()
+        #: workers that died and are started again (``shixin_worker_restarts_total``)
+        self.restarts = 0
 
     def _load(self, path: Path) -> Reading | None:
         try:
@@ -343,6 +348,7 @@ class WorkerReadings:
             merged.stale = any(r.stale for r in fresh)
             down = max(0, self.workers - len(fresh) - len(stale))
             merged.workers = (len(fresh), len(stale), down)
+            merged.worker_restarts = self.restarts
             return merged
 
     def retire(self, worker: int) -> None:
@@ -471,6 +477,14 @@ class MetricsCollector:
         for state, n in zip(WORKER_STATES, r.workers, strict=True):
             workers.add_metric((state,), n)
         yield workers
+        if r.worker_restarts is not None:
+            yield CounterMetricFamily(
+                WORKER_RESTARTS, "With --workers: workers that died (a crash, SIGKILL, the "
+                "OOM killer) or were killed for sending no heartbeat (hung), each started "
+                "again. A hung worker is stale for at most ~20 s, too short for an alert "
+                "on shixin_workers: alert on this.",
+                value=r.worker_restarts,
+            )  # fmt: skip
         yield GaugeMetricFamily(
             LIST_STALE, "1 while the list served is older than --max-list-age (answers "
             "are marked stale and readiness is NOT_SERVING); 0 otherwise. With "

@@ -779,6 +779,8 @@ class Supervisor:
             if not clean and not self.fatal:
                 self.unclean.append(f"worker {worker.number} {_why(code)}")
             return
+        if self.readings is not None:
+            self.readings.restarts += 1
         lived = time.monotonic() - worker.started_at
         worker.deaths_in_a_row = 1 if lived >= STEADY_S else worker.deaths_in_a_row + 1
         delay = _backoff(worker)

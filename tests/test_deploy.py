@@ -71,6 +71,7 @@ DOCUMENTED_METRICS = frozenset({
     "shixin_ready",
     "shixin_list_stale",
     "shixin_workers",
+    "shixin_worker_restarts_total",
     "shixin_tls_certificate_expiry_timestamp_seconds",
     "shixin_open_files_ratio",
 })  # fmt: skip

@@ -74,6 +74,7 @@ def test_a_stopped_worker_is_counted_stale_then_killed_and_replaced(
         all_up = {"up": 2, "stale": 0, "down": 0, "ready": 1}
         eventually(lambda: workers_by_state(url) == all_up, "both workers up and ready",
                    step=SCRAPE_STEP_S)  # fmt: skip
+        assert scrape(url)["shixin_worker_restarts_total"] == 0
         asked = len(ask_round(server.target))
         eventually(lambda: checks_total(url) == asked, "the checks counted")
         victim = workers_of(server)[0]
@@ -102,6 +103,8 @@ def test_a_stopped_worker_is_counted_stale_then_killed_and_replaced(
         eventually(lambda: workers_by_state(url) == all_up, "both workers up and ready again",
                    step=SCRAPE_STEP_S)  # fmt: skip
         eventually(lambda: checks_total(url) >= asked + len(later), "counts never go back")
+        # stale for ~20 s only, too short for an alert on shixin_workers: the restart counts
+        assert scrape(url)["shixin_worker_restarts_total"] == 1
     finally:
         if victim is not None and victim.is_running():
             victim.resume()  # so that it can see its supervisor go, if the test failed
