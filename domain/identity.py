@@ -24,7 +24,7 @@ import calendar
 import datetime as _dt
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from enum import IntEnum
 
 from shixin_check.domain.errors import InvalidInput
@@ -171,6 +171,7 @@ def normalize_resident_id(raw: str, field: str = "id_number") -> str:
             and raw[6:14] in _BIRTH_DATES
         ):
             return raw
+    typed = True  # 18 characters as typed: not a first-generation card's 15 made 18 here
     if len(raw) == 18 and raw.isascii() and raw[:17].isdigit() and raw[17] in _CHECK_CHARS:
         number = raw  # canonical in form; which check fails is said below
     else:
@@ -178,25 +179,29 @@ def normalize_resident_id(raw: str, field: str = "id_number") -> str:
         if _DIGITS15.match(number) is not None:
             number = number[:6] + "19" + number[6:]
             number += resident_id_check_char(number)
+            typed = False
         elif _CANONICAL_ID.match(number) is None:
             if not number:
                 raise InvalidInput(field, "is empty")
             refuse_controls(raw, field)  # named, not counted as a wrong length
             raise InvalidInput(field, _not_resident(number))
+    said = _or_uscc if typed else _as_said  # a USCC or a foreign card is 18 characters
     if number[:2] not in _PROVINCES:
-        if number[0] == "9" and number[17] == resident_id_check_char(number[:17]):
+        if typed and _foreign_card(number):
             raise InvalidInput(field, f"has no valid region code ({number[:2]}...): a foreign "
                                "permanent resident ID card's number? set id_type "
                                "FOREIGN_PERMANENT_RESIDENT")  # fmt: skip
-        raise InvalidInput(field, _or_uscc(number, f"has no valid region code ({number[:2]}...)"))
+        raise InvalidInput(field, said(number, f"has no valid region code ({number[:2]}...)"))
     if number[6:14] not in _BIRTH_DATES:
-        raise InvalidInput(
-            field, _or_uscc(number, f"has an impossible birth date ({number[6:14]})")
-        )
+        raise InvalidInput(field, said(number, f"has an impossible birth date ({number[6:14]})"))
     expected = resident_id_check_char(number[:17])
     if number[17] != expected:
-        raise InvalidInput(field, _or_uscc(number, "has a bad check digit (GB 11643)"))
+        raise InvalidInput(field, said(number, "has a bad check digit (GB 11643)"))
     return number
+
+
+def _as_said(_number: str, problem: str) -> str:
+    return problem
 
 
 def _or_uscc(number: str, problem: str) -> str:
@@ -217,8 +222,8 @@ def _not_resident(number: str) -> str:
     if len(number) == 18 and reads_as_uscc(number):
         return f"{shape}, a unified social credit code: an organisation's, send organization.uscc"
     slip = resident_id_slip(number)
-    if slip:  # a letter O for a zero is no passport: setting id_type would answer for it
-        return f"{shape}: reads as a resident ID with {slip}: check the number"
+    if slip is not None:  # a letter O for a zero is no passport: setting id_type answers it
+        return f"{shape}: reads as {slip[1]} with {slip[0]}: check the number"
     if not number[:17].isdigit() and any(c.isalpha() for c in number):
         return f"{shape} with letters: a passport or permit number? set id_type"
     return shape
@@ -320,56 +325,96 @@ def _old_card(number: str) -> bool:
     )
 
 
-def _edits(number: str) -> Iterator[str]:
-    """The numbers one keying slip away from ``number`` (15 to 19 characters): each
-    character replaced by a digit (X too as an 18th; of 15, only a character that is
-    no digit), and for 17 or 19 characters one inserted or dropped. A resident ID's check character catches any one such
-    slip, so ``resident_id_slip`` may try them all."""
+def _foreign_card(number: str) -> bool:
+    """A foreign permanent resident ID card's number since 2023: 18 characters, 9 first,
+    the holder's birth date where a resident ID has it, a good GB 11643 check character."""
+    return (
+        _CANONICAL_ID.match(number) is not None
+        and number[0] == "9"
+        and number[6:14] in _BIRTH_DATES
+        and number[17] == resident_id_check_char(number[:17])
+    )
+
+
+def _edits(number: str) -> Iterator[tuple[str, str]]:
+    """(slip, number) for the numbers one keying slip away from ``number`` (15 to 19
+    characters): a character replaced by a digit (X too as an 18th), two neighbours
+    swapped, for 17 or 19 characters one inserted or dropped. Only where such a slip
+    could make a resident ID or a foreign card of it: the character that is no digit,
+    else the region code or birth date that is impossible, else any (the check
+    character alone is wrong); of 15 characters only one that is no digit (15 digits
+    hold no check character: one in six would be one digit from a possible card)."""
     length = len(number)
+    last = length - 1  # an X ends a resident ID
+    odd = [i for i, c in enumerate(number) if c not in _DIGITS and not (i == last and c == "X")]
+    if len(odd) > 1 or length == 17 and odd:  # two slips; or a digit added fixes no letter
+        return
     if length in (15, 18):
-        odd = [i for i, c in enumerate(number) if c not in _DIGITS and not (i == 17 and c == "X")]
-        if len(odd) > 1 or length == 15 and not odd:  # two slips; or 15 digits, which hold
-            return  # no check character: one in six would be one digit from a possible card
-        for i in odd or range(length):
+        if odd:
+            places: Iterable[int] = odd
+        elif length == 15:
+            return
+        else:
+            spots = set()
+            if number[:2] not in _PROVINCES:
+                spots.update((0, 1))
+            if number[6:14] not in _BIRTH_DATES:
+                spots.update(range(6, 14))
+            places = sorted(spots) or range(18)
+            for i in range(17):  # two neighbours swapped
+                if number[i] != number[i + 1]:
+                    yield (
+                        "two characters swapped",
+                        (number[:i] + number[i + 1] + number[i] + number[i + 2 :]),
+                    )
+        for i in places:
             for c in _DIGITS + ("X" if i == 17 else ""):
                 if c != number[i]:
-                    yield number[:i] + c + number[i + 1 :]
+                    yield "one character wrong", number[:i] + c + number[i + 1 :]
     elif length == 17:
         for i in range(18):
             for c in _DIGITS + ("X" if i == 17 else ""):
-                yield number[:i] + c + number[i:]
+                yield "one character left out", number[:i] + c + number[i:]
     elif length == 19:
-        for i in range(19):
-            yield number[:i] + number[i + 1 :]
+        for i in odd or range(19):
+            yield "one character too many", number[:i] + number[i + 1 :]
 
 
-def resident_id_slip(number: str) -> str:
-    """What keying slip makes ``number`` (normalised; sent under a document type, and
-    no resident ID or USCC as it is) a resident ID: "" for none. A character wrong
-    (a letter O for a zero, an impossible birth date, a bad check character), one
-    left out or one too many: a check refuses such a number under a document type,
-    as it is refused sent as RESIDENT_ID, where taking the type at its word would
-    answer for a document nobody holds (ALLOW). Real documents are not refused:
-    passports and permits are shorter (Chinese ones 8 to 11 characters), and a
-    foreign permanent resident card's 18 characters carry a good check character,
-    which no one slip keeps. 15 to 19 characters cost the tries; others one ``len``."""
+#: what ``resident_id_slip`` finds a number to be
+RESIDENT_ID_READING = "a resident ID"
+FOREIGN_CARD_READING = "a foreign permanent resident ID card"
+
+
+def resident_id_slip(number: str) -> tuple[str, str] | None:
+    """(slip, what) where one keying slip makes ``number`` (normalised; sent under a
+    document type, and no resident ID or USCC as it is) a resident ID, or a foreign
+    permanent resident card (``RESIDENT_ID_READING``, ``FOREIGN_CARD_READING``); None
+    for none. A character wrong (a letter O for a zero, an impossible birth date, a
+    bad check character), two swapped, one left out or one too many: a check refuses
+    such a number under a document type, as it is refused sent as RESIDENT_ID, where
+    taking the type at its word would answer for a document nobody holds (ALLOW).
+    Real documents are not refused: passports and permits are shorter (Chinese ones 8
+    to 11 characters), and a foreign card's 18 characters carry a good check
+    character, which no one slip keeps. 15, 17, 18 and 19 characters cost the tries
+    (at most ~190); others one ``len``."""
     length = len(number)
     if not 15 <= length <= 19 or length == 16:
-        return ""
+        return None
     if (
         length == 18
         and _CANONICAL_ID.match(number)
         and number[17] == resident_id_check_char(number[:17])
-    ):  # a good check character (a foreign permanent resident card's): no one slip keeps it
-        return ""
-    for edit in _edits(number):
-        if _old_card(edit) if len(edit) == 15 else reads_as_resident_id(edit):
-            if length == 17:
-                return "one character left out"
-            if length == 19:
-                return "one character too many"
-            return "one character wrong"
-    return ""
+    ):  # a good check character (a foreign card's): no one slip keeps it
+        return None
+    for slip, edit in _edits(number):
+        if len(edit) == 15:
+            if _old_card(edit):
+                return slip, RESIDENT_ID_READING
+        elif reads_as_resident_id(edit):
+            return slip, RESIDENT_ID_READING
+        elif _foreign_card(edit):
+            return slip, FOREIGN_CARD_READING
+    return None
 
 
 def foreign_card_misread(number: str) -> bool:

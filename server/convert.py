@@ -27,6 +27,7 @@ from shixin_check.domain.decision import (
 )
 from shixin_check.domain.errors import InvalidInput
 from shixin_check.domain.identity import (
+    FOREIGN_CARD_READING,
     IdType,
     foreign_card_misread,
     misread_resident_id,
@@ -330,9 +331,11 @@ def _refuse_misread(id_type: IdType, number: str) -> None:
                            "check character (GB 11643): check the number; send a resident "
                            "ID with id_type RESIDENT_ID")  # fmt: skip
     slip = resident_id_slip(number)
-    if slip:
-        raise InvalidInput(field, f"reads as a resident ID with {slip}: check the number; "
-                           "send a resident ID with id_type RESIDENT_ID")  # fmt: skip
+    if slip is not None:
+        what, send = slip[1], "send a resident ID with id_type RESIDENT_ID"
+        if what == FOREIGN_CARD_READING:
+            send = "send it with id_type FOREIGN_PERMANENT_RESIDENT"
+        raise InvalidInput(field, f"reads as {what} with {slip[0]}: check the number; {send}")
 
 
 def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:

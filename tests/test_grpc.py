@@ -596,9 +596,9 @@ DOCUMENTS = [
     ("HK_MACAO_PERMIT", "H12345678"),
     ("HK_MACAO_PERMIT", "M1234567801"),
     ("TAIWAN_PERMIT", "12345678"),
-    # 18 digits that are no resident ID's, nor one slip from one: no region code 99, no
-    # 13th month with no 32nd day
-    ("PASSPORT", "990105198001010011"),
+    # 18 digits that are no resident ID's or foreign card's, nor one slip from one: no
+    # region code 88, no 13th month with no 32nd day
+    ("PASSPORT", "880105198013320011"),
     ("PASSPORT", "110105198013320011"),
 ]  # fmt: skip
 
@@ -612,6 +612,7 @@ def slips(number: str) -> dict[str, str]:
         "a region code that is none": "0" + number[1:],
         "its check character left out": number[:17],
         "one character too many": number[:17] + "1" + number[17:],
+        "the century's digits swapped": number[:6] + number[7] + number[6] + number[8:],
     }
 
 
@@ -632,13 +633,30 @@ def test_a_resident_id_with_one_slip_is_refused_under_every_document_type(
             assert details.startswith("subject.person.id_number: "), details
             assert "set id_type" not in details, (slip, details)  # no advice that lets it by
             if id_type != "RESIDENT_ID":
-                assert "reads as a resident ID with one character" in details, (slip, details)
-    # the foreign permanent resident card holds the same check character
+                assert "reads as a resident ID with " in details, (slip, details)
+    # the foreign permanent resident card holds the same check character: slips of its
+    # number are refused alike, under its own type too
     card = foreign_permanent_resident_card("11", "840", "19800101", "002")
     with pytest.raises(grpc.RpcError) as refused:
         stub.CheckConsumption(rail(near(card), "JOHN SMITH", id_type="FOREIGN_PERMANENT_RESIDENT"))
     assert "foreign permanent resident ID card" in refused.value.details()
     assert "bad check character" in refused.value.details()
+    card = foreign_permanent_resident_card("31", "826", "19751231", "017")  # 93: no region
+    for slip, number in slips(card).items():
+        if slip in ("a region code that is none", "an impossible birth date"):
+            continue  # a card's second and eleventh characters are no region or month
+        for id_type in ("RESIDENT_ID", *DOCUMENT_TYPES):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.CheckConsumption(rail(number, "JOHN SMITH", id_type=id_type))
+            details = refused.value.details()
+            assert "set id_type" not in details, (slip, id_type, details)
+            if id_type != "RESIDENT_ID" and slip != "its check character left out":
+                assert "reads as a foreign permanent resident ID card" in details, (
+                    slip, id_type, details,
+                )  # fmt: skip
+    with pytest.raises(grpc.RpcError) as refused:  # 15 digits are no foreign card
+        stub.CheckConsumption(rail("92" + first_generation(ZHANG)[2:], "张伟"))
+    assert "set id_type" not in refused.value.details(), refused.value.details()
     card = foreign_permanent_resident_card("31", "826", "19751231", "017")  # 93: no region
     with pytest.raises(grpc.RpcError) as refused:  # and sent as a resident ID, says so
         stub.CheckConsumption(rail(card, "JOHN SMITH", id_type="RESIDENT_ID"))
