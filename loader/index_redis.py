@@ -265,6 +265,19 @@ def redis_words(exc: BaseException | str) -> str:
 _DENIALS = (redis.exceptions.NoPermissionError, redis.AuthenticationError)
 
 
+def is_denial(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing this server (``_DENIALS``), a refusal of EXEC
+    included (redis-py raises it as the transaction discarded, ``NOPERM`` in its text)
+    and of MULTI (its commands then go through one by one, and EXEC is refused
+    ``EXEC without MULTI``)."""
+    if isinstance(exc, _DENIALS):
+        return True
+    if isinstance(exc, redis.ResponseError):
+        text = str(exc)
+        return "NOPERM" in text or text.startswith("EXEC without MULTI")
+    return False
+
+
 def denied_problem(url: str, exc: redis.RedisError) -> str:
     """Why Redis at ``url`` (masked) refuses this server: its password (rotated?), or a
     right its user lacks (an ACL)."""
@@ -1384,20 +1397,10 @@ class RedisFollower(Background):
                 self.reachable = False
                 self.guard.unreachable = problem
                 self._stop.wait(1.0)
-            except _DENIALS as exc:
-                # Redis is there and refuses this server: not an outage that passes (a
-                # load through another user or password goes on, unseen here), so health
-                # says so, and it is logged once, not at each round
-                problem = denied_problem(self.url, exc)
-                if problem != self._denied:
-                    self.on_event("denied", problem)
-                self._denied = problem
-                try:  # its record says so, where the user may still write it: status --redis
-                    self._write(self._heartbeat, time.monotonic())
-                except redis.RedisError:
-                    pass  # not even that: the record ages into GONE
-                self._stop.wait(1.0)
             except redis.RedisError as exc:
+                if is_denial(exc):
+                    self._refused_by_redis(exc)
+                    continue
                 if self.reachable:
                     self.on_event("redis-down", str(exc))
                 self.reachable = False
@@ -1407,6 +1410,20 @@ class RedisFollower(Background):
             except ConfigurationError as exc:
                 self._say_refused(str(exc))
                 self._stop.wait(1.0)
+
+    def _refused_by_redis(self, exc: redis.RedisError) -> None:
+        """Redis is there and refuses this server: not an outage that passes (a load
+        through another user or password goes on, unseen here), so health says so, and
+        it is logged once, not at each round."""
+        problem = denied_problem(self.url, exc)
+        if problem != self._denied:
+            self.on_event("denied", problem)
+        self._denied = problem
+        try:  # its record says so, where the user may still write it: status --redis
+            self._write(self._heartbeat, time.monotonic())
+        except redis.RedisError:
+            pass  # not even that: the record ages into GONE
+        self._stop.wait(1.0)
 
     def _say_refused(self, problem: str) -> None:
         """Log a refusal (another key secret, a password) once, and again when it changes."""
@@ -1426,7 +1443,7 @@ class RedisFollower(Background):
             if self._view is None and isinstance(exc, (redis.RedisError, ConfigurationError)):
                 # nothing in hand to answer from: health is NOT_SERVING, and status says why
                 # (Redis unreachable, a wrong or missing password, another key secret)
-                why = denied_problem(self.url, exc) if isinstance(exc, _DENIALS) else exc
+                why = denied_problem(self.url, exc) if is_denial(exc) else exc
                 self._problem = f"no version loaded from Redis yet: {why}"
             self._behind_since = self._behind_since or started
             raise

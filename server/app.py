@@ -80,8 +80,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
-from redis import AuthenticationError, RedisError
-from redis.exceptions import NoPermissionError
+from redis import RedisError
 
 from shixin.v1 import check_pb2 as pb
 from shixin_check.domain.certificates import (
@@ -96,7 +95,7 @@ from shixin_check.domain.model import CHINA_TZ
 from shixin_check.loader.columns import keyer_for
 from shixin_check.loader.compiled import IndexStore, changed_under
 from shixin_check.loader.index_memory import MemoryIndex
-from shixin_check.loader.index_redis import RedisFollower, RedisKeys, connect
+from shixin_check.loader.index_redis import RedisFollower, RedisKeys, connect, is_denial
 from shixin_check.loader.versions import DirectoryFollower, ListFileChanged, Loader
 from shixin_check.server.auth import EnumerationWatch, Gate, KeyRing, KeysWatcher
 from shixin_check.server.engine import CheckEngine
@@ -589,10 +588,9 @@ class Service:
         if self.redis is not None:
             try:
                 self.redis.sync_once()
-            except (NoPermissionError, AuthenticationError):
-                pass  # a refusal, not a blip: the follower's first round says it in full
             except (RedisError, ConfigurationError) as exc:
-                log.error("redis: %s (retrying in the background)", error_text(exc))
+                if not is_denial(exc):  # a refusal is no blip: the follower's round says it
+                    log.error("redis: %s (retrying in the background)", error_text(exc))
             self.redis.start()
             if self.forwarder is not None:
                 self.forwarder.start()

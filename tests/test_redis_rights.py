@@ -86,7 +86,7 @@ def test_a_replica_refused_a_command_it_needs_is_not_serving_and_says_so_once(
         replica.stop()
 
 
-@pytest.mark.parametrize("refusal", ["command", "password"])
+@pytest.mark.parametrize("refusal", ["command", "password", "-exec", "-multi"])
 def test_a_server_refused_at_start_says_so_in_one_line_before_health(
     redis_server: RedisServer, client: Client, keyer: SubjectKeyer, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, refusal: str,
@@ -95,9 +95,9 @@ def test_a_server_refused_at_start_says_so_in_one_line_before_health(
     ("this user has no permissions ... (retrying in the background)"), the follower's
     full line, then health's."""
     publish_snapshot(client, snapshot(tmp_path, "s1.jsonl"), keyer)
-    user(client, "follower", "-xread")
+    user(client, "follower", refusal if refusal.startswith("-") else "-xread")
     monkeypatch.setenv("SHIXIN_KEY_SECRET", SECRET.decode())
-    url = url_of(redis_server, "follower", "pw-1" if refusal == "command" else "pw-0")
+    url = url_of(redis_server, "follower", "pw-0" if refusal == "password" else "pw-1")
     server = ServeProcess("--redis", url, log=tmp_path / "serve.log")
     try:
         eventually(lambda: "health: NOT_SERVING" in server.output(), "health's line")
@@ -105,7 +105,7 @@ def test_a_server_refused_at_start_says_so_in_one_line_before_health(
         time.sleep(1.5)  # the next rounds say nothing more
         errors = [line for line in server.output().splitlines() if " ERROR " in line]
         assert len(errors) == 2, errors
-        said = "a command it needs" if refusal == "command" else "password or user"
+        said = "password or user" if refusal == "password" else "a command it needs"
         refused = f"Redis at redis://***@127.0.0.1:{redis_server.port}/0 refuses this server"
         (health_line,) = [line for line in errors if " ERROR health: NOT_SERVING: " in line]
         (redis_line,) = [line for line in errors if " ERROR redis: " in line]
