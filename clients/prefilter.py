@@ -286,8 +286,12 @@ def local_audit_failed(path: Path, exc: OSError) -> CheckError:
 
 
 def _not_a_file(path: Path) -> ValueError:
+    try:
+        what = "a socket" if stat.S_ISSOCK(os.stat(path).st_mode) else "a FIFO"
+    except OSError:
+        what = "a FIFO or a socket"
     return ValueError(
-        f"local_audit_path {path} is a FIFO: the local audit is a file the gateway appends "
+        f"local_audit_path {path} is {what}: the local audit is a file the gateway appends "
         "each local answer to before handing it out (a pipe would hold up every check "
         "while nothing reads it), to ship to the operator"
     )
@@ -316,8 +320,8 @@ class LocalAudit:
         try:
             fd = os.open(self.path, flags, 0o640)
         except OSError as exc:
-            if exc.errno == errno.ENXIO:  # a FIFO nothing reads (the open would wait for one)
-                raise _not_a_file(self.path) from None
+            if exc.errno == errno.ENXIO:  # a FIFO nothing reads (the open would wait for
+                raise _not_a_file(self.path) from None  # one), or a socket
             raise
         if stat.S_ISFIFO(os.fstat(fd).st_mode):  # a reader's pipe: its writes would wait on it
             os.close(fd)

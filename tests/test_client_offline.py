@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -578,6 +579,10 @@ def test_a_fifo_as_local_audit_is_refused_not_waited_on(server: Server, tmp_path
             CheckClient(server.address, prefilter=True, local_audit_path=fifo)
     finally:
         os.close(reader)
+    with socket.socket(socket.AF_UNIX) as listening:  # a socket is named as one
+        listening.bind(str(tmp_path / "audit.sock"))
+        with pytest.raises(ValueError, match="audit.sock is a socket"):
+            CheckClient(server.address, prefilter=True, local_audit_path=tmp_path / "audit.sock")
 
 
 # --- the asynchronous client --------------------------------------------------------
