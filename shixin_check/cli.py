@@ -581,8 +581,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         with _client(args) as client:
             status = client.status()
-    except grpc.RpcError as exc:
-        print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
+    except grpc.RpcError as exc:  # named as health names it: the command, the server asked
+        print(f"shixin-check status: cannot ask {args.target}: {exc.code().name}: "
+              f"{exc.details()}", file=sys.stderr)  # fmt: skip
         return 2
     # exit 1 while the server is NOT_SERVING (as ``health``): no list, or one it cannot trust
     serving = status.serving and not status.not_serving_reason

@@ -143,3 +143,13 @@ def test_a_replica_that_cannot_reach_redis_says_so_never_a_negative_lag(
     (line,) = [x for x in shown.stdout.splitlines() if x.startswith("replica r1:")]
     assert line == (f"replica r1: Redis cannot be reached now (it held {served} seq 0); how "
                     "many deltas behind is unknown")  # fmt: skip
+
+
+def test_a_server_status_cannot_ask_is_named_with_the_command() -> None:
+    """Nothing answering on the target printed grpc's bare words (``UNAVAILABLE: failed
+    to connect to all addresses ...``); ``health`` names the command and the target."""
+    target = f"127.0.0.1:{free_port()}"
+    done = status_cli("--target", target)
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"shixin-check status: cannot ask {target}: UNAVAILABLE: "), line
