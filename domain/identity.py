@@ -355,7 +355,7 @@ def _edits(number: str) -> Iterator[tuple[str, str]]:
         elif length == 15:
             return
         else:
-            spots = set()
+            spots: set[int] = set()
             if number[:2] not in _PROVINCES:
                 spots.update((0, 1))
             if number[6:14] not in _BIRTH_DATES:

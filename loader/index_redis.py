@@ -1443,7 +1443,9 @@ class RedisFollower(Background):
             if self._view is None and isinstance(exc, (redis.RedisError, ConfigurationError)):
                 # nothing in hand to answer from: health is NOT_SERVING, and status says why
                 # (Redis unreachable, a wrong or missing password, another key secret)
-                why = denied_problem(self.url, exc) if is_denial(exc) else exc
+                why: object = exc
+                if isinstance(exc, redis.RedisError) and is_denial(exc):
+                    why = denied_problem(self.url, exc)
                 self._problem = f"no version loaded from Redis yet: {why}"
             self._behind_since = self._behind_since or started
             raise
