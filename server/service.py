@@ -200,6 +200,15 @@ async def abort_call(
     raise AssertionError("abort returned")  # it raises; this tells the type checker
 
 
+async def _write(context: grpc.aio.ServicerContext, response: pb.CheckResponse) -> None:
+    """A stream's answer; ``CallEnded`` when grpc cannot send it any more (the caller
+    went away, or its call ended, while the answer waited for room to be sent)."""
+    try:
+        await context.write(response)
+    except grpc.aio.InternalError as exc:  # ExecuteBatchError: the call is over in grpc's core
+        raise CallEnded("the call had ended before its answer could be sent") from exc
+
+
 def _briefly(failure: Exception) -> str:
     """An audit record's failure, in a few words: ``ENOSPC (No space left on device)``."""
     return describe_write_error(failure) if isinstance(failure, OSError) else str(failure)
@@ -914,7 +923,7 @@ class ConsumptionCheckService:
         context: grpc.aio.ServicerContext,
     ) -> None:  # fmt: skip
         """A stream's done callback: an answer that matched someone, handed to grpc and its
-        write not yet done (grpc asks for the next answer once the last is written) when
+        write not yet done (``_write`` returns once it is written) when
         the server cut the stream at the end of its grace period, is withdrawn
         (``_cut``): the cut came first. Not when the caller cancelled or its deadline
         passed: grpc then reports the write cancelled even when the caller had read the
@@ -1052,7 +1061,11 @@ class ConsumptionCheckService:
     async def CheckConsumptionStream(
         self, request_iterator: AsyncIterator[pb.CheckRequest | Malformed],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.CheckResponse]:  # fmt: skip
+    ) -> None:  # fmt: skip
+        """Answers written with ``context.write``, not yielded: a write grpc can no
+        longer make (the caller gone while its answer waited for room in its window)
+        then fails here, where it ends the call quietly (``CallEnded``); yielded, it
+        failed in grpcio's own loop, which logged an ERROR with a traceback."""
         engine = self.engine
         gate = self.gate
         peer = context.peer() if self._peers else ""
@@ -1073,7 +1086,7 @@ class ConsumptionCheckService:
         if audit is not None:  # the stream's records share these: encoded once
             call = self._call_fields("CheckConsumptionStream", principal, peer or context.peer(),
                                      metadata)  # fmt: skip
-        # an answer that matched someone, from its yield until grpc asks for the next one:
+        # an answer that matched someone, from its write until the write is done:
         # withdrawn if the server cuts the stream before (``_stream_ended``)
         unsent: list[tuple[pb.CheckRequest, pb.CheckResponse, bytes, float]] = []
         context.add_done_callback(functools.partial(self._stream_ended, unsent))
@@ -1130,10 +1143,10 @@ class ConsumptionCheckService:
             self.tally.observe(STREAM, time.perf_counter() - started)
             if response.matches:  # a hit: withdrawn if the server cuts the stream meanwhile
                 unsent.append((request, response, call, started))
-                yield response
+                await _write(context, response)
                 unsent.clear()
             else:
-                yield response
+                await _write(context, response)
 
     async def GetListStatus(
         self, request: pb.ListStatusRequest | Malformed, context: grpc.aio.ServicerContext

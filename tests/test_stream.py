@@ -8,6 +8,7 @@ broken stream (bytes that do not parse, a refusal at its start) ends.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ from shixin_check.server.convert import StreamIds
 from tests.accessdata import bearer, flight, hotel
 from tests.conftest import RunningServer
 from tests.listdata import ZHANG, ZHAO, basic_rows, write_jsonl
+from tests.processes import ServeProcess
+from tests.waiting import eventually
 
 Serve = Callable[..., RunningServer]
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -194,3 +197,51 @@ def test_a_refusal_at_stream_start_ends_it(guarded: RunningServer, keys: dict[st
     with pytest.raises(grpc.RpcError) as caught:
         stream(guarded, [flight(ZHAO, "r-1")], metadata=bearer(keys["ops"]))
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    """One HTTP/2 frame (RFC 9113 §4.1)."""
+    return (
+        len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
+    )
+
+
+def _header(name: str, value: str) -> bytes:
+    """An HPACK literal header field, never indexed, new name, no Huffman (RFC 7541 §6.2.3)."""
+    raw_name, raw_value = name.encode(), value.encode()
+    assert len(raw_name) < 127 and len(raw_value) < 127
+    return b"\x10" + bytes((len(raw_name),)) + raw_name + bytes((len(raw_value),)) + raw_value
+
+
+def test_a_stream_caller_gone_while_its_answer_waits_for_room_leaves_no_traceback(
+    tmp_path: Path,
+) -> None:
+    """A caller that stops reading (its window full: each answer waits for room) and then
+    closes its socket made grpcio log an ERROR, `ExecuteBatchError raised in core by
+    servicer method`, with a traceback, once a connection: the write failed in grpcio's
+    own loop over the answers yielded. Written by the service, it ends the call quietly."""
+    server = ServeProcess("--list", str(write_jsonl(tmp_path / "l.jsonl", basic_rows())),
+                          "--metrics-listen", "off", log=tmp_path / "serve.log")  # fmt: skip
+    try:
+        server.wait_serving()
+        body = flight(ZHANG).SerializeToString()
+        message = b"\x00" + len(body).to_bytes(4, "big") + body
+        headers = b"".join(_header(n, v) for n, v in (
+            (":method", "POST"), (":scheme", "http"),
+            (":path", "/shixin.v1.ConsumptionCheck/CheckConsumptionStream"),
+            (":authority", "127.0.0.1"), ("content-type", "application/grpc"), ("te", "trailers"),
+        ))  # fmt: skip
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.port)) as caller:
+                # a window of 16 bytes for each stream's answers, never opened further
+                settings = (4).to_bytes(2, "big") + (16).to_bytes(4, "big")
+                caller.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, settings))
+                caller.sendall(_frame(1, 4, 1, headers))  # HEADERS, END_HEADERS, stream 1
+                caller.sendall(b"".join(_frame(0, 0, 1, message) for _ in range(50)))
+                time.sleep(1.0)  # the first answer waits for room; the caller goes
+        eventually(lambda: server.proc.poll() is None, "the server still up")
+        time.sleep(1.0)
+    finally:
+        server.stop()
+    output = server.output()
+    assert "ExecuteBatchError" not in output and "Traceback" not in output, output
