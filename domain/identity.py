@@ -336,6 +336,12 @@ def _foreign_card(number: str) -> bool:
     )
 
 
+#: By length, where an X may stand in a number one slip from a resident ID: its last
+#: place (18), the last before a character inserted there (17), either of the last two
+#: of 19 (one dropped before it, or after it); a first-generation card holds none
+_X_PLACES: dict[int, tuple[int, ...]] = {17: (16,), 18: (17,), 19: (17, 18)}
+
+
 def _edits(number: str) -> Iterator[tuple[str, str]]:
     """(slip, number) for the numbers one keying slip away from ``number`` (15 to 19
     characters): a character replaced by a digit (X too as an 18th), two neighbours
@@ -345,8 +351,8 @@ def _edits(number: str) -> Iterator[tuple[str, str]]:
     character alone is wrong); of 15 characters only one that is no digit (15 digits
     hold no check character: one in six would be one digit from a possible card)."""
     length = len(number)
-    last = length - 1  # an X ends a resident ID
-    odd = [i for i, c in enumerate(number) if c not in _DIGITS and not (i == last and c == "X")]
+    ends = _X_PLACES.get(length, ())  # where an X may stand that ends the number mended
+    odd = [i for i, c in enumerate(number) if c not in _DIGITS and not (c == "X" and i in ends)]
     if len(odd) > 1 or length == 17 and odd:  # two slips; or a digit added fixes no letter
         return
     if length in (15, 18):

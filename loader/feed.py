@@ -106,13 +106,17 @@ def parse_instant(value: Any, field: str) -> float:
 
 
 def feed_time(at: float, written: float | None = None) -> float:
-    """A ``published_at`` as the list's age is measured from it: at most
-    ``FUTURE_TOLERANCE_S`` after ``written`` (the time its file was written, its
-    mtime), and never more than that ahead of this machine's clock now. Measured
-    from the file, a restart or a worker started later takes the same time from the
-    same file: measured from now, each took a later one, and a list dated ahead read
-    fresh again at every restart."""
+    """A ``published_at`` as the list's age is measured from it: as written, unless it
+    is more than ``FUTURE_TOLERANCE_S`` ahead of this machine's clock now; then at most
+    that long after ``written`` (the time its file was written, its mtime; now, if that
+    is unknown or ahead too). Measured from the file, a restart or a worker started
+    later takes the same time from the same file: measured from now, each took a later
+    one, and a list dated ahead read fresh again at every restart. A time not ahead is
+    never moved (a file's mtime may be older than what it holds: copied with ``cp -p``,
+    unpacked, or baked into an image)."""
     now = time.time()
+    if at <= now + FUTURE_TOLERANCE_S:
+        return at
     return min(at, min(now if written is None else written, now) + FUTURE_TOLERANCE_S)
 
 

@@ -654,6 +654,17 @@ def test_a_resident_id_with_one_slip_is_refused_under_every_document_type(
                 assert "reads as a foreign permanent resident ID card" in details, (
                     slip, id_type, details,
                 )  # fmt: skip
+    # an ID ending in X, one character typed after the X; a first-generation card's
+    # last digit typed X: slips too
+    ends_x = next(rid(f"110105198001010{n:02d}") for n in range(100)
+                  if rid(f"110105198001010{n:02d}").endswith("X"))  # fmt: skip
+    for number in (ends_x + "5", ends_x + "O", first_generation(ZHANG)[:14] + "X"):
+        for id_type in ("RESIDENT_ID", *DOCUMENT_TYPES):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.CheckConsumption(rail(number, "张伟", id_type=id_type))
+            assert "set id_type" not in refused.value.details(), (number, id_type)
+            if id_type != "RESIDENT_ID":
+                assert "reads as a resident ID with one character" in refused.value.details()
     with pytest.raises(grpc.RpcError) as refused:  # 15 digits are no foreign card
         stub.CheckConsumption(rail("92" + first_generation(ZHANG)[2:], "张伟"))
     assert "set id_type" not in refused.value.details(), refused.value.details()

@@ -342,6 +342,16 @@ def test_a_feed_time_ahead_is_capped_from_its_files_time_at_every_reading(
     monkeypatch.setattr(time, "time", lambda: wall() + 3 * 3600)  # read three hours later
     assert build_snapshot(snapshot, keyer).info.source_timestamp == first
     assert listfile.read_delta(deltas)[0][0].published_at == op.published_at
+    # a time not ahead is taken as written, whatever the file's mtime (copied with cp -p,
+    # unpacked, baked into an image): not read as days stale
+    monkeypatch.setattr(time, "time", wall)
+    past = _dt.datetime.now(CHINA_TZ) - _dt.timedelta(minutes=10)
+    write_jsonl(snapshot, [header(0, past.isoformat()), *basic_rows()])
+    write_jsonl(deltas, [{**row, "published_at": past.isoformat()}])
+    for path in (snapshot, deltas):
+        os.utime(path, (wall() - 3 * 86400, wall() - 3 * 86400))
+    assert build_snapshot(snapshot, keyer).info.source_timestamp == past.timestamp()
+    assert listfile.read_delta(deltas)[0][0].published_at == past.timestamp()
 
 
 @pytest.mark.parametrize("first_ahead", [False, True])
