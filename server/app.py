@@ -869,44 +869,19 @@ class Service:
         stopping = asyncio.ensure_future(server.stop(grace + GRPC_CUT_SLACK_S))
         cut = 0
         try:
-            ran_out = grace <= 0 or await _calls_end(server, grace)  # True: timed out
+            ran_out = grace <= 0 or await server.wait_for_termination(grace)  # True: timed out
         except Exception:  # noqa: BLE001 - grpcio's server had crashed (it logged why): it is down
             ran_out = False
         if ran_out:
             cut = len(_call_tasks())
             if self.checks is not None:
                 self.checks.cutting = True
-        if ran_out or not stopping.done():  # calls still in flight cancelled now; with none,
-            await server.stop(None)  # the connections left open (idle) closed now
+            await server.stop(None)  # every call still in flight cancelled now
         await stopping
         ending = _call_tasks()
         if ending:
             await asyncio.wait(ending, timeout=CUT_CALLS_END_S)
         return cut
-
-
-async def _calls_end(server: grpc.aio.Server, grace: float) -> bool:
-    """Wait, for ``grace`` seconds at most, until the calls in flight have ended; True
-    when the grace ran out first. grpcio's own wait (``wait_for_termination``) also
-    waits for every connection to close: one left open and idle (a load balancer's TCP
-    probe, a client that does not close on GOAWAY) held each stop for the whole grace."""
-    ended = asyncio.ensure_future(server.wait_for_termination(grace))
-    try:
-        while not ended.done():
-            if not _call_tasks():  # the last answers' bytes may still be on their way
-                await asyncio.wait({ended}, timeout=IDLE_CLOSE_S)  # (a task ends first)
-                return False
-            await asyncio.wait({ended}, timeout=CALLS_END_POLL_S)
-        return bool(ended.result())
-    finally:
-        ended.cancel()
-
-
-#: How often a stop looks whether the calls in flight have ended
-CALLS_END_POLL_S = 0.05
-#: Once they have, how long grpc gets to send their last answers and the connections to
-#: close on their own before those still open are closed (cut, the answers went with them)
-IDLE_CLOSE_S = 1.0
 
 
 def _call_tasks() -> list[asyncio.Task[Any]]:

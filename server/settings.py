@@ -389,10 +389,7 @@ OPTIONS: tuple[Option, ...] = (
            "that stalls is not read half-written); 0 reads it at the next poll",
            ("serve",)),
     Option("grace", seconds(0, 3600), 5,
-           "on SIGTERM/SIGINT: health goes NOT_SERVING, in-flight calls get this long; "
-           "once none is left the stop goes on (a connection left open and idle, a load "
-           "balancer's TCP probe, is closed a second later, not waited on for the whole "
-           "grace)",
+           "on SIGTERM/SIGINT: health goes NOT_SERVING, in-flight calls get this long",
            ("serve",)),
     Option("drain", seconds(0, 300), 0,
            "on SIGTERM/SIGINT: health goes NOT_SERVING and new calls are still answered this "
