@@ -852,8 +852,10 @@ class HeldLock:
         try:
             if not self._owned(lambda pipe: pipe.pexpire(self.key, int(self.timeout * 1000))):
                 raise LockNotOwnedError(f"{self.key} is no longer held")
-        except redis.exceptions.NoPermissionError as refused:  # no WATCH: perhaps a script
-            try:
+        except redis.RedisError as refused:
+            if not is_denial(refused):
+                raise
+            try:  # no WATCH, MULTI or EXEC: perhaps a script
                 self._lock.reacquire()
             except redis.ResponseError:  # refused that way too: the first refusal says why
                 raise refused from None
@@ -867,10 +869,10 @@ class HeldLock:
                 self._lost = (f"lost {self.key} (paused for over {self.timeout:g}s, or Redis lost "
                               f"it){self._renewal}: stopped before committing")  # fmt: skip
                 return
-            except redis.exceptions.NoPermissionError as exc:  # never a blip: an ACL
-                self._renewal = f" (its renewal refused: {exc})"
-            except redis.RedisError:
-                continue  # a blip: the next renewal tells whether the lock outlived it
+            except redis.RedisError as exc:
+                if is_denial(exc):  # never a blip: an ACL
+                    self._renewal = f" (its renewal refused: {exc})"
+                # else a blip: the next renewal tells whether the lock outlived it
 
     def check(self) -> None:
         """Raise ``IndexUnavailable`` if the lock was lost: stop writing."""
@@ -902,8 +904,10 @@ class HeldLock:
         try:
             try:
                 self._owned(lambda pipe: pipe.delete(self.key))
-            except redis.exceptions.NoPermissionError:  # no WATCH: perhaps a script
-                self._lock.release()
+            except redis.RedisError as exc:
+                if not is_denial(exc):
+                    raise
+                self._lock.release()  # no WATCH, MULTI or EXEC: perhaps a script
         except redis.RedisError:
             pass  # Redis gone, or both refused: nothing of ours left, or it lapses itself
 

@@ -262,12 +262,14 @@ def test_hits_a_user_may_not_add_wait_and_are_forwarded_once_it_may(
         forwarding.close()
 
 
+@pytest.mark.parametrize("taken", ["-watch", "-exec", "-multi"])
 def test_a_lock_taken_by_a_user_without_watch_is_released_by_its_script(
-    redis_server: RedisServer, client: Client
+    redis_server: RedisServer, client: Client, taken: str
 ) -> None:
-    """A server's user with scripting and no WATCH: its garbage collection's lock was
-    left to lapse (10 s), and the next load refused (``another load holds ...``)."""
-    user(client, "server", "-watch")
+    """A server's user with scripting and no WATCH (or no EXEC, no MULTI: a load whose
+    transaction was refused): its lock was left to lapse (10 s), and the next load
+    refused (``another load holds ...``)."""
+    user(client, "server", taken)
     server = connect(url_of(redis_server, "server"), timeout=5)
     lock = HeldLock(server, RedisKeys(), "gc", timeout=0.6)
     try:
