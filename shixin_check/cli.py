@@ -754,9 +754,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         redis = sys.modules.get("redis")  # only loaded by the commands that use it
         if redis is not None and isinstance(exc, redis.RedisError):
-            from shixin_check.loader.index_redis import masked_url
+            from shixin_check.loader.index_redis import is_denial, masked_url, redis_words
 
             url = masked_url(getattr(args, "redis", "") or "Redis")  # never its password
+            if is_denial(exc) and not isinstance(exc, redis.AuthenticationError):
+                words = redis_words(exc)  # an ACL: no blip, and not Redis gone
+                if words.startswith("EXEC without MULTI"):
+                    words += ": MULTI refused"
+                print(f"{command}: Redis at {url} refuses this user a command it needs "
+                      f"({words}): give its Redis user the rights the README lists (Redis "
+                      "users and rights)", file=sys.stderr)  # fmt: skip
+                return 2
             print(f"{command}: cannot use Redis at {url}: {exc}", file=sys.stderr)
             return 2
         from shixin_check.domain.system import limit_advice

@@ -37,6 +37,7 @@ from tests.processes import ServeProcess
 from tests.test_hit_stream import _hit
 from tests.test_redis_failures import key_of
 from tests.test_redis_loaded_again import snapshot
+from tests.test_redis_replicas import load_cli
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.redis
@@ -260,6 +261,29 @@ def test_hits_a_user_may_not_add_wait_and_are_forwarded_once_it_may(
     finally:
         log.close()
         forwarding.close()
+
+
+@pytest.mark.parametrize("taken", ["-exec", "-multi"])
+def test_a_load_whose_transaction_is_refused_says_so_and_leaves_no_lock(
+    redis_server: RedisServer, client: Client, tmp_path: Path, taken: str
+) -> None:
+    """A loading user without EXEC (or MULTI) was told only `cannot use Redis at ...:
+    Transaction discarded ...` (or `EXEC without MULTI`, naming nothing refused), and the
+    lock it left held 10 s refused the next load (`another load holds shixin:lock`)."""
+    user(client, "loader", taken)
+    done = load_cli(snapshot(tmp_path, "s1.jsonl"), url_of(redis_server, "loader"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    line = done.stderr.strip().splitlines()[-1]  # after the warning of a password in argv
+    assert line.startswith(
+        f"shixin-check load: Redis at redis://***@127.0.0.1:"
+        f"{redis_server.port}/0 refuses this user a command it needs ("
+    ), line
+    assert ("'exec'" if taken == "-exec" else "MULTI refused") in line, line
+    assert "(Redis users and rights)" in line and "pw-1" not in line, line
+    assert client.get(RedisKeys().lock) is None
+    user(client, "loader")  # given back: the next load goes in at once
+    again = load_cli(snapshot(tmp_path, "s2.jsonl"), url_of(redis_server, "loader"))
+    assert again.returncode == 0, again.stdout + again.stderr
 
 
 @pytest.mark.parametrize("taken", ["-watch", "-exec", "-multi"])
