@@ -470,11 +470,7 @@ def other_readings(id_type: IdType, number: str) -> tuple[tuple[IdType | None, s
         return ()
     length = len(number)
     if length == 15:
-        if (
-            _DIGITS15.match(number) is not None
-            and number[:2] in _PROVINCES
-            and "19" + number[6:12] in _BIRTH_DATES
-        ):
+        if _old_card(number):
             full = number[:6] + "19" + number[6:]
             return ((IdType.RESIDENT_ID, full + resident_id_check_char(full)),)
         return ()

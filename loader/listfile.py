@@ -870,8 +870,6 @@ def read_delta(path: Path) -> tuple[list[DeltaOp], list[RowError]]:
     ops.sort(key=lambda o: o.seq)
     written = written_at(path)
     for i, op in enumerate(ops):  # as the file's time holds them, wherever it is read again
-        if op.published_at is not None and (at := feed_time(op.published_at, written)) != (
-            op.published_at
-        ):
-            ops[i] = replace(op, published_at=at)
+        if op.published_at is not None:
+            ops[i] = replace(op, published_at=feed_time(op.published_at, written))
     return ops, errors
