@@ -498,6 +498,29 @@ def other_reading(id_type: IdType, number: str) -> tuple[IdType | None, str] | N
     return readings[0] if readings else None
 
 
+def refuse_misread(id_type: IdType, number: str, field: str, verb: str = "send") -> None:
+    """``InvalidInput`` naming ``field`` for a number (15 to 19 characters, no resident
+    ID or USCC as it is: ``other_readings`` found none) given under ``id_type`` that is
+    a resident ID with a keying slip, or a foreign permanent resident card with a bad
+    check character: refused as under RESIDENT_ID, so a document type must not make
+    either an ALLOW (``resident_id_slip``). A check refuses it, and so does a list row
+    (``verb`` "list"): a row a check can never find must not load as if it could."""
+    if id_type is IdType.FOREIGN_PERMANENT_RESIDENT and foreign_card_misread(number):
+        raise InvalidInput(field, "reads as a foreign permanent resident ID card (18 characters "
+                           "beginning with 9) with a bad check character (GB 11643): check "
+                           "the number")  # fmt: skip
+    if len(number) == 18 and misread_resident_id(number):
+        raise InvalidInput(field, "reads as a resident ID (region code, birth date) with a bad "
+                           f"check character (GB 11643): check the number; {verb} a resident "
+                           "ID with id_type RESIDENT_ID")  # fmt: skip
+    slip = resident_id_slip(number)
+    if slip is not None:
+        what, advice = slip[1], f"{verb} a resident ID with id_type RESIDENT_ID"
+        if what == FOREIGN_CARD_READING:
+            advice = f"{verb} it with id_type FOREIGN_PERMANENT_RESIDENT"
+        raise InvalidInput(field, f"reads as {what} with {slip[0]}: check the number; {advice}")
+
+
 #: C0 and C1 control characters and DEL: no name, number, court or date holds one
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
@@ -536,10 +559,18 @@ def normalize_name(raw: str) -> str:
 
 
 def mask_id(number: str) -> str:
-    """Shown in answers and logs: ``110105********123X``; short numbers keep less."""
+    """Shown in answers and logs: ``110105********123X``; short numbers keep less.
+
+    The birth date is never shown: a first-generation card's six digits of it
+    (``110105******001``), and in 16 or 17 characters (an 18-digit number keyed
+    short) every place an 18-digit number's eight could be."""
     n = len(number)
-    if n >= 15:
+    if n >= 18:
         return number[:6] + "*" * (n - 10) + number[-4:]
+    if n == 15:
+        return number[:6] + "******" + number[-3:]
+    if n > 15:
+        return number[:6] + "********" + number[14:]
     if n > 4:
         return number[:2] + "*" * (n - 4) + number[-2:]
     return "*" * n

@@ -264,9 +264,10 @@ static PyObject *person(PyObject *obj, PyObject *role, PyObject *others) {
     if (known != SURE) return NULL; /* FAILED: its error is set */
     /* a document number of 15 or 18 characters may be a resident ID under the wrong
      * type, one of 11 a Home Return Permit's old form and one of 10 a Taiwan permit's,
-     * which listfile.as_resident keys as the resident ID or the card: Python decides */
+     * which listfile.as_resident keys as the resident ID or the card, and one of 15 to
+     * 19 a resident ID with a keying slip, which it refuses: Python decides */
     Py_ssize_t length = PyUnicode_GET_LENGTH(number);
-    if (id_type != RESIDENT && (length == 15 || length == 18 || length == 11 || length == 10))
+    if (id_type != RESIDENT && ((length >= 15 && length <= 19) || length == 11 || length == 10))
         return NULL;
     int ok = id_type == RESIDENT ? canonical_resident_id(number) : canonical_document(number);
     if (ok != SURE) return NULL;
@@ -614,7 +615,10 @@ static int put_mask(Columns *self, PyObject *number) {
         char *at = b->data + b->len;
         const char *c = (const char *)PyUnicode_1BYTE_DATA(number);
         Py_ssize_t n = PyUnicode_GET_LENGTH(number);
-        Py_ssize_t head = n >= 15 ? 6 : n > 4 ? 2 : 0, tail = n >= 15 ? 4 : n > 4 ? 2 : 0;
+        /* no birth date shown: a first-generation card's 6 digits, 16 or 17 characters'
+         * every place an 18-digit number's 8 could be (identity.mask_id) */
+        Py_ssize_t head = n >= 15 ? 6 : n > 4 ? 2 : 0;
+        Py_ssize_t tail = n >= 18 ? 4 : n == 15 ? 3 : n > 15 ? n - 14 : n > 4 ? 2 : 0;
         memcpy(at, c, head);
         memset(at + head, '*', n - head - tail);
         memcpy(at + n - tail, c + n - tail, tail);
@@ -1551,7 +1555,10 @@ static PyObject *masked_json(PyObject *module, PyObject *numbers) {
                 Py_RETURN_NONE;
             }
         }
-        Py_ssize_t head = n >= 15 ? 6 : n > 4 ? 2 : 0, tail = n >= 15 ? 4 : n > 4 ? 2 : 0;
+        /* no birth date shown: a first-generation card's 6 digits, 16 or 17 characters'
+         * every place an 18-digit number's 8 could be (identity.mask_id) */
+        Py_ssize_t head = n >= 15 ? 6 : n > 4 ? 2 : 0;
+        Py_ssize_t tail = n >= 18 ? 4 : n == 15 ? 3 : n > 15 ? n - 14 : n > 4 ? 2 : 0;
         if (i > 0) *at++ = ',';
         *at++ = '"';
         memcpy(at, c, head);

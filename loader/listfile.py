@@ -32,6 +32,7 @@ from shixin_check.domain.identity import (
     other_reading,
     permit_card,
     refuse_controls,
+    refuse_misread,
 )
 from shixin_check.domain.model import (
     NO_END,
@@ -642,11 +643,13 @@ def _person(obj: Any, prefix: str, role: Role) -> ListedSubject:
         raise InvalidInput(prefix.rstrip("."), "must be an object")
     id_type: IdType = _choice(obj, "id_type", _ID_TYPES, prefix, default="RESIDENT_ID")
     number = normalize_person_id(id_type, _text(obj, "id_number", prefix), prefix + "id_number")
-    keyed_as, number = as_resident(id_type, number)
+    keyed_as, number = as_resident(id_type, number, prefix + "id_number")
     return ListedSubject(role, _text(obj, "name", prefix), keyed_as, number)
 
 
-def as_resident(id_type: IdType, number: str) -> tuple[IdType | None, str]:
+def as_resident(
+    id_type: IdType, number: str, field: str = "id_number"
+) -> tuple[IdType | None, str]:
     """A person's identity as the list keys it: a number under a document type
     that plainly is another identity (``identity.other_reading``) is kept as that
     identity, where a check by it looks: a resident ID as that resident ID, a USCC
@@ -657,11 +660,17 @@ def as_resident(id_type: IdType, number: str) -> tuple[IdType | None, str]:
     marks it), or a Taiwan permit's given as one, is kept as the card's number
     (``identity.permit_card``), which a check by either form looks up. Ten digits
     under another type stay as given: two people's passports that share their first
-    eight digits must not become one person (an exemption of one would free both)."""
+    eight digits must not become one person (an exemption of one would free both).
+
+    A number that no check could find is refused (``InvalidInput`` naming ``field``):
+    one keying slip from a resident ID or a foreign permanent resident card, which a
+    check refuses under every document type (``identity.refuse_misread``)."""
     if id_type is not IdType.RESIDENT_ID:
         other = other_reading(id_type, number)
         if other is not None:
             return other
+        if 15 <= len(number) <= 19:
+            refuse_misread(id_type, number, field, "list")
         card = permit_card(number)
         if card is not None and (card[0] is IdType.HK_MACAO_PERMIT or card[0] is id_type):
             return card
@@ -695,7 +704,7 @@ def _exemption(obj: Any, prefix: str) -> Exemption:
         except InvalidInput:
             pass
         raise
-    keyed_as, number = as_resident(id_type, number)
+    keyed_as, number = as_resident(id_type, number, prefix + "id_number")
     return Exemption(channel, first, last, keyed_as, number)
 
 

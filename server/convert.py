@@ -27,10 +27,7 @@ from shixin_check.domain.decision import (
 )
 from shixin_check.domain.errors import InvalidInput
 from shixin_check.domain.identity import (
-    FOREIGN_CARD_READING,
     IdType,
-    foreign_card_misread,
-    misread_resident_id,
     normalize_person_id,
     normalize_resident_id,
     normalize_uscc,
@@ -38,8 +35,8 @@ from shixin_check.domain.identity import (
     permit_card,
     reads_as_resident_id,
     refuse_controls,
+    refuse_misread,
     resident_id_is_uscc,
-    resident_id_slip,
 )
 from shixin_check.domain.keys import IdentityKeyer
 from shixin_check.domain.model import NO_END, day_iso
@@ -316,28 +313,6 @@ def _person_as_organisation(refused: InvalidInput, raw: str) -> InvalidInput:
     )
 
 
-def _refuse_misread(id_type: IdType, number: str) -> None:
-    """``InvalidInput`` for a number (15 to 19 characters, no resident ID or USCC as it
-    is) sent under ``id_type`` that is a resident ID with a keying slip, or a foreign
-    permanent resident card with a bad check character: refused as RESIDENT_ID, so a
-    document type must not make either an ALLOW (``resident_id_slip``)."""
-    field = "subject.person.id_number"
-    if id_type is IdType.FOREIGN_PERMANENT_RESIDENT and foreign_card_misread(number):
-        raise InvalidInput(field, "reads as a foreign permanent resident ID card (18 characters "
-                           "beginning with 9) with a bad check character (GB 11643): check "
-                           "the number")  # fmt: skip
-    if len(number) == 18 and misread_resident_id(number):
-        raise InvalidInput(field, "reads as a resident ID (region code, birth date) with a bad "
-                           "check character (GB 11643): check the number; send a resident "
-                           "ID with id_type RESIDENT_ID")  # fmt: skip
-    slip = resident_id_slip(number)
-    if slip is not None:
-        what, send = slip[1], "send a resident ID with id_type RESIDENT_ID"
-        if what == FOREIGN_CARD_READING:
-            send = "send it with id_type FOREIGN_PERMANENT_RESIDENT"
-        raise InvalidInput(field, f"reads as {what} with {slip[0]}: check the number; {send}")
-
-
 def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
     """A validated domain query, or ``InvalidInput`` naming the field.
 
@@ -388,7 +363,7 @@ def to_query(request: pb.CheckRequest, keyer: IdentityKeyer) -> Query:
             for kind, reading in readings:
                 also += (keyer.subject_key(kind, reading),)
             if not readings and 15 <= len(number) <= 19:
-                _refuse_misread(id_type, number)
+                refuse_misread(id_type, number, "subject.person.id_number")
             # and under every other document type: the same letters and digits, normalised
             # alike, are that document mistyped (a passport sent as a permit), never a
             # reason for ALLOW: a clerk's choice of type must not let a listed person by

@@ -591,7 +591,10 @@ def test_mask_id_keeps_region_and_last_four() -> None:
 @pytest.mark.parametrize(
     ("number", "masked"),
     [
-        pytest.param("123456789012345", "123456*****2345", id="15-digit"),
+        pytest.param("110105770707001", "110105******001", id="first-generation card"),
+        pytest.param("11010519770707001", "110105********001", id="17 characters"),
+        pytest.param("1101051977070701", "110105********01", id="16 characters"),
+        pytest.param("1101051977070700161", "110105*********0161", id="19 characters"),
         pytest.param("E12345678", "E1*****78", id="passport"),
         pytest.param("12345", "12*45", id="five"),
         pytest.param("1234", "****", id="four"),

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from shixin_check.domain.decision import Query, decide
 from shixin_check.domain.errors import InvalidInput, LoadRejected, RowError
-from shixin_check.domain.identity import IdType, normalize_uscc
+from shixin_check.domain.identity import IdType, normalize_uscc, resident_id_check_char
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.domain.model import (
     NO_END,
@@ -590,6 +590,47 @@ def test_fast_path_reports_every_bad_row_as_parse_entry_does(
         assert (parts, errors) == _legacy(rows, keyer), (path, value, drop)
         rejected += bool(errors)
     assert rejected > 1000  # most mutations make a bad row
+
+
+def test_a_row_no_check_could_find_is_refused_with_its_line(
+    tmp_path: Path, keyer: SubjectKeyer, row_checker: str
+) -> None:
+    """A number given under a document type that a check refuses under every type (a
+    resident ID with one keying slip, a foreign permanent resident card with a bad check
+    character) loaded, and its person could never be checked: every check of the number
+    was INVALID_ARGUMENT, and ``validate`` said the file was OK. Refused now, as a check
+    refuses it, with the row's line and field, in the subject, a related person and an
+    exemption alike; the load applies nothing."""
+    card = "91184019800101001"  # a foreign card's first 17 characters
+    card += next(c for c in "0123456789X" if c != resident_id_check_char(card))
+    passport = person_entry("E4", ZHANG[:17], "甲")  # its check character left out
+    passport["subject"]["id_type"] = "PASSPORT"
+    foreign = person_entry("E5", card, "JOHN SMITH")
+    foreign["subject"]["id_type"] = "FOREIGN_PERMANENT_RESIDENT"
+    related = org_entry("E6", ACME_USCC, "艾克米", [("PRINCIPAL", "王芳", WANG)])
+    related["related_persons"][0].update(
+        id_type="HK_MACAO_PERMIT", id_number=WANG[:9] + "5" + WANG[9:]
+    )
+    exempt = person_entry("E7", ZHAO, "赵六", exemptions=[{
+        "channel": "RAIL", "from": "2026-01-01", "until": "2026-01-31",
+        "id_type": "PASSPORT", "id_number": ZHAO[:6] + ZHAO[7] + ZHAO[6] + ZHAO[8:],
+    }])  # fmt: skip
+    path = write_jsonl(tmp_path / "s.jsonl", [*basic_rows(), passport, foreign, related, exempt])
+    with pytest.raises(LoadRejected) as caught:
+        build_snapshot(path, keyer)
+    found = [(e.line, e.field, e.problem.split(":")[0]) for e in caught.value.errors]
+    assert found == [
+        (4, "subject.id_number", "reads as a resident ID with one character left out"),
+        (5, "subject.id_number", "reads as a foreign permanent resident ID card (18 characters "
+                                 "beginning with 9) with a bad check character (GB 11643)"),
+        (6, "related_persons.0.id_number", "reads as a resident ID with one character too many"),
+        (7, "exemptions.0.id_number", "reads as a resident ID with two characters swapped"),
+    ]  # fmt: skip
+    assert "list a resident ID with id_type RESIDENT_ID" in caught.value.errors[0].problem
+    # the same numbers under RESIDENT_ID were refused already; a real document still loads
+    fine = person_entry("E4", "E82067303", "甲")
+    fine["subject"]["id_type"] = "PASSPORT"
+    build_snapshot(write_jsonl(tmp_path / "ok.jsonl", [*basic_rows(), fine]), keyer)
 
 
 def test_plain_uscc_agrees_with_normalize_uscc() -> None:
