@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -191,10 +191,11 @@ class Credentials:
     warning.
     """
 
-    api_key: str = ""
+    # the secrets never in a repr (a log line, an error reporter's locals)
+    api_key: str = field(default="", repr=False)
     root_ca: bytes | None = None
     client_cert: bytes | None = None
-    client_key: bytes | None = None
+    client_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # grpcio refuses such a header only when a call is made, with INTERNAL

@@ -1264,6 +1264,8 @@ def run_service(settings: ServeSettings) -> int:
     notes = check_client_ca(settings)  # said once logging is set up
     if settings.secret_note:
         notes.append(settings.secret_note)
+    if settings.tls_key_note:
+        notes.append(settings.tls_key_note)
     workers = _workers(settings)
     if workers > 1:
         from shixin_check.server.workers import run_supervisor

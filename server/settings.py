@@ -1041,6 +1041,7 @@ class ServeSettings:
     workers: int = 1  # processes sharing the port (SO_REUSEPORT) and one mapped index
     effective: str = ""  # effective_settings_line: what differs from the defaults, and why
     secret_note: str = ""  # a warning on the key secret file (readable by every user), or ""
+    tls_key_note: str = ""  # a warning on the --tls-key file (readable by every user), or ""
 
     @property
     def authenticated(self) -> bool:
@@ -1153,6 +1154,27 @@ def _held_to_its_owner(path: str, st: os.stat_result) -> str:
     return (f"the key secret file {path} is readable by every user (mode {mode:04o}): with it "
             "anyone who can read the compiled index or a log can undo its masked ID numbers "
             f"by trying each birth date; chmod 600 {path} (or 640 for the server's group)")  # fmt: skip
+
+
+def _tls_key_held(flag: str, path: Path) -> str:
+    """The server's TLS private key refused, as ssh refuses a private key, when someone
+    else may write it or owns it (root aside): they could put their own key and
+    certificate in its place. A warning ("": none) when every user may read it: whoever
+    reads it can pose as this server to its gateways. Its group may read it unwarned
+    (Kubernetes mounts a secret 0440 for the pod's group)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigurationError(f"{flag}: {path}: {exc.strerror or exc}") from None
+    unsafe = others_may_write(st)
+    if unsafe:
+        raise ConfigurationError(f"{flag}: {path} is {unsafe}: another user could change "
+                                 f"it; chmod 600 {path}")  # fmt: skip
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o004:
+        return ""
+    return (f"{flag}: {path} is readable by every user (mode {mode:04o}): whoever reads "
+            f"it can pose as this server; chmod 600 {path} (or 640 for the server's group)")  # fmt: skip
 
 
 def _unreadable_secret_file(resolved: Resolved, path: str, exc: OSError) -> str:
@@ -1308,7 +1330,9 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         raise ConfigurationError(
             f"{n['tls_cert']} and {n['tls_key']} go together (and {n['tls_client_ca']} needs them)"
         )
+    tls_key_note = ""
     if tls_cert is not None and tls_key is not None:
+        tls_key_note = _tls_key_held(n["tls_key"], tls_key)
         check_pem(f"{n['tls_cert']} {tls_cert} and {n['tls_key']} {tls_key}", tls_cert, tls_key)
         check_certificate_dates(f"{n['tls_cert']} {tls_cert}", tls_cert)
     if client_ca is not None:
@@ -1336,6 +1360,7 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         secret=secret,
         secret_source=source,
         secret_note=secret_note,
+        tls_key_note=tls_key_note,
         policy=Policy(
             hotel_min_star=r.integer("hotel_min_star"),
             resort_quota_fen=r.integer("resort_quota_fen"),

@@ -717,6 +717,18 @@ def _password_in_argv(args: argparse.Namespace) -> bool:
     return url_has_password(url)
 
 
+def _api_key_in_argv(args: argparse.Namespace) -> bool:
+    """An ``--api-key`` given on the command line, one the command will send (one it
+    refuses is said in that refusal's one line)."""
+    resolved = getattr(args, "resolved", None)
+    key = getattr(args, "api_key", None)
+    if resolved is None or not key or resolved.origins.get("api_key") != "the command line":
+        return False
+    from shixin_check.clients.channel import API_KEY, API_KEY_MAX
+
+    return isinstance(key, str) and len(key) <= API_KEY_MAX and bool(API_KEY.fullmatch(key))
+
+
 def main(argv: list[str] | None = None) -> int:
     undecodable = _not_utf8(sys.argv[1:] if argv is None else argv)
     if undecodable:
@@ -741,6 +753,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{command}: warning: the password in --redis is shown to every user of this "
                   "machine in the process list (ps, /proc/PID/cmdline): give it in "
                   "SHIXIN_REDIS_PASSWORD, or the URL in SHIXIN_REDIS", file=sys.stderr)  # fmt: skip
+        if _api_key_in_argv(args):
+            print(f"{command}: warning: the key in --api-key is shown to every user of this "
+                  "machine in the process list (ps, /proc/PID/cmdline): give it in "
+                  "SHIXIN_API_KEY", file=sys.stderr)  # fmt: skip
         return handlers[args.command](args)
     except ConfigurationError as exc:
         print(f"{command}: {exc}", file=sys.stderr)

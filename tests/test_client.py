@@ -10,6 +10,7 @@ must turn real bookings into one answer per person.
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import orjson
 import pytest
 
 from shixin.v1 import check_pb2 as pb
-from shixin_check.clients.channel import NO_RETRY, RetryPolicy
+from shixin_check.clients.channel import NO_RETRY, Credentials, RetryPolicy
 from shixin_check.clients.check_client import CheckClient, build_request, error_details
 from shixin_check.clients.errors import (
     CheckError,
@@ -309,6 +310,21 @@ def test_credentials_and_scope_raise_with_their_reasons(
             hotel_chain.check(flight(ZHAO))
     assert denied.value.reason == "CHANNEL_NOT_ALLOWED"
     assert denied.value.metadata["channel"] == "AIRLINE"
+
+
+def test_credentials_never_show_their_secrets_in_a_repr(tmp_path: Path) -> None:
+    """A log line or an error reporter's locals printed the API key and the client's
+    private key: a repr shows neither, and still says what is set."""
+    shown = repr(Credentials(api_key="sk_never-shown"))
+    assert "sk_never-shown" not in shown and shown.startswith("Credentials("), shown
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", "gw.key", "-out", "gw.pem",
+                    "-days", "30", "-subj", "/CN=gw"],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=60)  # fmt: skip
+    key, cert = (tmp_path / "gw.key").read_bytes(), (tmp_path / "gw.pem").read_bytes()
+    shown = repr(Credentials(root_ca=cert, client_cert=cert, client_key=key))
+    body = key.decode().split("-----")[2].strip().splitlines()[0]  # the key's first line
+    assert body not in shown and "PRIVATE KEY" not in shown and "client_cert=b'" in shown, shown
 
 
 def test_rate_and_burst_raise_rate_limited_and_limit_exceeded(

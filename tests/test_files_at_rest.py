@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,6 +131,61 @@ def test_a_redis_password_on_the_command_line_is_warned_of(tmp_path: Path) -> No
     assert "warning: the password" not in quiet.stderr, quiet.stderr
     plain = run_cli("status", "--redis", f"redis://127.0.0.1:{port}/0")
     assert "warning: the password" not in plain.stderr, plain.stderr
+
+
+def test_an_api_key_on_the_command_line_is_warned_of(tmp_path: Path) -> None:
+    """``check --api-key`` put the key in the process list without a word (``load``
+    warned of a Redis password there); from the environment nothing is said."""
+    target = f"127.0.0.1:{free_port()}"  # nothing listens: each command fails, after it
+    for command in ("check", "status", "health"):
+        asked = ["--target", target]
+        if command == "check":
+            asked += ["--channel", "HOTEL", "--id", ZHANG]
+        said = run_cli(command, "--api-key", "sk_on_argv", *asked)
+        assert (
+            f"shixin-check {command}: warning: the key in --api-key is shown to every user of "
+            "this machine in the process list"
+        ) in said.stderr, said.stderr
+        assert "sk_on_argv" not in said.stderr + said.stdout
+        quiet = run_cli(command, *asked, env={**os.environ, "SHIXIN_API_KEY": "sk_in_env"})
+        assert "warning: the key" not in quiet.stderr, quiet.stderr
+
+
+def test_a_tls_key_another_user_may_write_is_refused_and_one_all_may_read_warned_of(
+    tmp_path: Path, feed: Path
+) -> None:
+    """The key secret file and the keys file were held as ssh holds a private key; the
+    server's TLS private key was used whatever its mode (0666: anyone could put their
+    own key and certificate in its place at the next start, or read it and pose as
+    this server)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    "tls.key", "-out", "tls.pem", "-days", "1", "-subj", "/CN=localhost"],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=60)  # fmt: skip
+    key, cert = tmp_path / "tls.key", tmp_path / "tls.pem"
+    tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+    for unsafe in (0o666, 0o620):
+        key.chmod(unsafe)
+        refused = refused_at_start(feed, *tls)
+        assert refused.startswith("shixin-check serve: --tls-key / SHIXIN_TLS_KEY"), refused
+        assert refused.endswith(
+            f": {key} is writable by {'everyone' if unsafe & 2 else 'its group'} "
+            f"(mode {unsafe:04o}): another user could change it; chmod 600 {key}"
+        ), refused
+    key.chmod(0o644)
+    server = ServeProcess("--list", str(feed), *tls, log=tmp_path / "out.log")
+    try:
+        eventually(lambda: "serving on" in server.output(), "the server serving")
+        [line] = [x for x in server.output().splitlines() if "readable by every user" in x]
+        assert " WARNING " in line and f"{key} is readable by every user (mode 0644)" in line
+    finally:
+        assert server.stop() == 0, server.output()
+    key.chmod(0o640)
+    server = ServeProcess("--list", str(feed), *tls, log=tmp_path / "out2.log")
+    try:
+        eventually(lambda: "serving on" in server.output(), "the server serving")
+        assert "readable by every user" not in server.output(), server.output()
+    finally:
+        assert server.stop() == 0, server.output()
 
 
 def test_a_key_secret_file_or_keys_file_another_user_may_write_is_refused(
