@@ -127,14 +127,20 @@ def serve() -> Iterator[Callable[..., RunningServer]]:
         handle.stop()
 
 
+#: the fixtures that start a redis-server of their own, and skip without one
+REDIS_FIXTURES = frozenset({"redis_server", "redis_sentinels"})
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    """With SHIXIN_REQUIRE_REDIS=1 (CI), a skipped Redis-backed test is a failure."""
+    """With SHIXIN_REQUIRE_REDIS=1 (CI), a skipped Redis-backed test is a failure: one
+    marked ``redis``, or one using a redis-server fixture (directly or through another
+    fixture: a test whose helper carried the mark and it not was skipped unseen)."""
     outcome = yield
     report = outcome.get_result()
     if (
         report.skipped
-        and "redis" in item.keywords
+        and ("redis" in item.keywords or REDIS_FIXTURES & set(getattr(item, "fixturenames", ())))
         and os.environ.get("SHIXIN_REQUIRE_REDIS") == "1"
     ):
         report.outcome = "failed"

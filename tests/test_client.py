@@ -162,7 +162,9 @@ def test_answers_equal_the_servers_one_by_one_in_a_batch_and_on_a_stream(
 
 def test_a_related_person_is_denied_in_role_for_the_organisation(server: RunningServer) -> None:
     with CheckClient(server.address) as client:
-        [match] = client.check(hotel(WANG)).matches
+        answer = client.check(hotel(WANG))
+    assert decided(answer) == ("DENY", ["HOTEL_STAR_RATED"])
+    [match] = answer.matches
     assert (match.role, match.organization_name) == (
         pb.ROLE_LEGAL_REPRESENTATIVE,
         "北京艾克米科技有限公司",

@@ -344,7 +344,6 @@ def test_readings_of_several_workers_sum() -> None:
     assert not Reading.merged([]).ready
 
 
-@pytest.mark.redis
 def publish_basic_rows(redis_server: RedisServer, tmp_path: Path) -> None:
     """basic_rows() published to ``redis_server`` as its current version."""
     client = connect(redis_server.url)
@@ -357,6 +356,7 @@ def publish_basic_rows(redis_server: RedisServer, tmp_path: Path) -> None:
         client.close()
 
 
+@pytest.mark.redis
 def test_a_replica_reports_its_lag_and_redis_errors(
     redis_server: RedisServer, serve: Serve, tmp_path: Path
 ) -> None:
@@ -387,6 +387,7 @@ def test_a_replica_reports_its_lag_and_redis_errors(
                "caught up again once Redis is back")  # fmt: skip
 
 
+@pytest.mark.redis
 def test_the_hit_forwarders_redis_errors_count_too(
     redis_server: RedisServer, serve: Serve, tmp_path: Path
 ) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from shixin.v1 import check_pb2 as pb
 from shixin_check.domain.errors import IndexUnavailable
 from shixin_check.domain.keys import SubjectKeyer
 from shixin_check.loader.index_redis import (
@@ -31,11 +32,12 @@ from shixin_check.loader.index_redis import (
 from shixin_check.loader.publish_redis import publish_snapshot
 from shixin_check.server.hitlog import HitLog
 from shixin_check.server.hitsink import HitForwarder, hits_stream, read_stream
+from tests.accessdata import Serve
 from tests.conftest import SECRET, RedisServer
 from tests.listdata import ZHANG
 from tests.processes import ServeProcess
 from tests.test_hit_stream import _hit
-from tests.test_redis_failures import key_of
+from tests.test_redis_failures import decision, health, key_of
 from tests.test_redis_loaded_again import snapshot
 from tests.test_redis_replicas import load_cli
 from tests.waiting import eventually
@@ -177,6 +179,39 @@ def test_a_replica_refused_its_look_ups_is_not_serving_until_they_work(
         assert view.look_up(key_of(keyer, ZHANG))
     finally:
         replica.stop()
+
+
+@pytest.mark.parametrize("refusal", ["password", "-hget"])
+def test_a_serving_replica_refused_mid_run_is_not_serving_through_its_health_service(
+    redis_server: RedisServer, client: Client, keyer: SubjectKeyer, serve: Serve,
+    tmp_path: Path, refusal: str,
+) -> None:  # fmt: skip
+    """The tests above read the follower's ``health_problem``; this asks a real
+    server's gRPC health, the probe a load balancer makes: SERVING while Redis takes
+    the replica's password and look-ups, NOT_SERVING once it refuses either mid-run
+    (a rotated password, HGET taken away), never an ALLOW for the listed person
+    meanwhile, and SERVING again once the right is back."""
+    publish_snapshot(client, snapshot(tmp_path, "s1.jsonl"), keyer)
+    user(client, "follower")
+    server = serve(None, redis=url_of(redis_server, "follower"), replica_id="r1")
+    eventually(lambda: decision(server, ZHANG, "张伟").decision == pb.DENY, "list served")
+    assert health(server) == "SERVING"
+    if refusal == "password":
+        client.execute_command("ACL", "SETUSER", "follower", "resetpass", ">pw-2")
+        client.execute_command("CLIENT", "KILL", "USER", "follower")
+    else:
+        user(client, "follower", "-hget")
+    # a look-up meets the refusal (or the follower's next round does)
+    answer = decision(server, ZHANG, "张伟")
+    assert answer.decision != pb.ALLOW, answer
+    eventually(lambda: health(server) == "NOT_SERVING", "health NOT_SERVING")
+    assert decision(server, ZHANG, "张伟").decision != pb.ALLOW
+    if refusal == "password":
+        client.execute_command("ACL", "SETUSER", "follower", ">pw-1")
+    else:
+        user(client, "follower")
+    eventually(lambda: health(server) == "SERVING" and decision(server, ZHANG, "张伟").decision
+               == pb.DENY, "SERVING again")  # fmt: skip
 
 
 def test_a_password_given_as_a_query_parameter_is_masked() -> None:
