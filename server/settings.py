@@ -408,7 +408,7 @@ OPTIONS: tuple[Option, ...] = (
            "lowest restricted hotel star rating (星级以上; Huzhou, seed 002, uses 4)",
            ("serve",)),
     Option("resort-quota-fen", integer(0, 10**12), 200_000,
-           "quota per transaction on spending in a rated resort or on a domestic tour, in fen (¥2,000; the seeds set no figure)",
+           "quota per transaction on spending in a rated resort or on a domestic tour, in fen (¥2,000; the seeds set no figure; 0 restricts every one, as Huzhou, seed 002, does)",
            ("serve",), metavar="FEN"),
     Option("insurance-premium-threshold-fen", integer(0, 10**12), 1_000_000,
            "premium from which cash-value insurance is restricted, in fen (¥10,000; the seeds "
