@@ -731,12 +731,11 @@ def test_a_local_audit_locked_by_another_holder_sends_the_check_to_the_server(
         time.sleep(0.3)  # the lock taken
         with CheckClient(server.address, prefilter=True, local_audit_path=path) as client:
             client.refresh_prefilter()
-            started = time.monotonic()
             answer = client.check(flight(ZHAO))
-            waited = time.monotonic() - started
+            still_held = holder.poll() is None  # answered while the lock was held
     finally:
         holder.kill()
         holder.wait()
     assert not answer.decided_locally and answer.decision == pb.ALLOW
-    assert waited < 2, waited  # not the holder's 5 s
+    assert still_held  # it did not wait for the holder's 5 s
     assert path.read_bytes() == b""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -393,11 +392,9 @@ def test_a_rate_refusal_carries_the_push_back_that_grpc_retries_obey(
             lambda: stub.CheckConsumption(flight(ZHAO), metadata=bearer(slow_keys["client"]))
         )
         delay_s = int(dict(refused.trailing_metadata())["retry-after-ms"]) / 1000  # type: ignore[attr-defined]
-        began = time.monotonic()
-        with pytest.raises(RateLimited):
+        with pytest.raises(RateLimited):  # a retry would be answered, or cut DEADLINE_EXCEEDED
             client.check(flight(ZHAO), timeout=delay_s + 0.05)
-        assert time.monotonic() - began < delay_s / 2  # told at once, not after a retry
-        assert refusals("client") == 4
+        assert refusals("client") == 4  # told at once: one refusal, no retry
 
 
 def test_a_file_read_by_worker_processes_gives_the_same_filter(
