@@ -561,9 +561,10 @@ def normalize_name(raw: str) -> str:
 def mask_id(number: str) -> str:
     """Shown in answers and logs: ``110105********123X``; short numbers keep less.
 
-    The birth date is never shown: a first-generation card's six digits of it
+    No birth date is shown: a first-generation card's six digits of it are hidden
     (``110105******001``), and in 16 or 17 characters (an 18-digit number keyed
-    short) every place an 18-digit number's eight could be."""
+    short) the eight from the seventh character on, where its birth date is unless
+    a character of the region code was left out."""
     n = len(number)
     if n >= 18:
         return number[:6] + "*" * (n - 10) + number[-4:]

@@ -117,7 +117,11 @@ log = logging.getLogger("shixin.loader")
 #: that may clear a listed person, so its list is parsed (and refused) again
 #: 9: a Taiwan permit listed in the old booklet's form (``1234567801``) is keyed as the
 #: card (``12345678``): an older folder keys it as given, not found by the card
-FORMAT = 9
+#: 10: a number under a document type one keying slip from a resident ID or a foreign
+#: card is a bad row (every check refuses it), and no mask shows a birth date: an older
+#: folder may serve such a row, SERVING where a fresh one refuses the list, and show a
+#: first-generation card's last birth digit, so its list is parsed (and refused) again
+FORMAT = 10
 Code = Literal["Q", "I", "i"]
 #: typed columns and their element (the ``array`` / ``memoryview`` type code)
 _TYPED: dict[str, Code] = {

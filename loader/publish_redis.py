@@ -1136,18 +1136,21 @@ class _RedisDelta:
 
     def _listed_as(self, entry: ListEntry) -> bool:
         """True when Redis holds ``entry`` exactly so: every subject key of it, and no
-        other, with the match a LIST of it would store."""
+        other, with the match a LIST of it would store, but for its masked number: the
+        subject key stands for the number, and a version an earlier release loaded masks
+        some numbers otherwise (a first-generation card's 15 digits)."""
         keys16 = self._entry(entry.entry_id)
         if keys16 is None:
             return False
         held = Counter(
-            (key16, orjson.dumps(m))
+            (key16, orjson.dumps(_unmasked(m)))
             for key16 in set(keys16) for m in self._value(key16) if m[0] == entry.entry_id
         )  # fmt: skip
         wanted = Counter(
-            (key.to_bytes(16, "big"), orjson.dumps(encode_match(match, entry.organization_name)))
+            (key.to_bytes(16, "big"),
+             orjson.dumps(_unmasked(encode_match(match, entry.organization_name))))
             for key, match in matches_of(entry, self.keyer)
-        )
+        )  # fmt: skip
         return held == wanted
 
     def apply(self, op: DeltaOp) -> RowError | None:
@@ -1331,3 +1334,8 @@ def _publish_delta(
         return DeltaResult(version, len(todo), todo[-1].seq)
     finally:
         lock.release()
+
+
+def _unmasked(match: list[Any]) -> list[Any]:
+    """A stored match (``encode_match``) without its masked number."""
+    return [*match[:8], "", *match[9:]]

@@ -486,6 +486,38 @@ def test_a_date_is_yyyy_mm_dd_or_the_same_without_dashes_never_a_week_date(
     ])  # fmt: skip
 
 
+def test_a_list_compiled_by_code_that_took_a_slipped_number_is_parsed_again_and_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row whose passport number is a resident ID with a character left out (which
+    every check refuses) loaded before; compiled so (format 9) it was mapped again,
+    SERVING, while the same files with a fresh index folder were refused. Format 10
+    parses it again."""
+    folder, index = tmp_path / "list", tmp_path / "index"
+    folder.mkdir()
+    slipped = person_entry("E1", ZHANG[:17], "张伟")
+    slipped["subject"]["id_type"] = "PASSPORT"
+    write_jsonl(
+        folder / "snapshot-0001.jsonl", [header(0), slipped, person_entry("E2", LI, "李娜")]
+    )
+    with monkeypatch.context() as older:  # the code before: no such refusal at load
+        older.setattr(listfile, "refuse_misread", lambda *args: None)
+        older.setattr(compiled, "FORMAT", 9)
+        older.setattr(versions, "FORMAT", 9)
+        first = start_server(settings_for(folder, index_dir=index))
+        try:
+            eventually(lambda: status(first).version != "", "the list loaded by older code")
+        finally:
+            first.stop()
+    again = start_server(settings_for(folder, index_dir=index))
+    try:
+        eventually(lambda: "reads as a resident ID with one character left out"
+                   in status(again).rejected_problem, "the list parsed again and refused")  # fmt: skip
+        assert status(again).version == ""  # nothing older validates: no list, as documented
+    finally:
+        again.stop()
+
+
 def test_a_list_compiled_by_code_that_read_week_dates_is_parsed_again_and_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
