@@ -171,6 +171,21 @@ def test_a_tls_key_another_user_may_write_is_refused_and_one_all_may_read_warned
             f": {key} is writable by {'everyone' if unsafe & 2 else 'its group'} "
             f"(mode {unsafe:04o}): another user could change it; chmod 600 {key}"
         ), refused
+    key.chmod(0o600)  # another user's: chmod alone cannot fix that (the re-review)
+    os.chown(key, OTHER_UID, OTHER_UID)
+    refused = refused_at_start(feed, *tls)
+    assert refused.endswith(
+        f": {key} is owned by another user (uid {OTHER_UID}, this server runs as "
+        f"{os.geteuid()}): another user could change it; chown {os.geteuid()} {key} (this "
+        f"server's user, or root) and chmod 600 {key}"
+    ), refused
+    secret = tmp_path / "secret"  # the key secret file's refusal says so too
+    secret.write_text("tests-only-secret-0123456789abcdef")
+    os.chown(secret, OTHER_UID, OTHER_UID)
+    refused = refused_at_start(feed, "--key-secret-file", str(secret))
+    assert refused.endswith(f"could change it; chown {os.geteuid()} {secret} (this server's "
+                            f"user, or root) and chmod 600 {secret}"), refused  # fmt: skip
+    os.chown(key, os.geteuid(), os.getegid())
     key.chmod(0o644)
     server = ServeProcess("--list", str(feed), *tls, log=tmp_path / "out.log")
     try:
