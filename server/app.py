@@ -172,6 +172,13 @@ class TlsFilesUnusable(ConfigurationError):
     with the files they read (``server.workers``)."""
 
 
+class KeysFileUnusable(ConfigurationError):
+    """The keys file as it is on disk now does not load (edited badly since the start,
+    its reload refused by the others). A worker of ``--workers`` that meets this when
+    it is started again is retried while the others serve on with the keys in force
+    (``server.workers``), as for ``TlsFilesUnusable``."""
+
+
 class Service:
     """A configured server, not yet started. ``run()`` serves until stopped.
 
@@ -196,9 +203,16 @@ class Service:
             metrics_port_is_free(settings)
         ring = None
         self.keys_watcher: KeysWatcher | None = None
+        #: the keys file as last read was refused (None: no keys file)
+        self.keys_file_refused: bool | None = None if settings.keys_file is None else False
         if settings.keys_file is not None:
             self.keys_watcher = KeysWatcher(settings.keys_file, self._on_keys_file)
-            ring = KeyRing.load(settings.keys_file)
+            try:
+                ring = KeyRing.load(settings.keys_file)
+            except ConfigurationError as exc:
+                if seat is None:
+                    raise
+                raise KeysFileUnusable(str(exc)) from None
         elif settings.tls_client_ca is not None:
             ring = KeyRing()
         #: notAfter (Unix seconds) of the certificate served, the earliest of its chain
@@ -570,6 +584,7 @@ class Service:
             ready=ready and not self._stop.is_set(),
             stale=stale,
             tls_expiry=self.certificate_expires,
+            keys_file_refused=self.keys_file_refused,
         )
 
     def _metrics_endpoint(self, listen: str) -> MetricsEndpoint:
@@ -635,6 +650,7 @@ class Service:
     def _on_keys_file(self, ring: KeyRing | None, detail: str) -> None:
         """A reload of the keys file, on the loop's thread: in force now, or refused."""
         path = self.settings.keys_file
+        self.keys_file_refused = ring is None
         if ring is None:
             log.error("keys file %s refused, the keys in force stay: %s", path, detail)
             outcome = f"REFUSED: {detail}"

@@ -97,13 +97,14 @@ METRIC_NAMES = (
     "shixin_worker_restarts_total",
     "shixin_tls_certificate_expiry_timestamp_seconds",
     "shixin_open_files_ratio",
+    "shixin_keys_file_refused",
 )
 (
     CHECKS, DURATION, REFUSALS, HITS, HIT_LOG_ERRORS, AUDIT_LOG_ERRORS, REFUSALS_UNRECORDED,
     LIST_INFO, LIST_AGE,
     LIST_ENTRIES, BLOOM_POSITIVES, BLOOM_FALSE_POSITIVES, INDEX_LOOKUPS, RATE_LIMITED,
     REPLICA_LAG, REDIS_ERRORS, LIST_BEHIND, READY, LIST_STALE, WORKERS, WORKER_RESTARTS,
-    TLS_EXPIRY, OPEN_FILES,
+    TLS_EXPIRY, OPEN_FILES, KEYS_REFUSED,
 ) = METRIC_NAMES  # fmt: skip
 #: The ``state`` label of ``shixin_workers``, in the order of ``Reading.workers``.
 WORKER_STATES = ("up", "stale", "down")
@@ -155,6 +156,8 @@ class Reading:
     tls_certificate_expiry: float | None = None
     #: open file descriptors over the soft limit on them (None: unknown, or no limit)
     open_files_ratio: float | None = None
+    #: the keys file as last read was refused, older keys in force (None: no keys file)
+    keys_file_refused: bool | None = None
 
     @classmethod
     def merged(cls, readings: Iterable[Reading]) -> Reading:
@@ -188,6 +191,8 @@ class Reading:
                 out.open_files_ratio = max(out.open_files_ratio or 0.0, r.open_files_ratio)
             if r.behind is not None:
                 out.behind = bool(out.behind) or r.behind
+            if r.keys_file_refused is not None:
+                out.keys_file_refused = bool(out.keys_file_refused) or r.keys_file_refused
             if r.source_timestamp is not None and (
                 oldest is None or r.source_timestamp < (oldest.source_timestamp or 0.0)
             ):
@@ -209,6 +214,7 @@ def take_reading(
     ready: bool = False,
     stale: bool = False,
     tls_expiry: float | None = None,
+    keys_file_refused: bool | None = None,
 ) -> Reading:
     """A ``Reading`` of one server: ``trusted`` when health has no problem with its index;
     ``ready`` and ``stale`` as its readiness health says; ``tls_expiry`` the notAfter of
@@ -222,6 +228,7 @@ def take_reading(
         stale=stale,
         tls_certificate_expiry=tls_expiry,
         open_files_ratio=open_files_ratio(),
+        keys_file_refused=keys_file_refused,
     )
     if redis is not None:
         reading.redis_errors = redis.redis_errors()
@@ -521,6 +528,14 @@ class MetricsCollector:
                 "at 1, new client connections and log files fail (EMFILE). Every client "
                 "connection holds one. With --workers, the worker nearest its limit.",
                 value=r.open_files_ratio,
+            )  # fmt: skip
+        if r.keys_file_refused is not None:
+            yield GaugeMetricFamily(
+                KEYS_REFUSED, "1 while the keys file as last read (on a change or SIGHUP) "
+                "was refused: the keys in force before it stay, so a key removed from the "
+                "file still works; 0 once it loads. With --workers, 1 if any worker refused "
+                "it. No series without --keys-file.",
+                value=int(r.keys_file_refused),
             )  # fmt: skip
         if r.source_timestamp is None:
             return

@@ -122,6 +122,7 @@ from shixin_check.loader.compiled import file_identity
 from shixin_check.server.app import (
     HURRY_SIGNAL,
     UNUSED_SIGNALS,
+    KeysFileUnusable,
     Service,
     TlsFilesUnusable,
     ignore_file_size_signal,
@@ -303,7 +304,12 @@ def _worker_main(settings: ServeSettings, seat: WorkerSeat, messages: Connection
         if served.is_set():
             raise  # a failure of a running server, not of its start: a crash, restarted
         # What a single server would print (shixin_check.cli), said once by the supervisor.
-        send("tls-files" if isinstance(exc, TlsFilesUnusable) else "fatal", str(exc))
+        kind = "fatal"
+        if isinstance(exc, TlsFilesUnusable):
+            kind = "tls-files"
+        elif isinstance(exc, KeysFileUnusable):
+            kind = "keys-file"
+        send(kind, str(exc))
         sys.exit(2)
 
 
@@ -697,14 +703,18 @@ class Supervisor:
     def _message(self, worker: _Worker, kind: str, text: str) -> None:
         if kind == "beat":
             return
-        if kind == "tls-files":
+        if kind in ("tls-files", "keys-file"):
             serving = [w.number for w in self.workers if w is not worker and w.serving]
             if self.started and serving:
-                log.error("worker %d cannot start: %s; worker%s %s serve%s on with the "
-                          "certificate and key read at start, and worker %d is started "
-                          "again until the files can be served", worker.number, text,
+                held, until = (
+                    ("the certificate and key read at start", "the files can be served")
+                    if kind == "tls-files"
+                    else ("the keys in force", "the keys file loads")
+                )
+                log.error("worker %d cannot start: %s; worker%s %s serve%s on with %s, and "
+                          "worker %d is started again until %s", worker.number, text,
                           "s" if len(serving) > 1 else "", ", ".join(map(str, serving)),
-                          "" if len(serving) > 1 else "s", worker.number)  # fmt: skip
+                          "" if len(serving) > 1 else "s", held, worker.number, until)  # fmt: skip
                 return
             kind = "fatal"  # no other worker serves: as any start that fails
         if kind == "fatal":

@@ -74,6 +74,7 @@ DOCUMENTED_METRICS = frozenset({
     "shixin_worker_restarts_total",
     "shixin_tls_certificate_expiry_timestamp_seconds",
     "shixin_open_files_ratio",
+    "shixin_keys_file_refused",
 })  # fmt: skip
 HISTOGRAMS = frozenset({"shixin_check_duration_seconds"})
 

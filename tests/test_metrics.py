@@ -214,11 +214,29 @@ def test_every_exported_name_is_in_metric_names(serve: Serve, listed: Path) -> N
         families = text_string_to_metric_families(reply.read().decode())
         ours = {f.name for f in families if f.name.startswith("shixin_")}
     # the parser names a counter's family without its _total; memory mode has no Redis
-    # series, a server without TLS no certificate expiry, a single server no restarts
+    # series, a server without TLS no certificate expiry, a single server no restarts, one
+    # without a keys file no keys-file gauge
     absent = {"shixin_replica_lag_seconds", "shixin_redis_errors",
               "shixin_tls_certificate_expiry_timestamp_seconds",
-              "shixin_worker_restarts"}  # fmt: skip
+              "shixin_worker_restarts", "shixin_keys_file_refused"}  # fmt: skip
     assert ours == {name.removesuffix("_total") for name in METRIC_NAMES} - absent
+
+
+def test_a_refused_keys_file_is_a_gauge_until_it_loads(
+    serve: Serve, listed: Path, key_file: dict[str, str]
+) -> None:
+    """A keys file edited badly is refused and the keys in force stay, a key removed
+    from it still working: only an ERROR line said so, nothing an alert could see."""
+    path = Path(key_file["path"])
+    server = serve(listed, keys_file=path, metrics_listen=f"127.0.0.1:{free_port()}")
+    assert scrape(server)[("shixin_keys_file_refused", frozenset())] == 0
+    good = path.read_text()
+    path.write_text(good.rstrip().rstrip("}") + ",}")  # a trailing comma
+    eventually(lambda: scrape(server)[("shixin_keys_file_refused", frozenset())] == 1,
+               "the refusal counted")  # fmt: skip
+    path.write_text(good)
+    eventually(lambda: scrape(server)[("shixin_keys_file_refused", frozenset())] == 0,
+               "the file loaded again")  # fmt: skip
 
 
 def test_open_files_are_reported_against_the_limit_on_them(serve: Serve, listed: Path) -> None:
@@ -336,6 +354,10 @@ def test_readings_of_several_workers_sum() -> None:
     assert total.open_files_ratio is None
     a.open_files_ratio, b.open_files_ratio = 0.9, 0.2
     assert Reading.merged([a, b]).open_files_ratio == 0.9
+    # a keys file refused by any worker; no keys file: no figure
+    assert total.keys_file_refused is None
+    a.keys_file_refused, b.keys_file_refused = False, True
+    assert Reading.merged([a, b]).keys_file_refused is True
     # ready only if every worker is; stale if any worker's list is; no worker: not ready
     a.ready, b.ready, b.stale = True, False, True
     assert (Reading.merged([a, b]).ready, Reading.merged([a, b]).stale) == (False, True)

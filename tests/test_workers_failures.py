@@ -19,10 +19,17 @@ import socket
 import subprocess
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 
+from shixin.v1 import check_pb2 as pb
+from shixin.v1 import check_pb2_grpc as pb_grpc
+from shixin_check.clients.check_client import build_request
 from shixin_check.server import workers as supervisors
+from shixin_check.server.auth import add_key
+from tests.accessdata import bearer
+from tests.listdata import ZHANG
 from tests.processes import CLI, ServeProcess, free_port, run_cli
 from tests.test_workers import ask_round, feed, serve_workers, two_workers, workers_of
 from tests.waiting import WAIT_S, eventually
@@ -173,6 +180,41 @@ def test_a_replacement_that_cannot_start_ends_the_server_in_one_line(
     last = output.strip().splitlines()[-1]
     assert re.fullmatch(r"shixin-check serve: worker \d failed to start 3 times in a row: .*", last)
     assert str(logs) in last, last
+
+
+def test_a_keys_file_edited_badly_never_ends_the_pool_when_a_worker_dies(
+    tmp_path: Path, feed: Path, two_workers: None
+) -> None:
+    """A keys file edited badly is refused at its reload, the keys in force stay: then
+    one worker crashed, its replacement met the file three times, and the whole pool
+    ended, every caller refused. The others serve on with the keys in force, and the
+    replacement is started again until the file loads, as for TLS files mid-rotation."""
+    keys = tmp_path / "keys.json"
+    key = add_key(keys, "ops", "*", ["check"])
+    server = serve_workers(tmp_path, feed, "keys", "--keys-file", str(keys))
+    try:
+        keys.write_text(keys.read_text().rstrip().rstrip("}") + ",}")  # a trailing comma
+        server.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: server.output().count("refused, the keys in force stay") >= 2,
+                   "each worker refusing the reload")  # fmt: skip
+        victim = workers_of(server)[0]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=15)
+        said = "is started again until the keys file loads"
+        eventually(lambda: server.output().count(said) >= 4, "four replacements refused")
+        out = server.output()
+        assert "failed to start" not in out and server.proc.poll() is None, out
+        for _ in range(4):  # the worker left answers every caller, with the keys in force
+            with grpc.insecure_channel(server.target) as channel:
+                reply = pb_grpc.ConsumptionCheckStub(channel).CheckConsumption(
+                    build_request("AIRLINE", id_number=ZHANG), metadata=bearer(key), timeout=10
+                )
+            assert reply.decision == pb.DENY
+        keys.write_text(json.dumps(json.loads(keys.read_text().replace(",}", "}"))))  # mended
+        eventually(lambda: "serving again" in server.output(), "the replacement serving")
+    finally:
+        code = server.stop()
+    assert code == 0, server.output()
 
 
 # --- 3. private folders of a supervisor killed with SIGKILL ---------------------------------
