@@ -205,7 +205,13 @@ def _principal(entry: object, where: str) -> Principal:
         try:
             channels = frozenset(Channel[c] for c in raw_channels)
         except (KeyError, TypeError):
-            raise ConfigurationError(f"{where}: channels must be '*' or channel names") from None
+            bad = next(
+                c for c in raw_channels if not isinstance(c, str) or c not in Channel.__members__
+            )
+            raise ConfigurationError(
+                f"{where}: channels must be '*' or channel names: {bad!r} is none "
+                f"({', '.join(Channel.__members__)})"
+            ) from None
     raw_roles = entry.get("roles", ["check"])
     if (
         not isinstance(raw_roles, list)

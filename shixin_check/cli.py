@@ -560,6 +560,10 @@ def _redis_line(status: Any) -> str:
     if status.not_serving_reason:  # lost, unless a log's problem and the network coincide
         return (f"{upstream} as last read; it no longer holds what this replica serves, or "
                 "cannot be read now (NOT_SERVING above says which)")  # fmt: skip
+    if status.redis_write_refused:  # it answers, and refuses: not the network
+        return (f"Redis answers but refuses this replica now (WRITE REFUSED below; it held "
+                f"{status.upstream_version} seq {status.upstream_last_delta_seq}); how many "
+                "deltas behind is unknown")  # fmt: skip
     return (f"Redis cannot be reached now (it held {status.upstream_version} seq "
             f"{status.upstream_last_delta_seq}); how many deltas behind is unknown")  # fmt: skip
 

@@ -397,6 +397,8 @@ _HASH = "a" * 64
         ({"rate_per_second": "1"}, "must be numbers"),
         ({"burst": 2.7}, "burst must be a whole number"),
         ({"channels": {"RAIL": 1}}, "channels must be '*' or channel names"),
+        ({"channels": ["RAIL", "NOPE"]}, "channel names: 'NOPE' is none (RAIL, AIRLINE, "),
+        ({"channels": ["RAIL", 7]}, "channel names: 7 is none (RAIL, "),
         ({"sha256": "z" * 64}, "sha256 must be 64 hex characters"),
     ],
 )

@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from shixin_check.loader.index_redis import PASSWORD_ENV
+from shixin_check.loader.index_redis import PASSWORD_ENV, connect
 from tests import test_redis_seq
 from tests.conftest import RedisServer, RunningServer
 from tests.listdata import ZHAO, basic_rows, person_entry
@@ -143,6 +143,30 @@ def test_a_replica_that_cannot_reach_redis_says_so_never_a_negative_lag(
     (line,) = [x for x in shown.stdout.splitlines() if x.startswith("replica r1:")]
     assert line == (f"replica r1: Redis cannot be reached now (it held {served} seq 0); how "
                     "many deltas behind is unknown")  # fmt: skip
+
+
+def test_a_replica_whose_redis_is_over_its_maxmemory_is_not_said_unreachable(
+    replica: RunningServer, redis_server: RedisServer
+) -> None:
+    """Redis over its maxmemory answers and refuses every transaction: ``status``
+    printed "Redis cannot be reached now" beside its WRITE REFUSED line, sending the
+    person on call to the network."""
+    served = status(replica).version
+    client = connect(redis_server.url, timeout=5)
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", str(used // 2))
+    try:
+        eventually(lambda: status(replica).redis_write_refused != "", "the refusal", step=0.05)
+        shown = status_cli("--target", replica.address)
+        (line,) = [x for x in shown.stdout.splitlines() if x.startswith("replica r1:")]
+        assert "cannot be reached" not in line, shown.stdout
+        assert line == (f"replica r1: Redis answers but refuses this replica now (WRITE "
+                        f"REFUSED below; it held {served} seq 0); how many deltas behind is "
+                        "unknown"), shown.stdout  # fmt: skip
+        assert "WRITE REFUSED: " in shown.stdout and "maxmemory" in shown.stdout, shown.stdout
+    finally:
+        client.config_set("maxmemory", "0")
+        client.close()
 
 
 def test_a_server_status_cannot_ask_is_named_with_the_command() -> None:
