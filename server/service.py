@@ -1161,10 +1161,17 @@ class ConsumptionCheckService:
             if type(request) is Malformed:
                 raise request.error()
             status = list_status(self.engine, self.policy, self.gate)
+            if self.audit is not None:
+                try:
+                    self._audit(context, "GetListStatus", principal, "", "OK", started,
+                                metadata, 0)  # fmt: skip
+                except OSError:
+                    # the diagnosis is answered without its record: the audit log that
+                    # cannot take it is what it reports (not_serving_reason, below), and
+                    # the write's failure is counted and logged as every one is
+                    pass
             if not status.not_serving_reason:
                 status.not_serving_reason = log_problem(self.engine.hit_log, self.audit)
-            if self.audit is not None:
-                self._audit(context, "GetListStatus", principal, "", "OK", started, metadata, 0)
         except Exception as exc:  # noqa: BLE001
             await self._fail(context, exc, "GetListStatus", principal, "", started, metadata,
                              count=0)  # fmt: skip

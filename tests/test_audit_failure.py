@@ -67,7 +67,7 @@ def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     ]  # fmt: skip
 
 
-def test_a_failed_audit_write_is_internal_counted_and_nothing_is_answered(
+def test_a_failed_audit_write_is_internal_counted_and_no_check_is_answered(
     serve: Serve, tmp_path: Path, full_audit: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
@@ -79,7 +79,6 @@ def test_a_failed_audit_write_is_internal_counted_and_nothing_is_answered(
         "CheckConsumptionBatch": lambda: stub.CheckConsumptionBatch(
             pb.CheckBatchRequest(checks=[flight(ZHAO), flight(ZHANG)])
         ),
-        "GetListStatus": lambda: stub.GetListStatus(pb.ListStatusRequest()),
     }
     for method, call in calls.items():
         caplog.clear()
@@ -93,8 +92,11 @@ def test_a_failed_audit_write_is_internal_counted_and_nothing_is_answered(
         assert f"{method} failed" in logged.getMessage()
         assert f"check_id {found.group(1)}" in logged.getMessage()
         assert "No space left on device" in logged.getMessage()
+    # the operator's diagnosis is answered without its record, saying why
+    status = stub.GetListStatus(pb.ListStatusRequest())
+    assert "(--audit-log) cannot be written" in status.not_serving_reason, status
     samples = scrape(server)
-    assert counted(samples, "shixin_refusals_total") == {labels(code="INTERNAL"): 3}
+    assert counted(samples, "shixin_refusals_total") == {labels(code="INTERNAL"): 2}
     assert not counted(samples, "shixin_checks_total")  # nothing was answered
     assert not counted(samples, "shixin_hits_total")
     assert value(samples, "shixin_audit_log_errors_total") >= 3

@@ -124,6 +124,34 @@ def test_a_log_that_cannot_be_written_is_not_serving_until_it_takes_records_agai
     assert all(line.startswith(b"{") for line in target.read_bytes().splitlines())
 
 
+def test_status_says_why_while_the_audit_log_cannot_be_written(tmp_path: Path) -> None:
+    """``status``, the operator's diagnosis, wrote an audit record like any call and
+    failed with it: ``cannot ask ...: INTERNAL: internal error (check_id ...)``, exit 2,
+    while health said NOT_SERVING with no reason. It answers without its record now,
+    saying that the audit log cannot be written, exit 1, as the README says."""
+    listing = write_jsonl(tmp_path / "list.jsonl", basic_rows())
+    target = tmp_path / "logs" / "audit.jsonl"
+    server = ServeProcess("--list", str(listing), "--audit-log", str(target))
+    output = Said(server)
+    try:
+        server.wait_serving()
+        done = run_cli("status", "--target", server.target)
+        assert done.returncode == 0, done.stdout + done.stderr
+        size = target.stat().st_size
+        resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+        done = run_cli("status", "--target", server.target)  # the first record refused
+        assert done.returncode == 1, done.stdout + done.stderr
+        (line,) = [x for x in done.stdout.splitlines() if x.startswith("NOT_SERVING: ")]
+        assert "(--audit-log) cannot be written" in line and str(target) in line, line
+        assert "EFBIG" in line, line
+        resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+        eventually(lambda: run_cli("status", "--target", server.target).returncode == 0,
+                   "status SERVING again")  # fmt: skip
+    finally:
+        code = server.stop()
+    assert code == 0, output.text()
+
+
 @pytest.mark.parametrize("flag", ["--hit-log", "--audit-log"])
 def test_a_log_the_disk_refuses_at_start_is_not_serving_from_the_start(
     flag: str, tmp_path: Path
