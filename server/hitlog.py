@@ -661,14 +661,16 @@ class AppendLog:
         not the file this writer holds (the folder removed, or made again by hand),
         or a second server started on the new folder could write the set too.
         """
+        held = self._owner < 0 or self._holds_set()
         made = self._regain()
         fd = open_for_writing(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        if made:
+        if made or not held:  # not held: made again by another log kept in it too
             log.error(
                 "%s %s: its folder was removed while this server wrote it, with every file "
-                "of the log: their records are lost, and those written since until now; made "
-                "the folder again (as at start) and started a new live file in it",
-                self.kind, self.path,
+                "of the log: their records are lost, and those written since until now; %s "
+                "and started a new live file in it", self.kind, self.path,
+                "made the folder again (as at start)" if made else "held the log again in "
+                "the folder made again (by another log of this server in it)",
             )  # fmt: skip
         st = os.fstat(fd)
         self._fd, self._size, self._identity = fd, st.st_size, (st.st_dev, st.st_ino)
@@ -837,7 +839,9 @@ class AppendLog:
                 self._truncated(st.st_size)
             return
         self.write_errors += 1
-        if self.path.parent.is_dir():  # else its folder went too: ``_open_live`` says so
+        # else its folder went too (made again by another log kept in it, this log's set
+        # is no longer held there): ``_open_live`` says so
+        if self.path.parent.is_dir() and (self._owner < 0 or self._holds_set()):
             log.error(
                 "%s was deleted or moved away while this server wrote it: records written "
                 "since then are not in the log's set; starting a new live file", self.path,

@@ -108,6 +108,35 @@ def test_an_audit_log_whose_folder_is_removed_goes_on_and_verify_shows_the_loss(
     assert "BROKEN" in done.stdout and "removed" in done.stdout, done.stdout
 
 
+def test_the_second_log_of_a_removed_folder_says_its_folder_was_removed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both logs in one folder, ``rm -rf`` of it: the hit log made the folder again
+    first, and the audit log, finding a folder there, said its live file "was deleted
+    or moved away", logrotate's wording, sending the person on call to the wrong
+    cause. Each says its folder was removed, once."""
+    folder = tmp_path / "logs"
+    clock = Clock(TODAY)
+    hits = HitLog(folder / "hits.jsonl", clock=clock)
+    audits = AuditLog(folder / "audit.jsonl", clock=clock)
+    hits.append({"n": 1})
+    audit(audits, 1)
+    shutil.rmtree(folder)
+    clock.now += 1.5
+    with caplog.at_level(logging.ERROR, logger="shixin.server"):
+        hits.append({"n": 2})  # the folder made again
+        audit(audits, 2)  # the audit log's set is gone from it too
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert all("its folder was removed while this server wrote it" in line for line in said)
+    assert not any("deleted or moved away" in line for line in said), said
+    assert "made the folder again" in said[0] and "held the log again" in said[1], said
+    with pytest.raises(LogInUse):  # each set held in the folder made again
+        AuditLog(folder / "audit.jsonl")
+    hits.close()
+    audits.close()
+
+
 @pytest.mark.parametrize("written", [0, 1])
 def test_an_audit_log_closed_before_it_saw_its_folder_removed_leaves_its_head_there(
     written: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -249,6 +278,7 @@ def test_a_running_server_whose_log_folder_is_removed_makes_it_again(tmp_path: P
     said = output.text()
     assert code == 0, said
     assert "its folder was removed" in said and "check the disk" not in said, said
+    assert "deleted or moved away" not in said, said  # logrotate's wording: not this
     assert "Traceback" not in said, said
     done = run_cli("audit", "verify", str(audits))
     assert done.returncode == 1, done.stdout + done.stderr
