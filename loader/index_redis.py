@@ -1405,8 +1405,10 @@ class RedisFollower(Background):
                 if is_denial(exc):
                     self._refused_by_redis(exc)
                     continue
-                if self.reachable:
+                if self.reachable or self._full:  # full was said, not yet gone
                     self.on_event("redis-down", str(exc))
+                # gone: neither full nor refusing writes is known any more (status says so)
+                self._full = self._write_problem = ""
                 self.reachable = False
                 self.guard.unreachable = str(exc) or type(exc).__name__
                 self._stop.wait(backoff)

@@ -12,6 +12,7 @@ and ``status`` as child processes, a replica in Redis mode.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -146,11 +147,12 @@ def test_a_replica_that_cannot_reach_redis_says_so_never_a_negative_lag(
 
 
 def test_a_replica_whose_redis_is_over_its_maxmemory_is_not_said_unreachable(
-    replica: RunningServer, redis_server: RedisServer
+    replica: RunningServer, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Redis over its maxmemory answers and refuses every transaction: ``status``
     printed "Redis cannot be reached now" beside its WRITE REFUSED line, sending the
-    person on call to the network."""
+    person on call to the network. And once such a Redis is gone, that is said: the
+    refusal was kept (status: "answers but refuses"), and no line said it went down."""
     served = status(replica).version
     client = connect(redis_server.url, timeout=5)
     used = int(client.info("memory")["used_memory"])
@@ -164,8 +166,19 @@ def test_a_replica_whose_redis_is_over_its_maxmemory_is_not_said_unreachable(
                         f"REFUSED below; it held {served} seq 0); how many deltas behind is "
                         "unknown"), shown.stdout  # fmt: skip
         assert "WRITE REFUSED: " in shown.stdout and "maxmemory" in shown.stdout, shown.stdout
+        with caplog.at_level(logging.ERROR, logger="shixin.server"):
+            redis_server.stop()  # and now gone
+
+            def unreachable() -> bool:
+                shown = status_cli("--target", replica.address)
+                return "replica r1: Redis cannot be reached now" in shown.stdout
+
+            eventually(unreachable, "status saying Redis cannot be reached")
+            assert "WRITE REFUSED" not in status_cli("--target", replica.address).stdout
+            eventually(lambda: "unreachable" in caplog.text, "the line saying Redis went")
     finally:
-        client.config_set("maxmemory", "0")
+        if redis_server.proc is not None:
+            client.config_set("maxmemory", "0")
         client.close()
 
 
