@@ -628,6 +628,8 @@ class AppendLog:
         self._lock = threading.Lock()
         self._fd = -1
         self._size = 0
+        #: (st_dev, st_ino) of the folder the live file was opened in (None: not yet)
+        self._folder_identity: tuple[int, int] | None = None
         self._owner = _hold(path)  # before anything is written: one writer per set
         try:
             self._open_live()
@@ -661,10 +663,10 @@ class AppendLog:
         not the file this writer holds (the folder removed, or made again by hand),
         or a second server started on the new folder could write the set too.
         """
-        held = self._owner < 0 or self._holds_set()
+        replaced = self._folder_replaced()  # made again by another log kept in it too
         made = self._regain()
         fd = open_for_writing(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        if made or not held:  # not held: made again by another log kept in it too
+        if made or replaced:
             log.error(
                 "%s %s: its folder was removed while this server wrote it, with every file "
                 "of the log: their records are lost, and those written since until now; %s "
@@ -674,8 +676,21 @@ class AppendLog:
             )  # fmt: skip
         st = os.fstat(fd)
         self._fd, self._size, self._identity = fd, st.st_size, (st.st_dev, st.st_ino)
+        folder = os.stat(self.path.parent)
+        self._folder_identity = (folder.st_dev, folder.st_ino)
         if self.fsync != "never":
             _sync_dir(self.path.parent)
+
+    def _folder_replaced(self) -> bool:
+        """Whether the log's folder is there but is not the one its live file was opened
+        in: removed, and made again (by another log of this server kept in it)."""
+        if self._folder_identity is None:
+            return False
+        try:
+            st = os.stat(self.path.parent)
+        except OSError:  # not there (or no folder): ``_regain`` makes it, and says so
+            return False
+        return (st.st_dev, st.st_ino) != self._folder_identity
 
     def _regain(self) -> bool:
         """With the lock held: the folder made again if it was removed (as at start, the
@@ -839,9 +854,9 @@ class AppendLog:
                 self._truncated(st.st_size)
             return
         self.write_errors += 1
-        # else its folder went too (made again by another log kept in it, this log's set
-        # is no longer held there): ``_open_live`` says so
-        if self.path.parent.is_dir() and (self._owner < 0 or self._holds_set()):
+        # else its folder went too (or was made again by another log kept in it):
+        # ``_open_live`` says so
+        if self.path.parent.is_dir() and not self._folder_replaced():
             log.error(
                 "%s was deleted or moved away while this server wrote it: records written "
                 "since then are not in the log's set; starting a new live file", self.path,

@@ -137,6 +137,31 @@ def test_the_second_log_of_a_removed_folder_says_its_folder_was_removed(
     audits.close()
 
 
+def test_a_lock_file_deleted_by_hand_is_no_removed_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its set's lock file deleted (``rm *.lock``) but the folder kept: a rotation by
+    size said nothing before and must not say the folder was removed with every record
+    (a re-review saw that, the rotated file intact beside it), and the live file then
+    moved away is said as such, not as a removed folder."""
+    folder = tmp_path / "logs"
+    clock = Clock(TODAY)
+    log = AuditLog(folder / "audit.jsonl", clock=clock, max_bytes=600)
+    audit(log, 1)
+    (folder / "audit.jsonl.lock").unlink()
+    with caplog.at_level(logging.ERROR, logger="shixin.server"):
+        for i in range(2, 8):  # past 600 bytes: rotated by size
+            audit(log, i)
+        assert len(list(folder.glob("audit.jsonl.*.*"))) >= 1  # a rotated file
+        assert [r.getMessage() for r in caplog.records] == []
+        (folder / "audit.jsonl").rename(folder / "audit.moved")
+        clock.now += 1.5
+        audit(log, 8)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "was deleted or moved away" in said[0], said
+    log.close()
+
+
 @pytest.mark.parametrize("written", [0, 1])
 def test_an_audit_log_closed_before_it_saw_its_folder_removed_leaves_its_head_there(
     written: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
