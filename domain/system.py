@@ -105,6 +105,15 @@ def others_may_write(st: os.stat_result) -> str:
     return ""
 
 
+def make_it_ours(unsafe: str, path: str | Path, mode: str = "600") -> str:
+    """The fix for a file ``others_may_write`` says ``unsafe`` of: ``chmod`` cannot give
+    away another user's file, so one owned by another user is handed over first."""
+    if unsafe.startswith("owned by"):
+        return (f"chown {os.geteuid()} {path} (this server's user, or root) and chmod "
+                f"{mode} {path}")  # fmt: skip
+    return f"chmod {mode} {path}"
+
+
 def make_folders(folder: Path, mode: int = FOLDER_MODE) -> None:
     """``folder`` and each missing folder above it, each made ``mode`` at most (the umask
     may take more away): ``mkdir -p`` gives only the last the mode asked for, the others

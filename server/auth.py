@@ -58,7 +58,7 @@ from shixin_check.domain.errors import (
     Unauthenticated,
 )
 from shixin_check.domain.model import Channel
-from shixin_check.domain.system import cannot_write, others_may_write
+from shixin_check.domain.system import cannot_write, make_it_ours, others_may_write
 from shixin_check.loader.background import Background
 from shixin_check.server.settings import MAX_BATCH
 
@@ -273,7 +273,8 @@ class KeyRing:
                 if unsafe:  # as ssh refuses an authorized_keys file others may write
                     raise ConfigurationError(
                         f"{where}: the file is {unsafe}: another user could grant any key "
-                        f"any channel; chmod go-w {path} (keys add writes it 0600)"
+                        f"any channel; {make_it_ours(unsafe, path, 'go-w')} (keys add writes "
+                        "it 0600)"
                     )
                 data = json.loads(file.read().decode("utf-8"))
         except (OSError, ValueError) as exc:

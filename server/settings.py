@@ -49,7 +49,7 @@ from shixin_check.domain.certificates import (
     utc_text,
 )
 from shixin_check.domain.errors import ConfigurationError
-from shixin_check.domain.system import others_may_write
+from shixin_check.domain.system import make_it_ours, others_may_write
 
 if TYPE_CHECKING:
     from shixin_check.domain.model import Channel
@@ -1147,21 +1147,13 @@ def _held_to_its_owner(path: str, st: os.stat_result) -> str:
     unsafe = others_may_write(st)
     if unsafe:
         raise ConfigurationError(f"the key secret file {path} is {unsafe}: another user "
-                                 f"could change it; {_make_it_ours(unsafe, path)}")  # fmt: skip
+                                 f"could change it; {make_it_ours(unsafe, path)}")  # fmt: skip
     mode = stat.S_IMODE(st.st_mode)
     if not mode & 0o004:
         return ""
     return (f"the key secret file {path} is readable by every user (mode {mode:04o}): with it "
             "anyone who can read the compiled index or a log can undo its masked ID numbers "
             f"by trying each birth date; chmod 600 {path} (or 640 for the server's group)")  # fmt: skip
-
-
-def _make_it_ours(unsafe: str, path: str | Path) -> str:
-    """The fix for a file ``others_may_write`` says ``unsafe`` of: ``chmod`` cannot give
-    away another user's file, so one owned by another user is handed over first."""
-    if unsafe.startswith("owned by"):
-        return f"chown {os.geteuid()} {path} (this server's user, or root) and chmod 600 {path}"
-    return f"chmod 600 {path}"
 
 
 def _tls_key_held(flag: str, path: Path) -> str:
@@ -1177,7 +1169,7 @@ def _tls_key_held(flag: str, path: Path) -> str:
     unsafe = others_may_write(st)
     if unsafe:
         raise ConfigurationError(f"{flag}: {path} is {unsafe}: another user could change "
-                                 f"it; {_make_it_ours(unsafe, path)}")  # fmt: skip
+                                 f"it; {make_it_ours(unsafe, path)}")  # fmt: skip
     mode = stat.S_IMODE(st.st_mode)
     if not mode & 0o004:
         return ""

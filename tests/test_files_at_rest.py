@@ -185,6 +185,12 @@ def test_a_tls_key_another_user_may_write_is_refused_and_one_all_may_read_warned
     refused = refused_at_start(feed, "--key-secret-file", str(secret))
     assert refused.endswith(f"could change it; chown {os.geteuid()} {secret} (this server's "
                             f"user, or root) and chmod 600 {secret}"), refused  # fmt: skip
+    keys = tmp_path / "keys.json"  # and the keys file's
+    add_key(keys, "hotel-chain", ["HOTEL"], ["check"])
+    os.chown(keys, OTHER_UID, OTHER_UID)
+    refused = refused_at_start(feed, "--keys-file", str(keys))
+    assert f"could grant any key any channel; chown {os.geteuid()} {keys} (this server's user, " \
+        f"or root) and chmod go-w {keys}" in refused, refused  # fmt: skip
     os.chown(key, os.geteuid(), os.getegid())
     key.chmod(0o644)
     server = ServeProcess("--list", str(feed), *tls, log=tmp_path / "out.log")
