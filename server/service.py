@@ -1165,11 +1165,12 @@ class ConsumptionCheckService:
                 try:
                     self._audit(context, "GetListStatus", principal, "", "OK", started,
                                 metadata, 0)  # fmt: skip
-                except OSError:
+                except OSError as exc:
                     # the diagnosis is answered without its record: the audit log that
-                    # cannot take it is what it reports (not_serving_reason, below), and
-                    # the write's failure is counted and logged as every one is
-                    pass
+                    # cannot take it is what it reports (not_serving_reason, below); the
+                    # gap in the trail is said each time (an operator's call, not a flood)
+                    log.error("GetListStatus answered, caller %s; not audited: %s",
+                              principal.name or "-", self._log_failure(exc) or exc)  # fmt: skip
             if not status.not_serving_reason:
                 status.not_serving_reason = log_problem(self.engine.hit_log, self.audit)
         except Exception as exc:  # noqa: BLE001

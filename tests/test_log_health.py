@@ -144,6 +144,8 @@ def test_status_says_why_while_the_audit_log_cannot_be_written(tmp_path: Path) -
         (line,) = [x for x in done.stdout.splitlines() if x.startswith("NOT_SERVING: ")]
         assert "(--audit-log) cannot be written" in line and str(target) in line, line
         assert "EFBIG" in line, line
+        eventually(lambda: "GetListStatus answered, caller anonymous; not audited: " in output.text(),
+                   "the gap in the audit trail said")  # fmt: skip
         resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
         eventually(lambda: run_cli("status", "--target", server.target).returncode == 0,
                    "status SERVING again")  # fmt: skip
