@@ -45,7 +45,6 @@ import datetime as _dt
 import functools
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from typing import Any
 from loadtest import bloom_compare, inprocess
 from loadtest.common import (
     BATCH_SIZE,
+    CHILDREN,
     ServerProcess,
     add_common_args,
     bare_argv,
@@ -66,7 +66,10 @@ from loadtest.common import (
     ours_argv,
     own_folder,
     revision,
+    run_folder,
+    run_main,
     server_env,
+    step,
 )
 from loadtest.report import (
     Pair,
@@ -152,6 +155,7 @@ def run_rpc(
     servers: list[ServerProcess] = []
     try:
         log("our server on a 1-entry list: the memory baseline")
+        step("the memory baseline")
         base = ServerProcess("ours-baseline", ours_argv(tiny_path, METRICS), log_dir, env)
         servers.append(base)
         base.wait_announced(60)
@@ -160,6 +164,7 @@ def run_rpc(
         base.stop()
 
         log(f"our server on {list_path.name}: loading")
+        step("loading ours")
         ours = ServerProcess("ours", ours_argv(list_path, METRICS), log_dir, env)
         servers.append(ours)
         ours.wait_announced(60)
@@ -179,6 +184,7 @@ def run_rpc(
             name = f"ours+{variant}"
             extra, headers = variant_setup(variant, log_dir)
             log(f"{name} ({' '.join(extra)}): loading")
+            step(f"loading {name}")
             server = ServerProcess(name, ours_argv(list_path, [*extra, *METRICS]), log_dir, env)
             servers.append(server)
             variants.append(server)
@@ -198,6 +204,7 @@ def run_rpc(
         plan = plan_from(args, pace_from="bare")
         log(f"driving {len(chosen)} drivers x {plan.rounds} rounds x {len(targets)} servers")
         out["rpc"] = run_segments(targets, chosen, bodies, plan, log_dir)
+        CHILDREN.check("the end of the segments")
         out["rss_ours_after_load_test"] = ours.rss()
         out["rss_bare_after_load_test"] = bare.rss()
         for server in variants:
@@ -317,7 +324,6 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     as_of = _dt.datetime.now(CHINA_TZ).date()
     own_folder(args.data_dir)
-    log_dir = Path(tempfile.mkdtemp(prefix="logs-", dir=args.data_dir))
     results: dict[str, Any] = {
         "command": "python -m loadtest.bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine(),
@@ -326,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "as_of": as_of.isoformat(),
     }
+    step("writing the lists")
     list_path, gen_s = ensure_list(args.data_dir, args.entries, args.seed, as_of)
     tiny_path, _ = ensure_list(args.data_dir, 1, args.seed, as_of)
     results["list_file"] = {
@@ -343,39 +350,42 @@ def main(argv: list[str] | None = None) -> int:
         "mean_request_bytes": sum(map(len, requests)) / len(requests),
     }
 
-    if "rpc" not in args.skip:
-        bodies = rpc_bodies(log_dir / "bodies", traffic)
-        rpc = run_rpc(args, list_path, tiny_path, log_dir, bodies, args.chosen)
-        results["rpc"] = rpc.pop("rpc")
-        results["variants"] = rpc.pop("variants")
-        results["load"] = rpc
-        names = ["ours", *results["variants"], "bare"]
-        results["rpc"]["summary"] = summarise(
-            results["rpc"]["segments"], args.chosen, names, pairs(args.variants)
-        )
-    if "inprocess" not in args.skip:
-        log("in-process decision (builds its own index)")
-        results["inprocess"] = in_child(
-            inprocess.run,
-            str(list_path),
-            [r.SerializeToString() for r in traffic.unlisted],
-            [r.SerializeToString() for r in traffic.listed],
-            requests,
-            args.calls,
-            15.0,
-            args.profile,
-            timeout=args.load_timeout + 300,
-        )
-    if "bloom" not in args.skip:
-        log(f"Bloom filters: {args.bloom_keys:,} keys each")
-        results["bloom"] = in_child(
-            bloom_compare.compare, args.bloom_keys, min(args.bloom_keys, 200_000), timeout=900
-        )
-    if args.redis and "redis" not in args.skip:
-        from loadtest import redis_bench
+    with run_folder(args.data_dir, "logs-", args.keep_logs) as log_dir:
+        if "rpc" not in args.skip:
+            bodies = rpc_bodies(log_dir / "bodies", traffic)
+            rpc = run_rpc(args, list_path, tiny_path, log_dir, bodies, args.chosen)
+            results["rpc"] = rpc.pop("rpc")
+            results["variants"] = rpc.pop("variants")
+            results["load"] = rpc
+            names = ["ours", *results["variants"], "bare"]
+            results["rpc"]["summary"] = summarise(
+                results["rpc"]["segments"], args.chosen, names, pairs(args.variants)
+            )
+        if "inprocess" not in args.skip:
+            log("in-process decision (builds its own index)")
+            step("the in-process decision")
+            results["inprocess"] = in_child(
+                inprocess.run,
+                str(list_path),
+                [r.SerializeToString() for r in traffic.unlisted],
+                [r.SerializeToString() for r in traffic.listed],
+                requests,
+                args.calls,
+                15.0,
+                args.profile,
+                timeout=args.load_timeout + 300,
+            )
+        if "bloom" not in args.skip:
+            log(f"Bloom filters: {args.bloom_keys:,} keys each")
+            step("the Bloom filters")
+            results["bloom"] = in_child(
+                bloom_compare.compare, args.bloom_keys, min(args.bloom_keys, 200_000), timeout=900
+            )
+        if args.redis and "redis" not in args.skip:
+            from loadtest import redis_bench
 
-        log("the list in Redis")
-        results["redis"] = redis_bench.run(args, list_path, traffic, log_dir)
+            log("the list in Redis")
+            results["redis"] = redis_bench.run(args, list_path, traffic, log_dir)
     samples = results.get("rpc", {}).get("segments")
     if samples:  # the per-call latencies stay out of the JSON file
         results["rpc"]["segments"] = without_samples(samples)
@@ -403,11 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     if results.get("inprocess", {}).get("profile"):
         print("\ncProfile of engine.check over the traffic mix:")
         print(results["inprocess"]["profile"])
-    print(f"\ntotal {results['total_s']:.0f}s; server logs in {log_dir}")
+    print(f"\ntotal {results['total_s']:.0f}s" + (f"; server logs in {log_dir}" if args.keep_logs
+                                                   else ""))  # fmt: skip
     if args.out:
         print(f"figures written to {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main("bench", main))

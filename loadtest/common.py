@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import datetime as _dt
 import json
 import multiprocessing
@@ -16,6 +17,8 @@ import os
 import platform
 import queue
 import re
+import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -23,8 +26,10 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import grpc
@@ -42,6 +47,224 @@ BATCH_SIZE = 100
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- the processes a run starts, and how a run ends --------------------------------
+
+
+class RunAborted(Exception):
+    """A run that cannot go on; its message is the one line the bench ends with
+    (``run_main``: exit status 1, no traceback)."""
+
+
+class ServerDied(RunAborted):
+    """A server the run needs (ours, a bare servicer, redis-server) ended on its own."""
+
+
+class Stopped(BaseException):
+    """SIGTERM, SIGHUP or SIGINT arrived (``run_main``'s handler): not an ``Exception``,
+    so no ``except Exception`` keeps the run going, and every ``finally`` runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_status(code: int | None) -> str:
+    """How a process ended, in words: ``exited with status 3``, ``was killed by SIGKILL``."""
+    if code is None:
+        return "ended"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def last_line(path: Path | None) -> str:
+    """The last non-empty line of a log file (at most 200 characters), or ``""``."""
+    if path is None:
+        return ""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+@dataclass
+class Child:
+    """A process a bench started: a server the run needs, or a driver."""
+
+    name: str
+    proc: subprocess.Popen[Any]
+    server: bool  # the run needs it: ending on its own aborts the run
+    log: Path | None = None
+    reap: bool = True  # False: its starter waits for it itself (h2load's wait4)
+    stopping: bool = False  # the bench asked it to stop
+    ended: str = ""  # once noticed: how a server ended on its own, and at what step
+
+
+class Children:
+    """Every process this bench started and has not yet forgotten, and the step the run is
+    at (``CHILDREN``, one per process).
+
+    Servers are added when started and marked when the bench stops them
+    (``stop_process``); one that exits before that is a dead server, whatever error it
+    then shows as (a refused connection, a failed warm-up, raw clients never ready):
+    ``check`` raises ``ServerDied`` naming it, its pid, its exit status and the step,
+    and ``run_main`` turns an error that follows a death into that one line.
+    ``kill_all`` kills whatever is still running: the last word of every run."""
+
+    def __init__(self) -> None:
+        self._all: list[Child] = []
+        self._lock = threading.Lock()
+        self.step = "start-up"
+
+    def add(self, name: str, proc: subprocess.Popen[Any], *, server: bool = True,
+            log: Path | None = None, reap: bool = True) -> None:  # fmt: skip
+        with self._lock:
+            self._all.append(Child(name, proc, server, log, reap))
+
+    def forget(self, proc: subprocess.Popen[Any]) -> None:
+        """A driver done with (reaped by its starter): nothing left to watch or kill."""
+        with self._lock:
+            self._all = [c for c in self._all if c.proc is not proc]
+
+    def _children(self) -> list[Child]:
+        with self._lock:
+            return list(self._all)
+
+    def _notice(self, child: Child) -> bool:
+        """Whether ``child`` is a server that ended on its own (its ``ended`` then set)."""
+        if child.ended:
+            return True
+        if not child.server or child.stopping:
+            return False
+        code = child.proc.poll()
+        if code is None:
+            return False
+        said = last_line(child.log) if code > 0 else ""
+        child.ended = (f"server {child.name} (pid {child.proc.pid}) {exit_status(code)} "
+                       f"during {self.step}" + (f" (its last line: {said})" if said else ""))  # fmt: skip
+        return True
+
+    def check(self, step: str | None = None) -> None:
+        """``ServerDied`` if a server the run still needs has ended; ``step``, when given,
+        becomes the run's step first."""
+        if step is not None:
+            self.step = step
+        for child in self._children():
+            if self._notice(child):
+                raise ServerDied(child.ended)
+
+    def died(self) -> Child | None:
+        """The first server that ended on its own (noticed now or before), if any."""
+        return next((c for c in self._children() if self._notice(c)), None)
+
+    def stopping(self, proc: subprocess.Popen[Any]) -> None:
+        """The bench is stopping ``proc``: from now on its exit is no death (one that came
+        before is kept)."""
+        for child in self._children():
+            if child.proc is proc:
+                self._notice(child)
+                child.stopping = True
+
+    def kill_all(self) -> None:
+        """SIGKILL to every process still running (deaths noticed first), each reaped."""
+        children = self._children()
+        for child in children:
+            self._notice(child)
+            child.stopping = True
+            if child.proc.returncode is None:
+                with contextlib.suppress(OSError):
+                    os.kill(child.proc.pid, signal.SIGKILL)
+        for child in children:
+            if child.reap:
+                with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                    child.proc.wait(10)
+
+
+#: This process's children and the step its run is at.
+CHILDREN = Children()
+
+
+def step(text: str) -> None:
+    """Name what the run does from now on (``ServerDied`` and ``Stopped`` lines say it)."""
+    CHILDREN.step = text
+
+
+def run_main(prog: str, main: Callable[[list[str] | None], int],
+             argv: list[str] | None = None) -> int:  # fmt: skip
+    """``main(argv)`` as a bench's entry point: its exit status.
+
+    SIGTERM, SIGHUP and SIGINT raise ``Stopped`` in the main thread (later ones, during
+    the clean-up, are ignored), so the ``finally`` blocks stop the servers and remove the
+    run's folder as at a normal end; then one line, exit status 128 + the signal. A dead
+    server (``ServerDied``, or any error while a server has ended on its own) and a
+    ``RunAborted`` end with one line and exit status 1, no traceback. Any other error
+    keeps its traceback. Every child process still running is killed at the end."""
+    armed = [True]
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if armed[0]:
+            armed[0] = False
+            raise Stopped(signum)
+
+    watched = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    before = {s: signal.signal(s, on_signal) for s in watched}
+    line = ""
+    try:
+        code = main(argv)
+        armed[0] = False
+    except Stopped as exc:
+        armed[0] = False
+        code = 128 + exc.signum
+        line = f"stopped by {signal.Signals(exc.signum).name} during {CHILDREN.step}"
+    except RunAborted as exc:
+        armed[0] = False
+        code, line = 1, str(exc)
+    except Exception:
+        armed[0] = False
+        died = CHILDREN.died()
+        if died is None:
+            raise
+        code, line = 1, died.ended
+    finally:
+        armed[0] = False
+        CHILDREN.kill_all()
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    if line:
+        print(f"{prog}: {line}; run aborted, every process it started is stopped",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return code
+
+
+@contextlib.contextmanager
+def run_folder(data_dir: Path, prefix: str, keep: bool = False) -> Iterator[Path]:
+    """A new folder under ``data_dir`` for one run's files (server logs, keys, bodies, a
+    compiled index), removed when the run ends, however it ends, after every process
+    still running is killed; ``keep`` (``--keep-logs``) leaves it and says where."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=data_dir))
+    try:
+        yield folder
+    finally:
+        CHILDREN.kill_all()
+        if keep:
+            log(f"run files kept in {folder} (--keep-logs)")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def add_keep_logs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep-logs", action="store_true", help="keep the run's folder under "
+                   "--data-dir (server logs, keys, bodies); by default it is removed at the end, "
+                   "failed or not")  # fmt: skip
 
 
 # --- servers -------------------------------------------------------------------
@@ -62,6 +285,7 @@ class ServerProcess:
             text=True,
             cwd=Path(__file__).resolve().parent.parent,
         )
+        CHILDREN.add(name, self.proc, log=Path(self.stderr.name))
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._drain, daemon=True).start()
         self.address = ""
@@ -154,7 +378,9 @@ def machine_busy() -> float:
 
 
 def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> int | None:
-    """SIGTERM, ``grace`` seconds to exit, then SIGKILL; its exit status."""
+    """SIGTERM, ``grace`` seconds to exit, then SIGKILL; its exit status. A process of
+    ``CHILDREN`` is marked as stopped by the bench (an exit before this was a death)."""
+    CHILDREN.stopping(proc)
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -215,6 +441,19 @@ def checks_counted(metrics_url: str) -> float:
     )
 
 
+def metric_total(metrics_url: str, name: str) -> float | None:
+    """The sum of every series of metric ``name`` on a metrics endpoint; None if it has
+    none."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    values = [
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith((f"{name} ", f"{name}{{"))
+    ]
+    return sum(values) if values else None
+
+
 def list_status(address: str) -> pb.ListStatus:
     with grpc.insecure_channel(address) as channel:
         reply: pb.ListStatus = pb_grpc.ConsumptionCheckStub(channel).GetListStatus(
@@ -246,7 +485,7 @@ def in_child(fn: Callable[..., Any], *args: Any, timeout: float) -> Any:
         future = pool.submit(fn, *args)
         try:
             return future.result(timeout=timeout)
-        except cf.TimeoutError:
+        except BaseException:  # its time is up, or the bench is stopped: leave no child
             for proc in list(getattr(pool, "_processes", {}).values()):
                 proc.kill()
             raise
@@ -339,6 +578,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--traffic", type=int, default=None, help="distinct requests (default 20,000)")
     p.add_argument("--seconds", type=float, default=None, help="seconds per RPC segment")
     p.add_argument("--rounds", type=int, default=None, help="segments per figure and server")
+    add_keep_logs(p)
 
 
 # --- h2load: a C driver with pre-framed gRPC bodies -------------------------------------------
@@ -394,6 +634,7 @@ def run_h2load(
     ]  # fmt: skip
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        CHILDREN.add("h2load", proc, server=False, reap=False)
         deadline = time.monotonic() + max_seconds + 10
         reaped = False
         try:
@@ -410,7 +651,9 @@ def run_h2load(
         finally:
             if not reaped:  # interrupted: leave no h2load behind
                 proc.kill()
-                os.wait4(proc.pid, 0)
+                with contextlib.suppress(ChildProcessError):  # reaped by kill's poll
+                    os.wait4(proc.pid, 0)
+            CHILDREN.forget(proc)
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode(errors="replace")

@@ -32,7 +32,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,9 @@ from typing import Any
 import psutil
 
 from loadtest.common import (
+    CHILDREN,
     DATA_DIR,
+    add_keep_logs,
     add_key,
     cpu_by_pid,
     ensure_list,
@@ -48,7 +49,10 @@ from loadtest.common import (
     machine,
     own_folder,
     revision,
+    run_folder,
     run_h2load,
+    run_main,
+    step,
 )
 from loadtest.ratio_bench import Bare
 from loadtest.segments import SEED, STREAM_RING, check_requests, write_bodies
@@ -95,6 +99,7 @@ def segment(server: Any, name: str, url: str, body: Path, args: argparse.Namespa
     before = sum(cpu_by_pid([server.proc.pid]).values())
     out = run_h2load(url, body, bound=["-D", str(int(args.seconds))], clients=clients,
                      streams=streams, headers=header, max_seconds=args.seconds + 10)  # fmt: skip
+    CHILDREN.check()  # a server gone: named, not "0 failed calls of 0"
     cpu = sum(cpu_by_pid([server.proc.pid]).values()) - before
     threads_after = _threads(server.proc.pid)
     if out["failed"] or not out["succeeded"]:
@@ -149,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="requests per h2load stream call (at most 2,048)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--out", type=Path, help="also write every figure as JSON here")
+    add_keep_logs(p)
     args = p.parse_args(argv)
     if shutil.which("h2load") is None:
         print("features_bench: h2load not found (apt-get install nghttp2-client)", file=sys.stderr)
@@ -158,8 +164,24 @@ def main(argv: list[str] | None = None) -> int:
     args.per_stream_call = min(args.per_stream_call, STREAM_RING)
     started = time.monotonic()
     own_folder(args.data_dir)
+    step("writing the list")
     list_path, _ = ensure_list(args.data_dir, args.entries, SEED, _dt.date.today())
-    run = Path(tempfile.mkdtemp(prefix="features-bench-", dir=args.data_dir))
+    with run_folder(args.data_dir, "features-bench-", args.keep_logs) as run:
+        segments = measure(args, list_path, run)
+    table = render(segments, args.mode)
+    if args.out:
+        results = {"revision": revision(), "machine": machine(), "argv": sys.argv,
+                   "options": {k: str(v) for k, v in vars(args).items()}, "segments": segments,
+                   "load_average_at_end": os.getloadavg(),
+                   "total_s": time.monotonic() - started}  # fmt: skip
+        args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+    print(table)
+    return 0
+
+
+def measure(args: argparse.Namespace, list_path: Path, run: Path) -> list[dict[str, Any]]:
+    """Start bare and every configuration of ours in ``run``, drive them in turn, stop
+    them: every segment's figures."""
     bodies = write_bodies(
         run, grpc_body()[5:], check_requests(STREAM_RING, "s", 0.01, args.entries),
         check_requests(100, "b", 0.01, args.entries), args.per_stream_call,
@@ -170,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, Any] = {}
     segments: list[dict[str, Any]] = []
     try:
+        step("starting the servers")
         for name in CONFIGS:
             servers[name] = (
                 Bare(name, [], run) if name == "bare"
@@ -186,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 header = (
                     (f"authorization: Bearer {key}",) if "keys" in FEATURES.get(name, ()) else ()
                 )
+                step(f"round {round_ + 1}: {name}")
                 fig = segment(server, name, url, bodies[args.mode], args, header)
                 segments.append(fig)
                 log(f"round {round_ + 1} {name}: {fig['checks_per_s']:,.0f}/s, server "
@@ -194,17 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers.values():
             server.stop()
-    table = render(segments, args.mode)
-    if args.out:
-        results = {"revision": revision(), "machine": machine(), "argv": sys.argv,
-                   "options": {k: str(v) for k, v in vars(args).items()}, "segments": segments,
-                   "load_average_at_end": os.getloadavg(),
-                   "total_s": time.monotonic() - started}  # fmt: skip
-        args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
-    print(table)
-    shutil.rmtree(run, ignore_errors=True)
-    return 0
+    return segments
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("features_bench", main))

@@ -186,7 +186,7 @@ class CheckUser(User):
         self._fire(
             request_type=lat.rpc,
             name=lat.name,
-            response_time=elapsed / 1e6,  # ms, a float: locust keeps its fraction in avg/min/max
+            response_time=elapsed / 1e6,  # ms, a float: --csv's avg/min/max keep its fraction
             response_length=len(raw),
             exception=problem,
             context=_NO_CONTEXT,
@@ -391,3 +391,7 @@ def _on_quitting(environment: Environment, **_kw: Any) -> None:
     seconds = (REPORT.stopped or time.monotonic()) - REPORT.started
     lines = report_lines(POOLS.latencies.values(), seconds, REPORT.cpu, len(REPORT.processes))
     print("\n".join(lines), flush=True)
+    if not any(lat.counts for lat in POOLS.latencies.values()):
+        # Nothing measured is no pass: with -t shorter than --deadline, users still
+        # waiting to connect to a server that is not there record no failure either.
+        environment.process_exit_code = 1

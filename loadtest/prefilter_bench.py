@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 from loadtest.common import (
     DATA_DIR,
     ServerProcess,
+    add_keep_logs,
     ensure_list,
     finish,
     log,
@@ -40,11 +40,14 @@ from loadtest.common import (
     ours_argv,
     own_folder,
     revision,
+    run_folder,
+    run_main,
     server_env,
+    step,
 )
 from loadtest.inprocess import summarize
 from loadtest.report import render
-from loadtest.traffic import build_traffic
+from loadtest.traffic import Traffic, build_traffic
 from shixin.v1 import check_pb2 as pb
 from shixin_check.clients.check_client import CheckClient
 from shixin_check.clients.errors import CheckError
@@ -119,21 +122,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     own_folder(args.data_dir)
     list_path, _ = ensure_list(args.data_dir, args.entries, args.seed, as_of)
     traffic = build_traffic(args.traffic, args.entries, args.seed, as_of)
-    log_dir = Path(tempfile.mkdtemp(prefix="prefilter-", dir=args.data_dir))
+    with run_folder(args.data_dir, "prefilter-", args.keep_logs) as log_dir:
+        measure(args, list_path, traffic, log_dir, results)
+    finish(results, started, args.out)
+    return results
+
+
+def measure(
+    args: argparse.Namespace, list_path: Path, traffic: Traffic, log_dir: Path,
+    results: dict[str, Any],
+) -> None:  # fmt: skip
+    """Start the server in ``log_dir`` (its log and the local audit file go there too),
+    take every figure into ``results``, stop it."""
     audit = log_dir / "local-audit.jsonl"
     server = ServerProcess("ours", ours_argv(list_path, []), log_dir, server_env())
     try:
+        step("the server's first load")
         address = server.wait_announced(60)
         results["load_s"] = server.wait_serving(args.load_timeout)
         log(f"serving {args.entries:,} entries on {address}; downloading the filter")
+        step("downloading the filter")
         results["download"] = _download_figures(address, audit, args.load_timeout)
         requests = traffic.requests
+        step("checks, prefilter off")
         with CheckClient(address, timeout=10) as plain:
             for request in requests[:200]:  # warm the channel and the server
                 plain.check(request)
             log(f"{len(requests):,} checks one at a time, prefilter off")
             _, plain_ns, plain_answers = _one_by_one(plain, requests)
             plain_batches = _batches(plain, requests)
+        step("checks, prefilter on")
         with CheckClient(address, prefilter=True, local_audit_path=audit, timeout=10) as gateway:
             for request in requests[:200]:
                 gateway.check(request)
@@ -166,8 +184,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         server.stop()
-    finish(results, started, args.out)
-    return results
 
 
 def table(r: dict[str, Any]) -> str:
@@ -191,19 +207,26 @@ def table(r: dict[str, Any]) -> str:
         ["listed answered locally (must be 0)", f"{s['listed_answered_locally']}"],
         ["answers equal to the plain client's", f"{s['answers_equal_plain_client']:,}"],
     ]  # fmt: skip
-    lat_rows = [["per check, µs", "p50", "p99", "mean", "n"]]
+    check_rows = [["per check, µs", "p50", "p99", "mean", "checks"]]
     for label, name in (
         ("local answer (prefilter on)", "local"),
         ("server round trip (prefilter on, the rest)", "prefilter_client_server_round_trip"),
         ("server round trip (prefilter off, every check)", "plain_client_round_trip"),
-        ("batch of 100, prefilter on", "batch100_prefilter"),
-        ("batch of 100, prefilter off", "batch100_plain"),
     ):
-        lat_rows.append(
+        check_rows.append(
             [label, us(name, "p50_us"), us(name, "p99_us"), us(name, "mean_us"),
              f"{lat[name].get('n', 0):,}"]
         )  # fmt: skip
-    return render(rows) + "\n\n" + render(lat_rows)
+    batch_rows = [[f"per call of a batch of {BATCH} checks, µs", "p50", "p99", "mean", "calls"]]
+    for label, name in (
+        ("prefilter on", "batch100_prefilter"),
+        ("prefilter off", "batch100_plain"),
+    ):
+        batch_rows.append(
+            [label, us(name, "p50_us"), us(name, "p99_us"), us(name, "mean_us"),
+             f"{lat[name].get('n', 0):,}"]
+        )  # fmt: skip
+    return render(rows) + "\n\n" + render(check_rows) + "\n\n" + render(batch_rows)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -217,6 +240,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where list files are cached and server logs go",
     )  # fmt: skip
     p.add_argument("--out", type=Path, help="also write every figure as JSON here")
+    add_keep_logs(p)
     return p.parse_args(argv)
 
 
@@ -227,4 +251,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main("prefilter_bench", main))

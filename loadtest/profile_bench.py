@@ -38,7 +38,9 @@ from typing import Any
 import psutil
 
 from loadtest.common import (
+    CHILDREN,
     DATA_DIR,
+    add_keep_logs,
     add_key,
     ensure_list,
     log,
@@ -46,6 +48,9 @@ from loadtest.common import (
     machine_busy,
     own_folder,
     revision,
+    run_folder,
+    run_main,
+    step,
 )
 from loadtest.features_bench import FEATURES
 from loadtest.ratio_bench import Bare
@@ -130,6 +135,7 @@ def profile(
     cpu0, busy0 = server_cpu(target.proc.pid), machine_busy()
     with tempfile.TemporaryFile() as out:
         h2 = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        CHILDREN.add("h2load", h2, server=False)
         try:
             time.sleep(args.settle)
             spy = [
@@ -146,6 +152,8 @@ def profile(
             if h2.poll() is None:
                 h2.kill()
                 h2.wait()
+            CHILDREN.forget(h2)
+        CHILDREN.check()
         cpu1, busy1 = server_cpu(target.proc.pid), machine_busy()
         out.seek(0)
         text = out.read().decode(errors="replace")
@@ -262,11 +270,24 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=Path(tempfile.gettempdir()) / f"shixin-profile-{os.getuid()}",
     )
+    add_keep_logs(p)
     args = p.parse_args(argv)
     own_folder(args.data_dir)
     own_folder(args.out_dir)
+    step("writing the list")
     list_path, _ = ensure_list(args.data_dir, args.entries, 20261124, _dt.date.today())
-    run = Path(tempfile.mkdtemp(prefix="profile-bench-", dir=args.data_dir))
+    with run_folder(args.data_dir, "profile-bench-", args.keep_logs) as run:
+        results = measure(args, list_path, run)
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    summary = args.out_dir / "summary.json"
+    summary.write_text(json.dumps(results, indent=2, default=str))
+    print(json.dumps(results["runs"], indent=1, ensure_ascii=False))
+    log(f"summary in {summary}, raw stacks in {args.out_dir}")
+    return 0
+
+
+def measure(args: argparse.Namespace, list_path: Path, run: Path) -> dict[str, Any]:
+    """Each target started in ``run``, profiled under each kind of call, stopped."""
     (run / "key").write_text(SECRET)
     bodies = {"unary": run / "unary.bin", "batch": run / "batch.bin"}
     bodies["unary"].write_bytes(grpc_body())
@@ -279,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "options": {k: str(v) for k, v in vars(args).items()}, "runs": [],
     }  # fmt: skip
     for name in args.targets.split(","):
+        step(f"starting {name}")
         target: Any = (
             Server("ours", [*common, *features], 1, run)
             if name == "ours"
@@ -288,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             target.wait_ready(300)
             log(f"{name}: pid {target.proc.pid}, port {target.port}")
             for kind in args.kinds.split(","):
+                step(f"{name} {kind}")
                 figures = profile(
                     target, kind, bodies[kind], args, headers if name == "ours" else []
                 )
@@ -298,14 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{figures['buckets']['samples']} samples")  # fmt: skip
         finally:
             target.stop()
-    results["machine"]["load_average_at_end"] = os.getloadavg()
-    summary = args.out_dir / "summary.json"
-    summary.write_text(json.dumps(results, indent=2, default=str))
-    print(json.dumps(results["runs"], indent=1, ensure_ascii=False))
-    log(f"summary in {summary}, raw stacks in {args.out_dir}")
-    shutil.rmtree(run, ignore_errors=True)
-    return 0
+    return results
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("profile_bench", main))

@@ -39,19 +39,23 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from loadtest.common import (
+    CHILDREN,
     DATA_DIR,
+    add_keep_logs,
     add_key,
     ensure_list,
     log,
     machine,
     own_folder,
     revision,
+    run_folder,
+    run_main,
+    step,
     stop_process,
 )
 from loadtest.report import Pair, markdown, ratio_rows, segment_notes, segment_rows
@@ -90,6 +94,7 @@ class Bare:
                 [sys.executable, "-m", "loadtest.bare_server", "--listen", "127.0.0.1:0", *extra],
                 stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
             )  # fmt: skip
+        CHILDREN.add(name, self.proc, log=self.output)
         self.port = 0
 
     def wait_ready(self, timeout: float) -> None:
@@ -173,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="start no segment past this (default 20; 5 with --quick)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--out", type=Path, help="also write every figure as JSON here")
+    add_keep_logs(p)
     args = p.parse_args(argv)
     args.seconds = args.seconds or (2.5 if args.quick else 5.0)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -189,8 +195,26 @@ def main(argv: list[str] | None = None) -> int:
                 args.stream_window, args.rate, 0.25, "bare-aio")  # fmt: skip
     started = time.monotonic()
     own_folder(args.data_dir)
+    step("writing the list")
     list_path, _ = ensure_list(args.data_dir, args.entries, SEED, _dt.date.today())
-    run = Path(tempfile.mkdtemp(prefix="ratio-bench-", dir=args.data_dir))
+    with run_folder(args.data_dir, "ratio-bench-", args.keep_logs) as run:
+        results = measure(args, chosen, plan, list_path, run, started)
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    results["total_s"] = time.monotonic() - started
+    results["summary"] = summarise_segments(results["segments"], chosen, TARGETS, PAIRS)
+    if args.out:
+        slim = {**results, "segments": without_samples(results["segments"])}
+        args.out.write_text(json.dumps(slim, indent=2, ensure_ascii=False, default=str))
+    print(render(results, chosen))
+    return 0
+
+
+def measure(
+    args: argparse.Namespace, chosen: list[Driver], plan: Plan, list_path: Path, run: Path,
+    started: float,
+) -> dict[str, Any]:  # fmt: skip
+    """Start the three servers in ``run``, drive them, stop them: the run's figures."""
+    step("writing the bodies")
     bodies = write_bodies(
         run, grpc_body()[5:], check_requests(STREAM_RING, "s", args.listed_share, args.entries),
         check_requests(args.batch, "b", args.listed_share, args.entries), args.per_stream_call,
@@ -202,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     servers: dict[str, Any] = {}
     try:
+        step("starting the servers")
         servers, key = start_servers(run, list_path, args)
         ours = servers["ours"]
         targets = [
@@ -211,20 +236,13 @@ def main(argv: list[str] | None = None) -> int:
               for name in ("bare-aio", "bare-sync")),
         ]  # fmt: skip
         results.update(run_segments(targets, chosen, bodies, plan, run, started))
+        CHILDREN.check("the end of the segments")
         results["logs_written"] = {
             f.name: f.stat().st_size for f in sorted(run.glob("*.jsonl*")) if f.is_file()
         }
     finally:
         results["exit"] = stop_servers(servers)
-    results["machine"]["load_average_at_end"] = os.getloadavg()
-    results["total_s"] = time.monotonic() - started
-    results["summary"] = summarise_segments(results["segments"], chosen, TARGETS, PAIRS)
-    if args.out:
-        slim = {**results, "segments": without_samples(results["segments"])}
-        args.out.write_text(json.dumps(slim, indent=2, ensure_ascii=False, default=str))
-    print(render(results, chosen))
-    shutil.rmtree(run, ignore_errors=True)
-    return 0
+    return results
 
 
 def render(results: dict[str, Any], chosen: list[Driver]) -> str:
@@ -257,4 +275,4 @@ def render(results: dict[str, Any], chosen: list[Driver]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("ratio_bench", main))

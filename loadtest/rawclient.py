@@ -39,12 +39,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import grpc
 
-from loadtest.common import unframe
+from loadtest.common import CHILDREN, unframe
 
 METHODS = {
     "unary": "/shixin.v1.ConsumptionCheck/CheckConsumption",
@@ -266,8 +267,14 @@ def main(argv: list[str] | None = None) -> int:
 class RawClients:
     """``count`` client processes on one target: started, warmed, released together."""
 
-    def __init__(self, count: int, argv: list[str], log: Path) -> None:
+    def __init__(
+        self, count: int, argv: list[str], log: Path, alive: Callable[[], None] | None = None
+    ) -> None:
+        """``alive`` is called while waiting for their lines: it raises when the target
+        is gone (``CHILDREN.check``), so that a dead server is named at once, not as raw
+        clients that never got ready."""
         self.log = log.open("ab")
+        self.alive = alive
         self.lines: queue.Queue[tuple[int, str]] = queue.Queue()
         self.procs = []
         for n in range(count):
@@ -276,6 +283,7 @@ class RawClients:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                 cwd=Path(__file__).resolve().parent.parent,
             )  # fmt: skip
+            CHILDREN.add("raw client", proc, server=False)
             self.procs.append(proc)
             threading.Thread(target=self._drain, args=(n, proc.stdout), daemon=True).start()
 
@@ -289,6 +297,8 @@ class RawClients:
         got: dict[int, str] = {}
         deadline = time.monotonic() + timeout
         while len(got) < len(self.procs):
+            if self.alive is not None:
+                self.alive()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RuntimeError(f"raw clients: {len(got)} of {len(self.procs)} {what} "
@@ -319,6 +329,7 @@ class RawClients:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
+            CHILDREN.forget(proc)
         self.log.close()
 
 

@@ -9,6 +9,10 @@ compiled index" log line is checked), the memory of one server and of
 ``--workers 2`` (RSS, and PSS/USS since mapped pages are shared), and
 ``decide()`` per call against the mapped version, unlisted and listed.
 
+The servers' logs, the key secret and the compiled index go to a folder of the
+run under ``--data-dir``, removed at the end however the run ends (``--keep-logs``
+keeps it); the generated lists (``scale-N-seedS-DAY/list``) stay, for the next run.
+
 Not a test: a benchmark, its figures in ``docs/benchmarks.md`` ("Scale").
 Redis is left out (``loadtest.redis_bench`` times ``load --redis``).
 
@@ -24,7 +28,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,13 +37,17 @@ import psutil
 from loadtest.common import (
     DATA_DIR,
     ServerProcess,
+    add_keep_logs,
     cli_argv,
     finish,
     log,
     machine,
     own_folder,
     revision,
+    run_folder,
+    run_main,
     server_env,
+    step,
 )
 from loadtest.inprocess import BENCH_SECRET, time_calls
 from loadtest.traffic import build_traffic, unlisted_person
@@ -130,7 +137,7 @@ def serve(
             out["all_workers_loaded_s"] = serving_all_s
             sup = psutil.Process(server.proc.pid)
             procs = [sup, *sup.children(recursive=True)]
-            each = [{"pid": p.pid, **memory(p.pid)} for p in procs]
+            each = [{"pid": p.pid, "role": role(p, sup), **memory(p.pid)} for p in procs]
             out["processes"] = each
             out["total_pss"] = sum(m["pss"] for m in each)
             out["total_rss"] = sum(m["rss"] for m in each)
@@ -142,6 +149,20 @@ def serve(
     out["log_compiled"] = text.count("compiled into")
     out["log_mapped"] = text.count("mapping its compiled index")
     return out
+
+
+def role(proc: psutil.Process, supervisor: psutil.Process) -> str:
+    """What a process of ``serve --workers N`` is: the supervisor, a worker, or
+    multiprocessing's resource tracker (the supervisor's helper, no list in it)."""
+    if proc.pid == supervisor.pid:
+        return "supervisor"
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except psutil.Error:
+        return "gone"
+    if "resource_tracker" in cmdline:
+        return "resource tracker"
+    return "worker" if "spawn_main" in cmdline or "forkserver" in cmdline else "other"
 
 
 def _supervisor_address(server: ServerProcess) -> str:
@@ -221,15 +242,17 @@ def run_size(
     scale = max(1.0, entries / 1_000_000)
     if "validate" not in args.skip:
         out.update(validate(path, timeout=300 * scale))
-    index_dir = folder / "index"
-    shutil.rmtree(index_dir, ignore_errors=True)
+    index_dir = log_dir / f"index-{entries}"  # the run's own: removed with its folder
     timeout = args.load_timeout * scale
+    step(f"{entries:,} entries: the first load")
     log(f"{entries:,}: first load (parse + compile + map)")
     out["first"] = serve(f"first-{entries}", path.parent, key, index_dir, log_dir, timeout)
     out.update(compiled_sizes(index_dir))
+    step(f"{entries:,} entries: the restart")
     log(f"{entries:,}: restart (map)")
     out["restart"] = serve(f"restart-{entries}", path.parent, key, index_dir, log_dir, timeout)
     if "workers" not in args.skip:
+        step(f"{entries:,} entries: --workers 2")
         log(f"{entries:,}: --workers 2")
         out["workers2"] = serve(
             f"workers2-{entries}", path.parent, key, index_dir, log_dir, timeout, workers=2
@@ -254,7 +277,7 @@ def table(results: dict[str, Any]) -> str:
     rows = [
         "| entries | generate s | validate s | first load s | compiled MiB | bloom MiB "
         "| bloom FP | restart s | mapped | RSS / PSS / USS MiB (1 server) "
-        "| 2 workers: PSS each, total MiB | decide unlisted p50/p99 µs "
+        "| 2 workers: PSS of each process; total, MiB | decide unlisted p50/p99 µs "
         "| decide listed p50/p99 µs |",
         "|" + " --- |" * 13,
     ]
@@ -263,7 +286,8 @@ def table(results: dict[str, Any]) -> str:
         w2 = r.get("workers2", {})
         ip = r.get("inprocess", {})
         du, dl = ip.get("decide_unlisted", {}), ip.get("decide_listed", {})
-        each = ", ".join(_mib(p["pss"]) for p in w2.get("processes", []))
+        each = ", ".join(f"{p.get('role', 'process')} {_mib(p['pss'])}"
+                         for p in w2.get("processes", []))  # fmt: skip
         rows.append(
             f"| {r['entries']:,} | {_f(r.get('generate_s'))}"
             f"{' (cached)' if r.get('cached') else ''} | {_f(r.get('validate_s'))} "
@@ -293,12 +317,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--skip", action="append", default=[], choices=["validate", "workers", "inprocess"]
     )
+    add_keep_logs(p)
     args = p.parse_args(argv)
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s]
     as_of = _dt.date.fromordinal(_dt.date(1970, 1, 1).toordinal() + china_day(time.time()))
     own_folder(args.data_dir)
-    log_dir = Path(tempfile.mkdtemp(prefix="scale-logs-", dir=args.data_dir))
-    key = args.data_dir / "scale-key"
+    with run_folder(args.data_dir, "scale-logs-", args.keep_logs) as log_dir:
+        results = measure(args, sizes, as_of, log_dir)
+    print(table(results))
+    return 0
+
+
+def measure(
+    args: argparse.Namespace, sizes: list[int], as_of: _dt.date, log_dir: Path
+) -> dict[str, Any]:
+    """Every size, its servers' logs, key secret and compiled index in ``log_dir``."""
+    key = log_dir / "key"
     key.write_bytes(BENCH_SECRET)
     started = time.perf_counter()
     results: dict[str, Any] = {
@@ -317,12 +351,13 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - keep the sizes already measured
                 log(f"{entries:,}: failed: {exc!r}")
                 results["sizes"].append({"entries": entries, "error": repr(exc)})
+            finally:  # its compiled index (GBs at 10M) is not needed past its size
+                shutil.rmtree(log_dir / f"index-{entries}", ignore_errors=True)
             finish(results, started, args.out)
     finally:
         finish(results, started, args.out)
-    print(table(results))
-    return 0
+    return results
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("scale_bench", main))

@@ -53,12 +53,14 @@ from typing import Any
 import grpc
 
 from loadtest.common import (
+    CHILDREN,
     cpu_by_pid,
     frame,
     h2load_latencies_us,
     log,
     machine_busy,
     run_h2load,
+    step,
     unframe,
 )
 from loadtest.rawclient import METHODS, RawClients
@@ -319,7 +321,7 @@ def segment(
             "--window", str(plan.stream_window), "--seconds", str(plan.seconds),
             *(arg for h in target.headers for arg in ("--header", h)),
         ]  # fmt: skip
-        clients = RawClients(plan.raw_procs, argv, run / "rawclients.log")
+        clients = RawClients(plan.raw_procs, argv, run / "rawclients.log", CHILDREN.check)
     latency_log = run / f"latency-{target.name}.tsv"
     latency_log.unlink(missing_ok=True)  # h2load appends to it
     try:
@@ -480,7 +482,7 @@ def _pace(plan: Plan, segments: list[dict[str, Any]]) -> float:
 
 def run_segments(
     targets: Sequence[Target], chosen: Sequence[Driver], bodies: dict[str, Path], plan: Plan,
-    run: Path, started: float | None = None,
+    run: Path, started: float | None = None, check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Every driver on every target, ``plan.rounds`` times, the targets' order rotated each
     round; no segment starts ``plan.max_minutes`` after ``started``.
@@ -488,10 +490,15 @@ def run_segments(
     Returns ``segments`` (every figure of each), ``decisions`` (each target's answers to
     one batch call, parsed: a check that they answer, and answer alike), ``pace`` and
     ``cut_short``. Starts and stops only the raw clients and h2load; the caller owns the
-    servers."""
+    servers. Each step is named (``common.step``) and after each segment, before its
+    figures are kept, ``check`` (default ``CHILDREN.check``: every server the run
+    started still running) raises if the segment cannot be trusted."""
     started = time.monotonic() if started is None else started
+    check = check or CHILDREN.check
     out: dict[str, Any] = {"segments": [], "cut_short": False, "pace": None}
+    step("the first batch call to each server")
     out["decisions"] = {t.name: probe(t, bodies["batch"]) for t in targets}
+    check()
     calls: dict[tuple[str, str], int] = {}
     pace = 0.0
     for r in range(plan.rounds):
@@ -504,11 +511,15 @@ def run_segments(
                     out["cut_short"] = True
                     return out
                 key = (target.name, driver.name)
+                now = f"round {r + 1}: {driver.name} on {target.name}"
                 if driver.paced:
                     calls[key] = max(1, round(pace * plan.seconds))
                 elif driver.h2load and key not in calls:
+                    step(f"{now} (warm-up)")
                     calls[key] = calibrate(target, driver, bodies, plan.seconds)
+                step(now)
                 fig = segment(target, driver, bodies, calls.get(key, 0), plan, run, pace)
+                check()
                 fig["round"] = r + 1
                 out["segments"].append(fig)
                 log(progress(fig))

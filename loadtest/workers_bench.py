@@ -35,14 +35,15 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from loadtest.common import (
+    CHILDREN,
     DATA_DIR,
+    add_keep_logs,
     cli_argv,
     cpu_by_pid,
     ensure_list,
@@ -52,8 +53,11 @@ from loadtest.common import (
     machine_busy,
     own_folder,
     revision,
+    run_folder,
     run_h2load,
+    run_main,
     server_env,
+    step,
     stop_process,
 )
 from shixin_check.clients.check_client import build_request
@@ -91,6 +95,7 @@ class Server:
                 stdout=out, stderr=subprocess.STDOUT, env=env,
                 cwd=Path(__file__).resolve().parent.parent,
             )  # fmt: skip
+        CHILDREN.add(name, self.proc, log=self.output)
         self.port = 0
         self.metrics = ""
 
@@ -159,6 +164,7 @@ def segment(server: Server, body: Path, args: argparse.Namespace) -> dict[str, A
     cpu_before, busy_before = server.cpu(), machine_busy()
     figures, driver_cpu = h2load(server.port, body, args)
     cpu_after, busy_after = server.cpu(), machine_busy()
+    CHILDREN.check()  # a server gone during the segment: named, not a refused connection
     time.sleep(1.3)  # the workers' readings lag by up to a second
     answered = server.answers() - before_answers
     per_process = {
@@ -190,14 +196,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=60, help="h2load killed past this")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    add_keep_logs(p)
     args = p.parse_args(argv)
     if shutil.which("h2load") is None:
         print("workers_bench: h2load not found (apt-get install nghttp2-client)", file=sys.stderr)
         return 2
     own_folder(args.data_dir)
     today = _dt.date.today()
+    step("writing the list")
     list_path, _ = ensure_list(args.data_dir, args.entries, 20261124, today)
-    run = Path(tempfile.mkdtemp(prefix="workers-bench-", dir=args.data_dir))
+    with run_folder(args.data_dir, "workers-bench-", args.keep_logs) as run:
+        results = measure(args, list_path, run)
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    summary = {}
+    for name, rows in results["segments"].items():
+        summary[name] = {
+            key: statistics.median(row[key] for row in rows)
+            for key in ("calls_per_s", "server_cores", "driver_cores", "foreign_cores",
+                        "server_cpu_us_per_call")
+        }  # fmt: skip
+    summary["ratio"] = summary["two"]["calls_per_s"] / summary["one"]["calls_per_s"]
+    results["summary"] = summary
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2, default=str))
+    print(_table(results))
+    return 0
+
+
+def measure(args: argparse.Namespace, list_path: Path, run: Path) -> dict[str, Any]:
+    """Start ``one`` and ``two`` in ``run``, drive them in turn, stop them: the figures."""
     (run / "key").write_text(SECRET)
     body = run / "body.bin"
     body.write_bytes(grpc_body())
@@ -212,14 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, Server] = {}
     try:
         for name, workers in (("one", 1), ("two", 2)):
+            step(f"starting {name}")
             servers[name] = Server(name, common, workers, run)
             servers[name].wait_ready(300)
-            log(f"{name}: port {servers[name].port}, metrics {servers[name].metrics}")
-        for server in servers.values():  # warm-up, not recorded
+            log(f"{name}: pid {servers[name].proc.pid}, port {servers[name].port}, "
+                f"metrics {servers[name].metrics}")  # fmt: skip
+        for name, server in servers.items():  # warm-up, not recorded
+            step(f"the warm-up of {name}")
             warm_up = {**vars(args), "requests": 2000, "duration": 0}
             h2load(server.port, body, argparse.Namespace(**warm_up))
+            CHILDREN.check()
         for r in range(args.rounds):
             for name, server in servers.items():
+                step(f"round {r + 1}: {name}")
                 figures = segment(server, body, args)
                 results["segments"][name].append(figures)
                 log(f"round {r + 1} {name}: {figures['calls_per_s']:,.0f} calls/s, server "
@@ -230,21 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers.values():
             results.setdefault("exit", {})[server.name] = server.stop()
-    results["machine"]["load_average_at_end"] = os.getloadavg()
-    summary = {}
-    for name, rows in results["segments"].items():
-        summary[name] = {
-            key: statistics.median(row[key] for row in rows)
-            for key in ("calls_per_s", "server_cores", "driver_cores", "foreign_cores",
-                        "server_cpu_us_per_call")
-        }  # fmt: skip
-    summary["ratio"] = summary["two"]["calls_per_s"] / summary["one"]["calls_per_s"]
-    results["summary"] = summary
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2, default=str))
-    print(_table(results))
-    shutil.rmtree(run, ignore_errors=True)
-    return 0
+    return results
 
 
 def _table(results: dict[str, Any]) -> str:
@@ -277,4 +295,4 @@ def _bound(h2: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("workers_bench", main))
