@@ -95,6 +95,9 @@ OLD_TAIWAN_PERMIT = re.compile(r"[0-9]{10}\Z")
 # of keyboard and input method: all read as U+00B7.
 _MIDDLE_DOTS = "\u00b7\u0387\u16eb\u2022\u2027\u2219\u22c5\u2e31\u30fb\uff65\u318d\u2024\u00b8\u02d1\u0e3a\uff0e\u2e30\u25cf\u25e6\u30fb\ua78f"
 _DOT_TABLE = {ord(c): "\u00b7" for c in _MIDDLE_DOTS}
+# A full stop beside a Han character is such a dot typed on a plain keyboard
+# (阿依古丽.买买提); in Latin names it stays a full stop (J.SMITH).
+_HAN_FULL_STOP = re.compile("(?<=[\u3400-\u4dbf\u4e00-\u9fff])\\.|\\.(?=[\u3400-\u4dbf\u4e00-\u9fff])")
 _PLAIN_NAME = re.compile("[\u4e00-\u9fff\u00b7]+\\Z")
 # What a clerk cannot see, read past like a space: every format character (category
 # Cf: soft hyphen, ZWSP and its kin, direction marks, invisible operators, BOM, tags),
@@ -551,7 +554,7 @@ def normalize_name(raw: str) -> str:
         # (U+FF0E into ".", U+2024 into ".", U+00B8 into a cedilla, U+318D into U+119E).
         dotted = text.translate(_DOT_TABLE)
         folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", dotted).casefold())
-        new = _SPACES.sub("", folded.translate(_DOT_TABLE))
+        new = _HAN_FULL_STOP.sub("\u00b7", _SPACES.sub("", folded.translate(_DOT_TABLE)))
         if new == text:
             break
         text = new

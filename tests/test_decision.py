@@ -358,6 +358,8 @@ def test_name_mismatch_on_an_unrestricted_purchase_is_allowed() -> None:
         pytest.param("阿依古丽·买买提", "阿依古丽・买买提", id="katakana-dot"),
         pytest.param("阿依古丽·买买提", "阿依古丽･买买提", id="half-width-katakana-dot"),
         pytest.param("阿依古丽·买买提", "阿依古丽 ∙ 买买提", id="bullet-operator-spaced"),
+        pytest.param("阿依古丽·买买提", "阿依古丽.买买提", id="ascii-full-stop"),
+        pytest.param("阿依古丽.买买提", "阿依古丽·买买提", id="ascii-full-stop-listed"),
         pytest.param("Zhang San", "ＺＨＡＮＧ　ＳＡＮ", id="full-width-latin"),
         pytest.param("Zhang San", "zhangsan", id="latin-case"),
     ],
