@@ -1144,16 +1144,25 @@ def _held_to_its_owner(path: str, st: os.stat_result) -> str:
     with it, the masked ID numbers of the index and the logs can be undone by trying
     each birth date (README: The key secret). Only a warning: its group may read it
     (Kubernetes mounts a secret 0440 for the pod's group), and a file 0644 works."""
+    return _held_as_a_private_key(
+        f"the key secret file {path}", path, st, "with it anyone who can read the compiled "
+        "index or a log can undo its masked ID numbers by trying each birth date",
+    )  # fmt: skip
+
+
+def _held_as_a_private_key(what: str, path: str | Path, st: os.stat_result, risk: str) -> str:
+    """``ConfigurationError`` when someone other than this server's user may write the
+    file ``what`` names, or owns it (root aside); the warning ("": none) when every user
+    may read it, saying ``risk``; its group may read it unwarned."""
     unsafe = others_may_write(st)
     if unsafe:
-        raise ConfigurationError(f"the key secret file {path} is {unsafe}: another user "
-                                 f"could change it; {make_it_ours(unsafe, path)}")  # fmt: skip
+        raise ConfigurationError(f"{what} is {unsafe}: another user could change it; "
+                                 f"{make_it_ours(unsafe, path)}")  # fmt: skip
     mode = stat.S_IMODE(st.st_mode)
     if not mode & 0o004:
         return ""
-    return (f"the key secret file {path} is readable by every user (mode {mode:04o}): with it "
-            "anyone who can read the compiled index or a log can undo its masked ID numbers "
-            f"by trying each birth date; chmod 600 {path} (or 640 for the server's group)")  # fmt: skip
+    return (f"{what} is readable by every user (mode {mode:04o}): {risk}; chmod 600 {path} "
+            "(or 640 for the server's group)")  # fmt: skip
 
 
 def _tls_key_held(flag: str, path: Path) -> str:
@@ -1166,15 +1175,8 @@ def _tls_key_held(flag: str, path: Path) -> str:
         st = os.stat(path)
     except OSError as exc:
         raise ConfigurationError(f"{flag}: {path}: {exc.strerror or exc}") from None
-    unsafe = others_may_write(st)
-    if unsafe:
-        raise ConfigurationError(f"{flag}: {path} is {unsafe}: another user could change "
-                                 f"it; {make_it_ours(unsafe, path)}")  # fmt: skip
-    mode = stat.S_IMODE(st.st_mode)
-    if not mode & 0o004:
-        return ""
-    return (f"{flag}: {path} is readable by every user (mode {mode:04o}): whoever reads "
-            f"it can pose as this server; chmod 600 {path} (or 640 for the server's group)")  # fmt: skip
+    return _held_as_a_private_key(f"{flag}: {path}", path, st,
+                                  "whoever reads it can pose as this server")  # fmt: skip
 
 
 def _unreadable_secret_file(resolved: Resolved, path: str, exc: OSError) -> str:

@@ -486,24 +486,21 @@ def test_a_date_is_yyyy_mm_dd_or_the_same_without_dashes_never_a_week_date(
     ])  # fmt: skip
 
 
-def test_a_list_compiled_by_code_that_took_a_slipped_number_is_parsed_again_and_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A row whose passport number is a resident ID with a character left out (which
-    every check refuses) loaded before; compiled so (format 9) it was mapped again,
-    SERVING, while the same files with a fresh index folder were refused. Format 10
-    parses it again."""
+def refused_after_older_code_compiled_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: list[dict[str, Any]],
+    older_code: dict[tuple[object, str], object], fmt: int, refusal: str,
+) -> None:  # fmt: skip
+    """``rows`` served by older code (``older_code``'s attributes set, compiled format
+    ``fmt``) from an index folder, then a start of this code on that folder: the list
+    parsed again and refused with ``refusal``, no list served, as with a fresh folder."""
     folder, index = tmp_path / "list", tmp_path / "index"
     folder.mkdir()
-    slipped = person_entry("E1", ZHANG[:17], "张伟")
-    slipped["subject"]["id_type"] = "PASSPORT"
-    write_jsonl(
-        folder / "snapshot-0001.jsonl", [header(0), slipped, person_entry("E2", LI, "李娜")]
-    )
-    with monkeypatch.context() as older:  # the code before: no such refusal at load
-        older.setattr(listfile, "refuse_misread", lambda *args: None)
-        older.setattr(compiled, "FORMAT", 9)
-        older.setattr(versions, "FORMAT", 9)
+    write_jsonl(folder / "snapshot-0001.jsonl", [header(0), *rows])
+    with monkeypatch.context() as older:
+        for (owner, name), value in older_code.items():
+            older.setattr(owner, name, value)
+        older.setattr(compiled, "FORMAT", fmt)
+        older.setattr(versions, "FORMAT", fmt)
         first = start_server(settings_for(folder, index_dir=index))
         try:
             eventually(lambda: status(first).version != "", "the list loaded by older code")
@@ -511,11 +508,27 @@ def test_a_list_compiled_by_code_that_took_a_slipped_number_is_parsed_again_and_
             first.stop()
     again = start_server(settings_for(folder, index_dir=index))
     try:
-        eventually(lambda: "reads as a resident ID with one character left out"
-                   in status(again).rejected_problem, "the list parsed again and refused")  # fmt: skip
+        eventually(lambda: refusal in status(again).rejected_problem,
+                   "the list parsed again and refused")  # fmt: skip
         assert status(again).version == ""  # nothing older validates: no list, as documented
     finally:
         again.stop()
+
+
+def test_a_list_compiled_by_code_that_took_a_slipped_number_is_parsed_again_and_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row whose passport number is a resident ID with a character left out (which
+    every check refuses) loaded before; compiled so (format 9) it was mapped again,
+    SERVING, while the same files with a fresh index folder were refused. Format 10
+    parses it again."""
+    slipped = person_entry("E1", ZHANG[:17], "张伟")
+    slipped["subject"]["id_type"] = "PASSPORT"
+    refused_after_older_code_compiled_it(
+        tmp_path, monkeypatch, [slipped, person_entry("E2", LI, "李娜")],
+        {(listfile, "refuse_misread"): lambda *args: None},  # no such refusal at load
+        9, "reads as a resident ID with one character left out",
+    )  # fmt: skip
 
 
 def test_a_list_compiled_by_code_that_read_week_dates_is_parsed_again_and_refused(
@@ -524,25 +537,10 @@ def test_a_list_compiled_by_code_that_read_week_dates_is_parsed_again_and_refuse
     """The rule above holds after an upgrade too: a list with a week date compiled by
     older code (compiled format 7) was mapped as it was, SERVING, its end moved, while
     the same files with a fresh index folder were refused. Format 8 parses it again."""
-    folder, index = tmp_path / "list", tmp_path / "index"
-    folder.mkdir()
     rows = [person_entry("E1", ZHANG, "张伟", valid_until="2026-W01-1"),
             person_entry("E2", LI, "李娜")]  # fmt: skip
-    write_jsonl(folder / "snapshot-0001.jsonl", [header(0), *rows])
-    with monkeypatch.context() as older:  # the code before: any form fromisoformat reads
-        older.setattr(listfile, "_DAY_FORM", re.compile(r".*"))
-        older.setattr(listfile, "_DAYS", {})
-        older.setattr(compiled, "FORMAT", 7)
-        older.setattr(versions, "FORMAT", 7)
-        first = start_server(settings_for(folder, index_dir=index))
-        try:
-            eventually(lambda: status(first).version != "", "the list loaded by older code")
-        finally:
-            first.stop()
-    again = start_server(settings_for(folder, index_dir=index))
-    try:
-        eventually(lambda: "is not a date of the form YYYY-MM-DD" in status(again).rejected_problem,
-                   "the list parsed again and refused")  # fmt: skip
-        assert status(again).version == ""  # nothing older validates: no list, as documented
-    finally:
-        again.stop()
+    refused_after_older_code_compiled_it(
+        tmp_path, monkeypatch, rows,
+        {(listfile, "_DAY_FORM"): re.compile(r".*"), (listfile, "_DAYS"): {}},  # any ISO form
+        7, "is not a date of the form YYYY-MM-DD",
+    )  # fmt: skip
