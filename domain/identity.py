@@ -93,11 +93,15 @@ OLD_TAIWAN_PERMIT = re.compile(r"[0-9]{10}\Z")
 
 # Middle dots seen in minority names (阿依古丽·买买提), as typed on every kind
 # of keyboard and input method: all read as U+00B7.
-_MIDDLE_DOTS = "\u00b7\u0387\u16eb\u2022\u2027\u2219\u22c5\u2e31\u30fb\uff65\u318d\u2024\u00b8\u02d1\u0e3a\uff0e\u2e30\u25cf\u25e6\u30fb\ua78f"
+# The full-width full stop and the one-dot leader are not among them: NFKC makes
+# each a plain full stop, read as such a dot beside a Han character only.
+_MIDDLE_DOTS = "\u00b7\u0387\u16eb\u2022\u2027\u2219\u22c5\u2e31\u30fb\uff65\u318d\u00b8\u02d1\u0e3a\u2e30\u25cf\u25e6\u30fb\ua78f"
 _DOT_TABLE = {ord(c): "\u00b7" for c in _MIDDLE_DOTS}
 # A full stop beside a Han character is such a dot typed on a plain keyboard
 # (阿依古丽.买买提); in Latin names it stays a full stop (J.SMITH).
-_HAN_FULL_STOP = re.compile("(?<=[\u3400-\u4dbf\u4e00-\u9fff])\\.|\\.(?=[\u3400-\u4dbf\u4e00-\u9fff])")
+_HAN_FULL_STOP = re.compile(
+    "(?<=[\u3400-\u4dbf\u4e00-\u9fff])\\.|\\.(?=[\u3400-\u4dbf\u4e00-\u9fff])"
+)
 _PLAIN_NAME = re.compile("[\u4e00-\u9fff\u00b7]+\\Z")
 # What a clerk cannot see, read past like a space: every format character (category
 # Cf: soft hyphen, ZWSP and its kin, direction marks, invisible operators, BOM, tags),

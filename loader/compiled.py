@@ -120,9 +120,10 @@ log = logging.getLogger("shixin.loader")
 #: 10: a number under a document type one keying slip from a resident ID or a foreign
 #: card is a bad row (every check refuses it), and no mask shows a birth date: an older
 #: folder may serve such a row, SERVING where a fresh one refuses the list, and show a
-#: first-generation card's last birth digit, so its list is parsed (and refused) again;
-#: and a full stop beside a Han character is a name's middle dot (its name key changes)
-FORMAT = 10
+#: first-generation card's last birth digit, so its list is parsed (and refused) again
+#: 11: a full stop beside a Han character is a name's middle dot, and a full-width one
+#: elsewhere a full stop: a name holding either is keyed otherwise, so parsed again
+FORMAT = 11
 Code = Literal["Q", "I", "i"]
 #: typed columns and their element (the ``array`` / ``memoryview`` type code)
 _TYPED: dict[str, Code] = {

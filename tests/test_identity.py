@@ -561,6 +561,9 @@ def test_a_full_stop_is_a_middle_dot_beside_han_only() -> None:
     assert normalize_name("阿依古丽.买买提") == normalize_name("阿依古丽·买买提")
     assert normalize_name("J.SMITH") == "j.smith" != normalize_name("J·SMITH")
     assert normalize_name("Zhang.San") == "zhang.san"
+    # the full-width full stop and the one-dot leader alike (NFKC makes each a "."):
+    # a full-width Latin name matches its plain self (they were read as middle dots)
+    assert normalize_name("Ｊ．ＳＭＩＴＨ") == normalize_name("J\u2024SMITH") == "j.smith"
 
 
 def test_normalised_name_has_no_spaces_and_is_case_folded() -> None:
