@@ -2159,7 +2159,15 @@ class RedisFollower(Background):
             "lag_deltas": self.lag(),
             "index_reachable": self.reachable and self._lost is None,
             "not_serving_reason": self.health_problem(),
-            "redis_write_refused": self._write_problem,
+            # over its maxmemory it refuses every transaction, the heartbeat's too, which
+            # a round may not reach (its reads refused first): said here all the same
+            "redis_write_refused": self._write_problem
+            or (
+                f"cannot write to {self.url}: it is over its maxmemory ({self._full}): raise "
+                "maxmemory or free memory in Redis"
+                if self._full
+                else ""
+            ),
             "behind": rejected is not None,
             "rejected_source": rejected[0] if rejected else "",
             "rejected_problem": rejected[1] if rejected else "",

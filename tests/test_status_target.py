@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -166,13 +168,20 @@ def test_a_replica_whose_redis_is_over_its_maxmemory_is_not_said_unreachable(
                         f"REFUSED below; it held {served} seq 0); how many deltas behind is "
                         "unknown"), shown.stdout  # fmt: skip
         assert "WRITE REFUSED: " in shown.stdout and "maxmemory" in shown.stdout, shown.stdout
+
+        def said(words: str) -> Callable[[], bool]:
+            return lambda: words in status_cli("--target", replica.address).stdout
+
+        unreachable = said("replica r1: Redis cannot be reached now")
+        assert redis_server.proc is not None
+        redis_server.proc.send_signal(signal.SIGSTOP)  # gone a while, then back still full
+        try:
+            eventually(unreachable, "status saying Redis cannot be reached")
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        eventually(said("Redis answers but refuses this replica now"), "said full again")
         with caplog.at_level(logging.ERROR, logger="shixin.server"):
             redis_server.stop()  # and now gone
-
-            def unreachable() -> bool:
-                shown = status_cli("--target", replica.address)
-                return "replica r1: Redis cannot be reached now" in shown.stdout
-
             eventually(unreachable, "status saying Redis cannot be reached")
             assert "WRITE REFUSED" not in status_cli("--target", replica.address).stdout
             eventually(lambda: "unreachable" in caplog.text, "the line saying Redis went")
