@@ -630,6 +630,8 @@ class AppendLog:
         self._size = 0
         #: (st_dev, st_ino) of the folder the live file was opened in (None: not yet)
         self._folder_identity: tuple[int, int] | None = None
+        #: the live file found gone was still linked somewhere (moved, not deleted)
+        self._gone_linked = False
         self._owner = _hold(path)  # before anything is written: one writer per set
         try:
             self._open_live()
@@ -668,12 +670,16 @@ class AppendLog:
         fd = open_for_writing(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         if made or replaced:
             log.error(
-                "%s %s: its folder was removed while this server wrote it, with every file "
-                "of the log: their records are lost, and those written since until now; %s "
-                "and started a new live file in it", self.kind, self.path,
+                "%s %s: its folder was %s while this server wrote it, with every file of "
+                "the log: %s; %s and started a new live file in it", self.kind, self.path,
+                "moved or replaced" if self._gone_linked else "removed",
+                "they are wherever it went, out of the log's set, with the records written "
+                "since until now" if self._gone_linked else "their records are lost, and "
+                "those written since until now",
                 "made the folder again (as at start)" if made else "held the log again in "
                 "the folder made again (by another log of this server in it)",
             )  # fmt: skip
+        self._gone_linked = False
         st = os.fstat(fd)
         self._fd, self._size, self._identity = fd, st.st_size, (st.st_dev, st.st_ino)
         folder = os.stat(self.path.parent)
@@ -854,13 +860,20 @@ class AppendLog:
                 self._truncated(st.st_size)
             return
         self.write_errors += 1
+        try:  # still linked somewhere: moved with what it holds, not deleted
+            self._gone_linked = self._fd >= 0 and os.fstat(self._fd).st_nlink > 0
+        except OSError:
+            self._gone_linked = False
         # else its folder went too (or was made again by another log kept in it):
         # ``_open_live`` says so
         if self.path.parent.is_dir() and not self._folder_replaced():
             log.error(
-                "%s was deleted or moved away while this server wrote it: records written "
-                "since then are not in the log's set; starting a new live file", self.path,
+                "%s was deleted or moved away while this server wrote it (%s): records "
+                "written since then are not in the log's set; starting a new live file",
+                self.path, "moved: they are in it, wherever it went" if self._gone_linked
+                else "deleted: they are lost",
             )  # fmt: skip
+            self._gone_linked = False
         self._start_live_file()
 
     def _truncated(self, size: int) -> None:

@@ -162,6 +162,35 @@ def test_a_lock_file_deleted_by_hand_is_no_removed_folder(
     log.close()
 
 
+def test_a_folder_moved_away_is_no_loss_of_its_records(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``mv logs logs.old`` under a running writer: the records are all in logs.old, but
+    the line said the folder was removed and its records lost (a re-review); and a live
+    file moved away is told from one deleted."""
+    folder = tmp_path / "logs"
+    clock = Clock(TODAY)
+    log = HitLog(folder / "hits.jsonl", clock=clock)
+    log.append({"n": 1})
+    folder.rename(tmp_path / "logs.old")
+    clock.now += 1.5
+    with caplog.at_level(logging.ERROR, logger="shixin.server"):
+        log.append({"n": 2})  # the folder made again
+        (folder / "hits.jsonl").rename(folder / "hits.moved")
+        clock.now += 1.5
+        log.append({"n": 3})
+        (folder / "hits.jsonl").unlink()
+        clock.now += 1.5
+        log.append({"n": 4})
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 3, said
+    assert "its folder was moved or replaced" in said[0] and "lost" not in said[0], said
+    assert [r["n"] for r in records(tmp_path / "logs.old" / "hits.jsonl")] == [1]
+    assert "(moved: they are in it, wherever it went)" in said[1], said
+    assert "(deleted: they are lost)" in said[2], said
+    log.close()
+
+
 @pytest.mark.parametrize("written", [0, 1])
 def test_an_audit_log_closed_before_it_saw_its_folder_removed_leaves_its_head_there(
     written: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
