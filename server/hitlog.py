@@ -1361,6 +1361,10 @@ class AuditLog(AppendLog):
             self.head_failure = None
 
     def close(self) -> None:
+        try:  # the live file still linked somewhere: moved (with its folder?), not deleted
+            linked = self._fd >= 0 and os.fstat(self._fd).st_nlink > 0
+        except OSError:
+            linked = False
         self._close_file()
         self._closing.set()
         try:
@@ -1373,10 +1377,12 @@ class AuditLog(AppendLog):
                 return
             if made:
                 log.error(
-                    "audit log %s: its folder was removed while this server wrote it, with "
-                    "every file of the log; made it again to note the chain head there "
-                    "(seq %d): `audit verify` shows the records lost, a next writer goes on "
-                    "from it", self.path, self._seq,
+                    "audit log %s: its folder was %s while this server wrote it, with every "
+                    "file of the log%s; made it again to note the chain head there (seq %d): "
+                    "`audit verify` shows the records %s, a next writer goes on from it",
+                    self.path, "moved or replaced" if linked else "removed",
+                    " (they are wherever it went)" if linked else "", self._seq,
+                    "missing here" if linked else "lost",
                 )  # fmt: skip
             try:
                 self._note_head()  # before the set is released: a next writer notes its own

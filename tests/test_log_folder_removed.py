@@ -212,6 +212,7 @@ def test_an_audit_log_closed_before_it_saw_its_folder_removed_leaves_its_head_th
     with caplog.at_level(logging.ERROR, logger="shixin.server"):
         log.close()
     assert "made it again to note the chain head" in caplog.text
+    assert "its folder was removed" in caplog.text and "records lost" in caplog.text
     head = read_head(path)
     assert head is not None and head.seq == 3 + written
     [(_, gone)] = audit_mod.verify_sets(path)
@@ -222,6 +223,22 @@ def test_an_audit_log_closed_before_it_saw_its_folder_removed_leaves_its_head_th
     assert [r["seq"] for r in records(path)] == [4 + written]
     result = audit_mod.verify(path)
     assert result.problem is not None and result.problem.kind == "removed", result
+
+
+def test_an_audit_folder_moved_before_a_stop_is_said_moved_at_the_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``mv logs logs.moved``, no record after it, then the stop: it said the folder was
+    removed and its records lost, all of them on disk in logs.moved (a re-review)."""
+    folder = tmp_path / "logs"
+    log = AuditLog(folder / "audit.jsonl")
+    audit(log, 1)
+    folder.rename(tmp_path / "logs.moved")
+    with caplog.at_level(logging.ERROR, logger="shixin.server"):
+        log.close()
+    assert "its folder was moved or replaced" in caplog.text, caplog.text
+    assert "(they are wherever it went)" in caplog.text and "lost" not in caplog.text
+    assert [r["seq"] for r in records(tmp_path / "logs.moved" / "audit.jsonl")] == [1]
 
 
 @pytest.mark.parametrize("kind", [HitLog, AuditLog])
