@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import signal
 import stat
 from pathlib import Path
 
@@ -103,6 +104,19 @@ def others_may_write(st: os.stat_result) -> str:
     if mode & 0o022:
         return f"writable by {'everyone' if mode & 0o002 else 'its group'} (mode {mode:04o})"
     return ""
+
+
+def exit_words(exitcode: int | None) -> str:
+    """How a child process ended, from its exit code (negative: the signal that killed
+    it): ``exited with status 3``, ``killed by SIGKILL``, ``still running``."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
 
 
 def make_it_ours(unsafe: str, path: str | Path, mode: str = "600") -> str:

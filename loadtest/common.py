@@ -38,7 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shixin.v1 import check_pb2 as pb
 from shixin.v1 import check_pb2_grpc as pb_grpc
-from shixin_check.domain.system import others_may_write
+from shixin_check.domain.system import exit_words, others_may_write
 from shixin_check.loader.synthetic import write_snapshot
 from shixin_check.loader.synthetic.writer import OUTPUT_FORMAT
 
@@ -70,16 +70,9 @@ class Stopped(BaseException):
         self.signum = signum
 
 
-def exit_status(code: int | None) -> str:
+def exit_status(code: int) -> str:
     """How a process ended, in words: ``exited with status 3``, ``was killed by SIGKILL``."""
-    if code is None:
-        return "ended"
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with status {code}"
+    return ("was " if code < 0 else "") + exit_words(code)
 
 
 def last_line(path: Path | None) -> str:

@@ -860,10 +860,7 @@ class AppendLog:
                 self._truncated(st.st_size)
             return
         self.write_errors += 1
-        try:  # still linked somewhere: moved with what it holds, not deleted
-            self._gone_linked = self._fd >= 0 and os.fstat(self._fd).st_nlink > 0
-        except OSError:
-            self._gone_linked = False
+        self._gone_linked = self._live_file_linked()  # kept until a live file is opened
         # else its folder went too (or was made again by another log kept in it):
         # ``_open_live`` says so
         if self.path.parent.is_dir() and not self._folder_replaced():
@@ -889,6 +886,14 @@ class AppendLog:
             "rotates by size and by day itself)", self.path, self._size - size,
         )  # fmt: skip
         self._size = size
+
+    def _live_file_linked(self) -> bool:
+        """Whether the file written to is still linked somewhere: moved away (with its
+        folder?), what it holds kept, not deleted."""
+        try:
+            return self._fd >= 0 and os.fstat(self._fd).st_nlink > 0
+        except OSError:
+            return False
 
     def _start_live_file(self) -> None:
         """The old descriptor closed, a new live file opened; if that fails (no inode
@@ -1361,10 +1366,7 @@ class AuditLog(AppendLog):
             self.head_failure = None
 
     def close(self) -> None:
-        try:  # the live file still linked somewhere: moved (with its folder?), not deleted
-            linked = self._fd >= 0 and os.fstat(self._fd).st_nlink > 0
-        except OSError:
-            linked = False
+        linked = self._live_file_linked()
         self._close_file()
         self._closing.set()
         try:

@@ -117,7 +117,7 @@ from types import FrameType
 from typing import Any
 
 from shixin_check.domain.errors import ConfigurationError
-from shixin_check.domain.system import limit_advice
+from shixin_check.domain.system import exit_words, limit_advice
 from shixin_check.loader.compiled import file_identity
 from shixin_check.server.app import (
     HURRY_SIGNAL,
@@ -380,17 +380,6 @@ class _Worker:
     heard_at: float = 0.0  # its last message (a heartbeat as a rule), monotonic
     killed: bool = False  # silent too long: SIGKILL sent
     replacement: bool = False  # its current process was started in a dead one's place
-
-
-def _why(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "still running"
-    if exitcode < 0:
-        try:
-            return f"killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"killed by signal {-exitcode}"
-    return f"exited with status {exitcode}"
 
 
 class Supervisor:
@@ -784,10 +773,10 @@ class Supervisor:
         if self.stopping:  # SIGTERM's own death is clean only before there was anything to drain
             clean = code == 0 or (code == -signal.SIGTERM and not served)
             (log.info if clean else log.error)(
-                "worker %d (pid %s) %s", worker.number, process.pid, _why(code)
+                "worker %d (pid %s) %s", worker.number, process.pid, exit_words(code)
             )
             if not clean and not self.fatal:
-                self.unclean.append(f"worker {worker.number} {_why(code)}")
+                self.unclean.append(f"worker {worker.number} {exit_words(code)}")
             return
         if self.readings is not None:
             self.readings.restarts += 1
@@ -796,7 +785,7 @@ class Supervisor:
         delay = _backoff(worker)
         worker.restart_at = time.monotonic() + delay
         log.error("worker %d (pid %s) died after %.1fs: %s; starting it again in %.1fs",
-                  worker.number, process.pid, lived, _why(code), delay)  # fmt: skip
+                  worker.number, process.pid, lived, exit_words(code), delay)  # fmt: skip
 
     def _back_from_a_pause(self, away: float) -> None:
         """The supervisor itself was stopped for ``away`` seconds: a worker's silence
